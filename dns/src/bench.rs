@@ -1,0 +1,1 @@
+//! benchmark pieces (filled in later)

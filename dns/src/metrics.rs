@@ -1,0 +1,138 @@
+//! Prometheus text metrics, kept by hand: a few counters and histograms do not justify a
+//! metrics framework on a 2-core budget.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds in seconds, covering cache hits (tens of µs) to slow upstreams.
+const QUERY_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0,
+];
+/// API change → record served: the goal is under 100 ms.
+const PROGRAMMING_BUCKETS: [f64; 9] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        // buckets are stored non-cumulatively and summed on render
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+pub struct Metrics {
+    /// (query type, response code) → count
+    queries: Mutex<BTreeMap<(String, String), u64>>,
+    pub query_duration: Histogram,
+    pub programming_duration: Histogram,
+    forward_cache_hits: AtomicU64,
+    forward_cache_misses: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            queries: Mutex::default(),
+            query_duration: Histogram::new(&QUERY_BUCKETS),
+            programming_duration: Histogram::new(&PROGRAMMING_BUCKETS),
+            forward_cache_hits: AtomicU64::new(0),
+            forward_cache_misses: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_query(&self, qtype: &str, rcode: &str, took: Duration) {
+        self.query_duration.observe(took);
+        let mut q = self.queries.lock().unwrap_or_else(|e| e.into_inner());
+        *q.entry((qtype.to_string(), rcode.to_string())).or_default() += 1;
+    }
+
+    pub fn cache_hit(&self, hit: bool) {
+        let c = if hit {
+            &self.forward_cache_hits
+        } else {
+            &self.forward_cache_misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queries answered so far with this type and rcode.
+    pub fn queries(&self, qtype: &str, rcode: &str) -> u64 {
+        let q = self.queries.lock().unwrap_or_else(|e| e.into_inner());
+        q.get(&(qtype.to_string(), rcode.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP kaze_dns_queries_total DNS queries answered, by query type and response code\n# TYPE kaze_dns_queries_total counter\n");
+        {
+            let q = self.queries.lock().unwrap_or_else(|e| e.into_inner());
+            for ((qtype, rcode), n) in q.iter() {
+                let _ = writeln!(
+                    out,
+                    "kaze_dns_queries_total{{type=\"{qtype}\",rcode=\"{rcode}\"}} {n}"
+                );
+            }
+        }
+        self.query_duration.render(
+            &mut out,
+            "kaze_dns_query_duration_seconds",
+            "time from request parsed to response sent",
+        );
+        self.programming_duration.render(
+            &mut out,
+            "kaze_dns_programming_duration_seconds",
+            "time from an API change arriving to its records being served",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP kaze_dns_forward_cache_total forwarded queries by cache result\n# TYPE kaze_dns_forward_cache_total counter\nkaze_dns_forward_cache_total{{result=\"hit\"}} {}\nkaze_dns_forward_cache_total{{result=\"miss\"}} {}",
+            self.forward_cache_hits.load(Ordering::Relaxed),
+            self.forward_cache_misses.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

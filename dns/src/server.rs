@@ -1,0 +1,187 @@
+//! Binding and serving: hickory's `Server` on UDP+TCP per `--bind` address, and the HTTP
+//! port. Everything is bound before `serve`, so a caller knows the ports (tests use port 0)
+//! and a bind failure surfaces before the first query.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{ForwardConfig, Forwarder};
+use crate::handler::Handler;
+use crate::http::{router, Status};
+use crate::metrics::Metrics;
+use crate::state::ZoneHandle;
+use crate::Error;
+
+/// How long an idle TCP client may hold a connection.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub bind: Vec<SocketAddr>,
+    pub http_bind: Option<SocketAddr>,
+    pub forward: ForwardConfig,
+}
+
+pub struct DnsServer {
+    dns_addrs: Vec<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    server: hickory_server::Server<Handler>,
+    http: Option<TcpListener>,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    forwarder: Arc<Forwarder>,
+}
+
+impl DnsServer {
+    pub async fn bind(
+        options: ServerOptions,
+        zone: ZoneHandle,
+        status: Arc<Status>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
+        let forwarder = Arc::new(Forwarder::new(options.forward.clone(), metrics.clone()));
+        let handler = Handler::new(zone, forwarder.clone(), metrics.clone());
+        let mut server = hickory_server::Server::new(handler);
+        let mut dns_addrs = Vec::new();
+        for addr in &options.bind {
+            let (udp, tcp) = bind_pair(*addr).await?;
+            dns_addrs.push(udp.local_addr().map_err(|source| Error::Bind {
+                addr: *addr,
+                source,
+            })?);
+            server.register_socket(udp);
+            server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64 * 1024);
+        }
+        let (http, http_addr) = match options.http_bind {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { addr, source })?;
+                let local = l
+                    .local_addr()
+                    .map_err(|source| Error::Bind { addr, source })?;
+                (Some(l), Some(local))
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            dns_addrs,
+            http_addr,
+            server,
+            http,
+            status,
+            metrics,
+            forwarder,
+        })
+    }
+
+    /// The bound DNS addresses (UDP and TCP share each one).
+    pub fn dns_addrs(&self) -> &[SocketAddr] {
+        &self.dns_addrs
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn forwarder(&self) -> Arc<Forwarder> {
+        self.forwarder.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets the HTTP server
+    /// drain, and returns once every task has ended.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Self {
+            mut server,
+            http,
+            status,
+            metrics,
+            ..
+        } = self;
+        let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
+
+        if let Some(listener) = http {
+            let app = router(status.clone(), metrics);
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+                    .map_err(|source| Error::Serve {
+                        what: "http",
+                        source,
+                    })
+            });
+        }
+
+        let hickory_token = server.shutdown_token().clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            token.cancelled().await;
+            status.set_stopping();
+            hickory_token.cancel();
+            Ok(())
+        });
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let result = server.block_until_done().await;
+            if token.is_cancelled() {
+                return Ok(());
+            }
+            // the DNS sockets ending on their own is fatal: stop the rest too
+            token.cancel();
+            Err(Error::Serve {
+                what: "dns",
+                source: std::io::Error::other(match result {
+                    Ok(()) => "dns listeners ended unexpectedly".to_string(),
+                    Err(e) => e.to_string(),
+                }),
+            })
+        });
+
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.map_err(|e| Error::Serve {
+                what: "task",
+                source: std::io::Error::other(e),
+            });
+            if let Err(e) = result.and_then(|r| r) {
+                shutdown.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Binds UDP and TCP on one address. With port 0 the TCP port must equal the UDP one the
+/// kernel chose, which may be taken for TCP: retry a few times.
+async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let local = udp
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) if addr.port() == 0 => last = Some(source),
+            Err(source) => return Err(Error::Bind { addr, source }),
+        }
+    }
+    Err(Error::Bind {
+        addr,
+        source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    })
+}
