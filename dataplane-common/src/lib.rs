@@ -1,0 +1,220 @@
+//! Map keys and values shared by `dataplane-ebpf` (kernel) and `proxy` (userspace).
+//!
+//! Every type is `#[repr(C)]` with explicit padding fields so the layout is identical on both
+//! sides and no uninitialised bytes end up in a hash key. Addresses and ports are stored in
+//! network byte order, exactly as they appear in the packet, so the kernel compares them
+//! without swapping; the proxy converts at the edge.
+//!
+//! The IPv4 maps carry a `4` in their names (`KAZE_SVC4`, `KAZE_BE4`, ...). IPv6 gets its own
+//! maps with the same value layouts where they are family-neutral (`SvcValue`, `CtValue`
+//! minus the address, `SvcStats`) and 16-byte addresses in keys, as Cilium does; ids
+//! (backend id, rev-NAT id) are shared across families.
+#![no_std]
+// `unsafe impl aya::Pod` is the only unsafe here: aya needs it to copy these plain structs
+// to and from the kernel, and every type below is `repr(C)` with no implicit padding.
+#![cfg_attr(feature = "user", allow(unsafe_code))]
+
+/// IANA protocol number for TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IANA protocol number for UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Map names, as the object defines them and as they are pinned under the pin root.
+pub mod names {
+    pub const SERVICES4: &str = "KAZE_SVC4";
+    pub const BACKENDS4: &str = "KAZE_BE4";
+    pub const REV_NAT4: &str = "KAZE_RNAT4";
+    pub const CONNTRACK4: &str = "KAZE_CT4";
+    pub const RR: &str = "KAZE_RR";
+    pub const STATS: &str = "KAZE_STATS";
+    /// Every map the proxy pins, in a stable order.
+    pub const ALL: [&str; 6] = [SERVICES4, BACKENDS4, REV_NAT4, CONNTRACK4, RR, STATS];
+}
+
+/// Program names in the object.
+pub mod programs {
+    pub const TC: &str = "kaze_tc";
+    pub const XDP: &str = "kaze_xdp";
+}
+
+/// Sizes of the maps; also the bounds the proxy enforces when allocating ids.
+pub mod limits {
+    /// Service entries: slot 0 plus backend slots, over all services.
+    pub const SERVICES: u32 = 65_536;
+    /// Distinct backends (address, port, protocol).
+    pub const BACKENDS: u32 = 65_536;
+    /// Rev-NAT ids are `u16` in keys and values; id 0 is never handed out.
+    pub const REV_NAT: u32 = 65_536;
+    /// Conntrack entries (two per flow: forward and reply).
+    pub const CONNTRACK: u32 = 262_144;
+    /// Backends one service may have; bounds the slot index the kernel computes.
+    pub const MAX_BACKENDS_PER_SERVICE: u16 = 1024;
+}
+
+/// Key of `KAZE_SVC4`. `backend_slot == 0` is the service entry; slots `1..=count` hold
+/// backend ids (Cilium's layout, so a whole service is never rewritten in one step).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Svc4Key {
+    /// Service address (ClusterIP, or a node address for NodePort), network order.
+    pub address: u32,
+    /// Service port, network order.
+    pub dport: u16,
+    /// 0 for the service entry, 1..=count for backends.
+    pub backend_slot: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// Reserved for traffic-policy scopes (external/internal); always 0 today.
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of `KAZE_SVC4`: on slot 0 `count` and `rev_nat_id` are meaningful, on slots
+/// `1..=count` `backend_id` is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcValue {
+    pub backend_id: u32,
+    /// Number of backend slots published; the kernel only reads slots `1..=count`.
+    pub count: u16,
+    pub rev_nat_id: u16,
+    /// `SVC_FLAG_*` bits.
+    pub flags: u16,
+    pub pad: [u8; 2],
+}
+
+/// Key of `KAZE_BE4`: a backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub id: u32,
+}
+
+/// Value of `KAZE_BE4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend4 {
+    /// Network order.
+    pub address: u32,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    /// Reserved for endpoint state (terminating, serving); always 0 today.
+    pub flags: u8,
+}
+
+/// Key of `KAZE_RNAT4` and `KAZE_RR`, and of `KAZE_STATS`: a rev-NAT id, widened to 32
+/// bits because array maps are indexed by `u32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNatKey {
+    pub id: u32,
+}
+
+/// Value of `KAZE_RNAT4`: the service address replies are rewritten back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNat4 {
+    /// Network order.
+    pub address: u32,
+    /// Network order.
+    pub port: u16,
+    pub pad: [u8; 2],
+}
+
+/// Direction of a conntrack entry.
+pub const CT_DIR_FORWARD: u8 = 0;
+/// A reply entry: keyed by the backend's tuple as its replies carry it.
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Key of `KAZE_CT4`: the packet's 5-tuple as seen on the wire, plus the direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ct4Key {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// `CT_DIR_FORWARD` or `CT_DIR_REPLY`.
+    pub dir: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of `KAZE_CT4`.
+///
+/// The forward entry holds the backend's address, the reply entry the service's, so an
+/// established flow keeps working after its service or backend is removed from the
+/// service maps (removal must not cut flows that are still running).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub backend_id: u32,
+    pub rev_nat_id: u16,
+    pub flags: u16,
+    /// Forward: the backend address written as destination. Reply: the service address
+    /// written as source. Network order.
+    pub nat_addr: u32,
+    /// Network order.
+    pub nat_port: u16,
+    pub pad: [u8; 2],
+    /// `bpf_ktime_get_ns` when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the latest packet.
+    pub last_seen_ns: u64,
+}
+
+/// Value of `KAZE_RR`: the round-robin cursor of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RrValue {
+    /// 64 bits because the BPF target has only 64-bit atomics.
+    pub next: u64,
+}
+
+/// Value of `KAZE_STATS` (per CPU): traffic through one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcStats {
+    /// Client-to-service packets and bytes (L3 length), after DNAT.
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    /// Backend-to-client packets and bytes, after reverse NAT.
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+    /// New flows with no backend to send them to.
+    pub no_backend: u64,
+}
+
+// The kernel and userspace must agree on these sizes; a change here is a map-layout change
+// and needs new map names (old pins would otherwise be reused with the wrong layout).
+const _: () = {
+    assert!(core::mem::size_of::<Svc4Key>() == 12);
+    assert!(core::mem::size_of::<SvcValue>() == 12);
+    assert!(core::mem::size_of::<BackendKey>() == 4);
+    assert!(core::mem::size_of::<Backend4>() == 8);
+    assert!(core::mem::size_of::<RevNatKey>() == 4);
+    assert!(core::mem::size_of::<RevNat4>() == 8);
+    assert!(core::mem::size_of::<Ct4Key>() == 16);
+    assert!(core::mem::size_of::<CtValue>() == 32);
+    assert!(core::mem::size_of::<RrValue>() == 8);
+    assert!(core::mem::size_of::<SvcStats>() == 40);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: every type is `repr(C)`, `Copy`, made only of integers, and its explicit
+    // padding fields leave no implicit padding (checked by the size assertions above).
+    unsafe impl aya::Pod for Svc4Key {}
+    unsafe impl aya::Pod for SvcValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for RevNatKey {}
+    unsafe impl aya::Pod for RevNat4 {}
+    unsafe impl aya::Pod for Ct4Key {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for RrValue {}
+    unsafe impl aya::Pod for SvcStats {}
+}

@@ -1,0 +1,203 @@
+//! The load-balancing decision: conntrack first, then the service maps. Knows nothing about
+//! how the packet is read or written; `packet` does that for tc and XDP.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use dataplane_common::{
+    limits, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD, CT_DIR_REPLY,
+};
+
+use crate::maps::{KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
+
+/// What the program returns for a packet it looked at.
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// A parsed IPv4 TCP/UDP 5-tuple; addresses and ports in network order.
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// What to do with a packet.
+pub enum Action {
+    /// Not ours.
+    None,
+    /// Client to service: rewrite the destination to the backend.
+    Dnat {
+        addr: u32,
+        port: u16,
+        rev_nat_id: u16,
+    },
+    /// Backend to client: rewrite the source back to the service.
+    RevNat {
+        addr: u32,
+        port: u16,
+        rev_nat_id: u16,
+    },
+    /// A new flow to a service that has no backend.
+    NoBackend { rev_nat_id: u16 },
+}
+
+#[inline(always)]
+fn ct_key(t: &Tuple, dir: u8) -> Ct4Key {
+    Ct4Key {
+        saddr: t.saddr,
+        daddr: t.daddr,
+        sport: t.sport,
+        dport: t.dport,
+        proto: t.proto,
+        dir,
+        pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+pub fn decide(t: &Tuple) -> Action {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // An established flow keeps its backend even if the service or backend has since been
+    // removed from the service maps: that is what lets removal drain instead of cut.
+    if let Some(ct) = KAZE_CT4.get_ptr_mut(ct_key(t, CT_DIR_FORWARD)) {
+        // SAFETY: the pointer is a live LRU value of the right type; a concurrent eviction
+        // at worst makes us read a recycled entry's fields, which the kernel allows.
+        let ct = unsafe { &mut *ct };
+        ct.last_seen_ns = now;
+        return Action::Dnat {
+            addr: ct.nat_addr,
+            port: ct.nat_port,
+            rev_nat_id: ct.rev_nat_id,
+        };
+    }
+    if let Some(ct) = KAZE_CT4.get_ptr_mut(ct_key(t, CT_DIR_REPLY)) {
+        // SAFETY: as above.
+        let ct = unsafe { &mut *ct };
+        ct.last_seen_ns = now;
+        // The reply entry's own copy of the service address is used, not the rev-NAT map:
+        // rev-NAT ids are reused after a service is removed, and a draining flow of the old
+        // service must not be rewritten to the new one's address.
+        let (addr, port, rev_nat_id) = (ct.nat_addr, ct.nat_port, ct.rev_nat_id);
+        return Action::RevNat {
+            addr,
+            port,
+            rev_nat_id,
+        };
+    }
+
+    let mut key = Svc4Key {
+        address: t.daddr,
+        dport: t.dport,
+        backend_slot: 0,
+        proto: t.proto,
+        scope: 0,
+        pad: [0; 2],
+    };
+    // SAFETY: copied out at once; the proxy replaces values, it never edits them in place.
+    let Some(svc) = (unsafe { KAZE_SVC4.get(key) }) else {
+        return Action::None;
+    };
+    let count = svc.count;
+    let rev_nat_id = svc.rev_nat_id;
+    if count == 0 || count > limits::MAX_BACKENDS_PER_SERVICE {
+        return Action::NoBackend { rev_nat_id };
+    }
+
+    let Some(rr) = KAZE_RR.get_ptr_mut(u32::from(rev_nat_id)) else {
+        return Action::NoBackend { rev_nat_id };
+    };
+    // SAFETY: array values are preallocated and never freed while the map lives, and the
+    // cursor is only ever touched atomically, so concurrent CPUs each get a distinct value.
+    // The intrinsic because core's atomic types have no RMW methods on the BPF target; it
+    // lowers to BPF_ATOMIC | BPF_FETCH | BPF_ADD.
+    let turn: u64 =
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(rr.cast::<u64>(), 1) };
+    key.backend_slot = (turn % u64::from(count)) as u16 + 1;
+    // SAFETY: copied out at once.
+    let Some(slot) = (unsafe { KAZE_SVC4.get(key) }) else {
+        // the proxy publishes the count only after every slot below it is written; a miss
+        // means a broken invariant, and sending the flow nowhere is the honest answer
+        return Action::NoBackend { rev_nat_id };
+    };
+    let backend_id = slot.backend_id;
+    // SAFETY: copied out at once.
+    let Some(be) = (unsafe { KAZE_BE4.get(BackendKey { id: backend_id }) }) else {
+        return Action::NoBackend { rev_nat_id };
+    };
+    let (be_addr, be_port) = (be.address, be.port);
+
+    let fwd = CtValue {
+        backend_id,
+        rev_nat_id,
+        flags: 0,
+        nat_addr: be_addr,
+        nat_port: be_port,
+        pad: [0; 2],
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    // The reply entry is keyed by the tuple the backend's replies carry.
+    let reply_key = Ct4Key {
+        saddr: be_addr,
+        daddr: t.saddr,
+        sport: be_port,
+        dport: t.sport,
+        proto: t.proto,
+        dir: CT_DIR_REPLY,
+        pad: [0; 2],
+    };
+    let reply = CtValue {
+        nat_addr: t.daddr,
+        nat_port: t.dport,
+        ..fwd
+    };
+    // Insert the reply entry first so a reply can never race ahead of its mapping. A failed
+    // insert (LRU map under pressure) still lets this packet through; the next packet of the
+    // flow simply chooses again.
+    let _ = KAZE_CT4.insert(reply_key, reply, u64::from(BPF_ANY));
+    let _ = KAZE_CT4.insert(ct_key(t, CT_DIR_FORWARD), fwd, u64::from(BPF_ANY));
+
+    Action::Dnat {
+        addr: be_addr,
+        port: be_port,
+        rev_nat_id,
+    }
+}
+
+/// Which counter of a service to bump.
+pub enum Counter {
+    Forward,
+    Reply,
+    NoBackend,
+}
+
+#[inline(always)]
+pub fn count(rev_nat_id: u16, counter: Counter, bytes: u64) {
+    let key = RevNatKey {
+        id: u32::from(rev_nat_id),
+    };
+    let Some(stats) = KAZE_STATS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a per-CPU value belongs to this CPU for the duration of the program run
+    // (programs are not preempted by themselves on one CPU), so plain adds are race-free.
+    let stats = unsafe { &mut *stats };
+    match counter {
+        Counter::Forward => {
+            stats.fwd_packets += 1;
+            stats.fwd_bytes += bytes;
+        }
+        Counter::Reply => {
+            stats.rev_packets += 1;
+            stats.rev_bytes += bytes;
+        }
+        Counter::NoBackend => stats.no_backend += 1,
+    }
+}

@@ -1,0 +1,45 @@
+//! The maps, as BTF-defined maps so `bpftool map dump` prints named struct fields.
+//! Layouts and the meaning of every field live in `dataplane-common`.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
+    macros::btf_map,
+};
+use dataplane_common::{
+    limits, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue, Svc4Key, SvcStats,
+    SvcValue,
+};
+
+const SERVICES: usize = limits::SERVICES as usize;
+const BACKENDS: usize = limits::BACKENDS as usize;
+const REV_NAT: usize = limits::REV_NAT as usize;
+const CONNTRACK: usize = limits::CONNTRACK as usize;
+
+/// Service entries (slot 0) and backend slots (1..=count).
+#[btf_map]
+pub static KAZE_SVC4: HashMap<Svc4Key, SvcValue, SERVICES> = HashMap::new();
+
+/// Backend id -> address.
+#[btf_map]
+pub static KAZE_BE4: HashMap<BackendKey, Backend4, BACKENDS> = HashMap::new();
+
+/// Rev-NAT id -> the service address replies are rewritten back to.
+#[btf_map]
+pub static KAZE_RNAT4: HashMap<RevNatKey, RevNat4, REV_NAT> = HashMap::new();
+
+/// Flows: forward and reply entries. LRU so a full table evicts the coldest flow instead of
+/// failing new ones.
+#[btf_map]
+pub static KAZE_CT4: LruHashMap<Ct4Key, CtValue, CONNTRACK> = LruHashMap::new();
+
+/// Round-robin cursor per rev-NAT id. Shared by all CPUs (not per-CPU) so new flows rotate
+/// through backends in one global order.
+#[btf_map]
+pub static KAZE_RR: Array<RrValue, REV_NAT> = Array::new();
+
+/// Per-service counters, per CPU. Entries are created by the proxy with the service; not
+/// preallocated because a per-CPU preallocation of every possible id is large on big nodes.
+#[btf_map]
+pub static KAZE_STATS: PerCpuHashMap<RevNatKey, SvcStats, REV_NAT, { BPF_F_NO_PREALLOC as usize }> =
+    PerCpuHashMap::new();

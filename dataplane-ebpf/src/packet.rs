@@ -1,0 +1,312 @@
+//! Packet parsing and rewriting for the two attach points.
+
+use dataplane_common::{PROTO_TCP, PROTO_UDP};
+
+use crate::lb::{self, Action, Counter, Tuple, Verdict};
+
+pub enum Error {
+    /// Not a packet we handle (or too short / inconsistent to trust): pass it untouched.
+    Unparsed,
+    /// A rewrite helper failed half-way.
+    Rewrite,
+}
+
+// Offsets for Ethernet + an option-less IPv4 header; packets with IP options are passed
+// untouched, which keeps every offset a constant the verifier can check.
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_OFF: usize = ETH_HLEN;
+const IP_HLEN: usize = 20;
+const IP_TOT_LEN: usize = IP_OFF + 2;
+const IP_FRAG: usize = IP_OFF + 6;
+const IP_PROTO: usize = IP_OFF + 9;
+const IP_CSUM: usize = IP_OFF + 10;
+const IP_SADDR: usize = IP_OFF + 12;
+const IP_DADDR: usize = IP_OFF + 16;
+const L4_OFF: usize = IP_OFF + IP_HLEN;
+const L4_SPORT: usize = L4_OFF;
+const L4_DPORT: usize = L4_OFF + 2;
+const TCP_CSUM: usize = L4_OFF + 16;
+const TCP_HLEN: u16 = 20;
+const UDP_CSUM: usize = L4_OFF + 6;
+const UDP_HLEN: u16 = 8;
+/// More-fragments flag and fragment offset: any of them set means a fragment.
+const IP_FRAG_MASK: u16 = 0x3fff;
+
+/// Bounds-checked reads, the one thing parsing needs from an attach point.
+pub trait Reader {
+    fn read<T: Copy>(&self, off: usize) -> Result<T, Error>;
+    /// Bytes from the Ethernet header to the end of the frame.
+    fn frame_len(&self) -> usize;
+}
+
+pub struct Parsed {
+    pub tuple: Tuple,
+    /// IPv4 total length (host order): the byte count the counters use.
+    pub ip_len: u16,
+    pub csum_off: usize,
+}
+
+impl Parsed {
+    fn is_udp(&self) -> bool {
+        self.tuple.proto == PROTO_UDP
+    }
+}
+
+#[inline(always)]
+pub fn parse<R: Reader>(r: &R) -> Result<Parsed, Error> {
+    let eth_type: u16 = r.read(12)?;
+    if u16::from_be(eth_type) != ETH_P_IP {
+        return Err(Error::Unparsed);
+    }
+    // version 4 and a 20-byte header; anything else (options, garbage) is not ours
+    let ver_ihl: u8 = r.read(IP_OFF)?;
+    if ver_ihl != 0x45 {
+        return Err(Error::Unparsed);
+    }
+    let frag: u16 = r.read(IP_FRAG)?;
+    if u16::from_be(frag) & IP_FRAG_MASK != 0 {
+        // only the first fragment has ports; translating it alone would split the datagram
+        return Err(Error::Unparsed);
+    }
+    let proto: u8 = r.read(IP_PROTO)?;
+    let (l4_min, csum_off) = match proto {
+        PROTO_TCP => (TCP_HLEN, TCP_CSUM),
+        PROTO_UDP => (UDP_HLEN, UDP_CSUM),
+        _ => return Err(Error::Unparsed),
+    };
+    let tot_len: u16 = r.read(IP_TOT_LEN)?;
+    let ip_len = u16::from_be(tot_len);
+    // the IP header must claim at least a full L4 header and no more than the frame holds
+    if ip_len < IP_HLEN as u16 + l4_min || usize::from(ip_len) + ETH_HLEN > r.frame_len() {
+        return Err(Error::Unparsed);
+    }
+    // the full L4 header must be there too (the checksum sits at its end for TCP)
+    let _: u16 = r.read(csum_off)?;
+    Ok(Parsed {
+        tuple: Tuple {
+            saddr: r.read(IP_SADDR)?,
+            daddr: r.read(IP_DADDR)?,
+            sport: r.read(L4_SPORT)?,
+            dport: r.read(L4_DPORT)?,
+            proto,
+        },
+        ip_len,
+        csum_off,
+    })
+}
+
+/// A rewrite of one address and its port: the destination for DNAT, the source for
+/// reverse NAT.
+struct Rewrite {
+    addr_off: usize,
+    port_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+}
+
+/// Runs the decision for a parsed packet; returns the rewrite to apply, if any, and the
+/// verdict, and bumps the counters.
+#[inline(always)]
+fn plan(p: &Parsed) -> (Option<Rewrite>, Verdict) {
+    let t = &p.tuple;
+    let bytes = u64::from(p.ip_len);
+    match lb::decide(t) {
+        Action::None => (None, Verdict::Pass),
+        Action::Dnat {
+            addr,
+            port,
+            rev_nat_id,
+        } => {
+            lb::count(rev_nat_id, Counter::Forward, bytes);
+            let rw = Rewrite {
+                addr_off: IP_DADDR,
+                port_off: L4_DPORT,
+                old_addr: t.daddr,
+                new_addr: addr,
+                old_port: t.dport,
+                new_port: port,
+            };
+            (Some(rw), Verdict::Pass)
+        }
+        Action::RevNat {
+            addr,
+            port,
+            rev_nat_id,
+        } => {
+            lb::count(rev_nat_id, Counter::Reply, bytes);
+            let rw = Rewrite {
+                addr_off: IP_SADDR,
+                port_off: L4_SPORT,
+                old_addr: t.saddr,
+                new_addr: addr,
+                old_port: t.sport,
+                new_port: port,
+            };
+            (Some(rw), Verdict::Pass)
+        }
+        Action::NoBackend { rev_nat_id } => {
+            lb::count(rev_nat_id, Counter::NoBackend, bytes);
+            (None, Verdict::Drop)
+        }
+    }
+}
+
+pub mod tc {
+    use aya_ebpf::{
+        bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+        programs::TcContext,
+    };
+
+    use super::*;
+
+    struct Skb<'a>(&'a TcContext);
+
+    impl Reader for Skb<'_> {
+        #[inline(always)]
+        fn read<T: Copy>(&self, off: usize) -> Result<T, Error> {
+            // bpf_skb_load_bytes: bounds-checked by the kernel, works on non-linear skbs
+            self.0.load::<T>(off).map_err(|_| Error::Unparsed)
+        }
+
+        #[inline(always)]
+        fn frame_len(&self) -> usize {
+            self.0.len() as usize
+        }
+    }
+
+    #[inline(always)]
+    pub fn try_tc(ctx: &TcContext) -> Result<Verdict, Error> {
+        let p = parse(&Skb(ctx))?;
+        let (rw, verdict) = plan(&p);
+        if let Some(rw) = rw {
+            apply(ctx, &p, &rw).map_err(|_| Error::Rewrite)?;
+        }
+        Ok(verdict)
+    }
+
+    #[inline(always)]
+    fn apply(ctx: &TcContext, p: &Parsed, rw: &Rewrite) -> Result<(), i64> {
+        // UDP: a zero checksum means "none" and must stay zero; a result of zero must be
+        // written as 0xffff. BPF_F_MARK_MANGLED_0 does both.
+        let l4 = if p.is_udp() {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        // the address is part of the L4 pseudo-header
+        ctx.l4_csum_replace(
+            p.csum_off,
+            u64::from(rw.old_addr),
+            u64::from(rw.new_addr),
+            l4 | u64::from(BPF_F_PSEUDO_HDR) | 4,
+        )?;
+        ctx.l4_csum_replace(
+            p.csum_off,
+            u64::from(rw.old_port),
+            u64::from(rw.new_port),
+            l4 | 2,
+        )?;
+        ctx.l3_csum_replace(IP_CSUM, u64::from(rw.old_addr), u64::from(rw.new_addr), 4)?;
+        ctx.store(rw.addr_off, &rw.new_addr, 0)?;
+        ctx.store(rw.port_off, &rw.new_port, 0)?;
+        Ok(())
+    }
+}
+
+pub mod xdp {
+    use aya_ebpf::programs::XdpContext;
+
+    use super::*;
+
+    struct Frame<'a>(&'a XdpContext);
+
+    impl Frame<'_> {
+        /// A pointer to a `T` at `off`, or an error if any byte of it is past the end.
+        #[inline(always)]
+        fn ptr_at<T>(&self, off: usize) -> Result<*mut T, Error> {
+            let start = self.0.data();
+            let end = self.0.data_end();
+            if start + off + core::mem::size_of::<T>() > end {
+                return Err(Error::Unparsed);
+            }
+            Ok((start + off) as *mut T)
+        }
+    }
+
+    impl Reader for Frame<'_> {
+        #[inline(always)]
+        fn read<T: Copy>(&self, off: usize) -> Result<T, Error> {
+            let ptr = self.ptr_at::<T>(off)?;
+            // SAFETY: bounds-checked just above; unaligned because IP fields after a 14-byte
+            // Ethernet header are not naturally aligned.
+            Ok(unsafe { ptr.read_unaligned() })
+        }
+
+        #[inline(always)]
+        fn frame_len(&self) -> usize {
+            self.0.data_end() - self.0.data()
+        }
+    }
+
+    #[inline(always)]
+    pub fn try_xdp(ctx: &XdpContext) -> Result<Verdict, Error> {
+        let frame = Frame(ctx);
+        let p = parse(&frame)?;
+        let (rw, verdict) = plan(&p);
+        if let Some(rw) = rw {
+            apply(&frame, &p, &rw)?;
+        }
+        Ok(verdict)
+    }
+
+    /// Folds a 32-bit one's-complement sum to 16 bits.
+    #[inline(always)]
+    fn fold(mut sum: u32) -> u16 {
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), over the 16-bit words of the changed
+    /// field. Words are taken in memory order on both sides, so byte order cancels out.
+    #[inline(always)]
+    fn csum_replace(csum: u16, old: u32, new: u32, words: u32) -> u16 {
+        let mut sum = u32::from(!csum);
+        sum += u32::from(!(old as u16)) + u32::from(new as u16);
+        if words == 2 {
+            sum += u32::from(!((old >> 16) as u16)) + u32::from((new >> 16) as u16);
+        }
+        !fold(sum)
+    }
+
+    #[inline(always)]
+    fn apply(f: &Frame, p: &Parsed, rw: &Rewrite) -> Result<(), Error> {
+        let ip_csum = f.ptr_at::<u16>(IP_CSUM)?;
+        let l4_csum = f.ptr_at::<u16>(p.csum_off)?;
+        let addr = f.ptr_at::<u32>(rw.addr_off)?;
+        let port = f.ptr_at::<u16>(rw.port_off)?;
+        // SAFETY: all four pointers were bounds-checked above and lie in the frame.
+        unsafe {
+            let c = ip_csum.read_unaligned();
+            ip_csum.write_unaligned(csum_replace(c, rw.old_addr, rw.new_addr, 2));
+
+            let c = l4_csum.read_unaligned();
+            // UDP checksum 0 = "no checksum": leave it so
+            if !(p.is_udp() && c == 0) {
+                let c = csum_replace(c, rw.old_addr, rw.new_addr, 2);
+                let mut c = csum_replace(c, u32::from(rw.old_port), u32::from(rw.new_port), 1);
+                if p.is_udp() && c == 0 {
+                    c = 0xffff;
+                }
+                l4_csum.write_unaligned(c);
+            }
+
+            addr.write_unaligned(rw.new_addr);
+            port.write_unaligned(rw.new_port);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+//! Loading the eBPF object, pinning its maps and attaching its programs.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+        tc::{self, TcAttachOptions},
+        xdp::XdpLink,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+    },
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
+use dataplane_common::{names, programs};
+use tracing::info;
+
+use crate::{error::DataplaneError, services::State};
+
+/// Where maps and links are pinned unless configured otherwise.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/kaze";
+
+/// The object built by `cargo xtask build-ebpf`, embedded at compile time (see build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KAZE_DATAPLANE_OBJECT"));
+
+/// How the dataplane is loaded.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Directory on bpffs holding the pinned maps (`<root>/<MAP>`) and links
+    /// (`<root>/links/...`). Tests use a unique root each.
+    pub pin_root: PathBuf,
+    /// Overrides the conntrack map size (entries); a pinned map keeps the size it was
+    /// created with.
+    pub conntrack_max: Option<u32>,
+    /// Object to load instead of the embedded one.
+    pub object: Option<PathBuf>,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
+            conntrack_max: None,
+            object: None,
+        }
+    }
+}
+
+/// Which tc hook of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcHook {
+    Ingress,
+    Egress,
+}
+
+impl TcHook {
+    fn name(self) -> &'static str {
+        match self {
+            TcHook::Ingress => "ingress",
+            TcHook::Egress => "egress",
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            TcHook::Ingress => TcAttachType::Ingress,
+            TcHook::Egress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// The loaded dataplane: programs, pinned maps, and the proxy's view of what is programmed.
+pub struct Dataplane {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) pin_root: PathBuf,
+    pub(crate) state: State,
+}
+
+impl Dataplane {
+    /// Loads the programs and opens the maps pinned under `config.pin_root`, creating and
+    /// pinning any that do not exist yet. Existing pins are reused as they are, never flushed:
+    /// the services and flows programmed by a previous run stay in force.
+    pub fn load(config: &DataplaneConfig) -> Result<Self, DataplaneError> {
+        let pin_root = config.pin_root.clone();
+        std::fs::create_dir_all(pin_root.join("links")).map_err(|source| {
+            DataplaneError::PinDir {
+                path: pin_root.clone(),
+                source,
+            }
+        })?;
+
+        let owned;
+        let bytes: &[u8] = match &config.object {
+            Some(path) => {
+                owned = std::fs::read(path).map_err(|source| DataplaneError::Io {
+                    what: format!("reading eBPF object {}", path.display()),
+                    source,
+                })?;
+                &owned
+            }
+            None => OBJECT,
+        };
+        if bytes.is_empty() {
+            return Err(DataplaneError::ObjectMissing);
+        }
+
+        let pins: Vec<(&'static str, PathBuf)> = names::ALL
+            .iter()
+            .map(|name| (*name, pin_root.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        if let Some(max) = config.conntrack_max {
+            loader.map_max_entries(names::CONNTRACK4, max);
+        }
+        let mut ebpf = loader.load(bytes).map_err(|source| DataplaneError::Load {
+            pin_root: pin_root.clone(),
+            source,
+        })?;
+
+        program_mut::<SchedClassifier>(&mut ebpf, programs::TC)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                what: format!("loading program {}", programs::TC),
+                source,
+            })?;
+        program_mut::<Xdp>(&mut ebpf, programs::XDP)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                what: format!("loading program {}", programs::XDP),
+                source,
+            })?;
+
+        // Rebuilding from the maps both validates their layouts (typed map handles check key
+        // and value sizes) and recovers the ids a previous run allocated.
+        let state = State::read(&ebpf, &pin_root)?;
+        info!(
+            pin_root = %pin_root.display(),
+            services = state.service_count(),
+            "dataplane loaded"
+        );
+        Ok(Self {
+            ebpf,
+            pin_root,
+            state,
+        })
+    }
+
+    /// The pin root this dataplane uses.
+    pub fn pin_root(&self) -> &Path {
+        &self.pin_root
+    }
+
+    /// Attaches the tc program to `iface` at `hook` (tcx). The link is pinned, so it stays
+    /// attached when this process exits; if a link pinned by a previous run exists, its
+    /// program is swapped for this one atomically, so no packet goes unhandled in between.
+    pub fn attach_tc(&mut self, iface: &str, hook: TcHook) -> Result<(), DataplaneError> {
+        // tcx does not need the qdisc, but the netlink fallback on older kernels does, and
+        // tc tooling expects it; an existing qdisc is fine.
+        match tc::qdisc_add_clsact(iface) {
+            Ok(()) => {}
+            Err(tc::TcError::AlreadyAttached) => {}
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc_eexist()) => {}
+            Err(e) => {
+                return Err(DataplaneError::Io {
+                    what: format!("adding clsact qdisc to {iface}"),
+                    source: io::Error::other(e),
+                })
+            }
+        }
+        let pin = self.link_pin(&format!("tc-{iface}-{}", hook.name()));
+        let prog = program_mut::<SchedClassifier>(&mut self.ebpf, programs::TC)?;
+        let what = || format!("attaching {} to {iface} {}", programs::TC, hook.name());
+        let id = match open_pinned_link(&pin).map_err(|source| DataplaneError::Link {
+            what: what(),
+            source,
+        })? {
+            Some(old) => {
+                let link =
+                    SchedClassifierLink::try_from(old).map_err(|source| DataplaneError::Link {
+                        what: what(),
+                        source,
+                    })?;
+                prog.attach_to_link(link)
+            }
+            None => prog.attach_with_options(
+                iface,
+                hook.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ),
+        }
+        .map_err(|source| DataplaneError::Program {
+            what: what(),
+            source,
+        })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program {
+                what: what(),
+                source,
+            })?;
+        let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+            what: what(),
+            source,
+        })?;
+        pin_link(fd, &pin)
+    }
+
+    /// Detaches the tc program from `iface` at `hook` and removes the link's pin.
+    pub fn detach_tc(&mut self, iface: &str, hook: TcHook) -> Result<(), DataplaneError> {
+        self.unpin_link(&format!("tc-{iface}-{}", hook.name()))
+    }
+
+    /// Attaches the XDP program to `iface` in generic (skb) mode, which works on every
+    /// device including veth. Pinned and replaced across restarts like [`Self::attach_tc`].
+    pub fn attach_xdp(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        let pin = self.link_pin(&format!("xdp-{iface}"));
+        let prog = program_mut::<Xdp>(&mut self.ebpf, programs::XDP)?;
+        let what = || format!("attaching {} to {iface}", programs::XDP);
+        let id = match open_pinned_link(&pin).map_err(|source| DataplaneError::Link {
+            what: what(),
+            source,
+        })? {
+            Some(old) => {
+                let link = XdpLink::try_from(old).map_err(|source| DataplaneError::Link {
+                    what: what(),
+                    source,
+                })?;
+                prog.attach_to_link(link)
+            }
+            None => prog.attach(iface, aya::programs::xdp::XdpMode::Skb),
+        }
+        .map_err(|source| DataplaneError::Program {
+            what: what(),
+            source,
+        })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program {
+                what: what(),
+                source,
+            })?;
+        let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+            what: what(),
+            source,
+        })?;
+        pin_link(fd, &pin)
+    }
+
+    /// Detaches the XDP program from `iface` and removes the link's pin.
+    pub fn detach_xdp(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        self.unpin_link(&format!("xdp-{iface}"))
+    }
+
+    /// The loaded tc program, e.g. for `BPF_PROG_TEST_RUN` through [`aya::programs::TestRun`].
+    pub fn tc_program(&self) -> Result<&SchedClassifier, DataplaneError> {
+        program::<SchedClassifier>(&self.ebpf, programs::TC)
+    }
+
+    /// The loaded XDP program.
+    pub fn xdp_program(&self) -> Result<&Xdp, DataplaneError> {
+        program::<Xdp>(&self.ebpf, programs::XDP)
+    }
+
+    fn link_pin(&self, name: &str) -> PathBuf {
+        self.pin_root.join("links").join(name)
+    }
+
+    fn unpin_link(&self, name: &str) -> Result<(), DataplaneError> {
+        let pin = self.link_pin(name);
+        match std::fs::remove_file(&pin) {
+            // the link detaches once its last reference (pin or fd) is gone
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DataplaneError::Io {
+                what: format!("removing link pin {}", pin.display()),
+                source,
+            }),
+        }
+    }
+}
+
+fn libc_eexist() -> i32 {
+    // EEXIST is 17 on every Linux architecture
+    17
+}
+
+/// Opens a link pinned at `path`, or `None` if nothing is pinned there.
+fn open_pinned_link(path: &Path) -> Result<Option<FdLink>, LinkError> {
+    match PinnedLink::from_pin(path) {
+        Ok(pinned) => Ok(Some(FdLink::from(pinned))),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Pins `link` at `path` unless it is already pinned there (a replaced link keeps its pin).
+fn pin_link(link: FdLink, path: &Path) -> Result<(), DataplaneError> {
+    if path.exists() {
+        return Ok(());
+    }
+    link.pin(path).map_err(|source| DataplaneError::Pin {
+        what: format!("pinning link at {}", path.display()),
+        source,
+    })?;
+    Ok(())
+}
+
+fn program<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a T, DataplaneError>
+where
+    &'a T: TryFrom<&'a aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program(name).ok_or(DataplaneError::Missing {
+        kind: "program",
+        name,
+    })?;
+    p.try_into().map_err(|source| DataplaneError::Program {
+        what: format!("using program {name}"),
+        source,
+    })
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or(DataplaneError::Missing {
+        kind: "program",
+        name,
+    })?;
+    p.try_into().map_err(|source| DataplaneError::Program {
+        what: format!("using program {name}"),
+        source,
+    })
+}
