@@ -16,10 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 pub mod bench;
 pub mod feed;
+#[cfg(test)]
+mod feed_tests;
+pub mod fixtures;
 pub mod forward;
 pub mod handler;
 pub mod http;
 pub mod metrics;
+#[cfg(test)]
+mod model_tests;
 pub mod records;
 pub mod server;
 pub mod snapshot;

@@ -74,7 +74,19 @@ pub fn export(snapshot: &Snapshot) -> Vec<ZoneFile> {
 }
 
 fn push(out: &mut String, rr: &Record) {
-    let rdata = match &rr.data {
+    let _ = writeln!(
+        out,
+        "{} {} IN {} {}",
+        rr.name.to_ascii(),
+        rr.ttl,
+        rr.record_type(),
+        rdata_text(&rr.data)
+    );
+}
+
+/// Master-file presentation of the record data kaze produces.
+pub fn rdata_text(data: &RData) -> String {
+    match data {
         RData::A(a) => a.0.to_string(),
         RData::AAAA(a) => a.0.to_string(),
         RData::CNAME(n) => n.0.to_ascii(),
@@ -105,13 +117,5 @@ fn push(out: &mut String, rr: &Record) {
         ),
         // the exporter only ever sees the types the record builder makes
         other => other.to_string(),
-    };
-    let _ = writeln!(
-        out,
-        "{} {} IN {} {}",
-        rr.name.to_ascii(),
-        rr.ttl,
-        rr.record_type(),
-        rdata
-    );
+    }
 }
