@@ -33,7 +33,13 @@ impl Harness {
         let zone = state.handle();
         let status = Arc::new(Status::default());
         let metrics = Arc::new(Metrics::default());
-        let feed = Feed::new(state, svc_store, slice_store, status.clone(), metrics.clone());
+        let feed = Feed::new(
+            state,
+            svc_store,
+            slice_store,
+            status.clone(),
+            metrics.clone(),
+        );
         Self {
             feed,
             svc_writer,
@@ -73,7 +79,10 @@ fn initial_lists_publish_only_when_done_and_ready_needs_both() {
     // half a list is never served
     assert_eq!(h.a("web.default.svc.cluster.local."), Lookup::NxDomain);
     h.svc(Event::InitDone);
-    assert!(matches!(h.a("web.default.svc.cluster.local."), Lookup::Answer { .. }));
+    assert!(matches!(
+        h.a("web.default.svc.cluster.local."),
+        Lookup::Answer { .. }
+    ));
     assert!(!h.status.is_ready(), "ready before endpointslices synced");
     h.slice(Event::Init);
     h.slice(Event::InitDone);
@@ -96,11 +105,17 @@ fn apply_and_delete_events_change_answers_at_once() {
         &[],
     );
     h.slice(Event::Apply(slice.clone()));
-    assert!(matches!(h.a("pg-0.pg.db.svc.cluster.local."), Lookup::Answer { .. }));
+    assert!(matches!(
+        h.a("pg-0.pg.db.svc.cluster.local."),
+        Lookup::Answer { .. }
+    ));
     h.slice(Event::Delete(slice));
     assert_eq!(h.a("pg-0.pg.db.svc.cluster.local."), Lookup::NxDomain);
     h.svc(Event::Apply(web()));
-    assert!(matches!(h.a("web.default.svc.cluster.local."), Lookup::Answer { .. }));
+    assert!(matches!(
+        h.a("web.default.svc.cluster.local."),
+        Lookup::Answer { .. }
+    ));
     h.svc(Event::Delete(web()));
     assert_eq!(h.a("web.default.svc.cluster.local."), Lookup::NxDomain);
     assert!(h.metrics.programming_duration.count() >= 5);
@@ -111,9 +126,16 @@ fn a_relist_drops_objects_deleted_while_the_watch_was_down() {
     let mut h = Harness::new();
     h.svc(Event::Init);
     h.svc(Event::InitApply(web()));
-    h.svc(Event::InitApply(external_name_service("default", "ext", "example.org")));
+    h.svc(Event::InitApply(external_name_service(
+        "default",
+        "ext",
+        "example.org",
+    )));
     h.svc(Event::InitDone);
-    assert!(matches!(h.a("ext.default.svc.cluster.local."), Lookup::Answer { .. }));
+    assert!(matches!(
+        h.a("ext.default.svc.cluster.local."),
+        Lookup::Answer { .. }
+    ));
     // the watch broke; `ext` was deleted meanwhile; the relist no longer has it
     h.svc(Event::Init);
     h.svc(Event::InitApply(web()));
@@ -123,5 +145,8 @@ fn a_relist_drops_objects_deleted_while_the_watch_was_down() {
     );
     h.svc(Event::InitDone);
     assert_eq!(h.a("ext.default.svc.cluster.local."), Lookup::NxDomain);
-    assert!(matches!(h.a("web.default.svc.cluster.local."), Lookup::Answer { .. }));
+    assert!(matches!(
+        h.a("web.default.svc.cluster.local."),
+        Lookup::Answer { .. }
+    ));
 }

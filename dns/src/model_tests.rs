@@ -60,11 +60,19 @@ fn cluster_ip_service_has_a_aaaa_srv_and_ptr() {
     assert_eq!(answer(&s, name, RecordType::A), vec!["10.43.0.20"]);
     assert_eq!(answer(&s, name, RecordType::AAAA), vec!["fd00:43::20"]);
     assert_eq!(
-        answer(&s, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV),
+        answer(
+            &s,
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV
+        ),
         vec!["0 100 80 web.default.svc.cluster.local."]
     );
     assert_eq!(
-        answer(&s, "_dns._udp.web.default.svc.cluster.local.", RecordType::SRV),
+        answer(
+            &s,
+            "_dns._udp.web.default.svc.cluster.local.",
+            RecordType::SRV
+        ),
         vec!["0 100 53 web.default.svc.cluster.local."]
     );
     assert_eq!(
@@ -97,21 +105,43 @@ fn srv_answers_carry_target_addresses_in_additional() {
 fn nxdomain_and_nodata_are_told_apart() {
     let s = web_state();
     // exists, other type
-    assert_eq!(answer(&s, "web.default.svc.cluster.local.", RecordType::TXT), nodata());
+    assert_eq!(
+        answer(&s, "web.default.svc.cluster.local.", RecordType::TXT),
+        nodata()
+    );
     // unnamed port: no SRV name at all
     assert_eq!(
-        answer(&s, "_8080._tcp.web.default.svc.cluster.local.", RecordType::SRV),
+        answer(
+            &s,
+            "_8080._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV
+        ),
         nx()
     );
     // empty non-terminals: the protocol label, the namespace, `svc`
-    assert_eq!(answer(&s, "_tcp.web.default.svc.cluster.local.", RecordType::A), nodata());
-    assert_eq!(answer(&s, "default.svc.cluster.local.", RecordType::A), nodata());
+    assert_eq!(
+        answer(&s, "_tcp.web.default.svc.cluster.local.", RecordType::A),
+        nodata()
+    );
+    assert_eq!(
+        answer(&s, "default.svc.cluster.local.", RecordType::A),
+        nodata()
+    );
     assert_eq!(answer(&s, "svc.cluster.local.", RecordType::A), nodata());
     // missing service, namespace, name below a service, and junk
-    assert_eq!(answer(&s, "nope.default.svc.cluster.local.", RecordType::A), nx());
-    assert_eq!(answer(&s, "web.other.svc.cluster.local.", RecordType::A), nx());
+    assert_eq!(
+        answer(&s, "nope.default.svc.cluster.local.", RecordType::A),
+        nx()
+    );
+    assert_eq!(
+        answer(&s, "web.other.svc.cluster.local.", RecordType::A),
+        nx()
+    );
     assert_eq!(answer(&s, "other.svc.cluster.local.", RecordType::A), nx());
-    assert_eq!(answer(&s, "x.web.default.svc.cluster.local.", RecordType::A), nx());
+    assert_eq!(
+        answer(&s, "x.web.default.svc.cluster.local.", RecordType::A),
+        nx()
+    );
     assert_eq!(answer(&s, "foo.cluster.local.", RecordType::A), nx());
     // outside the zone, and reverse names nobody owns, go upstream
     assert_eq!(
@@ -132,7 +162,11 @@ fn names_are_case_insensitive() {
         vec!["10.43.0.20"]
     );
     assert_eq!(
-        answer(&s, "_HTTP._Tcp.web.default.svc.cluster.local.", RecordType::SRV),
+        answer(
+            &s,
+            "_HTTP._Tcp.web.default.svc.cluster.local.",
+            RecordType::SRV
+        ),
         vec!["0 100 80 web.default.svc.cluster.local."]
     );
 }
@@ -147,7 +181,10 @@ fn zone_apex_and_dns_version() {
     let soa = answer(&s, "cluster.local.", RecordType::SOA);
     assert!(soa[0].starts_with("ns.dns.cluster.local. hostmaster.cluster.local. "));
     assert!(soa[0].ends_with(" 7200 1800 86400 5"), "{soa:?}");
-    assert_eq!(answer(&s, "cluster.local.", RecordType::NS), vec!["ns.dns.cluster.local."]);
+    assert_eq!(
+        answer(&s, "cluster.local.", RecordType::NS),
+        vec!["ns.dns.cluster.local."]
+    );
     // no services yet: `svc.<zone>` does not exist
     assert_eq!(answer(&s, "svc.cluster.local.", RecordType::A), nx());
 }
@@ -195,14 +232,20 @@ fn headless_service_answers_ready_endpoints() {
         answer(&s, "pg.db.svc.cluster.local.", RecordType::A),
         vec!["10.42.0.5", "10.42.1.6"]
     );
-    assert_eq!(answer(&s, "pg-0.pg.db.svc.cluster.local.", RecordType::A), vec!["10.42.0.5"]);
+    assert_eq!(
+        answer(&s, "pg-0.pg.db.svc.cluster.local.", RecordType::A),
+        vec!["10.42.0.5"]
+    );
     // no hostname: a name derived from the address
     assert_eq!(
         answer(&s, "10-42-1-6.pg.db.svc.cluster.local.", RecordType::A),
         vec!["10.42.1.6"]
     );
     // not ready: absent everywhere
-    assert_eq!(answer(&s, "pg-2.pg.db.svc.cluster.local.", RecordType::A), nx());
+    assert_eq!(
+        answer(&s, "pg-2.pg.db.svc.cluster.local.", RecordType::A),
+        nx()
+    );
     assert_eq!(
         lookup(&s, "7.2.42.10.in-addr.arpa.", RecordType::PTR),
         Lookup::NotAuthoritative
@@ -231,13 +274,17 @@ fn publish_not_ready_addresses_is_honoured() {
         answer(&s, "pg.db.svc.cluster.local.", RecordType::A),
         vec!["10.42.0.5", "10.42.1.6", "10.42.2.7"]
     );
-    assert_eq!(answer(&s, "pg-2.pg.db.svc.cluster.local.", RecordType::A), vec!["10.42.2.7"]);
+    assert_eq!(
+        answer(&s, "pg-2.pg.db.svc.cluster.local.", RecordType::A),
+        vec!["10.42.2.7"]
+    );
 }
 
 #[test]
 fn headless_service_without_ready_endpoints_is_nxdomain() {
     let mut s = state();
-    s.apply_service(&headless_service("db", "pg", &[], false)).unwrap();
+    s.apply_service(&headless_service("db", "pg", &[], false))
+        .unwrap();
     assert_eq!(answer(&s, "pg.db.svc.cluster.local.", RecordType::A), nx());
     s.apply_slice(&endpoint_slice(
         "db",
@@ -259,7 +306,10 @@ fn headless_service_without_ready_endpoints_is_nxdomain() {
         &[],
     ))
     .unwrap();
-    assert_eq!(answer(&s, "pg.db.svc.cluster.local.", RecordType::A), vec!["10.42.0.5"]);
+    assert_eq!(
+        answer(&s, "pg.db.svc.cluster.local.", RecordType::A),
+        vec!["10.42.0.5"]
+    );
 }
 
 #[test]
@@ -278,7 +328,10 @@ fn headless_dual_stack_slices_combine() {
         answer(&s, "pg-0.pg.db.svc.cluster.local.", RecordType::AAAA),
         vec!["fd00:42::5"]
     );
-    assert_eq!(answer(&s, "pg-0.pg.db.svc.cluster.local.", RecordType::A), vec!["10.42.0.5"]);
+    assert_eq!(
+        answer(&s, "pg-0.pg.db.svc.cluster.local.", RecordType::A),
+        vec!["10.42.0.5"]
+    );
 }
 
 #[test]
@@ -292,9 +345,18 @@ fn pod_records_come_from_the_name() {
         answer(&s, "fd00--5.default.pod.cluster.local.", RecordType::AAAA),
         vec!["fd00::5"]
     );
-    assert_eq!(answer(&s, "10-42-0-5.default.pod.cluster.local.", RecordType::AAAA), nodata());
-    assert_eq!(answer(&s, "not-an-ip.default.pod.cluster.local.", RecordType::A), nx());
-    assert_eq!(answer(&s, "default.pod.cluster.local.", RecordType::A), nodata());
+    assert_eq!(
+        answer(&s, "10-42-0-5.default.pod.cluster.local.", RecordType::AAAA),
+        nodata()
+    );
+    assert_eq!(
+        answer(&s, "not-an-ip.default.pod.cluster.local.", RecordType::A),
+        nx()
+    );
+    assert_eq!(
+        answer(&s, "default.pod.cluster.local.", RecordType::A),
+        nodata()
+    );
 }
 
 #[test]
@@ -310,7 +372,10 @@ fn deletes_remove_records_and_ptrs() {
 
     let mut s = web_state();
     s.delete_service("default", "web");
-    assert_eq!(answer(&s, "web.default.svc.cluster.local.", RecordType::A), nx());
+    assert_eq!(
+        answer(&s, "web.default.svc.cluster.local.", RecordType::A),
+        nx()
+    );
     assert_eq!(
         lookup(&s, "20.0.43.10.in-addr.arpa.", RecordType::PTR),
         Lookup::NotAuthoritative
@@ -321,7 +386,8 @@ fn deletes_remove_records_and_ptrs() {
 #[test]
 fn a_slice_moved_to_another_service_leaves_the_old_one() {
     let mut s = headless_state(false);
-    s.apply_service(&headless_service("db", "other", &[], false)).unwrap();
+    s.apply_service(&headless_service("db", "other", &[], false))
+        .unwrap();
     s.apply_slice(&endpoint_slice(
         "db",
         "pg-abc",
@@ -332,7 +398,10 @@ fn a_slice_moved_to_another_service_leaves_the_old_one() {
     ))
     .unwrap();
     assert_eq!(answer(&s, "pg.db.svc.cluster.local.", RecordType::A), nx());
-    assert_eq!(answer(&s, "other.db.svc.cluster.local.", RecordType::A), vec!["10.42.0.5"]);
+    assert_eq!(
+        answer(&s, "other.db.svc.cluster.local.", RecordType::A),
+        vec!["10.42.0.5"]
+    );
 }
 
 #[test]
@@ -341,8 +410,14 @@ fn a_loaded_snapshot_never_changes_under_a_reader() {
     let before = s.handle().load();
     s.delete_service("default", "web");
     let name = Name::from_ascii("web.default.svc.cluster.local.").unwrap();
-    assert!(matches!(before.lookup(&name, RecordType::A), Lookup::Answer { .. }));
-    assert_eq!(s.handle().load().lookup(&name, RecordType::A), Lookup::NxDomain);
+    assert!(matches!(
+        before.lookup(&name, RecordType::A),
+        Lookup::Answer { .. }
+    ));
+    assert_eq!(
+        s.handle().load().lookup(&name, RecordType::A),
+        Lookup::NxDomain
+    );
     assert_ne!(before.serial(), s.handle().load().serial());
 }
 
@@ -357,8 +432,13 @@ fn one_change_among_10000_services_copies_one_shard() {
         .collect();
     s.replace_all(&services, &[]);
     let before = s.handle().load();
-    s.apply_service(&cluster_ip_service("bench", "svc-77", &["10.43.99.99"], &[]))
-        .unwrap();
+    s.apply_service(&cluster_ip_service(
+        "bench",
+        "svc-77",
+        &["10.43.99.99"],
+        &[],
+    ))
+    .unwrap();
     let after = s.handle().load();
     fn changed<T>(a: &[Arc<T>], b: &[Arc<T>]) -> usize {
         a.iter().zip(b).filter(|(x, y)| !Arc::ptr_eq(x, y)).count()
@@ -378,12 +458,20 @@ fn one_change_among_10000_services_copies_one_shard() {
     let started = std::time::Instant::now();
     for i in 0..200 {
         let ip = format!("10.43.200.{}", i + 1);
-        s.apply_service(&cluster_ip_service("bench", &format!("svc-{i}"), &[&ip], &[]))
-            .unwrap();
+        s.apply_service(&cluster_ip_service(
+            "bench",
+            &format!("svc-{i}"),
+            &[&ip],
+            &[],
+        ))
+        .unwrap();
     }
     let per_apply = started.elapsed() / 200;
     // a full copy of 10,000 services per change would be tens of times slower than this
-    assert!(per_apply < std::time::Duration::from_millis(2), "{per_apply:?}");
+    assert!(
+        per_apply < std::time::Duration::from_millis(2),
+        "{per_apply:?}"
+    );
 }
 
 #[test]
@@ -393,7 +481,10 @@ fn resolv_conf_nameservers_are_parsed() {
         crate::parse_resolv_conf(text),
         vec!["10.0.0.2:53".parse().unwrap(), "[::1]:53".parse().unwrap()]
     );
-    assert_eq!(crate::parse_upstream("127.0.0.1:5353").unwrap().port(), 5353);
+    assert_eq!(
+        crate::parse_upstream("127.0.0.1:5353").unwrap().port(),
+        5353
+    );
     assert_eq!(crate::parse_upstream("10.1.1.1").unwrap().port(), 53);
     assert!(crate::parse_upstream("resolver.example").is_err());
 }
@@ -411,9 +502,16 @@ fn zone_file_export_lists_every_record() {
         "pg-0.pg.db.svc.cluster.local. 5 IN A 10.42.0.5",
         "_pg._tcp.pg.db.svc.cluster.local. 5 IN SRV 0 50 5432 pg-0.pg.db.svc.cluster.local.",
     ] {
-        assert!(cluster.text.lines().any(|l| l == line), "{line} missing from\n{}", cluster.text);
+        assert!(
+            cluster.text.lines().any(|l| l == line),
+            "{line} missing from\n{}",
+            cluster.text
+        );
     }
-    assert!(!cluster.text.contains("10.42.2.7"), "not-ready endpoint exported");
+    assert!(
+        !cluster.text.contains("10.42.2.7"),
+        "not-ready endpoint exported"
+    );
     let reverse = &zones[1];
     assert_eq!(reverse.origin, "in-addr.arpa.");
     assert!(reverse
