@@ -116,10 +116,16 @@ pub fn decide(t: &Tuple) -> Action {
     // SAFETY: array values are preallocated and never freed while the map lives, and the
     // cursor is only ever touched atomically, so concurrent CPUs each get a distinct value.
     // The intrinsic because core's atomic types have no RMW methods on the BPF target; it
-    // lowers to BPF_ATOMIC | BPF_FETCH | BPF_ADD.
+    // lowers to BPF_ATOMIC | BPF_FETCH | BPF_ADD. SeqCst, not Relaxed: LLVM 22 lowers a
+    // relaxed fetch-add to the non-fetching BPF add and then reads a stale register.
     let turn: u64 =
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(rr.cast::<u64>(), 1) };
-    key.backend_slot = (turn % u64::from(count)) as u16 + 1;
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(rr.cast::<u64>(), 1) };
+    // checked_rem: count is known non-zero here, but a plain `%` still leaves a panic path
+    // the compiler cannot remove, and the verifier rejects it
+    let Some(idx) = turn.checked_rem(u64::from(count)) else {
+        return Action::NoBackend { rev_nat_id };
+    };
+    key.backend_slot = idx as u16 + 1;
     // SAFETY: copied out at once.
     let Some(slot) = (unsafe { KAZE_SVC4.get(key) }) else {
         // the proxy publishes the count only after every slot below it is written; a miss

@@ -1,0 +1,1 @@
+//! Network namespaces, veths and echo servers for the end-to-end tests.
