@@ -1,0 +1,192 @@
+//! Authentication: bearer tokens. The admin token is generated on first start and kept in
+//! `<data-dir>/server/admin.token`; more tokens come from `--token-auth-file` (upstream's CSV
+//! format). Requests without a known token get 401, except the health and version endpoints
+//! that upstream opens to anonymous callers. Authorization and admission are separate layers
+//! (not built yet): every authenticated user may do everything.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::state::AppState;
+use crate::status::ApiError;
+use crate::Error;
+
+/// Who a request is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tokens {
+    by_token: HashMap<String, UserInfo>,
+    admin: String,
+}
+
+impl Tokens {
+    /// Load (or create) the admin token and read the token file, if any.
+    pub fn load(server_dir: &Path, token_file: Option<&Path>) -> Result<Tokens, Error> {
+        let path = server_dir.join("admin.token");
+        let admin = match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let t = format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                crate::tls::write_private(server_dir, "admin.token", &t)?;
+                t
+            }
+        };
+        let mut by_token = HashMap::new();
+        by_token.insert(
+            admin.clone(),
+            UserInfo {
+                name: "kaze-admin".into(),
+                uid: "kaze-admin".into(),
+                groups: vec!["system:masters".into(), "system:authenticated".into()],
+            },
+        );
+        if let Some(file) = token_file {
+            let text =
+                std::fs::read_to_string(file).map_err(Error::io("reading token file", file))?;
+            for (token, user) in parse_token_file(&text).map_err(|reason| Error::Config {
+                reason: format!("--token-auth-file {}: {reason}", file.display()),
+            })? {
+                by_token.insert(token, user);
+            }
+        }
+        Ok(Tokens { by_token, admin })
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin
+    }
+
+    pub fn authenticate(&self, token: &str) -> Option<&UserInfo> {
+        // Walk every entry so the time taken does not depend on where a match is.
+        let mut found = None;
+        for (t, u) in &self.by_token {
+            if constant_time_eq(t.as_bytes(), token.as_bytes()) {
+                found = Some(u);
+            }
+        }
+        found
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `token,user,uid[,"group1,group2"]` per line; `#` comments and blank lines skipped.
+pub fn parse_token_file(text: &str) -> Result<Vec<(String, UserInfo)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (head, groups) = match line.find('"') {
+            Some(q) => (&line[..q], line[q..].trim_matches('"')),
+            None => (line, ""),
+        };
+        let fields: Vec<&str> = head
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .collect();
+        if fields.len() < 3 {
+            return Err(format!(
+                "line {}: expected token,user,uid[,\"groups\"]",
+                i + 1
+            ));
+        }
+        let mut groups: Vec<String> = groups
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect();
+        groups.push("system:authenticated".into());
+        out.push((
+            fields[0].to_string(),
+            UserInfo {
+                name: fields[1].to_string(),
+                uid: fields[2].to_string(),
+                groups,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn is_public(path: &str) -> bool {
+    ["/healthz", "/livez", "/readyz", "/version"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// The authentication layer: attaches [`UserInfo`] to the request or answers 401.
+pub async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match token.and_then(|t| state.tokens.authenticate(t)) {
+        Some(user) => {
+            req.extensions_mut().insert(user.clone());
+            next.run(req).await
+        }
+        None if is_public(req.uri().path()) => next.run(req).await,
+        None => ApiError::unauthorized().into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_upstream_token_csv() {
+        let users =
+            parse_token_file("# c\nabc,alice,1001,\"dev,ops\"\nxyz,bob,1002\n").expect("valid");
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].0, "abc");
+        assert_eq!(
+            users[0].1.groups,
+            vec!["dev", "ops", "system:authenticated"]
+        );
+        assert_eq!(users[1].1.name, "bob");
+        assert!(parse_token_file("onlytoken\n").is_err());
+    }
+
+    #[test]
+    fn health_and_version_are_public_but_api_is_not() {
+        assert!(is_public("/healthz"));
+        assert!(is_public("/readyz/ping"));
+        assert!(is_public("/version"));
+        assert!(!is_public("/api/v1/pods"));
+        assert!(!is_public("/healthzx"));
+    }
+}

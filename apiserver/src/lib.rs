@@ -1,0 +1,108 @@
+//! kaze's apiserver: the Kubernetes REST API (discovery, OpenAPI, CRUD, list/watch, patch,
+//! subresources) over [`store::Storage`], served over HTTPS with bearer-token authentication.
+//!
+//! One way in for the `kaze` binary: [`Config`] (clap flags with kube-apiserver's names) and
+//! [`run`]. Tests and other crates start a server in-process with [`start`] and talk to it
+//! through [`RunningServer::kubeconfig_path`] or [`RunningServer::url`] + token + CA.
+//!
+//! Request path: TLS -> authentication ([`auth`]) -> routing ([`router`]) -> the generic
+//! handlers ([`handlers`]) driven by the resource [`registry`] -> [`store`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+
+mod auth;
+mod error;
+mod kubeconfig;
+mod router;
+mod server;
+mod state;
+mod status;
+mod tls;
+
+pub use error::Error;
+pub use server::{start, RunningServer};
+
+/// kube-apiserver's flags that kaze supports, under upstream's names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Where the server keeps its state: TLS material, tokens, kubeconfig, embedded store.
+    #[arg(long = "data-dir", default_value = "/var/lib/kaze")]
+    pub data_dir: PathBuf,
+
+    /// Address to serve HTTPS on.
+    #[arg(long = "bind-address", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind_address: IpAddr,
+
+    /// Port to serve HTTPS on (0: a random free port, for tests).
+    #[arg(long = "secure-port", default_value_t = 6443)]
+    pub secure_port: u16,
+
+    #[command(flatten)]
+    pub storage: store::StorageConfig,
+
+    /// CIDR that Service ClusterIPs are allocated from.
+    #[arg(long = "service-cluster-ip-range", default_value = "10.43.0.0/16")]
+    pub service_cluster_ip_range: String,
+
+    /// Extra names or IPs for the serving certificate (beyond localhost, the host name and
+    /// the in-cluster `kubernetes` service names).
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
+    /// Extra bearer tokens, upstream's CSV format: `token,user,uid,"group1,group2"`.
+    #[arg(long = "token-auth-file")]
+    pub token_auth_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Defaults for an in-process server: loopback, a random port, the embedded store in
+    /// `data_dir`.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            secure_port: 0,
+            storage: store::StorageConfig {
+                etcd_servers: Vec::new(),
+                etcd_prefix: "/registry".to_string(),
+                etcd_servers_overrides: Vec::new(),
+            },
+            service_cluster_ip_range: "10.43.0.0/16".to_string(),
+            tls_san: Vec::new(),
+            token_auth_file: None,
+        }
+    }
+
+    pub(crate) fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.secure_port)
+    }
+
+    pub(crate) fn server_dir(&self) -> PathBuf {
+        self.data_dir.join("server")
+    }
+
+    /// Where the admin kubeconfig is written.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        kubeconfig_path(&self.data_dir)
+    }
+}
+
+pub(crate) fn kubeconfig_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("kubeconfig.yaml")
+}
+
+/// Serve until `shutdown` is cancelled, then drain and return.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let server = start(config).await?;
+    tracing::info!(
+        "apiserver ready at {}; export KUBECONFIG={}",
+        server.url(),
+        server.kubeconfig_path().display()
+    );
+    shutdown.cancelled().await;
+    server.shutdown().await;
+    Ok(())
+}

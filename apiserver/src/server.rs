@@ -1,0 +1,205 @@
+//! Starting, serving and stopping: TLS material, tokens, storage, bootstrap objects, the
+//! kubeconfig, then an accept loop that owns every connection task.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Tokens;
+use crate::state::AppState;
+use crate::{Config, Error};
+
+/// An apiserver serving in this process. Dropping it stops it (without waiting).
+#[derive(Debug)]
+pub struct RunningServer {
+    url: String,
+    addr: SocketAddr,
+    kubeconfig_path: PathBuf,
+    data_dir: PathBuf,
+    token: String,
+    ca_pem: String,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// `https://<host>:<port>` reachable from this machine.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The admin bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The CA that signed the serving certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Stop accepting, end watches, and wait for connections to drain.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Start serving and return once the server accepts requests.
+pub async fn start(config: Config) -> Result<RunningServer, Error> {
+    let server_dir = config.server_dir();
+    std::fs::create_dir_all(&server_dir)
+        .map_err(Error::io("creating data directory", &server_dir))?;
+
+    let sans = crate::tls::default_sans(config.bind_address, &config.tls_san, None);
+    let material = crate::tls::ensure(&server_dir.join("tls"), &sans)?;
+    let tls_config = crate::tls::server_config(&material)?;
+    let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
+
+    let storage = store::Storage::open(
+        &config.storage,
+        &store::config::embedded_path(&config.data_dir),
+    )
+    .await
+    .map_err(|source| Error::Storage { source })?;
+
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState {
+        storage,
+        tokens,
+        shutdown: shutdown.clone(),
+    });
+
+    let bind = config.bind_addr();
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| Error::Bind { addr: bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr: bind, source })?;
+    let host = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!("https://{}", SocketAddr::new(host, addr.port()));
+
+    let kubeconfig_path = config.kubeconfig_path();
+    crate::kubeconfig::write(
+        &kubeconfig_path,
+        &url,
+        &material.ca_pem,
+        state.tokens.admin_token(),
+    )?;
+
+    let app = crate::router::build(state.clone());
+    let task = tokio::spawn(serve(
+        listener,
+        TlsAcceptor::from(tls_config),
+        app,
+        shutdown.clone(),
+    ));
+
+    Ok(RunningServer {
+        url,
+        addr,
+        kubeconfig_path,
+        data_dir: config.data_dir.clone(),
+        token: state.tokens.admin_token().to_string(),
+        ca_pem: material.ca_pem,
+        shutdown,
+        task: Some(task),
+    })
+}
+
+/// How long connections get to finish after shutdown before they are cut.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // Reap finished connection tasks so the set does not grow without bound.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        conns.abort_all();
+    }
+}
