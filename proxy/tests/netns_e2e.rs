@@ -1,0 +1,214 @@
+//! End to end through real network namespaces (root; real kernel): a client namespace, three
+//! backend namespaces running echo servers that answer with their own name, and a node
+//! namespace routing between them with the tc program on every node-side interface.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use proxy::{Dataplane, Protocol, ServiceKey, TcHook};
+use support::{
+    netns::{in_netns, tcp_once, udp_ask, udp_socket, Conn, EchoServer, Topology},
+    unique_id, PinRoot,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 10);
+const BACKEND_PORT: u16 = 8080;
+
+fn tcp_svc() -> ServiceKey {
+    ServiceKey {
+        address: VIP,
+        port: 80,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn udp_svc() -> ServiceKey {
+    ServiceKey {
+        address: VIP,
+        port: 53,
+        protocol: Protocol::Udp,
+    }
+}
+
+/// Everything one test creates. Fields drop in declaration order: servers, then the
+/// dataplane (closing its fds), then the namespaces, then the pins.
+struct World {
+    // held for their Drop: stopped first
+    _servers: Vec<EchoServer>,
+    dp: Option<Dataplane>,
+    topo: Topology,
+    root: PinRoot,
+}
+
+impl World {
+    fn new(test: &str) -> Self {
+        let id = unique_id(test);
+        let root = PinRoot::new(test);
+        let topo = Topology::new(&id, 3);
+        let servers = topo
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| EchoServer::start(ns, &format!("backend-{i}"), BACKEND_PORT))
+            .collect();
+        let mut world = World {
+            _servers: servers,
+            dp: None,
+            topo,
+            root,
+        };
+        world.start_proxy();
+        let backends: Vec<SocketAddrV4> = (0..3)
+            .map(|i| SocketAddrV4::new(Topology::backend_addr(i), BACKEND_PORT))
+            .collect();
+        let dp = world.dp();
+        dp.upsert_service(tcp_svc(), &backends)
+            .expect("programming the TCP service");
+        dp.upsert_service(udp_svc(), &backends)
+            .expect("programming the UDP service");
+        world
+    }
+
+    /// Loads the dataplane from the pin root and attaches it on every node-side interface,
+    /// as a proxy (re)start does.
+    fn start_proxy(&mut self) {
+        let mut dp = self.root.load();
+        let ifaces = self.topo.node_ifaces.clone();
+        let dp = in_netns(self.topo.node.name(), move || {
+            for iface in &ifaces {
+                dp.attach_tc(iface, TcHook::Ingress)
+                    .unwrap_or_else(|e| panic!("attaching to {iface}: {e}"));
+            }
+            dp
+        });
+        self.dp = Some(dp);
+    }
+
+    fn dp(&mut self) -> &mut Dataplane {
+        self.dp.as_mut().expect("the proxy is running")
+    }
+
+    fn vip(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(VIP, port)
+    }
+}
+
+fn names(order: &[usize]) -> Vec<String> {
+    order.iter().map(|i| format!("backend-{i}")).collect()
+}
+
+#[test]
+fn tcp_and_udp_to_the_cluster_ip_spread_round_robin_and_flows_stick() {
+    let mut w = World::new("e2e-rr");
+    let client = &w.topo.client;
+
+    // the long flow is the service's first: it takes backend 0
+    let mut long = Conn::open(client, World::vip(80));
+    assert_eq!(long.ask(), "backend-0");
+
+    let short: Vec<String> = (0..6).map(|_| tcp_once(client, World::vip(80))).collect();
+    assert_eq!(
+        short,
+        names(&[1, 2, 0, 1, 2, 0]),
+        "TCP connections in round-robin order"
+    );
+
+    for i in 0..5 {
+        assert_eq!(
+            long.ask(),
+            "backend-0",
+            "the long flow moved at exchange {i}"
+        );
+        // new connections keep rotating while it runs
+        let next = tcp_once(client, World::vip(80));
+        assert_eq!(
+            next,
+            format!("backend-{}", (i + 1) % 3),
+            "short connection {i}"
+        );
+    }
+
+    let udp: Vec<String> = (0..6)
+        .map(|_| udp_ask(&udp_socket(client), World::vip(53)))
+        .collect();
+    assert_eq!(
+        udp,
+        names(&[0, 1, 2, 0, 1, 2]),
+        "UDP flows in round-robin order"
+    );
+    let sock = udp_socket(client);
+    let first = udp_ask(&sock, World::vip(53));
+    for _ in 0..3 {
+        assert_eq!(udp_ask(&sock, World::vip(53)), first, "a UDP flow moved");
+    }
+
+    let dp = w.dp();
+    let tcp = dp
+        .counters(tcp_svc())
+        .expect("counters")
+        .expect("tcp service");
+    let udp = dp
+        .counters(udp_svc())
+        .expect("counters")
+        .expect("udp service");
+    assert!(tcp.fwd_packets > 0 && tcp.rev_packets > 0, "{tcp:?}");
+    // 10 datagrams each way
+    assert_eq!((udp.fwd_packets, udp.rev_packets), (10, 10), "{udp:?}");
+}
+
+#[test]
+fn proxy_restart_mid_flow_keeps_the_flow_and_the_services() {
+    let mut w = World::new("e2e-restart");
+    let mut long = Conn::open(&w.topo.client, World::vip(80));
+    let backend = long.ask();
+
+    // the proxy goes away: pinned links keep the programs attached, pinned maps keep state
+    w.dp = None;
+    assert_eq!(
+        long.ask(),
+        backend,
+        "the flow broke while the proxy was down"
+    );
+    let while_down = tcp_once(&w.topo.client, World::vip(80));
+    assert!(
+        while_down.starts_with("backend-"),
+        "new flows must work while it is down"
+    );
+
+    w.start_proxy();
+    assert_eq!(long.ask(), backend, "the flow broke across the restart");
+    let listed = w.dp().services().expect("listing services");
+    assert_eq!(
+        listed.len(),
+        2,
+        "services were lost across the restart: {listed:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(long.ask(), backend);
+        let new = tcp_once(&w.topo.client, World::vip(80));
+        assert!(new.starts_with("backend-"), "{new}");
+    }
+
+    // removing the service stops new connections but lets the long flow finish
+    assert!(w
+        .dp()
+        .remove_service(tcp_svc())
+        .expect("removing the service"));
+    assert_eq!(long.ask(), backend, "removal cut the established flow");
+    let refused = in_netns(w.topo.client.name(), || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::V4(World::vip(80)),
+            std::time::Duration::from_secs(2),
+        )
+    });
+    assert!(
+        refused.is_err(),
+        "a new connection reached a removed service"
+    );
+    assert_eq!(
+        long.ask(),
+        backend,
+        "the established flow broke after removal"
+    );
+}
