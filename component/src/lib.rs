@@ -1,1 +1,65 @@
-pub fn x(){}
+//! What every kaze component shares: tracing set-up and shutdown signalling.
+//!
+//! Every component exposes `run(config, shutdown: CancellationToken)`; the `kaze` binary
+//! creates one token per process with [`shutdown_on_signals`] and hands clones to each
+//! component it runs, so Ctrl-C or SIGTERM drains them all.
+
+pub use tokio_util::sync::CancellationToken;
+
+/// Log to stderr, filtered by `RUST_LOG` (default `info`). Safe to call more than once.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM. Must be called inside a tokio runtime.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; draining");
+        t.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        // Without signal handlers the process still stops on the default action.
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sigterm_cancels_the_token() {
+        let token = shutdown_on_signals();
+        // Give the handler task a moment to install its handlers.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!token.is_cancelled());
+        let pid = std::process::id();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+        tokio::time::timeout(std::time::Duration::from_secs(5), token.cancelled())
+            .await
+            .expect("token cancelled after SIGTERM");
+    }
+}

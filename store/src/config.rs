@@ -80,6 +80,12 @@ impl Storage {
     /// servers are given.
     pub async fn open(config: &StorageConfig, embedded_path: &Path) -> Result<Self, StoreError> {
         let prefix = normalize_prefix(&config.etcd_prefix)?;
+        // Validate every flag before connecting anywhere, so a typo is reported as such.
+        let parsed = config
+            .etcd_servers_overrides
+            .iter()
+            .map(|raw| parse_override(raw))
+            .collect::<Result<Vec<_>, _>>()?;
         let default: Arc<dyn Store> = if config.etcd_servers.is_empty() {
             if !config.etcd_servers_overrides.is_empty() {
                 return Err(StoreError::Config {
@@ -91,8 +97,7 @@ impl Storage {
             Arc::new(EtcdStore::connect(&config.etcd_servers).await?)
         };
         let mut overrides = HashMap::new();
-        for raw in &config.etcd_servers_overrides {
-            let o = parse_override(raw)?;
+        for o in parsed {
             let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&o.servers).await?);
             overrides.insert((o.group, o.resource), store);
         }

@@ -1,0 +1,74 @@
+//! `kaze`: every kaze component in one binary, hyperkube-style. `kaze <component> ...`, or
+//! the binary invoked through a symlink named after the upstream component
+//! (`kube-apiserver`), or `kaze server` for a whole control plane.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kaze", version, about = "kaze: a Kubernetes distribution with eBPF-first networking")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The Kubernetes API server (also invoked as `kube-apiserver`).
+    Apiserver(apiserver::Config),
+    /// A whole cluster on this machine: today the control plane (the apiserver on the
+    /// embedded store, or etcd with --etcd-servers).
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Run only the control plane, no node components on this machine. The node components
+    /// (kubelet, proxy, dns) are not part of `kaze server` yet, so today this changes nothing;
+    /// it is accepted so scripts written now keep working.
+    #[arg(long)]
+    disable_agent: bool,
+    #[command(flatten)]
+    apiserver: apiserver::Config,
+}
+
+/// Upstream component names that select a subcommand when the binary is called by them.
+const ALIASES: &[(&str, &str)] = &[("kube-apiserver", "apiserver")];
+
+fn args() -> Vec<String> {
+    let mut args: Vec<String> = std::env::args().collect();
+    let called_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some((_, sub)) = ALIASES.iter().find(|(alias, _)| *alias == called_as) {
+        args.insert(1, sub.to_string());
+    }
+    args
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse_from(args());
+    component::init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let shutdown = component::shutdown_on_signals();
+        match cli.command {
+            Command::Apiserver(config) => apiserver::run(config, shutdown)
+                .await
+                .context("apiserver"),
+            Command::Server(args) => {
+                if args.disable_agent {
+                    tracing::info!("--disable-agent: control plane only");
+                }
+                apiserver::run(args.apiserver, shutdown)
+                    .await
+                    .context("kaze server: apiserver")
+            }
+        }
+    })
+}

@@ -1,0 +1,173 @@
+//! `cargo xtask bench store`: writes of pod-sized JSON values and a list of all of them,
+//! through the `Store` trait on each backend and, in the same run, with raw etcd-client puts
+//! as the reference. Prints ops/s and ratios and writes them as JSON to `--out`.
+//!
+//! Each etcd measurement gets a fresh etcd (same binary, same disk) so one run's data does
+//! not slow the next.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{stream, StreamExt};
+use store::embedded::EmbeddedStore;
+use store::etcd::EtcdStore;
+use store::{ListOptions, Store};
+use testkit::Etcd;
+
+const CONCURRENCY: usize = 32;
+
+fn pod_json(i: usize) -> Bytes {
+    // About 2 KiB, the size of a small real pod object.
+    let pad = "x".repeat(1400);
+    Bytes::from(format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"bench-{i}","namespace":"default","uid":"00000000-0000-0000-0000-{i:012}","labels":{{"app":"bench","tier":"web"}},"annotations":{{"pad":"{pad}"}}}},"spec":{{"nodeName":"node-{n}","containers":[{{"name":"app","image":"busybox","command":["sh","-c","sleep 3600"],"resources":{{"requests":{{"cpu":"100m","memory":"64Mi"}}}}}}]}},"status":{{"phase":"Running","podIP":"10.42.{n}.{m}"}}}}"#,
+        n = i % 250,
+        m = i % 250 + 1,
+    ))
+}
+
+struct Args {
+    count: usize,
+    out: std::path::PathBuf,
+}
+
+fn args() -> Args {
+    let mut count = 10_000;
+    let mut out = std::path::PathBuf::from("target/bench/store.json");
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--count" => count = it.next().and_then(|v| v.parse().ok()).expect("--count N"),
+            "--out" => out = it.next().expect("--out FILE").into(),
+            other => panic!("unknown argument {other:?} (expected --count N --out FILE)"),
+        }
+    }
+    Args { count, out }
+}
+
+async fn timed<F, Fut>(count: usize, f: F) -> f64
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    stream::iter(0..count)
+        .map(f)
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn raw_puts(etcd: &Etcd, count: usize) -> f64 {
+    let client = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connecting the raw client");
+    timed(count, |i| {
+        let mut kv = client.kv_client();
+        async move {
+            kv.put(format!("/raw/pods/default/bench-{i}"), pod_json(i).to_vec(), None)
+                .await
+                .expect("raw put");
+        }
+    })
+    .await
+}
+
+async fn store_creates(store: Arc<dyn Store>, count: usize) -> f64 {
+    timed(count, |i| {
+        let store = store.clone();
+        async move {
+            store
+                .create(&format!("/registry/pods/default/bench-{i}"), pod_json(i))
+                .await
+                .expect("store create");
+        }
+    })
+    .await
+}
+
+async fn raw_list(etcd: &Etcd, count: usize) -> f64 {
+    let client = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connecting the raw client");
+    let mut kv = client.kv_client().max_decoding_message_size(512 << 20);
+    let start = Instant::now();
+    let resp = kv
+        .get("/raw/pods/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .expect("raw list");
+    assert_eq!(resp.kvs().len(), count);
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn store_list(store: &dyn Store, count: usize) -> f64 {
+    let start = Instant::now();
+    let l = store
+        .list("/registry/pods/", ListOptions::default())
+        .await
+        .expect("store list");
+    assert_eq!(l.items.len(), count);
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn entry(metric: &str, value: f64, unit: &str, reference: &str, reference_value: f64) -> serde_json::Value {
+    serde_json::json!({
+        "metric": metric,
+        "value": (value * 10.0).round() / 10.0,
+        "unit": unit,
+        "reference": reference,
+        "reference_value": (reference_value * 10.0).round() / 10.0,
+        "ratio": ((value / reference_value) * 1000.0).round() / 1000.0,
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let n = a.count;
+    println!("store bench: {n} pod-sized values (~2 KiB), {CONCURRENCY} writers in flight");
+
+    let etcd_raw = tokio::task::spawn_blocking(Etcd::start).await.expect("etcd");
+    let raw_put = raw_puts(&etcd_raw, n).await;
+    let raw_get = raw_list(&etcd_raw, n).await;
+    drop(etcd_raw);
+
+    let etcd_b = tokio::task::spawn_blocking(Etcd::start).await.expect("etcd");
+    let etcd_store: Arc<dyn Store> =
+        Arc::new(EtcdStore::connect(&[etcd_b.url()]).await.expect("etcd backend"));
+    let etcd_put = store_creates(etcd_store.clone(), n).await;
+    let etcd_get = store_list(etcd_store.as_ref(), n).await;
+    drop(etcd_b);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let embedded: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(dir.path().join("state.db")).expect("embedded"));
+    let emb_put = store_creates(embedded.clone(), n).await;
+    let emb_get = store_list(embedded.as_ref(), n).await;
+
+    let figures = vec![
+        entry("etcd backend creates", etcd_put, "ops/s", "raw etcd-client puts", raw_put),
+        entry("embedded backend creates", emb_put, "ops/s", "etcd backend creates", etcd_put),
+        entry("etcd backend list", etcd_get, "items/s", "raw etcd-client prefix get", raw_get),
+        entry("embedded backend list", emb_get, "items/s", "etcd backend list", etcd_get),
+    ];
+    let json = serde_json::to_string_pretty(&figures).expect("json");
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir).expect("creating the output dir");
+    }
+    std::fs::write(&a.out, &json).expect("writing the results");
+    for f in &figures {
+        println!(
+            "{:<26} {:>10} {:<8} vs {:<28} {:>10}  ratio {}",
+            f["metric"].as_str().unwrap_or(""),
+            f["value"],
+            f["unit"].as_str().unwrap_or(""),
+            f["reference"].as_str().unwrap_or(""),
+            f["reference_value"],
+            f["ratio"]
+        );
+    }
+    println!("goals: etcd backend >= 0.8x raw puts; embedded >= 1.0x etcd backend");
+}

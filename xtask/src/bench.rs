@@ -1,0 +1,44 @@
+//! `cargo xtask bench <name> [--smoke]`: run one benchmark; each writes
+//! target/bench/<name>.json (a list of {metric, value, unit, reference, reference_value,
+//! ratio}) and prints it. `--smoke` is the short mode CI runs: it proves the benchmark works,
+//! its figures mean little.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, run_cmd, step};
+
+/// Every benchmark `ci` runs in smoke mode.
+pub const NAMES: &[&str] = &["store"];
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Which benchmark: store.
+    pub name: String,
+    /// Short run for CI: small counts, debug build.
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+pub fn run(root: &Path, args: Args) -> Result<()> {
+    step(&format!("bench {}{}", args.name, if args.smoke { " (smoke)" } else { "" }));
+    let out = root.join("target/bench").join(format!("{}.json", args.name));
+    std::fs::create_dir_all(root.join("target/bench"))?;
+    match args.name.as_str() {
+        "store" => {
+            let count = if args.smoke { "300" } else { "10000" };
+            let mut cmd = cargo(root);
+            cmd.args(["run", "-q", "-p", "store", "--example", "bench"]);
+            if !args.smoke {
+                cmd.arg("--release");
+            }
+            cmd.args(["--", "--count", count, "--out"]).arg(&out);
+            run_cmd(&mut cmd).context("running the store benchmark")?;
+        }
+        other => bail!("unknown benchmark {other:?}; known: {}", NAMES.join(", ")),
+    }
+    let json = std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    println!("{}: {json}", out.display());
+    Ok(())
+}

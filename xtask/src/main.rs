@@ -1,0 +1,140 @@
+//! `cargo xtask <command>`: everything needed to go from a fresh clone to a running cluster
+//! and a green test run. Every command is idempotent: it checks before it installs or builds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod ebpf;
+mod setup;
+mod up;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "kaze project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything the project needs (Debian packages, eBPF toolchain, kubectl, bpffs).
+    Setup,
+    /// Build the eBPF programs (dataplane-ebpf/) for bpfel-unknown-none with BTF.
+    BuildEbpf,
+    /// Set up, build and start a single-node cluster in the foreground.
+    Up(up::Args),
+    /// The one test command: setup, fmt, clippy, build, every test, benchmarks in smoke mode.
+    Ci,
+    /// Run a benchmark and write target/bench/<name>.json.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::run(&root()),
+        Cmd::BuildEbpf => ebpf::build_ebpf(&root()).map(|obj| {
+            println!("eBPF object: {}", obj.display());
+        }),
+        Cmd::Up(args) => up::run(&root(), args),
+        Cmd::Ci => ci(&root()),
+        Cmd::Bench(args) => bench::run(&root(), args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The repository root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where setup puts project-local tools (the kubectl venv).
+pub fn tools_dir(root: &Path) -> PathBuf {
+    root.join("target").join("tools")
+}
+
+pub fn kubectl_path(root: &Path) -> PathBuf {
+    tools_dir(root).join("venv").join("bin").join("kubectl")
+}
+
+/// Print a step header the way every xtask command does.
+pub fn step(name: &str) {
+    println!("==> {name}");
+}
+
+/// Run a command, failing with the command line when it does not succeed.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
+/// `cargo` with the environment every workspace command needs: the kubectl venv first on
+/// PATH, and KAZE_KUBECTL pointing at it, so tests use the real upstream kubectl.
+pub fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root);
+    let venv_bin = tools_dir(root).join("venv").join("bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![venv_bin];
+    paths.extend(std::env::split_paths(&path));
+    if let Ok(joined) = std::env::join_paths(paths) {
+        cmd.env("PATH", joined);
+    }
+    cmd.env("KAZE_KUBECTL", kubectl_path(root));
+    cmd
+}
+
+fn ci(root: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    setup::run(root).context("ci: setup")?;
+    step("build-ebpf");
+    ebpf::build_ebpf(root).context("ci: build-ebpf")?;
+    step("cargo fmt --check");
+    run_cmd(cargo(root).args(["fmt", "--all", "--check"])).context("ci: formatting (run `cargo fmt --all`)")?;
+    step("cargo clippy");
+    run_cmd(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("ci: clippy")?;
+    step("cargo build");
+    run_cmd(cargo(root).args(["build", "--workspace", "--all-targets"])).context("ci: build")?;
+    step("cargo test (unit, integration, privileged e2e)");
+    run_cmd(cargo(root).args(["test", "--workspace", "--no-fail-fast"])).context("ci: tests")?;
+    step("benchmarks (smoke mode)");
+    for name in bench::NAMES {
+        bench::run(
+            root,
+            bench::Args {
+                name: name.to_string(),
+                smoke: true,
+            },
+        )
+        .with_context(|| format!("ci: bench {name} --smoke"))?;
+    }
+    println!(
+        "ci: all green in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

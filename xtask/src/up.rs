@@ -1,0 +1,76 @@
+//! `cargo xtask up`: from a fresh clone to a running single-node cluster in one command.
+//! Today the cluster is the control plane (apiserver on the embedded store); later issues
+//! add the scheduler, controllers and this machine's node components to `kaze server`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, kubectl_path, run_cmd, step};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the cluster keeps its state, certificates and kubeconfig.
+    #[arg(long, default_value = "/var/lib/kaze")]
+    data_dir: PathBuf,
+    /// Extra arguments passed to `kaze server` (after `--`).
+    #[arg(last = true)]
+    server_args: Vec<String>,
+}
+
+pub fn run(root: &Path, args: Args) -> Result<()> {
+    crate::setup::run(root).context("up: setup")?;
+    step("build kaze");
+    run_cmd(cargo(root).args(["build", "-p", "kaze"])).context("up: building kaze")?;
+    let kaze = root.join("target/debug/kaze");
+    step(&format!("start kaze server --data-dir {}", args.data_dir.display()));
+    let mut server = Command::new(&kaze)
+        .arg("server")
+        .arg("--data-dir")
+        .arg(&args.data_dir)
+        .args(&args.server_args)
+        .spawn()
+        .with_context(|| format!("starting {}", kaze.display()))?;
+
+    let kubeconfig = args.data_dir.join("kubeconfig.yaml");
+    let kubectl = kubectl_path(root);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    step("wait for the apiserver to be ready");
+    loop {
+        if let Some(status) = server.try_wait()? {
+            bail!("kaze server exited during start-up with {status}; its log is above");
+        }
+        let ready = kubeconfig.exists()
+            && Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["get", "--raw", "/readyz"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            bail!("the apiserver was not ready within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let venv_bin = kubectl.parent().map(Path::to_path_buf).unwrap_or_default();
+    println!();
+    println!("kaze is up. In another shell:");
+    println!("    export KUBECONFIG={}", kubeconfig.display());
+    println!("    export PATH={}:$PATH   # the upstream kubectl 1.37 setup installed", venv_bin.display());
+    println!("Try:");
+    println!("    kubectl get namespaces");
+    println!("    kubectl create configmap hello --from-literal=greeting=hi");
+    println!("    kubectl get configmap hello -o yaml");
+    println!("Ctrl-C stops the cluster; `cargo xtask up` again picks it up where it was.");
+    let status = server.wait()?;
+    if !status.success() {
+        bail!("kaze server exited with {status}");
+    }
+    Ok(())
+}
