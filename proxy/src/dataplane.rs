@@ -121,20 +121,20 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(bytes).map_err(|source| DataplaneError::Load {
             pin_root: pin_root.clone(),
-            source,
+            source: Box::new(source),
         })?;
 
         program_mut::<SchedClassifier>(&mut ebpf, programs::TC)?
             .load()
             .map_err(|source| DataplaneError::Program {
                 what: format!("loading program {}", programs::TC),
-                source,
+                source: Box::new(source),
             })?;
         program_mut::<Xdp>(&mut ebpf, programs::XDP)?
             .load()
             .map_err(|source| DataplaneError::Program {
                 what: format!("loading program {}", programs::XDP),
-                source,
+                source: Box::new(source),
             })?;
 
         // Rebuilding from the maps both validates their layouts (typed map handles check key
@@ -179,13 +179,13 @@ impl Dataplane {
         let what = || format!("attaching {} to {iface} {}", programs::TC, hook.name());
         let id = match open_pinned_link(&pin).map_err(|source| DataplaneError::Link {
             what: what(),
-            source,
+            source: Box::new(source),
         })? {
             Some(old) => {
                 let link =
                     SchedClassifierLink::try_from(old).map_err(|source| DataplaneError::Link {
                         what: what(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 prog.attach_to_link(link)
             }
@@ -197,17 +197,17 @@ impl Dataplane {
         }
         .map_err(|source| DataplaneError::Program {
             what: what(),
-            source,
+            source: Box::new(source),
         })?;
         let link = prog
             .take_link(id)
             .map_err(|source| DataplaneError::Program {
                 what: what(),
-                source,
+                source: Box::new(source),
             })?;
         let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
             what: what(),
-            source,
+            source: Box::new(source),
         })?;
         pin_link(fd, &pin)
     }
@@ -225,12 +225,12 @@ impl Dataplane {
         let what = || format!("attaching {} to {iface}", programs::XDP);
         let id = match open_pinned_link(&pin).map_err(|source| DataplaneError::Link {
             what: what(),
-            source,
+            source: Box::new(source),
         })? {
             Some(old) => {
                 let link = XdpLink::try_from(old).map_err(|source| DataplaneError::Link {
                     what: what(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 prog.attach_to_link(link)
             }
@@ -238,17 +238,17 @@ impl Dataplane {
         }
         .map_err(|source| DataplaneError::Program {
             what: what(),
-            source,
+            source: Box::new(source),
         })?;
         let link = prog
             .take_link(id)
             .map_err(|source| DataplaneError::Program {
                 what: what(),
-                source,
+                source: Box::new(source),
             })?;
         let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
             what: what(),
-            source,
+            source: Box::new(source),
         })?;
         pin_link(fd, &pin)
     }
@@ -311,7 +311,7 @@ fn pin_link(link: FdLink, path: &Path) -> Result<(), DataplaneError> {
     }
     link.pin(path).map_err(|source| DataplaneError::Pin {
         what: format!("pinning link at {}", path.display()),
-        source,
+        source: Box::new(source),
     })?;
     Ok(())
 }
@@ -326,7 +326,7 @@ where
     })?;
     p.try_into().map_err(|source| DataplaneError::Program {
         what: format!("using program {name}"),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -340,6 +340,6 @@ where
     })?;
     p.try_into().map_err(|source| DataplaneError::Program {
         what: format!("using program {name}"),
-        source,
+        source: Box::new(source),
     })
 }

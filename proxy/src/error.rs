@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+// aya's errors are large; boxed so every Result in the proxy stays small
 /// Errors from loading, attaching and programming the eBPF dataplane.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -17,7 +18,7 @@ pub enum DataplaneError {
     Load {
         pin_root: PathBuf,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
 
     #[error("the eBPF object has no {kind} named {name}")]
@@ -30,28 +31,28 @@ pub enum DataplaneError {
     Program {
         what: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     #[error("{what}")]
     Link {
         what: String,
         #[source]
-        source: aya::programs::links::LinkError,
+        source: Box<aya::programs::links::LinkError>,
     },
 
     #[error("{what}")]
     Pin {
         what: String,
         #[source]
-        source: aya::pin::PinError,
+        source: Box<aya::pin::PinError>,
     },
 
     #[error("{what}")]
     Map {
         what: String,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 
     #[error("{what}")]

@@ -134,7 +134,10 @@ fn raw_ip(addr: &Ipv4Addr) -> u32 {
 
 fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     let what = what.into();
-    move |source| DataplaneError::Map { what, source }
+    move |source| DataplaneError::Map {
+        what,
+        source: Box::new(source),
+    }
 }
 
 impl State {

@@ -71,10 +71,11 @@ fn assert_only_nat_bytes_changed(input: &[u8], output: &[u8], proto: u8, dst_sid
 }
 
 type Runner = fn(&Dataplane, &[u8]) -> (u32, Vec<u8>);
+type Builder = fn((Ipv4Addr, u16), (Ipv4Addr, u16)) -> Spec;
 
 fn new_flows_round_robin(test: &str, run: Runner, pass: u32, proto: u8) {
     let (_root, dp) = setup(test);
-    let (svc_port, spec): (u16, fn((Ipv4Addr, u16), (Ipv4Addr, u16)) -> Spec) = if proto == 6 {
+    let (svc_port, spec): (u16, Builder) = if proto == 6 {
         (80, Spec::tcp)
     } else {
         (53, Spec::udp)
@@ -140,7 +141,7 @@ fn same_five_tuple_keeps_its_backend_across_other_flows() {
 
 fn reverse_nat(test: &str, run: Runner, proto: u8) {
     let (_root, dp) = setup(test);
-    let (port, spec): (u16, fn((Ipv4Addr, u16), (Ipv4Addr, u16)) -> Spec) = if proto == 6 {
+    let (port, spec): (u16, Builder) = if proto == 6 {
         (80, Spec::tcp)
     } else {
         (53, Spec::udp)
