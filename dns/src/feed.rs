@@ -18,7 +18,9 @@ use crate::http::Status;
 use crate::metrics::Metrics;
 use crate::state::ClusterState;
 
-/// One event from either watch.
+/// One event from either watch. Events move once each, so the size difference between
+/// the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Change {
     Service(Event<Service>),
     Slice(Event<EndpointSlice>),

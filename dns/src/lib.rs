@@ -22,6 +22,7 @@ pub mod fixtures;
 pub mod forward;
 pub mod handler;
 pub mod http;
+pub mod knot;
 pub mod metrics;
 #[cfg(test)]
 mod model_tests;

@@ -5,11 +5,9 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dns::records::name_key;
 use dns::zonefile::{rdata_text, ZoneFile};
@@ -76,117 +74,18 @@ impl Drop for Kaze {
 
 // === knotd ===
 
-pub struct Knotd {
-    pub addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-/// A port free for both UDP and TCP right now (knotd binds it a moment later).
-fn free_port() -> u16 {
-    loop {
-        let udp = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if StdTcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub struct Knotd(dns::knot::Knotd);
 
 impl Knotd {
-    /// Serves `zones` on 127.0.0.1 and waits until every zone answers its SOA.
     pub fn start(zones: &[ZoneFile]) -> Self {
-        let mut last_err = String::new();
-        // a port taken between probing and knotd's bind shows up as a failed start: retry
-        for _ in 0..5 {
-            match Self::try_start(zones) {
-                Ok(k) => return k,
-                Err(e) => last_err = e,
-            }
-        }
-        panic!("starting knotd: {last_err}");
-    }
-
-    fn try_start(zones: &[ZoneFile]) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let port = free_port();
-        let root = dir.path();
-        let mut conf = format!(
-            "server:\n  listen: 127.0.0.1@{port}\n  rundir: {r}\n  udp-max-payload: 1232\n\
-             log:\n  - target: {r}/knotd.log\n    any: warning\n\
-             database:\n  storage: {r}\n  journal-db-max-size: 10M\n  timer-db-max-size: 10M\n  kasp-db-max-size: 10M\n  catalog-db-max-size: 10M\nzone:\n",
-            r = root.display()
-        );
-        for (i, zone) in zones.iter().enumerate() {
-            let file = root.join(format!("zone{i}.zone"));
-            std::fs::write(&file, &zone.text).map_err(|e| e.to_string())?;
-            conf.push_str(&format!(
-                "  - domain: {}\n    file: {}\n",
-                zone.origin,
-                file.display()
-            ));
-        }
-        let conf_path = root.join("knot.conf");
-        std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
-        let child = Command::new("knotd")
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawning knotd (Debian package knot): {e}"))?;
-        let mut knot = Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            child,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for zone in zones {
-            loop {
-                if let Ok(Some(status)) = knot.child.try_wait() {
-                    let log = std::fs::read_to_string(root_log(&knot)).unwrap_or_default();
-                    return Err(format!("knotd exited with {status}: {log}"));
-                }
-                if blocking_soa(knot.addr, &zone.origin) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("knotd did not serve {} in time", zone.origin));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(knot)
+        Self(dns::knot::Knotd::start(zones, 1).expect("starting knotd"))
     }
 }
 
-fn root_log(k: &Knotd) -> PathBuf {
-    k._dir.path().join("knotd.log")
-}
-
-/// True once `server` answers the zone's SOA authoritatively.
-fn blocking_soa(server: SocketAddr, origin: &str) -> bool {
-    let Ok(sock) = StdUdpSocket::bind("127.0.0.1:0") else {
-        return false;
-    };
-    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
-    let q = query_message(origin, RecordType::SOA, None);
-    if sock.send_to(&q.to_vec().unwrap(), server).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4096];
-    match sock.recv(&mut buf) {
-        Ok(n) => Message::from_vec(&buf[..n])
-            .map(|m| m.metadata.authoritative && !m.answers.is_empty())
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-impl Drop for Knotd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Knotd {
+    type Target = dns::knot::Knotd;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
