@@ -134,3 +134,61 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+/// The real upstream kubectl the tests drive: `$KAZE_KUBECTL` (set by `cargo xtask`), else
+/// the venv `cargo xtask setup` creates.
+pub fn kubectl() -> PathBuf {
+    if let Some(p) = std::env::var_os("KAZE_KUBECTL") {
+        return PathBuf::from(p);
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/tools/venv/bin/kubectl");
+    assert!(
+        p.exists(),
+        "kubectl 1.37 not found at {} (run `cargo xtask setup`)",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed (SIGKILL) and reaped on drop, so a failing test leaves nothing.
+#[derive(Debug)]
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> Self {
+        ChildGuard(Some(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Send SIGTERM and wait up to `timeout` for a clean exit; returns whether it exited
+    /// successfully in time (it is SIGKILLed otherwise).
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.0.take() else { return false };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
