@@ -14,6 +14,8 @@ use crate::maps::{KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
 pub enum Verdict {
     Pass,
     Drop,
+    /// tc only: a helper already chose where the packet goes.
+    Redirect,
 }
 
 /// A parsed IPv4 TCP/UDP 5-tuple; addresses and ports in network order.

@@ -25,7 +25,7 @@ mod maps;
 mod packet;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -37,6 +37,7 @@ pub fn kaze_tc(ctx: TcContext) -> i32 {
     match packet::tc::try_tc(&ctx) {
         Ok(Verdict::Pass) => TC_ACT_OK,
         Ok(Verdict::Drop) => TC_ACT_SHOT,
+        Ok(Verdict::Redirect) => TC_ACT_REDIRECT as i32,
         // a failed helper call means we could not finish a rewrite; passing a half-rewritten
         // packet would be worse than dropping it
         Err(packet::Error::Rewrite) => TC_ACT_SHOT,
@@ -48,7 +49,7 @@ pub fn kaze_tc(ctx: TcContext) -> i32 {
 pub fn kaze_xdp(ctx: XdpContext) -> u32 {
     match packet::xdp::try_xdp(&ctx) {
         Ok(Verdict::Pass) => xdp_action::XDP_PASS,
-        Ok(Verdict::Drop) => xdp_action::XDP_DROP,
+        Ok(Verdict::Drop) | Ok(Verdict::Redirect) => xdp_action::XDP_DROP,
         Err(packet::Error::Rewrite) => xdp_action::XDP_DROP,
         Err(packet::Error::Unparsed) => xdp_action::XDP_PASS,
     }

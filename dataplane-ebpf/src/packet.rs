@@ -107,14 +107,22 @@ struct Rewrite {
     new_port: u16,
 }
 
-/// Runs the decision for a parsed packet; returns the rewrite to apply, if any, and the
-/// verdict, and bumps the counters.
+/// What to do with a parsed packet.
+enum Plan {
+    Pass,
+    Rewrite(Rewrite),
+    /// A new flow to a service without backends: answer it (ICMP port unreachable, as
+    /// kube-proxy's REJECT rules do) instead of letting the client time out.
+    Reject,
+}
+
+/// Runs the decision for a parsed packet and bumps the counters.
 #[inline(always)]
-fn plan(p: &Parsed) -> (Option<Rewrite>, Verdict) {
+fn plan(p: &Parsed) -> Plan {
     let t = &p.tuple;
     let bytes = u64::from(p.ip_len);
     match lb::decide(t) {
-        Action::None => (None, Verdict::Pass),
+        Action::None => Plan::Pass,
         Action::Dnat {
             addr,
             port,
@@ -129,7 +137,7 @@ fn plan(p: &Parsed) -> (Option<Rewrite>, Verdict) {
                 old_port: t.dport,
                 new_port: port,
             };
-            (Some(rw), Verdict::Pass)
+            Plan::Rewrite(rw)
         }
         Action::RevNat {
             addr,
@@ -145,18 +153,19 @@ fn plan(p: &Parsed) -> (Option<Rewrite>, Verdict) {
                 old_port: t.sport,
                 new_port: port,
             };
-            (Some(rw), Verdict::Pass)
+            Plan::Rewrite(rw)
         }
         Action::NoBackend { rev_nat_id } => {
             lb::count(rev_nat_id, Counter::NoBackend, bytes);
-            (None, Verdict::Drop)
+            Plan::Reject
         }
     }
 }
 
 pub mod tc {
     use aya_ebpf::{
-        bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+        bindings::{BPF_CSUM_LEVEL_RESET, BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+        helpers::{bpf_csum_level, bpf_redirect, bpf_skb_change_tail},
         programs::TcContext,
     };
 
@@ -180,11 +189,94 @@ pub mod tc {
     #[inline(always)]
     pub fn try_tc(ctx: &TcContext) -> Result<Verdict, Error> {
         let p = parse(&Skb(ctx))?;
-        let (rw, verdict) = plan(&p);
-        if let Some(rw) = rw {
-            apply(ctx, &p, &rw).map_err(|_| Error::Rewrite)?;
+        match plan(&p) {
+            Plan::Pass => Ok(Verdict::Pass),
+            Plan::Rewrite(rw) => {
+                apply(ctx, &p, &rw).map_err(|_| Error::Rewrite)?;
+                Ok(Verdict::Pass)
+            }
+            Plan::Reject => match reject(ctx) {
+                Ok(()) => Ok(Verdict::Redirect),
+                // could not build the answer: dropping is the fallback
+                Err(_) => Ok(Verdict::Drop),
+            },
         }
-        Ok(verdict)
+    }
+
+    /// ICMP header plus the quote of the offending packet (its IP header and 8 bytes).
+    const ICMP_HLEN: usize = 8;
+    const QUOTE_LEN: usize = IP_HLEN + 8;
+    const REJECT_LEN: usize = ETH_HLEN + IP_HLEN + ICMP_HLEN + QUOTE_LEN;
+
+    /// One's-complement checksum of big-endian 16-bit words.
+    #[inline(always)]
+    fn csum_be(parts: &[&[u8]]) -> u16 {
+        let mut sum = 0u32;
+        for part in parts {
+            let mut i = 0;
+            while i + 1 < part.len() {
+                sum += (u32::from(part[i]) << 8) | u32::from(part[i + 1]);
+                i += 2;
+            }
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        !(sum as u16)
+    }
+
+    /// Turns the packet into an ICMP port unreachable from the service address back to the
+    /// client, and sends it out where it came from.
+    #[inline(always)]
+    fn reject(ctx: &TcContext) -> Result<(), i64> {
+        // a fixed-size load: load_bytes() clamps its length to the packet, and the verifier
+        // rejects the possible zero-length read
+        let quote: [u8; QUOTE_LEN] = ctx.load(IP_OFF)?;
+        let macs: [u8; 12] = ctx.load(0)?;
+        let skb = ctx.skb.skb;
+        // SAFETY: reading plain fields of the program's own context.
+        let (ifindex, iif) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex) };
+
+        // SAFETY: resizing the program's own skb; the packet is rewritten in full below.
+        if unsafe { bpf_skb_change_tail(skb, REJECT_LEN as u32, 0) } != 0 {
+            return Err(-1);
+        }
+
+        let mut hdr = [0u8; IP_HLEN + ICMP_HLEN];
+        hdr[0] = 0x45;
+        hdr[1] = 0xc0; // precedence "internetwork control", as the kernel's own ICMP
+        let tot = (IP_HLEN + ICMP_HLEN + QUOTE_LEN) as u16;
+        hdr[2..4].copy_from_slice(&tot.to_be_bytes());
+        hdr[8] = 64; // TTL
+        hdr[9] = 1; // ICMP
+        hdr[12..16].copy_from_slice(&quote[16..20]); // from the service address
+        hdr[16..20].copy_from_slice(&quote[12..16]); // to the client
+        let ip_csum = csum_be(&[&hdr[..IP_HLEN]]);
+        hdr[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+        hdr[IP_HLEN] = 3; // destination unreachable
+        hdr[IP_HLEN + 1] = 3; // port unreachable
+        let icmp_csum = csum_be(&[&hdr[IP_HLEN..], &quote]);
+        hdr[IP_HLEN + 2..IP_HLEN + 4].copy_from_slice(&icmp_csum.to_be_bytes());
+
+        let mut eth = [0u8; 12];
+        eth[..6].copy_from_slice(&macs[6..12]);
+        eth[6..].copy_from_slice(&macs[..6]);
+        ctx.store(0, &eth, 0)?;
+        ctx.store(IP_OFF, &hdr, 0)?;
+        ctx.store(IP_OFF + IP_HLEN + ICMP_HLEN, &quote, 0)?;
+        // The checksums above are complete; an skb still marked CHECKSUM_PARTIAL (a SYN
+        // from a local socket) would have its "L4 checksum" patched again on the way out.
+        // SAFETY: as above.
+        unsafe { bpf_csum_level(skb, u64::from(BPF_CSUM_LEVEL_RESET)) };
+        // At ingress the answer leaves through the same device; at egress it must be
+        // received by it instead.
+        let flags = if iif == ifindex {
+            0
+        } else {
+            u64::from(BPF_F_INGRESS)
+        };
+        // SAFETY: bpf_redirect only records the target; TC_ACT_REDIRECT makes it happen.
+        unsafe { bpf_redirect(ifindex, flags) };
+        Ok(())
     }
 
     #[inline(always)]
@@ -255,11 +347,15 @@ pub mod xdp {
     pub fn try_xdp(ctx: &XdpContext) -> Result<Verdict, Error> {
         let frame = Frame(ctx);
         let p = parse(&frame)?;
-        let (rw, verdict) = plan(&p);
-        if let Some(rw) = rw {
-            apply(&frame, &p, &rw)?;
+        match plan(&p) {
+            Plan::Pass => Ok(Verdict::Pass),
+            Plan::Rewrite(rw) => {
+                apply(&frame, &p, &rw)?;
+                Ok(Verdict::Pass)
+            }
+            // XDP sees traffic from outside the node; answering it is left to tc for now
+            Plan::Reject => Ok(Verdict::Drop),
         }
-        Ok(verdict)
     }
 
     /// Folds a 32-bit one's-complement sum to 16 bits.

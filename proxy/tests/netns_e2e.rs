@@ -4,7 +4,11 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
 
 use proxy::{Dataplane, Protocol, ServiceKey, TcHook};
 use support::{
@@ -158,6 +162,50 @@ fn tcp_and_udp_to_the_cluster_ip_spread_round_robin_and_flows_stick() {
 }
 
 #[test]
+fn a_service_without_backends_refuses_instead_of_blackholing() {
+    let mut w = World::new("e2e-reject");
+    let empty = Ipv4Addr::new(10, 43, 0, 11);
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let key = ServiceKey {
+            address: empty,
+            port: 80,
+            protocol,
+        };
+        w.dp()
+            .upsert_service(key, &[])
+            .expect("programming an empty service");
+    }
+    let to = SocketAddr::V4(SocketAddrV4::new(empty, 80));
+    let started = Instant::now();
+    let tcp = in_netns(w.topo.client.name(), || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(5))
+    });
+    let err = tcp.expect_err("a connection to a service without backends succeeded");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the refusal was not immediate"
+    );
+
+    // a connected UDP socket reports the ICMP port unreachable as ECONNREFUSED
+    let udp = in_netns(w.topo.client.name(), || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("binding");
+        s.connect(to).expect("connecting");
+        s
+    });
+    udp.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("setting a timeout");
+    udp.send(b"who").expect("sending");
+    let err = udp
+        .recv(&mut [0u8; 64])
+        .expect_err("a service without backends answered");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+
+    // the service with backends is unaffected
+    assert!(tcp_once(&w.topo.client, World::vip(80)).starts_with("backend-"));
+}
+
+#[test]
 fn proxy_restart_mid_flow_keeps_the_flow_and_the_services() {
     let mut w = World::new("e2e-restart");
     let mut long = Conn::open(&w.topo.client, World::vip(80));
@@ -197,10 +245,7 @@ fn proxy_restart_mid_flow_keeps_the_flow_and_the_services() {
         .expect("removing the service"));
     assert_eq!(long.ask(), backend, "removal cut the established flow");
     let refused = in_netns(w.topo.client.name(), || {
-        std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::V4(World::vip(80)),
-            std::time::Duration::from_secs(2),
-        )
+        TcpStream::connect_timeout(&SocketAddr::V4(World::vip(80)), Duration::from_secs(2))
     });
     assert!(
         refused.is_err(),

@@ -292,20 +292,72 @@ fn packets_the_balancer_does_not_handle_pass_untouched() {
     );
 }
 
+/// Checks that `out` is an ICMP port unreachable answering `input`, with checksums
+/// recomputed here.
+fn assert_port_unreachable(input: &[u8], out: &[u8]) {
+    assert_eq!(out.len(), ETH_HLEN + 20 + 8 + 28, "ICMP answer length");
+    assert_eq!(
+        &out[..6],
+        &input[6..12],
+        "the answer goes back to the sender's MAC"
+    );
+    assert_eq!(
+        &out[6..12],
+        &input[..6],
+        "the answer comes from the receiver's MAC"
+    );
+    let ip = &out[ETH_HLEN..];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 56, "IPv4 total length");
+    assert_eq!(ip[9], 1, "protocol must be ICMP");
+    assert_eq!(ip_checksum(&ip[..20]), 0, "IPv4 header checksum is wrong");
+    assert_eq!(
+        &ip[12..16],
+        &input[ETH_HLEN + 16..ETH_HLEN + 20],
+        "from the service"
+    );
+    assert_eq!(
+        &ip[16..20],
+        &input[ETH_HLEN + 12..ETH_HLEN + 16],
+        "to the client"
+    );
+    let icmp = &ip[20..];
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 3),
+        "type/code must be port unreachable"
+    );
+    assert_eq!(ip_checksum(icmp), 0, "ICMP checksum is wrong");
+    assert_eq!(
+        &icmp[8..],
+        &input[ETH_HLEN..ETH_HLEN + 28],
+        "the quote must be the original IP header and 8 bytes"
+    );
+}
+
 #[test]
-fn service_without_backends_drops_new_flows_and_counts_them() {
+fn service_without_backends_rejects_new_flows_and_counts_them() {
     let root = PinRoot::new("no-backends");
     let mut dp = root.load();
-    dp.upsert_service(tcp_svc(), &[]).expect("upsert");
-    let frame = Spec::tcp((CLIENT, 44000), (VIP, 80)).build();
-    assert_eq!(run_tc(&dp, &frame).0, TC_ACT_SHOT);
-    assert_eq!(run_xdp(&dp, &frame).0, XDP_DROP);
+    dp.upsert_service(tcp_svc(), &[]).expect("upsert tcp");
+    dp.upsert_service(udp_svc(), &[]).expect("upsert udp");
+    for frame in [
+        Spec::tcp((CLIENT, 44000), (VIP, 80)).build(),
+        Spec::udp((CLIENT, 44000), (VIP, 53)).build(),
+    ] {
+        let (ret, out) = run_tc(&dp, &frame);
+        assert_eq!(ret, TC_ACT_REDIRECT, "tc must bounce an answer");
+        assert_port_unreachable(&frame, &out);
+        // XDP has no reject path yet: it drops
+        assert_eq!(run_xdp(&dp, &frame).0, XDP_DROP);
+    }
     let c = dp
         .counters(tcp_svc())
         .expect("counters")
         .expect("programmed");
     assert_eq!(c.no_backend, 2);
     assert_eq!(c.fwd_packets, 0);
+    assert_eq!(dp.conntrack_entries().expect("conntrack"), 0);
 }
 
 #[test]
