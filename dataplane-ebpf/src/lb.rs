@@ -32,11 +32,13 @@ pub struct Tuple {
 pub enum Action {
     /// Not ours.
     None,
-    /// Client to service: rewrite the destination to the backend.
+    /// Client to service: rewrite the destination to the backend. `new_flow` when the
+    /// backend was chosen by this packet.
     Dnat {
         addr: u32,
         port: u16,
         rev_nat_id: u16,
+        new_flow: bool,
     },
     /// Backend to client: rewrite the source back to the service.
     RevNat {
@@ -77,6 +79,7 @@ pub fn decide(t: &Tuple) -> Action {
             addr: ct.nat_addr,
             port: ct.nat_port,
             rev_nat_id: ct.rev_nat_id,
+            new_flow: false,
         };
     }
     if let Some(ct) = KAZE_CT4.get_ptr_mut(ct_key(t, CT_DIR_REPLY)) {
@@ -176,6 +179,7 @@ pub fn decide(t: &Tuple) -> Action {
         addr: be_addr,
         port: be_port,
         rev_nat_id,
+        new_flow: true,
     }
 }
 

@@ -110,10 +110,16 @@ struct Rewrite {
 /// What to do with a parsed packet.
 enum Plan {
     Pass,
-    Rewrite(Rewrite),
+    /// `new_flow`: the DNAT of a flow's first packet (only logged).
+    Rewrite {
+        rw: Rewrite,
+        new_flow: bool,
+    },
     /// A new flow to a service without backends: answer it (ICMP port unreachable, as
     /// kube-proxy's REJECT rules do) instead of letting the client time out.
-    Reject,
+    Reject {
+        rev_nat_id: u16,
+    },
 }
 
 /// Runs the decision for a parsed packet and bumps the counters.
@@ -127,6 +133,7 @@ fn plan(p: &Parsed) -> Plan {
             addr,
             port,
             rev_nat_id,
+            new_flow,
         } => {
             lb::count(rev_nat_id, Counter::Forward, bytes);
             let rw = Rewrite {
@@ -137,7 +144,7 @@ fn plan(p: &Parsed) -> Plan {
                 old_port: t.dport,
                 new_port: port,
             };
-            Plan::Rewrite(rw)
+            Plan::Rewrite { rw, new_flow }
         }
         Action::RevNat {
             addr,
@@ -153,11 +160,14 @@ fn plan(p: &Parsed) -> Plan {
                 old_port: t.sport,
                 new_port: port,
             };
-            Plan::Rewrite(rw)
+            Plan::Rewrite {
+                rw,
+                new_flow: false,
+            }
         }
         Action::NoBackend { rev_nat_id } => {
             lb::count(rev_nat_id, Counter::NoBackend, bytes);
-            Plan::Reject
+            Plan::Reject { rev_nat_id }
         }
     }
 }
@@ -168,6 +178,7 @@ pub mod tc {
         helpers::{bpf_csum_level, bpf_redirect, bpf_skb_change_tail},
         programs::TcContext,
     };
+    use aya_log_ebpf::debug;
 
     use super::*;
 
@@ -191,15 +202,32 @@ pub mod tc {
         let p = parse(&Skb(ctx))?;
         match plan(&p) {
             Plan::Pass => Ok(Verdict::Pass),
-            Plan::Rewrite(rw) => {
+            Plan::Rewrite { rw, new_flow } => {
+                if new_flow {
+                    // off unless the proxy enables it (AYA_LOG_LEVEL is patched at load)
+                    debug!(
+                        ctx,
+                        "new flow {:i}:{} -> {:i}:{}",
+                        u32::from_be(p.tuple.saddr),
+                        u16::from_be(p.tuple.sport),
+                        u32::from_be(rw.new_addr),
+                        u16::from_be(rw.new_port)
+                    );
+                }
                 apply(ctx, &p, &rw).map_err(|_| Error::Rewrite)?;
                 Ok(Verdict::Pass)
             }
-            Plan::Reject => match reject(ctx) {
-                Ok(()) => Ok(Verdict::Redirect),
-                // could not build the answer: dropping is the fallback
-                Err(_) => Ok(Verdict::Drop),
-            },
+            Plan::Reject { rev_nat_id } => {
+                debug!(
+                    ctx,
+                    "rejecting a new flow: service {} has no backend", rev_nat_id
+                );
+                match reject(ctx) {
+                    Ok(()) => Ok(Verdict::Redirect),
+                    // could not build the answer: dropping is the fallback
+                    Err(_) => Ok(Verdict::Drop),
+                }
+            }
         }
     }
 
@@ -349,12 +377,12 @@ pub mod xdp {
         let p = parse(&frame)?;
         match plan(&p) {
             Plan::Pass => Ok(Verdict::Pass),
-            Plan::Rewrite(rw) => {
+            Plan::Rewrite { rw, .. } => {
                 apply(&frame, &p, &rw)?;
                 Ok(Verdict::Pass)
             }
             // XDP sees traffic from outside the node; answering it is left to tc for now
-            Plan::Reject => Ok(Verdict::Drop),
+            Plan::Reject { .. } => Ok(Verdict::Drop),
         }
     }
 

@@ -38,6 +38,10 @@ pub struct DataplaneConfig {
     pub conntrack_max: Option<u32>,
     /// Object to load instead of the embedded one.
     pub object: Option<PathBuf>,
+    /// Kernel-side aya-log records up to this level are emitted; `None` (the default)
+    /// turns them off in the programs themselves, so they cost one load and a branch.
+    /// Read them with [`Dataplane::kernel_logger`].
+    pub kernel_log: Option<aya_log::Level>,
 }
 
 impl Default for DataplaneConfig {
@@ -46,6 +50,7 @@ impl Default for DataplaneConfig {
             pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
             conntrack_max: None,
             object: None,
+            kernel_log: None,
         }
     }
 }
@@ -119,6 +124,9 @@ impl Dataplane {
         if let Some(max) = config.conntrack_max {
             loader.map_max_entries(names::CONNTRACK4, max);
         }
+        // 0 is below every level: aya-log statements in the programs do nothing
+        let log_level: u8 = config.kernel_log.map_or(0, |l| l as u8);
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         let mut ebpf = loader.load(bytes).map_err(|source| DataplaneError::Load {
             pin_root: pin_root.clone(),
             source: Box::new(source),
@@ -149,6 +157,22 @@ impl Dataplane {
             ebpf,
             pin_root,
             state,
+        })
+    }
+
+    /// Starts forwarding the programs' aya-log records (enabled by
+    /// [`DataplaneConfig::kernel_log`]) to `logger`. The caller drains them with
+    /// [`aya_log::EbpfLogger::flush`], e.g. when its fd becomes readable. Only one logger can
+    /// be taken.
+    pub fn kernel_logger<T: log::Log>(
+        &mut self,
+        logger: T,
+    ) -> Result<aya_log::EbpfLogger<T>, DataplaneError> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger).map_err(|source| {
+            DataplaneError::Io {
+                what: "reading the programs' log ring buffer".into(),
+                source: io::Error::other(source),
+            }
         })
     }
 

@@ -551,3 +551,43 @@ fn maps_are_pinned_with_btf_under_the_pin_root() {
         assert!(text.contains(field), "bpftool output lacks {field}: {text}");
     }
 }
+
+/// Collects aya-log records.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.lock().expect("lock").push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+fn logged_lines(kernel_log: Option<aya_log::Level>, test: &str) -> Vec<String> {
+    let root = PinRoot::new(test);
+    let mut dp = Dataplane::load(&proxy::DataplaneConfig {
+        kernel_log,
+        ..root.config()
+    })
+    .expect("loading the dataplane");
+    dp.upsert_service(tcp_svc(), &backends()).expect("upsert");
+    let captured = Captured::default();
+    let mut logger = dp.kernel_logger(captured.clone()).expect("logger");
+    run_tc(&dp, &Spec::tcp((CLIENT, 40000), (VIP, 80)).build());
+    logger.flush();
+    let lines = captured.0.lock().expect("lock").clone();
+    lines
+}
+
+#[test]
+fn kernel_logging_is_off_by_default_and_reports_new_flows_when_asked() {
+    assert_eq!(logged_lines(None, "log-off"), Vec::<String>::new());
+    let lines = logged_lines(Some(aya_log::Level::Debug), "log-on");
+    assert_eq!(
+        lines,
+        vec!["new flow 10.42.0.5:40000 -> 10.42.1.7:8080".to_string()]
+    );
+}

@@ -69,6 +69,7 @@ impl PinRoot {
             // small, so parallel tests do not each preallocate the production size
             conntrack_max: Some(4096),
             object: None,
+            kernel_log: None,
         }
     }
 
