@@ -78,8 +78,13 @@ impl Netns {
         run("ip", &all);
     }
 
-    pub fn sysctl(&self, setting: &str) {
-        run("ip", &["netns", "exec", &self.0, "sysctl", "-qw", setting]);
+    /// Sets `net.*` sysctl `key` (dotted) to `value` inside this namespace. `/proc/sys/net`
+    /// shows the namespace of the thread that opens it, so no `sysctl` binary is needed.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        in_netns(&self.0, || {
+            std::fs::write(&path, value).unwrap_or_else(|e| panic!("writing {path}: {e}"))
+        });
     }
 }
 
@@ -104,11 +109,11 @@ pub struct Topology {
 impl Topology {
     pub fn new(id: &str, backends: usize) -> Self {
         let node = Netns::new(format!("kz{id}n"));
-        node.sysctl("net.ipv4.ip_forward=1");
+        node.sysctl("net.ipv4.ip_forward", "1");
         // replies are reverse-NATed to the service address, which the node has no route
         // for; strict reverse-path filtering would drop them
-        node.sysctl("net.ipv4.conf.all.rp_filter=0");
-        node.sysctl("net.ipv4.conf.default.rp_filter=0");
+        node.sysctl("net.ipv4.conf.all.rp_filter", "0");
+        node.sysctl("net.ipv4.conf.default.rp_filter", "0");
         let client = Netns::new(format!("kz{id}c"));
         let backends: Vec<Netns> = (0..backends)
             .map(|i| Netns::new(format!("kz{id}b{i}")))
