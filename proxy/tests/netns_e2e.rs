@@ -257,3 +257,32 @@ fn proxy_restart_mid_flow_keeps_the_flow_and_the_services() {
         "the established flow broke after removal"
     );
 }
+
+#[test]
+fn removing_a_backend_moves_new_flows_and_lets_the_old_flow_finish() {
+    let mut w = World::new("e2e-drain");
+    let mut long = Conn::open(&w.topo.client, World::vip(80));
+    assert_eq!(long.ask(), "backend-0");
+
+    let remaining: Vec<SocketAddrV4> = (1..3)
+        .map(|i| SocketAddrV4::new(Topology::backend_addr(i), BACKEND_PORT))
+        .collect();
+    w.dp()
+        .upsert_service(tcp_svc(), &remaining)
+        .expect("removing backend-0 from the service");
+
+    let new: Vec<String> = (0..4)
+        .map(|_| tcp_once(&w.topo.client, World::vip(80)))
+        .collect();
+    assert!(
+        new.iter().all(|b| b != "backend-0"),
+        "a new flow went to the removed backend: {new:?}"
+    );
+    assert!(
+        new.contains(&"backend-1".to_string()) && new.contains(&"backend-2".to_string()),
+        "new flows must spread over the remaining backends: {new:?}"
+    );
+    for i in 0..3 {
+        assert_eq!(long.ask(), "backend-0", "the draining flow moved at exchange {i}");
+    }
+}
