@@ -4,7 +4,42 @@
 //! creates one token per process with [`shutdown_on_signals`] and hands clones to each
 //! component it runs, so Ctrl-C or SIGTERM drains them all.
 
+use std::path::Path;
+
 pub use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("inferring the API client configuration (no --kubeconfig given): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("building the API client: {0}")]
+    Build(#[source] kube::Error),
+}
+
+/// An API client from `--kubeconfig` when given, else the usual inference (`$KUBECONFIG`,
+/// `~/.kube/config`, in-cluster service account).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc_err = |source| ClientError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(kc_err)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(kc_err)?
+        }
+        None => kube::Config::infer().await.map_err(ClientError::Infer)?,
+    };
+    kube::Client::try_from(config).map_err(ClientError::Build)
+}
 
 /// Log to stderr, filtered by `RUST_LOG` (default `info`). Safe to call more than once.
 pub fn init_tracing() {
@@ -30,7 +65,10 @@ pub fn shutdown_on_signals() -> CancellationToken {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}

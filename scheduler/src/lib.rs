@@ -1,0 +1,76 @@
+//! kaze's scheduler (`kaze scheduler`): a pure API client, like upstream's kube-scheduler.
+//! It watches nodes and pods, picks a node for every pending pod whose `schedulerName` it
+//! serves ([`framework`]: filters then scores), and binds through the `pods/binding`
+//! subresource. Pods that fit nowhere get a `FailedScheduling` event with upstream's wording
+//! and `PodScheduled=False`, and are retried with backoff when the cluster changes.
+
+use std::path::PathBuf;
+
+pub mod config;
+pub mod framework;
+#[cfg(test)]
+mod framework_tests;
+mod loop_;
+pub mod quantity;
+pub mod selectors;
+
+pub use loop_::{Scheduler, Stats};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// kubeconfig to reach the apiserver (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Name of the (only) profile when no --config is given.
+    #[arg(long = "scheduler-name", default_value = "default-scheduler")]
+    pub scheduler_name: String,
+
+    /// KubeSchedulerConfiguration-style YAML: profiles, plugins enabled/disabled, weights.
+    #[arg(long, conflicts_with = "policy_config_file")]
+    pub config: Option<PathBuf>,
+
+    /// Classic Kubernetes scheduler policy JSON (predicates and priorities by name).
+    #[arg(long = "policy-config-file")]
+    pub policy_config_file: Option<PathBuf>,
+
+    /// Bindings in flight at once.
+    #[arg(long = "parallelism", default_value_t = 16)]
+    pub parallelism: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("connecting to the apiserver: {0}")]
+    Client(#[from] component::ClientError),
+}
+
+/// The profiles `config` asks for; a bad file is an error naming the file and the problem.
+pub fn profiles(config: &Config) -> Result<Vec<config::Profile>, Error> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|source| config::ConfigError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    if let Some(p) = &config.config {
+        return Ok(config::from_yaml(&p.display().to_string(), &read(p)?)?);
+    }
+    if let Some(p) = &config.policy_config_file {
+        let mut profile = config::from_policy(&p.display().to_string(), &read(p)?)?;
+        profile.scheduler_name = config.scheduler_name.clone();
+        return Ok(vec![profile]);
+    }
+    Ok(vec![config::Profile::default_named(&config.scheduler_name)])
+}
+
+/// Run until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), Error> {
+    let profiles = profiles(&config)?;
+    let client = component::client(config.kubeconfig.as_deref()).await?;
+    Scheduler::new(client, profiles, config.parallelism)
+        .run(shutdown)
+        .await
+}

@@ -1,0 +1,496 @@
+//! The scheduling loop: watch nodes and pods into a local snapshot, schedule pending pods
+//! one at a time against it, bind with bounded concurrency.
+//!
+//! A pod is *assumed* onto its node the moment it is chosen, before the binding returns, so
+//! the next decision already sees its resources and ports (upstream's scheduler cache does
+//! the same). A failed binding un-assumes it and puts it back in the queue.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Event as CoreEvent, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use tokio::sync::mpsc;
+
+use crate::config::Profile;
+use crate::framework::{self, NodeInfo};
+use crate::Error;
+
+type Key = (String, String);
+
+fn key(pod: &Pod) -> Key {
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bound: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub binding_conflicts: AtomicU64,
+}
+
+pub struct Scheduler {
+    client: Client,
+    profiles: Vec<Profile>,
+    parallelism: usize,
+    pub stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("profiles", &self.profiles)
+            .finish()
+    }
+}
+
+/// What a finished binding reports back to the loop.
+enum BindResult {
+    Bound,
+    /// Someone else bound it or it is gone: forget it.
+    Gone,
+    Failed(String),
+}
+
+#[derive(Default)]
+struct State {
+    nodes: BTreeMap<String, NodeInfo>,
+    /// Pods on a node (bound or assumed), with the node name.
+    placed: HashMap<Key, (String, Pod)>,
+    assumed: HashSet<Key>,
+    pending: HashMap<Key, Pod>,
+    queue: VecDeque<Key>,
+    queued: HashSet<Key>,
+    /// Unschedulable pods: attempts so far and the earliest next try.
+    backoff: HashMap<Key, (u32, Instant)>,
+    parked: HashSet<Key>,
+    tie: usize,
+    nodes_synced: bool,
+    pods_synced: bool,
+}
+
+impl State {
+    fn enqueue(&mut self, k: Key) {
+        if self.pending.contains_key(&k)
+            && !self.assumed.contains(&k)
+            && self.queued.insert(k.clone())
+        {
+            self.queue.push_back(k);
+        }
+    }
+
+    /// Something changed that may make parked pods schedulable: retry them after backoff.
+    fn cluster_changed(&mut self) {
+        self.parked.clear();
+    }
+
+    fn place(&mut self, k: Key, node: String, pod: Pod) {
+        self.unplace(&k);
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.add_pod(&pod);
+        }
+        self.placed.insert(k, (node, pod));
+    }
+
+    fn unplace(&mut self, k: &Key) {
+        if let Some((node, pod)) = self.placed.remove(k) {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.remove_pod(&pod);
+            }
+        }
+    }
+
+    fn rebuild_node(&mut self, node: Arc<Node>) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let mut info = NodeInfo::new(node);
+        for (n, pod) in self.placed.values() {
+            if *n == name {
+                info.add_pod(pod);
+            }
+        }
+        self.nodes.insert(name, info);
+    }
+
+    fn apply_pod(&mut self, pod: Pod, serves: &dyn Fn(&Pod) -> bool) {
+        let k = key(&pod);
+        let terminal = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        );
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
+        match node {
+            Some(node) => {
+                self.pending.remove(&k);
+                self.assumed.remove(&k);
+                self.backoff.remove(&k);
+                self.parked.remove(&k);
+                if terminal {
+                    // Finished pods free their resources.
+                    if self.placed.contains_key(&k) {
+                        self.unplace(&k);
+                        self.cluster_changed();
+                    }
+                } else {
+                    self.place(k, node, pod);
+                }
+            }
+            None if pod.metadata.deletion_timestamp.is_none() && serves(&pod) => {
+                self.pending.insert(k.clone(), pod);
+                self.enqueue(k);
+            }
+            None => {
+                self.pending.remove(&k);
+            }
+        }
+    }
+
+    fn delete_pod(&mut self, pod: &Pod) {
+        let k = key(pod);
+        self.pending.remove(&k);
+        self.assumed.remove(&k);
+        self.backoff.remove(&k);
+        self.parked.remove(&k);
+        if self.placed.contains_key(&k) {
+            self.unplace(&k);
+            self.cluster_changed();
+        }
+    }
+}
+
+fn backoff_for(attempts: u32) -> Duration {
+    // Upstream: 1 s initial, doubling, 10 s cap.
+    Duration::from_secs(1u64 << attempts.min(4)).min(Duration::from_secs(10))
+}
+
+impl Scheduler {
+    pub fn new(client: Client, profiles: Vec<Profile>, parallelism: usize) -> Self {
+        Scheduler {
+            client,
+            profiles,
+            parallelism: parallelism.max(1),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    fn profile_for(&self, pod: &Pod) -> Option<&Profile> {
+        let name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or("default-scheduler");
+        self.profiles.iter().find(|p| p.scheduler_name == name)
+    }
+
+    pub async fn run(self, shutdown: component::CancellationToken) -> Result<(), Error> {
+        let nodes_api: Api<Node> = Api::all(self.client.clone());
+        let pods_api: Api<Pod> = Api::all(self.client.clone());
+        let mut nodes = watcher::watcher(nodes_api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut pods = watcher::watcher(pods_api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let (done_tx, mut done_rx) = mpsc::channel::<(Key, String, BindResult)>(1024);
+        let (event_tx, event_rx) = mpsc::channel::<CoreEvent>(4096);
+        tokio::spawn(write_events(
+            self.client.clone(),
+            event_rx,
+            shutdown.clone(),
+        ));
+
+        let mut st = State::default();
+        let mut node_buf: Option<Vec<Node>> = None;
+        let mut pod_buf: Option<Vec<Pod>> = None;
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(self.parallelism));
+        let serves = |p: &Pod| self.profile_for(p).is_some();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                ev = nodes.next() => match ev {
+                    Some(Ok(Event::Init)) => node_buf = Some(Vec::new()),
+                    Some(Ok(Event::InitApply(n))) => { if let Some(b) = node_buf.as_mut() { b.push(n) } }
+                    Some(Ok(Event::InitDone)) => {
+                        let fresh = node_buf.take().unwrap_or_default();
+                        st.nodes.clear();
+                        for n in fresh { st.rebuild_node(Arc::new(n)); }
+                        st.nodes_synced = true;
+                        st.cluster_changed();
+                    }
+                    Some(Ok(Event::Apply(n))) => { st.rebuild_node(Arc::new(n)); st.cluster_changed(); }
+                    Some(Ok(Event::Delete(n))) => {
+                        st.nodes.remove(n.metadata.name.as_deref().unwrap_or(""));
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "node watch error; retrying"),
+                    None => return Ok(()),
+                },
+                ev = pods.next() => match ev {
+                    Some(Ok(Event::Init)) => pod_buf = Some(Vec::new()),
+                    Some(Ok(Event::InitApply(p))) => { if let Some(b) = pod_buf.as_mut() { b.push(p) } }
+                    Some(Ok(Event::InitDone)) => {
+                        let fresh = pod_buf.take().unwrap_or_default();
+                        // Relist: rebuild placements from scratch, keeping assumptions whose
+                        // binding is still in flight.
+                        let assumed: Vec<(Key, (String, Pod))> = st.assumed.iter().filter_map(|k| st.placed.get(k).map(|v| (k.clone(), v.clone()))).collect();
+                        st.placed.clear();
+                        st.pending.clear();
+                        for n in st.nodes.values_mut() { *n = NodeInfo::new(n.node.clone()); }
+                        for p in fresh { st.apply_pod(p, &serves); }
+                        for (k, (node, pod)) in assumed {
+                            if st.pending.contains_key(&k) { st.place(k, node, pod); }
+                        }
+                        st.pods_synced = true;
+                    }
+                    Some(Ok(Event::Apply(p))) => st.apply_pod(p, &serves),
+                    Some(Ok(Event::Delete(p))) => st.delete_pod(&p),
+                    Some(Err(e)) => tracing::warn!(error = %e, "pod watch error; retrying"),
+                    None => return Ok(()),
+                },
+                Some((k, node, res)) = done_rx.recv() => {
+                    st.assumed.remove(&k);
+                    match res {
+                        BindResult::Bound => {
+                            self.stats.bound.fetch_add(1, Ordering::Relaxed);
+                            // The watch confirms it soon; until then it stays placed.
+                            st.pending.remove(&k);
+                        }
+                        BindResult::Gone => {
+                            self.stats.binding_conflicts.fetch_add(1, Ordering::Relaxed);
+                            st.unplace(&k);
+                            st.pending.remove(&k);
+                        }
+                        BindResult::Failed(msg) => {
+                            tracing::warn!(pod = %format!("{}/{}", k.0, k.1), node, error = %msg, "binding failed; will retry");
+                            st.unplace(&k);
+                            let attempts = st.backoff.get(&k).map_or(0, |b| b.0) + 1;
+                            st.backoff.insert(k.clone(), (attempts, Instant::now() + backoff_for(attempts)));
+                        }
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            if !(st.nodes_synced && st.pods_synced) {
+                continue;
+            }
+            // Pods whose backoff expired and that are not parked go back in the queue.
+            let now = Instant::now();
+            let ready: Vec<Key> = st
+                .backoff
+                .iter()
+                .filter(|(k, (_, at))| {
+                    *at <= now && !st.parked.contains(*k) && !st.queued.contains(*k)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in ready {
+                st.enqueue(k);
+            }
+            self.drain_queue(&mut st, &done_tx, &event_tx, &in_flight)
+                .await;
+        }
+    }
+
+    async fn drain_queue(
+        &self,
+        st: &mut State,
+        done_tx: &mpsc::Sender<(Key, String, BindResult)>,
+        event_tx: &mpsc::Sender<CoreEvent>,
+        in_flight: &Arc<tokio::sync::Semaphore>,
+    ) {
+        while let Some(k) = st.queue.pop_front() {
+            st.queued.remove(&k);
+            let Some(pod) = st.pending.get(&k).cloned() else {
+                continue;
+            };
+            if st.assumed.contains(&k) {
+                continue;
+            }
+            if let Some((_, at)) = st.backoff.get(&k) {
+                if *at > Instant::now() {
+                    continue;
+                }
+            }
+            let Some(profile) = self.profile_for(&pod) else {
+                continue;
+            };
+            st.tie = st.tie.wrapping_add(1);
+            match framework::schedule(&pod, &st.nodes, profile, st.tie) {
+                Ok(node) => {
+                    st.assumed.insert(k.clone());
+                    st.place(k.clone(), node.clone(), pod.clone());
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let client = self.client.clone();
+                    let done = done_tx.clone();
+                    let events = event_tx.clone();
+                    tokio::spawn(async move {
+                        let res = bind(&client, &pod, &node).await;
+                        if matches!(res, BindResult::Bound) {
+                            let msg = format!("Successfully assigned {}/{} to {node}", k.0, k.1);
+                            let _ = events.try_send(event_for(&pod, "Normal", "Scheduled", &msg));
+                        }
+                        drop(permit);
+                        let _ = done.send((k, node, res)).await;
+                    });
+                }
+                Err(fit) => {
+                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    let msg = fit.to_string();
+                    tracing::info!(pod = %format!("{}/{}", k.0, k.1), %msg, "unschedulable");
+                    let attempts = st.backoff.get(&k).map_or(0, |b| b.0) + 1;
+                    st.backoff.insert(
+                        k.clone(),
+                        (attempts, Instant::now() + backoff_for(attempts)),
+                    );
+                    st.parked.insert(k.clone());
+                    let _ = event_tx.try_send(event_for(&pod, "Warning", "FailedScheduling", &msg));
+                    let client = self.client.clone();
+                    tokio::spawn(async move { mark_unschedulable(&client, &pod, &msg).await });
+                }
+            }
+        }
+    }
+}
+
+async fn bind(client: &Client, pod: &Pod, node: &str) -> BindResult {
+    let (ns, name) = key(pod);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            ..Default::default()
+        },
+    };
+    match api
+        .create_subresource::<Binding, serde_json::Value>(
+            "binding",
+            &name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+    {
+        Ok(_) => BindResult::Bound,
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => BindResult::Gone,
+        Err(e) => BindResult::Failed(e.to_string()),
+    }
+}
+
+async fn mark_unschedulable(client: &Client, pod: &Pod, msg: &str) {
+    let (ns, name) = key(pod);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let patch = serde_json::json!({
+        "status": {"conditions": [{
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": msg,
+            "lastTransitionTime": now,
+        }]}
+    });
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, pod = %format!("{ns}/{name}"), "setting PodScheduled=False");
+    }
+}
+
+static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn event_for(pod: &Pod, type_: &str, reason: &str, message: &str) -> CoreEvent {
+    let (ns, name) = key(pod);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
+    CoreEvent {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}.{:x}{seq:x}", now.as_nanosecond() as u64)),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: Some(ns),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(type_.into()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        count: Some(1),
+        reporting_component: Some("default-scheduler".into()),
+        reporting_instance: Some("kaze-scheduler".into()),
+        action: Some(
+            if reason == "Scheduled" {
+                "Binding"
+            } else {
+                "Scheduling"
+            }
+            .into(),
+        ),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some("default-scheduler".into()),
+            host: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Events are best effort, as upstream's broadcaster: written in the background, dropped
+/// when the queue is full rather than slowing scheduling down.
+async fn write_events(
+    client: Client,
+    mut rx: mpsc::Receiver<CoreEvent>,
+    shutdown: component::CancellationToken,
+) {
+    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = rx.recv() => match ev { Some(ev) => ev, None => return },
+        };
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            return;
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            let ns = ev.metadata.namespace.clone().unwrap_or_default();
+            let api: Api<CoreEvent> = Api::namespaced(client, &ns);
+            if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                tracing::debug!(error = %e, "writing an event");
+            }
+            drop(permit);
+        });
+    }
+}
