@@ -5,22 +5,37 @@
 //! [`run`]. Tests and other crates start a server in-process with [`start`] and talk to it
 //! through [`RunningServer::kubeconfig_path`] or [`RunningServer::url`] + token + CA.
 //!
-//! Request path: TLS -> authentication ([`auth`]) -> routing ([`router`]) -> the generic
-//! handlers ([`handlers`]) driven by the resource [`registry`] -> [`store`].
+//! Request path: TLS -> authentication (`auth`) -> routing (`router`) -> the generic
+//! handlers (`handlers`) driven by the resource `registry` -> [`store`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+mod alloc;
 mod auth;
+mod discovery;
 mod error;
+mod handlers;
+mod kinds;
 mod kubeconfig;
+mod meta;
+mod negotiate;
+mod nsfinalizer;
+mod objects;
+mod openapi;
+mod patch;
+mod registry;
 mod router;
+mod selector;
 mod server;
 mod state;
 mod status;
+mod subresources;
+mod table;
 mod tls;
+mod watch;
 
 pub use error::Error;
 pub use server::{start, RunningServer};

@@ -1,13 +1,19 @@
 //! URL routing: the fixed endpoints, then everything under `/api` and `/apis` parsed into a
-//! resource request for the generic handlers.
+//! [`Target`] for the generic handlers.
 
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::handlers::{self, Target};
+use crate::negotiate::MAX_BODY_BYTES;
+use crate::registry::{Registry, Sub};
 use crate::state::AppState;
 use crate::status::ApiError;
 
@@ -17,7 +23,7 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ok))
         .route("/livez", get(ok))
         .route("/readyz", get(ok))
-        .fallback(fallback)
+        .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,
@@ -51,6 +57,165 @@ fn go_arch() -> &'static str {
     }
 }
 
-async fn fallback(uri: axum::http::Uri) -> Response {
-    ApiError::no_route(uri.path()).into_response()
+/// What a path under `/api` or `/apis` names.
+#[derive(Debug)]
+enum Route {
+    CoreRoot,
+    GroupsRoot,
+    Group(String),
+    ResourceList(String, String),
+    Resource(Target),
+}
+
+fn parse(reg: &Registry, path: &str) -> Option<Route> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api"] => return Some(Route::CoreRoot),
+        ["apis"] => return Some(Route::GroupsRoot),
+        ["apis", g] => return Some(Route::Group(g.to_string())),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let target =
+        |plural: &str, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| -> Option<Route> {
+            let def = reg.get(group, version, plural)?.clone();
+            if ns.is_some() && !def.namespaced {
+                return None;
+            }
+            let sub = match sub {
+                None => None,
+                Some(s) => Some(*def.subresources.iter().find(|x| x.name() == s)?),
+            };
+            Some(Route::Resource(Target {
+                def,
+                namespace: ns.map(String::from),
+                name: name.map(String::from),
+                sub,
+            }))
+        };
+    match rest {
+        [] => Some(Route::ResourceList(group.to_string(), version.to_string())),
+        // `namespaces/<n>/status|finalize` are the namespace's own subresources.
+        ["namespaces", n, s]
+            if group.is_empty() && (*s == Sub::Status.name() || *s == Sub::Finalize.name()) =>
+        {
+            target("namespaces", None, Some(n), Some(s))
+        }
+        ["namespaces", ns, plural] => target(plural, Some(ns), None, None),
+        ["namespaces", ns, plural, name] => target(plural, Some(ns), Some(name), None),
+        ["namespaces", ns, plural, name, sub] => target(plural, Some(ns), Some(name), Some(sub)),
+        [plural] => target(plural, None, None, None),
+        [plural, name] => target(plural, None, Some(name), None),
+        [plural, name, sub] => target(plural, None, Some(name), Some(sub)),
+        _ => None,
+    }
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    if let Some(rest) = path.strip_prefix("/openapi/v3") {
+        return openapi(&state, rest);
+    }
+    if path == "/openapi/v2" {
+        // kubectl falls back to v3 documents when v2 is absent; say so plainly.
+        return ApiError::no_route("/openapi/v2 (kaze serves /openapi/v3)").into_response();
+    }
+    let Some(route) = parse(&state.registry, &path) else {
+        return ApiError::no_route(&path).into_response();
+    };
+    match route {
+        Route::CoreRoot => crate::discovery::core_root(&state.registry, &parts.headers),
+        Route::GroupsRoot => crate::discovery::groups_root(&state.registry, &parts.headers),
+        Route::Group(g) => crate::discovery::group(&state.registry, &g),
+        Route::ResourceList(g, v) => crate::discovery::resource_list(&state.registry, &g, &v),
+        Route::Resource(t) => {
+            let body = match read_body(body).await {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
+            };
+            let q = handlers::parse_query(parts.uri.query());
+            handlers::handle(state.clone(), parts.method, t, q, parts.headers, body).await
+        }
+    }
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
+        .await
+        .map_err(|e| {
+            ApiError::too_large(format!(
+                "reading the request body: {e} (limit {MAX_BODY_BYTES} bytes)"
+            ))
+        })
+}
+
+fn openapi(state: &AppState, rest: &str) -> Response {
+    let json = |bytes: &[u8]| {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            bytes.to_vec(),
+        )
+            .into_response()
+    };
+    let rest = rest.trim_matches('/');
+    if rest.is_empty() {
+        return json(state.openapi.index(&state.registry));
+    }
+    match state.openapi.document(&state.registry, rest) {
+        Some(doc) => json(doc),
+        None => ApiError::no_route(&format!("/openapi/v3/{rest}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(path: &str) -> Target {
+        match parse(&Registry::builtin(), path) {
+            Some(Route::Resource(t)) => t,
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_resource_paths() {
+        let t = target("/api/v1/namespaces/default/pods/web/status");
+        assert_eq!(
+            (
+                t.def.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.sub
+            ),
+            ("pods", Some("default"), Some("web"), Some(Sub::Status))
+        );
+        let t = target("/apis/apps/v1/deployments");
+        assert_eq!(
+            (t.def.plural, t.namespace, t.name),
+            ("deployments", None, None)
+        );
+        let t = target("/api/v1/namespaces/kube-system");
+        assert_eq!(
+            (t.def.plural, t.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
+        let t = target("/api/v1/namespaces/x/finalize");
+        assert_eq!(
+            (t.def.plural, t.name.as_deref(), t.sub),
+            ("namespaces", Some("x"), Some(Sub::Finalize))
+        );
+        let t = target("/api/v1/nodes/n1/status");
+        assert_eq!(t.sub, Some(Sub::Status));
+        assert!(parse(&Registry::builtin(), "/api/v1/namespaces/x/nodes").is_none());
+        assert!(parse(&Registry::builtin(), "/api/v1/pods/x/scale").is_none());
+        assert!(parse(&Registry::builtin(), "/apis/apps/v1/widgets").is_none());
+    }
 }

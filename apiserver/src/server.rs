@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::alloc::IpAllocator;
 use crate::auth::Tokens;
+use crate::registry::Registry;
 use crate::state::AppState;
 use crate::{Config, Error};
 
@@ -91,12 +93,25 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     .await
     .map_err(|source| Error::Storage { source })?;
 
+    let ips = IpAllocator::new(
+        &config.service_cluster_ip_range,
+        storage.store_for("", "services").clone(),
+        format!("{}/ranges/serviceips", storage.prefix()),
+    )
+    .map_err(|reason| Error::Config {
+        reason: format!("--service-cluster-ip-range: {reason}"),
+    })?;
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         storage,
         tokens,
+        registry: Registry::builtin(),
+        ips,
         shutdown: shutdown.clone(),
+        openapi: Default::default(),
     });
+    bootstrap(&state, config.secure_port).await?;
+    tokio::spawn(crate::nsfinalizer::run(state.clone()));
 
     let bind = config.bind_addr();
     let listener = TcpListener::bind(bind)
@@ -138,6 +153,50 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         shutdown,
         task: Some(task),
     })
+}
+
+/// Objects every cluster has: the four default namespaces and the `kubernetes` service on the
+/// first address of the service range.
+async fn bootstrap(state: &AppState, port: u16) -> Result<(), Error> {
+    let fail = |what: &str, e: crate::status::ApiError| Error::Bootstrap {
+        what: what.to_string(),
+        reason: e.message,
+    };
+    let ns_def = state
+        .registry
+        .get("", "v1", "namespaces")
+        .expect("namespaces are built in")
+        .clone();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let obj =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match crate::objects::create(state, &ns_def, None, obj, false).await {
+            Ok(_) => tracing::info!(namespace = ns, "created default namespace"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(fail(&format!("namespace {ns}"), e)),
+        }
+    }
+    let svc_def = state
+        .registry
+        .get("", "v1", "services")
+        .expect("services are built in")
+        .clone();
+    let ip = state.ips.first().to_string();
+    let svc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": if port == 0 { 6443 } else { port }}]},
+    });
+    match crate::objects::create(state, &svc_def, Some("default"), svc, false).await {
+        Ok(_)
+        | Err(crate::status::ApiError {
+            reason: "AlreadyExists",
+            ..
+        }) => Ok(()),
+        // Another apiserver on the same store created it between our check and write.
+        Err(e) if e.message.contains("already allocated") => Ok(()),
+        Err(e) => Err(fail("service default/kubernetes", e)),
+    }
 }
 
 /// How long connections get to finish after shutdown before they are cut.

@@ -3,13 +3,19 @@
 use store::Storage;
 use tokio_util::sync::CancellationToken;
 
+use crate::alloc::IpAllocator;
 use crate::auth::Tokens;
+use crate::registry::Registry;
 
 #[derive(Debug)]
 pub struct AppState {
     pub storage: Storage,
     pub tokens: Tokens,
+    pub registry: Registry,
+    pub ips: IpAllocator,
     /// Cancelled on shutdown: long-running responses (watches) end with it so connections
     /// can drain.
     pub shutdown: CancellationToken,
+    /// OpenAPI documents, built once on first request (they are large).
+    pub openapi: crate::openapi::Cache,
 }

@@ -155,19 +155,15 @@ impl ApiError {
         causes: Vec<(String, &'static str, String)>,
     ) -> ApiError {
         let summary: Vec<String> = causes.iter().map(|(f, _, m)| format!("{f}: {m}")).collect();
-        let message = match summary.len() {
-            1 => format!(
-                "{kind}.{}\"{name}\" is invalid: {}",
-                group_dot(group),
-                summary[0]
-            ),
-            _ => format!(
-                "{kind}.{}\"{name}\" is invalid: [{}]",
-                group_dot(group),
-                summary.join(", ")
-            ),
+        let what = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
         };
-        let message = message.replacen(&format!("{kind}.\""), &format!("{kind} \""), 1);
+        let message = match summary.len() {
+            1 => format!("{what} \"{name}\" is invalid: {}", summary[0]),
+            _ => format!("{what} \"{name}\" is invalid: [{}]", summary.join(", ")),
+        };
         let causes: Vec<Value> = causes
             .into_iter()
             .map(|(field, reason, message)| json!({ "reason": reason, "message": message, "field": field }))
@@ -178,6 +174,11 @@ impl ApiError {
             details: Some(d),
             ..ApiError::new(422, "Invalid", message)
         }
+    }
+
+    /// A patch that could not be applied to the object.
+    pub fn invalid_patch(message: impl Into<String>) -> ApiError {
+        ApiError::new(422, "Invalid", message)
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
@@ -202,14 +203,6 @@ impl ApiError {
             s["details"] = d.clone();
         }
         s
-    }
-}
-
-fn group_dot(group: &str) -> String {
-    if group.is_empty() {
-        String::new()
-    } else {
-        format!("{group}.")
     }
 }
 

@@ -1,0 +1,423 @@
+//! HTTP glue for resource requests: turn method + target + query into a verb, call
+//! [`crate::objects`], and encode the answer (object, list, Table, Status).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::negotiate::{self, Accept, BodyType};
+use crate::objects::{self, DeleteOpts, ListOpts, Part};
+use crate::registry::{ResourceDef, Sub};
+use crate::selector::{FieldSelector, Filter, LabelSelector};
+use crate::state::AppState;
+use crate::status::ApiError;
+use crate::table::{self, Include};
+use crate::watch::{self, WatchOpts};
+
+/// What a resource URL names.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub def: Arc<ResourceDef>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<Sub>,
+}
+
+pub type Query = HashMap<String, String>;
+
+pub fn parse_query(raw: Option<&str>) -> Query {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn flag(q: &Query, k: &str) -> bool {
+    matches!(q.get(k).map(String::as_str), Some("true" | "1"))
+}
+
+fn dry_run(q: &Query) -> Result<bool, ApiError> {
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unsupported dry run value {other:?}: only \"All\" is supported"
+        ))),
+    }
+}
+
+fn filter(def: &ResourceDef, q: &Query) -> Result<Filter, ApiError> {
+    Ok(Filter {
+        labels: LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
+            .map_err(ApiError::bad_request)?,
+        fields: FieldSelector::parse(
+            q.get("fieldSelector").map_or("", String::as_str),
+            def.selectable_fields,
+        )
+        .map_err(ApiError::bad_request)?,
+    })
+}
+
+pub async fn handle(
+    state: Arc<AppState>,
+    method: Method,
+    t: Target,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match dispatch(state, method, t, q, headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(
+    state: Arc<AppState>,
+    method: Method,
+    t: Target,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let accept = negotiate::accept(&headers)?;
+    let def = t.def.clone();
+    let ns = t.namespace.as_deref();
+    if def.namespaced && t.name.is_some() && ns.is_none() {
+        return Err(ApiError::no_route(&format!(
+            "{} without a namespace",
+            def.plural
+        )));
+    }
+    let Some(name) = t.name.as_deref() else {
+        return match method {
+            Method::GET if flag(&q, "watch") => Ok(watch_collection(state, &t, &q, accept)?),
+            Method::GET => list(&state, &def, ns, &q, accept).await,
+            Method::POST => {
+                let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
+                let created = objects::create(&state, &def, ns, obj, dry_run(&q)?).await?;
+                Ok(object_response(
+                    &def,
+                    StatusCode::CREATED,
+                    &created,
+                    accept,
+                    &q,
+                ))
+            }
+            Method::DELETE => delete_collection(&state, &def, ns, &q, &body).await,
+            _ => Err(ApiError::method_not_supported(def.plural, method.as_str())),
+        };
+    };
+    match (t.sub, method) {
+        (None, Method::GET) => {
+            let obj = objects::get(&state, &def, ns, name).await?;
+            Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
+        }
+        (None | Some(Sub::Status), Method::PUT) | (Some(Sub::Finalize), Method::PUT) => {
+            let part = match t.sub {
+                Some(Sub::Status) => Part::Status,
+                Some(Sub::Finalize) => Part::Finalize,
+                _ => Part::Main,
+            };
+            let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
+            let updated = update(&state, &def, ns, name, obj, part, dry_run(&q)?).await?;
+            Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
+        }
+        (None | Some(Sub::Status), Method::PATCH) => {
+            let part = if t.sub == Some(Sub::Status) {
+                Part::Status
+            } else {
+                Part::Main
+            };
+            let ty = negotiate::body_type(&headers)?;
+            let patch = decode_patch(&body, ty)?;
+            let updated =
+                objects::guaranteed_update(&state, &def, ns, name, None, dry_run(&q)?, |cur| {
+                    let patched = crate::patch::apply(ty, cur, &patch)?;
+                    check_patched_rv(&def, name, cur, &patched)?;
+                    objects::prepare_update(&def, cur, patched, part)
+                })
+                .await?;
+            Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
+        }
+        (None, Method::DELETE) => {
+            let opts = delete_opts(&q, &body)?;
+            let (obj, _gone) = objects::delete(&state, &def, ns, name, &opts).await?;
+            Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
+        }
+        (Some(Sub::Status), Method::GET) => {
+            let obj = objects::get(&state, &def, ns, name).await?;
+            Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
+        }
+        (Some(Sub::Scale), m) => {
+            crate::subresources::scale(&state, &def, ns, name, m, &headers, &body, dry_run(&q)?)
+                .await
+        }
+        (Some(Sub::Binding), Method::POST) => {
+            crate::subresources::binding(&state, &def, ns, name, &headers, &body).await
+        }
+        (Some(Sub::Eviction), Method::POST) => {
+            crate::subresources::eviction(&state, &def, ns, name, &headers, &body).await
+        }
+        (sub, m) => Err(ApiError::method_not_supported(
+            &sub.map_or(def.plural.to_string(), |s| {
+                format!("{}/{}", def.plural, s.name())
+            }),
+            m.as_str(),
+        )),
+    }
+}
+
+pub fn decode_patch(body: &Bytes, ty: BodyType) -> Result<Value, ApiError> {
+    match ty {
+        BodyType::Json | BodyType::Yaml => Err(ApiError::unsupported_media_type(
+            "application/json (PATCH needs a patch media type)",
+        )),
+        BodyType::ApplyPatch => Err(ApiError::unsupported_media_type(
+            "application/apply-patch+yaml (server-side apply is not supported yet)",
+        )),
+        _ => negotiate::decode(body, ty),
+    }
+}
+
+/// A patch that sets `metadata.resourceVersion` makes the write conditional on it.
+pub fn check_patched_rv(
+    def: &ResourceDef,
+    name: &str,
+    cur: &Value,
+    patched: &Value,
+) -> Result<(), ApiError> {
+    let want = patched
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str);
+    let have = cur
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str);
+    if want.is_some_and(|w| !w.is_empty()) && want != have {
+        return Err(ApiError::conflict(def.plural, def.group, name));
+    }
+    Ok(())
+}
+
+pub async fn update(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    obj: Value,
+    part: Part,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    match crate::meta::meta_str(&obj, "name") {
+        Some(n) if n == name => {}
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )))
+        }
+        None => {}
+    }
+    if def.namespaced {
+        if let (Some(body_ns), Some(ns)) = (crate::meta::meta_str(&obj, "namespace"), ns) {
+            if !body_ns.is_empty() && body_ns != ns {
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            }
+        }
+    }
+    let precondition = match crate::meta::meta_str(&obj, "resourceVersion") {
+        Some(rv) if !rv.is_empty() => Some(objects::parse_rv(rv)?),
+        _ => None,
+    };
+    objects::guaranteed_update(state, def, ns, name, precondition, dry_run, |cur| {
+        objects::prepare_update(def, cur, obj.clone(), part)
+    })
+    .await
+}
+
+fn delete_opts(q: &Query, body: &Bytes) -> Result<DeleteOpts, ApiError> {
+    let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        negotiate::decode(body, BodyType::Json)?
+    };
+    let grace = match q.get("gracePeriodSeconds") {
+        Some(g) => Some(
+            g.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        ),
+        None => b.get("gracePeriodSeconds").and_then(Value::as_i64),
+    };
+    let propagation = q.get("propagationPolicy").cloned().or_else(|| {
+        b.get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(String::from)
+    });
+    if let Some(p) = &propagation {
+        if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
+            return Err(ApiError::bad_request(format!(
+                "unsupported propagationPolicy {p:?}: expected Orphan, Background or Foreground"
+            )));
+        }
+    }
+    let dry = dry_run(q)?
+        || b.get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
+    Ok(DeleteOpts {
+        grace_period: grace,
+        precondition_uid: b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from),
+        precondition_rv: b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from),
+        dry_run: dry,
+    })
+}
+
+async fn delete_collection(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let opts = delete_opts(q, body)?;
+    let page = objects::list(
+        state,
+        def,
+        ns,
+        &ListOpts {
+            filter: filter(def, q)?,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut deleted = Vec::new();
+    for obj in page.items {
+        let name = crate::meta::meta_str(&obj, "name")
+            .unwrap_or("")
+            .to_string();
+        let ons = crate::meta::meta_str(&obj, "namespace").map(String::from);
+        match objects::delete(state, def, ons.as_deref(), &name, &opts).await {
+            Ok((o, _)) => deleted.push(o),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": {"resourceVersion": page.revision.to_string()}, "items": deleted});
+    Ok(negotiate::respond(
+        StatusCode::OK,
+        &list,
+        negotiate::Format::Json,
+    ))
+}
+
+async fn list(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    q: &Query,
+    accept: Accept,
+) -> Result<Response, ApiError> {
+    let limit = match q.get("limit") {
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        ),
+        None => None,
+    };
+    let opts = ListOpts {
+        filter: filter(def, q)?,
+        limit,
+        continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+        resource_version: q.get("resourceVersion").cloned(),
+        resource_version_match: q.get("resourceVersionMatch").cloned(),
+    };
+    let page = objects::list(state, def, ns, &opts).await?;
+    let mut list_meta = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(c) = &page.continue_token {
+        list_meta["continue"] = json!(c);
+    }
+    let body = if let Some(v) = accept.table {
+        table::table(
+            def,
+            &page.items,
+            Include::parse(q.get("includeObject").map(String::as_str)),
+            v,
+            list_meta,
+        )
+    } else if accept.partial_metadata {
+        let items: Vec<Value> = page.items.iter().map(partial_metadata).collect();
+        json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "items": items})
+    } else {
+        json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": list_meta, "items": page.items})
+    };
+    Ok(negotiate::respond(StatusCode::OK, &body, accept.format))
+}
+
+fn partial_metadata(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
+pub fn object_response(
+    def: &ResourceDef,
+    status: StatusCode,
+    obj: &Value,
+    accept: Accept,
+    q: &Query,
+) -> Response {
+    let body = if let Some(v) = accept.table {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .cloned()
+            .unwrap_or(json!(""));
+        table::table(
+            def,
+            std::slice::from_ref(obj),
+            Include::parse(q.get("includeObject").map(String::as_str)),
+            v,
+            json!({"resourceVersion": rv}),
+        )
+    } else if accept.partial_metadata {
+        partial_metadata(obj)
+    } else {
+        obj.clone()
+    };
+    negotiate::respond(status, &body, accept.format)
+}
+
+fn watch_collection(
+    state: Arc<AppState>,
+    t: &Target,
+    q: &Query,
+    accept: Accept,
+) -> Result<Response, ApiError> {
+    let timeout = match q.get("timeoutSeconds") {
+        Some(s) => Some(Duration::from_secs(s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
+        })?)),
+        None => None,
+    };
+    let opts = WatchOpts {
+        filter: filter(&t.def, q)?,
+        resource_version: q.get("resourceVersion").cloned(),
+        bookmarks: flag(q, "allowWatchBookmarks"),
+        send_initial_events: flag(q, "sendInitialEvents"),
+        timeout,
+        include: Include::parse(q.get("includeObject").map(String::as_str)),
+    };
+    Ok(watch::watch(
+        state,
+        t.def.clone(),
+        t.namespace.clone(),
+        opts,
+        accept,
+    ))
+}

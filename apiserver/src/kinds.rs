@@ -1,0 +1,399 @@
+//! Per-kind behaviour the generic handlers call into: defaulting and validation on create and
+//! update. Kept small on purpose: what clients and controllers rely on, not all of upstream's
+//! validation.
+
+use serde_json::{json, Value};
+
+use crate::meta;
+use crate::registry::ResourceDef;
+use crate::selector::LabelSelector;
+
+/// A field problem: (field path, upstream cause type, message).
+pub type Cause = (String, &'static str, String);
+
+fn required(field: &str) -> Cause {
+    (
+        field.to_string(),
+        "FieldValueRequired",
+        "Required value".to_string(),
+    )
+}
+
+fn invalid(field: &str, msg: impl Into<String>) -> Cause {
+    (field.to_string(), "FieldValueInvalid", msg.into())
+}
+
+/// Fill in upstream's defaults that clients read back.
+pub fn default_object(def: &ResourceDef, obj: &mut Value) {
+    match (def.group, def.kind) {
+        ("", "Namespace") => {
+            if obj.pointer("/spec/finalizers").is_none() {
+                obj["spec"] = json!({ "finalizers": ["kubernetes"] });
+            }
+            if obj.pointer("/status/phase").is_none() {
+                obj["status"] = json!({ "phase": "Active" });
+            }
+        }
+        ("", "Pod") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "restartPolicy", json!("Always"));
+            set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+            set_default(spec, "schedulerName", json!("default-scheduler"));
+            set_default(spec, "terminationGracePeriodSeconds", json!(30));
+            set_default(spec, "securityContext", json!({}));
+            set_default(spec, "enableServiceLinks", json!(true));
+            default_containers(spec);
+            if obj.pointer("/status/phase").is_none() {
+                obj["status"] = json!({ "phase": "Pending", "qosClass": "BestEffort" });
+            }
+        }
+        ("", "Service") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "type", json!("ClusterIP"));
+            set_default(spec, "sessionAffinity", json!("None"));
+            if spec.get("type").and_then(Value::as_str) != Some("ExternalName") {
+                set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+                set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+                set_default(spec, "ipFamilies", json!(["IPv4"]));
+            }
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    set_default(p, "protocol", json!("TCP"));
+                    if p.get("targetPort").is_none() {
+                        if let Some(port) = p.get("port").cloned() {
+                            p["targetPort"] = port;
+                        }
+                    }
+                }
+            }
+            if obj.get("status").is_none() {
+                obj["status"] = json!({ "loadBalancer": {} });
+            }
+        }
+        ("apps", "Deployment") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            set_default(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            );
+            default_template(spec);
+        }
+        ("apps", "ReplicaSet") | ("apps", "StatefulSet") => {
+            set_default(&mut obj["spec"], "replicas", json!(1));
+            default_template(&mut obj["spec"]);
+        }
+        ("apps", "DaemonSet") | ("batch", "Job") => default_template(&mut obj["spec"]),
+        ("", "Secret") => set_default(obj, "type", json!("Opaque")),
+        _ => {}
+    }
+}
+
+fn set_default(obj: &mut Value, field: &str, value: Value) {
+    if let Some(map) = obj.as_object_mut() {
+        map.entry(field.to_string()).or_insert(value);
+    }
+}
+
+fn default_containers(spec: &mut Value) {
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs {
+                set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+                set_default(c, "terminationMessagePolicy", json!("File"));
+                let pull = if c.get("image").and_then(Value::as_str).is_some_and(|i| {
+                    i.ends_with(":latest") || !i.rsplit('/').next().unwrap_or(i).contains(':')
+                }) {
+                    "Always"
+                } else {
+                    "IfNotPresent"
+                };
+                set_default(c, "imagePullPolicy", json!(pull));
+                set_default(c, "resources", json!({}));
+                if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+                    for p in ports {
+                        set_default(p, "protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn default_template(spec: &mut Value) {
+    if let Some(pod_spec) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+        set_default(pod_spec, "restartPolicy", json!("Always"));
+        set_default(pod_spec, "dnsPolicy", json!("ClusterFirst"));
+        set_default(pod_spec, "schedulerName", json!("default-scheduler"));
+        set_default(pod_spec, "terminationGracePeriodSeconds", json!(30));
+        set_default(pod_spec, "securityContext", json!({}));
+        default_containers(pod_spec);
+    }
+}
+
+/// Field problems in `obj` (after defaulting); `old` is the stored object on update.
+pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    match (def.group, def.kind) {
+        ("", "Pod") => {
+            validate_pod_spec(obj.get("spec"), "spec", &mut causes);
+            if let Some(old) = old {
+                // Upstream allows only a few pod spec fields to change; images are the common one.
+                let strip = |v: &Value| {
+                    let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
+                    for list in ["containers", "initContainers"] {
+                        if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
+                            for c in cs.iter_mut() {
+                                if let Some(m) = c.as_object_mut() {
+                                    m.remove("image");
+                                }
+                            }
+                        }
+                    }
+                    if let Some(m) = s.as_object_mut() {
+                        for f in [
+                            "activeDeadlineSeconds",
+                            "tolerations",
+                            "terminationGracePeriodSeconds",
+                            "nodeName",
+                        ] {
+                            m.remove(f);
+                        }
+                    }
+                    s
+                };
+                if strip(obj) != strip(old) {
+                    causes.push(("spec".into(), "FieldValueForbidden", "Forbidden: pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations) or `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into()));
+                }
+                let old_node = old
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let new_node = obj
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if !old_node.is_empty() && old_node != new_node {
+                    causes.push(invalid("spec.nodeName", "field is immutable"));
+                }
+            }
+        }
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+            let spec = obj.get("spec");
+            match spec.and_then(|s| s.get("selector")) {
+                None => causes.push(required("spec.selector")),
+                Some(sel) => match LabelSelector::from_object(sel) {
+                    Err(e) => causes.push(invalid("spec.selector", e)),
+                    Ok(sel) if sel.is_empty() => causes.push(invalid(
+                        "spec.selector",
+                        "empty selector is invalid for deployment",
+                    )),
+                    Ok(sel) => {
+                        let tmpl = spec
+                            .and_then(|s| s.get("template"))
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        if !sel.matches(&tmpl) {
+                            causes.push(invalid(
+                                "spec.template.metadata.labels",
+                                "Invalid value: `selector` does not match template `labels`",
+                            ));
+                        }
+                    }
+                },
+            }
+            validate_pod_spec(
+                spec.and_then(|s| s.pointer("/template/spec")),
+                "spec.template.spec",
+                &mut causes,
+            );
+            if let Some(r) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64) {
+                if r < 0 {
+                    causes.push(invalid(
+                        "spec.replicas",
+                        format!("Invalid value: {r}: must be greater than or equal to 0"),
+                    ));
+                }
+            }
+            if let Some(old) = old {
+                if old.pointer("/spec/selector") != obj.pointer("/spec/selector") {
+                    causes.push(invalid("spec.selector", "field is immutable"));
+                }
+            }
+        }
+        ("", "Service") => {
+            let spec = obj.get("spec");
+            let ty = spec
+                .and_then(|s| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP");
+            if !matches!(
+                ty,
+                "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+            ) {
+                causes.push((
+                    "spec.type".into(),
+                    "FieldValueNotSupported",
+                    format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+                ));
+            }
+            let ports = spec.and_then(|s| s.get("ports")).and_then(Value::as_array);
+            if ty != "ExternalName" && ports.is_none_or(|p| p.is_empty()) {
+                let headless = spec
+                    .and_then(|s| s.get("clusterIP"))
+                    .and_then(Value::as_str)
+                    == Some("None");
+                if !headless {
+                    causes.push(required("spec.ports"));
+                }
+            }
+            for (i, p) in ports.into_iter().flatten().enumerate() {
+                match p.get("port").and_then(Value::as_i64) {
+                    Some(1..=65535) => {}
+                    Some(n) => causes.push(invalid(
+                        &format!("spec.ports[{i}].port"),
+                        format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                    )),
+                    None => causes.push(required(&format!("spec.ports[{i}].port"))),
+                }
+                if ports.is_some_and(|ps| ps.len() > 1)
+                    && p.get("name")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                {
+                    causes.push(required(&format!("spec.ports[{i}].name")));
+                }
+            }
+            if let Some(old) = old {
+                let ip = |v: &Value| v.pointer("/spec/clusterIP").cloned();
+                if ip(old).is_some() && ip(old) != ip(obj) {
+                    causes.push(invalid("spec.clusterIP", "field is immutable"));
+                }
+            }
+        }
+        ("", "ConfigMap") | ("", "Secret") => {
+            for field in ["data", "binaryData", "stringData"] {
+                if let Some(m) = obj.get(field).and_then(Value::as_object) {
+                    for k in m.keys() {
+                        let ok = !k.is_empty()
+                            && k.len() <= 253
+                            && k.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                        if !ok {
+                            causes.push(invalid(&format!("{field}[{k}]"), format!("Invalid value: {k:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'")));
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
+    let Some(spec) = spec else {
+        causes.push(required(path));
+        return;
+    };
+    let containers = spec.get("containers").and_then(Value::as_array);
+    match containers {
+        None => causes.push(required(&format!("{path}.containers"))),
+        Some(cs) if cs.is_empty() => causes.push(required(&format!("{path}.containers"))),
+        Some(cs) => {
+            let mut seen = std::collections::HashSet::new();
+            for (i, c) in cs.iter().enumerate() {
+                match c.get("name").and_then(Value::as_str) {
+                    None | Some("") => {
+                        causes.push(required(&format!("{path}.containers[{i}].name")))
+                    }
+                    Some(n) => {
+                        if let Err(e) = meta::check_label(n) {
+                            causes.push(invalid(&format!("{path}.containers[{i}].name"), e));
+                        }
+                        if !seen.insert(n.to_string()) {
+                            causes.push((
+                                format!("{path}.containers[{i}].name"),
+                                "FieldValueDuplicate",
+                                format!("Duplicate value: {n:?}"),
+                            ));
+                        }
+                    }
+                }
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .is_none_or(|s| s.trim().is_empty())
+                {
+                    causes.push(required(&format!("{path}.containers[{i}].image")));
+                }
+            }
+        }
+    }
+}
+
+/// Does this kind have a `spec` whose changes bump `metadata.generation`?
+pub fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("metadata");
+            m.remove("status");
+        }
+        v
+    };
+    strip(old) != strip(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    #[test]
+    fn pod_needs_containers_with_name_and_image() {
+        let r = Registry::builtin();
+        let pods = r.get("", "v1", "pods").expect("pods");
+        let causes = validate(
+            pods,
+            &json!({"spec": {"containers": [{"name": "a"}, {"name": "a", "image": "x"}]}}),
+            None,
+        );
+        let fields: Vec<&str> = causes.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["spec.containers[0].image", "spec.containers[1].name"]
+        );
+        assert!(validate(
+            pods,
+            &json!({"spec": {"containers": [{"name": "a", "image": "x"}]}}),
+            None
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let r = Registry::builtin();
+        let d = r.get("apps", "v1", "deployments").expect("deployments");
+        let obj = json!({"spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let causes = validate(d, &obj, None);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].0, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn service_defaults_target_port_and_protocol() {
+        let r = Registry::builtin();
+        let s = r.get("", "v1", "services").expect("services");
+        let mut obj = json!({"spec": {"ports": [{"port": 80}]}});
+        default_object(s, &mut obj);
+        assert_eq!(
+            obj["spec"]["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
+        assert_eq!(obj["spec"]["type"], "ClusterIP");
+    }
+}

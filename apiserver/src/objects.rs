@@ -1,0 +1,760 @@
+//! The object lifecycle over the store, independent of HTTP: read, list, create, update
+//! (compare-and-swap with retries), delete (finalizers and graceful deletion). Handlers,
+//! subresources, patch and the namespace finalizer all go through here.
+
+use std::net::Ipv4Addr;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use store::{KeyValue, ListOptions, StoreError};
+
+use crate::kinds;
+use crate::meta;
+use crate::registry::ResourceDef;
+use crate::selector::Filter;
+use crate::state::AppState;
+use crate::status::{from_store, ApiError};
+
+/// Parse a stored value and stamp its `resourceVersion` (the key's `mod_revision`).
+pub fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("decoding stored object {}: {e}", kv.key)))?;
+    meta::metadata_mut(&mut v).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    Ok(v)
+}
+
+/// What is stored: the object without its `resourceVersion` (that is the store's revision).
+fn encode(obj: &Value) -> Bytes {
+    let mut v = obj.clone();
+    meta::metadata_mut(&mut v).remove("resourceVersion");
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+fn same_ignoring_rv(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        meta::metadata_mut(&mut v).remove("resourceVersion");
+        v
+    };
+    strip(a) == strip(b)
+}
+
+pub fn parse_rv(rv: &str) -> Result<i64, ApiError> {
+    rv.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "invalid resource version {rv:?}: must be a non-negative integer"
+        ))
+    })
+}
+
+impl AppState {
+    pub fn key(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> String {
+        self.storage
+            .key(def.storage_name, ns.filter(|_| def.namespaced), name)
+    }
+
+    pub fn store(&self, def: &ResourceDef) -> &std::sync::Arc<dyn store::Store> {
+        self.storage.store_for(def.group, def.plural)
+    }
+
+    pub fn prefix(&self, def: &ResourceDef, ns: Option<&str>) -> String {
+        self.storage
+            .list_prefix(def.storage_name, ns.filter(|_| def.namespaced))
+    }
+}
+
+pub async fn get(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let key = state.key(def, ns, name);
+    match state.store(def).get(&key).await {
+        Ok(Some(kv)) => decode_kv(&kv),
+        Ok(None) => Err(ApiError::not_found(def.plural, def.group, name)),
+        Err(e) => Err(from_store(e, def.plural, def.group, name)),
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ListOpts {
+    pub filter: Filter,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ListPage {
+    pub items: Vec<Value>,
+    pub revision: i64,
+    pub continue_token: Option<String>,
+}
+
+fn encode_continue(rev: i64, start: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": start}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid continue token {token:?}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((
+        v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?,
+        v.get("start")
+            .and_then(Value::as_str)
+            .ok_or_else(bad)?
+            .to_string(),
+    ))
+}
+
+pub async fn list(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    opts: &ListOpts,
+) -> Result<ListPage, ApiError> {
+    let prefix = state.prefix(def, ns);
+    let (mut revision, mut start_key) = match &opts.continue_token {
+        Some(t) => {
+            let (rev, start) = decode_continue(t)?;
+            if !start.starts_with(&prefix) {
+                return Err(ApiError::bad_request(
+                    "continue token does not belong to this list",
+                ));
+            }
+            (Some(rev), Some(start))
+        }
+        None => {
+            let exact = opts.resource_version_match.as_deref() == Some("Exact");
+            let rev = match opts.resource_version.as_deref() {
+                Some(rv) if exact && rv != "0" => Some(parse_rv(rv)?),
+                _ => None,
+            };
+            (rev, None)
+        }
+    };
+    let limit = opts.limit.filter(|l| *l > 0);
+    let mut items = Vec::new();
+    loop {
+        let page_size = limit.map(|l| (l - items.len()).max(1) + 1);
+        let page = state
+            .store(def)
+            .list(
+                &prefix,
+                ListOptions {
+                    revision,
+                    limit: page_size,
+                    start_key: start_key.clone(),
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Compacted { .. } if opts.continue_token.is_some() => ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+                e => from_store(e, def.plural, def.group, ""),
+            })?;
+        revision = Some(page.revision);
+        for kv in &page.items {
+            let obj = decode_kv(kv)?;
+            if !opts.filter.matches(&obj) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() == l) {
+                // One more match than asked for: there is a next page, starting here.
+                return Ok(ListPage {
+                    items,
+                    revision: page.revision,
+                    continue_token: Some(encode_continue(page.revision, &kv.key)),
+                });
+            }
+            items.push(obj);
+        }
+        match page.continue_key {
+            Some(next) => start_key = Some(next),
+            None => {
+                return Ok(ListPage {
+                    items,
+                    revision: page.revision,
+                    continue_token: None,
+                })
+            }
+        }
+    }
+}
+
+/// Where an object's namespace must be when it is created in `ns`.
+async fn check_namespace(state: &AppState, def: &ResourceDef, ns: &str) -> Result<(), ApiError> {
+    let ns_def = state
+        .registry
+        .get("", "v1", "namespaces")
+        .expect("namespaces are built in");
+    match get(state, ns_def, None, ns).await {
+        Ok(obj) if meta::is_deleting(&obj) => Err(ApiError::forbidden(
+            def.plural,
+            def.group,
+            "",
+            &format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 404 => Err(ApiError::not_found("namespaces", "", ns)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reject bodies whose kind or apiVersion name another resource.
+fn check_type(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
+    let want_av = def.api_version();
+    if let Some(av) = obj.get("apiVersion").and_then(Value::as_str) {
+        if av != want_av {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )));
+        }
+    }
+    if let Some(k) = obj.get("kind").and_then(Value::as_str) {
+        if k != def.kind {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                def.kind
+            )));
+        }
+    }
+    obj["apiVersion"] = json!(want_av);
+    obj["kind"] = json!(def.kind);
+    Ok(())
+}
+
+fn check_namespace_field(
+    def: &ResourceDef,
+    obj: &mut Value,
+    ns: Option<&str>,
+) -> Result<(), ApiError> {
+    let m = meta::metadata_mut(obj);
+    if def.namespaced {
+        let ns = ns.ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{} are namespaced: the request needs a namespace",
+                def.plural
+            ))
+        })?;
+        match m.get("namespace").and_then(Value::as_str) {
+            Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => {
+                m.insert("namespace".into(), json!(ns));
+            }
+        }
+    } else {
+        m.remove("namespace");
+    }
+    Ok(())
+}
+
+/// Typed decode and per-kind validation; the first is a 400 (malformed), the second a 422.
+fn check_object(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    let name = meta::meta_str(obj, "name").unwrap_or("");
+    if let Err(e) = (def.decode_check)(obj) {
+        return Err(ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {e}",
+            def.kind, def.version, def.kind
+        )));
+    }
+    let causes = kinds::validate(def, obj, old);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(def.kind, def.group, name, causes));
+    }
+    Ok(())
+}
+
+fn check_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
+    let r = if matches!(def.plural, "namespaces" | "services") && def.group.is_empty() {
+        meta::check_label(name)
+    } else {
+        meta::check_subdomain(name)
+    };
+    r.map_err(|msg| {
+        ApiError::invalid(
+            def.kind,
+            def.group,
+            name,
+            vec![("metadata.name".into(), "FieldValueInvalid", msg)],
+        )
+    })
+}
+
+pub async fn create(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    mut obj: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    check_type(def, &mut obj)?;
+    check_namespace_field(def, &mut obj, ns)?;
+    let ns = ns.filter(|_| def.namespaced);
+    let m = meta::metadata_mut(&mut obj);
+    if m.get("resourceVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
+    let generate = m
+        .get("generateName")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let given = m
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if given.is_empty() && generate.is_empty() {
+        return Err(ApiError::invalid(
+            def.kind,
+            def.group,
+            "",
+            vec![(
+                "metadata.name".into(),
+                "FieldValueRequired",
+                "Required value: name or generateName is required".into(),
+            )],
+        ));
+    }
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "resourceVersion",
+    ] {
+        m.remove(f);
+    }
+    m.insert("uid".into(), json!(meta::new_uid()));
+    m.insert("creationTimestamp".into(), json!(meta::now()));
+    m.insert("generation".into(), json!(1));
+    kinds::default_object(def, &mut obj);
+
+    if let Some(ns) = ns {
+        check_namespace(state, def, ns).await?;
+    }
+    // Services get their ClusterIP before they are stored, and give it back on failure.
+    let allocated = if def.group.is_empty() && def.plural == "services" && !dry_run {
+        allocate_cluster_ip(state, def, &mut obj).await?
+    } else {
+        None
+    };
+    let result = create_named(state, def, ns, obj, &given, &generate, dry_run).await;
+    if let (Err(_), Some(ip)) = (&result, allocated) {
+        if let Err(e) = state.ips.release(ip).await {
+            tracing::warn!(%ip, error = %e, "releasing the ClusterIP of a service that failed to create");
+        }
+    }
+    result
+}
+
+async fn create_named(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    mut obj: Value,
+    given: &str,
+    generate: &str,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    // generateName collisions are retried with a fresh suffix, as upstream's clients would.
+    for _ in 0..8 {
+        let name = if given.is_empty() {
+            format!("{generate}{}", meta::random_suffix())
+        } else {
+            given.to_string()
+        };
+        meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
+        check_name(def, &name)?;
+        check_object(def, &obj, None)?;
+        if dry_run {
+            return Ok(obj);
+        }
+        let key = state.key(def, ns, &name);
+        match state.store(def).create(&key, encode(&obj)).await {
+            Ok(kv) => return decode_kv(&kv),
+            Err(StoreError::AlreadyExists { .. }) if given.is_empty() => continue,
+            Err(e) => return Err(from_store(e, def.plural, def.group, &name)),
+        }
+    }
+    Err(ApiError::timeout(
+        "could not find a free name for generateName after 8 tries",
+    ))
+}
+
+async fn allocate_cluster_ip(
+    state: &AppState,
+    def: &ResourceDef,
+    obj: &mut Value,
+) -> Result<Option<Ipv4Addr>, ApiError> {
+    let spec = &obj["spec"];
+    if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
+        return Ok(None);
+    }
+    let name = meta::meta_str(obj, "name").unwrap_or("").to_string();
+    let requested = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("");
+    if requested == "None" {
+        obj["spec"]["clusterIPs"] = json!(["None"]);
+        return Ok(None);
+    }
+    let want = if requested.is_empty() {
+        None
+    } else {
+        Some(requested.parse::<Ipv4Addr>().map_err(|_| {
+            ApiError::invalid(
+                def.kind,
+                def.group,
+                &name,
+                vec![(
+                    "spec.clusterIP".into(),
+                    "FieldValueInvalid",
+                    format!("Invalid value: {requested:?}: must be a valid IP address"),
+                )],
+            )
+        })?)
+    };
+    let ip = state.ips.allocate(want).await.map_err(|e| match e {
+        crate::alloc::AllocError::Store(se) => from_store(se, def.plural, def.group, &name),
+        e @ crate::alloc::AllocError::Corrupt(_) => ApiError::internal(e.to_string()),
+        e => ApiError::invalid(
+            def.kind,
+            def.group,
+            &name,
+            vec![(
+                "spec.clusterIPs".into(),
+                "FieldValueInvalid",
+                format!("Invalid value: {:?}: {e}", requested),
+            )],
+        ),
+    })?;
+    obj["spec"]["clusterIP"] = json!(ip.to_string());
+    obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
+    Ok(Some(ip))
+}
+
+/// After an object is gone from the store: give back what it held.
+async fn after_delete(state: &AppState, def: &ResourceDef, obj: &Value) {
+    if def.group.is_empty() && def.plural == "services" {
+        if let Some(ip) = obj
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        {
+            if let Err(e) = state.ips.release(ip).await {
+                tracing::warn!(%ip, error = %e, "releasing a deleted service's ClusterIP");
+            }
+        }
+    }
+}
+
+/// Which part of the object an update may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything but status (when the kind has a status subresource).
+    Main,
+    Status,
+    /// `namespaces/<n>/finalize`: only `spec.finalizers`.
+    Finalize,
+}
+
+/// Merge an incoming full object into the current one for an update of `part`.
+pub fn prepare_update(
+    def: &ResourceDef,
+    cur: &Value,
+    mut new: Value,
+    part: Part,
+) -> Result<Value, ApiError> {
+    check_type(def, &mut new)?;
+    let mut out = match part {
+        Part::Main => {
+            if def.has(crate::registry::Sub::Status) {
+                match cur.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            new
+        }
+        Part::Status => {
+            let mut out = cur.clone();
+            match new.get("status") {
+                Some(s) => out["status"] = s.clone(),
+                None => {
+                    if let Some(m) = out.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            out
+        }
+        Part::Finalize => {
+            let mut out = cur.clone();
+            out["spec"]["finalizers"] = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            out
+        }
+    };
+    // Fields the server owns survive whatever the client sent.
+    let cur_meta = cur.get("metadata").cloned().unwrap_or(json!({}));
+    let m = meta::metadata_mut(&mut out);
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "name",
+        "namespace",
+        "generation",
+    ] {
+        match cur_meta.get(f) {
+            Some(v) => {
+                m.insert(f.into(), v.clone());
+            }
+            None => {
+                m.remove(f);
+            }
+        }
+    }
+    kinds::default_object(def, &mut out);
+    if part == Part::Main && kinds::spec_changed(cur, &out) {
+        let g = cur_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        meta::metadata_mut(&mut out).insert("generation".into(), json!(g + 1));
+    }
+    check_object(def, &out, Some(cur))?;
+    Ok(out)
+}
+
+/// Read-modify-write with compare-and-swap, retried on conflicts unless the caller pinned a
+/// `resourceVersion` (then a stale one is 409). `f` gets the current object and returns the
+/// new one. An object being deleted whose last finalizer goes away is deleted.
+pub async fn guaranteed_update<F>(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    precondition: Option<i64>,
+    dry_run: bool,
+    mut f: F,
+) -> Result<Value, ApiError>
+where
+    F: FnMut(&Value) -> Result<Value, ApiError>,
+{
+    let key = state.key(def, ns, name);
+    let store = state.store(def);
+    loop {
+        let kv = match store.get(&key).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return Err(ApiError::not_found(def.plural, def.group, name)),
+            Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+        };
+        if precondition.is_some_and(|rv| rv != kv.mod_revision) {
+            return Err(ApiError::conflict(def.plural, def.group, name));
+        }
+        let cur = decode_kv(&kv)?;
+        let mut new = f(&cur)?;
+        meta::metadata_mut(&mut new)
+            .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        if same_ignoring_rv(&cur, &new) {
+            return Ok(cur);
+        }
+        if dry_run {
+            return Ok(new);
+        }
+        if meta::is_deleting(&new)
+            && meta::finalizers(&new).is_empty()
+            && !is_graceful_pending(def, &new)
+        {
+            match store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(_) => {
+                    after_delete(state, def, &new).await;
+                    return Ok(new);
+                }
+                Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+                Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+            }
+        }
+        match store.update(&key, encode(&new), kv.mod_revision).await {
+            Ok(kv) => return decode_kv(&kv),
+            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+            Err(StoreError::Conflict { current: None, .. }) => {
+                return Err(ApiError::not_found(def.plural, def.group, name))
+            }
+            Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+        }
+    }
+}
+
+/// Pods on a node are deleted by their kubelet once it has stopped them; only then (or with
+/// a zero grace period) does the object go.
+fn is_graceful_pending(def: &ResourceDef, obj: &Value) -> bool {
+    def.group.is_empty()
+        && def.plural == "pods"
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOpts {
+    pub grace_period: Option<i64>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+/// Delete, or mark for deletion when finalizers or a grace period hold the object. Returns
+/// the object and whether it is gone.
+pub async fn delete(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOpts,
+) -> Result<(Value, bool), ApiError> {
+    let key = state.key(def, ns, name);
+    let store = state.store(def);
+    loop {
+        let kv = match store.get(&key).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return Err(ApiError::not_found(def.plural, def.group, name)),
+            Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+        };
+        let cur = decode_kv(&kv)?;
+        if let Some(uid) = &opts.precondition_uid {
+            let actual = meta::meta_str(&cur, "uid").unwrap_or("");
+            if uid != actual {
+                return Err(ApiError::conflict_message(def.plural, def.group, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}")));
+            }
+        }
+        if let Some(rv) = &opts.precondition_rv {
+            if parse_rv(rv)? != kv.mod_revision {
+                return Err(ApiError::conflict_message(def.plural, def.group, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision)));
+            }
+        }
+        let is_namespace = def.group.is_empty() && def.plural == "namespaces";
+        let grace = if def.group.is_empty() && def.plural == "pods" {
+            let on_node = cur
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            let finished = matches!(
+                cur.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+            let default = cur
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30);
+            if on_node && !finished {
+                opts.grace_period.unwrap_or(default).max(0)
+            } else {
+                0
+            }
+        } else {
+            0
+        };
+        if !meta::finalizers(&cur).is_empty() || grace > 0 || is_namespace {
+            if meta::is_deleting(&cur) {
+                // Already on its way out; a shorter grace period could be applied here.
+                return Ok((cur, false));
+            }
+            let mut new = cur.clone();
+            let when = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(grace))
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            let m = meta::metadata_mut(&mut new);
+            m.insert("deletionTimestamp".into(), json!(meta::format_ts(when)));
+            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            if is_namespace {
+                new["status"]["phase"] = json!("Terminating");
+            }
+            if opts.dry_run {
+                return Ok((new, false));
+            }
+            match store.update(&key, encode(&new), kv.mod_revision).await {
+                Ok(kv) => return Ok((decode_kv(&kv)?, false)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+            }
+        }
+        if opts.dry_run {
+            return Ok((cur, true));
+        }
+        match store.delete(&key, Some(kv.mod_revision)).await {
+            Ok(_) => {
+                after_delete(state, def, &cur).await;
+                return Ok((cur, true));
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::not_found(def.plural, def.group, name))
+            }
+            Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+        }
+    }
+}
+
+/// Delete the object outright, whatever its finalizers (used by the namespace finalizer once
+/// a namespace is empty).
+pub async fn remove(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let key = state.key(def, ns, name);
+    match state.store(def).delete(&key, None).await {
+        Ok((kv, _)) => {
+            after_delete(state, def, &decode_kv(&kv)?).await;
+            Ok(())
+        }
+        Err(StoreError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(from_store(e, def.plural, def.group, name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let t = encode_continue(42, "/registry/pods/default/b");
+        assert_eq!(
+            decode_continue(&t).expect("valid"),
+            (42, "/registry/pods/default/b".to_string())
+        );
+        assert_eq!(decode_continue("%%%").expect_err("garbage").code, 400);
+    }
+}
