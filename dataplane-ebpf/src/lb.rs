@@ -6,6 +6,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use dataplane_common::{
     limits, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD, CT_DIR_REPLY,
+    PROTO_TCP,
 };
 
 use crate::maps::{KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
@@ -26,7 +27,12 @@ pub struct Tuple {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    /// TCP flags byte; 0 for UDP.
+    pub tcp_flags: u8,
 }
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// What to do with a packet.
 pub enum Action {
@@ -63,6 +69,16 @@ fn ct_key(t: &Tuple, dir: u8) -> Ct4Key {
     }
 }
 
+/// Whether backend `id` is still programmed with this address.
+#[inline(always)]
+fn backend_alive(id: u32, addr: u32, port: u16) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { KAZE_BE4.get(BackendKey { id }) } {
+        Some(be) => be.address == addr && be.port == port,
+        None => false,
+    }
+}
+
 #[inline(always)]
 pub fn decide(t: &Tuple) -> Action {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -74,13 +90,31 @@ pub fn decide(t: &Tuple) -> Action {
         // SAFETY: the pointer is a live LRU value of the right type; a concurrent eviction
         // at worst makes us read a recycled entry's fields, which the kernel allows.
         let ct = unsafe { &mut *ct };
-        ct.last_seen_ns = now;
-        return Action::Dnat {
-            addr: ct.nat_addr,
-            port: ct.nat_port,
-            rev_nat_id: ct.rev_nat_id,
-            new_flow: false,
+        // A bare SYN on a remembered tuple is a new connection reusing the client's port
+        // (entries are only evicted, never expired). If its old backend is gone it must
+        // not be sent there; pick again instead.
+        let stale = t.proto == PROTO_TCP
+            && t.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && !backend_alive(ct.backend_id, ct.nat_addr, ct.nat_port);
+        if !stale {
+            ct.last_seen_ns = now;
+            return Action::Dnat {
+                addr: ct.nat_addr,
+                port: ct.nat_port,
+                rev_nat_id: ct.rev_nat_id,
+                new_flow: false,
+            };
+        }
+        let old_reply = Ct4Key {
+            saddr: ct.nat_addr,
+            daddr: t.saddr,
+            sport: ct.nat_port,
+            dport: t.sport,
+            proto: t.proto,
+            dir: CT_DIR_REPLY,
+            pad: [0; 2],
         };
+        let _ = KAZE_CT4.remove(old_reply);
     }
     if let Some(ct) = KAZE_CT4.get_ptr_mut(ct_key(t, CT_DIR_REPLY)) {
         // SAFETY: as above.

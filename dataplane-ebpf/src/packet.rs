@@ -26,6 +26,7 @@ const IP_DADDR: usize = IP_OFF + 16;
 const L4_OFF: usize = IP_OFF + IP_HLEN;
 const L4_SPORT: usize = L4_OFF;
 const L4_DPORT: usize = L4_OFF + 2;
+const TCP_FLAGS: usize = L4_OFF + 13;
 const TCP_CSUM: usize = L4_OFF + 16;
 const TCP_HLEN: u16 = 20;
 const UDP_CSUM: usize = L4_OFF + 6;
@@ -83,6 +84,11 @@ pub fn parse<R: Reader>(r: &R) -> Result<Parsed, Error> {
     }
     // the full L4 header must be there too (the checksum sits at its end for TCP)
     let _: u16 = r.read(csum_off)?;
+    let tcp_flags: u8 = if proto == PROTO_TCP {
+        r.read(TCP_FLAGS)?
+    } else {
+        0
+    };
     Ok(Parsed {
         tuple: Tuple {
             saddr: r.read(IP_SADDR)?,
@@ -90,6 +96,7 @@ pub fn parse<R: Reader>(r: &R) -> Result<Parsed, Error> {
             sport: r.read(L4_SPORT)?,
             dport: r.read(L4_DPORT)?,
             proto,
+            tcp_flags,
         },
         ip_len,
         csum_off,

@@ -283,6 +283,10 @@ fn removing_a_backend_moves_new_flows_and_lets_the_old_flow_finish() {
         "new flows must spread over the remaining backends: {new:?}"
     );
     for i in 0..3 {
-        assert_eq!(long.ask(), "backend-0", "the draining flow moved at exchange {i}");
+        assert_eq!(
+            long.ask(),
+            "backend-0",
+            "the draining flow moved at exchange {i}"
+        );
     }
 }

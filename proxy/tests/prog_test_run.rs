@@ -591,3 +591,41 @@ fn kernel_logging_is_off_by_default_and_reports_new_flows_when_asked() {
         vec!["new flow 10.42.0.5:40000 -> 10.42.1.7:8080".to_string()]
     );
 }
+
+#[test]
+fn syn_reusing_a_tuple_whose_backend_was_removed_picks_a_live_backend() {
+    let (_root, mut dp) = setup("stale-syn");
+    let bes = backends();
+    let data = Spec::tcp((CLIENT, 52000), (VIP, 80)).build();
+    let first = parse_and_verify(&run_tc(&dp, &data).1);
+    assert_eq!(SocketAddrV4::new(first.dst, first.dport), bes[0]);
+
+    let live = vec![bes[1], bes[2]];
+    dp.upsert_service(tcp_svc(), &live)
+        .expect("removing backend 0");
+    let drain = parse_and_verify(&run_tc(&dp, &data).1);
+    assert_eq!(
+        drain, first,
+        "a data packet of the old connection must still drain"
+    );
+
+    let mut syn = Spec::tcp((CLIENT, 52000), (VIP, 80));
+    syn.tcp_flags = 0x02;
+    syn.payload.clear();
+    let syn = syn.build();
+    let moved = parse_and_verify(&run_tc(&dp, &syn).1);
+    let moved_to = SocketAddrV4::new(moved.dst, moved.dport);
+    assert!(
+        live.contains(&moved_to),
+        "a new SYN went to a removed backend: {moved:?}"
+    );
+    // retransmissions of that SYN, and the rest of the new connection, stay put
+    assert_eq!(parse_and_verify(&run_tc(&dp, &syn).1), moved);
+    assert_eq!(parse_and_verify(&run_tc(&dp, &data).1), moved);
+    let reply = Spec::tcp((moved.dst, moved.dport), (CLIENT, 52000)).build();
+    let back = parse_and_verify(&run_tc(&dp, &reply).1);
+    assert_eq!((back.src, back.sport), (VIP, 80));
+    // the old backend's reply mapping was dropped with the old connection
+    let old_reply = Spec::tcp((first.dst, first.dport), (CLIENT, 52000)).build();
+    assert_eq!(run_tc(&dp, &old_reply).1, old_reply);
+}
