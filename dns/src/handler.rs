@@ -166,11 +166,28 @@ impl RequestHandler for Handler {
             }
         };
         self.metrics.record_query(
-            &qtype.to_string(),
+            qtype_name(qtype),
             rcode_name(info.response_code),
             started.elapsed(),
         );
         info
+    }
+}
+
+/// Metric label for a query type; rare types share `OTHER` so the table stays fixed.
+pub fn qtype_name(qtype: RecordType) -> &'static str {
+    match qtype {
+        RecordType::A => "A",
+        RecordType::AAAA => "AAAA",
+        RecordType::SRV => "SRV",
+        RecordType::PTR => "PTR",
+        RecordType::CNAME => "CNAME",
+        RecordType::TXT => "TXT",
+        RecordType::SOA => "SOA",
+        RecordType::NS => "NS",
+        RecordType::MX => "MX",
+        RecordType::ANY => "ANY",
+        _ => "OTHER",
     }
 }
 

@@ -1,11 +1,18 @@
 //! Prometheus text metrics, kept by hand: a few counters and histograms do not justify a
 //! metrics framework on a 2-core budget.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
+
+/// Query types counted separately; everything else is `OTHER`. A fixed table of atomics
+/// keeps the per-query cost to one add (no lock, no allocation).
+pub const QTYPES: [&str; 11] = [
+    "A", "AAAA", "SRV", "PTR", "CNAME", "TXT", "SOA", "NS", "MX", "ANY", "OTHER",
+];
+pub const RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
+];
 
 /// Upper bounds in seconds, covering cache hits (tens of µs) to slow upstreams.
 const QUERY_BUCKETS: [f64; 12] = [
@@ -61,8 +68,8 @@ impl Histogram {
 }
 
 pub struct Metrics {
-    /// (query type, response code) → count
-    queries: Mutex<BTreeMap<(String, String), u64>>,
+    /// `[qtype index * RCODES.len() + rcode index]` → count
+    queries: Vec<AtomicU64>,
     pub query_duration: Histogram,
     pub programming_duration: Histogram,
     forward_cache_hits: AtomicU64,
@@ -72,7 +79,9 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            queries: Mutex::default(),
+            queries: (0..QTYPES.len() * RCODES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             query_duration: Histogram::new(&QUERY_BUCKETS),
             programming_duration: Histogram::new(&PROGRAMMING_BUCKETS),
             forward_cache_hits: AtomicU64::new(0),
@@ -84,8 +93,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn record_query(&self, qtype: &str, rcode: &str, took: Duration) {
         self.query_duration.observe(took);
-        let mut q = self.queries.lock().unwrap_or_else(|e| e.into_inner());
-        *q.entry((qtype.to_string(), rcode.to_string())).or_default() += 1;
+        self.queries[slot(qtype, rcode)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn cache_hit(&self, hit: bool) {
@@ -99,22 +107,22 @@ impl Metrics {
 
     /// Queries answered so far with this type and rcode.
     pub fn queries(&self, qtype: &str, rcode: &str) -> u64 {
-        let q = self.queries.lock().unwrap_or_else(|e| e.into_inner());
-        q.get(&(qtype.to_string(), rcode.to_string()))
-            .copied()
-            .unwrap_or(0)
+        self.queries[slot(qtype, rcode)].load(Ordering::Relaxed)
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP kaze_dns_queries_total DNS queries answered, by query type and response code\n# TYPE kaze_dns_queries_total counter\n");
-        {
-            let q = self.queries.lock().unwrap_or_else(|e| e.into_inner());
-            for ((qtype, rcode), n) in q.iter() {
-                let _ = writeln!(
-                    out,
-                    "kaze_dns_queries_total{{type=\"{qtype}\",rcode=\"{rcode}\"}} {n}"
-                );
+        for (t, qtype) in QTYPES.iter().enumerate() {
+            for (r, rcode) in RCODES.iter().enumerate() {
+                let n = self.queries[t * RCODES.len() + r].load(Ordering::Relaxed);
+                // absent series read as zero in Prometheus; skip them to keep scrapes small
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "kaze_dns_queries_total{{type=\"{qtype}\",rcode=\"{rcode}\"}} {n}"
+                    );
+                }
             }
         }
         self.query_duration.render(
@@ -135,4 +143,16 @@ impl Metrics {
         );
         out
     }
+}
+
+fn slot(qtype: &str, rcode: &str) -> usize {
+    let t = QTYPES
+        .iter()
+        .position(|q| *q == qtype)
+        .unwrap_or(QTYPES.len() - 1);
+    let r = RCODES
+        .iter()
+        .position(|c| *c == rcode)
+        .unwrap_or(RCODES.len() - 1);
+    t * RCODES.len() + r
 }

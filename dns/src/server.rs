@@ -50,11 +50,14 @@ impl DnsServer {
         let mut dns_addrs = Vec::new();
         for addr in &options.bind {
             let (udp, tcp) = bind_pair(*addr).await?;
-            dns_addrs.push(udp.local_addr().map_err(|source| Error::Bind {
+            let local = tcp.local_addr().map_err(|source| Error::Bind {
                 addr: *addr,
                 source,
-            })?);
-            server.register_socket(udp);
+            })?;
+            dns_addrs.push(local);
+            for socket in udp {
+                server.register_socket(socket);
+            }
             server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64 * 1024);
         }
         let (http, http_addr) = match options.http_bind {
@@ -165,13 +168,11 @@ impl DnsServer {
 
 /// Binds UDP and TCP on one address. With port 0 the TCP port must equal the UDP one the
 /// kernel chose, which may be taken for TCP: retry a few times.
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+async fn bind_pair(addr: SocketAddr) -> Result<(Vec<UdpSocket>, TcpListener), Error> {
     let mut last = None;
     for _ in 0..16 {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
-        let local = udp
+        let udp = bind_udp_group(addr).map_err(|source| Error::Bind { addr, source })?;
+        let local = udp[0]
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
         match TcpListener::bind(local).await {
@@ -184,4 +185,26 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> 
         addr,
         source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
     })
+}
+
+/// One UDP socket per core on the same address (SO_REUSEPORT): hickory runs one receive
+/// loop per socket, and a single loop caps a server at one core's worth of queries.
+fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<UdpSocket>> {
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8));
+    let first = reuseport_udp(addr)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![UdpSocket::from_std(first)?];
+    for _ in 1..count {
+        sockets.push(UdpSocket::from_std(reuseport_udp(local)?)?);
+    }
+    Ok(sockets)
+}
+
+fn reuseport_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
