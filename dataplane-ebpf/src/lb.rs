@@ -15,7 +15,8 @@ use crate::maps::{KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
 pub enum Verdict {
     Pass,
     Drop,
-    /// tc only: a helper already chose where the packet goes.
+    /// The packet was turned into an answer: tc has chosen its device with bpf_redirect,
+    /// XDP sends it back out (XDP_TX).
     Redirect,
 }
 

@@ -49,7 +49,9 @@ pub fn kaze_tc(ctx: TcContext) -> i32 {
 pub fn kaze_xdp(ctx: XdpContext) -> u32 {
     match packet::xdp::try_xdp(&ctx) {
         Ok(Verdict::Pass) => xdp_action::XDP_PASS,
-        Ok(Verdict::Drop) | Ok(Verdict::Redirect) => xdp_action::XDP_DROP,
+        Ok(Verdict::Drop) => xdp_action::XDP_DROP,
+        // the answer goes back out of the interface it came in on
+        Ok(Verdict::Redirect) => xdp_action::XDP_TX,
         Err(packet::Error::Rewrite) => xdp_action::XDP_DROP,
         Err(packet::Error::Unparsed) => xdp_action::XDP_PASS,
     }

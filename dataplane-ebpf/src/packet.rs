@@ -179,6 +179,57 @@ fn plan(p: &Parsed) -> Plan {
     }
 }
 
+/// ICMP header plus the quote of the offending packet (its IP header and 8 bytes).
+const ICMP_HLEN: usize = 8;
+const QUOTE_LEN: usize = IP_HLEN + 8;
+const REJECT_LEN: usize = ETH_HLEN + IP_HLEN + ICMP_HLEN + QUOTE_LEN;
+
+/// One's-complement checksum of big-endian 16-bit words.
+#[inline(always)]
+fn csum_be(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for part in parts {
+        let mut i = 0;
+        while i + 1 < part.len() {
+            sum += (u32::from(part[i]) << 8) | u32::from(part[i + 1]);
+            i += 2;
+        }
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The Ethernet addresses (swapped) and the IPv4 + ICMP headers of a port unreachable
+/// answering a packet whose first 12 bytes are `macs` and whose IP header and first 8 L4
+/// bytes are `quote`. The quote follows the headers unchanged.
+#[inline(always)]
+fn port_unreachable(
+    macs: &[u8; 12],
+    quote: &[u8; QUOTE_LEN],
+) -> ([u8; 12], [u8; IP_HLEN + ICMP_HLEN]) {
+    let mut hdr = [0u8; IP_HLEN + ICMP_HLEN];
+    hdr[0] = 0x45;
+    hdr[1] = 0xc0; // precedence "internetwork control", as the kernel's own ICMP
+    let tot = (IP_HLEN + ICMP_HLEN + QUOTE_LEN) as u16;
+    hdr[2..4].copy_from_slice(&tot.to_be_bytes());
+    hdr[8] = 64; // TTL
+    hdr[9] = 1; // ICMP
+    hdr[12..16].copy_from_slice(&quote[16..20]); // from the service address
+    hdr[16..20].copy_from_slice(&quote[12..16]); // to the client
+    let ip_csum = csum_be(&[&hdr[..IP_HLEN]]);
+    hdr[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    hdr[IP_HLEN] = 3; // destination unreachable
+    hdr[IP_HLEN + 1] = 3; // port unreachable
+    let icmp_csum = csum_be(&[&hdr[IP_HLEN..], quote]);
+    hdr[IP_HLEN + 2..IP_HLEN + 4].copy_from_slice(&icmp_csum.to_be_bytes());
+
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..12]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    (eth, hdr)
+}
+
 pub mod tc {
     use aya_ebpf::{
         bindings::{BPF_CSUM_LEVEL_RESET, BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -238,27 +289,6 @@ pub mod tc {
         }
     }
 
-    /// ICMP header plus the quote of the offending packet (its IP header and 8 bytes).
-    const ICMP_HLEN: usize = 8;
-    const QUOTE_LEN: usize = IP_HLEN + 8;
-    const REJECT_LEN: usize = ETH_HLEN + IP_HLEN + ICMP_HLEN + QUOTE_LEN;
-
-    /// One's-complement checksum of big-endian 16-bit words.
-    #[inline(always)]
-    fn csum_be(parts: &[&[u8]]) -> u16 {
-        let mut sum = 0u32;
-        for part in parts {
-            let mut i = 0;
-            while i + 1 < part.len() {
-                sum += (u32::from(part[i]) << 8) | u32::from(part[i + 1]);
-                i += 2;
-            }
-        }
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        !(sum as u16)
-    }
-
     /// Turns the packet into an ICMP port unreachable from the service address back to the
     /// client, and sends it out where it came from.
     #[inline(always)]
@@ -276,25 +306,7 @@ pub mod tc {
             return Err(-1);
         }
 
-        let mut hdr = [0u8; IP_HLEN + ICMP_HLEN];
-        hdr[0] = 0x45;
-        hdr[1] = 0xc0; // precedence "internetwork control", as the kernel's own ICMP
-        let tot = (IP_HLEN + ICMP_HLEN + QUOTE_LEN) as u16;
-        hdr[2..4].copy_from_slice(&tot.to_be_bytes());
-        hdr[8] = 64; // TTL
-        hdr[9] = 1; // ICMP
-        hdr[12..16].copy_from_slice(&quote[16..20]); // from the service address
-        hdr[16..20].copy_from_slice(&quote[12..16]); // to the client
-        let ip_csum = csum_be(&[&hdr[..IP_HLEN]]);
-        hdr[10..12].copy_from_slice(&ip_csum.to_be_bytes());
-        hdr[IP_HLEN] = 3; // destination unreachable
-        hdr[IP_HLEN + 1] = 3; // port unreachable
-        let icmp_csum = csum_be(&[&hdr[IP_HLEN..], &quote]);
-        hdr[IP_HLEN + 2..IP_HLEN + 4].copy_from_slice(&icmp_csum.to_be_bytes());
-
-        let mut eth = [0u8; 12];
-        eth[..6].copy_from_slice(&macs[6..12]);
-        eth[6..].copy_from_slice(&macs[..6]);
+        let (eth, hdr) = port_unreachable(&macs, &quote);
         ctx.store(0, &eth, 0)?;
         ctx.store(IP_OFF, &hdr, 0)?;
         ctx.store(IP_OFF + IP_HLEN + ICMP_HLEN, &quote, 0)?;
@@ -344,7 +356,7 @@ pub mod tc {
 }
 
 pub mod xdp {
-    use aya_ebpf::programs::XdpContext;
+    use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 
     use super::*;
 
@@ -388,9 +400,39 @@ pub mod xdp {
                 apply(&frame, &p, &rw)?;
                 Ok(Verdict::Pass)
             }
-            // XDP sees traffic from outside the node; answering it is left to tc for now
-            Plan::Reject { .. } => Ok(Verdict::Drop),
+            Plan::Reject { .. } => match reject(ctx) {
+                Ok(()) => Ok(Verdict::Redirect),
+                Err(_) => Ok(Verdict::Drop),
+            },
         }
+    }
+
+    /// Turns the frame into an ICMP port unreachable back to the client (sent with XDP_TX).
+    #[inline(always)]
+    fn reject(ctx: &XdpContext) -> Result<(), Error> {
+        let (quote, macs) = {
+            let f = Frame(ctx);
+            let quote: [u8; QUOTE_LEN] = f.read(IP_OFF)?;
+            let macs: [u8; 12] = f.read(0)?;
+            (quote, macs)
+        };
+        let delta = REJECT_LEN as i32 - (ctx.data_end() - ctx.data()) as i32;
+        // SAFETY: resizing the program's own frame; every pointer is re-derived below.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return Err(Error::Rewrite);
+        }
+        let (eth, hdr) = port_unreachable(&macs, &quote);
+        let f = Frame(ctx);
+        let eth_ptr = f.ptr_at::<[u8; 12]>(0)?;
+        let hdr_ptr = f.ptr_at::<[u8; IP_HLEN + ICMP_HLEN]>(IP_OFF)?;
+        let quote_ptr = f.ptr_at::<[u8; QUOTE_LEN]>(IP_OFF + IP_HLEN + ICMP_HLEN)?;
+        // SAFETY: bounds-checked just above, after the resize.
+        unsafe {
+            eth_ptr.write_unaligned(eth);
+            hdr_ptr.write_unaligned(hdr);
+            quote_ptr.write_unaligned(quote);
+        }
+        Ok(())
     }
 
     /// Folds a 32-bit one's-complement sum to 16 bits.

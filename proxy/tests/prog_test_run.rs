@@ -348,14 +348,18 @@ fn service_without_backends_rejects_new_flows_and_counts_them() {
         let (ret, out) = run_tc(&dp, &frame);
         assert_eq!(ret, TC_ACT_REDIRECT, "tc must bounce an answer");
         assert_port_unreachable(&frame, &out);
-        // XDP has no reject path yet: it drops
-        assert_eq!(run_xdp(&dp, &frame).0, XDP_DROP);
+        let (ret, out) = run_xdp(&dp, &frame);
+        assert_eq!(ret, XDP_TX, "xdp must send the answer back out");
+        assert_port_unreachable(&frame, &out);
     }
     let c = dp
         .counters(tcp_svc())
         .expect("counters")
         .expect("programmed");
-    assert_eq!(c.no_backend, 2);
+    assert_eq!(
+        c.no_backend, 2,
+        "the TCP packet, through tc and through XDP"
+    );
     assert_eq!(c.fwd_packets, 0);
     assert_eq!(dp.conntrack_entries().expect("conntrack"), 0);
 }
