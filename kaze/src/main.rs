@@ -6,7 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kaze", version, about = "kaze: a Kubernetes distribution with eBPF-first networking")]
+#[command(
+    name = "kaze",
+    version,
+    about = "kaze: a Kubernetes distribution with eBPF-first networking"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,8 +20,10 @@ struct Cli {
 enum Command {
     /// The Kubernetes API server (also invoked as `kube-apiserver`).
     Apiserver(apiserver::Config),
+    /// The scheduler (also invoked as `kube-scheduler`).
+    Scheduler(scheduler::Config),
     /// A whole cluster on this machine: today the control plane (the apiserver on the
-    /// embedded store, or etcd with --etcd-servers).
+    /// embedded store, or etcd with --etcd-servers, and the scheduler).
     Server(ServerArgs),
 }
 
@@ -33,7 +39,10 @@ struct ServerArgs {
 }
 
 /// Upstream component names that select a subcommand when the binary is called by them.
-const ALIASES: &[(&str, &str)] = &[("kube-apiserver", "apiserver")];
+const ALIASES: &[(&str, &str)] = &[
+    ("kube-apiserver", "apiserver"),
+    ("kube-scheduler", "scheduler"),
+];
 
 fn args() -> Vec<String> {
     let mut args: Vec<String> = std::env::args().collect();
@@ -48,6 +57,42 @@ fn args() -> Vec<String> {
     args
 }
 
+/// `kaze server`: the apiserver, then the control-plane components as its clients through
+/// the kubeconfig it writes, all stopped together.
+async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> anyhow::Result<()> {
+    if args.disable_agent {
+        tracing::info!("--disable-agent: control plane only");
+    }
+    let api = apiserver::start(args.apiserver)
+        .await
+        .context("kaze server: starting the apiserver")?;
+    tracing::info!(
+        "apiserver ready at {}; export KUBECONFIG={}",
+        api.url(),
+        api.kubeconfig_path().display()
+    );
+    let sched = scheduler::Config {
+        kubeconfig: Some(api.kubeconfig_path().to_path_buf()),
+        scheduler_name: "default-scheduler".into(),
+        config: None,
+        policy_config_file: None,
+        parallelism: 16,
+    };
+    let mut sched = tokio::spawn(scheduler::run(sched, shutdown.clone()));
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        r = &mut sched => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("kaze server: scheduler")),
+            Err(e) => Err(anyhow::anyhow!("kaze server: scheduler task: {e}")),
+        },
+    };
+    shutdown.cancel();
+    let _ = sched.await;
+    api.shutdown().await;
+    result
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(args());
     component::init_tracing();
@@ -58,17 +103,13 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = component::shutdown_on_signals();
         match cli.command {
-            Command::Apiserver(config) => apiserver::run(config, shutdown)
-                .await
-                .context("apiserver"),
-            Command::Server(args) => {
-                if args.disable_agent {
-                    tracing::info!("--disable-agent: control plane only");
-                }
-                apiserver::run(args.apiserver, shutdown)
-                    .await
-                    .context("kaze server: apiserver")
+            Command::Apiserver(config) => {
+                apiserver::run(config, shutdown).await.context("apiserver")
             }
+            Command::Scheduler(config) => {
+                scheduler::run(config, shutdown).await.context("scheduler")
+            }
+            Command::Server(args) => server(args, shutdown).await,
         }
     })
 }

@@ -1,0 +1,177 @@
+//! The scheduler against the real kaze apiserver (embedded store, in-process): pending pods
+//! are bound through `pods/binding`, spread over equal nodes; a pod that fits nowhere gets
+//! upstream's FailedScheduling event and PodScheduled=False, and is scheduled once a node
+//! that fits appears.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+async fn client_for(server: &apiserver::RunningServer) -> Client {
+    component::client(Some(server.kubeconfig_path()))
+        .await
+        .expect("client from the kubeconfig")
+}
+
+async fn add_node(client: &Client, name: &str, cpu: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+    }))
+    .expect("node json");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let status = json!({"status": {
+        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("node status");
+}
+
+async fn add_pod(client: &Client, name: &str, cpu: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "kaze/busybox:1",
+            "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]},
+    }))
+    .expect("pod json");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+}
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn node_of(pods: &Api<Pod>, name: &str) -> Option<String> {
+    pods.get(name).await.ok()?.spec?.node_name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_pending_pods_and_explains_unschedulable_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
+        .await
+        .expect("starting the apiserver");
+    let client = client_for(&server).await;
+    for n in ["n1", "n2", "n3"] {
+        add_node(&client, n, "2").await;
+    }
+    let shutdown = component::CancellationToken::new();
+    let config = scheduler::Config {
+        kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
+        scheduler_name: "default-scheduler".into(),
+        config: None,
+        policy_config_file: None,
+        parallelism: 4,
+    };
+    let sched = tokio::spawn(scheduler::run(config, shutdown.clone()));
+
+    for i in 0..3 {
+        add_pod(&client, &format!("web-{i}"), "1").await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut placed = Vec::new();
+    for i in 0..3 {
+        let name = format!("web-{i}");
+        let p = pods.clone();
+        placed.push(
+            wait_for("binding", Duration::from_secs(20), || {
+                let p = p.clone();
+                let name = name.clone();
+                async move { node_of(&p, &name).await }
+            })
+            .await,
+        );
+    }
+    placed.sort();
+    assert_eq!(
+        placed,
+        ["n1", "n2", "n3"],
+        "equal nodes each get one of three 1-cpu pods"
+    );
+
+    // 3 cpu fits nowhere (each node has 1 of 2 cpus left).
+    add_pod(&client, "big", "3").await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let msg = wait_for("FailedScheduling event", Duration::from_secs(20), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("FailedScheduling")
+                        && e.involved_object.name.as_deref() == Some("big")
+                })?
+                .message
+        }
+    })
+    .await;
+    assert_eq!(msg, "0/3 nodes are available: 3 Insufficient cpu.");
+    let cond = wait_for("PodScheduled=False", Duration::from_secs(10), || {
+        let p = pods.clone();
+        async move {
+            let pod = p.get("big").await.ok()?;
+            pod.status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
+    assert!(node_of(&pods, "big").await.is_none());
+
+    // A node with room appears: the pod is retried and bound there.
+    add_node(&client, "n4", "4").await;
+    let node = wait_for(
+        "binding after a node joined",
+        Duration::from_secs(30),
+        || {
+            let p = pods.clone();
+            async move { node_of(&p, "big").await }
+        },
+    )
+    .await;
+    assert_eq!(node, "n4");
+
+    // Scheduled events name the node, as upstream's do.
+    let list = events.list(&ListParams::default()).await.expect("events");
+    assert!(list
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("Scheduled")
+            && e.message.as_deref() == Some("Successfully assigned default/big to n4")));
+
+    shutdown.cancel();
+    sched
+        .await
+        .expect("scheduler task")
+        .expect("scheduler stops cleanly");
+    server.shutdown().await;
+}
