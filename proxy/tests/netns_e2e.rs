@@ -43,10 +43,16 @@ struct World {
     dp: Option<Dataplane>,
     topo: Topology,
     root: PinRoot,
+    /// Client traffic enters through XDP instead of tc.
+    xdp_client: bool,
 }
 
 impl World {
     fn new(test: &str) -> Self {
+        Self::with(test, false)
+    }
+
+    fn with(test: &str, xdp_client: bool) -> Self {
         let id = unique_id(test);
         let root = PinRoot::new(test);
         let topo = Topology::new(&id, 3);
@@ -61,6 +67,7 @@ impl World {
             dp: None,
             topo,
             root,
+            xdp_client,
         };
         world.start_proxy();
         let backends: Vec<SocketAddrV4> = (0..3)
@@ -79,10 +86,15 @@ impl World {
     fn start_proxy(&mut self) {
         let mut dp = self.root.load();
         let ifaces = self.topo.node_ifaces.clone();
+        let xdp_client = self.xdp_client;
         let dp = in_netns(self.topo.node.name(), move || {
-            for iface in &ifaces {
-                dp.attach_tc(iface, TcHook::Ingress)
-                    .unwrap_or_else(|e| panic!("attaching to {iface}: {e}"));
+            for (i, iface) in ifaces.iter().enumerate() {
+                if i == 0 && xdp_client {
+                    dp.attach_xdp(iface)
+                } else {
+                    dp.attach_tc(iface, TcHook::Ingress)
+                }
+                .unwrap_or_else(|e| panic!("attaching to {iface}: {e}"));
             }
             dp
         });
@@ -289,4 +301,33 @@ fn removing_a_backend_moves_new_flows_and_lets_the_old_flow_finish() {
             "the draining flow moved at exchange {i}"
         );
     }
+}
+
+#[test]
+fn xdp_on_the_client_side_balances_and_tc_reverse_nats() {
+    let mut w = World::with("e2e-xdp", true);
+    let client = &w.topo.client;
+    let mut long = Conn::open(client, World::vip(80));
+    assert_eq!(long.ask(), "backend-0");
+    let short: Vec<String> = (0..3).map(|_| tcp_once(client, World::vip(80))).collect();
+    assert_eq!(
+        short,
+        names(&[1, 2, 0]),
+        "TCP connections in round-robin order"
+    );
+    let udp: Vec<String> = (0..3)
+        .map(|_| udp_ask(&udp_socket(client), World::vip(53)))
+        .collect();
+    assert_eq!(udp, names(&[0, 1, 2]), "UDP flows in round-robin order");
+    assert_eq!(long.ask(), "backend-0");
+
+    // the pinned XDP link is taken over by a restarted proxy too
+    w.dp = None;
+    assert_eq!(
+        long.ask(),
+        "backend-0",
+        "the flow broke while the proxy was down"
+    );
+    w.start_proxy();
+    assert_eq!(long.ask(), "backend-0", "the flow broke across the restart");
 }
