@@ -303,6 +303,9 @@ fn removing_a_backend_moves_new_flows_and_lets_the_old_flow_finish() {
     }
 }
 
+/// XDP on a veth: proves attaching, the shared decision and conntrack, and link takeover on
+/// restart. It does not prove wire checksums: veth peers trust CHECKSUM_PARTIAL packets
+/// (those are checked by the BPF_PROG_TEST_RUN tests; see README on where XDP belongs).
 #[test]
 fn xdp_on_the_client_side_balances_and_tc_reverse_nats() {
     let mut w = World::with("e2e-xdp", true);
