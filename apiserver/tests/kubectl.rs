@@ -1,0 +1,533 @@
+//! The real kubectl 1.37 against a real apiserver (embedded store) started in the test.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::TestServer;
+use serde_json::Value;
+
+pub const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web, tier: front}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+        env:
+        - name: MODE
+          value: prod
+      - name: sidecar
+        image: busybox:1.36
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 80
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+data:
+  color: blue
+"#;
+
+fn write(s: &TestServer, name: &str, text: &str) -> String {
+    let f = s.dir.path().join(name);
+    std::fs::write(&f, text).expect("writing manifest");
+    f.to_str().expect("utf-8 path").to_string()
+}
+
+fn cm(name: &str, ns: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  a: b\n")
+}
+
+fn json(s: &TestServer, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&s.kubectl(&a)).expect("kubectl printed JSON")
+}
+
+#[test]
+fn apply_multi_document_twice_is_unchanged_and_an_edit_is_configured_by_strategic_merge() {
+    let s = TestServer::start();
+    let f = write(&s, "app.yaml", APP);
+    let first = s.kubectl(&["apply", "-f", &f]);
+    for line in [
+        "namespace/shop created",
+        "deployment.apps/web created",
+        "service/web created",
+        "configmap/web-config created",
+    ] {
+        assert!(first.contains(line), "{first}");
+    }
+    let second = s.kubectl(&["apply", "-f", &f]);
+    assert_eq!(second.matches("unchanged").count(), 4, "{second}");
+    let before = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+
+    // Change one container's image and remove the env var: strategic merge patch by name.
+    let edited = APP.replace("nginx:1.27", "nginx:1.28").replace(
+        "        env:\n        - name: MODE\n          value: prod\n",
+        "",
+    );
+    let f = write(&s, "app.yaml", &edited);
+    let third = s.kubectl(&["apply", "-f", &f]);
+    assert!(third.contains("deployment.apps/web configured"), "{third}");
+    assert!(third.contains("configmap/web-config unchanged"), "{third}");
+    let after = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+    let containers = after["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[0]["name"], "nginx");
+    assert_eq!(containers[0]["image"], "nginx:1.28");
+    assert!(
+        containers[0].get("env").is_none(),
+        "env removed: {}",
+        containers[0]
+    );
+    // Server-side defaults survive the patch (the list was merged, not replaced).
+    assert_eq!(containers[0]["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(containers[1]["image"], "busybox:1.36");
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(after["metadata"]["generation"], 2);
+    assert_ne!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+}
+
+#[test]
+fn get_formats_label_and_field_selectors() {
+    let s = TestServer::start();
+    let f = write(&s, "app.yaml", APP);
+    s.kubectl(&["apply", "-f", &f]);
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&cm("other", "shop")));
+
+    let table = s.kubectl(&["get", "deploy", "-n", "shop"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert!(table.contains("0/2"), "{table}");
+    let svc = s.kubectl(&["get", "svc", "web", "-n", "shop", "-o", "wide"]);
+    assert!(
+        svc.contains("ClusterIP") && svc.contains("80/TCP") && svc.contains("app=web"),
+        "{svc}"
+    );
+    let yaml = s.kubectl(&["get", "cm", "web-config", "-n", "shop", "-o", "yaml"]);
+    assert!(
+        yaml.contains("color: blue") && yaml.contains("resourceVersion:"),
+        "{yaml}"
+    );
+
+    let by_label = json(&s, &["get", "all", "-n", "shop", "-l", "app=web"]);
+    let kinds: Vec<&str> = by_label["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"Deployment") && kinds.contains(&"Service"),
+        "{kinds:?}"
+    );
+    let set_based = s.kubectl(&[
+        "get",
+        "deploy",
+        "-n",
+        "shop",
+        "-l",
+        "tier in (front,back),app",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(set_based.trim(), "deployment.apps/web");
+    let none = s.kubectl(&[
+        "get",
+        "deploy",
+        "-n",
+        "shop",
+        "-l",
+        "tier notin (front)",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(none.trim(), "");
+
+    let by_field = s.kubectl(&[
+        "get",
+        "cm",
+        "-n",
+        "shop",
+        "--field-selector",
+        "metadata.name=other",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(by_field.trim(), "configmap/other");
+    let negated = s.kubectl(&[
+        "get",
+        "cm",
+        "-n",
+        "shop",
+        "--field-selector",
+        "metadata.name!=other",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        negated.contains("configmap/web-config") && !negated.contains("configmap/other"),
+        "{negated}"
+    );
+    let err = s.kubectl_fails(
+        &[
+            "get",
+            "cm",
+            "-n",
+            "shop",
+            "--field-selector",
+            "spec.bogus=1",
+        ],
+        None,
+    );
+    assert!(
+        err.contains("field label not supported: spec.bogus"),
+        "{err}"
+    );
+
+    // Paging: kubectl's --chunk-size walks continue tokens.
+    for i in 0..7 {
+        s.kubectl_stdin(
+            &["create", "-f", "-"],
+            Some(&cm(&format!("page-{i}"), "shop")),
+        );
+    }
+    let paged = s.kubectl(&["get", "cm", "-n", "shop", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(
+        paged
+            .lines()
+            .filter(|l| l.starts_with("configmap/page-"))
+            .count(),
+        7,
+        "{paged}"
+    );
+}
+
+#[test]
+fn label_annotate_patch_and_scale() {
+    let s = TestServer::start();
+    let f = write(&s, "app.yaml", APP);
+    s.kubectl(&["apply", "-f", &f]);
+    s.kubectl(&["label", "deploy/web", "-n", "shop", "env=staging"]);
+    s.kubectl(&["annotate", "deploy/web", "-n", "shop", "owner=team-a"]);
+    let d = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+    assert_eq!(d["metadata"]["labels"]["env"], "staging");
+    assert_eq!(d["metadata"]["annotations"]["owner"], "team-a");
+    s.kubectl(&["label", "deploy/web", "-n", "shop", "env-"]);
+    assert!(
+        json(&s, &["get", "deploy", "web", "-n", "shop"])["metadata"]["labels"]
+            .get("env")
+            .is_none()
+    );
+    let clash = s.kubectl_fails(&["label", "deploy/web", "-n", "shop", "app=other"], None);
+    assert!(clash.contains("already has a value"), "{clash}");
+
+    s.kubectl(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"size":"xl","color":null}}"#,
+    ]);
+    let cm = json(&s, &["get", "cm", "web-config", "-n", "shop"]);
+    assert_eq!(cm["data"], serde_json::json!({"size": "xl"}));
+    s.kubectl(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/shape","value":"round"}]"#,
+    ]);
+    assert_eq!(
+        json(&s, &["get", "cm", "web-config", "-n", "shop"])["data"]["shape"],
+        "round"
+    );
+    s.kubectl(&["patch", "deploy", "web", "-n", "shop", "--type=strategic", "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:1.37"}]}}}}"#]);
+    let d = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+    let cs = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    assert_eq!(cs.len(), 2, "strategic merge keeps the other container");
+    assert_eq!(cs[0]["image"], "nginx:1.27");
+    assert_eq!(cs[1]["image"], "busybox:1.37");
+    let bad = s.kubectl_fails(
+        &[
+            "patch",
+            "cm",
+            "web-config",
+            "-n",
+            "shop",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/data/shape","value":"square"}]"#,
+        ],
+        None,
+    );
+    assert!(bad.contains("test") || bad.contains("shape"), "{bad}");
+
+    let out = s.kubectl(&["scale", "deploy/web", "-n", "shop", "--replicas=5"]);
+    assert!(out.contains("deployment.apps/web scaled"), "{out}");
+    assert_eq!(
+        json(&s, &["get", "deploy", "web", "-n", "shop"])["spec"]["replicas"],
+        5
+    );
+    let out = s.kubectl(&[
+        "scale",
+        "deploy/web",
+        "-n",
+        "shop",
+        "--current-replicas=5",
+        "--replicas=1",
+    ]);
+    assert!(out.contains("scaled"), "{out}");
+    assert_eq!(
+        json(&s, &["get", "deploy", "web", "-n", "shop"])["spec"]["replicas"],
+        1
+    );
+    let err = s.kubectl_fails(
+        &[
+            "scale",
+            "deploy/web",
+            "-n",
+            "shop",
+            "--current-replicas=7",
+            "--replicas=2",
+        ],
+        None,
+    );
+    assert!(err.contains("7"), "{err}");
+}
+
+/// Lines kubectl prints, read on a thread so the test can wait with a timeout.
+fn spawn_lines(s: &TestServer, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(common::kubectl_path())
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args(args)
+        .env("HOME", s.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning kubectl");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if pred(&l) => return l,
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    panic!("kubectl never printed {what}");
+}
+
+#[test]
+fn get_watch_prints_a_later_change_and_wait_for_delete_returns() {
+    let s = TestServer::start();
+    let deploy = "apiVersion: v1\nkind: Namespace\nmetadata: {name: w}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api, namespace: w}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: api}}\n  template:\n    metadata: {labels: {app: api}}\n    spec: {containers: [{name: c, image: \"nginx:1.27\"}]}\n";
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(deploy));
+    let (mut child, rx) = spawn_lines(&s, &["get", "deploy", "-n", "w", "-w"]);
+    wait_line(
+        &rx,
+        |l| l.starts_with("api ") && l.contains("0/1"),
+        "the initial row",
+    );
+    s.kubectl(&["scale", "deploy/api", "-n", "w", "--replicas=3"]);
+    wait_line(
+        &rx,
+        |l| l.starts_with("api ") && l.contains("0/3"),
+        "the scaled row",
+    );
+    child.kill().expect("stopping kubectl get -w");
+    let _ = child.wait();
+
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&cm("doomed", "w")));
+    let mut waiter = Command::new(common::kubectl_path())
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args([
+            "wait",
+            "--for=delete",
+            "configmap/doomed",
+            "-n",
+            "w",
+            "--timeout=30s",
+        ])
+        .env("HOME", s.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl wait");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiter.try_wait().expect("polling kubectl wait").is_none(),
+        "kubectl wait returned before the delete"
+    );
+    s.kubectl(&["delete", "configmap", "doomed", "-n", "w"]);
+    let out = waiter.wait_with_output().expect("kubectl wait");
+    assert!(
+        out.status.success(),
+        "kubectl wait failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Deleting a namespace empties it first; --wait (the default) returns once it is gone.
+    let out = s.kubectl(&["delete", "namespace", "w", "--timeout=30s"]);
+    assert!(out.contains("namespace \"w\" deleted"), "{out}");
+    let err = s.kubectl_fails(&["get", "namespace", "w"], None);
+    assert!(err.contains("not found"), "{err}");
+    let err = s.kubectl_fails(&["get", "deploy", "api", "-n", "w"], None);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn api_resources_and_explain() {
+    let s = TestServer::start();
+    let out = s.kubectl(&["api-resources"]);
+    for needle in [
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "endpointslices",
+        "leases",
+        "cronjobs",
+    ] {
+        assert!(out.contains(needle), "api-resources misses {needle}: {out}");
+    }
+    let namespaced = s.kubectl(&["api-resources", "--namespaced=false", "-o", "name"]);
+    assert!(
+        namespaced.lines().any(|l| l == "nodes") && !namespaced.lines().any(|l| l == "pods"),
+        "{namespaced}"
+    );
+    let out = s.kubectl(&["explain", "pods.spec.containers"]);
+    assert!(
+        out.contains("KIND:       Pod")
+            && out.contains("image\t<string>")
+            && out.contains("name\t<string> -required-"),
+        "{out}"
+    );
+    let out = s.kubectl(&["explain", "deployment.spec.replicas"]);
+    assert!(out.contains("Number of desired pods"), "{out}");
+}
+
+#[test]
+fn malformed_input_gets_clear_errors_and_changes_nothing() {
+    let s = TestServer::start();
+    let err = s.kubectl_fails(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: [oops\n"),
+    );
+    assert!(err.contains("error"), "{err}");
+
+    let no_containers =
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers: []\n";
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(no_containers));
+    assert!(
+        err.contains("Pod \"p\" is invalid: spec.containers: Required value"),
+        "{err}"
+    );
+
+    let wrong_type =
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers: {name: x}\n";
+    let err = s.kubectl_fails(&["create", "--validate=false", "-f", "-"], Some(wrong_type));
+    assert!(err.contains("cannot be handled as a Pod"), "{err}");
+
+    let bad_name = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n";
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(bad_name));
+    assert!(
+        err.contains("metadata.name: Invalid value: \"Bad_Name\""),
+        "{err}"
+    );
+
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(&cm("x", "nope")));
+    assert!(err.contains("namespaces \"nope\" not found"), "{err}");
+
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&cm("dup", "default")));
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(&cm("dup", "default")));
+    assert!(err.contains("configmaps \"dup\" already exists"), "{err}");
+
+    // Typed clients send protobuf, which kaze does not decode yet: the error says so.
+    let err = s.kubectl_fails(&["create", "configmap", "typed"], None);
+    assert!(
+        err.contains("protobuf bodies are not supported yet"),
+        "{err}"
+    );
+
+    let err = s.kubectl_fails(&["get", "widgets"], None);
+    assert!(
+        err.contains("the server doesn't have a resource type \"widgets\""),
+        "{err}"
+    );
+
+    let err = s.kubectl_fails(&["--token=wrong", "get", "pods"], None);
+    assert!(
+        err.contains("Unauthorized") || err.contains("must be logged in"),
+        "{err}"
+    );
+
+    let out = s.kubectl(&["get", "pods", "-o", "name"]);
+    assert_eq!(out.trim(), "", "nothing was created by the failed requests");
+}
