@@ -206,12 +206,22 @@ impl Dataplane {
             source: Box::new(source),
         })? {
             Some(old) => {
-                let link =
-                    SchedClassifierLink::try_from(old).map_err(|source| DataplaneError::Link {
-                        what: what(),
-                        source: Box::new(source),
-                    })?;
-                prog.attach_to_link(link)
+                // The interface may have been deleted and re-created since the link was
+                // pinned; a link that cannot take the new program is stale and replaced.
+                let replaced = SchedClassifierLink::try_from(old)
+                    .ok()
+                    .and_then(|link| prog.attach_to_link(link).ok());
+                match replaced {
+                    Some(id) => Ok(id),
+                    None => {
+                        remove_stale_pin(&pin)?;
+                        prog.attach_with_options(
+                            iface,
+                            hook.attach_type(),
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                    }
+                }
             }
             None => prog.attach_with_options(
                 iface,
@@ -252,11 +262,17 @@ impl Dataplane {
             source: Box::new(source),
         })? {
             Some(old) => {
-                let link = XdpLink::try_from(old).map_err(|source| DataplaneError::Link {
-                    what: what(),
-                    source: Box::new(source),
-                })?;
-                prog.attach_to_link(link)
+                // as for tc: a stale link (interface re-created) is replaced
+                let replaced = XdpLink::try_from(old)
+                    .ok()
+                    .and_then(|link| prog.attach_to_link(link).ok());
+                match replaced {
+                    Some(id) => Ok(id),
+                    None => {
+                        remove_stale_pin(&pin)?;
+                        prog.attach(iface, aya::programs::xdp::XdpMode::Skb)
+                    }
+                }
             }
             None => prog.attach(iface, aya::programs::xdp::XdpMode::Skb),
         }
@@ -326,6 +342,13 @@ fn open_pinned_link(path: &Path) -> Result<Option<FdLink>, LinkError> {
         }
         Err(e) => Err(e),
     }
+}
+
+fn remove_stale_pin(path: &Path) -> Result<(), DataplaneError> {
+    std::fs::remove_file(path).map_err(|source| DataplaneError::Io {
+        what: format!("removing stale link pin {}", path.display()),
+        source,
+    })
 }
 
 /// Pins `link` at `path` unless it is already pinned there (a replaced link keeps its pin).

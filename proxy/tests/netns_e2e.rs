@@ -334,3 +334,56 @@ fn xdp_on_the_client_side_balances_and_tc_reverse_nats() {
     w.start_proxy();
     assert_eq!(long.ask(), "backend-0", "the flow broke across the restart");
 }
+
+/// Ids of the programs attached at tc ingress of `iface` in `ns`.
+fn tc_ingress_programs(ns: &support::netns::Netns, iface: &str) -> Vec<u32> {
+    let name = iface.to_string();
+    in_netns(ns.name(), move || {
+        let (_, progs) =
+            aya::programs::SchedClassifier::query_tcx(&name, aya::programs::TcAttachType::Ingress)
+                .expect("querying tcx programs");
+        progs.iter().map(|p| p.id()).collect()
+    })
+}
+
+#[test]
+fn attaching_again_after_the_interface_was_recreated_replaces_the_stale_link() {
+    let id = unique_id("e2e-relink");
+    let root = PinRoot::new("e2e-relink");
+    let ns = support::netns::Netns::new(format!("kz{id}r"));
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    let mut dp = root.load();
+    let pin = root.path().join("links").join("tc-d0-ingress");
+
+    let dp_ref = &mut dp;
+    in_netns(ns.name(), move || dp_ref.attach_tc("d0", TcHook::Ingress)).expect("first attach");
+    let ours = dp
+        .tc_program()
+        .expect("tc program")
+        .info()
+        .expect("program info")
+        .id();
+    assert_eq!(tc_ingress_programs(&ns, "d0"), vec![ours]);
+    assert!(pin.exists(), "the link was not pinned");
+
+    ns.ip(&["link", "del", "d0"]);
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    let dp_ref = &mut dp;
+    in_netns(ns.name(), move || dp_ref.attach_tc("d0", TcHook::Ingress))
+        .expect("attaching to the re-created interface");
+    assert_eq!(
+        tc_ingress_programs(&ns, "d0"),
+        vec![ours],
+        "the program is not attached to the re-created interface"
+    );
+
+    dp.detach_tc("d0", TcHook::Ingress).expect("detach");
+    assert!(!pin.exists(), "detach left the link pinned");
+    assert_eq!(
+        tc_ingress_programs(&ns, "d0"),
+        Vec::<u32>::new(),
+        "still attached"
+    );
+}
