@@ -37,7 +37,7 @@ pub fn kaze_tc(ctx: TcContext) -> i32 {
     match packet::tc::try_tc(&ctx) {
         Ok(Verdict::Pass) => TC_ACT_OK,
         Ok(Verdict::Drop) => TC_ACT_SHOT,
-        Ok(Verdict::Redirect) => TC_ACT_REDIRECT as i32,
+        Ok(Verdict::Redirect) => TC_ACT_REDIRECT,
         // a failed helper call means we could not finish a rewrite; passing a half-rewritten
         // packet would be worse than dropping it
         Err(packet::Error::Rewrite) => TC_ACT_SHOT,
