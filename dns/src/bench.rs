@@ -347,6 +347,7 @@ pub async fn run(config: &BenchConfig) -> Result<Vec<BenchResult>, BenchError> {
             max_ttl: Duration::ZERO,
             max_negative_ttl: Duration::ZERO,
         },
+        lameduck: Duration::ZERO,
     };
     let server = DnsServer::bind(options, state.handle(), status, metrics).await?;
     let addr = server.dns_addrs()[0];

@@ -72,6 +72,14 @@ pub struct Config {
     /// Per-upstream query timeout, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub upstream_timeout_ms: u64,
+    /// After a shutdown request, keep answering this many seconds while `/health` fails
+    /// (CoreDNS's `lameduck`), so clients move away before the sockets close.
+    #[arg(long, default_value_t = 0)]
+    pub lameduck_seconds: u64,
+    /// Kubeconfig for the API feed; default: `KUBECONFIG`, `~/.kube/config`, then
+    /// in-cluster service-account credentials.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +114,12 @@ pub enum Error {
     Kube {
         #[source]
         source: kube::Error,
+    },
+    #[error("loading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -185,12 +199,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         bind: config.bind.clone(),
         http_bind: Some(config.http_bind),
         forward: config.forward_config()?,
+        lameduck: Duration::from_secs(config.lameduck_seconds),
     };
     let server = DnsServer::bind(options, state.handle(), status.clone(), metrics.clone()).await?;
     tracing::info!(dns = ?server.dns_addrs(), http = ?server.http_addr(), "dns serving");
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|source| Error::Kube { source })?;
+    let client = kube_client(config.kubeconfig.as_deref()).await?;
     let feed = tokio::spawn(feed::run_feed(
         client,
         state,
@@ -204,4 +217,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         tracing::warn!(%error, "dns feed task failed");
     }
     served
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
+    let Some(path) = kubeconfig else {
+        return kube::Client::try_default()
+            .await
+            .map_err(|source| Error::Kube { source });
+    };
+    let bad = |source: Box<dyn std::error::Error + Send + Sync>| Error::Kubeconfig {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(Box::new(e)))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .map_err(|e| bad(Box::new(e)))?;
+    kube::Client::try_from(config).map_err(|source| Error::Kube { source })
 }

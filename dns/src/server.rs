@@ -25,6 +25,8 @@ pub struct ServerOptions {
     pub bind: Vec<SocketAddr>,
     pub http_bind: Option<SocketAddr>,
     pub forward: ForwardConfig,
+    /// How long to keep answering after shutdown starts, with health checks failing.
+    pub lameduck: Duration,
 }
 
 pub struct DnsServer {
@@ -35,6 +37,7 @@ pub struct DnsServer {
     status: Arc<Status>,
     metrics: Arc<Metrics>,
     forwarder: Arc<Forwarder>,
+    lameduck: Duration,
 }
 
 impl DnsServer {
@@ -80,6 +83,7 @@ impl DnsServer {
             status,
             metrics,
             forwarder,
+            lameduck: options.lameduck,
         })
     }
 
@@ -100,21 +104,25 @@ impl DnsServer {
         self.forwarder.clone()
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets the HTTP server
-    /// drain, and returns once every task has ended.
+    /// Serves until `shutdown` is cancelled; then, for the lameduck period, keeps answering
+    /// while `/health` and `/ready` fail (so load balancers drain it), stops accepting,
+    /// lets the HTTP server drain, and returns once every task has ended.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), Error> {
         let Self {
             mut server,
             http,
             status,
             metrics,
+            lameduck,
             ..
         } = self;
         let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
+        // cancelled after the lameduck period; everything that stops serving waits on it
+        let stop = CancellationToken::new();
 
         if let Some(listener) = http {
             let app = router(status.clone(), metrics);
-            let token = shutdown.clone();
+            let token = stop.clone();
             tasks.spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(token.cancelled_owned())
@@ -128,13 +136,20 @@ impl DnsServer {
 
         let hickory_token = server.shutdown_token().clone();
         let token = shutdown.clone();
+        let stop_all = stop.clone();
         tasks.spawn(async move {
-            token.cancelled().await;
-            status.set_stopping();
+            tokio::select! {
+                _ = token.cancelled() => {
+                    status.set_stopping();
+                    tokio::time::sleep(lameduck).await;
+                }
+                _ = stop_all.cancelled() => {}
+            }
+            stop_all.cancel();
             hickory_token.cancel();
             Ok(())
         });
-        let token = shutdown.clone();
+        let token = stop.clone();
         tasks.spawn(async move {
             let result = server.block_until_done().await;
             if token.is_cancelled() {
@@ -158,7 +173,7 @@ impl DnsServer {
                 source: std::io::Error::other(e),
             });
             if let Err(e) = result.and_then(|r| r) {
-                shutdown.cancel();
+                stop.cancel();
                 first_error.get_or_insert(e);
             }
         }

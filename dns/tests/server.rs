@@ -349,12 +349,55 @@ async fn ready_health_and_metrics_endpoints() {
     );
 }
 
+/// Does the server at `addr` answer for the zone only this test serves? Other tests run in
+/// parallel and may bind a port this test's server released, so "something answers" is
+/// not enough to call a listener still open.
+async fn serves_unique_zone(addr: std::net::SocketAddr, over_tcp: bool) -> bool {
+    let q = query_message("probe.only.svc.shutdown.test.", RecordType::A, None);
+    let reply = if over_tcp {
+        let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                .await
+        else {
+            return false;
+        };
+        let bytes = q.to_vec().unwrap();
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        if s.write_all(&framed).await.is_err() {
+            return false;
+        }
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return false,
+        }
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        if s.read_exact(&mut buf).await.is_err() {
+            return false;
+        }
+        buf
+    } else {
+        match udp_raw(addr, &q.to_vec().unwrap()).await {
+            Some(b) => b,
+            None => return false,
+        }
+    };
+    hickory_server::proto::op::Message::from_vec(&reply)
+        .map(|m| outcome(&m).answers == vec!["probe.only.svc.shutdown.test. A 10.43.7.7"])
+        .unwrap_or(false)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_stops_every_listener() {
-    let state = cluster();
+    let mut state = ClusterState::new(Name::from_ascii("shutdown.test.").unwrap(), 5);
+    state
+        .apply_service(&cluster_ip_service("only", "probe", &["10.43.7.7"], &[]))
+        .unwrap();
     let mut kaze = Kaze::start(&state, vec![]).await;
-    let r = kdig(kaze.addr, "web.default.svc.cluster.local", "A", &["+tcp"]).await;
-    assert_eq!(r.status, "NOERROR");
+    // the probe really tells our server apart
+    assert!(serves_unique_zone(kaze.addr, false).await);
+    assert!(serves_unique_zone(kaze.addr, true).await);
     // an idle TCP client must not hold shutdown up
     let _idle = tokio::net::TcpStream::connect(kaze.addr).await.unwrap();
 
@@ -365,20 +408,45 @@ async fn graceful_shutdown_stops_every_listener() {
         .expect("serve() did not return after cancellation")
         .expect("serve task panicked");
     assert!(result.is_ok(), "{result:?}");
-    // nothing listens any more: TCP connections are refused and UDP queries go unanswered
-    let refused = |addr| {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-            .err()
-            .map(|e| e.kind())
-    };
-    assert_eq!(
-        refused(kaze.addr),
-        Some(std::io::ErrorKind::ConnectionRefused)
+    assert!(
+        !serves_unique_zone(kaze.addr, false).await,
+        "udp still served"
     );
-    assert_eq!(
-        refused(kaze.http),
-        Some(std::io::ErrorKind::ConnectionRefused)
+    assert!(
+        !serves_unique_zone(kaze.addr, true).await,
+        "tcp still served"
     );
-    let q = query_message("web.default.svc.cluster.local.", RecordType::A, None);
-    assert!(udp_raw(kaze.addr, &q.to_vec().unwrap()).await.is_none());
+    // the HTTP port: refused, or (if a parallel test took the port) not our server
+    match std::net::TcpStream::connect_timeout(&kaze.http, Duration::from_secs(1)) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        Ok(_) => assert!(
+            !http_get(kaze.http, "/metrics")
+                .await
+                .1
+                .contains("kaze_dns_queries_total{type=\"A\",rcode=\"NOERROR\"} 2"),
+            "http still served"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lameduck_keeps_answering_while_health_fails_then_stops() {
+    let state = cluster();
+    let mut kaze = Kaze::start_with_lameduck(&state, vec![], Duration::from_millis(1500)).await;
+    kaze.status.set_ready();
+    kaze.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(http_get(kaze.http, "/health").await.0, 503);
+    assert_eq!(http_get(kaze.http, "/ready").await.0, 503);
+    let r = kdig(kaze.addr, "web.default.svc.cluster.local", "A", &[]).await;
+    assert_eq!(
+        r.answers,
+        vec!["web.default.svc.cluster.local. A 10.43.0.20"]
+    );
+    let task = kaze.task.take().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("serve() did not return after the lameduck period")
+        .expect("serve task panicked");
+    assert!(result.is_ok(), "{result:?}");
 }

@@ -32,6 +32,14 @@ pub struct Kaze {
 
 impl Kaze {
     pub async fn start(state: &ClusterState, upstreams: Vec<SocketAddr>) -> Self {
+        Self::start_with_lameduck(state, upstreams, Duration::ZERO).await
+    }
+
+    pub async fn start_with_lameduck(
+        state: &ClusterState,
+        upstreams: Vec<SocketAddr>,
+        lameduck: Duration,
+    ) -> Self {
         let status = Arc::new(Status::default());
         let metrics = Arc::new(Metrics::default());
         let options = ServerOptions {
@@ -44,6 +52,7 @@ impl Kaze {
                 max_ttl: Duration::from_secs(3600),
                 max_negative_ttl: Duration::from_secs(300),
             },
+            lameduck,
         };
         let server = DnsServer::bind(options, state.handle(), status.clone(), metrics.clone())
             .await
