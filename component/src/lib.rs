@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+pub mod leader;
+
 pub use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]

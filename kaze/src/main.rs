@@ -36,6 +36,8 @@ struct ServerArgs {
     disable_agent: bool,
     #[command(flatten)]
     apiserver: apiserver::Config,
+    #[command(flatten)]
+    leader: component::leader::LeaderElectionArgs,
 }
 
 /// Upstream component names that select a subcommand when the binary is called by them.
@@ -76,6 +78,7 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
         scheduler_name: "default-scheduler".into(),
         config: None,
         policy_config_file: None,
+        leader: args.leader.clone(),
         parallelism: 16,
     };
     let mut sched = tokio::spawn(scheduler::run(sched, shutdown.clone()));

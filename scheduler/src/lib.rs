@@ -34,6 +34,9 @@ pub struct Config {
     #[arg(long = "policy-config-file")]
     pub policy_config_file: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub leader: component::leader::LeaderElectionArgs,
+
     /// Bindings in flight at once.
     #[arg(long = "parallelism", default_value_t = 16)]
     pub parallelism: usize,
@@ -45,6 +48,8 @@ pub enum Error {
     Config(#[from] config::ConfigError),
     #[error("connecting to the apiserver: {0}")]
     Client(#[from] component::ClientError),
+    #[error(transparent)]
+    Leader(#[from] component::leader::LeaderError),
 }
 
 /// The profiles `config` asks for; a bad file is an error naming the file and the problem.
@@ -70,7 +75,16 @@ pub fn profiles(config: &Config) -> Result<Vec<config::Profile>, Error> {
 pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), Error> {
     let profiles = profiles(&config)?;
     let client = component::client(config.kubeconfig.as_deref()).await?;
-    Scheduler::new(client, profiles, config.parallelism)
-        .run(shutdown)
-        .await
+    let identity = component::leader::default_identity();
+    let elector = component::leader::Elector::new(
+        client.clone(),
+        "kube-scheduler",
+        &identity,
+        config.leader.clone(),
+    );
+    let scheduler = Scheduler::new(client, profiles, config.parallelism);
+    match elector.run(shutdown, |token| scheduler.run(token)).await? {
+        Some(result) => result,
+        None => Ok(()),
+    }
 }

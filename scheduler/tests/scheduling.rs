@@ -87,6 +87,10 @@ async fn binds_pending_pods_and_explains_unschedulable_ones() {
         scheduler_name: "default-scheduler".into(),
         config: None,
         policy_config_file: None,
+        leader: component::leader::LeaderElectionArgs {
+            leader_elect: true,
+            ..component::leader::LeaderElectionArgs::disabled()
+        },
         parallelism: 4,
     };
     let sched = tokio::spawn(scheduler::run(config, shutdown.clone()));
