@@ -67,6 +67,12 @@ impl Handler {
         let qname = query.original().name();
         let qtype = query.query_type();
         let qclass = query.query_class();
+        // the cluster zone is rebuilt from the API, never transferred; upstreams are not
+        // ours to offer transfers of either
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            reply.metadata.response_code = ResponseCode::Refused;
+            return reply;
+        }
 
         let snapshot = self.zone.load();
         let lookup = if matches!(qclass, DNSClass::IN | DNSClass::ANY) {

@@ -15,6 +15,7 @@ use hickory_server::proto::rr::Name;
 use tokio_util::sync::CancellationToken;
 
 pub mod bench;
+pub mod bootstrap;
 pub mod feed;
 #[cfg(test)]
 mod feed_tests;

@@ -270,6 +270,22 @@ async fn malformed_queries_get_formerr_or_are_dropped_and_the_server_keeps_servi
     let mut buf = [0u8; 512];
     let _ = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
 
+    // zone transfers are refused, unknown EDNS versions get BADVERS
+    let reply = tcp(
+        kaze.addr,
+        &query_message("cluster.local.", RecordType::AXFR, None),
+    )
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    let r = kdig(
+        kaze.addr,
+        "web.default.svc.cluster.local",
+        "A",
+        &["+edns=1"],
+    )
+    .await;
+    assert_eq!(r.status, "BADVERS");
+
     // still alive and correct
     let r = kdig(kaze.addr, "web.default.svc.cluster.local", "A", &[]).await;
     assert_eq!(
