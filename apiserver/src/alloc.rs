@@ -131,6 +131,7 @@ impl IpAllocator {
         }
     }
 
+    #[cfg(test)]
     pub async fn is_allocated(&self, ip: Ipv4Addr) -> Result<bool, AllocError> {
         let off = self.offset(ip).ok_or_else(|| AllocError::OutOfRange {
             range: self.range.clone(),

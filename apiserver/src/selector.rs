@@ -220,14 +220,6 @@ impl FieldSelector {
             (actual == r.value) == r.equal
         })
     }
-
-    /// The single name this selector pins, if it has `metadata.name=<n>`.
-    pub fn exact_name(&self) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|r| r.equal && r.field == "metadata.name")
-            .map(|r| r.value.as_str())
-    }
 }
 
 /// Label and field selectors together.
@@ -307,11 +299,5 @@ mod tests {
         }
         let err = FieldSelector::parse("spec.foo=1", &allowed).expect_err("unknown field");
         assert_eq!(err, "field label not supported: spec.foo");
-        assert_eq!(
-            FieldSelector::parse("metadata.name=x", &[])
-                .expect("ok")
-                .exact_name(),
-            Some("x")
-        );
     }
 }

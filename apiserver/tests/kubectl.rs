@@ -128,6 +128,41 @@ fn apply_multi_document_twice_is_unchanged_and_an_edit_is_configured_by_strategi
 }
 
 #[test]
+fn apply_and_get_on_a_real_etcd() {
+    let etcd = testkit::Etcd::start();
+    let s = TestServer::start_with(|c| c.storage.etcd_servers = vec![etcd.url()]);
+    let f = write(&s, "app.yaml", APP);
+    assert!(s
+        .kubectl(&["apply", "-f", &f])
+        .contains("deployment.apps/web created"));
+    assert_eq!(
+        s.kubectl(&["apply", "-f", &f]).matches("unchanged").count(),
+        4
+    );
+    let svc = json(&s, &["get", "svc", "web", "-n", "shop"]);
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.43.")),
+        "{svc}"
+    );
+    let names = s.kubectl(&["get", "ns", "-o", "name"]);
+    for ns in [
+        "default",
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "shop",
+    ] {
+        assert!(
+            names.lines().any(|l| l == format!("namespace/{ns}")),
+            "{names}"
+        );
+    }
+    s.kubectl(&["delete", "-f", &f, "--timeout=30s"]);
+}
+
+#[test]
 fn get_formats_label_and_field_selectors() {
     let s = TestServer::start();
     let f = write(&s, "app.yaml", APP);
