@@ -228,7 +228,9 @@ impl ServiceRecords {
 
 /// The map key of a name: lowercase, absolute, with the trailing dot.
 pub fn name_key(name: &Name) -> String {
-    let mut s = name.to_lowercase().to_ascii();
+    // to_ascii escapes nothing by case, so lowering the text equals lowering the name
+    let mut s = name.to_ascii();
+    s.make_ascii_lowercase();
     if !s.ends_with('.') {
         s.push('.');
     }

@@ -19,7 +19,9 @@ pub const SPEC_VERSION: &str = "1.0.1";
 /// Number of shards; a power of two well above the core count keeps copies small.
 pub(crate) const SHARDS: usize = 256;
 
-pub(crate) type ServiceShard = HashMap<ServiceKey, Arc<ServiceRecords>>;
+/// Keyed by `<name>.<namespace>`: exactly the text a query name has before `.svc.<zone>`,
+/// so a query finds its service with a slice of its own name and no allocation.
+pub(crate) type ServiceShard = HashMap<String, Arc<ServiceRecords>>;
 pub(crate) type PtrShard = HashMap<IpAddr, Vec<Record>>;
 
 /// What the cluster zone says about one query.
@@ -124,12 +126,15 @@ impl Snapshot {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceRecords>> {
-        let key = (namespace.to_string(), name.to_string());
-        self.services[shard_of(&key)].get(&key)
+        self.service_by_label(&service_label(&(namespace.to_string(), name.to_string())))
     }
 
-    /// Every service's records, for zone-file export and tests.
-    pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &Arc<ServiceRecords>)> {
+    fn service_by_label(&self, label: &str) -> Option<&Arc<ServiceRecords>> {
+        self.services[shard_of(label)].get(label)
+    }
+
+    /// Every service's records (keyed `<name>.<namespace>`), for zone-file export and tests.
+    pub fn services(&self) -> impl Iterator<Item = (&String, &Arc<ServiceRecords>)> {
         self.services.iter().flat_map(|s| s.iter())
     }
 
@@ -158,56 +163,71 @@ impl Snapshot {
     }
 
     fn lookup_zone(&self, key: &str, rel: &str, qtype: RecordType) -> Lookup {
-        let labels: Vec<&str> = if rel.is_empty() {
-            Vec::new()
-        } else {
-            rel.split('.').rev().collect()
-        };
-        match labels.as_slice() {
-            [] => {
+        match rel {
+            "" => {
                 let apex = vec![self.soa(), self.ns()];
-                filtered(&apex, qtype, Vec::new())
+                return filtered(&apex, qtype, Vec::new());
             }
-            ["dns-version"] => filtered(&[self.version_txt()], qtype, Vec::new()),
-            ["svc"] if !self.namespaces.is_empty() => Lookup::NoData,
-            ["svc", ns] if self.namespaces.contains_key(*ns) => Lookup::NoData,
-            ["svc", ns, svc, ..] => match self.service(ns, svc) {
-                None => Lookup::NxDomain,
-                Some(records) => {
-                    if let Some(rrs) = records.nodes.get(key) {
-                        let additionals = if qtype == RecordType::SRV {
-                            srv_additionals(records, rrs)
-                        } else {
-                            Vec::new()
-                        };
-                        filtered(rrs, qtype, additionals)
-                    } else if records.empty_non_terminals.contains(key) {
-                        Lookup::NoData
-                    } else {
-                        Lookup::NxDomain
-                    }
-                }
-            },
+            "dns-version" => return filtered(&[self.version_txt()], qtype, Vec::new()),
+            "svc" if !self.namespaces.is_empty() => return Lookup::NoData,
             // the parent names of pod records exist so search-path walks get NODATA
-            ["pod"] | ["pod", _] => Lookup::NoData,
-            ["pod", _ns, host] => match pod_address(host) {
-                Some(ip) => {
-                    let rdata = match ip {
-                        IpAddr::V4(v4) => RData::A(v4.into()),
-                        IpAddr::V6(v6) => RData::AAAA(v6.into()),
-                    };
-                    let owner = Name::from_ascii(key).unwrap_or_default();
-                    filtered(
-                        &[Record::from_rdata(owner, self.ttl, rdata)],
-                        qtype,
-                        Vec::new(),
-                    )
-                }
-                None => Lookup::NxDomain,
-            },
-            _ => Lookup::NxDomain,
+            "pod" => return Lookup::NoData,
+            _ => {}
         }
+        if let Some(body) = rel.strip_suffix(".svc") {
+            // body is `<ns>`, `<svc>.<ns>` or `<labels>.<svc>.<ns>`
+            let Some(ns_dot) = body.rfind('.') else {
+                return if self.namespaces.contains_key(body) {
+                    Lookup::NoData
+                } else {
+                    Lookup::NxDomain
+                };
+            };
+            let svc_start = body[..ns_dot].rfind('.').map_or(0, |i| i + 1);
+            let Some(records) = self.service_by_label(&body[svc_start..]) else {
+                return Lookup::NxDomain;
+            };
+            return if let Some(rrs) = records.nodes.get(key) {
+                let additionals = if qtype == RecordType::SRV {
+                    srv_additionals(records, rrs)
+                } else {
+                    Vec::new()
+                };
+                filtered(rrs, qtype, additionals)
+            } else if records.empty_non_terminals.contains(key) {
+                Lookup::NoData
+            } else {
+                Lookup::NxDomain
+            };
+        }
+        if let Some(body) = rel.strip_suffix(".pod") {
+            return match body.split_once('.') {
+                None => Lookup::NoData,
+                Some((host, ns)) if !ns.contains('.') => match pod_address(host) {
+                    Some(ip) => {
+                        let rdata = match ip {
+                            IpAddr::V4(v4) => RData::A(v4.into()),
+                            IpAddr::V6(v6) => RData::AAAA(v6.into()),
+                        };
+                        let owner = Name::from_ascii(key).unwrap_or_default();
+                        filtered(
+                            &[Record::from_rdata(owner, self.ttl, rdata)],
+                            qtype,
+                            Vec::new(),
+                        )
+                    }
+                    None => Lookup::NxDomain,
+                },
+                Some(_) => Lookup::NxDomain,
+            };
+        }
+        Lookup::NxDomain
     }
+}
+
+/// `<name>.<namespace>`: the shard key of a service.
+pub(crate) fn service_label(key: &ServiceKey) -> String {
+    format!("{}.{}", key.1, key.0)
 }
 
 /// The part of `key` before `.<zone>`, `""` for the apex, `None` outside the zone.

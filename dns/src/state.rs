@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::records::{
     build_service_records, ParseError, ServiceInfo, ServiceKey, ServiceRecords, SliceInfo,
 };
-use crate::snapshot::{shard_of, Snapshot};
+use crate::snapshot::{service_label, shard_of, Snapshot};
 
 /// Read side: what the server holds. Cloning is cheap; every clone sees every publish.
 #[derive(Clone)]
@@ -185,15 +185,16 @@ impl ClusterState {
         });
         let new = new.filter(|r| !r.is_empty()).map(Arc::new);
 
-        let shard = shard_of(key);
-        let old = self.working.services[shard].get(key).cloned();
+        let label = service_label(key);
+        let shard = shard_of(label.as_str());
+        let old = self.working.services[shard].get(&label).cloned();
         if old.is_none() && new.is_none() {
             return;
         }
         let services = Arc::make_mut(&mut self.working.services[shard]);
         match &new {
-            Some(records) => services.insert(key.clone(), records.clone()),
-            None => services.remove(key),
+            Some(records) => services.insert(label, records.clone()),
+            None => services.remove(&label),
         };
 
         if let Some(old) = &old {
