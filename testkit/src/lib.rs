@@ -141,8 +141,8 @@ pub fn kubectl() -> PathBuf {
     if let Some(p) = std::env::var_os("KAZE_KUBECTL") {
         return PathBuf::from(p);
     }
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/tools/venv/bin/kubectl");
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/venv/bin/kubectl");
     assert!(
         p.exists(),
         "kubectl 1.37 not found at {} (run `cargo xtask setup`)",
@@ -167,8 +167,12 @@ impl ChildGuard {
     /// Send SIGTERM and wait up to `timeout` for a clean exit; returns whether it exited
     /// successfully in time (it is SIGKILLed otherwise).
     pub fn terminate(&mut self, timeout: Duration) -> bool {
-        let Some(mut child) = self.0.take() else { return false };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let Some(mut child) = self.0.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -189,6 +193,181 @@ impl Drop for ChildGuard {
         if let Some(mut child) = self.0.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// A real containerd (Debian's 1.6) with its own root, state and socket in a temp dir, the
+/// CRI plugin disabled. On drop every task it ran is killed, its shims are stopped, its
+/// mounts are undone and the dir is removed — also when the test panics.
+#[derive(Debug)]
+pub struct Containerd {
+    child: ChildGuard,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    /// Start containerd and wait until it answers on its socket.
+    pub fn start() -> Containerd {
+        let bin =
+            which("containerd").expect("containerd is not installed (run `cargo xtask setup`)");
+        let dir = tempfile::Builder::new()
+            .prefix("kaze-ctrd-")
+            .tempdir()
+            .expect("creating a temp dir for containerd");
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let sock = dir.path().join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = {root:?}\nstate = {state:?}\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = {sock:?}\n\
+             [ttrpc]\n  address = {ttrpc:?}\n\
+             [debug]\n  level = \"info\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt:?}\n",
+            ttrpc = dir.path().join("containerd.sock.ttrpc"),
+            opt = dir.path().join("opt"),
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).expect("writing containerd's config");
+        let log = std::fs::File::create(dir.path().join("containerd.log"))
+            .expect("creating the containerd log");
+        // The shims it starts find runc on PATH; make sure sbin dirs are on it.
+        let path = format!(
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config_path)
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning containerd");
+        let mut c = Containerd {
+            child: ChildGuard::new(child),
+            dir,
+        };
+        c.wait_ready();
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Run `ctr --address <socket> <args>` and return its stdout (panics on failure).
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = self.ctr_raw(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ctr_raw(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ctr")
+    }
+
+    /// The containerd log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.socket().exists() && self.ctr_raw(&["version"]).status.success() {
+                return;
+            }
+            if let Some(child) = self.child.0.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "containerd exited early with {status}; log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer in 30 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn lines(&self, args: &[&str]) -> Vec<String> {
+        String::from_utf8_lossy(&self.ctr_raw(args).stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Kill every task and delete every container in every namespace.
+    fn reap_all(&self) {
+        for ns in self.lines(&["namespaces", "ls", "-q"]) {
+            for task in self.lines(&["-n", &ns, "tasks", "ls", "-q"]) {
+                let _ = self.ctr_raw(&["-n", &ns, "tasks", "kill", "-a", "-s", "SIGKILL", &task]);
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = self.ctr_raw(&["-n", &ns, "tasks", "rm", "-f", &task]);
+            }
+            for c in self.lines(&["-n", &ns, "containers", "ls", "-q"]) {
+                let _ = self.ctr_raw(&["-n", &ns, "containers", "rm", &c]);
+            }
+            // The shim's runc state dir for this namespace (empty once the tasks are gone).
+            let _ = std::fs::remove_dir(std::path::Path::new("/run/containerd/runc").join(&ns));
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.reap_all();
+        self.child.terminate(Duration::from_secs(5));
+        // Shims outlive containerd; ours are the ones started with our socket address.
+        let sock = self.socket().display().to_string();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains("containerd-shim") && cmdline.contains(&sock) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
+        }
+        // Undo leftover mounts (deepest first) so the temp dir can go.
+        let prefix = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").args(["-l", m]).status();
         }
     }
 }

@@ -1,0 +1,742 @@
+//! Images without a registry: import OCI image-layout tarballs into containerd's content
+//! store and image service, unpack them into overlayfs snapshots, and resolve a pod's image
+//! reference to what a container needs (the unpacked snapshot and the image config).
+//!
+//! This is what `ctr images import` does, over the containerd API: blobs are written with
+//! the garbage-collection labels that link manifest -> config/layers -> snapshot, inside a
+//! lease so nothing is collected half-way.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    ApplyRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
+    DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image, InfoRequest, ReadContentRequest,
+    UpdateImageRequest, UpdateRequest as UpdateContentRequest, WriteAction, WriteContentRequest,
+};
+use containerd_client::tonic::Code;
+use containerd_client::types::Descriptor;
+use serde::Deserialize;
+
+use crate::containerd::{Containerd, SNAPSHOTTER};
+use crate::error::{Context, Error, Result};
+use crate::sys;
+
+const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+const MANIFEST_DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
+
+/// What a container needs from its image.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    pub name: String,
+    /// The manifest digest (the image ID a pod status reports).
+    pub digest: String,
+    /// The committed snapshot holding the unpacked rootfs.
+    pub chain_id: String,
+    pub config: ImageConfig,
+}
+
+/// The `config` object of an OCI image config.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ImageConfig {
+    #[serde(rename = "Entrypoint", default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "Env", default)]
+    pub env: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default)]
+    pub working_dir: Option<String>,
+    #[serde(rename = "User", default)]
+    pub user: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OciDescriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: i64,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Index {
+    manifests: Vec<OciDescriptor>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    config: OciDescriptor,
+    layers: Vec<OciDescriptor>,
+}
+
+#[derive(Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    config: Option<ImageConfig>,
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// Docker-style normalisation: `busybox` -> `docker.io/library/busybox:latest`,
+/// `kaze/busybox:1` -> `docker.io/kaze/busybox:1`. Digests (`@sha256:...`) are kept.
+pub fn normalize_reference(image: &str) -> Result<String> {
+    let bad = |reason: &str| Error::invalid(format!("parsing image reference {image:?}"), reason);
+    if image.is_empty()
+        || image
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_ascii_uppercase())
+    {
+        return Err(bad("must be non-empty, lowercase and without spaces"));
+    }
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    let (domain, rest) = match name.split_once('/') {
+        Some((d, r)) if d.contains('.') || d.contains(':') || d == "localhost" => {
+            (d, r.to_string())
+        }
+        Some(_) => ("docker.io", name.to_string()),
+        None => ("docker.io", format!("library/{name}")),
+    };
+    let last = rest.rsplit('/').next().unwrap_or_default();
+    let tagged = last.contains(':');
+    if rest.split('/').any(str::is_empty) {
+        return Err(bad("has an empty path component"));
+    }
+    if let Some((n, t)) = last.split_once(':') {
+        if n.is_empty() || t.is_empty() {
+            return Err(bad("has an empty name or tag"));
+        }
+    }
+    let mut out = format!("{domain}/{rest}");
+    if !tagged && digest.is_none() {
+        out.push_str(":latest");
+    }
+    if let Some(d) = digest {
+        out.push('@');
+        out.push_str(d);
+    }
+    Ok(out)
+}
+
+pub fn sha256_digest(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The snapshot names of a layer stack (OCI image spec "ChainID").
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => sha256_digest(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Read the regular files of a tar archive into memory (image tarballs are small).
+pub fn read_tar(path: &Path, data: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
+    let bad = |reason: String| Error::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut files = HashMap::new();
+    let mut off = 0;
+    let mut long_name: Option<String> = None;
+    while off + 512 <= data.len() {
+        let h = &data[off..off + 512];
+        if h.iter().all(|&b| b == 0) {
+            break;
+        }
+        let field = |a: usize, b: usize| {
+            let raw = &h[a..b];
+            let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+            String::from_utf8_lossy(&raw[..end]).trim().to_string()
+        };
+        let size_str = field(124, 136);
+        let size = usize::from_str_radix(&size_str, 8)
+            .map_err(|_| bad(format!("bad tar size field {size_str:?} at offset {off}")))?;
+        let mut name = field(0, 100);
+        let prefix = field(345, 500);
+        if &h[257..262] == b"ustar" && !prefix.is_empty() {
+            name = format!("{prefix}/{name}");
+        }
+        if let Some(n) = long_name.take() {
+            name = n;
+        }
+        let body_start = off + 512;
+        let body_end = body_start + size;
+        if body_end > data.len() {
+            return Err(bad(format!("truncated tar entry {name:?}")));
+        }
+        let body = &data[body_start..body_end];
+        match h[156] {
+            b'0' | 0 => {
+                let name = name.trim_start_matches("./").to_string();
+                files.insert(name, body.to_vec());
+            }
+            // GNU long name: the next header's name is in this body.
+            b'L' => {
+                long_name = Some(
+                    String::from_utf8_lossy(body)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                )
+            }
+            _ => {}
+        }
+        off = body_start + size.div_ceil(512) * 512;
+    }
+    Ok(files)
+}
+
+fn blob<'a>(path: &Path, files: &'a HashMap<String, Vec<u8>>, digest: &str) -> Result<&'a [u8]> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| Error::BadImage {
+            path: path.to_path_buf(),
+            reason: format!("unsupported digest {digest}"),
+        })?;
+    let data = files
+        .get(&format!("blobs/sha256/{hex}"))
+        .ok_or_else(|| Error::BadImage {
+            path: path.to_path_buf(),
+            reason: format!("blob {digest} is missing from the archive"),
+        })?;
+    if sha256_digest(data) != digest {
+        return Err(Error::BadImage {
+            path: path.to_path_buf(),
+            reason: format!("blob {digest} does not match its digest"),
+        });
+    }
+    Ok(data)
+}
+
+fn parse<'a, T: Deserialize<'a>>(path: &Path, what: &str, data: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(data).map_err(|e| Error::BadImage {
+        path: path.to_path_buf(),
+        reason: format!("parsing {what}: {e}"),
+    })
+}
+
+/// Import every `*.tar` in `dir` (the k3s air-gap convention `<root-dir>/agent/images/`).
+/// A missing directory imports nothing; one bad tarball fails with its path.
+pub async fn import_dir(cd: &Containerd, dir: &Path) -> Result<Vec<String>> {
+    let mut tars: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+            .collect(),
+        Err(_) => return Ok(Vec::new()),
+    };
+    tars.sort();
+    let mut names = Vec::new();
+    for tar in tars {
+        names.extend(import_tarball(cd, &tar).await?);
+    }
+    Ok(names)
+}
+
+/// Import one OCI image-layout tarball (`kaze images import FILE`); returns the image names.
+pub async fn import_tarball(cd: &Containerd, path: &Path) -> Result<Vec<String>> {
+    let data =
+        sys::read_file(path).context(|| format!("importing image tarball {}", path.display()))?;
+    let files = read_tar(path, &data)?;
+    let index_bytes = files.get("index.json").ok_or_else(|| Error::BadImage {
+        path: path.to_path_buf(),
+        reason: "no index.json: not an OCI image layout".into(),
+    })?;
+    let index: Index = parse(path, "index.json", index_bytes)?;
+
+    let lease = format!("kaze-import-{}", &sha256_digest(&data)[7..23]);
+    let expire = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+    let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire.to_string())]);
+    let created = cd
+        .leases()
+        .create(cd.req(
+            CreateLeaseRequest {
+                id: lease.clone(),
+                labels,
+            },
+            None,
+        ))
+        .await;
+    match created {
+        Err(s) if s.code() != Code::AlreadyExists => {
+            return Err(Error::Containerd {
+                what: format!("importing {}: creating a lease", path.display()),
+                source: Box::new(s),
+            })
+        }
+        _ => {}
+    }
+    let result = import_index(cd, path, &files, &index, &lease).await;
+    let _ = cd
+        .leases()
+        .delete(cd.req(
+            DeleteLeaseRequest {
+                id: lease,
+                sync: false,
+            },
+            None,
+        ))
+        .await;
+    result
+}
+
+async fn import_index(
+    cd: &Containerd,
+    path: &Path,
+    files: &HashMap<String, Vec<u8>>,
+    index: &Index,
+    lease: &str,
+) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in &index.manifests {
+        let name = entry
+            .annotations
+            .get("io.containerd.image.name")
+            .or_else(|| {
+                entry
+                    .annotations
+                    .get("org.opencontainers.image.ref.name")
+                    .filter(|n| n.contains('/'))
+            })
+            .ok_or_else(|| Error::BadImage {
+                path: path.to_path_buf(),
+                reason: format!("manifest {} has no image name annotation", entry.digest),
+            })?;
+        let name = normalize_reference(name)?;
+        if entry.media_type == INDEX_OCI {
+            return Err(Error::BadImage {
+                path: path.to_path_buf(),
+                reason: "nested image indexes are not supported".into(),
+            });
+        }
+        if entry.media_type != MANIFEST_OCI && entry.media_type != MANIFEST_DOCKER {
+            return Err(Error::BadImage {
+                path: path.to_path_buf(),
+                reason: format!("unsupported manifest type {}", entry.media_type),
+            });
+        }
+        let manifest_bytes = blob(path, files, &entry.digest)?;
+        let manifest: Manifest = parse(path, "the manifest", manifest_bytes)?;
+        let config_bytes = blob(path, files, &manifest.config.digest)?;
+        let config: ConfigFile = parse(path, "the image config", config_bytes)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::BadImage {
+                path: path.to_path_buf(),
+                reason: "layer count differs from diff_ids".into(),
+            });
+        }
+        let chains = chain_ids(&config.rootfs.diff_ids);
+        let top = chains.last().cloned().unwrap_or_default();
+
+        // Children first, so a collected parent never points at nothing.
+        for layer in &manifest.layers {
+            write_blob(
+                cd,
+                lease,
+                &layer.digest,
+                blob(path, files, &layer.digest)?,
+                HashMap::new(),
+            )
+            .await?;
+        }
+        let config_labels = HashMap::from([(
+            format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
+            top.clone(),
+        )]);
+        write_blob(
+            cd,
+            lease,
+            &manifest.config.digest,
+            config_bytes,
+            config_labels,
+        )
+        .await?;
+        let mut manifest_labels = HashMap::from([(
+            "containerd.io/gc.ref.content.config".to_string(),
+            manifest.config.digest.clone(),
+        )]);
+        for (i, l) in manifest.layers.iter().enumerate() {
+            manifest_labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest.clone(),
+            );
+        }
+        write_blob(cd, lease, &entry.digest, manifest_bytes, manifest_labels).await?;
+
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            let parent = if i == 0 {
+                String::new()
+            } else {
+                chains[i - 1].clone()
+            };
+            unpack_layer(cd, lease, layer, &parent, &chains[i]).await?;
+        }
+
+        let target = Descriptor {
+            media_type: entry.media_type.clone(),
+            digest: entry.digest.clone(),
+            size: entry.size,
+            annotations: HashMap::new(),
+        };
+        let image = Image {
+            name: name.clone(),
+            labels: HashMap::new(),
+            target: Some(target),
+            ..Default::default()
+        };
+        let what = || format!("importing {}: creating image {name}", path.display());
+        match cd
+            .images()
+            .create(cd.req(
+                CreateImageRequest {
+                    image: Some(image.clone()),
+                    ..Default::default()
+                },
+                Some(lease),
+            ))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::AlreadyExists => {
+                cd.images()
+                    .update(cd.req(
+                        UpdateImageRequest {
+                            image: Some(image),
+                            ..Default::default()
+                        },
+                        Some(lease),
+                    ))
+                    .await
+                    .context(what)?;
+            }
+            Err(s) => {
+                return Err(Error::Containerd {
+                    what: what(),
+                    source: Box::new(s),
+                })
+            }
+        }
+        tracing::info!(image = %name, digest = %entry.digest, "imported image");
+        names.push(name);
+    }
+    Ok(names)
+}
+
+async fn write_blob(
+    cd: &Containerd,
+    lease: &str,
+    digest: &str,
+    data: &[u8],
+    labels: HashMap<String, String>,
+) -> Result<()> {
+    let what = || format!("writing blob {digest} to the content store");
+    let exists = cd
+        .content()
+        .info(cd.req(
+            InfoRequest {
+                digest: digest.to_string(),
+            },
+            Some(lease),
+        ))
+        .await;
+    match exists {
+        Ok(info) => {
+            // Already there (an earlier import): make sure it carries our GC links.
+            let mut info = info.into_inner().info.unwrap_or_default();
+            if labels.iter().all(|(k, v)| info.labels.get(k) == Some(v)) {
+                return Ok(());
+            }
+            let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+            info.labels.extend(labels);
+            let mask = prost_types::FieldMask { paths };
+            cd.content()
+                .update(cd.req(
+                    UpdateContentRequest {
+                        info: Some(info),
+                        update_mask: Some(mask),
+                    },
+                    Some(lease),
+                ))
+                .await
+                .context(what)?;
+            return Ok(());
+        }
+        Err(s) if s.code() == Code::NotFound => {}
+        Err(s) => {
+            return Err(Error::Containerd {
+                what: what(),
+                source: Box::new(s),
+            })
+        }
+    }
+    let req = WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref: format!("kaze-import-{digest}"),
+        total: data.len() as i64,
+        expected: digest.to_string(),
+        offset: 0,
+        data: data.to_vec(),
+        labels,
+    };
+    let stream = tokio_stream::iter(vec![req]);
+    let mut responses = match cd.content().write(cd.req(stream, Some(lease))).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
+        Err(s) => {
+            return Err(Error::Containerd {
+                what: what(),
+                source: Box::new(s),
+            })
+        }
+    };
+    loop {
+        match responses.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
+            Err(s) => {
+                return Err(Error::Containerd {
+                    what: what(),
+                    source: Box::new(s),
+                })
+            }
+        }
+    }
+}
+
+async fn unpack_layer(
+    cd: &Containerd,
+    lease: &str,
+    layer: &OciDescriptor,
+    parent: &str,
+    chain_id: &str,
+) -> Result<()> {
+    let what = || format!("unpacking layer {} into snapshot {chain_id}", layer.digest);
+    let stat = cd
+        .snapshots()
+        .stat(cd.req(
+            StatSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: chain_id.into(),
+            },
+            Some(lease),
+        ))
+        .await;
+    match stat {
+        Ok(_) => return Ok(()),
+        Err(s) if s.code() == Code::NotFound => {}
+        Err(s) => {
+            return Err(Error::Containerd {
+                what: what(),
+                source: Box::new(s),
+            })
+        }
+    }
+    let key = format!("extract-{}-{chain_id}", std::process::id());
+    let mounts = cd
+        .snapshots()
+        .prepare(cd.req(
+            PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.clone(),
+                parent: parent.into(),
+                labels: HashMap::new(),
+            },
+            Some(lease),
+        ))
+        .await
+        .context(what)?
+        .into_inner()
+        .mounts;
+    let desc = Descriptor {
+        media_type: layer.media_type.clone(),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        annotations: HashMap::new(),
+    };
+    let applied = cd
+        .diff()
+        .apply(cd.req(
+            ApplyRequest {
+                diff: Some(desc),
+                mounts,
+                ..Default::default()
+            },
+            Some(lease),
+        ))
+        .await;
+    let committed = match applied {
+        Ok(_) => cd
+            .snapshots()
+            .commit(cd.req(
+                CommitSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    name: chain_id.into(),
+                    key: key.clone(),
+                    labels: HashMap::new(),
+                },
+                Some(lease),
+            ))
+            .await
+            .map(|_| ()),
+        Err(s) => Err(s),
+    };
+    if let Err(s) = committed {
+        let _ = cd
+            .snapshots()
+            .remove(cd.req(
+                RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key,
+                },
+                Some(lease),
+            ))
+            .await;
+        if s.code() == Code::AlreadyExists {
+            return Ok(());
+        }
+        return Err(Error::Containerd {
+            what: what(),
+            source: Box::new(s),
+        });
+    }
+    Ok(())
+}
+
+async fn read_blob(
+    cd: &Containerd,
+    digest: &str,
+) -> std::result::Result<Vec<u8>, containerd_client::tonic::Status> {
+    let mut stream = cd
+        .content()
+        .read(cd.req(
+            ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            },
+            None,
+        ))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        out.extend_from_slice(&chunk.data);
+    }
+    Ok(out)
+}
+
+/// Look an image up by reference. Never pulls: a missing image is [`Error::ImageNotPresent`].
+pub async fn resolve(cd: &Containerd, image: &str) -> Result<ResolvedImage> {
+    let name = normalize_reference(image)?;
+    let what = || format!("resolving image {name}");
+    let got = cd
+        .images()
+        .get(cd.req(GetImageRequest { name: name.clone() }, None))
+        .await;
+    let img = match got {
+        Ok(r) => r.into_inner().image.unwrap_or_default(),
+        Err(s) if s.code() == Code::NotFound => {
+            return Err(Error::ImageNotPresent {
+                image: name,
+                namespace: cd.namespace().to_string(),
+            })
+        }
+        Err(s) => {
+            return Err(Error::Containerd {
+                what: what(),
+                source: Box::new(s),
+            })
+        }
+    };
+    let target = img
+        .target
+        .ok_or_else(|| Error::invalid(what(), "image has no target"))?;
+    if target.media_type != MANIFEST_OCI && target.media_type != MANIFEST_DOCKER {
+        return Err(Error::invalid(
+            what(),
+            format!("unsupported image target type {}", target.media_type),
+        ));
+    }
+    let manifest_bytes = read_blob(cd, &target.digest).await.context(what)?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| Error::invalid(what(), format!("parsing the manifest: {e}")))?;
+    let config_bytes = read_blob(cd, &manifest.config.digest).await.context(what)?;
+    let config: ConfigFile = serde_json::from_slice(&config_bytes)
+        .map_err(|e| Error::invalid(what(), format!("parsing the image config: {e}")))?;
+    let chain_id = chain_ids(&config.rootfs.diff_ids)
+        .pop()
+        .ok_or_else(|| Error::invalid(what(), "image has no layers"))?;
+    Ok(ResolvedImage {
+        name,
+        digest: target.digest,
+        chain_id,
+        config: config.config.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_normalise_like_docker() {
+        assert_eq!(
+            normalize_reference("busybox").unwrap(),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            normalize_reference("kaze/busybox:1").unwrap(),
+            "docker.io/kaze/busybox:1"
+        );
+        assert_eq!(
+            normalize_reference("docker.io/kaze/pause:1").unwrap(),
+            "docker.io/kaze/pause:1"
+        );
+        assert_eq!(
+            normalize_reference("localhost:5000/x/y").unwrap(),
+            "localhost:5000/x/y:latest"
+        );
+        assert!(normalize_reference("Bad/Name").is_err());
+        assert!(normalize_reference("a//b").is_err());
+        assert!(normalize_reference("").is_err());
+    }
+
+    #[test]
+    fn chain_ids_follow_the_oci_spec() {
+        let a = "sha256:aaaa".to_string();
+        let b = "sha256:bbbb".to_string();
+        let chains = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chains[0], a);
+        assert_eq!(chains[1], sha256_digest(format!("{a} {b}").as_bytes()));
+    }
+
+    #[test]
+    fn sha256_matches_a_known_vector() {
+        assert_eq!(
+            sha256_digest(b"abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

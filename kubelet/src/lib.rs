@@ -1,0 +1,22 @@
+//! kaze's kubelet: runs pods on containerd.
+//!
+//! Layers, bottom up:
+//! - [`sys`]: the one module that touches the host (processes, netns, FIFOs, cgroups);
+//! - [`containerd`], [`images`], [`cni`], [`spec`], [`logs`]: one concern each;
+//! - [`runtime`]: pod sandboxes and containers built from those;
+//! - (next) the pod model and the API-driven sync loop on top.
+
+pub mod cni;
+pub mod containerd;
+pub mod error;
+pub mod images;
+pub mod logs;
+pub mod runtime;
+pub mod spec;
+pub mod sys;
+
+pub use error::{Error, Result};
+pub use runtime::{
+    ContainerConfig, ContainerState, ContainerStatus, ExitInfo, PodSandboxConfig, Runtime,
+    RuntimeConfig, Sandbox,
+};

@@ -1,0 +1,398 @@
+//! App containers: create in a sandbox, watch for exit (with the OOM reason), stop with
+//! SIGTERM then SIGKILL, remove.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use containerd_client::services::v1::{GetContainerRequest, GetRequest, KillRequest, WaitRequest};
+use containerd_client::tonic::Code;
+use containerd_client::types::v1::Status as TaskStatus;
+use tokio::sync::watch;
+
+use super::sandbox::Sandbox;
+use super::{
+    stable_id, Runtime, KIND_CONTAINER, LABEL_ATTEMPT, LABEL_CGROUP, LABEL_CONTAINER_NAME,
+    LABEL_KIND, LABEL_LOG_PATH, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
+    LABEL_SANDBOX_ID,
+};
+use crate::error::{Context, Error, Result};
+use crate::logs::{self, LogPump};
+use crate::spec::{self, BindMount, Resources, SpecInput};
+use crate::sys;
+
+/// What one app container is made from (a PodSpec container, resolved).
+#[derive(Clone, Debug, Default)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub resources: Resources,
+    pub mounts: Vec<BindMount>,
+    /// The restart count; names the log file `<attempt>.log`.
+    pub attempt: u32,
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExitInfo {
+    pub exit_code: i32,
+    /// `Completed`, `Error` or `OOMKilled`, as in a pod's containerStatuses.
+    pub reason: String,
+    pub oom_killed: bool,
+    pub finished_at: jiff::Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ContainerState {
+    Created,
+    Running { pid: u32 },
+    Exited(ExitInfo),
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    pub log_path: PathBuf,
+    pub state: ContainerState,
+}
+
+impl Runtime {
+    /// Create and start an app container in `sandbox`. Its stdout/stderr go to the CRI log
+    /// file; its exit (code and OOM reason) is watched from now on.
+    pub async fn run_container(
+        &self,
+        sandbox: &Sandbox,
+        c: &ContainerConfig,
+    ) -> Result<ContainerStatus> {
+        let what = format!(
+            "starting container {} of pod {}/{}",
+            c.name, sandbox.namespace, sandbox.name
+        );
+        let image = self.resolve_image(&c.image).await.map_err(|e| match e {
+            Error::ImageNotPresent { .. } => e,
+            other => Error::invalid(&what, other.to_string()),
+        })?;
+        let (uid, gid) = spec::parse_user(image.config.user.as_deref()).ok_or_else(|| {
+            Error::invalid(
+                &what,
+                format!("image user {:?} is not numeric", image.config.user),
+            )
+        })?;
+        let id = stable_id(&["container", &sandbox.uid, &c.name, &c.attempt.to_string()]);
+        let cgroup = format!("{}/{id}", self.cgroup_of_pod(&sandbox.uid));
+        let log_path = logs::container_log_path(
+            &self.config.log_dir,
+            &sandbox.namespace,
+            &sandbox.name,
+            &sandbox.uid,
+            &c.name,
+            c.attempt,
+        );
+        let mut mounts = vec![
+            BindMount {
+                host_path: sandbox.dir.join("hosts"),
+                container_path: "/etc/hosts".into(),
+                read_only: false,
+            },
+            BindMount {
+                host_path: sandbox.dir.join("resolv.conf"),
+                container_path: "/etc/resolv.conf".into(),
+                read_only: false,
+            },
+            BindMount {
+                host_path: sandbox.dir.join("hostname"),
+                container_path: "/etc/hostname".into(),
+                read_only: false,
+            },
+        ];
+        mounts.extend(c.mounts.iter().cloned());
+        let args = spec::process_args(&image.config, &c.command, &c.args);
+        if args.is_empty() {
+            return Err(Error::invalid(
+                &what,
+                "no command: the image has no entrypoint or cmd and the pod gives none",
+            ));
+        }
+        let cwd = c
+            .working_dir
+            .clone()
+            .or(image.config.working_dir.clone())
+            .unwrap_or_default();
+        let oci = spec::oci_spec(&SpecInput {
+            args,
+            env: spec::merge_env(&image.config, &c.env),
+            cwd,
+            uid,
+            gid,
+            hostname: None,
+            netns: &sandbox.netns,
+            sandbox_pid: Some(sandbox.pid),
+            cgroups_path: cgroup.clone(),
+            resources: c.resources.clone(),
+            mounts,
+        });
+        let labels = HashMap::from([
+            (LABEL_KIND.to_string(), KIND_CONTAINER.to_string()),
+            (LABEL_POD_NAMESPACE.into(), sandbox.namespace.clone()),
+            (LABEL_POD_NAME.into(), sandbox.name.clone()),
+            (LABEL_POD_UID.into(), sandbox.uid.clone()),
+            (LABEL_SANDBOX_ID.into(), sandbox.id.clone()),
+            (LABEL_CONTAINER_NAME.into(), c.name.clone()),
+            (LABEL_ATTEMPT.into(), c.attempt.to_string()),
+            (LABEL_LOG_PATH.into(), log_path.display().to_string()),
+            (LABEL_CGROUP.into(), cgroup),
+        ]);
+
+        let fifo_dir = sandbox.dir.join("fifo");
+        let (stdout, stderr) = logs::fifo_paths(&fifo_dir, &id);
+        sys::create_dir_all(&fifo_dir).context(|| what.clone())?;
+        sys::mkfifo(&stdout).context(|| what.clone())?;
+        sys::mkfifo(&stderr).context(|| what.clone())?;
+        let pump = LogPump::start(&stdout, &stderr, &log_path).context(|| what.clone())?;
+        self.lock().pumps.insert(id.clone(), pump);
+
+        let started = self
+            .create_and_start(
+                &id,
+                &image.name,
+                &image.chain_id,
+                labels,
+                &oci,
+                Some((stdout, stderr)),
+            )
+            .await;
+        let pid = match started {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = self.remove_container(&id).await;
+                return Err(Error::invalid(&what, e.to_string()));
+            }
+        };
+        self.watch_exit(&id);
+        tracing::info!(container = %c.name, pod = %format!("{}/{}", sandbox.namespace, sandbox.name), id = %id, pid, "container running");
+        Ok(ContainerStatus {
+            id,
+            name: c.name.clone(),
+            attempt: c.attempt,
+            image: image.name,
+            log_path,
+            state: ContainerState::Running { pid },
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, super::Shared> {
+        // A panic while holding this lock leaves plain maps behind; keep going with them.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start watching a container's task for exit (idempotent); also used for containers
+    /// found running after a kubelet restart.
+    fn watch_exit(&self, id: &str) -> watch::Receiver<Option<ExitInfo>> {
+        let mut shared = self.lock();
+        if let Some(tx) = shared.exits.get(id) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(None);
+        shared.exits.insert(id.to_string(), tx.clone());
+        drop(shared);
+        let rt = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let cd = &rt.cd;
+            let waited = cd
+                .tasks()
+                .wait(cd.req(
+                    WaitRequest {
+                        container_id: id.clone(),
+                        exec_id: String::new(),
+                    },
+                    None,
+                ))
+                .await;
+            let exit_code = match waited {
+                Ok(r) => r.into_inner().exit_status as i32,
+                Err(e) => {
+                    tracing::debug!(id = %id, error = %e.message(), "waiting for a task ended without an exit status");
+                    return;
+                }
+            };
+            let oom_killed = rt.oom_killed(&id).await;
+            let reason = if oom_killed {
+                "OOMKilled"
+            } else if exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            let _ = tx.send(Some(ExitInfo {
+                exit_code,
+                reason: reason.into(),
+                oom_killed,
+                finished_at: jiff::Timestamp::now(),
+            }));
+        });
+        rx
+    }
+
+    /// Whether the kernel OOM-killed a process in the container's memory cgroup (cgroup v1
+    /// `oom_kill` counter, read before the task's cgroup is deleted).
+    async fn oom_killed(&self, id: &str) -> bool {
+        let cd = &self.cd;
+        let Ok(c) = cd
+            .containers()
+            .get(cd.req(GetContainerRequest { id: id.into() }, None))
+            .await
+        else {
+            return false;
+        };
+        let Some(cgroup) = c
+            .into_inner()
+            .container
+            .and_then(|c| c.labels.get(LABEL_CGROUP).cloned())
+        else {
+            return false;
+        };
+        sys::read_cgroup("memory", &cgroup, "memory.oom_control")
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+            })
+            .is_some_and(|n| n > 0)
+    }
+
+    /// Wait up to `timeout` for a container to exit.
+    pub async fn wait_container(&self, id: &str, timeout: Duration) -> Option<ExitInfo> {
+        let mut rx = self.watch_exit(id);
+        let waited = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(v)) => v.clone(),
+            _ => None,
+        }
+    }
+
+    /// Current state of a container.
+    pub async fn container_state(&self, id: &str) -> Result<ContainerState> {
+        if let Some(exit) = self.lock().exits.get(id).and_then(|tx| tx.borrow().clone()) {
+            return Ok(ContainerState::Exited(exit));
+        }
+        let cd = &self.cd;
+        let got = cd
+            .tasks()
+            .get(cd.req(
+                GetRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
+            .await;
+        let process = match got {
+            Ok(r) => r.into_inner().process.unwrap_or_default(),
+            Err(s) if s.code() == Code::NotFound => return Ok(ContainerState::Unknown),
+            Err(s) => {
+                return Err(Error::Containerd {
+                    what: format!("getting the state of container {id}"),
+                    source: Box::new(s),
+                })
+            }
+        };
+        Ok(
+            match TaskStatus::try_from(process.status).unwrap_or(TaskStatus::Unknown) {
+                TaskStatus::Created => ContainerState::Created,
+                TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing => {
+                    ContainerState::Running { pid: process.pid }
+                }
+                TaskStatus::Stopped => {
+                    // Exited before we watched it (e.g. across a kubelet restart).
+                    self.wait_container(id, Duration::from_secs(5))
+                        .await
+                        .map_or(ContainerState::Unknown, ContainerState::Exited)
+                }
+                TaskStatus::Unknown => ContainerState::Unknown,
+            },
+        )
+    }
+
+    /// Stop a container: SIGTERM, then SIGKILL after `grace` (terminationGracePeriodSeconds).
+    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<Option<ExitInfo>> {
+        let what = || format!("stopping container {id}");
+        if let ContainerState::Exited(e) = self.container_state(id).await? {
+            return Ok(Some(e));
+        }
+        if matches!(self.container_state(id).await?, ContainerState::Unknown) {
+            return Ok(None);
+        }
+        let mut rx = self.watch_exit(id);
+        let cd = &self.cd;
+        let kill = |signal: u32, all: bool| {
+            let mut tasks = cd.tasks();
+            let req = cd.req(
+                KillRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                    signal,
+                    all,
+                },
+                None,
+            );
+            async move { tasks.kill(req).await }
+        };
+        match kill(libc::SIGTERM as u32, false).await {
+            Err(s) if s.code() != Code::NotFound => {
+                return Err(Error::Containerd {
+                    what: what(),
+                    source: Box::new(s),
+                })
+            }
+            _ => {}
+        }
+        if let Ok(Ok(v)) = tokio::time::timeout(grace, rx.wait_for(Option::is_some)).await {
+            return Ok(v.clone());
+        }
+        tracing::info!(id = %id, grace = ?grace, "grace period over; sending SIGKILL");
+        match kill(libc::SIGKILL as u32, true).await {
+            Err(s) if s.code() != Code::NotFound => {
+                return Err(Error::Containerd {
+                    what: what(),
+                    source: Box::new(s),
+                })
+            }
+            _ => {}
+        }
+        let exited =
+            match tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some)).await
+            {
+                Ok(Ok(v)) => Ok(v.clone()),
+                _ => Err(Error::invalid(
+                    what(),
+                    "the task did not exit 10 s after SIGKILL",
+                )),
+            };
+        exited
+    }
+
+    /// Remove a container (killing it if it still runs): task, container, snapshot, FIFOs,
+    /// and the end of its log pump. Keeps the log file.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        self.delete_container_objects(id).await?;
+        let pump = {
+            let mut shared = self.lock();
+            shared.exits.remove(id);
+            shared.pumps.remove(id)
+        };
+        if let Some(p) = pump {
+            p.finish().await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,531 @@
+//! Pod sandboxes: pinned netns, CNI ADD, the pause container; and pod teardown.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime as ContainerRuntime;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest,
+};
+use containerd_client::tonic::Code;
+use containerd_client::types::v1::Status as TaskStatus;
+
+use super::{
+    pod_filter, stable_id, PodRecord, Runtime, KIND_CONTAINER, KIND_SANDBOX, LABEL_CGROUP,
+    LABEL_KIND, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
+};
+use crate::cni::{Attachment, PortMapping};
+use crate::containerd::{ignore_not_found, RUNTIME, SNAPSHOTTER};
+use crate::error::{Context, Error, Result};
+use crate::logs;
+use crate::spec::{self, DnsConfig, Resources, SpecInput};
+use crate::sys;
+
+/// What a sandbox is made from (the pod-level parts of a PodSpec).
+#[derive(Clone, Debug)]
+pub struct PodSandboxConfig {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The pod's hostname (the pod name unless `spec.hostname` says otherwise).
+    pub hostname: String,
+    pub dns: DnsConfig,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+impl PodSandboxConfig {
+    /// A pod with ClusterFirst DNS from the runtime's cluster settings.
+    pub fn new(rt: &Runtime, namespace: &str, name: &str, uid: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+            hostname: name.into(),
+            dns: DnsConfig::cluster_first(
+                &rt.config.cluster_dns,
+                namespace,
+                &rt.config.cluster_domain,
+            ),
+            port_mappings: Vec::new(),
+        }
+    }
+}
+
+/// A running sandbox.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub netns: PathBuf,
+    pub ips: Vec<IpAddr>,
+    /// The pause process (app containers join its IPC/UTS namespaces through /proc).
+    pub pid: u32,
+    pub dir: PathBuf,
+}
+
+impl Sandbox {
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ips.first().copied()
+    }
+}
+
+pub(crate) fn spec_any(spec: &serde_json::Value) -> prost_types::Any {
+    prost_types::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+        value: serde_json::to_vec(spec).unwrap_or_default(),
+    }
+}
+
+impl Runtime {
+    /// Create the pod's sandbox: netns, CNI ADD, /etc files, pause container. On failure
+    /// everything made so far is torn down again.
+    pub async fn run_sandbox(&self, pod: &PodSandboxConfig) -> Result<Sandbox> {
+        let what = format!("creating sandbox for pod {}/{}", pod.namespace, pod.name);
+        match self.try_run_sandbox(pod, &what).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                if let Err(cleanup) = self.remove_pod(&pod.uid).await {
+                    tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), error = %cleanup, "cleaning up a failed sandbox");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_run_sandbox(&self, pod: &PodSandboxConfig, what: &str) -> Result<Sandbox> {
+        let id = stable_id(&["sandbox", &pod.uid]);
+        let dir = self.config.pod_dir(&pod.uid);
+        let image = self
+            .resolve_image(&self.config.pause_image)
+            .await
+            .map_err(|e| match e {
+                Error::ImageNotPresent { .. } => e,
+                other => Error::invalid(what, other.to_string()),
+            })?;
+        let netns_name = format!("kaze-{}", &id[..16]);
+        let mut record = PodRecord {
+            sandbox_id: id.clone(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            netns: netns_name.clone(),
+            cni_result: None,
+            port_mappings: pod
+                .port_mappings
+                .iter()
+                .map(|p| {
+                    (
+                        p.host_port,
+                        p.container_port,
+                        p.protocol.clone(),
+                        p.host_ip.clone(),
+                    )
+                })
+                .collect(),
+        };
+        self.write_record(&record).context(|| what.to_string())?;
+        let netns = sys::netns_add(&netns_name)
+            .await
+            .context(|| format!("{what}: creating netns"))?;
+
+        let at = Attachment {
+            container_id: &id,
+            netns: &netns,
+            pod_namespace: &pod.namespace,
+            pod_name: &pod.name,
+            pod_uid: &pod.uid,
+        };
+        let result = self
+            .cni
+            .add(&at, &pod.port_mappings)
+            .await
+            .map_err(|e| Error::invalid(what, e.to_string()))?;
+        record.cni_result = Some(result.clone());
+        self.write_record(&record).context(|| what.to_string())?;
+        let ips = crate::cni::result_ips(&result);
+
+        sys::write_file(&dir.join("resolv.conf"), pod.dns.resolv_conf().as_bytes())
+            .context(|| what.to_string())?;
+        sys::write_file(
+            &dir.join("hosts"),
+            spec::hosts_file(&pod.hostname, &ips).as_bytes(),
+        )
+        .context(|| what.to_string())?;
+        sys::write_file(
+            &dir.join("hostname"),
+            format!("{}\n", pod.hostname).as_bytes(),
+        )
+        .context(|| what.to_string())?;
+
+        let cgroup = format!("{}/{id}", self.cgroup_of_pod(&pod.uid));
+        let oci = spec::oci_spec(&SpecInput {
+            args: spec::process_args(&image.config, &[], &[]),
+            env: spec::merge_env(&image.config, &[]),
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            hostname: Some(&pod.hostname),
+            netns: &netns,
+            sandbox_pid: None,
+            cgroups_path: cgroup.clone(),
+            // The pause process needs almost nothing; upstream gives it the minimum shares.
+            resources: Resources::default(),
+            mounts: Vec::new(),
+        });
+        let labels = HashMap::from([
+            (LABEL_KIND.to_string(), KIND_SANDBOX.to_string()),
+            (LABEL_POD_NAMESPACE.into(), pod.namespace.clone()),
+            (LABEL_POD_NAME.into(), pod.name.clone()),
+            (LABEL_POD_UID.into(), pod.uid.clone()),
+            (LABEL_CGROUP.into(), cgroup),
+        ]);
+        let pid = self
+            .create_and_start(&id, &image.name, &image.chain_id, labels, &oci, None)
+            .await
+            .map_err(|e| Error::invalid(what, e.to_string()))?;
+        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), sandbox = %id, ip = ?ips.first(), "sandbox running");
+        Ok(Sandbox {
+            id,
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            netns,
+            ips,
+            pid,
+            dir,
+        })
+    }
+
+    fn write_record(&self, record: &PodRecord) -> Result<(), sys::SysError> {
+        let path = self.config.pod_dir(&record.uid).join("sandbox.json");
+        sys::write_file(
+            &path,
+            &serde_json::to_vec_pretty(record).unwrap_or_default(),
+        )
+    }
+
+    pub(crate) fn read_record(&self, uid: &str) -> Option<PodRecord> {
+        let path = self.config.pod_dir(uid).join("sandbox.json");
+        serde_json::from_slice(&sys::read_file(&path).ok()?).ok()
+    }
+
+    /// containerd container + snapshot + task, started; returns the pid. `stdio` is the
+    /// (stdout, stderr) FIFO pair, or None for /dev/null.
+    pub(crate) async fn create_and_start(
+        &self,
+        id: &str,
+        image: &str,
+        chain_id: &str,
+        labels: HashMap<String, String>,
+        oci: &serde_json::Value,
+        stdio: Option<(PathBuf, PathBuf)>,
+    ) -> Result<u32> {
+        let cd = &self.cd;
+        let mounts = cd
+            .snapshots()
+            .prepare(cd.req(
+                PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: id.into(),
+                    parent: chain_id.into(),
+                    labels: HashMap::new(),
+                },
+                None,
+            ))
+            .await
+            .context(|| format!("preparing the rootfs snapshot of {id}"))?
+            .into_inner()
+            .mounts;
+        let container = Container {
+            id: id.into(),
+            labels,
+            image: image.into(),
+            runtime: Some(ContainerRuntime {
+                name: RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(spec_any(oci)),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: id.into(),
+            ..Default::default()
+        };
+        cd.containers()
+            .create(cd.req(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                None,
+            ))
+            .await
+            .context(|| format!("creating container {id}"))?;
+        let (stdout, stderr) = stdio
+            .map(|(o, e)| (o.display().to_string(), e.display().to_string()))
+            .unwrap_or_default();
+        let created = cd
+            .tasks()
+            .create(cd.req(
+                CreateTaskRequest {
+                    container_id: id.into(),
+                    rootfs: mounts,
+                    stdout,
+                    stderr,
+                    ..Default::default()
+                },
+                None,
+            ))
+            .await
+            .context(|| format!("creating the task of {id}"))?
+            .into_inner();
+        cd.tasks()
+            .start(cd.req(
+                StartRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
+            .await
+            .context(|| format!("starting the task of {id}"))?;
+        Ok(created.pid)
+    }
+
+    /// Delete a container's task (killing it first), the container and its snapshot.
+    pub(crate) async fn delete_container_objects(&self, id: &str) -> Result<()> {
+        let cd = &self.cd;
+        let task = cd
+            .tasks()
+            .get(cd.req(
+                GetRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
+            .await;
+        match task {
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => {
+                return Err(Error::Containerd {
+                    what: format!("getting the task of {id}"),
+                    source: Box::new(s),
+                })
+            }
+            Ok(t) => {
+                let stopped = t
+                    .into_inner()
+                    .process
+                    .is_some_and(|p| p.status == TaskStatus::Stopped as i32);
+                if !stopped {
+                    let kill = KillRequest {
+                        container_id: id.into(),
+                        exec_id: String::new(),
+                        signal: 9,
+                        all: true,
+                    };
+                    ignore_not_found(cd.tasks().kill(cd.req(kill, None)).await)
+                        .context(|| format!("killing the task of {id}"))?;
+                    // Delete refuses a task that has not exited yet.
+                    self.wait_container(id, Duration::from_secs(10)).await;
+                }
+                ignore_not_found(
+                    cd.tasks()
+                        .delete(cd.req(
+                            DeleteTaskRequest {
+                                container_id: id.into(),
+                            },
+                            None,
+                        ))
+                        .await,
+                )
+                .context(|| format!("deleting the task of {id}"))?;
+            }
+        }
+        ignore_not_found(
+            cd.containers()
+                .delete(cd.req(DeleteContainerRequest { id: id.into() }, None))
+                .await,
+        )
+        .context(|| format!("deleting container {id}"))?;
+        ignore_not_found(
+            cd.snapshots()
+                .remove(cd.req(
+                    RemoveSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: id.into(),
+                    },
+                    None,
+                ))
+                .await,
+        )
+        .context(|| format!("removing the snapshot of {id}"))?;
+        Ok(())
+    }
+
+    /// Containers of one pod, from containerd's labels.
+    pub async fn pod_containers(&self, uid: &str) -> Result<Vec<Container>> {
+        let cd = &self.cd;
+        Ok(cd
+            .containers()
+            .list(cd.req(
+                ListContainersRequest {
+                    filters: vec![pod_filter(uid)],
+                },
+                None,
+            ))
+            .await
+            .context(|| format!("listing the containers of pod {uid}"))?
+            .into_inner()
+            .containers)
+    }
+
+    /// Pod UIDs that have a sandbox on this node.
+    pub async fn list_pod_uids(&self) -> Result<Vec<String>> {
+        let cd = &self.cd;
+        let filter = format!("labels.\"{LABEL_KIND}\"==\"{KIND_SANDBOX}\"");
+        let list = cd
+            .containers()
+            .list(cd.req(
+                ListContainersRequest {
+                    filters: vec![filter],
+                },
+                None,
+            ))
+            .await
+            .context(|| "listing sandboxes".to_string())?
+            .into_inner()
+            .containers;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| c.labels.get(LABEL_POD_UID).cloned())
+            .collect())
+    }
+
+    /// Graceful pod stop: SIGTERM every app container, SIGKILL after `grace`, then the
+    /// sandbox. Containers stay (for status and logs) until [`Runtime::remove_pod`].
+    pub async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<()> {
+        let containers = self.pod_containers(uid).await?;
+        let apps = containers
+            .iter()
+            .filter(|c| c.labels.get(LABEL_KIND).map(String::as_str) == Some(KIND_CONTAINER));
+        // Each stop is bounded by the grace period: run them together, as upstream does.
+        let mut stops = tokio::task::JoinSet::new();
+        for c in apps {
+            let (rt, id) = (self.clone(), c.id.clone());
+            stops.spawn(async move { rt.stop_container(&id, grace).await });
+        }
+        while let Some(joined) = stops.join_next().await {
+            joined.map_err(|e| Error::invalid(format!("stopping pod {uid}"), e.to_string()))??;
+        }
+        for c in containers
+            .iter()
+            .filter(|c| c.labels.get(LABEL_KIND).map(String::as_str) == Some(KIND_SANDBOX))
+        {
+            self.stop_container(&c.id, Duration::from_secs(2)).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove everything of a pod: containers, tasks, snapshots, CNI (releasing its IP), the
+    /// netns, cgroups, the pod dir and its logs. Idempotent; kills whatever still runs.
+    pub async fn remove_pod(&self, uid: &str) -> Result<()> {
+        let record = self.read_record(uid);
+        let containers = self.pod_containers(uid).await?;
+        let sandbox_label = containers
+            .iter()
+            .find(|c| c.labels.get(LABEL_KIND).map(String::as_str) == Some(KIND_SANDBOX));
+        let (namespace, name) = match (&record, sandbox_label) {
+            (Some(r), _) => (r.namespace.clone(), r.name.clone()),
+            (None, Some(s)) => (
+                s.labels
+                    .get(LABEL_POD_NAMESPACE)
+                    .cloned()
+                    .unwrap_or_default(),
+                s.labels.get(LABEL_POD_NAME).cloned().unwrap_or_default(),
+            ),
+            (None, None) => (String::new(), String::new()),
+        };
+        let what = format!("removing pod {namespace}/{name} ({uid})");
+        // App containers first, the sandbox (which holds their namespaces) last.
+        let mut ordered: Vec<&Container> = containers
+            .iter()
+            .filter(|c| c.labels.get(LABEL_KIND).map(String::as_str) != Some(KIND_SANDBOX))
+            .collect();
+        ordered.extend(
+            containers
+                .iter()
+                .filter(|c| c.labels.get(LABEL_KIND).map(String::as_str) == Some(KIND_SANDBOX)),
+        );
+        for c in ordered {
+            self.remove_container(&c.id)
+                .await
+                .map_err(|e| Error::invalid(&what, e.to_string()))?;
+        }
+        if let Some(r) = &record {
+            let netns = sys::netns_path(&r.netns);
+            if netns.exists() {
+                let at = Attachment {
+                    container_id: &r.sandbox_id,
+                    netns: &netns,
+                    pod_namespace: &r.namespace,
+                    pod_name: &r.name,
+                    pod_uid: &r.uid,
+                };
+                let ports: Vec<PortMapping> = r
+                    .port_mappings
+                    .iter()
+                    .map(|(h, c, p, ip)| PortMapping {
+                        host_port: *h,
+                        container_port: *c,
+                        protocol: p.clone(),
+                        host_ip: ip.clone(),
+                    })
+                    .collect();
+                self.cni
+                    .del(&at, &ports, r.cni_result.as_ref())
+                    .await
+                    .map_err(|e| Error::invalid(&what, e.to_string()))?;
+            }
+            sys::netns_del(&r.netns)
+                .await
+                .context(|| format!("{what}: deleting netns"))?;
+        }
+        // runc removed each container's cgroup; the pod's parent is ours to remove.
+        sys::remove_cgroup(&self.cgroup_of_pod(uid));
+        sys::remove_dir_all(&self.config.pod_dir(uid)).context(|| what.clone())?;
+        if !namespace.is_empty() {
+            sys::remove_dir_all(&logs::pod_log_dir(
+                &self.config.log_dir,
+                &namespace,
+                &name,
+                uid,
+            ))
+            .context(|| what.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Node teardown for tests and `kaze agent` uninstall: remove every pod, then the bridge
+    /// and the node's cgroup parent. Pods are not removed on a normal shutdown.
+    pub async fn remove_all(&self) -> Result<()> {
+        for uid in self.list_pod_uids().await? {
+            self.remove_pod(&uid).await?;
+        }
+        // Pod dirs whose sandbox never made it into containerd.
+        if let Ok(dir) = std::fs::read_dir(self.config.root_dir.join("pods")) {
+            for e in dir.flatten() {
+                self.remove_pod(&e.file_name().to_string_lossy()).await?;
+            }
+        }
+        sys::link_del(&self.config.network.bridge)
+            .await
+            .context(|| "deleting the pod bridge".to_string())?;
+        sys::remove_cgroup(&self.config.cgroup_parent);
+        Ok(())
+    }
+}

@@ -1,0 +1,283 @@
+//! The one narrow module that touches the host: external processes (`ip`, CNI plugins),
+//! network namespaces, FIFOs, cgroup files and pod directories. Everything else in the
+//! kubelet is plain logic over these calls, as youki keeps its syscalls in one place.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+
+/// Where `ip netns add` pins network namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+/// Where the cgroup v1 controllers are mounted on this kind of machine.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error("starting {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} {args} exited with {status}: {stderr}")]
+    Failed {
+        program: String,
+        args: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+        stdout: String,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SysError + 'a {
+    move |source| SysError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Run a program to completion, feeding `stdin`; returns stdout on success.
+pub async fn run<I, S>(
+    program: &Path,
+    args: I,
+    env: &[(String, String)],
+    stdin: &[u8],
+) -> Result<Vec<u8>, SysError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let name = program.display().to_string();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| SysError::Spawn {
+        program: name.clone(),
+        source,
+    })?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // A plugin that exits without reading gives EPIPE; its exit status tells the story.
+        let _ = pipe.write_all(stdin).await;
+        drop(pipe);
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| SysError::Spawn {
+            program: name.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        let joined: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return Err(SysError::Failed {
+            program: name,
+            args: joined.join(" "),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+async fn ip<const N: usize>(args: [&str; N]) -> Result<Vec<u8>, SysError> {
+    run(Path::new("ip"), args, &[], b"").await
+}
+
+// === network namespaces ===
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Create a pinned network namespace (a bind mount under /var/run/netns), so it outlives
+/// the pause process and CNI DEL can still enter it after the sandbox died.
+pub async fn netns_add(name: &str) -> Result<PathBuf, SysError> {
+    if !netns_path(name).exists() {
+        ip(["netns", "add", name]).await?;
+    }
+    Ok(netns_path(name))
+}
+
+/// Delete a pinned network namespace; absent is fine (teardown is idempotent).
+pub async fn netns_del(name: &str) -> Result<(), SysError> {
+    if netns_path(name).exists() {
+        ip(["netns", "del", name]).await?;
+    }
+    Ok(())
+}
+
+/// Names of the pinned network namespaces.
+pub fn netns_list() -> Vec<String> {
+    std::fs::read_dir(NETNS_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// === links ===
+
+pub fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Interfaces enslaved to a bridge (the host ends of pod veths).
+pub fn bridge_ports(bridge: &str) -> Vec<String> {
+    std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn link_del(name: &str) -> Result<(), SysError> {
+    if link_exists(name) {
+        ip(["link", "del", name]).await?;
+    }
+    Ok(())
+}
+
+// === CNI ===
+
+/// Exec one CNI plugin binary with the CNI_* environment and its config on stdin; returns
+/// its stdout (the result JSON, or an error JSON the caller decodes from `Failed`).
+pub async fn cni_exec(
+    plugin: &Path,
+    env: &[(String, String)],
+    config: &[u8],
+) -> Result<Vec<u8>, SysError> {
+    run(plugin, std::iter::empty::<&str>(), env, config).await
+}
+
+// === files ===
+
+pub fn create_dir_all(path: &Path) -> Result<(), SysError> {
+    std::fs::create_dir_all(path).map_err(io("creating directory", path))
+}
+
+pub fn write_file(path: &Path, data: &[u8]) -> Result<(), SysError> {
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent)?;
+    }
+    std::fs::write(path, data).map_err(io("writing", path))
+}
+
+pub fn read_file(path: &Path) -> Result<Vec<u8>, SysError> {
+    std::fs::read(path).map_err(io("reading", path))
+}
+
+/// Remove a directory tree; absent is fine.
+pub fn remove_dir_all(path: &Path) -> Result<(), SysError> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+pub fn remove_file(path: &Path) -> Result<(), SysError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Create a FIFO for a container's stdout/stderr (the shim writes, the kubelet reads).
+#[allow(unsafe_code)] // mkfifo(3) has no safe std wrapper; this module is where syscalls live
+pub fn mkfifo(path: &Path) -> Result<(), SysError> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| {
+        io("creating fifo", path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    })?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(io("creating fifo", path)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Open a FIFO's read end without blocking and without ever seeing EOF before the writer
+/// (the shim) opens it: Linux allows opening a FIFO read-write for exactly this.
+pub fn open_fifo_reader(path: &Path) -> Result<tokio::net::unix::pipe::Receiver, SysError> {
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(path)
+        .map_err(io("opening fifo", path))
+}
+
+/// Open a log file for appending.
+pub fn open_append(path: &Path) -> Result<std::fs::File, SysError> {
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io("opening log", path))
+}
+
+// === cgroups (v1) ===
+
+/// The controllers mounted under /sys/fs/cgroup (cgroup v1 hierarchies).
+pub fn cgroup_controllers() -> Vec<PathBuf> {
+    std::fs::read_dir(CGROUP_ROOT)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("cgroup.procs").exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Read a file of one controller's cgroup, e.g. ("memory", "/kaze/n/p/c", "memory.oom_control").
+pub fn read_cgroup(controller: &str, cgroup: &str, file: &str) -> Option<String> {
+    let path = Path::new(CGROUP_ROOT)
+        .join(controller)
+        .join(cgroup.trim_start_matches('/'))
+        .join(file);
+    std::fs::read_to_string(path).ok()
+}
+
+/// Remove an (empty) cgroup directory from every controller; runc removes the container's
+/// own cgroup, the kubelet removes the pod and node parents it implied. Busy or absent
+/// directories are skipped: a parent still holding another pod must stay.
+pub fn remove_cgroup(cgroup: &str) {
+    for controller in cgroup_controllers() {
+        let dir = controller.join(cgroup.trim_start_matches('/'));
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// Whether a cgroup exists in any controller (teardown checks).
+pub fn cgroup_exists(cgroup: &str) -> bool {
+    cgroup_controllers()
+        .iter()
+        .any(|c| c.join(cgroup.trim_start_matches('/')).exists())
+}

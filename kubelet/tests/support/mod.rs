@@ -1,0 +1,263 @@
+//! Test support: the image tarballs (built with the same code as `cargo xtask images`) and
+//! a node fixture (own containerd, own bridge and pod CIDR, own dirs) cleaned up on drop.
+
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kubelet::cni::NetworkConfig;
+use kubelet::{ContainerConfig, PodSandboxConfig, Runtime, RuntimeConfig, Sandbox};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../xtask/src/images.rs"]
+mod xtask_images;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("kubelet/ has a parent")
+        .to_path_buf()
+}
+
+/// `target/images/{pause,busybox,echo}.tar`, built once per test process (a no-op when
+/// nothing changed).
+pub fn image_tarballs() -> &'static [PathBuf] {
+    static TARS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    TARS.get_or_init(|| xtask_images::build_images(&repo_root()).expect("building the test images"))
+}
+
+/// A node: containerd + runtime with a bridge and pod CIDR of its own.
+pub struct TestNode {
+    pub rt: Runtime,
+    pub dir: tempfile::TempDir,
+    pub bridge: String,
+    pub subnet: String,
+    containerd: Option<testkit::Containerd>,
+}
+
+impl TestNode {
+    /// `octet` picks the pod CIDR 10.244.<octet>.0/24; give every test its own.
+    pub async fn start(test: &str, octet: u8) -> TestNode {
+        let containerd = testkit::Containerd::start();
+        let dir = tempfile::Builder::new()
+            .prefix("kaze-kubelet-")
+            .tempdir()
+            .expect("temp dir");
+        let node = format!("{test}-{}", std::process::id());
+        let bridge = format!("kzt{octet}-{}", std::process::id() % 100_000);
+        let subnet = format!("10.244.{octet}.0/24");
+        let mut config = RuntimeConfig::new(&node, &subnet);
+        config.containerd_socket = containerd.socket();
+        config.root_dir = dir.path().join("kubelet");
+        config.log_dir = dir.path().join("pods-logs");
+        config.cgroup_parent = format!("/kaze-test/{node}");
+        config.network = NetworkConfig {
+            bridge: bridge.clone(),
+            conf_dir: dir.path().join("cni-conf"),
+            ipam_dir: dir.path().join("cni-ipam"),
+            // No NAT rules: nothing in iptables to leak when a test fails half-way.
+            ip_masq: false,
+            ..NetworkConfig::new(&subnet)
+        };
+        let rt = Runtime::connect(config)
+            .await
+            .expect("connecting the runtime");
+        let tars = image_tarballs();
+        for tar in tars {
+            rt.import_image(tar)
+                .await
+                .unwrap_or_else(|e| panic!("importing {}: {e}", tar.display()));
+        }
+        TestNode {
+            rt,
+            dir,
+            bridge,
+            subnet,
+            containerd: Some(containerd),
+        }
+    }
+
+    pub fn sandbox_config(&self, name: &str) -> PodSandboxConfig {
+        let uid = format!("uid-{name}-{}", std::process::id());
+        PodSandboxConfig::new(&self.rt, "default", name, &uid)
+    }
+
+    pub async fn busybox_pod(
+        &self,
+        name: &str,
+        script: &str,
+    ) -> (Sandbox, kubelet::ContainerStatus) {
+        let sandbox = self
+            .rt
+            .run_sandbox(&self.sandbox_config(name))
+            .await
+            .expect("running the sandbox");
+        let c = ContainerConfig {
+            name: "main".into(),
+            image: "kaze/busybox:1".into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        };
+        let status = self
+            .rt
+            .run_container(&sandbox, &c)
+            .await
+            .expect("running the container");
+        (sandbox, status)
+    }
+
+    pub fn ipam_files(&self) -> Vec<String> {
+        let net = self
+            .dir
+            .path()
+            .join("cni-ipam")
+            .join(format!("kaze-{}", self.rt.config().node_name));
+        std::fs::read_dir(net)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Assert that nothing of `sandbox`'s pod is left on the host or in containerd.
+    pub fn assert_pod_gone(&self, sandbox: &Sandbox) {
+        let netns_name = sandbox
+            .netns
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            !kubelet::sys::netns_list().contains(&netns_name),
+            "netns {netns_name} left behind"
+        );
+        assert!(
+            !sandbox.netns.exists(),
+            "netns file {} left behind",
+            sandbox.netns.display()
+        );
+        assert!(
+            !sandbox.dir.exists(),
+            "pod dir {} left behind",
+            sandbox.dir.display()
+        );
+        let ns = self.rt.config().node_name.clone();
+        let containers = self
+            .containerd()
+            .ctr(&["-n", &ns, "containers", "ls", "-q"]);
+        assert!(
+            containers.trim().is_empty(),
+            "containers left: {containers}"
+        );
+        let tasks = self.containerd().ctr(&["-n", &ns, "tasks", "ls", "-q"]);
+        assert!(tasks.trim().is_empty(), "tasks left: {tasks}");
+        // Only the images' committed layer snapshots may remain (one per image).
+        let snaps = self.containerd().ctr(&["-n", &ns, "snapshots", "ls"]);
+        let active: Vec<&str> = snaps
+            .lines()
+            .skip(1)
+            .filter(|l| !l.contains("Committed"))
+            .collect();
+        assert!(active.is_empty(), "snapshots left: {active:?}");
+        let log_dir = kubelet::logs::pod_log_dir(
+            &self.rt.config().log_dir,
+            &sandbox.namespace,
+            &sandbox.name,
+            &sandbox.uid,
+        );
+        assert!(
+            !log_dir.exists(),
+            "log dir {} left behind",
+            log_dir.display()
+        );
+        let cgroup = format!("{}/pod{}", self.rt.config().cgroup_parent, sandbox.uid);
+        assert!(
+            !kubelet::sys::cgroup_exists(&cgroup),
+            "cgroup {cgroup} left behind"
+        );
+        for ip in &sandbox.ips {
+            assert!(
+                !self.ipam_files().contains(&ip.to_string()),
+                "ip {ip} still allocated"
+            );
+        }
+    }
+
+    pub fn in_subnet(&self, ip: IpAddr) -> bool {
+        let prefix = self.subnet.trim_end_matches("0/24");
+        ip.to_string().starts_with(prefix)
+    }
+}
+
+impl TestNode {
+    pub fn containerd(&self) -> &testkit::Containerd {
+        self.containerd
+            .as_ref()
+            .expect("containerd runs until the node is dropped")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // First kill whatever the test left running, so its cgroups can go.
+        drop(self.containerd.take());
+        // Network leftovers of a failed test; containerd's own fixture kills the tasks.
+        let pods = self.rt.config().root_dir.join("pods");
+        if let Ok(dir) = std::fs::read_dir(pods) {
+            for e in dir.flatten() {
+                let record = std::fs::read(e.path().join("sandbox.json")).unwrap_or_default();
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&record) else {
+                    continue;
+                };
+                if let Some(netns) = v["netns"].as_str() {
+                    let _ = std::process::Command::new("ip")
+                        .args(["netns", "del", netns])
+                        .status();
+                }
+            }
+        }
+        // Cgroups runc did not remove (pods of a failed test), deepest first.
+        let parent = self.rt.config().cgroup_parent.clone();
+        for controller in kubelet::sys::cgroup_controllers() {
+            let top = controller.join(parent.trim_start_matches('/'));
+            let mut dirs = Vec::new();
+            let mut stack = vec![top.clone()];
+            while let Some(d) = stack.pop() {
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                }
+                dirs.push(d);
+            }
+            for d in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            if let Some(p) = top.parent() {
+                let _ = std::fs::remove_dir(p);
+            }
+        }
+        if kubelet::sys::link_exists(&self.bridge) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.bridge])
+                .status();
+        }
+    }
+}
+
+/// Poll `f` until it returns Some or `timeout` passes.
+pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
