@@ -50,6 +50,22 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
     }
 }
 
+fn write_opts(q: &Query) -> Result<objects::WriteOpts, ApiError> {
+    let strict = match q.get("fieldValidation").map(String::as_str) {
+        None | Some("") | Some("Ignore") | Some("Warn") => false,
+        Some("Strict") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", got {other:?}"
+            )))
+        }
+    };
+    Ok(objects::WriteOpts {
+        dry_run: dry_run(q)?,
+        strict,
+    })
+}
+
 fn filter(def: &ResourceDef, q: &Query) -> Result<Filter, ApiError> {
     Ok(Filter {
         labels: LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
@@ -99,7 +115,7 @@ async fn dispatch(
             Method::GET => list(&state, &def, ns, &q, accept).await,
             Method::POST => {
                 let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
-                let created = objects::create(&state, &def, ns, obj, dry_run(&q)?).await?;
+                let created = objects::create(&state, &def, ns, obj, write_opts(&q)?).await?;
                 Ok(object_response(
                     &def,
                     StatusCode::CREATED,
@@ -124,7 +140,7 @@ async fn dispatch(
                 _ => Part::Main,
             };
             let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
-            let updated = update(&state, &def, ns, name, obj, part, dry_run(&q)?).await?;
+            let updated = update(&state, &def, ns, name, obj, part, write_opts(&q)?).await?;
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
         }
         (None | Some(Sub::Status), Method::PATCH) => {
@@ -135,11 +151,12 @@ async fn dispatch(
             };
             let ty = negotiate::body_type(&headers)?;
             let patch = decode_patch(&body, ty)?;
+            let opts = write_opts(&q)?;
             let updated =
-                objects::guaranteed_update(&state, &def, ns, name, None, dry_run(&q)?, |cur| {
+                objects::guaranteed_update(&state, &def, ns, name, None, opts.dry_run, |cur| {
                     let patched = crate::patch::apply(ty, cur, &patch)?;
                     check_patched_rv(&def, name, cur, &patched)?;
-                    objects::prepare_update(&def, cur, patched, part)
+                    objects::prepare_update(&def, cur, patched, part, opts.strict)
                 })
                 .await?;
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
@@ -210,7 +227,7 @@ pub async fn update(
     name: &str,
     obj: Value,
     part: Part,
-    dry_run: bool,
+    opts: objects::WriteOpts,
 ) -> Result<Value, ApiError> {
     match crate::meta::meta_str(&obj, "name") {
         Some(n) if n == name => {}
@@ -232,8 +249,8 @@ pub async fn update(
         Some(rv) if !rv.is_empty() => Some(objects::parse_rv(rv)?),
         _ => None,
     };
-    objects::guaranteed_update(state, def, ns, name, precondition, dry_run, |cur| {
-        objects::prepare_update(def, cur, obj.clone(), part)
+    objects::guaranteed_update(state, def, ns, name, precondition, opts.dry_run, |cur| {
+        objects::prepare_update(def, cur, obj.clone(), part, opts.strict)
     })
     .await
 }

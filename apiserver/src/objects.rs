@@ -263,20 +263,70 @@ fn check_namespace_field(
     Ok(())
 }
 
-/// Typed decode and per-kind validation; the first is a 400 (malformed), the second a 422.
-fn check_object(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+/// Typed decode, unknown-field handling and per-kind validation. A malformed object is a 400,
+/// unknown fields are a 400 under `fieldValidation=Strict` and dropped otherwise, field
+/// problems are a 422. Returns the object as it will be stored.
+fn check_object(
+    def: &ResourceDef,
+    obj: &Value,
+    old: Option<&Value>,
+    strict: bool,
+) -> Result<Value, ApiError> {
     let name = meta::meta_str(obj, "name").unwrap_or("");
-    if let Err(e) = (def.decode_check)(obj) {
-        return Err(ApiError::bad_request(format!(
-            "{} in version {:?} cannot be handled as a {}: {e}",
+    let cannot = |why: String| {
+        ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {why}",
             def.kind, def.version, def.kind
-        )));
+        ))
+    };
+    let typed = (def.roundtrip)(obj).map_err(cannot)?;
+    if strict {
+        let mut unknown = Vec::new();
+        unknown_fields(obj, &typed, "", &mut unknown);
+        if !unknown.is_empty() {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field {f:?}"))
+                .collect();
+            return Err(cannot(format!(
+                "strict decoding error: {}",
+                list.join(", ")
+            )));
+        }
     }
-    let causes = kinds::validate(def, obj, old);
+    let causes = kinds::validate(def, &typed, old);
     if !causes.is_empty() {
         return Err(ApiError::invalid(def.kind, def.group, name, causes));
     }
-    Ok(())
+    Ok(typed)
+}
+
+/// Paths of fields set in `input` that the typed round trip dropped.
+fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                if v.is_null() {
+                    continue;
+                }
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match b.get(k) {
+                    None => out.push(p),
+                    Some(t) => unknown_fields(v, t, &p, out),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                unknown_fields(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn check_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
@@ -295,13 +345,21 @@ fn check_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
     })
 }
 
+/// How a write is carried out: `dryRun=All` and `fieldValidation=Strict`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOpts {
+    pub dry_run: bool,
+    pub strict: bool,
+}
+
 pub async fn create(
     state: &AppState,
     def: &ResourceDef,
     ns: Option<&str>,
     mut obj: Value,
-    dry_run: bool,
+    opts: WriteOpts,
 ) -> Result<Value, ApiError> {
+    let dry_run = opts.dry_run;
     check_type(def, &mut obj)?;
     check_namespace_field(def, &mut obj, ns)?;
     let ns = ns.filter(|_| def.namespaced);
@@ -359,7 +417,7 @@ pub async fn create(
     } else {
         None
     };
-    let result = create_named(state, def, ns, obj, &given, &generate, dry_run).await;
+    let result = create_named(state, def, ns, obj, &given, &generate, opts).await;
     if let (Err(_), Some(ip)) = (&result, allocated) {
         if let Err(e) = state.ips.release(ip).await {
             tracing::warn!(%ip, error = %e, "releasing the ClusterIP of a service that failed to create");
@@ -375,7 +433,7 @@ async fn create_named(
     mut obj: Value,
     given: &str,
     generate: &str,
-    dry_run: bool,
+    opts: WriteOpts,
 ) -> Result<Value, ApiError> {
     // generateName collisions are retried with a fresh suffix, as upstream's clients would.
     for _ in 0..8 {
@@ -386,12 +444,12 @@ async fn create_named(
         };
         meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
         check_name(def, &name)?;
-        check_object(def, &obj, None)?;
-        if dry_run {
-            return Ok(obj);
+        let checked = check_object(def, &obj, None, opts.strict)?;
+        if opts.dry_run {
+            return Ok(checked);
         }
         let key = state.key(def, ns, &name);
-        match state.store(def).create(&key, encode(&obj)).await {
+        match state.store(def).create(&key, encode(&checked)).await {
             Ok(kv) => return decode_kv(&kv),
             Err(StoreError::AlreadyExists { .. }) if given.is_empty() => continue,
             Err(e) => return Err(from_store(e, def.plural, def.group, &name)),
@@ -483,6 +541,7 @@ pub fn prepare_update(
     cur: &Value,
     mut new: Value,
     part: Part,
+    strict: bool,
 ) -> Result<Value, ApiError> {
     check_type(def, &mut new)?;
     let mut out = match part {
@@ -549,8 +608,7 @@ pub fn prepare_update(
             .unwrap_or(0);
         meta::metadata_mut(&mut out).insert("generation".into(), json!(g + 1));
     }
-    check_object(def, &out, Some(cur))?;
-    Ok(out)
+    check_object(def, &out, Some(cur), strict)
 }
 
 /// Read-modify-write with compare-and-swap, retried on conflicts unless the caller pinned a
@@ -747,6 +805,18 @@ pub async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_fields_are_the_ones_the_typed_round_trip_drops() {
+        let input = json!({"spec": {"replicaz": 3, "replicas": 1, "template": {"spec": {"containers": [{"name": "c", "imagee": "x"}]}}}, "metadata": {"labels": null}});
+        let typed = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c"}]}}}, "metadata": {}});
+        let mut out = Vec::new();
+        unknown_fields(&input, &typed, "", &mut out);
+        assert_eq!(
+            out,
+            ["spec.replicaz", "spec.template.spec.containers[0].imagee"]
+        );
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {

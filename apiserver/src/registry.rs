@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::{apps, batch, coordination, core, discovery, events};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 /// A subresource served by the generic handlers.
@@ -83,8 +84,9 @@ pub struct ResourceDef {
     /// Fields usable in `fieldSelector` besides `metadata.name` and `metadata.namespace`.
     pub selectable_fields: &'static [&'static str],
     pub printer: Printer,
-    /// Decode into the typed k8s-openapi struct: catches wrong types and malformed values.
-    pub decode_check: fn(&Value) -> Result<(), String>,
+    /// Decode into the typed k8s-openapi struct and encode again: catches wrong types and
+    /// malformed values, and drops fields the kind does not have (upstream prunes them too).
+    pub roundtrip: fn(&Value) -> Result<Value, String>,
     /// The kind's JSON schema (registers its definitions in the generator).
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     pub schema_name: fn() -> Cow<'static, str>,
@@ -138,8 +140,9 @@ impl ResourceDef {
     }
 }
 
-fn check<T: DeserializeOwned>(v: &Value) -> Result<(), String> {
-    T::deserialize(v).map(|_| ()).map_err(|e| e.to_string())
+fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
+    let typed = T::deserialize(v).map_err(|e| e.to_string())?;
+    serde_json::to_value(&typed).map_err(|e| e.to_string())
 }
 
 fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
@@ -164,7 +167,7 @@ macro_rules! def {
             storage_name: $storage,
             selectable_fields: $fields,
             printer: $printer,
-            decode_check: check::<$ty>,
+            roundtrip: roundtrip::<$ty>,
             schema: schema::<$ty>,
             schema_name: <$ty as JsonSchema>::schema_name,
         }
@@ -319,7 +322,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_builtin_is_found_and_decodes_its_own_minimal_object() {
+    fn every_builtin_is_found_and_round_trips_its_own_minimal_object() {
         let r = Registry::builtin();
         for d in r.all() {
             assert!(std::ptr::eq(
@@ -329,7 +332,7 @@ mod tests {
                 d.as_ref()
             ));
             let obj = serde_json::json!({"apiVersion": d.api_version(), "kind": d.kind, "metadata": {"name": "x"}});
-            (d.decode_check)(&obj).unwrap_or_else(|e| panic!("{}: {e}", d.gvr()));
+            (d.roundtrip)(&obj).unwrap_or_else(|e| panic!("{}: {e}", d.gvr()));
         }
         assert!(r.get("apps", "v1", "pods").is_none());
         assert_eq!(r.groups()[0].0, "");
@@ -340,6 +343,6 @@ mod tests {
         let r = Registry::builtin();
         let pods = r.get("", "v1", "pods").expect("pods");
         let bad = serde_json::json!({"metadata": {"name": "x"}, "spec": {"containers": "nginx"}});
-        assert!((pods.decode_check)(&bad).is_err());
+        assert!((pods.roundtrip)(&bad).is_err());
     }
 }

@@ -170,7 +170,7 @@ async fn bootstrap(state: &AppState, port: u16) -> Result<(), Error> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let obj =
             serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        match crate::objects::create(state, &ns_def, None, obj, false).await {
+        match crate::objects::create(state, &ns_def, None, obj, Default::default()).await {
             Ok(_) => tracing::info!(namespace = ns, "created default namespace"),
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => return Err(fail(&format!("namespace {ns}"), e)),
@@ -187,7 +187,7 @@ async fn bootstrap(state: &AppState, port: u16) -> Result<(), Error> {
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": if port == 0 { 6443 } else { port }}]},
     });
-    match crate::objects::create(state, &svc_def, Some("default"), svc, false).await {
+    match crate::objects::create(state, &svc_def, Some("default"), svc, Default::default()).await {
         Ok(_)
         | Err(crate::status::ApiError {
             reason: "AlreadyExists",

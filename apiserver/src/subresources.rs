@@ -76,7 +76,7 @@ pub async fn scale(
             objects::guaranteed_update(state, def, ns, name, precondition, dry_run, |cur| {
                 let mut new = cur.clone();
                 new["spec"]["replicas"] = json!(replicas);
-                objects::prepare_update(def, cur, new, objects::Part::Main)
+                objects::prepare_update(def, cur, new, objects::Part::Main, false)
             })
             .await?
         }
@@ -88,7 +88,7 @@ pub async fn scale(
                 crate::handlers::check_patched_rv(def, name, cur, &scaled)?;
                 let mut new = cur.clone();
                 new["spec"]["replicas"] = json!(replicas_of(&scaled)?);
-                objects::prepare_update(def, cur, new, objects::Part::Main)
+                objects::prepare_update(def, cur, new, objects::Part::Main, false)
             })
             .await?
         }

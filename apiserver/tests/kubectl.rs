@@ -563,6 +563,31 @@ fn malformed_input_gets_clear_errors_and_changes_nothing() {
         "{err}"
     );
 
+    // kubectl asks for strict field validation: a typo is an error naming the field...
+    let typo = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: t}\nspec:\n  replicaz: 3\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec: {containers: [{name: c, image: i}]}\n";
+    let err = s.kubectl_fails(&["apply", "-f", "-"], Some(typo));
+    assert!(
+        err.contains("strict decoding error: unknown field \"spec.replicaz\""),
+        "{err}"
+    );
+    let err = s.kubectl_fails(&["get", "deploy", "t"], None);
+    assert!(err.contains("not found"), "{err}");
+    // ...and without validation the unknown field is dropped, as upstream prunes it.
+    s.kubectl_stdin(&["apply", "--validate=false", "-f", "-"], Some(typo));
+    let d = json(&s, &["get", "deploy", "t"]);
+    assert!(
+        d["spec"].get("replicaz").is_none() && d["spec"]["replicas"] == 1,
+        "{d}"
+    );
+
+    let out = s.kubectl_stdin(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&cm("dry", "default")),
+    );
+    assert!(out.contains("(server dry run)"), "{out}");
+    let err = s.kubectl_fails(&["get", "cm", "dry"], None);
+    assert!(err.contains("not found"), "{err}");
+
     let out = s.kubectl(&["get", "pods", "-o", "name"]);
     assert_eq!(out.trim(), "", "nothing was created by the failed requests");
 }

@@ -1,0 +1,357 @@
+//! Bodies hand-encoded with a tiny encoder of their own (independent of the decoder), decoded
+//! and compared with the JSON upstream's apiserver would see for the same object.
+
+use serde_json::json;
+
+use super::json::go_duration;
+use super::{decode, is_protobuf, ProtobufError};
+
+// === a test-only protobuf encoder ===
+
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
+/// A varint field (int32/int64/bool); negative numbers as two's complement, like Go.
+fn int(tag: u64, v: i64) -> Vec<u8> {
+    [varint(tag << 3), varint(v as u64)].concat()
+}
+
+/// A length-delimited field (string, bytes, message, packed list).
+fn bytes(tag: u64, b: &[u8]) -> Vec<u8> {
+    [varint(tag << 3 | 2), varint(b.len() as u64), b.to_vec()].concat()
+}
+
+fn string(tag: u64, s: &str) -> Vec<u8> {
+    bytes(tag, s.as_bytes())
+}
+
+fn message(tag: u64, fields: &[Vec<u8>]) -> Vec<u8> {
+    bytes(tag, &fields.concat())
+}
+
+/// A `map<string, X>` entry: {1 key, 2 value}; `value` is already encoded with tag 2.
+fn entry(tag: u64, key: &str, value: Vec<u8>) -> Vec<u8> {
+    message(tag, &[string(1, key), value])
+}
+
+/// magic + runtime.Unknown{typeMeta{apiVersion, kind}, raw}
+fn body(api_version: &str, kind: &str, object: &[Vec<u8>]) -> Vec<u8> {
+    let unknown = [
+        message(1, &[string(1, api_version), string(2, kind)]),
+        bytes(2, &object.concat()),
+    ]
+    .concat();
+    [b"k8s\0".to_vec(), unknown].concat()
+}
+
+/// A meta.v1.Time as gogo writes it: always present, empty when zero.
+fn time(tag: u64, seconds: i64, nanos: i64) -> Vec<u8> {
+    let mut f = Vec::new();
+    if seconds != 0 {
+        f.push(int(1, seconds));
+    }
+    if nanos != 0 {
+        f.push(int(2, nanos));
+    }
+    message(tag, &f)
+}
+
+// === objects ===
+
+#[test]
+fn configmap_with_data_and_binary_data() {
+    let b = body(
+        "v1",
+        "ConfigMap",
+        &[
+            message(
+                1,
+                &[string(1, "settings"), string(3, "default"), time(8, 0, 0)],
+            ),
+            entry(2, "a", string(2, "b")),
+            // An empty map value is encoded as an entry without a value.
+            message(2, &[string(1, "empty")]),
+            entry(3, "bin", bytes(2, &[0, 1, 2, 0xff])),
+            int(4, 0),
+        ],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "default"},
+            "data": {"a": "b", "empty": ""},
+            "binaryData": {"bin": "AAEC/w=="},
+            "immutable": false,
+        })
+    );
+}
+
+#[test]
+fn secret_data_is_base64() {
+    let b = body(
+        "v1",
+        "Secret",
+        &[
+            message(1, &[string(1, "s"), string(2, "")]),
+            entry(2, "k", bytes(2, b"v")),
+            entry(2, "token", bytes(2, b"hello world")),
+            string(3, "Opaque"),
+        ],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s"},
+            "data": {"k": "dg==", "token": "aGVsbG8gd29ybGQ="},
+            "type": "Opaque",
+        })
+    );
+}
+
+#[test]
+fn deployment_with_pod_template() {
+    let labels = entry(11, "app", string(2, "web"));
+    let container = message(
+        2,
+        &[
+            string(1, "web"),
+            string(2, "busybox"),
+            string(3, "sleep"),
+            string(3, "3600"),
+            message(6, &[int(3, 80), string(4, "TCP")]),
+            message(6, &[string(1, "metrics"), int(3, 9090)]),
+            message(
+                8,
+                &[
+                    entry(2, "cpu", message(2, &[string(1, "100m")])),
+                    entry(2, "memory", message(2, &[string(1, "64Mi")])),
+                ],
+            ),
+            message(7, &[string(1, "MODE"), string(2, "prod")]),
+            message(7, &[string(1, "EMPTY"), string(2, "")]),
+        ],
+    );
+    let volume = message(1, &[string(1, "cache"), message(2, &[message(2, &[])])]);
+    let security = message(
+        14,
+        &[
+            int(2, 1000),
+            // supplementalGroups: one unpacked element, then two packed ones.
+            int(4, 5),
+            bytes(4, &[varint(6), varint(7)].concat()),
+        ],
+    );
+    let strategy = message(
+        4,
+        &[
+            string(1, "RollingUpdate"),
+            message(
+                2,
+                &[
+                    message(1, &[int(1, 0), int(2, 1)]),
+                    message(2, &[int(1, 1), string(3, "25%")]),
+                ],
+            ),
+        ],
+    );
+    let b = body(
+        "apps/v1",
+        "Deployment",
+        &[
+            message(
+                1,
+                &[
+                    string(1, "web"),
+                    time(8, 0, 0),
+                    time(9, 1_700_000_000, 123_456_789),
+                    labels.clone(),
+                ],
+            ),
+            message(
+                2,
+                &[
+                    int(1, 0),
+                    message(2, &[entry(1, "app", string(2, "web"))]),
+                    message(
+                        3,
+                        &[
+                            message(1, &[time(8, 0, 0), labels]),
+                            message(2, &[volume, container, security]),
+                        ],
+                    ),
+                    strategy,
+                    int(6, -1),
+                ],
+            ),
+            message(3, &[]),
+        ],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "web",
+                "deletionTimestamp": "2023-11-14T22:13:20Z",
+                "labels": {"app": "web"},
+            },
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "volumes": [{"name": "cache", "emptyDir": {}}],
+                        "containers": [{
+                            "name": "web",
+                            "image": "busybox",
+                            "command": ["sleep", "3600"],
+                            "ports": [
+                                {"containerPort": 80, "protocol": "TCP"},
+                                {"name": "metrics", "containerPort": 9090},
+                            ],
+                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                            "env": [{"name": "MODE", "value": "prod"}, {"name": "EMPTY"}],
+                        }],
+                        "securityContext": {"runAsUser": 1000, "supplementalGroups": [5, 6, 7]},
+                    },
+                },
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 1, "maxSurge": "25%"},
+                },
+                "revisionHistoryLimit": -1,
+            },
+            "status": {},
+        })
+    );
+}
+
+#[test]
+fn micro_time_and_unknown_fields() {
+    let b = body(
+        "events.k8s.io/v1",
+        "Event",
+        &[
+            message(1, &[string(1, "e1")]),
+            time(2, 1_700_000_000, 123_456_789),
+            string(7, "Started"),
+            // A field from a newer Kubernetes: skipped.
+            int(99, 1),
+            string(98, "x"),
+        ],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": "e1"},
+            "eventTime": "2023-11-14T22:13:20.123456Z",
+            "reason": "Started",
+        })
+    );
+}
+
+#[test]
+fn eviction_and_meta_kinds_under_a_group_version() {
+    let b = body(
+        "policy/v1",
+        "Eviction",
+        &[
+            message(1, &[string(1, "web-1"), string(3, "default")]),
+            message(2, &[int(1, 0)]),
+        ],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": "web-1", "namespace": "default"},
+            "deleteOptions": {"gracePeriodSeconds": 0},
+        })
+    );
+    // client-go may label meta.k8s.io option kinds with the resource's group-version.
+    let b = body("apps/v1", "DeleteOptions", &[string(4, "Foreground")]);
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({"apiVersion": "apps/v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"})
+    );
+}
+
+#[test]
+fn go_durations() {
+    assert_eq!(go_duration(0), "0s");
+    assert_eq!(go_duration(1_500), "1.5µs");
+    assert_eq!(go_duration(100_000_000), "100ms");
+    assert_eq!(go_duration(1_500_000_000), "1.5s");
+    assert_eq!(go_duration(90 * 1_000_000_000), "1m30s");
+    assert_eq!(go_duration(3600 * 1_000_000_000), "1h0m0s");
+    assert_eq!(go_duration(-2_000_000_000), "-2s");
+}
+
+#[test]
+fn content_types() {
+    assert!(is_protobuf("application/vnd.kubernetes.protobuf"));
+    assert!(is_protobuf("Application/Vnd.Kubernetes.Protobuf; charset=utf-8"));
+    assert!(!is_protobuf("application/json"));
+    assert!(!is_protobuf("application/vnd.kubernetes.protobuf+json"));
+}
+
+// === errors ===
+
+#[test]
+fn bad_magic() {
+    let err = decode(b"{\"kind\":\"ConfigMap\"}").expect_err("bad magic");
+    assert!(matches!(err, ProtobufError::BadMagic { .. }), "{err}");
+    assert!(err.to_string().contains("magic"), "{err}");
+}
+
+#[test]
+fn unknown_kind() {
+    let err = decode(&body("example.com/v1", "Widget", &[])).expect_err("unknown kind");
+    assert!(matches!(err, ProtobufError::UnknownKind { .. }), "{err}");
+    assert!(
+        err.to_string().contains("`example.com/v1 Widget`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_varint() {
+    // replicas: key present, varint cut off mid-way.
+    let spec = [varint(1 << 3), vec![0x80]].concat();
+    let err = decode(&body("apps/v1", "Deployment", &[bytes(2, &spec)])).expect_err("truncated");
+    assert!(matches!(err, ProtobufError::Truncated { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "decoding protobuf body: truncated int32 in field replicas (1) of api.apps.v1.DeploymentSpec"
+    );
+}
+
+#[test]
+fn truncated_length_and_wrong_wire_type() {
+    let mut b = body("v1", "ConfigMap", &[message(1, &[string(1, "x")])]);
+    b.truncate(b.len() - 1);
+    let err = decode(&b).expect_err("truncated");
+    assert!(matches!(err, ProtobufError::Truncated { .. }), "{err}");
+
+    // metadata.name as a varint.
+    let b = body("v1", "ConfigMap", &[message(1, &[int(1, 7)])]);
+    let err = decode(&b).expect_err("wrong wire type");
+    assert!(matches!(err, ProtobufError::WrongWireType { .. }), "{err}");
+    assert!(err.to_string().contains("field name (1) of apimachinery.pkg.apis.meta.v1.ObjectMeta"), "{err}");
+}
