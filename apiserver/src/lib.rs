@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 mod alloc;
 mod auth;
+mod delete;
 mod discovery;
 mod error;
 mod handlers;
 mod kinds;
 mod kubeconfig;
+mod list;
 mod meta;
 mod negotiate;
 mod nsfinalizer;

@@ -1,18 +1,20 @@
-//! The object lifecycle over the store, independent of HTTP: read, list, create, update
-//! (compare-and-swap with retries), delete (finalizers and graceful deletion). Handlers,
-//! subresources, patch and the namespace finalizer all go through here.
+//! The object lifecycle over the store, independent of HTTP: read, create, update
+//! (compare-and-swap with retries); listing is in [`crate::list`], deletion in
+//! [`crate::delete`]. Handlers, subresources, patch and the namespace finalizer all go
+//! through here.
 
 use std::net::Ipv4Addr;
 
-use base64::Engine;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use store::{KeyValue, ListOptions, StoreError};
+use store::{KeyValue, StoreError};
+
+pub use crate::delete::{delete, remove, DeleteOpts};
+pub use crate::list::{list, ListOpts};
 
 use crate::kinds;
 use crate::meta;
 use crate::registry::ResourceDef;
-use crate::selector::Filter;
 use crate::state::AppState;
 use crate::status::{from_store, ApiError};
 
@@ -25,7 +27,7 @@ pub fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
 }
 
 /// What is stored: the object without its `resourceVersion` (that is the store's revision).
-fn encode(obj: &Value) -> Bytes {
+pub(crate) fn encode(obj: &Value) -> Bytes {
     let mut v = obj.clone();
     meta::metadata_mut(&mut v).remove("resourceVersion");
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
@@ -75,118 +77,6 @@ pub async fn get(
         Ok(Some(kv)) => decode_kv(&kv),
         Ok(None) => Err(ApiError::not_found(def.plural, def.group, name)),
         Err(e) => Err(from_store(e, def.plural, def.group, name)),
-    }
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct ListOpts {
-    pub filter: Filter,
-    pub limit: Option<usize>,
-    pub continue_token: Option<String>,
-    pub resource_version: Option<String>,
-    pub resource_version_match: Option<String>,
-}
-
-#[derive(Debug)]
-pub struct ListPage {
-    pub items: Vec<Value>,
-    pub revision: i64,
-    pub continue_token: Option<String>,
-}
-
-fn encode_continue(rev: i64, start: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": start}).to_string())
-}
-
-fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
-    let bad = || ApiError::bad_request(format!("invalid continue token {token:?}"));
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token.trim_end_matches('='))
-        .map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    Ok((
-        v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?,
-        v.get("start")
-            .and_then(Value::as_str)
-            .ok_or_else(bad)?
-            .to_string(),
-    ))
-}
-
-pub async fn list(
-    state: &AppState,
-    def: &ResourceDef,
-    ns: Option<&str>,
-    opts: &ListOpts,
-) -> Result<ListPage, ApiError> {
-    let prefix = state.prefix(def, ns);
-    let (mut revision, mut start_key) = match &opts.continue_token {
-        Some(t) => {
-            let (rev, start) = decode_continue(t)?;
-            if !start.starts_with(&prefix) {
-                return Err(ApiError::bad_request(
-                    "continue token does not belong to this list",
-                ));
-            }
-            (Some(rev), Some(start))
-        }
-        None => {
-            let exact = opts.resource_version_match.as_deref() == Some("Exact");
-            let rev = match opts.resource_version.as_deref() {
-                Some(rv) if exact && rv != "0" => Some(parse_rv(rv)?),
-                _ => None,
-            };
-            (rev, None)
-        }
-    };
-    let limit = opts.limit.filter(|l| *l > 0);
-    let mut items = Vec::new();
-    loop {
-        let page_size = limit.map(|l| (l - items.len()).max(1) + 1);
-        let page = state
-            .store(def)
-            .list(
-                &prefix,
-                ListOptions {
-                    revision,
-                    limit: page_size,
-                    start_key: start_key.clone(),
-                },
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::Compacted { .. } if opts.continue_token.is_some() => ApiError::gone(
-                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                ),
-                e => from_store(e, def.plural, def.group, ""),
-            })?;
-        revision = Some(page.revision);
-        for kv in &page.items {
-            let obj = decode_kv(kv)?;
-            if !opts.filter.matches(&obj) {
-                continue;
-            }
-            if limit.is_some_and(|l| items.len() == l) {
-                // One more match than asked for: there is a next page, starting here.
-                return Ok(ListPage {
-                    items,
-                    revision: page.revision,
-                    continue_token: Some(encode_continue(page.revision, &kv.key)),
-                });
-            }
-            items.push(obj);
-        }
-        match page.continue_key {
-            Some(next) => start_key = Some(next),
-            None => {
-                return Ok(ListPage {
-                    items,
-                    revision: page.revision,
-                    continue_token: None,
-                })
-            }
-        }
     }
 }
 
@@ -511,7 +401,7 @@ async fn allocate_cluster_ip(
 }
 
 /// After an object is gone from the store: give back what it held.
-async fn after_delete(state: &AppState, def: &ResourceDef, obj: &Value) {
+pub(crate) async fn after_delete(state: &AppState, def: &ResourceDef, obj: &Value) {
     if def.group.is_empty() && def.plural == "services" {
         if let Some(ip) = obj
             .pointer("/spec/clusterIP")
@@ -673,7 +563,7 @@ where
 
 /// Pods on a node are deleted by their kubelet once it has stopped them; only then (or with
 /// a zero grace period) does the object go.
-fn is_graceful_pending(def: &ResourceDef, obj: &Value) -> bool {
+pub(crate) fn is_graceful_pending(def: &ResourceDef, obj: &Value) -> bool {
     def.group.is_empty()
         && def.plural == "pods"
         && obj
@@ -681,125 +571,6 @@ fn is_graceful_pending(def: &ResourceDef, obj: &Value) -> bool {
             .and_then(Value::as_i64)
             .unwrap_or(0)
             > 0
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct DeleteOpts {
-    pub grace_period: Option<i64>,
-    pub precondition_uid: Option<String>,
-    pub precondition_rv: Option<String>,
-    pub dry_run: bool,
-}
-
-/// Delete, or mark for deletion when finalizers or a grace period hold the object. Returns
-/// the object and whether it is gone.
-pub async fn delete(
-    state: &AppState,
-    def: &ResourceDef,
-    ns: Option<&str>,
-    name: &str,
-    opts: &DeleteOpts,
-) -> Result<(Value, bool), ApiError> {
-    let key = state.key(def, ns, name);
-    let store = state.store(def);
-    loop {
-        let kv = match store.get(&key).await {
-            Ok(Some(kv)) => kv,
-            Ok(None) => return Err(ApiError::not_found(def.plural, def.group, name)),
-            Err(e) => return Err(from_store(e, def.plural, def.group, name)),
-        };
-        let cur = decode_kv(&kv)?;
-        if let Some(uid) = &opts.precondition_uid {
-            let actual = meta::meta_str(&cur, "uid").unwrap_or("");
-            if uid != actual {
-                return Err(ApiError::conflict_message(def.plural, def.group, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}")));
-            }
-        }
-        if let Some(rv) = &opts.precondition_rv {
-            if parse_rv(rv)? != kv.mod_revision {
-                return Err(ApiError::conflict_message(def.plural, def.group, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision)));
-            }
-        }
-        let is_namespace = def.group.is_empty() && def.plural == "namespaces";
-        let grace = if def.group.is_empty() && def.plural == "pods" {
-            let on_node = cur
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty());
-            let finished = matches!(
-                cur.pointer("/status/phase").and_then(Value::as_str),
-                Some("Succeeded" | "Failed")
-            );
-            let default = cur
-                .pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(30);
-            if on_node && !finished {
-                opts.grace_period.unwrap_or(default).max(0)
-            } else {
-                0
-            }
-        } else {
-            0
-        };
-        if !meta::finalizers(&cur).is_empty() || grace > 0 || is_namespace {
-            if meta::is_deleting(&cur) {
-                // Already on its way out; a shorter grace period could be applied here.
-                return Ok((cur, false));
-            }
-            let mut new = cur.clone();
-            let when = jiff::Timestamp::now()
-                .checked_add(jiff::SignedDuration::from_secs(grace))
-                .unwrap_or_else(|_| jiff::Timestamp::now());
-            let m = meta::metadata_mut(&mut new);
-            m.insert("deletionTimestamp".into(), json!(meta::format_ts(when)));
-            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
-            if is_namespace {
-                new["status"]["phase"] = json!("Terminating");
-            }
-            if opts.dry_run {
-                return Ok((new, false));
-            }
-            match store.update(&key, encode(&new), kv.mod_revision).await {
-                Ok(kv) => return Ok((decode_kv(&kv)?, false)),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(from_store(e, def.plural, def.group, name)),
-            }
-        }
-        if opts.dry_run {
-            return Ok((cur, true));
-        }
-        match store.delete(&key, Some(kv.mod_revision)).await {
-            Ok(_) => {
-                after_delete(state, def, &cur).await;
-                return Ok((cur, true));
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(StoreError::NotFound { .. }) => {
-                return Err(ApiError::not_found(def.plural, def.group, name))
-            }
-            Err(e) => return Err(from_store(e, def.plural, def.group, name)),
-        }
-    }
-}
-
-/// Delete the object outright, whatever its finalizers (used by the namespace finalizer once
-/// a namespace is empty).
-pub async fn remove(
-    state: &AppState,
-    def: &ResourceDef,
-    ns: Option<&str>,
-    name: &str,
-) -> Result<(), ApiError> {
-    let key = state.key(def, ns, name);
-    match state.store(def).delete(&key, None).await {
-        Ok((kv, _)) => {
-            after_delete(state, def, &decode_kv(&kv)?).await;
-            Ok(())
-        }
-        Err(StoreError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(from_store(e, def.plural, def.group, name)),
-    }
 }
 
 #[cfg(test)]
@@ -816,15 +587,5 @@ mod tests {
             out,
             ["spec.replicaz", "spec.template.spec.containers[0].imagee"]
         );
-    }
-
-    #[test]
-    fn continue_tokens_round_trip_and_reject_garbage() {
-        let t = encode_continue(42, "/registry/pods/default/b");
-        assert_eq!(
-            decode_continue(&t).expect("valid"),
-            (42, "/registry/pods/default/b".to_string())
-        );
-        assert_eq!(decode_continue("%%%").expect_err("garbage").code, 400);
     }
 }

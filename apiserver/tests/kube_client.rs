@@ -664,3 +664,128 @@ async fn too_old_watch_is_http_200_then_in_stream_410() {
     assert!(page.metadata.resource_version.is_some());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizers_graceful_pod_deletion_and_deletecollection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let client = client(&server).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut held = cm("held", &[]);
+    held.metadata.finalizers = Some(vec!["kaze.dev/hold".into()]);
+    cms.create(&PostParams::default(), &held)
+        .await
+        .expect("create");
+    cms.delete("held", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    let still = cms.get("held").await.expect("held back by its finalizer");
+    assert!(still.metadata.deletion_timestamp.is_some());
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop finalizer");
+    assert!(
+        cms.get_opt("held").await.expect("get").is_none(),
+        "gone once the last finalizer is"
+    );
+
+    // A pod on a node waits for its kubelet (grace period); with grace 0 it goes at once.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}})).expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    pods.delete("p", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    let terminating = pods.get("p").await.expect("still there");
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    pods.delete("p", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("force");
+    assert!(pods.get_opt("p").await.expect("get").is_none());
+
+    for n in ["x1", "x2", "y1"] {
+        let mut c = cm(n, &[]);
+        c.metadata.labels = Some(BTreeMap::from([("group".to_string(), n[..1].to_string())]));
+        cms.create(&PostParams::default(), &c)
+            .await
+            .expect("create");
+    }
+    cms.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("group=x"),
+    )
+    .await
+    .expect("deletecollection");
+    let left: Vec<String> = cms
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(left, ["y1"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_for_idle_watchers_and_streaming_lists() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let client = client(&server).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let quiet: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let rv = quiet
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut s = quiet
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    // Writes elsewhere move the revision; the idle pod watcher hears about it by bookmark.
+    cms.create(&PostParams::default(), &cm("elsewhere", &[]))
+        .await
+        .expect("create");
+    let bookmark_rv = loop {
+        match tokio::time::timeout(Duration::from_secs(15), s.next())
+            .await
+            .expect("a bookmark in time")
+        {
+            Some(Ok(WatchEvent::Bookmark(b))) => break b.metadata.resource_version,
+            other => panic!("expected only bookmarks on an idle watch, got {other:?}"),
+        }
+    };
+    assert!(bookmark_rv.parse::<i64>().expect("numeric") > rv.parse::<i64>().expect("numeric"));
+
+    // Streaming list: initial objects as events, then the initial-events-end bookmark.
+    let mut w = watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("event")
+            .expect("open")
+            .expect("ok")
+        {
+            watcher::Event::Init => seen.push("Init".to_string()),
+            watcher::Event::InitApply(o) => {
+                seen.push(format!("InitApply {}", o.metadata.name.unwrap_or_default()))
+            }
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["Init", "InitApply elsewhere"]);
+    server.shutdown().await;
+}

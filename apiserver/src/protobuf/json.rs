@@ -88,13 +88,23 @@ fn object(
                 let Value::Array(list) = list else {
                     unreachable!("repeated fields are only ever arrays")
                 };
-                if wt == LEN && matches!(field.kind, Kind::Bool | Kind::Int32 | Kind::Int64 | Kind::Double)
+                if wt == LEN
+                    && matches!(
+                        field.kind,
+                        Kind::Bool | Kind::Int32 | Kind::Int64 | Kind::Double
+                    )
                 {
                     // Packed: one record holding every element.
-                    let packed = r.len_delimited("packed list").map_err(|e| within(e, ctx()))?;
+                    let packed = r
+                        .len_delimited("packed list")
+                        .map_err(|e| within(e, ctx()))?;
                     let context = ctx();
                     let mut p = Reader::new(packed, &context);
-                    let element_wt = if field.kind == Kind::Double { FIXED64 } else { VARINT };
+                    let element_wt = if field.kind == Kind::Double {
+                        FIXED64
+                    } else {
+                        VARINT
+                    };
                     while !p.is_empty() {
                         list.extend(one(schema, field, &mut p, element_wt, depth, &ctx)?);
                     }
@@ -245,7 +255,9 @@ fn message_value(
         RAW_EXTENSION | FIELDS_V1 => special(raw_json),
         n if ITEM_LISTS.contains(&n) => {
             let mut items = object(schema, name, bytes, depth)?;
-            Ok(Some(items.remove("items").unwrap_or(Value::Array(Vec::new()))))
+            Ok(Some(
+                items.remove("items").unwrap_or(Value::Array(Vec::new())),
+            ))
         }
         _ => object(schema, name, bytes, depth).map(|o| Some(Value::Object(o))),
     }

@@ -104,7 +104,12 @@ fn message_for<'s>(
     };
     [format!("{package}.{kind}"), format!("{META_V1}.{kind}")]
         .into_iter()
-        .find_map(|name| schema.messages.get_key_value(&name).map(|(k, _)| k.as_str()))
+        .find_map(|name| {
+            schema
+                .messages
+                .get_key_value(&name)
+                .map(|(k, _)| k.as_str())
+        })
         .filter(|_| !kind.is_empty() && !version.is_empty())
         .ok_or_else(|| ProtobufError::UnknownKind {
             api_version: api_version.to_string(),

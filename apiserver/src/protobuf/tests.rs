@@ -306,7 +306,9 @@ fn go_durations() {
 #[test]
 fn content_types() {
     assert!(is_protobuf("application/vnd.kubernetes.protobuf"));
-    assert!(is_protobuf("Application/Vnd.Kubernetes.Protobuf; charset=utf-8"));
+    assert!(is_protobuf(
+        "Application/Vnd.Kubernetes.Protobuf; charset=utf-8"
+    ));
     assert!(!is_protobuf("application/json"));
     assert!(!is_protobuf("application/vnd.kubernetes.protobuf+json"));
 }
@@ -324,10 +326,7 @@ fn bad_magic() {
 fn unknown_kind() {
     let err = decode(&body("example.com/v1", "Widget", &[])).expect_err("unknown kind");
     assert!(matches!(err, ProtobufError::UnknownKind { .. }), "{err}");
-    assert!(
-        err.to_string().contains("`example.com/v1 Widget`"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("`example.com/v1 Widget`"), "{err}");
 }
 
 #[test]
@@ -353,5 +352,9 @@ fn truncated_length_and_wrong_wire_type() {
     let b = body("v1", "ConfigMap", &[message(1, &[int(1, 7)])]);
     let err = decode(&b).expect_err("wrong wire type");
     assert!(matches!(err, ProtobufError::WrongWireType { .. }), "{err}");
-    assert!(err.to_string().contains("field name (1) of apimachinery.pkg.apis.meta.v1.ObjectMeta"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("field name (1) of apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+        "{err}"
+    );
 }

@@ -135,6 +135,8 @@ pub fn read_unknown(buf: &[u8]) -> Result<Unknown<'_>, ProtobufError> {
             }
             (2, LEN) => out.raw = r.len_delimited("raw")?,
             (3, LEN) => out.content_encoding = r.string("contentEncoding")?,
+            // contentType: empty from client-go; the raw bytes are protobuf whatever it says.
+            (4, LEN) => drop(r.len_delimited("contentType")?),
             (1..=4, found) => {
                 return Err(ProtobufError::WrongWireType {
                     context: format!("field {tag} of the runtime.Unknown envelope"),

@@ -1,0 +1,130 @@
+//! Deletion: preconditions, finalizers and graceful deletion put a `deletionTimestamp` on the
+//! object; only an object nothing holds back leaves the store.
+
+use serde_json::{json, Value};
+use store::StoreError;
+
+use crate::meta;
+use crate::objects::{after_delete, decode_kv, encode, parse_rv};
+use crate::registry::ResourceDef;
+use crate::state::AppState;
+use crate::status::{from_store, ApiError};
+
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOpts {
+    pub grace_period: Option<i64>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+/// Delete, or mark for deletion when finalizers or a grace period hold the object. Returns
+/// the object and whether it is gone.
+pub async fn delete(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOpts,
+) -> Result<(Value, bool), ApiError> {
+    let key = state.key(def, ns, name);
+    let store = state.store(def);
+    loop {
+        let kv = match store.get(&key).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return Err(ApiError::not_found(def.plural, def.group, name)),
+            Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+        };
+        let cur = decode_kv(&kv)?;
+        if let Some(uid) = &opts.precondition_uid {
+            let actual = meta::meta_str(&cur, "uid").unwrap_or("");
+            if uid != actual {
+                return Err(ApiError::conflict_message(def.plural, def.group, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}")));
+            }
+        }
+        if let Some(rv) = &opts.precondition_rv {
+            if parse_rv(rv)? != kv.mod_revision {
+                return Err(ApiError::conflict_message(def.plural, def.group, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision)));
+            }
+        }
+        let is_namespace = def.group.is_empty() && def.plural == "namespaces";
+        let grace = if def.group.is_empty() && def.plural == "pods" {
+            let on_node = cur
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            let finished = matches!(
+                cur.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+            let default = cur
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30);
+            if on_node && !finished {
+                opts.grace_period.unwrap_or(default).max(0)
+            } else {
+                0
+            }
+        } else {
+            0
+        };
+        if !meta::finalizers(&cur).is_empty() || grace > 0 || is_namespace {
+            if meta::is_deleting(&cur) {
+                // Already on its way out; a shorter grace period could be applied here.
+                return Ok((cur, false));
+            }
+            let mut new = cur.clone();
+            let when = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(grace))
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            let m = meta::metadata_mut(&mut new);
+            m.insert("deletionTimestamp".into(), json!(meta::format_ts(when)));
+            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            if is_namespace {
+                new["status"]["phase"] = json!("Terminating");
+            }
+            if opts.dry_run {
+                return Ok((new, false));
+            }
+            match store.update(&key, encode(&new), kv.mod_revision).await {
+                Ok(kv) => return Ok((decode_kv(&kv)?, false)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+            }
+        }
+        if opts.dry_run {
+            return Ok((cur, true));
+        }
+        match store.delete(&key, Some(kv.mod_revision)).await {
+            Ok(_) => {
+                after_delete(state, def, &cur).await;
+                return Ok((cur, true));
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::not_found(def.plural, def.group, name))
+            }
+            Err(e) => return Err(from_store(e, def.plural, def.group, name)),
+        }
+    }
+}
+
+/// Delete the object outright, whatever its finalizers (used by the namespace finalizer once
+/// a namespace is empty).
+pub async fn remove(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let key = state.key(def, ns, name);
+    match state.store(def).delete(&key, None).await {
+        Ok((kv, _)) => {
+            after_delete(state, def, &decode_kv(&kv)?).await;
+            Ok(())
+        }
+        Err(StoreError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(from_store(e, def.plural, def.group, name)),
+    }
+}
