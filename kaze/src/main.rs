@@ -22,8 +22,10 @@ enum Command {
     Apiserver(apiserver::Config),
     /// The scheduler (also invoked as `kube-scheduler`).
     Scheduler(scheduler::Config),
+    /// The controller-manager (also invoked as `kube-controller-manager`).
+    ControllerManager(controllers::Config),
     /// A whole cluster on this machine: today the control plane (the apiserver on the
-    /// embedded store, or etcd with --etcd-servers, and the scheduler).
+    /// embedded store, or etcd with --etcd-servers; the scheduler; the controller-manager).
     Server(ServerArgs),
 }
 
@@ -38,12 +40,16 @@ struct ServerArgs {
     apiserver: apiserver::Config,
     #[command(flatten)]
     leader: component::leader::LeaderElectionArgs,
+    /// CIDR that node pod CIDRs are carved from.
+    #[arg(long = "cluster-cidr", default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
 }
 
 /// Upstream component names that select a subcommand when the binary is called by them.
 const ALIASES: &[(&str, &str)] = &[
     ("kube-apiserver", "apiserver"),
     ("kube-scheduler", "scheduler"),
+    ("kube-controller-manager", "controller-manager"),
 ];
 
 fn args() -> Vec<String> {
@@ -81,17 +87,38 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
         leader: args.leader.clone(),
         parallelism: 16,
     };
-    let mut sched = tokio::spawn(scheduler::run(sched, shutdown.clone()));
+    let cm = controllers::Config {
+        kubeconfig: Some(api.kubeconfig_path().to_path_buf()),
+        controllers: vec!["*".into()],
+        cluster_cidr: args.cluster_cidr.clone(),
+        node_cidr_mask_size: 24,
+        leader: args.leader.clone(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let token = shutdown.child_token();
+    tasks.spawn(async move {
+        scheduler::run(sched, token)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("kaze server: scheduler"))
+    });
+    let token = shutdown.child_token();
+    tasks.spawn(async move {
+        controllers::run(cm, token)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("kaze server: controller-manager"))
+    });
+    // The first component to fail stops the others: a half-running control plane helps
+    // nobody and hides the error.
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = &mut sched => match r {
+        Some(r) = tasks.join_next() => match r {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow::Error::new(e).context("kaze server: scheduler")),
-            Err(e) => Err(anyhow::anyhow!("kaze server: scheduler task: {e}")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("kaze server: component task: {e}")),
         },
     };
     shutdown.cancel();
-    let _ = sched.await;
+    while tasks.join_next().await.is_some() {}
     api.shutdown().await;
     result
 }
@@ -112,6 +139,9 @@ fn main() -> anyhow::Result<()> {
             Command::Scheduler(config) => {
                 scheduler::run(config, shutdown).await.context("scheduler")
             }
+            Command::ControllerManager(config) => controllers::run(config, shutdown)
+                .await
+                .context("controller-manager"),
             Command::Server(args) => server(args, shutdown).await,
         }
     })

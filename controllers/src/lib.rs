@@ -1,0 +1,202 @@
+//! kaze's controller-manager (`kaze controller-manager`): one task per controller, each an
+//! idempotent `reconcile(object, ctx) -> Action` on kube-rs's `Controller`, so a missed or
+//! repeated event never matters — every reconcile recomputes from what the API says now.
+//!
+//! Controllers: `replicaset`, `deployment`, `endpointslice` (also writes Endpoints),
+//! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
+//! `serviceaccount`. Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::Client;
+
+pub mod deployment;
+pub mod endpointslice;
+pub mod gc;
+pub mod nodeipam;
+pub mod replicaset;
+pub mod serviceaccount;
+pub mod util;
+
+/// Every controller this binary has, in start order.
+pub const ALL: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "endpointslice",
+    "garbagecollector",
+    "nodeipam",
+    "serviceaccount",
+];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// kubeconfig to reach the apiserver (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Controllers to run: `*` for all, `-name` to exclude, e.g. `*,-nodeipam`.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub controllers: Vec<String>,
+
+    /// CIDR that node pod CIDRs are carved from.
+    #[arg(long = "cluster-cidr", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long = "node-cidr-mask-size", default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+
+    #[command(flatten)]
+    pub leader: component::leader::LeaderElectionArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to the apiserver: {0}")]
+    Client(#[from] component::ClientError),
+    #[error(transparent)]
+    Leader(#[from] component::leader::LeaderError),
+    #[error("--controllers: unknown controller {0:?} (known: {known})", known = ALL.join(", "))]
+    UnknownController(String),
+    #[error("--cluster-cidr: {0}")]
+    Cidr(String),
+}
+
+/// What a reconcile can fail with; the error policy retries with a delay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub(crate) fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let action = action.into();
+    move |source| ReconcileError::Api { action, source }
+}
+
+/// Shared by every controller's reconcile.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: Client,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ctx")
+    }
+}
+
+pub(crate) fn error_policy<K, C>(_obj: Arc<K>, err: &ReconcileError, _ctx: Arc<C>) -> Action {
+    tracing::warn!(error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Resolve `--controllers` into the set to run.
+pub fn enabled(spec: &[String]) -> Result<Vec<&'static str>, Error> {
+    let mut on: Vec<&'static str> = Vec::new();
+    for item in spec.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if item == "*" {
+            for c in ALL {
+                if !on.contains(c) {
+                    on.push(c);
+                }
+            }
+        } else if let Some(name) = item.strip_prefix('-') {
+            let c = ALL
+                .iter()
+                .find(|c| **c == name)
+                .ok_or_else(|| Error::UnknownController(name.into()))?;
+            on.retain(|x| x != c);
+        } else {
+            let c = ALL
+                .iter()
+                .find(|c| **c == item)
+                .ok_or_else(|| Error::UnknownController(item.into()))?;
+            if !on.contains(c) {
+                on.push(c);
+            }
+        }
+    }
+    // `*,-x` must exclude x even when `-x` came first.
+    for item in spec {
+        if let Some(name) = item.trim().strip_prefix('-') {
+            on.retain(|c| *c != name);
+        }
+    }
+    Ok(on)
+}
+
+/// Run the chosen controllers until `shutdown` (leader-elected when asked).
+pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), Error> {
+    let which = enabled(&config.controllers)?;
+    let cidr = nodeipam::Cidrs::parse(&config.cluster_cidr, config.node_cidr_mask_size)
+        .map_err(Error::Cidr)?;
+    let client = component::client(config.kubeconfig.as_deref()).await?;
+    let identity = component::leader::default_identity();
+    let elector = component::leader::Elector::new(
+        client.clone(),
+        "kube-controller-manager",
+        &identity,
+        config.leader.clone(),
+    );
+    elector
+        .run(shutdown, |token| {
+            run_controllers(client, which, cidr, token)
+        })
+        .await?;
+    Ok(())
+}
+
+async fn run_controllers(
+    client: Client,
+    which: Vec<&'static str>,
+    cidr: nodeipam::Cidrs,
+    shutdown: component::CancellationToken,
+) {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in which {
+        let ctx = ctx.clone();
+        let token = shutdown.clone();
+        tracing::info!(controller = name, "starting");
+        match name {
+            "replicaset" => tasks.spawn(replicaset::run(ctx, token)),
+            "deployment" => tasks.spawn(deployment::run(ctx, token)),
+            "endpointslice" => tasks.spawn(endpointslice::run(ctx, token)),
+            "garbagecollector" => tasks.spawn(gc::run(ctx, token)),
+            "nodeipam" => tasks.spawn(nodeipam::run(ctx, cidr.clone(), token)),
+            "serviceaccount" => tasks.spawn(serviceaccount::run(ctx, token)),
+            _ => continue,
+        };
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_flag_follows_upstream_syntax() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(enabled(&s(&["*"])).expect("all"), ALL.to_vec());
+        let some = enabled(&s(&["*", "-nodeipam"])).expect("minus");
+        assert!(!some.contains(&"nodeipam") && some.contains(&"deployment"));
+        assert_eq!(
+            enabled(&s(&["replicaset"])).expect("one"),
+            vec!["replicaset"]
+        );
+        assert!(enabled(&s(&["bogus"])).is_err());
+    }
+}

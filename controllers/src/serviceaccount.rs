@@ -1,0 +1,68 @@
+//! ServiceAccount: every namespace that is not terminating has a `default` ServiceAccount.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+
+use crate::{api_err, error_policy, Ctx, ReconcileError};
+
+pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
+    let client = ctx.client.clone();
+    Controller::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<ServiceAccount>::all(client),
+        watcher::Config::default(),
+        |sa: ServiceAccount| sa.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
+    )
+    .graceful_shutdown_on(shutdown.cancelled_owned())
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let terminating = ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+    if terminating {
+        return Ok(Action::await_change());
+    }
+    let name = ns.name_any();
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &name);
+    if api
+        .get_opt("default")
+        .await
+        .map_err(api_err(format!("reading serviceaccount {name}/default")))?
+        .is_none()
+    {
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some("default".into()),
+                namespace: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &sa).await {
+            Ok(_) => tracing::info!(namespace = %name, "created serviceaccount default"),
+            // Created meanwhile, or the namespace began terminating: both fine.
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 403 => {}
+            Err(e) => {
+                return Err(api_err(format!("creating serviceaccount {name}/default"))(
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(600)))
+}

@@ -1,0 +1,393 @@
+//! The controller-manager against the real kaze apiserver (embedded store, in-process), driven
+//! with the real kubectl 1.37 and kube-rs. No kubelet runs: a test "kubelet" marks pods
+//! Running/Ready and finishes their deletion, as a kubelet would.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(testkit::kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("writing stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("kubectl output");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Marks new pods Running + Ready with an IP after a short delay and completes deletions;
+/// records the fewest ready, non-terminating pods of `app=web` ever seen during a rollout.
+async fn fake_kubelet(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    min_ready: Arc<AtomicI32>,
+    watching: Arc<AtomicBool>,
+) {
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let mut next_ip = 2u32;
+    while !stop.load(Ordering::Relaxed) {
+        let list = match pods.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            Err(_) => continue,
+        };
+        if watching.load(Ordering::Relaxed) {
+            let live_ready = list
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && ready(p))
+                .count() as i32;
+            min_ready.fetch_min(live_ready, Ordering::Relaxed);
+            if live_ready < 3 && std::env::var("KAZE_DEBUG_ROLLOUT").is_ok() {
+                for p in &list {
+                    eprintln!(
+                        "DEBUG {} created={:?} hash={:?} ready={} deleting={} labels={:?}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .map(|t| t.0.to_string()),
+                        p.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("pod-template-hash")),
+                        ready(p),
+                        p.metadata.deletion_timestamp.is_some(),
+                        p.metadata.owner_references.as_ref().map(|o| o.len())
+                    );
+                }
+                eprintln!("DEBUG ---");
+            }
+        }
+        for p in &list {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            if p.metadata.deletion_timestamp.is_some() {
+                let _ = pods
+                    .delete(
+                        &name,
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                continue;
+            }
+            if !ready(p) {
+                let age = p.metadata.creation_timestamp.as_ref().map_or(0, |t| {
+                    k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second()
+                });
+                if age < 1 {
+                    continue;
+                }
+                let ip = format!("10.42.0.{next_ip}");
+                next_ip += 1;
+                let now = k8s_openapi::jiff::Timestamp::now();
+                let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+                let _ = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: c
+        image: kaze/busybox:1
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_and_everything_else_follows() {
+    if std::env::var("KAZE_DEBUG_ROLLOUT").is_ok() {
+        component::init_tracing();
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
+        .await
+        .expect("apiserver");
+    let kc = server.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kc)).await.expect("client");
+    let shutdown = component::CancellationToken::new();
+    let config = controllers::Config {
+        kubeconfig: Some(kc.clone()),
+        controllers: vec!["*".into()],
+        cluster_cidr: "10.42.0.0/16".into(),
+        node_cidr_mask_size: 24,
+        leader: component::leader::LeaderElectionArgs::disabled(),
+    };
+    let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let min_ready = Arc::new(AtomicI32::new(i32::MAX));
+    let watching = Arc::new(AtomicBool::new(false));
+    let kubelet = tokio::spawn(fake_kubelet(
+        client.clone(),
+        stop.clone(),
+        min_ready.clone(),
+        watching.clone(),
+    ));
+
+    // 1. A deployment of 3 becomes 3 ready pods behind one ReplicaSet.
+    kubectl(&kc, &["apply", "-f", "-"], Some(WEB));
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    wait_for("3 available replicas", Duration::from_secs(30), || {
+        let d = deploys.clone();
+        async move { (d.get("web").await.ok()?.status?.available_replicas? == 3).then_some(()) }
+    })
+    .await;
+    let out = kubectl(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=30s"],
+        None,
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(
+        rss.list(&ListParams::default())
+            .await
+            .expect("rs")
+            .items
+            .len(),
+        1
+    );
+
+    // 2. The service gets an EndpointSlice with the 3 pods on the resolved named port.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice = wait_for(
+        "endpointslice with 3 ready endpoints",
+        Duration::from_secs(20),
+        || {
+            let s = slices.clone();
+            async move {
+                let list = s
+                    .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                    .await
+                    .ok()?;
+                let slice = list.items.into_iter().next()?;
+                let ready = slice
+                    .endpoints
+                    .iter()
+                    .flatten()
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .count();
+                (ready == 3).then_some(slice)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        slice
+            .ports
+            .as_ref()
+            .and_then(|p| p.first())
+            .and_then(|p| p.port),
+        Some(8080)
+    );
+
+    // 3. A new image rolls without ever going below 3 ready pods (maxUnavailable 25% of 3 = 0).
+    watching.store(true, Ordering::Relaxed);
+    kubectl(
+        &kc,
+        &["set", "image", "deployment/web", "c=kaze/busybox:2"],
+        None,
+    );
+    let out = kubectl(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+        None,
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+    watching.store(false, Ordering::Relaxed);
+    let seen_min = min_ready.load(Ordering::Relaxed);
+    assert!(
+        seen_min >= 3,
+        "ready pods dropped to {seen_min} during the rollout"
+    );
+    let images: BTreeSet<String> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("pods")
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            p.spec
+                .as_ref()
+                .map(|s| s.containers[0].image.clone().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(images, BTreeSet::from(["kaze/busybox:2".to_string()]));
+    let d = deploys.get("web").await.expect("deployment");
+    assert_eq!(
+        d.metadata
+            .annotations
+            .unwrap_or_default()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("2")
+    );
+
+    // 4. rollout undo goes back to the first template (now revision 3).
+    kubectl(&kc, &["rollout", "undo", "deployment/web"], None);
+    kubectl(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+        None,
+    );
+    let d = deploys.get("web").await.expect("deployment");
+    assert_eq!(
+        d.spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| s.containers[0].image.clone().unwrap_or_default())
+            .as_deref(),
+        Some("kaze/busybox:1")
+    );
+
+    // 5. Deleting the deployment removes its ReplicaSets and pods (garbage collector).
+    kubectl(&kc, &["delete", "deployment", "web"], None);
+    wait_for(
+        "replicasets and pods collected",
+        Duration::from_secs(30),
+        || {
+            let (r, p) = (rss.clone(), pods.clone());
+            async move {
+                let rs_left = r.list(&ListParams::default()).await.ok()?.items.len();
+                let pods_left = p
+                    .list(&ListParams::default().labels("app=web"))
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                (rs_left == 0 && pods_left == 0).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // 6. Nodes get distinct pod CIDRs from the cluster CIDR.
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in ["node-a", "node-b"] {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": n}})).expect("node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("node");
+    }
+    let cidrs = wait_for("pod CIDRs", Duration::from_secs(20), || {
+        let nodes = nodes.clone();
+        async move {
+            let list = nodes.list(&ListParams::default()).await.ok()?;
+            let c: BTreeSet<String> = list
+                .items
+                .iter()
+                .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
+                .collect();
+            (c.len() == 2).then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(
+        cidrs,
+        BTreeSet::from(["10.42.0.0/24".to_string(), "10.42.1.0/24".to_string()])
+    );
+
+    // 7. A new namespace gets its default ServiceAccount.
+    kubectl(&kc, &["create", "namespace", "team-a"], None);
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "team-a");
+    wait_for("default serviceaccount", Duration::from_secs(20), || {
+        let sas = sas.clone();
+        async move { sas.get_opt("default").await.ok().flatten() }
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = kubelet.await;
+    shutdown.cancel();
+    cm.await
+        .expect("controller-manager task")
+        .expect("clean stop");
+    server.shutdown().await;
+}
