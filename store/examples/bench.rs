@@ -67,9 +67,13 @@ async fn raw_puts(etcd: &Etcd, count: usize) -> f64 {
     timed(count, |i| {
         let mut kv = client.kv_client();
         async move {
-            kv.put(format!("/raw/pods/default/bench-{i}"), pod_json(i).to_vec(), None)
-                .await
-                .expect("raw put");
+            kv.put(
+                format!("/raw/pods/default/bench-{i}"),
+                pod_json(i).to_vec(),
+                None,
+            )
+            .await
+            .expect("raw put");
         }
     })
     .await
@@ -95,7 +99,10 @@ async fn raw_list(etcd: &Etcd, count: usize) -> f64 {
     let mut kv = client.kv_client().max_decoding_message_size(512 << 20);
     let start = Instant::now();
     let resp = kv
-        .get("/raw/pods/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            "/raw/pods/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .expect("raw list");
     assert_eq!(resp.kvs().len(), count);
@@ -112,7 +119,13 @@ async fn store_list(store: &dyn Store, count: usize) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-fn entry(metric: &str, value: f64, unit: &str, reference: &str, reference_value: f64) -> serde_json::Value {
+fn entry(
+    metric: &str,
+    value: f64,
+    unit: &str,
+    reference: &str,
+    reference_value: f64,
+) -> serde_json::Value {
     serde_json::json!({
         "metric": metric,
         "value": (value * 10.0).round() / 10.0,
@@ -129,14 +142,21 @@ async fn main() {
     let n = a.count;
     println!("store bench: {n} pod-sized values (~2 KiB), {CONCURRENCY} writers in flight");
 
-    let etcd_raw = tokio::task::spawn_blocking(Etcd::start).await.expect("etcd");
+    let etcd_raw = tokio::task::spawn_blocking(Etcd::start)
+        .await
+        .expect("etcd");
     let raw_put = raw_puts(&etcd_raw, n).await;
     let raw_get = raw_list(&etcd_raw, n).await;
     drop(etcd_raw);
 
-    let etcd_b = tokio::task::spawn_blocking(Etcd::start).await.expect("etcd");
-    let etcd_store: Arc<dyn Store> =
-        Arc::new(EtcdStore::connect(&[etcd_b.url()]).await.expect("etcd backend"));
+    let etcd_b = tokio::task::spawn_blocking(Etcd::start)
+        .await
+        .expect("etcd");
+    let etcd_store: Arc<dyn Store> = Arc::new(
+        EtcdStore::connect(&[etcd_b.url()])
+            .await
+            .expect("etcd backend"),
+    );
     let etcd_put = store_creates(etcd_store.clone(), n).await;
     let etcd_get = store_list(etcd_store.as_ref(), n).await;
     drop(etcd_b);
@@ -148,10 +168,34 @@ async fn main() {
     let emb_get = store_list(embedded.as_ref(), n).await;
 
     let figures = vec![
-        entry("etcd backend creates", etcd_put, "ops/s", "raw etcd-client puts", raw_put),
-        entry("embedded backend creates", emb_put, "ops/s", "etcd backend creates", etcd_put),
-        entry("etcd backend list", etcd_get, "items/s", "raw etcd-client prefix get", raw_get),
-        entry("embedded backend list", emb_get, "items/s", "etcd backend list", etcd_get),
+        entry(
+            "etcd backend creates",
+            etcd_put,
+            "ops/s",
+            "raw etcd-client puts",
+            raw_put,
+        ),
+        entry(
+            "embedded backend creates",
+            emb_put,
+            "ops/s",
+            "etcd backend creates",
+            etcd_put,
+        ),
+        entry(
+            "etcd backend list",
+            etcd_get,
+            "items/s",
+            "raw etcd-client prefix get",
+            raw_get,
+        ),
+        entry(
+            "embedded backend list",
+            emb_get,
+            "items/s",
+            "etcd backend list",
+            etcd_get,
+        ),
     ];
     let json = serde_json::to_string_pretty(&figures).expect("json");
     if let Some(dir) = a.out.parent() {

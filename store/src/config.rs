@@ -38,10 +38,14 @@ pub struct Override {
 /// Parse one override, naming what is wrong when it is malformed.
 pub fn parse_override(s: &str) -> Result<Override, StoreError> {
     let bad = |why: &str| StoreError::Config {
-        reason: format!("--etcd-servers-overrides entry {s:?}: {why} (expected group/resource#server;server)"),
+        reason: format!(
+            "--etcd-servers-overrides entry {s:?}: {why} (expected group/resource#server;server)"
+        ),
     };
     let (gr, servers) = s.split_once('#').ok_or_else(|| bad("missing '#'"))?;
-    let (group, resource) = gr.split_once('/').ok_or_else(|| bad("missing '/' between group and resource"))?;
+    let (group, resource) = gr
+        .split_once('/')
+        .ok_or_else(|| bad("missing '/' between group and resource"))?;
     if resource.is_empty() {
         return Err(bad("empty resource"));
     }
@@ -167,10 +171,14 @@ mod tests {
 
     #[test]
     fn parses_core_group_override() {
-        let o = parse_override("/events#http://127.0.0.1:2479;http://127.0.0.1:2480").expect("valid");
+        let o =
+            parse_override("/events#http://127.0.0.1:2479;http://127.0.0.1:2480").expect("valid");
         assert_eq!(o.group, "");
         assert_eq!(o.resource, "events");
-        assert_eq!(o.servers, vec!["http://127.0.0.1:2479", "http://127.0.0.1:2480"]);
+        assert_eq!(
+            o.servers,
+            vec!["http://127.0.0.1:2479", "http://127.0.0.1:2480"]
+        );
     }
 
     #[test]
@@ -197,12 +205,19 @@ mod tests {
     #[test]
     fn keys_follow_upstream_layout() {
         let store: Arc<dyn Store> = Arc::new(
-            EmbeddedStore::open(tempfile::tempdir().expect("tmp").path().join("x.db")).expect("open"),
+            EmbeddedStore::open(tempfile::tempdir().expect("tmp").path().join("x.db"))
+                .expect("open"),
         );
         let s = Storage::single(store, "/registry/").expect("prefix");
-        assert_eq!(s.key("pods", Some("kube-system"), "dns"), "/registry/pods/kube-system/dns");
+        assert_eq!(
+            s.key("pods", Some("kube-system"), "dns"),
+            "/registry/pods/kube-system/dns"
+        );
         assert_eq!(s.key("minions", None, "n1"), "/registry/minions/n1");
-        assert_eq!(s.list_prefix("pods", Some("default")), "/registry/pods/default/");
+        assert_eq!(
+            s.list_prefix("pods", Some("default")),
+            "/registry/pods/default/"
+        );
         assert!(Storage::single(s.store_for("", "pods").clone(), "registry").is_err());
     }
 }

@@ -43,7 +43,10 @@ impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedStore")
             .field("path", &self.inner.readers.path)
-            .field("revision", &self.inner.readers.current.load(Ordering::SeqCst))
+            .field(
+                "revision",
+                &self.inner.readers.current.load(Ordering::SeqCst),
+            )
             .finish()
     }
 }
@@ -64,10 +67,22 @@ struct Readers {
 }
 
 enum WriteOp {
-    Create { key: String, value: Bytes },
-    Update { key: String, value: Bytes, expected: Revision },
-    Delete { key: String, expected: Option<Revision> },
-    Compact { revision: Revision },
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+    Compact {
+        revision: Revision,
+    },
 }
 
 enum WriteOutcome {
@@ -169,9 +184,13 @@ impl EmbeddedStore {
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         {
-            let tx = self.inner.writes.lock().map_err(|_| StoreError::Unavailable {
-                reason: "writer lock poisoned".into(),
-            })?;
+            let tx = self
+                .inner
+                .writes
+                .lock()
+                .map_err(|_| StoreError::Unavailable {
+                    reason: "writer lock poisoned".into(),
+                })?;
             tx.send(WriteRequest { op, reply })
                 .map_err(|_| StoreError::Unavailable {
                     reason: "the writer thread has stopped".into(),
@@ -327,7 +346,9 @@ impl Writer {
         let mut results = Vec::with_capacity(group.len());
         let mut events = Vec::new();
         let outcome = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for req in &group {
                 let res = apply(&tx, &mut self.revision, &self.readers, &req.op, &mut events)?;
                 results.push(res);
@@ -353,11 +374,11 @@ impl Writer {
                 // The transaction rolled back: nothing of this group is visible, so every
                 // member fails and the revision counter goes back.
                 self.revision = start_revision;
-                if let Ok(c) = self
-                    .conn
-                    .query_row("SELECT value FROM meta WHERE name='compacted'", [], |r| {
-                        r.get::<_, i64>(0)
-                    })
+                if let Ok(c) =
+                    self.conn
+                        .query_row("SELECT value FROM meta WHERE name='compacted'", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
                 {
                     self.readers.compacted.store(c, Ordering::SeqCst);
                 }
@@ -668,13 +689,7 @@ impl Store for EmbeddedStore {
         // channel, anything before it is in the table; duplicates are skipped by revision.
         let live = self.inner.events.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(follow(
-            readers,
-            prefix.to_string(),
-            after,
-            live,
-            tx,
-        ));
+        tokio::spawn(follow(readers, prefix.to_string(), after, live, tx));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
@@ -765,7 +780,11 @@ async fn follow(
     }
 }
 
-fn read_history(conn: &Connection, prefix: &str, after: Revision) -> Result<Vec<Event>, StoreError> {
+fn read_history(
+    conn: &Connection,
+    prefix: &str,
+    after: Revision,
+) -> Result<Vec<Event>, StoreError> {
     let end = prefix_end(prefix);
     let mut stmt = conn
         .prepare_cached(&format!(

@@ -131,20 +131,26 @@ impl Store for EtcdStore {
             get = get.with_revision(r);
         }
         // etcd refuses an empty key; "\0" is the smallest key there is.
-        let start = if start.is_empty() { vec![0u8] } else { start.into_bytes() };
-        let resp = self.kv().get(start, Some(get)).await.map_err(|e| {
-            match classify("listing", e) {
-                StoreError::Compacted { .. } => StoreError::Compacted {
-                    requested: opts.revision.unwrap_or(0),
-                    compacted: 0,
-                },
-                StoreError::FutureRevision { current, .. } => StoreError::FutureRevision {
-                    requested: opts.revision.unwrap_or(0),
-                    current,
-                },
-                other => other,
-            }
-        })?;
+        let start = if start.is_empty() {
+            vec![0u8]
+        } else {
+            start.into_bytes()
+        };
+        let resp =
+            self.kv()
+                .get(start, Some(get))
+                .await
+                .map_err(|e| match classify("listing", e) {
+                    StoreError::Compacted { .. } => StoreError::Compacted {
+                        requested: opts.revision.unwrap_or(0),
+                        compacted: 0,
+                    },
+                    StoreError::FutureRevision { current, .. } => StoreError::FutureRevision {
+                        requested: opts.revision.unwrap_or(0),
+                        current,
+                    },
+                    other => other,
+                })?;
         let header_rev = resp.header().map_or(0, |h| h.revision());
         let revision = opts.revision.filter(|r| *r > 0).unwrap_or(header_rev);
         let items: Vec<KeyValue> = resp.kvs().iter().map(to_kv).collect();
@@ -165,11 +171,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.to_vec(), None)]);
-        let resp = self
-            .kv()
-            .txn(txn)
-            .await
-            .map_err(etcd("creating a key"))?;
+        let resp = self.kv().txn(txn).await.map_err(etcd("creating a key"))?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists {
                 key: key.to_string(),
@@ -199,11 +201,7 @@ impl Store for EtcdStore {
                 Some(PutOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self
-            .kv()
-            .txn(txn)
-            .await
-            .map_err(etcd("updating a key"))?;
+        let resp = self.kv().txn(txn).await.map_err(etcd("updating a key"))?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let ops = resp.op_responses();
         if resp.succeeded() {
@@ -248,11 +246,7 @@ impl Store for EtcdStore {
             // Unconditional delete still goes through a txn so both paths read the same way.
             None => Txn::new().and_then([del]),
         };
-        let resp = self
-            .kv()
-            .txn(txn)
-            .await
-            .map_err(etcd("deleting a key"))?;
+        let resp = self.kv().txn(txn).await.map_err(etcd("deleting a key"))?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let ops = resp.op_responses();
         if resp.succeeded() {

@@ -14,8 +14,14 @@ use testkit::Etcd;
 
 /// A running backend plus whatever keeps it alive.
 enum Fixture {
-    Etcd { store: Arc<dyn Store>, etcd: Etcd },
-    Embedded { store: Arc<dyn Store>, dir: tempfile::TempDir },
+    Etcd {
+        store: Arc<dyn Store>,
+        etcd: Etcd,
+    },
+    Embedded {
+        store: Arc<dyn Store>,
+        dir: tempfile::TempDir,
+    },
 }
 
 impl Fixture {
@@ -99,7 +105,10 @@ async fn crud_and_compare_and_swap(f: Fixture) {
     assert_eq!(got.value, b("v1"));
     assert_eq!(got.mod_revision, created.mod_revision);
 
-    let updated = s.update(k, b("v2"), created.mod_revision).await.expect("update");
+    let updated = s
+        .update(k, b("v2"), created.mod_revision)
+        .await
+        .expect("update");
     assert!(updated.mod_revision > created.mod_revision);
     assert_eq!(updated.create_revision, created.create_revision);
 
@@ -111,13 +120,19 @@ async fn crud_and_compare_and_swap(f: Fixture) {
         }
         other => panic!("stale update must conflict, got {other:?}"),
     }
-    assert_eq!(s.get(k).await.expect("get").expect("present").value, b("v2"));
+    assert_eq!(
+        s.get(k).await.expect("get").expect("present").value,
+        b("v2")
+    );
 
     assert!(matches!(
         s.delete(k, Some(created.mod_revision)).await,
         Err(StoreError::Conflict { .. })
     ));
-    let (prev, del_rev) = s.delete(k, Some(updated.mod_revision)).await.expect("delete");
+    let (prev, del_rev) = s
+        .delete(k, Some(updated.mod_revision))
+        .await
+        .expect("delete");
     assert_eq!(prev.value, b("v2"));
     assert!(del_rev > updated.mod_revision);
     assert!(s.get(k).await.expect("get").is_none());
@@ -125,7 +140,10 @@ async fn crud_and_compare_and_swap(f: Fixture) {
         s.update(k, b("x"), updated.mod_revision).await,
         Err(StoreError::NotFound { .. })
     ));
-    assert!(matches!(s.delete(k, None).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.delete(k, None).await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     let again = s.create(k, b("v3")).await.expect("re-create after delete");
     assert!(again.create_revision > del_rev);
@@ -150,25 +168,47 @@ async fn list_pages_at_one_revision(f: Fixture) {
             .await
             .expect("create");
     }
-    s.create("/registry/pods/ns2/other", b("x")).await.expect("create");
-    s.create("/registry/podsx/ns1/not-a-pod", b("x")).await.expect("create");
+    s.create("/registry/pods/ns2/other", b("x"))
+        .await
+        .expect("create");
+    s.create("/registry/podsx/ns1/not-a-pod", b("x"))
+        .await
+        .expect("create");
 
     let prefix = "/registry/pods/ns1/";
     let first = s
-        .list(prefix, ListOptions { limit: Some(10), ..Default::default() })
+        .list(
+            prefix,
+            ListOptions {
+                limit: Some(10),
+                ..Default::default()
+            },
+        )
         .await
         .expect("list page 1");
     assert_eq!(first.items.len(), 10);
     let at = first.revision;
     // Change the data after the first page: later pages must still show revision `at`.
-    let p15 = s.get("/registry/pods/ns1/p15").await.expect("get").expect("p15");
-    s.delete("/registry/pods/ns1/p15", None).await.expect("delete p15");
-    let p20 = s.get("/registry/pods/ns1/p20").await.expect("get").expect("p20");
+    let p15 = s
+        .get("/registry/pods/ns1/p15")
+        .await
+        .expect("get")
+        .expect("p15");
+    s.delete("/registry/pods/ns1/p15", None)
+        .await
+        .expect("delete p15");
+    let p20 = s
+        .get("/registry/pods/ns1/p20")
+        .await
+        .expect("get")
+        .expect("p20");
     s.update("/registry/pods/ns1/p20", b("changed"), p20.mod_revision)
         .await
         .expect("update p20");
     assert_ne!(p15.mod_revision, 0);
-    s.create("/registry/pods/ns1/p99", b("late")).await.expect("create late");
+    s.create("/registry/pods/ns1/p99", b("late"))
+        .await
+        .expect("create late");
 
     let mut items = first.items.clone();
     let mut cont = first.continue_key.clone();
@@ -189,14 +229,32 @@ async fn list_pages_at_one_revision(f: Fixture) {
         cont = page.continue_key;
     }
     let names: Vec<String> = items.iter().map(|kv| kv.key.clone()).collect();
-    let expected: Vec<String> = (0..25).map(|i| format!("/registry/pods/ns1/p{i:02}")).collect();
-    assert_eq!(names, expected, "pages at one revision, in key order, prefix only");
-    let p20_then = items.iter().find(|kv| kv.key.ends_with("/p20")).expect("p20 listed");
-    assert_eq!(p20_then.value, b("20"), "later pages show the value at the first page's revision");
+    let expected: Vec<String> = (0..25)
+        .map(|i| format!("/registry/pods/ns1/p{i:02}"))
+        .collect();
+    assert_eq!(
+        names, expected,
+        "pages at one revision, in key order, prefix only"
+    );
+    let p20_then = items
+        .iter()
+        .find(|kv| kv.key.ends_with("/p20"))
+        .expect("p20 listed");
+    assert_eq!(
+        p20_then.value,
+        b("20"),
+        "later pages show the value at the first page's revision"
+    );
 
-    let now = s.list(prefix, ListOptions::default()).await.expect("list now");
+    let now = s
+        .list(prefix, ListOptions::default())
+        .await
+        .expect("list now");
     assert_eq!(now.items.len(), 25, "p15 deleted, p99 added");
-    assert!(now.items.iter().all(|kv| kv.key != "/registry/pods/ns1/p15"));
+    assert!(now
+        .items
+        .iter()
+        .all(|kv| kv.key != "/registry/pods/ns1/p15"));
     assert!(now.continue_key.is_none());
     assert!(now.revision > at);
 }
@@ -204,7 +262,10 @@ async fn list_pages_at_one_revision(f: Fixture) {
 async fn empty_prefix_lists_nothing(f: Fixture) {
     let s = f.store();
     s.create("/registry/a/x", b("1")).await.expect("create");
-    let l = s.list("/registry/b/", ListOptions::default()).await.expect("list");
+    let l = s
+        .list("/registry/b/", ListOptions::default())
+        .await
+        .expect("list");
     assert!(l.items.is_empty());
     assert!(l.continue_key.is_none());
     assert_eq!(l.revision, s.current_revision().await.expect("rev"));
@@ -224,8 +285,14 @@ async fn fifty_concurrent_writers_lose_nothing(f: Fixture) {
             for _ in 0..4 {
                 loop {
                     let cur = s.get(key).await.expect("get").expect("counter");
-                    let n: u64 = std::str::from_utf8(&cur.value).expect("utf8").parse().expect("number");
-                    match s.update(key, b(&(n + 1).to_string()), cur.mod_revision).await {
+                    let n: u64 = std::str::from_utf8(&cur.value)
+                        .expect("utf8")
+                        .parse()
+                        .expect("number");
+                    match s
+                        .update(key, b(&(n + 1).to_string()), cur.mod_revision)
+                        .await
+                    {
                         Ok(_) => break,
                         Err(StoreError::Conflict { .. }) => conflicts += 1,
                         Err(e) => panic!("update failed: {e}"),
@@ -240,7 +307,11 @@ async fn fifty_concurrent_writers_lose_nothing(f: Fixture) {
         conflicts += t.await.expect("writer task");
     }
     let fin = s.get(key).await.expect("get").expect("counter");
-    assert_eq!(fin.value, b("200"), "every successful update counted exactly once");
+    assert_eq!(
+        fin.value,
+        b("200"),
+        "every successful update counted exactly once"
+    );
     assert!(conflicts > 0, "50 racing writers must have hit conflicts");
 }
 
@@ -249,23 +320,40 @@ async fn watch_from_the_past_in_order(f: Fixture) {
     let prefix = "/registry/services/default/";
     let start = s.current_revision().await.expect("rev");
     let a = s.create(&format!("{prefix}a"), b("a1")).await.expect("a");
-    s.create("/registry/pods/default/noise", b("n")).await.expect("noise");
-    let a2 = s.update(&format!("{prefix}a"), b("a2"), a.mod_revision).await.expect("a2");
+    s.create("/registry/pods/default/noise", b("n"))
+        .await
+        .expect("noise");
+    let a2 = s
+        .update(&format!("{prefix}a"), b("a2"), a.mod_revision)
+        .await
+        .expect("a2");
     let (_, del) = s.delete(&format!("{prefix}a"), None).await.expect("del");
 
     let mut w = s.watch(prefix, start).await.expect("watch");
     let e1 = next_event(&mut w).await;
-    assert_eq!((e1.kind, e1.kv.value.clone(), e1.revision()), (EventKind::Put, b("a1"), a.mod_revision));
+    assert_eq!(
+        (e1.kind, e1.kv.value.clone(), e1.revision()),
+        (EventKind::Put, b("a1"), a.mod_revision)
+    );
     let e2 = next_event(&mut w).await;
-    assert_eq!((e2.kind, e2.kv.value.clone(), e2.revision()), (EventKind::Put, b("a2"), a2.mod_revision));
+    assert_eq!(
+        (e2.kind, e2.kv.value.clone(), e2.revision()),
+        (EventKind::Put, b("a2"), a2.mod_revision)
+    );
     assert_eq!(e2.prev.as_ref().map(|p| p.value.clone()), Some(b("a1")));
     let e3 = next_event(&mut w).await;
     assert_eq!(e3.kind, EventKind::Delete);
     assert_eq!(e3.revision(), del);
-    assert_eq!(e3.prev.as_ref().map(|p| p.value.clone()), Some(b("a2")), "deletes carry the previous value");
+    assert_eq!(
+        e3.prev.as_ref().map(|p| p.value.clone()),
+        Some(b("a2")),
+        "deletes carry the previous value"
+    );
 
     // Then live events, still only under the prefix.
-    s.create("/registry/pods/default/noise2", b("n")).await.expect("noise2");
+    s.create("/registry/pods/default/noise2", b("n"))
+        .await
+        .expect("noise2");
     let b_kv = s.create(&format!("{prefix}b"), b("b1")).await.expect("b");
     let e4 = next_event(&mut w).await;
     assert_eq!(e4.kv.key, format!("{prefix}b"));
@@ -309,7 +397,10 @@ async fn watch_survives_store_restart(mut f: Fixture) {
         }
     }
     let n3 = n3.expect("store answers after restart");
-    assert!(n3.mod_revision > before_restart, "revisions never go back after a restart");
+    assert!(
+        n3.mod_revision > before_restart,
+        "revisions never go back after a restart"
+    );
     s.create(&format!("{prefix}n4"), b("4")).await.expect("n4");
 
     if !f.watch_survives_restart() {
@@ -321,8 +412,15 @@ async fn watch_survives_store_restart(mut f: Fixture) {
         let e = next_event(&mut w).await;
         seen.push((e.kv.key.clone(), e.revision()));
     }
-    let keys: Vec<&str> = seen.iter().map(|(k, _)| k.rsplit('/').next().unwrap_or("")).collect();
-    assert_eq!(keys, ["n1", "n2", "n3", "n4"], "no event lost or repeated across the restart");
+    let keys: Vec<&str> = seen
+        .iter()
+        .map(|(k, _)| k.rsplit('/').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        keys,
+        ["n1", "n2", "n3", "n4"],
+        "no event lost or repeated across the restart"
+    );
     assert!(seen.windows(2).all(|w| w[0].1 < w[1].1));
     assert_no_event(&mut w).await;
 }
@@ -332,8 +430,12 @@ async fn compaction_makes_old_revisions_gone(f: Fixture) {
     let k = "/registry/secrets/default/s";
     let v1 = s.create(k, b("1")).await.expect("v1");
     let v2 = s.update(k, b("2"), v1.mod_revision).await.expect("v2");
-    s.create("/registry/secrets/default/gone", b("x")).await.expect("gone");
-    s.delete("/registry/secrets/default/gone", None).await.expect("delete gone");
+    s.create("/registry/secrets/default/gone", b("x"))
+        .await
+        .expect("gone");
+    s.delete("/registry/secrets/default/gone", None)
+        .await
+        .expect("delete gone");
     let v3 = s.update(k, b("3"), v2.mod_revision).await.expect("v3");
     let old = v2.mod_revision;
 
@@ -341,7 +443,13 @@ async fn compaction_makes_old_revisions_gone(f: Fixture) {
     assert!(s.compacted_revision().await.expect("compacted rev") >= v3.mod_revision);
 
     let err = s
-        .list("/registry/secrets/", ListOptions { revision: Some(old), ..Default::default() })
+        .list(
+            "/registry/secrets/",
+            ListOptions {
+                revision: Some(old),
+                ..Default::default()
+            },
+        )
         .await
         .expect_err("list at a compacted revision");
     assert!(err.is_compacted(), "want Compacted, got {err}");
@@ -356,33 +464,56 @@ async fn compaction_makes_old_revisions_gone(f: Fixture) {
     assert!(watch_err.is_compacted(), "want Compacted, got {watch_err}");
 
     // Current data is intact and still readable at the compaction point.
-    let now = s.list("/registry/secrets/", ListOptions::default()).await.expect("list");
+    let now = s
+        .list("/registry/secrets/", ListOptions::default())
+        .await
+        .expect("list");
     assert_eq!(now.items.len(), 1);
     assert_eq!(now.items[0].value, b("3"));
     let at = s
-        .list("/registry/secrets/", ListOptions { revision: Some(v3.mod_revision), ..Default::default() })
+        .list(
+            "/registry/secrets/",
+            ListOptions {
+                revision: Some(v3.mod_revision),
+                ..Default::default()
+            },
+        )
         .await
         .expect("list at the compaction revision");
     assert_eq!(at.items.len(), 1);
 
     // Watching from just before the compaction point still works.
     let v4 = s.update(k, b("4"), v3.mod_revision).await.expect("v4");
-    let mut w = s.watch("/registry/secrets/", v3.mod_revision).await.expect("watch after compaction");
+    let mut w = s
+        .watch("/registry/secrets/", v3.mod_revision)
+        .await
+        .expect("watch after compaction");
     assert_eq!(next_event(&mut w).await.revision(), v4.mod_revision);
 }
 
 async fn large_values_round_trip(f: Fixture) {
     let s = f.store();
     let big = Bytes::from(vec![b'x'; store::MAX_VALUE_BYTES]);
-    let kv = s.create("/registry/configmaps/default/big", big.clone()).await.expect("1.5 MiB value");
-    let got = s.get("/registry/configmaps/default/big").await.expect("get").expect("present");
+    let kv = s
+        .create("/registry/configmaps/default/big", big.clone())
+        .await
+        .expect("1.5 MiB value");
+    let got = s
+        .get("/registry/configmaps/default/big")
+        .await
+        .expect("get")
+        .expect("present");
     assert_eq!(got.value.len(), big.len());
     assert_eq!(got.value, big);
-    let listed = s.list("/registry/configmaps/", ListOptions::default()).await.expect("list");
+    let listed = s
+        .list("/registry/configmaps/", ListOptions::default())
+        .await
+        .expect("list");
     assert_eq!(listed.items[0].value.len(), big.len());
     let too_big = Bytes::from(vec![b'x'; store::MAX_VALUE_BYTES + 1]);
     assert!(matches!(
-        s.update("/registry/configmaps/default/big", too_big, kv.mod_revision).await,
+        s.update("/registry/configmaps/default/big", too_big, kv.mod_revision)
+            .await,
         Err(StoreError::TooLarge { .. })
     ));
 }
@@ -401,12 +532,18 @@ async fn unicode_and_slashes_in_keys(f: Fixture) {
     for k in keys {
         assert_eq!(s.get(k).await.expect("get").expect("present").value, b(k));
     }
-    let l = s.list("/registry/configmaps/ns/", ListOptions::default()).await.expect("list");
+    let l = s
+        .list("/registry/configmaps/ns/", ListOptions::default())
+        .await
+        .expect("list");
     let mut want: Vec<&str> = keys[..3].to_vec();
     want.sort();
     let got: Vec<&str> = l.items.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(got, want, "byte order, prefix only");
-    let l = s.list("/registry/configmaps/ns/名", ListOptions::default()).await.expect("list");
+    let l = s
+        .list("/registry/configmaps/ns/名", ListOptions::default())
+        .await
+        .expect("list");
     assert_eq!(l.items.len(), 1);
 }
 

@@ -21,7 +21,12 @@ fn kill_nine_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("state.db");
     let mut child = Command::new(std::env::current_exe().expect("test binary path"))
-        .args(["--exact", "kill_nine_loses_no_acknowledged_write", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "kill_nine_loses_no_acknowledged_write",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -46,18 +51,29 @@ fn kill_nine_loses_no_acknowledged_write() {
         }
     }
     let _ = child.wait();
-    assert!(acked.len() >= 400, "the child acknowledged only {} writes", acked.len());
+    assert!(
+        acked.len() >= 400,
+        "the child acknowledged only {} writes",
+        acked.len()
+    );
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let store = EmbeddedStore::open(&db).expect("reopening after kill -9");
         for key in &acked {
-            let kv = store.get(key).await.expect("get").unwrap_or_else(|| panic!("acknowledged write {key} was lost"));
+            let kv = store
+                .get(key)
+                .await
+                .expect("get")
+                .unwrap_or_else(|| panic!("acknowledged write {key} was lost"));
             assert_eq!(kv.value, Bytes::from(key.clone().into_bytes()));
         }
         // The store is usable and its revisions continue upward.
         let rev = store.current_revision().await.expect("rev");
-        let kv = store.create("/after/restart", Bytes::from_static(b"x")).await.expect("write after reopen");
+        let kv = store
+            .create("/after/restart", Bytes::from_static(b"x"))
+            .await
+            .expect("write after reopen");
         assert!(kv.mod_revision > rev);
     });
 }
@@ -72,7 +88,10 @@ fn child_writer(db: &str) {
             tasks.push(tokio::spawn(async move {
                 for i in 0.. {
                     let key = format!("/registry/pods/w{t}/p{i}");
-                    store.create(&key, Bytes::from(key.clone().into_bytes())).await.expect("write");
+                    store
+                        .create(&key, Bytes::from(key.clone().into_bytes()))
+                        .await
+                        .expect("write");
                     println!("ack {key}");
                 }
             }));

@@ -22,8 +22,14 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, args: Args) -> Result<()> {
-    step(&format!("bench {}{}", args.name, if args.smoke { " (smoke)" } else { "" }));
-    let out = root.join("target/bench").join(format!("{}.json", args.name));
+    step(&format!(
+        "bench {}{}",
+        args.name,
+        if args.smoke { " (smoke)" } else { "" }
+    ));
+    let out = root
+        .join("target/bench")
+        .join(format!("{}.json", args.name));
     std::fs::create_dir_all(root.join("target/bench"))?;
     match args.name.as_str() {
         "store" => {
@@ -38,7 +44,8 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         }
         other => bail!("unknown benchmark {other:?}; known: {}", NAMES.join(", ")),
     }
-    let json = std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let json =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
     println!("{}: {json}", out.display());
     Ok(())
 }

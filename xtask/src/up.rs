@@ -25,7 +25,10 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     step("build kaze");
     run_cmd(cargo(root).args(["build", "-p", "kaze"])).context("up: building kaze")?;
     let kaze = root.join("target/debug/kaze");
-    step(&format!("start kaze server --data-dir {}", args.data_dir.display()));
+    step(&format!(
+        "start kaze server --data-dir {}",
+        args.data_dir.display()
+    ));
     let mut server = Command::new(&kaze)
         .arg("server")
         .arg("--data-dir")
@@ -62,7 +65,10 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     println!();
     println!("kaze is up. In another shell:");
     println!("    export KUBECONFIG={}", kubeconfig.display());
-    println!("    export PATH={}:$PATH   # the upstream kubectl 1.37 setup installed", venv_bin.display());
+    println!(
+        "    export PATH={}:$PATH   # the upstream kubectl 1.37 setup installed",
+        venv_bin.display()
+    );
     println!("Try:");
     println!("    kubectl get namespaces");
     println!("    kubectl create configmap hello --from-literal=greeting=hi");
