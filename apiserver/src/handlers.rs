@@ -191,9 +191,9 @@ async fn dispatch(
 
 pub fn decode_patch(body: &Bytes, ty: BodyType) -> Result<Value, ApiError> {
     match ty {
-        BodyType::Json | BodyType::Yaml => Err(ApiError::unsupported_media_type(
-            "application/json (PATCH needs a patch media type)",
-        )),
+        BodyType::Json | BodyType::Yaml | BodyType::Protobuf => Err(
+            ApiError::unsupported_media_type("application/json (PATCH needs a patch media type)"),
+        ),
         BodyType::ApplyPatch => Err(ApiError::unsupported_media_type(
             "application/apply-patch+yaml (server-side apply is not supported yet)",
         )),

@@ -28,6 +28,7 @@ mod nsfinalizer;
 mod objects;
 mod openapi;
 mod patch;
+mod proto;
 mod registry;
 mod router;
 mod selector;

@@ -19,6 +19,7 @@ pub enum BodyType {
     MergePatch,
     StrategicMergePatch,
     ApplyPatch,
+    Protobuf,
 }
 
 pub fn body_type(headers: &HeaderMap) -> Result<BodyType, ApiError> {
@@ -40,11 +41,7 @@ pub fn body_type(headers: &HeaderMap) -> Result<BodyType, ApiError> {
         "application/strategic-merge-patch+json" => BodyType::StrategicMergePatch,
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => BodyType::ApplyPatch,
         // client-go's typed clients (kubectl's `create <generator>` commands) send protobuf.
-        "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::unsupported_media_type(
-                "application/vnd.kubernetes.protobuf (protobuf bodies are not supported yet: send JSON or YAML, e.g. `kubectl create -f`)",
-            ))
-        }
+        "application/vnd.kubernetes.protobuf" => BodyType::Protobuf,
         _ => return Err(ApiError::unsupported_media_type(ct)),
     })
 }
@@ -61,6 +58,9 @@ pub fn decode(body: &Bytes, ty: BodyType) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     match ty {
+        BodyType::Protobuf => crate::proto::decode(body).map_err(|e| {
+            ApiError::unsupported_media_type(&format!("application/vnd.kubernetes.protobuf ({e})"))
+        }),
         BodyType::Yaml | BodyType::ApplyPatch => serde_yaml::from_slice::<Value>(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML request body: {e}"))),
         _ => serde_json::from_slice::<Value>(body)

@@ -37,7 +37,7 @@ pub fn apply(ty: BodyType, current: &Value, patch: &Value) -> Result<Value, ApiE
                 "application/apply-patch+yaml (server-side apply is not supported yet)",
             ))
         }
-        BodyType::Json | BodyType::Yaml => {
+        BodyType::Json | BodyType::Yaml | BodyType::Protobuf => {
             return Err(ApiError::unsupported_media_type(
                 "application/json (not a patch type)",
             ))

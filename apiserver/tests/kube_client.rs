@@ -757,14 +757,12 @@ async fn bookmarks_for_idle_watchers_and_streaming_lists() {
     cms.create(&PostParams::default(), &cm("elsewhere", &[]))
         .await
         .expect("create");
-    let bookmark_rv = loop {
-        match tokio::time::timeout(Duration::from_secs(15), s.next())
-            .await
-            .expect("a bookmark in time")
-        {
-            Some(Ok(WatchEvent::Bookmark(b))) => break b.metadata.resource_version,
-            other => panic!("expected only bookmarks on an idle watch, got {other:?}"),
-        }
+    let bookmark_rv = match tokio::time::timeout(Duration::from_secs(15), s.next())
+        .await
+        .expect("a bookmark in time")
+    {
+        Some(Ok(WatchEvent::Bookmark(b))) => b.metadata.resource_version,
+        other => panic!("expected only bookmarks on an idle watch, got {other:?}"),
     };
     assert!(bookmark_rv.parse::<i64>().expect("numeric") > rv.parse::<i64>().expect("numeric"));
 

@@ -544,13 +544,6 @@ fn malformed_input_gets_clear_errors_and_changes_nothing() {
     let err = s.kubectl_fails(&["create", "-f", "-"], Some(&cm("dup", "default")));
     assert!(err.contains("configmaps \"dup\" already exists"), "{err}");
 
-    // Typed clients send protobuf, which kaze does not decode yet: the error says so.
-    let err = s.kubectl_fails(&["create", "configmap", "typed"], None);
-    assert!(
-        err.contains("protobuf bodies are not supported yet"),
-        "{err}"
-    );
-
     let err = s.kubectl_fails(&["get", "widgets"], None);
     assert!(
         err.contains("the server doesn't have a resource type \"widgets\""),
@@ -590,4 +583,103 @@ fn malformed_input_gets_clear_errors_and_changes_nothing() {
 
     let out = s.kubectl(&["get", "pods", "-o", "name"]);
     assert_eq!(out.trim(), "", "nothing was created by the failed requests");
+}
+
+/// kubectl's `create <generator>` and `run` commands use client-go's typed clients, which send
+/// protobuf bodies.
+#[test]
+fn typed_create_commands_send_protobuf_and_work() {
+    let s = TestServer::start();
+    let ns = ["-n", "team-a"];
+    let run = |args: &[&str]| {
+        let mut a = ns.to_vec();
+        a.extend(args);
+        s.kubectl(&a)
+    };
+    s.kubectl(&["create", "namespace", "team-a"]);
+    run(&["create", "configmap", "hello", "--from-literal=greeting=hi"]);
+    run(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cret",
+    ]);
+    run(&["create", "serviceaccount", "robot"]);
+    run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=3",
+        "--port=80",
+    ]);
+    run(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    run(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox:1.36",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    run(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox:1.36",
+        "--schedule=*/5 * * * *",
+    ]);
+    run(&["create", "quota", "q", "--hard=pods=10,cpu=2"]);
+    run(&[
+        "run",
+        "solo",
+        "--image=nginx:1.27",
+        "--labels=app=solo",
+        "--port=8080",
+        "--env=MODE=dev",
+    ]);
+
+    let get = |kind: &str, name: &str| json(&s, &["get", kind, name, "-n", "team-a"]);
+    assert_eq!(get("cm", "hello")["data"]["greeting"], "hi");
+    assert_eq!(get("secret", "pw")["data"]["password"], "czNjcmV0");
+    assert_eq!(get("sa", "robot")["metadata"]["name"], "robot");
+    let d = get("deploy", "web");
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.27"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        80
+    );
+    let svc = get("svc", "web");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.43.")),
+        "{svc}"
+    );
+    let job = get("job", "once");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["command"],
+        serde_json::json!(["echo", "hi"])
+    );
+    assert_eq!(get("cronjob", "tick")["spec"]["schedule"], "*/5 * * * *");
+    assert_eq!(get("quota", "q")["spec"]["hard"]["pods"], "10");
+    let pod = get("pod", "solo");
+    assert_eq!(pod["metadata"]["labels"]["app"], "solo");
+    assert_eq!(
+        pod["spec"]["containers"][0]["env"][0],
+        serde_json::json!({"name": "MODE", "value": "dev"})
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
 }

@@ -5,6 +5,8 @@
 //! Empty singular strings are dropped instead, because an empty Go string field means unset
 //! and JSON clients omit it. A handful of types have their own JSON form (below).
 
+use std::collections::HashMap;
+
 use base64::Engine;
 use serde_json::{Map, Number, Value};
 
@@ -25,6 +27,8 @@ const RAW_EXTENSION: &str = "apimachinery.pkg.runtime.RawExtension";
 /// Go named slices (`type ExtraValue []string`) that protobuf wraps as {1 items}.
 const ITEM_LISTS: &[&str] = &[
     "api.authentication.v1.ExtraValue",
+    "api.authorization.v1.ExtraValue",
+    "api.certificates.v1.ExtraValue",
     "apimachinery.pkg.apis.meta.v1.Verbs",
 ];
 
@@ -57,6 +61,9 @@ fn object(
         });
     };
     let mut out = Map::new();
+    // Repeated and map fields accumulate across records; they join `out` at the end.
+    let mut lists: HashMap<&str, Vec<Value>> = HashMap::new();
+    let mut maps: HashMap<&str, Map<String, Value>> = HashMap::new();
     let mut r = Reader::new(bytes, message);
     while !r.is_empty() {
         let (tag, wt) = r.key()?;
@@ -68,32 +75,25 @@ fn object(
             let name = field.json.as_deref().unwrap_or("(inline)");
             format!("field {name} ({tag}) of {message}")
         };
-        let name = field.json.clone().unwrap_or_default();
+        let name = field.json.as_deref().unwrap_or_default();
         match field.label {
-            Label::Single => {
-                let value = one(schema, field, &mut r, wt, depth, &ctx)?;
-                match (value, &field.json) {
-                    // Go-embedded struct: its fields belong to this object.
-                    (Some(Value::Object(inner)), None) => out.extend(inner),
-                    (Some(v), Some(_)) => {
-                        out.insert(name, v);
-                    }
-                    _ => {
-                        out.remove(&name);
-                    }
+            Label::Single => match (one(schema, field, &mut r, wt, depth, &ctx)?, &field.json) {
+                // Go-embedded struct: its fields belong to this object.
+                (Some(Value::Object(inner)), None) => out.extend(inner),
+                (Some(v), Some(_)) => {
+                    out.insert(name.to_string(), v);
                 }
-            }
+                _ => {
+                    out.remove(name);
+                }
+            },
             Label::Repeated => {
-                let list = out.entry(name).or_insert_with(|| Value::Array(Vec::new()));
-                let Value::Array(list) = list else {
-                    unreachable!("repeated fields are only ever arrays")
-                };
-                if wt == LEN
-                    && matches!(
-                        field.kind,
-                        Kind::Bool | Kind::Int32 | Kind::Int64 | Kind::Double
-                    )
-                {
+                let list = lists.entry(name).or_default();
+                let numeric = matches!(
+                    field.kind,
+                    Kind::Bool | Kind::Int32 | Kind::Int64 | Kind::Double
+                );
+                if wt == LEN && numeric {
                     // Packed: one record holding every element.
                     let packed = r
                         .len_delimited("packed list")
@@ -115,12 +115,15 @@ fn object(
             }
             Label::Map => {
                 let (key, value) = map_entry(schema, field, &mut r, wt, depth, &ctx)?;
-                let map = out.entry(name).or_insert_with(|| Value::Object(Map::new()));
-                if let Value::Object(map) = map {
-                    map.insert(key, value);
-                }
+                maps.entry(name).or_default().insert(key, value);
             }
         }
+    }
+    for (name, list) in lists {
+        out.insert(name.to_string(), Value::Array(list));
+    }
+    for (name, map) in maps {
+        out.insert(name.to_string(), Value::Object(map));
     }
     Ok(out)
 }
@@ -212,20 +215,21 @@ fn map_entry(
             (tag, wt) => e.skip(wt, tag)?,
         }
     }
-    let value = match value {
-        Some(v) => v.unwrap_or(Value::Null),
-        None => zero(&field.kind),
+    let value = match (value, &field.kind) {
+        (Some(v), _) => v,
+        (None, Kind::Message(name)) => message_value(schema, name, &[], depth + 1)?,
+        (None, kind) => Some(zero(kind)),
     };
-    Ok((key, value))
+    Ok((key, value.unwrap_or(Value::Null)))
 }
 
-/// What an absent map value means (protobuf omits zero values inside map entries).
+/// What an absent scalar map value means (protobuf omits zero values inside map entries).
 fn zero(kind: &Kind) -> Value {
     match kind {
         Kind::String | Kind::Bytes => Value::String(String::new()),
         Kind::Bool => Value::Bool(false),
         Kind::Int32 | Kind::Int64 | Kind::Double => Value::from(0),
-        Kind::Message(_) => Value::Object(Map::new()),
+        Kind::Message(_) => Value::Null, // map_entry decodes an empty message instead
     }
 }
 
@@ -241,8 +245,8 @@ fn message_value(
     };
     match name {
         QUANTITY | QUANTITY_VALUE => special(|s, _, _| Ok(s.string(1)?.map(Value::String))),
-        TIME => special(|s, _, _| Ok(s.timestamp(false))),
-        MICRO_TIME => special(|s, _, _| Ok(s.timestamp(true))),
+        TIME => special(|s, _, _| s.timestamp(false)),
+        MICRO_TIME => special(|s, _, _| s.timestamp(true)),
         DURATION => special(|s, _, _| Ok(Some(Value::String(go_duration(s.int(1)))))),
         INT_OR_STRING => special(|s, _, _| {
             // type 1 is String; anything else (0, or absent) is Int.
@@ -339,18 +343,26 @@ impl<'a> Scalars<'a> {
     /// meta.v1 Time / MicroTime {1 seconds, 2 nanos}: RFC 3339 in UTC, whole seconds for
     /// Time and microseconds for MicroTime (Go truncates). The zero time is left out: Go
     /// writes a non-pointer Time even when unset.
-    fn timestamp(&self, micros: bool) -> Option<Value> {
-        let (seconds, nanos) = (self.int(1), self.int(2) as i32);
+    fn timestamp(&self, micros: bool) -> Result<Option<Value>, ProtobufError> {
+        let (seconds, nanos) = (self.int(1), self.int(2));
         if seconds == 0 && nanos == 0 {
-            return None;
+            return Ok(None);
         }
-        let ts = jiff::Timestamp::new(seconds, if micros { nanos } else { 0 }).ok()?;
+        let ts = i32::try_from(nanos)
+            .ok()
+            .filter(|n| (0..1_000_000_000).contains(n))
+            .and_then(|n| jiff::Timestamp::new(seconds, n).ok())
+            .ok_or_else(|| ProtobufError::Invalid {
+                what: "timestamp",
+                context: self.context.to_string(),
+                reason: format!("{seconds}s {nanos}ns is out of range"),
+            })?;
         let base = ts.strftime("%Y-%m-%dT%H:%M:%S");
-        Some(Value::String(if micros {
-            format!("{base}.{:06}Z", nanos / 1000)
+        Ok(Some(Value::String(if micros {
+            format!("{base}.{:06}Z", ts.subsec_nanosecond() / 1000)
         } else {
             format!("{base}Z")
-        }))
+        })))
     }
 }
 

@@ -358,3 +358,125 @@ fn truncated_length_and_wrong_wire_type() {
         "{err}"
     );
 }
+
+// === bodies captured from kubectl 1.37 (`kubectl -v=9 create ...` logs the bytes) ===
+
+macro_rules! fixture {
+    ($name:literal) => {
+        decode(include_bytes!(concat!("testdata/", $name, ".pb"))).expect($name)
+    };
+}
+
+#[test]
+fn kubectl_create_configmap_and_secret() {
+    // `create configmap x --from-literal=a=b --from-literal=empty= --from-file=bin=<00 01 02 ff>`
+    assert_eq!(
+        fixture!("kubectl-create-configmap"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "x", "generation": 0},
+            "data": {"a": "b", "empty": ""},
+            "binaryData": {"bin": "AAEC/w=="},
+        })
+    );
+    // `create secret generic s --from-literal=k=v`
+    assert_eq!(
+        fixture!("kubectl-create-secret"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s", "generation": 0},
+            "data": {"k": "dg=="},
+        })
+    );
+}
+
+#[test]
+fn kubectl_create_deployment() {
+    // `create deployment web --image=busybox --replicas=2 --port=80 -- sleep 3600`. gogo
+    // writes Go's non-pointer numbers and bools even when zero; they are kept (see json.rs).
+    assert_eq!(
+        fixture!("kubectl-create-deployment"),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "generation": 0, "labels": {"app": "web"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"generation": 0, "labels": {"app": "web"}},
+                    "spec": {
+                        "containers": [{
+                            "name": "busybox",
+                            "image": "busybox",
+                            "command": ["sleep", "3600"],
+                            "ports": [{"containerPort": 80, "hostPort": 0}],
+                            "resources": {},
+                            "stdin": false,
+                            "stdinOnce": false,
+                            "tty": false,
+                        }],
+                        "hostIPC": false,
+                        "hostNetwork": false,
+                        "hostPID": false,
+                    },
+                },
+                "strategy": {},
+                "minReadySeconds": 0,
+                "paused": false,
+            },
+            "status": {
+                "availableReplicas": 0,
+                "observedGeneration": 0,
+                "readyReplicas": 0,
+                "replicas": 0,
+                "unavailableReplicas": 0,
+                "updatedReplicas": 0,
+            },
+        })
+    );
+}
+
+#[test]
+fn kubectl_create_service_pdb_and_role() {
+    // `create service clusterip svc --tcp=80:8080`: targetPort is an IntOrString number.
+    assert_eq!(
+        fixture!("kubectl-create-service"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "svc", "generation": 0, "labels": {"app": "svc"}},
+            "spec": {
+                "ports": [{
+                    "name": "80-8080",
+                    "port": 80,
+                    "protocol": "TCP",
+                    "targetPort": 8080,
+                    "nodePort": 0,
+                }],
+                "selector": {"app": "svc"},
+                "type": "ClusterIP",
+                "healthCheckNodePort": 0,
+                "publishNotReadyAddresses": false,
+            },
+            "status": {"loadBalancer": {}},
+        })
+    );
+    // `create poddisruptionbudget pdb --selector=app=web --min-available=50%`
+    assert_eq!(
+        fixture!("kubectl-create-pdb")["spec"],
+        json!({"minAvailable": "50%", "selector": {"matchLabels": {"app": "web"}}})
+    );
+    // `create role r --verb=get --resource=pods`: the core group is an empty string in a list.
+    assert_eq!(
+        fixture!("kubectl-create-role"),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "r", "generation": 0},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+        })
+    );
+}
