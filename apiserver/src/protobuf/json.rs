@@ -32,17 +32,8 @@ const ITEM_LISTS: &[&str] = &[
     "apimachinery.pkg.apis.meta.v1.Verbs",
 ];
 
-/// Decode the top-level object's message into a JSON object.
-pub fn decode_message(
-    schema: &Schema,
-    message: &str,
-    bytes: &[u8],
-    depth: usize,
-) -> Result<Map<String, Value>, ProtobufError> {
-    object(schema, message, bytes, depth)
-}
-
-fn object(
+/// Decode a message into a JSON object; `depth` counts the messages around it.
+pub fn object(
     schema: &Schema,
     message: &str,
     bytes: &[u8],

@@ -83,7 +83,7 @@ fn decode_nested(body: &[u8], depth: usize) -> Result<Value, ProtobufError> {
     }
     let schema = schema()?;
     let message = message_for(schema, &unknown.api_version, &unknown.kind)?;
-    let mut object = json::decode_message(schema, message, unknown.raw, depth)?;
+    let mut object = json::object(schema, message, unknown.raw, depth)?;
     object.insert("apiVersion".into(), Value::String(unknown.api_version));
     object.insert("kind".into(), Value::String(unknown.kind));
     Ok(Value::Object(object))

@@ -293,6 +293,51 @@ fn eviction_and_meta_kinds_under_a_group_version() {
 }
 
 #[test]
+fn raw_extensions_hold_json_or_another_protobuf_object() {
+    let inner = body("v1", "ConfigMap", &[message(1, &[string(1, "inner")])]);
+    let b = body(
+        "apps/v1",
+        "ControllerRevision",
+        &[
+            message(1, &[string(1, "rev")]),
+            message(2, &[bytes(1, br#"{"spec":{"a":1}}"#)]),
+            int(3, 2),
+        ],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "ControllerRevision",
+            "metadata": {"name": "rev"},
+            "data": {"spec": {"a": 1}},
+            "revision": 2,
+        })
+    );
+    let b = body(
+        "apps/v1",
+        "ControllerRevision",
+        &[message(2, &[bytes(1, &inner)])],
+    );
+    assert_eq!(
+        decode(&b).expect("decode")["data"],
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "inner"}})
+    );
+
+    // Objects nested in objects without end: refused before the stack runs out.
+    let mut b = inner;
+    for _ in 0..100 {
+        b = body(
+            "apps/v1",
+            "ControllerRevision",
+            &[message(2, &[bytes(1, &b)])],
+        );
+    }
+    let err = decode(&b).expect_err("too deep");
+    assert!(err.to_string().contains("levels deep"), "{err}");
+}
+
+#[test]
 fn go_durations() {
     assert_eq!(go_duration(0), "0s");
     assert_eq!(go_duration(1_500), "1.5µs");
