@@ -1,14 +1,74 @@
-//! kaze's kube-proxy.
+//! kaze's kube-proxy (`kaze proxy`).
 //!
-//! This crate currently holds the eBPF dataplane half: [`Dataplane`] loads the programs from
-//! `dataplane-ebpf`, pins their maps (reusing pins left by a previous run, so a restart keeps
-//! established flows and programmed services), attaches them to interfaces and offers a typed
-//! API to program services. Watching Services and EndpointSlices comes with the apiserver.
+//! [`run`] watches Services, EndpointSlices and this node's Node object, computes which
+//! backends every service address:port/protocol should balance over ([`desired`]), and
+//! applies only the difference to the dataplane: the eBPF programs and pinned maps of
+//! [`Dataplane`] (the default), or kube-proxy-style iptables nat chains ([`iptables`]).
+//! The dataplane outlives the process, so a restarted proxy reconciles against what is
+//! programmed instead of flushing it, and established flows never notice.
 
+mod config;
 mod dataplane;
+pub mod desired;
+mod engine;
 mod error;
+pub mod iptables;
+mod metrics;
+mod run;
 mod services;
+mod worker;
 
+use std::{net::SocketAddr, path::PathBuf};
+
+pub use config::{
+    effective_mode, parse_duration, Config, IptablesBackend, ProxyMode, CLASSIC_MODE_ANNOTATION,
+    MODE_ANNOTATION,
+};
 pub use dataplane::{Dataplane, DataplaneConfig, TcHook, DEFAULT_PIN_ROOT};
+pub use engine::remove_pins;
 pub use error::DataplaneError;
+pub use run::run;
 pub use services::{Protocol, ServiceCounters, ServiceKey, ServiceState};
+
+/// Errors that stop [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to the apiserver")]
+    Client(#[from] component::ClientError),
+
+    #[error("{what}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("binding the metrics address {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("entering network namespace {path}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("starting the dataplane thread")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the dataplane thread stopped unexpectedly")]
+    WorkerGone,
+
+    #[error("a watch stopped before its first list completed")]
+    WatchStopped,
+
+    #[error("starting iptables mode")]
+    Iptables(#[source] iptables::IptablesError),
+}

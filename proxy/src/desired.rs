@@ -1,0 +1,342 @@
+//! From Services and EndpointSlices to what the dataplane should hold: for each service
+//! address:port/protocol, the backends new flows may go to. Pure, so every rule of upstream's
+//! endpoint selection is unit-tested here without a cluster.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::services::{Protocol, ServiceKey};
+
+/// The label an EndpointSlice names its Service with.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One service port as the dataplane should program it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredService {
+    /// `namespace/name:port-name` (upstream's ServicePortName), for logs, chain comments and
+    /// metric labels.
+    pub name: String,
+    /// Sorted, without duplicates: the round-robin order.
+    pub backends: Vec<SocketAddrV4>,
+}
+
+/// Everything the node should serve, keyed by what clients connect to.
+pub type Desired = BTreeMap<ServiceKey, DesiredService>;
+
+/// The desired state for `services` given `slices`. `node_addresses` serve the NodePorts.
+pub fn compute<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_addresses: &[Ipv4Addr],
+) -> Desired {
+    let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let labels = slice.metadata.labels.as_ref();
+        let Some(name) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            continue;
+        };
+        let ns = slice.metadata.namespace.clone().unwrap_or_default();
+        by_service
+            .entry((ns, name.clone()))
+            .or_default()
+            .push(slice);
+    }
+
+    let mut desired = Desired::new();
+    for svc in services {
+        let (Some(name), Some(spec)) = (svc.metadata.name.as_ref(), svc.spec.as_ref()) else {
+            continue;
+        };
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if kind == "ExternalName" {
+            continue;
+        }
+        let cluster_ips = cluster_ipv4s(spec);
+        let slices = by_service
+            .get(&(ns.clone(), name.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for port in spec.ports.iter().flatten() {
+            let Some(protocol) = protocol(port.protocol.as_deref()) else {
+                continue;
+            };
+            let port_name = port.name.clone().unwrap_or_default();
+            let Ok(service_port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let backends = backends(slices, &port_name, protocol);
+            let entry = DesiredService {
+                name: format!("{ns}/{name}:{port_name}"),
+                backends,
+            };
+            for address in &cluster_ips {
+                desired.insert(
+                    ServiceKey {
+                        address: *address,
+                        port: service_port,
+                        protocol,
+                    },
+                    entry.clone(),
+                );
+            }
+            let node_port = port.node_port.and_then(|p| u16::try_from(p).ok());
+            if let (Some(node_port), "NodePort" | "LoadBalancer") = (node_port, kind) {
+                for address in node_addresses {
+                    desired.insert(
+                        ServiceKey {
+                            address: *address,
+                            port: node_port,
+                            protocol,
+                        },
+                        entry.clone(),
+                    );
+                }
+            }
+        }
+    }
+    desired
+}
+
+/// The IPv4 cluster IPs of a service; none for headless services.
+fn cluster_ipv4s(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<&str> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if ips.is_empty() {
+        ips.extend(spec.cluster_ip.as_deref());
+    }
+    let mut out: Vec<Ipv4Addr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    out.dedup();
+    out
+}
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        // SCTP is not implemented by the dataplane
+        _ => None,
+    }
+}
+
+/// Upstream's choice: the ready endpoints; only when none is ready, the serving ones that are
+/// terminating (so a rolling update never leaves a service without backends while old pods
+/// still answer).
+fn backends(slices: &[&EndpointSlice], port_name: &str, protocol: Protocol) -> Vec<SocketAddrV4> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices {
+        let Some(target) = slice.ports.iter().flatten().find_map(|p| {
+            let name = p.name.as_deref().unwrap_or("");
+            let proto = self::protocol(p.protocol.as_deref());
+            (name == port_name && proto == Some(protocol))
+                .then_some(p.port)
+                .flatten()
+        }) else {
+            continue;
+        };
+        let Ok(target) = u16::try_from(target) else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            let cond = ep.conditions.as_ref();
+            // upstream: a missing `ready` means ready, a missing `serving` follows `ready`
+            let is_ready = cond.and_then(|c| c.ready) != Some(false);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            let set = if is_ready && !is_terminating {
+                &mut ready
+            } else if serving && is_terminating {
+                &mut terminating
+            } else {
+                continue;
+            };
+            for addr in &ep.addresses {
+                if let Ok(ip) = addr.parse::<Ipv4Addr>() {
+                    set.insert(SocketAddrV4::new(ip, target));
+                }
+            }
+        }
+    }
+    let chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).expect("service json")
+    }
+
+    fn slice(v: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(v).expect("slice json")
+    }
+
+    fn web() -> Service {
+        svc(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.20", "clusterIPs": ["10.43.0.20"], "type": "NodePort",
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080},
+                    {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}]}
+        }))
+    }
+
+    fn ep(
+        ip: &str,
+        ready: Option<bool>,
+        serving: Option<bool>,
+        terminating: Option<bool>,
+    ) -> serde_json::Value {
+        json!({"addresses": [ip], "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
+    }
+
+    fn web_slice(name: &str, endpoints: Vec<serde_json::Value>) -> EndpointSlice {
+        slice(json!({
+            "metadata": {"name": name, "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                      {"name": "dns", "port": 5353, "protocol": "UDP"}]
+        }))
+    }
+
+    fn key(ip: [u8; 4], port: u16, protocol: Protocol) -> ServiceKey {
+        ServiceKey {
+            address: Ipv4Addr::from(ip),
+            port,
+            protocol,
+        }
+    }
+
+    fn be(ip: [u8; 4], port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(ip), port)
+    }
+
+    #[test]
+    fn ready_endpoints_of_all_slices_sorted_per_port() {
+        let slices = [
+            web_slice(
+                "a",
+                vec![
+                    ep("10.42.0.3", Some(true), None, None),
+                    ep("10.42.0.1", None, None, None),
+                ],
+            ),
+            web_slice(
+                "b",
+                vec![
+                    ep("10.42.0.2", Some(true), None, None),
+                    ep("10.42.0.9", Some(false), Some(false), None),
+                ],
+            ),
+        ];
+        let d = compute([&web()], &slices, &[]);
+        let http = &d[&key([10, 43, 0, 20], 80, Protocol::Tcp)];
+        assert_eq!(http.name, "default/web:http");
+        assert_eq!(
+            http.backends,
+            vec![
+                be([10, 42, 0, 1], 8080),
+                be([10, 42, 0, 2], 8080),
+                be([10, 42, 0, 3], 8080)
+            ]
+        );
+        let dns = &d[&key([10, 43, 0, 20], 53, Protocol::Udp)];
+        assert_eq!(dns.backends.len(), 3);
+        assert!(dns.backends.iter().all(|b| b.port() == 5353));
+        assert_eq!(d.len(), 2, "no NodePort without node addresses: {d:?}");
+    }
+
+    #[test]
+    fn terminating_serving_endpoints_only_when_nothing_is_ready() {
+        let term = ep("10.42.0.7", Some(false), Some(true), Some(true));
+        let gone = ep("10.42.0.8", Some(false), Some(false), Some(true));
+        let d = compute(
+            [&web()],
+            &[web_slice("a", vec![term.clone(), gone.clone()])],
+            &[],
+        );
+        assert_eq!(
+            d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].backends,
+            vec![be([10, 42, 0, 7], 8080)]
+        );
+
+        let ready = ep("10.42.0.1", Some(true), Some(true), Some(false));
+        let d = compute([&web()], &[web_slice("a", vec![term, gone, ready])], &[]);
+        assert_eq!(
+            d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].backends,
+            vec![be([10, 42, 0, 1], 8080)]
+        );
+    }
+
+    #[test]
+    fn a_service_without_slices_is_programmed_empty_so_it_rejects() {
+        let d = compute([&web()], &[], &[]);
+        assert!(d[&key([10, 43, 0, 20], 80, Protocol::Tcp)]
+            .backends
+            .is_empty());
+    }
+
+    #[test]
+    fn node_ports_on_node_addresses_headless_and_external_names_skipped() {
+        let headless = svc(json!({"metadata": {"name": "h", "namespace": "default"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
+        let external = svc(json!({"metadata": {"name": "x", "namespace": "default"},
+            "spec": {"type": "ExternalName", "externalName": "example.com"}}));
+        let slices = [web_slice("a", vec![ep("10.42.0.1", None, None, None)])];
+        let d = compute(
+            [&web(), &headless, &external],
+            &slices,
+            &[Ipv4Addr::new(192, 168, 1, 5)],
+        );
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert_eq!(
+            d[&key([192, 168, 1, 5], 30080, Protocol::Tcp)].backends,
+            vec![be([10, 42, 0, 1], 8080)]
+        );
+    }
+
+    #[test]
+    fn slices_of_other_services_namespaces_and_families_are_ignored() {
+        let mut other_ns = web_slice("a", vec![ep("10.42.0.1", None, None, None)]);
+        other_ns.metadata.namespace = Some("prod".into());
+        let mut v6 = web_slice("b", vec![ep("fd00::1", None, None, None)]);
+        v6.address_type = "IPv6".into();
+        let mut unlabelled = web_slice("c", vec![ep("10.42.0.3", None, None, None)]);
+        unlabelled.metadata.labels = None;
+        let d = compute([&web()], &[other_ns, v6, unlabelled], &[]);
+        assert!(d.values().all(|s| s.backends.is_empty()), "{d:?}");
+    }
+
+    #[test]
+    fn unnamed_single_port_matches_unnamed_slice_port() {
+        let s = svc(json!({"metadata": {"name": "one", "namespace": "ns"},
+            "spec": {"clusterIP": "10.43.0.5", "ports": [{"port": 80, "targetPort": 9000}]}}));
+        let sl = slice(json!({"metadata": {"name": "one-x", "namespace": "ns",
+                "labels": {"kubernetes.io/service-name": "one"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["10.42.1.1"]}],
+            "ports": [{"port": 9000}]}));
+        let d = compute([&s], &[sl], &[]);
+        assert_eq!(
+            d[&key([10, 43, 0, 5], 80, Protocol::Tcp)].backends,
+            vec![be([10, 42, 1, 1], 9000)]
+        );
+        assert_eq!(d[&key([10, 43, 0, 5], 80, Protocol::Tcp)].name, "ns/one:");
+    }
+}

@@ -1,0 +1,246 @@
+//! The two ways of implementing services behind one interface, and the cleanup of each.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    net::SocketAddrV4,
+    path::Path,
+};
+
+use dataplane_common::names;
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, ProxyMode},
+    dataplane::{Dataplane, DataplaneConfig, TcHook},
+    desired::Desired,
+    error::DataplaneError,
+    iptables::{self, Iptables, IptablesError},
+    services::{ServiceCounters, ServiceKey},
+};
+
+/// What one sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncOutcome {
+    /// Service ports written or removed.
+    pub changed: usize,
+    /// Service ports programmed afterwards, and their backends.
+    pub services: usize,
+    pub endpoints: usize,
+    /// Per-service or whole-sync failures; the next sync retries them.
+    pub errors: Vec<String>,
+}
+
+/// The active dataplane.
+pub enum Engine {
+    Ebpf(EbpfEngine),
+    Iptables(Iptables),
+}
+
+impl Engine {
+    pub fn mode(&self) -> ProxyMode {
+        match self {
+            Engine::Ebpf(_) => ProxyMode::Ebpf,
+            Engine::Iptables(_) => ProxyMode::Iptables,
+        }
+    }
+
+    /// Starts `mode`; eBPF that cannot be loaded or attached falls back to iptables, loudly.
+    pub fn start(config: &Config, mode: ProxyMode) -> Result<Engine, IptablesError> {
+        if mode == ProxyMode::Ebpf {
+            match EbpfEngine::start(config) {
+                Ok(e) => return Ok(Engine::Ebpf(e)),
+                Err(e) => {
+                    tracing::error!(
+                        error = %chain(&e),
+                        pin_root = %config.bpf_pin_root.display(),
+                        "THE eBPF DATAPLANE COULD NOT BE STARTED; FALLING BACK TO IPTABLES MODE"
+                    );
+                }
+            }
+        }
+        Ok(Engine::Iptables(Iptables::new(config.iptables_backend)?))
+    }
+
+    pub fn sync(&mut self, desired: &Desired) -> SyncOutcome {
+        let mut outcome = SyncOutcome {
+            services: desired.len(),
+            endpoints: desired.values().map(|s| s.backends.len()).sum(),
+            ..SyncOutcome::default()
+        };
+        match self {
+            Engine::Ebpf(e) => e.sync(desired, &mut outcome),
+            Engine::Iptables(i) => match i.sync(desired) {
+                Ok(changed) => outcome.changed = changed,
+                Err(e) => outcome.errors.push(chain(&e)),
+            },
+        }
+        outcome
+    }
+
+    /// Per-service traffic counters (eBPF mode only).
+    pub fn counters(&self) -> Vec<(ServiceKey, ServiceCounters)> {
+        let Engine::Ebpf(e) = self else {
+            return Vec::new();
+        };
+        e.applied
+            .keys()
+            .filter_map(|k| e.dp.counters(*k).ok().flatten().map(|c| (*k, c)))
+            .collect()
+    }
+
+    /// Removes the state of the mode not in use (called once this one is programmed, so the
+    /// node is never left without either).
+    pub fn clean_other_modes(&self, config: &Config) {
+        match self {
+            Engine::Ebpf(_) => iptables::cleanup_all_except(None),
+            Engine::Iptables(i) => {
+                iptables::cleanup_all_except(Some(i.tools()));
+                match remove_pins(&config.bpf_pin_root) {
+                    Ok(true) => info!(
+                        pin_root = %config.bpf_pin_root.display(),
+                        "removed the eBPF dataplane's pins: programs detached, maps freed"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %chain(&e), "removing the eBPF dataplane's pins"),
+                }
+            }
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+/// The eBPF dataplane and the services it holds (read back from the pins at start).
+pub struct EbpfEngine {
+    dp: Dataplane,
+    applied: BTreeMap<ServiceKey, Vec<SocketAddrV4>>,
+}
+
+impl EbpfEngine {
+    fn start(config: &Config) -> Result<Self, DataplaneError> {
+        let mut dp = Dataplane::load(&DataplaneConfig {
+            pin_root: config.bpf_pin_root.clone(),
+            conntrack_max: config.bpf_conntrack_max,
+            object: config.bpf_object.clone(),
+            kernel_log: None,
+        })?;
+        // reconcile against what a previous run left, never flush: its flows keep going
+        let applied: BTreeMap<ServiceKey, Vec<SocketAddrV4>> = dp
+            .services()?
+            .into_iter()
+            .map(|s| (s.key, s.backends))
+            .collect();
+        let mut wanted = BTreeSet::new();
+        for iface in &config.interfaces {
+            dp.attach_tc(iface, TcHook::Ingress)?;
+            wanted.insert(format!("tc-{iface}-ingress"));
+        }
+        for iface in &config.xdp_interfaces {
+            dp.attach_xdp(iface)?;
+            wanted.insert(format!("xdp-{iface}"));
+        }
+        if config.interfaces.is_empty() && config.xdp_interfaces.is_empty() {
+            warn!("no --interfaces: services are programmed but no traffic reaches the programs");
+        }
+        // interfaces dropped from the flags since the last run are detached
+        let links = config.bpf_pin_root.join("links");
+        for entry in std::fs::read_dir(&links).map_err(|source| DataplaneError::Io {
+            what: format!("listing {}", links.display()),
+            source,
+        })? {
+            let entry = entry.map_err(|source| DataplaneError::Io {
+                what: format!("listing {}", links.display()),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !wanted.contains(&name) {
+                info!(
+                    link = name.as_str(),
+                    "detaching from an interface no longer configured"
+                );
+                remove_file(&entry.path())?;
+            }
+        }
+        info!(services = applied.len(), "eBPF mode");
+        Ok(EbpfEngine { dp, applied })
+    }
+
+    fn sync(&mut self, desired: &Desired, outcome: &mut SyncOutcome) {
+        let stale: Vec<ServiceKey> = self
+            .applied
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for key in stale {
+            match self.dp.remove_service(key) {
+                Ok(_) => {
+                    self.applied.remove(&key);
+                    outcome.changed += 1;
+                }
+                Err(e) => outcome
+                    .errors
+                    .push(format!("removing {key}: {}", chain(&e))),
+            }
+        }
+        for (key, svc) in desired {
+            if self.applied.get(key) == Some(&svc.backends) {
+                continue;
+            }
+            match self.dp.upsert_service(*key, &svc.backends) {
+                Ok(()) => {
+                    self.applied.insert(*key, svc.backends.clone());
+                    outcome.changed += 1;
+                }
+                Err(e) => {
+                    outcome
+                        .errors
+                        .push(format!("programming {} ({key}): {}", svc.name, chain(&e)))
+                }
+            }
+        }
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Io {
+            what: format!("removing pin {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Removes every pin the dataplane makes under `pin_root`: the links (detaching the
+/// programs) and the maps (freed once no program uses them). Returns whether any existed.
+pub fn remove_pins(pin_root: &Path) -> Result<bool, DataplaneError> {
+    if !pin_root.exists() {
+        return Ok(false);
+    }
+    let links = pin_root.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            remove_file(&entry.path())?;
+        }
+    }
+    let _ = std::fs::remove_dir(&links);
+    for name in names::ALL {
+        remove_file(&pin_root.join(name))?;
+    }
+    // only if nothing else lives there: the root may be shared with other tools
+    let _ = std::fs::remove_dir(pin_root);
+    Ok(true)
+}

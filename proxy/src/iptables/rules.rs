@@ -1,0 +1,357 @@
+//! The iptables-restore input for a sync, kube-proxy's layout with kaze's names: a services
+//! chain `KAZE-SERVICES` jumping per service port to `KAZE-SVC-<hash>`, which spreads new
+//! connections over `KAZE-SEP-<hash>` chains (one per endpoint, each a DNAT) with
+//! `-m statistic --mode random --probability 1/(n-i)`. Pure: rendering is unit-tested.
+//!
+//! Only what changed is written: `KAZE-SERVICES` (one line per service) every time, and the
+//! SVC/SEP chains of services whose rules differ from what was last restored. Under
+//! `--noflush`, declaring a chain flushes it and chains not mentioned are left alone.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write,
+    net::SocketAddrV4,
+};
+
+use crate::{
+    desired::{Desired, DesiredService},
+    services::{Protocol, ServiceKey},
+};
+
+pub const SERVICES_CHAIN: &str = "KAZE-SERVICES";
+pub const POSTROUTING_CHAIN: &str = "KAZE-POSTROUTING";
+pub const MARK_MASQ_CHAIN: &str = "KAZE-MARK-MASQ";
+/// Every chain this proxy owns starts with this; cleanup removes exactly these.
+pub const CHAIN_PREFIX: &str = "KAZE-";
+/// Packet mark bit asking KAZE-POSTROUTING to masquerade (kube-proxy's bit: kaze replaces it).
+const MASQ_BIT: &str = "0x4000";
+
+/// Jumps from built-in chains into ours: (table, built-in chain, rule after `-A <chain>`).
+pub const JUMPS: &[(&str, &str, &str)] = &[
+    (
+        "nat",
+        "PREROUTING",
+        "-m comment --comment \"kaze service portals\" -j KAZE-SERVICES",
+    ),
+    (
+        "nat",
+        "OUTPUT",
+        "-m comment --comment \"kaze service portals\" -j KAZE-SERVICES",
+    ),
+    (
+        "nat",
+        "POSTROUTING",
+        "-m comment --comment \"kaze postrouting rules\" -j KAZE-POSTROUTING",
+    ),
+    (
+        "filter",
+        "INPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kaze service portals\" -j KAZE-SERVICES",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "-m conntrack --ctstate NEW -m comment --comment \"kaze service portals\" -j KAZE-SERVICES",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kaze service portals\" -j KAZE-SERVICES",
+    ),
+];
+
+/// The SVC and SEP chains of one service and their rules, as last restored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRules {
+    pub chains: Vec<String>,
+    pub lines: Vec<String>,
+}
+
+/// One sync's restore input and the state it leaves behind.
+#[derive(Debug)]
+pub struct Plan {
+    pub input: String,
+    pub applied: BTreeMap<ServiceKey, ServiceRules>,
+    /// Services whose chains were (re)written or removed.
+    pub changed: usize,
+}
+
+/// FNV-1a: stable across processes and Rust versions (chain names must survive restarts).
+fn hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016X}")
+}
+
+pub fn svc_chain(key: &ServiceKey) -> String {
+    format!("KAZE-SVC-{}", hash(&key.to_string()))
+}
+
+pub fn sep_chain(key: &ServiceKey, backend: &SocketAddrV4) -> String {
+    format!("KAZE-SEP-{}", hash(&format!("{key}>{backend}")))
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// `-d VIP/32 -p tcp -m comment --comment "ns/name:port" -m tcp --dport PORT`
+fn match_service(key: &ServiceKey, note: &str) -> String {
+    let p = proto(key.protocol);
+    format!(
+        "-d {}/32 -p {p} -m comment --comment \"{}\" -m {p} --dport {}",
+        key.address,
+        comment(note),
+        key.port
+    )
+}
+
+fn comment(s: &str) -> String {
+    s.replace('"', "")
+}
+
+/// The SVC and SEP chains of a service with at least one backend.
+pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
+    let svc_chain = svc_chain(key);
+    let mut chains = vec![svc_chain.clone()];
+    let mut lines = Vec::new();
+    let n = svc.backends.len();
+    let c = comment(&svc.name);
+    for (i, b) in svc.backends.iter().enumerate() {
+        let sep = sep_chain(key, b);
+        let remaining = n - i;
+        if remaining > 1 {
+            lines.push(format!(
+                "-A {svc_chain} -m comment --comment \"{c} -> {b}\" -m statistic --mode random --probability {:.10} -j {sep}",
+                1.0 / remaining as f64
+            ));
+        } else {
+            lines.push(format!(
+                "-A {svc_chain} -m comment --comment \"{c} -> {b}\" -j {sep}"
+            ));
+        }
+        chains.push(sep);
+    }
+    for b in &svc.backends {
+        let sep = sep_chain(key, b);
+        let p = proto(key.protocol);
+        // hairpin: a backend reaching its own service must see the reply come from the
+        // service, so its own connection is masqueraded through the node
+        lines.push(format!(
+            "-A {sep} -s {}/32 -m comment --comment \"{c}\" -j {MARK_MASQ_CHAIN}",
+            b.ip()
+        ));
+        lines.push(format!(
+            "-A {sep} -p {p} -m comment --comment \"{c}\" -m {p} -j DNAT --to-destination {b}"
+        ));
+    }
+    ServiceRules { chains, lines }
+}
+
+/// What to restore to go from `applied` (plus `orphans`, KAZE chains found in the kernel
+/// that this process did not write) to `desired`. `jumps` are the missing built-in jump
+/// rules, `(table, rule after -A)`.
+pub fn plan(
+    desired: &Desired,
+    applied: &BTreeMap<ServiceKey, ServiceRules>,
+    orphans: &BTreeSet<String>,
+    jumps: &[(&str, String)],
+) -> Plan {
+    let mut next = BTreeMap::new();
+    let mut declare: Vec<String> = vec![
+        SERVICES_CHAIN.into(),
+        POSTROUTING_CHAIN.into(),
+        MARK_MASQ_CHAIN.into(),
+    ];
+    let mut rules = Vec::new();
+    let mut changed = 0;
+    for (key, svc) in desired {
+        if svc.backends.is_empty() {
+            continue;
+        }
+        let r = service_rules(key, svc);
+        rules.push(format!(
+            "-A {SERVICES_CHAIN} {} -j {}",
+            match_service(key, &svc.name),
+            r.chains[0]
+        ));
+        if applied.get(key) != Some(&r) {
+            changed += 1;
+            declare.extend(r.chains.iter().cloned());
+            rules.extend(r.lines.iter().cloned());
+        }
+        next.insert(*key, r);
+    }
+    let live: BTreeSet<&String> = next.values().flat_map(|r| r.chains.iter()).collect();
+    let mut delete: BTreeSet<String> = orphans
+        .iter()
+        .filter(|c| !live.contains(c))
+        .cloned()
+        .collect();
+    for (key, old) in applied {
+        let gone: Vec<&String> = old.chains.iter().filter(|c| !live.contains(c)).collect();
+        if !gone.is_empty() && !next.contains_key(key) {
+            changed += 1;
+        }
+        delete.extend(gone.into_iter().cloned());
+    }
+    declare.extend(delete.iter().cloned());
+
+    let mut input = String::with_capacity(64 * (declare.len() + rules.len()) + 256);
+    input.push_str("*nat\n");
+    for c in &declare {
+        let _ = writeln!(input, ":{c} - [0:0]");
+    }
+    for (table, rule) in jumps {
+        if *table == "nat" {
+            let _ = writeln!(input, "{rule}");
+        }
+    }
+    let _ = writeln!(
+        input,
+        "-A {POSTROUTING_CHAIN} -m mark ! --mark {MASQ_BIT}/{MASQ_BIT} -j RETURN"
+    );
+    // cleared so a packet traversing the chain twice is not masqueraded twice
+    let _ = writeln!(
+        input,
+        "-A {POSTROUTING_CHAIN} -j MARK --xor-mark {MASQ_BIT}"
+    );
+    let _ = writeln!(
+        input,
+        "-A {POSTROUTING_CHAIN} -m comment --comment \"kaze service traffic requiring SNAT\" -j MASQUERADE"
+    );
+    let _ = writeln!(input, "-A {MARK_MASQ_CHAIN} -j MARK --or-mark {MASQ_BIT}");
+    for r in &rules {
+        input.push_str(r);
+        input.push('\n');
+    }
+    for c in &delete {
+        let _ = writeln!(input, "-X {c}");
+    }
+    input.push_str("COMMIT\n");
+
+    // services without endpoints are refused (as the eBPF dataplane does), not blackholed
+    input.push_str("*filter\n");
+    let _ = writeln!(input, ":{SERVICES_CHAIN} - [0:0]");
+    for (table, rule) in jumps {
+        if *table == "filter" {
+            let _ = writeln!(input, "{rule}");
+        }
+    }
+    for (key, svc) in desired {
+        if svc.backends.is_empty() {
+            let _ = writeln!(
+                input,
+                "-A {SERVICES_CHAIN} {} -j REJECT --reject-with icmp-port-unreachable",
+                match_service(key, &format!("{} has no endpoints", svc.name))
+            );
+        }
+    }
+    input.push_str("COMMIT\n");
+    Plan {
+        input,
+        applied: next,
+        changed,
+    }
+}
+
+/// The restore input that removes every KAZE chain and every jump into one from `save`
+/// (the output of `iptables-save` for all tables); `None` if there is nothing of ours.
+pub fn cleanup_input(save: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut table = String::new();
+    let mut chains: Vec<String> = Vec::new();
+    let mut deletes: Vec<String> = Vec::new();
+    let mut any = false;
+    let flush =
+        |out: &mut String, table: &str, chains: &mut Vec<String>, deletes: &mut Vec<String>| {
+            if chains.is_empty() && deletes.is_empty() {
+                return;
+            }
+            let _ = writeln!(out, "*{table}");
+            for c in chains.iter() {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            for d in deletes.iter() {
+                let _ = writeln!(out, "{d}");
+            }
+            for c in chains.iter() {
+                let _ = writeln!(out, "-X {c}");
+            }
+            out.push_str("COMMIT\n");
+            chains.clear();
+            deletes.clear();
+        };
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+        } else if line.starts_with("COMMIT") {
+            flush(&mut out, &table, &mut chains, &mut deletes);
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or("");
+            if name.starts_with(CHAIN_PREFIX) {
+                chains.push(name.to_string());
+                any = true;
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or("");
+            let target = rule.split(" -j ").nth(1).unwrap_or("");
+            if !chain.starts_with(CHAIN_PREFIX) && target.starts_with(CHAIN_PREFIX) {
+                deletes.push(format!("-D {rule}"));
+                any = true;
+            }
+        }
+    }
+    any.then_some(out)
+}
+
+/// KAZE chains declared in `save` (the output of `iptables-save -t <table>`).
+pub fn chains_in(save: &str) -> BTreeSet<String> {
+    save.lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|d| d.split_whitespace().next())
+        .filter(|c| c.starts_with(CHAIN_PREFIX))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The [`JUMPS`] missing from `save` (all tables), as `(table, "-I <chain> 1 <rule>")`.
+pub fn missing_jumps(save: &str) -> Vec<(&'static str, String)> {
+    let mut table = "";
+    let mut present = BTreeSet::new();
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = if t.trim() == "nat" {
+                "nat"
+            } else if t.trim() == "filter" {
+                "filter"
+            } else {
+                ""
+            };
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let mut parts = rule.splitn(2, ' ');
+            let chain = parts.next().unwrap_or("");
+            let rest = parts.next().unwrap_or("");
+            for (t, c, r) in JUMPS {
+                if *t == table && *c == chain && rest.trim() == *r {
+                    present.insert((*t, *c));
+                }
+            }
+        }
+    }
+    JUMPS
+        .iter()
+        .filter(|(t, c, _)| !present.contains(&(*t, *c)))
+        .map(|(t, c, r)| (*t, format!("-I {c} 1 {r}")))
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "rules_tests.rs"]
+mod tests;

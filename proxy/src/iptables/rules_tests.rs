@@ -1,0 +1,224 @@
+use std::net::Ipv4Addr;
+
+use super::*;
+
+fn key(last: u8, port: u16, protocol: Protocol) -> ServiceKey {
+    ServiceKey {
+        address: Ipv4Addr::new(10, 43, 0, last),
+        port,
+        protocol,
+    }
+}
+
+fn svc(name: &str, backends: &[u8]) -> DesiredService {
+    DesiredService {
+        name: name.into(),
+        backends: backends
+            .iter()
+            .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, *i), 8080))
+            .collect(),
+    }
+}
+
+fn desired(entries: &[(ServiceKey, DesiredService)]) -> Desired {
+    entries.iter().cloned().collect()
+}
+
+#[test]
+fn a_service_spreads_with_decreasing_probabilities_then_dnats() {
+    let k = key(10, 80, Protocol::Tcp);
+    let d = desired(&[(k, svc("default/web:http", &[1, 2, 3]))]);
+    let p = plan(&d, &BTreeMap::new(), &BTreeSet::new(), &[]);
+    let svc_chain = svc_chain(&k);
+    let input = &p.input;
+    assert!(
+        input.starts_with("*nat\n:KAZE-SERVICES - [0:0]\n"),
+        "{input}"
+    );
+    assert!(input.contains(&format!(
+        "-A KAZE-SERVICES -d 10.43.0.10/32 -p tcp -m comment --comment \"default/web:http\" -m tcp --dport 80 -j {svc_chain}\n"
+    )), "{input}");
+    let spread: Vec<&str> = input
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {svc_chain} ")))
+        .collect();
+    assert_eq!(spread.len(), 3, "{input}");
+    assert!(
+        spread[0].contains("--probability 0.3333333333 "),
+        "{}",
+        spread[0]
+    );
+    assert!(
+        spread[1].contains("--probability 0.5000000000 "),
+        "{}",
+        spread[1]
+    );
+    assert!(
+        !spread[2].contains("statistic"),
+        "the last endpoint takes the rest: {}",
+        spread[2]
+    );
+    for i in 1..=3u8 {
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, i), 8080);
+        let sep = sep_chain(&k, &b);
+        assert!(input.contains(&format!(":{sep} - [0:0]\n")), "{input}");
+        assert!(
+            input.contains(&format!("-A {sep} -s 10.42.0.{i}/32 ")),
+            "hairpin masquerade: {input}"
+        );
+        assert!(
+            input.contains(&format!("-j DNAT --to-destination 10.42.0.{i}:8080\n")),
+            "{input}"
+        );
+    }
+    assert_eq!(p.changed, 1);
+    assert!(
+        svc_chain.len() <= 28,
+        "iptables chain names are at most 28 bytes: {svc_chain}"
+    );
+    assert!(
+        input.ends_with("*filter\n:KAZE-SERVICES - [0:0]\nCOMMIT\n"),
+        "{input}"
+    );
+}
+
+#[test]
+fn an_unchanged_service_is_not_rewritten_and_a_removed_backend_chain_is_deleted() {
+    let k = key(10, 80, Protocol::Tcp);
+    let first = plan(
+        &desired(&[(k, svc("w", &[1, 2, 3]))]),
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+        &[],
+    );
+
+    let same = plan(
+        &desired(&[(k, svc("w", &[1, 2, 3]))]),
+        &first.applied,
+        &BTreeSet::new(),
+        &[],
+    );
+    assert_eq!(same.changed, 0);
+    assert!(
+        !same.input.contains(&format!(":{}", svc_chain(&k))),
+        "{}",
+        same.input
+    );
+    assert!(
+        same.input.contains(&format!("-j {}\n", svc_chain(&k))),
+        "the services chain still jumps to it"
+    );
+
+    let gone = SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, 3), 8080);
+    let shrunk = plan(
+        &desired(&[(k, svc("w", &[1, 2]))]),
+        &first.applied,
+        &BTreeSet::new(),
+        &[],
+    );
+    assert_eq!(shrunk.changed, 1);
+    let sep = sep_chain(&k, &gone);
+    assert!(
+        shrunk.input.contains(&format!(":{sep} - [0:0]\n")),
+        "flushed first: {}",
+        shrunk.input
+    );
+    assert!(
+        shrunk.input.contains(&format!("-X {sep}\n")),
+        "{}",
+        shrunk.input
+    );
+    assert!(!shrunk.input.contains("10.42.0.3:8080"), "{}", shrunk.input);
+}
+
+#[test]
+fn a_deleted_service_loses_every_chain_and_orphans_are_removed() {
+    let k = key(10, 80, Protocol::Tcp);
+    let first = plan(
+        &desired(&[(k, svc("w", &[1, 2]))]),
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+        &[],
+    );
+    let orphans: BTreeSet<String> = ["KAZE-SVC-LEFTOVER".to_string()].into();
+    let after = plan(&Desired::new(), &first.applied, &orphans, &[]);
+    assert_eq!(after.changed, 1);
+    assert!(after.applied.is_empty());
+    for c in first.applied[&k].chains.iter().chain(orphans.iter()) {
+        assert!(
+            after.input.contains(&format!("-X {c}\n")),
+            "{c} not deleted: {}",
+            after.input
+        );
+    }
+    assert!(!after.input.contains("-A KAZE-SERVICES"), "{}", after.input);
+}
+
+#[test]
+fn a_service_without_endpoints_is_rejected_in_the_filter_table() {
+    let k = key(11, 53, Protocol::Udp);
+    let p = plan(
+        &desired(&[(k, svc("default/dns:dns", &[]))]),
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+        &[],
+    );
+    let filter = p.input.split("*filter\n").nth(1).expect("a filter section");
+    assert!(filter.contains(
+        "-A KAZE-SERVICES -d 10.43.0.11/32 -p udp -m comment --comment \"default/dns:dns has no endpoints\" -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\n"
+    ), "{filter}");
+    assert!(!p.input.contains("KAZE-SVC-"), "{}", p.input);
+}
+
+#[test]
+fn missing_jumps_are_inserted_once() {
+    let none = missing_jumps("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n");
+    assert_eq!(none.len(), JUMPS.len());
+    let p = plan(&Desired::new(), &BTreeMap::new(), &BTreeSet::new(), &none);
+    assert!(
+        p.input.contains(
+            "-I PREROUTING 1 -m comment --comment \"kaze service portals\" -j KAZE-SERVICES\n"
+        ),
+        "{}",
+        p.input
+    );
+    assert!(
+        p.input.contains("-I FORWARD 1 -m conntrack --ctstate NEW"),
+        "{}",
+        p.input
+    );
+
+    let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:KAZE-SERVICES - [0:0]\n-A PREROUTING -m comment --comment \"kaze service portals\" -j KAZE-SERVICES\nCOMMIT\n";
+    let missing = missing_jumps(save);
+    assert_eq!(missing.len(), JUMPS.len() - 1);
+    assert!(missing.iter().all(|(_, r)| !r.starts_with("-I PREROUTING")));
+}
+
+#[test]
+fn cleanup_removes_only_kaze_chains_and_jumps() {
+    let save = "\
+*nat
+:PREROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KAZE-SERVICES - [0:0]
+:KAZE-SVC-ABC - [0:0]
+-A PREROUTING -m comment --comment \"kaze service portals\" -j KAZE-SERVICES
+-A PREROUTING -j KUBE-SERVICES
+-A KAZE-SERVICES -d 10.43.0.10/32 -j KAZE-SVC-ABC
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -j ACCEPT
+COMMIT
+";
+    let input = cleanup_input(save).expect("something to clean");
+    assert_eq!(
+        input,
+        "*nat\n:KAZE-SERVICES - [0:0]\n:KAZE-SVC-ABC - [0:0]\n-D PREROUTING -m comment --comment \"kaze service portals\" -j KAZE-SERVICES\n-X KAZE-SERVICES\n-X KAZE-SVC-ABC\nCOMMIT\n"
+    );
+    assert_eq!(
+        cleanup_input("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"),
+        None
+    );
+    assert_eq!(chains_in(save).len(), 2);
+}
