@@ -787,3 +787,135 @@ async fn bookmarks_for_idle_watchers_and_streaming_lists() {
     assert_eq!(seen, ["Init", "InitApply elsewhere"]);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_discovery_and_concurrent_service_ip_allocation() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let client = client(&server).await;
+    // kube-rs discovers through the legacy /api, /apis and per-group-version documents.
+    let discovery = kube::discovery::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let (deploy, caps) = discovery
+        .groups()
+        .find(|g| g.name() == "apps")
+        .and_then(|g| {
+            g.recommended_resources()
+                .into_iter()
+                .find(|(r, _)| r.plural == "deployments")
+        })
+        .expect("apps/v1 deployments discovered");
+    assert_eq!(deploy.kind, "Deployment");
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(s, _)| s.plural == "deployments/scale" || s.plural == "scale"),
+        "{:?}",
+        caps.subresources
+    );
+    assert!(discovery
+        .groups()
+        .any(|g| g.name() == "" || g.name() == "core"));
+
+    // 40 services created at once get 40 distinct addresses; deletes give them back.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let svcs = svcs.clone();
+        tasks.push(tokio::spawn(async move {
+            let s: Service = serde_json::from_value(
+                json!({"metadata": {"name": format!("c{i}")}, "spec": {"ports": [{"port": 80}]}}),
+            )
+            .expect("svc");
+            svcs.create(&PostParams::default(), &s)
+                .await
+                .expect("create")
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .expect("ip")
+        }));
+    }
+    let mut ips = BTreeSet::new();
+    for t in tasks {
+        assert!(ips.insert(t.await.expect("join")), "duplicate ClusterIP");
+    }
+    assert_eq!(ips.len(), 40);
+    let freed: Service = svcs.get("c0").await.expect("get");
+    let freed_ip = freed.spec.and_then(|s| s.cluster_ip).expect("ip");
+    svcs.delete("c0", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let again: Service = serde_json::from_value(json!({"metadata": {"name": "again"}, "spec": {"clusterIP": freed_ip, "ports": [{"port": 80}]}})).expect("svc");
+    let again = svcs
+        .create(&PostParams::default(), &again)
+        .await
+        .expect("a released address can be asked for again");
+    assert_eq!(again.spec.and_then(|s| s.cluster_ip), Some(freed_ip));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_tls_and_token_survive_a_restart_and_run_stops_on_cancel() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let port = server.local_addr().port();
+    let ca = server.ca_pem().to_string();
+    let token = server.token().to_string();
+    let cms: Api<ConfigMap> = Api::namespaced(client(&server).await, "default");
+    cms.create(&PostParams::default(), &cm("kept", &[("k", "v")]))
+        .await
+        .expect("create");
+    // A watch in flight must not hold the shutdown up.
+    let _watch = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch");
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("shutdown drains in time");
+
+    let mut config = apiserver::Config::for_tests(dir.path());
+    config.secure_port = port;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(apiserver::run(config, shutdown.clone()));
+    // The old kubeconfig (same CA, same token, same port) still works.
+    let cms: Api<ConfigMap> = Api::namespaced(client_for_path(dir.path()).await, "default");
+    let kept = loop {
+        match cms.get_opt("kept").await {
+            Ok(v) => break v,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(
+        kept.and_then(|c| c.data)
+            .and_then(|d| d.get("k").cloned())
+            .as_deref(),
+        Some("v")
+    );
+    let tls_dir = dir.path().join("server/tls");
+    assert_eq!(
+        std::fs::read_to_string(tls_dir.join("ca.crt")).expect("ca"),
+        ca
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("server/admin.token")).expect("token"),
+        token
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run returns after cancel")
+        .expect("join")
+        .expect("run ok");
+}
+
+async fn client_for_path(data_dir: &std::path::Path) -> Client {
+    let kc =
+        kube::config::Kubeconfig::read_from(data_dir.join("kubeconfig.yaml")).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}

@@ -683,3 +683,111 @@ fn typed_create_commands_send_protobuf_and_work() {
         8080
     );
 }
+
+#[test]
+fn describe_shows_events_and_foreground_delete_completes() {
+    let s = TestServer::start();
+    let f = write(&s, "app.yaml", APP);
+    s.kubectl(&["apply", "-f", &f]);
+    let uid = json(&s, &["get", "deploy", "web", "-n", "shop"])["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let event = format!(
+        "apiVersion: v1\nkind: Event\nmetadata: {{name: web.1, namespace: shop}}\ninvolvedObject: {{apiVersion: apps/v1, kind: Deployment, name: web, namespace: shop, uid: {uid}}}\nreason: ScalingReplicaSet\nmessage: Scaled up replica set web-1 to 2\ntype: Normal\nsource: {{component: deployment-controller}}\ncount: 1\n"
+    );
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&event));
+    let out = s.kubectl(&["describe", "deploy", "web", "-n", "shop"]);
+    assert!(
+        out.contains("Name:") && out.contains("web") && out.contains("nginx:1.27"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Scaled up replica set web-1 to 2"),
+        "describe lists the deployment's events: {out}"
+    );
+    let out = s.kubectl(&["describe", "svc", "web", "-n", "shop"]);
+    assert!(out.contains("ClusterIP") && out.contains("80/TCP"), "{out}");
+    let events = s.kubectl(&["get", "events", "-n", "shop"]);
+    assert!(
+        events.contains("ScalingReplicaSet") && events.contains("deployment/web"),
+        "{events}"
+    );
+
+    let out = s.kubectl(&[
+        "delete",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    assert!(out.contains("deployment.apps \"web\" deleted"), "{out}");
+    let err = s.kubectl_fails(&["get", "deploy", "web", "-n", "shop"], None);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn pod_and_node_tables_have_the_usual_columns() {
+    let s = TestServer::start();
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {node-role.kubernetes.io/control-plane: \"\"}\nstatus:\n  conditions: [{type: Ready, status: \"True\"}]\n  nodeInfo: {kubeletVersion: v1.37.0-kaze, osImage: Debian, kernelVersion: \"6.1\", containerRuntimeVersion: containerd://1.6.20, machineID: m, systemUUID: u, bootID: b, operatingSystem: linux, architecture: amd64, kubeProxyVersion: \"\"}\n  addresses: [{type: InternalIP, address: 192.168.1.10}]\n";
+    s.kubectl_stdin(&["create", "-f", "-"], Some(node));
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p1}\nspec:\n  nodeName: n1\n  containers: [{name: a, image: nginx}, {name: b, image: busybox}]\n";
+    s.kubectl_stdin(&["create", "-f", "-"], Some(pod));
+
+    let nodes = s.kubectl(&["get", "nodes"]);
+    let header: Vec<&str> = nodes
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    let row: Vec<&str> = nodes
+        .lines()
+        .nth(1)
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (row[0], row[1], row[2], row[4]),
+        ("n1", "Ready", "control-plane", "v1.37.0-kaze")
+    );
+    let wide = s.kubectl(&["get", "nodes", "-o", "wide"]);
+    assert!(
+        wide.contains("INTERNAL-IP")
+            && wide.contains("192.168.1.10")
+            && wide.contains("containerd://1.6.20"),
+        "{wide}"
+    );
+
+    let pods = s.kubectl(&["get", "pods", "-o", "wide"]);
+    let header: Vec<&str> = pods
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&header[..5], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    assert!(
+        header.contains(&"IP") && header.contains(&"NODE"),
+        "{header:?}"
+    );
+    let row: Vec<&str> = pods
+        .lines()
+        .nth(1)
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (row[0], row[1], row[2], row[3]),
+        ("p1", "0/2", "Pending", "0")
+    );
+    assert!(row.contains(&"n1"), "{row:?}");
+    let labels = s.kubectl(&["get", "pods", "--show-labels", "-A"]);
+    assert!(
+        labels.contains("NAMESPACE") && labels.contains("default"),
+        "{labels}"
+    );
+}
