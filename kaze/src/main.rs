@@ -24,6 +24,8 @@ enum Command {
     Scheduler(scheduler::Config),
     /// The controller-manager (also invoked as `kube-controller-manager`).
     ControllerManager(controllers::Config),
+    /// Cluster DNS for the cluster domain, fed by API watches (also invoked as `kube-dns`).
+    Dns(dns::Config),
     /// A whole cluster on this machine: today the control plane (the apiserver on the
     /// embedded store, or etcd with --etcd-servers; the scheduler; the controller-manager).
     Server(ServerArgs),
@@ -43,6 +45,87 @@ struct ServerArgs {
     /// CIDR that node pod CIDRs are carved from.
     #[arg(long = "cluster-cidr", default_value = "10.42.0.0/16")]
     cluster_cidr: String,
+    /// The cluster DNS Service address (the `kube-dns` Service's ClusterIP).
+    #[arg(long = "cluster-dns", default_value = "10.43.0.10")]
+    cluster_dns: std::net::IpAddr,
+    /// The cluster domain.
+    #[arg(long = "cluster-domain", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// This machine's address, where node components serve (default: the first global IPv4
+    /// address).
+    #[arg(long = "node-ip")]
+    node_ip: Option<std::net::IpAddr>,
+    /// Port the host DNS server listens on (the kube-dns Service maps 53 to it).
+    #[arg(long = "dns-port", default_value_t = 10053)]
+    dns_port: u16,
+    /// Port of the DNS server's /health, /ready and /metrics.
+    #[arg(long = "dns-http-port", default_value_t = 8181)]
+    dns_http_port: u16,
+}
+
+/// `kaze dns`'s flag defaults, for the DNS server `kaze server` runs.
+#[derive(Parser)]
+struct DnsDefaults {
+    #[command(flatten)]
+    config: dns::Config,
+}
+
+/// The first global-scope IPv4 address (`ip -4 -o addr show scope global`), else loopback.
+fn detect_node_ip() -> std::net::IpAddr {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet")?;
+                words.next()?.split('/').next()?.parse().ok()
+            })
+        })
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
+/// Create or update the `kube-system/kube-dns` Service and its EndpointSlice so the cluster
+/// DNS address leads to this machine's DNS server.
+async fn publish_kube_dns(
+    kubeconfig: &std::path::Path,
+    cluster_dns: std::net::IpAddr,
+    node_ip: std::net::IpAddr,
+    dns_port: u16,
+    http_port: u16,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, PostParams};
+    let client = component::client(Some(kubeconfig)).await?;
+    let (svc, slice) = dns::bootstrap::kube_dns_objects(cluster_dns, node_ip, dns_port, http_port);
+    let ns = dns::bootstrap::NAMESPACE;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    if svcs.get_opt(dns::bootstrap::NAME).await?.is_none() {
+        svcs.create(&PostParams::default(), &svc)
+            .await
+            .context("creating the kube-dns Service")?;
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client, ns);
+    let name = slice.metadata.name.clone().unwrap_or_default();
+    match slices.get_opt(&name).await? {
+        Some(cur) => {
+            let mut next = slice;
+            next.metadata.resource_version = cur.metadata.resource_version;
+            slices
+                .replace(&name, &PostParams::default(), &next)
+                .await
+                .context("updating the kube-dns EndpointSlice")?;
+        }
+        None => {
+            slices
+                .create(&PostParams::default(), &slice)
+                .await
+                .context("creating the kube-dns EndpointSlice")?;
+        }
+    }
+    Ok(())
 }
 
 /// Upstream component names that select a subcommand when the binary is called by them.
@@ -50,6 +133,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("kube-apiserver", "apiserver"),
     ("kube-scheduler", "scheduler"),
     ("kube-controller-manager", "controller-manager"),
+    ("kube-dns", "dns"),
 ];
 
 fn args() -> Vec<String> {
@@ -95,6 +179,31 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
         leader: args.leader.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
+    if !args.disable_agent {
+        let node_ip = args.node_ip.unwrap_or_else(detect_node_ip);
+        let dns_config = dns::Config {
+            cluster_domain: args.cluster_domain.clone(),
+            bind: vec![std::net::SocketAddr::new(node_ip, args.dns_port)],
+            http_bind: std::net::SocketAddr::new(node_ip, args.dns_http_port),
+            kubeconfig: Some(api.kubeconfig_path().to_path_buf()),
+            ..DnsDefaults::parse_from(["dns"]).config
+        };
+        publish_kube_dns(
+            api.kubeconfig_path(),
+            args.cluster_dns,
+            node_ip,
+            args.dns_port,
+            args.dns_http_port,
+        )
+        .await
+        .context("kaze server: publishing the kube-dns Service")?;
+        let token = shutdown.child_token();
+        tasks.spawn(async move {
+            dns::run(dns_config, token)
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("kaze server: dns"))
+        });
+    }
     let token = shutdown.child_token();
     tasks.spawn(async move {
         scheduler::run(sched, token)
@@ -142,6 +251,7 @@ fn main() -> anyhow::Result<()> {
             Command::ControllerManager(config) => controllers::run(config, shutdown)
                 .await
                 .context("controller-manager"),
+            Command::Dns(config) => dns::run(config, shutdown).await.context("dns"),
             Command::Server(args) => server(args, shutdown).await,
         }
     })

@@ -10,11 +10,11 @@ use anyhow::{bail, Context, Result};
 use crate::{cargo, run_cmd, step};
 
 /// Every benchmark `ci` runs in smoke mode.
-pub const NAMES: &[&str] = &["store"];
+pub const NAMES: &[&str] = &["store", "dns"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Which benchmark: store.
+    /// Which benchmark: store, dns.
     pub name: String,
     /// Short run for CI: small counts, debug build.
     #[arg(long)]
@@ -41,6 +41,29 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             }
             cmd.args(["--", "--count", count, "--out"]).arg(&out);
             run_cmd(&mut cmd).context("running the store benchmark")?;
+        }
+        "dns" => {
+            // Smoke: a small zone and a short run, in the debug build.
+            let mut cmd = cargo(root);
+            cmd.args(["run", "-q", "-p", "dns", "--bin", "dns-bench"]);
+            if !args.smoke {
+                cmd.arg("--release");
+            }
+            cmd.arg("--");
+            if args.smoke {
+                cmd.args([
+                    "--services",
+                    "200",
+                    "--seconds",
+                    "1",
+                    "--latency-qps",
+                    "2000",
+                    "--creations",
+                    "50",
+                ]);
+            }
+            cmd.arg("--out").arg(&out);
+            run_cmd(&mut cmd).context("running the dns benchmark")?;
         }
         other => bail!("unknown benchmark {other:?}; known: {}", NAMES.join(", ")),
     }

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod ebpf;
+mod images;
+mod protoschema;
 mod setup;
 mod up;
 
@@ -25,6 +27,10 @@ enum Cmd {
     Setup,
     /// Build the eBPF programs (dataplane-ebpf/) for bpfel-unknown-none with BTF.
     BuildEbpf,
+    /// Build the OCI image tarballs (pause, busybox, echo) into target/images/.
+    Images,
+    /// Regenerate apiserver/src/protobuf/schema.json from the k8s-pb and k8s-openapi sources.
+    GenProtoSchema,
     /// Set up, build and start a single-node cluster in the foreground.
     Up(up::Args),
     /// The one test command: setup, fmt, clippy, build, every test, benchmarks in smoke mode.
@@ -40,6 +46,12 @@ fn main() {
         Cmd::BuildEbpf => ebpf::build_ebpf(&root()).map(|obj| {
             println!("eBPF object: {}", obj.display());
         }),
+        Cmd::Images => images::build_images(&root()).map(|built| {
+            for p in built {
+                println!("image: {}", p.display());
+            }
+        }),
+        Cmd::GenProtoSchema => protoschema::run(&root()),
         Cmd::Up(args) => up::run(&root(), args),
         Cmd::Ci => ci(&root()),
         Cmd::Bench(args) => bench::run(&root(), args),
@@ -103,6 +115,8 @@ fn ci(root: &Path) -> Result<()> {
     setup::run(root).context("ci: setup")?;
     step("build-ebpf");
     ebpf::build_ebpf(root).context("ci: build-ebpf")?;
+    step("images");
+    images::build_images(root).context("ci: images")?;
     step("cargo fmt --check");
     run_cmd(cargo(root).args(["fmt", "--all", "--check"]))
         .context("ci: formatting (run `cargo fmt --all`)")?;
