@@ -10,11 +10,11 @@ use anyhow::{bail, Context, Result};
 use crate::{cargo, run_cmd, step};
 
 /// Every benchmark `ci` runs in smoke mode.
-pub const NAMES: &[&str] = &["store", "dns"];
+pub const NAMES: &[&str] = &["store", "dns", "scheduler"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Which benchmark: store, dns.
+    /// Which benchmark: store, dns, scheduler.
     pub name: String,
     /// Short run for CI: small counts, debug build.
     #[arg(long)]
@@ -41,6 +41,19 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             }
             cmd.args(["--", "--count", count, "--out"]).arg(&out);
             run_cmd(&mut cmd).context("running the store benchmark")?;
+        }
+        "scheduler" => {
+            let mut cmd = cargo(root);
+            cmd.args(["run", "-q", "-p", "scheduler", "--example", "bench"]);
+            if !args.smoke {
+                cmd.arg("--release");
+            }
+            cmd.arg("--");
+            if args.smoke {
+                cmd.args(["--nodes", "20", "--pods", "200", "--probes", "20"]);
+            }
+            cmd.arg("--out").arg(&out);
+            run_cmd(&mut cmd).context("running the scheduler benchmark")?;
         }
         "dns" => {
             // Smoke: a small zone and a short run, in the debug build.
