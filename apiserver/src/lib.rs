@@ -23,6 +23,7 @@ mod kinds;
 mod kubeconfig;
 mod list;
 mod meta;
+mod metrics;
 mod negotiate;
 mod nsfinalizer;
 mod objects;

@@ -109,6 +109,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         ips,
         shutdown: shutdown.clone(),
         openapi: Default::default(),
+        metrics: Default::default(),
     });
     bootstrap(&state, config.secure_port).await?;
     tokio::spawn(crate::nsfinalizer::run(state.clone()));

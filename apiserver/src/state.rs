@@ -18,4 +18,5 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// OpenAPI documents, built once on first request (they are large).
     pub openapi: crate::openapi::Cache,
+    pub metrics: crate::metrics::Metrics,
 }

@@ -1,0 +1,218 @@
+//! Prometheus `/metrics`: request counts and latency by verb, resource and code, under
+//! upstream's metric names so existing dashboards read them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::state::AppState;
+
+const BUCKETS: &[f64] = &[
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0,
+    10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+];
+
+/// verb, group, version, resource, subresource, scope
+type Labels = (String, String, String, String, String, &'static str);
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    requests: BTreeMap<(Labels, u16), u64>,
+    latency: BTreeMap<Labels, Histogram>,
+}
+
+/// What a request path and method mean for the labels.
+fn labels(method: &Method, path: &str, query: Option<&str>) -> Labels {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", v, rest),
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        _ => {
+            let verb = method.as_str().to_ascii_lowercase();
+            return (
+                verb,
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                "",
+            );
+        }
+    };
+    let (scope, resource, name, sub) = match rest {
+        ["namespaces", _, r, tail @ ..] => {
+            ("namespace", *r, tail.first().copied(), tail.get(1).copied())
+        }
+        ["namespaces", n] => ("cluster", "namespaces", Some(*n), None),
+        [r, tail @ ..] => ("cluster", *r, tail.first().copied(), tail.get(1).copied()),
+        [] => ("", "", None, None),
+    };
+    let watch = query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    let verb = match (method.clone(), name.is_some()) {
+        (Method::GET, false) if watch => "watch",
+        (Method::GET, false) => "list",
+        (Method::GET, true) => "get",
+        (Method::POST, _) => "create",
+        (Method::PUT, _) => "update",
+        (Method::PATCH, _) => "patch",
+        (Method::DELETE, false) => "deletecollection",
+        (Method::DELETE, true) => "delete",
+        _ => "other",
+    };
+    let scope = if scope == "cluster" && name.is_none() && resource != "namespaces" {
+        "cluster"
+    } else if name.is_some() {
+        "resource"
+    } else {
+        scope
+    };
+    (
+        verb.into(),
+        group.into(),
+        version.into(),
+        resource.into(),
+        sub.unwrap_or("").into(),
+        scope,
+    )
+}
+
+impl Metrics {
+    fn observe(&self, l: Labels, code: u16, secs: f64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *inner.requests.entry((l.clone(), code)).or_default() += 1;
+        let h = inner.latency.entry(l).or_default();
+        if h.counts.is_empty() {
+            h.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
+    }
+
+    pub fn render(&self) -> String {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        let fmt_labels = |l: &Labels| {
+            format!(
+                "verb=\"{}\",group=\"{}\",version=\"{}\",resource=\"{}\",subresource=\"{}\",scope=\"{}\",component=\"apiserver\"",
+                l.0.to_ascii_uppercase(), l.1, l.2, l.3, l.4, l.5
+            )
+        };
+        out.push_str("# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, group, version, resource, scope, component, and HTTP response code.\n# TYPE apiserver_request_total counter\n");
+        for ((l, code), n) in &inner.requests {
+            let _ = writeln!(
+                out,
+                "apiserver_request_total{{{},code=\"{code}\"}} {n}",
+                fmt_labels(l)
+            );
+        }
+        out.push_str("# HELP apiserver_request_duration_seconds Response latency distribution in seconds for each verb, group, version, resource, subresource, scope and component.\n# TYPE apiserver_request_duration_seconds histogram\n");
+        for (l, h) in &inner.latency {
+            let ls = fmt_labels(l);
+            for (b, c) in BUCKETS.iter().zip(&h.counts) {
+                let _ = writeln!(
+                    out,
+                    "apiserver_request_duration_seconds_bucket{{{ls},le=\"{b}\"}} {c}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_bucket{{{ls},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_sum{{{ls}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_count{{{ls}}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}
+
+/// The outermost layer: every request is measured, refused ones (401) included.
+pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let l = labels(req.method(), req.uri().path(), req.uri().query());
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .observe(l, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    resp
+}
+
+pub async fn serve(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_follow_upstream_verbs() {
+        let l = labels(
+            &Method::GET,
+            "/api/v1/namespaces/default/pods",
+            Some("watch=true&resourceVersion=1"),
+        );
+        assert_eq!(
+            (l.0.as_str(), l.3.as_str(), l.5),
+            ("watch", "pods", "namespace")
+        );
+        let l = labels(
+            &Method::PATCH,
+            "/apis/apps/v1/namespaces/x/deployments/web/scale",
+            None,
+        );
+        assert_eq!(
+            (l.0.as_str(), l.1.as_str(), l.3.as_str(), l.4.as_str(), l.5),
+            ("patch", "apps", "deployments", "scale", "resource")
+        );
+        let l = labels(&Method::GET, "/api/v1/nodes", None);
+        assert_eq!((l.0.as_str(), l.5), ("list", "cluster"));
+        let m = Metrics::default();
+        m.observe(labels(&Method::GET, "/api/v1/nodes", None), 200, 0.01);
+        let text = m.render();
+        assert!(text.contains("apiserver_request_total{verb=\"LIST\",group=\"\",version=\"v1\",resource=\"nodes\",subresource=\"\",scope=\"cluster\",component=\"apiserver\",code=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains("apiserver_request_duration_seconds_count"),
+            "{text}"
+        );
+    }
+}
