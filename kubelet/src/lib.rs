@@ -4,13 +4,15 @@
 //! - [`sys`]: the one module that touches the host (processes, netns, FIFOs, cgroups);
 //! - [`containerd`], [`images`], [`cni`], [`spec`], [`logs`]: one concern each;
 //! - [`runtime`]: pod sandboxes and containers built from those;
-//! - (next) the pod model and the API-driven sync loop on top.
+//! - [`pod`]: PodSpec -> runtime calls, probes, restart policy, status (no API yet);
+//! - (next) the API-driven sync loop, node registration and the kubelet server on top.
 
 pub mod cni;
 pub mod containerd;
 pub mod error;
 pub mod images;
 pub mod logs;
+pub mod pod;
 pub mod runtime;
 pub mod spec;
 pub mod sys;

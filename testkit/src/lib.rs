@@ -331,8 +331,23 @@ impl Containerd {
             for c in self.lines(&["-n", &ns, "containers", "ls", "-q"]) {
                 let _ = self.ctr_raw(&["-n", &ns, "containers", "rm", &c]);
             }
-            // The shim's runc state dir for this namespace (empty once the tasks are gone).
-            let _ = std::fs::remove_dir(std::path::Path::new("/run/containerd/runc").join(&ns));
+            // The shim's runc state for this namespace: empty once the tasks are gone; a
+            // container orphaned by a killed shim is force-deleted (which kills it).
+            let runc_root = std::path::Path::new("/run/containerd/runc").join(&ns);
+            for id in std::fs::read_dir(&runc_root)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force"])
+                    .arg(id.file_name())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = std::fs::remove_dir(&runc_root);
         }
     }
 }

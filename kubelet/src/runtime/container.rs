@@ -217,8 +217,15 @@ impl Runtime {
                     None,
                 ))
                 .await;
-            let exit_code = match waited {
-                Ok(r) => r.into_inner().exit_status as i32,
+            let (exit_code, finished_at) = match waited {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let at = r
+                        .exited_at
+                        .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                        .unwrap_or_else(jiff::Timestamp::now);
+                    (r.exit_status as i32, at)
+                }
                 Err(e) => {
                     tracing::debug!(id = %id, error = %e.message(), "waiting for a task ended without an exit status");
                     return;
@@ -232,11 +239,12 @@ impl Runtime {
             } else {
                 "Error"
             };
-            let _ = tx.send(Some(ExitInfo {
+            // send_replace stores the exit even when nobody is subscribed right now.
+            tx.send_replace(Some(ExitInfo {
                 exit_code,
                 reason: reason.into(),
                 oom_killed,
-                finished_at: jiff::Timestamp::now(),
+                finished_at,
             }));
         });
         rx

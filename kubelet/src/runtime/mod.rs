@@ -6,6 +6,7 @@
 //! dir (`<root>/pods/<uid>/sandbox.json`), so teardown works from either after a restart.
 
 mod container;
+mod exec;
 mod sandbox;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use container::{ContainerConfig, ContainerState, ContainerStatus, ExitInfo};
+pub use exec::ExecOutput;
 pub use sandbox::{PodSandboxConfig, Sandbox};
 
 use crate::cni::{Cni, NetworkConfig};

@@ -221,8 +221,24 @@ impl Drop for TestNode {
                 }
             }
         }
-        // Cgroups runc did not remove (pods of a failed test), deepest first.
+        // Cgroups runc did not remove (pods of a failed test), deepest first; a process
+        // still in one (a container started while the test was unwinding) is killed.
         let parent = self.rt.config().cgroup_parent.clone();
+        let pids_root =
+            std::path::Path::new("/sys/fs/cgroup/pids").join(parent.trim_start_matches('/'));
+        let mut stack = vec![pids_root];
+        while let Some(d) = stack.pop() {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.split_whitespace() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", pid])
+                    .status();
+            }
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
         for controller in kubelet::sys::cgroup_controllers() {
             let top = controller.join(parent.trim_start_matches('/'));
             let mut dirs = Vec::new();

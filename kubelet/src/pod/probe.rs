@@ -1,0 +1,380 @@
+//! Probes (exec, httpGet, tcpSocket) with upstream's timing: initial delay, period,
+//! timeout, success/failure thresholds. [`ProbeTracker`] is the pure state machine;
+//! [`run_http`]/[`run_tcp`] do the network part; exec goes through the runtime.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Exec(Vec<String>),
+    Http {
+        host: Option<String>,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+        https: bool,
+    },
+    Tcp {
+        host: Option<String>,
+        port: u16,
+    },
+}
+
+/// A probe with its timing, defaults filled in as the API server would.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeSpec {
+    pub action: Action,
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProbeResult {
+    Success,
+    Failure(String),
+}
+
+fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} out of range")),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .and_then(|cp| u16::try_from(cp.container_port).ok())
+            .ok_or_else(|| format!("container has no port named {name:?}")),
+    }
+}
+
+impl ProbeSpec {
+    /// Build from the API type; `Err` says why the probe cannot run (e.g. gRPC probes).
+    pub fn from_api(c: &Container, p: &Probe) -> Result<ProbeSpec, String> {
+        let action = if let Some(e) = &p.exec {
+            Action::Exec(e.command.clone().unwrap_or_default())
+        } else if let Some(h) = &p.http_get {
+            Action::Http {
+                host: h.host.clone().filter(|h| !h.is_empty()),
+                port: port(c, &h.port)?,
+                path: h
+                    .path
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "/".into()),
+                headers: h
+                    .http_headers
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect(),
+                https: h.scheme.as_deref() == Some("HTTPS"),
+            }
+        } else if let Some(t) = &p.tcp_socket {
+            Action::Tcp {
+                host: t.host.clone().filter(|h| !h.is_empty()),
+                port: port(c, &t.port)?,
+            }
+        } else if p.grpc.is_some() {
+            return Err("grpc probes are not supported yet".into());
+        } else {
+            return Err("probe has no action".into());
+        };
+        let secs = |v: Option<i32>, default: i32, min: i32| {
+            Duration::from_secs(v.unwrap_or(default).max(min) as u64)
+        };
+        Ok(ProbeSpec {
+            action,
+            initial_delay: secs(p.initial_delay_seconds, 0, 0),
+            period: secs(p.period_seconds, 10, 1),
+            timeout: secs(p.timeout_seconds, 1, 1),
+            success_threshold: p.success_threshold.unwrap_or(1).max(1) as u32,
+            failure_threshold: p.failure_threshold.unwrap_or(3).max(1) as u32,
+        })
+    }
+}
+
+/// One probe's state over time: when it is due and what it concluded.
+#[derive(Clone, Debug)]
+pub struct ProbeTracker {
+    pub spec: ProbeSpec,
+    next: Instant,
+    successes: u32,
+    failures: u32,
+    /// The probe's verdict so far; None until thresholds are first met.
+    pub verdict: Option<bool>,
+    pub last_message: Option<String>,
+}
+
+impl ProbeTracker {
+    /// Start tracking for a container that started at `started`.
+    pub fn new(spec: ProbeSpec, started: Instant) -> ProbeTracker {
+        let next = started + spec.initial_delay;
+        ProbeTracker {
+            spec,
+            next,
+            successes: 0,
+            failures: 0,
+            verdict: None,
+            last_message: None,
+        }
+    }
+
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    pub fn next_due(&self) -> Instant {
+        self.next
+    }
+
+    /// Record one result at `now`; returns the new verdict when it changed.
+    pub fn record(&mut self, result: &ProbeResult, now: Instant) -> Option<bool> {
+        self.next = now + self.spec.period;
+        let before = self.verdict;
+        match result {
+            ProbeResult::Success => {
+                self.successes += 1;
+                self.failures = 0;
+                self.last_message = None;
+                if self.successes >= self.spec.success_threshold {
+                    self.verdict = Some(true);
+                }
+            }
+            ProbeResult::Failure(msg) => {
+                self.failures += 1;
+                self.successes = 0;
+                self.last_message = Some(msg.clone());
+                if self.failures >= self.spec.failure_threshold {
+                    self.verdict = Some(false);
+                }
+            }
+        }
+        (self.verdict != before).then_some(self.verdict.unwrap_or(false))
+    }
+}
+
+fn target(host: &Option<String>, pod_ip: Option<IpAddr>, port: u16) -> Result<SocketAddr, String> {
+    let ip = match host {
+        Some(h) => h
+            .parse()
+            .map_err(|_| format!("probe host {h:?} is not an IP address"))?,
+        None => pod_ip.ok_or("the pod has no IP yet")?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// tcpSocket: success when a connection opens within the timeout.
+pub async fn run_tcp(
+    host: &Option<String>,
+    port: u16,
+    pod_ip: Option<IpAddr>,
+    timeout: Duration,
+) -> ProbeResult {
+    let addr = match target(host, pod_ip, port) {
+        Ok(a) => a,
+        Err(e) => return ProbeResult::Failure(e),
+    };
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => ProbeResult::Success,
+        Ok(Err(e)) => ProbeResult::Failure(format!("dial tcp {addr}: {e}")),
+        Err(_) => ProbeResult::Failure(format!("dial tcp {addr}: timeout after {timeout:?}")),
+    }
+}
+
+/// httpGet: success on a 2xx/3xx status within the timeout (redirects are not followed).
+pub async fn run_http(
+    host: &Option<String>,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+    pod_ip: Option<IpAddr>,
+    timeout: Duration,
+) -> ProbeResult {
+    let addr = match target(host, pod_ip, port) {
+        Ok(a) => a,
+        Err(e) => return ProbeResult::Failure(e),
+    };
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.37\r\nAccept: */*\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("writing the request: {e}"))?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.contains(&b'\n') && head.len() < 4096 {
+            let n = s
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("reading the response: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "malformed HTTP response {:?}",
+                    line.lines().next().unwrap_or("")
+                )
+            })?;
+        Ok::<u16, String>(status)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(code)) if (200..400).contains(&code) => ProbeResult::Success,
+        Ok(Ok(code)) => ProbeResult::Failure(format!("HTTP probe failed with statuscode: {code}")),
+        Ok(Err(e)) => ProbeResult::Failure(e),
+        Err(_) => ProbeResult::Failure(format!(
+            "Get http://{addr}{path}: timeout after {timeout:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(threshold_ok: u32, threshold_fail: u32) -> ProbeSpec {
+        ProbeSpec {
+            action: Action::Tcp {
+                host: None,
+                port: 1,
+            },
+            initial_delay: Duration::from_secs(5),
+            period: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            success_threshold: threshold_ok,
+            failure_threshold: threshold_fail,
+        }
+    }
+
+    #[test]
+    fn api_probes_get_upstream_defaults_and_named_ports() {
+        let c: Container = serde_json::from_value(
+            json!({"name": "a", "ports": [{"name": "http", "containerPort": 8080}]}),
+        )
+        .unwrap();
+        let p: Probe = serde_json::from_value(json!({"httpGet": {"port": "http"}})).unwrap();
+        let s = ProbeSpec::from_api(&c, &p).unwrap();
+        assert_eq!(
+            s.action,
+            Action::Http {
+                host: None,
+                port: 8080,
+                path: "/".into(),
+                headers: vec![],
+                https: false
+            }
+        );
+        assert_eq!(
+            (
+                s.period,
+                s.timeout,
+                s.success_threshold,
+                s.failure_threshold
+            ),
+            (Duration::from_secs(10), Duration::from_secs(1), 1, 3)
+        );
+        let p: Probe = serde_json::from_value(json!({"tcpSocket": {"port": "nope"}})).unwrap();
+        assert!(ProbeSpec::from_api(&c, &p)
+            .unwrap_err()
+            .contains("no port named"));
+        let p: Probe = serde_json::from_value(json!({"grpc": {"port": 1}})).unwrap();
+        assert!(ProbeSpec::from_api(&c, &p).is_err());
+    }
+
+    #[test]
+    fn thresholds_decide_the_verdict() {
+        let t0 = Instant::now();
+        let mut t = ProbeTracker::new(spec(2, 3), t0);
+        assert!(!t.due(t0));
+        assert!(t.due(t0 + Duration::from_secs(5)));
+        assert_eq!(t.record(&ProbeResult::Success, t0), None);
+        assert_eq!(t.next_due(), t0 + Duration::from_secs(2));
+        assert_eq!(t.record(&ProbeResult::Success, t0), Some(true));
+        let fail = ProbeResult::Failure("x".into());
+        assert_eq!(t.record(&fail, t0), None);
+        assert_eq!(t.record(&fail, t0), None);
+        assert_eq!(
+            t.record(&ProbeResult::Success, t0),
+            None,
+            "a success resets the failure count"
+        );
+        assert_eq!(t.record(&fail, t0), None);
+        assert_eq!(t.record(&fail, t0), None);
+        assert_eq!(t.record(&fail, t0), Some(false));
+        assert_eq!(t.last_message.as_deref(), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_against_local_listeners() {
+        let ok = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port_ok = ok.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = ok.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let code = if req.starts_with("GET /healthz ") && req.contains("X-Probe: yes") {
+                    200
+                } else {
+                    503
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let local = Some("127.0.0.1".parse().unwrap());
+        let t = Duration::from_secs(2);
+        let hdr = vec![("X-Probe".to_string(), "yes".to_string())];
+        assert_eq!(
+            run_http(&None, port_ok, "/healthz", &hdr, local, t).await,
+            ProbeResult::Success
+        );
+        let bad = run_http(&None, port_ok, "/other", &hdr, local, t).await;
+        assert_eq!(
+            bad,
+            ProbeResult::Failure("HTTP probe failed with statuscode: 503".into())
+        );
+        assert_eq!(
+            run_tcp(&None, port_ok, local, t).await,
+            ProbeResult::Success
+        );
+
+        let closed = testkit::free_port();
+        assert!(matches!(
+            run_tcp(&None, closed, local, t).await,
+            ProbeResult::Failure(_)
+        ));
+        assert!(matches!(
+            run_http(&None, closed, "/", &[], local, t).await,
+            ProbeResult::Failure(_)
+        ));
+        assert!(
+            matches!(run_tcp(&None, 1, None, t).await, ProbeResult::Failure(m) if m.contains("no IP"))
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! From a `v1.Pod` to what the runtime runs: the sandbox config (hostname, DNS policy,
+//! hostPorts) and one container config per container (command, env with `$(VAR)`
+//! expansion and downward-API fields, resources). Pure functions, unit-tested.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::cni::PortMapping;
+use crate::runtime::{ContainerConfig, PodSandboxConfig};
+use crate::spec::{DnsConfig, Resources};
+
+/// Why a spec cannot be run as written (reported as a pod event/status, never a panic).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("pod has no {0}")]
+    Missing(&'static str),
+    #[error("container {container}: env {name}: {reason}")]
+    Env {
+        container: String,
+        name: String,
+        reason: String,
+    },
+    #[error("container {container}: resource {resource}: cannot parse quantity {value:?}")]
+    Quantity {
+        container: String,
+        resource: String,
+        value: String,
+    },
+    #[error("container {container}: port {port}: {reason}")]
+    Port {
+        container: String,
+        port: i32,
+        reason: String,
+    },
+    #[error("dnsPolicy {0:?} is not supported")]
+    DnsPolicy(String),
+}
+
+/// Node-level inputs the pod model needs.
+#[derive(Clone, Debug)]
+pub struct NodeContext {
+    pub node_name: String,
+    pub host_ip: Option<IpAddr>,
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
+    /// The host's resolv.conf nameservers/searches, for dnsPolicy Default.
+    pub host_dns: DnsConfig,
+}
+
+/// namespace, name, uid of a pod.
+pub fn pod_identity(pod: &Pod) -> Result<(String, String, String), SpecError> {
+    let m = &pod.metadata;
+    let name = m.name.clone().ok_or(SpecError::Missing("metadata.name"))?;
+    let ns = m.namespace.clone().unwrap_or_else(|| "default".into());
+    let uid = m.uid.clone().ok_or(SpecError::Missing("metadata.uid"))?;
+    Ok((ns, name, uid))
+}
+
+pub fn pod_spec(pod: &Pod) -> Result<&PodSpec, SpecError> {
+    pod.spec.as_ref().ok_or(SpecError::Missing("spec"))
+}
+
+/// The pod's sandbox: hostname (`spec.hostname` or the name), DNS by `dnsPolicy`, hostPorts.
+pub fn sandbox_config(pod: &Pod, node: &NodeContext) -> Result<PodSandboxConfig, SpecError> {
+    let (namespace, name, uid) = pod_identity(pod)?;
+    let spec = pod_spec(pod)?;
+    let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+    let policy = spec
+        .dns_policy
+        .clone()
+        .unwrap_or_else(|| "ClusterFirst".into());
+    let host_network = spec.host_network.unwrap_or(false);
+    let mut dns = match policy.as_str() {
+        "ClusterFirst" if !host_network => {
+            DnsConfig::cluster_first(&node.cluster_dns, &namespace, &node.cluster_domain)
+        }
+        "ClusterFirstWithHostNet" => {
+            DnsConfig::cluster_first(&node.cluster_dns, &namespace, &node.cluster_domain)
+        }
+        // ClusterFirst on the host network falls back to Default, as upstream does.
+        "ClusterFirst" | "Default" => node.host_dns.clone(),
+        "None" => DnsConfig {
+            nameservers: vec![],
+            searches: vec![],
+            options: vec![],
+        },
+        other => return Err(SpecError::DnsPolicy(other.into())),
+    };
+    if let Some(extra) = &spec.dns_config {
+        for ns in extra.nameservers.iter().flatten() {
+            if let Ok(ip) = ns.parse() {
+                if !dns.nameservers.contains(&ip) {
+                    dns.nameservers.push(ip);
+                }
+            }
+        }
+        for s in extra.searches.iter().flatten() {
+            if !dns.searches.contains(s) {
+                dns.searches.push(s.clone());
+            }
+        }
+        for o in extra.options.iter().flatten() {
+            let Some(n) = &o.name else { continue };
+            dns.options
+                .retain(|existing| existing.split(':').next() != Some(n.as_str()));
+            dns.options.push(match &o.value {
+                Some(v) => format!("{n}:{v}"),
+                None => n.clone(),
+            });
+        }
+    }
+    let mut port_mappings = Vec::new();
+    for c in &spec.containers {
+        for p in c.ports.iter().flatten() {
+            let Some(host_port) = p.host_port.filter(|h| *h > 0) else {
+                continue;
+            };
+            let bad = |reason: &str| SpecError::Port {
+                container: c.name.clone(),
+                port: p.container_port,
+                reason: reason.into(),
+            };
+            let host_port = u16::try_from(host_port).map_err(|_| bad("hostPort out of range"))?;
+            let container_port =
+                u16::try_from(p.container_port).map_err(|_| bad("containerPort out of range"))?;
+            let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            if port_mappings
+                .iter()
+                .any(|m: &PortMapping| m.host_port == host_port && m.protocol == protocol)
+            {
+                return Err(bad("hostPort is used twice in this pod"));
+            }
+            port_mappings.push(PortMapping {
+                host_port,
+                container_port,
+                protocol,
+                host_ip: p.host_ip.clone(),
+            });
+        }
+    }
+    Ok(PodSandboxConfig {
+        namespace,
+        name,
+        uid,
+        hostname,
+        dns,
+        port_mappings,
+    })
+}
+
+/// Parse a Kubernetes quantity to a number of base units (bytes, cores).
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let value: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    Some(value * mult)
+}
+
+fn quantity(
+    container: &str,
+    map: Option<&BTreeMap<String, Quantity>>,
+    key: &str,
+) -> Result<Option<f64>, SpecError> {
+    match map.and_then(|m| m.get(key)) {
+        None => Ok(None),
+        Some(Quantity(v)) => parse_quantity(v)
+            .map(Some)
+            .ok_or_else(|| SpecError::Quantity {
+                container: container.into(),
+                resource: key.into(),
+                value: v.clone(),
+            }),
+    }
+}
+
+/// `resources` -> cgroup values. A request defaults to the limit, as the API server does.
+pub fn resources(c: &Container) -> Result<Resources, SpecError> {
+    let r = c.resources.as_ref();
+    let limits = r.and_then(|r| r.limits.as_ref());
+    let requests = r.and_then(|r| r.requests.as_ref());
+    let mem = quantity(&c.name, limits, "memory")?;
+    let cpu_limit = quantity(&c.name, limits, "cpu")?;
+    let cpu_request = quantity(&c.name, requests, "cpu")?.or(cpu_limit);
+    Ok(Resources {
+        memory_limit: mem.map(|b| b.ceil() as i64),
+        cpu_request_milli: cpu_request.map(|c| (c * 1000.0).round() as u64),
+        cpu_limit_milli: cpu_limit.map(|c| (c * 1000.0).round() as u64),
+    })
+}
+
+/// Expand `$(VAR)` from `vars`; `$$(VAR)` is an escaped literal; unknown stays as written.
+pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("$(") {
+            match t.find(')') {
+                Some(end) => {
+                    let name = &t[..end];
+                    match vars.get(name) {
+                        Some(v) => out.push_str(v),
+                        None => out.push_str(&tail[..end + 3]),
+                    }
+                    rest = &t[end + 1..];
+                }
+                None => {
+                    out.push_str(tail);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Downward API `fieldRef` values the kubelet knows without the API.
+fn field_ref(pod: &Pod, path: &str, pod_ip: Option<IpAddr>, node: &NodeContext) -> Option<String> {
+    let m = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    match path {
+        "metadata.name" => m.name.clone(),
+        "metadata.namespace" => Some(m.namespace.clone().unwrap_or_else(|| "default".into())),
+        "metadata.uid" => m.uid.clone(),
+        "spec.nodeName" => Some(
+            spec.and_then(|s| s.node_name.clone())
+                .unwrap_or_else(|| node.node_name.clone()),
+        ),
+        "spec.serviceAccountName" => Some(
+            spec.and_then(|s| s.service_account_name.clone())
+                .unwrap_or_default(),
+        ),
+        "status.podIP" | "status.podIPs" => Some(pod_ip.map(|i| i.to_string()).unwrap_or_default()),
+        "status.hostIP" | "status.hostIPs" => {
+            Some(node.host_ip.map(|i| i.to_string()).unwrap_or_default())
+        }
+        _ => {
+            let (kind, key) = path.split_once('[')?;
+            let key = key.strip_suffix(']')?.trim_matches('\'').trim_matches('"');
+            match kind {
+                "metadata.labels" => m.labels.as_ref()?.get(key).cloned(),
+                "metadata.annotations" => m.annotations.as_ref()?.get(key).cloned(),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// The container's env in order, each value expanded against the ones before it.
+pub fn container_env(
+    pod: &Pod,
+    c: &Container,
+    pod_ip: Option<IpAddr>,
+    node: &NodeContext,
+) -> Result<Vec<(String, String)>, SpecError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut vars = HashMap::new();
+    let res = resources(c)?;
+    for e in c.env.iter().flatten() {
+        let err = |reason: &str| SpecError::Env {
+            container: c.name.clone(),
+            name: e.name.clone(),
+            reason: reason.into(),
+        };
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => expand(v, &vars),
+            (None, None) => String::new(),
+            (None, Some(from)) => {
+                if let Some(f) = &from.field_ref {
+                    field_ref(pod, &f.field_path, pod_ip, node)
+                        .ok_or_else(|| err(&format!("unsupported fieldRef {}", f.field_path)))?
+                } else if let Some(r) = &from.resource_field_ref {
+                    match r.resource.as_str() {
+                        "limits.memory" => {
+                            res.memory_limit.map(|m| m.to_string()).unwrap_or_default()
+                        }
+                        "limits.cpu" => res
+                            .cpu_limit_milli
+                            .map(|m| m.div_ceil(1000).to_string())
+                            .unwrap_or_default(),
+                        "requests.cpu" => res
+                            .cpu_request_milli
+                            .map(|m| m.div_ceil(1000).to_string())
+                            .unwrap_or_default(),
+                        other => return Err(err(&format!("unsupported resourceFieldRef {other}"))),
+                    }
+                } else if from.config_map_key_ref.is_some() || from.secret_key_ref.is_some() {
+                    // Needs objects from the API; the API-driven sync loop resolves these.
+                    return Err(err("configMapKeyRef/secretKeyRef need the API server"));
+                } else {
+                    return Err(err("unsupported valueFrom"));
+                }
+            }
+        };
+        vars.insert(e.name.clone(), value.clone());
+        match out.iter_mut().find(|(k, _)| *k == e.name) {
+            Some(slot) => slot.1 = value,
+            None => out.push((e.name.clone(), value)),
+        }
+    }
+    Ok(out)
+}
+
+/// One container's runtime config for restart `attempt`.
+pub fn container_config(
+    pod: &Pod,
+    c: &Container,
+    attempt: u32,
+    pod_ip: Option<IpAddr>,
+    node: &NodeContext,
+) -> Result<ContainerConfig, SpecError> {
+    let env = container_env(pod, c, pod_ip, node)?;
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
+    let expand_all =
+        |v: &Option<Vec<String>>| v.iter().flatten().map(|s| expand(s, &vars)).collect();
+    Ok(ContainerConfig {
+        name: c.name.clone(),
+        image: c
+            .image
+            .clone()
+            .ok_or(SpecError::Missing("container image"))?,
+        command: expand_all(&c.command),
+        args: expand_all(&c.args),
+        env,
+        working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
+        resources: resources(c)?,
+        mounts: Vec::new(),
+        attempt,
+    })
+}
+
+/// `terminationGracePeriodSeconds` (default 30 s).
+pub fn grace_period(pod: &Pod) -> std::time::Duration {
+    let secs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    std::time::Duration::from_secs(secs.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests;

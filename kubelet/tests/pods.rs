@@ -1,0 +1,375 @@
+//! The pod model on a real node: PodSpecs run by a pod worker against real containerd,
+//! runc and CNI — restart policy with back-off, probes, image errors, termination.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
+use kubelet::pod::{self, NodeContext, WorkerConfig};
+use kubelet::spec::DnsConfig;
+use serde_json::json;
+use support::TestNode;
+use tokio::sync::watch;
+
+fn node_ctx(node: &TestNode) -> NodeContext {
+    NodeContext {
+        node_name: node.rt.config().node_name.clone(),
+        host_ip: Some("127.0.0.1".parse().unwrap()),
+        cluster_dns: node.rt.config().cluster_dns.clone(),
+        cluster_domain: "cluster.local".into(),
+        host_dns: DnsConfig {
+            nameservers: vec!["127.0.0.53".parse().unwrap()],
+            searches: vec![],
+            options: vec![],
+        },
+    }
+}
+
+fn pod(name: &str, spec: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}-{}", std::process::id())},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn fast() -> WorkerConfig {
+    WorkerConfig {
+        backoff_initial: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(2),
+        tick: Duration::from_millis(100),
+    }
+}
+
+/// Wait until the pod status satisfies `f`, panicking with the last status otherwise.
+async fn wait_for(
+    rx: &mut watch::Receiver<PodStatus>,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&PodStatus) -> bool,
+) -> PodStatus {
+    let got = tokio::time::timeout(timeout, rx.wait_for(|s| f(s)))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|s| s.clone());
+    got.unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {what}; last status: {:#?}",
+            *rx.borrow()
+        )
+    })
+}
+
+fn container<'a>(s: &'a PodStatus, name: &str) -> &'a ContainerStatus {
+    s.container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == name)
+        .expect("container status")
+}
+
+fn condition(s: &PodStatus, kind: &str) -> Option<String> {
+    s.conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_liveness_probe_restarts_the_container() {
+    let node = TestNode::start("kt-live", 21).await;
+    let p = pod(
+        "live",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "app", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 3600"],
+                "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 1},
+            }],
+        }),
+    );
+    let uid = p.metadata.uid.clone().unwrap();
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(
+        &mut rx,
+        Duration::from_secs(30),
+        "a running container",
+        |s| {
+            container(s, "app")
+                .state
+                .as_ref()
+                .is_some_and(|st| st.running.is_some())
+        },
+    )
+    .await;
+    assert_eq!(container(&s, "app").restart_count, 0);
+    let s = wait_for(
+        &mut rx,
+        Duration::from_secs(30),
+        "a restart after the liveness failure",
+        |s| {
+            let c = container(s, "app");
+            c.restart_count == 1 && c.state.as_ref().is_some_and(|st| st.running.is_some())
+        },
+    )
+    .await;
+    let last = container(&s, "app")
+        .last_state
+        .clone()
+        .and_then(|l| l.terminated)
+        .expect("lastState.terminated");
+    assert_ne!(last.exit_code, 0, "{last:?}");
+    assert_eq!(s.phase.as_deref(), Some("Running"));
+    // The second run logs to 1.log, as upstream numbers restarts.
+    let logs = node
+        .rt
+        .config()
+        .log_dir
+        .join(format!("default_live_{uid}/app"));
+    assert!(logs.join("1.log").exists() || logs.join("0.log").exists());
+    h.terminate().await;
+    assert!(node.rt.pod_containers(&uid).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_http_and_tcp_probes() {
+    let node = TestNode::start("kt-ready", 22).await;
+    let p = pod(
+        "ready",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "echo", "image": "kaze/echo:1",
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"port": "http", "path": "/ready"}, "periodSeconds": 1},
+            }],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(30), "Ready=True", |s| {
+        condition(s, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    assert!(container(&s, "echo").ready);
+    assert!(s.pod_ip.is_some());
+    h.terminate().await;
+
+    let p = pod(
+        "never-ready",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "echo", "image": "kaze/echo:1",
+                "readinessProbe": {"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 1},
+            }],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    wait_for(&mut rx, Duration::from_secs(30), "running", |s| {
+        container(s, "echo")
+            .state
+            .as_ref()
+            .is_some_and(|st| st.running.is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = rx.borrow().clone();
+    assert_eq!(condition(&s, "Ready").as_deref(), Some("False"), "{s:#?}");
+    assert!(!container(&s, "echo").ready);
+    assert_eq!(
+        container(&s, "echo").restart_count,
+        0,
+        "readiness failures never restart"
+    );
+    h.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_policy_and_crash_loop_back_off() {
+    let node = TestNode::start("kt-crash", 23).await;
+    let p = pod(
+        "crash",
+        json!({
+            "restartPolicy": "Always",
+            "containers": [{"name": "app", "image": "kaze/busybox:1", "command": ["sh", "-c", "echo boom; exit 3"]}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(30), "CrashLoopBackOff", |s| {
+        let c = container(s, "app");
+        c.state
+            .as_ref()
+            .and_then(|st| st.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            == Some("CrashLoopBackOff")
+    })
+    .await;
+    let c = container(&s, "app");
+    assert!(c.restart_count >= 1);
+    assert_eq!(
+        c.last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .map(|t| t.exit_code),
+        Some(3)
+    );
+    wait_for(&mut rx, Duration::from_secs(30), "three restarts", |s| {
+        container(s, "app").restart_count >= 3
+    })
+    .await;
+    h.terminate().await;
+
+    let p = pod(
+        "job",
+        json!({
+            "restartPolicy": "OnFailure",
+            "containers": [{"name": "app", "image": "kaze/busybox:1", "command": ["true"]}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(30), "Succeeded", |s| {
+        s.phase.as_deref() == Some("Succeeded")
+    })
+    .await;
+    let c = container(&s, "app");
+    assert_eq!(c.restart_count, 0);
+    let t = c
+        .state
+        .as_ref()
+        .and_then(|st| st.terminated.as_ref())
+        .expect("terminated state");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    h.terminate().await;
+
+    let p = pod(
+        "never",
+        json!({
+            "restartPolicy": "Never",
+            "containers": [{"name": "app", "image": "kaze/busybox:1", "command": ["sh", "-c", "exit 2"]}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(30), "Failed", |s| {
+        s.phase.as_deref() == Some("Failed")
+    })
+    .await;
+    assert_eq!(container(&s, "app").restart_count, 0);
+    h.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_is_err_image_pull_not_a_hang() {
+    let node = TestNode::start("kt-pull", 24).await;
+    let p = pod(
+        "pull",
+        json!({
+            "containers": [{"name": "app", "image": "kaze/not-imported:1"}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(10), "ErrImagePull", |s| {
+        let w = container(s, "app")
+            .state
+            .as_ref()
+            .and_then(|st| st.waiting.clone());
+        w.is_some_and(|w| {
+            matches!(
+                w.reason.as_deref(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+        })
+    })
+    .await;
+    let w = container(&s, "app").state.clone().unwrap().waiting.unwrap();
+    let msg = w.message.unwrap_or_default();
+    assert!(
+        msg.contains("docker.io/kaze/not-imported:1 is not present") && msg.contains("no registry"),
+        "{msg}"
+    );
+    assert_eq!(s.phase.as_deref(), Some("Pending"));
+    wait_for(&mut rx, Duration::from_secs(10), "ImagePullBackOff", |s| {
+        container(s, "app")
+            .state
+            .as_ref()
+            .and_then(|st| st.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            == Some("ImagePullBackOff")
+    })
+    .await;
+    h.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_runs_in_the_container_and_termination_removes_the_pod() {
+    let node = TestNode::start("kt-exec", 25).await;
+    let p = pod(
+        "ex",
+        json!({
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{"name": "app", "image": "kaze/busybox:1", "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"],
+                            "env": [{"name": "GREETING", "value": "hello"}]}],
+        }),
+    );
+    let uid = p.metadata.uid.clone().unwrap();
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(30), "running", |s| {
+        container(s, "app")
+            .state
+            .as_ref()
+            .is_some_and(|st| st.running.is_some())
+    })
+    .await;
+    let id = container(&s, "app")
+        .container_id
+        .clone()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_string();
+    let cmd = |c: &str| vec!["sh".to_string(), "-c".to_string(), c.to_string()];
+    let out = node
+        .rt
+        .exec_sync(
+            &id,
+            &cmd("echo $GREETING; hostname; echo err >&2; exit 4"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nex\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let out = node
+        .rt
+        .exec_sync(&id, &cmd("sleep 30"), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, None, "a timed-out exec reports no exit code");
+
+    let started = std::time::Instant::now();
+    let last = h.terminate().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the TERM trap ended it before the grace period"
+    );
+    let t = container(&last, "app")
+        .state
+        .as_ref()
+        .and_then(|st| st.terminated.clone())
+        .expect("terminated");
+    assert_eq!(t.exit_code, 0);
+    assert!(node.rt.pod_containers(&uid).await.unwrap().is_empty());
+    assert!(!node.rt.config().pod_dir(&uid).exists());
+}
