@@ -489,6 +489,25 @@ async fn status_errors_for_bad_requests() {
         .await
         .expect("healthz");
     assert_eq!(ok, "ok");
+    let metrics_req = || {
+        axum::http::Request::get("/metrics")
+            .body(vec![])
+            .expect("req")
+    };
+    let err = anon
+        .request_text(metrics_req())
+        .await
+        .expect_err("metrics need a token");
+    assert_eq!(api_code(&err).map(|c| c.0), Some(401));
+    let metrics = client.request_text(metrics_req()).await.expect("metrics");
+    for needle in [
+        "apiserver_request_total{verb=\"CREATE\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\",code=\"201\"} 1",
+        "resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\",code=\"415\"} 1",
+        "code=\"401\"} ",
+        "apiserver_request_duration_seconds_bucket{verb=\"CREATE\"",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
     server.shutdown().await;
 }
 
