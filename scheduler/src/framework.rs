@@ -544,16 +544,10 @@ fn normalize(raw: &[f64], reverse: bool) -> Vec<f64> {
     let max = raw.iter().copied().fold(f64::MIN, f64::max);
     let min = raw.iter().copied().fold(f64::MAX, f64::min);
     if (max - min).abs() < f64::EPSILON {
-        return vec![
-            if reverse {
-                100.0
-            } else if max > 0.0 {
-                100.0
-            } else {
-                0.0
-            };
-            raw.len()
-        ];
+        // All equal: nobody is better. Reverse scores (fewer is better) of all-equal nodes
+        // are all best; forward scores are best only if any node scored at all.
+        let v = if reverse || max > 0.0 { 100.0 } else { 0.0 };
+        return vec![v; raw.len()];
     }
     raw.iter()
         .map(|r| {
