@@ -230,6 +230,51 @@ pub fn open_fifo_reader(path: &Path) -> Result<tokio::net::unix::pipe::Receiver,
         .map_err(io("opening fifo", path))
 }
 
+/// Hold both FIFOs of a container open in a small helper process (`sleep infinity`), so
+/// the shim's writes never hit EPIPE while no kubelet is reading (a kubelet restart):
+/// output waits in the pipe buffer and the next kubelet's log pump picks it up.
+pub fn spawn_fifo_keeper(stdout: &Path, stderr: &Path) -> Result<u32, SysError> {
+    use std::os::unix::process::CommandExt;
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .map_err(io("opening fifo", p))
+    };
+    let (a, b) = (open(stdout)?, open(stderr)?);
+    let child = std::process::Command::new("sleep")
+        .arg("infinity")
+        .stdin(a)
+        .stdout(b)
+        .stderr(Stdio::null())
+        // Its own process group: a Ctrl-C to the kubelet's group must not take it down.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| SysError::Spawn {
+            program: "sleep".into(),
+            source,
+        })?;
+    let pid = child.id();
+    // Reap it in the background when it is killed (if this process still lives then).
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// SIGKILL a process we started (by pid); gone already is fine.
+#[allow(unsafe_code)] // kill(2) has no safe std wrapper for a pid we no longer own a Child of
+pub fn kill_pid(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        if pid > 1 {
+            // SAFETY: kill with a positive pid and a valid signal has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Open a log file for appending.
 pub fn open_append(path: &Path) -> Result<std::fs::File, SysError> {
     if let Some(parent) = path.parent() {

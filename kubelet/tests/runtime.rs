@@ -28,11 +28,53 @@ async fn images_import_by_name_and_a_missing_image_fails_fast() {
             .expect("resolving an imported image");
         assert!(img.digest.starts_with("sha256:"));
     }
-    // Importing again is a no-op that succeeds.
-    node.rt
-        .import_images_dir(support::image_tarballs()[0].parent().unwrap())
+    // The air-gap dir (<root-dir>/agent/images) imports every tarball in it; importing
+    // again is a no-op that succeeds.
+    let air_gap = node.rt.config().air_gap_images_dir();
+    std::fs::create_dir_all(&air_gap).unwrap();
+    for tar in support::image_tarballs() {
+        std::fs::copy(tar, air_gap.join(tar.file_name().unwrap())).unwrap();
+    }
+    let mut names = node
+        .rt
+        .import_air_gap_images()
         .await
-        .expect("re-import");
+        .expect("air-gap import");
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "docker.io/kaze/busybox:1",
+            "docker.io/kaze/echo:1",
+            "docker.io/kaze/pause:1"
+        ]
+    );
+    // The CLI path: a bare connection into another namespace.
+    let imported = kubelet::images::import_file(
+        &node.containerd().socket(),
+        "cli-check",
+        &support::image_tarballs()[1],
+    )
+    .await
+    .expect("import_file");
+    assert_eq!(imported, ["docker.io/kaze/busybox:1"]);
+    let listed = node
+        .containerd()
+        .ctr(&["-n", "cli-check", "images", "ls", "-q"]);
+    assert_eq!(listed.trim(), "docker.io/kaze/busybox:1");
+    // A tarball that is not an image layout is a clear error.
+    let junk = node.dir.path().join("junk.tar");
+    std::fs::write(&junk, b"not a tar").unwrap();
+    let err = node
+        .rt
+        .import_image(&junk)
+        .await
+        .expect_err("junk is refused")
+        .to_string();
+    assert!(
+        err.starts_with(&format!("importing image tarball {}", junk.display())),
+        "{err}"
+    );
 
     // ctr agrees the tarballs are valid OCI layouts with those names.
     for tar in support::image_tarballs() {
@@ -427,4 +469,70 @@ async fn stop_sends_sigterm_first_then_sigkill_after_the_grace_period() {
         .await
         .expect("removing the pod");
     node.assert_pod_gone(&sandbox);
+}
+
+#[test]
+fn a_restarted_runtime_adopts_running_containers_and_their_logs() {
+    // Two tokio runtimes stand for two kubelet processes: dropping the first kills its
+    // tasks (log pumps, exit watchers) the way a kubelet crash would.
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let node = first.block_on(TestNode::start("kt-adopt", 17));
+    let (sandbox, c) =
+        first.block_on(node.busybox_pod("chatty", "while true; do echo tick; sleep 0.1; done"));
+    let ContainerState::Running { pid } = first.block_on(node.rt.container_state(&c.id)).unwrap()
+    else {
+        panic!("not running")
+    };
+    let config = node.rt.config().clone();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(first);
+    let lines_at_crash = std::fs::read_to_string(&c.log_path)
+        .unwrap()
+        .lines()
+        .count();
+    assert!(lines_at_crash > 0);
+    // While no kubelet runs the container keeps going (its output waits in the pipe).
+    std::thread::sleep(Duration::from_secs(1));
+
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let rt = kubelet::Runtime::connect(config).await.unwrap();
+        let found = rt
+            .sandbox(&sandbox.uid)
+            .await
+            .unwrap()
+            .expect("the sandbox is found again");
+        assert_eq!(
+            (found.id.as_str(), found.ips.clone(), found.pid),
+            (sandbox.id.as_str(), sandbox.ips.clone(), sandbox.pid)
+        );
+        let adopted = rt.adopt().await.unwrap();
+        assert_eq!(adopted, vec![c.id.clone()]);
+        assert_eq!(
+            rt.container_state(&c.id).await.unwrap(),
+            ContainerState::Running { pid },
+            "not restarted"
+        );
+        let grown = eventually(Duration::from_secs(10), || {
+            let n = std::fs::read_to_string(&c.log_path).ok()?.lines().count();
+            (n > lines_at_crash + 15).then_some(n)
+        })
+        .await;
+        assert!(
+            grown.is_some(),
+            "the log did not keep growing after adoption"
+        );
+        let exit = rt
+            .stop_container(&c.id, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("exit");
+        assert_eq!(
+            exit.exit_code, 137,
+            "sh without a trap is killed after the grace period"
+        );
+        rt.remove_pod(&sandbox.uid).await.unwrap();
+    });
+    node.assert_pod_gone(&sandbox);
+    drop(node);
 }

@@ -64,6 +64,11 @@ pub struct ContainerStatus {
     pub state: ContainerState,
 }
 
+/// Where the pid of a container's FIFO keeper is recorded.
+pub(crate) fn keeper_path(fifo_dir: &std::path::Path, id: &str) -> PathBuf {
+    fifo_dir.join(format!("{id}.keeper"))
+}
+
 impl Runtime {
     /// Create and start an app container in `sandbox`. Its stdout/stderr go to the CRI log
     /// file; its exit (code and OOM reason) is watched from now on.
@@ -156,6 +161,9 @@ impl Runtime {
         sys::create_dir_all(&fifo_dir).context(|| what.clone())?;
         sys::mkfifo(&stdout).context(|| what.clone())?;
         sys::mkfifo(&stderr).context(|| what.clone())?;
+        let keeper = sys::spawn_fifo_keeper(&stdout, &stderr).context(|| what.clone())?;
+        sys::write_file(&keeper_path(&fifo_dir, &id), keeper.to_string().as_bytes())
+            .context(|| what.clone())?;
         let pump = LogPump::start(&stdout, &stderr, &log_path).context(|| what.clone())?;
         self.lock().pumps.insert(id.clone(), pump);
 
@@ -188,14 +196,14 @@ impl Runtime {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, super::Shared> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, super::Shared> {
         // A panic while holding this lock leaves plain maps behind; keep going with them.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Start watching a container's task for exit (idempotent); also used for containers
     /// found running after a kubelet restart.
-    fn watch_exit(&self, id: &str) -> watch::Receiver<Option<ExitInfo>> {
+    pub(super) fn watch_exit(&self, id: &str) -> watch::Receiver<Option<ExitInfo>> {
         let mut shared = self.lock();
         if let Some(tx) = shared.exits.get(id) {
             return tx.subscribe();
@@ -392,6 +400,14 @@ impl Runtime {
     /// Remove a container (killing it if it still runs): task, container, snapshot, FIFOs,
     /// and the end of its log pump. Keeps the log file.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let cd = &self.cd;
+        let uid = cd
+            .containers()
+            .get(cd.req(GetContainerRequest { id: id.into() }, None))
+            .await
+            .ok()
+            .and_then(|c| c.into_inner().container)
+            .and_then(|c| c.labels.get(LABEL_POD_UID).cloned());
         self.delete_container_objects(id).await?;
         let pump = {
             let mut shared = self.lock();
@@ -400,6 +416,20 @@ impl Runtime {
         };
         if let Some(p) = pump {
             p.finish().await;
+        }
+        if let Some(uid) = uid {
+            let fifo_dir = self.config.pod_dir(&uid).join("fifo");
+            let keeper = keeper_path(&fifo_dir, id);
+            if let Some(pid) = sys::read_file(&keeper)
+                .ok()
+                .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok())
+            {
+                sys::kill_pid(pid);
+            }
+            let (out, err) = logs::fifo_paths(&fifo_dir, id);
+            for f in [keeper, out, err] {
+                sys::remove_file(&f).context(|| format!("removing container {id}"))?;
+            }
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! What the runtime creates is labelled in containerd (`io.kaze.*`) and recorded in the pod
 //! dir (`<root>/pods/<uid>/sandbox.json`), so teardown works from either after a restart.
 
+mod adopt;
 mod container;
 mod exec;
 mod sandbox;
@@ -75,6 +76,12 @@ impl RuntimeConfig {
             network: NetworkConfig::new(pod_cidr),
             cgroup_parent: format!("/kaze/{node}"),
         }
+    }
+
+    /// k3s's air-gap convention: image tarballs in `<root-dir>/agent/images/` are imported
+    /// when the node starts.
+    pub fn air_gap_images_dir(&self) -> PathBuf {
+        self.root_dir.join("agent").join("images")
     }
 
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -151,6 +158,11 @@ impl Runtime {
     /// Import the air-gap image dir (`<root-dir>/agent/images/*.tar`, k3s's convention).
     pub async fn import_images_dir(&self, dir: &Path) -> Result<Vec<String>> {
         images::import_dir(&self.cd, dir).await
+    }
+
+    /// Import `<root-dir>/agent/images/*.tar` (what the kubelet does at start).
+    pub async fn import_air_gap_images(&self) -> Result<Vec<String>> {
+        images::import_dir(&self.cd, &self.config.air_gap_images_dir()).await
     }
 
     /// `kaze images import FILE`.
