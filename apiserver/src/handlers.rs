@@ -143,6 +143,27 @@ async fn dispatch(
             let updated = update(&state, &def, ns, name, obj, part, write_opts(&q)?).await?;
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
         }
+        (None, Method::PATCH) if negotiate::body_type(&headers)? == BodyType::ApplyPatch => {
+            let applied = negotiate::decode_object(&body, BodyType::ApplyPatch)?;
+            let force = flag(&q, "force");
+            let (obj, created) = crate::apply::apply(
+                &state,
+                &def,
+                ns,
+                name,
+                applied,
+                q.get("fieldManager").map(String::as_str),
+                force,
+                write_opts(&q)?,
+            )
+            .await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(object_response(&def, code, &obj, accept, &q))
+        }
         (None | Some(Sub::Status), Method::PATCH) => {
             let part = if t.sub == Some(Sub::Status) {
                 Part::Status

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 mod alloc;
+mod apply;
 mod auth;
 mod delete;
 mod discovery;

@@ -47,7 +47,7 @@ pub fn apply(ty: BodyType, current: &Value, patch: &Value) -> Result<Value, ApiE
 }
 
 /// How a list field merges, by the field's name (and, for `ports`, its items).
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -102,7 +102,11 @@ fn clean(v: &Value) -> Value {
     }
 }
 
-fn merge_map(target: &mut Value, patch: &Map<String, Value>, path: &str) -> Result<(), String> {
+pub(crate) fn merge_map(
+    target: &mut Value,
+    patch: &Map<String, Value>,
+    path: &str,
+) -> Result<(), String> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             *target = clean(&Value::Object(patch.clone()));

@@ -938,3 +938,36 @@ async fn client_for_path(data_dir: &std::path::Path) -> Client {
         .expect("config");
     Client::try_from(cfg).expect("client")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_from_kube_rs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client(&server).await, "default");
+    let pp = PatchParams::apply("ctl");
+    let first = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1", "b": "2"}});
+    let created = cms
+        .patch("ssa", &pp, &Patch::Apply(&first))
+        .await
+        .expect("apply creates");
+    assert_eq!(created.data.as_ref().map(|d| d.len()), Some(2));
+    let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+    let updated = cms
+        .patch("ssa", &pp, &Patch::Apply(&second))
+        .await
+        .expect("re-apply");
+    assert_eq!(
+        updated.data,
+        Some(BTreeMap::from([("a".to_string(), "1".to_string())]))
+    );
+    let mf = updated.metadata.managed_fields.expect("managedFields");
+    assert_eq!(mf.len(), 1);
+    assert_eq!(mf[0].manager.as_deref(), Some("ctl"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    let err = cms
+        .patch("ssa", &PatchParams::default(), &Patch::Apply(&second))
+        .await
+        .expect_err("no field manager");
+    assert_eq!(api_code(&err).map(|c| c.0), Some(422));
+    server.shutdown().await;
+}

@@ -791,3 +791,76 @@ fn pod_and_node_tables_have_the_usual_columns() {
         "{labels}"
     );
 }
+
+#[test]
+fn server_side_apply_creates_updates_and_reports_conflicts() {
+    let s = TestServer::start();
+    let f = write(&s, "app.yaml", APP);
+    let out = s.kubectl(&["apply", "--server-side", "-f", &f]);
+    assert!(
+        out.contains("deployment.apps/web serverside-applied")
+            && out.contains("namespace/shop serverside-applied"),
+        "{out}"
+    );
+    let d = json(
+        &s,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "--show-managed-fields",
+        ],
+    );
+    let managers: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(managers, ["kubectl"]);
+
+    // Dropping the env var from the applied config removes it; the image change lands.
+    let edited = APP.replace("nginx:1.27", "nginx:1.29").replace(
+        "        env:\n        - name: MODE\n          value: prod\n",
+        "",
+    );
+    let f = write(&s, "app.yaml", &edited);
+    s.kubectl(&["apply", "--server-side", "-f", &f]);
+    let d = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+    let c0 = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c0["image"], "nginx:1.29");
+    assert!(c0.get("env").is_none(), "{c0}");
+
+    let other = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec: {replicas: 7}\n";
+    let err = s.kubectl_fails(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=autoscaler",
+            "-f",
+            "-",
+        ],
+        Some(other),
+    );
+    assert!(
+        err.contains("conflict") && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    s.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=autoscaler",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(other),
+    );
+    assert_eq!(
+        json(&s, &["get", "deploy", "web", "-n", "shop"])["spec"]["replicas"],
+        7
+    );
+}
