@@ -4,7 +4,7 @@
 //!
 //! Controllers: `replicaset`, `deployment`, `endpointslice` (also writes Endpoints),
 //! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
-//! `serviceaccount`. Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
+//! `nodelifecycle` (heartbeats, NoExecute taints, eviction), `serviceaccount`. Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod util;
@@ -28,6 +29,7 @@ pub const ALL: &[&str] = &[
     "endpointslice",
     "garbagecollector",
     "nodeipam",
+    "nodelifecycle",
     "serviceaccount",
 ];
 
@@ -48,6 +50,14 @@ pub struct Config {
     /// Prefix length of each node's pod CIDR.
     #[arg(long = "node-cidr-mask-size", default_value_t = 24)]
     pub node_cidr_mask_size: u8,
+
+    /// How long a node may stay silent before it is marked Unknown and tainted unreachable.
+    #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = component::leader::parse_duration)]
+    pub node_monitor_grace_period: Duration,
+
+    /// How often node health is checked.
+    #[arg(long = "node-monitor-period", default_value = "5s", value_parser = component::leader::parse_duration)]
+    pub node_monitor_period: Duration,
 
     #[command(flatten)]
     pub leader: component::leader::LeaderElectionArgs,
@@ -150,7 +160,11 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     );
     elector
         .run(shutdown, |token| {
-            run_controllers(client, which, cidr, token)
+            let timing = nodelifecycle::Timing {
+                grace: config.node_monitor_grace_period,
+                period: config.node_monitor_period,
+            };
+            run_controllers(client, which, cidr, timing, token)
         })
         .await?;
     Ok(())
@@ -160,6 +174,7 @@ async fn run_controllers(
     client: Client,
     which: Vec<&'static str>,
     cidr: nodeipam::Cidrs,
+    timing: nodelifecycle::Timing,
     shutdown: component::CancellationToken,
 ) {
     let ctx = Arc::new(Ctx {
@@ -176,6 +191,7 @@ async fn run_controllers(
             "endpointslice" => tasks.spawn(endpointslice::run(ctx, token)),
             "garbagecollector" => tasks.spawn(gc::run(ctx, token)),
             "nodeipam" => tasks.spawn(nodeipam::run(ctx, cidr.clone(), token)),
+            "nodelifecycle" => tasks.spawn(nodelifecycle::run(ctx.client.clone(), timing, token)),
             "serviceaccount" => tasks.spawn(serviceaccount::run(ctx, token)),
             _ => continue,
         };

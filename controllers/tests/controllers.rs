@@ -194,6 +194,8 @@ async fn deployments_roll_and_everything_else_follows() {
         controllers: vec!["*".into()],
         cluster_cidr: "10.42.0.0/16".into(),
         node_cidr_mask_size: 24,
+        node_monitor_grace_period: Duration::from_secs(40),
+        node_monitor_period: Duration::from_secs(5),
         leader: component::leader::LeaderElectionArgs::disabled(),
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));

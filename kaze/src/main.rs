@@ -176,6 +176,8 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
         controllers: vec!["*".into()],
         cluster_cidr: args.cluster_cidr.clone(),
         node_cidr_mask_size: 24,
+        node_monitor_grace_period: std::time::Duration::from_secs(40),
+        node_monitor_period: std::time::Duration::from_secs(5),
         leader: args.leader.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();

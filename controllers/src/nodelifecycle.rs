@@ -1,0 +1,347 @@
+//! Node lifecycle: a node whose kubelet stops renewing its Lease in `kube-node-lease` (and
+//! stops posting status) for `--node-monitor-grace-period` gets its `Ready` condition set to
+//! `Unknown`, its pods marked not ready (so endpoints drop them), and the
+//! `node.kubernetes.io/unreachable:NoExecute` taint; a node reporting `Ready=False` gets
+//! `node.kubernetes.io/not-ready:NoExecute`. Pods on a node with a NoExecute taint they do not
+//! tolerate are evicted (deleted) at once; pods that tolerate it for `tolerationSeconds` are
+//! evicted when that time has passed since the taint was added. A node that recovers loses
+//! the taints.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// Timing, as upstream's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub grace: Duration,
+    pub period: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            grace: Duration::from_secs(40),
+            period: Duration::from_secs(5),
+        }
+    }
+}
+
+fn spawn_store<K>(api: Api<K>, shutdown: &component::CancellationToken) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(|_| async {});
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = token.cancelled() => {}
+            _ = stream => {}
+        }
+    });
+    store
+}
+
+pub async fn run(client: Client, timing: Timing, shutdown: component::CancellationToken) {
+    let nodes = spawn_store(Api::<Node>::all(client.clone()), &shutdown);
+    let leases = spawn_store(
+        Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
+        &shutdown,
+    );
+    let pods = spawn_store(Api::<Pod>::all(client.clone()), &shutdown);
+    let all_ready = async {
+        let _ = nodes.wait_until_ready().await;
+        let _ = leases.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = all_ready => {}
+    }
+    loop {
+        monitor(&client, &nodes, &leases, &pods, timing).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(timing.period) => {}
+        }
+    }
+}
+
+/// What the node's health says its NoExecute taint should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    NotReady,
+    Unreachable,
+}
+
+/// Decide a node's health from its last heartbeat (seconds) and its Ready condition.
+pub fn health(
+    last_heartbeat: Option<i64>,
+    ready_status: Option<&str>,
+    now: i64,
+    grace: Duration,
+) -> Health {
+    match last_heartbeat {
+        Some(t) if now - t <= grace.as_secs() as i64 => match ready_status {
+            Some("True") => Health::Ready,
+            Some("False") => Health::NotReady,
+            _ => Health::Unreachable,
+        },
+        // Never heard from (a node object created without a kubelet) or silent too long.
+        _ => Health::Unreachable,
+    }
+}
+
+/// When a pod tolerating `taint` must go, or None for never (no tolerationSeconds) and
+/// Some(now) when it does not tolerate it at all.
+pub fn eviction_time(pod: &Pod, taint: &Taint, taint_added: i64) -> Option<i64> {
+    let tols = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    let matching: Vec<_> = tols
+        .iter()
+        .filter(|t| {
+            let key_ok = t
+                .key
+                .as_deref()
+                .is_none_or(|k| k.is_empty() || k == taint.key);
+            let effect_ok = t
+                .effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == taint.effect);
+            let op_ok = t.operator.as_deref() == Some("Exists")
+                || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
+            key_ok && effect_ok && op_ok
+        })
+        .collect();
+    if matching.is_empty() {
+        return Some(taint_added);
+    }
+    // The most generous toleration wins; one without a limit tolerates forever.
+    if matching.iter().any(|t| t.toleration_seconds.is_none()) {
+        return None;
+    }
+    let secs = matching
+        .iter()
+        .filter_map(|t| t.toleration_seconds)
+        .max()
+        .unwrap_or(0)
+        .max(0);
+    Some(taint_added + secs)
+}
+
+async fn monitor(
+    client: &Client,
+    nodes: &Store<Node>,
+    leases: &Store<Lease>,
+    pods: &Store<Pod>,
+    timing: Timing,
+) {
+    let now = Timestamp::now().as_second();
+    let lease_renew: BTreeMap<String, i64> = leases
+        .state()
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l.name_any(),
+                l.spec.as_ref()?.renew_time.as_ref()?.0.as_second(),
+            ))
+        })
+        .collect();
+    let node_api: Api<Node> = Api::all(client.clone());
+    let mut pods_by_node: BTreeMap<String, Vec<std::sync::Arc<Pod>>> = BTreeMap::new();
+    for p in pods.state() {
+        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            pods_by_node.entry(n).or_default().push(p);
+        }
+    }
+    for node in nodes.state() {
+        let name = node.name_any();
+        let conds = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let ready = conds.iter().find(|c| c.type_ == "Ready");
+        // A node that never reported gets the grace period from its creation, as upstream.
+        let heartbeat = [
+            lease_renew.get(&name).copied(),
+            ready
+                .and_then(|c| c.last_heartbeat_time.as_ref())
+                .map(|t| t.0.as_second()),
+            node.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let h = health(
+            heartbeat,
+            ready.map(|c| c.status.as_str()),
+            now,
+            timing.grace,
+        );
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        let want_key = match h {
+            Health::Ready => None,
+            Health::NotReady => Some(NOT_READY),
+            Health::Unreachable => Some(UNREACHABLE),
+        };
+        let has = |k: &str| taints.iter().any(|t| t.key == k && t.effect == "NoExecute");
+        let needs_change = [UNREACHABLE, NOT_READY]
+            .iter()
+            .any(|k| has(k) != (want_key == Some(*k)));
+        if needs_change {
+            let mut next: Vec<Taint> = taints
+                .iter()
+                .filter(|t| {
+                    !((t.key == UNREACHABLE || t.key == NOT_READY) && t.effect == "NoExecute")
+                })
+                .cloned()
+                .collect();
+            if let Some(k) = want_key {
+                next.push(Taint {
+                    key: k.into(),
+                    value: None,
+                    effect: "NoExecute".into(),
+                    time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        Timestamp::now(),
+                    )),
+                });
+            }
+            let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": next}});
+            match node_api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => tracing::info!(node = %name, health = ?h, "node taints updated"),
+                Err(e) => {
+                    tracing::debug!(node = %name, error = %e, "updating node taints; will retry")
+                }
+            }
+        }
+        if h == Health::Unreachable
+            && ready.is_none_or(|c| c.status != "Unknown")
+            && heartbeat.is_some()
+        {
+            let now_t = Timestamp::now();
+            let status = json!({"status": {"conditions": [{
+                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+                "lastHeartbeatTime": ready.and_then(|c| c.last_heartbeat_time.clone()),
+                "lastTransitionTime": now_t,
+            }]}});
+            if node_api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
+                .await
+                .is_ok()
+            {
+                tracing::info!(node = %name, "node stopped posting status: Ready=Unknown");
+            }
+            // Its pods are not ready any more: endpoints must stop sending them traffic.
+            for p in pods_by_node.get(&name).into_iter().flatten() {
+                let ns = p.namespace().unwrap_or_default();
+                let st = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": now_t}]}});
+                let _ = Api::<Pod>::namespaced(client.clone(), &ns)
+                    .patch_status(
+                        &p.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Strategic(&st),
+                    )
+                    .await;
+            }
+        }
+        // Evict per NoExecute taint and toleration.
+        for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
+            let added = taint.time_added.as_ref().map_or(now, |t| t.0.as_second());
+            for p in pods_by_node.get(&name).into_iter().flatten() {
+                if p.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                if let Some(at) = eviction_time(p, taint, added) {
+                    if now >= at {
+                        let ns = p.namespace().unwrap_or_default();
+                        match Api::<Pod>::namespaced(client.clone(), &ns)
+                            .delete(&p.name_any(), &DeleteParams::default())
+                            .await
+                        {
+                            Ok(_) => {
+                                tracing::info!(pod = %format!("{ns}/{}", p.name_any()), node = %name, taint = %taint.key, "evicted")
+                            }
+                            Err(e) => tracing::debug!(error = %e, "evicting a pod"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_from_heartbeat_and_condition() {
+        let g = Duration::from_secs(40);
+        assert_eq!(health(Some(100), Some("True"), 130, g), Health::Ready);
+        assert_eq!(health(Some(100), Some("False"), 130, g), Health::NotReady);
+        assert_eq!(health(Some(100), Some("True"), 141, g), Health::Unreachable);
+        assert_eq!(health(None, None, 141, g), Health::Unreachable);
+    }
+
+    #[test]
+    fn tolerations_decide_when_to_evict() {
+        let taint = Taint {
+            key: UNREACHABLE.into(),
+            effect: "NoExecute".into(),
+            ..Default::default()
+        };
+        let pod = |tols: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": tols}}),
+            )
+            .expect("pod")
+        };
+        assert_eq!(eviction_time(&pod(json!([])), &taint, 10), Some(10));
+        let limited = pod(
+            json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]),
+        );
+        assert_eq!(eviction_time(&limited, &taint, 10), Some(310));
+        let forever =
+            pod(json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"}]));
+        assert_eq!(eviction_time(&forever, &taint, 10), None);
+        let other = pod(json!([{"key": "dedicated", "operator": "Exists"}]));
+        assert_eq!(eviction_time(&other, &taint, 10), Some(10));
+    }
+}
