@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 mod alloc;
 mod apply;
 mod auth;
+mod bootstrap;
 mod delete;
 mod discovery;
 mod error;
@@ -56,6 +57,11 @@ pub struct Config {
     #[arg(long = "bind-address", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub bind_address: IpAddr,
 
+    /// The address other machines and pods reach this apiserver on (the `kubernetes`
+    /// service's endpoint). Default: the bind address, or this host's primary address.
+    #[arg(long = "advertise-address")]
+    pub advertise_address: Option<IpAddr>,
+
     /// Port to serve HTTPS on (0: a random free port, for tests).
     #[arg(long = "secure-port", default_value_t = 6443)]
     pub secure_port: u16,
@@ -84,6 +90,7 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise_address: None,
             secure_port: 0,
             storage: store::StorageConfig {
                 etcd_servers: Vec::new(),

@@ -111,7 +111,6 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         openapi: Default::default(),
         metrics: Default::default(),
     });
-    bootstrap(&state, config.secure_port).await?;
     tokio::spawn(crate::nsfinalizer::run(state.clone()));
 
     let bind = config.bind_addr();
@@ -127,6 +126,11 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         ip => ip,
     };
     let url = format!("https://{}", SocketAddr::new(host, addr.port()));
+    let advertise = config
+        .advertise_address
+        .or_else(|| (!addr.ip().is_unspecified()).then(|| addr.ip()))
+        .unwrap_or_else(crate::bootstrap::primary_ip);
+    crate::bootstrap::run(&state, advertise, addr.port()).await?;
 
     let kubeconfig_path = config.kubeconfig_path();
     crate::kubeconfig::write(
@@ -154,50 +158,6 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         shutdown,
         task: Some(task),
     })
-}
-
-/// Objects every cluster has: the four default namespaces and the `kubernetes` service on the
-/// first address of the service range.
-async fn bootstrap(state: &AppState, port: u16) -> Result<(), Error> {
-    let fail = |what: &str, e: crate::status::ApiError| Error::Bootstrap {
-        what: what.to_string(),
-        reason: e.message,
-    };
-    let ns_def = state
-        .registry
-        .get("", "v1", "namespaces")
-        .expect("namespaces are built in")
-        .clone();
-    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let obj =
-            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        match crate::objects::create(state, &ns_def, None, obj, Default::default()).await {
-            Ok(_) => tracing::info!(namespace = ns, "created default namespace"),
-            Err(e) if e.reason == "AlreadyExists" => {}
-            Err(e) => return Err(fail(&format!("namespace {ns}"), e)),
-        }
-    }
-    let svc_def = state
-        .registry
-        .get("", "v1", "services")
-        .expect("services are built in")
-        .clone();
-    let ip = state.ips.first().to_string();
-    let svc = serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": if port == 0 { 6443 } else { port }}]},
-    });
-    match crate::objects::create(state, &svc_def, Some("default"), svc, Default::default()).await {
-        Ok(_)
-        | Err(crate::status::ApiError {
-            reason: "AlreadyExists",
-            ..
-        }) => Ok(()),
-        // Another apiserver on the same store created it between our check and write.
-        Err(e) if e.message.contains("already allocated") => Ok(()),
-        Err(e) => Err(fail("service default/kubernetes", e)),
-    }
 }
 
 /// How long connections get to finish after shutdown before they are cut.

@@ -838,6 +838,38 @@ async fn legacy_discovery_and_concurrent_service_ip_allocation() {
         .groups()
         .any(|g| g.name() == "" || g.name() == "core"));
 
+    // The `kubernetes` service points at this apiserver.
+    let port = i64::from(server.local_addr().port());
+    let ep: k8s_openapi::api::core::v1::Endpoints = Api::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .expect("endpoints");
+    let subset = &ep.subsets.expect("subsets")[0];
+    assert_eq!(
+        subset.addresses.as_ref().expect("addresses")[0].ip,
+        "127.0.0.1"
+    );
+    assert_eq!(
+        i64::from(subset.ports.as_ref().expect("ports")[0].port),
+        port
+    );
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        Api::namespaced(client.clone(), "default")
+            .get("kubernetes")
+            .await
+            .expect("slice");
+    assert_eq!(slice.endpoints.expect("endpoints")[0].addresses, ["127.0.0.1"]);
+    let kubernetes: Service = Api::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .expect("service");
+    let spec = kubernetes.spec.expect("spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.43.0.1"));
+    assert_eq!(
+        spec.ports.expect("ports")[0].target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port as i32))
+    );
+
     // 40 services created at once get 40 distinct addresses; deletes give them back.
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let mut tasks = Vec::new();

@@ -1,0 +1,114 @@
+//! Objects every cluster has, created (or brought up to date) at start: the four default
+//! namespaces, and the `kubernetes` service on the first address of the service range with
+//! Endpoints and an EndpointSlice pointing at this apiserver, so in-cluster clients reach it.
+
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+
+use serde_json::{json, Value};
+
+use crate::objects::{self, Part};
+use crate::state::AppState;
+use crate::status::ApiError;
+use crate::Error;
+
+fn fail(what: &str, e: ApiError) -> Error {
+    Error::Bootstrap {
+        what: what.to_string(),
+        reason: e.message,
+    }
+}
+
+/// This host's address on its default route (no packet is sent: connecting a UDP socket only
+/// picks the route); loopback when there is none.
+pub fn primary_ip() -> IpAddr {
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("10.255.255.255:1").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+pub async fn run(state: &AppState, advertise: IpAddr, port: u16) -> Result<(), Error> {
+    let def = |g: &str, p: &str| {
+        state
+            .registry
+            .get(g, "v1", p)
+            .expect("built-in resource")
+            .clone()
+    };
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match objects::create(state, &def("", "namespaces"), None, obj, Default::default()).await {
+            Ok(_) => tracing::info!(namespace = ns, "created default namespace"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(fail(&format!("namespace {ns}"), e)),
+        }
+    }
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": state.ips.first().to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+    });
+    match objects::create(
+        state,
+        &def("", "services"),
+        Some("default"),
+        svc,
+        Default::default(),
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(e) if e.reason == "AlreadyExists" => {}
+        // Another apiserver on the same store allocated it between our check and write.
+        Err(e) if e.message.contains("already allocated") => {}
+        Err(e) => return Err(fail("service default/kubernetes", e)),
+    }
+    let ip = advertise.to_string();
+    let address_type = if advertise.is_ipv4() { "IPv4" } else { "IPv6" };
+    // Several apiservers on one store each write themselves here; the last one to start wins
+    // until lease-based endpoint reconciling exists.
+    upsert(state, &def("", "endpoints"), json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    }))
+    .await?;
+    let slices = state
+        .registry
+        .get("discovery.k8s.io", "v1", "endpointslices")
+        .expect("built in")
+        .clone();
+    upsert(state, &slices, json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": address_type,
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }))
+    .await
+}
+
+async fn upsert(
+    state: &AppState,
+    def: &crate::registry::ResourceDef,
+    obj: Value,
+) -> Result<(), Error> {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let what = format!("{} default/{name}", def.plural);
+    match objects::create(state, def, Some("default"), obj.clone(), Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => {
+            objects::guaranteed_update(state, def, Some("default"), &name, None, false, |cur| {
+                objects::prepare_update(def, cur, obj.clone(), Part::Main, false)
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| fail(&what, e))
+        }
+        Err(e) => Err(fail(&what, e)),
+    }
+}
