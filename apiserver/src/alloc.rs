@@ -1,7 +1,8 @@
-//! Service ClusterIP allocation: a bitmap over `--service-cluster-ip-range` stored as a
-//! `RangeAllocation` object at `<prefix>/ranges/serviceips` and changed only by
-//! compare-and-swap, so concurrent creates (also from several apiservers) never hand out one
-//! address twice.
+//! Allocators stored as objects: Service ClusterIPs (`--service-cluster-ip-range`, at
+//! `<prefix>/ranges/serviceips`) and NodePorts (`--service-node-port-range`, at
+//! `<prefix>/ranges/servicenodeports`). Each is a bitmap in a `RangeAllocation` changed only
+//! by compare-and-swap, so concurrent creates (also from several apiservers) never hand out
+//! one value twice.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,84 +17,55 @@ use store::{Store, StoreError};
 pub enum AllocError {
     #[error("range is full")]
     Full,
-    #[error("provided IP is already allocated")]
-    Allocated,
-    #[error("provided IP is not in the valid range. The range of valid IPs is {range}")]
-    OutOfRange { range: String },
+    #[error("provided {what} is already allocated")]
+    Allocated { what: &'static str },
+    #[error("provided {what} is not in the valid range. The range of valid {what}s is {range}")]
+    OutOfRange { what: &'static str, range: String },
     #[error("reading or writing the allocation bitmap")]
     Store(#[source] StoreError),
     #[error("the stored allocation bitmap is corrupt: {0}")]
     Corrupt(String),
 }
 
+/// A bitmap over `count` values starting at `first`.
 #[derive(Debug)]
-pub struct IpAllocator {
+struct Bitmap {
+    /// What is allocated, for messages ("IP", "port").
+    what: &'static str,
     range: String,
-    base: u32,
-    size: u32,
+    first: u32,
+    count: u32,
     key: String,
     store: Arc<dyn Store>,
-    /// Where the next search starts, so freed addresses are not reused at once.
+    /// Where the next search starts, so freed values are not reused at once.
     cursor: AtomicU32,
 }
 
-/// Parse an IPv4 CIDR into (network address, number of addresses).
-pub fn parse_cidr(cidr: &str) -> Result<(u32, u32), String> {
-    let (ip, len) = cidr
-        .split_once('/')
-        .ok_or_else(|| format!("{cidr:?} is not a CIDR (expected a.b.c.d/n)"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{cidr:?}: {e}"))?;
-    let len: u32 = len
-        .parse()
-        .map_err(|e| format!("{cidr:?}: prefix length: {e}"))?;
-    if !(8..=30).contains(&len) {
-        return Err(format!("{cidr:?}: prefix length must be between 8 and 30"));
-    }
-    let size = 1u32 << (32 - len);
-    Ok((u32::from(ip) & !(size - 1), size))
-}
-
-impl IpAllocator {
-    pub fn new(cidr: &str, store: Arc<dyn Store>, key: String) -> Result<IpAllocator, String> {
-        let (base, size) = parse_cidr(cidr)?;
-        Ok(IpAllocator {
-            range: cidr.to_string(),
-            base,
-            size,
-            key,
-            store,
-            cursor: AtomicU32::new(10),
-        })
-    }
-
-    /// The first usable address (upstream gives it to the `kubernetes` service).
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + 1)
-    }
-
-    fn offset(&self, ip: Ipv4Addr) -> Option<u32> {
-        let n = u32::from(ip);
-        (n > self.base && n < self.base + self.size - 1).then(|| n - self.base)
-    }
-
-    /// Allocate `want`, or any free address.
-    pub async fn allocate(&self, want: Option<Ipv4Addr>) -> Result<Ipv4Addr, AllocError> {
-        let want_off = match want {
-            Some(ip) => Some(self.offset(ip).ok_or_else(|| AllocError::OutOfRange {
+impl Bitmap {
+    fn offset(&self, value: u32) -> Result<u32, AllocError> {
+        value
+            .checked_sub(self.first)
+            .filter(|o| *o < self.count)
+            .ok_or_else(|| AllocError::OutOfRange {
+                what: self.what,
                 range: self.range.clone(),
-            })?),
-            None => None,
-        };
+            })
+    }
+
+    /// Allocate `want`, or any free value.
+    async fn allocate(&self, want: Option<u32>) -> Result<u32, AllocError> {
+        let want_off = want.map(|w| self.offset(w)).transpose()?;
         loop {
             let (mut bits, rev) = self.load().await?;
             let off = match want_off {
-                Some(o) if get_bit(&bits, o) => return Err(AllocError::Allocated),
+                Some(o) if get_bit(&bits, o) => {
+                    return Err(AllocError::Allocated { what: self.what })
+                }
                 Some(o) => o,
                 None => {
-                    let usable = self.size - 2;
-                    let start = self.cursor.load(Ordering::Relaxed) % usable;
-                    (0..usable)
-                        .map(|i| 1 + (start + i) % usable)
+                    let start = self.cursor.load(Ordering::Relaxed) % self.count;
+                    (0..self.count)
+                        .map(|i| (start + i) % self.count)
                         .find(|o| !get_bit(&bits, *o))
                         .ok_or(AllocError::Full)?
                 }
@@ -101,8 +73,8 @@ impl IpAllocator {
             set_bit(&mut bits, off, true);
             match self.save(&bits, rev).await {
                 Ok(()) => {
-                    self.cursor.store(off, Ordering::Relaxed);
-                    return Ok(Ipv4Addr::from(self.base + off));
+                    self.cursor.store(off + 1, Ordering::Relaxed);
+                    return Ok(self.first + off);
                 }
                 // Someone else allocated meanwhile: read again and retry.
                 Err(AllocError::Store(
@@ -113,8 +85,8 @@ impl IpAllocator {
         }
     }
 
-    pub async fn release(&self, ip: Ipv4Addr) -> Result<(), AllocError> {
-        let Some(off) = self.offset(ip) else {
+    async fn release(&self, value: u32) -> Result<(), AllocError> {
+        let Ok(off) = self.offset(value) else {
             return Ok(());
         };
         loop {
@@ -132,16 +104,14 @@ impl IpAllocator {
     }
 
     #[cfg(test)]
-    pub async fn is_allocated(&self, ip: Ipv4Addr) -> Result<bool, AllocError> {
-        let off = self.offset(ip).ok_or_else(|| AllocError::OutOfRange {
-            range: self.range.clone(),
-        })?;
+    async fn is_allocated(&self, value: u32) -> Result<bool, AllocError> {
+        let off = self.offset(value)?;
         Ok(get_bit(&self.load().await?.0, off))
     }
 
     /// The bitmap and its revision (0: not stored yet).
     async fn load(&self) -> Result<(Vec<u8>, i64), AllocError> {
-        let empty = vec![0u8; self.size.div_ceil(8) as usize];
+        let empty = vec![0u8; self.count.div_ceil(8) as usize];
         match self.store.get(&self.key).await.map_err(AllocError::Store)? {
             None => Ok((empty, 0)),
             Some(kv) => {
@@ -149,7 +119,7 @@ impl IpAllocator {
                     .map_err(|e| AllocError::Corrupt(e.to_string()))?;
                 if v.get("range").and_then(Value::as_str) != Some(self.range.as_str()) {
                     return Err(AllocError::Corrupt(format!(
-                        "stored range {} differs from --service-cluster-ip-range {}",
+                        "stored range {} differs from the configured {}",
                         v.get("range").unwrap_or(&Value::Null),
                         self.range
                     )));
@@ -196,25 +166,133 @@ fn set_bit(bits: &mut [u8], i: u32, on: bool) {
     }
 }
 
+/// Parse an IPv4 CIDR into (network address, number of addresses).
+pub fn parse_cidr(cidr: &str) -> Result<(u32, u32), String> {
+    let (ip, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not a CIDR (expected a.b.c.d/n)"))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{cidr:?}: {e}"))?;
+    let len: u32 = len
+        .parse()
+        .map_err(|e| format!("{cidr:?}: prefix length: {e}"))?;
+    if !(8..=30).contains(&len) {
+        return Err(format!("{cidr:?}: prefix length must be between 8 and 30"));
+    }
+    let size = 1u32 << (32 - len);
+    Ok((u32::from(ip) & !(size - 1), size))
+}
+
+/// Parse `first-last` (inclusive) into (first, count).
+pub fn parse_port_range(range: &str) -> Result<(u32, u32), String> {
+    let (a, b) = range
+        .split_once('-')
+        .ok_or_else(|| format!("{range:?} is not a port range (expected first-last)"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{range:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{range:?}: {e}"))?;
+    if a == 0 || b < a {
+        return Err(format!("{range:?}: expected 1 <= first <= last"));
+    }
+    Ok((u32::from(a), u32::from(b - a) + 1))
+}
+
+/// ClusterIPs: every address of the range but the network and broadcast addresses.
+#[derive(Debug)]
+pub struct IpAllocator(Bitmap);
+
+impl IpAllocator {
+    pub fn new(cidr: &str, store: Arc<dyn Store>, key: String) -> Result<IpAllocator, String> {
+        let (base, size) = parse_cidr(cidr)?;
+        Ok(IpAllocator(Bitmap {
+            what: "IP",
+            range: cidr.to_string(),
+            first: base + 1,
+            count: size - 2,
+            key,
+            store,
+            // Dynamic allocation starts above the low addresses people pick by hand.
+            cursor: AtomicU32::new(9),
+        }))
+    }
+
+    /// The first usable address (upstream gives it to the `kubernetes` service).
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.0.first)
+    }
+
+    pub async fn allocate(&self, want: Option<Ipv4Addr>) -> Result<Ipv4Addr, AllocError> {
+        self.0
+            .allocate(want.map(u32::from))
+            .await
+            .map(Ipv4Addr::from)
+    }
+
+    pub async fn release(&self, ip: Ipv4Addr) -> Result<(), AllocError> {
+        self.0.release(u32::from(ip)).await
+    }
+
+    #[cfg(test)]
+    pub async fn is_allocated(&self, ip: Ipv4Addr) -> Result<bool, AllocError> {
+        self.0.is_allocated(u32::from(ip)).await
+    }
+}
+
+/// NodePorts.
+#[derive(Debug)]
+pub struct PortAllocator(Bitmap);
+
+impl PortAllocator {
+    pub fn new(range: &str, store: Arc<dyn Store>, key: String) -> Result<PortAllocator, String> {
+        let (first, count) = parse_port_range(range)?;
+        Ok(PortAllocator(Bitmap {
+            what: "port",
+            range: range.to_string(),
+            first,
+            count,
+            key,
+            store,
+            cursor: AtomicU32::new(0),
+        }))
+    }
+
+    pub async fn allocate(&self, want: Option<u16>) -> Result<u16, AllocError> {
+        // Values come from a u16 range, so they fit back.
+        self.0.allocate(want.map(u32::from)).await.map(|p| p as u16)
+    }
+
+    pub async fn release(&self, port: u16) -> Result<(), AllocError> {
+        self.0.release(u32::from(port)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store: Arc<dyn Store> =
+            Arc::new(store::embedded::EmbeddedStore::open(dir.path().join("s.db")).expect("open"));
+        (dir, store)
+    }
+
     #[test]
-    fn parses_cidrs() {
+    fn parses_ranges() {
         assert_eq!(
             parse_cidr("10.43.0.0/16").expect("valid"),
             (u32::from(Ipv4Addr::new(10, 43, 0, 0)), 65536)
         );
         assert!(parse_cidr("10.43.0.0").is_err());
         assert!(parse_cidr("10.43.0.0/31").is_err());
+        assert_eq!(
+            parse_port_range("30000-32767").expect("valid"),
+            (30000, 2768)
+        );
+        assert!(parse_port_range("32767-30000").is_err());
     }
 
     #[tokio::test]
     async fn concurrent_allocations_never_collide_and_release_frees() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store: Arc<dyn Store> =
-            Arc::new(store::embedded::EmbeddedStore::open(dir.path().join("s.db")).expect("open"));
+        let (_dir, store) = store();
         let alloc = Arc::new(
             IpAllocator::new("10.43.0.0/24", store, "/registry/ranges/serviceips".into())
                 .expect("alloc"),
@@ -223,12 +301,19 @@ mod tests {
         assert_eq!(first, Ipv4Addr::new(10, 43, 0, 1));
         assert!(matches!(
             alloc.allocate(Some(first)).await,
-            Err(AllocError::Allocated)
+            Err(AllocError::Allocated { .. })
         ));
         assert!(matches!(
             alloc.allocate(Some(Ipv4Addr::new(10, 44, 0, 1))).await,
             Err(AllocError::OutOfRange { .. })
         ));
+        assert!(
+            matches!(
+                alloc.allocate(Some(Ipv4Addr::new(10, 43, 0, 255))).await,
+                Err(AllocError::OutOfRange { .. })
+            ),
+            "broadcast is not usable"
+        );
         let mut tasks = Vec::new();
         for _ in 0..40 {
             let a = alloc.clone();
@@ -247,5 +332,31 @@ mod tests {
         let one = *ips.iter().next().expect("one");
         alloc.release(one).await.expect("release");
         assert!(!alloc.is_allocated(one).await.expect("read"));
+    }
+
+    #[tokio::test]
+    async fn node_ports_fill_the_range_then_report_full() {
+        let (_dir, store) = store();
+        let ports = PortAllocator::new(
+            "30000-30003",
+            store,
+            "/registry/ranges/servicenodeports".into(),
+        )
+        .expect("alloc");
+        assert_eq!(ports.allocate(Some(30002)).await.expect("explicit"), 30002);
+        let mut got = vec![30002];
+        for _ in 0..3 {
+            got.push(ports.allocate(None).await.expect("dynamic"));
+        }
+        got.sort();
+        assert_eq!(got, [30000, 30001, 30002, 30003]);
+        assert!(matches!(ports.allocate(None).await, Err(AllocError::Full)));
+        let err = ports.allocate(Some(29999)).await.expect_err("out of range");
+        assert_eq!(
+            err.to_string(),
+            "provided port is not in the valid range. The range of valid ports is 30000-30003"
+        );
+        ports.release(30001).await.expect("release");
+        assert_eq!(ports.allocate(None).await.expect("reuse"), 30001);
     }
 }

@@ -36,6 +36,7 @@ mod registry;
 mod router;
 mod selector;
 mod server;
+mod services;
 mod state;
 mod status;
 mod subresources;
@@ -73,6 +74,10 @@ pub struct Config {
     #[arg(long = "service-cluster-ip-range", default_value = "10.43.0.0/16")]
     pub service_cluster_ip_range: String,
 
+    /// Ports NodePort and LoadBalancer services get their node ports from (inclusive).
+    #[arg(long = "service-node-port-range", default_value = "30000-32767")]
+    pub service_node_port_range: String,
+
     /// Extra names or IPs for the serving certificate (beyond localhost, the host name and
     /// the in-cluster `kubernetes` service names).
     #[arg(long = "tls-san", value_delimiter = ',')]
@@ -98,6 +103,7 @@ impl Config {
                 etcd_servers_overrides: Vec::new(),
             },
             service_cluster_ip_range: "10.43.0.0/16".to_string(),
+            service_node_port_range: "30000-32767".to_string(),
             tls_san: Vec::new(),
             token_auth_file: None,
         }

@@ -3,8 +3,6 @@
 //! [`crate::delete`]. Handlers, subresources, patch and the namespace finalizer all go
 //! through here.
 
-use std::net::Ipv4Addr;
-
 use bytes::Bytes;
 use serde_json::{json, Value};
 use store::{KeyValue, StoreError};
@@ -301,17 +299,16 @@ pub async fn create(
     if let Some(ns) = ns {
         check_namespace(state, def, ns).await?;
     }
-    // Services get their ClusterIP before they are stored, and give it back on failure.
-    let allocated = if def.group.is_empty() && def.plural == "services" && !dry_run {
-        allocate_cluster_ip(state, def, &mut obj).await?
-    } else {
-        None
-    };
+    // Services get their ClusterIP and node ports before they are stored, and give them
+    // back when the create fails.
+    let is_service = def.group.is_empty() && def.plural == "services";
+    if is_service && !dry_run {
+        crate::services::allocate(state, def, &mut obj).await?;
+    }
+    let held = is_service.then(|| obj.clone());
     let result = create_named(state, def, ns, obj, &given, &generate, opts).await;
-    if let (Err(_), Some(ip)) = (&result, allocated) {
-        if let Err(e) = state.ips.release(ip).await {
-            tracing::warn!(%ip, error = %e, "releasing the ClusterIP of a service that failed to create");
-        }
+    if let (Err(_), Some(held), false) = (&result, held, dry_run) {
+        crate::services::release(state, &held).await;
     }
     result
 }
@@ -350,68 +347,10 @@ async fn create_named(
     ))
 }
 
-async fn allocate_cluster_ip(
-    state: &AppState,
-    def: &ResourceDef,
-    obj: &mut Value,
-) -> Result<Option<Ipv4Addr>, ApiError> {
-    let spec = &obj["spec"];
-    if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
-        return Ok(None);
-    }
-    let name = meta::meta_str(obj, "name").unwrap_or("").to_string();
-    let requested = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("");
-    if requested == "None" {
-        obj["spec"]["clusterIPs"] = json!(["None"]);
-        return Ok(None);
-    }
-    let want = if requested.is_empty() {
-        None
-    } else {
-        Some(requested.parse::<Ipv4Addr>().map_err(|_| {
-            ApiError::invalid(
-                def.kind,
-                def.group,
-                &name,
-                vec![(
-                    "spec.clusterIP".into(),
-                    "FieldValueInvalid",
-                    format!("Invalid value: {requested:?}: must be a valid IP address"),
-                )],
-            )
-        })?)
-    };
-    let ip = state.ips.allocate(want).await.map_err(|e| match e {
-        crate::alloc::AllocError::Store(se) => from_store(se, def.plural, def.group, &name),
-        e @ crate::alloc::AllocError::Corrupt(_) => ApiError::internal(e.to_string()),
-        e => ApiError::invalid(
-            def.kind,
-            def.group,
-            &name,
-            vec![(
-                "spec.clusterIPs".into(),
-                "FieldValueInvalid",
-                format!("Invalid value: {:?}: {e}", requested),
-            )],
-        ),
-    })?;
-    obj["spec"]["clusterIP"] = json!(ip.to_string());
-    obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
-    Ok(Some(ip))
-}
-
 /// After an object is gone from the store: give back what it held.
 pub(crate) async fn after_delete(state: &AppState, def: &ResourceDef, obj: &Value) {
     if def.group.is_empty() && def.plural == "services" {
-        if let Some(ip) = obj
-            .pointer("/spec/clusterIP")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<Ipv4Addr>().ok())
-        {
-            if let Err(e) = state.ips.release(ip).await {
-                tracing::warn!(%ip, error = %e, "releasing a deleted service's ClusterIP");
-            }
-        }
+        crate::services::release(state, obj).await;
     }
 }
 
@@ -469,6 +408,9 @@ pub fn prepare_update(
             out
         }
     };
+    if def.group.is_empty() && def.plural == "services" && part == Part::Main {
+        crate::services::carry_over(cur, &mut out);
+    }
     // Fields the server owns survive whatever the client sent.
     let cur_meta = cur.get("metadata").cloned().unwrap_or(json!({}));
     let m = meta::metadata_mut(&mut out);

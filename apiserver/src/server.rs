@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc::IpAllocator;
+use crate::alloc::{IpAllocator, PortAllocator};
 use crate::auth::Tokens;
 use crate::registry::Registry;
 use crate::state::AppState;
@@ -101,12 +101,21 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     .map_err(|reason| Error::Config {
         reason: format!("--service-cluster-ip-range: {reason}"),
     })?;
+    let node_ports = PortAllocator::new(
+        &config.service_node_port_range,
+        storage.store_for("", "services").clone(),
+        format!("{}/ranges/servicenodeports", storage.prefix()),
+    )
+    .map_err(|reason| Error::Config {
+        reason: format!("--service-node-port-range: {reason}"),
+    })?;
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         storage,
         tokens,
         registry: Registry::builtin(),
         ips,
+        node_ports,
         shutdown: shutdown.clone(),
         openapi: Default::default(),
         metrics: Default::default(),

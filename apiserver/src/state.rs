@@ -3,7 +3,7 @@
 use store::Storage;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc::IpAllocator;
+use crate::alloc::{IpAllocator, PortAllocator};
 use crate::auth::Tokens;
 use crate::registry::Registry;
 
@@ -13,6 +13,7 @@ pub struct AppState {
     pub tokens: Tokens,
     pub registry: Registry,
     pub ips: IpAllocator,
+    pub node_ports: PortAllocator,
     /// Cancelled on shutdown: long-running responses (watches) end with it so connections
     /// can drain.
     pub shutdown: CancellationToken,

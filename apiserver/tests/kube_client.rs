@@ -858,7 +858,10 @@ async fn legacy_discovery_and_concurrent_service_ip_allocation() {
             .get("kubernetes")
             .await
             .expect("slice");
-    assert_eq!(slice.endpoints.expect("endpoints")[0].addresses, ["127.0.0.1"]);
+    assert_eq!(
+        slice.endpoints.expect("endpoints")[0].addresses,
+        ["127.0.0.1"]
+    );
     let kubernetes: Service = Api::namespaced(client.clone(), "default")
         .get("kubernetes")
         .await
@@ -1001,5 +1004,73 @@ async fn server_side_apply_from_kube_rs() {
         .await
         .expect_err("no field manager");
     assert_eq!(api_code(&err).map(|c| c.0), Some(422));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_are_allocated_kept_on_replace_and_released() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let svcs: Api<Service> = Api::namespaced(client(&server).await, "default");
+    let np = |name: &str, explicit: Option<u16>| -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"type": "NodePort", "ports": [
+                {"name": "http", "port": 80, "nodePort": explicit},
+                {"name": "https", "port": 443},
+            ]}}),
+        )
+        .expect("svc")
+    };
+    let a = svcs
+        .create(&PostParams::default(), &np("a", Some(30080)))
+        .await
+        .expect("create");
+    let ports = a.spec.clone().and_then(|s| s.ports).expect("ports");
+    assert_eq!(ports[0].node_port, Some(30080));
+    let other = ports[1].node_port.expect("a node port for the second port");
+    assert!((30000..=32767).contains(&other) && other != 30080);
+
+    let err = svcs
+        .create(&PostParams::default(), &np("b", Some(30080)))
+        .await
+        .expect_err("taken");
+    assert_eq!(api_code(&err).map(|c| c.0), Some(422));
+    let err = svcs
+        .create(&PostParams::default(), &np("c", Some(80)))
+        .await
+        .expect_err("out of range");
+    assert_eq!(api_code(&err).map(|c| c.0), Some(422));
+
+    // A replace that leaves node ports out keeps them.
+    let mut replaced = a.clone();
+    for p in replaced
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .expect("ports")
+    {
+        p.node_port = None;
+    }
+    let replaced = svcs
+        .replace("a", &PostParams::default(), &replaced)
+        .await
+        .expect("replace");
+    let ports = replaced.spec.and_then(|s| s.ports).expect("ports");
+    assert_eq!(
+        (ports[0].node_port, ports[1].node_port),
+        (Some(30080), Some(other))
+    );
+
+    svcs.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let b = svcs
+        .create(&PostParams::default(), &np("b", Some(30080)))
+        .await
+        .expect("released port is free again");
+    assert_eq!(
+        b.spec.and_then(|s| s.ports).expect("ports")[0].node_port,
+        Some(30080)
+    );
     server.shutdown().await;
 }
