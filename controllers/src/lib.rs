@@ -4,7 +4,8 @@
 //!
 //! Controllers: `replicaset`, `deployment`, `endpointslice` (also writes Endpoints),
 //! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
-//! `nodelifecycle` (heartbeats, NoExecute taints, eviction), `serviceaccount`. Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
+//! `job`, `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction),
+//! `serviceaccount`. Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,9 +14,12 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::Client;
 
+pub mod cron;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
+pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -28,6 +32,8 @@ pub const ALL: &[&str] = &[
     "deployment",
     "endpointslice",
     "garbagecollector",
+    "job",
+    "cronjob",
     "nodeipam",
     "nodelifecycle",
     "serviceaccount",
@@ -190,6 +196,8 @@ async fn run_controllers(
             "deployment" => tasks.spawn(deployment::run(ctx, token)),
             "endpointslice" => tasks.spawn(endpointslice::run(ctx, token)),
             "garbagecollector" => tasks.spawn(gc::run(ctx, token)),
+            "job" => tasks.spawn(job::run(ctx, token)),
+            "cronjob" => tasks.spawn(cronjob::run(ctx, token)),
             "nodeipam" => tasks.spawn(nodeipam::run(ctx, cidr.clone(), token)),
             "nodelifecycle" => tasks.spawn(nodelifecycle::run(ctx.client.clone(), timing, token)),
             "serviceaccount" => tasks.spawn(serviceaccount::run(ctx, token)),

@@ -27,6 +27,8 @@ pub const PACKAGES: &[&str] = &[
     "dnsperf",
     "knot-dnsutils",
     "knot",
+    // Time zones for CronJob spec.timeZone.
+    "tzdata",
 ];
 
 /// bpf-linker must link against the same LLVM as the nightly that compiles the eBPF crate.
