@@ -142,7 +142,16 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         Route::Resource(t) => {
             let body = match read_body(body).await {
                 Ok(b) => b,
-                Err(e) => return e.into_response(),
+                Err(e) => {
+                    // The rest of the body is still on the wire: this connection cannot carry
+                    // another request, so tell the client not to reuse it.
+                    let mut r = e.into_response();
+                    r.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                    return r;
+                }
             };
             let q = handlers::parse_query(parts.uri.query());
             handlers::handle(state.clone(), parts.method, t, q, parts.headers, body).await
@@ -150,14 +159,31 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     }
 }
 
+/// How much of an oversized body is read and thrown away so the client gets to see the 413
+/// (closing on a client still sending makes it see a reset instead).
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
 async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
-        .await
-        .map_err(|e| {
-            ApiError::too_large(format!(
-                "reading the request body: {e} (limit {MAX_BODY_BYTES} bytes)"
-            ))
-        })
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        seen += chunk.len();
+        if seen <= MAX_BODY_BYTES {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(ApiError::too_large(format!(
+            "the request body of {seen} bytes is over the {MAX_BODY_BYTES}-byte limit"
+        )));
+    }
+    Ok(buf.freeze())
 }
 
 fn openapi(state: &AppState, rest: &str) -> Response {
