@@ -82,11 +82,51 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             );
             default_template(spec);
         }
-        ("apps", "ReplicaSet") | ("apps", "StatefulSet") => {
+        ("apps", "ReplicaSet") => {
             set_default(&mut obj["spec"], "replicas", json!(1));
             default_template(&mut obj["spec"]);
         }
-        ("apps", "DaemonSet") | ("batch", "Job") => default_template(&mut obj["spec"]),
+        ("apps", "StatefulSet") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            );
+            default_template(spec);
+        }
+        ("apps", "DaemonSet") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+            default_template(spec);
+        }
+        ("batch", "Job") => {
+            let spec = &mut obj["spec"];
+            // Upstream: with neither set, both are 1; otherwise parallelism defaults to 1.
+            if spec.get("completions").is_none() && spec.get("parallelism").is_none() {
+                set_default(spec, "completions", json!(1));
+            }
+            set_default(spec, "parallelism", json!(1));
+            set_default(spec, "backoffLimit", json!(6));
+            set_default(spec, "completionMode", json!("NonIndexed"));
+            set_default(spec, "suspend", json!(false));
+            default_template(spec);
+        }
+        ("batch", "CronJob") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "concurrencyPolicy", json!("Allow"));
+            set_default(spec, "suspend", json!(false));
+            set_default(spec, "successfulJobsHistoryLimit", json!(3));
+            set_default(spec, "failedJobsHistoryLimit", json!(1));
+        }
         ("", "Secret") => set_default(obj, "type", json!("Opaque")),
         _ => {}
     }

@@ -2,7 +2,7 @@
 //! idempotent `reconcile(object, ctx) -> Action` on kube-rs's `Controller`, so a missed or
 //! repeated event never matters — every reconcile recomputes from what the API says now.
 //!
-//! Controllers: `replicaset`, `deployment`, `endpointslice` (also writes Endpoints),
+//! Controllers: `replicaset`, `deployment`, `daemonset`, `statefulset`, `endpointslice` (also writes Endpoints),
 //! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
 //! `job`, `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction),
 //! `serviceaccount`. Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
@@ -16,6 +16,7 @@ use kube::Client;
 
 pub mod cron;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
@@ -24,12 +25,15 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod util;
 
 /// Every controller this binary has, in start order.
 pub const ALL: &[&str] = &[
     "replicaset",
     "deployment",
+    "daemonset",
+    "statefulset",
     "endpointslice",
     "garbagecollector",
     "job",
@@ -194,6 +198,8 @@ async fn run_controllers(
         match name {
             "replicaset" => tasks.spawn(replicaset::run(ctx, token)),
             "deployment" => tasks.spawn(deployment::run(ctx, token)),
+            "daemonset" => tasks.spawn(daemonset::run(ctx, token)),
+            "statefulset" => tasks.spawn(statefulset::run(ctx, token)),
             "endpointslice" => tasks.spawn(endpointslice::run(ctx, token)),
             "garbagecollector" => tasks.spawn(gc::run(ctx, token)),
             "job" => tasks.spawn(job::run(ctx, token)),

@@ -128,6 +128,25 @@ pub fn template_hash(template: &serde_json::Value, collision_count: Option<i32>)
     safe_encode(fnv32a(&bytes))
 }
 
+/// Whether `patch` (`{"status": {...}}`) would change anything in `current`: every field it
+/// sets is compared with the current value (absent counts as 0, "" or null). Saves a write
+/// per reconcile when nothing moved.
+pub fn status_differs<S: serde::Serialize>(current: Option<&S>, patch: &serde_json::Value) -> bool {
+    let cur = current
+        .and_then(|c| serde_json::to_value(c).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let Some(fields) = patch.get("status").and_then(|s| s.as_object()) else {
+        return true;
+    };
+    fields.iter().any(|(k, v)| {
+        let c = cur.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let zeroish = |x: &serde_json::Value| {
+            x.is_null() || x == &serde_json::json!(0) || x == &serde_json::json!("")
+        };
+        !(c == *v || (zeroish(&c) && zeroish(v)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

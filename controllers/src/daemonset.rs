@@ -1,0 +1,328 @@
+//! DaemonSet: one pod per eligible node (the template's nodeSelector and required node
+//! affinity match, NoSchedule/NoExecute taints tolerated), placed by setting `spec.nodeName`
+//! directly (as DaemonSets did before they went through the scheduler), with the default
+//! tolerations upstream adds for node conditions. RollingUpdate replaces pods whose
+//! `controller-revision-hash` is stale, at most `maxUnavailable` at a time; OnDelete leaves
+//! them. Status has the fields `kubectl rollout status daemonset` reads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use serde_json::json;
+
+use crate::deployment::resolve;
+use crate::replicaset::pod_from_template;
+use crate::util::{
+    controlled_by, controller_ref, is_available, is_ready, status_differs, template_hash,
+};
+use crate::{api_err, error_policy, Ctx, ReconcileError};
+
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(
+        Api::<DaemonSet>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let sets = controller.store();
+    controller
+        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        // Any node change may change where every DaemonSet runs.
+        .watches(
+            Api::<Node>::all(client),
+            watcher::Config::default(),
+            move |_node: Node| {
+                sets.state()
+                    .iter()
+                    .map(|d| ObjectRef::from_obj(d.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// The tolerations upstream gives every DaemonSet pod, so daemons keep running on sick nodes.
+fn default_tolerations() -> Vec<Toleration> {
+    [
+        ("node.kubernetes.io/not-ready", "NoExecute"),
+        ("node.kubernetes.io/unreachable", "NoExecute"),
+        ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        ("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        ("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        ("node.kubernetes.io/unschedulable", "NoSchedule"),
+    ]
+    .into_iter()
+    .map(|(k, e)| Toleration {
+        key: Some(k.into()),
+        operator: Some("Exists".into()),
+        effect: Some(e.into()),
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// Whether a pod from `template` belongs on `node`.
+pub fn eligible(node: &Node, template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> bool {
+    let spec = template.spec.clone().unwrap_or_default();
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let selector_ok = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let req = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    let affinity_ok =
+        req.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
+    let mut tols = spec.tolerations.unwrap_or_default();
+    tols.extend(default_tolerations());
+    let taints_ok = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|t| {
+            tols.iter().any(|tol| {
+                let key_ok = tol
+                    .key
+                    .as_deref()
+                    .is_none_or(|k| k.is_empty() || k == t.key);
+                let effect_ok = tol
+                    .effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == t.effect);
+                let value_ok = tol.operator.as_deref() == Some("Exists")
+                    || tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or("");
+                key_ok && effect_ok && value_ok
+            })
+        });
+    selector_ok && affinity_ok && taints_ok
+}
+
+fn term_matches(term: &k8s_openapi::api::core::v1::NodeSelectorTerm, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let check = |r: &k8s_openapi::api::core::v1::NodeSelectorRequirement, v: Option<&String>| {
+        let vals = r.values.clone().unwrap_or_default();
+        match r.operator.as_str() {
+            "In" => v.is_some_and(|v| vals.contains(v)),
+            "NotIn" => v.is_none_or(|v| !vals.contains(v)),
+            "Exists" => v.is_some(),
+            "DoesNotExist" => v.is_none(),
+            _ => false,
+        }
+    };
+    let exprs = term
+        .match_expressions
+        .iter()
+        .flatten()
+        .all(|r| check(r, labels.get(&r.key)));
+    let fields = term
+        .match_fields
+        .iter()
+        .flatten()
+        .all(|r| r.key == "metadata.name" && check(r, Some(&name)));
+    exprs && fields && (term.match_expressions.is_some() || term.match_fields.is_some())
+}
+
+async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    if ds.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = ds.namespace().unwrap_or_default();
+    let name = ds.name_any();
+    let uid = ds.metadata.uid.clone().unwrap_or_default();
+    let spec = ds.spec.clone();
+    let hash = template_hash(
+        &serde_json::to_value(&spec.template).unwrap_or_default(),
+        None,
+    );
+    let nodes = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("listing nodes for daemonsets"))?
+        .items;
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Vec<Pod> = pods_api
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err(format!("listing pods of daemonset {ns}/{name}")))?
+        .items
+        .into_iter()
+        .filter(|p| controlled_by(&p.metadata, &uid) && p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
+    for p in &pods {
+        by_node
+            .entry(
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+            )
+            .or_default()
+            .push(p);
+    }
+    let eligible_nodes: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| eligible(n, &spec.template))
+        .collect();
+    let desired = eligible_nodes.len() as i32;
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+
+    // Pods on nodes where they do not belong, and duplicates, go.
+    let mut misscheduled = 0;
+    for (node, list) in &by_node {
+        let wanted = eligible_nodes
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(node.as_str()));
+        let extra = if wanted {
+            list.len().saturating_sub(1)
+        } else {
+            list.len()
+        };
+        if !wanted {
+            misscheduled += list.len() as i32;
+        }
+        for p in list.iter().rev().take(extra) {
+            let _ = pods_api
+                .delete(&p.name_any(), &DeleteParams::default())
+                .await;
+        }
+    }
+    // Missing pods are created, bound to their node.
+    let mut template = spec.template.clone();
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(REVISION_LABEL.into(), hash.clone());
+    let mut tols = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    tols.extend(default_tolerations());
+    for n in &eligible_nodes {
+        let node_name = n.metadata.name.clone().unwrap_or_default();
+        if by_node.get(&node_name).is_some_and(|l| !l.is_empty()) {
+            continue;
+        }
+        let mut pod = pod_from_template(&template, &ns, &name, controller_ref(ds.as_ref()));
+        if let Some(s) = pod.spec.as_mut() {
+            s.node_name = Some(node_name.clone());
+            s.tolerations = Some(tols.clone());
+        }
+        pods_api
+            .create(&PostParams::default(), &pod)
+            .await
+            .map_err(api_err(format!(
+                "creating the pod of daemonset {ns}/{name} for node {node_name}"
+            )))?;
+    }
+    // Rolling update: replace stale pods, keeping at most maxUnavailable unavailable.
+    let on_eligible: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            eligible_nodes
+                .iter()
+                .any(|n| n.metadata.name == p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        })
+        .collect();
+    let stale = |p: &Pod| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(REVISION_LABEL))
+            != Some(&hash)
+    };
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        != Some("OnDelete");
+    if rolling {
+        let max_unavailable = resolve(
+            spec.update_strategy
+                .as_ref()
+                .and_then(|s| s.rolling_update.as_ref())
+                .and_then(|r| r.max_unavailable.as_ref()),
+            0,
+            desired,
+            false,
+        )
+        .max(1);
+        let unavailable = desired
+            - on_eligible
+                .iter()
+                .filter(|p| is_available(p, min_ready, now))
+                .count() as i32;
+        let mut budget = max_unavailable - unavailable.max(0);
+        // Unavailable stale pods first: replacing them costs no availability.
+        let mut candidates: Vec<&&Pod> = on_eligible.iter().filter(|p| stale(p)).collect();
+        candidates.sort_by_key(|p| is_available(p, min_ready, now));
+        for p in candidates {
+            let costs = is_available(p, min_ready, now);
+            if costs && budget <= 0 {
+                break;
+            }
+            let _ = pods_api
+                .delete(&p.name_any(), &DeleteParams::default())
+                .await;
+            if costs {
+                budget -= 1;
+            }
+        }
+    }
+    let current = on_eligible.len() as i32;
+    let ready = on_eligible.iter().filter(|p| is_ready(p)).count() as i32;
+    let available = on_eligible
+        .iter()
+        .filter(|p| is_available(p, min_ready, now))
+        .count() as i32;
+    let updated = on_eligible.iter().filter(|p| !stale(p)).count() as i32;
+    let status = json!({"status": {
+        "desiredNumberScheduled": desired,
+        "currentNumberScheduled": current,
+        "numberMisscheduled": misscheduled,
+        "numberReady": ready,
+        "numberAvailable": available,
+        "numberUnavailable": (desired - available).max(0),
+        "updatedNumberScheduled": updated,
+        "observedGeneration": ds.metadata.generation,
+    }});
+    if status_differs(ds.status.as_ref(), &status) {
+        Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(api_err(format!("updating status of daemonset {ns}/{name}")))?;
+    }
+    Ok(if updated < desired || available < desired {
+        Action::requeue(Duration::from_secs(2))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}

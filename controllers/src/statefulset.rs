@@ -1,0 +1,210 @@
+//! StatefulSet: pods with stable names `<set>-<ordinal>`, hostname = pod name and subdomain =
+//! `spec.serviceName` (so DNS gives each a stable name). `OrderedReady` creates ordinal i
+//! only when 0..i are Running and Ready and removes the highest ordinal first; `Parallel`
+//! does both at once. RollingUpdate replaces stale pods from the highest ordinal down, one at
+//! a time, only at or above `partition`. volumeClaimTemplates are not supported yet (kaze has
+//! no persistent volumes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use serde_json::json;
+
+use crate::daemonset::REVISION_LABEL;
+use crate::replicaset::pod_from_template;
+use crate::util::{
+    controlled_by, controller_ref, is_available, is_ready, status_differs, template_hash,
+};
+use crate::{api_err, error_policy, Ctx, ReconcileError};
+
+pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
+    let client = ctx.client.clone();
+    Controller::new(
+        Api::<StatefulSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .graceful_shutdown_on(shutdown.cancelled_owned())
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+/// The ordinal in `<set>-<ordinal>`, if the name has that shape.
+pub fn ordinal(set: &str, pod: &str) -> Option<i32> {
+    pod.strip_prefix(set)?.strip_prefix('-')?.parse().ok()
+}
+
+fn running_ready(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && is_ready(p)
+}
+
+async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    if sts.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = sts.namespace().unwrap_or_default();
+    let name = sts.name_any();
+    let uid = sts.metadata.uid.clone().unwrap_or_default();
+    let spec = sts.spec.clone();
+    let replicas = spec.replicas.unwrap_or(1).max(0);
+    let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
+    let hash = template_hash(
+        &serde_json::to_value(&spec.template).unwrap_or_default(),
+        None,
+    );
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut pods: Vec<(i32, Pod)> = pods_api
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err(format!("listing pods of statefulset {ns}/{name}")))?
+        .items
+        .into_iter()
+        .filter(|p| controlled_by(&p.metadata, &uid))
+        .filter_map(|p| Some((ordinal(&name, &p.name_any())?, p)))
+        .collect();
+    pods.sort_by_key(|(o, _)| *o);
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let terminating = pods
+        .iter()
+        .any(|(_, p)| p.metadata.deletion_timestamp.is_some());
+    let stale = |p: &Pod| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(REVISION_LABEL))
+            != Some(&hash)
+    };
+
+    // Scale up: create missing ordinals (in order, each after its predecessors are ready).
+    for i in 0..replicas {
+        match pods.iter().find(|(o, _)| *o == i) {
+            Some((_, p)) => {
+                if !parallel && (!running_ready(p) || p.metadata.deletion_timestamp.is_some()) {
+                    break;
+                }
+            }
+            None => {
+                if !parallel && terminating {
+                    break;
+                }
+                let mut template = spec.template.clone();
+                let labels = template
+                    .metadata
+                    .get_or_insert_with(Default::default)
+                    .labels
+                    .get_or_insert_with(Default::default);
+                let pod_name = format!("{name}-{i}");
+                labels.insert(REVISION_LABEL.into(), hash.clone());
+                labels.insert(
+                    "statefulset.kubernetes.io/pod-name".into(),
+                    pod_name.clone(),
+                );
+                labels.insert("apps.kubernetes.io/pod-index".into(), i.to_string());
+                let mut pod =
+                    pod_from_template(&template, &ns, &name, controller_ref(sts.as_ref()));
+                pod.metadata.generate_name = None;
+                pod.metadata.name = Some(pod_name.clone());
+                if let Some(s) = pod.spec.as_mut() {
+                    s.hostname = Some(pod_name.clone());
+                    s.subdomain = spec.service_name.clone().filter(|s| !s.is_empty());
+                }
+                match pods_api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => {
+                        return Err(api_err(format!(
+                            "creating pod {pod_name} of statefulset {ns}/{name}"
+                        ))(e))
+                    }
+                }
+                if !parallel {
+                    break;
+                }
+            }
+        }
+    }
+    // Scale down: highest ordinal first, one at a time unless Parallel.
+    let surplus: Vec<&(i32, Pod)> = pods.iter().rev().filter(|(o, _)| *o >= replicas).collect();
+    for (_, p) in surplus.iter().take(if parallel { usize::MAX } else { 1 }) {
+        if p.metadata.deletion_timestamp.is_none() {
+            let _ = pods_api
+                .delete(&p.name_any(), &DeleteParams::default())
+                .await;
+        }
+    }
+    // Rolling update from the top, one pod at a time, never below the partition.
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        != Some("OnDelete");
+    let partition = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .unwrap_or(0);
+    let all_ready = pods.iter().filter(|(o, _)| *o < replicas).count() as i32 == replicas
+        && pods.iter().all(|(_, p)| running_ready(p));
+    if rolling && all_ready && surplus.is_empty() && !terminating {
+        if let Some((_, p)) = pods
+            .iter()
+            .rev()
+            .find(|(o, p)| *o < replicas && *o >= partition && stale(p))
+        {
+            let _ = pods_api
+                .delete(&p.name_any(), &DeleteParams::default())
+                .await;
+        }
+    }
+
+    let live: Vec<&Pod> = pods
+        .iter()
+        .filter(|(o, _)| *o < replicas)
+        .map(|(_, p)| p)
+        .collect();
+    let status = json!({"status": {
+        "observedGeneration": sts.metadata.generation,
+        "replicas": live.len(),
+        "readyReplicas": live.iter().filter(|p| is_ready(p)).count(),
+        "availableReplicas": live.iter().filter(|p| is_available(p, spec.min_ready_seconds.unwrap_or(0), now)).count(),
+        "currentReplicas": live.iter().filter(|p| !stale(p)).count(),
+        "updatedReplicas": live.iter().filter(|p| !stale(p)).count(),
+        "currentRevision": format!("{name}-{hash}"),
+        "updateRevision": format!("{name}-{hash}"),
+    }});
+    if status_differs(sts.status.as_ref(), &status) {
+        Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(api_err(format!(
+                "updating status of statefulset {ns}/{name}"
+            )))?;
+    }
+    Ok(Action::requeue(Duration::from_secs(if all_ready {
+        300
+    } else {
+        2
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinals_parse_only_our_names() {
+        assert_eq!(ordinal("web", "web-0"), Some(0));
+        assert_eq!(ordinal("web", "web-12"), Some(12));
+        assert_eq!(ordinal("web", "webx-1"), None);
+        assert_eq!(ordinal("web", "web-a"), None);
+    }
+}
