@@ -5,9 +5,11 @@ use std::{
     io,
     net::SocketAddrV4,
     path::Path,
+    time::{Duration, Instant},
 };
 
-use dataplane_common::names;
+use aya::programs::{SchedClassifier, TcAttachType};
+use dataplane_common::{names, programs};
 use tracing::{info, warn};
 
 use crate::{
@@ -91,21 +93,57 @@ impl Engine {
 
     /// Removes the state of the mode not in use (called once this one is programmed, so the
     /// node is never left without either).
-    pub fn clean_other_modes(&self, config: &Config) {
+    pub fn clean_other_modes(&self, config: &Config, desired: &Desired) {
         match self {
-            Engine::Ebpf(_) => iptables::cleanup_all_except(None),
+            Engine::Ebpf(_) => {
+                if iptables::cleanup_all_except(None) {
+                    let addresses: BTreeSet<_> = desired.keys().map(|k| k.address).collect();
+                    iptables::forget_kernel_flows(addresses);
+                }
+            }
             Engine::Iptables(i) => {
                 iptables::cleanup_all_except(Some(i.tools()));
                 match remove_pins(&config.bpf_pin_root) {
-                    Ok(true) => info!(
-                        pin_root = %config.bpf_pin_root.display(),
-                        "removed the eBPF dataplane's pins: programs detached, maps freed"
-                    ),
+                    Ok(true) => {
+                        wait_detached(&config.interfaces);
+                        info!(
+                            pin_root = %config.bpf_pin_root.display(),
+                            "removed the eBPF dataplane's pins: programs detached, maps freed"
+                        )
+                    }
                     Ok(false) => {}
                     Err(e) => warn!(error = %chain(&e), "removing the eBPF dataplane's pins"),
                 }
             }
         }
+    }
+}
+
+/// Waits (bounded) until the tc program is gone from `ifaces`. The kernel releases a link
+/// whose last pin went away asynchronously; until then the old programs keep NATing new
+/// flows, which iptables would then see mid-flow.
+fn wait_detached(ifaces: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let attached: Vec<&String> = ifaces
+            .iter()
+            .filter(|iface| {
+                SchedClassifier::query_tcx(iface.as_str(), TcAttachType::Ingress)
+                    .map(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(programs::TC)))
+                    .unwrap_or(false)
+            })
+            .collect();
+        if attached.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            warn!(
+                ?attached,
+                "the eBPF programs are still attached 5 s after their pins went"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -145,6 +183,14 @@ impl EbpfEngine {
         for iface in &config.interfaces {
             dp.attach_tc(iface, TcHook::Ingress)?;
             wanted.insert(format!("tc-{iface}-ingress"));
+            // A NodePort reply is reverse-NATed at tc ingress to come from a node address;
+            // the kernel then forwards a packet whose source is local, a "martian" it drops
+            // unless the receiving interface accepts local sources.
+            let knob = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+            std::fs::write(&knob, "1").map_err(|source| DataplaneError::Io {
+                what: format!("setting {knob} for NodePort replies"),
+                source,
+            })?;
         }
         for iface in &config.xdp_interfaces {
             dp.attach_xdp(iface)?;

@@ -69,7 +69,8 @@ struct Inner {
     syncs: u64,
     sync_errors: u64,
     synced: bool,
-    names: BTreeMap<ServiceKey, String>,
+    /// Name and backend count of every programmed service port.
+    services_by_key: BTreeMap<ServiceKey, (String, usize)>,
 }
 
 /// The proxy's metrics, shared between the sync loop and the HTTP server.
@@ -87,7 +88,7 @@ impl Metrics {
             syncs: 0,
             sync_errors: 0,
             synced: false,
-            names: BTreeMap::new(),
+            services_by_key: BTreeMap::new(),
         }))
     }
 
@@ -103,14 +104,14 @@ impl Metrics {
         services: usize,
         endpoints: usize,
         errors: usize,
-        names: BTreeMap<ServiceKey, String>,
+        by_key: BTreeMap<ServiceKey, (String, usize)>,
     ) {
         let mut m = self.lock();
         m.sync.observe(took.as_secs_f64());
         m.syncs += 1;
         m.services = services;
         m.endpoints = endpoints;
-        m.names = names;
+        m.services_by_key = by_key;
         if errors == 0 {
             m.synced = true;
         } else {
@@ -174,6 +175,14 @@ impl Metrics {
             "# HELP kaze_proxy_mode The dataplane in use.\n# TYPE kaze_proxy_mode gauge\nkaze_proxy_mode{{mode=\"{}\"}} 1",
             m.mode.as_str()
         );
+        let name = "kaze_proxy_service_endpoints";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Backends programmed for a service port.\n# TYPE {name} gauge"
+        );
+        for (key, (svc, n)) in &m.services_by_key {
+            let _ = writeln!(out, "{name}{{service=\"{svc}\",address=\"{key}\"}} {n}");
+        }
         let families = [
             (
                 "kaze_proxy_service_packets_total",
@@ -191,7 +200,7 @@ impl Metrics {
         for (i, (name, help)) in families.iter().enumerate() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (key, c) in counters {
-                let svc = m.names.get(key).map(String::as_str).unwrap_or("");
+                let svc = m.services_by_key.get(key).map_or("", |(n, _)| n.as_str());
                 let labels = format!("service=\"{svc}\",address=\"{key}\"");
                 match i {
                     0 => {
@@ -288,7 +297,7 @@ mod tests {
             1,
             3,
             0,
-            [(key, "default/web:http".to_string())].into(),
+            [(key, ("default/web:http".to_string(), 3))].into(),
         );
         m.programmed_after(Duration::from_millis(40));
         let c = ServiceCounters {
@@ -307,6 +316,7 @@ mod tests {
             "kaze_proxy_programmed_services 1",
             "kaze_proxy_programmed_endpoints 3",
             "kaze_proxy_mode{mode=\"ebpf\"} 1",
+            "kaze_proxy_service_endpoints{service=\"default/web:http\",address=\"10.43.0.10:80/tcp\"} 3",
             "kaze_proxy_service_packets_total{service=\"default/web:http\",address=\"10.43.0.10:80/tcp\",direction=\"forward\"} 7",
             "kaze_proxy_service_bytes_total{service=\"default/web:http\",address=\"10.43.0.10:80/tcp\",direction=\"reply\"} 500",
             "kaze_proxy_service_no_backend_total{service=\"default/web:http\",address=\"10.43.0.10:80/tcp\"} 1",

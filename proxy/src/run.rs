@@ -196,13 +196,16 @@ async fn sync_loop(
         let desired = Arc::new(desired);
         let outcome = worker.sync(desired.clone()).await?;
         let took = started.elapsed();
-        let names: BTreeMap<_, _> = desired.iter().map(|(k, s)| (*k, s.name.clone())).collect();
+        let by_key: BTreeMap<_, _> = desired
+            .iter()
+            .map(|(k, s)| (*k, (s.name.clone(), s.backends.len())))
+            .collect();
         metrics.synced(
             took,
             outcome.services,
             outcome.endpoints,
             outcome.errors.len(),
-            names,
+            by_key,
         );
         for e in &outcome.errors {
             warn!(

@@ -101,7 +101,7 @@ fn serve(config: &Config, engine: &mut Engine, rx: mpsc::Receiver<Cmd>) {
                 let outcome = engine.sync(&desired);
                 if !cleaned && outcome.errors.is_empty() {
                     // only now that this mode serves every service is the other one removed
-                    engine.clean_other_modes(config);
+                    engine.clean_other_modes(config, &desired);
                     cleaned = true;
                 }
                 let _ = reply.send(outcome);

@@ -168,15 +168,38 @@ fn output(cmd: &mut Command, stdin: Option<&str>) -> Result<String, IptablesErro
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Removes kaze's chains from every installed implementation except `keep`.
-pub fn cleanup_all_except(keep: Option<&Tools>) {
+/// Removes kaze's chains from every installed implementation except `keep`. Returns
+/// whether any were found.
+pub fn cleanup_all_except(keep: Option<&Tools>) -> bool {
+    let mut found = false;
     for tools in Tools::installed() {
         if keep.is_some_and(|k| k.same_as(&tools)) {
             continue;
         }
-        if let Err(e) = tools.cleanup() {
-            warn!(iptables = tools.flavor, error = %e, "removing kaze's iptables chains");
+        match tools.cleanup() {
+            Ok(f) => found |= f,
+            Err(e) => warn!(iptables = tools.flavor, error = %e, "removing kaze's iptables chains"),
         }
+    }
+    found
+}
+
+/// Deletes the kernel conntrack entries of flows to `addresses`. After iptables mode, its
+/// DNATed entries (TIME_WAIT ones included) would clash with new flows that the eBPF
+/// dataplane sends to the same backend from a reused client port: netfilter would then
+/// remap the client's port and the eBPF reverse NAT would not recognise the replies.
+pub fn forget_kernel_flows(addresses: impl IntoIterator<Item = std::net::Ipv4Addr>) {
+    let Some(conntrack) = find("conntrack") else {
+        warn!("conntrack not installed: flows from iptables mode linger in the kernel's table");
+        return;
+    };
+    for address in addresses {
+        let _ = Command::new(&conntrack)
+            .args(["-D", "--orig-dst"])
+            .arg(address.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
