@@ -7,6 +7,7 @@
 //! The dataplane outlives the process, so a restarted proxy reconciles against what is
 //! programmed instead of flushing it, and established flows never notice.
 
+pub mod bench;
 mod config;
 mod dataplane;
 pub mod desired;

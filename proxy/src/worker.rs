@@ -117,7 +117,7 @@ fn serve(config: &Config, engine: &mut Engine, rx: mpsc::Receiver<Cmd>) {
     );
 }
 
-fn enter_netns(path: &Path) -> Result<(), Error> {
+pub(crate) fn enter_netns(path: &Path) -> Result<(), Error> {
     let err = |source: std::io::Error| Error::Netns {
         path: path.to_path_buf(),
         source,
