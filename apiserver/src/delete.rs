@@ -35,7 +35,7 @@ pub async fn delete(
             Ok(None) => return Err(ApiError::not_found(def.plural, def.group, name)),
             Err(e) => return Err(from_store(e, def.plural, def.group, name)),
         };
-        let cur = decode_kv(&kv)?;
+        let cur = decode_kv(def, &kv)?;
         if let Some(uid) = &opts.precondition_uid {
             let actual = meta::meta_str(&cur, "uid").unwrap_or("");
             if uid != actual {
@@ -87,8 +87,8 @@ pub async fn delete(
             if opts.dry_run {
                 return Ok((new, false));
             }
-            match store.update(&key, encode(&new), kv.mod_revision).await {
-                Ok(kv) => return Ok((decode_kv(&kv)?, false)),
+            match store.update(&key, encode(def, &new), kv.mod_revision).await {
+                Ok(kv) => return Ok((decode_kv(def, &kv)?, false)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(from_store(e, def.plural, def.group, name)),
             }
@@ -121,7 +121,7 @@ pub async fn remove(
     let key = state.key(def, ns, name);
     match state.store(def).delete(&key, None).await {
         Ok((kv, _)) => {
-            after_delete(state, def, &decode_kv(&kv)?).await;
+            after_delete(state, def, &decode_kv(def, &kv)?).await;
             Ok(())
         }
         Err(StoreError::NotFound { .. }) => Ok(()),

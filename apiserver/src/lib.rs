@@ -17,6 +17,7 @@ mod alloc;
 mod apply;
 mod auth;
 mod bootstrap;
+mod convert;
 mod delete;
 mod discovery;
 mod error;

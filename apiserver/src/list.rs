@@ -96,7 +96,7 @@ pub async fn list(
             })?;
         revision = Some(page.revision);
         for kv in &page.items {
-            let obj = decode_kv(kv)?;
+            let obj = decode_kv(def, kv)?;
             if !opts.filter.matches(&obj) {
                 continue;
             }

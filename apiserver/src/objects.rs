@@ -17,16 +17,22 @@ use crate::state::AppState;
 use crate::status::{from_store, ApiError};
 
 /// Parse a stored value and stamp its `resourceVersion` (the key's `mod_revision`).
-pub fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
+pub fn decode_kv(def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {
     let mut v: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("decoding stored object {}: {e}", kv.key)))?;
     meta::metadata_mut(&mut v).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    if let Some(c) = def.conversion {
+        v = (c.from_storage)(v);
+    }
     Ok(v)
 }
 
 /// What is stored: the object without its `resourceVersion` (that is the store's revision).
-pub(crate) fn encode(obj: &Value) -> Bytes {
-    let mut v = obj.clone();
+pub(crate) fn encode(def: &ResourceDef, obj: &Value) -> Bytes {
+    let mut v = match def.conversion {
+        Some(c) => (c.to_storage)(obj.clone()),
+        None => obj.clone(),
+    };
     meta::metadata_mut(&mut v).remove("resourceVersion");
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
@@ -55,7 +61,14 @@ impl AppState {
     }
 
     pub fn store(&self, def: &ResourceDef) -> &std::sync::Arc<dyn store::Store> {
-        self.storage.store_for(def.group, def.plural)
+        // A converted version lives wherever the version it is stored as lives (today only
+        // events.k8s.io events, stored as core events).
+        let group = if def.conversion.is_some() {
+            ""
+        } else {
+            def.group
+        };
+        self.storage.store_for(group, def.plural)
     }
 
     pub fn prefix(&self, def: &ResourceDef, ns: Option<&str>) -> String {
@@ -72,7 +85,7 @@ pub async fn get(
 ) -> Result<Value, ApiError> {
     let key = state.key(def, ns, name);
     match state.store(def).get(&key).await {
-        Ok(Some(kv)) => decode_kv(&kv),
+        Ok(Some(kv)) => decode_kv(def, &kv),
         Ok(None) => Err(ApiError::not_found(def.plural, def.group, name)),
         Err(e) => Err(from_store(e, def.plural, def.group, name)),
     }
@@ -336,8 +349,8 @@ async fn create_named(
             return Ok(checked);
         }
         let key = state.key(def, ns, &name);
-        match state.store(def).create(&key, encode(&checked)).await {
-            Ok(kv) => return decode_kv(&kv),
+        match state.store(def).create(&key, encode(def, &checked)).await {
+            Ok(kv) => return decode_kv(def, &kv),
             Err(StoreError::AlreadyExists { .. }) if given.is_empty() => continue,
             Err(e) => return Err(from_store(e, def.plural, def.group, &name)),
         }
@@ -469,7 +482,7 @@ where
         if precondition.is_some_and(|rv| rv != kv.mod_revision) {
             return Err(ApiError::conflict(def.plural, def.group, name));
         }
-        let cur = decode_kv(&kv)?;
+        let cur = decode_kv(def, &kv)?;
         let mut new = f(&cur)?;
         meta::metadata_mut(&mut new)
             .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
@@ -492,8 +505,8 @@ where
                 Err(e) => return Err(from_store(e, def.plural, def.group, name)),
             }
         }
-        match store.update(&key, encode(&new), kv.mod_revision).await {
-            Ok(kv) => return decode_kv(&kv),
+        match store.update(&key, encode(def, &new), kv.mod_revision).await {
+            Ok(kv) => return decode_kv(def, &kv),
             Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
             Err(StoreError::Conflict { current: None, .. }) => {
                 return Err(ApiError::not_found(def.plural, def.group, name))

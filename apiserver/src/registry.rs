@@ -90,6 +90,8 @@ pub struct ResourceDef {
     /// The kind's JSON schema (registers its definitions in the generator).
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     pub schema_name: fn() -> Cow<'static, str>,
+    /// Set when this version is stored in another version's form.
+    pub conversion: Option<crate::convert::Conversion>,
 }
 
 impl std::fmt::Debug for ResourceDef {
@@ -170,6 +172,7 @@ macro_rules! def {
             roundtrip: roundtrip::<$ty>,
             schema: schema::<$ty>,
             schema_name: <$ty as JsonSchema>::schema_name,
+            conversion: None,
         }
     };
 }
@@ -244,12 +247,14 @@ fn builtins() -> Vec<ResourceDef> {
         def!(coordination::v1::Lease, "coordination.k8s.io", "v1", "Lease", "leases", "lease", ns: true,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "leases",
             fields: NONE, printer: P::Default),
-        // Stored apart from core/v1 events: the two versions differ in shape and kaze does not
-        // convert between them yet.
-        def!(events::v1::Event, "events.k8s.io", "v1", "Event", "events", "event", ns: true,
-            short: &["ev"], cat: NONE, subs: NONE_SUBS, storage: "events.k8s.io/events",
+        // Stored in core/v1 form next to core events (see `crate::convert`).
+        ResourceDef {
+            conversion: Some(crate::convert::EVENTS_V1),
+            ..def!(events::v1::Event, "events.k8s.io", "v1", "Event", "events", "event", ns: true,
+            short: &["ev"], cat: NONE, subs: NONE_SUBS, storage: "events",
             fields: &["regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid", "reason", "type"],
-            printer: P::Default),
+            printer: P::Default)
+        },
     ]
 }
 

@@ -196,11 +196,11 @@ async fn run(
                 };
                 last_sent = last_sent.max(ev.revision());
                 let new = match ev.kind {
-                    EventKind::Put => Some(decode_kv(&ev.kv)?),
+                    EventKind::Put => Some(decode_kv(def, &ev.kv)?),
                     EventKind::Delete => None,
                 };
                 let old = match &ev.prev {
-                    Some(p) => Some(decode_kv(p)?),
+                    Some(p) => Some(decode_kv(def, p)?),
                     None => None,
                 };
                 let (ty, obj) = match classify(&opts.filter, old.as_ref(), new.as_ref()) {

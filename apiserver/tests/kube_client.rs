@@ -1074,3 +1074,65 @@ async fn node_ports_are_allocated_kept_on_replace_and_released() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_through_either_api_are_read_through_both() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let client = client(&server).await;
+    let new_api: Api<NewEvent> = Api::namespaced(client.clone(), "default");
+    let core_api: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let ev: NewEvent = serde_json::from_value(json!({
+        "metadata": {"name": "web.1"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "regarding": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "note": "Pulled image", "reason": "Pulled", "type": "Normal", "action": "Pull",
+        "reportingController": "kaze.dev/kubelet", "reportingInstance": "node-1",
+    }))
+    .expect("event");
+    new_api
+        .create(&PostParams::default(), &ev)
+        .await
+        .expect("create events.k8s.io event");
+    let core = core_api.get("web.1").await.expect("read as core/v1");
+    assert_eq!(core.involved_object.name.as_deref(), Some("web"));
+    assert_eq!(core.message.as_deref(), Some("Pulled image"));
+    assert_eq!(
+        core.reporting_component.as_deref(),
+        Some("kaze.dev/kubelet")
+    );
+    let by_field = core_api
+        .list(&ListParams::default().fields("involvedObject.name=web"))
+        .await
+        .expect("list");
+    assert_eq!(by_field.items.len(), 1);
+
+    let old: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "web.2"}, "involvedObject": {"kind": "Pod", "name": "web"},
+        "message": "Started", "reason": "Started", "type": "Normal", "count": 2,
+    }))
+    .expect("event");
+    core_api
+        .create(&PostParams::default(), &old)
+        .await
+        .expect("create core event");
+    let new = new_api
+        .get("web.2")
+        .await
+        .expect("read as events.k8s.io/v1");
+    assert_eq!(new.note.as_deref(), Some("Started"));
+    assert_eq!(new.deprecated_count, Some(2));
+    assert_eq!(new.regarding.and_then(|r| r.name).as_deref(), Some("web"));
+    assert_eq!(
+        new_api
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
+    server.shutdown().await;
+}
