@@ -53,6 +53,23 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// This machine's first global-scope IPv4 address (`ip -4 -o addr show scope global`),
+/// else loopback: where node components serve by default.
+pub fn detect_node_ip() -> std::net::IpAddr {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet")?;
+                words.next()?.split('/').next()?.parse().ok()
+            })
+        })
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
 /// A token cancelled on the first SIGINT or SIGTERM. Must be called inside a tokio runtime.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();

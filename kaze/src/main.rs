@@ -26,6 +26,9 @@ enum Command {
     ControllerManager(controllers::Config),
     /// Cluster DNS for the cluster domain, fed by API watches (also invoked as `kube-dns`).
     Dns(dns::Config),
+    /// The node agent: registers the node and runs its pods on containerd (also invoked as
+    /// `kubelet`).
+    Kubelet(kubelet::node::Config),
     /// A whole cluster on this machine: today the control plane (the apiserver on the
     /// embedded store, or etcd with --etcd-servers; the scheduler; the controller-manager).
     Server(ServerArgs),
@@ -68,22 +71,6 @@ struct ServerArgs {
 struct DnsDefaults {
     #[command(flatten)]
     config: dns::Config,
-}
-
-/// The first global-scope IPv4 address (`ip -4 -o addr show scope global`), else loopback.
-fn detect_node_ip() -> std::net::IpAddr {
-    let out = std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "scope", "global"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
-                let mut words = l.split_whitespace();
-                words.find(|w| *w == "inet")?;
-                words.next()?.split('/').next()?.parse().ok()
-            })
-        })
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// Create or update the `kube-system/kube-dns` Service and its EndpointSlice so the cluster
@@ -134,6 +121,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("kube-scheduler", "scheduler"),
     ("kube-controller-manager", "controller-manager"),
     ("kube-dns", "dns"),
+    ("kubelet", "kubelet"),
 ];
 
 fn args() -> Vec<String> {
@@ -182,7 +170,7 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
     };
     let mut tasks = tokio::task::JoinSet::new();
     if !args.disable_agent {
-        let node_ip = args.node_ip.unwrap_or_else(detect_node_ip);
+        let node_ip = args.node_ip.unwrap_or_else(component::detect_node_ip);
         let dns_config = dns::Config {
             cluster_domain: args.cluster_domain.clone(),
             bind: vec![std::net::SocketAddr::new(node_ip, args.dns_port)],
@@ -254,6 +242,9 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("controller-manager"),
             Command::Dns(config) => dns::run(config, shutdown).await.context("dns"),
+            Command::Kubelet(config) => kubelet::node::run(config, shutdown)
+                .await
+                .context("kubelet"),
             Command::Server(args) => server(args, shutdown).await,
         }
     })

@@ -5,13 +5,15 @@
 //! - [`containerd`], [`images`], [`cni`], [`spec`], [`logs`]: one concern each;
 //! - [`runtime`]: pod sandboxes and containers built from those;
 //! - [`pod`]: PodSpec -> runtime calls, probes, restart policy, status (no API yet);
-//! - (next) the API-driven sync loop, node registration and the kubelet server on top.
+//! - [`node`]: the API client: node registration, Lease heartbeats, the pod sync loop
+//!   (the kubelet HTTPS server for logs/exec is next).
 
 pub mod cni;
 pub mod containerd;
 pub mod error;
 pub mod images;
 pub mod logs;
+pub mod node;
 pub mod pod;
 pub mod runtime;
 pub mod spec;

@@ -176,7 +176,13 @@ impl Worker {
             });
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.tick) => {}
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    // The handle was dropped (the kubelet is stopping): leave the pod running,
+                    // as upstream's kubelet does, and stop managing it.
+                    if changed.is_err() {
+                        return self.status();
+                    }
+                }
             }
         }
         self.terminate().await;

@@ -1,0 +1,87 @@
+//! What the Node reports about this machine: capacity, addresses, system info, conditions.
+
+use std::net::IpAddr;
+
+use serde_json::{json, Value};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn hostname() -> String {
+    let h = read("/proc/sys/kernel/hostname");
+    if h.is_empty() {
+        "localhost".into()
+    } else {
+        h
+    }
+}
+
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn mem_total_kib() -> u64 {
+    read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn os_image() -> String {
+    read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// `{"status": {...}}` for a merge patch of the node's status.
+pub fn status(node: &str, ip: IpAddr, max_pods: u32) -> Value {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let resources = json!({
+        "cpu": cpus.to_string(),
+        "memory": format!("{}Ki", mem_total_kib()),
+        "pods": max_pods.to_string(),
+    });
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let cond = |t: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": t, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    json!({"status": {
+        "capacity": resources,
+        "allocatable": resources,
+        "addresses": [
+            {"type": "InternalIP", "address": ip.to_string()},
+            {"type": "Hostname", "address": node},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": read("/etc/machine-id"),
+            "systemUUID": read("/sys/class/dmi/id/product_uuid"),
+            "bootID": read("/proc/sys/kernel/random/boot_id"),
+            "kernelVersion": read("/proc/sys/kernel/osrelease"),
+            "osImage": os_image(),
+            "containerRuntimeVersion": "containerd://1.6",
+            "kubeletVersion": concat!("v1.37.0-kaze.", env!("CARGO_PKG_VERSION")),
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": arch(),
+        },
+        "conditions": [
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ],
+    }})
+}

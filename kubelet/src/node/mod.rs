@@ -1,0 +1,365 @@
+//! The kubelet as an API client (`kaze kubelet`): register this machine's Node, wait for its
+//! pod CIDR from node IPAM, keep its Lease in `kube-node-lease` renewed, and run the pods
+//! bound to it ([`sync`]) through the runtime and pod workers below, reporting their status.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+use crate::cni::NetworkConfig;
+use crate::pod::NodeContext;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::spec::DnsConfig;
+
+pub mod info;
+pub mod sync;
+
+/// Upstream kubelet's flags, the subset kaze implements.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// kubeconfig to reach the apiserver (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node name (default: the host name).
+    #[arg(long = "hostname-override")]
+    pub hostname_override: Option<String>,
+    /// The address other nodes and the apiserver reach this node on (default: the first
+    /// global IPv4 address).
+    #[arg(long = "node-ip")]
+    pub node_ip: Option<IpAddr>,
+    /// containerd's socket (`unix://` prefix accepted).
+    #[arg(
+        long = "container-runtime-endpoint",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub container_runtime_endpoint: String,
+    /// The kubelet's state: pod dirs; `agent/images/*.tar` are imported at start (air gap).
+    #[arg(long = "root-dir", default_value = "/var/lib/kaze/kubelet")]
+    pub root_dir: PathBuf,
+    /// Where container logs are written (`<ns>_<pod>_<uid>/<container>/<n>.log`).
+    #[arg(long = "pod-log-dir", default_value = "/var/log/pods")]
+    pub pod_log_dir: PathBuf,
+    /// Cluster DNS servers written into pods' resolv.conf.
+    #[arg(
+        long = "cluster-dns",
+        value_delimiter = ',',
+        default_value = "10.43.0.10"
+    )]
+    pub cluster_dns: Vec<IpAddr>,
+    #[arg(long = "cluster-domain", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The sandbox image holding each pod's namespaces.
+    #[arg(
+        long = "pod-infra-container-image",
+        default_value = "docker.io/kaze/pause:1"
+    )]
+    pub pod_infra_container_image: String,
+    #[arg(long = "cni-bin-dir", default_value = "/usr/lib/cni")]
+    pub cni_bin_dir: PathBuf,
+    /// The bridge pods attach to.
+    #[arg(long = "cni-bridge", default_value = "kaze0")]
+    pub cni_bridge: String,
+    /// Masquerade traffic from pods leaving the pod CIDR.
+    #[arg(long = "ip-masq", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ip_masq: bool,
+    /// Labels added to the Node (`key=value,...`).
+    #[arg(long = "node-labels", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    #[arg(long = "max-pods", default_value_t = 110)]
+    pub max_pods: u32,
+    /// Parent cgroup of every pod (default `/kaze/<node>`).
+    #[arg(long = "cgroup-root")]
+    pub cgroup_root: Option<String>,
+    /// How often the node Lease is renewed.
+    #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
+    pub lease_renew_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("connecting to the apiserver: {0}")]
+    Client(#[from] component::ClientError),
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] crate::Error),
+    #[error("invalid flag: {0}")]
+    Flag(String),
+}
+
+fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> NodeError {
+    let action = action.into();
+    move |source| NodeError::Api { action, source }
+}
+
+impl Config {
+    pub fn node_name(&self) -> String {
+        self.hostname_override
+            .clone()
+            .unwrap_or_else(|| info::hostname().to_lowercase())
+    }
+}
+
+/// Run the kubelet until `shutdown`. Pods keep running when it stops (as upstream's do): a
+/// restarted kubelet finds them in containerd.
+pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), NodeError> {
+    let client = component::client(config.kubeconfig.as_deref()).await?;
+    let node_name = config.node_name();
+    let node_ip = config.node_ip.unwrap_or_else(component::detect_node_ip);
+    let labels = parse_labels(&config.node_labels)?;
+    register(&client, &node_name, node_ip, &labels, config.max_pods).await?;
+    tracing::info!(node = %node_name, ip = %node_ip, "registered node");
+
+    let pod_cidr = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        c = wait_for_pod_cidr(&client, &node_name) => c?,
+    };
+    tracing::info!(node = %node_name, %pod_cidr, "pod CIDR assigned");
+    let socket = config
+        .container_runtime_endpoint
+        .trim_start_matches("unix://")
+        .to_string();
+    let mut rc = RuntimeConfig::new(&node_name, &pod_cidr);
+    rc.containerd_socket = socket.into();
+    rc.root_dir = config.root_dir.clone();
+    rc.log_dir = config.pod_log_dir.clone();
+    rc.pause_image = config.pod_infra_container_image.clone();
+    rc.cluster_dns = config.cluster_dns.clone();
+    rc.cluster_domain = config.cluster_domain.clone();
+    if let Some(cg) = &config.cgroup_root {
+        rc.cgroup_parent = cg.clone();
+    }
+    rc.network = NetworkConfig {
+        bridge: config.cni_bridge.clone(),
+        bin_dir: config.cni_bin_dir.clone(),
+        ip_masq: config.ip_masq,
+        ..NetworkConfig::new(&pod_cidr)
+    };
+    let rt = Runtime::connect(rc).await?;
+    match rt.import_air_gap_images().await {
+        Ok(imported) if !imported.is_empty() => {
+            tracing::info!(images = ?imported, "imported air-gap images")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "importing air-gap images"),
+    }
+    if let Err(e) = rt.adopt().await {
+        tracing::warn!(error = %e, "adopting running containers");
+    }
+    let node_ctx = NodeContext {
+        node_name: node_name.clone(),
+        host_ip: Some(node_ip),
+        cluster_dns: config.cluster_dns.clone(),
+        cluster_domain: config.cluster_domain.clone(),
+        host_dns: host_dns(),
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (client, node, token, every) = (
+            client.clone(),
+            node_name.clone(),
+            shutdown.clone(),
+            config.lease_renew_interval,
+        );
+        tasks.spawn(async move { renew_lease(client, node, every, token).await });
+    }
+    {
+        let (client, node, token, max_pods) = (
+            client.clone(),
+            node_name.clone(),
+            shutdown.clone(),
+            config.max_pods,
+        );
+        tasks.spawn(async move { post_status(client, node, node_ip, max_pods, token).await });
+    }
+    let result = sync::run(client, rt, node_ctx, shutdown.clone()).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+fn parse_labels(raw: &[String]) -> Result<Vec<(String, String)>, NodeError> {
+    raw.iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| {
+                    NodeError::Flag(format!("--node-labels entry {s:?} is not key=value"))
+                })
+        })
+        .collect()
+}
+
+fn host_dns() -> DnsConfig {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut dns = DnsConfig {
+        nameservers: Vec::new(),
+        searches: Vec::new(),
+        options: Vec::new(),
+    };
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        match w.next() {
+            Some("nameserver") => dns
+                .nameservers
+                .extend(w.next().and_then(|a| a.parse::<IpAddr>().ok())),
+            Some("search") => dns.searches.extend(w.map(String::from)),
+            Some("options") => dns.options.extend(w.map(String::from)),
+            _ => {}
+        }
+    }
+    dns
+}
+
+/// Create the Node, or refresh an existing one's labels; then post its status.
+async fn register(
+    client: &Client,
+    name: &str,
+    ip: IpAddr,
+    extra: &[(String, String)],
+    max_pods: u32,
+) -> Result<(), NodeError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = serde_json::Map::new();
+    labels.insert("kubernetes.io/hostname".into(), json!(name));
+    labels.insert("kubernetes.io/os".into(), json!("linux"));
+    labels.insert("kubernetes.io/arch".into(), json!(info::arch()));
+    for (k, v) in extra {
+        labels.insert(k.clone(), json!(v));
+    }
+    match nodes
+        .get_opt(name)
+        .await
+        .map_err(api(format!("reading node {name}")))?
+    {
+        None => {
+            let node: Node =
+                serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+                    .map_err(|e| NodeError::Flag(format!("building node {name}: {e}")))?;
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(api(format!("registering node {name}"))(e)),
+            }
+        }
+        Some(_) => {
+            nodes
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+                )
+                .await
+                .map_err(api(format!("updating labels of node {name}")))?;
+        }
+    }
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&info::status(name, ip, max_pods)),
+        )
+        .await
+        .map_err(api(format!("posting the status of node {name}")))?;
+    Ok(())
+}
+
+async fn wait_for_pod_cidr(client: &Client, name: &str) -> Result<String, NodeError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut waited = 0u32;
+    loop {
+        let node = nodes
+            .get(name)
+            .await
+            .map_err(api(format!("reading node {name}")))?;
+        if let Some(cidr) = node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
+            return Ok(cidr);
+        }
+        if waited % 20 == 19 {
+            tracing::info!(node = %name, "waiting for a pod CIDR (is the controller-manager's nodeipam running?)");
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The node heartbeat: renew `kube-node-lease/<node>` every `every`.
+async fn renew_lease(
+    client: Client,
+    node: String,
+    every: Duration,
+    shutdown: component::CancellationToken,
+) {
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    loop {
+        let now = Timestamp::now().to_string();
+        let spec = json!({"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now});
+        let res = match leases.get_opt(&node).await {
+            Ok(Some(_)) => leases
+                .patch(
+                    &node,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": spec})),
+                )
+                .await
+                .map(|_| ()),
+            Ok(None) => {
+                let lease: Lease = serde_json::from_value(json!({"metadata": {"name": node, "namespace": "kube-node-lease"}, "spec": spec}))
+                    .unwrap_or_default();
+                leases
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            tracing::warn!(node = %node, error = %e, "renewing the node lease");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Post the node's status (Ready with a fresh heartbeat) every minute; the Lease carries the
+/// frequent heartbeat, as upstream.
+async fn post_status(
+    client: Client,
+    node: String,
+    ip: IpAddr,
+    max_pods: u32,
+    shutdown: component::CancellationToken,
+) {
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        if let Err(e) = nodes
+            .patch_status(
+                &node,
+                &PatchParams::default(),
+                &Patch::Merge(&info::status(&node, ip, max_pods)),
+            )
+            .await
+        {
+            tracing::warn!(node = %node, error = %e, "posting node status");
+        }
+    }
+}

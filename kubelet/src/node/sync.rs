@@ -1,0 +1,225 @@
+//! The pod sync loop: watch the pods bound to this node (`spec.nodeName`), keep one pod
+//! worker per pod, write each worker's status back with the status subresource (only when
+//! it changed), and when a pod is deleted gracefully stop it, post its final status and
+//! remove it from the API (the kubelet's half of graceful deletion).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::NodeError;
+use crate::pod::{self, NodeContext, PodHandle, WorkerConfig};
+use crate::runtime::Runtime;
+
+struct Running {
+    handle: PodHandle,
+    reporter: JoinHandle<()>,
+    namespace: String,
+    name: String,
+}
+
+fn is_terminal(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+/// Patch `status` onto the pod whenever the worker publishes a new one.
+fn spawn_reporter(
+    client: Client,
+    ns: String,
+    name: String,
+    mut status: tokio::sync::watch::Receiver<PodStatus>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let api: Api<Pod> = Api::namespaced(client, &ns);
+        let mut last: Option<serde_json::Value> = None;
+        loop {
+            let current =
+                serde_json::to_value(status.borrow_and_update().clone()).unwrap_or_default();
+            if last.as_ref() != Some(&current) {
+                match api
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": current})),
+                    )
+                    .await
+                {
+                    Ok(_) => last = Some(current),
+                    Err(kube::Error::Api(s)) if s.code == 404 => return,
+                    Err(e) => {
+                        tracing::debug!(pod = %format!("{ns}/{name}"), error = %e, "writing pod status; will retry");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Stop a pod gracefully, post its final status and, if the API is deleting it, finish the
+/// deletion (grace 0, guarded by its uid).
+async fn finish(client: Client, running: Running, uid: String, delete_from_api: bool) {
+    running.reporter.abort();
+    let final_status = running.handle.terminate().await;
+    let api: Api<Pod> = Api::namespaced(client, &running.namespace);
+    let _ = api
+        .patch_status(
+            &running.name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": final_status})),
+        )
+        .await;
+    if delete_from_api {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&running.name, &dp).await {
+            Ok(_) => {
+                tracing::info!(pod = %format!("{}/{}", running.namespace, running.name), "pod stopped and removed")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(pod = %format!("{}/{}", running.namespace, running.name), error = %e, "finishing pod deletion")
+            }
+        }
+    }
+}
+
+pub async fn run(
+    client: Client,
+    rt: Runtime,
+    node: NodeContext,
+    shutdown: component::CancellationToken,
+) -> Result<(), NodeError> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", node.node_name));
+    let mut events = watcher::watcher(pods, cfg).default_backoff().boxed();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut relist: Option<Vec<Pod>> = None;
+    let mut finishing = tokio::task::JoinSet::new();
+
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = finishing.join_next(), if !finishing.is_empty() => continue,
+            ev = events.next() => ev,
+        };
+        let seen: Vec<Pod> = match ev {
+            None => break,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "watching this node's pods; retrying");
+                continue;
+            }
+            Some(Ok(Event::Init)) => {
+                relist = Some(Vec::new());
+                continue;
+            }
+            Some(Ok(Event::InitApply(p))) => {
+                if let Some(r) = relist.as_mut() {
+                    r.push(p);
+                }
+                continue;
+            }
+            Some(Ok(Event::InitDone)) => {
+                let pods = relist.take().unwrap_or_default();
+                // Workers whose pod vanished while the watch was down are stopped.
+                let live: std::collections::HashSet<String> =
+                    pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+                let gone: Vec<String> = running
+                    .keys()
+                    .filter(|u| !live.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    if let Some(r) = running.remove(&uid) {
+                        finishing.spawn(finish(client.clone(), r, uid, false));
+                    }
+                }
+                pods
+            }
+            Some(Ok(Event::Apply(p))) => vec![p],
+            Some(Ok(Event::Delete(p))) => {
+                if let Some(uid) = p.metadata.uid.clone() {
+                    if let Some(r) = running.remove(&uid) {
+                        finishing.spawn(finish(client.clone(), r, uid, false));
+                    }
+                }
+                continue;
+            }
+        };
+        for p in seen {
+            let Some(uid) = p.metadata.uid.clone() else {
+                continue;
+            };
+            let ns = p.namespace().unwrap_or_default();
+            let name = p.name_any();
+            if p.metadata.deletion_timestamp.is_some() {
+                match running.remove(&uid) {
+                    Some(r) => {
+                        finishing.spawn(finish(client.clone(), r, uid, true));
+                    }
+                    None => {
+                        // Nothing runs for it here (any more): let the API drop it.
+                        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                        let dp = DeleteParams {
+                            grace_period_seconds: Some(0),
+                            preconditions: Some(Preconditions {
+                                uid: Some(uid.clone()),
+                                resource_version: None,
+                            }),
+                            ..Default::default()
+                        };
+                        let _ = api.delete(&name, &dp).await;
+                    }
+                }
+                continue;
+            }
+            if running.contains_key(&uid) || is_terminal(&p) {
+                continue;
+            }
+            tracing::info!(pod = %format!("{ns}/{name}"), "starting pod");
+            let handle = pod::spawn(rt.clone(), p.clone(), node.clone(), WorkerConfig::default());
+            let reporter = spawn_reporter(
+                client.clone(),
+                ns.clone(),
+                name.clone(),
+                handle.status.clone(),
+            );
+            running.insert(
+                uid,
+                Running {
+                    handle,
+                    reporter,
+                    namespace: ns,
+                    name,
+                },
+            );
+        }
+    }
+    // Stopping the kubelet leaves pods running, as upstream: only the reporters stop.
+    for (_, r) in running {
+        r.reporter.abort();
+    }
+    finishing.abort_all();
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The kubelet as an API client, end to end: the real kaze apiserver (in-process), a real
+//! containerd (its own socket and dirs), runc, the CNI plugins and a bridge of its own. It
+//! registers its Node, heartbeats a Lease, imports air-gap images from its root dir, runs a
+//! pod bound to it with an IP from the pod CIDR and CRI logs, and finishes its graceful
+//! deletion.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+/// Deletes the test's bridge even when the test fails.
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn find_log(dir: &Path) -> Option<String> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(s) = find_log(&p) {
+                return Some(s);
+            }
+        } else if p.extension().is_some_and(|x| x == "log") {
+            return std::fs::read_to_string(&p).ok();
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_registers_and_runs_pods_from_the_api() {
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-kubelet-api-")
+        .tempdir()
+        .expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path().join("api")))
+        .await
+        .expect("apiserver");
+    let client = component::client(Some(server.kubeconfig_path()))
+        .await
+        .expect("client");
+    let containerd = tokio::task::spawn_blocking(testkit::Containerd::start)
+        .await
+        .expect("containerd");
+
+    // Air gap: the kubelet imports what it finds in <root-dir>/agent/images at start.
+    let root = dir.path().join("kubelet");
+    let images = root.join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    for tar in support::image_tarballs() {
+        std::fs::copy(tar, images.join(tar.file_name().expect("name"))).expect("copy image");
+    }
+    let pid = std::process::id();
+    let node = format!("kl-api-{pid}");
+    let bridge = format!("kza{}", pid % 100_000);
+    let _bridge = LinkGuard(bridge.clone());
+    let config = kubelet::node::Config {
+        kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
+        hostname_override: Some(node.clone()),
+        node_ip: Some("127.0.0.1".parse().expect("ip")),
+        container_runtime_endpoint: containerd.socket().display().to_string(),
+        root_dir: root.clone(),
+        pod_log_dir: dir.path().join("logs"),
+        cluster_dns: vec!["10.43.0.10".parse().expect("ip")],
+        cluster_domain: "cluster.local".into(),
+        pod_infra_container_image: "docker.io/kaze/pause:1".into(),
+        cni_bin_dir: "/usr/lib/cni".into(),
+        cni_bridge: bridge.clone(),
+        ip_masq: false,
+        node_labels: vec!["tier=test".into()],
+        max_pods: 110,
+        cgroup_root: Some(format!("/kaze-test/{node}")),
+        lease_renew_interval: Duration::from_secs(1),
+    };
+    let token = component::CancellationToken::new();
+    let kl = tokio::spawn(kubelet::node::run(config, token.clone()));
+
+    // Registration; then node IPAM's part, done here by hand.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let registered = eventually("node registration", Duration::from_secs(20), || {
+        let (nodes, node) = (nodes.clone(), node.clone());
+        async move { nodes.get_opt(&node).await.ok().flatten() }
+    })
+    .await;
+    let labels = registered.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("tier").map(String::as_str), Some("test"));
+    assert_eq!(labels.get("kubernetes.io/hostname"), Some(&node));
+    let status = registered.status.expect("node status");
+    assert!(status
+        .capacity
+        .as_ref()
+        .is_some_and(|c| c.contains_key("cpu") && c.contains_key("memory")));
+    assert!(status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"));
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"spec": {"podCIDR": "10.244.200.0/24", "podCIDRs": ["10.244.200.0/24"]}}),
+            ),
+        )
+        .await
+        .expect("assigning the pod CIDR");
+
+    // A pod bound to the node runs, gets an IP and logs.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "hello"},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 2,
+                 "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sh", "-c", "echo hi; sleep 3600"]}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    let running = eventually("pod Running with an IP", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("hello").await.ok()?;
+            let st = p.status?;
+            (st.phase.as_deref() == Some("Running") && st.pod_ip.is_some()).then_some(st)
+        }
+    })
+    .await;
+    let ip = running.pod_ip.expect("pod ip");
+    assert!(
+        ip.starts_with("10.244.200."),
+        "pod IP {ip} from the node's pod CIDR"
+    );
+    let log = eventually("the container's log", Duration::from_secs(20), || {
+        let logs = dir.path().join("logs");
+        async move { find_log(&logs).filter(|l| l.contains("hi")) }
+    })
+    .await;
+    assert!(log.contains(" stdout F hi"), "CRI log format: {log}");
+
+    // The Lease is the heartbeat.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let lease = leases.get(&node).await.expect("node lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity),
+        Some(node.clone())
+    );
+
+    // Graceful deletion: the kubelet stops the pod and removes it from the API.
+    pods.delete("hello", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "pod removed by the kubelet",
+        Duration::from_secs(30),
+        || {
+            let pods = pods.clone();
+            async move { pods.get_opt("hello").await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await;
+
+    token.cancel();
+    kl.await
+        .expect("kubelet task")
+        .expect("kubelet stops cleanly");
+    drop(containerd);
+    server.shutdown().await;
+}
