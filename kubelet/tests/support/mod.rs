@@ -39,7 +39,9 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// `octet` picks the pod CIDR 10.244.<octet>.0/24; give every test its own.
+    /// `octet` picks the pod CIDR 10.<150 + pid % 100>.<octet>.0/24: give every test its own
+    /// octet; the pid part keeps two concurrent test processes (a CI clone beside a
+    /// working tree) off each other's routes.
     pub async fn start(test: &str, octet: u8) -> TestNode {
         let containerd = testkit::Containerd::start();
         let dir = tempfile::Builder::new()
@@ -48,7 +50,7 @@ impl TestNode {
             .expect("temp dir");
         let node = format!("{test}-{}", std::process::id());
         let bridge = format!("kzt{octet}-{}", std::process::id() % 100_000);
-        let subnet = format!("10.244.{octet}.0/24");
+        let subnet = format!("10.{}.{octet}.0/24", 150 + std::process::id() % 100);
         let mut config = RuntimeConfig::new(&node, &subnet);
         config.containerd_socket = containerd.socket();
         config.root_dir = dir.path().join("kubelet");
@@ -90,11 +92,7 @@ impl TestNode {
         name: &str,
         script: &str,
     ) -> (Sandbox, kubelet::ContainerStatus) {
-        let sandbox = self
-            .rt
-            .run_sandbox(&self.sandbox_config(name))
-            .await
-            .expect("running the sandbox");
+        let sandbox = self.run_sandbox(&self.sandbox_config(name)).await;
         let c = ContainerConfig {
             name: "main".into(),
             image: "kaze/busybox:1".into(),
@@ -107,6 +105,36 @@ impl TestNode {
             .await
             .expect("running the container");
         (sandbox, status)
+    }
+
+    /// Run a sandbox; on failure panic with what containerd saw (snapshots, its log).
+    pub async fn run_sandbox(&self, cfg: &kubelet::PodSandboxConfig) -> Sandbox {
+        match self.rt.run_sandbox(cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                let ns = self.rt.config().node_name.clone();
+                let snaps = self.containerd().ctr(&["-n", &ns, "snapshots", "ls"]);
+                let snap_dir = self
+                    .containerd()
+                    .dir()
+                    .join("root/io.containerd.snapshotter.v1.overlayfs/snapshots");
+                let dirs: Vec<String> = std::fs::read_dir(&snap_dir)
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let log: Vec<String> = self
+                    .containerd()
+                    .log()
+                    .lines()
+                    .filter(|l| !l.contains("loading plugin") && !l.contains("skip"))
+                    .map(str::to_string)
+                    .collect();
+                panic!("running the sandbox: {e}\nsnapshots:\n{snaps}\ndirs: {dirs:?}\ncontainerd log:\n{}", log.join("\n"))
+            }
+        }
     }
 
     pub fn ipam_files(&self) -> Vec<String> {
