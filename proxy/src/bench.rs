@@ -154,7 +154,7 @@ fn cluster_ip(i: usize) -> Ipv4Addr {
 }
 
 fn pod_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 42, (i >> 8) as u8 & 0xff, (i & 0xff) as u8)
+    Ipv4Addr::new(10, 42, (i >> 8) as u8, (i & 0xff) as u8)
 }
 
 fn service(i: usize) -> Service {
@@ -168,7 +168,7 @@ fn service(i: usize) -> Service {
 
 fn slice(i: usize, generation: usize) -> EndpointSlice {
     // each change swaps the third endpoint between two addresses
-    let third = if generation % 2 == 0 {
+    let third = if generation.is_multiple_of(2) {
         pod_ip(3 * i + 2)
     } else {
         Ipv4Addr::new(10, 41, (i >> 8) as u8, (i & 0xff) as u8)

@@ -35,7 +35,8 @@ pub struct SyncOutcome {
 
 /// The active dataplane.
 pub enum Engine {
-    Ebpf(EbpfEngine),
+    // boxed: the loaded object is large and there is one engine per process
+    Ebpf(Box<EbpfEngine>),
     Iptables(Iptables),
 }
 
@@ -51,7 +52,7 @@ impl Engine {
     pub fn start(config: &Config, mode: ProxyMode) -> Result<Engine, IptablesError> {
         if mode == ProxyMode::Ebpf {
             match EbpfEngine::start(config) {
-                Ok(e) => return Ok(Engine::Ebpf(e)),
+                Ok(e) => return Ok(Engine::Ebpf(Box::new(e))),
                 Err(e) => {
                     tracing::error!(
                         error = %chain(&e),
