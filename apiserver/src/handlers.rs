@@ -195,6 +195,7 @@ async fn dispatch(
             crate::subresources::scale(&state, &def, ns, name, m, &headers, &body, dry_run(&q)?)
                 .await
         }
+        (Some(Sub::Log), Method::GET) => crate::kubelet::pod_log(&state, &def, ns, name, &q).await,
         (Some(Sub::Binding), Method::POST) => {
             crate::subresources::binding(&state, &def, ns, name, &headers, &body).await
         }

@@ -24,6 +24,7 @@ mod error;
 mod handlers;
 mod kinds;
 mod kubeconfig;
+mod kubelet;
 mod list;
 mod meta;
 mod metrics;
@@ -84,6 +85,10 @@ pub struct Config {
     #[arg(long = "tls-san", value_delimiter = ',')]
     pub tls_san: Vec<String>,
 
+    /// CA to verify kubelets' serving certificates with (unset: not verified, as upstream).
+    #[arg(long = "kubelet-certificate-authority")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
+
     /// Extra bearer tokens, upstream's CSV format: `token,user,uid,"group1,group2"`.
     #[arg(long = "token-auth-file")]
     pub token_auth_file: Option<PathBuf>,
@@ -107,6 +112,7 @@ impl Config {
             service_node_port_range: "30000-32767".to_string(),
             tls_san: Vec::new(),
             token_auth_file: None,
+            kubelet_certificate_authority: None,
         }
     }
 

@@ -21,6 +21,8 @@ pub enum Sub {
     Eviction,
     /// `namespaces/<n>/finalize`
     Finalize,
+    /// `pods/<n>/log`, proxied to the node's kubelet.
+    Log,
 }
 
 impl Sub {
@@ -31,6 +33,7 @@ impl Sub {
             Sub::Binding => "binding",
             Sub::Eviction => "eviction",
             Sub::Finalize => "finalize",
+            Sub::Log => "log",
         }
     }
 
@@ -39,13 +42,14 @@ impl Sub {
             Sub::Status | Sub::Scale => &["get", "patch", "update"],
             Sub::Binding | Sub::Eviction => &["create"],
             Sub::Finalize => &["update"],
+            Sub::Log => &["get"],
         }
     }
 
     /// group, version, kind of what the subresource takes and returns (`None`: the parent's).
     pub fn kind(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
-            Sub::Status | Sub::Finalize => None,
+            Sub::Status | Sub::Finalize | Sub::Log => None,
             Sub::Scale => Some(("autoscaling", "v1", "Scale")),
             Sub::Binding => Some(("", "v1", "Binding")),
             Sub::Eviction => Some(("policy", "v1", "Eviction")),
@@ -189,7 +193,7 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["ns"], cat: NONE, subs: &[Sub::Status, Sub::Finalize], storage: "namespaces",
             fields: &["status.phase"], printer: P::Namespace),
         def!(core::v1::Pod, "", "v1", "Pod", "pods", "pod", ns: true,
-            short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Eviction], storage: "pods",
+            short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log], storage: "pods",
             fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
                       "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"],
             printer: P::Pod),

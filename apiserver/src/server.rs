@@ -119,6 +119,9 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         shutdown: shutdown.clone(),
         openapi: Default::default(),
         metrics: Default::default(),
+        kubelet: crate::kubelet::KubeletClient::new(
+            config.kubelet_certificate_authority.as_deref(),
+        )?,
     });
     tokio::spawn(crate::nsfinalizer::run(state.clone()));
 

@@ -20,4 +20,5 @@ pub struct AppState {
     /// OpenAPI documents, built once on first request (they are large).
     pub openapi: crate::openapi::Cache,
     pub metrics: crate::metrics::Metrics,
+    pub kubelet: crate::kubelet::KubeletClient,
 }

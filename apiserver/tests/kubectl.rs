@@ -864,3 +864,100 @@ fn server_side_apply_creates_updates_and_reports_conflicts() {
         7
     );
 }
+
+/// A stand-in for a node's kubelet: HTTPS with a self-signed certificate, answering
+/// `/containerLogs/<ns>/<pod>/<container>` with a line naming what was asked.
+fn start_fake_kubelet(s: &TestServer) -> u16 {
+    use axum::extract::{Path, RawQuery};
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("self-signed cert");
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let app = axum::Router::new().route(
+        "/containerLogs/{ns}/{pod}/{container}",
+        axum::routing::get(
+            |Path((ns, pod, c)): Path<(String, String, String)>, RawQuery(q): RawQuery| async move {
+                format!(
+                    "{ns}/{pod}/{c} says hello\nquery={}\n",
+                    q.unwrap_or_default()
+                )
+            },
+        ),
+    );
+    let listener =
+        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    s.rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn logs_are_proxied_to_the_nodes_kubelet() {
+    let s = TestServer::start();
+    let port = start_fake_kubelet(&s);
+    let node = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nstatus:\n  addresses: [{{type: InternalIP, address: 127.0.0.1}}]\n  daemonEndpoints: {{kubeletEndpoint: {{Port: {port}}}}}\n");
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&node));
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: two}\nspec:\n  nodeName: n1\n  containers: [{name: a, image: img-a}, {name: b, image: img-b}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: one}\nspec:\n  nodeName: n1\n  containers: [{name: only, image: x}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: pending}\nspec:\n  containers: [{name: c, image: x}]\n";
+    s.kubectl_stdin(&["create", "-f", "-"], Some(pods));
+
+    let out = s.kubectl(&["logs", "two", "-c", "b", "--tail=3", "--timestamps"]);
+    assert!(out.contains("default/two/b says hello"), "{out}");
+    assert!(
+        out.contains("tailLines=3") && out.contains("timestamps=true"),
+        "query passed through: {out}"
+    );
+    let out = s.kubectl(&["logs", "one"]);
+    assert!(
+        out.contains("default/one/only says hello"),
+        "the only container is the default: {out}"
+    );
+    // kubectl picks the first container itself; the raw API asks for one.
+    let out = s.kubectl(&["logs", "two"]);
+    assert!(out.contains("default/two/a says hello"), "{out}");
+    let err = s.kubectl_fails(
+        &["get", "--raw", "/api/v1/namespaces/default/pods/two/log"],
+        None,
+    );
+    assert!(
+        err.contains("a container name must be specified for pod two, choose one of: [a b]"),
+        "{err}"
+    );
+    let err = s.kubectl_fails(&["logs", "pending"], None);
+    assert!(
+        err.contains("pod pending does not have a host assigned"),
+        "{err}"
+    );
+    let err = s.kubectl_fails(&["logs", "two", "-c", "zz"], None);
+    assert!(
+        err.contains("container zz is not valid for pod two"),
+        "{err}"
+    );
+}

@@ -1,0 +1,334 @@
+//! The apiserver's side of node-level subresources: `pods/<name>/log` is proxied to the
+//! kubelet of the pod's node (`/containerLogs/<ns>/<pod>/<container>` on the node's address
+//! and `status.daemonEndpoints.kubeletEndpoint.Port`, default 10250), streaming.
+//!
+//! As upstream without `--kubelet-certificate-authority`, the kubelet's serving certificate
+//! is not verified unless that flag names a CA. The apiserver presents no client
+//! certificate yet.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio_rustls::TlsConnector;
+
+use crate::handlers::Query;
+use crate::objects;
+use crate::registry::ResourceDef;
+use crate::state::AppState;
+use crate::status::ApiError;
+use crate::Error;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_KUBELET_PORT: u16 = 10250;
+
+pub struct KubeletClient {
+    tls: TlsConnector,
+}
+
+impl std::fmt::Debug for KubeletClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeletClient")
+    }
+}
+
+/// Accepts any kubelet certificate (upstream's default without a kubelet CA) while still
+/// checking the handshake signatures.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl KubeletClient {
+    pub fn new(ca: Option<&Path>) -> Result<KubeletClient, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls_err = |what: &str, e: String| Error::Tls {
+            reason: format!("{what}: {e}"),
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err("kubelet client TLS versions", e.to_string()))?;
+        let mut config = match ca {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let pem = std::fs::read(path)
+                    .map_err(Error::io("reading --kubelet-certificate-authority", path))?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| {
+                        tls_err("parsing --kubelet-certificate-authority", e.to_string())
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        tls_err("loading --kubelet-certificate-authority", e.to_string())
+                    })?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(KubeletClient {
+            tls: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// GET `path_and_query` from the kubelet at `host:port`; the response body streams.
+    async fn get(&self, host: &str, port: u16, path_and_query: &str) -> Result<Response, String> {
+        let url = format!("https://{host}:{port}{path_and_query}");
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| format!("Get \"{url}\": dial tcp: i/o timeout"))?
+            .map_err(|e| format!("Get \"{url}\": dial tcp: {e}"))?;
+        let name = match host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.to_string())
+                .map_err(|e| format!("kubelet host {host:?}: {e}"))?,
+        };
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("Get \"{url}\": tls: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("Get \"{url}\": {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "kubelet connection ended");
+            }
+        });
+        let req = Request::get(path_and_query)
+            .header(header::HOST, format!("{host}:{port}"))
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("Get \"{url}\": {e}"))?;
+        Ok(resp.map(Body::new))
+    }
+}
+
+/// Where a node's kubelet listens.
+fn kubelet_address(node: &Value) -> (String, u16) {
+    let addresses = node.pointer("/status/addresses").and_then(Value::as_array);
+    let by_type = |ty: &str| {
+        addresses
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == ty)
+            .and_then(|a| a["address"].as_str())
+            .map(String::from)
+    };
+    let host = by_type("InternalIP")
+        .or_else(|| by_type("ExternalIP"))
+        .or_else(|| by_type("Hostname"))
+        .unwrap_or_else(|| {
+            crate::meta::meta_str(node, "name")
+                .unwrap_or("")
+                .to_string()
+        });
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(DEFAULT_KUBELET_PORT);
+    (host, port)
+}
+
+/// Query parameters of `pods/log` the kubelet understands, passed through as given.
+const LOG_PARAMS: &[&str] = &[
+    "follow",
+    "previous",
+    "sinceSeconds",
+    "sinceTime",
+    "timestamps",
+    "tailLines",
+    "limitBytes",
+    "insecureSkipTLSVerifyBackend",
+];
+
+pub async fn pod_log(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    q: &Query,
+) -> Result<Response, ApiError> {
+    let pod = objects::get(state, def, ns, name).await?;
+    let ns = ns.unwrap_or("default");
+    let containers: Vec<&str> = ["/spec/initContainers", "/spec/containers"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let main: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match q
+        .get("container")
+        .map(String::as_str)
+        .filter(|c| !c.is_empty())
+    {
+        Some(c) if containers.contains(&c) => c.to_string(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        }
+        None if main.len() == 1 => main[0].to_string(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                main.join(" ")
+            )))
+        }
+    };
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let node_def = state
+        .registry
+        .get("", "v1", "nodes")
+        .expect("nodes are built in");
+    let node = objects::get(state, node_def, None, node_name)
+        .await
+        .map_err(|e| {
+            if e.code == 404 {
+                ApiError::bad_request(format!("pod {name}'s node {node_name} does not exist"))
+            } else {
+                e
+            }
+        })?;
+    let (host, port) = kubelet_address(&node);
+    let query: Vec<String> = LOG_PARAMS
+        .iter()
+        .filter_map(|k| {
+            q.get(*k).map(|v| {
+                format!(
+                    "{k}={}",
+                    form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            })
+        })
+        .collect();
+    let mut path = format!("/containerLogs/{ns}/{name}/{container}");
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    let resp = state
+        .kubelet
+        .get(&host, port, &path)
+        .await
+        .map_err(ApiError::internal)?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let mut e = ApiError::internal(format!(
+            "the kubelet answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+        if status == StatusCode::NOT_FOUND {
+            e = ApiError::not_found("pods/log", "", name);
+        }
+        return Err(e);
+    }
+    let (parts, body) = resp.into_parts();
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(header::HeaderValue::from_static("text/plain"));
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kubelet_address_prefers_internal_ip_and_reported_port() {
+        let node = json!({"metadata": {"name": "n1"}, "status": {
+            "addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.5"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10251}}}});
+        assert_eq!(kubelet_address(&node), ("10.0.0.5".to_string(), 10251));
+        assert_eq!(
+            kubelet_address(&json!({"metadata": {"name": "n2"}})),
+            ("n2".to_string(), 10250)
+        );
+    }
+}
