@@ -5,6 +5,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod containerd;
+
 #[derive(Parser)]
 #[command(
     name = "kaze",
@@ -36,9 +38,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServerArgs {
-    /// Run only the control plane, no node components on this machine. The node components
-    /// (kubelet, proxy, dns) are not part of `kaze server` yet, so today this changes nothing;
-    /// it is accepted so scripts written now keep working.
+    /// Run only the control plane: no kubelet, containerd or DNS on this machine.
     #[arg(long)]
     disable_agent: bool,
     #[command(flatten)]
@@ -64,6 +64,18 @@ struct ServerArgs {
     /// Port of the DNS server's /health, /ready and /metrics.
     #[arg(long = "dns-http-port", default_value_t = 8181)]
     dns_http_port: u16,
+    /// containerd socket to run pods with; without it kaze starts and supervises its own.
+    #[arg(long = "container-runtime-endpoint")]
+    container_runtime_endpoint: Option<String>,
+    /// Where the containerd kaze starts keeps its socket and state (a tmpfs is right).
+    #[arg(long = "containerd-run-dir", default_value = "/run/kaze/containerd")]
+    containerd_run_dir: std::path::PathBuf,
+    /// This node's name (default: the host name).
+    #[arg(long = "node-name")]
+    node_name: Option<String>,
+    /// The bridge this node's pods attach to.
+    #[arg(long = "cni-bridge", default_value = "kaze0")]
+    cni_bridge: String,
 }
 
 /// `kaze dns`'s flag defaults, for the DNS server `kaze server` runs.
@@ -143,7 +155,8 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
     if args.disable_agent {
         tracing::info!("--disable-agent: control plane only");
     }
-    let api = apiserver::start(args.apiserver)
+    let data_dir = args.apiserver.data_dir.clone();
+    let api = apiserver::start(args.apiserver.clone())
         .await
         .context("kaze server: starting the apiserver")?;
     tracing::info!(
@@ -169,6 +182,7 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
         leader: args.leader.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let mut own_containerd = None;
     if !args.disable_agent {
         let node_ip = args.node_ip.unwrap_or_else(component::detect_node_ip);
         let dns_config = dns::Config {
@@ -192,6 +206,47 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
             dns::run(dns_config, token)
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("kaze server: dns"))
+        });
+
+        let endpoint = match &args.container_runtime_endpoint {
+            Some(e) => e.clone(),
+            None => {
+                let data_dir = data_dir.clone();
+                let run_dir = args.containerd_run_dir.clone();
+                let c = tokio::task::spawn_blocking(move || {
+                    containerd::Containerd::start(&data_dir, &run_dir)
+                })
+                .await
+                .context("kaze server: starting containerd")??;
+                let socket = c.socket.display().to_string();
+                own_containerd = Some(c);
+                socket
+            }
+        };
+        let kubelet = kubelet::node::Config {
+            kubeconfig: Some(api.kubeconfig_path().to_path_buf()),
+            hostname_override: args.node_name.clone(),
+            node_ip: Some(node_ip),
+            container_runtime_endpoint: endpoint,
+            // <data-dir>/agent/images holds the air-gap image tarballs, as in k3s.
+            root_dir: data_dir.clone(),
+            pod_log_dir: "/var/log/pods".into(),
+            cluster_dns: vec![args.cluster_dns],
+            cluster_domain: args.cluster_domain.clone(),
+            pod_infra_container_image: "docker.io/kaze/pause:1".into(),
+            cni_bin_dir: "/usr/lib/cni".into(),
+            cni_bridge: args.cni_bridge.clone(),
+            ip_masq: true,
+            node_labels: vec!["node-role.kubernetes.io/control-plane=true".into()],
+            max_pods: 110,
+            cgroup_root: None,
+            lease_renew_interval: std::time::Duration::from_secs(10),
+        };
+        let token = shutdown.child_token();
+        tasks.spawn(async move {
+            kubelet::node::run(kubelet, token)
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("kaze server: kubelet"))
         });
     }
     let token = shutdown.child_token();
@@ -219,6 +274,8 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     api.shutdown().await;
+    // containerd goes last; the pods it started keep running under their shims.
+    drop(own_containerd);
     result
 }
 

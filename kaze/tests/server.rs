@@ -1,11 +1,29 @@
 //! `kaze server` as a user meets it: start the binary, drive it with the real kubectl 1.37,
 //! stop it with SIGTERM, start it again on the same data dir and find the cluster as it was.
+//!
+//! The embedded-store run is a whole single-node cluster: the apiserver, scheduler,
+//! controller-manager, DNS and the kubelet on a real containerd (the test's own, through
+//! `--container-runtime-endpoint`), with the air-gap images in `<data-dir>/agent/images`.
+//! The etcd run checks the control plane on etcd (`--disable-agent`).
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::{free_port, kubectl, ChildGuard};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../xtask/src/images.rs"]
+mod xtask_images;
+
+/// Removes the test's bridge even when the test fails.
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
 
 fn start_server(data_dir: &Path, port: u16, run: u32, extra: &[String]) -> ChildGuard {
     let log = std::fs::File::create(data_dir.join(format!("server-{run}.log")))
@@ -49,12 +67,53 @@ fn kubectl_ok(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn kubectl_apply(data_dir: &Path, yaml: &str) {
+    use std::io::Write;
+    let mut child = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(data_dir.join("kubeconfig.yaml"))
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl apply");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("kubectl apply output");
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<String>) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn wait_ready(data_dir: &Path, server: &mut ChildGuard) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(child) = server.0.as_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("kaze server exited during start-up with {status}");
+                let log =
+                    std::fs::read_to_string(data_dir.join("server-1.log")).unwrap_or_default();
+                panic!("kaze server exited during start-up with {status}\n{log}");
             }
         }
         if data_dir.join("kubeconfig.yaml").exists()
@@ -72,15 +131,263 @@ fn wait_ready(data_dir: &Path, server: &mut ChildGuard) {
     }
 }
 
-#[test]
-fn server_on_embedded_store_serves_kubectl_and_keeps_state_across_restart() {
-    serves_kubectl_and_keeps_state(&[]);
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers: [{name: c, image: kaze/busybox:1, command: ["sh", "-c", "echo started; sleep 3600"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+"#;
+
+/// Control-plane basics every run checks, before and after a restart.
+fn check_basics(data: &Path, port: u16) {
+    let namespaces = kubectl_ok(data, &["get", "namespaces", "-o", "name"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            namespaces.contains(&format!("namespace/{ns}")),
+            "missing {ns}: {namespaces}"
+        );
+    }
+    // Anonymous requests are refused.
+    let anon = Command::new(kubectl())
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+            "--insecure-skip-tls-verify",
+            "get",
+            "configmaps",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("kubectl");
+    assert!(!anon.status.success(), "anonymous request must fail");
 }
 
 #[test]
-fn server_on_etcd_serves_kubectl_and_keeps_state_across_restart() {
+fn single_node_cluster_runs_workloads_and_survives_a_restart() {
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-server-")
+        .tempdir()
+        .expect("temp dir");
+    let data = dir.path();
+    let port = free_port();
+    let dns_port = free_port();
+    let containerd = testkit::Containerd::start();
+    let images = data.join("agent/images");
+    std::fs::create_dir_all(&images).expect("air-gap dir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf();
+    for tar in xtask_images::build_images(&root).expect("building images") {
+        std::fs::copy(&tar, images.join(tar.file_name().expect("name"))).expect("copy image");
+    }
+    let pid = std::process::id();
+    let node = format!("kz-e2e-{pid}");
+    let bridge = format!("kzs{}", pid % 100_000);
+    let _bridge = LinkGuard(bridge.clone());
+    let extra: Vec<String> = [
+        "--node-ip",
+        "127.0.0.1",
+        "--node-name",
+        &node,
+        "--cni-bridge",
+        &bridge,
+        "--cluster-cidr",
+        "10.245.0.0/16",
+        "--dns-port",
+        &dns_port.to_string(),
+        "--dns-http-port",
+        &free_port().to_string(),
+        "--container-runtime-endpoint",
+        &containerd.socket().display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+
+    let mut server = start_server(data, port, 1, &extra);
+    wait_ready(data, &mut server);
+    check_basics(data, port);
+    kubectl_ok(
+        data,
+        &["create", "configmap", "hello", "--from-literal=greeting=hi"],
+    );
+
+    // The node registers, gets a pod CIDR and goes Ready.
+    eventually("node Ready", Duration::from_secs(60), || {
+        let out = kubectl_run(
+            data,
+            &[
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.spec.podCIDR} {.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        );
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        (s == "10.245.0.0/24 True").then_some(s)
+    });
+    assert_eq!(
+        kubectl_ok(
+            data,
+            &[
+                "get",
+                "service",
+                "-n",
+                "kube-system",
+                "kube-dns",
+                "-o",
+                "jsonpath={.spec.clusterIP}"
+            ]
+        ),
+        "10.43.0.10"
+    );
+
+    // A Deployment becomes a pod, scheduled onto the node and running on containerd, with an
+    // IP from the node's pod CIDR; its Service gets the pod as an endpoint and a DNS name.
+    kubectl_apply(data, WEB);
+    let pod_ip = eventually("web pod Running", Duration::from_secs(90), || {
+        let out = kubectl_run(data, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].status.phase} {.items[0].spec.nodeName} {.items[0].status.podIP}"]);
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let parts: Vec<&str> = s.split_whitespace().collect();
+        (parts.len() == 3 && parts[0] == "Running").then(|| {
+            assert_eq!(parts[1], node, "scheduled onto this node");
+            parts[2].to_string()
+        })
+    });
+    assert!(pod_ip.starts_with("10.245.0."), "pod IP {pod_ip}");
+    eventually(
+        "endpointslice with the pod",
+        Duration::from_secs(30),
+        || {
+            let out = kubectl_run(
+                data,
+                &[
+                    "get",
+                    "endpointslices",
+                    "-l",
+                    "kubernetes.io/service-name=web",
+                    "-o",
+                    "jsonpath={.items[*].endpoints[*].addresses[*]}",
+                ],
+            );
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            s.contains(&pod_ip).then_some(s)
+        },
+    );
+    let svc_ip = kubectl_ok(
+        data,
+        &["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let answer = eventually(
+        "DNS answer for web.default.svc.cluster.local",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("kdig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &dns_port.to_string(),
+                    "+short",
+                    "web.default.svc.cluster.local",
+                    "A",
+                ])
+                .output()
+                .ok()?;
+            let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (!s.is_empty()).then_some(s)
+        },
+    );
+    assert_eq!(answer, svc_ip);
+
+    // Deleting the Deployment removes the pod from the API and from the node.
+    kubectl_ok(data, &["delete", "deployment", "web"]);
+    eventually("web pods gone", Duration::from_secs(60), || {
+        let out = kubectl_run(data, &["get", "pods", "-l", "app=web", "-o", "name"]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then(String::new)
+    });
+
+    assert!(
+        server.terminate(Duration::from_secs(20)),
+        "SIGTERM must stop kaze server cleanly"
+    );
+    let mut server = start_server(data, port, 2, &extra);
+    wait_ready(data, &mut server);
+    check_basics(data, port);
+    let greeting = kubectl_ok(
+        data,
+        &[
+            "get",
+            "configmap",
+            "hello",
+            "-o",
+            "jsonpath={.data.greeting}",
+        ],
+    );
+    assert_eq!(greeting, "hi", "state survives a restart");
+    assert!(server.terminate(Duration::from_secs(20)));
+    drop(containerd);
+}
+
+#[test]
+fn control_plane_on_etcd_keeps_state_across_restart() {
     let etcd = testkit::Etcd::start();
-    serves_kubectl_and_keeps_state(&["--etcd-servers".into(), etcd.url()]);
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-server-etcd-")
+        .tempdir()
+        .expect("temp dir");
+    let data = dir.path();
+    let port = free_port();
+    let extra = vec![
+        "--disable-agent".to_string(),
+        "--etcd-servers".to_string(),
+        etcd.url(),
+    ];
+    let mut server = start_server(data, port, 1, &extra);
+    wait_ready(data, &mut server);
+    check_basics(data, port);
+    kubectl_ok(
+        data,
+        &["create", "configmap", "hello", "--from-literal=greeting=hi"],
+    );
+    assert!(
+        server.terminate(Duration::from_secs(20)),
+        "SIGTERM must stop kaze server cleanly"
+    );
+    let mut server = start_server(data, port, 2, &extra);
+    wait_ready(data, &mut server);
+    assert_eq!(
+        kubectl_ok(
+            data,
+            &[
+                "get",
+                "configmap",
+                "hello",
+                "-o",
+                "jsonpath={.data.greeting}"
+            ]
+        ),
+        "hi"
+    );
+    assert!(server.terminate(Duration::from_secs(20)));
     // The objects really are in etcd, under upstream's key layout.
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -122,62 +429,4 @@ fn malformed_storage_flag_fails_with_a_clear_message() {
         stderr.contains("events-without-group"),
         "the message names the bad value: {stderr}"
     );
-}
-
-fn serves_kubectl_and_keeps_state(extra: &[String]) {
-    let dir = tempfile::Builder::new()
-        .prefix("kaze-server-")
-        .tempdir()
-        .expect("temp dir");
-    let data = dir.path();
-    let port = free_port();
-
-    let mut server = start_server(data, port, 1, extra);
-    wait_ready(data, &mut server);
-
-    let namespaces = kubectl_ok(data, &["get", "namespaces", "-o", "name"]);
-    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        assert!(
-            namespaces.contains(&format!("namespace/{ns}")),
-            "missing {ns}: {namespaces}"
-        );
-    }
-    kubectl_ok(
-        data,
-        &["create", "configmap", "hello", "--from-literal=greeting=hi"],
-    );
-
-    // Anonymous requests are refused.
-    let anon = Command::new(kubectl())
-        .args([
-            "--server",
-            &format!("https://127.0.0.1:{port}"),
-            "--insecure-skip-tls-verify",
-            "get",
-            "configmaps",
-        ])
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("kubectl");
-    assert!(!anon.status.success(), "anonymous request must fail");
-
-    assert!(
-        server.terminate(Duration::from_secs(15)),
-        "SIGTERM must stop kaze server cleanly"
-    );
-
-    let mut server = start_server(data, port, 2, extra);
-    wait_ready(data, &mut server);
-    let greeting = kubectl_ok(
-        data,
-        &[
-            "get",
-            "configmap",
-            "hello",
-            "-o",
-            "jsonpath={.data.greeting}",
-        ],
-    );
-    assert_eq!(greeting, "hi", "state survives a restart");
-    assert!(server.terminate(Duration::from_secs(15)));
 }
