@@ -1,6 +1,9 @@
-//! The apiserver's side of node-level subresources: `pods/<name>/log` is proxied to the
-//! kubelet of the pod's node (`/containerLogs/<ns>/<pod>/<container>` on the node's address
-//! and `status.daemonEndpoints.kubeletEndpoint.Port`, default 10250), streaming.
+//! The apiserver's side of node-level subresources, proxied to the kubelet of the pod's node
+//! (the node's address and `status.daemonEndpoints.kubeletEndpoint.Port`, default 10250):
+//! `pods/<name>/log` to `/containerLogs/<ns>/<pod>/<container>`, streaming; and
+//! `exec`/`attach`/`portforward` to `/exec|/attach/<ns>/<pod>/<container>` and
+//! `/portForward/<ns>/<pod>`, where the upgrade (WebSocket `v5.channel.k8s.io` etc., or
+//! SPDY) is negotiated end to end and the two connections are spliced byte for byte.
 //!
 //! As upstream without `--kubelet-certificate-authority`, the kubelet's serving certificate
 //! is not verified unless that flag names a CA. The apiserver presents no client
@@ -131,13 +134,19 @@ impl KubeletClient {
         })
     }
 
-    /// GET `path_and_query` from the kubelet at `host:port`; the response body streams.
-    async fn get(&self, host: &str, port: u16, path_and_query: &str) -> Result<Response, String> {
-        let url = format!("https://{host}:{port}{path_and_query}");
+    /// Send `req` (its URI a path and query) to the kubelet at `host:port`; the response
+    /// body streams, and an upgrade (101) can be taken from the response.
+    async fn send(
+        &self,
+        host: &str,
+        port: u16,
+        mut req: Request<Body>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let url = format!("https://{host}:{port}{}", req.uri());
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
             .await
-            .map_err(|_| format!("Get \"{url}\": dial tcp: i/o timeout"))?
-            .map_err(|e| format!("Get \"{url}\": dial tcp: {e}"))?;
+            .map_err(|_| format!("{} \"{url}\": dial tcp: i/o timeout", req.method()))?
+            .map_err(|e| format!("{} \"{url}\": dial tcp: {e}", req.method()))?;
         let name = match host.parse::<IpAddr>() {
             Ok(ip) => ServerName::IpAddress(ip.into()),
             Err(_) => ServerName::try_from(host.to_string())
@@ -147,24 +156,30 @@ impl KubeletClient {
             .tls
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("Get \"{url}\": tls: {e}"))?;
+            .map_err(|e| format!("\"{url}\": tls: {e}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| format!("Get \"{url}\": {e}"))?;
+            .map_err(|e| format!("\"{url}\": {e}"))?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "kubelet connection ended");
             }
         });
-        let req = Request::get(path_and_query)
-            .header(header::HOST, format!("{host}:{port}"))
-            .body(Body::empty())
-            .map_err(|e| e.to_string())?;
-        let resp = sender
+        req.headers_mut().insert(
+            header::HOST,
+            header::HeaderValue::from_str(&format!("{host}:{port}")).map_err(|e| e.to_string())?,
+        );
+        sender
             .send_request(req)
             .await
-            .map_err(|e| format!("Get \"{url}\": {e}"))?;
-        Ok(resp.map(Body::new))
+            .map_err(|e| format!("\"{url}\": {e}"))
+    }
+
+    async fn get(&self, host: &str, port: u16, path_and_query: &str) -> Result<Response, String> {
+        let req = Request::get(path_and_query)
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        Ok(self.send(host, port, req).await?.map(Body::new))
     }
 }
 
@@ -208,21 +223,27 @@ const LOG_PARAMS: &[&str] = &[
     "insecureSkipTLSVerifyBackend",
 ];
 
-pub async fn pod_log(
+/// The pod's node's kubelet and the container a request is for (`None` when `container`
+/// is not needed, as for port-forward).
+async fn resolve(
     state: &AppState,
     def: &ResourceDef,
     ns: Option<&str>,
     name: &str,
-    q: &Query,
-) -> Result<Response, ApiError> {
+    container: Option<&str>,
+    need_container: bool,
+) -> Result<(String, u16, Option<String>), ApiError> {
     let pod = objects::get(state, def, ns, name).await?;
-    let ns = ns.unwrap_or("default");
-    let containers: Vec<&str> = ["/spec/initContainers", "/spec/containers"]
-        .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+    let containers: Vec<&str> = [
+        "/spec/initContainers",
+        "/spec/containers",
+        "/spec/ephemeralContainers",
+    ]
+    .iter()
+    .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+    .flatten()
+    .filter_map(|c| c["name"].as_str())
+    .collect();
     let main: Vec<&str> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -230,18 +251,15 @@ pub async fn pod_log(
         .flatten()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    let container = match q
-        .get("container")
-        .map(String::as_str)
-        .filter(|c| !c.is_empty())
-    {
-        Some(c) if containers.contains(&c) => c.to_string(),
+    let container = match container.filter(|c| !c.is_empty()) {
+        _ if !need_container => None,
+        Some(c) if containers.contains(&c) => Some(c.to_string()),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
                 "container {c} is not valid for pod {name}"
             )))
         }
-        None if main.len() == 1 => main[0].to_string(),
+        None if main.len() == 1 => Some(main[0].to_string()),
         None => {
             return Err(ApiError::bad_request(format!(
                 "a container name must be specified for pod {name}, choose one of: [{}]",
@@ -272,6 +290,27 @@ pub async fn pod_log(
             }
         })?;
     let (host, port) = kubelet_address(&node);
+    Ok((host, port, container))
+}
+
+pub async fn pod_log(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    q: &Query,
+) -> Result<Response, ApiError> {
+    let (host, port, container) = resolve(
+        state,
+        def,
+        ns,
+        name,
+        q.get("container").map(String::as_str),
+        true,
+    )
+    .await?;
+    let container = container.unwrap_or_default();
+    let ns = ns.unwrap_or("default");
     let query: Vec<String> = LOG_PARAMS
         .iter()
         .filter_map(|k| {
@@ -331,4 +370,113 @@ mod tests {
             ("n2".to_string(), 10250)
         );
     }
+}
+
+/// An exec/attach/port-forward request as it arrived.
+#[derive(Debug)]
+pub struct StreamRequest {
+    pub method: axum::http::Method,
+    pub headers: axum::http::HeaderMap,
+    /// Passed through untouched: `command` repeats, which a map would lose.
+    pub raw_query: String,
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Headers that carry the upgrade negotiation (WebSocket `v5.channel.k8s.io` and friends,
+/// or SPDY) between the client and the kubelet.
+const UPGRADE_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+    "x-stream-protocol-version",
+];
+
+/// `pods/<n>/exec|attach|portforward`: forward the upgrade request to the kubelet and, once
+/// it switches protocols, splice the client's connection to the kubelet's byte for byte.
+pub async fn stream(
+    state: &AppState,
+    t: &crate::handlers::Target,
+    req: StreamRequest,
+) -> Result<Response, ApiError> {
+    let name = t.name.as_deref().unwrap_or("");
+    let ns = t.namespace.as_deref();
+    let wants_upgrade = req
+        .headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    let Some(client_upgrade) = req.upgrade.filter(|_| wants_upgrade) else {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    };
+    let q = crate::handlers::parse_query(Some(&req.raw_query));
+    let sub = t.sub.expect("stream is only called for subresources");
+    let need_container = sub != crate::registry::Sub::PortForward;
+    let (host, port, container) = resolve(
+        state,
+        &t.def,
+        ns,
+        name,
+        q.get("container").map(String::as_str),
+        need_container,
+    )
+    .await?;
+    let ns = ns.unwrap_or("default");
+    let path = match (sub, container) {
+        (crate::registry::Sub::Exec, Some(c)) => format!("/exec/{ns}/{name}/{c}"),
+        (crate::registry::Sub::Attach, Some(c)) => format!("/attach/{ns}/{name}/{c}"),
+        _ => format!("/portForward/{ns}/{name}"),
+    };
+    let uri = if req.raw_query.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", req.raw_query)
+    };
+    let mut kreq = Request::builder().method(req.method).uri(uri);
+    for (k, v) in &req.headers {
+        if UPGRADE_HEADERS.contains(&k.as_str()) {
+            kreq = kreq.header(k, v);
+        }
+    }
+    let kreq = kreq
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut kresp = state
+        .kubelet
+        .send(&host, port, kreq)
+        .await
+        .map_err(ApiError::internal)?;
+    if kresp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = kresp.status();
+        let body = axum::body::to_bytes(Body::new(kresp.into_body()), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        return Err(ApiError::internal(format!(
+            "the kubelet did not upgrade the connection ({status}): {}",
+            String::from_utf8_lossy(&body).trim()
+        )));
+    }
+    let kubelet_upgrade = hyper::upgrade::on(&mut kresp);
+    let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for (k, v) in kresp.headers() {
+        if UPGRADE_HEADERS.contains(&k.as_str()) {
+            resp = resp.header(k, v);
+        }
+    }
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, kubelet_upgrade) {
+            Ok((client, kubelet)) => {
+                let (mut c, mut k) = (TokioIo::new(client), TokioIo::new(kubelet));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut k).await {
+                    tracing::debug!(error = %e, "stream between client and kubelet ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrading the stream connections"),
+        }
+    });
+    resp.body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

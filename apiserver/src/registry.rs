@@ -23,6 +23,10 @@ pub enum Sub {
     Finalize,
     /// `pods/<n>/log`, proxied to the node's kubelet.
     Log,
+    /// `pods/<n>/exec`, `attach`, `portforward`: upgraded connections spliced to the kubelet.
+    Exec,
+    Attach,
+    PortForward,
 }
 
 impl Sub {
@@ -34,6 +38,9 @@ impl Sub {
             Sub::Eviction => "eviction",
             Sub::Finalize => "finalize",
             Sub::Log => "log",
+            Sub::Exec => "exec",
+            Sub::Attach => "attach",
+            Sub::PortForward => "portforward",
         }
     }
 
@@ -43,6 +50,7 @@ impl Sub {
             Sub::Binding | Sub::Eviction => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
+            Sub::Exec | Sub::Attach | Sub::PortForward => &["create", "get"],
         }
     }
 
@@ -53,6 +61,9 @@ impl Sub {
             Sub::Scale => Some(("autoscaling", "v1", "Scale")),
             Sub::Binding => Some(("", "v1", "Binding")),
             Sub::Eviction => Some(("policy", "v1", "Eviction")),
+            Sub::Exec => Some(("", "v1", "PodExecOptions")),
+            Sub::Attach => Some(("", "v1", "PodAttachOptions")),
+            Sub::PortForward => Some(("", "v1", "PodPortForwardOptions")),
         }
     }
 }
@@ -193,7 +204,8 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["ns"], cat: NONE, subs: &[Sub::Status, Sub::Finalize], storage: "namespaces",
             fields: &["status.phase"], printer: P::Namespace),
         def!(core::v1::Pod, "", "v1", "Pod", "pods", "pod", ns: true,
-            short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log], storage: "pods",
+            short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log, Sub::Exec, Sub::Attach, Sub::PortForward],
+            storage: "pods",
             fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
                       "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"],
             printer: P::Pod),

@@ -122,7 +122,7 @@ fn parse(reg: &Registry, path: &str) -> Option<Route> {
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     if let Some(rest) = path.strip_prefix("/openapi/v3") {
         return openapi(&state, rest);
@@ -153,6 +153,19 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                     return r;
                 }
             };
+            if matches!(t.sub, Some(Sub::Exec | Sub::Attach | Sub::PortForward)) {
+                let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+                let stream = crate::kubelet::StreamRequest {
+                    method: parts.method,
+                    headers: parts.headers,
+                    raw_query: parts.uri.query().unwrap_or("").to_string(),
+                    upgrade,
+                };
+                return match crate::kubelet::stream(&state, &t, stream).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                };
+            }
             let q = handlers::parse_query(parts.uri.query());
             handlers::handle(state.clone(), parts.method, t, q, parts.headers, body).await
         }

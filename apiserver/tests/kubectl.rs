@@ -884,17 +884,16 @@ fn start_fake_kubelet(s: &TestServer) -> u16 {
     .with_single_cert(vec![cert.cert.der().clone()], key)
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let app = axum::Router::new().route(
-        "/containerLogs/{ns}/{pod}/{container}",
-        axum::routing::get(
-            |Path((ns, pod, c)): Path<(String, String, String)>, RawQuery(q): RawQuery| async move {
-                format!(
-                    "{ns}/{pod}/{c} says hello\nquery={}\n",
-                    q.unwrap_or_default()
-                )
-            },
-        ),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            axum::routing::get(
+                |Path((ns, pod, c)): Path<(String, String, String)>, RawQuery(q): RawQuery| async move {
+                    format!("{ns}/{pod}/{c} says hello\nquery={}\n", q.unwrap_or_default())
+                },
+            ),
+        )
+        .route("/exec/{ns}/{pod}/{container}", axum::routing::get(fake_exec));
     let listener =
         s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
@@ -912,6 +911,7 @@ fn start_fake_kubelet(s: &TestServer) -> u16 {
                 let svc = hyper_util::service::TowerToHyperService::new(app);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -919,8 +919,76 @@ fn start_fake_kubelet(s: &TestServer) -> u16 {
     port
 }
 
+/// The kubelet's exec endpoint, as far as kubectl can tell: a WebSocket in the
+/// `v5.channel.k8s.io` protocol that writes the command line to stdout (channel 1) and ends
+/// with a Success status on the error channel (3).
+async fn fake_exec(
+    axum::extract::Path((ns, pod, c)): axum::extract::Path<(String, String, String)>,
+    mut req: axum::extract::Request,
+) -> axum::response::Response {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .cloned()
+        .expect("a websocket key");
+    let offered = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        offered.contains("v5.channel.k8s.io"),
+        "kubectl offers v5: {offered}"
+    );
+    let commands: Vec<String> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let upgrade = req
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .expect("upgradable");
+    tokio::spawn(async move {
+        let io = hyper_util::rt::TokioIo::new(upgrade.await.expect("upgraded"));
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let mut out = vec![1u8];
+        out.extend(format!("{ns}/{pod}/{c} ran {}\n", commands.join(" ")).into_bytes());
+        ws.send(Message::binary(out)).await.expect("stdout frame");
+        let mut status = vec![3u8];
+        status.extend(br#"{"metadata":{},"status":"Success"}"#);
+        ws.send(Message::binary(status))
+            .await
+            .expect("status frame");
+        let _ = ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    });
+    axum::response::Response::builder()
+        .status(101)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-protocol", "v5.channel.k8s.io")
+        .header(
+            "sec-websocket-accept",
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .body(axum::body::Body::empty())
+        .expect("101 response")
+}
+
 #[test]
-fn logs_are_proxied_to_the_nodes_kubelet() {
+fn logs_and_exec_are_proxied_to_the_nodes_kubelet() {
     let s = TestServer::start();
     let port = start_fake_kubelet(&s);
     let node = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nstatus:\n  addresses: [{{type: InternalIP, address: 127.0.0.1}}]\n  daemonEndpoints: {{kubeletEndpoint: {{Port: {port}}}}}\n");
@@ -955,6 +1023,19 @@ fn logs_are_proxied_to_the_nodes_kubelet() {
         err.contains("pod pending does not have a host assigned"),
         "{err}"
     );
+    // exec upgrades through the apiserver to the kubelet (WebSocket, v5.channel.k8s.io).
+    let out = s.kubectl(&["exec", "two", "-c", "b", "--", "echo", "hi there"]);
+    assert_eq!(out, "default/two/b ran echo hi there\n");
+    let err = s.kubectl_fails(
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/two/exec?command=ls",
+        ],
+        None,
+    );
+    assert!(err.contains("Upgrade request required"), "{err}");
+
     let err = s.kubectl_fails(&["logs", "two", "-c", "zz"], None);
     assert!(
         err.contains("container zz is not valid for pod two"),
