@@ -1,6 +1,7 @@
 //! `cargo xtask bench dataplane`, programming latency: with N services × 3 endpoints
 //! installed, the time from an EndpointSlice change to the dataplane holding it: computing
-//! the desired state from the Service and EndpointSlice objects, then the sync (map writes in
+//! the desired state of the touched service from the Service and EndpointSlice objects
+//! ([`Tracker`]), then the sync (map writes in
 //! eBPF mode, `iptables-restore` in iptables mode), both modes in one run. Watch delivery and
 //! the `--min-sync-period` batching are excluded: they are the same for both modes.
 //!
@@ -12,6 +13,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,8 +22,9 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, IptablesBackend, ProxyMode},
-    desired::{self, Desired},
-    engine::{self, Engine},
+    desired,
+    engine::{self, Engine, Programmer},
+    tracker::Tracker,
 };
 
 /// What to run.
@@ -141,12 +144,8 @@ impl Drop for Pins {
     }
 }
 
-/// The cluster the bench programs: services `svc-i` with ClusterIP 10.43.x.y and one
-/// EndpointSlice of three ready endpoints each.
-struct Objects {
-    services: Vec<Service>,
-    slices: Vec<EndpointSlice>,
-}
+// The cluster the bench programs: services `svc-i` with ClusterIP 10.43.x.y and one
+// EndpointSlice of three ready endpoints each.
 
 fn cluster_ip(i: usize) -> Ipv4Addr {
     let n = i + 256; // skip 10.43.0.x
@@ -188,19 +187,6 @@ fn slice(i: usize, generation: usize) -> EndpointSlice {
     .expect("a valid endpoint slice")
 }
 
-impl Objects {
-    fn new(n: usize) -> Self {
-        Objects {
-            services: (0..n).map(service).collect(),
-            slices: (0..n).map(|i| slice(i, 0)).collect(),
-        }
-    }
-
-    fn desired(&self) -> Desired {
-        desired::compute(&self.services, &self.slices, &[])
-    }
-}
-
 #[derive(Debug)]
 struct ModeResult {
     initial: Duration,
@@ -231,14 +217,17 @@ fn run_mode(
     std::thread::scope(|s| {
         s.spawn(move || {
             crate::worker::enter_netns(netns).map_err(|e| BenchError::Failed(engine::chain(&e)))?;
-            let mut engine =
+            let engine =
                 Engine::start(&config, mode).map_err(|e| BenchError::Failed(engine::chain(&e)))?;
             if engine.mode() != mode {
                 return Err(BenchError::Failed(format!("{mode:?} mode could not start")));
             }
-            let mut objects = Objects::new(opts.services);
+            let mut programmer = Programmer::new(engine);
+            let mut tracker = Tracker::default();
             let started = Instant::now();
-            let outcome = engine.sync(&objects.desired());
+            tracker.replace_services((0..opts.services).map(|i| Arc::new(service(i))).collect());
+            tracker.replace_slices((0..opts.services).map(|i| Arc::new(slice(i, 0))).collect());
+            let outcome = programmer.apply(tracker.update());
             let initial = started.elapsed();
             if let Some(e) = outcome.errors.first() {
                 return Err(BenchError::Failed(format!(
@@ -250,10 +239,11 @@ fn run_mode(
             for c in 0..opts.changes {
                 let i = (c * 7919) % opts.services;
                 generations[i] += 1;
-                objects.slices[i] = slice(i, generations[i]);
+                let changed = Arc::new(slice(i, generations[i]));
+                // from the watch event to the dataplane holding it: what the sync loop does
                 let started = Instant::now();
-                let desired = objects.desired();
-                let outcome = engine.sync(&desired);
+                tracker.apply_slice(changed);
+                let outcome = programmer.apply(tracker.update());
                 changes.push(started.elapsed());
                 if outcome.changed != 1 || !outcome.errors.is_empty() {
                     return Err(BenchError::Failed(format!(

@@ -15,10 +15,11 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, ProxyMode},
     dataplane::{Dataplane, DataplaneConfig, TcHook},
-    desired::Desired,
+    desired::{Desired, DesiredService},
     error::DataplaneError,
     iptables::{self, Iptables, IptablesError},
     services::{ServiceCounters, ServiceKey},
+    tracker::Change,
 };
 
 /// What one sync did.
@@ -65,14 +66,20 @@ impl Engine {
         Ok(Engine::Iptables(Iptables::new(config.iptables_backend)?))
     }
 
-    pub fn sync(&mut self, desired: &Desired) -> SyncOutcome {
+    /// Makes the dataplane match `desired`. `changed` limits the work to those keys when the
+    /// caller knows nothing else changed since the last complete sync (eBPF mode; iptables
+    /// rewrites its services chain every time anyway).
+    pub fn sync(&mut self, desired: &Desired, changed: Option<&[ServiceKey]>) -> SyncOutcome {
         let mut outcome = SyncOutcome {
             services: desired.len(),
             endpoints: desired.values().map(|s| s.backends.len()).sum(),
             ..SyncOutcome::default()
         };
         match self {
-            Engine::Ebpf(e) => e.sync(desired, &mut outcome),
+            Engine::Ebpf(e) => match changed {
+                Some(keys) => e.sync_keys(desired, keys, &mut outcome),
+                None => e.sync(desired, &mut outcome),
+            },
             Engine::Iptables(i) => match i.sync(desired) {
                 Ok(changed) => outcome.changed = changed,
                 Err(e) => outcome.errors.push(chain(&e)),
@@ -145,6 +152,43 @@ fn wait_detached(ifaces: &[String]) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An engine plus the desired state it was last given, fed with changes.
+pub struct Programmer {
+    pub engine: Engine,
+    desired: Desired,
+    /// The next sync compares everything (the first one: reconciling with what a previous
+    /// run left; and any after a failure).
+    full: bool,
+}
+
+impl Programmer {
+    pub fn new(engine: Engine) -> Self {
+        Programmer {
+            engine,
+            desired: Desired::new(),
+            full: true,
+        }
+    }
+
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    pub fn apply(&mut self, changes: Vec<Change>) -> SyncOutcome {
+        let keys: Vec<ServiceKey> = changes.iter().map(|(k, _)| *k).collect();
+        for (key, entry) in changes {
+            match entry {
+                Some(e) => self.desired.insert(key, e),
+                None => self.desired.remove(&key),
+            };
+        }
+        let hint = (!self.full).then_some(keys.as_slice());
+        let outcome = self.engine.sync(&self.desired, hint);
+        self.full = !outcome.errors.is_empty();
+        outcome
     }
 }
 
@@ -223,6 +267,47 @@ impl EbpfEngine {
         Ok(EbpfEngine { dp, applied })
     }
 
+    fn sync_keys(&mut self, desired: &Desired, keys: &[ServiceKey], outcome: &mut SyncOutcome) {
+        for key in keys {
+            match desired.get(key) {
+                Some(svc) => self.upsert(key, svc, outcome),
+                None => self.remove(key, outcome),
+            }
+        }
+    }
+
+    fn upsert(&mut self, key: &ServiceKey, svc: &DesiredService, outcome: &mut SyncOutcome) {
+        if self.applied.get(key) == Some(&svc.backends) {
+            return;
+        }
+        match self.dp.upsert_service(*key, &svc.backends) {
+            Ok(()) => {
+                self.applied.insert(*key, svc.backends.clone());
+                outcome.changed += 1;
+            }
+            Err(e) => {
+                outcome
+                    .errors
+                    .push(format!("programming {} ({key}): {}", svc.name, chain(&e)))
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &ServiceKey, outcome: &mut SyncOutcome) {
+        if !self.applied.contains_key(key) {
+            return;
+        }
+        match self.dp.remove_service(*key) {
+            Ok(_) => {
+                self.applied.remove(key);
+                outcome.changed += 1;
+            }
+            Err(e) => outcome
+                .errors
+                .push(format!("removing {key}: {}", chain(&e))),
+        }
+    }
+
     fn sync(&mut self, desired: &Desired, outcome: &mut SyncOutcome) {
         let stale: Vec<ServiceKey> = self
             .applied
@@ -231,31 +316,10 @@ impl EbpfEngine {
             .copied()
             .collect();
         for key in stale {
-            match self.dp.remove_service(key) {
-                Ok(_) => {
-                    self.applied.remove(&key);
-                    outcome.changed += 1;
-                }
-                Err(e) => outcome
-                    .errors
-                    .push(format!("removing {key}: {}", chain(&e))),
-            }
+            self.remove(&key, outcome);
         }
         for (key, svc) in desired {
-            if self.applied.get(key) == Some(&svc.backends) {
-                continue;
-            }
-            match self.dp.upsert_service(*key, &svc.backends) {
-                Ok(()) => {
-                    self.applied.insert(*key, svc.backends.clone());
-                    outcome.changed += 1;
-                }
-                Err(e) => {
-                    outcome
-                        .errors
-                        .push(format!("programming {} ({key}): {}", svc.name, chain(&e)))
-                }
-            }
+            self.upsert(key, svc, outcome);
         }
     }
 }

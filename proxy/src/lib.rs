@@ -17,6 +17,7 @@ pub mod iptables;
 mod metrics;
 mod run;
 mod services;
+pub mod tracker;
 mod worker;
 
 use std::{net::SocketAddr, path::PathBuf};

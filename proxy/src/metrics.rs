@@ -11,7 +11,7 @@ use std::{
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ProxyMode, services::ServiceKey, worker::Worker};
+use crate::{config::ProxyMode, services::ServiceKey, tracker::Change, worker::Worker};
 
 const SYNC_BUCKETS: &[f64] = &[
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -104,14 +104,21 @@ impl Metrics {
         services: usize,
         endpoints: usize,
         errors: usize,
-        by_key: BTreeMap<ServiceKey, (String, usize)>,
+        changes: &[Change],
     ) {
         let mut m = self.lock();
         m.sync.observe(took.as_secs_f64());
         m.syncs += 1;
         m.services = services;
         m.endpoints = endpoints;
-        m.services_by_key = by_key;
+        for (key, entry) in changes {
+            match entry {
+                Some(e) => m
+                    .services_by_key
+                    .insert(*key, (e.name.clone(), e.backends.len())),
+                None => m.services_by_key.remove(key),
+            };
+        }
         if errors == 0 {
             m.synced = true;
         } else {
@@ -292,13 +299,13 @@ mod tests {
             port: 80,
             protocol: Protocol::Tcp,
         };
-        m.synced(
-            Duration::from_millis(3),
-            1,
-            3,
-            0,
-            [(key, ("default/web:http".to_string(), 3))].into(),
-        );
+        let entry = crate::desired::DesiredService {
+            name: "default/web:http".into(),
+            backends: (1..=3)
+                .map(|i| std::net::SocketAddrV4::new([10, 42, 0, i].into(), 8080))
+                .collect(),
+        };
+        m.synced(Duration::from_millis(3), 1, 3, 0, &[(key, Some(entry))]);
         m.programmed_after(Duration::from_millis(40));
         let c = ServiceCounters {
             fwd_packets: 7,

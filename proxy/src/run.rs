@@ -2,19 +2,19 @@
 //! what they describe.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::Ipv4Addr,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::{
     api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice},
     jiff::Timestamp,
 };
 use kube::{
-    runtime::{reflector, reflector::Store, watcher, WatchStreamExt},
+    runtime::{watcher, WatchStreamExt},
     Api,
 };
 use tokio::{sync::Notify, task::JoinSet};
@@ -23,8 +23,8 @@ use tracing::{info, warn};
 
 use crate::{
     config::{effective_mode, Config},
-    desired::{self, Desired},
     metrics::{self, Metrics},
+    tracker::Tracker,
     worker::Worker,
     Error,
 };
@@ -76,28 +76,56 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     ));
 
     let changed = Arc::new(Notify::new());
-    let services = watch(
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    watch(
         &mut tasks,
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
-        &changed,
+        Feed {
+            shared: shared.clone(),
+            changed: changed.clone(),
+            index: 0,
+            apply: |s: &mut Shared, o: Service| s.tracker.apply_service(Arc::new(o)),
+            delete: |s: &mut Shared, o: Service| s.tracker.delete_service(&o),
+            replace: |s: &mut Shared, all: Vec<Service>| {
+                s.tracker
+                    .replace_services(all.into_iter().map(Arc::new).collect())
+            },
+        },
     );
-    let slices = watch(
+    watch(
         &mut tasks,
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
-        &changed,
+        Feed {
+            shared: shared.clone(),
+            changed: changed.clone(),
+            index: 1,
+            apply: |s: &mut Shared, o: EndpointSlice| s.tracker.apply_slice(Arc::new(o)),
+            delete: |s: &mut Shared, o: EndpointSlice| s.tracker.delete_slice(&o),
+            replace: |s: &mut Shared, all: Vec<EndpointSlice>| {
+                s.tracker
+                    .replace_slices(all.into_iter().map(Arc::new).collect())
+            },
+        },
     );
-    let node = watch(
+    watch(
         &mut tasks,
         nodes,
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
-        &changed,
+        Feed {
+            shared: shared.clone(),
+            changed: changed.clone(),
+            index: 2,
+            apply: |s: &mut Shared, o: Node| s.node = Some(o),
+            delete: |s: &mut Shared, _: Node| s.node = None,
+            replace: |s: &mut Shared, all: Vec<Node>| s.node = all.into_iter().next(),
+        },
     );
 
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = sync_loop(&config, &worker, &metrics, &services, &slices, &node, &changed, &shutdown) => r,
+        r = sync_loop(&config, &worker, &metrics, &shared, &changed, &shutdown) => r,
     };
     server_token.cancel();
     tasks.abort_all();
@@ -120,14 +148,39 @@ async fn serve_metrics(
     }
 }
 
-/// A reflector over `api`; every change wakes `changed`.
-fn watch<K>(
+/// What the watches know, shared with the sync loop.
+#[derive(Default)]
+struct Shared {
+    tracker: Tracker,
+    node: Option<Node>,
+    /// Services, EndpointSlices, Node: listed completely at least once.
+    listed: [bool; 3],
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    // a watch task that panicked mid-update leaves at worst a dirty mark behind
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How one watch's events land in [`Shared`].
+struct Feed<A, D, R> {
+    shared: Arc<Mutex<Shared>>,
+    changed: Arc<Notify>,
+    index: usize,
+    apply: A,
+    delete: D,
+    replace: R,
+}
+
+/// Watches `api`, feeding every event into the shared state and waking the sync loop. A
+/// (re)list is buffered and swapped in whole, so objects deleted while the watch was broken
+/// go away too.
+fn watch<K, A, D, R>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
     config: watcher::Config,
-    changed: &Arc<Notify>,
-) -> Store<K>
-where
+    feed: Feed<A, D, R>,
+) where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
@@ -135,99 +188,104 @@ where
         + Send
         + Sync
         + 'static,
+    A: Fn(&mut Shared, K) + Send + 'static,
+    D: Fn(&mut Shared, K) + Send + 'static,
+    R: Fn(&mut Shared, Vec<K>) + Send + 'static,
 {
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector(writer, watcher(api, config).default_backoff());
-    tasks.spawn(drive(stream, changed.clone(), K::kind(&())));
-    store
-}
-
-async fn drive<K>(
-    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-    changed: Arc<Notify>,
-    kind: std::borrow::Cow<'static, str>,
-) {
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(_) => changed.notify_one(),
-            Err(e) => warn!(kind = %kind, error = %e, "watch failed; retrying with backoff"),
+    tasks.spawn(async move {
+        let kind = K::kind(&());
+        let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut buffer: Vec<K> = Vec::new();
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(kind = %kind, error = %e, "watch failed; retrying with backoff");
+                    continue;
+                }
+            };
+            let mut s = lock(&feed.shared);
+            match event {
+                watcher::Event::Init => buffer.clear(),
+                watcher::Event::InitApply(o) => buffer.push(o),
+                watcher::Event::InitDone => {
+                    (feed.replace)(&mut s, std::mem::take(&mut buffer));
+                    s.listed[feed.index] = true;
+                }
+                watcher::Event::Apply(o) => (feed.apply)(&mut s, o),
+                watcher::Event::Delete(o) => (feed.delete)(&mut s, o),
+            }
+            drop(s);
+            feed.changed.notify_one();
         }
-    }
+    });
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn sync_loop(
     config: &Config,
     worker: &Worker,
     metrics: &Metrics,
-    services: &Store<Service>,
-    slices: &Store<EndpointSlice>,
-    node: &Store<Node>,
+    shared: &Mutex<Shared>,
     changed: &Notify,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     // syncing from a partial list would remove services that are merely not listed yet
-    for ready in [
-        services.wait_until_ready().await,
-        slices.wait_until_ready().await,
-        node.wait_until_ready().await,
-    ] {
-        ready.map_err(|_| Error::WatchStopped)?;
+    while !lock(shared).listed.iter().all(|l| *l) {
+        changed.notified().await;
     }
     let mut triggers: HashMap<String, String> = HashMap::new();
     let mut first = true;
     let mut mode_warned = false;
+    let mut retry = false;
     loop {
         let started = Instant::now();
-        let node_obj = node.state().into_iter().next();
-        let addresses = if config.nodeport_addresses.is_empty() {
-            node_obj.as_deref().map(node_addresses).unwrap_or_default()
-        } else {
-            config.nodeport_addresses.clone()
+        let (changes, node, slices_touched) = {
+            let mut s = lock(shared);
+            let addresses = if config.nodeport_addresses.is_empty() {
+                s.node.as_ref().map(node_addresses).unwrap_or_default()
+            } else {
+                config.nodeport_addresses.clone()
+            };
+            s.tracker.set_node_addresses(addresses);
+            let changes = s.tracker.update();
+            let touched = s.tracker.take_touched_slices();
+            (changes, s.node.clone(), touched)
         };
-        let svcs = services.state();
-        let all_slices = slices.state();
-        let desired: Desired = desired::compute(
-            svcs.iter().map(Arc::as_ref),
-            all_slices.iter().map(Arc::as_ref),
-            &addresses,
-        );
-        let desired = Arc::new(desired);
-        let outcome = worker.sync(desired.clone()).await?;
-        let took = started.elapsed();
-        let by_key: BTreeMap<_, _> = desired
-            .iter()
-            .map(|(k, s)| (*k, (s.name.clone(), s.backends.len())))
-            .collect();
-        metrics.synced(
-            took,
-            outcome.services,
-            outcome.endpoints,
-            outcome.errors.len(),
-            by_key,
-        );
-        for e in &outcome.errors {
-            warn!(
-                error = e.as_str(),
-                "sync left something unprogrammed; retrying"
+        if changes.is_empty() && !retry && !first {
+            // nothing for the dataplane (e.g. a Node status update)
+        } else {
+            let outcome = worker.sync(changes.clone()).await?;
+            let took = started.elapsed();
+            metrics.synced(
+                took,
+                outcome.services,
+                outcome.endpoints,
+                outcome.errors.len(),
+                &changes,
             );
+            for e in &outcome.errors {
+                warn!(
+                    error = e.as_str(),
+                    "sync left something unprogrammed; retrying"
+                );
+            }
+            if outcome.changed > 0 {
+                info!(
+                    changed = outcome.changed,
+                    services = outcome.services,
+                    endpoints = outcome.endpoints,
+                    took_ms = took.as_secs_f64() * 1e3,
+                    "dataplane synced"
+                );
+            }
+            retry = !outcome.errors.is_empty();
+            if !retry {
+                // the first sync after a start programs changes of unknown age: not observed
+                observe_programming(&slices_touched, &mut triggers, (!first).then_some(metrics));
+                first = false;
+            }
         }
-        if outcome.changed > 0 {
-            info!(
-                changed = outcome.changed,
-                services = outcome.services,
-                endpoints = outcome.endpoints,
-                took_ms = took.as_secs_f64() * 1e3,
-                "dataplane synced"
-            );
-        }
-        if outcome.errors.is_empty() {
-            // the first sync after a start programs changes of unknown age: not observed
-            observe_programming(&all_slices, &mut triggers, (!first).then_some(metrics));
-            first = false;
-        }
-        if let Some(n) = &node_obj {
+        if let Some(n) = &node {
             let wanted = effective_mode(
                 config.proxy_mode,
                 &n.metadata.annotations.clone().unwrap_or_default(),
@@ -242,7 +300,6 @@ async fn sync_loop(
             }
         }
 
-        let retry = !outcome.errors.is_empty();
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = changed.notified() => {}
@@ -266,13 +323,7 @@ fn observe_programming(
     metrics: Option<&Metrics>,
 ) {
     let now = Timestamp::now();
-    let mut live = HashMap::with_capacity(seen.len());
     for s in slices {
-        let key = format!(
-            "{}/{}",
-            s.metadata.namespace.as_deref().unwrap_or(""),
-            s.metadata.name.as_deref().unwrap_or("")
-        );
         let Some(t) = s
             .metadata
             .annotations
@@ -281,17 +332,23 @@ fn observe_programming(
         else {
             continue;
         };
-        if let (Some(metrics), true) = (metrics, seen.get(&key) != Some(t)) {
-            if let Ok(ts) = t.parse::<Timestamp>() {
-                let secs = now.duration_since(ts).as_secs_f64();
-                if secs >= 0.0 {
-                    metrics.programmed_after(Duration::from_secs_f64(secs));
-                }
+        let key = format!(
+            "{}/{}",
+            s.metadata.namespace.as_deref().unwrap_or(""),
+            s.metadata.name.as_deref().unwrap_or("")
+        );
+        if seen.get(&key) == Some(t) {
+            // a relist or an unrelated update: this change was observed already
+            continue;
+        }
+        if let (Some(metrics), Ok(ts)) = (metrics, t.parse::<Timestamp>()) {
+            let secs = now.duration_since(ts).as_secs_f64();
+            if secs >= 0.0 {
+                metrics.programmed_after(Duration::from_secs_f64(secs));
             }
         }
-        live.insert(key, t.clone());
+        seen.insert(key, t.clone());
     }
-    *seen = live;
 }
 
 fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {

@@ -3,27 +3,21 @@
 //! namespace, which is a per-thread property: one dedicated thread does all of it, fed by
 //! commands from the async side.
 
-use std::{
-    fs::File,
-    os::fd::AsFd,
-    path::Path,
-    sync::{mpsc, Arc},
-    thread::JoinHandle,
-};
+use std::{fs::File, os::fd::AsFd, path::Path, sync::mpsc, thread::JoinHandle};
 
 use tokio::sync::oneshot;
 use tracing::info;
 
 use crate::{
     config::{Config, ProxyMode},
-    desired::Desired,
-    engine::{Engine, SyncOutcome},
+    engine::{Engine, Programmer, SyncOutcome},
     services::{ServiceCounters, ServiceKey},
+    tracker::Change,
     Error,
 };
 
 enum Cmd {
-    Sync(Arc<Desired>, oneshot::Sender<SyncOutcome>),
+    Sync(Vec<Change>, oneshot::Sender<SyncOutcome>),
     Counters(oneshot::Sender<Vec<(ServiceKey, ServiceCounters)>>),
 }
 
@@ -54,7 +48,7 @@ impl Worker {
                     }
                     Engine::start(&config, mode).map_err(Error::Iptables)
                 })();
-                let mut engine = match engine {
+                let engine = match engine {
                     Ok(e) => {
                         let _ = ready_tx.send(Ok(e.mode()));
                         e
@@ -64,7 +58,7 @@ impl Worker {
                         return;
                     }
                 };
-                serve(&config, &mut engine, rx);
+                serve(&config, Programmer::new(engine), rx);
             })
             .map_err(|source| Error::Thread { source })?;
         let mode = ready_rx.await.map_err(|_| Error::WorkerGone)??;
@@ -76,10 +70,11 @@ impl Worker {
         self.mode
     }
 
-    pub async fn sync(&self, desired: Arc<Desired>) -> Result<SyncOutcome, Error> {
+    /// Applies `changes` to the dataplane (an empty list retries what failed before).
+    pub async fn sync(&self, changes: Vec<Change>) -> Result<SyncOutcome, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Sync(desired, tx))
+            .send(Cmd::Sync(changes, tx))
             .map_err(|_| Error::WorkerGone)?;
         rx.await.map_err(|_| Error::WorkerGone)
     }
@@ -93,26 +88,28 @@ impl Worker {
     }
 }
 
-fn serve(config: &Config, engine: &mut Engine, rx: mpsc::Receiver<Cmd>) {
+fn serve(config: &Config, mut programmer: Programmer, rx: mpsc::Receiver<Cmd>) {
     let mut cleaned = false;
     while let Ok(cmd) = rx.recv() {
         match cmd {
-            Cmd::Sync(desired, reply) => {
-                let outcome = engine.sync(&desired);
+            Cmd::Sync(changes, reply) => {
+                let outcome = programmer.apply(changes);
                 if !cleaned && outcome.errors.is_empty() {
                     // only now that this mode serves every service is the other one removed
-                    engine.clean_other_modes(config, &desired);
+                    programmer
+                        .engine
+                        .clean_other_modes(config, programmer.desired());
                     cleaned = true;
                 }
                 let _ = reply.send(outcome);
             }
             Cmd::Counters(reply) => {
-                let _ = reply.send(engine.counters());
+                let _ = reply.send(programmer.engine.counters());
             }
         }
     }
     info!(
-        mode = engine.mode().as_str(),
+        mode = programmer.engine.mode().as_str(),
         "dataplane thread stopped; the dataplane stays programmed"
     );
 }

@@ -1,0 +1,286 @@
+//! The desired state kept up to date incrementally: a Service or EndpointSlice event marks
+//! its service dirty, and a sync recomputes only dirty services ([`desired::compute`] on
+//! one service and its slices). Recomputing all 10,000 services of a large cluster for every
+//! endpoint change would cost more than the eBPF update it leads to.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::{
+    desired::{self, Desired, DesiredService, SERVICE_NAME_LABEL},
+    services::ServiceKey,
+};
+
+/// A service by namespace and name.
+type SvcId = (String, String);
+/// A change to the desired state: the new entry, or `None` for removed.
+pub type Change = (ServiceKey, Option<DesiredService>);
+
+fn id_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> SvcId {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The service an EndpointSlice belongs to, by its label.
+fn owner(slice: &EndpointSlice) -> Option<SvcId> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    ))
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    services: HashMap<SvcId, Arc<Service>>,
+    slices: HashMap<SvcId, HashMap<String, Arc<EndpointSlice>>>,
+    /// slice (namespace, name) -> the service it was filed under
+    slice_owner: HashMap<SvcId, SvcId>,
+    node_addresses: Vec<Ipv4Addr>,
+    /// The keys each service contributed to `desired`.
+    contributed: HashMap<SvcId, Vec<ServiceKey>>,
+    desired: Desired,
+    dirty: HashSet<SvcId>,
+    /// Slices applied since [`Tracker::take_touched_slices`], for the programming-latency
+    /// metric.
+    touched: Vec<Arc<EndpointSlice>>,
+}
+
+impl Tracker {
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    pub fn apply_service(&mut self, svc: Arc<Service>) {
+        let id = id_of(&svc.metadata);
+        self.dirty.insert(id.clone());
+        self.services.insert(id, svc);
+    }
+
+    pub fn delete_service(&mut self, svc: &Service) {
+        let id = id_of(&svc.metadata);
+        self.services.remove(&id);
+        self.dirty.insert(id);
+    }
+
+    pub fn apply_slice(&mut self, slice: Arc<EndpointSlice>) {
+        let key = id_of(&slice.metadata);
+        self.forget_slice(&key);
+        self.touched.push(slice.clone());
+        if let Some(svc) = owner(&slice) {
+            self.dirty.insert(svc.clone());
+            self.slices
+                .entry(svc.clone())
+                .or_default()
+                .insert(key.1.clone(), slice);
+            self.slice_owner.insert(key, svc);
+        }
+    }
+
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) {
+        self.forget_slice(&id_of(&slice.metadata));
+    }
+
+    fn forget_slice(&mut self, key: &SvcId) {
+        if let Some(svc) = self.slice_owner.remove(key) {
+            if let Some(set) = self.slices.get_mut(&svc) {
+                set.remove(&key.1);
+                if set.is_empty() {
+                    self.slices.remove(&svc);
+                }
+            }
+            self.dirty.insert(svc);
+        }
+    }
+
+    /// After a (re)list: `all` is every Service there is.
+    pub fn replace_services(&mut self, all: Vec<Arc<Service>>) {
+        let old: Vec<SvcId> = self.services.keys().cloned().collect();
+        self.dirty.extend(old);
+        self.services.clear();
+        for svc in all {
+            self.apply_service(svc);
+        }
+    }
+
+    /// After a (re)list: `all` is every EndpointSlice there is.
+    pub fn replace_slices(&mut self, all: Vec<Arc<EndpointSlice>>) {
+        let old: Vec<SvcId> = self.slices.keys().cloned().collect();
+        self.dirty.extend(old);
+        self.slices.clear();
+        self.slice_owner.clear();
+        for slice in all {
+            self.apply_slice(slice);
+        }
+    }
+
+    /// The addresses NodePorts are served on; a change touches every NodePort service.
+    pub fn set_node_addresses(&mut self, mut addresses: Vec<Ipv4Addr>) {
+        addresses.sort();
+        addresses.dedup();
+        if addresses != self.node_addresses {
+            self.node_addresses = addresses;
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
+    pub fn take_touched_slices(&mut self) -> Vec<Arc<EndpointSlice>> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Recomputes the dirty services; returns how `desired` changed.
+    pub fn update(&mut self) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for id in std::mem::take(&mut self.dirty) {
+            let old = self.contributed.remove(&id).unwrap_or_default();
+            let new: Desired = match self.services.get(&id) {
+                Some(svc) => {
+                    let slices = self.slices.get(&id);
+                    desired::compute(
+                        [svc.as_ref()],
+                        slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
+                        &self.node_addresses,
+                    )
+                }
+                None => Desired::new(),
+            };
+            for key in old.iter().filter(|k| !new.contains_key(k)) {
+                if self.desired.remove(key).is_some() {
+                    changes.push((*key, None));
+                }
+            }
+            let keys: Vec<ServiceKey> = new.keys().copied().collect();
+            for (key, entry) in new {
+                if self.desired.get(&key) != Some(&entry) {
+                    self.desired.insert(key, entry.clone());
+                    changes.push((key, Some(entry)));
+                }
+            }
+            if !keys.is_empty() {
+                self.contributed.insert(id, keys);
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(name: &str, ip: &str, node_port: Option<u16>) -> Arc<Service> {
+        let mut port = json!({"name": "http", "port": 80, "protocol": "TCP"});
+        let mut spec = json!({"clusterIP": ip, "ports": []});
+        if let Some(np) = node_port {
+            port["nodePort"] = json!(np);
+            spec["type"] = json!("NodePort");
+        }
+        spec["ports"] = json!([port]);
+        Arc::new(
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "namespace": "ns"}, "spec": spec}),
+            )
+            .expect("service"),
+        )
+    }
+
+    fn slice(name: &str, service: &str, ips: &[&str]) -> Arc<EndpointSlice> {
+        let endpoints: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns",
+                    "labels": {SERVICE_NAME_LABEL: service}},
+                "addressType": "IPv4", "endpoints": endpoints,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))
+            .expect("slice"),
+        )
+    }
+
+    fn backends(change: &Change) -> Option<Vec<String>> {
+        change
+            .1
+            .as_ref()
+            .map(|d| d.backends.iter().map(|b| b.to_string()).collect())
+    }
+
+    #[test]
+    fn only_touched_services_change_and_the_result_matches_a_full_compute() {
+        let mut t = Tracker::default();
+        t.replace_services(vec![
+            svc("a", "10.43.0.1", None),
+            svc("b", "10.43.0.2", None),
+        ]);
+        t.replace_slices(vec![
+            slice("a-1", "a", &["10.42.0.1"]),
+            slice("b-1", "b", &["10.42.0.2"]),
+        ]);
+        assert_eq!(t.update().len(), 2);
+        assert!(t.update().is_empty(), "nothing changed");
+
+        // a second slice of a: only a changes
+        t.apply_slice(slice("a-2", "a", &["10.42.0.3"]));
+        let changes = t.update();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].0.address, Ipv4Addr::new(10, 43, 0, 1));
+        assert_eq!(
+            backends(&changes[0]),
+            Some(vec!["10.42.0.1:8080".into(), "10.42.0.3:8080".into()])
+        );
+
+        // the same slice again: no change
+        t.apply_slice(slice("a-2", "a", &["10.42.0.3"]));
+        assert!(t.update().is_empty());
+
+        // a slice moving to another service (label change) updates both
+        t.apply_slice(slice("a-2", "b", &["10.42.0.3"]));
+        assert_eq!(t.update().len(), 2);
+
+        t.delete_service(&svc("b", "10.43.0.2", None));
+        let changes = t.update();
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].1.is_none(), "b removed: {changes:?}");
+
+        let services: Vec<Service> = t.services.values().map(|s| (**s).clone()).collect();
+        let slices: Vec<EndpointSlice> = t
+            .slices
+            .values()
+            .flat_map(|m| m.values().map(|s| (**s).clone()))
+            .collect();
+        assert_eq!(t.desired(), &desired::compute(&services, &slices, &[]));
+    }
+
+    #[test]
+    fn node_addresses_touch_node_ports_and_relists_drop_the_missing() {
+        let mut t = Tracker::default();
+        t.replace_services(vec![svc("a", "10.43.0.1", Some(30080))]);
+        t.replace_slices(vec![slice("a-1", "a", &["10.42.0.1"])]);
+        assert_eq!(t.update().len(), 1);
+        t.set_node_addresses(vec![Ipv4Addr::new(192, 168, 0, 5)]);
+        let changes = t.update();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].0.port, 30080);
+
+        // a relist without the slice: the service loses its endpoints
+        t.replace_slices(vec![]);
+        let changes = t.update();
+        assert_eq!(changes.len(), 2);
+        assert!(
+            changes.iter().all(|c| backends(c) == Some(vec![])),
+            "{changes:?}"
+        );
+        // a relist without the service: it goes
+        t.replace_services(vec![]);
+        let changes = t.update();
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| c.1.is_none()));
+        assert!(t.desired().is_empty());
+    }
+}
