@@ -1,6 +1,6 @@
 //! `cargo xtask up`: from a fresh clone to a running single-node cluster in one command.
-//! Today the cluster is the control plane (apiserver on the embedded store); later issues
-//! add the scheduler, controllers and this machine's node components to `kaze server`.
+//! The cluster is `kaze server`: control plane on the embedded store, this machine's
+//! kubelet on a containerd kaze starts, and cluster DNS; images come from the air-gap dir.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +24,15 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     crate::setup::run(root).context("up: setup")?;
     step("build kaze");
     run_cmd(cargo(root).args(["build", "-p", "kaze"])).context("up: building kaze")?;
+    step("images (air gap: no registry is needed)");
+    let images = crate::images::build_images(root).context("up: building images")?;
+    let air_gap = args.data_dir.join("agent").join("images");
+    std::fs::create_dir_all(&air_gap)
+        .with_context(|| format!("up: creating {}", air_gap.display()))?;
+    for tar in &images {
+        let dest = air_gap.join(tar.file_name().unwrap_or_default());
+        std::fs::copy(tar, &dest).with_context(|| format!("up: copying {}", dest.display()))?;
+    }
     let kaze = root.join("target/debug/kaze");
     step(&format!(
         "start kaze server --data-dir {}",
@@ -61,6 +70,26 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    step("wait for this node to be Ready");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = server.try_wait()? {
+            bail!("kaze server exited during start-up with {status}; its log is above");
+        }
+        let out = Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"])
+            .output();
+        if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("True")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            bail!("no node became Ready within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let venv_bin = kubectl.parent().map(Path::to_path_buf).unwrap_or_default();
     println!();
     println!("kaze is up. In another shell:");
@@ -70,9 +99,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         venv_bin.display()
     );
     println!("Try:");
-    println!("    kubectl get namespaces");
-    println!("    kubectl create configmap hello --from-literal=greeting=hi");
-    println!("    kubectl get configmap hello -o yaml");
+    println!("    kubectl get nodes -o wide");
+    println!("    kubectl create deployment web --image=kaze/echo:1 --replicas=2");
+    println!("    kubectl get pods -o wide -w");
     println!("Ctrl-C stops the cluster; `cargo xtask up` again picks it up where it was.");
     let status = server.wait()?;
     if !status.success() {
