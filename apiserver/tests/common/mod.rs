@@ -6,6 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use serde_json::Value;
+
+pub mod kubers;
+
 pub struct TestServer {
     pub server: Option<apiserver::RunningServer>,
     pub rt: tokio::runtime::Runtime,
@@ -117,4 +121,73 @@ pub fn kubectl_path() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// A multi-document app: namespace, deployment (two containers), service, configmap.
+pub const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web, tier: front}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+        env:
+        - name: MODE
+          value: prod
+      - name: sidecar
+        image: busybox:1.36
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 80
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+data:
+  color: blue
+"#;
+
+pub fn write(s: &TestServer, name: &str, text: &str) -> String {
+    let f = s.dir.path().join(name);
+    std::fs::write(&f, text).expect("writing manifest");
+    f.to_str().expect("utf-8 path").to_string()
+}
+
+pub fn cm(name: &str, ns: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  a: b\n")
+}
+
+pub fn json(s: &TestServer, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&s.kubectl(&a)).expect("kubectl printed JSON")
 }

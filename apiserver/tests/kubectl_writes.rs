@@ -1,0 +1,178 @@
+//! kubectl's other write paths against a real apiserver: typed `create`/`run` commands
+//! (protobuf bodies) and server-side apply.
+
+mod common;
+
+use common::{json, write, TestServer, APP};
+
+/// kubectl's `create <generator>` and `run` commands use client-go's typed clients, which send
+/// protobuf bodies.
+#[test]
+fn typed_create_commands_send_protobuf_and_work() {
+    let s = TestServer::start();
+    let ns = ["-n", "team-a"];
+    let run = |args: &[&str]| {
+        let mut a = ns.to_vec();
+        a.extend(args);
+        s.kubectl(&a)
+    };
+    s.kubectl(&["create", "namespace", "team-a"]);
+    run(&["create", "configmap", "hello", "--from-literal=greeting=hi"]);
+    run(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cret",
+    ]);
+    run(&["create", "serviceaccount", "robot"]);
+    run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=3",
+        "--port=80",
+    ]);
+    run(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    run(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox:1.36",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    run(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox:1.36",
+        "--schedule=*/5 * * * *",
+    ]);
+    run(&["create", "quota", "q", "--hard=pods=10,cpu=2"]);
+    run(&[
+        "run",
+        "solo",
+        "--image=nginx:1.27",
+        "--labels=app=solo",
+        "--port=8080",
+        "--env=MODE=dev",
+    ]);
+
+    let get = |kind: &str, name: &str| json(&s, &["get", kind, name, "-n", "team-a"]);
+    assert_eq!(get("cm", "hello")["data"]["greeting"], "hi");
+    assert_eq!(get("secret", "pw")["data"]["password"], "czNjcmV0");
+    assert_eq!(get("sa", "robot")["metadata"]["name"], "robot");
+    let d = get("deploy", "web");
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.27"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        80
+    );
+    let svc = get("svc", "web");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.43.")),
+        "{svc}"
+    );
+    let job = get("job", "once");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["command"],
+        serde_json::json!(["echo", "hi"])
+    );
+    assert_eq!(get("cronjob", "tick")["spec"]["schedule"], "*/5 * * * *");
+    assert_eq!(get("quota", "q")["spec"]["hard"]["pods"], "10");
+    let pod = get("pod", "solo");
+    assert_eq!(pod["metadata"]["labels"]["app"], "solo");
+    assert_eq!(
+        pod["spec"]["containers"][0]["env"][0],
+        serde_json::json!({"name": "MODE", "value": "dev"})
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+}
+
+#[test]
+fn server_side_apply_creates_updates_and_reports_conflicts() {
+    let s = TestServer::start();
+    let f = write(&s, "app.yaml", APP);
+    let out = s.kubectl(&["apply", "--server-side", "-f", &f]);
+    assert!(
+        out.contains("deployment.apps/web serverside-applied")
+            && out.contains("namespace/shop serverside-applied"),
+        "{out}"
+    );
+    let d = json(
+        &s,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "--show-managed-fields",
+        ],
+    );
+    let managers: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(managers, ["kubectl"]);
+
+    // Dropping the env var from the applied config removes it; the image change lands.
+    let edited = APP.replace("nginx:1.27", "nginx:1.29").replace(
+        "        env:\n        - name: MODE\n          value: prod\n",
+        "",
+    );
+    let f = write(&s, "app.yaml", &edited);
+    s.kubectl(&["apply", "--server-side", "-f", &f]);
+    let d = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+    let c0 = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c0["image"], "nginx:1.29");
+    assert!(c0.get("env").is_none(), "{c0}");
+
+    let other = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec: {replicas: 7}\n";
+    let err = s.kubectl_fails(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=autoscaler",
+            "-f",
+            "-",
+        ],
+        Some(other),
+    );
+    assert!(
+        err.contains("conflict") && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    s.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=autoscaler",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(other),
+    );
+    assert_eq!(
+        json(&s, &["get", "deploy", "web", "-n", "shop"])["spec"]["replicas"],
+        7
+    );
+}
