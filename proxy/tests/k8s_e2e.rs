@@ -18,7 +18,7 @@ use std::{
 use harness::{kaze_iptables_lines, Harness};
 use proxy::ProxyMode;
 use serde_json::json;
-use support::netns::{in_netns, tcp_once, udp_ask, udp_socket, Conn};
+use support::netns::{in_netns, tcp_once, udp_ask, udp_socket, Conn, Topology};
 
 /// Time an EndpointSlice change may take to reach the dataplane (API write to programmed).
 const PROGRAMMING_BOUND: Duration = Duration::from_secs(3);
@@ -382,6 +382,46 @@ fn an_unloadable_ebpf_object_falls_back_to_iptables() {
         "{answers:?}"
     );
     assert!(!kaze_iptables_lines(&h.topo.node).is_empty());
+}
+
+#[test]
+fn restarting_in_iptables_mode_keeps_one_copy_of_each_rule() {
+    let mut h = Harness::new("k8s-ipt-restart", ProxyMode::Iptables);
+    let vip = h.create_service("web", json!({}));
+    h.put_slice("web", &[0, 1, 2], &[]);
+    h.start_proxy();
+    h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+    let before = kaze_iptables_lines(&h.topo.node);
+    h.stop_proxy();
+    // while it is down a backend goes; the restarted proxy must catch up
+    h.put_slice("web", &[1, 2], &[]);
+    h.start_proxy();
+    h.wait_programmed(WEB, Some(2), PROGRAMMING_BOUND);
+    let after = kaze_iptables_lines(&h.topo.node);
+    let jumps = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("-A PREROUTING") || l.contains("-A FORWARD"))
+            .count()
+    };
+    assert_eq!(jumps(&before), 2, "{before:#?}");
+    assert_eq!(
+        jumps(&after),
+        2,
+        "jump rules duplicated by the restart: {after:#?}"
+    );
+    let unique: BTreeSet<&String> = after.iter().collect();
+    assert_eq!(unique.len(), after.len(), "duplicated lines: {after:#?}");
+    let gone = Topology::backend_addr(0).to_string();
+    assert!(before.iter().any(|l| l.contains(&gone)));
+    assert!(
+        !after.iter().any(|l| l.contains(&gone)),
+        "the removed endpoint's chains survived the restart: {after:#?}"
+    );
+    let answers: Vec<String> = (0..9)
+        .map(|_| tcp_once(h.client_ns(), Harness::vip(vip, 80)))
+        .collect();
+    assert!(!answers.contains(&backend(0)), "{answers:?}");
 }
 
 #[test]

@@ -361,15 +361,22 @@ pub fn iptables_saves(ns: &Netns) -> Vec<(String, String)> {
         .collect()
 }
 
-/// KAZE-* chains and rules found in `ns`, over both iptables implementations.
+/// KAZE-* chains and rules found in `ns`, over both iptables implementations, as
+/// `<save command> <table>: <line>`.
 pub fn kaze_iptables_lines(ns: &Netns) -> Vec<String> {
     iptables_saves(ns)
         .into_iter()
         .flat_map(|(bin, save)| {
-            save.lines()
-                .filter(|l| l.contains("KAZE-"))
-                .map(|l| format!("{bin}: {l}"))
-                .collect::<Vec<_>>()
+            let mut table = "";
+            let mut out = Vec::new();
+            for l in save.lines() {
+                if let Some(t) = l.strip_prefix('*') {
+                    table = t;
+                } else if l.contains("KAZE-") {
+                    out.push(format!("{bin} {table}: {l}"));
+                }
+            }
+            out
         })
         .collect()
 }
