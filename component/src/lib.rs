@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+pub mod https;
 pub mod leader;
 
 pub use tokio_util::sync::CancellationToken;

@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// The Kubernetes API server (also invoked as `kube-apiserver`).
@@ -73,6 +75,9 @@ struct ServerArgs {
     /// This node's name (default: the host name).
     #[arg(long = "node-name")]
     node_name: Option<String>,
+    /// Port of this node's kubelet server (`kubectl logs` goes through it).
+    #[arg(long = "kubelet-port", default_value_t = 10250)]
+    kubelet_port: u16,
     /// The bridge this node's pods attach to.
     #[arg(long = "cni-bridge", default_value = "kaze0")]
     cni_bridge: String,
@@ -239,6 +244,7 @@ async fn server(args: ServerArgs, shutdown: component::CancellationToken) -> any
             ip_masq: true,
             node_labels: vec!["node-role.kubernetes.io/control-plane=true".into()],
             max_pods: 110,
+            port: args.kubelet_port,
             cgroup_root: None,
             lease_renew_interval: std::time::Duration::from_secs(10),
         };

@@ -214,6 +214,8 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         &free_port().to_string(),
         "--container-runtime-endpoint",
         &containerd.socket().display().to_string(),
+        "--kubelet-port",
+        &free_port().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -271,6 +273,16 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         })
     });
     assert!(pod_ip.starts_with("10.245.0."), "pod IP {pod_ip}");
+    let logs = eventually(
+        "kubectl logs of the web pod",
+        Duration::from_secs(20),
+        || {
+            let out = kubectl_run(data, &["logs", "deployment/web"]);
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            s.contains("started").then_some(s)
+        },
+    );
+    assert_eq!(logs, "started\n");
     eventually(
         "endpointslice with the pod",
         Duration::from_secs(30),

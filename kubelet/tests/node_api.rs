@@ -98,6 +98,7 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
         ip_masq: false,
         node_labels: vec!["tier=test".into()],
         max_pods: 110,
+        port: testkit::free_port(),
         cgroup_root: Some(format!("/kaze-test/{node}")),
         lease_renew_interval: Duration::from_secs(1),
     };
@@ -166,6 +167,19 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
     })
     .await;
     assert!(log.contains(" stdout F hi"), "CRI log format: {log}");
+    // `kubectl logs`: the real kubectl, through the apiserver, to this kubelet's server.
+    let out = Command::new(testkit::kubectl())
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig_path())
+        .args(["logs", "hello"])
+        .output()
+        .expect("kubectl logs");
+    assert!(
+        out.status.success(),
+        "kubectl logs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 
     // The Lease is the heartbeat.
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");

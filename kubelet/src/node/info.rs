@@ -45,7 +45,7 @@ fn os_image() -> String {
 }
 
 /// `{"status": {...}}` for a merge patch of the node's status.
-pub fn status(node: &str, ip: IpAddr, max_pods: u32) -> Value {
+pub fn status(node: &str, ip: IpAddr, max_pods: u32, kubelet_port: u16) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let resources = json!({
         "cpu": cpus.to_string(),
@@ -64,7 +64,7 @@ pub fn status(node: &str, ip: IpAddr, max_pods: u32) -> Value {
             {"type": "InternalIP", "address": ip.to_string()},
             {"type": "Hostname", "address": node},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": read("/etc/machine-id"),
             "systemUUID": read("/sys/class/dmi/id/product_uuid"),

@@ -19,6 +19,7 @@ use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::DnsConfig;
 
 pub mod info;
+pub mod server;
 pub mod sync;
 
 /// Upstream kubelet's flags, the subset kaze implements.
@@ -77,6 +78,9 @@ pub struct Config {
     /// Parent cgroup of every pod (default `/kaze/<node>`).
     #[arg(long = "cgroup-root")]
     pub cgroup_root: Option<String>,
+    /// Port of the kubelet's HTTPS server (logs for `kubectl logs`).
+    #[arg(long = "port", default_value_t = 10250)]
+    pub port: u16,
     /// How often the node Lease is renewed.
     #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
     pub lease_renew_interval: Duration,
@@ -118,7 +122,15 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let node_name = config.node_name();
     let node_ip = config.node_ip.unwrap_or_else(component::detect_node_ip);
     let labels = parse_labels(&config.node_labels)?;
-    register(&client, &node_name, node_ip, &labels, config.max_pods).await?;
+    register(
+        &client,
+        &node_name,
+        node_ip,
+        &labels,
+        config.max_pods,
+        config.port,
+    )
+    .await?;
     tracing::info!(node = %node_name, ip = %node_ip, "registered node");
 
     let pod_cidr = tokio::select! {
@@ -182,7 +194,25 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             shutdown.clone(),
             config.max_pods,
         );
-        tasks.spawn(async move { post_status(client, node, node_ip, max_pods, token).await });
+        let port = config.port;
+        tasks.spawn(async move { post_status(client, node, node_ip, max_pods, port, token).await });
+    }
+    {
+        let addr = std::net::SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            config.port,
+        );
+        let (log_dir, tls_dir, token) = (
+            config.pod_log_dir.clone(),
+            config.root_dir.join("pki"),
+            shutdown.clone(),
+        );
+        let names = vec![node_name.clone(), node_ip.to_string()];
+        tasks.spawn(async move {
+            if let Err(e) = server::serve(addr, log_dir, tls_dir, names, token).await {
+                tracing::error!(error = %e, "kubelet server");
+            }
+        });
     }
     let result = sync::run(client, rt, node_ctx, shutdown.clone()).await;
     shutdown.cancel();
@@ -231,6 +261,7 @@ async fn register(
     ip: IpAddr,
     extra: &[(String, String)],
     max_pods: u32,
+    port: u16,
 ) -> Result<(), NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut labels = serde_json::Map::new();
@@ -270,7 +301,7 @@ async fn register(
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(&info::status(name, ip, max_pods)),
+            &Patch::Merge(&info::status(name, ip, max_pods, port)),
         )
         .await
         .map_err(api(format!("posting the status of node {name}")))?;
@@ -343,6 +374,7 @@ async fn post_status(
     node: String,
     ip: IpAddr,
     max_pods: u32,
+    port: u16,
     shutdown: component::CancellationToken,
 ) {
     let nodes: Api<Node> = Api::all(client);
@@ -355,7 +387,7 @@ async fn post_status(
             .patch_status(
                 &node,
                 &PatchParams::default(),
-                &Patch::Merge(&info::status(&node, ip, max_pods)),
+                &Patch::Merge(&info::status(&node, ip, max_pods, port)),
             )
             .await
         {

@@ -1,0 +1,273 @@
+//! The kubelet's HTTPS server (`--port`, 10250 by default): `/healthz` and
+//! `/containerLogs/<ns>/<pod>/<container>` with upstream's query parameters (`follow`,
+//! `tailLines`, `timestamps`, `previous`, `limitBytes`, `sinceSeconds`), read from the CRI
+//! log files the runtime writes. The apiserver proxies `kubectl logs` here.
+//!
+//! Not done yet: exec/attach/port-forward, and authenticating the caller (the apiserver does
+//! not present a client certificate yet), so this server only ever reads logs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+
+use super::NodeError;
+
+#[derive(Clone)]
+struct Ctx {
+    log_dir: PathBuf,
+}
+
+/// Bind and serve until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    log_dir: PathBuf,
+    tls_dir: PathBuf,
+    names: Vec<String>,
+    shutdown: component::CancellationToken,
+) -> Result<(), NodeError> {
+    let tls = component::https::self_signed(&tls_dir, &names)
+        .map_err(|e| NodeError::Flag(format!("kubelet serving certificate: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| NodeError::Flag(format!("binding the kubelet server on {addr}: {e}")))?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .with_state(Ctx { log_dir });
+    tracing::info!(%addr, "kubelet server listening");
+    component::https::serve(listener, tls, app, shutdown).await;
+    Ok(())
+}
+
+fn text(code: StatusCode, msg: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
+}
+
+/// The container's log files, oldest attempt first.
+fn log_files(root: &Path, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
+    let prefix = format!("{ns}_{pod}_");
+    // A pod recreated under the same name has a new uid: the newest directory is the pod.
+    let pod_dir = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+    let Some(pod_dir) = pod_dir else {
+        return Vec::new();
+    };
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(pod_dir.path().join(container))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            Some((name.strip_suffix(".log")?.parse().ok()?, e.path()))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Options from the query string.
+#[derive(Debug, Default, Clone)]
+pub struct LogOptions {
+    pub timestamps: bool,
+    pub tail_lines: Option<usize>,
+    pub limit_bytes: Option<usize>,
+    pub since: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+/// Render CRI log records (`<time> <stream> <P|F> <text>`) the way `kubectl logs` shows them.
+pub fn render(cri: &str, opts: &LogOptions) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut partial = String::new();
+    for record in cri.lines() {
+        let mut parts = record.splitn(4, ' ');
+        let (Some(ts), Some(_stream), Some(tag), content) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next().unwrap_or(""),
+        ) else {
+            continue;
+        };
+        if let Some(since) = opts.since {
+            if ts
+                .parse::<k8s_openapi::jiff::Timestamp>()
+                .is_ok_and(|t| t < since)
+            {
+                continue;
+            }
+        }
+        if partial.is_empty() && opts.timestamps {
+            partial.push_str(ts);
+            partial.push(' ');
+        }
+        partial.push_str(content);
+        if tag != "P" {
+            partial.push('\n');
+            lines.push(std::mem::take(&mut partial));
+        }
+    }
+    if let Some(n) = opts.tail_lines {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let mut out = lines.concat();
+    if let Some(limit) = opts.limit_bytes {
+        let mut cut = limit.min(out.len());
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+async fn container_logs(
+    State(ctx): State<Ctx>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let files = log_files(&ctx.log_dir, &ns, &pod, &container);
+    let previous = q.get("previous").is_some_and(|v| v == "true");
+    let file = if previous {
+        files.len().checked_sub(2).map(|i| files[i].clone())
+    } else {
+        files.last().cloned()
+    };
+    let Some(file) = file else {
+        let what = if previous {
+            "a previous terminated container"
+        } else {
+            "logs"
+        };
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{what} for container {container:?} in pod {ns}/{pod} not found on this node"),
+        );
+    };
+    let since = q
+        .get("sinceSeconds")
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|s| {
+            k8s_openapi::jiff::Timestamp::from_second(
+                k8s_openapi::jiff::Timestamp::now().as_second() - s,
+            )
+            .ok()
+        });
+    let since = q.get("sinceTime").and_then(|t| t.parse().ok()).or(since);
+    let opts = LogOptions {
+        timestamps: q.get("timestamps").is_some_and(|v| v == "true"),
+        tail_lines: q.get("tailLines").and_then(|v| v.parse().ok()),
+        limit_bytes: q.get("limitBytes").and_then(|v| v.parse().ok()),
+        since,
+    };
+    let content = match tokio::fs::read_to_string(&file).await {
+        Ok(c) => c,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading {}: {e}", file.display()),
+            )
+        }
+    };
+    let first = render(&content, &opts);
+    let follow = q.get("follow").is_some_and(|v| v == "true");
+    if !follow {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            first,
+        )
+            .into_response();
+    }
+    // Follow: send what is there, then whatever complete records are appended, until the
+    // client goes away.
+    let offset = content.len();
+    let stream_opts = LogOptions {
+        tail_lines: None,
+        limit_bytes: None,
+        since: None,
+        ..opts
+    };
+    let stream = futures::stream::unfold(
+        (Some(first), file, offset, stream_opts),
+        |(pending, file, mut offset, opts)| async move {
+            if let Some(first) = pending {
+                return Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from(first)),
+                    (None, file, offset, opts),
+                ));
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let Ok(all) = tokio::fs::read(&file).await else {
+                    return None;
+                };
+                if all.len() > offset {
+                    // Only whole records: keep a trailing fragment for the next round.
+                    let new = &all[offset..];
+                    let end = new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                    if end > 0 {
+                        offset += end;
+                        let chunk = render(&String::from_utf8_lossy(&new[..end]), &opts);
+                        return Some((Ok(Bytes::from(chunk)), (None, file, offset, opts)));
+                    }
+                }
+            }
+        },
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CRI: &str = "2026-11-25T10:00:00.000000001Z stdout F one\n\
+                       2026-11-25T10:00:01.000000001Z stderr P tw\n\
+                       2026-11-25T10:00:01.000000002Z stderr F o\n\
+                       2026-11-25T10:00:02.000000001Z stdout F three\n";
+
+    #[test]
+    fn renders_like_kubectl_logs() {
+        assert_eq!(render(CRI, &LogOptions::default()), "one\ntwo\nthree\n");
+        let tail = LogOptions {
+            tail_lines: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(render(CRI, &tail), "two\nthree\n");
+        let ts = LogOptions {
+            timestamps: true,
+            tail_lines: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(render(CRI, &ts), "2026-11-25T10:00:02.000000001Z three\n");
+        let limited = LogOptions {
+            limit_bytes: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(render(CRI, &limited), "one\ntw");
+        let since = LogOptions {
+            since: Some("2026-11-25T10:00:01Z".parse().expect("ts")),
+            ..Default::default()
+        };
+        assert_eq!(render(CRI, &since), "two\nthree\n");
+    }
+}
