@@ -27,6 +27,17 @@ pub async fn delete(
     name: &str,
     opts: &DeleteOpts,
 ) -> Result<(Value, bool), ApiError> {
+    if def.group.is_empty()
+        && def.plural == "namespaces"
+        && matches!(name, "default" | "kube-system" | "kube-public")
+    {
+        return Err(ApiError::forbidden(
+            "namespaces",
+            "",
+            name,
+            "this namespace may not be deleted",
+        ));
+    }
     let key = state.key(def, ns, name);
     let store = state.store(def);
     loop {

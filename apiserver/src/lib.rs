@@ -17,6 +17,7 @@ mod alloc;
 mod apply;
 mod auth;
 mod bootstrap;
+mod compactor;
 mod convert;
 mod delete;
 mod discovery;
@@ -72,6 +73,11 @@ pub struct Config {
     #[command(flatten)]
     pub storage: store::StorageConfig,
 
+    /// How often the store's history is compacted (to the revision of the previous run);
+    /// `0` disables it. Watchers further behind than this get 410 Gone and relist.
+    #[arg(long = "etcd-compaction-interval", default_value = "5m", value_parser = compactor::parse_interval)]
+    pub etcd_compaction_interval: std::time::Duration,
+
     /// CIDR that Service ClusterIPs are allocated from.
     #[arg(long = "service-cluster-ip-range", default_value = "10.43.0.0/16")]
     pub service_cluster_ip_range: String,
@@ -108,6 +114,7 @@ impl Config {
                 etcd_prefix: "/registry".to_string(),
                 etcd_servers_overrides: Vec::new(),
             },
+            etcd_compaction_interval: std::time::Duration::from_secs(300),
             service_cluster_ip_range: "10.43.0.0/16".to_string(),
             service_node_port_range: "30000-32767".to_string(),
             tls_san: Vec::new(),

@@ -124,6 +124,10 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         )?,
     });
     tokio::spawn(crate::nsfinalizer::run(state.clone()));
+    tokio::spawn(crate::compactor::run(
+        state.clone(),
+        config.etcd_compaction_interval,
+    ));
 
     let bind = config.bind_addr();
     let listener = TcpListener::bind(bind)

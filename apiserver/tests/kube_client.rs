@@ -440,6 +440,13 @@ async fn finalizers_graceful_pod_deletion_and_deletecollection() {
             .await
             .expect("create");
     }
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let err = namespaces
+        .delete("kube-system", &DeleteParams::default())
+        .await
+        .expect_err("protected");
+    assert_eq!(api_code(&err), Some((403, "Forbidden".into())));
+
     cms.delete_collection(
         &DeleteParams::default(),
         &ListParams::default().labels("group=x"),

@@ -334,3 +334,49 @@ async fn bookmarks_for_idle_watchers_and_streaming_lists() {
     assert_eq!(seen, ["Init", "InitApply elsewhere"]);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_compacts_history_on_its_interval() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = apiserver::Config::for_tests(dir.path());
+    config.etcd_compaction_interval = Duration::from_secs(1);
+    let server = apiserver::start(config).await.expect("start");
+    let cms: Api<ConfigMap> = Api::namespaced(client(&server).await, "default");
+    let first = cms
+        .create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .expect("create");
+    let old_rv = first.metadata.resource_version.expect("rv");
+    for v in ["1", "2"] {
+        cms.patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"v": v}})),
+        )
+        .await
+        .expect("patch");
+    }
+    // The first tick notes the revision, the next compacts to it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = cms
+            .watch(&WatchParams::default(), &old_rv)
+            .await
+            .expect("watch")
+            .boxed();
+        match tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("an event")
+        {
+            Some(Ok(WatchEvent::Error(e))) => {
+                assert_eq!(e.code, 410);
+                break;
+            }
+            Some(Ok(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            other => panic!("history was never compacted: {other:?}"),
+        }
+    }
+    server.shutdown().await;
+}
