@@ -343,16 +343,42 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
     assert_eq!(exit.reason, "OOMKilled");
     let state = node.rt.container_state(&s.id).await.unwrap();
     assert_eq!(state, ContainerState::Exited(exit.clone()));
-    let limit = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory{}/pod{}/{}/memory.limit_in_bytes",
-        node.rt.config().cgroup_parent,
-        sandbox.uid,
-        s.id
-    ));
-    assert_eq!(
-        limit.map(|l| l.trim().to_string()).ok().as_deref(),
-        Some("16777216")
-    );
+    // The limits land in the container's cgroup (read while one runs: runc removes the
+    // cgroup with the task).
+    let limited = ContainerConfig {
+        name: "limited".into(),
+        image: "kaze/busybox:1".into(),
+        command: vec!["sleep".into(), "3600".into()],
+        resources: Resources {
+            memory_limit: Some(16 << 20),
+            cpu_request_milli: Some(250),
+            cpu_limit_milli: Some(500),
+        },
+        ..Default::default()
+    };
+    let l = node
+        .rt
+        .run_container(&sandbox, &limited)
+        .await
+        .expect("running");
+    let cgroup = |controller: &str, file: &str| {
+        let path = format!(
+            "/sys/fs/cgroup/{controller}{}/pod{}/{}/{file}",
+            node.rt.config().cgroup_parent,
+            sandbox.uid,
+            l.id
+        );
+        std::fs::read_to_string(&path)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    };
+    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), "16777216");
+    assert_eq!(cgroup("cpu", "cpu.shares"), "256");
+    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+    node.rt
+        .stop_container(&l.id, Duration::from_secs(1))
+        .await
+        .unwrap();
 
     // A container that stays under its limit is not reported as OOM.
     let ok = ContainerConfig {

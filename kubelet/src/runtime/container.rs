@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use containerd_client::services::v1::{GetContainerRequest, GetRequest, KillRequest, WaitRequest};
+use containerd_client::services::v1::{
+    DeleteTaskRequest, GetContainerRequest, GetRequest, KillRequest, WaitRequest,
+};
 use containerd_client::tonic::Code;
 use containerd_client::types::v1::Status as TaskStatus;
 use tokio::sync::watch;
@@ -240,6 +242,27 @@ impl Runtime {
                 }
             };
             let oom_killed = rt.oom_killed(&id).await;
+            // Delete the exited task now, as the CRI plugin does: the shim first finishes
+            // copying the output into the FIFOs, so once the pump has drained them the log
+            // is complete before anyone sees the exit.
+            let delete = cd
+                .tasks()
+                .delete(cd.req(
+                    DeleteTaskRequest {
+                        container_id: id.clone(),
+                    },
+                    None,
+                ))
+                .await;
+            if let Err(e) = delete.as_ref().map_err(|e| e.code()) {
+                if e != Code::NotFound {
+                    tracing::warn!(id = %id, error = ?e, "deleting an exited task");
+                }
+            }
+            let pump = rt.lock().pumps.remove(&id);
+            if let Some(p) = pump {
+                p.finish().await;
+            }
             let reason = if oom_killed {
                 "OOMKilled"
             } else if exit_code == 0 {
@@ -314,7 +337,16 @@ impl Runtime {
             .await;
         let process = match got {
             Ok(r) => r.into_inner().process.unwrap_or_default(),
-            Err(s) if s.code() == Code::NotFound => return Ok(ContainerState::Unknown),
+            Err(s) if s.code() == Code::NotFound => {
+                // A watched container's task is deleted on exit, just before its exit is
+                // published: wait for that instead of calling it unknown.
+                let watched = self.lock().exits.contains_key(id);
+                if watched {
+                    let exit = self.wait_container(id, Duration::from_secs(5)).await;
+                    return Ok(exit.map_or(ContainerState::Unknown, ContainerState::Exited));
+                }
+                return Ok(ContainerState::Unknown);
+            }
             Err(s) => {
                 return Err(Error::Containerd {
                     what: format!("getting the state of container {id}"),
