@@ -126,6 +126,10 @@ impl Metrics {
         }
     }
 
+    pub fn set_mode(&self, mode: ProxyMode) {
+        self.lock().mode = mode;
+    }
+
     /// Time from an EndpointSlice's `last-change-trigger-time` to its programming.
     pub fn programmed_after(&self, latency: Duration) {
         self.lock().programming.observe(latency.as_secs_f64());

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{effective_mode, Config},
+    config::{effective_mode, Config, ProxyMode},
     metrics::{self, Metrics},
     tracker::Tracker,
     worker::Worker,
@@ -125,7 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = sync_loop(&config, &worker, &metrics, &shared, &changed, &shutdown) => r,
+        r = sync_loop(&config, mode, &worker, &metrics, &shared, &changed, &shutdown) => r,
     };
     server_token.cancel();
     tasks.abort_all();
@@ -223,6 +223,7 @@ fn watch<K, A, D, R>(
 
 async fn sync_loop(
     config: &Config,
+    mut requested: ProxyMode,
     worker: &Worker,
     metrics: &Metrics,
     shared: &Mutex<Shared>,
@@ -235,7 +236,6 @@ async fn sync_loop(
     }
     let mut triggers: HashMap<String, String> = HashMap::new();
     let mut first = true;
-    let mut mode_warned = false;
     let mut retry = false;
     loop {
         let started = Instant::now();
@@ -285,18 +285,27 @@ async fn sync_loop(
                 first = false;
             }
         }
-        if let Some(n) = &node {
-            let wanted = effective_mode(
-                config.proxy_mode,
-                &n.metadata.annotations.clone().unwrap_or_default(),
+        // the node's annotations may ask for the other mode at any time
+        let annotations = node
+            .as_ref()
+            .and_then(|n| n.metadata.annotations.clone())
+            .unwrap_or_default();
+        let wanted = effective_mode(config.proxy_mode, &annotations);
+        if wanted != requested {
+            requested = wanted;
+            info!(
+                from = worker.mode().as_str(),
+                to = wanted.as_str(),
+                "the node asks for another proxy mode"
             );
-            if wanted != worker.mode() && !mode_warned {
+            let now = worker.switch(wanted).await?;
+            metrics.set_mode(now);
+            if now != wanted {
                 warn!(
-                    running = worker.mode().as_str(),
+                    running = now.as_str(),
                     wanted = wanted.as_str(),
-                    "the node's proxy mode changed; restart the proxy to switch (switching cleans up the old mode)"
+                    "could not switch proxy mode"
                 );
-                mode_warned = true;
             }
         }
 

@@ -3,14 +3,23 @@
 //! namespace, which is a per-thread property: one dedicated thread does all of it, fed by
 //! commands from the async side.
 
-use std::{fs::File, os::fd::AsFd, path::Path, sync::mpsc, thread::JoinHandle};
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+};
 
 use tokio::sync::oneshot;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, ProxyMode},
-    engine::{Engine, Programmer, SyncOutcome},
+    engine::{chain, Engine, Programmer, SyncOutcome},
     services::{ServiceCounters, ServiceKey},
     tracker::Change,
     Error,
@@ -19,6 +28,7 @@ use crate::{
 enum Cmd {
     Sync(Vec<Change>, oneshot::Sender<SyncOutcome>),
     Counters(oneshot::Sender<Vec<(ServiceKey, ServiceCounters)>>),
+    Switch(ProxyMode, oneshot::Sender<ProxyMode>),
 }
 
 /// Handle to the dataplane thread. Cheap to clone; the thread ends when every handle is
@@ -26,7 +36,8 @@ enum Cmd {
 #[derive(Clone)]
 pub struct Worker {
     tx: mpsc::Sender<Cmd>,
-    mode: ProxyMode,
+    /// The mode running now (it changes when the node asks for another).
+    ebpf: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -62,12 +73,30 @@ impl Worker {
             })
             .map_err(|source| Error::Thread { source })?;
         let mode = ready_rx.await.map_err(|_| Error::WorkerGone)??;
-        Ok((Worker { tx, mode }, thread))
+        let ebpf = Arc::new(AtomicBool::new(mode == ProxyMode::Ebpf));
+        Ok((Worker { tx, ebpf }, thread))
     }
 
     /// The mode actually running (iptables after a fallback).
     pub fn mode(&self) -> ProxyMode {
-        self.mode
+        if self.ebpf.load(Ordering::SeqCst) {
+            ProxyMode::Ebpf
+        } else {
+            ProxyMode::Iptables
+        }
+    }
+
+    /// Switches the running dataplane to `mode`: the new one is programmed with everything,
+    /// then the old one's state is removed. Returns the mode running afterwards (iptables if
+    /// eBPF was asked for and cannot be loaded).
+    pub async fn switch(&self, mode: ProxyMode) -> Result<ProxyMode, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Switch(mode, tx))
+            .map_err(|_| Error::WorkerGone)?;
+        let now = rx.await.map_err(|_| Error::WorkerGone)?;
+        self.ebpf.store(now == ProxyMode::Ebpf, Ordering::SeqCst);
+        Ok(now)
     }
 
     /// Applies `changes` to the dataplane (an empty list retries what failed before).
@@ -106,12 +135,58 @@ fn serve(config: &Config, mut programmer: Programmer, rx: mpsc::Receiver<Cmd>) {
             Cmd::Counters(reply) => {
                 let _ = reply.send(programmer.engine.counters());
             }
+            Cmd::Switch(mode, reply) => {
+                if programmer.engine.mode() != mode {
+                    programmer = switch(config, programmer, mode);
+                    cleaned = true;
+                }
+                let _ = reply.send(programmer.engine.mode());
+            }
         }
     }
     info!(
         mode = programmer.engine.mode().as_str(),
         "dataplane thread stopped; the dataplane stays programmed"
     );
+}
+
+/// Starts `mode` beside the running engine, programs it with everything, then removes the
+/// old mode's state. Flows established under the old mode break (their NAT state lived
+/// there); new flows never find the node without a dataplane.
+fn switch(config: &Config, old: Programmer, mode: ProxyMode) -> Programmer {
+    let from = old.engine.mode();
+    let engine = match Engine::start(config, mode) {
+        Ok(e) if e.mode() != from => e,
+        // eBPF failed to load (said loudly) and fell back to the mode already running
+        Ok(_) => return old,
+        Err(e) => {
+            error!(error = %chain(&e), to = mode.as_str(), stays = from.as_str(), "switching proxy mode");
+            return old;
+        }
+    };
+    let mut next = Programmer::new(engine);
+    let everything = old
+        .desired()
+        .iter()
+        .map(|(k, v)| (*k, Some(v.clone())))
+        .collect();
+    let outcome = next.apply(everything);
+    for e in &outcome.errors {
+        warn!(
+            error = e.as_str(),
+            "programming after a mode switch; retrying"
+        );
+    }
+    // the old engine's handles go first, so removing its pins frees its maps
+    drop(old);
+    next.engine.clean_other_modes(config, next.desired());
+    warn!(
+        from = from.as_str(),
+        to = next.engine.mode().as_str(),
+        services = outcome.services,
+        "proxy mode switched; flows established before the switch break"
+    );
+    next
 }
 
 pub(crate) fn enter_netns(path: &Path) -> Result<(), Error> {

@@ -360,6 +360,32 @@ fn switching_modes_cleans_up_the_other_mode() {
     h.wait_for("the tc programs to detach", Duration::from_secs(5), |h| {
         tc_programs(h) == 0
     });
+
+    // 4. while it runs, kaze's annotation asks for ebpf: switched live, iptables cleaned
+    h.annotate_node(json!({proxy::MODE_ANNOTATION: "ebpf"}));
+    h.wait_for("the live switch to ebpf", PROGRAMMING_BOUND, |h| {
+        h.metric("kaze_proxy_mode{mode=\"ebpf\"}") == Some(1.0)
+    });
+    works(&h);
+    let left = kaze_iptables_lines(&h.topo.node);
+    assert!(
+        left.is_empty(),
+        "KAZE iptables state left after the live switch: {left:#?}"
+    );
+    assert_eq!(tc_programs(&h), h.topo.node_ifaces.len());
+
+    // 5. and back to iptables, live: pins go, programs detach
+    h.annotate_node(json!({proxy::MODE_ANNOTATION: "iptables"}));
+    h.wait_for("the live switch to iptables", PROGRAMMING_BOUND, |h| {
+        h.metric("kaze_proxy_mode{mode=\"iptables\"}") == Some(1.0)
+    });
+    works(&h);
+    assert_eq!(
+        pins(&h),
+        Vec::<String>::new(),
+        "pins left after the live switch"
+    );
+    assert_eq!(tc_programs(&h), 0, "tc programs left after the live switch");
     h.stop_proxy();
 }
 
