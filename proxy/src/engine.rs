@@ -58,7 +58,7 @@ impl Engine {
                     tracing::error!(
                         error = %chain(&e),
                         pin_root = %config.bpf_pin_root.display(),
-                        "THE eBPF DATAPLANE COULD NOT BE STARTED; FALLING BACK TO IPTABLES MODE"
+                        "the eBPF dataplane could not be started: falling back to iptables mode"
                     );
                 }
             }

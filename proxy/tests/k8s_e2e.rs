@@ -96,10 +96,11 @@ fn spreads_follows_changes_and_forgets_deleted_services(test: &str, mode: ProxyM
     h.put_slice("web", &[1, 2], &[unready]);
     let took = h.wait_programmed(WEB, Some(2), PROGRAMMING_BOUND);
     eprintln!("{mode:?}: endpoint removal programmed in {took:?}");
-    let tcp: Vec<String> = (0..12)
+    // iptables spreads at random: 24 flows all on one of two backends has p ≈ 1e-7
+    let tcp: Vec<String> = (0..24)
         .map(|_| tcp_once(client, Harness::vip(vip, 80)))
         .collect();
-    let udp: Vec<String> = (0..12)
+    let udp: Vec<String> = (0..24)
         .map(|_| udp_ask(&udp_socket(client), Harness::vip(vip, 53)))
         .collect();
     let remaining: BTreeSet<String> = [backend(1), backend(2)].into();
@@ -118,6 +119,22 @@ fn spreads_follows_changes_and_forgets_deleted_services(test: &str, mode: ProxyM
         backend(0),
         "the established flow must finish on its backend"
     );
+    // nothing ready, but backend-2 terminating and still serving: it takes the traffic
+    let terminating = json!({"addresses": [Topology::backend_addr(2).to_string()],
+        "conditions": {"ready": false, "serving": true, "terminating": true}});
+    let gone = json!({"addresses": [Topology::backend_addr(1).to_string()],
+        "conditions": {"ready": false, "serving": false, "terminating": true}});
+    h.put_slice("web", &[], &[terminating, gone]);
+    h.wait_programmed(WEB, Some(1), PROGRAMMING_BOUND);
+    let tcp: Vec<String> = (0..4)
+        .map(|_| tcp_once(client, Harness::vip(vip, 80)))
+        .collect();
+    assert_eq!(
+        seen(&tcp),
+        [backend(2)].into(),
+        "only the serving terminating endpoint: {tcp:?}"
+    );
+
     let programming = h
         .metric("kaze_proxy_network_programming_duration_seconds_count")
         .expect("programming latency histogram");
