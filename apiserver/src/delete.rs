@@ -15,6 +15,9 @@ pub struct DeleteOpts {
     pub grace_period: Option<i64>,
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
+    /// `Foreground` and `Orphan` leave the object with the finalizer the garbage collector
+    /// acts on (`foregroundDeletion`, `orphan`); `Background` (the default) deletes it now.
+    pub propagation: Option<String>,
     pub dry_run: bool,
 }
 
@@ -80,12 +83,32 @@ pub async fn delete(
         } else {
             0
         };
-        if !meta::finalizers(&cur).is_empty() || grace > 0 || is_namespace {
-            if meta::is_deleting(&cur) {
+        let gc_finalizer = match opts.propagation.as_deref() {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        };
+        let finalizers = meta::finalizers(&cur);
+        let add_finalizer = gc_finalizer.filter(|f| !finalizers.iter().any(|x| x == f));
+        if !finalizers.is_empty() || grace > 0 || is_namespace || gc_finalizer.is_some() {
+            if meta::is_deleting(&cur) && add_finalizer.is_none() {
                 // Already on its way out; a shorter grace period could be applied here.
                 return Ok((cur, false));
             }
             let mut new = cur.clone();
+            if let Some(f) = add_finalizer {
+                let mut list = finalizers.clone();
+                list.push(f.to_string());
+                meta::metadata_mut(&mut new).insert("finalizers".into(), json!(list));
+            }
+            if meta::is_deleting(&cur) {
+                // Only the finalizer is new; the deletion itself is already recorded.
+                return match store.update(&key, encode(def, &new), kv.mod_revision).await {
+                    Ok(kv) => Ok((decode_kv(def, &kv)?, false)),
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => Err(from_store(e, def.plural, def.group, name)),
+                };
+            }
             let when = jiff::Timestamp::now()
                 .checked_add(jiff::SignedDuration::from_secs(grace))
                 .unwrap_or_else(|_| jiff::Timestamp::now());

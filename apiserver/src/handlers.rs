@@ -308,6 +308,7 @@ fn delete_opts(q: &Query, body: &Bytes) -> Result<DeleteOpts, ApiError> {
             .is_some_and(|a| a.iter().any(|v| v == "All"));
     Ok(DeleteOpts {
         grace_period: grace,
+        propagation,
         precondition_uid: b
             .pointer("/preconditions/uid")
             .and_then(Value::as_str)

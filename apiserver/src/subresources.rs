@@ -173,6 +173,7 @@ pub async fn eviction(
 ) -> Result<Response, ApiError> {
     let b = negotiate::decode_object(body, negotiate::body_type(headers)?)?;
     let opts = DeleteOpts {
+        propagation: None,
         grace_period: b
             .pointer("/deleteOptions/gracePeriodSeconds")
             .and_then(Value::as_i64),

@@ -440,6 +440,17 @@ async fn finalizers_graceful_pod_deletion_and_deletecollection() {
             .await
             .expect("create");
     }
+    // Orphan propagation hands the object to the garbage collector with the `orphan` finalizer.
+    cms.create(&PostParams::default(), &cm("orphaner", &[]))
+        .await
+        .expect("create");
+    cms.delete("orphaner", &DeleteParams::orphan())
+        .await
+        .expect("delete");
+    let held = cms.get("orphaner").await.expect("held for the collector");
+    assert_eq!(held.metadata.finalizers, Some(vec!["orphan".to_string()]));
+    assert!(held.metadata.deletion_timestamp.is_some());
+
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let err = namespaces
         .delete("kube-system", &DeleteParams::default())
@@ -454,7 +465,7 @@ async fn finalizers_graceful_pod_deletion_and_deletecollection() {
     .await
     .expect("deletecollection");
     let left: Vec<String> = cms
-        .list(&ListParams::default())
+        .list(&ListParams::default().labels("group"))
         .await
         .expect("list")
         .items

@@ -547,16 +547,63 @@ fn describe_shows_events_and_foreground_delete_completes() {
         "{events}"
     );
 
-    let out = s.kubectl(&[
-        "delete",
+    // Foreground deletion leaves the object to the garbage collector (not running here):
+    // kubectl waits while it carries `foregroundDeletion`, and returns once it is gone.
+    let mut deleter = Command::new(common::kubectl_path())
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args([
+            "delete",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "--cascade=foreground",
+            "--timeout=30s",
+        ])
+        .env("HOME", s.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl delete");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+        if d["metadata"]["deletionTimestamp"].is_string() {
+            assert_eq!(
+                d["metadata"]["finalizers"],
+                serde_json::json!(["foregroundDeletion"])
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never marked for foreground deletion"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        deleter.try_wait().expect("poll").is_none(),
+        "kubectl waits for the collector"
+    );
+    // Play the garbage collector: dependents are gone, drop the finalizer.
+    s.kubectl(&[
+        "patch",
         "deploy",
         "web",
         "-n",
         "shop",
-        "--cascade=foreground",
-        "--timeout=30s",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
     ]);
-    assert!(out.contains("deployment.apps \"web\" deleted"), "{out}");
+    let out = deleter.wait_with_output().expect("kubectl delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deployment.apps \"web\" deleted"));
     let err = s.kubectl_fails(&["get", "deploy", "web", "-n", "shop"], None);
     assert!(err.contains("not found"), "{err}");
 }
