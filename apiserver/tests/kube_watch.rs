@@ -380,3 +380,71 @@ async fn the_apiserver_compacts_history_on_its_interval() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apiservers_on_one_etcd_serve_the_same_data_and_watches() {
+    let etcd = testkit::Etcd::start();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let config = |d: &std::path::Path| {
+        let mut c = apiserver::Config::for_tests(d);
+        c.storage.etcd_servers = vec![etcd.url()];
+        c
+    };
+    let a = apiserver::start(config(dir_a.path()))
+        .await
+        .expect("apiserver a");
+    let b = apiserver::start(config(dir_b.path()))
+        .await
+        .expect("apiserver b");
+    let on_a: Api<ConfigMap> = Api::namespaced(client(&a).await, "default");
+    let on_b: Api<ConfigMap> = Api::namespaced(client(&b).await, "default");
+    let rv = on_a
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut watch_a = on_a
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch on a")
+        .boxed();
+    on_b.create(&PostParams::default(), &cm("shared", &[("from", "b")]))
+        .await
+        .expect("create on b");
+    let seen = loop {
+        match tokio::time::timeout(Duration::from_secs(10), watch_a.next())
+            .await
+            .expect("event on a")
+        {
+            Some(Ok(WatchEvent::Added(o))) => break o,
+            Some(Ok(WatchEvent::Bookmark(_))) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(seen.metadata.name.as_deref(), Some("shared"));
+    let via_a = on_a.get("shared").await.expect("read on a");
+    assert_eq!(
+        via_a.metadata.resource_version,
+        seen.metadata.resource_version
+    );
+    // Both allocate ClusterIPs from the one bitmap in etcd: no address twice.
+    let svc = |n: &str| -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(json!({"metadata": {"name": n}, "spec": {"ports": [{"port": 80}]}}))
+            .expect("svc")
+    };
+    let sa: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client(&a).await, "default");
+    let sb: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client(&b).await, "default");
+    let pp = PostParams::default();
+    let (sx, sy) = (svc("x"), svc("y"));
+    let (x, y) = tokio::join!(sa.create(&pp, &sx), sb.create(&pp, &sy));
+    let ip =
+        |s: k8s_openapi::api::core::v1::Service| s.spec.and_then(|s| s.cluster_ip).expect("ip");
+    assert_ne!(ip(x.expect("x")), ip(y.expect("y")));
+    a.shutdown().await;
+    b.shutdown().await;
+}
