@@ -1,0 +1,117 @@
+//! The node half that `kaze server` (unless `--disable-agent`) and `kaze agent` share:
+//! containerd (started and supervised here unless `--container-runtime-endpoint` names one)
+//! and the kubelet, as API clients through a kubeconfig.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::containerd::Containerd;
+
+/// Node flags common to `kaze server` and `kaze agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// This node's name (default: the host name).
+    #[arg(long = "node-name")]
+    pub node_name: Option<String>,
+    /// This machine's address, where node components serve (default: the first global IPv4
+    /// address).
+    #[arg(long = "node-ip")]
+    pub node_ip: Option<IpAddr>,
+    /// containerd socket to run pods with; without it kaze starts and supervises its own.
+    #[arg(long = "container-runtime-endpoint")]
+    pub container_runtime_endpoint: Option<String>,
+    /// Where the containerd kaze starts keeps its socket and state (a tmpfs is right).
+    #[arg(long = "containerd-run-dir", default_value = "/run/kaze/containerd")]
+    pub containerd_run_dir: PathBuf,
+    /// Port of this node's kubelet server (`kubectl logs` goes through it).
+    #[arg(long = "kubelet-port", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// The bridge this node's pods attach to.
+    #[arg(long = "cni-bridge", default_value = "kaze0")]
+    pub cni_bridge: String,
+    /// The cluster DNS Service address written into pods' resolv.conf.
+    #[arg(long = "cluster-dns", default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+    /// The cluster domain.
+    #[arg(long = "cluster-domain", default_value = "cluster.local")]
+    pub cluster_domain: String,
+}
+
+impl NodeArgs {
+    pub fn ip(&self) -> IpAddr {
+        self.node_ip.unwrap_or_else(component::detect_node_ip)
+    }
+}
+
+/// Start containerd if needed and spawn the kubelet into `tasks`. Returns the containerd
+/// kaze started (dropping it stops containerd; pods keep running under their shims).
+pub async fn start(
+    args: &NodeArgs,
+    data_dir: &Path,
+    kubeconfig: &Path,
+    labels: Vec<String>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: &component::CancellationToken,
+) -> anyhow::Result<Option<Containerd>> {
+    let mut own = None;
+    let endpoint = match &args.container_runtime_endpoint {
+        Some(e) => e.clone(),
+        None => {
+            let (data_dir, run_dir) = (data_dir.to_path_buf(), args.containerd_run_dir.clone());
+            let c = tokio::task::spawn_blocking(move || Containerd::start(&data_dir, &run_dir))
+                .await
+                .context("starting containerd")??;
+            let socket = c.socket.display().to_string();
+            own = Some(c);
+            socket
+        }
+    };
+    let kubelet = kubelet::node::Config {
+        kubeconfig: Some(kubeconfig.to_path_buf()),
+        hostname_override: args.node_name.clone(),
+        node_ip: Some(args.ip()),
+        container_runtime_endpoint: endpoint,
+        // <data-dir>/agent/images holds the air-gap image tarballs, as in k3s.
+        root_dir: data_dir.to_path_buf(),
+        pod_log_dir: "/var/log/pods".into(),
+        cluster_dns: vec![args.cluster_dns],
+        cluster_domain: args.cluster_domain.clone(),
+        pod_infra_container_image: "docker.io/kaze/pause:1".into(),
+        cni_bin_dir: "/usr/lib/cni".into(),
+        cni_bridge: args.cni_bridge.clone(),
+        ip_masq: true,
+        node_labels: labels,
+        max_pods: 110,
+        port: args.kubelet_port,
+        cgroup_root: None,
+        lease_renew_interval: std::time::Duration::from_secs(10),
+    };
+    let token = shutdown.child_token();
+    tasks.spawn(async move {
+        kubelet::node::run(kubelet, token)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("kubelet"))
+    });
+    Ok(own)
+}
+
+/// Wait for the first task to end or for `shutdown`; then stop the rest. The first
+/// component to fail stops the others: a half-running node helps nobody and hides the error.
+pub async fn supervise(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: &component::CancellationToken,
+) -> anyhow::Result<()> {
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        Some(r) = tasks.join_next() => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("component task: {e}")),
+        },
+    };
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    result
+}

@@ -1,0 +1,221 @@
+//! `kaze server`: the apiserver, then the control-plane components as its clients through
+//! the kubeconfig it writes, and (unless `--disable-agent`) this machine's DNS and node.
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::node::{self, NodeArgs};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Run only the control plane: no kubelet, containerd or DNS on this machine.
+    #[arg(long)]
+    disable_agent: bool,
+    #[command(flatten)]
+    apiserver: apiserver::Config,
+    #[command(flatten)]
+    leader: component::leader::LeaderElectionArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// CIDR that node pod CIDRs are carved from.
+    #[arg(long = "cluster-cidr", default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// Port the host DNS server listens on (the kube-dns Service maps 53 to it).
+    #[arg(long = "dns-port", default_value_t = 10053)]
+    dns_port: u16,
+    /// Port of the DNS server's /health, /ready and /metrics.
+    #[arg(long = "dns-http-port", default_value_t = 8181)]
+    dns_http_port: u16,
+}
+
+/// `kaze dns`'s flag defaults, for the DNS server `kaze server` runs.
+#[derive(Parser)]
+struct DnsDefaults {
+    #[command(flatten)]
+    config: dns::Config,
+}
+
+async fn create_or_replace<K>(api: &kube::Api<K>, obj: K, what: &str) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::api::PostParams;
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match api.get_opt(&name).await? {
+        Some(cur) => {
+            let mut next = obj;
+            next.meta_mut().resource_version = cur.meta().resource_version.clone();
+            api.replace(&name, &PostParams::default(), &next)
+                .await
+                .with_context(|| format!("updating {what}"))?;
+        }
+        None => {
+            api.create(&PostParams::default(), &obj)
+                .await
+                .with_context(|| format!("creating {what}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The `kube-system/kube-dns` Service and its EndpointSlice, so the cluster DNS address
+/// leads to this machine's DNS server.
+async fn publish_kube_dns(
+    client: &kube::Client,
+    cluster_dns: std::net::IpAddr,
+    node_ip: std::net::IpAddr,
+    dns_port: u16,
+    http_port: u16,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let (svc, slice) = dns::bootstrap::kube_dns_objects(cluster_dns, node_ip, dns_port, http_port);
+    let ns = dns::bootstrap::NAMESPACE;
+    let svcs: kube::Api<Service> = kube::Api::namespaced(client.clone(), ns);
+    // The Service keeps its ClusterIP: only create it.
+    if svcs.get_opt(dns::bootstrap::NAME).await?.is_none() {
+        svcs.create(&Default::default(), &svc)
+            .await
+            .context("creating the kube-dns Service")?;
+    }
+    create_or_replace(
+        &kube::Api::<EndpointSlice>::namespaced(client.clone(), ns),
+        slice,
+        "the kube-dns EndpointSlice",
+    )
+    .await
+}
+
+/// `kube-public/cluster-info`, kubeadm's bootstrap ConfigMap: a kubeconfig with the server
+/// and CA (no credentials), plus the CA on its own.
+async fn publish_cluster_info(
+    client: &kube::Client,
+    url: &str,
+    ca_pem: &str,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\ncontexts: []\ncurrent-context: \"\"\nusers: []\n"
+    );
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+        "data": {"kubeconfig": kubeconfig, "ca.crt": ca_pem},
+    }))?;
+    create_or_replace(
+        &kube::Api::<ConfigMap>::namespaced(client.clone(), "kube-public"),
+        cm,
+        "kube-public/cluster-info",
+    )
+    .await
+}
+
+pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> anyhow::Result<()> {
+    if args.disable_agent {
+        tracing::info!("--disable-agent: control plane only");
+    }
+    let data_dir = args.apiserver.data_dir.clone();
+    let secret = crate::join::ensure_node_secret(&data_dir)?;
+    let mut api_config = args.apiserver.clone();
+    api_config.token_auth_file = Some(crate::join::token_file(
+        &data_dir,
+        &secret,
+        args.apiserver.token_auth_file.as_deref(),
+    )?);
+    let api = apiserver::start(api_config)
+        .await
+        .context("kaze server: starting the apiserver")?;
+    let kubeconfig = api.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kubeconfig)).await?;
+    publish_cluster_info(&client, api.url(), api.ca_pem()).await?;
+    let join = crate::join::join_token(api.ca_pem(), &secret);
+    std::fs::write(data_dir.join("server").join("token"), format!("{join}\n"))
+        .context("writing the join token")?;
+    tracing::info!(
+        "apiserver ready at {}; export KUBECONFIG={}",
+        api.url(),
+        kubeconfig.display()
+    );
+    tracing::info!(
+        "nodes join with: kaze agent --server https://{}:{} --token {join}",
+        args.node.ip(),
+        api.local_addr().port()
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let sched = scheduler::Config {
+        kubeconfig: Some(kubeconfig.clone()),
+        scheduler_name: "default-scheduler".into(),
+        config: None,
+        policy_config_file: None,
+        leader: args.leader.clone(),
+        parallelism: 16,
+    };
+    let token = shutdown.child_token();
+    tasks.spawn(async move {
+        scheduler::run(sched, token)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("scheduler"))
+    });
+    let cm = controllers::Config {
+        kubeconfig: Some(kubeconfig.clone()),
+        controllers: vec!["*".into()],
+        cluster_cidr: args.cluster_cidr.clone(),
+        node_cidr_mask_size: 24,
+        node_monitor_grace_period: std::time::Duration::from_secs(40),
+        node_monitor_period: std::time::Duration::from_secs(5),
+        leader: args.leader.clone(),
+    };
+    let token = shutdown.child_token();
+    tasks.spawn(async move {
+        controllers::run(cm, token)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("controller-manager"))
+    });
+
+    let mut own_containerd = None;
+    if !args.disable_agent {
+        let node_ip = args.node.ip();
+        publish_kube_dns(
+            &client,
+            args.node.cluster_dns,
+            node_ip,
+            args.dns_port,
+            args.dns_http_port,
+        )
+        .await
+        .context("kaze server: publishing the kube-dns Service")?;
+        let dns_config = dns::Config {
+            cluster_domain: args.node.cluster_domain.clone(),
+            bind: vec![std::net::SocketAddr::new(node_ip, args.dns_port)],
+            http_bind: std::net::SocketAddr::new(node_ip, args.dns_http_port),
+            kubeconfig: Some(kubeconfig.clone()),
+            ..DnsDefaults::parse_from(["dns"]).config
+        };
+        let token = shutdown.child_token();
+        tasks.spawn(async move {
+            dns::run(dns_config, token)
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("dns"))
+        });
+        let labels = vec!["node-role.kubernetes.io/control-plane=true".to_string()];
+        own_containerd = node::start(
+            &args.node,
+            &data_dir,
+            &kubeconfig,
+            labels,
+            &mut tasks,
+            &shutdown,
+        )
+        .await
+        .context("kaze server: starting this node")?;
+    }
+    let result = node::supervise(&mut tasks, &shutdown)
+        .await
+        .context("kaze server");
+    api.shutdown().await;
+    // containerd goes last; the pods it started keep running under their shims.
+    drop(own_containerd);
+    result
+}

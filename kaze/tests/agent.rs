@@ -1,0 +1,233 @@
+//! `kaze agent` joins a machine to a `kaze server` with the token the server printed: it
+//! checks the server's CA against the token before sending it, registers its node, and runs
+//! the pods scheduled to it. A wrong secret or a wrong CA hash is refused with a message
+//! saying so.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{free_port, kubectl, ChildGuard};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../xtask/src/images.rs"]
+mod xtask_images;
+
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+fn kubectl_run(kc: &Path, args: &[&str]) -> Output {
+    Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(args)
+        .output()
+        .expect("kubectl")
+}
+
+fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<String>) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn spawn(args: &[String], log: &Path) -> ChildGuard {
+    let log = std::fs::File::create(log).expect("log file");
+    ChildGuard::new(
+        Command::new(env!("CARGO_BIN_EXE_kaze"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting kaze"),
+    )
+}
+
+#[test]
+fn agent_joins_with_the_token_and_runs_pods() {
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-agent-")
+        .tempdir()
+        .expect("temp dir");
+    let server_dir = dir.path().join("server");
+    let agent_dir = dir.path().join("agent");
+    let port = free_port();
+    let server_args: Vec<String> = [
+        "server",
+        "--disable-agent",
+        "--bind-address",
+        "127.0.0.1",
+        "--secure-port",
+        &port.to_string(),
+        "--node-ip",
+        "127.0.0.1",
+        "--cluster-cidr",
+        "10.246.0.0/16",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--data-dir".to_string(), server_dir.display().to_string()])
+    .collect();
+    std::fs::create_dir_all(&server_dir).expect("server dir");
+    let mut server = spawn(&server_args, &dir.path().join("server.log"));
+    let kc = server_dir.join("kubeconfig.yaml");
+    let token = eventually("the join token", Duration::from_secs(60), || {
+        if let Some(c) = server.0.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                panic!(
+                    "kaze server exited: {st}\n{}",
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+                );
+            }
+        }
+        std::fs::read_to_string(server_dir.join("server/token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    });
+    let url = format!("https://127.0.0.1:{port}");
+
+    // A wrong secret is refused by the server; a wrong CA hash is refused by the agent.
+    let (hash, _) = token.split_once("::").expect("token shape");
+    for (bad, why) in [
+        (format!("{hash}::not-the-secret"), "refused the join token"),
+        (
+            format!("K10{}::x", "0".repeat(64)),
+            "does not match the token",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kaze"))
+            .args(["agent", "--server", &url, "--token", &bad, "--data-dir"])
+            .arg(dir.path().join("bad"))
+            .output()
+            .expect("kaze agent");
+        assert!(!out.status.success(), "agent with a bad token must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "want {why:?} in: {stderr}");
+    }
+
+    // The real join.
+    let containerd = testkit::Containerd::start();
+    let images = agent_dir.join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root")
+        .to_path_buf();
+    for tar in xtask_images::build_images(&root).expect("images") {
+        std::fs::copy(&tar, images.join(tar.file_name().expect("name"))).expect("copy image");
+    }
+    let pid = std::process::id();
+    let node = format!("agent-{pid}");
+    let bridge = format!("kzg{}", pid % 100_000);
+    let _bridge = LinkGuard(bridge.clone());
+    let agent_args: Vec<String> = vec![
+        "agent".into(),
+        "--server".into(),
+        url.clone(),
+        "--token".into(),
+        token.clone(),
+        "--data-dir".into(),
+        agent_dir.display().to_string(),
+        "--node-name".into(),
+        node.clone(),
+        "--node-ip".into(),
+        "127.0.0.1".into(),
+        "--container-runtime-endpoint".into(),
+        containerd.socket().display().to_string(),
+        "--cni-bridge".into(),
+        bridge.clone(),
+        "--kubelet-port".into(),
+        free_port().to_string(),
+    ];
+    let mut agent = spawn(&agent_args, &dir.path().join("agent.log"));
+    eventually(
+        "the agent's node Ready with a pod CIDR",
+        Duration::from_secs(60),
+        || {
+            let out = kubectl_run(
+                &kc,
+                &[
+                    "get",
+                    "node",
+                    &node,
+                    "-o",
+                    "jsonpath={.spec.podCIDR} {.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+            );
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            (s == "10.246.0.0/24 True").then_some(s)
+        },
+    );
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: joined}}\nspec:\n  terminationGracePeriodSeconds: 1\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  containers: [{{name: c, image: kaze/busybox:1, command: [sh, -c, 'echo from-agent; sleep 3600']}}]\n"
+    );
+    let mut apply = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("apply");
+    std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), pod.as_bytes())
+        .expect("write");
+    assert!(apply.wait().expect("apply").success());
+    eventually(
+        "the pod Running on the agent",
+        Duration::from_secs(60),
+        || {
+            let out = kubectl_run(
+                &kc,
+                &[
+                    "get",
+                    "pod",
+                    "joined",
+                    "-o",
+                    "jsonpath={.status.phase} {.spec.nodeName}",
+                ],
+            );
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            (s == format!("Running {node}")).then_some(s)
+        },
+    );
+    let logs = eventually(
+        "kubectl logs through the agent's kubelet",
+        Duration::from_secs(20),
+        || {
+            let out = kubectl_run(&kc, &["logs", "joined"]);
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            s.contains("from-agent").then_some(s)
+        },
+    );
+    assert_eq!(logs, "from-agent\n");
+    let out = kubectl_run(&kc, &["delete", "pod", "joined"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(
+        agent.terminate(Duration::from_secs(20)),
+        "agent stops cleanly on SIGTERM"
+    );
+    assert!(
+        server.terminate(Duration::from_secs(20)),
+        "server stops cleanly on SIGTERM"
+    );
+    drop(containerd);
+}
