@@ -81,7 +81,19 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     std::fs::create_dir_all(&server_dir)
         .map_err(Error::io("creating data directory", &server_dir))?;
 
-    let sans = crate::tls::default_sans(config.bind_address, &config.tls_san, None);
+    // In-cluster clients dial the `kubernetes` service IP, nodes the advertised address.
+    let service_ip = crate::alloc::parse_cidr(&config.service_cluster_ip_range)
+        .map(|(base, _)| IpAddr::V4(Ipv4Addr::from(base + 1)))
+        .map_err(|reason| Error::Config {
+            reason: format!("--service-cluster-ip-range: {reason}"),
+        })?;
+    let advertise = config
+        .advertise_address
+        .unwrap_or_else(crate::bootstrap::primary_ip);
+    let sans = crate::tls::default_sans(
+        &[config.bind_address, advertise, service_ip],
+        &config.tls_san,
+    );
     let material = crate::tls::ensure(&server_dir.join("tls"), &sans)?;
     let tls_config = crate::tls::server_config(&material)?;
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;

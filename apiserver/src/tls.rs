@@ -133,8 +133,9 @@ pub(crate) fn write_private(dir: &Path, name: &str, contents: &str) -> Result<()
     Ok(())
 }
 
-/// The names the serving certificate must cover.
-pub fn default_sans(bind: IpAddr, extra: &[String], service_ip: Option<IpAddr>) -> Vec<String> {
+/// The names the serving certificate must cover: loopback, the host name, the in-cluster
+/// service names, and every address clients use (bind, advertise, the service IP).
+pub fn default_sans(addresses: &[IpAddr], extra: &[String]) -> Vec<String> {
     let mut sans: Vec<String> = vec![
         "localhost".into(),
         "kubernetes".into(),
@@ -150,12 +151,12 @@ pub fn default_sans(bind: IpAddr, extra: &[String], service_ip: Option<IpAddr>) 
             sans.push(host.to_string());
         }
     }
-    if !bind.is_unspecified() && !bind.is_loopback() {
-        sans.push(bind.to_string());
-    }
-    if let Some(ip) = service_ip {
-        sans.push(ip.to_string());
-    }
+    sans.extend(
+        addresses
+            .iter()
+            .filter(|ip| !ip.is_unspecified())
+            .map(IpAddr::to_string),
+    );
     sans.extend(extra.iter().cloned());
     sans.sort();
     sans.dedup();

@@ -248,3 +248,51 @@ async fn node_ports_are_allocated_kept_on_replace_and_released() {
     );
     server.shutdown().await;
 }
+
+/// The serving certificate is valid for the names in-cluster clients use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_certificate_covers_the_service_ip_and_names() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(server.ca_pem().as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("add ca");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for name in [
+        "10.43.0.1",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+    ] {
+        let tcp = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .expect("connect");
+        let sn = ServerName::try_from(name.to_string()).expect("server name");
+        connector
+            .connect(sn, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("certificate does not cover {name}: {e}"));
+    }
+    let tcp = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    let wrong = ServerName::try_from("example.com".to_string()).expect("name");
+    assert!(
+        connector.connect(wrong, tcp).await.is_err(),
+        "and nothing else"
+    );
+    server.shutdown().await;
+}
