@@ -1,0 +1,457 @@
+//! The typed service API over the maps ([`State`] mirrors what is programmed).
+//!
+//! Write order (Cilium's, so the kernel never sees a half-written service): backends, then
+//! backend slots `1..=N`, then the rev-NAT entry, then slot 0 with `count = N` (the publish
+//! step), then the slots above `N` are deleted. A reader that sees either the old or the new
+//! count only ever finds written slots.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues};
+use dataplane_common::{
+    limits, names, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue, Svc4Key,
+    SvcStats, SvcValue, PROTO_TCP, PROTO_UDP,
+};
+use tracing::debug;
+
+mod state;
+
+use crate::{dataplane::Dataplane, error::DataplaneError};
+pub(crate) use state::State;
+use state::{map_err, raw_ip, typed, typed_mut, Programmed};
+
+/// L4 protocol of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+
+    fn from_number(n: u8) -> Option<Self> {
+        match n {
+            PROTO_TCP => Some(Protocol::Tcp),
+            PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// One service port: what clients connect to (a ClusterIP, or a node address for NodePort).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.address, self.port, self.protocol)
+    }
+}
+
+impl ServiceKey {
+    fn slot(&self, slot: u16) -> Svc4Key {
+        Svc4Key {
+            address: u32::from_ne_bytes(self.address.octets()),
+            dport: self.port.to_be(),
+            backend_slot: slot,
+            proto: self.protocol.number(),
+            scope: 0,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// A service as programmed in the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceState {
+    pub key: ServiceKey,
+    /// The id naming this service in the conntrack, rev-NAT, round-robin and stats maps.
+    pub rev_nat_id: u16,
+    /// Backends in slot order (the round-robin order).
+    pub backends: Vec<SocketAddrV4>,
+}
+
+/// Traffic counters of one service, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+    /// New flows dropped because the service had no backend.
+    pub no_backend: u64,
+}
+
+type SvcMap<'a> = BpfHashMap<&'a mut MapData, Svc4Key, SvcValue>;
+type BackendMap<'a> = BpfHashMap<&'a mut MapData, BackendKey, Backend4>;
+type RevNatMap<'a> = BpfHashMap<&'a mut MapData, RevNatKey, RevNat4>;
+type CtMap<'a> = BpfHashMap<&'a mut MapData, Ct4Key, CtValue>;
+type RrMap<'a> = Array<&'a mut MapData, RrValue>;
+type StatsMap<'a> = PerCpuHashMap<&'a mut MapData, RevNatKey, SvcStats>;
+
+impl Dataplane {
+    /// Programs `key` to balance over `backends` (in this order), creating the service or
+    /// replacing its backends. Flows already established keep their backend; UDP flows to a
+    /// backend that is no longer listed are forgotten, so the next datagram picks a live one
+    /// (kube-proxy does the same: stale UDP entries would blackhole the flow).
+    pub fn upsert_service(
+        &mut self,
+        key: ServiceKey,
+        backends: &[SocketAddrV4],
+    ) -> Result<(), DataplaneError> {
+        let mut seen = HashSet::new();
+        let backends: Vec<SocketAddrV4> = backends
+            .iter()
+            .copied()
+            .filter(|b| seen.insert(*b))
+            .collect();
+        if backends.len() > usize::from(limits::MAX_BACKENDS_PER_SERVICE) {
+            return Err(DataplaneError::TooManyBackends {
+                service: key.to_string(),
+                count: backends.len(),
+                max: limits::MAX_BACKENDS_PER_SERVICE,
+            });
+        }
+        let old = self.state.services.get(&key).cloned();
+        let rev_nat_id = match &old {
+            Some(o) => o.rev_nat_id,
+            None => self.state.alloc_rev_nat()?,
+        };
+
+        // 1. backends
+        let mut ids = Vec::with_capacity(backends.len());
+        for b in &backends {
+            let id = match self.state.backend_ids.get(&(*b, key.protocol)) {
+                Some(id) => *id,
+                None => {
+                    let id = self.state.alloc_backend()?;
+                    self.state.unreleased.insert(id);
+                    let mut map: BackendMap = typed_mut(&mut self.ebpf, names::BACKENDS4)?;
+                    map.insert(
+                        BackendKey { id },
+                        Backend4 {
+                            address: raw_ip(b.ip()),
+                            port: b.port().to_be(),
+                            proto: key.protocol.number(),
+                            flags: 0,
+                        },
+                        0,
+                    )
+                    .map_err(map_err(format!("writing backend {b} of {key}")))?;
+                    self.state.backends.insert(id, (*b, key.protocol));
+                    self.state.backend_ids.insert((*b, key.protocol), id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
+
+        // 2. backend slots
+        {
+            let mut svc: SvcMap = typed_mut(&mut self.ebpf, names::SERVICES4)?;
+            for (i, id) in ids.iter().enumerate() {
+                // bounded by MAX_BACKENDS_PER_SERVICE above
+                let slot = i as u16 + 1;
+                let value = SvcValue {
+                    backend_id: *id,
+                    count: 0,
+                    rev_nat_id,
+                    flags: 0,
+                    pad: [0; 2],
+                };
+                svc.insert(key.slot(slot), value, 0)
+                    .map_err(map_err(format!("writing slot {slot} of {key}")))?;
+            }
+        }
+
+        // 3. rev-NAT, and the per-service counters and cursor for a new service
+        {
+            let mut rn: RevNatMap = typed_mut(&mut self.ebpf, names::REV_NAT4)?;
+            let value = RevNat4 {
+                address: raw_ip(&key.address),
+                port: key.port.to_be(),
+                pad: [0; 2],
+            };
+            rn.insert(
+                RevNatKey {
+                    id: u32::from(rev_nat_id),
+                },
+                value,
+                0,
+            )
+            .map_err(map_err(format!("writing rev-NAT entry of {key}")))?;
+        }
+        if old.is_none() {
+            self.reset_service_counters(rev_nat_id, &key)?;
+        }
+
+        // 4. publish
+        {
+            let mut svc: SvcMap = typed_mut(&mut self.ebpf, names::SERVICES4)?;
+            let head = SvcValue {
+                backend_id: 0,
+                count: ids.len() as u16,
+                rev_nat_id,
+                flags: 0,
+                pad: [0; 2],
+            };
+            svc.insert(key.slot(0), head, 0)
+                .map_err(map_err(format!("publishing {key}")))?;
+
+            // 5. slots no longer published
+            let old_count = old.as_ref().map_or(0, |o| o.backend_ids.len());
+            for slot in ids.len() + 1..=old_count {
+                remove_if_present(&mut svc, &key.slot(slot as u16))
+                    .map_err(map_err(format!("removing slot {slot} of {key}")))?;
+            }
+        }
+
+        let removed: HashSet<u32> = old
+            .as_ref()
+            .map(|o| {
+                o.backend_ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !ids.contains(id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let old_ids = old
+            .as_ref()
+            .map(|o| o.backend_ids.as_slice())
+            .unwrap_or_default();
+        let added: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|id| !old_ids.contains(id))
+            .collect();
+        let dropped: Vec<u32> = removed.iter().copied().collect();
+        let candidates = self.state.reference(&added, &dropped);
+        self.state.services.insert(
+            key,
+            Programmed {
+                rev_nat_id,
+                backend_ids: ids,
+            },
+        );
+        if key.protocol == Protocol::Udp && !removed.is_empty() {
+            self.purge_flows(rev_nat_id, &removed)?;
+        }
+        self.release_backends(candidates)?;
+        debug!(service = %key, rev_nat_id, backends = backends.len(), "service programmed");
+        Ok(())
+    }
+
+    /// Removes `key`. New flows to it stop matching at once; established flows keep their
+    /// backend until they end (their conntrack entries carry everything they need).
+    /// Returns whether the service was programmed.
+    pub fn remove_service(&mut self, key: ServiceKey) -> Result<bool, DataplaneError> {
+        let Some(old) = self.state.services.remove(&key) else {
+            return Ok(false);
+        };
+        {
+            let mut svc: SvcMap = typed_mut(&mut self.ebpf, names::SERVICES4)?;
+            // unpublish first, then the slots behind it
+            remove_if_present(&mut svc, &key.slot(0))
+                .map_err(map_err(format!("unpublishing {key}")))?;
+            for slot in 1..=old.backend_ids.len() {
+                remove_if_present(&mut svc, &key.slot(slot as u16))
+                    .map_err(map_err(format!("removing slot {slot} of {key}")))?;
+            }
+        }
+        let id = RevNatKey {
+            id: u32::from(old.rev_nat_id),
+        };
+        {
+            let mut rn: RevNatMap = typed_mut(&mut self.ebpf, names::REV_NAT4)?;
+            remove_if_present(&mut rn, &id)
+                .map_err(map_err(format!("removing rev-NAT entry of {key}")))?;
+        }
+        {
+            let mut stats: StatsMap = typed_mut(&mut self.ebpf, names::STATS)?;
+            match stats.remove(&id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(format!("removing counters of {key}"))(e)),
+            }
+        }
+        self.state.rev_nat_in_use.remove(&old.rev_nat_id);
+        let candidates = self.state.reference(&[], &old.backend_ids);
+        self.release_backends(candidates)?;
+        debug!(service = %key, "service removed");
+        Ok(true)
+    }
+
+    /// What is programmed, read back from the maps (not from the proxy's memory), sorted by
+    /// service.
+    pub fn services(&self) -> Result<Vec<ServiceState>, DataplaneError> {
+        let state = State::read(&self.ebpf, &self.pin_root)?;
+        state
+            .services
+            .iter()
+            .map(|(key, p)| {
+                let backends = p
+                    .backend_ids
+                    .iter()
+                    .map(|id| {
+                        state.backends.get(id).map(|(a, _)| *a).ok_or_else(|| {
+                            DataplaneError::Inconsistent {
+                                pin_root: self.pin_root.clone(),
+                                detail: format!("service {key} uses backend id {id}, which is not in the backends map"),
+                            }
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(ServiceState {
+                    key: *key,
+                    rev_nat_id: p.rev_nat_id,
+                    backends,
+                })
+            })
+            .collect()
+    }
+
+    /// The counters of `key`, summed over CPUs; `None` if it is not programmed.
+    pub fn counters(&self, key: ServiceKey) -> Result<Option<ServiceCounters>, DataplaneError> {
+        let Some(p) = self.state.services.get(&key) else {
+            return Ok(None);
+        };
+        let stats: PerCpuHashMap<&MapData, RevNatKey, SvcStats> = typed(&self.ebpf, names::STATS)?;
+        let values = match stats.get(
+            &RevNatKey {
+                id: u32::from(p.rev_nat_id),
+            },
+            0,
+        ) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(Some(ServiceCounters::default())),
+            Err(e) => return Err(map_err(format!("reading counters of {key}"))(e)),
+        };
+        let mut sum = ServiceCounters::default();
+        for v in values.iter() {
+            sum.fwd_packets += v.fwd_packets;
+            sum.fwd_bytes += v.fwd_bytes;
+            sum.rev_packets += v.rev_packets;
+            sum.rev_bytes += v.rev_bytes;
+            sum.no_backend += v.no_backend;
+        }
+        Ok(Some(sum))
+    }
+
+    /// Number of conntrack entries (forward and reply) currently held.
+    pub fn conntrack_entries(&self) -> Result<usize, DataplaneError> {
+        let ct: BpfHashMap<&MapData, Ct4Key, CtValue> = typed(&self.ebpf, names::CONNTRACK4)?;
+        Ok(ct.keys().filter(Result::is_ok).count())
+    }
+
+    fn reset_service_counters(
+        &mut self,
+        rev_nat_id: u16,
+        key: &ServiceKey,
+    ) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+            what: format!("counting CPUs ({what})"),
+            source,
+        })?;
+        let zeros = PerCpuValues::try_from(vec![SvcStats::default(); cpus]).map_err(|source| {
+            DataplaneError::Io {
+                what: "building per-CPU counter values".into(),
+                source,
+            }
+        })?;
+        let id = RevNatKey {
+            id: u32::from(rev_nat_id),
+        };
+        {
+            let mut stats: StatsMap = typed_mut(&mut self.ebpf, names::STATS)?;
+            stats
+                .insert(id, zeros, 0)
+                .map_err(map_err(format!("creating counters of {key}")))?;
+        }
+        let mut rr: RrMap = typed_mut(&mut self.ebpf, names::RR)?;
+        rr.set(u32::from(rev_nat_id), RrValue { next: 0 }, 0)
+            .map_err(map_err(format!(
+                "resetting the round-robin cursor of {key}"
+            )))?;
+        Ok(())
+    }
+
+    /// Deletes the conntrack entries of service `rev_nat_id` that point at `backend_ids`.
+    fn purge_flows(
+        &mut self,
+        rev_nat_id: u16,
+        backend_ids: &HashSet<u32>,
+    ) -> Result<(), DataplaneError> {
+        let mut ct: CtMap = typed_mut(&mut self.ebpf, names::CONNTRACK4)?;
+        let stale: Vec<Ct4Key> = ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.rev_nat_id == rev_nat_id && backend_ids.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            remove_if_present(&mut ct, k).map_err(map_err("removing a stale conntrack entry"))?;
+        }
+        debug!(
+            rev_nat_id,
+            flows = stale.len(),
+            "purged flows to removed backends"
+        );
+        Ok(())
+    }
+
+    /// Deletes those of `candidates` that no service lists any more. Safe for established
+    /// flows: conntrack entries hold the backend's address, not just its id.
+    fn release_backends(&mut self, candidates: Vec<u32>) -> Result<(), DataplaneError> {
+        let unreferenced: Vec<u32> = candidates
+            .into_iter()
+            .filter(|id| self.state.refs.get(id).copied().unwrap_or(0) == 0)
+            .filter(|id| self.state.backends.contains_key(id))
+            .collect();
+        if unreferenced.is_empty() {
+            return Ok(());
+        }
+        let mut map: BackendMap = typed_mut(&mut self.ebpf, names::BACKENDS4)?;
+        for id in unreferenced {
+            remove_if_present(&mut map, &BackendKey { id })
+                .map_err(map_err(format!("removing backend {id}")))?;
+            self.state.refs.remove(&id);
+            if let Some(addr) = self.state.backends.remove(&id) {
+                self.state.backend_ids.remove(&addr);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remove_if_present<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<&mut MapData, K, V>,
+    key: &K,
+) -> Result<(), aya::maps::MapError> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
