@@ -10,11 +10,11 @@ use anyhow::{bail, Context, Result};
 use crate::{cargo, run_cmd, step};
 
 /// Every benchmark `ci` runs in smoke mode.
-pub const NAMES: &[&str] = &["store", "dns", "scheduler"];
+pub const NAMES: &[&str] = &["store", "apiserver", "dns", "scheduler"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Which benchmark: store, dns, scheduler.
+    /// Which benchmark: store, apiserver, dns, scheduler.
     pub name: String,
     /// Short run for CI: small counts, debug build.
     #[arg(long)]
@@ -41,6 +41,28 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             }
             cmd.args(["--", "--count", count, "--out"]).arg(&out);
             run_cmd(&mut cmd).context("running the store benchmark")?;
+        }
+        "apiserver" => {
+            let mut cmd = cargo(root);
+            cmd.args(["run", "-q", "-p", "apiserver", "--example", "bench"]);
+            if !args.smoke {
+                cmd.arg("--release");
+            }
+            cmd.arg("--");
+            if args.smoke {
+                cmd.args([
+                    "--pods",
+                    "300",
+                    "--lists",
+                    "5",
+                    "--watchers",
+                    "10",
+                    "--events",
+                    "10",
+                ]);
+            }
+            cmd.arg("--out").arg(&out);
+            run_cmd(&mut cmd).context("running the apiserver benchmark")?;
         }
         "scheduler" => {
             let mut cmd = cargo(root);

@@ -1,0 +1,273 @@
+//! `cargo xtask bench apiserver`: the apiserver on a real etcd, measured in one run against
+//! raw etcd puts of the same JSON on a fresh etcd: pod creates/s (goal ≥ 0.5× raw), LIST of
+//! every pod p50/p99 (goal p99 < 100 ms), watch event latency to 100 watchers p99 (goal
+//! < 10 ms), and this process's peak RSS (the apiserver runs in it, beside the clients).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+const CONCURRENCY: usize = 32;
+
+struct Args {
+    pods: usize,
+    lists: usize,
+    watchers: usize,
+    events: usize,
+    out: std::path::PathBuf,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        pods: 10_000,
+        lists: 20,
+        watchers: 100,
+        events: 50,
+        out: "target/bench/apiserver.json".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().expect("flag value");
+        match k.as_str() {
+            "--pods" => a.pods = v().parse().expect("--pods N"),
+            "--lists" => a.lists = v().parse().expect("--lists N"),
+            "--watchers" => a.watchers = v().parse().expect("--watchers N"),
+            "--events" => a.events = v().parse().expect("--events N"),
+            "--out" => a.out = v().into(),
+            other => panic!("unknown argument {other:?}"),
+        }
+    }
+    a
+}
+
+fn pod(ns: &str, name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": "bench", "tier": "web"},
+                     "annotations": {"pad": "x".repeat(1200)}},
+        "spec": {"containers": [{"name": "app", "image": "kaze/busybox:1", "command": ["sh", "-c", "sleep 3600"],
+                                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
+            })
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn entry(
+    metric: &str,
+    value: f64,
+    unit: &str,
+    reference: &str,
+    reference_value: f64,
+    higher_is_better: bool,
+) -> serde_json::Value {
+    let ratio = if higher_is_better {
+        value / reference_value.max(1e-9)
+    } else {
+        reference_value / value.max(1e-9)
+    };
+    json!({"metric": metric, "value": (value * 100.0).round() / 100.0, "unit": unit, "reference": reference,
+           "reference_value": (reference_value * 100.0).round() / 100.0, "ratio": (ratio * 1000.0).round() / 1000.0})
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    println!(
+        "apiserver bench: {} pods, {} lists, {} watchers x {} events",
+        a.pods, a.lists, a.watchers, a.events
+    );
+
+    // Reference: raw puts of the same JSON into a fresh etcd.
+    let raw_etcd = tokio::task::spawn_blocking(testkit::Etcd::start)
+        .await
+        .expect("etcd");
+    let raw = etcd_client::Client::connect([raw_etcd.url()], None)
+        .await
+        .expect("raw client");
+    let start = Instant::now();
+    stream::iter(0..a.pods)
+        .map(|i| {
+            let mut kv = raw.kv_client();
+            async move {
+                let body = serde_json::to_vec(&pod("default", &format!("p{i}"))).expect("json");
+                kv.put(format!("/registry/pods/default/p{i}"), body, None)
+                    .await
+                    .expect("raw put");
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+    let raw_rate = a.pods as f64 / start.elapsed().as_secs_f64();
+    drop(raw_etcd);
+
+    // The apiserver on its own fresh etcd.
+    let etcd = tokio::task::spawn_blocking(testkit::Etcd::start)
+        .await
+        .expect("etcd");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = apiserver::Config::for_tests(dir.path());
+    config.storage.etcd_servers = vec![etcd.url()];
+    let server = apiserver::start(config).await.expect("apiserver");
+    let client = component::client(Some(server.kubeconfig_path()))
+        .await
+        .expect("client");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let start = Instant::now();
+    stream::iter(0..a.pods)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let p: Pod = serde_json::from_value(pod("default", &format!("p{i}"))).expect("pod");
+                pods.create(&PostParams::default(), &p)
+                    .await
+                    .expect("create");
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+    let api_rate = a.pods as f64 / start.elapsed().as_secs_f64();
+    println!("creates: apiserver {api_rate:.0}/s, raw etcd {raw_rate:.0}/s");
+
+    let mut lists = Vec::new();
+    for _ in 0..a.lists {
+        let t = Instant::now();
+        let l = pods.list(&ListParams::default()).await.expect("list");
+        lists.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(l.items.len(), a.pods);
+    }
+    lists.sort_by(|x, y| x.total_cmp(y));
+    let (l50, l99) = (percentile(&lists, 0.5), percentile(&lists, 0.99));
+    println!("LIST of {} pods: p50 {l50:.1} ms, p99 {l99:.1} ms", a.pods);
+
+    // Watch fan-out: every watcher records when each event arrives.
+    let ns = "watch";
+    let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let nsobj = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+    nsapi
+        .create(&PostParams::default(), &nsobj)
+        .await
+        .expect("namespace");
+    let wpods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let rv = wpods
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..a.watchers {
+        let (wpods, rv, arrivals) = (wpods.clone(), rv.clone(), arrivals.clone());
+        let want = a.events;
+        tasks.push(tokio::spawn(async move {
+            let mut s = wpods
+                .watch(&WatchParams::default(), &rv)
+                .await
+                .expect("watch")
+                .boxed();
+            let mut seen = 0;
+            while let Some(Ok(ev)) = s.next().await {
+                if let WatchEvent::Added(p) = ev {
+                    arrivals
+                        .lock()
+                        .await
+                        .push((p.metadata.name.unwrap_or_default(), Instant::now()));
+                    seen += 1;
+                    if seen == want {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sent = std::collections::HashMap::new();
+    for i in 0..a.events {
+        let name = format!("w{i}");
+        let p: Pod = serde_json::from_value(pod(ns, &name)).expect("pod");
+        let t = Instant::now();
+        wpods
+            .create(&PostParams::default(), &p)
+            .await
+            .expect("create");
+        sent.insert(name, t);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
+    let mut lat: Vec<f64> = arrivals
+        .lock()
+        .await
+        .iter()
+        .filter_map(|(n, at)| {
+            sent.get(n)
+                .map(|s| at.duration_since(*s).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(|x, y| x.total_cmp(y));
+    let delivered = lat.len();
+    let w99 = percentile(&lat, 0.99);
+    println!(
+        "watch: {delivered} deliveries, p50 {:.2} ms, p99 {w99:.2} ms",
+        percentile(&lat, 0.5)
+    );
+    let rss = peak_rss_mib();
+
+    let figures = vec![
+        entry(
+            "pod creates through the API",
+            api_rate,
+            "ops/s",
+            "raw etcd puts of the same JSON",
+            raw_rate,
+            true,
+        ),
+        entry("LIST all pods p50", l50, "ms", "goal p99", 100.0, false),
+        entry("LIST all pods p99", l99, "ms", "goal p99", 100.0, false),
+        entry("watch event latency p99", w99, "ms", "goal", 10.0, false),
+        entry(
+            "peak RSS (bench process incl. apiserver)",
+            rss,
+            "MiB",
+            "none (printed for tracking)",
+            rss,
+            false,
+        ),
+    ];
+    let json = serde_json::to_string_pretty(&figures).expect("json");
+    if let Some(d) = a.out.parent() {
+        std::fs::create_dir_all(d).expect("out dir");
+    }
+    std::fs::write(&a.out, &json).expect("write");
+    println!("{json}");
+    println!("goals: creates >= 0.5x raw etcd; LIST p99 < 100 ms; watch p99 < 10 ms");
+    server.shutdown().await;
+    drop(etcd);
+}
