@@ -324,16 +324,22 @@ fn switching_modes_cleans_up_the_other_mode() {
         );
     };
 
-    // 1. iptables by flag
+    // 1. iptables by flag, on the nf_tables backend (legacy is what `auto` picks and every
+    // other test uses): the switch below must clean the backend it did not choose too
+    h.config.iptables_backend = proxy::IptablesBackend::Nft;
     h.start_proxy();
     h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
     works(&h);
+    let lines = kaze_iptables_lines(&h.topo.node);
     assert!(
-        !kaze_iptables_lines(&h.topo.node).is_empty(),
-        "iptables mode wrote no chains"
+        lines
+            .iter()
+            .any(|l| l.starts_with("iptables-nft-save nat: -A KAZE-SERVICES")),
+        "iptables mode wrote no nf_tables chains: {lines:#?}"
     );
     assert_eq!(tc_programs(&h), 0);
     h.stop_proxy();
+    h.config.iptables_backend = proxy::IptablesBackend::Auto;
 
     // 2. kaze's node annotation asks for ebpf: iptables state goes, in both backends
     h.annotate_node(json!({proxy::MODE_ANNOTATION: "ebpf"}));
