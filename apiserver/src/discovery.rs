@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::registry::{Registry, ResourceDef, VERBS};
+use crate::registry::{Registry, ResourceDef};
 use crate::status::ApiError;
 
 /// The aggregated discovery version the client asked for, if any.
@@ -51,7 +51,7 @@ fn resource_v2(d: &ResourceDef) -> Value {
         "responseKind": {"group": d.group, "version": d.version, "kind": d.kind},
         "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": d.singular,
-        "verbs": VERBS,
+        "verbs": d.verbs(),
     });
     if !d.short_names.is_empty() {
         r["shortNames"] = json!(d.short_names);
@@ -160,7 +160,7 @@ pub fn resource_list(reg: &Registry, g: &str, version: &str) -> Response {
             "singularName": d.singular,
             "namespaced": d.namespaced,
             "kind": d.kind,
-            "verbs": VERBS,
+            "verbs": d.verbs(),
         });
         if !d.short_names.is_empty() {
             r["shortNames"] = json!(d.short_names);

@@ -36,6 +36,7 @@ mod openapi;
 mod patch;
 mod proto;
 mod registry;
+mod reviews;
 mod router;
 mod selector;
 mod server;

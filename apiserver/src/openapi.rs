@@ -202,6 +202,16 @@ fn add_paths(paths: &mut Map<String, Value>, d: &ResourceDef, kind_ref: &Value) 
         ps
     };
     let ns = d.namespaced;
+    if d.review.is_some() {
+        paths.insert(
+            base,
+            json!({
+                "post": op(&op_id("create", d, ns, ""), "post", &gvk, write_params(false), Some(body(kind_ref)), kind_ref),
+                "parameters": scope_params(false),
+            }),
+        );
+        return;
+    }
     paths.insert(
         base.clone(),
         json!({

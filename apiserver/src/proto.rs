@@ -272,6 +272,31 @@ fn message(name: &str) -> Option<&'static [Field]> {
             (1, "metadata", Msg("ObjectMeta"), O),
             (2, "spec", Msg("JobSpec"), O),
         ],
+        "SelfSubjectAccessReview" => &[
+            (1, "metadata", Msg("ObjectMeta"), O),
+            (2, "spec", Msg("SelfSubjectAccessReviewSpec"), O),
+            (3, "status", Ignore, O),
+        ],
+        "SelfSubjectAccessReviewSpec" => &[
+            (1, "resourceAttributes", Msg("ResourceAttributes"), O),
+            (2, "nonResourceAttributes", Msg("NonResourceAttributes"), O),
+        ],
+        "ResourceAttributes" => &[
+            (1, "namespace", Str, O),
+            (2, "verb", Str, O),
+            (3, "group", Str, O),
+            (4, "version", Str, O),
+            (5, "resource", Str, O),
+            (6, "subresource", Str, O),
+            (7, "name", Str, O),
+            (8, "fieldSelector", Ignore, O),
+            (9, "labelSelector", Ignore, O),
+        ],
+        "NonResourceAttributes" => &[(1, "path", Str, O), (2, "verb", Str, O)],
+        "SelfSubjectReview" => &[
+            (1, "metadata", Msg("ObjectMeta"), O),
+            (2, "status", Ignore, O),
+        ],
         _ => return None,
     })
 }
@@ -429,7 +454,7 @@ fn scalar(ty: Ty, raw: &Raw<'_>) -> Result<Option<Value>, String> {
     })
 }
 
-fn decode_message(name: &'static str, buf: &[u8]) -> Result<Value, String> {
+fn decode_message(name: &str, buf: &[u8]) -> Result<Value, String> {
     let fields = message(name).ok_or_else(|| format!("message {name} is not known"))?;
     let mut out = Map::new();
     for (num, raw) in entries(buf)? {
@@ -520,30 +545,12 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             "protobuf bodies of kind {kind:?} are not supported yet: send JSON or YAML"
         ));
     }
-    let kind_static = KINDS
-        .iter()
-        .find(|k| **k == kind)
-        .copied()
-        .ok_or("unreachable kind")?;
     let mut obj =
-        decode_message(kind_static, &raw).map_err(|e| format!("decoding protobuf {kind}: {e}"))?;
+        decode_message(&kind, &raw).map_err(|e| format!("decoding protobuf {kind}: {e}"))?;
     obj["apiVersion"] = json!(api_version);
     obj["kind"] = json!(kind);
     Ok(obj)
 }
-
-const KINDS: &[&str] = &[
-    "Namespace",
-    "ConfigMap",
-    "Secret",
-    "ServiceAccount",
-    "Service",
-    "Pod",
-    "ResourceQuota",
-    "Deployment",
-    "Job",
-    "CronJob",
-];
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, events};
+use k8s_openapi::api::{
+    apps, authentication, authorization, batch, coordination, core, discovery, events,
+};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -107,6 +109,8 @@ pub struct ResourceDef {
     pub schema_name: fn() -> Cow<'static, str>,
     /// Set when this version is stored in another version's form.
     pub conversion: Option<crate::convert::Conversion>,
+    /// Set for create-only resources answered without storage (access reviews).
+    pub review: Option<crate::reviews::Review>,
 }
 
 impl std::fmt::Debug for ResourceDef {
@@ -114,6 +118,9 @@ impl std::fmt::Debug for ResourceDef {
         write!(f, "ResourceDef({})", self.gvr())
     }
 }
+
+/// Verbs of review resources: they can only be created.
+pub const REVIEW_VERBS: &[&str] = &["create"];
 
 pub const VERBS: &[&str] = &[
     "create",
@@ -141,6 +148,14 @@ impl ResourceDef {
 
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
+    }
+
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.review.is_some() {
+            REVIEW_VERBS
+        } else {
+            VERBS
+        }
     }
 
     pub fn has(&self, sub: Sub) -> bool {
@@ -188,6 +203,7 @@ macro_rules! def {
             schema: schema::<$ty>,
             schema_name: <$ty as JsonSchema>::schema_name,
             conversion: None,
+            review: None,
         }
     };
 }
@@ -270,6 +286,18 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["ev"], cat: NONE, subs: NONE_SUBS, storage: "events",
             fields: &["regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid", "reason", "type"],
             printer: P::Default)
+        },
+        ResourceDef {
+            review: Some(crate::reviews::self_subject_access_review),
+            ..def!(authorization::v1::SelfSubjectAccessReview,
+            "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "selfsubjectaccessreviews", fields: NONE, printer: P::Default)
+        },
+        ResourceDef {
+            review: Some(crate::reviews::self_subject_review),
+            ..def!(authentication::v1::SelfSubjectReview,
+            "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "selfsubjectreviews", fields: NONE, printer: P::Default)
         },
     ]
 }

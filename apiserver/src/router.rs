@@ -153,6 +153,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                     return r;
                 }
             };
+            if let Some(review) = t.def.review {
+                return answer_review(&t, review, &parts, &body);
+            }
             if matches!(t.sub, Some(Sub::Exec | Sub::Attach | Sub::PortForward)) {
                 let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
                 let stream = crate::kubelet::StreamRequest {
@@ -175,6 +178,37 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
 /// How much of an oversized body is read and thrown away so the client gets to see the 413
 /// (closing on a client still sending makes it see a reset instead).
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+fn answer_review(
+    t: &Target,
+    review: crate::reviews::Review,
+    parts: &axum::http::request::Parts,
+    body: &bytes::Bytes,
+) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        if parts.method != axum::http::Method::POST || t.name.is_some() {
+            return Err(ApiError::method_not_supported(
+                t.def.plural,
+                parts.method.as_str(),
+            ));
+        }
+        let user = parts
+            .extensions
+            .get::<crate::auth::UserInfo>()
+            .ok_or_else(ApiError::unauthorized)?;
+        let mut obj =
+            crate::negotiate::decode_object(body, crate::negotiate::body_type(&parts.headers)?)?;
+        obj["apiVersion"] = serde_json::json!(t.def.api_version());
+        obj["kind"] = serde_json::json!(t.def.kind);
+        let answer = review(user, obj)?;
+        Ok(crate::negotiate::respond(
+            StatusCode::CREATED,
+            &answer,
+            crate::negotiate::Format::Json,
+        ))
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
 
 async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
     use futures::StreamExt;

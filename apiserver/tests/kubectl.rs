@@ -438,6 +438,16 @@ fn api_resources_and_explain() {
     );
     let out = s.kubectl(&["explain", "deployment.spec.replicas"]);
     assert!(out.contains("Number of desired pods"), "{out}");
+    // No authorization layer yet: can-i says yes, whoami names the admin.
+    assert_eq!(
+        s.kubectl(&["auth", "can-i", "delete", "nodes"]).trim(),
+        "yes"
+    );
+    let who = s.kubectl(&["auth", "whoami"]);
+    assert!(
+        who.contains("kaze-admin") && who.contains("system:masters"),
+        "{who}"
+    );
 }
 
 #[test]
