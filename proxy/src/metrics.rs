@@ -5,13 +5,16 @@ use std::{
     collections::BTreeMap,
     fmt::Write,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::ProxyMode, services::ServiceKey, tracker::Change, worker::Worker};
+
+/// How long syncs may keep failing before `/healthz` says so.
+pub const UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 const SYNC_BUCKETS: &[f64] = &[
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -69,6 +72,8 @@ struct Inner {
     syncs: u64,
     sync_errors: u64,
     synced: bool,
+    /// When the current streak of failing syncs began.
+    failing_since: Option<Instant>,
     /// Name and backend count of every programmed service port.
     services_by_key: BTreeMap<ServiceKey, (String, usize)>,
 }
@@ -88,6 +93,7 @@ impl Metrics {
             syncs: 0,
             sync_errors: 0,
             synced: false,
+            failing_since: None,
             services_by_key: BTreeMap::new(),
         }))
     }
@@ -121,8 +127,10 @@ impl Metrics {
         }
         if errors == 0 {
             m.synced = true;
+            m.failing_since = None;
         } else {
             m.sync_errors += 1;
+            m.failing_since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -135,8 +143,19 @@ impl Metrics {
         self.lock().programming.observe(latency.as_secs_f64());
     }
 
-    pub fn is_synced(&self) -> bool {
-        self.lock().synced
+    /// `/healthz`: `Ok` once a sync has succeeded, unless syncs have been failing for longer
+    /// than [`UNHEALTHY_AFTER`] by `now` (kube-proxy's rule, so a stuck proxy is restarted).
+    pub fn health(&self, now: Instant) -> Result<(), &'static str> {
+        let m = self.lock();
+        if !m.synced {
+            return Err("not synced yet\n");
+        }
+        match m.failing_since {
+            Some(t) if now.saturating_duration_since(t) > UNHEALTHY_AFTER => {
+                Err("syncs have been failing for over a minute\n")
+            }
+            _ => Ok(()),
+        }
     }
 
     fn render(&self, counters: &[(ServiceKey, crate::ServiceCounters)]) -> String {
@@ -255,10 +274,9 @@ struct AppState {
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.metrics.is_synced() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n")
+    match s.metrics.health(Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok\n"),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -334,6 +352,32 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
-        assert!(m.is_synced());
+        assert_eq!(m.health(Instant::now()), Ok(()));
+    }
+
+    #[test]
+    fn healthz_fails_before_the_first_sync_and_after_a_minute_of_failures() {
+        let m = Metrics::new(ProxyMode::Iptables);
+        let now = Instant::now();
+        assert!(m.health(now).is_err(), "healthy before any sync");
+        m.synced(Duration::from_millis(1), 0, 0, 1, &[]);
+        assert!(m.health(now).is_err(), "a failed first sync is not health");
+        m.synced(Duration::from_millis(1), 0, 0, 0, &[]);
+        assert_eq!(m.health(now), Ok(()));
+        m.synced(Duration::from_millis(1), 0, 0, 1, &[]);
+        let later = Instant::now();
+        assert_eq!(
+            m.health(later),
+            Ok(()),
+            "one failure is retried, not unhealthy"
+        );
+        assert!(m
+            .health(later + UNHEALTHY_AFTER + Duration::from_secs(1))
+            .is_err());
+        m.synced(Duration::from_millis(1), 0, 0, 0, &[]);
+        assert_eq!(
+            m.health(later + UNHEALTHY_AFTER + Duration::from_secs(1)),
+            Ok(())
+        );
     }
 }
