@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, coordination, core, discovery, events,
+    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events,
+    networking, policy, rbac, scheduling, storage,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
@@ -299,6 +300,38 @@ fn builtins() -> Vec<ResourceDef> {
             "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "selfsubjectreviews", fields: NONE, printer: P::Default)
         },
+        // Kinds without a kaze controller yet, served so real-world manifests (RBAC,
+        // volumes, PDBs, ingresses) apply and their future controllers have an API.
+        def!(core::v1::PersistentVolume, "", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", ns: false,
+            short: &["pv"], cat: NONE, subs: STATUS, storage: "persistentvolumes", fields: NONE, printer: P::Default),
+        def!(core::v1::PersistentVolumeClaim, "", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", ns: true,
+            short: &["pvc"], cat: NONE, subs: STATUS, storage: "persistentvolumeclaims", fields: NONE, printer: P::Default),
+        def!(core::v1::PodTemplate, "", "v1", "PodTemplate", "podtemplates", "podtemplate", ns: true,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "podtemplates", fields: NONE, printer: P::Default),
+        def!(core::v1::ReplicationController, "", "v1", "ReplicationController", "replicationcontrollers", "replicationcontroller", ns: true,
+            short: &["rc"], cat: ALL, subs: STATUS_SCALE, storage: "controllers", fields: &["status.replicas"], printer: P::Default),
+        def!(policy::v1::PodDisruptionBudget, "policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ns: true,
+            short: &["pdb"], cat: NONE, subs: STATUS, storage: "poddisruptionbudgets", fields: NONE, printer: P::Default),
+        def!(scheduling::v1::PriorityClass, "scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", ns: false,
+            short: &["pc"], cat: NONE, subs: NONE_SUBS, storage: "priorityclasses", fields: NONE, printer: P::Default),
+        def!(storage::v1::StorageClass, "storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", ns: false,
+            short: &["sc"], cat: NONE, subs: NONE_SUBS, storage: "storageclasses", fields: NONE, printer: P::Default),
+        def!(networking::v1::Ingress, "networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", ns: true,
+            short: &["ing"], cat: NONE, subs: STATUS, storage: "ingress", fields: NONE, printer: P::Default),
+        def!(networking::v1::IngressClass, "networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "ingressclasses", fields: NONE, printer: P::Default),
+        def!(networking::v1::NetworkPolicy, "networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", ns: true,
+            short: &["netpol"], cat: NONE, subs: NONE_SUBS, storage: "networkpolicies", fields: NONE, printer: P::Default),
+        def!(autoscaling::v2::HorizontalPodAutoscaler, "autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ns: true,
+            short: &["hpa"], cat: ALL, subs: STATUS, storage: "horizontalpodautoscalers", fields: NONE, printer: P::Default),
+        def!(rbac::v1::Role, "rbac.authorization.k8s.io", "v1", "Role", "roles", "role", ns: true,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "roles", fields: NONE, printer: P::Default),
+        def!(rbac::v1::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", ns: true,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "rolebindings", fields: NONE, printer: P::Default),
+        def!(rbac::v1::ClusterRole, "rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "clusterroles", fields: NONE, printer: P::Default),
+        def!(rbac::v1::ClusterRoleBinding, "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "clusterrolebindings", fields: NONE, printer: P::Default),
     ]
 }
 

@@ -176,3 +176,91 @@ fn server_side_apply_creates_updates_and_reports_conflicts() {
         7
     );
 }
+
+/// A typical operator manifest: RBAC, a service account, storage, disruption budget,
+/// priority, ingress, autoscaler — every kind applies and reads back.
+#[test]
+fn real_world_manifest_kinds_apply() {
+    let s = TestServer::start();
+    let manifest = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: op, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: op}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: op}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: op}
+subjects:
+- {kind: ServiceAccount, name: op, namespace: default}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: default}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: op, namespace: default}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: op}}
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 1000
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: op, namespace: default}
+spec:
+  rules:
+  - host: op.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: op, port: {number: 80}}}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: op, namespace: default}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: op}
+  minReplicas: 1
+  maxReplicas: 3
+"#;
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(manifest));
+    for line in [
+        "serviceaccount/op created",
+        "clusterrole.rbac.authorization.k8s.io/op created",
+        "clusterrolebinding.rbac.authorization.k8s.io/op created",
+        "persistentvolumeclaim/data created",
+        "poddisruptionbudget.policy/op created",
+        "priorityclass.scheduling.k8s.io/high created",
+        "ingress.networking.k8s.io/op created",
+        "horizontalpodautoscaler.autoscaling/op created",
+    ] {
+        assert!(out.contains(line), "{line} missing from:\n{out}");
+    }
+    assert_eq!(
+        s.kubectl_stdin(&["apply", "-f", "-"], Some(manifest))
+            .matches("unchanged")
+            .count(),
+        8
+    );
+    let crb = json(&s, &["get", "clusterrolebinding", "op"]);
+    assert_eq!(crb["subjects"][0]["name"], "op");
+    assert_eq!(json(&s, &["get", "pc", "high"])["value"], 1000);
+    let pvc = json(&s, &["get", "pvc", "data"]);
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+}
