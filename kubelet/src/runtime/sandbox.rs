@@ -8,8 +8,9 @@ use std::time::Duration;
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest,
+    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetRequest,
+    KillRequest, ListContainersRequest, StartRequest,
 };
 use containerd_client::tonic::Code;
 use containerd_client::types::v1::Status as TaskStatus;
@@ -227,6 +228,82 @@ impl Runtime {
         stdio: Option<(PathBuf, PathBuf)>,
     ) -> Result<u32> {
         let cd = &self.cd;
+        // The new snapshot is unreferenced until the container record exists; a garbage
+        // collection in between (imports trigger them) would delete it under us. A lease
+        // protects it, as the containerd client does.
+        let lease = format!("kaze-create-{id}");
+        let expire = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600);
+        let lease_labels =
+            HashMap::from([("containerd.io/gc.expire".to_string(), expire.to_string())]);
+        let made = cd
+            .leases()
+            .create(cd.req(
+                CreateLeaseRequest {
+                    id: lease.clone(),
+                    labels: lease_labels,
+                },
+                None,
+            ))
+            .await;
+        if let Err(s) = made {
+            if s.code() != Code::AlreadyExists {
+                return Err(Error::containerd(format!("creating a lease for {id}"), s));
+            }
+        }
+        let created = self
+            .prepare_and_create(id, image, chain_id, labels, oci, &lease)
+            .await;
+        let _ = cd
+            .leases()
+            .delete(cd.req(
+                DeleteLeaseRequest {
+                    id: lease,
+                    sync: false,
+                },
+                None,
+            ))
+            .await;
+        let mounts = created?;
+        let (stdout, stderr) = stdio
+            .map(|(o, e)| (o.display().to_string(), e.display().to_string()))
+            .unwrap_or_default();
+        let request = CreateTaskRequest {
+            container_id: id.into(),
+            rootfs: mounts,
+            stdout,
+            stderr,
+            ..Default::default()
+        };
+        let created = cd
+            .tasks()
+            .create(cd.req(request, None))
+            .await
+            .context(|| format!("creating the task of {id}"))?
+            .into_inner();
+        cd.tasks()
+            .start(cd.req(
+                StartRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
+            .await
+            .context(|| format!("starting the task of {id}"))?;
+        Ok(created.pid)
+    }
+
+    /// Snapshot + container record (inside the caller's lease); returns the rootfs mounts.
+    async fn prepare_and_create(
+        &self,
+        id: &str,
+        image: &str,
+        chain_id: &str,
+        labels: HashMap<String, String>,
+        oci: &serde_json::Value,
+        lease: &str,
+    ) -> Result<Vec<containerd_client::types::Mount>> {
+        let cd = &self.cd;
         let mounts = cd
             .snapshots()
             .prepare(cd.req(
@@ -236,7 +313,7 @@ impl Runtime {
                     parent: chain_id.into(),
                     labels: HashMap::new(),
                 },
-                None,
+                Some(lease),
             ))
             .await
             .context(|| format!("preparing the rootfs snapshot of {id}"))?
@@ -260,39 +337,11 @@ impl Runtime {
                 CreateContainerRequest {
                     container: Some(container),
                 },
-                None,
+                Some(lease),
             ))
             .await
             .context(|| format!("creating container {id}"))?;
-        let (stdout, stderr) = stdio
-            .map(|(o, e)| (o.display().to_string(), e.display().to_string()))
-            .unwrap_or_default();
-        let created = cd
-            .tasks()
-            .create(cd.req(
-                CreateTaskRequest {
-                    container_id: id.into(),
-                    rootfs: mounts,
-                    stdout,
-                    stderr,
-                    ..Default::default()
-                },
-                None,
-            ))
-            .await
-            .context(|| format!("creating the task of {id}"))?
-            .into_inner();
-        cd.tasks()
-            .start(cd.req(
-                StartRequest {
-                    container_id: id.into(),
-                    exec_id: String::new(),
-                },
-                None,
-            ))
-            .await
-            .context(|| format!("starting the task of {id}"))?;
-        Ok(created.pid)
+        Ok(mounts)
     }
 
     /// Delete a container's task (killing it first), the container and its snapshot.
