@@ -8,10 +8,12 @@ use proxy::bench::{programming_latency, write_json, BenchOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = BenchOptions::full();
-    let mut out = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/bench/dataplane.json"
-    ));
+    // the workspace's target dir: this crate sits one level below the workspace root
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join("target/bench/dataplane.json");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));

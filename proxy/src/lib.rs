@@ -38,13 +38,6 @@ pub enum Error {
     #[error("connecting to the apiserver")]
     Client(#[from] component::ClientError),
 
-    #[error("{what}")]
-    Api {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-
     #[error("binding the metrics address {address}")]
     Bind {
         address: SocketAddr,

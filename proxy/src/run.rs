@@ -40,13 +40,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let client = component::client(config.kubeconfig.as_deref()).await?;
     let node_name = config.hostname_override.clone().unwrap_or_else(hostname);
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = nodes
-        .get_opt(&node_name)
-        .await
-        .map_err(|source| Error::Api {
-            what: format!("reading node {node_name}"),
-            source,
-        })?;
+    // an apiserver that is not up yet must not stop the proxy: the flag's mode starts, and
+    // the node watch switches modes later if the annotations say so
+    let node = match nodes.get_opt(&node_name).await {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(node = node_name.as_str(), error = %e, "reading this node's proxy-mode annotations; using --proxy-mode for now");
+            None
+        }
+    };
     let annotations = node
         .as_ref()
         .and_then(|n| n.metadata.annotations.clone())

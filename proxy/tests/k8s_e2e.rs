@@ -7,7 +7,7 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -18,7 +18,7 @@ use std::{
 use harness::{kaze_iptables_lines, Harness};
 use proxy::ProxyMode;
 use serde_json::json;
-use support::netns::{in_netns, tcp_once, udp_ask, udp_socket, Conn, Topology};
+use support::netns::{in_netns, tcp_once, udp_ask, Conn, Netns, Topology};
 
 /// Time an EndpointSlice change may take to reach the dataplane (API write to programmed).
 const PROGRAMMING_BOUND: Duration = Duration::from_secs(3);
@@ -28,6 +28,19 @@ const WEB: &[&str] = &["default/web:http", "default/web:dns"];
 
 fn backend(i: usize) -> String {
     format!("backend-{i}")
+}
+
+/// A new UDP flow from source `port` of the client. Tests pick distinct ports: a random
+/// ephemeral port may repeat one used earlier in the test (a 2% chance over 30 sockets),
+/// and the eBPF conntrack, which never expires entries, then treats the datagram as the old
+/// flow and sends it to the old flow's backend, out of round-robin order.
+fn udp_flow(client: &Netns, port: u16) -> UdpSocket {
+    let sock = in_netns(client.name(), || {
+        UdpSocket::bind(("0.0.0.0", port)).expect("binding a client UDP socket")
+    });
+    sock.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("setting a read timeout");
+    sock
 }
 
 fn seen(answers: &[String]) -> BTreeSet<String> {
@@ -55,7 +68,7 @@ fn spreads_follows_changes_and_forgets_deleted_services(test: &str, mode: ProxyM
         .map(|_| tcp_once(client, Harness::vip(vip, 80)))
         .collect();
     let udp: Vec<String> = (0..30)
-        .map(|_| udp_ask(&udp_socket(client), Harness::vip(vip, 53)))
+        .map(|i| udp_ask(&udp_flow(client, 20_000 + i), Harness::vip(vip, 53)))
         .collect();
     let all: BTreeSet<String> = (0..3).map(backend).collect();
     match mode {
@@ -101,7 +114,7 @@ fn spreads_follows_changes_and_forgets_deleted_services(test: &str, mode: ProxyM
         .map(|_| tcp_once(client, Harness::vip(vip, 80)))
         .collect();
     let udp: Vec<String> = (0..24)
-        .map(|_| udp_ask(&udp_socket(client), Harness::vip(vip, 53)))
+        .map(|i| udp_ask(&udp_flow(client, 21_000 + i), Harness::vip(vip, 53)))
         .collect();
     let remaining: BTreeSet<String> = [backend(1), backend(2)].into();
     assert_eq!(
@@ -524,4 +537,48 @@ fn hairpin(test: &str, mode: ProxyMode) {
 #[test]
 fn hairpin_works_in_iptables_mode() {
     hairpin("k8s-hairpin-ipt", ProxyMode::Iptables);
+}
+
+/// An apiserver that is not reachable yet must not stop the proxy: it keeps retrying, says
+/// it is not healthy, and still shuts down cleanly when asked.
+#[test]
+fn an_unreachable_apiserver_leaves_the_proxy_waiting_not_failing() {
+    let h = Harness::new("k8s-noapi", ProxyMode::Iptables);
+    let kubeconfig = h
+        .config
+        .kubeconfig
+        .clone()
+        .expect("the harness sets a kubeconfig");
+    let text = std::fs::read_to_string(&kubeconfig).expect("reading the kubeconfig");
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("a server line")
+        .to_string();
+    // same certificate authority, a port where nothing listens
+    let nowhere = format!("https://127.0.0.1:{}", testkit::free_port());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kubeconfig.yaml");
+    std::fs::write(&path, text.replace(&server, &nowhere)).expect("writing the kubeconfig");
+    let mut config = h.config.clone();
+    config.kubeconfig = Some(path);
+
+    let token = tokio_util::sync::CancellationToken::new();
+    let task = {
+        let _guard = h.enter();
+        tokio::spawn(proxy::run(config, token.clone()))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !task.is_finished(),
+        "proxy::run gave up on an unreachable apiserver"
+    );
+    let (status, body) = h.request("/healthz").expect("the metrics server answers");
+    assert_eq!((status, body.as_str()), (503, "not synced yet\n"));
+    token.cancel();
+    let res = h
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await })
+        .expect("the proxy did not stop within 10 s")
+        .expect("the proxy task panicked");
+    assert!(res.is_ok(), "proxy::run failed: {res:?}");
 }

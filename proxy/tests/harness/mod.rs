@@ -112,6 +112,11 @@ impl Harness {
         self.rt.as_ref().expect("runtime").block_on(f)
     }
 
+    /// Enters the runtime's context, e.g. to `tokio::spawn` from the test thread.
+    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.rt.as_ref().expect("runtime").enter()
+    }
+
     pub fn client_ns(&self) -> &Netns {
         &self.topo.client
     }
@@ -146,13 +151,20 @@ impl Harness {
 
     /// `GET path` on the metrics address: the body of a 200 answer.
     pub fn get(&self, path: &str) -> Option<String> {
+        let (status, body) = self.request(path)?;
+        (status == 200).then_some(body)
+    }
+
+    /// `GET path` on the metrics address: status and body, `None` if nothing answers.
+    pub fn request(&self, path: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         let (head, body) = text.split_once("\r\n\r\n")?;
-        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
     }
 
     /// The value of the metric line starting with `series` (name plus labels).
