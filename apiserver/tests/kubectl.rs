@@ -91,7 +91,11 @@ fn apply_and_get_on_a_real_etcd() {
             "{names}"
         );
     }
-    s.kubectl(&["delete", "-f", &f, "--timeout=30s"]);
+    // The namespace goes first and takes its contents with it, so the rest may be gone already.
+    s.kubectl(&["delete", "-f", &f, "--timeout=30s", "--ignore-not-found"]);
+    assert!(s
+        .kubectl_fails(&["get", "ns", "shop"], None)
+        .contains("not found"));
 }
 
 #[test]
