@@ -135,10 +135,16 @@ pub fn parse_token_file(text: &str) -> Result<Vec<(String, UserInfo)>, String> {
 /// `kube-public/cluster-info`, readable without credentials (as kubeadm makes it).
 pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
 
-fn is_public(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz", "/version"]
+/// kubeadm's bootstrap ConfigMap: joining nodes read the server's CA from it before they
+/// have any credential (they check it against the hash in their join token).
+pub const CLUSTER_INFO: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
+
+/// What anonymous callers may do, as upstream's default RBAC allows it.
+fn is_public(method: &axum::http::Method, path: &str) -> bool {
+    let health = ["/healthz", "/livez", "/readyz", "/version"]
         .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+    health || (method == axum::http::Method::GET && path == CLUSTER_INFO)
 }
 
 /// The authentication layer: attaches [`UserInfo`] to the request or answers 401.
@@ -161,7 +167,7 @@ pub async fn authenticate(
             req.extensions_mut().insert(user.clone());
             next.run(req).await
         }
-        None if is_public(req.uri().path()) => next.run(req).await,
+        None if is_public(req.method(), req.uri().path()) => next.run(req).await,
         // kubeadm's bootstrap convention: the cluster's CA is public so joining nodes can
         // check it against the hash in their token before they send the token anywhere.
         None if req.method() == axum::http::Method::GET
@@ -192,11 +198,21 @@ mod tests {
     }
 
     #[test]
-    fn health_and_version_are_public_but_api_is_not() {
-        assert!(is_public("/healthz"));
-        assert!(is_public("/readyz/ping"));
-        assert!(is_public("/version"));
-        assert!(!is_public("/api/v1/pods"));
-        assert!(!is_public("/healthzx"));
+    fn health_version_and_cluster_info_are_public_but_api_is_not() {
+        use axum::http::Method;
+        assert!(is_public(&Method::GET, "/healthz"));
+        assert!(is_public(&Method::GET, "/readyz/ping"));
+        assert!(is_public(&Method::GET, "/version"));
+        assert!(!is_public(&Method::GET, "/api/v1/pods"));
+        assert!(!is_public(&Method::GET, "/healthzx"));
+        assert!(is_public(&Method::GET, CLUSTER_INFO));
+        assert!(
+            !is_public(&Method::PUT, CLUSTER_INFO),
+            "anonymous callers only read it"
+        );
+        assert!(!is_public(
+            &Method::GET,
+            "/api/v1/namespaces/kube-public/configmaps/other"
+        ));
     }
 }

@@ -367,6 +367,40 @@ async fn status_errors_for_bad_requests() {
         .await
         .expect("healthz");
     assert_eq!(ok, "ok");
+    // kube-public/cluster-info is readable without a token (kubeadm-style joins need it).
+    let info = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
+    let info_req = || axum::http::Request::get(info).body(vec![]).expect("req");
+    let err = anon
+        .request_text(info_req())
+        .await
+        .expect_err("not created yet");
+    assert_eq!(
+        api_code(&err).map(|c| c.0),
+        Some(404),
+        "reachable anonymously: {err}"
+    );
+    let public: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-public");
+    public
+        .create(
+            &PostParams::default(),
+            &cm("cluster-info", &[("ca.crt", "pem")]),
+        )
+        .await
+        .expect("create");
+    assert!(anon
+        .request_text(info_req())
+        .await
+        .expect("anonymous read")
+        .contains("ca.crt"));
+    let other = anon
+        .request_text(
+            axum::http::Request::get("/api/v1/namespaces/kube-public/configmaps")
+                .body(vec![])
+                .expect("req"),
+        )
+        .await
+        .expect_err("only cluster-info itself");
+    assert_eq!(api_code(&other).map(|c| c.0), Some(401));
     let metrics_req = || {
         axum::http::Request::get("/metrics")
             .body(vec![])
@@ -379,7 +413,7 @@ async fn status_errors_for_bad_requests() {
     assert_eq!(api_code(&err).map(|c| c.0), Some(401));
     let metrics = client.request_text(metrics_req()).await.expect("metrics");
     for needle in [
-        "apiserver_request_total{verb=\"CREATE\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\",code=\"201\"} 1",
+        "apiserver_request_total{verb=\"CREATE\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\",code=\"201\"} 2",
         "resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\",code=\"415\"} 1",
         "code=\"401\"} ",
         "apiserver_request_duration_seconds_bucket{verb=\"CREATE\"",
