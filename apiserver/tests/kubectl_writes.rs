@@ -61,6 +61,50 @@ fn typed_create_commands_send_protobuf_and_work() {
         "--env=MODE=dev",
     ]);
 
+    s.kubectl(&[
+        "create",
+        "clusterrole",
+        "reader",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "reader",
+        "--clusterrole=reader",
+        "--serviceaccount=team-a:robot",
+    ]);
+    run(&[
+        "create",
+        "role",
+        "cm-editor",
+        "--verb=update",
+        "--resource=configmaps",
+        "--resource-name=hello",
+    ]);
+    run(&[
+        "create",
+        "rolebinding",
+        "cm-editor",
+        "--role=cm-editor",
+        "--user=alice",
+    ]);
+    s.kubectl(&[
+        "create",
+        "priorityclass",
+        "high",
+        "--value=1000",
+        "--description=important",
+    ]);
+    run(&[
+        "create",
+        "poddisruptionbudget",
+        "web",
+        "--selector=app=web",
+        "--min-available=50%",
+    ]);
+
     let get = |kind: &str, name: &str| json(&s, &["get", kind, name, "-n", "team-a"]);
     assert_eq!(get("cm", "hello")["data"]["greeting"], "hi");
     assert_eq!(get("secret", "pw")["data"]["password"], "czNjcmV0");
@@ -92,6 +136,32 @@ fn typed_create_commands_send_protobuf_and_work() {
     );
     assert_eq!(get("cronjob", "tick")["spec"]["schedule"], "*/5 * * * *");
     assert_eq!(get("quota", "q")["spec"]["hard"]["pods"], "10");
+    let role = json(&s, &["get", "clusterrole", "reader"]);
+    assert_eq!(
+        role["rules"][0]["verbs"],
+        serde_json::json!(["get", "list"])
+    );
+    assert_eq!(role["rules"][0]["resources"], serde_json::json!(["pods"]));
+    let crb = json(&s, &["get", "clusterrolebinding", "reader"]);
+    assert_eq!(crb["roleRef"]["name"], "reader");
+    assert_eq!(
+        crb["subjects"][0],
+        serde_json::json!({"kind": "ServiceAccount", "name": "robot", "namespace": "team-a"})
+    );
+    assert_eq!(
+        get("role", "cm-editor")["rules"][0]["resourceNames"],
+        serde_json::json!(["hello"])
+    );
+    assert_eq!(
+        get("rolebinding", "cm-editor")["subjects"][0]["name"],
+        "alice"
+    );
+    let pc = json(&s, &["get", "priorityclass", "high"]);
+    assert_eq!(
+        (pc["value"].as_i64(), pc["description"].as_str()),
+        (Some(1000), Some("important"))
+    );
+    assert_eq!(get("pdb", "web")["spec"]["minAvailable"], "50%");
     let pod = get("pod", "solo");
     assert_eq!(pod["metadata"]["labels"]["app"], "solo");
     assert_eq!(
