@@ -34,7 +34,7 @@ mod nsfinalizer;
 mod objects;
 mod openapi;
 mod patch;
-mod proto;
+mod protobuf;
 mod registry;
 mod reviews;
 mod router;

@@ -41,7 +41,7 @@ pub fn body_type(headers: &HeaderMap) -> Result<BodyType, ApiError> {
         "application/strategic-merge-patch+json" => BodyType::StrategicMergePatch,
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => BodyType::ApplyPatch,
         // client-go's typed clients (kubectl's `create <generator>` commands) send protobuf.
-        "application/vnd.kubernetes.protobuf" => BodyType::Protobuf,
+        e if crate::protobuf::is_protobuf(e) => BodyType::Protobuf,
         _ => return Err(ApiError::unsupported_media_type(ct)),
     })
 }
@@ -58,9 +58,9 @@ pub fn decode(body: &Bytes, ty: BodyType) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     match ty {
-        BodyType::Protobuf => crate::proto::decode(body).map_err(|e| {
-            ApiError::unsupported_media_type(&format!("application/vnd.kubernetes.protobuf ({e})"))
-        }),
+        // Upstream answers 400 to a body it cannot decode.
+        BodyType::Protobuf => crate::protobuf::decode(body)
+            .map_err(|e| ApiError::bad_request(format!("decoding protobuf body: {e}"))),
         BodyType::Yaml | BodyType::ApplyPatch => serde_yaml::from_slice::<Value>(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML request body: {e}"))),
         _ => serde_json::from_slice::<Value>(body)

@@ -237,7 +237,9 @@ fn service_cells(o: &Value) -> Vec<Value> {
         .map(|p| {
             let proto = p["protocol"].as_str().unwrap_or("TCP");
             match p["nodePort"].as_i64() {
-                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                // Protobuf bodies carry nodePort 0 for "none"; upstream prints only real ones.
+                Some(np) if np > 0 => format!("{}:{np}/{proto}", p["port"]),
+                Some(_) => format!("{}/{proto}", p["port"]),
                 None => format!("{}/{proto}", p["port"]),
             }
         })
