@@ -38,6 +38,8 @@ enum Command {
     /// The node agent: registers the node and runs its pods on containerd (also invoked as
     /// `kubelet`).
     Kubelet(kubelet::node::Config),
+    /// Service load-balancing: eBPF (default) or iptables (also invoked as `kube-proxy`).
+    Proxy(proxy::Config),
     /// A whole cluster on this machine: apiserver (embedded store, or etcd with
     /// --etcd-servers), scheduler, controller-manager, and unless --disable-agent this
     /// machine's containerd, kubelet and cluster DNS.
@@ -53,6 +55,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("kube-controller-manager", "controller-manager"),
     ("kube-dns", "dns"),
     ("kubelet", "kubelet"),
+    ("kube-proxy", "proxy"),
 ];
 
 fn args() -> Vec<String> {
@@ -91,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             Command::Kubelet(config) => kubelet::node::run(config, shutdown)
                 .await
                 .context("kubelet"),
+            Command::Proxy(config) => proxy::run(config, shutdown).await.context("proxy"),
             Command::Server(args) => server::run(args, shutdown).await,
             Command::Agent(args) => agent::run(args, shutdown).await,
         }

@@ -10,11 +10,11 @@ use anyhow::{bail, Context, Result};
 use crate::{cargo, run_cmd, step};
 
 /// Every benchmark `ci` runs in smoke mode.
-pub const NAMES: &[&str] = &["store", "apiserver", "dns", "scheduler"];
+pub const NAMES: &[&str] = &["store", "apiserver", "dns", "scheduler", "kubelet"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Which benchmark: store, apiserver, dns, scheduler.
+    /// Which benchmark: store, apiserver, dns, scheduler, kubelet.
     pub name: String,
     /// Short run for CI: small counts, debug build.
     #[arg(long)]
@@ -63,6 +63,19 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             }
             cmd.arg("--out").arg(&out);
             run_cmd(&mut cmd).context("running the apiserver benchmark")?;
+        }
+        "kubelet" => {
+            let mut cmd = cargo(root);
+            cmd.args(["run", "-q", "-p", "kubelet", "--example", "bench"]);
+            if !args.smoke {
+                cmd.arg("--release");
+            }
+            cmd.arg("--");
+            if args.smoke {
+                cmd.args(["--pods", "5"]);
+            }
+            cmd.arg("--out").arg(&out);
+            run_cmd(&mut cmd).context("running the kubelet benchmark")?;
         }
         "scheduler" => {
             let mut cmd = cargo(root);

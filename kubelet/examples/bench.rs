@@ -1,0 +1,266 @@
+//! `cargo xtask bench kubelet`: N pods created at once, bound to one node, run by the kaze
+//! kubelet on a real containerd; p50/p99 of create→Running and create→Ready (from the
+//! apiserver's watch), against upstream's pod-startup SLO (5 s without image pull; kaze's goal
+//! is p99 ≤ 1 s), and the peak RSS of this process (apiserver and kubelet both run in it).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use serde_json::json;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../xtask/src/images.rs"]
+mod xtask_images;
+
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
+            })
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn entry(
+    metric: &str,
+    value: f64,
+    unit: &str,
+    reference: &str,
+    reference_value: f64,
+) -> serde_json::Value {
+    json!({"metric": metric, "value": (value * 100.0).round() / 100.0, "unit": unit, "reference": reference,
+           "reference_value": reference_value, "ratio": ((reference_value / value.max(1e-9)) * 1000.0).round() / 1000.0})
+}
+
+#[tokio::main]
+async fn main() {
+    let mut pods_n = 50usize;
+    let mut out = std::path::PathBuf::from("target/bench/kubelet.json");
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        match k.as_str() {
+            "--pods" => pods_n = it.next().and_then(|v| v.parse().ok()).expect("--pods N"),
+            "--out" => out = it.next().expect("--out FILE").into(),
+            other => panic!("unknown argument {other:?}"),
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-kubelet-bench-")
+        .tempdir()
+        .expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path().join("api")))
+        .await
+        .expect("apiserver");
+    let client = component::client(Some(server.kubeconfig_path()))
+        .await
+        .expect("client");
+    let containerd = tokio::task::spawn_blocking(testkit::Containerd::start)
+        .await
+        .expect("containerd");
+    let root = dir.path().join("kubelet");
+    let images = root.join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf();
+    for tar in xtask_images::build_images(&repo).expect("images") {
+        std::fs::copy(&tar, images.join(tar.file_name().expect("name"))).expect("copy image");
+    }
+    let pid = std::process::id();
+    let node = format!("bench-{pid}");
+    let bridge = format!("kzb{}", pid % 100_000);
+    let _bridge = LinkGuard(bridge.clone());
+    let config = kubelet::node::Config {
+        kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
+        hostname_override: Some(node.clone()),
+        node_ip: Some("127.0.0.1".parse().expect("ip")),
+        container_runtime_endpoint: containerd.socket().display().to_string(),
+        root_dir: root,
+        pod_log_dir: dir.path().join("logs"),
+        cluster_dns: vec!["10.43.0.10".parse().expect("ip")],
+        cluster_domain: "cluster.local".into(),
+        pod_infra_container_image: "docker.io/kaze/pause:1".into(),
+        cni_bin_dir: "/usr/lib/cni".into(),
+        cni_bridge: bridge,
+        ip_masq: false,
+        node_labels: Vec::new(),
+        max_pods: 250,
+        port: testkit::free_port(),
+        cgroup_root: Some(format!("/kaze-bench/{node}")),
+        lease_renew_interval: Duration::from_secs(10),
+    };
+    let token = component::CancellationToken::new();
+    let kl = tokio::spawn(kubelet::node::run(config, token.clone()));
+    let nodes: Api<Node> = Api::all(client.clone());
+    let start = Instant::now();
+    while nodes.get_opt(&node).await.ok().flatten().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"podCIDR": "10.244.201.0/24"}})),
+        )
+        .await
+        .expect("pod CIDR");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch_api = pods.clone();
+    tokio::spawn(async move {
+        let mut w = watcher::watcher(watch_api, watcher::Config::default()).boxed();
+        while let Some(ev) = w.next().await {
+            if let Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) = ev {
+                let _ = tx.send((p, Instant::now()));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut created = HashMap::new();
+    let t0 = Instant::now();
+    let creates = (0..pods_n).map(|i| {
+        let pods = pods.clone();
+        let node = node.clone();
+        async move {
+            let name = format!("b{i}");
+            let p: Pod = serde_json::from_value(json!({"metadata": {"name": name},
+                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "c", "image": "kaze/busybox:1", "command": ["sleep", "3600"]}]}}))
+            .expect("pod");
+            let at = Instant::now();
+            pods.create(&PostParams::default(), &p).await.expect("create");
+            (name, at)
+        }
+    });
+    for (name, at) in futures::future::join_all(creates).await {
+        created.insert(name, at);
+    }
+    println!(
+        "created {pods_n} pods in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let mut running: HashMap<String, f64> = HashMap::new();
+    let mut ready: HashMap<String, f64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while ready.len() < pods_n {
+        let Ok(Some((p, at))) = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            rx.recv(),
+        )
+        .await
+        else {
+            panic!("only {} of {pods_n} pods Ready in time", ready.len());
+        };
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let Some(c) = created.get(&name) else {
+            continue;
+        };
+        let st = p.status.unwrap_or_default();
+        if st.phase.as_deref() == Some("Running") {
+            running
+                .entry(name.clone())
+                .or_insert_with(|| at.duration_since(*c).as_secs_f64() * 1000.0);
+        }
+        if st
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            ready
+                .entry(name)
+                .or_insert_with(|| at.duration_since(*c).as_secs_f64() * 1000.0);
+        }
+    }
+    let mut r: Vec<f64> = running.values().copied().collect();
+    let mut y: Vec<f64> = ready.values().copied().collect();
+    r.sort_by(|a, b| a.total_cmp(b));
+    y.sort_by(|a, b| a.total_cmp(b));
+    let rss = peak_rss_mib();
+    println!("create->Running p50 {:.0} ms p99 {:.0} ms; create->Ready p50 {:.0} ms p99 {:.0} ms; peak RSS {rss:.0} MiB",
+        percentile(&r, 0.5), percentile(&r, 0.99), percentile(&y, 0.5), percentile(&y, 0.99));
+    let slo = "upstream pod startup SLO (published, p99 5 s)";
+    let figures = vec![
+        entry(
+            "create->Running p50",
+            percentile(&r, 0.5),
+            "ms",
+            slo,
+            5000.0,
+        ),
+        entry(
+            "create->Running p99",
+            percentile(&r, 0.99),
+            "ms",
+            slo,
+            5000.0,
+        ),
+        entry("create->Ready p50", percentile(&y, 0.5), "ms", slo, 5000.0),
+        entry("create->Ready p99", percentile(&y, 0.99), "ms", slo, 5000.0),
+        entry(
+            "create->Ready p99 vs goal",
+            percentile(&y, 0.99),
+            "ms",
+            "kaze goal",
+            1000.0,
+        ),
+        json!({"metric": "peak RSS (bench process: apiserver + kubelet)", "value": rss, "unit": "MiB",
+               "reference": "none (printed for tracking)", "reference_value": rss, "ratio": 1.0}),
+    ];
+    let json = serde_json::to_string_pretty(&figures).expect("json");
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d).expect("out dir");
+    }
+    std::fs::write(&out, &json).expect("write");
+    println!("{json}");
+
+    // Clean up: every pod stopped and removed before containerd goes.
+    for name in created.keys() {
+        let _ = pods.delete(name, &DeleteParams::default()).await;
+    }
+    let start = Instant::now();
+    while pods
+        .list(&Default::default())
+        .await
+        .map(|l| !l.items.is_empty())
+        .unwrap_or(false)
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    token.cancel();
+    let _ = kl.await;
+    drop(containerd);
+    server.shutdown().await;
+}
