@@ -10,11 +10,18 @@ use anyhow::{bail, Context, Result};
 use crate::{cargo, run_cmd, step};
 
 /// Every benchmark `ci` runs in smoke mode.
-pub const NAMES: &[&str] = &["store", "apiserver", "dns", "scheduler", "kubelet"];
+pub const NAMES: &[&str] = &[
+    "store",
+    "apiserver",
+    "dns",
+    "scheduler",
+    "kubelet",
+    "dataplane",
+];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Which benchmark: store, apiserver, dns, scheduler, kubelet.
+    /// Which benchmark: store, apiserver, dns, scheduler, kubelet, dataplane.
     pub name: String,
     /// Short run for CI: small counts, debug build.
     #[arg(long)]
@@ -76,6 +83,21 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             }
             cmd.arg("--out").arg(&out);
             run_cmd(&mut cmd).context("running the kubelet benchmark")?;
+        }
+        "dataplane" => {
+            // The proxy embeds the eBPF object: make sure it is built.
+            crate::ebpf::build_ebpf(root).context("building the eBPF programs")?;
+            let mut cmd = cargo(root);
+            cmd.args(["run", "-q", "-p", "proxy", "--example", "bench_dataplane"]);
+            if !args.smoke {
+                cmd.arg("--release");
+            }
+            cmd.arg("--");
+            if args.smoke {
+                cmd.arg("--smoke");
+            }
+            cmd.arg("--out").arg(&out);
+            run_cmd(&mut cmd).context("running the dataplane benchmark")?;
         }
         "scheduler" => {
             let mut cmd = cargo(root);
