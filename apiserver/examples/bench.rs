@@ -10,6 +10,7 @@ use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
+use testkit::bench::{peak_rss_mib, percentile};
 use tokio::sync::Mutex;
 
 const CONCURRENCY: usize = 32;
@@ -53,43 +54,6 @@ fn pod(ns: &str, name: &str) -> serde_json::Value {
         "spec": {"containers": [{"name": "app", "image": "kaze/busybox:1", "command": ["sh", "-c", "sleep 3600"],
                                  "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
     })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
-                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
-            })
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn entry(
-    metric: &str,
-    value: f64,
-    unit: &str,
-    reference: &str,
-    reference_value: f64,
-    higher_is_better: bool,
-) -> serde_json::Value {
-    let ratio = if higher_is_better {
-        value / reference_value.max(1e-9)
-    } else {
-        reference_value / value.max(1e-9)
-    };
-    json!({"metric": metric, "value": (value * 100.0).round() / 100.0, "unit": unit, "reference": reference,
-           "reference_value": (reference_value * 100.0).round() / 100.0, "ratio": (ratio * 1000.0).round() / 1000.0})
 }
 
 #[tokio::main]
@@ -241,7 +205,7 @@ async fn main() {
     let rss = peak_rss_mib();
 
     let figures = vec![
-        entry(
+        testkit::bench::figure(
             "pod creates through the API",
             api_rate,
             "ops/s",
@@ -249,10 +213,10 @@ async fn main() {
             raw_rate,
             true,
         ),
-        entry("LIST all pods p50", l50, "ms", "goal p99", 100.0, false),
-        entry("LIST all pods p99", l99, "ms", "goal p99", 100.0, false),
-        entry("watch event latency p99", w99, "ms", "goal", 10.0, false),
-        entry(
+        testkit::bench::figure("LIST all pods p50", l50, "ms", "goal p99", 100.0, false),
+        testkit::bench::figure("LIST all pods p99", l99, "ms", "goal p99", 100.0, false),
+        testkit::bench::figure("watch event latency p99", w99, "ms", "goal", 10.0, false),
+        testkit::bench::figure(
             "peak RSS (bench process incl. apiserver)",
             rss,
             "MiB",

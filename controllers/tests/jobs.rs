@@ -2,7 +2,6 @@
 //! "kubelet" finishes pods: those of job `failing` fail, all others succeed.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,37 +12,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde_json::json;
 
-fn kubectl(kc: &Path, args: &[&str], input: Option<&str>) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(testkit::kubectl())
-        .arg("--kubeconfig")
-        .arg(kc)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    if let Some(i) = input {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(i.as_bytes())
-            .expect("stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("kubectl output")
-}
-
 fn kubectl_ok(kc: &Path, args: &[&str], input: Option<&str>) -> String {
-    let out = kubectl(kc, args, input);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testkit::kubectl_ok(kc, args, input)
 }
 
 async fn kubelet(client: Client, stop: Arc<AtomicBool>, max_active_work: Arc<AtomicI32>) {

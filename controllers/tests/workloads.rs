@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,32 +14,7 @@ use kube::Client;
 use serde_json::json;
 
 fn kubectl_ok(kc: &Path, args: &[&str], input: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = Command::new(testkit::kubectl())
-        .arg("--kubeconfig")
-        .arg(kc)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    if let Some(i) = input {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(i.as_bytes())
-            .expect("stdin");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("kubectl output");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testkit::kubectl_ok(kc, args, input)
 }
 
 /// Also records the order in which StatefulSet pods first appeared.

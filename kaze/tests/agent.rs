@@ -13,14 +13,6 @@ use testkit::{free_port, kubectl, ChildGuard};
 #[path = "../../xtask/src/images.rs"]
 mod xtask_images;
 
-struct LinkGuard(String);
-
-impl Drop for LinkGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
 fn kubectl_run(kc: &Path, args: &[&str]) -> Output {
     Command::new(kubectl())
         .arg("--kubeconfig")
@@ -134,7 +126,7 @@ fn agent_joins_with_the_token_and_runs_pods() {
     let pid = std::process::id();
     let node = format!("agent-{pid}");
     let bridge = format!("kzg{}", pid % 100_000);
-    let _bridge = LinkGuard(bridge.clone());
+    let _bridge = testkit::LinkGuard(bridge.clone());
     let agent_args: Vec<String> = vec![
         "agent".into(),
         "--server".into(),

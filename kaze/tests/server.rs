@@ -16,15 +16,6 @@ use testkit::{free_port, kubectl, ChildGuard};
 #[path = "../../xtask/src/images.rs"]
 mod xtask_images;
 
-/// Removes the test's bridge even when the test fails.
-struct LinkGuard(String);
-
-impl Drop for LinkGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
 fn start_server(data_dir: &Path, port: u16, run: u32, extra: &[String]) -> ChildGuard {
     let log = std::fs::File::create(data_dir.join(format!("server-{run}.log")))
         .expect("creating the server log");
@@ -68,27 +59,10 @@ fn kubectl_ok(data_dir: &Path, args: &[&str]) -> String {
 }
 
 fn kubectl_apply(data_dir: &Path, yaml: &str) {
-    use std::io::Write;
-    let mut child = Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(data_dir.join("kubeconfig.yaml"))
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl apply");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("kubectl apply output");
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    testkit::kubectl_ok(
+        &data_dir.join("kubeconfig.yaml"),
+        &["apply", "-f", "-"],
+        Some(yaml),
     );
 }
 
@@ -198,7 +172,7 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     let pid = std::process::id();
     let node = format!("kz-e2e-{pid}");
     let bridge = format!("kzs{}", pid % 100_000);
-    let _bridge = LinkGuard(bridge.clone());
+    let _bridge = testkit::LinkGuard(bridge.clone());
     let extra: Vec<String> = [
         "--node-ip",
         "127.0.0.1",

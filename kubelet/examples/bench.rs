@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -13,49 +12,11 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
+use testkit::bench::{peak_rss_mib, percentile};
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../xtask/src/images.rs"]
 mod xtask_images;
-
-struct LinkGuard(String);
-
-impl Drop for LinkGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
-                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
-            })
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn entry(
-    metric: &str,
-    value: f64,
-    unit: &str,
-    reference: &str,
-    reference_value: f64,
-) -> serde_json::Value {
-    json!({"metric": metric, "value": (value * 100.0).round() / 100.0, "unit": unit, "reference": reference,
-           "reference_value": reference_value, "ratio": ((reference_value / value.max(1e-9)) * 1000.0).round() / 1000.0})
-}
 
 #[tokio::main]
 async fn main() {
@@ -95,7 +56,7 @@ async fn main() {
     let pid = std::process::id();
     let node = format!("bench-{pid}");
     let bridge = format!("kzb{}", pid % 100_000);
-    let _bridge = LinkGuard(bridge.clone());
+    let _bridge = testkit::LinkGuard(bridge.clone());
     let config = kubelet::node::Config {
         kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
         hostname_override: Some(node.clone()),
@@ -212,28 +173,45 @@ async fn main() {
         percentile(&r, 0.5), percentile(&r, 0.99), percentile(&y, 0.5), percentile(&y, 0.99));
     let slo = "upstream pod startup SLO (published, p99 5 s)";
     let figures = vec![
-        entry(
+        testkit::bench::figure(
             "create->Running p50",
             percentile(&r, 0.5),
             "ms",
             slo,
             5000.0,
+            false,
         ),
-        entry(
+        testkit::bench::figure(
             "create->Running p99",
             percentile(&r, 0.99),
             "ms",
             slo,
             5000.0,
+            false,
         ),
-        entry("create->Ready p50", percentile(&y, 0.5), "ms", slo, 5000.0),
-        entry("create->Ready p99", percentile(&y, 0.99), "ms", slo, 5000.0),
-        entry(
+        testkit::bench::figure(
+            "create->Ready p50",
+            percentile(&y, 0.5),
+            "ms",
+            slo,
+            5000.0,
+            false,
+        ),
+        testkit::bench::figure(
+            "create->Ready p99",
+            percentile(&y, 0.99),
+            "ms",
+            slo,
+            5000.0,
+            false,
+        ),
+        testkit::bench::figure(
             "create->Ready p99 vs goal",
             percentile(&y, 0.99),
             "ms",
             "kaze goal",
             1000.0,
+            false,
         ),
         json!({"metric": "peak RSS (bench process: apiserver + kubelet)", "value": rss, "unit": "MiB",
                "reference": "none (printed for tracking)", "reference_value": rss, "ratio": 1.0}),

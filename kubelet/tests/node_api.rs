@@ -15,15 +15,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-/// Deletes the test's bridge even when the test fails.
-struct LinkGuard(String);
-
-impl Drop for LinkGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
@@ -82,7 +73,7 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
     let pid = std::process::id();
     let node = format!("kl-api-{pid}");
     let bridge = format!("kza{}", pid % 100_000);
-    let _bridge = LinkGuard(bridge.clone());
+    let _bridge = testkit::LinkGuard(bridge.clone());
     let config = kubelet::node::Config {
         kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
         hostname_override: Some(node.clone()),

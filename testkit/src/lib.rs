@@ -386,3 +386,108 @@ impl Drop for Containerd {
         }
     }
 }
+
+/// Deletes a network link (a test's bridge) on drop, also when the test fails.
+#[derive(Debug)]
+pub struct LinkGuard(pub String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Run the real kubectl with `kubeconfig`, feeding `stdin` when given.
+pub fn kubectl_with(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("kubectl stdin")
+            .write_all(input.as_bytes())
+            .expect("writing kubectl stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// [`kubectl_with`], panicking with kubectl's output unless it succeeds; returns stdout.
+pub fn kubectl_ok(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl_with(kubeconfig, args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Helpers the `cargo xtask bench` drivers share.
+pub mod bench {
+    /// The `p`-quantile (0..=1) of sorted values.
+    pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// This process's peak resident set size (VmHWM), MiB.
+    pub fn peak_rss_mib() -> f64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("VmHWM:")
+                        .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+                })
+            })
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// One figure of `target/bench/<name>.json`; the ratio is value/reference when higher is
+    /// better, reference/value otherwise (so > 1 always means "better than the reference").
+    pub fn figure(
+        metric: &str,
+        value: f64,
+        unit: &str,
+        reference: &str,
+        reference_value: f64,
+        higher_is_better: bool,
+    ) -> serde_json::Value {
+        let ratio = if higher_is_better {
+            value / reference_value.max(1e-9)
+        } else {
+            reference_value / value.max(1e-9)
+        };
+        serde_json::json!({"metric": metric, "value": (value * 100.0).round() / 100.0, "unit": unit,
+            "reference": reference, "reference_value": (reference_value * 100.0).round() / 100.0,
+            "ratio": (ratio * 1000.0).round() / 1000.0})
+    }
+
+    /// Write the figures as `out` (a JSON list) and print them.
+    pub fn write(out: &std::path::Path, figures: &[serde_json::Value]) {
+        let json = serde_json::to_string_pretty(figures).expect("serializing figures");
+        if let Some(d) = out.parent() {
+            std::fs::create_dir_all(d).expect("creating the bench output dir");
+        }
+        std::fs::write(out, &json).expect("writing the bench figures");
+        println!("{json}");
+    }
+}

@@ -263,7 +263,7 @@ mod tests {
             limit_bytes: Some(5),
             ..Default::default()
         };
-        assert_eq!(render(CRI, &limited), "one\ntw");
+        assert_eq!(render(CRI, &limited), "one\nt", "five bytes");
         let since = LogOptions {
             since: Some("2026-11-25T10:00:01Z".parse().expect("ts")),
             ..Default::default()
