@@ -79,7 +79,12 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         let out = Command::new(&kubectl)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"])
+            .args([
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+            ])
             .output();
         if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("True")) {
             break;
