@@ -2,9 +2,9 @@
 //! idempotent `reconcile(object, ctx) -> Action` on kube-rs's `Controller`, so a missed or
 //! repeated event never matters — every reconcile recomputes from what the API says now.
 //!
-//! Controllers: `replicaset`, `deployment`, `daemonset`, `statefulset`, `endpointslice` (also writes Endpoints),
+//! Controllers: `replicaset`, `replicationcontroller`, `deployment`, `daemonset`, `statefulset`, `endpointslice` (also writes Endpoints),
 //! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
-//! `job`, `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction),
+//! `job`, `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction), `podgc`,
 //! `serviceaccount`. Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
 
 use std::path::PathBuf;
@@ -23,7 +23,9 @@ pub mod gc;
 pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod util;
@@ -31,6 +33,7 @@ pub mod util;
 /// Every controller this binary has, in start order.
 pub const ALL: &[&str] = &[
     "replicaset",
+    "replicationcontroller",
     "deployment",
     "daemonset",
     "statefulset",
@@ -40,6 +43,7 @@ pub const ALL: &[&str] = &[
     "cronjob",
     "nodeipam",
     "nodelifecycle",
+    "podgc",
     "serviceaccount",
 ];
 
@@ -68,6 +72,10 @@ pub struct Config {
     /// How often node health is checked.
     #[arg(long = "node-monitor-period", default_value = "5s", value_parser = component::leader::parse_duration)]
     pub node_monitor_period: Duration,
+
+    /// Finished pods kept before the oldest are deleted.
+    #[arg(long = "terminated-pod-gc-threshold", default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: usize,
 
     #[command(flatten)]
     pub leader: component::leader::LeaderElectionArgs,
@@ -174,7 +182,8 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
                 grace: config.node_monitor_grace_period,
                 period: config.node_monitor_period,
             };
-            run_controllers(client, which, cidr, timing, token)
+            let gc_threshold = config.terminated_pod_gc_threshold;
+            run_controllers(client, which, cidr, timing, gc_threshold, token)
         })
         .await?;
     Ok(())
@@ -185,6 +194,7 @@ async fn run_controllers(
     which: Vec<&'static str>,
     cidr: nodeipam::Cidrs,
     timing: nodelifecycle::Timing,
+    gc_threshold: usize,
     shutdown: component::CancellationToken,
 ) {
     let ctx = Arc::new(Ctx {
@@ -207,6 +217,8 @@ async fn run_controllers(
             "nodeipam" => tasks.spawn(nodeipam::run(ctx, cidr.clone(), token)),
             "nodelifecycle" => tasks.spawn(nodelifecycle::run(ctx.client.clone(), timing, token)),
             "serviceaccount" => tasks.spawn(serviceaccount::run(ctx, token)),
+            "replicationcontroller" => tasks.spawn(replicationcontroller::run(ctx, token)),
+            "podgc" => tasks.spawn(podgc::run(ctx.client.clone(), gc_threshold, token)),
             _ => continue,
         };
     }

@@ -72,25 +72,43 @@ fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64) {
     (u8::from(scheduled), phase, u8::from(is_ready(p)), -created)
 }
 
-async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
-    if rs.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let ns = rs.namespace().unwrap_or_default();
-    let name = rs.name_any();
-    let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let spec = rs.spec.clone();
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = selector_string(&spec.selector);
-    if selector.is_empty() {
+/// What [`sync_replicas`] counted among the active pods it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaCounts {
+    pub replicas: i32,
+    pub ready: i32,
+    pub available: i32,
+    pub fully_labeled: i32,
+}
+
+/// The workload a [`sync_replicas`] call keeps pods for: a ReplicaSet or a
+/// ReplicationController.
+pub struct Owner<'a> {
+    pub kind: &'static str,
+    pub reference: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub selector: String,
+    pub replicas: usize,
+    pub template: &'a PodTemplateSpec,
+    pub min_ready_seconds: i32,
+}
+
+/// The shared core of ReplicaSet and ReplicationController: adopt matching orphans, create
+/// or delete pods until `replicas` are active, and count them.
+pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, ReconcileError> {
+    let (ns, name, kind) = (o.namespace, o.name, o.kind);
+    let uid = o.reference.uid.clone();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    if o.selector.is_empty() {
         return Err(ReconcileError::Invalid(format!(
-            "replicaset {ns}/{name} has an empty selector"
+            "{kind} {ns}/{name} has an empty selector"
         )));
     }
     let listed = pods_api
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&o.selector))
         .await
-        .map_err(api_err(format!("listing pods of replicaset {ns}/{name}")))?;
+        .map_err(api_err(format!("listing pods of {kind} {ns}/{name}")))?;
 
     let mut owned = Vec::new();
     for pod in listed.items {
@@ -100,7 +118,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Reconci
             // Adopt a matching orphan, as upstream does (the ownerReferences list is
             // replaced whole, guarded by the pod's resourceVersion).
             let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-            refs.push(controller_ref(rs.as_ref()));
+            refs.push(o.reference.clone());
             let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
             if pods_api
                 .patch(
@@ -116,16 +134,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Reconci
         }
     }
     let active: Vec<&Pod> = owned.iter().filter(|p| is_active(p)).collect();
-    let want = spec.replicas.unwrap_or(1).max(0) as usize;
-
+    let want = o.replicas;
     if active.len() < want {
-        let template = spec.template.clone().unwrap_or_default();
-        let owner = controller_ref(rs.as_ref());
         let missing = want - active.len();
-        tracing::info!(replicaset = %format!("{ns}/{name}"), have = active.len(), want, "creating {missing} pods");
+        tracing::info!(owner = %format!("{kind} {ns}/{name}"), have = active.len(), want, "creating {missing} pods");
         let results: Vec<Result<Pod, kube::Error>> = stream::iter(0..missing)
             .map(|_| {
-                let pod = pod_from_template(&template, &ns, &name, owner.clone());
+                let pod = pod_from_template(o.template, ns, name, o.reference.clone());
                 let api = pods_api.clone();
                 async move { api.create(&PostParams::default(), &pod).await }
             })
@@ -134,12 +149,12 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Reconci
             .await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             return Err(ReconcileError::Api {
-                action: format!("creating pods for replicaset {ns}/{name}"),
+                action: format!("creating pods for {kind} {ns}/{name}"),
                 source: e,
             });
         }
     } else if active.len() > want {
-        tracing::info!(replicaset = %format!("{ns}/{name}"), have = active.len(), want, "deleting {} surplus pods", active.len() - want);
+        tracing::info!(owner = %format!("{kind} {ns}/{name}"), have = active.len(), want, "deleting {} surplus pods", active.len() - want);
         let mut victims: Vec<&Pod> = active.clone();
         victims.sort_by_key(|p| deletion_rank(p));
         for pod in victims.into_iter().take(active.len() - want) {
@@ -151,49 +166,79 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Reconci
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
                     return Err(api_err(format!(
-                        "deleting a surplus pod of replicaset {ns}/{name}"
+                        "deleting a surplus pod of {kind} {ns}/{name}"
                     ))(e))
                 }
             }
         }
     }
-
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let template_labels = spec
+    let template_labels = o
         .template
+        .metadata
         .as_ref()
-        .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
-    let replicas = active.len() as i32;
-    let ready = active.iter().filter(|p| is_ready(p)).count() as i32;
-    let available = active
-        .iter()
-        .filter(|p| is_available(p, min_ready, now))
-        .count() as i32;
-    let fully_labeled = active
-        .iter()
-        .filter(|p| {
-            let labels = p.metadata.labels.clone().unwrap_or_default();
-            template_labels
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .count() as i32;
+    Ok(ReplicaCounts {
+        replicas: active.len() as i32,
+        ready: active.iter().filter(|p| is_ready(p)).count() as i32,
+        available: active
+            .iter()
+            .filter(|p| is_available(p, o.min_ready_seconds, now))
+            .count() as i32,
+        fully_labeled: active
+            .iter()
+            .filter(|p| {
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                template_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .count() as i32,
+    })
+}
+
+/// Ready pods become available only after minReadySeconds: look again then.
+pub fn requeue_after(c: &ReplicaCounts, min_ready: i32) -> Action {
+    if c.ready > c.available && min_ready > 0 {
+        return Action::requeue(Duration::from_secs(min_ready as u64));
+    }
+    Action::requeue(Duration::from_secs(300))
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = rs.namespace().unwrap_or_default();
+    let name = rs.name_any();
+    let spec = rs.spec.clone();
+    let template = spec.template.clone().unwrap_or_default();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let owner = Owner {
+        kind: "replicaset",
+        reference: controller_ref(rs.as_ref()),
+        namespace: &ns,
+        name: &name,
+        selector: selector_string(&spec.selector),
+        replicas: spec.replicas.unwrap_or(1).max(0) as usize,
+        template: &template,
+        min_ready_seconds: min_ready,
+    };
+    let c = sync_replicas(&ctx, &owner).await?;
     let status = rs.status.clone().unwrap_or_default();
     let generation = rs.metadata.generation;
-    let changed = status.replicas != replicas
-        || status.ready_replicas.unwrap_or(0) != ready
-        || status.available_replicas.unwrap_or(0) != available
-        || status.fully_labeled_replicas.unwrap_or(0) != fully_labeled
+    let changed = status.replicas != c.replicas
+        || status.ready_replicas.unwrap_or(0) != c.ready
+        || status.available_replicas.unwrap_or(0) != c.available
+        || status.fully_labeled_replicas.unwrap_or(0) != c.fully_labeled
         || status.observed_generation != generation;
     if changed {
         let patch = json!({"status": {
-            "replicas": replicas,
-            "readyReplicas": ready,
-            "availableReplicas": available,
-            "fullyLabeledReplicas": fully_labeled,
+            "replicas": c.replicas,
+            "readyReplicas": c.ready,
+            "availableReplicas": c.available,
+            "fullyLabeledReplicas": c.fully_labeled,
             "observedGeneration": generation,
         }});
         Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
@@ -203,9 +248,5 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Reconci
                 "updating status of replicaset {ns}/{name}"
             )))?;
     }
-    // Ready pods become available only after minReadySeconds: look again then.
-    if ready > available && min_ready > 0 {
-        return Ok(Action::requeue(Duration::from_secs(min_ready as u64)));
-    }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(requeue_after(&c, min_ready))
 }

@@ -169,6 +169,7 @@ async fn deployments_roll_and_everything_else_follows() {
         node_cidr_mask_size: 24,
         node_monitor_grace_period: Duration::from_secs(40),
         node_monitor_period: Duration::from_secs(5),
+        terminated_pod_gc_threshold: 12500,
         leader: component::leader::LeaderElectionArgs::disabled(),
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));

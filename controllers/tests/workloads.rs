@@ -113,6 +113,7 @@ async fn daemonsets_follow_nodes_and_statefulsets_keep_order() {
         node_cidr_mask_size: 24,
         node_monitor_grace_period: Duration::from_secs(40),
         node_monitor_period: Duration::from_secs(5),
+        terminated_pod_gc_threshold: 12500,
         leader: component::leader::LeaderElectionArgs::disabled(),
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));

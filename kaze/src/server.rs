@@ -165,6 +165,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         node_cidr_mask_size: 24,
         node_monitor_grace_period: std::time::Duration::from_secs(40),
         node_monitor_period: std::time::Duration::from_secs(5),
+        terminated_pod_gc_threshold: 12500,
         leader: args.leader.clone(),
     };
     let token = shutdown.child_token();

@@ -1,0 +1,87 @@
+//! ReplicationController (upstream's "ReplicationManager"): the ReplicaSet logic with the
+//! older equality-only selector (which defaults to the template's labels).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use serde_json::json;
+
+use crate::replicaset::{requeue_after, sync_replicas, Owner};
+use crate::util::controller_ref;
+use crate::{api_err, error_policy, Ctx, ReconcileError};
+
+pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
+    let client = ctx.client.clone();
+    Controller::new(
+        Api::<ReplicationController>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .graceful_shutdown_on(shutdown.cancelled_owned())
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn reconcile(
+    rc: Arc<ReplicationController>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, ReconcileError> {
+    if rc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = rc.namespace().unwrap_or_default();
+    let name = rc.name_any();
+    let spec = rc.spec.clone().unwrap_or_default();
+    let template = spec.template.clone().unwrap_or_default();
+    let selector_map = spec
+        .selector
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| template.metadata.as_ref().and_then(|m| m.labels.clone()))
+        .unwrap_or_default();
+    let selector = selector_map
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let owner = Owner {
+        kind: "replicationcontroller",
+        reference: controller_ref(rc.as_ref()),
+        namespace: &ns,
+        name: &name,
+        selector,
+        replicas: spec.replicas.unwrap_or(1).max(0) as usize,
+        template: &template,
+        min_ready_seconds: min_ready,
+    };
+    let c = sync_replicas(&ctx, &owner).await?;
+    let status = rc.status.clone().unwrap_or_default();
+    let generation = rc.metadata.generation;
+    let changed = status.replicas != c.replicas
+        || status.ready_replicas.unwrap_or(0) != c.ready
+        || status.available_replicas.unwrap_or(0) != c.available
+        || status.observed_generation != generation;
+    if changed {
+        let patch = json!({"status": {
+            "replicas": c.replicas,
+            "readyReplicas": c.ready,
+            "availableReplicas": c.available,
+            "fullyLabeledReplicas": c.fully_labeled,
+            "observedGeneration": generation,
+        }});
+        Api::<ReplicationController>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api_err(format!(
+                "updating status of replicationcontroller {ns}/{name}"
+            )))?;
+    }
+    Ok(requeue_after(&c, min_ready))
+}
