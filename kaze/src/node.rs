@@ -37,6 +37,14 @@ pub struct NodeArgs {
     /// The cluster domain.
     #[arg(long = "cluster-domain", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// How this node load-balances Services: `iptables` (the node default for now: the eBPF
+    /// programs are not yet attached to each pod's veth, which bridged pod-to-pod replies
+    /// need) or `ebpf`.
+    #[arg(long = "proxy-mode", value_enum, default_value_t = proxy::ProxyMode::Iptables)]
+    pub proxy_mode: proxy::ProxyMode,
+    /// Port of the proxy's /metrics and /healthz (on loopback).
+    #[arg(long = "proxy-metrics-port", default_value_t = 10249)]
+    pub proxy_metrics_port: u16,
 }
 
 impl NodeArgs {
@@ -93,6 +101,33 @@ pub async fn start(
         kubelet::node::run(kubelet, token)
             .await
             .map_err(|e| anyhow::Error::new(e).context("kubelet"))
+    });
+
+    // Bridged pod-to-pod replies must pass netfilter so the NAT of a Service connection is
+    // undone (kube-proxy on a bridge CNI needs the same), and the node routes pod traffic.
+    for (key, value) in [
+        ("/proc/sys/net/bridge/bridge-nf-call-iptables", "1"),
+        ("/proc/sys/net/ipv4/ip_forward", "1"),
+    ] {
+        if let Err(e) = std::fs::write(key, value) {
+            tracing::warn!(%key, error = %e, "setting a sysctl the Service dataplane needs");
+        }
+    }
+    let mut proxy = proxy::Config::new(Some(kubeconfig.to_path_buf()));
+    proxy.hostname_override = Some(
+        args.node_name
+            .clone()
+            .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase()),
+    );
+    proxy.proxy_mode = args.proxy_mode;
+    proxy.interfaces = vec![args.cni_bridge.clone()];
+    proxy.metrics_bind_address =
+        std::net::SocketAddr::from(([127, 0, 0, 1], args.proxy_metrics_port));
+    let token = shutdown.child_token();
+    tasks.spawn(async move {
+        proxy::run(proxy, token)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("proxy"))
     });
     Ok(own)
 }

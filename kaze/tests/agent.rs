@@ -145,6 +145,8 @@ fn agent_joins_with_the_token_and_runs_pods() {
         bridge.clone(),
         "--kubelet-port".into(),
         free_port().to_string(),
+        "--proxy-metrics-port".into(),
+        free_port().to_string(),
     ];
     let mut agent = spawn(&agent_args, &dir.path().join("agent.log"));
     eventually(

@@ -126,6 +126,35 @@ spec:
   ports: [{port: 80}]
 "#;
 
+const ECHO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: echo, image: kaze/echo:1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8080}]
+"#;
+
+/// A pod that calls `ip:8080` 20 times with the echo image's client mode, printing every
+/// answer, then "done".
+fn client_pod(ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: default}}\nspec:\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: kaze/echo:1\n    args: [--get, '{ip}:8080', --count, '20']\n"
+    )
+}
+
 /// Control-plane basics every run checks, before and after a restart.
 fn check_basics(data: &Path, port: u16) {
     let namespaces = kubectl_ok(data, &["get", "namespaces", "-o", "name"]);
@@ -189,6 +218,8 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         "--container-runtime-endpoint",
         &containerd.socket().display().to_string(),
         "--kubelet-port",
+        &free_port().to_string(),
+        "--proxy-metrics-port",
         &free_port().to_string(),
     ]
     .iter()
@@ -300,6 +331,69 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         },
     );
     assert_eq!(answer, svc_ip);
+
+    // Services route from pods: a client pod calls the echo Service's ClusterIP and both
+    // backends answer (the proxy programs the node; iptables mode, random spread).
+    kubectl_apply(data, ECHO);
+    let echo_pods = eventually("2 echo pods Running", Duration::from_secs(90), || {
+        let out = kubectl_run(
+            data,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=echo",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{\"\\n\"}{end}",
+            ],
+        );
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let running: Vec<&str> = s.lines().filter(|l| l.ends_with(" Running")).collect();
+        (running.len() == 2).then(|| {
+            running
+                .iter()
+                .map(|l| l.split(' ').next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    });
+    let echo_ip = kubectl_ok(
+        data,
+        &["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    eventually("echo endpoints ready", Duration::from_secs(30), || {
+        let out = kubectl_run(
+            data,
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=echo",
+                "-o",
+                "jsonpath={.items[*].endpoints[*].addresses[*]}",
+            ],
+        );
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        (s.split_whitespace().count() == 2).then_some(s)
+    });
+    kubectl_apply(data, &client_pod(&echo_ip));
+    let answers = eventually(
+        "the client pod's 20 calls",
+        Duration::from_secs(120),
+        || {
+            let out = kubectl_run(data, &["logs", "client"]);
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            s.contains("done").then_some(s)
+        },
+    );
+    for name in echo_pods.split(' ') {
+        assert!(
+            answers.contains(name),
+            "backend {name} never answered through {echo_ip}:\n{answers}"
+        );
+    }
+    kubectl_ok(data, &["delete", "pod", "client"]);
+    kubectl_ok(data, &["delete", "deployment", "echo"]);
 
     // Deleting the Deployment removes the pod from the API and from the node.
     kubectl_ok(data, &["delete", "deployment", "web"]);

@@ -3,6 +3,10 @@
 //! line, `<pod name> <client ip:port>`, where the pod name is env `POD_NAME` or the hostname
 //! (the kubelet sets the pod's hostname to the pod name). Std-only threads keep the static
 //! binary small; it exits on SIGTERM so a pod stops without waiting out its grace period.
+//!
+//! Client mode, for test pods: `echo --get <ip:port> [--count N]` makes N HTTP requests
+//! (each a new connection), prints each answer line, then `done`. (Debian's busybox-static
+//! `wget`/`nc` need NSS modules that a bare image does not have.)
 
 // Only for the SIGTERM handler: as PID 1 in a container SIGTERM is ignored by default.
 #![allow(unsafe_code)]
@@ -22,6 +26,16 @@ fn main() {
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
         libc::signal(libc::SIGINT, handler as libc::sighandler_t);
     }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--get") {
+        let target = args
+            .get(i + 1)
+            .cloned()
+            .unwrap_or_else(|| fail("--get", "needs ip:port"));
+        let count = setting("--count", "COUNT", 1);
+        client(&target, count);
+        return;
+    }
     let http_port = setting("--http-port", "HTTP_PORT", 8080);
     let udp_port = setting("--udp-port", "UDP_PORT", 8081);
     let name = pod_name();
@@ -36,6 +50,24 @@ fn main() {
         let name = name.clone();
         std::thread::spawn(move || serve_http(stream, &name));
     }
+}
+
+fn client(target: &str, count: u16) {
+    for _ in 0..count {
+        let answer = TcpStream::connect(target).and_then(|mut s| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match answer {
+            // The body is the last line of the response.
+            Ok(r) => println!("{}", r.trim_end().lines().last().unwrap_or("")),
+            Err(e) => println!("error: {e}"),
+        }
+    }
+    println!("done");
 }
 
 fn serve_udp(sock: UdpSocket, name: &str) {

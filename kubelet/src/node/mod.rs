@@ -177,6 +177,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         host_dns: host_dns(),
     };
 
+    let uids: server::PodUids = Default::default();
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (client, node, token, every) = (
@@ -208,13 +209,16 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             shutdown.clone(),
         );
         let names = vec![node_name.clone(), node_ip.to_string()];
+        let uids_for_server = uids.clone();
         tasks.spawn(async move {
-            if let Err(e) = server::serve(addr, log_dir, tls_dir, names, token).await {
+            if let Err(e) =
+                server::serve(addr, log_dir, uids_for_server, tls_dir, names, token).await
+            {
                 tracing::error!(error = %e, "kubelet server");
             }
         });
     }
-    let result = sync::run(client, rt, node_ctx, shutdown.clone()).await;
+    let result = sync::run(client, rt, node_ctx, uids, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     result

@@ -21,15 +21,21 @@ use bytes::Bytes;
 
 use super::NodeError;
 
+/// `(namespace, name)` → uid of the pods this kubelet runs (kept by the sync loop), so a
+/// log request reaches the current pod of that name, not an earlier one's files.
+pub type PodUids = std::sync::Arc<std::sync::RwLock<HashMap<(String, String), String>>>;
+
 #[derive(Clone)]
 struct Ctx {
     log_dir: PathBuf,
+    uids: PodUids,
 }
 
 /// Bind and serve until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     log_dir: PathBuf,
+    uids: PodUids,
     tls_dir: PathBuf,
     names: Vec<String>,
     shutdown: component::CancellationToken,
@@ -42,7 +48,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
-        .with_state(Ctx { log_dir });
+        .with_state(Ctx { log_dir, uids });
     tracing::info!(%addr, "kubelet server listening");
     component::https::serve(listener, tls, app, shutdown).await;
     Ok(())
@@ -53,19 +59,9 @@ fn text(code: StatusCode, msg: String) -> Response {
 }
 
 /// The container's log files, oldest attempt first.
-fn log_files(root: &Path, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
-    let prefix = format!("{ns}_{pod}_");
-    // A pod recreated under the same name has a new uid: the newest directory is the pod.
-    let pod_dir = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
-    let Some(pod_dir) = pod_dir else {
-        return Vec::new();
-    };
-    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(pod_dir.path().join(container))
+fn log_files(root: &Path, ns: &str, pod: &str, uid: &str, container: &str) -> Vec<PathBuf> {
+    let pod_dir = crate::logs::pod_log_dir(root, ns, pod, uid);
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(pod_dir.join(container))
         .into_iter()
         .flatten()
         .flatten()
@@ -139,7 +135,18 @@ async fn container_logs(
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let files = log_files(&ctx.log_dir, &ns, &pod, &container);
+    let uid = ctx
+        .uids
+        .read()
+        .ok()
+        .and_then(|m| m.get(&(ns.clone(), pod.clone())).cloned());
+    let Some(uid) = uid else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} is not running on this node"),
+        );
+    };
+    let files = log_files(&ctx.log_dir, &ns, &pod, &uid, &container);
     let previous = q.get("previous").is_some_and(|v| v == "true");
     let file = if previous {
         files.len().checked_sub(2).map(|i| files[i].clone())

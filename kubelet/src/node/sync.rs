@@ -109,6 +109,7 @@ pub async fn run(
     client: Client,
     rt: Runtime,
     node: NodeContext,
+    uids: super::server::PodUids,
     shutdown: component::CancellationToken,
 ) -> Result<(), NodeError> {
     let pods: Api<Pod> = Api::all(client.clone());
@@ -205,6 +206,9 @@ pub async fn run(
                 name.clone(),
                 handle.status.clone(),
             );
+            if let Ok(mut m) = uids.write() {
+                m.insert((ns.clone(), name.clone()), uid.clone());
+            }
             running.insert(
                 uid,
                 Running {
