@@ -42,6 +42,9 @@ pub struct NodeArgs {
     /// need) or `ebpf`.
     #[arg(long = "proxy-mode", value_enum, default_value_t = proxy::ProxyMode::Iptables)]
     pub proxy_mode: proxy::ProxyMode,
+    /// Do not run the Service proxy on this node (k3s's flag name).
+    #[arg(long = "disable-kube-proxy")]
+    pub disable_kube_proxy: bool,
     /// Port of the proxy's /metrics and /healthz (on loopback).
     #[arg(long = "proxy-metrics-port", default_value_t = 10249)]
     pub proxy_metrics_port: u16,
@@ -112,6 +115,9 @@ pub async fn start(
         if let Err(e) = std::fs::write(key, value) {
             tracing::warn!(%key, error = %e, "setting a sysctl the Service dataplane needs");
         }
+    }
+    if args.disable_kube_proxy {
+        return Ok(own);
     }
     let mut proxy = proxy::Config::new(Some(kubeconfig.to_path_buf()));
     proxy.hostname_override = Some(

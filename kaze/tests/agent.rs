@@ -125,6 +125,10 @@ fn agent_joins_with_the_token_and_runs_pods() {
     }
     let pid = std::process::id();
     let node = format!("agent-{pid}");
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.246.".into(),
+    };
     let bridge = format!("kzg{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
     let agent_args: Vec<String> = vec![
@@ -147,6 +151,8 @@ fn agent_joins_with_the_token_and_runs_pods() {
         free_port().to_string(),
         "--proxy-metrics-port".into(),
         free_port().to_string(),
+        // The server test programs the host's nat table; two proxies there would fight.
+        "--disable-kube-proxy".into(),
     ];
     let mut agent = spawn(&agent_args, &dir.path().join("agent.log"));
     eventually(

@@ -155,6 +155,16 @@ fn client_pod(ip: &str) -> String {
     )
 }
 
+/// The node's proxy writes KAZE-* chains into the host's nat table; they outlive it (so a
+/// restart drops no traffic), so the test removes them.
+struct ProxyChains;
+
+impl Drop for ProxyChains {
+    fn drop(&mut self) {
+        proxy::iptables::cleanup_all_except(None);
+    }
+}
+
 /// Control-plane basics every run checks, before and after a restart.
 fn check_basics(data: &Path, port: u16) {
     let namespaces = kubectl_ok(data, &["get", "namespaces", "-o", "name"]);
@@ -200,6 +210,11 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     }
     let pid = std::process::id();
     let node = format!("kz-e2e-{pid}");
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.245.".into(),
+    };
+    let _chains = ProxyChains;
     let bridge = format!("kzs{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
     let extra: Vec<String> = [

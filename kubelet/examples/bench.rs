@@ -55,6 +55,10 @@ async fn main() {
     }
     let pid = std::process::id();
     let node = format!("bench-{pid}");
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.244.201.".into(),
+    };
     let bridge = format!("kzb{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
     let config = kubelet::node::Config {

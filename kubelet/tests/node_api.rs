@@ -72,6 +72,10 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
     }
     let pid = std::process::id();
     let node = format!("kl-api-{pid}");
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.244.200.".into(),
+    };
     let bridge = format!("kza{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
     let config = kubelet::node::Config {

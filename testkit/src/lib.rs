@@ -491,3 +491,36 @@ pub mod bench {
         println!("{json}");
     }
 }
+
+/// Removes what a kubelet left for `node` when a test ends early: pod network namespaces
+/// (`kaze-*` holding an address starting with `pod_ip_prefix`, e.g. `"10.245."`) with their
+/// veths, and the node's host-local IPAM directory. Drop it after the node's containerd.
+#[derive(Debug)]
+pub struct NodeGuard {
+    pub node: String,
+    pub pod_ip_prefix: String,
+}
+
+impl Drop for NodeGuard {
+    fn drop(&mut self) {
+        let netns = std::fs::read_dir("/var/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten();
+        for ns in netns {
+            let name = ns.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("kaze-") {
+                continue;
+            }
+            let addrs = Command::new("ip")
+                .args(["-n", &name, "-4", "-o", "addr", "show"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if addrs.contains(&format!("inet {}", self.pod_ip_prefix)) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/kaze-{}", self.node));
+    }
+}
