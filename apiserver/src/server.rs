@@ -4,13 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::{IpAllocator, PortAllocator};
@@ -169,9 +164,9 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     )?;
 
     let app = crate::router::build(state.clone());
-    let task = tokio::spawn(serve(
+    let task = tokio::spawn(component::https::serve(
         listener,
-        TlsAcceptor::from(tls_config),
+        tls_config,
         app,
         shutdown.clone(),
     ));
@@ -186,68 +181,4 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         shutdown,
         task: Some(task),
     })
-}
-
-/// How long connections get to finish after shutdown before they are cut.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: axum::Router,
-    shutdown: CancellationToken,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accepting a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            // Reap finished connection tasks so the set does not grow without bound.
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let shutdown = shutdown.clone();
-        conns.spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
-        conns.abort_all();
-    }
 }

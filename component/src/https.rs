@@ -111,16 +111,23 @@ pub async fn serve(
         };
         let (acceptor, app, shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
         conns.spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                tracing::debug!(%peer, "TLS handshake failed");
-                return;
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
             };
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
-                _ = conn.as_mut() => {}
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
@@ -129,12 +136,12 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while conns.join_next().await.is_some() {}
     })
-    .await
-    .is_err()
-    {
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
         conns.abort_all();
     }
 }

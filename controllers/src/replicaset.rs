@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::util::{
     controlled_by, controller_ref, has_controller, is_active, is_available, is_ready,
-    selector_string,
+    selector_string, status_differs,
 };
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
@@ -198,6 +198,17 @@ pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, Re
     })
 }
 
+/// The status both ReplicaSets and ReplicationControllers report.
+pub fn status_patch(c: &ReplicaCounts, generation: Option<i64>) -> serde_json::Value {
+    json!({"status": {
+        "replicas": c.replicas,
+        "readyReplicas": c.ready,
+        "availableReplicas": c.available,
+        "fullyLabeledReplicas": c.fully_labeled,
+        "observedGeneration": generation,
+    }})
+}
+
 /// Ready pods become available only after minReadySeconds: look again then.
 pub fn requeue_after(c: &ReplicaCounts, min_ready: i32) -> Action {
     if c.ready > c.available && min_ready > 0 {
@@ -226,21 +237,8 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Reconci
         min_ready_seconds: min_ready,
     };
     let c = sync_replicas(&ctx, &owner).await?;
-    let status = rs.status.clone().unwrap_or_default();
-    let generation = rs.metadata.generation;
-    let changed = status.replicas != c.replicas
-        || status.ready_replicas.unwrap_or(0) != c.ready
-        || status.available_replicas.unwrap_or(0) != c.available
-        || status.fully_labeled_replicas.unwrap_or(0) != c.fully_labeled
-        || status.observed_generation != generation;
-    if changed {
-        let patch = json!({"status": {
-            "replicas": c.replicas,
-            "readyReplicas": c.ready,
-            "availableReplicas": c.available,
-            "fullyLabeledReplicas": c.fully_labeled,
-            "observedGeneration": generation,
-        }});
+    let patch = status_patch(&c, rs.metadata.generation);
+    if status_differs(rs.status.as_ref(), &patch) {
         Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

@@ -9,10 +9,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::ResourceExt;
-use serde_json::json;
 
-use crate::replicaset::{requeue_after, sync_replicas, Owner};
-use crate::util::controller_ref;
+use crate::replicaset::{requeue_after, status_patch, sync_replicas, Owner};
+use crate::util::{controller_ref, status_differs};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
@@ -62,20 +61,8 @@ async fn reconcile(
         min_ready_seconds: min_ready,
     };
     let c = sync_replicas(&ctx, &owner).await?;
-    let status = rc.status.clone().unwrap_or_default();
-    let generation = rc.metadata.generation;
-    let changed = status.replicas != c.replicas
-        || status.ready_replicas.unwrap_or(0) != c.ready
-        || status.available_replicas.unwrap_or(0) != c.available
-        || status.observed_generation != generation;
-    if changed {
-        let patch = json!({"status": {
-            "replicas": c.replicas,
-            "readyReplicas": c.ready,
-            "availableReplicas": c.available,
-            "fullyLabeledReplicas": c.fully_labeled,
-            "observedGeneration": generation,
-        }});
+    let patch = status_patch(&c, rc.metadata.generation);
+    if status_differs(rc.status.as_ref(), &patch) {
         Api::<ReplicationController>::namespaced(ctx.client.clone(), &ns)
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

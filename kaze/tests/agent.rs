@@ -5,7 +5,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::eventually;
 
 use testkit::{free_port, kubectl, ChildGuard};
 
@@ -20,20 +21,6 @@ fn kubectl_run(kc: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("kubectl")
-}
-
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<String>) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn spawn(args: &[String], log: &Path) -> ChildGuard {

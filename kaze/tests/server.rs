@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use testkit::eventually;
 
 use testkit::{free_port, kubectl, ChildGuard};
 
@@ -64,20 +65,6 @@ fn kubectl_apply(data_dir: &Path, yaml: &str) {
         &["apply", "-f", "-"],
         Some(yaml),
     );
-}
-
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<String>) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn wait_ready(data_dir: &Path, server: &mut ChildGuard) {

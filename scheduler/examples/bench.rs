@@ -52,24 +52,6 @@ fn pod(name: &str) -> Pod {
     .expect("pod")
 }
 
-fn entry(
-    metric: &str,
-    value: f64,
-    unit: &str,
-    reference: &str,
-    reference_value: f64,
-    higher_is_better: bool,
-) -> serde_json::Value {
-    let ratio = if higher_is_better {
-        value / reference_value
-    } else {
-        reference_value / value.max(1e-9)
-    };
-    json!({"metric": metric, "value": (value * 100.0).round() / 100.0, "unit": unit,
-           "reference": reference, "reference_value": reference_value,
-           "ratio": (ratio * 1000.0).round() / 1000.0})
-}
-
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -207,18 +189,14 @@ async fn main() {
         }
     }
     lat.sort_by(|x, y| x.total_cmp(y));
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| testkit::bench::percentile(&lat, p);
     let (p50, p99) = (pct(0.5), pct(0.99));
     println!("create->bound latency: p50 {p50:.1} ms, p99 {p99:.1} ms");
 
     token.cancel();
     let _ = sched.await;
     let figures = vec![
-        entry(
+        testkit::bench::figure(
             "scheduling throughput",
             throughput,
             "pods/s",
@@ -226,7 +204,7 @@ async fn main() {
             270.0,
             true,
         ),
-        entry(
+        testkit::bench::figure(
             "scheduling throughput vs goal",
             throughput,
             "pods/s",
@@ -234,7 +212,7 @@ async fn main() {
             1000.0,
             true,
         ),
-        entry(
+        testkit::bench::figure(
             "create->bound latency p50",
             p50,
             "ms",
@@ -242,7 +220,7 @@ async fn main() {
             5000.0,
             false,
         ),
-        entry(
+        testkit::bench::figure(
             "create->bound latency p99",
             p99,
             "ms",
@@ -251,11 +229,6 @@ async fn main() {
             false,
         ),
     ];
-    let json = serde_json::to_string_pretty(&figures).expect("json");
-    if let Some(d) = a.out.parent() {
-        std::fs::create_dir_all(d).expect("out dir");
-    }
-    std::fs::write(&a.out, &json).expect("write results");
-    println!("{json}");
+    testkit::bench::write(&a.out, &figures);
     server.shutdown().await;
 }

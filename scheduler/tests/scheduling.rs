@@ -3,7 +3,8 @@
 //! upstream's FailedScheduling event and PodScheduled=False, and is scheduled once a node
 //! that fits appears.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::wait_for;
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -50,21 +51,6 @@ async fn add_pod(client: &Client, name: &str, cpu: &str) {
     pods.create(&PostParams::default(), &pod)
         .await
         .expect("create pod");
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn node_of(pods: &Api<Pod>, name: &str) -> Option<String> {

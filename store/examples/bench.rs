@@ -142,23 +142,6 @@ async fn store_list(store: &dyn Store, count: usize) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-fn entry(
-    metric: &str,
-    value: f64,
-    unit: &str,
-    reference: &str,
-    reference_value: f64,
-) -> serde_json::Value {
-    serde_json::json!({
-        "metric": metric,
-        "value": (value * 10.0).round() / 10.0,
-        "unit": unit,
-        "reference": reference,
-        "reference_value": (reference_value * 10.0).round() / 10.0,
-        "ratio": ((value / reference_value) * 1000.0).round() / 1000.0,
-    })
-}
-
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -197,47 +180,48 @@ async fn main() {
     let emb_get = store_list(embedded.as_ref(), n).await;
 
     let figures = vec![
-        entry(
+        testkit::bench::figure(
             "etcd backend creates",
             etcd_put,
             "ops/s",
             "raw etcd-client puts",
             raw_put,
+            true,
         ),
-        entry(
+        testkit::bench::figure(
             "embedded backend creates",
             emb_put,
             "ops/s",
             "etcd backend creates",
             etcd_put,
+            true,
         ),
-        entry(
+        testkit::bench::figure(
             "etcd backend creates",
             etcd_put,
             "ops/s",
             "raw etcd-client create txns (same compare)",
             raw_txn,
+            true,
         ),
-        entry(
+        testkit::bench::figure(
             "etcd backend list",
             etcd_get,
             "items/s",
             "raw etcd-client prefix get",
             raw_get,
+            true,
         ),
-        entry(
+        testkit::bench::figure(
             "embedded backend list",
             emb_get,
             "items/s",
             "etcd backend list",
             etcd_get,
+            true,
         ),
     ];
-    let json = serde_json::to_string_pretty(&figures).expect("json");
-    if let Some(dir) = a.out.parent() {
-        std::fs::create_dir_all(dir).expect("creating the output dir");
-    }
-    std::fs::write(&a.out, &json).expect("writing the results");
+    testkit::bench::write(&a.out, &figures);
     for f in &figures {
         println!(
             "{:<26} {:>10} {:<8} vs {:<28} {:>10}  ratio {}",
