@@ -1,25 +1,31 @@
-//! The hickory `RequestHandler`: cluster names from the current snapshot, everything else
-//! through the forwarder. One handler serves UDP and TCP; hickory's encoder truncates UDP
-//! answers to the client's advertised EDNS size and sets TC.
+//! Answering one request: cluster names from the current snapshot, everything else through
+//! the forwarder. Over TCP this is hickory's `RequestHandler`; over UDP [`crate::udp`] calls
+//! [`Handler::local_reply`]/[`Handler::reply`] and [`Handler::encode_udp`], which truncates
+//! answers to the client's advertised EDNS size and sets TC exactly as hickory's encoder
+//! does.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_server::proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::snapshot::Lookup;
+use crate::snapshot::{Lookup, Snapshot};
 use crate::state::ZoneHandle;
 
 /// The largest UDP payload we agree to, whatever the client offers (RFC 9715's advice
 /// against fragmentation); TCP is unaffected.
 const MAX_UDP_PAYLOAD: u16 = 1232;
 
+#[derive(Clone)]
 pub struct Handler {
     zone: ZoneHandle,
     forwarder: Arc<Forwarder>,
@@ -27,11 +33,28 @@ pub struct Handler {
 }
 
 /// A response ready to encode.
-struct Reply {
+pub(crate) struct Reply {
     metadata: Metadata,
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
+    /// Computed from the cluster zone alone: the same request bytes against the same
+    /// snapshot give the same response bytes, so the UDP path may keep them.
+    pub(crate) from_zone: bool,
+}
+
+impl Reply {
+    fn new(request: &Request) -> Self {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        Self {
+            metadata,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            from_zone: false,
+        }
+    }
 }
 
 impl Handler {
@@ -43,26 +66,29 @@ impl Handler {
         }
     }
 
-    async fn reply(&self, request: &Request) -> Reply {
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.recursion_available = true;
-        let mut reply = Reply {
-            metadata,
-            answers: Vec::new(),
-            authorities: Vec::new(),
-            additionals: Vec::new(),
-        };
+    pub(crate) fn zone(&self) -> &ZoneHandle {
+        &self.zone
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Everything answered without I/O: malformed or unsupported requests and the cluster
+    /// zone, read from `snapshot`. `None`: the name is not ours, forward it upstream.
+    pub(crate) fn local_reply(&self, request: &Request, snapshot: &Snapshot) -> Option<Reply> {
+        let mut reply = Reply::new(request);
         if request.metadata.op_code != OpCode::Query {
             reply.metadata.response_code = ResponseCode::NotImp;
-            return reply;
+            return Some(reply);
         }
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             reply.metadata.response_code = ResponseCode::BADVERS;
-            return reply;
+            return Some(reply);
         }
         let [query] = request.queries.queries() else {
             reply.metadata.response_code = ResponseCode::FormErr;
-            return reply;
+            return Some(reply);
         };
         let qname = query.original().name();
         let qtype = query.query_type();
@@ -71,10 +97,9 @@ impl Handler {
         // ours to offer transfers of either
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
             reply.metadata.response_code = ResponseCode::Refused;
-            return reply;
+            return Some(reply);
         }
 
-        let snapshot = self.zone.load();
         let lookup = if matches!(qclass, DNSClass::IN | DNSClass::ANY) {
             snapshot.lookup(qname, qtype)
         } else {
@@ -105,23 +130,107 @@ impl Handler {
                 }
                 reply.authorities.push(snapshot.soa());
             }
-            Lookup::NotAuthoritative => {
-                drop(snapshot);
-                match self.forwarder.resolve(qname, qtype, qclass).await {
-                    Ok(fwd) => {
-                        reply.metadata.response_code = fwd.rcode;
-                        reply.answers = fwd.answers;
-                        reply.authorities = fwd.authorities;
-                        reply.additionals = fwd.additionals;
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, name = %qname, "forwarding failed");
-                        reply.metadata.response_code = ResponseCode::ServFail;
-                    }
-                }
+            Lookup::NotAuthoritative => return None,
+        }
+        reply.from_zone = true;
+        Some(reply)
+    }
+
+    pub(crate) async fn reply(&self, request: &Request) -> Reply {
+        if let Some(reply) = self.local_reply(request, &self.zone.load()) {
+            return reply;
+        }
+        let mut reply = Reply::new(request);
+        let Some(query) = request.queries.queries().first() else {
+            // local_reply answers every request without exactly one question
+            reply.metadata.response_code = ResponseCode::FormErr;
+            return reply;
+        };
+        let qname = query.original().name();
+        match self
+            .forwarder
+            .resolve(qname, query.query_type(), query.query_class())
+            .await
+        {
+            Ok(fwd) => {
+                reply.metadata.response_code = fwd.rcode;
+                reply.answers = fwd.answers;
+                reply.authorities = fwd.authorities;
+                reply.additionals = fwd.additionals;
+            }
+            Err(error) => {
+                tracing::debug!(%error, name = %qname, "forwarding failed");
+                reply.metadata.response_code = ResponseCode::ServFail;
             }
         }
         reply
+    }
+
+    /// Encodes `reply` for UDP the way hickory's own response handle does: bounded by the
+    /// response's EDNS size (512 bytes without EDNS) with TC set when records were cut, and
+    /// a bare SERVFAIL if encoding fails.
+    pub(crate) fn encode_udp(request: &Request, reply: &Reply) -> (ResponseCode, Vec<u8>) {
+        let edns = response_edns(request);
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            reply.metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        encode_udp_response(response, edns.as_ref())
+    }
+}
+
+/// The OPT record of a response: version 0 and our payload size, never above
+/// [`MAX_UDP_PAYLOAD`].
+fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|req| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        edns.set_version(0);
+        edns
+    })
+}
+
+/// hickory's `MessageResponse::encode` for UDP, which it keeps crate-private.
+pub(crate) fn encode_udp_response<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    edns: Option<&Edns>,
+) -> (ResponseCode, Vec<u8>) {
+    let id = response.metadata().id;
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(edns.map_or(512, Edns::max_payload));
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => (info.response_code, bytes),
+        Err(error) => {
+            tracing::error!(%error, "error encoding message");
+            bytes.clear();
+            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            let mut encoder = BinEncoder::new(&mut bytes);
+            encoder.set_max_size(512);
+            if header.emit(&mut encoder).is_err() {
+                bytes.clear();
+            }
+            (ResponseCode::ServFail, bytes)
+        }
     }
 }
 
@@ -141,12 +250,7 @@ impl RequestHandler for Handler {
             .unwrap_or(RecordType::NULL);
 
         let reply = self.reply(request).await;
-        let response_edns = request.edns.as_ref().map(|req| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            edns.set_version(0);
-            edns
-        });
+        let response_edns = response_edns(request);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &response_edns {
             builder.edns(edns);

@@ -31,6 +31,8 @@ pub mod records;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+mod sys;
+mod udp;
 pub mod zonefile;
 
 pub use forward::ForwardConfig;

@@ -39,14 +39,22 @@ impl Histogram {
     }
 
     pub fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// `n` observations of the same duration (the queries of one UDP batch).
+    pub fn observe_n(&self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let secs = d.as_secs_f64();
         // buckets are stored non-cumulatively and summed on render
         if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            self.buckets[i].fetch_add(n, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
         self.sum_nanos
-            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(d.as_nanos() as u64 * n, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
@@ -74,6 +82,8 @@ pub struct Metrics {
     pub programming_duration: Histogram,
     forward_cache_hits: AtomicU64,
     forward_cache_misses: AtomicU64,
+    answer_cache_hits: AtomicU64,
+    answer_cache_misses: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -86,11 +96,72 @@ impl Default for Metrics {
             programming_duration: Histogram::new(&PROGRAMMING_BUCKETS),
             forward_cache_hits: AtomicU64::new(0),
             forward_cache_misses: AtomicU64::new(0),
+            answer_cache_hits: AtomicU64::new(0),
+            answer_cache_misses: AtomicU64::new(0),
         }
     }
 }
 
+/// Number of `(query type, rcode)` counters.
+pub(crate) const SLOTS: usize = QTYPES.len() * RCODES.len();
+
+/// Query counts kept by one UDP worker for one batch and added to the shared counters once
+/// per batch: one atomic add per query from every core would contend on the same lines.
+pub(crate) struct Tally {
+    counts: [u32; SLOTS],
+    total: u64,
+    answer_cache: [u64; 2],
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            counts: [0; SLOTS],
+            total: 0,
+            answer_cache: [0; 2],
+        }
+    }
+}
+
+impl Tally {
+    /// One query answered; `slot` from [`slot`].
+    pub(crate) fn add(&mut self, slot: usize) {
+        self.counts[slot.min(SLOTS - 1)] += 1;
+        self.total += 1;
+    }
+
+    /// A cluster question answered from the UDP answer cache (`true`) or computed and
+    /// added to it.
+    pub(crate) fn cache_hit(&mut self, hit: bool) {
+        self.answer_cache[usize::from(!hit)] += 1;
+    }
+}
+
 impl Metrics {
+    /// Adds `tally` (then empties it), each query having taken `took`.
+    pub(crate) fn record_tally(&self, tally: &mut Tally, took: Duration) {
+        if tally.total == 0 {
+            return;
+        }
+        self.query_duration.observe_n(took, tally.total);
+        for (slot, n) in tally.counts.iter_mut().enumerate() {
+            if *n > 0 {
+                self.queries[slot].fetch_add(u64::from(*n), Ordering::Relaxed);
+                *n = 0;
+            }
+        }
+        tally.total = 0;
+        for (counter, n) in [&self.answer_cache_hits, &self.answer_cache_misses]
+            .into_iter()
+            .zip(tally.answer_cache.iter_mut())
+        {
+            if *n > 0 {
+                counter.fetch_add(*n, Ordering::Relaxed);
+                *n = 0;
+            }
+        }
+    }
+
     pub fn record_query(&self, qtype: &str, rcode: &str, took: Duration) {
         self.query_duration.observe(took);
         self.queries[slot(qtype, rcode)].fetch_add(1, Ordering::Relaxed);
@@ -103,6 +174,14 @@ impl Metrics {
             &self.forward_cache_misses
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// UDP cluster answers served from the answer cache, and those computed into it.
+    pub fn answer_cache(&self) -> (u64, u64) {
+        (
+            self.answer_cache_hits.load(Ordering::Relaxed),
+            self.answer_cache_misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Queries answered so far with this type and rcode.
@@ -141,11 +220,18 @@ impl Metrics {
             self.forward_cache_hits.load(Ordering::Relaxed),
             self.forward_cache_misses.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP kaze_dns_answer_cache_total cluster questions over UDP by answer-cache result\n# TYPE kaze_dns_answer_cache_total counter\nkaze_dns_answer_cache_total{{result=\"hit\"}} {}\nkaze_dns_answer_cache_total{{result=\"miss\"}} {}",
+            self.answer_cache_hits.load(Ordering::Relaxed),
+            self.answer_cache_misses.load(Ordering::Relaxed)
+        );
         out
     }
 }
 
-fn slot(qtype: &str, rcode: &str) -> usize {
+/// The counter index of a query type and rcode label (unknown labels count as `OTHER`).
+pub(crate) fn slot(qtype: &str, rcode: &str) -> usize {
     let t = QTYPES
         .iter()
         .position(|q| *q == qtype)

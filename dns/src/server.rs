@@ -1,5 +1,5 @@
-//! Binding and serving: hickory's `Server` on UDP+TCP per `--bind` address, and the HTTP
-//! port. Everything is bound before `serve`, so a caller knows the ports (tests use port 0)
+//! Binding and serving: per `--bind` address, one UDP socket per core served by
+//! [`crate::udp`] and a TCP listener served by hickory's `Server`; and the HTTP port. Everything is bound before `serve`, so a caller knows the ports (tests use port 0)
 //! and a bind failure surfaces before the first query.
 
 use std::net::SocketAddr;
@@ -33,6 +33,8 @@ pub struct DnsServer {
     dns_addrs: Vec<SocketAddr>,
     http_addr: Option<SocketAddr>,
     server: hickory_server::Server<Handler>,
+    handler: Handler,
+    udp: Vec<UdpSocket>,
     http: Option<TcpListener>,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
@@ -49,8 +51,9 @@ impl DnsServer {
     ) -> Result<Self, Error> {
         let forwarder = Arc::new(Forwarder::new(options.forward.clone(), metrics.clone()));
         let handler = Handler::new(zone, forwarder.clone(), metrics.clone());
-        let mut server = hickory_server::Server::new(handler);
+        let mut server = hickory_server::Server::new(handler.clone());
         let mut dns_addrs = Vec::new();
+        let mut udp_sockets = Vec::new();
         for addr in &options.bind {
             let (udp, tcp) = bind_pair(*addr).await?;
             let local = tcp.local_addr().map_err(|source| Error::Bind {
@@ -58,9 +61,7 @@ impl DnsServer {
                 source,
             })?;
             dns_addrs.push(local);
-            for socket in udp {
-                server.register_socket(socket);
-            }
+            udp_sockets.extend(udp);
             server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64 * 1024);
         }
         let (http, http_addr) = match options.http_bind {
@@ -79,6 +80,8 @@ impl DnsServer {
             dns_addrs,
             http_addr,
             server,
+            handler,
+            udp: udp_sockets,
             http,
             status,
             metrics,
@@ -110,6 +113,8 @@ impl DnsServer {
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), Error> {
         let Self {
             mut server,
+            handler,
+            udp,
             http,
             status,
             metrics,
@@ -149,6 +154,24 @@ impl DnsServer {
             hickory_token.cancel();
             Ok(())
         });
+        for socket in udp {
+            let token = stop.clone();
+            let handler = handler.clone();
+            tasks.spawn(async move {
+                let result = crate::udp::serve(socket, handler, token.clone()).await;
+                if token.is_cancelled() {
+                    return Ok(());
+                }
+                // a UDP socket ending on its own is fatal: stop the rest too
+                token.cancel();
+                Err(Error::Serve {
+                    what: "dns udp",
+                    source: result
+                        .err()
+                        .unwrap_or_else(|| std::io::Error::other("udp socket ended unexpectedly")),
+                })
+            });
+        }
         let token = stop.clone();
         tasks.spawn(async move {
             let result = server.block_until_done().await;
@@ -202,10 +225,10 @@ async fn bind_pair(addr: SocketAddr) -> Result<(Vec<UdpSocket>, TcpListener), Er
     })
 }
 
-/// One UDP socket per core on the same address (SO_REUSEPORT): hickory runs one receive
-/// loop per socket, and a single loop caps a server at one core's worth of queries.
+/// One UDP socket per core on the same address (SO_REUSEPORT): each gets its own receive
+/// loop, and a single loop caps a server at one core's worth of queries.
 fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<UdpSocket>> {
-    let count = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8));
+    let count = udp_sockets_per_address();
     let first = reuseport_udp(addr)?;
     let local = first.local_addr()?;
     let mut sockets = vec![UdpSocket::from_std(first)?];
@@ -213,6 +236,11 @@ fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<UdpSocket>> {
         sockets.push(UdpSocket::from_std(reuseport_udp(local)?)?);
     }
     Ok(sockets)
+}
+
+/// UDP sockets (and receive loops) per `--bind` address: one per core, at most 8.
+pub fn udp_sockets_per_address() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8))
 }
 
 fn reuseport_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {

@@ -318,6 +318,90 @@ async fn changes_through_the_seam_are_served_immediately() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_udp_questions_get_the_same_bytes_from_the_answer_cache_until_a_change() {
+    let mut state = cluster();
+    let kaze = Kaze::start(&state, vec![]).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let questions = [
+        ("web.default.svc.cluster.local.", RecordType::A, None),
+        // the client's spelling is echoed, so another spelling is another entry
+        ("WeB.DeFault.svc.cluster.local.", RecordType::A, None),
+        (
+            "web.default.svc.cluster.local.",
+            RecordType::AAAA,
+            Some(1232),
+        ),
+        (
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+            Some(4096),
+        ),
+        ("pg.db.svc.cluster.local.", RecordType::A, Some(600)),
+        ("nope.default.svc.cluster.local.", RecordType::A, None),
+        (
+            "web.default.svc.cluster.local.",
+            RecordType::TXT,
+            Some(1232),
+        ),
+    ];
+    for (name, qtype, edns) in questions {
+        let mut msg = query_message(name, qtype, edns);
+        let mut replies = Vec::new();
+        for id in [0x1111u16, 0x2222, 0x3333] {
+            msg.metadata.id = id;
+            let reply = udp_exchange(&sock, kaze.addr, &msg.to_vec().unwrap()).await;
+            assert_eq!(
+                reply[..2],
+                id.to_be_bytes(),
+                "{name} {qtype}: id not patched"
+            );
+            replies.push(reply);
+        }
+        assert_eq!(replies[0][2..], replies[1][2..], "{name} {qtype}");
+        assert_eq!(replies[0][2..], replies[2][2..], "{name} {qtype}");
+        // TCP never uses the cache; these answers are small enough to be the same message
+        let over_tcp = tcp_raw(kaze.addr, &msg.to_vec().unwrap()).await;
+        assert_eq!(over_tcp, replies[2], "{name} {qtype}: udp and tcp differ");
+    }
+    let (hits, misses) = kaze.metrics.answer_cache();
+    assert!(hits >= 2 * questions.len() as u64, "hits {hits}");
+    assert!(misses >= questions.len() as u64, "misses {misses}");
+    // every answer is counted, cached or not: three over UDP, one over TCP
+    assert_eq!(kaze.metrics.queries("A", "NXDOMAIN"), 4);
+
+    // a cached answer never outlives a change: the next question sees it
+    let ask = |id: u16| {
+        let mut q = query_message("web.default.svc.cluster.local.", RecordType::A, None);
+        q.metadata.id = id;
+        q.to_vec().unwrap()
+    };
+    let before = udp_exchange(&sock, kaze.addr, &ask(7)).await;
+    let before = hickory_server::proto::op::Message::from_vec(&before).unwrap();
+    assert_eq!(
+        outcome(&before).answers,
+        vec!["web.default.svc.cluster.local. A 10.43.0.20"]
+    );
+    state
+        .apply_service(&cluster_ip_service(
+            "default",
+            "web",
+            &["10.43.0.21"],
+            &[("http", "TCP", 80)],
+        ))
+        .unwrap();
+    let after = udp_exchange(&sock, kaze.addr, &ask(8)).await;
+    let after = hickory_server::proto::op::Message::from_vec(&after).unwrap();
+    assert_eq!(
+        outcome(&after).answers,
+        vec!["web.default.svc.cluster.local. A 10.43.0.21"]
+    );
+    state.delete_service("default", "web");
+    let gone = udp_exchange(&sock, kaze.addr, &ask(9)).await;
+    let gone = hickory_server::proto::op::Message::from_vec(&gone).unwrap();
+    assert_eq!(gone.metadata.response_code, ResponseCode::NXDomain);
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())

@@ -141,6 +141,32 @@ pub async fn udp(server: SocketAddr, msg: &Message) -> Message {
     reply
 }
 
+/// One question and its reply over an existing socket: repeated calls on one socket reach
+/// the same server socket (SO_REUSEPORT steers by source address).
+pub async fn udp_exchange(sock: &UdpSocket, server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    sock.send_to(bytes, server).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+        .await
+        .expect("no udp reply")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// The raw reply to `bytes` over a new TCP connection.
+pub async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    stream.write_all(&framed).await.unwrap();
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut buf).await.unwrap();
+    buf
+}
+
 pub async fn tcp(server: SocketAddr, msg: &Message) -> Message {
     let mut stream = TcpStream::connect(server).await.unwrap();
     let bytes = msg.to_vec().unwrap();
