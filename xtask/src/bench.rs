@@ -130,6 +130,8 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
                     "2000",
                     "--creations",
                     "50",
+                    "--rounds",
+                    "1",
                 ]);
             }
             cmd.arg("--out").arg(&out);

@@ -1,4 +1,4 @@
-//! `cargo run --release -p dns --bin dns-bench -- [--services N] [--seconds S] [--out PATH]`
+//! `cargo run --release -p dns --bin dns-bench -- [--services N] [--seconds S] [--rounds R] [--out PATH]`
 //! The driver `cargo xtask bench dns` calls: kaze dns vs knotd under dnsperf, JSON out.
 
 use std::path::PathBuf;
@@ -18,6 +18,9 @@ struct Args {
     latency_qps: u64,
     #[arg(long, default_value_t = 1_000)]
     creations: usize,
+    /// Alternating rounds of knotd and kaze measurements.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     #[arg(long, default_value = "target/bench/dns.json")]
     out: PathBuf,
 }
@@ -32,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latency_qps: a.latency_qps,
         latency_seconds: 3,
         creations: a.creations,
+        rounds: a.rounds,
         out: a.out,
     };
     let results = run(&config).await?;
