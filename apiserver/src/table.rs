@@ -148,37 +148,94 @@ fn columns(p: Printer) -> Vec<Value> {
     }
 }
 
+/// A container state's reason for the STATUS column: waiting or terminated reason, else
+/// `Signal:N`/`ExitCode:N` for a terminated state without one.
+fn terminated_reason(t: &Value, prefix: &str) -> String {
+    match t["reason"].as_str().filter(|r| !r.is_empty()) {
+        Some(r) => format!("{prefix}{r}"),
+        None if n(t, "/signal") != 0 => format!("{prefix}Signal:{}", n(t, "/signal")),
+        None => format!("{prefix}ExitCode:{}", n(t, "/exitCode")),
+    }
+}
+
+/// READY, STATUS and RESTARTS as upstream's `printPod`: init containers give `Init:N/M`,
+/// `Init:<reason>`; sidecars (restartable init containers) count as containers.
 fn pod_cells(o: &Value) -> Vec<Value> {
-    let statuses = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array);
-    let total = o
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let ready = statuses.map_or(0, |a| {
-        a.iter().filter(|c| c["ready"] == json!(true)).count()
-    });
-    let restarts: i64 = statuses.map_or(0, |a| {
-        a.iter()
-            .map(|c| c["restartCount"].as_i64().unwrap_or(0))
-            .sum()
-    });
+    let empty = Vec::new();
+    let arr = |p: &str| o.pointer(p).and_then(Value::as_array).unwrap_or(&empty);
+    let init_specs = arr("/spec/initContainers");
+    let is_sidecar = |name: &str| {
+        init_specs
+            .iter()
+            .any(|c| c["name"] == json!(name) && c["restartPolicy"] == json!("Always"))
+    };
+    let total = arr("/spec/containers").len()
+        + init_specs
+            .iter()
+            .filter(|c| c["restartPolicy"] == json!("Always"))
+            .count();
+    let mut ready = 0;
+    let mut restarts = 0;
+    let mut sidecar_restarts = 0;
     let mut status = s(o, "/status/reason").to_string();
     if status.is_empty() {
         status = s(o, "/status/phase").to_string();
     }
-    for c in statuses.into_iter().flatten() {
-        if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
-            status = r.to_string();
-        } else if let Some(r) = c
-            .pointer("/state/terminated/reason")
-            .and_then(Value::as_str)
-        {
-            status = r.to_string();
+    let mut initializing = false;
+    for (i, c) in arr("/status/initContainerStatuses").iter().enumerate() {
+        restarts += n(c, "/restartCount");
+        let sidecar = is_sidecar(c["name"].as_str().unwrap_or_default());
+        if sidecar {
+            sidecar_restarts += n(c, "/restartCount");
+        }
+        let term = c.pointer("/state/terminated");
+        let waiting = s(c, "/state/waiting/reason");
+        if term.is_some_and(|t| n(t, "/exitCode") == 0) {
+            continue;
+        }
+        if sidecar && c["started"] == json!(true) {
+            if c["ready"] == json!(true) {
+                ready += 1;
+            }
+            continue;
+        }
+        status = if let Some(t) = term {
+            terminated_reason(t, "Init:")
+        } else if !waiting.is_empty() && waiting != "PodInitializing" {
+            format!("Init:{waiting}")
+        } else {
+            format!("Init:{i}/{}", init_specs.len())
+        };
+        initializing = true;
+        break;
+    }
+    let initialized = arr("/status/conditions")
+        .iter()
+        .any(|c| c["type"] == json!("Initialized") && c["status"] == json!("True"));
+    if !initializing || initialized {
+        restarts = sidecar_restarts;
+        let mut has_running = false;
+        for c in arr("/status/containerStatuses").iter().rev() {
+            restarts += n(c, "/restartCount");
+            let waiting = s(c, "/state/waiting/reason");
+            if !waiting.is_empty() {
+                status = waiting.to_string();
+            } else if let Some(t) = c.pointer("/state/terminated") {
+                status = terminated_reason(t, "");
+            } else if c["ready"] == json!(true) && c.pointer("/state/running").is_some() {
+                has_running = true;
+                ready += 1;
+            }
+        }
+        if status == "Completed" && has_running {
+            let pod_ready = arr("/status/conditions")
+                .iter()
+                .any(|c| c["type"] == json!("Ready") && c["status"] == json!("True"));
+            status = if pod_ready { "Running" } else { "NotReady" }.into();
         }
     }
-    if meta::is_deleting(o) {
+    let phase = s(o, "/status/phase");
+    if meta::is_deleting(o) && phase != "Succeeded" && phase != "Failed" {
         status = "Terminating".into();
     }
     vec![
@@ -461,7 +518,7 @@ mod tests {
     fn pod_and_service_rows() {
         let r = Registry::builtin();
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}], "nodeName": "n1"},
-                         "status": {"phase": "Running", "podIP": "10.42.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});
+                         "status": {"phase": "Running", "podIP": "10.42.0.5", "containerStatuses": [{"ready": true, "restartCount": 2, "state": {"running": {}}}]}});
         let t = table(
             r.get("", "v1", "pods").expect("pods"),
             &[pod],
@@ -478,6 +535,60 @@ mod tests {
         assert_eq!(
             t["columnDefinitions"].as_array().expect("cols").len(),
             cells.as_array().expect("cells").len()
+        );
+        // Init containers, as upstream's printPod shows them.
+        let cells = |status: Value| {
+            let pod = json!({"metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "app"}],
+                         "initContainers": [{"name": "a"}, {"name": "b"}, {"name": "side", "restartPolicy": "Always"}]},
+                "status": status});
+            let t = table(
+                r.get("", "v1", "pods").expect("pods"),
+                &[pod],
+                Include::None,
+                "v1",
+                json!({}),
+            );
+            let c = &t["rows"][0]["cells"];
+            (
+                c[1].as_str().unwrap_or_default().to_string(),
+                c[2].as_str().unwrap_or_default().to_string(),
+                c[3].as_str().unwrap_or_default().to_string(),
+            )
+        };
+        let waiting = |r: &str| json!({"waiting": {"reason": r}});
+        let done = json!({"terminated": {"exitCode": 0, "reason": "Completed"}});
+        let app_waiting = json!([{"name": "app", "state": waiting("PodInitializing")}]);
+        let init_false = json!([{"type": "Initialized", "status": "False"}]);
+        assert_eq!(
+            cells(
+                json!({"phase": "Pending", "conditions": init_false, "containerStatuses": app_waiting,
+                "initContainerStatuses": [{"name": "a", "state": {"running": {}}}, {"name": "b", "state": waiting("PodInitializing")}]})
+            ),
+            ("0/2".into(), "Init:0/3".into(), "0".into())
+        );
+        assert_eq!(
+            cells(
+                json!({"phase": "Pending", "conditions": init_false, "containerStatuses": app_waiting,
+                "initContainerStatuses": [{"name": "a", "state": done}, {"name": "b", "restartCount": 3, "state": waiting("CrashLoopBackOff")}]})
+            ),
+            ("0/2".into(), "Init:CrashLoopBackOff".into(), "3".into())
+        );
+        assert_eq!(
+            cells(
+                json!({"phase": "Failed", "conditions": init_false, "containerStatuses": app_waiting,
+                "initContainerStatuses": [{"name": "a", "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]})
+            ),
+            ("0/2".into(), "Init:Error".into(), "0".into())
+        );
+        assert_eq!(
+            cells(
+                json!({"phase": "Running", "conditions": [{"type": "Initialized", "status": "True"}],
+                "containerStatuses": [{"name": "app", "ready": true, "state": {"running": {}}}],
+                "initContainerStatuses": [{"name": "a", "state": done}, {"name": "b", "state": done},
+                    {"name": "side", "ready": true, "started": true, "restartCount": 1, "state": {"running": {}}}]})
+            ),
+            ("2/2".into(), "Running".into(), "1".into())
         );
         let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.9", "ports": [{"port": 80, "protocol": "TCP"}]}});
         let t = table(
