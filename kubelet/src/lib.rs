@@ -4,7 +4,9 @@
 //! - [`sys`]: the one module that touches the host (processes, netns, FIFOs, cgroups);
 //! - [`containerd`], [`images`], [`cni`], [`spec`], [`logs`]: one concern each;
 //! - [`runtime`]: pod sandboxes and containers built from those;
-//! - [`pod`]: PodSpec -> runtime calls, probes, restart policy, status (no API yet);
+//! - [`volume`]: pod volumes (emptyDir, configMap, secret, downwardAPI, projected, hostPath);
+//! - [`pod`]: PodSpec -> runtime calls, volumes, init containers, probes, restart policy,
+//!   status and events;
 //! - [`node`]: the API client: node registration, Lease heartbeats, the pod sync loop
 //!   (the kubelet HTTPS server for logs/exec is next).
 
@@ -18,6 +20,7 @@ pub mod pod;
 pub mod runtime;
 pub mod spec;
 pub mod sys;
+pub mod volume;
 
 pub use error::{Error, Result};
 pub use runtime::{

@@ -1,6 +1,7 @@
 //! The one narrow module that touches the host: external processes (`ip`, CNI plugins),
-//! network namespaces, FIFOs, cgroup files and pod directories. Everything else in the
-//! kubelet is plain logic over these calls, as youki keeps its syscalls in one place.
+//! network namespaces, FIFOs, cgroup files, pod directories, volume files and tmpfs mounts.
+//! Everything else in the kubelet is plain logic over these calls, as youki keeps its
+//! syscalls in one place.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -325,4 +326,172 @@ pub fn cgroup_exists(cgroup: &str) -> bool {
     cgroup_controllers()
         .iter()
         .any(|c| c.join(cgroup.trim_start_matches('/')).exists())
+}
+
+// === volumes: modes, symlinks, tmpfs ===
+
+/// chmod, ignoring the umask (volume files get exactly the mode the pod asked for).
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), SysError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
+}
+
+pub fn symlink(target: &Path, link: &Path) -> Result<(), SysError> {
+    std::os::unix::fs::symlink(target, link).map_err(io("creating symlink", link))
+}
+
+/// The target of a symlink; None when `path` is absent or not a symlink.
+pub fn read_link(path: &Path) -> Option<PathBuf> {
+    std::fs::read_link(path).ok()
+}
+
+/// rename(2): atomic replacement of `to` (a symlink swap, for volume payloads).
+pub fn rename(from: &Path, to: &Path) -> Result<(), SysError> {
+    std::fs::rename(from, to).map_err(io("renaming", from))
+}
+
+fn c_path(path: &Path, what: &'static str) -> Result<std::ffi::CString, SysError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io(what, path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
+}
+
+/// Mount a tmpfs on `dir` (emptyDir `medium: Memory`, secret and projected volumes), with
+/// `size` bytes at most when given. Already mounted is fine.
+#[allow(unsafe_code)] // mount(2) has no safe std wrapper; this module is where syscalls live
+pub fn mount_tmpfs(dir: &Path, size: Option<u64>) -> Result<(), SysError> {
+    if mounts_under(dir).iter().any(|m| m == dir) {
+        return Ok(());
+    }
+    let target = c_path(dir, "mounting tmpfs on")?;
+    let mut opts = String::from("mode=0777");
+    if let Some(s) = size {
+        opts.push_str(&format!(",size={s}"));
+    }
+    let data = std::ffi::CString::new(opts).unwrap_or_default();
+    let fstype = c"tmpfs";
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io("mounting tmpfs on", dir)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Detach the mount on `dir` (lazily, so a straggling open file cannot keep it).
+#[allow(unsafe_code)] // umount2(2) has no safe std wrapper
+pub fn unmount(dir: &Path) -> Result<(), SysError> {
+    let target = c_path(dir, "unmounting")?;
+    // SAFETY: `target` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // EINVAL: not a mount point (any more); ENOENT: gone. Teardown is idempotent.
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+            return Err(io("unmounting", dir)(e));
+        }
+    }
+    Ok(())
+}
+
+/// Mount points at or below `dir` in this mount namespace, deepest last.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmount everything at or below `dir`, deepest first (pod teardown; test cleanup).
+pub fn unmount_all_under(dir: &Path) -> Result<(), SysError> {
+    let mut mounts = mounts_under(dir);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in mounts {
+        unmount(&m)?;
+    }
+    Ok(())
+}
+
+/// What sits at a host path, for hostPath `type` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Missing,
+    Directory,
+    File,
+    Socket,
+    CharDevice,
+    BlockDevice,
+    Other,
+}
+
+pub fn file_kind(path: &Path) -> FileKind {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Err(_) => FileKind::Missing,
+        Ok(m) => {
+            let t = m.file_type();
+            if t.is_dir() {
+                FileKind::Directory
+            } else if t.is_file() {
+                FileKind::File
+            } else if t.is_socket() {
+                FileKind::Socket
+            } else if t.is_char_device() {
+                FileKind::CharDevice
+            } else if t.is_block_device() {
+                FileKind::BlockDevice
+            } else {
+                FileKind::Other
+            }
+        }
+    }
+}
+
+/// Create an empty file with `mode` unless something is there already.
+pub fn create_file(path: &Path, mode: u32) -> Result<(), SysError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io("creating", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The path with every symlink resolved (subPath containment checks).
+pub fn canonicalize(path: &Path) -> Result<PathBuf, SysError> {
+    std::fs::canonicalize(path).map_err(io("resolving", path))
 }

@@ -27,7 +27,7 @@ pub fn arch() -> &'static str {
     }
 }
 
-fn mem_total_kib() -> u64 {
+pub(crate) fn mem_total_kib() -> u64 {
     read("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))

@@ -546,6 +546,8 @@ impl Runtime {
         }
         // runc removed each container's cgroup; the pod's parent is ours to remove.
         sys::remove_cgroup(&self.cgroup_of_pod(uid));
+        // tmpfs volumes (emptyDir Memory, secrets, projected) are unmounted first.
+        crate::volume::teardown(&self.config.pod_dir(uid)).context(|| what.clone())?;
         sys::remove_dir_all(&self.config.pod_dir(uid)).context(|| what.clone())?;
         if !namespace.is_empty() {
             sys::remove_dir_all(&logs::pod_log_dir(
