@@ -39,6 +39,7 @@ fn fast() -> WorkerConfig {
         backoff_initial: Duration::from_millis(500),
         backoff_max: Duration::from_secs(2),
         tick: Duration::from_millis(100),
+        volume_resync: Duration::from_secs(1),
     }
 }
 
@@ -372,4 +373,105 @@ async fn exec_runs_in_the_container_and_termination_removes_the_pod() {
     assert_eq!(t.exit_code, 0);
     assert!(node.rt.pod_containers(&uid).await.unwrap().is_empty());
     assert!(!node.rt.config().pod_dir(&uid).exists());
+}
+
+fn init_status<'a>(s: &'a PodStatus, name: &str) -> &'a ContainerStatus {
+    s.init_container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == name)
+        .expect("init container status")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_init_container_is_retried_and_a_sidecar_runs_beside_the_app() {
+    let node = TestNode::start("kt-init", 26).await;
+    let work = json!([{"name": "work", "mountPath": "/work"}]);
+    let p = pod(
+        "retry",
+        json!({
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 1,
+            "initContainers": [
+                {"name": "flaky", "image": "kaze/busybox:1", "volumeMounts": work,
+                 "command": ["sh", "-c", "if [ -f /work/tried ]; then exit 0; fi; touch /work/tried; exit 1"]},
+                {"name": "side", "image": "kaze/busybox:1", "restartPolicy": "Always", "volumeMounts": work,
+                 "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do echo beat > /work/beat; sleep 0.2; done"]},
+            ],
+            "containers": [{"name": "app", "image": "kaze/busybox:1", "volumeMounts": work,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}],
+            "volumes": [{"name": "work", "emptyDir": {}}],
+        }),
+    );
+    let uid = p.metadata.uid.clone().unwrap();
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(60), "the app running", |s| {
+        container(s, "app")
+            .state
+            .as_ref()
+            .is_some_and(|st| st.running.is_some())
+    })
+    .await;
+    assert_eq!(s.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&s, "Initialized").as_deref(), Some("True"));
+    let flaky = init_status(&s, "flaky");
+    assert_eq!(
+        flaky.restart_count, 1,
+        "retried once after exit 1: {flaky:?}"
+    );
+    let t = flaky
+        .state
+        .as_ref()
+        .and_then(|st| st.terminated.as_ref())
+        .expect("flaky terminated");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    let side = init_status(&s, "side");
+    assert!(side.state.as_ref().is_some_and(|st| st.running.is_some()));
+    assert_eq!(side.started, Some(true));
+    // The app sees what the sidecar keeps writing into the shared emptyDir.
+    let id = container(&s, "app")
+        .container_id
+        .clone()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_string();
+    let cmd = vec!["cat".to_string(), "/work/beat".to_string()];
+    let out = node
+        .rt
+        .exec_sync(&id, &cmd, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "beat\n");
+    let dir = node.rt.config().pod_dir(&uid);
+    assert!(dir
+        .join("volumes/kubernetes.io~empty-dir/work/tried")
+        .exists());
+    h.terminate().await;
+    assert!(node.rt.pod_containers(&uid).await.unwrap().is_empty());
+    assert!(!dir.exists(), "pod dir and its volumes are removed");
+
+    // restartPolicy Never: the sidecar is stopped once the app container has finished.
+    let p = pod(
+        "job",
+        json!({
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "initContainers": [{"name": "side", "image": "kaze/busybox:1", "restartPolicy": "Always",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}],
+            "containers": [{"name": "app", "image": "kaze/busybox:1", "command": ["sh", "-c", "sleep 1"]}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(60), "Succeeded", |s| {
+        s.phase.as_deref() == Some("Succeeded")
+            && init_status(s, "side")
+                .state
+                .as_ref()
+                .is_some_and(|st| st.terminated.is_some())
+    })
+    .await;
+    assert_eq!(init_status(&s, "side").restart_count, 0);
+    h.terminate().await;
 }

@@ -1,7 +1,9 @@
 //! The pod sync loop: watch the pods bound to this node (`spec.nodeName`), keep one pod
-//! worker per pod, write each worker's status back with the status subresource (only when
-//! it changed), and when a pod is deleted gracefully stop it, post its final status and
-//! remove it from the API (the kubelet's half of graceful deletion).
+//! worker per pod (reading ConfigMaps/Secrets with this loop's client, and told of label/
+//! annotation changes for the downward API), write each worker's status back with the
+//! status subresource (only when it changed), and when a pod is deleted gracefully stop it,
+//! post its final status and remove it from the API (the kubelet's half of graceful
+//! deletion).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use tokio::task::JoinHandle;
 use super::NodeError;
 use crate::pod::{self, NodeContext, PodHandle, WorkerConfig};
 use crate::runtime::Runtime;
+use crate::volume::Source;
 
 struct Running {
     handle: PodHandle,
@@ -195,11 +198,21 @@ pub async fn run(
                 }
                 continue;
             }
-            if running.contains_key(&uid) || is_terminal(&p) {
+            if let Some(r) = running.get(&uid) {
+                r.handle.update(&p);
+                continue;
+            }
+            if is_terminal(&p) {
                 continue;
             }
             tracing::info!(pod = %format!("{ns}/{name}"), "starting pod");
-            let handle = pod::spawn(rt.clone(), p.clone(), node.clone(), WorkerConfig::default());
+            let handle = pod::spawn_with(
+                rt.clone(),
+                p.clone(),
+                node.clone(),
+                WorkerConfig::default(),
+                Source::api(client.clone()),
+            );
             let reporter = spawn_reporter(
                 client.clone(),
                 ns.clone(),

@@ -1,10 +1,14 @@
-//! The pod model: a `v1.Pod` turned into runtime calls ([`spec`]), probes ([`probe`]) and a
-//! per-pod worker that keeps it running and reports its status ([`worker`]). Nothing here
-//! talks to the API server; the sync loop that will feed pods from it sits on top.
+//! The pod model: a `v1.Pod` turned into runtime calls ([`spec`]), probes ([`probe`]),
+//! volumes ([`crate::volume`]) and a per-pod worker that keeps it running and reports its
+//! status ([`worker`], computed in `status`). The only API calls made here are reading
+//! ConfigMaps/Secrets for volumes and posting pod events, through the `volume::Source` the
+//! sync loop ([`crate::node::sync`]) hands in.
 
+mod events;
 pub mod probe;
 pub mod spec;
+mod status;
 pub mod worker;
 
 pub use spec::{NodeContext, SpecError};
-pub use worker::{spawn, PodHandle, WorkerConfig};
+pub use worker::{spawn, spawn_with, PodHandle, WorkerConfig};

@@ -1,6 +1,7 @@
 //! From a `v1.Pod` to what the runtime runs: the sandbox config (hostname, DNS policy,
 //! hostPorts) and one container config per container (command, env with `$(VAR)`
-//! expansion and downward-API fields, resources). Pure functions, unit-tested.
+//! expansion, downward-API fields and ConfigMap/Secret refs read beforehand, resources).
+//! Pure functions, unit-tested.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -37,6 +38,38 @@ pub enum SpecError {
     },
     #[error("dnsPolicy {0:?} is not supported")]
     DnsPolicy(String),
+    /// A ConfigMap/Secret (or key) the env needs is absent (upstream's message).
+    #[error("{0}")]
+    EnvObject(String),
+}
+
+/// ConfigMaps and Secrets a container's env refers to, read from the API before it starts:
+/// `("configmap" | "secret", name)` -> its keys, None when it does not exist.
+pub type EnvObjects = HashMap<(&'static str, String), Option<BTreeMap<String, String>>>;
+
+/// The ConfigMaps/Secrets `c`'s `env` and `envFrom` refer to.
+pub fn env_object_refs(c: &Container) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for f in c.env_from.iter().flatten() {
+        if let Some(r) = &f.config_map_ref {
+            out.push(("configmap", r.name.clone()));
+        }
+        if let Some(r) = &f.secret_ref {
+            out.push(("secret", r.name.clone()));
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let Some(from) = &e.value_from else { continue };
+        if let Some(r) = &from.config_map_key_ref {
+            out.push(("configmap", r.name.clone()));
+        }
+        if let Some(r) = &from.secret_key_ref {
+            out.push(("secret", r.name.clone()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Node-level inputs the pod model needs.
@@ -277,16 +310,61 @@ fn field_ref(pod: &Pod, path: &str, pod_ip: Option<IpAddr>, node: &NodeContext) 
     }
 }
 
-/// The container's env in order, each value expanded against the ones before it.
+/// `kind`/`name` from `objects`: Ok(None) when absent and `optional`, else upstream's error.
+fn env_object<'a>(
+    objects: &'a EnvObjects,
+    kind: &'static str,
+    name: &str,
+    optional: bool,
+) -> Result<Option<&'a BTreeMap<String, String>>, SpecError> {
+    match objects.get(&(kind, name.to_string())) {
+        Some(Some(keys)) => Ok(Some(keys)),
+        _ if optional => Ok(None),
+        _ => Err(SpecError::EnvObject(format!("{kind} {name:?} not found"))),
+    }
+}
+
+/// The container's env in order (`envFrom` first, then `env`, as upstream), each value
+/// expanded against the ones before it. ConfigMap/Secret values come from `objects`.
 pub fn container_env(
     pod: &Pod,
     c: &Container,
     pod_ip: Option<IpAddr>,
     node: &NodeContext,
+    objects: &EnvObjects,
 ) -> Result<Vec<(String, String)>, SpecError> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut vars = HashMap::new();
     let res = resources(c)?;
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    for f in c.env_from.iter().flatten() {
+        let prefix = f.prefix.clone().unwrap_or_default();
+        let refs = [
+            f.config_map_ref
+                .as_ref()
+                .map(|r| ("configmap", &r.name, r.optional)),
+            f.secret_ref
+                .as_ref()
+                .map(|r| ("secret", &r.name, r.optional)),
+        ];
+        for (kind, name, optional) in refs.into_iter().flatten() {
+            let Some(keys) = env_object(objects, kind, name, optional.unwrap_or(false))? else {
+                continue;
+            };
+            for (k, v) in keys {
+                let key = format!("{prefix}{k}");
+                vars.insert(key.clone(), v.clone());
+                match out.iter_mut().find(|(n, _)| *n == key) {
+                    Some(slot) => slot.1 = v.clone(),
+                    None => out.push((key, v.clone())),
+                }
+            }
+        }
+    }
     for e in c.env.iter().flatten() {
         let err = |reason: &str| SpecError::Env {
             container: c.name.clone(),
@@ -315,9 +393,36 @@ pub fn container_env(
                             .unwrap_or_default(),
                         other => return Err(err(&format!("unsupported resourceFieldRef {other}"))),
                     }
-                } else if from.config_map_key_ref.is_some() || from.secret_key_ref.is_some() {
-                    // Needs objects from the API; the API-driven sync loop resolves these.
-                    return Err(err("configMapKeyRef/secretKeyRef need the API server"));
+                } else if let Some(r) = &from.config_map_key_ref {
+                    let optional = r.optional.unwrap_or(false);
+                    let Some(keys) = env_object(objects, "configmap", &r.name, optional)? else {
+                        continue;
+                    };
+                    match keys.get(&r.key) {
+                        Some(v) => v.clone(),
+                        None if optional => continue,
+                        None => {
+                            return Err(SpecError::EnvObject(format!(
+                                "couldn't find key {} in ConfigMap {ns}/{}",
+                                r.key, r.name
+                            )));
+                        }
+                    }
+                } else if let Some(r) = &from.secret_key_ref {
+                    let optional = r.optional.unwrap_or(false);
+                    let Some(keys) = env_object(objects, "secret", &r.name, optional)? else {
+                        continue;
+                    };
+                    match keys.get(&r.key) {
+                        Some(v) => v.clone(),
+                        None if optional => continue,
+                        None => {
+                            return Err(SpecError::EnvObject(format!(
+                                "couldn't find key {} in Secret {ns}/{}",
+                                r.key, r.name
+                            )));
+                        }
+                    }
                 } else {
                     return Err(err("unsupported valueFrom"));
                 }
@@ -332,15 +437,17 @@ pub fn container_env(
     Ok(out)
 }
 
-/// One container's runtime config for restart `attempt`.
+/// One container's runtime config for restart `attempt` (no volume mounts yet: the worker
+/// adds them from the pod's volumes).
 pub fn container_config(
     pod: &Pod,
     c: &Container,
     attempt: u32,
     pod_ip: Option<IpAddr>,
     node: &NodeContext,
+    objects: &EnvObjects,
 ) -> Result<ContainerConfig, SpecError> {
-    let env = container_env(pod, c, pod_ip, node)?;
+    let env = container_env(pod, c, pod_ip, node, objects)?;
     let vars: HashMap<String, String> = env.iter().cloned().collect();
     let expand_all =
         |v: &Option<Vec<String>>| v.iter().flatten().map(|s| expand(s, &vars)).collect();

@@ -1,23 +1,24 @@
 //! One task per pod: make the runtime match the PodSpec and report a `v1.PodStatus`.
-//! It starts the sandbox and containers, restarts exited containers per `restartPolicy`
-//! with CrashLoopBackOff, runs startup/liveness/readiness probes, and on stop terminates
-//! gracefully and removes everything. The API-driven sync loop will own one per pod.
+//! It sets up the pod's volumes (FailedMount events while one cannot be), starts the
+//! sandbox, runs the init containers in order (each to success before the next; sidecars,
+//! i.e. `restartPolicy: Always` init containers, only until started), then the app
+//! containers; restarts exited containers per `restartPolicy` with CrashLoopBackOff, runs
+//! startup/liveness/readiness probes, refreshes configMap/secret/downwardAPI volumes, and
+//! on stop terminates gracefully and removes everything. The sync loop owns one per pod.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{
-    Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus as ApiContainerStatus, Pod, PodCondition, PodIP,
-    PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, Pod, PodStatus};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::events::Recorder;
 use super::probe::{self, Action, ProbeResult, ProbeSpec, ProbeTracker};
 use super::spec::{self as podspec, NodeContext};
+use super::status::{pod_status, terminated};
 use crate::runtime::{ContainerState, Runtime, Sandbox};
+use crate::volume::{PodVolumes, Source};
 
 /// Restart timing. Upstream: 10 s doubling to 5 min.
 #[derive(Clone, Debug)]
@@ -26,6 +27,9 @@ pub struct WorkerConfig {
     pub backoff_max: Duration,
     /// How often the worker looks at its containers.
     pub tick: Duration,
+    /// How often configMap/secret/downwardAPI/projected volumes are re-read and rewritten
+    /// (upstream relies on its sync period, 1 min, plus a watch-based object cache).
+    pub volume_resync: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -34,6 +38,7 @@ impl Default for WorkerConfig {
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             tick: Duration::from_millis(500),
+            volume_resync: Duration::from_secs(10),
         }
     }
 }
@@ -61,25 +66,37 @@ pub fn should_restart(policy: &str, exit_code: i32) -> bool {
     }
 }
 
-struct Running {
-    id: String,
-    started_at: jiff::Timestamp,
+pub(super) struct Running {
+    pub(super) id: String,
+    pub(super) started_at: jiff::Timestamp,
     startup: Option<ProbeTracker>,
     liveness: Option<ProbeTracker>,
     readiness: Option<ProbeTracker>,
 }
 
-struct Slot {
-    spec: Container,
-    restarts: u32,
-    running: Option<Running>,
-    last: Option<ContainerStateTerminated>,
-    waiting: Option<(String, String)>,
+/// Which list of the PodSpec a container comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A regular init container: runs once to success, in order.
+    Init,
+    /// An init container with `restartPolicy: Always`: started in order, then kept running
+    /// beside the app containers.
+    Sidecar,
+    App,
+}
+
+pub(super) struct Slot {
+    pub(super) kind: Kind,
+    pub(super) spec: Container,
+    pub(super) restarts: u32,
+    pub(super) running: Option<Running>,
+    pub(super) last: Option<ContainerStateTerminated>,
+    pub(super) waiting: Option<(String, String)>,
     next_start: Instant,
-    done: bool,
-    ready: bool,
-    started: bool,
-    image_id: String,
+    pub(super) done: bool,
+    pub(super) ready: bool,
+    pub(super) started: bool,
+    pub(super) image_id: String,
     pull_failures: u32,
 }
 
@@ -87,10 +104,17 @@ struct Slot {
 pub struct PodHandle {
     pub status: watch::Receiver<PodStatus>,
     stop: watch::Sender<bool>,
+    updates: watch::Sender<Option<Pod>>,
     task: tokio::task::JoinHandle<PodStatus>,
 }
 
 impl PodHandle {
+    /// A newer version of the pod from the API: its labels and annotations reach the
+    /// downward-API volumes (the spec is immutable where it matters here).
+    pub fn update(&self, pod: &Pod) {
+        self.updates.send_replace(Some(pod.clone()));
+    }
+
     /// Terminate the pod gracefully, remove everything, and return its last status.
     pub async fn terminate(self) -> PodStatus {
         let _ = self.stop.send(true);
@@ -98,18 +122,43 @@ impl PodHandle {
     }
 }
 
-/// Start a worker for `pod` on this node.
+/// Start a worker for `pod` on this node, without an apiserver: configMap and secret
+/// volumes cannot be set up.
 pub fn spawn(rt: Runtime, pod: Pod, node: NodeContext, cfg: WorkerConfig) -> PodHandle {
-    let slots = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| Slot {
+    spawn_with(rt, pod, node, cfg, Source::default())
+}
+
+/// Start a worker for `pod`, reading ConfigMaps/Secrets from (and posting events to) the
+/// apiserver behind `source`.
+pub fn spawn_with(
+    rt: Runtime,
+    pod: Pod,
+    node: NodeContext,
+    cfg: WorkerConfig,
+    source: Source,
+) -> PodHandle {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let has_init = spec.init_containers.as_ref().is_some_and(|i| !i.is_empty());
+    // With init containers, everything waits as PodInitializing first (upstream's default).
+    let waiting = if has_init {
+        "PodInitializing"
+    } else {
+        "ContainerCreating"
+    };
+    let inits = spec.init_containers.iter().flatten().map(|c| {
+        let sidecar = c.restart_policy.as_deref() == Some("Always");
+        (if sidecar { Kind::Sidecar } else { Kind::Init }, c)
+    });
+    let apps = spec.containers.iter().map(|c| (Kind::App, c));
+    let slots = inits
+        .chain(apps)
+        .map(|(kind, c)| Slot {
+            kind,
             spec: c.clone(),
             restarts: 0,
             running: None,
             last: None,
-            waiting: Some(("ContainerCreating".into(), String::new())),
+            waiting: Some((waiting.into(), String::new())),
             next_start: Instant::now(),
             done: false,
             ready: false,
@@ -118,7 +167,16 @@ pub fn spawn(rt: Runtime, pod: Pod, node: NodeContext, cfg: WorkerConfig) -> Pod
             pull_failures: 0,
         })
         .collect();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let (updates, updates_rx) = watch::channel(None);
     let worker = Worker {
+        volumes: PodVolumes::new(&pod, &rt.config().pod_dir(&uid), source.clone()),
+        source: source.clone(),
+        events: Recorder::new(source.client().cloned(), &pod, &node.node_name),
+        volumes_retry: Instant::now(),
+        volumes_refreshed: Instant::now(),
+        initialized: !has_init,
+        updates: updates_rx,
         rt,
         pod,
         node,
@@ -133,19 +191,32 @@ pub fn spawn(rt: Runtime, pod: Pod, node: NodeContext, cfg: WorkerConfig) -> Pod
     let (status_tx, status) = watch::channel(worker.status());
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(worker.run(status_tx, stop_rx));
-    PodHandle { status, stop, task }
+    PodHandle {
+        status,
+        stop,
+        updates,
+        task,
+    }
 }
 
-struct Worker {
+pub(super) struct Worker {
     rt: Runtime,
     pod: Pod,
-    node: NodeContext,
+    pub(super) node: NodeContext,
     cfg: WorkerConfig,
-    sandbox: Option<Sandbox>,
-    sandbox_error: Option<String>,
+    pub(super) sandbox: Option<Sandbox>,
+    pub(super) sandbox_error: Option<String>,
     sandbox_retry: Instant,
-    slots: Vec<Slot>,
-    start_time: jiff::Timestamp,
+    pub(super) slots: Vec<Slot>,
+    pub(super) start_time: jiff::Timestamp,
+    volumes: PodVolumes,
+    source: Source,
+    volumes_retry: Instant,
+    volumes_refreshed: Instant,
+    events: Recorder,
+    /// Every init container succeeded (sidecars: started); app containers may run.
+    pub(super) initialized: bool,
+    updates: watch::Receiver<Option<Pod>>,
 }
 
 impl Worker {
@@ -225,7 +296,67 @@ impl Worker {
             .unwrap_or_else(|| "Always".into())
     }
 
+    /// Volumes first (as upstream: no sandbox before they are all set up), then refreshed
+    /// every `volume_resync`. Returns whether the pod may go on.
+    async fn step_volumes(&mut self) -> bool {
+        let now = Instant::now();
+        if self.updates.has_changed().unwrap_or(false) {
+            if let Some(p) = self.updates.borrow_and_update().clone() {
+                let changed = p.metadata.labels != self.pod.metadata.labels
+                    || p.metadata.annotations != self.pod.metadata.annotations;
+                if changed {
+                    self.pod.metadata.labels = p.metadata.labels.clone();
+                    self.pod.metadata.annotations = p.metadata.annotations.clone();
+                    self.volumes.update_pod(&p);
+                    // Due now: rewrite the downward-API files on the next check.
+                    self.volumes_refreshed = now
+                        .checked_sub(self.cfg.volume_resync)
+                        .unwrap_or(self.volumes_refreshed);
+                }
+            }
+        }
+        if !self.volumes.is_ready() {
+            if now < self.volumes_retry {
+                return false;
+            }
+            return match self.volumes.setup().await {
+                Ok(()) => {
+                    self.events.clear("FailedMount");
+                    self.volumes_refreshed = now;
+                    for s in &mut self.slots {
+                        if let Some(w) = s.waiting.as_mut() {
+                            w.1.clear();
+                        }
+                    }
+                    true
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.events.warn("FailedMount", &msg);
+                    // The containers keep waiting (ContainerCreating/PodInitializing), and say why.
+                    for s in &mut self.slots {
+                        if let Some(w) = s.waiting.as_mut() {
+                            w.1 = msg.clone();
+                        }
+                    }
+                    self.volumes_retry = now + self.cfg.backoff_initial.min(Duration::from_secs(2));
+                    false
+                }
+            };
+        }
+        if now >= self.volumes_refreshed + self.cfg.volume_resync {
+            self.volumes_refreshed = now;
+            for e in self.volumes.refresh().await {
+                self.events.warn("FailedMount", &e.to_string());
+            }
+        }
+        true
+    }
+
     async fn step(&mut self) {
+        if !self.step_volumes().await {
+            return;
+        }
         if self.sandbox.is_none() {
             if Instant::now() < self.sandbox_retry {
                 return;
@@ -243,15 +374,107 @@ impl Worker {
                     tracing::warn!(pod = %self.name(), error = %e, "creating the pod sandbox");
                     self.sandbox_error = Some(e);
                     self.sandbox_retry = Instant::now() + self.cfg.backoff_initial;
+                    // The failed sandbox's cleanup removed the pod dir, volumes included.
+                    self.volumes.reset();
                     return;
                 }
             }
         }
         let policy = self.policy();
         let grace = podspec::grace_period(&self.pod);
-        for i in 0..self.slots.len() {
-            self.step_container(i, &policy, grace).await;
+        let just_initialized = !self.initialized;
+        if !self.initialized {
+            // Init containers, in order: each must succeed (a sidecar: be started) first.
+            // A failing one is retried as OnFailure unless the pod's policy is Never.
+            let init_policy = if policy == "Never" {
+                "Never"
+            } else {
+                "OnFailure"
+            };
+            for i in 0..self.slots.len() {
+                match self.slots[i].kind {
+                    Kind::App => continue,
+                    Kind::Init => {
+                        if self.slots[i].succeeded() {
+                            continue;
+                        }
+                        self.step_container(i, init_policy, grace).await;
+                        if !self.slots[i].succeeded() {
+                            return;
+                        }
+                    }
+                    Kind::Sidecar => {
+                        self.step_container(i, "Always", grace).await;
+                        let s = &self.slots[i];
+                        if !(s.running.is_some() && s.started) {
+                            return;
+                        }
+                    }
+                }
+            }
+            self.initialized = true;
+            for s in self.slots.iter_mut().filter(|s| s.kind == Kind::App) {
+                if s.waiting.as_ref().is_some_and(|w| w.0 == "PodInitializing") {
+                    s.waiting = Some(("ContainerCreating".into(), String::new()));
+                }
+            }
         }
+        let apps_done = self
+            .slots
+            .iter()
+            .filter(|s| s.kind == Kind::App)
+            .all(|s| s.done && s.running.is_none());
+        for i in 0..self.slots.len() {
+            match self.slots[i].kind {
+                Kind::Init => {}
+                // Once every app container has finished, sidecars are stopped, as upstream.
+                Kind::Sidecar if apps_done => self.stop_slot(i, grace).await,
+                Kind::Sidecar if !just_initialized => self.step_container(i, "Always", grace).await,
+                Kind::Sidecar => {}
+                Kind::App => self.step_container(i, &policy, grace).await,
+            }
+        }
+    }
+
+    /// The ConfigMaps/Secrets `c`'s env refers to, read now (absent ones as None).
+    async fn env_objects(&self, c: &Container) -> Result<podspec::EnvObjects, String> {
+        let ns = self
+            .pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let mut out = podspec::EnvObjects::new();
+        for (kind, name) in podspec::env_object_refs(c) {
+            let keys = if kind == "secret" {
+                self.source.secret(&ns, &name).await?
+            } else {
+                self.source.config_map(&ns, &name).await?
+            };
+            let keys = keys.map(|k| {
+                k.into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect()
+            });
+            out.insert((kind, name), keys);
+        }
+        Ok(out)
+    }
+
+    /// Stop a container for good (a sidecar after the app containers ended).
+    async fn stop_slot(&mut self, i: usize, grace: Duration) {
+        if let Some(r) = self.slots[i].running.take() {
+            let exit = self.rt.stop_container(&r.id, grace).await.ok().flatten();
+            if let Err(e) = self.rt.remove_container(&r.id).await {
+                tracing::warn!(container = %r.id, error = %e, "removing a stopped sidecar");
+            }
+            self.slots[i].last = Some(terminated(&r, exit.as_ref()));
+        }
+        let s = &mut self.slots[i];
+        s.done = true;
+        s.ready = false;
+        s.started = false;
+        s.waiting = None;
     }
 
     async fn step_container(&mut self, i: usize, policy: &str, grace: Duration) {
@@ -299,18 +522,30 @@ impl Worker {
             return;
         }
         let attempt = slot.restarts + u32::from(slot.last.is_some());
-        let cfg = match podspec::container_config(
-            &self.pod,
-            &slot.spec,
-            attempt,
-            sandbox.ip(),
-            &self.node,
-        ) {
+        let spec = slot.spec.clone();
+        let made = match self.env_objects(&spec).await {
+            Err(e) => Err(e),
+            Ok(objects) => podspec::container_config(
+                &self.pod,
+                &spec,
+                attempt,
+                sandbox.ip(),
+                &self.node,
+                &objects,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                c.mounts = self.volumes.mounts(&spec, &c.env)?;
+                Ok(c)
+            }),
+        };
+        let cfg = match made {
             Ok(c) => c,
             Err(e) => {
                 let slot = &mut self.slots[i];
                 slot.waiting = Some(("CreateContainerConfigError".into(), e.to_string()));
                 slot.next_start = now + self.cfg.backoff_initial;
+                self.events.warn("Failed", &format!("Error: {e}"));
                 return;
             }
         };
@@ -455,122 +690,6 @@ async fn run(rt: &Runtime, id: &str, spec: &ProbeSpec, pod_ip: Option<IpAddr>) -
     }
 }
 
-fn terminated(r: &Running, exit: Option<&crate::runtime::ExitInfo>) -> ContainerStateTerminated {
-    ContainerStateTerminated {
-        container_id: Some(format!("containerd://{}", r.id)),
-        exit_code: exit.map_or(137, |e| e.exit_code),
-        reason: Some(exit.map_or("Unknown".into(), |e| e.reason.clone())),
-        started_at: Some(Time(r.started_at)),
-        finished_at: Some(Time(
-            exit.map_or_else(jiff::Timestamp::now, |e| e.finished_at),
-        )),
-        ..Default::default()
-    }
-}
-
-fn condition(kind: &str, ok: bool) -> PodCondition {
-    PodCondition {
-        type_: kind.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        ..Default::default()
-    }
-}
-
-/// The pod's status from the worker's view (conditions without transition times, so an
-/// unchanged pod gives an equal status and nothing is written).
-fn pod_status(w: &Worker) -> PodStatus {
-    let containers: Vec<ApiContainerStatus> = w
-        .slots
-        .iter()
-        .map(|s| {
-            let state = if let Some(r) = &s.running {
-                ApiState {
-                    running: Some(ContainerStateRunning {
-                        started_at: Some(Time(r.started_at)),
-                    }),
-                    ..Default::default()
-                }
-            } else if let Some((reason, message)) = &s.waiting {
-                ApiState {
-                    waiting: Some(ContainerStateWaiting {
-                        reason: Some(reason.clone()),
-                        message: Some(message.clone()).filter(|m| !m.is_empty()),
-                    }),
-                    ..Default::default()
-                }
-            } else if let Some(t) = &s.last {
-                ApiState {
-                    terminated: Some(t.clone()),
-                    ..Default::default()
-                }
-            } else {
-                ApiState::default()
-            };
-            // lastState is the previous run while a newer one runs or waits.
-            let last_state = s
-                .last
-                .as_ref()
-                .filter(|_| s.running.is_some() || s.waiting.is_some())
-                .map(|t| ApiState {
-                    terminated: Some(t.clone()),
-                    ..Default::default()
-                });
-            ApiContainerStatus {
-                name: s.spec.name.clone(),
-                image: s.spec.image.clone().unwrap_or_default(),
-                image_id: s.image_id.clone(),
-                container_id: s.running.as_ref().map(|r| format!("containerd://{}", r.id)),
-                ready: s.ready && s.running.is_some(),
-                started: Some(s.started && s.running.is_some()),
-                restart_count: s.restarts as i32,
-                state: Some(state),
-                last_state,
-                ..Default::default()
-            }
-        })
-        .collect();
-    let any_running = w.slots.iter().any(|s| s.running.is_some());
-    let all_done = !w.slots.is_empty() && w.slots.iter().all(|s| s.done && s.running.is_none());
-    let phase = if all_done {
-        let ok = w
-            .slots
-            .iter()
-            .all(|s| s.last.as_ref().is_some_and(|t| t.exit_code == 0));
-        if ok {
-            "Succeeded"
-        } else {
-            "Failed"
-        }
-    } else if any_running || w.slots.iter().any(|s| s.last.is_some()) {
-        "Running"
-    } else {
-        "Pending"
-    };
-    let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
-    let ips: Vec<String> = w
-        .sandbox
-        .iter()
-        .flat_map(|s| s.ips.iter().map(|i| i.to_string()))
-        .collect();
-    PodStatus {
-        phase: Some(phase.into()),
-        conditions: Some(vec![
-            condition("PodScheduled", true),
-            condition("Initialized", true),
-            condition("ContainersReady", all_ready),
-            condition("Ready", all_ready),
-        ]),
-        message: w.sandbox_error.clone(),
-        container_statuses: Some(containers),
-        pod_ip: ips.first().cloned(),
-        pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect())
-            .filter(|v: &Vec<PodIP>| !v.is_empty()),
-        host_ip: w.node.host_ip.map(|i| i.to_string()),
-        start_time: Some(Time(w.start_time)),
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,6 +700,7 @@ mod tests {
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             tick: Duration::from_millis(1),
+            volume_resync: Duration::from_secs(10),
         };
         let delays: Vec<u64> = (1..=8).map(|n| c.backoff(n).as_secs()).collect();
         assert_eq!(delays, vec![0, 10, 20, 40, 80, 160, 300, 300]);

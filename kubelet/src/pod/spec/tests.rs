@@ -31,8 +31,10 @@ fn cluster_first_dns_and_dns_config_merge() {
     }));
     let s = sandbox_config(&p, &node()).unwrap();
     assert_eq!(s.hostname, "web-1");
-    assert_eq!(s.dns.resolv_conf(),
-        "search team.svc.cluster.local svc.cluster.local cluster.local extra.local\nnameserver 10.43.0.10\nnameserver 10.0.0.53\noptions ndots:2 edns0\n");
+    assert_eq!(
+        s.dns.resolv_conf(),
+        "search team.svc.cluster.local svc.cluster.local cluster.local extra.local\nnameserver 10.43.0.10\nnameserver 10.0.0.53\noptions ndots:2 edns0\n"
+    );
 }
 
 #[test]
@@ -136,6 +138,7 @@ fn env_expands_and_resolves_the_downward_api() {
         2,
         Some("10.42.0.7".parse().unwrap()),
         &node(),
+        &EnvObjects::new(),
     )
     .unwrap();
     assert_eq!(
@@ -153,17 +156,52 @@ fn env_expands_and_resolves_the_downward_api() {
 }
 
 #[test]
-fn api_backed_env_is_a_clear_error() {
-    let p = pod(json!({"containers": [{"name": "a", "image": "x", "env": [
-        {"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}]}]}));
-    let spec = p.spec.clone().unwrap();
-    let err = container_config(&p, &spec.containers[0], 0, None, &node())
-        .unwrap_err()
-        .to_string();
+fn config_map_and_secret_env_follow_upstream() {
+    let p = pod(json!({"containers": [{"name": "a", "image": "x",
+    "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}, {"secretRef": {"name": "gone", "optional": true}}],
+    "env": [
+        {"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}},
+        {"name": "S", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "pw"}}},
+        {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "nope", "optional": true}}},
+        {"name": "BOTH", "value": "$(CM_k)-$(S)"},
+    ]}]}));
+    let c = &p.spec.as_ref().unwrap().containers[0];
     assert_eq!(
-        err,
-        "container a: env K: configMapKeyRef/secretKeyRef need the API server"
+        env_object_refs(c),
+        vec![
+            ("configmap", "cm".to_string()),
+            ("secret", "gone".to_string()),
+            ("secret", "sec".to_string())
+        ]
     );
+    let keys = |pairs: &[(&str, &str)]| {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    let mut objects = EnvObjects::new();
+    objects.insert(("configmap", "cm".into()), keys(&[("k", "v")]));
+    objects.insert(("secret", "sec".into()), keys(&[("pw", "s3")]));
+    objects.insert(("secret", "gone".into()), None);
+    let env = container_env(&p, c, None, &node(), &objects).unwrap();
+    assert_eq!(
+        env,
+        vec![
+            ("CM_k".into(), "v".into()),
+            ("K".into(), "v".into()),
+            ("S".into(), "s3".into()),
+            ("BOTH".into(), "v-s3".into()),
+        ]
+    );
+    objects.insert(("secret", "sec".into()), None);
+    let err = container_env(&p, c, None, &node(), &objects).unwrap_err();
+    assert_eq!(err.to_string(), "secret \"sec\" not found");
+    objects.insert(("secret", "sec".into()), keys(&[("other", "x")]));
+    let err = container_env(&p, c, None, &node(), &objects).unwrap_err();
+    assert_eq!(err.to_string(), "couldn't find key pw in Secret team/sec");
 }
 
 #[test]

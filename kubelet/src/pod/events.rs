@@ -1,0 +1,88 @@
+//! Pod events the kubelet reports (`FailedMount`, ...), written best effort in the
+//! background as upstream's event broadcaster does. A message repeated back to back is
+//! written once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, PostParams};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) struct Recorder {
+    client: Option<kube::Client>,
+    object: ObjectReference,
+    node: String,
+    last: HashMap<String, String>,
+}
+
+impl Recorder {
+    pub(crate) fn new(client: Option<kube::Client>, pod: &Pod, node: &str) -> Recorder {
+        let m = &pod.metadata;
+        Recorder {
+            client,
+            object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: m.name.clone(),
+                namespace: Some(m.namespace.clone().unwrap_or_else(|| "default".into())),
+                uid: m.uid.clone(),
+                resource_version: m.resource_version.clone(),
+                ..Default::default()
+            },
+            node: node.into(),
+            last: HashMap::new(),
+        }
+    }
+
+    /// A Warning event, unless the same reason just had the same message.
+    pub(crate) fn warn(&mut self, reason: &str, message: &str) {
+        if self.last.get(reason).map(String::as_str) == Some(message) {
+            return;
+        }
+        self.last.insert(reason.into(), message.into());
+        tracing::warn!(pod = ?self.object.name, reason, message, "pod event");
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let ns = self.object.namespace.clone().unwrap_or_default();
+        let name = self.object.name.clone().unwrap_or_default();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let ev = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}.{:x}{seq:x}", now.as_nanosecond() as u64)),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: self.object.clone(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some("Warning".into()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.node.clone()),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.node.clone()),
+            }),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            let api: Api<Event> = Api::namespaced(client, &ns);
+            if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                tracing::debug!(error = %e, "writing an event");
+            }
+        });
+    }
+
+    /// Forget a reason's last message (the condition cleared), so a recurrence is reported.
+    pub(crate) fn clear(&mut self, reason: &str) {
+        self.last.remove(reason);
+    }
+}

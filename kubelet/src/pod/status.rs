@@ -1,0 +1,206 @@
+//! The pod's `v1.PodStatus` from a worker's slots, as upstream's kubelet computes it:
+//! phase, conditions (with the `ContainersNotInitialized`/`ContainersNotReady` reasons),
+//! `initContainerStatuses` and `containerStatuses`. kubectl derives its `Init:N/M`,
+//! `PodInitializing` and `Init:Error` columns from these.
+
+use k8s_openapi::api::core::v1::{
+    ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus as ApiContainerStatus, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::worker::{Kind, Running, Slot, Worker};
+
+pub(super) fn terminated(
+    r: &Running,
+    exit: Option<&crate::runtime::ExitInfo>,
+) -> ContainerStateTerminated {
+    ContainerStateTerminated {
+        container_id: Some(format!("containerd://{}", r.id)),
+        exit_code: exit.map_or(137, |e| e.exit_code),
+        reason: Some(exit.map_or("Unknown".into(), |e| e.reason.clone())),
+        started_at: Some(Time(r.started_at)),
+        finished_at: Some(Time(
+            exit.map_or_else(jiff::Timestamp::now, |e| e.finished_at),
+        )),
+        ..Default::default()
+    }
+}
+
+fn condition(kind: &str, ok: bool, reason: &str, message: String) -> PodCondition {
+    PodCondition {
+        type_: kind.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: Some(reason.to_string()).filter(|r| !r.is_empty()),
+        message: Some(message).filter(|m| !m.is_empty()),
+        ..Default::default()
+    }
+}
+
+fn container_status(s: &Slot) -> ApiContainerStatus {
+    let state = if let Some(r) = &s.running {
+        ApiState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(Time(r.started_at)),
+            }),
+            ..Default::default()
+        }
+    } else if let Some((reason, message)) = &s.waiting {
+        ApiState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: Some(message.clone()).filter(|m| !m.is_empty()),
+            }),
+            ..Default::default()
+        }
+    } else if let Some(t) = &s.last {
+        ApiState {
+            terminated: Some(t.clone()),
+            ..Default::default()
+        }
+    } else {
+        ApiState::default()
+    };
+    // lastState is the previous run while a newer one runs or waits.
+    let last_state = s
+        .last
+        .as_ref()
+        .filter(|_| s.running.is_some() || s.waiting.is_some())
+        .map(|t| ApiState {
+            terminated: Some(t.clone()),
+            ..Default::default()
+        });
+    ApiContainerStatus {
+        name: s.spec.name.clone(),
+        image: s.spec.image.clone().unwrap_or_default(),
+        image_id: s.image_id.clone(),
+        container_id: s.running.as_ref().map(|r| format!("containerd://{}", r.id)),
+        ready: s.ready && s.running.is_some(),
+        started: Some(s.started && s.running.is_some()),
+        restart_count: s.restarts as i32,
+        state: Some(state),
+        last_state,
+        ..Default::default()
+    }
+}
+
+impl Slot {
+    /// A regular init container that exited 0 (and will not run again).
+    pub(super) fn succeeded(&self) -> bool {
+        self.done && self.running.is_none() && self.last.as_ref().is_some_and(|t| t.exit_code == 0)
+    }
+
+    /// A regular init container that failed for good (restartPolicy Never).
+    pub(super) fn failed(&self) -> bool {
+        self.done && self.running.is_none() && self.last.as_ref().is_some_and(|t| t.exit_code != 0)
+    }
+}
+
+/// `[a b]`, as Go prints a string slice in condition messages.
+fn go_list(names: &[&str]) -> String {
+    format!("[{}]", names.join(" "))
+}
+
+/// The pod's status from the worker's view (conditions without transition times, so an
+/// unchanged pod gives an equal status and nothing is written).
+pub(super) fn pod_status(w: &Worker) -> PodStatus {
+    let apps: Vec<&Slot> = w.slots.iter().filter(|s| s.kind == Kind::App).collect();
+    let inits: Vec<&Slot> = w.slots.iter().filter(|s| s.kind != Kind::App).collect();
+    let init_failed = inits.iter().any(|s| s.kind == Kind::Init && s.failed());
+    let any_running = apps.iter().any(|s| s.running.is_some());
+    let all_done = !apps.is_empty() && apps.iter().all(|s| s.done && s.running.is_none());
+    let phase = if init_failed {
+        "Failed"
+    } else if all_done {
+        let ok = apps
+            .iter()
+            .all(|s| s.last.as_ref().is_some_and(|t| t.exit_code == 0));
+        if ok {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if !w.initialized {
+        "Pending"
+    } else if any_running || apps.iter().any(|s| s.last.is_some()) {
+        "Running"
+    } else {
+        "Pending"
+    };
+
+    let incomplete: Vec<&str> = inits
+        .iter()
+        .filter(|s| match s.kind {
+            // Sidecars count once started; after initialization they no longer matter.
+            Kind::Sidecar => !(w.initialized || s.started && s.running.is_some()),
+            _ => !s.succeeded(),
+        })
+        .map(|s| s.spec.name.as_str())
+        .collect();
+    let initialized = if phase == "Succeeded" {
+        condition("Initialized", true, "PodCompleted", String::new())
+    } else if w.initialized || incomplete.is_empty() {
+        condition("Initialized", true, "", String::new())
+    } else {
+        condition(
+            "Initialized",
+            false,
+            "ContainersNotInitialized",
+            format!(
+                "containers with incomplete status: {}",
+                go_list(&incomplete)
+            ),
+        )
+    };
+    let statuses: Vec<ApiContainerStatus> = apps.iter().map(|s| container_status(s)).collect();
+    let init_statuses: Vec<ApiContainerStatus> =
+        inits.iter().map(|s| container_status(s)).collect();
+    // Sidecars count for readiness, as upstream.
+    let unready: Vec<&str> = apps
+        .iter()
+        .zip(&statuses)
+        .filter(|(_, c)| !c.ready)
+        .map(|(s, _)| s.spec.name.as_str())
+        .chain(
+            inits
+                .iter()
+                .zip(&init_statuses)
+                .filter(|(s, c)| s.kind == Kind::Sidecar && !c.ready)
+                .map(|(s, _)| s.spec.name.as_str()),
+        )
+        .collect();
+    let all_ready = !statuses.is_empty() && unready.is_empty();
+    let (reason, message) = if all_ready {
+        ("", String::new())
+    } else if phase == "Succeeded" || phase == "Failed" {
+        ("PodCompleted", String::new())
+    } else {
+        (
+            "ContainersNotReady",
+            format!("containers with unready status: {}", go_list(&unready)),
+        )
+    };
+    let ips: Vec<String> = w
+        .sandbox
+        .iter()
+        .flat_map(|s| s.ips.iter().map(|i| i.to_string()))
+        .collect();
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(vec![
+            condition("PodScheduled", true, "", String::new()),
+            initialized,
+            condition("ContainersReady", all_ready, reason, message.clone()),
+            condition("Ready", all_ready, reason, message),
+        ]),
+        message: w.sandbox_error.clone(),
+        container_statuses: Some(statuses),
+        init_container_statuses: Some(init_statuses).filter(|v| !v.is_empty()),
+        pod_ip: ips.first().cloned(),
+        pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect())
+            .filter(|v: &Vec<PodIP>| !v.is_empty()),
+        host_ip: w.node.host_ip.map(|i| i.to_string()),
+        start_time: Some(Time(w.start_time)),
+        ..Default::default()
+    }
+}
