@@ -137,6 +137,46 @@ pub fn netns_list() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Connect to `127.0.0.1:port` inside the network namespace pinned at `netns` (a pod's):
+/// a short-lived thread enters the namespace, connects and exits, and the socket stays in
+/// the namespace it was made in. The kubelet's own threads never change namespace.
+pub async fn connect_in_netns(
+    netns: &Path,
+    port: u16,
+    timeout: std::time::Duration,
+) -> Result<tokio::net::TcpStream, SysError> {
+    let ns = std::fs::File::open(netns).map_err(io("opening netns", netns))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let netns_path = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let r = enter_netns(&ns).and_then(|()| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            std::net::TcpStream::connect_timeout(&addr, timeout)
+        });
+        let _ = tx.send(r);
+    });
+    let connected = rx
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns thread died")))
+        .map_err(io("connecting to 127.0.0.1 in netns", &netns_path))?;
+    connected
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(connected))
+        .map_err(io("connecting to 127.0.0.1 in netns", &netns_path))
+}
+
+/// Move the calling thread into the network namespace `ns`.
+#[allow(unsafe_code)] // setns(2) has no safe std wrapper; this module is where syscalls live
+fn enter_netns(ns: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `ns` is an open namespace file for the duration of the call; setns only
+    // changes this thread's namespace, and the thread exits after its one connect.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 // === links ===
 
 pub fn link_exists(name: &str) -> bool {
@@ -228,6 +268,15 @@ pub fn open_fifo_reader(path: &Path) -> Result<tokio::net::unix::pipe::Receiver,
     tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(path)
+        .map_err(io("opening fifo", path))
+}
+
+/// Open a FIFO's write end without blocking on a reader: read-write, as for the readers,
+/// so an exec's stdin FIFO can be filled before the shim has opened it.
+pub fn open_fifo_writer(path: &Path) -> Result<tokio::net::unix::pipe::Sender, SysError> {
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(path)
         .map_err(io("opening fifo", path))
 }
 

@@ -19,7 +19,10 @@ use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::DnsConfig;
 
 pub mod info;
+pub mod portforward;
 pub mod server;
+pub mod spdy;
+pub mod stream;
 pub mod sync;
 
 /// Upstream kubelet's flags, the subset kaze implements.
@@ -208,12 +211,16 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             config.root_dir.join("pki"),
             shutdown.clone(),
         );
-        let names = vec![node_name.clone(), node_ip.to_string()];
-        let uids_for_server = uids.clone();
+        let server_config = server::ServerConfig {
+            addr,
+            log_dir,
+            uids: uids.clone(),
+            rt: rt.clone(),
+            tls_dir,
+            names: vec![node_name.clone(), node_ip.to_string()],
+        };
         tasks.spawn(async move {
-            if let Err(e) =
-                server::serve(addr, log_dir, uids_for_server, tls_dir, names, token).await
-            {
+            if let Err(e) = server::serve(server_config, token).await {
                 tracing::error!(error = %e, "kubelet server");
             }
         });

@@ -1,10 +1,17 @@
-//! The kubelet's HTTPS server (`--port`, 10250 by default): `/healthz` and
-//! `/containerLogs/<ns>/<pod>/<container>` with upstream's query parameters (`follow`,
-//! `tailLines`, `timestamps`, `previous`, `limitBytes`, `sinceSeconds`), read from the CRI
-//! log files the runtime writes. The apiserver proxies `kubectl logs` here.
+//! The kubelet's HTTPS server (`--port`, 10250 by default), which the apiserver proxies
+//! `kubectl logs`, `exec` and `port-forward` to:
+//! - `/healthz`;
+//! - `/containerLogs/<ns>/<pod>/<container>` with upstream's query parameters (`follow`,
+//!   `tailLines`, `timestamps`, `previous`, `limitBytes`, `sinceSeconds`), read from the CRI
+//!   log files the runtime writes;
+//! - `/exec/<ns>/<pod>/<container>?command=..&stdin=..&stdout=..&stderr=..&tty=..` over a
+//!   WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`; [`super::stream`]);
+//! - `/portForward/<ns>/<pod>`: SPDY/3.1, raw or tunnelled in a WebSocket
+//!   ([`super::portforward`]).
 //!
-//! Not done yet: exec/attach/port-forward, and authenticating the caller (the apiserver does
-//! not present a client certificate yet), so this server only ever reads logs.
+//! Not done yet: `/attach`, exec over SPDY (kubectl 1.37 uses WebSockets; older clients
+//! fall back to SPDY and get a 400), and authenticating the caller (the apiserver does not
+//! present a client certificate yet).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,14 +19,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 
+use super::portforward;
+use super::stream::{self, ExecOptions};
 use super::NodeError;
+use crate::runtime::Runtime;
 
 /// `(namespace, name)` → uid of the pods this kubelet runs (kept by the sync loop), so a
 /// log request reaches the current pod of that name, not an earlier one's files.
@@ -29,17 +39,34 @@ pub type PodUids = std::sync::Arc<std::sync::RwLock<HashMap<(String, String), St
 struct Ctx {
     log_dir: PathBuf,
     uids: PodUids,
+    rt: Runtime,
+}
+
+/// The inputs of [`serve`].
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub log_dir: PathBuf,
+    pub uids: PodUids,
+    pub rt: Runtime,
+    /// Where the self-signed serving certificate is kept.
+    pub tls_dir: PathBuf,
+    /// The certificate's names.
+    pub names: Vec<String>,
 }
 
 /// Bind and serve until `shutdown`.
 pub async fn serve(
-    addr: SocketAddr,
-    log_dir: PathBuf,
-    uids: PodUids,
-    tls_dir: PathBuf,
-    names: Vec<String>,
+    config: ServerConfig,
     shutdown: component::CancellationToken,
 ) -> Result<(), NodeError> {
+    let ServerConfig {
+        addr,
+        log_dir,
+        uids,
+        rt,
+        tls_dir,
+        names,
+    } = config;
     let tls = component::https::self_signed(&tls_dir, &names)
         .map_err(|e| NodeError::Flag(format!("kubelet serving certificate: {e}")))?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -48,7 +75,12 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
-        .with_state(Ctx { log_dir, uids });
+        .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
+        .route(
+            "/portForward/{ns}/{pod}",
+            get(port_forward).post(port_forward),
+        )
+        .with_state(Ctx { log_dir, uids, rt });
     tracing::info!(%addr, "kubelet server listening");
     component::https::serve(listener, tls, app, shutdown).await;
     Ok(())
@@ -56,6 +88,164 @@ pub async fn serve(
 
 fn text(code: StatusCode, msg: String) -> Response {
     (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
+}
+
+impl Ctx {
+    fn uid(&self, ns: &str, pod: &str) -> Option<String> {
+        self.uids
+            .read()
+            .ok()
+            .and_then(|m| m.get(&(ns.to_string(), pod.to_string())).cloned())
+    }
+}
+
+fn not_running(ns: &str, pod: &str) -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        format!("pod {ns}/{pod} is not running on this node"),
+    )
+}
+
+/// `/exec/<ns>/<pod>/<container>`: a WebSocket channel session running the command.
+async fn exec(
+    State(ctx): State<Ctx>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    mut req: Request,
+) -> Response {
+    let Some(uid) = ctx.uid(&ns, &pod) else {
+        return not_running(&ns, &pod);
+    };
+    let found = match ctx.rt.find_container(&uid, &container).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("container {container:?} not found in pod {ns}/{pod}"),
+            );
+        }
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
+    if opts.command.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "no command given".into());
+    }
+    if !opts.stdin && !opts.stdout && !opts.stderr {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least 1 of stdin, stdout, stderr".into(),
+        );
+    }
+    let headers = req.headers();
+    let protocol = stream::is_websocket(headers)
+        .then(|| stream::negotiate(headers, stream::CHANNEL_PROTOCOLS))
+        .flatten();
+    let (Some(protocol), Some(upgrade)) = (
+        protocol,
+        req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
+    ) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "exec needs a WebSocket upgrade with one of the subprotocols {}",
+                stream::CHANNEL_PROTOCOLS.join(", ")
+            ),
+        );
+    };
+    let target = if found.running {
+        Ok(found.id)
+    } else {
+        Err(format!(
+            "container {container} of pod {ns}/{pod} is not running"
+        ))
+    };
+    let response = stream::accept(req.headers(), protocol);
+    let rt = ctx.rt.clone();
+    tokio::spawn(async move {
+        if let Some(ws) = stream::websocket(upgrade).await {
+            stream::exec_session(ws, protocol, rt, target, opts).await;
+        }
+    });
+    response
+}
+
+/// `/portForward/<ns>/<pod>`: SPDY port-forward into the pod's network namespace.
+async fn port_forward(
+    State(ctx): State<Ctx>,
+    UrlPath((ns, pod)): UrlPath<(String, String)>,
+    mut req: Request,
+) -> Response {
+    let Some(uid) = ctx.uid(&ns, &pod) else {
+        return not_running(&ns, &pod);
+    };
+    let netns = match ctx.rt.sandbox(&uid).await {
+        Ok(Some(sandbox)) => sandbox.netns,
+        Ok(None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("pod {ns}/{pod} has no running sandbox on this node"),
+            );
+        }
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let target = portforward::Target {
+        netns,
+        pod: format!("{ns}/{pod}"),
+    };
+    let headers = req.headers().clone();
+    let Some(upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return text(StatusCode::BAD_REQUEST, "upgrade request required".into());
+    };
+    if stream::is_websocket(&headers) {
+        let Some(protocol) = stream::negotiate(&headers, &[portforward::TUNNEL]) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "port-forward over a WebSocket needs the subprotocol {}",
+                    portforward::TUNNEL
+                ),
+            );
+        };
+        tokio::spawn(async move {
+            if let Some(ws) = stream::websocket(upgrade).await {
+                portforward::over_websocket(ws, target).await;
+            }
+        });
+        return stream::accept(&headers, protocol);
+    }
+    let spdy = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    let versions: Vec<&str> = headers
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if !spdy || !(versions.is_empty() || versions.contains(&portforward::PROTOCOL)) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "port-forward needs an upgrade to SPDY/3.1 ({}) or a WebSocket ({})",
+                portforward::PROTOCOL,
+                portforward::TUNNEL
+            ),
+        );
+    }
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(io) => portforward::over_spdy(hyper_util::rt::TokioIo::new(io), target).await,
+            Err(e) => tracing::debug!(error = %e, "upgrading a port-forward connection"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("x-stream-protocol-version", portforward::PROTOCOL)
+        .body(Body::empty())
+        .unwrap_or_default()
 }
 
 /// The container's log files, oldest attempt first.

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use container::{ContainerConfig, ContainerState, ContainerStatus, ExitInfo};
-pub use exec::ExecOutput;
+pub use exec::{ExecOutput, ExecStreams, FoundContainer};
 pub use sandbox::{PodSandboxConfig, Sandbox};
 
 use crate::cni::{Cni, NetworkConfig};

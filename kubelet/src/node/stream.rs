@@ -1,0 +1,304 @@
+//! `kubectl exec` on the kubelet server: the WebSocket channel protocols
+//! `v5.channel.k8s.io` and `v4.channel.k8s.io`. Every binary message starts with its
+//! channel: 0 stdin, 1 stdout, 2 stderr, 3 the final status (a `metav1.Status` as JSON),
+//! 4 terminal resizes (`{"Width":w,"Height":h}`); v5 adds 255, "close channel N", which is
+//! how a client ends stdin. The status carries the exit code (`NonZeroExitCode` with an
+//! `ExitCode` cause), which is what makes `kubectl exec` exit with the command's code.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::runtime::{ExecStreams, Runtime};
+
+pub const V5: &str = "v5.channel.k8s.io";
+pub const V4: &str = "v4.channel.k8s.io";
+/// What exec and attach speak, best first.
+pub const CHANNEL_PROTOCOLS: &[&str] = &[V5, V4];
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const STATUS: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Whether the request asks for a WebSocket.
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The first of `ours` (in our order of preference) that the client offers.
+pub fn negotiate(headers: &HeaderMap, ours: &[&'static str]) -> Option<&'static str> {
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .collect();
+    ours.iter()
+        .copied()
+        .find(|p| offered.iter().any(|o| o == p))
+}
+
+/// The 101 answer accepting a WebSocket with `protocol`.
+pub fn accept(headers: &HeaderMap, protocol: &str) -> Response {
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes())
+        .unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_PROTOCOL, protocol)
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
+        )
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
+/// The server side of an upgraded connection.
+pub async fn websocket(upgrade: hyper::upgrade::OnUpgrade) -> Option<Ws> {
+    match upgrade.await {
+        Ok(io) => {
+            Some(WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrading a stream connection");
+            None
+        }
+    }
+}
+
+/// What the client asked for in the query string.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExecOptions {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl ExecOptions {
+    /// `command` repeats, one argument each; the flags are `true`/`1`.
+    pub fn parse(query: &str) -> ExecOptions {
+        let mut o = ExecOptions::default();
+        for (k, v) in form_pairs(query) {
+            let on = v == "true" || v == "1";
+            match k.as_str() {
+                "command" => o.command.push(v),
+                "input" | "stdin" => o.stdin = on,
+                "output" | "stdout" => o.stdout = on,
+                "error" | "stderr" => o.stderr = on,
+                "tty" => o.tty = on,
+                _ => {}
+            }
+        }
+        o
+    }
+}
+
+/// Decode `application/x-www-form-urlencoded` pairs (`+` is a space).
+pub fn form_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The final status: Success, the exit code, or why the command could not run.
+pub fn status(result: &Result<i32, String>, command: &[String]) -> serde_json::Value {
+    match result {
+        Ok(0) => json!({"metadata": {}, "status": "Success"}),
+        Ok(code) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        }),
+        Err(message) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": "InternalError",
+            "code": 500,
+        }),
+    }
+}
+
+/// Run one exec session on `ws`: `target` is the container id, or why there is none to run
+/// in (reported on the status channel).
+pub async fn exec_session(
+    ws: Ws,
+    protocol: &'static str,
+    rt: Runtime,
+    target: Result<String, String>,
+    opts: ExecOptions,
+) {
+    let (mut sink, mut source) = ws.split();
+    let (frames_tx, mut frames_rx) = mpsc::channel::<(u8, Bytes)>(32);
+    let writer = tokio::spawn(async move {
+        while let Some((channel, data)) = frames_rx.recv().await {
+            let mut msg = Vec::with_capacity(data.len() + 1);
+            msg.push(channel);
+            msg.extend_from_slice(&data);
+            if sink.send(Message::binary(msg)).await.is_err() {
+                return;
+            }
+        }
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(close))).await;
+    });
+
+    let cancel = component::CancellationToken::new();
+    let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
+    let (resize_tx, resize_rx) = mpsc::channel::<(u16, u16)>(4);
+    let reader = {
+        let cancel = cancel.clone();
+        let mut stdin_tx = opts.stdin.then_some(stdin_tx);
+        let mut resize_tx = opts.tty.then_some(resize_tx);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = source.next().await {
+                let Message::Binary(data) = msg else {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                    continue;
+                };
+                match (data.first(), data.get(1)) {
+                    (Some(&STDIN), _) => {
+                        if let Some(tx) = &stdin_tx {
+                            if data.len() > 1 && tx.send(data.slice(1..)).await.is_err() {
+                                stdin_tx = None;
+                            }
+                        }
+                    }
+                    (Some(&RESIZE), _) => {
+                        let size: serde_json::Value =
+                            serde_json::from_slice(&data[1..]).unwrap_or_default();
+                        let dim = |k: &str| size[k].as_u64().and_then(|v| u16::try_from(v).ok());
+                        if let (Some(tx), Some(w), Some(h)) =
+                            (&resize_tx, dim("Width"), dim("Height"))
+                        {
+                            let _ = tx.send((w, h)).await;
+                        }
+                    }
+                    (Some(&CLOSE), Some(&STDIN)) if protocol == V5 => stdin_tx = None,
+                    _ => {}
+                }
+            }
+            // The client is gone (or closed): nothing will read the output any more.
+            resize_tx.take();
+            cancel.cancel();
+        })
+    };
+
+    let mut adapters = tokio::task::JoinSet::new();
+    let mut tagged = |channel: u8, wanted: bool| {
+        wanted.then(|| {
+            let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+            let frames = frames_tx.clone();
+            adapters.spawn(async move {
+                while let Some(data) = rx.recv().await {
+                    if frames.send((channel, data)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tx
+        })
+    };
+    let streams = ExecStreams {
+        stdout: tagged(STDOUT, opts.stdout),
+        stderr: tagged(STDERR, opts.stderr && !opts.tty),
+        stdin: opts.stdin.then_some(stdin_rx),
+        tty: opts.tty,
+        resize: opts.tty.then_some(resize_rx),
+    };
+    let result = match target {
+        Ok(id) => rt
+            .exec_streaming(&id, &opts.command, streams, cancel.clone())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(message) => {
+            drop(streams);
+            Err(message)
+        }
+    };
+    while adapters.join_next().await.is_some() {}
+    let status = status(&result, &opts.command);
+    let _ = frames_tx
+        .send((STATUS, Bytes::from(status.to_string())))
+        .await;
+    drop(frames_tx);
+    let _ = writer.await;
+    // The client answers the close; give it a moment, then drop the connection regardless.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_query_keeps_every_command_argument() {
+        let o = ExecOptions::parse(
+            "command=sh&command=-c&command=echo+%22a+b%22%3B+exit+3&stdin=true&stdout=true&stderr=true&tty=false",
+        );
+        assert_eq!(o.command, ["sh", "-c", "echo \"a b\"; exit 3"]);
+        assert!(o.stdin && o.stdout && o.stderr && !o.tty);
+        let o = ExecOptions::parse("command=ls&output=1");
+        assert!(o.stdout && !o.stdin);
+    }
+
+    #[test]
+    fn status_carries_the_exit_code() {
+        let cmd = vec!["false".to_string()];
+        assert_eq!(status(&Ok(0), &cmd)["status"], "Success");
+        let s = status(&Ok(3), &cmd);
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(s["details"]["causes"][0]["message"], "3");
+        let s = status(&Err("container c is not running".into()), &cmd);
+        assert_eq!(s["status"], "Failure");
+        assert_eq!(s["message"], "container c is not running");
+    }
+
+    #[test]
+    fn negotiation_prefers_v5() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "v4.channel.k8s.io, v5.channel.k8s.io"
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(negotiate(&h, CHANNEL_PROTOCOLS), Some(V5));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "channel.k8s.io".parse().expect("header"),
+        );
+        assert_eq!(negotiate(&h, CHANNEL_PROTOCOLS), None);
+    }
+}

@@ -1,0 +1,318 @@
+//! `kubectl exec` and `kubectl port-forward` end to end: the real kubectl, the real kaze
+//! apiserver (in-process) proxying to this kubelet's HTTPS server, a real containerd, runc
+//! and CNI. Exec runs over WebSocket `v5.channel.k8s.io`; port-forward over SPDY tunnelled
+//! in a WebSocket (what kubectl 1.37 sends).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use testkit::wait_for as eventually;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+/// Run kubectl off the async runtime (the kubelet and apiserver share it).
+async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let (kc, args, stdin) = (
+        kubeconfig.to_path_buf(),
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        stdin.map(str::to_string),
+    );
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        testkit::kubectl_with(&kc, &args, stdin.as_deref())
+    })
+    .await
+    .expect("kubectl task")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One HTTP/1.0 request through the forwarded local port; returns the body's last line.
+fn http_get(port: u16) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    if !out.starts_with("HTTP/1.") {
+        return Err(std::io::Error::other(format!(
+            "not an HTTP answer: {out:?}"
+        )));
+    }
+    Ok(out.trim_end().lines().last().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-kubelet-exec-")
+        .tempdir()
+        .expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path().join("api")))
+        .await
+        .expect("apiserver");
+    let kubeconfig = server.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kubeconfig)).await.expect("client");
+    let containerd = tokio::task::spawn_blocking(testkit::Containerd::start)
+        .await
+        .expect("containerd");
+    let root = dir.path().join("kubelet");
+    let images = root.join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    for tar in support::image_tarballs() {
+        std::fs::copy(tar, images.join(tar.file_name().expect("name"))).expect("copy image");
+    }
+    let pid = std::process::id();
+    let node = format!("kl-exec-{pid}");
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.244.201.".into(),
+    };
+    let bridge = format!("kze{}", pid % 100_000);
+    let _bridge = testkit::LinkGuard(bridge.clone());
+    let config = kubelet::node::Config {
+        kubeconfig: Some(kubeconfig.clone()),
+        hostname_override: Some(node.clone()),
+        node_ip: Some("127.0.0.1".parse().expect("ip")),
+        container_runtime_endpoint: containerd.socket().display().to_string(),
+        root_dir: root.clone(),
+        pod_log_dir: dir.path().join("logs"),
+        cluster_dns: vec!["10.43.0.10".parse().expect("ip")],
+        cluster_domain: "cluster.local".into(),
+        pod_infra_container_image: "docker.io/kaze/pause:1".into(),
+        cni_bin_dir: "/usr/lib/cni".into(),
+        cni_bridge: bridge.clone(),
+        ip_masq: false,
+        node_labels: vec![],
+        max_pods: 110,
+        port: testkit::free_port(),
+        cgroup_root: Some(format!("/kaze-test/{node}")),
+        lease_renew_interval: Duration::from_secs(1),
+    };
+    let token = component::CancellationToken::new();
+    let kl = tokio::spawn(kubelet::node::run(config, token.clone()));
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually("node registration", Duration::from_secs(20), || {
+        let (nodes, node) = (nodes.clone(), node.clone());
+        async move { nodes.get_opt(&node).await.ok().flatten() }
+    })
+    .await;
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"spec": {"podCIDR": "10.244.201.0/24", "podCIDRs": ["10.244.201.0/24"]}}),
+            ),
+        )
+        .await
+        .expect("assigning the pod CIDR");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for pod in [
+        json!({"metadata": {"name": "shell"},
+               "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sh", "-c", "sleep 3600"]}]}}),
+        json!({"metadata": {"name": "web"},
+               "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "echo", "image": "kaze/echo:1"}]}}),
+    ] {
+        let pod: Pod = serde_json::from_value(pod).expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
+    }
+    for name in ["shell", "web"] {
+        eventually(
+            &format!("pod {name} Running"),
+            Duration::from_secs(60),
+            || {
+                let pods = pods.clone();
+                async move {
+                    let p = pods.get(name).await.ok()?;
+                    (p.status?.phase.as_deref() == Some("Running")).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    // stdout and stderr come back apart.
+    let out = kubectl(
+        &kubeconfig,
+        &[
+            "exec",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "kubectl exec: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "to-out\n");
+    assert!(
+        text(&out.stderr).contains("to-err"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+
+    // stdin reaches the command, and its end is the command's EOF (v5 close signal).
+    let out = kubectl(
+        &kubeconfig,
+        &["exec", "-i", "shell", "--", "cat"],
+        Some("hello\nworld\n"),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "kubectl exec -i: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "hello\nworld\n");
+    let input: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let out = kubectl(
+        &kubeconfig,
+        &["exec", "-i", "shell", "--", "wc", "-l"],
+        Some(&input),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "kubectl exec -i wc: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "20000",
+        "all of a larger input arrives"
+    );
+
+    // The command's exit code is kubectl's.
+    let out = kubectl(
+        &kubeconfig,
+        &["exec", "shell", "--", "sh", "-c", "exit 3"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("command terminated with exit code 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A command that cannot start is an error, not a hang.
+    let out = kubectl(
+        &kubeconfig,
+        &["exec", "shell", "--", "/no/such/binary"],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no/such/binary"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Unknown containers are refused before anything runs.
+    let out = kubectl(
+        &kubeconfig,
+        &["exec", "shell", "-c", "nope", "--", "ls"],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("container nope is not valid for pod shell"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // port-forward: two connections through one session reach the echo server in the pod.
+    let mut pf = testkit::ChildGuard::new(
+        Command::new(testkit::kubectl())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["port-forward", "pod/web", ":8080"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl port-forward"),
+    );
+    let stdout = pf.0.as_mut().and_then(|c| c.stdout.take()).expect("stdout");
+    // kubectl prints "Handling connection for 8080" per connection: keep reading its
+    // stdout, or it dies of SIGPIPE.
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // "Forwarding from 127.0.0.1:40123 -> 8080"
+            if let Some(addr) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                let port = addr
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok());
+                let _ = port_tx.send(port);
+            }
+        }
+    });
+    let local = tokio::task::spawn_blocking(move || port_rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .expect("port-forward output")
+        .ok()
+        .flatten()
+        .expect("kubectl port-forward names its local port");
+    for _ in 0..2 {
+        let answer = tokio::task::spawn_blocking(move || http_get(local))
+            .await
+            .expect("http task");
+        let answer = answer.unwrap_or_else(|e| {
+            let mut child = pf.0.take().expect("port-forward runs");
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("port-forward output");
+            panic!(
+                "GET through the forwarded port: {e}\nkubectl port-forward said: {}",
+                text(&out.stderr)
+            )
+        });
+        assert!(
+            answer.starts_with("web "),
+            "the echo pod answers with its name: {answer:?}"
+        );
+    }
+    let _ = pf.terminate(Duration::from_secs(5));
+
+    // The kubelet stops and removes the pods (nothing left in containerd or on the host).
+    for name in ["shell", "web"] {
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    eventually(
+        "pods removed by the kubelet",
+        Duration::from_secs(30),
+        || {
+            let pods = pods.clone();
+            async move {
+                let left = pods.list(&Default::default()).await.ok()?;
+                left.items.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
+    token.cancel();
+    kl.await
+        .expect("kubelet task")
+        .expect("kubelet stops cleanly");
+    drop(containerd);
+    server.shutdown().await;
+}
