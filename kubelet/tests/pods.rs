@@ -475,3 +475,45 @@ async fn a_failing_init_container_is_retried_and_a_sidecar_runs_beside_the_app()
     assert_eq!(init_status(&s, "side").restart_count, 0);
     h.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecars_are_stopped_after_the_app_containers() {
+    let node = TestNode::start("kt-side", 27).await;
+    // The app takes 2 s to exit after SIGTERM, the sidecar none: stopped together, the
+    // sidecar would finish first.
+    let p = pod(
+        "order",
+        json!({
+            "terminationGracePeriodSeconds": 10,
+            "initContainers": [{"name": "side", "image": "kaze/busybox:1", "restartPolicy": "Always",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]}],
+            "containers": [{"name": "app", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "trap 'sleep 2; exit 0' TERM; while true; do sleep 0.1; done"]}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    wait_for(&mut rx, Duration::from_secs(60), "the app running", |s| {
+        container(s, "app")
+            .state
+            .as_ref()
+            .is_some_and(|st| st.running.is_some())
+    })
+    .await;
+    let last = h.terminate().await;
+    let finished = |c: &ContainerStatus| {
+        let t = c
+            .state
+            .as_ref()
+            .and_then(|st| st.terminated.clone())
+            .unwrap_or_else(|| panic!("{} terminated: {c:?}", c.name));
+        assert_eq!(t.exit_code, 0, "{} exited on its TERM trap: {t:?}", c.name);
+        t.finished_at.expect("finishedAt").0
+    };
+    let app = finished(container(&last, "app"));
+    let side = finished(init_status(&last, "side"));
+    assert!(
+        side >= app,
+        "sidecar finished at {side}, before the app at {app}"
+    );
+}

@@ -267,7 +267,37 @@ impl Worker {
             return;
         };
         let grace = podspec::grace_period(&self.pod);
-        if let Err(e) = self.rt.stop_pod(&uid, grace).await {
+        // As upstream: the app containers first (together), then the sidecars, the last
+        // declared first, each with what is left of the grace period (2 s at least).
+        let deadline = Instant::now() + grace;
+        let mut apps = tokio::task::JoinSet::new();
+        for slot in self.slots.iter().filter(|s| s.kind == Kind::App) {
+            if let Some(r) = &slot.running {
+                let (rt, id) = (self.rt.clone(), r.id.clone());
+                apps.spawn(async move { rt.stop_container(&id, grace).await });
+            }
+        }
+        while apps.join_next().await.is_some() {}
+        let sidecars: Vec<String> = self
+            .slots
+            .iter()
+            .rev()
+            .filter(|s| s.kind == Kind::Sidecar)
+            .filter_map(|s| s.running.as_ref().map(|r| r.id.clone()))
+            .collect();
+        for id in sidecars {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = self
+                .rt
+                .stop_container(&id, left.max(Duration::from_secs(2)))
+                .await
+            {
+                tracing::warn!(pod = %self.name(), error = %e, "stopping a sidecar");
+            }
+        }
+        // Whatever is left (the sandbox; containers this worker did not start).
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self.rt.stop_pod(&uid, left).await {
             tracing::warn!(pod = %self.name(), error = %e, "stopping the pod");
         }
         for slot in &mut self.slots {
