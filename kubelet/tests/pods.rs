@@ -517,3 +517,76 @@ async fn sidecars_are_stopped_after_the_app_containers() {
         "sidecar finished at {side}, before the app at {app}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_path_volumes_are_type_checked_and_shared_with_the_host() {
+    let node = TestNode::start("kt-host", 28).await;
+    let shared = node.dir.path().join("shared");
+    let file = node.dir.path().join("host-file");
+    std::fs::write(&file, "from the host\n").unwrap();
+    let p = pod(
+        "host",
+        json!({
+            "restartPolicy": "Never",
+            "containers": [{"name": "app", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "cat /in/host-file && echo written > /shared/by-pod"],
+                "volumeMounts": [{"name": "shared", "mountPath": "/shared"},
+                                 {"name": "file", "mountPath": "/in/host-file", "readOnly": true}]}],
+            "volumes": [
+                {"name": "shared", "hostPath": {"path": shared, "type": "DirectoryOrCreate"}},
+                {"name": "file", "hostPath": {"path": file, "type": "File"}},
+            ],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(30), "Succeeded", |s| {
+        matches!(s.phase.as_deref(), Some("Succeeded" | "Failed"))
+    })
+    .await;
+    assert_eq!(s.phase.as_deref(), Some("Succeeded"), "{s:#?}");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("by-pod")).unwrap(),
+        "written\n"
+    );
+    h.terminate().await;
+    assert!(shared.exists(), "a hostPath outlives the pod");
+
+    // The wrong type keeps the pod from starting, with upstream's message.
+    let p = pod(
+        "badhost",
+        json!({
+            "containers": [{"name": "app", "image": "kaze/busybox:1", "command": ["true"],
+                "volumeMounts": [{"name": "bad", "mountPath": "/bad"}]}],
+            "volumes": [{"name": "bad", "hostPath": {"path": shared, "type": "File"}}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let want = format!(
+        "MountVolume.SetUp failed for volume \"bad\" : hostPath type check failed: {} is not a file",
+        shared.display()
+    );
+    let s = wait_for(
+        &mut rx,
+        Duration::from_secs(30),
+        "the FailedMount message",
+        |s| {
+            container(s, "app")
+                .state
+                .as_ref()
+                .and_then(|st| st.waiting.as_ref())
+                .and_then(|w| w.message.as_deref())
+                == Some(want.as_str())
+        },
+    )
+    .await;
+    let w = container(&s, "app").state.clone().unwrap().waiting.unwrap();
+    assert_eq!(w.reason.as_deref(), Some("ContainerCreating"));
+    assert_eq!(s.phase.as_deref(), Some("Pending"));
+    assert!(
+        s.pod_ip.is_none(),
+        "no sandbox before the volumes are set up"
+    );
+    h.terminate().await;
+}
