@@ -79,24 +79,47 @@ pub fn fifo_paths(dir: &Path, container_id: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Output as it is read, for `kubectl attach`: (1 for stdout or 2 for stderr, bytes).
+pub type Output = (u8, bytes::Bytes);
+
 /// Reads a container's FIFOs into its log file until told to stop (after the task is
-/// deleted, when the shim has flushed and closed its ends).
+/// deleted, when the shim has flushed and closed its ends). What it reads is also offered
+/// to attached clients; one that falls behind misses output, the log file never does.
 #[derive(Debug)]
 pub struct LogPump {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    attached: tokio::sync::broadcast::Sender<Output>,
 }
 
 impl LogPump {
     pub fn start(stdout: &Path, stderr: &Path, log: &Path) -> Result<LogPump, SysError> {
         let file = Arc::new(Mutex::new(sys::open_append(log)?));
         let (tx, rx) = watch::channel(false);
+        let (attached, _) = tokio::sync::broadcast::channel(256);
         let mut tasks = Vec::new();
-        for (path, name) in [(stdout, "stdout"), (stderr, "stderr")] {
+        for (path, name, channel) in [(stdout, "stdout", 1), (stderr, "stderr", 2)] {
             let fifo = sys::open_fifo_reader(path)?;
-            tasks.push(tokio::spawn(pump(fifo, name, file.clone(), rx.clone())));
+            let tee = (channel, attached.clone());
+            tasks.push(tokio::spawn(pump(
+                fifo,
+                name,
+                file.clone(),
+                rx.clone(),
+                tee,
+            )));
         }
-        Ok(LogPump { stop: tx, tasks })
+        Ok(LogPump {
+            stop: tx,
+            tasks,
+            attached,
+        })
+    }
+
+    /// The output from now on; the receiver sees `Closed` once the container has exited and
+    /// its output is drained.
+    pub fn attach(&self) -> tokio::sync::broadcast::Receiver<Output> {
+        self.attached.subscribe()
     }
 
     /// Drain what is left and stop.
@@ -113,7 +136,13 @@ async fn pump(
     stream: &'static str,
     file: Arc<Mutex<std::fs::File>>,
     mut stop: watch::Receiver<bool>,
+    (channel, attached): (u8, tokio::sync::broadcast::Sender<Output>),
 ) {
+    let tee = |data: &[u8]| {
+        if attached.receiver_count() > 0 {
+            let _ = attached.send((channel, bytes::Bytes::copy_from_slice(data)));
+        }
+    };
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 32 * 1024];
     let write = |records: Vec<u8>| {
@@ -129,7 +158,7 @@ async fn pump(
                 if ready.is_err() { break; }
                 match fifo.try_read(&mut chunk) {
                     Ok(0) => break,
-                    Ok(n) => { buf.extend_from_slice(&chunk[..n]); write(drain_lines(&mut buf, stream, false)); }
+                    Ok(n) => { tee(&chunk[..n]); buf.extend_from_slice(&chunk[..n]); write(drain_lines(&mut buf, stream, false)); }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => break,
                 }
@@ -138,6 +167,7 @@ async fn pump(
                 // The writer is gone; take what is still buffered in the pipe.
                 while let Ok(n) = fifo.try_read(&mut chunk) {
                     if n == 0 { break; }
+                    tee(&chunk[..n]);
                     buf.extend_from_slice(&chunk[..n]);
                 }
                 break;

@@ -1,4 +1,4 @@
-//! `kubectl exec` and `kubectl port-forward` end to end: the real kubectl, the real kaze
+//! `kubectl exec`, `attach` and `port-forward` end to end: the real kubectl, the real kaze
 //! apiserver (in-process) proxying to this kubelet's HTTPS server, a real containerd, runc
 //! and CNI. Exec runs over WebSocket `v5.channel.k8s.io`; port-forward over SPDY tunnelled
 //! in a WebSocket (what kubectl 1.37 sends).
@@ -50,7 +50,7 @@ fn http_get(port: u16) -> std::io::Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
+async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     let dir = tempfile::Builder::new()
         .prefix("kaze-kubelet-exec-")
         .tempdir()
@@ -60,6 +60,15 @@ async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
         .expect("apiserver");
     let kubeconfig = server.kubeconfig_path().to_path_buf();
     let client = component::client(Some(&kubeconfig)).await.expect("client");
+    let pid = std::process::id();
+    let node = format!("kl-exec-{pid}");
+    let cgroup_root = format!("/kaze-test/{node}");
+    // Declared before containerd, so dropped after it has killed the tasks.
+    let _cgroups = support::CgroupGuard(cgroup_root.clone());
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.244.201.".into(),
+    };
     let containerd = tokio::task::spawn_blocking(testkit::Containerd::start)
         .await
         .expect("containerd");
@@ -69,14 +78,9 @@ async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
     for tar in support::image_tarballs() {
         std::fs::copy(tar, images.join(tar.file_name().expect("name"))).expect("copy image");
     }
-    let pid = std::process::id();
-    let node = format!("kl-exec-{pid}");
-    let _leftovers = testkit::NodeGuard {
-        node: node.clone(),
-        pod_ip_prefix: "10.244.201.".into(),
-    };
     let bridge = format!("kze{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
+    let kubelet_port = testkit::free_port();
     let config = kubelet::node::Config {
         kubeconfig: Some(kubeconfig.clone()),
         hostname_override: Some(node.clone()),
@@ -92,8 +96,8 @@ async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
         ip_masq: false,
         node_labels: vec![],
         max_pods: 110,
-        port: testkit::free_port(),
-        cgroup_root: Some(format!("/kaze-test/{node}")),
+        port: kubelet_port,
+        cgroup_root: Some(cgroup_root),
         lease_renew_interval: Duration::from_secs(1),
     };
     let token = component::CancellationToken::new();
@@ -121,6 +125,10 @@ async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
         json!({"metadata": {"name": "shell"},
                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
                         "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sh", "-c", "sleep 3600"]}]}}),
+        json!({"metadata": {"name": "ticker"},
+               "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "main", "image": "kaze/busybox:1",
+                                        "command": ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]}]}}),
         json!({"metadata": {"name": "web"},
                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
                         "containers": [{"name": "echo", "image": "kaze/echo:1"}]}}),
@@ -130,7 +138,7 @@ async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
             .await
             .expect("create pod");
     }
-    for name in ["shell", "web"] {
+    for name in ["shell", "ticker", "web"] {
         eventually(
             &format!("pod {name} Running"),
             Duration::from_secs(60),
@@ -211,6 +219,64 @@ async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
         "{}",
         text(&out.stderr)
     );
+    // -it: the command runs on a terminal of kubectl's size (kubectl needs a terminal itself:
+    // `script` gives it one).
+    let out = tokio::task::spawn_blocking({
+        let kubeconfig = kubeconfig.clone();
+        move || {
+            let kubectl = format!(
+                "stty rows 33 cols 77; {} --kubeconfig {} exec -it shell -- sh -c 'tty; sleep 1; stty size'",
+                testkit::kubectl().display(),
+                kubeconfig.display()
+            );
+            Command::new("script")
+                .args(["-qec", &kubectl, "/dev/null"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("script")
+        }
+    })
+    .await
+    .expect("script task");
+    assert!(
+        text(&out.stdout).contains("/dev/pts/"),
+        "a terminal in the container: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // kubectl sends its terminal's size (channel 4); the container's terminal takes it.
+    assert!(
+        text(&out.stdout).contains("33 77"),
+        "the terminal is resized: {}",
+        text(&out.stdout)
+    );
+
+    // Straight to the kubelet: a pod or container it does not run is a 404 that says so.
+    let kubelet_get = |path: String| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args(["-sk", "-w", "\n%{http_code}"])
+                .arg(format!("https://127.0.0.1:{kubelet_port}{path}"))
+                .output()
+                .expect("curl")
+        })
+        .await
+        .expect("curl task");
+        text(&out.stdout)
+    };
+    let answer = kubelet_get("/exec/default/nosuch/main?command=ls&stdout=1".into()).await;
+    assert_eq!(
+        answer,
+        "pod default/nosuch is not running on this node\n404"
+    );
+    let answer = kubelet_get("/exec/default/shell/nope?command=ls&stdout=1".into()).await;
+    assert_eq!(
+        answer,
+        "container \"nope\" not found in pod default/shell\n404"
+    );
+    let answer = kubelet_get("/portForward/default/nosuch".into()).await;
+    assert!(answer.ends_with("\n404"), "{answer}");
+
     // A command that cannot start is an error, not a hang.
     let out = kubectl(
         &kubeconfig,
@@ -237,6 +303,56 @@ async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
         "{}",
         text(&out.stderr)
     );
+
+    // attach: the main process's output as it is written.
+    let mut attached = testkit::ChildGuard::new(
+        Command::new(testkit::kubectl())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["attach", "ticker"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl attach"),
+    );
+    let stdout = attached
+        .0
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .expect("stdout");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let lines = tokio::task::spawn_blocking(move || {
+        (0..3)
+            .map(|_| {
+                line_rx
+                    .recv_timeout(Duration::from_secs(20))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<String>>()
+    })
+    .await
+    .expect("attach output");
+    let ticks: Vec<u32> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert_eq!(
+        ticks.len(),
+        3,
+        "kubectl attach streams the output: {lines:?}"
+    );
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive lines, live: {ticks:?}"
+    );
+    drop(attached);
 
     // port-forward: two connections through one session reach the echo server in the pod.
     let mut pf = testkit::ChildGuard::new(
@@ -292,7 +408,7 @@ async fn kubectl_exec_and_port_forward_reach_the_pods_containers() {
     let _ = pf.terminate(Duration::from_secs(5));
 
     // The kubelet stops and removes the pods (nothing left in containerd or on the host).
-    for name in ["shell", "web"] {
+    for name in ["shell", "ticker", "web"] {
         pods.delete(name, &DeleteParams::default())
             .await
             .expect("delete");

@@ -1,16 +1,18 @@
 //! The kubelet's HTTPS server (`--port`, 10250 by default), which the apiserver proxies
-//! `kubectl logs`, `exec` and `port-forward` to:
+//! `kubectl logs`, `exec`, `attach` and `port-forward` to:
 //! - `/healthz`;
 //! - `/containerLogs/<ns>/<pod>/<container>` with upstream's query parameters (`follow`,
 //!   `tailLines`, `timestamps`, `previous`, `limitBytes`, `sinceSeconds`), read from the CRI
 //!   log files the runtime writes;
 //! - `/exec/<ns>/<pod>/<container>?command=..&stdin=..&stdout=..&stderr=..&tty=..` over a
 //!   WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`; [`super::stream`]);
+//! - `/attach/<ns>/<pod>/<container>`: the same channels carrying the output of the
+//!   container's main process (no stdin: containers are created without one);
 //! - `/portForward/<ns>/<pod>`: SPDY/3.1, raw or tunnelled in a WebSocket
 //!   ([`super::portforward`]).
 //!
-//! Not done yet: `/attach`, exec over SPDY (kubectl 1.37 uses WebSockets; older clients
-//! fall back to SPDY and get a 400), and authenticating the caller (the apiserver does not
+//! Not done yet: exec/attach over SPDY (kubectl 1.37 uses WebSockets; older clients fall
+//! back to SPDY and get a 400), and authenticating the caller (the apiserver does not
 //! present a client certificate yet).
 
 use std::collections::HashMap;
@@ -76,6 +78,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
+        .route("/attach/{ns}/{pod}/{container}", get(attach).post(attach))
         .route(
             "/portForward/{ns}/{pod}",
             get(port_forward).post(port_forward),
@@ -106,34 +109,44 @@ fn not_running(ns: &str, pod: &str) -> Response {
     )
 }
 
-/// `/exec/<ns>/<pod>/<container>`: a WebSocket channel session running the command.
-async fn exec(
-    State(ctx): State<Ctx>,
-    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
-    mut req: Request,
-) -> Response {
-    let Some(uid) = ctx.uid(&ns, &pod) else {
-        return not_running(&ns, &pod);
+/// What exec and attach share before the upgrade: the container, the options, the
+/// WebSocket subprotocol and the upgrade itself.
+struct Channelled {
+    found: crate::runtime::FoundContainer,
+    opts: ExecOptions,
+    protocol: &'static str,
+    upgrade: hyper::upgrade::OnUpgrade,
+    response: Response,
+    /// Why the session cannot run (reported on the status channel after the upgrade).
+    not_running: Option<String>,
+}
+
+/// Check an exec or attach request; `Err` is the answer refusing it.
+async fn channelled(
+    ctx: &Ctx,
+    (ns, pod, container): (&str, &str, &str),
+    what: &str,
+    req: &mut Request,
+) -> Result<Channelled, Response> {
+    let Some(uid) = ctx.uid(ns, pod) else {
+        return Err(not_running(ns, pod));
     };
-    let found = match ctx.rt.find_container(&uid, &container).await {
+    let found = match ctx.rt.find_container(&uid, container).await {
         Ok(Some(found)) => found,
         Ok(None) => {
-            return text(
+            return Err(text(
                 StatusCode::NOT_FOUND,
                 format!("container {container:?} not found in pod {ns}/{pod}"),
-            );
+            ))
         }
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     };
     let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
-    if opts.command.is_empty() {
-        return text(StatusCode::BAD_REQUEST, "no command given".into());
-    }
     if !opts.stdin && !opts.stdout && !opts.stderr {
-        return text(
+        return Err(text(
             StatusCode::BAD_REQUEST,
             "you must specify at least 1 of stdin, stdout, stderr".into(),
-        );
+        ));
     }
     let headers = req.headers();
     let protocol = stream::is_websocket(headers)
@@ -143,29 +156,76 @@ async fn exec(
         protocol,
         req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
     ) else {
-        return text(
+        return Err(text(
             StatusCode::BAD_REQUEST,
             format!(
-                "exec needs a WebSocket upgrade with one of the subprotocols {}",
+                "{what} needs a WebSocket upgrade with one of the subprotocols {}",
                 stream::CHANNEL_PROTOCOLS.join(", ")
             ),
-        );
+        ));
     };
-    let target = if found.running {
-        Ok(found.id)
-    } else {
-        Err(format!(
-            "container {container} of pod {ns}/{pod} is not running"
-        ))
+    let not_running =
+        (!found.running).then(|| format!("container {container} of pod {ns}/{pod} is not running"));
+    Ok(Channelled {
+        found,
+        opts,
+        protocol,
+        upgrade,
+        response: stream::accept(req.headers(), protocol),
+        not_running,
+    })
+}
+
+/// `/exec/<ns>/<pod>/<container>`: a WebSocket channel session running the command.
+async fn exec(
+    State(ctx): State<Ctx>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    mut req: Request,
+) -> Response {
+    if !req.uri().query().unwrap_or("").contains("command=") {
+        return text(StatusCode::BAD_REQUEST, "no command given".into());
+    }
+    let c = match channelled(&ctx, (&ns, &pod, &container), "exec", &mut req).await {
+        Ok(c) => c,
+        Err(refused) => return refused,
     };
-    let response = stream::accept(req.headers(), protocol);
-    let rt = ctx.rt.clone();
+    let target = match c.not_running {
+        None => Ok(c.found.id),
+        Some(why) => Err(why),
+    };
+    let (rt, protocol, opts, upgrade) = (ctx.rt.clone(), c.protocol, c.opts, c.upgrade);
     tokio::spawn(async move {
         if let Some(ws) = stream::websocket(upgrade).await {
             stream::exec_session(ws, protocol, rt, target, opts).await;
         }
     });
-    response
+    c.response
+}
+
+/// `/attach/<ns>/<pod>/<container>`: the output of the container's main process.
+async fn attach(
+    State(ctx): State<Ctx>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    mut req: Request,
+) -> Response {
+    let c = match channelled(&ctx, (&ns, &pod, &container), "attach", &mut req).await {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
+    let target = match (c.not_running, ctx.rt.attach_output(&c.found.id)) {
+        (None, Some(output)) => Ok(output),
+        (Some(why), _) => Err(why),
+        (None, None) => Err(format!(
+            "the output of container {container} of pod {ns}/{pod} is not available on this node"
+        )),
+    };
+    let (opts, upgrade) = (c.opts, c.upgrade);
+    tokio::spawn(async move {
+        if let Some(ws) = stream::websocket(upgrade).await {
+            stream::attach_session(ws, target, opts).await;
+        }
+    });
+    c.response
 }
 
 /// `/portForward/<ns>/<pod>`: SPDY port-forward into the pod's network namespace.

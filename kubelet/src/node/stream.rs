@@ -1,4 +1,4 @@
-//! `kubectl exec` on the kubelet server: the WebSocket channel protocols
+//! `kubectl exec` and `kubectl attach` on the kubelet server: the WebSocket channel protocols
 //! `v5.channel.k8s.io` and `v4.channel.k8s.io`. Every binary message starts with its
 //! channel: 0 stdin, 1 stdout, 2 stderr, 3 the final status (a `metav1.Status` as JSON),
 //! 4 terminal resizes (`{"Width":w,"Height":h}`); v5 adds 255, "close channel N", which is
@@ -153,23 +153,8 @@ pub async fn exec_session(
     target: Result<String, String>,
     opts: ExecOptions,
 ) {
-    let (mut sink, mut source) = ws.split();
-    let (frames_tx, mut frames_rx) = mpsc::channel::<(u8, Bytes)>(32);
-    let writer = tokio::spawn(async move {
-        while let Some((channel, data)) = frames_rx.recv().await {
-            let mut msg = Vec::with_capacity(data.len() + 1);
-            msg.push(channel);
-            msg.extend_from_slice(&data);
-            if sink.send(Message::binary(msg)).await.is_err() {
-                return;
-            }
-        }
-        let close = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        };
-        let _ = sink.send(Message::Close(Some(close))).await;
-    });
+    let (sink, mut source) = ws.split();
+    let (frames_tx, writer) = spawn_writer(sink);
 
     let cancel = component::CancellationToken::new();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
@@ -254,6 +239,84 @@ pub async fn exec_session(
     drop(frames_tx);
     let _ = writer.await;
     // The client answers the close; give it a moment, then drop the connection regardless.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
+}
+
+type Sink = futures::stream::SplitSink<Ws, Message>;
+
+/// Write `(channel, bytes)` frames until every sender is gone, then close the WebSocket.
+fn spawn_writer(mut sink: Sink) -> (mpsc::Sender<(u8, Bytes)>, tokio::task::JoinHandle<()>) {
+    let (frames_tx, mut frames_rx) = mpsc::channel::<(u8, Bytes)>(32);
+    let writer = tokio::spawn(async move {
+        while let Some((channel, data)) = frames_rx.recv().await {
+            let mut msg = Vec::with_capacity(data.len() + 1);
+            msg.push(channel);
+            msg.extend_from_slice(&data);
+            if sink.send(Message::binary(msg)).await.is_err() {
+                return;
+            }
+        }
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(close))).await;
+    });
+    (frames_tx, writer)
+}
+
+/// Run one attach session: the output of the container's main process (`target`, or why
+/// there is none) until the container exits or the client leaves. Input is not delivered:
+/// containers are created without a stdin, so `kubectl attach -i` only shows output.
+pub async fn attach_session(
+    ws: Ws,
+    target: Result<tokio::sync::broadcast::Receiver<crate::logs::Output>, String>,
+    opts: ExecOptions,
+) {
+    let (sink, mut source) = ws.split();
+    let (frames_tx, writer) = spawn_writer(sink);
+    let cancel = component::CancellationToken::new();
+    let reader = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = source.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+            cancel.cancel();
+        })
+    };
+    let result = match target {
+        Ok(mut output) => {
+            loop {
+                let next = tokio::select! {
+                    next = output.recv() => next,
+                    _ = cancel.cancelled() => break,
+                };
+                match next {
+                    Ok((channel, data)) => {
+                        let wanted = match channel {
+                            STDOUT => opts.stdout,
+                            _ => opts.stderr,
+                        };
+                        if wanted && frames_tx.send((channel, data)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            Ok(0)
+        }
+        Err(message) => Err(message),
+    };
+    let _ = frames_tx
+        .send((STATUS, Bytes::from(status(&result, &[]).to_string())))
+        .await;
+    drop(frames_tx);
+    let _ = writer.await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
 }
 

@@ -273,6 +273,15 @@ impl Runtime {
         Ok(Some(FoundContainer { id: c.id, running }))
     }
 
+    /// The output of container `id`'s main process from now on (`kubectl attach`); None when
+    /// this kubelet is not pumping its output (it has exited).
+    pub fn attach_output(
+        &self,
+        id: &str,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::logs::Output>> {
+        self.lock().pumps.get(id).map(|p| p.attach())
+    }
+
     /// Run `cmd` in container `id` with its stdio connected to `streams` until it exits, or
     /// until `cancel` (the client went away), which kills it. Returns the exit code.
     pub async fn exec_streaming(
