@@ -219,6 +219,37 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         "{}",
         text(&out.stderr)
     );
+    // The command lives as long as its session: kubectl going away kills it.
+    let ps = |kubeconfig: std::path::PathBuf| async move {
+        let out = kubectl(&kubeconfig, &["exec", "shell", "--", "ps"], None).await;
+        text(&out.stdout)
+    };
+    let long = testkit::ChildGuard::new(
+        Command::new(testkit::kubectl())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["exec", "shell", "--", "sleep", "1234"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl exec sleep"),
+    );
+    eventually("the exec'd sleep runs", Duration::from_secs(20), || {
+        let (ps, kc) = (ps, kubeconfig.clone());
+        async move { ps(kc).await.contains("sleep 1234").then_some(()) }
+    })
+    .await;
+    drop(long);
+    eventually(
+        "the exec'd sleep is killed",
+        Duration::from_secs(20),
+        || {
+            let (ps, kc) = (ps, kubeconfig.clone());
+            async move { (!ps(kc).await.contains("sleep 1234")).then_some(()) }
+        },
+    )
+    .await;
+
     // -it: the command runs on a terminal of kubectl's size (kubectl needs a terminal itself:
     // `script` gives it one).
     let out = tokio::task::spawn_blocking({
