@@ -49,6 +49,68 @@ fn http_get(port: u16) -> std::io::Result<String> {
     Ok(out.trim_end().lines().last().unwrap_or("").to_string())
 }
 
+/// Run `kubectl port-forward pod/web :<port>` and make `count` HTTP requests through it;
+/// an error carries what kubectl said.
+fn port_forward(
+    kubeconfig: &Path,
+    port: u16,
+    websockets: bool,
+    count: usize,
+) -> Vec<Result<String, String>> {
+    let mut pf = testkit::ChildGuard::new(
+        Command::new(testkit::kubectl())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["port-forward", "pod/web", &format!(":{port}")])
+            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl port-forward"),
+    );
+    let stdout = pf.0.as_mut().and_then(|c| c.stdout.take()).expect("stdout");
+    // kubectl prints "Handling connection for 8080" per connection: keep reading its
+    // stdout, or it dies of SIGPIPE.
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // "Forwarding from 127.0.0.1:40123 -> 8080"
+            if let Some(addr) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                let port = addr
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok());
+                let _ = port_tx.send(port);
+            }
+        }
+    });
+    let local = port_rx
+        .recv_timeout(Duration::from_secs(20))
+        .ok()
+        .flatten()
+        .expect("kubectl port-forward names its local port");
+    let answers: Vec<std::io::Result<String>> = (0..count).map(|_| http_get(local)).collect();
+    if answers.iter().all(Result::is_ok) {
+        let _ = pf.terminate(Duration::from_secs(5));
+        return answers
+            .into_iter()
+            .map(|a| a.map_err(|e| e.to_string()))
+            .collect();
+    }
+    // Give kubectl a moment to print the error it got, then take its stderr.
+    let mut child = pf.0.take().expect("port-forward runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("port-forward output");
+    answers
+        .into_iter()
+        .map(|a| a.map_err(|e| format!("{e}; kubectl port-forward said: {}", text(&out.stderr))))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     let dir = tempfile::Builder::new()
@@ -385,58 +447,33 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     );
     drop(attached);
 
-    // port-forward: two connections through one session reach the echo server in the pod.
-    let mut pf = testkit::ChildGuard::new(
-        Command::new(testkit::kubectl())
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["port-forward", "pod/web", ":8080"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl port-forward"),
-    );
-    let stdout = pf.0.as_mut().and_then(|c| c.stdout.take()).expect("stdout");
-    // kubectl prints "Handling connection for 8080" per connection: keep reading its
-    // stdout, or it dies of SIGPIPE.
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // "Forwarding from 127.0.0.1:40123 -> 8080"
-            if let Some(addr) = line.strip_prefix("Forwarding from 127.0.0.1:") {
-                let port = addr
-                    .split_whitespace()
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok());
-                let _ = port_tx.send(port);
-            }
-        }
-    });
-    let local = tokio::task::spawn_blocking(move || port_rx.recv_timeout(Duration::from_secs(20)))
-        .await
-        .expect("port-forward output")
-        .ok()
-        .flatten()
-        .expect("kubectl port-forward names its local port");
-    for _ in 0..2 {
-        let answer = tokio::task::spawn_blocking(move || http_get(local))
+    // port-forward: two connections through one session reach the echo server in the pod,
+    // over SPDY tunnelled in a WebSocket (kubectl's default) and over plain SPDY.
+    for websockets in [true, false] {
+        let kc = kubeconfig.clone();
+        let answers = tokio::task::spawn_blocking(move || port_forward(&kc, 8080, websockets, 2))
             .await
-            .expect("http task");
-        let answer = answer.unwrap_or_else(|e| {
-            let mut child = pf.0.take().expect("port-forward runs");
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("port-forward output");
-            panic!(
-                "GET through the forwarded port: {e}\nkubectl port-forward said: {}",
-                text(&out.stderr)
-            )
-        });
-        assert!(
-            answer.starts_with("web "),
-            "the echo pod answers with its name: {answer:?}"
-        );
+            .expect("port-forward task");
+        for answer in answers {
+            let answer = answer.unwrap_or_else(|e| panic!("websockets={websockets}: {e}"));
+            assert!(
+                answer.starts_with("web "),
+                "the echo pod answers with its name (websockets={websockets}): {answer:?}"
+            );
+        }
     }
-    let _ = pf.terminate(Duration::from_secs(5));
+    // Nothing listens on 9999 in the pod: kubectl reports the kubelet's error.
+    let kc = kubeconfig.clone();
+    let answers = tokio::task::spawn_blocking(move || port_forward(&kc, 9999, true, 1))
+        .await
+        .expect("port-forward task");
+    let err = answers[0]
+        .as_ref()
+        .expect_err("no answer from a closed port");
+    assert!(
+        err.contains("error forwarding port 9999 to pod default/web") && err.contains("refused"),
+        "{err}"
+    );
 
     // The kubelet stops and removes the pods (nothing left in containerd or on the host).
     for name in ["shell", "ticker", "web"] {
