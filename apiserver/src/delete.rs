@@ -121,6 +121,9 @@ pub async fn delete(
             if opts.dry_run {
                 return Ok((new, false));
             }
+            if is_namespace {
+                state.namespaces.force_live(name);
+            }
             match store.update(&key, encode(def, &new), kv.mod_revision).await {
                 Ok(kv) => return Ok((decode_kv(def, &kv)?, false)),
                 Err(StoreError::Conflict { .. }) => continue,

@@ -30,6 +30,7 @@ mod list;
 mod meta;
 mod metrics;
 mod negotiate;
+mod nscache;
 mod nsfinalizer;
 mod objects;
 mod openapi;

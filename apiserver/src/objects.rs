@@ -92,7 +92,11 @@ pub async fn get(
 }
 
 /// Where an object's namespace must be when it is created in `ns`.
+/// Answered from memory when [`crate::nscache`] knows `ns` is active, else from the store.
 async fn check_namespace(state: &AppState, def: &ResourceDef, ns: &str) -> Result<(), ApiError> {
+    if state.namespaces.is_active(ns) {
+        return Ok(());
+    }
     let ns_def = state
         .registry
         .get("", "v1", "namespaces")

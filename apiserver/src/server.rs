@@ -129,7 +129,9 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         kubelet: crate::kubelet::KubeletClient::new(
             config.kubelet_certificate_authority.as_deref(),
         )?,
+        namespaces: Default::default(),
     });
+    tokio::spawn(crate::nscache::run(state.clone()));
     tokio::spawn(crate::nsfinalizer::run(state.clone()));
     tokio::spawn(crate::compactor::run(
         state.clone(),

@@ -21,4 +21,6 @@ pub struct AppState {
     pub openapi: crate::openapi::Cache,
     pub metrics: crate::metrics::Metrics,
     pub kubelet: crate::kubelet::KubeletClient,
+    /// Which namespaces exist and are active, for the check every create makes.
+    pub namespaces: crate::nscache::NamespaceCache,
 }

@@ -604,3 +604,59 @@ async fn events_written_through_either_api_are_read_through_both() {
     );
     server.shutdown().await;
 }
+
+/// Creates check their namespace through an in-memory cache; it must never let a create
+/// into a missing or terminating namespace through, nor refuse one created a moment ago.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_see_namespaces_created_or_deleted_a_moment_ago() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let client = client(&server).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = |name: &str, finalizers: &[&str]| -> Namespace {
+        serde_json::from_value(json!({"metadata": {"name": name, "finalizers": finalizers}}))
+            .expect("namespace")
+    };
+
+    let missing: Api<ConfigMap> = Api::namespaced(client.clone(), "missing");
+    let err = missing
+        .create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .expect_err("no such namespace");
+    assert_eq!(api_code(&err), Some((404, "NotFound".into())));
+
+    // Created and used at once: the cache has not seen it yet, the store has.
+    for i in 0..20 {
+        let name = format!("fresh-{i}");
+        namespaces
+            .create(&PostParams::default(), &ns(&name, &[]))
+            .await
+            .expect("namespace");
+        Api::<ConfigMap>::namespaced(client.clone(), &name)
+            .create(&PostParams::default(), &cm("a", &[]))
+            .await
+            .expect("create in a namespace created a moment ago");
+    }
+
+    // Deleted (held back by a finalizer) and used at once: refused, even though the cache
+    // knew it as active an instant before.
+    namespaces
+        .create(&PostParams::default(), &ns("held", &["kaze.dev/hold"]))
+        .await
+        .expect("namespace");
+    let held: Api<ConfigMap> = Api::namespaced(client.clone(), "held");
+    held.create(&PostParams::default(), &cm("before", &[]))
+        .await
+        .expect("create before the delete");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    namespaces
+        .delete("held", &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let err = held
+        .create(&PostParams::default(), &cm("after", &[]))
+        .await
+        .expect_err("namespace is terminating");
+    assert_eq!(api_code(&err), Some((403, "Forbidden".into())));
+}
