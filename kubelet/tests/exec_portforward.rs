@@ -1,7 +1,7 @@
 //! `kubectl exec`, `attach` and `port-forward` end to end: the real kubectl, the real kaze
 //! apiserver (in-process) proxying to this kubelet's HTTPS server, a real containerd, runc
-//! and CNI. Exec runs over WebSocket `v5.channel.k8s.io`; port-forward over SPDY tunnelled
-//! in a WebSocket (what kubectl 1.37 sends).
+//! and CNI. Exec and attach run over WebSocket `v5.channel.k8s.io` (kubectl 1.37's default)
+//! and over SPDY; port-forward over SPDY, tunnelled in a WebSocket (the default) or not.
 
 mod support;
 
@@ -47,6 +47,68 @@ fn http_get(port: u16) -> std::io::Result<String> {
         )));
     }
     Ok(out.trim_end().lines().last().unwrap_or("").to_string())
+}
+
+/// kubectl's switch between WebSocket and SPDY for exec and attach.
+const REMOTE_COMMAND_WEBSOCKETS: &str = "KUBECTL_REMOTE_COMMAND_WEBSOCKETS";
+
+/// kubectl with WebSockets off for exec/attach: SPDY.
+fn kubectl_spdy(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(testkit::kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env(REMOTE_COMMAND_WEBSOCKETS, "false")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("kubectl stdin")
+            .write_all(input.as_bytes())
+            .expect("writing kubectl stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// The first `count` lines `kubectl attach ticker` prints.
+fn attach_lines(kubeconfig: &Path, websockets: bool, count: usize) -> Vec<String> {
+    let mut attached = testkit::ChildGuard::new(
+        Command::new(testkit::kubectl())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["attach", "ticker"])
+            .env(REMOTE_COMMAND_WEBSOCKETS, websockets.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl attach"),
+    );
+    let stdout = attached
+        .0
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .expect("stdout");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (0..count)
+        .map(|_| {
+            line_rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Run `kubectl port-forward pod/web :<port>` and make `count` HTTP requests through it;
@@ -281,6 +343,41 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         "{}",
         text(&out.stderr)
     );
+    // The same over SPDY (kubectl with WebSockets off; older clients): streams per channel,
+    // stdin ended by FIN, the status on the error stream.
+    let spdy = |args: &'static [&'static str], stdin: Option<&'static str>| {
+        let kc = kubeconfig.clone();
+        async move {
+            tokio::task::spawn_blocking(move || kubectl_spdy(&kc, args, stdin))
+                .await
+                .expect("kubectl task")
+        }
+    };
+    let out = spdy(
+        &[
+            "exec",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "SPDY exec: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "to-out\n");
+    assert!(
+        text(&out.stderr).contains("to-err"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = spdy(&["exec", "-i", "shell", "--", "cat"], Some("over\nspdy\n")).await;
+    assert!(out.status.success(), "SPDY exec -i: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "over\nspdy\n");
+    let out = spdy(&["exec", "shell", "--", "sh", "-c", "exit 4"], None).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+
     // The command lives as long as its session: kubectl going away kills it.
     let ps = |kubeconfig: std::path::PathBuf| async move {
         let out = kubectl(&kubeconfig, &["exec", "shell", "--", "ps"], None).await;
@@ -313,10 +410,10 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     .await;
 
     // -it: the command runs on a terminal of kubectl's size (kubectl needs a terminal itself:
-    // `script` gives it one).
-    let out = tokio::task::spawn_blocking({
+    // `script` gives it one); over WebSockets and over SPDY (resize stream).
+    for websockets in [true, false] {
         let kubeconfig = kubeconfig.clone();
-        move || {
+        let out = tokio::task::spawn_blocking(move || {
             let kubectl = format!(
                 "stty rows 33 cols 77; {} --kubeconfig {} exec -it shell -- sh -c 'tty; sleep 1; stty size'",
                 testkit::kubectl().display(),
@@ -324,25 +421,26 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
             );
             Command::new("script")
                 .args(["-qec", &kubectl, "/dev/null"])
+                .env(REMOTE_COMMAND_WEBSOCKETS, websockets.to_string())
                 .stdin(Stdio::null())
                 .output()
                 .expect("script")
-        }
-    })
-    .await
-    .expect("script task");
-    assert!(
-        text(&out.stdout).contains("/dev/pts/"),
-        "a terminal in the container: {} {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    // kubectl sends its terminal's size (channel 4); the container's terminal takes it.
-    assert!(
-        text(&out.stdout).contains("33 77"),
-        "the terminal is resized: {}",
-        text(&out.stdout)
-    );
+        })
+        .await
+        .expect("script task");
+        assert!(
+            text(&out.stdout).contains("/dev/pts/"),
+            "a terminal in the container (websockets={websockets}): {} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        // kubectl sends its terminal's size; the container's terminal takes it.
+        assert!(
+            text(&out.stdout).contains("33 77"),
+            "the terminal is resized (websockets={websockets}): {}",
+            text(&out.stdout)
+        );
+    }
 
     // Straight to the kubelet: a pod or container it does not run is a 404 that says so.
     let kubelet_get = |path: String| async move {
@@ -397,55 +495,26 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         text(&out.stderr)
     );
 
-    // attach: the main process's output as it is written.
-    let mut attached = testkit::ChildGuard::new(
-        Command::new(testkit::kubectl())
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["attach", "ticker"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("kubectl attach"),
-    );
-    let stdout = attached
-        .0
-        .as_mut()
-        .and_then(|c| c.stdout.take())
-        .expect("stdout");
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let lines = tokio::task::spawn_blocking(move || {
-        (0..3)
-            .map(|_| {
-                line_rx
-                    .recv_timeout(Duration::from_secs(20))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<String>>()
-    })
-    .await
-    .expect("attach output");
-    let ticks: Vec<u32> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
-        .collect();
-    assert_eq!(
-        ticks.len(),
-        3,
-        "kubectl attach streams the output: {lines:?}"
-    );
-    assert!(
-        ticks.windows(2).all(|w| w[1] == w[0] + 1),
-        "consecutive lines, live: {ticks:?}"
-    );
-    drop(attached);
+    // attach: the main process's output as it is written, over WebSockets and SPDY.
+    for websockets in [true, false] {
+        let kc = kubeconfig.clone();
+        let lines = tokio::task::spawn_blocking(move || attach_lines(&kc, websockets, 3))
+            .await
+            .expect("attach task");
+        let ticks: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+            .collect();
+        assert_eq!(
+            ticks.len(),
+            3,
+            "kubectl attach streams the output (websockets={websockets}): {lines:?}"
+        );
+        assert!(
+            ticks.windows(2).all(|w| w[1] == w[0] + 1),
+            "consecutive lines, live: {ticks:?}"
+        );
+    }
 
     // port-forward: two connections through one session reach the echo server in the pod,
     // over SPDY tunnelled in a WebSocket (kubectl's default) and over plain SPDY.

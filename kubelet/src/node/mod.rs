@@ -22,6 +22,7 @@ pub mod info;
 pub mod portforward;
 pub mod server;
 pub mod spdy;
+pub mod spdy_exec;
 pub mod stream;
 pub mod sync;
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -42,27 +42,8 @@ pub async fn over_spdy<T>(io: T, target: Target)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    let (reader, mut writer) = tokio::io::split(io);
-    let incoming = futures::stream::unfold(reader, |mut r| async move {
-        let mut buf = vec![0u8; CHUNK];
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Bytes::from(buf), r))
-            }
-        }
-    });
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let write = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    session(Box::pin(incoming), tx, target).await;
+    let (incoming, tx, write) = spdy::transport(io);
+    session(incoming, tx, target).await;
     let _ = write.await;
 }
 
@@ -99,11 +80,7 @@ struct Pending {
 }
 
 /// The SPDY session: frames in from `incoming`, frames out through `out`.
-async fn session(
-    mut incoming: std::pin::Pin<Box<dyn Stream<Item = Bytes> + Send>>,
-    out: mpsc::Sender<Vec<u8>>,
-    target: Target,
-) {
+async fn session(mut incoming: spdy::Incoming, out: mpsc::Sender<Vec<u8>>, target: Target) {
     let mut decoder = Decoder::default();
     let mut deflater = HeaderDeflater::default();
     let mut pending: HashMap<String, Pending> = HashMap::new();

@@ -5,15 +5,15 @@
 //!   `tailLines`, `timestamps`, `previous`, `limitBytes`, `sinceSeconds`), read from the CRI
 //!   log files the runtime writes;
 //! - `/exec/<ns>/<pod>/<container>?command=..&stdin=..&stdout=..&stderr=..&tty=..` over a
-//!   WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`; [`super::stream`]);
+//!   WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`; [`super::stream`]) or SPDY/3.1
+//!   (`v4.channel.k8s.io`; [`super::spdy_exec`]);
 //! - `/attach/<ns>/<pod>/<container>`: the same channels carrying the output of the
 //!   container's main process (no stdin: containers are created without one);
 //! - `/portForward/<ns>/<pod>`: SPDY/3.1, raw or tunnelled in a WebSocket
 //!   ([`super::portforward`]).
 //!
-//! Not done yet: exec/attach over SPDY (kubectl 1.37 uses WebSockets; older clients fall
-//! back to SPDY and get a 400), and authenticating the caller (the apiserver does not
-//! present a client certificate yet).
+//! Not done yet: authenticating the caller (the apiserver does not present a client
+//! certificate yet).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,9 +28,9 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 
-use super::portforward;
 use super::stream::{self, ExecOptions};
 use super::NodeError;
+use super::{portforward, spdy_exec};
 use crate::runtime::Runtime;
 
 /// `(namespace, name)` → uid of the pods this kubelet runs (kept by the sync loop), so a
@@ -109,12 +109,21 @@ fn not_running(ns: &str, pod: &str) -> Response {
     )
 }
 
+/// How an exec or attach session is carried.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    /// A WebSocket in this channel protocol.
+    WebSocket(&'static str),
+    /// SPDY/3.1 streams, `v4.channel.k8s.io`.
+    Spdy,
+}
+
 /// What exec and attach share before the upgrade: the container, the options, the
-/// WebSocket subprotocol and the upgrade itself.
+/// transport and the upgrade itself.
 struct Channelled {
     found: crate::runtime::FoundContainer,
     opts: ExecOptions,
-    protocol: &'static str,
+    transport: Transport,
     upgrade: hyper::upgrade::OnUpgrade,
     response: Response,
     /// Why the session cannot run (reported on the status channel after the upgrade).
@@ -149,34 +158,92 @@ async fn channelled(
         ));
     }
     let headers = req.headers();
-    let protocol = stream::is_websocket(headers)
-        .then(|| stream::negotiate(headers, stream::CHANNEL_PROTOCOLS))
-        .flatten();
-    let (Some(protocol), Some(upgrade)) = (
-        protocol,
+    let transport = if stream::is_websocket(headers) {
+        stream::negotiate(headers, stream::CHANNEL_PROTOCOLS).map(Transport::WebSocket)
+    } else {
+        (is_spdy(headers) && stream_versions(headers).contains(&spdy_exec::PROTOCOL))
+            .then_some(Transport::Spdy)
+    };
+    let (Some(transport), Some(upgrade)) = (
+        transport,
         req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
     ) else {
         return Err(text(
             StatusCode::BAD_REQUEST,
             format!(
-                "{what} needs a WebSocket upgrade with one of the subprotocols {}",
-                stream::CHANNEL_PROTOCOLS.join(", ")
+                "{what} needs a WebSocket upgrade with one of the subprotocols {}, or SPDY/3.1 \
+                 with {}",
+                stream::CHANNEL_PROTOCOLS.join(", "),
+                spdy_exec::PROTOCOL
             ),
         ));
     };
     let not_running =
         (!found.running).then(|| format!("container {container} of pod {ns}/{pod} is not running"));
+    let response = match transport {
+        Transport::WebSocket(protocol) => stream::accept(req.headers(), protocol),
+        Transport::Spdy => spdy_switch(spdy_exec::PROTOCOL),
+    };
     Ok(Channelled {
         found,
         opts,
-        protocol,
+        transport,
         upgrade,
-        response: stream::accept(req.headers(), protocol),
+        response,
         not_running,
     })
 }
 
-/// `/exec/<ns>/<pod>/<container>`: a WebSocket channel session running the command.
+/// Whether the request asks to upgrade to SPDY/3.1.
+fn is_spdy(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"))
+}
+
+/// The `X-Stream-Protocol-Version`s a SPDY client offers, in its order.
+fn stream_versions(headers: &axum::http::HeaderMap) -> Vec<&str> {
+    headers
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect()
+}
+
+/// The 101 answer switching to SPDY/3.1 with `protocol`.
+fn spdy_switch(protocol: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("x-stream-protocol-version", protocol)
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
+/// Run `run` on the upgraded connection once the client has switched.
+fn spawn_session(c: Channelled, run: stream::Run) -> Response {
+    let (opts, upgrade) = (c.opts, c.upgrade);
+    match c.transport {
+        Transport::WebSocket(protocol) => tokio::spawn(async move {
+            if let Some(ws) = stream::websocket(upgrade).await {
+                stream::session(ws, protocol, opts, run).await;
+            }
+        }),
+        Transport::Spdy => tokio::spawn(async move {
+            match upgrade.await {
+                Ok(io) => spdy_exec::serve(hyper_util::rt::TokioIo::new(io), opts, run).await,
+                Err(e) => tracing::debug!(error = %e, "upgrading an exec connection"),
+            }
+        }),
+    };
+    c.response
+}
+
+/// `/exec/<ns>/<pod>/<container>`: a channel session running the command.
 async fn exec(
     State(ctx): State<Ctx>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
@@ -185,21 +252,16 @@ async fn exec(
     if !req.uri().query().unwrap_or("").contains("command=") {
         return text(StatusCode::BAD_REQUEST, "no command given".into());
     }
-    let c = match channelled(&ctx, (&ns, &pod, &container), "exec", &mut req).await {
+    let mut c = match channelled(&ctx, (&ns, &pod, &container), "exec", &mut req).await {
         Ok(c) => c,
         Err(refused) => return refused,
     };
-    let target = match c.not_running {
-        None => Ok(c.found.id),
+    let target = match c.not_running.take() {
+        None => Ok(c.found.id.clone()),
         Some(why) => Err(why),
     };
-    let (rt, protocol, opts, upgrade) = (ctx.rt.clone(), c.protocol, c.opts, c.upgrade);
-    tokio::spawn(async move {
-        if let Some(ws) = stream::websocket(upgrade).await {
-            stream::exec_session(ws, protocol, rt, target, opts).await;
-        }
-    });
-    c.response
+    let run = stream::exec_run(ctx.rt.clone(), target, c.opts.command.clone());
+    spawn_session(c, run)
 }
 
 /// `/attach/<ns>/<pod>/<container>`: the output of the container's main process.
@@ -208,24 +270,18 @@ async fn attach(
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     mut req: Request,
 ) -> Response {
-    let c = match channelled(&ctx, (&ns, &pod, &container), "attach", &mut req).await {
+    let mut c = match channelled(&ctx, (&ns, &pod, &container), "attach", &mut req).await {
         Ok(c) => c,
         Err(refused) => return refused,
     };
-    let target = match (c.not_running, ctx.rt.attach_output(&c.found.id)) {
+    let target = match (c.not_running.take(), ctx.rt.attach_output(&c.found.id)) {
         (None, Some(output)) => Ok(output),
         (Some(why), _) => Err(why),
         (None, None) => Err(format!(
             "the output of container {container} of pod {ns}/{pod} is not available on this node"
         )),
     };
-    let (opts, upgrade) = (c.opts, c.upgrade);
-    tokio::spawn(async move {
-        if let Some(ws) = stream::websocket(upgrade).await {
-            stream::attach_session(ws, target, opts).await;
-        }
-    });
-    c.response
+    spawn_session(c, stream::attach_run(target))
 }
 
 /// `/portForward/<ns>/<pod>`: SPDY port-forward into the pod's network namespace.
@@ -272,18 +328,8 @@ async fn port_forward(
         });
         return stream::accept(&headers, protocol);
     }
-    let spdy = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
-    let versions: Vec<&str> = headers
-        .get_all("x-stream-protocol-version")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    if !spdy || !(versions.is_empty() || versions.contains(&portforward::PROTOCOL)) {
+    let versions = stream_versions(&headers);
+    if !is_spdy(&headers) || !(versions.is_empty() || versions.contains(&portforward::PROTOCOL)) {
         return text(
             StatusCode::BAD_REQUEST,
             format!(
@@ -299,13 +345,7 @@ async fn port_forward(
             Err(e) => tracing::debug!(error = %e, "upgrading a port-forward connection"),
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "SPDY/3.1")
-        .header("x-stream-protocol-version", portforward::PROTOCOL)
-        .body(Body::empty())
-        .unwrap_or_default()
+    spdy_switch(portforward::PROTOCOL)
 }
 
 /// The container's log files, oldest attempt first.

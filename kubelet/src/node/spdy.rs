@@ -14,6 +14,7 @@ use miniz_oxide::inflate::core::inflate_flags::{
 };
 use miniz_oxide::inflate::core::{decompress, DecompressorOxide};
 use miniz_oxide::inflate::TINFLStatus;
+use tokio::task::JoinHandle;
 
 pub const FLAG_FIN: u8 = 0x01;
 const VERSION: u16 = 3;
@@ -321,6 +322,39 @@ pub fn rst_stream(stream_id: u32, status: u32) -> Vec<u8> {
 
 pub fn ping(id: u32) -> Vec<u8> {
     control(PING, 0, &id.to_be_bytes())
+}
+
+/// The bytes a SPDY session reads, as chunks.
+pub type Incoming = std::pin::Pin<Box<dyn futures::Stream<Item = Bytes> + Send>>;
+
+/// Split an upgraded connection into chunks in and a frame writer: frames sent to the
+/// returned sender are written in order; when every sender is gone the connection is shut.
+pub fn transport<T>(io: T) -> (Incoming, tokio::sync::mpsc::Sender<Vec<u8>>, JoinHandle<()>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (reader, mut writer) = tokio::io::split(io);
+    let incoming = futures::stream::unfold(reader, |mut r| async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Bytes::from(buf), r))
+            }
+        }
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let write = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    (Box::pin(incoming), tx, write)
 }
 
 /// Bytes in, frames out.

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -24,11 +25,11 @@ pub const V4: &str = "v4.channel.k8s.io";
 /// What exec and attach speak, best first.
 pub const CHANNEL_PROTOCOLS: &[&str] = &[V5, V4];
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const STATUS: u8 = 3;
-const RESIZE: u8 = 4;
+pub const STDIN: u8 = 0;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+pub const STATUS: u8 = 3;
+pub const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -144,18 +145,105 @@ pub fn status(result: &Result<i32, String>, command: &[String]) -> serde_json::V
     }
 }
 
-/// Run one exec session on `ws`: `target` is the container id, or why there is none to run
-/// in (reported on the status channel).
-pub async fn exec_session(
-    ws: Ws,
-    protocol: &'static str,
-    rt: Runtime,
-    target: Result<String, String>,
-    opts: ExecOptions,
-) {
+/// What a session runs: given the streams and a token cancelled when the client goes away,
+/// the exit code (0 for attach) or why it could not run.
+pub type Run = Box<
+    dyn FnOnce(ExecStreams, component::CancellationToken) -> BoxFuture<'static, Result<i32, String>>
+        + Send,
+>;
+
+/// Exec `command` in container `target` (or report why there is none to run in).
+pub fn exec_run(rt: Runtime, target: Result<String, String>, command: Vec<String>) -> Run {
+    Box::new(move |streams, cancel| {
+        Box::pin(async move {
+            let id = target?;
+            rt.exec_streaming(&id, &command, streams, cancel)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// Attach to the output of a container's main process until it exits or the client leaves.
+/// Input is not delivered: containers are created without a stdin, so `kubectl attach -i`
+/// only shows output.
+pub fn attach_run(
+    target: Result<tokio::sync::broadcast::Receiver<crate::logs::Output>, String>,
+) -> Run {
+    use tokio::sync::broadcast::error::RecvError;
+    Box::new(move |streams, cancel| {
+        Box::pin(async move {
+            let mut output = target?;
+            loop {
+                let next = tokio::select! {
+                    next = output.recv() => next,
+                    _ = cancel.cancelled() => break,
+                };
+                let (to, data) = match next {
+                    Ok((STDOUT, data)) => (&streams.stdout, data),
+                    Ok((_, data)) => (&streams.stderr, data),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                };
+                if let Some(to) = to {
+                    if to.send(data).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(0)
+        })
+    })
+}
+
+/// A session's side of a transport (WebSocket channels or SPDY streams): where channel
+/// frames go, and the client's input.
+pub struct Channels {
+    /// `(channel, bytes)`: STDOUT, STDERR, and finally STATUS.
+    pub frames: mpsc::Sender<(u8, Bytes)>,
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    pub resize: Option<mpsc::Receiver<(u16, u16)>>,
+    /// Cancelled when the client goes away.
+    pub cancel: component::CancellationToken,
+}
+
+/// Run `run` with its output on `ch.frames`, then send the final status.
+pub async fn run_session(ch: Channels, opts: &ExecOptions, run: Run) {
+    let mut adapters = tokio::task::JoinSet::new();
+    let mut tagged = |channel: u8, wanted: bool| {
+        wanted.then(|| {
+            let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+            let frames = ch.frames.clone();
+            adapters.spawn(async move {
+                while let Some(data) = rx.recv().await {
+                    if frames.send((channel, data)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tx
+        })
+    };
+    let streams = ExecStreams {
+        stdout: tagged(STDOUT, opts.stdout),
+        stderr: tagged(STDERR, opts.stderr && !opts.tty),
+        stdin: ch.stdin,
+        tty: opts.tty,
+        resize: ch.resize,
+    };
+    let result = run(streams, ch.cancel).await;
+    while adapters.join_next().await.is_some() {}
+    let status = status(&result, &opts.command);
+    let _ = ch
+        .frames
+        .send((STATUS, Bytes::from(status.to_string())))
+        .await;
+}
+
+/// Serve one exec or attach session on `ws` in `protocol`.
+pub async fn session(ws: Ws, protocol: &'static str, opts: ExecOptions, run: Run) {
     let (sink, mut source) = ws.split();
     let (frames_tx, writer) = spawn_writer(sink);
-
     let cancel = component::CancellationToken::new();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
     let (resize_tx, resize_rx) = mpsc::channel::<(u16, u16)>(4);
@@ -180,13 +268,8 @@ pub async fn exec_session(
                         }
                     }
                     (Some(&RESIZE), _) => {
-                        let size: serde_json::Value =
-                            serde_json::from_slice(&data[1..]).unwrap_or_default();
-                        let dim = |k: &str| size[k].as_u64().and_then(|v| u16::try_from(v).ok());
-                        if let (Some(tx), Some(w), Some(h)) =
-                            (&resize_tx, dim("Width"), dim("Height"))
-                        {
-                            let _ = tx.send((w, h)).await;
+                        if let (Some(tx), Some(size)) = (&resize_tx, parse_size(&data[1..])) {
+                            let _ = tx.send(size).await;
                         }
                     }
                     (Some(&CLOSE), Some(&STDIN)) if protocol == V5 => stdin_tx = None,
@@ -198,48 +281,29 @@ pub async fn exec_session(
             cancel.cancel();
         })
     };
-
-    let mut adapters = tokio::task::JoinSet::new();
-    let mut tagged = |channel: u8, wanted: bool| {
-        wanted.then(|| {
-            let (tx, mut rx) = mpsc::channel::<Bytes>(16);
-            let frames = frames_tx.clone();
-            adapters.spawn(async move {
-                while let Some(data) = rx.recv().await {
-                    if frames.send((channel, data)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            tx
-        })
-    };
-    let streams = ExecStreams {
-        stdout: tagged(STDOUT, opts.stdout),
-        stderr: tagged(STDERR, opts.stderr && !opts.tty),
+    let ch = Channels {
+        frames: frames_tx,
         stdin: opts.stdin.then_some(stdin_rx),
-        tty: opts.tty,
         resize: opts.tty.then_some(resize_rx),
+        cancel,
     };
-    let result = match target {
-        Ok(id) => rt
-            .exec_streaming(&id, &opts.command, streams, cancel.clone())
-            .await
-            .map_err(|e| e.to_string()),
-        Err(message) => {
-            drop(streams);
-            Err(message)
-        }
-    };
-    while adapters.join_next().await.is_some() {}
-    let status = status(&result, &opts.command);
-    let _ = frames_tx
-        .send((STATUS, Bytes::from(status.to_string())))
-        .await;
-    drop(frames_tx);
+    run_session(ch, &opts, run).await;
     let _ = writer.await;
     // The client answers the close; give it a moment, then drop the connection regardless.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
+    let mut reader = reader;
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
+}
+
+/// A terminal size message, `{"Width":80,"Height":24}`.
+pub fn parse_size(json: &[u8]) -> Option<(u16, u16)> {
+    let size: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let dim = |k: &str| size[k].as_u64().and_then(|v| u16::try_from(v).ok());
+    Some((dim("Width")?, dim("Height")?))
 }
 
 type Sink = futures::stream::SplitSink<Ws, Message>;
@@ -263,61 +327,6 @@ fn spawn_writer(mut sink: Sink) -> (mpsc::Sender<(u8, Bytes)>, tokio::task::Join
         let _ = sink.send(Message::Close(Some(close))).await;
     });
     (frames_tx, writer)
-}
-
-/// Run one attach session: the output of the container's main process (`target`, or why
-/// there is none) until the container exits or the client leaves. Input is not delivered:
-/// containers are created without a stdin, so `kubectl attach -i` only shows output.
-pub async fn attach_session(
-    ws: Ws,
-    target: Result<tokio::sync::broadcast::Receiver<crate::logs::Output>, String>,
-    opts: ExecOptions,
-) {
-    let (sink, mut source) = ws.split();
-    let (frames_tx, writer) = spawn_writer(sink);
-    let cancel = component::CancellationToken::new();
-    let reader = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = source.next().await {
-                if msg.is_close() {
-                    break;
-                }
-            }
-            cancel.cancel();
-        })
-    };
-    let result = match target {
-        Ok(mut output) => {
-            loop {
-                let next = tokio::select! {
-                    next = output.recv() => next,
-                    _ = cancel.cancelled() => break,
-                };
-                match next {
-                    Ok((channel, data)) => {
-                        let wanted = match channel {
-                            STDOUT => opts.stdout,
-                            _ => opts.stderr,
-                        };
-                        if wanted && frames_tx.send((channel, data)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-            Ok(0)
-        }
-        Err(message) => Err(message),
-    };
-    let _ = frames_tx
-        .send((STATUS, Bytes::from(status(&result, &[]).to_string())))
-        .await;
-    drop(frames_tx);
-    let _ = writer.await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
 }
 
 #[cfg(test)]
