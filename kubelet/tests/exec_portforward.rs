@@ -249,6 +249,10 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         json!({"metadata": {"name": "shell"},
                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
                         "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sh", "-c", "sleep 3600"]}]}}),
+        json!({"metadata": {"name": "mixed"},
+               "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "restartPolicy": "Never",
+                        "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sh", "-c", "sleep 3600"]},
+                                       {"name": "done", "image": "kaze/busybox:1", "command": ["true"]}]}}),
         json!({"metadata": {"name": "ticker"},
                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
                         "containers": [{"name": "main", "image": "kaze/busybox:1",
@@ -262,7 +266,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
             .await
             .expect("create pod");
     }
-    for name in ["shell", "ticker", "web"] {
+    for name in ["shell", "mixed", "ticker", "web"] {
         eventually(
             &format!("pod {name} Running"),
             Duration::from_secs(60),
@@ -463,7 +467,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     let answer = kubelet_get("/exec/default/shell/nope?command=ls&stdout=1".into()).await;
     assert_eq!(
         answer,
-        "container \"nope\" not found in pod default/shell\n404"
+        "container \"nope\" not found in pod default/shell (not running on this node)\n404"
     );
     let answer = kubelet_get("/portForward/default/nosuch".into()).await;
     assert!(answer.ends_with("\n404"), "{answer}");
@@ -493,6 +497,68 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         text(&out.stderr).contains("container nope is not valid for pod shell"),
         "{}",
         text(&out.stderr)
+    );
+
+    // A container that has exited is gone from the node: refused before the upgrade, as
+    // upstream's "container not found".
+    eventually("container done exited", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let st = pods.get("mixed").await.ok()?.status?;
+            st.container_statuses?
+                .iter()
+                .any(|c| {
+                    c.name == "done" && c.state.as_ref().is_some_and(|s| s.terminated.is_some())
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    let out = kubectl(
+        &kubeconfig,
+        &["exec", "mixed", "-c", "done", "--", "ls"],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(
+            "container \"done\" not found in pod default/mixed (not running on this node)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // kubectl cp is tar over exec: binary data both ways, byte for byte.
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let local = dir.path().join("blob.bin");
+    std::fs::write(&local, &data).expect("write blob");
+    let back = dir.path().join("blob.back");
+    for args in [
+        vec![
+            "cp".to_string(),
+            local.display().to_string(),
+            "shell:/tmp/blob.bin".into(),
+        ],
+        vec![
+            "cp".to_string(),
+            "shell:/tmp/blob.bin".into(),
+            back.display().to_string(),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = kubectl(&kubeconfig, &args, None).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(
+        std::fs::read(&back).expect("copied back") == data,
+        "kubectl cp round trip changed the bytes"
     );
 
     // attach: the main process's output as it is written, over WebSockets and SPDY.
@@ -545,7 +611,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     );
 
     // The kubelet stops and removes the pods (nothing left in containerd or on the host).
-    for name in ["shell", "ticker", "web"] {
+    for name in ["shell", "mixed", "ticker", "web"] {
         pods.delete(name, &DeleteParams::default())
             .await
             .expect("delete");

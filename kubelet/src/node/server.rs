@@ -142,10 +142,15 @@ async fn channelled(
     };
     let found = match ctx.rt.find_container(&uid, container).await {
         Ok(Some(found)) => found,
+        // Upstream answers "container not found" too: an exited container is removed (or
+        // the name is unknown; the apiserver has checked it against the pod spec already).
         Ok(None) => {
             return Err(text(
                 StatusCode::NOT_FOUND,
-                format!("container {container:?} not found in pod {ns}/{pod}"),
+                format!(
+                    "container {container:?} not found in pod {ns}/{pod} (not running on this \
+                     node)"
+                ),
             ))
         }
         Err(e) => return Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
