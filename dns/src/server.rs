@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,7 @@ pub struct DnsServer {
     http_addr: Option<SocketAddr>,
     server: hickory_server::Server<Handler>,
     handler: Handler,
-    udp: Vec<UdpSocket>,
+    udp: Vec<std::net::UdpSocket>,
     http: Option<TcpListener>,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
@@ -124,6 +124,9 @@ impl DnsServer {
         let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
         // cancelled after the lameduck period; everything that stops serving waits on it
         let stop = CancellationToken::new();
+        // the UDP threads cannot be aborted like tasks: if this future is dropped instead
+        // of run to the end, they must still hear that serving is over
+        let _stop_on_drop = stop.clone().drop_guard();
 
         if let Some(listener) = http {
             let app = router(status.clone(), metrics);
@@ -157,8 +160,9 @@ impl DnsServer {
         for socket in udp {
             let token = stop.clone();
             let handler = handler.clone();
-            tasks.spawn(async move {
-                let result = crate::udp::serve(socket, handler, token.clone()).await;
+            let runtime = tokio::runtime::Handle::current();
+            tasks.spawn_blocking(move || {
+                let result = crate::udp::serve_blocking(socket, handler, token.clone(), runtime);
                 if token.is_cancelled() {
                     return Ok(());
                 }
@@ -206,7 +210,7 @@ impl DnsServer {
 
 /// Binds UDP and TCP on one address. With port 0 the TCP port must equal the UDP one the
 /// kernel chose, which may be taken for TCP: retry a few times.
-async fn bind_pair(addr: SocketAddr) -> Result<(Vec<UdpSocket>, TcpListener), Error> {
+async fn bind_pair(addr: SocketAddr) -> Result<(Vec<std::net::UdpSocket>, TcpListener), Error> {
     let mut last = None;
     for _ in 0..16 {
         let udp = bind_udp_group(addr).map_err(|source| Error::Bind { addr, source })?;
@@ -226,14 +230,14 @@ async fn bind_pair(addr: SocketAddr) -> Result<(Vec<UdpSocket>, TcpListener), Er
 }
 
 /// One UDP socket per core on the same address (SO_REUSEPORT): each gets its own receive
-/// loop, and a single loop caps a server at one core's worth of queries.
-fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<UdpSocket>> {
+/// thread, and a single loop caps a server at one core's worth of queries.
+fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<std::net::UdpSocket>> {
     let count = udp_sockets_per_address();
     let first = reuseport_udp(addr)?;
     let local = first.local_addr()?;
-    let mut sockets = vec![UdpSocket::from_std(first)?];
+    let mut sockets = vec![first];
     for _ in 1..count {
-        sockets.push(UdpSocket::from_std(reuseport_udp(local)?)?);
+        sockets.push(reuseport_udp(local)?);
     }
     Ok(sockets)
 }
@@ -247,7 +251,6 @@ fn reuseport_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }

@@ -121,13 +121,15 @@ impl Batch {
     }
 
     /// Replies queued and not yet sent.
+    #[cfg(test)]
     pub fn unsent(&self) -> usize {
         self.pending_len - self.sent
     }
 
-    /// Receives up to [`BATCH`] datagrams without blocking (`WouldBlock` when none are
-    /// waiting), replacing the previous batch and its replies.
-    pub fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+    /// Receives up to [`BATCH`] datagrams, replacing the previous batch and its replies.
+    /// With `block`, waits for the first one (up to the socket's receive timeout, then
+    /// `WouldBlock`) and takes whatever else is already queued; without, never waits.
+    pub fn recv(&mut self, fd: BorrowedFd<'_>, block: bool) -> io::Result<usize> {
         self.received = 0;
         self.pending_len = 0;
         self.sent = 0;
@@ -152,7 +154,11 @@ impl Batch {
                 fd.as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 BATCH as _,
-                libc::MSG_DONTWAIT,
+                if block {
+                    libc::MSG_WAITFORONE
+                } else {
+                    libc::MSG_DONTWAIT
+                },
                 std::ptr::null_mut(),
             )
         };
@@ -168,10 +174,11 @@ impl Batch {
         Ok(n)
     }
 
-    /// Sends the queued replies without blocking. `WouldBlock` means the socket buffer is
-    /// full: wait until writable and call again, it resumes where it stopped. A reply the
-    /// kernel refuses is dropped (UDP gives no delivery promise) and the rest still go out.
-    pub fn send(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    /// Sends the queued replies; with `block`, waits for room in the socket buffer,
+    /// without, returns `WouldBlock` when it is full: wait until writable and call again,
+    /// it resumes where it stopped. A reply the kernel refuses is dropped (UDP gives no
+    /// delivery promise) and the rest still go out.
+    pub fn send(&mut self, fd: BorrowedFd<'_>, block: bool) -> io::Result<()> {
         while self.sent < self.pending_len {
             // SAFETY: as in recv
             let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
@@ -196,7 +203,7 @@ impl Batch {
                     fd.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     count as _,
-                    libc::MSG_DONTWAIT,
+                    if block { 0 } else { libc::MSG_DONTWAIT },
                 )
             };
             if n < 0 {
@@ -237,7 +244,7 @@ mod tests {
         let mut got = 0;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got < 3 {
-            match batch.recv(server.as_fd()) {
+            match batch.recv(server.as_fd(), false) {
                 Ok(n) => {
                     for i in 0..n {
                         let d = batch.datagram(i).to_vec();
@@ -248,7 +255,7 @@ mod tests {
                         batch.set_reply_with_id(i, &[0, 0, d[0] + 10]);
                     }
                     assert_eq!(batch.unsent(), n);
-                    batch.send(server.as_fd()).unwrap();
+                    batch.send(server.as_fd(), false).unwrap();
                     assert_eq!(batch.unsent(), 0);
                     got += n;
                 }
@@ -272,9 +279,17 @@ mod tests {
     fn an_empty_socket_would_block() {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut batch = Batch::new();
-        let err = batch.recv(server.as_fd()).unwrap_err();
+        let err = batch.recv(server.as_fd(), false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         assert_eq!(batch.len(), 0);
-        batch.send(server.as_fd()).unwrap();
+        batch.send(server.as_fd(), false).unwrap();
+        // blocking, it waits for the receive timeout, then gives up the same way
+        server
+            .set_read_timeout(Some(std::time::Duration::from_millis(20)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = batch.recv(server.as_fd(), true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(15));
     }
 }

@@ -1,6 +1,9 @@
-//! The UDP server: one task per SO_REUSEPORT socket, moving datagrams in batches
+//! The UDP server: one thread per SO_REUSEPORT socket, moving datagrams in batches
 //! (`recvmmsg`/`sendmmsg`, see [`crate::sys`]) and answering repeated cluster questions from
-//! a per-socket cache of encoded responses.
+//! a per-socket cache of encoded responses. A dedicated thread blocked in `recvmmsg` is
+//! woken by the kernel itself when a query lands (knotd's UDP workers work the same way),
+//! and a busy runtime elsewhere in the process (`kaze server` runs the whole control plane
+//! on one) cannot delay DNS answers.
 //!
 //! Why a cache is safe: a cluster answer is a pure function of the request bytes (id aside)
 //! and the zone snapshot. The cache key is the whole datagram after the id, the value the
@@ -21,7 +24,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Header, MessageType, ResponseCode};
@@ -29,9 +32,8 @@ use hickory_server::proto::rr::RecordType;
 use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::Request;
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio::task::JoinSet;
+use std::net::UdpSocket;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{encode_udp_response, qtype_name, rcode_name, Handler};
@@ -122,28 +124,37 @@ impl AnswerCache {
     }
 }
 
-/// Serves one socket until `stop` is cancelled. Returns an error only when the socket
-/// becomes unusable.
-pub(crate) async fn serve(
+/// How often a blocked receive loop looks at its stop token.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// Serves one socket on the calling (dedicated) thread until `stop` is cancelled: blocking
+/// `recvmmsg` wakes this thread directly when a datagram lands, with no runtime in
+/// between, as knotd's UDP workers do. Forwarded queries run as tasks on `runtime`.
+pub(crate) fn serve_blocking(
     socket: UdpSocket,
     handler: Handler,
     stop: CancellationToken,
+    runtime: tokio::runtime::Handle,
 ) -> io::Result<()> {
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(STOP_POLL))?;
     let socket = Arc::new(socket);
     let mut batch = Batch::new();
     let mut cache = AnswerCache::with_budget(CACHE_BUDGET);
     let mut tally = Tally::default();
-    // forwarded queries in flight; aborted when the socket stops
-    let mut forwards = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(()),
-            ready = socket.readable() => ready?,
-        }
-        match socket.try_io(Interest::READABLE, || batch.recv(socket.as_fd())) {
+    while !stop.is_cancelled() {
+        match batch.recv(socket.as_fd(), true) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(e) if unrecoverable(&e) => return Err(e),
             Err(error) => {
                 tracing::warn!(%error, "receiving udp queries");
@@ -157,7 +168,7 @@ pub(crate) async fn serve(
             if let Some(request) =
                 answer(&handler, &snapshot, &mut batch, &mut cache, &mut tally, i)
             {
-                forwards.spawn(forward(handler.clone(), socket.clone(), request));
+                runtime.spawn(forward(handler.clone(), socket.clone(), request));
             }
         }
         drop(snapshot);
@@ -165,21 +176,13 @@ pub(crate) async fn serve(
         handler
             .metrics()
             .record_tally(&mut tally, started.elapsed());
-        while batch.unsent() > 0 {
-            match socket.try_io(Interest::WRITABLE, || batch.send(socket.as_fd())) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return Ok(()),
-                        ready = socket.writable() => ready?,
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        // blocking sends wait for buffer room and drop what the kernel refuses; an error
+        // here would be a socket we can no longer use
+        if let Err(error) = batch.send(socket.as_fd(), true) {
+            tracing::warn!(%error, "sending udp answers");
         }
-        while forwards.try_join_next().is_some() {}
     }
+    Ok(())
 }
 
 /// Answers datagram `i` of `batch` into its slot, or hands back the parsed request when it
@@ -238,6 +241,8 @@ pub(crate) fn answer(
     None
 }
 
+/// Answers a name outside the zone; runs as a task so a slow upstream never stalls the
+/// receive loop.
 async fn forward(handler: Handler, socket: Arc<UdpSocket>, request: Request) {
     let started = Instant::now();
     let reply = handler.reply(&request).await;
@@ -247,7 +252,8 @@ async fn forward(handler: Handler, socket: Arc<UdpSocket>, request: Request) {
         rcode_name(rcode),
         started.elapsed(),
     );
-    if let Err(error) = socket.send_to(&bytes, request.src()).await {
+    // a UDP send does not wait for the peer, at worst briefly for buffer room
+    if let Err(error) = socket.send_to(&bytes, request.src()) {
         tracing::debug!(%error, dst = %request.src(), "sending a forwarded answer");
     }
 }

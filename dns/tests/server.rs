@@ -530,6 +530,32 @@ async fn graceful_shutdown_stops_every_listener() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_serve_also_stops_the_udp_threads() {
+    let mut state = ClusterState::new(Name::from_ascii("abort.test.").unwrap(), 5);
+    state
+        .apply_service(&cluster_ip_service("only", "probe", &["10.43.8.8"], &[]))
+        .unwrap();
+    let mut kaze = Kaze::start(&state, vec![]).await;
+    let probe = || async {
+        let q = query_message("probe.only.svc.abort.test.", RecordType::A, None);
+        match udp_raw(kaze.addr, &q.to_vec().unwrap()).await {
+            Some(reply) => hickory_server::proto::op::Message::from_vec(&reply)
+                .map(|m| outcome(&m).answers == vec!["probe.only.svc.abort.test. A 10.43.8.8"])
+                .unwrap_or(false),
+            None => false,
+        }
+    };
+    assert!(probe().await);
+    // the task is dropped mid-serve, without the shutdown token: threads cannot be
+    // aborted, so they must notice on their own
+    let task = kaze.task.take().unwrap();
+    task.abort();
+    let _ = task.await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!probe().await, "udp still served after serve() was dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lameduck_keeps_answering_while_health_fails_then_stops() {
     let state = cluster();
     let mut kaze = Kaze::start_with_lameduck(&state, vec![], Duration::from_millis(1500)).await;
