@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    DeleteTaskRequest, GetContainerRequest, GetRequest, KillRequest, WaitRequest,
+    Container, DeleteTaskRequest, GetContainerRequest, GetRequest, KillRequest,
+    UpdateContainerRequest, WaitRequest,
 };
 use containerd_client::tonic::Code;
 use containerd_client::types::v1::Status as TaskStatus;
@@ -15,8 +16,8 @@ use tokio::sync::watch;
 use super::sandbox::Sandbox;
 use super::{
     stable_id, Runtime, KIND_CONTAINER, LABEL_ATTEMPT, LABEL_CGROUP, LABEL_CONTAINER_NAME,
-    LABEL_KIND, LABEL_LOG_PATH, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
-    LABEL_SANDBOX_ID,
+    LABEL_EXIT, LABEL_KIND, LABEL_LOG_PATH, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
+    LABEL_SANDBOX_ID, LABEL_STARTED_AT,
 };
 use crate::error::{Context, Error, Result};
 use crate::logs::{self, LogPump};
@@ -64,6 +65,28 @@ pub struct ContainerStatus {
     pub image: String,
     pub log_path: PathBuf,
     pub state: ContainerState,
+    /// When it was started (also in its `io.kaze.container.started-at` label).
+    pub started_at: jiff::Timestamp,
+}
+
+impl ExitInfo {
+    /// The value of the `io.kaze.container.exit` label.
+    pub(crate) fn to_label(&self) -> String {
+        format!("{} {} {}", self.exit_code, self.reason, self.finished_at)
+    }
+
+    pub(crate) fn from_label(s: &str) -> Option<ExitInfo> {
+        let mut w = s.split(' ');
+        let exit_code = w.next()?.parse().ok()?;
+        let reason = w.next()?.to_string();
+        let finished_at = w.next()?.parse().ok()?;
+        Some(ExitInfo {
+            exit_code,
+            oom_killed: reason == "OOMKilled",
+            reason,
+            finished_at,
+        })
+    }
 }
 
 /// Where the pid of a container's FIFO keeper is recorded.
@@ -146,6 +169,9 @@ impl Runtime {
             resources: c.resources.clone(),
             mounts,
         });
+        // Taken just before the task starts and kept in a label: a restarted kubelet
+        // reports the same startedAt.
+        let started_at = jiff::Timestamp::now();
         let labels = HashMap::from([
             (LABEL_KIND.to_string(), KIND_CONTAINER.to_string()),
             (LABEL_POD_NAMESPACE.into(), sandbox.namespace.clone()),
@@ -156,6 +182,7 @@ impl Runtime {
             (LABEL_ATTEMPT.into(), c.attempt.to_string()),
             (LABEL_LOG_PATH.into(), log_path.display().to_string()),
             (LABEL_CGROUP.into(), cgroup),
+            (LABEL_STARTED_AT.into(), started_at.to_string()),
         ]);
 
         let fifo_dir = sandbox.dir.join("fifo");
@@ -195,6 +222,7 @@ impl Runtime {
             image: image.name,
             log_path,
             state: ContainerState::Running { pid },
+            started_at,
         })
     }
 
@@ -242,6 +270,36 @@ impl Runtime {
                 }
             };
             let oom_killed = rt.oom_killed(&id).await;
+            let reason = if oom_killed {
+                "OOMKilled"
+            } else if exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            let exit = ExitInfo {
+                exit_code,
+                reason: reason.into(),
+                oom_killed,
+                finished_at,
+            };
+            // Kept on the container: once the task is deleted, a kubelet started after this
+            // one has no other way to learn how it ended.
+            let mut labels = HashMap::new();
+            labels.insert(LABEL_EXIT.to_string(), exit.to_label());
+            let update = UpdateContainerRequest {
+                container: Some(Container {
+                    id: id.clone(),
+                    labels,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![format!("labels.{LABEL_EXIT}")],
+                }),
+            };
+            if let Err(e) = cd.containers().update(cd.req(update, None)).await {
+                tracing::debug!(id = %id, error = %e.message(), "recording a container's exit");
+            }
             // Delete the exited task now, as the CRI plugin does: the shim first finishes
             // copying the output into the FIFOs, so once the pump has drained them the log
             // is complete before anyone sees the exit.
@@ -263,20 +321,8 @@ impl Runtime {
             if let Some(p) = pump {
                 p.finish().await;
             }
-            let reason = if oom_killed {
-                "OOMKilled"
-            } else if exit_code == 0 {
-                "Completed"
-            } else {
-                "Error"
-            };
             // send_replace stores the exit even when nobody is subscribed right now.
-            tx.send_replace(Some(ExitInfo {
-                exit_code,
-                reason: reason.into(),
-                oom_killed,
-                finished_at,
-            }));
+            tx.send_replace(Some(exit));
         });
         rx
     }
@@ -464,5 +510,22 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_label_round_trips() {
+        let exit = ExitInfo {
+            exit_code: 137,
+            reason: "OOMKilled".into(),
+            oom_killed: true,
+            finished_at: "2026-11-26T03:01:02.123456789Z".parse().expect("time"),
+        };
+        assert_eq!(ExitInfo::from_label(&exit.to_label()), Some(exit));
+        assert_eq!(ExitInfo::from_label("garbage"), None);
     }
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use adopt::FoundContainer as AdoptedContainer;
 pub use container::{ContainerConfig, ContainerState, ContainerStatus, ExitInfo};
 pub use exec::{ExecOutput, ExecStreams, FoundContainer};
 pub use sandbox::{PodSandboxConfig, Sandbox};
@@ -35,6 +36,12 @@ pub const LABEL_POD_UID: &str = "io.kaze.pod.uid";
 pub const LABEL_SANDBOX_ID: &str = "io.kaze.sandbox.id";
 pub const LABEL_CONTAINER_NAME: &str = "io.kaze.container.name";
 pub const LABEL_ATTEMPT: &str = "io.kaze.container.attempt";
+/// When the kubelet started the container (RFC 3339), so a restarted kubelet reports the
+/// same `startedAt`.
+pub const LABEL_STARTED_AT: &str = "io.kaze.container.started-at";
+/// How the container ended (`<code> <reason> <finished at>`), written before its exited
+/// task is deleted: the task held the only other record.
+pub const LABEL_EXIT: &str = "io.kaze.container.exit";
 pub const LABEL_LOG_PATH: &str = "io.kaze.log.path";
 pub const LABEL_CGROUP: &str = "io.kaze.cgroup";
 pub const KIND_SANDBOX: &str = "sandbox";
