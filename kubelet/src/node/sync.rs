@@ -3,7 +3,8 @@
 //! annotation changes for the downward API), write each worker's status back with the
 //! status subresource (only when it changed), and when a pod is deleted gracefully stop it,
 //! post its final status and remove it from the API (the kubelet's half of graceful
-//! deletion).
+//! deletion). After a restart the workers adopt what runs (`pod::worker`), and what runs
+//! here for a pod the API no longer has (deleted while the kubelet was down) is removed.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -108,6 +109,40 @@ async fn finish(client: Client, running: Running, uid: String, delete_from_api: 
     }
 }
 
+/// Stop and remove whatever the runtime still has of pod `uid` (no worker runs for it).
+async fn remove_leftovers(rt: Runtime, uid: String, grace: Duration) {
+    match rt.pod_containers(&uid).await {
+        Ok(c) if c.is_empty() && rt.read_record(&uid).is_none() => return,
+        Ok(_) => {}
+        Err(e) => tracing::warn!(pod_uid = %uid, error = %e, "listing a pod's containers"),
+    }
+    tracing::info!(pod_uid = %uid, "removing a pod this node no longer runs");
+    if let Err(e) = rt.stop_pod(&uid, grace).await {
+        tracing::warn!(pod_uid = %uid, error = %e, "stopping a pod this node no longer runs");
+    }
+    if let Err(e) = rt.remove_pod(&uid).await {
+        tracing::warn!(pod_uid = %uid, error = %e, "removing a pod this node no longer runs");
+    }
+}
+
+/// Pods the runtime has on this node: sandboxes in containerd, and pod dirs whose sandbox
+/// never made it there.
+async fn runtime_pods(rt: &Runtime) -> Vec<String> {
+    let mut uids = rt.list_pod_uids().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "listing this node's sandboxes");
+        Vec::new()
+    });
+    if let Ok(dir) = std::fs::read_dir(rt.config().root_dir.join("pods")) {
+        uids.extend(
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    uids.sort();
+    uids.dedup();
+    uids
+}
+
 pub async fn run(
     client: Client,
     rt: Runtime,
@@ -121,6 +156,9 @@ pub async fn run(
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut relist: Option<Vec<Pod>> = None;
     let mut finishing = tokio::task::JoinSet::new();
+    // The first list after a start is the only moment pods deleted while no kubelet ran
+    // can be told apart: the runtime still has them, the API does not.
+    let mut first_list = true;
 
     loop {
         let ev = tokio::select! {
@@ -159,13 +197,29 @@ pub async fn run(
                         finishing.spawn(finish(client.clone(), r, uid, false));
                     }
                 }
+                if std::mem::take(&mut first_list) {
+                    for uid in runtime_pods(&rt).await {
+                        if !live.contains(&uid) {
+                            // Its spec is gone: upstream kills such pods with the minimum grace, 2 s.
+                            let grace = Duration::from_secs(2);
+                            finishing.spawn(remove_leftovers(rt.clone(), uid, grace));
+                        }
+                    }
+                }
                 pods
             }
             Some(Ok(Event::Apply(p))) => vec![p],
             Some(Ok(Event::Delete(p))) => {
                 if let Some(uid) = p.metadata.uid.clone() {
-                    if let Some(r) = running.remove(&uid) {
-                        finishing.spawn(finish(client.clone(), r, uid, false));
+                    match running.remove(&uid) {
+                        Some(r) => {
+                            finishing.spawn(finish(client.clone(), r, uid, false));
+                        }
+                        // E.g. a terminal pod, which has no worker after a restart.
+                        None => {
+                            let grace = pod::spec::grace_period(&p);
+                            finishing.spawn(remove_leftovers(rt.clone(), uid, grace));
+                        }
                     }
                 }
                 continue;
@@ -183,7 +237,9 @@ pub async fn run(
                         finishing.spawn(finish(client.clone(), r, uid, true));
                     }
                     None => {
-                        // Nothing runs for it here (any more): let the API drop it.
+                        // No worker runs it (deleted while the kubelet was down, or
+                        // terminal): stop what the runtime still has, then let the API
+                        // drop it.
                         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                         let dp = DeleteParams {
                             grace_period_seconds: Some(0),
@@ -193,7 +249,11 @@ pub async fn run(
                             }),
                             ..Default::default()
                         };
-                        let _ = api.delete(&name, &dp).await;
+                        let (rt, grace) = (rt.clone(), pod::spec::grace_period(&p));
+                        finishing.spawn(async move {
+                            remove_leftovers(rt, uid, grace).await;
+                            let _ = api.delete(&name, &dp).await;
+                        });
                     }
                 }
                 continue;

@@ -20,6 +20,8 @@ use super::status::{pod_status, terminated};
 use crate::runtime::{ContainerState, Runtime, Sandbox};
 use crate::volume::{PodVolumes, Source};
 
+mod adopt;
+
 /// Restart timing. Upstream: 10 s doubling to 5 min.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -72,6 +74,25 @@ pub(super) struct Running {
     startup: Option<ProbeTracker>,
     liveness: Option<ProbeTracker>,
     readiness: Option<ProbeTracker>,
+}
+
+impl Running {
+    /// Container `id` of `spec`, started at `started_at` (`started`: the same on the
+    /// monotonic clock, from which probes' initial delays count).
+    fn new(id: String, spec: &Container, started_at: jiff::Timestamp, started: Instant) -> Running {
+        let tracker = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref()
+                .and_then(|p| ProbeSpec::from_api(spec, p).ok())
+                .map(|s| ProbeTracker::new(s, started))
+        };
+        Running {
+            id,
+            started_at,
+            startup: tracker(&spec.startup_probe),
+            liveness: tracker(&spec.liveness_probe),
+            readiness: tracker(&spec.readiness_probe),
+        }
+    }
 }
 
 /// Which list of the PodSpec a container comes from.
@@ -187,8 +208,15 @@ pub fn spawn_with(
         slots,
         start_time: jiff::Timestamp::now(),
     };
-    // Readers see every container as waiting from the start, never an empty status.
-    let (status_tx, status) = watch::channel(worker.status());
+    // Readers see every container as waiting from the start, never an empty status; a pod
+    // an earlier kubelet reported on keeps that status until this worker has looked at what
+    // runs (see `adopt`), so a restart does not flap its IP or readiness in the API.
+    let reported = worker
+        .pod
+        .status
+        .clone()
+        .filter(|s| s.container_statuses.as_ref().is_some_and(|c| !c.is_empty()));
+    let (status_tx, status) = watch::channel(reported.unwrap_or_else(|| worker.status()));
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(worker.run(status_tx, stop_rx));
     PodHandle {
@@ -234,6 +262,7 @@ impl Worker {
         status: watch::Sender<PodStatus>,
         mut stop: watch::Receiver<bool>,
     ) -> PodStatus {
+        self.adopt().await;
         loop {
             if *stop.borrow() {
                 break;
@@ -581,20 +610,9 @@ impl Worker {
         };
         match self.rt.run_container(&sandbox, &cfg).await {
             Ok(status) => {
-                let started = Instant::now();
                 let slot = &mut self.slots[i];
-                let tracker = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
-                    p.as_ref()
-                        .and_then(|p| ProbeSpec::from_api(&slot.spec, p).ok())
-                        .map(|s| ProbeTracker::new(s, started))
-                };
-                let running = Running {
-                    id: status.id,
-                    started_at: jiff::Timestamp::now(),
-                    startup: tracker(&slot.spec.startup_probe),
-                    liveness: tracker(&slot.spec.liveness_probe),
-                    readiness: tracker(&slot.spec.readiness_probe),
-                };
+                let running =
+                    Running::new(status.id, &slot.spec, status.started_at, Instant::now());
                 slot.started = running.startup.is_none();
                 slot.ready = running.readiness.is_none();
                 slot.restarts = attempt;
