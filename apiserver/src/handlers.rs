@@ -413,24 +413,27 @@ pub fn object_response(
     accept: Accept,
     q: &Query,
 ) -> Response {
+    let converted;
     let body = if let Some(v) = accept.table {
         let rv = obj
             .pointer("/metadata/resourceVersion")
             .cloned()
             .unwrap_or(json!(""));
-        table::table(
+        converted = table::table(
             def,
             std::slice::from_ref(obj),
             Include::parse(q.get("includeObject").map(String::as_str)),
             v,
             json!({"resourceVersion": rv}),
-        )
+        );
+        &converted
     } else if accept.partial_metadata {
-        partial_metadata(obj)
+        converted = partial_metadata(obj);
+        &converted
     } else {
-        obj.clone()
+        obj
     };
-    negotiate::respond(status, &body, accept.format)
+    negotiate::respond(status, body, accept.format)
 }
 
 fn watch_collection(

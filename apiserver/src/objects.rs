@@ -29,6 +29,10 @@ pub fn decode_kv(def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {
 
 /// What is stored: the object without its `resourceVersion` (that is the store's revision).
 pub(crate) fn encode(def: &ResourceDef, obj: &Value) -> Bytes {
+    if def.conversion.is_none() && obj.pointer("/metadata/resourceVersion").is_none() {
+        // Already in stored form (e.g. a new object): no copy needed.
+        return Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
+    }
     let mut v = match def.conversion {
         Some(c) => (c.to_storage)(obj.clone()),
         None => obj.clone(),
@@ -354,6 +358,13 @@ async fn create_named(
         }
         let key = state.key(def, ns, &name);
         match state.store(def).create(&key, encode(def, &checked)).await {
+            // What was stored is `checked`: answer with it rather than decoding it again.
+            Ok(kv) if def.conversion.is_none() => {
+                let mut obj = checked;
+                meta::metadata_mut(&mut obj)
+                    .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                return Ok(obj);
+            }
             Ok(kv) => return decode_kv(def, &kv),
             Err(StoreError::AlreadyExists { .. }) if given.is_empty() => continue,
             Err(e) => return Err(from_store(e, def.plural, def.group, &name)),
