@@ -111,6 +111,120 @@ fn attach_lines(kubeconfig: &Path, websockets: bool, count: usize) -> Vec<String
         .collect()
 }
 
+/// kube-rs's port-forward, by hand: a WebSocket in `v5.channel.k8s.io` with `?ports=`,
+/// straight to the kubelet (its self-signed certificate is not checked). Sends `request`
+/// on port 0's data channel; returns every channel's bytes, in order, until the kubelet
+/// ends the session.
+async fn channel_port_forward(
+    kubelet_port: u16,
+    pod: &str,
+    ports: &[u16],
+    request: &[u8],
+) -> Vec<(u8, Vec<u8>)> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_rustls::rustls;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    #[derive(Debug)]
+    struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", kubelet_port))
+        .await
+        .expect("connect to the kubelet");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("tls");
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let url = format!(
+        "wss://127.0.0.1:{kubelet_port}/portForward/{pod}?ports={}",
+        list.join(",")
+    );
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v5.channel.k8s.io, v4.channel.k8s.io"
+            .parse()
+            .expect("header"),
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls)
+        .await
+        .expect("websocket handshake");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"v5.channel.k8s.io"[..])
+    );
+    let mut msg = vec![0u8];
+    msg.extend_from_slice(request);
+    ws.send(Message::binary(msg)).await.expect("send");
+    let mut got = Vec::new();
+    let read = async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m {
+                if let Some((&channel, data)) = b.split_first() {
+                    got.push((channel, data.to_vec()));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the kubelet ends the session");
+    got
+}
+
 /// Run `kubectl port-forward pod/web :<port>` and make `count` HTTP requests through it;
 /// an error carries what kubectl said.
 fn port_forward(
@@ -191,7 +305,8 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     let _cgroups = support::CgroupGuard(cgroup_root.clone());
     let _leftovers = testkit::NodeGuard {
         node: node.clone(),
-        pod_ip_prefix: "10.244.201.".into(),
+        // 10.244.220.0/24 is this test's alone (node_api 200, volumes 201-203, restart 210-211).
+        pod_ip_prefix: "10.244.220.".into(),
     };
     let containerd = tokio::task::spawn_blocking(testkit::Containerd::start)
         .await
@@ -238,7 +353,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
             &node,
             &PatchParams::default(),
             &Patch::Merge(
-                &json!({"spec": {"podCIDR": "10.244.201.0/24", "podCIDRs": ["10.244.201.0/24"]}}),
+                &json!({"spec": {"podCIDR": "10.244.220.0/24", "podCIDRs": ["10.244.220.0/24"]}}),
             ),
         )
         .await
@@ -597,6 +712,57 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
             );
         }
     }
+    // kube-rs's protocol: the WebSocket channel port-forward with `?ports=`, one connection
+    // per port; each channel starts with its port number, a failure is on the error channel,
+    // and v5 half-closes the data channel when the pod side is done.
+    let got = channel_port_forward(
+        kubelet_port,
+        "default/web",
+        &[8080, 9999],
+        b"GET / HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    for (channel, port) in [(0u8, 8080u16), (1, 8080), (2, 9999), (3, 9999)] {
+        assert!(
+            got.iter()
+                .find(|(c, _)| *c == channel)
+                .map(|(_, d)| d.as_slice())
+                == Some(&port.to_le_bytes()[..]),
+            "channel {channel} starts with port {port}: {got:?}"
+        );
+    }
+    let body: Vec<u8> = got
+        .iter()
+        .filter(|(c, _)| *c == 0)
+        .skip(1)
+        .flat_map(|(_, d)| d.clone())
+        .collect();
+    let body = text(&body);
+    assert!(
+        body.starts_with("HTTP/1.")
+            && body
+                .trim_end()
+                .lines()
+                .last()
+                .is_some_and(|l| l.starts_with("web ")),
+        "the echo pod's answer on channel 0: {body:?}"
+    );
+    let errors: Vec<u8> = got
+        .iter()
+        .filter(|(c, _)| *c == 3)
+        .skip(1)
+        .flat_map(|(_, d)| d.clone())
+        .collect();
+    assert!(
+        text(&errors).contains("error forwarding port 9999 to pod default/web"),
+        "channel 3: {}",
+        text(&errors)
+    );
+    assert!(
+        got.contains(&(255, vec![0])),
+        "v5 closes channel 0 after the answer: {got:?}"
+    );
+
     // Nothing listens on 9999 in the pod: kubectl reports the kubelet's error.
     let kc = kubeconfig.clone();
     let answers = tokio::task::spawn_blocking(move || port_forward(&kc, 9999, true, 1))

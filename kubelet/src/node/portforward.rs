@@ -2,6 +2,11 @@
 //! SPDY/3.1, either on the upgraded connection itself or tunnelled in WebSocket binary
 //! messages (`SPDY/3.1+portforward.k8s.io`, KEP-4006, which kubectl 1.30+ tries first).
 //!
+//! Clients of the WebSocket channel protocol (`v4`/`v5.channel.k8s.io`, kube-rs) instead
+//! name the ports up front (`?ports=80,8080`) and get one connection per port: channel 2i
+//! carries port i's data, 2i+1 its errors, and each channel's first message is the port
+//! (2 bytes, little-endian); v5's close signal half-closes a port's connection.
+//!
 //! For every local connection the client opens two streams with the same `requestid`: an
 //! error stream and a data stream, both naming the `port`. The kubelet connects to
 //! `127.0.0.1:<port>` inside the pod's network namespace and splices the data stream to it;
@@ -221,4 +226,159 @@ async fn forward(
         }
     };
     tokio::join!(up, down);
+}
+
+/// The ports of `?ports=80,8080` (or repeated `ports=`).
+pub fn query_ports(query: &str) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (k, v) in super::stream::form_pairs(query) {
+        if k != "ports" && k != "port" {
+            continue;
+        }
+        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match p.parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => return Err(format!("invalid port {p:?}")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("query parameter \"ports\" is required".into());
+    }
+    if ports.len() > 127 {
+        return Err("too many ports: at most 127 fit the channel numbers".into());
+    }
+    Ok(ports)
+}
+
+/// Serve the WebSocket channel port-forward: one connection per port in `ports`.
+pub async fn over_channels(ws: Ws, protocol: &'static str, ports: Vec<u16>, target: Target) {
+    use super::stream::{spawn_writer, CLOSE, V5};
+    let (sink, mut source) = ws.split();
+    let (frames, writer) = spawn_writer(sink);
+    let mut inbound: Vec<Option<mpsc::Sender<Option<Bytes>>>> = Vec::new();
+    let mut conns = tokio::task::JoinSet::new();
+    for (i, &port) in ports.iter().enumerate() {
+        let (data, error) = (2 * i as u8, 2 * i as u8 + 1);
+        for channel in [data, error] {
+            let _ = frames
+                .send((channel, Bytes::copy_from_slice(&port.to_le_bytes())))
+                .await;
+        }
+        let (tx, rx) = mpsc::channel(64);
+        inbound.push(Some(tx));
+        let (frames, target) = (frames.clone(), target.clone());
+        conns.spawn(async move {
+            let half_close = protocol == V5;
+            forward_channel(port, (data, error), rx, frames, target, half_close).await
+        });
+    }
+    drop(frames);
+    let reader = async {
+        while let Some(Ok(msg)) = source.next().await {
+            let Message::Binary(msg) = msg else {
+                if msg.is_close() {
+                    break;
+                }
+                continue;
+            };
+            match (msg.first().copied(), msg.get(1).copied()) {
+                (Some(CLOSE), Some(channel)) if protocol == V5 => {
+                    if let Some(tx) = inbound.get_mut(usize::from(channel / 2)) {
+                        if channel % 2 == 0 {
+                            if let Some(tx) = tx.take() {
+                                let _ = tx.send(None).await;
+                            }
+                        }
+                    }
+                }
+                (Some(channel), _) if channel % 2 == 0 && msg.len() > 1 => {
+                    let slot = inbound.get_mut(usize::from(channel / 2));
+                    if let Some(Some(tx)) = slot.map(|s| s.as_ref()) {
+                        if tx.send(Some(msg.slice(1..))).await.is_err() {
+                            inbound[usize::from(channel / 2)] = None;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    // The session ends when every connection is done (the pod side closed) or the client
+    // goes away; the writer then closes the WebSocket.
+    tokio::select! {
+        _ = async { while conns.join_next().await.is_some() {} } => {}
+        _ = reader => {}
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+    let _ = writer.await;
+}
+
+/// One port's connection for [`over_channels`].
+async fn forward_channel(
+    port: u16,
+    (data, error): (u8, u8),
+    mut from_client: mpsc::Receiver<Option<Bytes>>,
+    frames: mpsc::Sender<(u8, Bytes)>,
+    target: Target,
+    half_close: bool,
+) {
+    let tcp = match crate::sys::connect_in_netns(&target.netns, port, CONNECT_TIMEOUT).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to pod {}: {e}", target.pod);
+            let _ = frames.send((error, Bytes::from(msg))).await;
+            return;
+        }
+    };
+    let (mut r, mut w) = tcp.into_split();
+    let up = async move {
+        while let Some(Some(chunk)) = from_client.recv().await {
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if frames
+                        .send((data, Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        if half_close {
+            let _ = frames
+                .send((super::stream::CLOSE, Bytes::copy_from_slice(&[data])))
+                .await;
+        }
+    };
+    // Done when the pod side is: as upstream, the client's half is not waited for.
+    tokio::select! {
+        _ = down => {}
+        _ = async { up.await; std::future::pending::<()>().await } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_come_from_the_query() {
+        assert_eq!(query_ports("ports=80%2C8080"), Ok(vec![80, 8080]));
+        assert_eq!(query_ports("ports=80&ports=81"), Ok(vec![80, 81]));
+        assert!(query_ports("ports=http").is_err());
+        assert!(query_ports("").is_err());
+    }
 }

@@ -9,8 +9,8 @@
 //!   (`v4.channel.k8s.io`; [`super::spdy_exec`]);
 //! - `/attach/<ns>/<pod>/<container>`: the same channels carrying the output of the
 //!   container's main process (no stdin: containers are created without one);
-//! - `/portForward/<ns>/<pod>`: SPDY/3.1, raw or tunnelled in a WebSocket
-//!   ([`super::portforward`]).
+//! - `/portForward/<ns>/<pod>`: SPDY/3.1, raw or tunnelled in a WebSocket, or the
+//!   WebSocket channel protocol with `?ports=` ([`super::portforward`]).
 //!
 //! Not done yet: authenticating the caller (the apiserver does not present a client
 //! certificate yet).
@@ -317,18 +317,31 @@ async fn port_forward(
         return text(StatusCode::BAD_REQUEST, "upgrade request required".into());
     };
     if stream::is_websocket(&headers) {
-        let Some(protocol) = stream::negotiate(&headers, &[portforward::TUNNEL]) else {
+        let ours = [portforward::TUNNEL, stream::V5, stream::V4];
+        let Some(protocol) = stream::negotiate(&headers, &ours) else {
             return text(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "port-forward over a WebSocket needs the subprotocol {}",
-                    portforward::TUNNEL
+                    "port-forward over a WebSocket needs one of the subprotocols {}",
+                    ours.join(", ")
                 ),
             );
         };
+        if protocol == portforward::TUNNEL {
+            tokio::spawn(async move {
+                if let Some(ws) = stream::websocket(upgrade).await {
+                    portforward::over_websocket(ws, target).await;
+                }
+            });
+            return stream::accept(&headers, protocol);
+        }
+        let ports = match portforward::query_ports(req.uri().query().unwrap_or("")) {
+            Ok(ports) => ports,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
         tokio::spawn(async move {
             if let Some(ws) = stream::websocket(upgrade).await {
-                portforward::over_websocket(ws, target).await;
+                portforward::over_channels(ws, protocol, ports, target).await;
             }
         });
         return stream::accept(&headers, protocol);

@@ -30,7 +30,8 @@ pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
 pub const STATUS: u8 = 3;
 pub const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+/// v5's "close channel N" signal.
+pub const CLOSE: u8 = 255;
 
 pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -306,10 +307,10 @@ pub fn parse_size(json: &[u8]) -> Option<(u16, u16)> {
     Some((dim("Width")?, dim("Height")?))
 }
 
-type Sink = futures::stream::SplitSink<Ws, Message>;
+pub type Sink = futures::stream::SplitSink<Ws, Message>;
 
 /// Write `(channel, bytes)` frames until every sender is gone, then close the WebSocket.
-fn spawn_writer(mut sink: Sink) -> (mpsc::Sender<(u8, Bytes)>, tokio::task::JoinHandle<()>) {
+pub fn spawn_writer(mut sink: Sink) -> (mpsc::Sender<(u8, Bytes)>, tokio::task::JoinHandle<()>) {
     let (frames_tx, mut frames_rx) = mpsc::channel::<(u8, Bytes)>(32);
     let writer = tokio::spawn(async move {
         while let Some((channel, data)) = frames_rx.recv().await {
