@@ -2,16 +2,16 @@
 //! SPDY/3.1, either on the upgraded connection itself or tunnelled in WebSocket binary
 //! messages (`SPDY/3.1+portforward.k8s.io`, KEP-4006, which kubectl 1.30+ tries first).
 //!
-//! Clients of the WebSocket channel protocol (`v4`/`v5.channel.k8s.io`, kube-rs) instead
-//! name the ports up front (`?ports=80,8080`) and get one connection per port: channel 2i
-//! carries port i's data, 2i+1 its errors, and each channel's first message is the port
-//! (2 bytes, little-endian); v5's close signal half-closes a port's connection.
-//!
 //! For every local connection the client opens two streams with the same `requestid`: an
 //! error stream and a data stream, both naming the `port`. The kubelet connects to
 //! `127.0.0.1:<port>` inside the pod's network namespace and splices the data stream to it;
 //! a failure is written on the error stream. When the pod side closes, the data stream gets
 //! FIN and the error stream is closed empty (which the client reads as "no error").
+//!
+//! Clients of the WebSocket channel protocol (`v4`/`v5.channel.k8s.io`, kube-rs) instead
+//! name the ports up front (`?ports=80,8080`) and get one connection per port: channel 2i
+//! carries port i's data, 2i+1 its errors, and each channel's first message is the port
+//! (2 bytes, little-endian); v5's close signal half-closes a port's connection.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -92,6 +92,8 @@ async fn session(mut incoming: spdy::Incoming, out: mpsc::Sender<Vec<u8>>, targe
     let mut inbound: HashMap<u32, mpsc::Sender<Option<Bytes>>> = HashMap::new();
     let mut conns = tokio::task::JoinSet::new();
     'session: while let Some(chunk) = incoming.next().await {
+        // Reap finished connections: a session may forward many over its life.
+        while conns.try_join_next().is_some() {}
         decoder.push(&chunk);
         loop {
             let frame = match decoder.next_frame() {
