@@ -111,19 +111,9 @@ fn attach_lines(kubeconfig: &Path, websockets: bool, count: usize) -> Vec<String
         .collect()
 }
 
-/// kube-rs's port-forward, by hand: a WebSocket in `v5.channel.k8s.io` with `?ports=`,
-/// straight to the kubelet (its self-signed certificate is not checked). Sends `request`
-/// on port 0's data channel; returns every channel's bytes, in order, until the kubelet
-/// ends the session.
-async fn channel_port_forward(
-    kubelet_port: u16,
-    pod: &str,
-    ports: &[u16],
-    request: &[u8],
-) -> Vec<(u8, Vec<u8>)> {
-    use futures::{SinkExt, StreamExt};
+/// A TLS connection to the kubelet's server; its self-signed certificate is not checked.
+async fn kubelet_tls(kubelet_port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio_rustls::rustls;
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
     #[derive(Debug)]
     struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
@@ -181,10 +171,44 @@ async fn channel_port_forward(
         .await
         .expect("connect to the kubelet");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
-        .expect("tls");
+        .expect("tls")
+}
+
+/// `GET path` straight to the kubelet: the status code and the body.
+async fn kubelet_get(kubelet_port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = kubelet_tls(kubelet_port).await;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.expect("request");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let raw = text(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {raw:?}"));
+    (code, body.to_string())
+}
+
+/// kube-rs's port-forward, by hand: a WebSocket in `v5.channel.k8s.io` with `?ports=`,
+/// straight to the kubelet (its self-signed certificate is not checked). Sends `request`
+/// on port 0's data channel; returns every channel's bytes, in order, until the kubelet
+/// ends the session.
+async fn channel_port_forward(
+    kubelet_port: u16,
+    pod: &str,
+    ports: &[u16],
+    request: &[u8],
+) -> Vec<(u8, Vec<u8>)> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let tls = kubelet_tls(kubelet_port).await;
     let list: Vec<String> = ports.iter().map(u16::to_string).collect();
     let url = format!(
         "wss://127.0.0.1:{kubelet_port}/portForward/{pod}?ports={}",
@@ -562,30 +586,29 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     }
 
     // Straight to the kubelet: a pod or container it does not run is a 404 that says so.
-    let kubelet_get = |path: String| async move {
-        let out = tokio::task::spawn_blocking(move || {
-            Command::new("curl")
-                .args(["-sk", "-w", "\n%{http_code}"])
-                .arg(format!("https://127.0.0.1:{kubelet_port}{path}"))
-                .output()
-                .expect("curl")
-        })
-        .await
-        .expect("curl task");
-        text(&out.stdout)
-    };
-    let answer = kubelet_get("/exec/default/nosuch/main?command=ls&stdout=1".into()).await;
+    let answer = kubelet_get(
+        kubelet_port,
+        "/exec/default/nosuch/main?command=ls&stdout=1",
+    )
+    .await;
     assert_eq!(
         answer,
-        "pod default/nosuch is not running on this node\n404"
+        (
+            404,
+            "pod default/nosuch is not running on this node".to_string()
+        )
     );
-    let answer = kubelet_get("/exec/default/shell/nope?command=ls&stdout=1".into()).await;
+    let answer = kubelet_get(kubelet_port, "/exec/default/shell/nope?command=ls&stdout=1").await;
     assert_eq!(
         answer,
-        "container \"nope\" not found in pod default/shell (not running on this node)\n404"
+        (
+            404,
+            "container \"nope\" not found in pod default/shell (not running on this node)"
+                .to_string()
+        )
     );
-    let answer = kubelet_get("/portForward/default/nosuch".into()).await;
-    assert!(answer.ends_with("\n404"), "{answer}");
+    let answer = kubelet_get(kubelet_port, "/portForward/default/nosuch").await;
+    assert_eq!(answer.0, 404, "{answer:?}");
 
     // A command that cannot start is an error, not a hang.
     let out = kubectl(
