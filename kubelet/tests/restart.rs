@@ -312,11 +312,15 @@ impl Cluster {
     }
 }
 
-fn status<'a>(p: &'a Pod, name: &str) -> &'a ContainerStatus {
+fn find_status<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
     p.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|c| c.iter().find(|c| c.name == name))
+}
+
+fn status<'a>(p: &'a Pod, name: &str) -> &'a ContainerStatus {
+    find_status(p, name)
         .unwrap_or_else(|| panic!("no status for container {name}: {:#?}", p.status))
 }
 
@@ -514,7 +518,7 @@ async fn restarted_kubelet_adopts_running_pods() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_kubelet_removes_pods_deleted_while_it_was_down() {
+async fn restarted_kubelet_removes_deleted_pods_remakes_a_dead_sandbox_and_sees_exits() {
     let mut c = Cluster::start("orphan", 211).await;
     let sleeper = |name: &str| {
         json!({
@@ -524,9 +528,22 @@ async fn restarted_kubelet_removes_pods_deleted_while_it_was_down() {
                                      "command": ["sleep", "3600"]}]}
         })
     };
-    for name in ["gone", "graceful", "kept"] {
+    for name in ["gone", "graceful", "kept", "repause"] {
         c.create_pod(sleeper(name)).await;
     }
+    // One container finishes (and is removed), the other runs on: the finished one must
+    // not run again after the restart.
+    c.create_pod(json!({
+        "metadata": {"name": "partial"},
+        "spec": {"restartPolicy": "OnFailure", "terminationGracePeriodSeconds": 2,
+                 "volumes": [{"name": "data", "emptyDir": {}}],
+                 "containers": [
+                     {"name": "once", "image": "kaze/busybox:1",
+                      "command": ["sh", "-c", "echo run >> /data/once-runs"],
+                      "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                     {"name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"]}]}
+    }))
+    .await;
     // Exits (code 3) when the test says so, through a file in its emptyDir.
     c.create_pod(json!({
         "metadata": {"name": "exits"},
@@ -538,7 +555,18 @@ async fn restarted_kubelet_removes_pods_deleted_while_it_was_down() {
     }))
     .await;
     let mut pods = HashMap::new();
-    for name in ["gone", "graceful", "kept", "exits"] {
+    let partial = c
+        .wait_pod("partial", "once Completed, main running", |p| {
+            find_status(p, "main").is_some_and(running)
+                && find_status(p, "once")
+                    .and_then(|c| c.state.as_ref())
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code == 0)
+        })
+        .await;
+    let partial_uid = partial.metadata.uid.clone().expect("uid");
+    for name in ["gone", "graceful", "kept", "exits", "repause", "partial"] {
         let p = c
             .wait_pod(name, "Running with an IP", |p| {
                 p.status
@@ -590,6 +618,18 @@ async fn restarted_kubelet_removes_pods_deleted_while_it_was_down() {
     })
     .await;
 
+    // `repause` loses its pause process (its sandbox) while no kubelet runs.
+    let (_, repause_ip, repause_sandbox, _, repause_main) = pods["repause"].clone();
+    let tasks = c.tasks();
+    let old_pause = tasks.get(&repause_sandbox).expect("repause's pause").0;
+    let old_main = tasks.get(&repause_main).expect("repause's container").0;
+    kubelet::sys::kill_pid(old_pause);
+    eventually("repause's pause gone", Duration::from_secs(20), || {
+        let gone = !pid_alive(old_pause);
+        async move { gone.then_some(()) }
+    })
+    .await;
+
     c.start_kubelet();
     c.wait_gone("graceful").await;
     for name in ["gone", "graceful"] {
@@ -606,6 +646,69 @@ async fn restarted_kubelet_removes_pods_deleted_while_it_was_down() {
     );
     assert_eq!(&container_id(status(&kept, "main")), main_id);
     assert!(c.tasks().contains_key(sandbox) && c.tasks().contains_key(main_id));
+    // `repause`'s dead sandbox is removed (its container with it) and the pod made again.
+    let remade = c
+        .wait_pod("repause", "repause running in a new sandbox", |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+                && find_status(p, "main").is_some_and(running)
+                && c.tasks()
+                    .get(&repause_sandbox)
+                    .is_some_and(|t| t.0 != old_pause && t.1 == "RUNNING")
+        })
+        .await;
+    assert!(
+        !pid_alive(old_main),
+        "the old sandbox's container was stopped"
+    );
+    let new_ip = remade
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("ip");
+    assert!(c.ip_reserved(&new_ip));
+    if new_ip != repause_ip {
+        assert!(
+            !c.ip_reserved(&repause_ip),
+            "the old IP {repause_ip} was released"
+        );
+    }
+    c.pods()
+        .delete("repause", &DeleteParams::default())
+        .await
+        .expect("delete repause");
+    c.wait_gone("repause").await;
+    let (uid, _, sandbox, netns, _) = &pods["repause"];
+    c.assert_pod_removed(uid, sandbox, netns, &new_ip).await;
+    // `partial`'s finished container stays finished: what the API last heard of it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = c.pods().get("partial").await.expect("partial");
+    let once = status(&p, "once");
+    assert_eq!(once.restart_count, 0);
+    assert_eq!(
+        once.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code),
+        Some(0),
+        "once: {once:?}"
+    );
+    let (_, _, _, _, partial_main) = &pods["partial"];
+    assert_eq!(&container_id(status(&p, "main")), partial_main);
+    let runs = std::fs::read_to_string(
+        c.pod_dir(&partial_uid)
+            .join("volumes/kubernetes.io~empty-dir/data/once-runs"),
+    )
+    .expect("once-runs");
+    assert_eq!(runs, "run\n", "once ran once");
+    c.pods()
+        .delete("partial", &DeleteParams::default())
+        .await
+        .expect("delete partial");
+    c.wait_gone("partial").await;
+    let (uid, ip, sandbox, netns, _) = &pods["partial"];
+    c.assert_pod_removed(uid, sandbox, netns, ip).await;
     // `exits` ended with code 3 under restartPolicy Never: Failed, not restarted.
     let exited = c
         .wait_pod("exits", "exits Failed", |p| {
