@@ -140,9 +140,17 @@ impl Worker {
         slot.started = running.startup.is_none() || same.is_some_and(|s| s.started == Some(true));
         slot.ready = running.readiness.is_none() || same.is_some_and(|s| s.ready);
         slot.restarts = c.attempt;
-        slot.last = api
-            .and_then(|s| s.last_state.as_ref())
-            .and_then(|s| s.terminated.clone());
+        // The previous run: the reported lastState when the API saw this container; when it
+        // last saw the run before (the kubelet stopped before reporting this one), that
+        // run's end if it was reported.
+        let state = api.and_then(|s| s.state.as_ref());
+        let last_state = api.and_then(|s| s.last_state.as_ref());
+        slot.last = match (same, state) {
+            (Some(_), _) => last_state.and_then(|s| s.terminated.clone()),
+            (None, Some(s)) if s.terminated.is_some() => s.terminated.clone(),
+            (None, Some(s)) if s.waiting.is_some() => last_state.and_then(|s| s.terminated.clone()),
+            (None, _) => None,
+        };
         slot.running = Some(running);
         slot.waiting = None;
         slot.image_id = image_id;
