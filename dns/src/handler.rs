@@ -1,6 +1,6 @@
 //! Answering one request: cluster names from the current snapshot, everything else through
-//! the forwarder. Over TCP this is hickory's `RequestHandler`; over UDP [`crate::udp`] calls
-//! [`Handler::local_reply`]/[`Handler::reply`] and [`Handler::encode_udp`], which truncates
+//! the forwarder. Over TCP this is hickory's `RequestHandler`; over UDP `udp.rs` calls
+//! `Handler::local_reply`/`Handler::reply` and `Handler::encode_udp`, which truncates
 //! answers to the client's advertised EDNS size and sets TC exactly as hickory's encoder
 //! does.
 

@@ -1,6 +1,7 @@
 //! kaze cluster DNS: an authority for the cluster zone built from Services and
-//! EndpointSlices (Kubernetes DNS specification 1.0.1), served by hickory-server over UDP
-//! and TCP, with everything else forwarded upstream.
+//! EndpointSlices (Kubernetes DNS specification 1.0.1), served over TCP by hickory-server
+//! and over UDP by batched receive threads with an answer cache (see `udp.rs`), with
+//! everything else forwarded upstream.
 //!
 //! The data source is a seam: [`ClusterState`] takes objects from anywhere (the kube
 //! reflector feed in [`run`], a test) and publishes immutable [`Snapshot`]s that the server
