@@ -1,6 +1,7 @@
-//! Binding and serving: per `--bind` address, one UDP socket per core served by
-//! [`crate::udp`] and a TCP listener served by hickory's `Server`; and the HTTP port. Everything is bound before `serve`, so a caller knows the ports (tests use port 0)
-//! and a bind failure surfaces before the first query.
+//! Binding and serving: per `--bind` address, one UDP socket per core served by `udp.rs`
+//! and a TCP listener served by hickory's `Server`; and the HTTP port. Everything is bound
+//! before `serve`, so a caller knows the ports (tests use port 0) and a bind failure
+//! surfaces before the first query.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
