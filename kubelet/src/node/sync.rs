@@ -109,6 +109,36 @@ async fn finish(client: Client, running: Running, uid: String, delete_from_api: 
     }
 }
 
+/// What the loop is stopping or removing, by pod uid: at most one task per pod, so a pod
+/// deleted again while it is being stopped is not torn down twice at once.
+#[derive(Default)]
+struct Finishing {
+    tasks: tokio::task::JoinSet<String>,
+    uids: std::collections::HashSet<String>,
+}
+
+impl Finishing {
+    fn spawn(&mut self, uid: String, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        if self.uids.insert(uid.clone()) {
+            self.tasks.spawn(async move {
+                f.await;
+                uid
+            });
+        }
+    }
+
+    /// Wait for one task to end (pending forever when none runs).
+    async fn next(&mut self) {
+        match self.tasks.join_next().await {
+            Some(Ok(uid)) => {
+                self.uids.remove(&uid);
+            }
+            Some(Err(_)) => {}
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Stop and remove whatever the runtime still has of pod `uid` (no worker runs for it).
 async fn remove_leftovers(rt: Runtime, uid: String, grace: Duration) {
     match rt.pod_containers(&uid).await {
@@ -155,7 +185,7 @@ pub async fn run(
     let mut events = watcher::watcher(pods, cfg).default_backoff().boxed();
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut relist: Option<Vec<Pod>> = None;
-    let mut finishing = tokio::task::JoinSet::new();
+    let mut finishing = Finishing::default();
     // The first list after a start is the only moment pods deleted while no kubelet ran
     // can be told apart: the runtime still has them, the API does not.
     let mut first_list = true;
@@ -163,7 +193,7 @@ pub async fn run(
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(_) = finishing.join_next(), if !finishing.is_empty() => continue,
+            _ = finishing.next() => continue,
             ev = events.next() => ev,
         };
         let seen: Vec<Pod> = match ev {
@@ -194,7 +224,7 @@ pub async fn run(
                     .collect();
                 for uid in gone {
                     if let Some(r) = running.remove(&uid) {
-                        finishing.spawn(finish(client.clone(), r, uid, false));
+                        finishing.spawn(uid.clone(), finish(client.clone(), r, uid, false));
                     }
                 }
                 if std::mem::take(&mut first_list) {
@@ -202,7 +232,7 @@ pub async fn run(
                         if !live.contains(&uid) {
                             // Its spec is gone: upstream kills such pods with the minimum grace, 2 s.
                             let grace = Duration::from_secs(2);
-                            finishing.spawn(remove_leftovers(rt.clone(), uid, grace));
+                            finishing.spawn(uid.clone(), remove_leftovers(rt.clone(), uid, grace));
                         }
                     }
                 }
@@ -213,12 +243,12 @@ pub async fn run(
                 if let Some(uid) = p.metadata.uid.clone() {
                     match running.remove(&uid) {
                         Some(r) => {
-                            finishing.spawn(finish(client.clone(), r, uid, false));
+                            finishing.spawn(uid.clone(), finish(client.clone(), r, uid, false));
                         }
                         // E.g. a terminal pod, which has no worker after a restart.
                         None => {
                             let grace = pod::spec::grace_period(&p);
-                            finishing.spawn(remove_leftovers(rt.clone(), uid, grace));
+                            finishing.spawn(uid.clone(), remove_leftovers(rt.clone(), uid, grace));
                         }
                     }
                 }
@@ -234,7 +264,7 @@ pub async fn run(
             if p.metadata.deletion_timestamp.is_some() {
                 match running.remove(&uid) {
                     Some(r) => {
-                        finishing.spawn(finish(client.clone(), r, uid, true));
+                        finishing.spawn(uid.clone(), finish(client.clone(), r, uid, true));
                     }
                     None => {
                         // No worker runs it (deleted while the kubelet was down, or
@@ -250,7 +280,7 @@ pub async fn run(
                             ..Default::default()
                         };
                         let (rt, grace) = (rt.clone(), pod::spec::grace_period(&p));
-                        finishing.spawn(async move {
+                        finishing.spawn(uid.clone(), async move {
                             remove_leftovers(rt, uid, grace).await;
                             let _ = api.delete(&name, &dp).await;
                         });
@@ -297,6 +327,6 @@ pub async fn run(
     for (_, r) in running {
         r.reporter.abort();
     }
-    finishing.abort_all();
+    finishing.tasks.abort_all();
     Ok(())
 }
