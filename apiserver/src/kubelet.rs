@@ -6,8 +6,9 @@
 //! SPDY) is negotiated end to end and the two connections are spliced byte for byte.
 //!
 //! As upstream without `--kubelet-certificate-authority`, the kubelet's serving certificate
-//! is not verified unless that flag names a CA. The apiserver presents no client
-//! certificate yet.
+//! is not verified unless that flag names a CA. The apiserver presents its client
+//! certificate (`--kubelet-client-certificate`, by default the one it issues itself), which
+//! kubelets verify against the cluster CA (their `--client-ca-file`).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -25,7 +26,7 @@ use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
@@ -99,8 +100,36 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
+/// The certificate chain and key the apiserver presents to kubelets.
+fn client_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    let tls_err = |what: &str, path: &Path, e: String| Error::Tls {
+        reason: format!("{what} {}: {e}", path.display()),
+    };
+    let pem =
+        std::fs::read(cert).map_err(Error::io("reading --kubelet-client-certificate", cert))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err("parsing --kubelet-client-certificate", cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(tls_err(
+            "parsing --kubelet-client-certificate",
+            cert,
+            "no certificate in the file".into(),
+        ));
+    }
+    let pem = std::fs::read(key).map_err(Error::io("reading --kubelet-client-key", key))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| tls_err("parsing --kubelet-client-key", key, e.to_string()))?;
+    Ok((chain, key))
+}
+
 impl KubeletClient {
-    pub fn new(ca: Option<&Path>) -> Result<KubeletClient, Error> {
+    /// A client that verifies kubelets against `ca` (if given) and presents the certificate
+    /// and key in `client` (`(cert, key)` files, if given).
+    pub fn new(ca: Option<&Path>, client: Option<(&Path, &Path)>) -> Result<KubeletClient, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls_err = |what: &str, e: String| Error::Tls {
             reason: format!("{what}: {e}"),
@@ -108,7 +137,7 @@ impl KubeletClient {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_err("kubelet client TLS versions", e.to_string()))?;
-        let mut config = match ca {
+        let builder = match ca {
             Some(path) => {
                 let mut roots = rustls::RootCertStore::empty();
                 let pem = std::fs::read(path)
@@ -121,12 +150,20 @@ impl KubeletClient {
                         tls_err("loading --kubelet-certificate-authority", e.to_string())
                     })?;
                 }
-                builder.with_root_certificates(roots).with_no_client_auth()
+                builder.with_root_certificates(roots)
             }
             None => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-                .with_no_client_auth(),
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider))),
+        };
+        let mut config = match client {
+            Some((cert, key)) => {
+                let (chain, key) = client_identity(cert, key)?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls_err("loading --kubelet-client-certificate", e.to_string()))?
+            }
+            None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(KubeletClient {

@@ -97,6 +97,16 @@ pub struct Config {
     #[arg(long = "kubelet-certificate-authority")]
     pub kubelet_certificate_authority: Option<PathBuf>,
 
+    /// Client certificate the apiserver presents to kubelets (default: the one it issues
+    /// from its CA, `<data-dir>/server/tls/kubelet-client.crt`, CN
+    /// `kube-apiserver-kubelet-client`, O `system:masters`).
+    #[arg(long = "kubelet-client-certificate", requires = "kubelet_client_key")]
+    pub kubelet_client_certificate: Option<PathBuf>,
+
+    /// The key of `--kubelet-client-certificate`.
+    #[arg(long = "kubelet-client-key", requires = "kubelet_client_certificate")]
+    pub kubelet_client_key: Option<PathBuf>,
+
     /// Extra bearer tokens, upstream's CSV format: `token,user,uid,"group1,group2"`.
     #[arg(long = "token-auth-file")]
     pub token_auth_file: Option<PathBuf>,
@@ -122,6 +132,8 @@ impl Config {
             tls_san: Vec::new(),
             token_auth_file: None,
             kubelet_certificate_authority: None,
+            kubelet_client_certificate: None,
+            kubelet_client_key: None,
         }
     }
 

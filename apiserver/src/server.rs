@@ -23,6 +23,8 @@ pub struct RunningServer {
     data_dir: PathBuf,
     token: String,
     ca_pem: String,
+    tls_dir: PathBuf,
+    kubelet_client: (PathBuf, PathBuf),
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -53,6 +55,16 @@ impl RunningServer {
     /// The CA that signed the serving certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The CA's certificate file (what kubelets take as `--client-ca-file`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.tls_dir.join(crate::tls::CA_CERT)
+    }
+
+    /// The client certificate and key the apiserver presents to kubelets.
+    pub fn kubelet_client_files(&self) -> (&Path, &Path) {
+        (&self.kubelet_client.0, &self.kubelet_client.1)
     }
 
     /// Stop accepting, end watches, and wait for connections to drain.
@@ -89,7 +101,23 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         &[config.bind_address, advertise, service_ip],
         &config.tls_san,
     );
-    let material = crate::tls::ensure(&server_dir.join("tls"), &sans)?;
+    let tls_dir = server_dir.join("tls");
+    let material = crate::tls::ensure(&tls_dir, &sans)?;
+    let kubelet_client = match (
+        &config.kubelet_client_certificate,
+        &config.kubelet_client_key,
+    ) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (None, None) => (
+            tls_dir.join(crate::tls::KUBELET_CLIENT_CERT),
+            tls_dir.join(crate::tls::KUBELET_CLIENT_KEY),
+        ),
+        _ => {
+            return Err(Error::Config {
+                reason: "--kubelet-client-certificate and --kubelet-client-key go together".into(),
+            })
+        }
+    };
     let tls_config = crate::tls::server_config(&material)?;
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
 
@@ -128,6 +156,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         metrics: Default::default(),
         kubelet: crate::kubelet::KubeletClient::new(
             config.kubelet_certificate_authority.as_deref(),
+            Some((&kubelet_client.0, &kubelet_client.1)),
         )?,
         namespaces: Default::default(),
     });
@@ -180,6 +209,8 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         data_dir: config.data_dir.clone(),
         token: state.tokens.admin_token().to_string(),
         ca_pem: material.ca_pem,
+        tls_dir,
+        kubelet_client,
         shutdown,
         task: Some(task),
     })

@@ -1,5 +1,7 @@
-//! The cluster CA and the apiserver's serving certificate, generated on first start and kept
-//! in `<data-dir>/server/tls/` so kubeconfigs written earlier stay valid across restarts.
+//! The cluster CA, the apiserver's serving certificate and its client certificate for
+//! kubelets (`kubelet-client.crt`: CN `kube-apiserver-kubelet-client`, O `system:masters`,
+//! as kubeadm and k3s issue it), generated on first start and kept in
+//! `<data-dir>/server/tls/` so kubeconfigs written earlier stay valid across restarts.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -23,10 +25,15 @@ pub struct TlsMaterial {
     pub key_pem: String,
 }
 
-const CA_CERT: &str = "ca.crt";
+pub(crate) const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const SERVING_CERT: &str = "serving.crt";
 const SERVING_KEY: &str = "serving.key";
+pub(crate) const KUBELET_CLIENT_CERT: &str = "kubelet-client.crt";
+pub(crate) const KUBELET_CLIENT_KEY: &str = "kubelet-client.key";
+/// Who the apiserver is to kubelets.
+const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+const KUBELET_CLIENT_ORG: &str = "system:masters";
 
 fn tls_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
     move |e| Error::Tls {
@@ -51,8 +58,9 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<TlsMaterial, Error> {
             let (c, k) = (cert.pem(), key.serialize_pem());
             write_private(dir, CA_KEY, &k)?;
             write_private(dir, CA_CERT, &c)?;
-            // A new CA invalidates any old serving certificate.
+            // A new CA invalidates any old serving and client certificate.
             let _ = std::fs::remove_file(dir.join(SERVING_CERT));
+            let _ = std::fs::remove_file(dir.join(KUBELET_CLIENT_CERT));
             (c, k)
         }
     };
@@ -87,6 +95,29 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<TlsMaterial, Error> {
             (c, k)
         }
     };
+    if read(KUBELET_CLIENT_CERT).is_none() || read(KUBELET_CLIENT_KEY).is_none() {
+        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(tls_err("loading CA key"))?;
+        let issuer = Issuer::new(ca_params()?, ca_key);
+        let key = KeyPair::generate().map_err(tls_err("generating kubelet client key"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .map_err(tls_err("kubelet client certificate params"))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, KUBELET_CLIENT_CN);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, KUBELET_CLIENT_ORG);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(tls_err("signing kubelet client certificate"))?;
+        write_private(dir, KUBELET_CLIENT_KEY, &key.serialize_pem())?;
+        write_private(dir, KUBELET_CLIENT_CERT, &cert.pem())?;
+    }
     Ok(TlsMaterial {
         ca_pem,
         cert_pem,
