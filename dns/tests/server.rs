@@ -530,6 +530,48 @@ async fn graceful_shutdown_stops_every_listener() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_answers_reach_ipv6_clients() {
+    let state = cluster();
+    let options = dns::ServerOptions {
+        bind: vec!["[::1]:0".parse().unwrap()],
+        http_bind: None,
+        forward: dns::ForwardConfig {
+            upstreams: vec![],
+            timeout: Duration::from_millis(500),
+            cache_size: 0,
+            max_ttl: Duration::ZERO,
+            max_negative_ttl: Duration::ZERO,
+        },
+        lameduck: Duration::ZERO,
+    };
+    let server = dns::DnsServer::bind(
+        options,
+        state.handle(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let addr = server.dns_addrs()[0];
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let serving = tokio::spawn(server.serve(shutdown.clone()));
+    let sock = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    let q = query_message("web.default.svc.cluster.local.", RecordType::A, None);
+    // twice: the computed answer and the cached one both find their way back
+    for _ in 0..2 {
+        let reply = udp_exchange(&sock, addr, &q.to_vec().unwrap()).await;
+        let reply = hickory_server::proto::op::Message::from_vec(&reply).unwrap();
+        assert_eq!(
+            outcome(&reply).answers,
+            vec!["web.default.svc.cluster.local. A 10.43.0.20"]
+        );
+    }
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborting_serve_also_stops_the_udp_threads() {
     let mut state = ClusterState::new(Name::from_ascii("abort.test.").unwrap(), 5);
     state
