@@ -1,6 +1,12 @@
 //! Serving an axum router over HTTPS (rustls, HTTP/1.1 with upgrades) until shutdown, with
 //! a bounded drain; and a self-signed certificate for servers whose clients do not verify
 //! one (the kubelet's, as upstream's apiserver without `--kubelet-certificate-authority`).
+//!
+//! A server can ask its clients for certificates ([`ClientCerts::Request`]): the handshake
+//! then only proves that the client holds the key; the chain a client presented reaches the
+//! handlers as a [`PeerCertificates`] request extension, to be verified there, so that a
+//! missing or untrusted certificate is an HTTP 401 the client can read (as upstream's
+//! kubelet does with Go's `tls.RequestClientCert`), not a failed handshake.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,8 +17,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -34,9 +43,90 @@ pub enum TlsError {
     },
 }
 
+/// The certificate chain a client presented in the TLS handshake (leaf first), as a request
+/// extension. Only the possession of the leaf's key is proven: verify the chain before
+/// trusting it.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+
+/// Whether a server asks its clients for certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Never ask.
+    None,
+    /// Ask, take any (or none), and pass it on as [`PeerCertificates`].
+    Request,
+}
+
+/// Asks for a client certificate and accepts any, checking only the handshake signature
+/// (the client holds the key); the chain is verified by the handlers.
+#[derive(Debug)]
+struct RequestAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ClientCertVerifier for RequestAny {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: Go clients send their certificate only if it matches a hint, or if
+        // there are none.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// A server config from a certificate and key kept in `dir` (`server.crt`, `server.key`),
 /// generated self-signed for `names` on first use and reused after (so a restart keeps it).
-pub fn self_signed(dir: &Path, names: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn self_signed(
+    dir: &Path,
+    names: &[String],
+    client_certs: ClientCerts,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let io = |action, path: &Path| {
         let path = path.display().to_string();
         move |source| TlsError::Io {
@@ -68,20 +158,23 @@ pub fn self_signed(dir: &Path, names: &[String]) -> Result<Arc<rustls::ServerCon
         action: "parsing the private key",
         message: e.to_string(),
     })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| TlsError::Tls {
-        action: "choosing TLS versions",
-        message: e.to_string(),
-    })?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| TlsError::Tls {
-        action: "loading the certificate",
-        message: e.to_string(),
-    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Tls {
+            action: "choosing TLS versions",
+            message: e.to_string(),
+        })?;
+    let builder = match client_certs {
+        ClientCerts::None => builder.with_no_client_auth(),
+        ClientCerts::Request => builder.with_client_cert_verifier(Arc::new(RequestAny(provider))),
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Tls {
+            action: "loading the certificate",
+            message: e.to_string(),
+        })?;
     Ok(Arc::new(config))
 }
 
@@ -117,6 +210,14 @@ pub async fn serve(
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
+            };
+            let app = match tls.get_ref().1.peer_certificates() {
+                Some(chain) if !chain.is_empty() => {
+                    let chain: Arc<[CertificateDer<'static>]> =
+                        chain.iter().map(|c| c.clone().into_owned()).collect();
+                    app.layer(axum::Extension(PeerCertificates(chain)))
+                }
+                _ => app,
             };
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))

@@ -79,6 +79,8 @@ async fn main() {
         port: testkit::free_port(),
         cgroup_root: Some(format!("/kaze-bench/{node}")),
         lease_renew_interval: Duration::from_secs(10),
+        client_ca_file: Some(server.ca_file()),
+        anonymous_auth: false,
     };
     let token = component::CancellationToken::new();
     let kl = tokio::spawn(kubelet::node::run(config, token.clone()));

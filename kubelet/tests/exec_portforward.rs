@@ -111,96 +111,13 @@ fn attach_lines(kubeconfig: &Path, websockets: bool, count: usize) -> Vec<String
         .collect()
 }
 
-/// A TLS connection to the kubelet's server; its self-signed certificate is not checked.
-async fn kubelet_tls(kubelet_port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use tokio_rustls::rustls;
-
-    #[derive(Debug)]
-    struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
-    impl rustls::client::danger::ServerCertVerifier for AnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &rustls::pki_types::CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &rustls::pki_types::CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("tls versions")
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", kubelet_port))
-        .await
-        .expect("connect to the kubelet");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("tls")
-}
-
-/// `GET path` straight to the kubelet: the status code and the body.
-async fn kubelet_get(kubelet_port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tls = kubelet_tls(kubelet_port).await;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    tls.write_all(req.as_bytes()).await.expect("request");
-    let mut raw = Vec::new();
-    let _ = tls.read_to_end(&mut raw).await;
-    let raw = text(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("an HTTP answer: {raw:?}"));
-    (code, body.to_string())
-}
-
 /// kube-rs's port-forward, by hand: a WebSocket in `v5.channel.k8s.io` with `?ports=`,
-/// straight to the kubelet (its self-signed certificate is not checked). Sends `request`
+/// straight to the kubelet, as `id` (the apiserver). Sends `request`
 /// on port 0's data channel; returns every channel's bytes, in order, until the kubelet
 /// ends the session.
 async fn channel_port_forward(
     kubelet_port: u16,
+    id: &support::tls::Identity,
     pod: &str,
     ports: &[u16],
     request: &[u8],
@@ -208,7 +125,7 @@ async fn channel_port_forward(
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
-    let tls = kubelet_tls(kubelet_port).await;
+    let tls = support::tls::connect(kubelet_port, Some(id)).await;
     let list: Vec<String> = ports.iter().map(u16::to_string).collect();
     let url = format!(
         "wss://127.0.0.1:{kubelet_port}/portForward/{pod}?ports={}",
@@ -362,6 +279,8 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         port: kubelet_port,
         cgroup_root: Some(cgroup_root),
         lease_renew_interval: Duration::from_secs(1),
+        client_ca_file: Some(server.ca_file()),
+        anonymous_auth: false,
     };
     let token = component::CancellationToken::new();
     let kl = tokio::spawn(kubelet::node::run(config, token.clone()));
@@ -585,12 +504,12 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         );
     }
 
-    // Straight to the kubelet: a pod or container it does not run is a 404 that says so.
-    let answer = kubelet_get(
-        kubelet_port,
-        "/exec/default/nosuch/main?command=ls&stdout=1",
-    )
-    .await;
+    // Straight to the kubelet (as the apiserver, with its client certificate): a pod or
+    // container it does not run is a 404 that says so.
+    let apiserver_id = support::tls::Identity::apiserver(&server);
+    let kubelet_get =
+        |path: &'static str| support::tls::get(kubelet_port, path, Some(&apiserver_id));
+    let answer = kubelet_get("/exec/default/nosuch/main?command=ls&stdout=1").await;
     assert_eq!(
         answer,
         (
@@ -598,7 +517,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
             "pod default/nosuch is not running on this node".to_string()
         )
     );
-    let answer = kubelet_get(kubelet_port, "/exec/default/shell/nope?command=ls&stdout=1").await;
+    let answer = kubelet_get("/exec/default/shell/nope?command=ls&stdout=1").await;
     assert_eq!(
         answer,
         (
@@ -607,7 +526,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
                 .to_string()
         )
     );
-    let answer = kubelet_get(kubelet_port, "/portForward/default/nosuch").await;
+    let answer = kubelet_get("/portForward/default/nosuch").await;
     assert_eq!(answer.0, 404, "{answer:?}");
 
     // A command that cannot start is an error, not a hang.
@@ -740,6 +659,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     // and v5 half-closes the data channel when the pod side is done.
     let got = channel_port_forward(
         kubelet_port,
+        &apiserver_id,
         "default/web",
         &[8080, 9999],
         b"GET / HTTP/1.0\r\n\r\n",

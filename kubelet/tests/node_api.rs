@@ -79,6 +79,8 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
         port: testkit::free_port(),
         cgroup_root: Some(format!("/kaze-test/{node}")),
         lease_renew_interval: Duration::from_secs(1),
+        client_ca_file: Some(server.ca_file()),
+        anonymous_auth: false,
     };
     let token = component::CancellationToken::new();
     let kl = tokio::spawn(kubelet::node::run(config, token.clone()));

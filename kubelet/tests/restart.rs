@@ -71,6 +71,31 @@ impl Drop for Kubelet {
     }
 }
 
+/// Kill the FIFO keepers of the pods under kubelet root dir `root`: they live outside the
+/// pods' cgroups, so a pod a failed test left behind would leave them running.
+fn kill_keepers(root: &Path) {
+    let pods = std::fs::read_dir(root.join("pods")).into_iter().flatten();
+    for fifo in pods.flatten().map(|p| p.path().join("fifo")) {
+        for f in std::fs::read_dir(fifo).into_iter().flatten().flatten() {
+            if f.path().extension().is_some_and(|x| x == "keeper") {
+                let pid = std::fs::read_to_string(f.path()).unwrap_or_default();
+                if let Ok(pid) = pid.trim().parse() {
+                    kubelet::sys::kill_pid(pid);
+                }
+            }
+        }
+    }
+}
+
+/// Kills a node's FIFO keepers on drop (see [`kill_keepers`]).
+struct KeeperGuard(PathBuf);
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        kill_keepers(&self.0);
+    }
+}
+
 /// A one-node cluster whose kubelet can be restarted. Fields drop in order: the kubelet
 /// first, then containerd (killing what a failed test left running), the node's cgroups,
 /// netns, IPAM dir and bridge, and the temp dir last.
@@ -91,20 +116,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         drop(self.kubelet.take());
         drop(self.containerd.take());
-        // The FIFO keepers of pods a failed test left behind live outside their cgroups.
-        let pods = std::fs::read_dir(self.root.join("pods"))
-            .into_iter()
-            .flatten();
-        for fifo in pods.flatten().map(|p| p.path().join("fifo")) {
-            for f in std::fs::read_dir(fifo).into_iter().flatten().flatten() {
-                if f.path().extension().is_some_and(|x| x == "keeper") {
-                    let pid = std::fs::read_to_string(f.path()).unwrap_or_default();
-                    if let Ok(pid) = pid.trim().parse() {
-                        kubelet::sys::kill_pid(pid);
-                    }
-                }
-            }
-        }
+        kill_keepers(&self.root);
         let _ = kubelet::sys::unmount_all_under(&self.root);
         support::remove_cgroup_tree(&format!("/kaze-test/{}", self.node));
         if let Some(s) = self.server.take() {
@@ -157,6 +169,8 @@ impl Cluster {
             port: testkit::free_port(),
             cgroup_root: Some(format!("/kaze-test/{node}")),
             lease_renew_interval: Duration::from_secs(5),
+            client_ca_file: Some(server.ca_file()),
+            anonymous_auth: false,
         };
         let mut cluster = Cluster {
             kubelet: None,
@@ -758,6 +772,7 @@ fn a_new_runtime_adopts_running_and_exited_containers_with_their_exits() {
     // watches and log pumps, as a kubelet's exit would.
     let first = tokio::runtime::Runtime::new().expect("runtime");
     let node = first.block_on(support::TestNode::start("kt-readopt", 19));
+    let _keepers = KeeperGuard(node.rt.config().root_dir.clone());
     let sandbox = first.block_on(node.run_sandbox(&node.sandbox_config("mixed")));
     let busybox = |name: &str, attempt: u32, script: &str| ContainerConfig {
         name: name.into(),

@@ -18,6 +18,7 @@ use crate::pod::NodeContext;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::DnsConfig;
 
+pub mod auth;
 pub mod info;
 pub mod portforward;
 pub mod server;
@@ -82,9 +83,18 @@ pub struct Config {
     /// Parent cgroup of every pod (default `/kaze/<node>`).
     #[arg(long = "cgroup-root")]
     pub cgroup_root: Option<String>,
-    /// Port of the kubelet's HTTPS server (logs for `kubectl logs`).
+    /// Port of the kubelet's HTTPS server (logs, exec, attach, port-forward).
     #[arg(long = "port", default_value_t = 10250)]
     pub port: u16,
+    /// CA that signs the client certificates of the server's callers (the cluster CA: the
+    /// apiserver presents a certificate from it). Without it nobody can be authenticated,
+    /// and exec, attach and port-forward are refused.
+    #[arg(long = "client-ca-file")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve callers without a client certificate, exec included (trusted networks only).
+    #[arg(long = "anonymous-auth", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub anonymous_auth: bool,
     /// How often the node Lease is renewed.
     #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
     pub lease_renew_interval: Duration,
@@ -126,6 +136,13 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let node_name = config.node_name();
     let node_ip = config.node_ip.unwrap_or_else(component::detect_node_ip);
     let labels = parse_labels(&config.node_labels)?;
+    // Before anything else: a bad --client-ca-file is a start-up error, not a server that
+    // never comes up.
+    let auth = std::sync::Arc::new(auth::Auth::new(
+        config.client_ca_file.as_deref(),
+        config.anonymous_auth,
+        config.port,
+    )?);
     register(
         &client,
         &node_name,
@@ -219,6 +236,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             rt: rt.clone(),
             tls_dir,
             names: vec![node_name.clone(), node_ip.to_string()],
+            auth,
         };
         tasks.spawn(async move {
             if let Err(e) = server::serve(server_config, token).await {

@@ -12,8 +12,8 @@
 //! - `/portForward/<ns>/<pod>`: SPDY/3.1, raw or tunnelled in a WebSocket, or the
 //!   WebSocket channel protocol with `?ports=` ([`super::portforward`]).
 //!
-//! Not done yet: authenticating the caller (the apiserver does not present a client
-//! certificate yet).
+//! Callers are authenticated by client certificate and authorized by [`super::auth`] before
+//! any handler runs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub tls_dir: PathBuf,
     /// The certificate's names.
     pub names: Vec<String>,
+    /// Who may call (`--client-ca-file`, `--anonymous-auth`).
+    pub auth: std::sync::Arc<super::auth::Auth>,
 }
 
 /// Bind and serve until `shutdown`.
@@ -68,8 +70,9 @@ pub async fn serve(
         rt,
         tls_dir,
         names,
+        auth,
     } = config;
-    let tls = component::https::self_signed(&tls_dir, &names)
+    let tls = component::https::self_signed(&tls_dir, &names, auth.client_certs())
         .map_err(|e| NodeError::Flag(format!("kubelet serving certificate: {e}")))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -83,7 +86,11 @@ pub async fn serve(
             "/portForward/{ns}/{pod}",
             get(port_forward).post(port_forward),
         )
-        .with_state(Ctx { log_dir, uids, rt });
+        .with_state(Ctx { log_dir, uids, rt })
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            super::auth::middleware,
+        ));
     tracing::info!(%addr, "kubelet server listening");
     component::https::serve(listener, tls, app, shutdown).await;
     Ok(())

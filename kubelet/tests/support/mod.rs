@@ -11,6 +11,8 @@ use std::time::Duration;
 use kubelet::cni::NetworkConfig;
 use kubelet::{ContainerConfig, PodSandboxConfig, Runtime, RuntimeConfig, Sandbox};
 
+pub mod tls;
+
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../../xtask/src/images.rs"]
 mod xtask_images;

@@ -1,0 +1,421 @@
+//! Who may call the kubelet's server (`--client-ca-file`, `--anonymous-auth`), as upstream's
+//! kubelet does with x509 authentication:
+//! - with `--client-ca-file`, a caller is the subject of a client certificate that CA
+//!   signed (user = CN, groups = O); the apiserver presents one
+//!   (`kube-apiserver-kubelet-client`, group `system:masters`). No certificate, or one the CA
+//!   did not sign: 401. A verified caller outside `system:masters`: 403 (there is no
+//!   SubjectAccessReview in kaze's apiserver to ask, so that group is the whole policy).
+//! - without it nobody can be authenticated: container logs stay readable, but exec,
+//!   attach and port-forward (anything but `/containerLogs` and `/healthz`) are refused.
+//! - `--anonymous-auth=true` lets callers without a certificate in, exec included: for a
+//!   trusted network only. A certificate that fails verification is still a 401 (as
+//!   upstream, where a failed x509 check does not fall through to anonymous).
+//!
+//! `/healthz` is open to everyone. Bearer tokens are not accepted: the apiserver has no
+//! TokenReview API to check them with.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use component::https::{ClientCerts, PeerCertificates};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+
+use super::NodeError;
+
+/// The group whose members may use every endpoint (the apiserver's client certificate).
+pub const ADMIN_GROUP: &str = "system:masters";
+
+/// Paths anyone may read when no CA is configured (and `/healthz` always).
+const OPEN_WITHOUT_CA: &[&str] = &["/containerLogs/"];
+
+/// A verified client certificate's subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// The kubelet server's authentication and authorization.
+pub struct Auth {
+    /// Verifies client certificates against `--client-ca-file`.
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    ca_file: Option<PathBuf>,
+    anonymous: bool,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("ca_file", &self.ca_file)
+            .field("anonymous", &self.anonymous)
+            .finish()
+    }
+}
+
+/// Why a request is refused: the status (401 or 403) and a message for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain")],
+            self.message,
+        )
+            .into_response()
+    }
+}
+
+fn unauthorized(message: String) -> Refusal {
+    Refusal {
+        status: StatusCode::UNAUTHORIZED,
+        message,
+    }
+}
+
+impl Auth {
+    /// Load `--client-ca-file` (if given) and warn about what is left open.
+    pub fn new(
+        client_ca_file: Option<&Path>,
+        anonymous: bool,
+        port: u16,
+    ) -> Result<Auth, NodeError> {
+        let verifier = match client_ca_file {
+            None => None,
+            Some(path) => Some(load_verifier(path)?),
+        };
+        match (client_ca_file, anonymous) {
+            (_, true) => tracing::warn!(
+                port,
+                "--anonymous-auth=true: anyone who can reach the kubelet's port may read logs \
+                 and exec into, attach to and port-forward into this node's pods"
+            ),
+            (None, false) => tracing::warn!(
+                port,
+                "no --client-ca-file: the kubelet cannot authenticate callers, so it refuses \
+                 exec, attach and port-forward to everyone (the apiserver included) and serves \
+                 container logs to anyone who can reach its port; pass --client-ca-file (the \
+                 cluster CA)"
+            ),
+            (Some(_), false) => {}
+        }
+        Ok(Auth {
+            verifier,
+            ca_file: client_ca_file.map(Path::to_path_buf),
+            anonymous,
+        })
+    }
+
+    /// Whether the TLS server asks for client certificates.
+    pub fn client_certs(&self) -> ClientCerts {
+        if self.verifier.is_some() {
+            ClientCerts::Request
+        } else {
+            ClientCerts::None
+        }
+    }
+
+    /// The subject of `chain` if `--client-ca-file` signed it.
+    fn verify(
+        &self,
+        verifier: &dyn ClientCertVerifier,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<User, Refusal> {
+        let ca = self
+            .ca_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let (leaf, intermediates) = chain.split_first().ok_or_else(|| {
+            unauthorized("Unauthorized: an empty client certificate chain".into())
+        })?;
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| {
+                unauthorized(format!(
+                    "Unauthorized: the client certificate is not valid for this kubelet ({e}); \
+                     it takes certificates signed by its --client-ca-file {ca}"
+                ))
+            })?;
+        let (name, groups) = subject(leaf.as_ref()).ok_or_else(|| {
+            unauthorized("Unauthorized: cannot read the client certificate's subject".into())
+        })?;
+        let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
+            unauthorized("Unauthorized: the client certificate has no common name".into())
+        })?;
+        Ok(User { name, groups })
+    }
+
+    /// Let the request for `path` through, or say why not (401 or 403).
+    pub fn check(
+        &self,
+        path: &str,
+        chain: Option<&[CertificateDer<'static>]>,
+    ) -> Result<(), Refusal> {
+        if path == "/healthz" {
+            return Ok(());
+        }
+        let Some(verifier) = &self.verifier else {
+            if self.anonymous || OPEN_WITHOUT_CA.iter().any(|p| path.starts_with(p)) {
+                return Ok(());
+            }
+            return Err(unauthorized(
+                "Unauthorized: this kubelet has no --client-ca-file, so it cannot authenticate \
+                 callers and refuses exec, attach and port-forward (start it with \
+                 --client-ca-file set to the cluster CA, or --anonymous-auth=true to let anyone \
+                 in)"
+                .into(),
+            ));
+        };
+        let user = match chain {
+            Some(chain) => self.verify(verifier.as_ref(), chain)?,
+            None if self.anonymous => return Ok(()),
+            None => {
+                return Err(unauthorized(
+                    "Unauthorized: a client certificate signed by the cluster CA is required \
+                     (the apiserver presents one: --kubelet-client-certificate)"
+                        .into(),
+                ))
+            }
+        };
+        if user.groups.iter().any(|g| g == ADMIN_GROUP) {
+            return Ok(());
+        }
+        Err(Refusal {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "Forbidden: user {:?} (groups {:?}) may not use {path}: the kubelet admits only \
+                 the group {ADMIN_GROUP} (the apiserver's client certificate)",
+                user.name, user.groups
+            ),
+        })
+    }
+}
+
+fn load_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, NodeError> {
+    let flag = |what: &str, e: String| {
+        NodeError::Flag(format!("--client-ca-file {}: {what}: {e}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| flag("reading", e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| flag("parsing", e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| flag("loading a certificate", e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(flag("parsing", "no certificate in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| flag("building the verifier", e.to_string()))
+}
+
+/// The axum middleware: [`Auth::check`] with the chain the TLS layer passed on.
+pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    let chain = req
+        .extensions()
+        .get::<PeerCertificates>()
+        .map(|c| c.0.clone());
+    match auth.check(req.uri().path(), chain.as_deref()) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            tracing::debug!(path = %req.uri().path(), status = %refusal.status, "refused a caller");
+            refusal.into_response()
+        }
+    }
+}
+
+// === DER ===
+// Just enough to read a verified certificate's subject: webpki checks the chain but does not
+// expose names, and a full X.509 parser is a large dependency for two attributes.
+
+/// One TLV: `(tag, contents, rest)`.
+fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, buf) = buf.split_first()?;
+    let (&first, mut buf) = buf.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || buf.len() < n {
+            return None;
+        }
+        let len = buf[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        buf = &buf[n..];
+        len
+    };
+    (buf.len() >= len).then(|| (tag, &buf[..len], &buf[len..]))
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
+
+/// The subject's common name and organizations of a DER certificate.
+pub fn subject(cert: &[u8]) -> Option<(Option<String>, Vec<String>)> {
+    let (SEQUENCE, cert, _) = tlv(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    // version [0] is optional; then serial, signature algorithm, issuer, validity, subject.
+    if rest.first() == Some(&0xa0) {
+        rest = tlv(rest)?.2;
+    }
+    for _ in 0..4 {
+        rest = tlv(rest)?.2;
+    }
+    let (SEQUENCE, mut name, _) = tlv(rest)? else {
+        return None;
+    };
+    let (mut cn, mut orgs) = (None, Vec::new());
+    while !name.is_empty() {
+        let (SET, mut set, next) = tlv(name)? else {
+            return None;
+        };
+        name = next;
+        while !set.is_empty() {
+            let (SEQUENCE, attr, next) = tlv(set)? else {
+                return None;
+            };
+            set = next;
+            let (0x06, oid, value) = tlv(attr)? else {
+                return None;
+            };
+            let (_, value, _) = tlv(value)?;
+            let value = String::from_utf8_lossy(value).into_owned();
+            if oid == OID_CN {
+                cn = Some(value);
+            } else if oid == OID_O {
+                orgs.push(value);
+            }
+        }
+    }
+    Some((cn, orgs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test-ca");
+        let cert = params.self_signed(&key).expect("ca");
+        (rcgen::Issuer::new(params, key), cert.pem())
+    }
+
+    fn client(
+        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+        cn: &str,
+        orgs: &[&str],
+    ) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        for o in orgs {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *o);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.signed_by(&key, issuer).expect("sign").der().clone()
+    }
+
+    #[test]
+    fn reads_the_subject_of_a_certificate() {
+        let (issuer, _) = ca();
+        // (rcgen keeps one value per attribute type, so one organization here.)
+        let der = client(
+            &issuer,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+        );
+        assert_eq!(
+            subject(der.as_ref()),
+            Some((
+                Some("kube-apiserver-kubelet-client".to_string()),
+                vec!["system:masters".to_string()]
+            ))
+        );
+        assert_eq!(subject(&der.as_ref()[..40]), None, "truncated");
+    }
+
+    #[test]
+    fn decides_like_the_module_says() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (issuer, ca_pem) = ca();
+        let (other, _) = ca();
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca_pem).expect("write ca");
+        let admin = vec![client(
+            &issuer,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+        )];
+        let dev = vec![client(&issuer, "dev", &["devs"])];
+        let stranger = vec![client(
+            &other,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+        )];
+        let status = |r: Result<(), Refusal>| r.err().map(|r| r.status.as_u16());
+        let exec = "/exec/default/p/c";
+
+        let auth = Auth::new(Some(&ca_file), false, 10250).expect("auth");
+        assert_eq!(auth.client_certs(), ClientCerts::Request);
+        assert_eq!(status(auth.check("/healthz", None)), None);
+        assert_eq!(status(auth.check(exec, None)), Some(401));
+        assert_eq!(
+            status(auth.check("/containerLogs/default/p/c", None)),
+            Some(401)
+        );
+        assert_eq!(status(auth.check(exec, Some(&stranger))), Some(401));
+        assert_eq!(status(auth.check(exec, Some(&dev))), Some(403));
+        assert_eq!(status(auth.check(exec, Some(&admin))), None);
+
+        let open = Auth::new(Some(&ca_file), true, 10250).expect("auth");
+        assert_eq!(status(open.check(exec, None)), None);
+        assert_eq!(status(open.check(exec, Some(&stranger))), Some(401));
+
+        let no_ca = Auth::new(None, false, 10250).expect("auth");
+        assert_eq!(no_ca.client_certs(), ClientCerts::None);
+        for path in [exec, "/attach/default/p/c", "/portForward/default/p"] {
+            assert_eq!(status(no_ca.check(path, None)), Some(401), "{path}");
+        }
+        assert_eq!(
+            status(no_ca.check("/containerLogs/default/p/c", None)),
+            None
+        );
+        let no_ca_open = Auth::new(None, true, 10250).expect("auth");
+        assert_eq!(status(no_ca_open.check(exec, None)), None);
+
+        let err = Auth::new(Some(&dir.path().join("nope")), false, 10250).expect_err("missing");
+        assert!(err.to_string().contains("--client-ca-file"), "{err}");
+    }
+}

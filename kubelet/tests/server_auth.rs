@@ -1,0 +1,221 @@
+//! Who may call the kubelet's server: the real kaze apiserver (in-process, which issues the
+//! cluster CA and its own client certificate for kubelets), a real containerd, runc and CNI,
+//! and this kubelet started with `--client-ca-file` = the cluster CA. Straight to the
+//! kubelet, `/exec` and `/containerLogs` answer 401 without a client certificate and with
+//! one from another CA, 403 to a cluster-CA certificate outside `system:masters`, and work
+//! with the apiserver's certificate; `kubectl logs` and `kubectl exec` work through the
+//! apiserver.
+
+mod support;
+
+use std::time::Duration;
+use testkit::wait_for as eventually;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::tls::Identity;
+
+/// `/exec` over a WebSocket (`v5.channel.k8s.io`) straight to the kubelet as `id`: the
+/// HTTP status of the handshake, and on success what the command wrote on stdout.
+async fn ws_exec(kubelet_port: u16, path: &str, id: Option<&Identity>) -> (u16, String) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+
+    let tls = support::tls::connect(kubelet_port, id).await;
+    let mut req = format!("wss://127.0.0.1:{kubelet_port}{path}")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v5.channel.k8s.io".parse().expect("header"),
+    );
+    let mut ws = match tokio_tungstenite::client_async(req, tls).await {
+        Ok((ws, _)) => ws,
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            return (resp.status().as_u16(), body.into_owned());
+        }
+        Err(e) => panic!("websocket handshake: {e}"),
+    };
+    let mut stdout = Vec::new();
+    let read = async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m {
+                if let Some((1, data)) = b.split_first() {
+                    stdout.extend_from_slice(data);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the exec session ends");
+    (101, String::from_utf8_lossy(&stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_server_admits_only_the_apiservers_client_certificate() {
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-kubelet-auth-")
+        .tempdir()
+        .expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path().join("api")))
+        .await
+        .expect("apiserver");
+    let kubeconfig = server.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kubeconfig)).await.expect("client");
+    let pid = std::process::id();
+    let node = format!("kl-auth-{pid}");
+    let cgroup_root = format!("/kaze-test/{node}");
+    // Declared before containerd, so dropped after it has killed the tasks.
+    let _cgroups = support::CgroupGuard(cgroup_root.clone());
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        // 10.244.221.0/24 is this test's alone (exec_portforward uses 220).
+        pod_ip_prefix: "10.244.221.".into(),
+    };
+    let containerd = tokio::task::spawn_blocking(testkit::Containerd::start)
+        .await
+        .expect("containerd");
+    let root = dir.path().join("kubelet");
+    let images = root.join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    for tar in support::image_tarballs() {
+        std::fs::copy(tar, images.join(tar.file_name().expect("name"))).expect("copy image");
+    }
+    let bridge = format!("kzu{}", pid % 100_000);
+    let _bridge = testkit::LinkGuard(bridge.clone());
+    let kubelet_port = testkit::free_port();
+    let config = kubelet::node::Config {
+        kubeconfig: Some(kubeconfig.clone()),
+        hostname_override: Some(node.clone()),
+        node_ip: Some("127.0.0.1".parse().expect("ip")),
+        container_runtime_endpoint: containerd.socket().display().to_string(),
+        root_dir: root.clone(),
+        pod_log_dir: dir.path().join("logs"),
+        cluster_dns: vec!["10.43.0.10".parse().expect("ip")],
+        cluster_domain: "cluster.local".into(),
+        pod_infra_container_image: "docker.io/kaze/pause:1".into(),
+        cni_bin_dir: "/usr/lib/cni".into(),
+        cni_bridge: bridge.clone(),
+        ip_masq: false,
+        node_labels: vec![],
+        max_pods: 110,
+        port: kubelet_port,
+        cgroup_root: Some(cgroup_root),
+        lease_renew_interval: Duration::from_secs(1),
+        client_ca_file: Some(server.ca_file()),
+        anonymous_auth: false,
+    };
+    let token = component::CancellationToken::new();
+    let kl = tokio::spawn(kubelet::node::run(config, token.clone()));
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually("node registration", Duration::from_secs(20), || {
+        let (nodes, node) = (nodes.clone(), node.clone());
+        async move { nodes.get_opt(&node).await.ok().flatten() }
+    })
+    .await;
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"spec": {"podCIDR": "10.244.221.0/24", "podCIDRs": ["10.244.221.0/24"]}}),
+            ),
+        )
+        .await
+        .expect("assigning the pod CIDR");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "shell"},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sh", "-c", "echo hi; sleep 3600"]}]}}))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    eventually("pod shell Running", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("shell").await.ok()?;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())
+        }
+    })
+    .await;
+
+    let apiserver_id = Identity::apiserver(&server);
+    let logs = "/containerLogs/default/shell/main";
+    let exec = "/exec/default/shell/main?command=echo&command=authorized&stdout=1";
+    // The apiserver's certificate: logs and exec work.
+    let answer = eventually("the container's log", Duration::from_secs(20), || async {
+        Some(support::tls::get(kubelet_port, logs, Some(&apiserver_id)).await)
+            .filter(|a| a.1 == "hi\n")
+    })
+    .await;
+    assert_eq!(answer.0, 200);
+    assert_eq!(
+        ws_exec(kubelet_port, exec, Some(&apiserver_id)).await,
+        (101, "authorized\n".to_string())
+    );
+    // No client certificate: 401, saying what is needed; /healthz stays open.
+    let (code, body) = support::tls::get(kubelet_port, logs, None).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("client certificate"), "{body}");
+    let (code, body) = ws_exec(kubelet_port, exec, None).await;
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(
+        support::tls::get(kubelet_port, "/healthz", None).await,
+        (200, "ok".to_string())
+    );
+    // The same subject from a CA the kubelet does not trust: 401.
+    let forged = Identity::signed_by(
+        &support::tls::other_ca(),
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+    );
+    let (code, body) = support::tls::get(kubelet_port, logs, Some(&forged)).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("not valid"), "{body}");
+    let (code, body) = ws_exec(kubelet_port, exec, Some(&forged)).await;
+    assert_eq!(code, 401, "{body}");
+    // Genuine, but not an identity the kubelet admits: 403.
+    let dev = Identity::signed_by(&support::tls::cluster_ca(&server), "dev", &["devs"]);
+    let (code, body) = support::tls::get(kubelet_port, logs, Some(&dev)).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("\"dev\""), "{body}");
+    let (code, body) = ws_exec(kubelet_port, exec, Some(&dev)).await;
+    assert_eq!(code, 403, "{body}");
+
+    // Through the apiserver (which presents its certificate): kubectl logs and exec.
+    let kc = kubeconfig.clone();
+    let (logs_out, exec_out) = tokio::task::spawn_blocking(move || {
+        (
+            testkit::kubectl_ok(&kc, &["logs", "shell"], None),
+            testkit::kubectl_ok(&kc, &["exec", "shell", "--", "echo", "through"], None),
+        )
+    })
+    .await
+    .expect("kubectl task");
+    assert_eq!(logs_out, "hi\n");
+    assert_eq!(exec_out, "through\n");
+
+    pods.delete("shell", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "pod removed by the kubelet",
+        Duration::from_secs(30),
+        || {
+            let pods = pods.clone();
+            async move { pods.get_opt("shell").await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await;
+    token.cancel();
+    kl.await
+        .expect("kubelet task")
+        .expect("kubelet stops cleanly");
+    drop(containerd);
+    server.shutdown().await;
+}
