@@ -2,7 +2,8 @@
 //! token (printed by `kaze server`, kept in `<data-dir>/server/token` there) pins the
 //! cluster CA; the agent checks the server against it before sending the token, then runs
 //! this machine's containerd and kubelet with a kubeconfig it writes to
-//! `<data-dir>/agent/kubeconfig.yaml`.
+//! `<data-dir>/agent/kubeconfig.yaml`; the CA it checked goes to `<data-dir>/agent/ca.crt`,
+//! the kubelet's `--client-ca-file` (the apiserver's client certificate comes from it).
 
 use std::path::PathBuf;
 
@@ -38,6 +39,8 @@ pub async fn run(args: AgentArgs, shutdown: component::CancellationToken) -> any
         crate::join::kubeconfig(args.server.trim_end_matches('/'), &ca_pem, &secret),
     )
     .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &ca_pem).with_context(|| format!("writing {}", ca_file.display()))?;
     // Prove the token before starting anything.
     let client = component::client(Some(&kubeconfig)).await?;
     let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
@@ -56,6 +59,7 @@ pub async fn run(args: AgentArgs, shutdown: component::CancellationToken) -> any
         &args.node,
         &args.data_dir,
         &kubeconfig,
+        &ca_file,
         Vec::new(),
         &mut tasks,
         &shutdown,

@@ -56,12 +56,15 @@ impl NodeArgs {
     }
 }
 
-/// Start containerd if needed and spawn the kubelet into `tasks`. Returns the containerd
-/// kaze started (dropping it stops containerd; pods keep running under their shims).
+/// Start containerd if needed and spawn the kubelet into `tasks`; the kubelet's server admits
+/// callers with a client certificate from `client_ca` (the cluster CA: the apiserver's).
+/// Returns the containerd kaze started (dropping it stops containerd; pods keep running
+/// under their shims).
 pub async fn start(
     args: &NodeArgs,
     data_dir: &Path,
     kubeconfig: &Path,
+    client_ca: &Path,
     labels: Vec<String>,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
     shutdown: &component::CancellationToken,
@@ -98,6 +101,8 @@ pub async fn start(
         port: args.kubelet_port,
         cgroup_root: None,
         lease_renew_interval: std::time::Duration::from_secs(10),
+        client_ca_file: Some(client_ca.to_path_buf()),
+        anonymous_auth: false,
     };
     let token = shutdown.child_token();
     tasks.spawn(async move {

@@ -205,6 +205,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
             &args.node,
             &data_dir,
             &kubeconfig,
+            &api.ca_file(),
             labels,
             &mut tasks,
             &shutdown,
