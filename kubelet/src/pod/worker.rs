@@ -5,6 +5,7 @@
 //! containers; restarts exited containers per `restartPolicy` with CrashLoopBackOff, runs
 //! startup/liveness/readiness probes, refreshes configMap/secret/downwardAPI volumes, and
 //! on stop terminates gracefully and removes everything. The sync loop owns one per pod.
+//! After a kubelet restart a worker first takes over what runs for its pod (`adopt.rs`).
 
 use std::net::IpAddr;
 use std::time::Duration;
