@@ -4,7 +4,9 @@
 //! kubelet, `/exec` and `/containerLogs` answer 401 without a client certificate and with
 //! one from another CA, 403 to a cluster-CA certificate outside `system:masters`, and work
 //! with the apiserver's certificate; `kubectl logs` and `kubectl exec` work through the
-//! apiserver.
+//! apiserver. The same server without `--client-ca-file` (standalone `kaze kubelet`'s
+//! default) refuses exec, attach and port-forward to everyone but serves logs, and with
+//! `--anonymous-auth=true` lets anyone exec.
 
 mod support;
 
@@ -55,7 +57,7 @@ async fn ws_exec(kubelet_port: u16, path: &str, id: Option<&Identity>) -> (u16, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubelet_server_admits_only_the_apiservers_client_certificate() {
+async fn kubelet_server_authenticates_callers_by_client_certificate_or_refuses_exec_without_a_ca() {
     let dir = tempfile::Builder::new()
         .prefix("kaze-kubelet-auth-")
         .tempdir()
@@ -199,6 +201,84 @@ async fn kubelet_server_admits_only_the_apiservers_client_certificate() {
     .expect("kubectl task");
     assert_eq!(logs_out, "hi\n");
     assert_eq!(exec_out, "through\n");
+
+    // The kubelet's server without --client-ca-file, over the same pods (containerd
+    // namespace, log dir, pod uid): once refusing, once with --anonymous-auth=true.
+    let uid = pods
+        .get("shell")
+        .await
+        .expect("pod")
+        .metadata
+        .uid
+        .expect("uid");
+    let uids: kubelet::node::server::PodUids = Default::default();
+    uids.write()
+        .expect("uids")
+        .insert(("default".into(), "shell".into()), uid);
+    let cidr = "10.244.221.0/24";
+    let mut rc = kubelet::RuntimeConfig::new(&node, cidr);
+    rc.containerd_socket = containerd.socket();
+    rc.root_dir = root.clone();
+    rc.log_dir = dir.path().join("logs");
+    rc.network = kubelet::cni::NetworkConfig {
+        bridge: bridge.clone(),
+        conf_dir: dir.path().join("cni-conf-extra"),
+        ipam_dir: dir.path().join("cni-ipam-extra"),
+        ip_masq: false,
+        ..kubelet::cni::NetworkConfig::new(cidr)
+    };
+    let rt = kubelet::Runtime::connect(rc).await.expect("runtime");
+    let serve = |anonymous: bool| {
+        let port = testkit::free_port();
+        let config = kubelet::node::server::ServerConfig {
+            addr: ([127, 0, 0, 1], port).into(),
+            log_dir: dir.path().join("logs"),
+            uids: uids.clone(),
+            rt: rt.clone(),
+            tls_dir: dir.path().join(format!("pki-anonymous-{anonymous}")),
+            names: vec!["127.0.0.1".into()],
+            auth: std::sync::Arc::new(
+                kubelet::node::auth::Auth::new(None, anonymous, port).expect("auth"),
+            ),
+        };
+        tokio::spawn(kubelet::node::server::serve(config, token.child_token()));
+        port
+    };
+    let (closed, open) = (serve(false), serve(true));
+    for port in [closed, open] {
+        eventually(
+            "the extra server listening",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(drop)
+            },
+        )
+        .await;
+    }
+    let (code, body) = support::tls::get(closed, exec, None).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("no --client-ca-file"), "{body}");
+    // Not even the apiserver's certificate helps: there is nothing to check it against.
+    let (code, body) = ws_exec(closed, exec, Some(&apiserver_id)).await;
+    assert_eq!(code, 401, "{body}");
+    for path in [
+        "/attach/default/shell/main?stdout=1",
+        "/portForward/default/shell",
+    ] {
+        let (code, body) = support::tls::get(closed, path, None).await;
+        assert_eq!(code, 401, "{path}: {body}");
+    }
+    assert_eq!(
+        support::tls::get(closed, logs, None).await,
+        (200, "hi\n".to_string())
+    );
+    assert_eq!(
+        ws_exec(open, exec, None).await,
+        (101, "authorized\n".to_string())
+    );
 
     pods.delete("shell", &DeleteParams::default())
         .await
