@@ -169,6 +169,8 @@ impl Cluster {
             port: testkit::free_port(),
             cgroup_root: Some(format!("/kaze-test/{node}")),
             lease_renew_interval: Duration::from_secs(5),
+            client_ca_file: Some(server.ca_file()),
+            anonymous_auth: false,
         };
         let mut cluster = Cluster {
             kubelet: None,
