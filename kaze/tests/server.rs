@@ -152,6 +152,82 @@ impl Drop for ProxyChains {
     }
 }
 
+/// `GET path` straight to the node's kubelet, without a client certificate (its serving
+/// certificate is not checked): the status line of the answer.
+fn kubelet_get_anonymously(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+    #[derive(Debug)]
+    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("tls client");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the kubelet");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw);
+    raw.lines().next().unwrap_or_default().to_string()
+}
+
 /// Control-plane basics every run checks, before and after a restart.
 fn check_basics(data: &Path, port: u16) {
     let namespaces = kubectl_ok(data, &["get", "namespaces", "-o", "name"]);
@@ -204,6 +280,7 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     let _chains = ProxyChains;
     let bridge = format!("kzs{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
+    let kubelet_port = free_port().to_string();
     let extra: Vec<String> = [
         "--node-ip",
         "127.0.0.1",
@@ -220,7 +297,7 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         "--container-runtime-endpoint",
         &containerd.socket().display().to_string(),
         "--kubelet-port",
-        &free_port().to_string(),
+        &kubelet_port,
         "--proxy-metrics-port",
         &free_port().to_string(),
     ]
@@ -290,6 +367,22 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         },
     );
     assert_eq!(logs, "started\n");
+    // That went through the apiserver, which presents its client certificate; the kubelet
+    // (given the cluster CA by `kaze server`) refuses a caller without one.
+    let pod = kubectl_ok(
+        data,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    );
+    let kubelet_port: u16 = kubelet_port.parse().expect("port");
+    let status = kubelet_get_anonymously(kubelet_port, &format!("/containerLogs/default/{pod}/c"));
+    assert!(status.contains(" 401 "), "{status}");
     eventually(
         "endpointslice with the pod",
         Duration::from_secs(30),
