@@ -22,6 +22,9 @@ pub struct DesiredService {
     pub name: String,
     /// Sorted, without duplicates: the round-robin order.
     pub backends: Vec<SocketAddrV4>,
+    /// A NodePort on a node address: traffic from outside the node is masqueraded (iptables
+    /// mode), so replies from a backend on another node come back through this one.
+    pub node_port: bool,
 }
 
 /// Everything the node should serve, keyed by what clients connect to.
@@ -76,6 +79,7 @@ pub fn compute<'a>(
             let entry = DesiredService {
                 name: format!("{ns}/{name}:{port_name}"),
                 backends,
+                node_port: false,
             };
             for address in &cluster_ips {
                 desired.insert(
@@ -96,7 +100,10 @@ pub fn compute<'a>(
                             port: node_port,
                             protocol,
                         },
-                        entry.clone(),
+                        DesiredService {
+                            node_port: true,
+                            ..entry.clone()
+                        },
                     );
                 }
             }

@@ -88,6 +88,15 @@ impl Engine {
         outcome
     }
 
+    /// Follows the pod bridge's ports (eBPF mode with `--pod-bridge`).
+    pub fn refresh_ports(&mut self) {
+        if let Engine::Ebpf(e) = self {
+            if let Err(err) = e.refresh_ports() {
+                warn!(error = %chain(&err), "following the pod bridge's ports; retrying");
+            }
+        }
+    }
+
     /// Per-service traffic counters (eBPF mode only).
     pub fn counters(&self) -> Vec<(ServiceKey, ServiceCounters)> {
         let Engine::Ebpf(e) = self else {
@@ -208,6 +217,60 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 pub struct EbpfEngine {
     dp: Dataplane,
     applied: BTreeMap<ServiceKey, Vec<SocketAddrV4>>,
+    /// `--pod-bridge`, and the ports the program is attached to.
+    bridge: Option<String>,
+    bridge_attached: bool,
+    ports: BTreeSet<String>,
+}
+
+/// The bridge itself: ingress (requests of pods whose veth is not followed yet) and egress
+/// (replies routed to pods: from the node's own sockets and from other nodes).
+fn attach_bridge(dp: &mut Dataplane, bridge: &str) -> Result<(), DataplaneError> {
+    attach_ingress(dp, bridge)?;
+    dp.attach_tc(bridge, TcHook::Egress)
+}
+
+/// Attaches at `iface` ingress. A NodePort reply is reverse-NATed at tc ingress to come from
+/// a node address; the kernel then forwards a packet whose source is local, a "martian" it
+/// drops unless the receiving interface accepts local sources.
+fn attach_ingress(dp: &mut Dataplane, iface: &str) -> Result<(), DataplaneError> {
+    dp.attach_tc(iface, TcHook::Ingress)?;
+    let knob = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    std::fs::write(&knob, "1").map_err(|source| DataplaneError::Io {
+        what: format!("setting {knob} for NodePort replies"),
+        source,
+    })
+}
+
+/// The ports of `bridge`, asked of the kernel through `ip` (which runs in this thread's
+/// network namespace, unlike a read of /sys, whose view is the mounter's).
+/// None when the bridge does not exist.
+fn bridge_ports(bridge: &str) -> Result<Option<BTreeSet<String>>, DataplaneError> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .map_err(|source| DataplaneError::Io {
+            what: format!("listing the ports of bridge {bridge} (ip link)"),
+            source,
+        })?;
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not exist") {
+        return Ok(None);
+    }
+    if !out.status.success() {
+        return Err(DataplaneError::Io {
+            what: format!("listing the ports of bridge {bridge}"),
+            source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    // "7: veth1234@if2: <BROADCAST,...> mtu 1500 master kaze0 ..."
+    Ok(Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_string())
+            .filter(|name| !name.is_empty())
+            .collect(),
+    ))
 }
 
 impl EbpfEngine {
@@ -226,16 +289,24 @@ impl EbpfEngine {
             .collect();
         let mut wanted = BTreeSet::new();
         for iface in &config.interfaces {
-            dp.attach_tc(iface, TcHook::Ingress)?;
+            attach_ingress(&mut dp, iface)?;
             wanted.insert(format!("tc-{iface}-ingress"));
-            // A NodePort reply is reverse-NATed at tc ingress to come from a node address;
-            // the kernel then forwards a packet whose source is local, a "martian" it drops
-            // unless the receiving interface accepts local sources.
-            let knob = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-            std::fs::write(&knob, "1").map_err(|source| DataplaneError::Io {
-                what: format!("setting {knob} for NodePort replies"),
-                source,
-            })?;
+        }
+        let mut ports = BTreeSet::new();
+        let mut bridge_attached = false;
+        if let Some(bridge) = &config.pod_bridge {
+            // the CNI plugin creates the bridge with the first pod: followed from then on
+            if let Some(now) = bridge_ports(bridge)? {
+                attach_bridge(&mut dp, bridge)?;
+                bridge_attached = true;
+                wanted.insert(format!("tc-{bridge}-ingress"));
+                wanted.insert(format!("tc-{bridge}-egress"));
+                for port in now {
+                    attach_ingress(&mut dp, &port)?;
+                    wanted.insert(format!("tc-{port}-ingress"));
+                    ports.insert(port);
+                }
+            }
         }
         for iface in &config.xdp_interfaces {
             dp.attach_xdp(iface)?;
@@ -264,7 +335,48 @@ impl EbpfEngine {
             }
         }
         info!(services = applied.len(), "eBPF mode");
-        Ok(EbpfEngine { dp, applied })
+        Ok(EbpfEngine {
+            dp,
+            applied,
+            bridge: config.pod_bridge.clone(),
+            bridge_attached,
+            ports,
+        })
+    }
+
+    /// Follows the pod bridge's ports: attaches to veths that appeared since the last call
+    /// and drops the pins of those that went (their links died with the device).
+    pub fn refresh_ports(&mut self) -> Result<(), DataplaneError> {
+        let Some(bridge) = self.bridge.clone() else {
+            return Ok(());
+        };
+        let Some(now) = bridge_ports(&bridge)? else {
+            // gone (or not created yet): its links went with it
+            if self.bridge_attached {
+                self.dp.detach_tc(&bridge, TcHook::Ingress)?;
+                self.dp.detach_tc(&bridge, TcHook::Egress)?;
+                self.bridge_attached = false;
+            }
+            for port in std::mem::take(&mut self.ports) {
+                self.dp.detach_tc(&port, TcHook::Ingress)?;
+            }
+            return Ok(());
+        };
+        if !self.bridge_attached {
+            attach_bridge(&mut self.dp, &bridge)?;
+            self.bridge_attached = true;
+            info!(bridge = bridge.as_str(), "attached to the pod bridge");
+        }
+        for port in now.difference(&self.ports) {
+            // a veth can vanish between the listing and the attach: retried next time
+            attach_ingress(&mut self.dp, port)?;
+            info!(port = port.as_str(), "attached to a new pod interface");
+        }
+        for port in self.ports.difference(&now) {
+            self.dp.detach_tc(port, TcHook::Ingress)?;
+        }
+        self.ports = now;
+        Ok(())
     }
 
     fn sync_keys(&mut self, desired: &Desired, keys: &[ServiceKey], outcome: &mut SyncOutcome) {

@@ -123,6 +123,13 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
     let mut lines = Vec::new();
     let n = svc.backends.len();
     let c = comment(&svc.name);
+    if svc.node_port {
+        // kube-proxy's rule for externalTrafficPolicy Cluster: the backend may be on
+        // another node, whose reply must return through this one to be un-NATed
+        lines.push(format!(
+            "-A {svc_chain} -m comment --comment \"{c} nodePort\" -j {MARK_MASQ_CHAIN}"
+        ));
+    }
     for (i, b) in svc.backends.iter().enumerate() {
         let sep = sep_chain(key, b);
         let remaining = n - i;

@@ -17,6 +17,7 @@ fn svc(name: &str, backends: &[u8]) -> DesiredService {
             .iter()
             .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, *i), 8080))
             .collect(),
+        node_port: false,
     }
 }
 
@@ -221,4 +222,35 @@ COMMIT
         None
     );
     assert_eq!(chains_in(save).len(), 2);
+}
+
+#[test]
+fn node_port_traffic_is_marked_for_masquerade_before_the_spread() {
+    let k = key(10, 30080, Protocol::Tcp);
+    let mut s = svc("default/web:http", &[1, 2]);
+    s.node_port = true;
+    let d = desired(&[(k, s)]);
+    let p = plan(&d, &BTreeMap::new(), &BTreeSet::new(), &[]);
+    let chain = svc_chain(&k);
+    let rules: Vec<&str> = p
+        .input
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {chain} ")))
+        .collect();
+    assert_eq!(rules.len(), 3, "{}", p.input);
+    assert!(
+        rules[0].ends_with(&format!("-j {MARK_MASQ_CHAIN}")),
+        "the mark comes first: {rules:?}"
+    );
+    // a ClusterIP service is not masqueraded (only its hairpin flows are)
+    let k = key(11, 80, Protocol::Tcp);
+    let d = desired(&[(k, svc("default/web:http", &[1, 2]))]);
+    let p = plan(&d, &BTreeMap::new(), &BTreeSet::new(), &[]);
+    assert!(
+        !p.input.lines().any(
+            |l| l.starts_with(&format!("-A {} ", svc_chain(&k))) && l.contains(MARK_MASQ_CHAIN)
+        ),
+        "{}",
+        p.input
+    );
 }
