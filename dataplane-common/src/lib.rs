@@ -122,6 +122,16 @@ pub struct RevNat4 {
     pub pad: [u8; 2],
 }
 
+/// `SvcValue.flags` (slot 0): traffic to this service is masqueraded by the node (a
+/// NodePort, whose backend may live on another node: its replies must come back through
+/// this node to be reverse-NATed). The tc program marks such packets with [`MARK_MASQ`];
+/// one netfilter rule the proxy installs masquerades marked packets.
+pub const SVC_FLAG_MASQ: u16 = 1;
+/// `CtValue.flags` of a forward entry: the flow's packets are marked with [`MARK_MASQ`].
+pub const CT_FLAG_MASQ: u16 = 1;
+/// The skb mark of packets to masquerade (kube-proxy's masquerade bit).
+pub const MARK_MASQ: u32 = 0x4000;
+
 /// Direction of a conntrack entry.
 pub const CT_DIR_FORWARD: u8 = 0;
 /// A reply entry: keyed by the backend's tuple as its replies carry it.

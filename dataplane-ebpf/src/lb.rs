@@ -6,7 +6,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use dataplane_common::{
     limits, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD, CT_DIR_REPLY,
-    PROTO_TCP,
+    CT_FLAG_MASQ, PROTO_TCP, SVC_FLAG_MASQ,
 };
 
 use crate::maps::{KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
@@ -40,12 +40,13 @@ pub enum Action {
     /// Not ours.
     None,
     /// Client to service: rewrite the destination to the backend. `new_flow` when the
-    /// backend was chosen by this packet.
+    /// backend was chosen by this packet; `masq` when the node must masquerade it.
     Dnat {
         addr: u32,
         port: u16,
         rev_nat_id: u16,
         new_flow: bool,
+        masq: bool,
     },
     /// Backend to client: rewrite the source back to the service.
     RevNat {
@@ -104,6 +105,7 @@ pub fn decide(t: &Tuple) -> Action {
                 port: ct.nat_port,
                 rev_nat_id: ct.rev_nat_id,
                 new_flow: false,
+                masq: ct.flags & CT_FLAG_MASQ != 0,
             };
         }
         let old_reply = Ct4Key {
@@ -146,6 +148,7 @@ pub fn decide(t: &Tuple) -> Action {
     };
     let count = svc.count;
     let rev_nat_id = svc.rev_nat_id;
+    let masq = svc.flags & SVC_FLAG_MASQ != 0;
     if count == 0 || count > limits::MAX_BACKENDS_PER_SERVICE {
         return Action::NoBackend { rev_nat_id };
     }
@@ -182,7 +185,7 @@ pub fn decide(t: &Tuple) -> Action {
     let fwd = CtValue {
         backend_id,
         rev_nat_id,
-        flags: 0,
+        flags: if masq { CT_FLAG_MASQ } else { 0 },
         nat_addr: be_addr,
         nat_port: be_port,
         pad: [0; 2],
@@ -215,6 +218,7 @@ pub fn decide(t: &Tuple) -> Action {
         port: be_port,
         rev_nat_id,
         new_flow: true,
+        masq,
     }
 }
 

@@ -143,10 +143,12 @@ pub async fn start(
     proxy.hostname_override = Some(node_name);
     proxy.proxy_mode = args.proxy_mode;
     // eBPF: the pod bridge and every pod's veth (requests from pods, replies between pods
-    // of this node, replies routed to pods), and the uplink (NodePorts from outside).
+    // of this node, replies routed to pods), and the uplink: ingress for NodePorts from
+    // outside, egress for their replies once netfilter has undone the masquerade.
     proxy.pod_bridge = Some(args.cni_bridge.clone());
     proxy.bpf_pin_root = args.bpf_pin_root.clone();
     proxy.interfaces = uplink(args.ip()).into_iter().collect();
+    proxy.egress_interfaces = proxy.interfaces.clone();
     proxy.metrics_bind_address =
         std::net::SocketAddr::from(([127, 0, 0, 1], args.proxy_metrics_port));
     let token = shutdown.child_token();

@@ -113,9 +113,14 @@ impl Engine {
     pub fn clean_other_modes(&self, config: &Config, desired: &Desired) {
         match self {
             Engine::Ebpf(_) => {
-                if iptables::cleanup_all_except(None) {
+                if iptables::cleanup_for_ebpf() {
                     let addresses: BTreeSet<_> = desired.keys().map(|k| k.address).collect();
                     iptables::forget_kernel_flows(addresses);
+                }
+                // the one rule eBPF mode needs from netfilter: masquerade what the
+                // programs marked (NodePort traffic, whose backend may be on another node)
+                if let Err(e) = iptables::install_ebpf_masquerade(config.iptables_backend) {
+                    warn!(error = %chain(&e), "installing the masquerade rule for NodePorts");
                 }
             }
             Engine::Iptables(i) => {
@@ -308,6 +313,10 @@ impl EbpfEngine {
                 }
             }
         }
+        for iface in &config.egress_interfaces {
+            dp.attach_tc(iface, TcHook::Egress)?;
+            wanted.insert(format!("tc-{iface}-egress"));
+        }
         for iface in &config.xdp_interfaces {
             dp.attach_xdp(iface)?;
             wanted.insert(format!("xdp-{iface}"));
@@ -392,7 +401,15 @@ impl EbpfEngine {
         if self.applied.get(key) == Some(&svc.backends) {
             return;
         }
-        match self.dp.upsert_service(*key, &svc.backends) {
+        let flags = if svc.node_port {
+            dataplane_common::SVC_FLAG_MASQ
+        } else {
+            0
+        };
+        match self
+            .dp
+            .upsert_service_with_flags(*key, &svc.backends, flags)
+        {
             Ok(()) => {
                 self.applied.insert(*key, svc.backends.clone());
                 outcome.changed += 1;

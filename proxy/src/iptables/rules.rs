@@ -271,6 +271,11 @@ pub fn plan(
 /// The restore input that removes every KAZE chain and every jump into one from `save`
 /// (the output of `iptables-save` for all tables); `None` if there is nothing of ours.
 pub fn cleanup_input(save: &str) -> Option<String> {
+    cleanup_input_keeping(save, &[])
+}
+
+/// [`cleanup_input`] that leaves the chains named in `keep` (and the jumps to them) alone.
+pub fn cleanup_input_keeping(save: &str, keep: &[&str]) -> Option<String> {
     let mut out = String::new();
     let mut table = String::new();
     let mut chains: Vec<String> = Vec::new();
@@ -302,14 +307,18 @@ pub fn cleanup_input(save: &str) -> Option<String> {
             flush(&mut out, &table, &mut chains, &mut deletes);
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or("");
-            if name.starts_with(CHAIN_PREFIX) {
+            if name.starts_with(CHAIN_PREFIX) && !keep.contains(&name) {
                 chains.push(name.to_string());
                 any = true;
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let chain = rule.split_whitespace().next().unwrap_or("");
             let target = rule.split(" -j ").nth(1).unwrap_or("");
-            if !chain.starts_with(CHAIN_PREFIX) && target.starts_with(CHAIN_PREFIX) {
+            let target_chain = target.split_whitespace().next().unwrap_or("");
+            if !chain.starts_with(CHAIN_PREFIX)
+                && target.starts_with(CHAIN_PREFIX)
+                && !keep.contains(&target_chain)
+            {
                 deletes.push(format!("-D {rule}"));
                 any = true;
             }

@@ -254,3 +254,17 @@ fn node_port_traffic_is_marked_for_masquerade_before_the_spread() {
         p.input
     );
 }
+
+#[test]
+fn cleanup_can_keep_the_ebpf_masquerade_chain() {
+    let save = "*nat\n:POSTROUTING ACCEPT [0:0]\n:KAZE-SERVICES - [0:0]\n:KAZE-EBPF-MASQ - [0:0]\n\
+                -A POSTROUTING -j KAZE-EBPF-MASQ\n-A PREROUTING -j KAZE-SERVICES\n\
+                -A KAZE-EBPF-MASQ -m mark --mark 0x4000/0x4000 -j MASQUERADE\nCOMMIT\n";
+    let all = cleanup_input(save).expect("something to remove");
+    assert!(all.contains("-X KAZE-EBPF-MASQ"), "{all}");
+    assert!(all.contains("-D POSTROUTING -j KAZE-EBPF-MASQ"), "{all}");
+    let keep = cleanup_input_keeping(save, &["KAZE-EBPF-MASQ"]).expect("services chain");
+    assert!(keep.contains("-X KAZE-SERVICES"), "{keep}");
+    assert!(keep.contains("-D PREROUTING -j KAZE-SERVICES"), "{keep}");
+    assert!(!keep.contains("KAZE-EBPF-MASQ"), "{keep}");
+}

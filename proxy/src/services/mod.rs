@@ -122,6 +122,17 @@ impl Dataplane {
         key: ServiceKey,
         backends: &[SocketAddrV4],
     ) -> Result<(), DataplaneError> {
+        self.upsert_service_with_flags(key, backends, 0)
+    }
+
+    /// [`Self::upsert_service`] with `SVC_FLAG_*` bits on the service entry (e.g.
+    /// `SVC_FLAG_MASQ` for a NodePort).
+    pub fn upsert_service_with_flags(
+        &mut self,
+        key: ServiceKey,
+        backends: &[SocketAddrV4],
+        flags: u16,
+    ) -> Result<(), DataplaneError> {
         let mut seen = HashSet::new();
         let backends: Vec<SocketAddrV4> = backends
             .iter()
@@ -215,7 +226,7 @@ impl Dataplane {
                 backend_id: 0,
                 count: ids.len() as u16,
                 rev_nat_id,
-                flags: 0,
+                flags,
                 pad: [0; 2],
             };
             svc.insert(key.slot(0), head, 0)
