@@ -727,6 +727,92 @@ fn suite(mode: &'static str, index: u8) {
         );
     }
 
+    c.step("3: scale to 5: the new pods take traffic within 2 s of Ready");
+    c.ok(&["scale", "deployment/web", "--replicas=5"]);
+    let ready_at = c.eventually("5 web pods Ready", Duration::from_secs(120), || {
+        let out = c.out(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ]);
+        (out.lines().filter(|l| l.ends_with(" True")).count() == 5).then(Instant::now)
+    });
+    let five = c.running("app=web");
+    assert_eq!(five.len(), 5, "[{mode}] 5 pods: {five:?}");
+    // two seconds after the test saw them Ready (so at most two after they were)
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(ready_at.elapsed()));
+    let burst = |c: &Cluster, count: &str| {
+        let out = c.ok(&[
+            "exec",
+            "client",
+            "-c",
+            "echo",
+            "--",
+            "/echo",
+            "--get",
+            &format!("{cluster_ip}:8080"),
+            "--count",
+            count,
+        ]);
+        let (per_pod, errors) = tally(&out);
+        assert!(
+            errors.is_empty(),
+            "[{mode}] step {:?}: failed requests:\n{out}",
+            c.step
+        );
+        per_pod
+    };
+    // round-robin hands out all 5 in 10 flows; the random spread needs more for certainty
+    let per_pod = burst(&c, if mode == "ebpf" { "10" } else { "80" });
+    for (name, _, _) in &five {
+        assert!(
+            per_pod.contains_key(name),
+            "[{mode}] {name} took no traffic 2 s after Ready: {per_pod:?}"
+        );
+    }
+
+    c.step("3: delete a pod: it is replaced and takes no traffic once terminating");
+    let victim = five[0].0.clone();
+    c.ok(&["delete", "pod", &victim, "--wait=false"]);
+    c.eventually(
+        "the pod marked for deletion",
+        Duration::from_secs(10),
+        || {
+            (!c.out(&[
+                "get",
+                "pod",
+                &victim,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ])
+            .is_empty())
+            .then_some(())
+        },
+    );
+    // it drains for 3 s (DRAIN_MS): still answering, but no new connection may reach it
+    // once the endpoint change is programmed (allowed: 1 s)
+    std::thread::sleep(Duration::from_secs(1));
+    let per_pod = burst(&c, "20");
+    assert!(
+        !per_pod.contains_key(&victim),
+        "[{mode}] the terminating pod {victim} still took new connections: {per_pod:?}"
+    );
+    c.eventually(
+        "5 web pods Running again, without the deleted one",
+        Duration::from_secs(90),
+        || {
+            let pods = c.running("app=web");
+            (pods.len() == 5 && pods.iter().all(|p| p.0 != victim)).then_some(())
+        },
+    );
+    c.ok(&["scale", "deployment/web", "--replicas=3"]);
+    c.eventually("back to 3 web pods", Duration::from_secs(90), || {
+        (c.running("app=web").len() == 3).then_some(())
+    });
+
     c.step("4: rollout restart under continuous requests: no request fails");
     c.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: client-long, namespace: default}}\nspec:\n  nodeName: {}\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: kaze/echo:1\n    args: ['--get', '{cluster_ip}:8080', '--count', '400', '--interval-ms', '100']\n",
