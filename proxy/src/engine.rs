@@ -218,10 +218,14 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What one service is programmed with: backends, `SVC_FLAG_*` bits, affinity timeout.
+type Applied = (Vec<SocketAddrV4>, u16, u32);
+
 /// The eBPF dataplane and the services it holds (read back from the pins at start).
 pub struct EbpfEngine {
     dp: Dataplane,
-    applied: BTreeMap<ServiceKey, Vec<SocketAddrV4>>,
+    /// Backends, `SVC_FLAG_*` bits and affinity timeout of every programmed service.
+    applied: BTreeMap<ServiceKey, Applied>,
     /// `--pod-bridge`, and the ports the program is attached to.
     bridge: Option<String>,
     bridge_attached: bool,
@@ -287,10 +291,10 @@ impl EbpfEngine {
             kernel_log: None,
         })?;
         // reconcile against what a previous run left, never flush: its flows keep going
-        let applied: BTreeMap<ServiceKey, Vec<SocketAddrV4>> = dp
+        let applied: BTreeMap<ServiceKey, Applied> = dp
             .services()?
             .into_iter()
-            .map(|s| (s.key, s.backends))
+            .map(|s| (s.key, (s.backends, s.flags, s.affinity_timeout)))
             .collect();
         let mut wanted = BTreeSet::new();
         for iface in &config.interfaces {
@@ -398,20 +402,27 @@ impl EbpfEngine {
     }
 
     fn upsert(&mut self, key: &ServiceKey, svc: &DesiredService, outcome: &mut SyncOutcome) {
-        if self.applied.get(key) == Some(&svc.backends) {
+        let mut flags = 0;
+        if svc.node_port {
+            flags |= dataplane_common::SVC_FLAG_MASQ;
+        }
+        if svc.affinity_timeout.is_some() {
+            flags |= dataplane_common::SVC_FLAG_AFFINITY;
+        }
+        let want: Applied = (
+            svc.backends.clone(),
+            flags,
+            svc.affinity_timeout.unwrap_or(0),
+        );
+        if self.applied.get(key) == Some(&want) {
             return;
         }
-        let flags = if svc.node_port {
-            dataplane_common::SVC_FLAG_MASQ
-        } else {
-            0
-        };
         match self
             .dp
-            .upsert_service_with_flags(*key, &svc.backends, flags)
+            .upsert_service_with(*key, &svc.backends, want.1, want.2)
         {
             Ok(()) => {
-                self.applied.insert(*key, svc.backends.clone());
+                self.applied.insert(*key, want);
                 outcome.changed += 1;
             }
             Err(e) => {

@@ -130,6 +130,16 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
             "-A {svc_chain} -m comment --comment \"{c} nodePort\" -j {MARK_MASQ_CHAIN}"
         ));
     }
+    if let Some(timeout) = svc.affinity_timeout {
+        // kube-proxy's sessionAffinity ClientIP: a client seen within the timeout goes
+        // back to the endpoint that last took it
+        for b in &svc.backends {
+            let sep = sep_chain(key, b);
+            lines.push(format!(
+                "-A {svc_chain} -m comment --comment \"{c} -> {b}\" -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout} --reap -j {sep}"
+            ));
+        }
+    }
     for (i, b) in svc.backends.iter().enumerate() {
         let sep = sep_chain(key, b);
         let remaining = n - i;
@@ -154,8 +164,13 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
             "-A {sep} -s {}/32 -m comment --comment \"{c}\" -j {MARK_MASQ_CHAIN}",
             b.ip()
         ));
+        let remember = if svc.affinity_timeout.is_some() {
+            format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
+        } else {
+            String::new()
+        };
         lines.push(format!(
-            "-A {sep} -p {p} -m comment --comment \"{c}\" -m {p} -j DNAT --to-destination {b}"
+            "-A {sep} -p {p} -m comment --comment \"{c}\"{remember} -m {p} -j DNAT --to-destination {b}"
         ));
     }
     ServiceRules { chains, lines }

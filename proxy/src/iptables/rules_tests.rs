@@ -18,6 +18,7 @@ fn svc(name: &str, backends: &[u8]) -> DesiredService {
             .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, *i), 8080))
             .collect(),
         node_port: false,
+        affinity_timeout: None,
     }
 }
 
@@ -267,4 +268,35 @@ fn cleanup_can_keep_the_ebpf_masquerade_chain() {
     assert!(keep.contains("-X KAZE-SERVICES"), "{keep}");
     assert!(keep.contains("-D PREROUTING -j KAZE-SERVICES"), "{keep}");
     assert!(!keep.contains("KAZE-EBPF-MASQ"), "{keep}");
+}
+
+#[test]
+fn client_ip_affinity_checks_and_sets_a_recent_list_per_endpoint() {
+    let k = key(10, 80, Protocol::Tcp);
+    let mut s = svc("default/web:http", &[1, 2]);
+    s.affinity_timeout = Some(60);
+    let p = plan(&desired(&[(k, s)]), &BTreeMap::new(), &BTreeSet::new(), &[]);
+    let chain = svc_chain(&k);
+    let rules: Vec<&str> = p
+        .input
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {chain} ")))
+        .collect();
+    assert_eq!(rules.len(), 4, "{}", p.input);
+    for (i, b) in [1u8, 2].iter().enumerate() {
+        let sep = sep_chain(&k, &SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, *b), 8080));
+        assert!(
+            rules[i].contains(&format!("-m recent --name {sep} "))
+                && rules[i].contains("--rcheck --seconds 60 --reap")
+                && rules[i].ends_with(&format!("-j {sep}")),
+            "the recent checks come before the spread: {rules:?}"
+        );
+        assert!(
+            p.input.lines().any(|l| l.starts_with(&format!("-A {sep} "))
+                && l.contains(&format!("-m recent --set --name {sep} "))
+                && l.contains("DNAT")),
+            "{}",
+            p.input
+        );
+    }
 }
