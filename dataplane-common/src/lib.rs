@@ -27,8 +27,11 @@ pub mod names {
     pub const CONNTRACK4: &str = "KAZE_CT4";
     pub const RR: &str = "KAZE_RR";
     pub const STATS: &str = "KAZE_STATS";
+    pub const AFFINITY4: &str = "KAZE_AFF4";
     /// Every map the proxy pins, in a stable order.
-    pub const ALL: [&str; 6] = [SERVICES4, BACKENDS4, REV_NAT4, CONNTRACK4, RR, STATS];
+    pub const ALL: [&str; 7] = [
+        SERVICES4, BACKENDS4, REV_NAT4, CONNTRACK4, RR, STATS, AFFINITY4,
+    ];
 }
 
 /// Program names in the object.
@@ -49,6 +52,8 @@ pub mod limits {
     pub const CONNTRACK: u32 = 262_144;
     /// Backends one service may have; bounds the slot index the kernel computes.
     pub const MAX_BACKENDS_PER_SERVICE: u16 = 1024;
+    /// ClientIP session-affinity entries (client, service).
+    pub const AFFINITY: u32 = 65_536;
 }
 
 /// Key of `KAZE_SVC4`. `backend_slot == 0` is the service entry; slots `1..=count` hold
@@ -122,6 +127,20 @@ pub struct RevNat4 {
     pub pad: [u8; 2],
 }
 
+/// `SvcValue.flags` (slot 0): traffic to this service is masqueraded by the node (a
+/// NodePort, whose backend may live on another node: its replies must come back through
+/// this node to be reverse-NATed). The tc program marks such packets with [`MARK_MASQ`];
+/// one netfilter rule the proxy installs masquerades marked packets.
+pub const SVC_FLAG_MASQ: u16 = 1;
+/// `SvcValue.flags` (slot 0): sessionAffinity ClientIP. New flows from a client that used
+/// the service within the timeout go to the same backend (`KAZE_AFF4`); the timeout in
+/// seconds is slot 0's `backend_id` (unused on the service entry otherwise).
+pub const SVC_FLAG_AFFINITY: u16 = 2;
+/// `CtValue.flags` of a forward entry: the flow's packets are marked with [`MARK_MASQ`].
+pub const CT_FLAG_MASQ: u16 = 1;
+/// The skb mark of packets to masquerade (kube-proxy's masquerade bit).
+pub const MARK_MASQ: u32 = 0x4000;
+
 /// Direction of a conntrack entry.
 pub const CT_DIR_FORWARD: u8 = 0;
 /// A reply entry: keyed by the backend's tuple as its replies carry it.
@@ -162,6 +181,26 @@ pub struct CtValue {
     pub created_ns: u64,
     /// `bpf_ktime_get_ns` of the latest packet.
     pub last_seen_ns: u64,
+}
+
+/// Key of `KAZE_AFF4`: a client of a service with ClientIP session affinity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Aff4Key {
+    /// Client address, network order.
+    pub client: u32,
+    pub rev_nat_id: u16,
+    pub pad: [u8; 2],
+}
+
+/// Value of `KAZE_AFF4`: the backend the client sticks to, and when it last opened a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffValue {
+    pub backend_id: u32,
+    pub pad: [u8; 4],
+    /// `bpf_ktime_get_ns` of the client's latest new flow to the service.
+    pub last_ns: u64,
 }
 
 /// Value of `KAZE_RR`: the round-robin cursor of one service.
@@ -217,4 +256,6 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RrValue {}
     unsafe impl aya::Pod for SvcStats {}
+    unsafe impl aya::Pod for Aff4Key {}
+    unsafe impl aya::Pod for AffValue {}
 }

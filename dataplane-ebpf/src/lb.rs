@@ -5,11 +5,11 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use dataplane_common::{
-    limits, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD, CT_DIR_REPLY,
-    PROTO_TCP,
+    limits, Aff4Key, AffValue, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD,
+    CT_DIR_REPLY, CT_FLAG_MASQ, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_MASQ,
 };
 
-use crate::maps::{KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
+use crate::maps::{KAZE_AFF4, KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
 
 /// What the program returns for a packet it looked at.
 pub enum Verdict {
@@ -40,12 +40,13 @@ pub enum Action {
     /// Not ours.
     None,
     /// Client to service: rewrite the destination to the backend. `new_flow` when the
-    /// backend was chosen by this packet.
+    /// backend was chosen by this packet; `masq` when the node must masquerade it.
     Dnat {
         addr: u32,
         port: u16,
         rev_nat_id: u16,
         new_flow: bool,
+        masq: bool,
     },
     /// Backend to client: rewrite the source back to the service.
     RevNat {
@@ -104,6 +105,7 @@ pub fn decide(t: &Tuple) -> Action {
                 port: ct.nat_port,
                 rev_nat_id: ct.rev_nat_id,
                 new_flow: false,
+                masq: ct.flags & CT_FLAG_MASQ != 0,
             };
         }
         let old_reply = Ct4Key {
@@ -146,33 +148,55 @@ pub fn decide(t: &Tuple) -> Action {
     };
     let count = svc.count;
     let rev_nat_id = svc.rev_nat_id;
+    let masq = svc.flags & SVC_FLAG_MASQ != 0;
+    let affinity = svc.flags & SVC_FLAG_AFFINITY != 0;
+    let aff_key = Aff4Key {
+        client: t.saddr,
+        rev_nat_id,
+        pad: [0; 2],
+    };
+    // ClientIP affinity: a client seen within the timeout goes back to its backend (the
+    // proxy deletes entries whose backend leaves the service)
+    let sticky = if affinity {
+        let timeout_ns = u64::from(svc.backend_id) * 1_000_000_000;
+        match KAZE_AFF4.get_ptr_mut(aff_key) {
+            Some(a) => {
+                // SAFETY: a live LRU value; see the conntrack lookups above.
+                let a = unsafe { &mut *a };
+                if now.wrapping_sub(a.last_ns) < timeout_ns {
+                    a.last_ns = now;
+                    Some(a.backend_id)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
     if count == 0 || count > limits::MAX_BACKENDS_PER_SERVICE {
         return Action::NoBackend { rev_nat_id };
     }
 
-    let Some(rr) = KAZE_RR.get_ptr_mut(u32::from(rev_nat_id)) else {
-        return Action::NoBackend { rev_nat_id };
+    let backend_id = match sticky {
+        Some(id) => id,
+        None => match pick(&mut key, count, rev_nat_id) {
+            Some(id) => id,
+            None => return Action::NoBackend { rev_nat_id },
+        },
     };
-    // SAFETY: array values are preallocated and never freed while the map lives, and the
-    // cursor is only ever touched atomically, so concurrent CPUs each get a distinct value.
-    // The intrinsic because core's atomic types have no RMW methods on the BPF target; it
-    // lowers to BPF_ATOMIC | BPF_FETCH | BPF_ADD. SeqCst, not Relaxed: LLVM 22 lowers a
-    // relaxed fetch-add to the non-fetching BPF add and then reads a stale register.
-    let turn: u64 =
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(rr.cast::<u64>(), 1) };
-    // checked_rem: count is known non-zero here, but a plain `%` still leaves a panic path
-    // the compiler cannot remove, and the verifier rejects it
-    let Some(idx) = turn.checked_rem(u64::from(count)) else {
-        return Action::NoBackend { rev_nat_id };
-    };
-    key.backend_slot = idx as u16 + 1;
-    // SAFETY: copied out at once.
-    let Some(slot) = (unsafe { KAZE_SVC4.get(key) }) else {
-        // the proxy publishes the count only after every slot below it is written; a miss
-        // means a broken invariant, and sending the flow nowhere is the honest answer
-        return Action::NoBackend { rev_nat_id };
-    };
-    let backend_id = slot.backend_id;
+    if affinity && sticky.is_none() {
+        let _ = KAZE_AFF4.insert(
+            aff_key,
+            AffValue {
+                backend_id,
+                pad: [0; 4],
+                last_ns: now,
+            },
+            u64::from(BPF_ANY),
+        );
+    }
     // SAFETY: copied out at once.
     let Some(be) = (unsafe { KAZE_BE4.get(BackendKey { id: backend_id }) }) else {
         return Action::NoBackend { rev_nat_id };
@@ -182,7 +206,7 @@ pub fn decide(t: &Tuple) -> Action {
     let fwd = CtValue {
         backend_id,
         rev_nat_id,
-        flags: 0,
+        flags: if masq { CT_FLAG_MASQ } else { 0 },
         nat_addr: be_addr,
         nat_port: be_port,
         pad: [0; 2],
@@ -215,7 +239,30 @@ pub fn decide(t: &Tuple) -> Action {
         port: be_port,
         rev_nat_id,
         new_flow: true,
+        masq,
     }
+}
+
+/// The next backend of the service in round-robin order (None: a broken invariant).
+#[inline(always)]
+fn pick(key: &mut Svc4Key, count: u16, rev_nat_id: u16) -> Option<u32> {
+    let rr = KAZE_RR.get_ptr_mut(u32::from(rev_nat_id))?;
+    // SAFETY: array values are preallocated and never freed while the map lives, and the
+    // cursor is only ever touched atomically, so concurrent CPUs each get a distinct value.
+    // The intrinsic because core's atomic types have no RMW methods on the BPF target; it
+    // lowers to BPF_ATOMIC | BPF_FETCH | BPF_ADD. SeqCst, not Relaxed: LLVM 22 lowers a
+    // relaxed fetch-add to the non-fetching BPF add and then reads a stale register.
+    let turn: u64 =
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(rr.cast::<u64>(), 1) };
+    // checked_rem: count is known non-zero here, but a plain `%` still leaves a panic path
+    // the compiler cannot remove, and the verifier rejects it
+    let idx = turn.checked_rem(u64::from(count))?;
+    key.backend_slot = idx as u16 + 1;
+    // The proxy publishes the count only after every slot below it is written; a miss
+    // means a broken invariant, and sending the flow nowhere is the honest answer.
+    // SAFETY: copied out at once.
+    let slot = unsafe { KAZE_SVC4.get(*key) }?;
+    Some(slot.backend_id)
 }
 
 /// Which counter of a service to bump.

@@ -7,14 +7,15 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use dataplane_common::{
-    limits, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue, Svc4Key, SvcStats,
-    SvcValue,
+    limits, Aff4Key, AffValue, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue,
+    Svc4Key, SvcStats, SvcValue,
 };
 
 const SERVICES: usize = limits::SERVICES as usize;
 const BACKENDS: usize = limits::BACKENDS as usize;
 const REV_NAT: usize = limits::REV_NAT as usize;
 const CONNTRACK: usize = limits::CONNTRACK as usize;
+const AFFINITY: usize = limits::AFFINITY as usize;
 
 /// Service entries (slot 0) and backend slots (1..=count).
 #[btf_map]
@@ -43,3 +44,8 @@ pub static KAZE_RR: Array<RrValue, REV_NAT> = Array::new();
 #[btf_map]
 pub static KAZE_STATS: PerCpuHashMap<RevNatKey, SvcStats, REV_NAT, { BPF_F_NO_PREALLOC as usize }> =
     PerCpuHashMap::new();
+
+/// ClientIP session affinity: (client, service) -> backend and last use. LRU: a full table
+/// forgets the coldest client, who then gets a backend by round-robin again.
+#[btf_map]
+pub static KAZE_AFF4: LruHashMap<Aff4Key, AffValue, AFFINITY> = LruHashMap::new();

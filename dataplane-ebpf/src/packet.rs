@@ -1,6 +1,6 @@
 //! Packet parsing and rewriting for the two attach points.
 
-use dataplane_common::{PROTO_TCP, PROTO_UDP};
+use dataplane_common::{MARK_MASQ, PROTO_TCP, PROTO_UDP};
 
 use crate::lb::{self, Action, Counter, Tuple, Verdict};
 
@@ -117,10 +117,12 @@ struct Rewrite {
 /// What to do with a parsed packet.
 enum Plan {
     Pass,
-    /// `new_flow`: the DNAT of a flow's first packet (only logged).
+    /// `new_flow`: the DNAT of a flow's first packet (only logged). `masq`: mark the packet
+    /// for the node's masquerade rule (tc only; XDP has no skb to mark).
     Rewrite {
         rw: Rewrite,
         new_flow: bool,
+        masq: bool,
     },
     /// A new flow to a service without backends: answer it (ICMP port unreachable, as
     /// kube-proxy's REJECT rules do) instead of letting the client time out.
@@ -141,6 +143,7 @@ fn plan(p: &Parsed) -> Plan {
             port,
             rev_nat_id,
             new_flow,
+            masq,
         } => {
             lb::count(rev_nat_id, Counter::Forward, bytes);
             let rw = Rewrite {
@@ -151,7 +154,7 @@ fn plan(p: &Parsed) -> Plan {
                 old_port: t.dport,
                 new_port: port,
             };
-            Plan::Rewrite { rw, new_flow }
+            Plan::Rewrite { rw, new_flow, masq }
         }
         Action::RevNat {
             addr,
@@ -170,6 +173,7 @@ fn plan(p: &Parsed) -> Plan {
             Plan::Rewrite {
                 rw,
                 new_flow: false,
+                masq: false,
             }
         }
         Action::NoBackend { rev_nat_id } => {
@@ -260,7 +264,7 @@ pub mod tc {
         let p = parse(&Skb(ctx))?;
         match plan(&p) {
             Plan::Pass => Ok(Verdict::Pass),
-            Plan::Rewrite { rw, new_flow } => {
+            Plan::Rewrite { rw, new_flow, masq } => {
                 if new_flow {
                     // off unless the proxy enables it (AYA_LOG_LEVEL is patched at load)
                     debug!(
@@ -273,6 +277,11 @@ pub mod tc {
                     );
                 }
                 apply(ctx, &p, &rw).map_err(|_| Error::Rewrite)?;
+                if masq {
+                    // SAFETY: tc programs may write `mark` of their own skb; the pointer is
+                    // the context the kernel passed in.
+                    unsafe { (*ctx.skb.skb).mark |= MARK_MASQ };
+                }
                 Ok(Verdict::Pass)
             }
             Plan::Reject { rev_nat_id } => {

@@ -10,6 +10,7 @@ mod agent;
 mod containerd;
 mod join;
 mod node;
+mod routes;
 mod server;
 
 #[derive(Parser)]

@@ -37,14 +37,21 @@ pub struct NodeArgs {
     /// The cluster domain.
     #[arg(long = "cluster-domain", default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// How this node load-balances Services: `iptables` (the node default for now: the eBPF
-    /// programs are not yet attached to each pod's veth, which bridged pod-to-pod replies
-    /// need) or `ebpf`.
-    #[arg(long = "proxy-mode", value_enum, default_value_t = proxy::ProxyMode::Iptables)]
+    /// How this node load-balances Services: `ebpf` (tc programs on the pod bridge, each
+    /// pod's veth and the uplink) or `iptables`.
+    #[arg(long = "proxy-mode", value_enum, default_value_t = proxy::ProxyMode::Ebpf)]
     pub proxy_mode: proxy::ProxyMode,
+    /// Where the eBPF proxy pins its maps and links (bpffs). One per node: several nodes
+    /// simulated on one machine share the bpffs.
+    #[arg(long = "bpf-pin-root", default_value = proxy::DEFAULT_PIN_ROOT)]
+    pub bpf_pin_root: PathBuf,
     /// Do not run the Service proxy on this node (k3s's flag name).
     #[arg(long = "disable-kube-proxy")]
     pub disable_kube_proxy: bool,
+    /// Do not route other nodes' pod CIDRs via their addresses (when another network
+    /// layer does, or nodes do not share a link).
+    #[arg(long = "disable-pod-routes")]
+    pub disable_pod_routes: bool,
     /// Port of the proxy's /metrics and /healthz (on loopback).
     #[arg(long = "proxy-metrics-port", default_value_t = 10249)]
     pub proxy_metrics_port: u16,
@@ -121,17 +128,32 @@ pub async fn start(
             tracing::warn!(%key, error = %e, "setting a sysctl the Service dataplane needs");
         }
     }
+    let node_name = args
+        .node_name
+        .clone()
+        .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase());
+    if !args.disable_pod_routes {
+        let token = shutdown.child_token();
+        let (kubeconfig, name, ip) = (kubeconfig.to_path_buf(), node_name.clone(), args.ip());
+        tasks.spawn(async move {
+            crate::routes::run(kubeconfig, name, ip, token)
+                .await
+                .context("pod routes")
+        });
+    }
     if args.disable_kube_proxy {
         return Ok(own);
     }
     let mut proxy = proxy::Config::new(Some(kubeconfig.to_path_buf()));
-    proxy.hostname_override = Some(
-        args.node_name
-            .clone()
-            .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase()),
-    );
+    proxy.hostname_override = Some(node_name);
     proxy.proxy_mode = args.proxy_mode;
-    proxy.interfaces = vec![args.cni_bridge.clone()];
+    // eBPF: the pod bridge and every pod's veth (requests from pods, replies between pods
+    // of this node, replies routed to pods), and the uplink: ingress for NodePorts from
+    // outside, egress for their replies once netfilter has undone the masquerade.
+    proxy.pod_bridge = Some(args.cni_bridge.clone());
+    proxy.bpf_pin_root = args.bpf_pin_root.clone();
+    proxy.interfaces = uplink(args.ip()).into_iter().collect();
+    proxy.egress_interfaces = proxy.interfaces.clone();
     proxy.metrics_bind_address =
         std::net::SocketAddr::from(([127, 0, 0, 1], args.proxy_metrics_port));
     let token = shutdown.child_token();
@@ -160,4 +182,21 @@ pub async fn supervise(
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// The interface holding `ip` (none for loopback: there is no uplink to attach to).
+fn uplink(ip: IpAddr) -> Option<String> {
+    if ip.is_loopback() {
+        return None;
+    }
+    let out = std::process::Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()
+        .ok()?;
+    // "2: eth0    inet 192.0.2.1/24 brd ... scope global eth0 ..."
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        let addr = fields.get(3)?.split('/').next()?;
+        (addr.parse::<IpAddr>().ok()? == ip).then(|| fields[1].to_string())
+    })
 }

@@ -20,6 +20,9 @@ pub struct ServerArgs {
     /// CIDR that node pod CIDRs are carved from.
     #[arg(long = "cluster-cidr", default_value = "10.42.0.0/16")]
     cluster_cidr: String,
+    /// How long a node may go without a heartbeat before it is marked NotReady (Unknown).
+    #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = component::leader::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
     /// Port the host DNS server listens on (the kube-dns Service maps 53 to it).
     #[arg(long = "dns-port", default_value_t = 10053)]
     dns_port: u16,
@@ -163,7 +166,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         controllers: vec!["*".into()],
         cluster_cidr: args.cluster_cidr.clone(),
         node_cidr_mask_size: 24,
-        node_monitor_grace_period: std::time::Duration::from_secs(40),
+        node_monitor_grace_period: args.node_monitor_grace_period,
         node_monitor_period: std::time::Duration::from_secs(5),
         terminated_pod_gc_threshold: 12500,
         leader: args.leader.clone(),

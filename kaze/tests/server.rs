@@ -142,12 +142,14 @@ fn client_pod(ip: &str) -> String {
     )
 }
 
-/// The node's proxy writes KAZE-* chains into the host's nat table; they outlive it (so a
-/// restart drops no traffic), so the test removes them.
-struct ProxyChains;
+/// The node's proxy leaves its state behind on purpose (so a restart drops no traffic):
+/// eBPF pins under the test's pin root, and KAZE-* chains in the host's nat table if it
+/// ran in iptables mode. The test removes both.
+struct ProxyState(std::path::PathBuf);
 
-impl Drop for ProxyChains {
+impl Drop for ProxyState {
     fn drop(&mut self) {
+        let _ = proxy::remove_pins(&self.0);
         proxy::iptables::cleanup_all_except(None);
     }
 }
@@ -277,7 +279,8 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         node: node.clone(),
         pod_ip_prefix: "10.245.".into(),
     };
-    let _chains = ProxyChains;
+    let pin_root = format!("/sys/fs/bpf/kaze-e2e-{pid}");
+    let _proxy_state = ProxyState(pin_root.clone().into());
     let bridge = format!("kzs{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
     let kubelet_port = free_port().to_string();
@@ -300,6 +303,8 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         &kubelet_port,
         "--proxy-metrics-port",
         &free_port().to_string(),
+        "--bpf-pin-root",
+        &pin_root,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -428,7 +433,8 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     assert_eq!(answer, svc_ip);
 
     // Services route from pods: a client pod calls the echo Service's ClusterIP and both
-    // backends answer (the proxy programs the node; iptables mode, random spread).
+    // backends answer (the node's proxy in its default mode, eBPF: tc programs on the
+    // pod bridge and on each pod's veth).
     kubectl_apply(data, ECHO);
     let echo_pods = eventually("2 echo pods Running", Duration::from_secs(90), || {
         let out = kubectl_run(

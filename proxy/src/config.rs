@@ -67,6 +67,20 @@ pub struct Config {
     #[arg(long, value_delimiter = ',')]
     pub interfaces: Vec<String>,
 
+    /// Interfaces whose egress also gets the tc program: the uplink, where replies to
+    /// masqueraded NodePort flows leave once netfilter has undone the masquerade.
+    #[arg(long = "egress-interfaces", value_delimiter = ',')]
+    pub egress_interfaces: Vec<String>,
+
+    /// A bridge whose ports are pods' host-side veths (the CNI bridge): the tc program is
+    /// attached at the ingress of every port, followed as pods come and go, and at the
+    /// bridge's own ingress and egress. Bridged pod-to-pod replies never reach the bridge's
+    /// L3, so the reverse NAT of a Service flow between two pods of one node must happen on
+    /// the replying pod's veth; replies routed to pods (from the node or other nodes) pass
+    /// the bridge's egress.
+    #[arg(long = "pod-bridge")]
+    pub pod_bridge: Option<String>,
+
     /// Interfaces that get the XDP program instead (physical NICs receiving complete
     /// checksums; see README).
     #[arg(long = "xdp-interfaces", value_delimiter = ',')]
@@ -117,6 +131,8 @@ impl Config {
             proxy_mode: ProxyMode::Ebpf,
             interfaces: Vec::new(),
             xdp_interfaces: Vec::new(),
+            pod_bridge: None,
+            egress_interfaces: Vec::new(),
             bpf_pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
             bpf_object: None,
             bpf_conntrack_max: None,

@@ -22,6 +22,11 @@ pub struct DesiredService {
     pub name: String,
     /// Sorted, without duplicates: the round-robin order.
     pub backends: Vec<SocketAddrV4>,
+    /// A NodePort on a node address: traffic from outside the node is masqueraded (iptables
+    /// mode), so replies from a backend on another node come back through this one.
+    pub node_port: bool,
+    /// sessionAffinity ClientIP: how long (seconds) a client keeps its backend.
+    pub affinity_timeout: Option<u32>,
 }
 
 /// Everything the node should serve, keyed by what clients connect to.
@@ -76,6 +81,8 @@ pub fn compute<'a>(
             let entry = DesiredService {
                 name: format!("{ns}/{name}:{port_name}"),
                 backends,
+                node_port: false,
+                affinity_timeout: affinity_timeout(spec),
             };
             for address in &cluster_ips {
                 desired.insert(
@@ -96,13 +103,35 @@ pub fn compute<'a>(
                             port: node_port,
                             protocol,
                         },
-                        entry.clone(),
+                        DesiredService {
+                            node_port: true,
+                            ..entry.clone()
+                        },
                     );
                 }
             }
         }
     }
     desired
+}
+
+/// upstream's default for sessionAffinityConfig.clientIP.timeoutSeconds
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+/// The ClientIP affinity timeout of a service, None without affinity.
+fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Option<u32> {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let t = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+    Some(t)
 }
 
 /// The IPv4 cluster IPs of a service; none for headless services.

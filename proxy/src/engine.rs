@@ -88,6 +88,15 @@ impl Engine {
         outcome
     }
 
+    /// Follows the pod bridge's ports (eBPF mode with `--pod-bridge`).
+    pub fn refresh_ports(&mut self) {
+        if let Engine::Ebpf(e) = self {
+            if let Err(err) = e.refresh_ports() {
+                warn!(error = %chain(&err), "following the pod bridge's ports; retrying");
+            }
+        }
+    }
+
     /// Per-service traffic counters (eBPF mode only).
     pub fn counters(&self) -> Vec<(ServiceKey, ServiceCounters)> {
         let Engine::Ebpf(e) = self else {
@@ -104,9 +113,14 @@ impl Engine {
     pub fn clean_other_modes(&self, config: &Config, desired: &Desired) {
         match self {
             Engine::Ebpf(_) => {
-                if iptables::cleanup_all_except(None) {
+                if iptables::cleanup_for_ebpf() {
                     let addresses: BTreeSet<_> = desired.keys().map(|k| k.address).collect();
                     iptables::forget_kernel_flows(addresses);
+                }
+                // the one rule eBPF mode needs from netfilter: masquerade what the
+                // programs marked (NodePort traffic, whose backend may be on another node)
+                if let Err(e) = iptables::install_ebpf_masquerade(config.iptables_backend) {
+                    warn!(error = %chain(&e), "installing the masquerade rule for NodePorts");
                 }
             }
             Engine::Iptables(i) => {
@@ -204,10 +218,68 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What one service is programmed with: backends, `SVC_FLAG_*` bits, affinity timeout.
+type Applied = (Vec<SocketAddrV4>, u16, u32);
+
 /// The eBPF dataplane and the services it holds (read back from the pins at start).
 pub struct EbpfEngine {
     dp: Dataplane,
-    applied: BTreeMap<ServiceKey, Vec<SocketAddrV4>>,
+    /// Backends, `SVC_FLAG_*` bits and affinity timeout of every programmed service.
+    applied: BTreeMap<ServiceKey, Applied>,
+    /// `--pod-bridge`, and the ports the program is attached to.
+    bridge: Option<String>,
+    bridge_attached: bool,
+    ports: BTreeSet<String>,
+}
+
+/// The bridge itself: ingress (requests of pods whose veth is not followed yet) and egress
+/// (replies routed to pods: from the node's own sockets and from other nodes).
+fn attach_bridge(dp: &mut Dataplane, bridge: &str) -> Result<(), DataplaneError> {
+    attach_ingress(dp, bridge)?;
+    dp.attach_tc(bridge, TcHook::Egress)
+}
+
+/// Attaches at `iface` ingress. A NodePort reply is reverse-NATed at tc ingress to come from
+/// a node address; the kernel then forwards a packet whose source is local, a "martian" it
+/// drops unless the receiving interface accepts local sources.
+fn attach_ingress(dp: &mut Dataplane, iface: &str) -> Result<(), DataplaneError> {
+    dp.attach_tc(iface, TcHook::Ingress)?;
+    let knob = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    std::fs::write(&knob, "1").map_err(|source| DataplaneError::Io {
+        what: format!("setting {knob} for NodePort replies"),
+        source,
+    })
+}
+
+/// The ports of `bridge`, asked of the kernel through `ip` (which runs in this thread's
+/// network namespace, unlike a read of /sys, whose view is the mounter's).
+/// None when the bridge does not exist.
+fn bridge_ports(bridge: &str) -> Result<Option<BTreeSet<String>>, DataplaneError> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .map_err(|source| DataplaneError::Io {
+            what: format!("listing the ports of bridge {bridge} (ip link)"),
+            source,
+        })?;
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not exist") {
+        return Ok(None);
+    }
+    if !out.status.success() {
+        return Err(DataplaneError::Io {
+            what: format!("listing the ports of bridge {bridge}"),
+            source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    // "7: veth1234@if2: <BROADCAST,...> mtu 1500 master kaze0 ..."
+    Ok(Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_string())
+            .filter(|name| !name.is_empty())
+            .collect(),
+    ))
 }
 
 impl EbpfEngine {
@@ -219,23 +291,35 @@ impl EbpfEngine {
             kernel_log: None,
         })?;
         // reconcile against what a previous run left, never flush: its flows keep going
-        let applied: BTreeMap<ServiceKey, Vec<SocketAddrV4>> = dp
+        let applied: BTreeMap<ServiceKey, Applied> = dp
             .services()?
             .into_iter()
-            .map(|s| (s.key, s.backends))
+            .map(|s| (s.key, (s.backends, s.flags, s.affinity_timeout)))
             .collect();
         let mut wanted = BTreeSet::new();
         for iface in &config.interfaces {
-            dp.attach_tc(iface, TcHook::Ingress)?;
+            attach_ingress(&mut dp, iface)?;
             wanted.insert(format!("tc-{iface}-ingress"));
-            // A NodePort reply is reverse-NATed at tc ingress to come from a node address;
-            // the kernel then forwards a packet whose source is local, a "martian" it drops
-            // unless the receiving interface accepts local sources.
-            let knob = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-            std::fs::write(&knob, "1").map_err(|source| DataplaneError::Io {
-                what: format!("setting {knob} for NodePort replies"),
-                source,
-            })?;
+        }
+        let mut ports = BTreeSet::new();
+        let mut bridge_attached = false;
+        if let Some(bridge) = &config.pod_bridge {
+            // the CNI plugin creates the bridge with the first pod: followed from then on
+            if let Some(now) = bridge_ports(bridge)? {
+                attach_bridge(&mut dp, bridge)?;
+                bridge_attached = true;
+                wanted.insert(format!("tc-{bridge}-ingress"));
+                wanted.insert(format!("tc-{bridge}-egress"));
+                for port in now {
+                    attach_ingress(&mut dp, &port)?;
+                    wanted.insert(format!("tc-{port}-ingress"));
+                    ports.insert(port);
+                }
+            }
+        }
+        for iface in &config.egress_interfaces {
+            dp.attach_tc(iface, TcHook::Egress)?;
+            wanted.insert(format!("tc-{iface}-egress"));
         }
         for iface in &config.xdp_interfaces {
             dp.attach_xdp(iface)?;
@@ -264,7 +348,48 @@ impl EbpfEngine {
             }
         }
         info!(services = applied.len(), "eBPF mode");
-        Ok(EbpfEngine { dp, applied })
+        Ok(EbpfEngine {
+            dp,
+            applied,
+            bridge: config.pod_bridge.clone(),
+            bridge_attached,
+            ports,
+        })
+    }
+
+    /// Follows the pod bridge's ports: attaches to veths that appeared since the last call
+    /// and drops the pins of those that went (their links died with the device).
+    pub fn refresh_ports(&mut self) -> Result<(), DataplaneError> {
+        let Some(bridge) = self.bridge.clone() else {
+            return Ok(());
+        };
+        let Some(now) = bridge_ports(&bridge)? else {
+            // gone (or not created yet): its links went with it
+            if self.bridge_attached {
+                self.dp.detach_tc(&bridge, TcHook::Ingress)?;
+                self.dp.detach_tc(&bridge, TcHook::Egress)?;
+                self.bridge_attached = false;
+            }
+            for port in std::mem::take(&mut self.ports) {
+                self.dp.detach_tc(&port, TcHook::Ingress)?;
+            }
+            return Ok(());
+        };
+        if !self.bridge_attached {
+            attach_bridge(&mut self.dp, &bridge)?;
+            self.bridge_attached = true;
+            info!(bridge = bridge.as_str(), "attached to the pod bridge");
+        }
+        for port in now.difference(&self.ports) {
+            // a veth can vanish between the listing and the attach: retried next time
+            attach_ingress(&mut self.dp, port)?;
+            info!(port = port.as_str(), "attached to a new pod interface");
+        }
+        for port in self.ports.difference(&now) {
+            self.dp.detach_tc(port, TcHook::Ingress)?;
+        }
+        self.ports = now;
+        Ok(())
     }
 
     fn sync_keys(&mut self, desired: &Desired, keys: &[ServiceKey], outcome: &mut SyncOutcome) {
@@ -277,12 +402,27 @@ impl EbpfEngine {
     }
 
     fn upsert(&mut self, key: &ServiceKey, svc: &DesiredService, outcome: &mut SyncOutcome) {
-        if self.applied.get(key) == Some(&svc.backends) {
+        let mut flags = 0;
+        if svc.node_port {
+            flags |= dataplane_common::SVC_FLAG_MASQ;
+        }
+        if svc.affinity_timeout.is_some() {
+            flags |= dataplane_common::SVC_FLAG_AFFINITY;
+        }
+        let want: Applied = (
+            svc.backends.clone(),
+            flags,
+            svc.affinity_timeout.unwrap_or(0),
+        );
+        if self.applied.get(key) == Some(&want) {
             return;
         }
-        match self.dp.upsert_service(*key, &svc.backends) {
+        match self
+            .dp
+            .upsert_service_with(*key, &svc.backends, want.1, want.2)
+        {
             Ok(()) => {
-                self.applied.insert(*key, svc.backends.clone());
+                self.applied.insert(*key, want);
                 outcome.changed += 1;
             }
             Err(e) => {

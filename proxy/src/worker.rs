@@ -25,6 +25,11 @@ use crate::{
     Error,
 };
 
+/// How often the pod bridge's ports are listed (`--pod-bridge`). A pod's first packets
+/// leave before its veth is followed only if it sends within this time of its network
+/// being set up; its requests are still balanced at the bridge's ingress then.
+const PORT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 enum Cmd {
     Sync(Vec<Change>, oneshot::Sender<SyncOutcome>),
     Counters(oneshot::Sender<Vec<(ServiceKey, ServiceCounters)>>),
@@ -119,7 +124,18 @@ impl Worker {
 
 fn serve(config: &Config, mut programmer: Programmer, rx: mpsc::Receiver<Cmd>) {
     let mut cleaned = false;
-    while let Ok(cmd) = rx.recv() {
+    let mut polled = std::time::Instant::now();
+    loop {
+        // new pods' veths are picked up between commands, even when they keep coming
+        if polled.elapsed() >= PORT_POLL {
+            programmer.engine.refresh_ports();
+            polled = std::time::Instant::now();
+        }
+        let cmd = match rx.recv_timeout(PORT_POLL.saturating_sub(polled.elapsed())) {
+            Ok(cmd) => cmd,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match cmd {
             Cmd::Sync(changes, reply) => {
                 let outcome = programmer.apply(changes);

@@ -582,3 +582,57 @@ fn an_unreachable_apiserver_leaves_the_proxy_waiting_not_failing() {
         .expect("the proxy task panicked");
     assert!(res.is_ok(), "proxy::run failed: {res:?}");
 }
+
+/// sessionAffinity ClientIP: every new flow of a client goes to the backend its first flow
+/// got (TCP and UDP alike), and when that backend leaves, the client sticks to a new one.
+fn client_ip_affinity_sticks(test: &str, mode: ProxyMode) {
+    let mut h = Harness::new(test, mode);
+    h.start_proxy();
+    let vip = h.create_service(
+        "web",
+        json!({"sessionAffinity": "ClientIP",
+               "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
+    );
+    h.put_slice("web", &[0, 1, 2], &[]);
+    h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+    let client = h.client_ns();
+    let tcp: Vec<String> = (0..12)
+        .map(|_| tcp_once(client, Harness::vip(vip, 80)))
+        .collect();
+    let first = tcp[0].clone();
+    assert!(
+        tcp.iter().all(|b| *b == first),
+        "{mode:?}: every TCP connection of the client on {first}: {tcp:?}"
+    );
+    let udp: Vec<String> = (0..12)
+        .map(|i| udp_ask(&udp_flow(client, 22_000 + i), Harness::vip(vip, 53)))
+        .collect();
+    assert!(
+        udp.windows(2).all(|w| w[0] == w[1]),
+        "{mode:?}: every UDP flow of the client on one backend: {udp:?}"
+    );
+
+    // the sticky backend leaves: the client moves, and sticks again
+    let left: usize = (0..3).find(|i| backend(*i) == first).expect("a backend");
+    let rest: Vec<usize> = (0..3).filter(|i| *i != left).collect();
+    h.put_slice("web", &rest, &[]);
+    h.wait_programmed(WEB, Some(2), PROGRAMMING_BOUND);
+    let tcp: Vec<String> = (0..12)
+        .map(|_| tcp_once(client, Harness::vip(vip, 80)))
+        .collect();
+    assert!(
+        tcp[0] != first && tcp.iter().all(|b| *b == tcp[0]),
+        "{mode:?}: after {first} left, the client sticks to one of the others: {tcp:?}"
+    );
+    h.stop_proxy();
+}
+
+#[test]
+fn client_ip_affinity_sticks_in_ebpf_mode() {
+    client_ip_affinity_sticks("k8s-aff-ebpf", ProxyMode::Ebpf);
+}
+
+#[test]
+fn client_ip_affinity_sticks_in_iptables_mode() {
+    client_ip_affinity_sticks("k8s-aff-ipt", ProxyMode::Iptables);
+}

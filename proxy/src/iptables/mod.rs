@@ -120,8 +120,13 @@ impl Tools {
     /// Removes every KAZE chain and every jump into one, in every table. Returns whether
     /// there was anything to remove.
     pub fn cleanup(&self) -> Result<bool, IptablesError> {
+        self.cleanup_keeping(&[])
+    }
+
+    /// [`Self::cleanup`] except the chains in `keep`.
+    pub fn cleanup_keeping(&self, keep: &[&str]) -> Result<bool, IptablesError> {
         let save = self.save(None)?;
-        match rules::cleanup_input(&save) {
+        match rules::cleanup_input_keeping(&save, keep) {
             Some(input) => {
                 self.restore(&input)?;
                 info!(iptables = self.flavor, "removed kaze's iptables chains");
@@ -177,6 +182,41 @@ pub fn cleanup_all_except(keep: Option<&Tools>) -> bool {
             continue;
         }
         match tools.cleanup() {
+            Ok(f) => found |= f,
+            Err(e) => warn!(iptables = tools.flavor, error = %e, "removing kaze's iptables chains"),
+        }
+    }
+    found
+}
+
+/// The chain eBPF mode keeps in the nat table: masquerade packets the tc program marked.
+pub const EBPF_MASQ_CHAIN: &str = "KAZE-EBPF-MASQ";
+
+/// Installs (idempotently) `KAZE-EBPF-MASQ`, jumped to from nat `POSTROUTING`, which
+/// masquerades packets carrying `MARK_MASQ`: in eBPF mode the programs DNAT NodePort
+/// traffic and mark it, and netfilter's masquerade brings the replies of a backend on
+/// another node back through this node, where the programs reverse the DNAT.
+pub fn install_ebpf_masquerade(backend: IptablesBackend) -> Result<(), IptablesError> {
+    let tools = Tools::choose(backend)?;
+    let mark = dataplane_common::MARK_MASQ;
+    let mut input = format!(
+        "*nat\n:{EBPF_MASQ_CHAIN} - [0:0]\n-A {EBPF_MASQ_CHAIN} -m mark --mark {mark:#x}/{mark:#x} -m comment --comment \"kaze eBPF: masquerade marked NodePort traffic\" -j MASQUERADE\n"
+    );
+    let jump = format!("-A POSTROUTING -j {EBPF_MASQ_CHAIN}");
+    if !tools.save(Some("nat"))?.lines().any(|l| l == jump) {
+        input.push_str(&jump);
+        input.push('\n');
+    }
+    input.push_str("COMMIT\n");
+    tools.restore(&input)
+}
+
+/// What eBPF mode removes from every iptables backend: iptables mode's chains, not the
+/// masquerade chain eBPF mode uses itself. Returns whether anything was there.
+pub fn cleanup_for_ebpf() -> bool {
+    let mut found = false;
+    for tools in Tools::installed() {
+        match tools.cleanup_keeping(&[EBPF_MASQ_CHAIN]) {
             Ok(f) => found |= f,
             Err(e) => warn!(iptables = tools.flavor, error = %e, "removing kaze's iptables chains"),
         }

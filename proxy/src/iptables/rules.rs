@@ -123,6 +123,23 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
     let mut lines = Vec::new();
     let n = svc.backends.len();
     let c = comment(&svc.name);
+    if svc.node_port {
+        // kube-proxy's rule for externalTrafficPolicy Cluster: the backend may be on
+        // another node, whose reply must return through this one to be un-NATed
+        lines.push(format!(
+            "-A {svc_chain} -m comment --comment \"{c} nodePort\" -j {MARK_MASQ_CHAIN}"
+        ));
+    }
+    if let Some(timeout) = svc.affinity_timeout {
+        // kube-proxy's sessionAffinity ClientIP: a client seen within the timeout goes
+        // back to the endpoint that last took it
+        for b in &svc.backends {
+            let sep = sep_chain(key, b);
+            lines.push(format!(
+                "-A {svc_chain} -m comment --comment \"{c} -> {b}\" -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout} --reap -j {sep}"
+            ));
+        }
+    }
     for (i, b) in svc.backends.iter().enumerate() {
         let sep = sep_chain(key, b);
         let remaining = n - i;
@@ -147,8 +164,13 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
             "-A {sep} -s {}/32 -m comment --comment \"{c}\" -j {MARK_MASQ_CHAIN}",
             b.ip()
         ));
+        let remember = if svc.affinity_timeout.is_some() {
+            format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
+        } else {
+            String::new()
+        };
         lines.push(format!(
-            "-A {sep} -p {p} -m comment --comment \"{c}\" -m {p} -j DNAT --to-destination {b}"
+            "-A {sep} -p {p} -m comment --comment \"{c}\"{remember} -m {p} -j DNAT --to-destination {b}"
         ));
     }
     ServiceRules { chains, lines }
@@ -264,6 +286,11 @@ pub fn plan(
 /// The restore input that removes every KAZE chain and every jump into one from `save`
 /// (the output of `iptables-save` for all tables); `None` if there is nothing of ours.
 pub fn cleanup_input(save: &str) -> Option<String> {
+    cleanup_input_keeping(save, &[])
+}
+
+/// [`cleanup_input`] that leaves the chains named in `keep` (and the jumps to them) alone.
+pub fn cleanup_input_keeping(save: &str, keep: &[&str]) -> Option<String> {
     let mut out = String::new();
     let mut table = String::new();
     let mut chains: Vec<String> = Vec::new();
@@ -295,14 +322,18 @@ pub fn cleanup_input(save: &str) -> Option<String> {
             flush(&mut out, &table, &mut chains, &mut deletes);
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or("");
-            if name.starts_with(CHAIN_PREFIX) {
+            if name.starts_with(CHAIN_PREFIX) && !keep.contains(&name) {
                 chains.push(name.to_string());
                 any = true;
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let chain = rule.split_whitespace().next().unwrap_or("");
             let target = rule.split(" -j ").nth(1).unwrap_or("");
-            if !chain.starts_with(CHAIN_PREFIX) && target.starts_with(CHAIN_PREFIX) {
+            let target_chain = target.split_whitespace().next().unwrap_or("");
+            if !chain.starts_with(CHAIN_PREFIX)
+                && target.starts_with(CHAIN_PREFIX)
+                && !keep.contains(&target_chain)
+            {
                 deletes.push(format!("-D {rule}"));
                 any = true;
             }

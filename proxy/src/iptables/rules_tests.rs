@@ -17,6 +17,8 @@ fn svc(name: &str, backends: &[u8]) -> DesiredService {
             .iter()
             .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, *i), 8080))
             .collect(),
+        node_port: false,
+        affinity_timeout: None,
     }
 }
 
@@ -221,4 +223,80 @@ COMMIT
         None
     );
     assert_eq!(chains_in(save).len(), 2);
+}
+
+#[test]
+fn node_port_traffic_is_marked_for_masquerade_before_the_spread() {
+    let k = key(10, 30080, Protocol::Tcp);
+    let mut s = svc("default/web:http", &[1, 2]);
+    s.node_port = true;
+    let d = desired(&[(k, s)]);
+    let p = plan(&d, &BTreeMap::new(), &BTreeSet::new(), &[]);
+    let chain = svc_chain(&k);
+    let rules: Vec<&str> = p
+        .input
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {chain} ")))
+        .collect();
+    assert_eq!(rules.len(), 3, "{}", p.input);
+    assert!(
+        rules[0].ends_with(&format!("-j {MARK_MASQ_CHAIN}")),
+        "the mark comes first: {rules:?}"
+    );
+    // a ClusterIP service is not masqueraded (only its hairpin flows are)
+    let k = key(11, 80, Protocol::Tcp);
+    let d = desired(&[(k, svc("default/web:http", &[1, 2]))]);
+    let p = plan(&d, &BTreeMap::new(), &BTreeSet::new(), &[]);
+    assert!(
+        !p.input.lines().any(
+            |l| l.starts_with(&format!("-A {} ", svc_chain(&k))) && l.contains(MARK_MASQ_CHAIN)
+        ),
+        "{}",
+        p.input
+    );
+}
+
+#[test]
+fn cleanup_can_keep_the_ebpf_masquerade_chain() {
+    let save = "*nat\n:POSTROUTING ACCEPT [0:0]\n:KAZE-SERVICES - [0:0]\n:KAZE-EBPF-MASQ - [0:0]\n\
+                -A POSTROUTING -j KAZE-EBPF-MASQ\n-A PREROUTING -j KAZE-SERVICES\n\
+                -A KAZE-EBPF-MASQ -m mark --mark 0x4000/0x4000 -j MASQUERADE\nCOMMIT\n";
+    let all = cleanup_input(save).expect("something to remove");
+    assert!(all.contains("-X KAZE-EBPF-MASQ"), "{all}");
+    assert!(all.contains("-D POSTROUTING -j KAZE-EBPF-MASQ"), "{all}");
+    let keep = cleanup_input_keeping(save, &["KAZE-EBPF-MASQ"]).expect("services chain");
+    assert!(keep.contains("-X KAZE-SERVICES"), "{keep}");
+    assert!(keep.contains("-D PREROUTING -j KAZE-SERVICES"), "{keep}");
+    assert!(!keep.contains("KAZE-EBPF-MASQ"), "{keep}");
+}
+
+#[test]
+fn client_ip_affinity_checks_and_sets_a_recent_list_per_endpoint() {
+    let k = key(10, 80, Protocol::Tcp);
+    let mut s = svc("default/web:http", &[1, 2]);
+    s.affinity_timeout = Some(60);
+    let p = plan(&desired(&[(k, s)]), &BTreeMap::new(), &BTreeSet::new(), &[]);
+    let chain = svc_chain(&k);
+    let rules: Vec<&str> = p
+        .input
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {chain} ")))
+        .collect();
+    assert_eq!(rules.len(), 4, "{}", p.input);
+    for (i, b) in [1u8, 2].iter().enumerate() {
+        let sep = sep_chain(&k, &SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, *b), 8080));
+        assert!(
+            rules[i].contains(&format!("-m recent --name {sep} "))
+                && rules[i].contains("--rcheck --seconds 60 --reap")
+                && rules[i].ends_with(&format!("-j {sep}")),
+            "the recent checks come before the spread: {rules:?}"
+        );
+        assert!(
+            p.input.lines().any(|l| l.starts_with(&format!("-A {sep} "))
+                && l.contains(&format!("-m recent --set --name {sep} "))
+                && l.contains("DNAT")),
+            "{}",
+            p.input
+        );
+    }
 }

@@ -13,8 +13,8 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues};
 use dataplane_common::{
-    limits, names, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue, Svc4Key,
-    SvcStats, SvcValue, PROTO_TCP, PROTO_UDP,
+    limits, names, Aff4Key, AffValue, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey,
+    RrValue, Svc4Key, SvcStats, SvcValue, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY,
 };
 use tracing::debug;
 
@@ -92,6 +92,10 @@ pub struct ServiceState {
     pub rev_nat_id: u16,
     /// Backends in slot order (the round-robin order).
     pub backends: Vec<SocketAddrV4>,
+    /// `SVC_FLAG_*` bits of the service entry.
+    pub flags: u16,
+    /// The affinity timeout in seconds when `flags` has `SVC_FLAG_AFFINITY`.
+    pub affinity_timeout: u32,
 }
 
 /// Traffic counters of one service, summed over CPUs.
@@ -109,6 +113,7 @@ type SvcMap<'a> = BpfHashMap<&'a mut MapData, Svc4Key, SvcValue>;
 type BackendMap<'a> = BpfHashMap<&'a mut MapData, BackendKey, Backend4>;
 type RevNatMap<'a> = BpfHashMap<&'a mut MapData, RevNatKey, RevNat4>;
 type CtMap<'a> = BpfHashMap<&'a mut MapData, Ct4Key, CtValue>;
+type AffMap<'a> = BpfHashMap<&'a mut MapData, Aff4Key, AffValue>;
 type RrMap<'a> = Array<&'a mut MapData, RrValue>;
 type StatsMap<'a> = PerCpuHashMap<&'a mut MapData, RevNatKey, SvcStats>;
 
@@ -121,6 +126,19 @@ impl Dataplane {
         &mut self,
         key: ServiceKey,
         backends: &[SocketAddrV4],
+    ) -> Result<(), DataplaneError> {
+        self.upsert_service_with(key, backends, 0, 0)
+    }
+
+    /// [`Self::upsert_service`] with `SVC_FLAG_*` bits on the service entry (e.g.
+    /// `SVC_FLAG_MASQ` for a NodePort, `SVC_FLAG_AFFINITY` with `affinity_timeout` seconds
+    /// for sessionAffinity ClientIP).
+    pub fn upsert_service_with(
+        &mut self,
+        key: ServiceKey,
+        backends: &[SocketAddrV4],
+        flags: u16,
+        affinity_timeout: u32,
     ) -> Result<(), DataplaneError> {
         let mut seen = HashSet::new();
         let backends: Vec<SocketAddrV4> = backends
@@ -212,10 +230,14 @@ impl Dataplane {
         {
             let mut svc: SvcMap = typed_mut(&mut self.ebpf, names::SERVICES4)?;
             let head = SvcValue {
-                backend_id: 0,
+                backend_id: if flags & SVC_FLAG_AFFINITY != 0 {
+                    affinity_timeout
+                } else {
+                    0
+                },
                 count: ids.len() as u16,
                 rev_nat_id,
-                flags: 0,
+                flags,
                 pad: [0; 2],
             };
             svc.insert(key.slot(0), head, 0)
@@ -255,8 +277,20 @@ impl Dataplane {
             Programmed {
                 rev_nat_id,
                 backend_ids: ids,
+                flags,
+                aux: affinity_timeout,
             },
         );
+        // clients stuck to a backend that left, or to any backend of a service that no
+        // longer has affinity, choose again
+        let had_affinity = old
+            .as_ref()
+            .is_some_and(|o| o.flags & SVC_FLAG_AFFINITY != 0);
+        if had_affinity && flags & SVC_FLAG_AFFINITY == 0 {
+            self.forget_affinity(rev_nat_id, None)?;
+        } else if had_affinity && !removed.is_empty() {
+            self.forget_affinity(rev_nat_id, Some(&removed))?;
+        }
         if key.protocol == Protocol::Udp && !removed.is_empty() {
             self.purge_flows(rev_nat_id, &removed)?;
         }
@@ -297,6 +331,9 @@ impl Dataplane {
                 Err(e) => return Err(map_err(format!("removing counters of {key}"))(e)),
             }
         }
+        if old.flags & SVC_FLAG_AFFINITY != 0 {
+            self.forget_affinity(old.rev_nat_id, None)?;
+        }
         self.state.rev_nat_in_use.remove(&old.rev_nat_id);
         let candidates = self.state.reference(&[], &old.backend_ids);
         self.release_backends(candidates)?;
@@ -328,6 +365,12 @@ impl Dataplane {
                     key: *key,
                     rev_nat_id: p.rev_nat_id,
                     backends,
+                    flags: p.flags,
+                    affinity_timeout: if p.flags & SVC_FLAG_AFFINITY != 0 {
+                        p.aux
+                    } else {
+                        0
+                    },
                 })
             })
             .collect()
@@ -399,6 +442,29 @@ impl Dataplane {
     }
 
     /// Deletes the conntrack entries of service `rev_nat_id` that point at `backend_ids`.
+    /// Deletes the ClientIP affinity entries of service `rev_nat_id` (only those pointing at
+    /// `backend_ids` when given).
+    fn forget_affinity(
+        &mut self,
+        rev_nat_id: u16,
+        backend_ids: Option<&HashSet<u32>>,
+    ) -> Result<(), DataplaneError> {
+        let mut aff: AffMap = typed_mut(&mut self.ebpf, names::AFFINITY4)?;
+        let stale: Vec<Aff4Key> = aff
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                k.rev_nat_id == rev_nat_id
+                    && backend_ids.is_none_or(|ids| ids.contains(&v.backend_id))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            remove_if_present(&mut aff, k).map_err(map_err("removing an affinity entry"))?;
+        }
+        Ok(())
+    }
+
     fn purge_flows(
         &mut self,
         rev_nat_id: u16,

@@ -23,6 +23,9 @@ use crate::error::DataplaneError;
 pub(super) struct Programmed {
     pub(super) rev_nat_id: u16,
     pub(super) backend_ids: Vec<u32>,
+    /// Slot 0's `flags` and `backend_id` (the affinity timeout when `SVC_FLAG_AFFINITY`).
+    pub(super) flags: u16,
+    pub(super) aux: u32,
 }
 
 /// The proxy's mirror of the maps, rebuilt from them on load.
@@ -143,6 +146,8 @@ impl State {
                 Programmed {
                     rev_nat_id: v.rev_nat_id,
                     backend_ids,
+                    flags: v.flags,
+                    aux: v.backend_id,
                 },
             );
         }
