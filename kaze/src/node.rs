@@ -153,7 +153,6 @@ pub async fn start(
     proxy.pod_bridge = Some(args.cni_bridge.clone());
     proxy.bpf_pin_root = args.bpf_pin_root.clone();
     proxy.interfaces = uplink(args.ip()).into_iter().collect();
-    proxy.egress_interfaces = proxy.interfaces.clone();
     proxy.metrics_bind_address =
         std::net::SocketAddr::from(([127, 0, 0, 1], args.proxy_metrics_port));
     let token = shutdown.child_token();

@@ -63,14 +63,10 @@ pub struct Config {
     #[arg(long = "proxy-mode", value_enum, default_value_t = ProxyMode::Ebpf)]
     pub proxy_mode: ProxyMode,
 
-    /// Interfaces whose ingress gets the tc program (pod-facing veths, bridges, uplinks).
+    /// Interfaces that get the tc program at ingress and egress (uplinks; pod-facing veths
+    /// or bridges unless `--pod-bridge` follows them).
     #[arg(long, value_delimiter = ',')]
     pub interfaces: Vec<String>,
-
-    /// Interfaces whose egress also gets the tc program: the uplink, where replies to
-    /// masqueraded NodePort flows leave once netfilter has undone the masquerade.
-    #[arg(long = "egress-interfaces", value_delimiter = ',')]
-    pub egress_interfaces: Vec<String>,
 
     /// A bridge whose ports are pods' host-side veths (the CNI bridge): the tc program is
     /// attached at the ingress of every port, followed as pods come and go, and at the
@@ -132,7 +128,6 @@ impl Config {
             interfaces: Vec::new(),
             xdp_interfaces: Vec::new(),
             pod_bridge: None,
-            egress_interfaces: Vec::new(),
             bpf_pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
             bpf_object: None,
             bpf_conntrack_max: None,

@@ -125,6 +125,7 @@ impl Engine {
             }
             Engine::Iptables(i) => {
                 iptables::cleanup_all_except(Some(i.tools()));
+                iptables::remove_ebpf_masquerade();
                 match remove_pins(&config.bpf_pin_root) {
                     Ok(true) => {
                         wait_detached(&config.interfaces);
@@ -298,8 +299,12 @@ impl EbpfEngine {
             .collect();
         let mut wanted = BTreeSet::new();
         for iface in &config.interfaces {
+            // ingress: flows to services, replies to reverse; egress: replies to masqueraded
+            // NodePort flows, which netfilter un-masquerades only after tc ingress
             attach_ingress(&mut dp, iface)?;
+            dp.attach_tc(iface, TcHook::Egress)?;
             wanted.insert(format!("tc-{iface}-ingress"));
+            wanted.insert(format!("tc-{iface}-egress"));
         }
         let mut ports = BTreeSet::new();
         let mut bridge_attached = false;
@@ -316,10 +321,6 @@ impl EbpfEngine {
                     ports.insert(port);
                 }
             }
-        }
-        for iface in &config.egress_interfaces {
-            dp.attach_tc(iface, TcHook::Egress)?;
-            wanted.insert(format!("tc-{iface}-egress"));
         }
         for iface in &config.xdp_interfaces {
             dp.attach_xdp(iface)?;

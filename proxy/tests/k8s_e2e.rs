@@ -312,6 +312,13 @@ fn tc_programs(h: &Harness) -> usize {
         .sum()
 }
 
+/// Splits KAZE iptables lines into eBPF mode's masquerade chain (and its jump) and the rest.
+fn split_ebpf_masq(lines: Vec<String>) -> (Vec<String>, Vec<String>) {
+    lines
+        .into_iter()
+        .partition(|l| l.contains("KAZE-EBPF-MASQ"))
+}
+
 fn pins(h: &Harness) -> Vec<String> {
     let mut out = Vec::new();
     for dir in [h.root.path().to_path_buf(), h.root.path().join("links")] {
@@ -363,10 +370,14 @@ fn switching_modes_cleans_up_the_other_mode() {
         "the annotation was not honoured"
     );
     works(&h);
-    let left = kaze_iptables_lines(&h.topo.node);
+    let (masq, left) = split_ebpf_masq(kaze_iptables_lines(&h.topo.node));
     assert!(
         left.is_empty(),
         "KAZE iptables state left after switching to ebpf: {left:#?}"
+    );
+    assert!(
+        masq.iter().any(|l| l.contains("-j MASQUERADE")),
+        "eBPF mode keeps its one masquerade rule: {masq:#?}"
     );
     assert_eq!(
         tc_programs(&h),
@@ -396,6 +407,11 @@ fn switching_modes_cleans_up_the_other_mode() {
     h.wait_for("the tc programs to detach", Duration::from_secs(5), |h| {
         tc_programs(h) == 0
     });
+    let (masq, _) = split_ebpf_masq(kaze_iptables_lines(&h.topo.node));
+    assert!(
+        masq.is_empty(),
+        "eBPF mode's masquerade rule left in iptables mode: {masq:#?}"
+    );
 
     // 4. while it runs, kaze's annotation asks for ebpf: switched live, iptables cleaned
     h.annotate_node(json!({proxy::MODE_ANNOTATION: "ebpf"}));
@@ -403,7 +419,7 @@ fn switching_modes_cleans_up_the_other_mode() {
         h.metric("kaze_proxy_mode{mode=\"ebpf\"}") == Some(1.0)
     });
     works(&h);
-    let left = kaze_iptables_lines(&h.topo.node);
+    let (_, left) = split_ebpf_masq(kaze_iptables_lines(&h.topo.node));
     assert!(
         left.is_empty(),
         "KAZE iptables state left after the live switch: {left:#?}"

@@ -211,6 +211,31 @@ pub fn install_ebpf_masquerade(backend: IptablesBackend) -> Result<(), IptablesE
     tools.restore(&input)
 }
 
+/// Removes eBPF mode's masquerade chain (and its jump) from every iptables backend: iptables
+/// mode marks and masquerades with its own chains.
+pub fn remove_ebpf_masquerade() {
+    for tools in Tools::installed() {
+        let Ok(save) = tools.save(Some("nat")) else {
+            continue;
+        };
+        let declared = format!(":{EBPF_MASQ_CHAIN} ");
+        if !save.lines().any(|l| l.starts_with(&declared)) {
+            continue;
+        }
+        let jump = format!("-A POSTROUTING -j {EBPF_MASQ_CHAIN}");
+        let mut input = String::from("*nat\n");
+        for _ in save.lines().filter(|l| *l == jump) {
+            input.push_str(&format!("-D POSTROUTING -j {EBPF_MASQ_CHAIN}\n"));
+        }
+        input.push_str(&format!(
+            ":{EBPF_MASQ_CHAIN} - [0:0]\n-X {EBPF_MASQ_CHAIN}\nCOMMIT\n"
+        ));
+        if let Err(e) = tools.restore(&input) {
+            warn!(iptables = tools.flavor, error = %e, "removing eBPF mode's masquerade chain");
+        }
+    }
+}
+
 /// What eBPF mode removes from every iptables backend: iptables mode's chains, not the
 /// masquerade chain eBPF mode uses itself. Returns whether anything was there.
 pub fn cleanup_for_ebpf() -> bool {
