@@ -6,7 +6,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use dataplane_common::{
     limits, Aff4Key, AffValue, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_FLAG_MASQ, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_MASQ,
+    CT_DIR_REPLY, CT_FLAG_MASQ, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_MASQ,
 };
 
 use crate::maps::{KAZE_AFF4, KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
@@ -94,10 +94,12 @@ pub fn decide(t: &Tuple) -> Action {
         let ct = unsafe { &mut *ct };
         // A bare SYN on a remembered tuple is a new connection reusing the client's port
         // (entries are only evicted, never expired). If its old backend is gone it must
-        // not be sent there; pick again instead.
-        let stale = t.proto == PROTO_TCP
+        // not be sent there; pick again instead. A UDP "flow" idle for longer than the
+        // kernel's conntrack would keep it is over: its next datagram is a new flow.
+        let stale = (t.proto == PROTO_TCP
             && t.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && !backend_alive(ct.backend_id, ct.nat_addr, ct.nat_port);
+            && !backend_alive(ct.backend_id, ct.nat_addr, ct.nat_port))
+            || (t.proto == PROTO_UDP && now.wrapping_sub(ct.last_seen_ns) > udp_timeout_ns());
         if !stale {
             ct.last_seen_ns = now;
             return Action::Dnat {
@@ -241,6 +243,18 @@ pub fn decide(t: &Tuple) -> Action {
         new_flow: true,
         masq,
     }
+}
+
+/// How long an idle UDP flow is remembered, in ns. The proxy sets it at load
+/// (`--bpf-udp-timeout`); the default is the kernel's `nf_conntrack_udp_timeout`.
+#[no_mangle]
+static KAZE_UDP_TIMEOUT_NS: u64 = 30_000_000_000;
+
+#[inline(always)]
+fn udp_timeout_ns() -> u64 {
+    // SAFETY: a plain read of a global the loader may have patched; volatile so the compiler
+    // does not fold the default in.
+    unsafe { core::ptr::read_volatile(&KAZE_UDP_TIMEOUT_NS) }
 }
 
 /// The next backend of the service in round-robin order (None: a broken invariant).

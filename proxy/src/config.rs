@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long = "bpf-conntrack-max")]
     pub bpf_conntrack_max: Option<u32>,
 
+    /// eBPF mode: how long an idle UDP flow keeps its backend (the kernel conntrack's
+    /// `nf_conntrack_udp_timeout`, which iptables mode relies on, is 30 s by default).
+    #[arg(long = "bpf-udp-timeout", default_value = "30s", value_parser = parse_duration)]
+    pub bpf_udp_timeout: Duration,
+
     /// Which iptables implementation iptables mode uses.
     #[arg(long = "iptables-backend", value_enum, default_value_t = IptablesBackend::Auto)]
     pub iptables_backend: IptablesBackend,
@@ -131,6 +136,7 @@ impl Config {
             bpf_pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
             bpf_object: None,
             bpf_conntrack_max: None,
+            bpf_udp_timeout: crate::dataplane::DEFAULT_UDP_TIMEOUT,
             iptables_backend: IptablesBackend::Auto,
             metrics_bind_address: SocketAddr::from(([127, 0, 0, 1], 10249)),
             min_sync_period: Duration::from_millis(100),

@@ -28,6 +28,9 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/kaze";
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KAZE_DATAPLANE_OBJECT"));
 
 /// How the dataplane is loaded.
+/// The kernel's default `nf_conntrack_udp_timeout`.
+pub const DEFAULT_UDP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone, Debug)]
 pub struct DataplaneConfig {
     /// Directory on bpffs holding the pinned maps (`<root>/<MAP>`) and links
@@ -42,6 +45,9 @@ pub struct DataplaneConfig {
     /// turns them off in the programs themselves, so they cost one load and a branch.
     /// Read them with [`Dataplane::kernel_logger`].
     pub kernel_log: Option<aya_log::Level>,
+    /// How long an idle UDP flow keeps its backend (a later datagram on the same tuple is
+    /// a new flow).
+    pub udp_timeout: std::time::Duration,
 }
 
 impl Default for DataplaneConfig {
@@ -51,6 +57,7 @@ impl Default for DataplaneConfig {
             conntrack_max: None,
             object: None,
             kernel_log: None,
+            udp_timeout: DEFAULT_UDP_TIMEOUT,
         }
     }
 }
@@ -127,6 +134,8 @@ impl Dataplane {
         // 0 is below every level: aya-log statements in the programs do nothing
         let log_level: u8 = config.kernel_log.map_or(0, |l| l as u8);
         loader.override_global(aya_log::LEVEL, &log_level, true);
+        let udp_timeout_ns = u64::try_from(config.udp_timeout.as_nanos()).unwrap_or(u64::MAX);
+        loader.override_global("KAZE_UDP_TIMEOUT_NS", &udp_timeout_ns, true);
         let mut ebpf = loader.load(bytes).map_err(|source| DataplaneError::Load {
             pin_root: pin_root.clone(),
             source: Box::new(source),

@@ -290,6 +290,7 @@ impl EbpfEngine {
             conntrack_max: config.bpf_conntrack_max,
             object: config.bpf_object.clone(),
             kernel_log: None,
+            udp_timeout: config.bpf_udp_timeout,
         })?;
         // reconcile against what a previous run left, never flush: its flows keep going
         let applied: BTreeMap<ServiceKey, Applied> = dp

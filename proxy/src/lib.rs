@@ -26,7 +26,7 @@ pub use config::{
     effective_mode, parse_duration, Config, IptablesBackend, ProxyMode, CLASSIC_MODE_ANNOTATION,
     MODE_ANNOTATION,
 };
-pub use dataplane::{Dataplane, DataplaneConfig, TcHook, DEFAULT_PIN_ROOT};
+pub use dataplane::{Dataplane, DataplaneConfig, TcHook, DEFAULT_PIN_ROOT, DEFAULT_UDP_TIMEOUT};
 pub use engine::remove_pins;
 pub use error::DataplaneError;
 pub use run::run;

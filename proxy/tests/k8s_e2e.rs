@@ -32,8 +32,9 @@ fn backend(i: usize) -> String {
 
 /// A new UDP flow from source `port` of the client. Tests pick distinct ports: a random
 /// ephemeral port may repeat one used earlier in the test (a 2% chance over 30 sockets),
-/// and the eBPF conntrack, which never expires entries, then treats the datagram as the old
-/// flow and sends it to the old flow's backend, out of round-robin order.
+/// and the eBPF conntrack, which remembers an idle UDP tuple for `--bpf-udp-timeout` (30 s),
+/// then treats the datagram as the old flow and sends it to the old flow's backend, out of
+/// round-robin order.
 fn udp_flow(client: &Netns, port: u16) -> UdpSocket {
     let sock = in_netns(client.name(), || {
         UdpSocket::bind(("0.0.0.0", port)).expect("binding a client UDP socket")
@@ -651,4 +652,39 @@ fn client_ip_affinity_sticks_in_ebpf_mode() {
 #[test]
 fn client_ip_affinity_sticks_in_iptables_mode() {
     client_ip_affinity_sticks("k8s-aff-ipt", ProxyMode::Iptables);
+}
+
+/// eBPF mode forgets an idle UDP flow after `--bpf-udp-timeout`, as the kernel's conntrack
+/// does for iptables mode: a datagram on a remembered tuple within the timeout stays on its
+/// backend, one after it is a new flow and takes the next backend in round-robin order.
+#[test]
+fn idle_udp_flows_expire_in_ebpf_mode() {
+    let mut h = Harness::new("k8s-udp-idle", ProxyMode::Ebpf);
+    h.config.bpf_udp_timeout = Duration::from_secs(1);
+    h.start_proxy();
+    let vip = h.create_service("web", json!({}));
+    h.put_slice("web", &[0, 1, 2], &[]);
+    h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+    let client = h.client_ns();
+    let to = Harness::vip(vip, 53);
+    let first = {
+        let sock = udp_flow(client, 23_000);
+        let first = udp_ask(&sock, to);
+        // the same flow, within the timeout: same backend
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            udp_ask(&sock, to),
+            first,
+            "a live UDP flow keeps its backend"
+        );
+        first
+    };
+    // the same client port again, after the flow went idle past the timeout
+    std::thread::sleep(Duration::from_millis(1_500));
+    let again = udp_ask(&udp_flow(client, 23_000), to);
+    assert_ne!(
+        again, first,
+        "an expired UDP tuple is a new flow (next backend in round-robin order)"
+    );
+    h.stop_proxy();
 }

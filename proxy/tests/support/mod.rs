@@ -71,6 +71,7 @@ impl PinRoot {
             conntrack_max: Some(4096),
             object: None,
             kernel_log: None,
+            udp_timeout: proxy::DEFAULT_UDP_TIMEOUT,
         }
     }
 
