@@ -138,6 +138,11 @@ pub const SVC_FLAG_MASQ: u16 = 1;
 pub const SVC_FLAG_AFFINITY: u16 = 2;
 /// `CtValue.flags` of a forward entry: the flow's packets are marked with [`MARK_MASQ`].
 pub const CT_FLAG_MASQ: u16 = 1;
+/// `CtValue.flags`: a hairpin flow (a backend reaching its own service and picked for it).
+/// Its packets to the backend get the service address as source (the backend's kernel
+/// drops a packet from its own address), and its replies get the backend's address back as
+/// destination.
+pub const CT_FLAG_HAIRPIN: u16 = 2;
 /// The skb mark of packets to masquerade (kube-proxy's masquerade bit).
 pub const MARK_MASQ: u32 = 0x4000;
 

@@ -6,7 +6,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use dataplane_common::{
     limits, Aff4Key, AffValue, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_FLAG_MASQ, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_MASQ,
+    CT_DIR_REPLY, CT_FLAG_HAIRPIN, CT_FLAG_MASQ, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_MASQ,
 };
 
 use crate::maps::{KAZE_AFF4, KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
@@ -47,12 +47,16 @@ pub enum Action {
         rev_nat_id: u16,
         new_flow: bool,
         masq: bool,
+        /// Hairpin: also rewrite the source to this (the service) address.
+        snat: Option<u32>,
     },
     /// Backend to client: rewrite the source back to the service.
     RevNat {
         addr: u32,
         port: u16,
         rev_nat_id: u16,
+        /// Hairpin: also rewrite the destination back to this (the backend's own) address.
+        dnat: Option<u32>,
     },
     /// A new flow to a service that has no backend.
     NoBackend { rev_nat_id: u16 },
@@ -108,11 +112,16 @@ pub fn decide(t: &Tuple) -> Action {
                 rev_nat_id: ct.rev_nat_id,
                 new_flow: false,
                 masq: ct.flags & CT_FLAG_MASQ != 0,
+                snat: (ct.flags & CT_FLAG_HAIRPIN != 0).then_some(t.daddr),
             };
         }
         let old_reply = Ct4Key {
             saddr: ct.nat_addr,
-            daddr: t.saddr,
+            daddr: if ct.flags & CT_FLAG_HAIRPIN != 0 {
+                t.daddr
+            } else {
+                t.saddr
+            },
             sport: ct.nat_port,
             dport: t.sport,
             proto: t.proto,
@@ -133,6 +142,8 @@ pub fn decide(t: &Tuple) -> Action {
             addr,
             port,
             rev_nat_id,
+            // a hairpin reply goes to the backend itself, which is its own client
+            dnat: (ct.flags & CT_FLAG_HAIRPIN != 0).then_some(t.saddr),
         };
     }
 
@@ -204,11 +215,20 @@ pub fn decide(t: &Tuple) -> Action {
         return Action::NoBackend { rev_nat_id };
     };
     let (be_addr, be_port) = (be.address, be.port);
+    // hairpin: the backend picked is the client itself
+    let hairpin = be_addr == t.saddr;
+    let mut flags = 0;
+    if masq {
+        flags |= CT_FLAG_MASQ;
+    }
+    if hairpin {
+        flags |= CT_FLAG_HAIRPIN;
+    }
 
     let fwd = CtValue {
         backend_id,
         rev_nat_id,
-        flags: if masq { CT_FLAG_MASQ } else { 0 },
+        flags,
         nat_addr: be_addr,
         nat_port: be_port,
         pad: [0; 2],
@@ -218,7 +238,7 @@ pub fn decide(t: &Tuple) -> Action {
     // The reply entry is keyed by the tuple the backend's replies carry.
     let reply_key = Ct4Key {
         saddr: be_addr,
-        daddr: t.saddr,
+        daddr: if hairpin { t.daddr } else { t.saddr },
         sport: be_port,
         dport: t.sport,
         proto: t.proto,
@@ -242,6 +262,7 @@ pub fn decide(t: &Tuple) -> Action {
         rev_nat_id,
         new_flow: true,
         masq,
+        snat: hairpin.then_some(t.daddr),
     }
 }
 

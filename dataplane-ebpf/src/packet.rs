@@ -121,6 +121,8 @@ enum Plan {
     /// for the node's masquerade rule (tc only; XDP has no skb to mark).
     Rewrite {
         rw: Rewrite,
+        /// Hairpin flows rewrite the other address too.
+        rw2: Option<Rewrite>,
         new_flow: bool,
         masq: bool,
     },
@@ -144,6 +146,7 @@ fn plan(p: &Parsed) -> Plan {
             rev_nat_id,
             new_flow,
             masq,
+            snat,
         } => {
             lb::count(rev_nat_id, Counter::Forward, bytes);
             let rw = Rewrite {
@@ -154,12 +157,26 @@ fn plan(p: &Parsed) -> Plan {
                 old_port: t.dport,
                 new_port: port,
             };
-            Plan::Rewrite { rw, new_flow, masq }
+            let rw2 = snat.map(|a| Rewrite {
+                addr_off: IP_SADDR,
+                port_off: L4_SPORT,
+                old_addr: t.saddr,
+                new_addr: a,
+                old_port: t.sport,
+                new_port: t.sport,
+            });
+            Plan::Rewrite {
+                rw,
+                rw2,
+                new_flow,
+                masq,
+            }
         }
         Action::RevNat {
             addr,
             port,
             rev_nat_id,
+            dnat,
         } => {
             lb::count(rev_nat_id, Counter::Reply, bytes);
             let rw = Rewrite {
@@ -170,8 +187,17 @@ fn plan(p: &Parsed) -> Plan {
                 old_port: t.sport,
                 new_port: port,
             };
+            let rw2 = dnat.map(|a| Rewrite {
+                addr_off: IP_DADDR,
+                port_off: L4_DPORT,
+                old_addr: t.daddr,
+                new_addr: a,
+                old_port: t.dport,
+                new_port: t.dport,
+            });
             Plan::Rewrite {
                 rw,
+                rw2,
                 new_flow: false,
                 masq: false,
             }
@@ -264,7 +290,12 @@ pub mod tc {
         let p = parse(&Skb(ctx))?;
         match plan(&p) {
             Plan::Pass => Ok(Verdict::Pass),
-            Plan::Rewrite { rw, new_flow, masq } => {
+            Plan::Rewrite {
+                rw,
+                rw2,
+                new_flow,
+                masq,
+            } => {
                 if new_flow {
                     // off unless the proxy enables it (AYA_LOG_LEVEL is patched at load)
                     debug!(
@@ -277,6 +308,9 @@ pub mod tc {
                     );
                 }
                 apply(ctx, &p, &rw).map_err(|_| Error::Rewrite)?;
+                if let Some(rw2) = rw2 {
+                    apply(ctx, &p, &rw2).map_err(|_| Error::Rewrite)?;
+                }
                 if masq {
                     // SAFETY: tc programs may write `mark` of their own skb; the pointer is
                     // the context the kernel passed in.
@@ -405,8 +439,11 @@ pub mod xdp {
         let p = parse(&frame)?;
         match plan(&p) {
             Plan::Pass => Ok(Verdict::Pass),
-            Plan::Rewrite { rw, .. } => {
+            Plan::Rewrite { rw, rw2, .. } => {
                 apply(&frame, &p, &rw)?;
+                if let Some(rw2) = rw2 {
+                    apply(&frame, &p, &rw2)?;
+                }
                 Ok(Verdict::Pass)
             }
             Plan::Reject { .. } => match reject(ctx) {

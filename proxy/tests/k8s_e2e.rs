@@ -532,9 +532,8 @@ fn node_ports_are_served_on_the_node_address() {
 }
 
 /// A backend reaching its own service (hairpin): every connection, including those that land
-/// on the backend itself, must work. iptables mode only: the eBPF programs DNAT a hairpin
-/// flow back to its sender unchanged, and the sender's kernel drops a packet from its own
-/// address (dataplane-ebpf needs to SNAT such flows; see README "Not yet").
+/// on the backend itself, must work (iptables mode masquerades them; the eBPF programs give
+/// them the service address as source, and the replies the backend's own as destination).
 fn hairpin(test: &str, mode: ProxyMode) {
     let mut h = Harness::new(test, mode);
     h.start_proxy();
@@ -554,6 +553,11 @@ fn hairpin(test: &str, mode: ProxyMode) {
 #[test]
 fn hairpin_works_in_iptables_mode() {
     hairpin("k8s-hairpin-ipt", ProxyMode::Iptables);
+}
+
+#[test]
+fn hairpin_works_in_ebpf_mode() {
+    hairpin("k8s-hairpin-ebpf", ProxyMode::Ebpf);
 }
 
 /// An apiserver that is not reachable yet must not stop the proxy: it keeps retrying, says

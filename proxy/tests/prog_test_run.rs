@@ -633,3 +633,60 @@ fn syn_reusing_a_tuple_whose_backend_was_removed_picks_a_live_backend() {
     let old_reply = Spec::tcp((first.dst, first.dport), (CLIENT, 52000)).build();
     assert_eq!(run_tc(&dp, &old_reply).1, old_reply);
 }
+
+/// A backend calling its own service and picked for it (hairpin): the packet to it gets the
+/// service address as source (its kernel drops packets from its own address), its reply
+/// gets its own address back as destination; checksums recomputed independently.
+fn hairpin(test: &str, run: Runner, proto: u8) {
+    let root = PinRoot::new(test);
+    let mut dp = root.load();
+    // one backend: every new flow is a hairpin for it
+    let me = SocketAddrV4::new(Ipv4Addr::new(10, 42, 1, 7), 8080);
+    let (svc, spec): (ServiceKey, Builder) = if proto == 6 {
+        (tcp_svc(), Spec::tcp)
+    } else {
+        (udp_svc(), Spec::udp)
+    };
+    dp.upsert_service(svc, &[me]).expect("upsert");
+    let out = run(&dp, &spec((*me.ip(), 42000), (VIP, svc.port)).build()).1;
+    assert_eq!(
+        parse_and_verify(&out),
+        Seen {
+            src: VIP,
+            dst: *me.ip(),
+            sport: 42000,
+            dport: 8080
+        },
+        "to the backend, from the service address"
+    );
+    let reply = spec((*me.ip(), 8080), (VIP, 42000)).build();
+    let out = run(&dp, &reply).1;
+    assert_eq!(
+        parse_and_verify(&out),
+        Seen {
+            src: VIP,
+            dst: *me.ip(),
+            sport: svc.port,
+            dport: 42000
+        },
+        "the reply comes from the service, to the backend itself"
+    );
+    // a later packet of the flow is rewritten the same way
+    let out = run(&dp, &spec((*me.ip(), 42000), (VIP, svc.port)).build()).1;
+    assert_eq!(parse_and_verify(&out).src, VIP);
+}
+
+#[test]
+fn tc_hairpin_tcp_is_source_natted_to_the_service() {
+    hairpin("ptr-hairpin-tcp", run_tc, 6);
+}
+
+#[test]
+fn tc_hairpin_udp_is_source_natted_to_the_service() {
+    hairpin("ptr-hairpin-udp", run_tc, 17);
+}
+
+#[test]
+fn xdp_hairpin_tcp_is_source_natted_to_the_service() {
+    hairpin("ptr-hairpin-xdp", run_xdp, 6);
+}
