@@ -673,6 +673,28 @@ fn suite(mode: &'static str, index: u8) {
         "[{mode}] A records of the headless service (via the search path)"
     );
 
+    c.step("2: hairpin: a backend reaches its own Service");
+    let me = &pods[0].0;
+    let out = c.ok(&[
+        "exec",
+        me,
+        "--",
+        "/echo",
+        "--get",
+        &format!("{cluster_ip}:8080"),
+        "--count",
+        "30",
+    ]);
+    let (per_pod, errors) = tally(&out);
+    assert!(
+        errors.is_empty(),
+        "[{mode}] hairpin requests failed:\n{out}"
+    );
+    assert!(
+        per_pod.contains_key(me),
+        "[{mode}] {me} never reached itself through its Service: {per_pod:?}"
+    );
+
     c.step("5: NodePort from the host namespace");
     let node_port = c.ok(&[
         "get",
