@@ -719,6 +719,34 @@ fn suite(mode: &'static str, index: u8) {
             "[{mode}] 30 connections to NodePort {addr} reach all 3 backends: {seen:?}"
         );
     }
+    // externalTrafficPolicy Local: each node's own pod only, and the client's address kept
+    c.ok(&[
+        "patch",
+        "service",
+        "web-np",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ]);
+    let host = format!("{}.1", c.lan.prefix);
+    for (name, node, _) in &pods {
+        let i = c.names.iter().position(|n| n == node).expect("node index");
+        let addr = format!("{}:{node_port}", c.lan.node_ip(i));
+        c.eventually(
+            &format!("NodePort {addr} answering only with {name}, client address kept"),
+            Duration::from_secs(10),
+            || {
+                let answers: Vec<String> = (0..6).filter_map(|_| http_get(&addr).ok()).collect();
+                (answers.len() == 6
+                    && answers.iter().all(|a| {
+                        let mut f = a.split_whitespace();
+                        f.next() == Some(name.as_str())
+                            && f.next()
+                                .is_some_and(|client| client.starts_with(&format!("{host}:")))
+                    }))
+                .then_some(())
+            },
+        );
+    }
     if mode == "ebpf" {
         // what an operator reads: the service and its 3 backends in the pinned map
         // (from the host: `ip netns exec` would hide the bpffs behind a fresh /sys)

@@ -33,10 +33,24 @@ pub struct DesiredService {
 pub type Desired = BTreeMap<ServiceKey, DesiredService>;
 
 /// The desired state for `services` given `slices`. `node_addresses` serve the NodePorts.
+/// Without a node name, traffic policies `Local` cannot be honoured and act as `Cluster`.
 pub fn compute<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node_addresses: &[Ipv4Addr],
+) -> Desired {
+    compute_for_node(services, slices, node_addresses, None)
+}
+
+/// [`compute`] on node `node`: a Service with `internalTrafficPolicy: Local` sends ClusterIP
+/// traffic only to endpoints on this node, one with `externalTrafficPolicy: Local` sends
+/// NodePort traffic only to them and without masquerading (the backend sees the client's
+/// address). No local endpoint means no backend: such traffic is refused, as upstream.
+pub fn compute_for_node<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_addresses: &[Ipv4Addr],
+    node: Option<&str>,
 ) -> Desired {
     let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
@@ -77,13 +91,21 @@ pub fn compute<'a>(
             let Ok(service_port) = u16::try_from(port.port) else {
                 continue;
             };
-            let backends = backends(slices, &port_name, protocol);
+            let local = |policy: Option<&String>| {
+                node.filter(|_| policy.map(String::as_str) == Some("Local"))
+            };
             let entry = DesiredService {
                 name: format!("{ns}/{name}:{port_name}"),
-                backends,
+                backends: backends(
+                    slices,
+                    &port_name,
+                    protocol,
+                    local(spec.internal_traffic_policy.as_ref()),
+                ),
                 node_port: false,
                 affinity_timeout: affinity_timeout(spec),
             };
+            let external_local = local(spec.external_traffic_policy.as_ref());
             for address in &cluster_ips {
                 desired.insert(
                     ServiceKey {
@@ -104,8 +126,12 @@ pub fn compute<'a>(
                             protocol,
                         },
                         DesiredService {
-                            node_port: true,
-                            ..entry.clone()
+                            name: entry.name.clone(),
+                            backends: backends(slices, &port_name, protocol, external_local),
+                            // Local: only this node's endpoints, so no reply needs to come
+                            // back through it, and the client's address is preserved
+                            node_port: external_local.is_none(),
+                            affinity_timeout: entry.affinity_timeout,
                         },
                     );
                 }
@@ -162,7 +188,14 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
 /// Upstream's choice: the ready endpoints; only when none is ready, the serving ones that are
 /// terminating (so a rolling update never leaves a service without backends while old pods
 /// still answer).
-fn backends(slices: &[&EndpointSlice], port_name: &str, protocol: Protocol) -> Vec<SocketAddrV4> {
+/// Ready endpoints (else the serving-and-terminating ones) of a service port; only those on
+/// node `only_on` when given.
+fn backends(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: Protocol,
+    only_on: Option<&str>,
+) -> Vec<SocketAddrV4> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices {
@@ -179,6 +212,9 @@ fn backends(slices: &[&EndpointSlice], port_name: &str, protocol: Protocol) -> V
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
+            if only_on.is_some() && ep.node_name.as_deref() != only_on {
+                continue;
+            }
             let cond = ep.conditions.as_ref();
             // upstream: a missing `ready` means ready, a missing `serving` follows `ready`
             let is_ready = cond.and_then(|c| c.ready) != Some(false);
@@ -367,5 +403,49 @@ mod tests {
             vec![be([10, 42, 1, 1], 9000)]
         );
         assert_eq!(d[&key([10, 43, 0, 5], 80, Protocol::Tcp)].name, "ns/one:");
+    }
+
+    #[test]
+    fn traffic_policies_local_keep_to_this_nodes_endpoints() {
+        let on = |ip: &str, node: &str| json!({"addresses": [ip], "nodeName": node});
+        let slices = [web_slice(
+            "web-1",
+            vec![
+                on("10.42.0.5", "a"),
+                on("10.42.1.5", "b"),
+                on("10.42.1.6", "b"),
+            ],
+        )];
+        let node_ip = [Ipv4Addr::new(192, 168, 0, 5)];
+        let mut local = web();
+        let spec = local.spec.as_mut().expect("spec");
+        spec.internal_traffic_policy = Some("Local".into());
+        spec.external_traffic_policy = Some("Local".into());
+
+        let d = compute_for_node([&local], &slices, &node_ip, Some("a"));
+        let cluster = &d[&key([10, 43, 0, 20], 80, Protocol::Tcp)];
+        assert_eq!(cluster.backends, vec![be([10, 42, 0, 5], 8080)]);
+        let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
+        assert_eq!(np.backends, vec![be([10, 42, 0, 5], 8080)]);
+        assert!(
+            !np.node_port,
+            "externalTrafficPolicy Local is not masqueraded"
+        );
+
+        // a node without local endpoints has no backend: refused, not sent elsewhere
+        let d = compute_for_node([&local], &slices, &node_ip, Some("c"));
+        assert!(d[&key([10, 43, 0, 20], 80, Protocol::Tcp)]
+            .backends
+            .is_empty());
+
+        // Cluster (the default): every endpoint, NodePort masqueraded
+        let d = compute_for_node([&web()], &slices, &node_ip, Some("a"));
+        assert_eq!(
+            d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].backends.len(),
+            3
+        );
+        let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
+        assert_eq!(np.backends.len(), 3);
+        assert!(np.node_port);
     }
 }

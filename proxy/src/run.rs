@@ -127,7 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = sync_loop(&config, mode, &worker, &metrics, &shared, &changed, &shutdown) => r,
+        r = sync_loop(&config, &node_name, mode, &worker, &metrics, &shared, &changed, &shutdown) => r,
     };
     server_token.cancel();
     tasks.abort_all();
@@ -223,8 +223,10 @@ fn watch<K, A, D, R>(
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn sync_loop(
     config: &Config,
+    node_name: &str,
     mut requested: ProxyMode,
     worker: &Worker,
     metrics: &Metrics,
@@ -249,6 +251,7 @@ async fn sync_loop(
                 config.nodeport_addresses.clone()
             };
             s.tracker.set_node_addresses(addresses);
+            s.tracker.set_node_name(node_name);
             let changes = s.tracker.update();
             let touched = s.tracker.take_touched_slices();
             (changes, s.node.clone(), touched)

@@ -44,6 +44,8 @@ pub struct Tracker {
     /// slice (namespace, name) -> the service it was filed under
     slice_owner: HashMap<SvcId, SvcId>,
     node_addresses: Vec<Ipv4Addr>,
+    /// This node, for traffic policies `Local`.
+    node_name: Option<String>,
     /// The keys each service contributed to `desired`.
     contributed: HashMap<SvcId, Vec<ServiceKey>>,
     desired: Desired,
@@ -122,6 +124,14 @@ impl Tracker {
     }
 
     /// The addresses NodePorts are served on; a change touches every NodePort service.
+    /// The node this proxy serves (traffic policies `Local` keep to its endpoints).
+    pub fn set_node_name(&mut self, name: &str) {
+        if self.node_name.as_deref() != Some(name) {
+            self.node_name = Some(name.to_string());
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
     pub fn set_node_addresses(&mut self, mut addresses: Vec<Ipv4Addr>) {
         addresses.sort();
         addresses.dedup();
@@ -143,10 +153,11 @@ impl Tracker {
             let new: Desired = match self.services.get(&id) {
                 Some(svc) => {
                     let slices = self.slices.get(&id);
-                    desired::compute(
+                    desired::compute_for_node(
                         [svc.as_ref()],
                         slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
                         &self.node_addresses,
+                        self.node_name.as_deref(),
                     )
                 }
                 None => Desired::new(),
