@@ -136,16 +136,17 @@ impl Drop for Pins {
 }
 
 struct Cluster {
-    // dropped in reverse order: the nodes' processes, then containerd, then pod leftovers
-    // and pins, then the LAN
-    lan: Lan,
-    _pins: Pins,
-    _leftovers: Vec<testkit::NodeGuard>,
-    _dir: tempfile::TempDir,
+    // Fields drop in declaration order: the nodes' processes, then containerd (its tasks),
+    // then the pods' network namespaces (found by their addresses, so before the LAN goes
+    // and takes their veths with it), the pins, the data, and last the LAN.
+    procs: Vec<ChildGuard>,
     containerd: testkit::Containerd,
+    _leftovers: Vec<testkit::NodeGuard>,
+    _pins: Pins,
+    _dir: tempfile::TempDir,
+    lan: Lan,
     data: Vec<PathBuf>,
     names: Vec<String>,
-    procs: Vec<ChildGuard>,
     mode: &'static str,
     step: String,
 }
