@@ -588,6 +588,117 @@ fn control_plane_on_etcd_keeps_state_across_restart() {
     );
 }
 
+/// Two `kaze server --disable-agent` on one etcd: both serve the API, and the scheduler and
+/// controller-manager are leader-elected across them; when the leader's process is killed,
+/// the other takes over and the work gets done through it.
+#[test]
+fn two_servers_on_one_etcd_form_an_ha_control_plane() {
+    let etcd = testkit::Etcd::start();
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| {
+            tempfile::Builder::new()
+                .prefix("kaze-server-ha-")
+                .tempdir()
+                .expect("temp dir")
+        })
+        .collect();
+    let extra: Vec<String> = [
+        "--disable-agent",
+        "--etcd-servers",
+        &etcd.url(),
+        "--leader-elect-lease-duration",
+        "4s",
+        "--leader-elect-renew-deadline",
+        "3s",
+        "--leader-elect-retry-period",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut servers: Vec<ChildGuard> = dirs
+        .iter()
+        .map(|d| {
+            let mut s = start_server(d.path(), free_port(), 1, &extra);
+            wait_ready(d.path(), &mut s);
+            s
+        })
+        .collect();
+    let log =
+        |i: usize| std::fs::read_to_string(dirs[i].path().join("server-1.log")).unwrap_or_default();
+    // which server holds a lease: the holder identity appears in its "became leader" line
+    let holder = |via: usize, lease: &str| -> Option<(usize, String)> {
+        let out = kubectl_run(
+            dirs[via].path(),
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-system",
+                lease,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if id.is_empty() {
+            return None;
+        }
+        (0..2)
+            .find(|i| {
+                log(*i)
+                    .lines()
+                    .any(|l| l.contains("became leader") && l.contains(&id))
+            })
+            .map(|i| (i, id))
+    };
+    let (leader, old_id) = eventually(
+        "a controller-manager leader",
+        Duration::from_secs(30),
+        || holder(1, "kube-controller-manager"),
+    );
+    let sched = eventually("a scheduler leader", Duration::from_secs(30), || {
+        holder(0, "kube-scheduler")
+    });
+    // one leader each, the same seen through either apiserver
+    assert_eq!(
+        holder(0, "kube-controller-manager").map(|h| h.1),
+        Some(old_id.clone())
+    );
+    assert_eq!(holder(1, "kube-scheduler"), Some(sched));
+
+    // the leader's process dies without a goodbye
+    if let Some(mut child) = servers[leader].0.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let other = 1 - leader;
+    let (now, _) = eventually(
+        "the other server taking the controller-manager lease",
+        Duration::from_secs(30),
+        || holder(other, "kube-controller-manager").filter(|(_, id)| *id != old_id),
+    );
+    assert_eq!(now, other);
+    // and the controllers work through it: a Deployment gets its ReplicaSet
+    kubectl_ok(
+        dirs[other].path(),
+        &["create", "deployment", "ha", "--image=kaze/echo:1"],
+    );
+    eventually(
+        "the ReplicaSet of the Deployment",
+        Duration::from_secs(30),
+        || {
+            let out = kubectl_run(
+                dirs[other].path(),
+                &["get", "replicasets", "-l", "app=ha", "-o", "name"],
+            );
+            let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (!s.is_empty()).then_some(s)
+        },
+    );
+    assert!(servers[other].terminate(Duration::from_secs(20)));
+}
+
 #[test]
 fn malformed_storage_flag_fails_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("temp dir");

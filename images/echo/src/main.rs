@@ -35,7 +35,10 @@ extern "C" fn on_term(_: libc::c_int) {
 /// With env `DRAIN_MS`, a SIGTERM lets the server keep answering for that long before it
 /// exits, as a well-behaved server does while its endpoint is being removed everywhere.
 fn drain_on_term() {
-    let Some(ms) = std::env::var("DRAIN_MS").ok().and_then(|v| v.parse::<u64>().ok()) else {
+    let Some(ms) = std::env::var("DRAIN_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
         return;
     };
     DRAINING.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -98,19 +101,17 @@ fn main() {
 fn client(target: &str, count: u16, interval_ms: u64) {
     // a name is resolved once, as a client with a connection pool would
     let resolved = match target.rsplit_once(':') {
-        Some((host, port)) if host.parse::<std::net::Ipv4Addr>().is_err() => {
-            match resolve(host) {
-                Ok(ips) if !ips.is_empty() => format!("{}:{port}", ips[0]),
-                Ok(_) => {
-                    println!("error: {host}: no addresses");
-                    target.to_string()
-                }
-                Err(e) => {
-                    println!("error: resolving {host}: {e}");
-                    target.to_string()
-                }
+        Some((host, port)) if host.parse::<std::net::Ipv4Addr>().is_err() => match resolve(host) {
+            Ok(ips) if !ips.is_empty() => format!("{}:{port}", ips[0]),
+            Ok(_) => {
+                println!("error: {host}: no addresses");
+                target.to_string()
             }
-        }
+            Err(e) => {
+                println!("error: resolving {host}: {e}");
+                target.to_string()
+            }
+        },
         _ => target.to_string(),
     };
     let target = resolved.as_str();
