@@ -124,6 +124,52 @@ fn sh(args: &[&str]) {
     );
 }
 
+/// What the nodes' kubelets leave for pods they did not get to remove (killed nodes, pods
+/// still running at the end): each pod's network namespace and log directory, found from
+/// the sandbox records under `<data-dir>/pods/<uid>/sandbox.json`, and mounts under the data
+/// dirs. Dropped after containerd has killed the pods' tasks.
+struct PodState(Vec<PathBuf>);
+
+impl Drop for PodState {
+    fn drop(&mut self) {
+        for data in &self.0 {
+            let pods = std::fs::read_dir(data.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten();
+            for pod in pods {
+                let Ok(raw) = std::fs::read(pod.path().join("sandbox.json")) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+                    continue;
+                };
+                let field = |k: &str| record[k].as_str().unwrap_or_default().to_string();
+                let netns = field("netns");
+                if netns.starts_with("kaze-") {
+                    let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+                }
+                let (ns, name, uid) = (field("namespace"), field("name"), field("uid"));
+                if !ns.is_empty() && !name.is_empty() && !uid.is_empty() {
+                    let dir = format!("{ns}_{name}_{uid}");
+                    let _ = std::fs::remove_dir_all(Path::new("/var/log/pods").join(dir));
+                }
+            }
+            let prefix = data.display().to_string();
+            let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+            let mut ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(&prefix))
+                .collect();
+            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in ours {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+    }
+}
+
 /// Removes the nodes' eBPF pins (links and maps) on drop.
 struct Pins(Vec<String>);
 
@@ -141,6 +187,7 @@ struct Cluster {
     // and takes their veths with it), the pins, the data, and last the LAN.
     procs: Vec<ChildGuard>,
     containerd: testkit::Containerd,
+    _pod_state: PodState,
     _leftovers: Vec<testkit::NodeGuard>,
     _pins: Pins,
     _dir: tempfile::TempDir,
@@ -201,6 +248,7 @@ impl Cluster {
             _leftovers: leftovers,
             _dir: dir,
             containerd,
+            _pod_state: PodState(data.clone()),
             data,
             names,
             procs: Vec::new(),
