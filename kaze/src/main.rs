@@ -67,6 +67,8 @@ fn args() -> Vec<String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if let Some((_, sub)) = ALIASES.iter().find(|(alias, _)| *alias == called_as) {
+        // help and errors then say `kaze <sub>`, the command this is
+        args[0] = "kaze".to_string();
         args.insert(1, sub.to_string());
     }
     args
