@@ -1,5 +1,6 @@
 //! The node half that `kaze server` (unless `--disable-agent`) and `kaze agent` share:
-//! containerd (started and supervised here unless `--container-runtime-endpoint` names one)
+//! containerd (started and stopped here unless `--container-runtime-endpoint` names one; not
+//! restarted if it dies)
 //! and the kubelet, as API clients through a kubeconfig.
 
 use std::net::IpAddr;
@@ -19,7 +20,7 @@ pub struct NodeArgs {
     /// address).
     #[arg(long = "node-ip")]
     pub node_ip: Option<IpAddr>,
-    /// containerd socket to run pods with; without it kaze starts and supervises its own.
+    /// containerd socket to run pods with; without it kaze starts (and stops) its own.
     #[arg(long = "container-runtime-endpoint")]
     pub container_runtime_endpoint: Option<String>,
     /// Where the containerd kaze starts keeps its socket and state (a tmpfs is right).
