@@ -155,17 +155,7 @@ impl Drop for PodState {
                     let _ = std::fs::remove_dir_all(Path::new("/var/log/pods").join(dir));
                 }
             }
-            let prefix = data.display().to_string();
-            let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-            let mut ours: Vec<&str> = mounts
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|m| m.starts_with(&prefix))
-                .collect();
-            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-            for m in ours {
-                let _ = Command::new("umount").args(["-l", m]).status();
-            }
+            testkit::umount_under(data);
         }
     }
 }

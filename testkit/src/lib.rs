@@ -372,18 +372,23 @@ impl Drop for Containerd {
                 }
             }
         }
-        // Undo leftover mounts (deepest first) so the temp dir can go.
-        let prefix = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").args(["-l", m]).status();
-        }
+        // Undo leftover mounts so the temp dir can go.
+        umount_under(self.dir.path());
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir`, deepest first.
+pub fn umount_under(dir: &std::path::Path) {
+    let prefix = dir.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut ours: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in ours {
+        let _ = Command::new("umount").args(["-l", m]).status();
     }
 }
 

@@ -42,36 +42,7 @@ impl Runtime {
         timeout: Duration,
     ) -> Result<ExecOutput> {
         let what = || format!("exec {cmd:?} in container {id}");
-        if cmd.is_empty() {
-            return Err(Error::invalid(what(), "empty command"));
-        }
-        let cd = &self.cd;
-        let container = cd
-            .containers()
-            .get(cd.req(GetContainerRequest { id: id.into() }, None))
-            .await
-            .context(what)?
-            .into_inner()
-            .container
-            .unwrap_or_default();
-        let spec: serde_json::Value = container
-            .spec
-            .as_ref()
-            .and_then(|s| serde_json::from_slice(&s.value).ok())
-            .ok_or_else(|| Error::invalid(what(), "the container has no readable spec"))?;
-        let mut process = spec["process"].clone();
-        process["args"] = serde_json::json!(cmd);
-        process["terminal"] = serde_json::json!(false);
-        let process_any = prost_types::Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-            value: serde_json::to_vec(&process).unwrap_or_default(),
-        };
-
-        let uid = container
-            .labels
-            .get(LABEL_POD_UID)
-            .cloned()
-            .unwrap_or_default();
+        let (process_any, uid) = self.exec_process_spec(id, cmd, false, &what).await?;
         let fifo_dir = self.config.pod_dir(&uid).join("fifo");
         let exec_id = format!(
             "exec-{}-{}",
