@@ -262,25 +262,16 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     let _bridge = testkit::LinkGuard(bridge.clone());
     let kubelet_port = testkit::free_port();
     let config = kubelet::node::Config {
-        kubeconfig: Some(kubeconfig.clone()),
-        hostname_override: Some(node.clone()),
-        node_ip: Some("127.0.0.1".parse().expect("ip")),
-        container_runtime_endpoint: containerd.socket().display().to_string(),
-        root_dir: root.clone(),
-        pod_log_dir: dir.path().join("logs"),
-        cluster_dns: vec!["10.43.0.10".parse().expect("ip")],
-        cluster_domain: "cluster.local".into(),
-        pod_infra_container_image: "docker.io/kaze/pause:1".into(),
-        cni_bin_dir: "/usr/lib/cni".into(),
-        cni_bridge: bridge.clone(),
-        ip_masq: false,
-        node_labels: vec![],
-        max_pods: 110,
         port: kubelet_port,
-        cgroup_root: Some(cgroup_root),
-        lease_renew_interval: Duration::from_secs(1),
-        client_ca_file: Some(server.ca_file()),
-        anonymous_auth: false,
+        ..support::node_config(
+            &kubeconfig,
+            server.ca_file(),
+            &node,
+            &containerd.socket(),
+            &root,
+            dir.path().join("logs"),
+            &bridge,
+        )
     };
     let token = component::CancellationToken::new();
     let kl = tokio::spawn(kubelet::node::run(config, token.clone()));

@@ -62,25 +62,16 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
     let bridge = format!("kza{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
     let config = kubelet::node::Config {
-        kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
-        hostname_override: Some(node.clone()),
-        node_ip: Some("127.0.0.1".parse().expect("ip")),
-        container_runtime_endpoint: containerd.socket().display().to_string(),
-        root_dir: root.clone(),
-        pod_log_dir: dir.path().join("logs"),
-        cluster_dns: vec!["10.43.0.10".parse().expect("ip")],
-        cluster_domain: "cluster.local".into(),
-        pod_infra_container_image: "docker.io/kaze/pause:1".into(),
-        cni_bin_dir: "/usr/lib/cni".into(),
-        cni_bridge: bridge.clone(),
-        ip_masq: false,
         node_labels: vec!["tier=test".into()],
-        max_pods: 110,
-        port: testkit::free_port(),
-        cgroup_root: Some(format!("/kaze-test/{node}")),
-        lease_renew_interval: Duration::from_secs(1),
-        client_ca_file: Some(server.ca_file()),
-        anonymous_auth: false,
+        ..support::node_config(
+            server.kubeconfig_path(),
+            server.ca_file(),
+            &node,
+            &containerd.socket(),
+            &root,
+            dir.path().join("logs"),
+            &bridge,
+        )
     };
     let token = component::CancellationToken::new();
     let kl = tokio::spawn(kubelet::node::run(config, token.clone()));

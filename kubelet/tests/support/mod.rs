@@ -321,3 +321,39 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A node-loop config with the settings every API-driven test shares: node `node` on
+/// 127.0.0.1 with a free kubelet port, pods on `bridge` through the real CNI plugins, its
+/// cgroups under `/kaze-test/<node>`, the apiserver's CA as client CA. Tests override what
+/// they need with struct update syntax.
+pub fn node_config(
+    kubeconfig: &Path,
+    client_ca: PathBuf,
+    node: &str,
+    containerd_socket: &Path,
+    root: &Path,
+    logs: PathBuf,
+    bridge: &str,
+) -> kubelet::node::Config {
+    kubelet::node::Config {
+        kubeconfig: Some(kubeconfig.to_path_buf()),
+        hostname_override: Some(node.to_string()),
+        node_ip: Some("127.0.0.1".parse().expect("ip")),
+        container_runtime_endpoint: containerd_socket.display().to_string(),
+        root_dir: root.to_path_buf(),
+        pod_log_dir: logs,
+        cluster_dns: vec!["10.43.0.10".parse().expect("ip")],
+        cluster_domain: "cluster.local".into(),
+        pod_infra_container_image: "docker.io/kaze/pause:1".into(),
+        cni_bin_dir: "/usr/lib/cni".into(),
+        cni_bridge: bridge.to_string(),
+        ip_masq: false,
+        node_labels: vec![],
+        max_pods: 110,
+        port: testkit::free_port(),
+        cgroup_root: Some(format!("/kaze-test/{node}")),
+        lease_renew_interval: Duration::from_secs(1),
+        client_ca_file: Some(client_ca),
+        anonymous_auth: false,
+    }
+}
