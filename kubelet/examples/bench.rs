@@ -11,6 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
 use serde_json::json;
 use testkit::bench::{peak_rss_mib, percentile};
 
@@ -105,8 +106,12 @@ async fn main() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let watch_api = pods.clone();
-    tokio::spawn(async move {
-        let mut w = watcher::watcher(watch_api, watcher::Config::default()).boxed();
+    // aborted before the apiserver shuts down: a watcher that keeps reconnecting to a server
+    // going away spins and can keep the shutdown waiting
+    let watching = tokio::spawn(async move {
+        let mut w = watcher::watcher(watch_api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(ev) = w.next().await {
             if let Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) = ev {
                 let _ = tx.send((p, Instant::now()));
@@ -243,6 +248,7 @@ async fn main() {
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    watching.abort();
     token.cancel();
     let _ = kl.await;
     drop(containerd);

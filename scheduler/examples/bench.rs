@@ -12,6 +12,7 @@ use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -107,8 +108,12 @@ async fn main() {
     let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let b = bound.clone();
     let watch_api = pods.clone();
-    tokio::spawn(async move {
-        let mut w = watcher::watcher(watch_api, watcher::Config::default()).boxed();
+    // aborted before the apiserver shuts down (a watcher reconnecting to a server going
+    // away spins and can keep the shutdown waiting)
+    let watching = tokio::spawn(async move {
+        let mut w = watcher::watcher(watch_api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(ev) = w.next().await {
             let p = match ev {
                 Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) => p,
@@ -230,5 +235,6 @@ async fn main() {
         ),
     ];
     testkit::bench::write(&a.out, &figures);
+    watching.abort();
     server.shutdown().await;
 }
