@@ -3,7 +3,8 @@
 //! `pods/<name>/log` to `/containerLogs/<ns>/<pod>/<container>`, streaming; and
 //! `exec`/`attach`/`portforward` to `/exec|/attach/<ns>/<pod>/<container>` and
 //! `/portForward/<ns>/<pod>`, where the upgrade (WebSocket `v5.channel.k8s.io` etc., or
-//! SPDY) is negotiated end to end and the two connections are spliced byte for byte.
+//! SPDY) is negotiated end to end and the two connections are spliced byte for byte; and
+//! `nodes/<n>/proxy/<path>` to `/<path>` (e.g. `/stats/summary`).
 //!
 //! As upstream without `--kubelet-certificate-authority`, the kubelet's serving certificate
 //! is not verified unless that flag names a CA. The apiserver presents its client
@@ -389,6 +390,74 @@ pub async fn pod_log(
         .cloned()
         .unwrap_or(header::HeaderValue::from_static("text/plain"));
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+/// A `nodes/<n>/proxy/<path>` request as it arrived.
+#[derive(Debug)]
+pub struct ProxyRequest<'a> {
+    pub method: axum::http::Method,
+    pub headers: axum::http::HeaderMap,
+    /// What follows `proxy` (empty or starting with `/`), still percent-encoded.
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body: bytes::Bytes,
+}
+
+/// Request headers passed on to the kubelet.
+const PROXIED_HEADERS: &[&str] = &["accept", "content-type", "accept-encoding"];
+
+/// `nodes/<node>[:<port>]/proxy/<path>`: send the request to the node's kubelet at `/<path>`
+/// and stream its answer back (`kubectl get --raw /api/v1/nodes/<n>/proxy/stats/summary`,
+/// metrics-server). Upgrades are not proxied.
+pub async fn node_proxy(
+    state: &AppState,
+    node: &str,
+    req: ProxyRequest<'_>,
+) -> Result<Response, ApiError> {
+    let (name, port) = match node.split_once(':') {
+        Some((n, p)) => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| ApiError::bad_request(format!("invalid port in node {node:?}")))?;
+            (n, Some(port))
+        }
+        None => (node, None),
+    };
+    let node_def = state
+        .registry
+        .get("", "v1", "nodes")
+        .expect("nodes are built in");
+    let obj = objects::get(state, node_def, None, name).await?;
+    let (host, default_port) = kubelet_address(&obj);
+    let path = if req.path.is_empty() { "/" } else { req.path };
+    let uri = if req.query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", req.query)
+    };
+    let mut kreq = Request::builder().method(req.method).uri(uri);
+    for (k, v) in &req.headers {
+        if PROXIED_HEADERS.contains(&k.as_str()) {
+            kreq = kreq.header(k, v);
+        }
+    }
+    let kreq = kreq
+        .body(Body::from(req.body))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let resp = state
+        .kubelet
+        .send(&host, port.unwrap_or(default_port), kreq)
+        .await
+        .map_err(|e| ApiError::internal(format!("error trying to reach the kubelet: {e}")))?;
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::builder().status(parts.status);
+    for k in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+        if let Some(v) = parts.headers.get(&k) {
+            out = out.header(k, v);
+        }
+    }
+    out.body(Body::new(body))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[cfg(test)]

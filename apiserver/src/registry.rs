@@ -30,6 +30,8 @@ pub enum Sub {
     Exec,
     Attach,
     PortForward,
+    /// `nodes/<n>/proxy/<path>`: requests passed to the node's kubelet (`/stats/summary`).
+    Proxy,
 }
 
 impl Sub {
@@ -44,6 +46,7 @@ impl Sub {
             Sub::Exec => "exec",
             Sub::Attach => "attach",
             Sub::PortForward => "portforward",
+            Sub::Proxy => "proxy",
         }
     }
 
@@ -54,6 +57,7 @@ impl Sub {
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
             Sub::Exec | Sub::Attach | Sub::PortForward => &["create", "get"],
+            Sub::Proxy => &["create", "delete", "get", "patch", "update"],
         }
     }
 
@@ -67,6 +71,7 @@ impl Sub {
             Sub::Exec => Some(("", "v1", "PodExecOptions")),
             Sub::Attach => Some(("", "v1", "PodAttachOptions")),
             Sub::PortForward => Some(("", "v1", "PodPortForwardOptions")),
+            Sub::Proxy => Some(("", "v1", "NodeProxyOptions")),
         }
     }
 }
@@ -213,6 +218,7 @@ const ALL: &[&str] = &["all"];
 const NONE: &[&str] = &[];
 const STATUS: &[Sub] = &[Sub::Status];
 const STATUS_SCALE: &[Sub] = &[Sub::Status, Sub::Scale];
+const NODE_SUBS: &[Sub] = &[Sub::Status, Sub::Proxy];
 
 fn builtins() -> Vec<ResourceDef> {
     use Printer as P;
@@ -233,7 +239,7 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["ep"], cat: NONE, subs: NONE_SUBS, storage: "services/endpoints",
             fields: NONE, printer: P::Default),
         def!(core::v1::Node, "", "v1", "Node", "nodes", "node", ns: false,
-            short: &["no"], cat: NONE, subs: STATUS, storage: "minions",
+            short: &["no"], cat: NONE, subs: NODE_SUBS, storage: "minions",
             fields: &["spec.unschedulable"], printer: P::Node),
         def!(core::v1::ConfigMap, "", "v1", "ConfigMap", "configmaps", "configmap", ns: true,
             short: &["cm"], cat: NONE, subs: NONE_SUBS, storage: "configmaps",

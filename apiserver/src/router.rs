@@ -131,6 +131,23 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         // kubectl falls back to v3 documents when v2 is absent; say so plainly.
         return ApiError::no_route("/openapi/v2 (kaze serves /openapi/v3)").into_response();
     }
+    if let Some((node, rest)) = node_proxy_path(&path) {
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
+        let query = parts.uri.query().unwrap_or("");
+        let req = crate::kubelet::ProxyRequest {
+            method: parts.method,
+            headers: parts.headers,
+            path: rest,
+            query,
+            body,
+        };
+        return crate::kubelet::node_proxy(&state, node, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
     let Some(route) = parse(&state.registry, &path) else {
         return ApiError::no_route(&path).into_response();
     };
@@ -173,6 +190,18 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             handlers::handle(state.clone(), parts.method, t, q, parts.headers, body).await
         }
     }
+}
+
+/// `/api/v1/nodes/<node>/proxy[/<path>]`: the node and the path for its kubelet (as sent,
+/// still percent-encoded).
+fn node_proxy_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/nodes/")?;
+    let (node, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("proxy")?;
+    if !(rest.is_empty() || rest.starts_with('/')) || node.is_empty() {
+        return None;
+    }
+    Some((node, rest))
 }
 
 /// How much of an oversized body is read and thrown away so the client gets to see the 413
@@ -295,5 +324,20 @@ mod tests {
         assert!(parse(&Registry::builtin(), "/api/v1/namespaces/x/nodes").is_none());
         assert!(parse(&Registry::builtin(), "/api/v1/pods/x/scale").is_none());
         assert!(parse(&Registry::builtin(), "/apis/apps/v1/widgets").is_none());
+    }
+
+    #[test]
+    fn node_proxy_paths() {
+        assert_eq!(
+            node_proxy_path("/api/v1/nodes/n1/proxy/stats/summary"),
+            Some(("n1", "/stats/summary"))
+        );
+        assert_eq!(
+            node_proxy_path("/api/v1/nodes/n1:10251/proxy"),
+            Some(("n1:10251", ""))
+        );
+        assert_eq!(node_proxy_path("/api/v1/nodes/n1/status"), None);
+        assert_eq!(node_proxy_path("/api/v1/nodes/n1/proxyx"), None);
+        assert_eq!(node_proxy_path("/api/v1/nodes/n1"), None);
     }
 }
