@@ -82,6 +82,8 @@ async fn main() {
         lease_renew_interval: Duration::from_secs(10),
         client_ca_file: Some(server.ca_file()),
         anonymous_auth: false,
+        pod_cidr: None,
+        static_pods: Default::default(),
     };
     let token = component::CancellationToken::new();
     let kl = tokio::spawn(kubelet::node::run(config, token.clone()));

@@ -7,8 +7,9 @@
 //! - [`volume`]: pod volumes (emptyDir, configMap, secret, downwardAPI, projected, hostPath);
 //! - [`pod`]: PodSpec -> runtime calls, volumes, init containers, probes, restart policy,
 //!   status and events;
-//! - [`node`]: the API client: node registration, Lease heartbeats, the pod sync loop
-//!   (the kubelet HTTPS server for logs/exec is next).
+//! - [`static_pod`]: pods from manifest files and URLs, with mirror pods in the API;
+//! - [`node`]: the API client: node registration, Lease heartbeats, the pod sync loop, the
+//!   kubelet's HTTPS server (logs, exec, attach, port-forward).
 
 pub mod cni;
 pub mod containerd;
@@ -19,6 +20,7 @@ pub mod node;
 pub mod pod;
 pub mod runtime;
 pub mod spec;
+pub mod static_pod;
 pub mod sys;
 pub mod volume;
 

@@ -14,87 +14,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use support::{kill_keepers, KeeperGuard, Kubelet};
 use testkit::wait_for as eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A kubelet (`kubelet::node::run`) on a tokio runtime of its own, in a thread.
-struct Kubelet {
-    token: component::CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Kubelet {
-    fn start(config: kubelet::node::Config) -> Kubelet {
-        let token = component::CancellationToken::new();
-        let t = token.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("kubelet runtime");
-            if let Err(e) = rt.block_on(kubelet::node::run(config, t)) {
-                eprintln!("kubelet: {e}");
-            }
-            // What the kubelet left spawned (pod workers, log pumps, exit watches) ends
-            // here, as it would with the process.
-            rt.shutdown_timeout(Duration::from_secs(5));
-        });
-        Kubelet {
-            token,
-            thread: Some(thread),
-        }
-    }
-
-    /// The kubelet's shutdown (cancel), then the end of everything it spawned.
-    fn stop(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        self.token.cancel();
-        if let Some(t) = self.thread.take() {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-impl Drop for Kubelet {
-    fn drop(&mut self) {
-        self.stop_now();
-    }
-}
-
-/// Kill the FIFO keepers of the pods under kubelet root dir `root`: they live outside the
-/// pods' cgroups, so a pod a failed test left behind would leave them running.
-fn kill_keepers(root: &Path) {
-    let pods = std::fs::read_dir(root.join("pods")).into_iter().flatten();
-    for fifo in pods.flatten().map(|p| p.path().join("fifo")) {
-        for f in std::fs::read_dir(fifo).into_iter().flatten().flatten() {
-            if f.path().extension().is_some_and(|x| x == "keeper") {
-                let pid = std::fs::read_to_string(f.path()).unwrap_or_default();
-                if let Ok(pid) = pid.trim().parse() {
-                    kubelet::sys::kill_pid(pid);
-                }
-            }
-        }
-    }
-}
-
-/// Kills a node's FIFO keepers on drop (see [`kill_keepers`]).
-struct KeeperGuard(PathBuf);
-
-impl Drop for KeeperGuard {
-    fn drop(&mut self) {
-        kill_keepers(&self.0);
-    }
-}
 
 /// A one-node cluster whose kubelet can be restarted. Fields drop in order: the kubelet
 /// first, then containerd (killing what a failed test left running), the node's cgroups,

@@ -1,6 +1,7 @@
 //! The kubelet as an API client (`kaze kubelet`): register this machine's Node, wait for its
-//! pod CIDR from node IPAM, keep its Lease in `kube-node-lease` renewed, and run the pods
-//! bound to it ([`sync`]) through the runtime and pod workers below, reporting their status.
+//! pod CIDR from node IPAM (or take `--pod-cidr`), keep its Lease in `kube-node-lease`
+//! renewed, and run the pods bound to it ([`sync`]) and its static pods
+//! ([`crate::static_pod`]) through the runtime and pod workers below, reporting their status.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -98,6 +99,13 @@ pub struct Config {
     /// How often the node Lease is renewed.
     #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
     pub lease_renew_interval: Duration,
+    /// This node's pod CIDR, for running pods before (or without) an apiserver: static pods
+    /// start at once, and the Node is registered with it. Without it the kubelet waits for
+    /// the CIDR node IPAM gives the Node.
+    #[arg(long = "pod-cidr")]
+    pub pod_cidr: Option<String>,
+    #[command(flatten)]
+    pub static_pods: crate::static_pod::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +139,12 @@ impl Config {
 
 /// Run the kubelet until `shutdown`. Pods keep running when it stops (as upstream's do): a
 /// restarted kubelet finds them in containerd.
+///
+/// With `--pod-cidr` the runtime and the static pods start before the apiserver is reached
+/// (registration is retried meanwhile); without a kubeconfig to be found and with static pod
+/// sources, the kubelet runs standalone: static pods only, as upstream without
+/// `--kubeconfig`.
 pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), NodeError> {
-    let client = component::client(config.kubeconfig.as_deref()).await?;
     let node_name = config.node_name();
     let node_ip = config.node_ip.unwrap_or_else(component::detect_node_ip);
     let labels = parse_labels(&config.node_labels)?;
@@ -143,22 +155,39 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         config.anonymous_auth,
         config.port,
     )?);
-    register(
-        &client,
-        &node_name,
-        node_ip,
-        &labels,
-        config.max_pods,
-        config.port,
-    )
-    .await?;
-    tracing::info!(node = %node_name, ip = %node_ip, "registered node");
-
-    let pod_cidr = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        c = wait_for_pod_cidr(&client, &node_name) => c?,
+    let client = match component::client(config.kubeconfig.as_deref()).await {
+        Ok(c) => Some(c),
+        Err(e) if config.kubeconfig.is_none() && config.static_pods.enabled() => {
+            tracing::warn!(error = %e, "no kubeconfig found: running standalone (static pods only)");
+            None
+        }
+        Err(e) => return Err(e.into()),
     };
-    tracing::info!(node = %node_name, %pod_cidr, "pod CIDR assigned");
+    let registration = Registration {
+        name: node_name.clone(),
+        ip: node_ip,
+        labels,
+        max_pods: config.max_pods,
+        port: config.port,
+        pod_cidr: config.pod_cidr.clone(),
+    };
+    let pod_cidr = match (&config.pod_cidr, &client) {
+        (Some(cidr), _) => cidr.clone(),
+        (None, Some(client)) => {
+            registration.register(client).await?;
+            tracing::info!(node = %node_name, ip = %node_ip, "registered node");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                c = wait_for_pod_cidr(client, &node_name) => c?,
+            }
+        }
+        (None, None) => {
+            return Err(NodeError::Flag(
+                "running standalone (no kubeconfig) needs --pod-cidr".into(),
+            ))
+        }
+    };
+    tracing::info!(node = %node_name, %pod_cidr, "pod CIDR");
     let socket = config
         .container_runtime_endpoint
         .trim_start_matches("unix://")
@@ -200,24 +229,28 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
 
     let uids: server::PodUids = Default::default();
     let mut tasks = tokio::task::JoinSet::new();
+    // Static pods first: they run whatever the apiserver does, and the sync loop must know
+    // them before it looks for leftovers.
+    let api_source = client
+        .clone()
+        .map(crate::volume::Source::api)
+        .unwrap_or_default();
+    let mut statics = crate::static_pod::Manager::new(
+        config.static_pods.clone(),
+        rt.clone(),
+        node_ctx.clone(),
+        uids.clone(),
+        api_source,
+    )
+    .map_err(NodeError::Flag)?;
+    statics.start().await;
+    let static_pods = statics.static_pods();
+    let mirror_pods = client
+        .clone()
+        .map(|c| statics.mirror_pods(c, shutdown.clone()));
     {
-        let (client, node, token, every) = (
-            client.clone(),
-            node_name.clone(),
-            shutdown.clone(),
-            config.lease_renew_interval,
-        );
-        tasks.spawn(async move { renew_lease(client, node, every, token).await });
-    }
-    {
-        let (client, node, token, max_pods) = (
-            client.clone(),
-            node_name.clone(),
-            shutdown.clone(),
-            config.max_pods,
-        );
-        let port = config.port;
-        tasks.spawn(async move { post_status(client, node, node_ip, max_pods, port, token).await });
+        let token = shutdown.clone();
+        tasks.spawn(async move { statics.run(token).await });
     }
     {
         let addr = std::net::SocketAddr::new(
@@ -244,7 +277,45 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             }
         });
     }
-    let result = sync::run(client, rt, node_ctx, uids, shutdown.clone()).await;
+    let Some(client) = client else {
+        shutdown.cancelled().await;
+        while tasks.join_next().await.is_some() {}
+        return Ok(());
+    };
+    if config.pod_cidr.is_some() {
+        // The pods are up; the apiserver may not be yet.
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                while tasks.join_next().await.is_some() {}
+                return Ok(());
+            }
+            () = registration.register_until_done(&client) => {}
+        }
+        tracing::info!(node = %node_name, ip = %node_ip, "registered node");
+    }
+    if let Some(mirror_pods) = mirror_pods {
+        tasks.spawn(mirror_pods);
+    }
+    {
+        let (client, node, token, every) = (
+            client.clone(),
+            node_name.clone(),
+            shutdown.clone(),
+            config.lease_renew_interval,
+        );
+        tasks.spawn(async move { renew_lease(client, node, every, token).await });
+    }
+    {
+        let (client, node, token, max_pods) = (
+            client.clone(),
+            node_name.clone(),
+            shutdown.clone(),
+            config.max_pods,
+        );
+        let port = config.port;
+        tasks.spawn(async move { post_status(client, node, node_ip, max_pods, port, token).await });
+    }
+    let result = sync::run(client, rt, node_ctx, uids, static_pods, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     result
@@ -284,58 +355,84 @@ fn host_dns() -> DnsConfig {
     dns
 }
 
-/// Create the Node, or refresh an existing one's labels; then post its status.
-async fn register(
-    client: &Client,
-    name: &str,
+/// What the Node is registered with.
+struct Registration {
+    name: String,
     ip: IpAddr,
-    extra: &[(String, String)],
+    labels: Vec<(String, String)>,
     max_pods: u32,
     port: u16,
-) -> Result<(), NodeError> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let mut labels = serde_json::Map::new();
-    labels.insert("kubernetes.io/hostname".into(), json!(name));
-    labels.insert("kubernetes.io/os".into(), json!("linux"));
-    labels.insert("kubernetes.io/arch".into(), json!(info::arch()));
-    for (k, v) in extra {
-        labels.insert(k.clone(), json!(v));
+    /// `--pod-cidr`: set on a Node this kubelet creates (node IPAM keeps a CIDR it finds).
+    pod_cidr: Option<String>,
+}
+
+impl Registration {
+    /// [`Registration::register`] until it works (the apiserver may come up after the
+    /// kubelet, as with a control plane of static pods).
+    async fn register_until_done(&self, client: &Client) {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.register(client).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::info!(node = %self.name, error = %e, "registering the node; retrying")
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
     }
-    match nodes
-        .get_opt(name)
-        .await
-        .map_err(api(format!("reading node {name}")))?
-    {
-        None => {
-            let node: Node =
-                serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+
+    /// Create the Node, or refresh an existing one's labels; then post its status.
+    async fn register(&self, client: &Client) -> Result<(), NodeError> {
+        let name = &self.name;
+        let nodes: Api<Node> = Api::all(client.clone());
+        let mut labels = serde_json::Map::new();
+        labels.insert("kubernetes.io/hostname".into(), json!(name));
+        labels.insert("kubernetes.io/os".into(), json!("linux"));
+        labels.insert("kubernetes.io/arch".into(), json!(info::arch()));
+        for (k, v) in &self.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        match nodes
+            .get_opt(name)
+            .await
+            .map_err(api(format!("reading node {name}")))?
+        {
+            None => {
+                let mut node = json!({"metadata": {"name": name, "labels": labels}});
+                if let Some(cidr) = &self.pod_cidr {
+                    node["spec"] = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+                }
+                let node: Node = serde_json::from_value(node)
                     .map_err(|e| NodeError::Flag(format!("building node {name}: {e}")))?;
-            match nodes.create(&PostParams::default(), &node).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(api(format!("registering node {name}"))(e)),
+                match nodes.create(&PostParams::default(), &node).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(api(format!("registering node {name}"))(e)),
+                }
+            }
+            Some(_) => {
+                nodes
+                    .patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+                    )
+                    .await
+                    .map_err(api(format!("updating labels of node {name}")))?;
             }
         }
-        Some(_) => {
-            nodes
-                .patch(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"metadata": {"labels": labels}})),
-                )
-                .await
-                .map_err(api(format!("updating labels of node {name}")))?;
-        }
+        nodes
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&info::status(name, self.ip, self.max_pods, self.port)),
+            )
+            .await
+            .map_err(api(format!("posting the status of node {name}")))?;
+        Ok(())
     }
-    nodes
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&info::status(name, ip, max_pods, port)),
-        )
-        .await
-        .map_err(api(format!("posting the status of node {name}")))?;
-    Ok(())
 }
 
 async fn wait_for_pod_cidr(client: &Client, name: &str) -> Result<String, NodeError> {

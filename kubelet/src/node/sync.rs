@@ -4,7 +4,8 @@
 //! status subresource (only when it changed), and when a pod is deleted gracefully stop it,
 //! post its final status and remove it from the API (the kubelet's half of graceful
 //! deletion). After a restart the workers adopt what runs (`pod::worker`), and what runs
-//! here for a pod the API no longer has (deleted while the kubelet was down) is removed.
+//! here for a pod the API no longer has (deleted while the kubelet was down) is removed,
+//! static pods excepted. Mirror pods are left to [`crate::static_pod`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,6 +22,8 @@ use tokio::task::JoinHandle;
 use super::NodeError;
 use crate::pod::{self, NodeContext, PodHandle, WorkerConfig};
 use crate::runtime::Runtime;
+use crate::static_pod::source::is_mirror;
+use crate::static_pod::StaticPods;
 use crate::volume::Source;
 
 struct Running {
@@ -178,6 +181,7 @@ pub async fn run(
     rt: Runtime,
     node: NodeContext,
     uids: super::server::PodUids,
+    statics: StaticPods,
     shutdown: component::CancellationToken,
 ) -> Result<(), NodeError> {
     let pods: Api<Pod> = Api::all(client.clone());
@@ -206,6 +210,10 @@ pub async fn run(
                 relist = Some(Vec::new());
                 continue;
             }
+            // Mirror pods are the static pod manager's (`static_pod::mirror`), never run here.
+            Some(Ok(Event::InitApply(p) | Event::Apply(p) | Event::Delete(p))) if is_mirror(&p) => {
+                continue
+            }
             Some(Ok(Event::InitApply(p))) => {
                 if let Some(r) = relist.as_mut() {
                     r.push(p);
@@ -229,7 +237,7 @@ pub async fn run(
                 }
                 if std::mem::take(&mut first_list) {
                     for uid in runtime_pods(&rt).await {
-                        if !live.contains(&uid) {
+                        if !live.contains(&uid) && !statics.owns(&uid) {
                             // Its spec is gone: upstream kills such pods with the minimum grace, 2 s.
                             let grace = Duration::from_secs(2);
                             finishing.spawn(uid.clone(), remove_leftovers(rt.clone(), uid, grace));

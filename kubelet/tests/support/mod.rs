@@ -11,6 +11,7 @@ use std::time::Duration;
 use kubelet::cni::NetworkConfig;
 use kubelet::{ContainerConfig, PodSandboxConfig, Runtime, RuntimeConfig, Sandbox};
 
+pub mod cluster;
 pub mod tls;
 
 #[allow(dead_code, unreachable_pub)]
@@ -355,5 +356,86 @@ pub fn node_config(
         lease_renew_interval: Duration::from_secs(1),
         client_ca_file: Some(client_ca),
         anonymous_auth: false,
+        pod_cidr: None,
+        static_pods: Default::default(),
+    }
+}
+
+/// A kubelet (`kubelet::node::run`) on a tokio runtime of its own, in a thread.
+pub struct Kubelet {
+    token: component::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Kubelet {
+    pub fn start(config: kubelet::node::Config) -> Kubelet {
+        let token = component::CancellationToken::new();
+        let t = token.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("kubelet runtime");
+            if let Err(e) = rt.block_on(kubelet::node::run(config, t)) {
+                eprintln!("kubelet: {e}");
+            }
+            // What the kubelet left spawned (pod workers, log pumps, exit watches) ends
+            // here, as it would with the process.
+            rt.shutdown_timeout(Duration::from_secs(5));
+        });
+        Kubelet {
+            token,
+            thread: Some(thread),
+        }
+    }
+
+    /// The kubelet's shutdown (cancel), then the end of everything it spawned.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.token.cancel();
+        if let Some(t) = self.thread.take() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Kill the FIFO keepers of the pods under kubelet root dir `root`: they live outside the
+/// pods' cgroups, so a pod a failed test left behind would leave them running.
+pub fn kill_keepers(root: &Path) {
+    let pods = std::fs::read_dir(root.join("pods")).into_iter().flatten();
+    for fifo in pods.flatten().map(|p| p.path().join("fifo")) {
+        for f in std::fs::read_dir(fifo).into_iter().flatten().flatten() {
+            if f.path().extension().is_some_and(|x| x == "keeper") {
+                let pid = std::fs::read_to_string(f.path()).unwrap_or_default();
+                if let Ok(pid) = pid.trim().parse() {
+                    kubelet::sys::kill_pid(pid);
+                }
+            }
+        }
+    }
+}
+
+/// Kills a node's FIFO keepers on drop (see [`kill_keepers`]).
+pub struct KeeperGuard(pub PathBuf);
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        kill_keepers(&self.0);
     }
 }
