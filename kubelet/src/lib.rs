@@ -8,8 +8,9 @@
 //! - [`pod`]: PodSpec -> runtime calls, volumes, init containers, probes, restart policy,
 //!   status and events;
 //! - [`static_pod`]: pods from manifest files and URLs, with mirror pods in the API;
+//! - [`stats`]: the Summary API (`/stats/summary`) from cgroups and /proc;
 //! - [`node`]: the API client: node registration, Lease heartbeats, the pod sync loop, the
-//!   kubelet's HTTPS server (logs, exec, attach, port-forward).
+//!   kubelet's HTTPS server (logs, exec, attach, port-forward, stats).
 
 pub mod cni;
 pub mod containerd;
@@ -21,6 +22,7 @@ pub mod pod;
 pub mod runtime;
 pub mod spec;
 pub mod static_pod;
+pub mod stats;
 pub mod sys;
 pub mod volume;
 

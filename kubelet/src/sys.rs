@@ -544,3 +544,87 @@ pub fn create_file(path: &Path, mode: u32) -> Result<(), SysError> {
 pub fn canonicalize(path: &Path) -> Result<PathBuf, SysError> {
     std::fs::canonicalize(path).map_err(io("resolving", path))
 }
+
+// === stats: filesystems, /proc, cgroup v2 ===
+
+/// A filesystem's size and inode counts (statvfs(3)), in bytes and inodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsUsage {
+    pub capacity: u64,
+    /// What an unprivileged writer may still use.
+    pub available: u64,
+    pub used: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+}
+
+/// The usage of the filesystem holding `path`; None if it cannot be read.
+#[allow(unsafe_code)] // statvfs(3) has no safe std wrapper; this module is where syscalls live
+pub fn statvfs(path: &Path) -> Option<FsUsage> {
+    let p = c_path(path, "statvfs").ok()?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is a valid NUL-terminated path and `st` a valid out-pointer, both live
+    // for the call.
+    if unsafe { libc::statvfs(p.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize;
+    Some(FsUsage {
+        capacity: st.f_blocks * frsize,
+        available: st.f_bavail * frsize,
+        used: st.f_blocks.saturating_sub(st.f_bfree) * frsize,
+        inodes: st.f_files,
+        inodes_free: st.f_ffree,
+    })
+}
+
+/// Bytes allocated (as du counts them) and inodes below `path`, without following symlinks
+/// or crossing into other filesystems.
+pub fn disk_usage(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let top = std::fs::symlink_metadata(path).ok()?;
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.dev() != top.dev() {
+            continue;
+        }
+        bytes += m.blocks() * 512;
+        inodes += 1;
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    Some((bytes, inodes))
+}
+
+/// A file under /proc (`"stat"`, `"<pid>/net/dev"`).
+pub fn read_proc(rel: &str) -> Option<String> {
+    std::fs::read_to_string(Path::new("/proc").join(rel)).ok()
+}
+
+/// The pids in `cgroup` (any controller of a v1 hierarchy has them; v2 has one tree).
+pub fn cgroup_pids(cgroup: &str) -> Vec<u32> {
+    let procs = if cgroup_v2() {
+        read_cgroup("", cgroup, "cgroup.procs")
+    } else {
+        read_cgroup("pids", cgroup, "cgroup.procs")
+            .or_else(|| read_cgroup("memory", cgroup, "cgroup.procs"))
+    };
+    procs
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether /sys/fs/cgroup is the unified (v2) hierarchy rather than v1 controllers.
+pub fn cgroup_v2() -> bool {
+    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
+}

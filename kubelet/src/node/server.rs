@@ -1,6 +1,8 @@
 //! The kubelet's HTTPS server (`--port`, 10250 by default), which the apiserver proxies
 //! `kubectl logs`, `exec`, `attach` and `port-forward` to:
 //! - `/healthz`;
+//! - `/stats/summary`: upstream's Summary API, CPU, memory, network, filesystems and volumes
+//!   of the node and each pod and container ([`crate::stats`]);
 //! - `/containerLogs/<ns>/<pod>/<container>` with upstream's query parameters (`follow`,
 //!   `tailLines`, `timestamps`, `previous`, `limitBytes`, `sinceSeconds`), read from the CRI
 //!   log files the runtime writes;
@@ -42,6 +44,7 @@ struct Ctx {
     log_dir: PathBuf,
     uids: PodUids,
     rt: Runtime,
+    stats: std::sync::Arc<crate::stats::Collector>,
 }
 
 /// The inputs of [`serve`].
@@ -77,8 +80,14 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| NodeError::Flag(format!("binding the kubelet server on {addr}: {e}")))?;
+    let stats = std::sync::Arc::new(crate::stats::Collector::new(rt.clone()));
+    {
+        let (stats, token) = (stats.clone(), shutdown.clone());
+        tokio::spawn(async move { stats.sample(token).await });
+    }
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/stats/summary", get(stats_summary))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .route("/attach/{ns}/{pod}/{container}", get(attach).post(attach))
@@ -86,7 +95,12 @@ pub async fn serve(
             "/portForward/{ns}/{pod}",
             get(port_forward).post(port_forward),
         )
-        .with_state(Ctx { log_dir, uids, rt })
+        .with_state(Ctx {
+            log_dir,
+            uids,
+            rt,
+            stats,
+        })
         .layer(axum::middleware::from_fn_with_state(
             auth,
             super::auth::middleware,
@@ -253,6 +267,17 @@ fn spawn_session(c: Channelled, run: stream::Run) -> Response {
         }),
     };
     c.response
+}
+
+/// `/stats/summary[?only_cpu_and_memory=true]`: upstream's Summary API ([`crate::stats`]).
+async fn stats_summary(
+    State(ctx): State<Ctx>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let only = q
+        .get("only_cpu_and_memory")
+        .is_some_and(|v| v == "true" || v == "1");
+    axum::Json(ctx.stats.summary(only).await).into_response()
 }
 
 /// `/exec/<ns>/<pod>/<container>`: a channel session running the command.
