@@ -56,6 +56,13 @@ pub struct NodeArgs {
     /// Port of the proxy's /metrics and /healthz (on loopback).
     #[arg(long = "proxy-metrics-port", default_value_t = 10249)]
     pub proxy_metrics_port: u16,
+    /// Static pod manifests (a directory, or one file) this node's kubelet runs, with
+    /// mirror pods in the API (default: `<data-dir>/agent/pod-manifests`, as k3s).
+    #[arg(long = "pod-manifest-path")]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// A URL (http://) answering static pods (a Pod or a PodList) for this node's kubelet.
+    #[arg(long = "manifest-url")]
+    pub manifest_url: Option<String>,
 }
 
 impl NodeArgs {
@@ -90,6 +97,16 @@ pub async fn start(
             socket
         }
     };
+    let pod_manifest_path = args
+        .pod_manifest_path
+        .clone()
+        .unwrap_or_else(|| data_dir.join("agent").join("pod-manifests"));
+    if args.pod_manifest_path.is_none() {
+        // Where to put a static pod should be plain to see, as in k3s.
+        if let Err(e) = std::fs::create_dir_all(&pod_manifest_path) {
+            tracing::warn!(path = %pod_manifest_path.display(), error = %e, "creating the static pod manifest dir");
+        }
+    }
     let kubelet = kubelet::node::Config {
         kubeconfig: Some(kubeconfig.to_path_buf()),
         hostname_override: args.node_name.clone(),
@@ -111,6 +128,12 @@ pub async fn start(
         lease_renew_interval: std::time::Duration::from_secs(10),
         client_ca_file: Some(client_ca.to_path_buf()),
         anonymous_auth: false,
+        pod_cidr: None,
+        static_pods: kubelet::static_pod::Config {
+            pod_manifest_path: Some(pod_manifest_path),
+            manifest_url: args.manifest_url.clone(),
+            ..Default::default()
+        },
     };
     let token = shutdown.child_token();
     tasks.spawn(async move {
