@@ -522,3 +522,46 @@ async fn post_status(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Kubelet {
+        #[command(flatten)]
+        config: super::Config,
+    }
+
+    #[test]
+    fn static_pod_flags_parse_beside_the_others() {
+        Kubelet::command().debug_assert();
+        let c = Kubelet::parse_from([
+            "kubelet",
+            "--pod-manifest-path",
+            "/etc/kubernetes/manifests",
+            "--file-check-frequency",
+            "5s",
+            "--manifest-url",
+            "http://example/pods",
+            "--manifest-url-header",
+            "a:b,c:d",
+            "--pod-cidr",
+            "10.1.2.0/24",
+        ])
+        .config;
+        let s = &c.static_pods;
+        assert_eq!(
+            s.pod_manifest_path.as_deref(),
+            Some(std::path::Path::new("/etc/kubernetes/manifests"))
+        );
+        assert_eq!(s.file_check_frequency, std::time::Duration::from_secs(5));
+        assert_eq!(s.http_check_frequency, std::time::Duration::from_secs(20));
+        assert_eq!(s.manifest_url_header, vec!["a:b", "c:d"]);
+        assert_eq!(c.pod_cidr.as_deref(), Some("10.1.2.0/24"));
+        assert!(!Kubelet::parse_from(["kubelet"])
+            .config
+            .static_pods
+            .enabled());
+    }
+}

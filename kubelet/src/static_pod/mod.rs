@@ -39,6 +39,8 @@ use crate::volume;
 /// Upstream kubelet's static pod flags (`staticPodPath`, `fileCheckFrequency`,
 /// `staticPodURL`, `staticPodURLHeader`, `httpCheckFrequency`).
 #[derive(Debug, Clone, clap::Args)]
+// clap names a struct's argument group after it, and the kubelet's own is `Config` too.
+#[group(id = "static-pods")]
 pub struct Config {
     /// A directory of Pod manifests (YAML or JSON, one pod per file; hidden files and
     /// subdirectories are skipped) or a single manifest, run as static pods.
