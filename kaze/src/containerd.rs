@@ -1,18 +1,59 @@
 //! The containerd `kaze server`/`kaze agent` start when no `--container-runtime-endpoint` is
 //! given (as k3s does): Debian's containerd with its root under the data dir, its state and
 //! socket under `/run/kaze/containerd`, and the CRI plugin off (kaze talks to containerd's
-//! own API). Stopping it leaves containers running: their shims outlive it.
+//! own API). It is supervised: if it exits while kaze runs it is started again (after 1 s,
+//! doubling to 30 s while it keeps failing), and the kubelet reconnects — the shims keep the
+//! containers running meanwhile and the new containerd finds them again. Stopping it leaves
+//! containers running: their shims outlive it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 #[derive(Debug)]
 pub struct Containerd {
-    child: Child,
     pub socket: PathBuf,
+    state: Arc<Mutex<State>>,
+    supervisor: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct State {
+    stopping: bool,
+    pid: u32,
+}
+
+/// How to (re)start the process.
+#[derive(Debug, Clone)]
+struct Launch {
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let path = format!(
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new("containerd")
+            .arg("--config")
+            .arg(&self.config)
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd (is it installed? `cargo xtask setup` installs it)")
+    }
 }
 
 impl Containerd {
@@ -36,61 +77,146 @@ impl Containerd {
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let log_path = dir.join("containerd.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let path = format!(
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{}",
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config_path)
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting containerd (is it installed? `cargo xtask setup` installs it)")?;
-        let mut c = Containerd { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.socket.exists() || std::os::unix::net::UnixStream::connect(&c.socket).is_err() {
-            if let Some(status) = c.child.try_wait()? {
-                bail!(
-                    "containerd exited with {status}; see {}",
-                    log_path.display()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "containerd did not open {} within 30 s; see {}",
-                    c.socket.display(),
-                    log_path.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let launch = Launch {
+            config: config_path,
+            log: dir.join("containerd.log"),
+        };
+        let mut child = launch.spawn()?;
+        wait_ready(&mut child, &socket, &launch.log)?;
+        tracing::info!(socket = %socket.display(), pid = child.id(), "containerd started");
+        let state = Arc::new(Mutex::new(State {
+            stopping: false,
+            pid: child.id(),
+        }));
+        let supervisor = {
+            let (state, socket) = (state.clone(), socket.clone());
+            std::thread::Builder::new()
+                .name("containerd-supervisor".into())
+                .spawn(move || supervise(child, launch, socket, state))
+                .context("starting the containerd supervisor thread")?
+        };
+        Ok(Containerd {
+            socket,
+            state,
+            supervisor: Some(supervisor),
+        })
+    }
+}
+
+/// Wait until containerd answers on `socket` (30 s), or fail if it exits first.
+fn wait_ready(child: &mut Child, socket: &Path, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() || std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("containerd exited with {status}; see {}", log.display());
         }
-        tracing::info!(socket = %c.socket.display(), "containerd started");
-        Ok(c)
+        if Instant::now() > deadline {
+            bail!(
+                "containerd did not open {} within 30 s; see {}",
+                socket.display(),
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sleep `d` in steps; false if kaze began stopping meanwhile.
+fn pause(state: &Mutex<State>, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if lock(state).stopping {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    !lock(state).stopping
+}
+
+/// Reap containerd; unless kaze is stopping it, start it again with a growing back-off
+/// (reset once a containerd has run for a minute).
+fn supervise(child: Child, launch: Launch, socket: PathBuf, state: Arc<Mutex<State>>) {
+    let mut child = Some(child);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if let Some(mut c) = child.take() {
+            let started = Instant::now();
+            let status = c.wait();
+            {
+                let mut s = lock(&state);
+                if s.stopping {
+                    return;
+                }
+                // Reaped: its pid may be reused, never signal it again.
+                s.pid = 0;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+            tracing::error!(
+                status = %status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                log = %launch.log.display(),
+                "containerd exited; restarting it in {backoff:?}"
+            );
+        }
+        if !pause(&state, backoff) {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        // Spawn under the lock so that Drop always signals the current process.
+        let spawned = {
+            let mut s = lock(&state);
+            if s.stopping {
+                return;
+            }
+            launch.spawn().inspect(|c| s.pid = c.id())
+        };
+        match spawned {
+            Ok(mut c) => {
+                match wait_ready(&mut c, &socket, &launch.log) {
+                    Ok(()) => tracing::info!(pid = c.id(), "containerd restarted"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "restarting containerd"),
+                }
+                child = Some(c);
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "restarting containerd"),
+        }
     }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+        let pid = {
+            let mut s = lock(&self.state);
+            s.stopping = true;
+            s.pid
+        };
+        let signal = |sig: &str| {
+            if pid == 0 {
                 return;
             }
+            let _ = Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let Some(supervisor) = self.supervisor.take() else {
+            return;
+        };
+        // The supervisor returns once the process it waits on has exited.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !supervisor.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !supervisor.is_finished() {
+            signal("-KILL");
+        }
+        let _ = supervisor.join();
     }
 }

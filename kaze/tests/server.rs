@@ -254,6 +254,19 @@ fn check_basics(data: &Path, port: u16) {
     assert!(!anon.status.success(), "anonymous request must fail");
 }
 
+/// Put the air-gap image tarballs where the server's kubelet imports them from.
+fn air_gap_images(data: &Path) {
+    let images = data.join("agent/images");
+    std::fs::create_dir_all(&images).expect("air-gap dir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf();
+    for tar in xtask_images::build_images(&root).expect("building images") {
+        std::fs::copy(&tar, images.join(tar.file_name().expect("name"))).expect("copy image");
+    }
+}
+
 #[test]
 fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     let dir = tempfile::Builder::new()
@@ -264,15 +277,7 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     let port = free_port();
     let dns_port = free_port();
     let containerd = testkit::Containerd::start();
-    let images = data.join("agent/images");
-    std::fs::create_dir_all(&images).expect("air-gap dir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf();
-    for tar in xtask_images::build_images(&root).expect("building images") {
-        std::fs::copy(&tar, images.join(tar.file_name().expect("name"))).expect("copy image");
-    }
+    air_gap_images(data);
     let pid = std::process::id();
     let node = format!("kz-e2e-{pid}");
     let _leftovers = testkit::NodeGuard {
@@ -720,5 +725,242 @@ fn malformed_storage_flag_fails_with_a_clear_message() {
     assert!(
         stderr.contains("events-without-group"),
         "the message names the bad value: {stderr}"
+    );
+}
+
+/// The pid of the containerd started with `config` (kaze's own), if one runs.
+fn containerd_pid(config: &Path) -> Option<u32> {
+    let config = config.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid = p.file_name().to_string_lossy().parse::<u32>().ok()?;
+        let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (args.first()?.ends_with("containerd") && args.contains(&config)).then_some(pid)
+    })
+}
+
+/// Kills and removes what kaze's own containerd ran, while it still runs: drop it before
+/// the server.
+struct ReapContainers(std::path::PathBuf);
+
+impl Drop for ReapContainers {
+    fn drop(&mut self) {
+        testkit::reap_containerd(&self.0);
+    }
+}
+
+/// After the server (and its containerd) stopped: the shims still running, the containers
+/// runc still holds for `namespace`, and the mounts under the data dir.
+struct KillShims {
+    socket: std::path::PathBuf,
+    namespace: String,
+    data: std::path::PathBuf,
+}
+
+impl Drop for KillShims {
+    fn drop(&mut self) {
+        testkit::kill_shims(&self.socket);
+        let runc_root = Path::new("/run/containerd/runc").join(&self.namespace);
+        for id in std::fs::read_dir(&runc_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force"])
+                .arg(id.file_name())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir(&runc_root);
+        testkit::umount_under(&self.data);
+    }
+}
+
+/// Without `--container-runtime-endpoint` the server starts containerd itself and keeps it
+/// running: SIGKILL it and it comes back; the pod running before keeps its container, its
+/// exit is still noticed (the kubelet waits on the new containerd), exec works again, and
+/// new pods start.
+#[test]
+fn own_containerd_is_restarted_and_pods_survive_it() {
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-ctrd-")
+        .tempdir()
+        .expect("temp dir");
+    let data = dir.path();
+    let port = free_port();
+    air_gap_images(data);
+    let pid = std::process::id();
+    let node = format!("kz-ctrd-{pid}");
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.248.".into(),
+    };
+    let bridge = format!("kzc{}", pid % 100_000);
+    let _bridge = testkit::LinkGuard(bridge.clone());
+    let run_dir = data.join("run");
+    let socket = run_dir.join("containerd.sock");
+    let _shims = KillShims {
+        socket: socket.clone(),
+        namespace: node.clone(),
+        data: data.to_path_buf(),
+    };
+    let extra: Vec<String> = [
+        "--node-ip",
+        "127.0.0.1",
+        "--node-name",
+        &node,
+        "--cni-bridge",
+        &bridge,
+        "--cluster-cidr",
+        "10.248.0.0/16",
+        "--dns-port",
+        &free_port().to_string(),
+        "--dns-http-port",
+        &free_port().to_string(),
+        "--kubelet-port",
+        &free_port().to_string(),
+        "--disable-kube-proxy",
+        "--containerd-run-dir",
+        &run_dir.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut server = start_server(data, port, 1, &extra);
+    let _reap = ReapContainers(socket.clone());
+    wait_ready(data, &mut server);
+    let log = || std::fs::read_to_string(data.join("server-1.log")).unwrap_or_default();
+
+    // Runs until /tmp/stop exists, then exits 3.
+    kubectl_apply(
+        data,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: waiter, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: kaze/busybox:1
+    command: ["sh", "-c", "while [ ! -e /tmp/stop ]; do sleep 0.2; done; exit 3"]
+"#,
+    );
+    let jsonpath = "jsonpath={.status.phase} {.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}";
+    let before = eventually("waiter Running", Duration::from_secs(120), || {
+        let out = kubectl_run(data, &["get", "pod", "waiter", "-o", jsonpath]);
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.starts_with("Running containerd://").then_some(s)
+    });
+
+    let config = data.join("agent/containerd/config.toml");
+    let first = containerd_pid(&config).expect("kaze server runs its own containerd");
+    let killed = Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let second = eventually(
+        "containerd restarted by kaze server",
+        Duration::from_secs(30),
+        || containerd_pid(&config).filter(|p| *p != first),
+    );
+    eventually(
+        "the new containerd answering",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("ctr")
+                .arg("--address")
+                .arg(&socket)
+                .arg("version")
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        },
+    );
+    assert!(
+        log().contains("containerd exited; restarting it"),
+        "the server says it restarts containerd:\n{}",
+        log()
+    );
+    assert!(server
+        .0
+        .as_mut()
+        .expect("server")
+        .try_wait()
+        .expect("wait")
+        .is_none());
+
+    // The container kept running under its shim: same container, no restart.
+    let after = kubectl_ok(data, &["get", "pod", "waiter", "-o", jsonpath]);
+    assert_eq!(
+        after, before,
+        "the pod is untouched by containerd's restart"
+    );
+
+    // exec goes through the new containerd; the exit it causes is noticed and the
+    // container restarted (restartPolicy Always) with exit code 3 as its last state.
+    eventually("exec after the restart", Duration::from_secs(30), || {
+        kubectl_run(data, &["exec", "waiter", "--", "touch", "/tmp/stop"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let last = eventually(
+        "the container's exit noticed after containerd's restart",
+        Duration::from_secs(60),
+        || {
+            let out = kubectl_run(
+                data,
+                &[
+                    "get",
+                    "pod",
+                    "waiter",
+                    "-o",
+                    "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].lastState.terminated.exitCode}",
+                ],
+            );
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            s.starts_with("1 ").then_some(s)
+        },
+    );
+    assert_eq!(last, "1 3", "restarted once after exiting with 3");
+
+    // A new pod starts on the restarted containerd.
+    kubectl_apply(
+        data,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: later, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: kaze/busybox:1, command: ["sleep", "3600"]}]
+"#,
+    );
+    eventually("a new pod Running", Duration::from_secs(120), || {
+        let out = kubectl_run(
+            data,
+            &["get", "pod", "later", "-o", "jsonpath={.status.phase}"],
+        );
+        (out.stdout == b"Running").then_some(())
+    });
+    assert_eq!(containerd_pid(&config), Some(second), "no further restarts");
+
+    kubectl_ok(data, &["delete", "pod", "waiter", "later", "--wait"]);
+    assert!(
+        server.terminate(Duration::from_secs(20)),
+        "SIGTERM must stop kaze server cleanly"
+    );
+    assert_eq!(
+        containerd_pid(&config),
+        None,
+        "kaze server stops its containerd on exit"
     );
 }

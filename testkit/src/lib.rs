@@ -311,43 +311,82 @@ impl Containerd {
         }
     }
 
-    fn lines(&self, args: &[&str]) -> Vec<String> {
-        String::from_utf8_lossy(&self.ctr_raw(args).stdout)
+    /// Kill every task and delete every container in every namespace.
+    fn reap_all(&self) {
+        reap_containerd(&self.socket());
+    }
+}
+
+fn ctr_lines(socket: &std::path::Path, args: &[&str]) -> Vec<String> {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect()
-    }
+    })
+    .unwrap_or_default()
+}
 
-    /// Kill every task and delete every container in every namespace.
-    fn reap_all(&self) {
-        for ns in self.lines(&["namespaces", "ls", "-q"]) {
-            for task in self.lines(&["-n", &ns, "tasks", "ls", "-q"]) {
-                let _ = self.ctr_raw(&["-n", &ns, "tasks", "kill", "-a", "-s", "SIGKILL", &task]);
-                std::thread::sleep(Duration::from_millis(100));
-                let _ = self.ctr_raw(&["-n", &ns, "tasks", "rm", "-f", &task]);
-            }
-            for c in self.lines(&["-n", &ns, "containers", "ls", "-q"]) {
-                let _ = self.ctr_raw(&["-n", &ns, "containers", "rm", &c]);
-            }
-            // The shim's runc state for this namespace: empty once the tasks are gone; a
-            // container orphaned by a killed shim is force-deleted (which kills it).
-            let runc_root = std::path::Path::new("/run/containerd/runc").join(&ns);
-            for id in std::fs::read_dir(&runc_root)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force"])
-                    .arg(id.file_name())
-                    .stderr(Stdio::null())
+/// Kill every task and delete every container in every namespace of the containerd on
+/// `socket` (which must still be running), then force-delete what runc still holds for
+/// those namespaces. For tests whose containerd is started by the code under test.
+pub fn reap_containerd(socket: &std::path::Path) {
+    for ns in ctr_lines(socket, &["namespaces", "ls", "-q"]) {
+        for task in ctr_lines(socket, &["-n", &ns, "tasks", "ls", "-q"]) {
+            ctr_lines(
+                socket,
+                &["-n", &ns, "tasks", "kill", "-a", "-s", "SIGKILL", &task],
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            ctr_lines(socket, &["-n", &ns, "tasks", "rm", "-f", &task]);
+        }
+        for c in ctr_lines(socket, &["-n", &ns, "containers", "ls", "-q"]) {
+            ctr_lines(socket, &["-n", &ns, "containers", "rm", &c]);
+        }
+        // The shim's runc state for this namespace: empty once the tasks are gone; a
+        // container orphaned by a killed shim is force-deleted (which kills it).
+        let runc_root = std::path::Path::new("/run/containerd/runc").join(&ns);
+        for id in std::fs::read_dir(&runc_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force"])
+                .arg(id.file_name())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir(&runc_root);
+    }
+}
+
+/// SIGKILL the shims started by the containerd on `socket` (they outlive containerd).
+pub fn kill_shims(socket: &std::path::Path) {
+    let sock = socket.display().to_string();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("containerd-shim") && cmdline.contains(&sock) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
                     .status();
             }
-            let _ = std::fs::remove_dir(&runc_root);
         }
     }
 }
@@ -356,22 +395,7 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.reap_all();
         self.child.terminate(Duration::from_secs(5));
-        // Shims outlive containerd; ours are the ones started with our socket address.
-        let sock = self.socket().display().to_string();
-        if let Ok(procs) = std::fs::read_dir("/proc") {
-            for p in procs.flatten() {
-                let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if cmdline.contains("containerd-shim") && cmdline.contains(&sock) {
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
-                        .status();
-                }
-            }
-        }
+        kill_shims(&self.socket());
         // Undo leftover mounts so the temp dir can go.
         umount_under(self.dir.path());
     }

@@ -245,28 +245,42 @@ impl Runtime {
         let id = id.to_string();
         tokio::spawn(async move {
             let cd = &rt.cd;
-            let waited = cd
-                .tasks()
-                .wait(cd.req(
-                    WaitRequest {
-                        container_id: id.clone(),
-                        exec_id: String::new(),
-                    },
-                    None,
-                ))
-                .await;
-            let (exit_code, finished_at) = match waited {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    let at = r
-                        .exited_at
-                        .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-                        .unwrap_or_else(jiff::Timestamp::now);
-                    (r.exit_status as i32, at)
-                }
-                Err(e) => {
-                    tracing::debug!(id = %id, error = %e.message(), "waiting for a task ended without an exit status");
-                    return;
+            // A Wait outlives containerd restarts: when the connection drops (containerd
+            // died; its shims keep the task running) wait again once it is back, for as
+            // long as the container is still ours.
+            let mut backoff = Duration::from_millis(200);
+            let (exit_code, finished_at) = loop {
+                let waited = cd
+                    .tasks()
+                    .wait(cd.req(
+                        WaitRequest {
+                            container_id: id.clone(),
+                            exec_id: String::new(),
+                        },
+                        None,
+                    ))
+                    .await;
+                match waited {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let at = r
+                            .exited_at
+                            .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                            .unwrap_or_else(jiff::Timestamp::now);
+                        break (r.exit_status as i32, at);
+                    }
+                    Err(e) if e.code() == Code::NotFound => {
+                        tracing::debug!(id = %id, error = %e.message(), "waiting for a task ended without an exit status");
+                        return;
+                    }
+                    Err(e) => {
+                        if !rt.lock().exits.contains_key(&id) {
+                            return;
+                        }
+                        tracing::info!(id = %id, error = %e.message(), "lost containerd while waiting for a container; waiting again in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             };
             let oom_killed = rt.oom_killed(&id).await;
