@@ -6,6 +6,7 @@
 //! containers running meanwhile and the new containerd finds them again. Stopping it leaves
 //! containers running: their shims outlive it.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -44,10 +45,13 @@ impl Launch {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{}",
             std::env::var("PATH").unwrap_or_default()
         );
+        // A process group of its own: a Ctrl-C in kaze's terminal must not reach containerd
+        // directly; kaze stops it last, after the kubelet.
         Command::new("containerd")
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -77,6 +81,7 @@ impl Containerd {
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
+        stop_stale(&config_path);
         let launch = Launch {
             config: config_path,
             log: dir.join("containerd.log"),
@@ -101,6 +106,48 @@ impl Containerd {
             supervisor: Some(supervisor),
         })
     }
+}
+
+/// A containerd still running with our config was left by a kaze that was killed (it
+/// outlives kaze, as the shims do); a second one on the same root would wait forever for
+/// the first one's database lock. Stop it: SIGTERM, then SIGKILL after 10 s.
+fn stop_stale(config: &Path) {
+    let Some(pid) = running_with(config) else {
+        return;
+    };
+    tracing::warn!(
+        pid,
+        "stopping the containerd an earlier kaze left running with {}",
+        config.display()
+    );
+    let signal = |sig: &str| {
+        let _ = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    };
+    signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running_with(config) == Some(pid) {
+        if Instant::now() > deadline {
+            signal("-KILL");
+            std::thread::sleep(Duration::from_millis(200));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pid of a `containerd --config <config>` process, if one runs.
+fn running_with(config: &Path) -> Option<u32> {
+    let config = config.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid = p.file_name().to_str()?.parse::<u32>().ok()?;
+        let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+        let mut args = cmdline.split(|b| *b == 0);
+        let bin = args.next()?;
+        (bin.ends_with(b"containerd") && args.any(|a| a == config)).then_some(pid)
+    })
 }
 
 /// Wait until containerd answers on `socket` (30 s), or fail if it exits first.

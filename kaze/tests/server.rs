@@ -752,8 +752,9 @@ impl Drop for ReapContainers {
     }
 }
 
-/// After the server (and its containerd) stopped: the shims still running, the containers
-/// runc still holds for `namespace`, and the mounts under the data dir.
+/// After the server stopped: its containerd if a killed server left it, the shims still
+/// running, the containers runc still holds for `namespace`, and the mounts under the data
+/// dir.
 struct KillShims {
     socket: std::path::PathBuf,
     namespace: String,
@@ -762,6 +763,12 @@ struct KillShims {
 
 impl Drop for KillShims {
     fn drop(&mut self) {
+        // A containerd orphaned by a killed server (it has a process group of its own).
+        if let Some(pid) = containerd_pid(&self.data.join("agent/containerd/config.toml")) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         testkit::kill_shims(&self.socket);
         let runc_root = Path::new("/run/containerd/runc").join(&self.namespace);
         for id in std::fs::read_dir(&runc_root)
@@ -952,6 +959,73 @@ spec:
         (out.stdout == b"Running").then_some(())
     });
     assert_eq!(containerd_pid(&config), Some(second), "no further restarts");
+
+    let later = kubectl_ok(
+        data,
+        &[
+            "get",
+            "pod",
+            "later",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ],
+    );
+
+    // SIGKILL the server: containerd (in a process group of its own) outlives it, as the
+    // shims do. The next server stops that containerd and starts its own, which finds the
+    // running containers again.
+    let server_pid = server.pid();
+    Command::new("kill")
+        .args(["-KILL", &server_pid.to_string()])
+        .status()
+        .expect("kill");
+    let _ = server.0.as_mut().expect("server").wait();
+    assert_eq!(
+        containerd_pid(&config),
+        Some(second),
+        "containerd outlives a killed kaze"
+    );
+    let mut server = start_server(data, port, 2, &extra);
+    let _reap = ReapContainers(socket.clone());
+    wait_ready(data, &mut server);
+    let third = eventually("a new containerd", Duration::from_secs(60), || {
+        containerd_pid(&config).filter(|p| *p != second)
+    });
+    let log2 = std::fs::read_to_string(data.join("server-2.log")).unwrap_or_default();
+    assert!(
+        log2.contains("stopping the containerd an earlier kaze left running"),
+        "the restarted server replaces the stale containerd:\n{log2}"
+    );
+    eventually(
+        "the pod Running on the same container after the restart",
+        Duration::from_secs(60),
+        || {
+            let out = kubectl_run(
+                data,
+                &[
+                    "get",
+                    "pod",
+                    "later",
+                    "-o",
+                    "jsonpath={.status.phase} {.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}",
+                ],
+            );
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            (s == format!("Running {later} 0")).then_some(s)
+        },
+    );
+    // The kubelet reaches the third containerd: exec works.
+    eventually(
+        "exec after the server restart",
+        Duration::from_secs(30),
+        || {
+            kubectl_run(data, &["exec", "later", "--", "true"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    assert_eq!(containerd_pid(&config), Some(third));
 
     kubectl_ok(data, &["delete", "pod", "waiter", "later", "--wait"]);
     assert!(

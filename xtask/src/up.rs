@@ -95,6 +95,22 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    step("wait for cluster DNS to answer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        if let Some(status) = server.try_wait()? {
+            bail!("kaze server exited during start-up with {status}; its log is above");
+        }
+        if let Some(a) = dns_answer(&kubectl, &kubeconfig) {
+            break a;
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            bail!("cluster DNS did not resolve kubernetes.default.svc.cluster.local within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("kubernetes.default.svc.cluster.local resolves to {answer}");
     let venv_bin = kubectl.parent().map(Path::to_path_buf).unwrap_or_default();
     println!();
     println!("kaze is up. In another shell:");
@@ -113,4 +129,47 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         bail!("kaze server exited with {status}");
     }
     Ok(())
+}
+
+/// Ask the cluster DNS server (found through the kube-dns EndpointSlice, i.e. where the
+/// Service sends queries) for the `kubernetes` Service with `kdig` (setup installs it); the
+/// answer once it equals that Service's ClusterIP.
+fn dns_answer(kubectl: &Path, kubeconfig: &Path) -> Option<String> {
+    let get = |args: &[&str]| -> Option<String> {
+        let out = Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let endpoint = get(&[
+        "get",
+        "endpointslices",
+        "-n",
+        "kube-system",
+        "-l",
+        "kubernetes.io/service-name=kube-dns",
+        "-o",
+        "jsonpath={.items[0].endpoints[0].addresses[0]} {.items[0].ports[?(@.protocol==\"UDP\")].port}",
+    ])?;
+    let (addr, port) = endpoint.split_once(' ')?;
+    let cluster_ip = get(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let out = Command::new("kdig")
+        .arg(format!("@{addr}"))
+        .args(["-p", port, "+short", "+time=1", "+retry=0"])
+        .arg("kubernetes.default.svc.cluster.local")
+        .output()
+        .ok()?;
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!cluster_ip.is_empty() && answer == cluster_ip).then_some(answer)
 }
