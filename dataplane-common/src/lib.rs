@@ -28,9 +28,17 @@ pub mod names {
     pub const RR: &str = "KAZE_RR";
     pub const STATS: &str = "KAZE_STATS";
     pub const AFFINITY4: &str = "KAZE_AFF4";
+    pub const SOCK_REV_NAT4: &str = "KAZE_SRNAT4";
     /// Every map the proxy pins, in a stable order.
-    pub const ALL: [&str; 7] = [
-        SERVICES4, BACKENDS4, REV_NAT4, CONNTRACK4, RR, STATS, AFFINITY4,
+    pub const ALL: [&str; 8] = [
+        SERVICES4,
+        BACKENDS4,
+        REV_NAT4,
+        CONNTRACK4,
+        RR,
+        STATS,
+        AFFINITY4,
+        SOCK_REV_NAT4,
     ];
 }
 
@@ -38,6 +46,15 @@ pub mod names {
 pub mod programs {
     pub const TC: &str = "kaze_tc";
     pub const XDP: &str = "kaze_xdp";
+    /// Socket-level balancing for the node's own processes (cgroup `sock_addr` hooks):
+    /// `connect()` and unconnected `sendmsg()` pick a backend, `recvmsg()` and
+    /// `getpeername()` show the service address again.
+    pub const CONNECT4: &str = "kaze_connect4";
+    pub const SENDMSG4: &str = "kaze_sendmsg4";
+    pub const RECVMSG4: &str = "kaze_recvmsg4";
+    pub const GETPEERNAME4: &str = "kaze_getpeername4";
+    /// The socket programs, in attach order.
+    pub const SOCK: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
 }
 
 /// Sizes of the maps; also the bounds the proxy enforces when allocating ids.
@@ -54,6 +71,9 @@ pub mod limits {
     pub const MAX_BACKENDS_PER_SERVICE: u16 = 1024;
     /// ClientIP session-affinity entries (client, service).
     pub const AFFINITY: u32 = 65_536;
+    /// Sockets of the node's own processes talking to a backend they reached through a
+    /// service (one entry per socket and backend).
+    pub const SOCK_REV_NAT: u32 = 65_536;
 }
 
 /// Key of `KAZE_SVC4`. `backend_slot == 0` is the service entry; slots `1..=count` hold
@@ -230,6 +250,42 @@ pub struct SvcStats {
     pub no_backend: u64,
 }
 
+/// Key of `KAZE_SRNAT4`: a socket of the node's own processes (its cookie) and an address
+/// it talks to: a backend (`SOCK_DIR_REPLY`: the entry says which service address to show
+/// instead) or a service (`SOCK_DIR_FORWARD`: the entry says which backend an unconnected UDP
+/// socket's datagrams to it go to, so they stay on one backend as a flow would).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// `bpf_get_socket_cookie`.
+    pub cookie: u64,
+    /// Network order.
+    pub address: u32,
+    /// Network order.
+    pub port: u16,
+    /// `SOCK_DIR_*`.
+    pub dir: u8,
+    pub pad: u8,
+}
+
+/// `SockKey.dir`: keyed by the backend, the value is the service.
+pub const SOCK_DIR_REPLY: u8 = 0;
+/// `SockKey.dir`: keyed by the service, the value is the backend.
+pub const SOCK_DIR_FORWARD: u8 = 1;
+
+/// Value of `KAZE_SRNAT4`: the other side of the translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockValue {
+    /// Network order.
+    pub address: u32,
+    /// Network order.
+    pub port: u16,
+    pub rev_nat_id: u16,
+    /// The backend's id (forward entries: checked still to be programmed before reuse).
+    pub backend_id: u32,
+}
+
 // The kernel and userspace must agree on these sizes; a change here is a map-layout change
 // and needs new map names (old pins would otherwise be reused with the wrong layout).
 const _: () = {
@@ -243,6 +299,8 @@ const _: () = {
     assert!(core::mem::size_of::<CtValue>() == 32);
     assert!(core::mem::size_of::<RrValue>() == 8);
     assert!(core::mem::size_of::<SvcStats>() == 40);
+    assert!(core::mem::size_of::<SockKey>() == 16);
+    assert!(core::mem::size_of::<SockValue>() == 12);
 };
 
 #[cfg(feature = "user")]
@@ -263,4 +321,6 @@ mod pod {
     unsafe impl aya::Pod for SvcStats {}
     unsafe impl aya::Pod for Aff4Key {}
     unsafe impl aya::Pod for AffValue {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockValue {}
 }

@@ -77,7 +77,7 @@ fn ct_key(t: &Tuple, dir: u8) -> Ct4Key {
 
 /// Whether backend `id` is still programmed with this address.
 #[inline(always)]
-fn backend_alive(id: u32, addr: u32, port: u16) -> bool {
+pub fn backend_alive(id: u32, addr: u32, port: u16) -> bool {
     // SAFETY: copied out at once.
     match unsafe { KAZE_BE4.get(BackendKey { id }) } {
         Some(be) => be.address == addr && be.port == port,
@@ -147,74 +147,18 @@ pub fn decide(t: &Tuple) -> Action {
         };
     }
 
-    let mut key = Svc4Key {
-        address: t.daddr,
-        dport: t.dport,
-        backend_slot: 0,
-        proto: t.proto,
-        scope: 0,
-        pad: [0; 2],
-    };
-    // SAFETY: copied out at once; the proxy replaces values, it never edits them in place.
-    let Some(svc) = (unsafe { KAZE_SVC4.get(key) }) else {
-        return Action::None;
-    };
-    let count = svc.count;
-    let rev_nat_id = svc.rev_nat_id;
-    let masq = svc.flags & SVC_FLAG_MASQ != 0;
-    let affinity = svc.flags & SVC_FLAG_AFFINITY != 0;
-    let aff_key = Aff4Key {
-        client: t.saddr,
-        rev_nat_id,
-        pad: [0; 2],
-    };
-    // ClientIP affinity: a client seen within the timeout goes back to its backend (the
-    // proxy deletes entries whose backend leaves the service)
-    let sticky = if affinity {
-        let timeout_ns = u64::from(svc.backend_id) * 1_000_000_000;
-        match KAZE_AFF4.get_ptr_mut(aff_key) {
-            Some(a) => {
-                // SAFETY: a live LRU value; see the conntrack lookups above.
-                let a = unsafe { &mut *a };
-                if now.wrapping_sub(a.last_ns) < timeout_ns {
-                    a.last_ns = now;
-                    Some(a.backend_id)
-                } else {
-                    None
-                }
-            }
-            None => None,
-        }
-    } else {
-        None
-    };
-    if count == 0 || count > limits::MAX_BACKENDS_PER_SERVICE {
-        return Action::NoBackend { rev_nat_id };
-    }
-
-    let backend_id = match sticky {
-        Some(id) => id,
-        None => match pick(&mut key, count, rev_nat_id) {
-            Some(id) => id,
-            None => return Action::NoBackend { rev_nat_id },
-        },
-    };
-    if affinity && sticky.is_none() {
-        let _ = KAZE_AFF4.insert(
-            aff_key,
-            AffValue {
-                backend_id,
-                pad: [0; 4],
-                last_ns: now,
-            },
-            u64::from(BPF_ANY),
-        );
-    }
-    // SAFETY: copied out at once.
-    let Some(be) = (unsafe { KAZE_BE4.get(BackendKey { id: backend_id }) }) else {
-        return Action::NoBackend { rev_nat_id };
-    };
-    let (be_addr, be_port) = (be.address, be.port);
+    let (backend_id, be_addr, be_port, rev_nat_id, masq) =
+        match select(t.daddr, t.dport, t.proto, t.saddr, now) {
+            Selected::None => return Action::None,
+            Selected::NoBackend { rev_nat_id } => return Action::NoBackend { rev_nat_id },
+            Selected::Backend {
+                id,
+                addr,
+                port,
+                rev_nat_id,
+                masq,
+            } => (id, addr, port, rev_nat_id, masq),
+        };
     // hairpin: the backend picked is the client itself
     let hairpin = be_addr == t.saddr;
     let mut flags = 0;
@@ -263,6 +207,101 @@ pub fn decide(t: &Tuple) -> Action {
         new_flow: true,
         masq,
         snat: hairpin.then_some(t.daddr),
+    }
+}
+
+/// The backend a new flow to a service gets.
+pub enum Selected {
+    /// Not a service address.
+    None,
+    /// A service with no backend to send the flow to.
+    NoBackend { rev_nat_id: u16 },
+    Backend {
+        id: u32,
+        addr: u32,
+        port: u16,
+        rev_nat_id: u16,
+        masq: bool,
+    },
+}
+
+/// Choose the backend of a new flow from `client` to `daddr:dport` (network order): the
+/// client's sticky backend under ClientIP affinity, else the next in round-robin order.
+#[inline(always)]
+pub fn select(daddr: u32, dport: u16, proto: u8, client: u32, now: u64) -> Selected {
+    let mut key = Svc4Key {
+        address: daddr,
+        dport,
+        backend_slot: 0,
+        proto,
+        scope: 0,
+        pad: [0; 2],
+    };
+    // SAFETY: copied out at once; the proxy replaces values, it never edits them in place.
+    let Some(svc) = (unsafe { KAZE_SVC4.get(key) }) else {
+        return Selected::None;
+    };
+    let count = svc.count;
+    let rev_nat_id = svc.rev_nat_id;
+    let masq = svc.flags & SVC_FLAG_MASQ != 0;
+    let affinity = svc.flags & SVC_FLAG_AFFINITY != 0;
+    let aff_key = Aff4Key {
+        client,
+        rev_nat_id,
+        pad: [0; 2],
+    };
+    // ClientIP affinity: a client seen within the timeout goes back to its backend (the
+    // proxy deletes entries whose backend leaves the service)
+    let sticky = if affinity {
+        let timeout_ns = u64::from(svc.backend_id) * 1_000_000_000;
+        match KAZE_AFF4.get_ptr_mut(aff_key) {
+            Some(a) => {
+                // SAFETY: a live LRU value; see the conntrack lookups above.
+                let a = unsafe { &mut *a };
+                if now.wrapping_sub(a.last_ns) < timeout_ns {
+                    a.last_ns = now;
+                    Some(a.backend_id)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    if count == 0 || count > limits::MAX_BACKENDS_PER_SERVICE {
+        return Selected::NoBackend { rev_nat_id };
+    }
+
+    let backend_id = match sticky {
+        Some(id) => id,
+        None => match pick(&mut key, count, rev_nat_id) {
+            Some(id) => id,
+            None => return Selected::NoBackend { rev_nat_id },
+        },
+    };
+    if affinity && sticky.is_none() {
+        let _ = KAZE_AFF4.insert(
+            aff_key,
+            AffValue {
+                backend_id,
+                pad: [0; 4],
+                last_ns: now,
+            },
+            u64::from(BPF_ANY),
+        );
+    }
+    // SAFETY: copied out at once.
+    let Some(be) = (unsafe { KAZE_BE4.get(BackendKey { id: backend_id }) }) else {
+        return Selected::NoBackend { rev_nat_id };
+    };
+    Selected::Backend {
+        id: backend_id,
+        addr: be.address,
+        port: be.port,
+        rev_nat_id,
+        masq,
     }
 }
 

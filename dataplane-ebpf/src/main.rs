@@ -8,6 +8,9 @@
 //!   helpers, so it patches checksums incrementally (RFC 1624); frames from the wire always
 //!   carry complete checksums.
 //!
+//! - `kaze_connect4`, `kaze_sendmsg4`, `kaze_recvmsg4`, `kaze_getpeername4` (cgroup
+//!   `sock_addr`): the node's own processes, balanced at the socket (see `sock`).
+//!
 //! Anything this code does not understand (non-IPv4, IP options, fragments, truncated or
 //! inconsistent headers, other protocols) is passed on untouched: the load balancer must
 //! never be the reason a packet it has no business with is dropped.
@@ -23,11 +26,12 @@
 mod lb;
 mod maps;
 mod packet;
+mod sock;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 use crate::lb::Verdict;
@@ -55,6 +59,26 @@ pub fn kaze_xdp(ctx: XdpContext) -> u32 {
         Err(packet::Error::Rewrite) => xdp_action::XDP_DROP,
         Err(packet::Error::Unparsed) => xdp_action::XDP_PASS,
     }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn kaze_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn kaze_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, true)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn kaze_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn kaze_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[cfg(not(test))]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     limits, Aff4Key, AffValue, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue,
-    Svc4Key, SvcStats, SvcValue,
+    SockKey, SockValue, Svc4Key, SvcStats, SvcValue,
 };
 
 const SERVICES: usize = limits::SERVICES as usize;
@@ -16,6 +16,7 @@ const BACKENDS: usize = limits::BACKENDS as usize;
 const REV_NAT: usize = limits::REV_NAT as usize;
 const CONNTRACK: usize = limits::CONNTRACK as usize;
 const AFFINITY: usize = limits::AFFINITY as usize;
+const SOCK_REV_NAT: usize = limits::SOCK_REV_NAT as usize;
 
 /// Service entries (slot 0) and backend slots (1..=count).
 #[btf_map]
@@ -49,3 +50,8 @@ pub static KAZE_STATS: PerCpuHashMap<RevNatKey, SvcStats, REV_NAT, { BPF_F_NO_PR
 /// forgets the coldest client, who then gets a backend by round-robin again.
 #[btf_map]
 pub static KAZE_AFF4: LruHashMap<Aff4Key, AffValue, AFFINITY> = LruHashMap::new();
+
+/// (socket cookie, backend) -> the service address the socket asked for; written by the
+/// socket programs on `connect()`/`sendmsg()`, read on `recvmsg()`/`getpeername()`.
+#[btf_map]
+pub static KAZE_SRNAT4: LruHashMap<SockKey, SockValue, SOCK_REV_NAT> = LruHashMap::new();

@@ -176,6 +176,8 @@ pub async fn start(
     // outside, egress for their replies once netfilter has undone the masquerade.
     proxy.pod_bridge = Some(args.cni_bridge.clone());
     proxy.bpf_pin_root = args.bpf_pin_root.clone();
+    // the node's own processes (and hostNetwork pods) reach Services at the socket
+    proxy.bpf_cgroup = proxy::BpfCgroup::Auto;
     proxy.interfaces = uplink(args.ip()).into_iter().collect();
     proxy.metrics_bind_address =
         std::net::SocketAddr::from(([127, 0, 0, 1], args.proxy_metrics_port));

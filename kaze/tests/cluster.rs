@@ -734,6 +734,64 @@ fn suite(mode: &'static str, index: u8) {
         "[{mode}] {me} never reached itself through its Service: {per_pod:?}"
     );
 
+    c.step("2: the node's own processes reach the Service and cluster DNS by ClusterIP");
+    // eBPF mode: socket-level balancing (a host process's packet to a ClusterIP is routed
+    // before any tc hook sees it); iptables mode: the nat OUTPUT chain. The static echo
+    // client the image is built from, run in node 1's network namespace (not a pod's).
+    let echo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .join("target/images/build/x86_64-unknown-linux-gnu/release/echo");
+    let echo = echo.to_str().expect("utf-8 path");
+    let target = format!("{cluster_ip}:8080");
+    let out = c.lan.exec(1, &[echo, "--get", &target, "--count", "30"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (per_pod, errors) = tally(&text);
+    assert!(
+        out.status.success() && errors.is_empty(),
+        "[{mode}] requests from node 1 itself to {target} failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, _, _) in &pods {
+        assert!(
+            per_pod.contains_key(name),
+            "[{mode}] backend {name} never answered node 1's own requests:\n{text}"
+        );
+    }
+    if mode == "ebpf" {
+        assert!(
+            per_pod.values().all(|n| *n == 10),
+            "[{mode}] 30 connections from the node spread round-robin over 3 backends: {per_pod:?}\n{text}"
+        );
+    }
+    let dns_ip = c.ok(&[
+        "get",
+        "service",
+        "-n",
+        "kube-system",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let out = c.lan.exec(
+        1,
+        &[
+            "kdig",
+            &format!("@{dns_ip}"),
+            "+short",
+            "+time=2",
+            "+retry=2",
+            "web.default.svc.cluster.local",
+        ],
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        answer,
+        cluster_ip,
+        "[{mode}] kdig @{dns_ip} from node 1 itself (UDP through the kube-dns ClusterIP): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     c.step("5: NodePort from the host namespace");
     let node_port = c.ok(&[
         "get",

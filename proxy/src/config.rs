@@ -99,6 +99,14 @@ pub struct Config {
     #[arg(long = "bpf-udp-timeout", default_value = "30s", value_parser = parse_duration)]
     pub bpf_udp_timeout: Duration,
 
+    /// eBPF mode: the cgroup v2 directory whose processes reach Services through
+    /// socket-level balancing (the backend is chosen at `connect()`/`sendmsg()`; the node's
+    /// own processes need it because their packets to a ClusterIP never pass a tc hook the
+    /// way a pod's do). Only sockets in the proxy's network namespace are touched. `auto`:
+    /// the cgroup v2 root if one is mounted; `none`: off.
+    #[arg(long = "bpf-cgroup", default_value = "auto", value_parser = parse_bpf_cgroup)]
+    pub bpf_cgroup: BpfCgroup,
+
     /// Which iptables implementation iptables mode uses.
     #[arg(long = "iptables-backend", value_enum, default_value_t = IptablesBackend::Auto)]
     pub iptables_backend: IptablesBackend,
@@ -137,6 +145,7 @@ impl Config {
             bpf_object: None,
             bpf_conntrack_max: None,
             bpf_udp_timeout: crate::dataplane::DEFAULT_UDP_TIMEOUT,
+            bpf_cgroup: BpfCgroup::None,
             iptables_backend: IptablesBackend::Auto,
             metrics_bind_address: SocketAddr::from(([127, 0, 0, 1], 10249)),
             min_sync_period: Duration::from_millis(100),
@@ -147,6 +156,43 @@ impl Config {
 }
 
 /// `100ms`, `2s`, `1m`, or bare seconds.
+/// `--bpf-cgroup`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BpfCgroup {
+    /// The cgroup v2 root, found in /proc/mounts (none mounted: off, with a warning).
+    Auto,
+    None,
+    Path(PathBuf),
+}
+
+impl BpfCgroup {
+    /// The directory to attach to, if any.
+    pub fn resolve(&self) -> Option<PathBuf> {
+        match self {
+            BpfCgroup::None => None,
+            BpfCgroup::Path(p) => Some(p.clone()),
+            BpfCgroup::Auto => {
+                let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+                // "cgroup2 /sys/fs/cgroup cgroup2 rw,..." (or /sys/fs/cgroup/unified on a
+                // hybrid hierarchy)
+                mounts.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+                })
+            }
+        }
+    }
+}
+
+pub fn parse_bpf_cgroup(s: &str) -> Result<BpfCgroup, String> {
+    match s {
+        "auto" => Ok(BpfCgroup::Auto),
+        "none" => Ok(BpfCgroup::None),
+        "" => Err("expected `auto`, `none` or a cgroup v2 directory".into()),
+        p => Ok(BpfCgroup::Path(PathBuf::from(p))),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {

@@ -11,13 +11,13 @@ use aya::{
         tc::SchedClassifierLink,
         tc::{self, TcAttachOptions},
         xdp::XdpLink,
-        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
     },
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{names, programs};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{error::DataplaneError, services::State};
 
@@ -90,6 +90,8 @@ pub struct Dataplane {
     pub(crate) ebpf: Ebpf,
     pub(crate) pin_root: PathBuf,
     pub(crate) state: State,
+    /// Whether the socket programs loaded (see `attach_cgroup`).
+    sock_loaded: bool,
 }
 
 impl Dataplane {
@@ -136,6 +138,12 @@ impl Dataplane {
         loader.override_global(aya_log::LEVEL, &log_level, true);
         let udp_timeout_ns = u64::try_from(config.udp_timeout.as_nanos()).unwrap_or(u64::MAX);
         loader.override_global("KAZE_UDP_TIMEOUT_NS", &udp_timeout_ns, true);
+        // The socket programs only touch sockets of this (the node's) network namespace.
+        let netns_cookie = crate::sys::netns_cookie().unwrap_or_else(|e| {
+            warn!(error = %e, "no network namespace cookie (kernel < 5.14?): the node's own processes cannot reach Services in eBPF mode");
+            0
+        });
+        loader.override_global("KAZE_SOCK_NETNS", &netns_cookie, true);
         let mut ebpf = loader.load(bytes).map_err(|source| DataplaneError::Load {
             pin_root: pin_root.clone(),
             source: Box::new(source),
@@ -156,6 +164,19 @@ impl Dataplane {
 
         // Rebuilding from the maps both validates their layouts (typed map handles check key
         // and value sizes) and recovers the ids a previous run allocated.
+        // Socket-level balancing is an addition: a kernel refusing it leaves pods' Services
+        // working, so it is reported, not fatal.
+        let mut sock_loaded = netns_cookie != 0;
+        for name in programs::SOCK {
+            if !sock_loaded {
+                break;
+            }
+            if let Err(e) = program_mut::<CgroupSockAddr>(&mut ebpf, name)?.load() {
+                warn!(program = name, error = %crate::engine::chain(&e), "loading a socket program failed: the node's own processes cannot reach Services in eBPF mode");
+                sock_loaded = false;
+            }
+        }
+
         let state = State::read(&ebpf, &pin_root)?;
         info!(
             pin_root = %pin_root.display(),
@@ -166,6 +187,7 @@ impl Dataplane {
             ebpf,
             pin_root,
             state,
+            sock_loaded,
         })
     }
 
@@ -303,6 +325,57 @@ impl Dataplane {
     }
 
     /// Detaches the XDP program from `iface` and removes the link's pin.
+    /// Attaches the socket programs to the cgroup v2 directory `cgroup` (as bpf links, which
+    /// coexist with other programs there; kernel 5.7+). Returns the names of their link pins, or an empty list when
+    /// the programs did not load. A previous run's links are replaced without a gap: the new
+    /// program is attached before the old link's pin goes.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<Vec<String>, DataplaneError> {
+        if !self.sock_loaded {
+            return Ok(Vec::new());
+        }
+        let dir = std::fs::File::open(cgroup).map_err(|source| DataplaneError::Io {
+            what: format!("opening cgroup {}", cgroup.display()),
+            source,
+        })?;
+        let mut pins = Vec::new();
+        for name in programs::SOCK {
+            let pin_name = format!("cgroup-{name}");
+            let pin = self.link_pin(&pin_name);
+            let what = || format!("attaching {name} to cgroup {}", cgroup.display());
+            let old = open_pinned_link(&pin).map_err(|source| DataplaneError::Link {
+                what: what(),
+                source: Box::new(source),
+            })?;
+            let prog = program_mut::<CgroupSockAddr>(&mut self.ebpf, name)?;
+            // `Single` is flags 0, which is what bpf_link_create takes: a cgroup *link*
+            // always coexists with other programs on the cgroup (any flag is EINVAL)
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| DataplaneError::Program {
+                    what: what(),
+                    source: Box::new(source),
+                })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| DataplaneError::Program {
+                    what: what(),
+                    source: Box::new(source),
+                })?;
+            let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+                what: what(),
+                source: Box::new(source),
+            })?;
+            if old.is_some() {
+                // the old link detaches once this pin and the `old` fd are both gone
+                remove_stale_pin(&pin)?;
+            }
+            drop(old);
+            pin_link(fd, &pin)?;
+            pins.push(pin_name);
+        }
+        Ok(pins)
+    }
+
     pub fn detach_xdp(&mut self, iface: &str) -> Result<(), DataplaneError> {
         self.unpin_link(&format!("xdp-{iface}"))
     }

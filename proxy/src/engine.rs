@@ -327,6 +327,23 @@ impl EbpfEngine {
             dp.attach_xdp(iface)?;
             wanted.insert(format!("xdp-{iface}"));
         }
+        match config.bpf_cgroup.resolve() {
+            // an addition to the tc/XDP dataplane: failing it leaves pods' Services working
+            Some(cgroup) => match dp.attach_cgroup(&cgroup) {
+                Ok(pins) if !pins.is_empty() => {
+                    info!(cgroup = %cgroup.display(), "the node's own processes reach Services through socket-level balancing");
+                    wanted.extend(pins);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(cgroup = %cgroup.display(), error = %chain(&e), "attaching the socket programs failed: the node's own processes cannot reach Services")
+                }
+            },
+            None if config.bpf_cgroup == crate::config::BpfCgroup::Auto => {
+                warn!("no cgroup v2 mounted: the node's own processes cannot reach Services in eBPF mode");
+            }
+            None => {}
+        }
         if config.interfaces.is_empty() && config.xdp_interfaces.is_empty() {
             warn!("no --interfaces: services are programmed but no traffic reaches the programs");
         }

@@ -17,14 +17,15 @@ pub mod iptables;
 mod metrics;
 mod run;
 mod services;
+mod sys;
 pub mod tracker;
 mod worker;
 
 use std::{net::SocketAddr, path::PathBuf};
 
 pub use config::{
-    effective_mode, parse_duration, Config, IptablesBackend, ProxyMode, CLASSIC_MODE_ANNOTATION,
-    MODE_ANNOTATION,
+    effective_mode, parse_duration, BpfCgroup, Config, IptablesBackend, ProxyMode,
+    CLASSIC_MODE_ANNOTATION, MODE_ANNOTATION,
 };
 pub use dataplane::{Dataplane, DataplaneConfig, TcHook, DEFAULT_PIN_ROOT, DEFAULT_UDP_TIMEOUT};
 pub use engine::remove_pins;
