@@ -2,7 +2,7 @@
 //!
 //! Layers, bottom up:
 //! - [`sys`]: the one module that touches the host (processes, netns, FIFOs, cgroups);
-//! - [`containerd`], [`images`], [`cni`], [`spec`], [`logs`]: one concern each;
+//! - [`containerd`], [`images`], [`cni`], [`spec`], [`security`], [`logs`]: one concern each;
 //! - [`runtime`]: pod sandboxes and containers built from those;
 //! - [`volume`]: pod volumes (emptyDir, configMap, secret, downwardAPI, projected, hostPath);
 //! - [`pod`]: PodSpec -> runtime calls, volumes, init containers, probes, restart policy,
@@ -20,6 +20,7 @@ pub mod logs;
 pub mod node;
 pub mod pod;
 pub mod runtime;
+pub mod security;
 pub mod spec;
 pub mod static_pod;
 pub mod stats;

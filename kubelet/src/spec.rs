@@ -7,45 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::images::ImageConfig;
-
-/// containerd's default capability set for non-privileged containers.
-const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-const MASKED_PATHS: [&str; 9] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-];
-
-const READONLY_PATHS: [&str; 6] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-    "/sys/fs/cgroup",
-];
+use crate::security::OciSecurity;
 
 /// Kubernetes' default CPU CFS period (100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -154,8 +116,8 @@ pub struct SpecInput<'a> {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
-    pub uid: u32,
-    pub gid: u32,
+    /// User, capabilities, no_new_privs, read-only root, masked paths, devices.
+    pub security: OciSecurity,
     pub hostname: Option<&'a str>,
     pub netns: &'a Path,
     /// The pause process: app containers join its IPC and UTS namespaces.
@@ -204,22 +166,6 @@ pub fn merge_env(image: &ImageConfig, env: &[(String, String)]) -> Vec<String> {
     out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Numeric `uid[:gid]` from an image's `User`; names would need the image's /etc/passwd.
-pub fn parse_user(user: Option<&str>) -> Option<(u32, u32)> {
-    match user.filter(|u| !u.is_empty()) {
-        None => Some((0, 0)),
-        Some(u) => {
-            let (uid, gid) = u.split_once(':').map_or((u, None), |(a, b)| (a, Some(b)));
-            let uid: u32 = uid.parse().ok()?;
-            let gid: u32 = match gid {
-                Some(g) => g.parse().ok()?,
-                None => 0,
-            };
-            Some((uid, gid))
-        }
-    }
-}
-
 /// The OCI runtime spec (runtime-spec 1.0) for runc.
 pub fn oci_spec(input: &SpecInput<'_>) -> Value {
     let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
@@ -234,13 +180,16 @@ pub fn oci_spec(input: &SpecInput<'_>) -> Value {
             namespaces.push(json!({"type": "uts"}));
         }
     }
+    let sec = &input.security;
+    // Privileged containers get a writable /sys, as under the CRI plugin.
+    let sys_mode = if sec.privileged { "rw" } else { "ro" };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys_mode]}),
     ];
     for m in &input.mounts {
         let mode = if m.read_only { "ro" } else { "rw" };
@@ -251,32 +200,58 @@ pub fn oci_spec(input: &SpecInput<'_>) -> Value {
             "options": ["rbind", "rprivate", mode],
         }));
     }
+    let mut resources = input.resources.to_oci();
+    if sec.privileged {
+        resources["devices"] = json!([{ "allow": true, "access": "rwm" }]);
+    }
+    let devices: Vec<Value> = sec
+        .devices
+        .iter()
+        .map(|d| {
+            json!({
+                "path": d.path,
+                "type": d.kind.to_string(),
+                "major": d.major,
+                "minor": d.minor,
+                "fileMode": d.mode,
+                "uid": d.uid,
+                "gid": d.gid,
+            })
+        })
+        .collect();
+    let mut user = json!({ "uid": sec.uid, "gid": sec.gid });
+    if !sec.additional_gids.is_empty() {
+        user["additionalGids"] = json!(sec.additional_gids);
+    }
     let mut spec = json!({
         "ociVersion": "1.0.2",
         // No rlimits: containers inherit the shim's, as under the CRI plugin.
         "process": {
             "terminal": false,
-            "user": { "uid": input.uid, "gid": input.gid },
+            "user": user,
             "args": input.args,
             "env": input.env,
             "cwd": if input.cwd.is_empty() { "/" } else { &input.cwd },
             "capabilities": {
-                "bounding": DEFAULT_CAPS,
-                "effective": DEFAULT_CAPS,
-                "permitted": DEFAULT_CAPS,
+                "bounding": sec.caps,
+                "effective": sec.caps,
+                "permitted": sec.caps,
             },
-            "noNewPrivileges": false,
+            "noNewPrivileges": sec.no_new_privileges,
         },
-        "root": { "path": "rootfs", "readonly": false },
+        "root": { "path": "rootfs", "readonly": sec.read_only_root },
         "mounts": mounts,
         "linux": {
             "cgroupsPath": input.cgroups_path,
             "namespaces": namespaces,
-            "resources": input.resources.to_oci(),
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
+            "resources": resources,
+            "maskedPaths": sec.masked_paths,
+            "readonlyPaths": sec.readonly_paths,
         },
     });
+    if !devices.is_empty() {
+        spec["linux"]["devices"] = json!(devices);
+    }
     if let Some(h) = input.hostname {
         spec["hostname"] = json!(h);
     }
@@ -349,8 +324,7 @@ mod tests {
             args: vec!["sh".into()],
             env: vec![],
             cwd: String::new(),
-            uid: 0,
-            gid: 0,
+            security: OciSecurity::default(),
             hostname: None,
             netns: &netns,
             sandbox_pid: Some(42),
@@ -376,10 +350,85 @@ mod tests {
     }
 
     #[test]
-    fn users_parse_numerically() {
-        assert_eq!(parse_user(None), Some((0, 0)));
-        assert_eq!(parse_user(Some("1000:2000")), Some((1000, 2000)));
-        assert_eq!(parse_user(Some("65534")), Some((65534, 0)));
-        assert_eq!(parse_user(Some("nobody")), None);
+    fn security_reaches_the_process_and_privileged_specs_open_up() {
+        let netns = PathBuf::from("/var/run/netns/x");
+        let input = |security: OciSecurity| SpecInput {
+            args: vec!["sh".into()],
+            env: vec![],
+            cwd: String::new(),
+            security,
+            hostname: None,
+            netns: &netns,
+            sandbox_pid: Some(42),
+            cgroups_path: "/kaze/n/p/c".into(),
+            resources: Resources::default(),
+            mounts: vec![],
+        };
+        let plain = oci_spec(&input(OciSecurity {
+            uid: 1000,
+            gid: 3000,
+            additional_gids: vec![2000, 3000],
+            no_new_privileges: true,
+            read_only_root: true,
+            ..OciSecurity::default()
+        }));
+        assert_eq!(
+            plain["process"]["user"],
+            json!({"uid": 1000, "gid": 3000, "additionalGids": [2000, 3000]})
+        );
+        assert_eq!(plain["process"]["noNewPrivileges"], true);
+        assert_eq!(plain["root"]["readonly"], true);
+        assert_eq!(
+            plain["process"]["capabilities"]["effective"]
+                .as_array()
+                .unwrap()
+                .len(),
+            14
+        );
+        assert!(plain["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("/proc/kcore")));
+        let sys = |spec: &Value| {
+            spec["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/sys")
+                .unwrap()["options"]
+                .clone()
+        };
+        assert!(sys(&plain).as_array().unwrap().contains(&json!("ro")));
+        assert_eq!(
+            plain["linux"]["resources"]["devices"],
+            json!([{"allow": false, "access": "rwm"}])
+        );
+        assert!(plain["linux"].get("devices").is_none());
+
+        let privileged = oci_spec(&input(OciSecurity {
+            privileged: true,
+            masked_paths: vec![],
+            readonly_paths: vec![],
+            devices: vec![crate::security::Device {
+                path: "/dev/loop0".into(),
+                kind: 'b',
+                major: 7,
+                minor: 0,
+                mode: 0o660,
+                uid: 0,
+                gid: 6,
+            }],
+            ..OciSecurity::default()
+        }));
+        assert!(sys(&privileged).as_array().unwrap().contains(&json!("rw")));
+        assert_eq!(
+            privileged["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}])
+        );
+        assert_eq!(
+            privileged["linux"]["devices"],
+            json!([{"path": "/dev/loop0", "type": "b", "major": 7, "minor": 0, "fileMode": 0o660, "uid": 0, "gid": 6}])
+        );
+        assert_eq!(privileged["linux"]["maskedPaths"], json!([]));
     }
 }

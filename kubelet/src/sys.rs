@@ -628,3 +628,106 @@ pub fn cgroup_pids(cgroup: &str) -> Vec<u32> {
 pub fn cgroup_v2() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
+
+// === security: capabilities, devices, image files, group ownership ===
+
+/// The capabilities this process may hand on (`CapBnd` of /proc/self/status): what "all
+/// capabilities" means to runc started from here.
+pub fn bounding_caps() -> u64 {
+    read_proc("self/status")
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `/sys/devices/system/cpu/cpu<N>/thermal_throttle` of each possible CPU that has one (upstream
+/// masks them).
+pub fn thermal_throttle_paths() -> Vec<String> {
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    let mut cpus = Vec::new();
+    for range in possible.trim().split(',').filter(|r| !r.is_empty()) {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+            cpus.extend(a..=b);
+        }
+    }
+    cpus.into_iter()
+        .map(|c| format!("/sys/devices/system/cpu/cpu{c}/thermal_throttle"))
+        .filter(|p| Path::new(p).exists())
+        .collect()
+}
+
+/// The host's device nodes under /dev, as containerd's `HostDevices` lists them for
+/// privileged containers (pts, shm, fd, mqueue and the console skipped).
+pub fn host_devices() -> Vec<crate::security::Device> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::from("/dev")];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(m) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let t = m.file_type();
+            if t.is_dir() {
+                if !matches!(
+                    name.as_str(),
+                    "pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev"
+                ) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let kind = if t.is_char_device() {
+                'c'
+            } else if t.is_block_device() {
+                'b'
+            } else {
+                continue;
+            };
+            if path == Path::new("/dev/console") {
+                continue;
+            }
+            out.push(crate::security::Device {
+                path: path.display().to_string(),
+                kind,
+                major: libc::major(m.rdev()) as u64,
+                minor: libc::minor(m.rdev()) as u64,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// `rel` (e.g. `etc/passwd`) from an image rootfs given as overlay layer dirs, top first (the
+/// snapshot's upperdir, then its lowerdirs): the first layer that has it as a regular file,
+/// as overlayfs would show it. None if no layer has it.
+pub fn read_layered_file(layers: &[PathBuf], rel: &str) -> Option<String> {
+    for dir in layers {
+        let path = dir.join(rel);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => return std::fs::read_to_string(&path).ok(),
+            // A whiteout (char device) or anything else hides the lower layers' file.
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+/// lchown(2) to group `gid`, the owner unchanged (fsGroup on volume files).
+pub fn lchown_group(path: &Path, gid: u32) -> Result<(), SysError> {
+    std::os::unix::fs::lchown(path, None, Some(gid)).map_err(io("chown", path))
+}

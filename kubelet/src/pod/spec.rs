@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::cni::PortMapping;
 use crate::runtime::{ContainerConfig, PodSandboxConfig};
+use crate::security::SecurityContext;
 use crate::spec::{DnsConfig, Resources};
 
 /// Why a spec cannot be run as written (reported as a pod event/status, never a panic).
@@ -463,6 +464,7 @@ pub fn container_config(
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         resources: resources(c)?,
         mounts: Vec::new(),
+        security: SecurityContext::effective(pod, c),
         attempt,
     })
 }

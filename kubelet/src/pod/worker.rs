@@ -19,6 +19,7 @@ use super::probe::{self, Action, ProbeResult, ProbeSpec, ProbeTracker};
 use super::spec::{self as podspec, NodeContext};
 use super::status::{pod_status, terminated};
 use crate::runtime::{ContainerState, Runtime, Sandbox};
+use crate::security;
 use crate::volume::{PodVolumes, Source};
 
 mod adopt;
@@ -599,6 +600,20 @@ impl Worker {
                 Ok(c)
             }),
         };
+        // The image as it is now (a missing one fails in run_container: ErrImagePull):
+        // runAsNonRoot is checked against its user, and its digest is the imageID.
+        let image = spec.image.clone().unwrap_or_default();
+        let resolved = self.rt.resolve_image(&image).await.ok();
+        let made = made.and_then(|c| match &resolved {
+            Some(img) => security::verify_run_as_non_root(
+                &c.security,
+                &security::image_user(img.config.user.as_deref()),
+                &pod_desc(&self.pod),
+                &spec.name,
+            )
+            .map(|()| c),
+            None => Ok(c),
+        });
         let cfg = match made {
             Ok(c) => c,
             Err(e) => {
@@ -617,12 +632,7 @@ impl Worker {
                 slot.started = running.startup.is_none();
                 slot.ready = running.readiness.is_none();
                 slot.restarts = attempt;
-                slot.image_id = self
-                    .rt
-                    .resolve_image(&cfg.image)
-                    .await
-                    .map(|i| i.digest)
-                    .unwrap_or_default();
+                slot.image_id = resolved.map(|i| i.digest).unwrap_or_default();
                 slot.running = Some(running);
                 slot.waiting = None;
                 slot.pull_failures = 0;
@@ -710,6 +720,17 @@ impl Worker {
     fn status(&self) -> PodStatus {
         pod_status(self)
     }
+}
+
+/// Upstream's `format.Pod`: `name_namespace(uid)`, as runAsNonRoot messages name pods.
+fn pod_desc(pod: &Pod) -> String {
+    let m = &pod.metadata;
+    format!(
+        "{}_{}({})",
+        m.name.as_deref().unwrap_or(""),
+        m.namespace.as_deref().unwrap_or("default"),
+        m.uid.as_deref().unwrap_or("")
+    )
 }
 
 async fn run(rt: &Runtime, id: &str, spec: &ProbeSpec, pod_ip: Option<IpAddr>) -> ProbeResult {

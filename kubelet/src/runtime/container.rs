@@ -21,6 +21,7 @@ use super::{
 };
 use crate::error::{Context, Error, Result};
 use crate::logs::{self, LogPump};
+use crate::security::{self, SecurityContext};
 use crate::spec::{self, BindMount, Resources, SpecInput};
 use crate::sys;
 
@@ -35,6 +36,8 @@ pub struct ContainerConfig {
     pub working_dir: Option<String>,
     pub resources: Resources,
     pub mounts: Vec<BindMount>,
+    /// The effective securityContext (user, groups, capabilities, ...).
+    pub security: SecurityContext,
     /// The restart count; names the log file `<attempt>.log`.
     pub attempt: u32,
 }
@@ -110,12 +113,16 @@ impl Runtime {
             Error::ImageNotPresent { .. } => e,
             other => Error::invalid(&what, other.to_string()),
         })?;
-        let (uid, gid) = spec::parse_user(image.config.user.as_deref()).ok_or_else(|| {
-            Error::invalid(
-                &what,
-                format!("image user {:?} is not numeric", image.config.user),
-            )
-        })?;
+        // The user is resolved against the image's /etc/passwd and /etc/group once its rootfs
+        // snapshot exists (`create_and_start`).
+        let user = security::user_request(
+            &c.security,
+            &security::image_user(image.config.user.as_deref()),
+        );
+        let mut oci_security = security::oci_security(&c.security, &self.host_security);
+        if c.security.privileged {
+            oci_security.devices = sys::host_devices();
+        }
         let id = stable_id(&["container", &sandbox.uid, &c.name, &c.attempt.to_string()]);
         let cgroup = format!("{}/{id}", self.cgroup_of_pod(&sandbox.uid));
         let log_path = logs::container_log_path(
@@ -160,8 +167,7 @@ impl Runtime {
             args,
             env: spec::merge_env(&image.config, &c.env),
             cwd,
-            uid,
-            gid,
+            security: oci_security,
             hostname: None,
             netns: &sandbox.netns,
             sandbox_pid: Some(sandbox.pid),
@@ -204,6 +210,7 @@ impl Runtime {
                 labels,
                 &oci,
                 Some((stdout, stderr)),
+                Some(&user),
             )
             .await;
         let pid = match started {

@@ -125,6 +125,8 @@ pub struct Runtime {
     cni: Cni,
     config: Arc<RuntimeConfig>,
     shared: Arc<Mutex<Shared>>,
+    /// Every capability containers may get and the host's extra masked paths.
+    host_security: Arc<crate::security::HostSecurity>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -142,11 +144,16 @@ impl Runtime {
             config.network.clone(),
             &format!("kaze-{}", config.node_name),
         )?;
+        let host_security = crate::security::HostSecurity {
+            all_caps: crate::security::caps_from_mask(crate::sys::bounding_caps()),
+            extra_masked: crate::sys::thermal_throttle_paths(),
+        };
         Ok(Runtime {
             cd,
             cni,
             config: Arc::new(config),
             shared: Arc::default(),
+            host_security: Arc::new(host_security),
         })
     }
 

@@ -23,6 +23,7 @@ use crate::cni::{Attachment, PortMapping};
 use crate::containerd::{ignore_not_found, RUNTIME, SNAPSHOTTER};
 use crate::error::{Context, Error, Result};
 use crate::logs;
+use crate::security::{self, OciSecurity, UserRequest};
 use crate::spec::{self, DnsConfig, Resources, SpecInput};
 use crate::sys;
 
@@ -169,8 +170,7 @@ impl Runtime {
             args: spec::process_args(&image.config, &[], &[]),
             env: spec::merge_env(&image.config, &[]),
             cwd: "/".into(),
-            uid: 0,
-            gid: 0,
+            security: OciSecurity::default(),
             hostname: Some(&pod.hostname),
             netns: &netns,
             sandbox_pid: None,
@@ -187,7 +187,7 @@ impl Runtime {
             (LABEL_CGROUP.into(), cgroup),
         ]);
         let pid = self
-            .create_and_start(&id, &image.name, &image.chain_id, labels, &oci, None)
+            .create_and_start(&id, &image.name, &image.chain_id, labels, &oci, None, None)
             .await
             .map_err(|e| Error::invalid(what, e.to_string()))?;
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), sandbox = %id, ip = ?ips.first(), "sandbox running");
@@ -217,7 +217,9 @@ impl Runtime {
     }
 
     /// containerd container + snapshot + task, started; returns the pid. `stdio` is the
-    /// (stdout, stderr) FIFO pair, or None for /dev/null.
+    /// (stdout, stderr) FIFO pair, or None for /dev/null. `user` is resolved against the
+    /// image's /etc/passwd and /etc/group into the spec's process user (else it stays as is).
+    #[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
     pub(crate) async fn create_and_start(
         &self,
         id: &str,
@@ -226,6 +228,7 @@ impl Runtime {
         labels: HashMap<String, String>,
         oci: &serde_json::Value,
         stdio: Option<(PathBuf, PathBuf)>,
+        user: Option<&UserRequest>,
     ) -> Result<u32> {
         let cd = &self.cd;
         // The new snapshot is unreferenced until the container record exists; a garbage
@@ -251,7 +254,7 @@ impl Runtime {
             }
         }
         let created = self
-            .prepare_and_create(id, image, chain_id, labels, oci, &lease)
+            .prepare_and_create(id, image, chain_id, labels, oci, user, &lease)
             .await;
         let _ = cd
             .leases()
@@ -294,6 +297,7 @@ impl Runtime {
     }
 
     /// Snapshot + container record (inside the caller's lease); returns the rootfs mounts.
+    #[allow(clippy::too_many_arguments)] // one call site
     async fn prepare_and_create(
         &self,
         id: &str,
@@ -301,6 +305,7 @@ impl Runtime {
         chain_id: &str,
         labels: HashMap<String, String>,
         oci: &serde_json::Value,
+        user: Option<&UserRequest>,
         lease: &str,
     ) -> Result<Vec<containerd_client::types::Mount>> {
         let cd = &self.cd;
@@ -319,6 +324,18 @@ impl Runtime {
             .context(|| format!("preparing the rootfs snapshot of {id}"))?
             .into_inner()
             .mounts;
+        let mut oci = std::borrow::Cow::Borrowed(oci);
+        if let Some(req) = user {
+            // As containerd's WithUser/WithAdditionalGIDs, from the image's own files.
+            let layers = rootfs_layers(&mounts);
+            let passwd = sys::read_layered_file(&layers, "etc/passwd");
+            let group = sys::read_layered_file(&layers, "etc/group");
+            let (uid, gid, gids) = security::resolve_user(req, passwd.as_deref(), group.as_deref())
+                .map_err(|e| Error::invalid(format!("creating container {id}"), e))?;
+            let spec = oci.to_mut();
+            spec["process"]["user"] =
+                serde_json::json!({ "uid": uid, "gid": gid, "additionalGids": gids });
+        }
         let container = Container {
             id: id.into(),
             labels,
@@ -327,7 +344,7 @@ impl Runtime {
                 name: RUNTIME.into(),
                 options: None,
             }),
-            spec: Some(spec_any(oci)),
+            spec: Some(spec_any(&oci)),
             snapshotter: SNAPSHOTTER.into(),
             snapshot_key: id.into(),
             ..Default::default()
@@ -579,4 +596,24 @@ impl Runtime {
         sys::remove_cgroup(&self.config.cgroup_parent);
         Ok(())
     }
+}
+
+/// The layer dirs of a snapshot's rootfs mounts, top first: an overlay's upperdir, then its
+/// lowerdirs; a bind mount's source.
+fn rootfs_layers(mounts: &[containerd_client::types::Mount]) -> Vec<PathBuf> {
+    let mut layers = Vec::new();
+    for m in mounts {
+        if m.r#type == "bind" {
+            layers.push(PathBuf::from(&m.source));
+            continue;
+        }
+        for o in &m.options {
+            if let Some(upper) = o.strip_prefix("upperdir=") {
+                layers.insert(0, PathBuf::from(upper));
+            } else if let Some(lower) = o.strip_prefix("lowerdir=") {
+                layers.extend(lower.split(':').map(PathBuf::from));
+            }
+        }
+    }
+    layers
 }

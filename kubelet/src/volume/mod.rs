@@ -11,13 +11,18 @@
 //!   running containers.
 //! - `hostPath`: the host path itself, after its `type` check.
 //!
+//! - `fsGroup` ([`ownership`]): emptyDir, configMap, secret, downwardAPI and projected volumes
+//!   belong to the pod's fsGroup (group bits and setgid dirs), as upstream.
+//!
 //! Not supported: `serviceAccountToken` projections (kaze's apiserver has no TokenRequest
 //! API yet: they are skipped with a warning), network/cloud/CSI volumes and PVCs (the pod
-//! stays in ContainerCreating with a FailedMount reason), `fsGroup` ownership, emptyDir
-//! `sizeLimit` on disk (no eviction), `mountPropagation` (always private).
+//! stays in ContainerCreating with a FailedMount reason), `fsGroupChangePolicy` (always
+//! applied, as upstream does for these volume types), emptyDir `sizeLimit` on disk (no
+//! eviction), `mountPropagation` (always private).
 //! Teardown: [`teardown`] unmounts the tmpfs mounts; the runtime removes the pod dir.
 
 pub mod atomic;
+pub mod ownership;
 pub mod payload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -208,6 +213,16 @@ impl PodVolumes {
             .unwrap_or_default()
     }
 
+    /// The pod's `securityContext.fsGroup`.
+    fn fs_group(&self) -> Option<u32> {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|s| s.fs_group)
+            .map(|g| g as u32)
+    }
+
     fn namespace(&self) -> String {
         self.pod
             .metadata
@@ -270,10 +285,21 @@ impl PodVolumes {
         let mk = |d: &Path| sys::create_dir_all(d).map_err(|e| e.to_string());
         let ns = self.namespace();
         let fail = |e: PayloadError| e.to_string();
+        let fs_group = self.fs_group();
+        // Read-only payloads; under fsGroup their modes carry the group bits already, so an
+        // unchanged payload is not rewritten on every resync.
         let write = |payload: &Payload| {
-            atomic::write(&dir, payload)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            let mut payload = payload.clone();
+            if fs_group.is_some() {
+                for f in payload.values_mut() {
+                    f.mode = ownership::with_group_bits(f.mode, false, true);
+                }
+            }
+            let changed = atomic::write(&dir, &payload).map_err(|e| e.to_string())?;
+            match fs_group {
+                Some(gid) if changed => ownership::apply(&dir, gid, true),
+                _ => Ok(()),
+            }
         };
         let ro = |path: PathBuf| Ready {
             path,
@@ -298,6 +324,9 @@ impl PodVolumes {
             }
             let mode = e.mode.map_or(0o777, payload::mode_bits);
             sys::set_mode(&dir, mode).map_err(|e| e.to_string())?;
+            if let Some(gid) = fs_group {
+                ownership::apply(&dir, gid, false)?;
+            }
             return Ok(Ready {
                 path: dir,
                 read_only: false,

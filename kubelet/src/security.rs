@@ -1,0 +1,697 @@
+//! A container's `securityContext`, as upstream's kubelet and containerd's CRI plugin turn it
+//! into an OCI process. Pure functions of their inputs (the host's side, every capability
+//! and the per-CPU masked paths, comes in as [`HostSecurity`]):
+//! - [`SecurityContext::effective`]: the pod-level fields overlaid with the container's
+//!   (upstream's `DetermineEffectiveSecurityContext`); `fsGroup` and `supplementalGroups`
+//!   become supplementary groups, fsGroup first.
+//! - [`verify_run_as_non_root`]: `runAsNonRoot` against the user the container would run as
+//!   (upstream's messages; the pod reports them as `CreateContainerConfigError`).
+//! - [`user_request`] + [`resolve_user`]: the user string the CRI plugin builds (runAsUser, or
+//!   the image's user, and `:runAsGroup`) resolved as containerd's `WithUser` does against the
+//!   image's /etc/passwd and /etc/group: a uid without a group takes its passwd entry's group
+//!   (or 0); supplementary groups are the primary group, the user's groups in /etc/group
+//!   (not with `supplementalGroupsPolicy: Strict`) and the pod's, sorted and deduplicated.
+//! - [`capabilities`]: containerd's default set with `add`/`drop` applied in the CRI plugin's
+//!   order (`ALL` first, then single names; a name in both is dropped); privileged containers
+//!   get every capability the runtime has.
+//! - [`oci_security`]: the rest: `allowPrivilegeEscalation: false` = no_new_privs (unset is
+//!   false, as upstream), readOnlyRootFilesystem, upstream's masked and read-only /proc and
+//!   /sys paths (none with `procMount: Unmasked` or privileged).
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+/// containerd's default capability set for non-privileged containers.
+pub const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Linux capabilities by number (0 to CAP_LAST_CAP, 40 since Linux 5.9).
+pub const CAP_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Upstream's default masked paths (kept in sync with moby's); the host adds each CPU's
+/// `thermal_throttle` dir ([`HostSecurity::extra_masked`]).
+pub const DEFAULT_MASKED_PATHS: [&str; 12] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Upstream's default read-only paths.
+pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// What the host contributes: read once when the runtime starts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostSecurity {
+    /// Every capability containers may get (the runtime's bounding set): `add: [ALL]` and
+    /// privileged containers.
+    pub all_caps: Vec<String>,
+    /// Masked paths that depend on the host (`/sys/devices/system/cpu/cpu<N>/thermal_throttle`).
+    pub extra_masked: Vec<String>,
+}
+
+/// A container's effective security settings (pod level overlaid with container level).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SecurityContext {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_non_root: bool,
+    /// `fsGroup`, then `supplementalGroups`, as the kubelet hands them to the runtime.
+    pub supplemental_groups: Vec<i64>,
+    /// `supplementalGroupsPolicy: Strict`: the image's /etc/group is not consulted.
+    pub strict_groups: bool,
+    pub read_only_root: bool,
+    pub privileged: bool,
+    /// `capabilities.add`/`drop`, upper case without the `CAP_` prefix.
+    pub add_caps: Vec<String>,
+    pub drop_caps: Vec<String>,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+    /// `procMount: Unmasked`.
+    pub unmasked_proc: bool,
+}
+
+fn cap_name(c: &str) -> String {
+    let up = c.trim().to_uppercase();
+    up.strip_prefix("CAP_").map(str::to_string).unwrap_or(up)
+}
+
+impl SecurityContext {
+    /// Upstream's `DetermineEffectiveSecurityContext` plus the pod-level groups: the
+    /// container's fields win; capabilities, privileged, readOnlyRootFilesystem,
+    /// allowPrivilegeEscalation and procMount exist at the container level only.
+    pub fn effective(pod: &Pod, c: &Container) -> SecurityContext {
+        let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let csc = c.security_context.as_ref();
+        let mut groups: Vec<i64> = psc.and_then(|p| p.fs_group).into_iter().collect();
+        groups.extend(
+            psc.and_then(|p| p.supplemental_groups.clone())
+                .unwrap_or_default(),
+        );
+        let caps = csc.and_then(|c| c.capabilities.as_ref());
+        let names =
+            |v: Option<&Vec<String>>| v.into_iter().flatten().map(|s| cap_name(s)).collect();
+        SecurityContext {
+            run_as_user: csc
+                .and_then(|c| c.run_as_user)
+                .or(psc.and_then(|p| p.run_as_user)),
+            run_as_group: csc
+                .and_then(|c| c.run_as_group)
+                .or(psc.and_then(|p| p.run_as_group)),
+            run_as_non_root: csc
+                .and_then(|c| c.run_as_non_root)
+                .or(psc.and_then(|p| p.run_as_non_root))
+                .unwrap_or(false),
+            supplemental_groups: groups,
+            strict_groups: psc.and_then(|p| p.supplemental_groups_policy.as_deref())
+                == Some("Strict"),
+            read_only_root: csc.and_then(|c| c.read_only_root_filesystem) == Some(true),
+            privileged: csc.and_then(|c| c.privileged) == Some(true),
+            add_caps: names(caps.and_then(|c| c.add.as_ref())),
+            drop_caps: names(caps.and_then(|c| c.drop.as_ref())),
+            no_new_privileges: csc.and_then(|c| c.allow_privilege_escalation) == Some(false),
+            unmasked_proc: csc.and_then(|c| c.proc_mount.as_deref()) == Some("Unmasked"),
+        }
+    }
+}
+
+/// The user an image runs as, as the CRI plugin reports it: a uid, a name, or neither
+/// (which the kubelet takes for root). The group part of `USER` is not reported.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImageUser {
+    Uid(i64),
+    Name(String),
+}
+
+pub fn image_user(user: Option<&str>) -> ImageUser {
+    let user = user.unwrap_or("");
+    let name = user.split(':').next().unwrap_or("");
+    match name.parse::<i64>() {
+        _ if name.is_empty() => ImageUser::Uid(0),
+        Ok(uid) => ImageUser::Uid(uid),
+        Err(_) => ImageUser::Name(name.to_string()),
+    }
+}
+
+/// Upstream's `verifyRunAsNonRoot`; `pod` is upstream's `name_namespace(uid)`.
+pub fn verify_run_as_non_root(
+    sc: &SecurityContext,
+    image: &ImageUser,
+    pod: &str,
+    container: &str,
+) -> Result<(), String> {
+    if !sc.run_as_non_root {
+        return Ok(());
+    }
+    if let Some(uid) = sc.run_as_user {
+        if uid == 0 {
+            return Err(format!(
+                "container's runAsUser breaks non-root policy (pod: {pod:?}, container: {container})"
+            ));
+        }
+        return Ok(());
+    }
+    match image {
+        ImageUser::Uid(0) => Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: {pod:?}, container: {container})"
+        )),
+        ImageUser::Uid(_) => Ok(()),
+        ImageUser::Name(name) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root (pod: {pod:?}, container: {container})"
+        )),
+    }
+}
+
+/// What the runtime resolves against the image's /etc/passwd and /etc/group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserRequest {
+    /// `uid`, `name`, `uid:gid`, `name:gid` (containerd's `WithUser`).
+    pub user: String,
+    /// Whose groups in /etc/group count (containerd's `WithAdditionalGIDs`).
+    pub groups_of: String,
+    pub supplemental: Vec<u32>,
+    pub strict: bool,
+}
+
+/// The CRI plugin's user string: runAsUser, else the image's user (its uid or name; root
+/// when it names none), with `:runAsGroup` when that is set.
+pub fn user_request(sc: &SecurityContext, image: &ImageUser) -> UserRequest {
+    let user = match (sc.run_as_user, image) {
+        (Some(uid), _) => uid.to_string(),
+        (None, ImageUser::Uid(uid)) => uid.to_string(),
+        (None, ImageUser::Name(n)) => n.clone(),
+    };
+    let full = match sc.run_as_group {
+        Some(g) => format!("{user}:{g}"),
+        None => user.clone(),
+    };
+    UserRequest {
+        user: full,
+        groups_of: user,
+        supplemental: sc.supplemental_groups.iter().map(|g| *g as u32).collect(),
+        strict: sc.strict_groups,
+    }
+}
+
+struct PasswdEntry<'a> {
+    name: &'a str,
+    uid: u32,
+    gid: u32,
+}
+
+fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    passwd.lines().filter_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next()?;
+        let uid = f.next()?.trim().parse().ok()?;
+        let gid = f.next()?.trim().parse().ok()?;
+        Some(PasswdEntry { name, uid, gid })
+    })
+}
+
+/// (name, gid, members) of each /etc/group line.
+fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
+    group.lines().filter_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next()?;
+        let gid = f.next()?.trim().parse().ok()?;
+        let members = f
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .collect();
+        Some((name, gid, members))
+    })
+}
+
+/// uid, gid and supplementary groups for `req`, given the image's /etc/passwd and /etc/group
+/// (None when the image has none). A user or group name the image does not know is an error.
+pub fn resolve_user(
+    req: &UserRequest,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<(u32, u32, Vec<u32>), String> {
+    let passwd = passwd.unwrap_or("");
+    let group = group.unwrap_or("");
+    let by_name = |name: &str| {
+        passwd_entries(passwd)
+            .find(|e| e.name == name)
+            .ok_or_else(|| format!("no users found for user {name:?} in the image's /etc/passwd"))
+    };
+    let (uid, gid) = match req.user.split_once(':') {
+        None => match req.user.parse::<u32>() {
+            // A uid alone: its passwd entry's group, or 0.
+            Ok(uid) => (
+                uid,
+                passwd_entries(passwd)
+                    .find(|e| e.uid == uid)
+                    .map_or(0, |e| e.gid),
+            ),
+            Err(_) => {
+                let e = by_name(&req.user)?;
+                (e.uid, e.gid)
+            }
+        },
+        Some((u, g)) => {
+            let uid = match u.parse::<u32>() {
+                Ok(uid) => uid,
+                Err(_) => by_name(u)?.uid,
+            };
+            let gid = match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => group_entries(group)
+                    .find(|(n, _, _)| *n == g)
+                    .map(|(_, gid, _)| gid)
+                    .ok_or_else(|| {
+                        format!("no groups found for group {g:?} in the image's /etc/group")
+                    })?,
+            };
+            (uid, gid)
+        }
+    };
+    let mut gids = vec![gid];
+    if !req.strict {
+        let name = match req.groups_of.parse::<u32>() {
+            Ok(uid) => passwd_entries(passwd)
+                .find(|e| e.uid == uid)
+                .map(|e| e.name.to_string()),
+            Err(_) => Some(req.groups_of.clone()),
+        };
+        if let Some(name) = name {
+            gids.extend(
+                group_entries(group)
+                    .filter(|(n, _, members)| *n != name && members.contains(&name.as_str()))
+                    .map(|(_, gid, _)| gid),
+            );
+        }
+    }
+    gids.extend(&req.supplemental);
+    gids.sort_unstable();
+    gids.dedup();
+    Ok((uid, gid, gids))
+}
+
+/// The capability set (bounding = effective = permitted): containerd's default with `add`
+/// and `drop` applied as the CRI plugin does, or everything for privileged containers.
+pub fn capabilities(sc: &SecurityContext, host: &HostSecurity) -> Vec<String> {
+    if sc.privileged {
+        return host.all_caps.clone();
+    }
+    let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    if sc.add_caps.iter().any(|c| c == "ALL") {
+        caps = host.all_caps.clone();
+    }
+    if sc.drop_caps.iter().any(|c| c == "ALL") {
+        caps.clear();
+    }
+    for c in sc.add_caps.iter().filter(|c| *c != "ALL") {
+        let c = format!("CAP_{c}");
+        if !caps.contains(&c) {
+            caps.push(c);
+        }
+    }
+    for c in sc.drop_caps.iter().filter(|c| *c != "ALL") {
+        let c = format!("CAP_{c}");
+        caps.retain(|x| *x != c);
+    }
+    caps
+}
+
+/// A device node of the host, for privileged containers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Device {
+    pub path: String,
+    /// `c` or `b`.
+    pub kind: char,
+    pub major: u64,
+    pub minor: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The OCI process identity and confinement of one container.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OciSecurity {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub caps: Vec<String>,
+    pub no_new_privileges: bool,
+    pub read_only_root: bool,
+    /// Writable /sys, every device allowed.
+    pub privileged: bool,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    /// Host devices created in the container (privileged containers).
+    pub devices: Vec<Device>,
+}
+
+impl Default for OciSecurity {
+    /// Root with containerd's default capabilities and upstream's masked paths (the pause
+    /// sandbox).
+    fn default() -> Self {
+        OciSecurity {
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+            caps: DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
+            no_new_privileges: false,
+            read_only_root: false,
+            privileged: false,
+            masked_paths: DEFAULT_MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
+            readonly_paths: DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// Everything but the user (resolved against the image later) and the devices (read from the
+/// host for privileged containers).
+pub fn oci_security(sc: &SecurityContext, host: &HostSecurity) -> OciSecurity {
+    let unmasked = sc.unmasked_proc || sc.privileged;
+    OciSecurity {
+        caps: capabilities(sc, host),
+        no_new_privileges: sc.no_new_privileges,
+        read_only_root: sc.read_only_root,
+        privileged: sc.privileged,
+        masked_paths: if unmasked {
+            Vec::new()
+        } else {
+            DEFAULT_MASKED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .chain(host.extra_masked.iter().cloned())
+                .collect()
+        },
+        readonly_paths: if unmasked {
+            Vec::new()
+        } else {
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        },
+        ..OciSecurity::default()
+    }
+}
+
+/// Capability names from a `/proc/<pid>/status` capability mask (`CapBnd` and friends).
+pub fn caps_from_mask(mask: u64) -> Vec<String> {
+    CAP_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1u64 << i) != 0)
+        .map(|(_, n)| n.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    fn host() -> HostSecurity {
+        HostSecurity {
+            all_caps: caps_from_mask(0x1ff_feff_ffff),
+            extra_masked: vec!["/sys/devices/system/cpu/cpu0/thermal_throttle".into()],
+        }
+    }
+
+    #[test]
+    fn the_container_level_wins_and_pod_groups_follow_fs_group() {
+        let p = pod(json!({
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true,
+                                "fsGroup": 2000, "supplementalGroups": [4000, 5000]},
+            "containers": [
+                {"name": "a", "image": "x", "securityContext": {"runAsUser": 1001, "readOnlyRootFilesystem": true,
+                 "allowPrivilegeEscalation": false, "capabilities": {"add": ["net_admin"], "drop": ["CAP_KILL"]}}},
+                {"name": "b", "image": "x"},
+            ]
+        }));
+        let spec = p.spec.clone().unwrap();
+        let a = SecurityContext::effective(&p, &spec.containers[0]);
+        assert_eq!(a.run_as_user, Some(1001));
+        assert_eq!(a.run_as_group, Some(3000));
+        assert!(a.run_as_non_root && a.read_only_root && a.no_new_privileges);
+        assert_eq!(a.supplemental_groups, vec![2000, 4000, 5000]);
+        assert_eq!(
+            (a.add_caps.clone(), a.drop_caps.clone()),
+            (vec!["NET_ADMIN".to_string()], vec!["KILL".to_string()])
+        );
+        let b = SecurityContext::effective(&p, &spec.containers[1]);
+        assert_eq!(b.run_as_user, Some(1000));
+        assert!(!b.read_only_root && !b.no_new_privileges && !b.privileged);
+        let none = SecurityContext::effective(&pod(json!({"containers": []})), &spec.containers[1]);
+        assert_eq!(none, SecurityContext::default());
+    }
+
+    #[test]
+    fn run_as_non_root_follows_upstream() {
+        let sc = SecurityContext {
+            run_as_non_root: true,
+            ..Default::default()
+        };
+        let pod = "web_default(u1)";
+        assert_eq!(
+            verify_run_as_non_root(&sc, &image_user(None), pod, "main").unwrap_err(),
+            "container has runAsNonRoot and image will run as root (pod: \"web_default(u1)\", container: main)"
+        );
+        assert!(verify_run_as_non_root(&sc, &image_user(Some("65534:65534")), pod, "main").is_ok());
+        assert!(
+            verify_run_as_non_root(&sc, &image_user(Some("nobody")), pod, "main")
+                .unwrap_err()
+                .contains("image has non-numeric user (nobody), cannot verify user is non-root")
+        );
+        let root = SecurityContext {
+            run_as_user: Some(0),
+            ..sc.clone()
+        };
+        assert!(
+            verify_run_as_non_root(&root, &image_user(Some("1000")), pod, "main")
+                .unwrap_err()
+                .starts_with("container's runAsUser breaks non-root policy")
+        );
+        let user = SecurityContext {
+            run_as_user: Some(7),
+            ..sc
+        };
+        assert!(verify_run_as_non_root(&user, &image_user(None), pod, "main").is_ok());
+        assert!(verify_run_as_non_root(
+            &SecurityContext::default(),
+            &image_user(None),
+            pod,
+            "main"
+        )
+        .is_ok());
+    }
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n";
+    const GROUP: &str =
+        "root:x:0:\nnogroup:x:65534:\napp:x:1000:app\nwheel:x:10:app,root\naudio:x:29:app\n";
+
+    #[test]
+    fn users_resolve_against_the_image_like_containerd() {
+        let req = |sc: &SecurityContext, image: &str| user_request(sc, &image_user(Some(image)));
+        let r = |sc: &SecurityContext, image: &str| {
+            resolve_user(&req(sc, image), Some(PASSWD), Some(GROUP))
+        };
+        let none = SecurityContext::default();
+        // The image's user; root when it names none (group membership from /etc/group).
+        assert_eq!(r(&none, "").unwrap(), (0, 0, vec![0, 10]));
+        assert_eq!(r(&none, "app").unwrap(), (1000, 1000, vec![10, 29, 1000]));
+        // The image's group is dropped, as upstream's kubelet passes the uid alone.
+        assert_eq!(r(&none, "65534:10").unwrap(), (65534, 65534, vec![65534]));
+        // runAsUser: its passwd group (or 0 when unknown); runAsGroup overrides it.
+        let sc = SecurityContext {
+            run_as_user: Some(1000),
+            supplemental_groups: vec![2000, 4000],
+            ..Default::default()
+        };
+        assert_eq!(
+            r(&sc, "").unwrap(),
+            (1000, 1000, vec![10, 29, 1000, 2000, 4000])
+        );
+        let sc = SecurityContext {
+            run_as_group: Some(3000),
+            ..sc
+        };
+        assert_eq!(
+            r(&sc, "").unwrap(),
+            (1000, 3000, vec![10, 29, 2000, 3000, 4000])
+        );
+        let strict = SecurityContext {
+            strict_groups: true,
+            ..sc
+        };
+        assert_eq!(
+            r(&strict, "").unwrap(),
+            (1000, 3000, vec![2000, 3000, 4000])
+        );
+        let unknown = SecurityContext {
+            run_as_user: Some(4242),
+            ..Default::default()
+        };
+        assert_eq!(r(&unknown, "").unwrap(), (4242, 0, vec![0]));
+        assert_eq!(
+            resolve_user(&req(&unknown, ""), None, None).unwrap(),
+            (4242, 0, vec![0])
+        );
+        assert!(r(&none, "ghost").unwrap_err().contains("no users found"));
+        assert!(resolve_user(
+            &UserRequest {
+                user: "app:staff".into(),
+                groups_of: "app".into(),
+                supplemental: vec![],
+                strict: false
+            },
+            Some(PASSWD),
+            Some(GROUP)
+        )
+        .unwrap_err()
+        .contains("no groups found"));
+    }
+
+    #[test]
+    fn capabilities_follow_the_cri_plugin() {
+        let caps = |add: &[&str], drop: &[&str]| {
+            capabilities(
+                &SecurityContext {
+                    add_caps: add.iter().map(|s| s.to_string()).collect(),
+                    drop_caps: drop.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+                &host(),
+            )
+        };
+        assert_eq!(caps(&[], &[]).len(), 14);
+        assert_eq!(
+            caps(&["NET_BIND_SERVICE"], &["ALL"]),
+            vec!["CAP_NET_BIND_SERVICE"]
+        );
+        let c = caps(&["NET_ADMIN", "SYS_TIME"], &["KILL", "SYS_TIME"]);
+        assert!(c.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!c.contains(&"CAP_KILL".to_string()) && !c.contains(&"CAP_SYS_TIME".to_string()));
+        let all = caps(&["ALL"], &["CHOWN"]);
+        assert_eq!(all.len(), host().all_caps.len() - 1);
+        assert!(
+            !all.contains(&"CAP_SYS_RESOURCE".to_string()),
+            "only what the host has"
+        );
+        let privileged = SecurityContext {
+            privileged: true,
+            drop_caps: vec!["ALL".into()],
+            ..Default::default()
+        };
+        assert_eq!(capabilities(&privileged, &host()), host().all_caps);
+    }
+
+    #[test]
+    fn masked_paths_and_privileges() {
+        let plain = oci_security(&SecurityContext::default(), &host());
+        assert_eq!(plain.masked_paths.len(), 13);
+        assert!(plain.masked_paths.contains(&"/proc/kcore".to_string()));
+        assert!(plain
+            .masked_paths
+            .contains(&"/sys/devices/system/cpu/cpu0/thermal_throttle".to_string()));
+        assert_eq!(plain.readonly_paths.len(), 5);
+        assert!(!plain.no_new_privileges && !plain.read_only_root);
+        let unmasked = oci_security(
+            &SecurityContext {
+                unmasked_proc: true,
+                ..Default::default()
+            },
+            &host(),
+        );
+        assert!(unmasked.masked_paths.is_empty() && unmasked.readonly_paths.is_empty());
+        let privileged = oci_security(
+            &SecurityContext {
+                privileged: true,
+                ..Default::default()
+            },
+            &host(),
+        );
+        assert!(privileged.privileged && privileged.masked_paths.is_empty());
+        assert_eq!(caps_from_mask(0x400), vec!["CAP_NET_BIND_SERVICE"]);
+    }
+}
