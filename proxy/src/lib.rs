@@ -15,6 +15,7 @@ mod engine;
 mod error;
 pub mod iptables;
 mod metrics;
+pub mod netns;
 mod run;
 mod services;
 mod sys;

@@ -4,8 +4,6 @@
 //! commands from the async side.
 
 use std::{
-    fs::File,
-    os::fd::AsFd,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -210,12 +208,7 @@ pub(crate) fn enter_netns(path: &Path) -> Result<(), Error> {
         path: path.to_path_buf(),
         source,
     };
-    let f = File::open(path).map_err(err)?;
-    rustix::thread::move_into_link_name_space(
-        f.as_fd(),
-        Some(rustix::thread::LinkNameSpaceType::Network),
-    )
-    .map_err(|e| err(e.into()))?;
+    crate::netns::enter(path).map_err(err)?;
     info!(netns = %path.display(), "dataplane thread entered network namespace");
     Ok(())
 }

@@ -55,7 +55,7 @@ impl World {
     fn with(test: &str, xdp_client: bool) -> Self {
         let id = unique_id(test);
         let root = PinRoot::new(test);
-        let topo = Topology::new(&id, 3);
+        let topo = Topology::new(&id, 3).expect("creating the namespaces");
         let servers = topo
             .backends
             .iter()
@@ -350,9 +350,10 @@ fn tc_ingress_programs(ns: &support::netns::Netns, iface: &str) -> Vec<u32> {
 fn attaching_again_after_the_interface_was_recreated_replaces_the_stale_link() {
     let id = unique_id("e2e-relink");
     let root = PinRoot::new("e2e-relink");
-    let ns = support::netns::Netns::new(format!("kz{id}r"));
-    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-    ns.ip(&["link", "set", "d0", "up"]);
+    let ns = support::netns::Netns::new(format!("kz{id}r")).expect("creating a namespace");
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        .expect("ip");
+    ns.ip(&["link", "set", "d0", "up"]).expect("ip");
     let mut dp = root.load();
     let pin = root.path().join("links").join("tc-d0-ingress");
 
@@ -367,9 +368,10 @@ fn attaching_again_after_the_interface_was_recreated_replaces_the_stale_link() {
     assert_eq!(tc_ingress_programs(&ns, "d0"), vec![ours]);
     assert!(pin.exists(), "the link was not pinned");
 
-    ns.ip(&["link", "del", "d0"]);
-    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-    ns.ip(&["link", "set", "d0", "up"]);
+    ns.ip(&["link", "del", "d0"]).expect("ip");
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        .expect("ip");
+    ns.ip(&["link", "set", "d0", "up"]).expect("ip");
     let dp_ref = &mut dp;
     in_netns(ns.name(), move || dp_ref.attach_tc("d0", TcHook::Ingress))
         .expect("attaching to the re-created interface");

@@ -60,7 +60,7 @@ impl Harness {
         }
         let id = unique_id(test);
         let root = PinRoot::new(test);
-        let topo = Topology::new(&id, 3);
+        let topo = Topology::new(&id, 3).expect("creating the namespaces");
         let servers = topo
             .backends
             .iter()

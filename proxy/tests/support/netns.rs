@@ -1,10 +1,10 @@
-//! Network namespaces, veths and echo servers for the end-to-end tests. Everything created
-//! here is removed by a guard's `Drop`, so a failing (panicking) test cleans up too.
+//! Echo servers and clients for the end-to-end tests, in the namespaces and veths of
+//! [`proxy::netns`]. Everything created here is removed by a guard's `Drop`, so a failing
+//! (panicking) test cleans up too.
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    process::Command,
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -13,170 +13,12 @@ use std::{
     time::Duration,
 };
 
-/// The one place these tests need unsafe: `setns(2)`, which std does not wrap.
-#[allow(unsafe_code)]
-mod sys {
-    use std::{fs::File, io, os::fd::AsRawFd};
-
-    /// Moves the calling thread (only it) into the named network namespace.
-    pub fn enter_netns(name: &str) -> io::Result<()> {
-        let f = File::open(format!("/var/run/netns/{name}"))?;
-        // SAFETY: setns only reads the fd, which `f` keeps open for the call; with
-        // CLONE_NEWNET it changes the network namespace of the calling thread alone.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-/// Runs `cmd args...` and panics with its output if it fails.
-pub fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+#[allow(unused_imports)] // not every test file uses both
+pub use proxy::netns::{Netns, Topology};
 
 /// Runs `f` on a fresh thread inside network namespace `ns` and returns its result.
 pub fn in_netns<T: Send, F: FnOnce() -> T + Send>(ns: &str, f: F) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            sys::enter_netns(ns).unwrap_or_else(|e| panic!("entering netns {ns}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
-/// A named network namespace, deleted on drop (with every interface in it).
-pub struct Netns(String);
-
-impl Netns {
-    pub fn new(name: String) -> Self {
-        // a leftover from a crashed run of the same test and pid is ours to remove
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.0
-    }
-
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all);
-    }
-
-    /// Sets `net.*` sysctl `key` (dotted) to `value` inside this namespace. `/proc/sys/net`
-    /// shows the namespace of the thread that opens it, so no `sysctl` binary is needed.
-    pub fn sysctl(&self, key: &str, value: &str) {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        in_netns(&self.0, || {
-            std::fs::write(&path, value).unwrap_or_else(|e| panic!("writing {path}: {e}"))
-        });
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// A "node" namespace routing between a client namespace and backend namespaces, each
-/// attached by a veth pair: node side `v<tag>` with `10.200.<n>.1/24`, the other side
-/// `eth0` with `10.200.<n>.2/24` and a default route to the node.
-pub struct Topology {
-    // dropped in this order: backends and client first, then the node
-    pub backends: Vec<Netns>,
-    pub client: Netns,
-    pub node: Netns,
-    /// Node-side interface names: the client's first, then one per backend.
-    pub node_ifaces: Vec<String>,
-}
-
-impl Topology {
-    pub fn new(id: &str, backends: usize) -> Self {
-        let node = Netns::new(format!("kz{id}n"));
-        node.sysctl("net.ipv4.ip_forward", "1");
-        // replies are reverse-NATed to the service address, which the node has no route
-        // for; strict reverse-path filtering would drop them
-        node.sysctl("net.ipv4.conf.all.rp_filter", "0");
-        node.sysctl("net.ipv4.conf.default.rp_filter", "0");
-        let client = Netns::new(format!("kz{id}c"));
-        let backends: Vec<Netns> = (0..backends)
-            .map(|i| Netns::new(format!("kz{id}b{i}")))
-            .collect();
-        let mut node_ifaces = Vec::new();
-        node_ifaces.push(link(&node, "vc", &client, 0));
-        for (i, b) in backends.iter().enumerate() {
-            node_ifaces.push(link(&node, &format!("vb{i}"), b, i as u8 + 1));
-        }
-        Topology {
-            backends,
-            client,
-            node,
-            node_ifaces,
-        }
-    }
-
-    pub fn client_addr() -> Ipv4Addr {
-        Ipv4Addr::new(10, 200, 0, 2)
-    }
-
-    pub fn backend_addr(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 200, i as u8 + 1, 2)
-    }
-}
-
-fn link(node: &Netns, iface: &str, other: &Netns, subnet: u8) -> String {
-    node.ip(&[
-        "link",
-        "add",
-        iface,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        other.name(),
-    ]);
-    node.ip(&[
-        "addr",
-        "add",
-        &format!("10.200.{subnet}.1/24"),
-        "dev",
-        iface,
-    ]);
-    node.ip(&["link", "set", iface, "up"]);
-    other.ip(&[
-        "addr",
-        "add",
-        &format!("10.200.{subnet}.2/24"),
-        "dev",
-        "eth0",
-    ]);
-    other.ip(&["link", "set", "eth0", "up"]);
-    other.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &format!("10.200.{subnet}.1"),
-    ]);
-    iface.to_string()
+    proxy::netns::in_netns(ns, f).unwrap_or_else(|e| panic!("entering netns {ns}: {e}"))
 }
 
 /// A TCP and UDP server in a namespace that answers every line (TCP) or datagram (UDP)
@@ -192,14 +34,10 @@ impl EchoServer {
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::new();
         for udp in [false, true] {
-            let (ns, name, stop, ready) = (
-                ns.name().to_string(),
-                name.to_string(),
-                stop.clone(),
-                ready_tx.clone(),
-            );
+            let (ns, name, stop, ready) =
+                (ns.path(), name.to_string(), stop.clone(), ready_tx.clone());
             threads.push(std::thread::spawn(move || {
-                sys::enter_netns(&ns).expect("entering the backend netns");
+                proxy::netns::enter(&ns).expect("entering the backend netns");
                 let addr = SocketAddr::from(([0, 0, 0, 0], port));
                 if udp {
                     let sock = UdpSocket::bind(addr).expect("binding the UDP echo server");
