@@ -272,6 +272,8 @@ pub async fn run(
             if p.metadata.deletion_timestamp.is_some() {
                 match running.remove(&uid) {
                     Some(r) => {
+                        // The worker stops the pod with the deletion's grace period.
+                        r.handle.update(&p);
                         finishing.spawn(uid.clone(), finish(client.clone(), r, uid, true));
                     }
                     None => {

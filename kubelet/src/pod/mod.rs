@@ -5,6 +5,7 @@
 //! sync loop ([`crate::node::sync`]) hands in.
 
 mod events;
+pub mod hooks;
 pub mod probe;
 pub mod spec;
 mod status;

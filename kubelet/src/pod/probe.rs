@@ -43,7 +43,8 @@ pub enum ProbeResult {
     Failure(String),
 }
 
-fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+/// A probe's or hook's port: a number, or the name of one of the container's ports.
+pub fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
     match p {
         IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} out of range")),
         IntOrString::String(name) => c
@@ -199,15 +200,39 @@ pub async fn run_http(
     pod_ip: Option<IpAddr>,
     timeout: Duration,
 ) -> ProbeResult {
-    let addr = match target(host, pod_ip, port) {
-        Ok(a) => a,
-        Err(e) => return ProbeResult::Failure(e),
-    };
+    match http_get(
+        host,
+        port,
+        path,
+        headers,
+        pod_ip,
+        timeout,
+        "kube-probe/1.37",
+    )
+    .await
+    {
+        Ok(code) if (200..400).contains(&code) => ProbeResult::Success,
+        Ok(code) => ProbeResult::Failure(format!("HTTP probe failed with statuscode: {code}")),
+        Err(e) => ProbeResult::Failure(e),
+    }
+}
+
+/// A plain HTTP GET to `host` (or the pod IP) within `timeout`: the response's status code.
+pub async fn http_get(
+    host: &Option<String>,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+    pod_ip: Option<IpAddr>,
+    timeout: Duration,
+    user_agent: &str,
+) -> Result<u16, String> {
+    let addr = target(host, pod_ip, port)?;
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("dial tcp {addr}: {e}"))?;
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.37\r\nAccept: */*\r\nConnection: close\r\n");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {user_agent}\r\nAccept: */*\r\nConnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -228,8 +253,7 @@ pub async fn run_http(
             head.extend_from_slice(&buf[..n]);
         }
         let line = String::from_utf8_lossy(&head);
-        let status: u16 = line
-            .split_whitespace()
+        line.split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| {
@@ -237,14 +261,11 @@ pub async fn run_http(
                     "malformed HTTP response {:?}",
                     line.lines().next().unwrap_or("")
                 )
-            })?;
-        Ok::<u16, String>(status)
+            })
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(code)) if (200..400).contains(&code) => ProbeResult::Success,
-        Ok(Ok(code)) => ProbeResult::Failure(format!("HTTP probe failed with statuscode: {code}")),
-        Ok(Err(e)) => ProbeResult::Failure(e),
-        Err(_) => ProbeResult::Failure(format!(
+        Ok(r) => r,
+        Err(_) => Err(format!(
             "Get http://{addr}{path}: timeout after {timeout:?}"
         )),
     }

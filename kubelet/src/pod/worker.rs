@@ -15,14 +15,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::events::Recorder;
+use super::hooks;
 use super::probe::{self, Action, ProbeResult, ProbeSpec, ProbeTracker};
 use super::spec::{self as podspec, NodeContext};
 use super::status::{pod_status, terminated};
-use crate::runtime::{ContainerState, Runtime, Sandbox};
+use crate::runtime::{ContainerState, ExitInfo, Runtime, Sandbox};
 use crate::security;
 use crate::volume::{PodVolumes, Source};
 
 mod adopt;
+mod lifecycle;
 
 /// Restart timing. Upstream: 10 s doubling to 5 min.
 #[derive(Clone, Debug)]
@@ -192,7 +194,9 @@ pub fn spawn_with(
         .collect();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let (updates, updates_rx) = watch::channel(None);
+    let (stop, stop_rx) = watch::channel(false);
     let worker = Worker {
+        stop: stop_rx.clone(),
         volumes: PodVolumes::new(&pod, &rt.config().pod_dir(&uid), source.clone()),
         source: source.clone(),
         events: Recorder::new(source.client().cloned(), &pod, &node.node_name),
@@ -219,7 +223,6 @@ pub fn spawn_with(
         .clone()
         .filter(|s| s.container_statuses.as_ref().is_some_and(|c| !c.is_empty()));
     let (status_tx, status) = watch::channel(reported.unwrap_or_else(|| worker.status()));
-    let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(worker.run(status_tx, stop_rx));
     PodHandle {
         status,
@@ -247,6 +250,9 @@ pub(super) struct Worker {
     /// Every init container succeeded (sidecars: started); app containers may run.
     pub(super) initialized: bool,
     updates: watch::Receiver<Option<Pod>>,
+    /// The stop switch, for what must give up when the pod is being stopped (a postStart
+    /// hook that does not end).
+    stop: watch::Receiver<bool>,
 }
 
 impl Worker {
@@ -291,62 +297,6 @@ impl Worker {
         let last = self.status();
         status.send_replace(last.clone());
         last
-    }
-
-    async fn terminate(&mut self) {
-        let Ok((_, _, uid)) = podspec::pod_identity(&self.pod) else {
-            return;
-        };
-        let grace = podspec::grace_period(&self.pod);
-        // As upstream: the app containers first (together), then the sidecars, the last
-        // declared first, each with what is left of the grace period (2 s at least).
-        let deadline = Instant::now() + grace;
-        let mut apps = tokio::task::JoinSet::new();
-        for slot in self.slots.iter().filter(|s| s.kind == Kind::App) {
-            if let Some(r) = &slot.running {
-                let (rt, id) = (self.rt.clone(), r.id.clone());
-                apps.spawn(async move { rt.stop_container(&id, grace).await });
-            }
-        }
-        while apps.join_next().await.is_some() {}
-        let sidecars: Vec<String> = self
-            .slots
-            .iter()
-            .rev()
-            .filter(|s| s.kind == Kind::Sidecar)
-            .filter_map(|s| s.running.as_ref().map(|r| r.id.clone()))
-            .collect();
-        for id in sidecars {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Err(e) = self
-                .rt
-                .stop_container(&id, left.max(Duration::from_secs(2)))
-                .await
-            {
-                tracing::warn!(pod = %self.name(), error = %e, "stopping a sidecar");
-            }
-        }
-        // Whatever is left (the sandbox; containers this worker did not start).
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = self.rt.stop_pod(&uid, left).await {
-            tracing::warn!(pod = %self.name(), error = %e, "stopping the pod");
-        }
-        for slot in &mut self.slots {
-            if let Some(r) = slot.running.take() {
-                let exit = self
-                    .rt
-                    .wait_container(&r.id, Duration::from_millis(100))
-                    .await;
-                slot.last = Some(terminated(&r, exit.as_ref()));
-            }
-            slot.done = true;
-            slot.ready = false;
-            slot.waiting = None;
-        }
-        if let Err(e) = self.rt.remove_pod(&uid).await {
-            tracing::warn!(pod = %self.name(), error = %e, "removing the pod");
-        }
-        self.sandbox = None;
     }
 
     fn policy(&self) -> String {
@@ -524,8 +474,11 @@ impl Worker {
 
     /// Stop a container for good (a sidecar after the app containers ended).
     async fn stop_slot(&mut self, i: usize, grace: Duration) {
-        if let Some(r) = self.slots[i].running.take() {
-            let exit = self.rt.stop_container(&r.id, grace).await.ok().flatten();
+        if let Some(id) = self.slots[i].running.as_ref().map(|r| r.id.clone()) {
+            let exit = self.kill_slot(i, &id, grace).await;
+            let Some(r) = self.slots[i].running.take() else {
+                return;
+            };
             if let Err(e) = self.rt.remove_container(&r.id).await {
                 tracing::warn!(container = %r.id, error = %e, "removing a stopped sidecar");
             }
@@ -538,6 +491,36 @@ impl Worker {
         s.waiting = None;
     }
 
+    /// Slot `i`'s container `r` has ended (`exit`, when known): remove it and apply the
+    /// restart policy (with CrashLoopBackOff's back-off).
+    async fn finished(&mut self, i: usize, r: Running, exit: Option<&ExitInfo>, policy: &str) {
+        let now = Instant::now();
+        let slot = &mut self.slots[i];
+        slot.last = Some(terminated(&r, exit));
+        slot.ready = false;
+        slot.started = false;
+        if let Err(e) = self.rt.remove_container(&r.id).await {
+            tracing::warn!(container = %r.id, error = %e, "removing an exited container");
+        }
+        let slot = &mut self.slots[i];
+        let code = slot.last.as_ref().map_or(137, |t| t.exit_code);
+        if should_restart(policy, code) {
+            let delay = self.cfg.backoff(slot.restarts + 1);
+            slot.next_start = now + delay;
+            if !delay.is_zero() {
+                let msg = format!(
+                    "back-off {}s restarting failed container={} pod={}",
+                    delay.as_secs(),
+                    slot.spec.name,
+                    self.pod.metadata.name.as_deref().unwrap_or("")
+                );
+                slot.waiting = Some(("CrashLoopBackOff".into(), msg));
+            }
+        } else {
+            slot.done = true;
+        }
+    }
+
     async fn step_container(&mut self, i: usize, policy: &str, grace: Duration) {
         let now = Instant::now();
         let Some(sandbox) = self.sandbox.clone() else {
@@ -548,30 +531,8 @@ impl Worker {
             match state {
                 Ok(ContainerState::Running { .. }) => self.probe(i, &id, sandbox.ip(), grace).await,
                 Ok(ContainerState::Exited(exit)) => {
-                    let slot = &mut self.slots[i];
-                    let r = slot.running.take().expect("checked above");
-                    slot.last = Some(terminated(&r, Some(&exit)));
-                    slot.ready = false;
-                    slot.started = false;
-                    if let Err(e) = self.rt.remove_container(&id).await {
-                        tracing::warn!(container = %id, error = %e, "removing an exited container");
-                    }
-                    let slot = &mut self.slots[i];
-                    if should_restart(policy, exit.exit_code) {
-                        let delay = self.cfg.backoff(slot.restarts + 1);
-                        slot.next_start = now + delay;
-                        if !delay.is_zero() {
-                            let msg = format!(
-                                "back-off {}s restarting failed container={} pod={}",
-                                delay.as_secs(),
-                                slot.spec.name,
-                                self.pod.metadata.name.as_deref().unwrap_or("")
-                            );
-                            slot.waiting = Some(("CrashLoopBackOff".into(), msg));
-                        }
-                    } else {
-                        slot.done = true;
-                    }
+                    let r = self.slots[i].running.take().expect("checked above");
+                    self.finished(i, r, Some(&exit), policy).await;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(container = %id, error = %e, "reading container state"),
@@ -584,6 +545,7 @@ impl Worker {
         }
         let attempt = slot.restarts + u32::from(slot.last.is_some());
         let spec = slot.spec.clone();
+        let image = spec.image.clone().unwrap_or_default();
         let made = match self.env_objects(&spec).await {
             Err(e) => Err(e),
             Ok(objects) => podspec::container_config(
@@ -602,13 +564,12 @@ impl Worker {
         };
         // The image as it is now (a missing one fails in run_container: ErrImagePull):
         // runAsNonRoot is checked against its user, and its digest is the imageID.
-        let image = spec.image.clone().unwrap_or_default();
         let resolved = self.rt.resolve_image(&image).await.ok();
         let made = made.and_then(|c| match &resolved {
             Some(img) => security::verify_run_as_non_root(
                 &c.security,
                 &security::image_user(img.config.user.as_deref()),
-                &pod_desc(&self.pod),
+                &hooks::pod_desc(&self.pod),
                 &spec.name,
             )
             .map(|()| c),
@@ -626,16 +587,38 @@ impl Worker {
         };
         match self.rt.run_container(&sandbox, &cfg).await {
             Ok(status) => {
+                let started = Instant::now();
+                let running = Running::new(status.id.clone(), &spec, status.started_at, started);
+                {
+                    let slot = &mut self.slots[i];
+                    slot.restarts = attempt;
+                    slot.image_id = resolved.map(|i| i.digest).unwrap_or_default();
+                    slot.pull_failures = 0;
+                }
+                // postStart runs before the container counts as running and started, as
+                // upstream's SyncPod waits for it.
+                if let Some(failure) = self.post_start(i, &status.id, &sandbox).await {
+                    self.events
+                        .warn("FailedPostStartHook", "PostStartHook failed");
+                    tracing::warn!(pod = %self.name(), container = %spec.name, error = %failure, "postStart hook failed; killing the container");
+                    self.slots[i].running = Some(running);
+                    let exit = self.kill_slot(i, &status.id, grace).await;
+                    let Some(r) = self.slots[i].running.take() else {
+                        return;
+                    };
+                    self.finished(i, r, exit.as_ref(), policy).await;
+                    // Until it runs again, say why it stopped (upstream's reason cache).
+                    let slot = &mut self.slots[i];
+                    if !slot.done && slot.waiting.is_none() {
+                        slot.waiting = Some(("PostStartHookError".into(), failure));
+                    }
+                    return;
+                }
                 let slot = &mut self.slots[i];
-                let running =
-                    Running::new(status.id, &slot.spec, status.started_at, Instant::now());
                 slot.started = running.startup.is_none();
                 slot.ready = running.readiness.is_none();
-                slot.restarts = attempt;
-                slot.image_id = resolved.map(|i| i.digest).unwrap_or_default();
                 slot.running = Some(running);
                 slot.waiting = None;
-                slot.pull_failures = 0;
             }
             Err(e) if e.is_image_not_present() => {
                 let slot = &mut self.slots[i];
@@ -711,26 +694,14 @@ impl Worker {
         if let Some(why) = kill {
             tracing::info!(pod = %pod_name, container = %slot.spec.name, reason = %why, "restarting the container");
             slot.ready = false;
-            if let Err(e) = self.rt.stop_container(id, grace).await {
-                tracing::warn!(container = %id, error = %e, "stopping a container that failed its probe");
-            }
+            // As upstream, with its preStop hook; the exit is picked up on the next step.
+            self.kill_slot(i, id, grace).await;
         }
     }
 
     fn status(&self) -> PodStatus {
         pod_status(self)
     }
-}
-
-/// Upstream's `format.Pod`: `name_namespace(uid)`, as runAsNonRoot messages name pods.
-fn pod_desc(pod: &Pod) -> String {
-    let m = &pod.metadata;
-    format!(
-        "{}_{}({})",
-        m.name.as_deref().unwrap_or(""),
-        m.namespace.as_deref().unwrap_or("default"),
-        m.uid.as_deref().unwrap_or("")
-    )
 }
 
 async fn run(rt: &Runtime, id: &str, spec: &ProbeSpec, pod_ip: Option<IpAddr>) -> ProbeResult {
