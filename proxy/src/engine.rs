@@ -108,6 +108,15 @@ impl Engine {
             .collect()
     }
 
+    /// Empties the eBPF conntrack map (eBPF mode; iptables mode's flows live in the kernel's
+    /// conntrack table). Only benchmarks do this, between runs.
+    pub fn flush_conntrack(&mut self) -> Result<usize, DataplaneError> {
+        match self {
+            Engine::Ebpf(e) => e.dp.flush_conntrack(),
+            Engine::Iptables(_) => Ok(0),
+        }
+    }
+
     /// Removes the state of the mode not in use (called once this one is programmed, so the
     /// node is never left without either).
     pub fn clean_other_modes(&self, config: &Config, desired: &Desired) {
@@ -145,7 +154,7 @@ impl Engine {
 /// Waits (bounded) until the tc program is gone from `ifaces`. The kernel releases a link
 /// whose last pin went away asynchronously; until then the old programs keep NATing new
 /// flows, which iptables would then see mid-flow.
-fn wait_detached(ifaces: &[String]) {
+pub(crate) fn wait_detached(ifaces: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let attached: Vec<&String> = ifaces

@@ -409,6 +409,19 @@ impl Dataplane {
         Ok(ct.keys().filter(Result::is_ok).count())
     }
 
+    /// Deletes every conntrack entry: established flows pick a backend again with their
+    /// next packet (as new flows). Returns how many entries there were. For benchmarks,
+    /// whose runs must not inherit each other's flows; the proxy itself never flushes.
+    pub fn flush_conntrack(&mut self) -> Result<usize, DataplaneError> {
+        let mut ct: CtMap = typed_mut(&mut self.ebpf, names::CONNTRACK4)?;
+        let keys: Vec<Ct4Key> = ct.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            // an LRU entry may be evicted between the listing and the delete
+            remove_if_present(&mut ct, key).map_err(map_err("flushing the conntrack map"))?;
+        }
+        Ok(keys.len())
+    }
+
     fn reset_service_counters(
         &mut self,
         rev_nat_id: u16,
