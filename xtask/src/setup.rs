@@ -23,6 +23,8 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "conntrack",
+    // trafgen: the new-flow-rate part of `cargo xtask bench dataplane` sends UDP with it
+    "netsniff-ng",
     "protobuf-compiler",
     "dnsperf",
     "knot-dnsutils",
