@@ -228,6 +228,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     };
 
     let uids: server::PodUids = Default::default();
+    let active = crate::pod::ActivePods::default();
     let mut tasks = tokio::task::JoinSet::new();
     // Static pods first: they run whatever the apiserver does, and the sync loop must know
     // them before it looks for leftovers.
@@ -241,6 +242,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         node_ctx.clone(),
         uids.clone(),
         api_source,
+        active.clone(),
     )
     .map_err(NodeError::Flag)?;
     statics.start().await;
@@ -315,7 +317,16 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         let port = config.port;
         tasks.spawn(async move { post_status(client, node, node_ip, max_pods, port, token).await });
     }
-    let result = sync::run(client, rt, node_ctx, uids, static_pods, shutdown.clone()).await;
+    let result = sync::run(
+        client,
+        rt,
+        node_ctx,
+        uids,
+        static_pods,
+        active,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     result

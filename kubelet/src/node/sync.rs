@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::NodeError;
-use crate::pod::{self, NodeContext, PodHandle, WorkerConfig};
+use crate::pod::{self, ActivePods, NodeContext, PodHandle, Recorder, WorkerConfig};
 use crate::runtime::Runtime;
 use crate::static_pod::source::is_mirror;
 use crate::static_pod::StaticPods;
@@ -80,9 +80,16 @@ fn spawn_reporter(
 
 /// Stop a pod gracefully, post its final status and, if the API is deleting it, finish the
 /// deletion (grace 0, guarded by its uid).
-async fn finish(client: Client, running: Running, uid: String, delete_from_api: bool) {
+async fn finish(
+    client: Client,
+    running: Running,
+    uid: String,
+    delete_from_api: bool,
+    active: ActivePods,
+) {
     running.reporter.abort();
     let final_status = running.handle.terminate().await;
+    active.remove(&uid);
     let api: Api<Pod> = Api::namespaced(client, &running.namespace);
     let _ = api
         .patch_status(
@@ -176,12 +183,35 @@ async fn runtime_pods(rt: &Runtime) -> Vec<String> {
     uids
 }
 
+/// Reject `p` as upstream's `rejectPod` does: a Warning event with the reason, and status
+/// phase Failed with `Pod was rejected: <message>`.
+fn reject(client: &Client, p: &Pod, node: &str, why: &pod::admit::Rejection) {
+    let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+    tracing::warn!(pod = %format!("{ns}/{name}"), reason = %why.reason, message = %why.message, "rejecting a pod");
+    Recorder::new(Some(client.clone()), p, node).warn(&why.reason, &why.message);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let status = why.status();
+    tokio::spawn(async move {
+        let patch = Patch::Merge(json!({ "status": status }));
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &patch)
+            .await
+        {
+            tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "reporting a rejected pod");
+        }
+    });
+}
+
+/// The pod sync loop (see the module doc). `active` is the node's admitted pods, static
+/// pods included: a new pod whose hostPorts clash with theirs is rejected.
+#[allow(clippy::too_many_arguments)] // one call site, which has these at hand
 pub async fn run(
     client: Client,
     rt: Runtime,
     node: NodeContext,
     uids: super::server::PodUids,
     statics: StaticPods,
+    active: ActivePods,
     shutdown: component::CancellationToken,
 ) -> Result<(), NodeError> {
     let pods: Api<Pod> = Api::all(client.clone());
@@ -190,6 +220,8 @@ pub async fn run(
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut relist: Option<Vec<Pod>> = None;
     let mut finishing = Finishing::default();
+    // Pods rejected at admission: never started, even once their ports are free.
+    let mut rejected = std::collections::HashSet::new();
     // The first list after a start is the only moment pods deleted while no kubelet ran
     // can be told apart: the runtime still has them, the API does not.
     let mut first_list = true;
@@ -232,7 +264,10 @@ pub async fn run(
                     .collect();
                 for uid in gone {
                     if let Some(r) = running.remove(&uid) {
-                        finishing.spawn(uid.clone(), finish(client.clone(), r, uid, false));
+                        finishing.spawn(
+                            uid.clone(),
+                            finish(client.clone(), r, uid, false, active.clone()),
+                        );
                     }
                 }
                 if std::mem::take(&mut first_list) {
@@ -249,9 +284,13 @@ pub async fn run(
             Some(Ok(Event::Apply(p))) => vec![p],
             Some(Ok(Event::Delete(p))) => {
                 if let Some(uid) = p.metadata.uid.clone() {
+                    rejected.remove(&uid);
                     match running.remove(&uid) {
                         Some(r) => {
-                            finishing.spawn(uid.clone(), finish(client.clone(), r, uid, false));
+                            finishing.spawn(
+                                uid.clone(),
+                                finish(client.clone(), r, uid, false, active.clone()),
+                            );
                         }
                         // E.g. a terminal pod, which has no worker after a restart.
                         None => {
@@ -263,6 +302,9 @@ pub async fn run(
                 continue;
             }
         };
+        let mut seen = seen;
+        // As upstream's HandlePodAdditions: the older of two clashing pods is admitted.
+        seen.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
         for p in seen {
             let Some(uid) = p.metadata.uid.clone() else {
                 continue;
@@ -274,7 +316,10 @@ pub async fn run(
                     Some(r) => {
                         // The worker stops the pod with the deletion's grace period.
                         r.handle.update(&p);
-                        finishing.spawn(uid.clone(), finish(client.clone(), r, uid, true));
+                        finishing.spawn(
+                            uid.clone(),
+                            finish(client.clone(), r, uid, true, active.clone()),
+                        );
                     }
                     None => {
                         // No worker runs it (deleted while the kubelet was down, or
@@ -302,7 +347,12 @@ pub async fn run(
                 r.handle.update(&p);
                 continue;
             }
-            if is_terminal(&p) {
+            if is_terminal(&p) || rejected.contains(&uid) {
+                continue;
+            }
+            if let Err(why) = active.admit(&p) {
+                reject(&client, &p, &node.node_name, &why);
+                rejected.insert(uid);
                 continue;
             }
             tracing::info!(pod = %format!("{ns}/{name}"), "starting pod");
@@ -319,6 +369,7 @@ pub async fn run(
                 name.clone(),
                 handle.status.clone(),
             );
+            active.set_status(&uid, handle.status.clone());
             if let Ok(mut m) = uids.write() {
                 m.insert((ns.clone(), name.clone()), uid.clone());
             }

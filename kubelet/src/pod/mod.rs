@@ -4,6 +4,7 @@
 //! ConfigMaps/Secrets for volumes and posting pod events, through the `volume::Source` the
 //! sync loop ([`crate::node::sync`]) hands in.
 
+pub mod admit;
 mod events;
 pub mod hooks;
 pub mod probe;
@@ -11,5 +12,7 @@ pub mod spec;
 mod status;
 pub mod worker;
 
+pub use admit::ActivePods;
+pub(crate) use events::Recorder;
 pub use spec::{NodeContext, SpecError};
 pub use worker::{spawn, spawn_with, PodHandle, WorkerConfig};

@@ -545,7 +545,19 @@ impl Worker {
         }
         let attempt = slot.restarts + u32::from(slot.last.is_some());
         let spec = slot.spec.clone();
+        // Upstream's EnsureImageExists: a name that does not parse is InvalidImageName.
         let image = spec.image.clone().unwrap_or_default();
+        if crate::images::normalize_reference(&image).is_err() {
+            let msg = format!(
+                "Failed to apply default image tag {image:?}: couldn't parse image name \
+                 {image:?}: invalid reference format"
+            );
+            self.events.warn("InspectFailed", &msg);
+            let slot = &mut self.slots[i];
+            slot.waiting = Some(("InvalidImageName".into(), msg));
+            slot.next_start = now + self.cfg.backoff_initial;
+            return;
+        }
         let made = match self.env_objects(&spec).await {
             Err(e) => Err(e),
             Ok(objects) => podspec::container_config(

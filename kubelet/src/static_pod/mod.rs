@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use self::mirror::{Entry, Published};
 use self::source::{SourceError, SEEN_ANNOTATION};
 use crate::node::server::PodUids;
-use crate::pod::{self, NodeContext, PodHandle, WorkerConfig};
+use crate::pod::{self, ActivePods, NodeContext, PodHandle, WorkerConfig};
 use crate::runtime::Runtime;
 use crate::volume;
 
@@ -144,6 +144,11 @@ pub struct Manager {
     stopping: HashMap<String, Option<Entry>>,
     tasks: JoinSet<String>,
     publish: watch::Sender<Published>,
+    /// The node's admitted pods (API pods too): a static pod whose hostPorts clash is
+    /// rejected.
+    active: ActivePods,
+    /// Static pods rejected at admission, by uid: their mirror pods say so (phase Failed).
+    rejected: HashMap<String, (Pod, watch::Sender<k8s_openapi::api::core::v1::PodStatus>)>,
 }
 
 impl Manager {
@@ -155,6 +160,7 @@ impl Manager {
         node: NodeContext,
         uids: PodUids,
         api: volume::Source,
+        active: ActivePods,
     ) -> Result<Manager, String> {
         let headers = source::parse_headers(&cfg.manifest_url_header)?;
         let records = rt.config().root_dir.join("static-pods");
@@ -189,6 +195,8 @@ impl Manager {
             stopping: HashMap::new(),
             tasks: JoinSet::new(),
             publish: watch::channel(Published::default()).0,
+            active,
+            rejected: HashMap::new(),
         })
     }
 
@@ -349,10 +357,14 @@ impl Manager {
                 });
             }
         }
+        self.rejected
+            .retain(|uid, (p, _)| wanted.get(uid) == Some(&*p));
         let start: Vec<Pod> = wanted
             .iter()
             .filter(|(uid, _)| {
-                !self.running.contains_key(*uid) && !self.stopping.contains_key(*uid)
+                !self.running.contains_key(*uid)
+                    && !self.stopping.contains_key(*uid)
+                    && !self.rejected.contains_key(*uid)
             })
             .map(|(_, p)| p.clone())
             .collect();
@@ -385,6 +397,12 @@ impl Manager {
     fn start_pod(&mut self, desired: Pod) {
         let uid = desired.metadata.uid.clone().unwrap_or_default();
         let (ns, name) = (desired.namespace().unwrap_or_default(), desired.name_any());
+        if let Err(why) = self.active.admit(&desired) {
+            tracing::warn!(pod = %format!("{ns}/{name}"), reason = %why.reason, message = %why.message, "rejecting a static pod");
+            let status = watch::channel(why.status()).0;
+            self.rejected.insert(uid, (desired, status));
+            return;
+        }
         let mut pod = desired.clone();
         // `config.seen` is when this kubelet first saw the pod; an earlier kubelet's stays.
         let seen = read_record(&self.records, &uid)
@@ -406,6 +424,7 @@ impl Manager {
             WorkerConfig::default(),
             self.api.clone(),
         );
+        self.active.set_status(&uid, handle.status.clone());
         self.running.insert(
             uid,
             Running {
@@ -424,6 +443,7 @@ impl Manager {
         }
         let _ = std::fs::remove_file(record_path(&self.records, uid));
         self.owned.set(uid, false);
+        self.active.remove(uid);
         if let (Some(e), Ok(mut m)) = (entry, self.uids.write()) {
             let key = (e.pod.namespace().unwrap_or_default(), e.pod.name_any());
             if m.get(&key).map(String::as_str) == Some(uid) {
@@ -439,8 +459,13 @@ impl Manager {
             terminating: false,
         });
         let stopping = self.stopping.values().flatten().cloned();
+        let rejected = self.rejected.values().map(|(pod, status)| Entry {
+            pod: pod.clone(),
+            status: status.subscribe(),
+            terminating: false,
+        });
         let next = Published {
-            entries: running.chain(stopping).collect(),
+            entries: running.chain(stopping).chain(rejected).collect(),
             sources_ready: self.sources_ready(),
         };
         self.publish.send_if_modified(|p| {

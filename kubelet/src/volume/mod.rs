@@ -446,7 +446,14 @@ impl PodVolumes {
             let ready = self
                 .ready
                 .get(&m.name)
-                .ok_or_else(|| format!("volumeMount {:?}: no such volume is set up", m.name))?;
+                // Every volume of the pod is set up before its containers start: the pod
+                // has no volume of this name (upstream's message).
+                .ok_or_else(|| {
+                    format!(
+                        "cannot find volume {:?} to mount into container {:?}",
+                        m.name, c.name
+                    )
+                })?;
             let sub = match (&m.sub_path, &m.sub_path_expr) {
                 (Some(s), _) if !s.is_empty() => Some(s.clone()),
                 (_, Some(e)) if !e.is_empty() => Some(crate::pod::spec::expand(e, &vars)),

@@ -1,0 +1,257 @@
+//! The pods this node has admitted (upstream's pod manager, as far as admission and the
+//! server's `GET /pods` need it), and admission itself: the check upstream's kubelet re-runs
+//! from the scheduler's filters that a node can fail on its own, two pods asking for one
+//! `hostPort` (scheduled by hand, a static pod, or a race). A pod that does not fit is
+//! rejected as upstream rejects it: phase Failed, reason `NodePorts`, message `Pod was
+//! rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod
+//! ports`, and a Warning event with that reason. Pods are admitted in creation order, so the
+//! older of two wins.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use tokio::sync::watch;
+
+/// One `hostPort` a pod asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// `hostIP`, `0.0.0.0` when unset.
+    pub ip: String,
+    pub protocol: String,
+    pub port: i32,
+}
+
+const ANY_IP: &str = "0.0.0.0";
+
+impl HostPort {
+    /// Upstream's `HostPortInfo.CheckConflict`: same protocol and port, and the same address
+    /// or either on every address.
+    pub fn conflicts(&self, other: &HostPort) -> bool {
+        self.protocol == other.protocol
+            && self.port == other.port
+            && (self.ip == other.ip || self.ip == ANY_IP || other.ip == ANY_IP)
+    }
+}
+
+/// The hostPorts of `pod`'s containers and sidecars (they run beside each other).
+pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    spec.containers
+        .iter()
+        .chain(sidecars)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|h| *h > 0)?;
+            Some(HostPort {
+                ip: p
+                    .host_ip
+                    .clone()
+                    .filter(|ip| !ip.is_empty())
+                    .unwrap_or_else(|| ANY_IP.into()),
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                port,
+            })
+        })
+        .collect()
+}
+
+/// Why a pod was not admitted (upstream's reason and message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Rejection {
+    fn node_ports() -> Rejection {
+        Rejection {
+            reason: "NodePorts".into(),
+            message: "Predicate NodePorts failed: node(s) didn't have free ports for the \
+                      requested pod ports"
+                .into(),
+        }
+    }
+
+    /// The status upstream's `rejectPod` gives the pod.
+    pub fn status(&self) -> PodStatus {
+        PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some(self.reason.clone()),
+            message: Some(format!("Pod was rejected: {}", self.message)),
+            ..Default::default()
+        }
+    }
+}
+
+struct Active {
+    pod: Pod,
+    ports: Vec<HostPort>,
+    status: Option<watch::Receiver<PodStatus>>,
+}
+
+/// The admitted pods of this node, shared by the sync loop, the static pods and the server.
+#[derive(Clone, Default)]
+pub struct ActivePods {
+    inner: Arc<Mutex<HashMap<String, Active>>>,
+}
+
+impl std::fmt::Debug for ActivePods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivePods")
+            .field("pods", &self.lock().len())
+            .finish()
+    }
+}
+
+impl ActivePods {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admit `pod` (again: a pod already admitted stays so), or say why not.
+    pub fn admit(&self, pod: &Pod) -> Result<(), Rejection> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut pods = self.lock();
+        if let Some(a) = pods.get_mut(&uid) {
+            a.pod = pod.clone();
+            return Ok(());
+        }
+        let ports = host_ports(pod);
+        let taken = pods
+            .values()
+            .flat_map(|a| &a.ports)
+            .any(|p| ports.iter().any(|q| q.conflicts(p)));
+        if taken {
+            return Err(Rejection::node_ports());
+        }
+        pods.insert(
+            uid,
+            Active {
+                pod: pod.clone(),
+                ports,
+                status: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The status feed of admitted pod `uid` (its worker's).
+    pub fn set_status(&self, uid: &str, status: watch::Receiver<PodStatus>) {
+        if let Some(a) = self.lock().get_mut(uid) {
+            a.status = Some(status);
+        }
+    }
+
+    /// Pod `uid` has stopped: its ports are free again.
+    pub fn remove(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    /// Every admitted pod with its current status, by namespace and name.
+    pub fn list(&self) -> Vec<Pod> {
+        let mut out: Vec<Pod> = self
+            .lock()
+            .values()
+            .map(|a| {
+                let mut pod = a.pod.clone();
+                if let Some(s) = &a.status {
+                    pod.status = Some(s.borrow().clone());
+                }
+                pod
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(uid: &str, ports: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": uid, "uid": uid},
+            "spec": {"containers": [{"name": "c", "ports": ports}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn one_host_port_one_pod() {
+        let active = ActivePods::default();
+        active
+            .admit(&pod(
+                "a",
+                json!([{"containerPort": 80, "hostPort": 8080}, {"containerPort": 81}]),
+            ))
+            .unwrap();
+        let clash = active
+            .admit(&pod("b", json!([{"containerPort": 90, "hostPort": 8080}])))
+            .unwrap_err();
+        assert_eq!(clash.reason, "NodePorts");
+        assert_eq!(
+            clash.status().message.as_deref(),
+            Some("Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports")
+        );
+        assert_eq!(clash.status().phase.as_deref(), Some("Failed"));
+        // Another protocol, another port, or an address of its own beside another address.
+        for ok in [
+            json!([{"containerPort": 1, "hostPort": 8080, "protocol": "UDP"}]),
+            json!([{"containerPort": 1, "hostPort": 8081}]),
+            json!([{"containerPort": 1}]),
+        ] {
+            let uid = format!("ok-{}", active.list().len());
+            active.admit(&pod(&uid, ok)).unwrap();
+        }
+        active
+            .admit(&pod(
+                "ip1",
+                json!([{"containerPort": 1, "hostPort": 9000, "hostIP": "10.0.0.1"}]),
+            ))
+            .unwrap();
+        active
+            .admit(&pod(
+                "ip2",
+                json!([{"containerPort": 1, "hostPort": 9000, "hostIP": "10.0.0.2"}]),
+            ))
+            .unwrap();
+        assert!(active
+            .admit(&pod("any", json!([{"containerPort": 1, "hostPort": 9000}])))
+            .is_err());
+        // Admitting again is fine; once the first pod is gone its port is free.
+        active
+            .admit(&pod("a", json!([{"containerPort": 80, "hostPort": 8080}])))
+            .unwrap();
+        active.remove("a");
+        active
+            .admit(&pod("b", json!([{"containerPort": 90, "hostPort": 8080}])))
+            .unwrap();
+        let (tx, rx) = watch::channel(PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        active.set_status("b", rx);
+        let listed = active.list();
+        assert_eq!(listed.len(), 6);
+        let b = listed
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("b"))
+            .unwrap();
+        assert_eq!(
+            b.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Running")
+        );
+        drop(tx);
+    }
+}

@@ -1,0 +1,192 @@
+//! Bad specs become pod status and events, never a crash (the real kaze apiserver
+//! in-process, a real containerd, runc and CNI, the kubelet's API loop): a volumeMount of no
+//! volume is `CreateContainerConfigError`, an image name that does not parse is
+//! `InvalidImageName`, and of two pods asking for one hostPort the second is rejected at
+//! admission (phase Failed, reason `NodePorts`), as upstream's kubelet does. The kubelet
+//! runs a good pod afterwards all the same.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use support::cluster::Cluster;
+
+async fn create(c: &Cluster, v: serde_json::Value) -> Pod {
+    let mut pod: Pod = serde_json::from_value(v).expect("pod");
+    let spec = pod.spec.as_mut().expect("spec");
+    spec.node_name = Some(c.node.clone());
+    spec.termination_grace_period_seconds = Some(1);
+    c.pods("default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod")
+}
+
+fn waiting(p: &Pod) -> Option<(String, String)> {
+    let s = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let w = s.state.as_ref()?.waiting.as_ref()?;
+    Some((
+        w.reason.clone().unwrap_or_default(),
+        w.message.clone().unwrap_or_default(),
+    ))
+}
+
+fn running(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}
+
+/// The message of the Warning event `reason` about `pod`, once there is one.
+async fn event(c: &Cluster, pod: &str, reason: &str) -> String {
+    let api: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    testkit::wait_for(
+        &format!("a {reason} event for {pod}"),
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move {
+                let list = api.list(&ListParams::default()).await.ok()?;
+                list.items.into_iter().find_map(|e| {
+                    (e.involved_object.name.as_deref() == Some(pod)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some("Warning"))
+                    .then(|| e.message.unwrap_or_default())
+                })
+            }
+        },
+    )
+    .await
+}
+
+fn sleeper(name: &str, host_port: Option<u16>) -> serde_json::Value {
+    let mut c = json!({"name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"]});
+    if let Some(p) = host_port {
+        c["ports"] = json!([{"containerPort": 8080, "hostPort": p}]);
+    }
+    json!({"metadata": {"name": name}, "spec": {"containers": [c]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_pod_status_and_events_never_a_crash() {
+    // Dropped after the cluster (and its kubelet): the hostPort rules of pods left running.
+    let _portmap = support::PortmapGuard(format!("kl-bad-{}", std::process::id()));
+    let mut c = Cluster::new("bad", 235).await;
+    c.start_kubelet();
+    c.wait_node().await;
+
+    create(
+        &c,
+        json!({"metadata": {"name": "ghost-volume"}, "spec": {"containers": [{
+            "name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"],
+            "volumeMounts": [{"name": "ghost", "mountPath": "/ghost"}]}]}}),
+    )
+    .await;
+    create(
+        &c,
+        json!({"metadata": {"name": "bad-image"}, "spec": {"containers": [{
+            "name": "main", "image": "kaze/BusyBox:1", "command": ["sleep", "3600"]}]}}),
+    )
+    .await;
+    let port = testkit::free_port();
+    let first = create(&c, sleeper("port-first", Some(port))).await;
+    c.wait_pod("default", "port-first", "port-first running", running)
+        .await;
+    let second = create(&c, sleeper("port-second", Some(port))).await;
+
+    let want = "cannot find volume \"ghost\" to mount into container \"main\"";
+    let p = c
+        .wait_pod(
+            "default",
+            "ghost-volume",
+            "CreateContainerConfigError",
+            |p| waiting(p).is_some_and(|(r, _)| r == "CreateContainerConfigError"),
+        )
+        .await;
+    assert_eq!(waiting(&p).expect("waiting").1, want);
+    assert_eq!(
+        event(&c, "ghost-volume", "Failed").await,
+        format!("Error: {want}")
+    );
+
+    let want = "Failed to apply default image tag \"kaze/BusyBox:1\": couldn't parse image name \"kaze/BusyBox:1\": invalid reference format";
+    let p = c
+        .wait_pod("default", "bad-image", "InvalidImageName", |p| {
+            waiting(p).is_some_and(|(r, _)| r == "InvalidImageName")
+        })
+        .await;
+    assert_eq!(waiting(&p).expect("waiting").1, want);
+    assert_eq!(event(&c, "bad-image", "InspectFailed").await, want);
+
+    let p = c
+        .wait_pod("default", "port-second", "the second pod rejected", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+        })
+        .await;
+    let s = p.status.expect("status");
+    assert_eq!(s.reason.as_deref(), Some("NodePorts"));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports")
+    );
+    assert_eq!(
+        event(&c, "port-second", "NodePorts").await,
+        "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+    );
+    let second_uid = second.metadata.uid.clone().expect("uid");
+    assert!(
+        c.pod_containers(&second_uid).is_empty(),
+        "the rejected pod got no sandbox"
+    );
+    let first_uid = first.metadata.uid.clone().expect("uid");
+    assert!(
+        c.running(&first_uid, "main").is_some(),
+        "the first keeps running"
+    );
+
+    // The port is free again once the first pod is gone: a new pod gets it, the rejected one
+    // stays rejected (as upstream).
+    c.pods("default")
+        .delete("port-first", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_pod_gone("default", "port-first").await;
+    create(&c, sleeper("port-third", Some(port))).await;
+    c.wait_pod("default", "port-third", "port-third running", running)
+        .await;
+    let p = c.pods("default").get("port-second").await.expect("get");
+    assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Failed"));
+    assert!(c.pod_containers(&second_uid).is_empty());
+
+    // Nothing above hurt the kubelet: a good pod runs.
+    create(&c, sleeper("good", None)).await;
+    c.wait_pod("default", "good", "the good pod running", running)
+        .await;
+    for name in [
+        "port-third",
+        "good",
+        "ghost-volume",
+        "bad-image",
+        "port-second",
+    ] {
+        c.pods("default")
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in [
+        "port-third",
+        "good",
+        "ghost-volume",
+        "bad-image",
+        "port-second",
+    ] {
+        c.wait_pod_gone("default", name).await;
+    }
+}
