@@ -231,6 +231,8 @@ async fn kubelet_server_authenticates_callers_by_client_certificate_or_refuses_e
             auth: std::sync::Arc::new(
                 kubelet::node::auth::Auth::new(None, anonymous, port).expect("auth"),
             ),
+            active: Default::default(),
+            server_pods: None,
         };
         tokio::spawn(kubelet::node::server::serve(config, token.child_token()));
         port

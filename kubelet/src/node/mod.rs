@@ -247,6 +247,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     .map_err(NodeError::Flag)?;
     statics.start().await;
     let static_pods = statics.static_pods();
+    let server_pods = statics.server_pods();
     let mirror_pods = client
         .clone()
         .map(|c| statics.mirror_pods(c, shutdown.clone()));
@@ -272,6 +273,8 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             tls_dir,
             names: vec![node_name.clone(), node_ip.to_string()],
             auth,
+            active: active.clone(),
+            server_pods,
         };
         tasks.spawn(async move {
             if let Err(e) = server::serve(server_config, token).await {
@@ -557,6 +560,7 @@ mod tests {
             "http://example/pods",
             "--manifest-url-header",
             "a:b,c:d",
+            "--pod-server",
             "--pod-cidr",
             "10.1.2.0/24",
         ])
@@ -570,6 +574,7 @@ mod tests {
         assert_eq!(s.http_check_frequency, std::time::Duration::from_secs(20));
         assert_eq!(s.manifest_url_header, vec!["a:b", "c:d"]);
         assert_eq!(c.pod_cidr.as_deref(), Some("10.1.2.0/24"));
+        assert!(s.pod_server);
         assert!(!Kubelet::parse_from(["kubelet"])
             .config
             .static_pods

@@ -12,7 +12,11 @@
 //! - `/attach/<ns>/<pod>/<container>`: the same channels carrying the output of the
 //!   container's main process (no stdin: containers are created without one);
 //! - `/portForward/<ns>/<pod>`: SPDY/3.1, raw or tunnelled in a WebSocket, or the
-//!   WebSocket channel protocol with `?ports=` ([`super::portforward`]).
+//!   WebSocket channel protocol with `?ports=` ([`super::portforward`]);
+//! - `GET /pods`: the pods this kubelet runs (a `v1.PodList` with their current status), as
+//!   upstream's;
+//! - `POST /pods`, `DELETE /pods/<ns>/<name>`: the kubelet's own pod source (`--pod-server`,
+//!   a kaze extension: [`crate::static_pod::server`]).
 //!
 //! Callers are authenticated by client certificate and authorized by [`super::auth`] before
 //! any handler runs.
@@ -26,14 +30,16 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::Router;
 use bytes::Bytes;
 
 use super::stream::{self, ExecOptions};
 use super::NodeError;
 use super::{portforward, spdy_exec};
+use crate::pod::ActivePods;
 use crate::runtime::Runtime;
+use crate::static_pod::server::{ServerPodError, ServerPods};
 
 /// `(namespace, name)` → uid of the pods this kubelet runs (kept by the sync loop), so a
 /// log request reaches the current pod of that name, not an earlier one's files.
@@ -45,6 +51,8 @@ struct Ctx {
     uids: PodUids,
     rt: Runtime,
     stats: std::sync::Arc<crate::stats::Collector>,
+    active: ActivePods,
+    server_pods: Option<ServerPods>,
 }
 
 /// The inputs of [`serve`].
@@ -59,6 +67,10 @@ pub struct ServerConfig {
     pub names: Vec<String>,
     /// Who may call (`--client-ca-file`, `--anonymous-auth`).
     pub auth: std::sync::Arc<super::auth::Auth>,
+    /// The pods this node runs (`GET /pods`).
+    pub active: ActivePods,
+    /// The pods POSTed to `/pods` (`--pod-server`); None when that source is off.
+    pub server_pods: Option<ServerPods>,
 }
 
 /// Bind and serve until `shutdown`.
@@ -74,6 +86,8 @@ pub async fn serve(
         tls_dir,
         names,
         auth,
+        active,
+        server_pods,
     } = config;
     let tls = component::https::self_signed(&tls_dir, &names, auth.client_certs())
         .map_err(|e| NodeError::Flag(format!("kubelet serving certificate: {e}")))?;
@@ -88,6 +102,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/stats/summary", get(stats_summary))
+        .route("/pods", get(list_pods).post(post_pod))
+        .route("/pods/{ns}/{name}", delete(delete_pod))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .route("/attach/{ns}/{pod}/{container}", get(attach).post(attach))
@@ -100,6 +116,8 @@ pub async fn serve(
             uids,
             rt,
             stats,
+            active,
+            server_pods,
         })
         .layer(axum::middleware::from_fn_with_state(
             auth,
@@ -278,6 +296,69 @@ async fn stats_summary(
         .get("only_cpu_and_memory")
         .is_some_and(|v| v == "true" || v == "1");
     axum::Json(ctx.stats.summary(only).await).into_response()
+}
+
+/// `GET /pods`: the pods this kubelet runs, with their status (upstream's `v1.PodList`).
+async fn list_pods(State(ctx): State<Ctx>) -> Response {
+    let list = serde_json::json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {},
+        "items": ctx.active.list(),
+    });
+    axum::Json(list).into_response()
+}
+
+fn pod_server_off() -> Response {
+    text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this kubelet takes no pods over HTTP: start it with --pod-server".into(),
+    )
+}
+
+fn server_pod_error(e: ServerPodError) -> Response {
+    let code = match &e {
+        ServerPodError::Decode(_) => StatusCode::BAD_REQUEST,
+        ServerPodError::Taken { .. } => StatusCode::CONFLICT,
+        ServerPodError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ServerPodError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(code, e.to_string())
+}
+
+/// `POST /pods` with a Pod manifest (YAML or JSON): run it as a static pod (`--pod-server`).
+/// 201 with the pod as it runs, or 200 when it replaced a posted pod of the same name.
+async fn post_pod(State(ctx): State<Ctx>, body: Bytes) -> Response {
+    let Some(pods) = &ctx.server_pods else {
+        return pod_server_off();
+    };
+    match pods.post(&body) {
+        Ok((pod, replaced)) => {
+            tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or("")), replaced, "pod posted to the kubelet server");
+            let code = if replaced {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (code, axum::Json(pod)).into_response()
+        }
+        Err(e) => server_pod_error(e),
+    }
+}
+
+/// `DELETE /pods/<ns>/<name>`: stop and remove a posted pod (by its name as posted or as it
+/// runs, `<name>-<node>`).
+async fn delete_pod(
+    State(ctx): State<Ctx>,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+) -> Response {
+    let Some(pods) = &ctx.server_pods else {
+        return pod_server_off();
+    };
+    match pods.delete(&ns, &name) {
+        Ok(pod) => axum::Json(pod).into_response(),
+        Err(e) => server_pod_error(e),
+    }
 }
 
 /// `/exec/<ns>/<pod>/<container>`: a channel session running the command.

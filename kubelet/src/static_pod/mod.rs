@@ -3,7 +3,8 @@
 //! - Sources ([`source`]): `--pod-manifest-path` (a manifest file or a directory of them,
 //!   read again in full every `--file-check-frequency` and as soon as a file's size or
 //!   modification time changes, which is polled every second) and `--manifest-url` (fetched
-//!   every `--http-check-frequency`).
+//!   every `--http-check-frequency`), and with `--pod-server` the kubelet server's `POST
+//!   /pods` ([`server`], a kaze extension).
 //! - Each static pod gets a pod worker, as API pods do; its uid is the manifest's hash, so
 //!   an edited manifest is a new pod: the old one is stopped and the new one started. A
 //!   removed manifest stops its pod and removes everything of it.
@@ -16,6 +17,7 @@
 //!   read.
 
 pub mod mirror;
+pub mod server;
 pub mod source;
 
 use std::collections::{HashMap, HashSet};
@@ -60,6 +62,12 @@ pub struct Config {
     /// How often `--manifest-url` is fetched.
     #[arg(long = "http-check-frequency", default_value = "20s", value_parser = component::leader::parse_duration)]
     pub http_check_frequency: Duration,
+    /// Run pods POSTed to the kubelet server's `/pods` as static pods (a kaze extension:
+    /// the "POST a manifest" source upstream's kubelet no longer has); `DELETE
+    /// /pods/<namespace>/<name>` removes one. Callers are authenticated as for exec.
+    #[arg(long = "pod-server", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub pod_server: bool,
 }
 
 impl Default for Config {
@@ -71,13 +79,14 @@ impl Default for Config {
             manifest_url: None,
             manifest_url_header: Vec::new(),
             http_check_frequency: Duration::from_secs(20),
+            pod_server: false,
         }
     }
 }
 
 impl Config {
     pub fn enabled(&self) -> bool {
-        self.pod_manifest_path.is_some() || self.manifest_url.is_some()
+        self.pod_manifest_path.is_some() || self.manifest_url.is_some() || self.pod_server
     }
 }
 
@@ -138,6 +147,7 @@ pub struct Manager {
     records: PathBuf,
     file: Option<FileSource>,
     http: Option<HttpSource>,
+    server: Option<server::ServerPods>,
     desired: Vec<Pod>,
     running: HashMap<String, Running>,
     /// Pods being stopped (or leftovers being removed), by uid; their mirrors hear the end.
@@ -169,7 +179,12 @@ impl Manager {
             owned.set(&uid, true);
         }
         let now = Instant::now();
+        let server = cfg.pod_server.then(|| {
+            let dir = rt.config().root_dir.join("server-pods");
+            server::ServerPods::open(&dir, &node.node_name)
+        });
         Ok(Manager {
+            server,
             file: cfg.pod_manifest_path.clone().map(|path| FileSource {
                 path,
                 fingerprint: None,
@@ -198,6 +213,11 @@ impl Manager {
             active,
             rejected: HashMap::new(),
         })
+    }
+
+    /// The pods POSTed to the kubelet server (`--pod-server`), for the server.
+    pub fn server_pods(&self) -> Option<server::ServerPods> {
+        self.server.clone()
     }
 
     /// The uids of the static pods, for the sync loop.
@@ -237,11 +257,19 @@ impl Manager {
     pub async fn run(mut self, shutdown: component::CancellationToken) {
         let every = self.cfg.file_check_frequency.min(Duration::from_secs(1));
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
+        let server = self.server.clone();
+        let posted = || async {
+            match &server {
+                Some(s) => s.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
             let mut changed = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+                () = posted() => changed = true,
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Ok(uid) = done {
                         self.stopped(&uid);
@@ -310,13 +338,24 @@ impl Manager {
     }
 
     /// The static pods the sources hold; of two with one name the first wins (files before
-    /// the URL, files in name order), as upstream rejects the second.
+    /// the URL, files in name order, posted pods last), as upstream rejects the second.
     fn merge(&self) -> Vec<Pod> {
         let from_file = self.file.iter().flat_map(|f| f.pods.iter().flatten());
         let from_url = self.http.iter().flat_map(|h| h.pods.iter().flatten());
+        if let Some(server) = &self.server {
+            // A POST of a name these have is refused.
+            server.set_others(
+                from_file
+                    .clone()
+                    .chain(from_url.clone())
+                    .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+                    .collect(),
+            );
+        }
+        let posted = self.server.iter().flat_map(|s| s.pods());
         let mut names = HashSet::new();
         let mut pods = Vec::new();
-        for p in from_file.chain(from_url) {
+        for p in from_file.cloned().chain(from_url.cloned()).chain(posted) {
             if names.insert((p.namespace().unwrap_or_default(), p.name_any())) {
                 pods.push(p.clone());
             } else {

@@ -19,6 +19,9 @@ pub const SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
 pub const HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
 pub const SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// `config.source` of pods POSTed to the kubelet server (a kaze extension; upstream's are
+/// `file`, `http` and `api`).
+pub const SERVER_SOURCE: &str = "http-server";
 
 /// How long a manifest URL may take to answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +47,8 @@ pub enum SourceError {
 pub enum Origin {
     File(PathBuf),
     Url(String),
+    /// POSTed to the kubelet server's `/pods` (a kaze extension).
+    Server,
 }
 
 impl std::fmt::Display for Origin {
@@ -51,6 +56,7 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::File(p) => write!(f, "manifest file {}", p.display()),
             Origin::Url(u) => write!(f, "manifest url {u}"),
+            Origin::Server => write!(f, "manifest posted to the kubelet server"),
         }
     }
 }
@@ -147,6 +153,7 @@ pub fn apply_defaults(mut pod: Pod, origin: &Origin, node: &str) -> Pod {
                 data.extend_from_slice(format!("host:{node}file:{}", p.display()).as_bytes())
             }
             Origin::Url(u) => data.extend_from_slice(format!("url:{u}").as_bytes()),
+            Origin::Server => data.extend_from_slice(format!("host:{node}server").as_bytes()),
         }
         pod.metadata.uid = Some(crate::images::sha256_digest(&data)[7..39].to_string());
     }
@@ -164,6 +171,7 @@ pub fn apply_defaults(mut pod: Pod, origin: &Origin, node: &str) -> Pod {
     let source = match origin {
         Origin::File(_) => "file",
         Origin::Url(_) => "http",
+        Origin::Server => SERVER_SOURCE,
     };
     annotations.insert(SOURCE_ANNOTATION.into(), source.into());
     // The apiserver strips these; a pod read back from a mirror must not carry them.

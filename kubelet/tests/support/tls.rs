@@ -170,3 +170,30 @@ pub async fn get(kubelet_port: u16, path: &str, id: Option<&Identity>) -> (u16, 
         .unwrap_or_else(|| panic!("an HTTP answer: {raw:?}"));
     (code, body.to_string())
 }
+
+/// `method path` with `body` straight to the kubelet: the status code and the body.
+pub async fn request(
+    kubelet_port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    id: Option<&Identity>,
+) -> (u16, String) {
+    let mut tls = connect(kubelet_port, id).await;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.expect("request");
+    tls.write_all(body).await.expect("request body");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {raw:?}"));
+    (code, body.to_string())
+}
