@@ -36,6 +36,7 @@ mod objects;
 mod openapi;
 mod patch;
 mod protobuf;
+mod rbac;
 mod registry;
 mod reviews;
 mod router;

@@ -1,17 +1,22 @@
 //! Create-only "review" resources that are answered, never stored: `kubectl auth can-i`
-//! (SelfSubjectAccessReview) and `kubectl auth whoami` (SelfSubjectReview). There is no
-//! authorization layer yet, so every authenticated user is allowed everything — and the
-//! answer says so.
+//! (SelfSubjectAccessReview, answered by the RBAC authorizer) and `kubectl auth whoami`
+//! (SelfSubjectReview).
 
 use serde_json::{json, Value};
 
 use crate::auth::UserInfo;
+use crate::rbac::Attributes;
+use crate::state::AppState;
 use crate::status::ApiError;
 
 /// Answers a `create` of a review resource for `user`.
-pub type Review = fn(&UserInfo, Value) -> Result<Value, ApiError>;
+pub type Review = fn(&AppState, &UserInfo, Value) -> Result<Value, ApiError>;
 
-pub fn self_subject_access_review(_user: &UserInfo, mut body: Value) -> Result<Value, ApiError> {
+pub fn self_subject_access_review(
+    state: &AppState,
+    user: &UserInfo,
+    mut body: Value,
+) -> Result<Value, ApiError> {
     if !body.get("spec").is_some_and(|s| {
         s.get("resourceAttributes").is_some() || s.get("nonResourceAttributes").is_some()
     }) {
@@ -22,11 +27,42 @@ pub fn self_subject_access_review(_user: &UserInfo, mut body: Value) -> Result<V
             vec![("spec.resourceAttributes".into(), "FieldValueRequired", "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into())],
         ));
     }
-    body["status"] = json!({"allowed": true, "reason": "kaze has no authorization layer yet: every authenticated user may do everything"});
+    let spec = &body["spec"];
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let attrs = match spec.get("resourceAttributes") {
+        Some(r) => {
+            let sub = text(r, "subresource");
+            let mut resource = text(r, "resource");
+            if !sub.is_empty() {
+                resource = format!("{resource}/{sub}");
+            }
+            let opt = |k: &str| Some(text(r, k)).filter(|s| !s.is_empty());
+            Attributes::Resource {
+                verb: text(r, "verb"),
+                group: text(r, "group"),
+                resource,
+                namespace: opt("namespace"),
+                name: opt("name"),
+            }
+        }
+        None => {
+            let n = &spec["nonResourceAttributes"];
+            Attributes::NonResource {
+                verb: text(n, "verb"),
+                path: text(n, "path"),
+            }
+        }
+    };
+    let (allowed, reason) = state.rbac.authorize(user, &attrs);
+    body["status"] = json!({"allowed": allowed, "reason": reason});
     Ok(body)
 }
 
-pub fn self_subject_review(user: &UserInfo, mut body: Value) -> Result<Value, ApiError> {
+pub fn self_subject_review(
+    _state: &AppState,
+    user: &UserInfo,
+    mut body: Value,
+) -> Result<Value, ApiError> {
     body["status"] =
         json!({"userInfo": {"username": user.name, "uid": user.uid, "groups": user.groups}});
     Ok(body)

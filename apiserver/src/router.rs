@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::handlers::{self, Target};
 use crate::negotiate::MAX_BODY_BYTES;
+use crate::rbac::Attributes;
 use crate::registry::{Registry, Sub};
 use crate::state::AppState;
 use crate::status::ApiError;
@@ -23,7 +24,7 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ok))
         .route("/livez", get(ok))
         .route("/readyz", get(ok))
-        .route("/metrics", get(crate::metrics::serve))
+        .route("/metrics", get(metrics))
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -34,6 +35,15 @@ pub fn build(state: Arc<AppState>) -> Router {
             crate::metrics::track,
         ))
         .with_state(state)
+}
+
+/// `/metrics` for users RBAC lets read it (upstream: `get` on the non-resource URL).
+async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = authorize(&state, &parts, non_resource(&parts, "/metrics")) {
+        return r;
+    }
+    crate::metrics::serve(State(state)).await
 }
 
 async fn ok() -> &'static str {
@@ -124,6 +134,11 @@ fn parse(reg: &Registry, path: &str) -> Option<Route> {
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
+    if path.starts_with("/openapi/") {
+        if let Err(r) = authorize(&state, &parts, non_resource(&parts, &path)) {
+            return r;
+        }
+    }
     if let Some(rest) = path.strip_prefix("/openapi/v3") {
         return openapi(&state, rest);
     }
@@ -132,6 +147,16 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         return ApiError::no_route("/openapi/v2 (kaze serves /openapi/v3)").into_response();
     }
     if let Some((node, rest)) = node_proxy_path(&path) {
+        let attrs = Attributes::Resource {
+            verb: method_verb(&parts.method, true, false).into(),
+            group: String::new(),
+            resource: "nodes/proxy".into(),
+            namespace: None,
+            name: Some(node.to_string()),
+        };
+        if let Err(r) = authorize(&state, &parts, attrs) {
+            return r;
+        }
         let body = match read_body(body).await {
             Ok(b) => b,
             Err(e) => return e.into_response(),
@@ -151,6 +176,13 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let Some(route) = parse(&state.registry, &path) else {
         return ApiError::no_route(&path).into_response();
     };
+    let attrs = match &route {
+        Route::Resource(t) => resource_attributes(&parts, t),
+        _ => non_resource(&parts, &path),
+    };
+    if let Err(r) = authorize(&state, &parts, attrs) {
+        return r;
+    }
     match route {
         Route::CoreRoot => crate::discovery::core_root(&state.registry, &parts.headers),
         Route::GroupsRoot => crate::discovery::groups_root(&state.registry, &parts.headers),
@@ -171,7 +203,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                 }
             };
             if let Some(review) = t.def.review {
-                return answer_review(&t, review, &parts, &body);
+                return answer_review(&state, &t, review, &parts, &body);
             }
             if matches!(t.sub, Some(Sub::Exec | Sub::Attach | Sub::PortForward)) {
                 let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
@@ -192,6 +224,93 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     }
 }
 
+/// RBAC: Ok if the request's user may do `attrs`, else the 403 to answer.
+#[allow(clippy::result_large_err)] // a Response is what the caller returns anyway
+fn authorize(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    attrs: Attributes,
+) -> Result<(), Response> {
+    let anonymous;
+    let user = match parts.extensions.get::<crate::auth::UserInfo>() {
+        Some(u) => u,
+        None => {
+            anonymous = crate::auth::UserInfo {
+                name: "system:anonymous".into(),
+                uid: String::new(),
+                groups: vec!["system:unauthenticated".into()],
+            };
+            &anonymous
+        }
+    };
+    if state.rbac.authorize(user, &attrs).0 {
+        return Ok(());
+    }
+    let action = attrs.describe();
+    let err = match &attrs {
+        Attributes::Resource {
+            group,
+            resource,
+            name,
+            ..
+        } => ApiError::unauthorized_action(
+            resource.split('/').next().unwrap_or(resource),
+            group,
+            name.as_deref(),
+            &user.name,
+            &action,
+        ),
+        Attributes::NonResource { .. } => ApiError::forbidden_path(&user.name, &action),
+    };
+    Err(err.into_response())
+}
+
+/// The RBAC verb of an HTTP method (upstream's request-info rules).
+fn method_verb(method: &axum::http::Method, named: bool, watch: bool) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET | Method::HEAD if watch => "watch",
+        Method::GET | Method::HEAD if named => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+fn resource_attributes(parts: &axum::http::request::Parts, t: &Target) -> Attributes {
+    let q = handlers::parse_query(parts.uri.query());
+    let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    // exec/attach/port-forward need create, whichever method the upgrade arrives with
+    let verb = if matches!(t.sub, Some(Sub::Exec | Sub::Attach | Sub::PortForward)) {
+        "create"
+    } else {
+        method_verb(&parts.method, t.name.is_some(), watch)
+    };
+    let resource = match t.sub {
+        Some(sub) => format!("{}/{}", t.def.plural, sub.name()),
+        None => t.def.plural.to_string(),
+    };
+    // a namespace's own path names it, it is not "in" it
+    Attributes::Resource {
+        verb: verb.into(),
+        group: t.def.group.to_string(),
+        resource,
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+    }
+}
+
+fn non_resource(parts: &axum::http::request::Parts, path: &str) -> Attributes {
+    Attributes::NonResource {
+        verb: parts.method.as_str().to_ascii_lowercase(),
+        path: path.to_string(),
+    }
+}
+
 /// `/api/v1/nodes/<node>/proxy[/<path>]`: the node and the path for its kubelet (as sent,
 /// still percent-encoded).
 fn node_proxy_path(path: &str) -> Option<(&str, &str)> {
@@ -209,6 +328,7 @@ fn node_proxy_path(path: &str) -> Option<(&str, &str)> {
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
 fn answer_review(
+    state: &AppState,
     t: &Target,
     review: crate::reviews::Review,
     parts: &axum::http::request::Parts,
@@ -229,7 +349,7 @@ fn answer_review(
             crate::negotiate::decode_object(body, crate::negotiate::body_type(&parts.headers)?)?;
         obj["apiVersion"] = serde_json::json!(t.def.api_version());
         obj["kind"] = serde_json::json!(t.def.kind);
-        let answer = review(user, obj)?;
+        let answer = review(state, user, obj)?;
         Ok(crate::negotiate::respond(
             StatusCode::CREATED,
             &answer,

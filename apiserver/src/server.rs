@@ -159,8 +159,10 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             Some((&kubelet_client.0, &kubelet_client.1)),
         )?,
         namespaces: Default::default(),
+        rbac: Default::default(),
     });
     tokio::spawn(crate::nscache::run(state.clone()));
+    tokio::spawn(crate::rbac::run(state.clone()));
     tokio::spawn(crate::nsfinalizer::run(state.clone()));
     tokio::spawn(crate::compactor::run(
         state.clone(),

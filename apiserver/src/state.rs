@@ -23,4 +23,6 @@ pub struct AppState {
     pub kubelet: crate::kubelet::KubeletClient,
     /// Which namespaces exist and are active, for the check every create makes.
     pub namespaces: crate::nscache::NamespaceCache,
+    /// The RBAC policy every request is authorized against.
+    pub rbac: crate::rbac::Authorizer,
 }

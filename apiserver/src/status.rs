@@ -132,6 +132,38 @@ impl ApiError {
         )
     }
 
+    /// 403 from the authorizer, worded as upstream's: `pods is forbidden: User "alice"
+    /// cannot list resource "pods" in API group "" in the namespace "default"`.
+    pub fn unauthorized_action(
+        resource: &str,
+        group: &str,
+        name: Option<&str>,
+        user: &str,
+        action: &str,
+    ) -> ApiError {
+        let what = match name {
+            Some(n) => format!("{} \"{n}\"", qualified(resource, group)),
+            None => qualified(resource, group),
+        };
+        ApiError {
+            details: Some(details(name.unwrap_or(""), group, resource)),
+            ..ApiError::new(
+                403,
+                "Forbidden",
+                format!("{what} is forbidden: User \"{user}\" cannot {action}"),
+            )
+        }
+    }
+
+    /// 403 for a path outside the API's resources.
+    pub fn forbidden_path(user: &str, action: &str) -> ApiError {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!("forbidden: User \"{user}\" cannot {action}"),
+        )
+    }
+
     pub fn forbidden(resource: &str, group: &str, name: &str, why: &str) -> ApiError {
         ApiError {
             details: Some(details(name, group, resource)),

@@ -442,7 +442,7 @@ fn api_resources_and_explain() {
     );
     let out = s.kubectl(&["explain", "deployment.spec.replicas"]);
     assert!(out.contains("Number of desired pods"), "{out}");
-    // No authorization layer yet: can-i says yes, whoami names the admin.
+    // The admin (system:masters) may do everything; whoami names it.
     assert_eq!(
         s.kubectl(&["auth", "can-i", "delete", "nodes"]).trim(),
         "yes"

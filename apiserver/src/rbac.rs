@@ -1,0 +1,730 @@
+//! Authorization: RBAC, as upstream's RBAC authorizer evaluates it, over Roles,
+//! ClusterRoles, RoleBindings and ClusterRoleBindings kept in memory by a list + watch of the
+//! store (the `nscache` pattern), plus built-in defaults:
+//!
+//! - the `system:masters` group may do everything (upstream's privileged group, checked
+//!   before any rule, so the admin keeps working while the cache syncs);
+//! - every authenticated user may read discovery, OpenAPI, version and health endpoints and
+//!   ask who they are and what they may do (`system:discovery`, `system:basic-user`,
+//!   `system:public-info-viewer`);
+//! - `cluster-admin`, `admin`, `edit` and `view` exist as ClusterRoles to bind to (built-in,
+//!   not stored; a stored ClusterRole of the same name adds to them);
+//! - the `system:nodes` group (kaze agents' kubelet and proxy) gets `system:node`: read
+//!   everything, write the core, coordination, discovery, events and storage groups. That is
+//!   broader than upstream, which narrows each node to its own objects with the Node
+//!   authorizer and NodeRestriction admission (not built).
+//!
+//! Until the cache has synced, only the built-in rules answer: a user bound by a stored
+//! binding gets 403 for the first moments after the apiserver starts and succeeds on retry.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use store::{EventKind, ListOptions, StoreError};
+
+use crate::auth::UserInfo;
+use crate::state::AppState;
+
+const RETRY: Duration = Duration::from_secs(1);
+const MASTERS: &str = "system:masters";
+
+/// What a request asks to do, in RBAC's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attributes {
+    Resource {
+        verb: String,
+        group: String,
+        /// `pods`, or `pods/log` for a subresource.
+        resource: String,
+        namespace: Option<String>,
+        name: Option<String>,
+    },
+    NonResource {
+        verb: String,
+        path: String,
+    },
+}
+
+impl Attributes {
+    /// Upstream's wording after `User "x" cannot `.
+    pub fn describe(&self) -> String {
+        match self {
+            Attributes::Resource {
+                verb,
+                group,
+                resource,
+                namespace,
+                ..
+            } => match namespace {
+                Some(ns) => format!(
+                    "{verb} resource \"{resource}\" in API group \"{group}\" in the namespace \"{ns}\""
+                ),
+                None => format!(
+                    "{verb} resource \"{resource}\" in API group \"{group}\" at the cluster scope"
+                ),
+            },
+            Attributes::NonResource { verb, path } => format!("{verb} path \"{path}\""),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Rule {
+    verbs: Vec<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    names: Vec<String>,
+    urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subject {
+    User(String),
+    Group(String),
+    ServiceAccount { namespace: String, name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Binding {
+    /// `ClusterRole` or `Role`.
+    role_kind: String,
+    role_name: String,
+    subjects: Vec<Subject>,
+}
+
+/// The stored RBAC objects, by kind.
+#[derive(Debug, Default)]
+struct Policy {
+    cluster_roles: HashMap<String, Vec<Rule>>,
+    /// (namespace, name)
+    roles: HashMap<(String, String), Vec<Rule>>,
+    cluster_bindings: HashMap<String, Binding>,
+    /// (namespace, name)
+    bindings: HashMap<(String, String), Binding>,
+}
+
+#[derive(Debug, Default)]
+pub struct Authorizer {
+    policy: RwLock<Policy>,
+    /// Per kind (in `KINDS` order): whether its part of `policy` follows the store.
+    synced: [AtomicBool; 4],
+}
+
+const KINDS: [&str; 4] = [
+    "clusterroles",
+    "roles",
+    "clusterrolebindings",
+    "rolebindings",
+];
+
+impl Authorizer {
+    /// Whether `user` may do `attrs`; the reason names the rule source when allowed.
+    pub fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> (bool, String) {
+        if user.groups.iter().any(|g| g == MASTERS) {
+            return (true, format!("the {MASTERS} group may do everything"));
+        }
+        for (binding, role, scope) in builtin_bindings() {
+            let in_scope = scope.is_none_or(
+                |ns| matches!(attrs, Attributes::Resource { namespace: Some(n), .. } if n == ns),
+            );
+            if in_scope && matches(&binding, user) {
+                if let Some(rules) = builtin_cluster_role(role) {
+                    if rules.iter().any(|r| rule_allows(r, attrs)) {
+                        return (true, format!("allowed by the built-in ClusterRole {role}"));
+                    }
+                }
+            }
+        }
+        let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
+        let cluster_role_rules = |name: &str| -> Vec<Rule> {
+            let mut rules = builtin_cluster_role(name).unwrap_or_default();
+            if let Some(stored) = policy.cluster_roles.get(name) {
+                rules.extend(stored.iter().cloned());
+            }
+            rules
+        };
+        for (name, b) in &policy.cluster_bindings {
+            if b.role_kind != "ClusterRole" || !b.subjects.iter().any(|s| matches(s, user)) {
+                continue;
+            }
+            if cluster_role_rules(&b.role_name)
+                .iter()
+                .any(|r| rule_allows(r, attrs))
+            {
+                return (
+                    true,
+                    format!(
+                        "allowed by ClusterRoleBinding \"{name}\" of ClusterRole \"{}\"",
+                        b.role_name
+                    ),
+                );
+            }
+        }
+        let ns = match attrs {
+            Attributes::Resource {
+                namespace: Some(ns),
+                ..
+            } => ns,
+            _ => return (false, String::new()),
+        };
+        for ((bns, name), b) in &policy.bindings {
+            if bns != ns || !b.subjects.iter().any(|s| matches(s, user)) {
+                continue;
+            }
+            let rules = match b.role_kind.as_str() {
+                "ClusterRole" => cluster_role_rules(&b.role_name),
+                "Role" => policy
+                    .roles
+                    .get(&(ns.clone(), b.role_name.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
+                _ => continue,
+            };
+            if rules.iter().any(|r| rule_allows(r, attrs)) {
+                return (
+                    true,
+                    format!(
+                        "allowed by RoleBinding \"{name}/{bns}\" of {} \"{}\"",
+                        b.role_kind, b.role_name
+                    ),
+                );
+            }
+        }
+        (false, String::new())
+    }
+}
+
+fn matches(s: &Subject, user: &UserInfo) -> bool {
+    match s {
+        Subject::User(n) => *n == user.name,
+        Subject::Group(g) => user.groups.iter().any(|x| x == g),
+        Subject::ServiceAccount { namespace, name } => {
+            user.name == format!("system:serviceaccount:{namespace}:{name}")
+        }
+    }
+}
+
+fn has(list: &[String], want: &str) -> bool {
+    list.iter().any(|x| x == "*" || x == want)
+}
+
+fn rule_allows(r: &Rule, attrs: &Attributes) -> bool {
+    match attrs {
+        Attributes::Resource {
+            verb,
+            group,
+            resource,
+            name,
+            ..
+        } => {
+            if !has(&r.verbs, verb) || !has(&r.groups, group) {
+                return false;
+            }
+            // "pods" does not cover "pods/log"; "*/scale" covers every scale subresource
+            let resource_ok = r.resources.iter().any(|x| {
+                x == "*"
+                    || x == resource
+                    || x.strip_prefix("*/")
+                        .is_some_and(|sub| resource.split_once('/').is_some_and(|(_, s)| s == sub))
+            });
+            if !resource_ok {
+                return false;
+            }
+            // resourceNames only ever match requests that name an object
+            r.names.is_empty() || name.as_ref().is_some_and(|n| r.names.contains(n))
+        }
+        Attributes::NonResource { verb, path } => {
+            has(&r.verbs, verb)
+                && r.urls.iter().any(|u| {
+                    u == "*"
+                        || u == path
+                        || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
+                })
+        }
+    }
+}
+
+fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Rule {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+    Rule {
+        verbs: v(verbs),
+        groups: v(groups),
+        resources: v(resources),
+        names: Vec::new(),
+        urls: Vec::new(),
+    }
+}
+
+fn url_rule(verbs: &[&str], urls: &[&str]) -> Rule {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+    Rule {
+        verbs: v(verbs),
+        urls: v(urls),
+        ..Rule::default()
+    }
+}
+
+const READ: [&str; 3] = ["get", "list", "watch"];
+/// The API groups of ordinary workloads, for `edit` and `view`.
+const WORKLOAD_GROUPS: [&str; 9] = [
+    "",
+    "apps",
+    "batch",
+    "autoscaling",
+    "policy",
+    "networking.k8s.io",
+    "discovery.k8s.io",
+    "coordination.k8s.io",
+    "events.k8s.io",
+];
+
+/// The built-in ClusterRoles (approximations of upstream's bootstrap policy).
+fn builtin_cluster_role(name: &str) -> Option<Vec<Rule>> {
+    Some(match name {
+        "cluster-admin" => vec![rule(&["*"], &["*"], &["*"]), url_rule(&["*"], &["*"])],
+        // bound in a namespace: everything there, RBAC included
+        "admin" => vec![rule(&["*"], &["*"], &["*"])],
+        // everything in the workload groups, not RBAC
+        "edit" => vec![rule(&["*"], &WORKLOAD_GROUPS, &["*"])],
+        // read the workload groups, not Secrets
+        "view" => vec![
+            rule(
+                &READ,
+                &[""],
+                &[
+                    "pods",
+                    "pods/log",
+                    "pods/status",
+                    "services",
+                    "services/status",
+                    "endpoints",
+                    "configmaps",
+                    "events",
+                    "limitranges",
+                    "namespaces",
+                    "namespaces/status",
+                    "nodes",
+                    "persistentvolumeclaims",
+                    "replicationcontrollers",
+                    "replicationcontrollers/scale",
+                    "resourcequotas",
+                    "serviceaccounts",
+                ],
+            ),
+            rule(&READ, &WORKLOAD_GROUPS[1..], &["*"]),
+        ],
+        "system:node" => vec![
+            rule(&READ, &["*"], &["*"]),
+            rule(
+                &["*"],
+                &[
+                    "",
+                    "coordination.k8s.io",
+                    "discovery.k8s.io",
+                    "events.k8s.io",
+                    "storage.k8s.io",
+                ],
+                &["*"],
+            ),
+        ],
+        "system:discovery" => vec![url_rule(
+            &["get"],
+            &[
+                "/api",
+                "/api/*",
+                "/apis",
+                "/apis/*",
+                "/openapi",
+                "/openapi/*",
+                "/version",
+                "/version/",
+                "/healthz",
+                "/livez",
+                "/readyz",
+            ],
+        )],
+        "system:basic-user" => vec![rule(
+            &["create"],
+            &["authorization.k8s.io", "authentication.k8s.io"],
+            &[
+                "selfsubjectaccessreviews",
+                "selfsubjectrulesreviews",
+                "selfsubjectreviews",
+            ],
+        )],
+        "kaze:cluster-info" => vec![Rule {
+            names: vec!["cluster-info".into()],
+            ..rule(&["get"], &[""], &["configmaps"])
+        }],
+        _ => return None,
+    })
+}
+
+/// Built-in bindings: subject, ClusterRole, and the namespace a RoleBinding-like one is
+/// limited to.
+fn builtin_bindings() -> [(Subject, &'static str, Option<&'static str>); 5] {
+    [
+        (Subject::Group("system:nodes".into()), "system:node", None),
+        (
+            Subject::Group("system:authenticated".into()),
+            "system:discovery",
+            None,
+        ),
+        (
+            Subject::Group("system:authenticated".into()),
+            "system:basic-user",
+            None,
+        ),
+        // kubeadm-style joins read kube-public/cluster-info before they have credentials
+        (
+            Subject::Group("system:unauthenticated".into()),
+            "kaze:cluster-info",
+            Some("kube-public"),
+        ),
+        (
+            Subject::Group("system:authenticated".into()),
+            "kaze:cluster-info",
+            Some("kube-public"),
+        ),
+    ]
+}
+
+// === parsing stored objects ===
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_rules(obj: &Value) -> Vec<Rule> {
+    obj.get("rules")
+        .and_then(Value::as_array)
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| Rule {
+                    verbs: strings(r.get("verbs")),
+                    groups: strings(r.get("apiGroups")),
+                    resources: strings(r.get("resources")),
+                    names: strings(r.get("resourceNames")),
+                    urls: strings(r.get("nonResourceURLs")),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A binding's subjects; `namespace` is the binding's own, the default for ServiceAccounts.
+fn parse_binding(obj: &Value, namespace: Option<&str>) -> Option<Binding> {
+    let role = obj.get("roleRef")?;
+    let subjects = obj
+        .get("subjects")
+        .and_then(Value::as_array)
+        .map(|subs| {
+            subs.iter()
+                .filter_map(|s| {
+                    let name = s.get("name")?.as_str()?.to_string();
+                    Some(match s.get("kind")?.as_str()? {
+                        "User" => Subject::User(name),
+                        "Group" => Subject::Group(name),
+                        "ServiceAccount" => Subject::ServiceAccount {
+                            namespace: s
+                                .get("namespace")
+                                .and_then(Value::as_str)
+                                .or(namespace)?
+                                .to_string(),
+                            name,
+                        },
+                        _ => return None,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Binding {
+        role_kind: role.get("kind")?.as_str()?.to_string(),
+        role_name: role.get("name")?.as_str()?.to_string(),
+        subjects,
+    })
+}
+
+impl Policy {
+    /// Apply a stored object (None: deleted) of `KINDS[kind]` at key suffix `rest`
+    /// (`<name>` or `<namespace>/<name>`).
+    fn apply(&mut self, kind: usize, rest: &str, value: Option<&[u8]>) {
+        let obj: Option<Value> = value.and_then(|v| serde_json::from_slice(v).ok());
+        let (ns, name) = match rest.split_once('/') {
+            Some((ns, name)) => (Some(ns.to_string()), name.to_string()),
+            None => (None, rest.to_string()),
+        };
+        match (kind, ns) {
+            (0, None) => match obj {
+                Some(o) => {
+                    self.cluster_roles.insert(name, parse_rules(&o));
+                }
+                None => {
+                    self.cluster_roles.remove(&name);
+                }
+            },
+            (1, Some(ns)) => match obj {
+                Some(o) => {
+                    self.roles.insert((ns, name), parse_rules(&o));
+                }
+                None => {
+                    self.roles.remove(&(ns, name));
+                }
+            },
+            (2, None) => match obj.as_ref().and_then(|o| parse_binding(o, None)) {
+                Some(b) => {
+                    self.cluster_bindings.insert(name, b);
+                }
+                None => {
+                    self.cluster_bindings.remove(&name);
+                }
+            },
+            (3, Some(ns)) => match obj.as_ref().and_then(|o| parse_binding(o, Some(&ns))) {
+                Some(b) => {
+                    self.bindings.insert((ns, name), b);
+                }
+                None => {
+                    self.bindings.remove(&(ns, name));
+                }
+            },
+            _ => {}
+        }
+    }
+
+    fn clear(&mut self, kind: usize) {
+        match kind {
+            0 => self.cluster_roles.clear(),
+            1 => self.roles.clear(),
+            2 => self.cluster_bindings.clear(),
+            _ => self.bindings.clear(),
+        }
+    }
+}
+
+// === keeping the policy in step with the store ===
+
+/// Follow the four RBAC kinds in the store until shutdown.
+pub async fn run(state: Arc<AppState>) {
+    let tasks: Vec<_> = (0..KINDS.len())
+        .map(|kind| tokio::spawn(run_kind(state.clone(), kind)))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn run_kind(state: Arc<AppState>, kind: usize) {
+    loop {
+        let result = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = follow(&state, kind) => r,
+        };
+        state.rbac.synced[kind].store(false, Ordering::Release);
+        if let Err(e) = result {
+            tracing::debug!(kind = KINDS[kind], error = %e, "RBAC cache lost its watch; relisting");
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+async fn follow(state: &AppState, kind: usize) -> Result<(), StoreError> {
+    let def = state
+        .registry
+        .get("rbac.authorization.k8s.io", "v1", KINDS[kind])
+        .expect("RBAC kinds are built in");
+    let store = state.store(def).clone();
+    let prefix = state.prefix(def, None);
+    let list = store.list(&prefix, ListOptions::default()).await?;
+    let mut events = store.watch(&prefix, list.revision).await?;
+    {
+        let mut policy = state.rbac.policy.write().unwrap_or_else(|e| e.into_inner());
+        policy.clear(kind);
+        for kv in &list.items {
+            if let Some(rest) = kv.key.strip_prefix(&prefix) {
+                policy.apply(kind, rest, Some(&kv.value));
+            }
+        }
+    }
+    state.rbac.synced[kind].store(true, Ordering::Release);
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        let Some(rest) = ev.kv.key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut policy = state.rbac.policy.write().unwrap_or_else(|e| e.into_inner());
+        match ev.kind {
+            EventKind::Put => policy.apply(kind, rest, Some(&ev.kv.value)),
+            EventKind::Delete => policy.apply(kind, rest, None),
+        }
+    }
+    Err(StoreError::Unavailable {
+        reason: "RBAC watch ended".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            uid: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn res(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        ns: Option<&str>,
+        name: Option<&str>,
+    ) -> Attributes {
+        Attributes::Resource {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            namespace: ns.map(String::from),
+            name: name.map(String::from),
+        }
+    }
+
+    #[test]
+    fn rules_match_like_upstream() {
+        let r = Rule {
+            verbs: vec!["get".into()],
+            groups: vec!["".into()],
+            resources: vec!["configmaps".into()],
+            names: vec!["a".into()],
+            urls: vec![],
+        };
+        assert!(rule_allows(
+            &r,
+            &res("get", "", "configmaps", Some("d"), Some("a"))
+        ));
+        assert!(!rule_allows(
+            &r,
+            &res("get", "", "configmaps", Some("d"), Some("b"))
+        ));
+        // resourceNames never match a list
+        assert!(!rule_allows(
+            &r,
+            &res("list", "", "configmaps", Some("d"), None)
+        ));
+        let pods = rule(&["get"], &[""], &["pods"]);
+        assert!(!rule_allows(
+            &pods,
+            &res("get", "", "pods/log", Some("d"), Some("p"))
+        ));
+        let scale = rule(&["get"], &["apps"], &["*/scale"]);
+        assert!(rule_allows(
+            &scale,
+            &res("get", "apps", "deployments/scale", Some("d"), Some("x"))
+        ));
+        assert!(!rule_allows(
+            &scale,
+            &res("get", "apps", "deployments", Some("d"), Some("x"))
+        ));
+        let urls = url_rule(&["get"], &["/apis/*"]);
+        assert!(rule_allows(
+            &urls,
+            &Attributes::NonResource {
+                verb: "get".into(),
+                path: "/apis/apps/v1".into()
+            }
+        ));
+        assert!(!rule_allows(
+            &urls,
+            &Attributes::NonResource {
+                verb: "get".into(),
+                path: "/metrics".into()
+            }
+        ));
+    }
+
+    #[test]
+    fn bindings_grant_their_roles_in_their_scope() {
+        let a = Authorizer::default();
+        let alice = user("alice", &["system:authenticated"]);
+        let list_pods = res("list", "", "pods", Some("dev"), None);
+        assert!(!a.authorize(&alice, &list_pods).0, "nothing bound yet");
+        {
+            let mut p = a.policy.write().unwrap();
+            p.apply(
+                3,
+                "dev/alice-view",
+                Some(br#"{"roleRef":{"kind":"ClusterRole","name":"view"},"subjects":[{"kind":"User","name":"alice"}]}"#),
+            );
+        }
+        assert!(a.authorize(&alice, &list_pods).0);
+        assert!(
+            !a.authorize(&alice, &res("list", "", "pods", Some("prod"), None))
+                .0
+        );
+        assert!(
+            !a.authorize(&alice, &res("create", "", "pods", Some("dev"), None))
+                .0
+        );
+        assert!(
+            !a.authorize(&alice, &res("get", "", "secrets", Some("dev"), Some("s")))
+                .0
+        );
+        a.policy.write().unwrap().apply(3, "dev/alice-view", None);
+        assert!(!a.authorize(&alice, &list_pods).0, "binding deleted");
+        let admin = user("root", &[MASTERS]);
+        assert!(
+            a.authorize(&admin, &res("delete", "x", "y", None, Some("z")))
+                .0
+        );
+        let node = user("kaze-node", &["system:nodes", "system:authenticated"]);
+        assert!(
+            a.authorize(
+                &node,
+                &res("update", "", "pods/status", Some("d"), Some("p"))
+            )
+            .0
+        );
+        assert!(
+            !a.authorize(
+                &node,
+                &res(
+                    "create",
+                    "rbac.authorization.k8s.io",
+                    "clusterrolebindings",
+                    None,
+                    None
+                )
+            )
+            .0
+        );
+    }
+
+    #[test]
+    fn forbidden_wording_follows_upstream() {
+        assert_eq!(
+            res("list", "", "pods", Some("default"), None).describe(),
+            "list resource \"pods\" in API group \"\" in the namespace \"default\""
+        );
+        assert_eq!(
+            res("get", "", "nodes", None, Some("n")).describe(),
+            "get resource \"nodes\" in API group \"\" at the cluster scope"
+        );
+    }
+}

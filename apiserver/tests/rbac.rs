@@ -1,0 +1,220 @@
+//! RBAC authorization, driven by the real kubectl 1.37 as three users from
+//! `--token-auth-file`: the admin (system:masters), alice (no groups) and bob (group devs).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+
+const ALICE: &str = "alice-token-0123456789";
+const BOB: &str = "bob-token-0123456789";
+
+fn server() -> TestServer {
+    let tokens = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(
+        tokens.path(),
+        format!("{ALICE},alice,1001\n{BOB},bob,1002,\"devs\"\n"),
+    )
+    .expect("writing tokens");
+    let path = tokens.path().to_path_buf();
+    let s = TestServer::start_with(|c| c.token_auth_file = Some(path));
+    drop(tokens);
+    s
+}
+
+/// kubectl as the user with `token`: (success, stdout, stderr).
+fn as_user(s: &TestServer, token: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["--token", token];
+    all.extend_from_slice(args);
+    let out = s.kubectl_output(&all, None);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// The admin's token, from the kubeconfig the server wrote.
+fn admin_token(s: &TestServer) -> String {
+    let kc = std::fs::read_to_string(s.kubeconfig()).expect("kubeconfig");
+    kc.lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("a token in the kubeconfig")
+        .trim()
+        .to_string()
+}
+
+/// Retry `f` for up to 10 s (a new binding reaches the authorizer through its watch).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rbac_allows_what_bindings_grant_and_forbids_the_rest() {
+    let s = server();
+    s.kubectl(&["create", "namespace", "dev"]);
+    s.kubectl(&[
+        "create",
+        "configmap",
+        "a",
+        "-n",
+        "dev",
+        "--from-literal=k=v",
+    ]);
+    s.kubectl(&[
+        "create",
+        "configmap",
+        "b",
+        "-n",
+        "dev",
+        "--from-literal=k=v",
+    ]);
+
+    // Unbound: discovery works, resources are forbidden with upstream's wording.
+    let (ok, out, err) = as_user(&s, ALICE, &["get", "--raw", "/api"]);
+    assert!(ok, "discovery is open to authenticated users: {err}");
+    assert!(out.contains("\"versions\""), "{out}");
+    let (ok, _, err) = as_user(&s, ALICE, &["get", "pods", "-n", "dev"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"dev\""
+        ),
+        "{err}"
+    );
+    let (ok, out, _) = as_user(&s, ALICE, &["auth", "can-i", "list", "pods", "-n", "dev"]);
+    assert!(!ok, "can-i answers no with a failing exit code");
+    assert_eq!(out, "no");
+    let (ok, _, err) = as_user(&s, ALICE, &["get", "--raw", "/metrics"]);
+    assert!(!ok, "/metrics needs a binding: {err}");
+    assert!(err.contains("forbidden"), "{err}");
+    let (ok, out, _) = as_user(
+        &s,
+        ALICE,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert!(ok);
+    assert_eq!(out, "alice");
+
+    // The admin is not subject to bindings.
+    let (ok, out, _) = as_user(&s, &admin_token(&s), &["auth", "can-i", "delete", "nodes"]);
+    assert!(ok);
+    assert_eq!(out, "yes");
+
+    // A RoleBinding to the built-in `view` ClusterRole: read in dev only, no writes, no
+    // Secrets.
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "alice-view",
+        "-n",
+        "dev",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    eventually("alice can list pods in dev", || {
+        as_user(&s, ALICE, &["get", "pods", "-n", "dev"]).0
+    });
+    let (_, out, _) = as_user(&s, ALICE, &["auth", "can-i", "list", "pods", "-n", "dev"]);
+    assert_eq!(out, "yes");
+    let (ok, _, err) = as_user(&s, ALICE, &["get", "pods", "-n", "default"]);
+    assert!(!ok, "the binding is namespaced: {err}");
+    let (ok, _, err) = as_user(&s, ALICE, &["create", "configmap", "c", "-n", "dev"]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot create resource \"configmaps\""),
+        "{err}"
+    );
+    let (ok, _, err) = as_user(&s, ALICE, &["get", "secrets", "-n", "dev"]);
+    assert!(!ok, "view does not read Secrets: {err}");
+
+    // A Role with resourceNames: get of that object only.
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: cm-a, namespace: dev}
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [a]
+  verbs: [get, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-cm-a, namespace: dev}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: cm-a}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
+"#,
+        ),
+    );
+    eventually("bob can get configmap a", || {
+        as_user(&s, BOB, &["get", "configmap", "a", "-n", "dev"]).0
+    });
+    let (ok, _, err) = as_user(&s, BOB, &["get", "configmap", "b", "-n", "dev"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "configmaps \"b\" is forbidden: User \"bob\" cannot get resource \"configmaps\""
+        ),
+        "{err}"
+    );
+    let (ok, _, _) = as_user(&s, BOB, &["get", "configmaps", "-n", "dev"]);
+    assert!(!ok, "resourceNames never allow a list");
+
+    // A ClusterRoleBinding of a group to `edit`: bob (group devs) writes everywhere but
+    // cannot touch RBAC.
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "devs-edit",
+        "--clusterrole=edit",
+        "--group=devs",
+    ]);
+    eventually("bob can create configmaps in default", || {
+        as_user(
+            &s,
+            BOB,
+            &["create", "configmap", "from-bob", "-n", "default"],
+        )
+        .0
+    });
+    let (ok, _, err) = as_user(
+        &s,
+        BOB,
+        &[
+            "create",
+            "rolebinding",
+            "x",
+            "-n",
+            "dev",
+            "--clusterrole=admin",
+            "--user=bob",
+        ],
+    );
+    assert!(!ok, "edit cannot grant itself more: {err}");
+
+    // Deleting the binding takes the access away again.
+    s.kubectl(&["delete", "clusterrolebinding", "devs-edit"]);
+    eventually("bob's edit access gone", || {
+        !as_user(&s, BOB, &["create", "configmap", "again", "-n", "default"]).0
+    });
+    let (_, out, _) = as_user(
+        &s,
+        BOB,
+        &["auth", "can-i", "create", "configmaps", "-n", "default"],
+    );
+    assert_eq!(out, "no");
+}
