@@ -770,21 +770,7 @@ impl Drop for KillShims {
                 .status();
         }
         testkit::kill_shims(&self.socket);
-        let runc_root = Path::new("/run/containerd/runc").join(&self.namespace);
-        for id in std::fs::read_dir(&runc_root)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force"])
-                .arg(id.file_name())
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = std::fs::remove_dir(&runc_root);
+        testkit::runc_force_delete(&self.namespace);
         testkit::umount_under(&self.data);
     }
 }

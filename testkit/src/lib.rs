@@ -352,24 +352,29 @@ pub fn reap_containerd(socket: &std::path::Path) {
         for c in ctr_lines(socket, &["-n", &ns, "containers", "ls", "-q"]) {
             ctr_lines(socket, &["-n", &ns, "containers", "rm", &c]);
         }
-        // The shim's runc state for this namespace: empty once the tasks are gone; a
-        // container orphaned by a killed shim is force-deleted (which kills it).
-        let runc_root = std::path::Path::new("/run/containerd/runc").join(&ns);
-        for id in std::fs::read_dir(&runc_root)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force"])
-                .arg(id.file_name())
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = std::fs::remove_dir(&runc_root);
+        runc_force_delete(&ns);
     }
+}
+
+/// Force-delete what runc still holds for containerd namespace `ns` (its state under
+/// `/run/containerd/runc/<ns>`: empty once the tasks are gone; a container orphaned by a
+/// killed shim is force-deleted, which kills it), then the state dir itself.
+pub fn runc_force_delete(ns: &str) {
+    let runc_root = std::path::Path::new("/run/containerd/runc").join(ns);
+    for id in std::fs::read_dir(&runc_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["delete", "--force"])
+            .arg(id.file_name())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = std::fs::remove_dir(&runc_root);
 }
 
 /// SIGKILL the shims started by the containerd on `socket` (they outlive containerd).
