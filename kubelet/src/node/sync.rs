@@ -352,7 +352,11 @@ pub async fn run(
             }
             if let Err(why) = active.admit(&p) {
                 reject(&client, &p, &node.node_name, &why);
-                rejected.insert(uid);
+                rejected.insert(uid.clone());
+                // Nothing of it runs, unless an earlier kubelet started it (and the pod it
+                // clashes with came meanwhile): stop that.
+                let grace = pod::spec::grace_period(&p);
+                finishing.spawn(uid.clone(), remove_leftovers(rt.clone(), uid, grace));
                 continue;
             }
             tracing::info!(pod = %format!("{ns}/{name}"), "starting pod");
