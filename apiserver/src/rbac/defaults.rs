@@ -1,0 +1,149 @@
+//! The built-in part of the policy: ClusterRoles and bindings every kaze apiserver has
+//! without storing them (approximations of upstream's bootstrap policy; see `super`).
+
+use super::{Rule, Subject};
+
+pub(super) fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Rule {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+    Rule {
+        verbs: v(verbs),
+        groups: v(groups),
+        resources: v(resources),
+        names: Vec::new(),
+        urls: Vec::new(),
+    }
+}
+
+pub(super) fn url_rule(verbs: &[&str], urls: &[&str]) -> Rule {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+    Rule {
+        verbs: v(verbs),
+        urls: v(urls),
+        ..Rule::default()
+    }
+}
+
+const READ: [&str; 3] = ["get", "list", "watch"];
+/// The API groups of ordinary workloads, for `edit` and `view`.
+const WORKLOAD_GROUPS: [&str; 9] = [
+    "",
+    "apps",
+    "batch",
+    "autoscaling",
+    "policy",
+    "networking.k8s.io",
+    "discovery.k8s.io",
+    "coordination.k8s.io",
+    "events.k8s.io",
+];
+
+/// The built-in ClusterRoles (approximations of upstream's bootstrap policy).
+pub(super) fn builtin_cluster_role(name: &str) -> Option<Vec<Rule>> {
+    Some(match name {
+        "cluster-admin" => vec![rule(&["*"], &["*"], &["*"]), url_rule(&["*"], &["*"])],
+        // bound in a namespace: everything there, RBAC included
+        "admin" => vec![rule(&["*"], &["*"], &["*"])],
+        // everything in the workload groups, not RBAC
+        "edit" => vec![rule(&["*"], &WORKLOAD_GROUPS, &["*"])],
+        // read the workload groups, not Secrets
+        "view" => vec![
+            rule(
+                &READ,
+                &[""],
+                &[
+                    "pods",
+                    "pods/log",
+                    "pods/status",
+                    "services",
+                    "services/status",
+                    "endpoints",
+                    "configmaps",
+                    "events",
+                    "limitranges",
+                    "namespaces",
+                    "namespaces/status",
+                    "nodes",
+                    "persistentvolumeclaims",
+                    "replicationcontrollers",
+                    "replicationcontrollers/scale",
+                    "resourcequotas",
+                    "serviceaccounts",
+                ],
+            ),
+            rule(&READ, &WORKLOAD_GROUPS[1..], &["*"]),
+        ],
+        "system:node" => vec![
+            rule(&READ, &["*"], &["*"]),
+            rule(
+                &["*"],
+                &[
+                    "",
+                    "coordination.k8s.io",
+                    "discovery.k8s.io",
+                    "events.k8s.io",
+                    "storage.k8s.io",
+                ],
+                &["*"],
+            ),
+        ],
+        "system:discovery" => vec![url_rule(
+            &["get"],
+            &[
+                "/api",
+                "/api/*",
+                "/apis",
+                "/apis/*",
+                "/openapi",
+                "/openapi/*",
+                "/version",
+                "/version/",
+                "/healthz",
+                "/livez",
+                "/readyz",
+            ],
+        )],
+        "system:basic-user" => vec![rule(
+            &["create"],
+            &["authorization.k8s.io", "authentication.k8s.io"],
+            &[
+                "selfsubjectaccessreviews",
+                "selfsubjectrulesreviews",
+                "selfsubjectreviews",
+            ],
+        )],
+        "kaze:cluster-info" => vec![Rule {
+            names: vec!["cluster-info".into()],
+            ..rule(&["get"], &[""], &["configmaps"])
+        }],
+        _ => return None,
+    })
+}
+
+/// Built-in bindings: subject, ClusterRole, and the namespace a RoleBinding-like one is
+/// limited to.
+pub(super) fn builtin_bindings() -> [(Subject, &'static str, Option<&'static str>); 5] {
+    [
+        (Subject::Group("system:nodes".into()), "system:node", None),
+        (
+            Subject::Group("system:authenticated".into()),
+            "system:discovery",
+            None,
+        ),
+        (
+            Subject::Group("system:authenticated".into()),
+            "system:basic-user",
+            None,
+        ),
+        // kubeadm-style joins read kube-public/cluster-info before they have credentials
+        (
+            Subject::Group("system:unauthenticated".into()),
+            "kaze:cluster-info",
+            Some("kube-public"),
+        ),
+        (
+            Subject::Group("system:authenticated".into()),
+            "kaze:cluster-info",
+            Some("kube-public"),
+        ),
+    ]
+}
