@@ -63,6 +63,10 @@ pub struct NodeArgs {
     /// A URL (http://) answering static pods (a Pod or a PodList) for this node's kubelet.
     #[arg(long = "manifest-url")]
     pub manifest_url: Option<String>,
+    /// Let this node's kubelet take Pod manifests over its HTTPS port (`POST /pods`, a
+    /// kaze extension; callers need a client certificate of the cluster CA).
+    #[arg(long = "pod-server")]
+    pub pod_server: bool,
 }
 
 impl NodeArgs {
@@ -132,6 +136,7 @@ pub async fn start(
         static_pods: kubelet::static_pod::Config {
             pod_manifest_path: Some(pod_manifest_path),
             manifest_url: args.manifest_url.clone(),
+            pod_server: args.pod_server,
             ..Default::default()
         },
     };
