@@ -365,6 +365,27 @@ async fn watch_from_the_past_in_order(f: Fixture) {
     assert_eq!(next_event(&mut w2).await.revision(), del);
 }
 
+/// The apiserver's watch cache follows the whole store with one watch: every revision must
+/// arrive, whatever its key.
+async fn watch_of_the_empty_prefix_sees_every_key(f: Fixture) {
+    let s = f.store();
+    let start = s.current_revision().await.expect("rev");
+    let mut w = s.watch("", start).await.expect("watch everything");
+    let a = s.create("/registry/pods/ns/a", b("1")).await.expect("a");
+    let other = s.create("/elsewhere/x", b("2")).await.expect("outside");
+    let (_, del) = s.delete("/registry/pods/ns/a", None).await.expect("del");
+    for (want_key, want_rev) in [
+        ("/registry/pods/ns/a", a.mod_revision),
+        ("/elsewhere/x", other.mod_revision),
+        ("/registry/pods/ns/a", del),
+    ] {
+        let ev = next_event(&mut w).await;
+        assert_eq!((ev.kv.key.as_str(), ev.revision()), (want_key, want_rev));
+    }
+    assert_eq!(del, s.current_revision().await.expect("rev"));
+    assert_no_event(&mut w).await;
+}
+
 async fn watch_survives_store_restart(mut f: Fixture) {
     let prefix = "/registry/leases/kube-node-lease/";
     let s = f.store();
@@ -573,6 +594,7 @@ suite!(
     empty_prefix_lists_nothing,
     fifty_concurrent_writers_lose_nothing,
     watch_from_the_past_in_order,
+    watch_of_the_empty_prefix_sees_every_key,
     watch_survives_store_restart,
     compaction_makes_old_revisions_gone,
     large_values_round_trip,
