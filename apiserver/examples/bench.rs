@@ -1,7 +1,9 @@
 //! `cargo xtask bench apiserver`: the apiserver on a real etcd, measured in one run against
 //! raw etcd puts of the same JSON on a fresh etcd: pod creates/s (goal ≥ 0.5× raw), LIST of
-//! every pod p50/p99 (goal p99 < 100 ms), watch event latency to 100 watchers p99 (goal
-//! < 10 ms), and this process's peak RSS (the apiserver runs in it, beside the clients).
+//! every pod p50/p99 through kube-rs (goal p99 < 100 ms; also as bytes, without kube-rs's
+//! decoding), watch event latency to 100 watchers p99 (goal < 10 ms), and this process's
+//! peak RSS (the apiserver runs in it, beside the clients). `--watch-cache-size 0` runs the
+//! apiserver without its watch cache, for comparison.
 //! Creates are measured in `--rounds` (default 3) rounds of both; the figure is the round with
 //! the median ratio.
 
@@ -23,6 +25,8 @@ struct Args {
     lists: usize,
     watchers: usize,
     events: usize,
+    /// `--default-watch-cache-size` of the apiserver (0: no watch cache, for comparison).
+    watch_cache_size: Option<usize>,
     out: std::path::PathBuf,
 }
 
@@ -33,6 +37,7 @@ fn args() -> Args {
         lists: 20,
         watchers: 100,
         events: 50,
+        watch_cache_size: None,
         out: "target/bench/apiserver.json".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -44,6 +49,9 @@ fn args() -> Args {
             "--lists" => a.lists = v().parse().expect("--lists N"),
             "--watchers" => a.watchers = v().parse().expect("--watchers N"),
             "--events" => a.events = v().parse().expect("--events N"),
+            "--watch-cache-size" => {
+                a.watch_cache_size = Some(v().parse().expect("--watch-cache-size N"))
+            }
             "--out" => a.out = v().into(),
             other => panic!("unknown argument {other:?}"),
         }
@@ -96,13 +104,16 @@ type Running = (
 
 /// Pod creates through the API of an apiserver on its own fresh etcd; returns the rate and
 /// the running server with what keeps it alive.
-async fn api_creates(count: usize) -> (f64, Running) {
+async fn api_creates(count: usize, watch_cache_size: Option<usize>) -> (f64, Running) {
     let etcd = tokio::task::spawn_blocking(testkit::Etcd::start)
         .await
         .expect("etcd");
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = apiserver::Config::for_tests(dir.path());
     config.storage.etcd_servers = vec![etcd.url()];
+    if let Some(n) = watch_cache_size {
+        config.default_watch_cache_size = n;
+    }
     let server = apiserver::start(config).await.expect("apiserver");
     let client = component::client(Some(server.kubeconfig_path()))
         .await
@@ -141,7 +152,7 @@ async fn main() {
     let mut last = None;
     for r in 0..a.rounds {
         let raw_rate = raw_puts(a.pods).await;
-        let (api_rate, running) = api_creates(a.pods).await;
+        let (api_rate, running) = api_creates(a.pods, a.watch_cache_size).await;
         println!(
             "round {}: creates: apiserver {api_rate:.0}/s, raw etcd {raw_rate:.0}/s (ratio {:.3})",
             r + 1,
@@ -172,6 +183,24 @@ async fn main() {
     lists.sort_by(|x, y| x.total_cmp(y));
     let (l50, l99) = (percentile(&lists, 0.5), percentile(&lists, 0.99));
     println!("LIST of {} pods: p50 {l50:.1} ms, p99 {l99:.1} ms", a.pods);
+    // The same LIST as bytes, not decoded into typed Pods: what the apiserver and the
+    // connection take, without kube-rs's deserialization (most of the figure above).
+    let mut raw_lists = Vec::new();
+    for _ in 0..a.lists {
+        let req = axum::http::Request::get("/api/v1/namespaces/default/pods")
+            .body(Vec::new())
+            .expect("request");
+        let t = Instant::now();
+        let body = client.request_text(req).await.expect("raw list");
+        raw_lists.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(body.len() > a.pods * 1000);
+    }
+    raw_lists.sort_by(|x, y| x.total_cmp(y));
+    let (r50, r99) = (percentile(&raw_lists, 0.5), percentile(&raw_lists, 0.99));
+    println!(
+        "LIST of {} pods as bytes (not decoded): p50 {r50:.1} ms, p99 {r99:.1} ms",
+        a.pods
+    );
 
     // Watch fan-out: every watcher records when each event arrives.
     let ns = "watch";
@@ -260,6 +289,14 @@ async fn main() {
         ),
         testkit::bench::figure("LIST all pods p50", l50, "ms", "goal p99", 100.0, false),
         testkit::bench::figure("LIST all pods p99", l99, "ms", "goal p99", 100.0, false),
+        testkit::bench::figure(
+            "LIST all pods p99, bytes not decoded",
+            r99,
+            "ms",
+            "goal p99 (of the decoded LIST)",
+            100.0,
+            false,
+        ),
         testkit::bench::figure("watch event latency p99", w99, "ms", "goal", 10.0, false),
         testkit::bench::figure(
             "peak RSS (bench process incl. apiserver)",

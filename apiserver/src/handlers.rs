@@ -380,24 +380,40 @@ async fn list(
         resource_version: q.get("resourceVersion").cloned(),
         resource_version_match: q.get("resourceVersionMatch").cloned(),
     };
-    let page = objects::list(state, def, ns, &opts).await?;
+    let page = crate::list::list_page(state, def, ns, &opts).await?;
     let mut list_meta = json!({"resourceVersion": page.revision.to_string()});
     if let Some(c) = &page.continue_token {
         list_meta["continue"] = json!(c);
     }
+    if let (crate::list::Items::Cached(items), None, false, negotiate::Format::Json) = (
+        &page.items,
+        accept.table,
+        accept.partial_metadata,
+        accept.format,
+    ) {
+        // The cache's objects are JSON already: copy them, encode nothing.
+        let body = crate::list::json_list(def, &list_meta, items);
+        return Ok((
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response());
+    }
+    let items = page.items.into_values()?;
     let body = if let Some(v) = accept.table {
         table::table(
             def,
-            &page.items,
+            &items,
             Include::parse(q.get("includeObject").map(String::as_str)),
             v,
             list_meta,
         )
     } else if accept.partial_metadata {
-        let items: Vec<Value> = page.items.iter().map(partial_metadata).collect();
+        let items: Vec<Value> = items.iter().map(partial_metadata).collect();
         json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "items": items})
     } else {
-        json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": list_meta, "items": page.items})
+        json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": list_meta, "items": items})
     };
     Ok(negotiate::respond(StatusCode::OK, &body, accept.format))
 }

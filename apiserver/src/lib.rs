@@ -17,6 +17,7 @@ mod alloc;
 mod apply;
 mod auth;
 mod bootstrap;
+mod cache;
 mod compactor;
 mod convert;
 mod delete;
@@ -81,6 +82,12 @@ pub struct Config {
     #[arg(long = "etcd-compaction-interval", default_value = "5m", value_parser = compactor::parse_interval)]
     pub etcd_compaction_interval: std::time::Duration,
 
+    /// Events the watch cache keeps per resource; `0` disables the watch cache (LIST and
+    /// WATCH then read the store). Upstream sizes its caches dynamically; a watcher further
+    /// behind than this follows the store's own watch until it catches up.
+    #[arg(long = "default-watch-cache-size", default_value_t = cache::DEFAULT_RING_CAPACITY)]
+    pub default_watch_cache_size: usize,
+
     /// CIDR that Service ClusterIPs are allocated from.
     #[arg(long = "service-cluster-ip-range", default_value = "10.43.0.0/16")]
     pub service_cluster_ip_range: String,
@@ -128,6 +135,7 @@ impl Config {
                 etcd_servers_overrides: Vec::new(),
             },
             etcd_compaction_interval: std::time::Duration::from_secs(300),
+            default_watch_cache_size: cache::DEFAULT_RING_CAPACITY,
             service_cluster_ip_range: "10.43.0.0/16".to_string(),
             service_node_port_range: "30000-32767".to_string(),
             tls_san: Vec::new(),

@@ -1,10 +1,17 @@
-//! Listing a resource: one consistent page at a time, filtered by selectors, with continue
-//! tokens that pin the revision the first page was read at.
+//! Listing a resource: from the watch cache when it can answer, with upstream's semantics
+//! of `resourceVersion`/`resourceVersionMatch` (unset: a consistent read, answered once the
+//! cache has caught up with the store's current revision; `0`: whatever the cache holds; `N`:
+//! not older than N; `Exact` and continue tokens: from the cache only if the resource has not
+//! changed since), else from the store one consistent page at a time. Filtered by selectors,
+//! with continue tokens that pin the revision the first page was read at.
+
+use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::{json, Value};
 use store::{ListOptions, StoreError};
 
+use crate::cache::{Cached, Counters, ResourceCache, FRESH_TIMEOUT};
 use crate::objects::{decode_kv, parse_rv};
 use crate::registry::ResourceDef;
 use crate::selector::Filter;
@@ -20,11 +27,56 @@ pub struct ListOpts {
     pub resource_version_match: Option<String>,
 }
 
+/// Every matching object, decoded.
 #[derive(Debug)]
 pub struct ListPage {
     pub items: Vec<Value>,
     pub revision: i64,
+}
+
+/// The items of a page as they were found: served JSON from the cache (encoded once, when
+/// the object changed), or objects decoded from the store.
+#[derive(Debug)]
+pub enum Items {
+    Cached(Vec<Arc<Cached>>),
+    Values(Vec<Value>),
+}
+
+impl Items {
+    pub fn into_values(self) -> Result<Vec<Value>, ApiError> {
+        match self {
+            Items::Values(v) => Ok(v),
+            Items::Cached(c) => c.iter().map(|o| o.value()).collect(),
+        }
+    }
+}
+
+/// A page as found, for callers that can use the cache's JSON as it is.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Items,
+    pub revision: i64,
     pub continue_token: Option<String>,
+}
+
+/// `{"kind":..,"apiVersion":..,"metadata":<meta>,"items":[..]}` from cached JSON: bytes are
+/// copied, no object is encoded.
+pub fn json_list(def: &ResourceDef, meta: &Value, items: &[Arc<Cached>]) -> Vec<u8> {
+    let size: usize = items.iter().map(|o| o.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 256);
+    let head = json!({"kind": def.list_kind(), "apiVersion": def.api_version(), "metadata": meta});
+    let head = serde_json::to_vec(&head).unwrap_or_default();
+    // `{...}` -> `{...,"items":[`
+    out.extend_from_slice(&head[..head.len() - 1]);
+    out.extend_from_slice(b",\"items\":[");
+    for (i, o) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&o.json);
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn encode_continue(rev: i64, start: &str) -> String {
@@ -53,8 +105,21 @@ pub async fn list(
     ns: Option<&str>,
     opts: &ListOpts,
 ) -> Result<ListPage, ApiError> {
+    let page = list_page(state, def, ns, opts).await?;
+    Ok(ListPage {
+        items: page.items.into_values()?,
+        revision: page.revision,
+    })
+}
+
+pub async fn list_page(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    opts: &ListOpts,
+) -> Result<Page, ApiError> {
     let prefix = state.prefix(def, ns);
-    let (mut revision, mut start_key) = match &opts.continue_token {
+    let token = match &opts.continue_token {
         Some(t) => {
             let (rev, start) = decode_continue(t)?;
             if !start.starts_with(&prefix) {
@@ -62,16 +127,128 @@ pub async fn list(
                     "continue token does not belong to this list",
                 ));
             }
-            (Some(rev), Some(start))
+            Some((rev, start))
         }
-        None => {
-            let exact = opts.resource_version_match.as_deref() == Some("Exact");
-            let rev = match opts.resource_version.as_deref() {
-                Some(rv) if exact && rv != "0" => Some(parse_rv(rv)?),
-                _ => None,
-            };
-            (rev, None)
+        None => None,
+    };
+    if let Some(rc) = state.cache.resource(def) {
+        if let Some(page) = from_cache(state, def, rc, &prefix, token.as_ref(), opts).await? {
+            return Ok(page);
         }
+    }
+    list_store(state, def, &prefix, token, opts).await
+}
+
+/// The revision an exact read is pinned to: `resourceVersionMatch=Exact`, or (upstream's
+/// legacy form) a `resourceVersion` with a `limit` and no match rule.
+fn exact_revision(opts: &ListOpts) -> Result<Option<i64>, ApiError> {
+    let rv = opts
+        .resource_version
+        .as_deref()
+        .filter(|rv| !rv.is_empty() && *rv != "0");
+    let exact = match opts.resource_version_match.as_deref() {
+        Some("Exact") => true,
+        None | Some("") => opts.limit.is_some_and(|l| l > 0),
+        Some(_) => false,
+    };
+    match rv {
+        Some(rv) if exact => Ok(Some(parse_rv(rv)?)),
+        _ => Ok(None),
+    }
+}
+
+/// The page from the cache, or `None` when the store must answer: the cache is not ready,
+/// did not catch up in time, or the revision asked for is not the one it holds.
+async fn from_cache(
+    state: &AppState,
+    def: &ResourceDef,
+    rc: &ResourceCache,
+    prefix: &str,
+    token: Option<&(i64, String)>,
+    opts: &ListOpts,
+) -> Result<Option<Page>, ApiError> {
+    let shared = rc.shared();
+    if !shared.is_ready() {
+        return Ok(None);
+    }
+    let (at, start) = match token {
+        Some((rev, start)) => (Some(*rev), Some(start.as_str())),
+        None => match exact_revision(opts)? {
+            Some(rev) => (Some(rev), None),
+            None => {
+                let wanted = match opts.resource_version.as_deref() {
+                    Some("0") => None,
+                    Some(rv) if !rv.is_empty() => Some(parse_rv(rv)?),
+                    // A consistent read: at least the store's revision now.
+                    _ => Some(
+                        state
+                            .store(def)
+                            .current_revision()
+                            .await
+                            .map_err(|e| from_store(e, def.plural, def.group, ""))?,
+                    ),
+                };
+                let consistent = opts.resource_version.as_deref().is_none_or(str::is_empty);
+                if consistent {
+                    Counters::inc(&rc.counters.consistent_reads);
+                }
+                if let Some(rev) = wanted {
+                    if !shared.wait_for(rev, FRESH_TIMEOUT).await {
+                        if consistent {
+                            Counters::inc(&rc.counters.consistent_fallbacks);
+                        }
+                        tracing::debug!(
+                            resource = def.plural,
+                            rev,
+                            "watch cache behind the store; listing from the store"
+                        );
+                        return Ok(None);
+                    }
+                }
+                (None, None)
+            }
+        },
+    };
+    let limit = opts.limit.filter(|l| *l > 0);
+    let filter = &opts.filter;
+    let snap = match def.conversion {
+        None => rc.list(prefix, start, at, limit, &mut |o| filter.matches(o.attrs())),
+        // Selectors name the served version's fields: convert first.
+        Some(c) => rc.list(prefix, start, at, limit, &mut |o| {
+            o.value()
+                .is_ok_and(|v| filter.matches(&(c.from_storage)(v)))
+        }),
+    };
+    let Some(snap) = snap else {
+        return Ok(None);
+    };
+    Counters::inc(&rc.counters.lists);
+    let items = match def.conversion {
+        None => Items::Cached(snap.items),
+        Some(c) => Items::Values(
+            snap.items
+                .iter()
+                .map(|o| o.value().map(c.from_storage))
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    Ok(Some(Page {
+        items,
+        revision: snap.revision,
+        continue_token: snap.next.map(|k| encode_continue(snap.revision, &k)),
+    }))
+}
+
+async fn list_store(
+    state: &AppState,
+    def: &ResourceDef,
+    prefix: &str,
+    token: Option<(i64, String)>,
+    opts: &ListOpts,
+) -> Result<Page, ApiError> {
+    let (mut revision, mut start_key) = match token {
+        Some((rev, start)) => (Some(rev), Some(start)),
+        None => (exact_revision(opts)?, None),
     };
     let limit = opts.limit.filter(|l| *l > 0);
     let mut items = Vec::new();
@@ -80,7 +257,7 @@ pub async fn list(
         let page = state
             .store(def)
             .list(
-                &prefix,
+                prefix,
                 ListOptions {
                     revision,
                     limit: page_size,
@@ -102,8 +279,8 @@ pub async fn list(
             }
             if limit.is_some_and(|l| items.len() == l) {
                 // One more match than asked for: there is a next page, starting here.
-                return Ok(ListPage {
-                    items,
+                return Ok(Page {
+                    items: Items::Values(items),
                     revision: page.revision,
                     continue_token: Some(encode_continue(page.revision, &kv.key)),
                 });
@@ -113,8 +290,8 @@ pub async fn list(
         match page.continue_key {
             Some(next) => start_key = Some(next),
             None => {
-                return Ok(ListPage {
-                    items,
+                return Ok(Page {
+                    items: Items::Values(items),
                     revision: page.revision,
                     continue_token: None,
                 })

@@ -65,19 +65,22 @@ impl AppState {
     }
 
     pub fn store(&self, def: &ResourceDef) -> &std::sync::Arc<dyn store::Store> {
-        // A converted version lives wherever the version it is stored as lives (today only
-        // events.k8s.io events, stored as core events).
-        let group = if def.conversion.is_some() {
-            ""
-        } else {
-            def.group
-        };
-        self.storage.store_for(group, def.plural)
+        self.storage.store_for(storage_group(def), def.plural)
     }
 
     pub fn prefix(&self, def: &ResourceDef, ns: Option<&str>) -> String {
         self.storage
             .list_prefix(def.storage_name, ns.filter(|_| def.namespaced))
+    }
+}
+
+/// The group whose store holds `def`: a converted version lives wherever the version it is
+/// stored as lives (today only events.k8s.io events, stored as core events).
+pub fn storage_group(def: &ResourceDef) -> &'static str {
+    if def.conversion.is_some() {
+        ""
+    } else {
+        def.group
     }
 }
 

@@ -27,6 +27,7 @@ pub struct RunningServer {
     kubelet_client: (PathBuf, PathBuf),
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    state: Arc<AppState>,
 }
 
 impl RunningServer {
@@ -65,6 +66,14 @@ impl RunningServer {
     /// The client certificate and key the apiserver presents to kubelets.
     pub fn kubelet_client_files(&self) -> (&Path, &Path) {
         (&self.kubelet_client.0, &self.kubelet_client.1)
+    }
+
+    /// Test hook: make the watch cache drop its store watch and list the store again, as it
+    /// does when the history it needs was compacted. Watchers must not notice (or, if their
+    /// history is gone, get 410 Gone).
+    #[doc(hidden)]
+    pub fn force_watch_cache_relist(&self) {
+        self.state.cache.force_relist();
     }
 
     /// Stop accepting, end watches, and wait for connections to drain.
@@ -145,10 +154,12 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         reason: format!("--service-node-port-range: {reason}"),
     })?;
     let shutdown = CancellationToken::new();
+    let registry = Registry::builtin();
+    let cache = crate::cache::WatchCache::new(&storage, &registry, config.default_watch_cache_size);
     let state = Arc::new(AppState {
         storage,
         tokens,
-        registry: Registry::builtin(),
+        registry,
         ips,
         node_ports,
         shutdown: shutdown.clone(),
@@ -160,7 +171,9 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         )?,
         namespaces: Default::default(),
         rbac: Default::default(),
+        cache,
     });
+    state.cache.start(&shutdown);
     tokio::spawn(crate::nscache::run(state.clone()));
     tokio::spawn(crate::rbac::run(state.clone()));
     tokio::spawn(crate::nsfinalizer::run(state.clone()));
@@ -215,5 +228,6 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         kubelet_client,
         shutdown,
         task: Some(task),
+        state,
     })
 }

@@ -25,4 +25,6 @@ pub struct AppState {
     pub namespaces: crate::nscache::NamespaceCache,
     /// The RBAC policy every request is authorized against.
     pub rbac: crate::rbac::Authorizer,
+    /// Every resource's objects and recent events in memory, for LIST and WATCH.
+    pub cache: crate::cache::WatchCache,
 }

@@ -1,7 +1,11 @@
-//! Watch: a chunked stream of `{"type": ..., "object": ...}` lines fed by the store's watch
-//! of the resource's key prefix. Selector-filtered watches turn updates into ADDED/DELETED as
-//! objects start/stop matching; a compacted start version is an in-stream ERROR with a 410
-//! Status (kube-rs relists only on that); idle watchers get BOOKMARKs when they ask.
+//! Watch: a chunked stream of `{"type": ..., "object": ...}` lines. Served from the watch
+//! cache's ring of recent events (one store watch feeds every watcher of a resource); a
+//! watcher the ring does not cover — resuming from before it, or fallen behind it — follows
+//! the store's own watch of the resource's prefix until it reaches the ring, then moves onto
+//! it. Either way it continues from the last revision it delivered, so it never loses,
+//! repeats or reorders an event. Selector-filtered watches turn updates into ADDED/DELETED
+//! as objects start/stop matching; a compacted start version is an in-stream ERROR with a
+//! 410 Status (kube-rs relists only on that); idle watchers get BOOKMARKs when they ask.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,11 +17,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use store::{EventKind, StoreError};
+use store::{EventKind, ListOptions, Revision, StoreError};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval};
 
+use crate::cache::{CacheEvent, Cached, Counters, ResourceCache};
+use crate::list::{Items, ListOpts};
 use crate::negotiate::{Accept, Format};
-use crate::objects::{self, decode_kv, ListOpts};
+use crate::objects::{self, decode_kv};
 use crate::registry::ResourceDef;
 use crate::selector::Filter;
 use crate::state::AppState;
@@ -26,6 +33,9 @@ use crate::table::{self, Include};
 
 /// How often an idle watcher that allows bookmarks hears the current version.
 pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Events taken from the ring at a time.
+const RING_BATCH: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct WatchOpts {
@@ -45,6 +55,11 @@ struct Sender {
 }
 
 impl Sender {
+    /// Whether events go out as the cache's JSON lines unchanged.
+    fn plain_json(&self) -> bool {
+        self.accept.format == Format::Json && self.accept.table.is_none()
+    }
+
     /// Send one event; false when the client went away.
     async fn send(&self, ty: &str, obj: &Value) -> bool {
         let object = match (self.accept.table, ty) {
@@ -72,7 +87,25 @@ impl Sender {
             }
         };
         line.push(b'\n');
-        self.tx.send(Ok(Bytes::from(line))).await.is_ok()
+        self.send_line(Bytes::from(line)).await
+    }
+
+    async fn send_line(&self, line: Bytes) -> bool {
+        self.tx.send(Ok(line)).await.is_ok()
+    }
+
+    /// Send a cached object as an event of type `ty`.
+    async fn send_cached(&self, ty: &str, obj: &Cached) -> Result<bool, ApiError> {
+        if self.plain_json() && self.def.conversion.is_none() {
+            let mut line = Vec::with_capacity(obj.json.len() + 40);
+            line.extend_from_slice(b"{\"type\":\"");
+            line.extend_from_slice(ty.as_bytes());
+            line.extend_from_slice(b"\",\"object\":");
+            line.extend_from_slice(&obj.json);
+            line.extend_from_slice(b"}\n");
+            return Ok(self.send_line(Bytes::from(line)).await);
+        }
+        Ok(self.send(ty, &served(&self.def, obj)?).await)
     }
 
     fn bookmark(&self, rev: i64, initial_end: bool) -> Value {
@@ -82,6 +115,15 @@ impl Sender {
         }
         json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": m})
     }
+}
+
+/// A cached object as `def` serves it.
+fn served(def: &ResourceDef, obj: &Cached) -> Result<Value, ApiError> {
+    let v = obj.value()?;
+    Ok(match def.conversion {
+        Some(c) => (c.from_storage)(v),
+        None => v,
+    })
 }
 
 pub fn watch(
@@ -123,6 +165,33 @@ pub fn watch(
         .into_response()
 }
 
+/// Why a watcher stopped following one source.
+enum Exit {
+    /// The watch is over (client gone, timeout, shutdown, stream end).
+    Done,
+    /// Ring -> store: the ring no longer holds the next event.
+    Behind,
+    /// Store -> ring: the ring holds every event after the last one delivered.
+    CaughtUp,
+}
+
+/// Where a watcher is, shared by both sources.
+struct Progress {
+    /// Every event up to here has been delivered (or did not match).
+    last: Revision,
+    /// The highest revision the client has heard (event or bookmark).
+    announced: Revision,
+    deadline: Option<Instant>,
+    ticker: Interval,
+}
+
+impl Progress {
+    fn sleep_until(&self) -> Instant {
+        self.deadline
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400))
+    }
+}
+
 async fn run(
     state: &AppState,
     def: &ResourceDef,
@@ -131,23 +200,47 @@ async fn run(
     start: Option<i64>,
     out: &Sender,
 ) -> Result<(), ApiError> {
-    // No version: the current state as ADDED events, then changes after it.
-    let after = match start {
-        Some(rev) => rev,
-        None => {
-            let page = objects::list(
+    let prefix = state.prefix(def, ns);
+    let cache = state.cache.resource(def).cloned();
+    let last = match start {
+        Some(rev) if !opts.send_initial_events => {
+            // The ring may still hold what the store has compacted: the answer must not
+            // depend on which apiserver (and how full its ring is) the client reached.
+            if let Some(rc) = &cache {
+                if rc.covers(rev) && rev < rc.shared().revision() {
+                    check_not_compacted(state, def, &prefix, rev).await?;
+                }
+            }
+            rev
+        }
+        // No version (or asked for initial events): the state as ADDED events, then the
+        // changes after it.
+        _ => {
+            let page = crate::list::list_page(
                 state,
                 def,
                 ns,
                 &ListOpts {
                     filter: opts.filter.clone(),
+                    resource_version: opts.resource_version.clone(),
                     ..Default::default()
                 },
             )
             .await?;
-            for obj in &page.items {
-                if !out.send("ADDED", obj).await {
-                    return Ok(());
+            match &page.items {
+                Items::Cached(items) => {
+                    for obj in items {
+                        if !out.send_cached("ADDED", obj).await? {
+                            return Ok(());
+                        }
+                    }
+                }
+                Items::Values(items) => {
+                    for obj in items {
+                        if !out.send("ADDED", obj).await {
+                            return Ok(());
+                        }
+                    }
                 }
             }
             if opts.send_initial_events
@@ -161,28 +254,165 @@ async fn run(
             page.revision
         }
     };
-    let prefix = state.prefix(def, ns);
-    let mut events = state.store(def).watch(&prefix, after).await.map_err(gone)?;
-    let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
     ticker.tick().await;
-    let mut last_sent = after;
+    let mut p = Progress {
+        last,
+        announced: last,
+        deadline: opts.timeout.map(|t| Instant::now() + t),
+        ticker,
+    };
+    loop {
+        let exit = match cache.as_ref().filter(|rc| rc.covers(p.last)) {
+            Some(rc) => from_ring(state, def, rc, &prefix, opts, out, &mut p).await?,
+            None => from_store(state, def, cache.as_ref(), &prefix, opts, out, &mut p).await?,
+        };
+        match exit {
+            Exit::Done => return Ok(()),
+            Exit::Behind | Exit::CaughtUp => continue,
+        }
+    }
+}
+
+/// 410 if the store no longer has the history after `rev`.
+async fn check_not_compacted(
+    state: &AppState,
+    def: &ResourceDef,
+    prefix: &str,
+    rev: Revision,
+) -> Result<(), ApiError> {
+    let read = state
+        .store(def)
+        .list(
+            prefix,
+            ListOptions {
+                revision: Some(rev + 1),
+                limit: Some(1),
+                start_key: None,
+            },
+        )
+        .await;
+    match read {
+        Ok(_) | Err(StoreError::FutureRevision { .. }) => Ok(()),
+        Err(e) => Err(gone(e)),
+    }
+}
+
+/// Follow the cache's ring from `p.last` until the watch ends or the ring moves past it.
+async fn from_ring(
+    state: &AppState,
+    def: &ResourceDef,
+    rc: &ResourceCache,
+    prefix: &str,
+    opts: &WatchOpts,
+    out: &Sender,
+    p: &mut Progress,
+) -> Result<Exit, ApiError> {
+    Counters::inc(&rc.counters.ring_watches);
+    let mut changed = rc.subscribe();
+    let mut bookmark_due = false;
+    loop {
+        changed.borrow_and_update();
+        let (events, complete) = match rc.events_after(p.last, RING_BATCH) {
+            Ok(x) => x,
+            Err(_) => return Ok(Exit::Behind),
+        };
+        let cut_short = events.len() == RING_BATCH;
+        for ev in &events {
+            p.last = ev.revision;
+            if !ev.key.starts_with(prefix) {
+                continue;
+            }
+            if !send_ring_event(def, &opts.filter, ev, out).await? {
+                return Ok(Exit::Done);
+            }
+            p.announced = ev.revision;
+        }
+        if cut_short {
+            continue;
+        }
+        // Nothing of this resource between the last event and `complete`.
+        p.last = p.last.max(complete);
+        if bookmark_due && complete > p.announced {
+            if !out.send("BOOKMARK", &out.bookmark(complete, false)).await {
+                return Ok(Exit::Done);
+            }
+            p.announced = complete;
+        }
+        bookmark_due = false;
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return Ok(Exit::Done),
+            _ = out.tx.closed() => return Ok(Exit::Done),
+            _ = tokio::time::sleep_until(p.sleep_until()) => return Ok(Exit::Done),
+            c = changed.changed() => if c.is_err() { return Ok(Exit::Done) },
+            _ = p.ticker.tick(), if opts.bookmarks => bookmark_due = true,
+        }
+    }
+}
+
+/// Send what a filtered watcher sees of `ev`; false when the client went away.
+async fn send_ring_event(
+    def: &ResourceDef,
+    filter: &Filter,
+    ev: &CacheEvent,
+    out: &Sender,
+) -> Result<bool, ApiError> {
+    let put = ev.kind == EventKind::Put;
+    let (was, now) = match def.conversion {
+        None => (
+            ev.prev.as_ref().is_some_and(|p| filter.matches(p.attrs())),
+            put && filter.matches(ev.obj.attrs()),
+        ),
+        Some(_) => {
+            let was = match &ev.prev {
+                Some(p) => filter.matches(&served(def, p)?),
+                None => false,
+            };
+            (was, put && filter.matches(&served(def, &ev.obj)?))
+        }
+    };
+    let ty = match (put, was, now) {
+        (true, true, true) => "MODIFIED",
+        (true, false, true) => "ADDED",
+        (true, true, false) | (false, true, _) => "DELETED",
+        _ => return Ok(true),
+    };
+    if out.plain_json() && def.conversion.is_none() {
+        return Ok(out.send_line(ev.json_line(ty)).await);
+    }
+    out.send_cached(ty, &ev.obj).await
+}
+
+/// Follow the store's watch from `p.last` until the watch ends or the cache's ring covers
+/// what comes next.
+async fn from_store(
+    state: &AppState,
+    def: &ResourceDef,
+    cache: Option<&Arc<ResourceCache>>,
+    prefix: &str,
+    opts: &WatchOpts,
+    out: &Sender,
+    p: &mut Progress,
+) -> Result<Exit, ApiError> {
+    if let Some(rc) = cache {
+        Counters::inc(&rc.counters.store_watches);
+    }
+    let mut events = state.store(def).watch(prefix, p.last).await.map_err(gone)?;
     // A revision read at the previous tick: by now every event up to it has been delivered,
-    // so it is safe to announce (see `BOOKMARK_INTERVAL`).
+    // so it is safe to announce (see `BOOKMARK_INTERVAL`). Only announced, never taken as a
+    // position to move onto the ring from: that needs an event actually delivered.
     let mut candidate: Option<i64> = None;
     loop {
-        let sleep_until =
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
         tokio::select! {
-            _ = state.shutdown.cancelled() => return Ok(()),
-            _ = out.tx.closed() => return Ok(()),
-            _ = tokio::time::sleep_until(sleep_until) => return Ok(()),
-            _ = ticker.tick(), if opts.bookmarks => {
+            _ = state.shutdown.cancelled() => return Ok(Exit::Done),
+            _ = out.tx.closed() => return Ok(Exit::Done),
+            _ = tokio::time::sleep_until(p.sleep_until()) => return Ok(Exit::Done),
+            _ = p.ticker.tick(), if opts.bookmarks => {
                 if let Some(c) = candidate.take() {
-                    if c > last_sent {
-                        last_sent = c;
+                    if c > p.announced {
+                        p.announced = c;
                         if !out.send("BOOKMARK", &out.bookmark(c, false)).await {
-                            return Ok(());
+                            return Ok(Exit::Done);
                         }
                     }
                 }
@@ -190,11 +420,11 @@ async fn run(
             }
             ev = events.next() => {
                 let ev = match ev {
-                    None => return Ok(()),
+                    None => return Ok(Exit::Done),
                     Some(Err(e)) => return Err(gone(e)),
                     Some(Ok(ev)) => ev,
                 };
-                last_sent = last_sent.max(ev.revision());
+                p.last = ev.revision();
                 let new = match ev.kind {
                     EventKind::Put => Some(decode_kv(def, &ev.kv)?),
                     EventKind::Delete => None,
@@ -203,17 +433,19 @@ async fn run(
                     Some(p) => Some(decode_kv(def, p)?),
                     None => None,
                 };
-                let (ty, obj) = match classify(&opts.filter, old.as_ref(), new.as_ref()) {
-                    Some(x) => x,
-                    None => continue,
-                };
-                let mut obj = obj.clone();
-                if ty == "DELETED" {
-                    // A deleted object carries the revision of its deletion.
-                    crate::meta::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(ev.revision().to_string()));
+                if let Some((ty, obj)) = classify(&opts.filter, old.as_ref(), new.as_ref()) {
+                    let mut obj = obj.clone();
+                    if ty == "DELETED" {
+                        // A deleted object carries the revision of its deletion.
+                        crate::meta::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(ev.revision().to_string()));
+                    }
+                    if !out.send(ty, &obj).await {
+                        return Ok(Exit::Done);
+                    }
+                    p.announced = p.announced.max(ev.revision());
                 }
-                if !out.send(ty, &obj).await {
-                    return Ok(());
+                if cache.is_some_and(|rc| rc.covers(p.last)) {
+                    return Ok(Exit::CaughtUp);
                 }
             }
         }

@@ -1,0 +1,240 @@
+//! Feeding the caches of one store: list everything under the key prefix at one revision,
+//! then follow one watch of the whole store from it. A broken watch is resumed after the last
+//! revision applied (no gap, no repeat); only when that history is compacted away does the
+//! feeder list again, resetting every ring to the new list's revision.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use store::{Event, EventKind, KeyValue, ListOptions, Revision, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use super::{Cached, ResourceCache, StoreCache};
+
+/// Keys read per page when listing.
+const LIST_PAGE: usize = 5000;
+/// Events applied before watchers are woken and the revision announced.
+const BATCH: usize = 512;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub(super) async fn run(sc: Arc<StoreCache>, shutdown: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    let mut listed = false;
+    loop {
+        if !listed {
+            sc.shared.ready.store(false, Ordering::Release);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = relist(&sc) => r,
+            };
+            match result {
+                Ok(rev) => {
+                    tracing::debug!(revision = rev, "watch cache listed the store");
+                    listed = true;
+                    backoff = MIN_BACKOFF;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch cache: listing the store failed; retrying");
+                    if sleep(&shutdown, &mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let after = sc.shared.revision();
+        // The whole store, not `root`: every revision must reach the cache (see the module
+        // docs of `crate::cache`); keys outside `root` only move the revision.
+        let mut events = match sc.store.watch("", after).await {
+            Ok(s) => s.ready_chunks(BATCH),
+            Err(e) if e.is_compacted() => {
+                tracing::info!(after, "watch cache: store history compacted; relisting");
+                listed = false;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "watch cache: store watch failed; retrying");
+                if sleep(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sc.relist.notified() => {
+                    tracing::info!("watch cache: relist requested");
+                    listed = false;
+                    break;
+                }
+                b = events.next() => b,
+            };
+            let Some(batch) = batch else {
+                tracing::debug!("watch cache: store watch ended; resuming");
+                break;
+            };
+            let mut touched: Vec<&Arc<ResourceCache>> = Vec::new();
+            let mut last = None;
+            let mut failed = None;
+            for item in batch {
+                match item {
+                    Ok(ev) => {
+                        last = Some(ev.revision());
+                        if let Some(rc) = apply(&sc, ev) {
+                            if !touched.iter().any(|t| Arc::ptr_eq(t, rc)) {
+                                touched.push(rc);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(rev) = last {
+                // Only now: a reader that sees `rev` must find every event up to it applied.
+                sc.shared.revision.send_if_modified(|r| {
+                    let newer = rev > *r;
+                    *r = (*r).max(rev);
+                    newer
+                });
+            }
+            for rc in touched {
+                rc.notify();
+            }
+            if let Some(e) = failed {
+                if e.is_compacted() {
+                    tracing::info!(error = %e, "watch cache: store history compacted; relisting");
+                    listed = false;
+                } else {
+                    tracing::debug!(error = %e, "watch cache: store watch failed; resuming");
+                }
+                break;
+            }
+            backoff = MIN_BACKOFF;
+        }
+        if listed && sleep(&shutdown, &mut backoff).await {
+            return;
+        }
+    }
+}
+
+/// Sleep `backoff` (then double it); true when shut down meanwhile.
+async fn sleep(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+    let d = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// The cache a key belongs to: storage names are one segment (`pods`) or two
+/// (`services/specs`).
+fn route<'a>(sc: &'a StoreCache, key: &str) -> Option<&'a Arc<ResourceCache>> {
+    let rest = key.strip_prefix(&sc.root)?;
+    let mut slashes = rest.match_indices('/').map(|(i, _)| i);
+    let first = slashes.next()?;
+    if let Some(rc) = sc.resources.get(&rest[..first]) {
+        return Some(rc);
+    }
+    let second = slashes.next()?;
+    sc.resources.get(&rest[..second])
+}
+
+/// Apply one store event; the cache it changed, if any.
+fn apply(sc: &StoreCache, ev: Event) -> Option<&Arc<ResourceCache>> {
+    let rc = route(sc, &ev.kv.key)?;
+    let rev = ev.revision();
+    match ev.kind {
+        EventKind::Put => match Cached::decode(&ev.kv.value, rev, rc.fields()) {
+            Ok(obj) => rc.apply(ev.kv.key, rev, Some(Arc::new(obj)), None),
+            Err(e) => {
+                tracing::warn!(key = %ev.kv.key, error = %e, "watch cache: undecodable object");
+                rc.forget(&ev.kv.key, rev);
+            }
+        },
+        EventKind::Delete => {
+            let deleted = ev
+                .prev
+                .as_ref()
+                .and_then(|p| Cached::decode(&p.value, rev, rc.fields()).ok())
+                .map(Arc::new);
+            rc.apply(ev.kv.key, rev, None, deleted);
+        }
+    }
+    Some(rc)
+}
+
+/// List every key under the prefix at one revision and replace every cache with it.
+async fn relist(sc: &Arc<StoreCache>) -> Result<Revision, StoreError> {
+    let mut maps: HashMap<&'static str, BTreeMap<String, Arc<Cached>>> = HashMap::new();
+    let mut revision = None;
+    let mut start_key = None;
+    loop {
+        let page = sc
+            .store
+            .list(
+                &sc.root,
+                ListOptions {
+                    revision,
+                    limit: Some(LIST_PAGE),
+                    start_key: start_key.take(),
+                },
+            )
+            .await?;
+        revision = Some(page.revision);
+        // Parsing thousands of objects is CPU work: keep it off the async workers.
+        let this = sc.clone();
+        let items = page.items;
+        let decoded = tokio::task::spawn_blocking(move || decode_page(&this, items))
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                reason: format!("decoding the listed objects: {e}"),
+            })?;
+        for (name, key, obj) in decoded {
+            maps.entry(name).or_default().insert(key, obj);
+        }
+        match page.continue_key {
+            Some(next) => start_key = Some(next),
+            None => break,
+        }
+    }
+    let rev = revision.unwrap_or(0).max(1);
+    for (name, rc) in &sc.resources {
+        rc.reset(maps.remove(name).unwrap_or_default(), rev);
+    }
+    sc.shared.revision.send_modify(|r| *r = (*r).max(rev));
+    sc.shared.ready.store(true, Ordering::Release);
+    for rc in sc.resources.values() {
+        rc.notify();
+    }
+    Ok(rev)
+}
+
+fn decode_page(sc: &StoreCache, items: Vec<KeyValue>) -> Vec<(&'static str, String, Arc<Cached>)> {
+    let names: HashMap<*const ResourceCache, &'static str> = sc
+        .resources
+        .iter()
+        .map(|(n, rc)| (Arc::as_ptr(rc), *n))
+        .collect();
+    let mut out = Vec::with_capacity(items.len());
+    for kv in items {
+        let Some(rc) = route(sc, &kv.key) else {
+            continue;
+        };
+        match Cached::decode(&kv.value, kv.mod_revision, rc.fields()) {
+            Ok(obj) => out.push((names[&Arc::as_ptr(rc)], kv.key, Arc::new(obj))),
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "watch cache: undecodable object")
+            }
+        }
+    }
+    out
+}
