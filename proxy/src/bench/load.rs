@@ -152,8 +152,7 @@ impl Drop for Trafgen {
 /// In the backend namespace, on [`BACKEND_PORT`]: a UDP socket that is never read (datagrams
 /// are counted at the interface; a bound port keeps the kernel from answering each with an
 /// ICMP port unreachable), and a TCP server whose threads accept a connection, read the
-/// request, write a reply, and wait for the client to close first (so TIME_WAIT stays with
-/// the client). Stopped and joined on drop.
+/// request, write a reply, and wait for the client to close. Stopped and joined on drop.
 pub struct Servers {
     _udp: UdpSocket,
     stop: Arc<AtomicBool>,
@@ -214,7 +213,7 @@ fn serve(listener: &TcpListener, stop: &AtomicBool) {
         let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
         let _ = conn.set_nodelay(true);
         if matches!(conn.read(&mut buf), Ok(n) if n > 0) && conn.write_all(b"ok\n").is_ok() {
-            // the client closes first: wait for its FIN
+            // the client closes first (with an RST): wait for it
             let _ = conn.read(&mut buf);
         }
     }
@@ -286,14 +285,18 @@ fn connect_loop(netns_path: &Path, target: SocketAddrV4, counts: &TcpCounts, sto
     }
 }
 
-/// One short connection: connect, request, reply, close.
+/// One short connection: connect, request, reply, close. The close is an abort (`SO_LINGER`
+/// 0: an RST, no TIME_WAIT): otherwise each run leaves tens of thousands of TIME_WAIT
+/// sockets in the client namespace, and searching a free port among them made TCP runs
+/// vary more than the dataplanes do.
 fn exchange(target: &SocketAddr, buf: &mut [u8]) -> std::io::Result<()> {
     let mut conn = TcpStream::connect_timeout(target, Duration::from_secs(1))?;
+    socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO))?;
     conn.set_nodelay(true)?;
     conn.set_read_timeout(Some(Duration::from_secs(1)))?;
     conn.write_all(b"GET\n")?;
     if conn.read(buf)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(()) // dropping `conn` closes it: the client's FIN goes first
+    Ok(()) // dropping `conn` closes it
 }
