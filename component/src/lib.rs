@@ -1,4 +1,4 @@
-//! What every kaze component shares: tracing set-up and shutdown signalling.
+//! What every kaze component shares: tracing set-up, shutdown signalling and quota accounting.
 //!
 //! Every component exposes `run(config, shutdown: CancellationToken)`; the `kaze` binary
 //! creates one token per process with [`shutdown_on_signals`] and hands clones to each
@@ -8,6 +8,7 @@ use std::path::Path;
 
 pub mod https;
 pub mod leader;
+pub mod quota;
 
 pub use tokio_util::sync::CancellationToken;
 
