@@ -1,5 +1,10 @@
 //! Deletion: preconditions, finalizers and graceful deletion put a `deletionTimestamp` on the
 //! object; only an object nothing holds back leaves the store.
+//!
+//! Namespaces, as upstream: DELETE marks the namespace `Terminating`; the controller-manager's
+//! namespace controller deletes its content and then removes the `kubernetes` finalizer from
+//! `spec.finalizers` (`namespaces/<n>/finalize`), which removes the namespace once no
+//! finalizer (spec or metadata) is left. Until then creates in it are refused.
 
 use serde_json::{json, Value};
 use store::StoreError;
@@ -62,6 +67,9 @@ pub async fn delete(
             }
         }
         let is_namespace = def.group.is_empty() && def.plural == "namespaces";
+        // A namespace is marked first; deleting one that is marked and finalized removes it.
+        let mark_namespace =
+            is_namespace && (!meta::is_deleting(&cur) || held_by_spec_finalizers(def, &cur));
         let grace = if def.group.is_empty() && def.plural == "pods" {
             let on_node = cur
                 .pointer("/spec/nodeName")
@@ -90,7 +98,7 @@ pub async fn delete(
         };
         let finalizers = meta::finalizers(&cur);
         let add_finalizer = gc_finalizer.filter(|f| !finalizers.iter().any(|x| x == f));
-        if !finalizers.is_empty() || grace > 0 || is_namespace || gc_finalizer.is_some() {
+        if !finalizers.is_empty() || grace > 0 || mark_namespace || gc_finalizer.is_some() {
             if meta::is_deleting(&cur) && add_finalizer.is_none() {
                 // Already on its way out; a shorter grace period could be applied here.
                 return Ok((cur, false));
@@ -147,21 +155,13 @@ pub async fn delete(
     }
 }
 
-/// Delete the object outright, whatever its finalizers (used by the namespace finalizer once
-/// a namespace is empty).
-pub async fn remove(
-    state: &AppState,
-    def: &ResourceDef,
-    ns: Option<&str>,
-    name: &str,
-) -> Result<(), ApiError> {
-    let key = state.key(def, ns, name);
-    match state.store(def).delete(&key, None).await {
-        Ok((kv, _)) => {
-            after_delete(state, def, &decode_kv(def, &kv)?).await;
-            Ok(())
-        }
-        Err(StoreError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(from_store(e, def.plural, def.group, name)),
-    }
+/// A namespace whose `spec.finalizers` are not done yet (the namespace controller's
+/// `kubernetes`): it stays, however its metadata finalizers stand.
+pub(crate) fn held_by_spec_finalizers(def: &ResourceDef, obj: &Value) -> bool {
+    def.group.is_empty()
+        && def.plural == "namespaces"
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
 }

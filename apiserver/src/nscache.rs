@@ -27,6 +27,9 @@ pub struct NamespaceCache {
     names: RwLock<HashMap<String, bool>>,
     /// Whether `names` follows the store right now.
     synced: AtomicBool,
+    /// Which namespaces hold ResourceQuotas, for quota admission (followed by
+    /// [`crate::quota::run`]).
+    pub quotas: crate::quota::QuotaIndex,
 }
 
 impl NamespaceCache {

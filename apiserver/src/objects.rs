@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use store::{KeyValue, StoreError};
 
-pub use crate::delete::{delete, remove, DeleteOpts};
+pub use crate::delete::{delete, DeleteOpts};
 pub use crate::list::{list, ListOpts};
 
 use crate::kinds;
@@ -322,6 +322,7 @@ pub async fn create(
 
     if let Some(ns) = ns {
         check_namespace(state, def, ns).await?;
+        crate::quota::admit(state, def, ns, &obj, &given, dry_run).await?;
     }
     // Services get their ClusterIP and node ports before they are stored, and give them
     // back when the create fails.
@@ -513,6 +514,7 @@ where
         if meta::is_deleting(&new)
             && meta::finalizers(&new).is_empty()
             && !is_graceful_pending(def, &new)
+            && !crate::delete::held_by_spec_finalizers(def, &new)
         {
             match store.delete(&key, Some(kv.mod_revision)).await {
                 Ok(_) => {

@@ -89,6 +89,7 @@ pub enum Printer {
     ConfigMap,
     Secret,
     Event,
+    ResourceQuota,
 }
 
 /// One resource of one group-version.
@@ -261,7 +262,7 @@ fn builtins() -> Vec<ResourceDef> {
             fields: NONE, printer: P::Default),
         def!(core::v1::ResourceQuota, "", "v1", "ResourceQuota", "resourcequotas", "resourcequota", ns: true,
             short: &["quota"], cat: NONE, subs: STATUS, storage: "resourcequotas",
-            fields: NONE, printer: P::Default),
+            fields: NONE, printer: P::ResourceQuota),
         def!(apps::v1::Deployment, "apps", "v1", "Deployment", "deployments", "deployment", ns: true,
             short: &["deploy"], cat: ALL, subs: STATUS_SCALE, storage: "deployments",
             fields: NONE, printer: P::Deployment),

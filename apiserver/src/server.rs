@@ -176,7 +176,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     state.cache.start(&shutdown);
     tokio::spawn(crate::nscache::run(state.clone()));
     tokio::spawn(crate::rbac::run(state.clone()));
-    tokio::spawn(crate::nsfinalizer::run(state.clone()));
+    tokio::spawn(crate::quota::run(state.clone()));
     tokio::spawn(crate::compactor::run(
         state.clone(),
         config.etcd_compaction_interval,

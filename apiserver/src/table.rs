@@ -144,6 +144,12 @@ fn columns(p: Printer) -> Vec<Value> {
             col("Object", "string", 0, "The object that this event is about."),
             col("Message", "string", 0, "A human-readable description of the status of this operation."),
         ],
+        Printer::ResourceQuota => vec![
+            name,
+            age,
+            col("Request", "string", 0, "Request represents a minimum amount of cpu/memory that a container may consume."),
+            col("Limit", "string", 0, "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node."),
+        ],
         Printer::Default => vec![name, age],
     }
 }
@@ -444,9 +450,46 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
                 json!(s(o, "/message")),
             ];
         }
+        Printer::ResourceQuota => {
+            let (request, limit) = quota_cells(o);
+            row.extend([json!(age(o)), json!(request), json!(limit)]);
+        }
         Printer::Default => row.push(json!(age(o))),
     }
     row
+}
+
+/// Upstream's REQUEST and LIMIT columns: `used/hard` per resource of `spec.hard`, the
+/// `limits.*` ones under LIMIT, amounts in canonical form.
+fn quota_cells(o: &Value) -> (String, String) {
+    let amount = |ptr: &str, r: &str| {
+        let raw = o
+            .pointer(ptr)
+            .and_then(|m| m.get(r))
+            .and_then(Value::as_str)
+            .unwrap_or("0");
+        component::quota::Quantity::parse(raw).map_or_else(|| raw.to_string(), |q| q.to_string())
+    };
+    let (mut request, mut limit) = (Vec::new(), Vec::new());
+    let mut names: Vec<&String> = o
+        .pointer("/spec/hard")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .collect();
+    names.sort();
+    for r in names {
+        let cell = format!(
+            "{r}: {}/{}",
+            amount("/status/used", r),
+            amount("/status/hard", r)
+        );
+        match r.split_once('.') {
+            Some(("limits", _)) => limit.push(cell),
+            _ => request.push(cell),
+        }
+    }
+    (request.join(", "), limit.join(", "))
 }
 
 /// `includeObject`: what each row carries besides its cells.

@@ -91,8 +91,21 @@ fn apply_and_get_on_a_real_etcd() {
             "{names}"
         );
     }
-    // The namespace goes first and takes its contents with it, so the rest may be gone already.
-    s.kubectl(&["delete", "-f", &f, "--timeout=30s", "--ignore-not-found"]);
+    // kubectl deletes each object; the namespace stays Terminating until the namespace
+    // controller (not running here) removes its finalizer, which the test does instead.
+    s.kubectl(&["delete", "-f", &f, "--wait=false", "--ignore-not-found"]);
+    let finalize = r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop"},"spec":{"finalizers":[]}}"#;
+    s.kubectl_stdin(
+        &[
+            "replace",
+            "--raw",
+            "/api/v1/namespaces/shop/finalize",
+            "-f",
+            "-",
+        ],
+        Some(finalize),
+    );
+    s.kubectl(&["wait", "--for=delete", "namespace/shop", "--timeout=30s"]);
     assert!(s
         .kubectl_fails(&["get", "ns", "shop"], None)
         .contains("not found"));
@@ -405,9 +418,26 @@ fn get_watch_prints_a_later_change_and_wait_for_delete_returns() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Deleting a namespace empties it first; --wait (the default) returns once it is gone.
-    let out = s.kubectl(&["delete", "namespace", "w", "--timeout=30s"]);
+    // Deleting a namespace marks it Terminating. The namespace controller (not running here)
+    // empties it and removes the `kubernetes` finalizer through `finalize`; then the
+    // apiserver removes it and `kubectl wait --for=delete` returns.
+    let out = s.kubectl(&["delete", "namespace", "w", "--wait=false"]);
     assert!(out.contains("namespace \"w\" deleted"), "{out}");
+    let phase = s.kubectl(&["get", "namespace", "w", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(phase, "Terminating");
+    s.kubectl(&["delete", "deploy", "api", "-n", "w"]);
+    let finalize = r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"w"},"spec":{"finalizers":[]}}"#;
+    s.kubectl_stdin(
+        &[
+            "replace",
+            "--raw",
+            "/api/v1/namespaces/w/finalize",
+            "-f",
+            "-",
+        ],
+        Some(finalize),
+    );
+    s.kubectl(&["wait", "--for=delete", "namespace/w", "--timeout=30s"]);
     let err = s.kubectl_fails(&["get", "namespace", "w"], None);
     assert!(err.contains("not found"), "{err}");
     let err = s.kubectl_fails(&["get", "deploy", "api", "-n", "w"], None);

@@ -1,0 +1,305 @@
+//! ResourceQuota admission, as upstream's `ResourceQuota` plugin: a create that would take a
+//! quota's `status.used` past its `status.hard` is refused with 403 `exceeded quota: <name>,
+//! requested: pods=1, used: pods=5, limited: pods=5`, and an admitted create is charged to
+//! the quota's `status.used` at once (compare-and-swap), so creates racing each other cannot
+//! overshoot before the controller-manager's `resourcequota` controller recounts. A quota
+//! whose status the controller has not filled in yet limits nothing, as upstream.
+//!
+//! What an object charges and which quotas it falls under come from [`component::quota`],
+//! the accounting the controller uses too. Namespaces without quotas cost a create one
+//! in-memory lookup: which namespaces hold quotas is followed by a list + watch of the
+//! store. A quota created a moment ago limits creates once its event arrives (milliseconds).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use component::quota::{self, Item, Quantity, ResourceList};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ResourceQuota;
+use serde_json::{json, Value};
+use store::{EventKind, ListOptions, StoreError};
+
+use crate::objects::{decode_kv, guaranteed_update};
+use crate::registry::ResourceDef;
+use crate::state::AppState;
+use crate::status::ApiError;
+
+/// Wait this long before relisting after the watch fails.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Which namespaces hold ResourceQuotas.
+#[derive(Debug, Default)]
+pub struct QuotaIndex {
+    /// Namespace -> names of its quotas.
+    names: RwLock<HashMap<String, HashSet<String>>>,
+    /// Whether `names` follows the store right now; while not, every create looks.
+    synced: AtomicBool,
+}
+
+impl QuotaIndex {
+    /// Whether creates in `ns` must be checked against quotas.
+    pub fn may_have(&self, ns: &str) -> bool {
+        !self.synced.load(Ordering::Acquire)
+            || self
+                .names
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(ns)
+                .is_some_and(|s| !s.is_empty())
+    }
+
+    fn apply(&self, key: &str, present: bool) {
+        let Some((ns, name)) = key.split_once('/') else {
+            return;
+        };
+        let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+        if present {
+            names
+                .entry(ns.to_string())
+                .or_default()
+                .insert(name.to_string());
+        } else if let Some(set) = names.get_mut(ns) {
+            set.remove(name);
+            if set.is_empty() {
+                names.remove(ns);
+            }
+        }
+    }
+}
+
+fn quota_def(state: &AppState) -> &ResourceDef {
+    state
+        .registry
+        .get("", "v1", "resourcequotas")
+        .expect("resourcequotas are built in")
+}
+
+/// Keep `state.namespaces.quotas` in step with the store until shutdown.
+pub async fn run(state: Arc<AppState>) {
+    loop {
+        let result = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = follow(&state) => r,
+        };
+        state
+            .namespaces
+            .quotas
+            .synced
+            .store(false, Ordering::Release);
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "quota index lost its watch; relisting");
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+async fn follow(state: &AppState) -> Result<(), StoreError> {
+    let def = quota_def(state);
+    let store = state.store(def).clone();
+    let prefix = state.prefix(def, None);
+    let list = store.list(&prefix, ListOptions::default()).await?;
+    let index = &state.namespaces.quotas;
+    let mut events = store.watch(&prefix, list.revision).await?;
+    {
+        let mut names = index.names.write().unwrap_or_else(|e| e.into_inner());
+        names.clear();
+        for kv in &list.items {
+            if let Some((ns, name)) = kv.key.strip_prefix(&prefix).and_then(|k| k.split_once('/')) {
+                names
+                    .entry(ns.to_string())
+                    .or_default()
+                    .insert(name.to_string());
+            }
+        }
+    }
+    index.synced.store(true, Ordering::Release);
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        if let Some(key) = ev.kv.key.strip_prefix(&prefix) {
+            index.apply(key, ev.kind == EventKind::Put);
+        }
+    }
+    Err(StoreError::Unavailable {
+        reason: "resourcequota watch ended".into(),
+    })
+}
+
+fn list_of(
+    status: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
+) -> ResourceList {
+    quota::parse_list(status.into_iter().flatten().map(|(k, v)| (k, v.0.as_str())))
+}
+
+fn masked(list: &ResourceList, names: &BTreeSet<String>) -> ResourceList {
+    list.iter()
+        .filter(|(k, _)| names.contains(*k))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// What `quota` would say to charging `requested`: the resources it may charge (those it
+/// limits), or why not.
+fn check(
+    def: &ResourceDef,
+    name: &str,
+    rq: &ResourceQuota,
+    item: &Item<'_>,
+    delta: &ResourceList,
+) -> Result<ResourceList, ApiError> {
+    let qname = rq.metadata.name.as_deref().unwrap_or("");
+    let status = rq.status.clone().unwrap_or_default();
+    let hard = list_of(status.hard.as_ref());
+    let hard_names: BTreeSet<String> = hard.keys().cloned().collect();
+    let spec = rq.spec.clone().unwrap_or_default();
+    if !quota::matches(&hard_names, &quota::scopes(&spec), item) {
+        return Ok(ResourceList::new());
+    }
+    let forbidden = |why: String| ApiError::forbidden(def.plural, def.group, name, &why);
+    if item.group.is_empty() && item.resource == "pods" {
+        let required: BTreeSet<String> = hard_names
+            .iter()
+            .filter(|n| quota::governs("", "pods", n))
+            .cloned()
+            .collect();
+        quota::pod_constraints(&required, item.body)
+            .map_err(|e| forbidden(format!("failed quota: {qname}: {e}")))?;
+    }
+    let requested: ResourceList = delta
+        .iter()
+        .filter(|(k, v)| hard_names.contains(*k) && !v.is_zero())
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    if requested.is_empty() {
+        return Ok(requested);
+    }
+    let used = list_of(status.used.as_ref());
+    let unknown: Vec<&str> = requested
+        .keys()
+        .filter(|k| !used.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(forbidden(format!(
+            "status unknown for quota: {qname}, resources: {}",
+            unknown.join(",")
+        )));
+    }
+    let exceeded: BTreeSet<String> = requested
+        .iter()
+        .filter(|(k, v)| {
+            let mut total = used[*k];
+            total.add(**v);
+            total > hard[*k]
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !exceeded.is_empty() {
+        return Err(forbidden(format!(
+            "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
+            quota::pretty(&masked(&requested, &exceeded)),
+            quota::pretty(&masked(&used, &exceeded)),
+            quota::pretty(&masked(&hard, &exceeded)),
+        )));
+    }
+    Ok(requested)
+}
+
+/// Admit the create of `obj` (named `name`, empty for generateName) into `ns`, charging
+/// every quota it falls under unless `dry_run`.
+pub(crate) async fn admit(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: &str,
+    obj: &Value,
+    name: &str,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    if !state.namespaces.quotas.may_have(ns) {
+        return Ok(());
+    }
+    let qdef = quota_def(state);
+    let page = state
+        .store(qdef)
+        .list(&state.prefix(qdef, Some(ns)), ListOptions::default())
+        .await
+        .map_err(|e| crate::status::from_store(e, qdef.plural, qdef.group, ""))?;
+    if page.items.is_empty() {
+        return Ok(());
+    }
+    let item = Item {
+        group: def.group,
+        resource: def.plural,
+        body: obj,
+        deletion_deadline: None,
+    };
+    let delta = quota::usage(&item, jiff::Timestamp::now().as_second());
+    let mut charges = Vec::new();
+    for kv in &page.items {
+        let rq: ResourceQuota = match serde_json::from_value(decode_kv(qdef, kv)?) {
+            Ok(rq) => rq,
+            Err(_) => continue,
+        };
+        let requested = check(def, name, &rq, &item, &delta)?;
+        if !requested.is_empty() {
+            charges.push((rq.metadata.name.unwrap_or_default(), requested));
+        }
+    }
+    if dry_run {
+        return Ok(());
+    }
+    for (qname, requested) in charges {
+        let charged = guaranteed_update(state, qdef, Some(ns), &qname, None, false, |cur| {
+            let rq: ResourceQuota = serde_json::from_value(cur.clone())
+                .map_err(|e| ApiError::internal(format!("decoding resourcequota: {e}")))?;
+            // Checked again against the latest usage: another create may have come first.
+            let requested = check(def, name, &rq, &item, &requested)?;
+            let mut used = list_of(rq.status.as_ref().and_then(|s| s.used.as_ref()));
+            let mut new = cur.clone();
+            for (k, v) in requested {
+                let total = used.entry(k.clone()).or_insert(Quantity::ZERO);
+                total.add(v);
+                new["status"]["used"][k.as_str()] = json!(total.to_string());
+            }
+            Ok(new)
+        })
+        .await;
+        match charged {
+            Ok(_) => {}
+            // Deleted meanwhile: nothing to charge.
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_answers_for_namespaces_with_quotas() {
+        let index = QuotaIndex::default();
+        assert!(index.may_have("a"), "unsynced: look");
+        index.synced.store(true, Ordering::Release);
+        assert!(!index.may_have("a"));
+        index.apply("a/q1", true);
+        index.apply("a/q2", true);
+        assert!(index.may_have("a"));
+        index.apply("a/q1", false);
+        assert!(index.may_have("a"));
+        index.apply("a/q2", false);
+        assert!(!index.may_have("a"));
+        assert!(!index.may_have("b"));
+    }
+}
