@@ -5,7 +5,8 @@
 //! Controllers: `replicaset`, `replicationcontroller`, `deployment`, `daemonset`, `statefulset`, `endpointslice` (also writes Endpoints),
 //! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
 //! `job`, `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction), `podgc`,
-//! `serviceaccount`. Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
+//! `serviceaccount`, `namespace` (deletes a deleted namespace's content, then finalizes it),
+//! `resourcequota` (quota usage). Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,11 +22,13 @@ pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod job;
+pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod util;
@@ -45,6 +48,8 @@ pub const ALL: &[&str] = &[
     "nodelifecycle",
     "podgc",
     "serviceaccount",
+    "namespace",
+    "resourcequota",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -76,6 +81,10 @@ pub struct Config {
     /// Finished pods kept before the oldest are deleted.
     #[arg(long = "terminated-pod-gc-threshold", default_value_t = 12500)]
     pub terminated_pod_gc_threshold: usize,
+
+    /// How often every ResourceQuota's usage is recomputed even without changes.
+    #[arg(long = "resource-quota-sync-period", default_value = "5m", value_parser = component::leader::parse_duration)]
+    pub resource_quota_sync_period: Duration,
 
     #[command(flatten)]
     pub leader: component::leader::LeaderElectionArgs,
@@ -182,11 +191,21 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
                 grace: config.node_monitor_grace_period,
                 period: config.node_monitor_period,
             };
-            let gc_threshold = config.terminated_pod_gc_threshold;
-            run_controllers(client, which, cidr, timing, gc_threshold, token)
+            let periods = Periods {
+                gc_threshold: config.terminated_pod_gc_threshold,
+                quota_resync: config.resource_quota_sync_period,
+            };
+            run_controllers(client, which, cidr, timing, periods, token)
         })
         .await?;
     Ok(())
+}
+
+/// Tunables of the controllers that take them.
+#[derive(Debug, Clone, Copy)]
+struct Periods {
+    gc_threshold: usize,
+    quota_resync: Duration,
 }
 
 async fn run_controllers(
@@ -194,7 +213,7 @@ async fn run_controllers(
     which: Vec<&'static str>,
     cidr: nodeipam::Cidrs,
     timing: nodelifecycle::Timing,
-    gc_threshold: usize,
+    periods: Periods,
     shutdown: component::CancellationToken,
 ) {
     let ctx = Arc::new(Ctx {
@@ -218,7 +237,13 @@ async fn run_controllers(
             "nodelifecycle" => tasks.spawn(nodelifecycle::run(ctx.client.clone(), timing, token)),
             "serviceaccount" => tasks.spawn(serviceaccount::run(ctx, token)),
             "replicationcontroller" => tasks.spawn(replicationcontroller::run(ctx, token)),
-            "podgc" => tasks.spawn(podgc::run(ctx.client.clone(), gc_threshold, token)),
+            "podgc" => tasks.spawn(podgc::run(ctx.client.clone(), periods.gc_threshold, token)),
+            "namespace" => tasks.spawn(namespace::run(ctx.client.clone(), token)),
+            "resourcequota" => tasks.spawn(resourcequota::run(
+                ctx.client.clone(),
+                periods.quota_resync,
+                token,
+            )),
             _ => continue,
         };
     }

@@ -153,6 +153,7 @@ async fn deployments_roll_and_everything_else_follows() {
         node_monitor_grace_period: Duration::from_secs(40),
         node_monitor_period: Duration::from_secs(5),
         terminated_pod_gc_threshold: 12500,
+        resource_quota_sync_period: Duration::from_secs(300),
         leader: component::leader::LeaderElectionArgs::disabled(),
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
@@ -341,6 +342,44 @@ async fn deployments_roll_and_everything_else_follows() {
         async move { sas.get_opt("default").await.ok().flatten() }
     })
     .await;
+
+    // 8. `kubectl delete namespace` removes everything in it, with every controller running
+    //    (the ReplicaSet's attempts to replace its pods are refused meanwhile).
+    kubectl(
+        &kc,
+        &[
+            "create",
+            "deployment",
+            "api",
+            "-n",
+            "team-a",
+            "--image=kaze/busybox:1",
+            "--replicas=2",
+        ],
+        None,
+    );
+    let team_pods: Api<Pod> = Api::namespaced(client.clone(), "team-a");
+    wait_for("team-a pods", Duration::from_secs(20), || {
+        let team_pods = team_pods.clone();
+        async move {
+            let n = team_pods
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len();
+            (n == 2).then_some(())
+        }
+    })
+    .await;
+    let out = kubectl(
+        &kc,
+        &["delete", "namespace", "team-a", "--timeout=60s"],
+        None,
+    );
+    assert!(out.contains("namespace \"team-a\" deleted"), "{out}");
+    let err = testkit::kubectl_with(&kc, &["get", "namespace", "team-a"], None);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("not found"));
 
     stop.store(true, Ordering::Relaxed);
     let _ = kubelet.await;

@@ -24,6 +24,7 @@ fn config(
         node_monitor_grace_period: Duration::from_secs(40),
         node_monitor_period: Duration::from_secs(5),
         terminated_pod_gc_threshold: 2,
+        resource_quota_sync_period: Duration::from_secs(300),
         leader,
     }
 }

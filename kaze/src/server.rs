@@ -169,6 +169,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         node_monitor_grace_period: args.node_monitor_grace_period,
         node_monitor_period: std::time::Duration::from_secs(5),
         terminated_pod_gc_threshold: 12500,
+        resource_quota_sync_period: std::time::Duration::from_secs(300),
         leader: args.leader.clone(),
     };
     let token = shutdown.child_token();
