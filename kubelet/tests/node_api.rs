@@ -78,9 +78,18 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
 
     // Registration; then node IPAM's part, done here by hand.
     let nodes: Api<Node> = Api::all(client.clone());
+    // The kubelet creates the Node, then posts its status: wait for both (the status came
+    // a moment after the object in one CI run).
     let registered = eventually("node registration", Duration::from_secs(20), || {
         let (nodes, node) = (nodes.clone(), node.clone());
-        async move { nodes.get_opt(&node).await.ok().flatten() }
+        async move {
+            nodes
+                .get_opt(&node)
+                .await
+                .ok()
+                .flatten()
+                .filter(|n| n.status.as_ref().is_some_and(|s| s.capacity.is_some()))
+        }
     })
     .await;
     let labels = registered.metadata.labels.clone().unwrap_or_default();
