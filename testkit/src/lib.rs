@@ -556,6 +556,39 @@ impl Drop for NodeGuard {
             }
         }
         let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/kaze-{}", self.node));
+        remove_node_cgroups(&self.node);
+    }
+}
+
+/// Removes the cgroups a kubelet made for `node` under kaze's cgroup roots (`kaze`, and the
+/// tests' and benches' `kaze-test`, `kaze-bench`) in every mounted hierarchy, deepest first.
+/// A kubelet tears down the pods it stops; these are what a killed one leaves. Only empty
+/// cgroups can go: call this after the node's containers are gone.
+pub fn remove_node_cgroups(node: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        for root in ["kaze", "kaze-test", "kaze-bench"] {
+            let top = h.path().join(root).join(node);
+            let mut dirs = Vec::new();
+            let mut stack = vec![top];
+            while let Some(d) = stack.pop() {
+                let Ok(rd) = std::fs::read_dir(&d) else {
+                    continue;
+                };
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+                dirs.push(d);
+            }
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in dirs {
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
     }
 }
 
