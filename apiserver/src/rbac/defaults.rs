@@ -1,7 +1,40 @@
 //! The built-in part of the policy: ClusterRoles and bindings every kaze apiserver has
 //! without storing them (approximations of upstream's bootstrap policy; see `super`).
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use super::{Rule, Subject};
+
+/// Every built-in ClusterRole by name, built once (authorization runs on every request).
+static CLUSTER_ROLES: LazyLock<HashMap<&'static str, Vec<Rule>>> = LazyLock::new(|| {
+    [
+        "cluster-admin",
+        "admin",
+        "edit",
+        "view",
+        "system:node",
+        "system:discovery",
+        "system:basic-user",
+        "kaze:cluster-info",
+    ]
+    .into_iter()
+    .filter_map(|n| Some((n, make_cluster_role(n)?)))
+    .collect()
+});
+
+static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 5]> =
+    LazyLock::new(make_bindings);
+
+/// The rules of built-in ClusterRole `name`, if there is one.
+pub(super) fn builtin_cluster_role(name: &str) -> Option<&'static [Rule]> {
+    CLUSTER_ROLES.get(name).map(Vec::as_slice)
+}
+
+/// The built-in bindings: subject, ClusterRole, and the namespace one is limited to.
+pub(super) fn builtin_bindings() -> &'static [(Subject, &'static str, Option<&'static str>)] {
+    BINDINGS.as_slice()
+}
 
 pub(super) fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Rule {
     let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
@@ -38,7 +71,7 @@ const WORKLOAD_GROUPS: [&str; 9] = [
 ];
 
 /// The built-in ClusterRoles (approximations of upstream's bootstrap policy).
-pub(super) fn builtin_cluster_role(name: &str) -> Option<Vec<Rule>> {
+fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
     Some(match name {
         "cluster-admin" => vec![rule(&["*"], &["*"], &["*"]), url_rule(&["*"], &["*"])],
         // bound in a namespace: everything there, RBAC included
@@ -121,7 +154,7 @@ pub(super) fn builtin_cluster_role(name: &str) -> Option<Vec<Rule>> {
 
 /// Built-in bindings: subject, ClusterRole, and the namespace a RoleBinding-like one is
 /// limited to.
-pub(super) fn builtin_bindings() -> [(Subject, &'static str, Option<&'static str>); 5] {
+fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 5] {
     [
         (Subject::Group("system:nodes".into()), "system:node", None),
         (

@@ -109,8 +109,8 @@ struct Policy {
     /// (namespace, name)
     roles: HashMap<(String, String), Vec<Rule>>,
     cluster_bindings: HashMap<String, Binding>,
-    /// (namespace, name)
-    bindings: HashMap<(String, String), Binding>,
+    /// namespace -> name -> binding (a request only looks at its own namespace's)
+    bindings: HashMap<String, HashMap<String, Binding>>,
 }
 
 #[derive(Debug, Default)]
@@ -137,30 +137,28 @@ impl Authorizer {
             let in_scope = scope.is_none_or(
                 |ns| matches!(attrs, Attributes::Resource { namespace: Some(n), .. } if n == ns),
             );
-            if in_scope && matches(&binding, user) {
-                if let Some(rules) = builtin_cluster_role(role) {
-                    if rules.iter().any(|r| rule_allows(r, attrs)) {
-                        return (true, format!("allowed by the built-in ClusterRole {role}"));
-                    }
-                }
+            if in_scope
+                && matches(binding, user)
+                && builtin_cluster_role(role)
+                    .is_some_and(|r| r.iter().any(|r| rule_allows(r, attrs)))
+            {
+                return (true, format!("allowed by the built-in ClusterRole {role}"));
             }
         }
         let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
-        let cluster_role_rules = |name: &str| -> Vec<Rule> {
-            let mut rules = builtin_cluster_role(name).unwrap_or_default();
-            if let Some(stored) = policy.cluster_roles.get(name) {
-                rules.extend(stored.iter().cloned());
-            }
-            rules
+        // a ClusterRole's rules: the built-in ones of that name, then the stored ones
+        let cluster_role_allows = |name: &str| {
+            builtin_cluster_role(name).is_some_and(|r| r.iter().any(|r| rule_allows(r, attrs)))
+                || policy
+                    .cluster_roles
+                    .get(name)
+                    .is_some_and(|r| r.iter().any(|r| rule_allows(r, attrs)))
         };
         for (name, b) in &policy.cluster_bindings {
             if b.role_kind != "ClusterRole" || !b.subjects.iter().any(|s| matches(s, user)) {
                 continue;
             }
-            if cluster_role_rules(&b.role_name)
-                .iter()
-                .any(|r| rule_allows(r, attrs))
-            {
+            if cluster_role_allows(&b.role_name) {
                 return (
                     true,
                     format!(
@@ -177,24 +175,26 @@ impl Authorizer {
             } => ns,
             _ => return (false, String::new()),
         };
-        for ((bns, name), b) in &policy.bindings {
-            if bns != ns || !b.subjects.iter().any(|s| matches(s, user)) {
+        let Some(bindings) = policy.bindings.get(ns) else {
+            return (false, String::new());
+        };
+        for (name, b) in bindings {
+            if !b.subjects.iter().any(|s| matches(s, user)) {
                 continue;
             }
-            let rules = match b.role_kind.as_str() {
-                "ClusterRole" => cluster_role_rules(&b.role_name),
+            let allowed = match b.role_kind.as_str() {
+                "ClusterRole" => cluster_role_allows(&b.role_name),
                 "Role" => policy
                     .roles
                     .get(&(ns.clone(), b.role_name.clone()))
-                    .cloned()
-                    .unwrap_or_default(),
-                _ => continue,
+                    .is_some_and(|r| r.iter().any(|r| rule_allows(r, attrs))),
+                _ => false,
             };
-            if rules.iter().any(|r| rule_allows(r, attrs)) {
+            if allowed {
                 return (
                     true,
                     format!(
-                        "allowed by RoleBinding \"{name}/{bns}\" of {} \"{}\"",
+                        "allowed by RoleBinding \"{name}/{ns}\" of {} \"{}\"",
                         b.role_kind, b.role_name
                     ),
                 );
@@ -355,10 +355,15 @@ impl Policy {
             },
             (3, Some(ns)) => match obj.as_ref().and_then(|o| parse_binding(o, Some(&ns))) {
                 Some(b) => {
-                    self.bindings.insert((ns, name), b);
+                    self.bindings.entry(ns).or_default().insert(name, b);
                 }
                 None => {
-                    self.bindings.remove(&(ns, name));
+                    if let Some(in_ns) = self.bindings.get_mut(&ns) {
+                        in_ns.remove(&name);
+                        if in_ns.is_empty() {
+                            self.bindings.remove(&ns);
+                        }
+                    }
                 }
             },
             _ => {}
