@@ -44,37 +44,12 @@ impl Drop for Cluster {
             k.abort();
         }
         drop(self.containerd.take());
-        remove_cgroups(&format!("kaze-test/{}", self.node));
+        testkit::remove_cgroup_tree(&format!("kaze-test/{}", self.node));
     }
 }
 
 /// Remove the node's cgroup tree in every controller, deepest first, killing anything a
 /// failed test left in it (containerd's shims are gone by now).
-fn remove_cgroups(parent: &str) {
-    for controller in kubelet::sys::cgroup_controllers() {
-        let top = controller.join(parent);
-        let mut dirs = Vec::new();
-        let mut stack = vec![top];
-        while let Some(d) = stack.pop() {
-            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
-                kubelet::sys::kill_pid(pid);
-            }
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            if std::fs::remove_dir(d).is_err() && d.exists() {
-                // A process just killed may take a moment to leave its cgroup.
-                std::thread::sleep(Duration::from_millis(200));
-                let _ = std::fs::remove_dir(d);
-            }
-        }
-    }
-}
-
 impl Cluster {
     /// `octet` picks the pod CIDR 10.244.<octet>.0/24; give every test its own.
     async fn start(tag: &str, octet: u8) -> Cluster {

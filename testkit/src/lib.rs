@@ -561,18 +561,30 @@ impl Drop for NodeGuard {
 }
 
 /// Removes the cgroups a kubelet made for `node` under kaze's cgroup roots (`kaze`, and the
-/// tests' and benches' `kaze-test`, `kaze-bench`) in every mounted hierarchy, deepest first.
-/// A kubelet tears down the pods it stops; these are what a killed one leaves. Only empty
-/// cgroups can go: call this after the node's containers are gone.
+/// tests' and benches' `kaze-test`, `kaze-bench`): what a killed kubelet leaves (one that
+/// stops its pods tears them down itself).
 pub fn remove_node_cgroups(node: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for h in hierarchies.flatten() {
-        for root in ["kaze", "kaze-test", "kaze-bench"] {
-            let top = h.path().join(root).join(node);
+    for root in ["kaze", "kaze-test", "kaze-bench"] {
+        remove_cgroup_tree(&format!("{root}/{node}"));
+    }
+}
+
+/// Removes the cgroup `parent` (e.g. `/kaze-test/<node>`) and everything below it from every
+/// mounted hierarchy, deepest first; a process still in one (a container started while a
+/// test was unwinding) is killed first.
+pub fn remove_cgroup_tree(parent: &str) {
+    let hierarchies: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect();
+    let trees: Vec<Vec<std::path::PathBuf>> = hierarchies
+        .iter()
+        .map(|h| {
             let mut dirs = Vec::new();
-            let mut stack = vec![top];
+            let mut stack = vec![h.join(parent.trim_start_matches('/'))];
             while let Some(d) = stack.pop() {
                 let Ok(rd) = std::fs::read_dir(&d) else {
                     continue;
@@ -584,10 +596,25 @@ pub fn remove_node_cgroups(node: &str) {
                 );
                 dirs.push(d);
             }
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for d in dirs {
-                let _ = std::fs::remove_dir(&d);
-            }
+            dirs
+        })
+        .collect();
+    let mut killed = false;
+    for d in trees.iter().flatten() {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
+            killed = true;
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+    if killed {
+        // a killed process takes a moment to leave its cgroup
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for mut dirs in trees {
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
         }
     }
 }

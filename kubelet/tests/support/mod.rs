@@ -261,43 +261,7 @@ impl Drop for TestNode {
     }
 }
 
-/// Remove a node's cgroup parent (e.g. `/kaze-test/<node>`) from every controller: the
-/// cgroups runc did not remove (pods of a failed test), deepest first; a process still in
-/// one (a container started while the test was unwinding) is killed.
-pub fn remove_cgroup_tree(parent: &str) {
-    let pids_root =
-        std::path::Path::new("/sys/fs/cgroup/pids").join(parent.trim_start_matches('/'));
-    let mut stack = vec![pids_root];
-    while let Some(d) = stack.pop() {
-        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.split_whitespace() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", pid])
-                .status();
-        }
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-        }
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    for controller in kubelet::sys::cgroup_controllers() {
-        let top = controller.join(parent.trim_start_matches('/'));
-        let mut dirs = Vec::new();
-        let mut stack = vec![top.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-        if let Some(p) = top.parent() {
-            let _ = std::fs::remove_dir(p);
-        }
-    }
-}
+pub use testkit::remove_cgroup_tree;
 
 /// Removes a node's cgroup tree on drop (see [`remove_cgroup_tree`]); drop it after the
 /// node's containerd, which kills the tasks.
