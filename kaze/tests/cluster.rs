@@ -738,10 +738,12 @@ fn suite(mode: &'static str, index: u8) {
     // eBPF mode: socket-level balancing (a host process's packet to a ClusterIP is routed
     // before any tc hook sees it); iptables mode: the nat OUTPUT chain. The static echo
     // client the image is built from, run in node 1's network namespace (not a pod's).
-    let echo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .join("target/images/build/x86_64-unknown-linux-gnu/release/echo");
+    let echo = xtask_images::static_binary(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("repo root"),
+        "echo",
+    );
     let echo = echo.to_str().expect("utf-8 path");
     let target = format!("{cluster_ip}:8080");
     let out = c.lan.exec(1, &[echo, "--get", &target, "--count", "30"]);

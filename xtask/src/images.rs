@@ -103,11 +103,23 @@ pub fn build_images(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Where [`build_images`] leaves the static `pause` or `echo` executable (tests run the echo
+/// client outside a container, e.g. in a node's network namespace).
+pub fn static_binary(root: &Path, name: &str) -> PathBuf {
+    images_dir(root)
+        .join("build")
+        .join(STATIC_TARGET)
+        .join("release")
+        .join(name)
+}
+
 /// Build `pause` and `echo` as static executables. A target dir of their own keeps the
 /// `crt-static` flags from invalidating the shared target dir, and lets a test (already
 /// inside `cargo test`) run this without waiting on the workspace build lock.
 fn build_static_binaries(root: &Path) -> Result<Vec<PathBuf>> {
-    let target = "x86_64-unknown-linux-gnu";
+    let target = STATIC_TARGET;
     let target_dir = images_dir(root).join("build");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
@@ -138,8 +150,7 @@ fn build_static_binaries(root: &Path) -> Result<Vec<PathBuf>> {
     if !status.success() {
         bail!("building the pause and echo binaries failed with {status}");
     }
-    let dir = target_dir.join(target).join("release");
-    let bins = vec![dir.join("pause"), dir.join("echo")];
+    let bins = vec![static_binary(root, "pause"), static_binary(root, "echo")];
     for bin in &bins {
         let bytes = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
         ensure_static(&bin.display().to_string(), &bytes)?;
