@@ -165,6 +165,15 @@ pub const CT_FLAG_MASQ: u16 = 1;
 pub const CT_FLAG_HAIRPIN: u16 = 2;
 /// The skb mark of packets to masquerade (kube-proxy's masquerade bit).
 pub const MARK_MASQ: u32 = 0x4000;
+/// The skb mark of packets the tc program translated that netfilter's conntrack must not
+/// track (one raw-table rule the proxy installs gives them `CT --notrack`). The programs keep
+/// the flow's state themselves, and they translate before netfilter on the request path
+/// (DNAT at ingress) and on the reply path (reverse NAT at ingress): tracked, each flow
+/// would be two unrelated half-open entries in netfilter's table (the reply's tuple is the
+/// service's, the request's the backend's), its TCP packets counted INVALID, and a new
+/// entry created per flow for nothing. Masqueraded flows (NodePorts, [`MARK_MASQ`]) are not
+/// marked: netfilter's masquerade needs its conntrack entry.
+pub const MARK_NOTRACK: u32 = 0x2000;
 
 /// Direction of a conntrack entry.
 pub const CT_DIR_FORWARD: u8 = 0;

@@ -57,6 +57,8 @@ pub enum Action {
         rev_nat_id: u16,
         /// Hairpin: also rewrite the destination back to this (the backend's own) address.
         dnat: Option<u32>,
+        /// The flow is masqueraded by the node (netfilter must keep tracking it).
+        masq: bool,
     },
     /// A new flow to a service that has no backend.
     NoBackend { rev_nat_id: u16 },
@@ -144,6 +146,7 @@ pub fn decide(t: &Tuple) -> Action {
             rev_nat_id,
             // a hairpin reply goes to the backend itself, which is its own client
             dnat: (ct.flags & CT_FLAG_HAIRPIN != 0).then_some(t.saddr),
+            masq: ct.flags & CT_FLAG_MASQ != 0,
         };
     }
 

@@ -126,15 +126,16 @@ impl Engine {
                     let addresses: BTreeSet<_> = desired.keys().map(|k| k.address).collect();
                     iptables::forget_kernel_flows(addresses);
                 }
-                // the one rule eBPF mode needs from netfilter: masquerade what the
-                // programs marked (NodePort traffic, whose backend may be on another node)
-                if let Err(e) = iptables::install_ebpf_masquerade(config.iptables_backend) {
-                    warn!(error = %chain(&e), "installing the masquerade rule for NodePorts");
+                // the two rules eBPF mode needs from netfilter: masquerade what the
+                // programs marked so (NodePort traffic, whose backend may be on another
+                // node), keep the other flows they translate out of netfilter's conntrack
+                if let Err(e) = iptables::install_ebpf_rules(config.iptables_backend) {
+                    warn!(error = %chain(&e), "installing eBPF mode's masquerade and notrack rules");
                 }
             }
             Engine::Iptables(i) => {
                 iptables::cleanup_all_except(Some(i.tools()));
-                iptables::remove_ebpf_masquerade();
+                iptables::remove_ebpf_rules();
                 match remove_pins(&config.bpf_pin_root) {
                     Ok(true) => {
                         wait_detached(&config.interfaces);

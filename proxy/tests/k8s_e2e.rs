@@ -84,8 +84,24 @@ fn spreads_follows_changes_and_forgets_deleted_services(test: &str, mode: ProxyM
                 ))
                 .expect("per-service counters on /metrics");
             assert_eq!(fwd, 30.0, "one datagram per UDP flow");
+            // the programs translate both directions before netfilter and keep the flows'
+            // state themselves: netfilter's conntrack must not hold any of the 60 flows
+            let ct = node_conntrack(&h);
+            let client = Topology::client_addr().to_string();
+            let tracked: Vec<&String> = ct.iter().filter(|l| l.contains(&client)).collect();
+            assert!(
+                tracked.is_empty(),
+                "service flows the programs translated are in netfilter's conntrack: {tracked:#?}"
+            );
         }
         ProxyMode::Iptables => {
+            // the control for the eBPF arm's check: netfilter NATs these flows, so its
+            // table lists them (with the service address)
+            let ct = node_conntrack(&h);
+            assert!(
+                ct.iter().any(|l| l.contains(&vip.to_string())),
+                "iptables mode's service flows are missing from netfilter's conntrack: {ct:#?}"
+            );
             // -m statistic --mode random: 30 flows miss a backend with p ≈ 2e-5
             assert_eq!(
                 seen(&tcp),
@@ -188,6 +204,17 @@ fn spreads_follows_changes_and_forgets_deleted_services(test: &str, mode: ProxyM
         TcpStream::connect_timeout(&to, Duration::from_secs(2))
     });
     assert!(res.is_err(), "a new connection reached the deleted service");
+}
+
+/// The node namespace's netfilter conntrack table, one entry per line.
+fn node_conntrack(h: &Harness) -> Vec<String> {
+    h.topo
+        .node
+        .exec("conntrack", &["-L"])
+        .expect("conntrack -L in the node")
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -313,11 +340,13 @@ fn tc_programs(h: &Harness) -> usize {
         .sum()
 }
 
-/// Splits KAZE iptables lines into eBPF mode's masquerade chain (and its jump) and the rest.
-fn split_ebpf_masq(lines: Vec<String>) -> (Vec<String>, Vec<String>) {
-    lines
-        .into_iter()
-        .partition(|l| l.contains("KAZE-EBPF-MASQ"))
+/// Splits KAZE iptables lines into eBPF mode's two chains (masquerade and notrack, with
+/// their jumps) and the rest.
+fn split_ebpf_chains(lines: Vec<String>) -> (Vec<String>, Vec<String>) {
+    lines.into_iter().partition(|l| {
+        l.contains(proxy::iptables::EBPF_MASQ_CHAIN)
+            || l.contains(proxy::iptables::EBPF_NOTRACK_CHAIN)
+    })
 }
 
 fn pins(h: &Harness) -> Vec<String> {
@@ -371,14 +400,20 @@ fn switching_modes_cleans_up_the_other_mode() {
         "the annotation was not honoured"
     );
     works(&h);
-    let (masq, left) = split_ebpf_masq(kaze_iptables_lines(&h.topo.node));
+    let (masq, left) = split_ebpf_chains(kaze_iptables_lines(&h.topo.node));
     assert!(
         left.is_empty(),
         "KAZE iptables state left after switching to ebpf: {left:#?}"
     );
     assert!(
-        masq.iter().any(|l| l.contains("-j MASQUERADE")),
-        "eBPF mode keeps its one masquerade rule: {masq:#?}"
+        masq.iter()
+            .any(|l| l.contains("nat: -A KAZE-EBPF-MASQ") && l.contains("-j MASQUERADE")),
+        "eBPF mode keeps its masquerade rule: {masq:#?}"
+    );
+    assert!(
+        masq.iter()
+            .any(|l| l.contains("raw: -A KAZE-EBPF-NOTRACK") && l.contains("--notrack")),
+        "eBPF mode keeps its notrack rule: {masq:#?}"
     );
     assert_eq!(
         tc_programs(&h),
@@ -408,10 +443,10 @@ fn switching_modes_cleans_up_the_other_mode() {
     h.wait_for("the tc programs to detach", Duration::from_secs(5), |h| {
         tc_programs(h) == 0
     });
-    let (masq, _) = split_ebpf_masq(kaze_iptables_lines(&h.topo.node));
+    let (masq, _) = split_ebpf_chains(kaze_iptables_lines(&h.topo.node));
     assert!(
         masq.is_empty(),
-        "eBPF mode's masquerade rule left in iptables mode: {masq:#?}"
+        "eBPF mode's masquerade or notrack rule left in iptables mode: {masq:#?}"
     );
 
     // 4. while it runs, kaze's annotation asks for ebpf: switched live, iptables cleaned
@@ -420,7 +455,7 @@ fn switching_modes_cleans_up_the_other_mode() {
         h.metric("kaze_proxy_mode{mode=\"ebpf\"}") == Some(1.0)
     });
     works(&h);
-    let (_, left) = split_ebpf_masq(kaze_iptables_lines(&h.topo.node));
+    let (_, left) = split_ebpf_chains(kaze_iptables_lines(&h.topo.node));
     assert!(
         left.is_empty(),
         "KAZE iptables state left after the live switch: {left:#?}"

@@ -122,6 +122,36 @@ fn xdp_udp_new_flows_round_robin_with_correct_checksums() {
     new_flows_round_robin("xdp-udp-rr", run_xdp, XDP_PASS, 17);
 }
 
+/// Datagrams shorter than an Ethernet + IPv4 + TCP header (an empty or tiny UDP payload)
+/// are read through the tc program's shorter header copy; they must be translated too.
+#[test]
+fn short_udp_datagrams_are_translated() {
+    let (_root, dp) = setup("udp-short");
+    let bes = backends();
+    for (i, len) in [0usize, 1, 11, 12].into_iter().enumerate() {
+        let spec = Spec {
+            payload: vec![7; len],
+            ..Spec::udp((CLIENT, 41000 + i as u16), (VIP, 53))
+        };
+        let frame = spec.build();
+        assert_eq!(frame.len(), 42 + len);
+        for (name, run, pass) in [
+            ("tc", run_tc as Runner, TC_ACT_OK),
+            ("xdp", run_xdp, XDP_PASS),
+        ] {
+            let (ret, out) = run(&dp, &frame);
+            assert_eq!(ret, pass, "{name} verdict for a {len}-byte payload");
+            let seen = parse_and_verify(&out);
+            assert!(
+                bes.iter()
+                    .any(|b| *b.ip() == seen.dst && b.port() == seen.dport),
+                "{name}: a {len}-byte payload was not DNATed to a backend: {seen:?}"
+            );
+            assert_only_nat_bytes_changed(&frame, &out, 17, true);
+        }
+    }
+}
+
 #[test]
 fn same_five_tuple_keeps_its_backend_across_other_flows() {
     let (_root, dp) = setup("same-tuple");

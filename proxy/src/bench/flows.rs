@@ -329,8 +329,7 @@ impl World {
 }
 
 fn install_masquerade(config: &Config) -> Result<(), BenchError> {
-    iptables::install_ebpf_masquerade(config.iptables_backend)
-        .map_err(|e| BenchError::Failed(chain(&e)))
+    iptables::install_ebpf_rules(config.iptables_backend).map_err(|e| BenchError::Failed(chain(&e)))
 }
 
 fn median(values: &[f64]) -> f64 {

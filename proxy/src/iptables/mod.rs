@@ -191,57 +191,88 @@ pub fn cleanup_all_except(keep: Option<&Tools>) -> bool {
 
 /// The chain eBPF mode keeps in the nat table: masquerade packets the tc program marked.
 pub const EBPF_MASQ_CHAIN: &str = "KAZE-EBPF-MASQ";
+/// The chain eBPF mode keeps in the raw table: netfilter's conntrack skips packets the tc
+/// program translated (`MARK_NOTRACK`).
+pub const EBPF_NOTRACK_CHAIN: &str = "KAZE-EBPF-NOTRACK";
 
-/// Installs (idempotently) `KAZE-EBPF-MASQ`, jumped to from nat `POSTROUTING`, which
-/// masquerades packets carrying `MARK_MASQ`: in eBPF mode the programs DNAT NodePort
-/// traffic and mark it, and netfilter's masquerade brings the replies of a backend on
-/// another node back through this node, where the programs reverse the DNAT.
-pub fn install_ebpf_masquerade(backend: IptablesBackend) -> Result<(), IptablesError> {
-    let tools = Tools::choose(backend)?;
-    let mark = dataplane_common::MARK_MASQ;
-    let mut input = format!(
-        "*nat\n:{EBPF_MASQ_CHAIN} - [0:0]\n-A {EBPF_MASQ_CHAIN} -m mark --mark {mark:#x}/{mark:#x} -m comment --comment \"kaze eBPF: masquerade marked NodePort traffic\" -j MASQUERADE\n"
-    );
-    let jump = format!("-A POSTROUTING -j {EBPF_MASQ_CHAIN}");
-    if !tools.save(Some("nat"))?.lines().any(|l| l == jump) {
-        input.push_str(&jump);
-        input.push('\n');
-    }
-    input.push_str("COMMIT\n");
-    tools.restore(&input)
+/// eBPF mode's netfilter rules: (table, built-in chain jumping to the chain, chain, rule).
+fn ebpf_rules() -> [(&'static str, &'static str, &'static str, String); 2] {
+    let masq = dataplane_common::MARK_MASQ;
+    let notrack = dataplane_common::MARK_NOTRACK;
+    [
+        (
+            "nat",
+            "POSTROUTING",
+            EBPF_MASQ_CHAIN,
+            format!(
+                "-m mark --mark {masq:#x}/{masq:#x} -m comment --comment \"kaze eBPF: masquerade marked NodePort traffic\" -j MASQUERADE"
+            ),
+        ),
+        (
+            "raw",
+            "PREROUTING",
+            EBPF_NOTRACK_CHAIN,
+            format!(
+                "-m mark --mark {notrack:#x}/{notrack:#x} -m comment --comment \"kaze eBPF: flows the programs translate are tracked by them\" -j CT --notrack"
+            ),
+        ),
+    ]
 }
 
-/// Removes eBPF mode's masquerade chain (and its jump) from every iptables backend: iptables
-/// mode marks and masquerades with its own chains.
-pub fn remove_ebpf_masquerade() {
+/// Installs (idempotently) the two rules eBPF mode needs from netfilter:
+/// - `KAZE-EBPF-MASQ`, jumped to from nat `POSTROUTING`, masquerades packets carrying
+///   `MARK_MASQ`: the programs DNAT NodePort traffic and mark it, and netfilter's masquerade
+///   brings the replies of a backend on another node back through this node, where the
+///   programs reverse the DNAT;
+/// - `KAZE-EBPF-NOTRACK`, jumped to from raw `PREROUTING`, takes packets carrying
+///   `MARK_NOTRACK` (every other packet the programs translate) out of netfilter's
+///   conntrack, which would otherwise see each such flow as two unrelated half-open ones.
+pub fn install_ebpf_rules(backend: IptablesBackend) -> Result<(), IptablesError> {
+    let tools = Tools::choose(backend)?;
+    for (table, hook, chain, rule) in ebpf_rules() {
+        let mut input = format!("*{table}\n:{chain} - [0:0]\n-A {chain} {rule}\n");
+        let jump = format!("-A {hook} -j {chain}");
+        if !tools.save(Some(table))?.lines().any(|l| l == jump) {
+            input.push_str(&jump);
+            input.push('\n');
+        }
+        input.push_str("COMMIT\n");
+        tools.restore(&input)?;
+    }
+    Ok(())
+}
+
+/// Removes eBPF mode's chains (and their jumps) from every iptables backend: iptables mode
+/// marks and masquerades with its own chains.
+pub fn remove_ebpf_rules() {
     for tools in Tools::installed() {
-        let Ok(save) = tools.save(Some("nat")) else {
-            continue;
-        };
-        let declared = format!(":{EBPF_MASQ_CHAIN} ");
-        if !save.lines().any(|l| l.starts_with(&declared)) {
-            continue;
-        }
-        let jump = format!("-A POSTROUTING -j {EBPF_MASQ_CHAIN}");
-        let mut input = String::from("*nat\n");
-        for _ in save.lines().filter(|l| *l == jump) {
-            input.push_str(&format!("-D POSTROUTING -j {EBPF_MASQ_CHAIN}\n"));
-        }
-        input.push_str(&format!(
-            ":{EBPF_MASQ_CHAIN} - [0:0]\n-X {EBPF_MASQ_CHAIN}\nCOMMIT\n"
-        ));
-        if let Err(e) = tools.restore(&input) {
-            warn!(iptables = tools.flavor, error = %e, "removing eBPF mode's masquerade chain");
+        for (table, hook, chain, _) in ebpf_rules() {
+            let Ok(save) = tools.save(Some(table)) else {
+                continue;
+            };
+            let declared = format!(":{chain} ");
+            if !save.lines().any(|l| l.starts_with(&declared)) {
+                continue;
+            }
+            let jump = format!("-A {hook} -j {chain}");
+            let mut input = format!("*{table}\n");
+            for _ in save.lines().filter(|l| *l == jump) {
+                input.push_str(&format!("-D {hook} -j {chain}\n"));
+            }
+            input.push_str(&format!(":{chain} - [0:0]\n-X {chain}\nCOMMIT\n"));
+            if let Err(e) = tools.restore(&input) {
+                warn!(iptables = tools.flavor, error = %e, chain, "removing eBPF mode's chain");
+            }
         }
     }
 }
 
 /// What eBPF mode removes from every iptables backend: iptables mode's chains, not the
-/// masquerade chain eBPF mode uses itself. Returns whether anything was there.
+/// two chains eBPF mode uses itself. Returns whether anything was there.
 pub fn cleanup_for_ebpf() -> bool {
     let mut found = false;
     for tools in Tools::installed() {
-        match tools.cleanup_keeping(&[EBPF_MASQ_CHAIN]) {
+        match tools.cleanup_keeping(&[EBPF_MASQ_CHAIN, EBPF_NOTRACK_CHAIN]) {
             Ok(f) => found |= f,
             Err(e) => warn!(iptables = tools.flavor, error = %e, "removing kaze's iptables chains"),
         }
