@@ -31,6 +31,10 @@ async fn main() {
             other => panic!("unknown argument {other:?}"),
         }
     }
+    // The kubelet's own log (each pod's steps, with timestamps) only when asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        component::init_tracing();
+    }
     let dir = tempfile::Builder::new()
         .prefix("kaze-kubelet-bench-")
         .tempdir()
