@@ -1,7 +1,9 @@
 //! CNI: the node's generated network config (bridge + host-local IPAM on the pod CIDR, then
 //! portmap for hostPorts) and ADD/DEL by exec'ing the standard plugins, the way libcni runs a
-//! conflist. Loopback is its own one-plugin network, as the CRI plugin does it: chaining it
-//! after bridge would replace the pod's result with 127.0.0.1.
+//! conflist — except that a pod without hostPorts skips portmap (it would only check and
+//! tear down NAT chains that have no rule for it) and `lo` is brought up by the kubelet
+//! itself (all the loopback plugin does): each plugin is a Go binary whose start costs a
+//! few ms of CPU, for every pod. DEL runs the plugins the ADD ran, which the caller keeps.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -68,7 +70,6 @@ pub struct Cni {
     config: NetworkConfig,
     network: String,
     conflist: Value,
-    loopback: Value,
 }
 
 impl Cni {
@@ -100,8 +101,6 @@ impl Cni {
                 { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true }
             ]
         });
-        let loopback =
-            json!({ "cniVersion": CNI_VERSION, "name": "cni-loopback", "type": "loopback" });
         let file = config.conf_dir.join(format!("10-{network}.conflist"));
         let text = serde_json::to_vec_pretty(&conflist).unwrap_or_default();
         sys::write_file(&file, &text)
@@ -110,7 +109,6 @@ impl Cni {
             config,
             network: network.to_string(),
             conflist,
-            loopback,
         })
     }
 
@@ -122,35 +120,61 @@ impl Cni {
         &self.conflist
     }
 
-    /// ADD the pod to loopback and the node network; returns the bridge result (whose IPs
-    /// are the pod IPs), to be kept for DEL.
-    pub async fn add(&self, at: &Attachment<'_>, ports: &[PortMapping]) -> Result<Value> {
-        self.exec("ADD", &self.loopback, at, "lo").await?;
+    /// The types of the conflist's plugins a pod with `ports` needs, in order: portmap (the
+    /// only plugin with the `portMappings` capability) only when it has hostPorts.
+    pub fn plugins_for(&self, ports: &[PortMapping]) -> Vec<String> {
+        self.plugins()
+            .iter()
+            .filter(|p| !ports.is_empty() || p["capabilities"]["portMappings"] != json!(true))
+            .filter_map(|p| p["type"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Every plugin type of the conflist (what a pod made before [`Cni::plugins_for`]
+    /// existed went through).
+    pub fn all_plugins(&self) -> Vec<String> {
+        self.plugin_types(&self.plugins())
+    }
+
+    /// Bring up `lo` and ADD the pod to the node network through `plugins` (from
+    /// [`Cni::plugins_for`]); returns the last result (whose IPs are the pod IPs), to be
+    /// kept for DEL.
+    pub async fn add(
+        &self,
+        at: &Attachment<'_>,
+        plugins: &[String],
+        ports: &[PortMapping],
+    ) -> Result<Value> {
+        sys::loopback_up(at.netns).await.map_err(|source| {
+            Error::sys(
+                format!("cni ADD for pod {}/{}", at.pod_namespace, at.pod_name),
+                source,
+            )
+        })?;
         let mut prev: Option<Value> = None;
-        for plugin in self.plugins() {
+        for plugin in self.selected(plugins) {
             let conf = self.plugin_conf(plugin, ports, prev.as_ref());
             prev = Some(self.exec("ADD", &conf, at, "eth0").await?);
         }
         prev.ok_or_else(|| Error::invalid("cni ADD", "the conflist has no plugins"))
     }
 
-    /// DEL in reverse order; releases the IP (host-local) and removes the veth and NAT rules.
-    /// Idempotent: DEL of something already gone succeeds.
+    /// DEL through `plugins` (those the ADD ran) in reverse order; releases the IP
+    /// (host-local) and removes the veth and NAT rules. Idempotent: DEL of something
+    /// already gone succeeds. `lo` goes with the netns.
     pub async fn del(
         &self,
         at: &Attachment<'_>,
+        plugins: &[String],
         ports: &[PortMapping],
         prev: Option<&Value>,
     ) -> Result<()> {
         let mut first_err = None;
-        for plugin in self.plugins().into_iter().rev() {
+        for plugin in self.selected(plugins).into_iter().rev() {
             let conf = self.plugin_conf(plugin, ports, prev);
             if let Err(e) = self.exec("DEL", &conf, at, "eth0").await {
                 first_err.get_or_insert(e);
             }
-        }
-        if let Err(e) = self.exec("DEL", &self.loopback, at, "lo").await {
-            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -160,6 +184,25 @@ impl Cni {
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    fn plugin_types(&self, plugins: &[Value]) -> Vec<String> {
+        plugins
+            .iter()
+            .filter_map(|p| p["type"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The conflist's plugins whose type is in `types`, in the conflist's order.
+    fn selected(&self, types: &[String]) -> Vec<Value> {
+        self.plugins()
+            .into_iter()
+            .filter(|p| {
+                p["type"]
+                    .as_str()
+                    .is_some_and(|t| types.iter().any(|x| x == t))
+            })
+            .collect()
     }
 
     /// One plugin's stdin: its own config plus the list's name/version, the previous result
@@ -316,6 +359,26 @@ mod tests {
         assert_eq!(
             result_ips(&prev),
             vec!["10.42.7.2".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn portmap_runs_only_for_pods_with_host_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cni(dir.path());
+        assert_eq!(c.plugins_for(&[]), vec!["bridge"]);
+        let ports = [PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: "TCP".into(),
+            host_ip: None,
+        }];
+        assert_eq!(c.plugins_for(&ports), vec!["bridge", "portmap"]);
+        assert_eq!(c.all_plugins(), vec!["bridge", "portmap"]);
+        let picked: Vec<Value> = c.selected(&["portmap".into(), "bridge".into()]);
+        assert_eq!(
+            picked[0]["type"], "bridge",
+            "the conflist's order, not the caller's"
         );
     }
 

@@ -165,6 +165,48 @@ pub async fn connect_in_netns(
         .map_err(io("connecting to 127.0.0.1 in netns", &netns_path))
 }
 
+/// Bring up `lo` in the network namespace pinned at `netns` (what the CNI loopback plugin
+/// does; the kernel gives it 127.0.0.1/8 and ::1 once up), from a short-lived thread as
+/// [`connect_in_netns`] does, instead of exec'ing the plugin for every pod.
+pub async fn loopback_up(netns: &Path) -> Result<(), SysError> {
+    let ns = std::fs::File::open(netns).map_err(io("opening netns", netns))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(enter_netns(&ns).and_then(|()| set_link_up("lo")));
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns thread died")))
+        .map_err(io("bringing up lo in netns", netns))
+}
+
+/// Set IFF_UP on interface `name` of the calling thread's network namespace.
+#[allow(unsafe_code)] // SIOCGIFFLAGS/SIOCSIFFLAGS ioctls; this module is where syscalls live
+fn set_link_up(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Any socket of the namespace will do for interface ioctls.
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+    // SAFETY: ifreq is plain old data (all zeroes is a valid value).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq naming the interface, `sock` an open socket; the
+    // kernel reads and writes only within `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Move the calling thread into the network namespace `ns`.
 #[allow(unsafe_code)] // setns(2) has no safe std wrapper; this module is where syscalls live
 fn enter_netns(ns: &std::fs::File) -> std::io::Result<()> {

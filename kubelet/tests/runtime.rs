@@ -171,7 +171,7 @@ async fn busybox_pod_logs_hi_gets_an_ip_and_cluster_dns_then_tears_down_cleanly(
             "-n",
             "sh",
             "-c",
-            "hostname; ip -4 -o addr show eth0",
+            "hostname; ip -4 -o addr show eth0; ip -4 -o addr show lo; ip -o link show lo",
         ])
         .output()
         .unwrap();
@@ -184,6 +184,11 @@ async fn busybox_pod_logs_hi_gets_an_ip_and_cluster_dns_then_tears_down_cleanly(
         inside.contains(&format!("{ip}/24")),
         "eth0 inside: {inside}"
     );
+    // lo is up (the kubelet brings it up itself, as the loopback plugin would).
+    assert!(inside.contains("127.0.0.1/8"), "lo inside: {inside}");
+    assert!(inside.contains(",UP"), "lo inside: {inside}");
+    // No hostPorts: portmap is not run for the pod (nor for its teardown).
+    assert_eq!(node.cni_plugins(&sandbox), serde_json::json!(["bridge"]));
 
     assert!(
         !kubelet::sys::bridge_ports(&node.bridge).is_empty(),
@@ -563,6 +568,10 @@ async fn host_ports_reach_the_pod_through_portmap_until_teardown() {
         host_ip: None,
     }];
     let sandbox = node.run_sandbox(&cfg).await;
+    assert_eq!(
+        node.cni_plugins(&sandbox),
+        serde_json::json!(["bridge", "portmap"])
+    );
     let c = ContainerConfig {
         name: "echo".into(),
         image: "kaze/echo:1".into(),

@@ -109,6 +109,10 @@ pub(crate) struct PodRecord {
     pub cni_result: Option<serde_json::Value>,
     #[serde(default)]
     pub port_mappings: Vec<(u16, u16, String, Option<String>)>,
+    /// The CNI plugins the ADD runs (and so the DEL); absent in records of kubelets that
+    /// ran every plugin of the conflist.
+    #[serde(default)]
+    pub cni_plugins: Option<Vec<String>>,
 }
 
 #[derive(Default)]

@@ -130,6 +130,7 @@ impl Runtime {
                     )
                 })
                 .collect(),
+            cni_plugins: Some(self.cni.plugins_for(&pod.port_mappings)),
         };
         self.write_record(&record).context(|| what.to_string())?;
         let netns = sys::netns_add(&netns_name)
@@ -145,7 +146,11 @@ impl Runtime {
         };
         let result = self
             .cni
-            .add(&at, &pod.port_mappings)
+            .add(
+                &at,
+                record.cni_plugins.as_deref().unwrap_or_default(),
+                &pod.port_mappings,
+            )
             .await
             .map_err(|e| Error::invalid(what, e.to_string()))?;
         record.cni_result = Some(result.clone());
@@ -552,8 +557,12 @@ impl Runtime {
                         host_ip: ip.clone(),
                     })
                     .collect();
+                let plugins = r
+                    .cni_plugins
+                    .clone()
+                    .unwrap_or_else(|| self.cni.all_plugins());
                 self.cni
-                    .del(&at, &ports, r.cni_result.as_ref())
+                    .del(&at, &plugins, &ports, r.cni_result.as_ref())
                     .await
                     .map_err(|e| Error::invalid(&what, e.to_string()))?;
             }

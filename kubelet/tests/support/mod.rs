@@ -155,6 +155,13 @@ impl TestNode {
             .unwrap_or_default()
     }
 
+    /// The pod record's list of the CNI plugins its ADD ran (and its DEL runs).
+    pub fn cni_plugins(&self, sandbox: &Sandbox) -> serde_json::Value {
+        let record = std::fs::read(sandbox.dir.join("sandbox.json")).expect("sandbox.json");
+        let record: serde_json::Value = serde_json::from_slice(&record).expect("its JSON");
+        record["cni_plugins"].clone()
+    }
+
     /// Assert that nothing of `sandbox`'s pod is left on the host or in containerd.
     pub fn assert_pod_gone(&self, sandbox: &Sandbox) {
         let netns_name = sandbox
