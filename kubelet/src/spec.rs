@@ -125,7 +125,14 @@ pub struct SpecInput<'a> {
     pub cgroups_path: String,
     pub resources: Resources,
     pub mounts: Vec<BindMount>,
+    /// The pod's sandbox id: every container of a pod names it as its shim group, so the
+    /// pod has one `containerd-shim-runc-v2` (as under the CRI plugin), not one per container.
+    pub shim_group: &'a str,
 }
+
+/// The OCI annotation the runc v2 shim groups containers by (its `start` reads it from the
+/// bundle's config.json and hands back the running shim of the same group).
+pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
 
 /// The process args from the image and the pod (Kubernetes' rules: `command` replaces the
 /// entrypoint and drops the image's cmd; `args` replace the cmd).
@@ -241,6 +248,7 @@ pub fn oci_spec(input: &SpecInput<'_>) -> Value {
         },
         "root": { "path": "rootfs", "readonly": sec.read_only_root },
         "mounts": mounts,
+        "annotations": { SHIM_GROUP_ANNOTATION: input.shim_group },
         "linux": {
             "cgroupsPath": input.cgroups_path,
             "namespaces": namespaces,
@@ -330,6 +338,7 @@ mod tests {
             sandbox_pid: Some(42),
             cgroups_path: "/kaze/n/p/c".into(),
             resources: Resources::default(),
+            shim_group: "sb",
             mounts: vec![BindMount {
                 host_path: "/h".into(),
                 container_path: "/etc/hosts".into(),
@@ -341,6 +350,7 @@ mod tests {
         assert!(ns.contains(&json!({"type": "ipc", "path": "/proc/42/ns/ipc"})));
         assert!(ns.contains(&json!({"type": "uts", "path": "/proc/42/ns/uts"})));
         assert!(spec.get("hostname").is_none());
+        assert_eq!(spec["annotations"][SHIM_GROUP_ANNOTATION], "sb");
         assert_eq!(spec["process"]["cwd"], "/");
         assert!(spec["mounts"]
             .as_array()
@@ -363,6 +373,7 @@ mod tests {
             cgroups_path: "/kaze/n/p/c".into(),
             resources: Resources::default(),
             mounts: vec![],
+            shim_group: "sb",
         };
         let plain = oci_spec(&input(OciSecurity {
             uid: 1000,

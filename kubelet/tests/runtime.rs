@@ -250,12 +250,23 @@ async fn two_pods_on_one_node_ping_each_other() {
         assert_eq!(exit.reason, "Completed");
         assert!(log.contains("2 packets received"), "{log}");
     }
+    // One shim per pod, as under the CRI plugin: its pause, main and ping containers
+    // share the one that started with the sandbox.
+    let mut sandboxes = vec![a.id.clone(), b.id.clone()];
+    sandboxes.sort();
+    assert_eq!(node.shim_ids(), sandboxes);
     for p in [&a, &b] {
         node.rt.remove_pod(&p.uid).await.expect("removing a pod");
     }
     // Checked after both: the check looks at everything in the node's namespace.
     node.assert_pod_gone(&a);
     node.assert_pod_gone(&b);
+    // The shared shim exits with the last container of its pod.
+    let left = eventually(Duration::from_secs(10), || {
+        node.shim_ids().is_empty().then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "shims left: {:?}", node.shim_ids());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -174,6 +174,7 @@ impl Runtime {
             cgroups_path: cgroup.clone(),
             resources: c.resources.clone(),
             mounts,
+            shim_group: &sandbox.id,
         });
         // Taken just before the task starts and kept in a label: a restarted kubelet
         // reports the same startedAt.

@@ -183,6 +183,7 @@ impl Runtime {
             // The pause process needs almost nothing; upstream gives it the minimum shares.
             resources: Resources::default(),
             mounts: Vec::new(),
+            shim_group: &id,
         });
         let labels = HashMap::from([
             (LABEL_KIND.to_string(), KIND_SANDBOX.to_string()),

@@ -155,6 +155,28 @@ impl TestNode {
             .unwrap_or_default()
     }
 
+    /// The `-id` of every runc shim this node's containerd runs: a shim serving a group is
+    /// named after the container that started it (a pod's: its sandbox).
+    pub fn shim_ids(&self) -> Vec<String> {
+        let sock = self.containerd().socket().display().to_string();
+        let mut ids = Vec::new();
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
+            if is_shim && args.iter().any(|a| a == &sock) {
+                if let Some(i) = args.iter().position(|a| a == "-id") {
+                    ids.extend(args.get(i + 1).cloned());
+                }
+            }
+        }
+        ids.sort();
+        ids
+    }
+
     /// The pod record's list of the CNI plugins its ADD ran (and its DEL runs).
     pub fn cni_plugins(&self, sandbox: &Sandbox) -> serde_json::Value {
         let record = std::fs::read(sandbox.dir.join("sandbox.json")).expect("sandbox.json");
