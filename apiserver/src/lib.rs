@@ -23,6 +23,7 @@ mod convert;
 mod delete;
 mod discovery;
 mod error;
+mod follow;
 mod handlers;
 mod kinds;
 mod kubeconfig;

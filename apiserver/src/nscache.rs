@@ -10,16 +10,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::Value;
-use store::{EventKind, ListOptions, StoreError};
 
+use crate::follow::Follower;
 use crate::state::AppState;
-
-/// Wait this long before relisting after the watch fails.
-const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub struct NamespaceCache {
@@ -67,59 +62,37 @@ impl NamespaceCache {
 
 /// Keep `state.namespaces` in step with the store until shutdown.
 pub async fn run(state: Arc<AppState>) {
-    loop {
-        let result = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            r = follow(&state) => r,
-        };
-        state.namespaces.synced.store(false, Ordering::Release);
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "namespace cache lost its watch; relisting");
-        }
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(RETRY) => {}
-        }
-    }
+    let follower = Follow(state.clone());
+    crate::follow::run(state, ("", "v1", "namespaces"), follower).await
 }
 
-/// List the namespaces, then apply every change after the list; returns when the watch ends.
-async fn follow(state: &AppState) -> Result<(), StoreError> {
-    let def = state
-        .registry
-        .get("", "v1", "namespaces")
-        .expect("namespaces are built in");
-    let store = state.store(def).clone();
-    let prefix = state.prefix(def, None);
-    let list = store.list(&prefix, ListOptions::default()).await?;
-    let mut names = HashMap::with_capacity(list.items.len());
-    for kv in &list.items {
-        if let Some(name) = kv.key.strip_prefix(&prefix) {
-            names.insert(name.to_string(), terminating(&kv.value));
+/// The namespace cache as a [`Follower`] of the namespaces in the store.
+struct Follow(Arc<AppState>);
+
+impl Follower for Follow {
+    fn reset(&self, items: Vec<(&str, &[u8])>) {
+        let names = items
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), terminating(value)))
+            .collect();
+        *self
+            .0
+            .namespaces
+            .names
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = names;
+    }
+
+    fn apply(&self, name: &str, value: Option<&[u8]>) {
+        match value {
+            Some(value) => self.0.namespaces.set(name.to_string(), terminating(value)),
+            None => self.0.namespaces.remove(name),
         }
     }
-    let mut events = store.watch(&prefix, list.revision).await?;
-    *state
-        .namespaces
-        .names
-        .write()
-        .unwrap_or_else(|e| e.into_inner()) = names;
-    state.namespaces.synced.store(true, Ordering::Release);
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        let Some(name) = ev.kv.key.strip_prefix(&prefix) else {
-            continue;
-        };
-        match ev.kind {
-            EventKind::Put => state
-                .namespaces
-                .set(name.to_string(), terminating(&ev.kv.value)),
-            EventKind::Delete => state.namespaces.remove(name),
-        }
+
+    fn set_synced(&self, synced: bool) {
+        self.0.namespaces.synced.store(synced, Ordering::Release);
     }
-    Err(StoreError::Unavailable {
-        reason: "namespace watch ended".into(),
-    })
 }
 
 /// Whether a stored namespace carries a deletionTimestamp. Unreadable counts as terminating,

@@ -13,21 +13,17 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use component::quota::{self, Item, Quantity, ResourceList};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ResourceQuota;
 use serde_json::{json, Value};
-use store::{EventKind, ListOptions, StoreError};
+use store::ListOptions;
 
+use crate::follow::Follower;
 use crate::objects::{decode_kv, guaranteed_update};
 use crate::registry::ResourceDef;
 use crate::state::AppState;
 use crate::status::ApiError;
-
-/// Wait this long before relisting after the watch fails.
-const RETRY: Duration = Duration::from_secs(1);
 
 /// Which namespaces hold ResourceQuotas.
 #[derive(Debug, Default)]
@@ -78,38 +74,20 @@ fn quota_def(state: &AppState) -> &ResourceDef {
 
 /// Keep `state.namespaces.quotas` in step with the store until shutdown.
 pub async fn run(state: Arc<AppState>) {
-    loop {
-        let result = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            r = follow(&state) => r,
-        };
-        state
-            .namespaces
-            .quotas
-            .synced
-            .store(false, Ordering::Release);
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "quota index lost its watch; relisting");
-        }
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(RETRY) => {}
-        }
-    }
+    let follower = Follow(state.clone());
+    crate::follow::run(state, ("", "v1", "resourcequotas"), follower).await
 }
 
-async fn follow(state: &AppState) -> Result<(), StoreError> {
-    let def = quota_def(state);
-    let store = state.store(def).clone();
-    let prefix = state.prefix(def, None);
-    let list = store.list(&prefix, ListOptions::default()).await?;
-    let index = &state.namespaces.quotas;
-    let mut events = store.watch(&prefix, list.revision).await?;
-    {
+/// The quota index as a [`Follower`] of the ResourceQuotas in the store.
+struct Follow(Arc<AppState>);
+
+impl Follower for Follow {
+    fn reset(&self, items: Vec<(&str, &[u8])>) {
+        let index = &self.0.namespaces.quotas;
         let mut names = index.names.write().unwrap_or_else(|e| e.into_inner());
         names.clear();
-        for kv in &list.items {
-            if let Some((ns, name)) = kv.key.strip_prefix(&prefix).and_then(|k| k.split_once('/')) {
+        for (key, _) in items {
+            if let Some((ns, name)) = key.split_once('/') {
                 names
                     .entry(ns.to_string())
                     .or_default()
@@ -117,16 +95,18 @@ async fn follow(state: &AppState) -> Result<(), StoreError> {
             }
         }
     }
-    index.synced.store(true, Ordering::Release);
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        if let Some(key) = ev.kv.key.strip_prefix(&prefix) {
-            index.apply(key, ev.kind == EventKind::Put);
-        }
+
+    fn apply(&self, key: &str, value: Option<&[u8]>) {
+        self.0.namespaces.quotas.apply(key, value.is_some());
     }
-    Err(StoreError::Unavailable {
-        reason: "resourcequota watch ended".into(),
-    })
+
+    fn set_synced(&self, synced: bool) {
+        self.0
+            .namespaces
+            .quotas
+            .synced
+            .store(synced, Ordering::Release);
+    }
 }
 
 fn list_of(

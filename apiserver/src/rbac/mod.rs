@@ -17,16 +17,13 @@
 //! Until the cache has synced, only the built-in rules answer: a user bound by a stored
 //! binding gets 403 for the first moments after the apiserver starts and succeeds on retry.
 
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-use futures::StreamExt;
-use serde_json::Value;
-use store::{EventKind, ListOptions, StoreError};
 
 use crate::auth::UserInfo;
+use crate::follow::Follower;
 use crate::state::AppState;
 
 mod defaults;
@@ -35,7 +32,6 @@ use defaults::{builtin_bindings, builtin_cluster_role};
 #[cfg(test)]
 use defaults::{rule, url_rule};
 
-const RETRY: Duration = Duration::from_secs(1);
 const MASTERS: &str = "system:masters";
 
 /// What a request asks to do, in RBAC's terms.
@@ -385,63 +381,52 @@ impl Policy {
 /// Follow the four RBAC kinds in the store until shutdown.
 pub async fn run(state: Arc<AppState>) {
     let tasks: Vec<_> = (0..KINDS.len())
-        .map(|kind| tokio::spawn(run_kind(state.clone(), kind)))
+        .map(|kind| {
+            let resource = ("rbac.authorization.k8s.io", "v1", KINDS[kind]);
+            let follower = Follow {
+                state: state.clone(),
+                kind,
+            };
+            tokio::spawn(crate::follow::run(state.clone(), resource, follower))
+        })
         .collect();
     for t in tasks {
         let _ = t.await;
     }
 }
 
-async fn run_kind(state: Arc<AppState>, kind: usize) {
-    loop {
-        let result = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            r = follow(&state, kind) => r,
-        };
-        state.rbac.synced[kind].store(false, Ordering::Release);
-        if let Err(e) = result {
-            tracing::debug!(kind = KINDS[kind], error = %e, "RBAC cache lost its watch; relisting");
-        }
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(RETRY) => {}
-        }
-    }
+/// The policy's part for one RBAC kind as a [`Follower`] of that kind in the store.
+struct Follow {
+    state: Arc<AppState>,
+    kind: usize,
 }
 
-async fn follow(state: &AppState, kind: usize) -> Result<(), StoreError> {
-    let def = state
-        .registry
-        .get("rbac.authorization.k8s.io", "v1", KINDS[kind])
-        .expect("RBAC kinds are built in");
-    let store = state.store(def).clone();
-    let prefix = state.prefix(def, None);
-    let list = store.list(&prefix, ListOptions::default()).await?;
-    let mut events = store.watch(&prefix, list.revision).await?;
-    {
-        let mut policy = state.rbac.policy.write().unwrap_or_else(|e| e.into_inner());
-        policy.clear(kind);
-        for kv in &list.items {
-            if let Some(rest) = kv.key.strip_prefix(&prefix) {
-                policy.apply(kind, rest, Some(&kv.value));
-            }
+impl Follower for Follow {
+    fn reset(&self, items: Vec<(&str, &[u8])>) {
+        let mut policy = self
+            .state
+            .rbac
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        policy.clear(self.kind);
+        for (key, value) in items {
+            policy.apply(self.kind, key, Some(value));
         }
     }
-    state.rbac.synced[kind].store(true, Ordering::Release);
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        let Some(rest) = ev.kv.key.strip_prefix(&prefix) else {
-            continue;
-        };
-        let mut policy = state.rbac.policy.write().unwrap_or_else(|e| e.into_inner());
-        match ev.kind {
-            EventKind::Put => policy.apply(kind, rest, Some(&ev.kv.value)),
-            EventKind::Delete => policy.apply(kind, rest, None),
-        }
+
+    fn apply(&self, key: &str, value: Option<&[u8]>) {
+        self.state
+            .rbac
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(self.kind, key, value);
     }
-    Err(StoreError::Unavailable {
-        reason: "RBAC watch ended".into(),
-    })
+
+    fn set_synced(&self, synced: bool) {
+        self.state.rbac.synced[self.kind].store(synced, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
