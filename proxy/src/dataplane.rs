@@ -11,7 +11,8 @@ use aya::{
         tc::SchedClassifierLink,
         tc::{self, TcAttachOptions},
         xdp::XdpLink,
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        Xdp,
     },
     sys::SyscallError,
     Ebpf, EbpfLoader,
@@ -232,10 +233,7 @@ impl Dataplane {
         let pin = self.link_pin(&format!("tc-{iface}-{}", hook.name()));
         let prog = program_mut::<SchedClassifier>(&mut self.ebpf, programs::TC)?;
         let what = || format!("attaching {} to {iface} {}", programs::TC, hook.name());
-        let id = match open_pinned_link(&pin).map_err(|source| DataplaneError::Link {
-            what: what(),
-            source: Box::new(source),
-        })? {
+        let id = match open_pinned_link(&pin).map_err(link_error(&what))? {
             Some(old) => {
                 // The interface may have been deleted and re-created since the link was
                 // pinned; a link that cannot take the new program is stale and replaced.
@@ -260,21 +258,8 @@ impl Dataplane {
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             ),
         }
-        .map_err(|source| DataplaneError::Program {
-            what: what(),
-            source: Box::new(source),
-        })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| DataplaneError::Program {
-                what: what(),
-                source: Box::new(source),
-            })?;
-        let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
-            what: what(),
-            source: Box::new(source),
-        })?;
-        pin_link(fd, &pin)
+        .map_err(program_error(&what))?;
+        pin_link(fd_link(prog.take_link(id), &what)?, &pin)
     }
 
     /// Detaches the tc program from `iface` at `hook` and removes the link's pin.
@@ -288,10 +273,7 @@ impl Dataplane {
         let pin = self.link_pin(&format!("xdp-{iface}"));
         let prog = program_mut::<Xdp>(&mut self.ebpf, programs::XDP)?;
         let what = || format!("attaching {} to {iface}", programs::XDP);
-        let id = match open_pinned_link(&pin).map_err(|source| DataplaneError::Link {
-            what: what(),
-            source: Box::new(source),
-        })? {
+        let id = match open_pinned_link(&pin).map_err(link_error(&what))? {
             Some(old) => {
                 // as for tc: a stale link (interface re-created) is replaced
                 let replaced = XdpLink::try_from(old)
@@ -307,24 +289,10 @@ impl Dataplane {
             }
             None => prog.attach(iface, aya::programs::xdp::XdpMode::Skb),
         }
-        .map_err(|source| DataplaneError::Program {
-            what: what(),
-            source: Box::new(source),
-        })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| DataplaneError::Program {
-                what: what(),
-                source: Box::new(source),
-            })?;
-        let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
-            what: what(),
-            source: Box::new(source),
-        })?;
-        pin_link(fd, &pin)
+        .map_err(program_error(&what))?;
+        pin_link(fd_link(prog.take_link(id), &what)?, &pin)
     }
 
-    /// Detaches the XDP program from `iface` and removes the link's pin.
     /// Attaches the socket programs to the cgroup v2 directory `cgroup` (as bpf links, which
     /// coexist with other programs there; kernel 5.7+). Returns the names of their link pins, or an empty list when
     /// the programs did not load. A previous run's links are replaced without a gap: the new
@@ -342,29 +310,14 @@ impl Dataplane {
             let pin_name = format!("cgroup-{name}");
             let pin = self.link_pin(&pin_name);
             let what = || format!("attaching {name} to cgroup {}", cgroup.display());
-            let old = open_pinned_link(&pin).map_err(|source| DataplaneError::Link {
-                what: what(),
-                source: Box::new(source),
-            })?;
+            let old = open_pinned_link(&pin).map_err(link_error(&what))?;
             let prog = program_mut::<CgroupSockAddr>(&mut self.ebpf, name)?;
             // `Single` is flags 0, which is what bpf_link_create takes: a cgroup *link*
             // always coexists with other programs on the cgroup (any flag is EINVAL)
             let id = prog
                 .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|source| DataplaneError::Program {
-                    what: what(),
-                    source: Box::new(source),
-                })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| DataplaneError::Program {
-                    what: what(),
-                    source: Box::new(source),
-                })?;
-            let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
-                what: what(),
-                source: Box::new(source),
-            })?;
+                .map_err(program_error(&what))?;
+            let fd = fd_link(prog.take_link(id), &what)?;
             if old.is_some() {
                 // the old link detaches once this pin and the `old` fd are both gone
                 remove_stale_pin(&pin)?;
@@ -376,6 +329,7 @@ impl Dataplane {
         Ok(pins)
     }
 
+    /// Detaches the XDP program from `iface` and removes the link's pin.
     pub fn detach_xdp(&mut self, iface: &str) -> Result<(), DataplaneError> {
         self.unpin_link(&format!("xdp-{iface}"))
     }
@@ -431,6 +385,34 @@ fn remove_stale_pin(path: &Path) -> Result<(), DataplaneError> {
         what: format!("removing stale link pin {}", path.display()),
         source,
     })
+}
+
+/// Wraps a program error with what was being done.
+fn program_error(what: &impl Fn() -> String) -> impl FnOnce(ProgramError) -> DataplaneError + '_ {
+    move |source| DataplaneError::Program {
+        what: what(),
+        source: Box::new(source),
+    }
+}
+
+/// Wraps a link error with what was being done.
+fn link_error(what: &impl Fn() -> String) -> impl FnOnce(LinkError) -> DataplaneError + '_ {
+    move |source| DataplaneError::Link {
+        what: what(),
+        source: Box::new(source),
+    }
+}
+
+/// The link a program handed over (`take_link`) as an fd link, which can be pinned: the
+/// program's own bookkeeping would detach it when the program is dropped.
+fn fd_link<L: TryInto<FdLink, Error = LinkError>>(
+    taken: Result<L, ProgramError>,
+    what: &impl Fn() -> String,
+) -> Result<FdLink, DataplaneError> {
+    taken
+        .map_err(program_error(what))?
+        .try_into()
+        .map_err(link_error(what))
 }
 
 /// Pins `link` at `path` unless it is already pinned there (a replaced link keeps its pin).
