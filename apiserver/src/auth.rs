@@ -1,8 +1,7 @@
 //! Authentication: bearer tokens. The admin token is generated on first start and kept in
 //! `<data-dir>/server/admin.token`; more tokens come from `--token-auth-file` (upstream's CSV
-//! format). Requests without a known token get 401, except the health and version endpoints
-//! that upstream opens to anonymous callers. Authorization and admission are separate layers
-//! (not built yet): every authenticated user may do everything.
+//! format); JWTs are service-account tokens (`crate::serviceaccount`). Requests without a known token get 401, except the health and version endpoints
+//! that upstream opens to anonymous callers. Authorization (RBAC) is a separate layer.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -162,9 +161,15 @@ pub async fn authenticate(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match token.and_then(|t| state.tokens.authenticate(t)) {
+    let mut user = token.and_then(|t| state.tokens.authenticate(t)).cloned();
+    if let Some(t) =
+        token.filter(|t| user.is_none() && crate::serviceaccount::jwt::looks_like_jwt(t))
+    {
+        user = crate::serviceaccount::authenticate(&state, t).await;
+    }
+    match user {
         Some(user) => {
-            req.extensions_mut().insert(user.clone());
+            req.extensions_mut().insert(user);
             next.run(req).await
         }
         None if is_public(req.method(), req.uri().path()) => next.run(req).await,

@@ -199,6 +199,10 @@ async fn dispatch(
         (Some(Sub::Binding), Method::POST) => {
             crate::subresources::binding(&state, &def, ns, name, &headers, &body).await
         }
+        (Some(Sub::Token), Method::POST) => {
+            let ns = ns.unwrap_or_default();
+            crate::serviceaccount::token_request(&state, ns, name, &headers, &body).await
+        }
         (Some(Sub::Eviction), Method::POST) => {
             crate::subresources::eviction(&state, &def, ns, name, &headers, &body).await
         }

@@ -44,6 +44,7 @@ mod reviews;
 mod router;
 mod selector;
 mod server;
+mod serviceaccount;
 mod services;
 mod state;
 mod status;
@@ -119,6 +120,25 @@ pub struct Config {
     /// Extra bearer tokens, upstream's CSV format: `token,user,uid,"group1,group2"`.
     #[arg(long = "token-auth-file")]
     pub token_auth_file: Option<PathBuf>,
+
+    /// The `iss` of the service-account tokens this apiserver issues; tokens must carry it
+    /// to authenticate.
+    #[arg(long = "service-account-issuer", default_value = serviceaccount::DEFAULT_ISSUER)]
+    pub service_account_issuer: String,
+
+    /// Audiences a token must be meant for to authenticate here (default: the issuer), and
+    /// what TokenRequests without `spec.audiences` get.
+    #[arg(long = "api-audiences", value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
+
+    /// ECDSA P-256 private key (PKCS#8 PEM) that service-account tokens are signed with
+    /// (default: `<data-dir>/server/tls/service-account.key`, created on first start).
+    #[arg(long = "service-account-signing-key-file")]
+    pub service_account_signing_key_file: Option<PathBuf>,
+
+    /// More PEM files with P-256 public (or private) keys whose tokens are accepted.
+    #[arg(long = "service-account-key-file")]
+    pub service_account_key_file: Vec<PathBuf>,
 }
 
 impl Config {
@@ -144,6 +164,10 @@ impl Config {
             kubelet_certificate_authority: None,
             kubelet_client_certificate: None,
             kubelet_client_key: None,
+            service_account_issuer: serviceaccount::DEFAULT_ISSUER.to_string(),
+            api_audiences: Vec::new(),
+            service_account_signing_key_file: None,
+            service_account_key_file: Vec::new(),
         }
     }
 

@@ -32,6 +32,8 @@ pub enum Sub {
     PortForward,
     /// `nodes/<n>/proxy/<path>`: requests passed to the node's kubelet (`/stats/summary`).
     Proxy,
+    /// `serviceaccounts/<n>/token`: TokenRequest.
+    Token,
 }
 
 impl Sub {
@@ -47,13 +49,14 @@ impl Sub {
             Sub::Attach => "attach",
             Sub::PortForward => "portforward",
             Sub::Proxy => "proxy",
+            Sub::Token => "token",
         }
     }
 
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Sub::Status | Sub::Scale => &["get", "patch", "update"],
-            Sub::Binding | Sub::Eviction => &["create"],
+            Sub::Binding | Sub::Eviction | Sub::Token => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
             Sub::Exec | Sub::Attach | Sub::PortForward => &["create", "get"],
@@ -72,6 +75,7 @@ impl Sub {
             Sub::Attach => Some(("", "v1", "PodAttachOptions")),
             Sub::PortForward => Some(("", "v1", "PodPortForwardOptions")),
             Sub::Proxy => Some(("", "v1", "NodeProxyOptions")),
+            Sub::Token => Some(("authentication.k8s.io", "v1", "TokenRequest")),
         }
     }
 }
@@ -249,7 +253,7 @@ fn builtins() -> Vec<ResourceDef> {
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "secrets",
             fields: &["type"], printer: P::Secret),
         def!(core::v1::ServiceAccount, "", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", ns: true,
-            short: &["sa"], cat: NONE, subs: NONE_SUBS, storage: "serviceaccounts",
+            short: &["sa"], cat: NONE, subs: &[Sub::Token], storage: "serviceaccounts",
             fields: NONE, printer: P::Default),
         def!(core::v1::Event, "", "v1", "Event", "events", "event", ns: true,
             short: &["ev"], cat: NONE, subs: NONE_SUBS, storage: "events",
@@ -306,6 +310,14 @@ fn builtins() -> Vec<ResourceDef> {
             ..def!(authentication::v1::SelfSubjectReview,
             "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "selfsubjectreviews", fields: NONE, printer: P::Default)
+        },
+        // Answered by `crate::serviceaccount::token_review` (it needs the store); the
+        // router sends it there before the synchronous reviews.
+        ResourceDef {
+            review: Some(crate::reviews::answered_elsewhere),
+            ..def!(authentication::v1::TokenReview,
+            "authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "tokenreviews", fields: NONE, printer: P::Default)
         },
         // Kinds without a kaze controller yet, served so real-world manifests (RBAC,
         // volumes, PDBs, ingresses) apply and their future controllers have an API.

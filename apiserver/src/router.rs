@@ -202,6 +202,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                     return r;
                 }
             };
+            if t.def.group == "authentication.k8s.io" && t.def.plural == "tokenreviews" {
+                return token_review(&state, &t, &parts, &body).await;
+            }
             if let Some(review) = t.def.review {
                 return answer_review(&state, &t, review, &parts, &body);
             }
@@ -357,6 +360,34 @@ fn answer_review(
         ))
     };
     run().unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST tokenreviews`: like [`answer_review`], but the answer reads the store.
+async fn token_review(
+    state: &AppState,
+    t: &Target,
+    parts: &axum::http::request::Parts,
+    body: &bytes::Bytes,
+) -> Response {
+    let run = async {
+        if parts.method != axum::http::Method::POST || t.name.is_some() {
+            return Err(ApiError::method_not_supported(
+                t.def.plural,
+                parts.method.as_str(),
+            ));
+        }
+        let mut obj =
+            crate::negotiate::decode_object(body, crate::negotiate::body_type(&parts.headers)?)?;
+        obj["apiVersion"] = serde_json::json!(t.def.api_version());
+        obj["kind"] = serde_json::json!(t.def.kind);
+        let answer = crate::serviceaccount::token_review(state, obj).await?;
+        Ok(crate::negotiate::respond(
+            StatusCode::CREATED,
+            &answer,
+            crate::negotiate::Format::Json,
+        ))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {

@@ -129,6 +129,15 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     };
     let tls_config = crate::tls::server_config(&material)?;
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
+    let service_accounts = crate::serviceaccount::ServiceAccounts::load(
+        &crate::serviceaccount::Options {
+            issuer: config.service_account_issuer.clone(),
+            audiences: config.api_audiences.clone(),
+            signing_key_file: config.service_account_signing_key_file.clone(),
+            key_files: config.service_account_key_file.clone(),
+        },
+        &tls_dir,
+    )?;
 
     let storage = store::Storage::open(
         &config.storage,
@@ -172,7 +181,9 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         namespaces: Default::default(),
         rbac: Default::default(),
         cache,
+        service_accounts,
     });
+    state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);
     tokio::spawn(crate::nscache::run(state.clone()));
     tokio::spawn(crate::rbac::run(state.clone()));

@@ -27,4 +27,6 @@ pub struct AppState {
     pub rbac: crate::rbac::Authorizer,
     /// Every resource's objects and recent events in memory, for LIST and WATCH.
     pub cache: crate::cache::WatchCache,
+    /// Issues and checks service-account tokens.
+    pub service_accounts: crate::serviceaccount::ServiceAccounts,
 }

@@ -1,0 +1,72 @@
+//! ServiceAccount tokens, as upstream's apiserver issues and checks them: the signing key
+//! (`keys`), TokenRequest (`serviceaccounts/<name>/token`), the authenticator for those
+//! tokens and TokenReview.
+//!
+//! Tokens are ES256 JWTs (`jwt`). Every apiserver publishes its public key in the store
+//! (`<prefix>/kaze/serviceaccount-keys/<kid>`), so apiservers with separate data dirs on one
+//! etcd accept each other's tokens.
+
+pub mod jwt;
+mod keys;
+mod token;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+pub use token::{authenticate, token_request, token_review};
+
+use crate::Error;
+
+/// Upstream's default `--service-account-issuer` for kubeadm-style clusters.
+pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// How many verified tokens are remembered (their signature is not checked again).
+const VERIFIED_CACHE: usize = 4096;
+
+/// Issuing and checking service-account tokens.
+#[derive(Debug)]
+pub struct ServiceAccounts {
+    issuer: String,
+    /// What tokens must be meant for to authenticate here (`--api-audiences`).
+    audiences: Vec<String>,
+    signing: jwt::SigningKey,
+    /// Public keys by key id: ours, `--service-account-key-file`, other apiservers'.
+    keys: RwLock<HashMap<String, Vec<u8>>>,
+    /// Tokens whose signature checked out, with their claims.
+    verified: Mutex<HashMap<String, jwt::Claims>>,
+}
+
+/// What [`ServiceAccounts::load`] needs from the flags.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// `None`: `<server-dir>/tls/service-account.key`, created on first start.
+    pub signing_key_file: Option<PathBuf>,
+    pub key_files: Vec<PathBuf>,
+}
+
+impl ServiceAccounts {
+    pub fn load(opts: &Options, tls_dir: &Path) -> Result<ServiceAccounts, Error> {
+        let signing = keys::signing_key(opts.signing_key_file.as_deref(), tls_dir)?;
+        let mut map = HashMap::from([(signing.kid().to_string(), signing.public_point().to_vec())]);
+        for file in &opts.key_files {
+            for point in keys::public_keys(file)? {
+                map.insert(jwt::key_id(&point), point);
+            }
+        }
+        let audiences = if opts.audiences.is_empty() {
+            vec![opts.issuer.clone()]
+        } else {
+            opts.audiences.clone()
+        };
+        Ok(ServiceAccounts {
+            issuer: opts.issuer.clone(),
+            audiences,
+            signing,
+            keys: RwLock::new(map),
+            verified: Mutex::default(),
+        })
+    }
+}

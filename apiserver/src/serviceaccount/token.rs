@@ -1,0 +1,432 @@
+//! TokenRequest (`POST serviceaccounts/<name>/token`), the authenticator for the tokens it
+//! issues, and TokenReview, as upstream's `pkg/registry/core/serviceaccount/storage/token.go`
+//! and `pkg/serviceaccount/claims.go` do them.
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::jwt::{self, Claims, Kubernetes, Ref};
+use super::{keys, ServiceAccounts, VERIFIED_CACHE};
+use crate::auth::UserInfo;
+use crate::meta;
+use crate::negotiate::{self, Format};
+use crate::objects;
+use crate::state::AppState;
+use crate::status::ApiError;
+
+/// Upstream's bounds on `spec.expirationSeconds`.
+const MIN_EXPIRATION: i64 = 600;
+const MAX_EXPIRATION: i64 = 1 << 32;
+const DEFAULT_EXPIRATION: i64 = 3600;
+/// go-jose's default leeway on `exp`/`nbf`, which upstream's validator uses.
+const LEEWAY: i64 = 60;
+/// A bound object being deleted keeps its tokens valid this long past its deletion
+/// timestamp (upstream's grace for objects in graceful deletion).
+const DELETION_GRACE: i64 = 60;
+
+const TOKEN_REQUEST: &str = "TokenRequest";
+const AUTHN_GROUP: &str = "authentication.k8s.io";
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn invalid(field: &str, value: &Value, why: &str) -> ApiError {
+    ApiError::invalid(
+        TOKEN_REQUEST,
+        AUTHN_GROUP,
+        "",
+        vec![(
+            field.into(),
+            "FieldValueInvalid",
+            format!("Invalid value: {value}: {why}"),
+        )],
+    )
+}
+
+fn core_def<'a>(state: &'a AppState, plural: &str) -> &'a crate::registry::ResourceDef {
+    state
+        .registry
+        .get("", "v1", plural)
+        .expect("core kinds are built in")
+}
+
+fn obj_ref(obj: &Value) -> Ref {
+    Ref {
+        name: meta::meta_str(obj, "name").unwrap_or("").into(),
+        uid: meta::meta_str(obj, "uid").unwrap_or("").into(),
+    }
+}
+
+/// `POST /api/v1/namespaces/<ns>/serviceaccounts/<name>/token`.
+pub async fn token_request(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let mut req = negotiate::decode_object(body, negotiate::body_type(headers)?)?;
+    if let Some(kind) = req.get("kind").and_then(Value::as_str) {
+        if kind != TOKEN_REQUEST {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({kind}) does not match the expected kind (TokenRequest)"
+            )));
+        }
+    }
+    let sa = objects::get(state, core_def(state, "serviceaccounts"), Some(ns), name).await?;
+    let spec = req.get("spec").cloned().unwrap_or(json!({}));
+    let expiration = match spec.get("expirationSeconds") {
+        None | Some(Value::Null) => DEFAULT_EXPIRATION,
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| invalid("spec.expirationSeconds", v, "must be an integer"))?,
+    };
+    if expiration < MIN_EXPIRATION {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &json!(expiration),
+            "may not specify a duration less than 10 minutes",
+        ));
+    }
+    if expiration > MAX_EXPIRATION {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &json!(expiration),
+            "may not specify a duration larger than 2^32 seconds",
+        ));
+    }
+    let mut audiences: Vec<String> = match spec.get("audiences") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(String::from))
+            .collect::<Option<_>>()
+            .ok_or_else(|| invalid("spec.audiences", &json!(a), "must be strings"))?,
+        Some(v) => return Err(invalid("spec.audiences", v, "must be a list of strings")),
+    };
+    if audiences.is_empty() {
+        audiences = state.service_accounts.audiences.clone();
+    }
+
+    let mut claim = Kubernetes {
+        namespace: ns.to_string(),
+        serviceaccount: obj_ref(&sa),
+        pod: None,
+        secret: None,
+        node: None,
+    };
+    if let Some(bound) = spec.get("boundObjectRef").filter(|b| !b.is_null()) {
+        bind(state, ns, name, bound, &mut claim).await?;
+    }
+    let iat = now();
+    let claims = Claims {
+        iss: state.service_accounts.issuer.clone(),
+        sub: format!("system:serviceaccount:{ns}:{name}"),
+        aud: audiences.clone(),
+        exp: iat + expiration,
+        iat,
+        nbf: iat,
+        jti: meta::new_uid(),
+        kubernetes: claim,
+    };
+    let token = state
+        .service_accounts
+        .signing
+        .sign(&claims)
+        .map_err(ApiError::internal)?;
+    let mut spec = spec;
+    spec["audiences"] = json!(audiences);
+    spec["expirationSeconds"] = json!(expiration);
+    req["apiVersion"] = json!("authentication.k8s.io/v1");
+    req["kind"] = json!(TOKEN_REQUEST);
+    if req.get("metadata").is_none_or(Value::is_null) {
+        req["metadata"] = json!({"creationTimestamp": null});
+    }
+    req["spec"] = spec;
+    req["status"] = json!({
+        "token": token,
+        "expirationTimestamp": meta::format_ts(
+            jiff::Timestamp::from_second(claims.exp).unwrap_or_default()
+        ),
+    });
+    Ok(negotiate::respond(StatusCode::CREATED, &req, Format::Json))
+}
+
+/// Check `spec.boundObjectRef` and record it in the claim.
+async fn bind(
+    state: &AppState,
+    ns: &str,
+    sa_name: &str,
+    bound: &Value,
+    claim: &mut Kubernetes,
+) -> Result<(), ApiError> {
+    let text = |k: &str| bound.get(k).and_then(Value::as_str).unwrap_or("");
+    let (kind, name, uid) = (text("kind"), text("name"), text("uid"));
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            TOKEN_REQUEST,
+            AUTHN_GROUP,
+            "",
+            vec![(
+                "spec.boundObjectRef.name".into(),
+                "FieldValueRequired",
+                "Required value".into(),
+            )],
+        ));
+    }
+    let api_version = text("apiVersion");
+    if !(api_version.is_empty() || api_version == "v1") {
+        return Err(ApiError::bad_request(format!(
+            "cannot bind token to object of type {api_version}, Kind={kind}"
+        )));
+    }
+    let (plural, obj_ns) = match kind {
+        "Pod" => ("pods", Some(ns)),
+        "Secret" => ("secrets", Some(ns)),
+        "Node" => ("nodes", None),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token to object of type /v1, Kind={kind}"
+            )))
+        }
+    };
+    let obj = objects::get(state, core_def(state, plural), obj_ns, name).await?;
+    let r = obj_ref(&obj);
+    if !uid.is_empty() && uid != r.uid {
+        return Err(ApiError::conflict_message(
+            kind,
+            "",
+            name,
+            &format!("the UID in the bound object reference ({uid}) does not match the UID in record. The object might have been deleted and then recreated"),
+        ));
+    }
+    match kind {
+        "Pod" => {
+            let pod_sa = obj
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            if pod_sa != sa_name {
+                return Err(ApiError::bad_request(format!(
+                    "cannot bind token for serviceaccount {sa_name:?} to pod running with different serviceaccount name."
+                )));
+            }
+            let node = obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty());
+            if let Some(node) = node {
+                claim.node = objects::get(state, core_def(state, "nodes"), None, node)
+                    .await
+                    .ok()
+                    .map(|n| obj_ref(&n));
+            }
+            claim.pod = Some(r);
+        }
+        "Secret" => claim.secret = Some(r),
+        _ => claim.node = Some(r),
+    }
+    Ok(())
+}
+
+impl ServiceAccounts {
+    fn remembered(&self, token: &str) -> Option<Claims> {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
+        let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() >= VERIFIED_CACHE {
+            // Cheap bound: start over rather than track recency.
+            v.clear();
+        }
+        v.insert(token.to_string(), claims.clone());
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, jwt::Invalid> {
+        jwt::verify(token, &self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Where apiservers keep their public keys for each other.
+    fn store_key(state: &AppState, kid: &str) -> String {
+        format!("{}/kaze/serviceaccount-keys/{kid}", state.storage.prefix())
+    }
+
+    /// Put our public key where other apiservers on the same store find it.
+    pub async fn publish(&self, state: &AppState) {
+        let key = Self::store_key(state, self.signing.kid());
+        let pem = keys::public_pem(self.signing.public_point());
+        let store = state.storage.store_for("", "serviceaccounts");
+        match store.create(&key, Bytes::from(pem)).await {
+            Ok(_) | Err(store::StoreError::AlreadyExists { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "publishing the service account public key"),
+        }
+    }
+
+    /// Another apiserver's public key, from the store.
+    async fn fetch_key(&self, state: &AppState, kid: &str) -> bool {
+        let store = state.storage.store_for("", "serviceaccounts");
+        let Ok(Some(kv)) = store.get(&Self::store_key(state, kid)).await else {
+            return false;
+        };
+        let Some(point) = std::str::from_utf8(&kv.value)
+            .ok()
+            .and_then(keys::point_from_pem)
+            .filter(|p| jwt::key_id(p) == kid)
+        else {
+            return false;
+        };
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kid.to_string(), point);
+        true
+    }
+}
+
+/// Why a token does not authenticate (logged at debug; the client sees a plain 401).
+async fn check(state: &AppState, token: &str, audiences: &[String]) -> Result<UserInfo, String> {
+    let sas = &state.service_accounts;
+    let claims = match sas.remembered(token) {
+        Some(c) => c,
+        None => {
+            let claims = match sas.verify(token) {
+                Err(jwt::Invalid::UnknownKey(kid)) if sas.fetch_key(state, &kid).await => {
+                    sas.verify(token)
+                }
+                r => r,
+            }
+            .map_err(|e| e.to_string())?;
+            sas.remember(token, &claims);
+            claims
+        }
+    };
+    if claims.iss != sas.issuer {
+        return Err(format!("issuer {:?} is not this apiserver's", claims.iss));
+    }
+    let t = now();
+    if claims.exp + LEEWAY < t {
+        return Err("service account token has expired".into());
+    }
+    if claims.nbf - LEEWAY > t {
+        return Err("service account token is not valid yet".into());
+    }
+    if !claims.aud.iter().any(|a| audiences.contains(a)) {
+        return Err("token audiences do not include this apiserver's".into());
+    }
+    let k = &claims.kubernetes;
+    let ns = k.namespace.as_str();
+    if claims.sub != format!("system:serviceaccount:{ns}:{}", k.serviceaccount.name) {
+        return Err("subject does not match the kubernetes.io claim".into());
+    }
+    let bound = [
+        ("serviceaccounts", Some(ns), Some(&k.serviceaccount)),
+        ("pods", Some(ns), k.pod.as_ref()),
+        ("secrets", Some(ns), k.secret.as_ref()),
+        // a pod-bound token names its pod's node for information only, as upstream
+        ("nodes", None, k.node.as_ref().filter(|_| k.pod.is_none())),
+    ];
+    for (plural, ns, r) in bound {
+        if let Some(r) = r {
+            if !exists(state, plural, ns, r).await {
+                return Err(format!(
+                    "{plural} {:?} (uid {}) no longer exists",
+                    r.name, r.uid
+                ));
+            }
+        }
+    }
+    Ok(UserInfo {
+        name: claims.sub.clone(),
+        uid: k.serviceaccount.uid.clone(),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
+    })
+}
+
+/// The user of a service-account token meant for this apiserver, if it is valid.
+pub async fn authenticate(state: &AppState, token: &str) -> Option<UserInfo> {
+    match check(state, token, &state.service_accounts.audiences).await {
+        Ok(u) => Some(u),
+        Err(why) => {
+            tracing::debug!(%why, "service account token refused");
+            None
+        }
+    }
+}
+
+/// Whether the object still exists with the token's uid (and is not long deleted). The
+/// watch cache answers first; what it does not confirm is read from the store, so an object
+/// created a moment ago is found.
+async fn exists(state: &AppState, plural: &str, ns: Option<&str>, r: &Ref) -> bool {
+    let def = core_def(state, plural);
+    let live = |obj: &Value| {
+        meta::meta_str(obj, "name") == Some(r.name.as_str())
+            && meta::meta_str(obj, "uid") == Some(r.uid.as_str())
+            && meta::meta_str(obj, "deletionTimestamp")
+                .and_then(meta::parse_ts)
+                .is_none_or(|d| d.as_second() + DELETION_GRACE >= now())
+    };
+    let key = state.key(def, ns, &r.name);
+    let cached = state
+        .cache
+        .resource(def)
+        .and_then(|rc| rc.list(&key, None, None, Some(1), &mut |_| true))
+        .and_then(|snap| snap.items.first().and_then(|c| c.value().ok()));
+    if cached.as_ref().is_some_and(live) {
+        return true;
+    }
+    objects::get(state, def, ns, &r.name)
+        .await
+        .is_ok_and(|o| live(&o))
+}
+
+/// `authentication.k8s.io/v1` TokenReview: who a token authenticates as, by the same
+/// authenticators requests go through (static tokens, then service-account tokens, which
+/// must be meant for `spec.audiences` when given, else for this apiserver).
+pub async fn token_review(state: &AppState, mut body: Value) -> Result<Value, ApiError> {
+    let token = body
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let wanted: Vec<String> = body
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let audiences = if wanted.is_empty() {
+        state.service_accounts.audiences.clone()
+    } else {
+        wanted.clone()
+    };
+    let result = match state.tokens.authenticate(&token) {
+        Some(u) if wanted.is_empty() => Ok(u.clone()),
+        Some(_) => Err("static tokens are not meant for other audiences".to_string()),
+        None if jwt::looks_like_jwt(&token) => check(state, &token, &audiences).await,
+        None => Err("invalid bearer token".to_string()),
+    };
+    body["status"] = match result {
+        Ok(u) => json!({
+            "authenticated": true,
+            "user": {"username": u.name, "uid": u.uid, "groups": u.groups},
+            "audiences": audiences,
+        }),
+        Err(why) => json!({"authenticated": false, "error": why, "user": {}}),
+    };
+    Ok(body)
+}

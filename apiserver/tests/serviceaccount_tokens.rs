@@ -1,0 +1,419 @@
+//! ServiceAccount tokens end to end with the real kubectl 1.37: TokenRequest (`kubectl
+//! create token`), the tokens authenticating as their ServiceAccount under RBAC, refusal of
+//! expired, foreign-signed, tampered and unbound tokens, and TokenReview.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{write, TestServer};
+use serde_json::{json, Value};
+
+/// kubectl as the holder of `token`: (success, stdout, stderr).
+fn as_token(s: &TestServer, token: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["--token", token];
+    all.extend_from_slice(args);
+    let out = s.kubectl_output(&all, None);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn whoami(s: &TestServer, token: &str) -> Result<Value, String> {
+    match as_token(s, token, &["auth", "whoami", "-o", "json"]) {
+        (true, out, _) => Ok(serde_json::from_str(&out).expect("whoami JSON")),
+        (false, _, err) => Err(err),
+    }
+}
+
+fn assert_unauthorized(s: &TestServer, token: &str, what: &str) {
+    let err = whoami(s, token).expect_err(what);
+    assert!(err.contains("Unauthorized"), "{what}: {err}");
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn part(token: &str, i: usize) -> Value {
+    let p = token.split('.').nth(i).expect("JWT part");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).expect("base64url")).expect("JSON")
+}
+
+/// Sign `header.claims` with the PKCS#8 PEM key in `key_file` (ES256, r||s).
+fn sign(key_pem: &str, header: &Value, claims: &Value) -> String {
+    let b64: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("PEM");
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &der,
+        &rng,
+    )
+    .expect("P-256 key");
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = key.sign(&rng, input.as_bytes()).expect("signing");
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+#[test]
+fn create_token_authenticates_as_the_service_account_under_rbac() {
+    let s = TestServer::start();
+    s.kubectl(&["create", "namespace", "dev"]);
+    s.kubectl(&["create", "serviceaccount", "bot", "-n", "dev"]);
+    let sa_uid = s.kubectl(&[
+        "get",
+        "sa",
+        "bot",
+        "-n",
+        "dev",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let token = s.kubectl(&["create", "token", "bot", "-n", "dev"]);
+    let token = token.trim();
+
+    // upstream's claims
+    let header = part(token, 0);
+    assert_eq!(header["alg"], "ES256");
+    let claims = part(token, 1);
+    assert_eq!(
+        claims["iss"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    assert_eq!(claims["sub"], "system:serviceaccount:dev:bot");
+    assert_eq!(
+        claims["aud"],
+        json!(["https://kubernetes.default.svc.cluster.local"])
+    );
+    assert_eq!(
+        claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+        3600
+    );
+    assert_eq!(claims["nbf"], claims["iat"]);
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    assert_eq!(
+        claims["kubernetes.io"],
+        json!({"namespace": "dev", "serviceaccount": {"name": "bot", "uid": sa_uid}})
+    );
+
+    // it authenticates as the ServiceAccount
+    let who = whoami(&s, token).expect("whoami with the token");
+    let user = &who["status"]["userInfo"];
+    assert_eq!(user["username"], "system:serviceaccount:dev:bot");
+    assert_eq!(user["uid"], sa_uid.as_str());
+    assert_eq!(
+        user["groups"],
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:dev",
+            "system:authenticated"
+        ])
+    );
+
+    // RBAC applies to it: forbidden, then allowed once bound, as upstream words it
+    let (ok, _, err) = as_token(&s, token, &["get", "pods", "-n", "dev"]);
+    assert!(!ok);
+    assert!(
+        err.contains(r#"User "system:serviceaccount:dev:bot" cannot list resource "pods""#),
+        "{err}"
+    );
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "bot-view",
+        "-n",
+        "dev",
+        "--clusterrole=view",
+        "--serviceaccount=dev:bot",
+    ]);
+    eventually("the binding to allow the service account", || {
+        as_token(&s, token, &["get", "pods", "-n", "dev"]).0
+    });
+
+    // a token for another audience is not for the apiserver
+    let vault = s.kubectl(&["create", "token", "bot", "-n", "dev", "--audience=vault"]);
+    assert_eq!(part(vault.trim(), 1)["aud"], json!(["vault"]));
+    assert_unauthorized(&s, vault.trim(), "a token for another audience");
+
+    // --duration becomes expirationSeconds; under 10 minutes is upstream's 422
+    let long = s.kubectl(&["create", "token", "bot", "-n", "dev", "--duration=2h"]);
+    let c = part(long.trim(), 1);
+    assert_eq!(
+        c["exp"].as_i64().expect("exp") - c["iat"].as_i64().expect("iat"),
+        7200
+    );
+    let err = s.kubectl_fails(
+        &["create", "token", "bot", "-n", "dev", "--duration=5m"],
+        None,
+    );
+    assert!(
+        err.contains("spec.expirationSeconds: Invalid value: 300: may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    let err = s.kubectl_fails(&["create", "token", "nobody", "-n", "dev"], None);
+    assert!(
+        err.contains(r#"serviceaccounts "nobody" not found"#),
+        "{err}"
+    );
+
+    // TokenRequest needs `create` on serviceaccounts/token: the bot (view) may not
+    let (ok, _, err) = as_token(&s, token, &["create", "token", "bot", "-n", "dev"]);
+    assert!(!ok);
+    assert!(
+        err.contains(r#"cannot create resource "serviceaccounts/token""#),
+        "{err}"
+    );
+
+    // deleting the ServiceAccount revokes its tokens, recreating it does not restore them
+    s.kubectl(&["delete", "serviceaccount", "bot", "-n", "dev"]);
+    s.kubectl(&["create", "serviceaccount", "bot", "-n", "dev"]);
+    assert_unauthorized(&s, token, "a token of a deleted ServiceAccount");
+}
+
+#[test]
+fn expired_foreign_and_tampered_tokens_are_refused() {
+    let s = TestServer::start();
+    s.kubectl(&["create", "serviceaccount", "bot"]);
+    let token = s.kubectl(&["create", "token", "bot"]).trim().to_string();
+    let header = part(&token, 0);
+    let claims = part(&token, 1);
+    let key = std::fs::read_to_string(s.server().data_dir().join("server/tls/service-account.key"))
+        .expect("the signing key next to the CA");
+
+    // Re-signing the same claims with the server's key works: the forgeries below fail
+    // for the one thing they change.
+    let resigned = sign(&key, &header, &claims);
+    assert_eq!(
+        whoami(&s, &resigned).expect("re-signed token")["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:bot"
+    );
+
+    let mut expired = claims.clone();
+    expired["iat"] = json!(now() - 4000);
+    expired["nbf"] = json!(now() - 4000);
+    expired["exp"] = json!(now() - 120);
+    assert_unauthorized(&s, &sign(&key, &header, &expired), "an expired token");
+
+    let mut future = claims.clone();
+    future["nbf"] = json!(now() + 600);
+    assert_unauthorized(&s, &sign(&key, &header, &future), "a not-yet-valid token");
+
+    let mut issuer = claims.clone();
+    issuer["iss"] = json!("https://elsewhere");
+    assert_unauthorized(&s, &sign(&key, &header, &issuer), "another issuer");
+
+    let foreign_key = {
+        let rng = ring::rand::SystemRandom::new();
+        let der = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .expect("key");
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+        )
+    };
+    assert_unauthorized(
+        &s,
+        &sign(&foreign_key, &header, &claims),
+        "a foreign-signed token",
+    );
+
+    // tampered: another subject under the original signature
+    let mut admin = claims.clone();
+    admin["sub"] = json!("system:serviceaccount:kube-system:admin");
+    let parts: Vec<&str> = token.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(admin.to_string()),
+        parts[2]
+    );
+    assert_unauthorized(&s, &tampered, "a tampered token");
+    let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).expect("sig");
+    sig[10] ^= 1;
+    let flipped = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(sig));
+    assert_unauthorized(&s, &flipped, "a token with a flipped signature bit");
+
+    // the genuine token still works after all that
+    assert!(whoami(&s, &token).is_ok());
+}
+
+#[test]
+fn a_token_bound_to_a_pod_ends_with_the_pod() {
+    let s = TestServer::start();
+    s.kubectl(&["create", "serviceaccount", "bot"]);
+    let pod = write(
+        &s,
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  serviceAccountName: bot\n  containers:\n  - name: c\n    image: busybox\n",
+    );
+    s.kubectl(&["create", "-f", &pod]);
+    let pod_uid = s.kubectl(&["get", "pod", "p", "-o", "jsonpath={.metadata.uid}"]);
+    let token = s
+        .kubectl(&[
+            "create",
+            "token",
+            "bot",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=p",
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(
+        part(&token, 1)["kubernetes.io"]["pod"],
+        json!({"name": "p", "uid": pod_uid})
+    );
+    assert!(
+        whoami(&s, &token).is_ok(),
+        "the pod exists: the token works"
+    );
+
+    // bound to a pod of another ServiceAccount, or to a uid that is not the pod's: refused
+    s.kubectl(&["create", "serviceaccount", "other"]);
+    let err = s.kubectl_fails(
+        &[
+            "create",
+            "token",
+            "other",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=p",
+        ],
+        None,
+    );
+    assert!(err.contains("different serviceaccount name"), "{err}");
+    let err = s.kubectl_fails(
+        &[
+            "create",
+            "token",
+            "bot",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=p",
+            "--bound-object-uid=00000000-0000-0000-0000-000000000000",
+        ],
+        None,
+    );
+    assert!(err.contains("does not match the UID in record"), "{err}");
+    let err = s.kubectl_fails(
+        &[
+            "create",
+            "token",
+            "bot",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=gone",
+        ],
+        None,
+    );
+    assert!(err.contains(r#"pods "gone" not found"#), "{err}");
+
+    s.kubectl(&["delete", "pod", "p", "--grace-period=0", "--force"]);
+    assert_unauthorized(&s, &token, "a token bound to a deleted pod");
+    // a new pod of the same name is another pod
+    s.kubectl(&["create", "-f", &pod]);
+    assert_unauthorized(&s, &token, "a token bound to a pod that was replaced");
+
+    // a Secret binding works the same way
+    s.kubectl(&["create", "secret", "generic", "sec", "--from-literal=a=b"]);
+    let token = s
+        .kubectl(&[
+            "create",
+            "token",
+            "bot",
+            "--bound-object-kind=Secret",
+            "--bound-object-name=sec",
+        ])
+        .trim()
+        .to_string();
+    assert!(whoami(&s, &token).is_ok());
+    s.kubectl(&["delete", "secret", "sec"]);
+    assert_unauthorized(&s, &token, "a token bound to a deleted secret");
+}
+
+#[test]
+fn token_review_answers_with_the_same_authenticator() {
+    let s = TestServer::start();
+    s.kubectl(&["create", "serviceaccount", "bot"]);
+    let token = s.kubectl(&["create", "token", "bot"]).trim().to_string();
+    let review = |token: &str, audiences: Value| -> Value {
+        let body = json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        });
+        let f = write(&s, "review.json", &body.to_string());
+        let out = s.kubectl(&[
+            "create",
+            "--raw",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            "-f",
+            &f,
+        ]);
+        serde_json::from_str(&out).expect("TokenReview JSON")
+    };
+    let r = review(&token, json!([]));
+    assert_eq!(r["kind"], "TokenReview");
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(
+        r["status"]["user"]["username"],
+        "system:serviceaccount:default:bot"
+    );
+    assert_eq!(
+        r["status"]["user"]["groups"][1],
+        "system:serviceaccounts:default"
+    );
+
+    let r = review("not-a-token", json!([]));
+    assert_eq!(r["status"]["authenticated"], false, "{r}");
+
+    let vault = s
+        .kubectl(&["create", "token", "bot", "--audience=vault"])
+        .trim()
+        .to_string();
+    assert_eq!(review(&vault, json!([]))["status"]["authenticated"], false);
+    let r = review(&vault, json!(["vault"]));
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(r["status"]["audiences"], json!(["vault"]));
+
+    // TokenReview is for the system: a ServiceAccount without a binding may not create one
+    let (ok, _, err) = as_token(
+        &s,
+        &token,
+        &[
+            "create",
+            "--raw",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            "-f",
+            s.dir.path().join("review.json").to_str().expect("path"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
+}
