@@ -139,6 +139,12 @@ pub struct Config {
     /// More PEM files with P-256 public (or private) keys whose tokens are accepted.
     #[arg(long = "service-account-key-file")]
     pub service_account_key_file: Vec<PathBuf>,
+
+    /// Admission plugins to turn off. kaze knows `ServiceAccount` (on by default, as
+    /// upstream); `Config::for_tests` turns it off, as envtest does, so pods in tests
+    /// without a controller-manager need no ServiceAccount.
+    #[arg(long = "disable-admission-plugins", value_delimiter = ',')]
+    pub disable_admission_plugins: Vec<String>,
 }
 
 impl Config {
@@ -168,6 +174,7 @@ impl Config {
             api_audiences: Vec::new(),
             service_account_signing_key_file: None,
             service_account_key_file: Vec::new(),
+            disable_admission_plugins: vec!["ServiceAccount".to_string()],
         }
     }
 

@@ -322,6 +322,9 @@ pub async fn create(
 
     if let Some(ns) = ns {
         check_namespace(state, def, ns).await?;
+        if def.group.is_empty() && def.plural == "pods" {
+            crate::serviceaccount::admission::admit(state, ns, &mut obj).await?;
+        }
         crate::quota::admit(state, def, ns, &obj, &given, dry_run).await?;
     }
     // Services get their ClusterIP and node ports before they are stored, and give them

@@ -128,6 +128,17 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         }
     };
     let tls_config = crate::tls::server_config(&material)?;
+    if let Some(p) = config
+        .disable_admission_plugins
+        .iter()
+        .find(|p| p.as_str() != "ServiceAccount")
+    {
+        return Err(Error::Config {
+            reason: format!(
+                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount)"
+            ),
+        });
+    }
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
     let service_accounts = crate::serviceaccount::ServiceAccounts::load(
         &crate::serviceaccount::Options {
@@ -135,6 +146,10 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             audiences: config.api_audiences.clone(),
             signing_key_file: config.service_account_signing_key_file.clone(),
             key_files: config.service_account_key_file.clone(),
+            admission: !config
+                .disable_admission_plugins
+                .iter()
+                .any(|p| p == "ServiceAccount"),
         },
         &tls_dir,
     )?;

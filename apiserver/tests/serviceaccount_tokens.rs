@@ -417,3 +417,124 @@ fn token_review_answers_with_the_same_authenticator() {
         "{err}"
     );
 }
+
+fn pod_yaml(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{extra_spec}  initContainers:\n  - name: init\n    image: busybox\n  containers:\n  - name: a\n    image: busybox\n  - name: b\n    image: busybox\n    volumeMounts:\n    - name: own\n      mountPath: /var/run/secrets/kubernetes.io/serviceaccount\n  volumes:\n  - name: own\n    emptyDir: {{}}\n"
+    )
+}
+
+#[test]
+fn service_account_admission_defaults_the_account_and_mounts_the_token_volume() {
+    // the plugin is on as in `kaze server` (Config::for_tests turns it off)
+    let s = TestServer::start_with(|c| c.disable_admission_plugins.clear());
+    s.kubectl(&["create", "namespace", "dev"]);
+    let create = |name: &str, extra: &str| -> (bool, String) {
+        let f = write(&s, &format!("{name}.yaml"), &pod_yaml(name, extra));
+        let out = s.kubectl_output(&["create", "-n", "dev", "-f", &f], None);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // no `default` ServiceAccount yet (no controller-manager here): upstream's 403
+    let (ok, err) = create("early", "");
+    assert!(!ok);
+    assert!(
+        err.contains(r#"pods "early" is forbidden: error looking up service account dev/default: serviceaccount "default" not found"#),
+        "{err}"
+    );
+    let (ok, err) = create("named", "  serviceAccountName: bot\n");
+    assert!(!ok);
+    assert!(
+        err.contains("error looking up service account dev/bot"),
+        "{err}"
+    );
+
+    s.kubectl(&["create", "serviceaccount", "default", "-n", "dev"]);
+    let (ok, err) = create("web", "");
+    assert!(ok, "{err}");
+    let pod = common::json(&s, &["get", "pod", "web", "-n", "dev"]);
+    let spec = &pod["spec"];
+    assert_eq!(spec["serviceAccountName"], "default");
+    assert_eq!(spec["serviceAccount"], "default");
+    let vols = spec["volumes"].as_array().expect("volumes");
+    assert_eq!(vols.len(), 2, "{vols:?}");
+    let name = vols[1]["name"].as_str().expect("volume name");
+    let suffix = name
+        .strip_prefix("kube-api-access-")
+        .expect("upstream's name");
+    assert!(
+        suffix.len() == 5
+            && suffix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "{name}"
+    );
+    assert_eq!(
+        vols[1]["projected"],
+        json!({
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        })
+    );
+    let mount = json!([{"name": name, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]);
+    assert_eq!(spec["initContainers"][0]["volumeMounts"], mount);
+    assert_eq!(spec["containers"][0]["volumeMounts"], mount);
+    // b already mounts something at the path: left as it was
+    assert_eq!(
+        spec["containers"][1]["volumeMounts"],
+        json!([{"name": "own", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}])
+    );
+
+    // automountServiceAccountToken: false on the pod, or on its ServiceAccount, opts out;
+    // the pod's true overrides the ServiceAccount's false
+    let volumes = |pod: &str| -> usize {
+        common::json(&s, &["get", "pod", pod, "-n", "dev"])["spec"]["volumes"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let (ok, err) = create("no-mount", "  automountServiceAccountToken: false\n");
+    assert!(ok, "{err}");
+    assert_eq!(volumes("no-mount"), 1);
+    let off = common::json(&s, &["get", "pod", "no-mount", "-n", "dev"]);
+    assert_eq!(off["spec"]["containers"][0].get("volumeMounts"), None);
+    s.kubectl_stdin(
+        &["apply", "-n", "dev", "-f", "-"],
+        Some("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: quiet\nautomountServiceAccountToken: false\n"),
+    );
+    let (ok, err) = create("quiet", "  serviceAccountName: quiet\n");
+    assert!(ok, "{err}");
+    assert_eq!(volumes("quiet"), 1);
+    let (ok, err) = create(
+        "loud",
+        "  serviceAccountName: quiet\n  automountServiceAccountToken: true\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(volumes("loud"), 2);
+    // the deprecated field names the account when the new one is empty
+    s.kubectl(&["create", "serviceaccount", "legacy", "-n", "dev"]);
+    let (ok, err) = create("old", "  serviceAccount: legacy\n");
+    assert!(ok, "{err}");
+    assert_eq!(
+        common::json(&s, &["get", "pod", "old", "-n", "dev"])["spec"]["serviceAccountName"],
+        "legacy"
+    );
+
+    // mirror pods are the kubelet's: left alone, even with no ServiceAccount to find
+    s.kubectl(&["create", "namespace", "static"]);
+    let mirror = write(
+        &s,
+        "mirror.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: m\n  namespace: static\n  annotations:\n    kubernetes.io/config.mirror: abc\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: busybox\n",
+    );
+    s.kubectl(&["create", "-f", &mirror]);
+    let m = common::json(&s, &["get", "pod", "m", "-n", "static"]);
+    assert_eq!(m["spec"].get("volumes"), None);
+    assert_eq!(m["spec"].get("serviceAccountName"), None);
+}

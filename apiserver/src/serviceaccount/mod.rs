@@ -1,11 +1,13 @@
 //! ServiceAccount tokens, as upstream's apiserver issues and checks them: the signing key
 //! (`keys`), TokenRequest (`serviceaccounts/<name>/token`), the authenticator for those
-//! tokens and TokenReview.
+//! tokens, TokenReview, and the ServiceAccount admission plugin for pods
+//! (`admission`).
 //!
 //! Tokens are ES256 JWTs (`jwt`). Every apiserver publishes its public key in the store
 //! (`<prefix>/kaze/serviceaccount-keys/<kid>`), so apiservers with separate data dirs on one
 //! etcd accept each other's tokens.
 
+pub mod admission;
 pub mod jwt;
 mod keys;
 mod token;
@@ -35,6 +37,8 @@ pub struct ServiceAccounts {
     keys: RwLock<HashMap<String, Vec<u8>>>,
     /// Tokens whose signature checked out, with their claims.
     verified: Mutex<HashMap<String, jwt::Claims>>,
+    /// Whether the `ServiceAccount` admission plugin runs on pod creates.
+    admit_pods: bool,
 }
 
 /// What [`ServiceAccounts::load`] needs from the flags.
@@ -45,6 +49,8 @@ pub struct Options {
     /// `None`: `<server-dir>/tls/service-account.key`, created on first start.
     pub signing_key_file: Option<PathBuf>,
     pub key_files: Vec<PathBuf>,
+    /// Run the `ServiceAccount` admission plugin.
+    pub admission: bool,
 }
 
 impl ServiceAccounts {
@@ -67,6 +73,7 @@ impl ServiceAccounts {
             signing,
             keys: RwLock::new(map),
             verified: Mutex::default(),
+            admit_pods: opts.admission,
         })
     }
 }
