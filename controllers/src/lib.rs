@@ -6,7 +6,9 @@
 //! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
 //! `job`, `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction), `podgc`,
 //! `serviceaccount`, `namespace` (deletes a deleted namespace's content, then finalizes it),
-//! `resourcequota` (quota usage). Choose with `--controllers` (upstream syntax: `*,-nodeipam`).
+//! `resourcequota` (quota usage), `root-ca-cert-publisher` (`kube-root-ca.crt` in every
+//! namespace, from `--root-ca-file`). Choose with `--controllers` (upstream syntax:
+//! `*,-nodeipam`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod resourcequota;
+pub mod rootcacert;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod util;
@@ -50,6 +53,7 @@ pub const ALL: &[&str] = &[
     "serviceaccount",
     "namespace",
     "resourcequota",
+    "root-ca-cert-publisher",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -85,6 +89,11 @@ pub struct Config {
     /// How often every ResourceQuota's usage is recomputed even without changes.
     #[arg(long = "resource-quota-sync-period", default_value = "5m", value_parser = component::leader::parse_duration)]
     pub resource_quota_sync_period: Duration,
+
+    /// The cluster CA (PEM) that `root-ca-cert-publisher` puts in every namespace's
+    /// `kube-root-ca.crt`; without it that controller does not run.
+    #[arg(long = "root-ca-file")]
+    pub root_ca_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub leader: component::leader::LeaderElectionArgs,
@@ -194,6 +203,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             let periods = Periods {
                 gc_threshold: config.terminated_pod_gc_threshold,
                 quota_resync: config.resource_quota_sync_period,
+                root_ca_file: config.root_ca_file.clone(),
             };
             run_controllers(client, which, cidr, timing, periods, token)
         })
@@ -202,10 +212,11 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
 }
 
 /// Tunables of the controllers that take them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Periods {
     gc_threshold: usize,
     quota_resync: Duration,
+    root_ca_file: Option<PathBuf>,
 }
 
 async fn run_controllers(
@@ -244,6 +255,13 @@ async fn run_controllers(
                 periods.quota_resync,
                 token,
             )),
+            "root-ca-cert-publisher" => match &periods.root_ca_file {
+                Some(ca) => tasks.spawn(rootcacert::run(ctx.client.clone(), ca.clone(), token)),
+                None => {
+                    tracing::warn!("root-ca-cert-publisher needs --root-ca-file; not started");
+                    continue;
+                }
+            },
             _ => continue,
         };
     }

@@ -154,6 +154,7 @@ async fn deployments_roll_and_everything_else_follows() {
         node_monitor_period: Duration::from_secs(5),
         terminated_pod_gc_threshold: 12500,
         resource_quota_sync_period: Duration::from_secs(300),
+        root_ca_file: None,
         leader: component::leader::LeaderElectionArgs::disabled(),
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));

@@ -25,6 +25,7 @@ fn config(
         node_monitor_period: Duration::from_secs(5),
         terminated_pod_gc_threshold: 2,
         resource_quota_sync_period: Duration::from_secs(300),
+        root_ca_file: None,
         leader,
     }
 }

@@ -100,6 +100,7 @@ async fn silent_node_is_tainted_and_its_pods_evicted() {
         node_monitor_period: Duration::from_millis(500),
         terminated_pod_gc_threshold: 12500,
         resource_quota_sync_period: Duration::from_secs(300),
+        root_ca_file: None,
         leader: component::leader::LeaderElectionArgs::disabled(),
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));

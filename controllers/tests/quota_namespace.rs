@@ -23,6 +23,7 @@ fn config(kc: &Path) -> controllers::Config {
         node_monitor_period: Duration::from_secs(5),
         terminated_pod_gc_threshold: 12500,
         resource_quota_sync_period: Duration::from_secs(300),
+        root_ca_file: None,
         leader: component::leader::LeaderElectionArgs::disabled(),
     }
 }

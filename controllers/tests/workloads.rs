@@ -115,6 +115,7 @@ async fn daemonsets_follow_nodes_and_statefulsets_keep_order() {
         node_monitor_period: Duration::from_secs(5),
         terminated_pod_gc_threshold: 12500,
         resource_quota_sync_period: Duration::from_secs(300),
+        root_ca_file: None,
         leader: component::leader::LeaderElectionArgs::disabled(),
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
