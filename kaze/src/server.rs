@@ -170,6 +170,8 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         node_monitor_period: std::time::Duration::from_secs(5),
         terminated_pod_gc_threshold: 12500,
         resource_quota_sync_period: std::time::Duration::from_secs(300),
+        // kube-root-ca.crt in every namespace: the CA this server's apiserver serves with
+        root_ca_file: Some(api.ca_file()),
         leader: args.leader.clone(),
     };
     let token = shutdown.child_token();
