@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use testkit::wait_for as eventually;
@@ -271,6 +271,16 @@ async fn configmap_secret_downward_api_and_empty_dir_volumes_reach_the_container
         .await
         .expect("create secret");
 
+    // the serviceAccountToken projection asks the TokenRequest API for the pod's service
+    // account (no controller-manager here to create it)
+    let sas: Api<ServiceAccount> = Api::namespaced(c.client.clone(), "default");
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa"),
+    )
+    .await
+    .expect("create the default service account");
+
     let script = r#"trap 'exit 0' TERM
 echo "greeting=$(cat /etc/config/greeting)"
 echo "settings=$(cat /etc/config/conf/settings.ini)"
@@ -278,7 +288,7 @@ echo "keys=$(ls /etc/config | tr '\n' ' ')"
 echo "password=$(cat /etc/secret/password)"
 echo "name=$(cat /etc/podinfo/name) cpu=$(cat /etc/podinfo/cpu) mem=$(cat /etc/podinfo/mem)"
 echo "labels=$(tr '\n' ',' < /etc/podinfo/labels)"
-echo "projected=$(cat /etc/all/greeting)/$(cat /etc/all/pw)/$(cat /etc/all/ns) token=$(ls /etc/all/token 2>&1 >/dev/null | wc -l)"
+echo "projected=$(cat /etc/all/greeting)/$(cat /etc/all/pw)/$(cat /etc/all/ns) token=$(head -c 3 /etc/all/token) $(stat -L -c %a /etc/all/token)"
 echo "subpath=$(cat /greeting.txt)"
 echo "modes $(stat -L -c %a /etc/config/greeting) $(stat -L -c %a /etc/config/conf/settings.ini) $(stat -L -c %a /etc/secret/password) $(stat -L -c %a /etc/podinfo/name)"
 echo "cache $(grep ' /cache ' /proc/mounts | cut -d' ' -f3)"
@@ -322,7 +332,7 @@ while true; do echo "now greeting=$(cat /etc/config/greeting) labels=$(tr '\n' '
                         {"configMap": {"name": "app-config", "items": [{"key": "greeting", "path": "greeting"}]}},
                         {"secret": {"name": "app-secret", "items": [{"key": "password", "path": "pw"}]}},
                         {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-                        {"serviceAccountToken": {"path": "token"}},
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 600}},
                     ]}},
                 ],
             },
@@ -336,8 +346,8 @@ while true; do echo "now greeting=$(cat /etc/config/greeting) labels=$(tr '\n' '
         "password=s3cr3t",
         "name=vols cpu=500 mem=64",
         "labels=app=\"vols\",tier=\"one\"",
-        // No TokenRequest API yet: the token projection is skipped (ls fails once).
-        "projected=hello/s3cr3t/default token=1",
+        // a JWT: base64url of `{"`, with the volume's default mode
+        "projected=hello/s3cr3t/default token=eyJ 644",
         "subpath=hello",
         "modes 640 600 400 644",
         "cache tmpfs",
@@ -374,6 +384,22 @@ while true; do echo "now greeting=$(cat /etc/config/greeting) labels=$(tr '\n' '
     );
     assert!(
         kubelet::sys::mounts_under(&dir).contains(&dir.join("volumes/kubernetes.io~secret/sec"))
+    );
+    // The projected token is the pod's service account's: the apiserver authenticates it
+    // (and RBAC, with no binding for it, refuses the list).
+    let token = std::fs::read_to_string(dir.join("volumes/kubernetes.io~projected/proj/token"))
+        .expect("the projected token on the host");
+    let out = testkit::kubectl_with(
+        &c.kubeconfig(),
+        &["get", "pods", "--token", token.trim()],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("Forbidden")
+            && err.contains("\"system:serviceaccount:default:default\""),
+        "the projected token did not authenticate as the pod's service account: {err}"
     );
 
     // A ConfigMap update reaches the running container with the periodic resync (10 s),

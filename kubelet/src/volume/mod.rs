@@ -14,8 +14,13 @@
 //! - `fsGroup` ([`ownership`]): emptyDir, configMap, secret, downwardAPI and projected volumes
 //!   belong to the pod's fsGroup (group bits and setgid dirs), as upstream.
 //!
-//! Not supported: `serviceAccountToken` projections (kaze's apiserver has no TokenRequest
-//! API yet: they are skipped with a warning), network/cloud/CSI volumes and PVCs (the pod
+//! - `serviceAccountToken` projections: a token for the pod's service account from the
+//!   apiserver's TokenRequest API, bound to the pod (its name and uid), with the source's
+//!   audience and `expirationSeconds`; kept and written again until 80% of its lifetime has
+//!   passed, then requested anew (upstream's token manager), so the periodic refresh
+//!   rotates it.
+//!
+//! Not supported: network/cloud/CSI volumes and PVCs (the pod
 //! stays in ContainerCreating with a FailedMount reason), `fsGroupChangePolicy` (always
 //! applied, as upstream does for these volume types), emptyDir `sizeLimit` on disk (no
 //! eviction), `mountPropagation` (always private).
@@ -27,9 +32,14 @@ pub mod payload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
-use kube::api::Api;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, KeyToPath, Pod, Secret, ServiceAccount, Volume,
+};
+use kube::api::{Api, PostParams};
 
 use self::payload::{Allocatable, Payload, PayloadError, DEFAULT_MODE};
 use crate::spec::BindMount;
@@ -49,12 +59,30 @@ pub struct VolumeError {
     pub reason: String,
 }
 
-/// Where ConfigMaps and Secrets come from: the apiserver, or nowhere for pods run without
-/// one (the runtime-level tests), where such volumes fail to set up.
+/// Where ConfigMaps, Secrets and service account tokens come from: the apiserver, or
+/// nowhere for pods run without one (the runtime-level tests), where such volumes fail to
+/// set up.
 #[derive(Clone, Default)]
 pub struct Source {
     client: Option<kube::Client>,
+    /// Tokens already requested, until they are due for renewal.
+    tokens: Arc<Mutex<HashMap<TokenKey, CachedToken>>>,
 }
+
+/// What a token is requested for: (namespace, service account, audience, expirationSeconds,
+/// bound pod uid).
+type TokenKey = (String, String, String, i64, String);
+
+#[derive(Clone, Debug)]
+struct CachedToken {
+    token: String,
+    /// 80% of the token's lifetime (upstream's token manager renews then).
+    renew_at: Instant,
+}
+
+/// `expirationSeconds` of a projection without one, and the least the API accepts.
+const TOKEN_DEFAULT_SECONDS: i64 = 3600;
+const TOKEN_MIN_SECONDS: i64 = 600;
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,7 +98,88 @@ impl Source {
     pub fn api(client: kube::Client) -> Source {
         Source {
             client: Some(client),
+            tokens: Arc::default(),
         }
+    }
+
+    /// A token for `pod`'s service account from the TokenRequest API
+    /// (`POST .../serviceaccounts/<sa>/token`), bound to the pod, for `audience` (the
+    /// apiserver's own audiences when empty), valid `expiration_seconds`; the one requested
+    /// before while it is not yet due for renewal.
+    pub async fn service_account_token(
+        &self,
+        pod: &Pod,
+        audience: &str,
+        expiration_seconds: i64,
+    ) -> Result<String, String> {
+        let client = self
+            .client
+            .clone()
+            .ok_or("no apiserver to request a service account token from")?;
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let spec = pod.spec.as_ref();
+        let sa = spec
+            .and_then(|s| s.service_account_name.clone().or(s.service_account.clone()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let key: TokenKey = (
+            ns.clone(),
+            sa.clone(),
+            audience.to_string(),
+            expiration_seconds,
+            uid.clone(),
+        );
+        let now = Instant::now();
+        if let Some(t) = self.tokens().get(&key).filter(|t| now < t.renew_at) {
+            return Ok(t.token.clone());
+        }
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: (!audience.is_empty()).then(|| vec![audience.to_string()]),
+                expiration_seconds: Some(expiration_seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(name),
+                    uid: Some(uid),
+                }),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let got = Api::<ServiceAccount>::namespaced(client, &ns)
+            .create_token_request(&sa, &PostParams::default(), &request)
+            .await
+            .map_err(|e| format!("requesting a token for service account {ns}/{sa}: {e}"))?;
+        let status = got.status.unwrap_or_default();
+        let token = status
+            .token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("the token request for {ns}/{sa} came back without a token"))?;
+        // renew at 80% of the lifetime the apiserver granted (it may differ from the asked)
+        let left = status
+            .expiration_timestamp
+            .map_or(expiration_seconds as f64, |t| {
+                t.0.duration_since(jiff::Timestamp::now()).as_secs_f64()
+            });
+        self.tokens().insert(
+            key,
+            CachedToken {
+                token: token.clone(),
+                renew_at: now + Duration::from_secs_f64(left.max(0.0) * 0.8),
+            },
+        );
+        Ok(token)
+    }
+
+    fn tokens(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, CachedToken>> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn client(&self) -> Option<&kube::Client> {
@@ -410,9 +519,29 @@ impl PodVolumes {
                         &self.allocatable,
                     )
                     .map_err(fail)?
-                } else if src.service_account_token.is_some() {
-                    tracing::warn!(volume = %v.name, "skipping a serviceAccountToken projection: the apiserver has no TokenRequest API yet");
-                    Payload::new()
+                } else if let Some(t) = &src.service_account_token {
+                    let seconds = t.expiration_seconds.unwrap_or(TOKEN_DEFAULT_SECONDS);
+                    if seconds < TOKEN_MIN_SECONDS {
+                        return Err(format!(
+                            "serviceAccountToken expirationSeconds {seconds} is below {TOKEN_MIN_SECONDS}"
+                        ));
+                    }
+                    let token = self
+                        .source
+                        .service_account_token(
+                            &self.pod,
+                            t.audience.as_deref().unwrap_or_default(),
+                            seconds,
+                        )
+                        .await?;
+                    payload::validate_path(&t.path).map_err(|e| e.to_string())?;
+                    Payload::from([(
+                        t.path.clone(),
+                        payload::FileProjection {
+                            data: token.into_bytes(),
+                            mode,
+                        },
+                    )])
                 } else {
                     return Err("unsupported projected volume source (only configMap, secret, downwardAPI and serviceAccountToken are)".into());
                 };
