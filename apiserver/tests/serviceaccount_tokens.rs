@@ -398,6 +398,9 @@ fn token_review_answers_with_the_same_authenticator() {
     let r = review(&vault, json!(["vault"]));
     assert_eq!(r["status"]["authenticated"], true, "{r}");
     assert_eq!(r["status"]["audiences"], json!(["vault"]));
+    // the answer names the asked audiences the token is meant for
+    let r = review(&vault, json!(["other", "vault"]));
+    assert_eq!(r["status"]["audiences"], json!(["vault"]), "{r}");
 
     // TokenReview is for the system: a ServiceAccount without a binding may not create one
     let (ok, _, err) = as_token(
@@ -537,4 +540,24 @@ fn service_account_admission_defaults_the_account_and_mounts_the_token_volume() 
     let m = common::json(&s, &["get", "pod", "m", "-n", "static"]);
     assert_eq!(m["spec"].get("volumes"), None);
     assert_eq!(m["spec"].get("serviceAccountName"), None);
+}
+
+/// Two apiservers on one etcd, each with its own data dir (so its own signing key): each
+/// accepts the other's tokens through the public keys they publish in the store.
+#[test]
+fn apiservers_on_one_etcd_accept_each_others_tokens() {
+    let etcd = testkit::Etcd::start();
+    let a = TestServer::start_with(|c| c.storage.etcd_servers = vec![etcd.url()]);
+    let b = TestServer::start_with(|c| c.storage.etcd_servers = vec![etcd.url()]);
+    a.kubectl(&["create", "serviceaccount", "bot"]);
+    let from_a = a.kubectl(&["create", "token", "bot"]).trim().to_string();
+    let from_b = b.kubectl(&["create", "token", "bot"]).trim().to_string();
+    assert_ne!(part(&from_a, 0)["kid"], part(&from_b, 0)["kid"], "two keys");
+    for (server, token) in [(&b, &from_a), (&a, &from_b), (&a, &from_a)] {
+        let who = whoami(server, token).expect("a token of either apiserver");
+        assert_eq!(
+            who["status"]["userInfo"]["username"],
+            "system:serviceaccount:default:bot"
+        );
+    }
 }

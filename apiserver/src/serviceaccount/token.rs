@@ -291,8 +291,13 @@ impl ServiceAccounts {
     }
 }
 
-/// Why a token does not authenticate (logged at debug; the client sees a plain 401).
-async fn check(state: &AppState, token: &str, audiences: &[String]) -> Result<UserInfo, String> {
+/// The user of a token and which of `audiences` it is meant for; or why it does not
+/// authenticate (logged at debug; the client sees a plain 401).
+async fn check(
+    state: &AppState,
+    token: &str,
+    audiences: &[String],
+) -> Result<(UserInfo, Vec<String>), String> {
     let sas = &state.service_accounts;
     let claims = match sas.remembered(token) {
         Some(c) => c,
@@ -318,7 +323,12 @@ async fn check(state: &AppState, token: &str, audiences: &[String]) -> Result<Us
     if claims.nbf - LEEWAY > t {
         return Err("service account token is not valid yet".into());
     }
-    if !claims.aud.iter().any(|a| audiences.contains(a)) {
+    let matched: Vec<String> = audiences
+        .iter()
+        .filter(|a| claims.aud.contains(a))
+        .cloned()
+        .collect();
+    if matched.is_empty() {
         return Err("token audiences do not include this apiserver's".into());
     }
     let k = &claims.kubernetes;
@@ -343,7 +353,7 @@ async fn check(state: &AppState, token: &str, audiences: &[String]) -> Result<Us
             }
         }
     }
-    Ok(UserInfo {
+    let user = UserInfo {
         name: claims.sub.clone(),
         uid: k.serviceaccount.uid.clone(),
         groups: vec![
@@ -351,13 +361,14 @@ async fn check(state: &AppState, token: &str, audiences: &[String]) -> Result<Us
             format!("system:serviceaccounts:{ns}"),
             "system:authenticated".into(),
         ],
-    })
+    };
+    Ok((user, matched))
 }
 
 /// The user of a service-account token meant for this apiserver, if it is valid.
 pub async fn authenticate(state: &AppState, token: &str) -> Option<UserInfo> {
     match check(state, token, &state.service_accounts.audiences).await {
-        Ok(u) => Some(u),
+        Ok((u, _)) => Some(u),
         Err(why) => {
             tracing::debug!(%why, "service account token refused");
             None
@@ -414,14 +425,16 @@ pub async fn token_review(state: &AppState, mut body: Value) -> Result<Value, Ap
     } else {
         wanted.clone()
     };
+    // the audiences the token is good for: all of the apiserver's for static tokens, the
+    // overlap of the asked and the token's for service-account tokens, as upstream answers
     let result = match state.tokens.authenticate(&token) {
-        Some(u) if wanted.is_empty() => Ok(u.clone()),
+        Some(u) if wanted.is_empty() => Ok((u.clone(), audiences)),
         Some(_) => Err("static tokens are not meant for other audiences".to_string()),
         None if jwt::looks_like_jwt(&token) => check(state, &token, &audiences).await,
         None => Err("invalid bearer token".to_string()),
     };
     body["status"] = match result {
-        Ok(u) => json!({
+        Ok((u, audiences)) => json!({
             "authenticated": true,
             "user": {"username": u.name, "uid": u.uid, "groups": u.groups},
             "audiences": audiences,
