@@ -180,7 +180,10 @@ pub async fn authenticate(
         {
             next.run(req).await
         }
-        None => ApiError::unauthorized().into_response(),
+        None => {
+            crate::router::discard_body(req.into_body()).await;
+            ApiError::unauthorized().into_response()
+        }
     }
 }
 

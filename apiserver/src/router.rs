@@ -181,6 +181,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         _ => non_resource(&parts, &path),
     };
     if let Err(r) = authorize(&state, &parts, attrs) {
+        discard_body(body).await;
         return r;
     }
     match route {
@@ -388,6 +389,24 @@ async fn token_review(
         ))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Read what a refused request still sends (up to 1 MiB, for at most a second) before
+/// answering: a client still writing its body when the answer comes and the connection
+/// closes sees a broken pipe instead of the 401/403.
+pub(crate) async fn discard_body(body: Body) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let drain = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > 1024 * 1024 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
