@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use testkit::wait_for as eventually;
@@ -281,6 +281,36 @@ async fn configmap_secret_downward_api_and_empty_dir_volumes_reach_the_container
     .await
     .expect("create the default service account");
 
+    // Service variables: the `kubernetes` Service's always, the pod's namespace's with
+    // enableServiceLinks (the default)
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    let db = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "app-db"},
+                "spec": {"ports": [{"port": 5432}]},
+            }))
+            .expect("service"),
+        )
+        .await
+        .expect("create a service");
+    let ip = |s: &Service| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.clone())
+            .expect("cluster IP")
+    };
+    let master = services
+        .get("kubernetes")
+        .await
+        .expect("the kubernetes service");
+    let want_services = format!(
+        "services={}:443 {db_ip}:tcp://{db_ip}:5432",
+        ip(&master),
+        db_ip = ip(&db)
+    );
+
     let script = r#"trap 'exit 0' TERM
 echo "greeting=$(cat /etc/config/greeting)"
 echo "settings=$(cat /etc/config/conf/settings.ini)"
@@ -289,6 +319,7 @@ echo "password=$(cat /etc/secret/password)"
 echo "name=$(cat /etc/podinfo/name) cpu=$(cat /etc/podinfo/cpu) mem=$(cat /etc/podinfo/mem)"
 echo "labels=$(tr '\n' ',' < /etc/podinfo/labels)"
 echo "projected=$(cat /etc/all/greeting)/$(cat /etc/all/pw)/$(cat /etc/all/ns) token=$(head -c 3 /etc/all/token) $(stat -L -c %a /etc/all/token)"
+echo "services=${KUBERNETES_SERVICE_HOST:-unset}:${KUBERNETES_SERVICE_PORT:-unset} ${APP_DB_SERVICE_HOST:-unset}:${APP_DB_PORT:-unset}"
 echo "subpath=$(cat /greeting.txt)"
 echo "modes $(stat -L -c %a /etc/config/greeting) $(stat -L -c %a /etc/config/conf/settings.ini) $(stat -L -c %a /etc/secret/password) $(stat -L -c %a /etc/podinfo/name)"
 echo "cache $(grep ' /cache ' /proc/mounts | cut -d' ' -f3)"
@@ -354,6 +385,7 @@ while true; do echo "now greeting=$(cat /etc/config/greeting) labels=$(tr '\n' '
         "config read-only",
         "scratch=disk",
         "cache=mem",
+        &want_services,
     ] {
         assert!(
             log.lines().any(|l| l == line),

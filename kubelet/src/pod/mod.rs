@@ -8,6 +8,7 @@ pub mod admit;
 mod events;
 pub mod hooks;
 pub mod probe;
+pub mod service_env;
 pub mod spec;
 mod status;
 pub mod worker;

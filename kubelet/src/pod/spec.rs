@@ -326,16 +326,23 @@ fn env_object<'a>(
 }
 
 /// The container's env in order (`envFrom` first, then `env`, as upstream), each value
-/// expanded against the ones before it. ConfigMap/Secret values come from `objects`.
+/// expanded against the ones before it and the Service variables (`services`, see
+/// [`super::service_env`]), which follow unless the container defines them itself.
+/// ConfigMap/Secret values come from `objects`.
 pub fn container_env(
     pod: &Pod,
     c: &Container,
     pod_ip: Option<IpAddr>,
     node: &NodeContext,
     objects: &EnvObjects,
+    services: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, SpecError> {
     let mut out: Vec<(String, String)> = Vec::new();
-    let mut vars = HashMap::new();
+    // `$(VAR)` finds the container's own variables first, then the Services'
+    let mut vars: HashMap<String, String> = services
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let res = resources(c)?;
     let ns = pod
         .metadata
@@ -435,6 +442,11 @@ pub fn container_env(
             None => out.push((e.name.clone(), value)),
         }
     }
+    for (k, v) in services {
+        if !out.iter().any(|(n, _)| n == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
     Ok(out)
 }
 
@@ -447,8 +459,9 @@ pub fn container_config(
     pod_ip: Option<IpAddr>,
     node: &NodeContext,
     objects: &EnvObjects,
+    services: &BTreeMap<String, String>,
 ) -> Result<ContainerConfig, SpecError> {
-    let env = container_env(pod, c, pod_ip, node, objects)?;
+    let env = container_env(pod, c, pod_ip, node, objects, services)?;
     let vars: HashMap<String, String> = env.iter().cloned().collect();
     let expand_all =
         |v: &Option<Vec<String>>| v.iter().flatten().map(|s| expand(s, &vars)).collect();

@@ -7,10 +7,12 @@
 //! on stop terminates gracefully and removes everything. The sync loop owns one per pod.
 //! After a kubelet restart a worker first takes over what runs for its pod (`adopt.rs`).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, Pod, PodStatus, Service};
+use kube::api::{Api, ListParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -472,6 +474,70 @@ impl Worker {
         Ok(out)
     }
 
+    /// The Service variables of the pod's containers, read now (see
+    /// [`crate::pod::service_env`]): none without an apiserver.
+    async fn service_env(&self) -> Result<BTreeMap<String, String>, String> {
+        use crate::pod::service_env::{service_env, MASTER_NAMESPACE, MASTER_SERVICE};
+        let Some(client) = self.source.client().cloned() else {
+            return Ok(BTreeMap::new());
+        };
+        let ns = self
+            .pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let links = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
+        let failed = |e: kube::Error| format!("reading the services for the environment: {e}");
+        let mut services = Vec::new();
+        if links {
+            let own: Api<Service> = Api::namespaced(client.clone(), &ns);
+            services = own
+                .list(&ListParams::default())
+                .await
+                .map_err(failed)?
+                .items;
+        }
+        if !(links && ns == MASTER_NAMESPACE) {
+            let master: Api<Service> = Api::namespaced(client, MASTER_NAMESPACE);
+            services.extend(master.get_opt(MASTER_SERVICE).await.map_err(failed)?);
+        }
+        Ok(service_env(&services, &ns, links))
+    }
+
+    /// [`Self::service_env`], except that a static pod (one that runs before or without an
+    /// apiserver) starts without the variables when the apiserver cannot be read, as
+    /// upstream's kubelet; an API pod waits (its container start is retried).
+    async fn service_env_or_none(&self) -> Result<BTreeMap<String, String>, String> {
+        use crate::static_pod::source::SOURCE_ANNOTATION;
+        let static_pod = self
+            .pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_ANNOTATION))
+            .is_some_and(|s| s != "api");
+        if !static_pod {
+            return self.service_env().await;
+        }
+        // not held up by an apiserver that does not answer
+        let env = tokio::time::timeout(Duration::from_secs(3), self.service_env())
+            .await
+            .unwrap_or_else(|_| Err("the apiserver did not answer within 3 s".into()));
+        match env {
+            Err(e) => {
+                tracing::warn!(pod = %hooks::pod_desc(&self.pod), error = %e, "starting a static pod without the Service environment variables");
+                Ok(BTreeMap::new())
+            }
+            ok => ok,
+        }
+    }
+
     /// Stop a container for good (a sidecar after the app containers ended).
     async fn stop_slot(&mut self, i: usize, grace: Duration) {
         if let Some(id) = self.slots[i].running.as_ref().map(|r| r.id.clone()) {
@@ -558,15 +624,23 @@ impl Worker {
             slot.next_start = now + self.cfg.backoff_initial;
             return;
         }
-        let made = match self.env_objects(&spec).await {
+        let objects = match self.env_objects(&spec).await {
+            Ok(objects) => self
+                .service_env_or_none()
+                .await
+                .map(|services| (objects, services)),
             Err(e) => Err(e),
-            Ok(objects) => podspec::container_config(
+        };
+        let made = match objects {
+            Err(e) => Err(e),
+            Ok((objects, services)) => podspec::container_config(
                 &self.pod,
                 &spec,
                 attempt,
                 sandbox.ip(),
                 &self.node,
                 &objects,
+                &services,
             )
             .map_err(|e| e.to_string())
             .and_then(|mut c| {

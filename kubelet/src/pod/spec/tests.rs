@@ -139,6 +139,7 @@ fn env_expands_and_resolves_the_downward_api() {
         Some("10.42.0.7".parse().unwrap()),
         &node(),
         &EnvObjects::new(),
+        &BTreeMap::new(),
     )
     .unwrap();
     assert_eq!(
@@ -186,7 +187,7 @@ fn config_map_and_secret_env_follow_upstream() {
     objects.insert(("configmap", "cm".into()), keys(&[("k", "v")]));
     objects.insert(("secret", "sec".into()), keys(&[("pw", "s3")]));
     objects.insert(("secret", "gone".into()), None);
-    let env = container_env(&p, c, None, &node(), &objects).unwrap();
+    let env = container_env(&p, c, None, &node(), &objects, &BTreeMap::new()).unwrap();
     assert_eq!(
         env,
         vec![
@@ -197,10 +198,10 @@ fn config_map_and_secret_env_follow_upstream() {
         ]
     );
     objects.insert(("secret", "sec".into()), None);
-    let err = container_env(&p, c, None, &node(), &objects).unwrap_err();
+    let err = container_env(&p, c, None, &node(), &objects, &BTreeMap::new()).unwrap_err();
     assert_eq!(err.to_string(), "secret \"sec\" not found");
     objects.insert(("secret", "sec".into()), keys(&[("other", "x")]));
-    let err = container_env(&p, c, None, &node(), &objects).unwrap_err();
+    let err = container_env(&p, c, None, &node(), &objects, &BTreeMap::new()).unwrap_err();
     assert_eq!(err.to_string(), "couldn't find key pw in Secret team/sec");
 }
 
@@ -210,4 +211,33 @@ fn grace_period_defaults_to_30s() {
     assert_eq!(grace_period(&p), std::time::Duration::from_secs(30));
     let p = pod(json!({"containers": [], "terminationGracePeriodSeconds": 3}));
     assert_eq!(grace_period(&p), std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn service_variables_follow_the_containers_own_and_can_be_referred_to() {
+    let p = pod(json!({"containers": [{
+        "name": "c", "image": "busybox",
+        "env": [
+            {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+        ],
+    }]}));
+    let services: BTreeMap<String, String> = [
+        ("KUBERNETES_SERVICE_HOST", "10.43.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = &p.spec.as_ref().unwrap().containers[0];
+    let env = container_env(&p, c, None, &node(), &EnvObjects::new(), &services).unwrap();
+    assert_eq!(
+        env,
+        vec![
+            // expanded before the container redefines the port: the Service's value
+            ("API".into(), "https://10.43.0.1:443".into()),
+            ("KUBERNETES_SERVICE_PORT".into(), "6443".into()),
+            ("KUBERNETES_SERVICE_HOST".into(), "10.43.0.1".into()),
+        ]
+    );
 }
