@@ -486,20 +486,41 @@ async fn sidecars_are_stopped_after_the_app_containers() {
         json!({
             "terminationGracePeriodSeconds": 10,
             "initContainers": [{"name": "side", "image": "kaze/busybox:1", "restartPolicy": "Always",
-                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]}],
+                "command": ["sh", "-c", "trap 'exit 0' TERM; touch /trapped; while true; do sleep 0.1; done"]}],
             "containers": [{"name": "app", "image": "kaze/busybox:1",
-                "command": ["sh", "-c", "trap 'sleep 2; exit 0' TERM; while true; do sleep 0.1; done"]}],
+                "command": ["sh", "-c", "trap 'sleep 2; exit 0' TERM; touch /trapped; while true; do sleep 0.1; done"]}],
         }),
     );
     let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
     let mut rx = h.status.clone();
-    wait_for(&mut rx, Duration::from_secs(60), "the app running", |s| {
+    let s = wait_for(&mut rx, Duration::from_secs(60), "the app running", |s| {
         container(s, "app")
             .state
             .as_ref()
             .is_some_and(|st| st.running.is_some())
     })
     .await;
+    // A shell that is PID 1 ignores a SIGTERM that comes before its trap is set (a loaded
+    // machine can take that long to get there): stop the pod only once both have theirs.
+    for c in [container(&s, "app"), init_status(&s, "side")] {
+        let id = c
+            .container_id
+            .clone()
+            .unwrap()
+            .trim_start_matches("containerd://")
+            .to_string();
+        let cmd = vec!["test".to_string(), "-e".to_string(), "/trapped".to_string()];
+        let mut trapped = false;
+        for _ in 0..100 {
+            let out = node.rt.exec_sync(&id, &cmd, Duration::from_secs(10)).await;
+            if out.is_ok_and(|o| o.exit_code == Some(0)) {
+                trapped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(trapped, "{} never set its TERM trap", c.name);
+    }
     let last = h.terminate().await;
     let finished = |c: &ContainerStatus| {
         let t = c
