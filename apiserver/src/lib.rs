@@ -140,6 +140,11 @@ pub struct Config {
     #[arg(long = "service-account-key-file")]
     pub service_account_key_file: Vec<PathBuf>,
 
+    /// Issue pod-bound tokens asked for 3607 s (what the ServiceAccount admission plugin's
+    /// volume asks) for a year, with a `warnafter` claim, as upstream does by default.
+    #[arg(long = "service-account-extend-token-expiration", default_value_t = true, action = clap::ArgAction::Set)]
+    pub service_account_extend_token_expiration: bool,
+
     /// Admission plugins to turn off. kaze knows `ServiceAccount` (on by default, as
     /// upstream); `Config::for_tests` turns it off, as envtest does, so pods in tests
     /// without a controller-manager need no ServiceAccount.
@@ -174,6 +179,7 @@ impl Config {
             api_audiences: Vec::new(),
             service_account_signing_key_file: None,
             service_account_key_file: Vec::new(),
+            service_account_extend_token_expiration: true,
             disable_admission_plugins: vec!["ServiceAccount".to_string()],
         }
     }

@@ -150,6 +150,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
                 .disable_admission_plugins
                 .iter()
                 .any(|p| p == "ServiceAccount"),
+            extend_expiration: config.service_account_extend_token_expiration,
         },
         &tls_dir,
     )?;

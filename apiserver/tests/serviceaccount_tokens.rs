@@ -295,6 +295,50 @@ fn a_token_bound_to_a_pod_ends_with_the_pod() {
         "the pod exists: the token works"
     );
 
+    // upstream's extension: what the admission plugin's volume asks for (3607 s, bound to a
+    // pod, for the apiserver) is issued for a year with `warnafter`; the status keeps 3607 s
+    let extended: Value = serde_json::from_str(&s.kubectl(&[
+        "create",
+        "token",
+        "bot",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=p",
+        "--duration=3607s",
+        "-o",
+        "json",
+    ]))
+    .expect("TokenRequest JSON");
+    let c = part(extended["status"]["token"].as_str().expect("token"), 1);
+    let iat = c["iat"].as_i64().expect("iat");
+    assert_eq!(c["exp"].as_i64().expect("exp") - iat, 365 * 24 * 3600);
+    assert_eq!(c["kubernetes.io"]["warnafter"], json!(iat + 3607));
+    let status_exp: jiff::Timestamp = extended["status"]["expirationTimestamp"]
+        .as_str()
+        .expect("expirationTimestamp")
+        .parse()
+        .expect("RFC 3339");
+    assert_eq!(status_exp.as_second(), iat + 3607);
+    for other in [
+        vec!["create", "token", "bot", "--duration=3607s"],
+        vec![
+            "create",
+            "token",
+            "bot",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=p",
+            "--duration=3607s",
+            "--audience=vault",
+        ],
+    ] {
+        let c = part(s.kubectl(&other).trim(), 1);
+        assert_eq!(
+            c["exp"].as_i64().expect("exp") - c["iat"].as_i64().expect("iat"),
+            3607,
+            "not extended: {other:?}"
+        );
+        assert_eq!(c["kubernetes.io"].get("warnafter"), None);
+    }
+
     // bound to a pod of another ServiceAccount, or to a uid that is not the pod's: refused
     s.kubectl(&["create", "serviceaccount", "other"]);
     let err = s.kubectl_fails(

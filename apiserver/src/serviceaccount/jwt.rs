@@ -33,6 +33,9 @@ pub struct Kubernetes {
     pub secret: Option<Ref>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Ref>,
+    /// When an extended token (see `token_request`) is past the life its client asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warnafter: Option<i64>,
 }
 
 /// The claims of a bound service-account token, as upstream's `token.Claims` builds them.
@@ -197,6 +200,7 @@ mod tests {
                 }),
                 secret: None,
                 node: None,
+                warnafter: None,
             },
         }
     }

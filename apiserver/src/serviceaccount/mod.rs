@@ -39,6 +39,8 @@ pub struct ServiceAccounts {
     verified: Mutex<HashMap<String, jwt::Claims>>,
     /// Whether the `ServiceAccount` admission plugin runs on pod creates.
     admit_pods: bool,
+    /// `--service-account-extend-token-expiration`.
+    extend_expiration: bool,
 }
 
 /// What [`ServiceAccounts::load`] needs from the flags.
@@ -51,6 +53,8 @@ pub struct Options {
     pub key_files: Vec<PathBuf>,
     /// Run the `ServiceAccount` admission plugin.
     pub admission: bool,
+    /// Issue pod-bound tokens asked for 3607 s for a year (with `warnafter`).
+    pub extend_expiration: bool,
 }
 
 impl ServiceAccounts {
@@ -74,6 +78,7 @@ impl ServiceAccounts {
             keys: RwLock::new(map),
             verified: Mutex::default(),
             admit_pods: opts.admission,
+            extend_expiration: opts.extend_expiration,
         })
     }
 }

@@ -20,6 +20,11 @@ use crate::status::ApiError;
 const MIN_EXPIRATION: i64 = 600;
 const MAX_EXPIRATION: i64 = 1 << 32;
 const DEFAULT_EXPIRATION: i64 = 3600;
+/// What the ServiceAccount admission plugin's volume asks for: such pod-bound tokens are
+/// issued for a year (`--service-account-extend-token-expiration`) so clients that never
+/// reload them keep working, with `warnafter` saying when the asked life ended.
+const WARN_ONLY_EXPIRATION: i64 = super::admission::TOKEN_EXPIRATION;
+const EXTENDED_EXPIRATION: i64 = 365 * 24 * 3600;
 /// go-jose's default leeway on `exp`/`nbf`, which upstream's validator uses.
 const LEEWAY: i64 = 60;
 /// A bound object being deleted keeps its tokens valid this long past its deletion
@@ -117,16 +122,28 @@ pub async fn token_request(
         pod: None,
         secret: None,
         node: None,
+        warnafter: None,
     };
     if let Some(bound) = spec.get("boundObjectRef").filter(|b| !b.is_null()) {
         bind(state, ns, name, bound, &mut claim).await?;
     }
     let iat = now();
+    let sas = &state.service_accounts;
+    let lifetime = if sas.extend_expiration
+        && claim.pod.is_some()
+        && expiration == WARN_ONLY_EXPIRATION
+        && audiences.iter().all(|a| sas.audiences.contains(a))
+    {
+        claim.warnafter = Some(iat + expiration);
+        EXTENDED_EXPIRATION
+    } else {
+        expiration
+    };
     let claims = Claims {
         iss: state.service_accounts.issuer.clone(),
         sub: format!("system:serviceaccount:{ns}:{name}"),
         aud: audiences.clone(),
-        exp: iat + expiration,
+        exp: iat + lifetime,
         iat,
         nbf: iat,
         jti: meta::new_uid(),
@@ -148,8 +165,9 @@ pub async fn token_request(
     req["spec"] = spec;
     req["status"] = json!({
         "token": token,
+        // the life asked for, also for an extended token: clients renew on it
         "expirationTimestamp": meta::format_ts(
-            jiff::Timestamp::from_second(claims.exp).unwrap_or_default()
+            jiff::Timestamp::from_second(iat + expiration).unwrap_or_default()
         ),
     });
     Ok(negotiate::respond(StatusCode::CREATED, &req, Format::Json))
