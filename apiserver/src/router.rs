@@ -25,6 +25,11 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/livez", get(ok))
         .route("/readyz", get(ok))
         .route("/metrics", get(metrics))
+        .route(
+            crate::serviceaccount::discovery::CONFIG_PATH,
+            get(openid_configuration),
+        )
+        .route(crate::serviceaccount::discovery::JWKS_PATH, get(jwks))
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -44,6 +49,30 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
         return r;
     }
     crate::metrics::serve(State(state)).await
+}
+
+/// Service account issuer discovery (upstream: `get` on the non-resource URL).
+async fn openid_configuration(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let path = crate::serviceaccount::discovery::CONFIG_PATH;
+    if let Err(r) = authorize(&state, &parts, non_resource(&parts, path)) {
+        return r;
+    }
+    Json(state.service_accounts.openid_configuration()).into_response()
+}
+
+async fn jwks(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let path = crate::serviceaccount::discovery::JWKS_PATH;
+    if let Err(r) = authorize(&state, &parts, non_resource(&parts, path)) {
+        return r;
+    }
+    let body = state.service_accounts.jwks(&state).await;
+    (
+        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn ok() -> &'static str {

@@ -604,4 +604,79 @@ fn apiservers_on_one_etcd_accept_each_others_tokens() {
             "system:serviceaccount:default:bot"
         );
     }
+
+    // issuer discovery, readable by service accounts: either apiserver's JWKS verifies
+    // either's tokens
+    let (ok, config, err) = as_token(
+        &a,
+        &from_a,
+        &["get", "--raw", "/.well-known/openid-configuration"],
+    );
+    assert!(ok, "{err}");
+    let config: Value = serde_json::from_str(&config).expect("JSON");
+    assert_eq!(
+        config["issuer"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    assert_eq!(
+        config["jwks_uri"],
+        "https://kubernetes.default.svc.cluster.local/openid/v1/jwks"
+    );
+    assert_eq!(
+        config["id_token_signing_alg_values_supported"],
+        json!(["ES256"])
+    );
+    let (ok, jwks, err) = as_token(&b, &from_b, &["get", "--raw", "/openid/v1/jwks"]);
+    assert!(ok, "{err}");
+    let jwks: Value = serde_json::from_str(&jwks).expect("JSON");
+    for token in [&from_a, &from_b] {
+        let kid = part(token, 0)["kid"].clone();
+        let key = jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap_or_else(|| panic!("{kid} in {jwks}"));
+        assert_eq!(
+            (&key["kty"], &key["crv"], &key["alg"]),
+            (&json!("EC"), &json!("P-256"), &json!("ES256"))
+        );
+        let mut point = vec![4u8];
+        for c in ["x", "y"] {
+            point.extend(
+                URL_SAFE_NO_PAD
+                    .decode(key[c].as_str().expect(c))
+                    .expect("base64url"),
+            );
+        }
+        let (signed, sig) = token.rsplit_once('.').expect("JWS");
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+            .verify(
+                signed.as_bytes(),
+                &URL_SAFE_NO_PAD.decode(sig).expect("sig"),
+            )
+            .expect("the JWKS key verifies the token");
+    }
+}
+
+#[test]
+fn issuer_discovery_needs_a_binding_for_other_users() {
+    let tokens = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(tokens.path(), "alice-token-0123456789,alice,1001\n").expect("write");
+    let path = tokens.path().to_path_buf();
+    let s = TestServer::start_with(|c| c.token_auth_file = Some(path));
+    let (ok, _, err) = as_token(
+        &s,
+        "alice-token-0123456789",
+        &["get", "--raw", "/openid/v1/jwks"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
+    // the admin may
+    let jwks: Value =
+        serde_json::from_str(&s.kubectl(&["get", "--raw", "/openid/v1/jwks"])).expect("JSON");
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(1));
 }

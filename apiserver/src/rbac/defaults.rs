@@ -17,13 +17,14 @@ static CLUSTER_ROLES: LazyLock<HashMap<&'static str, Vec<Rule>>> = LazyLock::new
         "system:discovery",
         "system:basic-user",
         "kaze:cluster-info",
+        "system:service-account-issuer-discovery",
     ]
     .into_iter()
     .filter_map(|n| Some((n, make_cluster_role(n)?)))
     .collect()
 });
 
-static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 5]> =
+static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 6]> =
     LazyLock::new(make_bindings);
 
 /// The rules of built-in ClusterRole `name`, if there is one.
@@ -144,6 +145,15 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
                 "selfsubjectreviews",
             ],
         )],
+        "system:service-account-issuer-discovery" => vec![url_rule(
+            &["get"],
+            &[
+                "/.well-known/openid-configuration",
+                "/.well-known/openid-configuration/",
+                "/openid/v1/jwks",
+                "/openid/v1/jwks/",
+            ],
+        )],
         "kaze:cluster-info" => vec![Rule {
             names: vec!["cluster-info".into()],
             ..rule(&["get"], &[""], &["configmaps"])
@@ -154,7 +164,7 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
 
 /// Built-in bindings: subject, ClusterRole, and the namespace a RoleBinding-like one is
 /// limited to.
-fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 5] {
+fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 6] {
     [
         (Subject::Group("system:nodes".into()), "system:node", None),
         (
@@ -177,6 +187,11 @@ fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 5] {
             Subject::Group("system:authenticated".into()),
             "kaze:cluster-info",
             Some("kube-public"),
+        ),
+        (
+            Subject::Group("system:serviceaccounts".into()),
+            "system:service-account-issuer-discovery",
+            None,
         ),
     ]
 }

@@ -1,13 +1,14 @@
 //! ServiceAccount tokens, as upstream's apiserver issues and checks them: the signing key
 //! (`keys`), TokenRequest (`serviceaccounts/<name>/token`), the authenticator for those
-//! tokens, TokenReview, and the ServiceAccount admission plugin for pods
-//! (`admission`).
+//! tokens, TokenReview, the ServiceAccount admission plugin for pods (`admission`), and
+//! issuer discovery (`discovery`: OpenID configuration and JWKS).
 //!
 //! Tokens are ES256 JWTs (`jwt`). Every apiserver publishes its public key in the store
 //! (`<prefix>/kaze/serviceaccount-keys/<kid>`), so apiservers with separate data dirs on one
 //! etcd accept each other's tokens.
 
 pub mod admission;
+pub mod discovery;
 pub mod jwt;
 mod keys;
 mod token;
