@@ -712,6 +712,70 @@ fn suite(mode: &'static str, index: u8) {
         "[{mode}] A records of the headless service (via the search path)"
     );
 
+    c.step("2: in-cluster API access: the pod's service account token, CA and namespace, the kubernetes Service's variables");
+    // the default ServiceAccount may read pods in its namespace (a RoleBinding to `view`)
+    c.ok(&[
+        "create",
+        "rolebinding",
+        "default-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:default",
+    ]);
+    let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    // busybox's wget cannot do the TLS the apiserver speaks (it offers no signature
+    // algorithms), so the pod shows what an in-cluster client reads and that it reaches the
+    // API through the kubernetes Service; the token is then used from here
+    let script = format!(
+        "cat {sa_dir}/namespace; echo; head -c 27 {sa_dir}/ca.crt; echo; \
+         echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; \
+         nc -w 3 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo connected; \
+         cat {sa_dir}/token"
+    );
+    let out = c.ok(&["exec", "client", "-c", "sh", "--", "sh", "-c", &script]);
+    let lines: Vec<&str> = out.lines().collect();
+    let api = c.ok(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(
+        lines.get(..4),
+        Some(
+            &[
+                "default",
+                "-----BEGIN CERTIFICATE-----",
+                &format!("{api}:443"),
+                "connected",
+            ][..]
+        ),
+        "[{mode}] namespace, ca.crt (kube-root-ca.crt), the kubernetes Service's variables, \
+         a connection to it:\n{out}"
+    );
+    let token = lines.get(4).copied().unwrap_or_default();
+    let me = c.ok(&[
+        "get",
+        "pod",
+        "client",
+        "--token",
+        token,
+        "-o",
+        "jsonpath={.metadata.name}",
+    ]);
+    assert_eq!(
+        me, "client",
+        "[{mode}] the pod's token reads the pod (RoleBinding to view)"
+    );
+    let out = c.run(&["get", "secrets", "--token", token]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "User \"system:serviceaccount:default:default\" cannot list resource \"secrets\""
+        ),
+        "[{mode}] the pod's token is its service account's, and view does not read secrets: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     c.step("2: hairpin: a backend reaches its own Service");
     let me = &pods[0].0;
     let out = c.ok(&[
