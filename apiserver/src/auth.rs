@@ -21,6 +21,8 @@ pub struct UserInfo {
     pub name: String,
     pub uid: String,
     pub groups: Vec<String>,
+    /// Upstream's `extra` (for ServiceAccount tokens: the bound pod and node, the token's id).
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,7 @@ impl Tokens {
                 name: "kaze-admin".into(),
                 uid: "kaze-admin".into(),
                 groups: vec!["system:masters".into(), "system:authenticated".into()],
+                extra: Default::default(),
             },
         );
         if let Some(file) = token_file {
@@ -125,6 +128,7 @@ pub fn parse_token_file(text: &str) -> Result<Vec<(String, UserInfo)>, String> {
                 name: fields[1].to_string(),
                 uid: fields[2].to_string(),
                 groups,
+                extra: Default::default(),
             },
         ));
     }

@@ -63,8 +63,7 @@ pub fn self_subject_review(
     user: &UserInfo,
     mut body: Value,
 ) -> Result<Value, ApiError> {
-    body["status"] =
-        json!({"userInfo": {"username": user.name, "uid": user.uid, "groups": user.groups}});
+    body["status"] = json!({"userInfo": crate::serviceaccount::user_json(user)});
     Ok(body)
 }
 

@@ -272,6 +272,7 @@ fn authorize(
                 name: "system:anonymous".into(),
                 uid: String::new(),
                 groups: vec!["system:unauthenticated".into()],
+                extra: Default::default(),
             };
             &anonymous
         }

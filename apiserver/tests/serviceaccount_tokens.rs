@@ -290,9 +290,16 @@ fn a_token_bound_to_a_pod_ends_with_the_pod() {
         part(&token, 1)["kubernetes.io"]["pod"],
         json!({"name": "p", "uid": pod_uid})
     );
-    assert!(
-        whoami(&s, &token).is_ok(),
-        "the pod exists: the token works"
+    let who = whoami(&s, &token).expect("the pod exists: the token works");
+    // upstream's extra: the bound pod and the token's id
+    let jti = part(&token, 1)["jti"].as_str().expect("jti").to_string();
+    assert_eq!(
+        who["status"]["userInfo"]["extra"],
+        json!({
+            "authentication.kubernetes.io/credential-id": [format!("JTI={jti}")],
+            "authentication.kubernetes.io/pod-name": ["p"],
+            "authentication.kubernetes.io/pod-uid": [pod_uid],
+        })
     );
 
     // upstream's extension: what the admission plugin's volume asks for (3607 s, bound to a

@@ -438,6 +438,7 @@ mod tests {
             name: name.into(),
             uid: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            extra: Default::default(),
         }
     }
 

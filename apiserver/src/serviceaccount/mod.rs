@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
-pub use token::{authenticate, token_request, token_review};
+pub use token::{authenticate, token_request, token_review, user_json};
 
 use crate::Error;
 

@@ -371,6 +371,27 @@ async fn check(
             }
         }
     }
+    // upstream's extra keys, which e.g. a Node authorizer reads
+    let mut extra = std::collections::BTreeMap::new();
+    let mut put = |key: &str, value: &str| {
+        if !value.is_empty() {
+            extra.insert(
+                format!("authentication.kubernetes.io/{key}"),
+                vec![value.to_string()],
+            );
+        }
+    };
+    if let Some(pod) = &k.pod {
+        put("pod-name", &pod.name);
+        put("pod-uid", &pod.uid);
+    }
+    if let Some(node) = &k.node {
+        put("node-name", &node.name);
+        put("node-uid", &node.uid);
+    }
+    if !claims.jti.is_empty() {
+        put("credential-id", &format!("JTI={}", claims.jti));
+    }
     let user = UserInfo {
         name: claims.sub.clone(),
         uid: k.serviceaccount.uid.clone(),
@@ -379,6 +400,7 @@ async fn check(
             format!("system:serviceaccounts:{ns}"),
             "system:authenticated".into(),
         ],
+        extra,
     };
     Ok((user, matched))
 }
@@ -454,10 +476,19 @@ pub async fn token_review(state: &AppState, mut body: Value) -> Result<Value, Ap
     body["status"] = match result {
         Ok((u, audiences)) => json!({
             "authenticated": true,
-            "user": {"username": u.name, "uid": u.uid, "groups": u.groups},
+            "user": user_json(&u),
             "audiences": audiences,
         }),
         Err(why) => json!({"authenticated": false, "error": why, "user": {}}),
     };
     Ok(body)
+}
+
+/// A user as `authentication.k8s.io/v1` UserInfo.
+pub fn user_json(u: &UserInfo) -> Value {
+    let mut v = json!({"username": u.name, "uid": u.uid, "groups": u.groups});
+    if !u.extra.is_empty() {
+        v["extra"] = json!(u.extra);
+    }
+    v
 }
