@@ -449,14 +449,17 @@ impl Worker {
         }
     }
 
-    /// The ConfigMaps/Secrets `c`'s env refers to, read now (absent ones as None).
-    async fn env_objects(&self, c: &Container) -> Result<podspec::EnvObjects, String> {
-        let ns = self
-            .pod
+    fn namespace(&self) -> String {
+        self.pod
             .metadata
             .namespace
             .clone()
-            .unwrap_or_else(|| "default".into());
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// The ConfigMaps/Secrets `c`'s env refers to, read now (absent ones as None).
+    async fn env_objects(&self, c: &Container) -> Result<podspec::EnvObjects, String> {
+        let ns = self.namespace();
         let mut out = podspec::EnvObjects::new();
         for (kind, name) in podspec::env_object_refs(c) {
             let keys = if kind == "secret" {
@@ -481,12 +484,7 @@ impl Worker {
         let Some(client) = self.source.client().cloned() else {
             return Ok(BTreeMap::new());
         };
-        let ns = self
-            .pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let ns = self.namespace();
         let links = self
             .pod
             .spec
