@@ -14,6 +14,7 @@ pub mod desired;
 mod engine;
 mod error;
 pub mod iptables;
+mod linkwatch;
 mod metrics;
 pub mod netns;
 mod run;

@@ -10,6 +10,7 @@ use std::{
         mpsc, Arc,
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
@@ -18,15 +19,21 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, ProxyMode},
     engine::{chain, Engine, Programmer, SyncOutcome},
+    linkwatch::LinkEvents,
     services::{ServiceCounters, ServiceKey},
     tracker::Change,
     Error,
 };
 
-/// How often the pod bridge's ports are listed (`--pod-bridge`). A pod's first packets
-/// leave before its veth is followed only if it sends within this time of its network
-/// being set up; its requests are still balanced at the bridge's ingress then.
-const PORT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the dataplane thread checks for link events (`--pod-bridge`: the bridge's ports
+/// are listed again after one). A pod's first packets leave before its veth is followed only
+/// if it sends within about this time of its network being set up; its requests are still
+/// balanced at the bridge's ingress then.
+const PORT_CHECK: Duration = Duration::from_millis(50);
+/// The ports are listed at least this often whatever the link events say.
+const PORT_RESYNC: Duration = Duration::from_secs(10);
+/// How often they are listed when the netlink socket could not be opened.
+const PORT_POLL: Duration = Duration::from_millis(250);
 
 enum Cmd {
     Sync(Vec<Change>, oneshot::Sender<SyncOutcome>),
@@ -122,14 +129,26 @@ impl Worker {
 
 fn serve(config: &Config, mut programmer: Programmer, rx: mpsc::Receiver<Cmd>) {
     let mut cleaned = false;
-    let mut polled = std::time::Instant::now();
+    // opened here: the socket sees the links of this thread's (the node's) namespace
+    let links = match LinkEvents::open() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(error = %e, "no netlink link events: listing the pod bridge's ports every {PORT_POLL:?}");
+            None
+        }
+    };
+    let mut listed = Instant::now();
     loop {
         // new pods' veths are picked up between commands, even when they keep coming
-        if polled.elapsed() >= PORT_POLL {
+        let due = match &links {
+            Some(links) => links.pending() || listed.elapsed() >= PORT_RESYNC,
+            None => listed.elapsed() >= PORT_POLL,
+        };
+        if due {
             programmer.engine.refresh_ports();
-            polled = std::time::Instant::now();
+            listed = Instant::now();
         }
-        let cmd = match rx.recv_timeout(PORT_POLL.saturating_sub(polled.elapsed())) {
+        let cmd = match rx.recv_timeout(PORT_CHECK) {
             Ok(cmd) => cmd,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
