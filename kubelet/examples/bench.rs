@@ -22,11 +22,20 @@ mod xtask_images;
 #[tokio::main]
 async fn main() {
     let mut pods_n = 50usize;
+    // Containers per pod: the marginal cost of a container (what the pause costs) is the
+    // difference between --containers 2 and 1.
+    let mut containers_n = 1usize;
     let mut out = std::path::PathBuf::from("target/bench/kubelet.json");
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
             "--pods" => pods_n = it.next().and_then(|v| v.parse().ok()).expect("--pods N"),
+            "--containers" => {
+                containers_n = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--containers N")
+            }
             "--out" => out = it.next().expect("--out FILE").into(),
             other => panic!("unknown argument {other:?}"),
         }
@@ -145,9 +154,12 @@ async fn main() {
         let node = node.clone();
         async move {
             let name = format!("b{i}");
+            let containers: Vec<_> = (0..containers_n)
+                .map(|c| json!({"name": format!("c{c}"), "image": "kaze/busybox:1", "command": ["sleep", "3600"]}))
+                .collect();
             let p: Pod = serde_json::from_value(json!({"metadata": {"name": name},
                 "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
-                         "containers": [{"name": "c", "image": "kaze/busybox:1", "command": ["sleep", "3600"]}]}}))
+                         "containers": containers}}))
             .expect("pod");
             let at = Instant::now();
             pods.create(&PostParams::default(), &p).await.expect("create");
