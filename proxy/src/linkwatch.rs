@@ -105,7 +105,9 @@ mod tests {
                     .success();
                 assert!(ok, "ip {args:?}");
             };
-            ip(&["link", "add", "kzlw0", "type", "veth", "peer", "name", "kzlw1"]);
+            ip(&[
+                "link", "add", "kzlw0", "type", "veth", "peer", "name", "kzlw1",
+            ]);
             assert!(events.pending(), "creating a link was not seen");
             assert!(!events.pending(), "events are read once");
             ip(&["link", "del", "kzlw0"]);
