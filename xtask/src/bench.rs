@@ -42,7 +42,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         "store" => {
             let count = if args.smoke { "300" } else { "10000" };
             let mut cmd = cargo(root);
-            cmd.args(["run", "-q", "-p", "store", "--example", "bench"]);
+            cmd.args(["run", "-q", "-p", "store", "--example", "bench_store"]);
             if !args.smoke {
                 cmd.arg("--release");
             }
@@ -51,7 +51,14 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         }
         "apiserver" => {
             let mut cmd = cargo(root);
-            cmd.args(["run", "-q", "-p", "apiserver", "--example", "bench"]);
+            cmd.args([
+                "run",
+                "-q",
+                "-p",
+                "apiserver",
+                "--example",
+                "bench_apiserver",
+            ]);
             if !args.smoke {
                 cmd.arg("--release");
             }
@@ -73,7 +80,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         }
         "kubelet" => {
             let mut cmd = cargo(root);
-            cmd.args(["run", "-q", "-p", "kubelet", "--example", "bench"]);
+            cmd.args(["run", "-q", "-p", "kubelet", "--example", "bench_kubelet"]);
             if !args.smoke {
                 cmd.arg("--release");
             }
@@ -101,7 +108,14 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         }
         "scheduler" => {
             let mut cmd = cargo(root);
-            cmd.args(["run", "-q", "-p", "scheduler", "--example", "bench"]);
+            cmd.args([
+                "run",
+                "-q",
+                "-p",
+                "scheduler",
+                "--example",
+                "bench_scheduler",
+            ]);
             if !args.smoke {
                 cmd.arg("--release");
             }
