@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
@@ -99,14 +99,7 @@ async fn finish(
         )
         .await;
     if delete_from_api {
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
+        let dp = pod::spec::delete_now(uid);
         match api.delete(&running.name, &dp).await {
             Ok(_) => {
                 tracing::info!(pod = %format!("{}/{}", running.namespace, running.name), "pod stopped and removed")
@@ -326,14 +319,7 @@ pub async fn run(
                         // terminal): stop what the runtime still has, then let the API
                         // drop it.
                         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                        let dp = DeleteParams {
-                            grace_period_seconds: Some(0),
-                            preconditions: Some(Preconditions {
-                                uid: Some(uid.clone()),
-                                resource_version: None,
-                            }),
-                            ..Default::default()
-                        };
+                        let dp = pod::spec::delete_now(uid.clone());
                         let (rt, grace) = (rt.clone(), pod::spec::grace_period(&p));
                         finishing.spawn(uid.clone(), async move {
                             remove_leftovers(rt, uid, grace).await;

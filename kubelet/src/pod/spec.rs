@@ -482,6 +482,19 @@ pub fn container_config(
     })
 }
 
+/// Delete options that remove a pod from the API at once (grace period 0), and only if it
+/// is still the pod with `uid` (a pod re-created under the same name is left alone).
+pub fn delete_now(uid: String) -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    }
+}
+
 /// `terminationGracePeriodSeconds` (default 30 s).
 pub fn grace_period(pod: &Pod) -> std::time::Duration {
     let secs = pod

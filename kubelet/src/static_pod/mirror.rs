@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -233,14 +233,7 @@ impl Mirrors {
         }
         let (ns, name) = (mirror.namespace().unwrap_or_default(), mirror.name_any());
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
+        let dp = crate::pod::spec::delete_now(uid);
         match api.delete(&name, &dp).await {
             Ok(_) => tracing::info!(pod = %format!("{ns}/{name}"), "deleted mirror pod"),
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
