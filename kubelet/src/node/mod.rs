@@ -232,9 +232,33 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let mut tasks = tokio::task::JoinSet::new();
     // Static pods first: they run whatever the apiserver does, and the sync loop must know
     // them before it looks for leftovers.
+    // The cluster's Services, for containers' environment variables (upstream's kubelet
+    // keeps the same informer).
+    let services = client.clone().map(|c| {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        let (store, writer) = kube::runtime::reflector::store();
+        let stream = kube::runtime::reflector(
+            writer,
+            kube::runtime::watcher(
+                kube::Api::<k8s_openapi::api::core::v1::Service>::all(c),
+                kube::runtime::watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .touched_objects();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = stream.for_each(|_| async {}) => {}
+            }
+        });
+        store
+    });
     let api_source = client
         .clone()
-        .map(crate::volume::Source::api)
+        .map(|c| crate::volume::Source::api(c).with_services(services.clone()))
         .unwrap_or_default();
     let mut statics = crate::static_pod::Manager::new(
         config.static_pods.clone(),
@@ -322,6 +346,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     }
     let result = sync::run(
         client,
+        services,
         rt,
         node_ctx,
         uids,

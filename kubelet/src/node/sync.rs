@@ -200,6 +200,7 @@ fn reject(client: &Client, p: &Pod, node: &str, why: &pod::admit::Rejection) {
 #[allow(clippy::too_many_arguments)] // one call site, which has these at hand
 pub async fn run(
     client: Client,
+    services: Option<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>>,
     rt: Runtime,
     node: NodeContext,
     uids: super::server::PodUids,
@@ -351,7 +352,7 @@ pub async fn run(
                 p.clone(),
                 node.clone(),
                 WorkerConfig::default(),
-                Source::api(client.clone()),
+                Source::api(client.clone()).with_services(services.clone()),
             );
             let reporter = spawn_reporter(
                 client.clone(),

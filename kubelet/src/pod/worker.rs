@@ -25,6 +25,10 @@ use crate::runtime::{ContainerState, ExitInfo, Runtime, Sandbox};
 use crate::security;
 use crate::volume::{PodVolumes, Source};
 
+/// How long a container start waits for the kubelet's first list of the Services (its
+/// environment needs them) before it is retried.
+const SERVICES_SYNC: Duration = Duration::from_secs(10);
+
 mod adopt;
 mod lifecycle;
 
@@ -477,8 +481,9 @@ impl Worker {
         Ok(out)
     }
 
-    /// The Service variables of the pod's containers, read now (see
-    /// [`crate::pod::service_env`]): none without an apiserver.
+    /// The Service variables of the pod's containers (see [`crate::pod::service_env`]): from
+    /// the kubelet's Service reflector, else read from the API now; none without an
+    /// apiserver.
     async fn service_env(&self) -> Result<BTreeMap<String, String>, String> {
         use crate::pod::service_env::{service_env, MASTER_NAMESPACE, MASTER_SERVICE};
         let Some(client) = self.source.client().cloned() else {
@@ -491,6 +496,27 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.enable_service_links)
             .unwrap_or(true);
+        if let Some(store) = self.source.services() {
+            // the kubelet's reflector: an API pod waits until it has listed once
+            if tokio::time::timeout(SERVICES_SYNC, store.wait_until_ready())
+                .await
+                .is_err()
+            {
+                return Err("services have not yet been read at least once".into());
+            }
+            let services: Vec<Service> = store
+                .state()
+                .iter()
+                .filter(|s| {
+                    let s_ns = s.metadata.namespace.as_deref();
+                    (links && s_ns == Some(ns.as_str()))
+                        || (s_ns == Some(MASTER_NAMESPACE)
+                            && s.metadata.name.as_deref() == Some(MASTER_SERVICE))
+                })
+                .map(|s| Service::clone(s))
+                .collect();
+            return Ok(service_env(&services, &ns, links));
+        }
         let failed = |e: kube::Error| format!("reading the services for the environment: {e}");
         let mut services = Vec::new();
         if links {

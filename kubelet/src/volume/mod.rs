@@ -37,9 +37,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, KeyToPath, Pod, Secret, ServiceAccount, Volume,
+    ConfigMap, Container, KeyToPath, Pod, Secret, Service, ServiceAccount, Volume,
 };
 use kube::api::{Api, PostParams};
+use kube::runtime::reflector::Store;
 
 use self::payload::{Allocatable, Payload, PayloadError, DEFAULT_MODE};
 use crate::spec::BindMount;
@@ -67,6 +68,8 @@ pub struct Source {
     client: Option<kube::Client>,
     /// Tokens already requested, until they are due for renewal.
     tokens: Arc<Mutex<HashMap<TokenKey, CachedToken>>>,
+    /// The cluster's Services, followed by the kubelet (for containers' environment).
+    services: Option<Store<Service>>,
 }
 
 /// What a token is requested for: (namespace, service account, audience, expirationSeconds,
@@ -99,7 +102,19 @@ impl Source {
         Source {
             client: Some(client),
             tokens: Arc::default(),
+            services: None,
         }
+    }
+
+    /// The same, reading Services from the kubelet's reflector instead of the API.
+    pub fn with_services(mut self, services: Option<Store<Service>>) -> Source {
+        self.services = services;
+        self
+    }
+
+    /// The kubelet's Service cache, when it keeps one.
+    pub fn services(&self) -> Option<&Store<Service>> {
+        self.services.as_ref()
     }
 
     /// A token for `pod`'s service account from the TokenRequest API
