@@ -18,12 +18,16 @@ pub const MASTER_SERVICE: &str = "kubernetes";
 
 /// The variables for a pod in `ns` given `services` (any namespaces; the ones that do not
 /// concern the pod are ignored).
-pub fn service_env(services: &[Service], ns: &str, enable_links: bool) -> BTreeMap<String, String> {
+pub fn service_env<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    ns: &str,
+    enable_links: bool,
+) -> BTreeMap<String, String> {
     // by name: a Service of the pod's own namespace called `kubernetes` replaces the
     // master one, as upstream's map does
     let mut chosen: BTreeMap<&str, &Service> = BTreeMap::new();
     let mut own: BTreeMap<&str, &Service> = BTreeMap::new();
-    for s in services.iter().filter(|s| cluster_ip(s).is_some()) {
+    for s in services.into_iter().filter(|s| cluster_ip(s).is_some()) {
         let name = s.metadata.name.as_deref().unwrap_or_default();
         let s_ns = s.metadata.namespace.as_deref().unwrap_or_default();
         if s_ns == MASTER_NAMESPACE && name == MASTER_SERVICE {

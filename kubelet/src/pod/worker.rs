@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, Pod, PodStatus, Service};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, Pod, PodStatus};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -481,57 +480,31 @@ impl Worker {
         Ok(out)
     }
 
-    /// The Service variables of the pod's containers (see [`crate::pod::service_env`]): from
-    /// the kubelet's Service reflector, else read from the API now; none without an
-    /// apiserver.
+    /// The Service variables of the pod's containers (see [`crate::pod::service_env`]), from
+    /// the kubelet's Service reflector; none without an apiserver.
     async fn service_env(&self) -> Result<BTreeMap<String, String>, String> {
-        use crate::pod::service_env::{service_env, MASTER_NAMESPACE, MASTER_SERVICE};
-        let Some(client) = self.source.client().cloned() else {
+        let Some(store) = self.source.services() else {
             return Ok(BTreeMap::new());
         };
-        let ns = self.namespace();
+        // an API pod waits until the kubelet's reflector has listed once
+        if tokio::time::timeout(SERVICES_SYNC, store.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return Err("services have not yet been read at least once".into());
+        }
         let links = self
             .pod
             .spec
             .as_ref()
             .and_then(|s| s.enable_service_links)
             .unwrap_or(true);
-        if let Some(store) = self.source.services() {
-            // the kubelet's reflector: an API pod waits until it has listed once
-            if tokio::time::timeout(SERVICES_SYNC, store.wait_until_ready())
-                .await
-                .is_err()
-            {
-                return Err("services have not yet been read at least once".into());
-            }
-            let services: Vec<Service> = store
-                .state()
-                .iter()
-                .filter(|s| {
-                    let s_ns = s.metadata.namespace.as_deref();
-                    (links && s_ns == Some(ns.as_str()))
-                        || (s_ns == Some(MASTER_NAMESPACE)
-                            && s.metadata.name.as_deref() == Some(MASTER_SERVICE))
-                })
-                .map(|s| Service::clone(s))
-                .collect();
-            return Ok(service_env(&services, &ns, links));
-        }
-        let failed = |e: kube::Error| format!("reading the services for the environment: {e}");
-        let mut services = Vec::new();
-        if links {
-            let own: Api<Service> = Api::namespaced(client.clone(), &ns);
-            services = own
-                .list(&ListParams::default())
-                .await
-                .map_err(failed)?
-                .items;
-        }
-        if !(links && ns == MASTER_NAMESPACE) {
-            let master: Api<Service> = Api::namespaced(client, MASTER_NAMESPACE);
-            services.extend(master.get_opt(MASTER_SERVICE).await.map_err(failed)?);
-        }
-        Ok(service_env(&services, &ns, links))
+        let services = store.state();
+        Ok(crate::pod::service_env::service_env(
+            services.iter().map(|s| &**s),
+            &self.namespace(),
+            links,
+        ))
     }
 
     /// [`Self::service_env`], except that a static pod (one that runs before or without an
