@@ -32,9 +32,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
-    let terminating = ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
-    if terminating {
+    if crate::util::namespace_terminating(&ns) {
         return Ok(Action::await_change());
     }
     let name = ns.name_any();
