@@ -300,21 +300,24 @@ fn builtins() -> Vec<ResourceDef> {
             printer: P::Default)
         },
         ResourceDef {
-            review: Some(crate::reviews::self_subject_access_review),
+            review: Some(crate::reviews::Review::Answer(
+                crate::reviews::self_subject_access_review,
+            )),
             ..def!(authorization::v1::SelfSubjectAccessReview,
             "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "selfsubjectaccessreviews", fields: NONE, printer: P::Default)
         },
         ResourceDef {
-            review: Some(crate::reviews::self_subject_review),
+            review: Some(crate::reviews::Review::Answer(
+                crate::reviews::self_subject_review,
+            )),
             ..def!(authentication::v1::SelfSubjectReview,
             "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "selfsubjectreviews", fields: NONE, printer: P::Default)
         },
-        // Answered by `crate::serviceaccount::token_review` (it needs the store); the
-        // router sends it there before the synchronous reviews.
+        // Answered by the authenticators (`crate::serviceaccount::token_review`).
         ResourceDef {
-            review: Some(crate::reviews::answered_elsewhere),
+            review: Some(crate::reviews::Review::Token),
             ..def!(authentication::v1::TokenReview,
             "authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "tokenreviews", fields: NONE, printer: P::Default)

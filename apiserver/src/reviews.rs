@@ -1,6 +1,6 @@
 //! Create-only "review" resources that are answered, never stored: `kubectl auth can-i`
 //! (SelfSubjectAccessReview, answered by the RBAC authorizer) and `kubectl auth whoami`
-//! (SelfSubjectReview).
+//! (SelfSubjectReview), and TokenReview.
 
 use serde_json::{json, Value};
 
@@ -9,8 +9,28 @@ use crate::rbac::Attributes;
 use crate::state::AppState;
 use crate::status::ApiError;
 
-/// Answers a `create` of a review resource for `user`.
-pub type Review = fn(&AppState, &UserInfo, Value) -> Result<Value, ApiError>;
+/// How a `create` of a review resource is answered.
+#[derive(Clone, Copy, Debug)]
+pub enum Review {
+    /// From memory, for the requesting user.
+    Answer(fn(&AppState, &UserInfo, Value) -> Result<Value, ApiError>),
+    /// TokenReview: the authenticators, which may read the store.
+    Token,
+}
+
+impl Review {
+    pub async fn answer(
+        self,
+        state: &AppState,
+        user: &UserInfo,
+        body: Value,
+    ) -> Result<Value, ApiError> {
+        match self {
+            Review::Answer(f) => f(state, user, body),
+            Review::Token => crate::serviceaccount::token_review(state, body).await,
+        }
+    }
+}
 
 pub fn self_subject_access_review(
     state: &AppState,
@@ -65,16 +85,4 @@ pub fn self_subject_review(
 ) -> Result<Value, ApiError> {
     body["status"] = json!({"userInfo": crate::serviceaccount::user_json(user)});
     Ok(body)
-}
-
-/// The entry of reviews the router answers itself because they read the store
-/// (TokenReview).
-pub fn answered_elsewhere(
-    _state: &AppState,
-    _user: &UserInfo,
-    _body: Value,
-) -> Result<Value, ApiError> {
-    Err(ApiError::internal(
-        "this review is answered by its own handler",
-    ))
 }

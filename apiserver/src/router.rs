@@ -232,11 +232,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                     return r;
                 }
             };
-            if t.def.group == "authentication.k8s.io" && t.def.plural == "tokenreviews" {
-                return token_review(&state, &t, &parts, &body).await;
-            }
             if let Some(review) = t.def.review {
-                return answer_review(&state, &t, review, &parts, &body);
+                return answer_review(&state, &t, review, &parts, &body).await;
             }
             if matches!(t.sub, Some(Sub::Exec | Sub::Attach | Sub::PortForward)) {
                 let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
@@ -361,14 +358,15 @@ fn node_proxy_path(path: &str) -> Option<(&str, &str)> {
 /// (closing on a client still sending makes it see a reset instead).
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-fn answer_review(
+/// `POST` of a review resource: answered (see [`crate::reviews::Review`]), never stored.
+async fn answer_review(
     state: &AppState,
     t: &Target,
     review: crate::reviews::Review,
     parts: &axum::http::request::Parts,
     body: &bytes::Bytes,
 ) -> Response {
-    let run = || -> Result<Response, ApiError> {
+    let run = async {
         if parts.method != axum::http::Method::POST || t.name.is_some() {
             return Err(ApiError::method_not_supported(
                 t.def.plural,
@@ -383,35 +381,7 @@ fn answer_review(
             crate::negotiate::decode_object(body, crate::negotiate::body_type(&parts.headers)?)?;
         obj["apiVersion"] = serde_json::json!(t.def.api_version());
         obj["kind"] = serde_json::json!(t.def.kind);
-        let answer = review(state, user, obj)?;
-        Ok(crate::negotiate::respond(
-            StatusCode::CREATED,
-            &answer,
-            crate::negotiate::Format::Json,
-        ))
-    };
-    run().unwrap_or_else(IntoResponse::into_response)
-}
-
-/// `POST tokenreviews`: like [`answer_review`], but the answer reads the store.
-async fn token_review(
-    state: &AppState,
-    t: &Target,
-    parts: &axum::http::request::Parts,
-    body: &bytes::Bytes,
-) -> Response {
-    let run = async {
-        if parts.method != axum::http::Method::POST || t.name.is_some() {
-            return Err(ApiError::method_not_supported(
-                t.def.plural,
-                parts.method.as_str(),
-            ));
-        }
-        let mut obj =
-            crate::negotiate::decode_object(body, crate::negotiate::body_type(&parts.headers)?)?;
-        obj["apiVersion"] = serde_json::json!(t.def.api_version());
-        obj["kind"] = serde_json::json!(t.def.kind);
-        let answer = crate::serviceaccount::token_review(state, obj).await?;
+        let answer = review.answer(state, user, obj).await?;
         Ok(crate::negotiate::respond(
             StatusCode::CREATED,
             &answer,
