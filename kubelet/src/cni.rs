@@ -123,17 +123,15 @@ impl Cni {
     /// The types of the conflist's plugins a pod with `ports` needs, in order: portmap (the
     /// only plugin with the `portMappings` capability) only when it has hostPorts.
     pub fn plugins_for(&self, ports: &[PortMapping]) -> Vec<String> {
-        self.plugins()
-            .iter()
-            .filter(|p| !ports.is_empty() || p["capabilities"]["portMappings"] != json!(true))
-            .filter_map(|p| p["type"].as_str().map(str::to_string))
-            .collect()
+        let mut plugins = self.plugins();
+        plugins.retain(|p| !ports.is_empty() || p["capabilities"]["portMappings"] != json!(true));
+        plugin_types(&plugins)
     }
 
     /// Every plugin type of the conflist (what a pod made before [`Cni::plugins_for`]
     /// existed went through).
     pub fn all_plugins(&self) -> Vec<String> {
-        self.plugin_types(&self.plugins())
+        plugin_types(&self.plugins())
     }
 
     /// Bring up `lo` and ADD the pod to the node network through `plugins` (from
@@ -184,13 +182,6 @@ impl Cni {
             .as_array()
             .cloned()
             .unwrap_or_default()
-    }
-
-    fn plugin_types(&self, plugins: &[Value]) -> Vec<String> {
-        plugins
-            .iter()
-            .filter_map(|p| p["type"].as_str().map(str::to_string))
-            .collect()
     }
 
     /// The conflist's plugins whose type is in `types`, in the conflist's order.
@@ -306,6 +297,14 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The `type` of each plugin config, in order.
+fn plugin_types(plugins: &[Value]) -> Vec<String> {
+    plugins
+        .iter()
+        .filter_map(|p| p["type"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[cfg(test)]
