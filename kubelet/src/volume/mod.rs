@@ -83,9 +83,8 @@ struct CachedToken {
     renew_at: Instant,
 }
 
-/// `expirationSeconds` of a projection without one, and the least the API accepts.
+/// `expirationSeconds` of a projection without one.
 const TOKEN_DEFAULT_SECONDS: i64 = 3600;
-const TOKEN_MIN_SECONDS: i64 = 600;
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -535,12 +534,8 @@ impl PodVolumes {
                     )
                     .map_err(fail)?
                 } else if let Some(t) = &src.service_account_token {
+                    // the TokenRequest API refuses a lifetime it does not allow (422)
                     let seconds = t.expiration_seconds.unwrap_or(TOKEN_DEFAULT_SECONDS);
-                    if seconds < TOKEN_MIN_SECONDS {
-                        return Err(format!(
-                            "serviceAccountToken expirationSeconds {seconds} is below {TOKEN_MIN_SECONDS}"
-                        ));
-                    }
                     let token = self
                         .source
                         .service_account_token(
