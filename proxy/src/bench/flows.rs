@@ -17,8 +17,8 @@
 //! routes; the proxy programs the node (tc on both node-side veths in eBPF mode, the nat
 //! table in iptables mode). The backend namespace holds three pod addresses: the services
 //! spread over three endpoints as they would over three pods. netfilter's conntrack is on in
-//! the node in every phase (eBPF mode's masquerade rule for NodePorts lives in the nat
-//! table, as on every kaze node; the bare node keeps that one rule).
+//! the node in every phase (eBPF mode's masquerade and notrack rules live in the nat and raw
+//! tables, as on every kaze node; the bare node keeps them, inert without the programs).
 //!
 //! Each round goes through the three node states (eBPF, iptables, bare; rotating which goes
 //! first) and measures each target once per protocol; the kernel's conntrack table
@@ -92,7 +92,7 @@ impl Target {
 enum Phase {
     Ebpf,
     Iptables,
-    /// No service dataplane: no programs, no `KAZE-*` chains but eBPF mode's masquerade rule.
+    /// No service dataplane: no programs, no `KAZE-*` chains but eBPF mode's two rules.
     Bare,
 }
 
@@ -213,7 +213,7 @@ impl World {
                 Phase::Iptables => ProxyMode::Iptables,
                 Phase::Bare => {
                     iptables::cleanup_for_ebpf();
-                    install_masquerade(&config)?;
+                    install_ebpf_rules(&config)?;
                     if engine::remove_pins(&config.bpf_pin_root)
                         .map_err(|e| BenchError::Failed(chain(&e)))?
                     {
@@ -243,7 +243,7 @@ impl World {
                 // whole table anyway
                 ProxyMode::Ebpf => {
                     iptables::cleanup_for_ebpf();
-                    install_masquerade(&config)?;
+                    install_ebpf_rules(&config)?;
                 }
                 ProxyMode::Iptables => programmer
                     .engine
@@ -328,7 +328,7 @@ impl World {
     }
 }
 
-fn install_masquerade(config: &Config) -> Result<(), BenchError> {
+fn install_ebpf_rules(config: &Config) -> Result<(), BenchError> {
     iptables::install_ebpf_rules(config.iptables_backend).map_err(|e| BenchError::Failed(chain(&e)))
 }
 
