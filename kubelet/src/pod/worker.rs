@@ -27,6 +27,9 @@ use crate::volume::{PodVolumes, Source};
 /// How long a container start waits for the kubelet's first list of the Services (its
 /// environment needs them) before it is retried.
 const SERVICES_SYNC: Duration = Duration::from_secs(10);
+/// How long a static pod's waits before it starts without them (it may run before, or
+/// without, an apiserver).
+const STATIC_SERVICES_SYNC: Duration = Duration::from_secs(3);
 
 mod adopt;
 mod lifecycle;
@@ -482,16 +485,16 @@ impl Worker {
 
     /// The Service variables of the pod's containers (see [`crate::pod::service_env`]), from
     /// the kubelet's Service reflector; none without an apiserver.
-    async fn service_env(&self) -> Result<BTreeMap<String, String>, String> {
+    /// Waits up to `wait` for the reflector's first list.
+    async fn service_env(&self, wait: Duration) -> Result<BTreeMap<String, String>, String> {
         let Some(store) = self.source.services() else {
             return Ok(BTreeMap::new());
         };
-        // an API pod waits until the kubelet's reflector has listed once
-        if tokio::time::timeout(SERVICES_SYNC, store.wait_until_ready())
+        if tokio::time::timeout(wait, store.wait_until_ready())
             .await
             .is_err()
         {
-            return Err("services have not yet been read at least once".into());
+            return Err(format!("the Services were not listed within {wait:?}"));
         }
         let links = self
             .pod
@@ -520,13 +523,9 @@ impl Worker {
             .and_then(|a| a.get(SOURCE_ANNOTATION))
             .is_some_and(|s| s != "api");
         if !static_pod {
-            return self.service_env().await;
+            return self.service_env(SERVICES_SYNC).await;
         }
-        // not held up by an apiserver that does not answer
-        let env = tokio::time::timeout(Duration::from_secs(3), self.service_env())
-            .await
-            .unwrap_or_else(|_| Err("the apiserver did not answer within 3 s".into()));
-        match env {
+        match self.service_env(STATIC_SERVICES_SYNC).await {
             Err(e) => {
                 tracing::warn!(pod = %hooks::pod_desc(&self.pod), error = %e, "starting a static pod without the Service environment variables");
                 Ok(BTreeMap::new())
