@@ -231,11 +231,12 @@ async fn run_controllers(
         client: client.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
+    let mut names = std::collections::HashMap::new();
     for name in which {
         let ctx = ctx.clone();
         let token = shutdown.clone();
         tracing::info!(controller = name, "starting");
-        match name {
+        let handle = match name {
             "replicaset" => tasks.spawn(replicaset::run(ctx, token)),
             "deployment" => tasks.spawn(deployment::run(ctx, token)),
             "daemonset" => tasks.spawn(daemonset::run(ctx, token)),
@@ -264,8 +265,39 @@ async fn run_controllers(
             },
             _ => continue,
         };
+        names.insert(handle.id(), name);
     }
-    while tasks.join_next().await.is_some() {}
+    // Each controller stops on `shutdown`; one that has not within 10 s of it is named.
+    let overdue = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    tokio::pin!(overdue);
+    loop {
+        let next = tokio::select! {
+            next = tasks.join_next_with_id() => next,
+            _ = &mut overdue => {
+                let mut left: Vec<&str> = names.values().copied().collect();
+                left.sort_unstable();
+                tracing::error!(controllers = left.join(", "), "not stopped 10 s after the shutdown");
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        };
+        match next {
+            Some(Ok((id, ()))) => {
+                names.remove(&id);
+            }
+            Some(Err(e)) => {
+                let name = names.remove(&e.id()).unwrap_or("controller");
+                if e.is_panic() {
+                    tracing::error!(controller = name, error = %e, "controller panicked");
+                }
+            }
+            None => return,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,18 +54,18 @@ pub async fn run(args: AgentArgs, shutdown: component::CancellationToken) -> any
         }
     }
     tracing::info!(server = %args.server, "joined; starting this node");
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut components = node::Components::default();
     let own = node::start(
         &args.node,
         &args.data_dir,
         &kubeconfig,
         &ca_file,
         Vec::new(),
-        &mut tasks,
+        &mut components,
         &shutdown,
     )
     .await?;
-    let result = node::supervise(&mut tasks, &shutdown)
+    let result = node::supervise(&mut components, &shutdown)
         .await
         .context("kaze agent");
     drop(own);

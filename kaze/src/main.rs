@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = component::shutdown_on_signals();
         match cli.command {
             Command::Apiserver(config) => {
@@ -101,5 +101,9 @@ fn main() -> anyhow::Result<()> {
             Command::Server(args) => server::run(args, shutdown).await,
             Command::Agent(args) => agent::run(args, shutdown).await,
         }
-    })
+    });
+    // A blocking task still running (a stuck read, a child's pipe) must not keep the
+    // process alive once every component has stopped.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }

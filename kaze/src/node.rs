@@ -3,10 +3,14 @@
 //! restarted if it dies)
 //! and the kubelet, as API clients through a kubeconfig.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
+use tokio::task::JoinSet;
 
 use crate::containerd::Containerd;
 
@@ -75,7 +79,7 @@ impl NodeArgs {
     }
 }
 
-/// Start containerd if needed and spawn the kubelet into `tasks`; the kubelet's server admits
+/// Start containerd if needed and spawn the kubelet (and proxy) into `components`; the kubelet's server admits
 /// callers with a client certificate from `client_ca` (the cluster CA: the apiserver's).
 /// Returns the containerd kaze started (dropping it stops containerd; pods keep running
 /// under their shims).
@@ -85,7 +89,7 @@ pub async fn start(
     kubeconfig: &Path,
     client_ca: &Path,
     labels: Vec<String>,
-    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    components: &mut Components,
     shutdown: &component::CancellationToken,
 ) -> anyhow::Result<Option<Containerd>> {
     let mut own = None;
@@ -140,11 +144,8 @@ pub async fn start(
             ..Default::default()
         },
     };
-    let token = shutdown.child_token();
-    tasks.spawn(async move {
+    components.spawn("kubelet", shutdown, |token| {
         kubelet::node::run(kubelet, token)
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("kubelet"))
     });
 
     // Bridged pod-to-pod replies must pass netfilter so the NAT of a Service connection is
@@ -162,12 +163,9 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase());
     if !args.disable_pod_routes {
-        let token = shutdown.child_token();
         let (kubeconfig, name, ip) = (kubeconfig.to_path_buf(), node_name.clone(), args.ip());
-        tasks.spawn(async move {
+        components.spawn("pod routes", shutdown, |token| {
             crate::routes::run(kubeconfig, name, ip, token)
-                .await
-                .context("pod routes")
         });
     }
     if args.disable_kube_proxy {
@@ -186,31 +184,93 @@ pub async fn start(
     proxy.interfaces = uplink(args.ip()).into_iter().collect();
     proxy.metrics_bind_address =
         std::net::SocketAddr::from(([127, 0, 0, 1], args.proxy_metrics_port));
-    let token = shutdown.child_token();
-    tasks.spawn(async move {
-        proxy::run(proxy, token)
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("proxy"))
-    });
+    components.spawn("proxy", shutdown, |token| proxy::run(proxy, token));
     Ok(own)
 }
 
-/// Wait for the first task to end or for `shutdown`; then stop the rest. The first
+/// How long the components get to stop after a shutdown before the process gives up on them.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The components one `kaze server` or `kaze agent` process runs, each a task with a name.
+#[derive(Default)]
+pub struct Components {
+    tasks: JoinSet<anyhow::Result<()>>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Components {
+    /// Run `component(token)` as the component `name`, with a child of `shutdown` to stop it.
+    pub fn spawn<F, Fut, E>(
+        &mut self,
+        name: &'static str,
+        shutdown: &component::CancellationToken,
+        component: F,
+    ) where
+        F: FnOnce(component::CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<anyhow::Error>,
+    {
+        let run = component(shutdown.child_token());
+        let handle = self
+            .tasks
+            .spawn(async move { run.await.map_err(|e| e.into().context(name)) });
+        self.names.insert(handle.id(), name);
+    }
+
+    /// The next component to end, by name, with how it ended.
+    async fn next(&mut self) -> Option<(&'static str, anyhow::Result<()>)> {
+        let joined = self.tasks.join_next_with_id().await?;
+        Some(match joined {
+            Ok((id, result)) => (self.names.remove(&id).unwrap_or("component"), result),
+            Err(e) => {
+                let name = self.names.remove(&e.id()).unwrap_or("component");
+                (name, Err(anyhow::anyhow!("{name} task: {e}")))
+            }
+        })
+    }
+}
+
+/// Wait for the first component to end or for `shutdown`; then stop the rest. The first
 /// component to fail stops the others: a half-running node helps nobody and hides the error.
+/// Components get [`STOP_DEADLINE`] to stop; one that does not is named in the log and
+/// abandoned, so SIGTERM always ends the process.
 pub async fn supervise(
-    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    components: &mut Components,
     shutdown: &component::CancellationToken,
 ) -> anyhow::Result<()> {
     let result = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => Ok(()),
-        Some(r) = tasks.join_next() => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("component task: {e}")),
-        },
+        Some((name, r)) = components.next() => {
+            if r.is_ok() {
+                tracing::warn!(component = name, "component ended; stopping the others");
+            }
+            r
+        }
     };
     shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(STOP_DEADLINE, async {
+        while let Some((name, r)) = components.next().await {
+            match r {
+                Ok(()) => tracing::debug!(component = name, "stopped"),
+                Err(e) => tracing::warn!(
+                    component = name,
+                    error = format!("{e:#}"),
+                    "stopped with an error"
+                ),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        let mut left: Vec<&str> = components.names.values().copied().collect();
+        left.sort_unstable();
+        tracing::error!(
+            components = left.join(", "),
+            "still running {STOP_DEADLINE:?} after the shutdown; abandoning them"
+        );
+        components.tasks.abort_all();
+    }
     result
 }
 

@@ -146,7 +146,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         api.local_addr().port()
     );
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut components = node::Components::default();
     let sched = scheduler::Config {
         kubeconfig: Some(kubeconfig.clone()),
         scheduler_name: "default-scheduler".into(),
@@ -155,12 +155,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         leader: args.leader.clone(),
         parallelism: 16,
     };
-    let token = shutdown.child_token();
-    tasks.spawn(async move {
-        scheduler::run(sched, token)
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("scheduler"))
-    });
+    components.spawn("scheduler", &shutdown, |token| scheduler::run(sched, token));
     let cm = controllers::Config {
         kubeconfig: Some(kubeconfig.clone()),
         controllers: vec!["*".into()],
@@ -174,11 +169,8 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         root_ca_file: Some(api.ca_file()),
         leader: args.leader.clone(),
     };
-    let token = shutdown.child_token();
-    tasks.spawn(async move {
+    components.spawn("controller-manager", &shutdown, |token| {
         controllers::run(cm, token)
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("controller-manager"))
     });
 
     let mut own_containerd = None;
@@ -200,12 +192,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
             kubeconfig: Some(kubeconfig.clone()),
             ..DnsDefaults::parse_from(["dns"]).config
         };
-        let token = shutdown.child_token();
-        tasks.spawn(async move {
-            dns::run(dns_config, token)
-                .await
-                .map_err(|e| anyhow::Error::new(e).context("dns"))
-        });
+        components.spawn("dns", &shutdown, |token| dns::run(dns_config, token));
         let labels = vec!["node-role.kubernetes.io/control-plane=true".to_string()];
         own_containerd = node::start(
             &args.node,
@@ -213,13 +200,13 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
             &kubeconfig,
             &api.ca_file(),
             labels,
-            &mut tasks,
+            &mut components,
             &shutdown,
         )
         .await
         .context("kaze server: starting this node")?;
     }
-    let result = node::supervise(&mut tasks, &shutdown)
+    let result = node::supervise(&mut components, &shutdown)
         .await
         .context("kaze server");
     api.shutdown().await;

@@ -67,13 +67,29 @@ fn kubectl_apply(data_dir: &Path, yaml: &str) {
     );
 }
 
-fn wait_ready(data_dir: &Path, server: &mut ChildGuard) {
+fn server_log(data_dir: &Path, run: u32) -> String {
+    std::fs::read_to_string(data_dir.join(format!("server-{run}.log"))).unwrap_or_default()
+}
+
+/// SIGTERM must stop `kaze server` cleanly (exit 0) within 20 s; if not, fail with its log.
+fn stop_server(data_dir: &Path, run: u32, server: &mut ChildGuard) {
+    let how = match server.stop(Duration::from_secs(20)) {
+        Some(status) if status.success() => return,
+        Some(status) => format!("it exited with {status}"),
+        None => "it was still running after 20 s".to_string(),
+    };
+    panic!(
+        "SIGTERM must stop kaze server (run {run}) cleanly, but {how}; its log:\n{}",
+        server_log(data_dir, run)
+    );
+}
+
+fn wait_ready(data_dir: &Path, run: u32, server: &mut ChildGuard) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(child) = server.0.as_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                let log =
-                    std::fs::read_to_string(data_dir.join("server-1.log")).unwrap_or_default();
+                let log = server_log(data_dir, run);
                 panic!("kaze server exited during start-up with {status}\n{log}");
             }
         }
@@ -316,7 +332,7 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     .collect();
 
     let mut server = start_server(data, port, 1, &extra);
-    wait_ready(data, &mut server);
+    wait_ready(data, 1, &mut server);
     check_basics(data, port);
     kubectl_ok(
         data,
@@ -511,12 +527,9 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
             .then(String::new)
     });
 
-    assert!(
-        server.terminate(Duration::from_secs(20)),
-        "SIGTERM must stop kaze server cleanly"
-    );
+    stop_server(data, 1, &mut server);
     let mut server = start_server(data, port, 2, &extra);
-    wait_ready(data, &mut server);
+    wait_ready(data, 2, &mut server);
     check_basics(data, port);
     let greeting = kubectl_ok(
         data,
@@ -529,7 +542,7 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         ],
     );
     assert_eq!(greeting, "hi", "state survives a restart");
-    assert!(server.terminate(Duration::from_secs(20)));
+    stop_server(data, 2, &mut server);
     drop(containerd);
 }
 
@@ -548,18 +561,15 @@ fn control_plane_on_etcd_keeps_state_across_restart() {
         etcd.url(),
     ];
     let mut server = start_server(data, port, 1, &extra);
-    wait_ready(data, &mut server);
+    wait_ready(data, 1, &mut server);
     check_basics(data, port);
     kubectl_ok(
         data,
         &["create", "configmap", "hello", "--from-literal=greeting=hi"],
     );
-    assert!(
-        server.terminate(Duration::from_secs(20)),
-        "SIGTERM must stop kaze server cleanly"
-    );
+    stop_server(data, 1, &mut server);
     let mut server = start_server(data, port, 2, &extra);
-    wait_ready(data, &mut server);
+    wait_ready(data, 2, &mut server);
     assert_eq!(
         kubectl_ok(
             data,
@@ -573,7 +583,7 @@ fn control_plane_on_etcd_keeps_state_across_restart() {
         ),
         "hi"
     );
-    assert!(server.terminate(Duration::from_secs(20)));
+    stop_server(data, 2, &mut server);
     // The objects really are in etcd, under upstream's key layout.
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -625,12 +635,11 @@ fn two_servers_on_one_etcd_form_an_ha_control_plane() {
         .iter()
         .map(|d| {
             let mut s = start_server(d.path(), free_port(), 1, &extra);
-            wait_ready(d.path(), &mut s);
+            wait_ready(d.path(), 1, &mut s);
             s
         })
         .collect();
-    let log =
-        |i: usize| std::fs::read_to_string(dirs[i].path().join("server-1.log")).unwrap_or_default();
+    let log = |i: usize| server_log(dirs[i].path(), 1);
     // which server holds a lease: the holder identity appears in its "became leader" line
     let holder = |via: usize, lease: &str| -> Option<(usize, String)> {
         let out = kubectl_run(
@@ -701,7 +710,7 @@ fn two_servers_on_one_etcd_form_an_ha_control_plane() {
             (!s.is_empty()).then_some(s)
         },
     );
-    assert!(servers[other].terminate(Duration::from_secs(20)));
+    stop_server(dirs[other].path(), 1, &mut servers[other]);
 }
 
 #[test]
@@ -827,8 +836,8 @@ fn own_containerd_is_restarted_and_pods_survive_it() {
     .collect();
     let mut server = start_server(data, port, 1, &extra);
     let _reap = ReapContainers(socket.clone());
-    wait_ready(data, &mut server);
-    let log = || std::fs::read_to_string(data.join("server-1.log")).unwrap_or_default();
+    wait_ready(data, 1, &mut server);
+    let log = || server_log(data, 1);
 
     // Runs until /tmp/stop exists, then exits 3.
     kubectl_apply(
@@ -973,11 +982,11 @@ spec:
     );
     let mut server = start_server(data, port, 2, &extra);
     let _reap = ReapContainers(socket.clone());
-    wait_ready(data, &mut server);
+    wait_ready(data, 2, &mut server);
     let third = eventually("a new containerd", Duration::from_secs(60), || {
         containerd_pid(&config).filter(|p| *p != second)
     });
-    let log2 = std::fs::read_to_string(data.join("server-2.log")).unwrap_or_default();
+    let log2 = server_log(data, 2);
     assert!(
         log2.contains("stopping the containerd an earlier kaze left running"),
         "the restarted server replaces the stale containerd:\n{log2}"
@@ -1014,10 +1023,7 @@ spec:
     assert_eq!(containerd_pid(&config), Some(third));
 
     kubectl_ok(data, &["delete", "pod", "waiter", "later", "--wait"]);
-    assert!(
-        server.terminate(Duration::from_secs(20)),
-        "SIGTERM must stop kaze server cleanly"
-    );
+    stop_server(data, 2, &mut server);
     assert_eq!(
         containerd_pid(&config),
         None,

@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
@@ -167,21 +167,25 @@ impl ChildGuard {
     /// Send SIGTERM and wait up to `timeout` for a clean exit; returns whether it exited
     /// successfully in time (it is SIGKILLed otherwise).
     pub fn terminate(&mut self, timeout: Duration) -> bool {
-        let Some(mut child) = self.0.take() else {
-            return false;
-        };
+        matches!(self.stop(timeout), Some(status) if status.success())
+    }
+
+    /// Send SIGTERM and wait up to `timeout`: how the process exited, or `None` if it had
+    /// to be SIGKILLed (or was already reaped).
+    pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.0.take()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
+                return Some(status);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return false;
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
