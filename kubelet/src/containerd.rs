@@ -85,6 +85,21 @@ impl Containerd {
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
     }
+
+    /// The runtime as the Node's `nodeInfo.containerRuntimeVersion` names it:
+    /// `containerd://<version>` (as upstream's kubelet reports it through CRI).
+    pub async fn runtime_version(&self) -> Result<String> {
+        let v = containerd_client::services::v1::version_client::VersionClient::new(
+            self.channel.clone(),
+        )
+        .version(())
+        .await
+        .map_err(|e| Error::containerd("asking containerd its version", e))?;
+        Ok(format!(
+            "containerd://{}",
+            v.into_inner().version.trim_start_matches('v')
+        ))
+    }
 }
 
 /// Treat NotFound as success: teardown steps are idempotent.

@@ -105,6 +105,21 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
         .unwrap_or_default()
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True"));
+    // The runtime's version as containerd itself prints it ("containerd <repo> <version>
+    // <revision>"), in upstream's `containerd://<version>` form.
+    let printed = std::process::Command::new("containerd")
+        .arg("--version")
+        .output()
+        .expect("containerd --version");
+    let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
+    let version = printed
+        .split_whitespace()
+        .nth(2)
+        .expect("a version in `containerd --version`");
+    assert_eq!(
+        status.node_info.map(|i| i.container_runtime_version),
+        Some(format!("containerd://{}", version.trim_start_matches('v')))
+    );
     nodes
         .patch(
             &node,

@@ -45,7 +45,7 @@ fn os_image() -> String {
 }
 
 /// `{"status": {...}}` for a merge patch of the node's status.
-pub fn status(node: &str, ip: IpAddr, max_pods: u32, kubelet_port: u16) -> Value {
+pub fn status(node: &str, ip: IpAddr, max_pods: u32, kubelet_port: u16, runtime: &str) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let resources = json!({
         "cpu": cpus.to_string(),
@@ -71,7 +71,7 @@ pub fn status(node: &str, ip: IpAddr, max_pods: u32, kubelet_port: u16) -> Value
             "bootID": read("/proc/sys/kernel/random/boot_id"),
             "kernelVersion": read("/proc/sys/kernel/osrelease"),
             "osImage": os_image(),
-            "containerRuntimeVersion": "containerd://1.6",
+            "containerRuntimeVersion": runtime,
             "kubeletVersion": concat!("v1.37.0-kaze.", env!("CARGO_PKG_VERSION")),
             "kubeProxyVersion": "",
             "operatingSystem": "linux",

@@ -163,7 +163,13 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         }
         Err(e) => return Err(e.into()),
     };
+    let socket = config
+        .container_runtime_endpoint
+        .trim_start_matches("unix://")
+        .to_string();
+    let runtime_version = runtime_version(&socket, &node_name).await;
     let registration = Registration {
+        runtime_version: runtime_version.clone(),
         name: node_name.clone(),
         ip: node_ip,
         labels,
@@ -188,10 +194,6 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         }
     };
     tracing::info!(node = %node_name, %pod_cidr, "pod CIDR");
-    let socket = config
-        .container_runtime_endpoint
-        .trim_start_matches("unix://")
-        .to_string();
     let mut rc = RuntimeConfig::new(&node_name, &pod_cidr);
     rc.containerd_socket = socket.into();
     rc.root_dir = config.root_dir.clone();
@@ -342,7 +344,13 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             config.max_pods,
         );
         let port = config.port;
-        tasks.spawn(async move { post_status(client, node, node_ip, max_pods, port, token).await });
+        let facts = StatusFacts {
+            ip: node_ip,
+            max_pods,
+            port,
+            runtime_version: runtime_version.clone(),
+        };
+        tasks.spawn(async move { post_status(client, node, facts, token).await });
     }
     let result = sync::run(
         client,
@@ -394,8 +402,40 @@ fn host_dns() -> DnsConfig {
     dns
 }
 
+/// The runtime's version as the Node reports it (`containerd://<version>`); a runtime that
+/// does not answer yet is reported as `containerd://unknown` (connecting to it fails later
+/// with the reason).
+async fn runtime_version(socket: &str, node: &str) -> String {
+    let asked = async {
+        crate::containerd::Containerd::connect(std::path::Path::new(socket), node)
+            .await?
+            .runtime_version()
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), asked).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "asking containerd its version");
+            "containerd://unknown".into()
+        }
+        Err(_) => {
+            tracing::warn!(%socket, "containerd did not say its version within 10 s");
+            "containerd://unknown".into()
+        }
+    }
+}
+
+/// What the Node's status reports about this kubelet besides its name.
+struct StatusFacts {
+    ip: IpAddr,
+    max_pods: u32,
+    port: u16,
+    runtime_version: String,
+}
+
 /// What the Node is registered with.
 struct Registration {
+    runtime_version: String,
     name: String,
     ip: IpAddr,
     labels: Vec<(String, String)>,
@@ -466,7 +506,13 @@ impl Registration {
             .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(&info::status(name, self.ip, self.max_pods, self.port)),
+                &Patch::Merge(&info::status(
+                    name,
+                    self.ip,
+                    self.max_pods,
+                    self.port,
+                    &self.runtime_version,
+                )),
             )
             .await
             .map_err(api(format!("posting the status of node {name}")))?;
@@ -538,11 +584,15 @@ async fn renew_lease(
 async fn post_status(
     client: Client,
     node: String,
-    ip: IpAddr,
-    max_pods: u32,
-    port: u16,
+    facts: StatusFacts,
     shutdown: component::CancellationToken,
 ) {
+    let StatusFacts {
+        ip,
+        max_pods,
+        port,
+        runtime_version,
+    } = facts;
     let nodes: Api<Node> = Api::all(client);
     loop {
         tokio::select! {
@@ -553,7 +603,7 @@ async fn post_status(
             .patch_status(
                 &node,
                 &PatchParams::default(),
-                &Patch::Merge(&info::status(&node, ip, max_pods, port)),
+                &Patch::Merge(&info::status(&node, ip, max_pods, port, &runtime_version)),
             )
             .await
         {
