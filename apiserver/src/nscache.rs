@@ -1,11 +1,14 @@
-//! Which namespaces exist and which are terminating, kept in memory by a list + watch of the
-//! namespaces in the store, so a create does not read its namespace from the store every
-//! time (upstream's NamespaceLifecycle admission does the same with an informer).
+//! Which namespaces exist and which are terminating, kept in memory by following the
+//! namespaces (`crate::follow`: through the watch cache, or a store watch without it), so a
+//! create does not read its namespace from the store every time (upstream's
+//! NamespaceLifecycle admission does the same with an informer).
 //!
 //! Only "exists and is active" is answered from memory. A namespace that is missing or
 //! terminating here is looked up in the store by the caller, so a namespace created a moment
 //! ago (its event not yet seen) is never refused, and a refusal always reflects the store.
-//! While the watch is down (store restart, compaction), every lookup goes to the store.
+//! While the index does not follow (before its first list, while the watch cache relists
+//! after compaction, or, without the cache, while its store watch is down), every lookup
+//! goes to the store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,8 +7,9 @@
 //!
 //! What an object charges and which quotas it falls under come from [`component::quota`],
 //! the accounting the controller uses too. Namespaces without quotas cost a create one
-//! in-memory lookup: which namespaces hold quotas is followed by a list + watch of the
-//! store. A quota created a moment ago limits creates once its event arrives (milliseconds).
+//! in-memory lookup: which namespaces hold quotas is followed through the watch cache
+//! (`crate::follow`). A quota created a moment ago limits creates once its event arrives
+//! (milliseconds).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,7 @@
 //! RBAC authorization, driven by the real kubectl 1.37 as three users from
 //! `--token-auth-file`: the admin (system:masters), alice (no groups) and bob (group devs).
+//! Also: the in-memory indexes admission and authorization read (RBAC policy, namespaces,
+//! quotas) keep following the store with the watch cache off and across its relists.
 
 mod common;
 
@@ -11,6 +13,10 @@ const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-0123456789";
 
 fn server() -> TestServer {
+    server_with(|_| {})
+}
+
+fn server_with(tweak: impl FnOnce(&mut apiserver::Config)) -> TestServer {
     let tokens = tempfile::NamedTempFile::new().expect("token file");
     std::fs::write(
         tokens.path(),
@@ -18,7 +24,10 @@ fn server() -> TestServer {
     )
     .expect("writing tokens");
     let path = tokens.path().to_path_buf();
-    let s = TestServer::start_with(|c| c.token_auth_file = Some(path));
+    let s = TestServer::start_with(|c| {
+        c.token_auth_file = Some(path);
+        tweak(c);
+    });
     drop(tokens);
     s
 }
@@ -217,4 +226,91 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
         &["auth", "can-i", "create", "configmaps", "-n", "default"],
     );
     assert_eq!(out, "no");
+}
+
+/// What the apiserver's indexes (RBAC policy, active namespaces, namespaces with quotas)
+/// must keep doing however they are fed; `relist` forces the watch cache to relist the
+/// store between the steps (the indexes then resync from the cache).
+fn indexes_follow_the_store(s: &TestServer, relist: bool) {
+    let relist = || {
+        if relist {
+            s.server().force_watch_cache_relist();
+        }
+    };
+    // a namespace is usable at once (a miss in the index reads the store)
+    s.kubectl(&["create", "namespace", "ix"]);
+    s.kubectl(&["create", "configmap", "first", "-n", "ix"]);
+    let (ok, _, err) = as_user(s, ALICE, &["get", "configmaps", "-n", "ix"]);
+    assert!(!ok, "unbound: {err}");
+
+    relist();
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "alice-view",
+        "-n",
+        "ix",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    eventually("alice's binding", || {
+        as_user(s, ALICE, &["get", "configmaps", "-n", "ix"]).0
+    });
+
+    relist();
+    s.kubectl(&[
+        "create",
+        "quota",
+        "q",
+        "-n",
+        "ix",
+        "--hard=count/configmaps=1",
+    ]);
+    s.kubectl(&[
+        "patch",
+        "quota",
+        "q",
+        "-n",
+        "ix",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"hard":{"count/configmaps":"1"},"used":{"count/configmaps":"1"}}}"#,
+    ]);
+    let mut n = 0;
+    eventually("the quota limiting creates", || {
+        n += 1;
+        let name = format!("more-{n}");
+        let out = s.kubectl_output(&["create", "configmap", &name, "-n", "ix"], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("exceeded quota: q"),
+            "{err}"
+        );
+        !out.status.success()
+    });
+
+    relist();
+    s.kubectl(&["delete", "rolebinding", "alice-view", "-n", "ix"]);
+    eventually("alice's access gone", || {
+        !as_user(s, ALICE, &["get", "configmaps", "-n", "ix"]).0
+    });
+
+    s.kubectl(&["delete", "namespace", "ix", "--wait=false"]);
+    let out = s.kubectl_output(&["create", "configmap", "late", "-n", "ix"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("because it is being terminated"), "{err}");
+}
+
+#[test]
+fn indexes_follow_the_store_without_the_watch_cache() {
+    let s = server_with(|c| c.default_watch_cache_size = 0);
+    indexes_follow_the_store(&s, false);
+}
+
+#[test]
+fn indexes_follow_the_watch_cache_across_its_relists() {
+    let s = server();
+    indexes_follow_the_store(&s, true);
 }

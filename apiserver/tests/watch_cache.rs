@@ -404,6 +404,40 @@ async fn watchers_see_every_event_once_across_forced_relists_embedded() {
     server.shutdown().await;
 }
 
+/// The store is watched once, by the cache: the apiserver's own indexes (namespaces, quotas,
+/// RBAC) follow the cache rather than watching the store themselves; with the cache off
+/// each of them (six resources) watches the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_watched_once_by_the_cache() {
+    let etcd = testkit::Etcd::start();
+    let watchers = || common::etcd_metric(&etcd.url(), "etcd_debugging_mvcc_watcher_total ");
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path(), Some(&etcd), None).await;
+    let client = client(&server).await;
+    namespace(&client).await;
+    // The indexes start with the server; give them time to open whatever they open.
+    let mut most = 0.0f64;
+    for _ in 0..15 {
+        most = most.max(watchers());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most, 1.0, "one watch of the whole store");
+    server.shutdown().await;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let uncached = start(dir.path(), Some(&etcd), Some(0)).await;
+    let start = std::time::Instant::now();
+    while watchers() < 6.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "without the cache every index watches its resource: {} watchers",
+            watchers()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    uncached.shutdown().await;
+}
+
 /// After the store is compacted and the cache relisted, a watcher that kept up continues
 /// without a gap, one resuming from before the compaction gets an in-stream 410, and the
 /// cache serves the current state.

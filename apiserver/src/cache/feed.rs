@@ -27,6 +27,10 @@ pub(super) async fn run(sc: Arc<StoreCache>, shutdown: CancellationToken) {
     loop {
         if !listed {
             sc.shared.ready.store(false, Ordering::Release);
+            // Subscribers (`super::Subscription`) hear that the cache stopped following.
+            for rc in sc.resources.values() {
+                rc.notify();
+            }
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = relist(&sc) => r,

@@ -22,9 +22,14 @@
 //!   list's revision, so watchers behind it go to the store (and get 410 there).
 //!
 //! Every reader checks `ready` and falls back to the store while the cache is (re)listing.
+//!
+//! The apiserver's own small indexes (which namespaces exist, which hold quotas, the RBAC
+//! policy) follow the cache too, through a [`Subscription`] (a list + watch of one
+//! resource's cache), so each resource is watched in the store once, by the feeder.
 
 mod feed;
 mod resource;
+mod subscription;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +41,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub use resource::{CacheEvent, Cached, Counters, ResourceCache};
+pub use subscription::{Change, Subscription};
 
 use crate::registry::{Registry, ResourceDef};
 

@@ -102,6 +102,9 @@ fn attrs_of(v: &Value, fields: &[&str]) -> Value {
 /// What a watcher is sent: one of upstream's watch event types.
 pub const EVENT_TYPES: [&str; 3] = ["ADDED", "MODIFIED", "DELETED"];
 
+/// An object with its key.
+pub type Entry = (String, Arc<Cached>);
+
 /// One change to one object of the resource.
 #[derive(Debug)]
 pub struct CacheEvent {
@@ -289,6 +292,23 @@ impl ResourceCache {
             revision,
             next,
         })
+    }
+
+    /// Every object under `within` with its key, and the revision the answer is the state
+    /// at: the ring's events after that revision are the changes that follow it (what
+    /// [`super::Subscription`] hands out). `None` while the cache is not ready.
+    pub fn entries(&self, within: &str) -> Option<(Vec<Entry>, Revision)> {
+        if !self.shared.is_ready() {
+            return None;
+        }
+        let st = self.read();
+        let items = st
+            .objects
+            .range::<str, _>((Bound::Included(within), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(within))
+            .map(|(key, obj)| (key.clone(), obj.clone()))
+            .collect();
+        Some((items, self.snapshot_revision(&st)))
     }
 
     /// Whether the ring holds every event after `last`.

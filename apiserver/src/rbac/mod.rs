@@ -1,6 +1,6 @@
 //! Authorization: RBAC, as upstream's RBAC authorizer evaluates it, over Roles,
-//! ClusterRoles, RoleBindings and ClusterRoleBindings kept in memory by a list + watch of the
-//! store (the `nscache` pattern), plus built-in defaults:
+//! ClusterRoles, RoleBindings and ClusterRoleBindings kept in memory by following them
+//! (`crate::follow`, through the watch cache; the `nscache` pattern), plus built-in defaults:
 //!
 //! - the `system:masters` group may do everything (upstream's privileged group, checked
 //!   before any rule, so the admin keeps working while the cache syncs);

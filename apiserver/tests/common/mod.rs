@@ -191,3 +191,22 @@ pub fn json(s: &TestServer, args: &[&str]) -> Value {
     a.extend(["-o", "json"]);
     serde_json::from_str(&s.kubectl(&a)).expect("kubectl printed JSON")
 }
+
+/// The sum of the samples on etcd's `/metrics` (at `etcd_url`, plain HTTP) whose line starts
+/// with `prefix` (a metric name, or a name and its first labels as etcd orders them).
+pub fn etcd_metric(etcd_url: &str, prefix: &str) -> f64 {
+    use std::io::{Read, Write};
+    let addr = etcd_url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).expect("connecting to etcd");
+    write!(
+        conn,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("asking etcd for its metrics");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("etcd's metrics");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
