@@ -73,6 +73,20 @@ fn sign(key_pem: &str, header: &Value, claims: &Value) -> String {
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
 }
 
+/// A fresh P-256 key no apiserver knows, PKCS#8 PEM.
+fn foreign_key() -> String {
+    let rng = ring::rand::SystemRandom::new();
+    let der = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .expect("key");
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+    )
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -227,21 +241,9 @@ fn expired_foreign_and_tampered_tokens_are_refused() {
     issuer["iss"] = json!("https://elsewhere");
     assert_unauthorized(&s, &sign(&key, &header, &issuer), "another issuer");
 
-    let foreign_key = {
-        let rng = ring::rand::SystemRandom::new();
-        let der = ring::signature::EcdsaKeyPair::generate_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            &rng,
-        )
-        .expect("key");
-        format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            base64::engine::general_purpose::STANDARD.encode(der.as_ref())
-        )
-    };
     assert_unauthorized(
         &s,
-        &sign(&foreign_key, &header, &claims),
+        &sign(&foreign_key(), &header, &claims),
         "a foreign-signed token",
     );
 
@@ -664,6 +666,60 @@ fn apiservers_on_one_etcd_accept_each_others_tokens() {
             )
             .expect("the JWKS key verifies the token");
     }
+}
+
+/// A token naming a key nobody published (no credentials needed to send one) makes the
+/// apiserver read the published keys at most once per interval (2 s), however many requests
+/// carry such tokens; a key another apiserver publishes meanwhile is still accepted once the
+/// interval is over.
+#[test]
+fn unknown_key_ids_cost_at_most_one_store_read_per_interval() {
+    let etcd = testkit::Etcd::start();
+    let a = TestServer::start_with(|c| c.storage.etcd_servers = vec![etcd.url()]);
+    a.kubectl(&["create", "serviceaccount", "bot"]);
+    let token = a.kubectl(&["create", "token", "bot"]).trim().to_string();
+    let claims = part(&token, 1);
+    let key = foreign_key();
+    // Range RPCs etcd answered: every get and list of the store.
+    let reads = || {
+        common::etcd_metric(
+            &etcd.url(),
+            "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\"",
+        )
+    };
+    let before = reads();
+    let start = Instant::now();
+    let requests = 20;
+    for i in 0..requests {
+        let header = json!({"alg": "ES256", "kid": format!("made-up-{i}")});
+        assert_unauthorized(&a, &sign(&key, &header, &claims), "an unknown key id");
+    }
+    let read = reads() - before;
+    // one read at the first request, then one per started interval at most
+    let allowed = 1.0 + (start.elapsed().as_secs_f64() / 2.0).floor();
+    assert!(
+        read <= allowed,
+        "{read} store reads for {requests} tokens with unknown key ids in {:?} (at most {allowed})",
+        start.elapsed()
+    );
+
+    // A second apiserver starts (publishing its key) right after `a` read the keys: its
+    // tokens authenticate on `a` once the interval is over.
+    let header = json!({"alg": "ES256", "kid": "made-up-again"});
+    let forged = sign(&key, &header, &claims);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_unauthorized(&a, &forged, "an unknown key id");
+    let read_at = Instant::now();
+    let b = TestServer::start_with(|c| c.storage.etcd_servers = vec![etcd.url()]);
+    let from_b = b.kubectl(&["create", "token", "bot"]).trim().to_string();
+    eventually("a's accepting b's freshly published key", || {
+        whoami(&a, &from_b).is_ok()
+    });
+    assert!(
+        read_at.elapsed() < Duration::from_secs(8),
+        "accepted {:?} after the last read",
+        read_at.elapsed()
+    );
 }
 
 #[test]

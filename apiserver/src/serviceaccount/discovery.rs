@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{keys, ServiceAccounts};
+use super::ServiceAccounts;
 use crate::state::AppState;
 
 pub const CONFIG_PATH: &str = "/.well-known/openid-configuration";
@@ -29,22 +29,7 @@ impl ServiceAccounts {
     /// Every key tokens are accepted with: ours, `--service-account-key-file`'s, and those the
     /// other apiservers on the store published.
     pub async fn jwks(&self, state: &AppState) -> Value {
-        let prefix = format!("{}/kaze/serviceaccount-keys/", state.storage.prefix());
-        let store = state.storage.store_for("", "serviceaccounts");
-        match store.list(&prefix, store::ListOptions::default()).await {
-            Ok(page) => {
-                let mut map = self.keys.write().unwrap_or_else(|e| e.into_inner());
-                for kv in page.items {
-                    if let Some(point) = std::str::from_utf8(&kv.value)
-                        .ok()
-                        .and_then(keys::point_from_pem)
-                    {
-                        map.insert(super::jwt::key_id(&point), point);
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "listing the published service account keys"),
-        }
+        self.load_published(state).await;
         let map = self.keys.read().unwrap_or_else(|e| e.into_inner());
         let mut keys: Vec<Value> = map.iter().map(|(kid, point)| jwk(kid, point)).collect();
         keys.sort_by(|a, b| a["kid"].as_str().cmp(&b["kid"].as_str()));

@@ -5,12 +5,14 @@
 //!
 //! Tokens are ES256 JWTs (`jwt`). Every apiserver publishes its public key in the store
 //! (`<prefix>/kaze/serviceaccount-keys/<kid>`), so apiservers with separate data dirs on one
-//! etcd accept each other's tokens.
+//! etcd accept each other's tokens; a token with an unknown key id makes an apiserver read
+//! them again, at most once per `refresh::INTERVAL`.
 
 pub mod admission;
 pub mod discovery;
 pub mod jwt;
 mod keys;
+mod refresh;
 mod token;
 
 use std::collections::HashMap;
@@ -36,6 +38,8 @@ pub struct ServiceAccounts {
     signing: jwt::SigningKey,
     /// Public keys by key id: ours, `--service-account-key-file`, other apiservers'.
     keys: RwLock<HashMap<String, Vec<u8>>>,
+    /// Bounds how often an unknown key id makes us read the other apiservers' keys.
+    key_refresh: refresh::KeyRefresh,
     /// Tokens whose signature checked out, with their claims.
     verified: Mutex<HashMap<String, jwt::Claims>>,
     /// Whether the `ServiceAccount` admission plugin runs on pod creates.
@@ -77,6 +81,7 @@ impl ServiceAccounts {
             audiences,
             signing,
             keys: RwLock::new(map),
+            key_refresh: Default::default(),
             verified: Mutex::default(),
             admit_pods: opts.admission,
             extend_expiration: opts.extend_expiration,

@@ -272,14 +272,14 @@ impl ServiceAccounts {
         jwt::verify(token, &self.keys.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Where apiservers keep their public keys for each other.
-    fn store_key(state: &AppState, kid: &str) -> String {
-        format!("{}/kaze/serviceaccount-keys/{kid}", state.storage.prefix())
+    /// Where apiservers keep their public keys for each other (`<this><kid>`).
+    fn keys_prefix(state: &AppState) -> String {
+        format!("{}/kaze/serviceaccount-keys/", state.storage.prefix())
     }
 
     /// Put our public key where other apiservers on the same store find it.
     pub async fn publish(&self, state: &AppState) {
-        let key = Self::store_key(state, self.signing.kid());
+        let key = format!("{}{}", Self::keys_prefix(state), self.signing.kid());
         let pem = keys::public_pem(self.signing.public_point());
         let store = state.storage.store_for("", "serviceaccounts");
         match store.create(&key, Bytes::from(pem)).await {
@@ -288,24 +288,47 @@ impl ServiceAccounts {
         }
     }
 
-    /// Another apiserver's public key, from the store.
-    async fn fetch_key(&self, state: &AppState, kid: &str) -> bool {
+    /// Add every public key the apiservers on this store published (each under the id of
+    /// the key itself, whatever its store key says).
+    pub(super) async fn load_published(&self, state: &AppState) {
         let store = state.storage.store_for("", "serviceaccounts");
-        let Ok(Some(kv)) = store.get(&Self::store_key(state, kid)).await else {
-            return false;
-        };
-        let Some(point) = std::str::from_utf8(&kv.value)
-            .ok()
-            .and_then(keys::point_from_pem)
-            .filter(|p| jwt::key_id(p) == kid)
-        else {
-            return false;
-        };
+        match store
+            .list(&Self::keys_prefix(state), store::ListOptions::default())
+            .await
+        {
+            Ok(page) => {
+                let mut map = self.keys.write().unwrap_or_else(|e| e.into_inner());
+                for kv in page.items {
+                    if let Some(point) = std::str::from_utf8(&kv.value)
+                        .ok()
+                        .and_then(keys::point_from_pem)
+                    {
+                        map.insert(jwt::key_id(&point), point);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing the published service account keys"),
+        }
+    }
+
+    fn knows(&self, kid: &str) -> bool {
         self.keys
-            .write()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(kid.to_string(), point);
-        true
+            .contains_key(kid)
+    }
+
+    /// Whether `kid` is known, after reading the published keys if it is not and they were
+    /// not read within `refresh::INTERVAL` (see `refresh`).
+    async fn learn_key(&self, state: &AppState, kid: &str) -> bool {
+        self.key_refresh
+            .ensure(
+                std::time::Instant::now,
+                super::refresh::INTERVAL,
+                || self.knows(kid),
+                || self.load_published(state),
+            )
+            .await
     }
 }
 
@@ -321,7 +344,7 @@ async fn check(
         Some(c) => c,
         None => {
             let claims = match sas.verify(token) {
-                Err(jwt::Invalid::UnknownKey(kid)) if sas.fetch_key(state, &kid).await => {
+                Err(jwt::Invalid::UnknownKey(kid)) if sas.learn_key(state, &kid).await => {
                     sas.verify(token)
                 }
                 r => r,
