@@ -204,7 +204,8 @@ async fn dispatch(
             crate::serviceaccount::token_request(&state, ns, name, &headers, &body).await
         }
         (Some(Sub::Eviction), Method::POST) => {
-            crate::subresources::eviction(&state, &def, ns, name, &headers, &body).await
+            let dry = dry_run(&q)?;
+            crate::subresources::eviction(&state, &def, ns, name, &headers, &body, dry).await
         }
         (sub, m) => Err(ApiError::method_not_supported(
             &sub.map_or(def.plural.to_string(), |s| {

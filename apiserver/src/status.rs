@@ -213,6 +213,19 @@ impl ApiError {
         ApiError::new(422, "Invalid", message)
     }
 
+    /// 429: the request may succeed later (an eviction a disruption budget forbids now);
+    /// `causes` are (reason, message) pairs.
+    pub fn too_many_requests(message: impl Into<String>, causes: Vec<(&str, String)>) -> ApiError {
+        let causes: Vec<Value> = causes
+            .into_iter()
+            .map(|(reason, message)| json!({ "reason": reason, "message": message }))
+            .collect();
+        ApiError {
+            details: Some(json!({ "causes": causes })),
+            ..ApiError::new(429, "TooManyRequests", message)
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", message)
     }

@@ -6,6 +6,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::meta;
 use crate::negotiate::{self, Format};
 use crate::objects::{self, DeleteOpts};
 use crate::registry::ResourceDef;
@@ -162,7 +163,16 @@ pub async fn binding(
     ))
 }
 
-/// `pods/<name>/eviction`: a delete that will respect disruption budgets once they exist.
+/// `pods/<name>/eviction` (with `?dryRun=All` as upstream's create options, or
+/// `deleteOptions.dryRun`): a delete that respects the pod's PodDisruptionBudget, as upstream's:
+/// pods already being deleted, finished or still Pending go at once; otherwise the one budget
+/// selecting the pod (more than one is a 500, as upstream) must allow a disruption, which the
+/// eviction consumes (`disruptionsAllowed - 1`, the pod recorded in `disruptedPods`, written
+/// with the budget's resourceVersion so concurrent evictions cannot both spend the last one)
+/// before the pod is deleted; when it allows none the answer is 429 TooManyRequests, which
+/// `kubectl drain` retries. A pod that is not Ready goes without consuming the budget when
+/// the budget says so (`unhealthyPodEvictionPolicy: AlwaysAllow`, or the default
+/// `IfHealthyBudget` with enough healthy pods).
 pub async fn eviction(
     state: &AppState,
     def: &ResourceDef,
@@ -170,9 +180,22 @@ pub async fn eviction(
     name: &str,
     headers: &HeaderMap,
     body: &Bytes,
+    dry_run_query: bool,
 ) -> Result<Response, ApiError> {
     let b = negotiate::decode_object(body, negotiate::body_type(headers)?)?;
-    let opts = DeleteOpts {
+    if let Some(named) = b.pointer("/metadata/name").and_then(Value::as_str) {
+        if !named.is_empty() && named != name {
+            return Err(ApiError::bad_request(
+                "name in URL does not match name in Eviction object",
+            ));
+        }
+    }
+    // `?dryRun=All` (the eviction's create options) or the delete options' own
+    let dry_run = dry_run_query
+        || b.pointer("/deleteOptions/dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
+    let mut opts = DeleteOpts {
         propagation: None,
         grace_period: b
             .pointer("/deleteOptions/gracePeriodSeconds")
@@ -185,12 +208,176 @@ pub async fn eviction(
             .pointer("/deleteOptions/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(String::from),
-        dry_run: false,
+        dry_run,
     };
+    let pod = objects::get(state, def, ns, name).await?;
+    if !budgets_ignore(&pod) {
+        if let Budget::SkippedUnhealthy = consume_budget(state, ns, name, &pod, dry_run).await? {
+            // the pod must still be the unready one the budget let go
+            if opts.precondition_rv.is_none() {
+                opts.precondition_rv = meta::meta_str(&pod, "resourceVersion").map(String::from);
+            }
+        }
+    }
     objects::delete(state, def, ns, name, &opts).await?;
     Ok(negotiate::respond(
         StatusCode::CREATED,
         &success(201),
         Format::Json,
     ))
+}
+
+/// Pods no budget protects (upstream's `canIgnorePDB`): already being deleted, finished, or
+/// not yet running.
+fn budgets_ignore(pod: &Value) -> bool {
+    meta::is_deleting(pod)
+        || matches!(
+            pod.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed" | "Pending")
+        )
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// How an eviction stood with the pod's budget.
+enum Budget {
+    /// No budget selects the pod, or one allowed the disruption and recorded it.
+    Spent,
+    /// The pod is not Ready and its budget lets such pods go without counting them.
+    SkippedUnhealthy,
+}
+
+/// The most evictions a budget may have recorded and the controller not yet confirmed.
+const MAX_DISRUPTED_PODS: usize = 2000;
+
+async fn consume_budget(
+    state: &AppState,
+    ns: Option<&str>,
+    name: &str,
+    pod: &Value,
+    dry_run: bool,
+) -> Result<Budget, ApiError> {
+    let pdb_def = state
+        .registry
+        .get("policy", "v1", "poddisruptionbudgets")
+        .ok_or_else(|| ApiError::internal("poddisruptionbudgets are not served"))?
+        .clone();
+    let budgets = crate::list::list(state, &pdb_def, ns, &Default::default())
+        .await?
+        .items;
+    // policy/v1: an empty selector selects every pod of the namespace, none selects none
+    let selecting: Vec<&Value> = budgets
+        .iter()
+        .filter(|b| {
+            b.pointer("/spec/selector")
+                .filter(|s| !s.is_null())
+                .and_then(|s| LabelSelector::from_object(s).ok())
+                .is_some_and(|sel| sel.matches(pod))
+        })
+        .collect();
+    let pdb = match selecting.as_slice() {
+        [] => return Ok(Budget::Spent),
+        [one] => *one,
+        _ => {
+            return Err(ApiError::internal(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            ))
+        }
+    };
+    let status_n = |b: &Value, f: &str| {
+        b.pointer(&format!("/status/{f}"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    if !is_ready(pod) {
+        let policy = pdb
+            .pointer("/spec/unhealthyPodEvictionPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("IfHealthyBudget");
+        let healthy_budget = status_n(pdb, "currentHealthy") >= status_n(pdb, "desiredHealthy")
+            && status_n(pdb, "desiredHealthy") > 0;
+        if policy == "AlwaysAllow" || healthy_budget {
+            return Ok(Budget::SkippedUnhealthy);
+        }
+    }
+    let pdb_name = meta::meta_str(pdb, "name").unwrap_or("").to_string();
+    let now = meta::now();
+    objects::guaranteed_update(state, &pdb_def, ns, &pdb_name, None, dry_run, |cur| {
+        let generation = cur.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let observed = cur
+            .pointer("/status/observedGeneration")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if observed < generation {
+            return Err(ApiError::too_many_requests(
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+                vec![(
+                    "DisruptionBudget",
+                    format!("The disruption budget {pdb_name} is still being processed by the server."),
+                )],
+            ));
+        }
+        let allowed = status_n(cur, "disruptionsAllowed");
+        if allowed < 0 {
+            return Err(ApiError::forbidden(
+                "pods",
+                "",
+                name,
+                "pdb disruptions allowed is negative",
+            ));
+        }
+        let disrupted = cur
+            .pointer("/status/disruptedPods")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len());
+        if disrupted > MAX_DISRUPTED_PODS {
+            return Err(ApiError::forbidden(
+                "pods",
+                "",
+                name,
+                "DisruptedPods map too big - too many evictions not confirmed by PDB controller",
+            ));
+        }
+        if allowed == 0 {
+            return Err(ApiError::too_many_requests(
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+                vec![(
+                    "DisruptionBudget",
+                    format!(
+                        "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
+                        status_n(cur, "desiredHealthy"),
+                        status_n(cur, "currentHealthy")
+                    ),
+                )],
+            ));
+        }
+        let mut new = cur.clone();
+        new["status"]["disruptionsAllowed"] = json!(allowed - 1);
+        if !new["status"]["disruptedPods"].is_object() {
+            new["status"]["disruptedPods"] = json!({});
+        }
+        new["status"]["disruptedPods"][name] = json!(now);
+        if allowed == 1 {
+            // upstream flips the condition at once rather than waiting for the controller
+            if let Some(conds) = new["status"]["conditions"].as_array_mut() {
+                for c in conds.iter_mut().filter(|c| c["type"] == "DisruptionAllowed") {
+                    if c["status"] != "False" {
+                        c["status"] = json!("False");
+                        c["reason"] = json!("InsufficientPods");
+                        c["lastTransitionTime"] = json!(now);
+                    }
+                }
+            }
+        }
+        Ok(new)
+    })
+    .await?;
+    Ok(Budget::Spent)
 }

@@ -7,7 +7,8 @@
 //! `job`, `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction), `podgc`,
 //! `serviceaccount`, `namespace` (deletes a deleted namespace's content, then finalizes it),
 //! `resourcequota` (quota usage), `root-ca-cert-publisher` (`kube-root-ca.crt` in every
-//! namespace, from `--root-ca-file`). Choose with `--controllers` (upstream syntax:
+//! namespace, from `--root-ca-file`), `disruption` (PodDisruptionBudget status, which
+//! evictions consume). Choose with `--controllers` (upstream syntax:
 //! `*,-nodeipam`).
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod job;
@@ -54,6 +56,7 @@ pub const ALL: &[&str] = &[
     "namespace",
     "resourcequota",
     "root-ca-cert-publisher",
+    "disruption",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -251,6 +254,7 @@ async fn run_controllers(
             "replicationcontroller" => tasks.spawn(replicationcontroller::run(ctx, token)),
             "podgc" => tasks.spawn(podgc::run(ctx.client.clone(), periods.gc_threshold, token)),
             "namespace" => tasks.spawn(namespace::run(ctx.client.clone(), token)),
+            "disruption" => tasks.spawn(disruption::run(ctx, token)),
             "resourcequota" => tasks.spawn(resourcequota::run(
                 ctx.client.clone(),
                 periods.quota_resync,
