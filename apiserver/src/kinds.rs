@@ -128,6 +128,92 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             set_default(spec, "failedJobsHistoryLimit", json!(1));
         }
         ("", "Secret") => set_default(obj, "type", json!("Opaque")),
+        ("", "ReplicationController") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "replicas", json!(1));
+            // the selector and the object's labels default to the template's labels
+            let template_labels = spec
+                .pointer("/template/metadata/labels")
+                .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+                .cloned();
+            if let Some(labels) = template_labels {
+                if spec
+                    .get("selector")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty())
+                {
+                    spec["selector"] = labels.clone();
+                }
+                let meta = &mut obj["metadata"];
+                if meta
+                    .get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty())
+                {
+                    meta["labels"] = labels;
+                }
+            }
+            default_template(&mut obj["spec"]);
+        }
+        ("", "PersistentVolume") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            set_default(spec, "volumeMode", json!("Filesystem"));
+            if obj.pointer("/status/phase").is_none() {
+                obj["status"] = json!({ "phase": "Pending" });
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            set_default(&mut obj["spec"], "volumeMode", json!("Filesystem"));
+            if obj.pointer("/status/phase").is_none() {
+                obj["status"] = json!({ "phase": "Pending" });
+            }
+        }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            set_default(obj, "reclaimPolicy", json!("Delete"));
+            set_default(obj, "volumeBindingMode", json!("Immediate"));
+        }
+        ("networking.k8s.io", "NetworkPolicy") => {
+            let spec = &mut obj["spec"];
+            if spec
+                .get("policyTypes")
+                .and_then(Value::as_array)
+                .is_none_or(|a| a.is_empty())
+            {
+                let mut types = vec![json!("Ingress")];
+                if spec
+                    .get("egress")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+                {
+                    types.push(json!("Egress"));
+                }
+                spec["policyTypes"] = json!(types);
+            }
+            for dir in ["ingress", "egress"] {
+                for rule in spec
+                    .get_mut(dir)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    for port in rule
+                        .get_mut("ports")
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                    {
+                        set_default(port, "protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            set_default(&mut obj["spec"], "minReplicas", json!(1));
+        }
         _ => {}
     }
 }
@@ -435,5 +521,75 @@ mod tests {
             json!({"port": 80, "protocol": "TCP", "targetPort": 80})
         );
         assert_eq!(obj["spec"]["type"], "ClusterIP");
+    }
+
+    #[test]
+    fn replication_controllers_default_replicas_selector_and_labels_from_the_template() {
+        let r = Registry::builtin();
+        let rc = r.get("", "v1", "replicationcontrollers").expect("rcs");
+        let mut obj = json!({"metadata": {"name": "legacy"}, "spec": {"template": {
+            "metadata": {"labels": {"app": "legacy"}},
+            "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}});
+        default_object(rc, &mut obj);
+        assert_eq!(obj["spec"]["replicas"], 1);
+        assert_eq!(obj["spec"]["selector"], json!({"app": "legacy"}));
+        assert_eq!(obj["metadata"]["labels"], json!({"app": "legacy"}));
+        // a selector and labels of its own stay
+        let mut own = json!({"metadata": {"labels": {"team": "a"}}, "spec": {"replicas": 0,
+            "selector": {"app": "x"},
+            "template": {"metadata": {"labels": {"app": "x", "v": "1"}}}}});
+        default_object(rc, &mut own);
+        assert_eq!(own["spec"]["replicas"], 0);
+        assert_eq!(own["spec"]["selector"], json!({"app": "x"}));
+        assert_eq!(own["metadata"]["labels"], json!({"team": "a"}));
+    }
+
+    #[test]
+    fn network_policies_default_their_policy_types_like_upstream() {
+        let r = Registry::builtin();
+        let np = r
+            .get("networking.k8s.io", "v1", "networkpolicies")
+            .expect("networkpolicies");
+        let mut ingress_only =
+            json!({"spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}});
+        default_object(np, &mut ingress_only);
+        assert_eq!(ingress_only["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            ingress_only["spec"]["ingress"][0]["ports"][0]["protocol"],
+            "TCP"
+        );
+        let mut both = json!({"spec": {"podSelector": {}, "egress": [{}]}});
+        default_object(np, &mut both);
+        assert_eq!(both["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        let mut given = json!({"spec": {"podSelector": {}, "policyTypes": ["Egress"]}});
+        default_object(np, &mut given);
+        assert_eq!(given["spec"]["policyTypes"], json!(["Egress"]));
+    }
+
+    #[test]
+    fn volumes_and_priority_classes_get_upstreams_defaults() {
+        let r = Registry::builtin();
+        let pv = r.get("", "v1", "persistentvolumes").expect("pvs");
+        let mut obj = json!({"spec": {"capacity": {"storage": "1Gi"}}});
+        default_object(pv, &mut obj);
+        assert_eq!(obj["status"]["phase"], "Pending");
+        assert_eq!(obj["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(obj["spec"]["volumeMode"], "Filesystem");
+        let pvc = r.get("", "v1", "persistentvolumeclaims").expect("pvcs");
+        let mut obj = json!({"spec": {}});
+        default_object(pvc, &mut obj);
+        assert_eq!(
+            (
+                obj["status"]["phase"].as_str(),
+                obj["spec"]["volumeMode"].as_str()
+            ),
+            (Some("Pending"), Some("Filesystem"))
+        );
+        let pc = r
+            .get("scheduling.k8s.io", "v1", "priorityclasses")
+            .expect("priorityclasses");
+        let mut obj = json!({"value": 10});
+        default_object(pc, &mut obj);
+        assert_eq!(obj["preemptionPolicy"], "PreemptLowerPriority");
     }
 }

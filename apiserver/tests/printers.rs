@@ -453,6 +453,7 @@ fn kubectl_get_prints_upstreams_columns_for_every_kind() {
         ],
         "data",
         &[
+            ("STATUS", "Pending"),
             ("VOLUME", ""),
             ("CAPACITY", ""),
             ("STORAGECLASS", "fast"),
@@ -511,6 +512,7 @@ fn kubectl_get_prints_upstreams_columns_for_every_kind() {
             ("CAPACITY", "1Gi"),
             ("ACCESS MODES", "RWO"),
             ("RECLAIM POLICY", "Retain"),
+            ("STATUS", "Pending"),
             ("CLAIM", ""),
             ("STORAGECLASS", "fast"),
         ],
