@@ -155,18 +155,29 @@ impl LabelSelector {
         })
     }
 
-    /// The selector in kubectl's string form (for `Scale.status.selector`).
+    /// The selector in kubectl's string form (for `Scale.status.selector` and tables), as
+    /// upstream's `labels.Selector` prints it: requirements sorted by key, set values sorted.
     pub fn to_string_form(&self) -> String {
-        self.0
+        let sorted = |vs: &[String]| {
+            let mut vs = vs.to_vec();
+            vs.sort();
+            vs.join(",")
+        };
+        let mut reqs: Vec<(&str, String)> = self
+            .0
             .iter()
             .map(|r| match r {
-                LabelReq::Eq(k, v) => format!("{k}={v}"),
-                LabelReq::NotEq(k, v) => format!("{k}!={v}"),
-                LabelReq::In(k, vs) => format!("{k} in ({})", vs.join(",")),
-                LabelReq::NotIn(k, vs) => format!("{k} notin ({})", vs.join(",")),
-                LabelReq::Exists(k) => k.clone(),
-                LabelReq::NotExists(k) => format!("!{k}"),
+                LabelReq::Eq(k, v) => (k.as_str(), format!("{k}={v}")),
+                LabelReq::NotEq(k, v) => (k.as_str(), format!("{k}!={v}")),
+                LabelReq::In(k, vs) => (k.as_str(), format!("{k} in ({})", sorted(vs))),
+                LabelReq::NotIn(k, vs) => (k.as_str(), format!("{k} notin ({})", sorted(vs))),
+                LabelReq::Exists(k) => (k.as_str(), k.clone()),
+                LabelReq::NotExists(k) => (k.as_str(), format!("!{k}")),
             })
+            .collect();
+        reqs.sort_by(|a, b| a.0.cmp(b.0));
+        reqs.into_iter()
+            .map(|(_, s)| s)
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -276,6 +287,13 @@ mod tests {
         assert!(s.matches(&pod(json!({"app": "web", "tier": "front"}))));
         assert!(!s.matches(&pod(json!({"app": "web"}))));
         assert_eq!(s.to_string_form(), "app=web,tier in (front)");
+        // upstream sorts requirements by key and set values
+        let s =
+            LabelSelector::from_object(&json!({"matchLabels": {"zone": "a"}, "matchExpressions": [
+            {"key": "tier", "operator": "NotIn", "values": ["web", "db"]},
+            {"key": "app", "operator": "Exists"}]}))
+            .expect("valid");
+        assert_eq!(s.to_string_form(), "app,tier notin (db,web),zone=a");
     }
 
     #[test]
