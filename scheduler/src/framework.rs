@@ -640,8 +640,13 @@ pub struct FitError {
 
 impl std::fmt::Display for FitError {
     /// Upstream's wording: "0/3 nodes are available: 1 node(s) had untolerated taint {a: b},
-    /// 2 Insufficient cpu." — reasons with counts, sorted as strings.
+    /// 2 Insufficient cpu." — reasons with counts, sorted as strings; with no node at all,
+    /// "no nodes available to schedule pods".
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.num_nodes == 0 {
+            // upstream's ErrNoNodesAvailable
+            return write!(f, "no nodes available to schedule pods");
+        }
         write!(f, "0/{} nodes are available", self.num_nodes)?;
         let mut parts: Vec<String> = self
             .reasons

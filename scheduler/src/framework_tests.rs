@@ -103,6 +103,10 @@ fn reasons_are_counted_and_worded_like_upstream() {
         err.to_string(),
         "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 Insufficient cpu."
     );
+    // a cluster without nodes says so, as upstream's ErrNoNodesAvailable
+    let none =
+        schedule(&pod("p", "1", "1Gi"), &snapshot(vec![]), &profile(), 0).expect_err("no nodes");
+    assert_eq!(none.to_string(), "no nodes available to schedule pods");
 }
 
 #[test]
