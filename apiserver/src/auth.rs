@@ -2,12 +2,18 @@
 //! `<data-dir>/server/admin.token`; more tokens come from `--token-auth-file` (upstream's CSV
 //! format); JWTs are service-account tokens (`crate::serviceaccount`). Requests without a known token get 401, except the health and version endpoints
 //! that upstream opens to anonymous callers. Authorization (RBAC) is a separate layer.
+//!
+//! Impersonation (upstream's `WithImpersonation` filter, `kubectl --as`): after
+//! authentication, `Impersonate-User`, `Impersonate-Uid`, `Impersonate-Group` and
+//! `Impersonate-Extra-<key>` headers make the request run as the user they name, once the
+//! authenticated requester is authorized (RBAC) to `impersonate` each of them.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -171,6 +177,19 @@ pub async fn authenticate(
     {
         user = crate::serviceaccount::authenticate(&state, t).await;
     }
+    if has_impersonation(req.headers()) {
+        let requester = user.clone().unwrap_or_else(UserInfo::anonymous);
+        match impersonate(&state.rbac, req.headers(), &requester) {
+            Ok(acting_as) => {
+                strip_impersonation(req.headers_mut());
+                user = Some(acting_as);
+            }
+            Err(e) => {
+                crate::router::discard_body(req.into_body()).await;
+                return e.into_response();
+            }
+        }
+    }
     match user {
         Some(user) => {
             req.extensions_mut().insert(user);
@@ -189,6 +208,209 @@ pub async fn authenticate(
             ApiError::unauthorized().into_response()
         }
     }
+}
+
+impl UserInfo {
+    /// Who an unauthenticated request is.
+    pub fn anonymous() -> UserInfo {
+        UserInfo {
+            name: ANONYMOUS.into(),
+            uid: String::new(),
+            groups: vec![UNAUTHENTICATED.into()],
+            extra: Default::default(),
+        }
+    }
+}
+
+const ANONYMOUS: &str = "system:anonymous";
+const AUTHENTICATED: &str = "system:authenticated";
+const UNAUTHENTICATED: &str = "system:unauthenticated";
+const SA_PREFIX: &str = "system:serviceaccount:";
+
+const IMPERSONATE_USER: &str = "impersonate-user";
+const IMPERSONATE_UID: &str = "impersonate-uid";
+const IMPERSONATE_GROUP: &str = "impersonate-group";
+const IMPERSONATE_EXTRA: &str = "impersonate-extra-";
+
+fn is_impersonation_header(name: &str) -> bool {
+    // header names are lower case in `http`
+    name == IMPERSONATE_USER
+        || name == IMPERSONATE_UID
+        || name == IMPERSONATE_GROUP
+        || name.starts_with(IMPERSONATE_EXTRA)
+}
+
+fn has_impersonation(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| is_impersonation_header(k.as_str()))
+}
+
+/// Upstream removes the headers once acted on (nothing downstream, e.g. a kubelet a request
+/// is proxied to, sees them).
+fn strip_impersonation(headers: &mut HeaderMap) {
+    let names: Vec<_> = headers
+        .keys()
+        .filter(|k| is_impersonation_header(k.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// `system:serviceaccount:<ns>:<name>` with valid names: (namespace, name).
+fn split_service_account(user: &str) -> Option<(&str, &str)> {
+    let (ns, name) = user.strip_prefix(SA_PREFIX)?.split_once(':')?;
+    let dns = |s: &str, dots: bool| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.')
+            })
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+    };
+    (dns(ns, false) && ns.len() <= 63 && dns(name, true)).then_some((ns, name))
+}
+
+/// Go's `url.PathUnescape`; a malformed key is kept as sent (as upstream does).
+fn path_unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                None => return s.to_string(),
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
+/// Who `requester` acts as with the impersonation headers in `headers` (upstream's
+/// impersonation filter): each thing asked for must be allowed by RBAC as verb
+/// `impersonate` — `users` (core) named the user, or `serviceaccounts` in its namespace for
+/// `system:serviceaccount:<ns>:<name>`; `groups` (core) per group; `uids`
+/// (authentication.k8s.io) for the uid; `userextras/<key>` (authentication.k8s.io) per extra
+/// value. A refusal is upstream's 403; groups, uid or extras without a user are a 400.
+pub fn impersonate(
+    rbac: &crate::rbac::Authorizer,
+    headers: &HeaderMap,
+    requester: &UserInfo,
+) -> Result<UserInfo, ApiError> {
+    use crate::rbac::Attributes;
+    let text = |v: &axum::http::HeaderValue| {
+        v.to_str().map(str::to_string).map_err(|_| {
+            ApiError::bad_request("impersonation headers must be valid ASCII".to_string())
+        })
+    };
+    let first = |name: &str| -> Result<String, ApiError> {
+        headers
+            .get(name)
+            .map(text)
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    let user = first(IMPERSONATE_USER)?;
+    let uid = first(IMPERSONATE_UID)?;
+    let groups: Vec<String> = headers
+        .get_all(IMPERSONATE_GROUP)
+        .iter()
+        .map(text)
+        .collect::<Result<_, _>>()?;
+    let mut extra: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix(IMPERSONATE_EXTRA) {
+            extra
+                .entry(path_unescape(key))
+                .or_default()
+                .push(text(value)?);
+        }
+    }
+    // (resource, group, namespace, name) to be allowed to impersonate
+    let mut asked: Vec<(String, &str, Option<String>, String)> = Vec::new();
+    let mut acting = UserInfo {
+        name: user.clone(),
+        uid: uid.clone(),
+        groups: Vec::new(),
+        extra: Default::default(),
+    };
+    if user.is_empty() {
+        let mut what: Vec<String> = groups.iter().map(|g| format!("group {g:?}")).collect();
+        what.extend(extra.keys().map(|k| format!("user extra {k:?}")));
+        if !uid.is_empty() {
+            what.push(format!("uid {uid:?}"));
+        }
+        return Err(ApiError::bad_request(format!(
+            "requested [{}] without impersonating a user",
+            what.join(", ")
+        )));
+    }
+    match split_service_account(&user) {
+        Some((ns, name)) => {
+            asked.push(("serviceaccounts".into(), "", Some(ns.into()), name.into()));
+            if groups.is_empty() {
+                acting.groups = vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{ns}"),
+                ];
+            }
+        }
+        None => asked.push(("users".into(), "", None, user.clone())),
+    }
+    for g in &groups {
+        asked.push(("groups".into(), "", None, g.clone()));
+        acting.groups.push(g.clone());
+    }
+    for (key, values) in &extra {
+        for v in values {
+            let resource = format!("userextras/{key}");
+            asked.push((resource, "authentication.k8s.io", None, v.clone()));
+        }
+    }
+    if !uid.is_empty() {
+        asked.push(("uids".into(), "authentication.k8s.io", None, uid.clone()));
+    }
+    for (resource, group, namespace, name) in asked {
+        let attrs = Attributes::Resource {
+            verb: "impersonate".into(),
+            group: group.into(),
+            resource: resource.clone(),
+            namespace,
+            name: Some(name.clone()),
+        };
+        if !rbac.authorize(requester, &attrs).0 {
+            return Err(ApiError::unauthorized_action(
+                resource.split('/').next().unwrap_or(&resource),
+                group,
+                Some(&name),
+                &requester.name,
+                &attrs.describe(),
+            ));
+        }
+    }
+    acting.extra = extra;
+    // the impersonated user is authenticated (unless it is the anonymous one) whatever
+    // groups were asked for, unless system:unauthenticated was
+    let has = |g: &str| acting.groups.iter().any(|x| x == g);
+    if acting.name != ANONYMOUS {
+        if !has(AUTHENTICATED) && !has(UNAUTHENTICATED) {
+            acting.groups.push(AUTHENTICATED.into());
+        }
+    } else if !has(UNAUTHENTICATED) {
+        acting.groups.push(UNAUTHENTICATED.into());
+    }
+    Ok(acting)
 }
 
 #[cfg(test)]
@@ -226,5 +448,114 @@ mod tests {
             &Method::GET,
             "/api/v1/namespaces/kube-public/configmaps/other"
         ));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        h
+    }
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            uid: String::new(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn masters_impersonate_users_groups_and_extras() {
+        let rbac = crate::rbac::Authorizer::default();
+        let admin = user("kaze-admin", &["system:masters", AUTHENTICATED]);
+        let h = headers(&[
+            ("Impersonate-User", "jane"),
+            ("Impersonate-Group", "devs"),
+            ("Impersonate-Group", "ops"),
+            ("Impersonate-Uid", "u-1"),
+            ("Impersonate-Extra-Scopes", "view"),
+            ("Impersonate-Extra-Example.com%2fteam", "a"),
+        ]);
+        assert!(has_impersonation(&h));
+        let jane = impersonate(&rbac, &h, &admin).expect("masters may impersonate");
+        assert_eq!(jane.name, "jane");
+        assert_eq!(jane.uid, "u-1");
+        assert_eq!(jane.groups, vec!["devs", "ops", AUTHENTICATED]);
+        assert_eq!(jane.extra["scopes"], vec!["view"]);
+        assert_eq!(jane.extra["example.com/team"], vec!["a"]);
+
+        let sa = impersonate(
+            &rbac,
+            &headers(&[("Impersonate-User", "system:serviceaccount:dev:build")]),
+            &admin,
+        )
+        .expect("allowed");
+        assert_eq!(
+            sa.groups,
+            vec![
+                "system:serviceaccounts",
+                "system:serviceaccounts:dev",
+                AUTHENTICATED
+            ]
+        );
+        let anon = impersonate(&rbac, &headers(&[("Impersonate-User", ANONYMOUS)]), &admin)
+            .expect("allowed");
+        assert_eq!(anon.groups, vec![UNAUTHENTICATED]);
+    }
+
+    #[test]
+    fn impersonation_needs_rbac_and_a_user() {
+        let rbac = crate::rbac::Authorizer::default();
+        let bob = user("bob", &[AUTHENTICATED]);
+        let err = impersonate(&rbac, &headers(&[("Impersonate-User", "jane")]), &bob)
+            .expect_err("bob may not");
+        let status = err.to_status();
+        assert_eq!(status["code"], 403);
+        assert_eq!(
+            status["message"],
+            "users \"jane\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+        );
+        let err = impersonate(
+            &rbac,
+            &headers(&[("Impersonate-User", "system:serviceaccount:dev:build")]),
+            &bob,
+        )
+        .expect_err("bob may not");
+        assert_eq!(
+            err.to_status()["message"],
+            "serviceaccounts \"build\" is forbidden: User \"bob\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"dev\""
+        );
+        let admin = user("kaze-admin", &["system:masters"]);
+        for h in [
+            headers(&[("Impersonate-Group", "devs")]),
+            headers(&[("Impersonate-Uid", "1")]),
+            headers(&[("Impersonate-Extra-X", "1")]),
+        ] {
+            let err = impersonate(&rbac, &h, &admin).expect_err("no user");
+            assert_eq!(err.to_status()["code"], 400, "{:?}", err.to_status());
+        }
+        assert!(!has_impersonation(&headers(&[(
+            "Authorization",
+            "Bearer x"
+        )])));
+    }
+
+    #[test]
+    fn service_account_names_and_extra_keys() {
+        assert_eq!(
+            split_service_account("system:serviceaccount:kube-system:default"),
+            Some(("kube-system", "default"))
+        );
+        assert_eq!(split_service_account("system:serviceaccount:a:b:c"), None);
+        assert_eq!(split_service_account("system:serviceaccount::b"), None);
+        assert_eq!(split_service_account("jane"), None);
+        assert_eq!(path_unescape("a%2Fb"), "a/b");
+        assert_eq!(path_unescape("a%zz"), "a%zz");
     }
 }
