@@ -332,6 +332,14 @@ fn builtins() -> Vec<ResourceDef> {
         },
         ResourceDef {
             review: Some(crate::reviews::Review::Answer(
+                crate::reviews::self_subject_rules_review,
+            )),
+            ..def!(authorization::v1::SelfSubjectRulesReview,
+            "authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "selfsubjectrulesreviews", fields: NONE, printer: P::Default)
+        },
+        ResourceDef {
+            review: Some(crate::reviews::Review::Answer(
                 crate::reviews::self_subject_review,
             )),
             ..def!(authentication::v1::SelfSubjectReview,

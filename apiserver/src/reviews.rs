@@ -1,5 +1,6 @@
 //! Create-only "review" resources that are answered, never stored: `kubectl auth can-i`
-//! (SelfSubjectAccessReview, answered by the RBAC authorizer) and `kubectl auth whoami`
+//! (SelfSubjectAccessReview, answered by the RBAC authorizer), `kubectl auth can-i --list`
+//! (SelfSubjectRulesReview, the requester's RBAC rules), `kubectl auth whoami`
 //! (SelfSubjectReview), and TokenReview.
 
 use serde_json::{json, Value};
@@ -12,8 +13,8 @@ use crate::status::ApiError;
 /// How a `create` of a review resource is answered.
 #[derive(Clone, Copy, Debug)]
 pub enum Review {
-    /// From memory, for the requesting user.
-    Answer(fn(&AppState, &UserInfo, Value) -> Result<Value, ApiError>),
+    /// From memory, for the requesting user and the URL's namespace (namespaced reviews).
+    Answer(fn(&AppState, &UserInfo, Option<&str>, Value) -> Result<Value, ApiError>),
     /// TokenReview: the authenticators, which may read the store.
     Token,
 }
@@ -23,10 +24,11 @@ impl Review {
         self,
         state: &AppState,
         user: &UserInfo,
+        namespace: Option<&str>,
         body: Value,
     ) -> Result<Value, ApiError> {
         match self {
-            Review::Answer(f) => f(state, user, body),
+            Review::Answer(f) => f(state, user, namespace, body),
             Review::Token => crate::serviceaccount::token_review(state, body).await,
         }
     }
@@ -35,21 +37,42 @@ impl Review {
 pub fn self_subject_access_review(
     state: &AppState,
     user: &UserInfo,
+    _namespace: Option<&str>,
     mut body: Value,
 ) -> Result<Value, ApiError> {
-    if !body.get("spec").is_some_and(|s| {
-        s.get("resourceAttributes").is_some() || s.get("nonResourceAttributes").is_some()
-    }) {
+    let attrs = access_attributes(&body, "SelfSubjectAccessReview")?;
+    let (allowed, reason) = state.rbac.authorize(user, &attrs);
+    body["status"] = json!({"allowed": allowed, "reason": reason});
+    Ok(body)
+}
+
+/// The attributes a SelfSubjectAccessReview's spec asks about.
+fn access_attributes(body: &Value, kind: &str) -> Result<Attributes, ApiError> {
+    let spec = &body["spec"];
+    let (res, non_res) = (
+        spec.get("resourceAttributes").filter(|v| !v.is_null()),
+        spec.get("nonResourceAttributes").filter(|v| !v.is_null()),
+    );
+    if res.is_some() == non_res.is_some() {
+        let why = if res.is_some() {
+            "Invalid value: \"{...}\": cannot be specified in combination with resourceAttributes"
+        } else {
+            "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified"
+        };
+        let (field, reason) = if res.is_some() {
+            ("spec.nonResourceAttributes", "FieldValueInvalid")
+        } else {
+            ("spec.resourceAttributes", "FieldValueRequired")
+        };
         return Err(ApiError::invalid(
-            "SelfSubjectAccessReview",
+            kind,
             "authorization.k8s.io",
             "",
-            vec![("spec.resourceAttributes".into(), "FieldValueRequired", "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into())],
+            vec![(field.into(), reason, why.into())],
         ));
     }
-    let spec = &body["spec"];
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let attrs = match spec.get("resourceAttributes") {
+    let attrs = match res {
         Some(r) => {
             let sub = text(r, "subresource");
             let mut resource = text(r, "resource");
@@ -66,21 +89,42 @@ pub fn self_subject_access_review(
             }
         }
         None => {
-            let n = &spec["nonResourceAttributes"];
+            let n = non_res.unwrap_or(&Value::Null);
             Attributes::NonResource {
                 verb: text(n, "verb"),
                 path: text(n, "path"),
             }
         }
     };
-    let (allowed, reason) = state.rbac.authorize(user, &attrs);
-    body["status"] = json!({"allowed": allowed, "reason": reason});
+    Ok(attrs)
+}
+
+/// SelfSubjectRulesReview (`kubectl auth can-i --list`): the requester's RBAC rules in
+/// `spec.namespace`.
+pub fn self_subject_rules_review(
+    state: &AppState,
+    user: &UserInfo,
+    _namespace: Option<&str>,
+    mut body: Value,
+) -> Result<Value, ApiError> {
+    let ns = body
+        .pointer("/spec/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let rules = state.rbac.rules_for(user, &ns);
+    body["status"] = json!({
+        "resourceRules": rules.resource_rules,
+        "nonResourceRules": rules.non_resource_rules,
+        "incomplete": false,
+    });
     Ok(body)
 }
 
 pub fn self_subject_review(
     _state: &AppState,
     user: &UserInfo,
+    _namespace: Option<&str>,
     mut body: Value,
 ) -> Result<Value, ApiError> {
     body["status"] = json!({"userInfo": crate::serviceaccount::user_json(user)});

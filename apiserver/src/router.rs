@@ -381,7 +381,9 @@ async fn answer_review(
             crate::negotiate::decode_object(body, crate::negotiate::body_type(&parts.headers)?)?;
         obj["apiVersion"] = serde_json::json!(t.def.api_version());
         obj["kind"] = serde_json::json!(t.def.kind);
-        let answer = review.answer(state, user, obj).await?;
+        let answer = review
+            .answer(state, user, t.namespace.as_deref(), obj)
+            .await?;
         Ok(crate::negotiate::respond(
             StatusCode::CREATED,
             &answer,

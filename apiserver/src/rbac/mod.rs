@@ -200,6 +200,94 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// What `user` may do in `namespace` (empty: cluster-wide only), as upstream's
+    /// `RulesFor` lists it for SelfSubjectRulesReview: the rules of every ClusterRole bound
+    /// cluster-wide, and of every Role and ClusterRole bound in `namespace`, built-in ones
+    /// included; the `system:masters` group gets `cluster-admin`'s rules (upstream binds it
+    /// so). Rules with resources come first in the answer, then those with URLs.
+    pub fn rules_for(&self, user: &UserInfo, namespace: &str) -> RuleList {
+        let mut out = RuleList::default();
+        if user.groups.iter().any(|g| g == MASTERS) {
+            out.add(builtin_cluster_role("cluster-admin").unwrap_or(&[]));
+        }
+        for (binding, role, scope) in builtin_bindings() {
+            if scope.is_none_or(|ns| ns == namespace) && matches(binding, user) {
+                out.add(builtin_cluster_role(role).unwrap_or(&[]));
+            }
+        }
+        let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
+        let cluster_role = |out: &mut RuleList, name: &str| {
+            out.add(builtin_cluster_role(name).unwrap_or(&[]));
+            if let Some(rules) = policy.cluster_roles.get(name) {
+                out.add(rules);
+            }
+        };
+        let mut names: Vec<&String> = policy.cluster_bindings.keys().collect();
+        names.sort();
+        for name in names {
+            let b = &policy.cluster_bindings[name];
+            if b.role_kind == "ClusterRole" && b.subjects.iter().any(|s| matches(s, user)) {
+                cluster_role(&mut out, &b.role_name);
+            }
+        }
+        if let Some(bindings) = policy.bindings.get(namespace) {
+            let mut names: Vec<&String> = bindings.keys().collect();
+            names.sort();
+            for name in names {
+                let b = &bindings[name];
+                if !b.subjects.iter().any(|s| matches(s, user)) {
+                    continue;
+                }
+                match b.role_kind.as_str() {
+                    "ClusterRole" => cluster_role(&mut out, &b.role_name),
+                    "Role" => {
+                        let key = (namespace.to_string(), b.role_name.clone());
+                        out.add(policy.roles.get(&key).map(Vec::as_slice).unwrap_or(&[]));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A user's rules in upstream's SubjectRulesReviewStatus form.
+#[derive(Debug, Default)]
+pub struct RuleList {
+    /// `{verbs, apiGroups, resources, resourceNames}`
+    pub resource_rules: Vec<Value>,
+    /// `{verbs, nonResourceURLs}`
+    pub non_resource_rules: Vec<Value>,
+}
+
+impl RuleList {
+    fn add(&mut self, rules: &[Rule]) {
+        for r in rules {
+            if !r.resources.is_empty() {
+                let mut v = serde_json::json!({
+                    "verbs": r.verbs,
+                    "apiGroups": r.groups,
+                    "resources": r.resources,
+                });
+                if !r.names.is_empty() {
+                    v["resourceNames"] = serde_json::json!(r.names);
+                }
+                if !self.resource_rules.contains(&v) {
+                    self.resource_rules.push(v);
+                }
+            }
+            if !r.urls.is_empty() {
+                let v = serde_json::json!({"verbs": r.verbs, "nonResourceURLs": r.urls});
+                if !self.non_resource_rules.contains(&v) {
+                    self.non_resource_rules.push(v);
+                }
+            }
+        }
+    }
+}
+
 fn matches(s: &Subject, user: &UserInfo) -> bool {
     match s {
         Subject::User(n) => *n == user.name,
@@ -577,6 +665,67 @@ mod tests {
         assert_eq!(
             res("get", "", "nodes", None, Some("n")).describe(),
             "get resource \"nodes\" in API group \"\" at the cluster scope"
+        );
+    }
+
+    #[test]
+    fn rules_for_lists_the_bound_roles_of_the_namespace() {
+        let a = Authorizer::default();
+        let alice = user("alice", &["system:authenticated"]);
+        {
+            let mut p = a.policy.write().unwrap();
+            p.apply(
+                3,
+                "dev/alice-view",
+                Some(br#"{"roleRef":{"kind":"ClusterRole","name":"view"},"subjects":[{"kind":"User","name":"alice"}]}"#),
+            );
+            p.apply(
+                1,
+                "dev/cm",
+                Some(br#"{"rules":[{"apiGroups":[""],"resources":["configmaps"],"resourceNames":["a"],"verbs":["get"]}]}"#),
+            );
+            p.apply(
+                3,
+                "dev/alice-cm",
+                Some(br#"{"roleRef":{"kind":"Role","name":"cm"},"subjects":[{"kind":"User","name":"alice"}]}"#),
+            );
+            p.apply(
+                2,
+                "alice-nodes",
+                Some(br#"{"roleRef":{"kind":"ClusterRole","name":"nodes"},"subjects":[{"kind":"User","name":"alice"}]}"#),
+            );
+            p.apply(
+                0,
+                "nodes",
+                Some(br#"{"rules":[{"apiGroups":[""],"resources":["nodes"],"verbs":["get"]},{"nonResourceURLs":["/metrics"],"verbs":["get"]}]}"#),
+            );
+        }
+        let has = |rules: &RuleList, resource: &str| {
+            rules.resource_rules.iter().any(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+            })
+        };
+        let dev = a.rules_for(&alice, "dev");
+        assert!(has(&dev, "pods") && has(&dev, "configmaps") && has(&dev, "nodes"));
+        assert!(dev
+            .resource_rules
+            .iter()
+            .any(|r| r["resourceNames"] == serde_json::json!(["a"])));
+        assert!(has(&dev, "selfsubjectrulesreviews"), "built-in basic-user");
+        assert!(dev
+            .non_resource_rules
+            .iter()
+            .any(|r| r["nonResourceURLs"] == serde_json::json!(["/metrics"])));
+        let prod = a.rules_for(&alice, "prod");
+        assert!(!has(&prod, "pods") && !has(&prod, "configmaps") && has(&prod, "nodes"));
+        let admin = a.rules_for(&user("root", &[MASTERS]), "");
+        assert_eq!(
+            admin.resource_rules[0],
+            serde_json::json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]})
         );
     }
 }
