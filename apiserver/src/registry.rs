@@ -340,6 +340,22 @@ fn builtins() -> Vec<ResourceDef> {
         },
         ResourceDef {
             review: Some(crate::reviews::Review::Answer(
+                crate::reviews::subject_access_review,
+            )),
+            ..def!(authorization::v1::SubjectAccessReview,
+            "authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "subjectaccessreviews", fields: NONE, printer: P::Default)
+        },
+        ResourceDef {
+            review: Some(crate::reviews::Review::Answer(
+                crate::reviews::local_subject_access_review,
+            )),
+            ..def!(authorization::v1::LocalSubjectAccessReview,
+            "authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", ns: true,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "localsubjectaccessreviews", fields: NONE, printer: P::Default)
+        },
+        ResourceDef {
+            review: Some(crate::reviews::Review::Answer(
                 crate::reviews::self_subject_review,
             )),
             ..def!(authentication::v1::SelfSubjectReview,

@@ -1,7 +1,9 @@
 //! Create-only "review" resources that are answered, never stored: `kubectl auth can-i`
 //! (SelfSubjectAccessReview, answered by the RBAC authorizer), `kubectl auth can-i --list`
 //! (SelfSubjectRulesReview, the requester's RBAC rules), `kubectl auth whoami`
-//! (SelfSubjectReview), and TokenReview.
+//! (SelfSubjectReview), SubjectAccessReview and LocalSubjectAccessReview (the authorizer's
+//! answer for the user in the spec, what webhook authorizers of other components ask), and
+//! TokenReview.
 
 use serde_json::{json, Value};
 
@@ -46,7 +48,7 @@ pub fn self_subject_access_review(
     Ok(body)
 }
 
-/// The attributes a SelfSubjectAccessReview's spec asks about.
+/// The attributes a (Self|Local)SubjectAccessReview's spec asks about.
 fn access_attributes(body: &Value, kind: &str) -> Result<Attributes, ApiError> {
     let spec = &body["spec"];
     let (res, non_res) = (
@@ -97,6 +99,111 @@ fn access_attributes(body: &Value, kind: &str) -> Result<Attributes, ApiError> {
         }
     };
     Ok(attrs)
+}
+
+/// SubjectAccessReview: may the user, groups, uid and extra of the spec do what it asks?
+pub fn subject_access_review(
+    state: &AppState,
+    _requester: &UserInfo,
+    _namespace: Option<&str>,
+    mut body: Value,
+) -> Result<Value, ApiError> {
+    let user = spec_user(&body, "SubjectAccessReview")?;
+    let attrs = access_attributes(&body, "SubjectAccessReview")?;
+    let (allowed, reason) = state.rbac.authorize(&user, &attrs);
+    body["status"] = json!({"allowed": allowed, "reason": reason});
+    Ok(body)
+}
+
+/// LocalSubjectAccessReview: a SubjectAccessReview of resources in the URL's namespace.
+pub fn local_subject_access_review(
+    state: &AppState,
+    _requester: &UserInfo,
+    namespace: Option<&str>,
+    mut body: Value,
+) -> Result<Value, ApiError> {
+    const KIND: &str = "LocalSubjectAccessReview";
+    let ns = namespace.unwrap_or_default();
+    if ns.is_empty() {
+        return Err(ApiError::bad_request(
+            "namespace is required on this type: ",
+        ));
+    }
+    match body.pointer("/metadata/namespace").and_then(Value::as_str) {
+        Some(n) if !n.is_empty() && n != ns => return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => body["metadata"]["namespace"] = json!(ns),
+    }
+    if body
+        .pointer("/spec/nonResourceAttributes")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(ApiError::invalid(
+            KIND,
+            "authorization.k8s.io",
+            "",
+            vec![(
+                "spec.nonResourceAttributes".into(),
+                "FieldValueInvalid",
+                "Invalid value: \"{...}\": disallowed on this kind of request".into(),
+            )],
+        ));
+    }
+    let user = spec_user(&body, KIND)?;
+    let attrs = access_attributes(&body, KIND)?;
+    if !matches!(&attrs, Attributes::Resource { namespace: Some(n), .. } if n == ns) {
+        return Err(ApiError::bad_request(format!(
+            "spec.resourceAttributes.namespace must match namespace: {ns}"
+        )));
+    }
+    let (allowed, reason) = state.rbac.authorize(&user, &attrs);
+    body["status"] = json!({"allowed": allowed, "reason": reason});
+    Ok(body)
+}
+
+/// The user a SubjectAccessReview asks about (upstream: a user or a group is required).
+fn spec_user(body: &Value, kind: &str) -> Result<UserInfo, ApiError> {
+    let spec = &body["spec"];
+    let text = |k: &str| {
+        spec.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let user = UserInfo {
+        name: text("user"),
+        uid: text("uid"),
+        groups: spec.get("groups").map(strings).unwrap_or_default(),
+        extra: spec
+            .get("extra")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
+            .unwrap_or_default(),
+    };
+    if user.name.is_empty() && user.groups.is_empty() {
+        return Err(ApiError::invalid(
+            kind,
+            "authorization.k8s.io",
+            "",
+            vec![(
+                "spec.user".into(),
+                "FieldValueInvalid",
+                "Invalid value: \"\": at least one of user or group must be specified".into(),
+            )],
+        ));
+    }
+    Ok(user)
 }
 
 /// SelfSubjectRulesReview (`kubectl auth can-i --list`): the requester's RBAC rules in
