@@ -129,6 +129,12 @@ pub struct Config {
     /// For nodes simulated as network namespaces.
     #[arg(long)]
     pub netns: Option<PathBuf>,
+
+    /// Remove what either mode left on this node (the eBPF programs and maps pinned under
+    /// `--bpf-pin-root`, kaze's iptables chains and rules in every iptables implementation)
+    /// and exit, as `kube-proxy --cleanup`. Needs no apiserver.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 impl Config {
@@ -151,6 +157,7 @@ impl Config {
             min_sync_period: Duration::from_millis(100),
             nodeport_addresses: Vec::new(),
             netns: None,
+            cleanup: false,
         }
     }
 }

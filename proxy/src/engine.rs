@@ -504,6 +504,49 @@ fn remove_file(path: &Path) -> Result<(), DataplaneError> {
     }
 }
 
+/// What `kaze proxy --cleanup` found and removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    /// The eBPF dataplane's pins (its programs detached, its maps freed).
+    pub pins: bool,
+    /// kaze's chains in some iptables implementation.
+    pub chains: bool,
+}
+
+/// `kaze proxy --cleanup` (upstream's `kube-proxy --cleanup`): removes what either mode left
+/// on this node — the eBPF dataplane's pins under `pin_root` (detaching its tc, XDP and
+/// cgroup programs and freeing its maps; it waits until the tc programs are gone) and kaze's
+/// chains and rules in every iptables implementation (iptables mode's and eBPF mode's
+/// masquerade and notrack rules). Needs no apiserver; safe to run again.
+pub fn cleanup(pin_root: &Path) -> Result<Cleaned, DataplaneError> {
+    let tc_ifaces = pinned_tc_interfaces(pin_root);
+    let pins = remove_pins(pin_root)?;
+    if pins {
+        wait_detached(&tc_ifaces);
+    }
+    let chains = iptables::cleanup_all_except(None);
+    iptables::remove_ebpf_rules();
+    Ok(Cleaned { pins, chains })
+}
+
+/// The interfaces whose tc links are pinned under `pin_root` (`links/tc-<iface>-<hook>`).
+fn pinned_tc_interfaces(pin_root: &Path) -> Vec<String> {
+    let mut ifaces: Vec<String> = std::fs::read_dir(pin_root.join("links"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix("tc-")?;
+            let (iface, _hook) = rest.rsplit_once('-')?;
+            Some(iface.to_string())
+        })
+        .collect();
+    ifaces.sort();
+    ifaces.dedup();
+    ifaces
+}
+
 /// Removes every pin the dataplane makes under `pin_root`: the links (detaching the
 /// programs) and the maps (freed once no program uses them). Returns whether any existed.
 pub fn remove_pins(pin_root: &Path) -> Result<bool, DataplaneError> {

@@ -30,7 +30,7 @@ pub use config::{
     CLASSIC_MODE_ANNOTATION, MODE_ANNOTATION,
 };
 pub use dataplane::{Dataplane, DataplaneConfig, TcHook, DEFAULT_PIN_ROOT, DEFAULT_UDP_TIMEOUT};
-pub use engine::remove_pins;
+pub use engine::{cleanup, remove_pins, Cleaned};
 pub use error::DataplaneError;
 pub use run::run;
 pub use services::{Protocol, ServiceCounters, ServiceKey, ServiceState};
@@ -69,4 +69,7 @@ pub enum Error {
 
     #[error("starting iptables mode")]
     Iptables(#[source] iptables::IptablesError),
+
+    #[error("cleaning up the node's service dataplane")]
+    Cleanup(#[source] DataplaneError),
 }

@@ -37,6 +37,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Runs the proxy until `shutdown` is cancelled. The dataplane stays programmed afterwards:
 /// a restarted proxy takes it over without dropping flows.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    if config.cleanup {
+        return run_cleanup(config).await;
+    }
     let client = component::client(config.kubeconfig.as_deref()).await?;
     let node_name = config.hostname_override.clone().unwrap_or_else(hostname);
     let nodes: Api<Node> = Api::all(client.clone());
@@ -384,4 +387,31 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_lowercase())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// `--cleanup`: remove both modes' state (in `--netns` when given) and return.
+async fn run_cleanup(config: Config) -> Result<(), Error> {
+    let pin_root = config.bpf_pin_root.clone();
+    let netns = config.netns.clone();
+    // a thread of its own: entering a network namespace changes the calling thread for good
+    let thread = std::thread::Builder::new()
+        .name("kaze-proxy-cleanup".into())
+        .spawn(move || {
+            if let Some(ns) = &netns {
+                crate::worker::enter_netns(ns)?;
+            }
+            crate::engine::cleanup(&pin_root).map_err(Error::Cleanup)
+        })
+        .map_err(|source| Error::Thread { source })?;
+    let done = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|_| Error::WorkerGone)?
+        .map_err(|_| Error::WorkerGone)??;
+    info!(
+        pin_root = %config.bpf_pin_root.display(),
+        removed_pins = done.pins,
+        removed_chains = done.chains,
+        "cleaned up the service dataplane"
+    );
+    Ok(())
 }

@@ -477,6 +477,70 @@ fn switching_modes_cleans_up_the_other_mode() {
     h.stop_proxy();
 }
 
+/// `kaze proxy --cleanup` on the node, without an apiserver.
+fn cleanup(h: &Harness) {
+    let mut config = h.config.clone();
+    config.cleanup = true;
+    // no apiserver is needed: point the kubeconfig nowhere
+    config.kubeconfig = Some(h.root.path().join("no-such-kubeconfig"));
+    let res = h.block_on(proxy::run(
+        config,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    assert!(res.is_ok(), "kaze proxy --cleanup failed: {res:?}");
+}
+
+#[test]
+fn cleanup_removes_what_either_mode_left_on_the_node() {
+    let mut h = Harness::new("k8s-cleanup", ProxyMode::Iptables);
+    let vip = h.create_service("web", json!({}));
+    h.put_slice("web", &[0, 1, 2], &[]);
+
+    // iptables mode leaves its chains behind when it stops (as kube-proxy does)...
+    h.start_proxy();
+    h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+    h.stop_proxy();
+    assert!(!kaze_iptables_lines(&h.topo.node).is_empty());
+    // ...and --cleanup removes them
+    cleanup(&h);
+    assert_eq!(kaze_iptables_lines(&h.topo.node), Vec::<String>::new());
+
+    // eBPF mode leaves its pinned programs and maps and its two netfilter rules...
+    h.config.proxy_mode = ProxyMode::Ebpf;
+    h.start_proxy();
+    h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+    let answer = tcp_once(h.client_ns(), Harness::vip(vip, 80));
+    assert!(answer.starts_with("backend-"), "{answer}");
+    h.stop_proxy();
+    let answer = tcp_once(h.client_ns(), Harness::vip(vip, 80));
+    assert!(
+        answer.starts_with("backend-"),
+        "served while the proxy is down: {answer}"
+    );
+    assert!(!pins(&h).is_empty());
+    assert_eq!(tc_programs(&h), h.topo.node_ifaces.len());
+    let (ebpf_rules, _) = split_ebpf_chains(kaze_iptables_lines(&h.topo.node));
+    assert!(!ebpf_rules.is_empty());
+    // ...which --cleanup removes: pins gone, programs detached, rules gone
+    cleanup(&h);
+    assert_eq!(pins(&h), Vec::<String>::new());
+    assert_eq!(tc_programs(&h), 0, "tc programs left after --cleanup");
+    assert_eq!(kaze_iptables_lines(&h.topo.node), Vec::<String>::new());
+    // the client no longer reaches the service at its ClusterIP (with the programs still
+    // attached it did, proxy stopped or not): nothing translates it any more
+    let refused = in_netns(h.client_ns().name(), move || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::V4(Harness::vip(vip, 80)),
+            Duration::from_millis(500),
+        )
+        .is_err()
+    });
+    assert!(refused, "the ClusterIP still answers after --cleanup");
+
+    // and running it again finds nothing and succeeds
+    cleanup(&h);
+}
+
 #[test]
 fn an_unloadable_ebpf_object_falls_back_to_iptables() {
     let mut h = Harness::new("k8s-fallback", ProxyMode::Ebpf);
