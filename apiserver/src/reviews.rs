@@ -171,24 +171,19 @@ fn spec_user(body: &Value, kind: &str) -> Result<UserInfo, ApiError> {
             .unwrap_or("")
             .to_string()
     };
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = crate::rbac::strings;
     let user = UserInfo {
         name: text("user"),
         uid: text("uid"),
-        groups: spec.get("groups").map(strings).unwrap_or_default(),
+        groups: strings(spec.get("groups")),
         extra: spec
             .get("extra")
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), strings(Some(v))))
+                    .collect()
+            })
             .unwrap_or_default(),
     };
     if user.name.is_empty() && user.groups.is_empty() {

@@ -102,6 +102,25 @@ pub struct Config {
     pub leader: component::leader::LeaderElectionArgs,
 }
 
+impl Config {
+    /// The flags' defaults for `controllers` (the `--controllers` syntax) with a kubeconfig,
+    /// leader election off: what tests and embeddings start from and then adjust.
+    pub fn new(kubeconfig: Option<PathBuf>, controllers: &[&str]) -> Config {
+        Config {
+            kubeconfig,
+            controllers: controllers.iter().map(|c| c.to_string()).collect(),
+            cluster_cidr: "10.42.0.0/16".into(),
+            node_cidr_mask_size: 24,
+            node_monitor_grace_period: Duration::from_secs(40),
+            node_monitor_period: Duration::from_secs(5),
+            terminated_pod_gc_threshold: 12500,
+            resource_quota_sync_period: Duration::from_secs(300),
+            root_ca_file: None,
+            leader: component::leader::LeaderElectionArgs::disabled(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("connecting to the apiserver: {0}")]

@@ -145,18 +145,7 @@ async fn deployments_roll_and_everything_else_follows() {
     let kc = server.kubeconfig_path().to_path_buf();
     let client = component::client(Some(&kc)).await.expect("client");
     let shutdown = component::CancellationToken::new();
-    let config = controllers::Config {
-        kubeconfig: Some(kc.clone()),
-        controllers: vec!["*".into()],
-        cluster_cidr: "10.42.0.0/16".into(),
-        node_cidr_mask_size: 24,
-        node_monitor_grace_period: Duration::from_secs(40),
-        node_monitor_period: Duration::from_secs(5),
-        terminated_pod_gc_threshold: 12500,
-        resource_quota_sync_period: Duration::from_secs(300),
-        root_ca_file: None,
-        leader: component::leader::LeaderElectionArgs::disabled(),
-    };
+    let config = controllers::Config::new(Some(kc.clone()), &["*"]);
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let min_ready = Arc::new(AtomicI32::new(i32::MAX));

@@ -14,18 +14,7 @@ use kube::api::{Api, EvictParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 fn config(kc: &std::path::Path) -> controllers::Config {
-    controllers::Config {
-        kubeconfig: Some(kc.to_path_buf()),
-        controllers: vec!["disruption".into()],
-        cluster_cidr: "10.42.0.0/16".into(),
-        node_cidr_mask_size: 24,
-        node_monitor_grace_period: Duration::from_secs(40),
-        node_monitor_period: Duration::from_secs(5),
-        terminated_pod_gc_threshold: 100,
-        resource_quota_sync_period: Duration::from_secs(300),
-        root_ca_file: None,
-        leader: component::leader::LeaderElectionArgs::disabled(),
-    }
+    controllers::Config::new(Some(kc.to_path_buf()), &["disruption"])
 }
 
 /// A ReplicaSet object (no replicaset controller runs: it only owns the test's pods).

@@ -17,16 +17,9 @@ fn config(
     leader: LeaderElectionArgs,
 ) -> controllers::Config {
     controllers::Config {
-        kubeconfig: Some(kc.to_path_buf()),
-        controllers: controllers.iter().map(|s| s.to_string()).collect(),
-        cluster_cidr: "10.42.0.0/16".into(),
-        node_cidr_mask_size: 24,
-        node_monitor_grace_period: Duration::from_secs(40),
-        node_monitor_period: Duration::from_secs(5),
         terminated_pod_gc_threshold: 2,
-        resource_quota_sync_period: Duration::from_secs(300),
-        root_ca_file: None,
         leader,
+        ..controllers::Config::new(Some(kc.to_path_buf()), controllers)
     }
 }
 

@@ -92,16 +92,9 @@ async fn silent_node_is_tainted_and_its_pods_evicted() {
 
     let shutdown = component::CancellationToken::new();
     let config = controllers::Config {
-        kubeconfig: Some(kc),
-        controllers: vec!["nodelifecycle".into()],
-        cluster_cidr: "10.42.0.0/16".into(),
-        node_cidr_mask_size: 24,
         node_monitor_grace_period: Duration::from_secs(3),
         node_monitor_period: Duration::from_millis(500),
-        terminated_pod_gc_threshold: 12500,
-        resource_quota_sync_period: Duration::from_secs(300),
-        root_ca_file: None,
-        leader: component::leader::LeaderElectionArgs::disabled(),
+        ..controllers::Config::new(Some(kc), &["nodelifecycle"])
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
 

@@ -14,18 +14,7 @@ use serde_json::json;
 use testkit::wait_for;
 
 fn config(kc: &Path) -> controllers::Config {
-    controllers::Config {
-        kubeconfig: Some(kc.to_path_buf()),
-        controllers: vec!["resourcequota".into(), "namespace".into()],
-        cluster_cidr: "10.42.0.0/16".into(),
-        node_cidr_mask_size: 24,
-        node_monitor_grace_period: Duration::from_secs(40),
-        node_monitor_period: Duration::from_secs(5),
-        terminated_pod_gc_threshold: 12500,
-        resource_quota_sync_period: Duration::from_secs(300),
-        root_ca_file: None,
-        leader: component::leader::LeaderElectionArgs::disabled(),
-    }
+    controllers::Config::new(Some(kc.to_path_buf()), &["resourcequota", "namespace"])
 }
 
 fn pod(name: &str, resources: serde_json::Value) -> Pod {

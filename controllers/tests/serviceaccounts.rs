@@ -13,16 +13,11 @@ use testkit::wait_for;
 
 fn config(kc: &std::path::Path, ca: &std::path::Path) -> controllers::Config {
     controllers::Config {
-        kubeconfig: Some(kc.to_path_buf()),
-        controllers: vec!["root-ca-cert-publisher".into(), "serviceaccount".into()],
-        cluster_cidr: "10.42.0.0/16".into(),
-        node_cidr_mask_size: 24,
-        node_monitor_grace_period: Duration::from_secs(40),
-        node_monitor_period: Duration::from_secs(5),
-        terminated_pod_gc_threshold: 12500,
-        resource_quota_sync_period: Duration::from_secs(300),
         root_ca_file: Some(ca.to_path_buf()),
-        leader: component::leader::LeaderElectionArgs::disabled(),
+        ..controllers::Config::new(
+            Some(kc.to_path_buf()),
+            &["root-ca-cert-publisher", "serviceaccount"],
+        )
     }
 }
 

@@ -106,18 +106,7 @@ async fn daemonsets_follow_nodes_and_statefulsets_keep_order() {
             .expect("node");
     }
     let shutdown = component::CancellationToken::new();
-    let config = controllers::Config {
-        kubeconfig: Some(kc.clone()),
-        controllers: vec!["daemonset".into(), "statefulset".into()],
-        cluster_cidr: "10.42.0.0/16".into(),
-        node_cidr_mask_size: 24,
-        node_monitor_grace_period: Duration::from_secs(40),
-        node_monitor_period: Duration::from_secs(5),
-        terminated_pod_gc_threshold: 12500,
-        resource_quota_sync_period: Duration::from_secs(300),
-        root_ca_file: None,
-        leader: component::leader::LeaderElectionArgs::disabled(),
-    };
+    let config = controllers::Config::new(Some(kc.clone()), &["daemonset", "statefulset"]);
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let order = Arc::new(Mutex::new(Vec::new()));

@@ -340,7 +340,8 @@ fn rule_allows(r: &Rule, attrs: &Attributes) -> bool {
 
 // === parsing stored objects ===
 
-fn strings(v: Option<&Value>) -> Vec<String> {
+/// The strings of a JSON array (non-strings skipped); none for anything else.
+pub(crate) fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .map(|a| {
             a.iter()
