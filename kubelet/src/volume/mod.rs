@@ -8,7 +8,8 @@
 //!   upstream keeps secret material off the disk. They are mounted read-only, and the pod
 //!   worker calls [`PodVolumes::refresh`] periodically (every `WorkerConfig::volume_resync`,
 //!   10 s by default) so ConfigMap/Secret changes and label/annotation changes appear in
-//!   running containers.
+//!   running containers. ConfigMaps and Secrets are read through one node-wide cache
+//!   ([`Source`]'s, each object fetched at most once per [`OBJECT_TTL`] for all pods).
 //! - `hostPath`: the host path itself, after its `type` check.
 //!
 //! - `fsGroup` ([`ownership`]): emptyDir, configMap, secret, downwardAPI and projected volumes
@@ -66,6 +67,8 @@ pub struct VolumeError {
 #[derive(Clone, Default)]
 pub struct Source {
     client: Option<kube::Client>,
+    /// ConfigMaps and Secrets read lately, shared by every pod of the node.
+    objects: ObjectCache,
     /// Tokens already requested, until they are due for renewal.
     tokens: Arc<Mutex<HashMap<TokenKey, CachedToken>>>,
     /// The cluster's Services, followed by the kubelet (for containers' environment).
@@ -100,6 +103,7 @@ impl Source {
     pub fn api(client: kube::Client) -> Source {
         Source {
             client: Some(client),
+            objects: ObjectCache::default(),
             tokens: Arc::default(),
             services: None,
         }
@@ -200,59 +204,141 @@ impl Source {
         self.client.as_ref()
     }
 
-    /// A ConfigMap's data and binaryData; None if it does not exist.
+    /// A ConfigMap's data and binaryData; None if it does not exist. Read at most once per
+    /// [`OBJECT_TTL`] for all the node's pods (every pod's `kube-api-access-*` volume holds
+    /// its namespace's `kube-root-ca.crt`).
     pub async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Keys>, String> {
         let client = self
             .client
             .clone()
             .ok_or_else(|| format!("no apiserver to read configmap {name:?} from"))?;
-        let got = Api::<ConfigMap>::namespaced(client, ns)
-            .get_opt(name)
+        let key = ("configmap", ns.to_string(), name.to_string());
+        self.objects
+            .get(key, async move {
+                let got = Api::<ConfigMap>::namespaced(client, ns)
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| format!("reading configmap {name:?}: {e}"))?;
+                Ok(got.map(config_map_keys))
+            })
             .await
-            .map_err(|e| format!("reading configmap {name:?}: {e}"))?;
-        Ok(got.map(|cm| {
-            let mut keys: Keys = cm
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect();
-            keys.extend(
-                cm.binary_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0)),
-            );
-            keys
-        }))
     }
 
     /// A Secret's data (stringData merged in, should the apiserver have kept it); None if it
-    /// does not exist.
+    /// does not exist. Read at most once per [`OBJECT_TTL`] for all the node's pods.
     pub async fn secret(&self, ns: &str, name: &str) -> Result<Option<Keys>, String> {
         let client = self
             .client
             .clone()
             .ok_or_else(|| format!("no apiserver to read secret {name:?} from"))?;
-        let got = Api::<Secret>::namespaced(client, ns)
-            .get_opt(name)
+        let key = ("secret", ns.to_string(), name.to_string());
+        self.objects
+            .get(key, async move {
+                let got = Api::<Secret>::namespaced(client, ns)
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| format!("reading secret {name:?}: {e}"))?;
+                Ok(got.map(secret_keys))
+            })
             .await
-            .map_err(|e| format!("reading secret {name:?}: {e}"))?;
-        Ok(got.map(|s| {
-            let mut keys: Keys = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            keys.extend(
-                s.string_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes())),
-            );
-            keys
-        }))
+    }
+}
+
+/// A ConfigMap's data and binaryData as file contents.
+fn config_map_keys(cm: ConfigMap) -> Keys {
+    let mut keys: Keys = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    keys.extend(
+        cm.binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0)),
+    );
+    keys
+}
+
+/// A Secret's data, stringData merged in, as file contents.
+fn secret_keys(s: Secret) -> Keys {
+    let mut keys: Keys = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    keys.extend(
+        s.string_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes())),
+    );
+    keys
+}
+
+/// How long a ConfigMap or Secret read from the apiserver serves every pod of the node
+/// (upstream's kubelet `Cache` strategy; half the volumes' resync, so an update reaches a
+/// running container within 15 s).
+pub const OBJECT_TTL: Duration = Duration::from_secs(5);
+
+/// (kind, namespace, name)
+type ObjectKey = (&'static str, String, String);
+/// One object's last read; its lock makes concurrent askers wait for one read.
+type ObjectSlot = Arc<tokio::sync::Mutex<Option<Fetched>>>;
+
+/// ConfigMaps and Secrets the node's pods read, each fetched at most once per [`OBJECT_TTL`]
+/// however many pods ask (concurrent askers wait for the one read). Failed reads are not
+/// kept: the next ask tries again.
+#[derive(Clone)]
+struct ObjectCache {
+    entries: Arc<Mutex<HashMap<ObjectKey, ObjectSlot>>>,
+    ttl: Duration,
+}
+
+impl Default for ObjectCache {
+    fn default() -> Self {
+        ObjectCache {
+            entries: Arc::default(),
+            ttl: OBJECT_TTL,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Fetched {
+    at: Instant,
+    keys: Option<Keys>,
+}
+
+impl ObjectCache {
+    async fn get<F>(&self, key: ObjectKey, fetch: F) -> Result<Option<Keys>, String>
+    where
+        F: std::future::Future<Output = Result<Option<Keys>, String>>,
+    {
+        let slot = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            // forget what nobody asked for in a while (deleted pods' objects)
+            if entries.len() > 64 {
+                entries.retain(|_, slot| {
+                    slot.try_lock().map_or(true, |f| {
+                        f.as_ref().is_some_and(|f| f.at.elapsed() < self.ttl * 12)
+                    })
+                });
+            }
+            entries.entry(key).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(f) = slot.as_ref().filter(|f| f.at.elapsed() < self.ttl) {
+            return Ok(f.keys.clone());
+        }
+        let keys = fetch.await?;
+        *slot = Some(Fetched {
+            at: Instant::now(),
+            keys: keys.clone(),
+        });
+        Ok(keys)
     }
 }
 
@@ -745,5 +831,76 @@ mod tests {
         std::os::unix::fs::symlink("..2026", base.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/key", base.join("key")).unwrap();
         assert!(subpath(&base, "key").unwrap().ends_with("..2026/key"));
+    }
+
+    #[tokio::test]
+    async fn objects_are_read_once_per_ttl_for_all_askers_and_failures_are_not_kept() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cache = ObjectCache {
+            ttl: Duration::from_millis(300),
+            ..ObjectCache::default()
+        };
+        let reads = Arc::new(AtomicUsize::new(0));
+        let key = || {
+            (
+                "configmap",
+                "default".to_string(),
+                "kube-root-ca.crt".to_string(),
+            )
+        };
+        let read = |value: &'static str| {
+            let reads = reads.clone();
+            async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                // slow enough that the askers below overlap
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(Some(Keys::from([(
+                    "ca.crt".to_string(),
+                    value.as_bytes().to_vec(),
+                )])))
+            }
+        };
+        // ten pods asking at once: one read, one answer
+        let answers =
+            futures::future::join_all((0..10).map(|_| cache.get(key(), read("v1")))).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        assert!(answers.iter().all(|a| a
+            .as_ref()
+            .ok()
+            .and_then(|k| k.as_ref())
+            .and_then(|k| k.get("ca.crt"))
+            == Some(&b"v1".to_vec())));
+        // within the ttl: still the kept answer
+        let again = cache.get(key(), read("v2")).await.expect("kept");
+        assert_eq!(
+            again.and_then(|k| k.get("ca.crt").cloned()),
+            Some(b"v1".to_vec())
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // another object is read on its own
+        cache
+            .get(("secret", "default".into(), "token".into()), read("s"))
+            .await
+            .expect("secret");
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        // after the ttl: read again, the new value served
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let fresh = cache.get(key(), read("v2")).await.expect("fresh");
+        assert_eq!(
+            fresh.and_then(|k| k.get("ca.crt").cloned()),
+            Some(b"v2".to_vec())
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+        // a failed read is reported and not kept
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let failed = cache
+            .get(key(), async { Err("apiserver unreachable".to_string()) })
+            .await;
+        assert_eq!(failed, Err("apiserver unreachable".to_string()));
+        let after = cache.get(key(), read("v3")).await.expect("after");
+        assert_eq!(
+            after.and_then(|k| k.get("ca.crt").cloned()),
+            Some(b"v3".to_vec())
+        );
     }
 }
