@@ -27,9 +27,17 @@ impl ServiceAccounts {
     }
 
     /// Every key tokens are accepted with: ours, `--service-account-key-file`'s, and those the
-    /// other apiservers on the store published.
+    /// other apiservers on the store published (read again at most once per
+    /// `refresh::INTERVAL`, as for unknown key ids: every ServiceAccount may read this).
     pub async fn jwks(&self, state: &AppState) -> Value {
-        self.load_published(state).await;
+        self.key_refresh
+            .ensure(
+                std::time::Instant::now,
+                super::refresh::INTERVAL,
+                || false,
+                || self.load_published(state),
+            )
+            .await;
         let map = self.keys.read().unwrap_or_else(|e| e.into_inner());
         let mut keys: Vec<Value> = map.iter().map(|(kid, point)| jwk(kid, point)).collect();
         keys.sort_by(|a, b| a["kid"].as_str().cmp(&b["kid"].as_str()));
