@@ -304,7 +304,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
                                        {"name": "done", "image": "kaze/busybox:1", "command": ["true"]}]}}),
         json!({"metadata": {"name": "ticker"},
                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
-                        "containers": [{"name": "main", "image": "kaze/busybox:1",
+                        "containers": [{"name": "main", "image": "kaze/busybox:1", "stdin": true,
                                         "command": ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]}]}}),
         json!({"metadata": {"name": "web"},
                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
@@ -629,6 +629,36 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
             "consecutive lines, live: {ticks:?}"
         );
     }
+
+    // attach -i: the container's stdin cannot be reached; kubectl says so instead of
+    // silently dropping the input.
+    let out = tokio::task::spawn_blocking({
+        let kc = kubeconfig.clone();
+        move || {
+            use std::io::Write;
+            // bounded: an attach that took the input would stream the ticks forever
+            let mut child = Command::new("timeout")
+                .arg("20")
+                .arg(testkit::kubectl())
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .args(["attach", "-i", "ticker"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("kubectl attach -i");
+            let _ = child.stdin.take().expect("stdin").write_all(b"hello\n");
+            child.wait_with_output().expect("kubectl attach -i output")
+        }
+    })
+    .await
+    .expect("attach -i task");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot attach to the stdin of container main"),
+        "kubectl attach -i: {err}"
+    );
 
     // port-forward: two connections through one session reach the echo server in the pod,
     // over SPDY tunnelled in a WebSocket (kubectl's default) and over plain SPDY.

@@ -382,7 +382,8 @@ async fn exec(
     spawn_session(c, run)
 }
 
-/// `/attach/<ns>/<pod>/<container>`: the output of the container's main process.
+/// `/attach/<ns>/<pod>/<container>`: the output of the container's main process; asking for
+/// its stdin is refused with a message saying why.
 async fn attach(
     State(ctx): State<Ctx>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
@@ -393,6 +394,11 @@ async fn attach(
         Err(refused) => return refused,
     };
     let target = match (c.not_running.take(), ctx.rt.attach_output(&c.found.id)) {
+        // Said plainly rather than dropping what the user types (`kubectl run -i`,
+        // `kubectl attach -i`): the container's stdin is /dev/null.
+        _ if c.opts.stdin => Err(format!(
+            "kaze's kubelet cannot attach to the stdin of container {container} of pod {ns}/{pod} (containers run with stdin from /dev/null): attach without -i/--stdin to follow its output, or use kubectl exec -i"
+        )),
         (None, Some(output)) => Ok(output),
         (Some(why), _) => Err(why),
         (None, None) => Err(format!(

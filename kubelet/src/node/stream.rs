@@ -166,8 +166,8 @@ pub fn exec_run(rt: Runtime, target: Result<String, String>, command: Vec<String
 }
 
 /// Attach to the output of a container's main process until it exits or the client leaves.
-/// Input is not delivered: containers are created without a stdin, so `kubectl attach -i`
-/// only shows output.
+/// Containers are created without a stdin: the server refuses `kubectl attach -i` with a
+/// message rather than dropping the input.
 pub fn attach_run(
     target: Result<tokio::sync::broadcast::Receiver<crate::logs::Output>, String>,
 ) -> Run {
