@@ -382,8 +382,8 @@ async fn exec(
     spawn_session(c, run)
 }
 
-/// `/attach/<ns>/<pod>/<container>`: the output of the container's main process; asking for
-/// its stdin is refused with a message saying why.
+/// `/attach/<ns>/<pod>/<container>`: the output of the container's main process; a client
+/// asking for stdin is told first that its input goes nowhere.
 async fn attach(
     State(ctx): State<Ctx>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
@@ -394,18 +394,21 @@ async fn attach(
         Err(refused) => return refused,
     };
     let target = match (c.not_running.take(), ctx.rt.attach_output(&c.found.id)) {
-        // Said plainly rather than dropping what the user types (`kubectl run -i`,
-        // `kubectl attach -i`): the container's stdin is /dev/null.
-        _ if c.opts.stdin => Err(format!(
-            "kaze's kubelet cannot attach to the stdin of container {container} of pod {ns}/{pod} (containers run with stdin from /dev/null): attach without -i/--stdin to follow its output, or use kubectl exec -i"
-        )),
         (None, Some(output)) => Ok(output),
         (Some(why), _) => Err(why),
         (None, None) => Err(format!(
             "the output of container {container} of pod {ns}/{pod} is not available on this node"
         )),
     };
-    spawn_session(c, stream::attach_run(target))
+    // `kubectl attach -i` / `kubectl run -i`: the output still flows (a one-off
+    // `kubectl run -i ... -- wget ...` shows it), and the user is told up front that what
+    // they type goes nowhere: the container's stdin is /dev/null.
+    let notice = c.opts.stdin.then(|| {
+        format!(
+            "kaze: container {container} of pod {ns}/{pod} runs with stdin from /dev/null: input is not delivered (kubectl exec -i takes input)\n"
+        )
+    });
+    spawn_session(c, stream::attach_run(target, notice))
 }
 
 /// `/portForward/<ns>/<pod>`: SPDY port-forward into the pod's network namespace.

@@ -166,15 +166,21 @@ pub fn exec_run(rt: Runtime, target: Result<String, String>, command: Vec<String
 }
 
 /// Attach to the output of a container's main process until it exits or the client leaves.
-/// Containers are created without a stdin: the server refuses `kubectl attach -i` with a
-/// message rather than dropping the input.
+/// Containers are created without a stdin: `notice` (for a client that asked for stdin) is
+/// written first, on stderr (stdout with a TTY), so the user knows input is not delivered.
 pub fn attach_run(
     target: Result<tokio::sync::broadcast::Receiver<crate::logs::Output>, String>,
+    notice: Option<String>,
 ) -> Run {
     use tokio::sync::broadcast::error::RecvError;
     Box::new(move |streams, cancel| {
         Box::pin(async move {
             let mut output = target?;
+            if let Some(notice) = notice {
+                if let Some(to) = streams.stderr.as_ref().or(streams.stdout.as_ref()) {
+                    let _ = to.send(Bytes::from(notice)).await;
+                }
+            }
             loop {
                 let next = tokio::select! {
                     next = output.recv() => next,
