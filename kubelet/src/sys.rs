@@ -324,8 +324,9 @@ pub fn open_fifo_writer(path: &Path) -> Result<tokio::net::unix::pipe::Sender, S
 
 /// Hold both FIFOs of a container open in a small helper process (`sleep infinity`), so
 /// the shim's writes never hit EPIPE while no kubelet is reading (a kubelet restart):
-/// output waits in the pipe buffer and the next kubelet's log pump picks it up.
-pub fn spawn_fifo_keeper(stdout: &Path, stderr: &Path) -> Result<u32, SysError> {
+/// output waits in the pipe buffer and the next kubelet's log pump picks it up. It runs as
+/// [`fifo_keeper_name`]`(node)` (its argv[0]), so what a dead node left can be found.
+pub fn spawn_fifo_keeper(stdout: &Path, stderr: &Path, node: &str) -> Result<u32, SysError> {
     use std::os::unix::process::CommandExt;
     let open = |p: &Path| {
         std::fs::OpenOptions::new()
@@ -336,6 +337,7 @@ pub fn spawn_fifo_keeper(stdout: &Path, stderr: &Path) -> Result<u32, SysError> 
     };
     let (a, b) = (open(stdout)?, open(stderr)?);
     let child = std::process::Command::new("sleep")
+        .arg0(fifo_keeper_name(node))
         .arg("infinity")
         .stdin(a)
         .stdout(b)
@@ -354,6 +356,11 @@ pub fn spawn_fifo_keeper(stdout: &Path, stderr: &Path) -> Result<u32, SysError> 
         let _ = child.wait();
     });
     Ok(pid)
+}
+
+/// The argv[0] of node `node`'s FIFO keepers (`kaze-fifo-keeper-<node>`).
+pub fn fifo_keeper_name(node: &str) -> String {
+    format!("kaze-fifo-keeper-{node}")
 }
 
 /// SIGKILL a process we started (by pid); gone already is fine.

@@ -561,6 +561,25 @@ impl Drop for NodeGuard {
         }
         let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/kaze-{}", self.node));
         remove_node_cgroups(&self.node);
+        kill_fifo_keepers(&self.node);
+    }
+}
+
+/// Kills the FIFO keepers (`sleep` processes run as `kaze-fifo-keeper-<node>`, see the
+/// kubelet's `sys::spawn_fifo_keeper`) of `node`'s containers: a kubelet that stops its pods
+/// kills them itself; a test that failed midway leaves them.
+pub fn kill_fifo_keepers(node: &str) {
+    let wanted = format!("kaze-fifo-keeper-{node}\0");
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.starts_with(wanted.as_bytes()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }
 
@@ -654,5 +673,38 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
             "timed out after {timeout:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod keeper_tests {
+    use super::*;
+
+    #[test]
+    fn kill_fifo_keepers_kills_only_the_nodes_own() {
+        use std::os::unix::process::CommandExt;
+        let node = format!("kt-keeper-{}", std::process::id());
+        let spawn = |name: String| {
+            Command::new("sleep")
+                .arg0(name)
+                .arg("60")
+                .spawn()
+                .expect("sleep")
+        };
+        let mut ours = spawn(format!("kaze-fifo-keeper-{node}"));
+        // a node whose name extends ours is another node
+        let mut other = spawn(format!("kaze-fifo-keeper-{node}0"));
+        kill_fifo_keepers(&node);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ours.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "the node's keeper still runs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            other.try_wait().expect("wait").is_none(),
+            "another node's keeper was killed"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
     }
 }

@@ -197,7 +197,8 @@ impl Runtime {
         sys::create_dir_all(&fifo_dir).context(|| what.clone())?;
         sys::mkfifo(&stdout).context(|| what.clone())?;
         sys::mkfifo(&stderr).context(|| what.clone())?;
-        let keeper = sys::spawn_fifo_keeper(&stdout, &stderr).context(|| what.clone())?;
+        let keeper = sys::spawn_fifo_keeper(&stdout, &stderr, &self.config.node_name)
+            .context(|| what.clone())?;
         sys::write_file(&keeper_path(&fifo_dir, &id), keeper.to_string().as_bytes())
             .context(|| what.clone())?;
         let pump = LogPump::start(&stdout, &stderr, &log_path).context(|| what.clone())?;
