@@ -9,6 +9,7 @@ use std::path::Path;
 pub mod https;
 pub mod leader;
 pub mod quota;
+pub mod selectors;
 
 pub use tokio_util::sync::CancellationToken;
 

@@ -64,28 +64,6 @@ pub fn selector_string(sel: &LabelSelector) -> String {
     parts.join(",")
 }
 
-/// Whether `labels` satisfy a full label selector (an empty one selects everything, as
-/// metav1's does).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let equal = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    equal
-        && sel.match_expressions.iter().flatten().all(|e| {
-            let values = e.values.as_deref().unwrap_or_default();
-            let have = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => have.is_some_and(|v| values.contains(v)),
-                "NotIn" => have.is_none_or(|v| !values.contains(v)),
-                "Exists" => have.is_some(),
-                "DoesNotExist" => have.is_none(),
-                _ => false,
-            }
-        })
-}
-
 pub fn labels_match(
     selector: &BTreeMap<String, String>,
     labels: &BTreeMap<String, String>,

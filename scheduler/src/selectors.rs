@@ -5,35 +5,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 pub type Labels = BTreeMap<String, String>;
 
-/// `metav1.LabelSelector` semantics: every matchLabels pair and every expression must hold;
-/// an empty selector matches everything.
-pub fn label_selector_matches(sel: &LabelSelector, labels: &Labels) -> bool {
-    let pairs_ok = sel
-        .match_labels
-        .as_ref()
-        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    pairs_ok
-        && sel
-            .match_expressions
-            .as_ref()
-            .is_none_or(|exprs| exprs.iter().all(|e| label_requirement_matches(e, labels)))
-}
-
-fn label_requirement_matches(r: &LabelSelectorRequirement, labels: &Labels) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let v = labels.get(&r.key);
-    match r.operator.as_str() {
-        "In" => v.is_some_and(|v| values.contains(v)),
-        "NotIn" => v.is_none_or(|v| !values.contains(v)),
-        "Exists" => v.is_some(),
-        "DoesNotExist" => v.is_none(),
-        _ => false,
-    }
-}
+/// `metav1.LabelSelector` semantics (shared with the controllers).
+pub use component::selectors::label_selector_matches;
 
 /// One node selector requirement against node labels (`Gt`/`Lt` compare integers).
 fn node_requirement_matches(r: &NodeSelectorRequirement, labels: &Labels) -> bool {
@@ -101,6 +77,7 @@ pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
