@@ -20,7 +20,7 @@
 //! decremented the budget meanwhile makes the write conflict and the reconcile runs again,
 //! so a stale count never hands out a disruption twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +37,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::util::{is_ready, selector_matches, selector_string};
+use crate::util::{is_ready, selector_string};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
+use component::selectors::label_selector_matches;
 
 /// How long an eviction's entry in `disruptedPods` keeps its pod out of `currentHealthy`
 /// when the pod is not deleted (upstream's `DeletionTimeout`).
@@ -66,7 +67,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
                         b.spec
                             .as_ref()
                             .and_then(|s| s.selector.as_ref())
-                            .is_some_and(|sel| selector_matches(sel, pod.labels()))
+                            .is_some_and(|sel| label_selector_matches(sel, pod.labels()))
                     })
                     .map(|b| ObjectRef::from_obj(b.as_ref()))
                     .collect::<Vec<_>>()
@@ -170,9 +171,11 @@ fn scaled(v: &IntOrString, total: i32) -> Result<i32, String> {
     }
 }
 
-/// The sum of the desired replicas of the pods' controllers, each counted once.
+/// The sum of the desired replicas of the pods' controllers, each counted once (two
+/// ReplicaSets of one Deployment count the Deployment once); each pod owner is read once.
 async fn expected_scale(client: &Client, ns: &str, pods: &[Pod]) -> Result<i32, String> {
-    let mut controllers: HashMap<String, i32> = HashMap::new();
+    let mut owners_seen = HashSet::new();
+    let mut scales: HashMap<String, i32> = HashMap::new();
     for pod in pods {
         let Some(owner) = pod
             .owner_references()
@@ -184,7 +187,7 @@ async fn expected_scale(client: &Client, ns: &str, pods: &[Pod]) -> Result<i32, 
                 pod.name_any()
             ));
         };
-        if controllers.contains_key(&owner.uid) {
+        if !owners_seen.insert(owner.uid.clone()) {
             continue;
         }
         let (uid, replicas) = scale_of(client, ns, &owner.kind, &owner.name)
@@ -197,64 +200,60 @@ async fn expected_scale(client: &Client, ns: &str, pods: &[Pod]) -> Result<i32, 
                     owner.name
                 )
             })?;
-        controllers.insert(uid, replicas);
+        scales.insert(uid, replicas);
     }
-    Ok(controllers.values().sum())
+    Ok(scales.values().sum())
 }
 
-/// The uid and desired replicas of a pod's controller (a ReplicaSet's Deployment, when it has
-/// one, as upstream counts it); None for kinds without a known scale.
+/// A namespaced object, or why it could not be read.
+async fn read<K>(client: &Client, ns: &str, name: &str) -> Result<K, String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(|e| format!("reading {} {ns}/{name}: {e}", K::kind(&())))
+}
+
+/// The uid and desired replicas (default 1) of a pod's controller — a ReplicaSet's
+/// Deployment when it has one, as upstream counts it; None for kinds without a known scale.
 async fn scale_of(
     client: &Client,
     ns: &str,
     kind: &str,
     name: &str,
 ) -> Result<Option<(String, i32)>, String> {
-    let failed = |e: kube::Error| format!("reading {kind} {ns}/{name}: {e}");
-    Ok(match kind {
+    let found = match kind {
         "ReplicaSet" => {
-            let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
-                .get(name)
-                .await
-                .map_err(failed)?;
+            let rs: ReplicaSet = read(client, ns, name).await?;
             let deployment = rs
                 .owner_references()
                 .iter()
                 .find(|r| r.controller == Some(true) && r.kind == "Deployment")
-                .cloned();
+                .map(|r| r.name.clone());
             match deployment {
                 Some(d) => {
-                    let dep = Api::<Deployment>::namespaced(client.clone(), ns)
-                        .get(&d.name)
-                        .await
-                        .map_err(|e| format!("reading Deployment {ns}/{}: {e}", d.name))?;
-                    let replicas = dep.spec.replicas.unwrap_or(1);
-                    Some((dep.uid().unwrap_or_default(), replicas))
+                    let dep: Deployment = read(client, ns, &d).await?;
+                    Some((dep.uid(), dep.spec.replicas))
                 }
-                None => {
-                    let replicas = rs.spec.replicas.unwrap_or(1);
-                    Some((rs.uid().unwrap_or_default(), replicas))
-                }
+                None => Some((rs.uid(), rs.spec.replicas)),
             }
         }
         "ReplicationController" => {
-            let rc = Api::<ReplicationController>::namespaced(client.clone(), ns)
-                .get(name)
-                .await
-                .map_err(failed)?;
-            let replicas = rc.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            Some((rc.uid().unwrap_or_default(), replicas))
+            let rc: ReplicationController = read(client, ns, name).await?;
+            Some((rc.uid(), rc.spec.and_then(|s| s.replicas)))
         }
         "StatefulSet" => {
-            let ss = Api::<StatefulSet>::namespaced(client.clone(), ns)
-                .get(name)
-                .await
-                .map_err(failed)?;
-            let replicas = ss.spec.replicas.unwrap_or(1);
-            Some((ss.uid().unwrap_or_default(), replicas))
+            let ss: StatefulSet = read(client, ns, name).await?;
+            Some((ss.uid(), ss.spec.replicas))
         }
         _ => None,
-    })
+    };
+    Ok(found.map(|(uid, replicas)| (uid.unwrap_or_default(), replicas.unwrap_or(1))))
 }
 
 /// The figures of a budget whose expected and desired counts are known.
