@@ -208,37 +208,43 @@ impl Source {
     /// [`OBJECT_TTL`] for all the node's pods (every pod's `kube-api-access-*` volume holds
     /// its namespace's `kube-root-ca.crt`).
     pub async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Keys>, String> {
-        let client = self
-            .client
-            .clone()
-            .ok_or_else(|| format!("no apiserver to read configmap {name:?} from"))?;
-        let key = ("configmap", ns.to_string(), name.to_string());
-        self.objects
-            .get(key, async move {
-                let got = Api::<ConfigMap>::namespaced(client, ns)
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| format!("reading configmap {name:?}: {e}"))?;
-                Ok(got.map(config_map_keys))
-            })
+        self.object_keys::<ConfigMap>("configmap", ns, name, config_map_keys)
             .await
     }
 
     /// A Secret's data (stringData merged in, should the apiserver have kept it); None if it
     /// does not exist. Read at most once per [`OBJECT_TTL`] for all the node's pods.
     pub async fn secret(&self, ns: &str, name: &str) -> Result<Option<Keys>, String> {
+        self.object_keys::<Secret>("secret", ns, name, secret_keys)
+            .await
+    }
+
+    /// Object `ns/name` of `kind` as files, through the node-wide cache.
+    async fn object_keys<K>(
+        &self,
+        kind: &'static str,
+        ns: &str,
+        name: &str,
+        keys: fn(K) -> Keys,
+    ) -> Result<Option<Keys>, String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
         let client = self
             .client
             .clone()
-            .ok_or_else(|| format!("no apiserver to read secret {name:?} from"))?;
-        let key = ("secret", ns.to_string(), name.to_string());
+            .ok_or_else(|| format!("no apiserver to read {kind} {name:?} from"))?;
+        let key = (kind, ns.to_string(), name.to_string());
         self.objects
             .get(key, async move {
-                let got = Api::<Secret>::namespaced(client, ns)
+                let got = Api::<K>::namespaced(client, ns)
                     .get_opt(name)
                     .await
-                    .map_err(|e| format!("reading secret {name:?}: {e}"))?;
-                Ok(got.map(secret_keys))
+                    .map_err(|e| format!("reading {kind} {name:?}: {e}"))?;
+                Ok(got.map(keys))
             })
             .await
     }
