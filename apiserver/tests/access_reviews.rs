@@ -4,45 +4,19 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::TestServer;
+use common::{eventually, TestServer};
 
 const ALICE: &str = "alice-token-0123456789";
 
 fn server() -> TestServer {
-    let tokens = tempfile::NamedTempFile::new().expect("token file");
-    std::fs::write(tokens.path(), format!("{ALICE},alice,1001\n")).expect("writing tokens");
-    let path = tokens.path().to_path_buf();
-    let s = TestServer::start_with(|c| c.token_auth_file = Some(path));
-    drop(tokens);
-    s
-}
-
-/// kubectl with `args` (as the admin unless they hold `--token`): (success, stdout, stderr).
-fn run(s: &TestServer, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let out = s.kubectl_output(args, stdin);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
-}
-
-/// Retry `f` for up to 10 s (a new binding reaches the authorizer through its watch).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    TestServer::start_with_tokens(&format!("{ALICE},alice,1001\n"), |_| {})
 }
 
 /// The rows of `kubectl auth can-i --list`, columns joined by one space.
 fn can_i_list(s: &TestServer, args: &[&str]) -> Vec<String> {
     let mut all = vec!["auth", "can-i", "--list"];
     all.extend_from_slice(args);
-    let (ok, out, err) = run(s, &all, None);
+    let (ok, out, err) = s.kubectl_result(&all, None);
     assert!(ok, "{err}");
     out.lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -141,7 +115,7 @@ fn create_review(s: &TestServer, token: Option<&str>, body: &str) -> Result<Stri
         "-o",
         "jsonpath={.status.allowed}",
     ]);
-    match run(s, &args, Some(body)) {
+    match s.kubectl_result(&args, Some(body)) {
         (true, out, _) => Ok(out),
         (false, _, err) => Err(err),
     }
@@ -179,8 +153,7 @@ fn subject_access_reviews_answer_for_the_user_in_the_spec() {
     assert_eq!(create_review(&s, None, masters).as_deref(), Ok("true"));
 
     // a LocalSubjectAccessReview is about its own namespace only
-    let (ok, _, err) = run(
-        &s,
+    let (ok, _, err) = s.kubectl_result(
         &["create", "--validate=false", "-n", "team", "-f", "-"],
         Some(
             &sar("LocalSubjectAccessReview", "default", "jane", "list").replace(

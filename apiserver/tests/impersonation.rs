@@ -3,38 +3,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::TestServer;
+use common::{eventually, TestServer};
 
 const BOB: &str = "bob-token-0123456789";
 
 fn server() -> TestServer {
-    let tokens = tempfile::NamedTempFile::new().expect("token file");
-    std::fs::write(tokens.path(), format!("{BOB},bob,1002,\"devs\"\n")).expect("writing tokens");
-    let path = tokens.path().to_path_buf();
-    let s = TestServer::start_with(|c| c.token_auth_file = Some(path));
-    drop(tokens);
-    s
-}
-
-/// kubectl with `args` (as the admin unless they hold `--token`): (success, stdout, stderr).
-fn run(s: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = s.kubectl_output(args, None);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
-}
-
-/// Retry `f` for up to 10 s (a new binding reaches the authorizer through its watch).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    TestServer::start_with_tokens(&format!("{BOB},bob,1002,\"devs\"\n"), |_| {})
 }
 
 #[test]
@@ -43,8 +17,7 @@ fn the_admin_acts_as_the_impersonated_user() {
     s.kubectl(&["create", "namespace", "team"]);
 
     // whoami shows the impersonated user and groups, system:authenticated added
-    let (ok, out, err) = run(
-        &s,
+    let (ok, out, err) = s.kubectl_result(
         &[
             "auth",
             "whoami",
@@ -53,11 +26,11 @@ fn the_admin_acts_as_the_impersonated_user() {
             "-o",
             "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
         ],
+        None,
     );
     assert!(ok, "{err}");
     assert_eq!(out, r#"jane ["devs","system:authenticated"]"#);
-    let (ok, out, err) = run(
-        &s,
+    let (ok, out, err) = s.kubectl_result(
         &[
             "auth",
             "whoami",
@@ -65,6 +38,7 @@ fn the_admin_acts_as_the_impersonated_user() {
             "-o",
             "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
         ],
+        None,
     );
     assert!(ok, "{err}");
     assert_eq!(
@@ -73,10 +47,10 @@ fn the_admin_acts_as_the_impersonated_user() {
     );
 
     // jane has no bindings: the request runs as her, not as the admin
-    let (ok, out, _) = run(&s, &["auth", "can-i", "list", "pods", "--as=jane"]);
+    let (ok, out, _) = s.kubectl_result(&["auth", "can-i", "list", "pods", "--as=jane"], None);
     assert!(!ok);
     assert_eq!(out, "no");
-    let (ok, _, err) = run(&s, &["get", "pods", "-n", "team", "--as=jane"]);
+    let (ok, _, err) = s.kubectl_result(&["get", "pods", "-n", "team", "--as=jane"], None);
     assert!(!ok);
     assert!(
         err.contains(
@@ -94,17 +68,20 @@ fn the_admin_acts_as_the_impersonated_user() {
         "--user=jane",
     ]);
     eventually("jane can list pods in team", || {
-        run(&s, &["get", "pods", "-n", "team", "--as=jane"]).0
+        s.kubectl_result(&["get", "pods", "-n", "team", "--as=jane"], None)
+            .0
     });
-    let (ok, _, err) = run(&s, &["get", "pods", "-n", "default", "--as=jane"]);
+    let (ok, _, err) = s.kubectl_result(&["get", "pods", "-n", "default", "--as=jane"], None);
     assert!(!ok, "only in team: {err}");
-    let (ok, _, err) = run(&s, &["create", "configmap", "c", "-n", "team", "--as=jane"]);
+    let (ok, _, err) = s.kubectl_result(
+        &["create", "configmap", "c", "-n", "team", "--as=jane"],
+        None,
+    );
     assert!(!ok);
     assert!(err.contains(r#"User "jane" cannot create"#), "{err}");
 
     // an impersonated group's bindings count too
-    let (ok, out, _) = run(
-        &s,
+    let (ok, out, _) = s.kubectl_result(
         &[
             "auth",
             "can-i",
@@ -113,12 +90,13 @@ fn the_admin_acts_as_the_impersonated_user() {
             "--as=jane",
             "--as-group=system:masters",
         ],
+        None,
     );
     assert!(ok);
     assert_eq!(out, "yes");
 
     // groups without a user: kubectl refuses, and so does the server (400)
-    let (ok, _, err) = run(&s, &["get", "pods", "--as-group=devs"]);
+    let (ok, _, err) = s.kubectl_result(&["get", "pods", "--as-group=devs"], None);
     assert!(!ok, "{err}");
     s.rt.block_on(async {
         let client = common::kubers::client(s.server()).await;
@@ -169,7 +147,7 @@ fn raw_err(s: &TestServer, flags: &[&str]) -> String {
         "/api/v1/namespaces/team/pods",
     ];
     args.extend_from_slice(flags);
-    let (ok, out, err) = run(s, &args);
+    let (ok, out, err) = s.kubectl_result(&args, None);
     assert!(!ok, "{flags:?} should be refused: {out}");
     err
 }
@@ -181,7 +159,7 @@ fn impersonating_needs_the_impersonate_verb() {
 
     // bob may not impersonate anyone: upstream's 403 names the resource (kubectl's
     // discovery prints such a 403 as "unknown", as it does against upstream's apiserver)
-    let (ok, _, err) = run(&s, &["--token", BOB, "get", "pods", "--as=jane"]);
+    let (ok, _, err) = s.kubectl_result(&["--token", BOB, "get", "pods", "--as=jane"], None);
     assert!(!ok);
     assert!(err.contains("Error from server (Forbidden)"), "{err}");
     let err = raw_err(&s, &["--as=jane"]);
@@ -222,8 +200,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
         ),
     );
     let whoami = |as_: &str| {
-        run(
-            &s,
+        s.kubectl_result(
             &[
                 "--token",
                 BOB,
@@ -233,6 +210,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
                 "-o",
                 "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
             ],
+            None,
         )
     };
     eventually("bob can impersonate jane", || whoami("--as=jane").0);
@@ -255,9 +233,9 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
         "{err}"
     );
     // what jane may do is what bob gets as jane: nothing yet
-    let (ok, _, err) = run(
-        &s,
+    let (ok, _, err) = s.kubectl_result(
         &["--token", BOB, "get", "pods", "-n", "team", "--as=jane"],
+        None,
     );
     assert!(!ok);
     assert!(err.contains(r#"User "jane" cannot list"#), "{err}");

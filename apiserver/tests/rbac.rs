@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::TestServer;
+use common::{eventually, TestServer};
 
 const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-0123456789";
@@ -17,31 +15,17 @@ fn server() -> TestServer {
 }
 
 fn server_with(tweak: impl FnOnce(&mut apiserver::Config)) -> TestServer {
-    let tokens = tempfile::NamedTempFile::new().expect("token file");
-    std::fs::write(
-        tokens.path(),
-        format!("{ALICE},alice,1001\n{BOB},bob,1002,\"devs\"\n"),
+    TestServer::start_with_tokens(
+        &format!("{ALICE},alice,1001\n{BOB},bob,1002,\"devs\"\n"),
+        tweak,
     )
-    .expect("writing tokens");
-    let path = tokens.path().to_path_buf();
-    let s = TestServer::start_with(|c| {
-        c.token_auth_file = Some(path);
-        tweak(c);
-    });
-    drop(tokens);
-    s
 }
 
 /// kubectl as the user with `token`: (success, stdout, stderr).
 fn as_user(s: &TestServer, token: &str, args: &[&str]) -> (bool, String, String) {
     let mut all = vec!["--token", token];
     all.extend_from_slice(args);
-    let out = s.kubectl_output(&all, None);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
+    s.kubectl_result(&all, None)
 }
 
 /// The admin's token, from the kubeconfig the server wrote.
@@ -52,15 +36,6 @@ fn admin_token(s: &TestServer) -> String {
         .expect("a token in the kubeconfig")
         .trim()
         .to_string()
-}
-
-/// Retry `f` for up to 10 s (a new binding reaches the authorizer through its watch).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -51,6 +51,33 @@ impl TestServer {
         self.server().kubeconfig_path()
     }
 
+    /// A server that also accepts the static tokens in `token_lines` (upstream's
+    /// `--token-auth-file` CSV: `token,user,uid[,"group,..."]`, one per line).
+    pub fn start_with_tokens(
+        token_lines: &str,
+        tweak: impl FnOnce(&mut apiserver::Config),
+    ) -> TestServer {
+        let tokens = tempfile::NamedTempFile::new().expect("token file");
+        std::fs::write(tokens.path(), token_lines).expect("writing tokens");
+        let path = tokens.path().to_path_buf();
+        // the server reads the file at start
+        TestServer::start_with(|c| {
+            c.token_auth_file = Some(path);
+            tweak(c);
+        })
+    }
+
+    /// kubectl with `args` (as the admin unless they hold `--token`): (success, stdout,
+    /// stderr), trimmed.
+    pub fn kubectl_result(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let out = self.kubectl_output(args, stdin);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    }
+
     /// Run kubectl against this server; returns the output whatever the exit code.
     pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(kubectl_path());
@@ -209,4 +236,16 @@ pub fn etcd_metric(etcd_url: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Retry `f` for up to 10 s (a new binding reaches the authorizer through its watch).
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
