@@ -551,7 +551,7 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
                 age,
             ]);
         }
-        Printer::ReplicationController => {
+        Printer::ReplicationController | Printer::ReplicaSet => {
             row.extend([
                 json!(n(o, "/spec/replicas")),
                 json!(n(o, "/status/replicas")),
@@ -559,17 +559,12 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
                 age,
             ]);
             row.extend(template("/spec/template/spec"));
-            row.push(json!(format_labels(o.pointer("/spec/selector"))));
-        }
-        Printer::ReplicaSet => {
-            row.extend([
-                json!(n(o, "/spec/replicas")),
-                json!(n(o, "/status/replicas")),
-                json!(n(o, "/status/readyReplicas")),
-                age,
-            ]);
-            row.extend(template("/spec/template/spec"));
-            row.push(json!(selector_string(o.pointer("/spec/selector"))));
+            // an RC's selector is a plain map, a ReplicaSet's a metav1.LabelSelector
+            let selector = o.pointer("/spec/selector");
+            row.push(json!(match p {
+                Printer::ReplicationController => format_labels(selector),
+                _ => selector_string(selector),
+            }));
         }
         Printer::DaemonSet => {
             row.extend([
