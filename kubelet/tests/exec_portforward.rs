@@ -111,6 +111,34 @@ fn attach_lines(kubeconfig: &Path, websockets: bool, count: usize) -> Vec<String
         .collect()
 }
 
+/// `kubectl attach -i <pod>` with `input` piped in, stopped after `secs` at the latest (an
+/// attach follows a process that never ends); (exited 0, stdout, stderr).
+async fn attach_i(kubeconfig: &Path, pod: &str, input: &str, secs: u32) -> (bool, String, String) {
+    let (kc, pod, input) = (kubeconfig.to_path_buf(), pod.to_string(), input.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("timeout")
+            .arg(secs.to_string())
+            .arg(testkit::kubectl())
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["attach", "-i", &pod])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl attach -i");
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes());
+        let out = child.wait_with_output().expect("kubectl attach -i output");
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    })
+    .await
+    .expect("attach -i task")
+}
+
 /// kube-rs's port-forward, by hand: a WebSocket in `v5.channel.k8s.io` with `?ports=`,
 /// straight to the kubelet, as `id` (the apiserver). Sends `request`
 /// on port 0's data channel; returns every channel's bytes, in order, until the kubelet
@@ -304,8 +332,18 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
                                        {"name": "done", "image": "kaze/busybox:1", "command": ["true"]}]}}),
         json!({"metadata": {"name": "ticker"},
                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
-                        "containers": [{"name": "main", "image": "kaze/busybox:1", "stdin": true,
+                        "containers": [{"name": "main", "image": "kaze/busybox:1",
                                         "command": ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]}]}}),
+        // stdin closed by the first attach's end (as `kubectl run -i` makes them)
+        json!({"metadata": {"name": "reader"},
+               "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "restartPolicy": "Never",
+                        "containers": [{"name": "main", "image": "kaze/busybox:1", "stdin": true, "stdinOnce": true,
+                                        "command": ["sh", "-c", "while read l; do echo \"got $l\"; done; echo stdin closed"]}]}}),
+        // stdin that stays open across attaches
+        json!({"metadata": {"name": "listener"},
+               "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "main", "image": "kaze/busybox:1", "stdin": true,
+                                        "command": ["sh", "-c", "while read l; do echo \"got $l\"; done; echo stdin closed"]}]}}),
         json!({"metadata": {"name": "web"},
                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
                         "containers": [{"name": "echo", "image": "kaze/echo:1"}]}}),
@@ -315,7 +353,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
             .await
             .expect("create pod");
     }
-    for name in ["shell", "mixed", "ticker", "web"] {
+    for name in ["shell", "mixed", "ticker", "web", "reader", "listener"] {
         eventually(
             &format!("pod {name} Running"),
             Duration::from_secs(60),
@@ -630,41 +668,133 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         );
     }
 
-    // attach -i: the output still flows, and kubectl shows the kubelet's notice that the
-    // container's stdin is /dev/null (the input is not silently dropped).
-    let out = tokio::task::spawn_blocking({
-        let kc = kubeconfig.clone();
-        move || {
-            use std::io::Write;
-            // bounded: attach follows the ticker until it is stopped
-            let mut child = Command::new("timeout")
-                .arg("5")
-                .arg(testkit::kubectl())
-                .arg("--kubeconfig")
-                .arg(&kc)
-                .args(["attach", "-i", "ticker"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("kubectl attach -i");
-            let _ = child.stdin.take().expect("stdin").write_all(b"hello\n");
-            child.wait_with_output().expect("kubectl attach -i output")
-        }
-    })
-    .await
-    .expect("attach -i task");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    // attach -i to a container without stdin: the output still flows, and kubectl shows
+    // the kubelet's notice that the input goes nowhere (it is not silently dropped).
+    let (_, stdout, stderr) = attach_i(&kubeconfig, "ticker", "hello\n", 5).await;
     assert!(
-        stderr.contains("runs with stdin from /dev/null: input is not delivered"),
+        stderr.contains("has no stdin to attach to") && stderr.contains("input is not delivered"),
         "kubectl attach -i tells why input goes nowhere: {stderr}"
     );
     assert!(
         stdout.contains("tick "),
         "kubectl attach -i still shows the output: {stdout}"
+    );
+
+    // attach -i to a container with stdin and stdinOnce: it reads every line sent, then end
+    // of file when the attach ends, so it finishes (and kubectl with it).
+    let (ok, stdout, stderr) = attach_i(&kubeconfig, "reader", "one\ntwo\nthree\n", 30).await;
+    assert!(
+        ok && stdout.contains("got one\ngot two\ngot three\nstdin closed"),
+        "kubectl attach -i feeds the container's stdin and stdinOnce closes it:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    eventually("pod reader Succeeded", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("reader").await.ok()?;
+            (p.status?.phase.as_deref() == Some("Succeeded")).then_some(())
+        }
+    })
+    .await;
+
+    // Without stdinOnce the stdin stays open: a second attach's input reaches the same
+    // process, which has not seen an end of file.
+    for word in ["first", "second"] {
+        let input = format!("{word}\n");
+        let (_, stdout, stderr) = attach_i(&kubeconfig, "listener", &input, 6).await;
+        assert!(
+            stdout.contains(&format!("got {word}")) && !stdout.contains("stdin closed"),
+            "attach -i to a container whose stdin stays open ({word}):\nstdout: {stdout}\nstderr: {stderr}"
+        );
+    }
+    // (the log file is written beside the attach stream: give it a moment)
+    let mut logs = String::new();
+    for _ in 0..20 {
+        logs = text(
+            &kubectl(&kubeconfig, &["logs", "listener"], None)
+                .await
+                .stdout,
+        );
+        if logs == "got first\ngot second\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        logs, "got first\ngot second\n",
+        "one process read both attaches' input and is still reading"
+    );
+
+    // kubectl run -i --rm: a one-off pod fed from kubectl's stdin, deleted afterwards.
+    let overrides = json!({"apiVersion": "v1",
+                           "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1}})
+    .to_string();
+    let run = kubectl(
+        &kubeconfig,
+        &[
+            "run",
+            "one-off",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "--image=kaze/busybox:1",
+            "--overrides",
+            &overrides,
+            "--",
+            "sh",
+            "-c",
+            "read l; echo \"you said $l\"",
+        ],
+        Some("hi\n"),
+    )
+    .await;
+    assert!(
+        run.status.success() && text(&run.stdout).contains("you said hi"),
+        "kubectl run -i --rm:\nstdout: {}\nstderr: {}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    eventually("pod one-off deleted", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move { pods.get_opt("one-off").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+
+    // kubectl run -it on a terminal (`script` gives kubectl one): the container runs on a
+    // terminal of its own, what is typed reaches it, and its output comes back.
+    let command = format!(
+        "{} --kubeconfig {} run term -it --rm --restart=Never --image=kaze/busybox:1 --overrides '{}' -- sh -c 'read l; echo \"got $l on $(tty)\"'",
+        testkit::kubectl().display(),
+        kubeconfig.display(),
+        overrides
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("timeout")
+            .args(["60", "script", "-qec", &command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script kubectl run -it");
+        let mut input = child.stdin.take().expect("stdin");
+        // typed once the session is up (kubectl waits for the pod to run first); the pipe
+        // stays open until the session ends, as a user's keyboard would
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(500));
+                if input.write_all(b"typed\r").is_err() {
+                    return;
+                }
+            }
+        });
+        child.wait_with_output().expect("script output")
+    })
+    .await
+    .expect("kubectl run -it task");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("got typed on /dev/pts/"),
+        "kubectl run -it reaches a terminal in the container:\nstdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
     );
 
     // port-forward: two connections through one session reach the echo server in the pod,
@@ -748,7 +878,7 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     );
 
     // The kubelet stops and removes the pods (nothing left in containerd or on the host).
-    for name in ["shell", "mixed", "ticker", "web"] {
+    for name in ["shell", "mixed", "ticker", "web", "reader", "listener"] {
         pods.delete(name, &DeleteParams::default())
             .await
             .expect("delete");

@@ -382,8 +382,9 @@ async fn exec(
     spawn_session(c, run)
 }
 
-/// `/attach/<ns>/<pod>/<container>`: the output of the container's main process; a client
-/// asking for stdin is told first that its input goes nowhere.
+/// `/attach/<ns>/<pod>/<container>`: the output of the container's main process and, for a
+/// container with `stdin: true`, its input and terminal size; a client asking for stdin of
+/// a container without one is told first that its input goes nowhere.
 async fn attach(
     State(ctx): State<Ctx>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
@@ -400,15 +401,19 @@ async fn attach(
             "the output of container {container} of pod {ns}/{pod} is not available on this node"
         )),
     };
-    // `kubectl attach -i` / `kubectl run -i`: the output still flows (a one-off
-    // `kubectl run -i ... -- wget ...` shows it), and the user is told up front that what
-    // they type goes nowhere: the container's stdin is /dev/null.
-    let notice = c.opts.stdin.then(|| {
+    // `kubectl attach -i` / `kubectl run -i` to a container without stdin (or whose
+    // `stdinOnce` stdin closed after its first attach): the output still flows, and the user
+    // is told up front that what they type goes nowhere.
+    let input = match ctx.uid(&ns, &pod) {
+        Some(uid) if target.is_ok() => ctx.rt.attach_input(&uid, &c.found.id),
+        _ => None,
+    };
+    let notice = (c.opts.stdin && input.is_none()).then(|| {
         format!(
-            "kaze: container {container} of pod {ns}/{pod} runs with stdin from /dev/null: input is not delivered (kubectl exec -i takes input)\n"
+            "kaze: container {container} of pod {ns}/{pod} has no stdin to attach to (stdin: true in its spec gives it one; stdinOnce closes it after the first attach): input is not delivered\n"
         )
     });
-    spawn_session(c, stream::attach_run(target, notice))
+    spawn_session(c, stream::attach_run(target, input, notice))
 }
 
 /// `/portForward/<ns>/<pod>`: SPDY port-forward into the pod's network namespace.

@@ -165,17 +165,22 @@ pub fn exec_run(rt: Runtime, target: Result<String, String>, command: Vec<String
     })
 }
 
-/// Attach to the output of a container's main process until it exits or the client leaves.
-/// Containers are created without a stdin: `notice` (for a client that asked for stdin) is
+/// Attach to the output of a container's main process until it exits or the client leaves;
+/// with `input` (a container with `stdin: true`), the client's input and terminal sizes go
+/// to the container. `notice` (a client asked for stdin of a container without one) is
 /// written first, on stderr (stdout with a TTY), so the user knows input is not delivered.
 pub fn attach_run(
     target: Result<tokio::sync::broadcast::Receiver<crate::logs::Output>, String>,
+    input: Option<crate::runtime::AttachInput>,
     notice: Option<String>,
 ) -> Run {
     use tokio::sync::broadcast::error::RecvError;
-    Box::new(move |streams, cancel| {
+    Box::new(move |mut streams, cancel| {
         Box::pin(async move {
             let mut output = target?;
+            if let Some(input) = input {
+                tokio::spawn(input.serve(streams.stdin.take(), streams.resize.take()));
+            }
             if let Some(notice) = notice {
                 if let Some(to) = streams.stderr.as_ref().or(streams.stdout.as_ref()) {
                     let _ = to.send(Bytes::from(notice)).await;

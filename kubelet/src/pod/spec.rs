@@ -479,6 +479,9 @@ pub fn container_config(
         mounts: Vec::new(),
         security: SecurityContext::effective(pod, c),
         attempt,
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
     })
 }
 

@@ -13,7 +13,7 @@ use containerd_client::tonic::Code;
 use containerd_client::types::v1::Status as TaskStatus;
 use tokio::sync::watch;
 
-use super::sandbox::Sandbox;
+use super::sandbox::{Sandbox, Stdio};
 use super::{
     stable_id, Runtime, KIND_CONTAINER, LABEL_ATTEMPT, LABEL_CGROUP, LABEL_CONTAINER_NAME,
     LABEL_EXIT, LABEL_KIND, LABEL_LOG_PATH, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
@@ -40,6 +40,12 @@ pub struct ContainerConfig {
     pub security: SecurityContext,
     /// The restart count; names the log file `<attempt>.log`.
     pub attempt: u32,
+    /// `stdin`: the main process reads what `kubectl attach -i` sends (else /dev/null).
+    pub stdin: bool,
+    /// `stdinOnce`: its stdin reaches end of file when the first attach ends.
+    pub stdin_once: bool,
+    /// `tty`: it runs on a terminal (its output is one stream).
+    pub tty: bool,
 }
 
 /// How a container ended.
@@ -95,6 +101,18 @@ impl ExitInfo {
 /// Where the pid of a container's FIFO keeper is recorded.
 pub(crate) fn keeper_path(fifo_dir: &std::path::Path, id: &str) -> PathBuf {
     fifo_dir.join(format!("{id}.keeper"))
+}
+
+/// The FIFO the main process of a container with `stdin: true` reads: the shim holds a
+/// write end of its own until CloseIO, so the process waits for input (and never sees an
+/// end of file) while nobody is attached. Gone once a `stdinOnce` container's stdin closed.
+pub(crate) fn stdin_path(fifo_dir: &std::path::Path, id: &str) -> PathBuf {
+    fifo_dir.join(format!("{id}-stdin"))
+}
+
+/// Present while a container's stdin is to close when its first attach ends (`stdinOnce`).
+pub(crate) fn stdin_once_path(fifo_dir: &std::path::Path, id: &str) -> PathBuf {
+    fifo_dir.join(format!("{id}.stdin-once"))
 }
 
 impl Runtime {
@@ -163,7 +181,7 @@ impl Runtime {
             .clone()
             .or(image.config.working_dir.clone())
             .unwrap_or_default();
-        let oci = spec::oci_spec(&SpecInput {
+        let mut oci = spec::oci_spec(&SpecInput {
             args,
             env: spec::merge_env(&image.config, &c.env),
             cwd,
@@ -176,6 +194,9 @@ impl Runtime {
             mounts,
             shim_group: &sandbox.id,
         });
+        if c.tty {
+            oci["process"]["terminal"] = serde_json::Value::Bool(true);
+        }
         // Taken just before the task starts and kept in a label: a restarted kubelet
         // reports the same startedAt.
         let started_at = jiff::Timestamp::now();
@@ -201,6 +222,18 @@ impl Runtime {
             .context(|| what.clone())?;
         sys::write_file(&keeper_path(&fifo_dir, &id), keeper.to_string().as_bytes())
             .context(|| what.clone())?;
+        let stdin = match c.stdin {
+            true => {
+                let path = stdin_path(&fifo_dir, &id);
+                sys::mkfifo(&path).context(|| what.clone())?;
+                if c.stdin_once {
+                    sys::write_file(&stdin_once_path(&fifo_dir, &id), b"")
+                        .context(|| what.clone())?;
+                }
+                Some(path)
+            }
+            false => None,
+        };
         let pump = LogPump::start(&stdout, &stderr, &log_path).context(|| what.clone())?;
         self.lock().pumps.insert(id.clone(), pump);
 
@@ -211,7 +244,13 @@ impl Runtime {
                 &image.chain_id,
                 labels,
                 &oci,
-                Some((stdout, stderr)),
+                Some(Stdio {
+                    stdin,
+                    stdout,
+                    // a terminal's output is one stream, on stdout
+                    stderr: (!c.tty).then_some(stderr),
+                    terminal: c.tty,
+                }),
                 Some(&user),
             )
             .await;
@@ -528,7 +567,8 @@ impl Runtime {
                 sys::kill_pid(pid);
             }
             let (out, err) = logs::fifo_paths(&fifo_dir, id);
-            for f in [keeper, out, err] {
+            let (stdin, once) = (stdin_path(&fifo_dir, id), stdin_once_path(&fifo_dir, id));
+            for f in [keeper, out, err, stdin, once] {
                 sys::remove_file(&f).context(|| format!("removing container {id}"))?;
             }
         }

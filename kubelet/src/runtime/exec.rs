@@ -253,6 +253,19 @@ impl Runtime {
         self.lock().pumps.get(id).map(|p| p.attach())
     }
 
+    /// Where `kubectl attach -i` writes container `id` (of pod `uid`)'s input: None when it
+    /// has no stdin (`stdin: false`, or a `stdinOnce` stdin already closed).
+    pub fn attach_input(&self, uid: &str, id: &str) -> Option<AttachInput> {
+        let fifo_dir = self.config.pod_dir(uid).join("fifo");
+        let path = super::container::stdin_path(&fifo_dir, id);
+        path.exists().then(|| AttachInput {
+            once: super::container::stdin_once_path(&fifo_dir, id),
+            path,
+            id: id.to_string(),
+            rt: self.clone(),
+        })
+    }
+
     /// Run `cmd` in container `id` with its stdio connected to `streams` until it exits, or
     /// until `cancel` (the client went away), which kills it. Returns the exit code.
     pub async fn exec_streaming(
@@ -500,6 +513,78 @@ impl Runtime {
             stdin: true,
         };
         let _ = self.cd.tasks().close_io(self.cd.req(req, None)).await;
+    }
+}
+
+/// The input side of one `kubectl attach -i` (see [`Runtime::attach_input`]).
+pub struct AttachInput {
+    /// The container's stdin FIFO.
+    path: std::path::PathBuf,
+    /// Its `stdinOnce` marker (present: this attach's end closes the stdin).
+    once: std::path::PathBuf,
+    id: String,
+    rt: Runtime,
+}
+
+impl AttachInput {
+    /// Copy the client's input into the container's stdin, and its terminal sizes into the
+    /// container's terminal, until the input ends. For `stdinOnce` the stdin then closes:
+    /// the FIFO goes (later attaches get no input) and CloseIO makes the shim close its own
+    /// write end, so the process reads end of file once it has read what was sent.
+    pub async fn serve(
+        self,
+        input: Option<mpsc::Receiver<Bytes>>,
+        resize: Option<mpsc::Receiver<(u16, u16)>>,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let resizer = resize.map(|mut rx| {
+            let (rt, id) = (self.rt.clone(), self.id.clone());
+            tokio::spawn(async move {
+                while let Some((width, height)) = rx.recv().await {
+                    let req = ResizePtyRequest {
+                        container_id: id.clone(),
+                        exec_id: String::new(),
+                        width: width.into(),
+                        height: height.into(),
+                    };
+                    let _ = rt.cd.tasks().resize_pty(rt.cd.req(req, None)).await;
+                }
+            })
+        });
+        let Some(mut input) = input else {
+            // a terminal without input: follow its size until the client leaves
+            if let Some(resizer) = resizer {
+                let _ = resizer.await;
+            }
+            return;
+        };
+        match sys::open_fifo_writer(&self.path) {
+            Ok(mut fifo) => {
+                while let Some(chunk) = input.recv().await {
+                    if fifo.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(container = %self.id, error = %e, "attach: opening the container's stdin")
+            }
+        }
+        // Whoever removes the marker closes the stdin (two attaches may end together).
+        if std::fs::remove_file(&self.once).is_ok() {
+            let _ = sys::remove_file(&self.path);
+            let req = CloseIoRequest {
+                container_id: self.id.clone(),
+                exec_id: String::new(),
+                stdin: true,
+            };
+            if let Err(s) = self.rt.cd.tasks().close_io(self.rt.cd.req(req, None)).await {
+                tracing::warn!(container = %self.id, error = %s, "attach: closing the container's stdin");
+            }
+        }
+        if let Some(resizer) = resizer {
+            resizer.abort();
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 pub use adopt::FoundContainer as AdoptedContainer;
 pub use container::{ContainerConfig, ContainerState, ContainerStatus, ExitInfo};
-pub use exec::{ExecOutput, ExecStreams, FoundContainer};
+pub use exec::{AttachInput, ExecOutput, ExecStreams, FoundContainer};
 pub use sandbox::{PodSandboxConfig, Sandbox};
 
 use crate::cni::{Cni, NetworkConfig};

@@ -84,6 +84,16 @@ pub(crate) fn spec_any(spec: &serde_json::Value) -> prost_types::Any {
     }
 }
 
+/// Where a task's standard streams go: FIFOs the kubelet reads and writes.
+#[derive(Debug)]
+pub(crate) struct Stdio {
+    pub stdin: Option<PathBuf>,
+    pub stdout: PathBuf,
+    /// None on a terminal: its output is one stream, on `stdout`.
+    pub stderr: Option<PathBuf>,
+    pub terminal: bool,
+}
+
 impl Runtime {
     /// Create the pod's sandbox: netns, CNI ADD, /etc files, pause container. On failure
     /// everything made so far is torn down again.
@@ -222,8 +232,8 @@ impl Runtime {
         serde_json::from_slice(&sys::read_file(&path).ok()?).ok()
     }
 
-    /// containerd container + snapshot + task, started; returns the pid. `stdio` is the
-    /// (stdout, stderr) FIFO pair, or None for /dev/null. `user` is resolved against the
+    /// containerd container + snapshot + task, started; returns the pid. `stdio` names the
+    /// FIFOs (None: /dev/null). `user` is resolved against the
     /// image's /etc/passwd and /etc/group into the spec's process user (else it stays as is).
     #[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
     pub(crate) async fn create_and_start(
@@ -233,7 +243,7 @@ impl Runtime {
         chain_id: &str,
         labels: HashMap<String, String>,
         oci: &serde_json::Value,
-        stdio: Option<(PathBuf, PathBuf)>,
+        stdio: Option<Stdio>,
         user: Option<&UserRequest>,
     ) -> Result<u32> {
         let cd = &self.cd;
@@ -273,15 +283,22 @@ impl Runtime {
             ))
             .await;
         let mounts = created?;
-        let (stdout, stderr) = stdio
-            .map(|(o, e)| (o.display().to_string(), e.display().to_string()))
-            .unwrap_or_default();
-        let request = CreateTaskRequest {
-            container_id: id.into(),
-            rootfs: mounts,
-            stdout,
-            stderr,
-            ..Default::default()
+        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+        let request = match stdio {
+            Some(io) => CreateTaskRequest {
+                container_id: id.into(),
+                rootfs: mounts,
+                stdin: path(io.stdin),
+                stdout: path(Some(io.stdout)),
+                stderr: path(io.stderr),
+                terminal: io.terminal,
+                ..Default::default()
+            },
+            None => CreateTaskRequest {
+                container_id: id.into(),
+                rootfs: mounts,
+                ..Default::default()
+            },
         };
         let created = cd
             .tasks()
