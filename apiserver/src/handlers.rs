@@ -133,10 +133,11 @@ async fn dispatch(
             let obj = objects::get(&state, &def, ns, name).await?;
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }
-        (None | Some(Sub::Status), Method::PUT) | (Some(Sub::Finalize), Method::PUT) => {
+        (None | Some(Sub::Status | Sub::Finalize | Sub::EphemeralContainers), Method::PUT) => {
             let part = match t.sub {
                 Some(Sub::Status) => Part::Status,
                 Some(Sub::Finalize) => Part::Finalize,
+                Some(Sub::EphemeralContainers) => Part::EphemeralContainers,
                 _ => Part::Main,
             };
             let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
@@ -164,11 +165,11 @@ async fn dispatch(
             };
             Ok(object_response(&def, code, &obj, accept, &q))
         }
-        (None | Some(Sub::Status), Method::PATCH) => {
-            let part = if t.sub == Some(Sub::Status) {
-                Part::Status
-            } else {
-                Part::Main
+        (None | Some(Sub::Status | Sub::EphemeralContainers), Method::PATCH) => {
+            let part = match t.sub {
+                Some(Sub::Status) => Part::Status,
+                Some(Sub::EphemeralContainers) => Part::EphemeralContainers,
+                _ => Part::Main,
             };
             let ty = negotiate::body_type(&headers)?;
             let patch = decode_patch(&body, ty)?;
@@ -187,7 +188,7 @@ async fn dispatch(
             let (obj, _gone) = objects::delete(&state, &def, ns, name, &opts).await?;
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }
-        (Some(Sub::Status), Method::GET) => {
+        (Some(Sub::Status | Sub::EphemeralContainers), Method::GET) => {
             let obj = objects::get(&state, &def, ns, name).await?;
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }

@@ -225,7 +225,7 @@ fn set_default(obj: &mut Value, field: &str, value: Value) {
 }
 
 fn default_containers(spec: &mut Value) {
-    for list in ["containers", "initContainers"] {
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
@@ -266,6 +266,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
     match (def.group, def.kind) {
         ("", "Pod") => {
             validate_pod_spec(obj.get("spec"), "spec", &mut causes);
+            validate_ephemeral_containers(obj, old, &mut causes);
             if let Some(old) = old {
                 // Upstream allows only a few pod spec fields to change; images are the common one.
                 let strip = |v: &Value| {
@@ -281,6 +282,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                     }
                     if let Some(m) = s.as_object_mut() {
                         for f in [
+                            "ephemeralContainers",
                             "activeDeadlineSeconds",
                             "tolerations",
                             "terminationGracePeriodSeconds",
@@ -418,6 +420,128 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         _ => {}
     }
     causes
+}
+
+/// Ephemeral containers (upstream's `ValidatePodEphemeralContainersUpdate`): none on create;
+/// later only added (`pods/<n>/ephemeralcontainers`), never changed or removed; each new one
+/// named uniquely in the pod, with an image, a target container that exists, and none of the
+/// fields a container that is not restarted or probed cannot have.
+fn validate_ephemeral_containers(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let list = |v: &Value| {
+        v.pointer("/spec/ephemeralContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let new = list(obj);
+    let Some(old) = old else {
+        if !new.is_empty() {
+            causes.push((
+                "spec.ephemeralContainers".into(),
+                "FieldValueForbidden",
+                "Forbidden: cannot be set on create".into(),
+            ));
+        }
+        return;
+    };
+    let old = list(old);
+    let name = |c: &Value| {
+        c.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    for (i, c) in old.iter().enumerate() {
+        match new.iter().find(|n| name(n) == name(c)) {
+            Some(n) if n == c => {}
+            Some(_) => causes.push((
+                format!("spec.ephemeralContainers[{i}]"),
+                "FieldValueForbidden",
+                format!(
+                    "Forbidden: existing ephemeral containers {:?} may not be changed",
+                    name(c)
+                ),
+            )),
+            None => causes.push((
+                "spec.ephemeralContainers".into(),
+                "FieldValueForbidden",
+                format!(
+                    "Forbidden: existing ephemeral containers {:?} may not be removed",
+                    name(c)
+                ),
+            )),
+        }
+    }
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    let names_in = |list: &str| -> Vec<String> {
+        spec.get(list)
+            .and_then(Value::as_array)
+            .map(|cs| cs.iter().map(name).collect())
+            .unwrap_or_default()
+    };
+    let (apps, inits) = (names_in("containers"), names_in("initContainers"));
+    let mut seen: std::collections::HashSet<String> = apps.iter().chain(&inits).cloned().collect();
+    for (i, c) in new.iter().enumerate() {
+        let path = format!("spec.ephemeralContainers[{i}]");
+        if old.iter().any(|o| name(o) == name(c)) {
+            seen.insert(name(c));
+            continue;
+        }
+        match name(c).as_str() {
+            "" => causes.push(required(&format!("{path}.name"))),
+            n => {
+                if let Err(e) = meta::check_label(n) {
+                    causes.push(invalid(&format!("{path}.name"), e));
+                }
+                if !seen.insert(n.to_string()) {
+                    causes.push((
+                        format!("{path}.name"),
+                        "FieldValueDuplicate",
+                        format!("Duplicate value: {n:?}"),
+                    ));
+                }
+            }
+        }
+        if c.get("image")
+            .and_then(Value::as_str)
+            .is_none_or(|s| s.trim().is_empty())
+        {
+            causes.push(required(&format!("{path}.image")));
+        }
+        if let Some(t) = c.get("targetContainerName").and_then(Value::as_str) {
+            if !apps.iter().chain(&inits).any(|n| n == t) {
+                causes.push((
+                    format!("{path}.targetContainerName"),
+                    "FieldValueNotFound",
+                    format!("Not found: {t:?}"),
+                ));
+            }
+        }
+        let set = |f: &str| match c.get(f) {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(m)) => !m.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        };
+        for f in [
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "lifecycle",
+            "resources",
+            "resizePolicy",
+            "restartPolicy",
+        ] {
+            if set(f) {
+                causes.push((
+                    format!("{path}.{f}"),
+                    "FieldValueForbidden",
+                    "Forbidden: cannot be set for an Ephemeral Container".into(),
+                ));
+            }
+        }
+    }
 }
 
 fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {

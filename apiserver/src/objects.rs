@@ -389,6 +389,16 @@ pub(crate) async fn after_delete(state: &AppState, def: &ResourceDef, obj: &Valu
     }
 }
 
+/// `obj[field] = value`, or no `field` for None (`obj` an object).
+fn set_or_remove(obj: &mut Value, field: &str, value: Option<&Value>) {
+    if let Some(m) = obj.as_object_mut() {
+        match value {
+            Some(v) => m.insert(field.into(), v.clone()),
+            None => m.remove(field),
+        };
+    }
+}
+
 /// Which part of the object an update may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -397,6 +407,8 @@ pub enum Part {
     Status,
     /// `namespaces/<n>/finalize`: only `spec.finalizers`.
     Finalize,
+    /// `pods/<n>/ephemeralcontainers`: only `spec.ephemeralContainers`.
+    EphemeralContainers,
 }
 
 /// Merge an incoming full object into the current one for an update of `part`.
@@ -442,7 +454,24 @@ pub fn prepare_update(
                 .unwrap_or(json!([]));
             out
         }
+        Part::EphemeralContainers => {
+            let mut out = cur.clone();
+            set_or_remove(
+                &mut out["spec"],
+                "ephemeralContainers",
+                new.pointer("/spec/ephemeralContainers"),
+            );
+            out
+        }
     };
+    // Only the ephemeralcontainers subresource changes a pod's ephemeral containers.
+    if def.group.is_empty() && def.kind == "Pod" && part != Part::EphemeralContainers {
+        set_or_remove(
+            &mut out["spec"],
+            "ephemeralContainers",
+            cur.pointer("/spec/ephemeralContainers"),
+        );
+    }
     if def.group.is_empty() && def.plural == "services" && part == Part::Main {
         crate::services::carry_over(cur, &mut out);
     }

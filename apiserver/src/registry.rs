@@ -34,6 +34,9 @@ pub enum Sub {
     Proxy,
     /// `serviceaccounts/<n>/token`: TokenRequest.
     Token,
+    /// `pods/<n>/ephemeralcontainers`: the only way to add ephemeral containers
+    /// (`kubectl debug`).
+    EphemeralContainers,
 }
 
 impl Sub {
@@ -50,12 +53,13 @@ impl Sub {
             Sub::PortForward => "portforward",
             Sub::Proxy => "proxy",
             Sub::Token => "token",
+            Sub::EphemeralContainers => "ephemeralcontainers",
         }
     }
 
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Sub::Status | Sub::Scale => &["get", "patch", "update"],
+            Sub::Status | Sub::Scale | Sub::EphemeralContainers => &["get", "patch", "update"],
             Sub::Binding | Sub::Eviction | Sub::Token => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
@@ -67,7 +71,7 @@ impl Sub {
     /// group, version, kind of what the subresource takes and returns (`None`: the parent's).
     pub fn kind(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
-            Sub::Status | Sub::Finalize | Sub::Log => None,
+            Sub::Status | Sub::Finalize | Sub::Log | Sub::EphemeralContainers => None,
             Sub::Scale => Some(("autoscaling", "v1", "Scale")),
             Sub::Binding => Some(("", "v1", "Binding")),
             Sub::Eviction => Some(("policy", "v1", "Eviction")),
@@ -255,7 +259,7 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["ns"], cat: NONE, subs: &[Sub::Status, Sub::Finalize], storage: "namespaces",
             fields: &["status.phase"], printer: P::Namespace),
         def!(core::v1::Pod, "", "v1", "Pod", "pods", "pod", ns: true,
-            short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log, Sub::Exec, Sub::Attach, Sub::PortForward],
+            short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log, Sub::Exec, Sub::Attach, Sub::PortForward, Sub::EphemeralContainers],
             storage: "pods",
             fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
                       "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"],
