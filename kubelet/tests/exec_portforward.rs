@@ -797,6 +797,63 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
         text(&out.stderr)
     );
 
+    // kubectl debug: an ephemeral container added to the running pod through
+    // pods/<n>/ephemeralcontainers, run by the kubelet in the pod's sandbox with stdin, in
+    // the process namespace of its target (its `ps` shows the target's `sleep 3600`), and
+    // reported in ephemeralContainerStatuses once it has ended.
+    let debug = kubectl(
+        &kubeconfig,
+        &[
+            "debug",
+            "shell",
+            "-i",
+            "--image=kaze/busybox:1",
+            "--target=main",
+            "--container=debugger",
+            "--",
+            "sh",
+            "-c",
+            "read l; echo \"debugger got $l\"; ps",
+        ],
+        Some("hi\n"),
+    )
+    .await;
+    let stdout = text(&debug.stdout);
+    assert!(
+        debug.status.success() && stdout.contains("debugger got hi") && stdout.contains("sleep 3600"),
+        "kubectl debug -i --target reaches an ephemeral container in the target's process namespace:\nstdout: {stdout}\nstderr: {}",
+        text(&debug.stderr)
+    );
+    eventually(
+        "the ephemeral container's status",
+        Duration::from_secs(30),
+        || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get("shell").await.ok()?;
+                let status = p.status?;
+                let e = status
+                    .ephemeral_container_statuses?
+                    .into_iter()
+                    .find(|c| c.name == "debugger")?;
+                let done = e.state?.terminated?;
+                // the pod itself is untouched: still running and ready
+                let app = status
+                    .container_statuses?
+                    .into_iter()
+                    .find(|c| c.name == "main")?;
+                (done.exit_code == 0 && app.ready && app.restart_count == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let logs = kubectl(&kubeconfig, &["logs", "shell", "-c", "debugger"], None).await;
+    assert!(
+        text(&logs.stdout).contains("debugger got hi"),
+        "kubectl logs of the ephemeral container: {}",
+        text(&logs.stdout)
+    );
+
     // port-forward: two connections through one session reach the echo server in the pod,
     // over SPDY tunnelled in a WebSocket (kubectl's default) and over plain SPDY.
     for websockets in [true, false] {

@@ -1,6 +1,6 @@
 //! The pod's `v1.PodStatus` from a worker's slots, as upstream's kubelet computes it:
 //! phase, conditions (with the `ContainersNotInitialized`/`ContainersNotReady` reasons),
-//! `initContainerStatuses` and `containerStatuses`. kubectl derives its `Init:N/M`,
+//! `initContainerStatuses`, `containerStatuses` and `ephemeralContainerStatuses`. kubectl derives its `Init:N/M`,
 //! `PodInitializing` and `Init:Error` columns from these.
 
 use k8s_openapi::api::core::v1::{
@@ -105,7 +105,17 @@ fn go_list(names: &[&str]) -> String {
 /// unchanged pod gives an equal status and nothing is written).
 pub(super) fn pod_status(w: &Worker) -> PodStatus {
     let apps: Vec<&Slot> = w.slots.iter().filter(|s| s.kind == Kind::App).collect();
-    let inits: Vec<&Slot> = w.slots.iter().filter(|s| s.kind != Kind::App).collect();
+    let inits: Vec<&Slot> = w
+        .slots
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::Init | Kind::Sidecar))
+        .collect();
+    let ephemeral: Vec<ApiContainerStatus> = w
+        .slots
+        .iter()
+        .filter(|s| s.kind == Kind::Ephemeral)
+        .map(container_status)
+        .collect();
     let init_failed = inits.iter().any(|s| s.kind == Kind::Init && s.failed());
     let any_running = apps.iter().any(|s| s.running.is_some());
     let all_done = !apps.is_empty() && apps.iter().all(|s| s.done && s.running.is_none());
@@ -196,6 +206,7 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
         message: w.sandbox_error.clone(),
         container_statuses: Some(statuses),
         init_container_statuses: Some(init_statuses).filter(|v| !v.is_empty()),
+        ephemeral_container_statuses: Some(ephemeral).filter(|v| !v.is_empty()),
         pod_ip: ips.first().cloned(),
         pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect())
             .filter(|v: &Vec<PodIP>| !v.is_empty()),

@@ -116,6 +116,9 @@ pub(super) enum Kind {
     /// beside the app containers.
     Sidecar,
     App,
+    /// An ephemeral container (`kubectl debug`): added to a running pod, run once, never
+    /// restarted, probed or counted for readiness.
+    Ephemeral,
 }
 
 pub(super) struct Slot {
@@ -131,6 +134,48 @@ pub(super) struct Slot {
     pub(super) started: bool,
     pub(super) image_id: String,
     pull_failures: u32,
+    /// An ephemeral container's `targetContainerName`: it joins that container's process
+    /// namespace.
+    pub(super) target: Option<String>,
+}
+
+impl Slot {
+    fn new(kind: Kind, spec: Container, waiting: &str) -> Slot {
+        Slot {
+            kind,
+            spec,
+            restarts: 0,
+            running: None,
+            last: None,
+            waiting: Some((waiting.into(), String::new())),
+            next_start: Instant::now(),
+            done: false,
+            ready: false,
+            started: false,
+            image_id: String::new(),
+            pull_failures: 0,
+            target: None,
+        }
+    }
+
+    /// The slots of `pod`'s ephemeral containers that `slots` does not have yet.
+    fn ephemeral(pod: &Pod, slots: &[Slot]) -> Vec<Slot> {
+        let spec = pod.spec.as_ref();
+        spec.and_then(|s| s.ephemeral_containers.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|e| !slots.iter().any(|s| s.spec.name == e.name))
+            .filter_map(|e| {
+                // The same fields as a Container (the API forbids the ones it must not use).
+                let c: Container = serde_json::to_value(e)
+                    .and_then(serde_json::from_value)
+                    .ok()?;
+                let mut slot = Slot::new(Kind::Ephemeral, c, "ContainerCreating");
+                slot.target = e.target_container_name.clone();
+                Some(slot)
+            })
+            .collect()
+    }
 }
 
 /// A running pod worker: its status feed and its stop switch.
@@ -183,23 +228,11 @@ pub fn spawn_with(
         (if sidecar { Kind::Sidecar } else { Kind::Init }, c)
     });
     let apps = spec.containers.iter().map(|c| (Kind::App, c));
-    let slots = inits
+    let mut slots: Vec<Slot> = inits
         .chain(apps)
-        .map(|(kind, c)| Slot {
-            kind,
-            spec: c.clone(),
-            restarts: 0,
-            running: None,
-            last: None,
-            waiting: Some((waiting.into(), String::new())),
-            next_start: Instant::now(),
-            done: false,
-            ready: false,
-            started: false,
-            image_id: String::new(),
-            pull_failures: 0,
-        })
+        .map(|(kind, c)| Slot::new(kind, c.clone(), waiting))
         .collect();
+    slots.extend(Slot::ephemeral(&pod, &slots));
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let (updates, updates_rx) = watch::channel(None);
     let (stop, stop_rx) = watch::channel(false);
@@ -323,6 +356,14 @@ impl Worker {
             if let Some(p) = self.updates.borrow_and_update().clone() {
                 let changed = p.metadata.labels != self.pod.metadata.labels
                     || p.metadata.annotations != self.pod.metadata.annotations;
+                // `kubectl debug` adds ephemeral containers to the running pod.
+                let added = Slot::ephemeral(&p, &self.slots);
+                if !added.is_empty() {
+                    if let (Some(mine), Some(theirs)) = (self.pod.spec.as_mut(), p.spec.as_ref()) {
+                        mine.ephemeral_containers = theirs.ephemeral_containers.clone();
+                    }
+                    self.slots.extend(added);
+                }
                 if changed {
                     self.pod.metadata.labels = p.metadata.labels.clone();
                     self.pod.metadata.annotations = p.metadata.annotations.clone();
@@ -412,7 +453,7 @@ impl Worker {
             };
             for i in 0..self.slots.len() {
                 match self.slots[i].kind {
-                    Kind::App => continue,
+                    Kind::App | Kind::Ephemeral => continue,
                     Kind::Init => {
                         if self.slots[i].succeeded() {
                             continue;
@@ -451,6 +492,7 @@ impl Worker {
                 Kind::Sidecar if !just_initialized => self.step_container(i, "Always", grace).await,
                 Kind::Sidecar => {}
                 Kind::App => self.step_container(i, &policy, grace).await,
+                Kind::Ephemeral => self.step_container(i, "Never", grace).await,
             }
         }
     }
@@ -531,6 +573,15 @@ impl Worker {
                 Ok(BTreeMap::new())
             }
             ok => ok,
+        }
+    }
+
+    /// The host pid of the process of this pod's running container `name`.
+    async fn running_pid(&self, name: &str) -> Option<u32> {
+        let slot = self.slots.iter().find(|s| s.spec.name == name)?;
+        match self.rt.container_state(&slot.running.as_ref()?.id).await {
+            Ok(ContainerState::Running { pid }) => Some(pid),
+            _ => None,
         }
     }
 
@@ -627,6 +678,12 @@ impl Worker {
                 .map(|services| (objects, services)),
             Err(e) => Err(e),
         };
+        // An ephemeral container's target: it joins the process namespace of that
+        // container's running process (else it gets its own, as upstream without one).
+        let target_pid = match self.slots[i].target.clone() {
+            Some(t) => self.running_pid(&t).await,
+            None => None,
+        };
         let made = match objects {
             Err(e) => Err(e),
             Ok((objects, services)) => podspec::container_config(
@@ -641,6 +698,7 @@ impl Worker {
             .map_err(|e| e.to_string())
             .and_then(|mut c| {
                 c.mounts = self.volumes.mounts(&spec, &c.env)?;
+                c.pid_namespace_of = target_pid;
                 Ok(c)
             }),
         };

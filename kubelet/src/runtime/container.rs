@@ -46,6 +46,9 @@ pub struct ContainerConfig {
     pub stdin_once: bool,
     /// `tty`: it runs on a terminal (its output is one stream).
     pub tty: bool,
+    /// Join the PID namespace of this (host) pid's process instead of getting one of its
+    /// own: an ephemeral container's `targetContainerName`.
+    pub pid_namespace_of: Option<u32>,
 }
 
 /// How a container ended.
@@ -196,6 +199,15 @@ impl Runtime {
         });
         if c.tty {
             oci["process"]["terminal"] = serde_json::Value::Bool(true);
+        }
+        if let Some(pid) = c.pid_namespace_of {
+            if let Some(ns) = oci
+                .pointer_mut("/linux/namespaces")
+                .and_then(serde_json::Value::as_array_mut)
+            {
+                ns.retain(|n| n["type"] != "pid");
+                ns.push(serde_json::json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+            }
         }
         // Taken just before the task starts and kept in a label: a restarted kubelet
         // reports the same startedAt.

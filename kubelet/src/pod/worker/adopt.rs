@@ -57,6 +57,7 @@ impl Worker {
             .into_iter()
             .flatten()
             .chain(reported.container_statuses.into_iter().flatten())
+            .chain(reported.ephemeral_container_statuses.into_iter().flatten())
             .map(|s| (s.name.clone(), s))
             .collect();
         let policy = self.policy();
@@ -176,6 +177,7 @@ impl Worker {
                 Kind::Init => t.exit_code == 0 || policy == "Never",
                 Kind::Sidecar => false,
                 Kind::App => !should_restart(policy, t.exit_code),
+                Kind::Ephemeral => true,
             };
             if slot.done {
                 slot.waiting = None;
