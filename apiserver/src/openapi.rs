@@ -3,6 +3,8 @@
 //! `x-kubernetes-group-version-kind` and list the patch media types and the
 //! `fieldValidation`/`dryRun` parameters: kubectl looks for exactly these to choose strategic
 //! merge patch and server-side field validation. List fields get upstream's patch merge keys.
+//!
+//! `/openapi/v2` is one Swagger 2.0 document converted from these (see [`v2`]).
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -13,9 +15,17 @@ use serde_json::{json, Map, Value};
 
 use crate::registry::{Registry, ResourceDef, Sub};
 
+mod gnostic;
+mod v2;
+
+pub use v2::V2Format;
+
 /// Built on first use: the documents are large and most servers never serve them.
 #[derive(Debug, Default)]
-pub struct Cache(OnceLock<Docs>);
+pub struct Cache {
+    v3: OnceLock<Docs>,
+    v2: OnceLock<v2::Document>,
+}
 
 #[derive(Debug)]
 struct Docs {
@@ -35,27 +45,47 @@ impl Cache {
         self.get(reg).by_gv.get(gv_path).map(Vec::as_slice)
     }
 
+    /// The `/openapi/v2` document in `format`, and its ETag (quoted).
+    pub fn v2(&self, reg: &Registry, format: V2Format) -> (&[u8], &str) {
+        self.v2.get_or_init(|| v2::Document::build(reg)).get(format)
+    }
+
     fn get(&self, reg: &Registry) -> &Docs {
-        self.0.get_or_init(|| build(reg))
+        self.v3.get_or_init(|| build(reg))
     }
 }
 
-fn build(reg: &Registry) -> Docs {
-    let mut by_gv = BTreeMap::new();
-    let mut index = Map::new();
-    for (group, versions) in reg.groups() {
-        for version in versions {
+/// Every group-version: its path under `/openapi/v3` ("api/v1", "apis/apps/v1") and its v3
+/// document.
+fn gv_documents(reg: &Registry) -> impl Iterator<Item = (String, Value)> + '_ {
+    reg.groups().into_iter().flat_map(move |(group, versions)| {
+        versions.into_iter().map(move |version| {
             let path = if group.is_empty() {
                 format!("api/{version}")
             } else {
                 format!("apis/{group}/{version}")
             };
-            let doc = serde_json::to_vec(&gv_document(reg, group, version)).unwrap_or_default();
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            doc.hash(&mut h);
-            index.insert(path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={:016X}", h.finish())}));
-            by_gv.insert(path, doc);
-        }
+            (path, gv_document(reg, group, version))
+        })
+    })
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016X}", h.finish())
+}
+
+fn build(reg: &Registry) -> Docs {
+    let mut by_gv = BTreeMap::new();
+    let mut index = Map::new();
+    for (path, doc) in gv_documents(reg) {
+        let doc = serde_json::to_vec(&doc).unwrap_or_default();
+        index.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", hash_hex(&doc))}),
+        );
+        by_gv.insert(path, doc);
     }
     Docs {
         index: serde_json::to_vec(&json!({ "paths": index })).unwrap_or_default(),
@@ -304,6 +334,7 @@ fn gv_document(reg: &Registry, group: &str, version: &str) -> Value {
     }
     for (name, schema) in schemas.iter_mut() {
         add_patch_extensions(name, schema);
+        unrequire_metadata(schema);
     }
     json!({
         "openapi": "3.0.0",
@@ -312,6 +343,24 @@ fn gv_document(reg: &Registry, group: &str, version: &str) -> Value {
         "components": {"schemas": schemas, "securitySchemes": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}}},
         "security": [{"BearerToken": []}],
     })
+}
+
+/// k8s-openapi's Rust objects always have `metadata` (not an `Option`), so their schemas list
+/// it as required; upstream's never do. kubectl validating a review against v2 would refuse
+/// one without `metadata`, and `kubectl explain` would call it required.
+fn unrequire_metadata(schema: &mut Value) {
+    if let Some(Value::Array(required)) = schema.get_mut("required") {
+        required.retain(|r| r != "metadata");
+    }
+    if schema
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        if let Some(s) = schema.as_object_mut() {
+            s.remove("required");
+        }
+    }
 }
 
 /// Upstream's `x-kubernetes-patch-merge-key`/`-strategy` for the lists strategic merge patch
@@ -376,6 +425,10 @@ mod tests {
             .as_str()
             .expect("description")
             .contains("collection of containers"));
+        assert!(pod.get("required").is_none(), "{}", pod["required"]);
+        let sar = &gv_document(&reg, "authorization.k8s.io", "v1")["components"]["schemas"]
+            ["io.k8s.api.authorization.v1.SubjectAccessReview"];
+        assert_eq!(sar["required"], json!(["spec"]));
         let containers =
             &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
         assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");

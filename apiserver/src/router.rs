@@ -172,8 +172,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         return openapi(&state, rest);
     }
     if path == "/openapi/v2" {
-        // kubectl falls back to v3 documents when v2 is absent; say so plainly.
-        return ApiError::no_route("/openapi/v2 (kaze serves /openapi/v3)").into_response();
+        return openapi_v2(&state, &parts.headers);
     }
     if let Some((node, rest)) = node_proxy_path(&path) {
         let attrs = Attributes::Resource {
@@ -451,6 +450,36 @@ fn openapi(state: &AppState, rest: &str) -> Response {
         Some(doc) => json(doc),
         None => ApiError::no_route(&format!("/openapi/v3/{rest}")).into_response(),
     }
+}
+
+/// `/openapi/v2` in the form `Accept` asks for (client-go: protobuf only), with upstream's
+/// ETag, `If-None-Match` and `Vary`.
+fn openapi_v2(state: &AppState, headers: &header::HeaderMap) -> Response {
+    use crate::openapi::V2Format;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let Some(format) = V2Format::negotiate(accept) else {
+        // upstream: a bare 406
+        return (StatusCode::NOT_ACCEPTABLE, [(header::VARY, "Accept")]).into_response();
+    };
+    let (bytes, etag) = state.openapi.v2(&state.registry, format);
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let common = [
+        (header::ETAG, etag.to_string()),
+        (header::VARY, "Accept".to_string()),
+    ];
+    if unchanged {
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
+    (
+        StatusCode::OK,
+        common,
+        [(header::CONTENT_TYPE, format.content_type())],
+        bytes.to_vec(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 mod json;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
