@@ -99,22 +99,14 @@ fn sar(kind: &str, ns: &str, user: &str, verb: &str) -> String {
 }
 
 /// `kubectl create` of a review as the admin (or `token`): status.allowed, or the error.
-/// `--validate=false`: kubectl looks for a kind's PATCH operation in /openapi/v3 to decide
-/// whether the server validates, and reviews have none; it then validates itself with
-/// /openapi/v2, which kaze does not serve.
+/// kubectl validates it itself against /openapi/v2 (reviews have no PATCH operation in v3,
+/// see tests/openapi_v2.rs).
 fn create_review(s: &TestServer, token: Option<&str>, body: &str) -> Result<String, String> {
     let mut args = vec![];
     if let Some(t) = token {
         args.extend(["--token", t]);
     }
-    args.extend([
-        "create",
-        "--validate=false",
-        "-f",
-        "-",
-        "-o",
-        "jsonpath={.status.allowed}",
-    ]);
+    args.extend(["create", "-f", "-", "-o", "jsonpath={.status.allowed}"]);
     match s.kubectl_result(&args, Some(body)) {
         (true, out, _) => Ok(out),
         (false, _, err) => Err(err),
@@ -154,7 +146,7 @@ fn subject_access_reviews_answer_for_the_user_in_the_spec() {
 
     // a LocalSubjectAccessReview is about its own namespace only
     let (ok, _, err) = s.kubectl_result(
-        &["create", "--validate=false", "-n", "team", "-f", "-"],
+        &["create", "-n", "team", "-f", "-"],
         Some(
             &sar("LocalSubjectAccessReview", "default", "jane", "list").replace(
                 "metadata: {namespace: default}",
