@@ -91,8 +91,11 @@ pub fn eligible(node: &Node, template: &k8s_openapi::api::core::v1::PodTemplateS
             n.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    let affinity_ok =
-        req.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
+    let affinity_ok = req.is_none_or(|r| {
+        r.node_selector_terms
+            .iter()
+            .any(|t| component::selectors::node_selector_term_matches(t, node))
+    });
     let mut tols = spec.tolerations.unwrap_or_default();
     tols.extend(default_tolerations());
     let taints_ok = node
@@ -102,48 +105,8 @@ pub fn eligible(node: &Node, template: &k8s_openapi::api::core::v1::PodTemplateS
         .into_iter()
         .flatten()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|t| {
-            tols.iter().any(|tol| {
-                let key_ok = tol
-                    .key
-                    .as_deref()
-                    .is_none_or(|k| k.is_empty() || k == t.key);
-                let effect_ok = tol
-                    .effect
-                    .as_deref()
-                    .is_none_or(|e| e.is_empty() || e == t.effect);
-                let value_ok = tol.operator.as_deref() == Some("Exists")
-                    || tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or("");
-                key_ok && effect_ok && value_ok
-            })
-        });
+        .all(|t| component::selectors::tolerated(&tols, t));
     selector_ok && affinity_ok && taints_ok
-}
-
-fn term_matches(term: &k8s_openapi::api::core::v1::NodeSelectorTerm, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.metadata.name.clone().unwrap_or_default();
-    let check = |r: &k8s_openapi::api::core::v1::NodeSelectorRequirement, v: Option<&String>| {
-        let vals = r.values.clone().unwrap_or_default();
-        match r.operator.as_str() {
-            "In" => v.is_some_and(|v| vals.contains(v)),
-            "NotIn" => v.is_none_or(|v| !vals.contains(v)),
-            "Exists" => v.is_some(),
-            "DoesNotExist" => v.is_none(),
-            _ => false,
-        }
-    };
-    let exprs = term
-        .match_expressions
-        .iter()
-        .flatten()
-        .all(|r| check(r, labels.get(&r.key)));
-    let fields = term
-        .match_fields
-        .iter()
-        .flatten()
-        .all(|r| r.key == "metadata.name" && check(r, Some(&name)));
-    exprs && fields && (term.match_expressions.is_some() || term.match_fields.is_some())
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
@@ -325,4 +288,64 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     } else {
         Action::requeue(Duration::from_secs(300))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+    fn node(labels: serde_json::Value, taints: serde_json::Value) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": labels},
+            "spec": {"taints": taints},
+        }))
+        .expect("node")
+    }
+
+    fn template(spec: serde_json::Value) -> PodTemplateSpec {
+        serde_json::from_value(serde_json::json!({"spec": spec})).expect("template")
+    }
+
+    #[test]
+    fn eligibility_follows_the_schedulers_node_affinity_and_taint_rules() {
+        let gt = template(
+            serde_json::json!({"containers": [], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["4"]}]}]}}}}),
+        );
+        assert!(eligible(
+            &node(serde_json::json!({"cores": "8"}), serde_json::json!([])),
+            &gt
+        ));
+        assert!(!eligible(
+            &node(serde_json::json!({"cores": "2"}), serde_json::json!([])),
+            &gt
+        ));
+        let by_name = template(
+            serde_json::json!({"containers": [], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}}}),
+        );
+        assert!(eligible(
+            &node(serde_json::json!({}), serde_json::json!([])),
+            &by_name
+        ));
+        // A NoSchedule taint keeps pods away unless tolerated; the DaemonSet defaults
+        // tolerate the node-condition taints.
+        let tainted = node(
+            serde_json::json!({}),
+            serde_json::json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+        );
+        let plain = template(serde_json::json!({"containers": []}));
+        assert!(!eligible(&tainted, &plain));
+        let tolerating = template(serde_json::json!({"containers": [], "tolerations": [
+            {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}));
+        assert!(eligible(&tainted, &tolerating));
+        let unreachable = node(
+            serde_json::json!({}),
+            serde_json::json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]),
+        );
+        assert!(eligible(&unreachable, &plain));
+    }
 }
