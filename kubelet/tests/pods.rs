@@ -191,6 +191,106 @@ async fn readiness_follows_http_and_tcp_probes() {
         "readiness failures never restart"
     );
     h.terminate().await;
+
+    // scheme HTTPS: TLS to a server with a self-signed certificate, which upstream's probes
+    // do not verify; the verdict follows the status code as over plain HTTP.
+    let code = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = support::tls::https_server(code.clone(), seen.clone()).await;
+    let p = pod(
+        "ready-https",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "echo", "image": "kaze/echo:1",
+                "readinessProbe": {"httpGet": {"scheme": "HTTPS", "host": "127.0.0.1", "port": port, "path": "/healthz"},
+                                   "periodSeconds": 1, "failureThreshold": 1},
+            }],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    wait_for(
+        &mut rx,
+        Duration::from_secs(30),
+        "Ready=True over HTTPS",
+        |s| condition(s, "Ready").as_deref() == Some("True"),
+    )
+    .await;
+    code.store(503, std::sync::atomic::Ordering::SeqCst);
+    wait_for(
+        &mut rx,
+        Duration::from_secs(10),
+        "Ready=False after a 503",
+        |s| condition(s, "Ready").as_deref() == Some("False"),
+    )
+    .await;
+    let requests = seen.lock().expect("seen").clone();
+    assert!(
+        requests
+            .first()
+            .is_some_and(|r| r == "GET /healthz HTTP/1.1 (kube-probe/1.37)"),
+        "the probe's request, over TLS: {requests:?}"
+    );
+    h.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn termination_messages_come_from_the_file_or_the_end_of_the_log() {
+    let node = TestNode::start("kt-msg", 29).await;
+    let p = pod(
+        "messages",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "restartPolicy": "Never",
+            "containers": [
+                // the default path, /dev/termination-log
+                {"name": "file", "image": "kaze/busybox:1",
+                 "command": ["sh", "-c", "echo -n 'all done: 42' > /dev/termination-log; exit 3"]},
+                // a path of its own, written by a user other than root
+                {"name": "custom", "image": "kaze/busybox:1", "terminationMessagePath": "/tmp/why",
+                 "securityContext": {"runAsUser": 1000},
+                 "command": ["sh", "-c", "echo -n custom > /tmp/why"]},
+                // nothing written and a failure: the end of the log
+                {"name": "logs", "image": "kaze/busybox:1", "terminationMessagePolicy": "FallbackToLogsOnError",
+                 "command": ["sh", "-c", "echo first; echo second; exit 1"]},
+                // nothing written and success: no message, whatever the log says
+                {"name": "quiet", "image": "kaze/busybox:1", "terminationMessagePolicy": "FallbackToLogsOnError",
+                 "command": ["sh", "-c", "echo chatter"]},
+            ],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(
+        &mut rx,
+        Duration::from_secs(60),
+        "every container terminated",
+        |s| {
+            ["file", "custom", "logs", "quiet"].iter().all(|n| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == *n)
+                    .and_then(|c| c.state.as_ref())
+                    .is_some_and(|st| st.terminated.is_some())
+            })
+        },
+    )
+    .await;
+    let ended = |name: &str| {
+        let t = container(&s, name)
+            .state
+            .as_ref()
+            .and_then(|st| st.terminated.clone())
+            .expect("terminated");
+        (t.exit_code, t.message)
+    };
+    assert_eq!(ended("file"), (3, Some("all done: 42".into())));
+    assert_eq!(ended("custom"), (0, Some("custom".into())));
+    assert_eq!(ended("logs"), (1, Some("first\nsecond\n".into())));
+    assert_eq!(ended("quiet"), (0, None));
+    h.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -31,6 +31,8 @@ pub enum Hook {
         port: u16,
         path: String,
         headers: Vec<(String, String)>,
+        /// `scheme: HTTPS`: TLS without certificate verification, as upstream.
+        https: bool,
     },
     Sleep(Duration),
 }
@@ -42,9 +44,6 @@ impl Hook {
             return Ok(Hook::Exec(e.command.clone().unwrap_or_default()));
         }
         if let Some(g) = &h.http_get {
-            if g.scheme.as_deref() == Some("HTTPS") {
-                return Err("https lifecycle hooks are not supported".into());
-            }
             // Upstream: an empty port name is 80, a numeric one is that number.
             let port = match &g.port {
                 IntOrString::String(s) if s.is_empty() => 80,
@@ -56,6 +55,7 @@ impl Hook {
             };
             let path = g.path.clone().unwrap_or_default();
             return Ok(Hook::Http {
+                https: g.scheme.as_deref() == Some("HTTPS"),
                 host: g.host.clone().filter(|h| !h.is_empty()),
                 port,
                 path: if path.starts_with('/') {
@@ -132,12 +132,14 @@ pub async fn run(t: &Target<'_>, hook: &Hook, limit: Duration) -> Result<(), Str
             port,
             path,
             headers,
+            https,
         } => {
             let got = probe::http_get(
                 host,
                 *port,
                 path,
                 headers,
+                *https,
                 t.pod_ip,
                 limit,
                 "kube-lifecycle/1.37",
@@ -229,7 +231,8 @@ mod tests {
                 host: None,
                 port: 8080,
                 path: "/started".into(),
-                headers: vec![("X".into(), "y".into())]
+                headers: vec![("X".into(), "y".into())],
+                https: false,
             }
         );
         assert_eq!(
@@ -239,7 +242,21 @@ mod tests {
         let h: LifecycleHandler = serde_json::from_value(json!({"httpGet": {"port": ""}})).unwrap();
         assert!(matches!(
             Hook::from_api(&c, &h),
-            Ok(Hook::Http { port: 80, .. })
+            Ok(Hook::Http {
+                port: 80,
+                https: false,
+                ..
+            })
+        ));
+        let h: LifecycleHandler =
+            serde_json::from_value(json!({"httpGet": {"port": 8443, "scheme": "HTTPS"}})).unwrap();
+        assert!(matches!(
+            Hook::from_api(&c, &h),
+            Ok(Hook::Http {
+                port: 8443,
+                https: true,
+                ..
+            })
         ));
         let h: LifecycleHandler =
             serde_json::from_value(json!({"exec": {"command": ["sh", "-c", "true"]}})).unwrap();

@@ -197,6 +197,7 @@ pub async fn run_http(
     port: u16,
     path: &str,
     headers: &[(String, String)],
+    https: bool,
     pod_ip: Option<IpAddr>,
     timeout: Duration,
 ) -> ProbeResult {
@@ -205,6 +206,7 @@ pub async fn run_http(
         port,
         path,
         headers,
+        https,
         pod_ip,
         timeout,
         "kube-probe/1.37",
@@ -217,57 +219,164 @@ pub async fn run_http(
     }
 }
 
-/// A plain HTTP GET to `host` (or the pod IP) within `timeout`: the response's status code.
+/// An HTTP GET to `host` (or the pod IP) within `timeout`: the response's status code.
+/// `https`: over TLS without verifying the server's certificate, as upstream's probes and
+/// hooks do (`InsecureSkipVerify`; the handshake's signatures are still checked).
+#[allow(clippy::too_many_arguments)] // the fields of an httpGet action, and who asks
 pub async fn http_get(
     host: &Option<String>,
     port: u16,
     path: &str,
     headers: &[(String, String)],
+    https: bool,
     pod_ip: Option<IpAddr>,
     timeout: Duration,
     user_agent: &str,
 ) -> Result<u16, String> {
     let addr = target(host, pod_ip, port)?;
+    let scheme = if https { "https" } else { "http" };
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {user_agent}\r\nAccept: */*\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("dial tcp {addr}: {e}"))?;
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {user_agent}\r\nAccept: */*\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+        if !https {
+            return status_code(tcp, &req).await;
         }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())
+        let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(insecure_tls())
+            .connect(name, tcp)
             .await
-            .map_err(|e| format!("writing the request: {e}"))?;
-        let mut head = Vec::new();
-        let mut buf = [0u8; 512];
-        while !head.contains(&b'\n') && head.len() < 4096 {
-            let n = s
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("reading the response: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                format!(
-                    "malformed HTTP response {:?}",
-                    line.lines().next().unwrap_or("")
-                )
-            })
+            .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+        status_code(tls, &req).await
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(format!(
-            "Get http://{addr}{path}: timeout after {timeout:?}"
+            "Get {scheme}://{addr}{path}: timeout after {timeout:?}"
         )),
+    }
+}
+
+/// Send `req` on `s` and read the status line's code.
+async fn status_code<S>(mut s: S, req: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("writing the request: {e}"))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "malformed HTTP response {:?}",
+                line.lines().next().unwrap_or("")
+            )
+        })
+}
+
+/// A TLS client that accepts any server certificate (once per process).
+fn insecure_tls() -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.dangerous()
+                        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(
+                            provider.clone(),
+                        )))
+                        .with_no_client_auth()
+                });
+            // the ring provider supports the default versions; should it not, no
+            // verification is wanted anyway
+            std::sync::Arc::new(config.unwrap_or_else(|_| {
+                rustls::ClientConfig::builder()
+                    .dangerous()
+                    .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+                    .with_no_client_auth()
+            }))
+        })
+        .clone()
+}
+
+/// Accepts every certificate; checks the handshake's signatures with the provider's
+/// algorithms.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+        _server_name: &tokio_rustls::rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -372,10 +481,10 @@ mod tests {
         let t = Duration::from_secs(2);
         let hdr = vec![("X-Probe".to_string(), "yes".to_string())];
         assert_eq!(
-            run_http(&None, port_ok, "/healthz", &hdr, local, t).await,
+            run_http(&None, port_ok, "/healthz", &hdr, false, local, t).await,
             ProbeResult::Success
         );
-        let bad = run_http(&None, port_ok, "/other", &hdr, local, t).await;
+        let bad = run_http(&None, port_ok, "/other", &hdr, false, local, t).await;
         assert_eq!(
             bad,
             ProbeResult::Failure("HTTP probe failed with statuscode: 503".into())
@@ -391,7 +500,7 @@ mod tests {
             ProbeResult::Failure(_)
         ));
         assert!(matches!(
-            run_http(&None, closed, "/", &[], local, t).await,
+            run_http(&None, closed, "/", &[], false, local, t).await,
             ProbeResult::Failure(_)
         ));
         assert!(

@@ -483,6 +483,12 @@ pub fn container_config(
         stdin_once: c.stdin_once.unwrap_or(false),
         tty: c.tty.unwrap_or(false),
         pid_namespace_of: None,
+        // the API's default; static pods may come without it
+        termination_message_path: Some(
+            c.termination_message_path
+                .clone()
+                .unwrap_or_else(|| "/dev/termination-log".into()),
+        ),
     })
 }
 

@@ -585,6 +585,69 @@ impl Worker {
         }
     }
 
+    /// Slot `i`'s container `r` as it ended: with its termination message, which is what it
+    /// wrote to its `terminationMessagePath` (at most 4 KiB) or, for `FallbackToLogsOnError`
+    /// and a failure without one, the end of its log (80 lines, 2 KiB), as upstream's. Call
+    /// it once the container is removed (its log drained).
+    pub(super) fn exit_state(
+        &self,
+        i: usize,
+        r: &Running,
+        exit: Option<&ExitInfo>,
+    ) -> ContainerStateTerminated {
+        const MAX_MESSAGE: usize = 4096;
+        const MAX_LOG_LINES: usize = 80;
+        const MAX_LOG_BYTES: usize = 2048;
+        let mut state = terminated(r, exit);
+        let Ok((ns, name, uid)) = podspec::pod_identity(&self.pod) else {
+            return state;
+        };
+        let slot = &self.slots[i];
+        let file = self.rt.termination_log(&uid, &r.id);
+        let written = std::fs::read(&file);
+        // read once: the state is kept from now on (and reported; a restarted kubelet
+        // has it from the API)
+        let _ = std::fs::remove_file(&file);
+        let mut message = written
+            .map(|mut b| {
+                b.truncate(MAX_MESSAGE);
+                String::from_utf8_lossy(&b).into_owned()
+            })
+            .unwrap_or_default();
+        let fallback =
+            slot.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        if message.is_empty() && fallback && state.exit_code != 0 {
+            let log = crate::logs::container_log_path(
+                &self.rt.config().log_dir,
+                &ns,
+                &name,
+                &uid,
+                &slot.spec.name,
+                slot.restarts,
+            );
+            let text = std::fs::read(log).unwrap_or_default();
+            let lines: Vec<&[u8]> = text
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
+            let mut tail = Vec::new();
+            for line in &lines[lines.len().saturating_sub(MAX_LOG_LINES)..] {
+                // CRI format: `<time> <stream> <P|F> <content>`; a partial line continues
+                let mut fields = line.splitn(4, |b| *b == b' ');
+                let (_, _, tag, content) =
+                    (fields.next(), fields.next(), fields.next(), fields.next());
+                tail.extend_from_slice(content.unwrap_or_default());
+                if tag != Some(b"P".as_slice()) {
+                    tail.push(b'\n');
+                }
+            }
+            let start = tail.len().saturating_sub(MAX_LOG_BYTES);
+            message = String::from_utf8_lossy(&tail[start..]).into_owned();
+        }
+        state.message = Some(message).filter(|m| !m.is_empty());
+        state
+    }
+
     /// Stop a container for good (a sidecar after the app containers ended).
     async fn stop_slot(&mut self, i: usize, grace: Duration) {
         if let Some(id) = self.slots[i].running.as_ref().map(|r| r.id.clone()) {
@@ -595,7 +658,7 @@ impl Worker {
             if let Err(e) = self.rt.remove_container(&r.id).await {
                 tracing::warn!(container = %r.id, error = %e, "removing a stopped sidecar");
             }
-            self.slots[i].last = Some(terminated(&r, exit.as_ref()));
+            self.slots[i].last = Some(self.exit_state(i, &r, exit.as_ref()));
         }
         let s = &mut self.slots[i];
         s.done = true;
@@ -608,14 +671,15 @@ impl Worker {
     /// restart policy (with CrashLoopBackOff's back-off).
     async fn finished(&mut self, i: usize, r: Running, exit: Option<&ExitInfo>, policy: &str) {
         let now = Instant::now();
-        let slot = &mut self.slots[i];
-        slot.last = Some(terminated(&r, exit));
-        slot.ready = false;
-        slot.started = false;
+        // Removing it drains its log first: the message may come from the log's end.
         if let Err(e) = self.rt.remove_container(&r.id).await {
             tracing::warn!(container = %r.id, error = %e, "removing an exited container");
         }
+        let last = self.exit_state(i, &r, exit);
         let slot = &mut self.slots[i];
+        slot.last = Some(last);
+        slot.ready = false;
+        slot.started = false;
         let code = slot.last.as_ref().map_or(137, |t| t.exit_code);
         if should_restart(policy, code) {
             let delay = self.cfg.backoff(slot.restarts + 1);
@@ -857,16 +921,13 @@ async fn run(rt: &Runtime, id: &str, spec: &ProbeSpec, pod_ip: Option<IpAddr>) -
             }),
             Err(e) => ProbeResult::Failure(e.to_string()),
         },
-        Action::Http { https: true, .. } => {
-            ProbeResult::Failure("https probes are not supported yet".into())
-        }
         Action::Http {
             host,
             port,
             path,
             headers,
-            ..
-        } => probe::run_http(host, *port, path, headers, pod_ip, spec.timeout).await,
+            https,
+        } => probe::run_http(host, *port, path, headers, *https, pod_ip, spec.timeout).await,
         Action::Tcp { host, port } => probe::run_tcp(host, *port, pod_ip, spec.timeout).await,
     }
 }

@@ -49,6 +49,10 @@ pub struct ContainerConfig {
     /// Join the PID namespace of this (host) pid's process instead of getting one of its
     /// own: an ephemeral container's `targetContainerName`.
     pub pid_namespace_of: Option<u32>,
+    /// `terminationMessagePath`: a file of the kubelet's ([`Runtime::termination_log`]) is
+    /// bound there, and what the container writes into it is the message of its
+    /// terminated state.
+    pub termination_message_path: Option<String>,
 }
 
 /// How a container ended.
@@ -119,6 +123,11 @@ pub(crate) fn stdin_once_path(fifo_dir: &std::path::Path, id: &str) -> PathBuf {
 }
 
 impl Runtime {
+    /// The host file bound at container `id`'s `terminationMessagePath` (pod `uid`).
+    pub fn termination_log(&self, uid: &str, id: &str) -> PathBuf {
+        self.config.pod_dir(uid).join("termination").join(id)
+    }
+
     /// Create and start an app container in `sandbox`. Its stdout/stderr go to the CRI log
     /// file; its exit (code and OOM reason) is watched from now on.
     pub async fn run_container(
@@ -172,6 +181,21 @@ impl Runtime {
             },
         ];
         mounts.extend(c.mounts.iter().cloned());
+        if let Some(path) = c
+            .termination_message_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
+            let host = self.termination_log(&sandbox.uid, &id);
+            sys::write_file(&host, b"").context(|| what.clone())?;
+            // any user the container runs as may write it, as upstream's kubelet allows
+            sys::set_mode(&host, 0o666).context(|| what.clone())?;
+            mounts.push(BindMount {
+                host_path: host,
+                container_path: path.into(),
+                read_only: false,
+            });
+        }
         let args = spec::process_args(&image.config, &c.command, &c.args);
         if args.is_empty() {
             return Err(Error::invalid(

@@ -197,3 +197,58 @@ pub async fn request(
         .unwrap_or_else(|| panic!("an HTTP answer: {raw:?}"));
     (code, body.to_string())
 }
+
+/// An HTTPS server on 127.0.0.1 with a self-signed certificate (as a pod's HTTPS endpoint
+/// usually has), answering every request with the status code in `code`; each request's
+/// first line and User-Agent are pushed to `seen`. Returns its port; it runs until the
+/// runtime ends.
+pub async fn https_server(
+    code: Arc<std::sync::atomic::AtomicU16>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+) -> u16 {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let key =
+        PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, code, seen) = (acceptor.clone(), code.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let Ok(n) = tls.read(&mut buf).await else {
+                    return;
+                };
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let agent = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("User-Agent: "))
+                    .unwrap_or("");
+                let first = req.lines().next().unwrap_or("");
+                seen.lock()
+                    .expect("seen")
+                    .push(format!("{first} ({agent})"));
+                let code = code.load(std::sync::atomic::Ordering::SeqCst);
+                let _ = tls
+                    .write_all(format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}

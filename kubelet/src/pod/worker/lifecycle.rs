@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use super::{Kind, Worker};
 use crate::pod::hooks::{self, Killed, Target};
 use crate::pod::spec as podspec;
-use crate::pod::status::terminated;
 use crate::runtime::{ExitInfo, Sandbox};
 
 impl Worker {
@@ -114,14 +113,15 @@ impl Worker {
         if let Err(e) = self.rt.stop_pod(&uid, left).await {
             tracing::warn!(pod = %self.name(), error = %e, "stopping the pod");
         }
-        for slot in &mut self.slots {
-            if let Some(r) = slot.running.take() {
+        for i in 0..self.slots.len() {
+            if let Some(r) = self.slots[i].running.take() {
                 let exit = self
                     .rt
                     .wait_container(&r.id, Duration::from_millis(100))
                     .await;
-                slot.last = Some(terminated(&r, exit.as_ref()));
+                self.slots[i].last = Some(self.exit_state(i, &r, exit.as_ref()));
             }
+            let slot = &mut self.slots[i];
             slot.done = true;
             slot.ready = false;
             slot.waiting = None;
