@@ -225,6 +225,9 @@ fn set_default(obj: &mut Value, field: &str, value: Value) {
 }
 
 fn default_containers(spec: &mut Value) {
+    // On the host's network a container's ports are the host's: hostPort defaults to
+    // containerPort (upstream's SetDefaults_PodSpec).
+    let host_network = spec.get("hostNetwork").and_then(Value::as_bool) == Some(true);
     for list in ["containers", "initContainers", "ephemeralContainers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
@@ -242,6 +245,11 @@ fn default_containers(spec: &mut Value) {
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ports {
                         set_default(p, "protocol", json!("TCP"));
+                        if host_network {
+                            if let Some(port) = p.get("containerPort").cloned() {
+                                set_default(p, "hostPort", port);
+                            }
+                        }
                     }
                 }
             }
@@ -632,6 +640,29 @@ mod tests {
         let causes = validate(d, &obj, None);
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].0, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn host_network_pods_default_host_ports_to_container_ports() {
+        let r = Registry::builtin();
+        let pods = r.get("", "v1", "pods").expect("pods");
+        let mut obj = json!({"spec": {"hostNetwork": true, "containers": [{"name": "a", "image": "x:1",
+            "ports": [{"containerPort": 9100}, {"containerPort": 53, "hostPort": 5353, "protocol": "UDP"}]}]}});
+        default_object(pods, &mut obj);
+        let ports = &obj["spec"]["containers"][0]["ports"];
+        assert_eq!(
+            ports[0],
+            json!({"containerPort": 9100, "hostPort": 9100, "protocol": "TCP"})
+        );
+        assert_eq!(
+            ports[1],
+            json!({"containerPort": 53, "hostPort": 5353, "protocol": "UDP"})
+        );
+        let mut obj = json!({"spec": {"containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 80}]}]}});
+        default_object(pods, &mut obj);
+        assert!(obj["spec"]["containers"][0]["ports"][0]
+            .get("hostPort")
+            .is_none());
     }
 
     #[test]
