@@ -711,3 +711,93 @@ async fn host_path_volumes_are_type_checked_and_shared_with_the_host() {
     );
     h.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_network_pods_share_the_nodes_network_and_hostname() {
+    let node = TestNode::start("kt-hostnet", 30).await;
+    let port = testkit::free_port();
+    let p = pod(
+        "hostnet",
+        json!({
+            "hostNetwork": true,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "echo", "image": "kaze/echo:1",
+                "env": [{"name": "HTTP_PORT", "value": port.to_string()},
+                        {"name": "UDP_PORT", "value": testkit::free_port().to_string()},
+                        {"name": "POD_NAME", "value": "hostnet"}],
+                "ports": [{"containerPort": port, "hostPort": port}],
+                "readinessProbe": {"httpGet": {"port": port, "path": "/"}, "periodSeconds": 1},
+            }, {"name": "shell", "image": "kaze/busybox:1", "command": ["sleep", "3600"]}],
+        }),
+    );
+    let uid = p.metadata.uid.clone().expect("uid");
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    // Ready through a probe at the pod IP, which is the node's address.
+    let s = wait_for(&mut rx, Duration::from_secs(30), "Ready=True", |s| {
+        condition(s, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    assert_eq!(s.pod_ip.as_deref(), Some("127.0.0.1"), "the node's IP");
+    // The server in the pod listens in this process's network namespace.
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    })
+    .await
+    .expect("client");
+    assert!(
+        answer.contains("hostnet"),
+        "the pod's echo server answered: {answer}"
+    );
+    // Its hostname and interfaces are the node's.
+    let id = container(&s, "shell")
+        .container_id
+        .clone()
+        .expect("container id")
+        .trim_start_matches("containerd://")
+        .to_string();
+    let out = node
+        .rt
+        .exec_sync(
+            &id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "hostname; ls /sys/class/net".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(text.lines().next(), Some(host.trim()), "{text}");
+    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .expect("links")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    links.sort();
+    let seen: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .flat_map(str::split_whitespace)
+        .collect();
+    // (other tests add and remove links meanwhile: the node's uplink is what must be there)
+    let uplink = links
+        .iter()
+        .find(|l| l.starts_with("eth") || l.starts_with("en"))
+        .expect("an uplink");
+    assert!(
+        seen.contains(&uplink.as_str()),
+        "the container sees the node's interfaces: {seen:?} vs {links:?}"
+    );
+    h.terminate().await;
+    assert!(node.rt.pod_containers(&uid).await.unwrap().is_empty());
+    assert!(!node.rt.config().pod_dir(&uid).exists());
+}

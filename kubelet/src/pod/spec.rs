@@ -182,6 +182,7 @@ pub fn sandbox_config(pod: &Pod, node: &NodeContext) -> Result<PodSandboxConfig,
         hostname,
         dns,
         port_mappings,
+        host_network: host_network.then(|| node.host_ip.into_iter().collect()),
     })
 }
 

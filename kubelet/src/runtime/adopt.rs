@@ -65,17 +65,24 @@ impl Runtime {
         let Some((pid, true)) = task_pid(&self.cd, &record.sandbox_id).await else {
             return Ok(None);
         };
-        let ips = record
-            .cni_result
-            .as_ref()
-            .map(crate::cni::result_ips)
-            .unwrap_or_default();
+        let ips = match &record.host_ips {
+            Some(host) => host.iter().filter_map(|ip| ip.parse().ok()).collect(),
+            None => record
+                .cni_result
+                .as_ref()
+                .map(crate::cni::result_ips)
+                .unwrap_or_default(),
+        };
+        let netns = match record.host_ips {
+            Some(_) => super::sandbox::host_netns(),
+            None => crate::sys::netns_path(&record.netns),
+        };
         Ok(Some(Sandbox {
             id: record.sandbox_id,
             namespace: record.namespace,
             name: record.name,
             uid: record.uid,
-            netns: crate::sys::netns_path(&record.netns),
+            netns,
             ips,
             pid,
             dir: self.config.pod_dir(uid),

@@ -113,6 +113,9 @@ pub(crate) struct PodRecord {
     /// ran every plugin of the conflist.
     #[serde(default)]
     pub cni_plugins: Option<Vec<String>>,
+    /// A `hostNetwork` pod's IPs (the node's); `netns` is empty then.
+    #[serde(default)]
+    pub host_ips: Option<Vec<String>>,
 }
 
 #[derive(Default)]

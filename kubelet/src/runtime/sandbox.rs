@@ -37,6 +37,9 @@ pub struct PodSandboxConfig {
     pub hostname: String,
     pub dns: DnsConfig,
     pub port_mappings: Vec<PortMapping>,
+    /// `hostNetwork: true`: the pod runs in the kubelet's network (and UTS) namespace with
+    /// these addresses (the node's) as its IPs: no netns, no CNI.
+    pub host_network: Option<Vec<IpAddr>>,
 }
 
 impl PodSandboxConfig {
@@ -53,8 +56,15 @@ impl PodSandboxConfig {
                 &rt.config.cluster_domain,
             ),
             port_mappings: Vec::new(),
+            host_network: None,
         }
     }
+}
+
+/// The kubelet's own network namespace, which `hostNetwork` pods join (in a test or a
+/// simulated node the kubelet may run outside the machine's initial one).
+pub(crate) fn host_netns() -> PathBuf {
+    PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
 }
 
 /// A running sandbox.
@@ -120,7 +130,10 @@ impl Runtime {
                 Error::ImageNotPresent { .. } => e,
                 other => Error::invalid(what, other.to_string()),
             })?;
-        let netns_name = format!("kaze-{}", &id[..16]);
+        let netns_name = match pod.host_network {
+            Some(_) => String::new(),
+            None => format!("kaze-{}", &id[..16]),
+        };
         let mut record = PodRecord {
             sandbox_id: id.clone(),
             namespace: pod.namespace.clone(),
@@ -140,45 +153,60 @@ impl Runtime {
                     )
                 })
                 .collect(),
-            cni_plugins: Some(self.cni.plugins_for(&pod.port_mappings)),
+            cni_plugins: Some(match pod.host_network {
+                Some(_) => Vec::new(),
+                None => self.cni.plugins_for(&pod.port_mappings),
+            }),
+            host_ips: pod
+                .host_network
+                .as_ref()
+                .map(|ips| ips.iter().map(IpAddr::to_string).collect()),
         };
         self.write_record(&record).context(|| what.to_string())?;
-        let netns = sys::netns_add(&netns_name)
-            .await
-            .context(|| format!("{what}: creating netns"))?;
-
-        let at = Attachment {
-            container_id: &id,
-            netns: &netns,
-            pod_namespace: &pod.namespace,
-            pod_name: &pod.name,
-            pod_uid: &pod.uid,
+        let (netns, ips, hosts, hostname) = match &pod.host_network {
+            // the node's network, /etc/hosts and hostname, as upstream's kubelet gives them
+            Some(host_ips) => (
+                host_netns(),
+                host_ips.clone(),
+                String::from_utf8_lossy(
+                    &sys::read_file(std::path::Path::new("/etc/hosts")).unwrap_or_default(),
+                )
+                .into_owned(),
+                crate::node::info::hostname(),
+            ),
+            None => {
+                let netns = sys::netns_add(&netns_name)
+                    .await
+                    .context(|| format!("{what}: creating netns"))?;
+                let at = Attachment {
+                    container_id: &id,
+                    netns: &netns,
+                    pod_namespace: &pod.namespace,
+                    pod_name: &pod.name,
+                    pod_uid: &pod.uid,
+                };
+                let result = self
+                    .cni
+                    .add(
+                        &at,
+                        record.cni_plugins.as_deref().unwrap_or_default(),
+                        &pod.port_mappings,
+                    )
+                    .await
+                    .map_err(|e| Error::invalid(what, e.to_string()))?;
+                record.cni_result = Some(result.clone());
+                self.write_record(&record).context(|| what.to_string())?;
+                let ips = crate::cni::result_ips(&result);
+                let hosts = spec::hosts_file(&pod.hostname, &ips);
+                (netns, ips, hosts, pod.hostname.clone())
+            }
         };
-        let result = self
-            .cni
-            .add(
-                &at,
-                record.cni_plugins.as_deref().unwrap_or_default(),
-                &pod.port_mappings,
-            )
-            .await
-            .map_err(|e| Error::invalid(what, e.to_string()))?;
-        record.cni_result = Some(result.clone());
-        self.write_record(&record).context(|| what.to_string())?;
-        let ips = crate::cni::result_ips(&result);
 
         sys::write_file(&dir.join("resolv.conf"), pod.dns.resolv_conf().as_bytes())
             .context(|| what.to_string())?;
-        sys::write_file(
-            &dir.join("hosts"),
-            spec::hosts_file(&pod.hostname, &ips).as_bytes(),
-        )
-        .context(|| what.to_string())?;
-        sys::write_file(
-            &dir.join("hostname"),
-            format!("{}\n", pod.hostname).as_bytes(),
-        )
-        .context(|| what.to_string())?;
+        sys::write_file(&dir.join("hosts"), hosts.as_bytes()).context(|| what.to_string())?;
+        sys::write_file(&dir.join("hostname"), format!("{hostname}\n").as_bytes())
+            .context(|| what.to_string())?;
 
         let cgroup = format!("{}/{id}", self.cgroup_of_pod(&pod.uid));
         let oci = spec::oci_spec(&SpecInput {
@@ -186,7 +214,7 @@ impl Runtime {
             env: spec::merge_env(&image.config, &[]),
             cwd: "/".into(),
             security: OciSecurity::default(),
-            hostname: Some(&pod.hostname),
+            hostname: pod.host_network.is_none().then_some(pod.hostname.as_str()),
             netns: &netns,
             sandbox_pid: None,
             cgroups_path: cgroup.clone(),
@@ -195,6 +223,16 @@ impl Runtime {
             mounts: Vec::new(),
             shim_group: &id,
         });
+        let mut oci = oci;
+        if pod.host_network.is_some() {
+            // the host's UTS namespace too (app containers join the pause container's)
+            if let Some(ns) = oci
+                .pointer_mut("/linux/namespaces")
+                .and_then(serde_json::Value::as_array_mut)
+            {
+                ns.retain(|n| n["type"] != "uts");
+            }
+        }
         let labels = HashMap::from([
             (LABEL_KIND.to_string(), KIND_SANDBOX.to_string()),
             (LABEL_POD_NAMESPACE.into(), pod.namespace.clone()),
@@ -555,7 +593,8 @@ impl Runtime {
                 .await
                 .map_err(|e| Error::invalid(&what, e.to_string()))?;
         }
-        if let Some(r) = &record {
+        // A host-network pod has no netns and no CNI attachment of its own.
+        if let Some(r) = record.as_ref().filter(|r| !r.netns.is_empty()) {
             let netns = sys::netns_path(&r.netns);
             if netns.exists() {
                 let at = Attachment {
