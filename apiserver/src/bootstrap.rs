@@ -1,5 +1,6 @@
 //! Objects every cluster has, created (or brought up to date) at start: the four default
-//! namespaces, and the `kubernetes` service on the first address of the service range with
+//! namespaces, the system PriorityClasses (`system-cluster-critical`, `system-node-critical`),
+//! and the `kubernetes` service on the first address of the service range with
 //! Endpoints and an EndpointSlice pointing at this apiserver, so in-cluster clients reach it.
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
@@ -42,6 +43,20 @@ pub async fn run(state: &AppState, advertise: IpAddr, port: u16) -> Result<(), E
             Ok(_) => tracing::info!(namespace = ns, "created default namespace"),
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => return Err(fail(&format!("namespace {ns}"), e)),
+        }
+    }
+    // Upstream's post-start hook creates the system PriorityClasses when missing.
+    let classes = state
+        .registry
+        .get("scheduling.k8s.io", "v1", "priorityclasses")
+        .expect("built in")
+        .clone();
+    for pc in crate::priority::system_classes() {
+        let name = pc["metadata"]["name"].as_str().unwrap_or("").to_string();
+        match objects::create(state, &classes, None, pc, Default::default()).await {
+            Ok(_) => tracing::info!(priority_class = name, "created system PriorityClass"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(fail(&format!("priorityclass {name}"), e)),
         }
     }
     let svc = json!({

@@ -46,6 +46,17 @@ pub async fn delete(
             "this namespace may not be deleted",
         ));
     }
+    if def.group == "scheduling.k8s.io"
+        && def.plural == "priorityclasses"
+        && crate::priority::is_system_class(name)
+    {
+        return Err(ApiError::forbidden(
+            "priorityclasses",
+            def.group,
+            name,
+            "this is a system priority class and cannot be deleted",
+        ));
+    }
     let key = state.key(def, ns, name);
     let store = state.store(def);
     loop {

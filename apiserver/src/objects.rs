@@ -324,8 +324,12 @@ pub async fn create(
         check_namespace(state, def, ns).await?;
         if def.group.is_empty() && def.plural == "pods" {
             crate::serviceaccount::admission::admit(state, ns, &mut obj).await?;
+            crate::priority::admit_pod(state, &mut obj).await?;
         }
         crate::quota::admit(state, def, ns, &obj, &given, dry_run).await?;
+    }
+    if def.group == "scheduling.k8s.io" && def.plural == "priorityclasses" {
+        crate::priority::validate_class_create(state, &obj).await?;
     }
     // Services get their ClusterIP and node ports before they are stored, and give them
     // back when the create fails.
@@ -474,6 +478,9 @@ pub fn prepare_update(
     }
     if def.group.is_empty() && def.plural == "services" && part == Part::Main {
         crate::services::carry_over(cur, &mut out);
+    }
+    if def.group.is_empty() && def.kind == "Pod" && part == Part::Main {
+        crate::priority::carry_over(cur, &mut out);
     }
     // Fields the server owns survive whatever the client sent.
     let cur_meta = cur.get("metadata").cloned().unwrap_or(json!({}));

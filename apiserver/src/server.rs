@@ -131,11 +131,11 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     if let Some(p) = config
         .disable_admission_plugins
         .iter()
-        .find(|p| p.as_str() != "ServiceAccount")
+        .find(|p| !matches!(p.as_str(), "ServiceAccount" | "Priority"))
     {
         return Err(Error::Config {
             reason: format!(
-                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount)"
+                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount, Priority)"
             ),
         });
     }
@@ -198,6 +198,10 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         rbac: Default::default(),
         cache,
         service_accounts,
+        priority_admission: !config
+            .disable_admission_plugins
+            .iter()
+            .any(|p| p == "Priority"),
     });
     state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);

@@ -29,4 +29,6 @@ pub struct AppState {
     pub cache: crate::cache::WatchCache,
     /// Issues and checks service-account tokens.
     pub service_accounts: crate::serviceaccount::ServiceAccounts,
+    /// Whether the `Priority` admission plugin is on (`--disable-admission-plugins`).
+    pub priority_admission: bool,
 }
