@@ -636,6 +636,8 @@ pub fn score(
 pub struct FitError {
     pub num_nodes: usize,
     pub reasons: BTreeMap<Reason, usize>,
+    /// What preemption (the PostFilter) said, appended as upstream's `PostFilterMsg`.
+    pub post_filter: Option<String>,
 }
 
 impl std::fmt::Display for FitError {
@@ -655,9 +657,13 @@ impl std::fmt::Display for FitError {
             .collect();
         parts.sort();
         if parts.is_empty() {
-            write!(f, ".")
+            write!(f, ".")?;
         } else {
-            write!(f, ": {}.", parts.join(", "))
+            write!(f, ": {}.", parts.join(", "))?;
+        }
+        match &self.post_filter {
+            Some(msg) => write!(f, " {msg}"),
+            None => Ok(()),
         }
     }
 }
@@ -686,6 +692,7 @@ pub fn schedule(
         return Err(FitError {
             num_nodes: nodes.len(),
             reasons,
+            post_filter: None,
         });
     }
     let scores = score(pod, &feasible, nodes, profile);

@@ -11,6 +11,7 @@ pub mod framework;
 #[cfg(test)]
 mod framework_tests;
 mod loop_;
+pub mod preemption;
 pub mod quantity;
 pub mod selectors;
 
