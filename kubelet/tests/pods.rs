@@ -713,13 +713,15 @@ async fn host_path_volumes_are_type_checked_and_shared_with_the_host() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn host_network_pods_share_the_nodes_network_and_hostname() {
+async fn host_namespaces_and_a_shared_process_namespace() {
     let node = TestNode::start("kt-hostnet", 30).await;
     let port = testkit::free_port();
     let p = pod(
         "hostnet",
         json!({
             "hostNetwork": true,
+            "hostPID": true,
+            "hostIPC": true,
             "terminationGracePeriodSeconds": 1,
             "containers": [{
                 "name": "echo", "image": "kaze/echo:1",
@@ -755,49 +757,81 @@ async fn host_network_pods_share_the_nodes_network_and_hostname() {
         answer.contains("hostnet"),
         "the pod's echo server answered: {answer}"
     );
-    // Its hostname and interfaces are the node's.
-    let id = container(&s, "shell")
-        .container_id
-        .clone()
-        .expect("container id")
-        .trim_start_matches("containerd://")
-        .to_string();
-    let out = node
-        .rt
-        .exec_sync(
-            &id,
-            &[
-                "sh".into(),
-                "-c".into(),
-                "hostname; ls /sys/class/net".into(),
-            ],
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("exec");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
-    assert_eq!(text.lines().next(), Some(host.trim()), "{text}");
-    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .expect("links")
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect();
-    links.sort();
-    let seen: Vec<&str> = text
-        .lines()
-        .skip(1)
-        .flat_map(str::split_whitespace)
-        .collect();
-    // (other tests add and remove links meanwhile: the node's uplink is what must be there)
-    let uplink = links
+    // Its network, UTS, IPC and PID namespaces are the node's (this process's).
+    let exec = |name: &str, s: &PodStatus, script: &str| {
+        let id = container(s, name)
+            .container_id
+            .clone()
+            .expect("container id")
+            .trim_start_matches("containerd://")
+            .to_string();
+        let (rt, script) = (node.rt.clone(), script.to_string());
+        async move {
+            let cmd = vec!["sh".to_string(), "-c".to_string(), script];
+            let out = rt
+                .exec_sync(&id, &cmd, Duration::from_secs(10))
+                .await
+                .expect("exec");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let inside = exec(
+        "shell",
+        &s,
+        "for n in net uts ipc pid; do readlink /proc/self/ns/$n; done; hostname",
+    )
+    .await;
+    let mut here: Vec<String> = ["net", "uts", "ipc", "pid"]
         .iter()
-        .find(|l| l.starts_with("eth") || l.starts_with("en"))
-        .expect("an uplink");
-    assert!(
-        seen.contains(&uplink.as_str()),
-        "the container sees the node's interfaces: {seen:?} vs {links:?}"
+        .map(|ns| {
+            std::fs::read_link(format!("/proc/self/ns/{ns}"))
+                .expect("ns link")
+                .display()
+                .to_string()
+        })
+        .collect();
+    here.push(
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .expect("hostname")
+            .trim()
+            .to_string(),
+    );
+    assert_eq!(
+        inside.lines().collect::<Vec<_>>(),
+        here,
+        "the node's namespaces"
     );
     h.terminate().await;
     assert!(node.rt.pod_containers(&uid).await.unwrap().is_empty());
     assert!(!node.rt.config().pod_dir(&uid).exists());
+
+    // shareProcessNamespace: each container sees the others' processes; without it, not.
+    for (name, shared) in [("shared", true), ("apart", false)] {
+        let p = pod(
+            name,
+            json!({
+                "shareProcessNamespace": shared,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {"name": "a", "image": "kaze/busybox:1", "command": ["sleep", "3600"]},
+                    {"name": "b", "image": "kaze/busybox:1", "command": ["sleep", "3601"]},
+                ],
+            }),
+        );
+        let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+        let mut rx = h.status.clone();
+        let s = wait_for(&mut rx, Duration::from_secs(30), "Running", |s| {
+            s.phase.as_deref() == Some("Running")
+                && s.container_statuses.iter().flatten().all(|c| c.ready)
+        })
+        .await;
+        let ps = exec("b", &s, "ps -o args").await;
+        assert_eq!(
+            ps.contains("sleep 3600"),
+            shared,
+            "container b sees container a's process only in a shared namespace ({name}):\n{ps}"
+        );
+        assert!(ps.contains("sleep 3601"), "{ps}");
+        h.terminate().await;
+    }
 }

@@ -183,6 +183,8 @@ pub fn sandbox_config(pod: &Pod, node: &NodeContext) -> Result<PodSandboxConfig,
         dns,
         port_mappings,
         host_network: host_network.then(|| node.host_ip.into_iter().collect()),
+        host_ipc: spec.host_ipc.unwrap_or(false),
+        host_pid: spec.host_pid.unwrap_or(false),
     })
 }
 
@@ -484,6 +486,7 @@ pub fn container_config(
         stdin_once: c.stdin_once.unwrap_or(false),
         tty: c.tty.unwrap_or(false),
         pid_namespace_of: None,
+        host_pid: pod_spec(pod)?.host_pid.unwrap_or(false),
         // the API's default; static pods may come without it
         termination_message_path: Some(
             c.termination_message_path

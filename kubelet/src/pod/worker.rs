@@ -762,7 +762,15 @@ impl Worker {
             .map_err(|e| e.to_string())
             .and_then(|mut c| {
                 c.mounts = self.volumes.mounts(&spec, &c.env)?;
-                c.pid_namespace_of = target_pid;
+                // an ephemeral container's target, else the pause process's namespace
+                // when the pod shares one
+                let shared = self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.share_process_namespace)
+                    .unwrap_or(false);
+                c.pid_namespace_of = target_pid.or(shared.then_some(sandbox.pid));
                 Ok(c)
             }),
         };

@@ -47,8 +47,11 @@ pub struct ContainerConfig {
     /// `tty`: it runs on a terminal (its output is one stream).
     pub tty: bool,
     /// Join the PID namespace of this (host) pid's process instead of getting one of its
-    /// own: an ephemeral container's `targetContainerName`.
+    /// own: an ephemeral container's `targetContainerName`, or the pause process for
+    /// `shareProcessNamespace`.
     pub pid_namespace_of: Option<u32>,
+    /// `hostPID`: run in the host's PID namespace.
+    pub host_pid: bool,
     /// `terminationMessagePath`: a file of the kubelet's ([`Runtime::termination_log`]) is
     /// bound there, and what the container writes into it is the message of its
     /// terminated state.
@@ -224,13 +227,19 @@ impl Runtime {
         if c.tty {
             oci["process"]["terminal"] = serde_json::Value::Bool(true);
         }
-        if let Some(pid) = c.pid_namespace_of {
-            if let Some(ns) = oci
-                .pointer_mut("/linux/namespaces")
-                .and_then(serde_json::Value::as_array_mut)
-            {
-                ns.retain(|n| n["type"] != "pid");
-                ns.push(serde_json::json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+        if let Some(ns) = oci
+            .pointer_mut("/linux/namespaces")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            match (c.host_pid, c.pid_namespace_of) {
+                (true, _) => ns.retain(|n| n["type"] != "pid"),
+                (false, Some(pid)) => {
+                    ns.retain(|n| n["type"] != "pid");
+                    ns.push(
+                        serde_json::json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}),
+                    );
+                }
+                (false, None) => {}
             }
         }
         // Taken just before the task starts and kept in a label: a restarted kubelet

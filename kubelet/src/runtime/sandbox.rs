@@ -40,6 +40,11 @@ pub struct PodSandboxConfig {
     /// `hostNetwork: true`: the pod runs in the kubelet's network (and UTS) namespace with
     /// these addresses (the node's) as its IPs: no netns, no CNI.
     pub host_network: Option<Vec<IpAddr>>,
+    /// `hostIPC`: the pod's IPC namespace is the host's.
+    pub host_ipc: bool,
+    /// `hostPID`: the pause process runs in the host's PID namespace (app containers are
+    /// told so by their [`ContainerConfig`](super::ContainerConfig)).
+    pub host_pid: bool,
 }
 
 impl PodSandboxConfig {
@@ -57,6 +62,8 @@ impl PodSandboxConfig {
             ),
             port_mappings: Vec::new(),
             host_network: None,
+            host_ipc: false,
+            host_pid: false,
         }
     }
 }
@@ -224,14 +231,21 @@ impl Runtime {
             shim_group: &id,
         });
         let mut oci = oci;
-        if pod.host_network.is_some() {
-            // the host's UTS namespace too (app containers join the pause container's)
-            if let Some(ns) = oci
-                .pointer_mut("/linux/namespaces")
-                .and_then(serde_json::Value::as_array_mut)
-            {
-                ns.retain(|n| n["type"] != "uts");
-            }
+        // The host's namespaces the pod asks for: left out of the spec, the pause process
+        // stays in them (app containers join its UTS and IPC namespaces).
+        let host: Vec<&str> = [
+            (pod.host_network.is_some(), "uts"),
+            (pod.host_ipc, "ipc"),
+            (pod.host_pid, "pid"),
+        ]
+        .into_iter()
+        .filter_map(|(on, ns)| on.then_some(ns))
+        .collect();
+        if let Some(ns) = oci
+            .pointer_mut("/linux/namespaces")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            ns.retain(|n| !host.iter().any(|h| n["type"] == *h));
         }
         let labels = HashMap::from([
             (LABEL_KIND.to_string(), KIND_SANDBOX.to_string()),
