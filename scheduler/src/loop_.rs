@@ -4,16 +4,25 @@
 //! A pod is *assumed* onto its node the moment it is chosen, before the binding returns, so
 //! the next decision already sees its resources and ports (upstream's scheduler cache does
 //! the same). A failed binding un-assumes it and puts it back in the queue.
+//!
+//! The queue is upstream's priority queue: highest `spec.priority` first, then oldest. A pod
+//! that fits nowhere may preempt ([`crate::preemption`]): the victims get a
+//! `DisruptionTarget` condition (`PreemptionByScheduler`), a `Preempted` event and are
+//! deleted with their grace period, and the preemptor's `status.nominatedNodeName` names the
+//! node. Until it is bound there, pods of lower or equal priority scheduled meanwhile see the
+//! nominated pod on that node, so they cannot take the room made for it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Event as CoreEvent, Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -21,15 +30,40 @@ use tokio::sync::mpsc;
 
 use crate::config::Profile;
 use crate::framework::{self, NodeInfo};
+use crate::preemption::{self, priority};
 use crate::Error;
 
 type Key = (String, String);
 
 fn key(pod: &Pod) -> Key {
+    meta_key(&pod.metadata)
+}
+
+fn meta_key(m: &ObjectMeta) -> Key {
     (
-        pod.metadata.namespace.clone().unwrap_or_default(),
-        pod.metadata.name.clone().unwrap_or_default(),
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
     )
+}
+
+/// Queue order: higher priority, then older, then by name (a max-heap of these).
+type QueueItem = (i32, Reverse<i128>, Reverse<Key>);
+
+fn queue_item(k: Key, pod: &Pod) -> QueueItem {
+    let created = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(i128::MAX, |t| t.0.as_nanosecond());
+    (priority(pod), Reverse(created), Reverse(k))
+}
+
+/// What a scheduling failure does to the pod's `status.nominatedNodeName`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Nomination {
+    Keep,
+    Clear,
+    Set(String),
 }
 
 /// Counters for tests and metrics.
@@ -70,11 +104,14 @@ struct State {
     placed: HashMap<Key, (String, Pod)>,
     assumed: HashSet<Key>,
     pending: HashMap<Key, Pod>,
-    queue: VecDeque<Key>,
+    queue: BinaryHeap<QueueItem>,
     queued: HashSet<Key>,
     /// Unschedulable pods: attempts so far and the earliest next try.
     backoff: HashMap<Key, (u32, Instant)>,
     parked: HashSet<Key>,
+    /// Pending pods nominated to a node by preemption (`status.nominatedNodeName`).
+    nominated: HashMap<Key, String>,
+    pdbs: HashMap<Key, PodDisruptionBudget>,
     tie: usize,
     nodes_synced: bool,
     pods_synced: bool,
@@ -82,11 +119,11 @@ struct State {
 
 impl State {
     fn enqueue(&mut self, k: Key) {
-        if self.pending.contains_key(&k)
-            && !self.assumed.contains(&k)
-            && self.queued.insert(k.clone())
-        {
-            self.queue.push_back(k);
+        if !self.assumed.contains(&k) && !self.queued.contains(&k) {
+            if let Some(pod) = self.pending.get(&k) {
+                self.queue.push(queue_item(k.clone(), pod));
+                self.queued.insert(k);
+            }
         }
     }
 
@@ -107,6 +144,34 @@ impl State {
         if let Some((node, pod)) = self.placed.remove(k) {
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.remove_pod(&pod);
+            }
+        }
+    }
+
+    /// Account for pods nominated to nodes (not `except`, of at least `prio`) while a pod
+    /// of priority `prio` is scheduled, as upstream's `addNominatedPods`; undo with
+    /// [`State::remove_nominated`].
+    fn add_nominated(&mut self, except: &Key, prio: i32) -> Vec<(String, Pod)> {
+        let mut added = Vec::new();
+        for (k, node) in &self.nominated {
+            if k == except || self.placed.contains_key(k) {
+                continue;
+            }
+            let Some(p) = self.pending.get(k).filter(|p| priority(p) >= prio) else {
+                continue;
+            };
+            if let Some(n) = self.nodes.get_mut(node) {
+                n.add_pod(p);
+                added.push((node.clone(), p.clone()));
+            }
+        }
+        added
+    }
+
+    fn remove_nominated(&mut self, added: Vec<(String, Pod)>) {
+        for (node, p) in added {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.remove_pod(&p);
             }
         }
     }
@@ -136,6 +201,7 @@ impl State {
         match node {
             Some(node) => {
                 self.pending.remove(&k);
+                self.nominated.remove(&k);
                 self.assumed.remove(&k);
                 self.backoff.remove(&k);
                 self.parked.remove(&k);
@@ -150,11 +216,20 @@ impl State {
                 }
             }
             None if pod.metadata.deletion_timestamp.is_none() && serves(&pod) => {
+                if let Some(n) = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.nominated_node_name.clone())
+                    .filter(|n| !n.is_empty())
+                {
+                    self.nominated.insert(k.clone(), n);
+                }
                 self.pending.insert(k.clone(), pod);
                 self.enqueue(k);
             }
             None => {
                 self.pending.remove(&k);
+                self.nominated.remove(&k);
             }
         }
     }
@@ -162,6 +237,7 @@ impl State {
     fn delete_pod(&mut self, pod: &Pod) {
         let k = key(pod);
         self.pending.remove(&k);
+        self.nominated.remove(&k);
         self.assumed.remove(&k);
         self.backoff.remove(&k);
         self.parked.remove(&k);
@@ -205,6 +281,11 @@ impl Scheduler {
         let mut pods = watcher::watcher(pods_api, watcher::Config::default())
             .default_backoff()
             .boxed();
+        let pdbs_api: Api<PodDisruptionBudget> = Api::all(self.client.clone());
+        let mut pdbs = watcher::watcher(pdbs_api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut pdb_buf: Option<Vec<PodDisruptionBudget>> = None;
         let (done_tx, mut done_rx) = mpsc::channel::<(Key, String, BindResult)>(1024);
         let (event_tx, event_rx) = mpsc::channel::<CoreEvent>(4096);
         tokio::spawn(write_events(
@@ -261,6 +342,17 @@ impl Scheduler {
                     Some(Err(e)) => tracing::warn!(error = %e, "pod watch error; retrying"),
                     None => return Ok(()),
                 },
+                ev = pdbs.next() => match ev {
+                    Some(Ok(Event::Init)) => pdb_buf = Some(Vec::new()),
+                    Some(Ok(Event::InitApply(p))) => { if let Some(b) = pdb_buf.as_mut() { b.push(p) } }
+                    Some(Ok(Event::InitDone)) => {
+                        st.pdbs = pdb_buf.take().unwrap_or_default().into_iter().map(|p| (meta_key(&p.metadata), p)).collect();
+                    }
+                    Some(Ok(Event::Apply(p))) => { st.pdbs.insert(meta_key(&p.metadata), p); }
+                    Some(Ok(Event::Delete(p))) => { st.pdbs.remove(&meta_key(&p.metadata)); }
+                    Some(Err(e)) => tracing::warn!(error = %e, "poddisruptionbudget watch error; retrying"),
+                    None => return Ok(()),
+                },
                 Some((k, node, res)) = done_rx.recv() => {
                     st.assumed.remove(&k);
                     match res {
@@ -312,7 +404,7 @@ impl Scheduler {
         event_tx: &mpsc::Sender<CoreEvent>,
         in_flight: &Arc<tokio::sync::Semaphore>,
     ) {
-        while let Some(k) = st.queue.pop_front() {
+        while let Some((_, _, Reverse(k))) = st.queue.pop() {
             st.queued.remove(&k);
             let Some(pod) = st.pending.get(&k).cloned() else {
                 continue;
@@ -329,7 +421,15 @@ impl Scheduler {
                 continue;
             };
             st.tie = st.tie.wrapping_add(1);
-            match framework::schedule(&pod, &st.nodes, profile, st.tie) {
+            let added = st.add_nominated(&k, priority(&pod));
+            let result =
+                framework::schedule(&pod, &st.nodes, profile, st.tie).map_err(|mut fit| {
+                    let (msg, nomination) = self.post_filter(st, &k, &pod, profile, event_tx);
+                    fit.post_filter = msg;
+                    (fit, nomination)
+                });
+            st.remove_nominated(added);
+            match result {
                 Ok(node) => {
                     st.assumed.insert(k.clone());
                     st.place(k.clone(), node.clone(), pod.clone());
@@ -349,7 +449,7 @@ impl Scheduler {
                         let _ = done.send((k, node, res)).await;
                     });
                 }
-                Err(fit) => {
+                Err((fit, nomination)) => {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     let msg = fit.to_string();
                     tracing::info!(pod = %format!("{}/{}", k.0, k.1), %msg, "unschedulable");
@@ -361,10 +461,174 @@ impl Scheduler {
                     st.parked.insert(k.clone());
                     let _ = event_tx.try_send(event_for(&pod, "Warning", "FailedScheduling", &msg));
                     let client = self.client.clone();
-                    tokio::spawn(async move { mark_unschedulable(&client, &pod, &msg).await });
+                    tokio::spawn(async move {
+                        mark_unschedulable(&client, &pod, &msg, &nomination).await
+                    });
                 }
             }
         }
+    }
+}
+
+impl Scheduler {
+    /// Upstream's DefaultPreemption PostFilter for `pod`, which fits no node: the message to
+    /// add to its FitError and what becomes of its nomination. Victims are evicted in the
+    /// background.
+    fn post_filter(
+        &self,
+        st: &mut State,
+        k: &Key,
+        pod: &Pod,
+        profile: &Profile,
+        event_tx: &mpsc::Sender<CoreEvent>,
+    ) -> (Option<String>, Nomination) {
+        if preemption::never_preempts(pod) {
+            return (
+                Some("preemption: not eligible due to preemptionPolicy=Never.".into()),
+                Nomination::Keep,
+            );
+        }
+        let prio = priority(pod);
+        if let Some(nominated) = st.nominated.get(k) {
+            // Victims of an earlier preemption are still leaving: wait for them.
+            let waiting = st
+                .placed
+                .values()
+                .any(|(n, p)| n == nominated && priority(p) < prio && terminating_by_preemption(p));
+            if waiting {
+                return (
+                    Some(
+                        "preemption: not eligible due to a terminating pod on the nominated node."
+                            .into(),
+                    ),
+                    Nomination::Keep,
+                );
+            }
+        }
+        let mut by_node: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for (n, p) in st.placed.values() {
+            by_node.entry(n.as_str()).or_default().push(p);
+        }
+        let pdbs: Vec<PodDisruptionBudget> = st.pdbs.values().cloned().collect();
+        let found = preemption::find_candidates(pod, &by_node, &mut st.nodes, &pdbs, profile);
+        drop(by_node);
+        let candidates = match found {
+            Ok(c) => c,
+            Err(fit) => {
+                st.nominated.remove(k);
+                return (Some(format!("preemption: {fit}")), Nomination::Clear);
+            }
+        };
+        let Some(chosen) = preemption::pick(candidates) else {
+            return (None, Nomination::Clear);
+        };
+        // Lower-priority pods nominated to the node lose their claim, as upstream.
+        let lower: Vec<Key> = st
+            .nominated
+            .iter()
+            .filter(|(k2, n)| {
+                *k2 != k
+                    && **n == chosen.node
+                    && st.pending.get(*k2).is_some_and(|p| priority(p) < prio)
+            })
+            .map(|(k2, _)| k2.clone())
+            .collect();
+        for k2 in lower {
+            st.nominated.remove(&k2);
+            let client = self.client.clone();
+            tokio::spawn(async move { clear_nomination(&client, &k2).await });
+        }
+        st.nominated.insert(k.clone(), chosen.node.clone());
+        tracing::info!(
+            pod = %format!("{}/{}", k.0, k.1),
+            node = %chosen.node,
+            victims = chosen.victims.len(),
+            "preempting"
+        );
+        tokio::spawn(evict(
+            self.client.clone(),
+            pod.clone(),
+            chosen.node.clone(),
+            chosen.victims,
+            event_tx.clone(),
+        ));
+        (None, Nomination::Set(chosen.node))
+    }
+}
+
+/// Upstream's `podTerminatingByPreemption`.
+fn terminating_by_preemption(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.type_ == "DisruptionTarget"
+                        && c.reason.as_deref() == Some("PreemptionByScheduler")
+                })
+            })
+}
+
+/// Evict preemption victims as upstream's `prepareCandidate`: a `DisruptionTarget`
+/// condition first, then a delete with the pod's own grace period, and a `Preempted` event.
+async fn evict(
+    client: Client,
+    preemptor: Pod,
+    node: String,
+    victims: Vec<Pod>,
+    events: mpsc::Sender<CoreEvent>,
+) {
+    let scheduler_name = preemptor
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.clone())
+        .unwrap_or_else(|| "default-scheduler".into());
+    let uid = preemptor.metadata.uid.clone().unwrap_or_default();
+    for victim in victims {
+        let (ns, name) = key(&victim);
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "PreemptionByScheduler",
+            "message": format!("{scheduler_name}: preempting to accommodate a higher priority pod"),
+            "lastTransitionTime": now,
+        }]}});
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, pod = %format!("{ns}/{name}"), "marking a preemption victim");
+                continue;
+            }
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, pod = %format!("{ns}/{name}"), "deleting a preemption victim");
+                continue;
+            }
+        }
+        let msg = format!("Preempted by pod {uid} on node {node}");
+        let _ = events.try_send(event_for(&victim, "Normal", "Preempted", &msg));
+    }
+}
+
+async fn clear_nomination(client: &Client, k: &Key) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &k.0);
+    let patch = serde_json::json!({"status": {"nominatedNodeName": null}});
+    if let Err(e) = api
+        .patch_status(&k.1, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, pod = %format!("{}/{}", k.0, k.1), "clearing nominatedNodeName");
     }
 }
 
@@ -400,11 +664,11 @@ async fn bind(client: &Client, pod: &Pod, node: &str) -> BindResult {
     }
 }
 
-async fn mark_unschedulable(client: &Client, pod: &Pod, msg: &str) {
+async fn mark_unschedulable(client: &Client, pod: &Pod, msg: &str, nomination: &Nomination) {
     let (ns, name) = key(pod);
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "status": {"conditions": [{
             "type": "PodScheduled",
             "status": "False",
@@ -413,6 +677,11 @@ async fn mark_unschedulable(client: &Client, pod: &Pod, msg: &str) {
             "lastTransitionTime": now,
         }]}
     });
+    match nomination {
+        Nomination::Keep => {}
+        Nomination::Clear => patch["status"]["nominatedNodeName"] = serde_json::Value::Null,
+        Nomination::Set(n) => patch["status"]["nominatedNodeName"] = serde_json::json!(n),
+    }
     if let Err(e) = api
         .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
         .await
@@ -452,10 +721,10 @@ fn event_for(pod: &Pod, type_: &str, reason: &str, message: &str) -> CoreEvent {
         reporting_component: Some("default-scheduler".into()),
         reporting_instance: Some("kaze-scheduler".into()),
         action: Some(
-            if reason == "Scheduled" {
-                "Binding"
-            } else {
-                "Scheduling"
+            match reason {
+                "Scheduled" => "Binding",
+                "Preempted" => "Preempting",
+                _ => "Scheduling",
             }
             .into(),
         ),

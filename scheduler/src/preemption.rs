@@ -117,7 +117,7 @@ fn split_by_pdb(pods: Vec<Pod>, pdbs: &[PodDisruptionBudget]) -> (Vec<Pod>, Vec<
 pub fn select_victims_on_node(
     pod: &Pod,
     node: &str,
-    on_node: &[Pod],
+    on_node: &[&Pod],
     nodes: &mut BTreeMap<String, NodeInfo>,
     pdbs: &[PodDisruptionBudget],
     profile: &Profile,
@@ -126,7 +126,7 @@ pub fn select_victims_on_node(
     let mut potential: Vec<Pod> = on_node
         .iter()
         .filter(|p| priority(p) < prio)
-        .cloned()
+        .map(|p| (*p).clone())
         .collect();
     if potential.is_empty() {
         return Err(vec!["No preemption victims found for incoming pod".into()]);
@@ -178,11 +178,24 @@ pub fn select_victims_on_node(
     })
 }
 
+/// Reasons upstream's filters report as `UnschedulableAndUnresolvable`: no eviction helps.
+fn unresolvable(reason: &str) -> bool {
+    [
+        "node(s) were unschedulable",
+        "node(s) didn't match Pod's node affinity/selector",
+        "node(s) had untolerated taint",
+        "node(s) didn't match pod affinity rules",
+        "node(s) didn't match pod topology spread constraints (missing required label)",
+    ]
+    .iter()
+    .any(|p| reason.starts_with(p))
+}
+
 /// Candidates on every node for `pod` (which fits none), or upstream's preemption FitError
 /// (`0/N nodes are available: ...`) when preemption cannot help anywhere.
 pub fn find_candidates(
     pod: &Pod,
-    pods_by_node: &HashMap<String, Vec<Pod>>,
+    pods_by_node: &HashMap<&str, Vec<&Pod>>,
     nodes: &mut BTreeMap<String, NodeInfo>,
     pdbs: &[PodDisruptionBudget],
     profile: &Profile,
@@ -192,7 +205,20 @@ pub fn find_candidates(
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let empty = Vec::new();
     for name in &names {
-        let on_node = pods_by_node.get(name).unwrap_or(&empty);
+        // Nodes that removing pods cannot fix are skipped, as upstream's
+        // `nodesWherePreemptionMightHelp`.
+        let hopeless = nodes.get(name).is_some_and(|n| {
+            framework::filter(pod, n, nodes, profile)
+                .iter()
+                .any(|r| unresolvable(r))
+        });
+        if hopeless {
+            *reasons
+                .entry("Preemption is not helpful for scheduling".into())
+                .or_default() += 1;
+            continue;
+        }
+        let on_node = pods_by_node.get(name.as_str()).unwrap_or(&empty);
         match select_victims_on_node(pod, name, on_node, nodes, pdbs, profile) {
             Ok(c) => candidates.push(c),
             Err(rs) => {
@@ -288,15 +314,17 @@ mod tests {
     const T1: &str = "2026-01-01T00:00:01Z";
     const T2: &str = "2026-01-01T00:00:02Z";
 
-    fn setup(pods: &[(&str, &Pod)]) -> (BTreeMap<String, NodeInfo>, HashMap<String, Vec<Pod>>) {
+    fn setup<'a>(
+        pods: &[(&'a str, &'a Pod)],
+    ) -> (BTreeMap<String, NodeInfo>, HashMap<&'a str, Vec<&'a Pod>>) {
         let mut nodes = BTreeMap::new();
-        let mut by_node: HashMap<String, Vec<Pod>> = HashMap::new();
+        let mut by_node: HashMap<&str, Vec<&Pod>> = HashMap::new();
         for (n, p) in pods {
             nodes
                 .entry(n.to_string())
                 .or_insert_with(|| node(n, "2"))
                 .add_pod(p);
-            by_node.entry(n.to_string()).or_default().push((*p).clone());
+            by_node.entry(n).or_default().push(p);
         }
         (nodes, by_node)
     }
@@ -337,6 +365,22 @@ mod tests {
             "0/1 nodes are available: 1 No preemption victims found for incoming pod."
         );
         assert_eq!(nodes["a"].requested, before);
+    }
+
+    #[test]
+    fn nodes_eviction_cannot_fix_are_not_helpful() {
+        let low = pod("low", "1", 10, T1, json!({}));
+        let (mut nodes, by_node) = setup(&[("a", &low)]);
+        let profile = Profile::default_named("default-scheduler");
+        let mut picky = pod("picky", "2", 100, T2, json!({}));
+        picky.spec.as_mut().expect("spec").node_selector =
+            Some([("disk".to_string(), "ssd".to_string())].into());
+        let err = find_candidates(&picky, &by_node, &mut nodes, &[], &profile)
+            .expect_err("the selector rules the node out");
+        assert_eq!(
+            err.to_string(),
+            "0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+        );
     }
 
     #[test]

@@ -122,7 +122,9 @@ async fn binds_pending_pods_and_explains_unschedulable_ones() {
         }
     })
     .await;
-    assert_eq!(msg, "0/3 nodes are available: 3 Insufficient cpu.");
+    // Every pod has priority 0: preemption finds nobody to evict, and says so (upstream's
+    // PostFilter message).
+    assert_eq!(msg, "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.");
     let cond = wait_for("PodScheduled=False", Duration::from_secs(10), || {
         let p = pods.clone();
         async move {
