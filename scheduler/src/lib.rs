@@ -3,6 +3,17 @@
 //! serves ([`framework`]: filters then scores), and binds through the `pods/binding`
 //! subresource. Pods that fit nowhere get a `FailedScheduling` event with upstream's wording
 //! and `PodScheduled=False`, and are retried with backoff when the cluster changes.
+//!
+//! Pending pods are tried highest `spec.priority` first (then oldest), as upstream's
+//! priority queue. A pod that fits nowhere may preempt ([`preemption`], upstream's
+//! DefaultPreemption PostFilter): on the node where evicting the fewest pods of lower
+//! priority makes it pass every filter (PodDisruptionBudget violations avoided when
+//! possible; the node chosen as upstream), the victims get a `DisruptionTarget` condition
+//! (`PreemptionByScheduler`), a `Preempted` event and a delete with their grace period, and
+//! the pod's `status.nominatedNodeName` names the node, whose room lower-priority pods cannot
+//! take meanwhile. `preemptionPolicy: Never` pods only wait; equal-priority pods are never
+//! victims. The FailedScheduling message ends with upstream's preemption diagnosis
+//! (`preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.`).
 
 use std::path::PathBuf;
 
