@@ -381,10 +381,14 @@ pub async fn apply(
             }
             Err(e) => return Err(e),
             Ok(_) => {
+                let default_class = crate::priority::default_before_update(state, def).await?;
                 let updated =
                     objects::guaranteed_update(state, def, ns, name, None, opts.dry_run, |cur| {
                         let merged = merge(def, cur, &applied, manager, force)?;
-                        objects::prepare_update(def, cur, merged, Part::Main, opts.strict)
+                        let out =
+                            objects::prepare_update(def, cur, merged, Part::Main, opts.strict)?;
+                        crate::priority::check_update(&out, default_class.as_deref())?;
+                        Ok(out)
                     })
                     .await?;
                 return Ok((updated, false));

@@ -174,11 +174,14 @@ async fn dispatch(
             let ty = negotiate::body_type(&headers)?;
             let patch = decode_patch(&body, ty)?;
             let opts = write_opts(&q)?;
+            let default_class = crate::priority::default_before_update(&state, &def).await?;
             let updated =
                 objects::guaranteed_update(&state, &def, ns, name, None, opts.dry_run, |cur| {
                     let patched = crate::patch::apply(ty, cur, &patch)?;
                     check_patched_rv(&def, name, cur, &patched)?;
-                    objects::prepare_update(&def, cur, patched, part, opts.strict)
+                    let out = objects::prepare_update(&def, cur, patched, part, opts.strict)?;
+                    crate::priority::check_update(&out, default_class.as_deref())?;
+                    Ok(out)
                 })
                 .await?;
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
@@ -277,8 +280,14 @@ pub async fn update(
         Some(rv) if !rv.is_empty() => Some(objects::parse_rv(rv)?),
         _ => None,
     };
+    let default_class = match part {
+        Part::Main => crate::priority::default_before_update(state, def).await?,
+        _ => None,
+    };
     objects::guaranteed_update(state, def, ns, name, precondition, opts.dry_run, |cur| {
-        objects::prepare_update(def, cur, obj.clone(), part, opts.strict)
+        let out = objects::prepare_update(def, cur, obj.clone(), part, opts.strict)?;
+        crate::priority::check_update(&out, default_class.as_deref())?;
+        Ok(out)
     })
     .await
 }

@@ -8,8 +8,8 @@
 //! class is 403 `no PriorityClass with name <n> was found`; a pod that sets `priority` or
 //! `preemptionPolicy` itself to something else than its class says is refused (403) with
 //! upstream's messages. Updates keep what the create resolved (a replace without the fields
-//! does not drop them). Creating a second `globalDefault` class is refused, as upstream's
-//! validating half does.
+//! does not drop them). Creating a second `globalDefault` class, or marking another class
+//! `globalDefault`, is refused, as upstream's validating half does.
 //!
 //! `system-cluster-critical` and `system-node-critical` are created at apiserver start
 //! ([`crate::bootstrap`]) and cannot be deleted.
@@ -176,6 +176,43 @@ pub async fn validate_class_create(state: &AppState, pc: &Value) -> Result<(), A
             &format!(
                 "PriorityClass {} is already marked as default. Only one default can exist",
                 meta::meta_str(&dpc, "name").unwrap_or("")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// For an update of `def`: the name of the current `globalDefault` PriorityClass, which
+/// [`check_update`] compares the updated class with (`None`: nothing to check).
+pub async fn default_before_update(
+    state: &AppState,
+    def: &ResourceDef,
+) -> Result<Option<String>, ApiError> {
+    if !state.priority_admission
+        || def.group != "scheduling.k8s.io"
+        || def.plural != "priorityclasses"
+    {
+        return Ok(None);
+    }
+    Ok(default_class(state)
+        .await?
+        .and_then(|pc| meta::meta_str(&pc, "name").map(String::from)))
+}
+
+/// Upstream's validating half on PriorityClass updates: marking a class `globalDefault`
+/// while another one is the default is refused.
+pub fn check_update(updated: &Value, default: Option<&str>) -> Result<(), ApiError> {
+    let Some(default) = default else {
+        return Ok(());
+    };
+    let name = meta::meta_str(updated, "name").unwrap_or("");
+    if updated.get("globalDefault").and_then(Value::as_bool) == Some(true) && default != name {
+        return Err(ApiError::forbidden(
+            "priorityclasses",
+            "scheduling.k8s.io",
+            name,
+            &format!(
+                "PriorityClass {default} is already marked as default. Only one default can exist"
             ),
         ));
     }

@@ -131,6 +131,32 @@ fn the_global_default_class_applies_to_pods_without_one() {
         Some("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: another\nvalue: 20\nglobalDefault: true\n"),
     );
     assert!(err.contains("priorityclasses.scheduling.k8s.io \"another\" is forbidden: PriorityClass standard is already marked as default. Only one default can exist"), "{err}");
+
+    // Marking another class default is refused too; the default itself may be updated.
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: another\nvalue: 20\n"),
+    );
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "pc",
+            "another",
+            "--type=merge",
+            "-p",
+            r#"{"globalDefault":true}"#,
+        ],
+        None,
+    );
+    assert!(err.contains("priorityclasses.scheduling.k8s.io \"another\" is forbidden: PriorityClass standard is already marked as default. Only one default can exist"), "{err}");
+    s.kubectl(&[
+        "patch",
+        "pc",
+        "standard",
+        "--type=merge",
+        "-p",
+        r#"{"description":"the default"}"#,
+    ]);
 }
 
 #[test]
