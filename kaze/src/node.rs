@@ -136,6 +136,7 @@ pub async fn start(
         lease_renew_interval: std::time::Duration::from_secs(10),
         client_ca_file: Some(client_ca.to_path_buf()),
         anonymous_auth: false,
+        allowed_unsafe_sysctls: Vec::new(),
         pod_cidr: None,
         static_pods: kubelet::static_pod::Config {
             pod_manifest_path: Some(pod_manifest_path),

@@ -95,6 +95,7 @@ async fn main() {
         lease_renew_interval: Duration::from_secs(10),
         client_ca_file: Some(server.ca_file()),
         anonymous_auth: false,
+        allowed_unsafe_sysctls: Vec::new(),
         pod_cidr: None,
         static_pods: Default::default(),
     };

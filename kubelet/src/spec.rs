@@ -99,13 +99,29 @@ impl DnsConfig {
 }
 
 /// The pod's /etc/hosts, as the kubelet writes it (managed header, localhost, the pod).
-pub fn hosts_file(hostname: &str, pod_ips: &[IpAddr]) -> String {
+pub fn hosts_file(names: &[String], pod_ips: &[IpAddr], aliases: &[HostAlias]) -> String {
     let mut out = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
     );
     for ip in pod_ips {
-        out.push_str(&format!("{ip}\t{hostname}\n"));
+        out.push_str(&format!("{ip}\t{}\n", names.join("\t")));
+    }
+    out.push_str(&host_aliases(aliases));
+    out
+}
+
+/// A pod's `hostAliases` entry: an IP and its names.
+pub type HostAlias = (String, Vec<String>);
+
+/// The `hostAliases` block upstream appends to a pod's hosts file (empty without any).
+pub fn host_aliases(aliases: &[HostAlias]) -> String {
+    if aliases.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n# Entries added by HostAliases.\n");
+    for (ip, names) in aliases {
+        out.push_str(&format!("{ip}\t{}\n", names.join("\t")));
     }
     out
 }

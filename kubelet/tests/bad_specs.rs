@@ -2,7 +2,8 @@
 //! in-process, a real containerd, runc and CNI, the kubelet's API loop): a volumeMount of no
 //! volume is `CreateContainerConfigError`, an image name that does not parse is
 //! `InvalidImageName`, and of two pods asking for one hostPort the second is rejected at
-//! admission (phase Failed, reason `NodePorts`), as upstream's kubelet does. The kubelet
+//! admission (phase Failed, reason `NodePorts`), as is a pod asking for an unsafe sysctl
+//! (`SysctlForbidden`), as upstream's kubelet does. The kubelet
 //! runs a good pod afterwards all the same.
 
 mod support;
@@ -164,6 +165,28 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
     assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Failed"));
     assert!(c.pod_containers(&second_uid).is_empty());
 
+    // A sysctl that is neither safe nor allowed: rejected at admission (SysctlForbidden).
+    let mut unsafe_sysctl = sleeper("unsafe-sysctl", None);
+    unsafe_sysctl["spec"]["securityContext"] =
+        json!({"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]});
+    let unsafe_pod = create(&c, unsafe_sysctl).await;
+    let p = c
+        .wait_pod("default", "unsafe-sysctl", "the sysctl pod rejected", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+        })
+        .await;
+    let s = p.status.expect("status");
+    assert_eq!(
+        (s.reason.as_deref(), s.message.as_deref()),
+        (
+            Some("SysctlForbidden"),
+            Some("Pod was rejected: forbidden sysctl: \"net.core.somaxconn\" not allowlisted")
+        )
+    );
+    assert!(c
+        .pod_containers(&unsafe_pod.metadata.uid.clone().expect("uid"))
+        .is_empty());
+
     // Nothing above hurt the kubelet: a good pod runs.
     create(&c, sleeper("good", None)).await;
     c.wait_pod("default", "good", "the good pod running", running)
@@ -174,6 +197,7 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         "ghost-volume",
         "bad-image",
         "port-second",
+        "unsafe-sysctl",
     ] {
         c.pods("default")
             .delete(name, &DeleteParams::default())
@@ -186,6 +210,7 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         "ghost-volume",
         "bad-image",
         "port-second",
+        "unsafe-sysctl",
     ] {
         c.wait_pod_gone("default", name).await;
     }

@@ -835,3 +835,98 @@ async fn host_namespaces_and_a_shared_process_namespace() {
         h.terminate().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_file_hostname_sysctls_and_the_active_deadline() {
+    let node = TestNode::start("kt-hosts", 31).await;
+    let p = pod(
+        "named",
+        json!({
+            "hostname": "web",
+            "subdomain": "backends",
+            "setHostnameAsFQDN": true,
+            "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["foo.local", "bar.local"]}],
+            "securityContext": {"sysctls": [
+                {"name": "net.ipv4.ip_local_port_range", "value": "20000 30000"},
+                {"name": "kernel.shm_rmid_forced", "value": "1"}]},
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"]}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(30), "Running", |s| {
+        s.phase.as_deref() == Some("Running") && container(s, "main").ready
+    })
+    .await;
+    let ip = s.pod_ip.clone().expect("pod IP");
+    let id = container(&s, "main")
+        .container_id
+        .clone()
+        .expect("container id")
+        .trim_start_matches("containerd://")
+        .to_string();
+    let script = "cat /etc/hosts; echo ---; hostname; cat /proc/sys/net/ipv4/ip_local_port_range /proc/sys/kernel/shm_rmid_forced";
+    let out = node
+        .rt
+        .exec_sync(
+            &id,
+            &["sh".into(), "-c".into(), script.into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (hosts, rest) = text.split_once("---\n").expect("two parts");
+    let fqdn = "web.backends.default.svc.cluster.local";
+    assert!(
+        hosts.contains(&format!("{ip}\t{fqdn}\tweb\n")),
+        "the pod's line names its FQDN first: {hosts}"
+    );
+    assert!(
+        hosts.ends_with("\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"),
+        "hostAliases are appended: {hosts}"
+    );
+    assert_eq!(
+        rest.lines().collect::<Vec<_>>(),
+        vec![fqdn, "20000\t30000", "1"],
+        "setHostnameAsFQDN and the sysctls"
+    );
+    h.terminate().await;
+
+    // activeDeadlineSeconds: past it, every container is stopped and the pod fails.
+    let p = pod(
+        "deadline",
+        json!({
+            "activeDeadlineSeconds": 2,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"]}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(30), "Failed", |s| {
+        s.phase.as_deref() == Some("Failed")
+    })
+    .await;
+    assert_eq!(
+        (s.reason.as_deref(), s.message.as_deref()),
+        (
+            Some("DeadlineExceeded"),
+            Some("Pod was active on the node longer than the specified deadline")
+        )
+    );
+    assert!(
+        container(&s, "main")
+            .state
+            .as_ref()
+            .is_some_and(|st| st.terminated.is_some()),
+        "{s:#?}"
+    );
+    let started = s.start_time.as_ref().expect("start time").0;
+    assert!(
+        jiff::Timestamp::now().duration_since(started).as_secs() >= 2,
+        "not before the deadline"
+    );
+    h.terminate().await;
+}

@@ -96,6 +96,10 @@ pub struct Config {
     #[arg(long = "anonymous-auth", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub anonymous_auth: bool,
+    /// Unsafe sysctls (or `prefix.*` patterns) pods may set besides the safe ones, as
+    /// upstream's flag; a pod asking for another is rejected (`SysctlForbidden`).
+    #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// How often the node Lease is renewed.
     #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
     pub lease_renew_interval: Duration,
@@ -230,7 +234,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     };
 
     let uids: server::PodUids = Default::default();
-    let active = crate::pod::ActivePods::default();
+    let active = crate::pod::ActivePods::new(config.allowed_unsafe_sysctls.clone());
     let mut tasks = tokio::task::JoinSet::new();
     // Static pods first: they run whatever the apiserver does, and the sync loop must know
     // them before it looks for leftovers.

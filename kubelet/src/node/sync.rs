@@ -40,6 +40,26 @@ fn is_terminal(p: &Pod) -> bool {
     )
 }
 
+/// The patch that makes the API's pod status `current` when it was `last` (as this kubelet
+/// wrote it; None: not known), as upstream's kubelet patches it: strategic, so the pod's
+/// conditions merge by type and the ones others own (readiness gates', the scheduler's
+/// `DisruptionTarget`) stay, while the container status lists are replaced; a field this
+/// kubelet wrote before and no longer has (a cleared `message`) is removed.
+fn status_patch(
+    last: Option<&serde_json::Value>,
+    current: &serde_json::Value,
+) -> Patch<serde_json::Value> {
+    let mut status = current.clone();
+    if let (Some(last), Some(now)) = (last.and_then(|l| l.as_object()), status.as_object_mut()) {
+        for k in last.keys() {
+            if !now.contains_key(k) {
+                now.insert(k.clone(), serde_json::Value::Null);
+            }
+        }
+    }
+    Patch::Strategic(json!({ "status": status }))
+}
+
 /// Patch `status` onto the pod whenever the worker publishes a new one.
 fn spawn_reporter(
     client: Client,
@@ -58,7 +78,7 @@ fn spawn_reporter(
                     .patch_status(
                         &name,
                         &PatchParams::default(),
-                        &Patch::Merge(&json!({"status": current})),
+                        &status_patch(last.as_ref(), &current),
                     )
                     .await
                 {
@@ -91,11 +111,12 @@ async fn finish(
     let final_status = running.handle.terminate().await;
     active.remove(&uid);
     let api: Api<Pod> = Api::namespaced(client, &running.namespace);
+    let final_status = serde_json::to_value(final_status).unwrap_or_default();
     let _ = api
         .patch_status(
             &running.name,
             &PatchParams::default(),
-            &Patch::Merge(&json!({"status": final_status})),
+            &status_patch(None, &final_status),
         )
         .await;
     if delete_from_api {

@@ -1,7 +1,8 @@
 //! The pods this node has admitted (upstream's pod manager, as far as admission and the
 //! server's `GET /pods` need it), and admission itself: the check upstream's kubelet re-runs
 //! from the scheduler's filters that a node can fail on its own, two pods asking for one
-//! `hostPort` (scheduled by hand, a static pod, or a race). A pod that does not fit is
+//! `hostPort` (scheduled by hand, a static pod, or a race); and sysctls that are neither
+//! safe nor allowed by `--allowed-unsafe-sysctls` (`SysctlForbidden`). A pod that does not fit is
 //! rejected as upstream rejects it: phase Failed, reason `NodePorts`, message `Pod was
 //! rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod
 //! ports`, and a Warning event with that reason. Pods are admitted in creation order, so the
@@ -101,6 +102,79 @@ struct Active {
 #[derive(Clone, Default)]
 pub struct ActivePods {
     inner: Arc<Mutex<HashMap<String, Active>>>,
+    /// `--allowed-unsafe-sysctls`.
+    allowed_unsafe_sysctls: Arc<Vec<String>>,
+}
+
+/// The sysctls upstream's kubelet lets every pod set (`pkg/kubelet/sysctl` safe set).
+pub const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+];
+
+/// Which of the pod's namespaces a sysctl lives in (None: not namespaced, never allowed).
+fn sysctl_namespace(name: &str) -> Option<&'static str> {
+    if name.starts_with("net.") {
+        Some("net")
+    } else if name.starts_with("kernel.shm")
+        || name.starts_with("kernel.msg")
+        || name == "kernel.sem"
+        || name.starts_with("fs.mqueue.")
+    {
+        Some("IPC")
+    } else {
+        None
+    }
+}
+
+/// Upstream's sysctl admission: each of the pod's sysctls is safe or allowed by
+/// `allowed` (names or `prefix.*` patterns), and not in a namespace the pod shares with the
+/// host. Names may use `/` for `.`.
+pub fn check_sysctls(pod: &Pod, allowed: &[String]) -> Result<(), Rejection> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(());
+    };
+    let sysctls = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.sysctls.as_ref());
+    for s in sysctls.into_iter().flatten() {
+        let name = s.name.replace('/', ".");
+        let forbidden = |why: String| Rejection {
+            reason: "SysctlForbidden".into(),
+            message: format!("forbidden sysctl: {why}"),
+        };
+        let allowed = SAFE_SYSCTLS.contains(&name.as_str())
+            || allowed.iter().any(|a| match a.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => *a == name,
+            });
+        let ns = sysctl_namespace(&name);
+        if !allowed || ns.is_none() {
+            return Err(forbidden(format!("{name:?} not allowlisted")));
+        }
+        let host = match ns {
+            Some("net") => spec.host_network == Some(true),
+            _ => spec.host_ipc == Some(true),
+        };
+        if host {
+            return Err(forbidden(format!(
+                "{name:?} not allowed with host {} enabled",
+                if ns == Some("net") { "net" } else { "ipc" }
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for ActivePods {
@@ -116,6 +190,14 @@ impl ActivePods {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Admitted pods with `allowed_unsafe_sysctls` (`--allowed-unsafe-sysctls`).
+    pub fn new(allowed_unsafe_sysctls: Vec<String>) -> ActivePods {
+        ActivePods {
+            allowed_unsafe_sysctls: Arc::new(allowed_unsafe_sysctls),
+            ..ActivePods::default()
+        }
+    }
+
     /// Admit `pod` (again: a pod already admitted stays so), or say why not.
     pub fn admit(&self, pod: &Pod) -> Result<(), Rejection> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -124,6 +206,7 @@ impl ActivePods {
             a.pod = pod.clone();
             return Ok(());
         }
+        check_sysctls(pod, &self.allowed_unsafe_sysctls)?;
         let ports = host_ports(pod);
         let taken = pods
             .values()
@@ -185,6 +268,59 @@ mod tests {
         serde_json::from_value(json!({"metadata": {"name": uid, "uid": uid},
             "spec": {"containers": [{"name": "c", "ports": ports}]}}))
         .unwrap()
+    }
+
+    #[test]
+    fn sysctls_must_be_safe_or_allowed_and_not_in_a_host_namespace() {
+        let with = |sysctls: serde_json::Value, host: serde_json::Value| -> Pod {
+            let mut spec = json!({"containers": [{"name": "c"}],
+                                  "securityContext": {"sysctls": sysctls}});
+            if let (Some(s), Some(h)) = (spec.as_object_mut(), host.as_object()) {
+                s.extend(h.clone());
+            }
+            serde_json::from_value(json!({"metadata": {"name": "p", "uid": "p"}, "spec": spec}))
+                .unwrap()
+        };
+        let safe = json!([{"name": "net.ipv4.ip_local_port_range", "value": "20000 30000"},
+                          {"name": "kernel/shm_rmid_forced", "value": "1"}]);
+        assert_eq!(check_sysctls(&with(safe.clone(), json!({})), &[]), Ok(()));
+        let unsafe_net = json!([{"name": "net.core.somaxconn", "value": "1024"}]);
+        let err = check_sysctls(&with(unsafe_net.clone(), json!({})), &[]).unwrap_err();
+        assert_eq!(err.reason, "SysctlForbidden");
+        assert_eq!(
+            err.message,
+            "forbidden sysctl: \"net.core.somaxconn\" not allowlisted"
+        );
+        let allowed = vec!["net.core.*".to_string()];
+        assert_eq!(
+            check_sysctls(&with(unsafe_net, json!({})), &allowed),
+            Ok(())
+        );
+        // never one that is not namespaced, allowed or not
+        let global = json!([{"name": "vm.swappiness", "value": "1"}]);
+        assert!(check_sysctls(&with(global, json!({})), &["vm.*".into()]).is_err());
+        // a namespace shared with the host cannot be changed
+        let err =
+            check_sysctls(&with(safe.clone(), json!({"hostNetwork": true})), &[]).unwrap_err();
+        assert_eq!(
+            err.message,
+            "forbidden sysctl: \"net.ipv4.ip_local_port_range\" not allowed with host net enabled"
+        );
+        let shm = json!([{"name": "kernel.shm_rmid_forced", "value": "1"}]);
+        let err = check_sysctls(&with(shm, json!({"hostIPC": true})), &[]).unwrap_err();
+        assert!(
+            err.message.ends_with("not allowed with host ipc enabled"),
+            "{}",
+            err.message
+        );
+        // admission says the same
+        let active = ActivePods::new(vec![]);
+        assert!(active
+            .admit(&with(
+                json!([{"name": "net.core.somaxconn", "value": "1"}]),
+                json!({})
+            ))
+            .is_err());
     }
 
     #[test]

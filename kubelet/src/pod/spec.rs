@@ -101,7 +101,26 @@ pub fn pod_spec(pod: &Pod) -> Result<&PodSpec, SpecError> {
 pub fn sandbox_config(pod: &Pod, node: &NodeContext) -> Result<PodSandboxConfig, SpecError> {
     let (namespace, name, uid) = pod_identity(pod)?;
     let spec = pod_spec(pod)?;
-    let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+    let short = spec.hostname.clone().unwrap_or_else(|| name.clone());
+    // With a subdomain the pod has a fully qualified name, `<hostname>.<subdomain>.<ns>.svc.
+    // <cluster domain>` (a headless Service of that name resolves it), first on its hosts
+    // line; `setHostnameAsFQDN` makes it the kernel hostname too.
+    let fqdn = spec
+        .subdomain
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|sub| format!("{short}.{sub}.{namespace}.svc.{}", node.cluster_domain));
+    let hosts_names: Vec<String> = fqdn.iter().cloned().chain([short.clone()]).collect();
+    let hostname = match (&fqdn, spec.set_hostname_as_fqdn) {
+        (Some(f), Some(true)) => f.clone(),
+        _ => short,
+    };
+    let host_aliases = spec
+        .host_aliases
+        .iter()
+        .flatten()
+        .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
+        .collect();
     let policy = spec
         .dns_policy
         .clone()
@@ -180,11 +199,19 @@ pub fn sandbox_config(pod: &Pod, node: &NodeContext) -> Result<PodSandboxConfig,
         name,
         uid,
         hostname,
+        hosts_names,
+        host_aliases,
         dns,
         port_mappings,
         host_network: host_network.then(|| node.host_ip.into_iter().collect()),
         host_ipc: spec.host_ipc.unwrap_or(false),
         host_pid: spec.host_pid.unwrap_or(false),
+        sysctls: spec
+            .security_context
+            .iter()
+            .flat_map(|s| s.sysctls.iter().flatten())
+            .map(|s| (s.name.replace('/', "."), s.value.clone()))
+            .collect(),
     })
 }
 

@@ -96,6 +96,33 @@ impl Slot {
     }
 }
 
+/// Why the pod's readiness gates do not all hold (upstream's messages), or None.
+fn readiness_gates(w: &Worker) -> Option<String> {
+    let gates = w.pod.spec.as_ref()?.readiness_gates.as_ref()?;
+    let conditions = w.pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let why: Vec<String> = gates
+        .iter()
+        .filter_map(|g| {
+            let c = conditions
+                .into_iter()
+                .flatten()
+                .find(|c| c.type_ == g.condition_type);
+            match c {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate {:?} does not exist.",
+                    g.condition_type
+                )),
+                Some(c) if c.status != "True" => Some(format!(
+                    "the status of pod readiness gate {:?} is not \"True\", but {}",
+                    g.condition_type, c.status
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect();
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
 /// `[a b]`, as Go prints a string slice in condition messages.
 fn go_list(names: &[&str]) -> String {
     format!("[{}]", names.join(" "))
@@ -119,7 +146,7 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
     let init_failed = inits.iter().any(|s| s.kind == Kind::Init && s.failed());
     let any_running = apps.iter().any(|s| s.running.is_some());
     let all_done = !apps.is_empty() && apps.iter().all(|s| s.done && s.running.is_none());
-    let phase = if init_failed {
+    let phase = if w.deadline_exceeded || init_failed {
         "Failed"
     } else if all_done {
         let ok = apps
@@ -190,6 +217,13 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
             format!("containers with unready status: {}", go_list(&unready)),
         )
     };
+    // The pod is Ready when its containers are and every readiness gate's condition (set
+    // by someone else) is True, as upstream.
+    let gates = readiness_gates(w);
+    let (pod_ready, ready_reason, ready_message) = match (all_ready, gates) {
+        (true, Some(why)) => (false, "ReadinessGatesNotReady", why),
+        _ => (all_ready, reason, message.clone()),
+    };
     let ips: Vec<String> = w
         .sandbox
         .iter()
@@ -200,10 +234,14 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
         conditions: Some(vec![
             condition("PodScheduled", true, "", String::new()),
             initialized,
-            condition("ContainersReady", all_ready, reason, message.clone()),
-            condition("Ready", all_ready, reason, message),
+            condition("ContainersReady", all_ready, reason, message),
+            condition("Ready", pod_ready, ready_reason, ready_message),
         ]),
-        message: w.sandbox_error.clone(),
+        message: match w.deadline_exceeded {
+            true => Some(super::worker::DEADLINE_MESSAGE.into()),
+            false => w.sandbox_error.clone(),
+        },
+        reason: w.deadline_exceeded.then(|| "DeadlineExceeded".into()),
         container_statuses: Some(statuses),
         init_container_statuses: Some(init_statuses).filter(|v| !v.is_empty()),
         ephemeral_container_statuses: Some(ephemeral).filter(|v| !v.is_empty()),

@@ -34,6 +34,10 @@ const STATIC_SERVICES_SYNC: Duration = Duration::from_secs(3);
 mod adopt;
 mod lifecycle;
 
+/// Upstream's status message for a pod past its `activeDeadlineSeconds`.
+pub(super) const DEADLINE_MESSAGE: &str =
+    "Pod was active on the node longer than the specified deadline";
+
 /// Restart timing. Upstream: 10 s doubling to 5 min.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -251,6 +255,7 @@ pub fn spawn_with(
         cfg,
         sandbox: None,
         sandbox_error: None,
+        deadline_exceeded: false,
         sandbox_retry: Instant::now(),
         slots,
         start_time: jiff::Timestamp::now(),
@@ -275,11 +280,13 @@ pub fn spawn_with(
 
 pub(super) struct Worker {
     rt: Runtime,
-    pod: Pod,
+    pub(super) pod: Pod,
     pub(super) node: NodeContext,
     cfg: WorkerConfig,
     pub(super) sandbox: Option<Sandbox>,
     pub(super) sandbox_error: Option<String>,
+    /// `activeDeadlineSeconds` passed: every container was stopped and the pod failed.
+    pub(super) deadline_exceeded: bool,
     sandbox_retry: Instant,
     pub(super) slots: Vec<Slot>,
     pub(super) start_time: jiff::Timestamp,
@@ -356,6 +363,12 @@ impl Worker {
             if let Some(p) = self.updates.borrow_and_update().clone() {
                 let changed = p.metadata.labels != self.pod.metadata.labels
                     || p.metadata.annotations != self.pod.metadata.annotations;
+                // Conditions others set (readiness gates') count for Ready.
+                self.pod.status = p.status.clone();
+                // The one spec field an update may change that the worker acts on.
+                if let (Some(mine), Some(theirs)) = (self.pod.spec.as_mut(), p.spec.as_ref()) {
+                    mine.active_deadline_seconds = theirs.active_deadline_seconds;
+                }
                 // `kubectl debug` adds ephemeral containers to the running pod.
                 let added = Slot::ephemeral(&p, &self.slots);
                 if !added.is_empty() {
@@ -414,6 +427,9 @@ impl Worker {
     }
 
     async fn step(&mut self) {
+        if self.deadline_exceeded || self.past_deadline().await {
+            return;
+        }
         if !self.step_volumes().await {
             return;
         }
@@ -646,6 +662,31 @@ impl Worker {
         }
         state.message = Some(message).filter(|m| !m.is_empty());
         state
+    }
+
+    /// Whether the pod has run longer than its `activeDeadlineSeconds` (counted from its
+    /// start time, as upstream); if so, it fails now: every container is stopped for good
+    /// and a `DeadlineExceeded` event says why.
+    async fn past_deadline(&mut self) -> bool {
+        let Some(limit) = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds)
+        else {
+            return false;
+        };
+        let active = jiff::Timestamp::now().duration_since(self.start_time);
+        if active.as_secs() < limit {
+            return false;
+        }
+        self.deadline_exceeded = true;
+        self.events.warn("DeadlineExceeded", DEADLINE_MESSAGE);
+        let grace = podspec::grace_period(&self.pod);
+        for i in 0..self.slots.len() {
+            self.stop_slot(i, grace).await;
+        }
+        true
     }
 
     /// Stop a container for good (a sidecar after the app containers ended).

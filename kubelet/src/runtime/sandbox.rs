@@ -33,8 +33,14 @@ pub struct PodSandboxConfig {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    /// The pod's hostname (the pod name unless `spec.hostname` says otherwise).
+    /// The pod's hostname (the pod name unless `spec.hostname` says otherwise; its fully
+    /// qualified name with `setHostnameAsFQDN`).
     pub hostname: String,
+    /// The names of the pod's own line in its hosts file: `[<fqdn>, <hostname>]` with a
+    /// `subdomain`, else `[<hostname>]`.
+    pub hosts_names: Vec<String>,
+    /// `hostAliases`: more lines for the hosts file.
+    pub host_aliases: Vec<spec::HostAlias>,
     pub dns: DnsConfig,
     pub port_mappings: Vec<PortMapping>,
     /// `hostNetwork: true`: the pod runs in the kubelet's network (and UTS) namespace with
@@ -45,6 +51,9 @@ pub struct PodSandboxConfig {
     /// `hostPID`: the pause process runs in the host's PID namespace (app containers are
     /// told so by their [`ContainerConfig`](super::ContainerConfig)).
     pub host_pid: bool,
+    /// `securityContext.sysctls` (admitted): set in the namespaces the pause container
+    /// creates, which the app containers join.
+    pub sysctls: Vec<(String, String)>,
 }
 
 impl PodSandboxConfig {
@@ -55,6 +64,8 @@ impl PodSandboxConfig {
             name: name.into(),
             uid: uid.into(),
             hostname: name.into(),
+            hosts_names: vec![name.into()],
+            host_aliases: Vec::new(),
             dns: DnsConfig::cluster_first(
                 &rt.config.cluster_dns,
                 namespace,
@@ -64,6 +75,7 @@ impl PodSandboxConfig {
             host_network: None,
             host_ipc: false,
             host_pid: false,
+            sysctls: Vec::new(),
         }
     }
 }
@@ -178,7 +190,8 @@ impl Runtime {
                 String::from_utf8_lossy(
                     &sys::read_file(std::path::Path::new("/etc/hosts")).unwrap_or_default(),
                 )
-                .into_owned(),
+                .into_owned()
+                    + &spec::host_aliases(&pod.host_aliases),
                 crate::node::info::hostname(),
             ),
             None => {
@@ -204,7 +217,7 @@ impl Runtime {
                 record.cni_result = Some(result.clone());
                 self.write_record(&record).context(|| what.to_string())?;
                 let ips = crate::cni::result_ips(&result);
-                let hosts = spec::hosts_file(&pod.hostname, &ips);
+                let hosts = spec::hosts_file(&pod.hosts_names, &ips, &pod.host_aliases);
                 (netns, ips, hosts, pod.hostname.clone())
             }
         };
@@ -246,6 +259,14 @@ impl Runtime {
             .and_then(serde_json::Value::as_array_mut)
         {
             ns.retain(|n| !host.iter().any(|h| n["type"] == *h));
+        }
+        if !pod.sysctls.is_empty() {
+            let map: serde_json::Map<String, serde_json::Value> = pod
+                .sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            oci["linux"]["sysctl"] = serde_json::Value::Object(map);
         }
         let labels = HashMap::from([
             (LABEL_KIND.to_string(), KIND_SANDBOX.to_string()),

@@ -349,6 +349,7 @@ pub fn node_config(
         lease_renew_interval: Duration::from_secs(1),
         client_ca_file: Some(client_ca),
         anonymous_auth: false,
+        allowed_unsafe_sysctls: Vec::new(),
         pod_cidr: None,
         static_pods: Default::default(),
     }

@@ -1,0 +1,126 @@
+//! The pod status the kubelet writes through the real kaze apiserver (in-process; a real
+//! containerd, runc and CNI): conditions owned by others survive its writes (they merge
+//! by type, as upstream's strategic status patch does), and a pod with readiness gates is
+//! Ready only once every gate's condition is True.
+
+mod support;
+
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::cluster::Cluster;
+
+fn condition(p: &Pod, kind: &str) -> Option<PodCondition> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .cloned()
+}
+
+fn restarts(p: &Pod, name: &str) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == name))
+        .map_or(0, |c| c.restart_count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gates_and_conditions_of_others_survive_the_kubelets_writes() {
+    let mut c = Cluster::new("podstatus", 238).await;
+    c.start_kubelet();
+    c.wait_node().await;
+    let gate = "example.com/lb-ready";
+    let mut pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "gated"},
+        "spec": {
+            "nodeName": c.node,
+            "terminationGracePeriodSeconds": 1,
+            "readinessGates": [{"conditionType": gate}],
+            "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"]}],
+        },
+    }))
+    .expect("pod");
+    pod.metadata.namespace = Some("default".into());
+    c.pods("default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+
+    // Containers ready, the gate's condition absent: not Ready, with upstream's words.
+    let p = c
+        .wait_pod("default", "gated", "ContainersReady", |p| {
+            condition(p, "ContainersReady").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    let ready = condition(&p, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref(), ready.message.as_deref()),
+        (
+            "False",
+            Some("ReadinessGatesNotReady"),
+            Some("corresponding condition of pod readiness gate \"example.com/lb-ready\" does not exist.")
+        )
+    );
+
+    // A controller sets the gate's condition: the kubelet's next status makes it Ready.
+    let set = |status: &str| {
+        Patch::Strategic(json!({"status": {"conditions": [{"type": gate, "status": status}]}}))
+    };
+    c.pods("default")
+        .patch_status("gated", &PatchParams::default(), &set("True"))
+        .await
+        .expect("setting the gate");
+    c.wait_pod("default", "gated", "Ready", |p| {
+        condition(p, "Ready").is_some_and(|c| c.status == "True")
+    })
+    .await;
+
+    // A status change of the kubelet's own (the container restarts after a kill) leaves
+    // the gate's condition where it is.
+    let uid = p.metadata.uid.clone().expect("uid");
+    let (_, pid) = c.running(&uid, "main").expect("running container");
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    let p = c
+        .wait_pod("default", "gated", "a restart", |p| {
+            restarts(p, "main") >= 1
+        })
+        .await;
+    assert_eq!(
+        condition(&p, gate).map(|c| c.status),
+        Some("True".to_string()),
+        "the gate's condition survives the kubelet's status writes: {:?}",
+        p.status
+    );
+    // And the gate going False makes the pod unready again.
+    c.pods("default")
+        .patch_status("gated", &PatchParams::default(), &set("False"))
+        .await
+        .expect("clearing the gate");
+    let p = c
+        .wait_pod("default", "gated", "Ready=False", |p| {
+            condition(p, "Ready").is_some_and(|c| c.status == "False")
+        })
+        .await;
+    assert_eq!(
+        condition(&p, "Ready").and_then(|c| c.message),
+        Some(
+            "the status of pod readiness gate \"example.com/lb-ready\" is not \"True\", but False"
+                .into()
+        )
+    );
+    assert_eq!(
+        condition(&p, "ContainersReady").map(|c| c.status),
+        Some("True".into())
+    );
+    c.pods("default")
+        .delete("gated", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_pod_gone("default", "gated").await;
+}
