@@ -33,6 +33,10 @@ pub struct NodeArgs {
     /// Port of this node's kubelet server (`kubectl logs` goes through it).
     #[arg(long = "kubelet-port", default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// Unsafe sysctls (or `prefix.*` patterns) this node's pods may set (the kubelet's
+    /// `--allowed-unsafe-sysctls`).
+    #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// The bridge this node's pods attach to.
     #[arg(long = "cni-bridge", default_value = "kaze0")]
     pub cni_bridge: String,
@@ -136,7 +140,7 @@ pub async fn start(
         lease_renew_interval: std::time::Duration::from_secs(10),
         client_ca_file: Some(client_ca.to_path_buf()),
         anonymous_auth: false,
-        allowed_unsafe_sysctls: Vec::new(),
+        allowed_unsafe_sysctls: args.allowed_unsafe_sysctls.clone(),
         pod_cidr: None,
         static_pods: kubelet::static_pod::Config {
             pod_manifest_path: Some(pod_manifest_path),
