@@ -1,7 +1,8 @@
 //! The pod status the kubelet writes through the real kaze apiserver (in-process; a real
 //! containerd, runc and CNI): conditions owned by others survive its writes (they merge
 //! by type, as upstream's strategic status patch does), and a pod with readiness gates is
-//! Ready only once every gate's condition is True.
+//! Ready only once every gate's condition is True; conditions carry the time their status
+//! last changed.
 
 mod support;
 
@@ -74,10 +75,15 @@ async fn readiness_gates_and_conditions_of_others_survive_the_kubelets_writes() 
         .patch_status("gated", &PatchParams::default(), &set("True"))
         .await
         .expect("setting the gate");
-    c.wait_pod("default", "gated", "Ready", |p| {
-        condition(p, "Ready").is_some_and(|c| c.status == "True")
-    })
-    .await;
+    let p = c
+        .wait_pod("default", "gated", "Ready", |p| {
+            condition(p, "Ready").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    let became_ready = condition(&p, "Ready")
+        .and_then(|c| c.last_transition_time)
+        .expect("Ready's lastTransitionTime")
+        .0;
 
     // A status change of the kubelet's own (the container restarts after a kill) leaves
     // the gate's condition where it is.
@@ -97,7 +103,9 @@ async fn readiness_gates_and_conditions_of_others_survive_the_kubelets_writes() 
         "the gate's condition survives the kubelet's status writes: {:?}",
         p.status
     );
-    // And the gate going False makes the pod unready again.
+    // And the gate going False makes the pod unready again (a second later, so the
+    // transition time, in whole seconds, must move).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     c.pods("default")
         .patch_status("gated", &PatchParams::default(), &set("False"))
         .await
@@ -117,6 +125,14 @@ async fn readiness_gates_and_conditions_of_others_survive_the_kubelets_writes() 
     assert_eq!(
         condition(&p, "ContainersReady").map(|c| c.status),
         Some("True".into())
+    );
+    let became_unready = condition(&p, "Ready")
+        .and_then(|c| c.last_transition_time)
+        .expect("Ready's lastTransitionTime")
+        .0;
+    assert!(
+        became_unready > became_ready,
+        "Ready's lastTransitionTime follows its flips: {became_ready} then {became_unready}"
     );
     c.pods("default")
         .delete("gated", &DeleteParams::default())

@@ -240,7 +240,16 @@ pub fn spawn_with(
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let (updates, updates_rx) = watch::channel(None);
     let (stop, stop_rx) = watch::channel(false);
-    let worker = Worker {
+    let reported_conditions = pod
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .filter_map(|c| {
+            let at = c.last_transition_time.as_ref()?.0;
+            Some((c.type_.clone(), (c.status.clone(), at)))
+        })
+        .collect();
+    let mut worker = Worker {
         stop: stop_rx.clone(),
         volumes: PodVolumes::new(&pod, &rt.config().pod_dir(&uid), source.clone()),
         source: source.clone(),
@@ -256,6 +265,8 @@ pub fn spawn_with(
         sandbox: None,
         sandbox_error: None,
         deadline_exceeded: false,
+        // a pod an earlier kubelet reported on keeps its conditions' transition times
+        transitions: reported_conditions,
         sandbox_retry: Instant::now(),
         slots,
         start_time: jiff::Timestamp::now(),
@@ -287,6 +298,8 @@ pub(super) struct Worker {
     pub(super) sandbox_error: Option<String>,
     /// `activeDeadlineSeconds` passed: every container was stopped and the pod failed.
     pub(super) deadline_exceeded: bool,
+    /// Each condition's status and when it last changed (its `lastTransitionTime`).
+    transitions: std::collections::HashMap<String, (String, jiff::Timestamp)>,
     sandbox_retry: Instant,
     pub(super) slots: Vec<Slot>,
     pub(super) start_time: jiff::Timestamp,
@@ -952,8 +965,23 @@ impl Worker {
         }
     }
 
-    fn status(&self) -> PodStatus {
-        pod_status(self)
+    /// The pod status now, with each condition's `lastTransitionTime`: when its status
+    /// last changed (so an unchanged pod still gives an equal status).
+    fn status(&mut self) -> PodStatus {
+        let mut status = pod_status(self);
+        let now = jiff::Timestamp::now();
+        for c in status.conditions.iter_mut().flatten() {
+            let seen = self
+                .transitions
+                .entry(c.type_.clone())
+                .or_insert_with(|| (c.status.clone(), now));
+            if seen.0 != c.status {
+                *seen = (c.status.clone(), now);
+            }
+            c.last_transition_time =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(seen.1));
+        }
+        status
     }
 }
 
