@@ -236,6 +236,50 @@ async fn readiness_follows_http_and_tcp_probes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_a_grpc_health_probe() {
+    let node = TestNode::start("kt-grpc", 32).await;
+    let status = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(1));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = support::grpc_health_server(status.clone(), asked.clone()).await;
+    // on the host's network, so the pod IP the probe dials is this process's 127.0.0.1
+    let p = pod(
+        "grpc",
+        json!({
+            "hostNetwork": true,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"],
+                "readinessProbe": {"grpc": {"port": port, "service": "db"},
+                                   "periodSeconds": 1, "failureThreshold": 1},
+            }],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    wait_for(
+        &mut rx,
+        Duration::from_secs(30),
+        "Ready=True (SERVING)",
+        |s| condition(s, "Ready").as_deref() == Some("True"),
+    )
+    .await;
+    status.store(2, std::sync::atomic::Ordering::SeqCst);
+    wait_for(
+        &mut rx,
+        Duration::from_secs(10),
+        "Ready=False (NOT_SERVING)",
+        |s| condition(s, "Ready").as_deref() == Some("False"),
+    )
+    .await;
+    assert_eq!(
+        asked.lock().expect("asked").first().map(String::as_str),
+        Some("/grpc.health.v1.Health/Check \"db\""),
+        "the probe's call"
+    );
+    h.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn termination_messages_come_from_the_file_or_the_end_of_the_log() {
     let node = TestNode::start("kt-msg", 29).await;
     let p = pod(

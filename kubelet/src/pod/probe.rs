@@ -1,6 +1,7 @@
-//! Probes (exec, httpGet, tcpSocket) with upstream's timing: initial delay, period,
+//! Probes (exec, httpGet, tcpSocket, grpc) with upstream's timing: initial delay, period,
 //! timeout, success/failure thresholds. [`ProbeTracker`] is the pure state machine;
-//! [`run_http`]/[`run_tcp`] do the network part; exec goes through the runtime.
+//! [`run_http`]/[`run_tcp`]/[`run_grpc`] do the network part; exec goes through the
+//! runtime.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -23,6 +24,11 @@ pub enum Action {
     Tcp {
         host: Option<String>,
         port: u16,
+    },
+    /// The gRPC health checking protocol (`grpc.health.v1.Health/Check`) on the pod IP.
+    Grpc {
+        port: u16,
+        service: String,
     },
 }
 
@@ -84,8 +90,14 @@ impl ProbeSpec {
                 host: t.host.clone().filter(|h| !h.is_empty()),
                 port: port(c, &t.port)?,
             }
-        } else if p.grpc.is_some() {
-            return Err("grpc probes are not supported yet".into());
+        } else if let Some(g) = &p.grpc {
+            Action::Grpc {
+                port: u16::try_from(g.port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("grpc probe port {} is not a port", g.port))?,
+                service: g.service.clone().unwrap_or_default(),
+            }
         } else {
             return Err("probe has no action".into());
         };
@@ -188,6 +200,172 @@ pub async fn run_tcp(
         Ok(Ok(_)) => ProbeResult::Success,
         Ok(Err(e)) => ProbeResult::Failure(format!("dial tcp {addr}: {e}")),
         Err(_) => ProbeResult::Failure(format!("dial tcp {addr}: timeout after {timeout:?}")),
+    }
+}
+
+/// grpc: the health checking protocol's `Check` for `service` on the pod IP within the
+/// timeout; success when it answers SERVING. Failures read as upstream's.
+pub async fn run_grpc(
+    port: u16,
+    service: &str,
+    pod_ip: Option<IpAddr>,
+    timeout: Duration,
+) -> ProbeResult {
+    use containerd_client::tonic;
+    let addr = match target(&None, pod_ip, port) {
+        Ok(a) => a,
+        Err(e) => return ProbeResult::Failure(e),
+    };
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e.connect_timeout(timeout).timeout(timeout),
+        Err(e) => return ProbeResult::Failure(e.to_string()),
+    };
+    let connected = tokio::time::timeout(timeout, endpoint.connect()).await;
+    let channel = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return ProbeResult::Failure(format!(
+                "timeout: failed to connect service {addr:?} within {timeout:?}: {e}"
+            ))
+        }
+        Err(_) => {
+            return ProbeResult::Failure(format!(
+                "timeout: failed to connect service {addr:?} within {timeout:?}: context deadline exceeded"
+            ))
+        }
+    };
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(e) = grpc.ready().await {
+        return ProbeResult::Failure(format!("error: health rpc probe failed: {e}"));
+    }
+    // HealthCheckRequest { string service = 1; }
+    let mut request = Vec::new();
+    if !service.is_empty() {
+        request.push(0x0a);
+        put_varint(&mut request, service.len() as u64);
+        request.extend_from_slice(service.as_bytes());
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+    let answer = grpc
+        .unary(tonic::Request::new(request), path, RawCodec)
+        .await;
+    match answer {
+        Ok(r) => match serving_status(&r.into_inner()) {
+            1 => ProbeResult::Success,
+            s => {
+                let name = match s {
+                    0 => "UNKNOWN",
+                    2 => "NOT_SERVING",
+                    3 => "SERVICE_UNKNOWN",
+                    _ => "UNKNOWN",
+                };
+                ProbeResult::Failure(format!("service unhealthy (responded with {name:?})"))
+            }
+        },
+        Err(s) if s.code() == tonic::Code::Unimplemented => ProbeResult::Failure(format!(
+            "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+            s.message()
+        )),
+        Err(s) if s.code() == tonic::Code::DeadlineExceeded => ProbeResult::Failure(format!(
+            "timeout: health rpc did not complete within {timeout:?}"
+        )),
+        Err(s) => ProbeResult::Failure(format!("error: health rpc probe failed: {s}")),
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// `HealthCheckResponse.status` (field 1, a varint enum; absent: 0, UNKNOWN).
+fn serving_status(msg: &[u8]) -> u64 {
+    let varint = |b: &[u8], i: &mut usize| -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let mut i = 0;
+    let mut status = 0;
+    while i < msg.len() {
+        let Some(key) = varint(msg, &mut i) else {
+            break;
+        };
+        match key & 7 {
+            0 => {
+                let Some(v) = varint(msg, &mut i) else { break };
+                if key >> 3 == 1 {
+                    status = v;
+                }
+            }
+            1 => i += 8,
+            2 => {
+                let Some(len) = varint(msg, &mut i) else {
+                    break;
+                };
+                i += len as usize;
+            }
+            5 => i += 4,
+            _ => break,
+        }
+    }
+    status
+}
+
+/// Messages as bytes: the probe encodes and decodes its two tiny messages itself.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl containerd_client::tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl containerd_client::tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = containerd_client::tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut containerd_client::tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl containerd_client::tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = containerd_client::tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut containerd_client::tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, Self::Error> {
+        let mut out = vec![0; bytes::Buf::remaining(src)];
+        bytes::Buf::copy_to_slice(src, &mut out);
+        Ok(Some(out))
     }
 }
 
@@ -430,8 +608,15 @@ mod tests {
         assert!(ProbeSpec::from_api(&c, &p)
             .unwrap_err()
             .contains("no port named"));
-        let p: Probe = serde_json::from_value(json!({"grpc": {"port": 1}})).unwrap();
-        assert!(ProbeSpec::from_api(&c, &p).is_err());
+        let p: Probe =
+            serde_json::from_value(json!({"grpc": {"port": 50051, "service": "db"}})).unwrap();
+        assert_eq!(
+            ProbeSpec::from_api(&c, &p).unwrap().action,
+            Action::Grpc {
+                port: 50051,
+                service: "db".into()
+            }
+        );
     }
 
     #[test]

@@ -1006,6 +1006,9 @@ async fn run(rt: &Runtime, id: &str, spec: &ProbeSpec, pod_ip: Option<IpAddr>) -
             https,
         } => probe::run_http(host, *port, path, headers, *https, pod_ip, spec.timeout).await,
         Action::Tcp { host, port } => probe::run_tcp(host, *port, pod_ip, spec.timeout).await,
+        Action::Grpc { port, service } => {
+            probe::run_grpc(*port, service, pod_ip, spec.timeout).await
+        }
     }
 }
 

@@ -475,3 +475,68 @@ impl Drop for PortmapGuard {
         }
     }
 }
+
+/// A gRPC health server (`grpc.health.v1.Health/Check`, HTTP/2 over TCP, as grpc-go's)
+/// on 127.0.0.1, answering with the `HealthCheckResponse.status` in `status` (1 SERVING,
+/// 2 NOT_SERVING); the services asked for are pushed to `asked`. Returns its port; it runs
+/// until the runtime ends.
+pub async fn grpc_health_server(
+    status: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (status, asked) = (status.clone(), asked.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    let (status, asked) = (status.clone(), asked.clone());
+                    tokio::spawn(async move {
+                        let path = req.uri().path().to_string();
+                        let mut body = req.into_body();
+                        let mut data = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            data.extend_from_slice(&chunk);
+                        }
+                        // a gRPC frame: compressed flag, length, HealthCheckRequest
+                        let msg = data.get(5..).unwrap_or_default();
+                        let service = match msg {
+                            [0x0a, len, rest @ ..] => {
+                                String::from_utf8_lossy(&rest[..usize::from(*len).min(rest.len())])
+                                    .into_owned()
+                            }
+                            _ => String::new(),
+                        };
+                        asked
+                            .lock()
+                            .expect("asked")
+                            .push(format!("{path} {service:?}"));
+                        let mut respond = respond;
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .expect("response");
+                        let Ok(mut send) = respond.send_response(head, false) else {
+                            return;
+                        };
+                        let s = status.load(std::sync::atomic::Ordering::SeqCst);
+                        let frame = bytes::Bytes::from(vec![0, 0, 0, 0, 2, 0x08, s]);
+                        let _ = send.send_data(frame, false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    });
+                }
+            });
+        }
+    });
+    port
+}
