@@ -2,8 +2,9 @@
 //! in-process, a real containerd, runc and CNI, the kubelet's API loop): a volumeMount of no
 //! volume is `CreateContainerConfigError`, an image name that does not parse is
 //! `InvalidImageName`, and of two pods asking for one hostPort the second is rejected at
-//! admission (phase Failed, reason `NodePorts`), as is a pod asking for an unsafe sysctl
-//! (`SysctlForbidden`), as upstream's kubelet does. The kubelet
+//! admission (phase Failed, reason `NodePorts`), as are a pod asking for an unsafe sysctl
+//! (`SysctlForbidden`) and one asking for more CPU than the node has (`OutOfcpu`), as
+//! upstream's kubelet does. The kubelet
 //! runs a good pod afterwards all the same.
 
 mod support;
@@ -187,6 +188,28 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         .pod_containers(&unsafe_pod.metadata.uid.clone().expect("uid"))
         .is_empty());
 
+    // More CPU than the node has: rejected at admission (OutOfcpu, upstream's message).
+    let mut big = sleeper("too-big", None);
+    big["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1000"}});
+    create(&c, big).await;
+    let p = c
+        .wait_pod("default", "too-big", "the big pod rejected", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+        })
+        .await;
+    let s = p.status.expect("status");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        (s.reason.as_deref(), s.message),
+        (
+            Some("OutOfcpu"),
+            Some(format!(
+                "Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000, used: 0, capacity: {}",
+                cpus * 1000
+            ))
+        )
+    );
+
     // Nothing above hurt the kubelet: a good pod runs.
     create(&c, sleeper("good", None)).await;
     c.wait_pod("default", "good", "the good pod running", running)
@@ -198,6 +221,7 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         "bad-image",
         "port-second",
         "unsafe-sysctl",
+        "too-big",
     ] {
         c.pods("default")
             .delete(name, &DeleteParams::default())
@@ -211,6 +235,7 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         "bad-image",
         "port-second",
         "unsafe-sysctl",
+        "too-big",
     ] {
         c.wait_pod_gone("default", name).await;
     }

@@ -44,6 +44,16 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
+/// What this node offers pods: every CPU, all memory, `max_pods` (what its status says).
+pub fn allocatable(max_pods: u32) -> crate::pod::admit::Allocatable {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::pod::admit::Allocatable {
+        cpu_milli: cpus as i64 * 1000,
+        memory: mem_total_kib() as i64 * 1024,
+        pods: i64::from(max_pods),
+    }
+}
+
 /// `{"status": {...}}` for a merge patch of the node's status.
 pub fn status(node: &str, ip: IpAddr, max_pods: u32, kubelet_port: u16, runtime: &str) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

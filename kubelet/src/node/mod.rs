@@ -234,7 +234,10 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     };
 
     let uids: server::PodUids = Default::default();
-    let active = crate::pod::ActivePods::new(config.allowed_unsafe_sysctls.clone());
+    let active = crate::pod::ActivePods::new(
+        config.allowed_unsafe_sysctls.clone(),
+        Some(info::allocatable(config.max_pods)),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     // Static pods first: they run whatever the apiserver does, and the sync loop must know
     // them before it looks for leftovers.

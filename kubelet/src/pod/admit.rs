@@ -1,8 +1,9 @@
 //! The pods this node has admitted (upstream's pod manager, as far as admission and the
 //! server's `GET /pods` need it), and admission itself: the check upstream's kubelet re-runs
 //! from the scheduler's filters that a node can fail on its own, two pods asking for one
-//! `hostPort` (scheduled by hand, a static pod, or a race); and sysctls that are neither
-//! safe nor allowed by `--allowed-unsafe-sysctls` (`SysctlForbidden`). A pod that does not fit is
+//! `hostPort` (scheduled by hand, a static pod, or a race); requests beyond the node's
+//! allocatable cpu, memory or pods (`OutOfcpu`, `OutOfmemory`, `OutOfpods`); and sysctls
+//! that are neither safe nor allowed by `--allowed-unsafe-sysctls` (`SysctlForbidden`). A pod that does not fit is
 //! rejected as upstream rejects it: phase Failed, reason `NodePorts`, message `Pod was
 //! rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod
 //! ports`, and a Warning event with that reason. Pods are admitted in creation order, so the
@@ -104,6 +105,70 @@ pub struct ActivePods {
     inner: Arc<Mutex<HashMap<String, Active>>>,
     /// `--allowed-unsafe-sysctls`.
     allowed_unsafe_sysctls: Arc<Vec<String>>,
+    /// What the node offers pods (None: no resource check).
+    allocatable: Option<Allocatable>,
+}
+
+/// A node's allocatable resources, as its Node status reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocatable {
+    pub cpu_milli: i64,
+    pub memory: i64,
+    pub pods: i64,
+}
+
+/// What a pod requests of a node: cpu (millicores) and memory (bytes), as upstream's
+/// `PodRequests` computes it: the app containers and sidecars together, or the largest
+/// regular init container if that is more (they run one at a time, before), plus the pod's
+/// `overhead`. A container's request defaults to its limit.
+pub fn pod_requests(pod: &Pod) -> (i64, i64) {
+    use k8s_openapi::api::core::v1::Container;
+    let Some(spec) = pod.spec.as_ref() else {
+        return (0, 0);
+    };
+    let amount = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+                  milli: bool| {
+        q.and_then(|q| crate::pod::spec::parse_quantity(&q.0))
+            .map_or(0, |v| {
+                if milli {
+                    (v * 1000.0).ceil() as i64
+                } else {
+                    v.ceil() as i64
+                }
+            })
+    };
+    let of = |c: &Container| {
+        let r = c.resources.as_ref();
+        let get = |name: &str, milli: bool| {
+            let req = r
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|m| m.get(name));
+            let lim = r.and_then(|r| r.limits.as_ref()).and_then(|m| m.get(name));
+            amount(req.or(lim), milli)
+        };
+        (get("cpu", true), get("memory", false))
+    };
+    let add = |a: (i64, i64), b: (i64, i64)| (a.0 + b.0, a.1 + b.1);
+    let inits = spec.init_containers.iter().flatten();
+    let sidecars = inits
+        .clone()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(of)
+        .fold((0, 0), add);
+    let running = spec.containers.iter().map(of).fold(sidecars, add);
+    let init_peak = inits
+        .filter(|c| c.restart_policy.as_deref() != Some("Always"))
+        .map(of)
+        .fold((0, 0), |m, r| (m.0.max(r.0), m.1.max(r.1)));
+    let overhead = spec.overhead.as_ref();
+    let extra = (
+        amount(overhead.and_then(|o| o.get("cpu")), true),
+        amount(overhead.and_then(|o| o.get("memory")), false),
+    );
+    add(
+        (running.0.max(init_peak.0), running.1.max(init_peak.1)),
+        extra,
+    )
 }
 
 /// The sysctls upstream's kubelet lets every pod set (`pkg/kubelet/sysctl` safe set).
@@ -190,12 +255,57 @@ impl ActivePods {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admitted pods with `allowed_unsafe_sysctls` (`--allowed-unsafe-sysctls`).
-    pub fn new(allowed_unsafe_sysctls: Vec<String>) -> ActivePods {
+    /// Admitted pods with `allowed_unsafe_sysctls` (`--allowed-unsafe-sysctls`), on a node
+    /// offering `allocatable` (None: no resource check).
+    pub fn new(
+        allowed_unsafe_sysctls: Vec<String>,
+        allocatable: Option<Allocatable>,
+    ) -> ActivePods {
         ActivePods {
             allowed_unsafe_sysctls: Arc::new(allowed_unsafe_sysctls),
+            allocatable,
             ..ActivePods::default()
         }
+    }
+
+    /// Upstream's resource fit: the pod's requests on top of those of the admitted pods
+    /// still running (finished ones hold nothing), and one more pod, within what the node
+    /// offers; else `OutOf<resource>`.
+    fn check_resources(&self, pods: &HashMap<String, Active>, pod: &Pod) -> Result<(), Rejection> {
+        let Some(node) = self.allocatable else {
+            return Ok(());
+        };
+        let running: Vec<&Active> = pods
+            .values()
+            .filter(|a| {
+                let phase = a.status.as_ref().and_then(|s| s.borrow().phase.clone());
+                !matches!(phase.as_deref(), Some("Succeeded" | "Failed"))
+            })
+            .collect();
+        let used = running
+            .iter()
+            .map(|a| pod_requests(&a.pod))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let (cpu, memory) = pod_requests(pod);
+        let out = |name: &str, requested: i64, used: i64, capacity: i64| {
+            Rejection {
+            reason: format!("OutOf{name}"),
+            message: format!(
+                "Node didn't have enough resource: {name}, requested: {requested}, used: {used}, capacity: {capacity}"
+            ),
+        }
+        };
+        let count = running.len() as i64;
+        if count + 1 > node.pods {
+            return Err(out("pods", 1, count, node.pods));
+        }
+        if cpu > 0 && used.0 + cpu > node.cpu_milli {
+            return Err(out("cpu", cpu, used.0, node.cpu_milli));
+        }
+        if memory > 0 && used.1 + memory > node.memory {
+            return Err(out("memory", memory, used.1, node.memory));
+        }
+        Ok(())
     }
 
     /// Admit `pod` (again: a pod already admitted stays so), or say why not.
@@ -207,6 +317,7 @@ impl ActivePods {
             return Ok(());
         }
         check_sysctls(pod, &self.allowed_unsafe_sysctls)?;
+        self.check_resources(&pods, pod)?;
         let ports = host_ports(pod);
         let taken = pods
             .values()
@@ -314,13 +425,61 @@ mod tests {
             err.message
         );
         // admission says the same
-        let active = ActivePods::new(vec![]);
+        let active = ActivePods::new(vec![], None);
         assert!(active
             .admit(&with(
                 json!([{"name": "net.core.somaxconn", "value": "1"}]),
                 json!({})
             ))
             .is_err());
+    }
+
+    #[test]
+    fn requests_as_upstream_adds_them_and_admission_checks_them() {
+        let p: Pod = serde_json::from_value(json!({"metadata": {"name": "r", "uid": "r"}, "spec": {
+            "initContainers": [
+                {"name": "big-init", "resources": {"requests": {"cpu": "3", "memory": "1Gi"}}},
+                {"name": "side", "restartPolicy": "Always", "resources": {"requests": {"cpu": "100m"}}}],
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+                {"name": "b", "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}}}],
+            "overhead": {"cpu": "10m"}}}))
+        .unwrap();
+        // cpu: max(100 + 250 + 500, 3000) + 10; memory: max(64Mi + 128Mi, 1Gi)
+        assert_eq!(pod_requests(&p), (3010, 1 << 30));
+        let node = Allocatable {
+            cpu_milli: 4000,
+            memory: 2 << 30,
+            pods: 2,
+        };
+        let active = ActivePods::new(vec![], Some(node));
+        active.admit(&p).unwrap();
+        let mut second = p.clone();
+        second.metadata.uid = Some("s".into());
+        let err = active.admit(&second).unwrap_err();
+        assert_eq!(err.reason, "OutOfcpu");
+        assert_eq!(
+            err.message,
+            "Node didn't have enough resource: cpu, requested: 3010, used: 3010, capacity: 4000"
+        );
+        let small = pod("small", json!([]));
+        active.admit(&small).unwrap();
+        let err = active.admit(&pod("third", json!([]))).unwrap_err();
+        assert_eq!(
+            (err.reason.as_str(), err.message.as_str()),
+            (
+                "OutOfpods",
+                "Node didn't have enough resource: pods, requested: 1, used: 2, capacity: 2"
+            )
+        );
+        // a finished pod holds nothing
+        let (tx, rx) = watch::channel(PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        });
+        active.set_status("r", rx);
+        active.admit(&second).unwrap();
+        drop(tx);
     }
 
     #[test]
