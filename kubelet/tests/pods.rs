@@ -974,3 +974,77 @@ async fn hosts_file_hostname_sysctls_and_the_active_deadline() {
     );
     h.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_sandbox_is_replaced_and_the_pod_runs_again() {
+    let node = TestNode::start("kt-sandbox", 33).await;
+    let p = pod(
+        "phoenix",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "work", "emptyDir": {}}],
+            "initContainers": [{"name": "init", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "echo ran >> /work/init"],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+        }),
+    );
+    let uid = p.metadata.uid.clone().expect("uid");
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    wait_for(&mut rx, Duration::from_secs(30), "Running", |s| {
+        s.phase.as_deref() == Some("Running") && container(s, "main").ready
+    })
+    .await;
+    let before = node
+        .rt
+        .sandbox(&uid)
+        .await
+        .expect("sandbox")
+        .expect("a running sandbox");
+    // The pause process dies (an OOM kill, a stray signal).
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &before.pid.to_string()])
+        .status();
+    let s = wait_for(
+        &mut rx,
+        Duration::from_secs(60),
+        "main restarted in a new sandbox",
+        |s| {
+            let main = container(s, "main");
+            main.restart_count >= 1
+                && main.ready
+                && main.state.as_ref().is_some_and(|st| st.running.is_some())
+        },
+    )
+    .await;
+    let after = node
+        .rt
+        .sandbox(&uid)
+        .await
+        .expect("sandbox")
+        .expect("a new sandbox");
+    assert_ne!(after.pid, before.pid, "a new pause process");
+    assert!(s.pod_ip.is_some(), "{s:#?}");
+    // The volume outlived the old sandbox, and the init container ran again.
+    let id = container(&s, "main")
+        .container_id
+        .clone()
+        .expect("container id")
+        .trim_start_matches("containerd://")
+        .to_string();
+    let out = node
+        .rt
+        .exec_sync(
+            &id,
+            &["cat".into(), "/work/init".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\nran\n");
+    h.terminate().await;
+    assert!(node.rt.pod_containers(&uid).await.unwrap().is_empty());
+    assert!(!node.rt.config().pod_dir(&uid).exists());
+}

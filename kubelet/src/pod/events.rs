@@ -39,11 +39,21 @@ impl Recorder {
 
     /// A Warning event, unless the same reason just had the same message.
     pub(crate) fn warn(&mut self, reason: &str, message: &str) {
+        self.record("Warning", reason, message);
+    }
+
+    /// A Normal event (every time).
+    pub(crate) fn normal(&mut self, reason: &str, message: &str) {
+        self.record("Normal", reason, message);
+        self.last.remove(reason);
+    }
+
+    fn record(&mut self, type_: &str, reason: &str, message: &str) {
         if self.last.get(reason).map(String::as_str) == Some(message) {
             return;
         }
         self.last.insert(reason.into(), message.into());
-        tracing::warn!(pod = ?self.object.name, reason, message, "pod event");
+        tracing::info!(pod = ?self.object.name, type_, reason, message, "pod event");
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -60,7 +70,7 @@ impl Recorder {
             involved_object: self.object.clone(),
             reason: Some(reason.into()),
             message: Some(message.into()),
-            type_: Some("Warning".into()),
+            type_: Some(type_.into()),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
             event_time: Some(MicroTime(now)),

@@ -265,6 +265,7 @@ pub fn spawn_with(
         sandbox: None,
         sandbox_error: None,
         deadline_exceeded: false,
+        sandbox_exit: None,
         // a pod an earlier kubelet reported on keeps its conditions' transition times
         transitions: reported_conditions,
         sandbox_retry: Instant::now(),
@@ -298,6 +299,8 @@ pub(super) struct Worker {
     pub(super) sandbox_error: Option<String>,
     /// `activeDeadlineSeconds` passed: every container was stopped and the pod failed.
     pub(super) deadline_exceeded: bool,
+    /// Set when the sandbox's pause process exits.
+    pub(super) sandbox_exit: Option<watch::Receiver<Option<ExitInfo>>>,
     /// Each condition's status and when it last changed (its `lastTransitionTime`).
     transitions: std::collections::HashMap<String, (String, jiff::Timestamp)>,
     sandbox_retry: Instant,
@@ -456,6 +459,7 @@ impl Worker {
             };
             match made {
                 Ok(s) => {
+                    self.sandbox_exit = Some(self.rt.watch_sandbox(&s));
                     self.sandbox = Some(s);
                     self.sandbox_error = None;
                 }
@@ -468,6 +472,14 @@ impl Worker {
                     return;
                 }
             }
+        }
+        if self
+            .sandbox_exit
+            .as_ref()
+            .is_some_and(|rx| rx.borrow().is_some())
+        {
+            self.replace_dead_sandbox().await;
+            return;
         }
         let policy = self.policy();
         let grace = podspec::grace_period(&self.pod);
@@ -675,6 +687,51 @@ impl Worker {
         }
         state.message = Some(message).filter(|m| !m.is_empty());
         state
+    }
+
+    /// The pause process died (the pod's namespaces with it), as upstream's kubelet sees a
+    /// sandbox that is not ready: a `SandboxChanged` event, every container stopped and gone
+    /// through `restartPolicy` (their restart counts go up), the sandbox and its network
+    /// removed, the pod's volumes kept; the next step makes a new sandbox, which runs the
+    /// init containers again before the app containers.
+    async fn replace_dead_sandbox(&mut self) {
+        let Some(sandbox) = self.sandbox.clone() else {
+            return;
+        };
+        tracing::warn!(pod = %self.name(), sandbox = %sandbox.id, "the pod's sandbox died; making a new one");
+        self.events.normal(
+            "SandboxChanged",
+            "Pod sandbox changed, it will be killed and re-created.",
+        );
+        let policy = self.policy();
+        let grace = podspec::grace_period(&self.pod);
+        for i in 0..self.slots.len() {
+            let Some(id) = self.slots[i].running.as_ref().map(|r| r.id.clone()) else {
+                continue;
+            };
+            let exit = self.kill_slot(i, &id, grace).await;
+            let Some(r) = self.slots[i].running.take() else {
+                continue;
+            };
+            let policy = match self.slots[i].kind {
+                Kind::Sidecar => "Always",
+                Kind::Ephemeral => "Never",
+                Kind::Init | Kind::App => policy.as_str(),
+            };
+            self.finished(i, r, exit.as_ref(), policy).await;
+        }
+        if let Err(e) = self.rt.remove_dead_sandbox(&sandbox.uid).await {
+            tracing::warn!(pod = %self.name(), error = %e, "removing a dead sandbox");
+        }
+        self.sandbox = None;
+        self.sandbox_exit = None;
+        // Init containers run again in the new sandbox (unless the pod never restarts).
+        if policy != "Never" && self.slots.iter().any(|s| s.kind == Kind::Init) {
+            self.initialized = false;
+            for s in self.slots.iter_mut().filter(|s| s.kind == Kind::Init) {
+                s.done = false;
+            }
+        }
     }
 
     /// Whether the pod has run longer than its `activeDeadlineSeconds` (counted from its

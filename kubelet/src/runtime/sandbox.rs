@@ -628,39 +628,8 @@ impl Runtime {
                 .await
                 .map_err(|e| Error::invalid(&what, e.to_string()))?;
         }
-        // A host-network pod has no netns and no CNI attachment of its own.
-        if let Some(r) = record.as_ref().filter(|r| !r.netns.is_empty()) {
-            let netns = sys::netns_path(&r.netns);
-            if netns.exists() {
-                let at = Attachment {
-                    container_id: &r.sandbox_id,
-                    netns: &netns,
-                    pod_namespace: &r.namespace,
-                    pod_name: &r.name,
-                    pod_uid: &r.uid,
-                };
-                let ports: Vec<PortMapping> = r
-                    .port_mappings
-                    .iter()
-                    .map(|(h, c, p, ip)| PortMapping {
-                        host_port: *h,
-                        container_port: *c,
-                        protocol: p.clone(),
-                        host_ip: ip.clone(),
-                    })
-                    .collect();
-                let plugins = r
-                    .cni_plugins
-                    .clone()
-                    .unwrap_or_else(|| self.cni.all_plugins());
-                self.cni
-                    .del(&at, &plugins, &ports, r.cni_result.as_ref())
-                    .await
-                    .map_err(|e| Error::invalid(&what, e.to_string()))?;
-            }
-            sys::netns_del(&r.netns)
-                .await
-                .context(|| format!("{what}: deleting netns"))?;
+        if let Some(r) = &record {
+            self.remove_network(r, &what).await?;
         }
         // runc removed each container's cgroup; the pod's parent is ours to remove.
         sys::remove_cgroup(&self.cgroup_of_pod(uid));
@@ -675,6 +644,73 @@ impl Runtime {
                 uid,
             ))
             .context(|| what.clone())?;
+        }
+        Ok(())
+    }
+
+    /// CNI DEL and the netns of `r`'s sandbox (a host-network pod has neither).
+    async fn remove_network(&self, r: &PodRecord, what: &str) -> Result<()> {
+        if r.netns.is_empty() {
+            return Ok(());
+        }
+        let netns = sys::netns_path(&r.netns);
+        if netns.exists() {
+            let at = Attachment {
+                container_id: &r.sandbox_id,
+                netns: &netns,
+                pod_namespace: &r.namespace,
+                pod_name: &r.name,
+                pod_uid: &r.uid,
+            };
+            let ports: Vec<PortMapping> = r
+                .port_mappings
+                .iter()
+                .map(|(h, c, p, ip)| PortMapping {
+                    host_port: *h,
+                    container_port: *c,
+                    protocol: p.clone(),
+                    host_ip: ip.clone(),
+                })
+                .collect();
+            let plugins = r
+                .cni_plugins
+                .clone()
+                .unwrap_or_else(|| self.cni.all_plugins());
+            self.cni
+                .del(&at, &plugins, &ports, r.cni_result.as_ref())
+                .await
+                .map_err(|e| Error::invalid(what, e.to_string()))?;
+        }
+        sys::netns_del(&r.netns)
+            .await
+            .context(|| format!("{what}: deleting netns"))
+    }
+
+    /// Notified when the pause process of `sandbox` exits (it should not, while the pod
+    /// runs: an OOM kill or a stray signal).
+    pub fn watch_sandbox(
+        &self,
+        sandbox: &Sandbox,
+    ) -> tokio::sync::watch::Receiver<Option<super::ExitInfo>> {
+        self.watch_exit(&sandbox.id)
+    }
+
+    /// Remove a sandbox whose pause process died, with every container of the pod (they
+    /// lived in its namespaces) and its network, keeping the pod's directory (volumes) and
+    /// logs, so a new sandbox can take its place.
+    pub async fn remove_dead_sandbox(&self, uid: &str) -> Result<()> {
+        let what = format!("removing the dead sandbox of pod {uid}");
+        let containers = self.pod_containers(uid).await?;
+        let (apps, sandboxes): (Vec<&Container>, Vec<&Container>) = containers
+            .iter()
+            .partition(|c| c.labels.get(LABEL_KIND).map(String::as_str) != Some(KIND_SANDBOX));
+        for c in apps.into_iter().chain(sandboxes) {
+            self.remove_container(&c.id)
+                .await
+                .map_err(|e| Error::invalid(&what, e.to_string()))?;
+        }
+        if let Some(r) = self.read_record(uid) {
+            self.remove_network(&r, &what).await?;
         }
         Ok(())
     }

@@ -47,6 +47,7 @@ impl Worker {
             }
         };
         tracing::info!(pod = %self.name(), sandbox = %sandbox.id, ip = ?sandbox.ip(), containers = found.len(), "adopting the running pod");
+        self.sandbox_exit = Some(self.rt.watch_sandbox(&sandbox));
         self.sandbox = Some(sandbox);
         let reported = self.pod.status.clone().unwrap_or_default();
         if let Some(t) = &reported.start_time {
