@@ -3,8 +3,9 @@
 //! and this kubelet started with `--client-ca-file` = the cluster CA. Straight to the
 //! kubelet, `/exec` and `/containerLogs` answer 401 without a client certificate and with
 //! one from another CA, 403 to a cluster-CA certificate outside `system:masters`, and work
-//! with the apiserver's certificate; `kubectl logs` and `kubectl exec` work through the
-//! apiserver. The same server without `--client-ca-file` (standalone `kaze kubelet`'s
+//! with the apiserver's certificate; bearer tokens and other users are checked with the
+//! apiserver (TokenReview, SubjectAccessReview of `nodes/<subresource>`); `kubectl logs` and
+//! `kubectl exec` work through the apiserver. The same server without `--client-ca-file` (standalone `kaze kubelet`'s
 //! default) refuses exec, attach and port-forward to everyone but serves logs, and with
 //! `--anonymous-auth=true` lets anyone exec.
 
@@ -54,6 +55,27 @@ async fn ws_exec(kubelet_port: u16, path: &str, id: Option<&Identity>) -> (u16, 
         .await
         .expect("the exec session ends");
     (101, String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// `GET path` straight to the kubelet with `Authorization: Bearer <token>` and no client
+/// certificate: the status code and the body.
+async fn bearer_get(kubelet_port: u16, path: &str, token: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = support::tls::connect(kubelet_port, None).await;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.expect("request");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {raw:?}"));
+    (code, body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,9 +198,70 @@ async fn kubelet_server_authenticates_callers_by_client_certificate_or_refuses_e
     let dev = Identity::signed_by(&support::tls::cluster_ca(&server), "dev", &["devs"]);
     let (code, body) = support::tls::get(kubelet_port, logs, Some(&dev)).await;
     assert_eq!(code, 403, "{body}");
-    assert!(body.contains("\"dev\""), "{body}");
+    assert_eq!(
+        body, "Forbidden (user=dev, verb=get, resource=nodes, subresource=proxy)",
+        "the apiserver was asked (SubjectAccessReview)"
+    );
     let (code, body) = ws_exec(kubelet_port, exec, Some(&dev)).await;
     assert_eq!(code, 403, "{body}");
+
+    // Bearer tokens, checked with the apiserver (TokenReview, then a SubjectAccessReview
+    // of nodes/<subresource>): a ServiceAccount RBAC lets read the node's stats may, one
+    // without that role may not, a token that is no token is a 401.
+    let kc = kubeconfig.clone();
+    let node_name = node.clone();
+    let (allowed, denied) = tokio::task::spawn_blocking(move || {
+        let k = |args: &[&str]| testkit::kubectl_ok(&kc, args, None);
+        k(&["create", "serviceaccount", "scraper"]);
+        k(&["create", "serviceaccount", "nobody"]);
+        k(&[
+            "create",
+            "clusterrole",
+            "node-stats",
+            "--verb=get",
+            "--resource=nodes/stats",
+        ]);
+        k(&[
+            "create",
+            "clusterrolebinding",
+            "scraper-stats",
+            "--clusterrole=node-stats",
+            "--serviceaccount=default:scraper",
+        ]);
+        let _ = node_name;
+        (
+            k(&["create", "token", "scraper"]).trim().to_string(),
+            k(&["create", "token", "nobody"]).trim().to_string(),
+        )
+    })
+    .await
+    .expect("kubectl task");
+    let (code, body) = bearer_get(kubelet_port, "/stats/summary", &allowed).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!("\"nodeName\": \"{node}\""))
+            || body.contains(&format!("\"nodeName\":\"{node}\"")),
+        "{body}"
+    );
+    let (code, body) = bearer_get(kubelet_port, logs, &allowed).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            403,
+            "Forbidden (user=system:serviceaccount:default:scraper, verb=get, resource=nodes, subresource=proxy)"
+        ),
+        "stats only"
+    );
+    let (code, body) = bearer_get(kubelet_port, "/stats/summary", &denied).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            403,
+            "Forbidden (user=system:serviceaccount:default:nobody, verb=get, resource=nodes, subresource=stats)"
+        )
+    );
+    let (code, body) = bearer_get(kubelet_port, "/stats/summary", "not-a-token").await;
+    assert_eq!((code, body.as_str()), (401, "Unauthorized"));
 
     // Through the apiserver (which presents its certificate): kubectl logs and exec.
     let kc = kubeconfig.clone();

@@ -108,6 +108,13 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
         ],
         "system:node" => vec![
             rule(&READ, &["*"], &["*"]),
+            // the kubelet checks its callers' tokens and rights with the apiserver
+            rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+            rule(
+                &["create"],
+                &["authorization.k8s.io"],
+                &["subjectaccessreviews", "localsubjectaccessreviews"],
+            ),
             rule(
                 &["*"],
                 &[

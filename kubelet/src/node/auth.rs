@@ -3,16 +3,22 @@
 //! - with `--client-ca-file`, a caller is the subject of a client certificate that CA
 //!   signed (user = CN, groups = O); the apiserver presents one
 //!   (`kube-apiserver-kubelet-client`, group `system:masters`). No certificate, or one the CA
-//!   did not sign: 401. A verified caller outside `system:masters`: 403 (there is no
-//!   SubjectAccessReview in kaze's apiserver to ask, so that group is the whole policy).
+//!   did not sign: 401. A verified caller outside `system:masters`: 403, unless the
+//!   apiserver's SubjectAccessReview allows it (below).
 //! - without it nobody can be authenticated: container logs stay readable, but exec,
 //!   attach and port-forward (anything but `/containerLogs` and `/healthz`) are refused.
 //! - `--anonymous-auth=true` lets callers without a certificate in, exec included: for a
 //!   trusted network only. A certificate that fails verification is still a 401 (as
 //!   upstream, where a failed x509 check does not fall through to anonymous).
 //!
-//! `/healthz` is open to everyone. Bearer tokens are not accepted: the apiserver has no
-//! TokenReview API to check them with.
+//! `/healthz` is open to everyone. With an apiserver (the kubelet has a kubeconfig), as
+//! upstream's `--authentication-token-webhook` and `--authorization-mode=Webhook`: a
+//! request with `Authorization: Bearer <token>` and no client certificate is authenticated
+//! by a TokenReview, and any authenticated caller outside `system:masters` (token or
+//! certificate) is authorized by a SubjectAccessReview of `nodes/<subresource>` named after
+//! this node (`stats`, `metrics`, `log`, `spec`, `proxy` for the rest; verb from the method):
+//! `Forbidden (user=..., verb=get, resource=nodes, subresource=stats)` when denied. Reviews
+//! are cached (tokens 2 min, allowed 5 min, denied 30 s).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,11 +41,13 @@ pub const ADMIN_GROUP: &str = "system:masters";
 /// Paths anyone may read when no CA is configured (and `/healthz` always).
 const OPEN_WITHOUT_CA: &[&str] = &["/containerLogs/"];
 
-/// A verified client certificate's subject.
+/// An authenticated caller: a verified client certificate's subject, or a bearer token's
+/// user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub name: String,
     pub groups: Vec<String>,
+    pub uid: Option<String>,
 }
 
 /// The kubelet server's authentication and authorization.
@@ -48,6 +56,196 @@ pub struct Auth {
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     ca_file: Option<PathBuf>,
     anonymous: bool,
+    /// Bearer tokens and users outside `system:masters`, checked by the apiserver.
+    webhook: Option<Webhook>,
+}
+
+/// Upstream's `--authentication-token-webhook` and `--authorization-mode=Webhook`: a bearer
+/// token is a TokenReview, a request a SubjectAccessReview of `nodes/<subresource>` on this
+/// node; answers are cached (tokens 2 min; decisions 5 min allowed, 30 s denied).
+struct Webhook {
+    client: kube::Client,
+    node: String,
+    /// SHA-256 of a token → when it was reviewed and who it is.
+    tokens: std::sync::Mutex<TtlCache<Vec<u8>, Option<User>>>,
+    /// User, groups, verb, subresource → when and whether allowed.
+    decisions: std::sync::Mutex<TtlCache<String, bool>>,
+}
+
+type TtlCache<K, V> = std::collections::HashMap<K, (std::time::Instant, V)>;
+
+const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+const ALLOWED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+const DENIED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The SubjectAccessReview attributes of a kubelet request, as upstream's kubelet forms
+/// them: `nodes/<subresource>` named after the node, the verb from the method.
+pub fn request_attributes(method: &str, path: &str) -> (&'static str, &'static str) {
+    let verb = match method {
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        _ => "get",
+    };
+    let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
+    let subresource = if under("/stats") {
+        "stats"
+    } else if under("/metrics") {
+        "metrics"
+    } else if under("/logs") {
+        "log"
+    } else if under("/spec") {
+        "spec"
+    } else if under("/configz") {
+        "configz"
+    } else if under("/healthz") {
+        "healthz"
+    } else {
+        "proxy"
+    };
+    (verb, subresource)
+}
+
+impl Webhook {
+    /// Who `token` is, per the apiserver (None: not a valid token).
+    async fn authenticate(&self, token: &str) -> Result<Option<User>, Refusal> {
+        let key = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .to_vec();
+        let now = std::time::Instant::now();
+        if let Some((at, user)) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            if now.duration_since(*at) < TOKEN_TTL {
+                return Ok(user.clone());
+            }
+        }
+        let review = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token},
+        });
+        let answer = self
+            .post("/apis/authentication.k8s.io/v1/tokenreviews", &review)
+            .await?;
+        let status = &answer["status"];
+        let user = (status["authenticated"] == true).then(|| User {
+            name: status["user"]["username"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            groups: status["user"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.as_str().map(String::from))
+                .collect(),
+            uid: status["user"]["uid"].as_str().map(String::from),
+        });
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        prune(&mut tokens, TOKEN_TTL, now);
+        tokens.insert(key, (now, user.clone()));
+        Ok(user)
+    }
+
+    /// Whether `user` may `method` `path` on this node, per the apiserver.
+    async fn authorize(&self, user: &User, method: &str, path: &str) -> Result<(), Refusal> {
+        let (verb, subresource) = request_attributes(method, path);
+        let key = format!("{}\0{:?}\0{verb}\0{subresource}", user.name, user.groups);
+        let now = std::time::Instant::now();
+        let cached = self
+            .decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        let allowed = match cached {
+            Some((at, allowed))
+                if now.duration_since(at) < if allowed { ALLOWED_TTL } else { DENIED_TTL } =>
+            {
+                allowed
+            }
+            _ => {
+                let review = serde_json::json!({
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                    "spec": {
+                        "user": user.name, "groups": user.groups, "uid": user.uid,
+                        "resourceAttributes": {"verb": verb, "resource": "nodes",
+                                               "subresource": subresource, "name": self.node,
+                                               "version": "v1"},
+                    },
+                });
+                let answer = self
+                    .post(
+                        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                        &review,
+                    )
+                    .await?;
+                let allowed = answer["status"]["allowed"] == true;
+                let mut decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+                prune(&mut decisions, ALLOWED_TTL, now);
+                decisions.insert(key, (now, allowed));
+                allowed
+            }
+        };
+        if allowed {
+            return Ok(());
+        }
+        Err(Refusal {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "Forbidden (user={}, verb={verb}, resource=nodes, subresource={subresource})",
+                user.name
+            ),
+        })
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, Refusal> {
+        let req = axum::http::Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body).unwrap_or_default())
+            .map_err(|e| internal(e.to_string()))?;
+        self.client
+            .request::<serde_json::Value>(req)
+            .await
+            .map_err(|e| internal(format!("asking the apiserver ({path}): {e}")))
+    }
+}
+
+/// Past [`MAX_CACHED`] entries, forget those older than `ttl` (and, if that is not
+/// enough, all): callers sending made-up tokens must not grow the cache without bound.
+fn prune<K, V>(cache: &mut TtlCache<K, V>, ttl: std::time::Duration, now: std::time::Instant) {
+    if cache.len() < MAX_CACHED {
+        return;
+    }
+    cache.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+    if cache.len() >= MAX_CACHED {
+        cache.clear();
+    }
+}
+
+const MAX_CACHED: usize = 4096;
+
+fn internal(message: String) -> Refusal {
+    Refusal {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("Internal Server Error: {message}"),
+    }
+}
+
+/// What [`Auth::decide`] found before the apiserver is asked.
+enum Decision {
+    Allow,
+    Refuse(Refusal),
+    /// A verified user outside `system:masters`: allowed only by a SubjectAccessReview.
+    Review(User),
 }
 
 impl std::fmt::Debug for Auth {
@@ -114,7 +312,48 @@ impl Auth {
             verifier,
             ca_file: client_ca_file.map(Path::to_path_buf),
             anonymous,
+            webhook: None,
         })
+    }
+
+    /// Check bearer tokens and callers outside `system:masters` with the apiserver behind
+    /// `client` (TokenReview, SubjectAccessReview on `nodes/<subresource>` of `node`).
+    pub fn with_webhook(mut self, client: kube::Client, node: &str) -> Auth {
+        self.webhook = Some(Webhook {
+            client,
+            node: node.into(),
+            tokens: Default::default(),
+            decisions: Default::default(),
+        });
+        self
+    }
+
+    /// Let `method` `path` through, or say why not (401, 403): [`Auth::check`], and with
+    /// the webhook, bearer tokens and SubjectAccessReviews for other users.
+    pub async fn authorize(
+        &self,
+        method: &str,
+        path: &str,
+        chain: Option<&[CertificateDer<'static>]>,
+        bearer: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let Some(webhook) = &self.webhook else {
+            return self.check(path, chain);
+        };
+        let decision = match (chain, bearer) {
+            // a token, and no certificate to go by: who the apiserver says it is
+            (None, Some(token)) if path != "/healthz" => match webhook.authenticate(token).await? {
+                Some(user) if user.groups.iter().any(|g| g == ADMIN_GROUP) => Decision::Allow,
+                Some(user) => Decision::Review(user),
+                None => Decision::Refuse(unauthorized("Unauthorized".into())),
+            },
+            _ => self.decide(path, chain),
+        };
+        match decision {
+            Decision::Allow => Ok(()),
+            Decision::Refuse(r) => Err(r),
+            Decision::Review(user) => webhook.authorize(&user, method, path).await,
+        }
     }
 
     /// Whether the TLS server asks for client certificates.
@@ -154,21 +393,52 @@ impl Auth {
         let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
             unauthorized("Unauthorized: the client certificate has no common name".into())
         })?;
-        Ok(User { name, groups })
+        Ok(User {
+            name,
+            groups,
+            uid: None,
+        })
     }
 
-    /// Let the request for `path` through, or say why not (401 or 403).
+    /// Let the request for `path` through, or say why not (401 or 403), by certificate
+    /// alone: a verified caller outside `system:masters` is refused.
     pub fn check(
         &self,
         path: &str,
         chain: Option<&[CertificateDer<'static>]>,
     ) -> Result<(), Refusal> {
+        match self.decide(path, chain) {
+            Decision::Allow => Ok(()),
+            Decision::Refuse(r) => Err(r),
+            Decision::Review(user) => Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                message: format!(
+                    "Forbidden: user {:?} (groups {:?}) may not use {path}: the kubelet admits only \
+                     the group {ADMIN_GROUP} (the apiserver's client certificate)",
+                    user.name, user.groups
+                ),
+            }),
+        }
+    }
+
+    fn decide(&self, path: &str, chain: Option<&[CertificateDer<'static>]>) -> Decision {
+        match self.decide_inner(path, chain) {
+            Ok(d) => d,
+            Err(r) => Decision::Refuse(r),
+        }
+    }
+
+    fn decide_inner(
+        &self,
+        path: &str,
+        chain: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Decision, Refusal> {
         if path == "/healthz" {
-            return Ok(());
+            return Ok(Decision::Allow);
         }
         let Some(verifier) = &self.verifier else {
             if self.anonymous || OPEN_WITHOUT_CA.iter().any(|p| path.starts_with(p)) {
-                return Ok(());
+                return Ok(Decision::Allow);
             }
             return Err(unauthorized(
                 "Unauthorized: this kubelet has no --client-ca-file, so it cannot authenticate \
@@ -180,7 +450,7 @@ impl Auth {
         };
         let user = match chain {
             Some(chain) => self.verify(verifier.as_ref(), chain)?,
-            None if self.anonymous => return Ok(()),
+            None if self.anonymous => return Ok(Decision::Allow),
             None => {
                 return Err(unauthorized(
                     "Unauthorized: a client certificate signed by the cluster CA is required \
@@ -190,16 +460,9 @@ impl Auth {
             }
         };
         if user.groups.iter().any(|g| g == ADMIN_GROUP) {
-            return Ok(());
+            return Ok(Decision::Allow);
         }
-        Err(Refusal {
-            status: StatusCode::FORBIDDEN,
-            message: format!(
-                "Forbidden: user {:?} (groups {:?}) may not use {path}: the kubelet admits only \
-                 the group {ADMIN_GROUP} (the apiserver's client certificate)",
-                user.name, user.groups
-            ),
-        })
+        Ok(Decision::Review(user))
     }
 }
 
@@ -230,7 +493,21 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next)
         .extensions()
         .get::<PeerCertificates>()
         .map(|c| c.0.clone());
-    match auth.check(req.uri().path(), chain.as_deref()) {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let verdict = auth
+        .authorize(
+            req.method().as_str(),
+            req.uri().path(),
+            chain.as_deref(),
+            bearer.as_deref(),
+        )
+        .await;
+    match verdict {
         Ok(()) => next.run(req).await,
         Err(refusal) => {
             tracing::debug!(path = %req.uri().path(), status = %refusal.status, "refused a caller");

@@ -154,11 +154,11 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let labels = parse_labels(&config.node_labels)?;
     // Before anything else: a bad --client-ca-file is a start-up error, not a server that
     // never comes up.
-    let auth = std::sync::Arc::new(auth::Auth::new(
+    let auth = auth::Auth::new(
         config.client_ca_file.as_deref(),
         config.anonymous_auth,
         config.port,
-    )?);
+    )?;
     let client = match component::client(config.kubeconfig.as_deref()).await {
         Ok(c) => Some(c),
         Err(e) if config.kubeconfig.is_none() && config.static_pods.enabled() => {
@@ -167,6 +167,12 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         }
         Err(e) => return Err(e.into()),
     };
+    // With an apiserver, bearer tokens and callers outside system:masters are checked by
+    // it (TokenReview, SubjectAccessReview), as upstream's webhook modes.
+    let auth = std::sync::Arc::new(match &client {
+        Some(c) => auth.with_webhook(c.clone(), &node_name),
+        None => auth,
+    });
     let socket = config
         .container_runtime_endpoint
         .trim_start_matches("unix://")
