@@ -8,6 +8,8 @@ use crate::meta;
 use crate::registry::ResourceDef;
 use crate::selector::LabelSelector;
 
+mod job;
+
 /// A field problem: (field path, upstream cause type, message).
 pub type Cause = (String, &'static str, String);
 
@@ -115,9 +117,30 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
                 set_default(spec, "completions", json!(1));
             }
             set_default(spec, "parallelism", json!(1));
-            set_default(spec, "backoffLimit", json!(6));
+            // With a per-index limit the Job-wide one is off unless set.
+            let backoff = match spec.get("backoffLimitPerIndex") {
+                Some(v) if !v.is_null() => i32::MAX,
+                _ => 6,
+            };
+            set_default(spec, "backoffLimit", json!(backoff));
             set_default(spec, "completionMode", json!("NonIndexed"));
             set_default(spec, "suspend", json!(false));
+            let has_pfp = spec.get("podFailurePolicy").is_some_and(|v| !v.is_null());
+            let replacement = if has_pfp {
+                "Failed"
+            } else {
+                "TerminatingOrFailed"
+            };
+            set_default(spec, "podReplacementPolicy", json!(replacement));
+            let rules = spec.pointer_mut("/podFailurePolicy/rules");
+            for rule in rules.and_then(Value::as_array_mut).into_iter().flatten() {
+                let patterns = rule
+                    .get_mut("onPodConditions")
+                    .and_then(Value::as_array_mut);
+                for p in patterns.into_iter().flatten() {
+                    set_default(p, "status", json!("True"));
+                }
+            }
             default_template(spec);
         }
         ("batch", "CronJob") => {
@@ -408,6 +431,11 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 if ip(old).is_some() && ip(old) != ip(obj) {
                     causes.push(invalid("spec.clusterIP", "field is immutable"));
                 }
+            }
+        }
+        ("batch", "Job") => {
+            if let Some(spec) = obj.get("spec") {
+                job::validate_spec(spec, "spec", &mut causes);
             }
         }
         ("", "ConfigMap") | ("", "Secret") => {
