@@ -9,6 +9,7 @@
 //!   status and events;
 //! - [`static_pod`]: pods from manifest files and URLs, with mirror pods in the API;
 //! - [`stats`]: the Summary API (`/stats/summary`) from cgroups and /proc;
+//! - [`metrics`]: the kubelet's Prometheus counters, `/metrics` and `/metrics/resource`;
 //! - [`node`]: the API client: node registration, Lease heartbeats, the pod sync loop, the
 //!   kubelet's HTTPS server (logs, exec, attach, port-forward, stats).
 
@@ -17,6 +18,7 @@ pub mod containerd;
 pub mod error;
 pub mod images;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pod;
 pub mod runtime;

@@ -173,6 +173,40 @@ async fn kubelet_server_authenticates_callers_by_client_certificate_or_refuses_e
         ws_exec(kubelet_port, exec, Some(&apiserver_id)).await,
         (101, "authorized\n".to_string())
     );
+    // /metrics: the kubelet's own, in upstream's names; /metrics/resource: what
+    // metrics-server scrapes.
+    let (code, metrics) = support::tls::get(kubelet_port, "/metrics", Some(&apiserver_id)).await;
+    assert_eq!(code, 200, "{metrics}");
+    for line in [
+        format!("kubelet_node_name{{node=\"{node}\"}} 1"),
+        "kubelet_running_pods 1".to_string(),
+        "kubelet_running_containers{container_state=\"running\"} 1".to_string(),
+        "kubelet_started_pods_total 1".to_string(),
+        "kubelet_started_containers_total{container_type=\"container\"} 1".to_string(),
+        "kubelet_pod_start_duration_seconds_count 1".to_string(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    let resource = eventually("resource metrics", Duration::from_secs(20), || async {
+        let (code, body) =
+            support::tls::get(kubelet_port, "/metrics/resource", Some(&apiserver_id)).await;
+        (code == 200
+            && body.contains(
+                "container_cpu_usage_seconds_total{container=\"main\",namespace=\"default\",pod=\"shell\"} ",
+            ))
+        .then_some(body)
+    })
+    .await;
+    for family in [
+        "container_memory_working_set_bytes{container=\"main\",namespace=\"default\",pod=\"shell\"} ",
+        "pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"shell\"} ",
+        "node_cpu_usage_seconds_total ",
+        "node_memory_working_set_bytes ",
+        "resource_scrape_error 0",
+    ] {
+        assert!(resource.contains(family), "{family} in:\n{resource}");
+    }
+
     // No client certificate: 401, saying what is needed; /healthz stays open.
     let (code, body) = support::tls::get(kubelet_port, logs, None).await;
     assert_eq!(code, 401, "{body}");
@@ -258,6 +292,14 @@ async fn kubelet_server_authenticates_callers_by_client_certificate_or_refuses_e
         (
             403,
             "Forbidden (user=system:serviceaccount:default:nobody, verb=get, resource=nodes, subresource=stats)"
+        )
+    );
+    let (code, body) = bearer_get(kubelet_port, "/metrics", &allowed).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            403,
+            "Forbidden (user=system:serviceaccount:default:scraper, verb=get, resource=nodes, subresource=metrics)"
         )
     );
     let (code, body) = bearer_get(kubelet_port, "/stats/summary", "not-a-token").await;

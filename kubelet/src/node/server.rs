@@ -102,6 +102,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/stats/summary", get(stats_summary))
+        .route("/metrics", get(metrics))
+        .route("/metrics/resource", get(resource_metrics))
         .route("/pods", get(list_pods).post(post_pod))
         .route("/pods/{ns}/{name}", delete(delete_pod))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
@@ -296,6 +298,35 @@ async fn stats_summary(
         .get("only_cpu_and_memory")
         .is_some_and(|v| v == "true" || v == "1");
     axum::Json(ctx.stats.summary(only).await).into_response()
+}
+
+/// `GET /metrics`: the kubelet's own metrics (see [`crate::metrics`]).
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    let body = crate::metrics::render(
+        &ctx.rt.config().node_name,
+        &ctx.active.list(),
+        ctx.rt.metrics(),
+    );
+    prometheus(body)
+}
+
+/// `GET /metrics/resource`: CPU and memory of the node, pods and containers.
+async fn resource_metrics(State(ctx): State<Ctx>) -> Response {
+    prometheus(crate::metrics::render_resource(
+        &ctx.stats.summary(true).await,
+    ))
+}
+
+fn prometheus(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// `GET /pods`: the pods this kubelet runs, with their status (upstream's `v1.PodList`).

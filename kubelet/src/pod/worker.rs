@@ -249,6 +249,12 @@ pub fn spawn_with(
             Some((c.type_.clone(), (c.status.clone(), at)))
         })
         .collect();
+    // a pod an earlier kubelet started is not started again
+    let already_started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p != "Pending");
     let mut worker = Worker {
         stop: stop_rx.clone(),
         volumes: PodVolumes::new(&pod, &rt.config().pod_dir(&uid), source.clone()),
@@ -266,6 +272,8 @@ pub fn spawn_with(
         sandbox_error: None,
         deadline_exceeded: false,
         sandbox_exit: None,
+        first_seen: Instant::now(),
+        start_reported: already_started,
         // a pod an earlier kubelet reported on keeps its conditions' transition times
         transitions: reported_conditions,
         sandbox_retry: Instant::now(),
@@ -301,6 +309,10 @@ pub(super) struct Worker {
     pub(super) deadline_exceeded: bool,
     /// Set when the sandbox's pause process exits.
     pub(super) sandbox_exit: Option<watch::Receiver<Option<ExitInfo>>>,
+    /// When this worker started (the kubelet first saw the pod), and whether its start
+    /// duration was recorded (`kubelet_pod_start_duration_seconds`).
+    first_seen: Instant,
+    start_reported: bool,
     /// Each condition's status and when it last changed (its `lastTransitionTime`).
     transitions: std::collections::HashMap<String, (String, jiff::Timestamp)>,
     sandbox_retry: Instant,
@@ -341,6 +353,12 @@ impl Worker {
             }
             self.step().await;
             let next = self.status();
+            if !self.start_reported && next.phase.as_deref() == Some("Running") {
+                self.start_reported = true;
+                self.rt
+                    .metrics()
+                    .pod_start_took(self.first_seen.elapsed().as_secs_f64());
+            }
             status.send_if_modified(|s| {
                 let changed = *s != next;
                 *s = next;
@@ -908,7 +926,24 @@ impl Worker {
                 return;
             }
         };
-        match self.rt.run_container(&sandbox, &cfg).await {
+        let container_type = match self.slots[i].kind {
+            Kind::Init | Kind::Sidecar => "init_container",
+            Kind::App => "container",
+            Kind::Ephemeral => "ephemeral_container",
+        };
+        let ran = self.rt.run_container(&sandbox, &cfg).await;
+        match &ran {
+            Ok(_) => self.rt.metrics().container_started(container_type),
+            Err(e) if e.is_image_not_present() => self
+                .rt
+                .metrics()
+                .container_failed("ErrImagePull", container_type),
+            Err(_) => self
+                .rt
+                .metrics()
+                .container_failed("RunContainerError", container_type),
+        }
+        match ran {
             Ok(status) => {
                 let started = Instant::now();
                 let running = Running::new(status.id.clone(), &spec, status.started_at, started);

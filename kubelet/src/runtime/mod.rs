@@ -134,6 +134,8 @@ pub struct Runtime {
     shared: Arc<Mutex<Shared>>,
     /// Every capability containers may get and the host's extra masked paths.
     host_security: Arc<crate::security::HostSecurity>,
+    /// The kubelet's counters (`/metrics`).
+    metrics: Arc<crate::metrics::Counters>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -161,7 +163,13 @@ impl Runtime {
             config: Arc::new(config),
             shared: Arc::default(),
             host_security: Arc::new(host_security),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The kubelet's counters (`/metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Counters {
+        &self.metrics
     }
 
     pub fn config(&self) -> &RuntimeConfig {

@@ -129,7 +129,10 @@ impl Runtime {
     pub async fn run_sandbox(&self, pod: &PodSandboxConfig) -> Result<Sandbox> {
         let what = format!("creating sandbox for pod {}/{}", pod.namespace, pod.name);
         match self.try_run_sandbox(pod, &what).await {
-            Ok(s) => Ok(s),
+            Ok(s) => {
+                self.metrics.pod_started();
+                Ok(s)
+            }
             Err(e) => {
                 if let Err(cleanup) = self.remove_pod(&pod.uid).await {
                     tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), error = %cleanup, "cleaning up a failed sandbox");
