@@ -4,7 +4,8 @@
 //!
 //! Controllers: `replicaset`, `replicationcontroller`, `deployment`, `daemonset`, `statefulset`, `endpointslice` (also writes Endpoints),
 //! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
-//! `job`, `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction), `podgc`,
+//! `job` (also Indexed, `podFailurePolicy`, `backoffLimitPerIndex`, `successPolicy`; see
+//! [`job`]), `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction), `podgc`,
 //! `serviceaccount`, `namespace` (deletes a deleted namespace's content, then finalizes it),
 //! `resourcequota` (quota usage), `root-ca-cert-publisher` (`kube-root-ca.crt` in every
 //! namespace, from `--root-ca-file`), `disruption` (PodDisruptionBudget status, which
