@@ -56,17 +56,22 @@ fn classes_def(state: &AppState) -> &ResourceDef {
         .expect("priorityclasses are built in")
 }
 
+/// Every PriorityClass as the watch cache has it now (`resourceVersion=0`: no round trip to
+/// the store per pod create, as upstream's admission reads an informer's lister).
+async fn classes(state: &AppState) -> Result<Vec<Value>, ApiError> {
+    let opts = crate::list::ListOpts {
+        resource_version: Some("0".into()),
+        ..Default::default()
+    };
+    Ok(crate::list::list(state, classes_def(state), None, &opts)
+        .await?
+        .items)
+}
+
 /// The `globalDefault` class; with several (a race between creates), the lowest, as upstream.
 async fn default_class(state: &AppState) -> Result<Option<Value>, ApiError> {
-    let classes = crate::list::list(
-        state,
-        classes_def(state),
-        None,
-        &crate::list::ListOpts::default(),
-    )
-    .await?;
-    Ok(classes
-        .items
+    Ok(classes(state)
+        .await?
         .into_iter()
         .filter(|c| c.get("globalDefault").and_then(Value::as_bool) == Some(true))
         .min_by_key(|c| c.get("value").and_then(Value::as_i64).unwrap_or(0)))
@@ -101,7 +106,21 @@ pub async fn admit_pod(state: &AppState, pod: &mut Value) -> Result<(), ApiError
             None => (0, Some(PREEMPT_LOWER_PRIORITY.to_string())),
         }
     } else {
-        match crate::objects::get(state, classes_def(state), None, &class_name).await {
+        let found = classes(state).await.map_err(|e| {
+            ApiError::internal(format!(
+                "failed to get PriorityClass with name {class_name}: {}",
+                e.message
+            ))
+        })?;
+        let cached = found
+            .into_iter()
+            .find(|c| meta::meta_str(c, "name") == Some(class_name.as_str()));
+        // Not in the cache: maybe created a moment ago; the store decides.
+        let class = match cached {
+            Some(pc) => Ok(pc),
+            None => crate::objects::get(state, classes_def(state), None, &class_name).await,
+        };
+        match class {
             Ok(pc) => class_priority(&pc),
             Err(e) if e.code == 404 => {
                 return Err(forbidden(
