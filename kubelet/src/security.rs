@@ -138,6 +138,101 @@ pub struct SecurityContext {
     pub no_new_privileges: bool,
     /// `procMount: Unmasked`.
     pub unmasked_proc: bool,
+    /// `seccompProfile` (the container's, else the pod's).
+    pub seccomp: Seccomp,
+}
+
+/// A container's seccomp profile, as `seccompProfile.type` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Seccomp {
+    /// No filter (upstream's default without `--seccomp-default`).
+    #[default]
+    Unconfined,
+    /// The runtime's default profile: [`runtime_default_seccomp`].
+    RuntimeDefault,
+    /// A profile file under `<root-dir>/seccomp/`.
+    Localhost(String),
+}
+
+/// Syscalls kaze's `RuntimeDefault` profile refuses (EPERM), unless the container holds the
+/// capability that makes each one legitimate: the set Docker's default profile documents as
+/// blocked (kernel keyrings, modules, clocks, mounts and namespaces, tracing, swapping,
+/// rebooting, obsolete calls). Everything else is allowed.
+const BLOCKED_SYSCALLS: &[(&str, Option<&str>)] = &[
+    ("acct", Some("SYS_PACCT")),
+    ("add_key", None),
+    ("bpf", Some("SYS_ADMIN")),
+    ("clock_adjtime", Some("SYS_TIME")),
+    ("clock_settime", Some("SYS_TIME")),
+    ("settimeofday", Some("SYS_TIME")),
+    ("stime", Some("SYS_TIME")),
+    ("adjtimex", Some("SYS_TIME")),
+    ("create_module", Some("SYS_MODULE")),
+    ("delete_module", Some("SYS_MODULE")),
+    ("finit_module", Some("SYS_MODULE")),
+    ("init_module", Some("SYS_MODULE")),
+    ("get_kernel_syms", None),
+    ("query_module", None),
+    ("get_mempolicy", Some("SYS_NICE")),
+    ("mbind", Some("SYS_NICE")),
+    ("set_mempolicy", Some("SYS_NICE")),
+    ("move_pages", Some("SYS_NICE")),
+    ("ioperm", Some("SYS_RAWIO")),
+    ("iopl", Some("SYS_RAWIO")),
+    ("kcmp", Some("SYS_PTRACE")),
+    ("ptrace", Some("SYS_PTRACE")),
+    ("process_vm_readv", Some("SYS_PTRACE")),
+    ("process_vm_writev", Some("SYS_PTRACE")),
+    ("kexec_file_load", Some("SYS_BOOT")),
+    ("kexec_load", Some("SYS_BOOT")),
+    ("reboot", Some("SYS_BOOT")),
+    ("keyctl", None),
+    ("request_key", None),
+    ("lookup_dcookie", Some("SYS_ADMIN")),
+    ("mount", Some("SYS_ADMIN")),
+    ("umount", Some("SYS_ADMIN")),
+    ("umount2", Some("SYS_ADMIN")),
+    ("pivot_root", Some("SYS_ADMIN")),
+    ("unshare", Some("SYS_ADMIN")),
+    ("setns", Some("SYS_ADMIN")),
+    ("swapon", Some("SYS_ADMIN")),
+    ("swapoff", Some("SYS_ADMIN")),
+    ("quotactl", Some("SYS_ADMIN")),
+    ("name_to_handle_at", Some("SYS_ADMIN")),
+    ("open_by_handle_at", Some("DAC_READ_SEARCH")),
+    ("perf_event_open", Some("SYS_ADMIN")),
+    ("fanotify_init", Some("SYS_ADMIN")),
+    ("nfsservctl", None),
+    ("sysfs", None),
+    ("_sysctl", None),
+    ("uselib", None),
+    ("userfaultfd", None),
+    ("ustat", None),
+    ("vm86", None),
+    ("vm86old", None),
+];
+
+/// kaze's `RuntimeDefault` seccomp profile for a container holding `caps` (capability names
+/// without `CAP_`): allow by default, refuse [`BLOCKED_SYSCALLS`] with EPERM except those a
+/// held capability permits. (containerd's CRI profile is an allow-list instead; this one
+/// blocks the same dangerous calls but lets new, harmless ones through.)
+pub fn runtime_default_seccomp(caps: &[String]) -> serde_json::Value {
+    let holds = |c: &str| caps.iter().any(|h| h == c || h == &format!("CAP_{c}"));
+    let blocked: Vec<&str> = BLOCKED_SYSCALLS
+        .iter()
+        .filter(|(_, cap)| cap.is_none_or(|c| !holds(c)))
+        .map(|(name, _)| *name)
+        .collect();
+    let architectures: &[&str] = match std::env::consts::ARCH {
+        "x86_64" => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        _ => &[],
+    };
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": architectures,
+        "syscalls": [{"names": blocked, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    })
 }
 
 fn cap_name(c: &str) -> String {
@@ -180,6 +275,16 @@ impl SecurityContext {
             drop_caps: names(caps.and_then(|c| c.drop.as_ref())),
             no_new_privileges: csc.and_then(|c| c.allow_privilege_escalation) == Some(false),
             unmasked_proc: csc.and_then(|c| c.proc_mount.as_deref()) == Some("Unmasked"),
+            seccomp: match csc
+                .and_then(|c| c.seccomp_profile.as_ref())
+                .or(psc.and_then(|p| p.seccomp_profile.as_ref()))
+            {
+                Some(p) if p.type_ == "RuntimeDefault" => Seccomp::RuntimeDefault,
+                Some(p) if p.type_ == "Localhost" => {
+                    Seccomp::Localhost(p.localhost_profile.clone().unwrap_or_default())
+                }
+                _ => Seccomp::Unconfined,
+            },
         }
     }
 }
@@ -418,6 +523,8 @@ pub struct OciSecurity {
     pub readonly_paths: Vec<String>,
     /// Host devices created in the container (privileged containers).
     pub devices: Vec<Device>,
+    /// The OCI `linux.seccomp` profile (None: no filter).
+    pub seccomp: Option<serde_json::Value>,
 }
 
 impl Default for OciSecurity {
@@ -438,6 +545,7 @@ impl Default for OciSecurity {
                 .map(|p| p.to_string())
                 .collect(),
             devices: Vec::new(),
+            seccomp: None,
         }
     }
 }
@@ -446,8 +554,16 @@ impl Default for OciSecurity {
 /// host for privileged containers).
 pub fn oci_security(sc: &SecurityContext, host: &HostSecurity) -> OciSecurity {
     let unmasked = sc.unmasked_proc || sc.privileged;
+    let caps = capabilities(sc, host);
+    // Privileged containers run without a filter, as upstream's; a Localhost profile is
+    // read by the runtime, which knows where profiles live.
+    let seccomp = match &sc.seccomp {
+        Seccomp::RuntimeDefault if !sc.privileged => Some(runtime_default_seccomp(&caps)),
+        _ => None,
+    };
     OciSecurity {
-        caps: capabilities(sc, host),
+        seccomp,
+        caps,
         no_new_privileges: sc.no_new_privileges,
         read_only_root: sc.read_only_root,
         privileged: sc.privileged,
@@ -484,6 +600,57 @@ pub fn caps_from_mask(mask: u64) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn runtime_default_seccomp_blocks_what_no_held_capability_permits() {
+        let names = |caps: &[&str]| -> Vec<String> {
+            let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+            let p = runtime_default_seccomp(&caps);
+            assert_eq!(p["defaultAction"], "SCMP_ACT_ALLOW");
+            assert_eq!(p["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
+            p["syscalls"][0]["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect()
+        };
+        let plain = names(&["CHOWN", "NET_BIND_SERVICE"]);
+        for blocked in [
+            "mount",
+            "unshare",
+            "setns",
+            "keyctl",
+            "ptrace",
+            "reboot",
+            "init_module",
+        ] {
+            assert!(plain.iter().any(|n| n == blocked), "{blocked}");
+        }
+        assert!(!plain.iter().any(|n| n == "read" || n == "clone"));
+        let admin = names(&["SYS_ADMIN", "SYS_PTRACE"]);
+        for allowed in ["mount", "unshare", "setns", "ptrace", "bpf"] {
+            assert!(!admin.iter().any(|n| n == allowed), "{allowed}");
+        }
+        // a capability never lifts the unconditional ones
+        assert!(admin.iter().any(|n| n == "keyctl") && admin.iter().any(|n| n == "reboot"));
+        // privileged containers and Unconfined get no filter
+        let sc = SecurityContext {
+            seccomp: Seccomp::RuntimeDefault,
+            privileged: true,
+            ..Default::default()
+        };
+        let host = HostSecurity::default();
+        assert!(oci_security(&sc, &host).seccomp.is_none());
+        let sc = SecurityContext {
+            seccomp: Seccomp::RuntimeDefault,
+            ..Default::default()
+        };
+        assert!(oci_security(&sc, &host).seccomp.is_some());
+        assert!(oci_security(&SecurityContext::default(), &host)
+            .seccomp
+            .is_none());
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -273,6 +273,9 @@ pub fn oci_spec(input: &SpecInput<'_>) -> Value {
             "readonlyPaths": sec.readonly_paths,
         },
     });
+    if let Some(profile) = &sec.seccomp {
+        spec["linux"]["seccomp"] = profile.clone();
+    }
     if !devices.is_empty() {
         spec["linux"]["devices"] = json!(devices);
     }

@@ -1048,3 +1048,119 @@ async fn a_dead_sandbox_is_replaced_and_the_pod_runs_again() {
     assert!(node.rt.pod_containers(&uid).await.unwrap().is_empty());
     assert!(!node.rt.config().pod_dir(&uid).exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_profiles_filter_the_containers_syscalls() {
+    let node = TestNode::start("kt-seccomp", 34).await;
+    // A Localhost profile refusing mkdir, under <root-dir>/seccomp/ as upstream's kubelet
+    // reads them.
+    let profiles = node.rt.config().root_dir.join("seccomp/profiles");
+    std::fs::create_dir_all(&profiles).expect("profile dir");
+    std::fs::write(
+        profiles.join("no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .expect("profile");
+    let script = "grep Seccomp: /proc/self/status; mkdir /tmp/d && echo made; sleep 3600";
+    let c = |name: &str, profile: serde_json::Value| {
+        json!({"name": name, "image": "kaze/busybox:1", "command": ["sh", "-c", script],
+               "securityContext": {"seccompProfile": profile}})
+    };
+    let p = pod(
+        "filtered",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                // the pod's profile
+                {"name": "default", "image": "kaze/busybox:1", "command": ["sh", "-c", script]},
+                c("unconfined", json!({"type": "Unconfined"})),
+                c("local", json!({"type": "Localhost", "localhostProfile": "profiles/no-mkdir.json"})),
+            ],
+        }),
+    );
+    let uid = p.metadata.uid.clone().expect("uid");
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    wait_for(&mut rx, Duration::from_secs(30), "all running", |s| {
+        s.container_statuses.iter().flatten().count() == 3
+            && s.container_statuses
+                .iter()
+                .flatten()
+                .all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+    })
+    .await;
+    let log = |name: &str| {
+        let path = kubelet::logs::container_log_path(
+            &node.rt.config().log_dir,
+            "default",
+            "filtered",
+            &uid,
+            name,
+            0,
+        );
+        async move {
+            for _ in 0..50 {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.lines().count() >= 2 || text.contains("Operation not permitted") {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            std::fs::read_to_string(&path).unwrap_or_default()
+        }
+    };
+    // Seccomp: 2 is "a filter is installed", 0 "none".
+    let default = log("default").await;
+    assert!(
+        default.contains("Seccomp:\t2") && default.contains("made"),
+        "{default}"
+    );
+    let unconfined = log("unconfined").await;
+    assert!(
+        unconfined.contains("Seccomp:\t0") && unconfined.contains("made"),
+        "{unconfined}"
+    );
+    let local = log("local").await;
+    assert!(
+        local.contains("Seccomp:\t2")
+            && local.contains("Operation not permitted")
+            && !local.contains("made"),
+        "the Localhost profile refuses mkdir: {local}"
+    );
+    h.terminate().await;
+
+    // A Localhost profile that is not there: the container does not start, and says why.
+    let p = pod(
+        "missing-profile",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "containers": [c("main", json!({"type": "Localhost", "localhostProfile": "profiles/nope.json"}))],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(
+        &mut rx,
+        Duration::from_secs(30),
+        "waiting with a reason",
+        |s| {
+            container(s, "main")
+                .state
+                .as_ref()
+                .and_then(|st| st.waiting.as_ref())
+                .and_then(|w| w.message.as_deref())
+                .is_some_and(|m| m.contains("cannot load seccomp profile"))
+        },
+    )
+    .await;
+    assert!(
+        container(&s, "main")
+            .state
+            .as_ref()
+            .is_some_and(|st| st.running.is_none()),
+        "{s:#?}"
+    );
+    h.terminate().await;
+}

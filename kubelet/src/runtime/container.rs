@@ -126,6 +126,35 @@ pub(crate) fn stdin_once_path(fifo_dir: &std::path::Path, id: &str) -> PathBuf {
 }
 
 impl Runtime {
+    /// A `Localhost` seccomp profile: the JSON file `<root-dir>/seccomp/<path>` (`path`
+    /// relative, as upstream requires).
+    fn localhost_seccomp(&self, path: &str) -> std::result::Result<serde_json::Value, String> {
+        let rel = std::path::Path::new(path);
+        if path.is_empty()
+            || rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "seccomp profile {path:?} must be a path relative to the kubelet's seccomp directory"
+            ));
+        }
+        let file = self.config.root_dir.join("seccomp").join(rel);
+        let text = std::fs::read(&file).map_err(|e| {
+            format!(
+                "cannot load seccomp profile {:?}: {e}",
+                file.display().to_string()
+            )
+        })?;
+        serde_json::from_slice(&text).map_err(|e| {
+            format!(
+                "decoding seccomp profile {:?}: {e}",
+                file.display().to_string()
+            )
+        })
+    }
+
     /// The host file bound at container `id`'s `terminationMessagePath` (pod `uid`).
     pub fn termination_log(&self, uid: &str, id: &str) -> PathBuf {
         self.config.pod_dir(uid).join("termination").join(id)
@@ -153,6 +182,14 @@ impl Runtime {
             &security::image_user(image.config.user.as_deref()),
         );
         let mut oci_security = security::oci_security(&c.security, &self.host_security);
+        if let (security::Seccomp::Localhost(path), false) =
+            (&c.security.seccomp, c.security.privileged)
+        {
+            oci_security.seccomp = Some(
+                self.localhost_seccomp(path)
+                    .map_err(|e| Error::invalid(&what, e))?,
+            );
+        }
         if c.security.privileged {
             oci_security.devices = sys::host_devices();
         }
