@@ -59,6 +59,29 @@ pub struct BindMount {
     pub host_path: PathBuf,
     pub container_path: String,
     pub read_only: bool,
+    /// `mountPropagation`: `None` (rprivate), `HostToContainer` (rslave),
+    /// `Bidirectional` (rshared).
+    pub propagation: Propagation,
+}
+
+/// A volume mount's `mountPropagation`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Propagation {
+    #[default]
+    None,
+    HostToContainer,
+    Bidirectional,
+}
+
+impl Propagation {
+    /// The OCI mount option.
+    pub fn option(self) -> &'static str {
+        match self {
+            Propagation::None => "rprivate",
+            Propagation::HostToContainer => "rslave",
+            Propagation::Bidirectional => "rshared",
+        }
+    }
 }
 
 /// The pod's DNS settings (dnsPolicy ClusterFirst unless told otherwise).
@@ -220,7 +243,7 @@ pub fn oci_spec(input: &SpecInput<'_>) -> Value {
             "destination": m.container_path,
             "type": "bind",
             "source": m.host_path,
-            "options": ["rbind", "rprivate", mode],
+            "options": ["rbind", m.propagation.option(), mode],
         }));
     }
     let mut resources = input.resources.to_oci();
@@ -362,6 +385,7 @@ mod tests {
                 host_path: "/h".into(),
                 container_path: "/etc/hosts".into(),
                 read_only: false,
+                propagation: Default::default(),
             }],
         });
         let ns = spec["linux"]["namespaces"].as_array().unwrap();

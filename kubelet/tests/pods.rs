@@ -1164,3 +1164,97 @@ async fn seccomp_profiles_filter_the_containers_syscalls() {
     );
     h.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_to_container_propagation_shows_mounts_made_later_on_the_host() {
+    let node = TestNode::start("kt-propagate", 35).await;
+    let shared = node.dir.path().join("shared");
+    std::fs::create_dir_all(&shared).expect("dir");
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{args:?}");
+    };
+    let dir = shared.display().to_string();
+    // A shared mount of its own, so mounts under it propagate to slaves.
+    run(&["mount", "--bind", &dir, &dir]);
+    run(&["mount", "--make-shared", &dir]);
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-R", &self.0])
+                .status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let watcher = |name: &str, propagation: &str| {
+        json!({"name": name, "image": "kaze/busybox:1",
+               "command": ["sh", "-c", "while [ ! -e /host/later/flag ]; do sleep 0.2; done; echo seen; sleep 3600"],
+               "volumeMounts": [{"name": "host", "mountPath": "/host", "mountPropagation": propagation}]})
+    };
+    let p = pod(
+        "propagation",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "host", "hostPath": {"path": dir, "type": "Directory"}}],
+            "containers": [watcher("slave", "HostToContainer"), watcher("private", "None")],
+        }),
+    );
+    let uid = p.metadata.uid.clone().expect("uid");
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    wait_for(&mut rx, Duration::from_secs(30), "running", |s| {
+        s.container_statuses.iter().flatten().count() == 2
+            && s.container_statuses
+                .iter()
+                .flatten()
+                .all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+    })
+    .await;
+    // Now the host mounts a tmpfs under the shared dir and puts a file in it.
+    let later = shared.join("later");
+    std::fs::create_dir_all(&later).expect("later");
+    run(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "tmpfs",
+        &later.display().to_string(),
+    ]);
+    std::fs::write(later.join("flag"), "x").expect("flag");
+    let log = |name: &str| {
+        kubelet::logs::container_log_path(
+            &node.rt.config().log_dir,
+            "default",
+            "propagation",
+            &uid,
+            name,
+            0,
+        )
+    };
+    let mut seen = false;
+    for _ in 0..50 {
+        if std::fs::read_to_string(log("slave"))
+            .unwrap_or_default()
+            .contains("seen")
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "HostToContainer: the container sees the host's later mount"
+    );
+    assert!(
+        !std::fs::read_to_string(log("private"))
+            .unwrap_or_default()
+            .contains("seen"),
+        "without propagation it does not"
+    );
+    h.terminate().await;
+}

@@ -208,16 +208,19 @@ impl Runtime {
                 host_path: sandbox.dir.join("hosts"),
                 container_path: "/etc/hosts".into(),
                 read_only: false,
+                propagation: Default::default(),
             },
             BindMount {
                 host_path: sandbox.dir.join("resolv.conf"),
                 container_path: "/etc/resolv.conf".into(),
                 read_only: false,
+                propagation: Default::default(),
             },
             BindMount {
                 host_path: sandbox.dir.join("hostname"),
                 container_path: "/etc/hostname".into(),
                 read_only: false,
+                propagation: Default::default(),
             },
         ];
         mounts.extend(c.mounts.iter().cloned());
@@ -234,6 +237,7 @@ impl Runtime {
                 host_path: host,
                 container_path: path.into(),
                 read_only: false,
+                propagation: Default::default(),
             });
         }
         let args = spec::process_args(&image.config, &c.command, &c.args);

@@ -699,10 +699,16 @@ impl PodVolumes {
                     )
                 })?,
             };
+            let propagation = match m.mount_propagation.as_deref() {
+                Some("HostToContainer") => crate::spec::Propagation::HostToContainer,
+                Some("Bidirectional") => crate::spec::Propagation::Bidirectional,
+                _ => crate::spec::Propagation::None,
+            };
             out.push(BindMount {
                 host_path,
                 container_path: m.mount_path.clone(),
                 read_only: ready.read_only || m.read_only.unwrap_or(false),
+                propagation,
             });
         }
         Ok(out)
