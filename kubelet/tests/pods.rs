@@ -1250,6 +1250,8 @@ async fn host_to_container_propagation_shows_mounts_made_later_on_the_host() {
         seen,
         "HostToContainer: the container sees the host's later mount"
     );
+    // (the other polls every 0.2 s: give it time to see the flag, were it there)
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         !std::fs::read_to_string(log("private"))
             .unwrap_or_default()
