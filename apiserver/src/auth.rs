@@ -1,7 +1,19 @@
-//! Authentication: bearer tokens. The admin token is generated on first start and kept in
-//! `<data-dir>/server/admin.token`; more tokens come from `--token-auth-file` (upstream's CSV
-//! format); JWTs are service-account tokens (`crate::serviceaccount`). Requests without a known token get 401, except the health and version endpoints
-//! that upstream opens to anonymous callers. Authorization (RBAC) is a separate layer.
+//! Authentication: client certificates, then bearer tokens (upstream's union authenticator
+//! order).
+//!
+//! - x509: a client certificate that verifies against `--client-ca-file` (default: the
+//!   cluster CA) is the user its subject names: CN the user, each O a group (kubeadm's
+//!   `admin.conf` is `CN=kubernetes-admin, O=system:masters`). A certificate that does not
+//!   verify authenticates nobody, and unless a token does, the request is a 401 even on the
+//!   public paths (upstream's x509 authenticator errs, and an error does not fall through to
+//!   anonymous). One without a CN is as no certificate.
+//! - bearer tokens: the admin token is generated on first start and kept in
+//!   `<data-dir>/server/admin.token`; more tokens come from `--token-auth-file` (upstream's
+//!   CSV format); JWTs are service-account tokens (`crate::serviceaccount`).
+//!
+//! Every authenticated user is in `system:authenticated`. Requests without a known
+//! certificate or token get 401, except the health and version endpoints that upstream
+//! opens to anonymous callers. Authorization (RBAC) is a separate layer.
 //!
 //! Impersonation (upstream's `WithImpersonation` filter, `kubectl --as`): after
 //! authentication, `Impersonate-User`, `Impersonate-Uid`, `Impersonate-Group` and
@@ -16,6 +28,8 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use component::https::{CertError, ClientCa, PeerCertificates};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::state::AppState;
 use crate::status::ApiError;
@@ -162,6 +176,13 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let (mut user, cert_error) = match req.extensions().get::<PeerCertificates>() {
+        Some(chain) => match authenticate_cert(&state.client_ca, &chain.0) {
+            Ok(user) => (user, None),
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
+    };
     let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -171,11 +192,18 @@ pub async fn authenticate(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let mut user = token.and_then(|t| state.tokens.authenticate(t)).cloned();
+    if user.is_none() {
+        user = token.and_then(|t| state.tokens.authenticate(t)).cloned();
+    }
     if let Some(t) =
         token.filter(|t| user.is_none() && crate::serviceaccount::jwt::looks_like_jwt(t))
     {
         user = crate::serviceaccount::authenticate(&state, t).await;
+    }
+    if let (None, Some(e)) = (&user, &cert_error) {
+        tracing::debug!(error = %e, path = %req.uri().path(), "client certificate refused");
+        crate::router::discard_body(req.into_body()).await;
+        return ApiError::unauthorized().into_response();
     }
     if has_impersonation(req.headers()) {
         let requester = user.clone().unwrap_or_else(UserInfo::anonymous);
@@ -207,6 +235,30 @@ pub async fn authenticate(
             crate::router::discard_body(req.into_body()).await;
             ApiError::unauthorized().into_response()
         }
+    }
+}
+
+/// Upstream's x509 authenticator: who a client certificate chain is, if it verifies (None:
+/// it names nobody, having no CN); an error if it does not verify.
+fn authenticate_cert(
+    ca: &ClientCa,
+    chain: &[CertificateDer<'static>],
+) -> Result<Option<UserInfo>, CertError> {
+    match ca.verify(chain) {
+        Ok(cert) => {
+            let mut groups = cert.groups;
+            if !groups.iter().any(|g| g == AUTHENTICATED) {
+                groups.push(AUTHENTICATED.into());
+            }
+            Ok(Some(UserInfo {
+                name: cert.name,
+                uid: String::new(),
+                groups,
+                extra: Default::default(),
+            }))
+        }
+        Err(CertError::NoCommonName) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

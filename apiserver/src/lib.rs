@@ -122,6 +122,11 @@ pub struct Config {
     #[arg(long = "token-auth-file")]
     pub token_auth_file: Option<PathBuf>,
 
+    /// CA(s) whose client certificates authenticate users (user = the subject's CN, groups
+    /// = its O values), PEM. Default: the cluster CA (`<data-dir>/server/tls/ca.crt`).
+    #[arg(long = "client-ca-file")]
+    pub client_ca_file: Option<PathBuf>,
+
     /// The `iss` of the service-account tokens this apiserver issues; tokens must carry it
     /// to authenticate.
     #[arg(long = "service-account-issuer", default_value = serviceaccount::DEFAULT_ISSUER)]
@@ -173,6 +178,7 @@ impl Config {
             service_node_port_range: "30000-32767".to_string(),
             tls_san: Vec::new(),
             token_auth_file: None,
+            client_ca_file: None,
             kubelet_certificate_authority: None,
             kubelet_client_certificate: None,
             kubelet_client_key: None,

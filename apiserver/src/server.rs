@@ -140,6 +140,13 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         });
     }
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
+    let client_ca = match &config.client_ca_file {
+        Some(file) => component::https::ClientCa::from_file(file),
+        None => component::https::ClientCa::from_pem(material.ca_pem.as_bytes()),
+    }
+    .map_err(|e| Error::Config {
+        reason: format!("--client-ca-file: {e}"),
+    })?;
     let service_accounts = crate::serviceaccount::ServiceAccounts::load(
         &crate::serviceaccount::Options {
             issuer: config.service_account_issuer.clone(),
@@ -184,6 +191,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     let state = Arc::new(AppState {
         storage,
         tokens,
+        client_ca,
         registry,
         ips,
         node_ports,

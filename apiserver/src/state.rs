@@ -11,6 +11,8 @@ use crate::registry::Registry;
 pub struct AppState {
     pub storage: Storage,
     pub tokens: Tokens,
+    /// Verifies client certificates (`--client-ca-file`, default the cluster CA).
+    pub client_ca: component::https::ClientCa,
     pub registry: Registry,
     pub ips: IpAllocator,
     pub node_ports: PortAllocator,

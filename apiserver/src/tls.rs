@@ -195,7 +195,8 @@ pub fn default_sans(addresses: &[IpAddr], extra: &[String]) -> Vec<String> {
 }
 
 /// A rustls server config for the material; HTTP/1.1 only (watch streams are chunked
-/// responses, and upgrades for exec/port-forward are HTTP/1.1 too).
+/// responses, and upgrades for exec/port-forward are HTTP/1.1 too). It asks clients for a
+/// certificate (as upstream's `tls.RequestClientCert`) and takes any, or none.
 pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(m.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
@@ -211,11 +212,230 @@ pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, Error
         .map_err(|e| Error::Tls {
             reason: format!("choosing TLS versions: {e}"),
         })?
-        .with_no_client_auth()
+        // Ask for a client certificate without requiring one; the authentication layer
+        // verifies it against the client CA (`crate::auth`), so a bad one is a readable 401.
+        .with_client_cert_verifier(component::https::request_client_certs())
         .with_single_cert(certs, key)
         .map_err(|e| Error::Tls {
             reason: format!("loading serving certificate: {e}"),
         })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// A client certificate for `user` in `groups`, signed by the cluster CA kept in `dir`, as
+/// `kubeadm kubeconfig user` issues one: subject CN = the user, one O per group (what the
+/// x509 authenticator reads back), for client authentication, valid from yesterday for
+/// `valid_days`. Returns the certificate and its new key, PEM.
+pub fn issue_client_cert(
+    dir: &Path,
+    user: &str,
+    groups: &[String],
+    valid_days: u32,
+) -> Result<(String, String), Error> {
+    let key_path = dir.join(CA_KEY);
+    let ca_key_pem =
+        std::fs::read_to_string(&key_path).map_err(Error::io("reading the CA key", &key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(tls_err("loading CA key"))?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let key = KeyPair::generate().map_err(tls_err("generating client key"))?;
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(tls_err("client certificate params"))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, user);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    let date = |d: jiff::civil::Date| {
+        rcgen::date_time_ymd(d.year().into(), d.month() as u8, d.day() as u8)
+    };
+    let out_of_range = |e: jiff::Error| Error::Config {
+        reason: format!("client certificate validity: {e}"),
+    };
+    params.not_before = date(today.yesterday().map_err(out_of_range)?);
+    params.not_after = date(
+        today
+            .checked_add(jiff::Span::new().days(i64::from(valid_days)))
+            .map_err(out_of_range)?,
+    );
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(tls_err("signing client certificate"))?;
+    // rcgen keeps one value per attribute type, and a user has any number of groups: put
+    // the subject in (O per group, then CN, Go's order) and sign again with the CA's key.
+    let malformed = || Error::Tls {
+        reason: "rewriting the client certificate's subject: unexpected DER".into(),
+    };
+    let der = with_subject(cert.der(), &subject_der(user, groups), issuer.key())
+        .ok_or_else(malformed)??;
+    Ok((pem("CERTIFICATE", &der), key.serialize_pem()))
+}
+
+/// A DER `Name`: one RDN per organization, then the common name (UTF8String values).
+fn subject_der(cn: &str, orgs: &[String]) -> Vec<u8> {
+    const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+    const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
+    let rdn = |oid: &[u8], value: &str| {
+        let attr = [der(0x06, oid), der(0x0c, value.as_bytes())].concat();
+        der(0x31, &der(0x30, &attr))
+    };
+    let mut rdns: Vec<u8> = orgs.iter().flat_map(|o| rdn(OID_O, o)).collect();
+    rdns.extend(rdn(OID_CN, cn));
+    der(0x30, &rdns)
+}
+
+/// `cert` with its subject replaced by `subject` and signed again by `key` (the key that
+/// signed it, so the signature algorithm stays). None: `cert` is not a certificate.
+fn with_subject(cert: &[u8], subject: &[u8], key: &KeyPair) -> Option<Result<Vec<u8>, Error>> {
+    use rcgen::SigningKey;
+    let (0x30, body, _) = tlv(cert)? else {
+        return None;
+    };
+    let (0x30, tbs, rest) = tlv(body)? else {
+        return None;
+    };
+    let (0x30, _, _) = tlv(rest)? else {
+        return None;
+    };
+    let signature_algorithm = &rest[..rest.len() - tlv(rest)?.2.len()];
+    // version [0], serial, signature algorithm, issuer, validity; then the subject
+    let mut after = tbs;
+    if after.first() == Some(&0xa0) {
+        after = tlv(after)?.2;
+    }
+    for _ in 0..4 {
+        after = tlv(after)?.2;
+    }
+    let head = &tbs[..tbs.len() - after.len()];
+    let (0x30, _, tail) = tlv(after)? else {
+        return None;
+    };
+    let tbs = der(0x30, &[head, subject, tail].concat());
+    let signature = match key.sign(&tbs) {
+        Ok(s) => s,
+        Err(e) => return Some(Err(tls_err("signing client certificate")(e))),
+    };
+    let bits = [&[0u8][..], &signature].concat();
+    Some(Ok(der(
+        0x30,
+        &[&tbs[..], signature_algorithm, &der(0x03, &bits)].concat(),
+    )))
+}
+
+/// One DER TLV: `(tag, contents, rest)`.
+fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, buf) = buf.split_first()?;
+    let (&first, mut buf) = buf.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || buf.len() < n {
+            return None;
+        }
+        let len = buf[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        buf = &buf[n..];
+        len
+    };
+    (buf.len() >= len).then(|| (tag, &buf[..len], &buf[len..]))
+}
+
+/// DER-encode `contents` under `tag`.
+fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
+    let len = contents.len();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(contents);
+    out
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use component::https::{CertUser, ClientCa};
+
+    #[test]
+    fn issued_client_certificates_name_the_user_and_every_group() {
+        let dir = tempfile::tempdir().expect("dir");
+        let material = ensure(dir.path(), &["localhost".into()]).expect("tls");
+        let ca = ClientCa::from_pem(material.ca_pem.as_bytes()).expect("ca");
+        let (cert_pem, key_pem) = issue_client_cert(
+            dir.path(),
+            "jane",
+            &["devs".into(), "ops".into(), "system:masters".into()],
+            365,
+        )
+        .expect("issue");
+        assert!(key_pem.contains("PRIVATE KEY"), "{key_pem}");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("pem");
+        assert_eq!(
+            ca.verify(&chain),
+            Ok(CertUser {
+                name: "jane".into(),
+                groups: vec!["devs".into(), "ops".into(), "system:masters".into()],
+            })
+        );
+        let (cert_pem, _) = issue_client_cert(dir.path(), "bob", &[], 1).expect("issue");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("pem");
+        assert_eq!(
+            ca.verify(&chain),
+            Ok(CertUser {
+                name: "bob".into(),
+                groups: vec![],
+            })
+        );
+        // another data dir's CA did not sign it
+        let other = tempfile::tempdir().expect("dir");
+        let other = ensure(other.path(), &["localhost".into()]).expect("tls");
+        let other = ClientCa::from_pem(other.ca_pem.as_bytes()).expect("ca");
+        assert!(other.verify(&chain).is_err());
+    }
+
+    #[test]
+    fn der_lengths() {
+        assert_eq!(der(0x04, &[1, 2]), vec![0x04, 2, 1, 2]);
+        let long = der(0x04, &[0; 200]);
+        assert_eq!(&long[..3], &[0x04, 0x81, 200]);
+        let longer = der(0x04, &[0; 300]);
+        assert_eq!(&longer[..4], &[0x04, 0x82, 1, 44]);
+        assert_eq!(
+            tlv(&longer).map(|(t, c, r)| (t, c.len(), r.len())),
+            Some((4, 300, 0))
+        );
+    }
 }
