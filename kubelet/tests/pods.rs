@@ -454,6 +454,30 @@ async fn a_missing_image_is_err_image_pull_not_a_hang() {
     })
     .await;
     h.terminate().await;
+
+    // imagePullPolicy: Never names the policy instead (and never backs off as a pull).
+    let p = pod(
+        "never",
+        json!({
+            "containers": [{"name": "app", "image": "kaze/not-imported:1", "imagePullPolicy": "Never"}],
+        }),
+    );
+    let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
+    let mut rx = h.status.clone();
+    let s = wait_for(&mut rx, Duration::from_secs(10), "ErrImageNeverPull", |s| {
+        container(s, "app")
+            .state
+            .as_ref()
+            .and_then(|st| st.waiting.as_ref())
+            .is_some_and(|w| w.reason.as_deref() == Some("ErrImageNeverPull"))
+    })
+    .await;
+    let w = container(&s, "app").state.clone().unwrap().waiting.unwrap();
+    assert_eq!(
+        w.message.as_deref(),
+        Some("Container image \"kaze/not-imported:1\" is not present with pull policy of Never")
+    );
+    h.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -934,10 +934,13 @@ impl Worker {
         let ran = self.rt.run_container(&sandbox, &cfg).await;
         match &ran {
             Ok(_) => self.rt.metrics().container_started(container_type),
-            Err(e) if e.is_image_not_present() => self
-                .rt
-                .metrics()
-                .container_failed("ErrImagePull", container_type),
+            Err(e) if e.is_image_not_present() => {
+                let code = match spec.image_pull_policy.as_deref() {
+                    Some("Never") => "ErrImageNeverPull",
+                    _ => "ErrImagePull",
+                };
+                self.rt.metrics().container_failed(code, container_type)
+            }
             Err(_) => self
                 .rt
                 .metrics()
@@ -977,6 +980,20 @@ impl Worker {
                 slot.ready = running.readiness.is_none();
                 slot.running = Some(running);
                 slot.waiting = None;
+            }
+            Err(e)
+                if e.is_image_not_present()
+                    && spec.image_pull_policy.as_deref() == Some("Never") =>
+            {
+                // upstream's words: the image is not there and may not be pulled
+                let msg = format!(
+                    "Container image {:?} is not present with pull policy of Never",
+                    spec.image.clone().unwrap_or_default()
+                );
+                self.events.warn("ErrImageNeverPull", &msg);
+                let slot = &mut self.slots[i];
+                slot.waiting = Some(("ErrImageNeverPull".into(), msg));
+                slot.next_start = now + self.cfg.backoff_initial;
             }
             Err(e) if e.is_image_not_present() => {
                 let slot = &mut self.slots[i];
