@@ -36,6 +36,7 @@ mod nscache;
 mod objects;
 mod openapi;
 mod patch;
+mod podsecurity;
 mod priority;
 mod protobuf;
 mod quota;
@@ -52,6 +53,7 @@ mod status;
 mod subresources;
 mod table;
 mod tls;
+mod warning;
 mod watch;
 
 pub use error::Error;
@@ -151,9 +153,10 @@ pub struct Config {
     #[arg(long = "service-account-extend-token-expiration", default_value_t = true, action = clap::ArgAction::Set)]
     pub service_account_extend_token_expiration: bool,
 
-    /// Admission plugins to turn off. kaze knows `ServiceAccount` and `Priority` (both on
-    /// by default, as upstream); `Config::for_tests` turns `ServiceAccount` off, as envtest
-    /// does, so pods in tests without a controller-manager need no ServiceAccount.
+    /// Admission plugins to turn off. kaze knows `ServiceAccount`, `Priority` and
+    /// `PodSecurity` (all on by default, as upstream); `Config::for_tests` turns
+    /// `ServiceAccount` off, as envtest does, so pods in tests without a controller-manager
+    /// need no ServiceAccount.
     #[arg(long = "disable-admission-plugins", value_delimiter = ',')]
     pub disable_admission_plugins: Vec<String>,
 }

@@ -326,10 +326,14 @@ pub async fn create(
             crate::serviceaccount::admission::admit(state, ns, &mut obj).await?;
             crate::priority::admit_pod(state, &mut obj).await?;
         }
+        crate::podsecurity::admit_create(state, def, Some(ns), &obj).await?;
         crate::quota::admit(state, def, ns, &obj, &given, dry_run).await?;
     }
     if def.group == "scheduling.k8s.io" && def.plural == "priorityclasses" {
         crate::priority::validate_class_create(state, &obj).await?;
+    }
+    if ns.is_none() {
+        crate::podsecurity::admit_create(state, def, None, &obj).await?;
     }
     // Services get their ClusterIP and node ports before they are stored, and give them
     // back when the create fails.
@@ -547,6 +551,7 @@ where
         if same_ignoring_rv(&cur, &new) {
             return Ok(cur);
         }
+        crate::podsecurity::admit_update(state, def, ns, &cur, &new).await?;
         if dry_run {
             return Ok(new);
         }

@@ -248,7 +248,15 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                 };
             }
             let q = handlers::parse_query(parts.uri.query());
-            handlers::handle(state.clone(), parts.method, t, q, parts.headers, body).await
+            crate::warning::collect(handlers::handle(
+                state.clone(),
+                parts.method,
+                t,
+                q,
+                parts.headers,
+                body,
+            ))
+            .await
         }
     }
 }

@@ -131,11 +131,11 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     if let Some(p) = config
         .disable_admission_plugins
         .iter()
-        .find(|p| !matches!(p.as_str(), "ServiceAccount" | "Priority"))
+        .find(|p| !matches!(p.as_str(), "ServiceAccount" | "Priority" | "PodSecurity"))
     {
         return Err(Error::Config {
             reason: format!(
-                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount, Priority)"
+                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount, Priority, PodSecurity)"
             ),
         });
     }
@@ -210,6 +210,11 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             .disable_admission_plugins
             .iter()
             .any(|p| p == "Priority"),
+        pod_security: (!config
+            .disable_admission_plugins
+            .iter()
+            .any(|p| p == "PodSecurity"))
+        .then(Default::default),
     });
     state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);

@@ -33,4 +33,6 @@ pub struct AppState {
     pub service_accounts: crate::serviceaccount::ServiceAccounts,
     /// Whether the `Priority` admission plugin is on (`--disable-admission-plugins`).
     pub priority_admission: bool,
+    /// The `PodSecurity` admission plugin's configuration; None when it is turned off.
+    pub pod_security: Option<crate::podsecurity::PodSecurity>,
 }
