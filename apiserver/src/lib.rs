@@ -59,6 +59,10 @@ mod watch;
 pub use error::Error;
 pub use server::{start, RunningServer};
 
+/// A kubeconfig for a user authenticated by a client certificate from the cluster CA
+/// (`kaze kubeconfig --user`).
+pub use kubeconfig::for_user as user_kubeconfig;
+
 /// kube-apiserver's flags that kaze supports, under upstream's names.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
