@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod containerd;
 mod join;
+mod kubeconfig;
 mod node;
 mod routes;
 mod server;
@@ -47,6 +48,9 @@ enum Command {
     Server(server::ServerArgs),
     /// Join this machine to a cluster as a node: `kaze agent --server URL --token TOKEN`.
     Agent(agent::AgentArgs),
+    /// Write a kubeconfig for a user with a client certificate from the cluster CA:
+    /// `kaze kubeconfig --user jane --group devs --out jane.kubeconfig`.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
 /// Upstream component names that select a subcommand when the binary is called by them.
@@ -76,6 +80,9 @@ fn args() -> Vec<String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(args());
+    if let Command::Kubeconfig(args) = cli.command {
+        return kubeconfig::run(args);
+    }
     component::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             Command::Proxy(config) => proxy::run(config, shutdown).await.context("proxy"),
             Command::Server(args) => server::run(args, shutdown).await,
             Command::Agent(args) => agent::run(args, shutdown).await,
+            Command::Kubeconfig(_) => unreachable!("handled before the runtime starts"),
         }
     });
     // A blocking task still running (a stuck read, a child's pipe) must not keep the
