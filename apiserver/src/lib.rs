@@ -163,6 +163,11 @@ pub struct Config {
     /// need no ServiceAccount.
     #[arg(long = "disable-admission-plugins", value_delimiter = ',')]
     pub disable_admission_plugins: Vec<String>,
+
+    /// Upstream's `AdmissionConfiguration` file; kaze reads the `PodSecurity` plugin's
+    /// `PodSecurityConfiguration` from it (cluster-wide defaults and exemptions).
+    #[arg(long = "admission-control-config-file")]
+    pub admission_control_config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -195,6 +200,7 @@ impl Config {
             service_account_key_file: Vec::new(),
             service_account_extend_token_expiration: true,
             disable_admission_plugins: vec!["ServiceAccount".to_string()],
+            admission_control_config_file: None,
         }
     }
 

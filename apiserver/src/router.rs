@@ -248,15 +248,13 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                 };
             }
             let q = handlers::parse_query(parts.uri.query());
-            crate::warning::collect(handlers::handle(
-                state.clone(),
-                parts.method,
-                t,
-                q,
-                parts.headers,
-                body,
-            ))
-            .await
+            let user = parts
+                .extensions
+                .get::<crate::auth::UserInfo>()
+                .map(|u| u.name.clone())
+                .unwrap_or_default();
+            let handled = handlers::handle(state.clone(), parts.method, t, q, parts.headers, body);
+            crate::warning::collect(crate::podsecurity::as_user(user, handled)).await
         }
     }
 }

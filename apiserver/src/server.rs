@@ -139,6 +139,15 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             ),
         });
     }
+    let pod_security = match &config.admission_control_config_file {
+        _ if config.disable_admission_plugins.iter().any(|p| p == "PodSecurity") => None,
+        Some(file) => Some(crate::podsecurity::config::load(file).map_err(|reason| {
+            Error::Config {
+                reason: format!("--admission-control-config-file: {reason}"),
+            }
+        })?),
+        None => Some(Default::default()),
+    };
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
     let client_ca = match &config.client_ca_file {
         Some(file) => component::https::ClientCa::from_file(file),
@@ -210,11 +219,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             .disable_admission_plugins
             .iter()
             .any(|p| p == "Priority"),
-        pod_security: (!config
-            .disable_admission_plugins
-            .iter()
-            .any(|p| p == "PodSecurity"))
-        .then(Default::default),
+        pod_security,
     });
     state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);

@@ -234,3 +234,53 @@ fn the_plugin_turned_off_admits_everything() {
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("Warning"), "{stderr}");
 }
+
+#[test]
+fn an_admission_configuration_file_sets_defaults_and_exemptions() {
+    let config = tempfile::NamedTempFile::new().expect("config file");
+    std::fs::write(
+        config.path(),
+        "apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: PodSecurity
+  configuration:
+    apiVersion: pod-security.admission.config.k8s.io/v1
+    kind: PodSecurityConfiguration
+    defaults:
+      enforce: baseline
+    exemptions:
+      usernames: [alice]
+      namespaces: [free]
+",
+    )
+    .expect("writing the config");
+    let path = config.path().to_path_buf();
+    let s = TestServer::start_with_tokens("alice-token,alice,1,\"system:masters\"\n", |c| {
+        c.admission_control_config_file = Some(path)
+    });
+    // An unlabelled namespace gets the default enforce level.
+    namespace(&s, "plain", &[]);
+    let privileged = ["run", "p", "--image=kaze/busybox:1", "--privileged", "-n"];
+    let err = s.kubectl_fails(&[&privileged[..], &["plain"]].concat(), None);
+    assert!(
+        err.contains(
+            r#"pods "p" is forbidden: violates PodSecurity "baseline:latest": privileged"#
+        ),
+        "{err}"
+    );
+    // A label overrides the default; an exempt namespace and an exempt user are not checked.
+    namespace(
+        &s,
+        "open",
+        &["pod-security.kubernetes.io/enforce=privileged"],
+    );
+    s.kubectl(&[&privileged[..], &["open"]].concat());
+    namespace(&s, "free", &[]);
+    s.kubectl(&[&privileged[..], &["free"]].concat());
+    let (ok, _, stderr) = s.kubectl_result(
+        &[&["--token", "alice-token"][..], &privileged[..], &["plain"]].concat(),
+        None,
+    );
+    assert!(ok, "{stderr}");
+}
