@@ -389,7 +389,8 @@ pub async fn admit_update(
     let significant = if is_pods(def) {
         significant_pod_update(new, old)
     } else {
-        template(def, new) != template(def, old)
+        // Compared in place: workload status updates are frequent and change no template.
+        template_path(def).is_some_and(|p| new.pointer(p) != old.pointer(p))
     };
     if !significant {
         return Ok(());
@@ -436,42 +437,42 @@ async fn admit(
 /// Upstream's `isSignificantPodUpdate`: only what pod validation lets an update change and
 /// the checks look at.
 fn significant_pod_update(new: &Value, old: &Value) -> bool {
-    let ann = |p: &Value, k: &str| {
-        p.pointer("/metadata/annotations")
-            .and_then(|a| a.get(k))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    if ann(new, "seccomp.security.alpha.kubernetes.io/pod")
-        != ann(old, "seccomp.security.alpha.kubernetes.io/pod")
-    {
+    const POD_SECCOMP: &str = "seccomp.security.alpha.kubernetes.io/pod";
+    if annotation(new, POD_SECCOMP) != annotation(old, POD_SECCOMP) {
         return true;
     }
-    let list = |p: &Value, f: &str| -> Vec<Value> {
-        p.pointer(&format!("/spec/{f}"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
     let container_changed = |n: &Value, o: &Value| {
         let name = n.get("name").and_then(Value::as_str).unwrap_or("");
         let key = format!("container.seccomp.security.alpha.kubernetes.io/{name}");
-        n.get("image") != o.get("image") || ann(new, &key) != ann(old, &key)
+        n.get("image") != o.get("image") || annotation(new, &key) != annotation(old, &key)
     };
     for f in ["containers", "initContainers"] {
-        let (n, o) = (list(new, f), list(old, f));
-        if n.len() != o.len() || n.iter().zip(&o).any(|(n, o)| container_changed(n, o)) {
+        let (n, o) = (spec_list(new, f), spec_list(old, f));
+        if n.len() != o.len() || n.iter().zip(o).any(|(n, o)| container_changed(n, o)) {
             return true;
         }
     }
-    let old_eph = list(old, "ephemeralContainers");
-    list(new, "ephemeralContainers").iter().any(|n| {
+    let old_eph = spec_list(old, "ephemeralContainers");
+    spec_list(new, "ephemeralContainers").iter().any(|n| {
         match old_eph.iter().find(|o| o.get("name") == n.get("name")) {
             None => true,
             Some(o) => container_changed(n, o),
         }
     })
+}
+
+fn annotation<'a>(obj: &'a Value, key: &str) -> &'a str {
+    obj.pointer("/metadata/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn spec_list<'a>(obj: &'a Value, field: &str) -> &'a [Value] {
+    obj.get("spec")
+        .and_then(|s| s.get(field))
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 /// Labels that do not parse are a 422, on create and when an update changes what is wrong.
