@@ -37,6 +37,9 @@ pub struct NodeArgs {
     /// `--allowed-unsafe-sysctls`).
     #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
     pub allowed_unsafe_sysctls: Vec<String>,
+    /// Hard eviction thresholds of the node's kubelet (its `--eviction-hard`).
+    #[arg(long = "eviction-hard", default_value = kubelet::node::pressure::DEFAULT_EVICTION_HARD)]
+    pub eviction_hard: String,
     /// The bridge this node's pods attach to.
     #[arg(long = "cni-bridge", default_value = "kaze0")]
     pub cni_bridge: String,
@@ -141,6 +144,7 @@ pub async fn start(
         client_ca_file: Some(client_ca.to_path_buf()),
         anonymous_auth: false,
         allowed_unsafe_sysctls: args.allowed_unsafe_sysctls.clone(),
+        eviction_hard: args.eviction_hard.clone(),
         pod_cidr: None,
         static_pods: kubelet::static_pod::Config {
             pod_manifest_path: Some(pod_manifest_path),

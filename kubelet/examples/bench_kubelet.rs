@@ -96,6 +96,7 @@ async fn main() {
         client_ca_file: Some(server.ca_file()),
         anonymous_auth: false,
         allowed_unsafe_sysctls: Vec::new(),
+        eviction_hard: kubelet::node::pressure::DEFAULT_EVICTION_HARD.into(),
         pod_cidr: None,
         static_pods: Default::default(),
     };

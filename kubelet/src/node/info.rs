@@ -55,18 +55,20 @@ pub fn allocatable(max_pods: u32) -> crate::pod::admit::Allocatable {
 }
 
 /// `{"status": {...}}` for a merge patch of the node's status.
-pub fn status(node: &str, ip: IpAddr, max_pods: u32, kubelet_port: u16, runtime: &str) -> Value {
+pub fn status(
+    node: &str,
+    ip: IpAddr,
+    max_pods: u32,
+    kubelet_port: u16,
+    runtime: &str,
+    conditions: Value,
+) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let resources = json!({
         "cpu": cpus.to_string(),
         "memory": format!("{}Ki", mem_total_kib()),
         "pods": max_pods.to_string(),
     });
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let cond = |t: &str, status: &str, reason: &str, message: &str| {
-        json!({"type": t, "status": status, "reason": reason, "message": message,
-               "lastHeartbeatTime": now, "lastTransitionTime": now})
-    };
     json!({"status": {
         "capacity": resources,
         "allocatable": resources,
@@ -87,11 +89,6 @@ pub fn status(node: &str, ip: IpAddr, max_pods: u32, kubelet_port: u16, runtime:
             "operatingSystem": "linux",
             "architecture": arch(),
         },
-        "conditions": [
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-        ],
+        "conditions": conditions,
     }})
 }

@@ -22,6 +22,7 @@ use crate::spec::DnsConfig;
 pub mod auth;
 pub mod info;
 pub mod portforward;
+pub mod pressure;
 pub mod server;
 pub mod spdy;
 pub mod spdy_exec;
@@ -100,6 +101,10 @@ pub struct Config {
     /// upstream's flag; a pod asking for another is rejected (`SysctlForbidden`).
     #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
     pub allowed_unsafe_sysctls: Vec<String>,
+    /// Hard eviction thresholds (upstream's syntax and default): the Node's pressure
+    /// conditions, and pods evicted under memory pressure.
+    #[arg(long = "eviction-hard", default_value = pressure::DEFAULT_EVICTION_HARD)]
+    pub eviction_hard: String,
     /// How often the node Lease is renewed.
     #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
     pub lease_renew_interval: Duration,
@@ -152,6 +157,9 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let node_name = config.node_name();
     let node_ip = config.node_ip.unwrap_or_else(component::detect_node_ip);
     let labels = parse_labels(&config.node_labels)?;
+    let thresholds = pressure::Thresholds::parse(&config.eviction_hard)
+        .map_err(|e| NodeError::Flag(format!("--eviction-hard: {e}")))?;
+    let (evict_tx, evict_rx) = tokio::sync::mpsc::channel(4);
     // Before anything else: a bad --client-ca-file is a start-up error, not a server that
     // never comes up.
     let auth = auth::Auth::new(
@@ -362,6 +370,10 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             max_pods,
             port,
             runtime_version: runtime_version.clone(),
+            thresholds: thresholds.clone(),
+            rt: rt.clone(),
+            active: active.clone(),
+            evict: evict_tx,
         };
         tasks.spawn(async move { post_status(client, node, facts, token).await });
     }
@@ -373,6 +385,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         uids,
         static_pods,
         active,
+        evict_rx,
         shutdown.clone(),
     )
     .await;
@@ -438,12 +451,18 @@ async fn runtime_version(socket: &str, node: &str) -> String {
     }
 }
 
-/// What the Node's status reports about this kubelet besides its name.
+/// What the Node's status reports about this kubelet besides its name, and what measuring
+/// its pressure needs.
 struct StatusFacts {
     ip: IpAddr,
     max_pods: u32,
     port: u16,
     runtime_version: String,
+    thresholds: pressure::Thresholds,
+    rt: Runtime,
+    active: crate::pod::ActivePods,
+    /// Pods to evict, to the sync loop.
+    evict: tokio::sync::mpsc::Sender<(String, String)>,
 }
 
 /// What the Node is registered with.
@@ -525,6 +544,7 @@ impl Registration {
                     self.max_pods,
                     self.port,
                     &self.runtime_version,
+                    pressure::conditions(pressure::Pressure::default(), &mut Default::default()),
                 )),
             )
             .await
@@ -592,8 +612,9 @@ async fn renew_lease(
     }
 }
 
-/// Post the node's status (Ready with a fresh heartbeat) every minute; the Lease carries the
-/// frequent heartbeat, as upstream.
+/// Measure the node's pressure every 10 s and post its status when a condition changes, and
+/// every minute (the Lease carries the frequent heartbeat, as upstream); under memory
+/// pressure, name one pod to evict to the sync loop (see [`pressure`]).
 async fn post_status(
     client: Client,
     node: String,
@@ -605,22 +626,47 @@ async fn post_status(
         max_pods,
         port,
         runtime_version,
+        thresholds,
+        rt,
+        active,
+        evict,
     } = facts;
     let nodes: Api<Node> = Api::all(client);
+    let mut since = std::collections::HashMap::new();
+    let mut posted: Option<(pressure::Pressure, tokio::time::Instant)> = None;
     loop {
+        let signals = pressure::observe(&rt.config().root_dir);
+        let now = thresholds.pressure(&signals);
+        if now.memory {
+            let limit = thresholds.memory.unwrap_or(pressure::Limit::Amount(0));
+            if let Some((uid, message)) =
+                pressure::memory_victim(&rt, &active.list(), limit, &signals)
+            {
+                tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod under memory pressure");
+                let _ = evict.send((uid, message)).await;
+            }
+        }
+        let due = posted.is_none_or(|(p, at)| p != now || at.elapsed() >= Duration::from_secs(60));
+        if due {
+            let status = info::status(
+                &node,
+                ip,
+                max_pods,
+                port,
+                &runtime_version,
+                pressure::conditions(now, &mut since),
+            );
+            match nodes
+                .patch_status(&node, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+            {
+                Ok(_) => posted = Some((now, tokio::time::Instant::now())),
+                Err(e) => tracing::warn!(node = %node, error = %e, "posting node status"),
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-        }
-        if let Err(e) = nodes
-            .patch_status(
-                &node,
-                &PatchParams::default(),
-                &Patch::Merge(&info::status(&node, ip, max_pods, port, &runtime_version)),
-            )
-            .await
-        {
-            tracing::warn!(node = %node, error = %e, "posting node status");
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
     }
 }

@@ -227,6 +227,7 @@ pub async fn run(
     uids: super::server::PodUids,
     statics: StaticPods,
     active: ActivePods,
+    mut evictions: tokio::sync::mpsc::Receiver<(String, String)>,
     shutdown: component::CancellationToken,
 ) -> Result<(), NodeError> {
     let pods: Api<Pod> = Api::all(client.clone());
@@ -245,6 +246,13 @@ pub async fn run(
         let ev = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = finishing.next() => continue,
+            Some((uid, message)) = evictions.recv() => {
+                // the pod fails and stays in the API (Failed, Evicted), as upstream's
+                if let Some(r) = running.get(&uid) {
+                    r.handle.evict(message);
+                }
+                continue;
+            }
             ev = events.next() => ev,
         };
         let seen: Vec<Pod> = match ev {

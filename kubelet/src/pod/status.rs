@@ -146,7 +146,7 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
     let init_failed = inits.iter().any(|s| s.kind == Kind::Init && s.failed());
     let any_running = apps.iter().any(|s| s.running.is_some());
     let all_done = !apps.is_empty() && apps.iter().all(|s| s.done && s.running.is_none());
-    let phase = if w.deadline_exceeded || init_failed {
+    let phase = if w.failure.is_some() || init_failed {
         "Failed"
     } else if all_done {
         let ok = apps
@@ -231,17 +231,32 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
         .collect();
     PodStatus {
         phase: Some(phase.into()),
-        conditions: Some(vec![
-            condition("PodScheduled", true, "", String::new()),
-            initialized,
-            condition("ContainersReady", all_ready, reason, message),
-            condition("Ready", pod_ready, ready_reason, ready_message),
-        ]),
-        message: match w.deadline_exceeded {
-            true => Some(super::worker::DEADLINE_MESSAGE.into()),
-            false => w.sandbox_error.clone(),
+        conditions: Some({
+            let mut c = vec![condition("PodScheduled", true, "", String::new())];
+            // upstream marks a pod the kubelet evicts as a disruption target
+            if let Some(("Evicted", message)) = w.failure.as_ref().map(|(r, m)| (*r, m)) {
+                c.insert(
+                    0,
+                    condition(
+                        "DisruptionTarget",
+                        true,
+                        "TerminationByKubelet",
+                        message.clone(),
+                    ),
+                );
+            }
+            c.extend([
+                initialized,
+                condition("ContainersReady", all_ready, reason, message),
+                condition("Ready", pod_ready, ready_reason, ready_message),
+            ]);
+            c
+        }),
+        message: match &w.failure {
+            Some((_, message)) => Some(message.clone()),
+            None => w.sandbox_error.clone(),
         },
-        reason: w.deadline_exceeded.then(|| "DeadlineExceeded".into()),
+        reason: w.failure.as_ref().map(|(reason, _)| reason.to_string()),
         container_statuses: Some(statuses),
         init_container_statuses: Some(init_statuses).filter(|v| !v.is_empty()),
         ephemeral_container_statuses: Some(ephemeral).filter(|v| !v.is_empty()),

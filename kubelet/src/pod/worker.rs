@@ -186,11 +186,24 @@ impl Slot {
 pub struct PodHandle {
     pub status: watch::Receiver<PodStatus>,
     stop: watch::Sender<bool>,
+    evict: watch::Sender<Option<String>>,
     updates: watch::Sender<Option<Pod>>,
     task: tokio::task::JoinHandle<PodStatus>,
 }
 
 impl PodHandle {
+    /// Evict the pod (node pressure): its containers are stopped and it fails with reason
+    /// `Evicted` and `message`, staying in the API as upstream's evicted pods do.
+    pub fn evict(&self, message: String) {
+        self.evict.send_if_modified(|m| {
+            let first = m.is_none();
+            if first {
+                *m = Some(message);
+            }
+            first
+        });
+    }
+
     /// A newer version of the pod from the API: its labels and annotations reach the
     /// downward-API volumes (the spec is immutable where it matters here).
     pub fn update(&self, pod: &Pod) {
@@ -240,6 +253,7 @@ pub fn spawn_with(
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let (updates, updates_rx) = watch::channel(None);
     let (stop, stop_rx) = watch::channel(false);
+    let (evict, evict_rx) = watch::channel(None);
     let reported_conditions = pod
         .status
         .iter()
@@ -270,7 +284,8 @@ pub fn spawn_with(
         cfg,
         sandbox: None,
         sandbox_error: None,
-        deadline_exceeded: false,
+        failure: None,
+        evicted: evict_rx,
         sandbox_exit: None,
         first_seen: Instant::now(),
         start_reported: already_started,
@@ -293,6 +308,7 @@ pub fn spawn_with(
     PodHandle {
         status,
         stop,
+        evict,
         updates,
         task,
     }
@@ -305,8 +321,12 @@ pub(super) struct Worker {
     cfg: WorkerConfig,
     pub(super) sandbox: Option<Sandbox>,
     pub(super) sandbox_error: Option<String>,
-    /// `activeDeadlineSeconds` passed: every container was stopped and the pod failed.
-    pub(super) deadline_exceeded: bool,
+    /// Why the kubelet failed the pod for good (`DeadlineExceeded` past
+    /// `activeDeadlineSeconds`, `Evicted` under node pressure): every container was
+    /// stopped. The reason and message of its status.
+    pub(super) failure: Option<(&'static str, String)>,
+    /// Set by [`PodHandle::evict`].
+    evicted: watch::Receiver<Option<String>>,
     /// Set when the sandbox's pause process exits.
     pub(super) sandbox_exit: Option<watch::Receiver<Option<ExitInfo>>>,
     /// When this worker started (the kubelet first saw the pod), and whether its start
@@ -461,7 +481,7 @@ impl Worker {
     }
 
     async fn step(&mut self) {
-        if self.deadline_exceeded || self.past_deadline().await {
+        if self.failure.is_some() || self.past_deadline().await || self.evict().await {
             return;
         }
         if !self.step_volumes().await {
@@ -768,13 +788,27 @@ impl Worker {
         if active.as_secs() < limit {
             return false;
         }
-        self.deadline_exceeded = true;
-        self.events.warn("DeadlineExceeded", DEADLINE_MESSAGE);
+        self.fail("DeadlineExceeded", DEADLINE_MESSAGE.into()).await;
+        true
+    }
+
+    /// Whether the kubelet evicted the pod (node pressure); if so, it fails now.
+    async fn evict(&mut self) -> bool {
+        let Some(message) = self.evicted.borrow().clone() else {
+            return false;
+        };
+        self.fail("Evicted", message).await;
+        true
+    }
+
+    /// Fail the pod for good: a Warning event, every container stopped.
+    async fn fail(&mut self, reason: &'static str, message: String) {
+        self.events.warn(reason, &message);
+        self.failure = Some((reason, message));
         let grace = podspec::grace_period(&self.pod);
         for i in 0..self.slots.len() {
             self.stop_slot(i, grace).await;
         }
-        true
     }
 
     /// Stop a container for good (a sidecar after the app containers ended).

@@ -350,6 +350,7 @@ pub fn node_config(
         client_ca_file: Some(client_ca),
         anonymous_auth: false,
         allowed_unsafe_sysctls: Vec::new(),
+        eviction_hard: kubelet::node::pressure::DEFAULT_EVICTION_HARD.into(),
         pod_cidr: None,
         static_pods: Default::default(),
     }
