@@ -27,11 +27,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use component::https::{ClientCerts, PeerCertificates};
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
-use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+use component::https::{CertError, ClientCa, ClientCerts, PeerCertificates};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::NodeError;
 
@@ -53,7 +50,7 @@ pub struct User {
 /// The kubelet server's authentication and authorization.
 pub struct Auth {
     /// Verifies client certificates against `--client-ca-file`.
-    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    ca: Option<ClientCa>,
     ca_file: Option<PathBuf>,
     anonymous: bool,
     /// Bearer tokens and users outside `system:masters`, checked by the apiserver.
@@ -289,9 +286,11 @@ impl Auth {
         anonymous: bool,
         port: u16,
     ) -> Result<Auth, NodeError> {
-        let verifier = match client_ca_file {
+        let ca = match client_ca_file {
             None => None,
-            Some(path) => Some(load_verifier(path)?),
+            Some(path) => Some(ClientCa::from_file(path).map_err(|e| {
+                NodeError::Flag(format!("--client-ca-file {}: {e}", path.display()))
+            })?),
         };
         match (client_ca_file, anonymous) {
             (_, true) => tracing::warn!(
@@ -309,7 +308,7 @@ impl Auth {
             (Some(_), false) => {}
         }
         Ok(Auth {
-            verifier,
+            ca,
             ca_file: client_ca_file.map(Path::to_path_buf),
             anonymous,
             webhook: None,
@@ -358,7 +357,7 @@ impl Auth {
 
     /// Whether the TLS server asks for client certificates.
     pub fn client_certs(&self) -> ClientCerts {
-        if self.verifier.is_some() {
+        if self.ca.is_some() {
             ClientCerts::Request
         } else {
             ClientCerts::None
@@ -368,7 +367,7 @@ impl Auth {
     /// The subject of `chain` if `--client-ca-file` signed it.
     fn verify(
         &self,
-        verifier: &dyn ClientCertVerifier,
+        client_ca: &ClientCa,
         chain: &[CertificateDer<'static>],
     ) -> Result<User, Refusal> {
         let ca = self
@@ -376,26 +375,16 @@ impl Auth {
             .as_deref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let (leaf, intermediates) = chain.split_first().ok_or_else(|| {
-            unauthorized("Unauthorized: an empty client certificate chain".into())
-        })?;
-        verifier
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .map_err(|e| {
-                unauthorized(format!(
-                    "Unauthorized: the client certificate is not valid for this kubelet ({e}); \
-                     it takes certificates signed by its --client-ca-file {ca}"
-                ))
-            })?;
-        let (name, groups) = subject(leaf.as_ref()).ok_or_else(|| {
-            unauthorized("Unauthorized: cannot read the client certificate's subject".into())
-        })?;
-        let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
-            unauthorized("Unauthorized: the client certificate has no common name".into())
+        let user = client_ca.verify(chain).map_err(|e| match e {
+            CertError::Invalid(why) => unauthorized(format!(
+                "Unauthorized: the client certificate is not valid for this kubelet ({why}); \
+                 it takes certificates signed by its --client-ca-file {ca}"
+            )),
+            other => unauthorized(format!("Unauthorized: {other}")),
         })?;
         Ok(User {
-            name,
-            groups,
+            name: user.name,
+            groups: user.groups,
             uid: None,
         })
     }
@@ -436,7 +425,7 @@ impl Auth {
         if path == "/healthz" {
             return Ok(Decision::Allow);
         }
-        let Some(verifier) = &self.verifier else {
+        let Some(client_ca) = &self.ca else {
             if self.anonymous || OPEN_WITHOUT_CA.iter().any(|p| path.starts_with(p)) {
                 return Ok(Decision::Allow);
             }
@@ -449,7 +438,7 @@ impl Auth {
             ));
         };
         let user = match chain {
-            Some(chain) => self.verify(verifier.as_ref(), chain)?,
+            Some(chain) => self.verify(client_ca, chain)?,
             None if self.anonymous => return Ok(Decision::Allow),
             None => {
                 return Err(unauthorized(
@@ -464,27 +453,6 @@ impl Auth {
         }
         Ok(Decision::Review(user))
     }
-}
-
-fn load_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, NodeError> {
-    let flag = |what: &str, e: String| {
-        NodeError::Flag(format!("--client-ca-file {}: {what}: {e}", path.display()))
-    };
-    let pem = std::fs::read(path).map_err(|e| flag("reading", e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| flag("parsing", e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| flag("loading a certificate", e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(flag("parsing", "no certificate in the file".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| flag("building the verifier", e.to_string()))
 }
 
 /// The axum middleware: [`Auth::check`] with the chain the TLS layer passed on.
@@ -514,80 +482,6 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next)
             refusal.into_response()
         }
     }
-}
-
-// === DER ===
-// Just enough to read a verified certificate's subject: webpki checks the chain but does not
-// expose names, and a full X.509 parser is a large dependency for two attributes.
-
-/// One TLV: `(tag, contents, rest)`.
-fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, buf) = buf.split_first()?;
-    let (&first, mut buf) = buf.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || buf.len() < n {
-            return None;
-        }
-        let len = buf[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        buf = &buf[n..];
-        len
-    };
-    (buf.len() >= len).then(|| (tag, &buf[..len], &buf[len..]))
-}
-
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
-const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
-
-/// The subject's common name and organizations of a DER certificate.
-pub fn subject(cert: &[u8]) -> Option<(Option<String>, Vec<String>)> {
-    let (SEQUENCE, cert, _) = tlv(cert)? else {
-        return None;
-    };
-    let (SEQUENCE, tbs, _) = tlv(cert)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    // version [0] is optional; then serial, signature algorithm, issuer, validity, subject.
-    if rest.first() == Some(&0xa0) {
-        rest = tlv(rest)?.2;
-    }
-    for _ in 0..4 {
-        rest = tlv(rest)?.2;
-    }
-    let (SEQUENCE, mut name, _) = tlv(rest)? else {
-        return None;
-    };
-    let (mut cn, mut orgs) = (None, Vec::new());
-    while !name.is_empty() {
-        let (SET, mut set, next) = tlv(name)? else {
-            return None;
-        };
-        name = next;
-        while !set.is_empty() {
-            let (SEQUENCE, attr, next) = tlv(set)? else {
-                return None;
-            };
-            set = next;
-            let (0x06, oid, value) = tlv(attr)? else {
-                return None;
-            };
-            let (_, value, _) = tlv(value)?;
-            let value = String::from_utf8_lossy(value).into_owned();
-            if oid == OID_CN {
-                cn = Some(value);
-            } else if oid == OID_O {
-                orgs.push(value);
-            }
-        }
-    }
-    Some((cn, orgs))
 }
 
 #[cfg(test)]
@@ -622,25 +516,6 @@ mod tests {
         }
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         params.signed_by(&key, issuer).expect("sign").der().clone()
-    }
-
-    #[test]
-    fn reads_the_subject_of_a_certificate() {
-        let (issuer, _) = ca();
-        // (rcgen keeps one value per attribute type, so one organization here.)
-        let der = client(
-            &issuer,
-            "kube-apiserver-kubelet-client",
-            &["system:masters"],
-        );
-        assert_eq!(
-            subject(der.as_ref()),
-            Some((
-                Some("kube-apiserver-kubelet-client".to_string()),
-                vec!["system:masters".to_string()]
-            ))
-        );
-        assert_eq!(subject(&der.as_ref()[..40]), None, "truncated");
     }
 
     #[test]
