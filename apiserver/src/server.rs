@@ -140,12 +140,20 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         });
     }
     let pod_security = match &config.admission_control_config_file {
-        _ if config.disable_admission_plugins.iter().any(|p| p == "PodSecurity") => None,
-        Some(file) => Some(crate::podsecurity::config::load(file).map_err(|reason| {
-            Error::Config {
-                reason: format!("--admission-control-config-file: {reason}"),
-            }
-        })?),
+        _ if config
+            .disable_admission_plugins
+            .iter()
+            .any(|p| p == "PodSecurity") =>
+        {
+            None
+        }
+        Some(file) => {
+            Some(
+                crate::podsecurity::config::load(file).map_err(|reason| Error::Config {
+                    reason: format!("--admission-control-config-file: {reason}"),
+                })?,
+            )
+        }
         None => Some(Default::default()),
     };
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
