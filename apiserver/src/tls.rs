@@ -3,6 +3,7 @@
 //! as kubeadm and k3s issue it), generated on first start and kept in
 //! `<data-dir>/server/tls/` so kubeconfigs written earlier stay valid across restarts.
 
+use component::https::tlv;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -325,26 +326,6 @@ fn with_subject(cert: &[u8], subject: &[u8], key: &KeyPair) -> Option<Result<Vec
         0x30,
         &[&tbs[..], signature_algorithm, &der(0x03, &bits)].concat(),
     )))
-}
-
-/// One DER TLV: `(tag, contents, rest)`.
-fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, buf) = buf.split_first()?;
-    let (&first, mut buf) = buf.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || buf.len() < n {
-            return None;
-        }
-        let len = buf[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        buf = &buf[n..];
-        len
-    };
-    (buf.len() >= len).then(|| (tag, &buf[..len], &buf[len..]))
 }
 
 /// DER-encode `contents` under `tag`.

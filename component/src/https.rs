@@ -18,9 +18,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
@@ -94,12 +96,7 @@ impl ClientCertVerifier for RequestAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        signature(&self.0, false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -108,17 +105,77 @@ impl ClientCertVerifier for RequestAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        signature(&self.0, true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// A handshake signature checked with `provider`'s algorithms (TLS 1.3 or 1.2).
+fn signature(
+    provider: &rustls::crypto::CryptoProvider,
+    tls13: bool,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let algorithms = &provider.signature_verification_algorithms;
+    if tls13 {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    } else {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+}
+
+/// Accepts any server certificate, still checking the handshake's signatures: what
+/// upstream's kubelet does for HTTPS probes and hooks (`InsecureSkipVerify`), and its
+/// apiserver towards kubelets without `--kubelet-certificate-authority`.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        signature(&self.0, false, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        signature(&self.0, true, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A [`ServerCertVerifier`] accepting any certificate (see [`AnyServerCert`]), for
+/// `provider`.
+pub fn any_server_cert(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(AnyServerCert(provider))
 }
 
 /// A verifier that asks clients for a certificate and accepts any (or none), checking only
@@ -356,8 +413,9 @@ pub async fn serve(
 // Just enough to read a verified certificate's subject: webpki checks the chain but does not
 // expose names, and a full X.509 parser is a large dependency for two attributes.
 
-/// One TLV: `(tag, contents, rest)`.
-fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+/// One DER TLV: `(tag, contents, rest)` (lengths up to 4 bytes), for the few certificate
+/// fields kaze reads or rewrites itself.
+pub fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, buf) = buf.split_first()?;
     let (&first, mut buf) = buf.split_first()?;
     let len = if first < 0x80 {

@@ -484,9 +484,9 @@ fn insecure_tls() -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
                 .with_safe_default_protocol_versions()
                 .map(|b| {
                     b.dangerous()
-                        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(
+                        .with_custom_certificate_verifier(component::https::any_server_cert(
                             provider.clone(),
-                        )))
+                        ))
                         .with_no_client_auth()
                 });
             // the ring provider supports the default versions; should it not, no
@@ -494,68 +494,11 @@ fn insecure_tls() -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
             std::sync::Arc::new(config.unwrap_or_else(|_| {
                 rustls::ClientConfig::builder()
                     .dangerous()
-                    .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+                    .with_custom_certificate_verifier(component::https::any_server_cert(provider))
                     .with_no_client_auth()
             }))
         })
         .clone()
-}
-
-/// Accepts every certificate; checks the handshake's signatures with the provider's
-/// algorithms.
-#[derive(Debug)]
-struct AnyCertificate(std::sync::Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
-
-impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
-        _server_name: &tokio_rustls::rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: tokio_rustls::rustls::pki_types::UnixTime,
-    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
-    {
-        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
-        dss: &tokio_rustls::rustls::DigitallySignedStruct,
-    ) -> Result<
-        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
-        tokio_rustls::rustls::Error,
-    > {
-        tokio_rustls::rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
-        dss: &tokio_rustls::rustls::DigitallySignedStruct,
-    ) -> Result<
-        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
-        tokio_rustls::rustls::Error,
-    > {
-        tokio_rustls::rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
