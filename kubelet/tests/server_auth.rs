@@ -60,22 +60,8 @@ async fn ws_exec(kubelet_port: u16, path: &str, id: Option<&Identity>) -> (u16, 
 /// `GET path` straight to the kubelet with `Authorization: Bearer <token>` and no client
 /// certificate: the status code and the body.
 async fn bearer_get(kubelet_port: u16, path: &str, token: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tls = support::tls::connect(kubelet_port, None).await;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    tls.write_all(req.as_bytes()).await.expect("request");
-    let mut raw = Vec::new();
-    let _ = tls.read_to_end(&mut raw).await;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("an HTTP answer: {raw:?}"));
-    (code, body.to_string())
+    let header = format!("Authorization: Bearer {token}\r\n");
+    support::tls::get_with(kubelet_port, path, None, &header).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,8 +156,19 @@ pub async fn connect(
 
 /// `GET path` straight to the kubelet: the status code and the body.
 pub async fn get(kubelet_port: u16, path: &str, id: Option<&Identity>) -> (u16, String) {
+    get_with(kubelet_port, path, id, "").await
+}
+
+/// [`get`] with more header lines (`headers`, each ending in `\r\n`).
+pub async fn get_with(
+    kubelet_port: u16,
+    path: &str,
+    id: Option<&Identity>,
+    headers: &str,
+) -> (u16, String) {
     let mut tls = connect(kubelet_port, id).await;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await.expect("request");
     let mut raw = Vec::new();
     let _ = tls.read_to_end(&mut raw).await;
