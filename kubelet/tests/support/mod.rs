@@ -264,8 +264,11 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        // First kill whatever the test left running, so its cgroups can go.
+        // First kill whatever the test left running, so its cgroups can go: the tasks
+        // (containerd's fixture) and the FIFO keepers of a test that failed midway.
         drop(self.containerd.take());
+        kill_keepers(&self.rt.config().root_dir);
+        testkit::kill_fifo_keepers(&self.rt.config().node_name);
         // Network leftovers of a failed test; containerd's own fixture kills the tasks.
         let pods = self.rt.config().root_dir.join("pods");
         if let Ok(dir) = std::fs::read_dir(pods) {
@@ -274,7 +277,8 @@ impl Drop for TestNode {
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(&record) else {
                     continue;
                 };
-                if let Some(netns) = v["netns"].as_str() {
+                // (a host-network pod has none)
+                if let Some(netns) = v["netns"].as_str().filter(|n| !n.is_empty()) {
                     let _ = std::process::Command::new("ip")
                         .args(["netns", "del", netns])
                         .status();
