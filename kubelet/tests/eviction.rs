@@ -129,3 +129,42 @@ async fn memory_pressure_is_reported_and_evicts_the_pod_over_its_request_first()
         c.wait_pod_gone("default", name).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_empty_dir_size_limit_is_evicted() {
+    let mut c = Cluster::new("sizelimit", 240).await;
+    c.start_kubelet();
+    c.wait_node().await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "filler"},
+        "spec": {"nodeName": c.node, "terminationGracePeriodSeconds": 1,
+                 "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}},
+                             {"name": "roomy", "emptyDir": {"sizeLimit": "64Mi"}}],
+                 "containers": [{"name": "main", "image": "kaze/busybox:1",
+                                 "command": ["sh", "-c", "dd if=/dev/zero of=/roomy/f bs=1024 count=2048 && sleep 2 && dd if=/dev/zero of=/scratch/f bs=1024 count=3072; sleep 3600"],
+                                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"},
+                                                  {"name": "roomy", "mountPath": "/roomy"}]}]}}))
+    .expect("pod");
+    c.pods("default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let p = c
+        .wait_pod("default", "filler", "evicted", |p| {
+            phase(p) == Some("Failed")
+        })
+        .await;
+    let s = p.status.expect("status");
+    assert_eq!(
+        (s.reason.as_deref(), s.message.as_deref()),
+        (
+            Some("Evicted"),
+            Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ")
+        )
+    );
+    c.pods("default")
+        .delete("filler", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_pod_gone("default", "filler").await;
+}

@@ -637,6 +637,10 @@ async fn post_status(
     loop {
         let signals = pressure::observe(&rt.config().root_dir);
         let now = thresholds.pressure(&signals);
+        for (uid, message) in pressure::over_size_limit(&rt, &active.list()) {
+            tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod over an emptyDir sizeLimit");
+            let _ = evict.send((uid, message)).await;
+        }
         if now.memory {
             let limit = thresholds.memory.unwrap_or(pressure::Limit::Amount(0));
             if let Some((uid, message)) =

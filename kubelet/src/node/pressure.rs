@@ -293,6 +293,51 @@ pub fn memory_victim(
     Some((uid.to_string(), message.trim_end().to_string()))
 }
 
+/// Pods whose emptyDir volumes hold more than their `sizeLimit`: evicted whatever the
+/// node's pressure, as upstream's local storage eviction, with its message (`Usage of
+/// EmptyDir volume "scratch" exceeds the limit "1Mi". `). `(uid, message)` for each.
+pub fn over_size_limit(rt: &Runtime, pods: &[Pod]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in pods {
+        if matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ) {
+            continue;
+        }
+        let Some(uid) = p.metadata.uid.as_deref() else {
+            continue;
+        };
+        let volumes = p.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+        for v in volumes {
+            let Some(limit) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) else {
+                continue;
+            };
+            let Some(bytes) = crate::pod::spec::parse_quantity(&limit.0) else {
+                continue;
+            };
+            let dir = rt
+                .config()
+                .pod_dir(uid)
+                .join("volumes")
+                .join(crate::volume::EMPTY_DIR)
+                .join(&v.name);
+            let used = crate::sys::disk_usage(&dir).map_or(0, |(b, _)| b);
+            if used as f64 > bytes {
+                out.push((
+                    uid.to_string(),
+                    format!(
+                        "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                        v.name, limit.0
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
