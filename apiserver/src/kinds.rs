@@ -438,6 +438,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 job::validate_spec(spec, "spec", &mut causes);
             }
         }
+        ("scheduling.k8s.io", "PriorityClass") => validate_priority_class(obj, old, &mut causes),
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(m) = obj.get(field).and_then(Value::as_object) {
@@ -576,6 +577,50 @@ fn validate_ephemeral_containers(obj: &Value, old: Option<&Value>, causes: &mut 
                     "Forbidden: cannot be set for an Ephemeral Container".into(),
                 ));
             }
+        }
+    }
+}
+
+/// The largest value a PriorityClass outside the `system-` names may have.
+const HIGHEST_USER_PRIORITY: i64 = 1_000_000_000;
+
+/// Upstream's `ValidatePriorityClass`: `system-` names are the built-in classes only (with
+/// their values), other classes at most 1e9, and the value never changes.
+fn validate_priority_class(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let name = meta::meta_str(obj, "name").unwrap_or("");
+    let value = obj.get("value").and_then(Value::as_i64).unwrap_or(0);
+    if let Some(rest) = name.strip_prefix("system-") {
+        let known = match rest {
+            "node-critical" => Some(2_000_001_000),
+            "cluster-critical" => Some(2_000_000_000),
+            _ => None,
+        };
+        let error = match known {
+            None => Some(format!("name {name} is not a known system priority class")),
+            Some(v) if v != value => Some(format!("value of {name} PriorityClass must be {v}")),
+            Some(_) => None,
+        };
+        if let Some(error) = error {
+            causes.push((
+                "metadata.name".into(),
+                "FieldValueForbidden",
+                format!("Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: {error}"),
+            ));
+        }
+    } else if value > HIGHEST_USER_PRIORITY {
+        causes.push((
+            "value".into(),
+            "FieldValueForbidden",
+            format!("Forbidden: maximum allowed value of a user defined priority is {HIGHEST_USER_PRIORITY}"),
+        ));
+    }
+    if let Some(old) = old {
+        if old.get("value") != obj.get("value") {
+            causes.push((
+                "value".into(),
+                "FieldValueForbidden",
+                "Forbidden: may not be changed in an update.".into(),
+            ));
         }
     }
 }

@@ -169,3 +169,42 @@ fn disabling_the_plugin_leaves_pods_as_given() {
     let p = json(&s, &["get", "pod", "loose"]);
     assert!(p["spec"].get("priority").is_none(), "{p}");
 }
+
+#[test]
+fn priority_classes_are_validated_as_upstream() {
+    let s = TestServer::start();
+    let pc = |name: &str, value: i64| {
+        format!("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {name}\nvalue: {value}\n")
+    };
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(&pc("system-mine", 10)));
+    assert!(
+        err.contains("metadata.name: Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: name system-mine is not a known system priority class"),
+        "{err}"
+    );
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(&pc("huge", 1_000_000_001)));
+    assert!(
+        err.contains(
+            "value: Forbidden: maximum allowed value of a user defined priority is 1000000000"
+        ),
+        "{err}"
+    );
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&pc("high", 1_000_000_000)));
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "pc",
+            "high",
+            "--type=merge",
+            "-p",
+            r#"{"value": 5}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("value: Forbidden: may not be changed in an update."),
+        "{err}"
+    );
+    // the built-in classes pass their own rules
+    let node = json(&s, &["get", "pc", "system-node-critical"]);
+    assert_eq!(node["value"], 2_000_001_000);
+}
