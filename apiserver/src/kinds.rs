@@ -46,7 +46,8 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             set_default(spec, "enableServiceLinks", json!(true));
             default_containers(spec);
             if obj.pointer("/status/phase").is_none() {
-                obj["status"] = json!({ "phase": "Pending", "qosClass": "BestEffort" });
+                let qos = qos_class(&obj["spec"]);
+                obj["status"] = json!({ "phase": "Pending", "qosClass": qos });
             }
         }
         ("", "Service") => {
@@ -241,6 +242,44 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
     }
 }
 
+/// A pod's QoS class from its containers' cpu and memory (upstream's `GetPodQOS`): no
+/// request or limit anywhere is BestEffort; limits on cpu and memory for every container,
+/// equal to the requests, Guaranteed; anything else Burstable.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|l| spec.get(*l).and_then(Value::as_array))
+        .flatten();
+    use component::quota::Quantity;
+    let amount = |q: &Value| match q {
+        Value::String(s) => Quantity::parse(s),
+        Value::Number(n) => Quantity::parse(&n.to_string()),
+        _ => None,
+    };
+    let (mut any, mut guaranteed) = (false, true);
+    for c in containers {
+        let get = |kind: &str, r: &str| {
+            c.pointer(&format!("/resources/{kind}/{r}"))
+                .and_then(amount)
+                .filter(|q| !q.is_zero())
+        };
+        for r in ["cpu", "memory"] {
+            let (req, lim) = (get("requests", r), get("limits", r));
+            any |= req.is_some() || lim.is_some();
+            match (req, lim) {
+                (_, None) => guaranteed = false,
+                (Some(q), Some(l)) if q != l => guaranteed = false,
+                _ => {}
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
 fn set_default(obj: &mut Value, field: &str, value: Value) {
     if let Some(map) = obj.as_object_mut() {
         map.entry(field.to_string()).or_insert(value);
@@ -265,6 +304,20 @@ fn default_containers(spec: &mut Value) {
                 };
                 set_default(c, "imagePullPolicy", json!(pull));
                 set_default(c, "resources", json!({}));
+                // A limit without a request: the request is the limit (upstream).
+                if let Some(limits) = c
+                    .pointer("/resources/limits")
+                    .and_then(Value::as_object)
+                    .cloned()
+                {
+                    let requests = &mut c["resources"]["requests"];
+                    if !requests.is_object() {
+                        *requests = json!({});
+                    }
+                    for (k, v) in limits {
+                        set_default(requests, &k, v);
+                    }
+                }
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ports {
                         set_default(p, "protocol", json!("TCP"));
@@ -713,6 +766,42 @@ mod tests {
         let causes = validate(d, &obj, None);
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].0, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn pods_get_upstreams_qos_class_and_requests_from_limits() {
+        let r = Registry::builtin();
+        let pods = r.get("", "v1", "pods").expect("pods");
+        let qos = |containers: Value| {
+            let mut obj = json!({"spec": {"containers": containers}});
+            default_object(pods, &mut obj);
+            (obj["status"]["qosClass"].clone(), obj)
+        };
+        assert_eq!(qos(json!([{"name": "a", "image": "x:1"}])).0, "BestEffort");
+        let (class, obj) = qos(json!([{"name": "a", "image": "x:1",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]));
+        assert_eq!(class, "Guaranteed", "requests default to the limits");
+        assert_eq!(
+            obj["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "1", "memory": "1Gi"})
+        );
+        assert_eq!(
+            qos(json!([{"name": "a", "image": "x:1",
+                "resources": {"requests": {"cpu": "1000m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}}])).0,
+            "Guaranteed",
+            "equal quantities written differently"
+        );
+        assert_eq!(
+            qos(json!([{"name": "a", "image": "x:1", "resources": {"requests": {"cpu": "100m"}}}]))
+                .0,
+            "Burstable"
+        );
+        assert_eq!(
+            qos(json!([{"name": "a", "image": "x:1", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+                       {"name": "b", "image": "x:1"}])).0,
+            "Burstable",
+            "every container must be limited"
+        );
     }
 
     #[test]
