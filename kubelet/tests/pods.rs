@@ -810,6 +810,13 @@ async fn host_namespaces_and_a_shared_process_namespace() {
     })
     .await;
     assert_eq!(s.pod_ip.as_deref(), Some("127.0.0.1"), "the node's IP");
+    assert_eq!(
+        s.host_ips
+            .as_ref()
+            .map(|ips| ips.iter().map(|i| i.ip.as_str()).collect::<Vec<_>>()),
+        Some(vec!["127.0.0.1"]),
+        "hostIPs beside hostIP"
+    );
     // The server in the pod listens in this process's network namespace.
     let answer = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};

@@ -264,6 +264,10 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
         pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect())
             .filter(|v: &Vec<PodIP>| !v.is_empty()),
         host_ip: w.node.host_ip.map(|i| i.to_string()),
+        host_ips: w
+            .node
+            .host_ip
+            .map(|i| vec![k8s_openapi::api::core::v1::HostIP { ip: i.to_string() }]),
         start_time: Some(Time(w.start_time)),
         ..Default::default()
     }
