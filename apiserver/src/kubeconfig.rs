@@ -7,7 +7,26 @@ use base64::Engine;
 use crate::Error;
 
 pub fn render(server_url: &str, ca_pem: &str, token: &str) -> String {
+    with_user(
+        server_url,
+        ca_pem,
+        "kaze-admin",
+        "kaze",
+        &format!("token: {token}"),
+    )
+}
+
+/// A kubeconfig of one cluster (`server_url`, trusting `ca_pem`), one user `name` whose
+/// `user:` block is `credentials` (YAML lines at that level), and one context `context`.
+fn with_user(
+    server_url: &str,
+    ca_pem: &str,
+    name: &str,
+    context: &str,
+    credentials: &str,
+) -> String {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let credentials = credentials.replace('\n', "\n    ");
     format!(
         "apiVersion: v1
 kind: Config
@@ -17,16 +36,16 @@ clusters:
     server: {server_url}
     certificate-authority-data: {ca}
 users:
-- name: kaze-admin
+- name: {name}
   user:
-    token: {token}
+    {credentials}
 contexts:
-- name: kaze
+- name: {context}
   context:
     cluster: kaze
-    user: kaze-admin
+    user: {name}
     namespace: default
-current-context: kaze
+current-context: {context}
 "
     )
 }
@@ -101,30 +120,18 @@ pub fn render_client_cert(
     key_pem: &str,
 ) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let (ca, cert, key) = (b64(ca_pem), b64(cert_pem), b64(key_pem));
     // JSON strings are YAML strings: any user name stays one scalar
     let quoted = |s: &str| serde_json::Value::from(s).to_string();
-    let (name, context) = (quoted(user), quoted(&format!("{user}@kaze")));
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: kaze
-  cluster:
-    server: {server_url}
-    certificate-authority-data: {ca}
-users:
-- name: {name}
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: {context}
-  context:
-    cluster: kaze
-    user: {name}
-    namespace: default
-current-context: {context}
-"
+    let credentials = format!(
+        "client-certificate-data: {}\nclient-key-data: {}",
+        b64(cert_pem),
+        b64(key_pem)
+    );
+    with_user(
+        server_url,
+        ca_pem,
+        &quoted(user),
+        &quoted(&format!("{user}@kaze")),
+        &credentials,
     )
 }

@@ -369,30 +369,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let material = ensure(dir.path(), &["localhost".into()]).expect("tls");
         let ca = ClientCa::from_pem(material.ca_pem.as_bytes()).expect("ca");
-        let (cert_pem, key_pem) = issue_client_cert(
-            dir.path(),
-            "jane",
-            &["devs".into(), "ops".into(), "system:masters".into()],
-            365,
-        )
-        .expect("issue");
-        assert!(key_pem.contains("PRIVATE KEY"), "{key_pem}");
-        let chain: Vec<CertificateDer<'static>> =
+        let issue = |user: &str, groups: &[&str]| -> Vec<CertificateDer<'static>> {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            let (cert_pem, key_pem) =
+                issue_client_cert(dir.path(), user, &groups, 365).expect("issue");
+            assert!(key_pem.contains("PRIVATE KEY"), "{key_pem}");
             CertificateDer::pem_slice_iter(cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
-                .expect("pem");
+                .expect("pem")
+        };
         assert_eq!(
-            ca.verify(&chain),
+            ca.verify(&issue("jane", &["devs", "ops", "system:masters"])),
             Ok(CertUser {
                 name: "jane".into(),
                 groups: vec!["devs".into(), "ops".into(), "system:masters".into()],
             })
         );
-        let (cert_pem, _) = issue_client_cert(dir.path(), "bob", &[], 1).expect("issue");
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("pem");
+        let chain = issue("bob", &[]);
         assert_eq!(
             ca.verify(&chain),
             Ok(CertUser {
