@@ -5,11 +5,13 @@
 //! pods and pods of equal priority never evict anyone. No kubelet runs: the test deletes
 //! terminating pods itself, as a kubelet would once their containers stopped.
 
+mod common;
+
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use testkit::wait_for;
@@ -45,26 +47,8 @@ impl Cluster {
                 .await
                 .expect("create class");
         }
-        let nodes: Api<Node> = Api::all(client.clone());
         for (name, cpu) in node_cpus {
-            let node: Node = serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-            }))
-            .expect("node");
-            nodes
-                .create(&PostParams::default(), &node)
-                .await
-                .expect("create node");
-            let status = json!({"status": {
-                "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-                "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-                "conditions": [{"type": "Ready", "status": "True"}],
-            }});
-            nodes
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .expect("node status");
+            common::add_node(&client, name, cpu).await;
         }
         Cluster {
             pods: Api::namespaced(client.clone(), "default"),

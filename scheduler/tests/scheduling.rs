@@ -3,11 +3,14 @@
 //! upstream's FailedScheduling event and PodScheduled=False, and is scheduled once a node
 //! that fits appears.
 
+mod common;
+
+use common::add_node;
 use std::time::Duration;
 use testkit::wait_for;
 
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
@@ -15,28 +18,6 @@ async fn client_for(server: &apiserver::RunningServer) -> Client {
     component::client(Some(server.kubeconfig_path()))
         .await
         .expect("client from the kubeconfig")
-}
-
-async fn add_node(client: &Client, name: &str, cpu: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-    }))
-    .expect("node json");
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("create node");
-    let status = json!({"status": {
-        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("node status");
 }
 
 async fn add_pod(client: &Client, name: &str, cpu: &str) {
