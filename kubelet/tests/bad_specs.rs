@@ -9,10 +9,8 @@
 
 mod support;
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use support::cluster::Cluster;
 
@@ -43,28 +41,6 @@ fn running(p: &Pod) -> bool {
         .and_then(|c| c.first())
         .and_then(|c| c.state.as_ref())
         .is_some_and(|s| s.running.is_some())
-}
-
-/// The message of the Warning event `reason` about `pod`, once there is one.
-async fn event(c: &Cluster, pod: &str, reason: &str) -> String {
-    let api: Api<Event> = Api::namespaced(c.client.clone(), "default");
-    testkit::wait_for(
-        &format!("a {reason} event for {pod}"),
-        Duration::from_secs(30),
-        || {
-            let api = api.clone();
-            async move {
-                let list = api.list(&ListParams::default()).await.ok()?;
-                list.items.into_iter().find_map(|e| {
-                    (e.involved_object.name.as_deref() == Some(pod)
-                        && e.reason.as_deref() == Some(reason)
-                        && e.type_.as_deref() == Some("Warning"))
-                    .then(|| e.message.unwrap_or_default())
-                })
-            }
-        },
-    )
-    .await
 }
 
 fn sleeper(name: &str, host_port: Option<u16>) -> serde_json::Value {
@@ -113,7 +89,7 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         .await;
     assert_eq!(waiting(&p).expect("waiting").1, want);
     assert_eq!(
-        event(&c, "ghost-volume", "Failed").await,
+        c.warning_event("ghost-volume", "Failed").await,
         format!("Error: {want}")
     );
 
@@ -124,7 +100,7 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         })
         .await;
     assert_eq!(waiting(&p).expect("waiting").1, want);
-    assert_eq!(event(&c, "bad-image", "InspectFailed").await, want);
+    assert_eq!(c.warning_event("bad-image", "InspectFailed").await, want);
 
     let p = c
         .wait_pod("default", "port-second", "the second pod rejected", |p| {
@@ -138,7 +114,7 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         Some("Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports")
     );
     assert_eq!(
-        event(&c, "port-second", "NodePorts").await,
+        c.warning_event("port-second", "NodePorts").await,
         "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
     );
     let second_uid = second.metadata.uid.clone().expect("uid");

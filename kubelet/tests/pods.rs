@@ -71,6 +71,16 @@ fn container<'a>(s: &'a PodStatus, name: &str) -> &'a ContainerStatus {
         .expect("container status")
 }
 
+/// The containerd id of container `name` in `s` (without `containerd://`).
+fn container_id(s: &PodStatus, name: &str) -> String {
+    container(s, name)
+        .container_id
+        .clone()
+        .expect("container id")
+        .trim_start_matches("containerd://")
+        .to_string()
+}
+
 fn condition(s: &PodStatus, kind: &str) -> Option<String> {
     s.conditions
         .iter()
@@ -501,12 +511,7 @@ async fn exec_runs_in_the_container_and_termination_removes_the_pod() {
             .is_some_and(|st| st.running.is_some())
     })
     .await;
-    let id = container(&s, "app")
-        .container_id
-        .clone()
-        .unwrap()
-        .trim_start_matches("containerd://")
-        .to_string();
+    let id = container_id(&s, "app");
     let cmd = |c: &str| vec!["sh".to_string(), "-c".to_string(), c.to_string()];
     let out = node
         .rt
@@ -598,12 +603,7 @@ async fn a_failing_init_container_is_retried_and_a_sidecar_runs_beside_the_app()
     assert!(side.state.as_ref().is_some_and(|st| st.running.is_some()));
     assert_eq!(side.started, Some(true));
     // The app sees what the sidecar keeps writing into the shared emptyDir.
-    let id = container(&s, "app")
-        .container_id
-        .clone()
-        .unwrap()
-        .trim_start_matches("containerd://")
-        .to_string();
+    let id = container_id(&s, "app");
     let cmd = vec!["cat".to_string(), "/work/beat".to_string()];
     let out = node
         .rt
@@ -834,12 +834,7 @@ async fn host_namespaces_and_a_shared_process_namespace() {
     );
     // Its network, UTS, IPC and PID namespaces are the node's (this process's).
     let exec = |name: &str, s: &PodStatus, script: &str| {
-        let id = container(s, name)
-            .container_id
-            .clone()
-            .expect("container id")
-            .trim_start_matches("containerd://")
-            .to_string();
+        let id = container_id(s, name);
         let (rt, script) = (node.rt.clone(), script.to_string());
         async move {
             let cmd = vec!["sh".to_string(), "-c".to_string(), script];
@@ -935,12 +930,7 @@ async fn hosts_file_hostname_sysctls_and_the_active_deadline() {
     })
     .await;
     let ip = s.pod_ip.clone().expect("pod IP");
-    let id = container(&s, "main")
-        .container_id
-        .clone()
-        .expect("container id")
-        .trim_start_matches("containerd://")
-        .to_string();
+    let id = container_id(&s, "main");
     let script = "cat /etc/hosts; echo ---; hostname; cat /proc/sys/net/ipv4/ip_local_port_range /proc/sys/kernel/shm_rmid_forced";
     let out = node
         .rt
@@ -1059,12 +1049,7 @@ async fn a_dead_sandbox_is_replaced_and_the_pod_runs_again() {
     assert_ne!(after.pid, before.pid, "a new pause process");
     assert!(s.pod_ip.is_some(), "{s:#?}");
     // The volume outlived the old sandbox, and the init container ran again.
-    let id = container(&s, "main")
-        .container_id
-        .clone()
-        .expect("container id")
-        .trim_start_matches("containerd://")
-        .to_string();
+    let id = container_id(&s, "main");
     let out = node
         .rt
         .exec_sync(

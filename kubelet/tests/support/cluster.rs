@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, ListParams};
 
 use super::Kubelet;
 
@@ -186,6 +186,29 @@ impl Cluster {
             },
         )
         .await;
+    }
+
+    /// The message of the Warning event `reason` about pod `pod` in `default`, once there
+    /// is one (30 s at most).
+    pub async fn warning_event(&self, pod: &str, reason: &str) -> String {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        testkit::wait_for(
+            &format!("a {reason} event for {pod}"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                async move {
+                    let list = api.list(&ListParams::default()).await.ok()?;
+                    list.items.into_iter().find_map(|e| {
+                        (e.involved_object.name.as_deref() == Some(pod)
+                            && e.reason.as_deref() == Some(reason)
+                            && e.type_.as_deref() == Some("Warning"))
+                        .then(|| e.message.unwrap_or_default())
+                    })
+                }
+            },
+        )
+        .await
     }
 
     pub fn kubectl(&self, args: &[&str]) -> String {
