@@ -232,6 +232,12 @@ fn containers<'a>(body: &'a Value, field: &str) -> &'a [Value] {
         .map_or(&[][..], Vec::as_slice)
 }
 
+/// What `pod` (a Pod as JSON) requests of a node: upstream's `PodRequests` (see
+/// [`pod_totals`]); also what the kubelet's admission and eviction rank by.
+pub fn pod_requests(pod: &Value) -> ResourceList {
+    pod_totals(pod).0
+}
+
 /// Upstream's `PodRequests`/`PodLimits`: the containers' sum plus sidecars (restartable init
 /// containers), at least the peak of any init container running beside the sidecars
 /// started before it, plus the pod overhead; pod-level resources win where set.

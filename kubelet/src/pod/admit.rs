@@ -118,57 +118,21 @@ pub struct Allocatable {
 }
 
 /// What a pod requests of a node: cpu (millicores) and memory (bytes), as upstream's
-/// `PodRequests` computes it: the app containers and sidecars together, or the largest
-/// regular init container if that is more (they run one at a time, before), plus the pod's
-/// `overhead`. A container's request defaults to its limit.
+/// `PodRequests` computes it (the quota accounting's, `component::quota::pod_requests`:
+/// containers and sidecars, the init containers' peak, `overhead`, pod-level resources; a
+/// request defaults to its limit).
 pub fn pod_requests(pod: &Pod) -> (i64, i64) {
-    use k8s_openapi::api::core::v1::Container;
-    let Some(spec) = pod.spec.as_ref() else {
+    let Ok(json) = serde_json::to_value(pod) else {
         return (0, 0);
     };
-    let amount = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-                  milli: bool| {
-        q.and_then(|q| crate::pod::spec::parse_quantity(&q.0))
-            .map_or(0, |v| {
-                if milli {
-                    (v * 1000.0).ceil() as i64
-                } else {
-                    v.ceil() as i64
-                }
-            })
+    let r = component::quota::pod_requests(&json);
+    let units = |name: &str, per: i128| {
+        r.get(name).map_or(0, |q| {
+            let n = q.nanos / per + i128::from(q.nanos % per > 0);
+            i64::try_from(n).unwrap_or(i64::MAX)
+        })
     };
-    let of = |c: &Container| {
-        let r = c.resources.as_ref();
-        let get = |name: &str, milli: bool| {
-            let req = r
-                .and_then(|r| r.requests.as_ref())
-                .and_then(|m| m.get(name));
-            let lim = r.and_then(|r| r.limits.as_ref()).and_then(|m| m.get(name));
-            amount(req.or(lim), milli)
-        };
-        (get("cpu", true), get("memory", false))
-    };
-    let add = |a: (i64, i64), b: (i64, i64)| (a.0 + b.0, a.1 + b.1);
-    let inits = spec.init_containers.iter().flatten();
-    let sidecars = inits
-        .clone()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-        .map(of)
-        .fold((0, 0), add);
-    let running = spec.containers.iter().map(of).fold(sidecars, add);
-    let init_peak = inits
-        .filter(|c| c.restart_policy.as_deref() != Some("Always"))
-        .map(of)
-        .fold((0, 0), |m, r| (m.0.max(r.0), m.1.max(r.1)));
-    let overhead = spec.overhead.as_ref();
-    let extra = (
-        amount(overhead.and_then(|o| o.get("cpu")), true),
-        amount(overhead.and_then(|o| o.get("memory")), false),
-    );
-    add(
-        (running.0.max(init_peak.0), running.1.max(init_peak.1)),
-        extra,
-    )
+    (units("cpu", 1_000_000), units("memory", 1_000_000_000))
 }
 
 /// The sysctls upstream's kubelet lets every pod set (`pkg/kubelet/sysctl` safe set).
