@@ -133,11 +133,15 @@ async fn dispatch(
             let obj = objects::get(&state, &def, ns, name).await?;
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }
-        (None | Some(Sub::Status | Sub::Finalize | Sub::EphemeralContainers), Method::PUT) => {
+        (
+            None | Some(Sub::Status | Sub::Finalize | Sub::EphemeralContainers | Sub::Approval),
+            Method::PUT,
+        ) => {
             let part = match t.sub {
                 Some(Sub::Status) => Part::Status,
                 Some(Sub::Finalize) => Part::Finalize,
                 Some(Sub::EphemeralContainers) => Part::EphemeralContainers,
+                Some(Sub::Approval) => Part::Approval,
                 _ => Part::Main,
             };
             let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
@@ -165,10 +169,11 @@ async fn dispatch(
             };
             Ok(object_response(&def, code, &obj, accept, &q))
         }
-        (None | Some(Sub::Status | Sub::EphemeralContainers), Method::PATCH) => {
+        (None | Some(Sub::Status | Sub::EphemeralContainers | Sub::Approval), Method::PATCH) => {
             let part = match t.sub {
                 Some(Sub::Status) => Part::Status,
                 Some(Sub::EphemeralContainers) => Part::EphemeralContainers,
+                Some(Sub::Approval) => Part::Approval,
                 _ => Part::Main,
             };
             let ty = negotiate::body_type(&headers)?;
@@ -187,11 +192,12 @@ async fn dispatch(
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
         }
         (None, Method::DELETE) => {
+            crate::nodeauth::restriction::admit_delete(&state, &def, ns, name).await?;
             let opts = delete_opts(&q, &body)?;
             let (obj, _gone) = objects::delete(&state, &def, ns, name, &opts).await?;
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }
-        (Some(Sub::Status | Sub::EphemeralContainers), Method::GET) => {
+        (Some(Sub::Status | Sub::EphemeralContainers | Sub::Approval), Method::GET) => {
             let obj = objects::get(&state, &def, ns, name).await?;
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }
@@ -205,10 +211,13 @@ async fn dispatch(
         }
         (Some(Sub::Token), Method::POST) => {
             let ns = ns.unwrap_or_default();
+            crate::nodeauth::restriction::admit_token_request(&state, ns, name, &headers, &body)
+                .await?;
             crate::serviceaccount::token_request(&state, ns, name, &headers, &body).await
         }
         (Some(Sub::Eviction), Method::POST) => {
             let dry = dry_run(&q)?;
+            crate::nodeauth::restriction::admit_eviction(&state, ns, name).await?;
             crate::subresources::eviction(&state, &def, ns, name, &headers, &body, dry).await
         }
         (sub, m) => Err(ApiError::method_not_supported(

@@ -348,6 +348,9 @@ fn default_template(spec: &mut Value) {
 pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     match (def.group, def.kind) {
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            causes.extend(crate::certificates::validate(obj, old));
+        }
         ("", "Pod") => {
             validate_pod_spec(obj.get("spec"), "spec", &mut causes);
             validate_ephemeral_containers(obj, old, &mut causes);

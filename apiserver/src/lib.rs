@@ -18,6 +18,7 @@ mod apply;
 mod auth;
 mod bootstrap;
 mod cache;
+mod certificates;
 mod compactor;
 mod convert;
 mod delete;
@@ -32,6 +33,7 @@ mod list;
 mod meta;
 mod metrics;
 mod negotiate;
+mod nodeauth;
 mod nscache;
 mod objects;
 mod openapi;
@@ -42,6 +44,7 @@ mod protobuf;
 mod quota;
 mod rbac;
 mod registry;
+mod requester;
 mod reviews;
 mod router;
 mod selector;
@@ -157,8 +160,8 @@ pub struct Config {
     #[arg(long = "service-account-extend-token-expiration", default_value_t = true, action = clap::ArgAction::Set)]
     pub service_account_extend_token_expiration: bool,
 
-    /// Admission plugins to turn off. kaze knows `ServiceAccount`, `Priority` and
-    /// `PodSecurity` (all on by default, as upstream); `Config::for_tests` turns
+    /// Admission plugins to turn off. kaze knows `ServiceAccount`, `Priority`,
+    /// `PodSecurity` and `NodeRestriction` (all on by default); `Config::for_tests` turns
     /// `ServiceAccount` off, as envtest does, so pods in tests without a controller-manager
     /// need no ServiceAccount.
     #[arg(long = "disable-admission-plugins", value_delimiter = ',')]
@@ -168,6 +171,28 @@ pub struct Config {
     /// `PodSecurityConfiguration` from it (cluster-wide defaults and exemptions).
     #[arg(long = "admission-control-config-file")]
     pub admission_control_config_file: Option<PathBuf>,
+
+    /// The certificate (PEM) that signs approved CertificateSigningRequests of the
+    /// `kubernetes.io/kube-apiserver-client(-kubelet)` and `kubernetes.io/kubelet-serving`
+    /// signers (kube-controller-manager's flag; default: the cluster CA,
+    /// `<data-dir>/server/tls/ca.crt`).
+    #[arg(
+        long = "cluster-signing-cert-file",
+        requires = "cluster_signing_key_file"
+    )]
+    pub cluster_signing_cert_file: Option<PathBuf>,
+
+    /// The key of `--cluster-signing-cert-file` (default: `<data-dir>/server/tls/ca.key`).
+    #[arg(
+        long = "cluster-signing-key-file",
+        requires = "cluster_signing_cert_file"
+    )]
+    pub cluster_signing_key_file: Option<PathBuf>,
+
+    /// The longest a signed certificate is valid; a request's `expirationSeconds` asks for
+    /// less (kube-controller-manager's flag, default a year).
+    #[arg(long = "cluster-signing-duration", default_value = "8760h", value_parser = compactor::parse_interval)]
+    pub cluster_signing_duration: std::time::Duration,
 }
 
 impl Config {
@@ -201,6 +226,9 @@ impl Config {
             service_account_extend_token_expiration: true,
             disable_admission_plugins: vec!["ServiceAccount".to_string()],
             admission_control_config_file: None,
+            cluster_signing_cert_file: None,
+            cluster_signing_key_file: None,
+            cluster_signing_duration: std::time::Duration::from_secs(365 * 24 * 3600),
         }
     }
 

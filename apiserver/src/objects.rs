@@ -332,6 +332,10 @@ pub async fn create(
     if def.group == "scheduling.k8s.io" && def.plural == "priorityclasses" {
         crate::priority::validate_class_create(state, &obj).await?;
     }
+    if is_csr(def) {
+        crate::certificates::prepare_create(&mut obj, crate::requester::current().as_ref());
+    }
+    crate::nodeauth::restriction::admit_create(state, def, ns, &obj).await?;
     if ns.is_none() {
         crate::podsecurity::admit_create(state, def, None, &obj).await?;
     }
@@ -417,6 +421,12 @@ pub enum Part {
     Finalize,
     /// `pods/<n>/ephemeralcontainers`: only `spec.ephemeralContainers`.
     EphemeralContainers,
+    /// `certificatesigningrequests/<n>/approval`: only `status.conditions`.
+    Approval,
+}
+
+fn is_csr(def: &ResourceDef) -> bool {
+    def.group == crate::certificates::GROUP && def.kind == "CertificateSigningRequest"
 }
 
 /// Merge an incoming full object into the current one for an update of `part`.
@@ -471,7 +481,22 @@ pub fn prepare_update(
             );
             out
         }
+        Part::Approval => {
+            let mut out = cur.clone();
+            if !out["status"].is_object() {
+                out["status"] = json!({});
+            }
+            set_or_remove(
+                &mut out["status"],
+                "conditions",
+                new.pointer("/status/conditions"),
+            );
+            out
+        }
     };
+    if is_csr(def) {
+        crate::certificates::prepare_update(cur, &mut out, part);
+    }
     // Only the ephemeralcontainers subresource changes a pod's ephemeral containers.
     if def.group.is_empty() && def.kind == "Pod" && part != Part::EphemeralContainers {
         set_or_remove(
@@ -552,6 +577,10 @@ where
             return Ok(cur);
         }
         crate::podsecurity::admit_update(state, def, ns, &cur, &new).await?;
+        if is_csr(def) {
+            crate::certificates::admit_approval(state, &cur, &new)?;
+        }
+        crate::nodeauth::restriction::admit_update(state, def, &cur, &new)?;
         if dry_run {
             return Ok(new);
         }

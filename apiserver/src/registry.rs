@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, autoscaling, batch, coordination, core, discovery, events,
-    networking, policy, rbac, scheduling, storage,
+    apps, authentication, authorization, autoscaling, batch, certificates, coordination, core,
+    discovery, events, networking, policy, rbac, scheduling, storage,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
@@ -37,6 +37,8 @@ pub enum Sub {
     /// `pods/<n>/ephemeralcontainers`: the only way to add ephemeral containers
     /// (`kubectl debug`).
     EphemeralContainers,
+    /// `certificatesigningrequests/<n>/approval`: the only way to approve or deny a CSR.
+    Approval,
 }
 
 impl Sub {
@@ -54,12 +56,15 @@ impl Sub {
             Sub::Proxy => "proxy",
             Sub::Token => "token",
             Sub::EphemeralContainers => "ephemeralcontainers",
+            Sub::Approval => "approval",
         }
     }
 
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Sub::Status | Sub::Scale | Sub::EphemeralContainers => &["get", "patch", "update"],
+            Sub::Status | Sub::Scale | Sub::EphemeralContainers | Sub::Approval => {
+                &["get", "patch", "update"]
+            }
             Sub::Binding | Sub::Eviction | Sub::Token => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
@@ -71,7 +76,9 @@ impl Sub {
     /// group, version, kind of what the subresource takes and returns (`None`: the parent's).
     pub fn kind(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
-            Sub::Status | Sub::Finalize | Sub::Log | Sub::EphemeralContainers => None,
+            Sub::Status | Sub::Finalize | Sub::Log | Sub::EphemeralContainers | Sub::Approval => {
+                None
+            }
             Sub::Scale => Some(("autoscaling", "v1", "Scale")),
             Sub::Binding => Some(("", "v1", "Binding")),
             Sub::Eviction => Some(("policy", "v1", "Eviction")),
@@ -121,6 +128,7 @@ pub enum Printer {
     Lease,
     ResourceQuota,
     PriorityClass,
+    CertificateSigningRequest,
 }
 
 /// One resource of one group-version.
@@ -397,6 +405,10 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["netpol"], cat: NONE, subs: NONE_SUBS, storage: "networkpolicies", fields: NONE, printer: P::NetworkPolicy),
         def!(autoscaling::v2::HorizontalPodAutoscaler, "autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ns: true,
             short: &["hpa"], cat: ALL, subs: STATUS, storage: "horizontalpodautoscalers", fields: NONE, printer: P::HorizontalPodAutoscaler),
+        // Validated and kept to upstream's rules in `crate::certificates`.
+        def!(certificates::v1::CertificateSigningRequest, "certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", ns: false,
+            short: &["csr"], cat: NONE, subs: &[Sub::Status, Sub::Approval], storage: "certificatesigningrequests",
+            fields: &["spec.signerName"], printer: P::CertificateSigningRequest),
         def!(rbac::v1::Role, "rbac.authorization.k8s.io", "v1", "Role", "roles", "role", ns: true,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "roles", fields: NONE, printer: P::Default),
         def!(rbac::v1::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", ns: true,

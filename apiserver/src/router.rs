@@ -248,12 +248,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                 };
             }
             let q = handlers::parse_query(parts.uri.query());
-            let user = parts
+            let requester = parts
                 .extensions
                 .get::<crate::auth::UserInfo>()
-                .map(|u| u.name.clone())
-                .unwrap_or_default();
+                .cloned()
+                .unwrap_or_else(crate::auth::UserInfo::anonymous);
+            let user = requester.name.clone();
             let handled = handlers::handle(state.clone(), parts.method, t, q, parts.headers, body);
+            let handled = crate::requester::scope(requester, handled);
             crate::warning::collect(crate::podsecurity::as_user(user, handled)).await
         }
     }
@@ -279,10 +281,14 @@ fn authorize(
             &anonymous
         }
     };
-    if state.rbac.authorize(user, &attrs).0 {
+    let (allowed, reason) = crate::nodeauth::authorize(state, user, &attrs);
+    if allowed {
         return Ok(());
     }
-    let action = attrs.describe();
+    let mut action = attrs.describe();
+    if !reason.is_empty() {
+        action = format!("{action}: {reason}");
+    }
     let err = match &attrs {
         Attributes::Resource {
             group,

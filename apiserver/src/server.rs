@@ -179,6 +179,20 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         &tls_dir,
     )?;
 
+    let signer = crate::tls::Signer::load(
+        config
+            .cluster_signing_cert_file
+            .as_deref()
+            .unwrap_or(&tls_dir.join(crate::tls::CA_CERT)),
+        config
+            .cluster_signing_key_file
+            .as_deref()
+            .unwrap_or(&tls_dir.join(crate::tls::CA_KEY)),
+    )
+    .map_err(|e| Error::Config {
+        reason: format!("--cluster-signing-cert-file/--cluster-signing-key-file: {e}"),
+    })?;
+
     let storage = store::Storage::open(
         &config.storage,
         &store::config::embedded_path(&config.data_dir),
@@ -233,6 +247,18 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     state.cache.start(&shutdown);
     tokio::spawn(crate::nscache::run(state.clone()));
     tokio::spawn(crate::rbac::run(state.clone()));
+    let no_node_restriction = config
+        .disable_admission_plugins
+        .iter()
+        .any(|p| p == "NodeRestriction");
+    (state.rbac.nodes.restriction_disabled)
+        .store(no_node_restriction, std::sync::atomic::Ordering::Relaxed);
+    tokio::spawn(crate::nodeauth::run(state.clone()));
+    tokio::spawn(crate::certificates::signer::run(
+        state.clone(),
+        Some(Arc::new(signer)),
+        config.cluster_signing_duration,
+    ));
     tokio::spawn(crate::quota::run(state.clone()));
     tokio::spawn(crate::compactor::run(
         state.clone(),

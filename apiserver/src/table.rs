@@ -322,6 +322,17 @@ fn columns(p: Printer) -> Vec<Value> {
                 col("ServiceAccounts", "string", 1, &format!("ServiceAccounts in the {kind}")),
             ]
         }
+        Printer::CertificateSigningRequest => {
+            let spec = |f| doc::<k8s_openapi::api::certificates::v1::CertificateSigningRequestSpec>(f);
+            vec![
+                name,
+                age,
+                col("SignerName", "string", 0, &spec("signerName")),
+                col("Requestor", "string", 0, "Name of the user which made this request."),
+                col("RequestedDuration", "string", 0, &spec("expirationSeconds")),
+                col("Condition", "string", 0, "Condition indicates whether the CSR has been approved, denied, or failed"),
+            ]
+        }
         Printer::Lease => vec![
             name,
             col("Holder", "string", 0, &doc::<coordination::LeaseSpec>("holderIdentity")),
@@ -758,6 +769,17 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             row.extend([json!(role), age, json!(users), json!(groups), json!(sas)]);
         }
         Printer::Lease => row.extend([json!(s(o, "/spec/holderIdentity")), age]),
+        Printer::CertificateSigningRequest => {
+            let signer = o.pointer("/spec/signerName").and_then(Value::as_str);
+            let duration = o.pointer("/spec/expirationSeconds").and_then(Value::as_i64);
+            row.extend([
+                age,
+                json!(signer.filter(|s| !s.is_empty()).unwrap_or("<none>")),
+                json!(s(o, "/spec/username")),
+                json!(duration.map_or_else(|| "<none>".into(), human_duration)),
+                json!(crate::certificates::condition_summary(o)),
+            ]);
+        }
         Printer::StorageClass => {
             let default = [
                 "storageclass.kubernetes.io/is-default-class",

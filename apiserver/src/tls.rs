@@ -27,7 +27,7 @@ pub struct TlsMaterial {
 }
 
 pub(crate) const CA_CERT: &str = "ca.crt";
-const CA_KEY: &str = "ca.key";
+pub(crate) const CA_KEY: &str = "ca.key";
 const SERVING_CERT: &str = "serving.crt";
 const SERVING_KEY: &str = "serving.key";
 pub(crate) const KUBELET_CLIENT_CERT: &str = "kubelet-client.crt";
@@ -275,6 +275,79 @@ pub fn issue_client_cert(
     let der = with_subject(cert.der(), &subject_der(user, groups), issuer.key())
         .ok_or_else(malformed)??;
     Ok((pem("CERTIFICATE", &der), key.serialize_pem()))
+}
+
+/// The signer of CertificateSigningRequests (upstream's `--cluster-signing-cert-file` and
+/// `--cluster-signing-key-file`; kaze's default: the cluster CA in `<data-dir>/server/tls/`).
+pub(crate) struct Signer {
+    issuer: Issuer<'static, KeyPair>,
+    /// The signer certificate's notAfter (seconds since the epoch): nothing it signs outlives it.
+    not_after: i64,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+/// What goes into a certificate issued for a request, besides the request's key and names.
+#[derive(Debug, Clone)]
+pub(crate) struct Issue {
+    pub key_usages: Vec<KeyUsagePurpose>,
+    pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    /// How long it is valid from now (the signer's own expiry caps it).
+    pub ttl: std::time::Duration,
+}
+
+impl Signer {
+    /// The signer whose certificate and key are the PEM files `cert` and `key`.
+    pub fn load(cert: &Path, key: &Path) -> Result<Signer, Error> {
+        let cert_pem = std::fs::read_to_string(cert)
+            .map_err(Error::io("reading the signing certificate", cert))?;
+        let key_pem =
+            std::fs::read_to_string(key).map_err(Error::io("reading the signing key", key))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(tls_err("loading the signing key"))?;
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| Error::Tls {
+            reason: format!("parsing the signing certificate {}: {e}", cert.display()),
+        })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| Error::Tls {
+            reason: format!("parsing the signing certificate {}: {e}", cert.display()),
+        })?;
+        let not_after = parsed.validity().not_after.timestamp();
+        let issuer = Issuer::from_ca_cert_der(&der, key)
+            .map_err(tls_err("reading the signing certificate"))?;
+        Ok(Signer { issuer, not_after })
+    }
+
+    /// A certificate for the key and subject alternative names of `request` (a PEM
+    /// `CERTIFICATE REQUEST` whose signature verifies), with the request's subject as
+    /// sent (`subject`, its DER `Name`), as upstream's signer issues it: valid from five
+    /// minutes ago (clock skew) for `issue.ttl`, at most until the signer expires. PEM.
+    pub fn sign(&self, request: &str, subject: &[u8], issue: &Issue) -> Result<String, Error> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(request)
+            .map_err(tls_err("reading the certificate request"))?;
+        let now = jiff::Timestamp::now().as_second();
+        let at = |secs: i64| {
+            rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(secs.max(0) as u64)
+        };
+        let ttl = i64::try_from(issue.ttl.as_secs()).unwrap_or(i64::MAX);
+        let params = &mut csr.params;
+        params.not_before = at(now - 300);
+        params.not_after = at(now.saturating_add(ttl).min(self.not_after));
+        params.key_usages = issue.key_usages.clone();
+        params.extended_key_usages = issue.extended_key_usages.clone();
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .map_err(tls_err("signing the certificate request"))?;
+        let malformed = || Error::Tls {
+            reason: "putting the request's subject in the certificate: unexpected DER".into(),
+        };
+        let der = with_subject(cert.der(), subject, self.issuer.key()).ok_or_else(malformed)??;
+        Ok(pem("CERTIFICATE", &der))
+    }
 }
 
 /// A DER `Name`: one RDN per organization, then the common name (UTF8String values).

@@ -18,13 +18,21 @@ static CLUSTER_ROLES: LazyLock<HashMap<&'static str, Vec<Rule>>> = LazyLock::new
         "system:basic-user",
         "kaze:cluster-info",
         "system:service-account-issuer-discovery",
+        "system:node-bootstrapper",
+        NODE_CLIENT,
+        SELF_NODE_CLIENT,
     ]
     .into_iter()
     .filter_map(|n| Some((n, make_cluster_role(n)?)))
     .collect()
 });
 
-static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 6]> =
+/// Upstream's roles for approving kubelet client certificates (`crate::certificates::signer`).
+const NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequests:nodeclient";
+const SELF_NODE_CLIENT: &str =
+    "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
+
+static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 8]> =
     LazyLock::new(make_bindings);
 
 /// The rules of built-in ClusterRole `name`, if there is one.
@@ -106,27 +114,82 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
             ),
             rule(&READ, &WORKLOAD_GROUPS[1..], &["*"]),
         ],
+        // upstream's NodeRules() (1.37), which the Node authorizer applies to nodes
         "system:node" => vec![
-            rule(&READ, &["*"], &["*"]),
-            // the kubelet checks its callers' tokens and rights with the apiserver
             rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
             rule(
                 &["create"],
                 &["authorization.k8s.io"],
                 &["subjectaccessreviews", "localsubjectaccessreviews"],
             ),
+            rule(&READ, &[""], &["services"]),
+            rule(&["create", "get", "list", "watch"], &[""], &["nodes"]),
+            rule(&["update", "patch"], &[""], &["nodes/status"]),
+            rule(&["update", "patch"], &[""], &["nodes"]),
+            rule(&["create", "update", "patch"], &[""], &["events"]),
+            rule(&READ, &[""], &["pods"]),
+            rule(&["create", "delete"], &[""], &["pods"]),
+            rule(&["update", "patch"], &[""], &["pods/status"]),
+            rule(&["create"], &[""], &["pods/eviction"]),
+            rule(&READ, &[""], &["secrets", "configmaps"]),
             rule(
-                &["*"],
+                &["get"],
+                &[""],
+                &["persistentvolumeclaims", "persistentvolumes"],
+            ),
+            rule(&["get"], &[""], &["endpoints"]),
+            rule(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            ),
+            rule(
+                &["get", "create", "update", "patch", "delete"],
+                &["coordination.k8s.io"],
+                &["leases"],
+            ),
+            rule(&["get"], &["storage.k8s.io"], &["volumeattachments"]),
+            rule(&["create"], &[""], &["serviceaccounts/token"]),
+            rule(
+                &["get", "update", "patch"],
+                &[""],
+                &["persistentvolumeclaims/status"],
+            ),
+            rule(&READ, &["storage.k8s.io"], &["csidrivers"]),
+            rule(
                 &[
-                    "",
-                    "coordination.k8s.io",
-                    "discovery.k8s.io",
-                    "events.k8s.io",
-                    "storage.k8s.io",
+                    "get", "watch", "list", "create", "update", "patch", "delete",
                 ],
-                &["*"],
+                &["storage.k8s.io"],
+                &["csinodes"],
+            ),
+            rule(&READ, &["node.k8s.io"], &["runtimeclasses"]),
+            // kaze's node runs the Service proxy and the pod routes with the node's
+            // credentials (upstream's kube-proxy has a role of its own for these)
+            rule(&READ, &[""], &["endpoints", "nodes"]),
+            rule(&READ, &["discovery.k8s.io"], &["endpointslices"]),
+            rule(
+                &["create", "update", "patch"],
+                &["events.k8s.io"],
+                &["events"],
             ),
         ],
+        // what a bootstrap token may do: ask for a client certificate and watch it come
+        "system:node-bootstrapper" => vec![rule(
+            &["create", "get", "list", "watch"],
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests"],
+        )],
+        NODE_CLIENT => vec![rule(
+            &["create"],
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests/nodeclient"],
+        )],
+        SELF_NODE_CLIENT => vec![rule(
+            &["create"],
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests/selfnodeclient"],
+        )],
         "system:discovery" => vec![url_rule(
             &["get"],
             &[
@@ -171,9 +234,24 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
 
 /// Built-in bindings: subject, ClusterRole, and the namespace a RoleBinding-like one is
 /// limited to.
-fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 6] {
+fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 8] {
     [
-        (Subject::Group("system:nodes".into()), "system:node", None),
+        // (system:node is bound to nobody: the Node authorizer applies it)
+        (
+            Subject::Group("system:bootstrappers".into()),
+            "system:node-bootstrapper",
+            None,
+        ),
+        (
+            Subject::Group("system:bootstrappers".into()),
+            NODE_CLIENT,
+            None,
+        ),
+        (
+            Subject::Group("system:nodes".into()),
+            SELF_NODE_CLIENT,
+            None,
+        ),
         (
             Subject::Group("system:authenticated".into()),
             "system:discovery",

@@ -9,10 +9,11 @@
 //!   `system:public-info-viewer`);
 //! - `cluster-admin`, `admin`, `edit` and `view` exist as ClusterRoles to bind to (built-in,
 //!   not stored; a stored ClusterRole of the same name adds to them);
-//! - the `system:nodes` group (kaze agents' kubelet and proxy) gets `system:node`: read
-//!   everything, write the core, coordination, discovery, events and storage groups. That is
-//!   broader than upstream, which narrows each node to its own objects with the Node
-//!   authorizer and NodeRestriction admission (not built).
+//! - nodes (`system:node:<name>` in `system:nodes`) are authorized by the Node authorizer
+//!   first (`crate::nodeauth`), which applies upstream's `system:node` rules (built in here,
+//!   bound to nobody, as upstream); kubelets bootstrap and renew their client certificates
+//!   with the `system:node-bootstrapper` and `certificatesigningrequests:(self)nodeclient`
+//!   roles (`system:bootstrappers`, `system:nodes`).
 //!
 //! Until the cache has synced, only the built-in rules answer: a user bound by a stored
 //! binding gets 403 for the first moments after the apiserver starts and succeeds on retry.
@@ -112,6 +113,8 @@ struct Policy {
 #[derive(Debug, Default)]
 pub struct Authorizer {
     policy: RwLock<Policy>,
+    /// The Node authorizer's graph (`crate::nodeauth`), consulted before this policy.
+    pub nodes: crate::nodeauth::NodeGraph,
     /// Per kind (in `KINDS` order): whether its part of `policy` follows the store.
     synced: [AtomicBool; 4],
 }
@@ -122,6 +125,11 @@ const KINDS: [&str; 4] = [
     "clusterrolebindings",
     "rolebindings",
 ];
+
+/// Whether built-in ClusterRole `name` allows `attrs` (the Node authorizer's static rules).
+pub fn builtin_role_allows(name: &str, attrs: &Attributes) -> bool {
+    builtin_cluster_role(name).is_some_and(|r| r.iter().any(|r| rule_allows(r, attrs)))
+}
 
 impl Authorizer {
     /// Whether `user` may do `attrs`; the reason names the rule source when allowed.
@@ -634,11 +642,30 @@ mod tests {
             a.authorize(&admin, &res("delete", "x", "y", None, Some("z")))
                 .0
         );
-        let node = user("kaze-node", &["system:nodes", "system:authenticated"]);
+        // RBAC binds system:node to nobody: the Node authorizer applies it (crate::nodeauth)
+        let node = user("system:node:a", &["system:nodes", "system:authenticated"]);
+        assert!(
+            !a.authorize(
+                &node,
+                &res("update", "", "pods/status", Some("d"), Some("p"))
+            )
+            .0
+        );
+        assert!(builtin_role_allows(
+            "system:node",
+            &res("update", "", "pods/status", Some("d"), Some("p"))
+        ));
+        // kubelets renew their own client certificates
         assert!(
             a.authorize(
                 &node,
-                &res("update", "", "pods/status", Some("d"), Some("p"))
+                &res(
+                    "create",
+                    "certificates.k8s.io",
+                    "certificatesigningrequests/selfnodeclient",
+                    None,
+                    None
+                )
             )
             .0
         );

@@ -1,0 +1,662 @@
+//! The Node authorizer (upstream's `--authorization-mode=Node,RBAC`, evaluated before RBAC)
+//! and NodeRestriction admission ([`restriction`]).
+//!
+//! A node is a user `system:node:<name>` in group `system:nodes` (what its client certificate
+//! says). For a node, reads of Secrets, ConfigMaps, PersistentVolumeClaims and
+//! PersistentVolumes and `serviceaccounts/token` creates are allowed only for objects a pod
+//! bound to that node references (a graph kept from the pods' `spec.nodeName` and the
+//! volumes, env, envFrom, imagePullSecrets, projected sources and `serviceAccountName` they
+//! name, and from PVCs' `spec.volumeName`, followed through the watch cache as the RBAC
+//! and namespace indexes are); Leases only in `kube-node-lease` and under its own name;
+//! everything else is upstream's `system:node` rules (`crate::rbac`'s built-in ClusterRole
+//! of that name, which no group is bound to). What the Node authorizer does not allow goes
+//! on to RBAC, so a node can still be granted more there explicitly. Its refusals give
+//! their reason after upstream's 403 message (`...: no relationship found between node
+//! 'b' and this object`).
+//!
+//! Like upstream's graph, this one follows the store: a pod created a moment ago may not be
+//! in it yet, and the kubelet retries.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use crate::auth::UserInfo;
+use crate::follow::Follower;
+use crate::rbac::Attributes;
+use crate::state::AppState;
+
+pub mod restriction;
+
+pub const NODES_GROUP: &str = "system:nodes";
+pub const NODE_USER_PREFIX: &str = "system:node:";
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Upstream's `NodeIdentity`: the node a user is, if it is one (name `system:node:<n>` in
+/// group `system:nodes`).
+pub fn node_name(user: &UserInfo) -> Option<&str> {
+    let name = user.name.strip_prefix(NODE_USER_PREFIX)?;
+    user.groups.iter().any(|g| g == NODES_GROUP).then_some(name)
+}
+
+/// Authorize `attrs` for `user` as the apiserver does: the Node authorizer, then RBAC. The
+/// reason is the Node authorizer's when it refused (empty when nobody had an opinion).
+pub fn authorize(state: &AppState, user: &UserInfo, attrs: &Attributes) -> (bool, String) {
+    let reason = match node_name(user) {
+        Some(node) => match state.rbac.nodes.authorize(node, attrs) {
+            Ok(()) => return (true, format!("node {node} is allowed")),
+            Err(reason) => reason,
+        },
+        None => String::new(),
+    };
+    match state.rbac.authorize(user, attrs) {
+        (true, why) => (true, why),
+        (false, _) => (false, reason),
+    }
+}
+
+/// What a pod references, by kind of the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Secret,
+    ConfigMap,
+    Pvc,
+    ServiceAccount,
+}
+
+/// (kind, namespace, name) of one referenced object.
+type Ref = (Kind, String, String);
+
+#[derive(Debug, Default)]
+struct Graph {
+    /// pod key (`<ns>/<name>`) -> (node, what it references)
+    pods: HashMap<String, (String, Vec<Ref>)>,
+    /// (node, reference) -> how many of the node's pods hold it
+    edges: HashMap<(String, Ref), usize>,
+    /// PVC (`<ns>/<name>`) -> the PersistentVolume it is bound to
+    claims: HashMap<String, String>,
+}
+
+impl Graph {
+    fn remove_pod(&mut self, key: &str) {
+        if let Some((node, refs)) = self.pods.remove(key) {
+            for r in refs {
+                let k = (node.clone(), r);
+                if let Some(n) = self.edges.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.edges.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    fn put_pod(&mut self, key: &str, pod: &Value) {
+        self.remove_pod(key);
+        let node = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if node.is_empty() {
+            return;
+        }
+        let ns = key.split_once('/').map_or("", |(ns, _)| ns);
+        let mut refs: Vec<Ref> = references(pod)
+            .into_iter()
+            .map(|(k, n)| (k, ns.to_string(), n))
+            .collect();
+        refs.sort_by(|a, b| (a.1.as_str(), a.2.as_str()).cmp(&(b.1.as_str(), b.2.as_str())));
+        refs.dedup();
+        for r in &refs {
+            *self.edges.entry((node.to_string(), r.clone())).or_default() += 1;
+        }
+        self.pods.insert(key.to_string(), (node.to_string(), refs));
+    }
+}
+
+/// What `pod` references (upstream's `VisitPodSecretNames`, `VisitPodConfigmapNames`, the
+/// PVC volumes and the service account).
+pub fn references(pod: &Value) -> Vec<(Kind, String)> {
+    let mut out = Vec::new();
+    let spec = &pod["spec"];
+    let mut add = |kind: Kind, v: Option<&Value>| {
+        if let Some(n) = v.and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            out.push((kind, n.to_string()));
+        }
+    };
+    add(Kind::ServiceAccount, spec.get("serviceAccountName"));
+    for s in spec
+        .get("imagePullSecrets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        add(Kind::Secret, s.get("name"));
+    }
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        for c in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+                add(Kind::Secret, e.pointer("/valueFrom/secretKeyRef/name"));
+                add(
+                    Kind::ConfigMap,
+                    e.pointer("/valueFrom/configMapKeyRef/name"),
+                );
+            }
+            for e in c
+                .get("envFrom")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                add(Kind::Secret, e.pointer("/secretRef/name"));
+                add(Kind::ConfigMap, e.pointer("/configMapRef/name"));
+            }
+        }
+    }
+    for v in spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        add(Kind::Secret, v.pointer("/secret/secretName"));
+        add(Kind::ConfigMap, v.pointer("/configMap/name"));
+        add(Kind::Pvc, v.pointer("/persistentVolumeClaim/claimName"));
+        for s in v
+            .pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            add(Kind::Secret, s.pointer("/secret/name"));
+            add(Kind::ConfigMap, s.pointer("/configMap/name"));
+        }
+        // volume plugins that take their credentials from a Secret
+        for p in [
+            "/azureFile/secretName",
+            "/cephfs/secretRef/name",
+            "/cinder/secretRef/name",
+            "/flexVolume/secretRef/name",
+            "/iscsi/secretRef/name",
+            "/rbd/secretRef/name",
+            "/scaleIO/secretRef/name",
+            "/storageos/secretRef/name",
+            "/csi/nodePublishSecretRef/name",
+        ] {
+            add(Kind::Secret, v.pointer(p));
+        }
+    }
+    out
+}
+
+/// The node graph and the Node authorizer over it.
+#[derive(Debug, Default)]
+pub struct NodeGraph {
+    graph: RwLock<Graph>,
+    /// Whether the pods and the claims are followed (until then nodes get no reads).
+    synced: [AtomicBool; 2],
+    /// `--disable-admission-plugins=NodeRestriction`.
+    pub restriction_disabled: AtomicBool,
+}
+
+const NO_RELATIONSHIP: &str = "no relationship found between node";
+
+impl NodeGraph {
+    /// Whether a pod bound to `node` references `(kind, ns, name)`.
+    pub fn references(&self, node: &str, kind: Kind, ns: &str, name: &str) -> bool {
+        let g = self.graph.read().unwrap_or_else(|e| e.into_inner());
+        g.edges
+            .contains_key(&(node.to_string(), (kind, ns.to_string(), name.to_string())))
+    }
+
+    /// Whether a PVC a pod bound to `node` uses is bound to PersistentVolume `pv`.
+    fn uses_volume(&self, node: &str, pv: &str) -> bool {
+        let g = self.graph.read().unwrap_or_else(|e| e.into_inner());
+        g.edges.keys().any(|(n, (kind, ns, name))| {
+            n == node
+                && *kind == Kind::Pvc
+                && g.claims
+                    .get(&format!("{ns}/{name}"))
+                    .is_some_and(|v| v == pv)
+        })
+    }
+
+    /// The Node authorizer's decision for node `node`: Ok to allow, else its reason (no
+    /// opinion: RBAC decides next).
+    pub fn authorize(&self, node: &str, attrs: &Attributes) -> Result<(), String> {
+        let Attributes::Resource {
+            verb,
+            group,
+            resource,
+            namespace,
+            name,
+        } = attrs
+        else {
+            return rules_allow(attrs);
+        };
+        let (base, sub) = match resource.split_once('/') {
+            Some((b, s)) => (b, Some(s)),
+            None => (resource.as_str(), None),
+        };
+        let ns = namespace.as_deref().unwrap_or("");
+        let name = name.as_deref().unwrap_or("");
+        let related = |kind: Kind| {
+            if name.is_empty() {
+                return Err("No Object name found".to_string());
+            }
+            if self.references(node, kind, ns, name) {
+                Ok(())
+            } else {
+                Err(format!("{NO_RELATIONSHIP} '{node}' and this object"))
+            }
+        };
+        match (group.as_str(), base) {
+            ("", "secrets" | "configmaps") => {
+                if !matches!(verb.as_str(), "get" | "list" | "watch") {
+                    return Err("can only read resources of this type".into());
+                }
+                if sub.is_some() {
+                    return Err("cannot read subresource".into());
+                }
+                if ns.is_empty() {
+                    return Err("can only read namespaced object of this type".into());
+                }
+                let kind = if base == "secrets" {
+                    Kind::Secret
+                } else {
+                    Kind::ConfigMap
+                };
+                related(kind)
+            }
+            ("", "persistentvolumeclaims") => {
+                if sub == Some("status") {
+                    if !matches!(verb.as_str(), "get" | "update" | "patch") {
+                        return Err(
+                            "can only get, update, or patch status of objects of this type".into(),
+                        );
+                    }
+                } else {
+                    if verb != "get" {
+                        return Err("can only get individual resources of this type".into());
+                    }
+                    if sub.is_some() {
+                        return Err("cannot get subresource".into());
+                    }
+                }
+                related(Kind::Pvc)
+            }
+            ("", "persistentvolumes") => {
+                if verb != "get" {
+                    return Err("can only get individual resources of this type".into());
+                }
+                if sub.is_some() {
+                    return Err("cannot get subresource".into());
+                }
+                if !name.is_empty() && self.uses_volume(node, name) {
+                    Ok(())
+                } else if name.is_empty() {
+                    Err("No Object name found".into())
+                } else {
+                    Err(format!("{NO_RELATIONSHIP} '{node}' and this object"))
+                }
+            }
+            ("", "serviceaccounts") => {
+                if verb != "create" || name.is_empty() {
+                    return Err("can only create tokens for individual service accounts".into());
+                }
+                if sub != Some("token") {
+                    return Err("can only create token subresource of serviceaccount".into());
+                }
+                related(Kind::ServiceAccount)
+            }
+            ("coordination.k8s.io", "leases") => {
+                if !matches!(
+                    verb.as_str(),
+                    "get" | "create" | "update" | "patch" | "delete"
+                ) {
+                    return Err(
+                        "can only get, create, update, patch, or delete a node lease".into(),
+                    );
+                }
+                if ns != NODE_LEASE_NAMESPACE {
+                    return Err(format!(
+                        "can only access leases in the {NODE_LEASE_NAMESPACE:?} system namespace"
+                    ));
+                }
+                // the name of a create is checked by NodeRestriction
+                if verb != "create" && name != node {
+                    return Err(
+                        "can only access node lease with the same name as the requesting node"
+                            .into(),
+                    );
+                }
+                Ok(())
+            }
+            _ => rules_allow(attrs),
+        }
+    }
+}
+
+/// Upstream's static node rules: `system:node`'s.
+fn rules_allow(attrs: &Attributes) -> Result<(), String> {
+    if crate::rbac::builtin_role_allows("system:node", attrs) {
+        Ok(())
+    } else {
+        Err(String::new())
+    }
+}
+
+/// Keep `state.rbac.nodes` in step with the pods and PVCs until shutdown.
+pub async fn run(state: Arc<AppState>) {
+    let pods = crate::follow::run(
+        state.clone(),
+        ("", "v1", "pods"),
+        Follow {
+            state: state.clone(),
+            kind: 0,
+        },
+    );
+    let claims = crate::follow::run(
+        state.clone(),
+        ("", "v1", "persistentvolumeclaims"),
+        Follow {
+            state: state.clone(),
+            kind: 1,
+        },
+    );
+    tokio::join!(pods, claims);
+}
+
+/// The graph's part for pods (0) or PVCs (1) as a [`Follower`].
+struct Follow {
+    state: Arc<AppState>,
+    kind: usize,
+}
+
+impl Follow {
+    fn graph(&self) -> std::sync::RwLockWriteGuard<'_, Graph> {
+        self.state
+            .rbac
+            .nodes
+            .graph
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn put(g: &mut Graph, kind: usize, key: &str, value: &[u8]) {
+    let Ok(obj) = serde_json::from_slice::<Value>(value) else {
+        return;
+    };
+    if kind == 0 {
+        g.put_pod(key, &obj);
+    } else {
+        match obj.pointer("/spec/volumeName").and_then(Value::as_str) {
+            Some(pv) if !pv.is_empty() => {
+                g.claims.insert(key.to_string(), pv.to_string());
+            }
+            _ => {
+                g.claims.remove(key);
+            }
+        }
+    }
+}
+
+impl Follower for Follow {
+    fn reset(&self, items: Vec<(&str, &[u8])>) {
+        let mut g = self.graph();
+        if self.kind == 0 {
+            g.pods.clear();
+            g.edges.clear();
+        } else {
+            g.claims.clear();
+        }
+        for (key, value) in items {
+            put(&mut g, self.kind, key, value);
+        }
+    }
+
+    fn apply(&self, key: &str, value: Option<&[u8]>) {
+        let mut g = self.graph();
+        match value {
+            Some(v) => put(&mut g, self.kind, key, v),
+            None if self.kind == 0 => g.remove_pod(key),
+            None => {
+                g.claims.remove(key);
+            }
+        }
+    }
+
+    fn set_synced(&self, synced: bool) {
+        self.state.rbac.nodes.synced[self.kind].store(synced, Ordering::Release);
+    }
+}
+
+/// The pods bound to a node, by key: for tests.
+#[cfg(test)]
+fn pods_of(g: &NodeGraph, node: &str) -> std::collections::HashSet<String> {
+    let g = g.graph.read().unwrap();
+    g.pods
+        .iter()
+        .filter(|(_, (n, _))| n == node)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn attrs(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        ns: Option<&str>,
+        name: Option<&str>,
+    ) -> Attributes {
+        Attributes::Resource {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            namespace: ns.map(String::from),
+            name: name.map(String::from),
+        }
+    }
+
+    #[test]
+    fn pods_give_their_node_their_references_and_nothing_else() {
+        let g = NodeGraph::default();
+        let pod = json!({"spec": {"nodeName": "a", "serviceAccountName": "sa",
+            "imagePullSecrets": [{"name": "pull"}],
+            "containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "env-secret", "key": "k"}}}],
+                            "envFrom": [{"configMapRef": {"name": "env-cm"}}]}],
+            "volumes": [{"name": "v", "secret": {"secretName": "vol-secret"}},
+                        {"name": "p", "projected": {"sources": [{"configMap": {"name": "proj-cm"}}]}},
+                        {"name": "c", "persistentVolumeClaim": {"claimName": "claim"}}]}});
+        {
+            let mut w = g.graph.write().unwrap();
+            w.put_pod("ns/p1", &pod);
+            w.put_pod("ns/p2", &pod);
+            w.claims.insert("ns/claim".into(), "pv-1".into());
+        }
+        for s in ["pull", "env-secret", "vol-secret"] {
+            assert!(
+                g.authorize("a", &attrs("get", "", "secrets", Some("ns"), Some(s)))
+                    .is_ok(),
+                "{s}"
+            );
+            let err = g
+                .authorize("b", &attrs("get", "", "secrets", Some("ns"), Some(s)))
+                .unwrap_err();
+            assert_eq!(
+                err,
+                "no relationship found between node 'b' and this object"
+            );
+        }
+        assert!(g
+            .authorize(
+                "a",
+                &attrs("get", "", "secrets", Some("other"), Some("pull"))
+            )
+            .is_err());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs("get", "", "configmaps", Some("ns"), Some("proj-cm"))
+            )
+            .is_ok());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs("get", "", "configmaps", Some("ns"), Some("env-cm"))
+            )
+            .is_ok());
+        assert!(g
+            .authorize("a", &attrs("list", "", "secrets", Some("ns"), None))
+            .is_err());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs("update", "", "secrets", Some("ns"), Some("pull"))
+            )
+            .is_err());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs(
+                    "create",
+                    "",
+                    "serviceaccounts/token",
+                    Some("ns"),
+                    Some("sa")
+                )
+            )
+            .is_ok());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs(
+                    "create",
+                    "",
+                    "serviceaccounts/token",
+                    Some("ns"),
+                    Some("default")
+                )
+            )
+            .is_err());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs(
+                    "get",
+                    "",
+                    "persistentvolumeclaims",
+                    Some("ns"),
+                    Some("claim")
+                )
+            )
+            .is_ok());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs("get", "", "persistentvolumes", None, Some("pv-1"))
+            )
+            .is_ok());
+        assert!(g
+            .authorize(
+                "b",
+                &attrs("get", "", "persistentvolumes", None, Some("pv-1"))
+            )
+            .is_err());
+        // one of two pods goes: the references stay; both go: they are gone
+        g.graph.write().unwrap().remove_pod("ns/p1");
+        assert!(g
+            .authorize("a", &attrs("get", "", "secrets", Some("ns"), Some("pull")))
+            .is_ok());
+        g.graph.write().unwrap().remove_pod("ns/p2");
+        assert!(g
+            .authorize("a", &attrs("get", "", "secrets", Some("ns"), Some("pull")))
+            .is_err());
+        assert!(pods_of(&g, "a").is_empty());
+        // a pod moving to another node (a re-put) moves its references
+        g.graph.write().unwrap().put_pod("ns/p3", &pod);
+        let mut moved = pod.clone();
+        moved["spec"]["nodeName"] = json!("b");
+        g.graph.write().unwrap().put_pod("ns/p3", &moved);
+        assert!(g
+            .authorize("a", &attrs("get", "", "secrets", Some("ns"), Some("pull")))
+            .is_err());
+        assert!(g
+            .authorize("b", &attrs("get", "", "secrets", Some("ns"), Some("pull")))
+            .is_ok());
+    }
+
+    #[test]
+    fn leases_and_the_static_rules() {
+        let g = NodeGraph::default();
+        let lease = |verb, ns, name| attrs(verb, "coordination.k8s.io", "leases", Some(ns), name);
+        assert!(g
+            .authorize("a", &lease("update", "kube-node-lease", Some("a")))
+            .is_ok());
+        assert!(g
+            .authorize("a", &lease("create", "kube-node-lease", None))
+            .is_ok());
+        assert!(g
+            .authorize("a", &lease("update", "kube-node-lease", Some("b")))
+            .is_err());
+        assert!(g
+            .authorize("a", &lease("get", "kube-system", Some("a")))
+            .is_err());
+        assert!(g
+            .authorize("a", &attrs("list", "", "nodes", None, None))
+            .is_ok());
+        assert!(g
+            .authorize("a", &attrs("patch", "", "nodes/status", None, Some("a")))
+            .is_ok());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs("update", "", "pods/status", Some("x"), Some("p"))
+            )
+            .is_ok());
+        assert!(g
+            .authorize("a", &attrs("update", "", "pods", Some("x"), Some("p")))
+            .is_err());
+        assert!(g
+            .authorize("a", &attrs("create", "", "namespaces", None, None))
+            .is_err());
+        assert!(g
+            .authorize(
+                "a",
+                &attrs(
+                    "create",
+                    "certificates.k8s.io",
+                    "certificatesigningrequests",
+                    None,
+                    None
+                )
+            )
+            .is_ok());
+        let node = UserInfo {
+            name: "system:node:a".into(),
+            uid: String::new(),
+            groups: vec![NODES_GROUP.into()],
+            extra: Default::default(),
+        };
+        assert_eq!(node_name(&node), Some("a"));
+        let not_in_group = UserInfo {
+            groups: vec![],
+            ..node
+        };
+        assert_eq!(node_name(&not_in_group), None);
+    }
+}
