@@ -213,11 +213,17 @@ pub struct Containerd {
 impl Containerd {
     /// Start containerd and wait until it answers on its socket.
     pub fn start() -> Containerd {
+        Containerd::start_in(&std::env::temp_dir())
+    }
+
+    /// [`Containerd::start`] with its root, state and socket in a new dir under `parent`
+    /// (a filesystem the test controls, e.g. a small tmpfs).
+    pub fn start_in(parent: &std::path::Path) -> Containerd {
         let bin =
             which("containerd").expect("containerd is not installed (run `cargo xtask setup`)");
         let dir = tempfile::Builder::new()
             .prefix("kaze-ctrd-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("creating a temp dir for containerd");
         let root = dir.path().join("root");
         let state = dir.path().join("state");
