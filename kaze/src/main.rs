@@ -4,9 +4,10 @@
 //! and `kaze agent` to join another machine to it.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod agent;
+mod bootstrap;
 mod containerd;
 mod join;
 mod kubeconfig;
@@ -79,7 +80,14 @@ fn args() -> Vec<String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_from(args());
+    let matches = Cli::command().get_matches_from(args());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The kubelet's --config file must not override the flags given.
+    if let (Command::Kubelet(config), Some(("kubelet", sub))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        config.given = kubelet::node::Config::given_in(sub);
+    }
     if let Command::Kubeconfig(args) = cli.command {
         return kubeconfig::run(args);
     }

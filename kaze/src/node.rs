@@ -78,6 +78,11 @@ pub struct NodeArgs {
     /// kaze extension; callers need a client certificate of the cluster CA).
     #[arg(long = "pod-server")]
     pub pod_server: bool,
+    /// A flag for this node's kubelet, `name=value` (k3s's `--kubelet-arg`; repeatable),
+    /// applied over what kaze sets: e.g. `--kubelet-arg=config=/etc/kaze/kubelet.yaml`,
+    /// `--kubelet-arg=image-gc-high-threshold=90`.
+    #[arg(long = "kubelet-arg")]
+    pub kubelet_arg: Vec<String>,
 }
 
 impl NodeArgs {
@@ -122,7 +127,8 @@ pub async fn start(
             tracing::warn!(path = %pod_manifest_path.display(), error = %e, "creating the static pod manifest dir");
         }
     }
-    let kubelet = kubelet::node::Config {
+    let mut kubelet = kubelet::node::Config {
+        config: None,
         kubeconfig: Some(kubeconfig.to_path_buf()),
         hostname_override: args.node_name.clone(),
         node_ip: Some(args.ip()),
@@ -139,6 +145,7 @@ pub async fn start(
         node_labels: labels,
         max_pods: 110,
         port: args.kubelet_port,
+        address: std::net::Ipv4Addr::UNSPECIFIED.into(),
         cgroup_root: None,
         lease_renew_interval: std::time::Duration::from_secs(10),
         client_ca_file: Some(client_ca.to_path_buf()),
@@ -152,7 +159,12 @@ pub async fn start(
             pod_server: args.pod_server,
             ..Default::default()
         },
+        image_gc: Default::default(),
+        given: Vec::new(),
     };
+    kubelet
+        .apply_args(&args.kubelet_arg)
+        .map_err(|e| anyhow::anyhow!("--kubelet-arg: {e}"))?;
     components.spawn("kubelet", shutdown, |token| {
         kubelet::node::run(kubelet, token)
     });

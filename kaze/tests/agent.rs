@@ -132,6 +132,11 @@ fn agent_joins_with_the_token_and_runs_pods() {
         "127.0.0.1".into(),
         "--container-runtime-endpoint".into(),
         containerd.socket().display().to_string(),
+        // neither disk-pressure eviction nor image GC on a nearly full CI disk
+        "--eviction-hard".into(),
+        "memory.available<100Mi".into(),
+        "--kubelet-arg".into(),
+        "image-gc-high-threshold=100".into(),
         "--cni-bridge".into(),
         bridge.clone(),
         "--kubelet-port".into(),
@@ -201,6 +206,84 @@ fn agent_joins_with_the_token_and_runs_pods() {
         },
     );
     assert_eq!(logs, "from-agent\n");
+
+    // The agent runs as its own node, with a certificate the server signed for it
+    let node_kc = agent_dir.join("agent/kubeconfig.yaml");
+    let whoami = |kc: &Path| {
+        let out = kubectl_run(
+            kc,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        whoami(&node_kc),
+        format!(r#"system:node:{node} ["system:nodes","system:authenticated"]"#)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "client-kubelet.key",
+        "kubeconfig.yaml",
+        "bootstrap-kubeconfig.yaml",
+    ] {
+        let mode = std::fs::metadata(agent_dir.join("agent").join(f))
+            .expect(f)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let csrs = kubectl_run(
+        &kc,
+        &[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={.items[*].spec.username} {.items[*].status.conditions[0].reason}",
+        ],
+    );
+    let csrs = String::from_utf8_lossy(&csrs.stdout).into_owned();
+    assert!(
+        csrs.starts_with("system:bootstrap:") && csrs.ends_with("AutoApproved"),
+        "{csrs}"
+    );
+    // ... which reads no Secret that no pod of its node uses
+    let out = kubectl_run(
+        &kc,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "not-for-agents",
+            "--from-literal=k=v",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl_run(&node_kc, &["get", "secret", "not-for-agents"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "User \"system:node:{node}\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\": no relationship found between node '{node}' and this object"
+        )),
+        "{stderr}"
+    );
+    // and the join token alone only asks for certificates
+    let out = kubectl_run(
+        &agent_dir.join("agent/bootstrap-kubeconfig.yaml"),
+        &["get", "pods"],
+    );
+    assert!(!out.status.success());
+    kubectl_run(&kc, &["delete", "secret", "not-for-agents"]);
+
     let out = kubectl_run(&kc, &["delete", "pod", "joined"]);
     assert!(
         out.status.success(),
@@ -208,6 +291,29 @@ fn agent_joins_with_the_token_and_runs_pods() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    assert!(
+        agent.terminate(Duration::from_secs(20)),
+        "agent stops cleanly on SIGTERM"
+    );
+    // restarted, it keeps its certificate (no new request) and its node comes back
+    let cert_before = std::fs::read(agent_dir.join("agent/client-kubelet.crt")).expect("cert");
+    let mut agent = spawn(&agent_args, &dir.path().join("agent-again.log"));
+    eventually(
+        "the restarted agent's kubelet heartbeat",
+        Duration::from_secs(60),
+        || {
+            let log =
+                std::fs::read_to_string(dir.path().join("agent-again.log")).unwrap_or_default();
+            log.contains("using this node's client certificate")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        std::fs::read(agent_dir.join("agent/client-kubelet.crt")).expect("cert"),
+        cert_before
+    );
+    let count = kubectl_run(&kc, &["get", "csr", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&count.stdout).lines().count(), 1);
     assert!(
         agent.terminate(Duration::from_secs(20)),
         "agent stops cleanly on SIGTERM"

@@ -21,6 +21,10 @@ use testkit::{kubectl, ChildGuard};
 #[path = "../../xtask/src/images.rs"]
 mod xtask_images;
 
+/// The nodes' `--eviction-hard`: memory only, so DiskPressure on a nearly full host disk
+/// never evicts the test's pods.
+const NO_DISK_EVICTION: &str = "memory.available<100Mi";
+
 /// The LAN: a bridge in the host namespace and one namespace per node, removed on drop.
 struct Lan {
     bridge: String,
@@ -268,6 +272,12 @@ impl Cluster {
             &self.pin_root(i),
             "--data-dir",
             &self.data[i].display().to_string(),
+            // On a nearly full CI disk neither disk-pressure eviction nor image GC may act
+            // on the test's pods and images.
+            "--eviction-hard",
+            NO_DISK_EVICTION,
+            "--kubelet-arg",
+            "image-gc-high-threshold=100",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -30,6 +30,13 @@ fn start_server(data_dir: &Path, port: u16, run: u32, extra: &[String]) -> Child
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        // neither disk-pressure eviction nor image GC on a nearly full CI disk
+        .args([
+            "--eviction-hard",
+            "memory.available<100Mi",
+            "--kubelet-arg",
+            "image-gc-high-threshold=100",
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))

@@ -76,6 +76,7 @@ async fn main() {
     let bridge = format!("kzb{}", pid % 100_000);
     let _bridge = testkit::LinkGuard(bridge.clone());
     let config = kubelet::node::Config {
+        config: None,
         kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
         hostname_override: Some(node.clone()),
         node_ip: Some("127.0.0.1".parse().expect("ip")),
@@ -91,14 +92,22 @@ async fn main() {
         node_labels: Vec::new(),
         max_pods: 250,
         port: testkit::free_port(),
+        address: "0.0.0.0".parse().expect("ip"),
         cgroup_root: Some(format!("/kaze-bench/{node}")),
         lease_renew_interval: Duration::from_secs(10),
         client_ca_file: Some(server.ca_file()),
         anonymous_auth: false,
         allowed_unsafe_sysctls: Vec::new(),
-        eviction_hard: kubelet::node::pressure::DEFAULT_EVICTION_HARD.into(),
+        // Neither disk-pressure eviction nor image GC may act on a nearly full host disk
+        // under the bench.
+        eviction_hard: "memory.available<100Mi".into(),
         pod_cidr: None,
         static_pods: Default::default(),
+        image_gc: kubelet::images::gc::GcConfig {
+            high_threshold: 100,
+            ..Default::default()
+        },
+        given: Vec::new(),
     };
     let token = component::CancellationToken::new();
     let kl = tokio::spawn(kubelet::node::run(config, token.clone()));

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
-    images_client::ImagesClient, leases_client::LeasesClient, tasks_client::TasksClient,
+    images_client::ImagesClient, introspection_client::IntrospectionClient,
+    leases_client::LeasesClient, tasks_client::TasksClient,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{self, Code, Request};
@@ -84,6 +85,9 @@ impl Containerd {
     }
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
+    }
+    pub fn introspection(&self) -> IntrospectionClient<Channel> {
+        IntrospectionClient::new(self.channel.clone())
     }
 
     /// The runtime as the Node's `nodeInfo.containerRuntimeVersion` names it:

@@ -5,6 +5,12 @@
 //! more than its zero request) before one using less than it requests. An evicted pod stays
 //! in the API, `Failed` with reason `Evicted`, upstream's message, a `DisruptionTarget`
 //! condition and an `Evicted` event.
+//!
+//! Local storage: pods over their `limits.ephemeral-storage` (the pod's total, a
+//! container's own) are evicted with upstream's messages whatever the node's pressure; and
+//! a kubelet whose root dir and containerd live on a small tmpfs the test mounts reports
+//! `DiskPressure=True` once a pod fills it past `nodefs.available`, evicts that pod (the one
+//! using the most storage) and reports the pressure gone.
 
 mod support;
 
@@ -156,4 +162,208 @@ async fn a_pod_over_its_empty_dir_size_limit_is_evicted() {
         .await
         .expect("delete");
     c.wait_pod_gone("default", "filler").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_over_their_ephemeral_storage_limits_are_evicted() {
+    let mut c = Cluster::new("ephemeral", 242).await;
+    c.start_kubelet();
+    c.wait_node().await;
+    let limit = |q: &str| json!({"limits": {"ephemeral-storage": q}});
+    // One container, 20 MB into its writable layer: over the pod's total (its own) limit.
+    let whole: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "whole"},
+        "spec": {"nodeName": c.node, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": "kaze/busybox:1", "resources": limit("10Mi"),
+                                 "command": ["sh", "-c", "dd if=/dev/zero of=/big bs=1048576 count=20; sleep 3600"]}]}}))
+    .expect("pod");
+    // Two containers: the pod's total (110Mi) holds, the writer's own 10Mi does not.
+    let one: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "one"},
+        "spec": {"nodeName": c.node, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "writer", "image": "kaze/busybox:1", "resources": limit("10Mi"),
+                                 "command": ["sh", "-c", "dd if=/dev/zero of=/big bs=1048576 count=20; sleep 3600"]},
+                                {"name": "idle", "image": "kaze/busybox:1", "resources": limit("100Mi"),
+                                 "command": ["sleep", "3600"]}]}}))
+    .expect("pod");
+    // Within its limit: stays.
+    let within: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "within"},
+        "spec": {"nodeName": c.node, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": "kaze/busybox:1", "resources": limit("64Mi"),
+                                 "command": ["sh", "-c", "dd if=/dev/zero of=/big bs=1048576 count=2; sleep 3600"]}]}}))
+    .expect("pod");
+    for p in [&whole, &one, &within] {
+        c.pods("default")
+            .create(&PostParams::default(), p)
+            .await
+            .expect("create");
+    }
+    let evicted =
+        |name: &'static str| c.wait_pod("default", name, "evicted", |p| phase(p) == Some("Failed"));
+    let s = evicted("whole").await.status.expect("status");
+    assert_eq!(
+        (s.reason.as_deref(), s.message.as_deref()),
+        (
+            Some("Evicted"),
+            Some("Pod ephemeral local storage usage exceeds the total limit of containers 10Mi. ")
+        )
+    );
+    let s = evicted("one").await.status.expect("status");
+    assert_eq!(
+        (s.reason.as_deref(), s.message.as_deref()),
+        (
+            Some("Evicted"),
+            Some("Container writer exceeded its local ephemeral storage limit \"10Mi\". ")
+        )
+    );
+    assert!(s
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "DisruptionTarget" && c.status == "True"));
+    assert_eq!(
+        c.warning_event("one", "Evicted").await,
+        "Container writer exceeded its local ephemeral storage limit \"10Mi\". "
+    );
+    let p = c.pods("default").get("within").await.expect("get");
+    assert_eq!(phase(&p), Some("Running"), "{:?}", p.status);
+    for name in ["whole", "one", "within"] {
+        c.pods("default")
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in ["whole", "one", "within"] {
+        c.wait_pod_gone("default", name).await;
+    }
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily, so a leftover user cannot keep it) and
+/// removed on drop, also when the test fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("kaze-diskpressure-")
+            .tempdir()
+            .expect("mount point")
+            .keep();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount")
+            .success();
+        let guard = Tmpfs(dir);
+        assert!(ok, "mounting a tmpfs on {}", guard.0.display());
+        guard
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = kubelet::sys::unmount_all_under(&self.0);
+        // (already gone when everything under it could be unmounted)
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The Node's DiskPressure condition once its status is `status`.
+async fn disk_pressure(
+    nodes: &Api<Node>,
+    node: &str,
+    status: &str,
+) -> k8s_openapi::api::core::v1::NodeCondition {
+    testkit::wait_for(
+        &format!("DiskPressure={status}"),
+        Duration::from_secs(90),
+        || async move {
+            let n = nodes.get(node).await.ok()?;
+            n.status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "DiskPressure" && c.status == status)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_pressure_is_reported_and_evicts_the_pod_using_the_most_storage() {
+    // The kubelet's root dir and containerd's root (nodefs and imagefs) on 256 MiB of tmpfs;
+    // dropped after the cluster.
+    let fs = Tmpfs::mount("256m");
+    let mut c = Cluster::new_in("diskpressure", 245, &fs.0).await;
+    c.config.eviction_hard = "nodefs.available<96Mi".into();
+    c.start_kubelet();
+    c.wait_node().await;
+    let pod = |name: &str, script: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": c.node, "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": "kaze/busybox:1",
+                                     "command": ["sh", "-c", script]}]}}))
+        .expect("pod")
+    };
+    // The quiet pod runs first; then the writer fills the disk past the threshold.
+    c.pods("default")
+        .create(&PostParams::default(), &pod("quiet", "sleep 3600"))
+        .await
+        .expect("create");
+    c.wait_pod("default", "quiet", "running", |p| {
+        phase(p) == Some("Running")
+    })
+    .await;
+    c.pods("default")
+        .create(
+            &PostParams::default(),
+            &pod(
+                "writer",
+                "dd if=/dev/zero of=/big bs=1048576 count=180; sleep 3600",
+            ),
+        )
+        .await
+        .expect("create");
+
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let node = c.node.clone();
+    let on = disk_pressure(&nodes, &node, "True").await;
+    assert_eq!(on.reason.as_deref(), Some("KubeletHasDiskPressure"));
+    let p = c
+        .wait_pod("default", "writer", "the writer evicted", |p| {
+            phase(p) == Some("Failed")
+        })
+        .await;
+    let s = p.status.expect("status");
+    assert_eq!(s.reason.as_deref(), Some("Evicted"));
+    let message = s.message.unwrap_or_default();
+    assert!(
+        message.starts_with("The node was low on resource: ephemeral-storage. Threshold quantity: 96Mi, available: ")
+            && message.contains("Container main was using ")
+            && message.contains("request is 0, has larger consumption of ephemeral-storage."),
+        "{message}"
+    );
+    // The writer's layer went with its containers: the pressure is over, the quiet pod
+    // never was a candidate.
+    disk_pressure(&nodes, &node, "False").await;
+    let quiet = c.pods("default").get("quiet").await.expect("get");
+    assert_eq!(phase(&quiet), Some("Running"), "{:?}", quiet.status);
+    for name in ["quiet", "writer"] {
+        c.pods("default")
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in ["quiet", "writer"] {
+        c.wait_pod_gone("default", name).await;
+    }
+    drop(c);
+    drop(fs);
 }

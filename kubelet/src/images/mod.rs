@@ -6,6 +6,7 @@
 //! the garbage-collection labels that link manifest -> config/layers -> snapshot, inside a
 //! lease so nothing is collected half-way.
 
+pub mod gc;
 mod import;
 
 use std::collections::HashMap;

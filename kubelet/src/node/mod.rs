@@ -20,7 +20,9 @@ use crate::runtime::{Runtime, RuntimeConfig};
 use crate::spec::DnsConfig;
 
 pub mod auth;
+pub mod config_file;
 pub mod info;
+pub mod local_storage;
 pub mod portforward;
 pub mod pressure;
 pub mod server;
@@ -32,6 +34,10 @@ pub mod sync;
 /// Upstream kubelet's flags, the subset kaze implements.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    /// A `KubeletConfiguration` file (`kubelet.config.k8s.io/v1beta1`, YAML or JSON):
+    /// flags given on the command line override it (see [`config_file`]).
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
     /// kubeconfig to reach the apiserver (default: $KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -88,6 +94,9 @@ pub struct Config {
     /// Port of the kubelet's HTTPS server (logs, exec, attach, port-forward).
     #[arg(long = "port", default_value_t = 10250)]
     pub port: u16,
+    /// The address the kubelet's HTTPS server listens on.
+    #[arg(long = "address", default_value = "0.0.0.0")]
+    pub address: IpAddr,
     /// CA that signs the client certificates of the server's callers (the cluster CA: the
     /// apiserver presents a certificate from it). Without it nobody can be authenticated,
     /// and exec, attach and port-forward are refused.
@@ -115,6 +124,12 @@ pub struct Config {
     pub pod_cidr: Option<String>,
     #[command(flatten)]
     pub static_pods: crate::static_pod::Config,
+    #[command(flatten)]
+    pub image_gc: crate::images::gc::GcConfig,
+    /// The ids of the flags given on the command line (set by the binary from clap's
+    /// matches, [`Config::given_in`]): `--config`'s file does not override them.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +146,8 @@ pub enum NodeError {
     Runtime(#[from] crate::Error),
     #[error("invalid flag: {0}")]
     Flag(String),
+    #[error(transparent)]
+    ConfigFile(#[from] config_file::ConfigFileError),
 }
 
 fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> NodeError {
@@ -154,6 +171,8 @@ impl Config {
 /// sources, the kubelet runs standalone: static pods only, as upstream without
 /// `--kubeconfig`.
 pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), NodeError> {
+    let config = config.with_config_file()?;
+    config.image_gc.validate().map_err(NodeError::Flag)?;
     let node_name = config.node_name();
     let node_ip = config.node_ip.unwrap_or_else(component::detect_node_ip);
     let labels = parse_labels(&config.node_labels)?;
@@ -253,6 +272,20 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         Some(info::allocatable(config.max_pods)),
     );
     let mut tasks = tokio::task::JoinSet::new();
+    let image_gc = std::sync::Arc::new(
+        crate::images::gc::ImageGc::new(
+            rt.containerd().clone(),
+            config.image_gc.clone(),
+            &config.pod_infra_container_image,
+            config.root_dir.clone(),
+        )
+        .await?,
+    );
+    tracing::info!(image_fs = %image_gc.image_fs().display(), enabled = config.image_gc.enabled(), "image garbage collection");
+    {
+        let recorder = crate::pod::events::Recorder::for_node(client.clone(), &node_name);
+        tasks.spawn(image_gc.clone().run(recorder, shutdown.clone()));
+    }
     // Static pods first: they run whatever the apiserver does, and the sync loop must know
     // them before it looks for leftovers.
     // The cluster's Services, for containers' environment variables (upstream's kubelet
@@ -303,10 +336,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         tasks.spawn(async move { statics.run(token).await });
     }
     {
-        let addr = std::net::SocketAddr::new(
-            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            config.port,
-        );
+        let addr = std::net::SocketAddr::new(config.address, config.port);
         let (log_dir, tls_dir, token) = (
             config.pod_log_dir.clone(),
             config.root_dir.join("pki"),
@@ -374,6 +404,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             rt: rt.clone(),
             active: active.clone(),
             evict: evict_tx,
+            image_gc,
         };
         tasks.spawn(async move { post_status(client, node, facts, token).await });
     }
@@ -463,6 +494,8 @@ struct StatusFacts {
     active: crate::pod::ActivePods,
     /// Pods to evict, to the sync loop.
     evict: tokio::sync::mpsc::Sender<(String, String)>,
+    /// Node-level reclaim under disk pressure.
+    image_gc: std::sync::Arc<crate::images::gc::ImageGc>,
 }
 
 /// What the Node is registered with.
@@ -613,8 +646,9 @@ async fn renew_lease(
 }
 
 /// Measure the node's pressure every 10 s and post its status when a condition changes, and
-/// every minute (the Lease carries the frequent heartbeat, as upstream); under memory
-/// pressure, name one pod to evict to the sync loop (see [`pressure`]).
+/// every minute (the Lease carries the frequent heartbeat, as upstream); under memory or disk
+/// pressure, name one pod to evict to the sync loop (see [`pressure`], [`local_storage`]),
+/// and any pod over its local storage limits.
 async fn post_status(
     client: Client,
     node: String,
@@ -630,6 +664,7 @@ async fn post_status(
         rt,
         active,
         evict,
+        image_gc,
     } = facts;
     let nodes: Api<Node> = Api::all(client);
     let mut since = std::collections::HashMap::new();
@@ -640,6 +675,32 @@ async fn post_status(
         for (uid, message) in pressure::over_size_limit(&rt, &active.list()) {
             tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod over an emptyDir sizeLimit");
             let _ = evict.send((uid, message)).await;
+        }
+        for (uid, message) in local_storage::over_limits(&rt, &active.list()).await {
+            tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod over its ephemeral-storage limit");
+            let _ = evict.send((uid, message)).await;
+        }
+        if now.disk {
+            // Node-level resources first (upstream's reclaimNodeLevelResources): unused
+            // images; pods are evicted only if that did not relieve the pressure.
+            match image_gc.delete_unused().await {
+                Ok(c) if !c.deleted.is_empty() => {
+                    tracing::info!(node = %node, images = ?c.deleted, freed = c.freed, "disk pressure: deleted unused images")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "disk pressure: deleting unused images")
+                }
+            }
+            let after = pressure::observe(&rt.config().root_dir);
+            if let Some(shortage) = local_storage::DiskShortage::of(&thresholds, &after) {
+                if let Some((uid, message)) =
+                    local_storage::disk_victim(&rt, &active.list(), &shortage).await
+                {
+                    tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod under disk pressure");
+                    let _ = evict.send((uid, message)).await;
+                }
+            }
         }
         if now.memory {
             let limit = thresholds.memory.unwrap_or(pressure::Limit::Amount(0));

@@ -24,7 +24,7 @@ pub enum Limit {
 }
 
 impl Limit {
-    fn breached(self, available: u64, capacity: u64) -> bool {
+    pub(crate) fn breached(self, available: u64, capacity: u64) -> bool {
         match self {
             Limit::Amount(a) => available < a,
             Limit::Percent(p) => capacity > 0 && (available as f64) < capacity as f64 * p / 100.0,
@@ -213,6 +213,28 @@ fn ki(bytes: u64) -> String {
     format!("{}Ki", bytes / 1024)
 }
 
+/// A pod the eviction manager may evict: still running, neither static nor of a
+/// `system-*-critical` priority; its uid and priority.
+pub(crate) fn evictable(p: &Pod) -> Option<(String, i32)> {
+    if matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return None;
+    }
+    let static_pod = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::static_pod::source::SOURCE_ANNOTATION))
+        .is_some_and(|s| s != "api");
+    let priority = p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+    if static_pod || priority >= CRITICAL_PRIORITY {
+        return None;
+    }
+    Some((p.metadata.uid.clone()?, priority))
+}
+
 /// Under memory pressure: the pod to evict among `pods` (with their current status) and
 /// upstream's message for it, or None.
 pub fn memory_victim(
@@ -223,25 +245,10 @@ pub fn memory_victim(
 ) -> Option<(String, String)> {
     let mut ranked: Vec<(bool, i32, i64, &Pod, u64)> = Vec::new();
     for p in pods {
-        let status = p.status.as_ref();
-        if matches!(
-            status.and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        ) {
-            continue;
-        }
-        let annotations = p.metadata.annotations.as_ref();
-        let static_pod = annotations
-            .and_then(|a| a.get(crate::static_pod::source::SOURCE_ANNOTATION))
-            .is_some_and(|s| s != "api");
-        let priority = p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-        if static_pod || priority >= CRITICAL_PRIORITY {
-            continue;
-        }
-        let Some(uid) = p.metadata.uid.as_deref() else {
+        let Some((uid, priority)) = evictable(p) else {
             continue;
         };
-        let usage = crate::stats::read::cgroup(&rt.cgroup_of_pod(uid))
+        let usage = crate::stats::read::cgroup(&rt.cgroup_of_pod(&uid))
             .and_then(|u| u.memory)
             .map_or(0, |m| m.working_set);
         let request = crate::pod::admit::pod_requests(p).1.max(0) as u64;

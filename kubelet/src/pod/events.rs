@@ -37,6 +37,22 @@ impl Recorder {
         }
     }
 
+    /// Events about node `node` (upstream's node reference: the uid is the name; they are
+    /// written in `default`).
+    pub(crate) fn for_node(client: Option<kube::Client>, node: &str) -> Recorder {
+        Recorder {
+            client,
+            object: ObjectReference {
+                kind: Some("Node".into()),
+                name: Some(node.into()),
+                uid: Some(node.into()),
+                ..Default::default()
+            },
+            node: node.into(),
+            last: HashMap::new(),
+        }
+    }
+
     /// A Warning event, unless the same reason just had the same message.
     pub(crate) fn warn(&mut self, reason: &str, message: &str) {
         self.record("Warning", reason, message);
@@ -53,12 +69,16 @@ impl Recorder {
             return;
         }
         self.last.insert(reason.into(), message.into());
-        tracing::info!(pod = ?self.object.name, type_, reason, message, "pod event");
+        tracing::info!(object = ?self.object.name, type_, reason, message, "event");
         let Some(client) = self.client.clone() else {
             return;
         };
         let now = k8s_openapi::jiff::Timestamp::now();
-        let ns = self.object.namespace.clone().unwrap_or_default();
+        let ns = self
+            .object
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let name = self.object.name.clone().unwrap_or_default();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let ev = Event {

@@ -5,7 +5,7 @@
 //! sync loop ([`crate::node::sync`]) hands in.
 
 pub mod admit;
-mod events;
+pub(crate) mod events;
 pub mod hooks;
 pub mod probe;
 pub mod service_env;

@@ -11,6 +11,7 @@
 //! less than [`MIN_WINDOW`] after the last sample reuses its rate.
 
 pub mod read;
+pub mod storage;
 pub mod summary;
 
 use std::collections::{BTreeMap, HashMap};
@@ -143,10 +144,16 @@ impl Collector {
                 by_pod.entry(uid.clone()).or_default().push(c);
             }
         }
-        let pods = by_pod
-            .iter()
-            .filter_map(|(uid, cs)| self.pod(uid, cs, full))
-            .collect();
+        let mut pods = Vec::new();
+        for (uid, cs) in &by_pod {
+            // writable layers are measured by containerd's snapshotter
+            let storage = if full {
+                Some(storage::pod(&self.rt, uid).await)
+            } else {
+                None
+            };
+            pods.extend(self.pod(uid, cs, storage.as_ref()));
+        }
         Summary {
             node: self.node(full),
             pods,
@@ -206,7 +213,14 @@ impl Collector {
         node
     }
 
-    fn pod(&self, uid: &str, containers: &[Container], full: bool) -> Option<PodStats> {
+    /// With `storage` (the full summary), filesystems and volumes too.
+    fn pod(
+        &self,
+        uid: &str,
+        containers: &[Container],
+        storage: Option<&storage::PodStorage>,
+    ) -> Option<PodStats> {
+        let full = storage.is_some();
         let label = |c: &Container, k: &str| c.labels.get(k).cloned().unwrap_or_default();
         let sandbox = containers
             .iter()
@@ -241,7 +255,6 @@ impl Collector {
             ..Default::default()
         };
         let config = self.rt.config();
-        let mut logs_used = 0;
         let mut processes = sys::cgroup_pids(&sandbox_cgroup).len() as u64;
         for (name, (_, c, usage)) in &newest {
             let cgroup = label(c, LABEL_CGROUP);
@@ -258,12 +271,11 @@ impl Collector {
                 memory: usage.memory.as_ref().map(memory),
                 ..Default::default()
             };
-            if full {
+            if let Some(s) = storage.and_then(|s| s.containers.get(name)) {
+                cs.rootfs = fs(&config.root_dir, Some(s.rootfs));
                 let log = label(c, LABEL_LOG_PATH);
-                if let Some(dir) = Path::new(&log).parent().filter(|_| !log.is_empty()) {
-                    let used = sys::disk_usage(dir);
-                    logs_used += used.map_or(0, |u| u.0);
-                    cs.logs = fs(&config.log_dir, used);
+                if Path::new(&log).parent().is_some() && !log.is_empty() {
+                    cs.logs = fs(&config.log_dir, Some(s.logs));
                 }
             }
             stats.containers.push(cs);
@@ -278,13 +290,10 @@ impl Collector {
                 .map(|t| read::net_dev(&t))
                 .unwrap_or_default();
             stats.network = network(interfaces, Some("eth0"));
-            let (volumes, empty_dirs) = volumes(&config.pod_dir(uid));
-            stats.volume = volumes;
-            let used = logs_used + empty_dirs;
-            stats.ephemeral_storage = fs(&config.root_dir, Some((used, 0))).map(|f| FsStats {
-                inodes_used: None,
-                ..f
-            });
+            stats.volume = volumes(&config.pod_dir(uid));
+            // upstream: writable layers + logs + disk-backed emptyDirs
+            let used = storage.map_or((0, 0), |s| (s.bytes(), s.inodes()));
+            stats.ephemeral_storage = fs(&config.root_dir, Some(used));
         }
         Some(stats)
     }
@@ -343,16 +352,13 @@ fn fs(path: &Path, used: Option<(u64, u64)>) -> Option<FsStats> {
     })
 }
 
-/// Each volume of the pod dir (`volumes/<plugin>/<name>`), and the bytes its disk-backed
-/// emptyDirs hold (part of the pod's ephemeral storage).
-fn volumes(pod_dir: &Path) -> (Vec<VolumeStats>, u64) {
+/// Each volume of the pod dir (`volumes/<plugin>/<name>`).
+fn volumes(pod_dir: &Path) -> Vec<VolumeStats> {
     let mut out = Vec::new();
-    let mut empty_dirs = 0;
     let plugins = std::fs::read_dir(pod_dir.join("volumes"))
         .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
         .unwrap_or_default();
     for plugin in plugins {
-        let is_empty_dir = plugin.ends_with(crate::volume::EMPTY_DIR);
         let Ok(dir) = std::fs::read_dir(&plugin) else {
             continue;
         };
@@ -362,11 +368,6 @@ fn volumes(pod_dir: &Path) -> (Vec<VolumeStats>, u64) {
             let Some(fs) = fs(&path, used) else {
                 continue;
             };
-            // A memory-backed emptyDir is a mount of its own (a tmpfs), not the node's disk.
-            let on_disk = !sys::mounts_under(&path).contains(&path);
-            if is_empty_dir && on_disk {
-                empty_dirs += used.map_or(0, |u| u.0);
-            }
             out.push(VolumeStats {
                 fs,
                 name: v.file_name().to_string_lossy().into_owned(),
@@ -374,5 +375,5 @@ fn volumes(pod_dir: &Path) -> (Vec<VolumeStats>, u64) {
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    (out, empty_dirs)
+    out
 }

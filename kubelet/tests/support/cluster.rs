@@ -47,9 +47,15 @@ impl Cluster {
     /// The apiserver runs; the kubelet does not yet (see [`Cluster::start_kubelet`]).
     /// `octet` picks the pod CIDR 10.244.<octet>.0/24: give every test its own.
     pub async fn new(tag: &str, octet: u8) -> Cluster {
+        Cluster::new_in(tag, octet, &std::env::temp_dir()).await
+    }
+
+    /// [`Cluster::new`] with every dir (the kubelet's root, containerd's root) under
+    /// `parent`: a filesystem the test controls.
+    pub async fn new_in(tag: &str, octet: u8, parent: &std::path::Path) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("kaze-kubelet-{tag}-"))
-            .tempdir()
+            .tempdir_in(parent)
             .expect("temp dir");
         let api_config = apiserver::Config {
             secure_port: testkit::free_port(),
@@ -60,9 +66,11 @@ impl Cluster {
             .expect("apiserver");
         let kubeconfig = server.kubeconfig_path().to_path_buf();
         let client = component::client(Some(&kubeconfig)).await.expect("client");
-        let containerd = tokio::task::spawn_blocking(testkit::Containerd::start)
-            .await
-            .expect("containerd");
+        let containerd_parent = dir.path().to_path_buf();
+        let containerd =
+            tokio::task::spawn_blocking(move || testkit::Containerd::start_in(&containerd_parent))
+                .await
+                .expect("containerd");
         let root = dir.path().join("kubelet");
         let images = root.join("agent/images");
         std::fs::create_dir_all(&images).expect("images dir");

@@ -324,6 +324,10 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 /// 127.0.0.1 with a free kubelet port, pods on `bridge` through the real CNI plugins, its
 /// cgroups under `/kaze-test/<node>`, the apiserver's CA as client CA. Tests override what
 /// they need with struct update syntax.
+///
+/// Neither image garbage collection (off: high threshold 100) nor disk-pressure eviction
+/// (only a memory threshold) can act on this machine's disk, which may be nearly full: the
+/// tests that exercise them set their own thresholds on a filesystem they control.
 pub fn node_config(
     kubeconfig: &Path,
     client_ca: PathBuf,
@@ -334,6 +338,7 @@ pub fn node_config(
     bridge: &str,
 ) -> kubelet::node::Config {
     kubelet::node::Config {
+        config: None,
         kubeconfig: Some(kubeconfig.to_path_buf()),
         hostname_override: Some(node.to_string()),
         node_ip: Some("127.0.0.1".parse().expect("ip")),
@@ -349,16 +354,32 @@ pub fn node_config(
         node_labels: vec![],
         max_pods: 110,
         port: testkit::free_port(),
+        address: "0.0.0.0".parse().expect("ip"),
         cgroup_root: Some(format!("/kaze-test/{node}")),
         lease_renew_interval: Duration::from_secs(1),
         client_ca_file: Some(client_ca),
         anonymous_auth: false,
         allowed_unsafe_sysctls: Vec::new(),
-        eviction_hard: kubelet::node::pressure::DEFAULT_EVICTION_HARD.into(),
+        eviction_hard: TEST_EVICTION_HARD.into(),
         pod_cidr: None,
         static_pods: Default::default(),
+        image_gc: NO_IMAGE_GC,
+        given: Vec::new(),
     }
 }
+
+/// The fixtures' `--eviction-hard`: upstream's memory threshold only, so a nearly full
+/// host disk (DiskPressure) never evicts a test's pods.
+pub const TEST_EVICTION_HARD: &str = "memory.available<100Mi";
+
+/// The fixtures' image GC: off (`--image-gc-high-threshold=100`), so the imported test
+/// images are never collected under a running test on a nearly full host disk.
+pub const NO_IMAGE_GC: kubelet::images::gc::GcConfig = kubelet::images::gc::GcConfig {
+    high_threshold: 100,
+    low_threshold: 80,
+    minimum_age: Duration::from_secs(120),
+    period: Duration::from_secs(300),
+};
 
 /// A kubelet (`kubelet::node::run`) on a tokio runtime of its own, in a thread.
 pub struct Kubelet {
