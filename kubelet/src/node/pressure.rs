@@ -6,7 +6,8 @@
 //! more memory than they request (BestEffort pods request none), lowest priority first, then
 //! the largest excess. Static pods and pods of a `system-*-critical` priority are never
 //! evicted. `memory.available` is the kernel's `MemAvailable`; `nodefs` the filesystem of
-//! the kubelet's root dir; `pid.available` is `pid_max` minus the threads running.
+//! the kubelet's root dir; `pid.available` is `pid_max` minus the threads running. Disk
+//! pressure and `limits.ephemeral-storage` evict through [`super::local_storage`].
 
 use std::collections::HashMap;
 use std::path::Path;
