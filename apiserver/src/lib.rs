@@ -66,6 +66,10 @@ pub use server::{start, RunningServer};
 /// (`kaze kubeconfig --user`).
 pub use kubeconfig::for_user as user_kubeconfig;
 
+/// A kubeconfig for `server` (trusting the CA PEM) whose user logs in with a client
+/// certificate and key (PEM): what `kaze agent` writes for its node certificate.
+pub use kubeconfig::render_client_cert as client_cert_kubeconfig;
+
 /// kube-apiserver's flags that kaze supports, under upstream's names.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {

@@ -1,13 +1,18 @@
 //! `kaze agent --server URL --token TOKEN`: join this machine to a cluster as a node. The
 //! token (printed by `kaze server`, kept in `<data-dir>/server/token` there) pins the
-//! cluster CA; the agent checks the server against it before sending the token, then runs
-//! this machine's containerd and kubelet with a kubeconfig it writes to
-//! `<data-dir>/agent/kubeconfig.yaml`; the CA it checked goes to `<data-dir>/agent/ca.crt`,
-//! the kubelet's `--client-ca-file` (the apiserver's client certificate comes from it).
+//! cluster CA; the agent checks the server against it before sending the token's secret,
+//! which is only a bootstrap credential: with it the agent gets this node's own client
+//! certificate (`system:node:<name>` in `system:nodes`, `crate::bootstrap`), and runs this
+//! machine's containerd, kubelet and proxy with a kubeconfig holding that certificate,
+//! `<data-dir>/agent/kubeconfig.yaml` (the join token's is
+//! `<data-dir>/agent/bootstrap-kubeconfig.yaml`). The Node authorizer and NodeRestriction
+//! then limit the node to its own objects. The CA it checked goes to
+//! `<data-dir>/agent/ca.crt`, the kubelet's `--client-ca-file` (the apiserver's client
+//! certificate comes from it).
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::node::{self, NodeArgs};
 
@@ -33,26 +38,30 @@ pub async fn run(args: AgentArgs, shutdown: component::CancellationToken) -> any
         .with_context(|| format!("checking the server {}", args.server))?;
     let dir = args.data_dir.join("agent");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let kubeconfig = dir.join("kubeconfig.yaml");
+    let server = args.server.trim_end_matches('/');
+    let bootstrap = dir.join("bootstrap-kubeconfig.yaml");
     std::fs::write(
-        &kubeconfig,
-        crate::join::kubeconfig(args.server.trim_end_matches('/'), &ca_pem, &secret),
+        &bootstrap,
+        crate::join::kubeconfig(server, &ca_pem, &secret),
     )
-    .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    .with_context(|| format!("writing {}", bootstrap.display()))?;
+    std::fs::set_permissions(
+        &bootstrap,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .with_context(|| format!("restricting {}", bootstrap.display()))?;
     let ca_file = dir.join("ca.crt");
     std::fs::write(&ca_file, &ca_pem).with_context(|| format!("writing {}", ca_file.display()))?;
-    // Prove the token before starting anything.
-    let client = component::client(Some(&kubeconfig)).await?;
-    let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
-    match ns.get("default").await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 401 => {
-            bail!("the server refused the join token (401 Unauthorized): copy it again from <server data-dir>/server/token")
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context("talking to the server with the join token"))
-        }
-    }
+    let node_name = args
+        .node
+        .node_name
+        .clone()
+        .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase());
+    let paths = crate::bootstrap::Paths::new(&dir);
+    let kubeconfig =
+        crate::bootstrap::node_kubeconfig(&paths, server, &ca_pem, &node_name, &bootstrap)
+            .await
+            .context("getting this node's client certificate")?;
     tracing::info!(server = %args.server, "joined; starting this node");
     let mut components = node::Components::default();
     let own = node::start(

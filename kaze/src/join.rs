@@ -55,7 +55,8 @@ pub fn ensure_node_secret(data_dir: &Path) -> anyhow::Result<String> {
 }
 
 /// The apiserver's token file: the user's `--token-auth-file` lines, plus the node secret
-/// (user `kaze-node`, group `system:nodes`).
+/// as a bootstrap credential ([`bootstrap_user`], group `system:bootstrappers`): it may only
+/// ask for node client certificates (`crate::bootstrap`), which the server approves.
 pub fn token_file(
     data_dir: &Path,
     secret: &str,
@@ -69,10 +70,19 @@ pub fn token_file(
     if !content.is_empty() && !content.ends_with('\n') {
         content.push('\n');
     }
-    content.push_str(&format!("{secret},kaze-node,kaze-node,\"system:nodes\"\n"));
+    let user = bootstrap_user(secret);
+    content.push_str(&format!(
+        "{secret},{user},{user},\"system:bootstrappers\"\n"
+    ));
     let path = data_dir.join("server").join("tokens.csv");
     std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// The user the join secret authenticates as: `system:bootstrap:<id>`, the id six hex
+/// characters of the secret's hash (upstream's bootstrap tokens are `<id>.<secret>`).
+pub fn bootstrap_user(secret: &str) -> String {
+    format!("system:bootstrap:{}", &sha256_hex(secret.as_bytes())[..6])
 }
 
 pub fn join_token(ca_pem: &str, secret: &str) -> String {
@@ -242,13 +252,14 @@ pub async fn fetch_verified_ca(server: &str, ca_hash: &str) -> anyhow::Result<St
     Ok(ca_pem)
 }
 
-/// A kubeconfig for `server` with the CA and a bearer token.
+/// A kubeconfig for `server` with the CA and a bearer token (the join secret: the agent's
+/// bootstrap credential).
 pub fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
     use base64::Engine;
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: kaze\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n- name: kaze-node\n  user:\n    token: {token}\ncontexts:\n- name: kaze\n  context:\n    cluster: kaze\n    user: kaze-node\n\
+         users:\n- name: kubelet-bootstrap\n  user:\n    token: {token}\ncontexts:\n- name: kaze\n  context:\n    cluster: kaze\n    user: kubelet-bootstrap\n\
          current-context: kaze\n"
     )
 }
