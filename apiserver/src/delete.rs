@@ -105,6 +105,10 @@ pub async fn delete(
         let gc_finalizer = match opts.propagation.as_deref() {
             Some("Foreground") => Some("foregroundDeletion"),
             Some("Orphan") => Some("orphan"),
+            // a CRD goes once its custom resources are deleted (`crate::crd`)
+            _ if crate::crd::is_crd(def) && !meta::is_deleting(&cur) => {
+                Some(crate::crd::CLEANUP_FINALIZER)
+            }
             _ => None,
         };
         let finalizers = meta::finalizers(&cur);

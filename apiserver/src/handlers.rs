@@ -86,7 +86,12 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match dispatch(state, method, t, q, headers, body).await {
+    let warn = matches!(
+        q.get("fieldValidation").map(String::as_str),
+        None | Some("" | "Warn")
+    );
+    match crate::warning::field_validation(warn, dispatch(state, method, t, q, headers, body)).await
+    {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -102,6 +107,17 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let accept = negotiate::accept(&headers)?;
     let def = t.def.clone();
+    if def.custom.is_some() && matches!(method, Method::POST | Method::PUT | Method::PATCH) {
+        // custom resources are JSON (and YAML) only, and have no strategic merge patch
+        let ty = negotiate::body_type(&headers)?;
+        if matches!(ty, BodyType::Protobuf | BodyType::StrategicMergePatch) {
+            let ct = headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            return Err(crate::crd::unsupported_media_type(ct));
+        }
+    }
     let ns = t.namespace.as_deref();
     if def.namespaced && t.name.is_some() && ns.is_none() {
         return Err(ApiError::no_route(&format!(

@@ -28,6 +28,9 @@ fn invalid(field: &str, msg: impl Into<String>) -> Cause {
 /// Fill in upstream's defaults that clients read back.
 pub fn default_object(def: &ResourceDef, obj: &mut Value) {
     match (def.group, def.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            crate::crd::validation::default_crd(obj)
+        }
         ("", "Namespace") => {
             if obj.pointer("/spec/finalizers").is_none() {
                 obj["spec"] = json!({ "finalizers": ["kubernetes"] });
@@ -348,6 +351,9 @@ fn default_template(spec: &mut Value) {
 pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     match (def.group, def.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            causes.extend(crate::crd::validation::validate_crd(obj, old))
+        }
         ("certificates.k8s.io", "CertificateSigningRequest") => {
             causes.extend(crate::certificates::validate(obj, old));
         }

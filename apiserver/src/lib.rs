@@ -21,6 +21,7 @@ mod cache;
 mod certificates;
 mod compactor;
 mod convert;
+mod crd;
 mod delete;
 mod discovery;
 mod error;

@@ -24,12 +24,24 @@ pub fn decode_kv(def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {
     if let Some(c) = def.conversion {
         v = (c.from_storage)(v);
     }
+    if let Some(c) = &def.custom {
+        crate::crd::from_storage(def, c, &mut v);
+    }
     Ok(v)
 }
 
 /// What is stored: the object without its `resourceVersion` (that is the store's revision).
 pub(crate) fn encode(def: &ResourceDef, obj: &Value) -> Bytes {
-    if def.conversion.is_none() && obj.pointer("/metadata/resourceVersion").is_none() {
+    // custom resources of every served version are stored as the storage version
+    let as_stored = def
+        .custom
+        .as_ref()
+        .map(|c| crate::crd::storage_api_version(def, c))
+        .filter(|av| obj.get("apiVersion").and_then(Value::as_str) != Some(av.as_str()));
+    if def.conversion.is_none()
+        && as_stored.is_none()
+        && obj.pointer("/metadata/resourceVersion").is_none()
+    {
         // Already in stored form (e.g. a new object): no copy needed.
         return Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
     }
@@ -38,6 +50,9 @@ pub(crate) fn encode(def: &ResourceDef, obj: &Value) -> Bytes {
         None => obj.clone(),
     };
     meta::metadata_mut(&mut v).remove("resourceVersion");
+    if let (Some(av), Some(m)) = (as_stored, v.as_object_mut()) {
+        m.insert("apiVersion".into(), json!(av));
+    }
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
@@ -191,6 +206,9 @@ fn check_object(
             def.kind, def.version, def.kind
         ))
     };
+    if let Some(c) = &def.custom {
+        return crate::crd::check_object(def, c, obj, strict);
+    }
     let typed = (def.roundtrip)(obj).map_err(cannot)?;
     if strict {
         let mut unknown = Vec::new();
@@ -318,6 +336,9 @@ pub async fn create(
     m.insert("uid".into(), json!(meta::new_uid()));
     m.insert("creationTimestamp".into(), json!(meta::now()));
     m.insert("generation".into(), json!(1));
+    if let Some(c) = &def.custom {
+        crate::crd::prepare_create(def, c, &mut obj)?;
+    }
     kinds::default_object(def, &mut obj);
 
     if let Some(ns) = ns {

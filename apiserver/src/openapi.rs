@@ -345,6 +345,51 @@ fn gv_document(reg: &Registry, group: &str, version: &str) -> Value {
     })
 }
 
+/// The document of a custom resource group-version ([`crate::crd`]): `defs` with the names
+/// of their kinds' schemas, which `schemas` holds. Patch operations do not offer strategic
+/// merge patch, which custom resources do not take (so kubectl sends merge patches).
+pub(crate) fn custom_gv_document(
+    defs: &[(&ResourceDef, String)],
+    mut schemas: Map<String, Value>,
+) -> Value {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut paths = Map::new();
+    for (d, name) in defs {
+        add_paths(&mut paths, d, &schema_ref(name));
+    }
+    generator.subschema_for::<meta::ObjectMeta>();
+    generator.subschema_for::<meta::ListMeta>();
+    generator.subschema_for::<meta::Status>();
+    generator.subschema_for::<meta::DeleteOptions>();
+    generator.subschema_for::<meta::Patch>();
+    let scale = defs.iter().any(|(d, _)| d.has(Sub::Scale));
+    if scale {
+        generator.subschema_for::<k8s_openapi::api::autoscaling::v1::Scale>();
+    }
+    for (name, schema) in generator.take_definitions(true) {
+        schemas.entry(name).or_insert(schema);
+    }
+    if let Some(Value::Object(s)) = schemas.get_mut("io.k8s.api.autoscaling.v1.Scale") {
+        s.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([{"group": "autoscaling", "version": "v1", "kind": "Scale"}]),
+        );
+    }
+    for path in paths.values_mut() {
+        if let Some(Value::Object(c)) = path.pointer_mut("/patch/requestBody/content") {
+            c.remove("application/strategic-merge-patch+json");
+        }
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}}},
+        "security": [{"BearerToken": []}],
+    })
+}
+
 /// k8s-openapi's Rust objects always have `metadata` (not an `Option`), so their schemas list
 /// it as required; upstream's never do. kubectl validating a review against v2 would refuse
 /// one without `metadata`, and `kubectl explain` would call it required.

@@ -10,6 +10,7 @@ use k8s_openapi::api::{
     apps, authentication, authorization, autoscaling, batch, certificates, coordination, core,
     discovery, events, networking, policy, rbac, scheduling, storage,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -157,6 +158,9 @@ pub struct ResourceDef {
     pub conversion: Option<crate::convert::Conversion>,
     /// Set for create-only resources answered without storage (access reviews).
     pub review: Option<crate::reviews::Review>,
+    /// Set for the versions of custom resources: what their CRD says (schema, columns,
+    /// scale paths); see [`crate::crd`].
+    pub custom: Option<Arc<crate::crd::Custom>>,
 }
 
 impl std::fmt::Debug for ResourceDef {
@@ -250,6 +254,7 @@ macro_rules! def {
             schema_name: <$ty as JsonSchema>::schema_name,
             conversion: None,
             review: None,
+            custom: None,
         }
     };
 }
@@ -381,6 +386,10 @@ fn builtins() -> Vec<ResourceDef> {
             "authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "tokenreviews", fields: NONE, printer: P::Default)
         },
+        // Custom resources are served from these (`crate::crd`).
+        def!(apiextensions::CustomResourceDefinition, "apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", ns: false,
+            short: &["crd", "crds"], cat: &["api-extensions"], subs: STATUS, storage: "apiextensions.k8s.io/customresourcedefinitions",
+            fields: NONE, printer: P::Default),
         // Kinds without a kaze controller yet, served so real-world manifests (RBAC,
         // volumes, PDBs, ingresses) apply and their future controllers have an API.
         def!(core::v1::PersistentVolume, "", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", ns: false,
@@ -431,7 +440,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn builtin() -> Registry {
-        let defs: Vec<Arc<ResourceDef>> = builtins().into_iter().map(Arc::new).collect();
+        Registry::from_defs(builtins().into_iter().map(Arc::new).collect())
+    }
+
+    /// A registry of `defs` (the built-ins plus custom resources: [`crate::crd`]).
+    pub fn from_defs(defs: Vec<Arc<ResourceDef>>) -> Registry {
         let by_gvr = defs
             .iter()
             .map(|d| {

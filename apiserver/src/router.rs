@@ -201,7 +201,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
-    let Some(route) = parse(&state.registry, &path) else {
+    // built-ins plus the custom resources served right now
+    let served = state.crds.snapshot();
+    let Some(route) = parse(&served.registry, &path) else {
         return ApiError::no_route(&path).into_response();
     };
     let attrs = match &route {
@@ -213,10 +215,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         return r;
     }
     match route {
-        Route::CoreRoot => crate::discovery::core_root(&state.registry, &parts.headers),
-        Route::GroupsRoot => crate::discovery::groups_root(&state.registry, &parts.headers),
-        Route::Group(g) => crate::discovery::group(&state.registry, &g),
-        Route::ResourceList(g, v) => crate::discovery::resource_list(&state.registry, &g, &v),
+        Route::CoreRoot => crate::discovery::core_root(&served.registry, &parts.headers),
+        Route::GroupsRoot => crate::discovery::groups_root(&served.registry, &parts.headers),
+        Route::Group(g) => crate::discovery::group(&served.registry, &g),
+        Route::ResourceList(g, v) => crate::discovery::resource_list(&served.registry, &g, &v),
         Route::Resource(t) => {
             let body = match read_body(body).await {
                 Ok(b) => b,
@@ -455,8 +457,13 @@ fn openapi(state: &AppState, rest: &str) -> Response {
             .into_response()
     };
     let rest = rest.trim_matches('/');
+    let served = state.crds.snapshot();
     if rest.is_empty() {
-        return json(state.openapi.index(&state.registry));
+        let builtin = state.openapi.index(&state.registry);
+        return json(&crate::crd::openapi_index(&served, builtin));
+    }
+    if let Some(doc) = crate::crd::openapi_document(&served, rest) {
+        return json(&doc);
     }
     match state.openapi.document(&state.registry, rest) {
         Some(doc) => json(doc),

@@ -219,11 +219,13 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     let shutdown = CancellationToken::new();
     let registry = Registry::builtin();
     let cache = crate::cache::WatchCache::new(&storage, &registry, config.default_watch_cache_size);
+    let crds = crate::crd::Crds::new(&registry);
     let state = Arc::new(AppState {
         storage,
         tokens,
         client_ca,
         registry,
+        crds,
         ips,
         node_ports,
         shutdown: shutdown.clone(),
@@ -260,6 +262,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         config.cluster_signing_duration,
     ));
     tokio::spawn(crate::quota::run(state.clone()));
+    tokio::spawn(crate::crd::run(state.clone()));
     tokio::spawn(crate::compactor::run(
         state.clone(),
         config.etcd_compaction_interval,

@@ -14,6 +14,9 @@ pub struct AppState {
     /// Verifies client certificates (`--client-ca-file`, default the cluster CA).
     pub client_ca: component::https::ClientCa,
     pub registry: Registry,
+    /// The stored CustomResourceDefinitions and the registry they make served (built-ins
+    /// plus custom resources): what requests are routed with.
+    pub crds: crate::crd::Crds,
     pub ips: IpAllocator,
     pub node_ports: PortAllocator,
     /// Cancelled on shutdown: long-running responses (watches) end with it so connections

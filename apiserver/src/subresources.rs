@@ -14,13 +14,57 @@ use crate::selector::LabelSelector;
 use crate::state::AppState;
 use crate::status::ApiError;
 
-fn to_scale(obj: &Value) -> Value {
+/// Where a kind keeps its replicas: `/spec/replicas` and `/status/replicas`, or what a
+/// CRD's scale subresource says (`crate::crd`).
+fn replica_paths(def: &ResourceDef) -> (String, String) {
+    match def.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(s) => (
+            crate::crd::pointer(&s.spec_replicas),
+            crate::crd::pointer(&s.status_replicas),
+        ),
+        None => ("/spec/replicas".into(), "/status/replicas".into()),
+    }
+}
+
+/// `obj` with `replicas` at `pointer` (intermediate objects created).
+fn set_replicas(mut obj: Value, pointer: &str, replicas: i64) -> Value {
+    let mut cur = &mut obj;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        if i + 1 == parts.len() {
+            cur[*p] = json!(replicas);
+            break;
+        }
+        cur = cur
+            .as_object_mut()
+            .expect("an object")
+            .entry(p.to_string())
+            .or_insert_with(|| json!({}));
+    }
+    obj
+}
+
+fn to_scale(def: &ResourceDef, obj: &Value) -> Value {
     let m = obj.get("metadata").cloned().unwrap_or(json!({}));
-    let selector = obj
-        .pointer("/spec/selector")
-        .and_then(|s| LabelSelector::from_object(s).ok())
-        .map(|s| s.to_string_form())
-        .unwrap_or_default();
+    let (spec_path, status_path) = replica_paths(def);
+    let selector = match def.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        // a CRD's labelSelectorPath holds the selector in string form
+        Some(s) => s
+            .label_selector
+            .as_ref()
+            .and_then(|p| obj.pointer(&crate::crd::pointer(p)))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        None => obj
+            .pointer("/spec/selector")
+            .and_then(|s| LabelSelector::from_object(s).ok())
+            .map(|s| s.to_string_form())
+            .unwrap_or_default(),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -28,8 +72,8 @@ fn to_scale(obj: &Value) -> Value {
             "name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
             "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
-        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+        "spec": {"replicas": obj.pointer(&spec_path).and_then(Value::as_i64).unwrap_or(0)},
+        "status": {"replicas": obj.pointer(&status_path).and_then(Value::as_i64).unwrap_or(0), "selector": selector},
     })
 }
 
@@ -75,8 +119,7 @@ pub async fn scale(
                 _ => None,
             };
             objects::guaranteed_update(state, def, ns, name, precondition, dry_run, |cur| {
-                let mut new = cur.clone();
-                new["spec"]["replicas"] = json!(replicas);
+                let new = set_replicas(cur.clone(), &replica_paths(def).0, replicas);
                 objects::prepare_update(def, cur, new, objects::Part::Main, false)
             })
             .await?
@@ -85,10 +128,9 @@ pub async fn scale(
             let ty = negotiate::body_type(headers)?;
             let patch = crate::handlers::decode_patch(body, ty)?;
             objects::guaranteed_update(state, def, ns, name, None, dry_run, |cur| {
-                let scaled = crate::patch::apply(ty, &to_scale(cur), &patch)?;
+                let scaled = crate::patch::apply(ty, &to_scale(def, cur), &patch)?;
                 crate::handlers::check_patched_rv(def, name, cur, &scaled)?;
-                let mut new = cur.clone();
-                new["spec"]["replicas"] = json!(replicas_of(&scaled)?);
+                let new = set_replicas(cur.clone(), &replica_paths(def).0, replicas_of(&scaled)?);
                 objects::prepare_update(def, cur, new, objects::Part::Main, false)
             })
             .await?
@@ -102,7 +144,7 @@ pub async fn scale(
     };
     Ok(negotiate::respond(
         StatusCode::OK,
-        &to_scale(&updated),
+        &to_scale(def, &updated),
         Format::Json,
     ))
 }

@@ -1384,6 +1384,9 @@ pub fn table(
     version: &str,
     list_meta: Value,
 ) -> Value {
+    if let Some(c) = &def.custom {
+        return crate::crd::table(c, items, include, version, list_meta);
+    }
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {

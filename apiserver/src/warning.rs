@@ -15,6 +15,18 @@ use axum::response::Response;
 
 tokio::task_local! {
     static WARNINGS: RefCell<Vec<String>>;
+    /// `fieldValidation=Warn` (upstream's default): unknown fields are named in warnings.
+    static WARN_UNKNOWN_FIELDS: bool;
+}
+
+/// Run a request's handler with `fieldValidation` set to `Warn` (`warn`) or not.
+pub async fn field_validation<F: Future>(warn: bool, handler: F) -> F::Output {
+    WARN_UNKNOWN_FIELDS.scope(warn, handler).await
+}
+
+/// Whether the request being handled wants a warning per unknown field it sent.
+pub fn warn_unknown_fields() -> bool {
+    WARN_UNKNOWN_FIELDS.try_with(|w| *w).unwrap_or(false)
 }
 
 /// Warn the client of the request being handled; outside [`collect`], nothing happens.
