@@ -680,3 +680,113 @@ fn a_second_apiserver_on_the_same_etcd_serves_custom_resources() {
         .kubectl_fails(&["get", "widget", "shared"], None)
         .contains("not found"));
 }
+
+#[test]
+fn schema_defaults_apply_on_read_and_ignore_drops_unknown_fields_silently() {
+    let s = TestServer::start();
+    let group = "defaults.example.com";
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&widget_crd(group)));
+    established(&s, &format!("widgets.{group}"));
+    let cr = format!(
+        "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  image: nginx\n  foo: bar\n"
+    );
+    // fieldValidation=Ignore: stored without the field, and no warning
+    let out = s.kubectl_output(&["apply", "--validate=ignore", "-f", "-"], Some(&cr));
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("unknown field"), "{stderr}");
+    let get = |s: &TestServer| -> Value {
+        serde_json::from_str(&s.kubectl(&["get", "widget", "w", "-o", "json"])).expect("json")
+    };
+    let w = get(&s);
+    assert!(w["spec"].get("foo").is_none(), "{w}");
+    assert!(w["spec"].get("color").is_none(), "{w}");
+    // a default added to the schema later shows on objects already stored
+    s.kubectl(&[
+        "patch",
+        "crd",
+        &format!("widgets.{group}"),
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/color/default","value":"blue"}]"#,
+    ]);
+    common::eventually("the new default on read", || {
+        get(&s)["spec"]["color"] == "blue"
+    });
+    // an invalid CRD update is refused and changes nothing
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "crd",
+            &format!("widgets.{group}"),
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"scope":"Cluster"}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains(r#"spec.scope: Invalid value: "Cluster": field is immutable"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn custom_resources_are_authorized_like_any_resource() {
+    const ALICE: &str = "alice-token-0123456789";
+    const BOB: &str = "bob-token-0123456789";
+    let s = TestServer::start_with_tokens(&format!("{ALICE},alice,1001\n{BOB},bob,1002\n"), |_| {});
+    let group = "rbac.example.com";
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&widget_crd(group)));
+    established(&s, &format!("widgets.{group}"));
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"
+apiVersion: {group}/v1
+kind: Widget
+metadata: {{name: w}}
+spec: {{image: nginx}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: widget-reader}}
+rules:
+- apiGroups: ["{group}"]
+  resources: ["widgets"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-reads-widgets}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: widget-reader}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}
+"#
+        )),
+    );
+    let as_user = |token: &str, args: &[&str]| {
+        let mut all = vec!["--token", token];
+        all.extend_from_slice(args);
+        s.kubectl_result(&all, None)
+    };
+    common::eventually("alice's binding", || {
+        as_user(ALICE, &["get", "widgets", "-o", "name"]).1 == format!("widget.{group}/w")
+    });
+    let (ok, _, err) = as_user(ALICE, &["delete", "widget", "w"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            r#"widgets.{group} "w" is forbidden: User "alice" cannot delete resource "widgets" in API group "{group}" in the namespace "default""#
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = as_user(BOB, &["get", "widgets"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            r#"widgets.{group} is forbidden: User "bob" cannot list resource "widgets" in API group "{group}" in the namespace "default""#
+        )),
+        "{err}"
+    );
+}
