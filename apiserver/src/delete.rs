@@ -138,6 +138,15 @@ pub async fn delete(
             let m = meta::metadata_mut(&mut new);
             m.insert("deletionTimestamp".into(), json!(meta::format_ts(when)));
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            // Upstream bumps a set generation when an object starts being deleted, so a
+            // controller sees the deletion as a change to observe.
+            if let Some(g) = m
+                .get("generation")
+                .and_then(Value::as_i64)
+                .filter(|g| *g > 0)
+            {
+                m.insert("generation".into(), json!(g + 1));
+            }
             if is_namespace {
                 new["status"]["phase"] = json!("Terminating");
             }

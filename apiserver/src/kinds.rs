@@ -81,10 +81,10 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             set_default(spec, "replicas", json!(1));
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(spec, "progressDeadlineSeconds", json!(600));
-            set_default(
+            default_rolling_strategy(
                 spec,
                 "strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+                [("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))],
             );
             default_template(spec);
         }
@@ -97,20 +97,35 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             set_default(spec, "replicas", json!(1));
             set_default(spec, "podManagementPolicy", json!("OrderedReady"));
             set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(
-                spec,
-                "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-            );
+            // Upstream: an unset type becomes RollingUpdate with default parameters; a
+            // RollingUpdate given without parameters stays without.
+            set_default(spec, "updateStrategy", json!({}));
+            if let Some(u) = spec.get_mut("updateStrategy").filter(|u| u.is_object()) {
+                if u.get("type").is_none_or(Value::is_null) {
+                    u["type"] = json!("RollingUpdate");
+                    set_default(u, "rollingUpdate", json!({}));
+                }
+                if u["type"] == "RollingUpdate" && u["rollingUpdate"].is_object() {
+                    set_default(&mut u["rollingUpdate"], "partition", json!(0));
+                }
+            }
+            set_default(spec, "persistentVolumeClaimRetentionPolicy", json!({}));
+            if let Some(p) = spec
+                .get_mut("persistentVolumeClaimRetentionPolicy")
+                .filter(|p| p.is_object())
+            {
+                set_default(p, "whenDeleted", json!("Retain"));
+                set_default(p, "whenScaled", json!("Retain"));
+            }
             default_template(spec);
         }
         ("apps", "DaemonSet") => {
             let spec = &mut obj["spec"];
             set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(
+            default_rolling_strategy(
                 spec,
                 "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                [("maxUnavailable", json!(1)), ("maxSurge", json!(0))],
             );
             default_template(spec);
         }
@@ -283,9 +298,31 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// Set `field` of an object when it is absent or `null` (a nil pointer upstream).
 fn set_default(obj: &mut Value, field: &str, value: Value) {
     if let Some(map) = obj.as_object_mut() {
-        map.entry(field.to_string()).or_insert(value);
+        let slot = map.entry(field.to_string()).or_insert(Value::Null);
+        if slot.is_null() {
+            *slot = value;
+        }
+    }
+}
+
+/// A Deployment's `strategy` or a DaemonSet's `updateStrategy` as upstream defaults them:
+/// field by field, so `strategy: {}` (what `kubectl create deployment` sends) gets every
+/// default, and a `RollingUpdate` gets each missing parameter.
+fn default_rolling_strategy(spec: &mut Value, field: &str, rolling: [(&str, Value); 2]) {
+    set_default(spec, field, json!({}));
+    let Some(strategy) = spec.get_mut(field).filter(|s| s.is_object()) else {
+        return;
+    };
+    set_default(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] != "RollingUpdate" {
+        return;
+    }
+    set_default(strategy, "rollingUpdate", json!({}));
+    for (k, v) in rolling {
+        set_default(&mut strategy["rollingUpdate"], k, v);
     }
 }
 
@@ -351,11 +388,33 @@ fn default_template(spec: &mut Value) {
 pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     match (def.group, def.kind) {
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-            causes.extend(crate::crd::validation::validate_crd(obj, old))
+        ("apps", "ControllerRevision") => {
+            if obj.get("data").is_none_or(Value::is_null) {
+                causes.push((
+                    "data".into(),
+                    "FieldValueRequired",
+                    "Required value: data is mandatory".into(),
+                ));
+            }
+            if let Some(r) = obj
+                .get("revision")
+                .and_then(Value::as_i64)
+                .filter(|r| *r < 0)
+            {
+                causes.push(invalid(
+                    "revision",
+                    format!("Invalid value: {r}: must be greater than or equal to 0"),
+                ));
+            }
+            if old.is_some_and(|old| old.get("data") != obj.get("data")) {
+                causes.push(invalid("data", "field is immutable"));
+            }
         }
         ("certificates.k8s.io", "CertificateSigningRequest") => {
             causes.extend(crate::certificates::validate(obj, old));
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            causes.extend(crate::crd::validation::validate_crd(obj, old))
         }
         ("", "Pod") => {
             validate_pod_spec(obj.get("spec"), "spec", &mut causes);
@@ -727,7 +786,33 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
     }
 }
 
-/// Does this kind have a `spec` whose changes bump `metadata.generation`?
+/// Whether objects of this resource carry `metadata.generation`. Upstream's strategies set
+/// it only for kinds with a spec that controllers act on (workloads, pods since
+/// PodObservedGenerationTracking, policies, networking objects, custom resources); plain data
+/// and bookkeeping kinds (ConfigMaps, Secrets, Services, Nodes, Namespaces, RBAC, Leases,
+/// Events...) never have one.
+pub fn tracks_generation(def: &ResourceDef) -> bool {
+    match def.group {
+        "" => matches!(
+            def.plural,
+            "pods" | "replicationcontrollers" | "podtemplates"
+        ),
+        "rbac.authorization.k8s.io"
+        | "coordination.k8s.io"
+        | "events.k8s.io"
+        | "scheduling.k8s.io"
+        | "storage.k8s.io"
+        | "certificates.k8s.io"
+        | "authentication.k8s.io"
+        | "authorization.k8s.io"
+        | "metrics.k8s.io" => false,
+        "apps" => def.plural != "controllerrevisions",
+        _ => true,
+    }
+}
+
+/// Does an update change more than metadata and status (what bumps `metadata.generation`
+/// of kinds that [`tracks_generation`]; Deployments also bump it for annotation changes)?
 pub fn spec_changed(old: &Value, new: &Value) -> bool {
     let strip = |v: &Value| {
         let mut v = v.clone();
@@ -744,6 +829,68 @@ pub fn spec_changed(old: &Value, new: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::registry::Registry;
+
+    #[test]
+    fn strategies_default_field_by_field() {
+        let r = Registry::builtin();
+        let defaulted = |plural: &str, spec: Value| {
+            let def = r.get("apps", "v1", plural).expect("kind");
+            let mut obj = json!({ "spec": spec });
+            default_object(def, &mut obj);
+            obj["spec"].clone()
+        };
+        // `kubectl create deployment` sends `strategy: {}`.
+        let d = defaulted("deployments", json!({"strategy": {}}));
+        assert_eq!(
+            d["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+        let d = defaulted(
+            "deployments",
+            json!({"strategy": {"rollingUpdate": {"maxSurge": 2}}}),
+        );
+        assert_eq!(
+            d["strategy"]["rollingUpdate"],
+            json!({"maxUnavailable": "25%", "maxSurge": 2})
+        );
+        let d = defaulted("deployments", json!({"strategy": {"type": "Recreate"}}));
+        assert_eq!(d["strategy"], json!({"type": "Recreate"}));
+        let d = defaulted("deployments", json!({"revisionHistoryLimit": null}));
+        assert_eq!(d["revisionHistoryLimit"], 10);
+
+        let ds = defaulted(
+            "daemonsets",
+            json!({"updateStrategy": {"type": "RollingUpdate"}}),
+        );
+        assert_eq!(
+            ds["updateStrategy"]["rollingUpdate"],
+            json!({"maxUnavailable": 1, "maxSurge": 0})
+        );
+        let ds = defaulted(
+            "daemonsets",
+            json!({"updateStrategy": {"type": "OnDelete"}}),
+        );
+        assert_eq!(ds["updateStrategy"], json!({"type": "OnDelete"}));
+
+        let ss = defaulted("statefulsets", json!({}));
+        assert_eq!(
+            ss["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(
+            ss["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        // A RollingUpdate given without parameters stays without (upstream).
+        let ss = defaulted(
+            "statefulsets",
+            json!({"updateStrategy": {"type": "RollingUpdate"}}),
+        );
+        assert_eq!(ss["updateStrategy"], json!({"type": "RollingUpdate"}));
+        // A malformed strategy is left for validation to reject, not a panic.
+        let d = defaulted("deployments", json!({"strategy": "fast"}));
+        assert_eq!(d["strategy"], "fast");
+    }
 
     #[test]
     fn pod_needs_containers_with_name_and_image() {

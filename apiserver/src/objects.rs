@@ -335,7 +335,10 @@ pub async fn create(
     }
     m.insert("uid".into(), json!(meta::new_uid()));
     m.insert("creationTimestamp".into(), json!(meta::now()));
-    m.insert("generation".into(), json!(1));
+    m.remove("generation");
+    if kinds::tracks_generation(def) {
+        m.insert("generation".into(), json!(1));
+    }
     if let Some(c) = &def.custom {
         crate::crd::prepare_create(def, c, &mut obj)?;
     }
@@ -554,7 +557,13 @@ pub fn prepare_update(
         }
     }
     kinds::default_object(def, &mut out);
-    if part == Part::Main && kinds::spec_changed(cur, &out) {
+    let annotations_changed = def.group == "apps"
+        && def.kind == "Deployment"
+        && cur.pointer("/metadata/annotations") != out.pointer("/metadata/annotations");
+    if part == Part::Main
+        && kinds::tracks_generation(def)
+        && (kinds::spec_changed(cur, &out) || annotations_changed)
+    {
         let g = cur_meta
             .get("generation")
             .and_then(Value::as_i64)

@@ -119,6 +119,12 @@ fn columns(p: Printer) -> Vec<Value> {
             col("Nominated Node", "string", 1, &doc::<core::PodStatus>("nominatedNodeName")),
             col("Readiness Gates", "string", 1, &doc::<core::PodSpec>("readinessGates")),
         ],
+        Printer::ControllerRevision => vec![
+            name,
+            col("Controller", "string", 0, "Controller of the object"),
+            col("Revision", "string", 0, &doc::<apps::ControllerRevision>("revision")),
+            age,
+        ],
         Printer::PodTemplate => vec![
             name,
             col("Containers", "string", 0, CONTAINERS),
@@ -545,6 +551,27 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             row.push(json!(created));
         }
         Printer::Pod => row.extend(pod_cells(o)),
+        Printer::ControllerRevision => {
+            // Upstream's formatResourceName with the kind: `daemonset.apps/agent`.
+            let controller = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .map_or_else(
+                    || "<none>".to_string(),
+                    |r| {
+                        let kind = s(r, "/kind").to_lowercase();
+                        let group = s(r, "/apiVersion").rsplit_once('/').map_or("", |(g, _)| g);
+                        let name = s(r, "/name");
+                        if group.is_empty() {
+                            format!("{kind}/{name}")
+                        } else {
+                            format!("{kind}.{group}/{name}")
+                        }
+                    },
+                );
+            row.extend([json!(controller), json!(n(o, "/revision")), age]);
+        }
         Printer::PodTemplate => {
             row.extend(template("/template/spec"));
             row.push(json!(format_labels(o.pointer("/template/metadata/labels"))));
@@ -1834,6 +1861,18 @@ mod tests {
             json!({"metadata": {"name": "t"}, "template": template}),
         );
         assert_eq!(pt, ["t", "c", "i:1", "app=x"]);
+        let cr = row(
+            Printer::ControllerRevision,
+            json!({"metadata": {"name": "agent-5d8f", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "u", "controller": true}]},
+                "revision": 3}),
+        );
+        assert_eq!(cr[..3], ["agent-5d8f", "daemonset.apps/agent", "3"]);
+        let orphan = row(
+            Printer::ControllerRevision,
+            json!({"metadata": {"name": "x"}, "revision": 1}),
+        );
+        assert_eq!(orphan[1], "<none>");
     }
 
     #[test]

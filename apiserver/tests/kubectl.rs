@@ -53,6 +53,44 @@ fn apply_multi_document_twice_is_unchanged_and_an_edit_is_configured_by_strategi
     assert_eq!(containers[1]["image"], "busybox:1.36");
     assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
     assert_eq!(after["metadata"]["generation"], 2);
+    // Deployments count annotation changes too (upstream: they are copied to ReplicaSets);
+    // a label is not a spec change.
+    s.kubectl(&["annotate", "deploy", "web", "-n", "shop", "team=a"]);
+    s.kubectl(&["label", "deploy", "web", "-n", "shop", "release=x"]);
+    let annotated = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+    assert_eq!(annotated["metadata"]["generation"], 3);
+    // Plain data kinds carry no generation at all, however often they change (upstream).
+    s.kubectl(&["annotate", "cm", "web-config", "-n", "shop", "team=a"]);
+    let cm = json(&s, &["get", "cm", "web-config", "-n", "shop"]);
+    assert!(cm["metadata"].get("generation").is_none(), "{cm}");
+    // Starting a deletion that a finalizer holds up bumps a set generation.
+    s.kubectl(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["kaze.test/hold"]}}"#,
+    ]);
+    s.kubectl(&["delete", "deploy", "web", "-n", "shop", "--wait=false"]);
+    let deleting = json(&s, &["get", "deploy", "web", "-n", "shop"]);
+    assert!(
+        deleting["metadata"]["deletionTimestamp"].is_string(),
+        "{deleting}"
+    );
+    assert_eq!(deleting["metadata"]["generation"], 4);
+    s.kubectl(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
     assert_ne!(
         after["metadata"]["resourceVersion"],
         before["metadata"]["resourceVersion"]

@@ -3,9 +3,10 @@
 //! directly (as DaemonSets did before they went through the scheduler), with the default
 //! tolerations upstream adds for node conditions. RollingUpdate replaces pods whose
 //! `controller-revision-hash` is stale, at most `maxUnavailable` at a time; OnDelete leaves
-//! them. Status has the fields `kubectl rollout status daemonset` reads.
+//! them. Status has the fields `kubectl rollout status daemonset` reads; every template is
+//! recorded as a ControllerRevision (`crate::history`) for `kubectl rollout history|undo`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +21,11 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use crate::deployment::resolve;
+use crate::history;
 use crate::replicaset::pod_from_template;
 use crate::util::{
-    controlled_by, controller_ref, is_available, is_ready, status_differs, template_hash,
+    controlled_by, controller_ref, is_available, is_ready, selector_string, status_differs,
+    template_hash,
 };
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
@@ -117,10 +120,8 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     let name = ds.name_any();
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let spec = ds.spec.clone();
-    let hash = template_hash(
-        &serde_json::to_value(&spec.template).unwrap_or_default(),
-        None,
-    );
+    let template_json = serde_json::to_value(&spec.template).unwrap_or_default();
+    let hash = template_hash(&template_json, None);
     let nodes = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
@@ -135,6 +136,29 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         .into_iter()
         .filter(|p| controlled_by(&p.metadata, &uid) && p.metadata.deletion_timestamp.is_none())
         .collect();
+    // The template's revision (for `kubectl rollout history|undo`), keeping the ones live
+    // pods still run.
+    let live: HashSet<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_LABEL))
+        .map(|h| history::revision_name(&name, h))
+        .collect();
+    let owner = history::Owner {
+        ns: &ns,
+        name: &name,
+        uid: &uid,
+        owner_ref: controller_ref(ds.as_ref()),
+        annotations: ds.metadata.annotations.as_ref(),
+        selector: selector_string(&spec.selector),
+        template: &template_json,
+        hash: &hash,
+        history_limit: spec.revision_history_limit.unwrap_or(10),
+    };
+    history::sync(&ctx.client, &owner, &live)
+        .await
+        .map_err(api_err(format!(
+            "recording the revision of daemonset {ns}/{name}"
+        )))?;
     let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
     for p in &pods {
         by_node

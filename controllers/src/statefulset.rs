@@ -5,6 +5,7 @@
 //! a time, only at or above `partition`. volumeClaimTemplates are not supported yet (kaze has
 //! no persistent volumes).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +19,11 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use crate::daemonset::REVISION_LABEL;
+use crate::history;
 use crate::replicaset::pod_from_template;
 use crate::util::{
-    controlled_by, controller_ref, is_available, is_ready, status_differs, template_hash,
+    controlled_by, controller_ref, is_available, is_ready, selector_string, status_differs,
+    template_hash,
 };
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
@@ -56,10 +59,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
     let spec = sts.spec.clone();
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
-    let hash = template_hash(
-        &serde_json::to_value(&spec.template).unwrap_or_default(),
-        None,
-    );
+    let template_json = serde_json::to_value(&spec.template).unwrap_or_default();
+    let hash = template_hash(&template_json, None);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut pods: Vec<(i32, Pod)> = pods_api
         .list(&ListParams::default())
@@ -71,17 +72,38 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
         .filter_map(|p| Some((ordinal(&name, &p.name_any())?, p)))
         .collect();
     pods.sort_by_key(|(o, _)| *o);
+    // Pods carry their revision's name (upstream); kaze before 0.7 labelled them with the
+    // bare hash, which still counts.
+    let revision_of = |p: &Pod| -> Option<String> {
+        let label = p.metadata.labels.as_ref()?.get(REVISION_LABEL)?;
+        Some(if label.starts_with(&format!("{name}-")) {
+            label.clone()
+        } else {
+            history::revision_name(&name, label)
+        })
+    };
+    let live: HashSet<String> = pods.iter().filter_map(|(_, p)| revision_of(p)).collect();
+    let owner = history::Owner {
+        ns: &ns,
+        name: &name,
+        uid: &uid,
+        owner_ref: controller_ref(sts.as_ref()),
+        annotations: sts.metadata.annotations.as_ref(),
+        selector: selector_string(&spec.selector),
+        template: &template_json,
+        hash: &hash,
+        history_limit: spec.revision_history_limit.unwrap_or(10),
+    };
+    let (update_revision, _) = history::sync(&ctx.client, &owner, &live)
+        .await
+        .map_err(api_err(format!(
+            "recording the revision of statefulset {ns}/{name}"
+        )))?;
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     let terminating = pods
         .iter()
         .any(|(_, p)| p.metadata.deletion_timestamp.is_some());
-    let stale = |p: &Pod| {
-        p.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(REVISION_LABEL))
-            != Some(&hash)
-    };
+    let stale = |p: &Pod| revision_of(p).as_ref() != Some(&update_revision);
 
     // Scale up: create missing ordinals (in order, each after its predecessors are ready).
     for i in 0..replicas {
@@ -102,7 +124,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
                     .labels
                     .get_or_insert_with(Default::default);
                 let pod_name = format!("{name}-{i}");
-                labels.insert(REVISION_LABEL.into(), hash.clone());
+                labels.insert(REVISION_LABEL.into(), update_revision.clone());
                 labels.insert(
                     "statefulset.kubernetes.io/pod-name".into(),
                     pod_name.clone(),
@@ -171,15 +193,28 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
         .filter(|(o, _)| *o < replicas)
         .map(|(_, p)| p)
         .collect();
+    let ready = live.iter().filter(|p| is_ready(p)).count();
+    let updated = live.iter().filter(|p| !stale(p)).count();
+    // Upstream: the current revision is the one the set ran before this update, until a
+    // rolling update has every replica updated and ready.
+    let complete = rolling && updated as i32 == replicas && ready as i32 == replicas;
+    let current_revision = match sts.status.as_ref().and_then(|s| s.current_revision.clone()) {
+        Some(c) if !c.is_empty() && !complete => c,
+        _ => update_revision.clone(),
+    };
+    let current = live
+        .iter()
+        .filter(|p| revision_of(p).as_ref() == Some(&current_revision))
+        .count();
     let status = json!({"status": {
         "observedGeneration": sts.metadata.generation,
         "replicas": live.len(),
-        "readyReplicas": live.iter().filter(|p| is_ready(p)).count(),
+        "readyReplicas": ready,
         "availableReplicas": live.iter().filter(|p| is_available(p, spec.min_ready_seconds.unwrap_or(0), now)).count(),
-        "currentReplicas": live.iter().filter(|p| !stale(p)).count(),
-        "updatedReplicas": live.iter().filter(|p| !stale(p)).count(),
-        "currentRevision": format!("{name}-{hash}"),
-        "updateRevision": format!("{name}-{hash}"),
+        "currentReplicas": current,
+        "updatedReplicas": updated,
+        "currentRevision": current_revision,
+        "updateRevision": update_revision,
     }});
     if status_differs(sts.status.as_ref(), &status) {
         Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)

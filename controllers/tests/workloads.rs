@@ -211,3 +211,193 @@ async fn daemonsets_follow_nodes_and_statefulsets_keep_order() {
     cm.await.expect("task").expect("clean stop");
     server.shutdown().await;
 }
+
+/// The revision numbers and change causes `kubectl rollout history` prints, in order.
+fn history(kc: &Path, what: &str) -> Vec<(String, String)> {
+    kubectl_ok(kc, &["rollout", "history", what], None)
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let rev = cols.next()?;
+            rev.parse::<i64>().ok()?;
+            Some((rev.to_string(), cols.collect::<Vec<_>>().join(" ")))
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_history_and_undo_of_daemonsets_and_statefulsets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
+        .await
+        .expect("apiserver");
+    let kc = server.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kc)).await.expect("client");
+    let node: Node =
+        serde_json::from_value(json!({"metadata": {"name": "w1", "labels": {"role": "worker"}}}))
+            .expect("node");
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("node");
+    let shutdown = component::CancellationToken::new();
+    let config = controllers::Config::new(Some(kc.clone()), &["daemonset", "statefulset"]);
+    let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let kl = tokio::spawn(kubelet(
+        client.clone(),
+        stop.clone(),
+        Arc::new(Mutex::new(Vec::new())),
+    ));
+    kubectl_ok(&kc, &["apply", "-f", "-"], Some(WORKLOADS));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let images = |sel: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default().labels(sel))
+                .await
+                .expect("pods")
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
+                .collect::<BTreeSet<String>>()
+        }
+    };
+
+    for (what, sel) in [
+        ("daemonset/agent", "app=agent"),
+        ("statefulset/db", "app=db"),
+    ] {
+        let status = ["rollout", "status", what, "--timeout=60s"];
+        kubectl_ok(&kc, &status, None);
+        for v in ["2", "3"] {
+            let cause = format!("kubernetes.io/change-cause=to v{v}");
+            kubectl_ok(&kc, &["annotate", what, &cause, "--overwrite"], None);
+            let image = format!("c=kaze/busybox:{v}");
+            kubectl_ok(&kc, &["set", "image", what, &image], None);
+            kubectl_ok(&kc, &status, None);
+        }
+        assert_eq!(
+            history(&kc, what),
+            pairs(&[("1", "<none>"), ("2", "to v2"), ("3", "to v3")]),
+            "{what}"
+        );
+        let first = kubectl_ok(&kc, &["rollout", "history", what, "--revision=1"], None);
+        assert!(first.contains("kaze/busybox:1"), "{what}: {first}");
+        // Back to revision 1: the template and then every pod run busybox:1 again, and the
+        // old revision is renumbered rather than copied.
+        let undo = kubectl_ok(&kc, &["rollout", "undo", what, "--to-revision=1"], None);
+        assert!(undo.contains("rolled back"), "{what}: {undo}");
+        kubectl_ok(&kc, &status, None);
+        let start = Instant::now();
+        while images(sel).await != BTreeSet::from(["kaze/busybox:1".to_string()]) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what}: pods still run {:?}",
+                images(sel).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            history(&kc, what),
+            pairs(&[("2", "to v2"), ("3", "to v3"), ("4", "<none>")]),
+            "{what}"
+        );
+        // `rollout undo` with no revision goes to the previous one (3).
+        kubectl_ok(&kc, &["rollout", "undo", what], None);
+        kubectl_ok(&kc, &status, None);
+        let t = kubectl_ok(
+            &kc,
+            &[
+                "get",
+                what,
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+            None,
+        );
+        assert_eq!(t, "kaze/busybox:3", "{what}");
+    }
+
+    // The revisions print as upstream's table, owned by their workloads.
+    let table = kubectl_ok(&kc, &["get", "controllerrevisions"], None);
+    assert!(
+        table.starts_with("NAME") && table.contains("CONTROLLER") && table.contains("REVISION"),
+        "{table}"
+    );
+    assert!(table.contains("daemonset.apps/agent"), "{table}");
+    assert!(table.contains("statefulset.apps/db"), "{table}");
+
+    // A StatefulSet's pods carry their revision's name, and once the rollout is complete the
+    // current revision is the update revision.
+    let sts = kubectl_ok(&kc, &["get", "statefulset/db", "-o", "json"], None);
+    let sts: serde_json::Value = serde_json::from_str(&sts).expect("json");
+    let update = sts["status"]["updateRevision"]
+        .as_str()
+        .expect("updateRevision");
+    assert_eq!(sts["status"]["currentRevision"], update);
+    assert_eq!(sts["status"]["currentReplicas"], 3);
+    let labels: BTreeSet<String> = pods
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .expect("pods")
+        .items
+        .iter()
+        .filter_map(|p| {
+            p.metadata
+                .labels
+                .as_ref()?
+                .get("controller-revision-hash")
+                .cloned()
+        })
+        .collect();
+    assert_eq!(labels, BTreeSet::from([update.to_string()]));
+
+    // revisionHistoryLimit trims old revisions that no pod runs.
+    kubectl_ok(
+        &kc,
+        &[
+            "patch",
+            "daemonset/agent",
+            "-p",
+            r#"{"spec":{"revisionHistoryLimit":1}}"#,
+        ],
+        None,
+    );
+    kubectl_ok(
+        &kc,
+        &["set", "image", "daemonset/agent", "c=kaze/busybox:5"],
+        None,
+    );
+    kubectl_ok(
+        &kc,
+        &["rollout", "status", "daemonset/agent", "--timeout=60s"],
+        None,
+    );
+    let start = Instant::now();
+    loop {
+        let revs = history(&kc, "daemonset/agent");
+        if revs.len() == 2 {
+            assert_eq!(revs.last().map(|r| r.0.as_str()), Some("6"), "{revs:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "history not trimmed to current + 1: {revs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = kl.await;
+    shutdown.cancel();
+    cm.await.expect("task").expect("clean stop");
+    server.shutdown().await;
+}
