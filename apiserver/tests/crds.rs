@@ -322,6 +322,21 @@ fn dynamic_objects_get_every_verb_status_and_schema_handling() {
     established(&s, &format!("widgets.{group}"));
     s.rt.block_on(async {
         let client = common::kubers::client(s.server()).await;
+        // kube-rs's discovery (what the namespace and quota controllers use) finds the kind
+        let discovery = kube::discovery::Discovery::new(client.clone())
+            .filter(&[group])
+            .run()
+            .await
+            .expect("discovery");
+        let (found, caps) = discovery
+            .groups()
+            .flat_map(|g| g.recommended_resources())
+            .find(|(r, _)| r.kind == "Widget")
+            .expect("Widget discovered");
+        assert_eq!(found.plural, "widgets");
+        assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+        let subs: Vec<String> = caps.subresources.iter().map(|(r, _)| r.plural.clone()).collect();
+        assert!(subs.iter().any(|p| p.ends_with("scale")), "{subs:?}");
         let ar = resource(group, "v1", "Widget", "widgets");
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
         // watch from now on
@@ -664,6 +679,21 @@ fn a_second_apiserver_on_the_same_etcd_serves_custom_resources() {
             "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: shared\nspec:\n  image: nginx\n"
         )),
     );
+    // stored under upstream's key for custom resources, as the storage version
+    a.rt.block_on(async {
+        use store::Store;
+        let etcd = store::etcd::EtcdStore::connect(&[url.clone()])
+            .await
+            .expect("etcd");
+        let kv = etcd
+            .get(&format!("/registry/{group}/widgets/default/shared"))
+            .await
+            .expect("get")
+            .expect("stored at /registry/<group>/<plural>/<ns>/<name>");
+        let stored: Value = serde_json::from_slice(&kv.value).expect("json");
+        assert_eq!(stored["apiVersion"], format!("{group}/v1"));
+        assert_eq!(stored["spec"]["replicas"], 1);
+    });
     // b follows the CRD from etcd and serves the resource a wrote
     let mut got = String::new();
     for _ in 0..100 {
@@ -786,6 +816,42 @@ subjects:
     assert!(
         err.contains(&format!(
             r#"widgets.{group} is forbidden: User "bob" cannot list resource "widgets" in API group "{group}" in the namespace "default""#
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn resource_quotas_count_custom_resources() {
+    let s = TestServer::start();
+    let group = "quota.example.com";
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&widget_crd(group)));
+    established(&s, &format!("widgets.{group}"));
+    let count = format!("count/widgets.{group}");
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: widgets\nspec:\n  hard:\n    {count}: \"1\"\n"
+        )),
+    );
+    // what the controller-manager's resourcequota controller would write
+    s.kubectl(&[
+        "patch",
+        "resourcequota",
+        "widgets",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"hard":{{"{count}":"1"}},"used":{{"{count}":"0"}}}}}}"#),
+    ]);
+    let widget = |name: &str| {
+        format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {name}\nspec:\n  image: nginx\n")
+    };
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&widget("one")));
+    let err = s.kubectl_fails(&["apply", "-f", "-"], Some(&widget("two")));
+    assert!(
+        err.contains(&format!(
+            "exceeded quota: widgets, requested: {count}=1, used: {count}=1, limited: {count}=1"
         )),
         "{err}"
     );
