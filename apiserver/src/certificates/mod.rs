@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::kinds::Cause;
 use crate::objects::Part;
+use crate::serviceaccount::keys::pem_blocks;
 use crate::status::ApiError;
 
 pub mod signer;
@@ -282,41 +283,19 @@ pub fn validate(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
 /// Upstream's check of `status.certificate`: one or more PEM `CERTIFICATE` blocks that
 /// parse, nothing else.
 fn certificate_pem(text: &str) -> Result<(), String> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
     let blocks = pem_blocks(text);
     if blocks.is_empty() {
         return Err("must contain at least one CERTIFICATE PEM block".into());
     }
-    for (label, body) in blocks {
+    for (label, der) in blocks {
         if label != "CERTIFICATE" {
             return Err(format!(
                 "only CERTIFICATE PEM blocks are allowed, found {label:?}"
             ));
         }
-        let der = b64.decode(body).map_err(|e| e.to_string())?;
         x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-/// The PEM blocks of `text`: (label, base64 body without line breaks).
-fn pem_blocks(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut current: Option<(String, String)> = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        {
-            current = Some((label.to_string(), String::new()));
-        } else if line.starts_with("-----END ") {
-            out.extend(current.take());
-        } else if let Some((_, body)) = &mut current {
-            body.push_str(line);
-        }
-    }
-    out
 }
 
 fn validate_spec(obj: &Value, causes: &mut Vec<Cause>) {
@@ -446,17 +425,13 @@ impl Request {
         use x509_parser::extensions::{GeneralName, ParsedExtension};
         use x509_parser::prelude::FromDer;
         let blocks = pem_blocks(pem);
-        let Some((label, body)) = blocks.first() else {
+        let Some((label, der)) = blocks.first() else {
             return Err("PEM block type must be CERTIFICATE REQUEST".into());
         };
         if label != "CERTIFICATE REQUEST" {
             return Err("PEM block type must be CERTIFICATE REQUEST".into());
         }
-        use base64::Engine;
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .map_err(|e| format!("decoding the PEM block: {e}"))?;
-        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
             .map_err(|e| format!("x509: malformed certificate request: {e}"))?;
         csr.verify_signature()
             .map_err(|_| "x509: ECDSA verification failure".to_string())?;

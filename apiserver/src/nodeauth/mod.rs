@@ -128,54 +128,29 @@ pub fn references(pod: &Value) -> Vec<(Kind, String)> {
         }
     };
     add(Kind::ServiceAccount, spec.get("serviceAccountName"));
-    for s in spec
-        .get("imagePullSecrets")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for s in items(spec, "imagePullSecrets") {
         add(Kind::Secret, s.get("name"));
     }
     for list in ["containers", "initContainers", "ephemeralContainers"] {
-        for c in spec
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+        for c in items(spec, list) {
+            for e in items(c, "env") {
                 add(Kind::Secret, e.pointer("/valueFrom/secretKeyRef/name"));
                 add(
                     Kind::ConfigMap,
                     e.pointer("/valueFrom/configMapKeyRef/name"),
                 );
             }
-            for e in c
-                .get("envFrom")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for e in items(c, "envFrom") {
                 add(Kind::Secret, e.pointer("/secretRef/name"));
                 add(Kind::ConfigMap, e.pointer("/configMapRef/name"));
             }
         }
     }
-    for v in spec
-        .get("volumes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for v in items(spec, "volumes") {
         add(Kind::Secret, v.pointer("/secret/secretName"));
         add(Kind::ConfigMap, v.pointer("/configMap/name"));
         add(Kind::Pvc, v.pointer("/persistentVolumeClaim/claimName"));
-        for s in v
-            .pointer("/projected/sources")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for s in items(&v["projected"], "sources") {
             add(Kind::Secret, s.pointer("/secret/name"));
             add(Kind::ConfigMap, s.pointer("/configMap/name"));
         }
@@ -195,6 +170,11 @@ pub fn references(pod: &Value) -> Vec<(Kind, String)> {
         }
     }
     out
+}
+
+/// The elements of `obj[key]` (none unless it is an array).
+fn items<'a>(obj: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    obj.get(key).and_then(Value::as_array).into_iter().flatten()
 }
 
 /// The node graph and the Node authorizer over it.

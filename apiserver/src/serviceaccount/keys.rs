@@ -101,8 +101,8 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// (label, DER) of every PEM block.
-fn pem_blocks(text: &str) -> Vec<(String, Vec<u8>)> {
+/// (label, DER) of every PEM block (one that is not base64 is left out).
+pub(crate) fn pem_blocks(text: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut current: Option<(String, String)> = None;
     for line in text.lines().map(str::trim) {

@@ -11,7 +11,7 @@
 pub mod admission;
 pub mod discovery;
 pub mod jwt;
-mod keys;
+pub(crate) mod keys;
 mod refresh;
 mod token;
 
