@@ -631,6 +631,50 @@ fn suite(mode: &'static str, index: u8) {
         std::thread::sleep(Duration::from_millis(250));
     }
 
+    c.step("1: agents run as their own nodes and read no Secret their pods do not use");
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "not-for-nodes",
+        "--from-literal=k=v",
+    ]);
+    for i in 1..ALL {
+        let kc = c.data[i].join("agent/kubeconfig.yaml");
+        let as_node = |args: &[&str]| {
+            Command::new(kubectl())
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .args(args)
+                .output()
+                .expect("running kubectl")
+        };
+        let who = as_node(&[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&who.stdout),
+            format!("system:node:{}", c.names[i]),
+            "[{mode}] {}",
+            String::from_utf8_lossy(&who.stderr)
+        );
+        let read = as_node(&["get", "secret", "not-for-nodes"]);
+        let err = String::from_utf8_lossy(&read.stderr);
+        assert!(
+            !read.status.success()
+                && err.contains(&format!(
+                    "no relationship found between node '{}' and this object",
+                    c.names[i]
+                )),
+            "[{mode}] node {} reads a Secret no pod of it uses: {err}",
+            c.names[i]
+        );
+    }
+    c.ok(&["delete", "secret", "not-for-nodes"]);
+
     c.step("1: a Deployment of 3 echo pods, spread over the 3 nodes, and its Services");
     c.apply(WEB);
     let pods = c.eventually("3 web pods Running", Duration::from_secs(120), || {
