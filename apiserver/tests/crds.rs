@@ -856,3 +856,61 @@ fn resource_quotas_count_custom_resources() {
         "{err}"
     );
 }
+
+#[test]
+fn a_terminating_crd_waits_for_finalized_resources_and_refuses_new_ones() {
+    let s = TestServer::start();
+    let group = "term.example.com";
+    let crd = format!("widgets.{group}");
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&widget_crd(group)));
+    established(&s, &crd);
+    // server-side apply through kubectl
+    let out = s.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&format!(
+            "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\nspec:\n  image: nginx\n"
+        )),
+    );
+    assert!(out.contains("serverside-applied"), "{out}");
+    s.kubectl(&["delete", "crd", &crd, "--wait=false"]);
+    let terminating = || -> Value {
+        let c: Value =
+            serde_json::from_str(&s.kubectl(&["get", "crd", &crd, "-o", "json"])).expect("json");
+        c["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Terminating").cloned())
+            .unwrap_or(Value::Null)
+    };
+    common::eventually("the Terminating condition", || {
+        terminating()["status"] == "True"
+    });
+    assert_eq!(terminating()["reason"], "InstanceDeletionInProgress");
+    // the held object is marked, new ones are refused
+    common::eventually("the custom resource marked for deletion", || {
+        let w: Value = serde_json::from_str(&s.kubectl(&["get", "widget", "held", "-o", "json"]))
+            .expect("json");
+        w["metadata"]["deletionTimestamp"].is_string()
+    });
+    let err = s.kubectl_fails(
+        &["create", "-f", "-"],
+        Some(&format!(
+            "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: late\nspec:\n  image: nginx\n"
+        )),
+    );
+    assert!(
+        err.contains("create not allowed while custom resource definition is terminating"),
+        "{err}"
+    );
+    // releasing the object lets both go
+    s.kubectl(&[
+        "patch",
+        "widget",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    common::eventually("the CRD gone", || {
+        !s.kubectl_result(&["get", "crd", &crd], None).0
+    });
+}
