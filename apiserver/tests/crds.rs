@@ -682,7 +682,7 @@ fn a_second_apiserver_on_the_same_etcd_serves_custom_resources() {
     // stored under upstream's key for custom resources, as the storage version
     a.rt.block_on(async {
         use store::Store;
-        let etcd = store::etcd::EtcdStore::connect(&[url.clone()])
+        let etcd = store::etcd::EtcdStore::connect(std::slice::from_ref(&url))
             .await
             .expect("etcd");
         let kv = etcd
