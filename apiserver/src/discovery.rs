@@ -80,12 +80,15 @@ fn group_v2(reg: &Registry, group: &str, versions: &[&str]) -> Value {
 }
 
 fn discovery_list(reg: &Registry, core: bool, version: &str) -> Response {
-    let items: Vec<Value> = reg
+    let mut items: Vec<Value> = reg
         .groups()
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, vs)| group_v2(reg, g, &vs))
         .collect();
+    if !core {
+        items.push(crate::metrics_api::group_discovery());
+    }
     let v = json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": format!("apidiscovery.k8s.io/{version}"),
@@ -122,12 +125,13 @@ pub fn groups_root(reg: &Registry, headers: &HeaderMap) -> Response {
     if let Some(v) = aggregated(headers) {
         return discovery_list(reg, false, v);
     }
-    let groups: Vec<Value> = reg
+    let mut groups: Vec<Value> = reg
         .groups()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
         .map(|(g, vs)| api_group(g, &vs))
         .collect();
+    groups.push(crate::metrics_api::api_group());
     json_response(
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
         "application/json",

@@ -159,7 +159,12 @@ impl KubeletClient {
             .map_err(|e| format!("\"{url}\": {e}"))
     }
 
-    async fn get(&self, host: &str, port: u16, path_and_query: &str) -> Result<Response, String> {
+    pub(crate) async fn get(
+        &self,
+        host: &str,
+        port: u16,
+        path_and_query: &str,
+    ) -> Result<Response, String> {
         let req = Request::get(path_and_query)
             .body(Body::empty())
             .map_err(|e| e.to_string())?;
@@ -168,7 +173,7 @@ impl KubeletClient {
 }
 
 /// Where a node's kubelet listens.
-fn kubelet_address(node: &Value) -> (String, u16) {
+pub(crate) fn kubelet_address(node: &Value) -> (String, u16) {
     let addresses = node.pointer("/status/addresses").and_then(Value::as_array);
     let by_type = |ty: &str| {
         addresses

@@ -33,6 +33,7 @@ mod kubelet;
 mod list;
 mod meta;
 mod metrics;
+mod metrics_api;
 mod negotiate;
 mod nodeauth;
 mod nscache;
@@ -198,6 +199,11 @@ pub struct Config {
     /// less (kube-controller-manager's flag, default a year).
     #[arg(long = "cluster-signing-duration", default_value = "8760h", value_parser = compactor::parse_interval)]
     pub cluster_signing_duration: std::time::Duration,
+
+    /// How often every kubelet's `/metrics/resource` is scraped for `metrics.k8s.io`
+    /// (metrics-server's flag): CPU usage is the rate over this window.
+    #[arg(long = "metric-resolution", default_value = "15s", value_parser = component::leader::parse_duration)]
+    pub metric_resolution: std::time::Duration,
 }
 
 impl Config {
@@ -234,6 +240,7 @@ impl Config {
             cluster_signing_cert_file: None,
             cluster_signing_key_file: None,
             cluster_signing_duration: std::time::Duration::from_secs(365 * 24 * 3600),
+            metric_resolution: std::time::Duration::from_secs(15),
         }
     }
 

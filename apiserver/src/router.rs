@@ -201,6 +201,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
+    if crate::metrics_api::handles(&path) {
+        return crate::metrics_api::serve(&state, &parts, body).await;
+    }
     // built-ins plus the custom resources served right now
     let served = state.crds.snapshot();
     let Some(route) = parse(&served.registry, &path) else {
@@ -265,7 +268,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
 
 /// RBAC: Ok if the request's user may do `attrs`, else the 403 to answer.
 #[allow(clippy::result_large_err)] // a Response is what the caller returns anyway
-fn authorize(
+pub(crate) fn authorize(
     state: &AppState,
     parts: &axum::http::request::Parts,
     attrs: Attributes,

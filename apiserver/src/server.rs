@@ -244,6 +244,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             .iter()
             .any(|p| p == "Priority"),
         pod_security,
+        resource_metrics: Default::default(),
     });
     state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);
@@ -262,6 +263,10 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         config.cluster_signing_duration,
     ));
     tokio::spawn(crate::quota::run(state.clone()));
+    tokio::spawn(crate::metrics_api::run(
+        state.clone(),
+        config.metric_resolution,
+    ));
     tokio::spawn(crate::crd::run(state.clone()));
     tokio::spawn(crate::compactor::run(
         state.clone(),

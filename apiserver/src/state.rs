@@ -38,4 +38,6 @@ pub struct AppState {
     pub priority_admission: bool,
     /// The `PodSecurity` admission plugin's configuration; None when it is turned off.
     pub pod_security: Option<crate::podsecurity::PodSecurity>,
+    /// The latest kubelet samples `metrics.k8s.io` is computed from.
+    pub resource_metrics: crate::metrics_api::Samples,
 }

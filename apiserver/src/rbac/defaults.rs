@@ -86,7 +86,11 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
         // bound in a namespace: everything there, RBAC included
         "admin" => vec![rule(&["*"], &["*"], &["*"])],
         // everything in the workload groups, not RBAC
-        "edit" => vec![rule(&["*"], &WORKLOAD_GROUPS, &["*"])],
+        "edit" => vec![
+            rule(&["*"], &WORKLOAD_GROUPS, &["*"]),
+            // upstream's system:aggregated-metrics-reader, aggregated into admin/edit/view
+            rule(&READ, &["metrics.k8s.io"], &["pods", "nodes"]),
+        ],
         // read the workload groups, not Secrets
         "view" => vec![
             rule(
@@ -113,6 +117,7 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
                 ],
             ),
             rule(&READ, &WORKLOAD_GROUPS[1..], &["*"]),
+            rule(&READ, &["metrics.k8s.io"], &["pods", "nodes"]),
         ],
         // upstream's NodeRules() (1.37), which the Node authorizer applies to nodes
         "system:node" => vec![
