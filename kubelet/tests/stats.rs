@@ -58,6 +58,7 @@ async fn stats_summary_reports_the_node_its_pods_and_their_containers() {
                     "command": ["sh", "-c",
                         "dd if=/dev/zero of=/cache/blob bs=1M count=24 2>/dev/null && \
                          dd if=/dev/zero of=/scratch/file bs=1M count=2 2>/dev/null && \
+                         dd if=/dev/zero of=/layer bs=1M count=3 2>/dev/null && \
                          echo filled && sleep 3600"],
                     "resources": {"limits": {"memory": "64Mi"}},
                     "volumeMounts": [
@@ -227,10 +228,27 @@ async fn stats_summary_reports_the_node_its_pods_and_their_containers() {
     };
     assert!(volume("cache").fs.used_bytes.unwrap_or(0) >= 24 * MIB);
     assert!(volume("scratch").fs.used_bytes.unwrap_or(0) >= 2 * MIB);
-    assert!(p
+    // mem's writable layer holds the 3 MiB written to /layer (containerd's snapshotter)
+    let rootfs = container(p, "mem")
+        .rootfs
+        .as_ref()
+        .and_then(|r| r.used_bytes)
+        .expect("mem's rootfs");
+    assert!(
+        (3 * MIB..8 * MIB).contains(&rootfs),
+        "mem's rootfs {rootfs}"
+    );
+    // ephemeral storage: writable layers + logs + the disk emptyDir (2 MiB), not the
+    // memory-backed one (24 MiB)
+    let ephemeral = p
         .ephemeral_storage
         .as_ref()
-        .is_some_and(|e| e.used_bytes.unwrap_or(0) >= 2 * MIB));
+        .and_then(|e| e.used_bytes)
+        .expect("ephemeral-storage");
+    assert!(
+        (5 * MIB..16 * MIB).contains(&ephemeral),
+        "ephemeral-storage {ephemeral}"
+    );
     // The pause, burn's shell, mem's shell and its sleep (unless the shell exec'd it).
     let processes = p.process_stats.as_ref().and_then(|s| s.process_count);
     assert!(matches!(processes, Some(3..=4)), "{processes:?}");
