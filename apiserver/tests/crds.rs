@@ -35,6 +35,8 @@ spec:
   - name: v1
     served: true
     storage: true
+    selectableFields:
+    - jsonPath: .spec.color
     subresources:
       status: {{}}
       scale:
@@ -913,4 +915,47 @@ fn a_terminating_crd_waits_for_finalized_resources_and_refuses_new_ones() {
     common::eventually("the CRD gone", || {
         !s.kubectl_result(&["get", "crd", &crd], None).0
     });
+}
+
+#[test]
+fn selectable_fields_filter_lists() {
+    let s = TestServer::start();
+    let group = "select.example.com";
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&widget_crd(group)));
+    established(&s, &format!("widgets.{group}"));
+    let widget = |name: &str, color: &str| {
+        format!(
+            "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {name}\nspec:\n  image: nginx\n  color: {color}\n---\n"
+        )
+    };
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&(widget("r", "red") + &widget("b", "blue"))),
+    );
+    let red = s.kubectl(&[
+        "get",
+        "widgets",
+        "--field-selector",
+        "spec.color=red",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(red.trim(), format!("widget.{group}/r"));
+    let not_red = s.kubectl(&[
+        "get",
+        "widgets",
+        "--field-selector",
+        "spec.color!=red",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(not_red.trim(), format!("widget.{group}/b"));
+    let err = s.kubectl_fails(
+        &["get", "widgets", "--field-selector", "spec.image=nginx"],
+        None,
+    );
+    assert!(
+        err.contains("field label not supported: spec.image"),
+        "{err}"
+    );
 }

@@ -297,7 +297,17 @@ fn defs_of(crd: &Value) -> Vec<ResourceDef> {
                 categories: intern_list(&strings(names.get("categories"))),
                 subresources,
                 storage_name: intern(&format!("{group}/{plural}")),
-                selectable_fields: &[],
+                // `selectableFields`: `.spec.color` -> `spec.color`, as field selectors name them
+                selectable_fields: intern_list(
+                    &v.get("selectableFields")
+                        .and_then(Value::as_array)
+                        .map(|fs| {
+                            fs.iter()
+                                .map(|f| str_at(f, "/jsonPath").trim_start_matches('.').to_string())
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default(),
+                ),
                 printer: Printer::Default,
                 roundtrip: identity,
                 schema: no_schema,

@@ -325,6 +325,7 @@ fn validate_versions(spec: &Value, out: &mut Vec<Cause>) {
                 }
             }
         }
+        validate_selectable_fields(v, &p, out);
         let cols = v
             .get("additionalPrinterColumns")
             .and_then(Value::as_array)
@@ -343,6 +344,64 @@ fn validate_versions(spec: &Value, out: &mut Vec<Cause>) {
             if str_at(c, "/jsonPath").is_empty() {
                 out.push(required(&format!("{cp}.jsonPath")));
             }
+        }
+    }
+}
+
+/// At most 8 `selectableFields`, unique, each a `.path` to a string, integer or boolean
+/// field of the version's schema (upstream's rules).
+fn validate_selectable_fields(v: &Value, p: &str, out: &mut Vec<Cause>) {
+    let fields = v
+        .get("selectableFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if fields.len() > 8 {
+        out.push((
+            format!("{p}.selectableFields"),
+            "FieldValueTooMany",
+            format!("Too many: {}: must have at most 8 items", fields.len()),
+        ));
+    }
+    let root = v
+        .pointer("/schema/openAPIV3Schema")
+        .cloned()
+        .unwrap_or(Value::Null);
+    for (j, f) in fields.iter().enumerate() {
+        let fp = format!("{p}.selectableFields[{j}].jsonPath");
+        let path = str_at(f, "/jsonPath");
+        if path.is_empty() {
+            out.push(required(&fp));
+            continue;
+        }
+        if fields[..j].iter().any(|o| str_at(o, "/jsonPath") == path) {
+            out.push((
+                fp.clone(),
+                "FieldValueDuplicate",
+                format!("Duplicate value: {path:?}"),
+            ));
+        }
+        let mut schema = Some(&root);
+        for part in path.trim_start_matches('.').split('.') {
+            schema = schema.and_then(|s| s.pointer(&format!("/properties/{part}")));
+        }
+        match schema.and_then(|s| s.get("type")).and_then(Value::as_str) {
+            _ if !path.starts_with('.') => out.push(invalid(
+                &fp,
+                &json!(path),
+                "must be a simple json path starting with .",
+            )),
+            None => out.push(invalid(
+                &fp,
+                &json!(path),
+                "is an invalid path: does not refer to a valid field",
+            )),
+            Some("string" | "integer" | "boolean") => {}
+            Some(_) => out.push(invalid(
+                &fp,
+                &json!(path),
+                "selectable field path must point to a field of type string, boolean or integer. Enum string fields and strings with formats are allowed.",
+            )),
         }
     }
 }
@@ -425,6 +484,17 @@ mod tests {
             [
                 "spec.versions[0].schema.openAPIV3Schema: Required value: schemas are required",
                 r#"spec.versions[1].name: Duplicate value: "v1""#,
+            ]
+        );
+        let mut c = crd();
+        c["spec"]["versions"][0]["selectableFields"] =
+            json!([{"jsonPath": ".spec"}, {"jsonPath": ".spec.nope"}, {"jsonPath": "spec"}]);
+        assert_eq!(
+            fields(&c),
+            [
+                r#"spec.versions[0].selectableFields[0].jsonPath: Invalid value: ".spec": selectable field path must point to a field of type string, boolean or integer. Enum string fields and strings with formats are allowed."#,
+                r#"spec.versions[0].selectableFields[1].jsonPath: Invalid value: ".spec.nope": is an invalid path: does not refer to a valid field"#,
+                r#"spec.versions[0].selectableFields[2].jsonPath: Invalid value: "spec": must be a simple json path starting with ."#,
             ]
         );
         let mut changed = crd();
