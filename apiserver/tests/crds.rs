@@ -745,6 +745,19 @@ fn schema_defaults_apply_on_read_and_ignore_drops_unknown_fields_silently() {
     common::eventually("the new default on read", || {
         get(&s)["spec"]["color"] == "blue"
     });
+    // re-applying a changed CRD (what `helm upgrade` does) takes effect: a new column
+    let with_color = widget_crd(group).replace(
+        "    - name: Age\n",
+        "    - name: Color\n      type: string\n      jsonPath: .spec.color\n    - name: Age\n",
+    );
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(&with_color));
+    assert!(out.contains("configured"), "{out}");
+    common::eventually("the Color column", || {
+        s.kubectl(&["get", "widgets"])
+            .lines()
+            .next()
+            .is_some_and(|h| h.split_whitespace().any(|c| c == "COLOR"))
+    });
     // an invalid CRD update is refused and changes nothing
     let err = s.kubectl_fails(
         &[
