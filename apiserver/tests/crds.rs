@@ -972,3 +972,25 @@ fn selectable_fields_filter_lists() {
         "{err}"
     );
 }
+
+#[test]
+fn a_restarted_apiserver_serves_custom_resources_at_once() {
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = data.path().to_path_buf();
+    let group = "restart.example.com";
+    {
+        let s = TestServer::start_with(|c| c.data_dir = dir.clone());
+        s.kubectl_stdin(&["apply", "-f", "-"], Some(&widget_crd(group)));
+        established(&s, &format!("widgets.{group}"));
+        s.kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: kept\nspec:\n  image: nginx\n"
+            )),
+        );
+    }
+    // no waiting: once start returns, the CRDs are read and their resources served
+    let s = TestServer::start_with(|c| c.data_dir = dir.clone());
+    let out = s.kubectl(&["get", "widget", "kept", "-o", "name"]);
+    assert_eq!(out.trim(), format!("widget.{group}/kept"));
+}

@@ -163,6 +163,8 @@ pub struct Crds {
     /// The stored CRDs by name.
     objects: Mutex<BTreeMap<String, Value>>,
     changed: Notify,
+    /// Set once the stored CRDs have been read (upstream's `crd-informer-synced`).
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -343,7 +345,17 @@ impl Crds {
             current: RwLock::new(Arc::new(snapshot)),
             objects: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
+            synced: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Wait (at most `timeout`) until the stored CRDs have been read, so a server that
+    /// starts serving serves their resources too (upstream's apiserver is not ready before
+    /// its CRD informer has synced). False on timeout.
+    pub async fn wait_synced(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.synced.subscribe();
+        let synced = tokio::time::timeout(timeout, rx.wait_for(|s| *s)).await;
+        matches!(synced, Ok(Ok(_)))
     }
 
     /// What is served now.
@@ -422,7 +434,12 @@ impl crate::follow::Follower for Follower {
         crds.rebuild();
     }
 
-    fn set_synced(&self, _synced: bool) {}
+    fn set_synced(&self, synced: bool) {
+        // only the first sync matters: the snapshot stays as it is while relisting
+        if synced {
+            self.0.crds.synced.send_replace(true);
+        }
+    }
 }
 
 #[cfg(test)]
