@@ -114,6 +114,67 @@ async fn publish_cluster_info(
     .await
 }
 
+/// `<data-dir>/agent/kubeconfig.yaml` for this machine's node: user `system:node:<name>` in
+/// `system:nodes`, with a certificate the cluster CA issues on every start (a year).
+fn own_node_kubeconfig(
+    data_dir: &std::path::Path,
+    node: &str,
+    url: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let text = apiserver::user_kubeconfig(
+        data_dir,
+        &format!("system:node:{node}"),
+        &["system:nodes".to_string()],
+        365,
+        Some(url),
+    )
+    .context("kaze server: issuing this node's client certificate")?;
+    let dir = data_dir.join("agent");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("kubeconfig.yaml");
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Label this machine's node `node-role.kubernetes.io/control-plane=true` once its kubelet
+/// has registered it, then wait for the shutdown (a component that ends stops the others).
+async fn label_control_plane(
+    admin: kube::Client,
+    node: String,
+    shutdown: component::CancellationToken,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    let nodes: kube::Api<Node> = kube::Api::all(admin);
+    let patch = serde_json::json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}});
+    let params = kube::api::PatchParams::default();
+    loop {
+        match nodes
+            .patch(&node, &params, &kube::api::Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(node = %node, error = %e, "labelling this node a control plane; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+    shutdown.cancelled().await;
+    Ok(())
+}
+
 pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> anyhow::Result<()> {
     if args.disable_agent {
         tracing::info!("--disable-agent: control plane only");
@@ -193,13 +254,25 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
             ..DnsDefaults::parse_from(["dns"]).config
         };
         components.spawn("dns", &shutdown, |token| dns::run(dns_config, token));
-        let labels = vec!["node-role.kubernetes.io/control-plane=true".to_string()];
+        // This machine's node runs as system:node:<name>, as an agent's does, with a
+        // certificate straight from the CA (as k3s does); NodeRestriction does not let a
+        // node label itself a control plane, so the server does.
+        let node_name = args
+            .node
+            .node_name
+            .clone()
+            .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase());
+        let node_kubeconfig = own_node_kubeconfig(&data_dir, &node_name, api.url())?;
+        let (admin, name) = (client.clone(), node_name.clone());
+        components.spawn("control-plane label", &shutdown, |token| {
+            label_control_plane(admin, name, token)
+        });
         own_containerd = node::start(
             &args.node,
             &data_dir,
-            &kubeconfig,
+            &node_kubeconfig,
             &api.ca_file(),
-            labels,
+            Vec::new(),
             &mut components,
             &shutdown,
         )

@@ -361,6 +361,39 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         let s = String::from_utf8_lossy(&out.stdout).into_owned();
         (s == "10.245.0.0/24 True").then_some(s)
     });
+    // The node runs as system:node:<name> (a certificate from the CA); the server labels it
+    // a control plane, which NodeRestriction would not let the node do itself.
+    let whoami = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(data.join("agent/kubeconfig.yaml"))
+        .args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .output()
+        .expect("kubectl");
+    assert_eq!(
+        String::from_utf8_lossy(&whoami.stdout),
+        format!("system:node:{node}"),
+        "{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+    eventually("the control-plane label", Duration::from_secs(30), || {
+        let out = kubectl_run(
+            data,
+            &[
+                "get",
+                "node",
+                &node,
+                "-o",
+                r"jsonpath={.metadata.labels.node-role\.kubernetes\.io/control-plane}",
+            ],
+        );
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        (s == "true").then_some(s)
+    });
     assert_eq!(
         kubectl_ok(
             data,
