@@ -121,6 +121,7 @@ pub fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
             "should be a domain with at least one dot",
         ));
     }
+    validate_approval(obj, group, &mut out);
     validate_names(&spec, &mut out);
     match str_at(&spec, "/scope") {
         "" => out.push(required("spec.scope")),
@@ -166,6 +167,39 @@ pub fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         }
     }
     out
+}
+
+const APPROVAL: &str = "api-approved.kubernetes.io";
+
+/// Groups of the Kubernetes project (`k8s.io`, `kubernetes.io` and their subdomains) need
+/// the `api-approved.kubernetes.io` annotation: a URL, or a reason starting with
+/// `unapproved` (upstream's KEP-1111 rule).
+fn validate_approval(obj: &Value, group: &str, out: &mut Vec<Cause>) {
+    let protected = ["k8s.io", "kubernetes.io"]
+        .iter()
+        .any(|d| group == *d || group.ends_with(&format!(".{d}")));
+    if !protected {
+        return;
+    }
+    let path = format!("metadata.annotations[{APPROVAL}]");
+    match obj
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(APPROVAL))
+        .and_then(Value::as_str)
+    {
+        None | Some("") => out.push((
+            path,
+            "FieldValueRequired",
+            format!("Required value: protected groups must have approval annotation {APPROVAL:?}, see https://github.com/kubernetes/enhancements/pull/1111"),
+        )),
+        Some(v) if v.starts_with("unapproved") => {}
+        Some(v) if v.starts_with("https://") || v.starts_with("http://") => {}
+        Some(v) => out.push(invalid(
+            &path,
+            &json!(v),
+            &format!("protected groups must have approval annotation {APPROVAL:?} with either a URL or a reason starting with \"unapproved\", see https://github.com/kubernetes/enhancements/pull/1111"),
+        )),
+    }
 }
 
 fn validate_names(spec: &Value, out: &mut Vec<Cause>) {
@@ -497,6 +531,25 @@ mod tests {
                 r#"spec.versions[0].selectableFields[2].jsonPath: Invalid value: "spec": must be a simple json path starting with ."#,
             ]
         );
+        let mut k8s = crd();
+        k8s["metadata"]["name"] = json!("widgets.x-k8s.io");
+        k8s["spec"]["group"] = json!("x-k8s.io");
+        assert!(fields(&k8s).is_empty(), "x-k8s.io is not protected");
+        k8s["metadata"]["name"] = json!("widgets.gateway.networking.k8s.io");
+        k8s["spec"]["group"] = json!("gateway.networking.k8s.io");
+        assert_eq!(
+            fields(&k8s),
+            [
+                r#"metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval annotation "api-approved.kubernetes.io", see https://github.com/kubernetes/enhancements/pull/1111"#
+            ]
+        );
+        k8s["metadata"]["annotations"] = json!({"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2997"});
+        assert!(fields(&k8s).is_empty());
+        k8s["metadata"]["annotations"] = json!({"api-approved.kubernetes.io": "yes"});
+        assert_eq!(fields(&k8s).len(), 1);
+        k8s["metadata"]["annotations"] =
+            json!({"api-approved.kubernetes.io": "unapproved, experimental"});
+        assert!(fields(&k8s).is_empty());
         let mut changed = crd();
         changed["spec"]["scope"] = json!("Cluster");
         let errs: Vec<String> = validate_crd(&changed, Some(&crd()))
