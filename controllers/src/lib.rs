@@ -9,7 +9,8 @@
 //! `serviceaccount`, `namespace` (deletes a deleted namespace's content, then finalizes it),
 //! `resourcequota` (quota usage), `root-ca-cert-publisher` (`kube-root-ca.crt` in every
 //! namespace, from `--root-ca-file`), `disruption` (PodDisruptionBudget status, which
-//! evictions consume). Choose with `--controllers` (upstream syntax:
+//! evictions consume), `horizontalpodautoscaling` (HPAs from `metrics.k8s.io`; see
+//! [`horizontalpodautoscaler`]). Choose with `--controllers` (upstream syntax:
 //! `*,-nodeipam`).
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod history;
+pub mod horizontalpodautoscaler;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -59,6 +61,7 @@ pub const ALL: &[&str] = &[
     "resourcequota",
     "root-ca-cert-publisher",
     "disruption",
+    "horizontalpodautoscaling",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +103,15 @@ pub struct Config {
     #[arg(long = "root-ca-file")]
     pub root_ca_file: Option<PathBuf>,
 
+    /// How often every HorizontalPodAutoscaler is synced.
+    #[arg(long = "horizontal-pod-autoscaler-sync-period", default_value = "15s", value_parser = component::leader::parse_duration)]
+    pub horizontal_pod_autoscaler_sync_period: Duration,
+
+    /// How long an HPA without `spec.behavior.scaleDown.stabilizationWindowSeconds` looks
+    /// back for its highest recommendation before scaling down.
+    #[arg(long = "horizontal-pod-autoscaler-downscale-stabilization", default_value = "5m", value_parser = component::leader::parse_duration)]
+    pub horizontal_pod_autoscaler_downscale_stabilization: Duration,
+
     #[command(flatten)]
     pub leader: component::leader::LeaderElectionArgs,
 }
@@ -118,6 +130,8 @@ impl Config {
             terminated_pod_gc_threshold: 12500,
             resource_quota_sync_period: Duration::from_secs(300),
             root_ca_file: None,
+            horizontal_pod_autoscaler_sync_period: Duration::from_secs(15),
+            horizontal_pod_autoscaler_downscale_stabilization: Duration::from_secs(300),
             leader: component::leader::LeaderElectionArgs::disabled(),
         }
     }
@@ -228,6 +242,11 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
                 gc_threshold: config.terminated_pod_gc_threshold,
                 quota_resync: config.resource_quota_sync_period,
                 root_ca_file: config.root_ca_file.clone(),
+                hpa: horizontalpodautoscaler::Settings {
+                    sync_period: config.horizontal_pod_autoscaler_sync_period,
+                    downscale_stabilization: config
+                        .horizontal_pod_autoscaler_downscale_stabilization,
+                },
             };
             run_controllers(client, which, cidr, timing, periods, token)
         })
@@ -241,6 +260,7 @@ struct Periods {
     gc_threshold: usize,
     quota_resync: Duration,
     root_ca_file: Option<PathBuf>,
+    hpa: horizontalpodautoscaler::Settings,
 }
 
 async fn run_controllers(
@@ -276,6 +296,11 @@ async fn run_controllers(
             "podgc" => tasks.spawn(podgc::run(ctx.client.clone(), periods.gc_threshold, token)),
             "namespace" => tasks.spawn(namespace::run(ctx.client.clone(), token)),
             "disruption" => tasks.spawn(disruption::run(ctx, token)),
+            "horizontalpodautoscaling" => tasks.spawn(horizontalpodautoscaler::run(
+                ctx.client.clone(),
+                periods.hpa,
+                token,
+            )),
             "resourcequota" => tasks.spawn(resourcequota::run(
                 ctx.client.clone(),
                 periods.quota_resync,

@@ -23,6 +23,9 @@ pub struct ServerArgs {
     /// How long a node may go without a heartbeat before it is marked NotReady (Unknown).
     #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = component::leader::parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// How often the controller-manager syncs every HorizontalPodAutoscaler.
+    #[arg(long = "horizontal-pod-autoscaler-sync-period", default_value = "15s", value_parser = component::leader::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
     /// Port the host DNS server listens on (the kube-dns Service maps 53 to it).
     #[arg(long = "dns-port", default_value_t = 10053)]
     dns_port: u16,
@@ -228,6 +231,8 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         resource_quota_sync_period: std::time::Duration::from_secs(300),
         // kube-root-ca.crt in every namespace: the CA this server's apiserver serves with
         root_ca_file: Some(api.ca_file()),
+        horizontal_pod_autoscaler_sync_period: args.horizontal_pod_autoscaler_sync_period,
+        horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration::from_secs(300),
         leader: args.leader.clone(),
     };
     components.spawn("controller-manager", &shutdown, |token| {
