@@ -268,6 +268,13 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         config.metric_resolution,
     ));
     tokio::spawn(crate::crd::run(state.clone()));
+    if !state
+        .crds
+        .wait_synced(std::time::Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!("custom resource definitions not read within 10s; serving without them");
+    }
     tokio::spawn(crate::compactor::run(
         state.clone(),
         config.etcd_compaction_interval,
