@@ -590,6 +590,22 @@ fn deleting_a_crd_deletes_its_resources_and_stops_serving_them() {
     let resources = s.kubectl(&["api-resources", "--api-group", group]);
     assert!(resources.contains("gadgets"), "{resources}");
     assert!(resources.contains("false"), "cluster-scoped: {resources}");
+    // the storage version stops being served: its objects are still cleaned up below
+    s.kubectl(&[
+        "patch",
+        "crd",
+        &format!("gadgets.{group}"),
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/versions/1/served","value":false}]"#,
+    ]);
+    common::eventually("v1 no longer served", || {
+        !s.kubectl_result(
+            &["get", "--raw", &format!("/apis/{group}/v1/gadgets")],
+            None,
+        )
+        .0
+    });
 
     s.kubectl(&[
         "delete",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{condition_true, defs_of, str_at, strings, Follower, CLEANUP_FINALIZER, GROUP};
+use super::{condition_true, storage_def, str_at, strings, Follower, CLEANUP_FINALIZER, GROUP};
 use crate::meta;
 use crate::objects::{self, DeleteOpts, ListOpts, Part};
 use crate::registry::ResourceDef;
@@ -283,7 +283,7 @@ fn desired_status(crd: &Value, claimed: &[(String, Value)], builtin: &[Arc<Resou
 /// Delete every custom resource of a CRD being deleted; once none is left, drop the
 /// finalizer (which lets the CRD go).
 async fn clean_up(state: &AppState, crd: &Value) -> Result<(), ApiError> {
-    let Some(def) = defs_of(crd).into_iter().next() else {
+    let Some(def) = storage_def(crd) else {
         return drop_finalizer(state, crd).await;
     };
     let page = objects::list(state, &def, None, &ListOpts::default()).await?;

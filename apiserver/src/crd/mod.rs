@@ -215,6 +215,18 @@ fn version_rank(v: &str) -> (u8, i64, i64, String) {
 
 /// The defs a CRD's served versions are served with (names from `acceptedNames`).
 fn defs_of(crd: &Value) -> Vec<ResourceDef> {
+    versions_of(crd, |v| v["served"] == true)
+}
+
+/// The def of the version a CRD stores its objects as, served or not (for cleanup).
+fn storage_def(crd: &Value) -> Option<ResourceDef> {
+    versions_of(crd, |v| v["storage"] == true)
+        .into_iter()
+        .next()
+}
+
+/// Defs of the versions `pick` selects, in Kubernetes' version order.
+fn versions_of(crd: &Value, pick: impl Fn(&Value) -> bool) -> Vec<ResourceDef> {
     let names = crd
         .pointer("/status/acceptedNames")
         .filter(|n| !str_at(n, "/plural").is_empty())
@@ -244,7 +256,7 @@ fn defs_of(crd: &Value) -> Vec<ResourceDef> {
         .find(|v| v["storage"] == true)
         .map(|v| str_at(v, "/name"))
         .unwrap_or("");
-    let mut served: Vec<&Value> = versions.iter().filter(|v| v["served"] == true).collect();
+    let mut served: Vec<&Value> = versions.iter().filter(|v| pick(v)).collect();
     served.sort_by_key(|v| version_rank(str_at(v, "/name")));
     let namespaced = str_at(crd, "/spec/scope") != "Cluster";
     let terminating = meta::is_deleting(crd);
