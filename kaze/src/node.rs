@@ -152,6 +152,8 @@ pub async fn start(
         anonymous_auth: false,
         allowed_unsafe_sysctls: args.allowed_unsafe_sysctls.clone(),
         eviction_hard: args.eviction_hard.clone(),
+        eviction_soft: String::new(),
+        eviction_soft_grace_period: String::new(),
         pod_cidr: None,
         static_pods: kubelet::static_pod::Config {
             pod_manifest_path: Some(pod_manifest_path),

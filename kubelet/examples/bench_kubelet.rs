@@ -101,6 +101,8 @@ async fn main() {
         // Neither disk-pressure eviction nor image GC may act on a nearly full host disk
         // under the bench.
         eviction_hard: "memory.available<100Mi".into(),
+        eviction_soft: String::new(),
+        eviction_soft_grace_period: String::new(),
         pod_cidr: None,
         static_pods: Default::default(),
         image_gc: kubelet::images::gc::GcConfig {

@@ -10,7 +10,8 @@
 //! container's own) are evicted with upstream's messages whatever the node's pressure; and
 //! a kubelet whose root dir and containerd live on a small tmpfs the test mounts reports
 //! `DiskPressure=True` once a pod fills it past `nodefs.available`, evicts that pod (the one
-//! using the most storage) and reports the pressure gone.
+//! using the most storage) and reports the pressure gone. A soft threshold reports the
+//! pressure at once and evicts only after its grace period.
 
 mod support;
 
@@ -366,4 +367,65 @@ async fn disk_pressure_is_reported_and_evicts_the_pod_using_the_most_storage() {
     }
     drop(c);
     drop(fs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_threshold_presses_at_once_and_evicts_after_its_grace_period() {
+    let mut c = Cluster::new("softevict", 246).await;
+    // Always met, as the hard one of the memory test; evicting only after 20 s of it.
+    c.config.eviction_soft = "memory.available<1000Ti".into();
+    c.config.eviction_soft_grace_period = "memory.available=20s".into();
+    let started = std::time::Instant::now();
+    c.start_kubelet();
+    c.wait_node().await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "soft"},
+        "spec": {"nodeName": c.node, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": "kaze/busybox:1",
+                                 "command": ["sleep", "3600"]}]}}))
+    .expect("pod");
+    c.pods("default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    c.wait_pod("default", "soft", "running", |p| {
+        phase(p) == Some("Running")
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let node = c.node.clone();
+    testkit::wait_for("MemoryPressure=True", Duration::from_secs(30), || {
+        let (nodes, node) = (nodes.clone(), node.clone());
+        async move {
+            let n = nodes.get(&node).await.ok()?;
+            n.status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "MemoryPressure" && c.status == "True")
+        }
+    })
+    .await;
+    let evicted = c
+        .wait_pod("default", "soft", "evicted", |p| phase(p) == Some("Failed"))
+        .await;
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_secs(20),
+        "evicted {after:?} after the kubelet started, within the 20 s grace period"
+    );
+    let s = evicted.status.expect("status");
+    assert_eq!(s.reason.as_deref(), Some("Evicted"));
+    let message = s.message.unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "The node was low on resource: memory. Threshold quantity: {}Ki, available: ",
+            1000u64 << 30
+        )),
+        "the soft threshold's quantity: {message}"
+    );
+    c.pods("default")
+        .delete("soft", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_pod_gone("default", "soft").await;
 }

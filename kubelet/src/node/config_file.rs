@@ -48,6 +48,8 @@ pub struct KubeletConfiguration {
     pub pod_logs_dir: Option<PathBuf>,
     pub container_runtime_endpoint: Option<String>,
     pub eviction_hard: Option<BTreeMap<String, String>>,
+    pub eviction_soft: Option<BTreeMap<String, String>>,
+    pub eviction_soft_grace_period: Option<BTreeMap<String, String>>,
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
     #[serde(rename = "imageGCHighThresholdPercent")]
     pub image_gc_high_threshold_percent: Option<i32>,
@@ -209,8 +211,6 @@ pub const UNSUPPORTED: &[&str] = &[
     "contentType",
     "kubeAPIQPS",
     "kubeAPIBurst",
-    "evictionSoft",
-    "evictionSoftGracePeriod",
     "evictionPressureTransitionPeriod",
     "evictionMaxPodGracePeriod",
     "evictionMinimumReclaim",
@@ -426,6 +426,24 @@ impl KubeletConfiguration {
             config.eviction_hard
         );
         set!(
+            self.eviction_soft.map(|m| m
+                .iter()
+                .map(|(k, v)| format!("{k}<{v}"))
+                .collect::<Vec<_>>()
+                .join(",")),
+            "eviction_soft",
+            config.eviction_soft
+        );
+        set!(
+            self.eviction_soft_grace_period.map(|m| m
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")),
+            "eviction_soft_grace_period",
+            config.eviction_soft_grace_period
+        );
+        set!(
             self.allowed_unsafe_sysctls,
             "allowed_unsafe_sysctls",
             config.allowed_unsafe_sysctls
@@ -566,6 +584,8 @@ cgroupRoot: /kubepods
 podLogsDir: /var/log/other
 containerRuntimeEndpoint: unix:///run/other.sock
 evictionHard: {{memory.available: 200Mi, nodefs.available: 5%}}
+evictionSoft: {{memory.available: 1Gi}}
+evictionSoftGracePeriod: {{memory.available: 1m30s}}
 allowedUnsafeSysctls: [net.core.somaxconn]
 imageGCHighThresholdPercent: 90
 imageGCLowThresholdPercent: 70
@@ -606,6 +626,13 @@ serializeImagePulls: false
             "memory.available<200Mi,nodefs.available<5%"
         );
         assert!(crate::node::pressure::Thresholds::parse(&c.eviction_hard).is_ok());
+        assert_eq!(c.eviction_soft, "memory.available<1Gi");
+        assert_eq!(c.eviction_soft_grace_period, "memory.available=1m30s");
+        assert!(crate::node::pressure::Soft::parse(
+            &c.eviction_soft,
+            &c.eviction_soft_grace_period
+        )
+        .is_ok());
         assert_eq!(c.allowed_unsafe_sysctls, vec!["net.core.somaxconn"]);
         assert_eq!(c.image_gc.high_threshold, 90);
         assert_eq!(c.image_gc.low_threshold, 70);

@@ -114,6 +114,15 @@ pub struct Config {
     /// conditions, and pods evicted under memory pressure.
     #[arg(long = "eviction-hard", default_value = pressure::DEFAULT_EVICTION_HARD)]
     pub eviction_hard: String,
+    /// Soft eviction thresholds (`--eviction-hard`'s syntax, none by default): the pressure
+    /// condition is reported at once, pods are evicted once the threshold has been met for
+    /// its `--eviction-soft-grace-period`.
+    #[arg(long = "eviction-soft", default_value = "")]
+    pub eviction_soft: String,
+    /// `signal=duration,...` (Go durations): how long each soft threshold must be met before
+    /// pods are evicted; required for every soft threshold.
+    #[arg(long = "eviction-soft-grace-period", default_value = "")]
+    pub eviction_soft_grace_period: String,
     /// How often the node Lease is renewed.
     #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
     pub lease_renew_interval: Duration,
@@ -178,6 +187,8 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let labels = parse_labels(&config.node_labels)?;
     let thresholds = pressure::Thresholds::parse(&config.eviction_hard)
         .map_err(|e| NodeError::Flag(format!("--eviction-hard: {e}")))?;
+    let soft = pressure::Soft::parse(&config.eviction_soft, &config.eviction_soft_grace_period)
+        .map_err(|e| NodeError::Flag(format!("--eviction-soft: {e}")))?;
     let (evict_tx, evict_rx) = tokio::sync::mpsc::channel(4);
     // Before anything else: a bad --client-ca-file is a start-up error, not a server that
     // never comes up.
@@ -401,6 +412,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             port,
             runtime_version: runtime_version.clone(),
             thresholds: thresholds.clone(),
+            soft: soft.clone(),
             rt: rt.clone(),
             active: active.clone(),
             evict: evict_tx,
@@ -490,6 +502,8 @@ struct StatusFacts {
     port: u16,
     runtime_version: String,
     thresholds: pressure::Thresholds,
+    /// `--eviction-soft` and its grace periods.
+    soft: pressure::Soft,
     rt: Runtime,
     active: crate::pod::ActivePods,
     /// Pods to evict, to the sync loop.
@@ -661,6 +675,7 @@ async fn post_status(
         port,
         runtime_version,
         thresholds,
+        mut soft,
         rt,
         active,
         evict,
@@ -671,7 +686,8 @@ async fn post_status(
     let mut posted: Option<(pressure::Pressure, tokio::time::Instant)> = None;
     loop {
         let signals = pressure::observe(&rt.config().root_dir);
-        let now = thresholds.pressure(&signals);
+        // `now`: what the conditions say; `act`: the thresholds to evict by
+        let (now, act) = soft.observe(&thresholds, &signals, std::time::Instant::now());
         for (uid, message) in pressure::over_size_limit(&rt, &active.list()) {
             tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod over an emptyDir sizeLimit");
             let _ = evict.send((uid, message)).await;
@@ -680,7 +696,7 @@ async fn post_status(
             tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod over its ephemeral-storage limit");
             let _ = evict.send((uid, message)).await;
         }
-        if now.disk {
+        if act.pressure(&signals).disk {
             // Node-level resources first (upstream's reclaimNodeLevelResources): unused
             // images; pods are evicted only if that did not relieve the pressure.
             match image_gc.delete_unused().await {
@@ -693,7 +709,8 @@ async fn post_status(
                 }
             }
             let after = pressure::observe(&rt.config().root_dir);
-            if let Some(shortage) = local_storage::DiskShortage::of(&thresholds, &after) {
+            let (_, act) = soft.observe(&thresholds, &after, std::time::Instant::now());
+            if let Some(shortage) = local_storage::DiskShortage::of(&act, &after) {
                 if let Some((uid, message)) =
                     local_storage::disk_victim(&rt, &active.list(), &shortage).await
                 {
@@ -702,8 +719,8 @@ async fn post_status(
                 }
             }
         }
-        if now.memory {
-            let limit = thresholds.memory.unwrap_or(pressure::Limit::Amount(0));
+        if act.pressure(&signals).memory {
+            let limit = act.memory.unwrap_or(pressure::Limit::Amount(0));
             if let Some((uid, message)) =
                 pressure::memory_victim(&rt, &active.list(), limit, &signals)
             {

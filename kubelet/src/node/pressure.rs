@@ -94,6 +94,127 @@ impl Thresholds {
     }
 }
 
+/// The signals a threshold may be set on, in [`Thresholds::get`]'s order.
+pub const SIGNALS: [&str; 4] = [
+    "memory.available",
+    "nodefs.available",
+    "nodefs.inodesFree",
+    "pid.available",
+];
+
+impl Thresholds {
+    /// The threshold on signal `i` of [`SIGNALS`].
+    pub fn get(&self, i: usize) -> Option<Limit> {
+        [self.memory, self.nodefs, self.nodefs_inodes, self.pids][i]
+    }
+
+    fn set(&mut self, i: usize, l: Option<Limit>) {
+        match i {
+            0 => self.memory = l,
+            1 => self.nodefs = l,
+            2 => self.nodefs_inodes = l,
+            _ => self.pids = l,
+        }
+    }
+
+    fn none() -> Thresholds {
+        Thresholds {
+            memory: None,
+            nodefs: None,
+            nodefs_inodes: None,
+            pids: None,
+        }
+    }
+}
+
+/// `--eviction-soft` with `--eviction-soft-grace-period`: a soft threshold makes its
+/// pressure condition true at once, as upstream, but evicts only once it has been breached
+/// for its grace period without a break.
+#[derive(Clone, Debug)]
+pub struct Soft {
+    thresholds: Thresholds,
+    grace: [std::time::Duration; 4],
+    since: [Option<std::time::Instant>; 4],
+}
+
+impl Soft {
+    /// `soft` in `--eviction-hard`'s syntax, `grace` as `signal=duration,...` (Go
+    /// durations); every soft threshold needs a grace period (upstream's rule).
+    pub fn parse(soft: &str, grace: &str) -> Result<Soft, String> {
+        let thresholds = Thresholds::parse(soft)?;
+        let mut periods = [None; 4];
+        for part in grace.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (signal, d) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: want <signal>=<duration>"))?;
+            let signal = signal.replace("imagefs.", "nodefs.");
+            let i = SIGNALS
+                .iter()
+                .position(|s| *s == signal)
+                .ok_or_else(|| format!("unknown eviction signal {signal:?}"))?;
+            periods[i] = Some(
+                super::config_file::parse_go_duration(d).map_err(|e| format!("{part:?}: {e}"))?,
+            );
+        }
+        let mut grace = [std::time::Duration::ZERO; 4];
+        for (i, signal) in SIGNALS.iter().enumerate() {
+            if thresholds.get(i).is_some() {
+                grace[i] = periods[i].ok_or_else(|| {
+                    format!(
+                        "grace period must be specified for the soft eviction threshold {signal}"
+                    )
+                })?;
+            }
+        }
+        Ok(Soft {
+            thresholds,
+            grace,
+            since: [None; 4],
+        })
+    }
+
+    /// No soft thresholds.
+    pub fn none() -> Soft {
+        Soft {
+            thresholds: Thresholds::none(),
+            grace: [std::time::Duration::ZERO; 4],
+            since: [None; 4],
+        }
+    }
+
+    /// With `hard` and signals `s` observed at `now`: the pressures the Node reports (hard or
+    /// soft thresholds met) and the thresholds to evict by (each signal's hard threshold if
+    /// met, else its soft one once met for its grace period).
+    pub fn observe(
+        &mut self,
+        hard: &Thresholds,
+        s: &Signals,
+        now: std::time::Instant,
+    ) -> (Pressure, Thresholds) {
+        let mut met = Thresholds::none();
+        let mut act = Thresholds::none();
+        for i in 0..SIGNALS.len() {
+            let h = hard.get(i).filter(|l| breached(i, *l, s));
+            let soft = self.thresholds.get(i).filter(|l| breached(i, *l, s));
+            self.since[i] = soft.and(self.since[i].or(Some(now)));
+            met.set(i, h.or(soft));
+            let grace_over = self.since[i].is_some_and(|t| now.duration_since(t) >= self.grace[i]);
+            act.set(i, h.or(soft.filter(|_| grace_over)));
+        }
+        (met.pressure(s), act)
+    }
+}
+
+fn breached(i: usize, l: Limit, s: &Signals) -> bool {
+    let (available, capacity) = [
+        (s.memory_available, s.memory_capacity),
+        (s.nodefs_available, s.nodefs_capacity),
+        (s.inodes_free, s.inodes),
+        (s.pids_available, s.pid_max),
+    ][i];
+    l.breached(available, capacity)
+}
+
 /// The measured signals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Signals {
@@ -397,6 +518,53 @@ mod tests {
         ] {
             assert!(Thresholds::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn soft_thresholds_press_at_once_and_evict_after_their_grace_period() {
+        use std::time::{Duration, Instant};
+        let hard = Thresholds::parse("memory.available<100Mi").expect("hard");
+        assert_eq!(
+            Soft::parse("memory.available<1Gi", "").unwrap_err(),
+            "grace period must be specified for the soft eviction threshold memory.available"
+        );
+        assert!(Soft::parse("memory.available<1Gi", "memory.available=1x").is_err());
+        assert!(Soft::parse("", "cpu.available=1s").is_err());
+        let mut soft = Soft::parse("memory.available<1Gi", "memory.available=1m30s").expect("soft");
+        let signals = Signals {
+            memory_available: 512 << 20,
+            memory_capacity: 4 << 30,
+            nodefs_available: 50,
+            nodefs_capacity: 100,
+            inodes_free: 50,
+            inodes: 100,
+            pids_available: 1000,
+            pid_max: 4096,
+        };
+        let t0 = Instant::now();
+        let (pressure, act) = soft.observe(&hard, &signals, t0);
+        assert!(pressure.memory, "the condition is met at once");
+        assert_eq!(act.memory, None, "no eviction within the grace period");
+        let (_, act) = soft.observe(&hard, &signals, t0 + Duration::from_secs(89));
+        assert_eq!(act.memory, None);
+        let (_, act) = soft.observe(&hard, &signals, t0 + Duration::from_secs(90));
+        assert_eq!(act.memory, Some(Limit::Amount(1 << 30)));
+        // a break restarts the grace period
+        let plenty = Signals {
+            memory_available: 2 << 30,
+            ..signals
+        };
+        let (pressure, _) = soft.observe(&hard, &plenty, t0 + Duration::from_secs(91));
+        assert!(!pressure.memory);
+        let (_, act) = soft.observe(&hard, &signals, t0 + Duration::from_secs(100));
+        assert_eq!(act.memory, None);
+        // the hard threshold acts at once
+        let starving = Signals {
+            memory_available: 50 << 20,
+            ..signals
+        };
+        let (_, act) = soft.observe(&hard, &starving, t0 + Duration::from_secs(101));
+        assert_eq!(act.memory, Some(Limit::Amount(100 << 20)));
     }
 
     #[test]

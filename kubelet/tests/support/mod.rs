@@ -361,6 +361,8 @@ pub fn node_config(
         anonymous_auth: false,
         allowed_unsafe_sysctls: Vec::new(),
         eviction_hard: TEST_EVICTION_HARD.into(),
+        eviction_soft: String::new(),
+        eviction_soft_grace_period: String::new(),
         pod_cidr: None,
         static_pods: Default::default(),
         image_gc: NO_IMAGE_GC,
