@@ -347,18 +347,15 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     );
 
     // The node registers, gets a pod CIDR and goes Ready.
-    eventually("node Ready", Duration::from_secs(60), || {
+    let node_field = |path: &str| {
         let out = kubectl_run(
             data,
-            &[
-                "get",
-                "node",
-                &node,
-                "-o",
-                "jsonpath={.spec.podCIDR} {.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
+            &["get", "node", &node, "-o", &format!("jsonpath={path}")],
         );
-        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("node Ready", Duration::from_secs(60), || {
+        let s = node_field("{.spec.podCIDR} {.status.conditions[?(@.type==\"Ready\")].status}");
         (s == "10.245.0.0/24 True").then_some(s)
     });
     // The node runs as system:node:<name> (a certificate from the CA); the server labels it
@@ -381,17 +378,7 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         String::from_utf8_lossy(&whoami.stderr)
     );
     eventually("the control-plane label", Duration::from_secs(30), || {
-        let out = kubectl_run(
-            data,
-            &[
-                "get",
-                "node",
-                &node,
-                "-o",
-                r"jsonpath={.metadata.labels.node-role\.kubernetes\.io/control-plane}",
-            ],
-        );
-        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let s = node_field(r"{.metadata.labels.node-role\.kubernetes\.io/control-plane}");
         (s == "true").then_some(s)
     });
     assert_eq!(
