@@ -205,6 +205,13 @@ fn kubectl_top_and_the_hpa_scale_real_pods() {
         .args(["--dns-http-port", &free_port().to_string()])
         .arg("--container-runtime-endpoint")
         .arg(containerd.socket())
+        // neither disk-pressure eviction nor image GC on a nearly full CI disk
+        .args([
+            "--eviction-hard",
+            "memory.available<100Mi",
+            "--kubelet-arg",
+            "image-gc-high-threshold=100",
+        ])
         .args(["--kubelet-port", &free_port().to_string()])
         .args(["--proxy-metrics-port", &free_port().to_string()])
         .args(["--bpf-pin-root", &pin_root])
