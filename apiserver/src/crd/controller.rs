@@ -35,7 +35,7 @@ async fn control(state: &Arc<AppState>) {
             // retries what failed (a conflict, custom resources still finalizing)
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        let mut crds: Vec<Value> = state.crds.objects().values().cloned().collect();
+        let mut crds = state.crds.stored();
         // the older CRD keeps a contested name (upstream's controller sees them in order)
         crds.sort_by(|a, b| {
             (

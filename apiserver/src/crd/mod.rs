@@ -161,10 +161,33 @@ pub struct Crds {
     builtin: Vec<Arc<ResourceDef>>,
     current: RwLock<Arc<Snapshot>>,
     /// The stored CRDs by name.
-    objects: Mutex<BTreeMap<String, Value>>,
+    objects: Mutex<BTreeMap<String, Stored>>,
     changed: Notify,
     /// Set once the stored CRDs have been read (upstream's `crd-informer-synced`).
     synced: tokio::sync::watch::Sender<bool>,
+}
+
+/// A stored CRD and the defs it is served with (built once per change of the CRD, not per
+/// change of any CRD: schemas can be large).
+#[derive(Debug)]
+struct Stored {
+    crd: Arc<Value>,
+    /// Empty unless the CRD is established.
+    defs: Vec<Arc<ResourceDef>>,
+}
+
+impl Stored {
+    fn new(crd: Value) -> Stored {
+        let defs = if condition_true(&crd, "Established") {
+            defs_of(&crd).into_iter().map(Arc::new).collect()
+        } else {
+            Vec::new()
+        };
+        Stored {
+            crd: Arc::new(crd),
+            defs,
+        }
+    }
 }
 
 fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -345,6 +368,11 @@ fn versions_of(crd: &Value, pick: impl Fn(&Value) -> bool) -> Vec<ResourceDef> {
 }
 
 impl Crds {
+    /// The stored CRDs (shared, not copied).
+    fn stored(&self) -> Vec<Arc<Value>> {
+        self.objects().values().map(|s| s.crd.clone()).collect()
+    }
+
     pub fn new(builtin: &Registry) -> Crds {
         let builtin: Vec<Arc<ResourceDef>> = builtin.all().to_vec();
         let snapshot = Snapshot {
@@ -378,7 +406,7 @@ impl Crds {
             .clone()
     }
 
-    fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Value>> {
+    fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Stored>> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -388,11 +416,8 @@ impl Crds {
         let mut gvs = Vec::new();
         {
             let objects = self.objects();
-            for crd in objects.values() {
-                if !condition_true(crd, "Established") {
-                    continue;
-                }
-                for d in defs_of(crd) {
+            for stored in objects.values() {
+                for d in &stored.defs {
                     // a built-in always wins (upstream's names controller refuses the clash)
                     if defs.iter().any(|b| {
                         b.group == d.group && b.version == d.version && b.plural == d.plural
@@ -402,7 +427,7 @@ impl Crds {
                     if !gvs.contains(&(d.group, d.version)) {
                         gvs.push((d.group, d.version));
                     }
-                    defs.push(Arc::new(d));
+                    defs.push(d.clone());
                 }
             }
         }
@@ -427,7 +452,7 @@ impl crate::follow::Follower for Follower {
             objects.clear();
             for (key, value) in items {
                 if let Ok(v) = serde_json::from_slice::<Value>(value) {
-                    objects.insert(key.to_string(), v);
+                    objects.insert(key.to_string(), Stored::new(v));
                 }
             }
         }
@@ -439,7 +464,7 @@ impl crate::follow::Follower for Follower {
         {
             let mut objects = crds.objects();
             match value.and_then(|v| serde_json::from_slice::<Value>(v).ok()) {
-                Some(v) => objects.insert(key.to_string(), v),
+                Some(v) => objects.insert(key.to_string(), Stored::new(v)),
                 None => objects.remove(key),
             };
         }
