@@ -253,9 +253,7 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
                 }
             }
         }
-        ("autoscaling", "HorizontalPodAutoscaler") => {
-            set_default(&mut obj["spec"], "minReplicas", json!(1));
-        }
+        ("autoscaling", "HorizontalPodAutoscaler") => hpa_defaults(&mut obj["spec"]),
         _ => {}
     }
 }
@@ -299,6 +297,41 @@ pub fn qos_class(spec: &Value) -> &'static str {
 }
 
 /// Set `field` of an object when it is absent or `null` (a nil pointer upstream).
+/// Upstream's autoscaling/v2 defaults: `minReplicas` 1, 80% CPU without metrics, and a
+/// given `behavior` filled rule by rule (`GenerateHPAScaleUpRules`/`...DownRules`): scale-up
+/// no window, the larger of 4 pods or 100% per 15 s; scale-down 100% per 15 s, its window
+/// left to the controller's `--horizontal-pod-autoscaler-downscale-stabilization`.
+fn hpa_defaults(spec: &mut Value) {
+    set_default(spec, "minReplicas", json!(1));
+    if spec["metrics"].as_array().is_none_or(Vec::is_empty) {
+        if let Some(map) = spec.as_object_mut() {
+            map.insert(
+                "metrics".into(),
+                json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+            );
+        }
+    }
+    let Some(behavior) = spec.get_mut("behavior").filter(|b| b.is_object()) else {
+        return;
+    };
+    let up = json!({"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+        {"type": "Pods", "value": 4, "periodSeconds": 15},
+        {"type": "Percent", "value": 100, "periodSeconds": 15},
+    ]});
+    let down = json!({"selectPolicy": "Max", "policies": [
+        {"type": "Percent", "value": 100, "periodSeconds": 15},
+    ]});
+    for (direction, defaults) in [("scaleUp", up), ("scaleDown", down)] {
+        if !behavior[direction].is_object() {
+            behavior[direction] = json!({});
+        }
+        let rules = &mut behavior[direction];
+        for (field, value) in defaults.as_object().into_iter().flatten() {
+            set_default(rules, field, value.clone());
+        }
+    }
+}
+
 fn set_default(obj: &mut Value, field: &str, value: Value) {
     if let Some(map) = obj.as_object_mut() {
         let slot = map.entry(field.to_string()).or_insert(Value::Null);
@@ -829,6 +862,40 @@ pub fn spec_changed(old: &Value, new: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::registry::Registry;
+
+    #[test]
+    fn hpa_behavior_defaults_rule_by_rule() {
+        let def = Registry::builtin();
+        let def = def
+            .get("autoscaling", "v2", "horizontalpodautoscalers")
+            .expect("hpa");
+        let mut obj = json!({"spec": {"maxReplicas": 3, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}}});
+        default_object(def, &mut obj);
+        let spec = &obj["spec"];
+        assert_eq!(spec["minReplicas"], 1);
+        assert_eq!(
+            spec["metrics"][0]["resource"]["target"]["averageUtilization"],
+            80
+        );
+        assert_eq!(
+            spec["behavior"]["scaleUp"],
+            json!({"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+                {"type": "Pods", "value": 4, "periodSeconds": 15},
+                {"type": "Percent", "value": 100, "periodSeconds": 15},
+            ]})
+        );
+        assert_eq!(
+            spec["behavior"]["scaleDown"],
+            json!({"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 15},
+            ]})
+        );
+        // without behavior none is made up (the controller's own defaults apply)
+        let mut obj = json!({"spec": {"maxReplicas": 3, "metrics": [{"type": "Resource"}]}});
+        default_object(def, &mut obj);
+        assert!(obj["spec"].get("behavior").is_none());
+        assert_eq!(obj["spec"]["metrics"], json!([{"type": "Resource"}]));
+    }
 
     #[test]
     fn strategies_default_field_by_field() {

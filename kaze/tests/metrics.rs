@@ -415,6 +415,12 @@ fn kubectl_top_and_the_hpa_scale_real_pods() {
         "{err}"
     );
 
+    // `kubectl get` prints metrics-server's table.
+    let got = kubectl_ok(data, &["get", "podmetrics", "burn"]);
+    let table = rows(&got);
+    assert_eq!(table[0], ["NAME", "CPU", "MEMORY", "WINDOW"], "{got}");
+    assert_eq!(table[1][0], "burn", "{got}");
+
     // RBAC: `view` includes reading metrics (upstream's system:aggregated-metrics-reader).
     kubectl_ok(
         data,
@@ -461,6 +467,17 @@ fn kubectl_top_and_the_hpa_scale_real_pods() {
             "-p",
             r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}"#,
         ],
+    );
+    // the apiserver fills the rest of `behavior` with upstream's defaults
+    let spec = json(data, &["get", "hpa", "hog"])["spec"].clone();
+    assert_eq!(
+        spec["behavior"]["scaleUp"]["policies"],
+        serde_json::json!([{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        "{spec}"
+    );
+    assert_eq!(
+        spec["behavior"]["scaleDown"]["selectPolicy"], "Max",
+        "{spec}"
     );
     eventually(
         "the deployment scaled to 3",
@@ -515,6 +532,13 @@ fn kubectl_top_and_the_hpa_scale_real_pods() {
                 && c["reason"] == "TooManyReplicas")
                 .then_some(())
         },
+    );
+    let described = kubectl_ok(data, &["describe", "hpa", "hog"]);
+    assert!(
+        described.contains("SuccessfulRescale")
+            && described.contains("New size: 3; reason: cpu resource utilization (percentage of request) above target")
+            && described.contains("ScalingLimited"),
+        "{described}"
     );
     let hpa_table = kubectl_ok(data, &["get", "hpa", "hog"]);
     assert!(
