@@ -119,6 +119,13 @@ impl Samples {
         nodes.insert(node.to_string(), entry);
     }
 
+    /// Forget a node whose kubelet could not be scraped: its metrics are gone until two
+    /// scrapes succeed again, as metrics-server keeps only what the last round returned.
+    pub fn forget(&self, node: &str) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        nodes.remove(node);
+    }
+
     /// Forget nodes not in `keep` (deleted nodes).
     pub fn retain(&self, keep: &[String]) {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
@@ -452,8 +459,14 @@ resource_scrape_error 0
             (2_000, 1_000),
             "the earliest container's sample"
         );
-        samples.retain(&[]);
-        assert_eq!(samples.pod("ns", "p"), None);
+        samples.retain(&["n1".to_string()]);
+        assert!(samples.pod("ns", "p").is_some(), "n1 still exists");
+        samples.forget("n1");
+        assert_eq!(
+            samples.pod("ns", "p"),
+            None,
+            "a failed scrape drops the node's metrics"
+        );
     }
 
     #[test]

@@ -46,8 +46,14 @@ async fn scrape_all(state: &AppState, timeout: Duration) {
         let name = crate::meta::meta_str(node, "name").unwrap_or_default();
         match tokio::time::timeout(timeout, scrape(state, node)).await {
             Ok(Ok(s)) => state.resource_metrics.store(name, s),
-            Ok(Err(e)) => tracing::debug!(node = name, error = %e, "metrics scraper"),
-            Err(_) => tracing::debug!(node = name, "metrics scraper: kubelet timed out"),
+            Ok(Err(e)) => {
+                tracing::debug!(node = name, error = %e, "metrics scraper");
+                state.resource_metrics.forget(name);
+            }
+            Err(_) => {
+                tracing::debug!(node = name, "metrics scraper: kubelet timed out");
+                state.resource_metrics.forget(name);
+            }
         }
     });
     futures::future::join_all(scrapes).await;
