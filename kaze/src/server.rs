@@ -26,6 +26,10 @@ pub struct ServerArgs {
     /// How often the controller-manager syncs every HorizontalPodAutoscaler.
     #[arg(long = "horizontal-pod-autoscaler-sync-period", default_value = "15s", value_parser = component::leader::parse_duration)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// How far back an HPA without `behavior.scaleDown.stabilizationWindowSeconds` looks
+    /// for its highest recommendation before scaling down.
+    #[arg(long = "horizontal-pod-autoscaler-downscale-stabilization", default_value = "5m", value_parser = component::leader::parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration,
     /// Port the host DNS server listens on (the kube-dns Service maps 53 to it).
     #[arg(long = "dns-port", default_value_t = 10053)]
     dns_port: u16,
@@ -232,7 +236,8 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         // kube-root-ca.crt in every namespace: the CA this server's apiserver serves with
         root_ca_file: Some(api.ca_file()),
         horizontal_pod_autoscaler_sync_period: args.horizontal_pod_autoscaler_sync_period,
-        horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration::from_secs(300),
+        horizontal_pod_autoscaler_downscale_stabilization: args
+            .horizontal_pod_autoscaler_downscale_stabilization,
         leader: args.leader.clone(),
     };
     components.spawn("controller-manager", &shutdown, |token| {
