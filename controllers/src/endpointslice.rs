@@ -156,15 +156,10 @@ pub fn desired(svc: &Service, pods: &[Pod]) -> Vec<(Vec<EndpointPort>, Vec<Endpo
             out.push((ports.clone(), chunk.to_vec()));
         }
     }
-    if out.is_empty() && !spec.ports.as_deref().unwrap_or_default().is_empty() {
-        // No endpoints: one empty slice with the service's ports, as upstream keeps.
-        let ports = spec.ports.iter().flatten().map(|p| EndpointPort {
-            name: p.name.clone().or(Some(String::new())),
-            port: None,
-            protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
-            app_protocol: p.app_protocol.clone(),
-        });
-        out.push((ports.collect(), Vec::new()));
+    if out.is_empty() {
+        // No endpoints: upstream keeps one placeholder slice, without ports (kubectl prints
+        // `<unset>`).
+        out.push((Vec::new(), Vec::new()));
     }
     out
 }
@@ -342,4 +337,25 @@ async fn write_endpoints(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_without_endpoints_keeps_one_placeholder_slice_without_ports() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "d"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }))
+        .expect("service");
+        // A pod without an IP yet is no endpoint.
+        let pending: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        }))
+        .expect("pod");
+        assert_eq!(desired(&svc, &[pending]), vec![(vec![], vec![])]);
+    }
 }
