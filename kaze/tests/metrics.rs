@@ -18,23 +18,11 @@ use testkit::{eventually, free_port, kubectl, ChildGuard};
 mod xtask_images;
 
 fn kubectl_run(data: &Path, args: &[&str]) -> Output {
-    Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(data.join("kubeconfig.yaml"))
-        .args(args)
-        .output()
-        .expect("running kubectl")
+    testkit::kubectl_with(&data.join("kubeconfig.yaml"), args, None)
 }
 
 fn kubectl_ok(data: &Path, args: &[&str]) -> String {
-    let out = kubectl_run(data, args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testkit::kubectl_ok(&data.join("kubeconfig.yaml"), args, None)
 }
 
 fn kubectl_apply(data: &Path, yaml: &str) {

@@ -47,23 +47,11 @@ fn start_server(data_dir: &Path, port: u16, run: u32, extra: &[String]) -> Child
 }
 
 fn kubectl_run(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(data_dir.join("kubeconfig.yaml"))
-        .args(args)
-        .output()
-        .expect("running kubectl")
+    testkit::kubectl_with(&data_dir.join("kubeconfig.yaml"), args, None)
 }
 
 fn kubectl_ok(data_dir: &Path, args: &[&str]) -> String {
-    let out = kubectl_run(data_dir, args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testkit::kubectl_ok(&data_dir.join("kubeconfig.yaml"), args, None)
 }
 
 fn kubectl_apply(data_dir: &Path, yaml: &str) {
