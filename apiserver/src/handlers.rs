@@ -107,8 +107,13 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let accept = negotiate::accept(&headers)?;
     let def = t.def.clone();
-    if def.custom.is_some() && matches!(method, Method::POST | Method::PUT | Method::PATCH) {
-        // custom resources are JSON (and YAML) only, and have no strategic merge patch
+    let scale = t.sub == Some(Sub::Scale);
+    if def.custom.is_some()
+        && !scale
+        && matches!(method, Method::POST | Method::PUT | Method::PATCH)
+    {
+        // custom resources are JSON (and YAML) only, and have no strategic merge patch (their
+        // `scale` is the built-in autoscaling/v1 Scale, which has)
         let ty = negotiate::body_type(&headers)?;
         if matches!(ty, BodyType::Protobuf | BodyType::StrategicMergePatch) {
             let ct = headers

@@ -435,6 +435,18 @@ fn dynamic_objects_get_every_verb_status_and_schema_handling() {
             other => panic!("{other:?}"),
         }
 
+        // their scale is the built-in Scale: strategic merge patch works there
+        let scaled = api
+            .patch_scale(
+                &name,
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"replicas": 5}})),
+            )
+            .await
+            .expect("scale");
+        assert_eq!(scaled.spec.and_then(|s| s.replicas), Some(5));
+        assert_eq!(scaled.status.map(|s| s.selector), Some(Some("tier=a".to_string())));
+        assert_eq!(api.get(&name).await.expect("get").data["spec"]["replicas"], 5);
         // strategic merge patch is a 415 for custom resources (JSON patch: below, kubectl)
         let e = api
             .patch(&name, &PatchParams::default(), &Patch::Strategic(json!({"spec": {"color": "blue"}})))
