@@ -1414,13 +1414,29 @@ pub fn table(
     if let Some(c) = &def.custom {
         return crate::crd::table(c, items, include, version, list_meta);
     }
+    let defs = json!(column_definitions(def.printer));
+    assemble(items, include, version, list_meta, defs, |o| {
+        // Printers read the stored form, as upstream's read the internal one
+        // (events.k8s.io Events print as core ones).
+        let stored = def.conversion.map(|c| (c.to_storage)(o.clone()));
+        cells(def.printer, stored.as_ref().unwrap_or(o))
+    })
+}
+
+/// A Table of `items`: each row the cells `cells_of` gives and the object as `include`
+/// asks (for built-in printers and CRDs' printer columns alike).
+pub(crate) fn assemble(
+    items: &[Value],
+    include: Include,
+    version: &str,
+    list_meta: Value,
+    column_definitions: Value,
+    cells_of: impl Fn(&Value) -> Vec<Value>,
+) -> Value {
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
-            // Printers read the stored form, as upstream's read the internal one
-            // (events.k8s.io Events print as core ones).
-            let stored = def.conversion.map(|c| (c.to_storage)(o.clone()));
-            let mut row = json!({ "cells": cells(def.printer, stored.as_ref().unwrap_or(o)) });
+            let mut row = json!({ "cells": cells_of(o) });
             match include {
                 Include::None => {}
                 Include::Metadata => {
@@ -1439,7 +1455,7 @@ pub fn table(
         "kind": "Table",
         "apiVersion": format!("meta.k8s.io/{version}"),
         "metadata": list_meta,
-        "columnDefinitions": column_definitions(def.printer),
+        "columnDefinitions": column_definitions,
         "rows": rows,
     })
 }

@@ -149,38 +149,16 @@ pub fn table(
     defs.extend(cols.iter().map(|col| {
         json!({"name": col.name, "type": col.type_, "format": col.format, "description": col.description, "priority": col.priority})
     }));
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|o| {
-            let mut cells = vec![json!(crate::meta::meta_str(o, "name").unwrap_or(""))];
-            for col in &cols {
-                cells.push(
-                    find(o, &col.json_path)
-                        .first()
-                        .map_or(Value::Null, |v| cell(&col.type_, v)),
-                );
-            }
-            let mut row = json!({ "cells": cells });
-            match include {
-                Include::None => {}
-                Include::Metadata => {
-                    row["object"] = json!({
-                        "kind": "PartialObjectMetadata",
-                        "apiVersion": format!("meta.k8s.io/{version}"),
-                        "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
-                    })
-                }
-                Include::Object => row["object"] = o.clone(),
-            }
-            row
-        })
-        .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": format!("meta.k8s.io/{version}"),
-        "metadata": list_meta,
-        "columnDefinitions": defs,
-        "rows": rows,
+    crate::table::assemble(items, include, version, list_meta, json!(defs), |o| {
+        let mut cells = vec![json!(crate::meta::meta_str(o, "name").unwrap_or(""))];
+        for col in &cols {
+            cells.push(
+                find(o, &col.json_path)
+                    .first()
+                    .map_or(Value::Null, |v| cell(&col.type_, v)),
+            );
+        }
+        cells
     })
 }
 
