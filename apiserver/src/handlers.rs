@@ -310,6 +310,19 @@ pub async fn update(
         Some(rv) if !rv.is_empty() => Some(objects::parse_rv(rv)?),
         _ => None,
     };
+    if def.custom.is_some() && precondition.is_none() {
+        // custom resources do not allow unconditional updates (upstream's strategy)
+        return Err(ApiError::invalid(
+            def.kind,
+            def.group,
+            name,
+            vec![(
+                "metadata.resourceVersion".into(),
+                "FieldValueInvalid",
+                "Invalid value: 0x0: must be specified for an update".into(),
+            )],
+        ));
+    }
     let default_class = match part {
         Part::Main => crate::priority::default_before_update(state, def).await?,
         _ => None,

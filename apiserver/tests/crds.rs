@@ -463,6 +463,19 @@ fn dynamic_objects_get_every_verb_status_and_schema_handling() {
             .await
             .expect_err("stale");
         assert_eq!(api_error(e).0, 409);
+        // custom resources allow no unconditional update
+        let mut unconditional = api.get(&name).await.expect("get");
+        unconditional.metadata.resource_version = None;
+        let (code, _, msg) = api_error(
+            api.replace(&name, &PostParams::default(), &unconditional)
+                .await
+                .expect_err("no resourceVersion"),
+        );
+        assert_eq!(code, 422);
+        assert!(
+            msg.ends_with("metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"),
+            "{msg}"
+        );
         let mut cur = api.get(&name).await.expect("get");
         cur.data["spec"]["image"] = json!("alpine");
         let replaced = api
