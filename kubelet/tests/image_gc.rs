@@ -1,10 +1,11 @@
 //! Image garbage collection through a real kubelet (kaze apiserver in-process, its own
 //! containerd, so its images are this test's alone): with thresholds computed from the
 //! filesystem's current use so that collection must trigger (high 1%, low 0%: nothing the
-//! kubelet can delete is ever enough), an unused image older than
-//! `--minimum-image-ttl-duration` is deleted while the image of a running pod and the pod
-//! infra (pause) image are kept, and the shortfall is a `FreeDiskSpaceFailed` event on the
-//! Node; once the pod is gone its image goes too, pause (pinned) never. With `--image-gc-high-threshold=100` nothing is collected.
+//! kubelet can delete is ever enough), the image of a running pod, the pod infra (pause)
+//! image and the air-gap images imported at start (pinned) are kept, and the shortfall is a
+//! `FreeDiskSpaceFailed` event on the Node; once the pod is gone its image — imported on
+//! demand, so not pinned — is deleted after `--minimum-image-ttl-duration`, the pinned ones
+//! never. With `--image-gc-high-threshold=100` nothing is collected.
 
 mod support;
 
@@ -48,7 +49,7 @@ async fn delete(c: &Cluster, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unused_images_past_their_ttl_are_collected_and_in_use_and_pause_kept() {
+async fn unused_images_past_their_ttl_are_collected_and_in_use_pinned_and_pause_kept() {
     let mut c = Cluster::new("imagegc", 243).await;
     let fs = kubelet::sys::statvfs(c.dir.path()).expect("statvfs");
     let used_percent = 100 - fs.available * 100 / fs.capacity;
@@ -63,28 +64,28 @@ async fn unused_images_past_their_ttl_are_collected_and_in_use_and_pause_kept() 
         minimum_age: Duration::from_secs(15),
         period: Duration::from_secs(2),
     };
+    // echo and pause come from the air-gap dir at start (pinned); busybox is imported on
+    // demand, as `kaze images import` does (not pinned).
+    let busybox = c.dir.path().join("busybox.tar");
+    std::fs::rename(c.root.join("agent/images/busybox.tar"), &busybox).expect("move busybox");
     c.start_kubelet();
     c.wait_node().await;
+    kubelet::images::import_file(&c.containerd_socket(), &c.node, &busybox)
+        .await
+        .expect("importing busybox");
+    let listing = c.ctr(&["images", "ls"]);
+    let labelled = |image: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(image))
+            .is_some_and(|l| l.contains("io.cri-containerd.pinned=pinned"))
+    };
+    assert!(
+        labelled("docker.io/kaze/echo:1") && !labelled("docker.io/kaze/busybox:1"),
+        "{listing}"
+    );
     // busybox runs; echo is never used; pause holds the pod's sandbox.
     run_busybox(&c, "user").await;
-    let echo = "docker.io/kaze/echo:1";
-    let gone = testkit::wait_for(
-        "the unused echo image deleted",
-        Duration::from_secs(60),
-        || {
-            let now = images(&c);
-            async move { (!now.iter().any(|i| i == echo)).then_some(now) }
-        },
-    )
-    .await;
-    assert!(
-        gone.iter().any(|i| i == "docker.io/kaze/busybox:1"),
-        "the image of a running pod is kept: {gone:?}"
-    );
-    assert!(
-        gone.iter().any(|i| i == "docker.io/kaze/pause:1"),
-        "the pod infra image is kept: {gone:?}"
-    );
     let message = c.warning_event(&c.node, "FreeDiskSpaceFailed").await;
     assert!(
         message
@@ -92,10 +93,8 @@ async fn unused_images_past_their_ttl_are_collected_and_in_use_and_pause_kept() 
             && message.contains("bytes eligible to free."),
         "{message}"
     );
-    // The content went with the image (containerd collected it synchronously).
-    let blobs = c.ctr(&["content", "ls", "-q"]);
-    assert!(!blobs.is_empty(), "busybox's and pause's content remain");
-    // Once no container uses busybox for the TTL it goes too; pause, pinned, never does.
+    // Once no container uses busybox for the TTL it goes; the pinned images never do,
+    // although echo has been unused since the start.
     delete(&c, "user").await;
     let left = testkit::wait_for(
         "the no longer used busybox image deleted",
@@ -106,7 +105,13 @@ async fn unused_images_past_their_ttl_are_collected_and_in_use_and_pause_kept() 
         },
     )
     .await;
-    assert_eq!(left, vec!["docker.io/kaze/pause:1".to_string()]);
+    assert_eq!(
+        left,
+        vec![
+            "docker.io/kaze/echo:1".to_string(),
+            "docker.io/kaze/pause:1".to_string()
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

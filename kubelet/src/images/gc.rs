@@ -5,7 +5,10 @@
 //! (upstream's period) and by the eviction path under disk pressure.
 //!
 //! An image is never deleted while a container of this node's containerd namespace uses it
-//! (running or not), nor the pod infra (pause) image, which upstream pins, nor before it has
+//! (running or not), nor the pod infra (pause) image, which upstream pins, nor an image
+//! labelled `io.cri-containerd.pinned=pinned` (what CRI reports as pinned) — which the air-gap
+//! images the kubelet imports at start are, as k3s pins them: with no registry a collected
+//! air-gap image could not come back before the next start —, nor before it has
 //! been known for `--minimum-image-ttl-duration` (upstream's `imageMinimumGCAge`): like
 //! upstream, the kubelet tracks when it first saw each image and when a container last used
 //! it, in memory, so after a restart every image is young again. `--image-gc-high-threshold=100`
@@ -96,6 +99,8 @@ pub struct ImageInfo {
     pub digest: String,
     /// Bytes of its content (manifest, config and layers), as CRI reports an image's size.
     pub size: u64,
+    /// Labelled `io.cri-containerd.pinned=pinned`: never collected.
+    pub pinned: bool,
 }
 
 /// What a collection did.
@@ -212,10 +217,12 @@ impl ImageGc {
                     size += m.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
                 }
             }
+            let pinned = img.labels.get(super::PINNED_LABEL).map(String::as_str) == Some("pinned");
             out.push(ImageInfo {
                 name: img.name,
                 digest,
                 size,
+                pinned,
             });
         }
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,7 +253,7 @@ impl ImageGc {
         let mut candidates: Vec<(Record, &ImageInfo)> = images
             .iter()
             .filter(|i| !in_use.contains(&i.name) && !in_use.contains(&i.digest))
-            .filter(|i| !self.pinned.contains(&i.name))
+            .filter(|i| !i.pinned && !self.pinned.contains(&i.name))
             .filter_map(|i| Some((*records.get(&i.name)?, i)))
             .filter(|(r, _)| r.last_used != now)
             .filter(|(r, _)| now.duration_since(r.first_detected) >= self.config.minimum_age)

@@ -110,7 +110,10 @@ fn parse<'a, T: Deserialize<'a>>(path: &Path, what: &str, data: &'a [u8]) -> Res
 }
 
 /// Import every `*.tar` in `dir` (the k3s air-gap convention `<root-dir>/agent/images/`).
-/// A missing directory imports nothing; one bad tarball fails with its path.
+/// A missing directory imports nothing; one bad tarball fails with its path. The images are
+/// pinned (`io.cri-containerd.pinned=pinned`, as k3s pins its air-gap images), so image
+/// garbage collection keeps them: without a registry nothing could bring them back before
+/// the next start.
 pub async fn import_dir(cd: &Containerd, dir: &Path) -> Result<Vec<String>> {
     let mut tars: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(d) => d
@@ -123,13 +126,18 @@ pub async fn import_dir(cd: &Containerd, dir: &Path) -> Result<Vec<String>> {
     tars.sort();
     let mut names = Vec::new();
     for tar in tars {
-        names.extend(import_tarball(cd, &tar).await?);
+        names.extend(import(cd, &tar, true).await?);
     }
     Ok(names)
 }
 
 /// Import one OCI image-layout tarball (`kaze images import FILE`); returns the image names.
+/// Not pinned: image garbage collection may delete it once unused.
 pub async fn import_tarball(cd: &Containerd, path: &Path) -> Result<Vec<String>> {
+    import(cd, path, false).await
+}
+
+async fn import(cd: &Containerd, path: &Path, pinned: bool) -> Result<Vec<String>> {
     let data =
         sys::read_file(path).context(|| format!("importing image tarball {}", path.display()))?;
     let files = read_tar(path, &data)?;
@@ -161,7 +169,7 @@ pub async fn import_tarball(cd: &Containerd, path: &Path) -> Result<Vec<String>>
         }
         _ => {}
     }
-    let result = import_index(cd, path, &files, &index, &lease).await;
+    let result = import_index(cd, path, &files, &index, &lease, pinned).await;
     let _ = cd
         .leases()
         .delete(cd.req(
@@ -181,6 +189,7 @@ async fn import_index(
     files: &HashMap<String, Vec<u8>>,
     index: &Index,
     lease: &str,
+    pinned: bool,
 ) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in &index.manifests {
@@ -273,9 +282,13 @@ async fn import_index(
             size: entry.size,
             annotations: HashMap::new(),
         };
+        let mut labels = HashMap::new();
+        if pinned {
+            labels.insert(super::PINNED_LABEL.to_string(), "pinned".to_string());
+        }
         let image = Image {
             name: name.clone(),
-            labels: HashMap::new(),
+            labels,
             target: Some(target),
             ..Default::default()
         };

@@ -17,6 +17,9 @@ use serde::Deserialize;
 
 pub use import::{import_dir, import_tarball, read_tar};
 
+/// containerd's label for images CRI reports as pinned (never garbage collected).
+pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
+
 /// `kaze images import FILE`: import one tarball into the node's containerd namespace
 /// without starting a runtime (no CNI, no pod dirs).
 pub async fn import_file(

@@ -223,6 +223,11 @@ impl Cluster {
         testkit::kubectl_ok(&self.kubeconfig, args, None)
     }
 
+    /// The socket of this cluster's containerd.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.containerd.as_ref().expect("containerd").socket()
+    }
+
     pub fn ctr(&self, args: &[&str]) -> String {
         let mut all = vec!["-n", self.node.as_str()];
         all.extend_from_slice(args);
