@@ -147,6 +147,9 @@ fn kubectl_top_and_the_hpa_scale_real_pods() {
         .tempdir()
         .expect("temp dir");
     let data = dir.path();
+    // dropped after the server and containerd stopped, before the temp dir: the pods'
+    // volumes stay mounted when a kubelet stops (it deletes nothing)
+    let _mounts = Unmounts(data.to_path_buf());
     let containerd = testkit::Containerd::start();
     let images = data.join("agent/images");
     std::fs::create_dir_all(&images).expect("air-gap dir");
@@ -579,6 +582,15 @@ fn kubectl_top_and_the_hpa_scale_real_pods() {
         "kaze server did not stop cleanly: {status:?}\n{}",
         server_log()
     );
+}
+
+/// Unmounts everything under the server's data dir.
+struct Unmounts(std::path::PathBuf);
+
+impl Drop for Unmounts {
+    fn drop(&mut self) {
+        testkit::umount_under(&self.0);
+    }
 }
 
 /// Removes the eBPF pins the server's proxy leaves behind on purpose (a restart keeps
