@@ -160,13 +160,11 @@ async fn sync(state: &State, hpa: &HorizontalPodAutoscaler) -> Result<(), String
                 format!("the HPA controller was unable to get the target's current scale: {e}");
             state.events.warn(hpa, "FailedGetScale", &e).await;
             out.set("AbleToScale", false, "FailedGetScale", message);
-            write_status(
+            write_unchanged(
                 state,
                 hpa,
                 &out,
                 status_before.current_replicas.unwrap_or(0),
-                status_before.desired_replicas,
-                false,
             )
             .await;
             return Err(e);
@@ -210,15 +208,7 @@ async fn sync(state: &State, hpa: &HorizontalPodAutoscaler) -> Result<(), String
             let e = "the HPA target's scale is missing a selector";
             state.events.warn(hpa, "SelectorRequired", e).await;
             out.set("ScalingActive", false, "InvalidSelector", e.into());
-            write_status(
-                state,
-                hpa,
-                &out,
-                current,
-                status_before.desired_replicas,
-                false,
-            )
-            .await;
+            write_unchanged(state, hpa, &out, current).await;
             return Err(e.into());
         }
         let metric_specs = spec
@@ -239,15 +229,7 @@ async fn sync(state: &State, hpa: &HorizontalPodAutoscaler) -> Result<(), String
         {
             Ok(p) => p,
             Err(e) => {
-                write_status(
-                    state,
-                    hpa,
-                    &out,
-                    current,
-                    status_before.desired_replicas,
-                    false,
-                )
-                .await;
+                write_unchanged(state, hpa, &out, current).await;
                 state
                     .events
                     .warn(hpa, "FailedComputeMetricsReplicas", &e)
@@ -302,15 +284,7 @@ async fn sync(state: &State, hpa: &HorizontalPodAutoscaler) -> Result<(), String
                 "FailedUpdateScale",
                 format!("the HPA controller was unable to update the target scale: {e}"),
             );
-            write_status(
-                state,
-                hpa,
-                &out,
-                current,
-                status_before.desired_replicas,
-                false,
-            )
-            .await;
+            write_unchanged(state, hpa, &out, current).await;
             return Err(format!("failed to rescale: {e}"));
         }
         out.set(
@@ -729,6 +703,17 @@ async fn get_scale(
 
 /// Write the status if it changed (upstream's `setStatus` + `updateStatusIfNeeded`);
 /// conditions keep their transition time unless their status flips.
+/// The status of a sync that stopped early: conditions as found, desired replicas as before.
+async fn write_unchanged(
+    state: &State,
+    hpa: &HorizontalPodAutoscaler,
+    out: &Outcome,
+    current: i32,
+) {
+    let desired = hpa.status.as_ref().map_or(0, |s| s.desired_replicas);
+    write_status(state, hpa, out, current, desired, false).await;
+}
+
 async fn write_status(
     state: &State,
     hpa: &HorizontalPodAutoscaler,
