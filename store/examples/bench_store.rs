@@ -5,7 +5,8 @@
 //! from the round with its median ratio.
 //!
 //! Each etcd measurement gets a fresh etcd (same binary, same disk) so one run's data does
-//! not slow the next.
+//! not slow the next. Every etcd measurement is made on two etcds: the system's (Debian 12's
+//! 3.4) and Debian trixie's 3.5 (`testkit::etcd35`); each ratio compares figures of one etcd.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -199,41 +200,45 @@ async fn store_list(store: &dyn Store, count: usize) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-/// One sample of every measurement.
-struct Round {
+/// One sample of every measurement on one etcd binary.
+struct EtcdRound {
     raw_put: f64,
     raw_get: f64,
     raw_txn: f64,
     raw_group: f64,
     etcd_put: f64,
     etcd_get: f64,
+}
+
+/// One sample of every measurement: each etcd in `etcds`' order, then the embedded store.
+struct Round {
+    etcds: Vec<EtcdRound>,
     emb_put: f64,
     emb_get: f64,
 }
 
-async fn round(n: usize) -> Round {
-    let etcd_raw = tokio::task::spawn_blocking(Etcd::start)
+async fn start_etcd(bin: &std::path::Path) -> Etcd {
+    let bin = bin.to_path_buf();
+    tokio::task::spawn_blocking(move || Etcd::start_bin(&bin))
         .await
-        .expect("etcd");
+        .expect("etcd")
+}
+
+async fn etcd_round(bin: &std::path::Path, n: usize) -> EtcdRound {
+    let etcd_raw = start_etcd(bin).await;
     let raw_put = raw_puts(&etcd_raw, n).await;
     let raw_get = raw_list(&etcd_raw, n).await;
     drop(etcd_raw);
 
-    let etcd_t = tokio::task::spawn_blocking(Etcd::start)
-        .await
-        .expect("etcd");
+    let etcd_t = start_etcd(bin).await;
     let raw_txn = raw_txn_creates(&etcd_t, n).await;
     drop(etcd_t);
 
-    let etcd_g = tokio::task::spawn_blocking(Etcd::start)
-        .await
-        .expect("etcd");
+    let etcd_g = start_etcd(bin).await;
     let raw_group = raw_grouped_creates(&etcd_g, n).await;
     drop(etcd_g);
 
-    let etcd_b = tokio::task::spawn_blocking(Etcd::start)
-        .await
-        .expect("etcd");
+    let etcd_b = start_etcd(bin).await;
     let etcd_store: Arc<dyn Store> = Arc::new(
         EtcdStore::connect(&[etcd_b.url()])
             .await
@@ -242,7 +247,21 @@ async fn round(n: usize) -> Round {
     let etcd_put = store_creates(etcd_store.clone(), n).await;
     let etcd_get = store_list(etcd_store.as_ref(), n).await;
     drop(etcd_b);
+    EtcdRound {
+        raw_put,
+        raw_get,
+        raw_txn,
+        raw_group,
+        etcd_put,
+        etcd_get,
+    }
+}
 
+async fn round(etcds: &[(String, std::path::PathBuf)], n: usize) -> Round {
+    let mut out = Vec::new();
+    for (_, bin) in etcds {
+        out.push(etcd_round(bin, n).await);
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let embedded: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path().join("state.db")).expect("embedded"));
@@ -250,12 +269,7 @@ async fn round(n: usize) -> Round {
     let emb_get = store_list(embedded.as_ref(), n).await;
 
     Round {
-        raw_put,
-        raw_get,
-        raw_txn,
-        raw_group,
-        etcd_put,
-        etcd_get,
+        etcds: out,
         emb_put,
         emb_get,
     }
@@ -265,85 +279,108 @@ async fn round(n: usize) -> Round {
 async fn main() {
     let a = args();
     let n = a.count;
-    println!("store bench: {n} pod-sized values (~2 KiB), {CONCURRENCY} writers in flight");
+    // The system's etcd (Debian 12's 3.4, the one the issue names) and Debian trixie's 3.5
+    // that `cargo xtask setup` unpacks: etcd 3.5 no longer copies the backend's uncommitted
+    // write buffer for every write transaction, which is what a create-if-absent costs on 3.4.
+    let system = testkit::which("etcd").expect("etcd is not installed (run `cargo xtask setup`)");
+    let etcds: Vec<(String, std::path::PathBuf)> = [system, testkit::etcd35()]
+        .into_iter()
+        .map(|bin| (format!("etcd {}", testkit::etcd_version(&bin)), bin))
+        .collect();
+    println!(
+        "store bench: {n} pod-sized values (~2 KiB), {CONCURRENCY} writers in flight, on {}",
+        etcds
+            .iter()
+            .map(|(v, _)| v.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
 
     // The VM is shared with other work: every measurement is taken once per round, so a
     // burst of outside load spoils one round rather than one whole measurement.
     let mut samples: Vec<Round> = Vec::new();
     for r in 0..a.rounds {
-        let s = round(n).await;
-        println!(
-            "round {}: etcd backend {:.0}/s, raw puts {:.0}/s (ratio {:.3}), raw txns {:.0}/s, embedded {:.0}/s",
-            r + 1,
-            s.etcd_put,
-            s.raw_put,
-            s.etcd_put / s.raw_put,
-            s.raw_txn,
-            s.emb_put
-        );
+        let s = round(&etcds, n).await;
+        for ((v, _), e) in etcds.iter().zip(&s.etcds) {
+            println!(
+                "round {} ({v}): etcd backend {:.0}/s, raw puts {:.0}/s (ratio {:.3}), raw txns {:.0}/s",
+                r + 1,
+                e.etcd_put,
+                e.raw_put,
+                e.etcd_put / e.raw_put,
+                e.raw_txn,
+            );
+        }
+        println!("round {}: embedded {:.0}/s", r + 1, s.emb_put);
         samples.push(s);
     }
     // Each figure is the round whose ratio is the median one: value and reference come from
     // the same round, measured back to back.
     let paired = |metric: &str,
-                  value: fn(&Round) -> f64,
+                  value: &dyn Fn(&Round) -> f64,
                   unit: &str,
                   reference: &str,
-                  refv: fn(&Round) -> f64| {
+                  refv: &dyn Fn(&Round) -> f64| {
         let mut v: Vec<(f64, f64)> = samples.iter().map(|s| (value(s), refv(s))).collect();
         v.sort_by(|x, y| (x.0 / x.1).total_cmp(&(y.0 / y.1)));
         let (val, r) = v[v.len() / 2];
         testkit::bench::figure(metric, val, unit, reference, r, true)
     };
 
-    let figures = vec![
-        paired(
-            "etcd backend creates",
-            |s| s.etcd_put,
-            "ops/s",
-            "raw etcd-client puts",
-            |s| s.raw_put,
-        ),
-        paired(
-            "embedded backend creates",
-            |s| s.emb_put,
-            "ops/s",
-            "etcd backend creates",
-            |s| s.etcd_put,
-        ),
-        paired(
-            "etcd backend creates",
-            |s| s.etcd_put,
-            "ops/s",
-            "raw etcd-client create txns (same compare)",
-            |s| s.raw_txn,
-        ),
-        paired(
-            "raw create txns, 4 keys each (not used)",
-            |s| s.raw_group,
-            "ops/s",
-            "raw etcd-client puts",
-            |s| s.raw_put,
-        ),
-        paired(
-            "etcd backend list",
-            |s| s.etcd_get,
-            "items/s",
-            "raw etcd-client prefix get",
-            |s| s.raw_get,
-        ),
-        paired(
-            "embedded backend list",
-            |s| s.emb_get,
-            "items/s",
-            "etcd backend list",
-            |s| s.etcd_get,
-        ),
-    ];
+    let mut figures = Vec::new();
+    for (i, (v, _)) in etcds.iter().enumerate() {
+        fn at(s: &Round, i: usize) -> &EtcdRound {
+            &s.etcds[i]
+        }
+        figures.extend([
+            paired(
+                &format!("etcd backend creates ({v})"),
+                &|s| at(s, i).etcd_put,
+                "ops/s",
+                &format!("raw etcd-client puts ({v})"),
+                &|s| at(s, i).raw_put,
+            ),
+            paired(
+                &format!("etcd backend creates ({v})"),
+                &|s| at(s, i).etcd_put,
+                "ops/s",
+                &format!("raw etcd-client create txns, same compare ({v})"),
+                &|s| at(s, i).raw_txn,
+            ),
+            paired(
+                &format!("raw create txns, 4 keys each, not used ({v})"),
+                &|s| at(s, i).raw_group,
+                "ops/s",
+                &format!("raw etcd-client puts ({v})"),
+                &|s| at(s, i).raw_put,
+            ),
+            paired(
+                &format!("etcd backend list ({v})"),
+                &|s| at(s, i).etcd_get,
+                "items/s",
+                &format!("raw etcd-client prefix get ({v})"),
+                &|s| at(s, i).raw_get,
+            ),
+            paired(
+                "embedded backend creates",
+                &|s| s.emb_put,
+                "ops/s",
+                &format!("etcd backend creates ({v})"),
+                &|s| at(s, i).etcd_put,
+            ),
+            paired(
+                "embedded backend list",
+                &|s| s.emb_get,
+                "items/s",
+                &format!("etcd backend list ({v})"),
+                &|s| at(s, i).etcd_get,
+            ),
+        ]);
+    }
     testkit::bench::write(&a.out, &figures);
     for f in &figures {
         println!(
-            "{:<26} {:>10} {:<8} vs {:<28} {:>10}  ratio {}",
+            "{:<44} {:>10} {:<8} vs {:<56} {:>10}  ratio {}",
             f["metric"].as_str().unwrap_or(""),
             f["value"],
             f["unit"].as_str().unwrap_or(""),

@@ -21,11 +21,50 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    bin: PathBuf,
+}
+
+/// Debian trixie's etcd 3.5 that `cargo xtask setup` unpacks: `$KAZE_ETCD35` (set by
+/// `cargo xtask`), else `target/tools/etcd-3.5/etcd`. The system's `etcd` is Debian 12's 3.4.
+pub fn etcd35() -> PathBuf {
+    let p = std::env::var_os("KAZE_ETCD35")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/etcd-3.5/etcd")
+        });
+    assert!(
+        p.is_file(),
+        "etcd 3.5 not found at {} (run `cargo xtask setup`)",
+        p.display()
+    );
+    p
+}
+
+/// The version an etcd binary reports (`3.4.23`), or `unknown`.
+pub fn etcd_version(bin: &std::path::Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("etcd Version: "))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 impl Etcd {
-    /// Start etcd and wait until it answers.
+    /// Start the system's etcd (Debian's) and wait until it answers.
     pub fn start() -> Etcd {
+        let bin = which("etcd").expect("etcd is not installed (run `cargo xtask setup`)");
+        Etcd::start_bin(&bin)
+    }
+
+    /// Start the etcd binary `bin` (e.g. `etcd35()`) and wait until it answers.
+    pub fn start_bin(bin: &std::path::Path) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("kaze-etcd-")
             .tempdir()
@@ -35,6 +74,7 @@ impl Etcd {
             dir,
             client_port: free_port(),
             peer_port: free_port(),
+            bin: bin.to_path_buf(),
         };
         etcd.spawn();
         etcd
@@ -48,8 +88,13 @@ impl Etcd {
         self.dir.path().join("data")
     }
 
+    /// The binary this etcd runs.
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
+    }
+
     fn spawn(&mut self) {
-        let bin = which("etcd").expect("etcd is not installed (run `cargo xtask setup`)");
+        let bin = &self.bin;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -79,6 +79,11 @@ pub fn kubectl_path(root: &Path) -> PathBuf {
     tools_dir(root).join("venv").join("bin").join("kubectl")
 }
 
+/// Debian trixie's etcd 3.5 binary that `cargo xtask setup` unpacks (see `setup::etcd35`).
+pub fn etcd35_path(root: &Path) -> PathBuf {
+    tools_dir(root).join("etcd-3.5").join("etcd")
+}
+
 /// Print a step header the way every xtask command does.
 pub fn step(name: &str) {
     println!("==> {name}");
@@ -95,7 +100,8 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 }
 
 /// `cargo` with the environment every workspace command needs: the kubectl venv first on
-/// PATH, and KAZE_KUBECTL pointing at it, so tests use the real upstream kubectl.
+/// PATH, and KAZE_KUBECTL pointing at it, so tests use the real upstream kubectl;
+/// KAZE_ETCD35 pointing at the etcd 3.5 setup unpacks.
 pub fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root);
@@ -107,6 +113,7 @@ pub fn cargo(root: &Path) -> Command {
         cmd.env("PATH", joined);
     }
     cmd.env("KAZE_KUBECTL", kubectl_path(root));
+    cmd.env("KAZE_ETCD35", etcd35_path(root));
     cmd
 }
 
