@@ -57,24 +57,42 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
         .await;
 }
 
-/// The tolerations upstream gives every DaemonSet pod, so daemons keep running on sick nodes.
-fn default_tolerations() -> Vec<Toleration> {
-    [
+/// Add the tolerations upstream's `AddOrUpdateDaemonPodTolerations` gives every DaemonSet
+/// pod, so daemons keep running on sick nodes: not-ready and unreachable NoExecute (no
+/// tolerationSeconds: never evicted), the pressure and unschedulable NoSchedule taints, and
+/// network-unavailable for hostNetwork pods (they need no pod network). A toleration the
+/// template already has with the same key, operator, value and effect is replaced, as
+/// upstream's `AddOrUpdateTolerationInPodSpec` does.
+fn add_daemon_tolerations(tols: &mut Vec<Toleration>, host_network: bool) {
+    let mut add = vec![
         ("node.kubernetes.io/not-ready", "NoExecute"),
         ("node.kubernetes.io/unreachable", "NoExecute"),
         ("node.kubernetes.io/disk-pressure", "NoSchedule"),
         ("node.kubernetes.io/memory-pressure", "NoSchedule"),
         ("node.kubernetes.io/pid-pressure", "NoSchedule"),
         ("node.kubernetes.io/unschedulable", "NoSchedule"),
-    ]
-    .into_iter()
-    .map(|(k, e)| Toleration {
-        key: Some(k.into()),
-        operator: Some("Exists".into()),
-        effect: Some(e.into()),
-        ..Default::default()
-    })
-    .collect()
+    ];
+    if host_network {
+        add.push(("node.kubernetes.io/network-unavailable", "NoSchedule"));
+    }
+    for (k, e) in add {
+        let t = Toleration {
+            key: Some(k.into()),
+            operator: Some("Exists".into()),
+            effect: Some(e.into()),
+            ..Default::default()
+        };
+        let same = |o: &Toleration| {
+            o.key == t.key
+                && o.operator.as_deref().unwrap_or("Equal") == "Exists"
+                && o.value.as_deref().unwrap_or("").is_empty()
+                && o.effect == t.effect
+        };
+        match tols.iter_mut().find(|o| same(o)) {
+            Some(o) => *o = t,
+            None => tols.push(t),
+        }
+    }
 }
 
 /// Whether a pod from `template` belongs on `node`.
@@ -100,7 +118,7 @@ pub fn eligible(node: &Node, template: &k8s_openapi::api::core::v1::PodTemplateS
             .any(|t| component::selectors::node_selector_term_matches(t, node))
     });
     let mut tols = spec.tolerations.unwrap_or_default();
-    tols.extend(default_tolerations());
+    add_daemon_tolerations(&mut tols, spec.host_network == Some(true));
     let taints_ok = node
         .spec
         .as_ref()
@@ -212,7 +230,10 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         .as_ref()
         .and_then(|s| s.tolerations.clone())
         .unwrap_or_default();
-    tols.extend(default_tolerations());
+    add_daemon_tolerations(
+        &mut tols,
+        template.spec.as_ref().and_then(|s| s.host_network) == Some(true),
+    );
     for n in &eligible_nodes {
         let node_name = n.metadata.name.clone().unwrap_or_default();
         if by_node.get(&node_name).is_some_and(|l| !l.is_empty()) {
@@ -371,5 +392,43 @@ mod tests {
             serde_json::json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]),
         );
         assert!(eligible(&unreachable, &plain));
+        // network-unavailable is tolerated by hostNetwork daemons only.
+        let no_network = node(
+            serde_json::json!({}),
+            serde_json::json!([{"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}]),
+        );
+        assert!(!eligible(&no_network, &plain));
+        let host = template(serde_json::json!({"containers": [], "hostNetwork": true}));
+        assert!(eligible(&no_network, &host));
+        for key in [
+            "memory-pressure",
+            "disk-pressure",
+            "pid-pressure",
+            "unschedulable",
+        ] {
+            let sick = node(
+                serde_json::json!({}),
+                serde_json::json!([{"key": format!("node.kubernetes.io/{key}"), "effect": "NoSchedule"}]),
+            );
+            assert!(eligible(&sick, &plain), "{key}");
+        }
+    }
+
+    #[test]
+    fn daemon_tolerations_replace_their_own_and_keep_others() {
+        let mut tols: Vec<Toleration> = serde_json::from_value(serde_json::json!([
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+            {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]))
+        .expect("tolerations");
+        add_daemon_tolerations(&mut tols, false);
+        assert_eq!(tols.len(), 7, "{tols:?}");
+        assert_eq!(tols[0].toleration_seconds, None, "not evicted after 30 s");
+        assert_eq!(tols[1].key.as_deref(), Some("dedicated"));
+        add_daemon_tolerations(&mut tols, true);
+        assert_eq!(tols.len(), 8, "{tols:?}");
+        assert_eq!(
+            tols[7].key.as_deref(),
+            Some("node.kubernetes.io/network-unavailable")
+        );
     }
 }

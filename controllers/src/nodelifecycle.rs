@@ -8,6 +8,7 @@
 //! the taints.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,9 +20,25 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use tokio::sync::Notify;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub const MEMORY_PRESSURE: &str = "node.kubernetes.io/memory-pressure";
+pub const DISK_PRESSURE: &str = "node.kubernetes.io/disk-pressure";
+pub const PID_PRESSURE: &str = "node.kubernetes.io/pid-pressure";
+pub const NETWORK_UNAVAILABLE: &str = "node.kubernetes.io/network-unavailable";
+pub const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+
+/// Upstream's `nodeConditionToTaintKeyStatusMap`: (condition, status, NoSchedule taint key).
+const CONDITION_TAINTS: [(&str, &str, &str); 6] = [
+    ("Ready", "False", NOT_READY),
+    ("Ready", "Unknown", UNREACHABLE),
+    ("MemoryPressure", "True", MEMORY_PRESSURE),
+    ("DiskPressure", "True", DISK_PRESSURE),
+    ("PIDPressure", "True", PID_PRESSURE),
+    ("NetworkUnavailable", "True", NETWORK_UNAVAILABLE),
+];
 
 /// Timing, as upstream's flags.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +56,11 @@ impl Default for Timing {
     }
 }
 
-fn spawn_store<K>(api: Api<K>, shutdown: &component::CancellationToken) -> Store<K>
+fn spawn_store<K>(
+    api: Api<K>,
+    shutdown: &component::CancellationToken,
+    changed: Option<Arc<Notify>>,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -52,7 +73,12 @@ where
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
         .default_backoff()
-        .for_each(|_| async {});
+        .for_each(move |_| {
+            if let Some(n) = &changed {
+                n.notify_one();
+            }
+            async {}
+        });
     let token = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -64,12 +90,20 @@ where
 }
 
 pub async fn run(client: Client, timing: Timing, shutdown: component::CancellationToken) {
-    let nodes = spawn_store(Api::<Node>::all(client.clone()), &shutdown);
+    // Node changes (a condition, a cordon) wake the pass at once, so the NoSchedule
+    // taints follow them without waiting for the period, as upstream's node informer does.
+    let node_changed = Arc::new(Notify::new());
+    let nodes = spawn_store(
+        Api::<Node>::all(client.clone()),
+        &shutdown,
+        Some(node_changed.clone()),
+    );
     let leases = spawn_store(
         Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
         &shutdown,
+        None,
     );
-    let pods = spawn_store(Api::<Pod>::all(client.clone()), &shutdown);
+    let pods = spawn_store(Api::<Pod>::all(client.clone()), &shutdown, None);
     let all_ready = async {
         let _ = nodes.wait_until_ready().await;
         let _ = leases.wait_until_ready().await;
@@ -84,6 +118,7 @@ pub async fn run(client: Client, timing: Timing, shutdown: component::Cancellati
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(timing.period) => {}
+            _ = node_changed.notified() => {}
         }
     }
 }
@@ -154,6 +189,87 @@ pub fn eviction_time(pod: &Pod, taint: &Taint, taint_added: i64) -> Option<i64> 
     Some(taint_added + secs)
 }
 
+/// The NoSchedule taints a node's conditions and `spec.unschedulable` call for, as
+/// upstream's `doNoScheduleTaintingPass` maps them.
+pub fn condition_taints(node: &Node) -> Vec<&'static str> {
+    let conds = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let mut keys: Vec<&'static str> = CONDITION_TAINTS
+        .iter()
+        .filter(|(ty, status, _)| conds.iter().any(|c| c.type_ == *ty && c.status == *status))
+        .map(|(_, _, key)| *key)
+        .collect();
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        keys.push(UNSCHEDULABLE);
+    }
+    keys
+}
+
+/// Whether this controller owns `taint`: a condition NoSchedule taint, or the
+/// not-ready/unreachable NoExecute taint.
+fn managed(taint: &Taint) -> bool {
+    match taint.effect.as_str() {
+        "NoSchedule" => {
+            taint.key == UNSCHEDULABLE || CONDITION_TAINTS.iter().any(|(_, _, k)| *k == taint.key)
+        }
+        "NoExecute" => taint.key == UNREACHABLE || taint.key == NOT_READY,
+        _ => false,
+    }
+}
+
+/// The node's taints with the managed ones brought in line with `no_execute` (the health
+/// verdict's key) and [`condition_taints`]; None when nothing changes. Taints that stay
+/// keep their `timeAdded` (NoExecute eviction counts from it), new ones get `now`, and
+/// taints this controller does not own are kept as they are, in their order.
+pub fn next_taints(node: &Node, no_execute: Option<&str>, now: Timestamp) -> Option<Vec<Taint>> {
+    let current = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let mut want: Vec<(&str, &str)> = condition_taints(node)
+        .into_iter()
+        .map(|k| (k, "NoSchedule"))
+        .collect();
+    // A node the kubelet registered with `not-ready:NoSchedule` keeps it until it first
+    // reports a Ready condition.
+    let reported = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready"));
+    if !reported
+        && current
+            .iter()
+            .any(|t| t.key == NOT_READY && t.effect == "NoSchedule")
+    {
+        want.push((NOT_READY, "NoSchedule"));
+    }
+    want.extend(no_execute.map(|k| (k, "NoExecute")));
+    let wanted = |t: &Taint| want.iter().any(|(k, e)| t.key == *k && t.effect == *e);
+    let mut next: Vec<Taint> = current
+        .iter()
+        .filter(|t| !managed(t) || wanted(t))
+        .cloned()
+        .collect();
+    let mut changed = next.len() != current.len();
+    for (key, effect) in want {
+        if !next.iter().any(|t| t.key == key && t.effect == effect) {
+            next.push(Taint {
+                key: key.into(),
+                value: None,
+                effect: effect.into(),
+                time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+            });
+            changed = true;
+        }
+    }
+    changed.then_some(next)
+}
+
 async fn monitor(
     client: &Client,
     nodes: &Store<Node>,
@@ -217,28 +333,9 @@ async fn monitor(
             Health::NotReady => Some(NOT_READY),
             Health::Unreachable => Some(UNREACHABLE),
         };
-        let has = |k: &str| taints.iter().any(|t| t.key == k && t.effect == "NoExecute");
-        let needs_change = [UNREACHABLE, NOT_READY]
-            .iter()
-            .any(|k| has(k) != (want_key == Some(*k)));
-        if needs_change {
-            let mut next: Vec<Taint> = taints
-                .iter()
-                .filter(|t| {
-                    !((t.key == UNREACHABLE || t.key == NOT_READY) && t.effect == "NoExecute")
-                })
-                .cloned()
-                .collect();
-            if let Some(k) = want_key {
-                next.push(Taint {
-                    key: k.into(),
-                    value: None,
-                    effect: "NoExecute".into(),
-                    time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                        Timestamp::now(),
-                    )),
-                });
-            }
+        // One write for both effects: two patches at the same resourceVersion would
+        // conflict, and the second would wait a period.
+        if let Some(next) = next_taints(&node, want_key, Timestamp::now()) {
             let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": next}});
             match node_api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -343,5 +440,105 @@ mod tests {
         assert_eq!(eviction_time(&forever, &taint, 10), None);
         let other = pod(json!([{"key": "dedicated", "operator": "Exists"}]));
         assert_eq!(eviction_time(&other, &taint, 10), Some(10));
+    }
+
+    fn node(v: serde_json::Value) -> Node {
+        serde_json::from_value(v).expect("node")
+    }
+
+    fn keys(taints: &[Taint]) -> Vec<(String, String)> {
+        taints
+            .iter()
+            .map(|t| (t.key.clone(), t.effect.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn conditions_map_to_no_schedule_taints() {
+        let n = node(
+            json!({"metadata": {"name": "n"}, "spec": {"unschedulable": true},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "Unknown"},
+                {"type": "MemoryPressure", "status": "True"},
+                {"type": "DiskPressure", "status": "False"},
+                {"type": "PIDPressure", "status": "True"},
+                {"type": "NetworkUnavailable", "status": "True"}]}}),
+        );
+        assert_eq!(
+            condition_taints(&n),
+            [
+                UNREACHABLE,
+                MEMORY_PRESSURE,
+                PID_PRESSURE,
+                NETWORK_UNAVAILABLE,
+                UNSCHEDULABLE
+            ]
+        );
+        let ready = node(json!({"metadata": {"name": "n"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
+        assert!(condition_taints(&ready).is_empty());
+        let not_ready = node(json!({"metadata": {"name": "n"},
+            "status": {"conditions": [{"type": "Ready", "status": "False"}]}}));
+        assert_eq!(condition_taints(&not_ready), [NOT_READY]);
+    }
+
+    #[test]
+    fn next_taints_touches_only_its_own() {
+        let now = Timestamp::now();
+        let n = node(json!({"metadata": {"name": "n"},
+            "spec": {"taints": [
+                {"key": "dedicated", "value": "db", "effect": "NoSchedule"},
+                {"key": DISK_PRESSURE, "effect": "NoSchedule"},
+                {"key": NOT_READY, "effect": "NoExecute", "timeAdded": "2020-01-01T00:00:00Z"},
+                {"key": MEMORY_PRESSURE, "effect": "PreferNoSchedule"}]},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "False"},
+                {"type": "MemoryPressure", "status": "True"}]}}));
+        let next = next_taints(&n, Some(NOT_READY), now).expect("a change");
+        assert_eq!(
+            keys(&next),
+            [
+                ("dedicated".into(), "NoSchedule".into()),
+                (NOT_READY.into(), "NoExecute".into()),
+                (MEMORY_PRESSURE.into(), "PreferNoSchedule".into()),
+                (NOT_READY.into(), "NoSchedule".into()),
+                (MEMORY_PRESSURE.into(), "NoSchedule".into()),
+            ]
+        );
+        // The NoExecute taint that stays keeps its time: evictions count from it.
+        assert_eq!(
+            next[1].time_added.as_ref().map(|t| t.0.to_string()),
+            Some("2020-01-01T00:00:00Z".into())
+        );
+        let mut settled = n.clone();
+        settled.spec.as_mut().expect("spec").taints = Some(next);
+        assert_eq!(next_taints(&settled, Some(NOT_READY), now), None);
+        // Recovery removes both effects and leaves the others.
+        settled.status.as_mut().expect("status").conditions = Some(vec![serde_json::from_value(
+            json!({"type": "Ready", "status": "True"}),
+        )
+        .expect("cond")]);
+        let healed = next_taints(&settled, None, now).expect("a change");
+        assert_eq!(
+            keys(&healed),
+            [
+                ("dedicated".into(), "NoSchedule".into()),
+                (MEMORY_PRESSURE.into(), "PreferNoSchedule".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn registration_taint_stays_until_the_node_reports() {
+        let now = Timestamp::now();
+        let fresh = node(json!({"metadata": {"name": "n"},
+            "spec": {"taints": [{"key": NOT_READY, "effect": "NoSchedule"}]}}));
+        assert_eq!(next_taints(&fresh, None, now), None);
+        let mut reported = fresh.clone();
+        reported.status = Some(
+            serde_json::from_value(json!({"conditions": [{"type": "Ready", "status": "True"}]}))
+                .expect("status"),
+        );
+        assert_eq!(next_taints(&reported, None, now), Some(vec![]));
     }
 }
