@@ -364,37 +364,42 @@ fn filter_topology_spread(
     None
 }
 
-/// Every reason `node` cannot take `pod` (empty: it fits).
+/// Why `node` cannot take `pod` (empty: it fits): the reasons of the first filter that
+/// fails, in upstream's default plugin order. Upstream stops at the first failing plugin, so
+/// a cordoned node reports "were unschedulable" once, not also the
+/// `node.kubernetes.io/unschedulable` taint the node lifecycle controller adds for it.
 pub fn filter(
     pod: &Pod,
     n: &NodeInfo,
     all: &BTreeMap<String, NodeInfo>,
     profile: &Profile,
 ) -> Vec<Reason> {
-    let mut reasons = Vec::new();
     let on = |name: &str| profile.filter_enabled(name);
-    if on("NodeUnschedulable") {
-        reasons.extend(filter_unschedulable(pod, n));
-    }
-    if on("NodeResourcesFit") {
-        reasons.extend(filter_resources(pod, n));
-    }
-    if on("NodeAffinity") {
-        reasons.extend(filter_node_affinity(pod, n));
-    }
-    if on("TaintToleration") {
-        reasons.extend(filter_taints(pod, n));
-    }
-    if on("NodePorts") {
-        reasons.extend(filter_ports(pod, n));
-    }
-    if on("InterPodAffinity") {
-        reasons.extend(filter_inter_pod(pod, n, all));
-    }
-    if on("PodTopologySpread") {
-        reasons.extend(filter_topology_spread(pod, n, all));
-    }
-    reasons
+    let checks: [(&str, &dyn Fn() -> Vec<Reason>); 7] = [
+        ("NodeUnschedulable", &|| {
+            filter_unschedulable(pod, n).into_iter().collect()
+        }),
+        ("TaintToleration", &|| {
+            filter_taints(pod, n).into_iter().collect()
+        }),
+        ("NodeAffinity", &|| {
+            filter_node_affinity(pod, n).into_iter().collect()
+        }),
+        ("NodePorts", &|| filter_ports(pod, n).into_iter().collect()),
+        ("NodeResourcesFit", &|| filter_resources(pod, n)),
+        ("PodTopologySpread", &|| {
+            filter_topology_spread(pod, n, all).into_iter().collect()
+        }),
+        ("InterPodAffinity", &|| {
+            filter_inter_pod(pod, n, all).into_iter().collect()
+        }),
+    ];
+    checks
+        .iter()
+        .filter(|(name, _)| on(name))
+        .map(|(_, check)| check())
+        .find(|r| !r.is_empty())
+        .unwrap_or_default()
 }
 
 // === scores (each 0..=100, higher is better) ===

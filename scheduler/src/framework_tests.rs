@@ -248,6 +248,69 @@ fn required_anti_affinity_spreads_replicas() {
 }
 
 #[test]
+fn node_condition_taints_keep_pods_away_unless_tolerated() {
+    let condition_taint = |key: &str| Taint {
+        key: format!("node.kubernetes.io/{key}"),
+        value: None,
+        effect: "NoSchedule".into(),
+        time_added: None,
+    };
+    for key in [
+        "not-ready",
+        "unreachable",
+        "memory-pressure",
+        "disk-pressure",
+        "pid-pressure",
+        "network-unavailable",
+        "unschedulable",
+    ] {
+        let mut sick = node("a", "4", "4Gi", &[]);
+        sick.spec = Some(NodeSpec {
+            taints: Some(vec![condition_taint(key)]),
+            ..Default::default()
+        });
+        let nodes = snapshot(vec![sick]);
+        let err = schedule(&pod("p", "1", "1Gi"), &nodes, &profile(), 0).expect_err(key);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "0/1 nodes are available: 1 node(s) had untolerated taint {{node.kubernetes.io/{key}: }}."
+            )
+        );
+        let mut tolerating = pod("p", "1", "1Gi");
+        tolerating.spec.as_mut().expect("spec").tolerations = Some(vec![Toleration {
+            key: Some(format!("node.kubernetes.io/{key}")),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        }]);
+        assert_eq!(
+            schedule(&tolerating, &nodes, &profile(), 0).expect(key),
+            "a"
+        );
+    }
+    // A cordoned node carries both spec.unschedulable and its taint: one reason, as
+    // upstream stops at the first failing filter.
+    let mut cordoned = node("a", "1", "4Gi", &[]);
+    cordoned.spec = Some(NodeSpec {
+        unschedulable: Some(true),
+        taints: Some(vec![condition_taint("unschedulable")]),
+        ..Default::default()
+    });
+    let err = schedule(
+        &pod("p", "2", "1Gi"),
+        &snapshot(vec![cordoned]),
+        &profile(),
+        0,
+    )
+    .expect_err("cordoned");
+    assert_eq!(
+        err.to_string(),
+        "0/1 nodes are available: 1 node(s) were unschedulable."
+    );
+}
+
+#[test]
 fn unschedulable_node_and_disabled_filter() {
     let mut cordoned = node("a", "4", "4Gi", &[]);
     cordoned.spec = Some(NodeSpec {
