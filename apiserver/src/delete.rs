@@ -77,6 +77,13 @@ pub async fn delete(
                 return Err(ApiError::conflict_message(def.plural, def.group, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision)));
             }
         }
+        let webhooks = crate::webhooks::Request {
+            def,
+            ns,
+            operation: crate::webhooks::Operation::Delete,
+            dry_run: opts.dry_run,
+        };
+        crate::webhooks::admit_delete(state, &webhooks, &cur).await?;
         let is_namespace = def.group.is_empty() && def.plural == "namespaces";
         // A namespace is marked first; deleting one that is marked and finalized removes it.
         let mark_namespace =

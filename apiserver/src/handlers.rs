@@ -90,8 +90,12 @@ pub async fn handle(
         q.get("fieldValidation").map(String::as_str),
         None | Some("" | "Warn")
     );
-    match crate::warning::field_validation(warn, dispatch(state, method, t, q, headers, body)).await
-    {
+    let sub = t.sub.map(Sub::name);
+    // boxed: the dispatch future is large, and debug builds copy it on the stack at every
+    // layer that wraps it (the worker's 2 MiB stack overflowed)
+    let handled = Box::pin(dispatch(state, method, t, q, headers, body));
+    let handled = crate::webhooks::with_subresource(sub, handled);
+    match crate::warning::field_validation(warn, handled).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }

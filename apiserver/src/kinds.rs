@@ -214,6 +214,12 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
         ("scheduling.k8s.io", "PriorityClass") => {
             set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }
+        (
+            crate::webhooks::GROUP,
+            kind @ ("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"),
+        ) => {
+            crate::webhooks::config::default(obj, kind == "MutatingWebhookConfiguration");
+        }
         ("storage.k8s.io", "StorageClass") => {
             set_default(obj, "reclaimPolicy", json!("Delete"));
             set_default(obj, "volumeBindingMode", json!("Immediate"));
@@ -593,6 +599,16 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
             }
         }
         ("scheduling.k8s.io", "PriorityClass") => validate_priority_class(obj, old, &mut causes),
+        (
+            crate::webhooks::GROUP,
+            kind @ ("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"),
+        ) => {
+            crate::webhooks::config::validate(
+                obj,
+                kind == "MutatingWebhookConfiguration",
+                &mut causes,
+            );
+        }
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(m) = obj.get(field).and_then(Value::as_object) {

@@ -60,6 +60,7 @@ mod table;
 mod tls;
 mod warning;
 mod watch;
+mod webhooks;
 
 pub use error::Error;
 pub use server::{start, RunningServer};

@@ -15,6 +15,7 @@ use crate::meta;
 use crate::registry::ResourceDef;
 use crate::state::AppState;
 use crate::status::{from_store, ApiError};
+use crate::webhooks::Operation::{Create, Update};
 
 /// Parse a stored value and stamp its `resourceVersion` (the key's `mod_revision`).
 pub fn decode_kv(def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {
@@ -350,6 +351,16 @@ pub async fn create(
             crate::serviceaccount::admission::admit(state, ns, &mut obj).await?;
             crate::priority::admit_pod(state, &mut obj).await?;
         }
+    }
+    // mutating webhooks after the built-in mutating plugins, as upstream orders them
+    crate::webhooks::mutate(
+        state,
+        &webhook_request(def, ns, Create, dry_run),
+        &mut obj,
+        None,
+    )
+    .await?;
+    if let Some(ns) = ns {
         crate::podsecurity::admit_create(state, def, Some(ns), &obj).await?;
         crate::quota::admit(state, def, ns, &obj, &given, dry_run).await?;
     }
@@ -396,6 +407,8 @@ async fn create_named(
         meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
         check_name(def, &name)?;
         let checked = check_object(def, &obj, None, opts.strict)?;
+        let webhooks = webhook_request(def, ns, Create, opts.dry_run);
+        crate::webhooks::validate(state, &webhooks, Some(&checked), None).await?;
         if opts.dry_run {
             return Ok(checked);
         }
@@ -416,6 +429,20 @@ async fn create_named(
     Err(ApiError::timeout(
         "could not find a free name for generateName after 8 tries",
     ))
+}
+
+fn webhook_request<'a>(
+    def: &'a ResourceDef,
+    ns: Option<&'a str>,
+    operation: crate::webhooks::Operation,
+    dry_run: bool,
+) -> crate::webhooks::Request<'a> {
+    crate::webhooks::Request {
+        def,
+        ns,
+        operation,
+        dry_run,
+    }
 }
 
 /// After an object is gone from the store: give back what it held.
@@ -601,6 +628,10 @@ where
         }
         let cur = decode_kv(def, &kv)?;
         let mut new = f(&cur)?;
+        let webhooks = webhook_request(def, ns, Update, dry_run);
+        if crate::webhooks::mutate(state, &webhooks, &mut new, Some(&cur)).await? {
+            new = check_object(def, &new, Some(&cur), false)?;
+        }
         meta::metadata_mut(&mut new)
             .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
         if same_ignoring_rv(&cur, &new) {
@@ -611,6 +642,7 @@ where
             crate::certificates::admit_approval(state, &cur, &new)?;
         }
         crate::nodeauth::restriction::admit_update(state, def, &cur, &new)?;
+        crate::webhooks::validate(state, &webhooks, Some(&new), Some(&cur)).await?;
         if dry_run {
             return Ok(new);
         }

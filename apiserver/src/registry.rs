@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, autoscaling, batch, certificates, coordination, core,
-    discovery, events, networking, policy, rbac, scheduling, storage,
+    admissionregistration, apps, authentication, authorization, autoscaling, batch, certificates,
+    coordination, core, discovery, events, networking, policy, rbac, scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -131,6 +131,8 @@ pub enum Printer {
     ResourceQuota,
     PriorityClass,
     CertificateSigningRequest,
+    /// Mutating and validating webhook configurations: NAME WEBHOOKS AGE.
+    WebhookConfiguration,
 }
 
 /// One resource of one group-version.
@@ -422,6 +424,11 @@ fn builtins() -> Vec<ResourceDef> {
         def!(certificates::v1::CertificateSigningRequest, "certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", ns: false,
             short: &["csr"], cat: NONE, subs: &[Sub::Status, Sub::Approval], storage: "certificatesigningrequests",
             fields: &["spec.signerName"], printer: P::CertificateSigningRequest),
+        // Dynamic admission (`crate::webhooks`).
+        def!(admissionregistration::v1::MutatingWebhookConfiguration, "admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", ns: false,
+            short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "mutatingwebhookconfigurations", fields: NONE, printer: P::WebhookConfiguration),
+        def!(admissionregistration::v1::ValidatingWebhookConfiguration, "admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", ns: false,
+            short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "validatingwebhookconfigurations", fields: NONE, printer: P::WebhookConfiguration),
         def!(rbac::v1::Role, "rbac.authorization.k8s.io", "v1", "Role", "roles", "role", ns: true,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "roles", fields: NONE, printer: P::Default),
         def!(rbac::v1::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", ns: true,

@@ -245,6 +245,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             .any(|p| p == "Priority"),
         pod_security,
         resource_metrics: Default::default(),
+        webhooks: Default::default(),
     });
     state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);
@@ -263,6 +264,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         config.cluster_signing_duration,
     ));
     tokio::spawn(crate::quota::run(state.clone()));
+    tokio::spawn(crate::webhooks::run(state.clone()));
     tokio::spawn(crate::metrics_api::run(
         state.clone(),
         config.metric_resolution,

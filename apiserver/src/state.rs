@@ -38,6 +38,8 @@ pub struct AppState {
     pub priority_admission: bool,
     /// The `PodSecurity` admission plugin's configuration; None when it is turned off.
     pub pod_security: Option<crate::podsecurity::PodSecurity>,
+    /// The admission webhook configurations (`crate::webhooks`).
+    pub webhooks: crate::webhooks::Index,
     /// The latest kubelet samples `metrics.k8s.io` is computed from.
     pub resource_metrics: crate::metrics_api::Samples,
 }

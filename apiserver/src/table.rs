@@ -339,6 +339,11 @@ fn columns(p: Printer) -> Vec<Value> {
                 col("Condition", "string", 0, "Condition indicates whether the CSR has been approved, denied, or failed"),
             ]
         }
+        Printer::WebhookConfiguration => vec![
+            name,
+            col("Webhooks", "integer", 0, "Webhooks indicates the number of webhooks in this configuration."),
+            age,
+        ],
         Printer::Lease => vec![
             name,
             col("Holder", "string", 0, &doc::<coordination::LeaseSpec>("holderIdentity")),
@@ -836,6 +841,7 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             let (request, limit) = quota_cells(o);
             row.extend([json!(request), json!(limit), age]);
         }
+        Printer::WebhookConfiguration => row.extend([json!(arr(o, "/webhooks").len()), age]),
         Printer::PriorityClass => row.extend([
             json!(n(o, "/value")),
             json!(o

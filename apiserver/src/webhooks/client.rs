@@ -1,0 +1,218 @@
+//! Calling one webhook: where it is (`clientConfig.url`, or `clientConfig.service` resolved to
+//! one of the Service's ready endpoints), TLS verified against `clientConfig.caBundle`, one
+//! POST of the AdmissionReview, the whole call bounded by `timeoutSeconds`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request};
+use base64::Engine;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+use crate::state::AppState;
+
+/// Largest AdmissionReview response read (upstream limits responses the same way).
+const MAX_RESPONSE: usize = 3 * 1024 * 1024;
+
+/// Where to connect and what the server's certificate must name.
+#[derive(Debug)]
+struct Target {
+    /// The URL as upstream prints it in errors (`https://svc.ns.svc:443/path?timeout=10s`).
+    url: String,
+    connect: (String, u16),
+    server_name: String,
+    path_and_query: String,
+}
+
+/// POST `review` to the webhook described by `hook`; the response's JSON, or upstream's
+/// error text (`failed to call webhook: ...`, without the `failed calling webhook` prefix).
+pub async fn call(state: &AppState, hook: &Value, review: &Value) -> Result<Value, String> {
+    let timeout = hook
+        .get("timeoutSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(10);
+    let cc = hook.get("clientConfig").cloned().unwrap_or(Value::Null);
+    let target = target(state, &cc, timeout).await?;
+    let url = target.url.clone();
+    match tokio::time::timeout(Duration::from_secs(timeout), post(&cc, target, review)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "failed to call webhook: Post \"{url}\": context deadline exceeded"
+        )),
+    }
+}
+
+async fn target(state: &AppState, cc: &Value, timeout: u64) -> Result<Target, String> {
+    if let Some(url) = cc.get("url").and_then(Value::as_str) {
+        let uri: axum::http::Uri = url
+            .parse()
+            .map_err(|e| format!("failed to call webhook: parsing url {url:?}: {e}"))?;
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let path = uri.path();
+        let path_and_query = format!("{path}?timeout={timeout}s");
+        return Ok(Target {
+            url: format!("{url}?timeout={timeout}s"),
+            connect: (host.clone(), port),
+            server_name: host,
+            path_and_query,
+        });
+    }
+    let svc = cc.get("service").cloned().unwrap_or(Value::Null);
+    let s = |f: &str| svc.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+    let (ns, name) = (s("namespace"), s("name"));
+    let port = svc.get("port").and_then(Value::as_u64).unwrap_or(443);
+    let path = match s("path") {
+        p if p.is_empty() => "/".to_string(),
+        p => p,
+    };
+    let host = format!("{name}.{ns}.svc");
+    let url = format!("https://{host}:{port}{path}?timeout={timeout}s");
+    let connect = resolve_service(state, &ns, &name, port)
+        .await
+        .map_err(|e| format!("failed to call webhook: Post \"{url}\": {e}"))?;
+    Ok(Target {
+        url,
+        connect,
+        server_name: host,
+        path_and_query: format!("{path}?timeout={timeout}s"),
+    })
+}
+
+/// A ready endpoint of Service `ns/name` serving its port `port`: the Service's
+/// `targetPort` on one of the addresses its Endpoints list. The apiserver runs on a host
+/// that routes to pod IPs (and to 127.0.0.1 for host-network webhooks), so it dials the
+/// endpoint itself rather than the ClusterIP, which only nodes' service proxies answer.
+async fn resolve_service(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    port: u64,
+) -> Result<(String, u16), String> {
+    let def = |plural| state.registry.get("", "v1", plural).cloned();
+    let (Some(svc_def), Some(ep_def)) = (def("services"), def("endpoints")) else {
+        return Err("services are not served".into());
+    };
+    let svc = crate::objects::get(state, &svc_def, Some(ns), name)
+        .await
+        .map_err(|_| format!("service \"{name}\" not found"))?;
+    let svc_port = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .and_then(|ps| ps.iter().find(|p| p["port"].as_u64() == Some(port)))
+        .ok_or_else(|| format!("service {name}/{ns} has no port {port}"))?;
+    let port_name = svc_port.get("name").and_then(Value::as_str).unwrap_or("");
+    let eps = crate::objects::get(state, &ep_def, Some(ns), name)
+        .await
+        .map_err(|_| format!("endpoints \"{name}\" not found"))?;
+    for subset in eps
+        .get("subsets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(p) = subset
+            .get("ports")
+            .and_then(Value::as_array)
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name)
+            })
+            .and_then(|p| p.get("port").and_then(Value::as_u64))
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        if let Some(ip) = subset
+            .get("addresses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(|a| a.get("ip").and_then(Value::as_str))
+        {
+            return Ok((ip.to_string(), p));
+        }
+    }
+    Err(format!("no endpoints available for service \"{name}\""))
+}
+
+fn tls(cc: &Value) -> Result<TlsConnector, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(b64) = cc.get("caBundle").and_then(Value::as_str) {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("caBundle: {e}"))?;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("caBundle: {e}"))?;
+            roots.add(cert).map_err(|e| format!("caBundle: {e}"))?;
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+async fn post(cc: &Value, t: Target, review: &Value) -> Result<Value, String> {
+    let fail = |e: String| format!("failed to call webhook: Post \"{}\": {e}", t.url);
+    let connector = tls(cc).map_err(fail)?;
+    let (host, port) = (&t.connect.0, t.connect.1);
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| fail(format!("dial tcp {host}:{port}: {e}")))?;
+    let name = match t.server_name.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(t.server_name.clone()).map_err(|e| fail(e.to_string()))?,
+    };
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| fail(format!("tls: {e}")))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "webhook connection ended");
+        }
+    });
+    let body = serde_json::to_vec(review).map_err(|e| fail(e.to_string()))?;
+    let req = Request::post(t.path_and_query.as_str())
+        .header(header::HOST, format!("{}:{port}", t.server_name))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, */*")
+        .body(Body::from(body))
+        .map_err(|e| fail(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(Body::new(resp.into_body()), MAX_RESPONSE)
+        .await
+        .map_err(|e| fail(format!("reading the response: {e}")))?;
+    if !status.is_success() {
+        return Err(format!(
+            "received invalid webhook response: expected status 200, got {}: {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes).trim()
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("received invalid webhook response: decoding the response: {e}"))
+}

@@ -1,0 +1,653 @@
+//! Dynamic admission webhooks through the real kubectl: a real HTTPS webhook server runs in
+//! the test (axum over rustls, its certificate signed by a test CA given as `caBundle`) with
+//! small real webhooks — one adds a label by JSONPatch, one denies names starting with
+//! `bad-`, one sleeps past its timeout, one records what it is sent — reached by `url` and
+//! by `service` (a Service whose Endpoints point at the test's server).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::Json;
+use base64::Engine;
+use common::{json, TestServer};
+use serde_json::{json, Value};
+use tokio_rustls::rustls;
+
+/// Every AdmissionReview request the webhooks were sent: (webhook path, request).
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+struct Hooks {
+    port: u16,
+    ca_bundle: String,
+    seen: Seen,
+}
+
+impl Hooks {
+    /// Requests `path` was sent for objects named `name`.
+    fn requests(&self, path: &str, name: &str) -> Vec<Value> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(p, r)| p == path && r["name"] == name)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+const LABEL: &str = "kaze.test/mutated";
+
+async fn webhook(
+    State(seen): State<Seen>,
+    Path(path): Path<String>,
+    Json(review): Json<Value>,
+) -> Json<Value> {
+    let req = review["request"].clone();
+    seen.lock().expect("lock").push((path.clone(), req.clone()));
+    let uid = req["uid"].clone();
+    let name = req["name"].as_str().unwrap_or("").to_string();
+    let mut response = json!({"uid": uid, "allowed": true});
+    match path.as_str() {
+        "label" => {
+            let patch = if req.pointer("/object/metadata/labels").is_some() {
+                json!([{"op": "add", "path": format!("/metadata/labels/{}", LABEL.replace('/', "~1")), "value": "yes"}])
+            } else {
+                json!([{"op": "add", "path": "/metadata/labels", "value": {LABEL: "yes"}}])
+            };
+            response["patchType"] = json!("JSONPatch");
+            response["patch"] = json!(base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&patch).expect("patch")));
+        }
+        "bad-patch" => {
+            let patch = json!([{"op": "replace", "path": "/no/such/field", "value": 1}]);
+            response["patchType"] = json!("JSONPatch");
+            response["patch"] = json!(base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&patch).expect("patch")));
+        }
+        "deny" => {
+            response["warnings"] = json!([format!("deny webhook saw {name}")]);
+            if name.starts_with("bad-") {
+                response["allowed"] = json!(false);
+                response["status"] = json!({"code": 403, "reason": "Forbidden", "message": "names starting with bad- are not allowed"});
+            }
+        }
+        "slow" => tokio::time::sleep(Duration::from_secs(4)).await,
+        _ => {}
+    }
+    Json(
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
+    )
+}
+
+/// The webhook server, its certificate valid for 127.0.0.1 and `hooks.webhook-system.svc`.
+fn start_hooks(s: &TestServer) -> Hooks {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "webhook-test-ca");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec![
+        "127.0.0.1".to_string(),
+        "hooks.webhook-system.svc".to_string(),
+    ])
+    .expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    let der_key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], der_key)
+    .expect("server config");
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route("/{path}", axum::routing::post(webhook))
+        .with_state(seen.clone());
+    let listener =
+        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    // the runtime stops (and with it the server) when the TestServer is dropped
+    s.rt.spawn(component::https::serve(
+        listener,
+        Arc::new(config),
+        app,
+        shutdown,
+    ));
+    Hooks {
+        port,
+        ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca_cert.pem()),
+        seen,
+    }
+}
+
+/// A webhook configuration of `kind` with one webhook per `(name, clientConfig, extra)`;
+/// `extra` is YAML indented for a webhook's fields (rules etc.).
+fn configuration(kind: &str, name: &str, hooks: &[(&str, String, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: {kind}\nmetadata:\n  name: {name}\nwebhooks:\n"
+    );
+    for (hook, client, extra) in hooks {
+        y.push_str(&format!(
+            "- name: {hook}\n  admissionReviewVersions: [v1]\n  sideEffects: None\n  clientConfig:\n{client}{extra}"
+        ));
+    }
+    y
+}
+
+fn url_client(hooks: &Hooks, path: &str) -> String {
+    format!(
+        "    url: {}\n    caBundle: {}\n",
+        hooks.url(path),
+        hooks.ca_bundle
+    )
+}
+
+fn rules(ops: &str, groups: &str, resources: &str) -> String {
+    format!(
+        "  rules:\n  - operations: {ops}\n    apiGroups: {groups}\n    apiVersions: [\"*\"]\n    resources: {resources}\n"
+    )
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn apply(s: &TestServer, yaml: &str) {
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(yaml));
+}
+
+#[test]
+fn mutation_denial_selectors_updates_and_deletes() {
+    let s = TestServer::start();
+    let hooks = start_hooks(&s);
+    apply(&s, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: hooked\n  labels:\n    webhooks: \"on\"\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: plain\n");
+    // the deny webhook is reached through a Service in front of the test's server
+    apply(&s, &format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: webhook-system\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: hooks\n  namespace: webhook-system\nspec:\n  ports:\n  - port: 443\n    targetPort: {p}\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: hooks\n  namespace: webhook-system\nsubsets:\n- addresses:\n  - ip: 127.0.0.1\n  ports:\n  - port: {p}\n",
+        p = hooks.port
+    ));
+    let selected = "  namespaceSelector:\n    matchLabels:\n      webhooks: \"on\"\n";
+    apply(
+        &s,
+        &configuration(
+            "MutatingWebhookConfiguration",
+            "add-label",
+            &[(
+                "label.kaze.test",
+                url_client(&hooks, "label"),
+                &format!(
+                    "{}{selected}",
+                    rules("[CREATE, UPDATE]", "[\"\"]", "[configmaps]")
+                ),
+            )],
+        ),
+    );
+    let service_client = format!(
+        "    service:\n      namespace: webhook-system\n      name: hooks\n      path: /deny\n    caBundle: {}\n",
+        hooks.ca_bundle
+    );
+    apply(
+        &s,
+        &configuration(
+            "ValidatingWebhookConfiguration",
+            "deny-bad",
+            &[
+                (
+                    "deny.kaze.test",
+                    service_client,
+                    &rules("[CREATE]", "[\"\"]", "[configmaps]"),
+                ),
+                (
+                    "watched.kaze.test",
+                    url_client(&hooks, "record"),
+                    &format!(
+                        "{}  objectSelector:\n    matchLabels:\n      watched: \"yes\"\n",
+                        rules("[\"*\"]", "[\"\"]", "[configmaps]")
+                    ),
+                ),
+                (
+                    "status.kaze.test",
+                    url_client(&hooks, "status"),
+                    &rules("[UPDATE]", "[\"\"]", "[pods/status]"),
+                ),
+            ],
+        ),
+    );
+
+    // mutation: the stored object carries the label the webhook added
+    eventually("the mutating webhook", || {
+        s.kubectl_result(&["create", "configmap", "probe", "-n", "hooked"], None);
+        let (_, out, _) =
+            s.kubectl_result(&["get", "cm", "probe", "-n", "hooked", "-o", "json"], None);
+        let ok = serde_json::from_str::<Value>(&out)
+            .is_ok_and(|cm| cm["metadata"]["labels"][LABEL] == "yes");
+        s.kubectl_result(&["delete", "cm", "probe", "-n", "hooked"], None);
+        ok
+    });
+    let (ok, _, err) = s.kubectl_result(
+        &[
+            "create",
+            "configmap",
+            "good",
+            "-n",
+            "hooked",
+            "--from-literal=a=b",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    // warnings from the webhook's response reach kubectl
+    assert!(err.contains("Warning: deny webhook saw good"), "{err}");
+    let good = json(&s, &["get", "cm", "good", "-n", "hooked"]);
+    assert_eq!(good["metadata"]["labels"][LABEL], "yes", "{good}");
+    assert_eq!(good["data"]["a"], "b");
+    let review = &hooks.requests("label", "good")[0];
+    assert_eq!(review["operation"], "CREATE");
+    assert_eq!(review["namespace"], "hooked");
+    assert_eq!(
+        review["kind"],
+        json!({"group": "", "version": "v1", "kind": "ConfigMap"})
+    );
+    assert_eq!(
+        review["resource"],
+        json!({"group": "", "version": "v1", "resource": "configmaps"})
+    );
+    assert_eq!(review["userInfo"]["username"], "kaze-admin", "{review}");
+    assert_eq!(review["dryRun"], false);
+    assert_eq!(review["options"]["kind"], "CreateOptions");
+    assert!(review["oldObject"].is_null());
+
+    // namespaceSelector: a namespace without the label is not sent to the mutating webhook
+    s.kubectl(&["create", "configmap", "good", "-n", "plain"]);
+    let plain = json(&s, &["get", "cm", "good", "-n", "plain"]);
+    assert!(plain["metadata"]["labels"].get(LABEL).is_none(), "{plain}");
+    assert_eq!(hooks.requests("label", "good").len(), 1);
+
+    // denial: the webhook's message and code, as kubectl prints them
+    let err = s.kubectl_fails(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad-one\n  namespace: plain\n"),
+    );
+    assert!(
+        err.contains("Error from server (Forbidden): error when creating \"STDIN\": admission webhook \"deny.kaze.test\" denied the request: names starting with bad- are not allowed"),
+        "{err}"
+    );
+    let (found, _, _) = s.kubectl_result(&["get", "cm", "bad-one", "-n", "plain"], None);
+    assert!(!found, "a denied object is not stored");
+
+    // UPDATE: the mutating webhook gets the old object, and labels the new one again
+    s.kubectl(&[
+        "label",
+        "cm",
+        "good",
+        "-n",
+        "hooked",
+        "color=red",
+        "--overwrite",
+    ]);
+    let updates: Vec<Value> = hooks
+        .requests("label", "good")
+        .into_iter()
+        .filter(|r| r["operation"] == "UPDATE")
+        .collect();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(
+        updates[0]["oldObject"]["metadata"]["labels"],
+        json!({LABEL: "yes"})
+    );
+    assert_eq!(updates[0]["object"]["metadata"]["labels"]["color"], "red");
+    assert_eq!(updates[0]["options"]["kind"], "UpdateOptions");
+    // a patch removing the label gets it back from the webhook
+    s.kubectl(&["label", "cm", "good", "-n", "hooked", &format!("{LABEL}-")]);
+    let good = json(&s, &["get", "cm", "good", "-n", "hooked"]);
+    assert_eq!(
+        good["metadata"]["labels"],
+        json!({LABEL: "yes", "color": "red"})
+    );
+
+    // objectSelector: only objects labelled watched=yes (new or old) go to the recorder
+    s.kubectl(&["create", "configmap", "unwatched", "-n", "plain"]);
+    assert!(hooks.requests("record", "unwatched").is_empty());
+    apply(&s, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\n  namespace: plain\n  labels:\n    watched: \"yes\"\n");
+    assert_eq!(hooks.requests("record", "watched").len(), 1);
+    // the old object still matches when the label goes away
+    s.kubectl(&["label", "cm", "watched", "-n", "plain", "watched-"]);
+    assert_eq!(
+        hooks.requests("record", "watched")[1]["operation"],
+        "UPDATE"
+    );
+
+    // DELETE: the old object, no new one
+    s.kubectl(&["label", "cm", "watched", "-n", "plain", "watched=yes"]);
+    s.kubectl(&["delete", "cm", "watched", "-n", "plain"]);
+    let deletes: Vec<Value> = hooks
+        .requests("record", "watched")
+        .into_iter()
+        .filter(|r| r["operation"] == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(deletes[0]["object"].is_null());
+    assert_eq!(deletes[0]["oldObject"]["metadata"]["name"], "watched");
+    assert_eq!(deletes[0]["options"]["kind"], "DeleteOptions");
+
+    // subresources: `pods/status` matches status updates, not the pod itself
+    apply(&s, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: plain\nspec:\n  containers:\n  - name: c\n    image: kaze/busybox:1\n");
+    assert!(hooks.requests("status", "p").is_empty());
+    s.kubectl(&[
+        "patch",
+        "pod",
+        "p",
+        "-n",
+        "plain",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"message":"hello"}}"#,
+    ]);
+    let status = hooks.requests("status", "p");
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(status[0]["subResource"], "status");
+    assert_eq!(status[0]["object"]["status"]["message"], "hello");
+
+    // the table printer: NAME WEBHOOKS AGE
+    let table = s.kubectl(&["get", "validatingwebhookconfigurations"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "WEBHOOKS", "AGE"]);
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..2], ["deny-bad", "3"], "{table}");
+}
+
+#[test]
+fn failure_policies_timeouts_and_configurations_are_never_sent_to_webhooks() {
+    let s = TestServer::start();
+    let hooks = start_hooks(&s);
+    // a closed port: bind one and let it go
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let unreachable = format!(
+        "    url: https://127.0.0.1:{closed}/x\n    caBundle: {}\n",
+        hooks.ca_bundle
+    );
+    let slow = "  timeoutSeconds: 1\n";
+    apply(
+        &s,
+        &configuration(
+            "ValidatingWebhookConfiguration",
+            "policies",
+            &[
+                (
+                    "slow-fail.kaze.test",
+                    url_client(&hooks, "slow"),
+                    &format!("{}{slow}", rules("[CREATE]", "[\"\"]", "[configmaps]")),
+                ),
+                (
+                    "slow-ignore.kaze.test",
+                    url_client(&hooks, "slow"),
+                    &format!(
+                        "{}{slow}  failurePolicy: Ignore\n",
+                        rules("[CREATE]", "[\"\"]", "[secrets]")
+                    ),
+                ),
+                (
+                    "gone-ignore.kaze.test",
+                    unreachable.clone(),
+                    &format!(
+                        "{}  failurePolicy: Ignore\n",
+                        rules("[CREATE]", "[\"\"]", "[serviceaccounts]")
+                    ),
+                ),
+            ],
+        ),
+    );
+    eventually("the slow webhook", || {
+        !s.kubectl_result(&["create", "configmap", "probe"], None).0
+    });
+    let start = Instant::now();
+    let err = s.kubectl_fails(&["create", "configmap", "slow"], None);
+    let took = start.elapsed();
+    assert!(
+        err.contains(&format!(
+            "Internal error occurred: failed calling webhook \"slow-fail.kaze.test\": failed to call webhook: Post \"{}?timeout=1s\": context deadline exceeded",
+            hooks.url("slow")
+        )),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "timeoutSeconds 1 took {took:?}"
+    );
+    assert!(
+        !s.kubectl_result(&["get", "cm", "slow"], None).0,
+        "nothing stored"
+    );
+
+    // failurePolicy Ignore: the request goes on without the webhook
+    s.kubectl(&["create", "secret", "generic", "ignored"]);
+    s.kubectl(&["create", "serviceaccount", "ignored"]);
+    assert_eq!(hooks.requests("slow", "ignored").len(), 1);
+
+    // an unreachable webhook that fails closed for every resource...
+    apply(
+        &s,
+        &configuration(
+            "ValidatingWebhookConfiguration",
+            "broken",
+            &[(
+                "gone-fail.kaze.test",
+                unreachable,
+                &rules("[\"*\"]", "[\"*\"]", "[\"*/*\"]"),
+            )],
+        ),
+    );
+    eventually("the broken webhook", || {
+        let (ok, _, err) = s.kubectl_result(&["create", "namespace", "probe"], None);
+        !ok && err.contains("failed calling webhook \"gone-fail.kaze.test\"")
+    });
+    // ...does not stand in the way of webhook configurations (never sent to webhooks),
+    let recorder = configuration(
+        "MutatingWebhookConfiguration",
+        "recorder",
+        &[(
+            "record.kaze.test",
+            url_client(&hooks, "record"),
+            &rules("[\"*\"]", "[\"*\"]", "[\"*/*\"]"),
+        )],
+    );
+    apply(&s, &recorder);
+    s.kubectl(&["label", "mutatingwebhookconfiguration", "recorder", "x=y"]);
+    // so it can be deleted, and everything works again
+    s.kubectl(&["delete", "validatingwebhookconfiguration", "broken"]);
+    eventually("the broken webhook to go", || {
+        s.kubectl_result(&["create", "namespace", "after"], None).0
+    });
+    s.kubectl(&["delete", "mutatingwebhookconfiguration", "recorder"]);
+    let seen = hooks.seen.lock().expect("lock");
+    assert!(
+        seen.iter().any(|(p, _)| p == "record"),
+        "the recorder saw requests"
+    );
+    let about_configs: Vec<&Value> = seen
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r["resource"]["group"] == "admissionregistration.k8s.io")
+        .collect();
+    assert!(about_configs.is_empty(), "{about_configs:?}");
+}
+
+#[test]
+fn dry_runs_bad_patches_and_invalid_configurations() {
+    let s = TestServer::start();
+    let hooks = start_hooks(&s);
+    apply(
+        &s,
+        &configuration(
+            "MutatingWebhookConfiguration",
+            "mutators",
+            &[
+                (
+                    "label.kaze.test",
+                    url_client(&hooks, "label"),
+                    &rules("[CREATE]", "[\"\"]", "[configmaps]"),
+                ),
+                (
+                    "bad-patch.kaze.test",
+                    url_client(&hooks, "bad-patch"),
+                    &rules("[CREATE]", "[\"\"]", "[secrets]"),
+                ),
+            ],
+        ),
+    );
+    eventually("the mutating webhook", || {
+        let (_, out, _) = s.kubectl_result(
+            &[
+                "create",
+                "configmap",
+                "probe",
+                "--dry-run=server",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        serde_json::from_str::<Value>(&out).is_ok_and(|cm| cm["metadata"]["labels"][LABEL] == "yes")
+    });
+    // dry run: webhooks without side effects are called with dryRun true; nothing is stored
+    let out = s.kubectl(&[
+        "create",
+        "configmap",
+        "dry",
+        "--dry-run=server",
+        "-o",
+        "json",
+    ]);
+    let cm: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(cm["metadata"]["labels"][LABEL], "yes");
+    let review = &hooks.requests("label", "dry")[0];
+    assert_eq!(review["dryRun"], true);
+    assert_eq!(review["options"]["dryRun"], json!(["All"]));
+    assert!(
+        !s.kubectl_result(&["get", "cm", "dry"], None).0,
+        "a dry run stores nothing"
+    );
+
+    // a patch that does not apply is an error, and nothing is stored
+    let err = s.kubectl_fails(&["create", "secret", "generic", "patched"], None);
+    assert!(
+        err.contains("applying the patch of admission webhook \"bad-patch.kaze.test\""),
+        "{err}"
+    );
+    assert!(!s.kubectl_result(&["get", "secret", "patched"], None).0);
+
+    // defaults
+    let m = json(&s, &["get", "mutatingwebhookconfiguration", "mutators"]);
+    let h = &m["webhooks"][0];
+    assert_eq!(
+        (
+            &h["failurePolicy"],
+            &h["matchPolicy"],
+            &h["timeoutSeconds"],
+            &h["reinvocationPolicy"]
+        ),
+        (
+            &json!("Fail"),
+            &json!("Equivalent"),
+            &json!(10),
+            &json!("Never")
+        )
+    );
+    assert_eq!(
+        (&h["namespaceSelector"], &h["objectSelector"]),
+        (&json!({}), &json!({}))
+    );
+    assert_eq!(h["rules"][0]["scope"], "*");
+
+    // validation: 422s naming the fields
+    let bad = configuration(
+        "ValidatingWebhookConfiguration",
+        "invalid",
+        &[
+            (
+                "notqualified",
+                url_client(&hooks, "x"),
+                &format!(
+                    "{}  timeoutSeconds: 31\n",
+                    rules("[CREATE]", "[\"\"]", "[pods]")
+                ),
+            ),
+            (
+                "c.kaze.test",
+                "    url: http://127.0.0.1/x\n".to_string(),
+                &rules("[CREATE]", "[\"\"]", "[pods]"),
+            ),
+        ],
+    );
+    let err = s.kubectl_fails(&["apply", "-f", "-"], Some(&bad));
+    for want in [
+        "The ValidatingWebhookConfiguration \"invalid\" is invalid",
+        "webhooks[0].name: Invalid value: \"notqualified\": should be a domain with at least three segments separated by dots",
+        "webhooks[0].timeoutSeconds: Invalid value: 31: the timeout value must be between 1 and 30 seconds",
+        "webhooks[1].clientConfig.url: Invalid value: \"http\": 'https' is the only allowed URL scheme",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    let side_effects = configuration(
+        "ValidatingWebhookConfiguration",
+        "side-effects",
+        &[(
+            "a.kaze.test",
+            url_client(&hooks, "x"),
+            "  matchConditions:\n  - name: x\n    expression: \"true\"\n",
+        )],
+    )
+    .replace("sideEffects: None", "sideEffects: Some");
+    let err = s.kubectl_fails(&["apply", "-f", "-"], Some(&side_effects));
+    assert!(
+        err.contains("webhooks[0].sideEffects: Unsupported value: \"Some\": supported values: \"None\", \"NoneOnDryRun\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "webhooks[0].matchConditions: Forbidden: matchConditions are not supported by kaze"
+        ),
+        "{err}"
+    );
+    assert!(
+        !s.kubectl_result(&["get", "validatingwebhookconfiguration", "invalid"], None)
+            .0
+    );
+}
