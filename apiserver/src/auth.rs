@@ -210,6 +210,9 @@ pub async fn authenticate(
         match impersonate(&state.rbac, req.headers(), &requester) {
             Ok(acting_as) => {
                 strip_impersonation(req.headers_mut());
+                // the audit log names who impersonates as well as who is impersonated
+                req.extensions_mut()
+                    .insert(crate::audit::Impersonator(requester));
                 user = Some(acting_as);
             }
             Err(e) => {

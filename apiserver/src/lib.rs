@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 mod alloc;
 mod apply;
+mod audit;
 mod auth;
 mod bootstrap;
 mod cache;
@@ -205,7 +206,13 @@ pub struct Config {
     /// (metrics-server's flag): CPU usage is the rate over this window.
     #[arg(long = "metric-resolution", default_value = "15s", value_parser = component::leader::parse_duration)]
     pub metric_resolution: std::time::Duration,
+
+    /// The audit log (`--audit-policy-file`, `--audit-log-*`).
+    #[command(flatten)]
+    pub audit: AuditOptions,
 }
+
+pub use audit::{Format as AuditLogFormat, Mode as AuditLogMode, Options as AuditOptions};
 
 impl Config {
     /// Defaults for an in-process server: loopback, a random port, the embedded store in
@@ -242,6 +249,7 @@ impl Config {
             cluster_signing_key_file: None,
             cluster_signing_duration: std::time::Duration::from_secs(365 * 24 * 3600),
             metric_resolution: std::time::Duration::from_secs(15),
+            audit: AuditOptions::default(),
         }
     }
 

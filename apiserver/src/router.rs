@@ -19,7 +19,7 @@ use crate::state::AppState;
 use crate::status::ApiError;
 
 pub fn build(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/version", get(version))
         .route("/healthz", get(ok))
         .route("/livez", get(ok))
@@ -30,7 +30,16 @@ pub fn build(state: Arc<AppState>) -> Router {
             get(openid_configuration),
         )
         .route(crate::serviceaccount::discovery::JWKS_PATH, get(jwks))
-        .fallback(dispatch)
+        .fallback(dispatch);
+    // the audit layer needs the authenticated user: it goes below authentication
+    let routes = match state.audit.clone() {
+        Some(auditor) => routes.layer(axum::middleware::from_fn_with_state(
+            auditor,
+            crate::audit::record,
+        )),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,
@@ -39,6 +48,7 @@ pub fn build(state: Arc<AppState>) -> Router {
             state.clone(),
             crate::metrics::track,
         ))
+        .layer(axum::middleware::from_fn(crate::audit::id))
         .with_state(state)
 }
 
@@ -287,6 +297,7 @@ pub(crate) fn authorize(
         }
     };
     let (allowed, reason) = crate::nodeauth::authorize(state, user, &attrs);
+    crate::audit::authorized(allowed, &reason);
     if allowed {
         return Ok(());
     }

@@ -156,6 +156,9 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         }
         None => Some(Default::default()),
     };
+    let audit = crate::audit::Auditor::from_options(&config.audit)
+        .map_err(|reason| Error::Config { reason })?
+        .map(Arc::new);
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
     let client_ca = match &config.client_ca_file {
         Some(file) => component::https::ClientCa::from_file(file),
@@ -245,6 +248,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             .any(|p| p == "Priority"),
         pod_security,
         resource_metrics: Default::default(),
+        audit,
         webhooks: Default::default(),
     });
     state.service_accounts.publish(&state).await;

@@ -1,5 +1,7 @@
 //! What every request handler shares.
 
+use std::sync::Arc;
+
 use store::Storage;
 use tokio_util::sync::CancellationToken;
 
@@ -42,4 +44,6 @@ pub struct AppState {
     pub webhooks: crate::webhooks::Index,
     /// The latest kubelet samples `metrics.k8s.io` is computed from.
     pub resource_metrics: crate::metrics_api::Samples,
+    /// The audit policy and log (`--audit-policy-file`); None: nothing is audited.
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }

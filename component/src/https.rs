@@ -381,8 +381,19 @@ pub async fn serve(
                 }
                 _ => app,
             };
+            // Requests carry the peer's address as axum's `ConnectInfo` (the apiserver's
+            // audit `sourceIPs`); not a router layer, which deepens every request's poll
+            // stack (debug builds overflowed tokio's 2 MiB).
+            let inner = TowerToHyperService::new(app);
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    hyper::service::Service::call(&inner, req)
+                },
+            );
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {

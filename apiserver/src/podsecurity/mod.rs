@@ -14,8 +14,9 @@
 //!   how workloads hear about the pods they will not be able to create.
 //! - Namespaces: invalid labels are a 422 on create (and on update when they change); an
 //!   update that tightens `enforce` warns about the existing pods that violate it.
-//! - `audit`: kaze has no audit log, so the audit level is parsed and validated but
-//!   records nothing.
+//! - `audit`: a pod (or template) violating the `audit` level gets upstream's
+//!   `pod-security.kubernetes.io/audit-violations` annotation on its request's audit event
+//!   (`crate::audit`), and an evaluated pod `.../enforce-policy` (the enforced level).
 //!
 //! The cluster-wide defaults (for namespaces without labels) and the exempt namespaces and
 //! runtime classes come from [`PodSecurity`]; the defaults are upstream's: everything
@@ -242,6 +243,9 @@ fn evaluate(
     enforce: bool,
     refuse: impl FnOnce(String) -> ApiError,
 ) -> Result<(), ApiError> {
+    if crate::audit::active() {
+        audit_annotations(policy, pod_meta, spec, enforce);
+    }
     if enforce {
         let v = checks::evaluate(policy.enforce, pod_meta, spec);
         if !v.is_empty() {
@@ -261,6 +265,31 @@ fn evaluate(
         ));
     }
     Ok(())
+}
+
+/// Upstream's audit annotations: the enforced policy (pods), the `audit` level's
+/// violations (pods and templates, allowed or refused).
+fn audit_annotations(policy: &Policy, pod_meta: &Value, spec: &Value, enforce: bool) {
+    if enforce {
+        crate::audit::annotate(
+            "pod-security.kubernetes.io/enforce-policy",
+            policy.enforce.to_string(),
+        );
+    }
+    if policy.audit.level == Level::Privileged {
+        return;
+    }
+    let v = checks::evaluate(policy.audit, pod_meta, spec);
+    if !v.is_empty() {
+        crate::audit::annotate(
+            "pod-security.kubernetes.io/audit-violations",
+            format!(
+                "would violate PodSecurity \"{}\": {}",
+                policy.audit,
+                checks::detail(&v)
+            ),
+        );
+    }
 }
 
 /// Where a workload kind keeps its pod template.
