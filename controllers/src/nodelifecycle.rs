@@ -129,6 +129,10 @@ pub enum Health {
     Ready,
     NotReady,
     Unreachable,
+    /// Never reported a Ready condition and still within the grace period since its
+    /// creation (upstream's startup grace): no verdict yet, its taints stay as they are.
+    /// The kubelet creates its Node a moment before it posts the first status.
+    Starting,
 }
 
 /// Decide a node's health from its last heartbeat (seconds) and its Ready condition.
@@ -142,6 +146,7 @@ pub fn health(
         Some(t) if now - t <= grace.as_secs() as i64 => match ready_status {
             Some("True") => Health::Ready,
             Some("False") => Health::NotReady,
+            None => Health::Starting,
             _ => Health::Unreachable,
         },
         // Never heard from (a node object created without a kubelet) or silent too long.
@@ -332,6 +337,10 @@ async fn monitor(
             Health::Ready => None,
             Health::NotReady => Some(NOT_READY),
             Health::Unreachable => Some(UNREACHABLE),
+            Health::Starting => taints
+                .iter()
+                .find(|t| t.effect == "NoExecute" && (t.key == NOT_READY || t.key == UNREACHABLE))
+                .map(|t| t.key.as_str()),
         };
         // One write for both effects: two patches at the same resourceVersion would
         // conflict, and the second would wait a period.
@@ -415,6 +424,9 @@ mod tests {
         assert_eq!(health(Some(100), Some("False"), 130, g), Health::NotReady);
         assert_eq!(health(Some(100), Some("True"), 141, g), Health::Unreachable);
         assert_eq!(health(None, None, 141, g), Health::Unreachable);
+        // Created at 100, never reported: no verdict within the grace period.
+        assert_eq!(health(Some(100), None, 130, g), Health::Starting);
+        assert_eq!(health(Some(100), None, 141, g), Health::Unreachable);
     }
 
     #[test]

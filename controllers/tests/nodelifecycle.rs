@@ -275,6 +275,27 @@ async fn conditions_and_cordon_become_no_schedule_taints() {
         shutdown.clone(),
     ));
 
+    // A node registered as the kubelet does, with not-ready:NoSchedule and no status yet,
+    // keeps the taint until it reports Ready.
+    let fresh: Node = serde_json::from_value(json!({"metadata": {"name": "fresh"},
+        "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}}))
+    .expect("node");
+    nodes
+        .create(&PostParams::default(), &fresh)
+        .await
+        .expect("node");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        taints_of(&nodes, "fresh").await,
+        ["node.kubernetes.io/not-ready:NoSchedule"]
+    );
+    set_conditions(&nodes, "fresh", "True", &[]).await;
+    wait_taints(&nodes, "fresh", "fresh node Ready", |t| t.is_empty()).await;
+    nodes
+        .delete("fresh", &Default::default())
+        .await
+        .expect("delete node");
+
     // Each condition adds its NoSchedule taint and its recovery removes it.
     for (ty, key) in [
         ("MemoryPressure", "memory-pressure"),
