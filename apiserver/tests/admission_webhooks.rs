@@ -651,3 +651,69 @@ fn dry_runs_bad_patches_and_invalid_configurations() {
             .0
     );
 }
+
+#[test]
+fn custom_resources_and_reinvocation() {
+    let s = TestServer::start();
+    let hooks = start_hooks(&s);
+    apply(
+        &s,
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.hooks.kaze.test\nspec:\n  group: hooks.kaze.test\n  scope: Namespaced\n  names:\n    plural: gadgets\n    singular: gadget\n    kind: Gadget\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
+    );
+    s.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        "crd/gadgets.hooks.kaze.test",
+    ]);
+    // "a-first" records and asks to be called again if a later webhook changes the object;
+    // "b-label" (a later configuration by name) adds the label
+    let gadgets = rules("[CREATE]", "[hooks.kaze.test]", "[gadgets]");
+    apply(
+        &s,
+        &configuration(
+            "MutatingWebhookConfiguration",
+            "b-label",
+            &[("label.kaze.test", url_client(&hooks, "label"), &gadgets)],
+        ),
+    );
+    apply(
+        &s,
+        &configuration(
+            "MutatingWebhookConfiguration",
+            "a-first",
+            &[(
+                "first.kaze.test",
+                url_client(&hooks, "first"),
+                &format!("{gadgets}  reinvocationPolicy: IfNeeded\n"),
+            )],
+        ),
+    );
+    let gadget = |name: &str| {
+        format!("apiVersion: hooks.kaze.test/v1\nkind: Gadget\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  size: 3\n")
+    };
+    eventually("both webhooks", || {
+        s.kubectl_result(&["create", "-f", "-"], Some(&gadget("probe")));
+        s.kubectl_result(&["delete", "gadget", "probe"], None);
+        !hooks.requests("first", "probe").is_empty() && !hooks.requests("label", "probe").is_empty()
+    });
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&gadget("g1")));
+    let g = json(&s, &["get", "gadget", "g1"]);
+    assert_eq!(g["metadata"]["labels"][LABEL], "yes", "{g}");
+    assert_eq!(g["spec"]["size"], 3);
+    let label = hooks.requests("label", "g1");
+    assert_eq!(label.len(), 1, "{label:?}");
+    assert_eq!(
+        label[0]["kind"],
+        json!({"group": "hooks.kaze.test", "version": "v1", "kind": "Gadget"})
+    );
+    assert_eq!(label[0]["resource"]["resource"], "gadgets");
+    // called first, then once more because "b-label" changed the object after it
+    let first = hooks.requests("first", "g1");
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first[0]["object"]["metadata"]["labels"]
+        .get(LABEL)
+        .is_none());
+    assert_eq!(first[1]["object"]["metadata"]["labels"][LABEL], "yes");
+}

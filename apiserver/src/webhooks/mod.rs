@@ -18,7 +18,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::follow::Follower;
@@ -30,7 +29,10 @@ use crate::status::ApiError;
 
 mod client;
 pub mod config;
+mod review;
 pub mod rules;
+
+use review::{ask, call_failed, denied, fails_closed, hook_name, review};
 
 pub const GROUP: &str = "admissionregistration.k8s.io";
 const MUTATING: &str = "mutatingwebhookconfigurations";
@@ -262,233 +264,36 @@ fn selector(hook: &Value, field: &str) -> Option<LabelSelector> {
         .filter(|s| !s.is_empty())
 }
 
+/// The namespace `ns` for its labels: from the watch cache (`resourceVersion=0`, as
+/// upstream reads a lister), from the store when the cache does not have it (yet).
 async fn namespace(state: &AppState, ns: &str) -> Result<Value, ApiError> {
     let def = state
         .registry
         .get("", "v1", "namespaces")
         .expect("namespaces are built in");
+    let opts = crate::list::ListOpts {
+        resource_version: Some("0".into()),
+        filter: crate::selector::Filter {
+            fields: crate::selector::FieldSelector::parse(&format!("metadata.name={ns}"), &[])
+                .map_err(ApiError::bad_request)?,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if let Some(found) = crate::list::list(state, def, None, &opts)
+        .await?
+        .items
+        .into_iter()
+        .next()
+    {
+        return Ok(found);
+    }
     match crate::objects::get(state, def, None, ns).await {
         Ok(v) => Ok(v),
         // upstream: a namespace that does not exist (yet) has no labels
         Err(e) if e.code == 404 => Ok(json!({"metadata": {"name": ns}})),
         Err(e) => Err(e),
     }
-}
-
-fn hook_name(hook: &Value) -> &str {
-    hook.get("name").and_then(Value::as_str).unwrap_or("")
-}
-
-/// The AdmissionReview sent to `hook`.
-fn review(
-    req: &Request<'_>,
-    sub: &str,
-    hook: &Value,
-    obj: Option<&Value>,
-    old: Option<&Value>,
-) -> Value {
-    let d = req.def;
-    let version = if hook
-        .get("admissionReviewVersions")
-        .and_then(Value::as_array)
-        .is_some_and(|vs| vs.iter().any(|v| v == "v1"))
-    {
-        "v1"
-    } else {
-        "v1beta1"
-    };
-    let name = obj
-        .or(old)
-        .and_then(|o| meta::meta_str(o, "name"))
-        .unwrap_or("");
-    let kind = json!({"group": d.group, "version": d.version, "kind": d.kind});
-    let resource = json!({"group": d.group, "version": d.version, "resource": d.plural});
-    let user = crate::requester::current().map_or(
-        json!({}),
-        |u| json!({"username": u.name, "uid": u.uid, "groups": u.groups, "extra": u.extra}),
-    );
-    let mut options = json!({"apiVersion": "meta.k8s.io/v1", "kind": req.operation.options_kind()});
-    if req.dry_run {
-        options["dryRun"] = json!(["All"]);
-    }
-    let mut r = json!({
-        "uid": meta::new_uid(),
-        "kind": kind, "resource": resource,
-        "requestKind": kind, "requestResource": resource,
-        "name": name,
-        "operation": req.operation.as_str(),
-        "userInfo": user,
-        "object": obj.cloned().unwrap_or(Value::Null),
-        "oldObject": old.cloned().unwrap_or(Value::Null),
-        "dryRun": req.dry_run,
-        "options": options,
-    });
-    if !sub.is_empty() {
-        r["subResource"] = json!(sub);
-        r["requestSubResource"] = json!(sub);
-    }
-    if let Some(ns) = req.ns.filter(|_| d.namespaced) {
-        r["namespace"] = json!(ns);
-    } else if d.group.is_empty() && d.plural == "namespaces" {
-        // upstream's request attributes carry a namespace's own name as its namespace
-        r["namespace"] = json!(name);
-    }
-    json!({
-        "apiVersion": format!("admission.k8s.io/{version}"),
-        "kind": "AdmissionReview",
-        "request": r,
-    })
-}
-
-/// What a webhook answered.
-struct Answer {
-    allowed: bool,
-    status: Value,
-    patch: Option<json_patch::Patch>,
-}
-
-/// Call `hook` and check its answer; `Err(text)` is a failed call (subject to the webhook's
-/// `failurePolicy`).
-async fn ask(
-    state: &AppState,
-    hook: &Value,
-    review: &Value,
-    mutating: bool,
-) -> Result<Answer, String> {
-    let resp = client::call(state, hook, review).await?;
-    let sent_av = review["apiVersion"].as_str().unwrap_or("");
-    if resp.get("apiVersion").and_then(Value::as_str) != Some(sent_av)
-        || resp.get("kind").and_then(Value::as_str) != Some("AdmissionReview")
-    {
-        return Err(format!(
-            "received invalid webhook response: expected webhook response of {sent_av}, Kind=AdmissionReview, got {}, Kind={}",
-            resp.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
-            resp.get("kind").and_then(Value::as_str).unwrap_or("")
-        ));
-    }
-    let r = resp
-        .get("response")
-        .filter(|r| r.is_object())
-        .ok_or("received invalid webhook response: webhook response was absent")?;
-    let want_uid = review
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let uid = r.get("uid").and_then(Value::as_str).unwrap_or("");
-    if uid != want_uid {
-        return Err(format!(
-            "received invalid webhook response: expected response.uid={want_uid:?}, got {uid:?}"
-        ));
-    }
-    for w in r
-        .get("warnings")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
-        crate::warning::add(w);
-    }
-    let patch = match r
-        .get("patch")
-        .and_then(Value::as_str)
-        .filter(|p| !p.is_empty())
-    {
-        None => None,
-        Some(_) if !mutating => {
-            return Err(
-                "received invalid webhook response: validating webhooks may not return patches"
-                    .into(),
-            )
-        }
-        Some(b64) => {
-            match r.get("patchType").and_then(Value::as_str) {
-                Some("JSONPatch") => {}
-                other => {
-                    return Err(format!(
-                        "received invalid webhook response: webhook returned response.patchType of {:?}; JSONPatch is the only supported type",
-                        other.unwrap_or("")
-                    ))
-                }
-            }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| {
-                    format!("received invalid webhook response: decoding the patch: {e}")
-                })?;
-            Some(serde_json::from_slice(&bytes).map_err(|e| {
-                format!("received invalid webhook response: decoding the patch: {e}")
-            })?)
-        }
-    };
-    Ok(Answer {
-        allowed: r.get("allowed").and_then(Value::as_bool).unwrap_or(false),
-        status: r.get("status").cloned().unwrap_or(Value::Null),
-        patch,
-    })
-}
-
-/// A failed call under `failurePolicy: Fail`: upstream's InternalError.
-fn call_failed(hook: &Value, err: &str) -> ApiError {
-    ApiError::internal(format!(
-        "Internal error occurred: failed calling webhook \"{}\": {err}",
-        hook_name(hook)
-    ))
-}
-
-fn fails_closed(hook: &Value) -> bool {
-    hook.get("failurePolicy").and_then(Value::as_str) != Some("Ignore")
-}
-
-/// Upstream's `ToStatusErr`: the webhook's status, at least a 400, with who denied it.
-fn denied(hook: &Value, status: &Value) -> ApiError {
-    let by = format!(
-        "admission webhook \"{}\" denied the request",
-        hook_name(hook)
-    );
-    let s = |f: &str| status.get(f).and_then(Value::as_str).unwrap_or("");
-    let message = match (s("message"), s("reason")) {
-        ("", "") => format!("{by} without explanation"),
-        ("", reason) => format!("{by}: {reason}"),
-        (m, _) => format!("{by}: {m}"),
-    };
-    let code = status
-        .get("code")
-        .and_then(Value::as_u64)
-        .and_then(|c| u16::try_from(c).ok())
-        .filter(|c| *c >= 400 && *c < 600)
-        .unwrap_or(400);
-    ApiError {
-        code,
-        reason: known_reason(s("reason")),
-        message,
-        details: status.get("details").cloned().filter(|d| d.is_object()),
-    }
-}
-
-/// `metav1.StatusReason`s kaze can name (`ApiError::reason` is static); others become "".
-fn known_reason(r: &str) -> &'static str {
-    const REASONS: &[&str] = &[
-        "Unauthorized",
-        "Forbidden",
-        "NotFound",
-        "AlreadyExists",
-        "Conflict",
-        "Gone",
-        "Invalid",
-        "ServerTimeout",
-        "Timeout",
-        "TooManyRequests",
-        "BadRequest",
-        "MethodNotAllowed",
-        "NotAcceptable",
-        "RequestEntityTooLarge",
-        "UnsupportedMediaType",
-        "InternalError",
-        "Expired",
-        "ServiceUnavailable",
-    ];
-    REASONS.iter().find(|x| **x == r).copied().unwrap_or("")
 }
 
 /// Upstream refuses a dry run that would reach a webhook with side effects.
@@ -707,29 +512,6 @@ async fn admit_delete_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn denials_carry_the_webhooks_status_and_name() {
-        let hook = json!({"name": "deny.example.com"});
-        let e = denied(
-            &hook,
-            &json!({"code": 403, "message": "no bad names", "reason": "Forbidden"}),
-        );
-        assert_eq!(e.code, 403);
-        assert_eq!(e.reason, "Forbidden");
-        assert_eq!(
-            e.message,
-            "admission webhook \"deny.example.com\" denied the request: no bad names"
-        );
-        let e = denied(&hook, &Value::Null);
-        assert_eq!(e.code, 400);
-        assert_eq!(
-            e.message,
-            "admission webhook \"deny.example.com\" denied the request without explanation"
-        );
-        // a success code cannot come with a denial
-        assert_eq!(denied(&hook, &json!({"code": 200})).code, 400);
-    }
 
     #[test]
     fn webhooks_cannot_change_what_the_server_owns() {
