@@ -23,6 +23,7 @@ mod certificates;
 mod compactor;
 mod convert;
 mod crd;
+mod defaulttolerationseconds;
 mod delete;
 mod discovery;
 mod error;
@@ -169,11 +170,20 @@ pub struct Config {
     pub service_account_extend_token_expiration: bool,
 
     /// Admission plugins to turn off. kaze knows `ServiceAccount`, `Priority`,
-    /// `PodSecurity` and `NodeRestriction` (all on by default); `Config::for_tests` turns
-    /// `ServiceAccount` off, as envtest does, so pods in tests without a controller-manager
-    /// need no ServiceAccount.
+    /// `PodSecurity`, `NodeRestriction` and `DefaultTolerationSeconds` (all on by default);
+    /// `Config::for_tests` turns `ServiceAccount` off, as envtest does, so pods in tests
+    /// without a controller-manager need no ServiceAccount.
     #[arg(long = "disable-admission-plugins", value_delimiter = ',')]
     pub disable_admission_plugins: Vec<String>,
+
+    /// The `tolerationSeconds` of the `node.kubernetes.io/not-ready:NoExecute` toleration
+    /// the `DefaultTolerationSeconds` admission plugin gives pods without one.
+    #[arg(long = "default-not-ready-toleration-seconds", default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+
+    /// The same for `node.kubernetes.io/unreachable:NoExecute`.
+    #[arg(long = "default-unreachable-toleration-seconds", default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
 
     /// Upstream's `AdmissionConfiguration` file; kaze reads the `PodSecurity` plugin's
     /// `PodSecurityConfiguration` from it (cluster-wide defaults and exemptions).
@@ -244,6 +254,8 @@ impl Config {
             service_account_key_file: Vec::new(),
             service_account_extend_token_expiration: true,
             disable_admission_plugins: vec!["ServiceAccount".to_string()],
+            default_not_ready_toleration_seconds: 300,
+            default_unreachable_toleration_seconds: 300,
             admission_control_config_file: None,
             cluster_signing_cert_file: None,
             cluster_signing_key_file: None,

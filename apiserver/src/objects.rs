@@ -350,6 +350,7 @@ pub async fn create(
         if def.group.is_empty() && def.plural == "pods" {
             crate::serviceaccount::admission::admit(state, ns, &mut obj).await?;
             crate::priority::admit_pod(state, &mut obj).await?;
+            crate::defaulttolerationseconds::admit_pod(state.default_toleration_seconds, &mut obj);
         }
     }
     // mutating webhooks after the built-in mutating plugins, as upstream orders them

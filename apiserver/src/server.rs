@@ -128,14 +128,19 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         }
     };
     let tls_config = crate::tls::server_config(&material)?;
-    if let Some(p) = config
-        .disable_admission_plugins
-        .iter()
-        .find(|p| !matches!(p.as_str(), "ServiceAccount" | "Priority" | "PodSecurity"))
-    {
+    if let Some(p) = config.disable_admission_plugins.iter().find(|p| {
+        !matches!(
+            p.as_str(),
+            "ServiceAccount"
+                | "Priority"
+                | "PodSecurity"
+                | "NodeRestriction"
+                | "DefaultTolerationSeconds"
+        )
+    }) {
         return Err(Error::Config {
             reason: format!(
-                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount, Priority, PodSecurity)"
+                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount, Priority, PodSecurity, NodeRestriction, DefaultTolerationSeconds)"
             ),
         });
     }
@@ -246,6 +251,14 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             .disable_admission_plugins
             .iter()
             .any(|p| p == "Priority"),
+        default_toleration_seconds: (!config
+            .disable_admission_plugins
+            .iter()
+            .any(|p| p == "DefaultTolerationSeconds"))
+        .then_some(crate::defaulttolerationseconds::Seconds {
+            not_ready: config.default_not_ready_toleration_seconds,
+            unreachable: config.default_unreachable_toleration_seconds,
+        }),
         pod_security,
         resource_metrics: Default::default(),
         audit,

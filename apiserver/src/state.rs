@@ -38,6 +38,8 @@ pub struct AppState {
     pub service_accounts: crate::serviceaccount::ServiceAccounts,
     /// Whether the `Priority` admission plugin is on (`--disable-admission-plugins`).
     pub priority_admission: bool,
+    /// The `DefaultTolerationSeconds` admission plugin's seconds; None when it is off.
+    pub default_toleration_seconds: Option<crate::defaulttolerationseconds::Seconds>,
     /// The `PodSecurity` admission plugin's configuration; None when it is turned off.
     pub pod_security: Option<crate::podsecurity::PodSecurity>,
     /// The admission webhook configurations (`crate::webhooks`).

@@ -37,9 +37,12 @@ async fn heartbeat(leases: &Api<Lease>, node: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_node_is_tainted_and_its_pods_evicted() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
-        .await
-        .expect("apiserver");
+    let mut api_config = apiserver::Config::for_tests(dir.path());
+    // "plain" must not tolerate the taint at all: without this plugin's 300 s default.
+    api_config
+        .disable_admission_plugins
+        .push("DefaultTolerationSeconds".into());
+    let server = apiserver::start(api_config).await.expect("apiserver");
     let kc = server.kubeconfig_path().to_path_buf();
     let client = component::client(Some(&kc)).await.expect("client");
     let nodes: Api<Node> = Api::all(client.clone());
