@@ -86,7 +86,8 @@ async fn webhook(
     )
 }
 
-/// The webhook server, its certificate valid for 127.0.0.1 and `hooks.webhook-system.svc`.
+/// The webhook server, its certificate valid for 127.0.0.1, `hooks.webhook-system.svc` and
+/// `sliced.webhook-system.svc`.
 fn start_hooks(s: &TestServer) -> Hooks {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -100,6 +101,7 @@ fn start_hooks(s: &TestServer) -> Hooks {
     let params = rcgen::CertificateParams::new(vec![
         "127.0.0.1".to_string(),
         "hooks.webhook-system.svc".to_string(),
+        "sliced.webhook-system.svc".to_string(),
     ])
     .expect("params");
     let cert = params.signed_by(&key, &issuer).expect("sign");
@@ -596,6 +598,20 @@ fn dry_runs_bad_patches_and_invalid_configurations() {
     );
     assert_eq!(h["rules"][0]["scope"], "*");
 
+    // discovery and OpenAPI
+    let resources = s.kubectl(&["api-resources", "--api-group=admissionregistration.k8s.io"]);
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        assert!(resources.contains(kind), "{resources}");
+    }
+    let explained = s.kubectl(&[
+        "explain",
+        "validatingwebhookconfiguration.webhooks.sideEffects",
+    ]);
+    assert!(explained.contains("NoneOnDryRun"), "{explained}");
+
     // validation: 422s naming the fields
     let bad = configuration(
         "ValidatingWebhookConfiguration",
@@ -690,13 +706,35 @@ fn custom_resources_and_reinvocation() {
             )],
         ),
     );
+    // a Service with an EndpointSlice and no Endpoints, in front of a validating webhook
+    apply(&s, &format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: webhook-system\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: sliced\n  namespace: webhook-system\nspec:\n  ports:\n  - name: https\n    port: 8443\n    targetPort: {p}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: sliced-1\n  namespace: webhook-system\n  labels:\n    kubernetes.io/service-name: sliced\naddressType: IPv4\nendpoints:\n- addresses: [127.0.0.1]\n  conditions:\n    ready: true\nports:\n- name: https\n  port: {p}\n",
+        p = hooks.port
+    ));
+    apply(
+        &s,
+        &configuration(
+            "ValidatingWebhookConfiguration",
+            "sliced",
+            &[(
+                "sliced.kaze.test",
+                format!(
+                    "    service:\n      namespace: webhook-system\n      name: sliced\n      port: 8443\n      path: /sliced\n    caBundle: {}\n",
+                    hooks.ca_bundle
+                ),
+                &gadgets,
+            )],
+        ),
+    );
     let gadget = |name: &str| {
         format!("apiVersion: hooks.kaze.test/v1\nkind: Gadget\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  size: 3\n")
     };
     eventually("both webhooks", || {
         s.kubectl_result(&["create", "-f", "-"], Some(&gadget("probe")));
         s.kubectl_result(&["delete", "gadget", "probe"], None);
-        !hooks.requests("first", "probe").is_empty() && !hooks.requests("label", "probe").is_empty()
+        !hooks.requests("first", "probe").is_empty()
+            && !hooks.requests("label", "probe").is_empty()
+            && !hooks.requests("sliced", "probe").is_empty()
     });
     s.kubectl_stdin(&["create", "-f", "-"], Some(&gadget("g1")));
     let g = json(&s, &["get", "gadget", "g1"]);
@@ -716,4 +754,8 @@ fn custom_resources_and_reinvocation() {
         .get(LABEL)
         .is_none());
     assert_eq!(first[1]["object"]["metadata"]["labels"][LABEL], "yes");
+    // the validating webhook behind the EndpointSlice saw the mutated object
+    let sliced = hooks.requests("sliced", "g1");
+    assert_eq!(sliced.len(), 1, "{sliced:?}");
+    assert_eq!(sliced[0]["object"]["metadata"]["labels"][LABEL], "yes");
 }

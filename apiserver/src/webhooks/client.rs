@@ -92,39 +92,45 @@ async fn target(state: &AppState, cc: &Value, timeout: u64) -> Result<Target, St
 }
 
 /// A ready endpoint of Service `ns/name` serving its port `port`: the Service's
-/// `targetPort` on one of the addresses its Endpoints list. The apiserver runs on a host
-/// that routes to pod IPs (and to 127.0.0.1 for host-network webhooks), so it dials the
-/// endpoint itself rather than the ClusterIP, which only nodes' service proxies answer.
+/// `targetPort` on one of the addresses its Endpoints list (its EndpointSlices when there are
+/// no Endpoints). The apiserver runs on a host that routes to pod IPs (and to 127.0.0.1 for
+/// host-network webhooks), so it dials the endpoint itself rather than the ClusterIP, which
+/// only nodes' service proxies answer. Read from the watch cache.
 async fn resolve_service(
     state: &AppState,
     ns: &str,
     name: &str,
     port: u64,
 ) -> Result<(String, u16), String> {
-    let def = |plural| state.registry.get("", "v1", plural).cloned();
-    let (Some(svc_def), Some(ep_def)) = (def("services"), def("endpoints")) else {
-        return Err("services are not served".into());
+    let get = |group, plural, filter| async move {
+        let def = state
+            .registry
+            .get(group, "v1", plural)
+            .ok_or_else(|| format!("{plural} are not served"))?;
+        super::cached(state, def, Some(ns), filter)
+            .await
+            .map_err(|e| e.message)
     };
-    let svc = crate::objects::get(state, &svc_def, Some(ns), name)
-        .await
-        .map_err(|_| format!("service \"{name}\" not found"))?;
+    let by_name = format!("metadata.name={name}");
+    let svc = match get("", "services", (by_name.as_str(), "")).await?.pop() {
+        Some(svc) => svc,
+        // created a moment ago: the store decides
+        None => {
+            let def = state.registry.get("", "v1", "services");
+            let def = def.ok_or("services are not served")?;
+            crate::objects::get(state, def, Some(ns), name)
+                .await
+                .map_err(|_| format!("service \"{name}\" not found"))?
+        }
+    };
     let svc_port = svc
         .pointer("/spec/ports")
         .and_then(Value::as_array)
         .and_then(|ps| ps.iter().find(|p| p["port"].as_u64() == Some(port)))
         .ok_or_else(|| format!("service {name}/{ns} has no port {port}"))?;
     let port_name = svc_port.get("name").and_then(Value::as_str).unwrap_or("");
-    let eps = crate::objects::get(state, &ep_def, Some(ns), name)
-        .await
-        .map_err(|_| format!("endpoints \"{name}\" not found"))?;
-    for subset in eps
-        .get("subsets")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(p) = subset
-            .get("ports")
+    let named = |ports: Option<&Value>| {
+        ports
             .and_then(Value::as_array)
             .and_then(|ps| {
                 ps.iter()
@@ -132,14 +138,37 @@ async fn resolve_service(
             })
             .and_then(|p| p.get("port").and_then(Value::as_u64))
             .and_then(|p| u16::try_from(p).ok())
-        else {
-            continue;
-        };
-        if let Some(ip) = subset
+    };
+    let eps = get("", "endpoints", (by_name.as_str(), "")).await?;
+    for subset in eps
+        .iter()
+        .filter_map(|e| e.get("subsets").and_then(Value::as_array))
+        .flatten()
+    {
+        let ip = subset
             .get("addresses")
             .and_then(Value::as_array)
             .and_then(|a| a.first())
-            .and_then(|a| a.get("ip").and_then(Value::as_str))
+            .and_then(|a| a.get("ip").and_then(Value::as_str));
+        if let (Some(p), Some(ip)) = (named(subset.get("ports")), ip) {
+            return Ok((ip.to_string(), p));
+        }
+    }
+    let owned = format!("kubernetes.io/service-name={name}");
+    let slices = get("discovery.k8s.io", "endpointslices", ("", owned.as_str())).await?;
+    for slice in &slices {
+        let Some(p) = named(slice.get("ports")) else {
+            continue;
+        };
+        let ready = slice
+            .get("endpoints")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.pointer("/conditions/ready") != Some(&Value::Bool(false)));
+        if let Some(ip) = ready
+            .filter_map(|e| e.pointer("/addresses/0").and_then(Value::as_str))
+            .next()
         {
             return Ok((ip.to_string(), p));
         }

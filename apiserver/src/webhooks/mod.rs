@@ -264,25 +264,36 @@ fn selector(hook: &Value, field: &str) -> Option<LabelSelector> {
         .filter(|s| !s.is_empty())
 }
 
-/// The namespace `ns` for its labels: from the watch cache (`resourceVersion=0`, as
-/// upstream reads a lister), from the store when the cache does not have it (yet).
+/// Objects of `def` in `ns` matching `(fields, labels)` selectors, from the watch cache
+/// (`resourceVersion=0`, as upstream's admission reads listers).
+async fn cached(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    (fields, labels): (&str, &str),
+) -> Result<Vec<Value>, ApiError> {
+    let opts = crate::list::ListOpts {
+        resource_version: Some("0".into()),
+        filter: crate::selector::Filter {
+            fields: crate::selector::FieldSelector::parse(fields, def.selectable_fields)
+                .map_err(ApiError::bad_request)?,
+            labels: LabelSelector::parse(labels).map_err(ApiError::bad_request)?,
+        },
+        ..Default::default()
+    };
+    Ok(crate::list::list(state, def, ns, &opts).await?.items)
+}
+
+/// The namespace `ns` for its labels: from the watch cache, from the store when the cache
+/// does not have it (yet).
 async fn namespace(state: &AppState, ns: &str) -> Result<Value, ApiError> {
     let def = state
         .registry
         .get("", "v1", "namespaces")
         .expect("namespaces are built in");
-    let opts = crate::list::ListOpts {
-        resource_version: Some("0".into()),
-        filter: crate::selector::Filter {
-            fields: crate::selector::FieldSelector::parse(&format!("metadata.name={ns}"), &[])
-                .map_err(ApiError::bad_request)?,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    if let Some(found) = crate::list::list(state, def, None, &opts)
+    let by_name = format!("metadata.name={ns}");
+    if let Some(found) = cached(state, def, None, (&by_name, ""))
         .await?
-        .items
         .into_iter()
         .next()
     {
