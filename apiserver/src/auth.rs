@@ -202,6 +202,9 @@ pub async fn authenticate(
     }
     if let (None, Some(e)) = (&user, &cert_error) {
         tracing::debug!(error = %e, path = %req.uri().path(), "client certificate refused");
+        if let Some(a) = &state.audit {
+            crate::audit::unauthenticated(a, &req);
+        }
         crate::router::discard_body(req.into_body()).await;
         return ApiError::unauthorized().into_response();
     }
@@ -216,6 +219,9 @@ pub async fn authenticate(
                 user = Some(acting_as);
             }
             Err(e) => {
+                if let Some(a) = &state.audit {
+                    crate::audit::refused(a, &req, &requester, &e);
+                }
                 crate::router::discard_body(req.into_body()).await;
                 return e.into_response();
             }
@@ -235,6 +241,9 @@ pub async fn authenticate(
             next.run(req).await
         }
         None => {
+            if let Some(a) = &state.audit {
+                crate::audit::unauthenticated(a, &req);
+            }
             crate::router::discard_body(req.into_body()).await;
             ApiError::unauthorized().into_response()
         }

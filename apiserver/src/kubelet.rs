@@ -523,7 +523,10 @@ pub async fn stream(
             resp = resp.header(k, v);
         }
     }
+    // the request's audit ResponseComplete waits for the stream's end
+    let audit_hold = crate::audit::hold();
     tokio::spawn(async move {
+        let _audit_hold = audit_hold;
         match tokio::try_join!(client_upgrade, kubelet_upgrade) {
             Ok((client, kubelet)) => {
                 let (mut c, mut k) = (TokioIo::new(client), TokioIo::new(kubelet));

@@ -260,6 +260,51 @@ fn kubectl_requests_are_audited_per_the_policy() {
         "forbid"
     );
 
+    // a refused impersonation is audited as the requester (the auth layer answers it)
+    let err = s.kubectl_fails(
+        &[
+            "--token",
+            BOB,
+            "--as=jane",
+            "get",
+            "--raw",
+            "/api/v1/namespaces/team/configmaps",
+        ],
+        None,
+    );
+    assert!(err.contains("cannot impersonate"), "{err}");
+    let ri = wait_for(&log, 2, |e| {
+        e["user"]["username"] == "bob" && e["objectRef"]["resource"] == "configmaps"
+    });
+    assert_eq!(stages(&ri), ["RequestReceived", "ResponseComplete"]);
+    assert!(ri[1].get("impersonatedUser").is_none());
+    assert_eq!(ri[1]["responseStatus"]["code"], 403);
+    assert!(ri[1]["responseStatus"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(r#"User "bob" cannot impersonate resource "users""#));
+
+    // a 401: one ResponseStarted event, no user, the methods tried as the message
+    s.kubectl_fails(
+        &[
+            "--token",
+            "no-such-token",
+            "get",
+            "--raw",
+            "/api/v1/namespaces/team/configmaps",
+        ],
+        None,
+    );
+    let un = wait_for(&log, 1, |e| e["responseStatus"]["code"] == 401);
+    assert_eq!(stages(&un), ["ResponseStarted"]);
+    assert_eq!(un[0]["user"], serde_json::json!({}));
+    assert_eq!(un[0]["verb"], "list");
+    assert_eq!(un[0]["level"], "RequestResponse");
+    assert_eq!(
+        un[0]["responseStatus"],
+        serde_json::json!({"metadata": {}, "message": "Authentication failed, attempted: bearer", "code": 401})
+    );
+
     // a user at level None leaves nothing; non-resource discovery is None too
     s.kubectl_fails(&["--token", QUIET, "get", "configmaps", "-n", "team"], None);
     s.kubectl(&["get", "configmap", "c", "-n", "team"]); // a marker after quiet's request
@@ -544,4 +589,139 @@ spec:
     assert!(ok[0]["annotations"]
         .get("pod-security.kubernetes.io/audit-violations")
         .is_none());
+}
+
+/// A kubelet stand-in (HTTPS, self-signed): `/containerLogs/...` answers a line, `/exec/...`
+/// upgrades to a `v5.channel.k8s.io` WebSocket that writes to stdout, waits `hold`, then
+/// ends with a Success status.
+fn start_fake_kubelet(s: &TestServer, hold: std::time::Duration) -> u16 {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let app = axum::Router::new()
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            axum::routing::get(|| async { "hello from the log\n" }),
+        )
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            axum::routing::get(move |req: axum::extract::Request| fake_exec(req, hold)),
+        );
+    let listener =
+        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    s.rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+async fn fake_exec(
+    mut req: axum::extract::Request,
+    hold: std::time::Duration,
+) -> axum::response::Response {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
+    use tokio_tungstenite::tungstenite::Message;
+    let key = req.headers()["sec-websocket-key"].clone();
+    let upgrade = req
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .unwrap();
+    tokio::spawn(async move {
+        let io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        ws.send(Message::binary(b"\x01ran\n".to_vec()))
+            .await
+            .unwrap();
+        tokio::time::sleep(hold).await;
+        let mut status = vec![3u8];
+        status.extend(br#"{"metadata":{},"status":"Success"}"#);
+        ws.send(Message::binary(status)).await.unwrap();
+        let _ = ws
+            .close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    });
+    axum::response::Response::builder()
+        .status(101)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-protocol", "v5.channel.k8s.io")
+        .header(
+            "sec-websocket-accept",
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .body(axum::body::Body::empty())
+        .unwrap()
+}
+
+fn stage_time(e: &Value) -> jiff::Timestamp {
+    e["stageTimestamp"].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn logs_and_exec_are_long_running_and_exec_completes_when_its_stream_ends() {
+    let (s, log, _files) = server(POLICY, |_| {});
+    let hold = std::time::Duration::from_millis(800);
+    let port = start_fake_kubelet(&s, hold);
+    let node = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nstatus:\n  addresses: [{{type: InternalIP, address: 127.0.0.1}}]\n  daemonEndpoints: {{kubeletEndpoint: {{Port: {port}}}}}\n");
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&node));
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  nodeName: n1\n  containers: [{name: c, image: x}]\n"),
+    );
+
+    let out = s.kubectl(&["logs", "p"]);
+    assert!(out.contains("hello from the log"), "{out}");
+    let logs = wait_for(&log, 3, |e| e["objectRef"]["subresource"] == "log");
+    assert_eq!(
+        stages(&logs),
+        ["RequestReceived", "ResponseStarted", "ResponseComplete"]
+    );
+    assert_eq!(logs[1]["verb"], "get");
+    assert_eq!(logs[1]["objectRef"]["name"], "p");
+    assert_eq!(logs[1]["responseStatus"]["code"], 200);
+
+    let out = s.kubectl(&["exec", "p", "--", "true"]);
+    assert!(out.contains("ran"), "{out}");
+    let exec = wait_for(&log, 3, |e| e["objectRef"]["subresource"] == "exec");
+    assert_eq!(
+        stages(&exec),
+        ["RequestReceived", "ResponseStarted", "ResponseComplete"]
+    );
+    assert_eq!(exec[1]["responseStatus"]["code"], 101);
+    assert_eq!(exec[1]["objectRef"]["resource"], "pods");
+    // written when the stream ended, not when the 101 went out
+    let streamed = stage_time(&exec[2]).duration_since(stage_time(&exec[1]));
+    assert!(
+        streamed.as_millis() >= 700,
+        "ResponseComplete {streamed:?} after ResponseStarted"
+    );
 }

@@ -15,7 +15,7 @@ pub mod log;
 pub mod policy;
 mod request;
 
-pub use request::record;
+pub use request::{record, refused, unauthenticated};
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -152,6 +152,27 @@ pub struct Impersonator(pub crate::auth::UserInfo);
 #[derive(Debug, Default)]
 struct Notes {
     annotations: Vec<(String, String)>,
+    hold: Option<std::sync::Arc<Hold>>,
+}
+
+/// Held by a task that carries a request's stream on after its handler returned (an
+/// upgraded exec/attach/port-forward connection): the request's `ResponseComplete` is
+/// written when the last holder lets go.
+#[derive(Debug, Default)]
+pub struct Hold {
+    complete: std::sync::Mutex<Option<request::CompleteOnDrop>>,
+}
+
+/// A [`Hold`] on the audited request being handled (None when it is not audited).
+pub fn hold() -> Option<std::sync::Arc<Hold>> {
+    NOTES
+        .try_with(|n| {
+            n.borrow_mut()
+                .hold
+                .get_or_insert_with(Default::default)
+                .clone()
+        })
+        .ok()
 }
 
 tokio::task_local! {

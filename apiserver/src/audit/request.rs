@@ -225,12 +225,19 @@ impl Emitter {
     }
 }
 
-/// A long-running response's `ResponseComplete`, sent when its body ends or is dropped.
-struct CompleteOnDrop {
+/// A long-running response's `ResponseComplete`, sent when its body ends or is dropped
+/// (or, for an upgraded connection, when the stream's [`super::Hold`] is let go).
+pub struct CompleteOnDrop {
     emitter: Emitter,
     status: Value,
     request_object: Option<Arc<Value>>,
     annotations: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for CompleteOnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompleteOnDrop").finish_non_exhaustive()
+    }
 }
 
 impl Drop for CompleteOnDrop {
@@ -258,6 +265,186 @@ fn response_status(code: StatusCode, body: Option<&Value>) -> Value {
     s
 }
 
+/// The policy's decision for a request by `user` (None: not authenticated).
+fn decide(
+    auditor: &Auditor,
+    info: &Info,
+    path: &str,
+    user: Option<&crate::auth::UserInfo>,
+) -> Decision {
+    auditor.policy.evaluate(&Attrs {
+        user: user.map(|u| u.name.as_str()).unwrap_or(""),
+        groups: user.map(|u| u.groups.as_slice()).unwrap_or(&[]),
+        verb: &info.verb,
+        resource_request: info.resource_request,
+        path,
+        api_group: &info.api_group,
+        namespace: &info.namespace,
+        resource: &info.resource,
+        subresource: &info.subresource,
+        name: &info.name,
+    })
+}
+
+fn object_ref(info: &Info) -> Option<ObjectRef> {
+    info.resource_request.then(|| ObjectRef {
+        resource: info.resource.clone(),
+        namespace: info.namespace.clone(),
+        name: info.name.clone(),
+        api_group: info.api_group.clone(),
+        api_version: info.api_version.clone(),
+        subresource: info.subresource.clone(),
+        ..Default::default()
+    })
+}
+
+/// What every stage's event of the request shares.
+#[allow(clippy::too_many_arguments)]
+fn common(
+    level: Level,
+    received: jiff::Timestamp,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+    info: &Info,
+    user: Option<&crate::auth::UserInfo>,
+    impersonated: Option<&crate::auth::UserInfo>,
+    object_ref: Option<ObjectRef>,
+) -> Common {
+    Common {
+        level,
+        audit_id: extensions
+            .get::<AuditId>()
+            .and_then(|a| a.0.to_str().ok())
+            .map(String::from)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        request_uri: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+        verb: info.verb.clone(),
+        user: user.map(UserInfo::from).unwrap_or_default(),
+        impersonated_user: impersonated.map(UserInfo::from),
+        source_ips: source_ips(
+            headers,
+            extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
+        ),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        object_ref,
+        received,
+    }
+}
+
+/// Upstream's `getAuthMethods`: what a request that failed authentication tried.
+fn auth_methods(req: &Request) -> String {
+    let mut tried = Vec::new();
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim();
+    if auth.len() > 6 && auth[..6].eq_ignore_ascii_case("basic ") {
+        tried.push("basic");
+    }
+    if auth.len() > 7 && auth[..7].eq_ignore_ascii_case("bearer ") {
+        tried.push("bearer");
+    }
+    let query = req.uri().query().unwrap_or("");
+    if form_urlencoded::parse(query.as_bytes())
+        .any(|(k, v)| k == "access_token" && !v.trim().is_empty())
+    {
+        tried.push("access_token");
+    }
+    if req
+        .extensions()
+        .get::<component::https::PeerCertificates>()
+        .is_some()
+    {
+        tried.push("x509");
+    }
+    if tried.is_empty() {
+        "Authentication failed, no credentials provided".into()
+    } else {
+        format!("Authentication failed, attempted: {}", tried.join(", "))
+    }
+}
+
+/// A request authentication refused with a 401 (upstream's
+/// `WithFailedAuthenticationAudit`): one `ResponseStarted` event, no user, the methods
+/// tried as the status message.
+pub fn unauthenticated(auditor: &Arc<Auditor>, req: &Request) {
+    let info = request_info(req.method(), req.uri().path(), req.uri().query());
+    let d = decide(auditor, &info, req.uri().path(), None);
+    if d.level == Level::None {
+        return;
+    }
+    let c = common(
+        d.level,
+        jiff::Timestamp::now(),
+        req.uri(),
+        req.headers(),
+        req.extensions(),
+        &info,
+        None,
+        None,
+        object_ref(&info),
+    );
+    let emitter = Emitter {
+        auditor: auditor.clone(),
+        common: Arc::new(c),
+        omit: d.omit_stages,
+    };
+    let status = json!({"metadata": {}, "message": auth_methods(req), "code": 401});
+    emitter.emit(
+        Stage::ResponseStarted,
+        Some(status),
+        None,
+        None,
+        &BTreeMap::new(),
+    );
+}
+
+/// A request whose impersonation the authentication layer refused (upstream audits it as
+/// the requester: the impersonation filter runs after the audit filter).
+pub fn refused(
+    auditor: &Arc<Auditor>,
+    req: &Request,
+    requester: &crate::auth::UserInfo,
+    err: &crate::status::ApiError,
+) {
+    let info = request_info(req.method(), req.uri().path(), req.uri().query());
+    let d = decide(auditor, &info, req.uri().path(), Some(requester));
+    if d.level == Level::None {
+        return;
+    }
+    let c = common(
+        d.level,
+        jiff::Timestamp::now(),
+        req.uri(),
+        req.headers(),
+        req.extensions(),
+        &info,
+        Some(requester),
+        None,
+        object_ref(&info),
+    );
+    let emitter = Emitter {
+        auditor: auditor.clone(),
+        common: Arc::new(c),
+        omit: d.omit_stages,
+    };
+    let none = BTreeMap::new();
+    emitter.emit(Stage::RequestReceived, None, None, None, &none);
+    let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = response_status(code, Some(&err.to_status()));
+    emitter.emit(Stage::ResponseComplete, Some(status), None, None, &none);
+}
+
 /// The audit layer (after authentication): evaluate the policy, write the request's
 /// events.
 pub async fn record(State(auditor): State<Arc<Auditor>>, req: Request, next: Next) -> Response {
@@ -279,37 +466,12 @@ pub async fn record(State(auditor): State<Arc<Auditor>>, req: Request, next: Nex
         level,
         omit_stages,
         omit_managed_fields,
-    } = auditor.policy.evaluate(&Attrs {
-        user: &authenticated.name,
-        groups: &authenticated.groups,
-        verb: &info.verb,
-        resource_request: info.resource_request,
-        path: parts.uri.path(),
-        api_group: &info.api_group,
-        namespace: &info.namespace,
-        resource: &info.resource,
-        subresource: &info.subresource,
-        name: &info.name,
-    });
+    } = decide(&auditor, &info, parts.uri.path(), Some(authenticated));
     if level == Level::None {
         return next.run(Request::from_parts(parts, body)).await;
     }
     let received = jiff::Timestamp::now();
-    let audit_id = parts
-        .extensions
-        .get::<AuditId>()
-        .and_then(|a| a.0.to_str().ok())
-        .map(String::from)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let mut object_ref = info.resource_request.then(|| ObjectRef {
-        resource: info.resource.clone(),
-        namespace: info.namespace.clone(),
-        name: info.name.clone(),
-        api_group: info.api_group.clone(),
-        api_version: info.api_version.clone(),
-        subresource: info.subresource.clone(),
-        ..Default::default()
-    });
+    let mut object_ref = object_ref(&info);
 
     // The request's object: names the objectRef's name, uid and resourceVersion when the
     // URL does not (Metadata), and is logged itself from Request up.
@@ -346,33 +508,17 @@ pub async fn record(State(auditor): State<Arc<Auditor>>, req: Request, next: Nex
         }
     }
 
-    let common = Arc::new(Common {
+    let common = Arc::new(common(
         level,
-        audit_id,
-        request_uri: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default(),
-        verb: info.verb.clone(),
-        user: UserInfo::from(authenticated),
-        impersonated_user: impersonated.map(UserInfo::from),
-        source_ips: source_ips(
-            &parts.headers,
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-        ),
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        object_ref,
         received,
-    });
+        &parts.uri,
+        &parts.headers,
+        &parts.extensions,
+        &info,
+        Some(authenticated),
+        impersonated,
+        object_ref,
+    ));
     let emitter = Emitter {
         auditor,
         common,
@@ -404,6 +550,11 @@ pub async fn record(State(auditor): State<Arc<Auditor>>, req: Request, next: Nex
             request_object,
             annotations,
         };
+        if let Some(hold) = notes.hold {
+            // an upgraded stream: complete when its task lets go (maybe already)
+            *hold.complete.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+            return Response::from_parts(head, resp_body);
+        }
         let body = resp_body.into_data_stream().map(move |chunk| {
             let _ = &guard;
             chunk
