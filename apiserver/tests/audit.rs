@@ -725,3 +725,64 @@ fn logs_and_exec_are_long_running_and_exec_completes_when_its_stream_ends() {
         "ResponseComplete {streamed:?} after ResponseStarted"
     );
 }
+
+#[test]
+fn omit_managed_fields_drops_them_from_logged_objects() {
+    let policy = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitManagedFields: true\nrules:\n- level: RequestResponse\n  resources: [{group: \"\", resources: [configmaps]}]\n";
+    let (s, log, _files) = server(policy, |_| {});
+    // server-side apply records managedFields
+    s.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m, namespace: default}\ndata: {k: v}\n"),
+    );
+    let stored = s.kubectl(&[
+        "get",
+        "configmap",
+        "m",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    assert!(
+        stored.contains("managedFields"),
+        "the object has them: {stored}"
+    );
+    let ev = wait_for(&log, 1, |e| {
+        is(e, "patch", "configmaps", "m") && e["stage"] == "ResponseComplete"
+    });
+    assert_eq!(ev[0]["requestObject"]["data"]["k"], "v");
+    assert_eq!(ev[0]["responseObject"]["data"]["k"], "v");
+    assert!(ev[0]["responseObject"]["metadata"]
+        .get("managedFields")
+        .is_none());
+    let got = wait_for(&log, 1, |e| {
+        is(e, "get", "configmaps", "m") && e["stage"] == "ResponseComplete"
+    });
+    assert!(got[0]["responseObject"]["metadata"]["uid"].is_string());
+    assert!(got[0]["responseObject"]["metadata"]
+        .get("managedFields")
+        .is_none());
+}
+
+/// A log that cannot be written (`/dev/full`): `blocking` serves the request and logs the
+/// failure, `blocking-strict` refuses it with a 500 (upstream).
+#[test]
+fn write_failures_fail_requests_only_in_blocking_strict() {
+    for (mode, served) in [
+        (apiserver::AuditLogMode::Blocking, true),
+        (apiserver::AuditLogMode::BlockingStrict, false),
+    ] {
+        let (s, _log, _files) = server(POLICY, |c| {
+            c.audit.audit_log_path = Some(PathBuf::from("/dev/full"));
+            c.audit.audit_log_mode = mode;
+        });
+        let (ok, _, err) = s.kubectl_result(
+            &["get", "--raw", "/api/v1/namespaces/default/configmaps"],
+            None,
+        );
+        assert_eq!(ok, served, "{mode:?}: {err}");
+        if !served {
+            assert!(err.contains("failed to store audit event"), "{err}");
+        }
+    }
+}
