@@ -250,6 +250,16 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                 return answer_review(&state, &t, review, &parts, &body).await;
             }
             if matches!(t.sub, Some(Sub::Exec | Sub::Attach | Sub::PortForward)) {
+                // CONNECT admission (webhooks) before the kubelet is dialled
+                let requester = parts
+                    .extensions
+                    .get::<crate::auth::UserInfo>()
+                    .cloned()
+                    .unwrap_or_else(crate::auth::UserInfo::anonymous);
+                let query = parts.uri.query().unwrap_or("");
+                if let Err(e) = crate::webhooks::admit_connect(&state, &t, query, requester).await {
+                    return e.into_response();
+                }
                 let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
                 let stream = crate::kubelet::StreamRequest {
                     method: parts.method,

@@ -759,3 +759,74 @@ fn custom_resources_and_reinvocation() {
     assert_eq!(sliced.len(), 1, "{sliced:?}");
     assert_eq!(sliced[0]["object"]["metadata"]["labels"][LABEL], "yes");
 }
+
+#[test]
+fn exec_and_port_forward_are_connect_requests() {
+    let s = TestServer::start();
+    let hooks = start_hooks(&s);
+    apply(
+        &s,
+        &configuration(
+            "ValidatingWebhookConfiguration",
+            "connect",
+            &[(
+                "deny.kaze.test",
+                url_client(&hooks, "deny"),
+                &rules("[CONNECT]", "[\"\"]", "[pods/exec, pods/portforward]"),
+            )],
+        ),
+    );
+    let pod = |name: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  containers:\n  - name: c\n    image: kaze/busybox:1\n")
+    };
+    apply(&s, &pod("bad-pod"));
+    apply(&s, &pod("good-pod"));
+    // creates are not CONNECT
+    assert!(hooks.requests("deny", "bad-pod").is_empty());
+    eventually("the CONNECT webhook", || {
+        s.kubectl_result(&["exec", "bad-pod", "--", "true"], None);
+        !hooks.requests("deny", "bad-pod").is_empty()
+    });
+    let (ok, _, err) = s.kubectl_result(&["exec", "bad-pod", "-c", "c", "--", "ls", "-l"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("admission webhook \"deny.kaze.test\" denied the request: names starting with bad- are not allowed"),
+        "{err}"
+    );
+    let r = hooks.requests("deny", "bad-pod").pop().expect("a request");
+    assert_eq!(r["operation"], "CONNECT");
+    assert_eq!(r["subResource"], "exec");
+    assert_eq!(
+        r["kind"],
+        json!({"group": "", "version": "v1", "kind": "PodExecOptions"})
+    );
+    assert_eq!(r["resource"]["resource"], "pods");
+    assert_eq!(r["object"]["command"], json!(["ls", "-l"]));
+    assert_eq!(r["object"]["container"], "c");
+    assert!(r["options"].is_null() && r["oldObject"].is_null());
+
+    // allowed: the request goes on to the pod's node (there is none here: a different error)
+    let (ok, _, err) = s.kubectl_result(&["exec", "good-pod", "--", "true"], None);
+    assert!(!ok);
+    assert!(!err.contains("denied the request"), "{err}");
+    assert_eq!(
+        hooks.requests("deny", "good-pod")[0]["operation"],
+        "CONNECT"
+    );
+    // port-forward (kubectl wants the pod running)
+    s.kubectl(&[
+        "patch",
+        "pod",
+        "bad-pod",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running"}}"#,
+    ]);
+    let (ok, _, err) = s.kubectl_result(&["port-forward", "pod/bad-pod", "18080:8080"], None);
+    assert!(!ok);
+    assert!(err.contains("denied the request"), "{err}");
+    let r = hooks.requests("deny", "bad-pod").pop().expect("a request");
+    assert_eq!(r["subResource"], "portforward");
+    assert_eq!(r["object"]["kind"], "PodPortForwardOptions");
+}

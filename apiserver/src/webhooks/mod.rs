@@ -29,9 +29,11 @@ use crate::status::ApiError;
 
 mod client;
 pub mod config;
+mod connect;
 mod review;
 pub mod rules;
 
+pub use connect::admit_connect;
 use review::{ask, call_failed, denied, fails_closed, hook_name, review};
 
 pub const GROUP: &str = "admissionregistration.k8s.io";
@@ -52,6 +54,22 @@ struct Configs {
 pub struct Index {
     mutating: Configs,
     validating: Configs,
+}
+
+impl Index {
+    /// Known to hold no configuration of this kind: requests skip webhook admission at once.
+    fn known_empty(&self, mutating: bool) -> bool {
+        let c = if mutating {
+            &self.mutating
+        } else {
+            &self.validating
+        };
+        c.synced.load(Ordering::Acquire)
+            && c.by_name
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
 }
 
 struct Follow(Arc<AppState>, bool);
@@ -157,6 +175,8 @@ pub enum Operation {
     Create,
     Update,
     Delete,
+    /// exec, attach, port-forward ([`admit_connect`]).
+    Connect,
 }
 
 impl Operation {
@@ -165,14 +185,17 @@ impl Operation {
             Operation::Create => "CREATE",
             Operation::Update => "UPDATE",
             Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
         }
     }
 
-    fn options_kind(self) -> &'static str {
+    /// The kind of the request's `options` (none for CONNECT, as upstream).
+    fn options_kind(self) -> Option<&'static str> {
         match self {
-            Operation::Create => "CreateOptions",
-            Operation::Update => "UpdateOptions",
-            Operation::Delete => "DeleteOptions",
+            Operation::Create => Some("CreateOptions"),
+            Operation::Update => Some("UpdateOptions"),
+            Operation::Delete => Some("DeleteOptions"),
+            Operation::Connect => None,
         }
     }
 }
@@ -186,7 +209,10 @@ pub struct Request<'a> {
 }
 
 /// Whether requests of this kind go to webhooks at all, and for which subresource.
-fn admitted(def: &ResourceDef) -> Option<&'static str> {
+fn admitted(state: &AppState, def: &ResourceDef, mutating: &[bool]) -> Option<&'static str> {
+    if mutating.iter().all(|m| state.webhooks.known_empty(*m)) {
+        return None;
+    }
     let sub = SUBRESOURCE.try_with(|s| *s).unwrap_or("");
     let excluded = def.group == GROUP
         || def.review.is_some()
@@ -364,7 +390,7 @@ async fn mutate_inner(
     obj: &mut Value,
     old: Option<&Value>,
 ) -> Result<bool, ApiError> {
-    let Some(sub) = admitted(req.def) else {
+    let Some(sub) = admitted(state, req.def, &[true]) else {
         return Ok(false);
     };
     let hooks = matching(state, req, sub, true, Some(obj), old).await?;
@@ -461,7 +487,7 @@ async fn validate_inner(
     obj: Option<&Value>,
     old: Option<&Value>,
 ) -> Result<(), ApiError> {
-    let Some(sub) = admitted(req.def) else {
+    let Some(sub) = admitted(state, req.def, &[false]) else {
         return Ok(());
     };
     let hooks = matching(state, req, sub, false, obj, old).await?;
@@ -501,7 +527,7 @@ async fn admit_delete_inner(
     req: &Request<'_>,
     old: &Value,
 ) -> Result<(), ApiError> {
-    let Some(sub) = admitted(req.def) else {
+    let Some(sub) = admitted(state, req.def, &[true, false]) else {
         return Ok(());
     };
     let hooks = matching(state, req, sub, true, None, Some(old)).await?;

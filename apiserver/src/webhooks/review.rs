@@ -21,6 +21,22 @@ pub(super) fn review(
     obj: Option<&Value>,
     old: Option<&Value>,
 ) -> Value {
+    let name = obj
+        .or(old)
+        .and_then(|o| meta::meta_str(o, "name"))
+        .unwrap_or("");
+    review_named(req, sub, hook, name, obj, old)
+}
+
+/// The AdmissionReview for the object `name` (CONNECT's object, its options, has no name).
+pub(super) fn review_named(
+    req: &Request<'_>,
+    sub: &str,
+    hook: &Value,
+    name: &str,
+    obj: Option<&Value>,
+    old: Option<&Value>,
+) -> Value {
     let d = req.def;
     let version = if hook
         .get("admissionReviewVersions")
@@ -31,17 +47,20 @@ pub(super) fn review(
     } else {
         "v1beta1"
     };
-    let name = obj
-        .or(old)
-        .and_then(|o| meta::meta_str(o, "name"))
-        .unwrap_or("");
-    let kind = json!({"group": d.group, "version": d.version, "kind": d.kind});
+    // CONNECT's kind is its options' (PodExecOptions...), as upstream's connect handler says
+    let kind = match super::connect::options_kind(req, sub) {
+        Some(kind) => json!({"group": "", "version": "v1", "kind": kind}),
+        None => json!({"group": d.group, "version": d.version, "kind": d.kind}),
+    };
     let resource = json!({"group": d.group, "version": d.version, "resource": d.plural});
     let user = crate::requester::current().map_or(
         json!({}),
         |u| json!({"username": u.name, "uid": u.uid, "groups": u.groups, "extra": u.extra}),
     );
-    let mut options = json!({"apiVersion": "meta.k8s.io/v1", "kind": req.operation.options_kind()});
+    let mut options = match req.operation.options_kind() {
+        Some(kind) => json!({"apiVersion": "meta.k8s.io/v1", "kind": kind}),
+        None => Value::Null,
+    };
     if req.dry_run {
         options["dryRun"] = json!(["All"]);
     }
