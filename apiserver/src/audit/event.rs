@@ -56,25 +56,17 @@ pub struct ObjectRef {
 }
 
 /// The part of the request every stage's event shares.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug)]
 pub struct Common {
     pub level: Level,
-    #[serde(rename = "auditID")]
     pub audit_id: String,
-    #[serde(rename = "requestURI")]
     pub request_uri: String,
     pub verb: String,
     pub user: UserInfo,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub impersonated_user: Option<UserInfo>,
-    #[serde(rename = "sourceIPs")]
     pub source_ips: Vec<String>,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub user_agent: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub object_ref: Option<ObjectRef>,
-    #[serde(skip)]
     pub received: jiff::Timestamp,
 }
 
@@ -90,6 +82,39 @@ pub struct Event {
     pub request_object: Option<Arc<Value>>,
     pub response_object: Option<Value>,
     pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    level: Level,
+    #[serde(rename = "auditID")]
+    audit_id: &'a str,
+    stage: &'static str,
+    #[serde(rename = "requestURI")]
+    request_uri: &'a str,
+    verb: &'a str,
+    user: &'a UserInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impersonated_user: Option<&'a UserInfo>,
+    #[serde(rename = "sourceIPs")]
+    source_ips: &'a [String],
+    #[serde(skip_serializing_if = "str::is_empty")]
+    user_agent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_ref: Option<&'a ObjectRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_status: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_object: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_object: Option<&'a Value>,
+    request_received_timestamp: String,
+    stage_timestamp: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
 }
 
 /// Upstream's timestamps: RFC 3339 with microseconds, UTC.
@@ -114,47 +139,29 @@ impl Event {
         }
     }
 
-    fn json(&self) -> Value {
+    /// The event as upstream writes it (its field order).
+    fn json(&self) -> Wire<'_> {
         let c = &*self.common;
-        let mut v = serde_json::json!({
-            "kind": "Event",
-            "apiVersion": "audit.k8s.io/v1",
-        });
-        let obj = v.as_object_mut().expect("an object");
-        if let Ok(Value::Object(common)) = serde_json::to_value(c) {
-            for (k, val) in common {
-                if k == "objectRef" {
-                    continue;
-                }
-                obj.insert(k, val);
-            }
+        Wire {
+            kind: "Event",
+            api_version: "audit.k8s.io/v1",
+            level: c.level,
+            audit_id: &c.audit_id,
+            stage: self.stage.as_str(),
+            request_uri: &c.request_uri,
+            verb: &c.verb,
+            user: &c.user,
+            impersonated_user: c.impersonated_user.as_ref(),
+            source_ips: &c.source_ips,
+            user_agent: &c.user_agent,
+            object_ref: c.object_ref.as_ref(),
+            response_status: self.response_status.as_ref(),
+            request_object: self.request_object.as_deref(),
+            response_object: self.response_object.as_ref(),
+            request_received_timestamp: micro(c.received),
+            stage_timestamp: micro(self.stage_time),
+            annotations: &self.annotations,
         }
-        obj.insert("stage".into(), self.stage.as_str().into());
-        // objectRef goes after the stage, as upstream orders its fields
-        if let Some(r) = &c.object_ref {
-            obj.insert(
-                "objectRef".into(),
-                serde_json::to_value(r).unwrap_or_default(),
-            );
-        }
-        if let Some(s) = &self.response_status {
-            obj.insert("responseStatus".into(), s.clone());
-        }
-        if let Some(o) = &self.request_object {
-            obj.insert("requestObject".into(), (**o).clone());
-        }
-        if let Some(o) = &self.response_object {
-            obj.insert("responseObject".into(), o.clone());
-        }
-        obj.insert("requestReceivedTimestamp".into(), micro(c.received).into());
-        obj.insert("stageTimestamp".into(), micro(self.stage_time).into());
-        if !self.annotations.is_empty() {
-            obj.insert(
-                "annotations".into(),
-                serde_json::to_value(&self.annotations).unwrap_or_default(),
-            );
-        }
-        v
     }
 
     /// Upstream's `EventString`.
@@ -271,6 +278,12 @@ mod tests {
         assert_eq!(v["stageTimestamp"], "2026-11-26T20:31:02.123456Z");
         assert!(v.get("requestObject").is_none());
         assert!(v.get("impersonatedUser").is_none());
+        // upstream's field order
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            text.starts_with(r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"id-1","stage":"ResponseComplete","requestURI":"#),
+            "{text}"
+        );
     }
 
     #[test]
