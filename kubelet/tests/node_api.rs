@@ -94,6 +94,22 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
     .await;
     let labels = registered.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("tier").map(String::as_str), Some("test"));
+    // Registered not-ready (no node lifecycle controller runs here to lift it).
+    let taints: Vec<(String, String)> = registered
+        .spec
+        .clone()
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.key, t.effect))
+        .collect();
+    assert_eq!(
+        taints,
+        [(
+            "node.kubernetes.io/not-ready".to_string(),
+            "NoSchedule".to_string()
+        )]
+    );
     assert_eq!(labels.get("kubernetes.io/hostname"), Some(&node));
     let status = registered.status.expect("node status");
     assert!(status

@@ -558,9 +558,14 @@ impl Registration {
             .map_err(api(format!("reading node {name}")))?
         {
             None => {
-                let mut node = json!({"metadata": {"name": name, "labels": labels}});
+                // Registered not-ready, as upstream's `TaintNodesByCondition` admission does
+                // to new Nodes: nothing is scheduled here before the node lifecycle
+                // controller has seen it report Ready and removed the taint.
+                let mut node = json!({"metadata": {"name": name, "labels": labels},
+                    "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}});
                 if let Some(cidr) = &self.pod_cidr {
-                    node["spec"] = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+                    node["spec"]["podCIDR"] = json!(cidr);
+                    node["spec"]["podCIDRs"] = json!([cidr]);
                 }
                 let node: Node = serde_json::from_value(node)
                     .map_err(|e| NodeError::Flag(format!("building node {name}: {e}")))?;
