@@ -429,3 +429,94 @@ async fn a_soft_threshold_presses_at_once_and_evicts_after_its_grace_period() {
         .expect("delete");
     c.wait_pod_gone("default", "soft").await;
 }
+
+/// The Node's PIDPressure condition once its status is `status`.
+async fn pid_pressure(
+    nodes: &Api<Node>,
+    node: &str,
+    status: &str,
+) -> k8s_openapi::api::core::v1::NodeCondition {
+    testkit::wait_for(
+        &format!("PIDPressure={status}"),
+        Duration::from_secs(60),
+        || async move {
+            let n = nodes.get(node).await.ok()?;
+            n.status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "PIDPressure" && c.status == status)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_pressure_is_reported_and_evicts_the_pod_with_the_most_processes() {
+    let mut c = Cluster::new("evict-pid", 247).await;
+    // The threshold sits 1000 tasks below what the host has free now: this test's kubelet,
+    // containerd and a quiet pod stay well above it, a pod forking 2000 processes goes well
+    // below; the margins absorb what other processes on the machine start and stop.
+    let (available, max) = kubelet::node::pids::observe();
+    assert!(
+        available > 5000,
+        "the host has {available} of {max} tasks free"
+    );
+    let threshold = available - 1000;
+    c.config.eviction_hard = format!("memory.available<100Mi,pid.available<{threshold}");
+    c.start_kubelet();
+    c.wait_node().await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let off = pid_pressure(&nodes, &c.node, "False").await;
+    assert_eq!(off.reason.as_deref(), Some("KubeletHasSufficientPID"));
+    let create = |name: &str, script: &str| {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": c.node, "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": "kaze/busybox:1",
+                                     "command": ["sh", "-c", script]}]}}))
+        .expect("pod");
+        let pods = c.pods("default");
+        async move {
+            pods.create(&PostParams::default(), &pod)
+                .await
+                .expect("create")
+        }
+    };
+    create("quiet", "sleep 3600").await;
+    c.wait_pod("default", "quiet", "quiet running", |p| {
+        phase(p) == Some("Running")
+    })
+    .await;
+    create("forker", "for i in $(seq 2000); do sleep 3600 & done; wait").await;
+
+    let on = pid_pressure(&nodes, &c.node, "True").await;
+    assert_eq!(on.reason.as_deref(), Some("KubeletHasInsufficientPID"));
+    let evicted = c
+        .wait_pod("default", "forker", "the forking pod evicted", |p| {
+            phase(p) == Some("Failed")
+        })
+        .await;
+    let s = evicted.status.expect("status");
+    assert_eq!(s.reason.as_deref(), Some("Evicted"));
+    let message = s.message.unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "The node was low on resource: pids. Threshold quantity: {threshold}, available: "
+        )),
+        "{message}"
+    );
+    let quiet = c.pods("default").get("quiet").await.expect("get");
+    assert_eq!(phase(&quiet), Some("Running"), "{:?}", quiet.status);
+    // Its processes gone, the pressure is too.
+    pid_pressure(&nodes, &c.node, "False").await;
+
+    for name in ["quiet", "forker"] {
+        c.pods("default")
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in ["quiet", "forker"] {
+        c.wait_pod_gone("default", name).await;
+    }
+}

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config_file;
 pub mod info;
 pub mod local_storage;
+pub mod pids;
 pub mod portforward;
 pub mod pressure;
 pub mod server;
@@ -722,6 +723,13 @@ async fn post_status(
                     tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod under disk pressure");
                     let _ = evict.send((uid, message)).await;
                 }
+            }
+        }
+        if act.pressure(&signals).pid {
+            let limit = act.pids.unwrap_or(pressure::Limit::Amount(0));
+            if let Some((uid, message)) = pids::victim(&rt, &active.list(), limit, &signals) {
+                tracing::warn!(node = %node, pod = %uid, %message, "evicting a pod under PID pressure");
+                let _ = evict.send((uid, message)).await;
             }
         }
         if act.pressure(&signals).memory {

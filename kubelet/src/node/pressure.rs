@@ -6,8 +6,9 @@
 //! more memory than they request (BestEffort pods request none), lowest priority first, then
 //! the largest excess. Static pods and pods of a `system-*-critical` priority are never
 //! evicted. `memory.available` is the kernel's `MemAvailable`; `nodefs` the filesystem of
-//! the kubelet's root dir; `pid.available` is `pid_max` minus the threads running. Disk
-//! pressure and `limits.ephemeral-storage` evict through [`super::local_storage`].
+//! the kubelet's root dir; `pid.available` is the task limit minus the tasks running, and
+//! PID pressure evicts through [`super::pids`]. Disk pressure and
+//! `limits.ephemeral-storage` evict through [`super::local_storage`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -241,15 +242,7 @@ fn meminfo(key: &str) -> u64 {
 /// Read the signals now (the node filesystem is the one holding `root_dir`).
 pub fn observe(root_dir: &Path) -> Signals {
     let fs = crate::sys::statvfs(root_dir).unwrap_or_default();
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let pid_max: u64 = read("/proc/sys/kernel/pid_max").trim().parse().unwrap_or(0);
-    // /proc/loadavg's fourth field: running/total scheduling entities (threads)
-    let threads: u64 = read("/proc/loadavg")
-        .split_whitespace()
-        .nth(3)
-        .and_then(|f| f.split('/').nth(1))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
+    let (pids_available, pid_max) = super::pids::observe();
     Signals {
         memory_available: meminfo("MemAvailable:"),
         memory_capacity: meminfo("MemTotal:"),
@@ -257,7 +250,7 @@ pub fn observe(root_dir: &Path) -> Signals {
         nodefs_capacity: fs.capacity,
         inodes_free: fs.inodes_free,
         inodes: fs.inodes,
-        pids_available: pid_max.saturating_sub(threads),
+        pids_available,
         pid_max,
     }
 }
