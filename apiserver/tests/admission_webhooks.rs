@@ -754,6 +754,8 @@ fn custom_resources_and_reinvocation() {
         .get(LABEL)
         .is_none());
     assert_eq!(first[1]["object"]["metadata"]["labels"][LABEL], "yes");
+    equivalent_versions(&s, &hooks);
+
     // the validating webhook behind the EndpointSlice saw the mutated object
     let sliced = hooks.requests("sliced", "g1");
     assert_eq!(sliced.len(), 1, "{sliced:?}");
@@ -829,4 +831,62 @@ fn exec_and_port_forward_are_connect_requests() {
     let r = hooks.requests("deny", "bad-pod").pop().expect("a request");
     assert_eq!(r["subResource"], "portforward");
     assert_eq!(r["object"]["kind"], "PodPortForwardOptions");
+}
+
+/// `matchPolicy`: a rule for `v1` selects a `v1beta1` request under `Equivalent` (the object
+/// is sent, and patched, as `v1`), not under `Exact`.
+fn equivalent_versions(s: &TestServer, hooks: &Hooks) {
+    apply(
+        s,
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: dials.hooks.kaze.test\nspec:\n  group: hooks.kaze.test\n  scope: Namespaced\n  names:\n    plural: dials\n    singular: dial\n    kind: Dial\n  versions:\n  - name: v1beta1\n    served: true\n    storage: false\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
+    );
+    s.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        "crd/dials.hooks.kaze.test",
+    ]);
+    let v1_dials = "  rules:\n  - operations: [CREATE]\n    apiGroups: [hooks.kaze.test]\n    apiVersions: [v1]\n    resources: [dials]\n";
+    apply(
+        s,
+        &configuration(
+            "MutatingWebhookConfiguration",
+            "dials",
+            &[
+                ("label.kaze.test", url_client(hooks, "label"), v1_dials),
+                (
+                    "exact.kaze.test",
+                    url_client(hooks, "exact"),
+                    &format!("{v1_dials}  matchPolicy: Exact\n"),
+                ),
+            ],
+        ),
+    );
+    let dial = |version: &str, name: &str| {
+        format!("apiVersion: hooks.kaze.test/{version}\nkind: Dial\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  knob: 7\n")
+    };
+    eventually("the dials webhooks", || {
+        s.kubectl_result(&["create", "-f", "-"], Some(&dial("v1", "probe-dial")));
+        s.kubectl_result(&["delete", "dials.hooks.kaze.test", "probe-dial"], None);
+        !hooks.requests("exact", "probe-dial").is_empty()
+    });
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&dial("v1beta1", "old-dial")));
+    let d = json(s, &["get", "dials.v1beta1.hooks.kaze.test", "old-dial"]);
+    assert_eq!(d["apiVersion"], "hooks.kaze.test/v1beta1");
+    assert_eq!(d["metadata"]["labels"][LABEL], "yes", "{d}");
+    assert_eq!(d["spec"]["knob"], 7);
+    let sent = &hooks.requests("label", "old-dial")[0];
+    assert_eq!(
+        sent["kind"],
+        json!({"group": "hooks.kaze.test", "version": "v1", "kind": "Dial"})
+    );
+    assert_eq!(sent["requestKind"]["version"], "v1beta1");
+    assert_eq!(sent["resource"]["version"], "v1");
+    assert_eq!(sent["requestResource"]["version"], "v1beta1");
+    assert_eq!(sent["object"]["apiVersion"], "hooks.kaze.test/v1");
+    assert!(
+        hooks.requests("exact", "old-dial").is_empty(),
+        "Exact does not match v1beta1"
+    );
 }

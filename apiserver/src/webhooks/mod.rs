@@ -221,6 +221,40 @@ fn admitted(state: &AppState, def: &ResourceDef, mutating: &[bool]) -> Option<&'
     (!excluded).then_some(sub)
 }
 
+/// A webhook that selects a request. `as_version`: selected through `matchPolicy:
+/// Equivalent` by a rule naming another served version of the resource (a custom resource's),
+/// which the object is sent as (kaze's custom resources convert by their `apiVersion` alone).
+pub(super) struct Matched {
+    hook: Value,
+    as_version: Option<&'static str>,
+}
+
+impl std::ops::Deref for Matched {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.hook
+    }
+}
+
+/// The served version of the request's resource a rule that matched it only through
+/// `Equivalent` names; `None` when there is none (then the webhook does not apply).
+fn equivalent_version(
+    state: &AppState,
+    hook: &Value,
+    attrs: &rules::Attrs<'_>,
+) -> Option<&'static str> {
+    let served = state.crds.snapshot();
+    rules::equivalent_versions(hook, attrs)
+        .into_iter()
+        .filter(|v| *v != "*")
+        .find_map(|v| {
+            served
+                .registry
+                .get(attrs.group, v, attrs.resource)
+                .map(|d| d.version)
+        })
+}
+
 /// The webhooks of one kind that select the request, with the name of their configuration,
 /// in calling order.
 async fn matching(
@@ -230,7 +264,7 @@ async fn matching(
     mutating: bool,
     obj: Option<&Value>,
     old: Option<&Value>,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Matched>, ApiError> {
     let configs = configurations(state, mutating).await?;
     if configs.is_empty() {
         return Ok(Vec::new());
@@ -255,6 +289,14 @@ async fn matching(
             if !rules::hook_matches(hook, &attrs) {
                 continue;
             }
+            let as_version = if rules::matches_exactly(hook, &attrs) {
+                None
+            } else {
+                match equivalent_version(state, hook, &attrs) {
+                    Some(v) => Some(v),
+                    None => continue,
+                }
+            };
             if !selector(hook, "objectSelector")
                 .is_none_or(|s| [obj, old].into_iter().flatten().any(|o| s.matches(o)))
             {
@@ -277,7 +319,10 @@ async fn matching(
                     continue;
                 }
             }
-            out.push(hook.clone());
+            out.push(Matched {
+                hook: hook.clone(),
+                as_version,
+            });
         }
     }
     Ok(out)
@@ -427,7 +472,7 @@ async fn call_mutating(
     state: &AppState,
     req: &Request<'_>,
     sub: &str,
-    hook: &Value,
+    hook: &Matched,
     obj: &mut Value,
     old: Option<&Value>,
 ) -> Result<bool, ApiError> {
@@ -445,7 +490,9 @@ async fn call_mutating(
         return Err(denied(hook, &answer.status));
     }
     if let Some(patch) = answer.patch {
-        let mut patched = obj.clone();
+        // the patch is against the object as it was sent
+        let sent = review::as_sent(req, hook, obj);
+        let mut patched = sent.clone();
         json_patch::patch(&mut patched, &patch).map_err(|e| {
             ApiError::internal(format!(
                 "Internal error occurred: applying the patch of admission webhook \"{}\": {e}",
@@ -453,7 +500,7 @@ async fn call_mutating(
             ))
         })?;
         for f in ["apiVersion", "kind"] {
-            if patched.get(f) != obj.get(f) {
+            if patched.get(f) != sent.get(f) {
                 return Err(ApiError::internal(format!(
                     "Internal error occurred: admission webhook \"{}\" changed the object's {f}",
                     hook_name(hook)
@@ -465,6 +512,9 @@ async fn call_mutating(
                 "Internal error occurred: admission webhook \"{}\" removed the object's metadata",
                 hook_name(hook)
             )));
+        }
+        if let Some(av) = obj.get("apiVersion") {
+            patched["apiVersion"] = av.clone();
         }
         *obj = patched;
     }

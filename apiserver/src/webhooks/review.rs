@@ -4,7 +4,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::Request;
+use super::{Matched, Request};
 use crate::meta;
 use crate::state::AppState;
 use crate::status::ApiError;
@@ -17,7 +17,7 @@ pub(super) fn hook_name(hook: &Value) -> &str {
 pub(super) fn review(
     req: &Request<'_>,
     sub: &str,
-    hook: &Value,
+    hook: &Matched,
     obj: Option<&Value>,
     old: Option<&Value>,
 ) -> Value {
@@ -32,7 +32,7 @@ pub(super) fn review(
 pub(super) fn review_named(
     req: &Request<'_>,
     sub: &str,
-    hook: &Value,
+    hook: &Matched,
     name: &str,
     obj: Option<&Value>,
     old: Option<&Value>,
@@ -53,6 +53,15 @@ pub(super) fn review_named(
         None => json!({"group": d.group, "version": d.version, "kind": d.kind}),
     };
     let resource = json!({"group": d.group, "version": d.version, "resource": d.plural});
+    // matched through an equivalent version: kind, resource and objects in that version
+    let (request_kind, request_resource) = (kind.clone(), resource.clone());
+    let (mut kind, mut resource) = (kind, resource);
+    if let Some(v) = hook.as_version {
+        kind["version"] = json!(v);
+        resource["version"] = json!(v);
+    }
+    let obj = obj.map(|o| as_sent(req, hook, o));
+    let old = old.map(|o| as_sent(req, hook, o));
     let user = crate::requester::current().map_or(
         json!({}),
         |u| json!({"username": u.name, "uid": u.uid, "groups": u.groups, "extra": u.extra}),
@@ -67,12 +76,12 @@ pub(super) fn review_named(
     let mut r = json!({
         "uid": meta::new_uid(),
         "kind": kind, "resource": resource,
-        "requestKind": kind, "requestResource": resource,
+        "requestKind": request_kind, "requestResource": request_resource,
         "name": name,
         "operation": req.operation.as_str(),
         "userInfo": user,
-        "object": obj.cloned().unwrap_or(Value::Null),
-        "oldObject": old.cloned().unwrap_or(Value::Null),
+        "object": obj.unwrap_or(Value::Null),
+        "oldObject": old.unwrap_or(Value::Null),
         "dryRun": req.dry_run,
         "options": options,
     });
@@ -91,6 +100,15 @@ pub(super) fn review_named(
         "kind": "AdmissionReview",
         "request": r,
     })
+}
+
+/// `obj` as `hook` is sent it: in the version it matched through `Equivalent`, if any.
+pub(super) fn as_sent(req: &Request<'_>, hook: &Matched, obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let (Some(v), Some(m)) = (hook.as_version, o.as_object_mut()) {
+        m.insert("apiVersion".into(), json!(format!("{}/{v}", req.def.group)));
+    }
+    o
 }
 
 /// What a webhook answered.

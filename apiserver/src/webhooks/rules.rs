@@ -51,12 +51,38 @@ pub fn rule_matches(rule: &Value, a: &Attrs<'_>, any_version: bool) -> bool {
         && (any_version || list_has(rule, "apiVersions", a.version))
 }
 
-/// Whether a webhook's `rules` select the request.
+/// Whether a webhook's `rules` select the request: `Exact`, or also (with `matchPolicy:
+/// Equivalent`) through another version of the same group and resource, which the caller
+/// must find served ([`equivalent_versions`]).
 pub fn hook_matches(hook: &Value, a: &Attrs<'_>) -> bool {
     let any_version = hook.get("matchPolicy").and_then(Value::as_str) != Some("Exact");
+    rules(hook).any(|r| rule_matches(r, a, any_version))
+}
+
+/// Whether a rule names the request's own version.
+pub fn matches_exactly(hook: &Value, a: &Attrs<'_>) -> bool {
+    rules(hook).any(|r| rule_matches(r, a, false))
+}
+
+/// The versions the rules that select the request in any version name, in order.
+pub fn equivalent_versions<'h>(hook: &'h Value, a: &Attrs<'_>) -> Vec<&'h str> {
+    rules(hook)
+        .filter(|r| rule_matches(r, a, true))
+        .flat_map(|r| {
+            r.get("apiVersions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+fn rules(hook: &Value) -> impl Iterator<Item = &Value> {
     hook.get("rules")
         .and_then(Value::as_array)
-        .is_some_and(|rs| rs.iter().any(|r| rule_matches(r, a, any_version)))
+        .into_iter()
+        .flatten()
 }
 
 #[cfg(test)]
@@ -184,7 +210,10 @@ mod tests {
             rule_matches(&v2, &req, true),
             "Equivalent matches another version"
         );
-        let hook = json!({"matchPolicy": "Exact", "rules": [v2]});
+        let hook = json!({"matchPolicy": "Exact", "rules": [v2.clone()]});
         assert!(!hook_matches(&hook, &req));
+        let hook = json!({"rules": [v2]});
+        assert!(hook_matches(&hook, &req) && !matches_exactly(&hook, &req));
+        assert_eq!(equivalent_versions(&hook, &req), ["v2"]);
     }
 }
