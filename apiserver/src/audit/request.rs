@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 
 use super::event::{Common, Event, ObjectRef, UserInfo};
@@ -530,7 +530,23 @@ pub async fn record(State(auditor): State<Arc<Auditor>>, req: Request, next: Nex
         return crate::status::ApiError::internal("failed to store audit event").into_response();
     }
 
-    let (resp, notes) = super::collect(next.run(Request::from_parts(parts, body))).await;
+    let handled = super::collect(next.run(Request::from_parts(parts, body)));
+    let (resp, notes) = match std::panic::AssertUnwindSafe(handled).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            // upstream: a Panic-stage event, then the panic goes on
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let status = json!({"metadata": {}, "status": "Failure",
+                "message": format!("APIServer panic'd: {what}"), "reason": "InternalError",
+                "code": 500});
+            emitter.emit(Stage::Panic, Some(status), request_object, None, &none);
+            std::panic::resume_unwind(panic);
+        }
+    };
     let annotations: BTreeMap<String, String> = notes.annotations.into_iter().collect();
     let (head, resp_body) = resp.into_parts();
     let code = head.status;
@@ -668,6 +684,71 @@ mod tests {
             vec!["10.0.0.1", "10.0.0.2", "127.0.0.1"]
         );
         assert_eq!(source_ips(&HeaderMap::new(), Some(peer)), vec!["127.0.0.1"]);
+    }
+
+    /// A handler that panics below the audit layer (a real server on a local port): the
+    /// Panic-stage event is written and the panic goes on (the connection drops).
+    #[test]
+    fn a_panicking_handler_writes_a_panic_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(
+            &policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
+        )
+        .unwrap();
+        let log = dir.path().join("audit.log");
+        let auditor = Auditor::from_options(&super::super::Options {
+            audit_policy_file: Some(policy),
+            audit_log_path: Some(log.clone()),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let app = axum::Router::new()
+                .route(
+                    "/api/v1/namespaces/a/configmaps",
+                    axum::routing::get(|| async {
+                        if true {
+                            panic!("the handler broke");
+                        }
+                        "unreachable"
+                    }),
+                )
+                .layer(axum::middleware::from_fn_with_state(
+                    Arc::new(auditor),
+                    record,
+                ));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            conn.write_all(b"GET /api/v1/namespaces/a/configmaps HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = conn.read_to_end(&mut answer).await;
+            assert!(answer.is_empty(), "no answer: the panic went on");
+        });
+        let text = std::fs::read_to_string(&log).unwrap();
+        let events: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let stages: Vec<&str> = events
+            .iter()
+            .map(|e| e["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(stages, ["RequestReceived", "Panic"]);
+        assert_eq!(
+            events[1]["responseStatus"],
+            json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                   "message": "APIServer panic'd: the handler broke", "code": 500})
+        );
+        assert_eq!(events[1]["verb"], "list");
     }
 
     #[test]
