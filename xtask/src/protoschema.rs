@@ -39,6 +39,7 @@ const PACKAGES: &[&str] = &[
     "api/authentication/v1",
     "api/authorization/v1",
     "api/certificates/v1",
+    "api/admissionregistration/v1",
     "apimachinery/pkg/apis/meta/v1",
     "apimachinery/pkg/api/resource",
     "apimachinery/pkg/util/intstr",

@@ -293,6 +293,46 @@ fn eviction_and_meta_kinds_under_a_group_version() {
 }
 
 #[test]
+fn webhook_configuration_with_its_inline_rule() {
+    // RuleWithOperations embeds Rule (`json:",inline"`); caBundle is bytes (base64 in JSON)
+    let hook = [
+        string(1, "deny.example.com"),
+        message(2, &[string(3, "https://127.0.0.1/x"), bytes(2, b"pem")]),
+        message(
+            3,
+            &[
+                string(1, "CREATE"),
+                message(2, &[string(1, ""), string(2, "v1"), string(3, "pods/status")]),
+            ],
+        ),
+        string(6, "None"),
+        int(7, 5),
+        string(8, "v1"),
+    ];
+    let b = body(
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+        &[message(1, &[string(1, "deny")]), message(2, &hook)],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "deny"},
+            "webhooks": [{
+                "name": "deny.example.com",
+                "clientConfig": {"url": "https://127.0.0.1/x", "caBundle": "cGVt"},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/status"]}],
+                "sideEffects": "None",
+                "timeoutSeconds": 5,
+                "admissionReviewVersions": ["v1"],
+            }],
+        })
+    );
+}
+
+#[test]
 fn raw_extensions_hold_json_or_another_protobuf_object() {
     let inner = body("v1", "ConfigMap", &[message(1, &[string(1, "inner")])]);
     let b = body(
