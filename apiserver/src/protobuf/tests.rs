@@ -302,7 +302,10 @@ fn webhook_configuration_with_its_inline_rule() {
             3,
             &[
                 string(1, "CREATE"),
-                message(2, &[string(1, ""), string(2, "v1"), string(3, "pods/status")]),
+                message(
+                    2,
+                    &[string(1, ""), string(2, "v1"), string(3, "pods/status")],
+                ),
             ],
         ),
         string(6, "None"),
