@@ -65,6 +65,12 @@ async fn webhook(
             response["patch"] = json!(base64::engine::general_purpose::STANDARD
                 .encode(serde_json::to_vec(&patch).expect("patch")));
         }
+        "sidecar" => {
+            let patch = json!([{"op": "add", "path": "/spec/containers/-", "value": {"name": "sidecar", "image": "kaze/busybox:1"}}]);
+            response["patchType"] = json!("JSONPatch");
+            response["patch"] = json!(base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&patch).expect("patch")));
+        }
         "bad-patch" => {
             let patch = json!([{"op": "replace", "path": "/no/such/field", "value": 1}]);
             response["patchType"] = json!("JSONPatch");
@@ -783,6 +789,40 @@ fn exec_and_port_forward_are_connect_requests() {
     };
     apply(&s, &pod("bad-pod"));
     apply(&s, &pod("good-pod"));
+
+    // a mutating webhook injecting a container: it is defaulted as a client's would be
+    apply(
+        &s,
+        &configuration(
+            "MutatingWebhookConfiguration",
+            "sidecar",
+            &[(
+                "sidecar.kaze.test",
+                url_client(&hooks, "sidecar"),
+                &format!(
+                    "{}  objectSelector:\n    matchLabels:\n      sidecar: \"yes\"\n",
+                    rules("[CREATE]", "[\"\"]", "[pods]")
+                ),
+            )],
+        ),
+    );
+    let injected = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: injected\n  namespace: default\n  labels:\n    sidecar: \"yes\"\nspec:\n  containers:\n  - name: c\n    image: kaze/busybox:1\n";
+    eventually("the sidecar webhook", || {
+        s.kubectl_stdin(&["apply", "-f", "-"], Some(injected));
+        let p = json(&s, &["get", "pod", "injected"]);
+        let injected = p["spec"]["containers"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2);
+        s.kubectl(&["delete", "pod", "injected"]);
+        injected
+    });
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(injected));
+    let p = json(&s, &["get", "pod", "injected"]);
+    let sidecar = &p["spec"]["containers"][1];
+    assert_eq!(sidecar["name"], "sidecar", "{p}");
+    assert_eq!(sidecar["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(sidecar["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(sidecar["terminationMessagePolicy"], "File");
     // creates are not CONNECT
     assert!(hooks.requests("deny", "bad-pod").is_empty());
     eventually("the CONNECT webhook", || {

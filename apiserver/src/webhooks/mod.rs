@@ -463,7 +463,13 @@ async fn mutate_inner(
         call_mutating(state, req, sub, &hooks[i], obj, old).await?;
     }
     restore_server_fields(&original, obj, old.is_some());
-    Ok(*obj != original)
+    if *obj == original {
+        return Ok(false);
+    }
+    // upstream decodes a patched object with the scheme's defaulting: an injected sidecar
+    // gets its imagePullPolicy, terminationMessagePath... as one the client sent
+    crate::kinds::default_object(req.def, obj);
+    Ok(true)
 }
 
 /// Call one mutating webhook and apply its patch. Returns whether it was called (a failure
