@@ -10,6 +10,7 @@ pub mod https;
 pub mod leader;
 pub mod quota;
 pub mod selectors;
+pub mod volumes;
 
 pub use tokio_util::sync::CancellationToken;
 
