@@ -57,6 +57,7 @@ mod serviceaccount;
 mod services;
 mod state;
 mod status;
+mod storageadmission;
 mod subresources;
 mod table;
 mod tls;
@@ -170,7 +171,8 @@ pub struct Config {
     pub service_account_extend_token_expiration: bool,
 
     /// Admission plugins to turn off. kaze knows `ServiceAccount`, `Priority`,
-    /// `PodSecurity`, `NodeRestriction` and `DefaultTolerationSeconds` (all on by default);
+    /// `PodSecurity`, `NodeRestriction`, `DefaultTolerationSeconds`, `DefaultStorageClass`
+    /// and `StorageObjectInUseProtection` (all on by default);
     /// `Config::for_tests` turns `ServiceAccount` off, as envtest does, so pods in tests
     /// without a controller-manager need no ServiceAccount.
     #[arg(long = "disable-admission-plugins", value_delimiter = ',')]

@@ -352,6 +352,12 @@ pub async fn create(
             crate::priority::admit_pod(state, &mut obj).await?;
             crate::defaulttolerationseconds::admit_pod(state.default_toleration_seconds, &mut obj);
         }
+        if def.group.is_empty() && def.plural == "persistentvolumeclaims" {
+            crate::storageadmission::admit_claim(state, &mut obj).await?;
+        }
+    }
+    if def.group.is_empty() && def.plural == "persistentvolumes" {
+        crate::storageadmission::admit_volume(state, &mut obj);
     }
     // mutating webhooks after the built-in mutating plugins, as upstream orders them
     crate::webhooks::mutate(

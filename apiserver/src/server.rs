@@ -136,11 +136,13 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
                 | "PodSecurity"
                 | "NodeRestriction"
                 | "DefaultTolerationSeconds"
+                | "DefaultStorageClass"
+                | "StorageObjectInUseProtection"
         )
     }) {
         return Err(Error::Config {
             reason: format!(
-                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount, Priority, PodSecurity, NodeRestriction, DefaultTolerationSeconds)"
+                "--disable-admission-plugins: {p:?} is not a plugin kaze can turn off (ServiceAccount, Priority, PodSecurity, NodeRestriction, DefaultTolerationSeconds, DefaultStorageClass, StorageObjectInUseProtection)"
             ),
         });
     }
@@ -251,6 +253,16 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             .disable_admission_plugins
             .iter()
             .any(|p| p == "Priority"),
+        storage_admission: crate::storageadmission::Plugins {
+            default_storage_class: !config
+                .disable_admission_plugins
+                .iter()
+                .any(|p| p == "DefaultStorageClass"),
+            in_use_protection: !config
+                .disable_admission_plugins
+                .iter()
+                .any(|p| p == "StorageObjectInUseProtection"),
+        },
         default_toleration_seconds: (!config
             .disable_admission_plugins
             .iter()

@@ -38,6 +38,8 @@ pub struct AppState {
     pub service_accounts: crate::serviceaccount::ServiceAccounts,
     /// Whether the `Priority` admission plugin is on (`--disable-admission-plugins`).
     pub priority_admission: bool,
+    /// Which of `DefaultStorageClass` and `StorageObjectInUseProtection` run.
+    pub storage_admission: crate::storageadmission::Plugins,
     /// The `DefaultTolerationSeconds` admission plugin's seconds; None when it is off.
     pub default_toleration_seconds: Option<crate::defaulttolerationseconds::Seconds>,
     /// The `PodSecurity` admission plugin's configuration; None when it is turned off.

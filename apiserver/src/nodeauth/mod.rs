@@ -8,6 +8,10 @@
 //! volumes, env, envFrom, imagePullSecrets, projected sources and `serviceAccountName` they
 //! name, and from PVCs' `spec.volumeName`, followed through the watch cache as the RBAC
 //! and namespace indexes are); Leases only in `kube-node-lease` and under its own name;
+//! as a kaze extension, `get`, `update` and `patch` of the PersistentVolumes kaze's
+//! local-path provisioner made on its disk (annotation `kaze.io/local-path-node: <node>`),
+//! so its kubelet can remove a deleted volume's directory and then the volume's
+//! `kaze.io/local-path-cleanup` finalizer after the claim is gone;
 //! everything else is upstream's `system:node` rules (`crate::rbac`'s built-in ClusterRole
 //! of that name, which no group is bound to). What the Node authorizer does not allow goes
 //! on to RBAC, so a node can still be granted more there explicitly. Its refusals give
@@ -77,6 +81,8 @@ struct Graph {
     edges: HashMap<(String, Ref), usize>,
     /// PVC (`<ns>/<name>`) -> the PersistentVolume it is bound to
     claims: HashMap<String, String>,
+    /// local-path PersistentVolume -> the node whose disk holds it
+    local_volumes: HashMap<String, String>,
 }
 
 impl Graph {
@@ -182,7 +188,7 @@ fn items<'a>(obj: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
 pub struct NodeGraph {
     graph: RwLock<Graph>,
     /// Whether the pods and the claims are followed (until then nodes get no reads).
-    synced: [AtomicBool; 2],
+    synced: [AtomicBool; 3],
     /// `--disable-admission-plugins=NodeRestriction`.
     pub restriction_disabled: AtomicBool,
 }
@@ -207,6 +213,12 @@ impl NodeGraph {
                     .get(&format!("{ns}/{name}"))
                     .is_some_and(|v| v == pv)
         })
+    }
+
+    /// Whether PersistentVolume `pv` is a local-path volume on `node`'s disk.
+    fn holds_local_volume(&self, node: &str, pv: &str) -> bool {
+        let g = self.graph.read().unwrap_or_else(|e| e.into_inner());
+        g.local_volumes.get(pv).is_some_and(|n| n == node)
     }
 
     /// The Node authorizer's decision for node `node`: Ok to allow, else its reason (no
@@ -274,6 +286,14 @@ impl NodeGraph {
                 related(Kind::Pvc)
             }
             ("", "persistentvolumes") => {
+                // kaze: a node cleans up the local-path volumes on its disk
+                if matches!(verb.as_str(), "get" | "update" | "patch")
+                    && sub.is_none()
+                    && !name.is_empty()
+                    && self.holds_local_volume(node, name)
+                {
+                    return Ok(());
+                }
                 if verb != "get" {
                     return Err("can only get individual resources of this type".into());
                 }
@@ -334,7 +354,7 @@ fn rules_allow(attrs: &Attributes) -> Result<(), String> {
     }
 }
 
-/// Keep `state.rbac.nodes` in step with the pods and PVCs until shutdown.
+/// Keep `state.rbac.nodes` in step with the pods, PVCs and PVs until shutdown.
 pub async fn run(state: Arc<AppState>) {
     let pods = crate::follow::run(
         state.clone(),
@@ -352,10 +372,21 @@ pub async fn run(state: Arc<AppState>) {
             kind: 1,
         },
     );
-    tokio::join!(pods, claims);
+    let volumes = crate::follow::run(
+        state.clone(),
+        ("", "v1", "persistentvolumes"),
+        Follow {
+            state: state.clone(),
+            kind: 2,
+        },
+    );
+    tokio::join!(pods, claims, volumes);
 }
 
-/// The graph's part for pods (0) or PVCs (1) as a [`Follower`].
+/// The annotation kaze's local-path provisioner names a volume's node with.
+const LOCAL_PATH_NODE: &str = "kaze.io/local-path-node";
+
+/// The graph's part for pods (0), PVCs (1) or PVs (2) as a [`Follower`].
 struct Follow {
     state: Arc<AppState>,
     kind: usize,
@@ -378,6 +409,19 @@ fn put(g: &mut Graph, kind: usize, key: &str, value: &[u8]) {
     };
     if kind == 0 {
         g.put_pod(key, &obj);
+    } else if kind == 2 {
+        match obj
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(LOCAL_PATH_NODE))
+            .and_then(Value::as_str)
+        {
+            Some(node) if !node.is_empty() => {
+                g.local_volumes.insert(key.to_string(), node.to_string());
+            }
+            _ => {
+                g.local_volumes.remove(key);
+            }
+        }
     } else {
         match obj.pointer("/spec/volumeName").and_then(Value::as_str) {
             Some(pv) if !pv.is_empty() => {
@@ -393,11 +437,13 @@ fn put(g: &mut Graph, kind: usize, key: &str, value: &[u8]) {
 impl Follower for Follow {
     fn reset(&self, items: Vec<(&str, &[u8])>) {
         let mut g = self.graph();
-        if self.kind == 0 {
-            g.pods.clear();
-            g.edges.clear();
-        } else {
-            g.claims.clear();
+        match self.kind {
+            0 => {
+                g.pods.clear();
+                g.edges.clear();
+            }
+            1 => g.claims.clear(),
+            _ => g.local_volumes.clear(),
         }
         for (key, value) in items {
             put(&mut g, self.kind, key, value);
@@ -409,6 +455,9 @@ impl Follower for Follow {
         match value {
             Some(v) => put(&mut g, self.kind, key, v),
             None if self.kind == 0 => g.remove_pod(key),
+            None if self.kind == 2 => {
+                g.local_volumes.remove(key);
+            }
             None => {
                 g.claims.remove(key);
             }
@@ -578,6 +627,41 @@ mod tests {
         assert!(g
             .authorize("b", &attrs("get", "", "secrets", Some("ns"), Some("pull")))
             .is_ok());
+    }
+
+    #[test]
+    fn a_node_may_clean_up_the_local_path_volumes_on_its_disk_only() {
+        let g = NodeGraph::default();
+        let pv = |verb: &str, sub: &str, name: &str| {
+            attrs(
+                verb,
+                "",
+                &format!("persistentvolumes{sub}"),
+                None,
+                Some(name),
+            )
+        };
+        put(
+            &mut g.graph.write().unwrap(),
+            2,
+            "pvc-1",
+            br#"{"metadata": {"name": "pvc-1", "annotations": {"kaze.io/local-path-node": "a"}}}"#,
+        );
+        put(
+            &mut g.graph.write().unwrap(),
+            2,
+            "static",
+            br#"{"metadata": {"name": "static"}}"#,
+        );
+        for verb in ["get", "update", "patch"] {
+            assert!(g.authorize("a", &pv(verb, "", "pvc-1")).is_ok(), "{verb}");
+            assert!(g.authorize("b", &pv(verb, "", "pvc-1")).is_err(), "{verb}");
+            assert!(g.authorize("a", &pv(verb, "", "static")).is_err(), "{verb}");
+        }
+        assert!(g.authorize("a", &pv("delete", "", "pvc-1")).is_err());
+        assert!(g.authorize("a", &pv("update", "/status", "pvc-1")).is_err());
+        g.graph.write().unwrap().local_volumes.remove("pvc-1");
+        assert!(g.authorize("a", &pv("get", "", "pvc-1")).is_err());
     }
 
     #[test]

@@ -201,6 +201,12 @@ pub fn admit_update(
     cur: &Value,
     new: &Value,
 ) -> Result<(), ApiError> {
+    if def.group.is_empty() && def.plural == "persistentvolumes" {
+        return match requesting_node(state) {
+            Some(node) => local_volume_cleanup(def, &node, cur, new),
+            None => Ok(()),
+        };
+    }
     let Some(kind) = kind_of(def) else {
         return Ok(());
     };
@@ -246,6 +252,44 @@ pub fn admit_update(
         }
         _ => lease(def, crate::meta::meta_str(cur, "namespace"), name, &node),
     }
+}
+
+/// The finalizer a node's kubelet puts on a local-path volume before it makes the volume's
+/// directory and removes once the directory is gone: all a node may change on a
+/// PersistentVolume (the Node authorizer lets it update only the local-path volumes on its
+/// disk).
+const LOCAL_PATH_CLEANUP: &str = "kaze.io/local-path-cleanup";
+
+fn local_volume_cleanup(
+    def: &ResourceDef,
+    node: &str,
+    cur: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let strip = |o: &Value| {
+        let mut o = o.clone();
+        if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            for f in ["finalizers", "managedFields", "resourceVersion"] {
+                m.remove(f);
+            }
+        }
+        o
+    };
+    let finalizers = |o: &Value| -> Vec<String> {
+        crate::meta::finalizers(o)
+            .into_iter()
+            .filter(|f| f != LOCAL_PATH_CLEANUP)
+            .collect()
+    };
+    if strip(cur) == strip(new) && finalizers(cur) == finalizers(new) {
+        return Ok(());
+    }
+    let name = crate::meta::meta_str(cur, "name").unwrap_or("");
+    Err(forbidden(
+        def,
+        name,
+        format!("node \"{node}\" may only add or remove the {LOCAL_PATH_CLEANUP} finalizer of a persistentvolume"),
+    ))
 }
 
 /// A delete by a node.
