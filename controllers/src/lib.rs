@@ -10,8 +10,10 @@
 //! `resourcequota` (quota usage), `root-ca-cert-publisher` (`kube-root-ca.crt` in every
 //! namespace, from `--root-ca-file`), `disruption` (PodDisruptionBudget status, which
 //! evictions consume), `horizontalpodautoscaling` (HPAs from `metrics.k8s.io`; see
-//! [`horizontalpodautoscaler`]). Choose with `--controllers` (upstream syntax:
-//! `*,-nodeipam`).
+//! [`horizontalpodautoscaler`]), `persistentvolume-binder`, `pvc-protection`,
+//! `pv-protection` and `local-path-provisioner` (kaze's built-in `kaze.io/local-path`
+//! provisioner, which the binder runs; see [`persistentvolume`]). Choose with
+//! `--controllers` (upstream syntax: `*,-nodeipam`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod persistentvolume;
 pub mod podgc;
 pub mod replicaset;
 pub mod replicationcontroller;
@@ -62,6 +65,10 @@ pub const ALL: &[&str] = &[
     "root-ca-cert-publisher",
     "disruption",
     "horizontalpodautoscaling",
+    "persistentvolume-binder",
+    "pvc-protection",
+    "pv-protection",
+    "local-path-provisioner",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -276,6 +283,7 @@ async fn run_controllers(
     });
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = std::collections::HashMap::new();
+    let local_path = which.contains(&"local-path-provisioner");
     for name in which {
         let ctx = ctx.clone();
         let token = shutdown.clone();
@@ -296,6 +304,15 @@ async fn run_controllers(
             "podgc" => tasks.spawn(podgc::run(ctx.client.clone(), periods.gc_threshold, token)),
             "namespace" => tasks.spawn(namespace::run(ctx.client.clone(), token)),
             "disruption" => tasks.spawn(disruption::run(ctx, token)),
+            "persistentvolume-binder" => tasks.spawn(persistentvolume::run_binder(
+                ctx.client.clone(),
+                local_path,
+                token,
+            )),
+            "pvc-protection" => tasks.spawn(persistentvolume::run_pvc_protection(ctx, token)),
+            "pv-protection" => tasks.spawn(persistentvolume::run_pv_protection(ctx, token)),
+            // provisions inside the binder
+            "local-path-provisioner" => continue,
             "horizontalpodautoscaling" => tasks.spawn(horizontalpodautoscaler::run(
                 ctx.client.clone(),
                 periods.hpa,

@@ -1,0 +1,115 @@
+//! Core Events about claims and volumes, a repeated one counted on the first (upstream's
+//! recorder aggregates them the same way, so `kubectl describe pvc` shows
+//! `WaitForFirstConsumer ... (x4 over 1m)` rather than four lines). Events about volumes
+//! (cluster-scoped) go to the `default` namespace, as upstream's do.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+/// (object uid, type, reason, message)
+type Key = (String, String, String, String);
+
+pub struct Recorder {
+    client: Client,
+    component: String,
+    /// The recorded event of each key: (namespace, event name, count).
+    seen: Mutex<HashMap<Key, (String, String, i32)>>,
+}
+
+impl Recorder {
+    pub fn new(client: Client, component: &str) -> Recorder {
+        Recorder {
+            client,
+            component: component.to_string(),
+            seen: Mutex::default(),
+        }
+    }
+
+    pub async fn normal<K>(&self, obj: &K, reason: &str, message: &str)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        self.emit(obj, "Normal", reason, message).await
+    }
+
+    pub async fn warn<K>(&self, obj: &K, reason: &str, message: &str)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        self.emit(obj, "Warning", reason, message).await
+    }
+
+    async fn emit<K>(&self, obj: &K, ty: &str, reason: &str, message: &str)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let ns = obj.namespace().unwrap_or_else(|| "default".into());
+        let api = Api::<Event>::namespaced(self.client.clone(), &ns);
+        let now = Time(Timestamp::now());
+        let key = (
+            obj.uid().unwrap_or_default(),
+            ty.to_string(),
+            reason.to_string(),
+            message.to_string(),
+        );
+        let mut seen = self.seen.lock().await;
+        if let Some((_, name, count)) = seen.get_mut(&key) {
+            *count += 1;
+            let patch = json!({"count": *count, "lastTimestamp": now});
+            if api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let name = format!("{}.{:x}", obj.name_any(), Timestamp::now().as_nanosecond());
+        let event = Event {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some(K::api_version(&()).into_owned()),
+                kind: Some(K::kind(&()).into_owned()),
+                namespace: obj.namespace(),
+                name: Some(obj.name_any()),
+                uid: obj.uid(),
+                resource_version: obj.resource_version(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(ty.into()),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some(self.component.clone()),
+                host: None,
+            }),
+            reporting_component: Some(self.component.clone()),
+            reporting_instance: Some(String::new()),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {
+                // only recent events need counting; keep the map small
+                if seen.len() > 4096 {
+                    seen.clear();
+                }
+                seen.insert(key, (ns, name, 1));
+            }
+            Err(e) => tracing::debug!(error = %e, reason, "recording an event"),
+        }
+    }
+}

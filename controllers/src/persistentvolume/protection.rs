@@ -1,0 +1,193 @@
+//! Upstream's `pvc-protection` and `pv-protection` controllers: the finalizers
+//! `kubernetes.io/pvc-protection` and `kubernetes.io/pv-protection` (put on new objects by
+//! the apiserver's StorageObjectInUseProtection admission; added here to any without while
+//! they are not being deleted) are removed from a deleted claim once no pod scheduled to a
+//! node uses it (read from the API, not a cache, before removing, as upstream asks the
+//! apiserver), and from a deleted volume once it is not Bound. Until then `kubectl get`
+//! shows them Terminating.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+
+use component::volumes::{volume_phase, PVC_PROTECTION_FINALIZER, PV_PROTECTION_FINALIZER};
+
+use crate::{api_err, error_policy, Ctx, ReconcileError};
+
+fn has(meta: &kube::api::ObjectMeta, finalizer: &str) -> bool {
+    meta.finalizers.iter().flatten().any(|f| f == finalizer)
+}
+
+/// `meta` with `finalizer` added (or removed).
+fn with_finalizer(meta: &mut kube::api::ObjectMeta, finalizer: &str, on: bool) {
+    let list = meta.finalizers.get_or_insert_with(Vec::new);
+    list.retain(|f| f != finalizer);
+    if on {
+        list.push(finalizer.to_string());
+    }
+}
+
+/// The claims a pod's volumes name.
+fn claims_of(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.clone())
+        })
+        .collect()
+}
+
+/// Upstream's `podUsesPVC`: a pod scheduled to a node (the kubelet sees it from then on)
+/// whose volumes name the claim.
+fn uses(pod: &Pod, claim: &str) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty())
+        && claims_of(pod).iter().any(|c| c == claim)
+}
+
+pub async fn run_pvc_protection(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
+    let client = ctx.client.clone();
+    Controller::new(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<Pod>::all(client),
+        watcher::Config::default(),
+        |pod: Pod| {
+            let ns = pod.namespace().unwrap_or_default();
+            claims_of(&pod)
+                .into_iter()
+                .map(|c| ObjectRef::new(&c).within(&ns))
+                .collect::<Vec<_>>()
+        },
+    )
+    .graceful_shutdown_on(shutdown.cancelled_owned())
+    .run(reconcile_claim, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn reconcile_claim(
+    claim: Arc<PersistentVolumeClaim>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, ReconcileError> {
+    let ns = claim.namespace().unwrap_or_default();
+    let name = claim.name_any();
+    let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns);
+    let deleting = claim.metadata.deletion_timestamp.is_some();
+    let protected = has(&claim.metadata, PVC_PROTECTION_FINALIZER);
+    if !deleting && !protected {
+        let mut next = claim.as_ref().clone();
+        with_finalizer(&mut next.metadata, PVC_PROTECTION_FINALIZER, true);
+        api.replace(&name, &PostParams::default(), &next)
+            .await
+            .map_err(api_err(format!(
+                "protecting persistentvolumeclaim {ns}/{name}"
+            )))?;
+        return Ok(Action::await_change());
+    }
+    if !(deleting && protected) {
+        return Ok(Action::await_change());
+    }
+    if let Some(pod) = pod_using(&ctx.client, &ns, &name).await? {
+        tracing::debug!(claim = %format!("{ns}/{name}"), %pod, "claim still in use");
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    let mut next = claim.as_ref().clone();
+    with_finalizer(&mut next.metadata, PVC_PROTECTION_FINALIZER, false);
+    api.replace(&name, &PostParams::default(), &next)
+        .await
+        .map_err(api_err(format!(
+            "releasing persistentvolumeclaim {ns}/{name}"
+        )))?;
+    tracing::info!(claim = %format!("{ns}/{name}"), "removed the pvc-protection finalizer");
+    Ok(Action::await_change())
+}
+
+/// A pod of `ns` that uses claim `name`, asked of the apiserver.
+async fn pod_using(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<String>, ReconcileError> {
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err(format!("listing pods of namespace {ns}")))?
+        .items
+        .iter()
+        .find(|p| uses(p, name))
+        .map(|p| p.name_any()))
+}
+
+pub async fn run_pv_protection(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
+    Controller::new(
+        Api::<PersistentVolume>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.cancelled_owned())
+    .run(reconcile_volume, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn reconcile_volume(
+    pv: Arc<PersistentVolume>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, ReconcileError> {
+    let name = pv.name_any();
+    let api = Api::<PersistentVolume>::all(ctx.client.clone());
+    let deleting = pv.metadata.deletion_timestamp.is_some();
+    let protected = has(&pv.metadata, PV_PROTECTION_FINALIZER);
+    let on = if !deleting && !protected {
+        true
+    } else if deleting && protected && volume_phase(&pv) != "Bound" {
+        false
+    } else {
+        return Ok(Action::await_change());
+    };
+    let mut next = pv.as_ref().clone();
+    with_finalizer(&mut next.metadata, PV_PROTECTION_FINALIZER, on);
+    api.replace(&name, &PostParams::default(), &next)
+        .await
+        .map_err(api_err(format!(
+            "updating the finalizers of persistentvolume {name}"
+        )))?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_scheduled_pods_naming_the_claim_use_it() {
+        let pod = |node: Option<&str>, claim: &str| -> Pod {
+            let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [],
+                "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]}});
+            if let Some(n) = node {
+                p["spec"]["nodeName"] = json!(n);
+            }
+            serde_json::from_value(p).unwrap()
+        };
+        assert!(uses(&pod(Some("n1"), "data"), "data"));
+        assert!(!uses(&pod(None, "data"), "data"));
+        assert!(!uses(&pod(Some("n1"), "other"), "data"));
+    }
+}
