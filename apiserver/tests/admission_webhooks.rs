@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::Json;
 use base64::Engine;
 use common::{json, TestServer};
@@ -47,10 +47,14 @@ const LABEL: &str = "kaze.test/mutated";
 async fn webhook(
     State(seen): State<Seen>,
     Path(path): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Json(review): Json<Value>,
 ) -> Json<Value> {
     let req = review["request"].clone();
-    seen.lock().expect("lock").push((path.clone(), req.clone()));
+    // recorded with the caller's port, which tells connections apart
+    let mut recorded = req.clone();
+    recorded["_peerPort"] = json!(peer.port());
+    seen.lock().expect("lock").push((path.clone(), recorded));
     let uid = req["uid"].clone();
     let name = req["name"].as_str().unwrap_or("").to_string();
     let mut response = json!({"uid": uid, "allowed": true});
@@ -286,6 +290,28 @@ fn mutation_denial_selectors_updates_and_deletes() {
     assert_eq!(review["dryRun"], false);
     assert_eq!(review["options"]["kind"], "CreateOptions");
     assert!(review["oldObject"].is_null());
+
+    // connections to a webhook are reused: more calls than connections
+    for i in 0..5 {
+        s.kubectl(&["create", "configmap", &format!("more-{i}"), "-n", "hooked"]);
+    }
+    let (calls, ports) = {
+        let seen = hooks.seen.lock().expect("lock");
+        let label: Vec<&Value> = seen
+            .iter()
+            .filter(|(p, _)| p == "label")
+            .map(|(_, r)| r)
+            .collect();
+        let ports: std::collections::BTreeSet<u64> = label
+            .iter()
+            .filter_map(|r| r["_peerPort"].as_u64())
+            .collect();
+        (label.len(), ports.len())
+    };
+    assert!(
+        calls >= 6 && ports < calls,
+        "{calls} calls over {ports} connections"
+    );
 
     // namespaceSelector: a namespace without the label is not sent to the mutating webhook
     s.kubectl(&["create", "configmap", "good", "-n", "plain"]);

@@ -2,13 +2,15 @@
 //! one of the Service's ready endpoints), TLS verified against `clientConfig.caBundle`, one
 //! POST of the AdmissionReview, the whole call bounded by `timeoutSeconds`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request};
 use base64::Engine;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -42,7 +44,12 @@ pub async fn call(state: &AppState, hook: &Value, review: &Value) -> Result<Valu
     let cc = hook.get("clientConfig").cloned().unwrap_or(Value::Null);
     let target = target(state, &cc, timeout).await?;
     let url = target.url.clone();
-    match tokio::time::timeout(Duration::from_secs(timeout), post(&cc, target, review)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(timeout),
+        post(&state.webhooks.pool, &cc, target, review),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(format!(
             "failed to call webhook: Post \"{url}\": context deadline exceeded"
@@ -197,44 +204,119 @@ fn tls(cc: &Value) -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-async fn post(cc: &Value, t: Target, review: &Value) -> Result<Value, String> {
-    let fail = |e: String| format!("failed to call webhook: Post \"{}\": {e}", t.url);
-    let connector = tls(cc).map_err(fail)?;
+/// Idle connections to webhooks, reused as upstream's HTTP transport keeps them alive: a
+/// webhook called for every pod create would otherwise cost a TCP and TLS handshake each.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<Body>>>>,
+}
+
+/// (address dialled, name verified, caBundle): connections are only shared by webhooks that
+/// would have made the same one.
+type PoolKey = (String, u16, String, String);
+
+/// Idle connections kept per key at most.
+const MAX_IDLE: usize = 8;
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("webhooks::Pool")
+    }
+}
+
+impl Pool {
+    fn take(&self, key: &PoolKey) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some(sender) = list.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: PoolKey, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(sender);
+        }
+    }
+}
+
+async fn dial(cc: &Value, t: &Target) -> Result<SendRequest<Body>, String> {
+    let connector = tls(cc)?;
     let (host, port) = (&t.connect.0, t.connect.1);
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| fail(format!("dial tcp {host}:{port}: {e}")))?;
+        .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
     let name = match t.server_name.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => ServerName::try_from(t.server_name.clone()).map_err(|e| fail(e.to_string()))?,
+        Err(_) => ServerName::try_from(t.server_name.clone()).map_err(|e| e.to_string())?,
     };
     let stream = connector
         .connect(name, tcp)
         .await
-        .map_err(|e| fail(format!("tls: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .map_err(|e| format!("tls: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "webhook connection ended");
         }
     });
+    Ok(sender)
+}
+
+async fn post(pool: &Pool, cc: &Value, t: Target, review: &Value) -> Result<Value, String> {
+    let fail = |e: String| format!("failed to call webhook: Post \"{}\": {e}", t.url);
     let body = serde_json::to_vec(review).map_err(|e| fail(e.to_string()))?;
-    let req = Request::post(t.path_and_query.as_str())
-        .header(header::HOST, format!("{}:{port}", t.server_name))
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, */*")
-        .body(Body::from(body))
-        .map_err(|e| fail(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let request = || {
+        Request::post(t.path_and_query.as_str())
+            .header(header::HOST, format!("{}:{}", t.server_name, t.connect.1))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, */*")
+            .body(Body::from(body.clone()))
+            .map_err(|e| fail(e.to_string()))
+    };
+    let ca = cc
+        .get("caBundle")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let key: PoolKey = (t.connect.0.clone(), t.connect.1, t.server_name.clone(), ca);
+    // an idle connection the webhook has closed meanwhile fails at once: then a fresh one
+    let pooled = match pool.take(&key) {
+        Some(mut sender) => match sender.send_request(request()?).await {
+            Ok(resp) => Some((sender, resp)),
+            Err(e) => {
+                tracing::debug!(error = %e, "reused webhook connection failed; dialling again");
+                None
+            }
+        },
+        None => None,
+    };
+    let (sender, resp) = match pooled {
+        Some(r) => r,
+        None => {
+            let mut sender = dial(cc, &t).await.map_err(fail)?;
+            let resp = sender
+                .send_request(request()?)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            (sender, resp)
+        }
+    };
     let status = resp.status();
     let bytes = axum::body::to_bytes(Body::new(resp.into_body()), MAX_RESPONSE)
         .await
         .map_err(|e| fail(format!("reading the response: {e}")))?;
+    pool.put(key, sender);
     if !status.is_success() {
         return Err(format!(
             "received invalid webhook response: expected status 200, got {}: {}",

@@ -54,6 +54,8 @@ struct Configs {
 pub struct Index {
     mutating: Configs,
     validating: Configs,
+    /// Connections to webhooks kept for the next call.
+    pool: client::Pool,
 }
 
 impl Index {
