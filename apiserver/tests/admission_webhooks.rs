@@ -330,6 +330,14 @@ fn mutation_denial_selectors_updates_and_deletes() {
     );
     let (found, _, _) = s.kubectl_result(&["get", "cm", "bad-one", "-n", "plain"], None);
     assert!(!found, "a denied object is not stored");
+    // upstream's webhook metrics
+    let metrics = s.kubectl(&["get", "--raw", "/metrics"]);
+    for line in [
+        "apiserver_admission_webhook_request_total{code=\"200\",name=\"deny.kaze.test\",operation=\"CREATE\",rejected=\"true\",type=\"validating\"} 1",
+        "apiserver_admission_webhook_rejection_count{error_type=\"no_error\",name=\"deny.kaze.test\",operation=\"CREATE\",rejection_code=\"403\",type=\"validating\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
 
     // UPDATE: the mutating webhook gets the old object, and labels the new one again
     s.kubectl(&[
@@ -494,6 +502,13 @@ fn failure_policies_timeouts_and_configurations_are_never_sent_to_webhooks() {
     s.kubectl(&["create", "secret", "generic", "ignored"]);
     s.kubectl(&["create", "serviceaccount", "ignored"]);
     assert_eq!(hooks.requests("slow", "ignored").len(), 1);
+    let metrics = s.kubectl(&["get", "--raw", "/metrics"]);
+    for line in [
+        "apiserver_admission_webhook_fail_open_count{name=\"slow-ignore.kaze.test\",type=\"validating\"} 1",
+        "apiserver_admission_webhook_fail_open_count{name=\"gone-ignore.kaze.test\",type=\"validating\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
 
     // an unreachable webhook that fails closed for every resource...
     apply(

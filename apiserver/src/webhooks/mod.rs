@@ -30,6 +30,7 @@ use crate::status::ApiError;
 mod client;
 pub mod config;
 mod connect;
+mod metrics;
 mod review;
 pub mod rules;
 
@@ -56,9 +57,15 @@ pub struct Index {
     validating: Configs,
     /// Connections to webhooks kept for the next call.
     pool: client::Pool,
+    metrics: metrics::Metrics,
 }
 
 impl Index {
+    /// The webhook metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
     /// Known to hold no configuration of this kind: requests skip webhook admission at once.
     fn known_empty(&self, mutating: bool) -> bool {
         let c = if mutating {

@@ -4,6 +4,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::metrics::Outcome;
 use super::{Matched, Request};
 use crate::meta;
 use crate::state::AppState;
@@ -121,6 +122,33 @@ pub(super) struct Answer {
 /// Call `hook` and check its answer; `Err(text)` is a failed call (subject to the webhook's
 /// `failurePolicy`).
 pub(super) async fn ask(
+    state: &AppState,
+    hook: &Value,
+    review: &Value,
+    mutating: bool,
+) -> Result<Answer, String> {
+    let start = std::time::Instant::now();
+    let answer = ask_inner(state, hook, review, mutating).await;
+    let outcome = match &answer {
+        Ok(a) if a.allowed => Outcome::Allowed,
+        Ok(a) => Outcome::Denied(denied(hook, &a.status).code),
+        Err(_) => Outcome::Failed(fails_closed(hook)),
+    };
+    let operation = review
+        .pointer("/request/operation")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    state.webhooks.metrics.observe(
+        hook_name(hook),
+        operation,
+        mutating,
+        outcome,
+        start.elapsed().as_secs_f64(),
+    );
+    answer
+}
+
+async fn ask_inner(
     state: &AppState,
     hook: &Value,
     review: &Value,
