@@ -104,6 +104,7 @@ async fn main() {
         eviction_soft: String::new(),
         eviction_soft_grace_period: String::new(),
         pod_cidr: None,
+        local_storage_path: None,
         static_pods: Default::default(),
         image_gc: kubelet::images::gc::GcConfig {
             high_threshold: 100,

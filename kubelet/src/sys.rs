@@ -280,6 +280,17 @@ pub fn remove_dir_all(path: &Path) -> Result<(), SysError> {
     }
 }
 
+/// The names of the entries of a directory (none when it cannot be read).
+pub fn dir_names(path: &Path) -> Vec<String> {
+    std::fs::read_dir(path)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn remove_file(path: &Path) -> Result<(), SysError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", path)(e)),

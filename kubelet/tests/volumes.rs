@@ -29,6 +29,8 @@ struct Cluster {
     server: Option<apiserver::RunningServer>,
     client: kube::Client,
     root: PathBuf,
+    /// `--local-storage-path`: where local-path volumes live.
+    storage: PathBuf,
     node: String,
     containerd: Option<testkit::Containerd>,
     _node_guard: testkit::NodeGuard,
@@ -75,8 +77,10 @@ impl Cluster {
         let pid = std::process::id();
         let node = format!("kl-{tag}-{pid}");
         let bridge = format!("kzv{octet}-{}", pid % 10_000);
+        let storage = dir.path().join("storage");
         let config = kubelet::node::Config {
             lease_renew_interval: Duration::from_secs(5),
+            local_storage_path: Some(storage.clone()),
             ..support::node_config(
                 server.kubeconfig_path(),
                 server.ca_file(),
@@ -95,6 +99,7 @@ impl Cluster {
             server: Some(server),
             client: client.clone(),
             root: root.clone(),
+            storage,
             node: node.clone(),
             containerd: Some(containerd),
             _node_guard: testkit::NodeGuard {
@@ -705,5 +710,201 @@ async fn init_containers_run_in_order_and_a_failing_one_fails_the_pod() {
     );
     assert_eq!(c.kubectl_status("broken"), "Init:Error");
     c.delete_and_wait("broken").await;
+    c.stop().await;
+}
+
+/// A claim bound to `pv` (hostPath `path`, extra volume fields in `extra`), bound by hand as
+/// the PV controller would (none runs here).
+async fn bound_claim(c: &Cluster, claim: &str, pv: &str, path: &Path, extra: serde_json::Value) {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+    let pvs: Api<PersistentVolume> = Api::all(c.client.clone());
+    let created = pvcs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": claim},
+                "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": pv,
+                         "resources": {"requests": {"storage": "1Gi"}}}}))
+            .expect("pvc"),
+        )
+        .await
+        .expect("create pvc");
+    let mut volume = json!({"metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Delete",
+                 "hostPath": {"path": path, "type": "DirectoryOrCreate"},
+                 "claimRef": {"namespace": "default", "name": claim, "uid": created.metadata.uid}}});
+    if let (Some(v), serde_json::Value::Object(e)) = (volume.as_object_mut(), extra) {
+        for (k, x) in e {
+            match v.get_mut(&k).and_then(|o| o.as_object_mut()) {
+                Some(inner) => inner.extend(x.as_object().cloned().unwrap_or_default()),
+                None => {
+                    v.insert(k, x);
+                }
+            }
+        }
+    }
+    pvs.create(
+        &PostParams::default(),
+        &serde_json::from_value(volume).expect("pv"),
+    )
+    .await
+    .expect("create pv");
+    let bound = json!({"status": {"phase": "Bound"}});
+    pvs.patch_status(pv, &PatchParams::default(), &Patch::Merge(&bound))
+        .await
+        .expect("pv status");
+    pvcs.patch_status(claim, &PatchParams::default(), &Patch::Merge(&bound))
+        .await
+        .expect("pvc status");
+}
+
+/// The FailedMount event about `pod`.
+async fn failed_mount(c: &Cluster, pod: &str) -> String {
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let fields = format!("involvedObject.name={pod},reason=FailedMount");
+    eventually(
+        &format!("a FailedMount event of {pod}"),
+        Duration::from_secs(60),
+        || {
+            let (events, fields) = (events.clone(), fields.clone());
+            async move {
+                events
+                    .list(&ListParams::default().fields(&fields))
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .next()?
+                    .message
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_volume_claims_mount_their_volume_and_local_path_data_is_cleaned_up() {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    let c = Cluster::start("pvc", 204).await;
+    let pvs: Api<PersistentVolume> = Api::all(c.client.clone());
+    // a static hostPath volume outlives its pods
+    let static_dir = c.storage.parent().expect("dir").join("static-volume");
+    bound_claim(&c, "data", "kl-static", &static_dir, json!({})).await;
+    let claim_volume = |read_only: bool| json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data", "readOnly": read_only}}]);
+    c.create_pod(json!({"metadata": {"name": "writer"}, "spec": {
+        "terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "main", "image": "kaze/busybox:1",
+            "command": ["sh", "-c", "echo kept > /data/file && echo written; sleep 3600"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        "volumes": claim_volume(false)}}))
+        .await;
+    c.wait_log("writer", "written").await;
+    assert_eq!(
+        std::fs::read_to_string(static_dir.join("file")).expect("the file on the host"),
+        "kept\n"
+    );
+    c.delete_and_wait("writer").await;
+    // a new pod on the same claim reads it; readOnly in the pod makes the mount read-only
+    c.create_pod(json!({"metadata": {"name": "reader"}, "spec": {
+        "terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "main", "image": "kaze/busybox:1",
+            "command": ["sh", "-c", "cat /data/file; touch /data/x 2>/dev/null || echo read-only; sleep 3600"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        "volumes": claim_volume(true)}}))
+    .await;
+    let log = c.wait_log("reader", "read-only").await;
+    assert_eq!(log, "kept\nread-only\n");
+    assert!(!static_dir.join("x").exists());
+
+    // an unbound claim and a missing one keep their pods waiting with upstream's reasons
+    {
+        use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+        pvcs.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "unbound"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+            .expect("pvc"),
+        )
+        .await
+        .expect("create pvc");
+    }
+    for (pod, claim) in [("waits-unbound", "unbound"), ("waits-missing", "missing")] {
+        c.create_pod(json!({"metadata": {"name": pod}, "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sleep", "3600"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}))
+            .await;
+    }
+    assert_eq!(
+        failed_mount(&c, "waits-unbound").await,
+        "MountVolume.SetUp failed for volume \"data\" : error processing PVC default/unbound: PVC is not bound"
+    );
+    assert_eq!(
+        failed_mount(&c, "waits-missing").await,
+        "MountVolume.SetUp failed for volume \"data\" : persistentvolumeclaim \"missing\" not found"
+    );
+    assert_eq!(c.kubectl_status("waits-unbound"), "ContainerCreating");
+
+    // a local-path volume: the kubelet holds it for cleanup, then makes its directory
+    let local_dir = c.storage.join("pvc-l1_default_local");
+    bound_claim(
+        &c,
+        "local",
+        "pvc-l1",
+        &local_dir,
+        json!({"metadata": {"annotations": {"pv.kubernetes.io/provisioned-by": "kaze.io/local-path"}}}),
+    )
+    .await;
+    c.create_pod(json!({"metadata": {"name": "local-user"}, "spec": {
+        "terminationGracePeriodSeconds": 0,
+        "securityContext": {"runAsUser": 1000},
+        "containers": [{"name": "main", "image": "kaze/busybox:1",
+            "command": ["sh", "-c", "echo data > /data/f && echo written; sleep 3600"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "local"}}]}}))
+        .await;
+    c.wait_log("local-user", "written").await;
+    assert!(local_dir.join("f").is_file());
+    let held = pvs.get("pvc-l1").await.expect("pv");
+    assert!(
+        held.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "kaze.io/local-path-cleanup"),
+        "{:?}",
+        held.metadata.finalizers
+    );
+    // while bound, a deleted volume keeps its data (as the PV controller would, Released first)
+    pvs.delete("pvc-l1", &DeleteParams::default())
+        .await
+        .expect("delete pv");
+    tokio::time::sleep(kubelet::volume::claim::CLEANUP_PERIOD * 2).await;
+    assert!(
+        local_dir.join("f").is_file(),
+        "data removed while the volume was bound"
+    );
+    c.delete_and_wait("local-user").await;
+    pvs.patch_status(
+        "pvc-l1",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"phase": "Released"}})),
+    )
+    .await
+    .expect("released");
+    // (pv-protection, which no controller removes here, keeps the object itself)
+    eventually("the kubelet's cleanup", Duration::from_secs(30), || {
+        let pvs = pvs.clone();
+        async move {
+            let pv = pvs.get_opt("pvc-l1").await.ok()??;
+            let left = pv.metadata.finalizers.unwrap_or_default();
+            (!left.iter().any(|f| f == "kaze.io/local-path-cleanup")).then_some(())
+        }
+    })
+    .await;
+    assert!(!local_dir.exists(), "the volume's data is removed with it");
     c.stop().await;
 }

@@ -132,6 +132,12 @@ pub struct Config {
     /// the CIDR node IPAM gives the Node.
     #[arg(long = "pod-cidr")]
     pub pod_cidr: Option<String>,
+    /// Where kaze's local-path provisioner puts this node's volumes (a kaze flag): announced
+    /// on the Node (annotation `kaze.io/local-storage-path`) for the provisioner, and where
+    /// the kubelet removes deleted volumes' data. Without it no local-path volume is
+    /// provisioned here.
+    #[arg(long = "local-storage-path")]
+    pub local_storage_path: Option<PathBuf>,
     #[command(flatten)]
     pub static_pods: crate::static_pod::Config,
     #[command(flatten)]
@@ -225,6 +231,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         max_pods: config.max_pods,
         port: config.port,
         pod_cidr: config.pod_cidr.clone(),
+        local_storage_path: config.local_storage_path.clone(),
     };
     let pod_cidr = match (&config.pod_cidr, &client) {
         (Some(cidr), _) => cidr.clone(),
@@ -390,6 +397,13 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     if let Some(mirror_pods) = mirror_pods {
         tasks.spawn(mirror_pods);
     }
+    if let Some(storage) = config.local_storage_path.clone() {
+        tasks.spawn(crate::volume::claim::run_cleanup(
+            client.clone(),
+            storage,
+            shutdown.clone(),
+        ));
+    }
     {
         let (client, node, token, every) = (
             client.clone(),
@@ -523,6 +537,8 @@ struct Registration {
     port: u16,
     /// `--pod-cidr`: set on a Node this kubelet creates (node IPAM keeps a CIDR it finds).
     pod_cidr: Option<String>,
+    /// `--local-storage-path`, announced on the Node.
+    local_storage_path: Option<PathBuf>,
 }
 
 impl Registration {
@@ -553,6 +569,13 @@ impl Registration {
         for (k, v) in &self.labels {
             labels.insert(k.clone(), json!(v));
         }
+        let mut annotations = serde_json::Map::new();
+        if let Some(p) = &self.local_storage_path {
+            annotations.insert(
+                "kaze.io/local-storage-path".into(),
+                json!(p.display().to_string()),
+            );
+        }
         match nodes
             .get_opt(name)
             .await
@@ -562,7 +585,7 @@ impl Registration {
                 // Registered not-ready, as upstream's `TaintNodesByCondition` admission does
                 // to new Nodes: nothing is scheduled here before the node lifecycle
                 // controller has seen it report Ready and removed the taint.
-                let mut node = json!({"metadata": {"name": name, "labels": labels},
+                let mut node = json!({"metadata": {"name": name, "labels": labels, "annotations": annotations},
                     "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}});
                 if let Some(cidr) = &self.pod_cidr {
                     node["spec"]["podCIDR"] = json!(cidr);
@@ -581,7 +604,9 @@ impl Registration {
                     .patch(
                         name,
                         &PatchParams::default(),
-                        &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+                        &Patch::Merge(
+                            &json!({"metadata": {"labels": labels, "annotations": annotations}}),
+                        ),
                     )
                     .await
                     .map_err(api(format!("updating labels of node {name}")))?;

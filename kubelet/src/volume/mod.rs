@@ -11,6 +11,9 @@
 //!   running containers. ConfigMaps and Secrets are read through one node-wide cache
 //!   ([`Source`]'s, each object fetched at most once per [`OBJECT_TTL`] for all pods).
 //! - `hostPath`: the host path itself, after its `type` check.
+//! - `persistentVolumeClaim` ([`claim`]): the claim's bound volume (`hostPath` or `local`),
+//!   read-only when the pod's volume says so; kaze local-path volumes get their directory
+//!   here, and [`claim::run_cleanup`] removes it once the volume is deleted.
 //!
 //! - `fsGroup` ([`ownership`]): emptyDir, configMap, secret, downwardAPI and projected volumes
 //!   belong to the pod's fsGroup (group bits and setgid dirs), as upstream.
@@ -21,13 +24,14 @@
 //!   passed, then requested anew (upstream's token manager), so the periodic refresh
 //!   rotates it.
 //!
-//! Not supported: network/cloud/CSI volumes and PVCs (the pod
+//! Not supported: network/cloud/CSI volumes, and claims bound to such volumes (the pod
 //! stays in ContainerCreating with a FailedMount reason), `fsGroupChangePolicy` (always
 //! applied, as upstream does for these volume types), emptyDir `sizeLimit` on disk (no
 //! eviction), `mountPropagation` (always private).
 //! Teardown: [`teardown`] unmounts the tmpfs mounts; the runtime removes the pod dir.
 
 pub mod atomic;
+pub mod claim;
 pub mod ownership;
 pub mod payload;
 
@@ -381,6 +385,8 @@ fn kind_of(v: &Volume) -> &'static str {
         PROJECTED
     } else if v.host_path.is_some() {
         "hostPath"
+    } else if v.persistent_volume_claim.is_some() {
+        "persistentVolumeClaim"
     } else {
         "unsupported"
     }
@@ -660,7 +666,20 @@ impl PodVolumes {
                 read_only: false,
             });
         }
-        Err("unsupported volume type: kaze's kubelet supports emptyDir, configMap, secret, downwardAPI, projected and hostPath".into())
+        if let Some(c) = &v.persistent_volume_claim {
+            let client = self.source.client().ok_or_else(|| {
+                format!(
+                    "no apiserver to read persistentvolumeclaim {:?} from",
+                    c.claim_name
+                )
+            })?;
+            let path = claim::setup(client, &ns, &c.claim_name).await?;
+            return Ok(Ready {
+                path,
+                read_only: c.read_only.unwrap_or(false),
+            });
+        }
+        Err("unsupported volume type: kaze's kubelet supports emptyDir, configMap, secret, downwardAPI, projected, hostPath and persistentVolumeClaim".into())
     }
 
     /// The bind mounts for `c`'s `volumeMounts`. `env` expands `subPathExpr`. A subPath that

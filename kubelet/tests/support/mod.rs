@@ -364,6 +364,7 @@ pub fn node_config(
         eviction_soft: String::new(),
         eviction_soft_grace_period: String::new(),
         pod_cidr: None,
+        local_storage_path: None,
         static_pods: Default::default(),
         image_gc: NO_IMAGE_GC,
         given: Vec::new(),
