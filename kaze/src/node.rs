@@ -78,6 +78,11 @@ pub struct NodeArgs {
     /// kaze extension; callers need a client certificate of the cluster CA).
     #[arg(long = "pod-server")]
     pub pod_server: bool,
+    /// Where this node keeps the volumes of the built-in `kaze.io/local-path` provisioner
+    /// (k3s's flag; default `<data-dir>/storage`): each claim's volume is a directory
+    /// `pvc-<uid>_<namespace>_<name>` in it.
+    #[arg(long = "default-local-storage-path")]
+    pub default_local_storage_path: Option<PathBuf>,
     /// A flag for this node's kubelet, `name=value` (k3s's `--kubelet-arg`; repeatable),
     /// applied over what kaze sets: e.g. `--kubelet-arg=config=/etc/kaze/kubelet.yaml`,
     /// `--kubelet-arg=image-gc-high-threshold=90`.
@@ -155,6 +160,12 @@ pub async fn start(
         eviction_soft: String::new(),
         eviction_soft_grace_period: String::new(),
         pod_cidr: None,
+        // k3s's local-path-provisioner keeps volumes in <data-dir>/storage
+        local_storage_path: Some(
+            args.default_local_storage_path
+                .clone()
+                .unwrap_or_else(|| data_dir.join("storage")),
+        ),
         static_pods: kubelet::static_pod::Config {
             pod_manifest_path: Some(pod_manifest_path),
             manifest_url: args.manifest_url.clone(),
