@@ -16,6 +16,7 @@ pub const FILTERS: &[&str] = &[
     "NodePorts",
     "InterPodAffinity",
     "PodTopologySpread",
+    "VolumeBinding",
 ];
 
 /// Score plugins and upstream's default weights.
@@ -274,6 +275,7 @@ fn predicate_plugins(name: &str) -> Option<&'static [&'static str]> {
         "CheckNodeUnschedulable" => &["NodeUnschedulable"],
         "MatchInterPodAffinity" => &["InterPodAffinity"],
         "EvenPodsSpread" => &["PodTopologySpread"],
+        "CheckVolumeBinding" => &["VolumeBinding"],
         // nodeName is always honoured; the predicate name is accepted for compatibility.
         "HostName" => &[],
         "GeneralPredicates" => &["NodeResourcesFit", "NodePorts", "NodeAffinity"],

@@ -364,6 +364,10 @@ fn filter_topology_spread(
     None
 }
 
+/// What the VolumeBinding filter says of a node for the pod being scheduled (computed from
+/// the pod's claims once per pod, [`crate::volumebinding`]): None when it fits.
+pub type VolumeFilter<'a> = &'a (dyn Fn(&NodeInfo) -> Option<Reason> + Sync + 'a);
+
 /// Why `node` cannot take `pod` (empty: it fits): the reasons of the first filter that
 /// fails, in upstream's default plugin order. Upstream stops at the first failing plugin, so
 /// a cordoned node reports "were unschedulable" once, not also the
@@ -374,8 +378,19 @@ pub fn filter(
     all: &BTreeMap<String, NodeInfo>,
     profile: &Profile,
 ) -> Vec<Reason> {
+    filter_with(pod, n, all, profile, None)
+}
+
+/// [`filter`] with the pod's VolumeBinding verdicts (a pod naming no claim has none).
+pub fn filter_with(
+    pod: &Pod,
+    n: &NodeInfo,
+    all: &BTreeMap<String, NodeInfo>,
+    profile: &Profile,
+    volumes: Option<VolumeFilter<'_>>,
+) -> Vec<Reason> {
     let on = |name: &str| profile.filter_enabled(name);
-    let checks: [(&str, &dyn Fn() -> Vec<Reason>); 7] = [
+    let checks: [(&str, &dyn Fn() -> Vec<Reason>); 8] = [
         ("NodeUnschedulable", &|| {
             filter_unschedulable(pod, n).into_iter().collect()
         }),
@@ -387,6 +402,9 @@ pub fn filter(
         }),
         ("NodePorts", &|| filter_ports(pod, n).into_iter().collect()),
         ("NodeResourcesFit", &|| filter_resources(pod, n)),
+        ("VolumeBinding", &|| {
+            volumes.and_then(|check| check(n)).into_iter().collect()
+        }),
         ("PodTopologySpread", &|| {
             filter_topology_spread(pod, n, all).into_iter().collect()
         }),
@@ -643,6 +661,9 @@ pub struct FitError {
     pub reasons: BTreeMap<Reason, usize>,
     /// What preemption (the PostFilter) said, appended as upstream's `PostFilterMsg`.
     pub post_filter: Option<String>,
+    /// Why a PreFilter ruled every node out (upstream's `PreFilterMsg`): said instead of
+    /// the per-node reasons.
+    pub pre_filter: Option<String>,
 }
 
 impl std::fmt::Display for FitError {
@@ -655,6 +676,13 @@ impl std::fmt::Display for FitError {
             return write!(f, "no nodes available to schedule pods");
         }
         write!(f, "0/{} nodes are available", self.num_nodes)?;
+        if let Some(msg) = &self.pre_filter {
+            write!(f, ": {msg}.")?;
+            return match &self.post_filter {
+                Some(post) => write!(f, " {post}"),
+                None => Ok(()),
+            };
+        }
         let mut parts: Vec<String> = self
             .reasons
             .iter()
@@ -681,10 +709,21 @@ pub fn schedule(
     profile: &Profile,
     tie_breaker: usize,
 ) -> Result<String, FitError> {
+    schedule_with(pod, nodes, profile, tie_breaker, None)
+}
+
+/// [`schedule`] with the pod's VolumeBinding verdicts.
+pub fn schedule_with(
+    pod: &Pod,
+    nodes: &BTreeMap<String, NodeInfo>,
+    profile: &Profile,
+    tie_breaker: usize,
+    volumes: Option<VolumeFilter<'_>>,
+) -> Result<String, FitError> {
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut feasible = Vec::new();
     for n in nodes.values() {
-        let r = filter(pod, n, nodes, profile);
+        let r = filter_with(pod, n, nodes, profile, volumes);
         if r.is_empty() {
             feasible.push(n);
         } else {
@@ -698,6 +737,7 @@ pub fn schedule(
             num_nodes: nodes.len(),
             reasons,
             post_filter: None,
+            pre_filter: None,
         });
     }
     let scores = score(pod, &feasible, nodes, profile);

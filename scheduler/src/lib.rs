@@ -25,6 +25,7 @@ mod loop_;
 pub mod preemption;
 pub mod quantity;
 pub mod selectors;
+pub mod volumebinding;
 
 pub use loop_::{Scheduler, Stats};
 

@@ -11,6 +11,11 @@
 //! deleted with their grace period, and the preemptor's `status.nominatedNodeName` names the
 //! node. Until it is bound there, pods of lower or equal priority scheduled meanwhile see the
 //! nominated pod on that node, so they cannot take the room made for it.
+//!
+//! Pods naming PersistentVolumeClaims go through [`crate::volumebinding`] (claims, volumes
+//! and classes followed by reflectors; a change to any of them retries parked pods): its
+//! PreFilter and Filter take part in the choice, and its PreBind (claims bound or
+//! provisioned for the chosen node) runs in the binding task before the pod is bound.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -29,8 +34,9 @@ use kube::Client;
 use tokio::sync::mpsc;
 
 use crate::config::Profile;
-use crate::framework::{self, NodeInfo};
+use crate::framework::{self, FitError, NodeInfo, VolumeFilter};
 use crate::preemption::{self, priority};
+use crate::volumebinding::{self, Listers};
 use crate::Error;
 
 type Key = (String, String);
@@ -294,6 +300,17 @@ impl Scheduler {
             shutdown.clone(),
         ));
 
+        let volumes_changed = Arc::new(tokio::sync::Notify::new());
+        let listers = follow_volumes(&self.client, volumes_changed.clone(), &shutdown);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = async {
+                let _ = listers.claims.wait_until_ready().await;
+                let _ = listers.volumes.wait_until_ready().await;
+                let _ = listers.classes.wait_until_ready().await;
+            } => {}
+        }
+
         let mut st = State::default();
         let mut node_buf: Option<Vec<Node>> = None;
         let mut pod_buf: Option<Vec<Pod>> = None;
@@ -374,6 +391,7 @@ impl Scheduler {
                         }
                     }
                 }
+                _ = volumes_changed.notified() => st.cluster_changed(),
                 _ = tick.tick() => {}
             }
             if !(st.nodes_synced && st.pods_synced) {
@@ -392,7 +410,7 @@ impl Scheduler {
             for k in ready {
                 st.enqueue(k);
             }
-            self.drain_queue(&mut st, &done_tx, &event_tx, &in_flight)
+            self.drain_queue(&mut st, &listers, &done_tx, &event_tx, &in_flight)
                 .await;
         }
     }
@@ -400,6 +418,7 @@ impl Scheduler {
     async fn drain_queue(
         &self,
         st: &mut State,
+        listers: &Listers,
         done_tx: &mpsc::Sender<(Key, String, BindResult)>,
         event_tx: &mpsc::Sender<CoreEvent>,
         in_flight: &Arc<tokio::sync::Semaphore>,
@@ -422,15 +441,48 @@ impl Scheduler {
             };
             st.tie = st.tie.wrapping_add(1);
             let added = st.add_nominated(&k, priority(&pod));
-            let result =
-                framework::schedule(&pod, &st.nodes, profile, st.tie).map_err(|mut fit| {
-                    let (msg, nomination) = self.post_filter(st, &k, &pod, profile, event_tx);
-                    fit.post_filter = msg;
-                    (fit, nomination)
-                });
+            // VolumeBinding's PreFilter, once per pod; its Filter is a verdict per node
+            let volumes = (profile.filter_enabled(volumebinding::PLUGIN)
+                && volumebinding::uses_claims(&pod))
+            .then(|| volumebinding::prefilter(&pod, listers));
+            let (pre_filter, pod_volumes) = match volumes {
+                Some(Err(msg)) => (Some(msg), None),
+                Some(Ok(v)) => (None, v),
+                None => (None, None),
+            };
+            let check = |n: &NodeInfo| -> Option<String> {
+                match (&pre_filter, &pod_volumes) {
+                    (Some(msg), _) => Some(msg.clone()),
+                    (None, Some(v)) => v.filter(&n.node).err(),
+                    (None, None) => None,
+                }
+            };
+            let volume_filter: Option<VolumeFilter<'_>> =
+                (pre_filter.is_some() || pod_volumes.is_some()).then_some(&check);
+            let chosen = match &pre_filter {
+                Some(msg) => Err(FitError {
+                    num_nodes: st.nodes.len(),
+                    reasons: Default::default(),
+                    post_filter: None,
+                    pre_filter: Some(msg.clone()),
+                }),
+                None => framework::schedule_with(&pod, &st.nodes, profile, st.tie, volume_filter),
+            };
+            let result = chosen.map_err(|mut fit| {
+                let (msg, nomination) =
+                    self.post_filter(st, &k, &pod, profile, event_tx, volume_filter);
+                fit.post_filter = msg;
+                (fit, nomination)
+            });
             st.remove_nominated(added);
             match result {
                 Ok(node) => {
+                    // what PreBind does for the chosen node
+                    let node_obj = st.nodes.get(&node).map(|n| n.node.clone());
+                    let plan = match (&pod_volumes, &node_obj) {
+                        (Some(v), Some(n)) => v.filter(n).ok().filter(|p| !p.is_empty()),
+                        _ => None,
+                    };
                     st.assumed.insert(k.clone());
                     st.place(k.clone(), node.clone(), pod.clone());
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -440,6 +492,30 @@ impl Scheduler {
                     let done = done_tx.clone();
                     let events = event_tx.clone();
                     tokio::spawn(async move {
+                        if let (Some(plan), Some(n)) = (plan, node_obj) {
+                            let bound = volumebinding::prebind(
+                                &client,
+                                &plan,
+                                &n,
+                                volumebinding::BIND_TIMEOUT,
+                            )
+                            .await;
+                            if let Err(e) = bound {
+                                let msg = format!(
+                                    "running PreBind plugin \"{}\": binding volumes: {e}",
+                                    volumebinding::PLUGIN
+                                );
+                                let _ = events.try_send(event_for(
+                                    &pod,
+                                    "Warning",
+                                    "FailedScheduling",
+                                    &msg,
+                                ));
+                                drop(permit);
+                                let _ = done.send((k, node, BindResult::Failed(msg))).await;
+                                return;
+                            }
+                        }
                         let res = bind(&client, &pod, &node).await;
                         if matches!(res, BindResult::Bound) {
                             let msg = format!("Successfully assigned {}/{} to {node}", k.0, k.1);
@@ -481,6 +557,7 @@ impl Scheduler {
         pod: &Pod,
         profile: &Profile,
         event_tx: &mpsc::Sender<CoreEvent>,
+        volumes: Option<VolumeFilter<'_>>,
     ) -> (Option<String>, Nomination) {
         if preemption::never_preempts(pod) {
             return (
@@ -510,7 +587,8 @@ impl Scheduler {
             by_node.entry(n.as_str()).or_default().push(p);
         }
         let pdbs: Vec<PodDisruptionBudget> = st.pdbs.values().cloned().collect();
-        let found = preemption::find_candidates(pod, &by_node, &mut st.nodes, &pdbs, profile);
+        let found =
+            preemption::find_candidates_with(pod, &by_node, &mut st.nodes, &pdbs, profile, volumes);
         drop(by_node);
         let candidates = match found {
             Ok(c) => c,
@@ -553,6 +631,66 @@ impl Scheduler {
             event_tx.clone(),
         ));
         (None, Nomination::Set(chosen.node))
+    }
+}
+
+/// Reflectors of claims, volumes and classes for [`volumebinding`]; every change notifies
+/// `changed` (parked pods may fit now).
+fn follow_volumes(
+    client: &Client,
+    changed: Arc<tokio::sync::Notify>,
+    shutdown: &component::CancellationToken,
+) -> Listers {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    fn follow<K>(
+        api: Api<K>,
+        changed: Arc<tokio::sync::Notify>,
+        shutdown: component::CancellationToken,
+    ) -> kube::runtime::reflector::Store<K>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = kube::runtime::reflector::store();
+        let stream = kube::runtime::reflector(
+            writer,
+            watcher::watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .touched_objects();
+        tokio::spawn(async move {
+            let follow = stream.for_each(|_| {
+                changed.notify_one();
+                async {}
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = follow => {}
+            }
+        });
+        reader
+    }
+    Listers {
+        claims: follow(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            changed.clone(),
+            shutdown.clone(),
+        ),
+        volumes: follow(
+            Api::<PersistentVolume>::all(client.clone()),
+            changed.clone(),
+            shutdown.clone(),
+        ),
+        classes: follow(
+            Api::<StorageClass>::all(client.clone()),
+            changed,
+            shutdown.clone(),
+        ),
     }
 }
 

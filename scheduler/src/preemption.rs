@@ -200,6 +200,19 @@ pub fn find_candidates(
     pdbs: &[PodDisruptionBudget],
     profile: &Profile,
 ) -> Result<Vec<Candidate>, FitError> {
+    find_candidates_with(pod, pods_by_node, nodes, pdbs, profile, None)
+}
+
+/// [`find_candidates`] for a pod with VolumeBinding verdicts: a node its volumes rule out
+/// (upstream's VolumeBinding is UnschedulableAndUnresolvable) is not helped by preemption.
+pub fn find_candidates_with(
+    pod: &Pod,
+    pods_by_node: &HashMap<&str, Vec<&Pod>>,
+    nodes: &mut BTreeMap<String, NodeInfo>,
+    pdbs: &[PodDisruptionBudget],
+    profile: &Profile,
+    volumes: Option<framework::VolumeFilter<'_>>,
+) -> Result<Vec<Candidate>, FitError> {
     let names: Vec<String> = nodes.keys().cloned().collect();
     let mut candidates = Vec::new();
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
@@ -208,9 +221,10 @@ pub fn find_candidates(
         // Nodes that removing pods cannot fix are skipped, as upstream's
         // `nodesWherePreemptionMightHelp`.
         let hopeless = nodes.get(name).is_some_and(|n| {
-            framework::filter(pod, n, nodes, profile)
-                .iter()
-                .any(|r| unresolvable(r))
+            volumes.is_some_and(|check| check(n).is_some())
+                || framework::filter(pod, n, nodes, profile)
+                    .iter()
+                    .any(|r| unresolvable(r))
         });
         if hopeless {
             *reasons
@@ -233,6 +247,7 @@ pub fn find_candidates(
             num_nodes: names.len(),
             reasons,
             post_filter: None,
+            pre_filter: None,
         });
     }
     Ok(candidates)
