@@ -36,6 +36,44 @@ pub struct ServerArgs {
     /// Port of the DNS server's /health, /ready and /metrics.
     #[arg(long = "dns-http-port", default_value_t = 8181)]
     dns_http_port: u16,
+    /// Packaged components not to run (k3s's flag; repeatable or comma-separated). kaze
+    /// packages `local-storage`: the `kaze.io/local-path` provisioner and its default
+    /// `local-path` StorageClass.
+    #[arg(long = "disable", value_delimiter = ',', value_parser = ["local-storage"])]
+    disable: Vec<String>,
+}
+
+/// The default StorageClass `kaze server` creates when it is missing (k3s's `local-path`
+/// with kaze's provisioner).
+fn local_path_class() -> anyhow::Result<k8s_openapi::api::storage::v1::StorageClass> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": "local-path",
+                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": component::volumes::LOCAL_PATH_PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }))?)
+}
+
+/// Create the `local-path` StorageClass unless one of that name exists: an operator's
+/// edits stay; a deleted one comes back at the next start (as k3s re-applies its
+/// manifest); `--disable=local-storage` leaves it alone.
+async fn ensure_local_path_class(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let classes: kube::Api<StorageClass> = kube::Api::all(client.clone());
+    if classes.get_opt("local-path").await?.is_some() {
+        return Ok(());
+    }
+    match classes
+        .create(&Default::default(), &local_path_class()?)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e).context("creating the local-path StorageClass"),
+    }
 }
 
 /// `kaze dns`'s flag defaults, for the DNS server `kaze server` runs.
@@ -200,6 +238,10 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
     let kubeconfig = api.kubeconfig_path().to_path_buf();
     let client = component::client(Some(&kubeconfig)).await?;
     publish_cluster_info(&client, api.url(), api.ca_pem()).await?;
+    let local_storage = !args.disable.iter().any(|d| d == "local-storage");
+    if local_storage {
+        ensure_local_path_class(&client).await?;
+    }
     let join = crate::join::join_token(api.ca_pem(), &secret);
     std::fs::write(data_dir.join("server").join("token"), format!("{join}\n"))
         .context("writing the join token")?;
@@ -226,7 +268,11 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
     components.spawn("scheduler", &shutdown, |token| scheduler::run(sched, token));
     let cm = controllers::Config {
         kubeconfig: Some(kubeconfig.clone()),
-        controllers: vec!["*".into()],
+        controllers: if local_storage {
+            vec!["*".into()]
+        } else {
+            vec!["*".into(), "-local-path-provisioner".into()]
+        },
         cluster_cidr: args.cluster_cidr.clone(),
         node_cidr_mask_size: 24,
         node_monitor_grace_period: args.node_monitor_grace_period,

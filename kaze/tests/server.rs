@@ -278,6 +278,94 @@ fn air_gap_images(data: &Path) {
     }
 }
 
+/// A pod on the claim `data` (mounted at /data) running `script`.
+fn claim_pod(name: &str, script: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: kaze/busybox:1
+    command: ["sh", "-c", "{script}; sleep 3600"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]
+"#
+    )
+}
+
+/// The default StorageClass end to end on the server's node (its kubelet as
+/// `system:node:<name>`): a claim without a class is provisioned by `kaze.io/local-path`
+/// once its pod is scheduled, the pod's file outlives the pod, and deleting the claim
+/// removes the volume and its directory under `<data-dir>/storage`.
+fn persistent_volumes(data: &Path) {
+    let classes = kubectl_ok(data, &["get", "storageclass", "--no-headers"]);
+    let cols: Vec<&str> = classes.split_whitespace().collect();
+    assert_eq!(
+        &cols[..5],
+        [
+            "local-path",
+            "(default)",
+            "kaze.io/local-path",
+            "Delete",
+            "WaitForFirstConsumer"
+        ],
+        "{classes}"
+    );
+    kubectl_apply(
+        data,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data, namespace: default}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    kubectl_apply(
+        data,
+        &claim_pod("pv-writer", "echo persisted > /data/file && echo written"),
+    );
+    eventually("the writer's log", Duration::from_secs(90), || {
+        let out = kubectl_run(data, &["logs", "pv-writer"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("written")
+            .then_some(())
+    });
+    let pvc = kubectl_ok(data, &["get", "pvc", "data", "--no-headers"]);
+    let cols: Vec<&str> = pvc.split_whitespace().collect();
+    assert_eq!(cols[1], "Bound", "{pvc}");
+    assert!(cols[2].starts_with("pvc-"), "{pvc}");
+    assert_eq!(&cols[3..6], ["1Gi", "RWO", "local-path"], "{pvc}");
+    let uid = kubectl_ok(
+        data,
+        &["get", "pvc", "data", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let dir = data.join("storage").join(format!("pvc-{uid}_default_data"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("file")).expect("the volume's file on the node"),
+        "persisted\n"
+    );
+    // a new pod on the claim reads what the first one wrote
+    kubectl_ok(data, &["delete", "pod", "pv-writer", "--wait=true"]);
+    kubectl_apply(data, &claim_pod("pv-reader", "cat /data/file"));
+    eventually("the reader's log", Duration::from_secs(90), || {
+        let out = kubectl_run(data, &["logs", "pv-reader"]);
+        (String::from_utf8_lossy(&out.stdout) == "persisted\n").then_some(())
+    });
+    // the claim goes with its pod; the volume and its data follow
+    kubectl_ok(data, &["delete", "pod", "pv-reader", "--wait=false"]);
+    kubectl_ok(
+        data,
+        &["delete", "pvc", "data", "--wait=true", "--timeout=60s"],
+    );
+    eventually("the volume deleted", Duration::from_secs(60), || {
+        let out = kubectl_run(data, &["get", "pv", "-o", "name"]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
 #[test]
 fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     let dir = tempfile::Builder::new()
@@ -542,10 +630,23 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
             .then(String::new)
     });
 
+    persistent_volumes(data);
+    // a deleted default StorageClass comes back at the next start
+    kubectl_ok(data, &["delete", "storageclass", "local-path"]);
+
     stop_server(data, 1, &mut server);
     let mut server = start_server(data, port, 2, &extra);
     wait_ready(data, 2, &mut server);
     check_basics(data, port);
+    eventually(
+        "the local-path StorageClass",
+        Duration::from_secs(20),
+        || {
+            let out = kubectl_run(data, &["get", "storageclass", "-o", "name"]);
+            (String::from_utf8_lossy(&out.stdout) == "storageclass.storage.k8s.io/local-path\n")
+                .then_some(())
+        },
+    );
     let greeting = kubectl_ok(
         data,
         &[
@@ -582,9 +683,26 @@ fn control_plane_on_etcd_keeps_state_across_restart() {
         data,
         &["create", "configmap", "hello", "--from-literal=greeting=hi"],
     );
+    // the default StorageClass; deleted, it stays away under --disable=local-storage
+    eventually(
+        "the local-path StorageClass",
+        Duration::from_secs(20),
+        || {
+            let out = kubectl_run(data, &["get", "storageclass", "-o", "name"]);
+            (String::from_utf8_lossy(&out.stdout) == "storageclass.storage.k8s.io/local-path\n")
+                .then_some(())
+        },
+    );
+    kubectl_ok(data, &["delete", "storageclass", "local-path"]);
     stop_server(data, 1, &mut server);
-    let mut server = start_server(data, port, 2, &extra);
+    let disabled: Vec<String> = extra
+        .iter()
+        .cloned()
+        .chain(["--disable".to_string(), "local-storage".to_string()])
+        .collect();
+    let mut server = start_server(data, port, 2, &disabled);
     wait_ready(data, 2, &mut server);
+    assert_eq!(kubectl_ok(data, &["get", "storageclass", "-o", "name"]), "");
     assert_eq!(
         kubectl_ok(
             data,
