@@ -32,6 +32,14 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
     ("", "v1", "Service", "services", true),
     ("", "v1", "ConfigMap", "configmaps", true),
     ("", "v1", "Secret", "secrets", true),
+    // StatefulSets' claims, owned by the set or a pod per their retention policy
+    (
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        true,
+    ),
     ("", "v1", "Node", "nodes", false),
     (
         "discovery.k8s.io",

@@ -2,16 +2,19 @@
 //! `spec.serviceName` (so DNS gives each a stable name). `OrderedReady` creates ordinal i
 //! only when 0..i are Running and Ready and removes the highest ordinal first; `Parallel`
 //! does both at once. RollingUpdate replaces stale pods from the highest ordinal down, one at
-//! a time, only at or above `partition`. volumeClaimTemplates are not supported yet (kaze has
-//! no persistent volumes).
+//! a time, only at or above `partition`. `volumeClaimTemplates` give each pod its own
+//! claims, made before the pod and kept per `persistentVolumeClaimRetentionPolicy` (see
+//! [`claims`]).
 
-use std::collections::HashSet;
+mod claims;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -43,6 +46,90 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
 /// The ordinal in `<set>-<ordinal>`, if the name has that shape.
 pub fn ordinal(set: &str, pod: &str) -> Option<i32> {
     pod.strip_prefix(set)?.strip_prefix('-')?.parse().ok()
+}
+
+/// The claims of a set's pods, as far as the reconcile has seen them.
+struct Claims<'a> {
+    sts: &'a StatefulSet,
+    api: Api<PersistentVolumeClaim>,
+    known: HashMap<String, PersistentVolumeClaim>,
+}
+
+impl Claims<'_> {
+    /// Make (or keep) ordinal `i`'s claims; fix their owners for `pod` (None: not made yet),
+    /// `in_range` or scaled away. False while one of them is being deleted: the pod must
+    /// not start on a claim about to go (upstream waits too).
+    async fn ensure(
+        &mut self,
+        i: i32,
+        pod: Option<&Pod>,
+        in_range: bool,
+    ) -> Result<bool, ReconcileError> {
+        let templates = self
+            .sts
+            .spec
+            .volume_claim_templates
+            .clone()
+            .unwrap_or_default();
+        let set = self.sts.name_any();
+        let set_ref = claims::owner_ref(self.sts);
+        let pod_ref = pod.map(claims::pod_ref);
+        let wanted = claims::wanted_owners(claims::policy(self.sts), in_range);
+        for t in &templates {
+            let name = claims::claim_name(&t.name_any(), &set, i);
+            let found = match self.known.get(&name) {
+                Some(c) => Some(c.clone()),
+                None => self
+                    .api
+                    .get_opt(&name)
+                    .await
+                    .map_err(api_err(format!("reading persistentvolumeclaim {name}")))?,
+            };
+            let Some(claim) = found else {
+                let mut claim = claims::new_claim(self.sts, t, i);
+                let mut refs = Vec::new();
+                if wanted.0 {
+                    refs.push(set_ref.clone());
+                }
+                if let (true, Some(p)) = (wanted.1, &pod_ref) {
+                    refs.push(p.clone());
+                }
+                claim.metadata.owner_references = (!refs.is_empty()).then_some(refs);
+                match self.api.create(&PostParams::default(), &claim).await {
+                    Ok(c) => {
+                        self.known.insert(name, c);
+                    }
+                    // made meanwhile: the next reconcile sees it
+                    Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
+                    Err(e) => {
+                        return Err(api_err(format!(
+                            "creating persistentvolumeclaim {name} of statefulset {set}"
+                        ))(e))
+                    }
+                }
+                continue;
+            };
+            if claim.metadata.deletion_timestamp.is_some() {
+                tracing::info!(claim = %name, "waiting for a deleted claim to go before making its pod");
+                return Ok(false);
+            }
+            if let Some(refs) = claims::fixed_refs(&claim, &set_ref, pod_ref.as_ref(), wanted) {
+                let patch = json!({"metadata": {
+                    "resourceVersion": claim.metadata.resource_version,
+                    "ownerReferences": refs,
+                }});
+                let saved = self
+                    .api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(api_err(format!(
+                        "setting the owners of persistentvolumeclaim {name}"
+                    )))?;
+                self.known.insert(name, saved);
+            }
+        }
+        Ok(true)
+    }
 }
 
 fn running_ready(p: &Pod) -> bool {
@@ -104,6 +191,39 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
         .iter()
         .any(|(_, p)| p.metadata.deletion_timestamp.is_some());
     let stale = |p: &Pod| revision_of(p).as_ref() != Some(&update_revision);
+    let has_templates = spec
+        .volume_claim_templates
+        .as_ref()
+        .is_some_and(|t| !t.is_empty());
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let known = if has_templates {
+        claims_api
+            .list(&ListParams::default().labels(&selector_string(&spec.selector)))
+            .await
+            .map_err(api_err(format!(
+                "listing claims of statefulset {ns}/{name}"
+            )))?
+            .items
+            .into_iter()
+            .map(|c| (c.name_any(), c))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let mut claims = Claims {
+        sts: sts.as_ref(),
+        api: claims_api,
+        known,
+    };
+    if has_templates {
+        // existing pods' claims carry the owners the retention policy asks for
+        for (o, p) in pods
+            .iter()
+            .filter(|(_, p)| p.metadata.deletion_timestamp.is_none())
+        {
+            claims.ensure(*o, Some(p), *o < replicas).await?;
+        }
+    }
 
     // Scale up: create missing ordinals (in order, each after its predecessors are ready).
     for i in 0..replicas {
@@ -115,6 +235,12 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
             }
             None => {
                 if !parallel && terminating {
+                    break;
+                }
+                if has_templates && !claims.ensure(i, None, true).await? {
+                    if parallel {
+                        continue;
+                    }
                     break;
                 }
                 let mut template = spec.template.clone();
@@ -137,6 +263,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
                 if let Some(s) = pod.spec.as_mut() {
                     s.hostname = Some(pod_name.clone());
                     s.subdomain = spec.service_name.clone().filter(|s| !s.is_empty());
+                    claims::set_claim_volumes(s, sts.as_ref(), i);
                 }
                 match pods_api.create(&PostParams::default(), &pod).await {
                     Ok(_) => {}
@@ -155,8 +282,12 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
     }
     // Scale down: highest ordinal first, one at a time unless Parallel.
     let surplus: Vec<&(i32, Pod)> = pods.iter().rev().filter(|(o, _)| *o >= replicas).collect();
-    for (_, p) in surplus.iter().take(if parallel { usize::MAX } else { 1 }) {
+    for (o, p) in surplus.iter().take(if parallel { usize::MAX } else { 1 }) {
         if p.metadata.deletion_timestamp.is_none() {
+            // whenScaled: Delete: the claims go with the pod (the garbage collector)
+            if has_templates {
+                claims.ensure(*o, Some(p), false).await?;
+            }
             let _ = pods_api
                 .delete(&p.name_any(), &DeleteParams::default())
                 .await;

@@ -723,3 +723,207 @@ async fn local_path_provisions_on_the_selected_node_and_deletes_with_the_claim()
         .expect("delete claim");
     c.gone(&c.pvs(), &pv_name).await;
 }
+
+/// A Parallel StatefulSet (no kubelet: its pods are never Ready) with one claim template.
+fn stateful_set(
+    name: &str,
+    replicas: i32,
+    when_deleted: &str,
+    when_scaled: &str,
+) -> serde_json::Value {
+    json!({"metadata": {"name": name},
+        "spec": {"serviceName": name, "replicas": replicas, "podManagementPolicy": "Parallel",
+                 "selector": {"matchLabels": {"app": name}},
+                 "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": when_scaled},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": "kaze/busybox:1",
+                                  "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                 "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": {"kind": "state"}},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_set_claims_are_made_per_pod_and_kept_or_deleted_per_policy() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-pv-sts-")
+        .tempdir()
+        .expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
+        .await
+        .expect("apiserver");
+    let kubeconfig = server.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kubeconfig)).await.expect("client");
+    let token = component::CancellationToken::new();
+    let config = controllers::Config::new(
+        Some(kubeconfig.clone()),
+        &[
+            "statefulset",
+            "garbagecollector",
+            "pvc-protection",
+            "persistentvolume-binder",
+        ],
+    );
+    tokio::spawn(controllers::run(config, token.clone()));
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let create_set = |v: serde_json::Value| {
+        let sets = sets.clone();
+        async move {
+            let s: StatefulSet = serde_json::from_value(v).expect("statefulset");
+            sets.create(&PostParams::default(), &s)
+                .await
+                .expect("create statefulset")
+        }
+    };
+    let claim_of = |name: &'static str| {
+        let pvcs = pvcs.clone();
+        async move {
+            wait_for(&format!("claim {name}"), Duration::from_secs(20), || {
+                let pvcs = pvcs.clone();
+                async move { pvcs.get_opt(name).await.ok().flatten() }
+            })
+            .await
+        }
+    };
+    let pod_of = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            wait_for(&format!("pod {name}"), Duration::from_secs(20), || {
+                let pods = pods.clone();
+                async move { pods.get_opt(name).await.ok().flatten() }
+            })
+            .await
+        }
+    };
+    let owners = |c: &PersistentVolumeClaim| -> Vec<(String, String)> {
+        c.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|r| (r.kind.clone(), r.name.clone()))
+            .collect()
+    };
+
+    // Retain/Retain: a claim per pod, labelled with the selector, mounted by its pod
+    create_set(stateful_set("keep", 2, "Retain", "Retain")).await;
+    for (claim, pod) in [("data-keep-0", "keep-0"), ("data-keep-1", "keep-1")] {
+        let c = claim_of(claim).await;
+        assert_eq!(c.labels().get("app").map(String::as_str), Some("keep"));
+        assert_eq!(c.labels().get("kind").map(String::as_str), Some("state"));
+        assert!(owners(&c).is_empty(), "{claim}: {:?}", owners(&c));
+        let p = pod_of(pod).await;
+        let volume = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|v| v.iter().find(|v| v.name == "data"))
+            .and_then(|v| v.persistent_volume_claim.clone())
+            .expect("the claim volume");
+        assert_eq!(volume.claim_name, claim);
+    }
+    // a recreated pod reuses its claim
+    let first = claim_of("data-keep-0").await.uid();
+    let old_pod = pod_of("keep-0").await.uid();
+    pods.delete("keep-0", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    wait_for("keep-0 recreated", Duration::from_secs(20), || {
+        let (pods, old_pod) = (pods.clone(), old_pod.clone());
+        async move {
+            pods.get_opt("keep-0")
+                .await
+                .ok()?
+                .filter(|p| p.uid() != old_pod)
+        }
+    })
+    .await;
+    assert_eq!(claim_of("data-keep-0").await.uid(), first, "the same claim");
+    // scaled down and deleted: the claims stay
+    sets.patch(
+        "keep",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale");
+    c_gone(&pods, "keep-1").await;
+    sets.delete("keep", &DeleteParams::default())
+        .await
+        .expect("delete set");
+    c_gone(&pods, "keep-0").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for claim in ["data-keep-0", "data-keep-1"] {
+        assert!(
+            pvcs.get_opt(claim).await.expect("get").is_some(),
+            "{claim} kept"
+        );
+    }
+
+    // Delete/Delete: owned by the set; a scaled-away pod's claim goes with it, the rest with
+    // the set
+    create_set(stateful_set("drop", 2, "Delete", "Delete")).await;
+    for claim in ["data-drop-0", "data-drop-1"] {
+        let c = claim_of(claim).await;
+        assert_eq!(
+            owners(&c),
+            vec![("StatefulSet".to_string(), "drop".to_string())]
+        );
+    }
+    pod_of("drop-1").await;
+    sets.patch(
+        "drop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale");
+    c_gone(&pods, "drop-1").await;
+    c_gone(&pvcs, "data-drop-1").await;
+    assert!(pvcs.get_opt("data-drop-0").await.expect("get").is_some());
+    sets.delete("drop", &DeleteParams::default())
+        .await
+        .expect("delete set");
+    c_gone(&pvcs, "data-drop-0").await;
+
+    // Retain/Delete: no owner while in range; scaled away, the pod owns its claim
+    create_set(stateful_set("half", 2, "Retain", "Delete")).await;
+    let c = claim_of("data-half-1").await;
+    assert!(owners(&c).is_empty());
+    pod_of("half-1").await;
+    sets.patch(
+        "half",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale");
+    c_gone(&pvcs, "data-half-1").await;
+    sets.delete("half", &DeleteParams::default())
+        .await
+        .expect("delete set");
+    c_gone(&pods, "half-0").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        pvcs.get_opt("data-half-0").await.expect("get").is_some(),
+        "kept with the set gone"
+    );
+    token.cancel();
+}
+
+async fn c_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(&format!("{name} gone"), Duration::from_secs(30), || {
+        let api = api.clone();
+        async move {
+            api.get_opt(name)
+                .await
+                .ok()
+                .and_then(|o| o.is_none().then_some(()))
+        }
+    })
+    .await
+}
