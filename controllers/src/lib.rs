@@ -28,6 +28,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpointslice;
+pub mod events;
 pub mod gc;
 pub mod history;
 pub mod horizontalpodautoscaler;

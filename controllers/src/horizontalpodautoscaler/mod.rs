@@ -78,12 +78,12 @@ struct State {
     history: Mutex<HashMap<String, History>>,
     /// Scale targets' resources by (apiVersion, kind).
     resources: Mutex<HashMap<(String, String), ApiResource>>,
-    events: Events,
+    events: crate::events::Recorder,
 }
 
 pub async fn run(client: Client, settings: Settings, shutdown: component::CancellationToken) {
     let state = Arc::new(State {
-        events: Events::new(client.clone()),
+        events: crate::events::Recorder::new(client.clone(), COMPONENT),
         client,
         settings,
         history: Mutex::default(),
@@ -779,100 +779,6 @@ async fn write_status(
         .await
     {
         tracing::warn!(error = %e, "writing HorizontalPodAutoscaler status");
-    }
-}
-
-// === events ===
-
-/// An event's identity: (hpa uid, type, reason, message).
-type EventKey = (String, String, String, String);
-
-/// Core Events about HPAs, repeated ones counted on the first, as upstream's recorder
-/// aggregates them.
-struct Events {
-    client: Client,
-    /// The recorded event of each key: (namespace, event name, count).
-    seen: Mutex<HashMap<EventKey, (String, String, i32)>>,
-}
-
-impl Events {
-    fn new(client: Client) -> Events {
-        Events {
-            client,
-            seen: Mutex::default(),
-        }
-    }
-
-    async fn normal(&self, hpa: &HorizontalPodAutoscaler, reason: &str, message: &str) {
-        self.emit(hpa, "Normal", reason, message).await
-    }
-
-    async fn warn(&self, hpa: &HorizontalPodAutoscaler, reason: &str, message: &str) {
-        self.emit(hpa, "Warning", reason, message).await
-    }
-
-    async fn emit(&self, hpa: &HorizontalPodAutoscaler, ty: &str, reason: &str, message: &str) {
-        use k8s_openapi::api::core::v1::Event;
-        let ns = hpa.namespace().unwrap_or_default();
-        let api = Api::<Event>::namespaced(self.client.clone(), &ns);
-        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            Timestamp::now(),
-        ))
-        .unwrap_or(Value::Null);
-        let key = (
-            hpa.uid().unwrap_or_default(),
-            ty.to_string(),
-            reason.to_string(),
-            message.to_string(),
-        );
-        let mut seen = self.seen.lock().await;
-        if let Some((_, name, count)) = seen.get_mut(&key) {
-            *count += 1;
-            let patch = json!({"count": *count, "lastTimestamp": now});
-            if api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-        let name = format!("{}.{:x}", hpa.name_any(), Timestamp::now().as_nanosecond());
-        let event = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": name, "namespace": ns},
-            "involvedObject": {
-                "apiVersion": "autoscaling/v2",
-                "kind": "HorizontalPodAutoscaler",
-                "namespace": ns,
-                "name": hpa.name_any(),
-                "uid": hpa.uid(),
-                "resourceVersion": hpa.resource_version(),
-            },
-            "reason": reason,
-            "message": message,
-            "type": ty,
-            "count": 1,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": "",
-        });
-        let Ok(event) = serde_json::from_value::<Event>(event) else {
-            return;
-        };
-        match api.create(&PostParams::default(), &event).await {
-            Ok(_) => {
-                // the map only needs recent events; keep it small
-                if seen.len() > 4096 {
-                    seen.clear();
-                }
-                seen.insert(key, (ns, name, 1));
-            }
-            Err(e) => tracing::debug!(error = %e, reason, "recording an event"),
-        }
     }
 }
 

@@ -26,8 +26,8 @@ use kube::{Client, ResourceExt};
 
 use component::volumes::{self as vol, ANN_BIND_COMPLETED, ANN_BOUND_BY_CONTROLLER};
 
-use super::events::Recorder;
 use super::provision;
+use crate::events::Recorder;
 use crate::{api_err, ReconcileError};
 
 /// Upstream's `--pvclaimbinder-sync-period`.

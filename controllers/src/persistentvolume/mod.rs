@@ -26,7 +26,6 @@
 //! provisioner's own), with upstream's reasons and messages.
 
 pub mod binder;
-pub mod events;
 pub mod protection;
 pub mod provision;
 

@@ -1,7 +1,8 @@
-//! Core Events about claims and volumes, a repeated one counted on the first (upstream's
-//! recorder aggregates them the same way, so `kubectl describe pvc` shows
-//! `WaitForFirstConsumer ... (x4 over 1m)` rather than four lines). Events about volumes
-//! (cluster-scoped) go to the `default` namespace, as upstream's do.
+//! Core Events a controller records about its objects, a repeated one counted on the first
+//! (upstream's recorder aggregates them the same way, so `kubectl describe pvc` shows
+//! `WaitForFirstConsumer ... (x4 over 1m)` rather than four lines). Events about
+//! cluster-scoped objects (volumes) go to the `default` namespace, as upstream's do. Used by
+//! the PV controller, the local-path provisioner and the HPA controller.
 
 use std::collections::HashMap;
 
