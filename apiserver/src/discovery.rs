@@ -5,6 +5,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use crate::aggregator::discovery::{Group, Order, Source};
+use crate::aggregator::Aggregator;
 use crate::registry::{Registry, ResourceDef};
 use crate::status::ApiError;
 
@@ -66,29 +68,52 @@ fn resource_v2(d: &ResourceDef) -> Value {
 }
 
 fn group_v2(reg: &Registry, group: &str, versions: &[&str]) -> Value {
-    let versions: Vec<Value> = versions
-        .iter()
-        .map(|v| {
-            let resources: Vec<Value> = reg
-                .in_group_version(group, v)
-                .map(|d| resource_v2(d))
-                .collect();
-            json!({"version": v, "resources": resources, "freshness": "Current"})
-        })
-        .collect();
+    let versions: Vec<Value> = versions.iter().map(|v| version_v2(reg, group, v)).collect();
     json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
 }
 
-fn discovery_list(reg: &Registry, core: bool, version: &str) -> Response {
-    let mut items: Vec<Value> = reg
-        .groups()
-        .into_iter()
-        .filter(|(g, _)| g.is_empty() == core)
-        .map(|(g, vs)| group_v2(reg, g, &vs))
+fn version_v2(reg: &Registry, group: &str, version: &str) -> Value {
+    let resources: Vec<Value> = reg
+        .in_group_version(group, version)
+        .map(|d| resource_v2(d))
         .collect();
-    if !core {
-        items.push(crate::metrics_api::group_discovery());
-    }
+    json!({"version": version, "resources": resources, "freshness": "Current"})
+}
+
+/// An aggregated-discovery group of `/apis`, its versions from wherever they are served
+/// (None: none has resources to show yet).
+fn aggregated_group_v2(reg: &Registry, g: &Group) -> Option<Value> {
+    let versions: Vec<Value> = g
+        .versions
+        .iter()
+        .filter_map(|e| match &e.source {
+            Source::Local => Some(version_v2(reg, &g.name, &e.version)),
+            Source::Metrics => crate::metrics_api::group_discovery()["versions"]
+                .get(0)
+                .cloned(),
+            Source::Remote(found) => found
+                .as_ref()
+                .map(|d| crate::aggregator::discovery::version_discovery(&e.version, d)),
+        })
+        .collect();
+    (!versions.is_empty()).then(
+        || json!({"metadata": {"name": g.name, "creationTimestamp": null}, "versions": versions}),
+    )
+}
+
+fn discovery_list(reg: &Registry, groups: Option<&[Group]>, version: &str) -> Response {
+    let items: Vec<Value> = match groups {
+        None => reg
+            .groups()
+            .into_iter()
+            .filter(|(g, _)| g.is_empty())
+            .map(|(g, vs)| group_v2(reg, g, &vs))
+            .collect(),
+        Some(groups) => groups
+            .iter()
+            .filter_map(|g| aggregated_group_v2(reg, g))
+            .collect(),
+    };
     let v = json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": format!("apidiscovery.k8s.io/{version}"),
@@ -101,10 +126,13 @@ fn discovery_list(reg: &Registry, core: bool, version: &str) -> Response {
     )
 }
 
-fn api_group(g: &str, versions: &[&str]) -> Value {
+fn api_group<S: AsRef<str>>(g: &str, versions: &[S]) -> Value {
     let vs: Vec<Value> = versions
         .iter()
-        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .map(|v| {
+            let v = v.as_ref();
+            json!({"groupVersion": format!("{g}/{v}"), "version": v})
+        })
         .collect();
     json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
 }
@@ -112,7 +140,7 @@ fn api_group(g: &str, versions: &[&str]) -> Value {
 /// `/api`
 pub fn core_root(reg: &Registry, headers: &HeaderMap) -> Response {
     if let Some(v) = aggregated(headers) {
-        return discovery_list(reg, true, v);
+        return discovery_list(reg, None, v);
     }
     json_response(
         &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
@@ -120,18 +148,20 @@ pub fn core_root(reg: &Registry, headers: &HeaderMap) -> Response {
     )
 }
 
-/// `/apis`
-pub fn groups_root(reg: &Registry, headers: &HeaderMap) -> Response {
+/// `/apis`: the registry's groups, `metrics.k8s.io` and the aggregated ones, in the
+/// order the APIServices' priorities give (`crate::aggregator::discovery`).
+pub fn groups_root(reg: &Registry, agg: &Aggregator, headers: &HeaderMap) -> Response {
     if let Some(v) = aggregated(headers) {
-        return discovery_list(reg, false, v);
+        return discovery_list(reg, Some(&agg.groups(reg, Order::Aggregated)), v);
     }
-    let mut groups: Vec<Value> = reg
-        .groups()
-        .into_iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, vs)| api_group(g, &vs))
+    let groups: Vec<Value> = agg
+        .groups(reg, Order::Legacy)
+        .iter()
+        .map(|g| {
+            let versions: Vec<&str> = g.versions.iter().map(|e| e.version.as_str()).collect();
+            api_group(&g.name, &versions)
+        })
         .collect();
-    groups.push(crate::metrics_api::api_group());
     json_response(
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
         "application/json",
@@ -139,14 +169,15 @@ pub fn groups_root(reg: &Registry, headers: &HeaderMap) -> Response {
 }
 
 /// `/apis/<group>`
-pub fn group(reg: &Registry, g: &str) -> Response {
-    match reg
-        .groups()
+pub fn group(reg: &Registry, agg: &Aggregator, g: &str) -> Response {
+    match agg
+        .groups(reg, Order::Legacy)
         .into_iter()
-        .find(|(name, _)| *name == g && !g.is_empty())
+        .find(|group| group.name == g && !g.is_empty())
     {
-        Some((g, vs)) => {
-            let mut v = api_group(g, &vs);
+        Some(found) => {
+            let versions: Vec<&str> = found.versions.iter().map(|e| e.version.as_str()).collect();
+            let mut v = api_group(g, &versions);
             v["kind"] = json!("APIGroup");
             v["apiVersion"] = json!("v1");
             json_response(&v, "application/json")

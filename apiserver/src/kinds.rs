@@ -220,6 +220,7 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
         ) => {
             crate::webhooks::config::default(obj, kind == "MutatingWebhookConfiguration");
         }
+        (crate::aggregator::GROUP, "APIService") => crate::aggregator::validation::default(obj),
         ("storage.k8s.io", "StorageClass") => {
             set_default(obj, "reclaimPolicy", json!("Delete"));
             set_default(obj, "volumeBindingMode", json!("Immediate"));
@@ -609,6 +610,9 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 &mut causes,
             );
         }
+        (crate::aggregator::GROUP, "APIService") => {
+            crate::aggregator::validation::validate(obj, &mut causes)
+        }
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(m) = obj.get(field).and_then(Value::as_object) {
@@ -854,6 +858,7 @@ pub fn tracks_generation(def: &ResourceDef) -> bool {
         | "certificates.k8s.io"
         | "authentication.k8s.io"
         | "authorization.k8s.io"
+        | "apiregistration.k8s.io"
         | "metrics.k8s.io" => false,
         "apps" => def.plural != "controllerrevisions",
         _ => true,

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 
 use crate::handlers::Query;
@@ -45,32 +45,6 @@ impl std::fmt::Debug for KubeletClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("KubeletClient")
     }
-}
-
-/// The certificate chain and key the apiserver presents to kubelets.
-fn client_identity(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
-    let tls_err = |what: &str, path: &Path, e: String| Error::Tls {
-        reason: format!("{what} {}: {e}", path.display()),
-    };
-    let pem =
-        std::fs::read(cert).map_err(Error::io("reading --kubelet-client-certificate", cert))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err("parsing --kubelet-client-certificate", cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(tls_err(
-            "parsing --kubelet-client-certificate",
-            cert,
-            "no certificate in the file".into(),
-        ));
-    }
-    let pem = std::fs::read(key).map_err(Error::io("reading --kubelet-client-key", key))?;
-    let key = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| tls_err("parsing --kubelet-client-key", key, e.to_string()))?;
-    Ok((chain, key))
 }
 
 impl KubeletClient {
@@ -105,9 +79,13 @@ impl KubeletClient {
         };
         let mut config = match client {
             Some((cert, key)) => {
-                let (chain, key) = client_identity(cert, key)?;
+                let id = crate::backend::Identity::load(
+                    cert,
+                    key,
+                    ("--kubelet-client-certificate", "--kubelet-client-key"),
+                )?;
                 builder
-                    .with_client_auth_cert(chain, key)
+                    .with_client_auth_cert(id.chain(), id.key())
                     .map_err(|e| tls_err("loading --kubelet-client-certificate", e.to_string()))?
             }
             None => builder.with_no_client_auth(),

@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+mod aggregator;
 mod alloc;
 mod apply;
 mod audit;
 mod auth;
+mod backend;
 mod bootstrap;
 mod cache;
 mod certificates;
@@ -222,7 +224,13 @@ pub struct Config {
     /// The audit log (`--audit-policy-file`, `--audit-log-*`).
     #[command(flatten)]
     pub audit: AuditOptions,
+
+    /// API aggregation (`--proxy-client-cert-file`, `--requestheader-*`).
+    #[command(flatten)]
+    pub aggregator: AggregatorOptions,
 }
+
+pub use aggregator::Options as AggregatorOptions;
 
 pub use audit::{Format as AuditLogFormat, Mode as AuditLogMode, Options as AuditOptions};
 
@@ -264,6 +272,7 @@ impl Config {
             cluster_signing_duration: std::time::Duration::from_secs(365 * 24 * 3600),
             metric_resolution: std::time::Duration::from_secs(15),
             audit: AuditOptions::default(),
+            aggregator: AggregatorOptions::default(),
         }
     }
 

@@ -261,6 +261,10 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
 }
 
 fn check_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
+    if crate::aggregator::is_apiservice(def) {
+        // `v1.` and the like: validated as `<version>.<group>` (`crate::aggregator::validation`)
+        return Ok(());
+    }
     let r = if matches!(def.plural, "namespaces" | "services") && def.group.is_empty() {
         meta::check_label(name)
     } else {
@@ -376,6 +380,9 @@ pub async fn create(
     }
     if is_csr(def) {
         crate::certificates::prepare_create(&mut obj, crate::requester::current().as_ref());
+    }
+    if crate::aggregator::is_apiservice(def) {
+        crate::aggregator::prepare_create(&mut obj);
     }
     crate::nodeauth::restriction::admit_create(state, def, ns, &obj).await?;
     if ns.is_none() {

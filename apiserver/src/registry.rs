@@ -11,6 +11,7 @@ use k8s_openapi::api::{
     coordination, core, discovery, events, networking, policy, rbac, scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apiregistration;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -133,6 +134,8 @@ pub enum Printer {
     CertificateSigningRequest,
     /// Mutating and validating webhook configurations: NAME WEBHOOKS AGE.
     WebhookConfiguration,
+    /// NAME SERVICE AVAILABLE AGE (kube-aggregator's table convertor).
+    APIService,
 }
 
 /// One resource of one group-version.
@@ -429,6 +432,9 @@ fn builtins() -> Vec<ResourceDef> {
             short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "mutatingwebhookconfigurations", fields: NONE, printer: P::WebhookConfiguration),
         def!(admissionregistration::v1::ValidatingWebhookConfiguration, "admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", ns: false,
             short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "validatingwebhookconfigurations", fields: NONE, printer: P::WebhookConfiguration),
+        // API aggregation (`crate::aggregator`).
+        def!(apiregistration::APIService, "apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", ns: false,
+            short: NONE, cat: &["api-extensions"], subs: STATUS, storage: "apiregistration.k8s.io/apiservices", fields: NONE, printer: P::APIService),
         def!(rbac::v1::Role, "rbac.authorization.k8s.io", "v1", "Role", "roles", "role", ns: true,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "roles", fields: NONE, printer: P::Default),
         def!(rbac::v1::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", ns: true,

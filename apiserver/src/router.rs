@@ -211,7 +211,18 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
-    if crate::metrics_api::handles(&path) {
+    // an aggregated API server's group-version, whoever else serves it
+    if let Some(remote) = state.aggregator.remote_for_path(&path) {
+        return Box::pin(crate::aggregator::proxy::serve(
+            state.clone(),
+            remote,
+            parts,
+            body,
+        ))
+        .await;
+    }
+    let metrics_aggregated = state.aggregator.has_remote_group(crate::metrics_api::GROUP);
+    if crate::metrics_api::handles(&path) && !metrics_aggregated {
         return crate::metrics_api::serve(&state, &parts, body).await;
     }
     // built-ins plus the custom resources served right now
@@ -229,8 +240,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     }
     match route {
         Route::CoreRoot => crate::discovery::core_root(&served.registry, &parts.headers),
-        Route::GroupsRoot => crate::discovery::groups_root(&served.registry, &parts.headers),
-        Route::Group(g) => crate::discovery::group(&served.registry, &g),
+        Route::GroupsRoot => {
+            crate::discovery::groups_root(&served.registry, &state.aggregator, &parts.headers)
+        }
+        Route::Group(g) => crate::discovery::group(&served.registry, &state.aggregator, &g),
         Route::ResourceList(g, v) => crate::discovery::resource_list(&served.registry, &g, &v),
         Route::Resource(t) => {
             let body = match read_body(body).await {

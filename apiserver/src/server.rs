@@ -174,6 +174,14 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     .map_err(|e| Error::Config {
         reason: format!("--client-ca-file: {e}"),
     })?;
+    let client_ca_pem = match &config.client_ca_file {
+        Some(file) => {
+            std::fs::read_to_string(file).map_err(Error::io("reading --client-ca-file", file))?
+        }
+        None => material.ca_pem.clone(),
+    };
+    let front_proxy =
+        crate::aggregator::FrontProxy::load(&config.aggregator, &tls_dir, client_ca_pem)?;
     let service_accounts = crate::serviceaccount::ServiceAccounts::load(
         &crate::serviceaccount::Options {
             issuer: config.service_account_issuer.clone(),
@@ -275,6 +283,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         resource_metrics: Default::default(),
         audit,
         webhooks: Default::default(),
+        aggregator: crate::aggregator::Aggregator::new(front_proxy),
     });
     state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);
@@ -306,6 +315,14 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     {
         tracing::warn!("custom resource definitions not read within 10s; serving without them");
     }
+    tokio::spawn(crate::aggregator::run(state.clone()));
+    if !state
+        .aggregator
+        .wait_synced(std::time::Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!("APIServices not read within 10s; serving without aggregated APIs");
+    }
     tokio::spawn(crate::compactor::run(
         state.clone(),
         config.etcd_compaction_interval,
@@ -329,6 +346,16 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         .or_else(|| (!addr.ip().is_unspecified()).then(|| addr.ip()))
         .unwrap_or_else(crate::bootstrap::primary_ip);
     crate::bootstrap::run(&state, advertise, addr.port()).await?;
+    crate::aggregator::authn::publish(&state)
+        .await
+        .map_err(|e| Error::Bootstrap {
+            what: format!(
+                "configmap {}/{}",
+                crate::aggregator::authn::CONFIGMAP_NAMESPACE,
+                crate::aggregator::authn::CONFIGMAP
+            ),
+            reason: e.message,
+        })?;
 
     let kubeconfig_path = config.kubeconfig_path();
     crate::kubeconfig::write(

@@ -50,4 +50,6 @@ pub struct AppState {
     pub resource_metrics: crate::metrics_api::Samples,
     /// The audit policy and log (`--audit-policy-file`); None: nothing is audited.
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// The stored APIServices and the aggregated API servers they route to.
+    pub aggregator: crate::aggregator::Aggregator,
 }

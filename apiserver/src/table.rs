@@ -344,6 +344,12 @@ fn columns(p: Printer) -> Vec<Value> {
             col("Webhooks", "integer", 0, "Webhooks indicates the number of webhooks in this configuration."),
             age,
         ],
+        Printer::APIService => vec![
+            name,
+            col("Service", "string", 0, "The reference to the service that hosts this API endpoint."),
+            col("Available", "string", 0, "Whether this service is available."),
+            age,
+        ],
         Printer::Lease => vec![
             name,
             col("Holder", "string", 0, &doc::<coordination::LeaseSpec>("holderIdentity")),
@@ -842,6 +848,23 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             row.extend([json!(request), json!(limit), age]);
         }
         Printer::WebhookConfiguration => row.extend([json!(arr(o, "/webhooks").len()), age]),
+        Printer::APIService => {
+            let service = match o.pointer("/spec/service").filter(|s| s.is_object()) {
+                Some(svc) => format!("{}/{}", s(svc, "/namespace"), s(svc, "/name")),
+                None => "Local".into(),
+            };
+            let available = match arr(o, "/status/conditions")
+                .iter()
+                .find(|c| c["type"] == "Available")
+            {
+                None => "Unknown".to_string(),
+                Some(c) if s(c, "/status") == "True" || s(c, "/reason").is_empty() => {
+                    s(c, "/status").to_string()
+                }
+                Some(c) => format!("{} ({})", s(c, "/status"), s(c, "/reason")),
+            };
+            row.extend([json!(service), json!(available), age]);
+        }
         Printer::PriorityClass => row.extend([
             json!(n(o, "/value")),
             json!(o

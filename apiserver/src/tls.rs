@@ -35,6 +35,14 @@ pub(crate) const KUBELET_CLIENT_KEY: &str = "kubelet-client.key";
 /// Who the apiserver is to kubelets.
 const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 const KUBELET_CLIENT_ORG: &str = "system:masters";
+/// The front-proxy (request-header) CA and the client certificate it signs, which the
+/// apiserver presents to aggregated API servers (k3s's file names and CN).
+pub(crate) const REQUEST_HEADER_CA_CERT: &str = "request-header-ca.crt";
+const REQUEST_HEADER_CA_KEY: &str = "request-header-ca.key";
+const REQUEST_HEADER_CA_CN: &str = "kaze-request-header-ca";
+pub(crate) const PROXY_CLIENT_CERT: &str = "client-auth-proxy.crt";
+pub(crate) const PROXY_CLIENT_KEY: &str = "client-auth-proxy.key";
+const PROXY_CLIENT_CN: &str = "system:auth-proxy";
 
 fn tls_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
     move |e| Error::Tls {
@@ -127,17 +135,64 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<TlsMaterial, Error> {
 }
 
 fn ca_params() -> Result<CertificateParams, Error> {
+    ca_params_named("kaze-ca")
+}
+
+fn ca_params_named(cn: &str) -> Result<CertificateParams, Error> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err("CA params"))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kaze-ca");
+    params.distinguished_name.push(DnType::CommonName, cn);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
     Ok(params)
+}
+
+/// The request-header CA and the proxy client certificate in `dir`, created when missing
+/// (a new CA gets a new client certificate). The CA signs nothing else, so the certificate
+/// is no credential for the apiserver itself (its users are verified against the cluster CA).
+pub fn ensure_front_proxy(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(Error::io("creating TLS directory", dir))?;
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let ca_key_pem = match (read(REQUEST_HEADER_CA_CERT), read(REQUEST_HEADER_CA_KEY)) {
+        (Some(_), Some(k)) => k,
+        _ => {
+            let key = KeyPair::generate().map_err(tls_err("generating request-header CA key"))?;
+            let cert = ca_params_named(REQUEST_HEADER_CA_CN)?
+                .self_signed(&key)
+                .map_err(tls_err("self-signing request-header CA"))?;
+            let k = key.serialize_pem();
+            write_private(dir, REQUEST_HEADER_CA_KEY, &k)?;
+            write_private(dir, REQUEST_HEADER_CA_CERT, &cert.pem())?;
+            let _ = std::fs::remove_file(dir.join(PROXY_CLIENT_CERT));
+            k
+        }
+    };
+    if read(PROXY_CLIENT_CERT).is_some() && read(PROXY_CLIENT_KEY).is_some() {
+        return Ok(());
+    }
+    let ca_key =
+        KeyPair::from_pem(&ca_key_pem).map_err(tls_err("loading request-header CA key"))?;
+    let issuer = Issuer::new(ca_params_named(REQUEST_HEADER_CA_CN)?, ca_key);
+    let key = KeyPair::generate().map_err(tls_err("generating proxy client key"))?;
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(tls_err("proxy client certificate params"))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, PROXY_CLIENT_CN);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(tls_err("signing proxy client certificate"))?;
+    write_private(dir, PROXY_CLIENT_KEY, &key.serialize_pem())?;
+    write_private(dir, PROXY_CLIENT_CERT, &cert.pem())
 }
 
 fn sans_marker(sans: &[String]) -> String {

@@ -213,7 +213,7 @@ fn condition_true(crd: &Value, ty: &str) -> bool {
 
 /// Kubernetes' version order: GA before beta before alpha, higher numbers first, then
 /// other names alphabetically (upstream's `version.CompareKubeAwareVersionStrings`).
-fn version_rank(v: &str) -> (u8, i64, i64, String) {
+pub(crate) fn version_rank(v: &str) -> (u8, i64, i64, String) {
     let parse = |v: &str| -> Option<(u8, i64, i64)> {
         let rest = v.strip_prefix('v')?;
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();

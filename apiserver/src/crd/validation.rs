@@ -38,7 +38,7 @@ fn unsupported(path: &str, v: &Value, allowed: &[&str]) -> Cause {
 }
 
 /// DNS-1035 label (upstream's `IsDNS1035Label`): its message, when `s` is not one.
-fn dns1035(s: &str) -> Option<String> {
+pub(crate) fn dns1035(s: &str) -> Option<String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase())

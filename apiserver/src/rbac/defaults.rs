@@ -18,6 +18,7 @@ static CLUSTER_ROLES: LazyLock<HashMap<&'static str, Vec<Rule>>> = LazyLock::new
         "system:basic-user",
         "kaze:cluster-info",
         "system:service-account-issuer-discovery",
+        "system:auth-delegator",
         "system:node-bootstrapper",
         NODE_CLIENT,
         SELF_NODE_CLIENT,
@@ -229,6 +230,15 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
                 "/openid/v1/jwks/",
             ],
         )],
+        // what extension API servers bind to delegate authentication and authorization
+        "system:auth-delegator" => vec![
+            rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+            rule(
+                &["create"],
+                &["authorization.k8s.io"],
+                &["subjectaccessreviews"],
+            ),
+        ],
         "kaze:cluster-info" => vec![Rule {
             names: vec!["cluster-info".into()],
             ..rule(&["get"], &[""], &["configmaps"])

@@ -56,7 +56,7 @@ pub struct Index {
     mutating: Configs,
     validating: Configs,
     /// Connections to webhooks kept for the next call.
-    pool: client::Pool,
+    pool: crate::backend::Pool,
     metrics: metrics::Metrics,
 }
 
@@ -344,26 +344,6 @@ fn selector(hook: &Value, field: &str) -> Option<LabelSelector> {
         .filter(|s| !s.is_empty())
 }
 
-/// Objects of `def` in `ns` matching `(fields, labels)` selectors, from the watch cache
-/// (`resourceVersion=0`, as upstream's admission reads listers).
-async fn cached(
-    state: &AppState,
-    def: &ResourceDef,
-    ns: Option<&str>,
-    (fields, labels): (&str, &str),
-) -> Result<Vec<Value>, ApiError> {
-    let opts = crate::list::ListOpts {
-        resource_version: Some("0".into()),
-        filter: crate::selector::Filter {
-            fields: crate::selector::FieldSelector::parse(fields, def.selectable_fields)
-                .map_err(ApiError::bad_request)?,
-            labels: LabelSelector::parse(labels).map_err(ApiError::bad_request)?,
-        },
-        ..Default::default()
-    };
-    Ok(crate::list::list(state, def, ns, &opts).await?.items)
-}
-
 /// The namespace `ns` for its labels: from the watch cache, from the store when the cache
 /// does not have it (yet).
 async fn namespace(state: &AppState, ns: &str) -> Result<Value, ApiError> {
@@ -372,7 +352,7 @@ async fn namespace(state: &AppState, ns: &str) -> Result<Value, ApiError> {
         .get("", "v1", "namespaces")
         .expect("namespaces are built in");
     let by_name = format!("metadata.name={ns}");
-    if let Some(found) = cached(state, def, None, (&by_name, ""))
+    if let Some(found) = crate::backend::cached(state, def, None, (&by_name, ""))
         .await?
         .into_iter()
         .next()
