@@ -230,7 +230,7 @@ pub struct Config {
     pub aggregator: AggregatorOptions,
 }
 
-pub use aggregator::Options as AggregatorOptions;
+pub use aggregator::AggregatorOptions;
 
 pub use audit::{Format as AuditLogFormat, Mode as AuditLogMode, Options as AuditOptions};
 

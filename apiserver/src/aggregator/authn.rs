@@ -27,7 +27,7 @@ pub const READER_ROLE: &str = "extension-apiserver-authentication-reader";
 /// kubeadm and k3s pass (kube-apiserver's own flags default to nothing, which would tell
 /// extension servers to read no user at all).
 #[derive(Debug, Clone, clap::Args)]
-pub struct Options {
+pub struct AggregatorOptions {
     /// Client certificate (PEM) the apiserver presents to aggregated API servers (default:
     /// `<data-dir>/server/tls/client-auth-proxy.crt`, CN `system:auth-proxy`, issued from
     /// the request-header CA the apiserver generates, `request-header-ca.crt`).
@@ -70,9 +70,9 @@ pub struct Options {
     pub availability_resync: Duration,
 }
 
-impl Default for Options {
-    fn default() -> Options {
-        Options {
+impl Default for AggregatorOptions {
+    fn default() -> AggregatorOptions {
+        AggregatorOptions {
             proxy_client_cert_file: None,
             proxy_client_key_file: None,
             requestheader_client_ca_file: None,
@@ -95,12 +95,16 @@ pub struct FrontProxy {
     pub client_ca_pem: String,
     /// `requestheader-client-ca-file` in the ConfigMap; None: not published.
     pub requestheader_ca_pem: Option<String>,
-    pub options: Options,
+    pub options: AggregatorOptions,
 }
 
 impl FrontProxy {
     /// Load (or, by default, issue in `tls_dir`) the proxy client certificate.
-    pub fn load(options: &Options, tls_dir: &Path, client_ca_pem: String) -> Result<Self, Error> {
+    pub fn load(
+        options: &AggregatorOptions,
+        tls_dir: &Path,
+        client_ca_pem: String,
+    ) -> Result<Self, Error> {
         let flags = ("--proxy-client-cert-file", "--proxy-client-key-file");
         let (identity, default_ca) = match (
             &options.proxy_client_cert_file,
@@ -363,7 +367,7 @@ mod tests {
             identity: None,
             client_ca_pem: A.into(),
             requestheader_ca_pem: Some(B.into()),
-            options: Options::default(),
+            options: AggregatorOptions::default(),
         };
         let data = merged_data(&Value::Null, &front);
         assert_eq!(data["client-ca-file"], A);

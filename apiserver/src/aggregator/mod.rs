@@ -37,7 +37,7 @@ use tokio::sync::Notify;
 use crate::backend;
 use crate::state::AppState;
 
-pub use authn::{FrontProxy, Options};
+pub use authn::{AggregatorOptions, FrontProxy};
 
 pub const GROUP: &str = "apiregistration.k8s.io";
 pub const PLURAL: &str = "apiservices";
@@ -390,6 +390,13 @@ pub async fn run(state: Arc<AppState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flags_fit_into_the_apiservers() {
+        // clap's own checks (unique argument and group names), as `kaze server` runs them
+        use clap::Args;
+        crate::Config::augment_args(clap::Command::new("apiserver")).debug_assert();
+    }
 
     #[test]
     fn create_resets_status_and_marks_locals_available() {
