@@ -90,7 +90,8 @@ fn decode_nested(body: &[u8], depth: usize) -> Result<Value, ProtobufError> {
 }
 
 /// The message an apiVersion + kind is encoded as: group `apps` → package `api.apps.<v>`,
-/// the core group (`v1`) → `api.core.v1`, `rbac.authorization.k8s.io` → `api.rbac.<v>`.
+/// the core group (`v1`) → `api.core.v1`, `rbac.authorization.k8s.io` → `api.rbac.<v>`,
+/// `apiregistration.k8s.io` → `kube_aggregator.pkg.apis.apiregistration.<v>`.
 fn message_for<'s>(
     schema: &'s Schema,
     api_version: &str,
@@ -99,6 +100,7 @@ fn message_for<'s>(
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let package = match group.split('.').next().unwrap_or_default() {
         "" => format!("api.core.{version}"),
+        "apiregistration" => format!("kube_aggregator.pkg.apis.apiregistration.{version}"),
         "meta" => format!("apimachinery.pkg.apis.meta.{version}"),
         first => format!("api.{first}.{version}"),
     };

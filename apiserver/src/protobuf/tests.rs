@@ -568,3 +568,39 @@ fn kubectl_create_service_pdb_and_role() {
         })
     );
 }
+
+#[test]
+fn apiservices_from_the_aggregator_clientset() {
+    let spec = [
+        message(1, &[string(1, "wardle"), string(2, "api"), int(3, 8443)]),
+        string(2, "wardle.example.com"),
+        string(3, "v1alpha1"),
+        bytes(5, b"pem"),
+        int(7, 1000),
+        int(8, 15),
+    ];
+    let b = body(
+        "apiregistration.k8s.io/v1",
+        "APIService",
+        &[
+            message(1, &[string(1, "v1alpha1.wardle.example.com")]),
+            message(2, &spec),
+        ],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": "v1alpha1.wardle.example.com"},
+            "spec": {
+                "service": {"namespace": "wardle", "name": "api", "port": 8443},
+                "group": "wardle.example.com",
+                "version": "v1alpha1",
+                "caBundle": "cGVt",
+                "groupPriorityMinimum": 1000,
+                "versionPriority": 15,
+            },
+        })
+    );
+}
