@@ -98,6 +98,9 @@ async fn handle(State(b): State<Backend>, req: Request) -> Response {
         .lock()
         .expect("lock")
         .push((path.clone(), user.clone(), groups.clone()));
+    if path.ends_with("/echo") {
+        return echo(req, user);
+    }
     let watch = req.uri().query().unwrap_or("").contains("watch=true");
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
@@ -154,6 +157,90 @@ async fn handle(State(b): State<Backend>, req: Request) -> Response {
                        "window": "10s", "usage": {"cpu": "1m", "memory": "1Ki"}}]}))
         .into_response(),
         _ => status(404, "NotFound", "the server could not find the requested resource"),
+    }
+}
+
+/// An upgraded connection (WebSocket) echoing every text message, prefixed with the user.
+fn echo(mut req: Request, user: String) -> Response {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return status(400, "BadRequest", "Upgrade request required");
+    };
+    let Some(upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return status(400, "BadRequest", "no upgrade");
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(Message::Text(text))) = ws.next().await {
+            if ws
+                .send(Message::text(format!("{user}: {text}")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header(
+            "sec-websocket-accept",
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .body(Body::empty())
+        .expect("response")
+}
+
+/// A WebSocket to the apiserver at `path`, as the admin, and one message echoed back.
+async fn echo_through_the_apiserver(s: &TestServer, path: &str, text: &str) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = s.server();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(server.ca_pem().as_bytes()) {
+        roots.add(cert.expect("ca")).expect("root");
+    }
+    use rustls::pki_types::pem::PemObject;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = server.local_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls");
+    let mut req = format!("wss://127.0.0.1:{}{path}", addr.port())
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", server.token())
+            .parse()
+            .expect("header"),
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls)
+        .await
+        .expect("the upgrade goes through the apiserver");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text(text)).await.expect("send");
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+        other => panic!("no echo: {other:?}"),
     }
 }
 
@@ -594,6 +681,13 @@ fn an_aggregated_api_server_behind_the_apiserver() {
         (Some("MODIFIED"), Some("red"))
     );
     assert!(watch.wait().expect("kubectl exits").success());
+    // an upgraded connection is spliced end to end
+    let echoed = s.rt.block_on(echo_through_the_apiserver(
+        &s,
+        &format!("{GV}/namespaces/default/flunders/alpha/echo"),
+        "hello",
+    ));
+    assert_eq!(echoed, "kaze-admin: hello");
 
     // RBAC first: bob may not list flunders, and the backend never hears of it
     let err = s.kubectl_fails(&["--token", BOB, "get", "flunders", "-n", "default"], None);

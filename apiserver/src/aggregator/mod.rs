@@ -288,9 +288,27 @@ impl Aggregator {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|name, _| remotes.values().any(|r| &r.name == name));
-        *self.remotes.write().unwrap_or_else(|e| e.into_inner()) = remotes;
+        let old = std::mem::replace(
+            &mut *self.remotes.write().unwrap_or_else(|e| e.into_inner()),
+            remotes.clone(),
+        );
         drop(objects);
-        self.changed.notify_one();
+        // what to check changed; not only a condition (the controller's own writes would
+        // otherwise wake it again, forever if a message varies between checks)
+        let checked = |m: &HashMap<(String, String), Arc<Remote>>| {
+            let mut v: Vec<Remote> = m
+                .values()
+                .map(|r| Remote {
+                    available: false,
+                    ..Remote::clone(r)
+                })
+                .collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v
+        };
+        if checked(&old) != checked(&remotes) {
+            self.changed.notify_one();
+        }
         self.apiservices_changed.notify_one();
     }
 }
