@@ -497,7 +497,16 @@ fn openapi(state: &AppState, rest: &str) -> Response {
     let served = state.crds.snapshot();
     if rest.is_empty() {
         let builtin = state.openapi.index(&state.registry);
-        return json(&crate::crd::openapi_index(&served, builtin));
+        let index = crate::crd::openapi_index(&served, builtin);
+        return json(&state.aggregator.openapi_index(index));
+    }
+    // an aggregated server's group-version: its own document, or none
+    match state.aggregator.openapi_document(rest) {
+        Some(Some(doc)) => return json(&doc),
+        Some(None) => {
+            return ApiError::no_route(&format!("/openapi/v3/{rest}")).into_response();
+        }
+        None => {}
     }
     if let Some(doc) = crate::crd::openapi_document(&served, rest) {
         return json(&doc);

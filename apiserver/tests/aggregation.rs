@@ -147,6 +147,26 @@ async fn handle(State(b): State<Backend>, req: Request) -> Response {
             "NotFound",
             &format!("flunders.wardle.example.com \"{name}\" not found"),
         ),
+        ["openapi", "v3"] => Json(json!({"paths": {
+            "apis/wardle.example.com/v1alpha1": {"serverRelativeURL": "/openapi/v3/apis/wardle.example.com/v1alpha1?hash=W1"}}}))
+        .into_response(),
+        ["openapi", "v3", "apis", "wardle.example.com", "v1alpha1"] => Json(json!({
+            "openapi": "3.0.0", "info": {"title": "wardle", "version": "v0.1"},
+            // what kubectl explain finds the kind by
+            "paths": {"/apis/wardle.example.com/v1alpha1/namespaces/{namespace}/flunders/{name}": {"get": {
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema":
+                    {"$ref": "#/components/schemas/com.example.wardle.v1alpha1.Flunder"}}}}},
+                "x-kubernetes-action": "get",
+                "x-kubernetes-group-version-kind": {"group": "wardle.example.com", "version": "v1alpha1", "kind": "Flunder"}}}},
+            "components": {"schemas": {"com.example.wardle.v1alpha1.Flunder": {
+                "type": "object", "description": "A Flunder is what wardle serves.",
+                "properties": {
+                    "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                    "metadata": {"type": "object"},
+                    "spec": {"type": "object", "description": "What the flunder is.",
+                        "properties": {"color": {"type": "string", "description": "The flunder's color, as wardle says."}}}},
+                "x-kubernetes-group-version-kind": [{"group": "wardle.example.com", "version": "v1alpha1", "kind": "Flunder"}]}}}}))
+        .into_response(),
         ["apis", "metrics.k8s.io", "v1beta1"] => Json(json!({
             "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "metrics.k8s.io/v1beta1",
             "resources": [{"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"]}]}))
@@ -613,6 +633,22 @@ fn an_aggregated_api_server_behind_the_apiserver() {
     // the backend's own discovery document, proxied
     let list = raw(&s, GV);
     assert_eq!(list["resources"][0]["name"], "flunders");
+
+    // the server's OpenAPI document, published in kaze's index: kubectl explain works
+    let index = raw(&s, "/openapi/v3");
+    let url = index["paths"]["apis/wardle.example.com/v1alpha1"]["serverRelativeURL"]
+        .as_str()
+        .expect("listed")
+        .to_string();
+    assert!(
+        url.starts_with("/openapi/v3/apis/wardle.example.com/v1alpha1?hash="),
+        "{url}"
+    );
+    let explain = s.kubectl(&["explain", "flunders.spec.color"]);
+    assert!(
+        explain.contains("The flunder's color, as wardle says."),
+        "{explain}"
+    );
 
     // kubectl get through the proxy, as the admin: the backend saw the user and groups
     let out = s.kubectl(&["get", "flunders", "-n", "default"]);

@@ -102,8 +102,9 @@ pub fn discovery_path(r: &Remote) -> String {
     }
 }
 
-/// Check one non-local APIService: its condition, and the discovery document when it passed.
-pub async fn check(state: &AppState, r: &Remote) -> (Condition, Option<Value>) {
+/// Check one non-local APIService: its condition, and what the server publishes when it
+/// passed.
+pub async fn check(state: &AppState, r: &Remote) -> (Condition, Option<super::Fetched>) {
     let (ns, name) = (&r.namespace, &r.service);
     let svc = match backend::service(state, ns, name).await {
         Ok(Some(svc)) => svc,
@@ -137,12 +138,22 @@ pub async fn check(state: &AppState, r: &Remote) -> (Condition, Option<Value>) {
             ))
         });
     match fetched {
-        Ok((200..=299, body)) => (
-            Condition::new("True", "Passed", "all checks passed"),
-            serde_json::from_slice::<Value>(&body)
+        Ok((200..=299, body)) => {
+            let resources = serde_json::from_slice::<Value>(&body)
                 .ok()
-                .filter(|v| v["kind"] == "APIResourceList"),
-        ),
+                .filter(|v| v["kind"] == "APIResourceList");
+            let published = match resources {
+                Some(resources) => {
+                    let openapi = fetch_openapi(state, r, &host, port).await;
+                    Some((resources, openapi))
+                }
+                None => None,
+            };
+            (
+                Condition::new("True", "Passed", "all checks passed"),
+                published,
+            )
+        }
         Ok((code, _)) => {
             let msg =
                 format!("failing or missing response from {url}: bad status from {url}: {code}");
@@ -153,6 +164,35 @@ pub async fn check(state: &AppState, r: &Remote) -> (Condition, Option<Value>) {
             (Condition::new("False", "FailedDiscoveryCheck", msg), None)
         }
     }
+}
+
+/// The server's OpenAPI v3 document of `r`'s group-version, as its `/openapi/v3` index lists
+/// it; the one kept from before when the listed URL (which carries the server's hash) is
+/// unchanged. None: the server publishes none (or did not answer in time).
+async fn fetch_openapi(
+    state: &AppState,
+    r: &Remote,
+    host: &str,
+    port: u16,
+) -> Option<Arc<super::openapi::Document>> {
+    let previous = state
+        .aggregator
+        .discovered(&r.name)
+        .and_then(|d| d.openapi.clone());
+    let fetch = async {
+        let (code, body) = get(state, r, host, port, "/openapi/v3").await.ok()?;
+        let index: Value = serde_json::from_slice(&body).ok().filter(|_| code == 200)?;
+        let url = super::openapi::listed_url(&index, r)?;
+        if let Some(prev) = previous.filter(|p| p.source == url) {
+            return Some(prev);
+        }
+        let (code, doc) = get(state, r, host, port, &url).await.ok()?;
+        (code == 200).then(|| Arc::new(super::openapi::document(url, doc)))
+    };
+    tokio::time::timeout(CHECK_TIMEOUT, fetch)
+        .await
+        .ok()
+        .flatten()
 }
 
 fn host_port(host: &str, port: u16) -> String {

@@ -316,6 +316,7 @@ mod tests {
                 {"name": "fischers", "singularName": "fischer", "namespaced": false, "kind": "Fischer", "verbs": ["get"]},
                 {"name": "fischers/scale", "singularName": "", "namespaced": false, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get"]}]}),
             fresh: false,
+            openapi: None,
         };
         let v = version_discovery("v1alpha1", &d);
         assert_eq!(v["freshness"], "Stale");

@@ -18,12 +18,14 @@
 //!   Service, endpoints and `GET /apis/<group>/<version>` checked, `status.conditions`
 //!   `Available` written; the discovery document that check fetches is kept for
 //!   [`discovery`], which orders `/apis` by the APIServices' priorities and merges the
-//!   aggregated groups into both discovery formats.
+//!   aggregated groups into both discovery formats, and the OpenAPI v3 document for
+//!   [`openapi`], which publishes it in `/openapi/v3`.
 
 pub mod authn;
 pub mod available;
 pub mod discovery;
 pub mod locals;
+pub mod openapi;
 pub mod proxy;
 pub mod validation;
 
@@ -152,7 +154,12 @@ pub struct Discovered {
     pub resources: Value,
     /// False once a later fetch failed (served as `Stale`).
     pub fresh: bool,
+    /// Its `/openapi/v3` document, if the server publishes one.
+    pub openapi: Option<Arc<openapi::Document>>,
 }
+
+/// What a passing check fetched: the `APIResourceList` and the OpenAPI v3 document.
+pub type Fetched = (Value, Option<Arc<openapi::Document>>);
 
 /// The stored APIServices and what they route.
 #[derive(Debug)]
@@ -251,16 +258,18 @@ impl Aggregator {
             .cloned()
     }
 
-    /// Keep (`Some`) or mark stale (`None`) the discovery document of APIService `name`.
-    fn set_discovered(&self, name: &str, resources: Option<Value>) {
+    /// Keep (`Some`: the resources and the OpenAPI document) or mark stale (`None`) what
+    /// APIService `name`'s server last published.
+    fn set_discovered(&self, name: &str, found: Option<Fetched>) {
         let mut all = self.discovered.write().unwrap_or_else(|e| e.into_inner());
-        match resources {
-            Some(resources) => {
+        match found {
+            Some((resources, openapi)) => {
                 all.insert(
                     name.to_string(),
                     Arc::new(Discovered {
                         resources,
                         fresh: true,
+                        openapi,
                     }),
                 );
             }
@@ -269,6 +278,7 @@ impl Aggregator {
                     let stale = Discovered {
                         resources: old.resources.clone(),
                         fresh: false,
+                        openapi: old.openapi.clone(),
                     };
                     all.insert(name.to_string(), Arc::new(stale));
                 }
