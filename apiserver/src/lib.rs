@@ -31,6 +31,7 @@ mod discovery;
 mod error;
 mod follow;
 mod handlers;
+mod health;
 mod kinds;
 mod kubeconfig;
 mod kubelet;

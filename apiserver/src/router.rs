@@ -21,9 +21,12 @@ use crate::status::ApiError;
 pub fn build(state: Arc<AppState>) -> Router {
     let routes = Router::new()
         .route("/version", get(version))
-        .route("/healthz", get(ok))
-        .route("/livez", get(ok))
-        .route("/readyz", get(ok))
+        .route("/healthz", get(crate::health::serve))
+        .route("/healthz/{*check}", get(crate::health::serve))
+        .route("/livez", get(crate::health::serve))
+        .route("/livez/{*check}", get(crate::health::serve))
+        .route("/readyz", get(crate::health::serve))
+        .route("/readyz/{*check}", get(crate::health::serve))
         .route("/metrics", get(metrics))
         .route(
             crate::serviceaccount::discovery::CONFIG_PATH,
@@ -83,10 +86,6 @@ async fn jwks(State(state): State<Arc<AppState>>, req: Request) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-async fn ok() -> &'static str {
-    "ok"
 }
 
 async fn version() -> Json<serde_json::Value> {

@@ -128,6 +128,13 @@ impl Storage {
             .unwrap_or(&self.default)
     }
 
+    /// Every distinct store: the default one, then each override's.
+    pub fn stores(&self) -> Vec<&Arc<dyn Store>> {
+        std::iter::once(&self.default)
+            .chain(self.overrides.values())
+            .collect()
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

@@ -180,6 +180,12 @@ impl WatchCache {
         }
     }
 
+    /// Whether every store's caches have their first list in (upstream's `informer-sync`
+    /// readiness check); true without caches.
+    pub fn is_ready(&self) -> bool {
+        self.stores.iter().all(|s| s.shared.is_ready())
+    }
+
     /// Start feeding every cache from its store; they stop with `shutdown`.
     pub fn start(&self, shutdown: &CancellationToken) {
         for sc in &self.stores {
