@@ -23,6 +23,7 @@ mod bootstrap;
 mod cache;
 mod certificates;
 mod compactor;
+mod componentstatus;
 mod convert;
 mod crd;
 mod defaulttolerationseconds;

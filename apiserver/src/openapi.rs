@@ -232,6 +232,23 @@ fn add_paths(paths: &mut Map<String, Value>, d: &ResourceDef, kind_ref: &Value) 
         ps
     };
     let ns = d.namespaced;
+    if matches!(d.review, Some(crate::reviews::Review::ComponentStatus)) {
+        paths.insert(
+            base.clone(),
+            json!({
+                "get": op(&op_id("list", d, ns, ""), "list", &gvk, list_params(), None, &list_schema),
+                "parameters": scope_params(false),
+            }),
+        );
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({
+                "get": op(&op_id("read", d, ns, ""), "get", &gvk, vec![], None, kind_ref),
+                "parameters": scope_params(true),
+            }),
+        );
+        return;
+    }
     if d.review.is_some() {
         paths.insert(
             base,

@@ -136,6 +136,8 @@ pub enum Printer {
     WebhookConfiguration,
     /// NAME SERVICE AVAILABLE AGE (kube-aggregator's table convertor).
     APIService,
+    /// NAME STATUS MESSAGE ERROR.
+    ComponentStatus,
 }
 
 /// One resource of one group-version.
@@ -207,7 +209,9 @@ impl ResourceDef {
     }
 
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.review.is_some() {
+        if matches!(self.review, Some(crate::reviews::Review::ComponentStatus)) {
+            &["get", "list"]
+        } else if self.review.is_some() {
             REVIEW_VERBS
         } else {
             VERBS
@@ -387,6 +391,12 @@ fn builtins() -> Vec<ResourceDef> {
             ..def!(authentication::v1::SelfSubjectReview,
             "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "selfsubjectreviews", fields: NONE, printer: P::Default)
+        },
+        // Computed on GET, never stored (`crate::componentstatus`).
+        ResourceDef {
+            review: Some(crate::reviews::Review::ComponentStatus),
+            ..def!(core::v1::ComponentStatus, "", "v1", "ComponentStatus", "componentstatuses", "componentstatus", ns: false,
+            short: &["cs"], cat: NONE, subs: NONE_SUBS, storage: "componentstatuses", fields: NONE, printer: P::ComponentStatus)
         },
         // Answered by the authenticators (`crate::serviceaccount::token_review`).
         ResourceDef {

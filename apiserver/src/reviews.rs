@@ -19,6 +19,9 @@ pub enum Review {
     Answer(fn(&AppState, &UserInfo, Option<&str>, Value) -> Result<Value, ApiError>),
     /// TokenReview: the authenticators, which may read the store.
     Token,
+    /// Not a review: ComponentStatus, computed on GET and never stored
+    /// (`crate::componentstatus`).
+    ComponentStatus,
 }
 
 impl Review {
@@ -32,6 +35,10 @@ impl Review {
         match self {
             Review::Answer(f) => f(state, user, namespace, body),
             Review::Token => crate::serviceaccount::token_review(state, body).await,
+            Review::ComponentStatus => Err(ApiError::method_not_supported(
+                "componentstatuses",
+                "create",
+            )),
         }
     }
 }

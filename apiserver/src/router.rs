@@ -258,6 +258,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
                     return r;
                 }
             };
+            if matches!(t.def.review, Some(crate::reviews::Review::ComponentStatus)) {
+                return crate::componentstatus::serve(&state, &t, &parts).await;
+            }
             if let Some(review) = t.def.review {
                 return answer_review(&state, &t, review, &parts, &body).await;
             }

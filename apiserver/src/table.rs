@@ -344,6 +344,12 @@ fn columns(p: Printer) -> Vec<Value> {
             col("Webhooks", "integer", 0, "Webhooks indicates the number of webhooks in this configuration."),
             age,
         ],
+        Printer::ComponentStatus => vec![
+            name,
+            col("Status", "string", 0, "Status of the component conditions"),
+            col("Message", "string", 0, "Message of the component conditions"),
+            col("Error", "string", 0, "Error of the component conditions"),
+        ],
         Printer::APIService => vec![
             name,
             col("Service", "string", 0, "The reference to the service that hosts this API endpoint."),
@@ -848,6 +854,25 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             row.extend([json!(request), json!(limit), age]);
         }
         Printer::WebhookConfiguration => row.extend([json!(arr(o, "/webhooks").len()), age]),
+        Printer::ComponentStatus => {
+            let healthy = arr(o, "/conditions")
+                .iter()
+                .find(|c| c["type"] == "Healthy")
+                .cloned();
+            let (status, message, error) = match &healthy {
+                Some(c) => (
+                    if c["status"] == "True" {
+                        "Healthy"
+                    } else {
+                        "Unhealthy"
+                    },
+                    s(c, "/message"),
+                    s(c, "/error"),
+                ),
+                None => ("Unknown", "", ""),
+            };
+            row.extend([json!(status), json!(message), json!(error)]);
+        }
         Printer::APIService => {
             let service = match o.pointer("/spec/service").filter(|s| s.is_object()) {
                 Some(svc) => format!("{}/{}", s(svc, "/namespace"), s(svc, "/name")),
