@@ -600,6 +600,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
             }
         }
         ("scheduling.k8s.io", "PriorityClass") => validate_priority_class(obj, old, &mut causes),
+        ("node.k8s.io", "RuntimeClass") => causes.extend(crate::runtimeclass::validate(obj, old)),
         (
             crate::webhooks::GROUP,
             kind @ ("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"),
@@ -854,6 +855,7 @@ pub fn tracks_generation(def: &ResourceDef) -> bool {
         | "coordination.k8s.io"
         | "events.k8s.io"
         | "scheduling.k8s.io"
+        | "node.k8s.io"
         | "storage.k8s.io"
         | "certificates.k8s.io"
         | "authentication.k8s.io"

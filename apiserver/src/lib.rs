@@ -55,6 +55,7 @@ mod registry;
 mod requester;
 mod reviews;
 mod router;
+mod runtimeclass;
 mod selector;
 mod server;
 mod serviceaccount;

@@ -354,6 +354,7 @@ pub async fn create(
         if def.group.is_empty() && def.plural == "pods" {
             crate::serviceaccount::admission::admit(state, ns, &mut obj).await?;
             crate::priority::admit_pod(state, &mut obj).await?;
+            crate::runtimeclass::admit_pod(state, &mut obj).await?;
             crate::defaulttolerationseconds::admit_pod(state.default_toleration_seconds, &mut obj);
         }
         if def.group.is_empty() && def.plural == "persistentvolumeclaims" {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{
     admissionregistration, apps, authentication, authorization, autoscaling, batch, certificates,
-    coordination, core, discovery, events, networking, policy, rbac, scheduling, storage,
+    coordination, core, discovery, events, networking, node, policy, rbac, scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apiregistration;
@@ -138,6 +138,8 @@ pub enum Printer {
     APIService,
     /// NAME STATUS MESSAGE ERROR.
     ComponentStatus,
+    /// NAME HANDLER AGE.
+    RuntimeClass,
 }
 
 /// One resource of one group-version.
@@ -423,6 +425,8 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["pdb"], cat: NONE, subs: STATUS, storage: "poddisruptionbudgets", fields: NONE, printer: P::PodDisruptionBudget),
         def!(scheduling::v1::PriorityClass, "scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", ns: false,
             short: &["pc"], cat: NONE, subs: NONE_SUBS, storage: "priorityclasses", fields: NONE, printer: P::PriorityClass),
+        def!(node::v1::RuntimeClass, "node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "runtimeclasses", fields: NONE, printer: P::RuntimeClass),
         def!(storage::v1::StorageClass, "storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", ns: false,
             short: &["sc"], cat: NONE, subs: NONE_SUBS, storage: "storageclasses", fields: NONE, printer: P::StorageClass),
         def!(networking::v1::Ingress, "networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", ns: true,

@@ -344,6 +344,11 @@ fn columns(p: Printer) -> Vec<Value> {
             col("Webhooks", "integer", 0, "Webhooks indicates the number of webhooks in this configuration."),
             age,
         ],
+        Printer::RuntimeClass => vec![
+            name,
+            col("Handler", "string", 0, &doc::<k8s_openapi::api::node::v1::RuntimeClass>("handler")),
+            age,
+        ],
         Printer::ComponentStatus => vec![
             name,
             col("Status", "string", 0, "Status of the component conditions"),
@@ -854,6 +859,7 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             row.extend([json!(request), json!(limit), age]);
         }
         Printer::WebhookConfiguration => row.extend([json!(arr(o, "/webhooks").len()), age]),
+        Printer::RuntimeClass => row.extend([json!(s(o, "/handler")), age]),
         Printer::ComponentStatus => {
             let healthy = arr(o, "/conditions")
                 .iter()

@@ -40,6 +40,7 @@ const PACKAGES: &[&str] = &[
     "api/authorization/v1",
     "api/certificates/v1",
     "api/admissionregistration/v1",
+    "api/node/v1",
     "kube_aggregator/pkg/apis/apiregistration/v1",
     "apimachinery/pkg/apis/meta/v1",
     "apimachinery/pkg/api/resource",

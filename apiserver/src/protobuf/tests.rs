@@ -604,3 +604,37 @@ fn apiservices_from_the_aggregator_clientset() {
         })
     );
 }
+
+#[test]
+fn runtime_class_with_overhead_and_scheduling() {
+    let b = body(
+        "node.k8s.io/v1",
+        "RuntimeClass",
+        &[
+            message(1, &[string(1, "gvisor")]),
+            string(2, "runsc"),
+            message(3, &[entry(1, "cpu", message(2, &[string(1, "250m")]))]),
+            message(
+                4,
+                &[
+                    entry(1, "sandbox", string(2, "gvisor")),
+                    message(2, &[string(1, "sandbox"), string(2, "Exists")]),
+                ],
+            ),
+        ],
+    );
+    assert_eq!(
+        decode(&b).expect("decode"),
+        json!({
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "gvisor"},
+            "handler": "runsc",
+            "overhead": {"podFixed": {"cpu": "250m"}},
+            "scheduling": {
+                "nodeSelector": {"sandbox": "gvisor"},
+                "tolerations": [{"key": "sandbox", "operator": "Exists"}],
+            },
+        })
+    );
+}
