@@ -4,12 +4,14 @@
 //! `InvalidImageName`, and of two pods asking for one hostPort the second is rejected at
 //! admission (phase Failed, reason `NodePorts`), as are a pod asking for an unsafe sysctl
 //! (`SysctlForbidden`) and one asking for more CPU than the node has (`OutOfcpu`), as
-//! upstream's kubelet does. The kubelet
-//! runs a good pod afterwards all the same.
+//! upstream's kubelet does. A pod whose RuntimeClass names a handler other than runc gets
+//! `FailedCreatePodSandBox` and stays Pending. The kubelet runs a good pod afterwards all
+//! the same.
 
 mod support;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use support::cluster::Cluster;
@@ -186,6 +188,43 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         )
     );
 
+    // A RuntimeClass whose handler the runtime does not have: the sandbox fails as upstream's
+    // kubelet reports it and the pod stays Pending (never runs on runc); `runc` runs.
+    let classes: kube::Api<RuntimeClass> = kube::Api::all(c.client.clone());
+    for (name, handler) in [("kata", "kata"), ("plain", "runc")] {
+        let rc: RuntimeClass =
+            serde_json::from_value(json!({"metadata": {"name": name}, "handler": handler}))
+                .expect("class");
+        classes
+            .create(&PostParams::default(), &rc)
+            .await
+            .expect("create class");
+    }
+    let mut kata = sleeper("kata", None);
+    kata["spec"]["runtimeClassName"] = json!("kata");
+    let kata_pod = create(&c, kata).await;
+    assert_eq!(
+        c.warning_event("kata", "FailedCreatePodSandBox").await,
+        "Failed to create pod sandbox: RuntimeHandler \"kata\" not supported"
+    );
+    let mut plain = sleeper("plain", None);
+    plain["spec"]["runtimeClassName"] = json!("plain");
+    create(&c, plain).await;
+    c.wait_pod("default", "plain", "the runc-class pod running", running)
+        .await;
+    let p = c.pods("default").get("kata").await.expect("get");
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
+    assert_eq!(
+        waiting(&p).map(|w| w.0).as_deref(),
+        Some("ContainerCreating")
+    );
+    assert!(c
+        .pod_containers(&kata_pod.metadata.uid.clone().expect("uid"))
+        .is_empty());
+
     // Nothing above hurt the kubelet: a good pod runs.
     create(&c, sleeper("good", None)).await;
     c.wait_pod("default", "good", "the good pod running", running)
@@ -198,6 +237,8 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         "port-second",
         "unsafe-sysctl",
         "too-big",
+        "kata",
+        "plain",
     ] {
         c.pods("default")
             .delete(name, &DeleteParams::default())
@@ -212,6 +253,8 @@ async fn bad_specs_are_pod_status_and_events_never_a_crash() {
         "port-second",
         "unsafe-sysctl",
         "too-big",
+        "kata",
+        "plain",
     ] {
         c.wait_pod_gone("default", name).await;
     }

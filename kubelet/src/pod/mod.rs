@@ -8,6 +8,7 @@ pub mod admit;
 pub(crate) mod events;
 pub mod hooks;
 pub mod probe;
+pub mod runtimeclass;
 pub mod service_env;
 pub mod spec;
 mod status;

@@ -491,9 +491,24 @@ impl Worker {
             if Instant::now() < self.sandbox_retry {
                 return;
             }
-            let made = match podspec::sandbox_config(&self.pod, &self.node) {
-                Err(e) => Err(e.to_string()),
-                Ok(cfg) => self.rt.run_sandbox(&cfg).await.map_err(|e| e.to_string()),
+            let class = self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.runtime_class_name.clone());
+            let handler =
+                super::runtimeclass::sandbox_handler(self.source.client(), class.as_deref()).await;
+            let made = match (handler, podspec::sandbox_config(&self.pod, &self.node)) {
+                (Err(e), _) => {
+                    // as upstream's kubelet: the sandbox is never asked for
+                    self.events.warn(
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to create pod sandbox: {e}"),
+                    );
+                    Err(e)
+                }
+                (Ok(_), Err(e)) => Err(e.to_string()),
+                (Ok(_), Ok(cfg)) => self.rt.run_sandbox(&cfg).await.map_err(|e| e.to_string()),
             };
             match made {
                 Ok(s) => {
