@@ -30,6 +30,20 @@ impl Drop for Cluster {
 }
 
 async fn cluster(tag: &str) -> Cluster {
+    cluster_with(
+        tag,
+        &[
+            "persistentvolume-binder",
+            "pvc-protection",
+            "pv-protection",
+            "local-path-provisioner",
+        ],
+    )
+    .await
+}
+
+/// A real apiserver with the named controllers running.
+async fn cluster_with(tag: &str, controllers: &[&str]) -> Cluster {
     let dir = tempfile::Builder::new()
         .prefix(&format!("kaze-pv-{tag}-"))
         .tempdir()
@@ -40,15 +54,7 @@ async fn cluster(tag: &str) -> Cluster {
     let kubeconfig = server.kubeconfig_path().to_path_buf();
     let client = component::client(Some(&kubeconfig)).await.expect("client");
     let token = component::CancellationToken::new();
-    let config = controllers::Config::new(
-        Some(kubeconfig.clone()),
-        &[
-            "persistentvolume-binder",
-            "pvc-protection",
-            "pv-protection",
-            "local-path-provisioner",
-        ],
-    );
+    let config = controllers::Config::new(Some(kubeconfig.clone()), controllers);
     tokio::spawn(controllers::run(config, token.clone()));
     Cluster {
         token,
@@ -127,7 +133,7 @@ impl Cluster {
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        wait_for(&format!("{name} gone"), Duration::from_secs(20), || {
+        wait_for(&format!("{name} gone"), Duration::from_secs(30), || {
             let api = api.clone();
             async move {
                 api.get_opt(name)
@@ -745,26 +751,17 @@ fn stateful_set(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateful_set_claims_are_made_per_pod_and_kept_or_deleted_per_policy() {
     use k8s_openapi::api::apps::v1::StatefulSet;
-    let dir = tempfile::Builder::new()
-        .prefix("kaze-pv-sts-")
-        .tempdir()
-        .expect("temp dir");
-    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
-        .await
-        .expect("apiserver");
-    let kubeconfig = server.kubeconfig_path().to_path_buf();
-    let client = component::client(Some(&kubeconfig)).await.expect("client");
-    let token = component::CancellationToken::new();
-    let config = controllers::Config::new(
-        Some(kubeconfig.clone()),
+    let cl = cluster_with(
+        "sts",
         &[
             "statefulset",
             "garbagecollector",
             "pvc-protection",
             "persistentvolume-binder",
         ],
-    );
-    tokio::spawn(controllers::run(config, token.clone()));
+    )
+    .await;
+    let client = cl.client.clone();
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -848,11 +845,11 @@ async fn stateful_set_claims_are_made_per_pod_and_kept_or_deleted_per_policy() {
     )
     .await
     .expect("scale");
-    c_gone(&pods, "keep-1").await;
+    cl.gone(&pods, "keep-1").await;
     sets.delete("keep", &DeleteParams::default())
         .await
         .expect("delete set");
-    c_gone(&pods, "keep-0").await;
+    cl.gone(&pods, "keep-0").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for claim in ["data-keep-0", "data-keep-1"] {
         assert!(
@@ -879,13 +876,13 @@ async fn stateful_set_claims_are_made_per_pod_and_kept_or_deleted_per_policy() {
     )
     .await
     .expect("scale");
-    c_gone(&pods, "drop-1").await;
-    c_gone(&pvcs, "data-drop-1").await;
+    cl.gone(&pods, "drop-1").await;
+    cl.gone(&pvcs, "data-drop-1").await;
     assert!(pvcs.get_opt("data-drop-0").await.expect("get").is_some());
     sets.delete("drop", &DeleteParams::default())
         .await
         .expect("delete set");
-    c_gone(&pvcs, "data-drop-0").await;
+    cl.gone(&pvcs, "data-drop-0").await;
 
     // Retain/Delete: no owner while in range; scaled away, the pod owns its claim
     create_set(stateful_set("half", 2, "Retain", "Delete")).await;
@@ -899,31 +896,14 @@ async fn stateful_set_claims_are_made_per_pod_and_kept_or_deleted_per_policy() {
     )
     .await
     .expect("scale");
-    c_gone(&pvcs, "data-half-1").await;
+    cl.gone(&pvcs, "data-half-1").await;
     sets.delete("half", &DeleteParams::default())
         .await
         .expect("delete set");
-    c_gone(&pods, "half-0").await;
+    cl.gone(&pods, "half-0").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         pvcs.get_opt("data-half-0").await.expect("get").is_some(),
         "kept with the set gone"
     );
-    token.cancel();
-}
-
-async fn c_gone<K>(api: &Api<K>, name: &str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    wait_for(&format!("{name} gone"), Duration::from_secs(30), || {
-        let api = api.clone();
-        async move {
-            api.get_opt(name)
-                .await
-                .ok()
-                .and_then(|o| o.is_none().then_some(()))
-        }
-    })
-    .await
 }
