@@ -107,25 +107,13 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<TlsMaterial, Error> {
     if read(KUBELET_CLIENT_CERT).is_none() || read(KUBELET_CLIENT_KEY).is_none() {
         let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(tls_err("loading CA key"))?;
         let issuer = Issuer::new(ca_params()?, ca_key);
-        let key = KeyPair::generate().map_err(tls_err("generating kubelet client key"))?;
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .map_err(tls_err("kubelet client certificate params"))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, KUBELET_CLIENT_CN);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, KUBELET_CLIENT_ORG);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(tls_err("signing kubelet client certificate"))?;
-        write_private(dir, KUBELET_CLIENT_KEY, &key.serialize_pem())?;
-        write_private(dir, KUBELET_CLIENT_CERT, &cert.pem())?;
+        write_client_cert(
+            dir,
+            &issuer,
+            (KUBELET_CLIENT_CN, Some(KUBELET_CLIENT_ORG)),
+            (KUBELET_CLIENT_KEY, KUBELET_CLIENT_CERT),
+            "signing kubelet client certificate",
+        )?;
     }
     Ok(TlsMaterial {
         ca_pem,
@@ -176,23 +164,42 @@ pub fn ensure_front_proxy(dir: &Path) -> Result<(), Error> {
     let ca_key =
         KeyPair::from_pem(&ca_key_pem).map_err(tls_err("loading request-header CA key"))?;
     let issuer = Issuer::new(ca_params_named(REQUEST_HEADER_CA_CN)?, ca_key);
-    let key = KeyPair::generate().map_err(tls_err("generating proxy client key"))?;
+    write_client_cert(
+        dir,
+        &issuer,
+        (PROXY_CLIENT_CN, None),
+        (PROXY_CLIENT_KEY, PROXY_CLIENT_CERT),
+        "signing proxy client certificate",
+    )
+}
+
+/// A new key and a client certificate for `(CN, O)` signed by `issuer`, written to
+/// `(key file, certificate file)` in `dir`.
+fn write_client_cert(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    (cn, org): (&str, Option<&str>),
+    (key_file, cert_file): (&str, &str),
+    what: &'static str,
+) -> Result<(), Error> {
+    let key = KeyPair::generate().map_err(tls_err("generating a client key"))?;
     let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(tls_err("proxy client certificate params"))?;
+        .map_err(tls_err("client certificate params"))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, PROXY_CLIENT_CN);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    if let Some(org) = org {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+    }
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(tls_err("signing proxy client certificate"))?;
-    write_private(dir, PROXY_CLIENT_KEY, &key.serialize_pem())?;
-    write_private(dir, PROXY_CLIENT_CERT, &cert.pem())
+    let cert = params.signed_by(&key, issuer).map_err(tls_err(what))?;
+    write_private(dir, key_file, &key.serialize_pem())?;
+    write_private(dir, cert_file, &cert.pem())
 }
 
 fn sans_marker(sans: &[String]) -> String {
