@@ -310,13 +310,35 @@ pub fn self_signed(
     }
     let crt_pem = std::fs::read(&crt).map_err(io("reading", &crt))?;
     let key_pem = std::fs::read(&key).map_err(io("reading", &key))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&crt_pem)
+    server_config(&crt_pem, &key_pem, client_certs)
+}
+
+/// A server config with a self-signed certificate for `names` made now and kept in memory
+/// only (a server whose clients verify no certificate, e.g. a health port).
+pub fn ephemeral_self_signed(names: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let cert = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| TlsError::Tls {
+        action: "generating a self-signed certificate",
+        message: e.to_string(),
+    })?;
+    server_config(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+        ClientCerts::None,
+    )
+}
+
+fn server_config(
+    crt_pem: &[u8],
+    key_pem: &[u8],
+    client_certs: ClientCerts,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(crt_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Tls {
             action: "parsing the certificate",
             message: e.to_string(),
         })?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Tls {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Tls {
         action: "parsing the private key",
         message: e.to_string(),
     })?;
@@ -338,6 +360,51 @@ pub fn self_signed(
             message: e.to_string(),
         })?;
     Ok(Arc::new(config))
+}
+
+/// Serve upstream's health paths (`/healthz`, `/livez`, `/readyz`: `ok`, no authentication)
+/// over HTTPS with an ephemeral self-signed certificate on `addr` until `shutdown`: the
+/// secure port of kube-scheduler (10259) and kube-controller-manager (10257), which the
+/// apiserver's ComponentStatus probes. A port that cannot be bound (another component of the
+/// kind on this machine) is logged and tried again every 2 s; the component runs on.
+pub async fn serve_health(
+    addr: std::net::SocketAddr,
+    component: &'static str,
+    shutdown: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    let names = vec!["localhost".to_string(), addr.ip().to_string()];
+    let tls = match ephemeral_self_signed(&names) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::warn!(component, error = %e, "no health port");
+            shutdown.cancelled().await;
+            return Ok(());
+        }
+    };
+    let mut warned = false;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(component, %addr, error = %e, "health port not served yet; retrying");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let ok = || async { "ok" };
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(ok))
+        .route("/livez", axum::routing::get(ok))
+        .route("/readyz", axum::routing::get(ok));
+    tracing::info!(component, %addr, "serving health");
+    serve(listener, tls, app, shutdown).await;
+    Ok(())
 }
 
 /// Serve `app` on `listener` over TLS until `shutdown`, then drain open connections for a

@@ -289,6 +289,17 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
     components.spawn("controller-manager", &shutdown, |token| {
         controllers::run(cm, token)
     });
+    // Their health on upstream's secure ports, which the apiserver's ComponentStatus probes
+    // (`kubectl get cs`); kaze server stops as a whole when one of its components ends.
+    for (name, port) in [
+        ("scheduler health", 10259),
+        ("controller-manager health", 10257),
+    ] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        components.spawn(name, &shutdown, move |token| {
+            component::https::serve_health(addr, name, token)
+        });
+    }
 
     let mut own_containerd = None;
     if !args.disable_agent {

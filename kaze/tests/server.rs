@@ -453,6 +453,22 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         "{}",
         String::from_utf8_lossy(&whoami.stderr)
     );
+    // The scheduler and controller-manager answer on upstream's health ports, which the
+    // apiserver probes for ComponentStatus (tests in this file run servers side by side on
+    // this machine's ports: a port another server holds is taken over when it stops).
+    eventually(
+        "kubectl get cs all Healthy",
+        Duration::from_secs(60),
+        || {
+            let out = kubectl_ok(data, &["get", "cs", "--no-headers"]);
+            let healthy = out.lines().filter(|l| l.contains(" Healthy ")).count();
+            (healthy == 3
+                && ["scheduler", "controller-manager", "etcd-0"]
+                    .iter()
+                    .all(|c| out.contains(c)))
+            .then_some(out)
+        },
+    );
     eventually("the control-plane label", Duration::from_secs(30), || {
         let s = node_field(r"{.metadata.labels.node-role\.kubernetes\.io/control-plane}");
         (s == "true").then_some(s)
