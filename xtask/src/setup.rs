@@ -356,9 +356,33 @@ fn etcd35(root: &Path) -> Result<()> {
             // of apt's warning.
             .args(["-o", "APT::Sandbox::User=root"]);
     };
-    let mut update = Command::new("apt-get");
-    opts(&mut update);
-    run_cmd(update.args(["update", "-qq"]))?;
+    let update = || {
+        let mut update = Command::new("apt-get");
+        opts(&mut update);
+        run_cmd(update.args(["update", "-qq"]))
+    };
+    if update().is_err() {
+        // An older debian-archive-keyring lacks trixie's archive keys (bookworm's current
+        // one has them): upgrade it from the system's own sources and try once more.
+        println!("    trixie's index did not verify; upgrading debian-archive-keyring");
+        run_cmd(
+            Command::new("apt-get")
+                .args(["update", "-qq"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        run_cmd(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--only-upgrade",
+                    "debian-archive-keyring",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        update()?;
+    }
     let download = apt.join("download");
     for e in std::fs::read_dir(&download)? {
         std::fs::remove_file(e?.path())?;
