@@ -69,13 +69,23 @@ pub fn has_annotation(
 
 /// The claim's class: the beta annotation, else `spec.storageClassName`, else "".
 pub fn claim_class(pvc: &PersistentVolumeClaim) -> String {
-    if let Some(c) = annotation(&pvc.metadata, ANN_BETA_STORAGE_CLASS) {
-        return c.to_string();
-    }
-    pvc.spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
+    class_of(
+        &pvc.metadata,
+        pvc.spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref()),
+    )
+}
+
+/// The beta class annotation if set, else `spec_class`, else "".
+fn class_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec_class: Option<&str>,
+) -> String {
+    annotation(meta, ANN_BETA_STORAGE_CLASS)
+        .or(spec_class)
         .unwrap_or_default()
+        .to_string()
 }
 
 /// Whether the claim names a class at all (`""` counts: it asks for no class).
@@ -89,13 +99,12 @@ pub fn claim_has_class(pvc: &PersistentVolumeClaim) -> bool {
 
 /// The volume's class: the beta annotation, else `spec.storageClassName`, else "".
 pub fn volume_class(pv: &PersistentVolume) -> String {
-    if let Some(c) = annotation(&pv.metadata, ANN_BETA_STORAGE_CLASS) {
-        return c.to_string();
-    }
-    pv.spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default()
+    class_of(
+        &pv.metadata,
+        pv.spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref()),
+    )
 }
 
 /// `resources.requests.storage` of the claim (0 when unset).

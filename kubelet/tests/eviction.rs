@@ -276,24 +276,30 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The Node's DiskPressure condition once its status is `status`.
+/// The Node's condition `ty` once its status is `status`.
+async fn node_condition(
+    nodes: &Api<Node>,
+    node: &str,
+    ty: &str,
+    status: &str,
+    timeout: Duration,
+) -> k8s_openapi::api::core::v1::NodeCondition {
+    testkit::wait_for(&format!("{ty}={status}"), timeout, || async move {
+        let n = nodes.get(node).await.ok()?;
+        n.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == ty && c.status == status)
+    })
+    .await
+}
+
 async fn disk_pressure(
     nodes: &Api<Node>,
     node: &str,
     status: &str,
 ) -> k8s_openapi::api::core::v1::NodeCondition {
-    testkit::wait_for(
-        &format!("DiskPressure={status}"),
-        Duration::from_secs(90),
-        || async move {
-            let n = nodes.get(node).await.ok()?;
-            n.status?
-                .conditions?
-                .into_iter()
-                .find(|c| c.type_ == "DiskPressure" && c.status == status)
-        },
-    )
-    .await
+    node_condition(nodes, node, "DiskPressure", status, Duration::from_secs(90)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,24 +436,12 @@ async fn a_soft_threshold_presses_at_once_and_evicts_after_its_grace_period() {
     c.wait_pod_gone("default", "soft").await;
 }
 
-/// The Node's PIDPressure condition once its status is `status`.
 async fn pid_pressure(
     nodes: &Api<Node>,
     node: &str,
     status: &str,
 ) -> k8s_openapi::api::core::v1::NodeCondition {
-    testkit::wait_for(
-        &format!("PIDPressure={status}"),
-        Duration::from_secs(60),
-        || async move {
-            let n = nodes.get(node).await.ok()?;
-            n.status?
-                .conditions?
-                .into_iter()
-                .find(|c| c.type_ == "PIDPressure" && c.status == status)
-        },
-    )
-    .await
+    node_condition(nodes, node, "PIDPressure", status, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

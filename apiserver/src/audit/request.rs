@@ -378,26 +378,8 @@ fn auth_methods(req: &Request) -> String {
 /// `WithFailedAuthenticationAudit`): one `ResponseStarted` event, no user, the methods
 /// tried as the status message.
 pub fn unauthenticated(auditor: &Arc<Auditor>, req: &Request) {
-    let info = request_info(req.method(), req.uri().path(), req.uri().query());
-    let d = decide(auditor, &info, req.uri().path(), None);
-    if d.level == Level::None {
+    let Some(emitter) = early_emitter(auditor, req, None) else {
         return;
-    }
-    let c = common(
-        d.level,
-        jiff::Timestamp::now(),
-        req.uri(),
-        req.headers(),
-        req.extensions(),
-        &info,
-        None,
-        None,
-        object_ref(&info),
-    );
-    let emitter = Emitter {
-        auditor: auditor.clone(),
-        common: Arc::new(c),
-        omit: d.omit_stages,
     };
     let status = json!({"metadata": {}, "message": auth_methods(req), "code": 401});
     emitter.emit(
@@ -409,18 +391,17 @@ pub fn unauthenticated(auditor: &Arc<Auditor>, req: &Request) {
     );
 }
 
-/// A request whose impersonation the authentication layer refused (upstream audits it as
-/// the requester: the impersonation filter runs after the audit filter).
-pub fn refused(
+/// The emitter of a request the authentication layer answered itself (as `user`, or no
+/// user), or None when the policy does not audit it.
+fn early_emitter(
     auditor: &Arc<Auditor>,
     req: &Request,
-    requester: &crate::auth::UserInfo,
-    err: &crate::status::ApiError,
-) {
+    user: Option<&crate::auth::UserInfo>,
+) -> Option<Emitter> {
     let info = request_info(req.method(), req.uri().path(), req.uri().query());
-    let d = decide(auditor, &info, req.uri().path(), Some(requester));
+    let d = decide(auditor, &info, req.uri().path(), user);
     if d.level == Level::None {
-        return;
+        return None;
     }
     let c = common(
         d.level,
@@ -429,14 +410,27 @@ pub fn refused(
         req.headers(),
         req.extensions(),
         &info,
-        Some(requester),
+        user,
         None,
         object_ref(&info),
     );
-    let emitter = Emitter {
+    Some(Emitter {
         auditor: auditor.clone(),
         common: Arc::new(c),
         omit: d.omit_stages,
+    })
+}
+
+/// A request whose impersonation the authentication layer refused (upstream audits it as
+/// the requester: the impersonation filter runs after the audit filter).
+pub fn refused(
+    auditor: &Arc<Auditor>,
+    req: &Request,
+    requester: &crate::auth::UserInfo,
+    err: &crate::status::ApiError,
+) {
+    let Some(emitter) = early_emitter(auditor, req, Some(requester)) else {
+        return;
     };
     let none = BTreeMap::new();
     emitter.emit(Stage::RequestReceived, None, None, None, &none);
