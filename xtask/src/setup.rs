@@ -26,6 +26,9 @@ pub const PACKAGES: &[&str] = &[
     // trafgen: the new-flow-rate part of `cargo xtask bench dataplane` sends UDP with it
     "netsniff-ng",
     "protobuf-compiler",
+    // google/protobuf/*.proto, which etcd-client's build script imports (a Recommends of
+    // protobuf-compiler, so not there when recommends are off)
+    "libprotobuf-dev",
     "dnsperf",
     "knot-dnsutils",
     "knot",
