@@ -1,14 +1,17 @@
 //! Server-side apply, the part clients rely on: `application/apply-patch+yaml` creates the
 //! object or merges the applied configuration into it (strategic-merge rules: maps merge,
 //! keyed lists merge by key, other lists are replaced), records the fields each applier owns
-//! in `metadata.managedFields`, removes fields an applier stopped applying, and refuses to
-//! change another applier's field without `force`. Ownership is tracked for appliers only:
-//! plain updates do not claim fields yet.
+//! in `metadata.managedFields`, removes fields an applier stopped applying unless another
+//! manager owns them too, and refuses to change a field another manager owns (an applier or
+//! an `Update` writer, [`crate::managedfields`]) without `force`. As upstream, `kubectl`
+//! (the manager of `kubectl apply --server-side`) may take over fields that still hold what
+//! client-side apply's `last-applied-configuration` says, and keeps that annotation in step.
 
 use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
+use crate::managedfields::{self, Entry, Fields};
 use crate::meta;
 use crate::objects::{self, Part, WriteOpts};
 use crate::registry::ResourceDef;
@@ -21,6 +24,8 @@ enum Step {
     Field(String),
     /// The key fields as canonical JSON (`{"name":"nginx"}`); serde_json's maps are sorted.
     Key(String),
+    /// What another writer recorded and apply does not produce (`v:...`, `i:...`), kept as is.
+    Other(String),
 }
 
 fn key_map(k: &str) -> Map<String, Value> {
@@ -28,7 +33,7 @@ fn key_map(k: &str) -> Map<String, Value> {
 }
 
 fn matches_key(item: &Value, k: &str) -> bool {
-    key_map(k).iter().all(|(kk, kv)| item.get(kk) == Some(kv))
+    managedfields::matches_key(item, k)
 }
 
 type FieldPath = Vec<Step>;
@@ -53,25 +58,23 @@ fn collect(v: &Value, prefix: &mut FieldPath, out: &mut FieldSet) {
         Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
                 prefix.push(Step::Field(k.clone()));
-                match child.as_array() {
-                    Some(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
-                        match crate::patch::merge_key(k, items) {
-                            Some(key) if items.iter().all(|i| i.get(key).is_some()) => {
-                                for item in items {
-                                    let mut km = Map::new();
-                                    km.insert(key.to_string(), item[key].clone());
-                                    prefix.push(Step::Key(Value::Object(km).to_string()));
-                                    out.insert(prefix.clone());
-                                    collect(item, prefix, out);
-                                    prefix.pop();
-                                }
-                            }
-                            _ => {
-                                out.insert(prefix.clone());
-                            }
-                        }
+                let keyed = match child.as_array() {
+                    Some(items) if !items.is_empty() => managedfields::keyed_items(k, items),
+                    _ => None,
+                };
+                if managedfields::is_atomic(k) {
+                    out.insert(prefix.clone());
+                } else if let Some(keyed) = keyed {
+                    for (key, item) in keyed {
+                        prefix.push(Step::Key(key));
+                        out.insert(prefix.clone());
+                        collect(item, prefix, out);
+                        prefix.pop();
                     }
-                    _ => collect(child, prefix, out),
+                } else if child.is_array() {
+                    out.insert(prefix.clone());
+                } else {
+                    collect(child, prefix, out);
                 }
                 prefix.pop();
             }
@@ -96,6 +99,7 @@ fn lookup<'a>(v: &'a Value, path: &[Step]) -> Option<&'a Value> {
         cur = match step {
             Step::Field(f) => cur.get(f)?,
             Step::Key(k) => cur.as_array()?.iter().find(|i| matches_key(i, k))?,
+            Step::Other(_) => return None,
         };
     }
     Some(cur)
@@ -112,6 +116,7 @@ fn remove(v: &mut Value, path: &[Step]) {
             Step::Key(k) => cur
                 .as_array_mut()
                 .and_then(|a| a.iter_mut().find(|i| matches_key(i, k))),
+            Step::Other(_) => None,
         };
         match next {
             Some(n) => cur = n,
@@ -129,60 +134,53 @@ fn remove(v: &mut Value, path: &[Step]) {
                 a.retain(|i| !matches_key(i, k));
             }
         }
+        Step::Other(_) => {}
     }
 }
 
-/// upstream's `fieldsV1` encoding: `f:<field>`, `k:<key json>`, and `.` for a list element
-/// itself.
-fn to_fields_v1(set: &FieldSet) -> Value {
-    let mut root = json!({});
+/// A `fieldsV1` tree as paths.
+fn paths(f: &Fields, prefix: &mut FieldPath, out: &mut FieldSet) {
+    if f.member && !prefix.is_empty() {
+        out.insert(prefix.clone());
+    }
+    for (k, child) in &f.children {
+        let step = if let Some(name) = k.strip_prefix("f:") {
+            Step::Field(name.to_string())
+        } else if let Some(key) = k
+            .strip_prefix("k:")
+            .and_then(|key| serde_json::from_str::<Map<String, Value>>(key).ok())
+        {
+            Step::Key(Value::Object(key).to_string())
+        } else {
+            Step::Other(k.clone())
+        };
+        prefix.push(step);
+        paths(child, prefix, out);
+        prefix.pop();
+    }
+}
+
+fn to_set(f: &Fields) -> FieldSet {
+    let mut out = FieldSet::new();
+    paths(f, &mut Vec::new(), &mut out);
+    out
+}
+
+fn to_fields(set: &FieldSet) -> Fields {
+    let mut root = Fields::default();
     for path in set {
         let mut cur = &mut root;
         for step in path {
             let key = match step {
                 Step::Field(f) => format!("f:{f}"),
                 Step::Key(k) => format!("k:{k}"),
+                Step::Other(o) => o.clone(),
             };
-            cur = cur
-                .as_object_mut()
-                .expect("nodes are objects")
-                .entry(key)
-                .or_insert_with(|| json!({}));
+            cur = cur.children.entry(key).or_default();
         }
-        if matches!(path.last(), Some(Step::Key(_))) {
-            cur.as_object_mut()
-                .expect("nodes are objects")
-                .insert(".".into(), json!({}));
-        }
+        cur.member = true;
     }
     root
-}
-
-fn from_fields_v1(v: &Value, prefix: &mut FieldPath, out: &mut FieldSet) {
-    let Some(m) = v.as_object() else { return };
-    if m.is_empty() && !prefix.is_empty() {
-        out.insert(prefix.clone());
-        return;
-    }
-    for (k, child) in m {
-        if k == "." {
-            out.insert(prefix.clone());
-            continue;
-        }
-        let step = if let Some(f) = k.strip_prefix("f:") {
-            Step::Field(f.to_string())
-        } else if let Some(key) = k.strip_prefix("k:") {
-            match serde_json::from_str::<Map<String, Value>>(key) {
-                Ok(km) => Step::Key(Value::Object(km).to_string()),
-                Err(_) => continue,
-            }
-        } else {
-            continue;
-        };
-        prefix.push(step);
-        from_fields_v1(child, prefix, out);
-        prefix.pop();
-    }
 }
 
 fn path_string(path: &FieldPath) -> String {
@@ -197,101 +195,138 @@ fn path_string(path: &FieldPath) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
+            Step::Other(o) => format!("[{o}]"),
         })
         .collect()
 }
 
-/// (manager, operation, apiVersion, owned fields) of each managedFields entry.
-fn managers(obj: &Value) -> Vec<(String, String, String, FieldSet)> {
-    obj.pointer("/metadata/managedFields")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let mut set = FieldSet::new();
-            from_fields_v1(
-                e.get("fieldsV1").unwrap_or(&Value::Null),
-                &mut Vec::new(),
-                &mut set,
-            );
-            let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-            (s("manager"), s("operation"), s("apiVersion"), set)
-        })
-        .collect()
-}
-
-fn set_managers(obj: &mut Value, entries: &[(String, String, String, FieldSet)]) {
-    let now = meta::now();
-    let list: Vec<Value> = entries
+/// upstream's conflict error: one conflict inline, several grouped by manager.
+fn conflict_error(conflicts: &[(String, FieldPath)]) -> ApiError {
+    let message = match conflicts {
+        [(m, p)] => format!(
+            "Apply failed with 1 conflict: conflict with {m}: {}",
+            path_string(p)
+        ),
+        _ => {
+            let mut by_manager: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+            for (m, p) in conflicts {
+                by_manager.entry(m).or_default().push(path_string(p));
+            }
+            let lines: Vec<String> = by_manager
+                .iter()
+                .flat_map(|(m, ps)| {
+                    std::iter::once(format!("conflicts with {m}:"))
+                        .chain(ps.iter().map(|p| format!("- {p}")))
+                })
+                .collect();
+            format!(
+                "Apply failed with {} conflicts: {}",
+                conflicts.len(),
+                lines.join("\n")
+            )
+        }
+    };
+    let causes: Vec<Value> = conflicts
         .iter()
-        .filter(|e| !e.3.is_empty())
-        .map(|(m, op, av, set)| {
-            json!({"manager": m, "operation": op, "apiVersion": av, "time": now, "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(set)})
-        })
+        .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": path_string(p)}))
         .collect();
-    meta::metadata_mut(obj).insert("managedFields".into(), json!(list));
+    ApiError {
+        code: 409,
+        reason: "Conflict",
+        message,
+        details: Some(json!({ "causes": causes })),
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Conflicts `kubectl` may override when upgrading from client-side apply: fields of the
+/// last-applied configuration that still hold its values (upstream's `lastAppliedManager`).
+fn allowed_by_last_applied(current: &Value) -> FieldSet {
+    let Some(last) = current
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(LAST_APPLIED))
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+    else {
+        return FieldSet::new();
+    };
+    field_set(&last)
+        .into_iter()
+        .filter(|p| lookup(current, p).is_some() && lookup(current, p) == lookup(&last, p))
+        .collect()
+}
+
+/// upstream's `lastAppliedUpdater`: the applied configuration, as client-side apply would
+/// have recorded it.
+fn last_applied_of(applied: &Value) -> String {
+    let mut a = applied.clone();
+    if let Some(anns) = a
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        anns.remove(LAST_APPLIED);
+    }
+    format!("{a}\n")
 }
 
 /// Merge `applied` (from `manager`) into `current`.
 fn merge(
-    def: &ResourceDef,
     current: &Value,
     applied: &Value,
+    api_version: String,
     manager: &str,
     force: bool,
 ) -> Result<Value, ApiError> {
-    let name = meta::meta_str(current, "name").unwrap_or("");
     let new_set = field_set(applied);
-    let mut entries = managers(current);
-    let mut conflicts = Vec::new();
-    for (m, op, av, set) in entries.iter_mut() {
-        if m == manager && op == "Apply" {
+    let me = Entry::new(manager, "Apply", api_version, "");
+    let mut entries = managedfields::entries(current);
+    let mut sets: Vec<FieldSet> = entries.iter().map(|e| to_set(&e.fields)).collect();
+    let mut conflicts: Vec<(usize, FieldPath)> = Vec::new();
+    for (i, (e, set)) in entries.iter().zip(&sets).enumerate() {
+        if e.same_manager(&me) {
             continue;
         }
-        for path in new_set.intersection(&set.clone()) {
+        for path in new_set.intersection(set) {
+            // an item's own path is its existence, not a value: its fields conflict
+            if matches!(path.last(), Some(Step::Key(_))) {
+                continue;
+            }
             if lookup(current, path) != lookup(applied, path) {
-                if force {
-                    set.remove(path);
-                } else {
-                    conflicts.push((
-                        format!("conflict with \"{m}\" using {av}"),
-                        path_string(path),
-                    ));
-                }
+                conflicts.push((i, path.clone()));
             }
         }
     }
-    if !conflicts.is_empty() {
-        let summary: Vec<String> = conflicts.iter().map(|(m, f)| format!("{m}: {f}")).collect();
-        let causes: Vec<Value> = conflicts
+    if !conflicts.is_empty() && !force {
+        let allowed = if manager == "kubectl" {
+            allowed_by_last_applied(current)
+        } else {
+            FieldSet::new()
+        };
+        let left: Vec<(String, FieldPath)> = conflicts
             .iter()
-            .map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": m, "field": f}))
+            .filter(|(_, p)| !allowed.contains(p))
+            .map(|(i, p)| (entries[*i].describe(), p.clone()))
             .collect();
-        let mut e = ApiError::conflict_message(def.plural, def.group, name, "");
-        e.message = format!(
-            "Apply failed with {} conflict{}: {}",
-            conflicts.len(),
-            if conflicts.len() == 1 { "" } else { "s" },
-            summary.join("\n")
-        );
-        if let Some(d) = e.details.as_mut() {
-            d["causes"] = json!(causes);
+        if !left.is_empty() {
+            return Err(conflict_error(&left));
         }
-        return Err(e);
+    }
+    // forced (or allowed): the fields move to this applier
+    for (i, path) in &conflicts {
+        sets[*i].remove(path);
     }
     let mut out = current.clone();
     let patch = applied.as_object().cloned().unwrap_or_default();
     crate::patch::merge_map(&mut out, &patch, "").map_err(ApiError::bad_request)?;
     // Fields this manager applied before and no longer does go, unless someone else owns them.
-    let old_set = entries
+    let mine = entries.iter().position(|e| e.same_manager(&me));
+    let old_set = mine.map(|i| sets[i].clone()).unwrap_or_default();
+    let others: FieldSet = sets
         .iter()
-        .find(|e| e.0 == manager && e.1 == "Apply")
-        .map(|e| e.3.clone())
-        .unwrap_or_default();
-    let others: FieldSet = entries
-        .iter()
-        .filter(|e| !(e.0 == manager && e.1 == "Apply"))
-        .flat_map(|e| e.3.iter().cloned())
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != mine)
+        .flat_map(|(_, s)| s.iter().cloned())
         .collect();
     for path in old_set.difference(&new_set) {
         if others.contains(path) {
@@ -316,14 +351,28 @@ fn merge(
             remove(&mut out, &parent);
         }
     }
-    entries.retain(|e| !(e.0 == manager && e.1 == "Apply"));
-    entries.push((
-        manager.to_string(),
-        "Apply".into(),
-        def.api_version(),
-        new_set,
-    ));
-    set_managers(&mut out, &entries);
+    for (e, set) in entries.iter_mut().zip(&sets) {
+        if !conflicts.is_empty() {
+            e.fields = to_fields(set);
+        }
+    }
+    if let Some(i) = mine {
+        entries.remove(i);
+    }
+    entries.push(Entry {
+        time: Some(meta::now()),
+        fields: to_fields(&new_set),
+        ..me
+    });
+    managedfields::set_entries(&mut out, entries);
+    if manager == "kubectl"
+        && out
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(LAST_APPLIED))
+            .is_some()
+    {
+        out["metadata"]["annotations"][LAST_APPLIED] = json!(last_applied_of(applied));
+    }
     Ok(out)
 }
 
@@ -339,6 +388,9 @@ pub async fn apply(
     force: bool,
     opts: WriteOpts,
 ) -> Result<(Value, bool), ApiError> {
+    if let Some(m) = manager {
+        managedfields::validate_manager(m, "PatchOptions")?;
+    }
     let manager = manager.filter(|m| !m.is_empty()).ok_or_else(|| {
         ApiError::invalid(
             "PatchOptions",
@@ -367,11 +419,10 @@ pub async fn apply(
             Err(e) if e.code == 404 => {
                 let mut obj = applied.clone();
                 meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
-                let set = field_set(&applied);
-                set_managers(
-                    &mut obj,
-                    &[(manager.to_string(), "Apply".into(), def.api_version(), set)],
-                );
+                let mut entry = Entry::new(manager, "Apply", def.api_version(), "");
+                entry.fields = to_fields(&field_set(&applied));
+                entry.time = Some(meta::now());
+                managedfields::set_entries(&mut obj, vec![entry]);
                 match objects::create(state, def, ns, obj, opts).await {
                     Ok(created) => return Ok((created, true)),
                     // Someone created it meanwhile: apply to theirs.
@@ -384,7 +435,7 @@ pub async fn apply(
                 let default_class = crate::priority::default_before_update(state, def).await?;
                 let updated =
                     objects::guaranteed_update(state, def, ns, name, None, opts.dry_run, |cur| {
-                        let merged = merge(def, cur, &applied, manager, force)?;
+                        let merged = merge(cur, &applied, def.api_version(), manager, force)?;
                         let out =
                             objects::prepare_update(def, cur, merged, Part::Main, opts.strict)?;
                         crate::priority::check_update(&out, default_class.as_deref())?;
@@ -400,46 +451,69 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Registry;
+
+    fn apply_as(
+        cur: &Value,
+        applied: Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<Value, ApiError> {
+        merge(cur, &applied, "apps/v1".into(), manager, force)
+    }
+
+    fn owned(obj: &Value, manager: &str) -> FieldSet {
+        managedfields::entries(obj)
+            .iter()
+            .find(|e| e.manager == manager)
+            .map(|e| to_set(&e.fields))
+            .unwrap_or_default()
+    }
+
+    fn path(fields: &[&str]) -> FieldPath {
+        fields.iter().map(|f| Step::Field(f.to_string())).collect()
+    }
 
     #[test]
     fn field_sets_round_trip_through_fields_v1() {
         let applied = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
-            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1"}]}}}});
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1", "ports": [{"containerPort": 80}]}]}}}});
         let set = field_set(&applied);
-        let v1 = to_fields_v1(&set);
+        let v1 = to_fields(&set).to_v1();
+        let nginx = &v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"nginx\"}"];
+        assert_eq!(nginx["f:image"], json!({}));
+        assert_eq!(nginx["."], json!({}), "the item itself is owned");
         assert_eq!(
-            v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"nginx\"}"]
-                ["f:image"],
-            json!({})
+            nginx["f:ports"]["k:{\"containerPort\":80,\"protocol\":\"TCP\"}"]["f:containerPort"],
+            json!({}),
+            "ports are keyed by port and protocol, which defaults"
+        );
+        assert_eq!(
+            v1["f:spec"]["f:selector"],
+            json!({}),
+            "selectors are atomic"
         );
         assert!(
             v1["f:metadata"].get("f:name").is_none(),
             "identity is not owned"
         );
-        let mut back = FieldSet::new();
-        from_fields_v1(&v1, &mut Vec::new(), &mut back);
-        assert_eq!(back, set);
+        assert_eq!(to_set(&Fields::from_v1(&v1)), set);
     }
 
     #[test]
-    fn reapply_removes_dropped_fields_and_other_appliers_conflict() {
-        let r = Registry::builtin();
-        let d = r.get("apps", "v1", "deployments").expect("deployments");
+    fn reapply_removes_dropped_fields_and_other_managers_conflict() {
         let cur = json!({"metadata": {"name": "web"}, "spec": {"replicas": 1}});
-        let first = merge(
-            d,
+        let first = apply_as(
             &cur,
-            &json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 3}}),
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 3}}),
             "me",
             false,
         )
         .expect("apply");
         assert_eq!(first["spec"]["replicas"], 3);
-        let second = merge(
-            d,
+        let second = apply_as(
             &first,
-            &json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 3}}),
+            json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 3}}),
             "me",
             false,
         )
@@ -449,40 +523,107 @@ mod tests {
             json!({"a": "1"}),
             "label b dropped by its applier"
         );
-        let err = merge(
-            d,
-            &second,
-            &json!({"spec": {"replicas": 5}}),
-            "other",
-            false,
-        )
-        .expect_err("conflict");
+        let err = apply_as(&second, json!({"spec": {"replicas": 5}}), "other", false)
+            .expect_err("conflict");
         assert_eq!(err.code, 409);
-        assert!(
-            err.message.contains("conflict with \"me\"") && err.message.contains(".spec.replicas"),
-            "{}",
-            err.message
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"me\": .spec.replicas"
         );
         let forced =
-            merge(d, &second, &json!({"spec": {"replicas": 5}}), "other", true).expect("forced");
+            apply_as(&second, json!({"spec": {"replicas": 5}}), "other", true).expect("forced");
         assert_eq!(forced["spec"]["replicas"], 5);
-        let owners = managers(&forced);
-        let me = owners.iter().find(|e| e.0 == "me").expect("me");
         assert!(
-            !me.3.contains(&vec![
-                Step::Field("spec".into()),
-                Step::Field("replicas".into())
-            ]),
+            !owned(&forced, "me").contains(&path(&["spec", "replicas"])),
             "ownership moved"
         );
         // Same value from another applier is shared, not a conflict.
-        merge(
-            d,
+        apply_as(
             &forced,
-            &json!({"metadata": {"labels": {"a": "1"}}}),
+            json!({"metadata": {"labels": {"a": "1"}}}),
             "third",
             false,
         )
         .expect("shared");
+    }
+
+    #[test]
+    fn update_managers_conflict_and_keep_what_the_applier_dropped() {
+        let r = crate::registry::Registry::builtin();
+        let d = r.get("apps", "v1", "deployments").expect("deployments");
+        let applied = json!({"metadata": {"name": "web", "labels": {"team": "a"}}, "spec": {"replicas": 2, "paused": true}});
+        let cur = apply_as(
+            &json!({"metadata": {"name": "web"}}),
+            applied.clone(),
+            "ssa",
+            false,
+        )
+        .expect("apply");
+        // someone edits replicas and the label: the fields become theirs
+        let mut edited = cur.clone();
+        edited["spec"]["replicas"] = json!(4);
+        edited["metadata"]["labels"]["team"] = json!("b");
+        managedfields::on_update(
+            d,
+            &cur,
+            &mut edited,
+            &managedfields::Writer {
+                manager: "kubectl-edit".into(),
+                subresource: None,
+            },
+        );
+        assert!(!owned(&edited, "ssa").contains(&path(&["spec", "replicas"])));
+        let err = apply_as(&edited, applied.clone(), "ssa", false).expect_err("conflicts");
+        assert_eq!(
+            err.message,
+            "Apply failed with 2 conflicts: conflicts with \"kubectl-edit\" using apps/v1:\n- .metadata.labels.team\n- .spec.replicas"
+        );
+        assert_eq!(
+            err.details.as_ref().expect("details")["causes"][1],
+            json!({"reason": "FieldManagerConflict", "message": "conflict with \"kubectl-edit\" using apps/v1", "field": ".spec.replicas"})
+        );
+        // re-applying without them leaves the editor's values in place
+        let dropped = apply_as(&edited, json!({"spec": {"paused": true}}), "ssa", false)
+            .expect("no conflict");
+        assert_eq!(dropped["spec"]["replicas"], 4);
+        assert_eq!(dropped["metadata"]["labels"]["team"], "b");
+        // forcing takes them; the editor's emptied entry goes
+        let forced = apply_as(&edited, applied, "ssa", true).expect("forced");
+        assert_eq!(forced["spec"]["replicas"], 2);
+        let managers: Vec<String> = managedfields::entries(&forced)
+            .into_iter()
+            .map(|e| e.manager)
+            .collect();
+        assert_eq!(managers, ["ssa"]);
+    }
+
+    #[test]
+    fn kubectl_takes_over_from_client_side_apply() {
+        let r = crate::registry::Registry::builtin();
+        let d = r.get("apps", "v1", "deployments").expect("deployments");
+        let last = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}});
+        let mut cur = json!({"metadata": {"name": "web", "annotations": {LAST_APPLIED: format!("{last}\n")}}, "spec": {"replicas": 2}});
+        managedfields::on_update(
+            d,
+            &json!({"metadata": {"name": "web"}}),
+            &mut cur,
+            &managedfields::Writer {
+                manager: "kubectl-client-side-apply".into(),
+                subresource: None,
+            },
+        );
+        let applied = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3}});
+        apply_as(&cur, applied.clone(), "someone", false).expect_err("others conflict");
+        let out = apply_as(&cur, applied.clone(), "kubectl", false).expect("kubectl upgrades");
+        assert_eq!(out["spec"]["replicas"], 3);
+        assert_eq!(
+            out["metadata"]["annotations"][LAST_APPLIED],
+            format!("{applied}\n"),
+            "the annotation follows server-side apply"
+        );
+        // a value changed since the last client-side apply is a conflict even for kubectl
+        let mut drifted = cur.clone();
+        drifted["spec"]["replicas"] = json!(5);
+        apply_as(&drifted, applied, "kubectl", false).expect_err("drifted");
     }
 }

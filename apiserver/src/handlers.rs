@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::managedfields;
 use crate::negotiate::{self, Accept, BodyType};
 use crate::objects::{self, DeleteOpts, ListOpts, Part};
 use crate::registry::{ResourceDef, Sub};
@@ -140,7 +141,9 @@ async fn dispatch(
             Method::GET => list(&state, &def, ns, &q, accept).await,
             Method::POST => {
                 let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
-                let created = objects::create(&state, &def, ns, obj, write_opts(&q)?).await?;
+                let writer = managedfields::writer(&q, &headers, None, "CreateOptions")?;
+                let create = objects::create(&state, &def, ns, obj, write_opts(&q)?);
+                let created = managedfields::creating(&def, writer, create).await?;
                 Ok(object_response(
                     &def,
                     StatusCode::CREATED,
@@ -170,7 +173,9 @@ async fn dispatch(
                 _ => Part::Main,
             };
             let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
-            let updated = update(&state, &def, ns, name, obj, part, write_opts(&q)?).await?;
+            let writer = managedfields::writer(&q, &headers, sub_name(t.sub), "UpdateOptions")?;
+            let opts = write_opts(&q)?;
+            let updated = update(&state, &def, ns, name, obj, part, opts, &writer).await?;
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
         }
         (None, Method::PATCH) if negotiate::body_type(&headers)? == BodyType::ApplyPatch => {
@@ -204,13 +209,15 @@ async fn dispatch(
             let ty = negotiate::body_type(&headers)?;
             let patch = decode_patch(&body, ty)?;
             let opts = write_opts(&q)?;
+            let writer = patch_writer(&q, &headers, sub_name(t.sub))?;
             let default_class = crate::priority::default_before_update(&state, &def).await?;
             let updated =
                 objects::guaranteed_update(&state, &def, ns, name, None, opts.dry_run, |cur| {
                     let patched = crate::patch::apply(ty, cur, &patch)?;
                     check_patched_rv(&def, name, cur, &patched)?;
-                    let out = objects::prepare_update(&def, cur, patched, part, opts.strict)?;
+                    let mut out = objects::prepare_update(&def, cur, patched, part, opts.strict)?;
                     crate::priority::check_update(&out, default_class.as_deref())?;
+                    managedfields::on_update(&def, cur, &mut out, &writer);
                     Ok(out)
                 })
                 .await?;
@@ -227,7 +234,12 @@ async fn dispatch(
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }
         (Some(Sub::Scale), m) => {
-            crate::subresources::scale(&state, &def, ns, name, m, &headers, &body, dry_run(&q)?)
+            let writer = match m {
+                Method::PUT => managedfields::writer(&q, &headers, Some("scale"), "UpdateOptions")?,
+                _ => patch_writer(&q, &headers, Some("scale"))?,
+            };
+            let dry = dry_run(&q)?;
+            crate::subresources::scale(&state, &def, ns, name, m, &headers, &body, dry, &writer)
                 .await
         }
         (Some(Sub::Log), Method::GET) => crate::kubelet::pod_log(&state, &def, ns, name, &q).await,
@@ -266,6 +278,32 @@ pub fn decode_patch(body: &Bytes, ty: BodyType) -> Result<Value, ApiError> {
     }
 }
 
+fn sub_name(sub: Option<Sub>) -> Option<&'static str> {
+    sub.map(Sub::name)
+}
+
+/// The writer of a patch other than server-side apply; `force` is for apply only (a 422, as
+/// upstream's PatchOptions validation).
+fn patch_writer(
+    q: &Query,
+    headers: &HeaderMap,
+    sub: Option<&'static str>,
+) -> Result<managedfields::Writer, ApiError> {
+    if q.contains_key("force") {
+        return Err(ApiError::invalid(
+            "PatchOptions",
+            "meta.k8s.io",
+            "",
+            vec![(
+                "force".into(),
+                "FieldValueForbidden",
+                "Forbidden: may not be specified for non-apply patch".into(),
+            )],
+        ));
+    }
+    managedfields::writer(q, headers, sub, "PatchOptions")
+}
+
 /// A patch that sets `metadata.resourceVersion` makes the write conditional on it.
 pub fn check_patched_rv(
     def: &ResourceDef,
@@ -285,6 +323,7 @@ pub fn check_patched_rv(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     state: &AppState,
     def: &ResourceDef,
@@ -293,6 +332,7 @@ pub async fn update(
     obj: Value,
     part: Part,
     opts: objects::WriteOpts,
+    writer: &managedfields::Writer,
 ) -> Result<Value, ApiError> {
     match crate::meta::meta_str(&obj, "name") {
         Some(n) if n == name => {}
@@ -332,8 +372,9 @@ pub async fn update(
         _ => None,
     };
     objects::guaranteed_update(state, def, ns, name, precondition, opts.dry_run, |cur| {
-        let out = objects::prepare_update(def, cur, obj.clone(), part, opts.strict)?;
+        let mut out = objects::prepare_update(def, cur, obj.clone(), part, opts.strict)?;
         crate::priority::check_update(&out, default_class.as_deref())?;
+        managedfields::on_update(def, cur, &mut out, writer);
         Ok(out)
     })
     .await

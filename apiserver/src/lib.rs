@@ -37,6 +37,7 @@ mod kinds;
 mod kubeconfig;
 mod kubelet;
 mod list;
+mod managedfields;
 mod meta;
 mod metrics;
 mod metrics_api;

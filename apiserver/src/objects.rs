@@ -348,6 +348,7 @@ pub async fn create(
         crate::crd::prepare_create(def, c, &mut obj)?;
     }
     kinds::default_object(def, &mut obj);
+    crate::managedfields::on_create(def, &mut obj);
 
     if let Some(ns) = ns {
         check_namespace(state, def, ns).await?;

@@ -105,6 +105,7 @@ pub async fn scale(
     headers: &HeaderMap,
     body: &Bytes,
     dry_run: bool,
+    writer: &crate::managedfields::Writer,
 ) -> Result<Response, ApiError> {
     let updated = match method {
         Method::GET => objects::get(state, def, ns, name).await?,
@@ -120,7 +121,9 @@ pub async fn scale(
             };
             objects::guaranteed_update(state, def, ns, name, precondition, dry_run, |cur| {
                 let new = set_replicas(cur.clone(), &replica_paths(def).0, replicas);
-                objects::prepare_update(def, cur, new, objects::Part::Main, false)
+                let mut out = objects::prepare_update(def, cur, new, objects::Part::Main, false)?;
+                crate::managedfields::on_update(def, cur, &mut out, writer);
+                Ok(out)
             })
             .await?
         }
@@ -131,7 +134,9 @@ pub async fn scale(
                 let scaled = crate::patch::apply(ty, &to_scale(def, cur), &patch)?;
                 crate::handlers::check_patched_rv(def, name, cur, &scaled)?;
                 let new = set_replicas(cur.clone(), &replica_paths(def).0, replicas_of(&scaled)?);
-                objects::prepare_update(def, cur, new, objects::Part::Main, false)
+                let mut out = objects::prepare_update(def, cur, new, objects::Part::Main, false)?;
+                crate::managedfields::on_update(def, cur, &mut out, writer);
+                Ok(out)
             })
             .await?
         }
