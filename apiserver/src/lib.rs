@@ -21,6 +21,7 @@ mod auth;
 mod backend;
 mod bootstrap;
 mod cache;
+mod cel;
 mod certificates;
 mod compactor;
 mod componentstatus;

@@ -208,7 +208,7 @@ fn check_object(
         ))
     };
     if let Some(c) = &def.custom {
-        return crate::crd::check_object(def, c, obj, strict);
+        return crate::crd::check_object(def, c, obj, old, strict);
     }
     let typed = (def.roundtrip)(obj).map_err(cannot)?;
     if strict {

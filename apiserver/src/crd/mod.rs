@@ -17,10 +17,12 @@
 //!   idempotent compare-and-swaps, so several converge.
 //! - Custom resources go through the generic handlers; [`ResourceDef::custom`] carries what
 //!   differs: [`check_object`] prunes, defaults and validates against the version's schema
-//!   ([`schema`]) instead of a typed round trip, reads rewrite `apiVersion` to the version
+//!   ([`schema`]) and its `x-kubernetes-validations` CEL rules ([`rules`]) instead of a
+//!   typed round trip, reads rewrite `apiVersion` to the version
 //!   asked for (`conversion.strategy: None`) and apply defaults, and the printer columns,
 //!   scale paths and OpenAPI come from the CRD.
 
+pub mod rules;
 pub mod schema;
 pub mod validation;
 
@@ -90,6 +92,8 @@ pub struct Custom {
     pub scale: Option<ScalePaths>,
     /// The CRD is being deleted: no new objects.
     pub terminating: bool,
+    /// The schema has `x-kubernetes-validations` rules ([`rules`]).
+    pub has_rules: bool,
 }
 
 // === interning ===
@@ -353,6 +357,9 @@ fn versions_of(crd: &Value, pick: impl Fn(&Value) -> bool) -> Vec<ResourceDef> {
                 review: None,
                 custom: Some(Arc::new(Custom {
                     storage_version: intern(storage_version),
+                    has_rules: v
+                        .pointer("/schema/openAPIV3Schema")
+                        .is_some_and(rules::has_rules),
                     schema: v
                         .pointer("/schema/openAPIV3Schema")
                         .cloned()

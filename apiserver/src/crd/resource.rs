@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{schema, Custom};
+use super::{rules, schema, Custom};
 use crate::meta;
 use crate::registry::{ResourceDef, Sub};
 use crate::status::ApiError;
@@ -34,11 +34,13 @@ pub fn prepare_create(def: &ResourceDef, c: &Custom, obj: &mut Value) -> Result<
 
 /// The object as it will be stored: metadata as ObjectMeta, unknown fields pruned (a 400
 /// under `fieldValidation=Strict`, warnings under `Warn`), defaults filled in, then the
-/// schema's field errors as a 422.
+/// schema's field errors as a 422, then (when there are none) the `x-kubernetes-validations`
+/// rules' failures, with `old` the stored object on updates.
 pub fn check_object(
     def: &ResourceDef,
     c: &Custom,
     obj: &Value,
+    old: Option<&Value>,
     strict: bool,
 ) -> Result<Value, ApiError> {
     let mut out = obj.clone();
@@ -82,7 +84,10 @@ pub fn check_object(
     }
     if !c.schema.is_null() {
         schema::apply_defaults(&mut out, &c.schema);
-        let causes = schema::validate(&out, &c.schema);
+        let mut causes = schema::validate(&out, &c.schema);
+        if causes.is_empty() && c.has_rules {
+            causes = rules::validate(&out, old, &c.schema);
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(def.kind, def.group, &name, causes));
         }

@@ -326,10 +326,15 @@ fn validate_versions(spec: &Value, out: &mut Vec<Cause>) {
                 "FieldValueRequired",
                 "Required value: schemas are required".into(),
             )),
-            Some(s) => out.extend(schema::structural_errors(
-                s,
-                &format!("{p}.schema.openAPIV3Schema"),
-            )),
+            Some(s) => {
+                let at = format!("{p}.schema.openAPIV3Schema");
+                let structural = schema::structural_errors(s, &at);
+                // rules are compiled against a structural schema only, as upstream
+                if structural.is_empty() {
+                    out.extend(super::rules::check_schema(s, &at));
+                }
+                out.extend(structural);
+            }
         }
         if let Some(scale) = v.pointer("/subresources/scale") {
             let sp = format!("{p}.subresources.scale");
