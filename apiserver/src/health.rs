@@ -1,14 +1,12 @@
-//! `/healthz`, `/livez` and `/readyz` as upstream's apiserver serves them: named checks, each
-//! also at its own path (`/readyz/etcd`), `?verbose` listing them, `?exclude=NAME` skipping
-//! one, and on failure HTTP 500 with every check listed (the reasons withheld, since the
-//! endpoints are public) and `<endpoint> check failed`.
+//! `/healthz`, `/livez` and `/readyz` as upstream's apiserver serves them: the apiserver's
+//! named checks, answered by `component::health` (per-check paths, `?verbose`, `?exclude=`,
+//! HTTP 500 with the reasons withheld).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::state::AppState;
 
@@ -100,119 +98,28 @@ async fn store_round_trip(state: &AppState) -> Result<(), String> {
     Ok(())
 }
 
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-/// The values of query parameter `key` (`exclude=a&exclude=b`), and whether it is present.
-fn query_values(query: &str, key: &str) -> (bool, Vec<String>) {
-    let mut found = false;
-    let mut values = Vec::new();
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if k == key {
-            found = true;
-            if !v.is_empty() {
-                values.push(v.into_owned());
-            }
-        }
-    }
-    (found, values)
-}
-
 /// GET on `/healthz`, `/livez`, `/readyz` or one check's path under them.
 pub async fn serve(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let (endpoint, rest) = match path.trim_start_matches('/').split_once('/') {
-        Some((e, rest)) => (e.to_string(), Some(rest.to_string())),
-        None => (path.trim_start_matches('/').to_string(), None),
-    };
-    let endpoint = match endpoint.as_str() {
+    let (endpoint, rest) = component::health::split_path(req.uri().path());
+    let endpoint = match endpoint {
         "healthz" => Endpoint::Healthz,
         "livez" => Endpoint::Livez,
         _ => Endpoint::Readyz,
     };
-    match rest.as_deref() {
-        None | Some("") => root(&state, endpoint, &query).await,
-        Some(name) if endpoint.checks().contains(&name) => match check(&state, name).await {
-            Ok(()) => text(StatusCode::OK, "ok".into()),
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal server error: {e}\n"),
-            ),
-        },
-        Some(_) => text(StatusCode::NOT_FOUND, "404 page not found\n".into()),
-    }
-}
-
-/// The endpoint itself: every check, formatted as upstream's `handleRootHealth`.
-async fn root(state: &AppState, endpoint: Endpoint, query: &str) -> Response {
-    let (verbose, _) = query_values(query, "verbose");
-    let (_, mut excluded) = query_values(query, "exclude");
-    let mut out = String::new();
-    let mut failed = Vec::new();
-    for &name in endpoint.checks() {
-        if excluded.iter().any(|e| e == name) {
-            excluded.retain(|e| e != name);
-            out.push_str(&format!("[+]{name} excluded: ok\n"));
-            continue;
-        }
-        match check(state, name).await {
-            Ok(()) => out.push_str(&format!("[+]{name} ok\n")),
-            Err(e) => {
-                tracing::info!(check = name, endpoint = endpoint.name(), error = %e, "health check failed");
-                out.push_str(&format!("[-]{name} failed: reason withheld\n"));
-                failed.push(name);
-            }
-        }
-    }
-    if !excluded.is_empty() {
-        excluded.sort();
-        excluded.dedup();
-        let quoted: Vec<String> = excluded.iter().map(|e| format!("{e:?}")).collect();
-        out.push_str(&format!(
-            "warn: some health checks cannot be excluded: no matches for {}\n",
-            quoted.join(",")
-        ));
-    }
-    let name = endpoint.name();
-    if !failed.is_empty() {
-        // always verbose on failure (http.Error adds the newline)
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{out}{name} check failed\n"),
-        );
-    }
-    if !verbose {
-        return text(StatusCode::OK, "ok".into());
-    }
-    text(StatusCode::OK, format!("{out}{name} check passed\n"))
+    let state = &state;
+    component::health::respond(
+        endpoint.name(),
+        endpoint.checks(),
+        rest,
+        req.uri().query().unwrap_or(""),
+        |name| check(state, name),
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_values_split_repeated_keys() {
-        assert_eq!(
-            query_values("verbose&exclude=etcd&exclude=poststarthook%2Fx", "exclude"),
-            (
-                true,
-                vec!["etcd".to_string(), "poststarthook/x".to_string()]
-            )
-        );
-        assert_eq!(query_values("verbose", "verbose"), (true, vec![]));
-        assert_eq!(query_values("", "verbose"), (false, vec![]));
-    }
 
     #[test]
     fn readyz_has_the_readiness_only_checks() {

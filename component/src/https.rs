@@ -314,8 +314,11 @@ pub fn self_signed(
 }
 
 /// A server config with a self-signed certificate for `names` made now and kept in memory
-/// only (a server whose clients verify no certificate, e.g. a health port).
-pub fn ephemeral_self_signed(names: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// only (upstream's secure serving without `--cert-dir` or `--tls-cert-file`).
+pub fn ephemeral_self_signed(
+    names: &[String],
+    client_certs: ClientCerts,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let cert = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| TlsError::Tls {
         action: "generating a self-signed certificate",
         message: e.to_string(),
@@ -323,8 +326,25 @@ pub fn ephemeral_self_signed(names: &[String]) -> Result<Arc<rustls::ServerConfi
     server_config(
         cert.cert.pem().as_bytes(),
         cert.signing_key.serialize_pem().as_bytes(),
-        ClientCerts::None,
+        client_certs,
     )
+}
+
+/// A server config with the certificate (chain) and key in these PEM files
+/// (`--tls-cert-file`, `--tls-private-key-file`).
+pub fn from_files(
+    crt: &Path,
+    key: &Path,
+    client_certs: ClientCerts,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let read = |action, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    server_config(&read("reading", crt)?, &read("reading", key)?, client_certs)
 }
 
 fn server_config(
@@ -360,51 +380,6 @@ fn server_config(
             message: e.to_string(),
         })?;
     Ok(Arc::new(config))
-}
-
-/// Serve upstream's health paths (`/healthz`, `/livez`, `/readyz`: `ok`, no authentication)
-/// over HTTPS with an ephemeral self-signed certificate on `addr` until `shutdown`: the
-/// secure port of kube-scheduler (10259) and kube-controller-manager (10257), which the
-/// apiserver's ComponentStatus probes. A port that cannot be bound (another component of the
-/// kind on this machine) is logged and tried again every 2 s; the component runs on.
-pub async fn serve_health(
-    addr: std::net::SocketAddr,
-    component: &'static str,
-    shutdown: CancellationToken,
-) -> Result<(), std::convert::Infallible> {
-    let names = vec!["localhost".to_string(), addr.ip().to_string()];
-    let tls = match ephemeral_self_signed(&names) {
-        Ok(tls) => tls,
-        Err(e) => {
-            tracing::warn!(component, error = %e, "no health port");
-            shutdown.cancelled().await;
-            return Ok(());
-        }
-    };
-    let mut warned = false;
-    let listener = loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(component, %addr, error = %e, "health port not served yet; retrying");
-                    warned = true;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
-    };
-    let ok = || async { "ok" };
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(ok))
-        .route("/livez", axum::routing::get(ok))
-        .route("/readyz", axum::routing::get(ok));
-    tracing::info!(component, %addr, "serving health");
-    serve(listener, tls, app, shutdown).await;
-    Ok(())
 }
 
 /// Serve `app` on `listener` over TLS until `shutdown`, then drain open connections for a

@@ -91,6 +91,48 @@ pub struct Elector {
     name: String,
     identity: String,
     args: LeaderElectionArgs,
+    health: LeaderHealth,
+}
+
+/// Upstream's `leaderElection` health check (client-go's `HealthzAdaptor`): healthy unless
+/// this process leads and has not renewed its Lease for longer than the lease duration plus
+/// a tolerance (20 s in kube-scheduler and kube-controller-manager).
+#[derive(Debug, Clone)]
+pub struct LeaderHealth {
+    /// When this process last renewed the Lease while leading; None when not leading.
+    renewed: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    lease: String,
+    tolerance: Duration,
+}
+
+/// The tolerance kube-scheduler and kube-controller-manager give their leader check.
+pub const HEALTH_TOLERANCE: Duration = Duration::from_secs(20);
+
+impl LeaderHealth {
+    fn set(&self, renewed: Option<tokio::time::Instant>) {
+        *self.renewed.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
+    }
+
+    /// Whether this process leads (as far as it knows).
+    pub fn is_leader(&self) -> bool {
+        self.renewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// `Err` when leading with a Lease not renewed for longer than `lease_duration` plus
+    /// the tolerance.
+    pub fn check(&self, lease_duration: Duration) -> Result<(), String> {
+        let renewed = *self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+        match renewed {
+            Some(at) if at.elapsed() > lease_duration + self.tolerance => Err(format!(
+                "failed election to renew leadership on lease {}",
+                self.lease
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Elector {
@@ -127,7 +169,22 @@ impl Elector {
             name: name.to_string(),
             identity: identity.to_string(),
             args,
+            health: LeaderHealth {
+                renewed: Default::default(),
+                lease: name.to_string(),
+                tolerance: HEALTH_TOLERANCE,
+            },
         }
+    }
+
+    /// This candidate's `leaderElection` health check.
+    pub fn health(&self) -> LeaderHealth {
+        self.health.clone()
+    }
+
+    /// The flags it was made with.
+    pub fn args(&self) -> &LeaderElectionArgs {
+        &self.args
     }
 
     /// Wait until this candidate leads, then run `work` with a token that is cancelled if
@@ -160,6 +217,7 @@ impl Elector {
             }
         }
         tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
+        self.health.set(Some(tokio::time::Instant::now()));
         let lost = shutdown.child_token();
         let work_token = lost.clone();
         let renew = async {
@@ -170,7 +228,10 @@ impl Elector {
                     _ = tokio::time::sleep(self.args.retry_period) => {}
                 }
                 match self.try_acquire_or_renew().await {
-                    Ok(Outcome::Held) => last_renew = tokio::time::Instant::now(),
+                    Ok(Outcome::Held) => {
+                        last_renew = tokio::time::Instant::now();
+                        self.health.set(Some(last_renew));
+                    }
                     Ok(Outcome::HeldByOther) => {
                         lost.cancel();
                         return Err(LeaderError::Lost {
@@ -201,6 +262,7 @@ impl Elector {
                 Err(e) => Err(e),
             },
         };
+        self.health.set(None);
         if shutdown.is_cancelled() {
             self.release().await;
         }

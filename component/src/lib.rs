@@ -6,10 +6,13 @@
 
 use std::path::Path;
 
+pub mod delegated;
+pub mod health;
 pub mod https;
 pub mod leader;
 pub mod quota;
 pub mod selectors;
+pub mod serving;
 pub mod volumes;
 
 pub use tokio_util::sync::CancellationToken;

@@ -43,6 +43,7 @@ pub mod replicationcontroller;
 pub mod resourcequota;
 pub mod rootcacert;
 pub mod serviceaccount;
+mod serving;
 pub mod statefulset;
 pub mod util;
 
@@ -122,6 +123,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub leader: component::leader::LeaderElectionArgs,
+
+    /// The secure port (default 10257): health, and metrics for authorized callers.
+    #[command(flatten)]
+    pub serving: component::serving::SecureServing,
 }
 
 impl Config {
@@ -141,6 +146,8 @@ impl Config {
             horizontal_pod_autoscaler_sync_period: Duration::from_secs(15),
             horizontal_pod_autoscaler_downscale_stabilization: Duration::from_secs(300),
             leader: component::leader::LeaderElectionArgs::disabled(),
+            // no port: tests run many controller-managers on one machine
+            serving: component::serving::SecureServing::disabled(),
         }
     }
 }
@@ -155,6 +162,8 @@ pub enum Error {
     UnknownController(String),
     #[error("--cluster-cidr: {0}")]
     Cidr(String),
+    #[error("the secure port: {0}")]
+    Serving(#[from] component::serving::ServingError),
 }
 
 /// What a reconcile can fail with; the error policy retries with a delay.
@@ -240,7 +249,15 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         &identity,
         config.leader.clone(),
     );
-    elector
+    let secure =
+        component::serving::bind("kube-controller-manager", 10257, &config.serving, &client)
+            .await?;
+    let stop_serving = shutdown.child_token();
+    let serving = secure.map(|port| {
+        let endpoints = serving::endpoints(&elector, which.len(), &shutdown);
+        tokio::spawn(port.serve(endpoints, stop_serving.clone()))
+    });
+    let result = elector
         .run(shutdown, |token| {
             let timing = nodelifecycle::Timing {
                 grace: config.node_monitor_grace_period,
@@ -258,7 +275,12 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             };
             run_controllers(client, which, cidr, timing, periods, token)
         })
-        .await?;
+        .await;
+    stop_serving.cancel();
+    if let Some(task) = serving {
+        let _ = task.await;
+    }
+    result?;
     Ok(())
 }
 

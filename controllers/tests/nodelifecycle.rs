@@ -274,6 +274,7 @@ async fn conditions_and_cordon_become_no_schedule_taints() {
             policy_config_file: None,
             leader: component::leader::LeaderElectionArgs::disabled(),
             parallelism: 4,
+            serving: component::serving::SecureServing::disabled(),
         },
         shutdown.clone(),
     ));

@@ -154,6 +154,7 @@ async fn pods_go_where_their_volumes_are_and_wait_for_their_claims() {
             policy_config_file: None,
             leader: component::leader::LeaderElectionArgs::disabled(),
             parallelism: 4,
+            serving: component::serving::SecureServing::disabled(),
         },
         shutdown.clone(),
     ));

@@ -76,6 +76,18 @@ async fn ensure_local_path_class(client: &kube::Client) -> anyhow::Result<()> {
     }
 }
 
+/// The in-process scheduler's and controller-manager's secure ports: upstream's (10259,
+/// 10257) on 127.0.0.1 (as k3s binds them), which the apiserver's ComponentStatus probes
+/// (`kubectl get cs`). A port another process holds (a second server on this machine) is
+/// waited for rather than fatal.
+fn local_serving() -> component::serving::SecureServing {
+    component::serving::SecureServing {
+        bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
+        busy: component::serving::Busy::Wait,
+        ..component::serving::SecureServing::defaults()
+    }
+}
+
 /// `kaze dns`'s flag defaults, for the DNS server `kaze server` runs.
 #[derive(Parser)]
 struct DnsDefaults {
@@ -264,6 +276,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         policy_config_file: None,
         leader: args.leader.clone(),
         parallelism: 16,
+        serving: local_serving(),
     };
     components.spawn("scheduler", &shutdown, |token| scheduler::run(sched, token));
     let cm = controllers::Config {
@@ -285,22 +298,11 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         horizontal_pod_autoscaler_downscale_stabilization: args
             .horizontal_pod_autoscaler_downscale_stabilization,
         leader: args.leader.clone(),
+        serving: local_serving(),
     };
     components.spawn("controller-manager", &shutdown, |token| {
         controllers::run(cm, token)
     });
-    // Their health on upstream's secure ports, which the apiserver's ComponentStatus probes
-    // (`kubectl get cs`); kaze server stops as a whole when one of its components ends.
-    for (name, port) in [
-        ("scheduler health", 10259),
-        ("controller-manager health", 10257),
-    ] {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        components.spawn(name, &shutdown, move |token| {
-            component::https::serve_health(addr, name, token)
-        });
-    }
-
     let mut own_containerd = None;
     if !args.disable_agent {
         let node_ip = args.node.ip();

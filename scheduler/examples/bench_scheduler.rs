@@ -136,6 +136,7 @@ async fn main() {
         policy_config_file: None,
         leader: component::leader::LeaderElectionArgs::disabled(),
         parallelism: 32,
+        serving: component::serving::SecureServing::disabled(),
     };
     let started = Instant::now();
     let sched = tokio::spawn(scheduler::run(config, token.clone()));

@@ -25,6 +25,7 @@ mod loop_;
 pub mod preemption;
 pub mod quantity;
 pub mod selectors;
+mod serving;
 pub mod volumebinding;
 
 pub use loop_::{Scheduler, Stats};
@@ -53,6 +54,10 @@ pub struct Config {
     /// Bindings in flight at once.
     #[arg(long = "parallelism", default_value_t = 16)]
     pub parallelism: usize,
+
+    /// The secure port (default 10259): health, and metrics for authorized callers.
+    #[command(flatten)]
+    pub serving: component::serving::SecureServing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,8 @@ pub enum Error {
     Client(#[from] component::ClientError),
     #[error(transparent)]
     Leader(#[from] component::leader::LeaderError),
+    #[error("the secure port: {0}")]
+    Serving(#[from] component::serving::ServingError),
 }
 
 /// The profiles `config` asks for; a bad file is an error naming the file and the problem.
@@ -95,8 +102,20 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         &identity,
         config.leader.clone(),
     );
+    let secure =
+        component::serving::bind("kube-scheduler", 10259, &config.serving, &client).await?;
     let scheduler = Scheduler::new(client, profiles, config.parallelism);
-    match elector.run(shutdown, |token| scheduler.run(token)).await? {
+    let stop_serving = shutdown.child_token();
+    let serving = secure.map(|port| {
+        let endpoints = serving::endpoints(&elector, &scheduler.stats, &shutdown);
+        tokio::spawn(port.serve(endpoints, stop_serving.clone()))
+    });
+    let result = elector.run(shutdown, |token| scheduler.run(token)).await;
+    stop_serving.cancel();
+    if let Some(task) = serving {
+        let _ = task.await;
+    }
+    match result? {
         Some(result) => result,
         None => Ok(()),
     }

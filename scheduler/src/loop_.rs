@@ -78,6 +78,8 @@ pub struct Stats {
     pub bound: AtomicU64,
     pub failed_attempts: AtomicU64,
     pub binding_conflicts: AtomicU64,
+    /// Nodes and pods listed once: upstream's `sched-handler-sync` readiness.
+    pub synced: std::sync::atomic::AtomicBool,
 }
 
 pub struct Scheduler {
@@ -397,6 +399,7 @@ impl Scheduler {
             if !(st.nodes_synced && st.pods_synced) {
                 continue;
             }
+            self.stats.synced.store(true, Ordering::Relaxed);
             // Pods whose backoff expired and that are not parked go back in the queue.
             let now = Instant::now();
             let ready: Vec<Key> = st

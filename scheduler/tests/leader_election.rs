@@ -23,6 +23,7 @@ fn config(server: &apiserver::RunningServer) -> scheduler::Config {
             namespace: "kube-system".into(),
         },
         parallelism: 4,
+        serving: component::serving::SecureServing::disabled(),
     }
 }
 

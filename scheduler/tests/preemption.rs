@@ -68,6 +68,7 @@ impl Cluster {
             policy_config_file: None,
             leader: component::leader::LeaderElectionArgs::disabled(),
             parallelism: 4,
+            serving: component::serving::SecureServing::disabled(),
         };
         self.scheduler = Some(tokio::spawn(scheduler::run(config, self.shutdown.clone())));
     }

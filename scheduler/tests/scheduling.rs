@@ -59,6 +59,7 @@ async fn binds_pending_pods_and_explains_unschedulable_ones() {
             ..component::leader::LeaderElectionArgs::disabled()
         },
         parallelism: 4,
+        serving: component::serving::SecureServing::disabled(),
     };
     let sched = tokio::spawn(scheduler::run(config, shutdown.clone()));
 

@@ -38,14 +38,7 @@ pub const ADMIN_GROUP: &str = "system:masters";
 /// Paths anyone may read when no CA is configured (and `/healthz` always).
 const OPEN_WITHOUT_CA: &[&str] = &["/containerLogs/"];
 
-/// An authenticated caller: a verified client certificate's subject, or a bearer token's
-/// user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub groups: Vec<String>,
-    pub uid: Option<String>,
-}
+pub use component::delegated::User;
 
 /// The kubelet server's authentication and authorization.
 pub struct Auth {
@@ -59,21 +52,19 @@ pub struct Auth {
 
 /// Upstream's `--authentication-token-webhook` and `--authorization-mode=Webhook`: a bearer
 /// token is a TokenReview, a request a SubjectAccessReview of `nodes/<subresource>` on this
-/// node; answers are cached (tokens 2 min; decisions 5 min allowed, 30 s denied).
+/// node (`component::delegated`).
 struct Webhook {
-    client: kube::Client,
+    reviews: component::delegated::Webhook,
     node: String,
-    /// SHA-256 of a token → when it was reviewed and who it is.
-    tokens: std::sync::Mutex<TtlCache<Vec<u8>, Option<User>>>,
-    /// User, groups, verb, subresource → when and whether allowed.
-    decisions: std::sync::Mutex<TtlCache<String, bool>>,
 }
 
-type TtlCache<K, V> = std::collections::HashMap<K, (std::time::Instant, V)>;
-
-const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(120);
-const ALLOWED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-const DENIED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// The kubelet's cache lifetimes (upstream's `authentication.webhook.cacheTTL` 2 min,
+/// `authorization.webhook.cacheAuthorizedTTL` 5 min, `cacheUnauthorizedTTL` 30 s).
+const TTLS: component::delegated::Ttls = component::delegated::Ttls {
+    token: std::time::Duration::from_secs(120),
+    allowed: std::time::Duration::from_secs(300),
+    denied: std::time::Duration::from_secs(30),
+};
 
 /// The SubjectAccessReview attributes of a kubelet request, as upstream's kubelet forms
 /// them: `nodes/<subresource>` named after the node, the verb from the method.
@@ -107,87 +98,26 @@ pub fn request_attributes(method: &str, path: &str) -> (&'static str, &'static s
 impl Webhook {
     /// Who `token` is, per the apiserver (None: not a valid token).
     async fn authenticate(&self, token: &str) -> Result<Option<User>, Refusal> {
-        let key = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .to_vec();
-        let now = std::time::Instant::now();
-        if let Some((at, user)) = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            if now.duration_since(*at) < TOKEN_TTL {
-                return Ok(user.clone());
-            }
-        }
-        let review = serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-            "spec": {"token": token},
-        });
-        let answer = self
-            .post("/apis/authentication.k8s.io/v1/tokenreviews", &review)
-            .await?;
-        let status = &answer["status"];
-        let user = (status["authenticated"] == true).then(|| User {
-            name: status["user"]["username"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-            groups: status["user"]["groups"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|g| g.as_str().map(String::from))
-                .collect(),
-            uid: status["user"]["uid"].as_str().map(String::from),
-        });
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        prune(&mut tokens, TOKEN_TTL, now);
-        tokens.insert(key, (now, user.clone()));
-        Ok(user)
+        self.reviews
+            .authenticate(token)
+            .await
+            .map_err(|e| internal(e.to_string()))
     }
 
     /// Whether `user` may `method` `path` on this node, per the apiserver.
     async fn authorize(&self, user: &User, method: &str, path: &str) -> Result<(), Refusal> {
         let (verb, subresource) = request_attributes(method, path);
-        let key = format!("{}\0{:?}\0{verb}\0{subresource}", user.name, user.groups);
-        let now = std::time::Instant::now();
-        let cached = self
-            .decisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
-        let allowed = match cached {
-            Some((at, allowed))
-                if now.duration_since(at) < if allowed { ALLOWED_TTL } else { DENIED_TTL } =>
-            {
-                allowed
-            }
-            _ => {
-                let review = serde_json::json!({
-                    "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                    "spec": {
-                        "user": user.name, "groups": user.groups, "uid": user.uid,
-                        "resourceAttributes": {"verb": verb, "resource": "nodes",
-                                               "subresource": subresource, "name": self.node,
-                                               "version": "v1"},
-                    },
-                });
-                let answer = self
-                    .post(
-                        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-                        &review,
-                    )
-                    .await?;
-                let allowed = answer["status"]["allowed"] == true;
-                let mut decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-                prune(&mut decisions, ALLOWED_TTL, now);
-                decisions.insert(key, (now, allowed));
-                allowed
-            }
+        let attributes = component::delegated::Attributes::Resource {
+            verb: verb.into(),
+            resource: "nodes".into(),
+            subresource: subresource.into(),
+            name: self.node.clone(),
         };
+        let allowed = self
+            .reviews
+            .authorize(user, &attributes)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
         if allowed {
             return Ok(());
         }
@@ -199,36 +129,7 @@ impl Webhook {
             ),
         })
     }
-
-    async fn post(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> Result<serde_json::Value, Refusal> {
-        let req = axum::http::Request::post(path)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(body).unwrap_or_default())
-            .map_err(|e| internal(e.to_string()))?;
-        self.client
-            .request::<serde_json::Value>(req)
-            .await
-            .map_err(|e| internal(format!("asking the apiserver ({path}): {e}")))
-    }
 }
-
-/// Past [`MAX_CACHED`] entries, forget those older than `ttl` (and, if that is not
-/// enough, all): callers sending made-up tokens must not grow the cache without bound.
-fn prune<K, V>(cache: &mut TtlCache<K, V>, ttl: std::time::Duration, now: std::time::Instant) {
-    if cache.len() < MAX_CACHED {
-        return;
-    }
-    cache.retain(|_, (at, _)| now.duration_since(*at) < ttl);
-    if cache.len() >= MAX_CACHED {
-        cache.clear();
-    }
-}
-
-const MAX_CACHED: usize = 4096;
 
 fn internal(message: String) -> Refusal {
     Refusal {
@@ -319,10 +220,8 @@ impl Auth {
     /// `client` (TokenReview, SubjectAccessReview on `nodes/<subresource>` of `node`).
     pub fn with_webhook(mut self, client: kube::Client, node: &str) -> Auth {
         self.webhook = Some(Webhook {
-            client,
+            reviews: component::delegated::Webhook::new(client, TTLS),
             node: node.into(),
-            tokens: Default::default(),
-            decisions: Default::default(),
         });
         self
     }
