@@ -104,7 +104,7 @@ fn check_label_value(v: &str) -> Result<(), String> {
 
 /// A label key: an optional DNS-1123 subdomain prefix and `/`, then a name as label values
 /// but non-empty.
-fn check_qualified_name(k: &str) -> Result<(), String> {
+pub(crate) fn check_qualified_name(k: &str) -> Result<(), String> {
     let name = match k.split_once('/') {
         Some((prefix, name)) => {
             meta::check_subdomain(prefix).map_err(|_| "prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string())?;

@@ -694,7 +694,7 @@ fn dry_runs_bad_patches_and_invalid_configurations() {
         &[(
             "a.kaze.test",
             url_client(&hooks, "x"),
-            "  matchConditions:\n  - name: x\n    expression: \"true\"\n",
+            "  matchConditions:\n  - name: x\n    expression: \"object.x ==\"\n",
         )],
     )
     .replace("sideEffects: None", "sideEffects: Some");
@@ -705,7 +705,7 @@ fn dry_runs_bad_patches_and_invalid_configurations() {
     );
     assert!(
         err.contains(
-            "webhooks[0].matchConditions: Forbidden: matchConditions are not supported by kaze"
+            "webhooks[0].matchConditions[0].expression: Invalid value: \"object.x ==\": compilation failed: ERROR: <input>:1:12: Syntax error"
         ),
         "{err}"
     );
@@ -713,6 +713,82 @@ fn dry_runs_bad_patches_and_invalid_configurations() {
         !s.kubectl_result(&["get", "validatingwebhookconfiguration", "invalid"], None)
             .0
     );
+}
+
+#[test]
+fn match_conditions_decide_which_requests_reach_a_webhook() {
+    let s = TestServer::start();
+    let hooks = start_hooks(&s);
+    let conditions = "  matchConditions:\n  - name: named-match\n    expression: \"object.metadata.name.startsWith('match-')\"\n  - name: by-admin\n    expression: \"request.userInfo.username == 'kaze-admin' && oldObject == null\"\n";
+    let broken =
+        "  matchConditions:\n  - name: broken\n    expression: \"object.data.missing == 'x'\"\n";
+    apply(
+        &s,
+        &configuration(
+            "ValidatingWebhookConfiguration",
+            "conditions",
+            &[
+                (
+                    "record.kaze.test",
+                    url_client(&hooks, "record"),
+                    &format!(
+                        "{}{conditions}",
+                        rules("[CREATE, UPDATE]", "[\"\"]", "[configmaps]")
+                    ),
+                ),
+                (
+                    "broken-fail.kaze.test",
+                    url_client(&hooks, "record-broken"),
+                    &format!(
+                        "{}{broken}",
+                        rules("[CREATE]", "[\"\"]", "[serviceaccounts]")
+                    ),
+                ),
+                (
+                    "broken-ignore.kaze.test",
+                    url_client(&hooks, "record-broken"),
+                    &format!(
+                        "{}{broken}  failurePolicy: Ignore\n",
+                        rules("[CREATE]", "[\"\"]", "[secrets]")
+                    ),
+                ),
+            ],
+        ),
+    );
+    // the configuration is followed from the watch cache: wait until it selects requests
+    eventually("the webhook to be called", || {
+        let name = format!(
+            "match-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_nanos()
+        );
+        s.kubectl(&["create", "configmap", &name]);
+        !hooks.requests("record", &name).is_empty()
+    });
+    s.kubectl(&["create", "configmap", "match-one"]);
+    s.kubectl(&["create", "configmap", "other-one"]);
+    assert_eq!(hooks.requests("record", "match-one").len(), 1);
+    assert!(
+        hooks.requests("record", "other-one").is_empty(),
+        "a false condition skips the webhook"
+    );
+    // an update has an oldObject: the second condition is false
+    s.kubectl(&["label", "configmap", "match-one", "x=y"]);
+    assert_eq!(hooks.requests("record", "match-one").len(), 1);
+    // a condition that fails to evaluate: failurePolicy Fail refuses, Ignore skips the webhook
+    let err = s.kubectl_fails(&["create", "serviceaccount", "sa-one"], None);
+    assert!(
+        err.contains("failed calling webhook \"broken-fail.kaze.test\": failed evaluating match condition \"broken\""),
+        "{err}"
+    );
+    assert!(err.contains("no such key: data"), "{err}");
+    s.kubectl(&["create", "secret", "generic", "secret-one"]);
+    assert!(s.kubectl_result(&["get", "secret", "secret-one"], None).0);
+    assert!(hooks.requests("record-broken", "sa-one").is_empty());
+    assert!(hooks.requests("record-broken", "secret-one").is_empty());
+    s.kubectl(&["delete", "validatingwebhookconfiguration", "conditions"]);
 }
 
 #[test]

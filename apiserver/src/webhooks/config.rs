@@ -200,18 +200,12 @@ fn validate_hook(h: &Value, path: &str, mutating: bool, causes: &mut Vec<Cause>)
             }
         }
     }
-    // kaze evaluates no CEL: a webhook whose matchConditions were silently ignored would be
-    // called for requests its author meant to exclude.
-    if h.get("matchConditions")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        causes.push((
-            format!("{path}.matchConditions"),
-            "FieldValueForbidden",
-            "Forbidden: matchConditions are not supported by kaze".into(),
-        ));
-    }
+    super::conditions::validate(
+        h.get("matchConditions"),
+        &format!("{path}.matchConditions"),
+        super::conditions::WEBHOOK_VARS,
+        causes,
+    );
     validate_client_config(
         h.get("clientConfig"),
         &format!("{path}.clientConfig"),
@@ -493,10 +487,12 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_names_and_match_conditions_are_refused() {
+    fn duplicate_names_and_bad_match_conditions_are_refused() {
         let got = errors(vec![
             hook(json!({})),
-            hook(json!({"matchConditions": [{"name": "x", "expression": "true"}]})),
+            hook(
+                json!({"matchConditions": [{"name": "x", "expression": "true"}, {"name": "y", "expression": "nope"}]}),
+            ),
         ]);
         assert_eq!(
             got,
@@ -506,8 +502,8 @@ mod tests {
                     "Duplicate value: \"a.example.com\"".to_string()
                 ),
                 (
-                    "webhooks[1].matchConditions".to_string(),
-                    "Forbidden: matchConditions are not supported by kaze".to_string()
+                    "webhooks[1].matchConditions[1].expression".to_string(),
+                    "Invalid value: \"nope\": compilation failed: ERROR: <input>:1:1: undeclared reference to 'nope' (in container '')".to_string()
                 ),
             ]
         );

@@ -11,7 +11,9 @@
 //! is stored. Deletes send both kinds the old object. The configuration kinds themselves
 //! are never sent to webhooks, so a broken webhook can always be removed; nor is the
 //! apiserver's own work (no requester), nor the subresources upstream sends as other kinds
-//! (`binding`, `eviction`, `scale`, `token`).
+//! (`binding`, `eviction`, `scale`, `token`). A webhook's `matchConditions` (CEL,
+//! [`conditions`]) are evaluated after its rules and selectors matched: all must be true; an
+//! error fails the request or skips the webhook as its `failurePolicy` says.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,6 +30,7 @@ use crate::state::AppState;
 use crate::status::ApiError;
 
 mod client;
+pub mod conditions;
 pub mod config;
 mod connect;
 mod metrics;
@@ -328,10 +331,33 @@ async fn matching(
                     continue;
                 }
             }
-            out.push(Matched {
+            let matched = Matched {
                 hook: hook.clone(),
                 as_version,
-            });
+            };
+            if hook.get("matchConditions").is_some_and(|c| !c.is_null()) {
+                let review = review(req, sub, &matched, obj, old);
+                let inputs = conditions::Inputs {
+                    object: obj,
+                    old,
+                    request: &review["request"],
+                    params: None,
+                    namespace: None,
+                };
+                let conds = hook.get("matchConditions");
+                match conditions::evaluate(conds, conditions::WEBHOOK_VARS, &inputs) {
+                    conditions::Verdict::Match => {}
+                    conditions::Verdict::NoMatch => continue,
+                    conditions::Verdict::Error(e) if fails_closed(hook) => {
+                        return Err(call_failed(hook, &e));
+                    }
+                    conditions::Verdict::Error(e) => {
+                        tracing::warn!(webhook = hook_name(hook), error = %e, "failed evaluating match conditions, failing open");
+                        continue;
+                    }
+                }
+            }
+            out.push(matched);
         }
     }
     Ok(out)
