@@ -16,7 +16,7 @@ use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
-use testkit::bench::{peak_rss_mib, percentile};
+use testkit::bench::{cpu_seconds, peak_rss_mib, percentile};
 use tokio::sync::Mutex;
 
 const CONCURRENCY: usize = 32;
@@ -78,12 +78,35 @@ async fn start_etcd(bin: &std::path::Path) -> testkit::Etcd {
         .expect("etcd")
 }
 
+/// CPU time per operation of one phase, µs: etcd's and this process's (the client, and the
+/// apiserver when it is measured).
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    etcd: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    fn start(etcd: &testkit::Etcd) -> (f64, f64) {
+        (cpu_seconds(etcd.pid()), cpu_seconds(None))
+    }
+
+    fn per_op(etcd: &testkit::Etcd, start: (f64, f64), ops: usize) -> Cpu {
+        let us = |now: f64, then: f64| (now - then) * 1e6 / ops.max(1) as f64;
+        Cpu {
+            etcd: us(cpu_seconds(etcd.pid()), start.0),
+            bench: us(cpu_seconds(None), start.1),
+        }
+    }
+}
+
 /// Raw puts of the same JSON into a fresh etcd: the reference.
-async fn raw_puts(bin: &std::path::Path, count: usize) -> f64 {
+async fn raw_puts(bin: &std::path::Path, count: usize) -> (f64, Cpu) {
     let raw_etcd = start_etcd(bin).await;
     let raw = etcd_client::Client::connect([raw_etcd.url()], None)
         .await
         .expect("raw client");
+    let cpu = Cpu::start(&raw_etcd);
     let start = Instant::now();
     stream::iter(0..count)
         .map(|i| {
@@ -98,7 +121,8 @@ async fn raw_puts(bin: &std::path::Path, count: usize) -> f64 {
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<()>>()
         .await;
-    count as f64 / start.elapsed().as_secs_f64()
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    (rate, Cpu::per_op(&raw_etcd, cpu, count))
 }
 
 type Running = (
@@ -115,7 +139,7 @@ async fn api_creates(
     bin: &std::path::Path,
     count: usize,
     watch_cache_size: Option<usize>,
-) -> (f64, Running) {
+) -> (f64, Cpu, Running) {
     let etcd = start_etcd(bin).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = apiserver::Config::for_tests(dir.path());
@@ -128,6 +152,7 @@ async fn api_creates(
         .await
         .expect("client");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let cpu = Cpu::start(&etcd);
     let start = Instant::now();
     stream::iter(0..count)
         .map(|i| {
@@ -143,7 +168,22 @@ async fn api_creates(
         .collect::<Vec<()>>()
         .await;
     let rate = count as f64 / start.elapsed().as_secs_f64();
-    (rate, (server, client, pods, etcd, dir))
+    let cpu = Cpu::per_op(&etcd, cpu, count);
+    (rate, cpu, (server, client, pods, etcd, dir))
+}
+
+/// Where the CPU of a create goes, against a raw put's.
+fn cpu_line(api: Cpu, raw: Cpu) -> String {
+    format!(
+        "CPU per create: etcd {:.0} µs + apiserver and kube-rs client {:.0} µs = {:.0} µs; \
+         per raw put: etcd {:.0} µs + etcd-client {:.0} µs = {:.0} µs",
+        api.etcd,
+        api.bench,
+        api.etcd + api.bench,
+        raw.etcd,
+        raw.bench,
+        raw.etcd + raw.bench
+    )
 }
 
 #[tokio::main]
@@ -167,21 +207,23 @@ async fn main() {
     let mut rounds35: Vec<(f64, f64)> = Vec::new();
     let mut last = None;
     for r in 0..a.rounds {
-        let raw_rate = raw_puts(&etcd35, a.pods).await;
-        let (api_rate, running) = api_creates(&etcd35, a.pods, a.watch_cache_size).await;
+        let (raw_rate, raw_cpu) = raw_puts(&etcd35, a.pods).await;
+        let (api_rate, api_cpu, running) = api_creates(&etcd35, a.pods, a.watch_cache_size).await;
         running.0.shutdown().await;
         println!(
-            "round {} ({v35}): creates: apiserver {api_rate:.0}/s, raw etcd {raw_rate:.0}/s (ratio {:.3})",
+            "round {} ({v35}): creates: apiserver {api_rate:.0}/s, raw etcd {raw_rate:.0}/s (ratio {:.3}); {}",
             r + 1,
-            api_rate / raw_rate
+            api_rate / raw_rate,
+            cpu_line(api_cpu, raw_cpu)
         );
         rounds35.push((api_rate, raw_rate));
-        let raw_rate = raw_puts(&system, a.pods).await;
-        let (api_rate, running) = api_creates(&system, a.pods, a.watch_cache_size).await;
+        let (raw_rate, raw_cpu) = raw_puts(&system, a.pods).await;
+        let (api_rate, api_cpu, running) = api_creates(&system, a.pods, a.watch_cache_size).await;
         println!(
-            "round {} ({v34}): creates: apiserver {api_rate:.0}/s, raw etcd {raw_rate:.0}/s (ratio {:.3})",
+            "round {} ({v34}): creates: apiserver {api_rate:.0}/s, raw etcd {raw_rate:.0}/s (ratio {:.3}); {}",
             r + 1,
-            api_rate / raw_rate
+            api_rate / raw_rate,
+            cpu_line(api_cpu, raw_cpu)
         );
         rounds.push((api_rate, raw_rate));
         // Stop the previous round's apiserver and etcd before keeping this one's.

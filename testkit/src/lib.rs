@@ -84,6 +84,11 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The etcd process's id (benches read its CPU time with [`bench::cpu_seconds`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -534,6 +539,24 @@ pub mod bench {
             .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
             .copied()
             .unwrap_or(0.0)
+    }
+
+    /// CPU time (user + system, all threads) a process has used so far, in seconds; `None`
+    /// for this process. Read before and after a phase, it divides into CPU per operation,
+    /// which other load on the machine does not change the way it changes a rate.
+    pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+        let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+        let stat = std::fs::read_to_string(path).unwrap_or_default();
+        // the fields after the command name (which may hold spaces) in parentheses
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        // in USER_HZ clock ticks, 100 per second on every Linux architecture kaze runs on
+        ticks / 100.0
     }
 
     /// This process's peak resident set size (VmHWM), MiB.
