@@ -12,27 +12,33 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
 use crate::cron::Schedule;
+use crate::informers::{wait_synced, Index};
 use crate::util::{controlled_by, controller_ref};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<CronJob>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Job>::all(client), watcher::Config::default())
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    let cronjobs = ctx.informers.get::<CronJob>();
+    let jobs = ctx.informers.get::<Job>();
+    if !wait_synced(&shutdown, async {
+        cronjobs.synced().await;
+        jobs.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    Controller::for_shared_stream(cronjobs.subscribe(), cronjobs.store())
+        .owns_shared_stream(jobs.subscribe())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 fn job_finished(j: &Job) -> Option<(bool, Timestamp)> {
@@ -89,13 +95,15 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, ReconcileE
     };
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let cj_api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut jobs: Vec<Job> = jobs_api
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err(format!("listing jobs of cronjob {ns}/{name}")))?
-        .items
-        .into_iter()
+    // Jobs from the shared cache: a job made by an earlier reconcile and not in it yet has
+    // its schedule's fixed name, so making it again is a harmless 409.
+    let mut jobs: Vec<Job> = ctx
+        .informers
+        .get::<Job>()
+        .by(Index::Controller, &uid)
+        .iter()
         .filter(|j| controlled_by(&j.metadata, &uid))
+        .map(|j| j.as_ref().clone())
         .collect();
     jobs.sort_by_key(|j| {
         j.metadata

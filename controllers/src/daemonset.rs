@@ -11,50 +11,64 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
 use crate::deployment::resolve;
 use crate::history;
+use crate::informers::{wait_synced, Index};
 use crate::replicaset::pod_from_template;
 use crate::util::{
-    controlled_by, controller_ref, is_available, is_ready, selector_string, status_differs,
-    template_hash,
+    controlled_by, controller_ref, is_available, is_ready, status_differs, template_hash,
 };
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    let controller = Controller::new(
-        Api::<DaemonSet>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let sets = controller.store();
-    controller
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+    let sets = ctx.informers.get::<DaemonSet>();
+    let nodes = ctx.informers.get::<Node>();
+    let revisions = ctx.informers.get::<ControllerRevision>();
+    let pods = ctx.pods();
+    if !wait_synced(&shutdown, async {
+        sets.synced().await;
+        nodes.synced().await;
+        revisions.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    let all = sets.clone();
+    Controller::for_shared_stream(sets.subscribe(), sets.store())
+        .owns_shared_stream(pods.subscribe())
         // Any node change may change where every DaemonSet runs.
-        .watches(
-            Api::<Node>::all(client),
-            watcher::Config::default(),
-            move |_node: Node| {
-                sets.state()
-                    .iter()
-                    .map(|d| ObjectRef::from_obj(d.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(nodes.subscribe(), move |_node: Arc<Node>| {
+            all.all()
+                .iter()
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+/// Delete a pod of the DaemonSet `uid`, expecting the cache to show it (see
+/// [`crate::informers::Expectations`]).
+async fn delete_pod(ctx: &Ctx, api: &Api<Pod>, uid: &str, pod: &str) {
+    ctx.expectations.expect_deletions(uid, [pod.to_string()]);
+    if let Err(e) = api.delete(pod, &DeleteParams::default()).await {
+        ctx.expectations.deletion_observed(uid, pod);
+        tracing::debug!(pod, error = %e, "deleting a daemon pod");
+    }
 }
 
 /// Add the tolerations upstream's `AddOrUpdateDaemonPodTolerations` gives every DaemonSet
@@ -132,6 +146,8 @@ pub fn eligible(node: &Node, template: &k8s_openapi::api::core::v1::PodTemplateS
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     if ds.metadata.deletion_timestamp.is_some() {
+        ctx.expectations
+            .forget(ds.metadata.uid.as_deref().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let ns = ds.namespace().unwrap_or_default();
@@ -140,20 +156,18 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     let spec = ds.spec.clone();
     let template_json = serde_json::to_value(&spec.template).unwrap_or_default();
     let hash = template_hash(&template_json, None);
-    let nodes = Api::<Node>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err("listing nodes for daemonsets"))?
-        .items;
+    // Nodes and pods from the shared caches; while creates or deletes of this set are not
+    // in the pod cache yet, nothing more is created or deleted (upstream's expectations):
+    // a lagging cache would show a node without its new pod and get it a second one.
+    let nodes: Vec<Arc<Node>> = ctx.informers.get::<Node>().all();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods: Vec<Pod> = pods_api
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err(format!("listing pods of daemonset {ns}/{name}")))?
-        .items
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods()
+        .by(Index::Controller, &uid)
         .into_iter()
         .filter(|p| controlled_by(&p.metadata, &uid) && p.metadata.deletion_timestamp.is_none())
         .collect();
+    let settled = ctx.expectations.satisfied(&uid);
     // The template's revision (for `kubectl rollout history|undo`), keeping the ones live
     // pods still run.
     let live: HashSet<String> = pods
@@ -167,12 +181,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         uid: &uid,
         owner_ref: controller_ref(ds.as_ref()),
         annotations: ds.metadata.annotations.as_ref(),
-        selector: selector_string(&spec.selector),
         template: &template_json,
         hash: &hash,
         history_limit: spec.revision_history_limit.unwrap_or(10),
     };
-    history::sync(&ctx.client, &owner, &live)
+    history::sync(&ctx, &owner, &live)
         .await
         .map_err(api_err(format!(
             "recording the revision of daemonset {ns}/{name}"
@@ -187,10 +200,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
                     .unwrap_or_default(),
             )
             .or_default()
-            .push(p);
+            .push(p.as_ref());
     }
     let eligible_nodes: Vec<&Node> = nodes
         .iter()
+        .map(|n| n.as_ref())
         .filter(|n| eligible(n, &spec.template))
         .collect();
     let desired = eligible_nodes.len() as i32;
@@ -211,10 +225,10 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         if !wanted {
             misscheduled += list.len() as i32;
         }
-        for p in list.iter().rev().take(extra) {
-            let _ = pods_api
-                .delete(&p.name_any(), &DeleteParams::default())
-                .await;
+        if settled {
+            for p in list.iter().rev().take(extra) {
+                delete_pod(&ctx, &pods_api, &uid, &p.name_any()).await;
+            }
         }
     }
     // Missing pods are created, bound to their node.
@@ -234,7 +248,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         &mut tols,
         template.spec.as_ref().and_then(|s| s.host_network) == Some(true),
     );
-    for n in &eligible_nodes {
+    for n in eligible_nodes.iter().filter(|_| settled) {
         let node_name = n.metadata.name.clone().unwrap_or_default();
         if by_node.get(&node_name).is_some_and(|l| !l.is_empty()) {
             continue;
@@ -244,16 +258,18 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
             s.node_name = Some(node_name.clone());
             s.tolerations = Some(tols.clone());
         }
-        pods_api
-            .create(&PostParams::default(), &pod)
-            .await
-            .map_err(api_err(format!(
+        ctx.expectations.expect_creations(&uid, 1);
+        if let Err(e) = pods_api.create(&PostParams::default(), &pod).await {
+            ctx.expectations.creation_observed(&uid);
+            return Err(api_err(format!(
                 "creating the pod of daemonset {ns}/{name} for node {node_name}"
-            )))?;
+            ))(e));
+        }
     }
     // Rolling update: replace stale pods, keeping at most maxUnavailable unavailable.
     let on_eligible: Vec<&Pod> = pods
         .iter()
+        .map(|p| p.as_ref())
         .filter(|p| {
             eligible_nodes
                 .iter()
@@ -272,7 +288,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         .as_ref()
         .and_then(|s| s.type_.as_deref())
         != Some("OnDelete");
-    if rolling {
+    if rolling && settled {
         let max_unavailable = resolve(
             spec.update_strategy
                 .as_ref()
@@ -297,9 +313,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
             if costs && budget <= 0 {
                 break;
             }
-            let _ = pods_api
-                .delete(&p.name_any(), &DeleteParams::default())
-                .await;
+            delete_pod(&ctx, &pods_api, &uid, &p.name_any()).await;
             if costs {
                 budget -= 1;
             }

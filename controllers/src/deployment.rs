@@ -10,29 +10,35 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use crate::util::{controlled_by, controller_ref, has_controller, selector_string, template_hash};
+use crate::informers::{wait_synced, Index};
+use crate::util::{controlled_by, controller_ref, template_hash};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<ReplicaSet>::all(client), watcher::Config::default())
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    let deployments = ctx.informers.get::<Deployment>();
+    let sets = ctx.informers.get::<ReplicaSet>();
+    if !wait_synced(&shutdown, async {
+        deployments.synced().await;
+        sets.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    Controller::for_shared_stream(deployments.subscribe(), deployments.store())
+        .owns_shared_stream(sets.subscribe())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 /// `25%` of `total` (rounded up or down) or a plain number.
@@ -139,31 +145,39 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     let spec = d.spec.clone();
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let d_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = selector_string(&spec.selector);
-    let listed = rs_api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(api_err(format!(
-            "listing replicasets of deployment {ns}/{name}"
-        )))?;
-    let mut owned: Vec<ReplicaSet> = Vec::new();
-    for rs in listed.items {
-        if controlled_by(&rs.metadata, &uid) {
-            owned.push(rs);
-        } else if !has_controller(&rs.metadata) && rs.metadata.deletion_timestamp.is_none() {
-            let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-            refs.push(controller_ref(d.as_ref()));
-            let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.metadata.resource_version}});
-            if let Ok(adopted) = rs_api
-                .patch(
-                    &rs.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                owned.push(adopted);
-            }
+    // The ReplicaSets come from the shared cache, which may lag this controller's own
+    // writes: scaling is recomputed from scratch every reconcile (the same target again),
+    // and a new ReplicaSet has a fixed name, so a create the cache has not shown yet comes
+    // back 409 and is resolved below, never duplicated.
+    let cache = ctx.informers.get::<ReplicaSet>();
+    let selects = |rs: &ReplicaSet| {
+        component::selectors::label_selector_matches(
+            &spec.selector,
+            rs.metadata.labels.as_ref().unwrap_or(&Default::default()),
+        )
+    };
+    let mut owned: Vec<ReplicaSet> = cache
+        .by(Index::Controller, &uid)
+        .iter()
+        .filter(|rs| controlled_by(&rs.metadata, &uid) && selects(rs))
+        .map(|rs| rs.as_ref().clone())
+        .collect();
+    for rs in cache.by(Index::Orphan, &ns) {
+        if rs.metadata.deletion_timestamp.is_some() || !selects(&rs) {
+            continue;
+        }
+        let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
+        refs.push(controller_ref(d.as_ref()));
+        let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.metadata.resource_version}});
+        if let Ok(adopted) = rs_api
+            .patch(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            owned.push(adopted);
         }
     }
     owned.sort_by_key(|rs| {
@@ -254,6 +268,23 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
             match rs_api.create(&PostParams::default(), &rs).await {
                 Ok(created) => Some(created),
                 Err(kube::Error::Api(s)) if s.code == 409 => {
+                    // Ours, made by an earlier reconcile the cache has not shown yet: a live
+                    // read tells that apart from a collision (upstream reads its lister and
+                    // retries when the lister lacks it too).
+                    let existing =
+                        rs_api
+                            .get_opt(&format!("{name}-{hash}"))
+                            .await
+                            .map_err(api_err(format!(
+                                "reading the new replicaset of deployment {ns}/{name}"
+                            )))?;
+                    if existing.is_some_and(|rs| {
+                        controlled_by(&rs.metadata, &uid)
+                            && template_key(rs.spec.template.as_ref()) == want_key
+                    }) {
+                        tracing::debug!(deployment = %format!("{ns}/{name}"), "new replicaset not yet in the cache");
+                        return Ok(Action::requeue(Duration::from_millis(200)));
+                    }
                     // A ReplicaSet with this name but another template: a hash collision.
                     let count = d
                         .status

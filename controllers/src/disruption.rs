@@ -31,13 +31,13 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 
-use crate::util::{is_ready, selector_string};
+use crate::informers::{wait_synced, Index, Informed, Informers};
+use crate::util::is_ready;
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 use component::selectors::label_selector_matches;
 
@@ -46,33 +46,44 @@ use component::selectors::label_selector_matches;
 pub const DELETION_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    let controller = Controller::new(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        watcher::Config::default(),
+    let budgets = ctx.informers.get::<PodDisruptionBudget>();
+    let pods = ctx.pods();
+    let i = &ctx.informers;
+    let (sets, deployments, rcs, statefulsets) = (
+        i.get::<ReplicaSet>(),
+        i.get::<Deployment>(),
+        i.get::<ReplicationController>(),
+        i.get::<StatefulSet>(),
     );
-    let budgets = controller.store();
-    controller
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                // a pod change touches every budget of its namespace that selects it
-                let ns = pod.namespace().unwrap_or_default();
-                budgets
-                    .state()
-                    .into_iter()
-                    .filter(|b| b.namespace().as_deref() == Some(ns.as_str()))
-                    .filter(|b| {
-                        b.spec
-                            .as_ref()
-                            .and_then(|s| s.selector.as_ref())
-                            .is_some_and(|sel| label_selector_matches(sel, pod.labels()))
-                    })
-                    .map(|b| ObjectRef::from_obj(b.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+    if !wait_synced(&shutdown, async {
+        budgets.synced().await;
+        pods.synced().await;
+        sets.synced().await;
+        deployments.synced().await;
+        rcs.synced().await;
+        statefulsets.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    let by_ns = budgets.clone();
+    Controller::for_shared_stream(budgets.subscribe(), budgets.store())
+        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
+            // a pod change touches every budget of its namespace that selects it
+            let ns = pod.namespace().unwrap_or_default();
+            by_ns
+                .by(Index::Namespace, &ns)
+                .into_iter()
+                .filter(|b| {
+                    b.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.as_ref())
+                        .is_some_and(|sel| label_selector_matches(sel, pod.labels()))
+                })
+                .map(|b| ObjectRef::from_obj(b.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -94,9 +105,9 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<Actio
     if current.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let pods = selected_pods(&ctx.client, &ns, &current).await?;
+    let pods = selected_pods(&ctx, &ns, &current);
     let now = Timestamp::now();
-    let computed = match expected_and_desired(&ctx.client, &ns, &current, &pods).await {
+    let computed = match expected_and_desired(&ctx.informers, &ns, &current, &pods) {
         Ok((expected, desired)) => Ok(Computed::new(&current, &pods, expected, desired, now)),
         Err(why) => Err(why),
     };
@@ -118,25 +129,22 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<Actio
     Ok(Action::requeue(requeue))
 }
 
-/// The pods the budget's selector picks in its namespace.
-async fn selected_pods(
-    client: &Client,
-    ns: &str,
-    pdb: &PodDisruptionBudget,
-) -> Result<Vec<Pod>, ReconcileError> {
+/// The pods the budget's selector picks in its namespace (from the pod cache).
+fn selected_pods(ctx: &Ctx, ns: &str, pdb: &PodDisruptionBudget) -> Vec<Pod> {
     let Some(selector) = pdb.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    Ok(Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&selector_string(selector)))
-        .await
-        .map_err(api_err(format!("listing pods of namespace {ns}")))?
-        .items)
+    ctx.pods()
+        .by(Index::Namespace, ns)
+        .iter()
+        .filter(|p| label_selector_matches(selector, p.labels()))
+        .map(|p| p.as_ref().clone())
+        .collect()
 }
 
 /// `(expectedPods, desiredHealthy)`, or why they cannot be known.
-async fn expected_and_desired(
-    client: &Client,
+fn expected_and_desired(
+    informers: &Informers,
     ns: &str,
     pdb: &PodDisruptionBudget,
     pods: &[Pod],
@@ -144,13 +152,13 @@ async fn expected_and_desired(
     let spec = pdb.spec.clone().unwrap_or_default();
     match (&spec.max_unavailable, &spec.min_available) {
         (Some(max), _) => {
-            let expected = expected_scale(client, ns, pods).await?;
+            let expected = expected_scale(informers, ns, pods)?;
             let max = scaled(max, expected)?;
             Ok((expected, (expected - max).max(0)))
         }
         (None, Some(IntOrString::Int(min))) => Ok((pods.len() as i32, *min)),
         (None, Some(min)) => {
-            let expected = expected_scale(client, ns, pods).await?;
+            let expected = expected_scale(informers, ns, pods)?;
             Ok((expected, scaled(min, expected)?))
         }
         (None, None) => Ok((pods.len() as i32, 0)),
@@ -173,7 +181,7 @@ fn scaled(v: &IntOrString, total: i32) -> Result<i32, String> {
 
 /// The sum of the desired replicas of the pods' controllers, each counted once (two
 /// ReplicaSets of one Deployment count the Deployment once); each pod owner is read once.
-async fn expected_scale(client: &Client, ns: &str, pods: &[Pod]) -> Result<i32, String> {
+fn expected_scale(informers: &Informers, ns: &str, pods: &[Pod]) -> Result<i32, String> {
     let mut owners_seen = HashSet::new();
     let mut scales: HashMap<String, i32> = HashMap::new();
     for pod in pods {
@@ -190,8 +198,7 @@ async fn expected_scale(client: &Client, ns: &str, pods: &[Pod]) -> Result<i32, 
         if !owners_seen.insert(owner.uid.clone()) {
             continue;
         }
-        let (uid, replicas) = scale_of(client, ns, &owner.kind, &owner.name)
-            .await?
+        let (uid, replicas) = scale_of(informers, ns, &owner.kind, &owner.name)?
             .ok_or_else(|| {
                 format!(
                     "pod {:?}'s controller {} {:?} has no scale kaze knows (ReplicaSet, Deployment, ReplicationController, StatefulSet)",
@@ -205,31 +212,25 @@ async fn expected_scale(client: &Client, ns: &str, pods: &[Pod]) -> Result<i32, 
     Ok(scales.values().sum())
 }
 
-/// A namespaced object, or why it could not be read.
-async fn read<K>(client: &Client, ns: &str, name: &str) -> Result<K, String>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    Api::<K>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .map_err(|e| format!("reading {} {ns}/{name}: {e}", K::kind(&())))
+/// A namespaced object from its cache, or why it is not there.
+fn read<K: Informed>(informers: &Informers, ns: &str, name: &str) -> Result<Arc<K>, String> {
+    informers
+        .get::<K>()
+        .get(Some(ns), name)
+        .ok_or_else(|| format!("{} {ns}/{name} not found", K::kind(&()).to_lowercase()))
 }
 
 /// The uid and desired replicas (default 1) of a pod's controller — a ReplicaSet's
 /// Deployment when it has one, as upstream counts it; None for kinds without a known scale.
-async fn scale_of(
-    client: &Client,
+fn scale_of(
+    informers: &Informers,
     ns: &str,
     kind: &str,
     name: &str,
 ) -> Result<Option<(String, i32)>, String> {
     let found = match kind {
         "ReplicaSet" => {
-            let rs: ReplicaSet = read(client, ns, name).await?;
+            let rs: Arc<ReplicaSet> = read(informers, ns, name)?;
             let deployment = rs
                 .owner_references()
                 .iter()
@@ -237,18 +238,18 @@ async fn scale_of(
                 .map(|r| r.name.clone());
             match deployment {
                 Some(d) => {
-                    let dep: Deployment = read(client, ns, &d).await?;
+                    let dep: Arc<Deployment> = read(informers, ns, &d)?;
                     Some((dep.uid(), dep.spec.replicas))
                 }
                 None => Some((rs.uid(), rs.spec.replicas)),
             }
         }
         "ReplicationController" => {
-            let rc: ReplicationController = read(client, ns, name).await?;
-            Some((rc.uid(), rc.spec.and_then(|s| s.replicas)))
+            let rc: Arc<ReplicationController> = read(informers, ns, name)?;
+            Some((rc.uid(), rc.spec.as_ref().and_then(|s| s.replicas)))
         }
         "StatefulSet" => {
-            let ss: StatefulSet = read(client, ns, name).await?;
+            let ss: Arc<StatefulSet> = read(informers, ns, name)?;
             Some((ss.uid(), ss.spec.replicas))
         }
         _ => None,

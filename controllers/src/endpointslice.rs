@@ -11,13 +11,13 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
+use crate::informers::{wait_synced, Index};
 use crate::util::{controller_ref, is_ready, labels_match};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
@@ -28,40 +28,39 @@ pub const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time
 pub const MAX_ENDPOINTS: usize = 100;
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    let controller = Controller::new(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let services = controller.store();
-    controller
-        .owns(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                // A pod change touches every Service in its namespace that selects it.
-                let ns = pod.namespace().unwrap_or_default();
-                let labels = pod.labels().clone();
-                services
-                    .state()
-                    .into_iter()
-                    .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
-                    .filter(|s| {
-                        let sel = s
-                            .spec
-                            .as_ref()
-                            .and_then(|sp| sp.selector.clone())
-                            .unwrap_or_default();
-                        labels_match(&sel, &labels)
-                    })
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+    let services = ctx.informers.get::<Service>();
+    let slices = ctx.slices();
+    let pods = ctx.pods();
+    if !wait_synced(&shutdown, async {
+        services.synced().await;
+        slices.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    let by_ns = services.clone();
+    Controller::for_shared_stream(services.subscribe(), services.store())
+        .owns_shared_stream(slices.subscribe())
+        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
+            // A pod change touches every Service in its namespace that selects it.
+            let ns = pod.namespace().unwrap_or_default();
+            let labels = pod.labels().clone();
+            by_ns
+                .by(Index::Namespace, &ns)
+                .into_iter()
+                .filter(|s| {
+                    let sel = s
+                        .spec
+                        .as_ref()
+                        .and_then(|sp| sp.selector.clone())
+                        .unwrap_or_default();
+                    labels_match(&sel, &labels)
+                })
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -180,29 +179,32 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     if svc.metadata.deletion_timestamp.is_some() || spec.type_.as_deref() == Some("ExternalName") {
         return Ok(Action::await_change());
     }
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let sel: String = selector
+    // Pods and slices from the shared caches. Slices have generated names, so a slice this
+    // controller made and the cache does not show yet would be made twice: while any of
+    // the service's creates or deletes is not in the cache, nothing is written (upstream
+    // keeps an endpointSliceTracker for the same reason); replacing a stale slice is
+    // refused by its resourceVersion and retried.
+    let uid = svc.metadata.uid.clone().unwrap_or_default();
+    if !ctx.expectations.satisfied(&uid) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let pods: Vec<Pod> = ctx
+        .pods()
+        .by(Index::Namespace, &ns)
         .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = pods_api
-        .list(&ListParams::default().labels(&sel))
-        .await
-        .map_err(api_err(format!("listing pods for service {ns}/{name}")))?
-        .items;
+        .filter(|p| labels_match(&selector, p.labels()))
+        .map(|p| p.as_ref().clone())
+        .collect();
     let want = desired(&svc, &pods);
 
     let slices_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut existing = slices_api
-        .list(&ListParams::default().labels(&format!(
-            "{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"
-        )))
-        .await
-        .map_err(api_err(format!(
-            "listing endpointslices of service {ns}/{name}"
-        )))?
-        .items;
+    let mut existing: Vec<EndpointSlice> = ctx
+        .slices()
+        .by(Index::Service, &format!("{ns}/{name}"))
+        .iter()
+        .filter(|s| s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY))
+        .map(|s| s.as_ref().clone())
+        .collect();
     existing.sort_by_key(|s| s.name_any());
     let now = k8s_openapi::jiff::Timestamp::now();
     let family = if spec
@@ -265,20 +267,27 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
                     endpoints: Some(eps.clone()),
                     ports: Some(ports.clone()),
                 };
-                slices_api
-                    .create(&PostParams::default(), &slice)
-                    .await
-                    .map_err(api_err(format!(
+                ctx.expectations.expect_creations(&uid, 1);
+                if let Err(e) = slices_api.create(&PostParams::default(), &slice).await {
+                    ctx.expectations.creation_observed(&uid);
+                    return Err(api_err(format!(
                         "creating an endpointslice for service {ns}/{name}"
-                    )))?;
+                    ))(e));
+                }
                 changed = true;
             }
         }
     }
     for extra in existing.iter().skip(want.len()) {
-        let _ = slices_api
-            .delete(&extra.name_any(), &DeleteParams::default())
-            .await;
+        let slice = extra.name_any();
+        ctx.expectations.expect_deletions(&uid, [slice.clone()]);
+        if slices_api
+            .delete(&slice, &DeleteParams::default())
+            .await
+            .is_err()
+        {
+            ctx.expectations.deletion_observed(&uid, &slice);
+        }
         changed = true;
     }
     if changed {
@@ -319,6 +328,8 @@ async fn write_endpoints(
         "subsets": subsets,
     }))
     .map_err(|e| ReconcileError::Invalid(format!("building endpoints {ns}/{name}: {e}")))?;
+    // A live read: the write needs the current resourceVersion, and this runs only when
+    // the slices changed.
     match api
         .get_opt(&name)
         .await

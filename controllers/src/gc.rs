@@ -119,7 +119,9 @@ fn api_for(client: &Client, kind: &Kind, ns: Option<&str>) -> Api<DynamicObject>
     }
 }
 
-/// Whether the owner still exists, asked of the apiserver itself.
+/// Whether the owner still exists, asked of the apiserver itself: a cache that has not yet
+/// seen a just-created owner must not get its dependents collected (upstream's
+/// attemptToDeleteItem confirms an absent owner with a live read too).
 async fn owner_exists(
     client: &Client,
     kinds: &[Kind],

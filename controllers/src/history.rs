@@ -16,11 +16,12 @@ use std::collections::HashSet;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use crate::daemonset::REVISION_LABEL;
+use crate::informers::Index;
 use crate::util::controlled_by;
 
 /// The workload whose history is kept.
@@ -30,9 +31,6 @@ pub struct Owner<'a> {
     pub uid: &'a str,
     pub owner_ref: OwnerReference,
     pub annotations: Option<&'a std::collections::BTreeMap<String, String>>,
-    /// The owner's label selector, as a selector string (revisions carry the template's
-    /// labels, so they match it, as kubectl's history lookup expects).
-    pub selector: String,
     /// `spec.template` as JSON.
     pub template: &'a Value,
     /// The template's hash (`util::template_hash`).
@@ -57,18 +55,23 @@ pub fn revision_data(template: &Value) -> Value {
 /// Make sure the current template has a revision with the highest number, and trim old
 /// ones; `live` names the revisions some live pod runs. Returns the current revision's
 /// name and number.
+///
+/// The revisions come from the shared cache: one this sync made may not be in it yet, so a
+/// create answered 409 reads the existing revision live, and renumbering or trimming from a
+/// stale view writes the same numbers again or deletes what is gone (404, ignored).
 pub async fn sync(
-    client: &kube::Client,
+    ctx: &crate::Ctx,
     o: &Owner<'_>,
     live: &HashSet<String>,
 ) -> Result<(String, i64), kube::Error> {
-    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), o.ns);
-    let mut revisions: Vec<ControllerRevision> = api
-        .list(&ListParams::default().labels(&o.selector))
-        .await?
-        .items
-        .into_iter()
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), o.ns);
+    let mut revisions: Vec<ControllerRevision> = ctx
+        .informers
+        .get::<ControllerRevision>()
+        .by(Index::Controller, o.uid)
+        .iter()
         .filter(|r| controlled_by(&r.metadata, o.uid))
+        .map(|r| r.as_ref().clone())
         .collect();
     let name = revision_name(o.name, o.hash);
     let max = revisions

@@ -14,6 +14,17 @@
 //! `pv-protection` and `local-path-provisioner` (kaze's built-in `kaze.io/local-path`
 //! provisioner, which the binder runs; see [`persistentvolume`]). Choose with
 //! `--controllers` (upstream syntax: `*,-nodeipam`).
+//!
+//! Controllers read from shared informer caches ([`informers`]: one watch and one indexed
+//! cache per kind, like upstream's SharedInformerFactory) and only write to the API, so a
+//! reconcile sends no LIST; the kinds' initial lists and relists are all the LISTs the
+//! controller-manager makes. Where a lagging cache could double a write (pods and
+//! EndpointSlices with generated names), the owner waits on [`informers::Expectations`].
+//! Live reads are left where freshness decides: the garbage collector confirms an owner is
+//! gone, the namespace controller lists what is left in a deleted namespace, PVC protection
+//! asks the API before releasing a claim no cached pod uses, the disruption controller
+//! reads the budget it writes, and a create answered 409 reads what it collided with.
+//! `root-ca-cert-publisher` still GETs its ConfigMap per namespace sync (every 10 min).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +43,7 @@ pub mod events;
 pub mod gc;
 pub mod history;
 pub mod horizontalpodautoscaler;
+pub mod informers;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -188,6 +200,43 @@ pub(crate) fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> 
 #[derive(Clone)]
 pub struct Ctx {
     pub client: Client,
+    /// The caches controllers read from (they write to `client`).
+    pub informers: informers::Informers,
+    /// Creates and deletes not yet in the cache, by owner uid: pods of ReplicaSets,
+    /// ReplicationControllers, DaemonSets and Jobs, EndpointSlices of Services.
+    pub expectations: Arc<informers::Expectations>,
+    observing: Arc<[std::sync::Once; 2]>,
+}
+
+impl Ctx {
+    pub fn new(client: Client, shutdown: component::CancellationToken) -> Ctx {
+        Ctx {
+            informers: informers::Informers::new(client.clone(), shutdown),
+            client,
+            expectations: Default::default(),
+            observing: Arc::new([std::sync::Once::new(), std::sync::Once::new()]),
+        }
+    }
+
+    /// The shared pod cache, whose changes lower [`Ctx::expectations`].
+    pub fn pods(&self) -> informers::Informer<k8s_openapi::api::core::v1::Pod> {
+        self.observed(0)
+    }
+
+    /// The shared EndpointSlice cache, whose changes lower [`Ctx::expectations`].
+    pub fn slices(&self) -> informers::Informer<k8s_openapi::api::discovery::v1::EndpointSlice> {
+        self.observed(1)
+    }
+
+    fn observed<K: informers::Informed>(&self, once: usize) -> informers::Informer<K> {
+        let informer = self.informers.get::<K>();
+        self.observing[once].call_once(|| {
+            let expectations = self.expectations.clone();
+            informer
+                .on_change(move |old: Option<&K>, new: Option<&K>| expectations.observe(old, new));
+        });
+        informer
+    }
 }
 
 impl std::fmt::Debug for Ctx {
@@ -301,9 +350,7 @@ async fn run_controllers(
     periods: Periods,
     shutdown: component::CancellationToken,
 ) {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-    });
+    let ctx = Arc::new(Ctx::new(client.clone(), shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = std::collections::HashMap::new();
     let local_path = which.contains(&"local-path-provisioner");
@@ -324,23 +371,19 @@ async fn run_controllers(
             "nodelifecycle" => tasks.spawn(nodelifecycle::run(ctx.client.clone(), timing, token)),
             "serviceaccount" => tasks.spawn(serviceaccount::run(ctx, token)),
             "replicationcontroller" => tasks.spawn(replicationcontroller::run(ctx, token)),
-            "podgc" => tasks.spawn(podgc::run(ctx.client.clone(), periods.gc_threshold, token)),
+            "podgc" => tasks.spawn(podgc::run(ctx, periods.gc_threshold, token)),
             "namespace" => tasks.spawn(namespace::run(ctx.client.clone(), token)),
             "disruption" => tasks.spawn(disruption::run(ctx, token)),
-            "persistentvolume-binder" => tasks.spawn(persistentvolume::run_binder(
-                ctx.client.clone(),
-                local_path,
-                token,
-            )),
+            "persistentvolume-binder" => {
+                tasks.spawn(persistentvolume::run_binder(ctx, local_path, token))
+            }
             "pvc-protection" => tasks.spawn(persistentvolume::run_pvc_protection(ctx, token)),
             "pv-protection" => tasks.spawn(persistentvolume::run_pv_protection(ctx, token)),
             // provisions inside the binder
             "local-path-provisioner" => continue,
-            "horizontalpodautoscaling" => tasks.spawn(horizontalpodautoscaler::run(
-                ctx.client.clone(),
-                periods.hpa,
-                token,
-            )),
+            "horizontalpodautoscaling" => {
+                tasks.spawn(horizontalpodautoscaler::run(ctx, periods.hpa, token))
+            }
             "resourcequota" => tasks.spawn(resourcequota::run(
                 ctx.client.clone(),
                 periods.quota_resync,

@@ -105,6 +105,10 @@ fn group_resource(ar: &ApiResource) -> String {
     }
 }
 
+/// Lists every namespaced resource of `ns` live, as upstream's namespaced-resources deleter
+/// does: it runs only for a namespace being deleted, over every kind the server serves
+/// (custom resources too, which no cache follows), and finalizing on a lagging cache would
+/// leave objects behind in a namespace that is then gone.
 async fn delete_content(client: &Client, ns: &str, resources: &[(ApiResource, bool)]) -> Remaining {
     let mut left = Remaining::default();
     for (ar, collection) in resources {

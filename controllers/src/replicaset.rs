@@ -7,30 +7,36 @@ use std::time::Duration;
 use futures::{stream, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
+use crate::informers::{wait_synced, Index};
 use crate::util::{
-    controlled_by, controller_ref, has_controller, is_active, is_available, is_ready,
-    selector_string, status_differs,
+    controlled_by, controller_ref, is_active, is_available, is_ready, status_differs,
 };
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    let sets = ctx.informers.get::<ReplicaSet>();
+    let pods = ctx.pods();
+    if !wait_synced(&shutdown, async {
+        sets.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    Controller::for_shared_stream(sets.subscribe(), sets.store())
+        .owns_shared_stream(pods.subscribe())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 /// A pod built from an owner's template, named `<owner>-<random>` by the apiserver.
@@ -88,7 +94,7 @@ pub struct Owner<'a> {
     pub reference: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
     pub namespace: &'a str,
     pub name: &'a str,
-    pub selector: String,
+    pub selector: LabelSelector,
     pub replicas: usize,
     pub template: &'a PodTemplateSpec,
     pub min_ready_seconds: i32,
@@ -96,48 +102,73 @@ pub struct Owner<'a> {
 
 /// The shared core of ReplicaSet and ReplicationController: adopt matching orphans, create
 /// or delete pods until `replicas` are active, and count them.
+///
+/// The pods come from the shared pod cache (the owner's own, by controller uid, and the
+/// namespace's orphans), which lags the creates and deletes this function issues: while
+/// any of them is not yet in the cache ([`crate::informers::Expectations`], as upstream)
+/// nothing more is created or deleted, or every reconcile woken by the first new pods
+/// would count the rest as missing and create them again.
 pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, ReconcileError> {
     let (ns, name, kind) = (o.namespace, o.name, o.kind);
     let uid = o.reference.uid.clone();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    if o.selector.is_empty() {
+    let selects = |p: &Pod| {
+        component::selectors::label_selector_matches(
+            &o.selector,
+            p.metadata.labels.as_ref().unwrap_or(&Default::default()),
+        )
+    };
+    if o.selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.is_empty())
+        && o.selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty())
+    {
         return Err(ReconcileError::Invalid(format!(
             "{kind} {ns}/{name} has an empty selector"
         )));
     }
-    let listed = pods_api
-        .list(&ListParams::default().labels(&o.selector))
-        .await
-        .map_err(api_err(format!("listing pods of {kind} {ns}/{name}")))?;
-
-    let mut owned = Vec::new();
-    for pod in listed.items {
-        if controlled_by(&pod.metadata, &uid) {
+    let cache = ctx.pods();
+    let mut owned: Vec<Arc<Pod>> = cache
+        .by(Index::Controller, &uid)
+        .into_iter()
+        .filter(|p| controlled_by(&p.metadata, &uid) && selects(p))
+        .collect();
+    for pod in cache.by(Index::Orphan, ns) {
+        if pod.metadata.deletion_timestamp.is_some() || !selects(&pod) {
+            continue;
+        }
+        // Adopt a matching orphan, as upstream does (the ownerReferences list is
+        // replaced whole, guarded by the pod's resourceVersion).
+        let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+        refs.push(o.reference.clone());
+        let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
+        if pods_api
+            .patch(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .is_ok()
+        {
             owned.push(pod);
-        } else if !has_controller(&pod.metadata) && pod.metadata.deletion_timestamp.is_none() {
-            // Adopt a matching orphan, as upstream does (the ownerReferences list is
-            // replaced whole, guarded by the pod's resourceVersion).
-            let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-            refs.push(o.reference.clone());
-            let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
-            if pods_api
-                .patch(
-                    &pod.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .is_ok()
-            {
-                owned.push(pod);
-            }
         }
     }
-    let active: Vec<&Pod> = owned.iter().filter(|p| is_active(p)).collect();
+    let active: Vec<&Pod> = owned
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| is_active(p))
+        .collect();
     let want = o.replicas;
-    if active.len() < want {
+    let settled = ctx.expectations.satisfied(&uid);
+    if settled && active.len() < want {
         let missing = want - active.len();
         tracing::info!(owner = %format!("{kind} {ns}/{name}"), have = active.len(), want, "creating {missing} pods");
+        ctx.expectations.expect_creations(&uid, missing);
         let results: Vec<Result<Pod, kube::Error>> = stream::iter(0..missing)
             .map(|_| {
                 let pod = pod_from_template(o.template, ns, name, o.reference.clone());
@@ -147,27 +178,41 @@ pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, Re
             .buffer_unordered(16)
             .collect()
             .await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        let mut first_err = None;
+        for r in results {
+            if let Err(e) = r {
+                // a create that failed never shows up in the cache
+                ctx.expectations.creation_observed(&uid);
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
             return Err(ReconcileError::Api {
                 action: format!("creating pods for {kind} {ns}/{name}"),
                 source: e,
             });
         }
-    } else if active.len() > want {
+    } else if settled && active.len() > want {
         tracing::info!(owner = %format!("{kind} {ns}/{name}"), have = active.len(), want, "deleting {} surplus pods", active.len() - want);
         let mut victims: Vec<&Pod> = active.clone();
         victims.sort_by_key(|p| deletion_rank(p));
-        for pod in victims.into_iter().take(active.len() - want) {
+        victims.truncate(active.len() - want);
+        ctx.expectations
+            .expect_deletions(&uid, victims.iter().map(|p| p.name_any()));
+        for pod in victims {
             match pods_api
                 .delete(&pod.name_any(), &DeleteParams::default())
                 .await
             {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    ctx.expectations.deletion_observed(&uid, &pod.name_any());
+                }
                 Err(e) => {
+                    ctx.expectations.deletion_observed(&uid, &pod.name_any());
                     return Err(api_err(format!(
                         "deleting a surplus pod of {kind} {ns}/{name}"
-                    ))(e))
+                    ))(e));
                 }
             }
         }
@@ -219,6 +264,8 @@ pub fn requeue_after(c: &ReplicaCounts, min_ready: i32) -> Action {
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     if rs.metadata.deletion_timestamp.is_some() {
+        ctx.expectations
+            .forget(rs.metadata.uid.as_deref().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let ns = rs.namespace().unwrap_or_default();
@@ -231,7 +278,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Reconci
         reference: controller_ref(rs.as_ref()),
         namespace: &ns,
         name: &name,
-        selector: selector_string(&spec.selector),
+        selector: spec.selector.clone(),
         replicas: spec.replicas.unwrap_or(1).max(0) as usize,
         template: &template,
         min_ready_seconds: min_ready,

@@ -4,27 +4,35 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::api::core::v1::ReplicationController;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::ResourceExt;
+
+use crate::informers::wait_synced;
 
 use crate::replicaset::{requeue_after, status_patch, sync_replicas, Owner};
 use crate::util::{controller_ref, status_differs};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<ReplicationController>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    let controllers = ctx.informers.get::<ReplicationController>();
+    let pods = ctx.pods();
+    if !wait_synced(&shutdown, async {
+        controllers.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    Controller::for_shared_stream(controllers.subscribe(), controllers.store())
+        .owns_shared_stream(pods.subscribe())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 async fn reconcile(
@@ -32,6 +40,8 @@ async fn reconcile(
     ctx: Arc<Ctx>,
 ) -> Result<Action, ReconcileError> {
     if rc.metadata.deletion_timestamp.is_some() {
+        ctx.expectations
+            .forget(rc.metadata.uid.as_deref().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let ns = rc.namespace().unwrap_or_default();
@@ -44,11 +54,10 @@ async fn reconcile(
         .filter(|s| !s.is_empty())
         .or_else(|| template.metadata.as_ref().and_then(|m| m.labels.clone()))
         .unwrap_or_default();
-    let selector = selector_map
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = LabelSelector {
+        match_labels: Some(selector_map),
+        match_expressions: None,
+    };
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let owner = Owner {
         kind: "replicationcontroller",

@@ -9,26 +9,30 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::ResourceExt;
 
+use crate::informers::wait_synced;
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<ServiceAccount>::all(client),
-        watcher::Config::default(),
-        |sa: ServiceAccount| sa.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
-    )
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    let namespaces = ctx.informers.get::<Namespace>();
+    let accounts = ctx.informers.get::<ServiceAccount>();
+    if !wait_synced(&shutdown, async {
+        namespaces.synced().await;
+        accounts.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    Controller::for_shared_stream(namespaces.subscribe(), namespaces.store())
+        .watches_shared_stream(accounts.subscribe(), |sa: Arc<ServiceAccount>| {
+            sa.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
@@ -37,10 +41,11 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     }
     let name = ns.name_any();
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &name);
-    if api
-        .get_opt("default")
-        .await
-        .map_err(api_err(format!("reading serviceaccount {name}/default")))?
+    // From the cache: one the cache has not shown yet makes the create a harmless 409.
+    if ctx
+        .informers
+        .get::<ServiceAccount>()
+        .get(Some(&name), "default")
         .is_none()
     {
         let sa = ServiceAccount {

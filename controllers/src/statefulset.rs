@@ -15,32 +15,43 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
 use crate::daemonset::REVISION_LABEL;
 use crate::history;
+use crate::informers::{wait_synced, Index};
 use crate::replicaset::pod_from_template;
 use crate::util::{
-    controlled_by, controller_ref, is_available, is_ready, selector_string, status_differs,
-    template_hash,
+    controlled_by, controller_ref, is_available, is_ready, status_differs, template_hash,
 };
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<StatefulSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    let sets = ctx.informers.get::<StatefulSet>();
+    let claims = ctx.informers.get::<PersistentVolumeClaim>();
+    let revisions = ctx
+        .informers
+        .get::<k8s_openapi::api::apps::v1::ControllerRevision>();
+    let pods = ctx.pods();
+    if !wait_synced(&shutdown, async {
+        sets.synced().await;
+        claims.synced().await;
+        revisions.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    Controller::for_shared_stream(sets.subscribe(), sets.store())
+        .owns_shared_stream(pods.subscribe())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 /// The ordinal in `<set>-<ordinal>`, if the name has that shape.
@@ -77,6 +88,8 @@ impl Claims<'_> {
         let wanted = claims::wanted_owners(claims::policy(self.sts), in_range);
         for t in &templates {
             let name = claims::claim_name(&t.name_any(), &set, i);
+            // Not in the cache: maybe made by an earlier reconcile the cache has not shown
+            // yet; a live read avoids a create that would only come back 409.
             let found = match self.known.get(&name) {
                 Some(c) => Some(c.clone()),
                 None => self
@@ -148,15 +161,15 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
     let template_json = serde_json::to_value(&spec.template).unwrap_or_default();
     let hash = template_hash(&template_json, None);
+    // Pods from the shared cache: its lag cannot double a pod (each ordinal has a fixed
+    // name, a second create is a 409), it only delays a step to the next reconcile.
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut pods: Vec<(i32, Pod)> = pods_api
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err(format!("listing pods of statefulset {ns}/{name}")))?
-        .items
-        .into_iter()
+    let mut pods: Vec<(i32, Pod)> = ctx
+        .pods()
+        .by(Index::Controller, &uid)
+        .iter()
         .filter(|p| controlled_by(&p.metadata, &uid))
-        .filter_map(|p| Some((ordinal(&name, &p.name_any())?, p)))
+        .filter_map(|p| Some((ordinal(&name, &p.name_any())?, p.as_ref().clone())))
         .collect();
     pods.sort_by_key(|(o, _)| *o);
     // Pods carry their revision's name (upstream); kaze before 0.7 labelled them with the
@@ -176,16 +189,16 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
         uid: &uid,
         owner_ref: controller_ref(sts.as_ref()),
         annotations: sts.metadata.annotations.as_ref(),
-        selector: selector_string(&spec.selector),
         template: &template_json,
         hash: &hash,
         history_limit: spec.revision_history_limit.unwrap_or(10),
     };
-    let (update_revision, _) = history::sync(&ctx.client, &owner, &live)
-        .await
-        .map_err(api_err(format!(
-            "recording the revision of statefulset {ns}/{name}"
-        )))?;
+    let (update_revision, _) =
+        history::sync(&ctx, &owner, &live)
+            .await
+            .map_err(api_err(format!(
+                "recording the revision of statefulset {ns}/{name}"
+            )))?;
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     let terminating = pods
         .iter()
@@ -197,15 +210,17 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
         .is_some_and(|t| !t.is_empty());
     let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let known = if has_templates {
-        claims_api
-            .list(&ListParams::default().labels(&selector_string(&spec.selector)))
-            .await
-            .map_err(api_err(format!(
-                "listing claims of statefulset {ns}/{name}"
-            )))?
-            .items
-            .into_iter()
-            .map(|c| (c.name_any(), c))
+        ctx.informers
+            .get::<PersistentVolumeClaim>()
+            .by(Index::Namespace, &ns)
+            .iter()
+            .filter(|c| {
+                component::selectors::label_selector_matches(
+                    &spec.selector,
+                    c.metadata.labels.as_ref().unwrap_or(&Default::default()),
+                )
+            })
+            .map(|c| (c.name_any(), c.as_ref().clone()))
             .collect()
     } else {
         HashMap::new()

@@ -64,6 +64,59 @@ pub fn selector_string(sel: &LabelSelector) -> String {
     parts.join(",")
 }
 
+/// A `labelSelector` query string (`a=b,c in (d,e),!f`, as a scale subresource's
+/// `status.selector` has it) as a LabelSelector, to match cached objects with; None when
+/// it does not parse.
+pub fn parse_selector(s: &str) -> Option<LabelSelector> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    let mut labels = BTreeMap::new();
+    let mut exprs = Vec::new();
+    let req = |key: &str, op: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
+        key: key.trim().to_string(),
+        operator: op.into(),
+        values,
+    };
+    let set = |v: &str| -> Option<Vec<String>> {
+        let inner = v.trim().strip_prefix('(')?.strip_suffix(')')?;
+        Some(inner.split(',').map(|x| x.trim().to_string()).collect())
+    };
+    for part in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        if let Some((k, v)) = part.split_once("!=") {
+            exprs.push(req(k, "NotIn", Some(vec![v.trim().to_string()])));
+        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        } else if let Some((k, v)) = part.split_once(" notin ") {
+            exprs.push(req(k, "NotIn", Some(set(v)?)));
+        } else if let Some((k, v)) = part.split_once(" in ") {
+            exprs.push(req(k, "In", Some(set(v)?)));
+        } else if let Some(k) = part.strip_prefix('!') {
+            exprs.push(req(k, "DoesNotExist", None));
+        } else if part.contains(|c: char| c.is_whitespace() || "()".contains(c)) {
+            return None;
+        } else {
+            exprs.push(req(part, "Exists", None));
+        }
+    }
+    Some(LabelSelector {
+        match_labels: (!labels.is_empty()).then_some(labels),
+        match_expressions: (!exprs.is_empty()).then_some(exprs),
+    })
+}
+
 pub fn labels_match(
     selector: &BTreeMap<String, String>,
     labels: &BTreeMap<String, String>,
@@ -173,6 +226,45 @@ mod tests {
         assert!(template_hash(&a, None)
             .chars()
             .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
+    }
+
+    #[test]
+    fn query_strings_parse_back_into_selectors() {
+        let sel = parse_selector("app=web, tier in (a,b),!x,y,z!=1,w notin (c)").expect("parses");
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let matches = |l| component::selectors::label_selector_matches(&sel, &l);
+        assert!(matches(labels(&[("app", "web"), ("tier", "a"), ("y", "")])));
+        assert!(!matches(labels(&[
+            ("app", "web"),
+            ("tier", "c"),
+            ("y", "")
+        ])));
+        assert!(!matches(labels(&[
+            ("app", "web"),
+            ("tier", "a"),
+            ("y", ""),
+            ("x", "1")
+        ])));
+        assert!(!matches(labels(&[("app", "web"), ("tier", "a")])));
+        assert!(!matches(labels(&[
+            ("app", "web"),
+            ("tier", "b"),
+            ("y", ""),
+            ("z", "1")
+        ])));
+        assert!(!matches(labels(&[
+            ("app", "web"),
+            ("tier", "b"),
+            ("y", ""),
+            ("w", "c")
+        ])));
+        assert_eq!(parse_selector(""), Some(LabelSelector::default()));
+        assert_eq!(parse_selector("a in b"), None);
     }
 
     #[test]

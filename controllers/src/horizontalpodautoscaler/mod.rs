@@ -72,6 +72,10 @@ impl Default for Settings {
 
 /// What the controller keeps between syncs.
 struct State {
+    /// HorizontalPodAutoscalers and pods come from the shared caches; the metrics API is
+    /// read live, as upstream does (it has no watch).
+    hpas: crate::informers::Informer<HorizontalPodAutoscaler>,
+    pods: crate::informers::Informer<Pod>,
     client: Client,
     settings: Settings,
     /// Per HPA (namespace/name): recommendations and scale events.
@@ -81,8 +85,20 @@ struct State {
     events: crate::events::Recorder,
 }
 
-pub async fn run(client: Client, settings: Settings, shutdown: component::CancellationToken) {
+pub async fn run(ctx: Arc<crate::Ctx>, settings: Settings, shutdown: component::CancellationToken) {
+    let client = ctx.client.clone();
+    let (hpas, pods) = (ctx.informers.get::<HorizontalPodAutoscaler>(), ctx.pods());
+    if !crate::informers::wait_synced(&shutdown, async {
+        hpas.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
     let state = Arc::new(State {
+        hpas,
+        pods,
         events: crate::events::Recorder::new(client.clone(), COMPONENT),
         client,
         settings,
@@ -104,14 +120,12 @@ pub async fn run(client: Client, settings: Settings, shutdown: component::Cancel
 }
 
 async fn sync_all(state: &State) {
-    let api = Api::<HorizontalPodAutoscaler>::all(state.client.clone());
-    let hpas = match api.list(&ListParams::default()).await {
-        Ok(l) => l.items,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing HorizontalPodAutoscalers");
-            return;
-        }
-    };
+    let hpas: Vec<HorizontalPodAutoscaler> = state
+        .hpas
+        .all()
+        .iter()
+        .map(|h| h.as_ref().clone())
+        .collect();
     let keys: Vec<String> = hpas.iter().map(key).collect();
     state.history.lock().await.retain(|k, _| keys.contains(k));
     // one at a time, as upstream's workers take them from the queue; each is short
@@ -478,16 +492,23 @@ async fn compute_metric(
                 "unable to get metrics for resource {resource}: {e}"
             ))
         })?;
-    let pods = Api::<Pod>::namespaced(state.client.clone(), ns)
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(|e| {
-            wrap(format!(
-                "unable to get pods while calculating replica count: {e}"
-            ))
-        })?;
+    let parsed = crate::util::parse_selector(selector).ok_or_else(|| {
+        wrap(format!(
+            "unable to get pods while calculating replica count: invalid selector {selector:?}"
+        ))
+    })?;
+    let pods: Vec<std::sync::Arc<Pod>> = state
+        .pods
+        .by(crate::informers::Index::Namespace, ns)
+        .into_iter()
+        .filter(|p| {
+            component::selectors::label_selector_matches(
+                &parsed,
+                p.metadata.labels.as_ref().unwrap_or(&Default::default()),
+            )
+        })
+        .collect();
     let infos: Vec<PodInfo> = pods
-        .items
         .iter()
         .map(|p| pod_info(p, &resource, container.as_deref()))
         .collect();

@@ -23,12 +23,12 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
+use crate::informers::{wait_synced, Index};
 use crate::replicaset::pod_from_template;
 use crate::util::{controlled_by, controller_ref, is_ready};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
@@ -40,9 +40,18 @@ pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client), watcher::Config::default())
+    let jobs = ctx.informers.get::<Job>();
+    let pods = ctx.pods();
+    if !wait_synced(&shutdown, async {
+        jobs.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    Controller::for_shared_stream(jobs.subscribe(), jobs.store())
+        .owns_shared_stream(pods.subscribe())
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -210,26 +219,38 @@ fn removal_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<Option<Timestamp>>) {
     )
 }
 
-async fn delete_pods(api: &Api<Pod>, pods: &[&Pod]) -> i32 {
+async fn delete_pods(ctx: &Ctx, uid: &str, api: &Api<Pod>, pods: &[&Pod]) -> i32 {
     let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
-    let results: Vec<bool> = stream::iter(names)
+    ctx.expectations
+        .expect_deletions(uid, names.iter().cloned());
+    let results: Vec<(bool, String)> = stream::iter(names)
         .map(|name| {
             let api = api.clone();
             async move {
-                match api.delete(&name, &DeleteParams::default()).await {
+                let ok = match api.delete(&name, &DeleteParams::default()).await {
                     Ok(_) => true,
                     Err(kube::Error::Api(e)) if e.code == 404 => true,
                     Err(e) => {
                         tracing::warn!(pod = %name, error = %e, "deleting job pod");
                         false
                     }
-                }
+                };
+                // only an accepted delete will show in the cache
+                (ok, name)
             }
         })
         .buffer_unordered(8)
         .collect()
         .await;
-    results.into_iter().filter(|ok| *ok).count() as i32
+    let mut deleted = 0;
+    for (ok, name) in results {
+        if ok {
+            deleted += 1;
+        } else {
+            ctx.expectations.deletion_observed(uid, &name);
+        }
+    }
+    deleted
 }
 
 /// The pod for one completion index (`None`: a NonIndexed pod).
@@ -300,6 +321,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     if job.metadata.deletion_timestamp.is_some() {
+        ctx.expectations.forget(&uid);
         return Ok(Action::await_change());
     }
     let spec = job.spec.clone().unwrap_or_default();
@@ -328,16 +350,17 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         return Ok(Action::await_change());
     }
 
-    let listed = pods_api
-        .list(&ListParams::default().labels(&format!("{CONTROLLER_UID_LABEL}={uid}")))
-        .await
-        .map_err(api_err(format!("listing pods of job {ns}/{name}")))?;
-    let pods: Vec<Pod> = listed
-        .items
-        .into_iter()
+    // Pods from the shared cache; while this job's creates or deletes are not all in it,
+    // none are added or removed (upstream's expectations), or the lag would make it
+    // create the same missing pods twice.
+    let pods: Vec<Pod> = ctx
+        .pods()
+        .by(Index::Controller, &uid)
+        .iter()
         .filter(|p| controlled_by(&p.metadata, &uid))
+        .map(|p| p.as_ref().clone())
         .collect();
-
+    let settled = ctx.expectations.satisfied(&uid);
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let completions = spec.completions.unwrap_or(0);
     let per_index = spec.backoff_limit_per_index.filter(|_| indexed);
@@ -462,11 +485,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
     let mut created = 0;
     let mut deleted_all = true;
     if ending.is_some() {
-        deleted = delete_pods(&pods_api, &active).await;
+        deleted = delete_pods(&ctx, &uid, &pods_api, &active).await;
         deleted_all = deleted == active.len() as i32;
         active.clear();
     } else if suspended {
-        deleted = delete_pods(&pods_api, &active).await;
+        deleted = delete_pods(&ctx, &uid, &pods_api, &active).await;
         active.clear();
         ensure_condition(
             &mut conditions,
@@ -518,9 +541,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
             left.sort_by_key(|p| removal_rank(p));
             remove.extend(left.drain(..excess as usize));
         }
-        if !remove.is_empty() {
+        if !settled {
+            tracing::debug!(job = %format!("{ns}/{name}"), "waiting for the pod cache to show earlier creates and deletes");
+        } else if !remove.is_empty() {
             // As upstream: a sync either deletes or creates, never both.
-            deleted = delete_pods(&pods_api, &remove).await;
+            deleted = delete_pods(&ctx, &uid, &pods_api, &remove).await;
             active = left;
         } else {
             let waiting = if replace_only_failed {
@@ -565,6 +590,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                         .map(|_| job_pod(&job, &spec, None, (0, 0), &owner))
                         .collect()
                 };
+                ctx.expectations.expect_creations(&uid, new_pods.len());
                 let results: Vec<Result<Pod, kube::Error>> = stream::iter(new_pods)
                     .map(|pod| {
                         let api = pods_api.clone();
@@ -578,6 +604,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                     match r {
                         Ok(_) => created += 1,
                         Err(e) => {
+                            ctx.expectations.creation_observed(&uid);
                             first_err.get_or_insert(e);
                         }
                     }

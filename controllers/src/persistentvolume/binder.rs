@@ -18,16 +18,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use component::volumes::{self as vol, ANN_BIND_COMPLETED, ANN_BOUND_BY_CONTROLLER};
 
 use super::provision;
 use crate::events::Recorder;
+use crate::informers::{wait_synced, Index, Informer};
 use crate::{api_err, ReconcileError};
 
 /// Upstream's `--pvclaimbinder-sync-period`.
@@ -43,6 +43,10 @@ pub struct Binder {
     pub provisioner_events: Recorder,
     pub claims: Store<PersistentVolumeClaim>,
     pub volumes: Store<PersistentVolume>,
+    /// StorageClasses and pods, from the shared caches (a sync of a pending claim reads its
+    /// class, and for WaitForFirstConsumer the pods waiting for it, many times a minute).
+    pub classes: Informer<StorageClass>,
+    pub pods: Informer<Pod>,
     /// Whether the built-in local-path provisioner runs (`local-path-provisioner`).
     pub local_path: bool,
 }
@@ -76,73 +80,78 @@ fn reclaim_policy(pv: &PersistentVolume) -> &str {
 }
 
 /// Run the binder (and, with `local_path`, the built-in provisioner) until `shutdown`.
-pub async fn run(client: Client, local_path: bool, shutdown: component::CancellationToken) {
-    let claims_ctl = Controller::new(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(controller::Config::default().concurrency(1));
-    let volumes_ctl = Controller::new(
-        Api::<PersistentVolume>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(controller::Config::default().concurrency(1));
+pub async fn run(ctx: Arc<crate::Ctx>, local_path: bool, shutdown: component::CancellationToken) {
+    let client = ctx.client.clone();
+    let claims = ctx.informers.get::<PersistentVolumeClaim>();
+    let volumes = ctx.informers.get::<PersistentVolume>();
+    let classes = ctx.informers.get::<StorageClass>();
+    let pods = ctx.pods();
+    if !wait_synced(&shutdown, async {
+        claims.synced().await;
+        volumes.synced().await;
+        classes.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    let claims_ctl = Controller::for_shared_stream(claims.subscribe(), claims.store())
+        .with_config(controller::Config::default().concurrency(1));
+    let volumes_ctl = Controller::for_shared_stream(volumes.subscribe(), volumes.store())
+        .with_config(controller::Config::default().concurrency(1));
     let binder = Arc::new(Binder {
         client: client.clone(),
         events: Recorder::new(client.clone(), COMPONENT),
         provisioner_events: Recorder::new(client.clone(), vol::LOCAL_PATH_PROVISIONER),
-        claims: claims_ctl.store(),
-        volumes: volumes_ctl.store(),
+        claims: claims.store(),
+        volumes: volumes.store(),
+        classes,
+        pods,
         local_path,
     });
     let claim_store = binder.claims.clone();
+    let volume_events = volumes.subscribe();
+    let claim_events = claims.subscribe();
     let claims = claims_ctl
-        .watches(
-            Api::<PersistentVolume>::all(client.clone()),
-            watcher::Config::default(),
-            move |pv: PersistentVolume| {
-                // the claim it points at; a free volume may suit any pending claim
-                match claim_ref(&pv) {
-                    Some(r) => vec![ObjectRef::new(r.name.as_deref().unwrap_or(""))
-                        .within(r.namespace.as_deref().unwrap_or(""))],
-                    None => claim_store
-                        .state()
-                        .iter()
-                        .filter(|c| volume_name(c).is_empty())
-                        .map(|c| ObjectRef::from_obj(c.as_ref()))
-                        .collect(),
-                }
-            },
-        )
+        .watches_shared_stream(volume_events, move |pv: Arc<PersistentVolume>| {
+            // the claim it points at; a free volume may suit any pending claim
+            match claim_ref(&pv) {
+                Some(r) => vec![ObjectRef::new(r.name.as_deref().unwrap_or(""))
+                    .within(r.namespace.as_deref().unwrap_or(""))],
+                None => claim_store
+                    .state()
+                    .iter()
+                    .filter(|c| volume_name(c).is_empty())
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect(),
+            }
+        })
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(sync_claim, error_policy, binder.clone())
         .for_each(|_| async {});
     let volume_store = binder.volumes.clone();
     let volumes = volumes_ctl
-        .watches(
-            Api::<PersistentVolumeClaim>::all(client),
-            watcher::Config::default(),
-            move |pvc: PersistentVolumeClaim| {
-                // the volume it names and every volume that points at it
-                let (ns, name) = (pvc.namespace().unwrap_or_default(), pvc.name_any());
-                let mut out: Vec<ObjectRef<PersistentVolume>> = volume_store
-                    .state()
-                    .iter()
-                    .filter(|v| {
-                        claim_ref(v).is_some_and(|r| {
-                            r.name.as_deref() == Some(name.as_str())
-                                && r.namespace.as_deref() == Some(ns.as_str())
-                        })
+        .watches_shared_stream(claim_events, move |pvc: Arc<PersistentVolumeClaim>| {
+            // the volume it names and every volume that points at it
+            let (ns, name) = (pvc.namespace().unwrap_or_default(), pvc.name_any());
+            let mut out: Vec<ObjectRef<PersistentVolume>> = volume_store
+                .state()
+                .iter()
+                .filter(|v| {
+                    claim_ref(v).is_some_and(|r| {
+                        r.name.as_deref() == Some(name.as_str())
+                            && r.namespace.as_deref() == Some(ns.as_str())
                     })
-                    .map(|v| ObjectRef::from_obj(v.as_ref()))
-                    .collect();
-                let named = volume_name(&pvc);
-                if !named.is_empty() {
-                    out.push(ObjectRef::new(named));
-                }
-                out
-            },
-        )
+                })
+                .map(|v| ObjectRef::from_obj(v.as_ref()))
+                .collect();
+            let named = volume_name(&pvc);
+            if !named.is_empty() {
+                out.push(ObjectRef::new(named));
+            }
+            out
+        })
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(sync_volume, error_policy, binder)
         .for_each(|_| async {});
@@ -179,10 +188,7 @@ async fn class_of(
     if name.is_empty() {
         return Ok(None);
     }
-    Api::<StorageClass>::all(b.client.clone())
-        .get_opt(&name)
-        .await
-        .map_err(api_err(format!("reading storageclass {name}")))
+    Ok(b.classes.get(None, &name).map(|c| c.as_ref().clone()))
 }
 
 async fn sync_unbound_claim(
@@ -324,11 +330,7 @@ async fn assign_default_class(
     if vol::claim_has_class(claim) {
         return Ok(false);
     }
-    let classes = Api::<StorageClass>::all(b.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err("listing storageclasses"))?
-        .items;
+    let classes: Vec<StorageClass> = b.classes.all().iter().map(|c| c.as_ref().clone()).collect();
     let Some(class) = vol::default_class(&classes) else {
         return Ok(false);
     };
@@ -347,11 +349,7 @@ async fn wait_for_first_consumer(
 ) -> Result<(), ReconcileError> {
     let ns = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
-    let pods = Api::<Pod>::namespaced(b.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err(format!("listing pods of namespace {ns}")))?
-        .items;
+    let pods = b.pods.by(Index::Claim, &format!("{ns}/{name}"));
     let waiting: Vec<String> = pods
         .iter()
         .filter(|p| {

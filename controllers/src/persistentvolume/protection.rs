@@ -14,11 +14,11 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 
 use component::volumes::{volume_phase, PVC_PROTECTION_FINALIZER, PV_PROTECTION_FINALIZER};
 
+use crate::informers::{wait_synced, Index};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 fn has(meta: &kube::api::ObjectMeta, finalizer: &str) -> bool {
@@ -60,26 +60,28 @@ fn uses(pod: &Pod, claim: &str) -> bool {
 }
 
 pub async fn run_pvc_protection(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<Pod>::all(client),
-        watcher::Config::default(),
-        |pod: Pod| {
+    let claims = ctx.informers.get::<PersistentVolumeClaim>();
+    let pods = ctx.pods();
+    if !wait_synced(&shutdown, async {
+        claims.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    Controller::for_shared_stream(claims.subscribe(), claims.store())
+        .watches_shared_stream(pods.subscribe(), |pod: Arc<Pod>| {
             let ns = pod.namespace().unwrap_or_default();
             claims_of(&pod)
                 .into_iter()
                 .map(|c| ObjectRef::new(&c).within(&ns))
                 .collect::<Vec<_>>()
-        },
-    )
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile_claim, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile_claim, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 async fn reconcile_claim(
@@ -104,7 +106,7 @@ async fn reconcile_claim(
     if !(deleting && protected) {
         return Ok(Action::await_change());
     }
-    if let Some(pod) = pod_using(&ctx.client, &ns, &name).await? {
+    if let Some(pod) = pod_using(&ctx, &ns, &name).await? {
         tracing::debug!(claim = %format!("{ns}/{name}"), %pod, "claim still in use");
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
@@ -119,13 +121,19 @@ async fn reconcile_claim(
     Ok(Action::await_change())
 }
 
-/// A pod of `ns` that uses claim `name`, asked of the apiserver.
-async fn pod_using(
-    client: &Client,
-    ns: &str,
-    name: &str,
-) -> Result<Option<String>, ReconcileError> {
-    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+/// A pod of `ns` that uses claim `name`: the pod cache (indexed by claim) first; when it
+/// knows none, the apiserver, as upstream asks it too: a pod created a moment ago and not
+/// yet in the cache must keep its claim, and this runs only for a claim being deleted.
+async fn pod_using(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<String>, ReconcileError> {
+    if let Some(p) = ctx
+        .pods()
+        .by(Index::Claim, &format!("{ns}/{name}"))
+        .iter()
+        .find(|p| uses(p, name))
+    {
+        return Ok(Some(p.name_any()));
+    }
+    Ok(Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default())
         .await
         .map_err(api_err(format!("listing pods of namespace {ns}")))?
@@ -136,14 +144,15 @@ async fn pod_using(
 }
 
 pub async fn run_pv_protection(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    Controller::new(
-        Api::<PersistentVolume>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile_volume, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    let volumes = ctx.informers.get::<PersistentVolume>();
+    if !wait_synced(&shutdown, volumes.synced()).await {
+        return;
+    }
+    Controller::for_shared_stream(volumes.subscribe(), volumes.store())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile_volume, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 async fn reconcile_volume(
