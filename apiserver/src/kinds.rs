@@ -220,6 +220,10 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
         ) => {
             crate::webhooks::config::default(obj, kind == "MutatingWebhookConfiguration");
         }
+        (
+            crate::webhooks::GROUP,
+            kind @ ("ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding"),
+        ) => crate::webhooks::policy::default(obj, kind == "ValidatingAdmissionPolicyBinding"),
         (crate::aggregator::GROUP, "APIService") => crate::aggregator::validation::default(obj),
         ("storage.k8s.io", "StorageClass") => {
             set_default(obj, "reclaimPolicy", json!("Delete"));
@@ -611,6 +615,14 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 &mut causes,
             );
         }
+        (
+            crate::webhooks::GROUP,
+            kind @ ("ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding"),
+        ) => crate::webhooks::policy::validate(
+            obj,
+            kind == "ValidatingAdmissionPolicyBinding",
+            &mut causes,
+        ),
         (crate::aggregator::GROUP, "APIService") => {
             crate::aggregator::validation::validate(obj, &mut causes)
         }

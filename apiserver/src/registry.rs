@@ -446,6 +446,10 @@ fn builtins() -> Vec<ResourceDef> {
             short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "mutatingwebhookconfigurations", fields: NONE, printer: P::WebhookConfiguration),
         def!(admissionregistration::v1::ValidatingWebhookConfiguration, "admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", ns: false,
             short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "validatingwebhookconfigurations", fields: NONE, printer: P::WebhookConfiguration),
+        def!(admissionregistration::v1::ValidatingAdmissionPolicy, "admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", "validatingadmissionpolicy", ns: false,
+            short: NONE, cat: &["api-extensions"], subs: STATUS, storage: "validatingadmissionpolicies", fields: NONE, printer: P::Default),
+        def!(admissionregistration::v1::ValidatingAdmissionPolicyBinding, "admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", "validatingadmissionpolicybinding", ns: false,
+            short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "validatingadmissionpolicybindings", fields: NONE, printer: P::Default),
         // API aggregation (`crate::aggregator`).
         def!(apiregistration::APIService, "apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", ns: false,
             short: NONE, cat: &["api-extensions"], subs: STATUS, storage: "apiregistration.k8s.io/apiservices", fields: NONE, printer: P::APIService),

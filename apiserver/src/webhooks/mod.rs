@@ -34,6 +34,7 @@ pub mod conditions;
 pub mod config;
 mod connect;
 mod metrics;
+pub mod policy;
 mod review;
 pub mod rules;
 
@@ -58,6 +59,9 @@ struct Configs {
 pub struct Index {
     mutating: Configs,
     validating: Configs,
+    /// ValidatingAdmissionPolicies and their bindings ([`policy`]).
+    policies: Configs,
+    bindings: Configs,
     /// Connections to webhooks kept for the next call.
     pool: crate::backend::Pool,
     metrics: metrics::Metrics,
@@ -69,29 +73,40 @@ impl Index {
         self.metrics.render()
     }
 
-    /// Known to hold no configuration of this kind: requests skip webhook admission at once.
+    /// Known to hold no configuration of this kind (validating: nor policy binding):
+    /// requests skip webhook admission at once.
     fn known_empty(&self, mutating: bool) -> bool {
-        let c = if mutating {
-            &self.mutating
-        } else {
-            &self.validating
+        let empty = |c: &Configs| {
+            c.synced.load(Ordering::Acquire)
+                && c.by_name
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
         };
-        c.synced.load(Ordering::Acquire)
-            && c.by_name
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
+        if mutating {
+            empty(&self.mutating)
+        } else {
+            empty(&self.validating) && empty(&self.bindings)
+        }
     }
 }
 
-struct Follow(Arc<AppState>, bool);
+struct Follow(Arc<AppState>, &'static str);
 
 impl Follow {
     fn configs(&self) -> &Configs {
-        if self.1 {
-            &self.0.webhooks.mutating
-        } else {
-            &self.0.webhooks.validating
+        self.0.webhooks.configs(self.1)
+    }
+}
+
+impl Index {
+    /// The configurations of one resource (`plural`).
+    fn configs(&self, plural: &str) -> &Configs {
+        match plural {
+            MUTATING => &self.mutating,
+            VALIDATING => &self.validating,
+            policy::POLICIES => &self.policies,
+            _ => &self.bindings,
         }
     }
 }
@@ -132,33 +147,37 @@ impl Follower for Follow {
 
 /// Keep `state.webhooks` in step with the store until shutdown.
 pub async fn run(state: Arc<AppState>) {
+    let follow = |plural: &'static str| {
+        crate::follow::run(
+            state.clone(),
+            (GROUP, "v1", plural),
+            Follow(state.clone(), plural),
+        )
+    };
     tokio::join!(
-        crate::follow::run(
-            state.clone(),
-            (GROUP, "v1", MUTATING),
-            Follow(state.clone(), true)
-        ),
-        crate::follow::run(
-            state.clone(),
-            (GROUP, "v1", VALIDATING),
-            Follow(state.clone(), false)
-        ),
+        follow(MUTATING),
+        follow(VALIDATING),
+        follow(policy::POLICIES),
+        follow(policy::BINDINGS),
     );
 }
 
 /// Every configuration of one kind sorted by name: from memory, or from the store while the
 /// index does not follow it (before its first list).
 async fn configurations(state: &AppState, mutating: bool) -> Result<Vec<Arc<Value>>, ApiError> {
-    let configs = if mutating {
-        &state.webhooks.mutating
-    } else {
-        &state.webhooks.validating
-    };
+    configurations_of(state, if mutating { MUTATING } else { VALIDATING }).await
+}
+
+/// Every object of `plural` (a configuration kind of this group) sorted by name.
+async fn configurations_of(
+    state: &AppState,
+    plural: &'static str,
+) -> Result<Vec<Arc<Value>>, ApiError> {
+    let configs = state.webhooks.configs(plural);
     if configs.synced.load(Ordering::Acquire) {
         let m = configs.by_name.read().unwrap_or_else(|e| e.into_inner());
         return Ok(m.values().cloned().collect());
     }
-    let plural = if mutating { MUTATING } else { VALIDATING };
     let def = state
         .registry
         .get(GROUP, "v1", plural)
@@ -561,6 +580,8 @@ async fn validate_inner(
     let Some(sub) = admitted(state, req.def, &[false]) else {
         return Ok(());
     };
+    // ValidatingAdmissionPolicy runs before ValidatingAdmissionWebhook, as upstream's order
+    policy::admit(state, req, sub, obj, old).await?;
     let hooks = matching(state, req, sub, false, obj, old).await?;
     for hook in &hooks {
         check_dry_run(req, hook)?;

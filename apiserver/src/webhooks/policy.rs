@@ -1,0 +1,681 @@
+//! ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding
+//! (admissionregistration.k8s.io/v1): in-process validation with CEL, as upstream's
+//! `ValidatingAdmissionPolicy` admission plugin.
+//!
+//! Both kinds are kept in memory from the watch cache beside the webhook configurations
+//! ([`super::Index`]). In the validating phase, before the validating webhooks, every
+//! binding whose policy exists is tried: the policy's `matchConstraints` and the binding's
+//! `matchResources` (rules with `resourceNames`, `excludeResourceRules`, namespace and object
+//! selectors — the webhooks' matching code), `paramRef` (by name), the policy's
+//! `matchConditions`, then its `variables` and `validations`. A failed validation is acted
+//! on by the binding's `validationActions`: `Deny` refuses the request as upstream does
+//! (`ValidatingAdmissionPolicy 'p' with binding 'b' denied request: ...`, code from the
+//! validation's `reason`), `Warn` adds a `Warning:` header, `Audit` an audit annotation. An
+//! expression that fails to evaluate follows the policy's `failurePolicy`. Not done:
+//! `auditAnnotations`, `paramRef.selector`, `status.typeChecking`, the `authorizer` variable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::conditions::{self, Inputs, Verdict};
+use super::{configurations_of, namespace, review, rules, selector, Matched, Request};
+use crate::cel;
+use crate::kinds::Cause;
+use crate::meta;
+use crate::state::AppState;
+use crate::status::ApiError;
+
+pub const POLICIES: &str = "validatingadmissionpolicies";
+pub const BINDINGS: &str = "validatingadmissionpolicybindings";
+
+/// The variables a policy's expressions see.
+pub const VARS: &[&str] = &[
+    "object",
+    "oldObject",
+    "request",
+    "params",
+    "namespaceObject",
+    "variables",
+];
+
+fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+fn items<'a>(v: &'a Value, p: &str) -> &'a [Value] {
+    v.pointer(p)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+// === admission ===
+
+/// One failed validation, acted on by the binding's actions.
+struct Failure {
+    message: String,
+    reason: &'static str,
+}
+
+/// Apply every binding to the request (the validating phase; `obj` is `None` for deletes).
+pub(super) async fn admit(
+    state: &AppState,
+    req: &Request<'_>,
+    sub: &str,
+    obj: Option<&Value>,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let bindings = configurations_of(state, BINDINGS).await?;
+    if bindings.is_empty() {
+        return Ok(());
+    }
+    let policies: HashMap<String, Arc<Value>> = configurations_of(state, POLICIES)
+        .await?
+        .into_iter()
+        .map(|p| (str_at(&p, "/metadata/name").to_string(), p))
+        .collect();
+    let name = obj
+        .or(old)
+        .and_then(|o| meta::meta_str(o, "name"))
+        .unwrap_or("");
+    let attrs = rules::Attrs {
+        operation: req.operation.as_str(),
+        group: req.def.group,
+        version: req.def.version,
+        resource: req.def.plural,
+        subresource: sub,
+        namespaced: req.def.namespaced,
+    };
+    let mut ns_object: Option<Value> = None;
+    let mut denial: Option<ApiError> = None;
+    for b in &bindings {
+        let Some(p) = policies.get(str_at(b, "/spec/policyName")) else {
+            continue;
+        };
+        let pspec = &p["spec"];
+        let mut target = Target {
+            state,
+            req,
+            attrs: &attrs,
+            name,
+            obj,
+            old,
+            ns_object: &mut ns_object,
+        };
+        if !target.matches(pspec.get("matchConstraints")).await? {
+            continue;
+        }
+        if let Some(m) = b.pointer("/spec/matchResources").filter(|m| !m.is_null()) {
+            if !target.matches(Some(m)).await? {
+                continue;
+            }
+        }
+        let ns_value = match req.ns.filter(|_| req.def.namespaced) {
+            Some(ns) if ns_object.is_none() => Some(namespace(state, ns).await?),
+            _ => ns_object.clone(),
+        };
+        let failures = match params(state, req, pspec, &b["spec"]).await {
+            Err(message) => vec![Failure {
+                message,
+                reason: "Invalid",
+            }],
+            Ok(None) => continue,
+            Ok(Some(params)) => {
+                let matched = Matched {
+                    hook: json!({"admissionReviewVersions": ["v1"]}),
+                    as_version: None,
+                };
+                let review = review(req, sub, &matched, obj, old);
+                let inputs = Inputs {
+                    object: obj,
+                    old,
+                    request: &review["request"],
+                    params: params.as_ref(),
+                    namespace: ns_value.as_ref(),
+                };
+                evaluate(pspec, &inputs)
+            }
+        };
+        let pname = str_at(p, "/metadata/name");
+        let bname = str_at(b, "/metadata/name");
+        let actions: Vec<&str> = items(b, "/spec/validationActions")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for (i, f) in failures.iter().enumerate() {
+            let by = format!("ValidatingAdmissionPolicy '{pname}' with binding '{bname}'");
+            if actions.contains(&"Warn") {
+                crate::warning::add(format!("Validation failed for {by}: {}", f.message));
+            }
+            if actions.contains(&"Audit") {
+                crate::audit::annotate(
+                    "validation.policy.admission.k8s.io/validation_failure",
+                    json!([{"message": f.message, "policy": pname, "binding": bname, "expressionIndex": i, "validationActions": actions}]).to_string(),
+                );
+            }
+            if actions.contains(&"Deny") && denial.is_none() {
+                denial = Some(denied(
+                    req,
+                    name,
+                    &format!("{by} denied request: {}", f.message),
+                    f.reason,
+                ));
+            }
+        }
+    }
+    match denial {
+        Some(d) => Err(d),
+        None => Ok(()),
+    }
+}
+
+/// Upstream's denial: a Forbidden error whose reason and code are the validation's.
+fn denied(req: &Request<'_>, name: &str, message: &str, reason: &'static str) -> ApiError {
+    let resource = crate::status::qualified(req.def.plural, req.def.group);
+    let code = match reason {
+        "Unauthorized" => 401,
+        "Forbidden" => 403,
+        "RequestEntityTooLarge" => 413,
+        _ => 422,
+    };
+    ApiError {
+        code,
+        reason,
+        message: format!("{resource} \"{name}\" is forbidden: {message}"),
+        details: Some(
+            json!({"name": name, "group": req.def.group, "kind": req.def.plural,
+            "causes": [{"message": message}]}),
+        ),
+    }
+}
+
+/// What matching needs about the request.
+struct Target<'a, 'r> {
+    state: &'a AppState,
+    req: &'a Request<'r>,
+    attrs: &'a rules::Attrs<'a>,
+    name: &'a str,
+    obj: Option<&'a Value>,
+    old: Option<&'a Value>,
+    ns_object: &'a mut Option<Value>,
+}
+
+impl Target<'_, '_> {
+    /// `MatchResources` (a policy's `matchConstraints`, a binding's `matchResources`).
+    async fn matches(&mut self, m: Option<&Value>) -> Result<bool, ApiError> {
+        let Some(m) = m.filter(|m| !m.is_null()) else {
+            return Ok(false);
+        };
+        let any_version = m.get("matchPolicy").and_then(Value::as_str) != Some("Exact");
+        let named = |r: &Value| {
+            let names = items(r, "/resourceNames");
+            names.is_empty() || names.iter().any(|n| n == self.name)
+        };
+        let hit = |list: &[Value]| {
+            list.iter()
+                .any(|r| rules::rule_matches(r, self.attrs, any_version) && named(r))
+        };
+        // a binding's matchResources without rules narrows by its selectors only (a policy's
+        // matchConstraints must have rules)
+        let rules = items(m, "/resourceRules");
+        if !rules.is_empty() && !hit(rules) {
+            return Ok(false);
+        }
+        if hit(items(m, "/excludeResourceRules")) {
+            return Ok(false);
+        }
+        if !selector(m, "objectSelector").is_none_or(|s| {
+            [self.obj, self.old]
+                .into_iter()
+                .flatten()
+                .any(|o| s.matches(o))
+        }) {
+            return Ok(false);
+        }
+        if let Some(s) = selector(m, "namespaceSelector") {
+            let def = self.req.def;
+            let target = if def.group.is_empty() && def.plural == "namespaces" {
+                self.obj.or(self.old).cloned()
+            } else if let Some(ns) = self.req.ns.filter(|_| def.namespaced) {
+                if self.ns_object.is_none() {
+                    *self.ns_object = Some(namespace(self.state, ns).await?);
+                }
+                self.ns_object.clone()
+            } else {
+                None
+            };
+            if target.is_some_and(|t| !s.matches(&t)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The binding's parameter object: `Ok(Some(None))` when the policy takes none,
+/// `Ok(None)` when the binding does not apply (no parameter, `parameterNotFoundAction:
+/// Allow`), `Err(message)` to deny.
+async fn params(
+    state: &AppState,
+    req: &Request<'_>,
+    pspec: &Value,
+    bspec: &Value,
+) -> Result<Option<Option<Value>>, String> {
+    let Some(kind) = pspec.get("paramKind").filter(|k| !k.is_null()) else {
+        return Ok(Some(None));
+    };
+    let Some(r) = bspec.get("paramRef").filter(|r| !r.is_null()) else {
+        return Err(format!(
+            "failed to configure binding: paramRef is required for a policy with paramKind {}",
+            str_at(kind, "/kind")
+        ));
+    };
+    let (group, version) = match str_at(kind, "/apiVersion").split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", str_at(kind, "/apiVersion")),
+    };
+    let served = state.crds.snapshot();
+    let def = served
+        .registry
+        .all()
+        .iter()
+        .find(|d| d.group == group && d.version == version && d.kind == str_at(kind, "/kind"))
+        .cloned();
+    let not_found = |what: String| {
+        if str_at(r, "/parameterNotFoundAction") == "Allow" {
+            Ok(None)
+        } else {
+            Err(format!(
+                "no params found for policy binding with `Deny` parameterNotFoundAction: {what}"
+            ))
+        }
+    };
+    let Some(def) = def else {
+        return Err(format!(
+            "failed to find resource referenced by paramKind: '{}'",
+            str_at(kind, "/kind")
+        ));
+    };
+    let name = str_at(r, "/name");
+    if name.is_empty() {
+        return Err("paramRef.selector is not supported by kaze".into());
+    }
+    let ns = match str_at(r, "/namespace") {
+        "" if def.namespaced => req.ns.unwrap_or(""),
+        ns => ns,
+    };
+    let ns = def.namespaced.then_some(ns);
+    match crate::objects::get(state, &def, ns, name).await {
+        Ok(v) => Ok(Some(Some(v))),
+        Err(e) if e.code == 404 => not_found(format!("{} {name:?} not found", def.kind)),
+        Err(e) => Err(e.message),
+    }
+}
+
+/// The policy's conditions, variables and validations over `inputs`: the failures.
+fn evaluate(pspec: &Value, inputs: &Inputs<'_>) -> Vec<Failure> {
+    let fail_closed = str_at(pspec, "/failurePolicy") != "Ignore";
+    let error = |message: String| -> Vec<Failure> {
+        if fail_closed {
+            vec![Failure {
+                message,
+                reason: "Invalid",
+            }]
+        } else {
+            tracing::warn!(error = %message, "ValidatingAdmissionPolicy failed, failing open");
+            Vec::new()
+        }
+    };
+    match conditions::evaluate(pspec.get("matchConditions"), VARS, inputs) {
+        Verdict::Match => {}
+        Verdict::NoMatch => return Vec::new(),
+        Verdict::Error(e) => return error(e),
+    }
+    let mut budget = cel::RUNTIME_BUDGET;
+    let mut variables: HashMap<String, cel::CelValue> = HashMap::new();
+    let bind = |variables: &HashMap<String, cel::CelValue>| {
+        let mut vars = inputs.vars(&VARS[..5]);
+        let map = cel::CelValue::from(variables.clone());
+        if let Ok(boxed) = Box::<dyn ::cel::common::value::Val>::try_from(map) {
+            vars.push(("variables", boxed));
+        }
+        vars
+    };
+    for v in items(pspec, "/variables") {
+        let expr = str_at(v, "/expression");
+        if let Ok(p) = cel::compile(expr, VARS) {
+            if let Ok(value) = cel::eval(&p, bind(&variables), &mut budget) {
+                variables.insert(str_at(v, "/name").to_string(), value);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for v in items(pspec, "/validations") {
+        let expr = str_at(v, "/expression");
+        let result = cel::compile(expr, VARS)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                cel::eval_bool(&p, bind(&variables), &mut budget).map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                let message = message_expression(v, &variables, &bind, &mut budget)
+                    .or_else(|| {
+                        Some(str_at(v, "/message").trim().to_string()).filter(|m| !m.is_empty())
+                    })
+                    .unwrap_or_else(|| format!("failed expression: {}", expr.trim()));
+                out.push(Failure {
+                    message,
+                    reason: reason(str_at(v, "/reason")),
+                });
+            }
+            Err(e) => out.extend(error(format!("expression '{expr}' resulted in error: {e}"))),
+        }
+    }
+    out
+}
+
+fn message_expression<'a>(
+    v: &Value,
+    variables: &HashMap<String, cel::CelValue>,
+    bind: &dyn Fn(&HashMap<String, cel::CelValue>) -> Vec<cel::Var<'a>>,
+    budget: &mut i64,
+) -> Option<String> {
+    let expr = str_at(v, "/messageExpression");
+    if expr.is_empty() {
+        return None;
+    }
+    let p = cel::compile(expr, VARS).ok()?;
+    match cel::eval(&p, bind(variables), budget) {
+        Ok(cel::CelValue::String(s)) if !s.trim().is_empty() && !s.contains('\n') => {
+            Some(s.trim().to_string())
+        }
+        _ => None,
+    }
+}
+
+fn reason(r: &str) -> &'static str {
+    match r {
+        "Unauthorized" => "Unauthorized",
+        "Forbidden" => "Forbidden",
+        "RequestEntityTooLarge" => "RequestEntityTooLarge",
+        _ => "Invalid",
+    }
+}
+
+// === defaults and validation of the two kinds ===
+
+fn set_default(obj: &mut Value, field: &str, value: Value) {
+    if let Some(m) = obj.as_object_mut() {
+        if m.get(field).is_none_or(Value::is_null) {
+            m.insert(field.into(), value);
+        }
+    }
+}
+
+fn default_match_resources(m: &mut Value) {
+    set_default(m, "matchPolicy", json!("Equivalent"));
+    set_default(m, "namespaceSelector", json!({}));
+    set_default(m, "objectSelector", json!({}));
+    for list in ["resourceRules", "excludeResourceRules"] {
+        if let Some(rules) = m.get_mut(list).and_then(Value::as_array_mut) {
+            for r in rules {
+                set_default(r, "scope", json!("*"));
+            }
+        }
+    }
+}
+
+/// Upstream's v1 defaults for a policy (`binding`: false) or a binding.
+pub fn default(obj: &mut Value, binding: bool) {
+    let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    if binding {
+        if let Some(m) = spec.get_mut("matchResources").filter(|m| m.is_object()) {
+            default_match_resources(m);
+        }
+        return;
+    }
+    set_default(spec, "failurePolicy", json!("Fail"));
+    if let Some(m) = spec.get_mut("matchConstraints").filter(|m| m.is_object()) {
+        default_match_resources(m);
+    }
+}
+
+fn compiles(expr: &str, path: &str, what: &str, causes: &mut Vec<Cause>) {
+    if expr.trim().is_empty() {
+        causes.push((
+            path.to_string(),
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
+    } else if let Err(e) = cel::compile(expr, VARS) {
+        causes.push((
+            path.to_string(),
+            "FieldValueInvalid",
+            format!("Invalid value: {expr:?}: {what}compilation failed: {e}"),
+        ));
+    }
+}
+
+/// Upstream's validation of a policy (`binding`: false) or a binding (after defaulting).
+pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    if binding {
+        if str_at(&spec, "/policyName").is_empty() {
+            causes.push((
+                "spec.policyName".into(),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
+        let actions = items(&spec, "/validationActions");
+        if actions.is_empty() {
+            causes.push((
+                "spec.validationActions".into(),
+                "FieldValueRequired",
+                "Required value: at least one validation action is required".into(),
+            ));
+        }
+        for (i, a) in actions.iter().enumerate() {
+            let a = a.as_str().unwrap_or("");
+            if !matches!(a, "Deny" | "Warn" | "Audit") {
+                causes.push((
+                    format!("spec.validationActions[{i}]"),
+                    "FieldValueNotSupported",
+                    format!(
+                        "Unsupported value: {a:?}: supported values: \"Audit\", \"Deny\", \"Warn\""
+                    ),
+                ));
+            } else if actions[..i].iter().any(|x| x == a) {
+                causes.push((
+                    format!("spec.validationActions[{i}]"),
+                    "FieldValueDuplicate",
+                    format!("Duplicate value: {a:?}"),
+                ));
+            }
+        }
+        let has = |a: &str| actions.iter().any(|x| x == a);
+        if has("Deny") && has("Warn") {
+            causes.push((
+                "spec.validationActions".into(),
+                "FieldValueInvalid",
+                format!("Invalid value: {}: must not contain both Deny and Warn (repeating the same validation failure information in the API response and headers serves no purpose)", json!(actions)),
+            ));
+        }
+        return;
+    }
+    match str_at(&spec, "/failurePolicy") {
+        "Fail" | "Ignore" => {}
+        other => causes.push((
+            "spec.failurePolicy".into(),
+            "FieldValueNotSupported",
+            format!("Unsupported value: {other:?}: supported values: \"Fail\", \"Ignore\""),
+        )),
+    }
+    if spec.get("matchConstraints").is_none_or(Value::is_null) {
+        causes.push((
+            "spec.matchConstraints".into(),
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
+    } else if items(&spec, "/matchConstraints/resourceRules").is_empty() {
+        causes.push((
+            "spec.matchConstraints.resourceRules".into(),
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
+    }
+    let validations = items(&spec, "/validations");
+    if validations.is_empty() && items(&spec, "/auditAnnotations").is_empty() {
+        causes.push((
+            "spec.validations".into(),
+            "FieldValueRequired",
+            "Required value: validations or auditAnnotations must contain at least one item".into(),
+        ));
+    }
+    for (i, v) in validations.iter().enumerate() {
+        let p = format!("spec.validations[{i}]");
+        compiles(
+            str_at(v, "/expression"),
+            &format!("{p}.expression"),
+            "",
+            causes,
+        );
+        let me = str_at(v, "/messageExpression");
+        if !me.is_empty() {
+            compiles(
+                me,
+                &format!("{p}.messageExpression"),
+                "messageExpression ",
+                causes,
+            );
+        }
+        let r = str_at(v, "/reason");
+        if !r.is_empty() && reason(r) != r {
+            causes.push((
+                format!("{p}.reason"),
+                "FieldValueNotSupported",
+                format!("Unsupported value: {r:?}: supported values: \"Forbidden\", \"Invalid\", \"RequestEntityTooLarge\", \"Unauthorized\""),
+            ));
+        }
+    }
+    for (i, v) in items(&spec, "/variables").iter().enumerate() {
+        let p = format!("spec.variables[{i}]");
+        if str_at(v, "/name").is_empty() {
+            causes.push((
+                format!("{p}.name"),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
+        compiles(
+            str_at(v, "/expression"),
+            &format!("{p}.expression"),
+            "",
+            causes,
+        );
+    }
+    conditions::validate(
+        spec.get("matchConditions"),
+        "spec.matchConditions",
+        VARS,
+        causes,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs_for<'a>(obj: &'a Value, req: &'a Value) -> Inputs<'a> {
+        Inputs {
+            object: Some(obj),
+            old: None,
+            request: req,
+            params: None,
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn validations_variables_and_messages() {
+        let spec = json!({"failurePolicy": "Fail",
+            "variables": [{"name": "replicas", "expression": "object.spec.replicas"}],
+            "validations": [
+                {"expression": "variables.replicas <= 5"},
+                {"expression": "object.metadata.name.startsWith('x')", "message": "names start with x", "reason": "Forbidden"},
+                {"expression": "variables.replicas < 2", "messageExpression": "'too many: ' + string(variables.replicas)"},
+                {"expression": "object.spec.missing == 1"}]});
+        let obj = json!({"metadata": {"name": "web"}, "spec": {"replicas": 7}});
+        let req = json!({"operation": "CREATE"});
+        let got: Vec<(String, &str)> = evaluate(&spec, &inputs_for(&obj, &req))
+            .into_iter()
+            .map(|f| (f.message, f.reason))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "failed expression: variables.replicas <= 5".to_string(),
+                    "Invalid"
+                ),
+                ("names start with x".to_string(), "Forbidden"),
+                ("too many: 7".to_string(), "Invalid"),
+                (
+                    "expression 'object.spec.missing == 1' resulted in error: no such key: missing"
+                        .to_string(),
+                    "Invalid"
+                ),
+            ]
+        );
+        let mut ignore = spec.clone();
+        ignore["failurePolicy"] = json!("Ignore");
+        assert_eq!(
+            evaluate(&ignore, &inputs_for(&obj, &req)).len(),
+            3,
+            "errors are ignored"
+        );
+        let mut unmatched = spec;
+        unmatched["matchConditions"] =
+            json!([{"name": "never", "expression": "request.operation == 'DELETE'"}]);
+        assert!(evaluate(&unmatched, &inputs_for(&obj, &req)).is_empty());
+    }
+
+    #[test]
+    fn policies_and_bindings_are_validated() {
+        let mut p = json!({"spec": {"matchConstraints": {"resourceRules": [{"operations": ["CREATE"], "apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments"]}]},
+            "validations": [{"expression": "object.spec.replicas <="}, {"expression": "true", "reason": "Teapot"}]}});
+        default(&mut p, false);
+        assert_eq!(p["spec"]["failurePolicy"], "Fail");
+        assert_eq!(
+            p["spec"]["matchConstraints"]["resourceRules"][0]["scope"],
+            "*"
+        );
+        let mut causes = Vec::new();
+        validate(&p, false, &mut causes);
+        let got: Vec<String> = causes.iter().map(|(f, _, m)| format!("{f}: {m}")).collect();
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(got[0].starts_with("spec.validations[0].expression: Invalid value: \"object.spec.replicas <=\": compilation failed: ERROR: <input>:1:24: Syntax error"), "{}", got[0]);
+        assert!(got[1].starts_with("spec.validations[1].reason: Unsupported value: \"Teapot\""));
+        let mut causes = Vec::new();
+        validate(
+            &json!({"spec": {"validationActions": ["Deny", "Warn", "Deny"]}}),
+            true,
+            &mut causes,
+        );
+        let fields: Vec<&str> = causes.iter().map(|(f, _, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.policyName",
+                "spec.validationActions[2]",
+                "spec.validationActions"
+            ]
+        );
+    }
+}
