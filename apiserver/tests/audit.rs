@@ -786,3 +786,56 @@ fn write_failures_fail_requests_only_in_blocking_strict() {
         }
     }
 }
+
+#[test]
+fn validating_admission_policy_audit_actions_are_annotated() {
+    let (s, log, _files) = server(POLICY, |_| {});
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: audited.example.com}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}
+  validations:
+  - {expression: "!object.metadata.name.startsWith('audited')", message: no audited names}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: audited.example.com}
+spec:
+  policyName: audited.example.com
+  validationActions: [Deny, Audit]
+"#,
+        ),
+    );
+    let mut n = 0;
+    eventually("the policy to deny", || {
+        n += 1;
+        !s.kubectl_result(&["create", "configmap", &format!("audited-{n}")], None)
+            .0
+    });
+    let denied = wait_for(&log, 1, |e| {
+        e["verb"] == "create"
+            && e["objectRef"]["resource"] == "configmaps"
+            && e["stage"] == "ResponseComplete"
+            && e["annotations"]["validation.policy.admission.k8s.io/validation_failure"].is_string()
+    });
+    let note: Value = serde_json::from_str(
+        denied[0]["annotations"]["validation.policy.admission.k8s.io/validation_failure"]
+            .as_str()
+            .expect("annotation"),
+    )
+    .expect("the annotation is JSON");
+    assert_eq!(
+        note,
+        serde_json::json!([{"message": "no audited names", "policy": "audited.example.com",
+            "binding": "audited.example.com", "expressionIndex": 0,
+            "validationActions": ["Deny", "Audit"]}])
+    );
+    assert_eq!(denied[0]["responseStatus"]["code"], 422, "{}", denied[0]);
+}
