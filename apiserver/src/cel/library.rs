@@ -1,12 +1,14 @@
 //! Kubernetes' CEL libraries (k8s.io/apiserver/pkg/cel/library) that cel-rust lacks: the
 //! lists library (`isSorted`, `sum`, `min`, `max`, `indexOf`, `lastIndexOf` on lists),
-//! the regex library (`find`, `findAll`), and the sets extension (`sets.contains`,
-//! `sets.equivalent`, `sets.intersects`). Each works on [`CelValue`]s converted from the
+//! the regex library (`find`, `findAll`), the sets extension (`sets.contains`,
+//! `sets.equivalent`, `sets.intersects`) and the quantity library (`quantity('1Gi')`,
+//! `isQuantity`, `isLessThan`, `isGreaterThan`, `compareTo`, `add`, `sub`, `sign`,
+//! `isInteger`, `asInteger`, `asApproximateFloat`) over the quota code's exact quantities. Each works on [`CelValue`]s converted from the
 //! arguments: simple, and these functions walk whole lists anyway.
 
 use std::cmp::Ordering;
 
-use cel::common::types::{DYN_TYPE, INT_TYPE, LIST_TYPE, STRING_TYPE};
+use cel::common::types::{Type, DYN_TYPE, INT_TYPE, LIST_TYPE, STRING_TYPE};
 use cel::common::value::{CowVal, Val};
 use cel::{DeclarationError, Env, ExecutionError};
 
@@ -64,6 +66,41 @@ pub(super) fn register(env: &mut Env) -> Result<(), DeclarationError> {
         vec![LIST_TYPE, LIST_TYPE],
         sets_intersects,
     )?;
+    env.add_overload(
+        "quantity",
+        "string_to_quantity",
+        vec![STRING_TYPE],
+        quantity,
+    )?;
+    env.add_overload(
+        "isQuantity",
+        "is_quantity_string",
+        vec![STRING_TYPE],
+        is_quantity,
+    )?;
+    let q = || Type::new_opaque_type(QUANTITY);
+    for (name, f) in [
+        (
+            "isLessThan",
+            quantity_less as cel::common::functions::Function,
+        ),
+        ("isGreaterThan", quantity_greater),
+        ("compareTo", quantity_compare),
+        ("add", quantity_add),
+        ("sub", quantity_sub),
+    ] {
+        env.add_member_overload(name, &format!("quantity_{name}"), q(), vec![q()], f)?;
+    }
+    env.add_member_overload("add", "quantity_add_int", q(), vec![INT_TYPE], quantity_add)?;
+    env.add_member_overload("sub", "quantity_sub_int", q(), vec![INT_TYPE], quantity_sub)?;
+    for (name, f) in [
+        ("sign", quantity_sign as cel::common::functions::Function),
+        ("isInteger", quantity_is_integer),
+        ("asInteger", quantity_as_integer),
+        ("asApproximateFloat", quantity_as_float),
+    ] {
+        env.add_member_overload(name, &format!("quantity_{name}"), q(), vec![], f)?;
+    }
     Ok(())
 }
 
@@ -248,4 +285,118 @@ fn sets_equivalent<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
 fn sets_intersects<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
     let (a, b) = two_lists(&args, "sets.intersects")?;
     out(CelValue::Bool(b.iter().any(|x| a.contains(x))))
+}
+
+// === quantities ===
+
+const QUANTITY: &str = "kubernetes.Quantity";
+const NANO: i128 = 1_000_000_000;
+
+#[derive(Debug, PartialEq, Eq)]
+struct Quantity(component::quota::Quantity);
+
+impl cel::objects::Opaque for Quantity {
+    fn runtime_type_name(&self) -> &str {
+        QUANTITY
+    }
+}
+
+fn parse_quantity(s: &str) -> Option<component::quota::Quantity> {
+    // upstream's parser refuses what Kubernetes would: no whitespace, no bare signs
+    (!s.is_empty() && s.trim() == s)
+        .then(|| component::quota::Quantity::parse(s))
+        .flatten()
+}
+
+fn quantity<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let v = values(&args)?;
+    let CelValue::String(s) = &v[0] else {
+        return Err(ExecutionError::no_such_overload("quantity", vec![]));
+    };
+    let q = parse_quantity(s).ok_or_else(|| {
+        ExecutionError::function_error("quantity", "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+    })?;
+    out(CelValue::Opaque(std::sync::Arc::new(Quantity(q))))
+}
+
+fn is_quantity<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let v = values(&args)?;
+    let ok = matches!(&v[0], CelValue::String(s) if parse_quantity(s).is_some());
+    out(CelValue::Bool(ok))
+}
+
+/// The quantities (or an int as the second) among the arguments.
+fn quantities(args: &Args<'_, '_>) -> Result<Vec<component::quota::Quantity>, ExecutionError> {
+    values(args)?
+        .into_iter()
+        .map(|v| match v {
+            CelValue::Opaque(o) => o
+                .downcast_ref::<Quantity>()
+                .map(|q| q.0)
+                .ok_or_else(|| ExecutionError::no_such_overload("quantity", vec![])),
+            CelValue::Int(i) => Ok(component::quota::Quantity::count(i)),
+            _ => Err(ExecutionError::no_such_overload("quantity", vec![])),
+        })
+        .collect()
+}
+
+fn quantity_less<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    out(CelValue::Bool(q[0] < q[1]))
+}
+
+fn quantity_greater<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    out(CelValue::Bool(q[0] > q[1]))
+}
+
+fn quantity_compare<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    out(CelValue::Int(q[0].cmp(&q[1]) as i64))
+}
+
+fn quantity_add<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    let mut sum = q[0];
+    sum.add(q[1]);
+    out(CelValue::Opaque(std::sync::Arc::new(Quantity(sum))))
+}
+
+fn quantity_sub<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    let mut diff = q[0];
+    diff.nanos = diff.nanos.saturating_sub(q[1].nanos);
+    out(CelValue::Opaque(std::sync::Arc::new(Quantity(diff))))
+}
+
+fn quantity_sign<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    out(CelValue::Int(q[0].nanos.signum() as i64))
+}
+
+fn integral(q: component::quota::Quantity) -> Option<i64> {
+    (q.nanos % NANO == 0)
+        .then(|| i64::try_from(q.nanos / NANO).ok())
+        .flatten()
+}
+
+fn quantity_is_integer<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    out(CelValue::Bool(integral(q[0]).is_some()))
+}
+
+fn quantity_as_integer<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    match integral(q[0]) {
+        Some(i) => out(CelValue::Int(i)),
+        None => Err(ExecutionError::function_error(
+            "asInteger",
+            "cannot convert value to integer",
+        )),
+    }
+}
+
+fn quantity_as_float<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    let q = quantities(&args)?;
+    out(CelValue::Float(q[0].nanos as f64 / NANO as f64))
 }

@@ -59,6 +59,20 @@ fn rules_over_json() {
     ));
     assert!(yes("duration('1h') > duration('30m')", &o));
     assert!(yes("self.?missing.orValue(5) == 5", &o));
+    assert!(yes("quantity('1Gi').isGreaterThan(quantity('1000Mi'))", &o));
+    assert!(yes(
+        "quantity('1Gi') == quantity('1024Mi') && quantity('500m').compareTo(quantity('1')) == -1",
+        &o
+    ));
+    assert!(yes("quantity('1.5').add(quantity('500m')).asInteger() == 2 && quantity('2').sub(3).sign() == -1", &o));
+    assert!(yes(
+        "isQuantity('10Mi') && !isQuantity('ten') && quantity('250m').asApproximateFloat() == 0.25",
+        &o
+    ));
+    assert!(yes(
+        "!quantity('1.5').isInteger() && quantity('1k').isLessThan(quantity('1Ki'))",
+        &o
+    ));
 }
 
 #[test]
