@@ -11,6 +11,7 @@ pub mod health;
 pub mod https;
 pub mod leader;
 pub mod quota;
+pub mod reloading;
 pub mod selectors;
 pub mod serving;
 pub mod volumes;
@@ -29,10 +30,14 @@ pub enum ClientError {
     Infer(#[source] kube::config::InferConfigError),
     #[error("building the API client: {0}")]
     Build(#[source] kube::Error),
+    #[error("the client certificate: {0}")]
+    Reload(#[from] reloading::ReloadError),
 }
 
 /// An API client from `--kubeconfig` when given, else the usual inference (`$KUBECONFIG`,
-/// `~/.kube/config`, in-cluster service account).
+/// `~/.kube/config`, in-cluster service account). A kubeconfig whose user's client
+/// certificate and key are files (`client-certificate`, `client-key`) gets a client that
+/// picks up new ones written there while it runs ([`reloading`]).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
     let config = match kubeconfig {
         Some(path) => {
@@ -47,7 +52,19 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
         }
         None => kube::Config::infer().await.map_err(ClientError::Infer)?,
     };
-    kube::Client::try_from(config).map_err(ClientError::Build)
+    let info = &config.auth_info;
+    let files = match (&info.client_certificate, &info.client_key) {
+        (Some(cert), Some(key))
+            if info.client_certificate_data.is_none() && info.client_key_data.is_none() =>
+        {
+            Some((cert.into(), key.into()))
+        }
+        _ => None,
+    };
+    match files {
+        Some((cert, key)) => Ok(reloading::client(config, cert, key)?),
+        None => kube::Client::try_from(config).map_err(ClientError::Build),
+    }
 }
 
 /// Log to stderr, filtered by `RUST_LOG` (default `info`). Safe to call more than once.

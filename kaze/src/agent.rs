@@ -8,7 +8,8 @@
 //! `<data-dir>/agent/bootstrap-kubeconfig.yaml`). The Node authorizer and NodeRestriction
 //! then limit the node to its own objects. The CA it checked goes to
 //! `<data-dir>/agent/ca.crt`, the kubelet's `--client-ca-file` (the apiserver's client
-//! certificate comes from it).
+//! certificate comes from it). With `--rotate-certificates` (default) the certificate is
+//! renewed while the agent runs (`crate::bootstrap::rotate`).
 
 use std::path::PathBuf;
 
@@ -27,6 +28,11 @@ pub struct AgentArgs {
     /// Where this node keeps its state; air-gap images go in `<data-dir>/agent/images`.
     #[arg(long = "data-dir", default_value = "/var/lib/kaze")]
     data_dir: PathBuf,
+    /// Renew this node's client certificate through a new CertificateSigningRequest once
+    /// 70–90% of its lifetime has passed, while running (upstream kubelet's flag; the
+    /// lifetime is the server's --cluster-signing-duration).
+    #[arg(long = "rotate-certificates", default_value_t = true, action = clap::ArgAction::Set)]
+    rotate_certificates: bool,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -64,6 +70,12 @@ pub async fn run(args: AgentArgs, shutdown: component::CancellationToken) -> any
             .context("getting this node's client certificate")?;
     tracing::info!(server = %args.server, "joined; starting this node");
     let mut components = node::Components::default();
+    if args.rotate_certificates {
+        let (name, bootstrap) = (node_name.clone(), bootstrap.clone());
+        components.spawn("client certificate rotation", &shutdown, |token| {
+            crate::bootstrap::rotate(paths, name, bootstrap, token)
+        });
+    }
     let own = node::start(
         &args.node,
         &args.data_dir,

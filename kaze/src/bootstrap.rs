@@ -7,7 +7,14 @@
 //! them. On the next start a certificate of the cluster CA for the same node with more than
 //! a fifth of its lifetime left is used again; one closer to its expiry is renewed with
 //! itself as the credential (the node's own `selfnodeclient` permission), an expired one with
-//! the join token. (A certificate is not renewed while the agent runs.)
+//! the join token.
+//!
+//! While the agent runs ([`rotate`], upstream's `--rotate-certificates`), the certificate is
+//! renewed the same way once 70–90% (jittered) of its lifetime has passed, and written over
+//! the same files (each atomically, the key first). The kubeconfig names the files rather
+//! than holding the data, so the kubelet's, proxy's and routes' clients
+//! (`component::reloading`) present the new certificate on new connections and close the
+//! old ones, without a restart.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,12 +89,21 @@ pub async fn node_kubeconfig(
     Ok(paths.kubeconfig.clone())
 }
 
+/// The node's kubeconfig: its user's certificate and key by file name (`client-certificate`,
+/// `client-key`, as upstream's kubelet writes it), so that clients reload them.
 fn write_kubeconfig(paths: &Paths, server: &str, ca_pem: &str, user: &str) -> anyhow::Result<()> {
-    let cert = std::fs::read_to_string(&paths.cert)
-        .with_context(|| format!("reading {}", paths.cert.display()))?;
-    let key = std::fs::read_to_string(&paths.key)
-        .with_context(|| format!("reading {}", paths.key.display()))?;
-    let text = apiserver::client_cert_kubeconfig(server, ca_pem, user, &cert, &key);
+    let text = apiserver::client_cert_kubeconfig(server, ca_pem, user, "", "");
+    let mut config = kube::config::Kubeconfig::from_yaml(&text).context("the node's kubeconfig")?;
+    for named in &mut config.auth_infos {
+        if let Some(info) = named.auth_info.as_mut() {
+            info.client_certificate_data = None;
+            info.client_key_data = None;
+            info.client_certificate = Some(paths.cert.display().to_string());
+            info.client_key = Some(paths.key.display().to_string());
+        }
+    }
+    // JSON is YAML
+    let text = serde_json::to_string_pretty(&config).context("the node's kubeconfig")?;
     write_private(&paths.kubeconfig, &text)
 }
 
@@ -141,6 +157,94 @@ fn check_existing(paths: &Paths, ca_pem: &str, user: &str) -> Existing {
     } else {
         Existing::Renew
     }
+}
+
+/// When to renew the certificate in `cert`: at a random point between 70% and 90% of its
+/// lifetime (client-go's certificate manager), as seconds since the epoch; None if it cannot
+/// be read.
+fn rotation_deadline(cert: &Path) -> Option<i64> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(cert).ok()?;
+    let der = CertificateDer::from_pem_slice(&pem).ok()?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let (from, to) = (
+        x.validity().not_before.timestamp(),
+        x.validity().not_after.timestamp(),
+    );
+    let mut b = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok()?;
+    let jitter = f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX);
+    Some(deadline_at(from, to, jitter))
+}
+
+/// `from + (0.7 + 0.2 * jitter) * (to - from)`, `jitter` in [0, 1].
+fn deadline_at(from: i64, to: i64, jitter: f64) -> i64 {
+    from + ((to - from) as f64 * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))) as i64
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Renew this node's client certificate while the agent runs (see the module docs) until
+/// `shutdown`: at the deadline a new key and request, with the current certificate as the
+/// credential (the join token once it has expired); a failure is retried after 2 s,
+/// doubling up to 5 minutes.
+pub async fn rotate(
+    paths: Paths,
+    node: String,
+    bootstrap: PathBuf,
+    shutdown: component::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_secs(2);
+    loop {
+        let deadline = rotation_deadline(&paths.cert).unwrap_or_else(now_secs);
+        let wait = Duration::from_secs(deadline.saturating_sub(now_secs()).max(0) as u64);
+        tracing::info!(cert = %paths.cert.display(), in_secs = wait.as_secs(), "next client certificate rotation");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match renew(&paths, &node, &bootstrap).await {
+            Ok(()) => backoff = Duration::from_secs(2),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "rotating this node's client certificate");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+            }
+        }
+    }
+}
+
+/// One renewal: the request made with the node's own kubeconfig while its certificate is
+/// valid, else with the join token's; the key written before the certificate.
+async fn renew(paths: &Paths, node: &str, bootstrap: &Path) -> anyhow::Result<()> {
+    let credential = if cert_expired(&paths.cert) {
+        bootstrap
+    } else {
+        paths.kubeconfig.as_path()
+    };
+    let client = component::client(Some(credential)).await?;
+    let (cert_pem, key_pem) = request_certificate(&client, node).await?;
+    write_private(&paths.key, &key_pem)?;
+    write_private(&paths.cert, &cert_pem)?;
+    tracing::info!(cert = %paths.cert.display(), "rotated this node's client certificate");
+    Ok(())
+}
+
+fn cert_expired(cert: &Path) -> bool {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let not_after = std::fs::read(cert).ok().and_then(|pem| {
+        let der = CertificateDer::from_pem_slice(&pem).ok()?;
+        let (_, x) = x509_parser::parse_x509_certificate(&der).ok()?;
+        Some(x.validity().not_after.timestamp())
+    });
+    not_after.is_none_or(|t| t <= now_secs())
 }
 
 /// Submit a kubelet client certificate request for `node` and wait for it to be signed:
@@ -219,6 +323,14 @@ fn base64(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotation_falls_between_70_and_90_percent_of_the_lifetime() {
+        assert_eq!(deadline_at(1000, 2000, 0.0), 1700);
+        assert_eq!(deadline_at(1000, 2000, 1.0), 1900);
+        assert_eq!(deadline_at(1000, 2000, 0.5), 1800);
+        assert_eq!(deadline_at(1000, 2000, 7.0), 1900);
+    }
 
     #[test]
     fn existing_certificates_are_used_renewed_or_replaced() {

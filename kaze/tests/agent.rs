@@ -324,3 +324,235 @@ fn agent_joins_with_the_token_and_runs_pods() {
     );
     drop(containerd);
 }
+
+/// (serial, notAfter seconds) of the PEM certificate at `path`.
+fn serial_and_expiry(path: &Path) -> (String, i64) {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(path).expect("certificate");
+    let der = CertificateDer::from_pem_slice(&pem).expect("a PEM certificate");
+    let (_, x) = x509_parser::parse_x509_certificate(&der).expect("X.509");
+    (x.raw_serial_as_string(), x.validity().not_after.timestamp())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("now")
+        .as_secs() as i64
+}
+
+/// With `--cluster-signing-duration 120s` on the server, the agent's client certificate is
+/// renewed while it runs (a new serial on disk, through a CSR it makes as its own node) and
+/// its kubelet keeps renewing the node's Lease after the first certificate has expired: its
+/// API connections use the new certificate without a restart.
+#[test]
+fn agent_rotates_its_client_certificate_while_running() {
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-rotate-")
+        .tempdir()
+        .expect("temp dir");
+    let server_dir = dir.path().join("server");
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&server_dir).expect("server dir");
+    let port = free_port();
+    let server_args: Vec<String> = [
+        "server",
+        "--disable-agent",
+        "--bind-address",
+        "127.0.0.1",
+        "--secure-port",
+        &port.to_string(),
+        "--node-ip",
+        "127.0.0.1",
+        "--cluster-cidr",
+        "10.248.0.0/16",
+        "--cluster-signing-duration",
+        "120s",
+        "--data-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([server_dir.display().to_string()])
+    .collect();
+    let server_log = dir.path().join("server.log");
+    let mut server = spawn(&server_args, &server_log);
+    let kc = server_dir.join("kubeconfig.yaml");
+    let token = eventually("the join token", Duration::from_secs(60), || {
+        if let Some(Ok(Some(st))) = server.0.as_mut().map(|c| c.try_wait()) {
+            panic!(
+                "kaze server exited: {st}\n{}",
+                std::fs::read_to_string(&server_log).unwrap_or_default()
+            );
+        }
+        std::fs::read_to_string(server_dir.join("server/token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    });
+    let containerd = testkit::Containerd::start();
+    let pid = std::process::id();
+    let node = format!("rotate-{pid}");
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.248.".into(),
+    };
+    let bridge = format!("kzr{}", pid % 100_000);
+    let _bridge = testkit::LinkGuard(bridge.clone());
+    let agent_args: Vec<String> = [
+        "agent",
+        "--server",
+        &format!("https://127.0.0.1:{port}"),
+        "--token",
+        &token,
+        "--data-dir",
+        &agent_dir.display().to_string(),
+        "--node-name",
+        &node,
+        "--node-ip",
+        "127.0.0.1",
+        "--container-runtime-endpoint",
+        &containerd.socket().display().to_string(),
+        "--eviction-hard",
+        "memory.available<100Mi",
+        "--kubelet-arg",
+        "image-gc-high-threshold=100",
+        "--cni-bridge",
+        &bridge,
+        "--kubelet-port",
+        &free_port().to_string(),
+        "--proxy-metrics-port",
+        &free_port().to_string(),
+        "--disable-kube-proxy",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent_log = dir.path().join("agent.log");
+    let mut agent = spawn(&agent_args, &agent_log);
+    let cert = agent_dir.join("agent/client-kubelet.crt");
+    let ready = || {
+        let out = kubectl_run(
+            &kc,
+            &[
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout) == "True"
+    };
+    eventually("the agent's node Ready", Duration::from_secs(60), || {
+        ready().then_some(())
+    });
+    let (first_serial, first_expiry) = serial_and_expiry(&cert);
+    assert!(
+        first_expiry - now_secs() <= 120,
+        "the server's --cluster-signing-duration 120s bounds the certificate"
+    );
+
+    // renewed before it expires, by the node itself
+    let (_, expiry) = eventually(
+        "a new client certificate on disk",
+        Duration::from_secs(130),
+        || {
+            if let Some(Ok(Some(st))) = agent.0.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "kaze agent exited: {st}\n{}",
+                    std::fs::read_to_string(&agent_log).unwrap_or_default()
+                );
+            }
+            let now = serial_and_expiry(&cert);
+            (now.0 != first_serial).then_some(now)
+        },
+    );
+    assert!(
+        now_secs() < first_expiry,
+        "renewed before the old one expired"
+    );
+    assert!(
+        expiry >= first_expiry,
+        "the new certificate outlives the old one"
+    );
+    let users = kubectl_run(
+        &kc,
+        &["get", "csr", "-o", "jsonpath={.items[*].spec.username}"],
+    );
+    let users = String::from_utf8_lossy(&users.stdout).into_owned();
+    assert!(
+        users.contains(&format!("system:node:{node}")),
+        "a renewal is requested with the node's own certificate: {users}"
+    );
+
+    // the kubelet keeps renewing its Lease after the first certificate expired
+    let lease_renewed = || {
+        let out = kubectl_run(
+            &kc,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                &node,
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at: Option<i64> = Command::new("date")
+            .args(["-d", &text, "+%s"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok());
+        at
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let renewed = loop {
+        let at = lease_renewed();
+        if let Some(t) = at.filter(|t| *t > first_expiry + 10) {
+            break t;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
+            let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+            panic!(
+                "the node Lease was not renewed after the first certificate expired at {first_expiry} (last renewal {at:?}); the agent's warnings:\n{}",
+                warnings.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(ready(), "the node stays Ready");
+    let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
+    assert!(
+        log.contains("rotated this node's client certificate")
+            && log.contains("client certificate changed; new connections use it"),
+        "{log}"
+    );
+    // the node's kubeconfig names the files, so kubectl with it is the node too
+    let out = kubectl_run(
+        &agent_dir.join("agent/kubeconfig.yaml"),
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("system:node:{node}"),
+        "lease renewed at {renewed}; {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        agent.terminate(Duration::from_secs(20)),
+        "agent stops cleanly on SIGTERM"
+    );
+    assert!(
+        server.terminate(Duration::from_secs(20)),
+        "server stops cleanly on SIGTERM"
+    );
+    drop(containerd);
+}
