@@ -170,6 +170,41 @@ pub fn leader_check(elector: &crate::leader::Elector) -> Check {
     Arc::new(move || health.check(lease))
 }
 
+/// The checks of a leader-elected component (kube-scheduler, kube-controller-manager):
+/// `/healthz` is `leaderElection` with leader election on, else `ping`; `/livez` is `ping`;
+/// `/readyz` is `leaderElection` (when on) and `shutdown`. Metrics are the component's, plus
+/// [`leader_metric`].
+pub fn leader_elected(
+    elector: &crate::leader::Elector,
+    shutdown: &CancellationToken,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+) -> Endpoints {
+    let leader: Vec<(&'static str, Check)> = match elector.args().leader_elect {
+        true => vec![("leaderElection", leader_check(elector))],
+        false => vec![],
+    };
+    let healthz = match leader.is_empty() {
+        false => leader.clone(),
+        true => vec![("ping", ping())],
+    };
+    let mut readyz = leader;
+    readyz.push(("shutdown", shutdown_check(shutdown)));
+    Endpoints {
+        healthz,
+        livez: vec![("ping", ping())],
+        readyz,
+        metrics,
+    }
+}
+
+/// client-go's `leader_election_master_status` gauge for the lease `name`.
+pub fn leader_metric(name: &str, leading: bool) -> String {
+    format!(
+        "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease. Please make sure to group by name.\n# TYPE leader_election_master_status gauge\nleader_election_master_status{{name=\"{name}\"}} {}\n",
+        u8::from(leading)
+    )
+}
+
 /// A listener, TLS and the authentication/authorization built, ready to serve.
 pub struct SecurePort {
     listener: Option<TcpListener>,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use component::leader::Elector;
-use component::serving::{leader_check, ping, shutdown_check, Check, Endpoints};
+use component::serving::{leader_elected, leader_metric, Check, Endpoints};
 
 use crate::Stats;
 
@@ -16,29 +16,19 @@ pub(crate) fn endpoints(
     shutdown: &component::CancellationToken,
 ) -> Endpoints {
     let leading = elector.args().leader_elect;
-    let leader: Vec<(&'static str, Check)> = match leading {
-        true => vec![("leaderElection", leader_check(elector))],
-        false => vec![],
-    };
-    let healthz = match leading {
-        true => leader.clone(),
-        false => vec![("ping", ping())],
-    };
+    let (metered, health) = (stats.clone(), elector.health());
+    let mut endpoints = leader_elected(
+        elector,
+        shutdown,
+        Arc::new(move || metrics(&metered, leading.then(|| health.is_leader()))),
+    );
     let synced = stats.clone();
     let handler_sync: Check = Arc::new(move || match synced.synced.load(Ordering::Relaxed) {
         true => Ok(()),
         false => Err("waiting for handlers to sync".into()),
     });
-    let mut readyz = leader;
-    readyz.push(("shutdown", shutdown_check(shutdown)));
-    readyz.push(("sched-handler-sync", handler_sync));
-    let (stats, health) = (stats.clone(), elector.health());
-    Endpoints {
-        healthz,
-        livez: vec![("ping", ping())],
-        readyz,
-        metrics: Arc::new(move || metrics(&stats, leading.then(|| health.is_leader()))),
-    }
+    endpoints.readyz.push(("sched-handler-sync", handler_sync));
+    endpoints
 }
 
 /// The Prometheus text of `/metrics`: upstream's names for what kaze counts.
@@ -65,14 +55,6 @@ fn metrics(stats: &Stats, leader: Option<bool>) -> String {
         out.push_str(&leader_metric("kube-scheduler", leading));
     }
     out
-}
-
-/// client-go's `leader_election_master_status` gauge.
-pub(crate) fn leader_metric(name: &str, leading: bool) -> String {
-    format!(
-        "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease. Please make sure to group by name.\n# TYPE leader_election_master_status gauge\nleader_election_master_status{{name=\"{name}\"}} {}\n",
-        u8::from(leading)
-    )
 }
 
 #[cfg(test)]
