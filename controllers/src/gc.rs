@@ -3,105 +3,109 @@
 //! finalizer keeps it until its dependents are gone; one with the `orphan` finalizer has its
 //! dependents' references to it removed first.
 //!
-//! It keeps reflectors on the kinds that own or are owned, sweeps them every second, and
-//! confirms an owner's absence with a live GET before deleting anything, because a cache can
-//! lag behind a freshly created owner.
+//! It reads the shared informers of the kinds that own or are owned, sweeps them every
+//! second, and confirms an owner's absence with a live GET before deleting anything, because
+//! a cache can lag behind a freshly created owner.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::future::Future;
+use std::pin::Pin;
+
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Node, PersistentVolumeClaim, Pod, ReplicationController, Secret, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy,
 };
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::Client;
+use kube::{Client, Resource};
 use serde_json::json;
 
+use crate::informers::{wait_synced, Informed, Informers};
 use crate::Ctx;
 
-/// (group, version, kind, plural, namespaced) of every kind the collector follows.
-const KINDS: &[(&str, &str, &str, &str, bool)] = &[
-    ("apps", "v1", "Deployment", "deployments", true),
-    ("apps", "v1", "ReplicaSet", "replicasets", true),
-    ("apps", "v1", "DaemonSet", "daemonsets", true),
-    ("apps", "v1", "StatefulSet", "statefulsets", true),
-    ("", "v1", "Pod", "pods", true),
-    ("", "v1", "Service", "services", true),
-    ("", "v1", "ConfigMap", "configmaps", true),
-    ("", "v1", "Secret", "secrets", true),
-    // StatefulSets' claims, owned by the set or a pod per their retention policy
-    (
-        "",
-        "v1",
-        "PersistentVolumeClaim",
-        "persistentvolumeclaims",
-        true,
-    ),
-    ("", "v1", "Node", "nodes", false),
-    (
-        "discovery.k8s.io",
-        "v1",
-        "EndpointSlice",
-        "endpointslices",
-        true,
-    ),
-    ("batch", "v1", "Job", "jobs", true),
-    ("batch", "v1", "CronJob", "cronjobs", true),
-];
+/// An object of any kind the collector follows, as its caches hold it.
+trait Meta: Send + Sync {
+    fn object_meta(&self) -> &ObjectMeta;
+}
+
+impl<K: Resource + Send + Sync> Meta for K {
+    fn object_meta(&self) -> &ObjectMeta {
+        Resource::meta(self)
+    }
+}
+
+type Synced = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct Kind {
     ar: ApiResource,
     namespaced: bool,
-    store: Store<DynamicObject>,
+    objects: Box<dyn Fn() -> Vec<Arc<dyn Meta>> + Send + Sync>,
+    synced: Box<dyn Fn() -> Synced + Send + Sync>,
 }
 
-fn resource(g: &str, v: &str, k: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: g.into(),
-        version: v.into(),
-        api_version: if g.is_empty() {
-            v.into()
-        } else {
-            format!("{g}/{v}")
-        },
-        kind: k.into(),
-        plural: plural.into(),
+/// `K`'s shared informer, seen as metadata.
+fn kind<K: Informed>(informers: &Informers, namespaced: bool) -> Kind {
+    let informer = informers.get::<K>();
+    let waiting = informer.clone();
+    Kind {
+        ar: ApiResource::erase::<K>(&()),
+        namespaced,
+        objects: Box::new(move || {
+            informer
+                .all()
+                .into_iter()
+                .map(|o| o as Arc<dyn Meta>)
+                .collect()
+        }),
+        synced: Box::new(move || {
+            let informer = waiting.clone();
+            Box::pin(async move { informer.synced().await })
+        }),
     }
+}
+
+/// Every kind the collector follows (that owns or is owned), on the shared informers.
+fn kinds(informers: &Informers) -> Vec<Kind> {
+    vec![
+        kind::<Deployment>(informers, true),
+        kind::<ReplicaSet>(informers, true),
+        kind::<DaemonSet>(informers, true),
+        kind::<StatefulSet>(informers, true),
+        kind::<ControllerRevision>(informers, true),
+        kind::<ReplicationController>(informers, true),
+        kind::<Pod>(informers, true),
+        kind::<Service>(informers, true),
+        kind::<ConfigMap>(informers, true),
+        kind::<Secret>(informers, true),
+        // StatefulSets' claims, owned by the set or a pod per their retention policy
+        kind::<PersistentVolumeClaim>(informers, true),
+        kind::<Node>(informers, false),
+        kind::<EndpointSlice>(informers, true),
+        kind::<Job>(informers, true),
+        kind::<CronJob>(informers, true),
+    ]
 }
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
     let client = ctx.client.clone();
-    let mut kinds = Vec::new();
-    for (g, v, k, plural, namespaced) in KINDS {
-        let ar = resource(g, v, k, plural);
-        let writer = reflector::store::Writer::new(ar.clone());
-        let store = writer.as_reader();
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        let stream =
-            reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
-                .default_backoff()
-                .for_each(|_| async {});
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = token.cancelled() => {}
-                _ = stream => {}
-            }
-        });
-        kinds.push(Kind {
-            ar,
-            namespaced: *namespaced,
-            store,
-        });
-    }
-    for k in &kinds {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = k.store.wait_until_ready() => {}
+    let kinds = kinds(&ctx.informers);
+    if !wait_synced(&shutdown, async {
+        for k in &kinds {
+            (k.synced)().await;
         }
+    })
+    .await
+    {
+        return;
     }
     loop {
         sweep(&client, &kinds).await;
@@ -142,18 +146,18 @@ async fn owner_exists(
     }
 }
 
-async fn remove_finalizer(client: &Client, kind: &Kind, obj: &DynamicObject, finalizer: &str) {
+async fn remove_finalizer(client: &Client, kind: &Kind, obj: &ObjectMeta, finalizer: &str) {
     let remaining: Vec<String> = obj
-        .metadata
         .finalizers
         .iter()
         .flatten()
         .filter(|f| *f != finalizer)
         .cloned()
         .collect();
-    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": obj.metadata.resource_version}});
-    let name = obj.metadata.name.clone().unwrap_or_default();
-    if let Err(e) = api_for(client, kind, obj.metadata.namespace.as_deref())
+    let patch =
+        json!({"metadata": {"finalizers": remaining, "resourceVersion": obj.resource_version}});
+    let name = obj.name.clone().unwrap_or_default();
+    if let Err(e) = api_for(client, kind, obj.namespace.as_deref())
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
@@ -164,13 +168,13 @@ async fn remove_finalizer(client: &Client, kind: &Kind, obj: &DynamicObject, fin
 async fn sweep(client: &Client, kinds: &[Kind]) {
     // Every object we know, by uid.
     let mut by_uid: HashSet<String> = HashSet::new();
-    let mut dependents: HashMap<String, Vec<(usize, Arc<DynamicObject>)>> = HashMap::new();
+    let mut dependents: HashMap<String, Vec<(usize, Arc<dyn Meta>)>> = HashMap::new();
     for (i, k) in kinds.iter().enumerate() {
-        for obj in k.store.state() {
-            if let Some(uid) = &obj.metadata.uid {
+        for obj in (k.objects)() {
+            if let Some(uid) = &obj.object_meta().uid {
                 by_uid.insert(uid.clone());
             }
-            for r in obj.metadata.owner_references.iter().flatten() {
+            for r in obj.object_meta().owner_references.iter().flatten() {
                 dependents
                     .entry(r.uid.clone())
                     .or_default()
@@ -179,54 +183,59 @@ async fn sweep(client: &Client, kinds: &[Kind]) {
         }
     }
     for (i, k) in kinds.iter().enumerate() {
-        for obj in k.store.state() {
-            let ns = obj.metadata.namespace.clone();
-            let name = obj.metadata.name.clone().unwrap_or_default();
-            let uid = obj.metadata.uid.clone().unwrap_or_default();
-            let finalizers: Vec<String> = obj.metadata.finalizers.clone().unwrap_or_default();
-            let deleting = obj.metadata.deletion_timestamp.is_some();
+        for obj in (k.objects)() {
+            let ns = obj.object_meta().namespace.clone();
+            let name = obj.object_meta().name.clone().unwrap_or_default();
+            let uid = obj.object_meta().uid.clone().unwrap_or_default();
+            let finalizers: Vec<String> = obj.object_meta().finalizers.clone().unwrap_or_default();
+            let deleting = obj.object_meta().deletion_timestamp.is_some();
 
             if deleting && finalizers.iter().any(|f| f == "orphan") {
                 for (di, dep) in dependents.get(&uid).into_iter().flatten() {
                     let refs: Vec<_> = dep
-                        .metadata
+                        .object_meta()
                         .owner_references
                         .iter()
                         .flatten()
                         .filter(|r| r.uid != uid)
                         .cloned()
                         .collect();
-                    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": dep.metadata.resource_version}});
-                    let dname = dep.metadata.name.clone().unwrap_or_default();
-                    let _ = api_for(client, &kinds[*di], dep.metadata.namespace.as_deref())
+                    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": dep.object_meta().resource_version}});
+                    let dname = dep.object_meta().name.clone().unwrap_or_default();
+                    let _ = api_for(client, &kinds[*di], dep.object_meta().namespace.as_deref())
                         .patch(&dname, &PatchParams::default(), &Patch::Merge(&patch))
                         .await;
                 }
                 if dependents.get(&uid).is_none_or(Vec::is_empty) {
-                    remove_finalizer(client, k, &obj, "orphan").await;
+                    remove_finalizer(client, k, obj.object_meta(), "orphan").await;
                 }
                 continue;
             }
             if deleting && finalizers.iter().any(|f| f == "foregroundDeletion") {
                 let deps = dependents.get(&uid).cloned().unwrap_or_default();
                 for (di, dep) in &deps {
-                    if dep.metadata.deletion_timestamp.is_none() {
-                        let dname = dep.metadata.name.clone().unwrap_or_default();
+                    if dep.object_meta().deletion_timestamp.is_none() {
+                        let dname = dep.object_meta().name.clone().unwrap_or_default();
                         let dp = DeleteParams {
                             propagation_policy: Some(PropagationPolicy::Foreground),
                             ..Default::default()
                         };
-                        let _ = api_for(client, &kinds[*di], dep.metadata.namespace.as_deref())
-                            .delete(&dname, &dp)
-                            .await;
+                        let _ =
+                            api_for(client, &kinds[*di], dep.object_meta().namespace.as_deref())
+                                .delete(&dname, &dp)
+                                .await;
                     }
                 }
                 if deps.is_empty() {
-                    remove_finalizer(client, k, &obj, "foregroundDeletion").await;
+                    remove_finalizer(client, k, obj.object_meta(), "foregroundDeletion").await;
                 }
                 continue;
             }
-            let refs = obj.metadata.owner_references.clone().unwrap_or_default();
+            let refs = obj
+                .object_meta()
+                .owner_references
+                .clone()
+                .unwrap_or_default();
             if refs.is_empty() || deleting || refs.iter().any(|r| by_uid.contains(&r.uid)) {
                 continue;
             }

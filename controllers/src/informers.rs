@@ -24,9 +24,10 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service,
-    ServiceAccount,
+    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -102,6 +103,10 @@ impl Informed for Job {}
 impl Informed for CronJob {}
 impl Informed for Node {}
 impl Informed for Namespace {}
+impl Informed for ConfigMap {}
+impl Informed for Secret {}
+impl Informed for ResourceQuota {}
+impl Informed for Lease {}
 impl Informed for Service {}
 impl Informed for ServiceAccount {}
 impl Informed for PersistentVolume {}

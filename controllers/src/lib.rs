@@ -24,7 +24,6 @@
 //! gone, the namespace controller lists what is left in a deleted namespace, PVC protection
 //! asks the API before releasing a claim no cached pod uses, the disruption controller
 //! reads the budget it writes, and a create answered 409 reads what it collided with.
-//! `root-ca-cert-publisher` still GETs its ConfigMap per namespace sync (every 10 min).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -368,7 +367,7 @@ async fn run_controllers(
             "job" => tasks.spawn(job::run(ctx, token)),
             "cronjob" => tasks.spawn(cronjob::run(ctx, token)),
             "nodeipam" => tasks.spawn(nodeipam::run(ctx, cidr.clone(), token)),
-            "nodelifecycle" => tasks.spawn(nodelifecycle::run(ctx.client.clone(), timing, token)),
+            "nodelifecycle" => tasks.spawn(nodelifecycle::run(ctx, timing, token)),
             "serviceaccount" => tasks.spawn(serviceaccount::run(ctx, token)),
             "replicationcontroller" => tasks.spawn(replicationcontroller::run(ctx, token)),
             "podgc" => tasks.spawn(podgc::run(ctx, periods.gc_threshold, token)),
@@ -384,13 +383,9 @@ async fn run_controllers(
             "horizontalpodautoscaling" => {
                 tasks.spawn(horizontalpodautoscaler::run(ctx, periods.hpa, token))
             }
-            "resourcequota" => tasks.spawn(resourcequota::run(
-                ctx.client.clone(),
-                periods.quota_resync,
-                token,
-            )),
+            "resourcequota" => tasks.spawn(resourcequota::run(ctx, periods.quota_resync, token)),
             "root-ca-cert-publisher" => match &periods.root_ca_file {
-                Some(ca) => tasks.spawn(rootcacert::run(ctx.client.clone(), ca.clone(), token)),
+                Some(ca) => tasks.spawn(rootcacert::run(ctx, ca.clone(), token)),
                 None => {
                     tracing::warn!("root-ca-cert-publisher needs --root-ca-file; not started");
                     continue;

@@ -11,16 +11,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
+
+use crate::informers::{wait_synced, Index, Informer};
+use crate::Ctx;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -56,65 +56,26 @@ impl Default for Timing {
     }
 }
 
-fn spawn_store<K>(
-    api: Api<K>,
-    shutdown: &component::CancellationToken,
-    changed: Option<Arc<Notify>>,
-) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .for_each(move |_| {
-            if let Some(n) = &changed {
-                n.notify_one();
-            }
-            async {}
-        });
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = token.cancelled() => {}
-            _ = stream => {}
-        }
-    });
-    store
-}
-
-pub async fn run(client: Client, timing: Timing, shutdown: component::CancellationToken) {
+pub async fn run(ctx: Arc<Ctx>, timing: Timing, shutdown: component::CancellationToken) {
+    let nodes = ctx.informers.get::<Node>();
+    let leases = ctx.informers.get::<Lease>();
+    let pods = ctx.pods();
     // Node changes (a condition, a cordon) wake the pass at once, so the NoSchedule
     // taints follow them without waiting for the period, as upstream's node informer does.
     let node_changed = Arc::new(Notify::new());
-    let nodes = spawn_store(
-        Api::<Node>::all(client.clone()),
-        &shutdown,
-        Some(node_changed.clone()),
-    );
-    let leases = spawn_store(
-        Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
-        &shutdown,
-        None,
-    );
-    let pods = spawn_store(Api::<Pod>::all(client.clone()), &shutdown, None);
-    let all_ready = async {
-        let _ = nodes.wait_until_ready().await;
-        let _ = leases.wait_until_ready().await;
-        let _ = pods.wait_until_ready().await;
-    };
-    tokio::select! {
-        _ = shutdown.cancelled() => return,
-        _ = all_ready => {}
+    let wake = node_changed.clone();
+    nodes.on_change(move |_, _| wake.notify_one());
+    if !wait_synced(&shutdown, async {
+        nodes.synced().await;
+        leases.synced().await;
+        pods.synced().await;
+    })
+    .await
+    {
+        return;
     }
     loop {
-        monitor(&client, &nodes, &leases, &pods, timing).await;
+        monitor(&ctx.client, &nodes, &leases, &pods, timing).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(timing.period) => {}
@@ -277,14 +238,14 @@ pub fn next_taints(node: &Node, no_execute: Option<&str>, now: Timestamp) -> Opt
 
 async fn monitor(
     client: &Client,
-    nodes: &Store<Node>,
-    leases: &Store<Lease>,
-    pods: &Store<Pod>,
+    nodes: &Informer<Node>,
+    leases: &Informer<Lease>,
+    pods: &Informer<Pod>,
     timing: Timing,
 ) {
     let now = Timestamp::now().as_second();
     let lease_renew: BTreeMap<String, i64> = leases
-        .state()
+        .by(Index::Namespace, "kube-node-lease")
         .iter()
         .filter_map(|l| {
             Some((
@@ -294,14 +255,9 @@ async fn monitor(
         })
         .collect();
     let node_api: Api<Node> = Api::all(client.clone());
-    let mut pods_by_node: BTreeMap<String, Vec<std::sync::Arc<Pod>>> = BTreeMap::new();
-    for p in pods.state() {
-        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
-            pods_by_node.entry(n).or_default().push(p);
-        }
-    }
-    for node in nodes.state() {
+    for node in nodes.all() {
         let name = node.name_any();
+        let on_node = pods.by(Index::Node, &name);
         let conds = node
             .status
             .as_ref()
@@ -375,7 +331,7 @@ async fn monitor(
                 tracing::info!(node = %name, "node stopped posting status: Ready=Unknown");
             }
             // Its pods are not ready any more: endpoints must stop sending them traffic.
-            for p in pods_by_node.get(&name).into_iter().flatten() {
+            for p in &on_node {
                 let ns = p.namespace().unwrap_or_default();
                 let st = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": now_t}]}});
                 let _ = Api::<Pod>::namespaced(client.clone(), &ns)
@@ -390,7 +346,7 @@ async fn monitor(
         // Evict per NoExecute taint and toleration.
         for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
             let added = taint.time_added.as_ref().map_or(now, |t| t.0.as_second());
-            for p in pods_by_node.get(&name).into_iter().flatten() {
+            for p in &on_node {
                 if p.metadata.deletion_timestamp.is_some() {
                     continue;
                 }

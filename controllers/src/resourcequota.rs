@@ -3,9 +3,10 @@
 //! resources, computed by [`component::quota`] (the apiserver's quota admission uses the
 //! same accounting).
 //!
-//! The objects are read from reflector stores, one per kind some quota counts, started the
-//! first time a quota names the kind (`count/<resource>.<group>` kinds are found through
-//! discovery). As upstream, a quota is recounted when its spec changes, when something in
+//! The objects are read from the shared informers for the core kinds a quota can count
+//! (pods, services, configmaps, secrets, claims, replicationcontrollers, resourcequotas),
+//! and from a store of its own, started the first time a quota names it, for any other
+//! `count/<resource>.<group>` kind (found through discovery). As upstream, a quota is recounted when its spec changes, when something in
 //! its namespace gives usage back (deleted; a pod finished; a service changed type; a claim
 //! changed size), and every `--resource-quota-sync-period`; creates are not recounted, the
 //! apiserver charged them at admission, and a recount from a store that has not seen a
@@ -16,12 +17,17 @@
 //! usage the apiserver charged after the quota was read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use component::quota::{self, Item, Quantity, ResourceList};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaStatus};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota,
+    ResourceQuotaStatus, Secret, Service,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -30,7 +36,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 
-use crate::{api_err, error_policy, ReconcileError};
+use crate::informers::{wait_synced, Index, Informed, Informers};
+use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 /// Changes arriving within this window are handled in one pass.
 const BATCH: Duration = Duration::from_millis(100);
@@ -43,6 +50,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 pub struct QuotaCtx {
     client: Client,
+    informers: Informers,
     resync: Duration,
     shutdown: component::CancellationToken,
     sources: tokio::sync::Mutex<HashMap<(String, String), Source>>,
@@ -58,7 +66,7 @@ impl std::fmt::Debug for QuotaCtx {
 }
 
 enum Source {
-    Watching(Store<DynamicObject>),
+    Counting(Arc<Counted>),
     /// Discovery does not know the kind (as of the instant).
     Unknown(Instant),
 }
@@ -113,10 +121,122 @@ struct Seen {
     fresh_until: Instant,
 }
 
-pub async fn run(client: Client, resync: Duration, shutdown: component::CancellationToken) {
+/// The synced future of one counted kind.
+type Synced = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One kind some quota counts: its objects in a namespace as what the accounting reads.
+struct Counted {
+    /// The namespace's objects: JSON bodies and deletion deadlines.
+    objects: Box<dyn Fn(&str) -> Vec<(serde_json::Value, Option<i64>)> + Send + Sync>,
+    synced: Box<dyn Fn() -> Synced + Send + Sync>,
+}
+
+impl Counted {
+    /// A kind the controller-manager has a shared informer of; `released` tells usage given
+    /// back by an update (creates are charged by the apiserver, deletions always give back).
+    fn shared<K: Informed + serde::Serialize>(
+        informers: &Informers,
+        changes: Arc<Changes>,
+        released: fn(&K, &K) -> bool,
+    ) -> Counted {
+        let informer = informers.get::<K>();
+        informer.on_change(move |old: Option<&K>, new: Option<&K>| match (old, new) {
+            (Some(o), None) => changes.touch(Some(o.meta().namespace.as_deref().unwrap_or(""))),
+            (Some(o), Some(n)) if released(o, n) => {
+                changes.touch(Some(n.meta().namespace.as_deref().unwrap_or("")))
+            }
+            _ => {}
+        });
+        let waiting = informer.clone();
+        Counted {
+            objects: Box::new(move |ns| {
+                informer
+                    .by(Index::Namespace, ns)
+                    .iter()
+                    .map(|o| {
+                        let body = serde_json::to_value(o.as_ref()).unwrap_or_default();
+                        (body, quota::deletion_deadline(o.meta()))
+                    })
+                    .collect()
+            }),
+            synced: Box::new(move || {
+                let informer = waiting.clone();
+                Box::pin(async move { informer.synced().await })
+            }),
+        }
+    }
+
+    /// A kind found through discovery, followed by a store of its own.
+    fn dynamic(store: Store<DynamicObject>) -> Counted {
+        let waiting = store.clone();
+        Counted {
+            objects: Box::new(move |ns| {
+                store
+                    .state()
+                    .iter()
+                    .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
+                    .map(|o| (o.data.clone(), quota::deletion_deadline(&o.metadata)))
+                    .collect()
+            }),
+            synced: Box::new(move || {
+                let store = waiting.clone();
+                Box::pin(async move {
+                    let _ = store.wait_until_ready().await;
+                })
+            }),
+        }
+    }
+}
+
+/// Whether a pod stopped being charged (finished, or its deletion grace ran out).
+fn pod_released(old: &Pod, new: &Pod) -> bool {
+    let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone());
+    if phase(old) == phase(new)
+        && old.metadata.deletion_timestamp == new.metadata.deletion_timestamp
+    {
+        return false;
+    }
+    let charged = |p: &Pod| {
+        let body = serde_json::to_value(p).unwrap_or_default();
+        let item = Item {
+            group: "",
+            resource: "pods",
+            body: &body,
+            deletion_deadline: quota::deletion_deadline(&p.metadata),
+        };
+        quota::usage(&item, jiff::Timestamp::now().as_second()).contains_key("pods")
+    };
+    charged(old) && !charged(new)
+}
+
+/// A service's type decides its node ports and load balancers.
+fn service_released(old: &Service, new: &Service) -> bool {
+    let ty = |s: &Service| s.spec.as_ref().and_then(|s| s.type_.clone());
+    ty(old) != ty(new)
+}
+
+/// A claim's requested size decides its storage.
+fn claim_released(old: &PersistentVolumeClaim, new: &PersistentVolumeClaim) -> bool {
+    let size = |c: &PersistentVolumeClaim| {
+        c.spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage").cloned())
+    };
+    size(old) != size(new)
+}
+
+fn never<K>(_: &K, _: &K) -> bool {
+    false
+}
+
+pub async fn run(ctx: Arc<Ctx>, resync: Duration, shutdown: component::CancellationToken) {
     let changes = Arc::new(Changes::default());
+    let quotas = ctx.informers.get::<ResourceQuota>();
     let ctx = Arc::new(QuotaCtx {
-        client: client.clone(),
+        client: ctx.client.clone(),
+        informers: ctx.informers.clone(),
         resync,
         shutdown: shutdown.clone(),
         sources: Default::default(),
@@ -128,61 +248,55 @@ pub async fn run(client: Client, resync: Duration, shutdown: component::Cancella
         tokio::time::sleep(BATCH).await;
         Some(((), c))
     });
-    Controller::new(
-        Api::<ResourceQuota>::all(client),
-        watcher::Config::default(),
-    )
-    .reconcile_all_on(trigger)
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
-}
-
-fn core(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: String::new(),
-        version: "v1".into(),
-        api_version: "v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
+    if !wait_synced(&shutdown, quotas.synced()).await {
+        return;
     }
+    Controller::for_shared_stream(quotas.subscribe(), quotas.store())
+        .reconcile_all_on(trigger)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 impl QuotaCtx {
-    /// The store of (group, resource), starting its reflector on first use; `None` when the
-    /// apiserver has no such namespaced kind.
+    /// The objects of (group, resource): a shared informer for the core kinds, else a
+    /// store started on first use; `None` when the apiserver has no such namespaced kind.
     async fn source(
         &self,
         group: &str,
         resource: &str,
-    ) -> Result<Option<Store<DynamicObject>>, ReconcileError> {
+    ) -> Result<Option<Arc<Counted>>, ReconcileError> {
         let key = (group.to_string(), resource.to_string());
         let mut sources = self.sources.lock().await;
         match sources.get(&key) {
-            Some(Source::Watching(store)) => return Ok(Some(store.clone())),
+            Some(Source::Counting(c)) => return Ok(Some(c.clone())),
             Some(Source::Unknown(at)) if at.elapsed() < REDISCOVER => return Ok(None),
             _ => {}
         }
-        let known = match (group, resource) {
-            ("", "pods") => Some(core("Pod", "pods")),
-            ("", "services") => Some(core("Service", "services")),
-            ("", "configmaps") => Some(core("ConfigMap", "configmaps")),
-            ("", "secrets") => Some(core("Secret", "secrets")),
+        let (informers, changes) = (&self.informers, self.changes.clone());
+        let shared = match (group, resource) {
+            ("", "pods") => Some(Counted::shared::<Pod>(informers, changes, pod_released)),
+            ("", "services") => Some(Counted::shared(informers, changes, service_released)),
+            ("", "configmaps") => Some(Counted::shared::<ConfigMap>(informers, changes, never)),
+            ("", "secrets") => Some(Counted::shared::<Secret>(informers, changes, never)),
             ("", "persistentvolumeclaims") => {
-                Some(core("PersistentVolumeClaim", "persistentvolumeclaims"))
+                Some(Counted::shared(informers, changes, claim_released))
             }
-            ("", "replicationcontrollers") => {
-                Some(core("ReplicationController", "replicationcontrollers"))
+            ("", "replicationcontrollers") => Some(Counted::shared::<ReplicationController>(
+                informers, changes, never,
+            )),
+            ("", "resourcequotas") => {
+                Some(Counted::shared::<ResourceQuota>(informers, changes, never))
             }
-            ("", "resourcequotas") => Some(core("ResourceQuota", "resourcequotas")),
             _ => None,
         };
-        let ar = match known {
-            Some(ar) => Some(ar),
-            None => self.discover(group, resource).await?,
-        };
-        let Some(ar) = ar else {
+        if let Some(counted) = shared {
+            let counted = Arc::new(counted);
+            sources.insert(key, Source::Counting(counted.clone()));
+            return Ok(Some(counted));
+        }
+        let Some(ar) = self.discover(group, resource).await? else {
             tracing::info!(
                 group,
                 resource,
@@ -195,7 +309,7 @@ impl QuotaCtx {
         let store = writer.as_reader();
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
         let changes = self.changes.clone();
-        let mut releases = Releases::new(group, resource);
+        let mut releases = Releases::default();
         let events =
             reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
                 .default_backoff()
@@ -213,8 +327,9 @@ impl QuotaCtx {
             }
         });
         tracing::info!(group, resource, "following a kind for quota usage");
-        sources.insert(key, Source::Watching(store.clone()));
-        Ok(Some(store))
+        let counted = Arc::new(Counted::dynamic(store));
+        sources.insert(key, Source::Counting(counted.clone()));
+        Ok(Some(counted))
     }
 
     async fn discover(
@@ -238,85 +353,20 @@ impl QuotaCtx {
     }
 }
 
-/// Tells usage given back apart from usage taken, per object of one kind: upstream's
-/// replenishment filter. Creates and other updates are charged by the apiserver.
-struct Releases {
-    group: String,
-    resource: String,
-    /// uid -> the usage-deciding part of the object.
-    seen: HashMap<String, String>,
-}
+/// Tells usage given back for a kind found through discovery (`count/<resource>.<group>`):
+/// only its deletions give usage back; creates are charged by the apiserver.
+#[derive(Default)]
+struct Releases;
 
 impl Releases {
-    fn new(group: &str, resource: &str) -> Self {
-        Releases {
-            group: group.into(),
-            resource: resource.into(),
-            seen: HashMap::new(),
-        }
-    }
-
-    /// What of `obj` decides its usage: whether a pod is charged, a service's type, a
-    /// claim's size; nothing for other kinds (only their deletion gives usage back).
-    fn fingerprint(&self, obj: &DynamicObject) -> String {
-        if !self.group.is_empty() {
-            return String::new();
-        }
-        let field = |p: &str| {
-            obj.data
-                .pointer(p)
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        match self.resource.as_str() {
-            "pods" => {
-                let item = Item {
-                    group: "",
-                    resource: "pods",
-                    body: &obj.data,
-                    deletion_deadline: quota::deletion_deadline(&obj.metadata),
-                };
-                let charged = quota::usage(&item, jiff::Timestamp::now().as_second());
-                (if charged.contains_key("pods") {
-                    "charged"
-                } else {
-                    "released"
-                })
-                .into()
-            }
-            "services" => field("/spec/type"),
-            "persistentvolumeclaims" => field("/spec/resources/requests/storage"),
-            _ => String::new(),
-        }
-    }
-
     fn observe(&mut self, ev: &watcher::Event<DynamicObject>, changes: &Changes) {
-        let ns = |o: &DynamicObject| o.metadata.namespace.clone().unwrap_or_default();
         match ev {
-            watcher::Event::Init => self.seen.clear(),
-            watcher::Event::InitApply(o) => {
-                let f = self.fingerprint(o);
-                self.seen.insert(o.uid().unwrap_or_default(), f);
-            }
             // A relist may have missed deletions anywhere.
             watcher::Event::InitDone => changes.touch(None),
-            watcher::Event::Apply(o) => {
-                let f = self.fingerprint(o);
-                let old = self.seen.insert(o.uid().unwrap_or_default(), f.clone());
-                let released = match old {
-                    None => false,
-                    Some(old) if self.resource == "pods" => old == "charged" && f == "released",
-                    Some(old) => old != f,
-                };
-                if released {
-                    changes.touch(Some(&ns(o)));
-                }
-            }
             watcher::Event::Delete(o) => {
-                self.seen.remove(&o.uid().unwrap_or_default());
-                changes.touch(Some(&ns(o)));
+                changes.touch(Some(o.metadata.namespace.as_deref().unwrap_or_default()))
             }
+            _ => {}
         }
     }
 }
@@ -338,20 +388,17 @@ fn compute(
     ns: &str,
     hard: &BTreeSet<String>,
     scopes: &[k8s_openapi::api::core::v1::ScopedResourceSelectorRequirement],
-    kinds: &[((String, String), Store<DynamicObject>)],
+    kinds: &[((String, String), Arc<Counted>)],
     now: i64,
 ) -> ResourceList {
     let mut used: ResourceList = hard.iter().map(|n| (n.clone(), Quantity::ZERO)).collect();
-    for ((group, resource), store) in kinds {
-        for obj in store.state() {
-            if obj.metadata.namespace.as_deref() != Some(ns) {
-                continue;
-            }
+    for ((group, resource), counted) in kinds {
+        for (body, deletion_deadline) in (counted.objects)(ns) {
             let item = Item {
                 group,
                 resource,
-                body: &obj.data,
-                deletion_deadline: quota::deletion_deadline(&obj.metadata),
+                body: &body,
+                deletion_deadline,
             };
             if !quota::matches(hard, scopes, &item) {
                 continue;
@@ -377,12 +424,12 @@ async fn reconcile(rq: Arc<ResourceQuota>, ctx: Arc<QuotaCtx>) -> Result<Action,
         hard.iter().filter_map(|n| quota::kind_of(n)).collect();
     let mut kinds = Vec::new();
     for (group, resource) in wanted {
-        if let Some(store) = ctx.source(&group, &resource).await? {
-            kinds.push(((group, resource), store));
+        if let Some(counted) = ctx.source(&group, &resource).await? {
+            kinds.push(((group, resource), counted));
         }
     }
-    for (_, store) in &kinds {
-        if tokio::time::timeout(Duration::from_secs(5), store.wait_until_ready())
+    for (_, counted) in &kinds {
+        if tokio::time::timeout(Duration::from_secs(5), (counted.synced)())
             .await
             .is_err()
         {
@@ -486,6 +533,16 @@ async fn reconcile(rq: Arc<ResourceQuota>, ctx: Arc<QuotaCtx>) -> Result<Action,
 mod tests {
     use super::*;
 
+    fn core(kind: &str, plural: &str) -> ApiResource {
+        ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    }
+
     fn store_of(objs: Vec<serde_json::Value>, ar: &ApiResource) -> Store<DynamicObject> {
         let mut writer = reflector::store::Writer::new(ar.clone());
         let objs: Vec<DynamicObject> = objs
@@ -528,7 +585,10 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let kinds = vec![(("".to_string(), "pods".to_string()), store)];
+        let kinds = vec![(
+            ("".to_string(), "pods".to_string()),
+            Arc::new(Counted::dynamic(store)),
+        )];
         let used = compute("team", &hard, &[], &kinds, 0);
         assert_eq!(
             quota::pretty(&used),

@@ -14,9 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::ResourceExt;
 
+use crate::informers::wait_synced;
 use crate::{api_err, error_policy, ReconcileError};
 
 pub const NAME: &str = "kube-root-ca.crt";
@@ -25,27 +25,41 @@ const DESCRIPTION_ANNOTATION: &str = "kubernetes.io/description";
 /// Upstream's wording.
 const DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 
-pub struct Ctx {
-    client: kube::Client,
+struct Ctx {
+    shared: Arc<crate::Ctx>,
     /// Read on every reconcile, so a rotated CA is published at the next one.
     ca_file: PathBuf,
 }
 
-pub async fn run(client: kube::Client, ca_file: PathBuf, shutdown: component::CancellationToken) {
-    let cms = Api::<ConfigMap>::all(client.clone());
-    Controller::new(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        cms,
-        watcher::Config::default().fields(&format!("metadata.name={NAME}")),
-        |cm: ConfigMap| cm.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
-    )
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, Arc::new(Ctx { client, ca_file }))
-    .for_each(|_| async {})
-    .await;
+pub async fn run(ctx: Arc<crate::Ctx>, ca_file: PathBuf, shutdown: component::CancellationToken) {
+    let namespaces = ctx.informers.get::<Namespace>();
+    let maps = ctx.informers.get::<ConfigMap>();
+    if !wait_synced(&shutdown, async {
+        namespaces.synced().await;
+        maps.synced().await;
+    })
+    .await
+    {
+        return;
+    }
+    let ours = maps
+        .subscribe()
+        .filter(|cm| futures::future::ready(cm.metadata.name.as_deref() == Some(NAME)));
+    Controller::for_shared_stream(namespaces.subscribe(), namespaces.store())
+        .watches_shared_stream(ours, |cm: Arc<ConfigMap>| {
+            cm.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(Ctx {
+                shared: ctx,
+                ca_file,
+            }),
+        )
+        .for_each(|_| async {})
+        .await;
 }
 
 /// What the ConfigMap must hold (data and the description annotation).
@@ -88,12 +102,15 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         ))
     })?;
     let want = wanted(&name, &ca);
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &name);
-    match api
-        .get_opt(NAME)
-        .await
-        .map_err(api_err(format!("reading configmap {name}/{NAME}")))?
-    {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), &name);
+    // From the cache: a lagging one makes the create a 409 or the update a stale write
+    // (409), and the watch event that follows brings the namespace back.
+    let cached = ctx
+        .shared
+        .informers
+        .get::<ConfigMap>()
+        .get(Some(&name), NAME);
+    match cached {
         None => match api.create(&PostParams::default(), &want).await {
             Ok(_) => tracing::info!(namespace = %name, "published {NAME}"),
             // Created meanwhile (the watch brings us back), or the namespace is terminating.
@@ -101,7 +118,7 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
             Err(e) => return Err(api_err(format!("creating configmap {name}/{NAME}"))(e)),
         },
         Some(cm) if !up_to_date(&cm, &want) => {
-            let mut fixed = cm.clone();
+            let mut fixed = ConfigMap::clone(&cm);
             fixed.data = want.data.clone();
             fixed.binary_data = None;
             fixed
