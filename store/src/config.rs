@@ -128,6 +128,20 @@ impl Storage {
             .unwrap_or(&self.default)
     }
 
+    /// The same storage with every store replaced by `wrap(store)` (each distinct store
+    /// wrapped once): how the apiserver puts encryption at rest in front of them.
+    pub fn map_stores(self, wrap: impl Fn(Arc<dyn Store>) -> Arc<dyn Store>) -> Storage {
+        Storage {
+            prefix: self.prefix,
+            default: wrap(self.default),
+            overrides: self
+                .overrides
+                .into_iter()
+                .map(|(gr, store)| (gr, wrap(store)))
+                .collect(),
+        }
+    }
+
     /// Every distinct store: the default one, then each override's.
     pub fn stores(&self) -> Vec<&Arc<dyn Store>> {
         std::iter::once(&self.default)

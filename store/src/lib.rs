@@ -149,6 +149,10 @@ pub enum StoreError {
     Unavailable { reason: String },
     #[error("invalid storage configuration: {reason}")]
     Config { reason: String },
+    /// A stored value could not be decrypted (or encrypted): the apiserver's encryption at
+    /// rest wraps a store and reports this (upstream: an internal error).
+    #[error("unable to transform key {key:?}: {reason}")]
+    Transform { key: String, reason: String },
 }
 
 impl StoreError {
@@ -204,6 +208,13 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// The oldest revision still readable (the last compaction point).
     async fn compacted_revision(&self) -> Result<Revision, StoreError>;
+
+    /// Whether the value of `key` at `revision` is stored in a form this store would not
+    /// write now (encryption at rest: an older key or provider), so an update that changes
+    /// nothing must still be written (upstream's "stale" reads). Plain stores: never.
+    async fn stale(&self, _key: &str, _revision: Revision) -> bool {
+        false
+    }
 }
 
 /// The first key after every key that starts with `prefix` (etcd's "range end" for a
