@@ -30,6 +30,7 @@ mod crd;
 mod defaulttolerationseconds;
 mod delete;
 mod discovery;
+mod encryption;
 mod error;
 mod follow;
 mod handlers;
@@ -233,7 +234,13 @@ pub struct Config {
     /// API aggregation (`--proxy-client-cert-file`, `--requestheader-*`).
     #[command(flatten)]
     pub aggregator: AggregatorOptions,
+
+    /// Encryption at rest (`--encryption-provider-config`).
+    #[command(flatten)]
+    pub encryption: EncryptionOptions,
 }
+
+pub use encryption::EncryptionOptions;
 
 pub use aggregator::AggregatorOptions;
 
@@ -278,6 +285,7 @@ impl Config {
             metric_resolution: std::time::Duration::from_secs(15),
             audit: AuditOptions::default(),
             aggregator: AggregatorOptions::default(),
+            encryption: EncryptionOptions::default(),
         }
     }
 

@@ -19,8 +19,12 @@ use crate::webhooks::Operation::{Create, Update};
 
 /// Parse a stored value and stamp its `resourceVersion` (the key's `mod_revision`).
 pub fn decode_kv(def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("decoding stored object {}: {e}", kv.key)))?;
+    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(
+            crate::encryption::undecryptable(&kv.key, &kv.value)
+                .unwrap_or_else(|| format!("decoding stored object {}: {e}", kv.key)),
+        )
+    })?;
     meta::metadata_mut(&mut v).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
     if let Some(c) = def.conversion {
         v = (c.from_storage)(v);
@@ -650,7 +654,8 @@ where
         }
         meta::metadata_mut(&mut new)
             .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-        if same_ignoring_rv(&cur, &new) {
+        // unchanged: no write, unless the stored form is stale (an old encryption key)
+        if same_ignoring_rv(&cur, &new) && (dry_run || !store.stale(&key, kv.mod_revision).await) {
             return Ok(cur);
         }
         crate::podsecurity::admit_update(state, def, ns, &cur, &new).await?;

@@ -211,12 +211,21 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         reason: format!("--cluster-signing-cert-file/--cluster-signing-key-file: {e}"),
     })?;
 
+    // A bad encryption config is refused before the store is opened.
+    let encryption =
+        crate::encryption::Encryption::load(&config.encryption).map_err(|e| Error::Config {
+            reason: format!("--encryption-provider-config: {e}"),
+        })?;
     let storage = store::Storage::open(
         &config.storage,
         &store::config::embedded_path(&config.data_dir),
     )
     .await
     .map_err(|source| Error::Storage { source })?;
+    let storage = match &encryption {
+        Some(e) => e.wrap(storage, &Registry::builtin()),
+        None => storage,
+    };
 
     let ips = IpAllocator::new(
         &config.service_cluster_ip_range,
@@ -235,6 +244,9 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         reason: format!("--service-node-port-range: {reason}"),
     })?;
     let shutdown = CancellationToken::new();
+    if let Some(e) = &encryption {
+        e.spawn_reload(&shutdown);
+    }
     let registry = Registry::builtin();
     let cache = crate::cache::WatchCache::new(&storage, &registry, config.default_watch_cache_size);
     let crds = crate::crd::Crds::new(&registry);

@@ -283,6 +283,8 @@ pub fn from_store(err: store::StoreError, resource: &str, group: &str, name: &st
         E::TooLarge { size, limit, .. } => ApiError::too_large(format!(
             "etcdserver: request is too large ({size} bytes, limit {limit})"
         )),
+        // an undecryptable value: upstream's message, no "storage error" in front
+        other @ E::Transform { .. } => ApiError::internal(other.to_string()),
         other => ApiError::internal(format!("storage error: {other}")),
     }
 }

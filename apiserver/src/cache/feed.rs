@@ -3,7 +3,7 @@
 //! revision applied (no gap, no repeat); only when that history is compacted away does the
 //! feeder list again, resetting every ring to the new list's revision.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +179,7 @@ fn apply(sc: &StoreCache, ev: Event) -> Option<&Arc<ResourceCache>> {
 /// List every key under the prefix at one revision and replace every cache with it.
 async fn relist(sc: &Arc<StoreCache>) -> Result<Revision, StoreError> {
     let mut maps: HashMap<&'static str, BTreeMap<String, Arc<Cached>>> = HashMap::new();
+    let mut broken: HashMap<&'static str, BTreeSet<String>> = HashMap::new();
     let mut revision = None;
     let mut start_key = None;
     loop {
@@ -203,7 +204,13 @@ async fn relist(sc: &Arc<StoreCache>) -> Result<Revision, StoreError> {
                 reason: format!("decoding the listed objects: {e}"),
             })?;
         for (name, key, obj) in decoded {
-            maps.entry(name).or_default().insert(key, obj);
+            match obj {
+                Some(obj) => maps.entry(name).or_default().insert(key, obj),
+                None => {
+                    broken.entry(name).or_default().insert(key);
+                    None
+                }
+            };
         }
         match page.continue_key {
             Some(next) => start_key = Some(next),
@@ -212,7 +219,11 @@ async fn relist(sc: &Arc<StoreCache>) -> Result<Revision, StoreError> {
     }
     let rev = revision.unwrap_or(0).max(1);
     for (name, rc) in &sc.resources {
-        rc.reset(maps.remove(name).unwrap_or_default(), rev);
+        rc.reset_with_broken(
+            maps.remove(name).unwrap_or_default(),
+            broken.remove(name).unwrap_or_default(),
+            rev,
+        );
     }
     sc.shared.revision.send_modify(|r| *r = (*r).max(rev));
     sc.shared.ready.store(true, Ordering::Release);
@@ -222,7 +233,10 @@ async fn relist(sc: &Arc<StoreCache>) -> Result<Revision, StoreError> {
     Ok(rev)
 }
 
-fn decode_page(sc: &StoreCache, items: Vec<KeyValue>) -> Vec<(&'static str, String, Arc<Cached>)> {
+/// Each listed object of a cached resource, `None` when it cannot be decoded.
+type Decoded = (&'static str, String, Option<Arc<Cached>>);
+
+fn decode_page(sc: &StoreCache, items: Vec<KeyValue>) -> Vec<Decoded> {
     let names: HashMap<*const ResourceCache, &'static str> = sc
         .resources
         .iter()
@@ -234,9 +248,10 @@ fn decode_page(sc: &StoreCache, items: Vec<KeyValue>) -> Vec<(&'static str, Stri
             continue;
         };
         match Cached::decode(&kv.value, kv.mod_revision, rc.fields()) {
-            Ok(obj) => out.push((names[&Arc::as_ptr(rc)], kv.key, Arc::new(obj))),
+            Ok(obj) => out.push((names[&Arc::as_ptr(rc)], kv.key, Some(Arc::new(obj)))),
             Err(e) => {
-                tracing::warn!(key = %kv.key, error = %e, "watch cache: undecodable object")
+                tracing::warn!(key = %kv.key, error = %e, "watch cache: undecodable object");
+                out.push((names[&Arc::as_ptr(rc)], kv.key, None));
             }
         }
     }

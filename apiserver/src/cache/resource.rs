@@ -1,7 +1,7 @@
 //! One resource's cache: its objects by key, already serialized, and the ring of its recent
 //! events.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -161,6 +161,9 @@ struct State {
     /// The revision of the last change applied (or of the list the state was loaded from):
     /// the state is the resource's state at every revision from here to the store cache's.
     revision: Revision,
+    /// Keys whose current value could not be decoded (e.g. encrypted with a key that is no
+    /// longer configured): LISTs covering one go to the store, which answers with the error.
+    broken: BTreeSet<String>,
 }
 
 /// What a resource's cache did, for `/metrics`.
@@ -262,6 +265,14 @@ impl ResourceCache {
             return None;
         }
         let st = self.read();
+        if st
+            .broken
+            .range::<str, _>((Bound::Included(within), Bound::Unbounded))
+            .next()
+            .is_some_and(|k| k.starts_with(within))
+        {
+            return None;
+        }
         let now = self.snapshot_revision(&st);
         let revision = match at {
             Some(at) if st.revision <= at && at <= now => at,
@@ -352,6 +363,7 @@ impl ResourceCache {
         }
         Counters::inc(&self.counters.events);
         st.revision = rev;
+        st.broken.remove(&key);
         let (kind, obj, prev) = match obj {
             Some(obj) => {
                 let prev = st.objects.insert(key.clone(), obj.clone());
@@ -385,6 +397,7 @@ impl ResourceCache {
     pub(super) fn forget(&self, key: &str, rev: Revision) {
         let mut st = self.write();
         st.objects.remove(key);
+        st.broken.insert(key.to_string());
         // Watchers reading the ring would never hear of this change: start the ring over.
         st.ring.clear();
         st.ring_start = rev;
@@ -392,10 +405,22 @@ impl ResourceCache {
     }
 
     /// Replace everything with a fresh list at `revision`. Watchers behind it leave the ring.
+    #[cfg(test)]
     pub(super) fn reset(&self, objects: BTreeMap<String, Arc<Cached>>, revision: Revision) {
+        self.reset_with_broken(objects, BTreeSet::new(), revision)
+    }
+
+    /// [`ResourceCache::reset`], with the keys whose values could not be decoded.
+    pub(super) fn reset_with_broken(
+        &self,
+        objects: BTreeMap<String, Arc<Cached>>,
+        broken: BTreeSet<String>,
+        revision: Revision,
+    ) {
         Counters::inc(&self.counters.initializations);
         let mut st = self.write();
         st.objects = objects;
+        st.broken = broken;
         st.ring.clear();
         st.ring_start = revision;
         st.revision = revision;
