@@ -41,6 +41,55 @@ pub struct ServerArgs {
     /// `local-path` StorageClass.
     #[arg(long = "disable", value_delimiter = ',', value_parser = ["local-storage"])]
     disable: Vec<String>,
+    /// Encrypt Secrets at rest (k3s's flag): the first start writes an aescbc key to
+    /// `<data-dir>/server/cred/encryption-config.json` (0600), which the apiserver gets as
+    /// its `--encryption-provider-config` (an explicit one wins).
+    #[arg(long = "secrets-encryption")]
+    secrets_encryption: bool,
+}
+
+/// The encryption config `--secrets-encryption` uses, as k3s writes it: one random
+/// 32-byte aescbc key for Secrets, then identity (Secrets written before stay readable).
+/// Written once; later starts reuse it.
+fn ensure_encryption_config(data_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir
+        .join("server")
+        .join("cred")
+        .join("encryption-config.json");
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| anyhow::anyhow!("generating the secrets-encryption key"))?;
+    let config = serde_json::json!({
+        "kind": "EncryptionConfiguration",
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "resources": [{
+            "resources": ["secrets"],
+            "providers": [
+                {"aescbc": {"keys": [{"name": "aescbckey",
+                    "secret": base64::engine::general_purpose::STANDARD.encode(key)}]}},
+                {"identity": {}}
+            ]
+        }]
+    });
+    let dir = path.parent().expect("a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(serde_json::to_string_pretty(&config)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// The default StorageClass `kaze server` creates when it is missing (k3s's `local-path`
@@ -239,6 +288,10 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
     let data_dir = args.apiserver.data_dir.clone();
     let secret = crate::join::ensure_node_secret(&data_dir)?;
     let mut api_config = args.apiserver.clone();
+    if args.secrets_encryption && api_config.encryption.encryption_provider_config.is_none() {
+        api_config.encryption.encryption_provider_config =
+            Some(ensure_encryption_config(&data_dir)?);
+    }
     api_config.token_auth_file = Some(crate::join::token_file(
         &data_dir,
         &secret,

@@ -862,6 +862,65 @@ fn two_servers_on_one_etcd_form_an_ha_control_plane() {
     stop_server(dirs[other].path(), 1, &mut servers[other]);
 }
 
+/// `--secrets-encryption` (k3s's flag): the first start writes an aescbc key config
+/// (0600) and Secrets land in etcd encrypted with it; ConfigMaps stay plain.
+#[test]
+fn secrets_encryption_stores_secrets_encrypted_in_etcd() {
+    let etcd = testkit::Etcd::start();
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-server-enc-")
+        .tempdir()
+        .expect("temp dir");
+    let data = dir.path();
+    let extra = vec![
+        "--disable-agent".to_string(),
+        "--etcd-servers".to_string(),
+        etcd.url(),
+        "--secrets-encryption".to_string(),
+    ];
+    let mut server = start_server(data, free_port(), 1, &extra);
+    wait_ready(data, 1, &mut server);
+    kubectl_ok(
+        data,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "--from-literal=pw=plain-words",
+        ],
+    );
+    kubectl_ok(data, &["create", "configmap", "c1", "--from-literal=k=v"]);
+    assert_eq!(
+        kubectl_ok(data, &["get", "secret", "s1", "-o", "jsonpath={.data.pw}"]),
+        "cGxhaW4td29yZHM="
+    );
+    stop_server(data, 1, &mut server);
+    let config = data.join("server/cred/encryption-config.json");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config)
+        .expect("the config")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let etcdctl = |key: &str| {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", etcd.url()))
+            .args(["get", "--print-value-only", key])
+            .output()
+            .expect("etcdctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let secret = etcdctl("/registry/secrets/default/s1");
+    assert!(
+        secret.starts_with("k8s:enc:aescbc:v1:aescbckey:"),
+        "{secret}"
+    );
+    assert!(!secret.contains("cGxhaW4td29yZHM=") && !secret.contains("plain-words"));
+    assert!(etcdctl("/registry/configmaps/default/c1").starts_with('{'));
+}
+
 #[test]
 fn malformed_storage_flag_fails_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("temp dir");
