@@ -45,6 +45,9 @@ impl<K: Resource + Send + Sync> Meta for K {
 
 type Synced = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// Owner uid -> its dependents, with the index of their kind.
+type Dependents = HashMap<String, Vec<(usize, Arc<dyn Meta>)>>;
+
 struct Kind {
     ar: ApiResource,
     namespaced: bool,
@@ -168,7 +171,7 @@ async fn remove_finalizer(client: &Client, kind: &Kind, obj: &ObjectMeta, finali
 async fn sweep(client: &Client, kinds: &[Kind]) {
     // Every object we know, by uid.
     let mut by_uid: HashSet<String> = HashSet::new();
-    let mut dependents: HashMap<String, Vec<(usize, Arc<dyn Meta>)>> = HashMap::new();
+    let mut dependents: Dependents = HashMap::new();
     for (i, k) in kinds.iter().enumerate() {
         for obj in (k.objects)() {
             if let Some(uid) = &obj.object_meta().uid {

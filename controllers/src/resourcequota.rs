@@ -124,10 +124,12 @@ struct Seen {
 /// The synced future of one counted kind.
 type Synced = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A namespace's objects of one kind: JSON bodies and deletion deadlines.
+type Objects = Box<dyn Fn(&str) -> Vec<(serde_json::Value, Option<i64>)> + Send + Sync>;
+
 /// One kind some quota counts: its objects in a namespace as what the accounting reads.
 struct Counted {
-    /// The namespace's objects: JSON bodies and deletion deadlines.
-    objects: Box<dyn Fn(&str) -> Vec<(serde_json::Value, Option<i64>)> + Send + Sync>,
+    objects: Objects,
     synced: Box<dyn Fn() -> Synced + Send + Sync>,
 }
 
@@ -309,13 +311,12 @@ impl QuotaCtx {
         let store = writer.as_reader();
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
         let changes = self.changes.clone();
-        let mut releases = Releases::default();
         let events =
             reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
                 .default_backoff()
                 .for_each(move |ev| {
                     if let Ok(ev) = ev {
-                        releases.observe(&ev, &changes);
+                        released(&ev, &changes);
                     }
                     futures::future::ready(())
                 });
@@ -353,21 +354,16 @@ impl QuotaCtx {
     }
 }
 
-/// Tells usage given back for a kind found through discovery (`count/<resource>.<group>`):
-/// only its deletions give usage back; creates are charged by the apiserver.
-#[derive(Default)]
-struct Releases;
-
-impl Releases {
-    fn observe(&mut self, ev: &watcher::Event<DynamicObject>, changes: &Changes) {
-        match ev {
-            // A relist may have missed deletions anywhere.
-            watcher::Event::InitDone => changes.touch(None),
-            watcher::Event::Delete(o) => {
-                changes.touch(Some(o.metadata.namespace.as_deref().unwrap_or_default()))
-            }
-            _ => {}
+/// Usage given back by a kind found through discovery (`count/<resource>.<group>`): only
+/// its deletions give usage back; creates are charged by the apiserver.
+fn released(ev: &watcher::Event<DynamicObject>, changes: &Changes) {
+    match ev {
+        // A relist may have missed deletions anywhere.
+        watcher::Event::InitDone => changes.touch(None),
+        watcher::Event::Delete(o) => {
+            changes.touch(Some(o.metadata.namespace.as_deref().unwrap_or_default()))
         }
+        _ => {}
     }
 }
 
