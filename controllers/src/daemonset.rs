@@ -31,7 +31,7 @@ use crate::{api_err, error_policy, Ctx, ReconcileError};
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let sets = ctx.informers.get::<DaemonSet>();
+    let sets = ctx.owners::<DaemonSet>();
     let nodes = ctx.informers.get::<Node>();
     let revisions = ctx.informers.get::<ControllerRevision>();
     let pods = ctx.pods();
@@ -62,7 +62,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
 }
 
 /// Delete a pod of the DaemonSet `uid`, expecting the cache to show it (see
-/// [`crate::informers::Expectations`]).
+/// [`crate::expectations::Expectations`]).
 async fn delete_pod(ctx: &Ctx, api: &Api<Pod>, uid: &str, pod: &str) {
     ctx.expectations.expect_deletions(uid, [pod.to_string()]);
     if let Err(e) = api.delete(pod, &DeleteParams::default()).await {

@@ -28,7 +28,7 @@ pub const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time
 pub const MAX_ENDPOINTS: usize = 100;
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let services = ctx.informers.get::<Service>();
+    let services = ctx.owners::<Service>();
     let slices = ctx.slices();
     let pods = ctx.pods();
     if !wait_synced(&shutdown, async {

@@ -19,7 +19,8 @@
 //! cache per kind, like upstream's SharedInformerFactory) and only write to the API, so a
 //! reconcile sends no LIST; the kinds' initial lists and relists are all the LISTs the
 //! controller-manager makes. Where a lagging cache could double a write (pods and
-//! EndpointSlices with generated names), the owner waits on [`informers::Expectations`].
+//! EndpointSlices with generated names), the owner waits on [`expectations::Expectations`],
+//! whose records go with their owners.
 //! Live reads are left where freshness decides: the garbage collector confirms an owner is
 //! gone, the namespace controller lists what is left in a deleted namespace, PVC protection
 //! asks the API before releasing a claim no cached pod uses, the disruption controller
@@ -39,6 +40,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpointslice;
 pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod history;
 pub mod horizontalpodautoscaler;
@@ -203,8 +205,9 @@ pub struct Ctx {
     pub informers: informers::Informers,
     /// Creates and deletes not yet in the cache, by owner uid: pods of ReplicaSets,
     /// ReplicationControllers, DaemonSets and Jobs, EndpointSlices of Services.
-    pub expectations: Arc<informers::Expectations>,
-    observing: Arc<[std::sync::Once; 2]>,
+    pub expectations: Arc<expectations::Expectations>,
+    /// The kinds whose informers already feed `expectations`.
+    hooked: Arc<std::sync::Mutex<std::collections::HashSet<std::any::TypeId>>>,
 }
 
 impl Ctx {
@@ -213,27 +216,42 @@ impl Ctx {
             informers: informers::Informers::new(client.clone(), shutdown),
             client,
             expectations: Default::default(),
-            observing: Arc::new([std::sync::Once::new(), std::sync::Once::new()]),
+            hooked: Default::default(),
         }
     }
 
     /// The shared pod cache, whose changes lower [`Ctx::expectations`].
     pub fn pods(&self) -> informers::Informer<k8s_openapi::api::core::v1::Pod> {
-        self.observed(0)
+        self.hooked(|e, old, new| e.observe(old, new))
     }
 
     /// The shared EndpointSlice cache, whose changes lower [`Ctx::expectations`].
     pub fn slices(&self) -> informers::Informer<k8s_openapi::api::discovery::v1::EndpointSlice> {
-        self.observed(1)
+        self.hooked(|e, old, new| e.observe(old, new))
     }
 
-    fn observed<K: informers::Informed>(&self, once: usize) -> informers::Informer<K> {
+    /// The shared cache of a kind whose pods or slices [`Ctx::expectations`] track: an
+    /// owner's deletion drops its record, as upstream's delete handlers do.
+    pub fn owners<K: informers::Informed>(&self) -> informers::Informer<K> {
+        self.hooked(|e, old, new| e.observe_owner(old, new))
+    }
+
+    /// `K`'s informer, feeding [`Ctx::expectations`] through `hook` (once per kind).
+    fn hooked<K: informers::Informed>(
+        &self,
+        hook: fn(&expectations::Expectations, Option<&K>, Option<&K>),
+    ) -> informers::Informer<K> {
         let informer = self.informers.get::<K>();
-        self.observing[once].call_once(|| {
+        let first = self
+            .hooked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(std::any::TypeId::of::<K>());
+        if first {
             let expectations = self.expectations.clone();
             informer
-                .on_change(move |old: Option<&K>, new: Option<&K>| expectations.observe(old, new));
-        });
+                .on_change(move |old: Option<&K>, new: Option<&K>| hook(&expectations, old, new));
+        }
         informer
     }
 }

@@ -21,7 +21,7 @@ use crate::util::{
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let sets = ctx.informers.get::<ReplicaSet>();
+    let sets = ctx.owners::<ReplicaSet>();
     let pods = ctx.pods();
     if !wait_synced(&shutdown, async {
         sets.synced().await;
@@ -105,7 +105,7 @@ pub struct Owner<'a> {
 ///
 /// The pods come from the shared pod cache (the owner's own, by controller uid, and the
 /// namespace's orphans), which lags the creates and deletes this function issues: while
-/// any of them is not yet in the cache ([`crate::informers::Expectations`], as upstream)
+/// any of them is not yet in the cache ([`crate::expectations::Expectations`], as upstream)
 /// nothing more is created or deleted, or every reconcile woken by the first new pods
 /// would count the rest as missing and create them again.
 pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, ReconcileError> {

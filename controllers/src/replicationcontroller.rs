@@ -17,7 +17,7 @@ use crate::util::{controller_ref, status_differs};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let controllers = ctx.informers.get::<ReplicationController>();
+    let controllers = ctx.owners::<ReplicationController>();
     let pods = ctx.pods();
     if !wait_synced(&shutdown, async {
         controllers.synced().await;

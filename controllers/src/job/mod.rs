@@ -40,7 +40,7 @@ pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
-    let jobs = ctx.informers.get::<Job>();
+    let jobs = ctx.owners::<Job>();
     let pods = ctx.pods();
     if !wait_synced(&shutdown, async {
         jobs.synced().await;
