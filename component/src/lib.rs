@@ -32,6 +32,35 @@ pub enum ClientError {
     Build(#[source] kube::Error),
     #[error("the client certificate: {0}")]
     Reload(#[from] reloading::ReloadError),
+    #[error("user agent {0:?} is not a valid header value")]
+    UserAgent(String),
+}
+
+/// The Kubernetes version kaze's components report in their User-Agent (the apiserver
+/// serves `v1.37.0-kaze`; client-go's `adjustVersion` drops what follows the `-`).
+pub const KUBERNETES_VERSION: &str = "v1.37.0";
+
+/// Upstream's User-Agent of component `command` (client-go's `DefaultKubernetesUserAgent`:
+/// `<command>/<version> (<os>/<arch>) kubernetes/<commit>`, the commit `unknown` as in a
+/// build without one), with `rest.AddUserAgent`'s `/<suffix>` when given, e.g.
+/// `kube-controller-manager/v1.37.0 (linux/amd64) kubernetes/unknown/deployment-controller`.
+/// The apiserver names a write's managedFields entry after it, up to the first `/`.
+pub fn user_agent(command: &str, suffix: Option<&str>) -> String {
+    // Go's GOARCH names.
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    let os = std::env::consts::OS;
+    let mut ua = format!("{command}/{KUBERNETES_VERSION} ({os}/{arch}) kubernetes/unknown");
+    if let Some(suffix) = suffix {
+        ua.push('/');
+        ua.push_str(suffix);
+    }
+    ua
 }
 
 /// An API client from `--kubeconfig` when given, else the usual inference (`$KUBECONFIG`,
@@ -39,7 +68,24 @@ pub enum ClientError {
 /// certificate and key are files (`client-certificate`, `client-key`) gets a client that
 /// picks up new ones written there while it runs ([`reloading`]).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
-    let config = match kubeconfig {
+    connect(load(kubeconfig).await?)
+}
+
+/// [`client`] sending `user_agent` (see [`user_agent`]) with every request, as upstream's
+/// components name themselves to the apiserver.
+pub async fn client_as(
+    kubeconfig: Option<&Path>,
+    user_agent: &str,
+) -> Result<kube::Client, ClientError> {
+    let mut config = load(kubeconfig).await?;
+    let value = hyper::header::HeaderValue::from_str(user_agent)
+        .map_err(|_| ClientError::UserAgent(user_agent.to_string()))?;
+    config.headers.push((hyper::header::USER_AGENT, value));
+    connect(config)
+}
+
+async fn load(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc_err = |source| ClientError::Kubeconfig {
                 path: path.display().to_string(),
@@ -51,7 +97,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
                 .map_err(kc_err)?
         }
         None => kube::Config::infer().await.map_err(ClientError::Infer)?,
-    };
+    })
+}
+
+fn connect(config: kube::Config) -> Result<kube::Client, ClientError> {
     let info = &config.auth_info;
     let files = match (&info.client_certificate, &info.client_key) {
         (Some(cert), Some(key))
@@ -126,6 +175,25 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_agents_have_upstreams_shape() {
+        let arch = if cfg!(target_arch = "x86_64") {
+            "amd64"
+        } else {
+            std::env::consts::ARCH
+        };
+        assert_eq!(
+            user_agent("kube-controller-manager", Some("deployment-controller")),
+            format!(
+                "kube-controller-manager/v1.37.0 (linux/{arch}) kubernetes/unknown/deployment-controller"
+            )
+        );
+        assert_eq!(
+            user_agent("kubelet", None),
+            format!("kubelet/v1.37.0 (linux/{arch}) kubernetes/unknown")
+        );
+    }
 
     #[tokio::test]
     async fn sigterm_cancels_the_token() {

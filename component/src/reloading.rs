@@ -167,7 +167,8 @@ impl ResolvesClientCert for Identity {
 
 /// A client for `config` whose user's certificate is read from `cert` and `key` (see the
 /// module docs). `config`'s other settings that kaze uses are kept: the server and its CA,
-/// the default namespace, connect timeout and kube-rs's retries of 429/503/504.
+/// the default namespace, connect timeout, extra headers (the User-Agent) and kube-rs's
+/// retries of 429/503/504.
 pub fn client(
     config: kube::Config,
     cert: PathBuf,
@@ -210,6 +211,7 @@ pub fn client(
         .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
+        .layer(config.extra_headers_layer()?)
         .option_layer(retry)
         .option_layer(config.auth_layer()?)
         .map_err(tower::BoxError::from)
