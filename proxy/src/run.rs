@@ -40,7 +40,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     if config.cleanup {
         return run_cleanup(config).await;
     }
-    let client = component::client(config.kubeconfig.as_deref()).await?;
+    let agent = component::user_agent("kube-proxy", None);
+    let client = component::client_as(config.kubeconfig.as_deref(), &agent).await?;
     let node_name = config.hostname_override.clone().unwrap_or_else(hostname);
     let nodes: Api<Node> = Api::all(client.clone());
     // an apiserver that is not up yet must not stop the proxy: the flag's mode starts, and

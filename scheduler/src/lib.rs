@@ -94,7 +94,9 @@ pub fn profiles(config: &Config) -> Result<Vec<config::Profile>, Error> {
 /// Run until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), Error> {
     let profiles = profiles(&config)?;
-    let client = component::client(config.kubeconfig.as_deref()).await?;
+    // upstream's kube-scheduler names its client `scheduler` (rest.AddUserAgent)
+    let agent = component::user_agent("kube-scheduler", Some("scheduler"));
+    let client = component::client_as(config.kubeconfig.as_deref(), &agent).await?;
     let identity = component::leader::default_identity();
     let elector = component::leader::Elector::new(
         client.clone(),

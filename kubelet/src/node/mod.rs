@@ -204,7 +204,8 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         config.anonymous_auth,
         config.port,
     )?;
-    let client = match component::client(config.kubeconfig.as_deref()).await {
+    let agent = component::user_agent("kubelet", None);
+    let client = match component::client_as(config.kubeconfig.as_deref(), &agent).await {
         Ok(c) => Some(c),
         Err(e) if config.kubeconfig.is_none() && config.static_pods.enabled() => {
             tracing::warn!(error = %e, "no kubeconfig found: running standalone (static pods only)");
