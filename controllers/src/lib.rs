@@ -25,6 +25,11 @@
 //! gone, the namespace controller lists what is left in a deleted namespace, PVC protection
 //! asks the API before releasing a claim no cached pod uses, the disruption controller
 //! reads the budget it writes, and a create answered 409 reads what it collided with.
+//!
+//! Each controller writes through a client of its own named as upstream's (User-Agent
+//! `kube-controller-manager/v1.37.0 (linux/amd64) kubernetes/unknown/<name>`, see
+//! [`client_name`]), so the apiserver records `kube-controller-manager` as the manager of
+//! their writes and audit tells the controllers apart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +64,33 @@ pub mod serviceaccount;
 mod serving;
 pub mod statefulset;
 pub mod util;
+
+/// The name upstream's controller-manager gives each controller's client (its service
+/// account and the User-Agent's suffix, e.g. `.../deployment-controller`).
+pub fn client_name(controller: &str) -> &str {
+    match controller {
+        "replicaset" => "replicaset-controller",
+        "replicationcontroller" => "replication-controller",
+        "deployment" => "deployment-controller",
+        "daemonset" => "daemon-set-controller",
+        "statefulset" => "statefulset-controller",
+        "endpointslice" => "endpointslice-controller",
+        "garbagecollector" => "generic-garbage-collector",
+        "job" => "job-controller",
+        "cronjob" => "cronjob-controller",
+        "nodeipam" | "nodelifecycle" => "node-controller",
+        "podgc" => "pod-garbage-collector",
+        "serviceaccount" => "service-account-controller",
+        "namespace" => "namespace-controller",
+        "resourcequota" => "resourcequota-controller",
+        "disruption" => "disruption-controller",
+        "horizontalpodautoscaling" => "horizontal-pod-autoscaler",
+        "persistentvolume-binder" | "local-path-provisioner" => "persistent-volume-binder",
+        "pvc-protection" => "pvc-protection-controller",
+        "pv-protection" => "pv-protection-controller",
+        other => other,
+    }
+}
 
 /// Every controller this binary has, in start order.
 pub const ALL: &[&str] = &[
@@ -307,7 +339,22 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let which = enabled(&config.controllers)?;
     let cidr = nodeipam::Cidrs::parse(&config.cluster_cidr, config.node_cidr_mask_size)
         .map_err(Error::Cidr)?;
-    let client = component::client(config.kubeconfig.as_deref()).await?;
+    let kubeconfig = config.kubeconfig.as_deref();
+    let agent = |name| component::user_agent("kube-controller-manager", Some(name));
+    let client = component::client_as(kubeconfig, &agent("leader-election")).await?;
+    // One client per controller, named as upstream's, so the apiserver's audit and
+    // managedFields tell them apart; the informers share one more.
+    let mut clients = Clients::new();
+    clients.insert(
+        "shared-informers",
+        component::client_as(kubeconfig, &agent("shared-informers")).await?,
+    );
+    for name in &which {
+        let name = client_name(name);
+        if !clients.contains_key(name) {
+            clients.insert(name, component::client_as(kubeconfig, &agent(name)).await?);
+        }
+    }
     let identity = component::leader::default_identity();
     let elector = component::leader::Elector::new(
         client.clone(),
@@ -339,7 +386,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
                         .horizontal_pod_autoscaler_downscale_stabilization,
                 },
             };
-            run_controllers(client, which, cidr, timing, periods, token)
+            run_controllers(clients.clone(), which, cidr, timing, periods, token)
         })
         .await;
     stop_serving.cancel();
@@ -349,6 +396,9 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     result?;
     Ok(())
 }
+
+/// Clients by [`client_name`], and `shared-informers`.
+type Clients = std::collections::HashMap<&'static str, Client>;
 
 /// Tunables of the controllers that take them.
 #[derive(Debug, Clone)]
@@ -360,19 +410,22 @@ struct Periods {
 }
 
 async fn run_controllers(
-    client: Client,
+    clients: Clients,
     which: Vec<&'static str>,
     cidr: nodeipam::Cidrs,
     timing: nodelifecycle::Timing,
     periods: Periods,
     shutdown: component::CancellationToken,
 ) {
-    let ctx = Arc::new(Ctx::new(client.clone(), shutdown.clone()));
+    let shared = Ctx::new(clients["shared-informers"].clone(), shutdown.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = std::collections::HashMap::new();
     let local_path = which.contains(&"local-path-provisioner");
     for name in which {
-        let ctx = ctx.clone();
+        let ctx = Arc::new(Ctx {
+            client: clients[client_name(name)].clone(),
+            ..shared.clone()
+        });
         let token = shutdown.clone();
         tracing::info!(controller = name, "starting");
         let handle = match name {
