@@ -179,7 +179,7 @@ fn rotation_deadline(cert: &Path) -> Option<i64> {
 
 /// `from + (0.7 + 0.2 * jitter) * (to - from)`, `jitter` in [0, 1].
 fn deadline_at(from: i64, to: i64, jitter: f64) -> i64 {
-    from + ((to - from) as f64 * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))) as i64
+    from + ((to - from) as f64 * (0.7 + 0.2 * jitter.clamp(0.0, 1.0))).round() as i64
 }
 
 fn now_secs() -> i64 {
