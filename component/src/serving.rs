@@ -551,7 +551,14 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+/// What a request to a secure port presents: the TLS client chain (from
+/// [`PeerCertificates`]) and a bearer token.
+pub fn credentials<B>(
+    req: &axum::http::Request<B>,
+) -> (
+    Option<Arc<[tokio_rustls::rustls::pki_types::CertificateDer<'static>]>>,
+    Option<String>,
+) {
     let chain = req
         .extensions()
         .get::<PeerCertificates>()
@@ -562,6 +569,11 @@ async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string());
+    (chain, bearer)
+}
+
+async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    let (chain, bearer) = credentials(&req);
     let user = match auth.authenticate(chain.as_deref(), bearer.as_deref()).await {
         Ok(u) => u,
         Err(r) => return r,

@@ -27,7 +27,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use component::https::{CertError, ClientCa, ClientCerts, PeerCertificates};
+use component::https::{CertError, ClientCa, ClientCerts};
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::NodeError;
@@ -356,16 +356,7 @@ impl Auth {
 
 /// The axum middleware: [`Auth::check`] with the chain the TLS layer passed on.
 pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    let chain = req
-        .extensions()
-        .get::<PeerCertificates>()
-        .map(|c| c.0.clone());
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+    let (chain, bearer) = component::serving::credentials(&req);
     let verdict = auth
         .authorize(
             req.method().as_str(),
