@@ -84,9 +84,41 @@ pub fn etcd35_path(root: &Path) -> PathBuf {
     tools_dir(root).join("etcd-3.5").join("etcd")
 }
 
-/// Print a step header the way every xtask command does.
+/// Steps begun so far, with when each began: `step` prints how long the previous one took
+/// and `ci` ends with the whole list, so a slow CI run says where its time went.
+static STEPS: std::sync::Mutex<Vec<(String, std::time::Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Print a step header the way every xtask command does (and the previous step's duration).
 pub fn step(name: &str) {
+    let now = std::time::Instant::now();
+    let mut steps = STEPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((prev, began)) = steps.last() {
+        println!(
+            "    ({prev}: {:.0} s)",
+            now.duration_since(*began).as_secs_f64()
+        );
+    }
+    steps.push((name.to_string(), now));
     println!("==> {name}");
+}
+
+/// Every step's duration so far, one line each (the last step runs until now).
+fn step_durations() -> Vec<(String, f64)> {
+    let now = std::time::Instant::now();
+    let steps = STEPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, (name, began))| {
+            let end = steps.get(i + 1).map_or(now, |next| next.1);
+            (name.clone(), end.duration_since(*began).as_secs_f64())
+        })
+        .collect()
 }
 
 /// Run a command, failing with the command line when it does not succeed.
@@ -153,6 +185,10 @@ fn ci(root: &Path) -> Result<()> {
             },
         )
         .with_context(|| format!("ci: bench {name} --smoke"))?;
+    }
+    println!("ci: time per step");
+    for (name, secs) in step_durations() {
+        println!("    {secs:>6.0} s  {name}");
     }
     println!("ci: all green in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
