@@ -34,7 +34,7 @@ pub const PACKAGES: &[&str] = &[
     "knot",
     // Time zones for CronJob spec.timeZone.
     "tzdata",
-    // the linker xtask/link.sh uses (GNU ld takes ~15x longer on the debug test binaries)
+    // the linker xtask/cc-mold uses (GNU ld takes ~15x longer on the debug test binaries)
     "mold",
 ];
 
