@@ -12,6 +12,7 @@ mod ebpf;
 mod images;
 mod protoschema;
 mod setup;
+mod testlanes;
 mod up;
 
 #[derive(Parser)]
@@ -173,8 +174,8 @@ fn ci(root: &Path) -> Result<()> {
     .context("ci: clippy")?;
     step("cargo build");
     run_cmd(cargo(root).args(["build", "--workspace", "--all-targets"])).context("ci: build")?;
-    step("cargo test (unit, integration, privileged e2e)");
-    run_cmd(cargo(root).args(["test", "--workspace", "--no-fail-fast"])).context("ci: tests")?;
+    step("cargo test (unit, integration, privileged e2e; two lanes, see testlanes.rs)");
+    testlanes::run(root).context("ci: tests")?;
     step("benchmarks (smoke mode)");
     for name in bench::NAMES {
         bench::run(
