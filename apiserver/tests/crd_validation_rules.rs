@@ -1,7 +1,8 @@
 //! CRD `x-kubernetes-validations` (CEL) rules against a real apiserver, driven by the real
 //! kubectl 1.37: a rule refusing a custom resource with upstream's message, a transition
-//! rule (`self == oldSelf`) on updates only, messageExpression and reason, and a CRD whose
-//! rule does not compile refused with a 422 naming the rule.
+//! rule (`self == oldSelf`) on updates only, messageExpression and reason, a CRD whose
+//! rule does not compile (or calls a function on the wrong type) refused with a 422 naming
+//! the rule, and rules using Kubernetes' URL, IP/CIDR, format and semver libraries.
 
 mod common;
 
@@ -183,6 +184,152 @@ fn a_crd_with_a_rule_that_does_not_compile_is_refused() {
         err.contains("compilation failed: ERROR: <input>:1:5: undefined field 'minReplica'"),
         "{err}"
     );
+    // upstream's type checker: a string function on an integer field has no overload
+    let err = s.kubectl_fails(
+        &["apply", "-f", "-"],
+        Some(&crd("- rule: self.minReplicas.startsWith('1')")),
+    );
+    assert!(
+        err.contains("compilation failed: ERROR: <input>:1:29: found no matching overload for 'startsWith' applied to 'int.(string)'"),
+        "{err}"
+    );
     let crds = s.kubectl(&["get", "crd"]);
     assert!(!crds.contains("pools"), "{crds}");
+}
+
+/// A CRD whose rules use Kubernetes' URL, IP/CIDR, format and semver libraries, optionals
+/// and the strings extension, as Gateway API and cert-manager CRDs do.
+const LIBRARIES_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: backends.cel.example.com
+spec:
+  group: cel.example.com
+  scope: Namespaced
+  names: {plural: backends, singular: backend, kind: Backend}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-validations:
+            - rule: "cidr(self.network).containsIP(self.address)"
+              messageExpression: "'address ' + self.address + ' is outside ' + string(cidr(self.network).masked())"
+            - rule: "semver(self.version, true).isGreaterThan(semver('1.2.0'))"
+              message: version must be newer than 1.2.0
+            - rule: "self.?tier.orValue('gold') in ['gold', 'silver']"
+              message: tier must be gold or silver
+            properties:
+              endpoint:
+                type: string
+                x-kubernetes-validations:
+                - rule: "isURL(self) && url(self).getScheme() == 'https' && url(self).getPort() != ''"
+                  message: endpoint must be an https URL with a port
+              address:
+                type: string
+                x-kubernetes-validations:
+                - rule: "isIP(self) && ip.isCanonical(self) && ip(self).isGlobalUnicast()"
+                  message: address must be a canonical global unicast IP
+              network:
+                type: string
+                x-kubernetes-validations:
+                - rule: "isCIDR(self) && cidr(self).prefixLength() >= 8"
+                  message: network must be a CIDR of at least /8
+              host:
+                type: string
+                x-kubernetes-validations:
+                - rule: "!format.dns1123Label().validate(self).hasValue()"
+                  messageExpression: "format.dns1123Label().validate(self).value().join('; ')"
+              version: {type: string}
+              tier: {type: string}
+              suffix:
+                type: string
+                x-kubernetes-validations:
+                - rule: "self.lowerAscii() == self && self.indexOf('.') == 0 && self.split('.').size() == 3"
+                  messageExpression: "'suffix ' + strings.quote(self) + ' must be a lowercase .a.b suffix'"
+"#;
+
+fn backend(fields: &[(&str, &str)]) -> String {
+    let mut spec = vec![
+        ("endpoint", "https://api.example.com:8443/v1"),
+        ("address", "10.1.2.3"),
+        ("network", "10.0.0.0/8"),
+        ("host", "api"),
+        ("version", "v1.3"),
+        ("suffix", ".example.com"),
+    ];
+    for (k, v) in fields {
+        match spec.iter_mut().find(|(key, _)| key == k) {
+            Some(e) => e.1 = v,
+            None => spec.push((k, v)),
+        }
+    }
+    let spec: Vec<String> = spec.iter().map(|(k, v)| format!("{k}: {v:?}")).collect();
+    format!(
+        "apiVersion: cel.example.com/v1\nkind: Backend\nmetadata: {{name: b1}}\nspec: {{{}}}\n",
+        spec.join(", ")
+    )
+}
+
+#[test]
+fn rules_use_kubernetes_cel_libraries() {
+    let s = TestServer::start();
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(LIBRARIES_CRD));
+    assert!(out.contains("created"), "{out}");
+    s.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        "crd/backends.cel.example.com",
+    ]);
+    let refused = |fields: &[(&str, &str)], want: &str| {
+        let err = s.kubectl_fails(&["apply", "-f", "-"], Some(&backend(fields)));
+        assert!(err.contains(want), "{fields:?}: {err}");
+    };
+    refused(
+        &[("endpoint", "http://api.example.com:80/")],
+        r#"spec.endpoint: Invalid value: "http://api.example.com:80/": endpoint must be an https URL with a port"#,
+    );
+    refused(
+        &[("endpoint", "api.example.com")],
+        "endpoint must be an https URL with a port",
+    );
+    refused(
+        &[("address", "127.0.0.1")],
+        r#"spec.address: Invalid value: "127.0.0.1": address must be a canonical global unicast IP"#,
+    );
+    refused(
+        &[("network", "10.0.0.0/33")],
+        "spec.network: Invalid value: \"10.0.0.0/33\": network must be a CIDR of at least /8",
+    );
+    refused(
+        &[("network", "192.168.0.0/16")],
+        "spec: Invalid value: address 10.1.2.3 is outside 192.168.0.0/16",
+    );
+    refused(
+        &[("host", "API.x")],
+        "spec.host: Invalid value: \"API.x\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+    );
+    refused(
+        &[("version", "1.2")],
+        "spec: Invalid value: version must be newer than 1.2.0",
+    );
+    refused(
+        &[("tier", "bronze")],
+        "spec: Invalid value: tier must be gold or silver",
+    );
+    refused(
+        &[("suffix", ".Example.com")],
+        r#"suffix ".Example.com" must be a lowercase .a.b suffix"#,
+    );
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(&backend(&[("tier", "silver")])));
+    assert!(out.contains("backend.cel.example.com/b1 created"), "{out}");
+    s.kubectl(&["delete", "crd", "backends.cel.example.com"]);
 }

@@ -104,10 +104,10 @@ pub(super) fn register(env: &mut Env) -> Result<(), DeclarationError> {
     Ok(())
 }
 
-type Args<'b, 'v> = Vec<CowVal<'b, 'v>>;
-type Out<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
+pub(super) type Args<'b, 'v> = Vec<CowVal<'b, 'v>>;
+pub(super) type Out<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
 
-fn values(args: &Args<'_, '_>) -> Result<Vec<CelValue>, ExecutionError> {
+pub(super) fn values(args: &Args<'_, '_>) -> Result<Vec<CelValue>, ExecutionError> {
     args.iter()
         .map(|a| CelValue::try_from(a.as_ref()))
         .collect()
@@ -120,7 +120,7 @@ fn list(v: &CelValue, function: &str) -> Result<Vec<CelValue>, ExecutionError> {
     }
 }
 
-fn out<'b, 'v>(v: CelValue) -> Out<'b, 'v> {
+pub(super) fn out<'b, 'v>(v: CelValue) -> Out<'b, 'v> {
     let boxed: Box<dyn Val> = v.try_into()?;
     Ok(CowVal::Owned(boxed))
 }

@@ -19,7 +19,11 @@
 //!   upstream's `operation cancelled: actual cost limit exceeded` instead of hanging the
 //!   apiserver. Evaluation is synchronous and the budget thread-local.
 
+pub mod authz;
+mod formats;
 mod library;
+mod net;
+mod types;
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -34,6 +38,7 @@ use cel::{Context, Env, ExecutionError};
 use serde_json::Value;
 
 pub use cel::Value as CelValue;
+pub use types::check_types;
 
 /// Upstream's per-expression limit (`celconfig.PerCallLimit`), in kaze's cost units (one per
 /// expression node evaluated in a loop body, roughly upstream's).
@@ -60,6 +65,9 @@ fn env() -> &'static Arc<Env> {
         )
         .expect("the cost function registers once");
         library::register(&mut env).expect("the Kubernetes libraries register once");
+        net::register(&mut env).expect("the IP, CIDR and URL libraries register once");
+        formats::register(&mut env).expect("the format and semver libraries register once");
+        authz::register(&mut env).expect("the authorizer library registers once");
         Arc::new(env)
     })
 }
@@ -480,6 +488,17 @@ pub fn value<'a>(v: &'a Value, schema: Option<&Value>, root: bool) -> Box<dyn Va
     }
 }
 
+/// `optional.of(v)`, or `optional.none()` (e.g. `oldSelf` of an `optionalOldSelf` rule).
+pub fn optional<'a>(v: Option<Box<dyn Val + 'a>>) -> Box<dyn Val + 'a> {
+    let inner = v.and_then(|v| CelValue::try_from(v.as_ref()).ok());
+    let opt = match inner {
+        Some(x) => cel::objects::OptionalValue::of(x),
+        None => cel::objects::OptionalValue::none(),
+    };
+    let boxed: Result<Box<dyn Val + 'a>, _> = CelValue::Opaque(Arc::new(opt)).try_into();
+    boxed.unwrap_or_else(|_| Box::new(CelNull))
+}
+
 fn root_metadata(m: &Value) -> Box<dyn Val + '_> {
     let mut out: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = HashMap::new();
     for k in ["name", "generateName"] {
@@ -599,7 +618,8 @@ pub fn eval_bool(
     }
 }
 
-fn type_name(v: &CelValue) -> &'static str {
+/// The CEL type name of a value (`int`, `string`, ...), as upstream prints types.
+pub fn type_name(v: &CelValue) -> &'static str {
     match v {
         CelValue::List(_) => "list",
         CelValue::Map(_) => "map",

@@ -101,7 +101,11 @@ fn check_at(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
             ));
         } else {
             let errors = match cel::compile(rule, VARS) {
-                Ok(program) => cel::check_fields(&program, schema, root),
+                Ok(program) => {
+                    let mut errors = cel::check_fields(&program, schema, root);
+                    errors.extend(cel::check_types(&program, schema, root));
+                    errors
+                }
                 Err(e) => vec![e.0],
             };
             if !errors.is_empty() {
@@ -327,12 +331,13 @@ fn expressions(
             }
         };
         let uses_old = program.uses("oldSelf");
-        if uses_old && old.is_none() {
+        let optional_old = optional_old_self(r);
+        if uses_old && old.is_none() && !optional_old {
             continue;
         }
         let mut vars = vec![("self", cel::value(v, Some(schema), root))];
-        if let Some(o) = old.filter(|_| uses_old) {
-            vars.push(("oldSelf", cel::value(o, Some(schema), root)));
+        if uses_old {
+            vars.extend(old_self(old, schema, root, optional_old));
         }
         let before = *budget;
         match cel::eval_bool(&program, vars, budget) {
@@ -402,6 +407,28 @@ fn expressions(
     }
 }
 
+/// `optionalOldSelf: true`: the transition rule runs on creates and uncorrelated items too,
+/// with `oldSelf` an optional (`optional.none()` there).
+fn optional_old_self(r: &Value) -> bool {
+    r.get("optionalOldSelf").and_then(Value::as_bool) == Some(true)
+}
+
+/// The `oldSelf` variable, if there is one.
+fn old_self<'a>(
+    old: Option<&'a Value>,
+    schema: &Value,
+    root: bool,
+    optional: bool,
+) -> Option<cel::Var<'a>> {
+    if optional {
+        return Some((
+            "oldSelf",
+            cel::optional(old.map(|o| cel::value(o, Some(schema), root))),
+        ));
+    }
+    old.map(|o| ("oldSelf", cel::value(o, Some(schema), root)))
+}
+
 /// Upstream's `ruleErrorString`: the message, else the rule.
 fn error_string(r: &Value) -> String {
     match str_of(r, "message").trim() {
@@ -434,9 +461,7 @@ fn message_expression(
     }
     let program = cel::compile(expr, VARS).ok()?;
     let mut vars = vec![("self", cel::value(v, Some(schema), root))];
-    if let Some(o) = old {
-        vars.push(("oldSelf", cel::value(o, Some(schema), root)));
-    }
+    vars.extend(old_self(old, schema, root, optional_old_self(r)));
     match cel::eval(&program, vars, budget) {
         Ok(cel::CelValue::String(s)) => {
             let s = s.trim();
@@ -509,6 +534,34 @@ mod tests {
         assert!(
             messages(new, None).is_empty(),
             "creates skip transition rules"
+        );
+    }
+
+    #[test]
+    fn optional_old_self_rules_run_on_creates_too() {
+        // upstream's ratcheting example: a rule that holds on creates and on changes, but
+        // lets an unchanged old value through
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "x-kubernetes-validations": [{
+                "rule": "oldSelf.hasValue() && oldSelf.value().size == self.size || self.size <= 10",
+                "optionalOldSelf": true, "message": "size must be at most 10"}],
+            "properties": {"size": {"type": "integer"}}}}});
+        let msgs = |new: Value, old: Option<Value>| -> Vec<String> {
+            validate(&new, old.as_ref(), &s)
+                .into_iter()
+                .map(|(f, _, m)| format!("{f}: {m}"))
+                .collect()
+        };
+        assert_eq!(
+            msgs(json!({"spec": {"size": 20}}), None),
+            ["spec: Invalid value: size must be at most 10"]
+        );
+        assert!(msgs(json!({"spec": {"size": 5}}), None).is_empty());
+        let old = json!({"spec": {"size": 20}});
+        assert!(msgs(json!({"spec": {"size": 20}}), Some(old.clone())).is_empty());
+        assert_eq!(
+            msgs(json!({"spec": {"size": 30}}), Some(old)),
+            ["spec: Invalid value: size must be at most 10"]
         );
     }
 
