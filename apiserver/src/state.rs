@@ -30,8 +30,9 @@ pub struct AppState {
     pub kubelet: crate::kubelet::KubeletClient,
     /// Which namespaces exist and are active, for the check every create makes.
     pub namespaces: crate::nscache::NamespaceCache,
-    /// The RBAC policy every request is authorized against.
-    pub rbac: crate::rbac::Authorizer,
+    /// The RBAC policy every request is authorized against (shared with CEL's
+    /// `authorizer`, which outlives a borrow of the state).
+    pub rbac: std::sync::Arc<crate::rbac::Authorizer>,
     /// Every resource's objects and recent events in memory, for LIST and WATCH.
     pub cache: crate::cache::WatchCache,
     /// Issues and checks service-account tokens.

@@ -223,3 +223,203 @@ spec:
     );
     assert!(err.contains("no params found for policy binding"), "{err}");
 }
+
+const BOB: &str = "tok-bob-7c1e";
+
+/// kubectl as bob (a token user): (success, stdout, stderr).
+fn as_bob(s: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["--token", BOB];
+    all.extend_from_slice(args);
+    s.kubectl_result(&all, None)
+}
+
+#[test]
+fn the_authorizer_variable_checks_the_requesting_user() {
+    let s = TestServer::start_with_tokens(&format!("{BOB},bob,1002\n"), |_| {});
+    let role = |verbs: &str| {
+        format!(
+            r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: writer, namespace: team}}
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [{verbs}]
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [shared]
+  verbs: [get]
+"#
+        )
+    };
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: team}}
+---
+{}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: bob-writes, namespace: team}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: writer}}
+subjects: [{{kind: User, name: bob}}]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: publish.example.com}}
+spec:
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: [v1]
+      operations: [CREATE]
+      resources: [configmaps]
+  validations:
+  - expression: "authorizer.requestResource.check('publish').allowed()"
+    messageExpression: "request.userInfo.username + ' may not publish configmaps'"
+  - expression: "!has(object.data) || !('secretRef' in object.data) || authorizer.group('').resource('secrets').namespace(object.metadata.namespace).name(object.data.secretRef).check('get').allowed()"
+    messageExpression: "'cannot reference secret ' + object.data.secretRef"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: publish.example.com}}
+spec:
+  policyName: publish.example.com
+  validationActions: [Deny]
+"#,
+            role("create, get")
+        )),
+    );
+    // bob may create configmaps, but not `publish` them: the policy refuses
+    common::eventually("the policy to deny bob", || {
+        let (_, _, err) = as_bob(&s, &["create", "configmap", "c1", "-n", "team"]);
+        err.contains("denied request: bob may not publish configmaps")
+    });
+    // the admin (system:masters) may do everything
+    s.kubectl(&[
+        "create",
+        "configmap",
+        "c0",
+        "-n",
+        "team",
+        "--from-literal=secretRef=other",
+    ]);
+
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&role("create, get, publish")));
+    common::eventually("bob to be allowed", || {
+        as_bob(&s, &["create", "configmap", "c1", "-n", "team"]).0
+    });
+    // a named check: bob may get secret `shared` only
+    let (ok, out, err) = as_bob(
+        &s,
+        &[
+            "create",
+            "configmap",
+            "c2",
+            "-n",
+            "team",
+            "--from-literal=secretRef=other",
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'publish.example.com' with binding 'publish.example.com' denied request: cannot reference secret other"),
+        "{err}"
+    );
+    let (ok, out, err) = as_bob(
+        &s,
+        &[
+            "create",
+            "configmap",
+            "c2",
+            "-n",
+            "team",
+            "--from-literal=secretRef=shared",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    s.kubectl(&["delete", "namespace", "team", "--wait=false"]);
+}
+
+#[test]
+fn param_ref_selector_runs_the_policy_per_matching_param() {
+    let s = TestServer::start();
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: forbid-a, namespace: default, labels: {policy: names}}
+data: {prefix: a}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: forbid-b, namespace: default, labels: {policy: names}}
+data: {prefix: b}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated, namespace: default}
+data: {prefix: c}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: prefixes.example.com}
+spec:
+  paramKind: {apiVersion: v1, kind: ConfigMap}
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: [v1]
+      operations: [CREATE]
+      resources: [secrets]
+  validations:
+  - expression: "!object.metadata.name.startsWith(params.data.prefix)"
+    messageExpression: "'names may not start with ' + params.data.prefix"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: prefixes.example.com}
+spec:
+  policyName: prefixes.example.com
+  validationActions: [Deny]
+  paramRef:
+    namespace: default
+    selector: {matchLabels: {policy: names}}
+    parameterNotFoundAction: Deny
+"#,
+        ),
+    );
+    common::eventually("the policy to deny", || {
+        !s.kubectl_result(
+            &["create", "secret", "generic", "a1", "--dry-run=server"],
+            None,
+        )
+        .0
+    });
+    // each selected ConfigMap is a run of the policy; the unselected one is not
+    let err = s.kubectl_fails(&["create", "secret", "generic", "a1"], None);
+    assert!(
+        err.contains("denied request: names may not start with a"),
+        "{err}"
+    );
+    let err = s.kubectl_fails(&["create", "secret", "generic", "b1"], None);
+    assert!(
+        err.contains("denied request: names may not start with b"),
+        "{err}"
+    );
+    s.kubectl(&["create", "secret", "generic", "c1"]);
+    // no parameter selected: parameterNotFoundAction Deny
+    s.kubectl(&["label", "configmap", "forbid-a", "forbid-b", "policy-"]);
+    let err = s.kubectl_fails(&["create", "secret", "generic", "d1"], None);
+    assert!(
+        err.contains("no params found for policy binding with `Deny` parameterNotFoundAction"),
+        "{err}"
+    );
+}

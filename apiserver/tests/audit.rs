@@ -839,3 +839,65 @@ spec:
     );
     assert_eq!(denied[0]["responseStatus"]["code"], 422, "{}", denied[0]);
 }
+
+#[test]
+fn validating_admission_policy_audit_annotations_are_recorded() {
+    let (s, log, _files) = server(POLICY, |_| {});
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: owners.example.com}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}
+  auditAnnotations:
+  - key: owner
+    valueExpression: "has(object.data) && 'owner' in object.data ? 'owned by ' + object.data.owner : null"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: owners.example.com}
+spec:
+  policyName: owners.example.com
+  validationActions: [Audit]
+"#,
+        ),
+    );
+    // policies are followed from the watch cache: create until one is annotated
+    let mut n = 0;
+    let mut annotated = Vec::new();
+    eventually("an owner annotation", || {
+        n += 1;
+        let name = format!("owned-{n}");
+        s.kubectl(&["create", "configmap", &name, "--from-literal=owner=alice"]);
+        annotated = events(&log)
+            .into_iter()
+            .filter(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["annotations"]["owners.example.com/owner"].is_string()
+            })
+            .collect();
+        !annotated.is_empty()
+    });
+    assert_eq!(
+        annotated[0]["annotations"]["owners.example.com/owner"], "owned by alice",
+        "{}",
+        annotated[0]
+    );
+    // a null value adds nothing
+    s.kubectl(&["create", "configmap", "unowned"]);
+    let plain = wait_for(&log, 1, |e| {
+        is(e, "create", "configmaps", "unowned") && e["stage"] == "ResponseComplete"
+    });
+    assert!(
+        plain[0]["annotations"]
+            .get("owners.example.com/owner")
+            .is_none(),
+        "{}",
+        plain[0]
+    );
+}

@@ -190,7 +190,7 @@ fn a_crd_with_a_rule_that_does_not_compile_is_refused() {
         Some(&crd("- rule: self.minReplicas.startsWith('1')")),
     );
     assert!(
-        err.contains("compilation failed: ERROR: <input>:1:29: found no matching overload for 'startsWith' applied to 'int.(string)'"),
+        err.contains("compilation failed: ERROR: <input>:1:28: found no matching overload for 'startsWith' applied to 'int.(string)'"),
         "{err}"
     );
     let crds = s.kubectl(&["get", "crd"]);

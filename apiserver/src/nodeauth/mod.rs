@@ -48,14 +48,23 @@ pub fn node_name(user: &UserInfo) -> Option<&str> {
 /// Authorize `attrs` for `user` as the apiserver does: the Node authorizer, then RBAC. The
 /// reason is the Node authorizer's when it refused (empty when nobody had an opinion).
 pub fn authorize(state: &AppState, user: &UserInfo, attrs: &Attributes) -> (bool, String) {
+    authorize_with(&state.rbac, user, attrs)
+}
+
+/// [`authorize`] with the authorizers alone (what CEL's `authorizer` keeps).
+pub fn authorize_with(
+    rbac: &crate::rbac::Authorizer,
+    user: &UserInfo,
+    attrs: &Attributes,
+) -> (bool, String) {
     let reason = match node_name(user) {
-        Some(node) => match state.rbac.nodes.authorize(node, attrs) {
+        Some(node) => match rbac.nodes.authorize(node, attrs) {
             Ok(()) => return (true, format!("node {node} is allowed")),
             Err(reason) => reason,
         },
         None => String::new(),
     };
-    match state.rbac.authorize(user, attrs) {
+    match rbac.authorize(user, attrs) {
         (true, why) => (true, why),
         (false, _) => (false, reason),
     }

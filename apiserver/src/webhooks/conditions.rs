@@ -12,7 +12,7 @@ use crate::cel;
 use crate::kinds::Cause;
 
 /// The variables a webhook's conditions see (upstream's `authorizer` is not offered).
-pub const WEBHOOK_VARS: &[&str] = &["object", "oldObject", "request"];
+pub const WEBHOOK_VARS: &[&str] = &["object", "oldObject", "request", "authorizer"];
 
 /// Upstream's limit on conditions per webhook or policy.
 const MAX_CONDITIONS: usize = 64;
@@ -25,6 +25,8 @@ pub struct Inputs<'a> {
     pub request: &'a Value,
     pub params: Option<&'a Value>,
     pub namespace: Option<&'a Value>,
+    /// `authorizer` and `authorizer.requestResource` (checks as the request's user).
+    pub authorizer: Option<&'a cel::authz::Authz>,
 }
 
 const NULL: Value = Value::Null;
@@ -32,19 +34,22 @@ const NULL: Value = Value::Null;
 impl<'a> Inputs<'a> {
     /// The variables `vars` names, bound for one evaluation.
     pub fn vars(&self, vars: &[&'static str]) -> Vec<cel::Var<'a>> {
-        vars.iter()
-            .map(|name| {
-                let v: &'a Value = match *name {
-                    "object" => self.object.unwrap_or(&NULL),
-                    "oldObject" => self.old.unwrap_or(&NULL),
-                    "request" => self.request,
-                    "params" => self.params.unwrap_or(&NULL),
-                    "namespaceObject" => self.namespace.unwrap_or(&NULL),
-                    _ => &NULL,
-                };
-                (*name, cel::value(v, None, false))
-            })
-            .collect()
+        let mut out: Vec<cel::Var<'a>> = Vec::new();
+        if vars.contains(&"authorizer") {
+            out.extend(self.authorizer.into_iter().flat_map(|a| a.variables()));
+        }
+        out.extend(vars.iter().filter(|n| **n != "authorizer").map(|name| {
+            let v: &'a Value = match *name {
+                "object" => self.object.unwrap_or(&NULL),
+                "oldObject" => self.old.unwrap_or(&NULL),
+                "request" => self.request,
+                "params" => self.params.unwrap_or(&NULL),
+                "namespaceObject" => self.namespace.unwrap_or(&NULL),
+                _ => &NULL,
+            };
+            (*name, cel::value(v, None, false))
+        }));
+        out
     }
 }
 
@@ -162,6 +167,7 @@ mod tests {
             request: &req,
             params: None,
             namespace: None,
+            authorizer: None,
         };
         let conds = |exprs: &[&str]| {
             json!(exprs

@@ -239,6 +239,37 @@ pub struct Request<'a> {
     pub dry_run: bool,
 }
 
+/// The CEL `authorizer` of a request: checks as its user, answered as the apiserver
+/// authorizes requests (the Node authorizer, then RBAC).
+pub(super) fn authorizer(
+    state: &AppState,
+    req: &Request<'_>,
+    sub: &str,
+    name: &str,
+) -> Option<crate::cel::authz::Authz> {
+    let user = crate::requester::current()?;
+    let rbac = state.rbac.clone();
+    Some(crate::cel::authz::Authz::new(
+        user,
+        std::sync::Arc::new(
+            move |u: &crate::auth::UserInfo, a: &crate::rbac::Attributes| {
+                crate::nodeauth::authorize_with(&rbac, u, a)
+            },
+        ),
+        crate::cel::authz::RequestResource {
+            group: req.def.group.to_string(),
+            resource: req.def.plural.to_string(),
+            subresource: sub.to_string(),
+            namespace: req
+                .ns
+                .filter(|_| req.def.namespaced)
+                .unwrap_or("")
+                .to_string(),
+            name: name.to_string(),
+        },
+    ))
+}
+
 /// Whether requests of this kind go to webhooks at all, and for which subresource.
 fn admitted(state: &AppState, def: &ResourceDef, mutating: &[bool]) -> Option<&'static str> {
     if mutating.iter().all(|m| state.webhooks.known_empty(*m)) {
@@ -356,12 +387,15 @@ async fn matching(
             };
             if hook.get("matchConditions").is_some_and(|c| !c.is_null()) {
                 let review = review(req, sub, &matched, obj, old);
+                let name = obj.or(old).and_then(|o| crate::meta::meta_str(o, "name"));
+                let authz = authorizer(state, req, sub, name.unwrap_or(""));
                 let inputs = conditions::Inputs {
                     object: obj,
                     old,
                     request: &review["request"],
                     params: None,
                     namespace: None,
+                    authorizer: authz.as_ref(),
                 };
                 let conds = hook.get("matchConditions");
                 match conditions::evaluate(conds, conditions::WEBHOOK_VARS, &inputs) {

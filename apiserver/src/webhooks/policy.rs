@@ -11,10 +11,13 @@
 //! on by the binding's `validationActions`: `Deny` refuses the request as upstream does
 //! (`ValidatingAdmissionPolicy 'p' with binding 'b' denied request: ...`, code from the
 //! validation's `reason`), `Warn` adds a `Warning:` header, `Audit` an audit annotation. An
-//! expression that fails to evaluate follows the policy's `failurePolicy`. Not done:
-//! `auditAnnotations`, `paramRef.selector`, `status.typeChecking`, the `authorizer` variable.
+//! expression that fails to evaluate follows the policy's `failurePolicy`.
+//! `auditAnnotations` add `<policy>/<key>` annotations to the request's audit event (the
+//! distinct values of all bindings, joined by `, `); `paramRef.selector` runs the policy once
+//! per matching parameter object; expressions may use the `authorizer` variable
+//! ([`crate::cel::authz`]). Not done: `status.typeChecking`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -37,6 +40,7 @@ pub const VARS: &[&str] = &[
     "request",
     "params",
     "namespaceObject",
+    "authorizer",
     "variables",
 ];
 
@@ -90,6 +94,8 @@ pub(super) async fn admit(
     };
     let mut ns_object: Option<Value> = None;
     let mut denial: Option<ApiError> = None;
+    // `auditAnnotations`: `<policy>/<key>` to the distinct values the bindings produced
+    let mut annotations: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for b in &bindings {
         let Some(p) = policies.get(str_at(b, "/spec/policyName")) else {
             continue;
@@ -116,6 +122,7 @@ pub(super) async fn admit(
             Some(ns) if ns_object.is_none() => Some(namespace(state, ns).await?),
             _ => ns_object.clone(),
         };
+        let pname = str_at(p, "/metadata/name");
         let failures = match params(state, req, pspec, &b["spec"]).await {
             Err(message) => vec![Failure {
                 message,
@@ -128,17 +135,30 @@ pub(super) async fn admit(
                     as_version: None,
                 };
                 let review = review(req, sub, &matched, obj, old);
-                let inputs = Inputs {
-                    object: obj,
-                    old,
-                    request: &review["request"],
-                    params: params.as_ref(),
-                    namespace: ns_value.as_ref(),
-                };
-                evaluate(pspec, &inputs)
+                let authz = super::authorizer(state, req, sub, name);
+                let mut failures = Vec::new();
+                // with a paramRef.selector, every parameter object matched is a run
+                for params in &params {
+                    let inputs = Inputs {
+                        object: obj,
+                        old,
+                        request: &review["request"],
+                        params: params.as_ref(),
+                        namespace: ns_value.as_ref(),
+                        authorizer: authz.as_ref(),
+                    };
+                    let (f, notes) = evaluate(pspec, &inputs);
+                    failures.extend(f);
+                    for (key, value) in notes {
+                        annotations
+                            .entry(format!("{pname}/{key}"))
+                            .or_default()
+                            .insert(value);
+                    }
+                }
+                failures
             }
         };
-        let pname = str_at(p, "/metadata/name");
         let bname = str_at(b, "/metadata/name");
         let actions: Vec<&str> = items(b, "/spec/validationActions")
             .iter()
@@ -164,6 +184,10 @@ pub(super) async fn admit(
                 ));
             }
         }
+    }
+    for (key, values) in annotations {
+        let values: Vec<String> = values.into_iter().collect();
+        crate::audit::annotate(&key, values.join(", "));
     }
     match denial {
         Some(d) => Err(d),
@@ -254,17 +278,17 @@ impl Target<'_, '_> {
     }
 }
 
-/// The binding's parameter object: `Ok(Some(None))` when the policy takes none,
-/// `Ok(None)` when the binding does not apply (no parameter, `parameterNotFoundAction:
-/// Allow`), `Err(message)` to deny.
+/// The binding's parameter objects: `Ok(Some([None]))` when the policy takes none, one
+/// by `paramRef.name`, every match of `paramRef.selector`; `Ok(None)` when the binding does
+/// not apply (no parameter, `parameterNotFoundAction: Allow`), `Err(message)` to deny.
 async fn params(
     state: &AppState,
     req: &Request<'_>,
     pspec: &Value,
     bspec: &Value,
-) -> Result<Option<Option<Value>>, String> {
+) -> Result<Option<Vec<Option<Value>>>, String> {
     let Some(kind) = pspec.get("paramKind").filter(|k| !k.is_null()) else {
-        return Ok(Some(None));
+        return Ok(Some(vec![None]));
     };
     let Some(r) = bspec.get("paramRef").filter(|r| !r.is_null()) else {
         return Err(format!(
@@ -299,23 +323,45 @@ async fn params(
         ));
     };
     let name = str_at(r, "/name");
-    if name.is_empty() {
-        return Err("paramRef.selector is not supported by kaze".into());
-    }
     let ns = match str_at(r, "/namespace") {
         "" if def.namespaced => req.ns.unwrap_or(""),
         ns => ns,
     };
     let ns = def.namespaced.then_some(ns);
+    if name.is_empty() {
+        let selector = r
+            .get("selector")
+            .map(crate::selector::LabelSelector::from_object)
+            .transpose()
+            .map_err(|e| format!("failed to configure binding: {e}"))?;
+        let page = crate::objects::list(state, &def, ns, &Default::default())
+            .await
+            .map_err(|e| e.message)?;
+        let found: Vec<Option<Value>> = page
+            .items
+            .into_iter()
+            .filter(|o| selector.as_ref().is_none_or(|s| s.matches(o)))
+            .map(Some)
+            .collect();
+        if found.is_empty() {
+            return if str_at(r, "/parameterNotFoundAction") == "Allow" {
+                Ok(None)
+            } else {
+                Err("no params found for policy binding with `Deny` parameterNotFoundAction".into())
+            };
+        }
+        return Ok(Some(found));
+    }
     match crate::objects::get(state, &def, ns, name).await {
-        Ok(v) => Ok(Some(Some(v))),
+        Ok(v) => Ok(Some(vec![Some(v)])),
         Err(e) if e.code == 404 => not_found(format!("{} {name:?} not found", def.kind)),
         Err(e) => Err(e.message),
     }
 }
 
-/// The policy's conditions, variables and validations over `inputs`: the failures.
-fn evaluate(pspec: &Value, inputs: &Inputs<'_>) -> Vec<Failure> {
+/// The policy's conditions, variables, validations and audit annotations over `inputs`:
+/// the failures and the annotations (key, value) to record.
+fn evaluate(pspec: &Value, inputs: &Inputs<'_>) -> (Vec<Failure>, Vec<(String, String)>) {
     let fail_closed = str_at(pspec, "/failurePolicy") != "Ignore";
     let error = |message: String| -> Vec<Failure> {
         if fail_closed {
@@ -330,13 +376,13 @@ fn evaluate(pspec: &Value, inputs: &Inputs<'_>) -> Vec<Failure> {
     };
     match conditions::evaluate(pspec.get("matchConditions"), VARS, inputs) {
         Verdict::Match => {}
-        Verdict::NoMatch => return Vec::new(),
-        Verdict::Error(e) => return error(e),
+        Verdict::NoMatch => return (Vec::new(), Vec::new()),
+        Verdict::Error(e) => return (error(e), Vec::new()),
     }
     let mut budget = cel::RUNTIME_BUDGET;
     let mut variables: HashMap<String, cel::CelValue> = HashMap::new();
     let bind = |variables: &HashMap<String, cel::CelValue>| {
-        let mut vars = inputs.vars(&VARS[..5]);
+        let mut vars = inputs.vars(&VARS[..6]);
         let map = cel::CelValue::from(variables.clone());
         if let Ok(boxed) = Box::<dyn ::cel::common::value::Val>::try_from(map) {
             vars.push(("variables", boxed));
@@ -375,7 +421,29 @@ fn evaluate(pspec: &Value, inputs: &Inputs<'_>) -> Vec<Failure> {
             Err(e) => out.extend(error(format!("expression '{expr}' resulted in error: {e}"))),
         }
     }
-    out
+    let mut notes = Vec::new();
+    for a in items(pspec, "/auditAnnotations") {
+        let expr = str_at(a, "/valueExpression");
+        let result = cel::compile(expr, VARS)
+            .map_err(|e| e.to_string())
+            .and_then(|p| cel::eval(&p, bind(&variables), &mut budget).map_err(|e| e.to_string()));
+        match result {
+            // upstream truncates values at 10 KiB
+            Ok(cel::CelValue::String(v)) => notes.push((
+                str_at(a, "/key").to_string(),
+                v.chars().take(10 * 1024).collect(),
+            )),
+            Ok(cel::CelValue::Null) => {}
+            Ok(other) => out.extend(error(format!(
+                "valueExpression '{expr}' resulted in unsupported return type: {}. Return type must be either string or null.",
+                cel::type_name(&other)
+            ))),
+            Err(e) => out.extend(error(format!(
+                "valueExpression '{expr}' resulted in error: {e}"
+            ))),
+        }
+    }
+    (out, notes)
 }
 
 fn message_expression<'a>(
@@ -580,6 +648,31 @@ pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
             causes,
         );
     }
+    let mut keys = Vec::new();
+    for (i, a) in items(&spec, "/auditAnnotations").iter().enumerate() {
+        let p = format!("spec.auditAnnotations[{i}]");
+        let key = str_at(a, "/key");
+        if key.is_empty() {
+            causes.push((
+                format!("{p}.key"),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        } else if keys.contains(&key) {
+            causes.push((
+                format!("{p}.key"),
+                "FieldValueDuplicate",
+                format!("Duplicate value: {key:?}"),
+            ));
+        }
+        keys.push(key);
+        compiles(
+            str_at(a, "/valueExpression"),
+            &format!("{p}.valueExpression"),
+            "",
+            causes,
+        );
+    }
     conditions::validate(
         spec.get("matchConditions"),
         "spec.matchConditions",
@@ -599,6 +692,7 @@ mod tests {
             request: req,
             params: None,
             namespace: None,
+            authorizer: None,
         }
     }
 
@@ -614,6 +708,7 @@ mod tests {
         let obj = json!({"metadata": {"name": "web"}, "spec": {"replicas": 7}});
         let req = json!({"operation": "CREATE"});
         let got: Vec<(String, &str)> = evaluate(&spec, &inputs_for(&obj, &req))
+            .0
             .into_iter()
             .map(|f| (f.message, f.reason))
             .collect();
@@ -636,14 +731,41 @@ mod tests {
         let mut ignore = spec.clone();
         ignore["failurePolicy"] = json!("Ignore");
         assert_eq!(
-            evaluate(&ignore, &inputs_for(&obj, &req)).len(),
+            evaluate(&ignore, &inputs_for(&obj, &req)).0.len(),
             3,
             "errors are ignored"
         );
         let mut unmatched = spec;
         unmatched["matchConditions"] =
             json!([{"name": "never", "expression": "request.operation == 'DELETE'"}]);
-        assert!(evaluate(&unmatched, &inputs_for(&obj, &req)).is_empty());
+        assert!(evaluate(&unmatched, &inputs_for(&obj, &req)).0.is_empty());
+    }
+
+    #[test]
+    fn audit_annotations_are_strings_or_nothing() {
+        let spec = json!({"failurePolicy": "Fail", "auditAnnotations": [
+            {"key": "high-replica-count", "valueExpression": "object.spec.replicas > 5 ? 'Deployment spec.replicas set to ' + string(object.spec.replicas) : null"},
+            {"key": "quiet", "valueExpression": "null"},
+            {"key": "broken", "valueExpression": "object.spec.missing"},
+            {"key": "number", "valueExpression": "1"}]});
+        let obj = json!({"metadata": {"name": "web"}, "spec": {"replicas": 7}});
+        let req = json!({"operation": "CREATE"});
+        let (failures, notes) = evaluate(&spec, &inputs_for(&obj, &req));
+        assert_eq!(
+            notes,
+            [(
+                "high-replica-count".to_string(),
+                "Deployment spec.replicas set to 7".to_string()
+            )]
+        );
+        let messages: Vec<String> = failures.into_iter().map(|f| f.message).collect();
+        assert_eq!(
+            messages,
+            [
+                "valueExpression 'object.spec.missing' resulted in error: no such key: missing",
+                "valueExpression '1' resulted in unsupported return type: int. Return type must be either string or null."
+            ]
+        );
     }
 
     #[test]
