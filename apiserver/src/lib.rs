@@ -104,6 +104,11 @@ pub struct Config {
     #[arg(long = "secure-port", default_value_t = 6443)]
     pub secure_port: u16,
 
+    /// Concurrent streams one HTTP/2 client connection may have open (upstream's
+    /// kube-apiserver default; every watch is one).
+    #[arg(long = "http2-max-streams-per-connection", default_value_t = DEFAULT_HTTP2_MAX_STREAMS)]
+    pub http2_max_streams_per_connection: u32,
+
     #[command(flatten)]
     pub storage: store::StorageConfig,
 
@@ -242,6 +247,9 @@ pub struct Config {
 
 pub use encryption::EncryptionOptions;
 
+/// kube-apiserver's `--http2-max-streams-per-connection` default.
+pub const DEFAULT_HTTP2_MAX_STREAMS: u32 = 1000;
+
 pub use aggregator::AggregatorOptions;
 
 pub use audit::{Format as AuditLogFormat, Mode as AuditLogMode, Options as AuditOptions};
@@ -255,6 +263,7 @@ impl Config {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertise_address: None,
             secure_port: 0,
+            http2_max_streams_per_connection: DEFAULT_HTTP2_MAX_STREAMS,
             storage: store::StorageConfig {
                 etcd_servers: Vec::new(),
                 etcd_prefix: "/registry".to_string(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method};
+use axum::http::{header, Method, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -37,6 +37,8 @@ pub struct Metrics {
 struct Inner {
     requests: BTreeMap<(Labels, u16), u64>,
     latency: BTreeMap<Labels, Histogram>,
+    /// Requests by HTTP version (`HTTP/1.1`, `HTTP/2.0`): kaze's own, upstream has none.
+    protocols: BTreeMap<&'static str, u64>,
 }
 
 /// What a request path and method mean for the labels.
@@ -99,8 +101,9 @@ fn labels(method: &Method, path: &str, query: Option<&str>) -> Labels {
 }
 
 impl Metrics {
-    fn observe(&self, l: Labels, code: u16, secs: f64) {
+    fn observe(&self, l: Labels, version: Version, code: u16, secs: f64) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *inner.protocols.entry(protocol(version)).or_default() += 1;
         *inner.requests.entry((l.clone(), code)).or_default() += 1;
         let h = inner.latency.entry(l).or_default();
         if h.counts.is_empty() {
@@ -157,7 +160,26 @@ impl Metrics {
                 h.count
             );
         }
+        out.push_str("# HELP kaze_apiserver_requests_by_protocol_total Counter of apiserver requests by the HTTP version they came in (kaze's own).\n# TYPE kaze_apiserver_requests_by_protocol_total counter\n");
+        for (protocol, n) in &inner.protocols {
+            let _ = writeln!(
+                out,
+                "kaze_apiserver_requests_by_protocol_total{{protocol=\"{protocol}\"}} {n}"
+            );
+        }
         out
+    }
+}
+
+/// Go's `Request.Proto` spelling.
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "unknown",
     }
 }
 
@@ -165,10 +187,12 @@ impl Metrics {
 pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let l = labels(req.method(), req.uri().path(), req.uri().query());
+    let version = req.version();
     let resp = next.run(req).await;
+    let secs = start.elapsed().as_secs_f64();
     state
         .metrics
-        .observe(l, resp.status().as_u16(), start.elapsed().as_secs_f64());
+        .observe(l, version, resp.status().as_u16(), secs);
     resp
 }
 
@@ -207,9 +231,15 @@ mod tests {
         let l = labels(&Method::GET, "/api/v1/nodes", None);
         assert_eq!((l.0.as_str(), l.5), ("list", "cluster"));
         let m = Metrics::default();
-        m.observe(labels(&Method::GET, "/api/v1/nodes", None), 200, 0.01);
+        let nodes = labels(&Method::GET, "/api/v1/nodes", None);
+        m.observe(nodes.clone(), Version::HTTP_2, 200, 0.01);
+        m.observe(nodes, Version::HTTP_11, 200, 0.01);
         let text = m.render();
-        assert!(text.contains("apiserver_request_total{verb=\"LIST\",group=\"\",version=\"v1\",resource=\"nodes\",subresource=\"\",scope=\"cluster\",component=\"apiserver\",code=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains("kaze_apiserver_requests_by_protocol_total{protocol=\"HTTP/2.0\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("apiserver_request_total{verb=\"LIST\",group=\"\",version=\"v1\",resource=\"nodes\",subresource=\"\",scope=\"cluster\",component=\"apiserver\",code=\"200\"} 2"), "{text}");
         assert!(
             text.contains("apiserver_request_duration_seconds_count"),
             "{text}"

@@ -378,11 +378,12 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     )?;
 
     let app = crate::router::build(state.clone());
-    let task = tokio::spawn(component::https::serve(
+    let task = tokio::spawn(component::https::serve_with(
         listener,
         tls_config,
         app,
         shutdown.clone(),
+        config.http2_max_streams_per_connection,
     ));
 
     Ok(RunningServer {

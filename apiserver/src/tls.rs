@@ -282,7 +282,7 @@ pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, Error
         .map_err(|e| Error::Tls {
             reason: format!("loading serving certificate: {e}"),
         })?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = component::https::alpn_protocols();
     Ok(Arc::new(cfg))
 }
 

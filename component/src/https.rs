@@ -1,5 +1,5 @@
-//! Serving an axum router over HTTPS (rustls, HTTP/1.1 with upgrades) until shutdown, with
-//! a bounded drain; and a self-signed certificate for servers whose clients do not verify
+//! Serving an axum router over HTTPS (rustls; HTTP/2, or HTTP/1.1 with upgrades, by ALPN)
+//! until shutdown, with a bounded drain; and a self-signed certificate for servers whose clients do not verify
 //! one (the kubelet's, as upstream's apiserver without `--kubelet-certificate-authority`).
 //!
 //! A server can ask its clients for certificates ([`ClientCerts::Request`]): the handshake
@@ -13,7 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -382,15 +383,48 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Concurrent HTTP/2 streams a client may open on one connection when the server does not
+/// say otherwise: Go's `net/http` default, which upstream's kubelet, scheduler and
+/// controller-manager serve with (kube-apiserver raises it with
+/// `--http2-max-streams-per-connection`).
+pub const DEFAULT_HTTP2_MAX_STREAMS: u32 = 250;
+
+/// The ALPN protocols [`serve`] offers, preferred first: `h2`, then `http/1.1` (which
+/// upstream's clients force for exec/attach/port-forward upgrades).
+pub fn alpn_protocols() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}
+
 /// Serve `app` on `listener` over TLS until `shutdown`, then drain open connections for a
-/// few seconds.
+/// few seconds; HTTP/2 with [`DEFAULT_HTTP2_MAX_STREAMS`] streams per connection.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    serve_with(listener, tls, app, shutdown, DEFAULT_HTTP2_MAX_STREAMS).await
+}
+
+/// [`serve`], allowing `http2_max_streams` concurrent streams on each HTTP/2 connection.
+///
+/// Clients choose the protocol by ALPN (`tls`'s own protocols are replaced by
+/// [`alpn_protocols`]); HTTP/1.1 connections keep upgrades (WebSocket, SPDY). At shutdown
+/// an HTTP/2 connection gets a GOAWAY, an HTTP/1.1 connection is closed after its current
+/// response, and both have the drain timeout to finish the responses in flight.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    http2_max_streams: u32,
+) {
+    let mut tls = Arc::unwrap_or_clone(tls);
+    tls.alpn_protocols = alpn_protocols();
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(http2_max_streams);
+    let builder = Arc::new(builder);
     let mut conns = JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -406,7 +440,12 @@ pub async fn serve(
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        let (acceptor, app, shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
+        let (acceptor, app, shutdown, builder) = (
+            acceptor.clone(),
+            app.clone(),
+            shutdown.clone(),
+            builder.clone(),
+        );
         conns.spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(t) => t,
@@ -415,28 +454,30 @@ pub async fn serve(
                     return;
                 }
             };
-            let app = match tls.get_ref().1.peer_certificates() {
+            let certs = match tls.get_ref().1.peer_certificates() {
                 Some(chain) if !chain.is_empty() => {
                     let chain: Arc<[CertificateDer<'static>]> =
                         chain.iter().map(|c| c.clone().into_owned()).collect();
-                    app.layer(axum::Extension(PeerCertificates(chain)))
+                    Some(PeerCertificates(chain))
                 }
-                _ => app,
+                _ => None,
             };
-            // Requests carry the peer's address as axum's `ConnectInfo` (the apiserver's
-            // audit `sourceIPs`); not a router layer, which deepens every request's poll
-            // stack (debug builds overflowed tokio's 2 MiB).
+            // Requests (each HTTP/2 stream is one) carry the peer's address as axum's
+            // `ConnectInfo` (the apiserver's audit `sourceIPs`) and its certificates; not a
+            // router layer, which deepens every request's poll stack (debug builds
+            // overflowed tokio's 2 MiB).
             let inner = TowerToHyperService::new(app);
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
+                    if let Some(certs) = &certs {
+                        req.extensions_mut().insert(certs.clone());
+                    }
                     hyper::service::Service::call(&inner, req)
                 },
             );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
