@@ -335,6 +335,13 @@ fn type_errors_upstreams_checker_finds() {
         errs("self.name.startsWith(1)"),
         ["ERROR: <input>:1:21: found no matching overload for 'startsWith' applied to 'string.(int)'"]
     );
+    assert_eq!(
+        errs("isIP(self.replicas) && semver(self.name, 'yes').major() == 1"),
+        [
+            "ERROR: <input>:1:5: found no matching overload for 'isIP' applied to '(int)'",
+            "ERROR: <input>:1:30: found no matching overload for 'semver' applied to '(string, string)'"
+        ]
+    );
     // what the checker accepts, or what is not plainly typed, passes
     for ok in [
         "self.name.startsWith('a') && self.replicas > 1 && self.ratio < 2",
@@ -342,6 +349,7 @@ fn type_errors_upstreams_checker_finds() {
         "self.port == 'http' || self.port == 80",
         "timestamp(self.when) > timestamp('2020-01-01T00:00:00Z')",
         "self.name + 'x' == 'ax' && size(self.name) > 0",
+        "isIP(self.name) && semver(self.name, true).major() == 1 && quantity('1') == quantity('1')",
     ] {
         assert!(errs(ok).is_empty(), "{ok}: {:?}", errs(ok));
     }
@@ -422,4 +430,15 @@ fn authorizer_library() {
     assert!(!check(
         "authorizer.group('').resource('pods').namespace('team').check('list').allowed()"
     ));
+}
+
+#[test]
+fn library_namespaces_do_not_shadow_loop_variables() {
+    // `ip` is both a function namespace (`ip.isCanonical`) and a common loop variable name
+    let o = json!({"ips": ["10.0.0.1", "10.0.0.2"]});
+    assert!(yes(
+        "self.ips.all(ip, ip.startsWith('10.') && isIP(ip) && ip(ip).family() == 4)",
+        &o
+    ));
+    assert!(yes("self.ips.exists(format, format.endsWith('.2'))", &o));
 }

@@ -1,7 +1,9 @@
 //! The cheap part of upstream's type checker for CRD rules: calls and operators whose
 //! operands' types are known from the schema (`self.replicas` of a `type: integer` field)
 //! or are literals, and that no overload accepts — upstream refuses the CRD with
-//! `found no matching overload for 'startsWith' applied to 'int.(string)'`. Anything whose
+//! `found no matching overload for 'startsWith' applied to 'int.(string)'` (string functions
+//! on numbers, mismatched comparisons and arithmetic, `size()` of a number, `ip()`/`url()`/
+//! `quantity()`/`semver()` and their `is...` tests given a non-string). Anything whose
 //! type is not plainly known (objects, lists, int-or-string, fields with a `format`,
 //! results of other calls) is left to run time, as before.
 
@@ -72,6 +74,13 @@ pub fn check_types(program: &Program, schema: &Value, root: bool) -> Vec<String>
                             && !(numeric(args[0]) && numeric(args[1]))
                     }
                     "size" => args.len() == 1 && !matches!(args[0], "string" | "bytes"),
+                    // Kubernetes' constructors and tests of strings
+                    "ip" | "isIP" | "cidr" | "isCIDR" | "url" | "isURL" | "quantity"
+                    | "isQuantity" => args.len() == 1 && args[0] != "string",
+                    "semver" | "isSemver" => {
+                        args.first().is_some_and(|a| *a != "string")
+                            || args.get(1).is_some_and(|a| *a != "bool")
+                    }
                     _ => false,
                 };
                 mismatched.then(|| format!("({})", args.join(", ")))
