@@ -80,7 +80,8 @@ pub async fn node_kubeconfig(
         }
         _ => bootstrap.to_path_buf(),
     };
-    let client = component::client(Some(&credential)).await?;
+    let client =
+        component::client_as(Some(&credential), &component::user_agent("kubelet", None)).await?;
     let (cert_pem, key_pem) = request_certificate(&client, node).await?;
     write_private(&paths.key, &key_pem)?;
     write_private(&paths.cert, &cert_pem)?;
@@ -229,7 +230,8 @@ async fn renew(paths: &Paths, node: &str, bootstrap: &Path) -> anyhow::Result<()
     } else {
         paths.kubeconfig.as_path()
     };
-    let client = component::client(Some(credential)).await?;
+    let client =
+        component::client_as(Some(credential), &component::user_agent("kubelet", None)).await?;
     let (cert_pem, key_pem) = request_certificate(&client, node).await?;
     write_private(&paths.key, &key_pem)?;
     write_private(&paths.cert, &cert_pem)?;

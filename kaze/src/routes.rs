@@ -122,7 +122,11 @@ pub async fn run(
     own_ip: IpAddr,
     shutdown: component::CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = component::client(Some(&kubeconfig)).await?;
+    let client = component::client_as(
+        Some(&kubeconfig),
+        &component::user_agent("kaze", Some("routes")),
+    )
+    .await?;
     let (reader, writer) = reflector::store::<Node>();
     let stream = reflector(
         writer,

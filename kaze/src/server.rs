@@ -301,7 +301,11 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         .await
         .context("kaze server: starting the apiserver")?;
     let kubeconfig = api.kubeconfig_path().to_path_buf();
-    let client = component::client(Some(&kubeconfig)).await?;
+    let client = component::client_as(
+        Some(&kubeconfig),
+        &component::user_agent("kaze", Some("server")),
+    )
+    .await?;
     publish_cluster_info(&client, api.url(), api.ca_pem()).await?;
     let local_storage = !args.disable.iter().any(|d| d == "local-storage");
     if local_storage {

@@ -709,6 +709,23 @@ fn control_plane_on_etcd_keeps_state_across_restart() {
                 .then_some(())
         },
     );
+    // Objects the server writes itself are managed by `kaze` (its clients' User-Agent),
+    // as upstream's components name their managedFields entries.
+    for (ns, kind) in [
+        (None, "storageclass/local-path"),
+        (Some("kube-public"), "configmap/cluster-info"),
+    ] {
+        let mut args = vec![
+            "get",
+            kind,
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        assert_eq!(kubectl_ok(data, &args), "kaze", "the managers of {kind}");
+    }
     kubectl_ok(data, &["delete", "storageclass", "local-path"]);
     stop_server(data, 1, &mut server);
     let disabled: Vec<String> = extra
