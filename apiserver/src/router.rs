@@ -377,14 +377,33 @@ fn resource_attributes(parts: &axum::http::request::Parts, t: &Target) -> Attrib
         Some(sub) => format!("{}/{}", t.def.plural, sub.name()),
         None => t.def.plural.to_string(),
     };
+    // a list or watch of one object by `metadata.name` names it, as upstream's RequestInfo:
+    // RBAC's resourceNames and the Node authorizer (a kubelet's watch of one Secret) see it
+    let name = match (&t.name, verb) {
+        (None, "list" | "watch") => q.get("fieldSelector").and_then(|s| selected_name(s)),
+        _ => t.name.clone(),
+    };
     // a namespace's own path names it, it is not "in" it
     Attributes::Resource {
         verb: verb.into(),
         group: t.def.group.to_string(),
         resource,
         namespace: t.namespace.clone(),
-        name: t.name.clone(),
+        name,
     }
+}
+
+/// The name a field selector requires exactly (`metadata.name=x` or `==x` among its
+/// terms), if it is a valid path segment (upstream's `RequiresExactMatch` and
+/// `IsValidPathSegmentName`).
+fn selected_name(selector: &str) -> Option<String> {
+    let name = selector.split(',').find_map(|term| {
+        let v = term.trim().strip_prefix("metadata.name")?.trim_start();
+        let v = v.strip_prefix("==").or_else(|| v.strip_prefix('='))?;
+        Some(v.trim())
+    })?;
+    let valid = !matches!(name, "" | "." | "..") && !name.contains(['/', '%']);
+    valid.then(|| name.to_string())
 }
 
 fn non_resource(parts: &axum::http::request::Parts, path: &str) -> Attributes {
@@ -552,6 +571,7 @@ fn openapi_v2(state: &AppState, headers: &header::HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::Method;
 
     fn target(path: &str) -> Target {
         match parse(&Registry::builtin(), path) {
@@ -592,6 +612,60 @@ mod tests {
         assert!(parse(&Registry::builtin(), "/api/v1/namespaces/x/nodes").is_none());
         assert!(parse(&Registry::builtin(), "/api/v1/pods/x/scale").is_none());
         assert!(parse(&Registry::builtin(), "/apis/apps/v1/widgets").is_none());
+    }
+
+    #[test]
+    fn a_list_or_watch_by_metadata_name_names_its_object() {
+        let attrs = |method: Method, uri: &str| {
+            let (parts, ()) = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .expect("request")
+                .into_parts();
+            let path = uri.split('?').next().unwrap_or(uri);
+            match resource_attributes(&parts, &target(path)) {
+                Attributes::Resource { verb, name, .. } => (verb, name),
+                other => panic!("{other:?}"),
+            }
+        };
+        let path = "/api/v1/namespaces/ns/secrets";
+        let named = |verb: &str, name: &str| (verb.to_string(), Some(name.to_string()));
+        assert_eq!(
+            attrs(
+                Method::GET,
+                &format!("{path}?fieldSelector=metadata.name%3Ds1")
+            ),
+            named("list", "s1")
+        );
+        assert_eq!(
+            attrs(
+                Method::GET,
+                &format!("{path}?watch=true&fieldSelector=type%3Dx,metadata.name%3D%3Ds1")
+            ),
+            named("watch", "s1")
+        );
+        for query in [
+            "fieldSelector=metadata.name!%3Ds1",
+            "fieldSelector=metadata.namespace%3Dns",
+            "fieldSelector=metadata.name%3D",
+            "fieldSelector=metadata.name%3D..",
+            "labelSelector=metadata.name%3Ds1",
+        ] {
+            assert_eq!(
+                attrs(Method::GET, &format!("{path}?{query}")),
+                ("list".to_string(), None),
+                "{query}"
+            );
+        }
+        // a delete of a collection is not narrowed by its selector
+        assert_eq!(
+            attrs(
+                Method::DELETE,
+                &format!("{path}?fieldSelector=metadata.name%3Ds1")
+            ),
+            ("deletecollection".to_string(), None)
+        );
     }
 
     #[test]

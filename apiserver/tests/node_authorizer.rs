@@ -109,6 +109,49 @@ fn nodes_read_only_what_their_pods_use() {
     );
     let (ok, _, err) = as_node(&s, &a, &["get", "configmap", "unused-cm", "-n", NS], None);
     assert!(!ok && err.contains("no relationship found"), "{err}");
+    // a list or watch of one secret by name is a read of that secret (the kubelet's
+    // per-object watches)
+    let (ok, out, err) = as_node(
+        &s,
+        &a,
+        &[
+            "get",
+            "secrets",
+            "-n",
+            NS,
+            "--field-selector",
+            "metadata.name=used",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(ok && out == "secret/used", "{out} {err}");
+    let watch = format!(
+        "/api/v1/namespaces/{NS}/secrets?watch=true&fieldSelector=metadata.name%3Dused&timeoutSeconds=1"
+    );
+    let (ok, out, err) = as_node(&s, &a, &["get", "--raw", &watch], None);
+    assert!(ok && out.contains(r#""type":"ADDED""#), "{out} {err}");
+    let (ok, _, err) = as_node(&s, &b, &["get", "--raw", &watch], None);
+    assert!(
+        !ok && err.contains("Forbidden"),
+        "node b watched a secret it has no pod for: {err}"
+    );
+    let by_name = |name: &str| format!("metadata.name={name}");
+    let (ok, _, err) = as_node(
+        &s,
+        &a,
+        &[
+            "get",
+            "configmaps",
+            "-n",
+            NS,
+            "--field-selector",
+            &by_name("unused-cm"),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("no relationship found"), "{err}");
     // no lists of secrets, no writes
     let (ok, _, err) = as_node(&s, &a, &["get", "secrets", "-n", NS], None);
     assert!(
