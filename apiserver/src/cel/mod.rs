@@ -124,6 +124,18 @@ pub fn compile(source: &str, vars: &[&str]) -> Result<Arc<Program>, CompileError
     compiled
 }
 
+/// [`compile`], then the type checks that need no schema (literals of the wrong type:
+/// `'a' == 1`), as upstream refuses policies' and match conditions' expressions.
+pub fn compile_checked(source: &str, vars: &[&str]) -> Result<Arc<Program>, CompileError> {
+    let p = compile(source, vars)?;
+    let errors = check_types(&p, &Value::Null, false);
+    if errors.is_empty() {
+        Ok(p)
+    } else {
+        Err(CompileError(errors.join("\n")))
+    }
+}
+
 fn compile_uncached(source: &str, vars: &[&str]) -> Result<Program, CompileError> {
     let parser = env().parser().max_recursion_depth(100);
     let (parsed, info) = parser

@@ -141,7 +141,7 @@ pub fn validate(conditions: Option<&Value>, path: &str, vars: &[&str], causes: &
                 "FieldValueRequired",
                 "Required value".into(),
             ));
-        } else if let Err(e) = cel::compile(expr, vars) {
+        } else if let Err(e) = cel::compile_checked(expr, vars) {
             causes.push((
                 format!("{p}.expression"),
                 "FieldValueInvalid",
@@ -220,5 +220,17 @@ mod tests {
             "webhooks[0].matchConditions[2].name: Required value"
         );
         assert_eq!(got[3], "webhooks[0].matchConditions[2].expression: Invalid value: \"params.x\": compilation failed: ERROR: <input>:1:1: undeclared reference to 'params' (in container '')");
+        // upstream's checker refuses literals no overload takes
+        let mut causes = Vec::new();
+        validate(
+            Some(
+                &json!([{"name": "typed", "expression": "request.operation == 'CREATE' || 'a' == 1"}]),
+            ),
+            "webhooks[0].matchConditions",
+            WEBHOOK_VARS,
+            &mut causes,
+        );
+        let got: Vec<String> = causes.iter().map(|(f, _, m)| format!("{f}: {m}")).collect();
+        assert_eq!(got, ["webhooks[0].matchConditions[0].expression: Invalid value: \"request.operation == 'CREATE' || 'a' == 1\": compilation failed: ERROR: <input>:1:38: found no matching overload for '_==_' applied to '(string, int)'"]);
     }
 }

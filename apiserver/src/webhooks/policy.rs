@@ -521,7 +521,7 @@ fn compiles(expr: &str, path: &str, what: &str, causes: &mut Vec<Cause>) {
             "FieldValueRequired",
             "Required value".into(),
         ));
-    } else if let Err(e) = cel::compile(expr, VARS) {
+    } else if let Err(e) = cel::compile_checked(expr, VARS) {
         causes.push((
             path.to_string(),
             "FieldValueInvalid",
