@@ -20,11 +20,17 @@ use common::TestServer;
 
 /// `curl` against the server as the admin: (HTTP version curl used, body).
 fn curl(s: &TestServer, version_flag: &str, path: &str) -> (String, String) {
+    curl_with(s, version_flag, path, &[])
+}
+
+/// [`curl`] with more arguments (headers).
+fn curl_with(s: &TestServer, version_flag: &str, path: &str, args: &[&str]) -> (String, String) {
     let server = s.server();
     let out = Command::new("curl")
         .args(["-sS", "--fail", version_flag, "--cacert"])
         .arg(server.ca_file())
         .args(["-H", &format!("Authorization: Bearer {}", server.token())])
+        .args(args)
         .args(["-w", "\n%{http_version}"])
         .arg(format!("{}{path}", server.url()))
         .output()
@@ -58,6 +64,10 @@ fn kubectl_and_curl_speak_http2_and_http11_still_works() {
     let (version, body) = curl(&s, "--http2", "/api/v1/namespaces/default/configmaps");
     assert_eq!(version, "2", "curl negotiated h2");
     assert!(body.contains("ConfigMapList"), "{body}");
+    // headers past hyper's h2 default of 16 KiB, which HTTP/1.1 takes
+    let big = format!("X-Big: {}", "a".repeat(30 << 10));
+    let (version, _) = curl_with(&s, "--http2", "/version", &["-H", &big]);
+    assert_eq!(version, "2");
     let (version, body) = curl(&s, "--http1.1", "/api/v1/namespaces/default/configmaps");
     assert_eq!(version, "1.1", "an HTTP/1.1 client is served HTTP/1.1");
     assert!(body.contains("ConfigMapList"), "{body}");

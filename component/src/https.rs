@@ -423,7 +423,12 @@ pub async fn serve_with(
     tls.alpn_protocols = alpn_protocols();
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().max_concurrent_streams(http2_max_streams);
+    builder
+        .http2()
+        .max_concurrent_streams(http2_max_streams)
+        // Go's `http.DefaultMaxHeaderBytes` (hyper's h2 default is 16 KiB, below what its
+        // HTTP/1.1 side accepts): a request with big headers works over either protocol
+        .max_header_list_size(1 << 20);
     let builder = Arc::new(builder);
     let mut conns = JoinSet::new();
     loop {
