@@ -1,6 +1,7 @@
 //! Serving an axum router over HTTPS (rustls; HTTP/2, or HTTP/1.1 with upgrades, by ALPN)
-//! until shutdown, with a bounded drain; and a self-signed certificate for servers whose clients do not verify
-//! one (the kubelet's, as upstream's apiserver without `--kubelet-certificate-authority`).
+//! until shutdown, with a bounded drain; and a self-signed certificate for servers whose
+//! clients do not verify one (the kubelet's, as upstream's apiserver without
+//! `--kubelet-certificate-authority`).
 //!
 //! A server can ask its clients for certificates ([`ClientCerts::Request`]): the handshake
 //! then only proves that the client holds the key; the chain a client presented reaches the
