@@ -34,8 +34,6 @@ pub const PACKAGES: &[&str] = &[
     "knot",
     // Time zones for CronJob spec.timeZone.
     "tzdata",
-    // the linker xtask/cc-mold uses (GNU ld takes ~15x longer on the debug test binaries)
-    "mold",
 ];
 
 /// bpf-linker must link against the same LLVM as the nightly that compiles the eBPF crate.
