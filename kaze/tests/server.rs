@@ -366,6 +366,15 @@ fn persistent_volumes(data: &Path) {
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
+/// Unmounts everything below a directory on drop, also when the test fails.
+struct UnmountOnDrop(std::path::PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        testkit::umount_under(&self.0);
+    }
+}
+
 #[test]
 fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     let dir = tempfile::Builder::new()
@@ -373,6 +382,9 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         .tempdir()
         .expect("temp dir");
     let data = dir.path();
+    // The server stops with pods running (a node's shutdown deletes nothing): their volume
+    // mounts under the data dir must go before the temp dir can (dropped before `dir`).
+    let _mounts = UnmountOnDrop(data.to_path_buf());
     let port = free_port();
     let dns_port = free_port();
     let containerd = testkit::Containerd::start();

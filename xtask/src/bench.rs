@@ -4,6 +4,7 @@
 //! its figures mean little.
 
 use std::path::Path;
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
@@ -28,6 +29,46 @@ pub struct Args {
     pub smoke: bool,
 }
 
+/// What a benchmark runs: an example or a binary of its package.
+enum Target {
+    Example(&'static str),
+    Bin(&'static str),
+}
+
+/// The command that runs a benchmark's program, its own arguments to follow. A full run is
+/// `cargo run --release -p <package>`. A smoke run uses the debug build of the whole
+/// workspace (`cargo build --workspace --examples --bins`, a no-op after `ci`'s build) and
+/// runs the program directly: `cargo run -p <package>` would resolve features for that
+/// package alone and recompile half the workspace (minutes per benchmark in CI).
+fn program(root: &Path, package: &str, target: Target, smoke: bool) -> Result<Command> {
+    let (flag, name) = match target {
+        Target::Example(name) => ("--example", name),
+        Target::Bin(name) => ("--bin", name),
+    };
+    if !smoke {
+        let mut cmd = cargo(root);
+        cmd.args(["run", "-q", "--release", "-p", package, flag, name, "--"]);
+        return Ok(cmd);
+    }
+    run_cmd(cargo(root).args(["build", "-q", "--workspace", "--examples", "--bins"]))
+        .context("building the benchmarks (debug)")?;
+    let debug = root.join("target").join("debug");
+    let exe = match target {
+        Target::Example(name) => debug.join("examples").join(name),
+        Target::Bin(name) => debug.join(name),
+    };
+    let mut cmd = Command::new(&exe);
+    let base = cargo(root);
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.current_dir(root);
+    Ok(cmd)
+}
+
 pub fn run(root: &Path, args: Args) -> Result<()> {
     step(&format!(
         "bench {}{}",
@@ -41,28 +82,17 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     match args.name.as_str() {
         "store" => {
             let count = if args.smoke { "300" } else { "10000" };
-            let mut cmd = cargo(root);
-            cmd.args(["run", "-q", "-p", "store", "--example", "bench_store"]);
-            if !args.smoke {
-                cmd.arg("--release");
-            }
-            cmd.args(["--", "--count", count, "--out"]).arg(&out);
+            let mut cmd = program(root, "store", Target::Example("bench_store"), args.smoke)?;
+            cmd.args(["--count", count, "--out"]).arg(&out);
             run_cmd(&mut cmd).context("running the store benchmark")?;
         }
         "apiserver" => {
-            let mut cmd = cargo(root);
-            cmd.args([
-                "run",
-                "-q",
-                "-p",
+            let mut cmd = program(
+                root,
                 "apiserver",
-                "--example",
-                "bench_apiserver",
-            ]);
-            if !args.smoke {
-                cmd.arg("--release");
-            }
-            cmd.arg("--");
+                Target::Example("bench_apiserver"),
+                args.smoke,
+            )?;
             if args.smoke {
                 cmd.args([
                     "--pods",
@@ -79,12 +109,12 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             run_cmd(&mut cmd).context("running the apiserver benchmark")?;
         }
         "kubelet" => {
-            let mut cmd = cargo(root);
-            cmd.args(["run", "-q", "-p", "kubelet", "--example", "bench_kubelet"]);
-            if !args.smoke {
-                cmd.arg("--release");
-            }
-            cmd.arg("--");
+            let mut cmd = program(
+                root,
+                "kubelet",
+                Target::Example("bench_kubelet"),
+                args.smoke,
+            )?;
             if args.smoke {
                 cmd.args(["--pods", "5"]);
             }
@@ -94,12 +124,12 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         "dataplane" => {
             // The proxy embeds the eBPF object: make sure it is built.
             crate::ebpf::build_ebpf(root).context("building the eBPF programs")?;
-            let mut cmd = cargo(root);
-            cmd.args(["run", "-q", "-p", "proxy", "--example", "bench_dataplane"]);
-            if !args.smoke {
-                cmd.arg("--release");
-            }
-            cmd.arg("--");
+            let mut cmd = program(
+                root,
+                "proxy",
+                Target::Example("bench_dataplane"),
+                args.smoke,
+            )?;
             if args.smoke {
                 cmd.arg("--smoke");
             }
@@ -107,19 +137,12 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             run_cmd(&mut cmd).context("running the dataplane benchmark")?;
         }
         "scheduler" => {
-            let mut cmd = cargo(root);
-            cmd.args([
-                "run",
-                "-q",
-                "-p",
+            let mut cmd = program(
+                root,
                 "scheduler",
-                "--example",
-                "bench_scheduler",
-            ]);
-            if !args.smoke {
-                cmd.arg("--release");
-            }
-            cmd.arg("--");
+                Target::Example("bench_scheduler"),
+                args.smoke,
+            )?;
             if args.smoke {
                 cmd.args(["--nodes", "20", "--pods", "200", "--probes", "20"]);
             }
@@ -128,12 +151,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         }
         "dns" => {
             // Smoke: a small zone and a short run, in the debug build.
-            let mut cmd = cargo(root);
-            cmd.args(["run", "-q", "-p", "dns", "--bin", "dns-bench"]);
-            if !args.smoke {
-                cmd.arg("--release");
-            }
-            cmd.arg("--");
+            let mut cmd = program(root, "dns", Target::Bin("dns-bench"), args.smoke)?;
             if args.smoke {
                 cmd.args([
                     "--services",
