@@ -30,17 +30,21 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
-/// DNS-1123 subdomain: lowercase alphanumerics, '-' and '.', starting and ending
-/// alphanumeric, at most 253 characters. Returns upstream's message when invalid.
+/// DNS-1123 subdomain: dot-separated DNS-1123 labels (lowercase alphanumerics and '-',
+/// each starting and ending alphanumeric, so no `..` or `.-`), at most 253 characters.
+/// Returns upstream's message when invalid.
 pub fn check_subdomain(name: &str) -> Result<(), String> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let labels_ok = name
+        .split('.')
+        .all(|l| ends(l.bytes().next()) && ends(l.bytes().last()));
     if name.len() > 253 {
         return Err("must be no more than 253 characters".into());
     }
-    if name.is_empty() || !ok_chars || !ends(name.bytes().next()) || !ends(name.bytes().last()) {
+    if name.is_empty() || !ok_chars || !labels_ok {
         return Err(format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
     }
     Ok(())
@@ -120,6 +124,11 @@ mod tests {
         assert!(check_subdomain("Web").is_err());
         assert!(check_subdomain("-web").is_err());
         assert!(check_subdomain("").is_err());
+        // upstream's regex: every dot-separated part starts and ends alphanumeric
+        for bad in ["web..example", "web.-x", "web-.x", "web.", ".web"] {
+            assert!(check_subdomain(bad).is_err(), "{bad}");
+        }
+        assert!(check_subdomain("a.b-c.d").is_ok());
         assert!(check_label("web.x").is_err());
         assert!(check_label(&"a".repeat(64)).is_err());
     }

@@ -47,15 +47,7 @@ async fn controller_manager_and_scheduler_writes_carry_upstreams_managers() {
         shutdown.clone(),
     ));
     let sched = tokio::spawn(scheduler::run(
-        scheduler::Config {
-            kubeconfig: Some(kc.clone()),
-            scheduler_name: "default-scheduler".into(),
-            config: None,
-            policy_config_file: None,
-            leader: component::leader::LeaderElectionArgs::disabled(),
-            parallelism: 4,
-            serving: component::serving::SecureServing::disabled(),
-        },
+        scheduler::Config::embedded(kc.clone()),
         shutdown.clone(),
     ));
 

@@ -267,15 +267,7 @@ async fn conditions_and_cordon_become_no_schedule_taints() {
     };
     let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
     let sched = tokio::spawn(scheduler::run(
-        scheduler::Config {
-            kubeconfig: Some(kc.clone()),
-            scheduler_name: "default-scheduler".into(),
-            config: None,
-            policy_config_file: None,
-            leader: component::leader::LeaderElectionArgs::disabled(),
-            parallelism: 4,
-            serving: component::serving::SecureServing::disabled(),
-        },
+        scheduler::Config::embedded(kc.clone()),
         shutdown.clone(),
     ));
 

@@ -147,15 +147,7 @@ async fn pods_go_where_their_volumes_are_and_wait_for_their_claims() {
     );
     tokio::spawn(controllers::run(controllers, shutdown.clone()));
     tokio::spawn(scheduler::run(
-        scheduler::Config {
-            kubeconfig: Some(kubeconfig.clone()),
-            scheduler_name: "default-scheduler".into(),
-            config: None,
-            policy_config_file: None,
-            leader: component::leader::LeaderElectionArgs::disabled(),
-            parallelism: 4,
-            serving: component::serving::SecureServing::disabled(),
-        },
+        scheduler::Config::embedded(kubeconfig.clone()),
         shutdown.clone(),
     ));
 

@@ -114,17 +114,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("building the kubernetes client: {source}")]
-    Kube {
-        #[source]
-        source: kube::Error,
-    },
-    #[error("loading kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Client(#[from] component::ClientError),
 }
 
 impl Config {
@@ -207,7 +198,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     let server = DnsServer::bind(options, state.handle(), status.clone(), metrics.clone()).await?;
     tracing::info!(dns = ?server.dns_addrs(), http = ?server.http_addr(), "dns serving");
-    let client = kube_client(config.kubeconfig.as_deref()).await?;
+    // named `kaze-dns/...` in the apiserver's audit log and metrics, as upstream's
+    // components name themselves
+    let client = component::client_as(
+        config.kubeconfig.as_deref(),
+        &component::user_agent("kaze-dns", None),
+    )
+    .await?;
     let feed = tokio::spawn(feed::run_feed(
         client,
         state,
@@ -221,44 +218,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         tracing::warn!(%error, "dns feed task failed");
     }
     served
-}
-
-async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
-    let mut config = match kubeconfig {
-        None => kube::Config::infer().await.map_err(|e| Error::Kube {
-            source: kube::Error::InferConfig(e),
-        })?,
-        Some(path) => {
-            let bad = |source: Box<dyn std::error::Error + Send + Sync>| Error::Kubeconfig {
-                path: path.to_path_buf(),
-                source,
-            };
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(Box::new(e)))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .map_err(|e| bad(Box::new(e)))?
-        }
-    };
-    // Name this client in the apiserver's audit log and metrics as upstream components do
-    // (client-go's `<command>/<version> (<os>/<arch>) kubernetes/<commit>`); kube-rs
-    // sends no User-Agent of its own.
-    if let Ok(value) = axum::http::HeaderValue::from_str(&user_agent()) {
-        config.headers.push((axum::http::header::USER_AGENT, value));
-    }
-    kube::Client::try_from(config).map_err(|source| Error::Kube { source })
-}
-
-/// The DNS server's User-Agent towards the apiserver, e.g.
-/// `kaze-dns/0.1.0 (linux/amd64) kubernetes/unknown` (Go's names for the architecture).
-fn user_agent() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    format!(
-        "kaze-dns/{} ({}/{arch}) kubernetes/unknown",
-        env!("CARGO_PKG_VERSION"),
-        std::env::consts::OS
-    )
 }

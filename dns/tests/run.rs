@@ -140,5 +140,11 @@ async fn run_reports_bad_configuration_before_serving() {
     let err = dns::run(missing.config, CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, dns::Error::Kubeconfig { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            dns::Error::Client(component::ClientError::Kubeconfig { .. })
+        ),
+        "{err}"
+    );
 }

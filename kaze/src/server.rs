@@ -327,13 +327,9 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
 
     let mut components = node::Components::default();
     let sched = scheduler::Config {
-        kubeconfig: Some(kubeconfig.clone()),
-        scheduler_name: "default-scheduler".into(),
-        config: None,
-        policy_config_file: None,
         leader: args.leader.clone(),
-        parallelism: 16,
         serving: local_serving(),
+        ..scheduler::Config::embedded(kubeconfig.clone())
     };
     components.spawn("scheduler", &shutdown, |token| scheduler::run(sched, token));
     let cm = controllers::Config {

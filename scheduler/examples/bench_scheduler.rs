@@ -130,13 +130,8 @@ async fn main() {
 
     let token = component::CancellationToken::new();
     let config = scheduler::Config {
-        kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
-        scheduler_name: "default-scheduler".into(),
-        config: None,
-        policy_config_file: None,
-        leader: component::leader::LeaderElectionArgs::disabled(),
         parallelism: 32,
-        serving: component::serving::SecureServing::disabled(),
+        ..scheduler::Config::embedded(server.kubeconfig_path().to_path_buf())
     };
     let started = Instant::now();
     let sched = tokio::spawn(scheduler::run(config, token.clone()));

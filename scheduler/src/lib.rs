@@ -60,6 +60,23 @@ pub struct Config {
     pub serving: component::serving::SecureServing,
 }
 
+impl Config {
+    /// The flags' defaults for a scheduler reaching the apiserver through `kubeconfig`, not
+    /// leader-elected and without a secure port: what `kaze server`, tests and benchmarks
+    /// start in-process (set fields after `..` to differ).
+    pub fn embedded(kubeconfig: PathBuf) -> Config {
+        Config {
+            kubeconfig: Some(kubeconfig),
+            scheduler_name: "default-scheduler".into(),
+            config: None,
+            policy_config_file: None,
+            leader: component::leader::LeaderElectionArgs::disabled(),
+            parallelism: 16,
+            serving: component::serving::SecureServing::disabled(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]

@@ -11,10 +11,6 @@ use serde_json::json;
 
 fn config(server: &apiserver::RunningServer) -> scheduler::Config {
     scheduler::Config {
-        kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
-        scheduler_name: "default-scheduler".into(),
-        config: None,
-        policy_config_file: None,
         leader: LeaderElectionArgs {
             leader_elect: true,
             lease_duration: Duration::from_secs(3),
@@ -22,8 +18,7 @@ fn config(server: &apiserver::RunningServer) -> scheduler::Config {
             retry_period: Duration::from_millis(300),
             namespace: "kube-system".into(),
         },
-        parallelism: 4,
-        serving: component::serving::SecureServing::disabled(),
+        ..scheduler::Config::embedded(server.kubeconfig_path().to_path_buf())
     }
 }
 

@@ -61,15 +61,7 @@ impl Cluster {
     }
 
     fn start_scheduler(&mut self) {
-        let config = scheduler::Config {
-            kubeconfig: Some(self.server.kubeconfig_path().to_path_buf()),
-            scheduler_name: "default-scheduler".into(),
-            config: None,
-            policy_config_file: None,
-            leader: component::leader::LeaderElectionArgs::disabled(),
-            parallelism: 4,
-            serving: component::serving::SecureServing::disabled(),
-        };
+        let config = scheduler::Config::embedded(self.server.kubeconfig_path().to_path_buf());
         self.scheduler = Some(tokio::spawn(scheduler::run(config, self.shutdown.clone())));
     }
 

@@ -50,16 +50,11 @@ async fn binds_pending_pods_and_explains_unschedulable_ones() {
     }
     let shutdown = component::CancellationToken::new();
     let config = scheduler::Config {
-        kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
-        scheduler_name: "default-scheduler".into(),
-        config: None,
-        policy_config_file: None,
         leader: component::leader::LeaderElectionArgs {
             leader_elect: true,
             ..component::leader::LeaderElectionArgs::disabled()
         },
-        parallelism: 4,
-        serving: component::serving::SecureServing::disabled(),
+        ..scheduler::Config::embedded(server.kubeconfig_path().to_path_buf())
     };
     let sched = tokio::spawn(scheduler::run(config, shutdown.clone()));
 
