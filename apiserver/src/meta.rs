@@ -2,6 +2,8 @@
 
 use serde_json::{Map, Value};
 
+pub mod names;
+
 /// RFC 3339 in whole seconds, as upstream's `metav1.Time` serializes.
 pub fn now() -> String {
     let ts = jiff::Timestamp::now();
@@ -30,39 +32,23 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
-/// DNS-1123 subdomain: dot-separated DNS-1123 labels (lowercase alphanumerics and '-',
-/// each starting and ending alphanumeric, so no `..` or `.-`), at most 253 characters.
-/// Returns upstream's message when invalid.
+/// DNS-1123 subdomain (upstream's `IsDNS1123Subdomain`, [`names::dns1123_subdomain`]):
+/// `Invalid value: "<name>": <messages>` when invalid.
 pub fn check_subdomain(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let labels_ok = name
-        .split('.')
-        .all(|l| ends(l.bytes().next()) && ends(l.bytes().last()));
-    if name.len() > 253 {
-        return Err("must be no more than 253 characters".into());
-    }
-    if name.is_empty() || !ok_chars || !labels_ok {
-        return Err(format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
-    }
-    Ok(())
+    as_result(name, names::dns1123_subdomain(name))
 }
 
-/// DNS-1123 label: like a subdomain without dots, at most 63 characters.
+/// DNS-1123 label (upstream's `IsDNS1123Label`, [`names::dns1123_label`]), the same way.
 pub fn check_label(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if name.len() > 63 {
-        return Err("must be no more than 63 characters".into());
+    as_result(name, names::dns1123_label(name))
+}
+
+/// Upstream prints one field error per message; joined here for the callers that want one.
+fn as_result(value: &str, msgs: Vec<String>) -> Result<(), String> {
+    if msgs.is_empty() {
+        return Ok(());
     }
-    if name.is_empty() || !ok_chars || !ends(name.bytes().next()) || !ends(name.bytes().last()) {
-        return Err(format!("Invalid value: {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"));
-    }
-    Ok(())
+    Err(format!("Invalid value: {value:?}: {}", msgs.join(", ")))
 }
 
 /// `obj.metadata` as a map, created when missing.

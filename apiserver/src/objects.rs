@@ -211,7 +211,12 @@ fn check_object(
             def.kind, def.version, def.kind
         ))
     };
+    // labels, annotations and finalizers: upstream's ValidateObjectMeta, for every kind
+    let meta_causes = meta::names::object_meta_causes(obj);
     if let Some(c) = &def.custom {
+        if !meta_causes.is_empty() {
+            return Err(ApiError::invalid(def.kind, def.group, name, meta_causes));
+        }
         return crate::crd::check_object(def, c, obj, old, strict);
     }
     let typed = (def.roundtrip)(obj).map_err(cannot)?;
@@ -229,7 +234,8 @@ fn check_object(
             )));
         }
     }
-    let causes = kinds::validate(def, &typed, old);
+    let mut causes = meta_causes;
+    causes.extend(kinds::validate(def, &typed, old));
     if !causes.is_empty() {
         return Err(ApiError::invalid(def.kind, def.group, name, causes));
     }
@@ -269,19 +275,16 @@ fn check_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
         // `v1.` and the like: validated as `<version>.<group>` (`crate::aggregator::validation`)
         return Ok(());
     }
-    let r = if matches!(def.plural, "namespaces" | "services") && def.group.is_empty() {
-        meta::check_label(name)
+    let msgs = if matches!(def.plural, "namespaces" | "services") && def.group.is_empty() {
+        meta::names::dns1123_label(name)
     } else {
-        meta::check_subdomain(name)
+        meta::names::dns1123_subdomain(name)
     };
-    r.map_err(|msg| {
-        ApiError::invalid(
-            def.kind,
-            def.group,
-            name,
-            vec![("metadata.name".into(), "FieldValueInvalid", msg)],
-        )
-    })
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let causes = meta::names::invalid_causes("metadata.name", name, msgs).collect();
+    Err(ApiError::invalid(def.kind, def.group, name, causes))
 }
 
 /// How a write is carried out: `dryRun=All` and `fieldValidation=Strict`.

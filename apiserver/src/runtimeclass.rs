@@ -86,36 +86,23 @@ pub fn validate(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     causes
 }
 
-const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
-
+/// Upstream's `IsValidLabelValue` ([`meta::names::label_value`]): its messages when invalid.
 fn check_label_value(v: &str) -> Result<(), String> {
-    let ok = v
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
-    if v.len() > 63 {
-        return Err("must be no more than 63 characters".into());
-    }
-    if !ok || !ends(v.bytes().next()) || !ends(v.bytes().last()) {
-        return Err(LABEL_VALUE_MSG.into());
-    }
-    Ok(())
+    joined(meta::names::label_value(v))
 }
 
-/// A label key: an optional DNS-1123 subdomain prefix and `/`, then a name as label values
-/// but non-empty.
+/// A label key (upstream's `IsQualifiedName`, [`meta::names::qualified_name`]): an optional
+/// DNS-1123 subdomain prefix and `/`, then a name as label values but non-empty.
 pub(crate) fn check_qualified_name(k: &str) -> Result<(), String> {
-    let name = match k.split_once('/') {
-        Some((prefix, name)) => {
-            meta::check_subdomain(prefix).map_err(|_| "prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string())?;
-            name
-        }
-        None => k,
-    };
-    if name.is_empty() {
-        return Err("name part must be non-empty".into());
+    joined(meta::names::qualified_name(k))
+}
+
+fn joined(msgs: Vec<String>) -> Result<(), String> {
+    if msgs.is_empty() {
+        Ok(())
+    } else {
+        Err(msgs.join(", "))
     }
-    check_label_value(name).map_err(|_| "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".to_string())
 }
 
 /// Upstream's `ValidateTolerations` for one toleration.

@@ -249,6 +249,13 @@ fn kubectl_applies_a_crd_and_its_resources_with_columns_scale_and_explain() {
         err.contains(r#"spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string""#),
         "{err}"
     );
+    // metadata is checked as for built-in kinds (upstream's ValidateObjectMeta)
+    let bad_label = cr.replace("{app: demo}", "{app: \"two words\"}");
+    let err = s.kubectl_fails(&["apply", "-f", "-"], Some(&bad_label));
+    assert!(
+        err.contains(r#"metadata.labels: Invalid value: "two words": a valid label"#),
+        "{err}"
+    );
     // kubectl asks for strict field validation: an unknown field is refused
     let unknown = cr.replace("nginx:1.27", "nginx:1.27\n  foo: bar");
     let err = s.kubectl_fails(&["apply", "-f", "-"], Some(&unknown));

@@ -554,6 +554,64 @@ fn malformed_input_gets_clear_errors_and_changes_nothing() {
     let err = s.kubectl_fails(&["create", "-f", "-"], Some(&cm("x", "nope")));
     assert!(err.contains("namespaces \"nope\" not found"), "{err}");
 
+    // metadata as upstream's ValidateObjectMeta checks it, on create and on update
+    let bad_meta = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\n  labels: {app: \"bad value!\", \"a/b/c\": x}\n  annotations: {\"-note\": v}\n  finalizers: [\"not a name\"]\n";
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(bad_meta));
+    for part in [
+        "metadata.labels: Invalid value: \"bad value!\": a valid label must be an empty string",
+        "metadata.labels: Invalid value: \"a/b/c\": a qualified name must consist of",
+        "metadata.annotations: Invalid value: \"-note\": name part must consist of",
+        "metadata.finalizers: Invalid value: \"not a name\": name part must consist of",
+    ] {
+        assert!(err.contains(part), "{part} in {err}");
+    }
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&cm("labelled", "default")));
+    // (`kubectl label` checks values itself: a patch reaches the server)
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "cm",
+            "labelled",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"tier":"no spaces"}}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("metadata.labels: Invalid value: \"no spaces\""),
+        "{err}"
+    );
+    // (too big for one command-line argument: a patch file)
+    let big = format!(
+        "{{\"metadata\":{{\"annotations\":{{\"big\":\"{}\"}}}}}}",
+        "x".repeat(262_144)
+    );
+    let big = write(&s, "big-annotation.json", &big);
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "cm",
+            "labelled",
+            "--type=merge",
+            "--patch-file",
+            &big,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("metadata.annotations: Too long: may not be more than 262144 bytes"),
+        "{err}"
+    );
+    let cm_now = json(&s, &["get", "cm", "labelled"]);
+    assert!(
+        cm_now["metadata"].get("labels").is_none()
+            && cm_now["metadata"].get("annotations").is_none(),
+        "the refused updates changed nothing: {cm_now}"
+    );
+    s.kubectl(&["label", "cm", "labelled", "example.com/tier=Gold_1"]);
+    s.kubectl(&["delete", "cm", "labelled"]);
+
     s.kubectl_stdin(&["create", "-f", "-"], Some(&cm("dup", "default")));
     let err = s.kubectl_fails(&["create", "-f", "-"], Some(&cm("dup", "default")));
     assert!(err.contains("configmaps \"dup\" already exists"), "{err}");

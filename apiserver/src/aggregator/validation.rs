@@ -71,12 +71,7 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
         ));
     }
     if !group.is_empty() {
-        if let Err(msg) = crate::meta::check_subdomain(group) {
-            // check_subdomain's message already says `Invalid value: "<group>": ...`
-            let msg = msg
-                .strip_prefix(&format!("Invalid value: {group:?}: "))
-                .unwrap_or(&msg)
-                .to_string();
+        for msg in crate::meta::names::dns1123_subdomain(group) {
             causes.push(invalid("spec.group", &format!("{group:?}"), &msg));
         }
     }

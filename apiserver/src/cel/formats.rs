@@ -1,7 +1,7 @@
 //! Kubernetes' format and semver libraries (k8s.io/apiserver/pkg/cel/library `format.go`,
 //! `semverlib.go`): `format.dns1123Label()` ... `format.named(name)` with
 //! `validate(string)` answering `optional.none()` or `optional.of([errors])` in
-//! apimachinery's words; `semver()`, `isSemver()` (optionally normalizing `v1.2`), `major`,
+//! apimachinery's words (the names are [`crate::meta::names`]'s, the apiserver's own checks); `semver()`, `isSemver()` (optionally normalizing `v1.2`), `major`,
 //! `minor`, `patch`, `compareTo`, `isLessThan`, `isGreaterThan` with blang/semver's
 //! parsing and ordering.
 
@@ -14,6 +14,7 @@ use cel::{DeclarationError, Env, ExecutionError};
 
 use super::library::{out, values, Args, Out};
 use super::CelValue;
+use crate::meta::names;
 
 const FORMAT: &str = "kubernetes.NamedFormat";
 const SEMVER: &str = "kubernetes.Semver";
@@ -155,124 +156,8 @@ fn format_validate<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
     out(CelValue::Opaque(Arc::new(opt)))
 }
 
-/// apimachinery's `RegexError`: the message, examples and the regular expression.
-fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
-    let mut s = format!("{msg} (e.g. ");
-    for (i, e) in examples.iter().enumerate() {
-        if i > 0 {
-            s.push_str(" or ");
-        }
-        s.push_str(&format!("'{e}', "));
-    }
-    s.push_str(&format!("regex used for validation is '{fmt}')"));
-    s
-}
-
-fn max_len(n: usize) -> String {
-    format!("must be no more than {n} characters")
-}
-
 fn full_match(re: &str, s: &str) -> bool {
     regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(s))
-}
-
-const DNS1123_LABEL: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
-const DNS1123_SUBDOMAIN: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
-const DNS1035_LABEL: &str = "[a-z]([-a-z0-9]*[a-z0-9])?";
-const QUALIFIED_NAME: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
-const LABEL_VALUE: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
-
-fn dns1123_label(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > 63 {
-        errs.push(max_len(63));
-    }
-    if !full_match(DNS1123_LABEL, s) {
-        if full_match(DNS1123_SUBDOMAIN, s) {
-            errs.push("must not contain dots".into());
-        } else {
-            errs.push(regex_error("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character", DNS1123_LABEL, &["my-name", "123-abc"]));
-        }
-    }
-    errs
-}
-
-fn dns1123_subdomain(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > 253 {
-        errs.push(max_len(253));
-    }
-    if !full_match(DNS1123_SUBDOMAIN, s) {
-        errs.push(regex_error("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character", DNS1123_SUBDOMAIN, &["example.com"]));
-    }
-    errs
-}
-
-fn dns1035_label(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > 63 {
-        errs.push(max_len(63));
-    }
-    if !full_match(DNS1035_LABEL, s) {
-        errs.push(regex_error("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character", DNS1035_LABEL, &["my-name", "abc-123"]));
-    }
-    errs
-}
-
-const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
-
-fn qualified_name(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    let parts: Vec<&str> = s.split('/').collect();
-    let name = match parts[..] {
-        [name] => name,
-        [prefix, name] => {
-            if prefix.is_empty() {
-                errs.push("prefix part must be non-empty".into());
-            } else {
-                errs.extend(
-                    dns1123_subdomain(prefix)
-                        .into_iter()
-                        .map(|m| format!("prefix part {m}")),
-                );
-            }
-            name
-        }
-        _ => {
-            errs.push(format!(
-                "a qualified name {} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')",
-                regex_error(QUALIFIED_NAME_MSG, QUALIFIED_NAME, &["MyName", "my.name", "123-abc"])
-            ));
-            return errs;
-        }
-    };
-    if name.is_empty() {
-        errs.push("name part must be non-empty".into());
-    } else if name.len() > 63 {
-        errs.push(format!("name part {}", max_len(63)));
-    }
-    if !full_match(QUALIFIED_NAME, name) {
-        errs.push(format!(
-            "name part {}",
-            regex_error(
-                QUALIFIED_NAME_MSG,
-                QUALIFIED_NAME,
-                &["MyName", "my.name", "123-abc"]
-            )
-        ));
-    }
-    errs
-}
-
-fn label_value(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > 63 {
-        errs.push(max_len(63));
-    }
-    if !full_match(LABEL_VALUE, s) {
-        errs.push(regex_error("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character", LABEL_VALUE, &["MyValue", "my_value", "12345"]));
-    }
-    errs
 }
 
 /// apimachinery's `maskTrailingDash`: a prefix may end in `-` (a generateName).
@@ -285,14 +170,14 @@ fn mask_trailing_dash(s: &str) -> String {
 
 fn validate(format: &str, s: &str) -> Vec<String> {
     match format {
-        "dns1123Label" => dns1123_label(s),
-        "dns1123Subdomain" => dns1123_subdomain(s),
-        "dns1035Label" => dns1035_label(s),
-        "qualifiedName" => qualified_name(s),
-        "dns1123LabelPrefix" => dns1123_label(&mask_trailing_dash(s)),
-        "dns1123SubdomainPrefix" => dns1123_subdomain(&mask_trailing_dash(s)),
-        "dns1035LabelPrefix" => dns1035_label(&mask_trailing_dash(s)),
-        "labelValue" => label_value(s),
+        "dns1123Label" => names::dns1123_label(s),
+        "dns1123Subdomain" => names::dns1123_subdomain(s),
+        "dns1035Label" => names::dns1035_label(s),
+        "qualifiedName" => names::qualified_name(s),
+        "dns1123LabelPrefix" => names::dns1123_label(&mask_trailing_dash(s)),
+        "dns1123SubdomainPrefix" => names::dns1123_subdomain(&mask_trailing_dash(s)),
+        "dns1035LabelPrefix" => names::dns1035_label(&mask_trailing_dash(s)),
+        "labelValue" => names::label_value(s),
         "uri" => match super::net::parse_request_uri(s) {
             Ok(()) => Vec::new(),
             Err(e) => vec![format!("parse {s:?}: {e}")],

@@ -539,7 +539,7 @@ fn format_ok(format: &str, s: &str) -> bool {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD.decode(s).is_ok()
         }
-        "hostname" => crate::meta::check_subdomain(s).is_ok(),
+        "hostname" => crate::meta::names::dns1123_subdomain(s).is_empty(),
         "email" => s
             .split_once('@')
             .is_some_and(|(a, b)| !a.is_empty() && b.contains('.')),

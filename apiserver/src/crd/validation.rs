@@ -37,23 +37,11 @@ fn unsupported(path: &str, v: &Value, allowed: &[&str]) -> Cause {
     )
 }
 
-/// DNS-1035 label (upstream's `IsDNS1035Label`): its message, when `s` is not one.
+/// DNS-1035 label (upstream's `IsDNS1035Label`, [`crate::meta::names::dns1035_label`]): its
+/// messages, when `s` is not one.
 pub(crate) fn dns1035(s: &str) -> Option<String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && s.bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        return None;
-    }
-    if s.len() > 63 {
-        return Some("must be no more than 63 characters".into());
-    }
-    Some("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')".into())
+    let msgs = crate::meta::names::dns1035_label(s);
+    (!msgs.is_empty()).then(|| msgs.join(", "))
 }
 
 fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -106,14 +94,12 @@ pub fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
             "must be spec.names.plural+\".\"+spec.group",
         ));
     }
+    let group_errs = crate::meta::names::dns1123_subdomain(group);
     if group.is_empty() {
         out.push(required("spec.group"));
-    } else if crate::meta::check_subdomain(group).is_err() {
-        out.push(invalid(
-            "spec.group",
-            &json!(group),
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
-        ));
+    } else if !group_errs.is_empty() {
+        // upstream joins them with "," into one cause
+        out.push(invalid("spec.group", &json!(group), &group_errs.join(",")));
     } else if !group.contains('.') {
         out.push(invalid(
             "spec.group",
