@@ -224,6 +224,12 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             crate::webhooks::GROUP,
             kind @ ("ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding"),
         ) => crate::webhooks::policy::default(obj, kind == "ValidatingAdmissionPolicyBinding"),
+        (
+            crate::webhooks::GROUP,
+            kind @ ("MutatingAdmissionPolicy" | "MutatingAdmissionPolicyBinding"),
+        ) => {
+            crate::webhooks::mutating_policy::default(obj, kind == "MutatingAdmissionPolicyBinding")
+        }
         (crate::aggregator::GROUP, "APIService") => crate::aggregator::validation::default(obj),
         ("storage.k8s.io", "StorageClass") => {
             set_default(obj, "reclaimPolicy", json!("Delete"));
@@ -621,6 +627,14 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         ) => crate::webhooks::policy::validate(
             obj,
             kind == "ValidatingAdmissionPolicyBinding",
+            &mut causes,
+        ),
+        (
+            crate::webhooks::GROUP,
+            kind @ ("MutatingAdmissionPolicy" | "MutatingAdmissionPolicyBinding"),
+        ) => crate::webhooks::mutating_policy::validate(
+            obj,
+            kind == "MutatingAdmissionPolicyBinding",
             &mut causes,
         ),
         (crate::aggregator::GROUP, "APIService") => {

@@ -134,6 +134,12 @@ pub enum Printer {
     CertificateSigningRequest,
     /// Mutating and validating webhook configurations: NAME WEBHOOKS AGE.
     WebhookConfiguration,
+    /// NAME VALIDATIONS PARAMKIND AGE.
+    ValidatingAdmissionPolicy,
+    /// NAME MUTATIONS PARAMKIND AGE.
+    MutatingAdmissionPolicy,
+    /// Policy bindings: NAME POLICYNAME PARAMREF AGE.
+    AdmissionPolicyBinding,
     /// NAME SERVICE AVAILABLE AGE (kube-aggregator's table convertor).
     APIService,
     /// NAME STATUS MESSAGE ERROR.
@@ -447,9 +453,14 @@ fn builtins() -> Vec<ResourceDef> {
         def!(admissionregistration::v1::ValidatingWebhookConfiguration, "admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", ns: false,
             short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "validatingwebhookconfigurations", fields: NONE, printer: P::WebhookConfiguration),
         def!(admissionregistration::v1::ValidatingAdmissionPolicy, "admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", "validatingadmissionpolicy", ns: false,
-            short: NONE, cat: &["api-extensions"], subs: STATUS, storage: "validatingadmissionpolicies", fields: NONE, printer: P::Default),
+            short: NONE, cat: &["api-extensions"], subs: STATUS, storage: "validatingadmissionpolicies", fields: NONE, printer: P::ValidatingAdmissionPolicy),
         def!(admissionregistration::v1::ValidatingAdmissionPolicyBinding, "admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", "validatingadmissionpolicybinding", ns: false,
-            short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "validatingadmissionpolicybindings", fields: NONE, printer: P::Default),
+            short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "validatingadmissionpolicybindings", fields: NONE, printer: P::AdmissionPolicyBinding),
+        // MutatingAdmissionPolicy: v1 (GA in 1.36); upstream serves v1beta1 only when enabled
+        def!(admissionregistration::v1::MutatingAdmissionPolicy, "admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicy", "mutatingadmissionpolicies", "mutatingadmissionpolicy", ns: false,
+            short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "mutatingadmissionpolicies", fields: NONE, printer: P::MutatingAdmissionPolicy),
+        def!(admissionregistration::v1::MutatingAdmissionPolicyBinding, "admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicyBinding", "mutatingadmissionpolicybindings", "mutatingadmissionpolicybinding", ns: false,
+            short: NONE, cat: &["api-extensions"], subs: NONE_SUBS, storage: "mutatingadmissionpolicybindings", fields: NONE, printer: P::AdmissionPolicyBinding),
         // API aggregation (`crate::aggregator`).
         def!(apiregistration::APIService, "apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", ns: false,
             short: NONE, cat: &["api-extensions"], subs: STATUS, storage: "apiregistration.k8s.io/apiservices", fields: NONE, printer: P::APIService),

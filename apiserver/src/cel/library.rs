@@ -1,7 +1,8 @@
 //! Kubernetes' CEL libraries (k8s.io/apiserver/pkg/cel/library) that cel-rust lacks: the
 //! lists library (`isSorted`, `sum`, `min`, `max`, `indexOf`, `lastIndexOf` on lists),
 //! the regex library (`find`, `findAll`), the sets extension (`sets.contains`,
-//! `sets.equivalent`, `sets.intersects`) and the quantity library (`quantity('1Gi')`,
+//! `sets.equivalent`, `sets.intersects`), MutatingAdmissionPolicy's `jsonpatch.escapeKey` and
+//! the quantity library (`quantity('1Gi')`,
 //! `isQuantity`, `isLessThan`, `isGreaterThan`, `compareTo`, `add`, `sub`, `sign`,
 //! `isInteger`, `asInteger`, `asApproximateFloat`) over the quota code's exact quantities. Each works on [`CelValue`]s converted from the
 //! arguments: simple, and these functions walk whole lists anyway.
@@ -65,6 +66,13 @@ pub(super) fn register(env: &mut Env) -> Result<(), DeclarationError> {
         "list_sets_intersects_list",
         vec![LIST_TYPE, LIST_TYPE],
         sets_intersects,
+    )?;
+    // MutatingAdmissionPolicy's JSONPatch library
+    env.add_overload(
+        "jsonpatch.escapeKey",
+        "string_jsonpatch_escape_key",
+        vec![STRING_TYPE],
+        escape_key,
     )?;
     env.add_overload(
         "quantity",
@@ -268,6 +276,20 @@ fn two_lists(
 ) -> Result<(Vec<CelValue>, Vec<CelValue>), ExecutionError> {
     let v = values(args)?;
     Ok((list(&v[0], function)?, list(&v[1], function)?))
+}
+
+/// `jsonpatch.escapeKey(k)`: a key as a JSON Pointer segment (RFC 6901: `~` is `~0`, `/` is
+/// `~1`).
+fn escape_key<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
+    match values(&args)?.first() {
+        Some(CelValue::String(k)) => out(CelValue::String(std::sync::Arc::new(
+            k.replace('~', "~0").replace('/', "~1"),
+        ))),
+        _ => Err(ExecutionError::no_such_overload(
+            "jsonpatch.escapeKey",
+            vec![],
+        )),
+    }
 }
 
 fn sets_contains<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {

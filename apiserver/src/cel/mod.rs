@@ -108,14 +108,31 @@ impl std::fmt::Display for CompileError {
 
 /// Compile `source` for an environment declaring `vars`; cached.
 pub fn compile(source: &str, vars: &[&str]) -> Result<Arc<Program>, CompileError> {
+    compile_cached(source, vars, false)
+}
+
+/// Compile a MutatingAdmissionPolicy's mutation expression: as [`compile`], and the struct
+/// literals of upstream's dynamic types (`Object{...}`, `Object.spec{...}`,
+/// `Object.spec.containers{...}`, `JSONPatch{...}`) construct maps of their fields. A
+/// nested literal must be named for the field it is the value of (upstream's
+/// `CheckTypeNamesMatchFieldPathNames`, checked here when compiling).
+pub fn compile_mutation(source: &str, vars: &[&str]) -> Result<Arc<Program>, CompileError> {
+    compile_cached(source, vars, true)
+}
+
+fn compile_cached(
+    source: &str,
+    vars: &[&str],
+    mutation: bool,
+) -> Result<Arc<Program>, CompileError> {
     type Cache = Mutex<HashMap<String, Result<Arc<Program>, CompileError>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
-    let key = format!("{}\0{source}", vars.join(","));
+    let key = format!("{}\0{}\0{source}", vars.join(","), u8::from(mutation));
     let cache = CACHE.get_or_init(Default::default);
     if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return hit.clone();
     }
-    let compiled = compile_uncached(source, vars).map(Arc::new);
+    let compiled = compile_uncached(source, vars, mutation).map(Arc::new);
     let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
     if c.len() > 4096 {
         c.clear();
@@ -136,14 +153,29 @@ pub fn compile_checked(source: &str, vars: &[&str]) -> Result<Arc<Program>, Comp
     }
 }
 
-fn compile_uncached(source: &str, vars: &[&str]) -> Result<Program, CompileError> {
+fn compile_uncached(source: &str, vars: &[&str], mutation: bool) -> Result<Program, CompileError> {
     let parser = env().parser().max_recursion_depth(100);
-    let (parsed, info) = parser
+    let (mut parsed, info) = parser
         .parse_with_source_info(source)
         .map_err(|e| CompileError(first_line_per_error(&e.to_string())))?;
     let offsets = offsets_of(&parsed, &info, source);
     let mut uses = HashSet::new();
     let mut errors = Vec::new();
+    if mutation {
+        structs_to_maps(&mut parsed, &offsets, &mut errors);
+    }
+    let mut struct_names = Vec::new();
+    visit(&parsed, &mut |n| {
+        if let Expr::Struct(s) = &n.expr {
+            struct_names.push((n.id, s.type_name.clone()));
+        }
+    });
+    for (id, name) in struct_names {
+        errors.push(format!(
+            "{} undeclared reference to '{name}' (in container '')",
+            at(&offsets, id)
+        ));
+    }
     let mut bound = Vec::new();
     check_refs(&parsed, vars, &mut bound, &mut uses, &offsets, &mut errors);
     if !errors.is_empty() {
@@ -157,6 +189,151 @@ fn compile_uncached(source: &str, vars: &[&str]) -> Result<Program, CompileError
         uses,
         parsed,
         offsets,
+    })
+}
+
+// === MutatingAdmissionPolicy's object literals ===
+
+/// Whether `name` is one of the types a mutation may construct.
+fn is_mutation_type(name: &str) -> bool {
+    name == "Object" || name.starts_with("Object.") || name == "JSONPatch"
+}
+
+/// Rewrite `Object...{f: v}` and `JSONPatch{f: v}` literals into map literals `{"f": v}`.
+fn structs_to_maps(e: &mut IdedExpr, offsets: &Offsets, errors: &mut Vec<String>) {
+    match &mut e.expr {
+        Expr::Struct(s) if is_mutation_type(&s.type_name) => {
+            let name = s.type_name.clone();
+            let mut entries = Vec::new();
+            for mut en in std::mem::take(&mut s.entries) {
+                let EntryExpr::StructField(sf) = &mut en.expr else {
+                    continue;
+                };
+                if name.starts_with("Object") {
+                    check_nested_name(&name, &sf.field, &sf.value, offsets, errors);
+                }
+                structs_to_maps(&mut sf.value, offsets, errors);
+                let key = IdedExpr {
+                    id: en.id,
+                    expr: Expr::Literal(cel::common::ast::LiteralValue::String(
+                        sf.field.clone().into(),
+                    )),
+                };
+                entries.push(cel::common::ast::IdedEntryExpr {
+                    id: en.id,
+                    expr: EntryExpr::MapEntry(cel::common::ast::MapEntryExpr {
+                        key,
+                        value: std::mem::take(&mut sf.value),
+                        optional: sf.optional,
+                    }),
+                });
+            }
+            e.expr = Expr::Map(cel::common::ast::MapExpr { entries });
+        }
+        Expr::Struct(s) => {
+            for en in &mut s.entries {
+                if let EntryExpr::StructField(sf) = &mut en.expr {
+                    structs_to_maps(&mut sf.value, offsets, errors);
+                }
+            }
+        }
+        Expr::Call(c) => {
+            if let Some(t) = c.target.as_mut() {
+                structs_to_maps(t, offsets, errors);
+            }
+            for a in &mut c.args {
+                structs_to_maps(a, offsets, errors);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for x in [
+                &mut c.iter_range,
+                &mut c.accu_init,
+                &mut c.loop_cond,
+                &mut c.loop_step,
+                &mut c.result,
+            ] {
+                structs_to_maps(x, offsets, errors);
+            }
+        }
+        Expr::List(l) => l
+            .elements
+            .iter_mut()
+            .for_each(|x| structs_to_maps(x, offsets, errors)),
+        Expr::Map(m) => {
+            for en in &mut m.entries {
+                if let EntryExpr::MapEntry(me) = &mut en.expr {
+                    structs_to_maps(&mut me.key, offsets, errors);
+                    structs_to_maps(&mut me.value, offsets, errors);
+                }
+            }
+        }
+        Expr::Select(s) => structs_to_maps(&mut s.operand, offsets, errors),
+        _ => {}
+    }
+}
+
+/// A literal given as field `field` of an `Object...` literal named `parent` (directly or
+/// as a list's items) must be named `parent.field`.
+fn check_nested_name(
+    parent: &str,
+    field: &str,
+    value: &IdedExpr,
+    offsets: &Offsets,
+    errors: &mut Vec<String>,
+) {
+    let want = format!("{parent}.{field}");
+    let check = |x: &IdedExpr, errors: &mut Vec<String>| {
+        if let Expr::Struct(s) = &x.expr {
+            if s.type_name != want && s.type_name.starts_with("Object") {
+                errors.push(format!(
+                    "{} type mismatch: unexpected type name {:?}, expected {want:?}, which matches field name path from root Object type",
+                    at(offsets, x.id),
+                    s.type_name
+                ));
+            }
+        }
+    };
+    match &value.expr {
+        Expr::List(l) => l.elements.iter().for_each(|x| check(x, errors)),
+        _ => check(value, errors),
+    }
+}
+
+/// A CEL value as JSON (what a mutation produced).
+pub fn to_json(v: &CelValue) -> Result<Value, String> {
+    Ok(match v {
+        CelValue::Null => Value::Null,
+        CelValue::Bool(b) => Value::Bool(*b),
+        CelValue::Int(i) => Value::from(*i),
+        CelValue::UInt(u) => Value::from(*u),
+        CelValue::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{f} cannot be represented in JSON"))?,
+        CelValue::String(s) => Value::String(s.to_string()),
+        CelValue::Bytes(b) => {
+            use base64::Engine;
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b.as_slice()))
+        }
+        CelValue::List(l) => Value::Array(l.iter().map(to_json).collect::<Result<_, _>>()?),
+        CelValue::Map(m) => {
+            let mut out = serde_json::Map::new();
+            for (k, x) in m.map.iter() {
+                let key = match k {
+                    cel::objects::Key::String(s) => s.to_string(),
+                    cel::objects::Key::Int(i) => i.to_string(),
+                    cel::objects::Key::Uint(u) => u.to_string(),
+                    cel::objects::Key::Bool(b) => b.to_string(),
+                };
+                out.insert(key, to_json(x)?);
+            }
+            Value::Object(out)
+        }
+        CelValue::Duration(d) => {
+            Value::String(format!("{}s", d.num_milliseconds() as f64 / 1000.0))
+        }
+        CelValue::Timestamp(t) => Value::String(t.to_rfc3339()),
+        other => return Err(format!("a {} has no JSON form", type_name(other))),
     })
 }
 

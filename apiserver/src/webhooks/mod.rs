@@ -34,6 +34,7 @@ pub mod conditions;
 pub mod config;
 mod connect;
 mod metrics;
+pub mod mutating_policy;
 pub mod policy;
 mod review;
 pub mod rules;
@@ -62,6 +63,9 @@ pub struct Index {
     /// ValidatingAdmissionPolicies and their bindings ([`policy`]).
     policies: Configs,
     bindings: Configs,
+    /// MutatingAdmissionPolicies and their bindings ([`mutating_policy`]).
+    mutating_policies: Configs,
+    mutating_bindings: Configs,
     /// Connections to webhooks kept for the next call.
     pool: crate::backend::Pool,
     metrics: metrics::Metrics,
@@ -73,7 +77,7 @@ impl Index {
         self.metrics.render()
     }
 
-    /// Known to hold no configuration of this kind (validating: nor policy binding):
+    /// Known to hold no configuration of this kind nor policy binding of its phase:
     /// requests skip webhook admission at once.
     fn known_empty(&self, mutating: bool) -> bool {
         let empty = |c: &Configs| {
@@ -84,7 +88,7 @@ impl Index {
                     .is_empty()
         };
         if mutating {
-            empty(&self.mutating)
+            empty(&self.mutating) && empty(&self.mutating_bindings)
         } else {
             empty(&self.validating) && empty(&self.bindings)
         }
@@ -106,6 +110,8 @@ impl Index {
             MUTATING => &self.mutating,
             VALIDATING => &self.validating,
             policy::POLICIES => &self.policies,
+            mutating_policy::POLICIES => &self.mutating_policies,
+            mutating_policy::BINDINGS => &self.mutating_bindings,
             _ => &self.bindings,
         }
     }
@@ -159,6 +165,8 @@ pub async fn run(state: Arc<AppState>) {
         follow(VALIDATING),
         follow(policy::POLICIES),
         follow(policy::BINDINGS),
+        follow(mutating_policy::POLICIES),
+        follow(mutating_policy::BINDINGS),
     );
 }
 
@@ -506,11 +514,13 @@ async fn mutate_inner(
     let Some(sub) = admitted(state, req.def, &[true]) else {
         return Ok(false);
     };
+    let original = obj.clone();
+    // MutatingAdmissionPolicy runs before MutatingAdmissionWebhook, as upstream's order
+    let invoked = mutating_policy::admit(state, req, sub, obj, old, None).await?;
     let hooks = matching(state, req, sub, true, Some(obj), old).await?;
-    if hooks.is_empty() {
+    if hooks.is_empty() && *obj == original {
         return Ok(false);
     }
-    let original = obj.clone();
     // (index of the hook, the object as it was when the hook was last called)
     let mut called: Vec<(usize, Value)> = Vec::new();
     for (i, hook) in hooks.iter().enumerate() {
@@ -529,6 +539,15 @@ async fn mutate_inner(
         .collect();
     for i in again {
         call_mutating(state, req, sub, &hooks[i], obj, old).await?;
+    }
+    // and the IfNeeded policies that saw an object a later policy or a webhook changed
+    let again: Vec<String> = invoked
+        .into_iter()
+        .filter(|(_, seen)| seen != obj)
+        .map(|(key, _)| key)
+        .collect();
+    if !again.is_empty() {
+        mutating_policy::admit(state, req, sub, obj, old, Some(&again)).await?;
     }
     restore_server_fields(&original, obj, old.is_some());
     if *obj == original {

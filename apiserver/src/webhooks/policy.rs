@@ -44,11 +44,11 @@ pub const VARS: &[&str] = &[
     "variables",
 ];
 
-fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
+pub(super) fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
-fn items<'a>(v: &'a Value, p: &str) -> &'a [Value] {
+pub(super) fn items<'a>(v: &'a Value, p: &str) -> &'a [Value] {
     v.pointer(p)
         .and_then(Value::as_array)
         .map(Vec::as_slice)
@@ -110,18 +110,10 @@ pub(super) async fn admit(
             old,
             ns_object: &mut ns_object,
         };
-        if !target.matches(pspec.get("matchConstraints")).await? {
+        if !target.binding_matches(pspec, &b["spec"]).await? {
             continue;
         }
-        if let Some(m) = b.pointer("/spec/matchResources").filter(|m| !m.is_null()) {
-            if !target.matches(Some(m)).await? {
-                continue;
-            }
-        }
-        let ns_value = match req.ns.filter(|_| req.def.namespaced) {
-            Some(ns) if ns_object.is_none() => Some(namespace(state, ns).await?),
-            _ => ns_object.clone(),
-        };
+        let ns_value = target.namespace_object().await?;
         let pname = str_at(p, "/metadata/name");
         let failures = match params(state, req, pspec, &b["spec"]).await {
             Err(message) => vec![Failure {
@@ -215,18 +207,44 @@ fn denied(req: &Request<'_>, name: &str, message: &str, reason: &'static str) ->
     }
 }
 
-/// What matching needs about the request.
-struct Target<'a, 'r> {
-    state: &'a AppState,
-    req: &'a Request<'r>,
-    attrs: &'a rules::Attrs<'a>,
-    name: &'a str,
-    obj: Option<&'a Value>,
-    old: Option<&'a Value>,
-    ns_object: &'a mut Option<Value>,
+/// What matching needs about the request (shared with [`super::mutating_policy`]).
+pub(super) struct Target<'a, 'r> {
+    pub state: &'a AppState,
+    pub req: &'a Request<'r>,
+    pub attrs: &'a rules::Attrs<'a>,
+    pub name: &'a str,
+    pub obj: Option<&'a Value>,
+    pub old: Option<&'a Value>,
+    pub ns_object: &'a mut Option<Value>,
 }
 
 impl Target<'_, '_> {
+    /// Whether a binding of a policy applies to the request: the policy's
+    /// `matchConstraints` and the binding's `matchResources` (when it has any).
+    pub async fn binding_matches(
+        &mut self,
+        pspec: &Value,
+        bspec: &Value,
+    ) -> Result<bool, ApiError> {
+        if !self.matches(pspec.get("matchConstraints")).await? {
+            return Ok(false);
+        }
+        match bspec.get("matchResources").filter(|m| !m.is_null()) {
+            Some(m) => self.matches(Some(m)).await,
+            None => Ok(true),
+        }
+    }
+
+    /// The request's namespace object (`namespaceObject`; none for cluster-scoped requests).
+    pub async fn namespace_object(&mut self) -> Result<Option<Value>, ApiError> {
+        if let Some(ns) = self.req.ns.filter(|_| self.req.def.namespaced) {
+            if self.ns_object.is_none() {
+                *self.ns_object = Some(namespace(self.state, ns).await?);
+            }
+        }
+        Ok(self.ns_object.clone())
+    }
+
     /// `MatchResources` (a policy's `matchConstraints`, a binding's `matchResources`).
     async fn matches(&mut self, m: Option<&Value>) -> Result<bool, ApiError> {
         let Some(m) = m.filter(|m| !m.is_null()) else {
@@ -281,7 +299,7 @@ impl Target<'_, '_> {
 /// The binding's parameter objects: `Ok(Some([None]))` when the policy takes none, one
 /// by `paramRef.name`, every match of `paramRef.selector`; `Ok(None)` when the binding does
 /// not apply (no parameter, `parameterNotFoundAction: Allow`), `Err(message)` to deny.
-async fn params(
+pub(super) async fn params(
     state: &AppState,
     req: &Request<'_>,
     pspec: &Value,
@@ -380,23 +398,8 @@ fn evaluate(pspec: &Value, inputs: &Inputs<'_>) -> (Vec<Failure>, Vec<(String, S
         Verdict::Error(e) => return (error(e), Vec::new()),
     }
     let mut budget = cel::RUNTIME_BUDGET;
-    let mut variables: HashMap<String, cel::CelValue> = HashMap::new();
-    let bind = |variables: &HashMap<String, cel::CelValue>| {
-        let mut vars = inputs.vars(&VARS[..6]);
-        let map = cel::CelValue::from(variables.clone());
-        if let Ok(boxed) = Box::<dyn ::cel::common::value::Val>::try_from(map) {
-            vars.push(("variables", boxed));
-        }
-        vars
-    };
-    for v in items(pspec, "/variables") {
-        let expr = str_at(v, "/expression");
-        if let Ok(p) = cel::compile(expr, VARS) {
-            if let Ok(value) = cel::eval(&p, bind(&variables), &mut budget) {
-                variables.insert(str_at(v, "/name").to_string(), value);
-            }
-        }
-    }
+    let bind = |variables: &HashMap<String, cel::CelValue>| bind(inputs, variables);
+    let variables = variables(pspec, inputs, &mut budget);
     let mut out = Vec::new();
     for v in items(pspec, "/validations") {
         let expr = str_at(v, "/expression");
@@ -444,6 +447,38 @@ fn evaluate(pspec: &Value, inputs: &Inputs<'_>) -> (Vec<Failure>, Vec<(String, S
         }
     }
     (out, notes)
+}
+
+/// The policy's `variables`, in order, each seeing those before it (one that fails to
+/// evaluate is missing: an expression using it fails with `no such key`).
+pub(super) fn variables(
+    pspec: &Value,
+    inputs: &Inputs<'_>,
+    budget: &mut i64,
+) -> HashMap<String, cel::CelValue> {
+    let mut variables: HashMap<String, cel::CelValue> = HashMap::new();
+    for v in items(pspec, "/variables") {
+        let expr = str_at(v, "/expression");
+        if let Ok(p) = cel::compile(expr, VARS) {
+            if let Ok(value) = cel::eval(&p, bind(inputs, &variables), budget) {
+                variables.insert(str_at(v, "/name").to_string(), value);
+            }
+        }
+    }
+    variables
+}
+
+/// The policy variables bound for one evaluation, `variables` included.
+pub(super) fn bind<'a>(
+    inputs: &Inputs<'a>,
+    variables: &HashMap<String, cel::CelValue>,
+) -> Vec<cel::Var<'a>> {
+    let mut vars = inputs.vars(&VARS[..6]);
+    let map = cel::CelValue::from(variables.clone());
+    if let Ok(boxed) = Box::<dyn ::cel::common::value::Val>::try_from(map) {
+        vars.push(("variables", boxed));
+    }
+    vars
 }
 
 fn message_expression<'a>(

@@ -1,0 +1,807 @@
+//! MutatingAdmissionPolicy and MutatingAdmissionPolicyBinding
+//! (admissionregistration.k8s.io/v1): in-process mutation with CEL, as upstream's
+//! `MutatingAdmissionPolicy` admission plugin.
+//!
+//! Both kinds are kept in memory beside the webhook configurations ([`super::Index`]). They
+//! run in the mutating phase of creates and updates, before the mutating webhooks (upstream's
+//! plugin order: `MutatingAdmissionPolicy`, `MutatingAdmissionWebhook`,
+//! `ValidatingAdmissionPolicy`, `ValidatingAdmissionWebhook`); the object is then defaulted
+//! and validated as usual. Bindings are tried in the order of their policy's name, then
+//! their own; matching (`matchConstraints`, the binding's `matchResources`) and parameters
+//! (`paramRef` by name or selector) are the ValidatingAdmissionPolicy's ([`super::policy`]).
+//! Per parameter object, after the policy's `matchConditions`, its `mutations` run in order,
+//! each over the object as the previous one left it:
+//! - `ApplyConfiguration`: the expression returns an `Object{...}` literal (kaze's CEL turns
+//!   upstream's dynamic object types into maps, [`cel::compile_mutation`]), merged into the
+//!   object as server-side apply merges (maps by key, keyed lists by their keys, other lists
+//!   replaced); setting an atomic map or list is refused, as upstream's.
+//! - `JSONPatch`: the expression returns a list of `JSONPatch{op, path, from, value}`
+//!   applied as RFC 6902; a failed `test` leaves the object as it was.
+//!
+//! A mutation that fails (an expression error, a result of the wrong type, a patch that does
+//! not apply, an object that no longer decodes as its kind) is skipped; under
+//! `failurePolicy: Fail` the request is then refused as upstream does: a 403 with reason
+//! `Invalid` and the message `policy '<p>' with binding '<b>' denied request: ...`.
+//! `reinvocationPolicy: IfNeeded` invocations run once more when a later policy or a mutating
+//! webhook changed the object after them. Deletes (no object) and CONNECT are not mutated.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+
+use super::conditions::{self, Inputs, Verdict};
+use super::policy::{self, items, str_at, Target, VARS};
+use super::{configurations_of, review, rules, Matched, Request};
+use crate::cel;
+use crate::kinds::Cause;
+use crate::meta;
+use crate::state::AppState;
+use crate::status::ApiError;
+
+pub const POLICIES: &str = "mutatingadmissionpolicies";
+pub const BINDINGS: &str = "mutatingadmissionpolicybindings";
+
+// === admission ===
+
+/// A failed invocation, acted on by the policy's failurePolicy.
+struct Failure {
+    policy: String,
+    binding: String,
+    message: String,
+    reason: &'static str,
+}
+
+/// An `IfNeeded` invocation that ran: its key and the object as it left it.
+pub(super) type Invoked = (String, Value);
+
+/// Run the policies' mutations on `obj` (a create, or an update of `old`). `only`: a
+/// reinvocation, of these invocations alone. Returns the `IfNeeded` invocations that ran.
+pub(super) async fn admit(
+    state: &AppState,
+    req: &Request<'_>,
+    sub: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+    only: Option<&[String]>,
+) -> Result<Vec<Invoked>, ApiError> {
+    let bindings = configurations_of(state, BINDINGS).await?;
+    if bindings.is_empty() {
+        return Ok(Vec::new());
+    }
+    let policies: HashMap<String, _> = configurations_of(state, POLICIES)
+        .await?
+        .into_iter()
+        .map(|p| (str_at(&p, "/metadata/name").to_string(), p))
+        .collect();
+    let mut bindings: Vec<_> = bindings
+        .into_iter()
+        .filter(|b| policies.contains_key(str_at(b, "/spec/policyName")))
+        .collect();
+    bindings.sort_by(|a, b| {
+        (str_at(a, "/spec/policyName"), str_at(a, "/metadata/name"))
+            .cmp(&(str_at(b, "/spec/policyName"), str_at(b, "/metadata/name")))
+    });
+    let name = meta::meta_str(obj, "name").unwrap_or("").to_string();
+    let attrs = rules::Attrs {
+        operation: req.operation.as_str(),
+        group: req.def.group,
+        version: req.def.version,
+        resource: req.def.plural,
+        subresource: sub,
+        namespaced: req.def.namespaced,
+    };
+    let mut ns_object: Option<Value> = None;
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut invoked: Vec<Invoked> = Vec::new();
+    for b in &bindings {
+        let p = &policies[str_at(b, "/spec/policyName")];
+        let (pname, bname) = (str_at(p, "/metadata/name"), str_at(b, "/metadata/name"));
+        let pspec = &p["spec"];
+        let current = obj.clone();
+        let mut target = Target {
+            state,
+            req,
+            attrs: &attrs,
+            name: &name,
+            obj: Some(&current),
+            old,
+            ns_object: &mut ns_object,
+        };
+        if !target.binding_matches(pspec, &b["spec"]).await? {
+            continue;
+        }
+        let ns_value = target.namespace_object().await?;
+        let fail = |message: String, reason| Failure {
+            policy: pname.to_string(),
+            binding: bname.to_string(),
+            message,
+            reason,
+        };
+        let params = match policy::params(state, req, pspec, &b["spec"]).await {
+            Err(message) => {
+                if fails_closed(pspec) {
+                    failures.push(fail(message, "Forbidden"));
+                }
+                continue;
+            }
+            Ok(None) => continue,
+            Ok(Some(params)) => params,
+        };
+        let authz = super::authorizer(state, req, sub, &name);
+        for param in &params {
+            let key = format!(
+                "{pname}\0{bname}\0{}",
+                param
+                    .as_ref()
+                    .map(|p| format!(
+                        "{}/{}",
+                        meta::meta_str(p, "namespace").unwrap_or(""),
+                        meta::meta_str(p, "name").unwrap_or("")
+                    ))
+                    .unwrap_or_default()
+            );
+            if only.is_some_and(|keys| !keys.contains(&key)) {
+                continue;
+            }
+            let current = obj.clone();
+            let matched = Matched {
+                hook: json!({"admissionReviewVersions": ["v1"]}),
+                as_version: None,
+            };
+            let review = review(req, sub, &matched, Some(&current), old);
+            let inputs = Inputs {
+                object: Some(&current),
+                old,
+                request: &review["request"],
+                params: param.as_ref(),
+                namespace: ns_value.as_ref(),
+                authorizer: authz.as_ref(),
+            };
+            let (mutated, errors) =
+                match conditions::evaluate(pspec.get("matchConditions"), VARS, &inputs) {
+                    Verdict::NoMatch => continue,
+                    Verdict::Error(e) => (None, vec![e]),
+                    Verdict::Match => {
+                        let roundtrip = req.def.custom.is_none().then_some(req.def.roundtrip);
+                        mutate(pspec, &inputs, roundtrip)
+                    }
+                };
+            if let Some(m) = mutated {
+                *obj = m;
+            }
+            for e in errors {
+                if fails_closed(pspec) {
+                    failures.push(fail(e, "Invalid"));
+                } else {
+                    tracing::warn!(policy = pname, binding = bname, error = %e, "MutatingAdmissionPolicy failed, failing open");
+                }
+            }
+            if str_at(pspec, "/reinvocationPolicy") == "IfNeeded" {
+                invoked.push((key, obj.clone()));
+            }
+        }
+    }
+    match failures.first() {
+        None => Ok(invoked),
+        Some(first) => Err(denied(req, &name, first, &failures)),
+    }
+}
+
+fn fails_closed(pspec: &Value) -> bool {
+    str_at(pspec, "/failurePolicy") != "Ignore"
+}
+
+/// Upstream's refusal: `admission.NewForbidden` with the first failure's message and
+/// reason, every failure a cause.
+fn denied(req: &Request<'_>, name: &str, first: &Failure, all: &[Failure]) -> ApiError {
+    let message = |f: &Failure| {
+        format!(
+            "policy '{}' with binding '{}' denied request: {}",
+            f.policy, f.binding, f.message
+        )
+    };
+    let causes: Vec<Value> = all.iter().map(|f| json!({"message": message(f)})).collect();
+    ApiError {
+        code: 403,
+        reason: first.reason,
+        message: message(first),
+        details: Some(
+            json!({"name": name, "group": req.def.group, "kind": req.def.plural, "causes": causes}),
+        ),
+    }
+}
+
+/// A typed round trip of the kind: an object a mutation left that no longer decodes is
+/// refused as upstream's type converter refuses it.
+type Roundtrip = fn(&Value) -> Result<Value, String>;
+
+/// The policy's mutations over `inputs.object`, in order: the object they left (`None`
+/// when unchanged) and the errors of those that failed (and were skipped).
+fn mutate(
+    pspec: &Value,
+    inputs: &Inputs<'_>,
+    roundtrip: Option<Roundtrip>,
+) -> (Option<Value>, Vec<String>) {
+    let Some(original) = inputs.object else {
+        return (None, Vec::new());
+    };
+    let mut current = original.clone();
+    let mut errors = Vec::new();
+    let mut budget = cel::RUNTIME_BUDGET;
+    for m in items(pspec, "/mutations") {
+        let inputs = Inputs {
+            object: Some(&current),
+            ..*inputs
+        };
+        let variables = policy::variables(pspec, &inputs, &mut budget);
+        let result = match str_at(m, "/patchType") {
+            "ApplyConfiguration" => {
+                let expr = str_at(m, "/applyConfiguration/expression");
+                evaluate(expr, &inputs, &variables, &mut budget)
+                    .and_then(|v| apply_configuration(&current, &v))
+            }
+            "JSONPatch" => {
+                let expr = str_at(m, "/jsonPatch/expression");
+                evaluate(expr, &inputs, &variables, &mut budget)
+                    .and_then(|v| json_patch(&current, &v))
+            }
+            other => Err(format!("unsupported patchType {other:?}")),
+        };
+        let result = result.and_then(|new| {
+            if new.get("apiVersion") != current.get("apiVersion")
+                || new.get("kind") != current.get("kind")
+            {
+                return Err(
+                    "error applying patch: the patch may not change apiVersion or kind".into(),
+                );
+            }
+            if !new.get("metadata").is_some_and(Value::is_object) {
+                return Err("error applying patch: the patch may not remove metadata".into());
+            }
+            match roundtrip {
+                Some(f) if new != current => f(&new)
+                    .map(|_| new)
+                    .map_err(|e| format!("failed to convert patch object to typed object: {e}")),
+                _ => Ok(new),
+            }
+        });
+        match result {
+            Ok(new) => current = new,
+            Err(e) => errors.push(e),
+        }
+    }
+    ((current != *original).then_some(current), errors)
+}
+
+/// Evaluate one mutation expression.
+fn evaluate(
+    expr: &str,
+    inputs: &Inputs<'_>,
+    variables: &HashMap<String, cel::CelValue>,
+    budget: &mut i64,
+) -> Result<Value, String> {
+    let program =
+        cel::compile_mutation(expr, VARS).map_err(|e| format!("compilation failed: {e}"))?;
+    let value = cel::eval(&program, policy::bind(inputs, variables), budget)
+        .map_err(|e| format!("expression '{expr}' resulted in error: {e}"))?;
+    cel::to_json(&value).map_err(|e| format!("expression '{expr}' resulted in error: {e}"))
+}
+
+/// Merge an `ApplyConfiguration` result into `current`.
+fn apply_configuration(current: &Value, patch: &Value) -> Result<Value, String> {
+    let Some(patch) = patch.as_object() else {
+        return Err(format!(
+            "unsupported return type from ApplyConfiguration expression: must evaluate to Object but got {}",
+            json_type(patch)
+        ));
+    };
+    let mut atomics = Vec::new();
+    find_atomics(
+        &Value::Object(patch.clone()),
+        Some(current),
+        "",
+        "",
+        &mut atomics,
+    );
+    if !atomics.is_empty() {
+        return Err(format!(
+            "error applying patch: invalid ApplyConfiguration: may not mutate atomic arrays, maps or structs: {}",
+            atomics.join(", ")
+        ));
+    }
+    let mut out = current.clone();
+    crate::patch::merge_map(&mut out, &strip_directives(patch), "")
+        .map_err(|e| format!("error applying patch: failed to merge patch: {e}"))?;
+    Ok(out)
+}
+
+/// An apply configuration is data: keys that look like strategic-merge directives
+/// (`$patch`, `$retainKeys`...) are not directives here.
+fn strip_directives(m: &Map<String, Value>) -> Map<String, Value> {
+    fn strip(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(strip_directives(m)),
+            Value::Array(a) => Value::Array(a.iter().map(strip).collect()),
+            other => other.clone(),
+        }
+    }
+    m.iter()
+        .filter(|(k, _)| !k.starts_with('$'))
+        .map(|(k, v)| (k.clone(), strip(v)))
+        .collect()
+}
+
+/// Paths (upstream's `.spec.selector`, `.spec.containers[0].args`) of atomic maps and lists
+/// the apply configuration sets where `current` already has a value: `+mapType=atomic`
+/// structs and lists that are neither keyed nor sets. Upstream refuses these because
+/// setting an atomic drops whatever else it held; an atomic the object does not have yet
+/// drops nothing, and upstream's documented sidecar example sets the `args` of a new init
+/// container, so those pass.
+fn find_atomics(
+    v: &Value,
+    current: Option<&Value>,
+    field: &str,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    let Some(current) = current.filter(|c| !c.is_null()) else {
+        return;
+    };
+    match v {
+        Value::Object(m) => {
+            if !field.is_empty() && crate::managedfields::is_atomic(field) {
+                out.push(path.to_string());
+                return;
+            }
+            for (k, x) in m {
+                find_atomics(x, current.get(k), k, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            let key = crate::patch::merge_key(field, items)
+                .filter(|_| items.iter().all(Value::is_object));
+            match key {
+                Some(key) => {
+                    let existing = current.as_array().map(Vec::as_slice).unwrap_or_default();
+                    for (i, x) in items.iter().enumerate() {
+                        let same = existing
+                            .iter()
+                            .find(|c| c.get(key).is_some() && c.get(key) == x.get(key));
+                        find_atomics(x, same, "", &format!("{path}[{i}]"), out);
+                    }
+                }
+                None if field == "finalizers" => {}
+                None => out.push(path.to_string()),
+            }
+        }
+        _ => {}
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null_type",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "double",
+        Value::Number(_) => "int",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "map",
+    }
+}
+
+/// Apply a `JSONPatch` result (a list of `JSONPatch{op, path, from, value}`) to `current`.
+fn json_patch(current: &Value, ops: &Value) -> Result<Value, String> {
+    let Some(list) = ops.as_array() else {
+        return Err("type mismatch: JSONPatchType.expression should evaluate to array".to_string());
+    };
+    let mut patch = Vec::new();
+    for op in list {
+        let Some(m) = op.as_object() else {
+            return Err(format!("type mismatch: JSONPatchType.expression should evaluate to array of JSONPatch, got element of {}", json_type(op)));
+        };
+        let mut o = Map::new();
+        for f in ["op", "path", "from"] {
+            match m.get(f) {
+                Some(Value::String(s)) if f != "from" || !s.is_empty() => {
+                    o.insert(f.into(), json!(s));
+                }
+                Some(Value::String(_)) | None if f == "from" => {}
+                None if f == "path" => {
+                    o.insert(f.into(), json!(""));
+                }
+                _ => {
+                    return Err(format!(
+                        "type mismatch: JSONPatch field '{f}' must be a string"
+                    ))
+                }
+            }
+        }
+        if let Some(v) = m.get("value") {
+            o.insert("value".into(), v.clone());
+        }
+        patch.push(Value::Object(o));
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(patch)).map_err(|e| format!("JSONPath: {e}"))?;
+    let mut out = current.clone();
+    match json_patch::patch(&mut out, &patch) {
+        Ok(()) => Ok(out),
+        // a failed test: the patch is not applied
+        Err(e) if matches!(e.kind, json_patch::PatchErrorKind::TestFailed) => Ok(current.clone()),
+        Err(e) => Err(format!("JSONPath: {e}")),
+    }
+}
+
+// === defaults and validation of the two kinds ===
+
+/// Upstream's v1 defaults for a policy (`binding`: false) or a binding.
+pub fn default(obj: &mut Value, binding: bool) {
+    policy::default(obj, binding);
+}
+
+fn compiles(expr: &str, path: &str, causes: &mut Vec<Cause>) {
+    if expr.trim().is_empty() {
+        causes.push((
+            path.to_string(),
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
+    } else if let Err(e) = cel::compile_mutation(expr, VARS) {
+        causes.push((
+            path.to_string(),
+            "FieldValueInvalid",
+            format!("Invalid value: {expr:?}: compilation failed: {e}"),
+        ));
+    }
+}
+
+/// Upstream's validation of a policy (`binding`: false) or a binding (after defaulting).
+pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    if binding {
+        if str_at(&spec, "/policyName").is_empty() {
+            causes.push((
+                "spec.policyName".into(),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
+        if let Some(r) = spec.get("paramRef").filter(|r| !r.is_null()) {
+            let has_name = !str_at(r, "/name").is_empty();
+            let has_selector = r.get("selector").is_some_and(|s| !s.is_null());
+            if has_name && has_selector {
+                causes.push((
+                    "spec.paramRef.name".into(),
+                    "FieldValueForbidden",
+                    "Forbidden: name and selector are mutually exclusive".into(),
+                ));
+            }
+            if !has_name && !has_selector {
+                causes.push((
+                    "spec.paramRef".into(),
+                    "FieldValueRequired",
+                    "Required value: one of name or selector must be specified".into(),
+                ));
+            }
+            match str_at(r, "/parameterNotFoundAction") {
+                "Allow" | "Deny" => {}
+                "" => causes.push((
+                    "spec.paramRef.parameterNotFoundAction".into(),
+                    "FieldValueRequired",
+                    "Required value".into(),
+                )),
+                other => causes.push((
+                    "spec.paramRef.parameterNotFoundAction".into(),
+                    "FieldValueNotSupported",
+                    format!("Unsupported value: {other:?}: supported values: \"Allow\", \"Deny\""),
+                )),
+            }
+        }
+        return;
+    }
+    match str_at(&spec, "/failurePolicy") {
+        "Fail" | "Ignore" => {}
+        other => causes.push((
+            "spec.failurePolicy".into(),
+            "FieldValueNotSupported",
+            format!("Unsupported value: {other:?}: supported values: \"Fail\", \"Ignore\""),
+        )),
+    }
+    match str_at(&spec, "/reinvocationPolicy") {
+        "Never" | "IfNeeded" => {}
+        "" => causes.push((
+            "spec.reinvocationPolicy".into(),
+            "FieldValueRequired",
+            "Required value".into(),
+        )),
+        other => causes.push((
+            "spec.reinvocationPolicy".into(),
+            "FieldValueNotSupported",
+            format!("Unsupported value: {other:?}: supported values: \"IfNeeded\", \"Never\""),
+        )),
+    }
+    if spec.get("matchConstraints").is_none_or(Value::is_null) {
+        causes.push((
+            "spec.matchConstraints".into(),
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
+    } else if items(&spec, "/matchConstraints/resourceRules").is_empty() {
+        causes.push((
+            "spec.matchConstraints.resourceRules".into(),
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
+    }
+    let mutations = items(&spec, "/mutations");
+    if mutations.is_empty() {
+        causes.push((
+            "spec.mutations".into(),
+            "FieldValueRequired",
+            "Required value: mutations must contain at least one item".into(),
+        ));
+    }
+    for (i, m) in mutations.iter().enumerate() {
+        let p = format!("spec.mutations[{i}]");
+        let has = |f: &str| m.get(f).is_some_and(|x| !x.is_null());
+        match str_at(m, "/patchType") {
+            "ApplyConfiguration" => {
+                if has("jsonPatch") {
+                    causes.push((
+                        format!("{p}.jsonPatch"),
+                        "FieldValueForbidden",
+                        "Forbidden: must not be specified when patchType is ApplyConfiguration".into(),
+                    ));
+                }
+                if has("applyConfiguration") {
+                    compiles(
+                        str_at(m, "/applyConfiguration/expression"),
+                        &format!("{p}.applyConfiguration.expression"),
+                        causes,
+                    );
+                } else {
+                    causes.push((
+                        format!("{p}.applyConfiguration"),
+                        "FieldValueRequired",
+                        "Required value: must be specified when patchType is ApplyConfiguration".into(),
+                    ));
+                }
+            }
+            "JSONPatch" => {
+                if has("applyConfiguration") {
+                    causes.push((
+                        format!("{p}.applyConfiguration"),
+                        "FieldValueForbidden",
+                        "Forbidden: must not be specified when patchType is JSONPatch".into(),
+                    ));
+                }
+                if has("jsonPatch") {
+                    compiles(
+                        str_at(m, "/jsonPatch/expression"),
+                        &format!("{p}.jsonPatch.expression"),
+                        causes,
+                    );
+                } else {
+                    causes.push((
+                        format!("{p}.jsonPatch"),
+                        "FieldValueRequired",
+                        "Required value: must be specified when patchType is JSONPatch".into(),
+                    ));
+                }
+            }
+            "" => causes.push((format!("{p}.patchType"), "FieldValueRequired", "Required value".into())),
+            other => causes.push((
+                format!("{p}.patchType"),
+                "FieldValueNotSupported",
+                format!("Unsupported value: {other:?}: supported values: \"ApplyConfiguration\", \"JSONPatch\""),
+            )),
+        }
+    }
+    for (i, v) in items(&spec, "/variables").iter().enumerate() {
+        let p = format!("spec.variables[{i}]");
+        if str_at(v, "/name").is_empty() {
+            causes.push((
+                format!("{p}.name"),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
+        compiles(str_at(v, "/expression"), &format!("{p}.expression"), causes);
+    }
+    conditions::validate(
+        spec.get("matchConditions"),
+        "spec.matchConditions",
+        VARS,
+        causes,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(spec: Value, obj: &Value) -> (Option<Value>, Vec<String>) {
+        let req = json!({"operation": "CREATE"});
+        let inputs = Inputs {
+            object: Some(obj),
+            old: None,
+            request: &req,
+            params: None,
+            namespace: None,
+            authorizer: None,
+        };
+        mutate(&spec, &inputs, None)
+    }
+
+    fn pod() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx", "args": ["-v"]}]}})
+    }
+
+    #[test]
+    fn apply_configuration_merges_object_literals() {
+        let spec = json!({"mutations": [
+            {"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
+                "Object{metadata: Object.metadata{labels: {'team': 'a', 'n': string(size(object.spec.containers))}}}"}},
+            {"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
+                "Object{spec: Object.spec{initContainers: [Object.spec.initContainers{name: 'mesh-proxy', image: 'mesh/proxy:v1.0.0', args: ['proxy', 'sidecar'], restartPolicy: 'Always'}], containers: [Object.spec.containers{name: 'app', image: 'nginx:2'}]}}"}}]});
+        let (got, errors) = run(spec, &pod());
+        assert!(errors.is_empty(), "{errors:?}");
+        let got = got.expect("mutated");
+        assert_eq!(
+            got["metadata"]["labels"],
+            json!({"app": "web", "team": "a", "n": "1"})
+        );
+        // keyed list merged by name: args kept, image replaced
+        assert_eq!(
+            got["spec"]["containers"],
+            json!([{"name": "app", "image": "nginx:2", "args": ["-v"]}])
+        );
+        assert_eq!(
+            got["spec"]["initContainers"][0]["args"],
+            json!(["proxy", "sidecar"])
+        );
+        assert_eq!(got["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn apply_configuration_refuses_atomics_and_mistyped_literals() {
+        let (got, errors) = run(
+            json!({"mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
+                "Object{spec: Object.spec{containers: [Object.spec.containers{name: 'app', args: ['-x']}]}}"}}]}),
+            &pod(),
+        );
+        assert_eq!(got, None);
+        assert_eq!(
+            errors,
+            ["error applying patch: invalid ApplyConfiguration: may not mutate atomic arrays, maps or structs: .spec.containers[0].args"]
+        );
+        let err = cel::compile_mutation("Object{spec: Object.spec.wrong{}}", VARS).unwrap_err();
+        assert!(
+            err.0.contains(
+                r#"type mismatch: unexpected type name "Object.spec.wrong", expected "Object.spec", which matches field name path from root Object type"#
+            ),
+            "{err}"
+        );
+        // outside mutations, struct literals are undeclared types
+        let err = cel::compile("Object{}", VARS).unwrap_err();
+        assert!(err.0.contains("undeclared reference to 'Object'"), "{err}");
+        let (_, errors) = run(
+            json!({"mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression": "[1]"}}]}),
+            &pod(),
+        );
+        assert_eq!(
+            errors,
+            ["unsupported return type from ApplyConfiguration expression: must evaluate to Object but got list"]
+        );
+    }
+
+    #[test]
+    fn atomics_are_refused_only_over_existing_values() {
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"selector": {"matchLabels": {"app": "d"}}}});
+        let (got, errors) = run(
+            json!({"mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
+                "Object{spec: Object.spec{selector: Object.spec.selector{matchLabels: {'l': 'v'}}}}"}}]}),
+            &deployment,
+        );
+        assert_eq!(got, None);
+        assert_eq!(
+            errors,
+            ["error applying patch: invalid ApplyConfiguration: may not mutate atomic arrays, maps or structs: .spec.selector"]
+        );
+    }
+
+    #[test]
+    fn json_patch_ops_and_escaped_keys() {
+        let spec = json!({"mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": r#"[
+            JSONPatch{op: "add", path: "/metadata/labels/" + jsonpatch.escapeKey("example.com/owner"), value: "ops"},
+            JSONPatch{op: "replace", path: "/spec/containers/0/image", value: "nginx:" + string(1 + 1)},
+            JSONPatch{op: "add", path: "/spec/containers/0/env", value: [Object.spec.containers.env{name: "A", value: "b"}]}
+        ]"#}}]});
+        let (got, errors) = run(spec, &pod());
+        assert!(errors.is_empty(), "{errors:?}");
+        let got = got.expect("mutated");
+        assert_eq!(got["metadata"]["labels"]["example.com/owner"], "ops");
+        assert_eq!(got["spec"]["containers"][0]["image"], "nginx:2");
+        assert_eq!(
+            got["spec"]["containers"][0]["env"],
+            json!([{"name": "A", "value": "b"}])
+        );
+        let escaped = cel::compile("jsonpatch.escapeKey('a/b~c')", VARS).unwrap();
+        let mut budget = cel::RUNTIME_BUDGET;
+        assert_eq!(
+            cel::eval(&escaped, Vec::new(), &mut budget),
+            Ok(cel::CelValue::String(std::sync::Arc::new("a~1b~0c".into())))
+        );
+    }
+
+    #[test]
+    fn json_patch_failures_skip_the_mutation() {
+        // a failed test leaves the object as it was, without an error
+        let (got, errors) = run(
+            json!({"mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression":
+                "[JSONPatch{op: 'test', path: '/metadata/name', value: 'other'}, JSONPatch{op: 'remove', path: '/metadata/labels'}]"}}]}),
+            &pod(),
+        );
+        assert_eq!((got, errors.len()), (None, 0));
+        let (got, errors) = run(
+            json!({"mutations": [
+                {"patchType": "JSONPatch", "jsonPatch": {"expression": "[JSONPatch{op: 'remove', path: '/spec/missing'}]"}},
+                {"patchType": "JSONPatch", "jsonPatch": {"expression": "[JSONPatch{op: 'add', path: '/metadata/labels/x', value: object.spec.nope}]"}},
+                {"patchType": "JSONPatch", "jsonPatch": {"expression": "[JSONPatch{op: 'add', path: '/metadata/labels/ok', value: 'yes'}]"}}]}),
+            &pod(),
+        );
+        assert_eq!(
+            got.expect("the last mutation applies")["metadata"]["labels"]["ok"],
+            "yes"
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("JSONPath: "), "{}", errors[0]);
+        assert_eq!(
+            errors[1],
+            "expression '[JSONPatch{op: 'add', path: '/metadata/labels/x', value: object.spec.nope}]' resulted in error: no such key: nope"
+        );
+    }
+
+    #[test]
+    fn policies_and_bindings_are_validated() {
+        let mut p = json!({"spec": {"matchConstraints": {"resourceRules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]},
+            "mutations": [
+                {"patchType": "ApplyConfiguration", "applyConfiguration": {"expression": "Object{"}},
+                {"patchType": "JSONPatch"},
+                {"patchType": "Merge"}]}});
+        default(&mut p, false);
+        assert_eq!(p["spec"]["failurePolicy"], "Fail");
+        let mut causes = Vec::new();
+        validate(&p, false, &mut causes);
+        let fields: Vec<&str> = causes.iter().map(|(f, _, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.reinvocationPolicy",
+                "spec.mutations[0].applyConfiguration.expression",
+                "spec.mutations[1].jsonPatch",
+                "spec.mutations[2].patchType"
+            ],
+            "{causes:#?}"
+        );
+        let mut causes = Vec::new();
+        validate(
+            &json!({"spec": {"paramRef": {"name": "a", "selector": {}}}}),
+            true,
+            &mut causes,
+        );
+        let fields: Vec<&str> = causes.iter().map(|(f, _, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.policyName",
+                "spec.paramRef.name",
+                "spec.paramRef.parameterNotFoundAction"
+            ]
+        );
+    }
+}
