@@ -27,16 +27,20 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::conditions::{self, Inputs, Verdict};
 use super::policy::{self, items, str_at, Target, VARS};
 use super::{configurations_of, review, rules, Matched, Request};
 use crate::cel;
-use crate::kinds::Cause;
 use crate::meta;
 use crate::state::AppState;
 use crate::status::ApiError;
+
+mod patch;
+mod validation;
+
+pub use validation::{default, validate};
 
 pub const POLICIES: &str = "mutatingadmissionpolicies";
 pub const BINDINGS: &str = "mutatingadmissionpolicybindings";
@@ -238,12 +242,12 @@ fn mutate(
             "ApplyConfiguration" => {
                 let expr = str_at(m, "/applyConfiguration/expression");
                 evaluate(expr, &inputs, &variables, &mut budget)
-                    .and_then(|v| apply_configuration(&current, &v))
+                    .and_then(|v| patch::apply_configuration(&current, &v))
             }
             "JSONPatch" => {
                 let expr = str_at(m, "/jsonPatch/expression");
                 evaluate(expr, &inputs, &variables, &mut budget)
-                    .and_then(|v| json_patch(&current, &v))
+                    .and_then(|v| patch::json_patch(&current, &v))
             }
             other => Err(format!("unsupported patchType {other:?}")),
         };
@@ -285,336 +289,6 @@ fn evaluate(
     let value = cel::eval(&program, policy::bind(inputs, variables), budget)
         .map_err(|e| format!("expression '{expr}' resulted in error: {e}"))?;
     cel::to_json(&value).map_err(|e| format!("expression '{expr}' resulted in error: {e}"))
-}
-
-/// Merge an `ApplyConfiguration` result into `current`.
-fn apply_configuration(current: &Value, patch: &Value) -> Result<Value, String> {
-    let Some(patch) = patch.as_object() else {
-        return Err(format!(
-            "unsupported return type from ApplyConfiguration expression: must evaluate to Object but got {}",
-            json_type(patch)
-        ));
-    };
-    let mut atomics = Vec::new();
-    find_atomics(
-        &Value::Object(patch.clone()),
-        Some(current),
-        "",
-        "",
-        &mut atomics,
-    );
-    if !atomics.is_empty() {
-        return Err(format!(
-            "error applying patch: invalid ApplyConfiguration: may not mutate atomic arrays, maps or structs: {}",
-            atomics.join(", ")
-        ));
-    }
-    let mut out = current.clone();
-    crate::patch::merge_map(&mut out, &strip_directives(patch), "")
-        .map_err(|e| format!("error applying patch: failed to merge patch: {e}"))?;
-    Ok(out)
-}
-
-/// An apply configuration is data: keys that look like strategic-merge directives
-/// (`$patch`, `$retainKeys`...) are not directives here.
-fn strip_directives(m: &Map<String, Value>) -> Map<String, Value> {
-    fn strip(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => Value::Object(strip_directives(m)),
-            Value::Array(a) => Value::Array(a.iter().map(strip).collect()),
-            other => other.clone(),
-        }
-    }
-    m.iter()
-        .filter(|(k, _)| !k.starts_with('$'))
-        .map(|(k, v)| (k.clone(), strip(v)))
-        .collect()
-}
-
-/// Paths (upstream's `.spec.selector`, `.spec.containers[0].args`) of atomic maps and lists
-/// the apply configuration sets where `current` already has a value: `+mapType=atomic`
-/// structs and lists that are neither keyed nor sets. Upstream refuses these because
-/// setting an atomic drops whatever else it held; an atomic the object does not have yet
-/// drops nothing, and upstream's documented sidecar example sets the `args` of a new init
-/// container, so those pass.
-fn find_atomics(
-    v: &Value,
-    current: Option<&Value>,
-    field: &str,
-    path: &str,
-    out: &mut Vec<String>,
-) {
-    let Some(current) = current.filter(|c| !c.is_null()) else {
-        return;
-    };
-    match v {
-        Value::Object(m) => {
-            if !field.is_empty() && crate::managedfields::is_atomic(field) {
-                out.push(path.to_string());
-                return;
-            }
-            for (k, x) in m {
-                find_atomics(x, current.get(k), k, &format!("{path}.{k}"), out);
-            }
-        }
-        Value::Array(items) => {
-            let key = crate::patch::merge_key(field, items)
-                .filter(|_| items.iter().all(Value::is_object));
-            match key {
-                Some(key) => {
-                    let existing = current.as_array().map(Vec::as_slice).unwrap_or_default();
-                    for (i, x) in items.iter().enumerate() {
-                        let same = existing
-                            .iter()
-                            .find(|c| c.get(key).is_some() && c.get(key) == x.get(key));
-                        find_atomics(x, same, "", &format!("{path}[{i}]"), out);
-                    }
-                }
-                None if field == "finalizers" => {}
-                None => out.push(path.to_string()),
-            }
-        }
-        _ => {}
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null_type",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "double",
-        Value::Number(_) => "int",
-        Value::String(_) => "string",
-        Value::Array(_) => "list",
-        Value::Object(_) => "map",
-    }
-}
-
-/// Apply a `JSONPatch` result (a list of `JSONPatch{op, path, from, value}`) to `current`.
-fn json_patch(current: &Value, ops: &Value) -> Result<Value, String> {
-    let Some(list) = ops.as_array() else {
-        return Err("type mismatch: JSONPatchType.expression should evaluate to array".to_string());
-    };
-    let mut patch = Vec::new();
-    for op in list {
-        let Some(m) = op.as_object() else {
-            return Err(format!("type mismatch: JSONPatchType.expression should evaluate to array of JSONPatch, got element of {}", json_type(op)));
-        };
-        let mut o = Map::new();
-        for f in ["op", "path", "from"] {
-            match m.get(f) {
-                Some(Value::String(s)) if f != "from" || !s.is_empty() => {
-                    o.insert(f.into(), json!(s));
-                }
-                Some(Value::String(_)) | None if f == "from" => {}
-                None if f == "path" => {
-                    o.insert(f.into(), json!(""));
-                }
-                _ => {
-                    return Err(format!(
-                        "type mismatch: JSONPatch field '{f}' must be a string"
-                    ))
-                }
-            }
-        }
-        if let Some(v) = m.get("value") {
-            o.insert("value".into(), v.clone());
-        }
-        patch.push(Value::Object(o));
-    }
-    let patch: json_patch::Patch =
-        serde_json::from_value(Value::Array(patch)).map_err(|e| format!("JSONPath: {e}"))?;
-    let mut out = current.clone();
-    match json_patch::patch(&mut out, &patch) {
-        Ok(()) => Ok(out),
-        // a failed test: the patch is not applied
-        Err(e) if matches!(e.kind, json_patch::PatchErrorKind::TestFailed) => Ok(current.clone()),
-        Err(e) => Err(format!("JSONPath: {e}")),
-    }
-}
-
-// === defaults and validation of the two kinds ===
-
-/// Upstream's v1 defaults for a policy (`binding`: false) or a binding.
-pub fn default(obj: &mut Value, binding: bool) {
-    policy::default(obj, binding);
-}
-
-fn compiles(expr: &str, path: &str, causes: &mut Vec<Cause>) {
-    if expr.trim().is_empty() {
-        causes.push((
-            path.to_string(),
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
-    } else if let Err(e) = cel::compile_mutation(expr, VARS) {
-        causes.push((
-            path.to_string(),
-            "FieldValueInvalid",
-            format!("Invalid value: {expr:?}: compilation failed: {e}"),
-        ));
-    }
-}
-
-/// Upstream's validation of a policy (`binding`: false) or a binding (after defaulting).
-pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
-    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
-    if binding {
-        if str_at(&spec, "/policyName").is_empty() {
-            causes.push((
-                "spec.policyName".into(),
-                "FieldValueRequired",
-                "Required value".into(),
-            ));
-        }
-        if let Some(r) = spec.get("paramRef").filter(|r| !r.is_null()) {
-            let has_name = !str_at(r, "/name").is_empty();
-            let has_selector = r.get("selector").is_some_and(|s| !s.is_null());
-            if has_name && has_selector {
-                causes.push((
-                    "spec.paramRef.name".into(),
-                    "FieldValueForbidden",
-                    "Forbidden: name and selector are mutually exclusive".into(),
-                ));
-            }
-            if !has_name && !has_selector {
-                causes.push((
-                    "spec.paramRef".into(),
-                    "FieldValueRequired",
-                    "Required value: one of name or selector must be specified".into(),
-                ));
-            }
-            match str_at(r, "/parameterNotFoundAction") {
-                "Allow" | "Deny" => {}
-                "" => causes.push((
-                    "spec.paramRef.parameterNotFoundAction".into(),
-                    "FieldValueRequired",
-                    "Required value".into(),
-                )),
-                other => causes.push((
-                    "spec.paramRef.parameterNotFoundAction".into(),
-                    "FieldValueNotSupported",
-                    format!("Unsupported value: {other:?}: supported values: \"Allow\", \"Deny\""),
-                )),
-            }
-        }
-        return;
-    }
-    match str_at(&spec, "/failurePolicy") {
-        "Fail" | "Ignore" => {}
-        other => causes.push((
-            "spec.failurePolicy".into(),
-            "FieldValueNotSupported",
-            format!("Unsupported value: {other:?}: supported values: \"Fail\", \"Ignore\""),
-        )),
-    }
-    match str_at(&spec, "/reinvocationPolicy") {
-        "Never" | "IfNeeded" => {}
-        "" => causes.push((
-            "spec.reinvocationPolicy".into(),
-            "FieldValueRequired",
-            "Required value".into(),
-        )),
-        other => causes.push((
-            "spec.reinvocationPolicy".into(),
-            "FieldValueNotSupported",
-            format!("Unsupported value: {other:?}: supported values: \"IfNeeded\", \"Never\""),
-        )),
-    }
-    if spec.get("matchConstraints").is_none_or(Value::is_null) {
-        causes.push((
-            "spec.matchConstraints".into(),
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
-    } else if items(&spec, "/matchConstraints/resourceRules").is_empty() {
-        causes.push((
-            "spec.matchConstraints.resourceRules".into(),
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
-    }
-    let mutations = items(&spec, "/mutations");
-    if mutations.is_empty() {
-        causes.push((
-            "spec.mutations".into(),
-            "FieldValueRequired",
-            "Required value: mutations must contain at least one item".into(),
-        ));
-    }
-    for (i, m) in mutations.iter().enumerate() {
-        let p = format!("spec.mutations[{i}]");
-        let has = |f: &str| m.get(f).is_some_and(|x| !x.is_null());
-        match str_at(m, "/patchType") {
-            "ApplyConfiguration" => {
-                if has("jsonPatch") {
-                    causes.push((
-                        format!("{p}.jsonPatch"),
-                        "FieldValueForbidden",
-                        "Forbidden: must not be specified when patchType is ApplyConfiguration".into(),
-                    ));
-                }
-                if has("applyConfiguration") {
-                    compiles(
-                        str_at(m, "/applyConfiguration/expression"),
-                        &format!("{p}.applyConfiguration.expression"),
-                        causes,
-                    );
-                } else {
-                    causes.push((
-                        format!("{p}.applyConfiguration"),
-                        "FieldValueRequired",
-                        "Required value: must be specified when patchType is ApplyConfiguration".into(),
-                    ));
-                }
-            }
-            "JSONPatch" => {
-                if has("applyConfiguration") {
-                    causes.push((
-                        format!("{p}.applyConfiguration"),
-                        "FieldValueForbidden",
-                        "Forbidden: must not be specified when patchType is JSONPatch".into(),
-                    ));
-                }
-                if has("jsonPatch") {
-                    compiles(
-                        str_at(m, "/jsonPatch/expression"),
-                        &format!("{p}.jsonPatch.expression"),
-                        causes,
-                    );
-                } else {
-                    causes.push((
-                        format!("{p}.jsonPatch"),
-                        "FieldValueRequired",
-                        "Required value: must be specified when patchType is JSONPatch".into(),
-                    ));
-                }
-            }
-            "" => causes.push((format!("{p}.patchType"), "FieldValueRequired", "Required value".into())),
-            other => causes.push((
-                format!("{p}.patchType"),
-                "FieldValueNotSupported",
-                format!("Unsupported value: {other:?}: supported values: \"ApplyConfiguration\", \"JSONPatch\""),
-            )),
-        }
-    }
-    for (i, v) in items(&spec, "/variables").iter().enumerate() {
-        let p = format!("spec.variables[{i}]");
-        if str_at(v, "/name").is_empty() {
-            causes.push((
-                format!("{p}.name"),
-                "FieldValueRequired",
-                "Required value".into(),
-            ));
-        }
-        compiles(str_at(v, "/expression"), &format!("{p}.expression"), causes);
-    }
-    conditions::validate(
-        spec.get("matchConditions"),
-        "spec.matchConditions",
-        VARS,
-        causes,
-    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,150 @@
+//! The two patch types: an `ApplyConfiguration` merged as server-side apply merges, and
+//! a `JSONPatch` list applied as RFC 6902.
+
+use serde_json::{json, Map, Value};
+
+/// Merge an `ApplyConfiguration` result into `current`.
+pub(super) fn apply_configuration(current: &Value, patch: &Value) -> Result<Value, String> {
+    let Some(patch) = patch.as_object() else {
+        return Err(format!(
+            "unsupported return type from ApplyConfiguration expression: must evaluate to Object but got {}",
+            json_type(patch)
+        ));
+    };
+    let mut atomics = Vec::new();
+    find_atomics(
+        &Value::Object(patch.clone()),
+        Some(current),
+        "",
+        "",
+        &mut atomics,
+    );
+    if !atomics.is_empty() {
+        return Err(format!(
+            "error applying patch: invalid ApplyConfiguration: may not mutate atomic arrays, maps or structs: {}",
+            atomics.join(", ")
+        ));
+    }
+    let mut out = current.clone();
+    crate::patch::merge_map(&mut out, &strip_directives(patch), "")
+        .map_err(|e| format!("error applying patch: failed to merge patch: {e}"))?;
+    Ok(out)
+}
+
+/// An apply configuration is data: keys that look like strategic-merge directives
+/// (`$patch`, `$retainKeys`...) are not directives here.
+fn strip_directives(m: &Map<String, Value>) -> Map<String, Value> {
+    fn strip(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(strip_directives(m)),
+            Value::Array(a) => Value::Array(a.iter().map(strip).collect()),
+            other => other.clone(),
+        }
+    }
+    m.iter()
+        .filter(|(k, _)| !k.starts_with('$'))
+        .map(|(k, v)| (k.clone(), strip(v)))
+        .collect()
+}
+
+/// Paths (upstream's `.spec.selector`, `.spec.containers[0].args`) of atomic maps and lists
+/// the apply configuration sets where `current` already has a value: `+mapType=atomic`
+/// structs and lists that are neither keyed nor sets. Upstream refuses these because
+/// setting an atomic drops whatever else it held; an atomic the object does not have yet
+/// drops nothing, and upstream's documented sidecar example sets the `args` of a new init
+/// container, so those pass.
+fn find_atomics(
+    v: &Value,
+    current: Option<&Value>,
+    field: &str,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    let Some(current) = current.filter(|c| !c.is_null()) else {
+        return;
+    };
+    match v {
+        Value::Object(m) => {
+            if !field.is_empty() && crate::managedfields::is_atomic(field) {
+                out.push(path.to_string());
+                return;
+            }
+            for (k, x) in m {
+                find_atomics(x, current.get(k), k, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            let key = crate::patch::merge_key(field, items)
+                .filter(|_| items.iter().all(Value::is_object));
+            match key {
+                Some(key) => {
+                    let existing = current.as_array().map(Vec::as_slice).unwrap_or_default();
+                    for (i, x) in items.iter().enumerate() {
+                        let same = existing
+                            .iter()
+                            .find(|c| c.get(key).is_some() && c.get(key) == x.get(key));
+                        find_atomics(x, same, "", &format!("{path}[{i}]"), out);
+                    }
+                }
+                None if field == "finalizers" => {}
+                None => out.push(path.to_string()),
+            }
+        }
+        _ => {}
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null_type",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "double",
+        Value::Number(_) => "int",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "map",
+    }
+}
+
+/// Apply a `JSONPatch` result (a list of `JSONPatch{op, path, from, value}`) to `current`.
+pub(super) fn json_patch(current: &Value, ops: &Value) -> Result<Value, String> {
+    let Some(list) = ops.as_array() else {
+        return Err("type mismatch: JSONPatchType.expression should evaluate to array".to_string());
+    };
+    let mut patch = Vec::new();
+    for op in list {
+        let Some(m) = op.as_object() else {
+            return Err(format!("type mismatch: JSONPatchType.expression should evaluate to array of JSONPatch, got element of {}", json_type(op)));
+        };
+        let mut o = Map::new();
+        for f in ["op", "path", "from"] {
+            match m.get(f) {
+                Some(Value::String(s)) if f != "from" || !s.is_empty() => {
+                    o.insert(f.into(), json!(s));
+                }
+                Some(Value::String(_)) | None if f == "from" => {}
+                None if f == "path" => {
+                    o.insert(f.into(), json!(""));
+                }
+                _ => {
+                    return Err(format!(
+                        "type mismatch: JSONPatch field '{f}' must be a string"
+                    ))
+                }
+            }
+        }
+        if let Some(v) = m.get("value") {
+            o.insert("value".into(), v.clone());
+        }
+        patch.push(Value::Object(o));
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(patch)).map_err(|e| format!("JSONPath: {e}"))?;
+    let mut out = current.clone();
+    match json_patch::patch(&mut out, &patch) {
+        Ok(()) => Ok(out),
+        // a failed test: the patch is not applied
+        Err(e) if matches!(e.kind, json_patch::PatchErrorKind::TestFailed) => Ok(current.clone()),
+        Err(e) => Err(format!("JSONPath: {e}")),
+    }
+}
