@@ -68,7 +68,7 @@ pub fn user_agent(command: &str, suffix: Option<&str>) -> String {
 /// certificate and key are files (`client-certificate`, `client-key`) gets a client that
 /// picks up new ones written there while it runs ([`reloading`]).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
-    connect(load(kubeconfig).await?)
+    connect(load(kubeconfig).await?, Http::Http1)
 }
 
 /// [`client`] sending `user_agent` (see [`user_agent`]) with every request, as upstream's
@@ -81,7 +81,34 @@ pub async fn client_as(
     let value = hyper::header::HeaderValue::from_str(user_agent)
         .map_err(|_| ClientError::UserAgent(user_agent.to_string()))?;
     config.headers.push((hyper::header::USER_AGENT, value));
-    connect(config)
+    connect(config, Http::Http1)
+}
+
+/// The HTTP versions an API client speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Http {
+    /// HTTP/1.1 only: a connection per concurrent request, so one per open watch (kube-rs's
+    /// own connector).
+    #[default]
+    Http1,
+    /// HTTP/2 when the server offers it by ALPN, else HTTP/1.1: every request and watch
+    /// shares one connection, as client-go's. Upgrades (exec, attach, port-forward over
+    /// WebSocket or SPDY) need HTTP/1.1: a client that makes them must not use this.
+    Alpn,
+}
+
+/// [`client_as`] speaking `http` (a kubelet keeps a watch per ConfigMap and Secret its pods
+/// use: [`Http::Alpn`] puts them all on one connection).
+pub async fn client_with(
+    kubeconfig: Option<&Path>,
+    user_agent: &str,
+    http: Http,
+) -> Result<kube::Client, ClientError> {
+    let mut config = load(kubeconfig).await?;
+    let value = hyper::header::HeaderValue::from_str(user_agent)
+        .map_err(|_| ClientError::UserAgent(user_agent.to_string()))?;
+    config.headers.push((hyper::header::USER_AGENT, value));
+    connect(config, http)
 }
 
 async fn load(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
@@ -100,7 +127,7 @@ async fn load(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
     })
 }
 
-fn connect(config: kube::Config) -> Result<kube::Client, ClientError> {
+fn connect(config: kube::Config, http: Http) -> Result<kube::Client, ClientError> {
     let info = &config.auth_info;
     let files = match (&info.client_certificate, &info.client_key) {
         (Some(cert), Some(key))
@@ -110,9 +137,21 @@ fn connect(config: kube::Config) -> Result<kube::Client, ClientError> {
         }
         _ => None,
     };
-    match files {
-        Some((cert, key)) => Ok(reloading::client(config, cert, key)?),
-        None => kube::Client::try_from(config).map_err(ClientError::Build),
+    match (files, http) {
+        (Some((cert, key)), _) => Ok(reloading::client(config, cert, key, http)?),
+        (None, Http::Http1) => kube::Client::try_from(config).map_err(ClientError::Build),
+        // kube-rs's connector offers no h2: the same stack as the reloading client's.
+        // (kube-rs's proxy support is not in it: a kubeconfig with `proxy-url` stays on
+        // HTTP/1.1.)
+        (None, Http::Alpn) if config.proxy_url.is_some() => {
+            kube::Client::try_from(config).map_err(ClientError::Build)
+        }
+        (None, Http::Alpn) => {
+            use kube::client::ConfigExt;
+            let tls = config.rustls_client_config().map_err(ClientError::Build)?;
+            let tcp = reloading::tcp(&config);
+            reloading::stack(config, tls, tcp, http).map_err(ClientError::Build)
+        }
     }
 }
 

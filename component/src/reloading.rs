@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::ConfigExt;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::client::ResolvesClientCert;
@@ -168,11 +169,12 @@ impl ResolvesClientCert for Identity {
 /// A client for `config` whose user's certificate is read from `cert` and `key` (see the
 /// module docs). `config`'s other settings that kaze uses are kept: the server and its CA,
 /// the default namespace, connect timeout, extra headers (the User-Agent) and kube-rs's
-/// retries of 429/503/504.
+/// retries of 429/503/504. `http` picks the HTTP versions it speaks ([`stack`]).
 pub fn client(
     config: kube::Config,
     cert: PathBuf,
     key: PathBuf,
+    http: crate::Http,
 ) -> Result<kube::Client, ReloadError> {
     let mut tls = config.rustls_client_config()?;
     let provider = tls.crypto_provider().clone();
@@ -190,22 +192,60 @@ pub fn client(
     // no session cache by default either).
     tls.resumption = rustls::client::Resumption::disabled();
     spawn_reloader(Arc::downgrade(&identity));
-
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(config.connect_timeout);
     let tracked = Tracked {
-        inner: http,
+        inner: tcp(&config),
         identity,
     };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(stack(config, tls, tracked, http)?)
+}
+
+/// The TCP connector of `config`'s clients.
+pub(crate) fn tcp(config: &kube::Config) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    http
+}
+
+/// How long an HTTP/2 connection may stay silent before it is pinged, and how long the
+/// ping may take before the connection is closed (client-go's `ReadIdleTimeout` and
+/// `PingTimeout`): every watch shares the connection, so a dead one must not go unnoticed.
+const H2_READ_IDLE: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// kube-rs's client stack (base URI, extra headers, retries, auth) over hyper-util's pooled
+/// client, with TLS `tls` over `tcp`. With [`crate::Http::Alpn`] the TLS handshake offers
+/// `h2` then `http/1.1` and the pool shares one HTTP/2 connection among all requests and
+/// watches, as client-go does; else HTTP/1.1 only (a connection per concurrent request).
+pub(crate) fn stack<C>(
+    config: kube::Config,
+    tls: rustls::ClientConfig,
+    tcp: C,
+    http: crate::Http,
+) -> Result<kube::Client, kube::Error>
+where
+    C: tower::Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: Read + Write + Connection + Send + Unpin + 'static,
+    C::Future: Send + Unpin + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tracked);
+        .https_or_http();
+    let https = match http {
+        crate::Http::Http1 => builder.enable_http1().wrap_connector(tcp),
+        crate::Http::Alpn => builder.enable_all_versions().wrap_connector(tcp),
+    };
+    let mut client = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    if http == crate::Http::Alpn {
+        client
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(H2_READ_IDLE)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT);
+    }
     let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https);
+        client.build(https);
     let retry = config
         .default_retry
         .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
