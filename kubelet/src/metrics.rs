@@ -4,7 +4,9 @@
 //!   `kubelet_started_containers_total{container_type}`,
 //!   `kubelet_started_containers_errors_total{code,container_type}` and the
 //!   `kubelet_pod_start_duration_seconds` histogram (from the kubelet first seeing a pod to
-//!   the pod running);
+//!   the pod running), and kaze's `kaze_kubelet_object_watches{resource}` (the watches of
+//!   ConfigMaps and Secrets the node's pods use, `volume::objects`; upstream has no such
+//!   gauge);
 //! - `/metrics/resource`: what metrics-server scrapes — node, pod and container CPU
 //!   (`*_cpu_usage_seconds_total`) and memory (`*_memory_working_set_bytes`), container
 //!   start times, from the same samples as `/stats/summary`.
@@ -36,6 +38,8 @@ pub struct Counters {
     /// By (error code, container type).
     container_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     pod_start: Mutex<Histogram>,
+    /// Watches of single objects by resource (`configmaps`, `secrets`).
+    object_watches: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +68,11 @@ impl Counters {
         *lock(&self.container_errors)
             .entry((code.to_string(), container_type))
             .or_default() += 1;
+    }
+
+    /// `n` watches of single objects of `resource` run.
+    pub fn set_object_watches(&self, resource: &'static str, n: u64) {
+        lock(&self.object_watches).insert(resource, n);
     }
 
     /// A pod reached Running `secs` after the kubelet first saw it.
@@ -205,6 +214,24 @@ pub fn render(node: &str, pods: &[Pod], counters: &Counters) -> String {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
     let _ = writeln!(out, "{name}_sum {}", h.sum);
     let _ = writeln!(out, "{name}_count {}", h.count);
+    drop(h);
+
+    help(
+        &mut out,
+        "kaze_kubelet_object_watches",
+        "gauge",
+        "Number of watches of single ConfigMaps and Secrets the node's pods use (kaze's own)",
+    );
+    for resource in ["configmaps", "secrets"] {
+        let n = lock(&counters.object_watches)
+            .get(resource)
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "kaze_kubelet_object_watches{{resource=\"{resource}\"}} {n}"
+        );
+    }
     out
 }
 

@@ -53,8 +53,20 @@ impl Drop for Cluster {
 /// Remove the node's cgroup tree in every controller, deepest first, killing anything a
 /// failed test left in it (containerd's shims are gone by now).
 impl Cluster {
-    /// `octet` picks the pod CIDR 10.244.<octet>.0/24; give every test its own.
+    /// `octet` picks the pod CIDR 10.244.<octet>.0/24; give every test its own. The kubelet
+    /// uses the admin kubeconfig.
     async fn start(tag: &str, octet: u8) -> Cluster {
+        Cluster::start_with(tag, octet, false).await
+    }
+
+    /// The same with the kubelet authenticated as its node (`system:node:<name>`, group
+    /// `system:nodes`, a client certificate of the cluster CA): the Node authorizer and
+    /// NodeRestriction decide what it may do, as in a real cluster.
+    async fn start_as_node(tag: &str, octet: u8) -> Cluster {
+        Cluster::start_with(tag, octet, true).await
+    }
+
+    async fn start_with(tag: &str, octet: u8, as_node: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("kaze-kubelet-{tag}-"))
             .tempdir()
@@ -78,11 +90,26 @@ impl Cluster {
         let node = format!("kl-{tag}-{pid}");
         let bridge = format!("kzv{octet}-{}", pid % 10_000);
         let storage = dir.path().join("storage");
+        let kubeconfig = if as_node {
+            let text = apiserver::user_kubeconfig(
+                server.data_dir(),
+                &format!("system:node:{node}"),
+                &["system:nodes".to_string()],
+                1,
+                None,
+            )
+            .expect("a node kubeconfig");
+            let path = dir.path().join("node.kubeconfig");
+            std::fs::write(&path, text).expect("writing the node kubeconfig");
+            path
+        } else {
+            server.kubeconfig_path().to_path_buf()
+        };
         let config = kubelet::node::Config {
             lease_renew_interval: Duration::from_secs(5),
             local_storage_path: Some(storage.clone()),
             ..support::node_config(
-                server.kubeconfig_path(),
+                &kubeconfig,
                 server.ca_file(),
                 &node,
                 &containerd.socket(),
@@ -439,7 +466,7 @@ while true; do echo "now greeting=$(cat /etc/config/greeting) labels=$(tr '\n' '
         "the projected token did not authenticate as the pod's service account: {err}"
     );
 
-    // A ConfigMap update reaches the running container with the periodic resync (10 s),
+    // A ConfigMap update reaches the running container through the ConfigMap's watch,
     // then a label change through the pod update the sync loop forwards.
     let updated = std::time::Instant::now();
     cms.patch(
@@ -586,6 +613,229 @@ async fn a_missing_configmap_is_failed_mount_or_create_container_config_error_un
     c.wait_log("envs", "K=here").await;
     c.delete_and_wait("waits").await;
     c.delete_and_wait("envs").await;
+    c.stop().await;
+}
+
+/// The kubelet's `kaze_kubelet_object_watches{resource}` gauges for ConfigMaps and Secrets,
+/// read through the apiserver's node proxy (None while the kubelet's server is not up).
+fn object_watches(c: &Cluster) -> Option<(u64, u64)> {
+    let path = format!("/api/v1/nodes/{}/proxy/metrics", c.node);
+    let out = testkit::kubectl_with(&c.kubeconfig(), &["get", "--raw", &path], None);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let gauge = |resource: &str| {
+        let series = format!("kaze_kubelet_object_watches{{resource=\"{resource}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in the kubelet's metrics:\n{text}"))
+            .trim()
+            .parse::<u64>()
+            .expect("a count")
+    };
+    Some((gauge("configmaps"), gauge("secrets")))
+}
+
+/// Until the kubelet's watch gauges read `configmaps` and `secrets`.
+async fn wait_watches(c: &Cluster, configmaps: u64, secrets: u64, when: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = object_watches(c);
+        if now == Some((configmaps, secrets)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{when}: the kubelet watches (configmaps, secrets) = {now:?}, want {:?}",
+            (configmaps, secrets)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `cat <path>` in the pod's container, None when it fails.
+fn cat_in(c: &Cluster, pod: &str, path: &str) -> Option<String> {
+    let out = testkit::kubectl_with(&c.kubeconfig(), &["exec", pod, "--", "cat", path], None);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmaps_and_secrets_are_watched_per_object_while_pods_use_them() {
+    // As its node: each watch is of one object by name, which the Node authorizer allows
+    // only for objects of the node's pods.
+    let c = Cluster::start_as_node("watch", 205).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), "default");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "watched-config"},
+        "data": {"greeting": "v0"},
+    }))
+    .expect("cm");
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("create cm");
+    wait_watches(&c, 0, 0, "before any pod").await;
+
+    // "reader" uses the ConfigMap as a volume, "late" a Secret that does not exist yet (as a
+    // volume and in its env) and the same ConfigMap through envFrom.
+    c.create_pod(json!({
+        "metadata": {"name": "reader"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "volumeMounts": [{"name": "cfg", "mountPath": "/etc/config"}]}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "watched-config"}}],
+        },
+    }))
+    .await;
+    c.create_pod(json!({
+        "metadata": {"name": "late"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; echo \"token=$TOKEN greeting=$greeting\"; while true; do sleep 1; done"],
+                "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "later-secret", "key": "token"}}}],
+                "envFrom": [{"configMapRef": {"name": "watched-config"}}],
+                "volumeMounts": [{"name": "sec", "mountPath": "/etc/secret"}]}],
+            "volumes": [{"name": "sec", "secret": {"secretName": "later-secret"}}],
+        },
+    }))
+    .await;
+    c.wait_pod("reader", "reader running", |p| phase(p) == Some("Running"))
+        .await;
+    // One watch per object, however many pods use it.
+    wait_watches(&c, 1, 1, "two pods using one ConfigMap, one using a Secret").await;
+
+    // (a) Updates reach the running container's file within seconds: the watch's event
+    // refreshes the pod's volumes (the periodic resync, every 10 s, could cover at most one
+    // of these three).
+    for n in 1..=3 {
+        let value = format!("v{n}");
+        let updated = std::time::Instant::now();
+        cms.patch(
+            "watched-config",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"greeting": value}})),
+        )
+        .await
+        .expect("update cm");
+        loop {
+            if cat_in(&c, "reader", "/etc/config/greeting").as_deref() == Some(&*value) {
+                break;
+            }
+            assert!(
+                updated.elapsed() < Duration::from_secs(4),
+                "update {n} not in the container after {:?}",
+                updated.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // (c) The pod whose Secret is missing waits with upstream's FailedMount, then starts
+    // once the Secret is created.
+    let p = c
+        .wait_pod("late", "late waiting for its Secret", |p| {
+            waiting_reason(p, "main").as_deref() == Some("ContainerCreating")
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|s| s[0].state.as_ref()?.waiting.as_ref()?.message.clone())
+                    .is_some_and(|m| !m.is_empty())
+        })
+        .await;
+    let msg = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|s| s[0].state.as_ref()?.waiting.as_ref()?.message.clone());
+    assert_eq!(
+        msg.as_deref(),
+        Some("MountVolume.SetUp failed for volume \"sec\" : secret \"later-secret\" not found")
+    );
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "later-secret"},
+        "stringData": {"token": "t0k3n"},
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    c.wait_log("late", "token=t0k3n greeting=v3").await;
+    assert_eq!(
+        cat_in(&c, "late", "/etc/secret/token").as_deref(),
+        Some("t0k3n")
+    );
+
+    // (b) A watch stops with the last pod using its object.
+    c.delete_and_wait("late").await;
+    wait_watches(&c, 1, 0, "after the Secret's only pod went").await;
+    c.delete_and_wait("reader").await;
+    wait_watches(&c, 0, 0, "after the ConfigMap's last pod went").await;
+    c.stop().await;
+}
+
+/// `kaze_apiserver_requests_by_protocol_total{protocol}` from the apiserver, read with the
+/// test's own client (kube-rs's HTTP/1.1 connector: this read counts as one HTTP/1.1
+/// request once answered).
+async fn requests_by_protocol(c: &Cluster, protocol: &str) -> u64 {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = c.client.request_text(req).await.expect("apiserver metrics");
+    let series = format!("kaze_apiserver_requests_by_protocol_total{{protocol=\"{protocol}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelets_api_requests_use_http2() {
+    let c = Cluster::start("h2", 206).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "h2-config"}, "data": {"k": "v"}}))
+            .expect("cm");
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("create cm");
+    c.create_pod(json!({
+        "metadata": {"name": "h2"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "h2-config"}}],
+        },
+    }))
+    .await;
+    c.wait_pod("h2", "running", |p| phase(p) == Some("Running"))
+        .await;
+    // Only the kubelet talks to the apiserver now (this test's client is HTTP/1.1 and only
+    // reads the metrics): every request it makes in a while — Lease renewals every 5 s,
+    // node status — arrives as HTTP/2.0.
+    let h1_before = requests_by_protocol(&c, "HTTP/1.1").await;
+    let h2_before = requests_by_protocol(&c, "HTTP/2.0").await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let h1_after = requests_by_protocol(&c, "HTTP/1.1").await;
+    let h2_after = requests_by_protocol(&c, "HTTP/2.0").await;
+    assert!(
+        h2_after >= h2_before + 2,
+        "the kubelet made no HTTP/2 requests in 12 s: HTTP/2.0 {h2_before} -> {h2_after}"
+    );
+    // the second, third and fourth reads above are this test's: nothing else on HTTP/1.1
+    assert_eq!(
+        h1_after,
+        h1_before + 2,
+        "HTTP/1.1 requests besides the test's own metric reads (HTTP/2.0 {h2_before} -> {h2_after})"
+    );
+    c.delete_and_wait("h2").await;
     c.stop().await;
 }
 

@@ -205,7 +205,16 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         config.port,
     )?;
     let agent = component::user_agent("kubelet", None);
-    let client = match component::client_as(config.kubeconfig.as_deref(), &agent).await {
+    // HTTP/2 by ALPN: the watches of the pods' ConfigMaps and Secrets (one per object), of
+    // the node's pods and of the Services share one connection, as client-go's. This
+    // client makes no upgrades (exec and attach are served, not asked for).
+    let client = match component::client_with(
+        config.kubeconfig.as_deref(),
+        &agent,
+        component::Http::Alpn,
+    )
+    .await
+    {
         Ok(c) => Some(c),
         Err(e) if config.kubeconfig.is_none() && config.static_pods.enabled() => {
             tracing::warn!(error = %e, "no kubeconfig found: running standalone (static pods only)");
@@ -332,16 +341,19 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         });
         store
     });
+    // One for every pod, static ones included: one watch per ConfigMap/Secret for the node.
     let api_source = client
         .clone()
-        .map(|c| crate::volume::Source::api(c).with_services(services.clone()))
+        .map(|c| {
+            crate::volume::Source::api(c, Some(rt.metrics_handle())).with_services(services.clone())
+        })
         .unwrap_or_default();
     let mut statics = crate::static_pod::Manager::new(
         config.static_pods.clone(),
         rt.clone(),
         node_ctx.clone(),
         uids.clone(),
-        api_source,
+        api_source.clone(),
         active.clone(),
     )
     .map_err(NodeError::Flag)?;
@@ -438,7 +450,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     }
     let result = sync::run(
         client,
-        services,
+        api_source,
         rt,
         node_ctx,
         uids,

@@ -1,5 +1,5 @@
 //! The pod sync loop: watch the pods bound to this node (`spec.nodeName`), keep one pod
-//! worker per pod (reading ConfigMaps/Secrets with this loop's client, and told of label/
+//! worker per pod (reading ConfigMaps/Secrets through the node's [`Source`], and told of label/
 //! annotation changes for the downward API), write each worker's status back with the
 //! status subresource (only when it changed), and when a pod is deleted gracefully stop it,
 //! post its final status and remove it from the API (the kubelet's half of graceful
@@ -216,12 +216,13 @@ fn reject(client: &Client, p: &Pod, node: &str, why: &pod::admit::Rejection) {
     });
 }
 
-/// The pod sync loop (see the module doc). `active` is the node's admitted pods, static
-/// pods included: a new pod whose hostPorts clash with theirs is rejected.
+/// The pod sync loop (see the module doc). `source` is what every pod reads objects from
+/// (one set of ConfigMap/Secret watches for the node). `active` is the node's admitted
+/// pods, static pods included: a new pod whose hostPorts clash with theirs is rejected.
 #[allow(clippy::too_many_arguments)] // one call site, which has these at hand
 pub async fn run(
     client: Client,
-    services: Option<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>>,
+    source: Source,
     rt: Runtime,
     node: NodeContext,
     uids: super::server::PodUids,
@@ -381,7 +382,7 @@ pub async fn run(
                 p.clone(),
                 node.clone(),
                 WorkerConfig::default(),
-                Source::api(client.clone()).with_services(services.clone()),
+                source.clone(),
             );
             let reporter = spawn_reporter(
                 client.clone(),

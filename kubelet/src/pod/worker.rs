@@ -22,6 +22,7 @@ use super::spec::{self as podspec, NodeContext};
 use super::status::{pod_status, terminated};
 use crate::runtime::{ContainerState, ExitInfo, Runtime, Sandbox};
 use crate::security;
+use crate::volume::objects::Registration;
 use crate::volume::{PodVolumes, Source};
 
 /// How long a container start waits for the kubelet's first list of the Services (its
@@ -46,7 +47,8 @@ pub struct WorkerConfig {
     /// How often the worker looks at its containers.
     pub tick: Duration,
     /// How often configMap/secret/downwardAPI/projected volumes are re-read and rewritten
-    /// (upstream relies on its sync period, 1 min, plus a watch-based object cache).
+    /// besides when one of the pod's objects changes (upstream relies on its sync period,
+    /// 1 min; tokens are renewed here).
     pub volume_resync: Duration,
 }
 
@@ -272,6 +274,7 @@ pub fn spawn_with(
     let mut worker = Worker {
         stop: stop_rx.clone(),
         volumes: PodVolumes::new(&pod, &rt.config().pod_dir(&uid), source.clone()),
+        objects: source.register(&pod),
         source: source.clone(),
         events: Recorder::new(source.client().cloned(), &pod, &node.node_name),
         volumes_retry: Instant::now(),
@@ -339,6 +342,9 @@ pub(super) struct Worker {
     pub(super) slots: Vec<Slot>,
     pub(super) start_time: jiff::Timestamp,
     volumes: PodVolumes,
+    /// The pod's hold on the watches of its ConfigMaps and Secrets: released when the
+    /// worker ends (the pod was stopped, or the kubelet stops managing it).
+    objects: Registration,
     source: Source,
     volumes_retry: Instant,
     volumes_refreshed: Instant,
@@ -430,6 +436,8 @@ impl Worker {
                         mine.ephemeral_containers = theirs.ephemeral_containers.clone();
                     }
                     self.slots.extend(added);
+                    // their env may name objects the pod did not use yet
+                    self.objects.update(&self.pod);
                 }
                 if changed {
                     self.pod.metadata.labels = p.metadata.labels.clone();
@@ -471,7 +479,9 @@ impl Worker {
                 }
             };
         }
-        if now >= self.volumes_refreshed + self.cfg.volume_resync {
+        // A ConfigMap or Secret the pod uses changed: its volumes now, not at the resync.
+        let changed = self.objects.changed();
+        if changed || now >= self.volumes_refreshed + self.cfg.volume_resync {
             self.volumes_refreshed = now;
             for e in self.volumes.refresh().await {
                 self.events.warn("FailedMount", &e.to_string());

@@ -172,6 +172,11 @@ impl Runtime {
         &self.metrics
     }
 
+    /// The same, shared (for what counts from outside the runtime).
+    pub fn metrics_handle(&self) -> Arc<crate::metrics::Counters> {
+        self.metrics.clone()
+    }
+
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
     }

@@ -8,8 +8,9 @@
 //!   upstream keeps secret material off the disk. They are mounted read-only, and the pod
 //!   worker calls [`PodVolumes::refresh`] periodically (every `WorkerConfig::volume_resync`,
 //!   10 s by default) so ConfigMap/Secret changes and label/annotation changes appear in
-//!   running containers. ConfigMaps and Secrets are read through one node-wide cache
-//!   ([`Source`]'s, each object fetched at most once per [`OBJECT_TTL`] for all pods).
+//!   running containers; a pod whose ConfigMap or Secret changed is refreshed at once.
+//!   ConfigMaps and Secrets are read from one watch per object the node's pods use
+//!   ([`objects`], upstream's `Watch` change-detection strategy).
 //! - `hostPath`: the host path itself, after its `type` check.
 //! - `persistentVolumeClaim` ([`claim`]): the claim's bound volume (`hostPath` or `local`),
 //!   read-only when the pod's volume says so; kaze local-path volumes get their directory
@@ -32,6 +33,7 @@
 
 pub mod atomic;
 pub mod claim;
+pub mod objects;
 pub mod ownership;
 pub mod payload;
 
@@ -41,12 +43,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, KeyToPath, Pod, Secret, Service, ServiceAccount, Volume,
-};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Service, ServiceAccount, Volume};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::Store;
 
+use self::objects::{Keys, Kind, ObjectWatches, Registration};
 use self::payload::{Allocatable, Payload, PayloadError, DEFAULT_MODE};
 use crate::spec::BindMount;
 use crate::sys::{self, FileKind};
@@ -71,8 +72,8 @@ pub struct VolumeError {
 #[derive(Clone, Default)]
 pub struct Source {
     client: Option<kube::Client>,
-    /// ConfigMaps and Secrets read lately, shared by every pod of the node.
-    objects: ObjectCache,
+    /// The watches of the ConfigMaps and Secrets the node's pods use (with a client).
+    objects: Option<ObjectWatches>,
     /// Tokens already requested, until they are due for renewal.
     tokens: Arc<Mutex<HashMap<TokenKey, CachedToken>>>,
     /// The cluster's Services, followed by the kubelet (for containers' environment).
@@ -101,16 +102,34 @@ impl std::fmt::Debug for Source {
     }
 }
 
-type Keys = BTreeMap<String, Vec<u8>>;
-
 impl Source {
-    pub fn api(client: kube::Client) -> Source {
+    /// Objects from the apiserver behind `client`; the watches of ConfigMaps and Secrets
+    /// are counted in `metrics` (`kaze_kubelet_object_watches`). Clones share the watches
+    /// and tokens: the kubelet makes one for all its pods.
+    pub fn api(client: kube::Client, metrics: Option<Arc<crate::metrics::Counters>>) -> Source {
         Source {
+            objects: Some(ObjectWatches::new(client.clone(), metrics)),
             client: Some(client),
-            objects: ObjectCache::default(),
             tokens: Arc::default(),
             services: None,
         }
+    }
+
+    /// Register `pod` (upstream's `RegisterPod`): the ConfigMaps and Secrets it uses are
+    /// watched until the registration is dropped. Nothing without an apiserver.
+    pub fn register(&self, pod: &Pod) -> Registration {
+        match &self.objects {
+            Some(o) => o.register(pod),
+            None => Registration::default(),
+        }
+    }
+
+    /// The running watches of single objects, by kind.
+    pub fn object_watches(&self) -> BTreeMap<Kind, usize> {
+        self.objects
+            .as_ref()
+            .map(ObjectWatches::running)
+            .unwrap_or_default()
     }
 
     /// The same, reading Services from the kubelet's reflector instead of the API.
@@ -208,147 +227,24 @@ impl Source {
         self.client.as_ref()
     }
 
-    /// A ConfigMap's data and binaryData; None if it does not exist. Read at most once per
-    /// [`OBJECT_TTL`] for all the node's pods (every pod's `kube-api-access-*` volume holds
-    /// its namespace's `kube-root-ca.crt`).
+    /// A ConfigMap's data and binaryData; None if it does not exist. From the object's
+    /// watch (see [`objects`]), waiting for its first list.
     pub async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Keys>, String> {
-        self.object_keys::<ConfigMap>("configmap", ns, name, config_map_keys)
-            .await
+        self.object_keys(Kind::ConfigMap, ns, name).await
     }
 
     /// A Secret's data (stringData merged in, should the apiserver have kept it); None if it
-    /// does not exist. Read at most once per [`OBJECT_TTL`] for all the node's pods.
+    /// does not exist. From the object's watch.
     pub async fn secret(&self, ns: &str, name: &str) -> Result<Option<Keys>, String> {
-        self.object_keys::<Secret>("secret", ns, name, secret_keys)
-            .await
+        self.object_keys(Kind::Secret, ns, name).await
     }
 
-    /// Object `ns/name` of `kind` as files, through the node-wide cache.
-    async fn object_keys<K>(
-        &self,
-        kind: &'static str,
-        ns: &str,
-        name: &str,
-        keys: fn(K) -> Keys,
-    ) -> Result<Option<Keys>, String>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let client = self
-            .client
-            .clone()
-            .ok_or_else(|| format!("no apiserver to read {kind} {name:?} from"))?;
-        let key = (kind, ns.to_string(), name.to_string());
-        self.objects
-            .get(key, async move {
-                let got = Api::<K>::namespaced(client, ns)
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| format!("reading {kind} {name:?}: {e}"))?;
-                Ok(got.map(keys))
-            })
-            .await
-    }
-}
-
-/// A ConfigMap's data and binaryData as file contents.
-fn config_map_keys(cm: ConfigMap) -> Keys {
-    let mut keys: Keys = cm
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
-    keys.extend(
-        cm.binary_data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0)),
-    );
-    keys
-}
-
-/// A Secret's data, stringData merged in, as file contents.
-fn secret_keys(s: Secret) -> Keys {
-    let mut keys: Keys = s
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    keys.extend(
-        s.string_data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes())),
-    );
-    keys
-}
-
-/// How long a ConfigMap or Secret read from the apiserver serves every pod of the node
-/// (upstream's kubelet `Cache` strategy; half the volumes' resync, so an update reaches a
-/// running container within 15 s).
-pub const OBJECT_TTL: Duration = Duration::from_secs(5);
-
-/// (kind, namespace, name)
-type ObjectKey = (&'static str, String, String);
-/// One object's last read; its lock makes concurrent askers wait for one read.
-type ObjectSlot = Arc<tokio::sync::Mutex<Option<Fetched>>>;
-
-/// ConfigMaps and Secrets the node's pods read, each fetched at most once per [`OBJECT_TTL`]
-/// however many pods ask (concurrent askers wait for the one read). Failed reads are not
-/// kept: the next ask tries again.
-#[derive(Clone)]
-struct ObjectCache {
-    entries: Arc<Mutex<HashMap<ObjectKey, ObjectSlot>>>,
-    ttl: Duration,
-}
-
-impl Default for ObjectCache {
-    fn default() -> Self {
-        ObjectCache {
-            entries: Arc::default(),
-            ttl: OBJECT_TTL,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Fetched {
-    at: Instant,
-    keys: Option<Keys>,
-}
-
-impl ObjectCache {
-    async fn get<F>(&self, key: ObjectKey, fetch: F) -> Result<Option<Keys>, String>
-    where
-        F: std::future::Future<Output = Result<Option<Keys>, String>>,
-    {
-        let slot = {
-            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            // forget what nobody asked for in a while (deleted pods' objects)
-            if entries.len() > 64 {
-                entries.retain(|_, slot| {
-                    slot.try_lock().map_or(true, |f| {
-                        f.as_ref().is_some_and(|f| f.at.elapsed() < self.ttl * 12)
-                    })
-                });
-            }
-            entries.entry(key).or_default().clone()
-        };
-        let mut slot = slot.lock().await;
-        if let Some(f) = slot.as_ref().filter(|f| f.at.elapsed() < self.ttl) {
-            return Ok(f.keys.clone());
-        }
-        let keys = fetch.await?;
-        *slot = Some(Fetched {
-            at: Instant::now(),
-            keys: keys.clone(),
-        });
-        Ok(keys)
+    async fn object_keys(&self, kind: Kind, ns: &str, name: &str) -> Result<Option<Keys>, String> {
+        let objects = self
+            .objects
+            .as_ref()
+            .ok_or_else(|| format!("no apiserver to read {} {name:?} from", kind.singular()))?;
+        objects.get((kind, ns.to_string(), name.to_string())).await
     }
 }
 
@@ -862,76 +758,5 @@ mod tests {
         std::os::unix::fs::symlink("..2026", base.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/key", base.join("key")).unwrap();
         assert!(subpath(&base, "key").unwrap().ends_with("..2026/key"));
-    }
-
-    #[tokio::test]
-    async fn objects_are_read_once_per_ttl_for_all_askers_and_failures_are_not_kept() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let cache = ObjectCache {
-            ttl: Duration::from_millis(300),
-            ..ObjectCache::default()
-        };
-        let reads = Arc::new(AtomicUsize::new(0));
-        let key = || {
-            (
-                "configmap",
-                "default".to_string(),
-                "kube-root-ca.crt".to_string(),
-            )
-        };
-        let read = |value: &'static str| {
-            let reads = reads.clone();
-            async move {
-                reads.fetch_add(1, Ordering::SeqCst);
-                // slow enough that the askers below overlap
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok(Some(Keys::from([(
-                    "ca.crt".to_string(),
-                    value.as_bytes().to_vec(),
-                )])))
-            }
-        };
-        // ten pods asking at once: one read, one answer
-        let answers =
-            futures::future::join_all((0..10).map(|_| cache.get(key(), read("v1")))).await;
-        assert_eq!(reads.load(Ordering::SeqCst), 1);
-        assert!(answers.iter().all(|a| a
-            .as_ref()
-            .ok()
-            .and_then(|k| k.as_ref())
-            .and_then(|k| k.get("ca.crt"))
-            == Some(&b"v1".to_vec())));
-        // within the ttl: still the kept answer
-        let again = cache.get(key(), read("v2")).await.expect("kept");
-        assert_eq!(
-            again.and_then(|k| k.get("ca.crt").cloned()),
-            Some(b"v1".to_vec())
-        );
-        assert_eq!(reads.load(Ordering::SeqCst), 1);
-        // another object is read on its own
-        cache
-            .get(("secret", "default".into(), "token".into()), read("s"))
-            .await
-            .expect("secret");
-        assert_eq!(reads.load(Ordering::SeqCst), 2);
-        // after the ttl: read again, the new value served
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        let fresh = cache.get(key(), read("v2")).await.expect("fresh");
-        assert_eq!(
-            fresh.and_then(|k| k.get("ca.crt").cloned()),
-            Some(b"v2".to_vec())
-        );
-        assert_eq!(reads.load(Ordering::SeqCst), 3);
-        // a failed read is reported and not kept
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        let failed = cache
-            .get(key(), async { Err("apiserver unreachable".to_string()) })
-            .await;
-        assert_eq!(failed, Err("apiserver unreachable".to_string()));
-        let after = cache.get(key(), read("v3")).await.expect("after");
-        assert_eq!(
-            after.and_then(|k| k.get("ca.crt").cloned()),
-            Some(b"v3".to_vec())
-        );
     }
 }
