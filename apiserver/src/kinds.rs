@@ -9,6 +9,7 @@ use crate::registry::ResourceDef;
 use crate::selector::LabelSelector;
 
 mod job;
+pub mod secret;
 
 /// A field problem: (field path, upstream cause type, message).
 pub type Cause = (String, &'static str, String);
@@ -169,7 +170,10 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             set_default(spec, "successfulJobsHistoryLimit", json!(3));
             set_default(spec, "failedJobsHistoryLimit", json!(1));
         }
-        ("", "Secret") => set_default(obj, "type", json!("Opaque")),
+        ("", "Secret") => {
+            secret::merge_string_data(obj);
+            set_default(obj, "type", json!("Opaque"));
+        }
         ("", "ReplicationController") => {
             let spec = &mut obj["spec"];
             set_default(spec, "replicas", json!(1));
@@ -640,21 +644,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         (crate::aggregator::GROUP, "APIService") => {
             crate::aggregator::validation::validate(obj, &mut causes)
         }
-        ("", "ConfigMap") | ("", "Secret") => {
-            for field in ["data", "binaryData", "stringData"] {
-                if let Some(m) = obj.get(field).and_then(Value::as_object) {
-                    for k in m.keys() {
-                        let ok = !k.is_empty()
-                            && k.len() <= 253
-                            && k.chars()
-                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-                        if !ok {
-                            causes.push(invalid(&format!("{field}[{k}]"), format!("Invalid value: {k:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'")));
-                        }
-                    }
-                }
-            }
-        }
+        ("", "ConfigMap") | ("", "Secret") => secret::validate(def.kind, obj, old, &mut causes),
         _ => {}
     }
     causes

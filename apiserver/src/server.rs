@@ -25,6 +25,8 @@ pub struct RunningServer {
     ca_pem: String,
     tls_dir: PathBuf,
     kubelet_client: (PathBuf, PathBuf),
+    /// The key service-account tokens are signed with.
+    sa_key_file: PathBuf,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     state: Arc<AppState>,
@@ -61,6 +63,12 @@ impl RunningServer {
     /// The CA's certificate file (what kubelets take as `--client-ca-file`).
     pub fn ca_file(&self) -> PathBuf {
         self.tls_dir.join(crate::tls::CA_CERT)
+    }
+
+    /// The service-account signing key (PKCS#8 PEM): what a controller-manager takes as
+    /// `--service-account-private-key-file` to sign legacy tokens this apiserver accepts.
+    pub fn service_account_key_file(&self) -> &Path {
+        &self.sa_key_file
     }
 
     /// The client certificate and key the apiserver presents to kubelets.
@@ -393,6 +401,10 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         data_dir: config.data_dir.clone(),
         token: state.tokens.admin_token().to_string(),
         ca_pem: material.ca_pem,
+        sa_key_file: config
+            .service_account_signing_key_file
+            .clone()
+            .unwrap_or_else(|| tls_dir.join(crate::serviceaccount::keys::SIGNING_KEY)),
         tls_dir,
         kubelet_client,
         shutdown,

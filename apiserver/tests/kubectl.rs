@@ -747,3 +747,78 @@ fn describe_shows_events_and_foreground_delete_completes() {
     let err = s.kubectl_fails(&["get", "deploy", "web", "-n", "shop"], None);
     assert!(err.contains("not found"), "{err}");
 }
+
+/// Secrets and ConfigMaps as upstream stores and checks them: `stringData` merged into
+/// `data` (and not kept), each Secret type's required keys, `immutable`, and the type that
+/// cannot change.
+#[test]
+fn secrets_and_config_maps_are_stored_and_checked_as_upstream() {
+    let s = TestServer::start();
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\ndata: {user: YWRtaW4=, old: eA==}\nstringData: {pass: s3cret, old: replaced}\n";
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(secret));
+    let got = json(&s, &["get", "secret", "creds"]);
+    assert_eq!(got["type"], "Opaque", "{got}");
+    assert!(
+        got.get("stringData").is_none(),
+        "stringData is write-only: {got}"
+    );
+    assert_eq!(got["data"]["user"], "YWRtaW4=");
+    assert_eq!(got["data"]["pass"], "czNjcmV0", "base64 of s3cret: {got}");
+    assert_eq!(got["data"]["old"], "cmVwbGFjZWQ=", "stringData wins: {got}");
+    // re-applying the same manifest is unchanged, not a new stringData each time
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(secret));
+    assert!(
+        out.contains("unchanged") || out.contains("configured"),
+        "{out}"
+    );
+    assert_eq!(
+        json(&s, &["get", "secret", "creds"])["data"]["pass"],
+        "czNjcmV0"
+    );
+
+    let tls = "apiVersion: v1\nkind: Secret\nmetadata: {name: t}\ntype: kubernetes.io/tls\ndata: {tls.crt: eA==}\n";
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(tls));
+    assert!(err.contains("data[tls.key]: Required value"), "{err}");
+    let token = "apiVersion: v1\nkind: Secret\nmetadata: {name: sa}\ntype: kubernetes.io/service-account-token\n";
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(token));
+    assert!(
+        err.contains("metadata.annotations[kubernetes.io/service-account.name]: Required value"),
+        "{err}"
+    );
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "secret",
+            "creds",
+            "--type=merge",
+            "-p",
+            r#"{"type":"kubernetes.io/basic-auth"}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("type: Invalid value: \"kubernetes.io/basic-auth\": field is immutable"),
+        "{err}"
+    );
+
+    let frozen = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: frozen}\nimmutable: true\ndata: {a: b}\n";
+    s.kubectl_stdin(&["create", "-f", "-"], Some(frozen));
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "cm",
+            "frozen",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"a":"c"}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("data: Forbidden: field is immutable when `immutable` is set"),
+        "{err}"
+    );
+    // metadata may still change
+    s.kubectl(&["label", "cm", "frozen", "tier=gold"]);
+    assert_eq!(json(&s, &["get", "cm", "frozen"])["data"]["a"], "b");
+}

@@ -9,6 +9,7 @@ use std::path::Path;
 pub mod delegated;
 pub mod health;
 pub mod https;
+pub mod jwt;
 pub mod leader;
 pub mod quota;
 pub mod reloading;

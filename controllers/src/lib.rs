@@ -61,6 +61,7 @@ pub mod replicationcontroller;
 pub mod resourcequota;
 pub mod rootcacert;
 pub mod serviceaccount;
+pub mod serviceaccount_token;
 mod serving;
 pub mod statefulset;
 pub mod util;
@@ -81,6 +82,7 @@ pub fn client_name(controller: &str) -> &str {
         "nodeipam" | "nodelifecycle" => "node-controller",
         "podgc" => "pod-garbage-collector",
         "serviceaccount" => "service-account-controller",
+        "serviceaccount-token" => "tokens-controller",
         "namespace" => "namespace-controller",
         "resourcequota" => "resourcequota-controller",
         "disruption" => "disruption-controller",
@@ -107,6 +109,7 @@ pub const ALL: &[&str] = &[
     "nodelifecycle",
     "podgc",
     "serviceaccount",
+    "serviceaccount-token",
     "namespace",
     "resourcequota",
     "root-ca-cert-publisher",
@@ -157,6 +160,13 @@ pub struct Config {
     #[arg(long = "root-ca-file")]
     pub root_ca_file: Option<PathBuf>,
 
+    /// The PEM PKCS#8 P-256 key the `serviceaccount-token` controller signs the tokens of
+    /// `kubernetes.io/service-account-token` Secrets with (the apiserver's
+    /// `--service-account-signing-key-file`, or a key its `--service-account-key-file`
+    /// lists); without it that controller does not run.
+    #[arg(long = "service-account-private-key-file")]
+    pub service_account_private_key_file: Option<PathBuf>,
+
     /// How often every HorizontalPodAutoscaler is synced.
     #[arg(long = "horizontal-pod-autoscaler-sync-period", default_value = "15s", value_parser = component::leader::parse_duration)]
     pub horizontal_pod_autoscaler_sync_period: Duration,
@@ -188,6 +198,7 @@ impl Config {
             terminated_pod_gc_threshold: 12500,
             resource_quota_sync_period: Duration::from_secs(300),
             root_ca_file: None,
+            service_account_private_key_file: None,
             horizontal_pod_autoscaler_sync_period: Duration::from_secs(15),
             horizontal_pod_autoscaler_downscale_stabilization: Duration::from_secs(300),
             leader: component::leader::LeaderElectionArgs::disabled(),
@@ -209,6 +220,8 @@ pub enum Error {
     Cidr(String),
     #[error("the secure port: {0}")]
     Serving(#[from] component::serving::ServingError),
+    #[error("--service-account-private-key-file {path}: {reason}")]
+    ServiceAccountKey { path: String, reason: String },
 }
 
 /// What a reconcile can fail with; the error policy retries with a delay.
@@ -339,6 +352,19 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let which = enabled(&config.controllers)?;
     let cidr = nodeipam::Cidrs::parse(&config.cluster_cidr, config.node_cidr_mask_size)
         .map_err(Error::Cidr)?;
+    let sa_key = match &config.service_account_private_key_file {
+        Some(path) => {
+            let key_err = |reason: String| Error::ServiceAccountKey {
+                path: path.display().to_string(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| key_err(e.to_string()))?;
+            Some(Arc::new(
+                component::jwt::SigningKey::from_pem(&text).map_err(key_err)?,
+            ))
+        }
+        None => None,
+    };
     let kubeconfig = config.kubeconfig.as_deref();
     let agent = |name| component::user_agent("kube-controller-manager", Some(name));
     let client = component::client_as(kubeconfig, &agent("leader-election")).await?;
@@ -380,6 +406,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
                 gc_threshold: config.terminated_pod_gc_threshold,
                 quota_resync: config.resource_quota_sync_period,
                 root_ca_file: config.root_ca_file.clone(),
+                sa_key: sa_key.clone(),
                 hpa: horizontalpodautoscaler::Settings {
                     sync_period: config.horizontal_pod_autoscaler_sync_period,
                     downscale_stabilization: config
@@ -406,6 +433,7 @@ struct Periods {
     gc_threshold: usize,
     quota_resync: Duration,
     root_ca_file: Option<PathBuf>,
+    sa_key: Option<Arc<component::jwt::SigningKey>>,
     hpa: horizontalpodautoscaler::Settings,
 }
 
@@ -455,6 +483,20 @@ async fn run_controllers(
                 tasks.spawn(horizontalpodautoscaler::run(ctx, periods.hpa, token))
             }
             "resourcequota" => tasks.spawn(resourcequota::run(ctx, periods.quota_resync, token)),
+            "serviceaccount-token" => match &periods.sa_key {
+                Some(key) => tasks.spawn(serviceaccount_token::run(
+                    ctx,
+                    key.clone(),
+                    periods.root_ca_file.clone(),
+                    token,
+                )),
+                None => {
+                    tracing::warn!(
+                        "serviceaccount-token needs --service-account-private-key-file; not started"
+                    );
+                    continue;
+                }
+            },
             "root-ca-cert-publisher" => match &periods.root_ca_file {
                 Some(ca) => tasks.spawn(rootcacert::run(ctx, ca.clone(), token)),
                 None => {

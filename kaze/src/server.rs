@@ -347,6 +347,8 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         resource_quota_sync_period: std::time::Duration::from_secs(300),
         // kube-root-ca.crt in every namespace: the CA this server's apiserver serves with
         root_ca_file: Some(api.ca_file()),
+        // legacy tokens in Secrets, signed with the key this server's apiserver checks
+        service_account_private_key_file: Some(api.service_account_key_file().to_path_buf()),
         horizontal_pod_autoscaler_sync_period: args.horizontal_pod_autoscaler_sync_period,
         horizontal_pod_autoscaler_downscale_stabilization: args
             .horizontal_pod_autoscaler_downscale_stabilization,

@@ -168,6 +168,32 @@ pub fn label_value(s: &str) -> Vec<String> {
     errs
 }
 
+/// Upstream's `IsConfigMapKey`: keys of ConfigMap and Secret data.
+pub fn config_key(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > 253 {
+        errs.push(max_len(253));
+    }
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if !ok {
+        errs.push(regex_error(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+            "[-._a-zA-Z0-9]+",
+            &["key.name", "KEY_NAME", "key-name"],
+        ));
+    }
+    if s == "." {
+        errs.push("must not be '.'".into());
+    } else if s == ".." {
+        errs.push("must not be '..'".into());
+    } else if s.starts_with("..") {
+        errs.push("must not start with '..'".into());
+    }
+    errs
+}
+
 /// Upstream's `TotalAnnotationSizeLimitB`: the keys and values of one object's annotations.
 pub const TOTAL_ANNOTATION_SIZE: usize = 256 * 1024;
 
@@ -291,6 +317,9 @@ mod tests {
         assert!(qualified_name("a/b/c")[0].starts_with("a qualified name must consist"));
         assert!(qualified_name("Example.com/x")[0]
             .starts_with("prefix part a lowercase RFC 1123 subdomain"));
+        assert!(config_key("tls.crt").is_empty() && config_key(".dockerconfigjson").is_empty());
+        assert_eq!(config_key("..data"), vec!["must not start with '..'"]);
+        assert_eq!(config_key("a/b").len(), 1);
         assert!(label_value("").is_empty());
         assert!(label_value("bad value")[0].starts_with("a valid label must be an empty string"));
     }

@@ -101,28 +101,7 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// (label, DER) of every PEM block (one that is not base64 is left out).
-pub(crate) fn pem_blocks(text: &str) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut current: Option<(String, String)> = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        {
-            current = Some((label.to_string(), String::new()));
-        } else if line.starts_with("-----END ") {
-            if let Some((label, b64)) = current.take() {
-                if let Ok(der) = STANDARD.decode(b64) {
-                    out.push((label, der));
-                }
-            }
-        } else if let Some((_, b64)) = current.as_mut() {
-            b64.push_str(line);
-        }
-    }
-    out
-}
+pub(crate) use component::jwt::pem_blocks;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,10 @@
 //! tokens, TokenReview, the ServiceAccount admission plugin for pods (`admission`), and
 //! issuer discovery (`discovery`: OpenID configuration and JWKS).
 //!
+//! Legacy tokens (`legacy`), which the controller-manager puts in
+//! `kubernetes.io/service-account-token` Secrets, authenticate while their Secret and
+//! ServiceAccount exist.
+//!
 //! Tokens are ES256 JWTs (`jwt`). Every apiserver publishes its public key in the store
 //! (`<prefix>/kaze/serviceaccount-keys/<kid>`), so apiservers with separate data dirs on one
 //! etcd accept each other's tokens; a token with an unknown key id makes an apiserver read
@@ -10,8 +14,9 @@
 
 pub mod admission;
 pub mod discovery;
-pub mod jwt;
+pub use component::jwt;
 pub(crate) mod keys;
+mod legacy;
 mod refresh;
 mod token;
 
@@ -41,11 +46,20 @@ pub struct ServiceAccounts {
     /// Bounds how often an unknown key id makes us read the other apiservers' keys.
     key_refresh: refresh::KeyRefresh,
     /// Tokens whose signature checked out, with their claims.
-    verified: Mutex<HashMap<String, jwt::Claims>>,
+    verified: Mutex<HashMap<String, Verified>>,
     /// Whether the `ServiceAccount` admission plugin runs on pod creates.
     admit_pods: bool,
     /// `--service-account-extend-token-expiration`.
     extend_expiration: bool,
+}
+
+/// The claims of a token whose signature checked out.
+#[derive(Debug, Clone)]
+enum Verified {
+    /// TokenRequest's, bound to the ServiceAccount (and a pod, secret or node).
+    Bound(Box<jwt::Claims>),
+    /// A legacy token, as a `kubernetes.io/service-account-token` Secret holds it.
+    Legacy(jwt::LegacyClaims),
 }
 
 /// What [`ServiceAccounts::load`] needs from the flags.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::jwt::{self, Claims, Kubernetes, Ref};
-use super::{keys, ServiceAccounts, VERIFIED_CACHE};
+use super::{keys, ServiceAccounts, Verified, VERIFIED_CACHE};
 use crate::auth::UserInfo;
 use crate::meta;
 use crate::negotiate::{self, Format};
@@ -51,7 +51,7 @@ fn invalid(field: &str, value: &Value, why: &str) -> ApiError {
     )
 }
 
-fn core_def<'a>(state: &'a AppState, plural: &str) -> &'a crate::registry::ResourceDef {
+pub(super) fn core_def<'a>(state: &'a AppState, plural: &str) -> &'a crate::registry::ResourceDef {
     state
         .registry
         .get("", "v1", plural)
@@ -251,7 +251,7 @@ async fn bind(
 }
 
 impl ServiceAccounts {
-    fn remembered(&self, token: &str) -> Option<Claims> {
+    fn remembered(&self, token: &str) -> Option<Verified> {
         self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -259,7 +259,7 @@ impl ServiceAccounts {
             .cloned()
     }
 
-    fn remember(&self, token: &str, claims: &Claims) {
+    fn remember(&self, token: &str, claims: &Verified) {
         let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if v.len() >= VERIFIED_CACHE {
             // Cheap bound: start over rather than track recency.
@@ -268,8 +268,20 @@ impl ServiceAccounts {
         v.insert(token.to_string(), claims.clone());
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, jwt::Invalid> {
-        jwt::verify(token, &self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    /// The token's claims once its signature checks out: a legacy token's (by its issuer,
+    /// upstream's `kubernetes/serviceaccount`) or a bound one's.
+    fn verify(&self, token: &str) -> Result<Verified, jwt::Invalid> {
+        let raw: Value =
+            jwt::verify_as(token, &self.keys.read().unwrap_or_else(|e| e.into_inner()))?;
+        let claims = |e: serde_json::Error| jwt::Invalid::Claims(e.to_string());
+        if raw.get("iss").and_then(Value::as_str) == Some(jwt::LEGACY_ISSUER) {
+            return serde_json::from_value(raw)
+                .map(Verified::Legacy)
+                .map_err(claims);
+        }
+        serde_json::from_value(raw)
+            .map(Verified::Bound)
+            .map_err(claims)
     }
 
     /// Where apiservers keep their public keys for each other (`<this><kid>`).
@@ -340,18 +352,24 @@ async fn check(
     audiences: &[String],
 ) -> Result<(UserInfo, Vec<String>), String> {
     let sas = &state.service_accounts;
-    let claims = match sas.remembered(token) {
+    let verified = match sas.remembered(token) {
         Some(c) => c,
         None => {
-            let claims = match sas.verify(token) {
+            let verified = match sas.verify(token) {
                 Err(jwt::Invalid::UnknownKey(kid)) if sas.learn_key(state, &kid).await => {
                     sas.verify(token)
                 }
                 r => r,
             }
             .map_err(|e| e.to_string())?;
-            sas.remember(token, &claims);
-            claims
+            sas.remember(token, &verified);
+            verified
+        }
+    };
+    let claims = match verified {
+        Verified::Bound(claims) => *claims,
+        Verified::Legacy(legacy) => {
+            return super::legacy::check(state, token, &legacy, audiences).await
         }
     };
     if claims.iss != sas.issuer {
@@ -442,7 +460,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Option<UserInfo> {
 /// Whether the object still exists with the token's uid (and is not long deleted). The
 /// watch cache answers first; what it does not confirm is read from the store, so an object
 /// created a moment ago is found.
-async fn exists(state: &AppState, plural: &str, ns: Option<&str>, r: &Ref) -> bool {
+pub(super) async fn exists(state: &AppState, plural: &str, ns: Option<&str>, r: &Ref) -> bool {
     let def = core_def(state, plural);
     let live = |obj: &Value| {
         meta::meta_str(obj, "name") == Some(r.name.as_str())

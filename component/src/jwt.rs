@@ -1,10 +1,14 @@
 //! ES256 JSON Web Tokens as upstream's service-account tokens carry them: a compact JWS
 //! (`header.claims.signature`, each base64url without padding) signed with ECDSA P-256 over
 //! SHA-256, the signature being `r || s` (64 bytes). Pure logic: no clock, no I/O.
+//!
+//! Shared by the apiserver (TokenRequest tokens, authentication) and the controller-manager
+//! (the legacy tokens its `serviceaccount-token` controller puts in Secrets), as upstream's
+//! `pkg/serviceaccount` is.
 
 use std::collections::HashMap;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -50,6 +54,26 @@ pub struct Claims {
     pub jti: String,
     #[serde(rename = "kubernetes.io")]
     pub kubernetes: Kubernetes,
+}
+
+/// The issuer of legacy (Secret-based) tokens, upstream's `serviceaccount.LegacyIssuer`.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+
+/// The claims of a legacy token, the one a `kubernetes.io/service-account-token` Secret holds
+/// (upstream's `LegacyClaims`): no audience, no expiry; valid while the Secret (holding this
+/// very token) and the ServiceAccount (with this uid) exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyClaims {
+    pub iss: String,
+    pub sub: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace", default)]
+    pub namespace: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name", default)]
+    pub secret_name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name", default)]
+    pub service_account_name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid", default)]
+    pub service_account_uid: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,6 +123,16 @@ impl SigningKey {
         Ok(SigningKey { pair, kid })
     }
 
+    /// The key of a PEM file's PKCS#8 `PRIVATE KEY` block (`--service-account-private-key-file`).
+    pub fn from_pem(text: &str) -> Result<SigningKey, String> {
+        let der = pem_blocks(text)
+            .into_iter()
+            .find(|(label, _)| label == "PRIVATE KEY")
+            .map(|(_, der)| der)
+            .ok_or("no PKCS#8 \"PRIVATE KEY\" block")?;
+        SigningKey::from_pkcs8(&der)
+    }
+
     pub fn kid(&self) -> &str {
         &self.kid
     }
@@ -108,7 +142,7 @@ impl SigningKey {
         self.pair.public_key().as_ref()
     }
 
-    pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+    pub fn sign<C: Serialize>(&self, claims: &C) -> Result<String, String> {
         let header = Header {
             alg: "ES256".into(),
             kid: self.kid.clone(),
@@ -148,6 +182,15 @@ pub fn point_from_spki(der: &[u8]) -> Option<&[u8]> {
 /// Check the signature against the key the token names (by `kid`) and decode the claims.
 /// Issuer, times and audiences are the caller's to check.
 pub fn verify(token: &str, keys: &HashMap<String, Vec<u8>>) -> Result<Claims, Invalid> {
+    verify_as(token, keys)
+}
+
+/// [`verify`], decoding the claims as `C` (e.g. [`LegacyClaims`], or a `Value` to look at the
+/// issuer first).
+pub fn verify_as<C: serde::de::DeserializeOwned>(
+    token: &str,
+    keys: &HashMap<String, Vec<u8>>,
+) -> Result<C, Invalid> {
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -167,6 +210,29 @@ pub fn verify(token: &str, keys: &HashMap<String, Vec<u8>>) -> Result<Claims, In
         .verify(signing_input.as_bytes(), &dec(s)?)
         .map_err(|_| Invalid::Signature)?;
     serde_json::from_slice(&dec(c)?).map_err(|e| Invalid::Claims(e.to_string()))
+}
+
+/// (label, DER) of every PEM block (one that is not base64 is left out).
+pub fn pem_blocks(text: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            current = Some((label.to_string(), String::new()));
+        } else if line.starts_with("-----END ") {
+            if let Some((label, b64)) = current.take() {
+                if let Ok(der) = STANDARD.decode(b64) {
+                    out.push((label, der));
+                }
+            }
+        } else if let Some((_, b64)) = current.as_mut() {
+            b64.push_str(line);
+        }
+    }
+    out
 }
 
 /// Whether a bearer token looks like a JWT (three base64url parts), so static tokens skip
