@@ -562,9 +562,15 @@ async fn a_missing_configmap_is_failed_mount_or_create_container_config_error_un
         ev.source.and_then(|s| s.component).as_deref(),
         Some("kubelet")
     );
+    // The event and the status are written apart: wait for the status to say why too.
     let p = c
-        .wait_pod("waits", "ContainerCreating", |p| {
+        .wait_pod("waits", "ContainerCreating with a message", |p| {
             waiting_reason(p, "main").as_deref() == Some("ContainerCreating")
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|s| s[0].state.as_ref()?.waiting.as_ref()?.message.clone())
+                    .is_some_and(|m| !m.is_empty())
         })
         .await;
     assert_eq!(phase(&p), Some("Pending"));
@@ -728,7 +734,7 @@ async fn configmaps_and_secrets_are_watched_per_object_while_pods_use_them() {
                 break;
             }
             assert!(
-                updated.elapsed() < Duration::from_secs(4),
+                updated.elapsed() < Duration::from_secs(5),
                 "update {n} not in the container after {:?}",
                 updated.elapsed()
             );
