@@ -294,6 +294,23 @@ impl Identity {
         })
     }
 
+    /// A PEM certificate chain and key given inline (a kubeconfig's `-data` fields, or
+    /// files it names).
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Identity, String> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("parsing the client certificate: {e}"))?;
+        if chain.is_empty() {
+            return Err("parsing the client certificate: no certificate in it".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| format!("parsing the client key: {e}"))?;
+        Ok(Identity {
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
     pub(crate) fn chain(&self) -> Vec<CertificateDer<'static>> {
         self.chain.clone()
     }

@@ -199,7 +199,10 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
 pub async fn serve(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render() + &state.cache.render_metrics() + &state.webhooks.render_metrics(),
+        state.metrics.render()
+            + &state.cache.render_metrics()
+            + &state.webhooks.render_metrics()
+            + &crate::audit::render_metrics(state.audit.as_deref()),
     )
         .into_response()
 }

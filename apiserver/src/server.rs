@@ -90,6 +90,10 @@ impl RunningServer {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        // upstream's audit backends flush after the server stops serving
+        if let Some(audit) = &self.state.audit {
+            audit.shutdown().await;
+        }
     }
 }
 

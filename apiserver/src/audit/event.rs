@@ -139,6 +139,23 @@ impl Event {
         }
     }
 
+    /// The event's JSON, no newline (an EventList item).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.json()).unwrap_or_default()
+    }
+
+    /// Upstream's truncated event: without the request and response objects, annotated
+    /// `audit.k8s.io/truncated: "true"`.
+    pub fn to_json_truncated(&self) -> Vec<u8> {
+        let mut annotations = self.annotations.clone();
+        annotations.insert("audit.k8s.io/truncated".into(), "true".into());
+        let mut w = self.json();
+        w.request_object = None;
+        w.response_object = None;
+        w.annotations = &annotations;
+        serde_json::to_vec(&w).unwrap_or_default()
+    }
+
     /// The event as upstream writes it (its field order).
     fn json(&self) -> Wire<'_> {
         let c = &*self.common;

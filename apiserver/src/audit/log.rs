@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::event::Event;
 use super::{Format, Mode};
@@ -48,7 +48,7 @@ pub struct LogBackend {
 
 enum Target {
     Blocking(Mutex<Sink>),
-    Batch(SyncSender<Event>),
+    Batch(SyncSender<Arc<Event>>),
 }
 
 impl std::fmt::Debug for LogBackend {
@@ -89,7 +89,7 @@ impl LogBackend {
 
     /// Record `event`: written before returning (blocking modes), else queued. False when
     /// it was lost (the failure is logged).
-    pub fn process(&self, event: Event) -> bool {
+    pub fn process(&self, event: Arc<Event>) -> bool {
         match &self.target {
             Target::Blocking(sink) => {
                 let line = event.line(self.format);
@@ -113,16 +113,16 @@ impl LogBackend {
     }
 }
 
-fn batch_writer(rx: Receiver<Event>, mut sink: Sink, format: Format) {
+fn batch_writer(rx: Receiver<Arc<Event>>, mut sink: Sink, format: Format) {
     while let Ok(first) = rx.recv() {
         // what is queued now goes out in one write
         let mut buf = first.line(format);
-        let mut ids = vec![first.audit_id];
+        let mut ids = vec![first.audit_id.clone()];
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
                 Ok(ev) => {
                     buf.extend_from_slice(&ev.line(format));
-                    ids.push(ev.audit_id);
+                    ids.push(ev.audit_id.clone());
                 }
                 Err(_) => break,
             }

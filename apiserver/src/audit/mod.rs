@@ -1,8 +1,9 @@
-//! The audit log, as upstream's (`k8s.io/apiserver/pkg/audit`, log backend): every request
-//! gets an audit ID (the `Audit-ID` response header, with or without a policy); with
-//! `--audit-policy-file` and `--audit-log-path`, the policy's first matching rule picks
-//! each request's level, and `audit.k8s.io/v1` Events are written per stage
-//! (`RequestReceived`, `ResponseStarted` for long-running requests, `ResponseComplete`).
+//! The audit log, as upstream's (`k8s.io/apiserver/pkg/audit`, log and webhook backends):
+//! every request gets an audit ID (the `Audit-ID` response header, with or without a
+//! policy); with `--audit-policy-file` and `--audit-log-path` or
+//! `--audit-webhook-config-file`, the policy's first matching rule picks each request's
+//! level, and `audit.k8s.io/v1` Events go to the backends per stage (`RequestReceived`,
+//! `ResponseStarted` for long-running requests, `ResponseComplete`).
 //!
 //! Two layers: [`id`] outermost (the header), [`record`] right after authentication (it
 //! needs the user), added only when a policy is loaded, so without one a request costs a
@@ -14,12 +15,17 @@ pub mod event;
 pub mod log;
 pub mod policy;
 mod request;
+pub mod webhook;
 
 pub use request::{record, refused, unauthenticated};
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -29,7 +35,7 @@ use axum::response::Response;
 use self::event::Event;
 use self::policy::Policy;
 
-/// kube-apiserver's audit flags (log backend).
+/// kube-apiserver's audit flags (the log and webhook backends).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Options {
     /// The audit Policy (`audit.k8s.io/v1`, YAML or JSON). Without it nothing is audited.
@@ -62,6 +68,10 @@ pub struct Options {
     /// (queued and written, serialized included, by a background thread).
     #[arg(long = "audit-log-mode", value_enum, default_value_t = Mode::Blocking)]
     pub audit_log_mode: Mode,
+
+    /// The webhook backend (`--audit-webhook-*`).
+    #[command(flatten)]
+    pub webhook: webhook::WebhookOptions,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -79,46 +89,142 @@ pub enum Mode {
     Batch,
 }
 
-/// The loaded policy and where its events go.
+/// The loaded policy and where its events go: the log backend, the webhook backend, or
+/// both (as upstream's union backend).
 #[derive(Debug)]
 pub struct Auditor {
     pub policy: Policy,
-    backend: log::LogBackend,
-    strict: bool,
+    log: Option<log::LogBackend>,
+    log_strict: bool,
+    webhook: Option<webhook::WebhookBackend>,
+    metrics: Arc<Metrics>,
 }
 
 impl Auditor {
     /// The auditor `options` ask for; None when they turn auditing off (no policy, or no
-    /// log path: upstream audits nothing without a backend).
+    /// backend: upstream audits nothing without one).
     pub fn from_options(options: &Options) -> Result<Option<Auditor>, String> {
+        options.webhook.validate()?;
         let Some(file) = &options.audit_policy_file else {
             return Ok(None);
         };
         let policy = Policy::load(file).map_err(|e| format!("--audit-policy-file: {e}"))?;
-        let Some(path) = &options.audit_log_path else {
+        if options.audit_log_path.is_none() && options.webhook.audit_webhook_config_file.is_none() {
             return Ok(None);
+        }
+        let log = match &options.audit_log_path {
+            Some(path) => Some(
+                log::LogBackend::open(
+                    path,
+                    log::Rotation {
+                        max_size_mb: options.audit_log_maxsize,
+                        max_backups: options.audit_log_maxbackup,
+                        max_age_days: options.audit_log_maxage,
+                    },
+                    options.audit_log_format,
+                    options.audit_log_mode,
+                )
+                .map_err(|e| format!("--audit-log-path: {e}"))?,
+            ),
+            None => None,
         };
-        let backend = log::LogBackend::open(
-            path,
-            log::Rotation {
-                max_size_mb: options.audit_log_maxsize,
-                max_backups: options.audit_log_maxbackup,
-                max_age_days: options.audit_log_maxage,
-            },
-            options.audit_log_format,
-            options.audit_log_mode,
-        )
-        .map_err(|e| format!("--audit-log-path: {e}"))?;
+        let metrics = Arc::new(Metrics::default());
+        let webhook = webhook::WebhookBackend::start(&options.webhook, metrics.clone())?;
         Ok(Some(Auditor {
             policy,
-            backend,
-            strict: options.audit_log_mode == Mode::BlockingStrict,
+            log,
+            log_strict: options.audit_log_mode == Mode::BlockingStrict,
+            webhook,
+            metrics,
         }))
     }
 
+    /// Hand `event` to every backend. False when a `blocking-strict` backend lost it (the
+    /// others' failures are logged and counted, as upstream's `ignoreErrorsBackend`).
     fn process(&self, event: Event) -> bool {
-        self.backend.process(event)
+        self.metrics.events.fetch_add(1, Ordering::Relaxed);
+        let event = Arc::new(event);
+        let mut ok = true;
+        if let Some(log) = &self.log {
+            if !log.process(event.clone()) {
+                self.metrics.error("log", 1);
+                ok &= !self.log_strict;
+            }
+        }
+        if let Some(w) = &self.webhook {
+            ok &= w.process(event) || !w.strict();
+        }
+        ok
     }
+
+    /// Flush the backends: the webhook's queued batches are sent (and retried) before this
+    /// returns.
+    pub async fn shutdown(&self) {
+        if let Some(w) = &self.webhook {
+            w.shutdown().await;
+        }
+    }
+}
+
+/// Upstream's audit metrics (`k8s.io/apiserver/pkg/audit/metrics.go`).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    events: AtomicU64,
+    rejected: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    levels: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    fn error(&self, plugin: &'static str, n: u64) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(plugin)
+            .or_default() += n;
+    }
+
+    fn level(&self, level: policy::Level) {
+        *self
+            .levels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(level.as_str())
+            .or_default() += 1;
+    }
+}
+
+/// The audit metrics, for `/metrics` (zeros without an auditor, as upstream registers them
+/// regardless).
+pub fn render_metrics(auditor: Option<&Auditor>) -> String {
+    let none = Metrics::default();
+    let m = auditor.map(|a| &*a.metrics).unwrap_or(&none);
+    let mut out = String::new();
+    out.push_str("# HELP apiserver_audit_event_total [ALPHA] Counter of audit events generated and sent to the audit backend.\n# TYPE apiserver_audit_event_total counter\n");
+    let _ = writeln!(
+        out,
+        "apiserver_audit_event_total {}",
+        m.events.load(Ordering::Relaxed)
+    );
+    out.push_str("# HELP apiserver_audit_error_total [ALPHA] Counter of audit events that failed to be audited properly. Plugin identifies the plugin affected by the error.\n# TYPE apiserver_audit_error_total counter\n");
+    for (plugin, n) in m.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "apiserver_audit_error_total{{plugin=\"{plugin}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP apiserver_audit_level_total [ALPHA] Counter of policy levels for audit events (1 per request).\n# TYPE apiserver_audit_level_total counter\n");
+    for (level, n) in m.levels.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "apiserver_audit_level_total{{level=\"{level}\"}} {n}");
+    }
+    out.push_str("# HELP apiserver_audit_requests_rejected_total [ALPHA] Counter of apiserver requests rejected due to an error in audit logging backend.\n# TYPE apiserver_audit_requests_rejected_total counter\n");
+    let _ = writeln!(
+        out,
+        "apiserver_audit_requests_rejected_total {}",
+        m.rejected.load(Ordering::Relaxed)
+    );
+    out
 }
 
 /// The request's audit ID, for the layers below [`id`].

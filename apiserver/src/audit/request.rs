@@ -461,6 +461,7 @@ pub async fn record(State(auditor): State<Arc<Auditor>>, req: Request, next: Nex
         omit_stages,
         omit_managed_fields,
     } = decide(&auditor, &info, parts.uri.path(), Some(authenticated));
+    auditor.metrics.level(level);
     if level == Level::None {
         return next.run(Request::from_parts(parts, body)).await;
     }
@@ -519,8 +520,13 @@ pub async fn record(State(auditor): State<Arc<Auditor>>, req: Request, next: Nex
         omit: omit_stages,
     };
     let none = BTreeMap::new();
-    if !emitter.emit(Stage::RequestReceived, None, None, None, &none) && emitter.auditor.strict {
+    if !emitter.emit(Stage::RequestReceived, None, None, None, &none) {
         // blocking-strict: a request that cannot be audited is not served
+        emitter
+            .auditor
+            .metrics
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return crate::status::ApiError::internal("failed to store audit event").into_response();
     }
 
