@@ -2,8 +2,8 @@
 //! the real apiserver: a real HTTPS receiver runs in the test (axum over rustls, its own CA
 //! from rcgen, optionally requiring a client certificate that CA signed) and records every
 //! EventList it is sent. Batch mode (max size, max wait, flush at shutdown), blocking mode
-//! (delivered before the response), retries after failures, blocking-strict, metrics, and
-//! bad configurations refused at start.
+//! (delivered before the response), retries after failures, blocking-strict, metrics, a
+//! plain `http://` server with basic auth, and bad configurations refused at start.
 
 mod common;
 
@@ -385,6 +385,42 @@ fn blocking_mode_delivers_each_event_before_the_response() {
             "one event per request"
         );
     }
+}
+
+#[test]
+fn a_plain_http_server_is_posted_to_without_tls() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let shared = Arc::new(Shared::default());
+    let app = axum::Router::new()
+        .route("/audit/events", axum::routing::post(receive))
+        .with_state(shared.clone());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let kubeconfig = dir.path().join("webhook.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: sink\n  cluster:\n    server: http://127.0.0.1:{port}/audit/events\nusers:\n- name: u\n  user:\n    username: audit\n    password: secret\ncontexts:\n- name: audit\n  context: {{cluster: sink, user: u}}\ncurrent-context: audit\n"),
+    )
+    .expect("kubeconfig");
+    let s = TestServer::start_with(|c| {
+        c.audit.audit_policy_file = Some(policy);
+        c.audit.webhook.audit_webhook_config_file = Some(kubeconfig);
+        c.audit.webhook.audit_webhook_mode = apiserver::AuditLogMode::Blocking;
+    });
+    s.kubectl(&["create", "configmap", "h", "--from-literal=k=v"]);
+    let lists = shared.lists.lock().expect("lock").clone();
+    assert_eq!(lists.len(), 2, "{lists:#?}");
+    assert!(lists.iter().all(|(auth, l)| {
+        // basic auth: base64("audit:secret")
+        auth.as_deref() == Some("Basic YXVkaXQ6c2VjcmV0")
+            && is(&l["items"][0], "create", "configmaps", "h")
+    }));
 }
 
 #[test]

@@ -18,6 +18,8 @@ use crate::backend::{self, Identity, Verify};
 pub struct Target {
     /// The server URL, as errors print it.
     pub url: String,
+    /// The `Host` header: the URL's authority, as Go's client sends it.
+    pub authority: String,
     pub host: String,
     pub port: u16,
     pub server_name: String,
@@ -213,6 +215,10 @@ pub fn load(file: &Path) -> Result<Target, String> {
     };
     Ok(Target {
         url: server.to_string(),
+        authority: uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default(),
         server_name: s(cluster, "tls-server-name").unwrap_or(&host).to_string(),
         host,
         port,

@@ -10,7 +10,12 @@
 //! The sends run on a runtime of their own thread: a blocking send waits for it from the
 //! request (in `block_in_place`), and the batches go on whatever the serving runtime does.
 
+mod batch;
 mod config;
+mod truncate;
+
+use batch::{Batches, Throttle};
+use truncate::{encode, Truncate};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -156,15 +161,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upstream's retry backoff: `wait.Backoff{Factor: 1.5, Jitter: 0.2, Steps: 5}`.
 const TRIES: usize = 5;
 
-/// Truncation limits (None: off).
-#[derive(Debug, Clone, Copy)]
-struct Truncate {
-    max_event: usize,
-    max_batch: usize,
-}
-
 #[derive(Debug)]
-struct Sender {
+pub(super) struct Sender {
     target: config::Target,
     pool: Pool,
     initial_backoff: Duration,
@@ -184,7 +182,7 @@ impl Sender {
         let t = &self.target;
         let request = || {
             let mut r = Request::post(t.path_and_query.as_str())
-                .header(header::HOST, format!("{}:{}", t.server_name, t.port))
+                .header(header::HOST, t.authority.as_str())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::ACCEPT, "application/json, */*")
                 .header(header::USER_AGENT, "kube-apiserver (kaze)");
@@ -282,7 +280,7 @@ impl Sender {
 
     /// Send `events` (one EventList per `max_batch` bytes when truncating); false when any
     /// was lost (logged and counted).
-    async fn deliver(&self, events: &[Arc<Event>]) -> bool {
+    pub(super) async fn deliver(&self, events: &[Arc<Event>]) -> bool {
         let (bodies, mut ok) = encode(events, self.truncate, &self.metrics);
         for (body, batch) in bodies {
             if let Err(e) = self.post_with_backoff(body).await {
@@ -314,87 +312,6 @@ pub(super) fn plugin_error(metrics: &Metrics, plugin: &'static str, error: &str,
         "error in audit plugin '{plugin}' affecting {} audit events",
         ids.len()
     );
-}
-
-const LIST_HEAD: &[u8] =
-    br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#;
-const LIST_TAIL: &[u8] = b"]}";
-
-/// The EventList bodies for `events` and the audit IDs each carries: one, or with
-/// truncation upstream's: an event over `max_event` bytes loses its request and response
-/// objects (annotated `audit.k8s.io/truncated: "true"`), one still over it is dropped, and
-/// events are split into lists of at most `max_batch` bytes. False when one was dropped.
-fn encode(
-    events: &[Arc<Event>],
-    truncate: Option<Truncate>,
-    metrics: &Metrics,
-) -> (Vec<(Bytes, Vec<String>)>, bool) {
-    let mut all = true;
-    let mut out = Vec::new();
-    let mut body = LIST_HEAD.to_vec();
-    let mut ids: Vec<String> = Vec::new();
-    let mut size = 0;
-    for e in events {
-        let mut json = e.to_json();
-        if let Some(t) = truncate {
-            if json.len() > t.max_event && e.common.level >= super::policy::Level::Request {
-                json = e.to_json_truncated();
-            }
-            if json.len() > t.max_event {
-                plugin_error(
-                    metrics,
-                    "truncate",
-                    "event is too large even after truncating",
-                    std::slice::from_ref(&e.audit_id),
-                );
-                all = false;
-                continue;
-            }
-            if !ids.is_empty() && size + json.len() > t.max_batch {
-                body.extend_from_slice(LIST_TAIL);
-                out.push((
-                    Bytes::from(std::mem::replace(&mut body, LIST_HEAD.to_vec())),
-                    std::mem::take(&mut ids),
-                ));
-                size = 0;
-            }
-        }
-        if !ids.is_empty() {
-            body.push(b',');
-        }
-        size += json.len();
-        body.extend_from_slice(&json);
-        ids.push(e.audit_id.clone());
-    }
-    if !ids.is_empty() {
-        body.extend_from_slice(LIST_TAIL);
-        out.push((Bytes::from(body), ids));
-    }
-    (out, all)
-}
-
-/// Upstream's token bucket (`flowcontrol.NewTokenBucketRateLimiter(qps, burst)`).
-struct Throttle {
-    qps: f64,
-    burst: f64,
-    tokens: f64,
-    last: tokio::time::Instant,
-}
-
-impl Throttle {
-    async fn wait(&mut self) {
-        let now = tokio::time::Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.qps).min(self.burst);
-        self.last = now;
-        if self.tokens < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.qps);
-            tokio::time::sleep(wait).await;
-            self.tokens = 1.0;
-            self.last = tokio::time::Instant::now();
-        }
-        self.tokens -= 1.0;
-    }
 }
 
 /// The webhook backend of an [`super::Auditor`].
@@ -544,127 +461,9 @@ impl WebhookBackend {
     }
 }
 
-struct Batches {
-    sender: Arc<Sender>,
-    max_size: usize,
-    max_wait: Duration,
-    throttle: Option<Throttle>,
-}
-
-impl Batches {
-    /// Upstream's buffered backend: collect up to `max_size` events or for `max_wait`,
-    /// throttle, send each batch on its own task; after `stop`, the queue's rest likewise,
-    /// then wait for every send.
-    async fn run(mut self, mut rx: mpsc::Receiver<Arc<Event>>, stop: CancellationToken) {
-        let mut sends = tokio::task::JoinSet::new();
-        let mut closed = false;
-        let mut stopping = false;
-        while !closed {
-            let deadline = tokio::time::Instant::now() + self.max_wait;
-            let mut batch = Vec::new();
-            while batch.len() < self.max_size {
-                tokio::select! {
-                    ev = rx.recv() => match ev {
-                        Some(e) => batch.push(e),
-                        None => { closed = true; break }
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = stop.cancelled(), if !stopping => {
-                        // take no more; what is queued still goes out
-                        stopping = true;
-                        rx.close();
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                if let Some(t) = &mut self.throttle {
-                    t.wait().await;
-                }
-                let sender = self.sender.clone();
-                sends.spawn(async move {
-                    sender.deliver(&batch).await;
-                });
-            }
-            while sends.try_join_next().is_some() {}
-        }
-        while sends.join_next().await.is_some() {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(id: &str, level: super::super::policy::Level, body: usize) -> Arc<Event> {
-        use super::super::event::Common;
-        Arc::new(Event {
-            audit_id: id.into(),
-            common: Arc::new(Common {
-                level,
-                audit_id: id.into(),
-                request_uri: "/api/v1/namespaces/a/configmaps".into(),
-                verb: "create".into(),
-                user: Default::default(),
-                impersonated_user: None,
-                source_ips: vec!["127.0.0.1".into()],
-                user_agent: String::new(),
-                object_ref: None,
-                received: jiff::Timestamp::UNIX_EPOCH,
-            }),
-            stage: super::super::policy::Stage::ResponseComplete,
-            stage_time: jiff::Timestamp::UNIX_EPOCH,
-            response_status: None,
-            request_object: Some(Arc::new(serde_json::json!({"data": "x".repeat(body)}))),
-            response_object: None,
-            annotations: Default::default(),
-        })
-    }
-
-    #[test]
-    fn truncation_is_upstreams() {
-        use super::super::policy::Level;
-        let metrics = Metrics::default();
-        let list = |b: &Bytes| serde_json::from_slice::<serde_json::Value>(b).unwrap();
-        // off: one list of everything
-        let events = [
-            event("a", Level::Request, 2000),
-            event("b", Level::Request, 10),
-        ];
-        let (bodies, ok) = encode(&events, None, &metrics);
-        assert!(ok);
-        assert_eq!(bodies.len(), 1);
-        let l = list(&bodies[0].0);
-        assert_eq!(
-            (l["kind"].as_str(), l["apiVersion"].as_str()),
-            (Some("EventList"), Some(VERSION))
-        );
-        assert_eq!(l["items"].as_array().unwrap().len(), 2);
-        // a big event loses its objects, annotated; batches split by size
-        let t = Truncate {
-            max_event: 600,
-            max_batch: 600,
-        };
-        let (bodies, ok) = encode(&events, Some(t), &metrics);
-        assert!(ok);
-        let sizes: Vec<usize> = bodies.iter().map(|b| b.0.len()).collect();
-        assert_eq!(bodies.len(), 2, "split: {sizes:?}");
-        let first = &list(&bodies[0].0)["items"][0];
-        assert!(first.get("requestObject").is_none());
-        assert_eq!(first["annotations"]["audit.k8s.io/truncated"], "true");
-        let second = &list(&bodies[1].0)["items"][0];
-        assert_eq!(second["requestObject"]["data"], "x".repeat(10));
-        // Metadata has nothing to drop: too big is dropped, counted
-        let (bodies, ok) = encode(
-            &[event("c", Level::Metadata, 10)],
-            Some(Truncate {
-                max_event: 50,
-                max_batch: 50,
-            }),
-            &metrics,
-        );
-        assert!(!ok && bodies.is_empty());
-        assert_eq!(metrics.errors.lock().unwrap().get("truncate"), Some(&1));
-    }
 
     #[test]
     fn defaults_are_upstreams_and_bad_versions_are_refused() {
