@@ -159,6 +159,8 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     // Nodes and pods from the shared caches; while creates or deletes of this set are not
     // in the pod cache yet, nothing more is created or deleted (upstream's expectations):
     // a lagging cache would show a node without its new pod and get it a second one.
+    // (expectations before the cache: see replicaset::sync_replicas)
+    let settled = ctx.expectations.satisfied(&uid);
     let nodes: Vec<Arc<Node>> = ctx.informers.get::<Node>().all();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Vec<Arc<Pod>> = ctx
@@ -167,7 +169,6 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         .into_iter()
         .filter(|p| controlled_by(&p.metadata, &uid) && p.metadata.deletion_timestamp.is_none())
         .collect();
-    let settled = ctx.expectations.satisfied(&uid);
     // The template's revision (for `kubectl rollout history|undo`), keeping the ones live
     // pods still run.
     let live: HashSet<String> = pods

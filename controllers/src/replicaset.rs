@@ -131,6 +131,11 @@ pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, Re
             "{kind} {ns}/{name} has an empty selector"
         )));
     }
+    // Expectations first, then the cache (upstream's order): satisfied means every pod
+    // they waited for is in the cache read below. Read the other way round, a pod arriving
+    // between the two would be missing from the count yet satisfy the expectations, and
+    // be created a second time.
+    let settled = ctx.expectations.satisfied(&uid);
     let cache = ctx.pods();
     let mut owned: Vec<Arc<Pod>> = cache
         .by(Index::Controller, &uid)
@@ -164,7 +169,6 @@ pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, Re
         .filter(|p| is_active(p))
         .collect();
     let want = o.replicas;
-    let settled = ctx.expectations.satisfied(&uid);
     if settled && active.len() < want {
         let missing = want - active.len();
         tracing::info!(owner = %format!("{kind} {ns}/{name}"), have = active.len(), want, "creating {missing} pods");

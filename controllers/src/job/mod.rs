@@ -352,7 +352,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
 
     // Pods from the shared cache; while this job's creates or deletes are not all in it,
     // none are added or removed (upstream's expectations), or the lag would make it
-    // create the same missing pods twice.
+    // create the same missing pods twice. Expectations first, then the cache (see
+    // replicaset::sync_replicas).
+    let settled = ctx.expectations.satisfied(&uid);
     let pods: Vec<Pod> = ctx
         .pods()
         .by(Index::Controller, &uid)
@@ -360,7 +362,6 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         .filter(|p| controlled_by(&p.metadata, &uid))
         .map(|p| p.as_ref().clone())
         .collect();
-    let settled = ctx.expectations.satisfied(&uid);
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let completions = spec.completions.unwrap_or(0);
     let per_index = spec.backoff_limit_per_index.filter(|_| indexed);
