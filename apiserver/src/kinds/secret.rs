@@ -46,9 +46,9 @@ fn forbidden(field: &str, msg: &str) -> Cause {
     )
 }
 
-/// The bytes of `data[key]` (base64 in JSON), or of `binaryData[key]`.
-fn bytes_of(obj: &Value, field: &str, key: &str) -> Option<Vec<u8>> {
-    obj.get(field)?
+/// The bytes of `data[key]` (base64 in JSON).
+fn bytes_of(obj: &Value, key: &str) -> Option<Vec<u8>> {
+    obj.get("data")?
         .get(key)?
         .as_str()
         .and_then(|b64| STANDARD.decode(b64).ok())
@@ -120,9 +120,9 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>, causes: &mut Vec<C
 
 /// The keys each built-in Secret type requires (upstream's `ValidateSecret`).
 fn validate_type(obj: &Value, causes: &mut Vec<Cause>) {
-    let has = |key: &str| bytes_of(obj, "data", key).is_some_and(|b| !b.is_empty());
+    let has = |key: &str| bytes_of(obj, key).is_some_and(|b| !b.is_empty());
     let ty = obj.get("type").and_then(Value::as_str).unwrap_or("Opaque");
-    let json_key = |key: &str, causes: &mut Vec<Cause>| match bytes_of(obj, "data", key) {
+    let json_key = |key: &str, causes: &mut Vec<Cause>| match bytes_of(obj, key) {
         None => causes.push(required(&format!("data[{key}]"))),
         Some(b) => {
             if let Err(e) = serde_json::from_slice::<Value>(&b) {
@@ -157,7 +157,7 @@ fn validate_type(obj: &Value, causes: &mut Vec<Cause>) {
         }
         "kubernetes.io/tls" => {
             for key in ["tls.crt", "tls.key"] {
-                if bytes_of(obj, "data", key).is_none() {
+                if bytes_of(obj, key).is_none() {
                     causes.push(required(&format!("data[{key}]")));
                 }
             }

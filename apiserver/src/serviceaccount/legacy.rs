@@ -15,7 +15,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::jwt::{LegacyClaims, Ref};
-use super::token::{core_def, exists};
+use super::token::{cached, core_def, exists};
 use crate::auth::UserInfo;
 use crate::meta;
 use crate::objects;
@@ -101,13 +101,7 @@ async fn secret_holding(state: &AppState, ns: &str, name: &str, token: &str) -> 
                 .and_then(|b64| STANDARD.decode(b64).ok())
                 .is_some_and(|t| t == token.as_bytes())
     };
-    let key = state.key(def, Some(ns), name);
-    let cached = state
-        .cache
-        .resource(def)
-        .and_then(|rc| rc.list(&key, None, None, Some(1), &mut |_| true))
-        .and_then(|snap| snap.items.first().and_then(|c| c.value().ok()));
-    if let Some(s) = cached.filter(holds) {
+    if let Some(s) = cached(state, def, Some(ns), name).filter(holds) {
         return Some(s);
     }
     objects::get(state, def, Some(ns), name)

@@ -469,18 +469,28 @@ pub(super) async fn exists(state: &AppState, plural: &str, ns: Option<&str>, r: 
                 .and_then(meta::parse_ts)
                 .is_none_or(|d| d.as_second() + DELETION_GRACE >= now())
     };
-    let key = state.key(def, ns, &r.name);
-    let cached = state
-        .cache
-        .resource(def)
-        .and_then(|rc| rc.list(&key, None, None, Some(1), &mut |_| true))
-        .and_then(|snap| snap.items.first().and_then(|c| c.value().ok()));
-    if cached.as_ref().is_some_and(live) {
+    if cached(state, def, ns, &r.name).as_ref().is_some_and(live) {
         return true;
     }
     objects::get(state, def, ns, &r.name)
         .await
         .is_ok_and(|o| live(&o))
+}
+
+/// The watch cache's copy of `ns/name` (None when it has none; the caller checks the name,
+/// as the lookup is by key prefix).
+pub(super) fn cached(
+    state: &AppState,
+    def: &crate::registry::ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
+    let key = state.key(def, ns, name);
+    state
+        .cache
+        .resource(def)
+        .and_then(|rc| rc.list(&key, None, None, Some(1), &mut |_| true))
+        .and_then(|snap| snap.items.first().and_then(|c| c.value().ok()))
 }
 
 /// `authentication.k8s.io/v1` TokenReview: who a token authenticates as, by the same

@@ -247,6 +247,20 @@ pub struct Request<'a> {
     pub dry_run: bool,
 }
 
+impl<'a> Request<'a> {
+    /// What rules match against: this request on subresource `sub`.
+    pub fn attrs(&self, sub: &'a str) -> rules::Attrs<'a> {
+        rules::Attrs {
+            operation: self.operation.as_str(),
+            group: self.def.group,
+            version: self.def.version,
+            resource: self.def.plural,
+            subresource: sub,
+            namespaced: self.def.namespaced,
+        }
+    }
+}
+
 /// The CEL `authorizer` of a request: checks as its user, answered as the apiserver
 /// authorizes requests (the Node authorizer, then RBAC).
 pub(super) fn authorizer(
@@ -339,14 +353,7 @@ async fn matching(
     if configs.is_empty() {
         return Ok(Vec::new());
     }
-    let attrs = rules::Attrs {
-        operation: req.operation.as_str(),
-        group: req.def.group,
-        version: req.def.version,
-        resource: req.def.plural,
-        subresource: sub,
-        namespaced: req.def.namespaced,
-    };
+    let attrs = req.attrs(sub);
     let mut ns_labels: Option<Value> = None;
     let mut out = Vec::new();
     for c in configs {

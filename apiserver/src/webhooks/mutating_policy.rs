@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use super::conditions::{self, Inputs, Verdict};
 use super::policy::{self, items, str_at, Target, VARS};
-use super::{configurations_of, review, rules, Matched, Request};
+use super::{configurations_of, review, Matched, Request};
 use crate::cel;
 use crate::meta;
 use crate::state::AppState;
@@ -86,14 +86,7 @@ pub(super) async fn admit(
             .cmp(&(str_at(b, "/spec/policyName"), str_at(b, "/metadata/name")))
     });
     let name = meta::meta_str(obj, "name").unwrap_or("").to_string();
-    let attrs = rules::Attrs {
-        operation: req.operation.as_str(),
-        group: req.def.group,
-        version: req.def.version,
-        resource: req.def.plural,
-        subresource: sub,
-        namespaced: req.def.namespaced,
-    };
+    let attrs = req.attrs(sub);
     let mut ns_object: Option<Value> = None;
     let mut failures: Vec<Failure> = Vec::new();
     let mut invoked: Vec<Invoked> = Vec::new();

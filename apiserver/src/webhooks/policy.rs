@@ -84,14 +84,7 @@ pub(super) async fn admit(
         .or(old)
         .and_then(|o| meta::meta_str(o, "name"))
         .unwrap_or("");
-    let attrs = rules::Attrs {
-        operation: req.operation.as_str(),
-        group: req.def.group,
-        version: req.def.version,
-        resource: req.def.plural,
-        subresource: sub,
-        namespaced: req.def.namespaced,
-    };
+    let attrs = req.attrs(sub);
     let mut ns_object: Option<Value> = None;
     let mut denial: Option<ApiError> = None;
     // `auditAnnotations`: `<policy>/<key>` to the distinct values the bindings produced
@@ -565,6 +558,67 @@ fn compiles(expr: &str, path: &str, what: &str, causes: &mut Vec<Cause>) {
     }
 }
 
+/// What validating and mutating policies share: `failurePolicy` and `matchConstraints`.
+pub(crate) fn validate_policy_common(spec: &Value, causes: &mut Vec<Cause>) {
+    match str_at(spec, "/failurePolicy") {
+        "Fail" | "Ignore" => {}
+        other => causes.push((
+            "spec.failurePolicy".into(),
+            "FieldValueNotSupported",
+            format!("Unsupported value: {other:?}: supported values: \"Fail\", \"Ignore\""),
+        )),
+    }
+    if spec.get("matchConstraints").is_none_or(Value::is_null) {
+        causes.push((
+            "spec.matchConstraints".into(),
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
+    } else if items(spec, "/matchConstraints/resourceRules").is_empty() {
+        causes.push((
+            "spec.matchConstraints.resourceRules".into(),
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
+    }
+}
+
+/// A binding's `paramRef`, for both kinds of policy: a name or a selector (not both), and
+/// `parameterNotFoundAction`.
+pub(crate) fn validate_param_ref(spec: &Value, causes: &mut Vec<Cause>) {
+    if let Some(r) = spec.get("paramRef").filter(|r| !r.is_null()) {
+        let has_name = !str_at(r, "/name").is_empty();
+        let has_selector = r.get("selector").is_some_and(|s| !s.is_null());
+        if has_name && has_selector {
+            causes.push((
+                "spec.paramRef.name".into(),
+                "FieldValueForbidden",
+                "Forbidden: name and selector are mutually exclusive".into(),
+            ));
+        }
+        if !has_name && !has_selector {
+            causes.push((
+                "spec.paramRef".into(),
+                "FieldValueRequired",
+                "Required value: one of name or selector must be specified".into(),
+            ));
+        }
+        match str_at(r, "/parameterNotFoundAction") {
+            "Allow" | "Deny" => {}
+            "" => causes.push((
+                "spec.paramRef.parameterNotFoundAction".into(),
+                "FieldValueRequired",
+                "Required value".into(),
+            )),
+            other => causes.push((
+                "spec.paramRef.parameterNotFoundAction".into(),
+                "FieldValueNotSupported",
+                format!("Unsupported value: {other:?}: supported values: \"Allow\", \"Deny\""),
+            )),
+        }
+    }
+}
+
 /// Upstream's validation of a policy (`binding`: false) or a binding (after defaulting).
 pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
     let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
@@ -576,6 +630,7 @@ pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
                 "Required value".into(),
             ));
         }
+        validate_param_ref(&spec, causes);
         let actions = items(&spec, "/validationActions");
         if actions.is_empty() {
             causes.push((
@@ -612,27 +667,7 @@ pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
         }
         return;
     }
-    match str_at(&spec, "/failurePolicy") {
-        "Fail" | "Ignore" => {}
-        other => causes.push((
-            "spec.failurePolicy".into(),
-            "FieldValueNotSupported",
-            format!("Unsupported value: {other:?}: supported values: \"Fail\", \"Ignore\""),
-        )),
-    }
-    if spec.get("matchConstraints").is_none_or(Value::is_null) {
-        causes.push((
-            "spec.matchConstraints".into(),
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
-    } else if items(&spec, "/matchConstraints/resourceRules").is_empty() {
-        causes.push((
-            "spec.matchConstraints.resourceRules".into(),
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
-    }
+    validate_policy_common(&spec, causes);
     let validations = items(&spec, "/validations");
     if validations.is_empty() && items(&spec, "/auditAnnotations").is_empty() {
         causes.push((
@@ -832,6 +867,22 @@ mod tests {
                 "spec.policyName",
                 "spec.validationActions[2]",
                 "spec.validationActions"
+            ]
+        );
+        // paramRef, as for MutatingAdmissionPolicy bindings (the shared check)
+        let mut causes = Vec::new();
+        validate(
+            &json!({"spec": {"policyName": "p", "validationActions": ["Deny"],
+                "paramRef": {"name": "x", "selector": {}, "parameterNotFoundAction": "Maybe"}}}),
+            true,
+            &mut causes,
+        );
+        let fields: Vec<&str> = causes.iter().map(|(f, _, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.paramRef.name",
+                "spec.paramRef.parameterNotFoundAction"
             ]
         );
     }

@@ -39,47 +39,10 @@ pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
                 "Required value".into(),
             ));
         }
-        if let Some(r) = spec.get("paramRef").filter(|r| !r.is_null()) {
-            let has_name = !str_at(r, "/name").is_empty();
-            let has_selector = r.get("selector").is_some_and(|s| !s.is_null());
-            if has_name && has_selector {
-                causes.push((
-                    "spec.paramRef.name".into(),
-                    "FieldValueForbidden",
-                    "Forbidden: name and selector are mutually exclusive".into(),
-                ));
-            }
-            if !has_name && !has_selector {
-                causes.push((
-                    "spec.paramRef".into(),
-                    "FieldValueRequired",
-                    "Required value: one of name or selector must be specified".into(),
-                ));
-            }
-            match str_at(r, "/parameterNotFoundAction") {
-                "Allow" | "Deny" => {}
-                "" => causes.push((
-                    "spec.paramRef.parameterNotFoundAction".into(),
-                    "FieldValueRequired",
-                    "Required value".into(),
-                )),
-                other => causes.push((
-                    "spec.paramRef.parameterNotFoundAction".into(),
-                    "FieldValueNotSupported",
-                    format!("Unsupported value: {other:?}: supported values: \"Allow\", \"Deny\""),
-                )),
-            }
-        }
+        policy::validate_param_ref(&spec, causes);
         return;
     }
-    match str_at(&spec, "/failurePolicy") {
-        "Fail" | "Ignore" => {}
-        other => causes.push((
-            "spec.failurePolicy".into(),
-            "FieldValueNotSupported",
-            format!("Unsupported value: {other:?}: supported values: \"Fail\", \"Ignore\""),
-        )),
-    }
+    policy::validate_policy_common(&spec, causes);
     match str_at(&spec, "/reinvocationPolicy") {
         "Never" | "IfNeeded" => {}
         "" => causes.push((
@@ -92,19 +55,6 @@ pub fn validate(obj: &Value, binding: bool, causes: &mut Vec<Cause>) {
             "FieldValueNotSupported",
             format!("Unsupported value: {other:?}: supported values: \"IfNeeded\", \"Never\""),
         )),
-    }
-    if spec.get("matchConstraints").is_none_or(Value::is_null) {
-        causes.push((
-            "spec.matchConstraints".into(),
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
-    } else if items(&spec, "/matchConstraints/resourceRules").is_empty() {
-        causes.push((
-            "spec.matchConstraints.resourceRules".into(),
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
     }
     let mutations = items(&spec, "/mutations");
     if mutations.is_empty() {
