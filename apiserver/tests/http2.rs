@@ -159,11 +159,15 @@ async fn watch(
     resp.into_body()
 }
 
-/// Read `body` until its text holds `needle` (or fail after 10 s); returns what was read.
+/// Read `body` until its text holds `needle` and the rest of that event's line (or fail
+/// after 10 s); returns what was read. An event may arrive split over DATA frames when a
+/// hundred streams share the connection's flow-control window, so the needle alone is not
+/// the whole event.
 async fn read_until(body: &mut h2::RecvStream, needle: &str) -> String {
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !text.contains(needle) {
+    let whole = |text: &str| text.find(needle).is_some_and(|at| text[at..].contains('\n'));
+    while !whole(&text) {
         let left = deadline.saturating_duration_since(Instant::now());
         let chunk = tokio::time::timeout(left, body.data())
             .await
