@@ -166,7 +166,10 @@ async fn watch(
 async fn read_until(body: &mut h2::RecvStream, needle: &str) -> String {
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let whole = |text: &str| text.find(needle).is_some_and(|at| text[at..].contains('\n'));
+    let whole = |text: &str| {
+        text.find(needle)
+            .is_some_and(|at| text[at..].contains('\n'))
+    };
     while !whole(&text) {
         let left = deadline.saturating_duration_since(Instant::now());
         let chunk = tokio::time::timeout(left, body.data())
