@@ -468,11 +468,12 @@ impl Pool {
         key: PoolKey,
         mut next: impl FnMut() -> Option<Request<Body>>,
         dial: D,
-    ) -> Result<Response<Pooled>, String>
+    ) -> Result<Response<Pooled>, SendError>
     where
         D: Future<Output = Result<SendRequest<Body>, String>>,
     {
-        let mut request = next().ok_or("no request to send")?;
+        let mut request =
+            next().ok_or_else(|| SendError::from("no request to send".to_string()))?;
         if let Some(mut sender) = self.take(&key) {
             match sender.try_send_request(request).await {
                 Ok(resp) => return Ok(self.pooled(key, sender, resp)),
@@ -480,7 +481,7 @@ impl Pool {
                     tracing::debug!(error = %e.error(), "reused backend connection failed; dialling again");
                     request = match e.take_message().or_else(&mut next) {
                         Some(r) => r,
-                        None => return Err(e.into_error().to_string()),
+                        None => return Err(SendError::from(&e.into_error())),
                     };
                 }
             }
@@ -489,7 +490,7 @@ impl Pool {
         let resp = sender
             .send_request(request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SendError::from(&e))?;
         Ok(self.pooled(key, sender, resp))
     }
 
@@ -503,6 +504,61 @@ impl Pool {
             body,
             back: Some((self.clone(), key, sender)),
         })
+    }
+}
+
+/// Why [`Pool::send`] got no response: the message, and whether the connection was lost
+/// under the request (reset by the peer, closed, the response cut short) — upstream's
+/// `utilnet.IsConnectionReset`/`IsHTTP2ConnectionLost`, which its webhook clients retry —
+/// as opposed to a connection that could not be made or a request that was refused.
+#[derive(Debug)]
+pub struct SendError {
+    pub message: String,
+    pub connection_lost: bool,
+}
+
+impl From<String> for SendError {
+    /// A failure before anything was sent (dialling, TLS): not a lost connection.
+    fn from(message: String) -> SendError {
+        SendError {
+            message,
+            connection_lost: false,
+        }
+    }
+}
+
+impl From<&hyper::Error> for SendError {
+    fn from(e: &hyper::Error) -> SendError {
+        use std::io::ErrorKind;
+        let mut io_lost = false;
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                io_lost |= matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::BrokenPipe
+                );
+            }
+            source = s.source();
+        }
+        SendError {
+            message: e.to_string(),
+            connection_lost: io_lost || e.is_closed() || e.is_incomplete_message(),
+        }
+    }
+}
+
+impl From<SendError> for String {
+    fn from(e: SendError) -> String {
+        e.message
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 

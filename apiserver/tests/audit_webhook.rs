@@ -451,6 +451,119 @@ fn failed_sends_are_retried_with_backoff() {
     );
 }
 
+/// A plain-HTTP receiver that resets its first connection (it closes the socket with the
+/// request unread, so the kernel answers with an RST) and answers every later request 200;
+/// returns its port, the bodies it accepted and how many connections it saw.
+fn resetting_receiver(
+    rt: &tokio::runtime::Runtime,
+) -> (u16, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (b, c) = (bodies.clone(), connections.clone());
+    rt.spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                let _ = tcp.read_exact(&mut first).await;
+                if n == 0 {
+                    // the rest of the request is unread: dropping the socket resets it
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return;
+                }
+                let mut buf = first.to_vec();
+                loop {
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            b.lock()
+                                .expect("lock")
+                                .push(text[end + 4..end + 4 + length].to_string());
+                            buf.drain(..end + 4 + length);
+                            let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            if tcp.write_all(ok.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            });
+        }
+    });
+    (port, bodies, connections)
+}
+
+#[test]
+fn a_connection_reset_under_a_send_is_retried() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (port, bodies, connections) = resetting_receiver(&rt);
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let kubeconfig = dir.path().join("webhook.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: sink\n  cluster:\n    server: http://127.0.0.1:{port}/audit/events\nusers:\n- name: u\n  user:\n    username: audit\n    password: secret\ncontexts:\n- name: audit\n  context: {{cluster: sink, user: u}}\ncurrent-context: audit\n"),
+    )
+    .expect("kubeconfig");
+    let s = TestServer::start_with(|c| {
+        c.audit.audit_policy_file = Some(policy);
+        c.audit.webhook.audit_webhook_config_file = Some(kubeconfig);
+        c.audit.webhook.audit_webhook_mode = apiserver::AuditLogMode::Blocking;
+        c.audit.webhook.audit_webhook_initial_backoff = Duration::from_millis(100);
+    });
+    s.kubectl(&["create", "configmap", "reset", "--from-literal=k=v"]);
+    // blocking: both stages were delivered before kubectl got its answer, the first after
+    // the reset connection and a new one
+    let events: Vec<Value> = bodies
+        .lock()
+        .expect("lock")
+        .iter()
+        .flat_map(|b| {
+            let list: Value = serde_json::from_str(b).expect("an EventList");
+            list["items"].as_array().cloned().unwrap_or_default()
+        })
+        .collect();
+    let reset: Vec<&Value> = events
+        .iter()
+        .filter(|e| is(e, "create", "configmaps", "reset"))
+        .collect();
+    assert_eq!(
+        stages(&reset),
+        ["RequestReceived", "ResponseComplete"],
+        "{events:#?}"
+    );
+    assert!(
+        connections.load(Ordering::SeqCst) >= 2,
+        "a new connection after the reset"
+    );
+    let m = metrics(&s);
+    assert!(
+        !m.contains("apiserver_audit_error_total{plugin=\"webhook\"}"),
+        "{m}"
+    );
+}
+
 #[test]
 fn a_refusing_webhook_fails_requests_only_in_blocking_strict() {
     for (mode, served) in [

@@ -297,7 +297,7 @@ async fn get(
         .pool
         .send(r.pool_key(host, port), request, dial)
         .await
-        .map_err(fail)?;
+        .map_err(|e| fail(e.message))?;
     let status = resp.status().as_u16();
     let body = axum::body::to_bytes(Body::new(resp.into_body()), MAX_DISCOVERY)
         .await

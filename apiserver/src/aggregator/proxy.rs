@@ -256,7 +256,7 @@ pub async fn serve(
         .await
     {
         Ok(resp) => respond(resp.map(Body::new), false),
-        Err(e) => unreachable(e),
+        Err(e) => unreachable(e.message),
     }
 }
 

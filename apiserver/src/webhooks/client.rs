@@ -111,7 +111,10 @@ async fn post(pool: &Pool, cc: &Value, t: Target, review: &Value) -> Result<Valu
         let connector = backend::connector(Verify::CaBundle(ca), None)?;
         backend::dial(connector, &t.connect.0, t.connect.1, &t.server_name).await
     };
-    let resp = pool.send(key, request, dial).await.map_err(fail)?;
+    let resp = pool
+        .send(key, request, dial)
+        .await
+        .map_err(|e| fail(e.message))?;
     let status = resp.status();
     // read to the end: the connection goes back to the pool
     let bytes = axum::body::to_bytes(Body::new(resp.into_body()), MAX_RESPONSE)

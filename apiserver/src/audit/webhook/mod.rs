@@ -226,11 +226,11 @@ impl Sender {
             retry,
         };
         let sent = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let resp = self.pool.send(key, request, dial).await.map_err(|e| {
-                let reset =
-                    e.contains("reset") || e.contains("closed") || e.contains("broken pipe");
-                fail(e, reset)
-            })?;
+            let resp = self
+                .pool
+                .send(key, request, dial)
+                .await
+                .map_err(|e| fail(e.message, e.connection_lost))?;
             let status = resp.status();
             let retry_after = resp.headers().contains_key(header::RETRY_AFTER);
             // read to the end: the connection goes back to the pool
