@@ -7,9 +7,6 @@
 //! audiences. Each day a token is used its Secret gets the label
 //! `kubernetes.io/legacy-token-last-used: <date>` (upstream's LegacyServiceAccountTokenTracking).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -110,9 +107,6 @@ async fn secret_holding(state: &AppState, ns: &str, name: &str, token: &str) -> 
         .filter(holds)
 }
 
-/// Secrets (by uid) this apiserver labelled today, so concurrent requests write once.
-static RECORDED: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
-
 /// Label the Secret with today's date unless it says today (or tomorrow, a clock ahead)
 /// already; once a day per Secret, in the request as upstream does it.
 async fn record_use(state: &AppState, ns: &str, secret: &Value) {
@@ -128,8 +122,11 @@ async fn record_use(state: &AppState, ns: &str, secret: &Value) {
     }
     let uid = meta::meta_str(secret, "uid").unwrap_or("").to_string();
     {
-        let mut recorded = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
-        let map = recorded.get_or_insert_with(HashMap::new);
+        let mut map = state
+            .service_accounts
+            .legacy_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if map.get(&uid) == Some(&today) {
             return;
         }

@@ -51,6 +51,9 @@ pub struct ServiceAccounts {
     admit_pods: bool,
     /// `--service-account-extend-token-expiration`.
     extend_expiration: bool,
+    /// Legacy token Secrets (by uid) this apiserver labelled as used, and the day, so
+    /// concurrent requests write the label once ([`legacy`]).
+    legacy_used: Mutex<HashMap<String, String>>,
 }
 
 /// The claims of a token whose signature checked out.
@@ -99,6 +102,7 @@ impl ServiceAccounts {
             verified: Mutex::default(),
             admit_pods: opts.admission,
             extend_expiration: opts.extend_expiration,
+            legacy_used: Mutex::default(),
         })
     }
 }
