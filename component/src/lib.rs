@@ -67,9 +67,12 @@ pub fn user_agent(command: &str, suffix: Option<&str>) -> String {
 /// An API client from `--kubeconfig` when given, else the usual inference (`$KUBECONFIG`,
 /// `~/.kube/config`, in-cluster service account). A kubeconfig whose user's client
 /// certificate and key are files (`client-certificate`, `client-key`) gets a client that
-/// picks up new ones written there while it runs ([`reloading`]).
+/// picks up new ones written there while it runs ([`reloading`]). It speaks HTTP/2 when the
+/// server offers it ([`Http::Alpn`]), as client-go does: all its requests and watches share
+/// one connection. (No kaze component makes upgrades through kube-rs; one that needs them
+/// asks [`client_with`] for [`Http::Http1`].)
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
-    connect(load(kubeconfig).await?, Http::Http1)
+    connect(load(kubeconfig).await?, Http::Alpn)
 }
 
 /// [`client`] sending `user_agent` (see [`user_agent`]) with every request, as upstream's
@@ -82,7 +85,7 @@ pub async fn client_as(
     let value = hyper::header::HeaderValue::from_str(user_agent)
         .map_err(|_| ClientError::UserAgent(user_agent.to_string()))?;
     config.headers.push((hyper::header::USER_AGENT, value));
-    connect(config, Http::Http1)
+    connect(config, Http::Alpn)
 }
 
 /// The HTTP versions an API client speaks.
@@ -98,8 +101,7 @@ pub enum Http {
     Alpn,
 }
 
-/// [`client_as`] speaking `http` (a kubelet keeps a watch per ConfigMap and Secret its pods
-/// use: [`Http::Alpn`] puts them all on one connection).
+/// [`client_as`] speaking `http` ([`client`] and [`client_as`] speak [`Http::Alpn`]).
 pub async fn client_with(
     kubeconfig: Option<&Path>,
     user_agent: &str,

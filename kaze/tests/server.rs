@@ -54,6 +54,17 @@ fn kubectl_ok(data_dir: &Path, args: &[&str]) -> String {
     testkit::kubectl_ok(&data_dir.join("kubeconfig.yaml"), args, None)
 }
 
+/// The apiserver's `kaze_apiserver_requests_by_protocol_total{protocol}` (0 before its
+/// first request in that protocol), read with kubectl (itself HTTP/2).
+fn requests_by_protocol(data_dir: &Path, protocol: &str) -> u64 {
+    let metrics = kubectl_ok(data_dir, &["get", "--raw", "/metrics"]);
+    let series = format!("kaze_apiserver_requests_by_protocol_total{{protocol=\"{protocol}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0, |n| n.trim().parse().expect("a counter"))
+}
+
 fn kubectl_apply(data_dir: &Path, yaml: &str) {
     testkit::kubectl_ok(
         &data_dir.join("kubeconfig.yaml"),
@@ -446,6 +457,12 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         let s = node_field("{.spec.podCIDR} {.status.conditions[?(@.type==\"Ready\")].status}");
         (s == "10.245.0.0/24 True").then_some(s)
     });
+    // Every component's API client speaks HTTP/2 (as client-go does): from here to the DNS
+    // answer below, the scheduler, controller-manager, kubelet, proxy and DNS server renew
+    // leases, watch, bind, write status and endpoints, and kubectl (HTTP/2 too) drives
+    // them; not one request may arrive over HTTP/1.1.
+    let h1_before = requests_by_protocol(data, "HTTP/1.1");
+    let h2_before = requests_by_protocol(data, "HTTP/2.0");
     // The node runs as system:node:<name> (a certificate from the CA); the server labels it
     // a control plane, which NodeRestriction would not let the node do itself.
     let whoami = Command::new(kubectl())
@@ -583,6 +600,13 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
         },
     );
     assert_eq!(answer, svc_ip);
+    let h2_after = requests_by_protocol(data, "HTTP/2.0");
+    assert!(h2_after > h2_before + 20, "HTTP/2.0 requests {h2_before} -> {h2_after}");
+    assert_eq!(
+        requests_by_protocol(data, "HTTP/1.1"),
+        h1_before,
+        "requests over HTTP/1.1 while the components worked (HTTP/2.0 {h2_before} -> {h2_after})"
+    );
 
     // Services route from pods: a client pod calls the echo Service's ClusterIP and both
     // backends answer (the node's proxy in its default mode, eBPF: tc programs on the
