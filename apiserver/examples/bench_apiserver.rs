@@ -8,6 +8,8 @@
 //! the median ratio. Each round measures creates on two etcds, the reference on the same one:
 //! the system's (Debian 12's 3.4, which serves the LIST and watch measurements) and Debian
 //! trixie's 3.5 (`testkit::etcd35`), whose write transactions cost etcd less.
+//! The client speaks HTTP/2 as kaze's components (and client-go) do; `--http1` keeps it on
+//! HTTP/1.1 (a connection per concurrent request), for comparison.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +31,8 @@ struct Args {
     events: usize,
     /// `--default-watch-cache-size` of the apiserver (0: no watch cache, for comparison).
     watch_cache_size: Option<usize>,
+    /// The client's HTTP versions (`--http1`: HTTP/1.1 only).
+    http: component::Http,
     out: std::path::PathBuf,
 }
 
@@ -40,6 +44,7 @@ fn args() -> Args {
         watchers: 100,
         events: 50,
         watch_cache_size: None,
+        http: component::Http::Alpn,
         out: "target/bench/apiserver.json".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -54,6 +59,7 @@ fn args() -> Args {
             "--watch-cache-size" => {
                 a.watch_cache_size = Some(v().parse().expect("--watch-cache-size N"))
             }
+            "--http1" => a.http = component::Http::Http1,
             "--out" => a.out = v().into(),
             other => panic!("unknown argument {other:?}"),
         }
@@ -139,6 +145,7 @@ async fn api_creates(
     bin: &std::path::Path,
     count: usize,
     watch_cache_size: Option<usize>,
+    http: component::Http,
 ) -> (f64, Cpu, Running) {
     let etcd = start_etcd(bin).await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -148,7 +155,7 @@ async fn api_creates(
         config.default_watch_cache_size = n;
     }
     let server = apiserver::start(config).await.expect("apiserver");
-    let client = component::client(Some(server.kubeconfig_path()))
+    let client = component::client_with(Some(server.kubeconfig_path()), "bench", http)
         .await
         .expect("client");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -208,7 +215,8 @@ async fn main() {
     let mut last = None;
     for r in 0..a.rounds {
         let (raw_rate, raw_cpu) = raw_puts(&etcd35, a.pods).await;
-        let (api_rate, api_cpu, running) = api_creates(&etcd35, a.pods, a.watch_cache_size).await;
+        let (api_rate, api_cpu, running) =
+            api_creates(&etcd35, a.pods, a.watch_cache_size, a.http).await;
         running.0.shutdown().await;
         println!(
             "round {} ({v35}): creates: apiserver {api_rate:.0}/s, raw etcd {raw_rate:.0}/s (ratio {:.3}); {}",
@@ -218,7 +226,8 @@ async fn main() {
         );
         rounds35.push((api_rate, raw_rate));
         let (raw_rate, raw_cpu) = raw_puts(&system, a.pods).await;
-        let (api_rate, api_cpu, running) = api_creates(&system, a.pods, a.watch_cache_size).await;
+        let (api_rate, api_cpu, running) =
+            api_creates(&system, a.pods, a.watch_cache_size, a.http).await;
         println!(
             "round {} ({v34}): creates: apiserver {api_rate:.0}/s, raw etcd {raw_rate:.0}/s (ratio {:.3}); {}",
             r + 1,
