@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use crate::managedfields::{self, Entry, Fields};
+use crate::managedfields::{self, Entry, Fields, ListKind, Shape};
 use crate::meta;
 use crate::objects::{self, Part, WriteOpts};
 use crate::registry::ResourceDef;
@@ -24,16 +24,14 @@ enum Step {
     Field(String),
     /// The key fields as canonical JSON (`{"name":"nginx"}`); serde_json's maps are sorted.
     Key(String),
-    /// What another writer recorded and apply does not produce (`v:...`, `i:...`), kept as is.
+    /// A value of a set (`v:<json>`), as JSON.
+    Value(String),
+    /// What another writer recorded and apply does not produce (`i:...`), kept as is.
     Other(String),
 }
 
 fn key_map(k: &str) -> Map<String, Value> {
     serde_json::from_str(k).unwrap_or_default()
-}
-
-fn matches_key(item: &Value, k: &str) -> bool {
-    managedfields::matches_key(item, k)
 }
 
 type FieldPath = Vec<Step>;
@@ -53,28 +51,34 @@ fn skipped(path: &FieldPath) -> bool {
             ))
 }
 
-fn collect(v: &Value, prefix: &mut FieldPath, out: &mut FieldSet) {
+fn collect(v: &Value, shape: Shape<'_>, prefix: &mut FieldPath, out: &mut FieldSet) {
     match v {
-        Value::Object(m) if !m.is_empty() => {
+        Value::Object(m) if !m.is_empty() && !shape.is_atomic() => {
             for (k, child) in m {
                 prefix.push(Step::Field(k.clone()));
-                let keyed = match child.as_array() {
-                    Some(items) if !items.is_empty() => managedfields::keyed_items(k, items),
-                    _ => None,
-                };
-                if managedfields::is_atomic(k) {
-                    out.insert(prefix.clone());
-                } else if let Some(keyed) = keyed {
-                    for (key, item) in keyed {
-                        prefix.push(Step::Key(key));
-                        out.insert(prefix.clone());
-                        collect(item, prefix, out);
-                        prefix.pop();
+                let child_shape = shape.field(k);
+                match child.as_array().filter(|items| !items.is_empty()) {
+                    Some(items) => {
+                        if let Some(keyed) = child_shape.keyed_items(items) {
+                            for (key, item) in keyed {
+                                prefix.push(Step::Key(key));
+                                out.insert(prefix.clone());
+                                collect(item, child_shape.item(), prefix, out);
+                                prefix.pop();
+                            }
+                        } else if child_shape.list_kind(items) == ListKind::Set
+                            && items.iter().all(|i| !i.is_object() && !i.is_array())
+                        {
+                            for item in items {
+                                prefix.push(Step::Value(item.to_string()));
+                                out.insert(prefix.clone());
+                                prefix.pop();
+                            }
+                        } else {
+                            out.insert(prefix.clone());
+                        }
                     }
-                } else if child.is_array() {
-                    out.insert(prefix.clone());
-                } else {
-                    collect(child, prefix, out);
+                    None => collect(child, child_shape, prefix, out),
                 }
                 prefix.pop();
             }
@@ -85,38 +89,57 @@ fn collect(v: &Value, prefix: &mut FieldPath, out: &mut FieldSet) {
     }
 }
 
-fn field_set(v: &Value) -> FieldSet {
+fn field_set(v: &Value, shape: Shape<'_>) -> FieldSet {
     let mut out = FieldSet::new();
-    collect(v, &mut Vec::new(), &mut out);
+    collect(v, shape, &mut Vec::new(), &mut out);
     out.into_iter()
         .filter(|p| !p.is_empty() && !skipped(p))
         .collect()
 }
 
-fn lookup<'a>(v: &'a Value, path: &[Step]) -> Option<&'a Value> {
+fn lookup<'a>(v: &'a Value, shape: Shape<'_>, path: &[Step]) -> Option<&'a Value> {
     let mut cur = v;
+    let mut shape = shape;
     for step in path {
         cur = match step {
-            Step::Field(f) => cur.get(f)?,
-            Step::Key(k) => cur.as_array()?.iter().find(|i| matches_key(i, k))?,
+            Step::Field(f) => {
+                shape = shape.field(f);
+                cur.get(f)?
+            }
+            Step::Key(k) => {
+                let list = shape;
+                shape = shape.item();
+                cur.as_array()?.iter().find(|i| list.matches_key(i, k))?
+            }
+            Step::Value(j) => {
+                let value: Value = serde_json::from_str(j).ok()?;
+                cur.as_array()?.iter().find(|i| **i == value)?
+            }
             Step::Other(_) => return None,
         };
     }
     Some(cur)
 }
 
-fn remove(v: &mut Value, path: &[Step]) {
+fn remove(v: &mut Value, shape: Shape<'_>, path: &[Step]) {
     let Some((last, parent)) = path.split_last() else {
         return;
     };
     let mut cur = v;
+    let mut shape = shape;
     for step in parent {
         let next = match step {
-            Step::Field(f) => cur.get_mut(f),
-            Step::Key(k) => cur
-                .as_array_mut()
-                .and_then(|a| a.iter_mut().find(|i| matches_key(i, k))),
-            Step::Other(_) => None,
+            Step::Field(f) => {
+                shape = shape.field(f);
+                cur.get_mut(f)
+            }
+            Step::Key(k) => {
+                let list = shape;
+                shape = shape.item();
+                cur.as_array_mut()
+                    .and_then(|a| a.iter_mut().find(|i| list.matches_key(i, k)))
+            }
+            Step::Value(_) | Step::Other(_) => None,
         };
         match next {
             Some(n) => cur = n,
@@ -131,7 +154,12 @@ fn remove(v: &mut Value, path: &[Step]) {
         }
         Step::Key(k) => {
             if let Some(a) = cur.as_array_mut() {
-                a.retain(|i| !matches_key(i, k));
+                a.retain(|i| !shape.matches_key(i, k));
+            }
+        }
+        Step::Value(j) => {
+            if let (Some(a), Ok(value)) = (cur.as_array_mut(), serde_json::from_str::<Value>(j)) {
+                a.retain(|i| *i != value);
             }
         }
         Step::Other(_) => {}
@@ -151,6 +179,11 @@ fn paths(f: &Fields, prefix: &mut FieldPath, out: &mut FieldSet) {
             .and_then(|key| serde_json::from_str::<Map<String, Value>>(key).ok())
         {
             Step::Key(Value::Object(key).to_string())
+        } else if let Some(value) = k
+            .strip_prefix("v:")
+            .and_then(|v| serde_json::from_str::<Value>(v).ok())
+        {
+            Step::Value(value.to_string())
         } else {
             Step::Other(k.clone())
         };
@@ -174,6 +207,7 @@ fn to_fields(set: &FieldSet) -> Fields {
             let key = match step {
                 Step::Field(f) => format!("f:{f}"),
                 Step::Key(k) => format!("k:{k}"),
+                Step::Value(v) => format!("v:{v}"),
                 Step::Other(o) => o.clone(),
             };
             cur = cur.children.entry(key).or_default();
@@ -195,6 +229,7 @@ fn path_string(path: &FieldPath) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
+            Step::Value(v) => format!("[={v}]"),
             Step::Other(o) => format!("[{o}]"),
         })
         .collect()
@@ -242,7 +277,7 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Conflicts `kubectl` may override when upgrading from client-side apply: fields of the
 /// last-applied configuration that still hold its values (upstream's `lastAppliedManager`).
-fn allowed_by_last_applied(current: &Value) -> FieldSet {
+fn allowed_by_last_applied(current: &Value, shape: Shape<'_>) -> FieldSet {
     let Some(last) = current
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(LAST_APPLIED))
@@ -251,9 +286,12 @@ fn allowed_by_last_applied(current: &Value) -> FieldSet {
     else {
         return FieldSet::new();
     };
-    field_set(&last)
+    field_set(&last, shape)
         .into_iter()
-        .filter(|p| lookup(current, p).is_some() && lookup(current, p) == lookup(&last, p))
+        .filter(|p| {
+            let now = lookup(current, shape, p);
+            now.is_some() && now == lookup(&last, shape, p)
+        })
         .collect()
 }
 
@@ -270,15 +308,69 @@ fn last_applied_of(applied: &Value) -> String {
     format!("{a}\n")
 }
 
+/// Merge an applied configuration into a custom resource as upstream's structured merge
+/// does with its schema: maps merge (an `x-kubernetes-map-type: atomic` one is replaced),
+/// `x-kubernetes-list-type: map` lists merge their items by key (new items appended),
+/// `set` lists gain the applied values, other lists are replaced; an applied `null` removes
+/// the field.
+fn merge_by_schema(target: &mut Value, applied: &Value, shape: Shape<'_>) {
+    match (target.as_object_mut(), applied.as_object()) {
+        (Some(t), Some(a)) if !shape.is_atomic() => {
+            for (k, v) in a {
+                if v.is_null() {
+                    t.remove(k);
+                    continue;
+                }
+                let child = shape.field(k);
+                match t.get_mut(k) {
+                    Some(cur) => merge_by_schema(cur, v, child),
+                    None => {
+                        t.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
+    if let (Some(cur), Some(items)) = (target.as_array(), applied.as_array()) {
+        if let (Some(cur_keyed), Some(applied_keyed)) =
+            (shape.keyed_items(cur), shape.keyed_items(items))
+        {
+            let mut out: Vec<Value> = cur.clone();
+            for (key, item) in applied_keyed {
+                match cur_keyed.iter().position(|(k, _)| *k == key) {
+                    Some(i) => merge_by_schema(&mut out[i], item, shape.item()),
+                    None => out.push(item.clone()),
+                }
+            }
+            *target = Value::Array(out);
+            return;
+        }
+        if shape.list_kind(items) == ListKind::Set {
+            let mut out = cur.clone();
+            for v in items {
+                if !out.contains(v) {
+                    out.push(v.clone());
+                }
+            }
+            *target = Value::Array(out);
+            return;
+        }
+    }
+    *target = applied.clone();
+}
+
 /// Merge `applied` (from `manager`) into `current`.
 fn merge(
     current: &Value,
     applied: &Value,
+    shape: Shape<'_>,
     api_version: String,
     manager: &str,
     force: bool,
 ) -> Result<Value, ApiError> {
-    let new_set = field_set(applied);
+    let new_set = field_set(applied, shape);
     let me = Entry::new(manager, "Apply", api_version, "");
     let mut entries = managedfields::entries(current);
     let mut sets: Vec<FieldSet> = entries.iter().map(|e| to_set(&e.fields)).collect();
@@ -292,14 +384,14 @@ fn merge(
             if matches!(path.last(), Some(Step::Key(_))) {
                 continue;
             }
-            if lookup(current, path) != lookup(applied, path) {
+            if lookup(current, shape, path) != lookup(applied, shape, path) {
                 conflicts.push((i, path.clone()));
             }
         }
     }
     if !conflicts.is_empty() && !force {
         let allowed = if manager == "kubectl" {
-            allowed_by_last_applied(current)
+            allowed_by_last_applied(current, shape)
         } else {
             FieldSet::new()
         };
@@ -317,8 +409,14 @@ fn merge(
         sets[*i].remove(path);
     }
     let mut out = current.clone();
-    let patch = applied.as_object().cloned().unwrap_or_default();
-    crate::patch::merge_map(&mut out, &patch, "").map_err(ApiError::bad_request)?;
+    match shape {
+        // built-in kinds: strategic merge's rules are their schemas' list types
+        Shape::Named(_) => {
+            let patch = applied.as_object().cloned().unwrap_or_default();
+            crate::patch::merge_map(&mut out, &patch, "").map_err(ApiError::bad_request)?;
+        }
+        Shape::Schema(_) => merge_by_schema(&mut out, applied, shape),
+    }
     // Fields this manager applied before and no longer does go, unless someone else owns them.
     let mine = entries.iter().position(|e| e.same_manager(&me));
     let old_set = mine.map(|i| sets[i].clone()).unwrap_or_default();
@@ -332,7 +430,7 @@ fn merge(
         if others.contains(path) {
             continue;
         }
-        remove(&mut out, path);
+        remove(&mut out, shape, path);
         // Containers the removal emptied go too (`env: []`, `labels: {}`), unless applied.
         let mut parent = path.clone();
         while parent.pop().is_some()
@@ -340,7 +438,7 @@ fn merge(
             && !new_set.contains(&parent)
             && !others.contains(&parent)
         {
-            let empty = match lookup(&out, &parent) {
+            let empty = match lookup(&out, shape, &parent) {
                 Some(Value::Array(a)) => a.is_empty(),
                 Some(Value::Object(m)) => m.is_empty(),
                 _ => false,
@@ -348,7 +446,7 @@ fn merge(
             if !empty {
                 break;
             }
-            remove(&mut out, &parent);
+            remove(&mut out, shape, &parent);
         }
     }
     for (e, set) in entries.iter_mut().zip(&sets) {
@@ -420,7 +518,7 @@ pub async fn apply(
                 let mut obj = applied.clone();
                 meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
                 let mut entry = Entry::new(manager, "Apply", def.api_version(), "");
-                entry.fields = to_fields(&field_set(&applied));
+                entry.fields = to_fields(&field_set(&applied, Shape::of(def)));
                 entry.time = Some(meta::now());
                 managedfields::set_entries(&mut obj, vec![entry]);
                 match objects::create(state, def, ns, obj, opts).await {
@@ -435,7 +533,14 @@ pub async fn apply(
                 let default_class = crate::priority::default_before_update(state, def).await?;
                 let updated =
                     objects::guaranteed_update(state, def, ns, name, None, opts.dry_run, |cur| {
-                        let merged = merge(cur, &applied, def.api_version(), manager, force)?;
+                        let merged = merge(
+                            cur,
+                            &applied,
+                            Shape::of(def),
+                            def.api_version(),
+                            manager,
+                            force,
+                        )?;
                         let out =
                             objects::prepare_update(def, cur, merged, Part::Main, opts.strict)?;
                         crate::priority::check_update(&out, default_class.as_deref())?;
@@ -458,7 +563,14 @@ mod tests {
         manager: &str,
         force: bool,
     ) -> Result<Value, ApiError> {
-        merge(cur, &applied, "apps/v1".into(), manager, force)
+        merge(
+            cur,
+            &applied,
+            Shape::Named(""),
+            "apps/v1".into(),
+            manager,
+            force,
+        )
     }
 
     fn owned(obj: &Value, manager: &str) -> FieldSet {
@@ -474,11 +586,39 @@ mod tests {
     }
 
     #[test]
+    fn finalizers_are_a_set_each_applier_owns_its_values() {
+        let base =
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
+        let with = |f: &[&str]| {
+            let mut v = base.clone();
+            v["metadata"]["finalizers"] = json!(f);
+            v
+        };
+        let a = apply_as(&base, with(&["example.com/a"]), "a", false).expect("a");
+        let b = apply_as(&a, with(&["example.com/b"]), "b", false).expect("no conflict");
+        assert_eq!(
+            b["metadata"]["finalizers"],
+            json!(["example.com/a", "example.com/b"])
+        );
+        let value = |v: &str| {
+            let mut p = path(&["metadata", "finalizers"]);
+            p.push(Step::Value(json!(v).to_string()));
+            p
+        };
+        assert!(owned(&b, "a").contains(&value("example.com/a")));
+        assert!(owned(&b, "b").contains(&value("example.com/b")));
+        assert!(!owned(&b, "b").contains(&value("example.com/a")));
+        // a stops applying its finalizer: only its own value goes
+        let a2 = apply_as(&b, base.clone(), "a", false).expect("a again");
+        assert_eq!(a2["metadata"]["finalizers"], json!(["example.com/b"]));
+    }
+
+    #[test]
     fn field_sets_round_trip_through_fields_v1() {
         let applied = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                 "template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1", "ports": [{"containerPort": 80}]}]}}}});
-        let set = field_set(&applied);
+        let set = field_set(&applied, Shape::Named(""));
         let v1 = to_fields(&set).to_v1();
         let nginx = &v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"nginx\"}"];
         assert_eq!(nginx["f:image"], json!({}));

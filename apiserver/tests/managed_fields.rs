@@ -398,3 +398,169 @@ fn client_side_apply_upgrades_to_server_side_apply_and_back() {
     assert_eq!(d["spec"]["replicas"], 2);
     assert_eq!(d["metadata"]["labels"], j!({"app": "web"}));
 }
+
+const GADGETS: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              listeners:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [name]
+                items:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string}
+                    port: {type: integer}
+              tags:
+                type: array
+                x-kubernetes-list-type: set
+                items: {type: string}
+              routing:
+                type: object
+                x-kubernetes-map-type: atomic
+                additionalProperties: {type: string}
+"#;
+
+fn gadget(spec: &str) -> String {
+    format!("apiVersion: example.com/v1\nkind: Gadget\nmetadata:\n  name: g\nspec:\n{spec}")
+}
+
+/// The fieldsV1 of `manager`'s entry (Null when it has none).
+fn fields_of(entries: &[(String, String, String, Value)], manager: &str) -> Value {
+    entries
+        .iter()
+        .find(|e| e.0 == manager)
+        .map(|e| e.3.clone())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn custom_resources_own_and_merge_as_their_schemas_list_and_map_types_say() {
+    let s = TestServer::start();
+    let crd = write(&s, "crd.yaml", GADGETS);
+    s.kubectl(&["apply", "-f", &crd]);
+    s.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/gadgets.example.com",
+        "--timeout=30s",
+    ]);
+    let apply = |manager: &str, spec: &str| {
+        let f = write(&s, &format!("g-{manager}.yaml"), &gadget(spec));
+        s.kubectl_result(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                manager,
+                "-f",
+                &f,
+            ],
+            None,
+        )
+    };
+    let (ok, _, err) = apply(
+        "a",
+        "  listeners: [{name: web, port: 80}]\n  tags: [red]\n  routing: {zone: a}\n",
+    );
+    assert!(ok, "{err}");
+    // a second applier's items of a list-map and values of a set join the first's
+    let (ok, _, err) = apply(
+        "b",
+        "  listeners: [{name: db, port: 5432}]\n  tags: [blue]\n",
+    );
+    assert!(ok, "{err}");
+    let g = json(&s, &["get", "gadget", "g"]);
+    assert_eq!(
+        g["spec"]["listeners"],
+        j!([{"name": "web", "port": 80}, {"name": "db", "port": 5432}])
+    );
+    assert_eq!(g["spec"]["tags"], j!(["red", "blue"]));
+    let entries = managers(&s, &["gadget", "g"]);
+    let a = fields_of(&entries, "a");
+    let b = fields_of(&entries, "b");
+    assert_eq!(
+        a["f:spec"]["f:listeners"]["k:{\"name\":\"web\"}"],
+        j!({".": {}, "f:name": {}, "f:port": {}}),
+        "{a}"
+    );
+    assert_eq!(a["f:spec"]["f:tags"], j!({"v:\"red\"": {}}), "{a}");
+    assert_eq!(
+        a["f:spec"]["f:routing"],
+        j!({}),
+        "an atomic map is one field: {a}"
+    );
+    assert!(
+        b["f:spec"]["f:listeners"]
+            .get("k:{\"name\":\"web\"}")
+            .is_none(),
+        "{b}"
+    );
+    assert_eq!(b["f:spec"]["f:tags"], j!({"v:\"blue\"": {}}), "{b}");
+
+    // an atomic map belongs to its applier whole: another applier's keys conflict
+    let (ok, _, err) = apply("b", "  tags: [blue]\n  routing: {region: eu}\n");
+    assert!(!ok);
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"a\": .spec.routing"),
+        "{err}"
+    );
+    // a drops its listener: it goes, b's stays
+    let (ok, _, err) = apply("a", "  tags: [red]\n  routing: {zone: a}\n");
+    assert!(ok, "{err}");
+    let g = json(&s, &["get", "gadget", "g"]);
+    assert_eq!(g["spec"]["listeners"], j!([{"name": "db", "port": 5432}]));
+
+    // an update's changes are recorded by the same keys
+    s.kubectl(&[
+        "patch",
+        "gadget",
+        "g",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/listeners/-","value":{"name":"metrics","port":9090}},{"op":"add","path":"/spec/tags/-","value":"green"}]"#,
+    ]);
+    let entries = managers(&s, &["gadget", "g"]);
+    let p = fields_of(&entries, "kubectl-patch");
+    assert_eq!(
+        p["f:spec"]["f:listeners"],
+        j!({"k:{\"name\":\"metrics\"}": {".": {}, "f:name": {}, "f:port": {}}}),
+        "{p}"
+    );
+    assert_eq!(p["f:spec"]["f:tags"], j!({"v:\"green\"": {}}), "{p}");
+    // forced, b takes the atomic map over and replaces it
+    let f = write(
+        &s,
+        "g-b.yaml",
+        &gadget("  tags: [blue]\n  routing: {region: eu}\n"),
+    );
+    s.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        "b",
+        "-f",
+        &f,
+    ]);
+    let g = json(&s, &["get", "gadget", "g"]);
+    assert_eq!(g["spec"]["routing"], j!({"region": "eu"}));
+    assert_eq!(g["spec"]["tags"], j!(["red", "blue", "green"]));
+}

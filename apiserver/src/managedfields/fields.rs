@@ -1,7 +1,9 @@
 //! Field sets and what a write changed: [`Fields`] is a `fieldsV1` tree, [`diff`] walks an
 //! old and a new object once and returns the paths the write added or changed and those it
-//! removed. What is a keyed list or an atomic value follows upstream's schemas for the
-//! built-in kinds (list-map keys, `+mapType=atomic` selectors), looked up by field name.
+//! removed. What is a keyed list, a set or an atomic value is a [`Shape`]: upstream's schemas
+//! for the built-in kinds (list-map keys, `+mapType=atomic` selectors, `finalizers` a set),
+//! looked up by field name, and a custom resource's structural schema
+//! (`x-kubernetes-list-type`, `x-kubernetes-list-map-keys`, `x-kubernetes-map-type`).
 
 use std::collections::BTreeMap;
 
@@ -115,47 +117,162 @@ fn list_keys(field: &str, items: &[Value]) -> Option<&'static [&'static str]> {
     })
 }
 
-/// A key field's value in an item, with the schema default a key field has (`protocol`).
-fn key_value<'a>(item: &'a Value, field: &str) -> Option<&'a Value> {
-    static TCP: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| json!("TCP"));
-    match item.get(field).filter(|v| !v.is_null()) {
-        Some(v) => Some(v),
-        None if field == "protocol" => Some(&TCP),
-        None => None,
-    }
+/// What server-side apply makes of a list: one value, items keyed by their key fields
+/// (`k:{...}`), or a set of scalars (`v:<value>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListKind<'a> {
+    Atomic,
+    Map(Vec<&'a str>),
+    Set,
 }
 
-fn item_key(item: &Value, keys: &[&str]) -> Option<String> {
-    if !item.is_object() {
-        return None;
-    }
-    let mut m = Map::new();
-    for k in keys {
-        m.insert((*k).to_string(), key_value(item, k)?.clone());
-    }
-    Some(Value::Object(m).to_string())
+/// Where a value sits in its kind's schema, as far as ownership and merging care.
+#[derive(Clone, Copy, Debug)]
+pub enum Shape<'a> {
+    /// A built-in kind (or any object's `metadata`): upstream's schemas, by the field's name
+    /// (`""` for the root and list items).
+    Named(&'a str),
+    /// A custom resource: its structural schema's node here (None: a field the schema does
+    /// not describe, e.g. under `x-kubernetes-preserve-unknown-fields`: maps granular, lists
+    /// atomic, as upstream deduces them).
+    Schema(Option<&'a Value>),
 }
 
-/// The items of a keyed list with their key JSON (`{"name":"nginx"}`), or None when the list
-/// is atomic (no list-map keys, or an item without them).
-pub fn keyed_items<'a>(field: &str, items: &'a [Value]) -> Option<Vec<(String, &'a Value)>> {
-    let keys = list_keys(field, items)?;
-    items
-        .iter()
-        .map(|i| Some((item_key(i, keys)?, i)))
-        .collect()
-}
+impl<'a> Shape<'a> {
+    /// The root of `def`'s objects.
+    pub fn of(def: &'a ResourceDef) -> Shape<'a> {
+        match &def.custom {
+            Some(c) => Shape::Schema(Some(&c.schema).filter(|s| !s.is_null())),
+            None => Shape::Named(""),
+        }
+    }
 
-/// Whether `item` is the one `key_json` names (defaults of key fields included).
-pub fn matches_key(item: &Value, key_json: &str) -> bool {
-    match serde_json::from_str::<Map<String, Value>>(key_json) {
-        Ok(km) => km.iter().all(|(k, v)| key_value(item, k) == Some(v)),
-        Err(_) => false,
+    /// The shape of the map field `name` under this one. A `metadata` field is the built-in
+    /// `ObjectMeta` wherever it is (a custom resource's own, an embedded resource's),
+    /// whatever a schema says of it (CRDs may not describe it beyond `name`).
+    pub fn field(self, name: &'a str) -> Shape<'a> {
+        match self {
+            // `ObjectMeta.finalizers` is a set (`+listType=set`), a namespace's are not
+            Shape::Named("metadata") if name == "finalizers" => Shape::Named("metadata.finalizers"),
+            Shape::Named(_) => Shape::Named(name),
+            Shape::Schema(_) if name == "metadata" => Shape::Named(name),
+            Shape::Schema(s) => Shape::Schema(s.and_then(|s| {
+                s.get("properties")
+                    .and_then(|p| p.get(name))
+                    .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+            })),
+        }
+    }
+
+    /// The shape of a list's items.
+    pub fn item(self) -> Shape<'a> {
+        match self {
+            Shape::Named(_) => Shape::Named(""),
+            Shape::Schema(s) => Shape::Schema(s.and_then(|s| s.get("items"))),
+        }
+    }
+
+    /// The field's name for a built-in kind (`""` otherwise).
+    pub fn name(self) -> &'a str {
+        match self {
+            Shape::Named(n) => n,
+            Shape::Schema(_) => "",
+        }
+    }
+
+    /// What a list here is (`items`: built-in `ports` lists are keyed by their items' fields).
+    pub fn list_kind(self, items: &[Value]) -> ListKind<'a> {
+        match self {
+            Shape::Named("metadata.finalizers") => ListKind::Set,
+            Shape::Named(f) => match list_keys(f, items) {
+                Some(keys) => ListKind::Map(keys.to_vec()),
+                None => ListKind::Atomic,
+            },
+            Shape::Schema(s) => {
+                let s = s.unwrap_or(&Value::Null);
+                match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+                    Some("map") => ListKind::Map(
+                        s.get("x-kubernetes-list-map-keys")
+                            .and_then(Value::as_array)
+                            .map(|k| k.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default(),
+                    ),
+                    Some("set") => ListKind::Set,
+                    _ => ListKind::Atomic,
+                }
+            }
+        }
+    }
+
+    /// A map or struct owned as one value (`+mapType=atomic`, `+structType=atomic`,
+    /// `x-kubernetes-map-type: atomic`).
+    pub fn is_atomic(self) -> bool {
+        match self {
+            Shape::Named(f) => is_atomic(f),
+            Shape::Schema(s) => {
+                s.and_then(|s| s.get("x-kubernetes-map-type"))
+                    .and_then(Value::as_str)
+                    == Some("atomic")
+            }
+        }
+    }
+
+    /// A key field's value in an item of a list of this shape, with the default the schema
+    /// gives the key field (built-in `protocol`: TCP; a CRD's `default`).
+    fn key_value(self, item: &Value, field: &str) -> Option<Value> {
+        if let Some(v) = item.get(field).filter(|v| !v.is_null()) {
+            return Some(v.clone());
+        }
+        match self {
+            Shape::Named(_) => (field == "protocol").then(|| json!("TCP")),
+            Shape::Schema(s) => s
+                .and_then(|s| s.pointer("/items/properties"))
+                .and_then(|p| p.get(field))
+                .and_then(|f| f.get("default"))
+                .cloned(),
+        }
+    }
+
+    fn item_key(self, item: &Value, keys: &[&str]) -> Option<String> {
+        if !item.is_object() {
+            return None;
+        }
+        let mut m = Map::new();
+        for k in keys {
+            m.insert((*k).to_string(), self.key_value(item, k)?);
+        }
+        Some(Value::Object(m).to_string())
+    }
+
+    /// The items of a keyed list of this shape with their key JSON (`{"name":"nginx"}`), or
+    /// None when the list is not keyed (or an item lacks a key).
+    pub fn keyed_items(self, items: &[Value]) -> Option<Vec<(String, &Value)>> {
+        let ListKind::Map(keys) = self.list_kind(items) else {
+            return None;
+        };
+        if keys.is_empty() {
+            return None;
+        }
+        items
+            .iter()
+            .map(|i| Some((self.item_key(i, &keys)?, i)))
+            .collect()
+    }
+
+    /// Whether `item`, of a list of this shape, is the one `key_json` names (defaults of key
+    /// fields included).
+    pub fn matches_key(self, item: &Value, key_json: &str) -> bool {
+        match serde_json::from_str::<Map<String, Value>>(key_json) {
+            Ok(km) => km
+                .iter()
+                .all(|(k, v)| self.key_value(item, k).as_ref() == Some(v)),
+            Err(_) => false,
+        }
     }
 }
 
 /// Maps and structs owned as one value (`+mapType=atomic`, `+structType=atomic`).
-pub fn is_atomic(field: &str) -> bool {
+fn is_atomic(field: &str) -> bool {
     matches!(
         field,
         "selector"
@@ -271,7 +388,7 @@ impl Walk {
     /// Compare one node. `zero`: the node's old value is the empty object's (a create).
     fn node(
         &self,
-        field: &str,
+        shape: Shape<'_>,
         old: Option<&Value>,
         new: Option<&Value>,
         zero: bool,
@@ -281,14 +398,14 @@ impl Walk {
         let mut old = old.filter(|v| !v.is_null());
         let new = new.filter(|v| !v.is_null());
         if old.is_none() && zero {
-            old = Some(if field == "containers" {
+            old = Some(if shape.name() == "containers" {
                 &self.empty_list
             } else {
                 &self.empty_map
             });
         }
         let objects = old.is_none_or(Value::is_object) && new.is_none_or(Value::is_object);
-        if objects && !is_atomic(field) {
+        if objects && !shape.is_atomic() {
             let om = old.and_then(Value::as_object);
             let nm = new.and_then(Value::as_object);
             if om.is_none_or(Map::is_empty) && nm.is_none_or(Map::is_empty) {
@@ -296,7 +413,7 @@ impl Walk {
             }
             c.member |= old.is_none();
             r.member |= new.is_none();
-            self.children(field, om, nm, zero, c, r);
+            self.children(shape, om, nm, zero, c, r);
             return;
         }
         let lists = old.is_none_or(Value::is_array) && new.is_none_or(Value::is_array);
@@ -306,24 +423,38 @@ impl Walk {
             if ol.is_empty() && nl.is_empty() {
                 return leaf(old, new, c, r);
             }
-            if let (Some(ok), Some(nk)) = (keyed_items(field, ol), keyed_items(field, nl)) {
+            let item = shape.item();
+            if let (Some(ok), Some(nk)) = (shape.keyed_items(ol), shape.keyed_items(nl)) {
                 c.member |= old.is_none();
                 r.member |= new.is_none();
-                for (k, item) in &nk {
+                for (k, v) in &nk {
                     let before = ok.iter().find(|(o, _)| o == k).map(|(_, v)| *v);
-                    self.descend(format!("k:{k}"), "", before, Some(item), false, c, r);
+                    self.descend(format!("k:{k}"), item, before, Some(v), false, c, r);
                 }
-                for (k, item) in &ok {
+                for (k, v) in &ok {
                     if !nk.iter().any(|(n, _)| n == k) {
-                        self.descend(format!("k:{k}"), "", Some(item), None, false, c, r);
+                        self.descend(format!("k:{k}"), item, Some(v), None, false, c, r);
                     }
                 }
                 return;
             }
+            let scalars = |l: &[Value]| l.iter().all(|v| !v.is_object() && !v.is_array());
+            if shape.list_kind(nl) == ListKind::Set && scalars(ol) && scalars(nl) {
+                c.member |= old.is_none();
+                r.member |= new.is_none();
+                for v in nl.iter().filter(|v| !ol.contains(v)) {
+                    c.children.entry(format!("v:{v}")).or_default().member = true;
+                }
+                for v in ol.iter().filter(|v| !nl.contains(v)) {
+                    r.children.entry(format!("v:{v}")).or_default().member = true;
+                }
+                return;
+            }
         }
-        if old.is_none() && new.is_some_and(is_zero) && !is_pointer(field) {
+        let named = matches!(shape, Shape::Named(_));
+        if named && old.is_none() && new.is_some_and(is_zero) && !is_pointer(shape.name()) {
             // Go drops an omitempty zero when decoding (protobuf bodies carry them all):
-            // upstream never sees it set
+            // upstream never sees it set (a custom resource keeps what it was sent)
             return;
         }
         leaf(old, new, c, r)
@@ -333,7 +464,7 @@ impl Walk {
     fn descend(
         &self,
         key: String,
-        field: &str,
+        shape: Shape<'_>,
         old: Option<&Value>,
         new: Option<&Value>,
         zero: bool,
@@ -341,7 +472,7 @@ impl Walk {
         r: &mut Fields,
     ) {
         let (mut cc, mut rc) = (Fields::default(), Fields::default());
-        self.node(field, old, new, zero, &mut cc, &mut rc);
+        self.node(shape, old, new, zero, &mut cc, &mut rc);
         if !cc.is_empty() {
             c.children.insert(key.clone(), cc);
         }
@@ -352,26 +483,35 @@ impl Walk {
 
     fn children(
         &self,
-        parent: &str,
+        shape: Shape<'_>,
         old: Option<&Map<String, Value>>,
         new: Option<&Map<String, Value>>,
         zero: bool,
         c: &mut Fields,
         r: &mut Fields,
     ) {
-        let zero_child = |k: &str| zero && in_empty_object(parent, k);
+        let zero_child = |k: &str| zero && in_empty_object(shape.name(), k);
         if let Some(nm) = new {
             for (k, v) in nm {
                 let before = old.and_then(|o| o.get(k));
                 if before != Some(v) {
-                    self.descend(format!("f:{k}"), k, before, Some(v), zero_child(k), c, r);
+                    let child = shape.field(k);
+                    self.descend(
+                        format!("f:{k}"),
+                        child,
+                        before,
+                        Some(v),
+                        zero_child(k),
+                        c,
+                        r,
+                    );
                 }
             }
         }
         if let Some(om) = old {
             for (k, v) in om {
                 if new.is_none_or(|n| !n.contains_key(k)) {
-                    self.descend(format!("f:{k}"), k, Some(v), None, false, c, r);
+                    self.descend(format!("f:{k}"), shape.field(k), Some(v), None, false, c, r);
                 }
             }
         }
@@ -396,6 +536,7 @@ pub fn diff(def: &ResourceDef, old: Option<&Value>, new: &Value, with_status: bo
         empty_list: Value::Array(Vec::new()),
     };
     let mut out = Changes::default();
+    let root = Shape::of(def);
     let zero = old.is_none() && def.custom.is_none();
     let none = Map::new();
     let om = old.and_then(Value::as_object).unwrap_or(&none);
@@ -418,7 +559,8 @@ pub fn diff(def: &ResourceDef, old: Option<&Value>, new: &Value, with_status: bo
                         continue;
                     }
                     let key = format!("f:{mk}");
-                    w.descend(key, mk, om.get(mk), nm.get(mk), false, &mut c, &mut r);
+                    let shape = Shape::Named("metadata").field(mk);
+                    w.descend(key, shape, om.get(mk), nm.get(mk), false, &mut c, &mut r);
                 }
                 if !c.is_empty() {
                     out.changed.children.insert("f:metadata".into(), c);
@@ -432,7 +574,16 @@ pub fn diff(def: &ResourceDef, old: Option<&Value>, new: &Value, with_status: bo
                 if before != after || zero {
                     let z = zero && in_empty_object("", k);
                     let key = format!("f:{k}");
-                    w.descend(key, k, before, after, z, &mut out.changed, &mut out.removed);
+                    let shape = root.field(k);
+                    w.descend(
+                        key,
+                        shape,
+                        before,
+                        after,
+                        z,
+                        &mut out.changed,
+                        &mut out.removed,
+                    );
                 }
             }
         }

@@ -27,7 +27,7 @@ use crate::status::ApiError;
 
 mod fields;
 
-pub use fields::{diff, is_atomic, keyed_items, matches_key, Fields};
+pub use fields::{diff, Fields, ListKind, Shape};
 
 /// upstream's `FieldManagerMaxLength`
 pub const MAX_MANAGER_LENGTH: usize = 128;

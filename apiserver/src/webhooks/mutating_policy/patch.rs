@@ -65,7 +65,7 @@ fn find_atomics(
     };
     match v {
         Value::Object(m) => {
-            if !field.is_empty() && crate::managedfields::is_atomic(field) {
+            if !field.is_empty() && crate::managedfields::Shape::Named(field).is_atomic() {
                 out.push(path.to_string());
                 return;
             }
