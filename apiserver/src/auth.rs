@@ -452,6 +452,7 @@ pub fn impersonate(
             resource: resource.clone(),
             namespace,
             name: Some(name.clone()),
+            field_selector: None,
         };
         if !rbac.authorize(requester, &attrs).0 {
             return Err(ApiError::unauthorized_action(

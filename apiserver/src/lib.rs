@@ -84,6 +84,10 @@ pub use kubeconfig::for_user as user_kubeconfig;
 /// certificate and key (PEM): what `kaze agent` writes for its node certificate.
 pub use kubeconfig::render_client_cert as client_cert_kubeconfig;
 
+/// The user kube-proxy (kaze's Service proxy and pod routes) runs as, bound to the
+/// built-in ClusterRole `system:node-proxier` as upstream's default policy binds it.
+pub use rbac::KUBE_PROXY_USER;
+
 /// kube-apiserver's flags that kaze supports, under upstream's names.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {

@@ -95,6 +95,12 @@ fn access_attributes(body: &Value, kind: &str) -> Result<Attributes, ApiError> {
                 resource,
                 namespace: opt("namespace"),
                 name: opt("name"),
+                // upstream's fieldSelector.rawSelector (AuthorizeWithSelectors)
+                field_selector: r
+                    .pointer("/fieldSelector/rawSelector")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
             }
         }
         None => {

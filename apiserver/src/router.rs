@@ -190,6 +190,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             resource: "nodes/proxy".into(),
             namespace: None,
             name: Some(node.to_string()),
+            field_selector: None,
         };
         if let Err(r) = authorize(&state, &parts, attrs) {
             return r;
@@ -383,6 +384,11 @@ fn resource_attributes(parts: &axum::http::request::Parts, t: &Target) -> Attrib
         (None, "list" | "watch") => q.get("fieldSelector").and_then(|s| selected_name(s)),
         _ => t.name.clone(),
     };
+    // the Node authorizer's AuthorizeNodeWithSelectors reads it (a node lists its own pods)
+    let field_selector = match verb {
+        "list" | "watch" | "deletecollection" => q.get("fieldSelector").cloned(),
+        _ => None,
+    };
     // a namespace's own path names it, it is not "in" it
     Attributes::Resource {
         verb: verb.into(),
@@ -390,6 +396,7 @@ fn resource_attributes(parts: &axum::http::request::Parts, t: &Target) -> Attrib
         resource,
         namespace: t.namespace.clone(),
         name,
+        field_selector,
     }
 }
 

@@ -545,3 +545,107 @@ fn kubelet_client_requests_are_auto_approved_for_bootstrappers_and_renewing_node
     assert!(!ok && err.contains("forbidden"), "{err}");
     s.kubectl(&["delete", "csr", "--all"]);
 }
+
+/// kaze's agents get a `system:kube-proxy` client certificate for their Service proxy and
+/// pod routes with the join token: a `kube-apiserver-client` request for exactly that
+/// subject made with a bootstrap token is approved and issued; the same request from
+/// anyone else, or any other subject from the token, waits for an approver.
+#[test]
+fn the_bootstrap_tokens_kube_proxy_request_is_auto_approved_and_nothing_else() {
+    let s = TestServer::start_with_tokens(
+        "boot-secret-123,system:bootstrap:abc123,boot,\"system:bootstrappers\"\nnode-secret,system:node:n1,n1,\"system:nodes\"\n",
+        |_| {},
+    );
+    let create = |token: &str, name: &str, cn: &str, orgs: &[&str], usages: &[&str]| {
+        let (pem, key) = csr_pem(cn, orgs, &[]);
+        let m = manifest(
+            name,
+            &pem,
+            "kubernetes.io/kube-apiserver-client",
+            usages,
+            "",
+        );
+        let (ok, _, err) = s.kubectl_result(&["--token", token, "create", "-f", "-"], Some(&m));
+        assert!(ok, "{name}: {err}");
+        key
+    };
+    let client = ["digital signature", "client auth"];
+    let key = create(
+        "boot-secret-123",
+        "kube-proxy-boot",
+        "system:kube-proxy",
+        &[],
+        &client,
+    );
+    let cert = issued(&s, "kube-proxy-boot");
+    let c = csr(&s, "kube-proxy-boot");
+    assert_eq!(c["status"]["conditions"][0]["reason"], "AutoApproved");
+    assert_eq!(
+        c["status"]["conditions"][0]["message"],
+        "Auto approving kube-proxy client certificate for a bootstrap token."
+    );
+    // the certificate logs in as system:kube-proxy, which may list every Node
+    let kc = cert_kubeconfig(
+        &s,
+        "kube-proxy.kubeconfig",
+        "system:kube-proxy",
+        &cert,
+        &key,
+    );
+    let who = s.kubectl(&[
+        "--kubeconfig",
+        &kc,
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+    ]);
+    assert_eq!(who, r#"system:kube-proxy ["system:authenticated"]"#);
+    s.kubectl(&["--kubeconfig", &kc, "get", "nodes"]);
+
+    // not approved: another subject or an organization from the token, the same subject
+    // from a node
+    create("boot-secret-123", "admin-by-boot", "admin", &[], &client);
+    create(
+        "boot-secret-123",
+        "kube-proxy-masters-by-boot",
+        "system:kube-proxy",
+        &["system:masters"],
+        &client,
+    );
+    create(
+        "boot-secret-123",
+        "kube-proxy-server-auth-by-boot",
+        "system:kube-proxy",
+        &[],
+        &["digital signature", "client auth", "server auth"],
+    );
+    create(
+        "node-secret",
+        "kube-proxy-by-node",
+        "system:kube-proxy",
+        &[],
+        &client,
+    );
+    // (a later request is approved after these were looked at: the approver takes them in
+    // order)
+    create(
+        "boot-secret-123",
+        "kube-proxy-boot-2",
+        "system:kube-proxy",
+        &[],
+        &client,
+    );
+    issued(&s, "kube-proxy-boot-2");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for name in [
+        "admin-by-boot",
+        "kube-proxy-masters-by-boot",
+        "kube-proxy-server-auth-by-boot",
+        "kube-proxy-by-node",
+    ] {
+        let c = csr(&s, name);
+        assert!(c["status"].get("conditions").is_none(), "{name}: {c}");
+    }
+    s.kubectl(&["delete", "csr", "--all"]);
+}

@@ -188,11 +188,9 @@ fn nodes_read_only_what_their_pods_use() {
         }
     });
 
-    // what every node may do: read nodes, pods and services
-    for what in ["nodes", "pods", "services"] {
-        let (ok, _, err) = as_node(&s, &b, &["get", what, "-A"], None);
-        assert!(ok, "{what}: {err}");
-    }
+    // what every node may do: read services (nodes and pods: only its own, below)
+    let (ok, _, err) = as_node(&s, &b, &["get", "services", "-A"], None);
+    assert!(ok, "{err}");
     let (ok, _, _) = as_node(&s, &b, &["create", "namespace", "by-node"], None);
     assert!(!ok);
 
@@ -320,11 +318,12 @@ fn node_restriction_keeps_nodes_to_their_own_objects() {
     setup(&s);
     let a = node_kubeconfig(&s, "a");
 
-    // nodes: its own only, no restricted labels, no taints
+    // nodes: its own only, no restricted labels, no taints (kubectl label reads the Node
+    // first, which the Node authorizer refuses for another node's)
     let (ok, _, err) = as_node(&s, &a, &["label", "node", "b", "team=x"], None);
     assert!(!ok);
     assert!(
-        err.contains(r#"nodes "b" is forbidden: node "a" is not allowed to modify node "b""#),
+        err.contains(r#"nodes "b" is forbidden: User "system:node:a" cannot get resource "nodes" in API group "" at the cluster scope: node 'a' cannot read 'b', only its own Node object"#),
         "{err}"
     );
     let (ok, _, err) = as_node(&s, &a, &["label", "node", "a", "team=x"], None);
@@ -516,6 +515,240 @@ fn node_restriction_keeps_nodes_to_their_own_objects() {
         None,
     );
     assert!(ok, "{err}");
+
+    s.kubectl(&["delete", "namespace", NS, "--wait=false"]);
+    s.kubectl(&["delete", "nodes", "a", "b"]);
+}
+
+/// AuthorizeNodeWithSelectors (upstream's default since 1.32): a node reads only its own
+/// Node (get, or list/watch by `metadata.name`) and lists/watches pods only with a
+/// `spec.nodeName=<itself>` field selector, as its kubelet does; single pods only its own.
+/// kube-proxy (`system:kube-proxy`, bound to `system:node-proxier`) reads every Node.
+#[test]
+fn nodes_read_only_their_own_node_and_pods() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    let s = TestServer::start();
+    setup(&s);
+    let a = node_kubeconfig(&s, "a");
+
+    // its own Node: get, and list/watch by name
+    let (ok, out, err) = as_node(&s, &a, &["get", "node", "a", "-o", "name"], None);
+    assert!(ok && out == "node/a", "{out} {err}");
+    let (ok, out, err) = as_node(
+        &s,
+        &a,
+        &[
+            "get",
+            "nodes",
+            "--field-selector",
+            "metadata.name=a",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(ok && out == "node/a", "{out} {err}");
+    let watch =
+        |field: &str| format!("/api/v1/nodes?watch=true&fieldSelector={field}&timeoutSeconds=1");
+    let (ok, out, err) = as_node(&s, &a, &["get", "--raw", &watch("metadata.name%3Da")], None);
+    assert!(ok && out.contains(r#""type":"ADDED""#), "{out} {err}");
+    // no other Node, no list or watch of them all
+    let (ok, _, err) = as_node(&s, &a, &["get", "node", "b"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(r#"nodes "b" is forbidden: User "system:node:a" cannot get resource "nodes" in API group "" at the cluster scope: node 'a' cannot read 'b', only its own Node object"#),
+        "{err}"
+    );
+    let all = "node 'a' cannot read all nodes, only its own Node object";
+    let (ok, _, err) = as_node(&s, &a, &["get", "nodes"], None);
+    assert!(
+        !ok && err.contains(&format!(
+            r#"nodes is forbidden: User "system:node:a" cannot list resource "nodes" in API group "" at the cluster scope: {all}"#
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = as_node(
+        &s,
+        &a,
+        &["get", "nodes", "--field-selector", "metadata.name=b"],
+        None,
+    );
+    assert!(
+        !ok && err.contains("node 'a' cannot read 'b', only its own Node object"),
+        "{err}"
+    );
+    for field in ["metadata.name%3Db", "spec.unschedulable%3Dfalse"] {
+        let (ok, _, err) = as_node(&s, &a, &["get", "--raw", &watch(field)], None);
+        assert!(
+            !ok && err.contains("Forbidden"),
+            "node a watched other nodes ({field}): {err}"
+        );
+    }
+
+    // pods: listed and watched by spec.nodeName=<itself> only
+    let (ok, _, err) = as_node(&s, &a, &["get", "pods", "-A"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(r#"pods is forbidden: User "system:node:a" cannot list resource "pods" in API group "" at the cluster scope: can only list/watch pods with spec.nodeName field selector"#),
+        "{err}"
+    );
+    let (ok, _, err) = as_node(&s, &a, &["get", "pods", "-n", NS], None);
+    assert!(
+        !ok && err.contains("can only list/watch pods with spec.nodeName field selector"),
+        "{err}"
+    );
+    let (ok, out, err) = as_node(
+        &s,
+        &a,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=a",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(ok && out == "pod/pa", "{out} {err}");
+    // what `kubectl describe node` sends: more terms beside the node's
+    let (ok, out, err) = as_node(
+        &s,
+        &a,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=a,status.phase!=Succeeded,status.phase!=Failed",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(ok && out == "pod/pa", "{out} {err}");
+    let (ok, _, err) = as_node(
+        &s,
+        &a,
+        &["get", "pods", "-A", "--field-selector", "spec.nodeName=b"],
+        None,
+    );
+    assert!(
+        !ok && err.contains("can only list/watch pods with spec.nodeName field selector"),
+        "{err}"
+    );
+    let pods_watch =
+        |field: &str| format!("/api/v1/pods?watch=true&fieldSelector={field}&timeoutSeconds=1");
+    let (ok, out, err) = as_node(
+        &s,
+        &a,
+        &["get", "--raw", &pods_watch("spec.nodeName%3Da")],
+        None,
+    );
+    assert!(ok && out.contains(r#""name":"pa""#), "{out} {err}");
+    let (ok, _, err) = as_node(
+        &s,
+        &a,
+        &["get", "--raw", &pods_watch("spec.nodeName%3Db")],
+        None,
+    );
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    // single pods: those bound to it
+    let (ok, _, err) = as_node(&s, &a, &["get", "pod", "pa", "-n", NS], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_node(&s, &a, &["get", "pod", "pb", "-n", NS], None);
+    assert!(
+        !ok && err.contains(r#"pods "pb" is forbidden: User "system:node:a" cannot get resource "pods" in API group "" in the namespace "node-authz": no relationship found between node 'a' and this object"#),
+        "{err}"
+    );
+
+    // what the kubelet itself does, through kube-rs: its Node by get and by a watch of its
+    // name, its pods by a spec.nodeName watch, every Service
+    let client = client(&s, &a);
+    s.rt.block_on(async {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+        nodes.get("a").await.expect("node a reads its Node");
+        let mine = watcher::Config::default().fields("metadata.name=a");
+        let mut stream = watcher::watcher(nodes.clone(), mine).boxed();
+        let listed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut seen = Vec::new();
+            loop {
+                match stream.next().await {
+                    Some(Ok(watcher::Event::InitApply(n))) => seen.push(n.metadata.name),
+                    Some(Ok(watcher::Event::InitDone)) => return seen,
+                    Some(Ok(_)) => {}
+                    other => panic!("node a's watch of its Node: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the watch's initial list");
+        assert_eq!(listed, [Some("a".to_string())]);
+        let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+        let listed = pods
+            .list(&kube::api::ListParams::default().fields("spec.nodeName=a"))
+            .await
+            .expect("node a lists its pods");
+        assert_eq!(listed.items.len(), 1);
+        let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::all(client.clone());
+        services.list(&Default::default()).await.expect("services");
+        match nodes.list(&Default::default()).await {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{}", e.message),
+            other => panic!("node a listed every node: {other:?}"),
+        }
+    });
+
+    // kube-proxy: every Node, Service and EndpointSlice, no pods or Secrets
+    let text = apiserver::user_kubeconfig(
+        s.server().data_dir(),
+        apiserver::KUBE_PROXY_USER,
+        &[],
+        1,
+        None,
+    )
+    .expect("issuing a kube-proxy kubeconfig");
+    let proxy = common::write(&s, "kube-proxy.kubeconfig", &text);
+    let (ok, who, err) = as_node(
+        &s,
+        &proxy,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+        None,
+    );
+    assert!(ok && who == "system:kube-proxy", "{who} {err}");
+    let (ok, out, err) = as_node(&s, &proxy, &["get", "nodes", "-o", "name"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("node/a") && out.contains("node/b"), "{out}");
+    let (ok, _, err) = as_node(&s, &proxy, &["get", "--raw", &watch("")], None);
+    assert!(ok, "{err}");
+    for what in ["services", "endpointslices", "endpoints"] {
+        let (ok, _, err) = as_node(&s, &proxy, &["get", what, "-A"], None);
+        assert!(ok, "{what}: {err}");
+    }
+    let (ok, _, err) = as_node(&s, &proxy, &["auth", "can-i", "create", "events"], None);
+    assert!(ok, "{err}");
+    for what in ["pods", "secrets"] {
+        let (ok, _, err) = as_node(&s, &proxy, &["get", what, "-A"], None);
+        assert!(
+            !ok && err.contains(&format!(
+                r#"User "system:kube-proxy" cannot list resource "{what}""#
+            )),
+            "{what}: {err}"
+        );
+    }
+    let (ok, _, err) = as_node(&s, &proxy, &["label", "node", "a", "x=y"], None);
+    assert!(
+        !ok && err.contains(r#"User "system:kube-proxy" cannot patch resource "nodes""#),
+        "{err}"
+    );
 
     s.kubectl(&["delete", "namespace", NS, "--wait=false"]);
     s.kubectl(&["delete", "nodes", "a", "b"]);

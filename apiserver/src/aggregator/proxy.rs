@@ -112,6 +112,10 @@ pub fn attributes(method: &Method, path: &str, query: Option<&str>) -> Attribute
     if name.is_none() && verb == "delete" {
         verb = "deletecollection";
     }
+    let field_selector = match verb {
+        "list" | "watch" | "deletecollection" => q.get("fieldSelector").cloned(),
+        _ => None,
+    };
     Attributes::Resource {
         verb: verb.into(),
         group: group.into(),
@@ -121,6 +125,7 @@ pub fn attributes(method: &Method, path: &str, query: Option<&str>) -> Attribute
         },
         namespace,
         name,
+        field_selector,
     }
 }
 
@@ -311,6 +316,7 @@ mod tests {
                 resource,
                 namespace,
                 name,
+                ..
             } => format!(
                 "{verb} {group} {resource} ns={} name={}",
                 namespace.unwrap_or_default(),

@@ -331,6 +331,7 @@ fn check<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
                 resource,
                 namespace: some(&r.namespace),
                 name: some(&r.name),
+                field_selector: None,
             },
         )
     })?)

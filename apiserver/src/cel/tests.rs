@@ -368,6 +368,7 @@ fn authorizer_library() {
             resource,
             namespace,
             name,
+            ..
         } => {
             let alice = u.name == "alice"
                 && verb == "get"

@@ -501,6 +501,7 @@ pub fn admit_approval(
             resource: "signers".into(),
             namespace: None,
             name: Some(n),
+            field_selector: None,
         };
         crate::nodeauth::authorize(state, &user, &attrs).0
     });

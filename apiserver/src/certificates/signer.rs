@@ -6,7 +6,13 @@
 //!   request that is a valid kubelet client request is approved (reason `AutoApproved`) when
 //!   its requester may `create` `certificatesigningrequests/selfnodeclient` (the request is
 //!   for the requester's own name: a node renewing) or `.../nodeclient` (bootstrap), as RBAC
-//!   and the Node authorizer answer for the user recorded in the request's spec;
+//!   and the Node authorizer answer for the user recorded in the request's spec; as a kaze
+//!   extension (k3s hands its agents a kube-proxy certificate the same way), a pending
+//!   `kubernetes.io/kube-apiserver-client` request for exactly `system:kube-proxy` (no
+//!   organization, no SANs, client usages) made with a bootstrap token
+//!   (`system:bootstrap:<id>` in `system:bootstrappers`) is approved too, so a joining
+//!   agent's Service proxy and pod routes get their own identity; every other request of
+//!   that signer waits for someone to approve it;
 //! - signing: an approved request of `kubernetes.io/kube-apiserver-client`,
 //!   `kubernetes.io/kube-apiserver-client-kubelet` or `kubernetes.io/kubelet-serving` without a
 //!   certificate is checked against its signer's rules (upstream's messages), and either
@@ -214,20 +220,10 @@ fn push_condition(obj: &mut Value, c: Value) {
     }
 }
 
-/// Upstream's `sarApprover` for kubelet client requests.
-async fn approve(
-    state: &AppState,
-    csr: &Value,
-    req: &Request,
-    usages: &BTreeSet<String>,
-) -> Result<(), ApiError> {
-    if str_at(csr, "/spec/signerName") != KUBE_APISERVER_CLIENT_KUBELET
-        || kubelet_client(req, usages).is_err()
-    {
-        return Ok(());
-    }
+/// The user who made the request, as recorded in its spec.
+fn requester(csr: &Value) -> UserInfo {
     let spec = &csr["spec"];
-    let requester = UserInfo {
+    UserInfo {
         name: str_at(spec, "/username").to_string(),
         uid: str_at(spec, "/uid").to_string(),
         groups: crate::rbac::strings(spec.get("groups")),
@@ -235,7 +231,50 @@ async fn approve(
             .get("extra")
             .and_then(|e| serde_json::from_value(e.clone()).ok())
             .unwrap_or_default(),
-    };
+    }
+}
+
+/// Whether `csr` is a bootstrap token's request for the `system:kube-proxy` client
+/// certificate and nothing more (see the module docs).
+pub fn bootstrap_kube_proxy_client(csr: &Value, req: &Request, usages: &BTreeSet<String>) -> bool {
+    let requester = requester(csr);
+    str_at(csr, "/spec/signerName") == KUBE_APISERVER_CLIENT
+        && requester.name.starts_with("system:bootstrap:")
+        && requester.groups.iter().any(|g| g == "system:bootstrappers")
+        && req.common_name == crate::rbac::KUBE_PROXY_USER
+        && req.organizations.is_empty()
+        && req.dns_names + req.ip_addresses + req.emails + req.uris == 0
+        && client_usages(usages).is_ok()
+}
+
+/// Upstream's `sarApprover` for kubelet client requests, and kaze's approval of the
+/// bootstrap token's kube-proxy request.
+async fn approve(
+    state: &AppState,
+    csr: &Value,
+    req: &Request,
+    usages: &BTreeSet<String>,
+) -> Result<(), ApiError> {
+    if bootstrap_kube_proxy_client(csr, req, usages) {
+        let name = crate::meta::meta_str(csr, "name").unwrap_or("");
+        let c = condition(
+            "Approved",
+            "AutoApproved",
+            "Auto approving kube-proxy client certificate for a bootstrap token.",
+        );
+        update(state, name, Part::Approval, move |new| {
+            push_condition(new, c.clone())
+        })
+        .await?;
+        tracing::info!(csr = %name, "auto-approved a kube-proxy client certificate");
+        return Ok(());
+    }
+    if str_at(csr, "/spec/signerName") != KUBE_APISERVER_CLIENT_KUBELET
+        || kubelet_client(req, usages).is_err()
+    {
+        return Ok(());
+    }
+    let requester = requester(csr);
     let recognizers = [
         (
             requester.name == req.common_name,
@@ -258,6 +297,7 @@ async fn approve(
             resource: format!("certificatesigningrequests/{sub}"),
             namespace: None,
             name: None,
+            field_selector: None,
         };
         if crate::nodeauth::authorize(state, &requester, &attrs).0 {
             let name = crate::meta::meta_str(csr, "name").unwrap_or("");
@@ -450,5 +490,55 @@ mod tests {
             &set(&["digital signature", "server auth"])
         )
         .is_ok());
+    }
+
+    #[test]
+    fn only_a_bootstrap_tokens_request_for_exactly_kube_proxy_is_approved() {
+        let csr = |signer: &str, user: &str, group: &str| json!({"spec": {"signerName": signer, "username": user, "groups": [group, "system:authenticated"]}});
+        let token = csr(
+            KUBE_APISERVER_CLIENT,
+            "system:bootstrap:abc123",
+            "system:bootstrappers",
+        );
+        let proxy = request("system:kube-proxy", &[], 0);
+        let usages = set(&["digital signature", "client auth"]);
+        assert!(bootstrap_kube_proxy_client(&token, &proxy, &usages));
+        // another subject, an organization, a SAN, other usages
+        for (req, usages) in [
+            (request("system:kube-proxy-x", &[], 0), usages.clone()),
+            (request("admin", &[], 0), usages.clone()),
+            (
+                request("system:kube-proxy", &["system:masters"], 0),
+                usages.clone(),
+            ),
+            (request("system:kube-proxy", &[], 1), usages.clone()),
+            (proxy.clone(), set(&["digital signature", "server auth"])),
+        ] {
+            assert!(
+                !bootstrap_kube_proxy_client(&token, &req, &usages),
+                "{}",
+                req.common_name
+            );
+        }
+        // another requester or another signer
+        for other in [
+            csr(KUBE_APISERVER_CLIENT, "system:node:a", "system:nodes"),
+            csr(KUBE_APISERVER_CLIENT, "alice", "system:bootstrappers"),
+            csr(
+                KUBE_APISERVER_CLIENT,
+                "system:bootstrap:abc123",
+                "system:authenticated",
+            ),
+            csr(
+                KUBE_APISERVER_CLIENT_KUBELET,
+                "system:bootstrap:abc123",
+                "system:bootstrappers",
+            ),
+        ] {
+            assert!(
+                !bootstrap_kube_proxy_client(&other, &proxy, &usages),
+                "{other}"
+            );
+        }
     }
 }

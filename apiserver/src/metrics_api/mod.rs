@@ -157,6 +157,7 @@ pub async fn serve(state: &Arc<AppState>, parts: &Parts, body: Body) -> Response
                 _ => None,
             },
             name: name.map(String::from),
+            field_selector: None,
         },
     };
     if let Err(r) = crate::router::authorize(state, parts, attrs) {

@@ -12,8 +12,11 @@
 //! local-path provisioner made on its disk (annotation `kaze.io/local-path-node: <node>`),
 //! so its kubelet can remove a deleted volume's directory and then the volume's
 //! `kaze.io/local-path-cleanup` finalizer after the claim is gone;
-//! everything else is upstream's `system:node` rules (`crate::rbac`'s built-in ClusterRole
-//! of that name, which no group is bound to). What the Node authorizer does not allow goes
+//! as upstream's `AuthorizeNodeWithSelectors` (on by default since 1.32): Node objects only
+//! its own (get, or list/watch with `fieldSelector=metadata.name=<its name>`), pods listed
+//! or watched only with a `spec.nodeName=<its name>` field selector and got only when bound
+//! to it (the graph); everything else is upstream's `system:node` rules (`crate::rbac`'s
+//! built-in ClusterRole of that name, which no group is bound to). What the Node authorizer does not allow goes
 //! on to RBAC, so a node can still be granted more there explicitly. Its refusals give
 //! their reason after upstream's 403 message (`...: no relationship found between node
 //! 'b' and this object`).
@@ -212,6 +215,14 @@ impl NodeGraph {
             .contains_key(&(node.to_string(), (kind, ns.to_string(), name.to_string())))
     }
 
+    /// Whether pod `ns/name` is bound to `node`.
+    fn runs_pod(&self, node: &str, ns: &str, name: &str) -> bool {
+        let g = self.graph.read().unwrap_or_else(|e| e.into_inner());
+        g.pods
+            .get(&format!("{ns}/{name}"))
+            .is_some_and(|(n, _)| n == node)
+    }
+
     /// Whether a PVC a pod bound to `node` uses is bound to PersistentVolume `pv`.
     fn uses_volume(&self, node: &str, pv: &str) -> bool {
         let g = self.graph.read().unwrap_or_else(|e| e.into_inner());
@@ -239,6 +250,7 @@ impl NodeGraph {
             resource,
             namespace,
             name,
+            ..
         } = attrs
         else {
             return rules_allow(attrs);
@@ -326,6 +338,35 @@ impl NodeGraph {
                 }
                 related(Kind::ServiceAccount)
             }
+            ("", "nodes") => authorize_node(node, verb, sub, name),
+            ("", "pods") => {
+                let graph = || {
+                    if name.is_empty() {
+                        Err("No Object name found".to_string())
+                    } else if self.runs_pod(node, ns, name) {
+                        Ok(())
+                    } else {
+                        Err(format!("{NO_RELATIONSHIP} '{node}' and this object"))
+                    }
+                };
+                match (sub, verb.as_str()) {
+                    (None, "get") => graph(),
+                    (None, "list" | "watch") => {
+                        if attrs.field_requires("spec.nodeName", node) {
+                            Ok(())
+                        } else if !name.is_empty() {
+                            // one pod by `metadata.name`: a read of that pod
+                            graph()
+                        } else {
+                            Err("can only list/watch pods with spec.nodeName field selector".into())
+                        }
+                    }
+                    // mirror pods; NodeRestriction keeps them to the node's own
+                    (None, "create" | "delete") => Ok(()),
+                    (Some("status"), "update" | "patch") | (Some("eviction"), "create") => Ok(()),
+                    _ => Err(String::new()),
+                }
+            }
             ("coordination.k8s.io", "leases") => {
                 if !matches!(
                     verb.as_str(),
@@ -351,6 +392,31 @@ impl NodeGraph {
             }
             _ => rules_allow(attrs),
         }
+    }
+}
+
+/// A node's requests for Node objects (upstream's `authorizeNode`, with
+/// AuthorizeNodeWithSelectors, on by default since 1.32): its own Node only, compared by
+/// name rather than through the graph so a kubelet can look for its Node before creating
+/// it; a list or watch names one Node by a `metadata.name` field selector. Writes are
+/// NodeRestriction's to limit.
+fn authorize_node(node: &str, verb: &str, sub: Option<&str>, name: &str) -> Result<(), String> {
+    match (sub, verb) {
+        (None, "create" | "update" | "patch") | (Some("status"), "update" | "patch") => Ok(()),
+        (None, "get" | "list" | "watch") => {
+            if name == node {
+                Ok(())
+            } else if name.is_empty() {
+                Err(format!(
+                    "node '{node}' cannot read all nodes, only its own Node object"
+                ))
+            } else {
+                Err(format!(
+                    "node '{node}' cannot read '{name}', only its own Node object"
+                ))
+            }
+        }
+        _ => Err(String::new()),
     }
 }
 
@@ -507,6 +573,7 @@ mod tests {
             resource: resource.into(),
             namespace: ns.map(String::from),
             name: name.map(String::from),
+            field_selector: None,
         }
     }
 
@@ -674,6 +741,69 @@ mod tests {
     }
 
     #[test]
+    fn nodes_list_only_their_own_pods() {
+        let g = NodeGraph::default();
+        g.graph
+            .write()
+            .unwrap()
+            .put_pod("ns/p", &json!({"spec": {"nodeName": "a"}}));
+        let list = |verb: &str, selector: Option<&str>| Attributes::Resource {
+            verb: verb.into(),
+            group: String::new(),
+            resource: "pods".into(),
+            namespace: None,
+            name: None,
+            field_selector: selector.map(String::from),
+        };
+        for verb in ["list", "watch"] {
+            for ok in [
+                "spec.nodeName=a",
+                "spec.nodeName==a",
+                "status.phase!=Failed,spec.nodeName=a",
+            ] {
+                assert!(g.authorize("a", &list(verb, Some(ok))).is_ok(), "{ok}");
+            }
+            for refused in [
+                None,
+                Some("spec.nodeName=b"),
+                Some("spec.nodeName!=a"),
+                Some("spec.nodeName=ab"),
+                Some("metadata.namespace=a"),
+            ] {
+                assert_eq!(
+                    g.authorize("a", &list(verb, refused)),
+                    Err("can only list/watch pods with spec.nodeName field selector".into()),
+                    "{refused:?}"
+                );
+            }
+        }
+        // single pods: the graph
+        let pod = |verb: &str, sub: &str, name: &str| {
+            attrs(verb, "", &format!("pods{sub}"), Some("ns"), Some(name))
+        };
+        assert!(g.authorize("a", &pod("get", "", "p")).is_ok());
+        assert!(g.authorize("a", &pod("list", "", "p")).is_ok());
+        assert_eq!(
+            g.authorize("b", &pod("get", "", "p")),
+            Err("no relationship found between node 'b' and this object".into())
+        );
+        assert!(g.authorize("a", &pod("get", "", "other")).is_err());
+        for (verb, sub) in [
+            ("create", ""),
+            ("delete", ""),
+            ("patch", "/status"),
+            ("create", "/eviction"),
+        ] {
+            assert!(
+                g.authorize("b", &pod(verb, sub, "p")).is_ok(),
+                "{verb}{sub}"
+            );
+        }
+        assert!(g.authorize("a", &pod("update", "", "p")).is_err());
+        assert!(g.authorize("a", &pod("get", "/log", "p")).is_err());
+    }
+
+    #[test]
     fn leases_and_the_static_rules() {
         let g = NodeGraph::default();
         let lease = |verb, ns, name| attrs(verb, "coordination.k8s.io", "leases", Some(ns), name);
@@ -689,9 +819,32 @@ mod tests {
         assert!(g
             .authorize("a", &lease("get", "kube-system", Some("a")))
             .is_err());
+        assert_eq!(
+            g.authorize("a", &attrs("list", "", "nodes", None, None)),
+            Err("node 'a' cannot read all nodes, only its own Node object".into())
+        );
+        assert_eq!(
+            g.authorize("a", &attrs("get", "", "nodes", None, Some("b"))),
+            Err("node 'a' cannot read 'b', only its own Node object".into())
+        );
+        for verb in ["get", "list", "watch"] {
+            // (a list or watch names its Node by a `metadata.name` field selector)
+            assert!(g
+                .authorize("a", &attrs(verb, "", "nodes", None, Some("a")))
+                .is_ok());
+        }
+        for (verb, res) in [
+            ("create", "nodes"),
+            ("patch", "nodes"),
+            ("update", "nodes/status"),
+        ] {
+            assert!(g
+                .authorize("a", &attrs(verb, "", res, None, Some("a")))
+                .is_ok());
+        }
         assert!(g
-            .authorize("a", &attrs("list", "", "nodes", None, None))
-            .is_ok());
+            .authorize("a", &attrs("delete", "", "nodes", None, Some("a")))
+            .is_err());
         assert!(g
             .authorize("a", &attrs("patch", "", "nodes/status", None, Some("a")))
             .is_ok());

@@ -14,6 +14,7 @@ static CLUSTER_ROLES: LazyLock<HashMap<&'static str, Vec<Rule>>> = LazyLock::new
         "edit",
         "view",
         "system:node",
+        NODE_PROXIER,
         "system:discovery",
         "system:basic-user",
         "kaze:cluster-info",
@@ -33,7 +34,12 @@ const NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequests
 const SELF_NODE_CLIENT: &str =
     "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
 
-static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 8]> =
+/// Upstream's role for kube-proxy, bound to the user `system:kube-proxy` (kaze's Service
+/// proxy and pod routes).
+const NODE_PROXIER: &str = "system:node-proxier";
+pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
+
+static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 9]> =
     LazyLock::new(make_bindings);
 
 /// The rules of built-in ClusterRole `name`, if there is one.
@@ -132,7 +138,12 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
             rule(&["create", "get", "list", "watch"], &[""], &["nodes"]),
             rule(&["update", "patch"], &[""], &["nodes/status"]),
             rule(&["update", "patch"], &[""], &["nodes"]),
-            rule(&["create", "update", "patch"], &[""], &["events"]),
+            // upstream's eventsRule()
+            rule(
+                &["create", "update", "patch"],
+                &["", "events.k8s.io"],
+                &["events"],
+            ),
             rule(&READ, &[""], &["pods"]),
             rule(&["create", "delete"], &[""], &["pods"]),
             rule(&["update", "patch"], &[""], &["pods/status"]),
@@ -170,14 +181,21 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
                 &["csinodes"],
             ),
             rule(&READ, &["node.k8s.io"], &["runtimeclasses"]),
-            // kaze's node runs the Service proxy and the pod routes with the node's
-            // credentials (upstream's kube-proxy has a role of its own for these)
-            rule(&READ, &[""], &["endpoints", "nodes"]),
-            rule(&READ, &["discovery.k8s.io"], &["endpointslices"]),
+        ],
+        // upstream's kube-proxy role (1.37): kaze's Service proxy and pod routes run as
+        // `system:kube-proxy`, not with the node's credentials
+        NODE_PROXIER => vec![
+            rule(&["list", "watch"], &[""], &["services", "endpoints"]),
+            rule(&READ, &[""], &["nodes"]),
             rule(
                 &["create", "update", "patch"],
-                &["events.k8s.io"],
+                &["", "events.k8s.io"],
                 &["events"],
+            ),
+            rule(
+                &["list", "watch"],
+                &["discovery.k8s.io"],
+                &["endpointslices"],
             ),
         ],
         // what a bootstrap token may do: ask for a client certificate and watch it come
@@ -249,9 +267,10 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
 
 /// Built-in bindings: subject, ClusterRole, and the namespace a RoleBinding-like one is
 /// limited to.
-fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 8] {
+fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 9] {
     [
         // (system:node is bound to nobody: the Node authorizer applies it)
+        (Subject::User(KUBE_PROXY_USER.into()), NODE_PROXIER, None),
         (
             Subject::Group("system:bootstrappers".into()),
             "system:node-bootstrapper",

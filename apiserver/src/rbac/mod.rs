@@ -13,7 +13,9 @@
 //!   first (`crate::nodeauth`), which applies upstream's `system:node` rules (built in here,
 //!   bound to nobody, as upstream); kubelets bootstrap and renew their client certificates
 //!   with the `system:node-bootstrapper` and `certificatesigningrequests:(self)nodeclient`
-//!   roles (`system:bootstrappers`, `system:nodes`).
+//!   roles (`system:bootstrappers`, `system:nodes`);
+//! - the user `system:kube-proxy` (kaze's Service proxy and pod routes) has upstream's
+//!   `system:node-proxier` ClusterRole through a built-in binding of that name.
 //!
 //! Until the cache has synced, only the built-in rules answer: a user bound by a stored
 //! binding gets 403 for the first moments after the apiserver starts and succeeds on retry.
@@ -29,6 +31,7 @@ use crate::state::AppState;
 
 mod defaults;
 
+pub use defaults::KUBE_PROXY_USER;
 use defaults::{builtin_bindings, builtin_cluster_role};
 #[cfg(test)]
 use defaults::{rule, url_rule};
@@ -45,6 +48,10 @@ pub enum Attributes {
         resource: String,
         namespace: Option<String>,
         name: Option<String>,
+        /// A list's, watch's or deletecollection's `fieldSelector` as sent (upstream's
+        /// `GetFieldSelector`, which the Node authorizer reads since
+        /// `AuthorizeNodeWithSelectors`); None for other verbs.
+        field_selector: Option<String>,
     },
     NonResource {
         verb: String,
@@ -53,6 +60,27 @@ pub enum Attributes {
 }
 
 impl Attributes {
+    /// Whether the field selector requires `field` to equal `value` (one of its terms is
+    /// `field=value` or `field==value`; upstream's `selection.Equals` requirement).
+    pub fn field_requires(&self, field: &str, value: &str) -> bool {
+        let Attributes::Resource {
+            field_selector: Some(selector),
+            ..
+        } = self
+        else {
+            return false;
+        };
+        selector.split(',').any(|term| {
+            let Some(rest) = term.trim().strip_prefix(field) else {
+                return false;
+            };
+            let rest = rest.trim_start();
+            // `!=` is not an equality (and does not start with `=`)
+            let v = rest.strip_prefix("==").or_else(|| rest.strip_prefix('='));
+            v.is_some_and(|v| v.trim() == value)
+        })
+    }
+
     /// Upstream's wording after `User "x" cannot `.
     pub fn describe(&self) -> String {
         match self {
@@ -552,6 +580,7 @@ mod tests {
             resource: resource.into(),
             namespace: ns.map(String::from),
             name: name.map(String::from),
+            field_selector: None,
         }
     }
 
