@@ -3,12 +3,14 @@
 //! cluster CA; the agent checks the server against it before sending the token's secret,
 //! which is only a bootstrap credential: with it the agent gets this node's own client
 //! certificate (`system:node:<name>` in `system:nodes`, `crate::bootstrap`), and runs this
-//! machine's containerd, kubelet and proxy with a kubeconfig holding that certificate,
+//! machine's containerd and kubelet with a kubeconfig holding that certificate,
 //! `<data-dir>/agent/kubeconfig.yaml` (the join token's is
 //! `<data-dir>/agent/bootstrap-kubeconfig.yaml`). The Node authorizer and NodeRestriction
-//! then limit the node to its own objects. The CA it checked goes to
+//! then limit the node to its own objects. Its Service proxy and pod routes, which read
+//! every Node, run as upstream's kube-proxy, `system:kube-proxy`, with a certificate got
+//! the same way (`<data-dir>/agent/kube-proxy-kubeconfig.yaml`). The CA it checked goes to
 //! `<data-dir>/agent/ca.crt`, the kubelet's `--client-ca-file` (the apiserver's client
-//! certificate comes from it). With `--rotate-certificates` (default) the certificate is
+//! certificate comes from it). With `--rotate-certificates` (default) the certificates are
 //! renewed while the agent runs (`crate::bootstrap::rotate`).
 
 use std::path::PathBuf;
@@ -63,23 +65,47 @@ pub async fn run(args: AgentArgs, shutdown: component::CancellationToken) -> any
         .node_name
         .clone()
         .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase());
-    let paths = crate::bootstrap::Paths::new(&dir);
-    let kubeconfig =
-        crate::bootstrap::node_kubeconfig(&paths, server, &ca_pem, &node_name, &bootstrap)
-            .await
-            .context("getting this node's client certificate")?;
+    use crate::bootstrap::{Identity, Paths};
+    let paths = Paths::new(&dir);
+    let node = Identity::Node(node_name.clone());
+    let kubeconfig = crate::bootstrap::kubeconfig(&paths, server, &ca_pem, &node, &bootstrap)
+        .await
+        .context("getting this node's client certificate")?;
+    let proxy_paths = Paths::kube_proxy(&dir);
+    let proxy_kubeconfig = if args.node.runs_node_proxier() {
+        let kc = crate::bootstrap::kubeconfig(
+            &proxy_paths,
+            server,
+            &ca_pem,
+            &Identity::KubeProxy,
+            &bootstrap,
+        )
+        .await
+        .context("getting the kube-proxy client certificate")?;
+        Some(kc)
+    } else {
+        None
+    };
     tracing::info!(server = %args.server, "joined; starting this node");
     let mut components = node::Components::default();
     if args.rotate_certificates {
-        let (name, bootstrap) = (node_name.clone(), bootstrap.clone());
+        let b = bootstrap.clone();
         components.spawn("client certificate rotation", &shutdown, |token| {
-            crate::bootstrap::rotate(paths, name, bootstrap, token)
+            crate::bootstrap::rotate(paths, node, b, token)
         });
+        if proxy_kubeconfig.is_some() {
+            components.spawn("kube-proxy certificate rotation", &shutdown, |token| {
+                crate::bootstrap::rotate(proxy_paths, Identity::KubeProxy, bootstrap, token)
+            });
+        }
     }
     let own = node::start(
         &args.node,
         &args.data_dir,
-        &kubeconfig,
+        node::Kubeconfigs {
+            node: &kubeconfig,
+            proxy: proxy_kubeconfig.as_deref(),
+        },
         &ca_file,
         Vec::new(),
         &mut components,

@@ -12,9 +12,16 @@
 //! While the agent runs ([`rotate`], upstream's `--rotate-certificates`), the certificate is
 //! renewed the same way once 70–90% (jittered) of its lifetime has passed, and written over
 //! the same files (each atomically, the key first). The kubeconfig names the files rather
-//! than holding the data, so the kubelet's, proxy's and routes' clients
-//! (`component::reloading`) present the new certificate on new connections and close the
-//! old ones, without a restart.
+//! than holding the data, so the kubelet's client (`component::reloading`) presents the new
+//! certificate on new connections and closes the old ones, without a restart.
+//!
+//! The node's Service proxy and pod routes run as upstream's kube-proxy does, as user
+//! `system:kube-proxy` (bound to `system:node-proxier`: they list every Node, Service and
+//! EndpointSlice, which the Node authorizer does not let a node do): the agent gets that
+//! certificate the same way, with a `kubernetes.io/kube-apiserver-client` request made with
+//! the join token (the server approves it for a bootstrap token and that subject only),
+//! kept in `client-kube-proxy.crt`/`.key` and `kube-proxy-kubeconfig.yaml`, reused and
+//! renewed as the node's (always with the join token: the identity is not a node's).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,11 +30,56 @@ use anyhow::{bail, Context};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::api::{Api, PostParams};
 
-pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// How long to wait for the server to approve and sign.
 const SIGN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The node's client certificate and key files in `dir` (`<data-dir>/agent`).
+/// Whose client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The kubelet's: `system:node:<name>` in `system:nodes`.
+    Node(String),
+    /// The Service proxy's and the pod routes': `system:kube-proxy`.
+    KubeProxy,
+}
+
+impl Identity {
+    fn user(&self) -> String {
+        match self {
+            Identity::Node(name) => format!("system:node:{name}"),
+            Identity::KubeProxy => apiserver::KUBE_PROXY_USER.to_string(),
+        }
+    }
+
+    fn groups(&self) -> &'static [&'static str] {
+        match self {
+            Identity::Node(_) => &["system:nodes"],
+            Identity::KubeProxy => &[],
+        }
+    }
+
+    fn signer(&self) -> &'static str {
+        match self {
+            Identity::Node(_) => "kubernetes.io/kube-apiserver-client-kubelet",
+            Identity::KubeProxy => "kubernetes.io/kube-apiserver-client",
+        }
+    }
+
+    /// The request's `generateName`.
+    fn prefix(&self) -> &'static str {
+        match self {
+            Identity::Node(_) => "node-csr-",
+            Identity::KubeProxy => "kube-proxy-csr-",
+        }
+    }
+
+    /// Whether the certificate may renew itself (a node may: `selfnodeclient`); the
+    /// kube-proxy's is always asked for with the join token.
+    fn renews_itself(&self) -> bool {
+        matches!(self, Identity::Node(_))
+    }
+}
+
+/// A client certificate's files in `dir` (`<data-dir>/agent`).
 pub struct Paths {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -35,6 +87,7 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// The node's (the kubelet's).
     pub fn new(dir: &Path) -> Paths {
         Paths {
             cert: dir.join("client-kubelet.crt"),
@@ -42,7 +95,20 @@ impl Paths {
             kubeconfig: dir.join("kubeconfig.yaml"),
         }
     }
+
+    /// The Service proxy's and pod routes' (`system:kube-proxy`; k3s's file names for the
+    /// certificate).
+    pub fn kube_proxy(dir: &Path) -> Paths {
+        Paths {
+            cert: dir.join("client-kube-proxy.crt"),
+            key: dir.join("client-kube-proxy.key"),
+            kubeconfig: dir.join(KUBE_PROXY_KUBECONFIG),
+        }
+    }
 }
+
+/// The kube-proxy identity's kubeconfig in `<data-dir>/agent` (agents and `kaze server`).
+pub const KUBE_PROXY_KUBECONFIG: &str = "kube-proxy-kubeconfig.yaml";
 
 /// What an existing certificate is good for.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,25 +121,25 @@ enum Existing {
     Unusable,
 }
 
-/// A kubeconfig for `server` (trusting `ca_pem`) whose user is this node's client
+/// A kubeconfig for `server` (trusting `ca_pem`) whose user is `who`'s client
 /// certificate, getting one first if there is none worth using (see the module docs).
 /// `bootstrap` is the join token's kubeconfig.
-pub async fn node_kubeconfig(
+pub async fn kubeconfig(
     paths: &Paths,
     server: &str,
     ca_pem: &str,
-    node: &str,
+    who: &Identity,
     bootstrap: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let user = format!("system:node:{node}");
-    let existing = check_existing(paths, ca_pem, &user);
+    let user = who.user();
+    let existing = check_existing(paths, ca_pem, &user, who.groups());
     if existing == Existing::Fresh {
         tracing::info!(user = %user, cert = %paths.cert.display(), "using this node's client certificate");
         write_kubeconfig(paths, server, ca_pem, &user)?;
         return Ok(paths.kubeconfig.clone());
     }
     let credential = match existing {
-        Existing::Renew => {
+        Existing::Renew if who.renews_itself() => {
             write_kubeconfig(paths, server, ca_pem, &user)?;
             tracing::info!(user = %user, "renewing this node's client certificate");
             paths.kubeconfig.clone()
@@ -82,7 +148,7 @@ pub async fn node_kubeconfig(
     };
     let client =
         component::client_as(Some(&credential), &component::user_agent("kubelet", None)).await?;
-    let (cert_pem, key_pem) = request_certificate(&client, node).await?;
+    let (cert_pem, key_pem) = request_certificate(&client, who).await?;
     write_private(&paths.key, &key_pem)?;
     write_private(&paths.cert, &cert_pem)?;
     write_kubeconfig(paths, server, ca_pem, &user)?;
@@ -126,9 +192,9 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
 }
 
-/// Whether the certificate in `paths` is for `user` in `system:nodes`, from the cluster CA,
-/// valid now, and for how much longer.
-fn check_existing(paths: &Paths, ca_pem: &str, user: &str) -> Existing {
+/// Whether the certificate in `paths` is for `user` in exactly `groups`, from the cluster
+/// CA, valid now, and for how much longer.
+fn check_existing(paths: &Paths, ca_pem: &str, user: &str, groups: &[&str]) -> Existing {
     use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
     let (Ok(cert_pem), true) = (std::fs::read_to_string(&paths.cert), paths.key.exists()) else {
         return Existing::Unusable;
@@ -140,7 +206,7 @@ fn check_existing(paths: &Paths, ca_pem: &str, user: &str) -> Existing {
         return Existing::Unusable;
     };
     match ca.verify(std::slice::from_ref(&der)) {
-        Ok(who) if who.name == user && who.groups == ["system:nodes"] => {}
+        Ok(who) if who.name == user && who.groups == groups => {}
         _ => return Existing::Unusable,
     }
     let Ok((_, x)) = x509_parser::parse_x509_certificate(&der) else {
@@ -189,13 +255,13 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Renew this node's client certificate while the agent runs (see the module docs) until
+/// Renew `who`'s client certificate while the agent runs (see the module docs) until
 /// `shutdown`: at the deadline a new key and request, with the current certificate as the
-/// credential (the join token once it has expired); a failure is retried after 2 s,
-/// doubling up to 5 minutes.
+/// credential if it may renew itself and has not expired, else the join token; a failure
+/// is retried after 2 s, doubling up to 5 minutes.
 pub async fn rotate(
     paths: Paths,
-    node: String,
+    who: Identity,
     bootstrap: PathBuf,
     shutdown: component::CancellationToken,
 ) -> anyhow::Result<()> {
@@ -208,10 +274,10 @@ pub async fn rotate(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        match renew(&paths, &node, &bootstrap).await {
+        match renew(&paths, &who, &bootstrap).await {
             Ok(()) => backoff = Duration::from_secs(2),
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "rotating this node's client certificate");
+                tracing::warn!(user = %who.user(), error = format!("{e:#}"), retry_in = ?backoff, "rotating a client certificate of this node");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
@@ -222,20 +288,20 @@ pub async fn rotate(
     }
 }
 
-/// One renewal: the request made with the node's own kubeconfig while its certificate is
-/// valid, else with the join token's; the key written before the certificate.
-async fn renew(paths: &Paths, node: &str, bootstrap: &Path) -> anyhow::Result<()> {
-    let credential = if cert_expired(&paths.cert) {
+/// One renewal: the request made with the certificate's own kubeconfig while it is valid
+/// and may renew itself, else with the join token's; the key written before the certificate.
+async fn renew(paths: &Paths, who: &Identity, bootstrap: &Path) -> anyhow::Result<()> {
+    let credential = if !who.renews_itself() || cert_expired(&paths.cert) {
         bootstrap
     } else {
         paths.kubeconfig.as_path()
     };
     let client =
         component::client_as(Some(credential), &component::user_agent("kubelet", None)).await?;
-    let (cert_pem, key_pem) = request_certificate(&client, node).await?;
+    let (cert_pem, key_pem) = request_certificate(&client, who).await?;
     write_private(&paths.key, &key_pem)?;
     write_private(&paths.cert, &cert_pem)?;
-    tracing::info!(cert = %paths.cert.display(), "rotated this node's client certificate");
+    tracing::info!(user = %who.user(), cert = %paths.cert.display(), "rotated a client certificate of this node");
     Ok(())
 }
 
@@ -249,32 +315,34 @@ fn cert_expired(cert: &Path) -> bool {
     not_after.is_none_or(|t| t <= now_secs())
 }
 
-/// Submit a kubelet client certificate request for `node` and wait for it to be signed:
+/// Submit a client certificate request for `who` and wait for it to be signed:
 /// (certificate PEM, key PEM).
 async fn request_certificate(
     client: &kube::Client,
-    node: &str,
+    who: &Identity,
 ) -> anyhow::Result<(String, String)> {
-    let key = rcgen::KeyPair::generate().context("generating the node's key")?;
+    let key = rcgen::KeyPair::generate().context("generating a key")?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
         .context("certificate request parameters")?;
     params.distinguished_name = rcgen::DistinguishedName::new();
+    for group in who.groups() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, *group);
+    }
     params
         .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+        .push(rcgen::DnType::CommonName, who.user());
     let request = params
         .serialize_request(&key)
         .context("making the certificate request")?
         .pem()
         .context("encoding the certificate request")?;
     let csr: CertificateSigningRequest = serde_json::from_value(serde_json::json!({
-        "metadata": {"generateName": "node-csr-"},
+        "metadata": {"generateName": who.prefix()},
         "spec": {
             "request": base64(&request),
-            "signerName": SIGNER,
+            "signerName": who.signer(),
             "usages": ["digital signature", "client auth"],
         },
     }))?;
@@ -285,11 +353,14 @@ async fn request_certificate(
             bail!("the server refused the join token (401 Unauthorized): copy it again from <server data-dir>/server/token")
         }
         Err(e) => {
-            return Err(anyhow::Error::new(e).context("submitting the node's certificate request"))
+            return Err(anyhow::Error::new(e).context(format!(
+                "submitting a certificate request for {}",
+                who.user()
+            )))
         }
     };
     let name = created.metadata.name.unwrap_or_default();
-    tracing::info!(csr = %name, "waiting for the node's client certificate to be approved and signed");
+    tracing::info!(csr = %name, user = %who.user(), "waiting for a client certificate to be approved and signed");
     let deadline = tokio::time::Instant::now() + SIGN_TIMEOUT;
     loop {
         let csr = api
@@ -336,6 +407,7 @@ mod tests {
 
     #[test]
     fn existing_certificates_are_used_renewed_or_replaced() {
+        const NODES: &[&str] = &["system:nodes"];
         let dir = tempfile::tempdir().expect("dir");
         let paths = Paths::new(dir.path());
         let ca_key = rcgen::KeyPair::generate().expect("key");
@@ -365,26 +437,32 @@ mod tests {
         };
         let ca = ca_cert.pem();
         assert_eq!(
-            check_existing(&paths, &ca, "system:node:a"),
+            check_existing(&paths, &ca, "system:node:a", NODES),
             Existing::Unusable
         );
         issue("system:node:a", -3600, 3600 * 24);
         assert_eq!(
-            check_existing(&paths, &ca, "system:node:a"),
+            check_existing(&paths, &ca, "system:node:a", NODES),
             Existing::Fresh
         );
         assert_eq!(
-            check_existing(&paths, &ca, "system:node:b"),
+            check_existing(&paths, &ca, "system:node:b", NODES),
             Existing::Unusable
         );
         issue("system:node:a", -3600 * 24, 3600);
         assert_eq!(
-            check_existing(&paths, &ca, "system:node:a"),
+            check_existing(&paths, &ca, "system:node:a", NODES),
             Existing::Renew
+        );
+        // the groups must be exactly the identity's: the kube-proxy's has none
+        issue("system:kube-proxy", -3600, 3600 * 24);
+        assert_eq!(
+            check_existing(&paths, &ca, "system:kube-proxy", &[]),
+            Existing::Unusable
         );
         issue("system:node:a", -3600 * 24, -60);
         assert_eq!(
-            check_existing(&paths, &ca, "system:node:a"),
+            check_existing(&paths, &ca, "system:node:a", NODES),
             Existing::Unusable
         );
     }

@@ -94,6 +94,21 @@ impl NodeArgs {
     pub fn ip(&self) -> IpAddr {
         self.node_ip.unwrap_or_else(component::detect_node_ip)
     }
+
+    /// Whether this node runs the Service proxy or the pod routes, which run as
+    /// `system:kube-proxy` (upstream's `system:node-proxier`).
+    pub fn runs_node_proxier(&self) -> bool {
+        !self.disable_kube_proxy || !self.disable_pod_routes
+    }
+}
+
+/// The kubeconfigs a node's components run with.
+pub struct Kubeconfigs<'a> {
+    /// The kubelet's (`system:node:<name>`).
+    pub node: &'a Path,
+    /// The Service proxy's and pod routes' (`system:kube-proxy`); needed when
+    /// [`NodeArgs::runs_node_proxier`].
+    pub proxy: Option<&'a Path>,
 }
 
 /// Start containerd if needed and spawn the kubelet (and proxy) into `components`; the kubelet's server admits
@@ -103,12 +118,19 @@ impl NodeArgs {
 pub async fn start(
     args: &NodeArgs,
     data_dir: &Path,
-    kubeconfig: &Path,
+    kubeconfigs: Kubeconfigs<'_>,
     client_ca: &Path,
     labels: Vec<String>,
     components: &mut Components,
     shutdown: &component::CancellationToken,
 ) -> anyhow::Result<Option<Containerd>> {
+    let Kubeconfigs {
+        node: kubeconfig,
+        proxy: proxy_kubeconfig,
+    } = kubeconfigs;
+    if args.runs_node_proxier() && proxy_kubeconfig.is_none() {
+        anyhow::bail!("no kube-proxy kubeconfig for the Service proxy and pod routes");
+    }
     let mut own = None;
     let endpoint = match &args.container_runtime_endpoint {
         Some(e) => e.clone(),
@@ -196,8 +218,11 @@ pub async fn start(
         .node_name
         .clone()
         .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase());
+    let Some(proxy_kubeconfig) = proxy_kubeconfig.map(Path::to_path_buf) else {
+        return Ok(own);
+    };
     if !args.disable_pod_routes {
-        let (kubeconfig, name, ip) = (kubeconfig.to_path_buf(), node_name.clone(), args.ip());
+        let (kubeconfig, name, ip) = (proxy_kubeconfig.clone(), node_name.clone(), args.ip());
         components.spawn("pod routes", shutdown, |token| {
             crate::routes::run(kubeconfig, name, ip, token)
         });
@@ -205,7 +230,7 @@ pub async fn start(
     if args.disable_kube_proxy {
         return Ok(own);
     }
-    let mut proxy = proxy::Config::new(Some(kubeconfig.to_path_buf()));
+    let mut proxy = proxy::Config::new(Some(proxy_kubeconfig));
     proxy.hostname_override = Some(node_name);
     proxy.proxy_mode = args.proxy_mode;
     // eBPF: the pod bridge and every pod's veth (requests from pods, replies between pods

@@ -220,24 +220,23 @@ async fn publish_cluster_info(
     .await
 }
 
-/// `<data-dir>/agent/kubeconfig.yaml` for this machine's node: user `system:node:<name>` in
-/// `system:nodes`, with a certificate the cluster CA issues on every start (a year).
+/// A kubeconfig in `<data-dir>/agent/<file>` for one of this machine's node components,
+/// with a certificate the cluster CA issues on every start (a year): `kubeconfig.yaml` for
+/// the kubelet (user `system:node:<name>` in `system:nodes`),
+/// `kube-proxy-kubeconfig.yaml` for the Service proxy and pod routes (`system:kube-proxy`,
+/// as an agent's).
 fn own_node_kubeconfig(
     data_dir: &std::path::Path,
-    node: &str,
+    user: &str,
+    groups: &[String],
+    file: &str,
     url: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let text = apiserver::user_kubeconfig(
-        data_dir,
-        &format!("system:node:{node}"),
-        &["system:nodes".to_string()],
-        365,
-        Some(url),
-    )
-    .context("kaze server: issuing this node's client certificate")?;
+    let text = apiserver::user_kubeconfig(data_dir, user, groups, 365, Some(url))
+        .with_context(|| format!("kaze server: issuing a client certificate for {user}"))?;
     let dir = data_dir.join("agent");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("kubeconfig.yaml");
+    let path = dir.join(file);
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -378,15 +377,36 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
             ..DnsDefaults::parse_from(["dns"]).config
         };
         components.spawn("dns", &shutdown, |token| dns::run(dns_config, token));
-        // This machine's node runs as system:node:<name>, as an agent's does, with a
-        // certificate straight from the CA (as k3s does); NodeRestriction does not let a
-        // node label itself a control plane, so the server does.
+        // This machine's node runs as system:node:<name> (its proxy and pod routes as
+        // system:kube-proxy), as an agent's does, with certificates straight from the CA
+        // (as k3s does); NodeRestriction does not let a node label itself a control plane,
+        // so the server does.
         let node_name = args
             .node
             .node_name
             .clone()
             .unwrap_or_else(|| kubelet::node::info::hostname().to_lowercase());
-        let node_kubeconfig = own_node_kubeconfig(&data_dir, &node_name, api.url())?;
+        let node_kubeconfig = own_node_kubeconfig(
+            &data_dir,
+            &format!("system:node:{node_name}"),
+            &["system:nodes".to_string()],
+            "kubeconfig.yaml",
+            api.url(),
+        )?;
+        // the Service proxy and pod routes read every Node: as upstream's kube-proxy
+        let proxy_kubeconfig = args
+            .node
+            .runs_node_proxier()
+            .then(|| {
+                own_node_kubeconfig(
+                    &data_dir,
+                    apiserver::KUBE_PROXY_USER,
+                    &[],
+                    crate::bootstrap::KUBE_PROXY_KUBECONFIG,
+                    api.url(),
+                )
+            })
+            .transpose()?;
         let (admin, name) = (client.clone(), node_name.clone());
         components.spawn("control-plane label", &shutdown, |token| {
             label_control_plane(admin, name, token)
@@ -394,7 +414,10 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         own_containerd = node::start(
             &args.node,
             &data_dir,
-            &node_kubeconfig,
+            node::Kubeconfigs {
+                node: &node_kubeconfig,
+                proxy: proxy_kubeconfig.as_deref(),
+            },
             &api.ca_file(),
             Vec::new(),
             &mut components,

@@ -225,11 +225,41 @@ fn agent_joins_with_the_token_and_runs_pods() {
         whoami(&node_kc),
         format!(r#"system:node:{node} ["system:nodes","system:authenticated"]"#)
     );
+    // its pod routes (and Service proxy) run as upstream's kube-proxy, which may list every
+    // Node; the node itself reads only its own (AuthorizeNodeWithSelectors)
+    let proxy_kc = agent_dir.join("agent/kube-proxy-kubeconfig.yaml");
+    assert_eq!(
+        whoami(&proxy_kc),
+        r#"system:kube-proxy ["system:authenticated"]"#
+    );
+    let out = kubectl_run(&proxy_kc, &["get", "nodes", "-o", "name"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("node/{node}"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl_run(&node_kc, &["get", "nodes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "node '{node}' cannot read all nodes, only its own Node object"
+            )),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    assert!(
+        !log.contains("watching nodes for pod routes"),
+        "the pod routes could not watch the Nodes:\n{log}"
+    );
     use std::os::unix::fs::PermissionsExt;
     for f in [
         "client-kubelet.key",
         "kubeconfig.yaml",
         "bootstrap-kubeconfig.yaml",
+        "client-kube-proxy.key",
+        "kube-proxy-kubeconfig.yaml",
     ] {
         let mode = std::fs::metadata(agent_dir.join("agent").join(f))
             .expect(f)
@@ -237,20 +267,31 @@ fn agent_joins_with_the_token_and_runs_pods() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
+    // two requests, both made with the join token and auto-approved: the node's and the
+    // kube-proxy's
     let csrs = kubectl_run(
         &kc,
         &[
             "get",
             "csr",
             "-o",
-            "jsonpath={.items[*].spec.username} {.items[*].status.conditions[0].reason}",
+            "jsonpath={range .items[*]}{.spec.signerName} {.spec.username} {.status.conditions[0].reason}{\"\\n\"}{end}",
         ],
     );
     let csrs = String::from_utf8_lossy(&csrs.stdout).into_owned();
-    assert!(
-        csrs.starts_with("system:bootstrap:") && csrs.ends_with("AutoApproved"),
-        "{csrs}"
-    );
+    let mut lines: Vec<&str> = csrs.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines.len(), 2, "{csrs}");
+    for (line, signer) in lines.iter().zip([
+        "kubernetes.io/kube-apiserver-client ",
+        "kubernetes.io/kube-apiserver-client-kubelet ",
+    ]) {
+        assert!(
+            line.starts_with(&format!("{signer}system:bootstrap:"))
+                && line.ends_with(" AutoApproved"),
+            "{csrs}"
+        );
+    }
     // ... which reads no Secret that no pod of its node uses
     let out = kubectl_run(
         &kc,
@@ -295,8 +336,10 @@ fn agent_joins_with_the_token_and_runs_pods() {
         agent.terminate(Duration::from_secs(20)),
         "agent stops cleanly on SIGTERM"
     );
-    // restarted, it keeps its certificate (no new request) and its node comes back
+    // restarted, it keeps its certificates (no new request) and its node comes back
     let cert_before = std::fs::read(agent_dir.join("agent/client-kubelet.crt")).expect("cert");
+    let proxy_cert_before =
+        std::fs::read(agent_dir.join("agent/client-kube-proxy.crt")).expect("cert");
     let mut agent = spawn(&agent_args, &dir.path().join("agent-again.log"));
     eventually(
         "the restarted agent's kubelet heartbeat",
@@ -312,8 +355,12 @@ fn agent_joins_with_the_token_and_runs_pods() {
         std::fs::read(agent_dir.join("agent/client-kubelet.crt")).expect("cert"),
         cert_before
     );
+    assert_eq!(
+        std::fs::read(agent_dir.join("agent/client-kube-proxy.crt")).expect("cert"),
+        proxy_cert_before
+    );
     let count = kubectl_run(&kc, &["get", "csr", "-o", "name"]);
-    assert_eq!(String::from_utf8_lossy(&count.stdout).lines().count(), 1);
+    assert_eq!(String::from_utf8_lossy(&count.stdout).lines().count(), 2);
     assert!(
         agent.terminate(Duration::from_secs(20)),
         "agent stops cleanly on SIGTERM"
@@ -344,7 +391,8 @@ fn now_secs() -> i64 {
 /// With `--cluster-signing-duration 120s` on the server, the agent's client certificate is
 /// renewed while it runs (a new serial on disk, through a CSR it makes as its own node) and
 /// its kubelet keeps renewing the node's Lease after the first certificate has expired: its
-/// API connections use the new certificate without a restart.
+/// API connections use the new certificate without a restart. The kube-proxy certificate of
+/// its pod routes is renewed too (with the join token).
 #[test]
 fn agent_rotates_its_client_certificate_while_running() {
     let dir = tempfile::Builder::new()
@@ -430,6 +478,7 @@ fn agent_rotates_its_client_certificate_while_running() {
     let agent_log = dir.path().join("agent.log");
     let mut agent = spawn(&agent_args, &agent_log);
     let cert = agent_dir.join("agent/client-kubelet.crt");
+    let proxy_cert = agent_dir.join("agent/client-kube-proxy.crt");
     let ready = || {
         let out = kubectl_run(
             &kc,
@@ -447,6 +496,7 @@ fn agent_rotates_its_client_certificate_while_running() {
         ready().then_some(())
     });
     let (first_serial, first_expiry) = serial_and_expiry(&cert);
+    let (first_proxy_serial, first_proxy_expiry) = serial_and_expiry(&proxy_cert);
     assert!(
         first_expiry - now_secs() <= 120,
         "the server's --cluster-signing-duration 120s bounds the certificate"
@@ -474,6 +524,15 @@ fn agent_rotates_its_client_certificate_while_running() {
     assert!(
         expiry >= first_expiry,
         "the new certificate outlives the old one"
+    );
+    eventually(
+        "a new kube-proxy client certificate on disk",
+        Duration::from_secs(130),
+        || (serial_and_expiry(&proxy_cert).0 != first_proxy_serial).then_some(()),
+    );
+    assert!(
+        now_secs() < first_proxy_expiry,
+        "the kube-proxy certificate was renewed before the old one expired"
     );
     let users = kubectl_run(
         &kc,
@@ -526,7 +585,7 @@ fn agent_rotates_its_client_certificate_while_running() {
     assert!(ready(), "the node stays Ready");
     let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
     assert!(
-        log.contains("rotated this node's client certificate")
+        log.contains("rotated a client certificate of this node")
             && log.contains("client certificate changed; new connections use it"),
         "{log}"
     );

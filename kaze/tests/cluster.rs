@@ -304,6 +304,14 @@ impl Cluster {
     }
 
     fn spawn_server(&self) -> ChildGuard {
+        // the audit log says who the nodes' proxies and pod routes are: it records the
+        // requests of system:kube-proxy only
+        let policy = self.data[0].join("audit-policy.yaml");
+        std::fs::write(
+            &policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [\"system:kube-proxy\"]\n- level: None\n",
+        )
+        .expect("audit policy");
         let mut args: Vec<String> = vec![
             "server".into(),
             "--bind-address".into(),
@@ -312,6 +320,10 @@ impl Cluster {
             format!("10.{}.0.0/16", 200 + self.index()),
             "--node-monitor-grace-period".into(),
             "20s".into(),
+            "--audit-policy-file".into(),
+            policy.display().to_string(),
+            "--audit-log-path".into(),
+            self.audit_log().display().to_string(),
         ];
         args.extend(self.node_args(0));
         self.spawn(0, &args)
@@ -342,6 +354,10 @@ impl Cluster {
 
     fn kubeconfig(&self) -> PathBuf {
         self.data[0].join("kubeconfig.yaml")
+    }
+
+    fn audit_log(&self) -> PathBuf {
+        self.data[0].join("audit.log")
     }
 
     fn wait_api(&mut self) {
@@ -674,6 +690,75 @@ fn suite(mode: &'static str, index: u8) {
         );
     }
     c.ok(&["delete", "secret", "not-for-nodes"]);
+
+    c.step("1: every node's proxy and pod routes run as system:kube-proxy; nodes read only their own Node");
+    for i in 0..ALL {
+        let kubectl_as = |kc: &Path, args: &[&str]| {
+            Command::new(kubectl())
+                .arg("--kubeconfig")
+                .arg(kc)
+                .args(args)
+                .output()
+                .expect("running kubectl")
+        };
+        let proxy_kc = c.data[i].join("agent/kube-proxy-kubeconfig.yaml");
+        let who = kubectl_as(
+            &proxy_kc,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&who.stdout),
+            "system:kube-proxy",
+            "[{mode}] node {}: {}",
+            c.names[i],
+            String::from_utf8_lossy(&who.stderr)
+        );
+        let list = kubectl_as(&c.data[i].join("agent/kubeconfig.yaml"), &["get", "nodes"]);
+        let err = String::from_utf8_lossy(&list.stderr);
+        assert!(
+            !list.status.success()
+                && err.contains(&format!(
+                    "node '{}' cannot read all nodes, only its own Node object",
+                    c.names[i]
+                )),
+            "[{mode}] node {} lists every Node: {err}",
+            c.names[i]
+        );
+    }
+    // and the apiserver saw them as that user: the proxies (kube-proxy's User-Agent) and
+    // the pod routes watching Services, EndpointSlices and Nodes
+    let audit = std::fs::read_to_string(c.audit_log()).unwrap_or_default();
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let seen = |agent: &str, resource: &str| {
+        events.iter().any(|e| {
+            e["user"]["username"] == "system:kube-proxy"
+                && e["userAgent"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(agent))
+                && e["objectRef"]["resource"] == resource
+                && e["responseStatus"]["code"] == 200
+        })
+    };
+    for (agent, resource) in [
+        ("kube-proxy/", "services"),
+        ("kube-proxy/", "endpointslices"),
+        ("kube-proxy/", "nodes"),
+        ("kaze/", "nodes"),
+    ] {
+        assert!(
+            seen(agent, resource),
+            "[{mode}] no {resource} request of {agent} as system:kube-proxy in the audit log ({} events)",
+            events.len()
+        );
+    }
 
     c.step("1: a Deployment of 3 echo pods, spread over the 3 nodes, and its Services");
     c.apply(WEB);
