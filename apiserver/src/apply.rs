@@ -313,7 +313,7 @@ fn last_applied_of(applied: &Value) -> String {
 /// `x-kubernetes-list-type: map` lists merge their items by key (new items appended),
 /// `set` lists gain the applied values, other lists are replaced; an applied `null` removes
 /// the field.
-fn merge_by_schema(target: &mut Value, applied: &Value, shape: Shape<'_>) {
+pub(crate) fn merge_by_schema(target: &mut Value, applied: &Value, shape: Shape<'_>) {
     match (target.as_object_mut(), applied.as_object()) {
         (Some(t), Some(a)) if !shape.is_atomic() => {
             for (k, v) in a {

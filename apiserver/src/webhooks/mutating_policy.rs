@@ -160,7 +160,8 @@ pub(super) async fn admit(
                     Verdict::Error(e) => (None, vec![e]),
                     Verdict::Match => {
                         let roundtrip = req.def.custom.is_none().then_some(req.def.roundtrip);
-                        mutate(pspec, &inputs, roundtrip)
+                        let shape = crate::managedfields::Shape::of(req.def);
+                        mutate(pspec, &inputs, shape, roundtrip)
                     }
                 };
             if let Some(m) = mutated {
@@ -217,6 +218,7 @@ type Roundtrip = fn(&Value) -> Result<Value, String>;
 fn mutate(
     pspec: &Value,
     inputs: &Inputs<'_>,
+    shape: crate::managedfields::Shape<'_>,
     roundtrip: Option<Roundtrip>,
 ) -> (Option<Value>, Vec<String>) {
     let Some(original) = inputs.object else {
@@ -235,7 +237,7 @@ fn mutate(
             "ApplyConfiguration" => {
                 let expr = str_at(m, "/applyConfiguration/expression");
                 evaluate(expr, &inputs, &variables, &mut budget)
-                    .and_then(|v| patch::apply_configuration(&current, &v))
+                    .and_then(|v| patch::apply_configuration(&current, &v, shape))
             }
             "JSONPatch" => {
                 let expr = str_at(m, "/jsonPatch/expression");
@@ -298,7 +300,7 @@ mod tests {
             namespace: None,
             authorizer: None,
         };
-        mutate(&spec, &inputs, None)
+        mutate(&spec, &inputs, crate::managedfields::Shape::Named(""), None)
     }
 
     fn pod() -> Value {

@@ -3,8 +3,15 @@
 
 use serde_json::{json, Map, Value};
 
-/// Merge an `ApplyConfiguration` result into `current`.
-pub(super) fn apply_configuration(current: &Value, patch: &Value) -> Result<Value, String> {
+use crate::managedfields::{ListKind, Shape};
+
+/// Merge an `ApplyConfiguration` result into `current`, an object of `shape` (a built-in
+/// kind by strategic merge's rules, a custom resource by its schema, as server-side apply).
+pub(super) fn apply_configuration(
+    current: &Value,
+    patch: &Value,
+    shape: Shape<'_>,
+) -> Result<Value, String> {
     let Some(patch) = patch.as_object() else {
         return Err(format!(
             "unsupported return type from ApplyConfiguration expression: must evaluate to Object but got {}",
@@ -15,7 +22,7 @@ pub(super) fn apply_configuration(current: &Value, patch: &Value) -> Result<Valu
     find_atomics(
         &Value::Object(patch.clone()),
         Some(current),
-        "",
+        shape,
         "",
         &mut atomics,
     );
@@ -26,8 +33,12 @@ pub(super) fn apply_configuration(current: &Value, patch: &Value) -> Result<Valu
         ));
     }
     let mut out = current.clone();
-    crate::patch::merge_map(&mut out, &strip_directives(patch), "")
-        .map_err(|e| format!("error applying patch: failed to merge patch: {e}"))?;
+    let patch = strip_directives(patch);
+    match shape {
+        Shape::Named(_) => crate::patch::merge_map(&mut out, &patch, "")
+            .map_err(|e| format!("error applying patch: failed to merge patch: {e}"))?,
+        Shape::Schema(_) => crate::apply::merge_by_schema(&mut out, &Value::Object(patch), shape),
+    }
     Ok(out)
 }
 
@@ -56,7 +67,7 @@ fn strip_directives(m: &Map<String, Value>) -> Map<String, Value> {
 fn find_atomics(
     v: &Value,
     current: Option<&Value>,
-    field: &str,
+    shape: Shape<'_>,
     path: &str,
     out: &mut Vec<String>,
 ) {
@@ -65,31 +76,31 @@ fn find_atomics(
     };
     match v {
         Value::Object(m) => {
-            if !field.is_empty() && crate::managedfields::Shape::Named(field).is_atomic() {
+            if shape.is_atomic() {
                 out.push(path.to_string());
                 return;
             }
             for (k, x) in m {
-                find_atomics(x, current.get(k), k, &format!("{path}.{k}"), out);
+                find_atomics(
+                    x,
+                    current.get(k),
+                    shape.field(k),
+                    &format!("{path}.{k}"),
+                    out,
+                );
             }
         }
-        Value::Array(items) => {
-            let key = crate::patch::merge_key(field, items)
-                .filter(|_| items.iter().all(Value::is_object));
-            match key {
-                Some(key) => {
-                    let existing = current.as_array().map(Vec::as_slice).unwrap_or_default();
-                    for (i, x) in items.iter().enumerate() {
-                        let same = existing
-                            .iter()
-                            .find(|c| c.get(key).is_some() && c.get(key) == x.get(key));
-                        find_atomics(x, same, "", &format!("{path}[{i}]"), out);
-                    }
+        Value::Array(items) => match shape.keyed_items(items) {
+            Some(keyed) => {
+                let existing = current.as_array().map(Vec::as_slice).unwrap_or_default();
+                for (i, (key, x)) in keyed.into_iter().enumerate() {
+                    let same = existing.iter().find(|c| shape.matches_key(c, &key));
+                    find_atomics(x, same, shape.item(), &format!("{path}[{i}]"), out);
                 }
-                None if field == "finalizers" => {}
-                None => out.push(path.to_string()),
             }
-        }
+            None if shape.list_kind(items) == ListKind::Set => {}
+            None => out.push(path.to_string()),
+        },
         _ => {}
     }
 }
@@ -146,5 +157,58 @@ pub(super) fn json_patch(current: &Value, ops: &Value) -> Result<Value, String> 
         // a failed test: the patch is not applied
         Err(e) if matches!(e.kind, json_patch::PatchErrorKind::TestFailed) => Ok(current.clone()),
         Err(e) => Err(format!("JSONPath: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A custom resource's schema: a list-map keyed by `name`, a set, an atomic map and a
+    /// list without a type (atomic).
+    fn schema() -> Value {
+        json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "listeners": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "port": {"type": "integer"},
+                    "args": {"type": "array", "items": {"type": "string"}}}}},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "routing": {"type": "object", "x-kubernetes-map-type": "atomic",
+                "additionalProperties": {"type": "string"}}}}}})
+    }
+
+    #[test]
+    fn a_custom_resource_is_merged_and_checked_by_its_schema() {
+        let schema = schema();
+        let shape = Shape::Schema(Some(&schema));
+        let cur = json!({"spec": {"listeners": [{"name": "web", "port": 80, "args": ["-v"]}],
+            "tags": ["red"], "routing": {"zone": "a"}}});
+        // items merge by key (a field named nothing built-in), set values join
+        let got = apply_configuration(
+            &cur,
+            &json!({"spec": {"listeners": [{"name": "web", "port": 8080}, {"name": "db", "port": 5432}],
+                "tags": ["blue"]}}),
+            shape,
+        )
+        .expect("merged");
+        assert_eq!(
+            got["spec"]["listeners"],
+            json!([{"name": "web", "port": 8080, "args": ["-v"]}, {"name": "db", "port": 5432}])
+        );
+        assert_eq!(got["spec"]["tags"], json!(["red", "blue"]));
+        // the atomic map and an untyped list over existing values are refused
+        let err = apply_configuration(
+            &cur,
+            &json!({"spec": {"routing": {"zone": "b"}, "listeners": [{"name": "web", "args": ["-q"]}]}}),
+            shape,
+        )
+        .expect_err("atomics");
+        assert!(
+            err.ends_with(
+                "may not mutate atomic arrays, maps or structs: .spec.listeners[0].args, .spec.routing"
+            ),
+            "{err}"
+        );
     }
 }
