@@ -67,6 +67,16 @@ impl Cluster {
     }
 
     async fn start_with(tag: &str, octet: u8, as_node: bool) -> Cluster {
+        Cluster::start_configured(tag, octet, as_node, |_| {}).await
+    }
+
+    /// [`Cluster::start_with`], with `configure` applied to the kubelet's flags.
+    async fn start_configured(
+        tag: &str,
+        octet: u8,
+        as_node: bool,
+        configure: impl FnOnce(&mut kubelet::node::Config),
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("kaze-kubelet-{tag}-"))
             .tempdir()
@@ -105,7 +115,7 @@ impl Cluster {
         } else {
             server.kubeconfig_path().to_path_buf()
         };
-        let config = kubelet::node::Config {
+        let mut config = kubelet::node::Config {
             lease_renew_interval: Duration::from_secs(5),
             local_storage_path: Some(storage.clone()),
             ..support::node_config(
@@ -118,6 +128,7 @@ impl Cluster {
                 &bridge,
             )
         };
+        configure(&mut config);
         let token = component::CancellationToken::new();
         let kubelet = tokio::spawn(kubelet::node::run(config, token.clone()));
         let cluster = Cluster {
@@ -786,9 +797,106 @@ async fn configmaps_and_secrets_are_watched_per_object_while_pods_use_them() {
     c.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_of_an_object_no_pod_read_lately_stops_and_a_read_restarts_it() {
+    // --sync-frequency 10s: upstream's idle time is 5 x that, at least a minute (60 s here),
+    // checked every 10 s.
+    let c = Cluster::start_configured("idle", 207, true, |k| {
+        k.static_pods.sync_frequency = Duration::from_secs(10)
+    })
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    for (name, value) in [("env-only", "v1"), ("in-volume", "f1")] {
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": name}, "data": {"greeting": value}}),
+        )
+        .expect("cm");
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect("create cm");
+    }
+    // One ConfigMap in the environment (read once, at the container's start), one as a
+    // volume (re-read at every resync).
+    let pod = |name: &str, volume: bool| {
+        let mut p = json!({
+            "metadata": {"name": name},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": "kaze/busybox:1",
+                    "command": ["sh", "-c", "trap 'exit 0' TERM; echo \"greeting=$G\"; while true; do sleep 1; done"],
+                    "env": [{"name": "G", "valueFrom": {"configMapKeyRef": {"name": "env-only", "key": "greeting"}}}]}],
+            },
+        });
+        if volume {
+            p["spec"]["containers"][0]["volumeMounts"] =
+                json!([{"name": "cfg", "mountPath": "/etc/config"}]);
+            p["spec"]["volumes"] = json!([{"name": "cfg", "configMap": {"name": "in-volume"}}]);
+        }
+        p
+    };
+    c.create_pod(pod("first", true)).await;
+    c.wait_log("first", "greeting=v1").await;
+    let started = std::time::Instant::now();
+    wait_watches(&c, 2, 0, "one pod using two ConfigMaps").await;
+
+    // The environment's watch stops once unread for the idle time; the volume's stays.
+    let stopped = loop {
+        let now = object_watches(&c);
+        if now == Some((1, 0)) {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the unread ConfigMap's watch still runs {:?} after the container read it: (configmaps, secrets) = {now:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    // The read was at most a few seconds before the container's first line.
+    assert!(
+        stopped >= Duration::from_secs(45),
+        "the watch stopped {stopped:?} after the read, before the 60 s idle time"
+    );
+    // The volume's watch still follows its object.
+    cms.patch(
+        "in-volume",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"data": {"greeting": "f2"}})),
+    )
+    .await
+    .expect("update in-volume");
+    let updated = std::time::Instant::now();
+    while cat_in(&c, "first", "/etc/config/greeting").as_deref() != Some("f2") {
+        assert!(
+            updated.elapsed() < Duration::from_secs(5),
+            "the volume's update not in the container after {:?}",
+            updated.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Changed while nobody watches it: a new pod's read restarts the watch and waits for
+    // its list, so the container sees the object as it is now, not the stopped copy.
+    cms.patch(
+        "env-only",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"data": {"greeting": "v2"}})),
+    )
+    .await
+    .expect("update env-only");
+    c.create_pod(pod("second", false)).await;
+    c.wait_log("second", "greeting=v2").await;
+    wait_watches(&c, 2, 0, "after a new pod read the idle ConfigMap").await;
+
+    c.delete_and_wait("second").await;
+    c.delete_and_wait("first").await;
+    wait_watches(&c, 0, 0, "after the last pod went").await;
+    c.stop().await;
+}
+
 /// `kaze_apiserver_requests_by_protocol_total{protocol}` from the apiserver, read with the
-/// test's own client (kube-rs's HTTP/1.1 connector: this read counts as one HTTP/1.1
-/// request once answered).
+/// test's own client (HTTP/2 by ALPN, `component::client`: this read counts as one
+/// HTTP/2.0 request once answered).
 async fn requests_by_protocol(c: &Cluster, protocol: &str) -> u64 {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
@@ -823,23 +931,23 @@ async fn the_kubelets_api_requests_use_http2() {
     .await;
     c.wait_pod("h2", "running", |p| phase(p) == Some("Running"))
         .await;
-    // Only the kubelet talks to the apiserver now (this test's client is HTTP/1.1 and only
-    // reads the metrics): every request it makes in a while — Lease renewals every 5 s,
-    // node status — arrives as HTTP/2.0.
+    // Only the kubelet talks to the apiserver now besides this test's metric reads (its
+    // client speaks HTTP/2 too since component's clients do): every request the kubelet
+    // makes in a while — Lease renewals every 5 s, node status — arrives as HTTP/2.0.
     let h1_before = requests_by_protocol(&c, "HTTP/1.1").await;
     let h2_before = requests_by_protocol(&c, "HTTP/2.0").await;
     tokio::time::sleep(Duration::from_secs(12)).await;
     let h1_after = requests_by_protocol(&c, "HTTP/1.1").await;
     let h2_after = requests_by_protocol(&c, "HTTP/2.0").await;
+    // a read is counted once answered: the second and third reads above are in `h2_after`
+    let test_reads = 2;
     assert!(
-        h2_after >= h2_before + 2,
-        "the kubelet made no HTTP/2 requests in 12 s: HTTP/2.0 {h2_before} -> {h2_after}"
+        h2_after >= h2_before + test_reads + 2,
+        "the kubelet made fewer than 2 HTTP/2 requests in 12 s: HTTP/2.0 {h2_before} -> {h2_after}, {test_reads} of them the test's"
     );
-    // the second, third and fourth reads above are this test's: nothing else on HTTP/1.1
     assert_eq!(
-        h1_after,
-        h1_before + 2,
-        "HTTP/1.1 requests besides the test's own metric reads (HTTP/2.0 {h2_before} -> {h2_after})"
+        h1_after, h1_before,
+        "HTTP/1.1 requests reached the apiserver (HTTP/2.0 {h2_before} -> {h2_after})"
     );
     c.delete_and_wait("h2").await;
     c.stop().await;

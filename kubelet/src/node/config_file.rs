@@ -30,6 +30,7 @@ pub struct KubeletConfiguration {
     pub static_pod_path: Option<PathBuf>,
     pub file_check_frequency: Option<GoDuration>,
     pub http_check_frequency: Option<GoDuration>,
+    pub sync_frequency: Option<GoDuration>,
     #[serde(rename = "staticPodURL")]
     pub static_pod_url: Option<String>,
     #[serde(rename = "staticPodURLHeader")]
@@ -169,7 +170,6 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 /// one is refused rather than silently running otherwise than it asks.
 pub const UNSUPPORTED: &[&str] = &[
     "enableServer",
-    "syncFrequency",
     "tlsCertFile",
     "tlsPrivateKeyFile",
     "tlsCipherSuites",
@@ -308,6 +308,7 @@ pub fn parse(path: &Path, text: &str) -> Result<KubeletConfiguration, ConfigFile
     for key in [
         "fileCheckFrequency",
         "httpCheckFrequency",
+        "syncFrequency",
         "imageMinimumGCAge",
     ] {
         let Some(v) = top.get(key) else { continue };
@@ -374,6 +375,11 @@ impl KubeletConfiguration {
             self.http_check_frequency.map(|d| d.0),
             "http_check_frequency",
             s.http_check_frequency
+        );
+        set!(
+            self.sync_frequency.map(|d| d.0),
+            "sync_frequency",
+            s.sync_frequency
         );
         set!(
             self.static_pod_url.map(Some),
@@ -567,6 +573,7 @@ mod tests {
             "{HEAD}staticPodPath: /etc/kubernetes/manifests
 fileCheckFrequency: 1m30s
 httpCheckFrequency: 5s
+syncFrequency: 30s
 staticPodURL: http://example/pods
 staticPodURLHeader: {{a: [b, c]}}
 address: 127.0.0.1
@@ -602,6 +609,7 @@ serializeImagePulls: false
         );
         assert_eq!(s.file_check_frequency, Duration::from_secs(90));
         assert_eq!(s.http_check_frequency, Duration::from_secs(5));
+        assert_eq!(s.sync_frequency, Duration::from_secs(30));
         assert_eq!(s.manifest_url.as_deref(), Some("http://example/pods"));
         assert_eq!(s.manifest_url_header, vec!["a:b", "a:c"]);
         assert_eq!(c.address, "127.0.0.1".parse::<IpAddr>().unwrap());

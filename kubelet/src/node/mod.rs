@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config_file;
 pub mod info;
 pub mod local_storage;
+pub mod memory;
 pub mod pids;
 pub mod portforward;
 pub mod pressure;
@@ -189,6 +190,9 @@ impl Config {
 pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), NodeError> {
     let config = config.with_config_file()?;
     config.image_gc.validate().map_err(NodeError::Flag)?;
+    if config.static_pods.sync_frequency.is_zero() {
+        return Err(NodeError::Flag("--sync-frequency must be above 0".into()));
+    }
     let node_name = config.node_name();
     let node_ip = config.node_ip.unwrap_or_else(component::detect_node_ip);
     let labels = parse_labels(&config.node_labels)?;
@@ -232,7 +236,13 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         .container_runtime_endpoint
         .trim_start_matches("unix://")
         .to_string();
-    let runtime_version = runtime_version(&socket, &node_name).await;
+    // One containerd connection for the kubelet's life: the Node's runtime version is asked
+    // over it before registering, and the runtime takes it over once the pod CIDR is known.
+    // A containerd that is not up is a start-up error, as upstream's (its runtime manager
+    // asks the runtime's version when it is built).
+    let containerd =
+        crate::containerd::Containerd::connect(std::path::Path::new(&socket), &node_name).await?;
+    let runtime_version = runtime_version(&containerd).await;
     let registration = Registration {
         runtime_version: runtime_version.clone(),
         name: node_name.clone(),
@@ -276,7 +286,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         ip_masq: config.ip_masq,
         ..NetworkConfig::new(&pod_cidr)
     };
-    let rt = Runtime::connect(rc).await?;
+    let rt = Runtime::with_containerd(containerd, rc)?;
     match rt.import_air_gap_images().await {
         Ok(imported) if !imported.is_empty() => {
             tracing::info!(images = ?imported, "imported air-gap images")
@@ -345,7 +355,12 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let api_source = client
         .clone()
         .map(|c| {
-            crate::volume::Source::api(c, Some(rt.metrics_handle())).with_services(services.clone())
+            crate::volume::Source::api(
+                c,
+                Some(rt.metrics_handle()),
+                config.static_pods.sync_frequency,
+            )
+            .with_services(services.clone())
         })
         .unwrap_or_default();
     let mut statics = crate::static_pod::Manager::new(
@@ -500,23 +515,16 @@ fn host_dns() -> DnsConfig {
 }
 
 /// The runtime's version as the Node reports it (`containerd://<version>`); a runtime that
-/// does not answer yet is reported as `containerd://unknown` (connecting to it fails later
-/// with the reason).
-async fn runtime_version(socket: &str, node: &str) -> String {
-    let asked = async {
-        crate::containerd::Containerd::connect(std::path::Path::new(socket), node)
-            .await?
-            .runtime_version()
-            .await
-    };
-    match tokio::time::timeout(Duration::from_secs(10), asked).await {
+/// does not answer is reported as `containerd://unknown`.
+async fn runtime_version(containerd: &crate::containerd::Containerd) -> String {
+    match tokio::time::timeout(Duration::from_secs(10), containerd.runtime_version()).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "asking containerd its version");
             "containerd://unknown".into()
         }
         Err(_) => {
-            tracing::warn!(%socket, "containerd did not say its version within 10 s");
+            tracing::warn!(socket = %containerd.address().display(), "containerd did not say its version within 10 s");
             "containerd://unknown".into()
         }
     }

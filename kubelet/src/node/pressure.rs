@@ -5,7 +5,8 @@
 //! minute), and under memory pressure one pod at a time is evicted: the first of those using
 //! more memory than they request (BestEffort pods request none), lowest priority first, then
 //! the largest excess. Static pods and pods of a `system-*-critical` priority are never
-//! evicted. `memory.available` is the kernel's `MemAvailable`; `nodefs` the filesystem of
+//! evicted. `memory.available` is the capacity minus the root cgroup's working set
+//! ([`super::memory`]); `nodefs` the filesystem of
 //! the kubelet's root dir; `pid.available` is the task limit minus the tasks running, and
 //! PID pressure evicts through [`super::pids`]. Disk pressure and
 //! `limits.ephemeral-storage` evict through [`super::local_storage`].
@@ -229,23 +230,14 @@ pub struct Signals {
     pub pid_max: u64,
 }
 
-fn meminfo(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// Read the signals now (the node filesystem is the one holding `root_dir`).
 pub fn observe(root_dir: &Path) -> Signals {
     let fs = crate::sys::statvfs(root_dir).unwrap_or_default();
     let (pids_available, pid_max) = super::pids::observe();
+    let (memory_available, memory_capacity) = super::memory::observe();
     Signals {
-        memory_available: meminfo("MemAvailable:"),
-        memory_capacity: meminfo("MemTotal:"),
+        memory_available,
+        memory_capacity,
         nodefs_available: fs.available,
         nodefs_capacity: fs.capacity,
         inodes_free: fs.inodes_free,

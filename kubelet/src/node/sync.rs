@@ -381,7 +381,7 @@ pub async fn run(
                 rt.clone(),
                 p.clone(),
                 node.clone(),
-                WorkerConfig::default(),
+                WorkerConfig::default().within_sync_frequency(source.sync_frequency()),
                 source.clone(),
             );
             let reporter = spawn_reporter(

@@ -64,6 +64,15 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Upstream's `--sync-frequency` is the longest a pod goes between syncs: the volumes
+    /// are re-read at least that often (containers are looked at every `tick`).
+    pub fn within_sync_frequency(mut self, sync: Option<Duration>) -> WorkerConfig {
+        if let Some(sync) = sync {
+            self.volume_resync = self.volume_resync.min(sync);
+        }
+        self
+    }
+
     /// Delay before restart number `restart` (1-based): the first restart is immediate,
     /// then initial, 2x, 4x ... capped at max.
     pub fn backoff(&self, restart: u32) -> Duration {

@@ -149,6 +149,13 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     pub async fn connect(config: RuntimeConfig) -> Result<Runtime> {
         let cd = Containerd::connect(&config.containerd_socket, &config.node_name).await?;
+        Runtime::with_containerd(cd, config)
+    }
+
+    /// The runtime over a containerd connection already made (the kubelet's, opened before
+    /// the pod CIDR is known to ask containerd's version for the Node): `cd` must be to
+    /// `config.containerd_socket`, in namespace `config.node_name`.
+    pub fn with_containerd(cd: Containerd, config: RuntimeConfig) -> Result<Runtime> {
         let cni = Cni::new(
             config.network.clone(),
             &format!("kaze-{}", config.node_name),

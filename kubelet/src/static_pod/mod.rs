@@ -39,7 +39,10 @@ use crate::runtime::Runtime;
 use crate::volume;
 
 /// Upstream kubelet's static pod flags (`staticPodPath`, `fileCheckFrequency`,
-/// `staticPodURL`, `staticPodURLHeader`, `httpCheckFrequency`).
+/// `staticPodURL`, `staticPodURLHeader`, `httpCheckFrequency`), and its `syncFrequency`,
+/// which sits beside the two frequencies in upstream's `KubeletConfiguration`. (Here rather
+/// than in [`crate::node::Config`]: `kaze/` builds that one field by field and this one with
+/// `..Default::default()`, so a new setting here leaves its build alone.)
 #[derive(Debug, Clone, clap::Args)]
 // clap names a struct's argument group after it, and the kubelet's own is `Config` too.
 #[group(id = "static-pods")]
@@ -68,6 +71,11 @@ pub struct Config {
     #[arg(long = "pod-server", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub pod_server: bool,
+    /// Upstream's `--sync-frequency`: the longest a pod goes between syncs (its volumes are
+    /// re-read every 10 s, or this if shorter), and, times 5 (at least a minute), how long
+    /// the watch of a ConfigMap or Secret no pod read is kept.
+    #[arg(long = "sync-frequency", default_value = "1m", value_parser = component::leader::parse_duration)]
+    pub sync_frequency: Duration,
 }
 
 impl Default for Config {
@@ -80,6 +88,7 @@ impl Default for Config {
             manifest_url_header: Vec::new(),
             http_check_frequency: Duration::from_secs(20),
             pod_server: false,
+            sync_frequency: Duration::from_secs(60),
         }
     }
 }
@@ -460,7 +469,7 @@ impl Manager {
             self.rt.clone(),
             pod.clone(),
             self.node.clone(),
-            WorkerConfig::default(),
+            WorkerConfig::default().within_sync_frequency(self.api.sync_frequency()),
             self.api.clone(),
         );
         self.active.set_status(&uid, handle.status.clone());

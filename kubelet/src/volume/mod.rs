@@ -78,6 +78,8 @@ pub struct Source {
     tokens: Arc<Mutex<HashMap<TokenKey, CachedToken>>>,
     /// The cluster's Services, followed by the kubelet (for containers' environment).
     services: Option<Store<Service>>,
+    /// The kubelet's `--sync-frequency` (with a client).
+    sync_frequency: Option<Duration>,
 }
 
 /// What a token is requested for: (namespace, service account, audience, expirationSeconds,
@@ -104,15 +106,27 @@ impl std::fmt::Debug for Source {
 
 impl Source {
     /// Objects from the apiserver behind `client`; the watches of ConfigMaps and Secrets
-    /// are counted in `metrics` (`kaze_kubelet_object_watches`). Clones share the watches
-    /// and tokens: the kubelet makes one for all its pods.
-    pub fn api(client: kube::Client, metrics: Option<Arc<crate::metrics::Counters>>) -> Source {
+    /// are counted in `metrics` (`kaze_kubelet_object_watches`) and stopped when unread as
+    /// upstream's are for the kubelet's `sync_frequency` ([`objects::Idle`]). Clones share
+    /// the watches and tokens: the kubelet makes one for all its pods.
+    pub fn api(
+        client: kube::Client,
+        metrics: Option<Arc<crate::metrics::Counters>>,
+        sync_frequency: Duration,
+    ) -> Source {
+        let idle = objects::Idle::from_sync_frequency(sync_frequency);
         Source {
-            objects: Some(ObjectWatches::new(client.clone(), metrics)),
+            objects: Some(ObjectWatches::new(client.clone(), metrics, idle)),
             client: Some(client),
             tokens: Arc::default(),
             services: None,
+            sync_frequency: Some(sync_frequency),
         }
+    }
+
+    /// The kubelet's `--sync-frequency` (None without an apiserver).
+    pub fn sync_frequency(&self) -> Option<Duration> {
+        self.sync_frequency
     }
 
     /// Register `pod` (upstream's `RegisterPod`): the ConfigMaps and Secrets it uses are

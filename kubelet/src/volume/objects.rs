@@ -8,12 +8,19 @@
 //! an object that does not exist is `None`. As upstream, the watch of an object marked
 //! `immutable: true` stops once it has been read; the copy stays.
 //!
+//! As upstream's, a watch nobody read for [`Idle::max`] (5 × the kubelet's
+//! `--sync-frequency`, at least a minute) is stopped, checked every [`Idle::every`]: pods'
+//! volumes are re-read every few seconds, so this stops the watches of objects only
+//! containers' environment uses, read once at each container start. The copy of a stopped
+//! watch counts as unlisted: the next read restarts the watch (a fresh list, then watch)
+//! and waits for its list, so it never returns what may have changed meanwhile as current.
+//!
 //! Each pod's [`Registration`] tells its worker when one of its objects changed, so the
 //! pod's volumes are rewritten within a worker tick instead of at the next periodic resync.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -73,6 +80,28 @@ pub struct Seen {
     pub error: Option<String>,
 }
 
+/// When an unread watch stops (upstream's `maxIdleTime` and recycle period).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Idle {
+    /// A watch not read for this long is stopped.
+    pub max: Duration,
+    /// How often the watches are checked.
+    pub every: Duration,
+}
+
+impl Idle {
+    /// Upstream's, from the kubelet's `--sync-frequency`: `maxIdleTime` is 5 × it, at least
+    /// a minute (`minIdleTime`). Upstream checks every minute; here every `sync` if that is
+    /// shorter, so a short sync frequency also stops idle watches closer to their time.
+    pub fn from_sync_frequency(sync: Duration) -> Idle {
+        const MIN_IDLE: Duration = Duration::from_secs(60);
+        Idle {
+            max: (sync * 5).max(MIN_IDLE),
+            every: sync.clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        }
+    }
+}
+
 /// The ConfigMaps and Secrets the node's pods use, one watch each (see the module doc).
 /// Clones share the watches.
 #[derive(Clone)]
@@ -84,14 +113,22 @@ struct Inner {
     client: kube::Client,
     entries: Mutex<HashMap<ObjectKey, Entry>>,
     metrics: Option<Arc<Counters>>,
+    idle: Idle,
 }
 
 struct Entry {
     /// Registrations holding it, pods' and reads' alike.
     refs: usize,
     seen: watch::Receiver<Seen>,
-    /// The watch; None once stopped (an immutable object read once).
+    /// What the watch publishes to `seen` with (kept to restart a stopped watch).
+    tx: Arc<watch::Sender<Seen>>,
+    /// The watch; None while stopped: for good once an immutable object was read, until
+    /// the next read when it was idle.
     task: Option<tokio::task::AbortHandle>,
+    /// The object was immutable when read: its watch is not restarted.
+    immutable: bool,
+    /// The last read (or the watch's start).
+    read_at: Instant,
 }
 
 impl Drop for Inner {
@@ -117,14 +154,52 @@ impl std::fmt::Debug for ObjectWatches {
 }
 
 impl ObjectWatches {
-    /// Watches made with `client`, counted in `metrics` (`kaze_kubelet_object_watches`).
-    pub fn new(client: kube::Client, metrics: Option<Arc<Counters>>) -> ObjectWatches {
-        ObjectWatches {
-            inner: Arc::new(Inner {
-                client,
-                entries: Mutex::default(),
-                metrics,
-            }),
+    /// Watches made with `client`, counted in `metrics` (`kaze_kubelet_object_watches`),
+    /// stopped when unread as `idle` says (a task checks them until the last clone goes).
+    pub fn new(client: kube::Client, metrics: Option<Arc<Counters>>, idle: Idle) -> ObjectWatches {
+        let inner = Arc::new(Inner {
+            client,
+            entries: Mutex::default(),
+            metrics,
+            idle,
+        });
+        // A weak reference: the checks end with the watches, which need no other shutdown
+        // (dropping them aborts every watch).
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(idle.every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                ObjectWatches { inner }.stop_idle(Instant::now());
+            }
+        });
+        ObjectWatches { inner }
+    }
+
+    /// Stop the watches not read for [`Idle::max`] at `now` (upstream's
+    /// `startRecycleIdleWatch`). A watch that has not listed yet is left alone, as upstream
+    /// does: stopping it would throw away a list a loaded apiserver may be working on.
+    fn stop_idle(&self, now: Instant) {
+        let mut entries = lock(&self.inner.entries);
+        let mut stopped = false;
+        for (key, e) in entries.iter_mut() {
+            let idle = now.saturating_duration_since(e.read_at) >= self.inner.idle.max;
+            if e.task.is_none() || !idle || !e.seen.borrow().synced {
+                continue;
+            }
+            if let Some(t) = e.task.take() {
+                t.abort();
+            }
+            // Unlisted again, without waking the pods' workers: nothing changed yet.
+            e.tx.send_if_modified(|s| {
+                s.synced = false;
+                false
+            });
+            stopped = true;
+            tracing::debug!(kind = key.0.singular(), object = %format!("{}/{}", key.1, key.2), max_idle = ?self.inner.idle.max, "stopped watching: not read for a while");
+        }
+        if stopped {
+            self.publish(&entries);
         }
     }
 
@@ -161,26 +236,45 @@ impl ObjectWatches {
         }
     }
 
-    /// One more holder of `key`'s watch (started if none runs); its state.
-    fn acquire(&self, key: &ObjectKey) -> watch::Receiver<Seen> {
+    /// One more holder of `key`'s watch (started if none runs); its state. A `read`
+    /// counts as the object's use: a watch stopped as idle is restarted for it.
+    fn acquire(&self, key: &ObjectKey, read: bool) -> watch::Receiver<Seen> {
         let mut entries = lock(&self.inner.entries);
         if let Some(e) = entries.get_mut(key) {
             e.refs += 1;
+            if read {
+                e.read_at = Instant::now();
+                if e.task.is_none() && !e.immutable {
+                    e.task = Some(self.spawn(key, e.tx.clone()));
+                    tracing::debug!(kind = key.0.singular(), object = %format!("{}/{}", key.1, key.2), "watching again: read after it was idle");
+                    let seen = e.seen.clone();
+                    self.publish(&entries);
+                    return seen;
+                }
+            }
             return e.seen.clone();
         }
         let (tx, seen) = watch::channel(Seen::default());
-        let task = tokio::spawn(follow(self.inner.client.clone(), key.clone(), tx));
+        let tx = Arc::new(tx);
+        let task = self.spawn(key, tx.clone());
         tracing::debug!(kind = key.0.singular(), object = %format!("{}/{}", key.1, key.2), "watching");
         entries.insert(
             key.clone(),
             Entry {
                 refs: 1,
                 seen: seen.clone(),
-                task: Some(task.abort_handle()),
+                tx,
+                task: Some(task),
+                immutable: false,
+                read_at: Instant::now(),
             },
         );
         self.publish(&entries);
         seen
+    }
+
+    fn spawn(&self, key: &ObjectKey, tx: Arc<watch::Sender<Seen>>) -> tokio::task::AbortHandle {
+        tokio::spawn(follow(self.inner.client.clone(), key.clone(), tx)).abort_handle()
     }
 
     /// One holder of `key` less; the watch stops with the last.
@@ -204,7 +298,11 @@ impl ObjectWatches {
     /// Stop `key`'s watch, keeping what it saw (an immutable object).
     fn stop(&self, key: &ObjectKey) {
         let mut entries = lock(&self.inner.entries);
-        if let Some(t) = entries.get_mut(key).and_then(|e| e.task.take()) {
+        let Some(e) = entries.get_mut(key) else {
+            return;
+        };
+        e.immutable = true;
+        if let Some(t) = e.task.take() {
             t.abort();
             tracing::debug!(kind = key.0.singular(), object = %format!("{}/{}", key.1, key.2), "stopped watching: the object is immutable");
             self.publish(&entries);
@@ -215,7 +313,7 @@ impl ObjectWatches {
     /// [`SYNC_WAIT`] for the watch's first list. An object no pod registered is watched for
     /// the read (upstream refuses it; here nothing should ask for one).
     pub async fn get(&self, key: ObjectKey) -> Result<Option<Keys>, String> {
-        let held = Held::new(self, key.clone());
+        let held = Held::new(self, key.clone(), true);
         let mut seen = held.seen.clone();
         let (kind, ns, name) = (key.0.singular(), &key.1, &key.2);
         let ready = tokio::time::timeout(SYNC_WAIT, seen.wait_for(|s| s.synced))
@@ -244,7 +342,7 @@ impl ObjectWatches {
 }
 
 /// Follow object `key` until aborted, publishing what is seen to `tx`.
-async fn follow(client: kube::Client, key: ObjectKey, tx: watch::Sender<Seen>) {
+async fn follow(client: kube::Client, key: ObjectKey, tx: Arc<watch::Sender<Seen>>) {
     let (kind, ns, name) = key;
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
     match kind {
@@ -364,8 +462,8 @@ struct Held {
 }
 
 impl Held {
-    fn new(watches: &ObjectWatches, key: ObjectKey) -> Held {
-        let seen = watches.acquire(&key);
+    fn new(watches: &ObjectWatches, key: ObjectKey, read: bool) -> Held {
+        let seen = watches.acquire(&key, read);
         Held {
             watches: watches.clone(),
             key,
@@ -411,7 +509,7 @@ impl Registration {
         self.held.retain(|h| want.contains(&h.key));
         for key in want {
             if !self.held.iter().any(|h| h.key == key) {
-                self.held.push(Held::new(&watches, key));
+                self.held.push(Held::new(&watches, key, false));
             }
         }
     }
@@ -512,7 +610,8 @@ mod tests {
         let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
         let client = kube::Client::try_from(config).expect("client");
         let metrics = Arc::new(Counters::default());
-        let watches = ObjectWatches::new(client, Some(metrics.clone()));
+        let idle = Idle::from_sync_frequency(Duration::from_secs(1));
+        let watches = ObjectWatches::new(client, Some(metrics.clone()), idle);
         let gauge = |resource: &str| {
             let text = crate::metrics::render("n", &[], &metrics);
             let series = format!("kaze_kubelet_object_watches{{resource=\"{resource}\"}} ");
@@ -537,6 +636,13 @@ mod tests {
             (gauge("configmaps"), gauge("secrets")),
             ("1".into(), "1".into())
         );
+        // never listed: not stopped however long unread (upstream's `stopIfIdle` waits for
+        // the first list too)
+        watches.stop_idle(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(
+            watches.running(),
+            BTreeMap::from([(Kind::ConfigMap, 1), (Kind::Secret, 1)])
+        );
         drop(two);
         assert_eq!(watches.running(), BTreeMap::from([(Kind::ConfigMap, 1)]));
         assert_eq!(gauge("secrets"), "0");
@@ -555,6 +661,28 @@ mod tests {
         );
         // without an apiserver nothing is held
         assert!(!Registration::default().changed());
+    }
+
+    #[test]
+    fn idle_time_is_upstreams_five_sync_periods_at_least_a_minute() {
+        let idle = |s| Idle::from_sync_frequency(Duration::from_secs(s));
+        // the default --sync-frequency, 1m: stopped after 5 min unread, checked every minute
+        assert_eq!(
+            idle(60),
+            Idle {
+                max: Duration::from_secs(300),
+                every: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            idle(10),
+            Idle {
+                max: Duration::from_secs(60),
+                every: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(idle(20).max, Duration::from_secs(100));
+        assert_eq!(idle(600).every, Duration::from_secs(60));
     }
 
     #[test]
