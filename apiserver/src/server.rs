@@ -180,7 +180,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         .map(Arc::new);
     let tokens = Tokens::load(&server_dir, config.token_auth_file.as_deref())?;
     let client_ca = match &config.client_ca_file {
-        Some(file) => component::https::ClientCa::from_file(file),
+        Some(file) => component::https::ClientCa::from_file_reloading(file),
         None => component::https::ClientCa::from_pem(material.ca_pem.as_bytes()),
     }
     .map_err(|e| Error::Config {

@@ -146,6 +146,16 @@ fn system_masters_certificates_are_admins() {
 /// A CA of our own (same name as the cluster's, another key) and a kubeconfig whose client
 /// certificate it signed; with `token`, the kubeconfig carries that bearer token too.
 fn foreign_kubeconfig(s: &TestServer, user: &str, groups: &[&str], token: Option<&str>) -> String {
+    foreign_kubeconfig_and_ca(s, user, groups, token).0
+}
+
+/// [`foreign_kubeconfig`] and the PEM of the CA that signed its certificate.
+fn foreign_kubeconfig_and_ca(
+    s: &TestServer,
+    user: &str,
+    groups: &[&str],
+    token: Option<&str>,
+) -> (String, String) {
     use base64::Engine;
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -153,6 +163,7 @@ fn foreign_kubeconfig(s: &TestServer, user: &str, groups: &[&str], token: Option
     ca.distinguished_name = rcgen::DistinguishedName::new();
     ca.distinguished_name
         .push(rcgen::DnType::CommonName, "kaze-ca");
+    let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -178,7 +189,10 @@ fn foreign_kubeconfig(s: &TestServer, user: &str, groups: &[&str], token: Option
         b64(&cert.pem()),
         b64(&key.serialize_pem()),
     );
-    common::write(s, &format!("foreign-{user}.kubeconfig"), &text)
+    (
+        common::write(s, &format!("foreign-{user}.kubeconfig"), &text),
+        ca_pem,
+    )
 }
 
 #[test]
@@ -230,4 +244,43 @@ fn certificates_come_before_tokens() {
     let (ok, out, err) = kubectl_as(&s, &forged, WHOAMI);
     assert!(ok, "{err}");
     assert!(out.starts_with("kaze-admin "), "{out}");
+}
+
+#[test]
+fn a_changed_client_ca_file_is_followed_without_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_file = dir.path().join("client-ca.crt");
+    // the file must hold a CA before the server starts: a placeholder one, replaced below
+    let placeholder = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|mut p| {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.self_signed(&rcgen::KeyPair::generate()?)
+        })
+        .expect("placeholder CA")
+        .pem();
+    std::fs::write(&ca_file, &placeholder).expect("write");
+    let file = ca_file.clone();
+    let s = TestServer::start_with(move |c| c.client_ca_file = Some(file));
+    let (alice, alice_ca) = foreign_kubeconfig_and_ca(&s, "alice", &["team-a"], None);
+    let (bob, bob_ca) = foreign_kubeconfig_and_ca(&s, "bob", &["team-b"], None);
+    let whoami = |kubeconfig: &str| kubectl_as(&s, kubeconfig, WHOAMI);
+    assert!(!whoami(&alice).0, "alice's CA is not in the file yet");
+
+    // alice's CA added: her certificate authenticates, without a restart
+    std::fs::write(&ca_file, format!("{placeholder}{alice_ca}")).expect("write");
+    eventually("alice authenticated after her CA was added", || {
+        whoami(&alice).1 == r#"alice ["team-a","system:authenticated"]"#
+    });
+    assert!(!whoami(&bob).0);
+    // the file now names bob's CA only: alice's certificate stops, bob's works
+    std::fs::write(&ca_file, &bob_ca).expect("write");
+    eventually("bob in and alice out after the CA changed", || {
+        whoami(&bob).0 && !whoami(&alice).0
+    });
+    // a broken file keeps the last good CA
+    std::fs::write(&ca_file, "not a certificate").expect("write");
+    std::thread::sleep(component::https::CLIENT_CA_RELOAD_INTERVAL * 3);
+    let (ok, out, err) = whoami(&bob);
+    assert!(ok, "{err}");
+    assert_eq!(out, r#"bob ["team-b","system:authenticated"]"#);
 }

@@ -191,10 +191,15 @@ pub fn request_client_certs() -> Arc<dyn ClientCertVerifier> {
 
 /// The CA client certificates must chain to (a `--client-ca-file`), for checking the
 /// [`PeerCertificates`] a server took with [`ClientCerts::Request`].
+/// Clones share the CA: one [`ClientCa::from_file_reloading`] made follows its file for all.
 #[derive(Clone)]
 pub struct ClientCa {
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifier: Arc<std::sync::RwLock<Arc<dyn ClientCertVerifier>>>,
 }
+
+/// How often a reloading [`ClientCa`] looks at its file (upstream's dynamic CA file content
+/// reacts to file events and re-reads the file every minute regardless).
+pub const CLIENT_CA_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for ClientCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -254,7 +259,58 @@ impl ClientCa {
                     action: "building the client certificate verifier",
                     message: e.to_string(),
                 })?;
-        Ok(ClientCa { verifier })
+        Ok(ClientCa {
+            verifier: Arc::new(std::sync::RwLock::new(verifier)),
+        })
+    }
+
+    /// [`ClientCa::from_file`] that follows the file while it is in use, as upstream's
+    /// `--client-ca-file` does: every [`CLIENT_CA_RELOAD_INTERVAL`] a changed file replaces
+    /// the CA for every clone (a certificate of a CA added to the file authenticates, one of
+    /// a CA removed stops); a changed file that holds no usable CA is logged and the last
+    /// good CA kept. Outside a tokio runtime the CA is read once.
+    pub fn from_file_reloading(path: &Path) -> Result<ClientCa, TlsError> {
+        let ca = ClientCa::from_file(path)?;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Ok(ca);
+        };
+        let shared = Arc::downgrade(&ca.verifier);
+        let path = path.to_path_buf();
+        let mut last = std::fs::read(&path).ok();
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(CLIENT_CA_RELOAD_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // every clone is gone: nobody checks certificates with it any more
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let pem = match tokio::fs::read(&path).await {
+                    Ok(pem) => pem,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "reading the client CA file; keeping the CA loaded before");
+                        continue;
+                    }
+                };
+                if last.as_ref() == Some(&pem) {
+                    continue;
+                }
+                match ClientCa::from_pem(&pem) {
+                    Ok(new) => {
+                        let verifier = new.verifier.read().unwrap_or_else(|e| e.into_inner()).clone();
+                        *shared.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+                        tracing::info!(path = %path.display(), "loaded the changed client CA file");
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "the client CA file changed but holds no usable CA; keeping the CA loaded before");
+                    }
+                }
+                last = Some(pem);
+            }
+        });
+        Ok(ca)
     }
 
     /// The CA certificates in the PEM file at `path`.
@@ -273,7 +329,12 @@ impl ClientCa {
         let (leaf, intermediates) = chain
             .split_first()
             .ok_or_else(|| CertError::Invalid("an empty certificate chain".into()))?;
-        self.verifier
+        let verifier = self
+            .verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map_err(|e| CertError::Invalid(e.to_string()))?;
         let (name, groups) = subject(leaf.as_ref()).ok_or(CertError::Unreadable)?;

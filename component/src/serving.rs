@@ -401,14 +401,12 @@ impl Auth {
         let authz_client =
             client_for("--authorization-kubeconfig", &args.authorization_kubeconfig).await?;
         let ca = match &args.client_ca_file {
-            Some(path) => {
-                Some(
-                    ClientCa::from_file(path).map_err(|source| ServingError::ClientCa {
-                        path: path.display().to_string(),
-                        source,
-                    })?,
-                )
-            }
+            Some(path) => Some(ClientCa::from_file_reloading(path).map_err(|source| {
+                ServingError::ClientCa {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?),
             None if args.authentication_skip_lookup => None,
             None => lookup_client_ca(&authn_client).await,
         };

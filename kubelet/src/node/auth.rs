@@ -189,7 +189,7 @@ impl Auth {
     ) -> Result<Auth, NodeError> {
         let ca = match client_ca_file {
             None => None,
-            Some(path) => Some(ClientCa::from_file(path).map_err(|e| {
+            Some(path) => Some(ClientCa::from_file_reloading(path).map_err(|e| {
                 NodeError::Flag(format!("--client-ca-file {}: {e}", path.display()))
             })?),
         };
