@@ -389,6 +389,7 @@ pub async fn create(
     }
     if is_csr(def) {
         crate::certificates::prepare_create(&mut obj, crate::requester::current().as_ref());
+        crate::certificates::admit_create(&obj)?;
     }
     if crate::aggregator::is_apiservice(def) {
         crate::aggregator::prepare_create(&mut obj);
@@ -664,6 +665,7 @@ where
         crate::podsecurity::admit_update(state, def, ns, &cur, &new).await?;
         if is_csr(def) {
             crate::certificates::admit_approval(state, &cur, &new)?;
+            crate::certificates::admit_signing(state, &cur, &new)?;
         }
         crate::nodeauth::restriction::admit_update(state, def, &cur, &new)?;
         crate::webhooks::validate(state, &webhooks, Some(&new), Some(&cur)).await?;

@@ -606,11 +606,12 @@ fn the_bootstrap_tokens_kube_proxy_request_is_auto_approved_and_nothing_else() {
     // not approved: another subject or an organization from the token, the same subject
     // from a node
     create("boot-secret-123", "admin-by-boot", "admin", &[], &client);
+    // (system:masters cannot even be asked for: CertificateSubjectRestriction, below)
     create(
         "boot-secret-123",
-        "kube-proxy-masters-by-boot",
+        "kube-proxy-org-by-boot",
         "system:kube-proxy",
-        &["system:masters"],
+        &["system:nodes"],
         &client,
     );
     create(
@@ -640,7 +641,7 @@ fn the_bootstrap_tokens_kube_proxy_request_is_auto_approved_and_nothing_else() {
     std::thread::sleep(std::time::Duration::from_secs(1));
     for name in [
         "admin-by-boot",
-        "kube-proxy-masters-by-boot",
+        "kube-proxy-org-by-boot",
         "kube-proxy-server-auth-by-boot",
         "kube-proxy-by-node",
     ] {
@@ -648,4 +649,118 @@ fn the_bootstrap_tokens_kube_proxy_request_is_auto_approved_and_nothing_else() {
         assert!(c["status"].get("conditions").is_none(), "{name}: {c}");
     }
     s.kubectl(&["delete", "csr", "--all"]);
+}
+
+#[test]
+fn masters_requests_and_signing_without_sign_permission_are_refused() {
+    let s = TestServer::start();
+    // CertificateSubjectRestriction: nobody may even ask the client signer for system:masters
+    let (masters, _) = csr_pem("mallory", &["system:masters"], &[]);
+    let m = manifest(
+        "masters",
+        &masters,
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+        "",
+    );
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(&m));
+    assert!(
+        err.contains(r#"certificatesigningrequests.certificates.k8s.io "masters" is forbidden: use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"#),
+        "{err}"
+    );
+    // other groups, and system:masters for another signer, are fine
+    let (devs, _) = csr_pem("mallory", &["devs"], &[]);
+    let m = manifest(
+        "devs",
+        &devs,
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+        "",
+    );
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&m));
+    let m = manifest(
+        "other-signer",
+        &masters,
+        "example.com/mine",
+        &["client auth"],
+        "",
+    );
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&m));
+    s.kubectl(&["certificate", "approve", "other-signer"]);
+
+    // CertificateSigning: dave may write the status, but sign only for example.org
+    let dave = {
+        let text = apiserver::user_kubeconfig(s.server().data_dir(), "dave", &[], 1, None)
+            .expect("kubeconfig");
+        common::write(&s, "dave.kubeconfig", &text)
+    };
+    let rbac = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: csr-signer-test
+rules:
+- apiGroups: [certificates.k8s.io]
+  resources: [certificatesigningrequests, certificatesigningrequests/status]
+  verbs: [get, list, update, patch]
+- apiGroups: [certificates.k8s.io]
+  resources: [signers]
+  verbs: [sign]
+  resourceNames: [example.org/*]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: csr-signer-test
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: csr-signer-test}
+subjects:
+- {kind: User, name: dave}
+"#;
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(rbac));
+    let patch = format!(
+        r#"{{"status":{{"certificate":"{}"}}}}"#,
+        b64(s.server().ca_pem())
+    );
+    let sign = |kubeconfig: &str| {
+        s.kubectl_result(
+            &[
+                "--kubeconfig",
+                kubeconfig,
+                "patch",
+                "csr",
+                "other-signer",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        )
+    };
+    eventually("dave's binding", || {
+        s.kubectl_result(&["--kubeconfig", &dave, "get", "csr", "other-signer"], None)
+            .0
+    });
+    let (ok, _, err) = sign(&dave);
+    assert!(!ok);
+    assert!(
+        err.contains(r#"certificatesigningrequests.certificates.k8s.io "other-signer" is forbidden: user not permitted to sign requests with signerName "example.com/mine""#),
+        "{err}"
+    );
+    assert!(csr(&s, "other-signer")["status"]
+        .get("certificate")
+        .is_none());
+    // sign on example.com/* lets him
+    s.kubectl(&[
+        "patch",
+        "clusterrole",
+        "csr-signer-test",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/rules/1/resourceNames/-","value":"example.com/*"}]"#,
+    ]);
+    eventually("dave signs example.com requests", || sign(&dave).0);
+    assert_eq!(
+        csr(&s, "other-signer")["status"]["certificate"],
+        b64(s.server().ca_pem())
+    );
 }

@@ -471,6 +471,94 @@ impl Request {
     }
 }
 
+/// Upstream's CertificateSubjectRestriction admission: a request for the
+/// `kubernetes.io/kube-apiserver-client` signer may not ask for the `system:masters` group
+/// (whoever approved it would mint a cluster admin).
+pub fn admit_create(obj: &Value) -> Result<(), ApiError> {
+    const SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+    if obj.pointer("/spec/signerName").and_then(Value::as_str) != Some(SIGNER) {
+        return Ok(());
+    }
+    let name = crate::meta::meta_str(obj, "name").unwrap_or("");
+    let forbidden = |why: String| {
+        Err(ApiError::forbidden(
+            "certificatesigningrequests",
+            GROUP,
+            name,
+            &why,
+        ))
+    };
+    let request = obj
+        .pointer("/spec/request")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "no request".to_string())
+        .and_then(decode_request)
+        .and_then(|pem| Request::parse(&pem));
+    match request {
+        // validation refuses it with its own message (upstream validates before this plugin)
+        Err(_) => Ok(()),
+        Ok(r) if r.organizations.iter().any(|o| o == "system:masters") => forbidden(format!(
+            "use of {SIGNER} signer with system:masters group is not allowed"
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Whether `user` may do `verb` on the `signers` resource for `signer` (named `signer` or
+/// `<domain of signer>/*`), as upstream's certificate admission plugins ask.
+fn on_signer(
+    state: &crate::state::AppState,
+    user: &crate::auth::UserInfo,
+    verb: &str,
+    signer: &str,
+) -> bool {
+    let wildcard = signer
+        .split_once('/')
+        .map(|(d, _)| format!("{d}/*"))
+        .unwrap_or_default();
+    [signer.to_string(), wildcard].into_iter().any(|n| {
+        let attrs = crate::rbac::Attributes::Resource {
+            verb: verb.into(),
+            group: GROUP.into(),
+            resource: "signers".into(),
+            namespace: None,
+            name: Some(n),
+            field_selector: None,
+        };
+        crate::nodeauth::authorize(state, user, &attrs).0
+    })
+}
+
+/// Upstream's CertificateSigning admission: setting or changing `status.certificate` of a
+/// request for signer `s` needs `sign` on `signers` named `s` or `<domain of s>/*` (kaze's
+/// own signer, inside the apiserver, is not a request).
+pub fn admit_signing(
+    state: &crate::state::AppState,
+    cur: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let certificate = |o: &Value| o.pointer("/status/certificate").cloned();
+    if certificate(cur) == certificate(new) {
+        return Ok(());
+    }
+    let Some(user) = crate::requester::current() else {
+        return Ok(());
+    };
+    let signer = cur
+        .pointer("/spec/signerName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if on_signer(state, &user, "sign", signer) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "certificatesigningrequests",
+        GROUP,
+        crate::meta::meta_str(cur, "name").unwrap_or(""),
+        &format!("user not permitted to sign requests with signerName {signer:?}"),
+    ))
+}
+
 /// Upstream's CertificateApproval admission: approving or denying a request for signer `s`
 /// needs `approve` on `signers` named `s` or `<domain of s>/*`.
 pub fn admit_approval(
@@ -490,22 +578,7 @@ pub fn admit_approval(
         .and_then(Value::as_str)
         .unwrap_or("");
     let name = crate::meta::meta_str(cur, "name").unwrap_or("");
-    let wildcard = signer
-        .split_once('/')
-        .map(|(d, _)| format!("{d}/*"))
-        .unwrap_or_default();
-    let allowed = [signer.to_string(), wildcard].into_iter().any(|n| {
-        let attrs = crate::rbac::Attributes::Resource {
-            verb: "approve".into(),
-            group: GROUP.into(),
-            resource: "signers".into(),
-            namespace: None,
-            name: Some(n),
-            field_selector: None,
-        };
-        crate::nodeauth::authorize(state, &user, &attrs).0
-    });
-    if allowed {
+    if on_signer(state, &user, "approve", signer) {
         return Ok(());
     }
     Err(ApiError::forbidden(
