@@ -601,7 +601,10 @@ fn single_node_cluster_runs_workloads_and_survives_a_restart() {
     );
     assert_eq!(answer, svc_ip);
     let h2_after = requests_by_protocol(data, "HTTP/2.0");
-    assert!(h2_after > h2_before + 20, "HTTP/2.0 requests {h2_before} -> {h2_after}");
+    assert!(
+        h2_after > h2_before + 20,
+        "HTTP/2.0 requests {h2_before} -> {h2_after}"
+    );
     assert_eq!(
         requests_by_protocol(data, "HTTP/1.1"),
         h1_before,
