@@ -132,7 +132,7 @@ pub async fn list_page(
         None => None,
     };
     if let Some(rc) = state.cache.resource(def) {
-        if let Some(page) = from_cache(state, def, rc, &prefix, token.as_ref(), opts).await? {
+        if let Some(page) = from_cache(state, def, &rc, &prefix, token.as_ref(), opts).await? {
             return Ok(page);
         }
     }
@@ -168,7 +168,7 @@ async fn from_cache(
     opts: &ListOpts,
 ) -> Result<Option<Page>, ApiError> {
     let shared = rc.shared();
-    if !shared.is_ready() {
+    if !rc.is_ready() {
         return Ok(None);
     }
     let (at, start) = match token {
@@ -211,32 +211,52 @@ async fn from_cache(
     };
     let limit = opts.limit.filter(|l| *l > 0);
     let filter = &opts.filter;
-    let snap = match def.conversion {
-        None => rc.list(prefix, start, at, limit, &mut |o| filter.matches(o.attrs())),
+    let snap = if served_as_cached(def) {
+        rc.list(prefix, start, at, limit, &mut |o| filter.matches(o.attrs()))
+    } else {
         // Selectors name the served version's fields: convert first.
-        Some(c) => rc.list(prefix, start, at, limit, &mut |o| {
-            o.value()
-                .is_ok_and(|v| filter.matches(&(c.from_storage)(v)))
-        }),
+        rc.list(prefix, start, at, limit, &mut |o| {
+            served(def, o).is_ok_and(|v| filter.matches(&v))
+        })
     };
     let Some(snap) = snap else {
         return Ok(None);
     };
     Counters::inc(&rc.counters.lists);
-    let items = match def.conversion {
-        None => Items::Cached(snap.items),
-        Some(c) => Items::Values(
+    let items = if served_as_cached(def) {
+        Items::Cached(snap.items)
+    } else {
+        Items::Values(
             snap.items
                 .iter()
-                .map(|o| o.value().map(c.from_storage))
+                .map(|o| served(def, o))
                 .collect::<Result<_, _>>()?,
-        ),
+        )
     };
     Ok(Some(Page {
         items,
         revision: snap.revision,
         continue_token: snap.next.map(|k| encode_continue(snap.revision, &k)),
     }))
+}
+
+/// Whether `def` serves objects as they are stored (and cached): not a version stored in
+/// another version's form, not a custom resource (whose `apiVersion` is the version asked
+/// for and whose schema's defaults apply on reads, see [`crate::crd::from_storage`]).
+pub fn served_as_cached(def: &ResourceDef) -> bool {
+    def.conversion.is_none() && def.custom.is_none()
+}
+
+/// A cached object as `def` serves it (what [`crate::objects::decode_kv`] makes of it).
+pub fn served(def: &ResourceDef, obj: &Cached) -> Result<Value, ApiError> {
+    let mut v = obj.value()?;
+    if let Some(c) = def.conversion {
+        v = (c.from_storage)(v);
+    }
+    if let Some(c) = &def.custom {
+        crate::crd::from_storage(def, c, &mut v);
+    }
+    Ok(v)
 }
 
 async fn list_store(

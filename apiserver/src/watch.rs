@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval};
 
 use crate::cache::{CacheEvent, Cached, Counters, ResourceCache};
-use crate::list::{Items, ListOpts};
+use crate::list::{served, served_as_cached, Items, ListOpts};
 use crate::negotiate::{Accept, Format};
 use crate::objects::{self, decode_kv};
 use crate::registry::ResourceDef;
@@ -96,7 +96,7 @@ impl Sender {
 
     /// Send a cached object as an event of type `ty`.
     async fn send_cached(&self, ty: &str, obj: &Cached) -> Result<bool, ApiError> {
-        if self.plain_json() && self.def.conversion.is_none() {
+        if self.plain_json() && served_as_cached(&self.def) {
             let mut line = Vec::with_capacity(obj.json.len() + 40);
             line.extend_from_slice(b"{\"type\":\"");
             line.extend_from_slice(ty.as_bytes());
@@ -115,15 +115,6 @@ impl Sender {
         }
         json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": m})
     }
-}
-
-/// A cached object as `def` serves it.
-fn served(def: &ResourceDef, obj: &Cached) -> Result<Value, ApiError> {
-    let v = obj.value()?;
-    Ok(match def.conversion {
-        Some(c) => (c.from_storage)(v),
-        None => v,
-    })
 }
 
 pub fn watch(
@@ -201,7 +192,7 @@ async fn run(
     out: &Sender,
 ) -> Result<(), ApiError> {
     let prefix = state.prefix(def, ns);
-    let cache = state.cache.resource(def).cloned();
+    let cache = state.cache.resource(def);
     let last = match start {
         Some(rev) if !opts.send_initial_events => {
             // The ring may still hold what the store has compacted: the answer must not
@@ -263,6 +254,10 @@ async fn run(
         ticker,
     };
     loop {
+        // A custom resource's cache dropped with its CRD: the watch ends with it.
+        if cache.as_ref().is_some_and(|rc| rc.is_stopped()) {
+            return Ok(());
+        }
         let exit = match cache.as_ref().filter(|rc| rc.covers(p.last)) {
             Some(rc) => from_ring(state, def, rc, &prefix, opts, out, &mut p).await?,
             None => from_store(state, def, cache.as_ref(), &prefix, opts, out, &mut p).await?,
@@ -358,18 +353,17 @@ async fn send_ring_event(
     out: &Sender,
 ) -> Result<bool, ApiError> {
     let put = ev.kind == EventKind::Put;
-    let (was, now) = match def.conversion {
-        None => (
+    let (was, now) = if served_as_cached(def) {
+        (
             ev.prev.as_ref().is_some_and(|p| filter.matches(p.attrs())),
             put && filter.matches(ev.obj.attrs()),
-        ),
-        Some(_) => {
-            let was = match &ev.prev {
-                Some(p) => filter.matches(&served(def, p)?),
-                None => false,
-            };
-            (was, put && filter.matches(&served(def, &ev.obj)?))
-        }
+        )
+    } else {
+        let was = match &ev.prev {
+            Some(p) => filter.matches(&served(def, p)?),
+            None => false,
+        };
+        (was, put && filter.matches(&served(def, &ev.obj)?))
     };
     let ty = match (put, was, now) {
         (true, true, true) => "MODIFIED",
@@ -377,7 +371,7 @@ async fn send_ring_event(
         (true, true, false) | (false, true, _) => "DELETED",
         _ => return Ok(true),
     };
-    if out.plain_json() && def.conversion.is_none() {
+    if out.plain_json() && served_as_cached(def) {
         return Ok(out.send_line(ev.json_line(ty)).await);
     }
     out.send_cached(ty, &ev.obj).await

@@ -23,6 +23,12 @@
 //!
 //! Every reader checks `ready` and falls back to the store while the cache is (re)listing.
 //!
+//! Custom resources get caches while their CRD is served ([`WatchCache::serve_custom`]): a
+//! new cache joins its store's running feeder (which then hands it every change it applies,
+//! kept aside while the cache is not ready), lists its prefix in the store, and replays the
+//! changes after the list's revision before it turns ready; a cache whose CRD is gone is
+//! dropped and its watchers end, as upstream's cacher stops with the CRD's storage.
+//!
 //! The apiserver's own small indexes (which namespaces exist, which hold quotas, the RBAC
 //! policy) follow the cache too, through a [`Subscription`] (a list + watch of one
 //! resource's cache), so each resource is watched in the store once, by the feeder.
@@ -33,7 +39,7 @@ mod subscription;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use store::{Revision, Storage, Store};
@@ -95,22 +101,63 @@ struct StoreCache {
     store: Arc<dyn Store>,
     /// `<prefix>/`: everything kaze stores in this store is under it.
     root: String,
-    /// By storage name (`pods`, `services/specs`, ...).
-    resources: HashMap<&'static str, Arc<ResourceCache>>,
+    /// By storage name (`pods`, `services/specs`, `example.com/widgets`, ...). Only the
+    /// feeder adds to it (see [`StoreCache::join`]).
+    resources: RwLock<HashMap<&'static str, Arc<ResourceCache>>>,
     shared: Arc<Shared>,
     /// Asks the feeder to drop its watch and list again (tests force resyncs with it).
     relist: Notify,
+    /// Caches waiting to join the feeder, and the feeder's wake-up for them.
+    joins: Mutex<Vec<(&'static str, Arc<ResourceCache>)>>,
+    joined: Notify,
+}
+
+impl StoreCache {
+    fn resources(&self) -> HashMap<&'static str, Arc<ResourceCache>> {
+        self.resources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Ask the feeder to feed `rc` too. The feeder adds it between two batches (never
+    /// during a relist, which loads only the caches it started with) and starts its list.
+    fn join(&self, name: &'static str, rc: Arc<ResourceCache>) {
+        self.joins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, rc));
+        self.joined.notify_one();
+    }
+
+    /// Stop feeding `rc`.
+    fn leave(&self, name: &'static str, rc: &Arc<ResourceCache>) {
+        // Stopped before the map's lock: a join the feeder has not handled yet sees it.
+        rc.stop();
+        let mut resources = self.resources.write().unwrap_or_else(|e| e.into_inner());
+        if resources.get(name).is_some_and(|r| Arc::ptr_eq(r, rc)) {
+            resources.remove(name);
+        }
+    }
 }
 
 /// A storage name and the selectable fields its cache keeps.
 type Names = (&'static str, Vec<&'static str>);
 
+/// A custom resource's cache, the store cache feeding it and its storage name.
+type CustomCache = (Arc<StoreCache>, &'static str, Arc<ResourceCache>);
+
 /// Every resource's cache.
 #[derive(Debug, Default)]
 pub struct WatchCache {
     stores: Vec<Arc<StoreCache>>,
-    /// By the (group, plural) of every served resource that has storage.
+    /// By the (group, plural) of every built-in resource that has storage.
     by_resource: HashMap<(&'static str, &'static str), Arc<ResourceCache>>,
+    /// By the (group, plural) of every served custom resource.
+    custom: RwLock<HashMap<(&'static str, &'static str), CustomCache>>,
+    /// Where custom resources are stored, and how many events their caches keep (none
+    /// without caches).
+    storage: Option<(Storage, usize)>,
 }
 
 impl WatchCache {
@@ -165,18 +212,68 @@ impl WatchCache {
                     relist: Notify::new(),
                     store,
                     root: format!("{}/", storage.prefix()),
-                    resources,
+                    resources: RwLock::new(resources),
                     shared,
+                    joins: Mutex::default(),
+                    joined: Notify::new(),
                 })
             })
             .collect();
         let by_resource = placed
             .into_iter()
-            .map(|(gr, si, name)| (gr, stores[si].resources[name].clone()))
+            .map(|(gr, si, name)| (gr, stores[si].resources()[name].clone()))
             .collect();
         WatchCache {
             stores,
             by_resource,
+            custom: RwLock::default(),
+            storage: Some((storage.clone(), capacity)),
+        }
+    }
+
+    /// Cache exactly the custom resources among `defs` (what is served now): a resource
+    /// newly served gets a cache joining its store's feeder (not ready until its first
+    /// list is in, so readers use the store meanwhile); one no longer served loses it.
+    /// One cache per (group, plural), whichever versions are served: every version is
+    /// stored alike and converted on the way out.
+    pub fn serve_custom<'a>(&self, defs: impl IntoIterator<Item = &'a Arc<ResourceDef>>) {
+        let Some((storage, capacity)) = &self.storage else {
+            return;
+        };
+        let served: HashMap<(&'static str, &'static str), &ResourceDef> = defs
+            .into_iter()
+            .filter(|d| d.custom.is_some() && d.review.is_none())
+            .filter(|d| !self.by_resource.contains_key(&(d.group, d.plural)))
+            .map(|d| ((d.group, d.plural), &**d))
+            .collect();
+        let mut custom = self.custom.write().unwrap_or_else(|e| e.into_inner());
+        custom.retain(|gr, (sc, name, rc)| {
+            let keep = served.contains_key(gr);
+            if !keep {
+                tracing::debug!(resource = %name, "watch cache: custom resource no longer served");
+                sc.leave(name, rc);
+            }
+            keep
+        });
+        for (gr, def) in served {
+            if custom.contains_key(&gr) {
+                continue;
+            }
+            let store = storage.store_for(crate::objects::storage_group(def), def.plural);
+            let Some(sc) = self.stores.iter().find(|s| same_store(&s.store, store)) else {
+                continue;
+            };
+            tracing::debug!(
+                resource = def.storage_name,
+                "watch cache: custom resource joins"
+            );
+            let rc = Arc::new(ResourceCache::joining(
+                Vec::new(),
+                *capacity,
+                sc.shared.clone(),
+            ));
+            sc.join(def.storage_name, rc.clone());
+            custom.insert(gr, (sc.clone(), def.storage_name, rc));
         }
     }
 
@@ -197,9 +294,9 @@ impl WatchCache {
     /// upstream has one.
     pub fn render_metrics(&self) -> String {
         use std::fmt::Write;
-        let mut rows: Vec<(&str, &ResourceCache)> = Vec::new();
+        let mut rows: Vec<(&str, Arc<ResourceCache>)> = Vec::new();
         for sc in &self.stores {
-            rows.extend(sc.resources.iter().map(|(n, rc)| (*n, &**rc)));
+            rows.extend(sc.resources());
         }
         rows.sort_by_key(|(n, _)| *n);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -268,9 +365,16 @@ impl WatchCache {
         }
     }
 
-    /// The cache serving `def`, if it has storage.
-    pub fn resource(&self, def: &ResourceDef) -> Option<&Arc<ResourceCache>> {
-        self.by_resource.get(&(def.group, def.plural))
+    /// The cache serving `def`, if it has storage (custom resources: while served).
+    pub fn resource(&self, def: &ResourceDef) -> Option<Arc<ResourceCache>> {
+        let gr = (def.group, def.plural);
+        if let Some(rc) = self.by_resource.get(&gr) {
+            return Some(rc.clone());
+        }
+        // Built-in resources without storage have no cache either.
+        def.custom.as_ref()?;
+        let custom = self.custom.read().unwrap_or_else(|e| e.into_inner());
+        custom.get(&gr).map(|(_, _, rc)| rc.clone())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -164,6 +164,25 @@ struct State {
     /// Keys whose current value could not be decoded (e.g. encrypted with a key that is no
     /// longer configured): LISTs covering one go to the store, which answers with the error.
     broken: BTreeSet<String>,
+    /// A cache that joined a running feeder and has no list yet: the feeder's changes wait
+    /// here, in revision order, until [`ResourceCache::initialize`] replays those after the
+    /// list's revision.
+    pending: Option<Vec<Pending>>,
+}
+
+/// A change the feeder handed a cache that is still waiting for its first list.
+#[derive(Debug)]
+enum Pending {
+    Apply {
+        key: String,
+        rev: Revision,
+        obj: Option<Arc<Cached>>,
+        deleted: Option<Arc<Cached>>,
+    },
+    Forget {
+        key: String,
+        rev: Revision,
+    },
 }
 
 /// What a resource's cache did, for `/metrics`.
@@ -198,6 +217,12 @@ pub struct ResourceCache {
     /// Selectable fields kept in [`Cached::attrs`].
     fields: Vec<&'static str>,
     shared: Arc<Shared>,
+    /// False while a cache that joined a running feeder waits for its first list (the
+    /// store's shared `ready` covers the others).
+    ready: AtomicBool,
+    /// Dropped from the feeder (its custom resource is no longer served): nothing reaches it
+    /// any more, readers go to the store and its watchers end.
+    stopped: AtomicBool,
     state: RwLock<State>,
     /// Bumped after new events are in the ring (or it was reset): wakes the watchers.
     changed: watch::Sender<u64>,
@@ -210,9 +235,80 @@ impl ResourceCache {
             capacity: capacity.max(1),
             fields,
             shared,
+            ready: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
             state: RwLock::default(),
             changed: watch::Sender::new(0),
         }
+    }
+
+    /// A cache joining a running feeder: not ready, the feeder's changes kept aside until
+    /// [`ResourceCache::initialize`].
+    pub(super) fn joining(fields: Vec<&'static str>, capacity: usize, shared: Arc<Shared>) -> Self {
+        let rc = ResourceCache::new(fields, capacity, shared);
+        rc.ready.store(false, Ordering::Release);
+        rc.write().pending = Some(Vec::new());
+        rc
+    }
+
+    /// Whether readers may use the cache: its store's feeder follows the store, its first
+    /// list is in, and it has not been dropped.
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+            && self.ready.load(Ordering::Acquire)
+            && !self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Whether the cache was dropped (see [`super::WatchCache::serve_custom`]).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    /// Load a cache that joined a running feeder with a list of the store at `revision`,
+    /// then replay the changes the feeder handed it after that revision: the feeder hands
+    /// it every change it applies after the cache joined, and `revision` is the store's
+    /// revision read after that, so nothing is lost, repeated or reordered. False when there
+    /// was nothing to initialize (a relist of the whole store loaded it meanwhile).
+    pub(super) fn initialize(
+        &self,
+        objects: BTreeMap<String, Arc<Cached>>,
+        broken: BTreeSet<String>,
+        revision: Revision,
+    ) -> bool {
+        {
+            let mut st = self.write();
+            let Some(pending) = st.pending.take() else {
+                return false;
+            };
+            Counters::inc(&self.counters.initializations);
+            st.objects = objects;
+            st.broken = broken;
+            st.ring.clear();
+            st.ring_start = revision;
+            st.revision = revision;
+            for change in pending {
+                match change {
+                    Pending::Apply {
+                        key,
+                        rev,
+                        obj,
+                        deleted,
+                    } => self.apply_locked(&mut st, key, rev, obj, deleted),
+                    Pending::Forget { key, rev } if rev > revision => {
+                        Self::forget_locked(&mut st, &key, rev)
+                    }
+                    Pending::Forget { .. } => {}
+                }
+            }
+            self.ready.store(true, Ordering::Release);
+        }
+        self.notify();
+        true
     }
 
     pub fn fields(&self) -> &[&'static str] {
@@ -261,7 +357,7 @@ impl ResourceCache {
         limit: Option<usize>,
         keep: &mut dyn FnMut(&Cached) -> bool,
     ) -> Option<Snapshot> {
-        if !self.shared.is_ready() {
+        if !self.is_ready() {
             return None;
         }
         let st = self.read();
@@ -309,7 +405,7 @@ impl ResourceCache {
     /// at: the ring's events after that revision are the changes that follow it (what
     /// [`super::Subscription`] hands out). `None` while the cache is not ready.
     pub fn entries(&self, within: &str) -> Option<(Vec<Entry>, Revision)> {
-        if !self.shared.is_ready() {
+        if !self.is_ready() {
             return None;
         }
         let st = self.read();
@@ -324,7 +420,7 @@ impl ResourceCache {
 
     /// Whether the ring holds every event after `last`.
     pub fn covers(&self, last: Revision) -> bool {
-        self.shared.is_ready() && self.read().ring_start <= last
+        self.is_ready() && self.read().ring_start <= last
     }
 
     /// Up to `max` events after `last`, oldest first, and the revision up to which the
@@ -335,7 +431,7 @@ impl ResourceCache {
         max: usize,
     ) -> Result<(Vec<Arc<CacheEvent>>, Revision), Behind> {
         let st = self.read();
-        if last < st.ring_start {
+        if last < st.ring_start || st.pending.is_some() || self.is_stopped() {
             return Err(Behind);
         }
         let from = st.ring.partition_point(|e| e.revision <= last);
@@ -358,6 +454,26 @@ impl ResourceCache {
         deleted: Option<Arc<Cached>>,
     ) {
         let mut st = self.write();
+        if let Some(pending) = &mut st.pending {
+            pending.push(Pending::Apply {
+                key,
+                rev,
+                obj,
+                deleted,
+            });
+            return;
+        }
+        self.apply_locked(&mut st, key, rev, obj, deleted);
+    }
+
+    fn apply_locked(
+        &self,
+        st: &mut State,
+        key: String,
+        rev: Revision,
+        obj: Option<Arc<Cached>>,
+        deleted: Option<Arc<Cached>>,
+    ) {
         if rev <= st.revision {
             return;
         }
@@ -396,6 +512,17 @@ impl ResourceCache {
     /// Forget a key without an event (its new value could not be decoded).
     pub(super) fn forget(&self, key: &str, rev: Revision) {
         let mut st = self.write();
+        if let Some(pending) = &mut st.pending {
+            pending.push(Pending::Forget {
+                key: key.to_string(),
+                rev,
+            });
+            return;
+        }
+        Self::forget_locked(&mut st, key, rev);
+    }
+
+    fn forget_locked(st: &mut State, key: &str, rev: Revision) {
         st.objects.remove(key);
         st.broken.insert(key.to_string());
         // Watchers reading the ring would never hear of this change: start the ring over.
@@ -424,6 +551,9 @@ impl ResourceCache {
         st.ring.clear();
         st.ring_start = revision;
         st.revision = revision;
+        // A joining cache listed with the whole store is as good as initialized.
+        st.pending = None;
+        self.ready.store(true, Ordering::Release);
     }
 
     pub(super) fn notify(&self) {
@@ -525,6 +655,52 @@ mod tests {
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["type"], "DELETED");
         assert_eq!(v["object"]["metadata"]["name"], "a");
+    }
+
+    #[test]
+    fn a_joining_cache_replays_only_the_changes_after_its_list() {
+        let shared = Arc::new(Shared::new());
+        shared.ready.store(true, Ordering::Release);
+        let c = ResourceCache::joining(vec![], CAPACITY, shared);
+        // The feeder hands it changes before its list is in: kept aside, not readable.
+        put(&c, "a", 5);
+        put(&c, "b", 6);
+        c.apply("/r/pods/ns/a".into(), 7, None, None);
+        assert!(!c.is_ready());
+        assert!(c
+            .list("/r/pods/", None, None, None, &mut |_| true)
+            .is_none());
+        assert!(!c.covers(7));
+        assert_eq!(c.events_after(7, 10).unwrap_err(), Behind);
+        // The list was read at 6: it holds a and b; only the delete at 7 is replayed.
+        let listed: BTreeMap<String, Arc<Cached>> = [("a", 5), ("b", 6)]
+            .into_iter()
+            .map(|(n, r)| (format!("/r/pods/ns/{n}"), obj(n, r)))
+            .collect();
+        assert!(c.initialize(listed, BTreeSet::new(), 6));
+        assert!(c.is_ready());
+        let (evs, _) = c.events_after(6, 10).unwrap();
+        assert_eq!(
+            evs.iter().map(|e| (e.revision, e.kind)).collect::<Vec<_>>(),
+            [(7, EventKind::Delete)]
+        );
+        assert!(!c.covers(5), "nothing before the list is in the ring");
+        let names: Vec<String> = c
+            .list("/r/pods/", None, None, None, &mut |_| true)
+            .unwrap()
+            .items
+            .iter()
+            .map(|o| o.attrs()["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["b"]);
+        // Later changes apply at once; a second initialization changes nothing.
+        put(&c, "c", 8);
+        assert!(!c.initialize(BTreeMap::new(), BTreeSet::new(), 8));
+        assert_eq!(c.len(), 2);
+        // Dropped: not readable, and watchers are told to leave.
+        c.stop();
+        assert!(!c.is_ready());
+        assert_eq!(c.events_after(8, 10).unwrap_err(), Behind);
     }
 
     #[test]

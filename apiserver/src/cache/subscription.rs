@@ -60,7 +60,7 @@ impl Subscription {
         loop {
             // Seen before reading: whatever is applied after this wakes the wait below.
             self.changed.borrow_and_update();
-            if self.rc.shared().is_ready() {
+            if self.rc.is_ready() {
                 if let Some(last) = self.last {
                     match self.rc.events_after(last, BATCH) {
                         Ok((events, complete)) => {
@@ -91,7 +91,7 @@ impl Subscription {
                     }
                 }
             }
-            if !self.rc.shared().is_ready() && std::mem::take(&mut self.following) {
+            if !self.rc.is_ready() && std::mem::take(&mut self.following) {
                 self.last = None;
                 return Change::Unready;
             }

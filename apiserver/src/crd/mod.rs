@@ -451,6 +451,14 @@ impl Crds {
 /// Keeps [`Crds`] in step with the stored CRDs (see [`crate::follow`]).
 struct Follower(Arc<AppState>);
 
+impl Follower {
+    /// Custom resources are cached while served (`crate::cache::WatchCache::serve_custom`).
+    fn cache_served(&self) {
+        let snapshot = self.0.crds.snapshot();
+        self.0.cache.serve_custom(snapshot.registry.all());
+    }
+}
+
 impl crate::follow::Follower for Follower {
     fn reset(&self, items: Vec<(&str, &[u8])>) {
         let crds = &self.0.crds;
@@ -464,6 +472,7 @@ impl crate::follow::Follower for Follower {
             }
         }
         crds.rebuild();
+        self.cache_served();
     }
 
     fn apply(&self, key: &str, value: Option<&[u8]>) {
@@ -476,6 +485,7 @@ impl crate::follow::Follower for Follower {
             };
         }
         crds.rebuild();
+        self.cache_served();
     }
 
     fn set_synced(&self, synced: bool) {
