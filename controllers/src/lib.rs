@@ -3,7 +3,8 @@
 //! repeated event never matters — every reconcile recomputes from what the API says now.
 //!
 //! Controllers: `replicaset`, `replicationcontroller`, `deployment`, `daemonset`, `statefulset`, `endpointslice` (also writes Endpoints),
-//! `garbagecollector` (ownerReferences: background, foreground, orphan), `nodeipam`,
+//! `garbagecollector` (ownerReferences: background, foreground, orphan; event-driven on a
+//! dependency graph of every deletable resource discovery finds, see [`gc`]), `nodeipam`,
 //! `job` (also Indexed, `podFailurePolicy`, `backoffLimitPerIndex`, `successPolicy`; see
 //! [`job`]), `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction), `podgc`,
 //! `serviceaccount`, `namespace` (deletes a deleted namespace's content, then finalizes it),
@@ -18,9 +19,10 @@
 //! Controllers read from shared informer caches ([`informers`]: one watch and one indexed
 //! cache per kind, like upstream's SharedInformerFactory) and only write to the API, so a
 //! reconcile sends no LIST; the kinds' initial lists and relists are all the LISTs the
-//! controller-manager makes. Where a lagging cache could double a write (pods and
-//! EndpointSlices with generated names), the owner waits on [`expectations::Expectations`],
-//! whose records go with their owners.
+//! controller-manager makes (the garbage collector adds one metadata-only watch for each
+//! other deletable resource, custom resources included). Where a lagging cache could double
+//! a write (pods and EndpointSlices with generated names), the owner waits on
+//! [`expectations::Expectations`], whose records go with their owners.
 //! Live reads are left where freshness decides: the garbage collector confirms an owner is
 //! gone, the namespace controller lists what is left in a deleted namespace, PVC protection
 //! asks the API before releasing a claim no cached pod uses, the disruption controller
