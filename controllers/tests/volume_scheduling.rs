@@ -79,27 +79,28 @@ async fn node_of(pods: &Api<Pod>, name: &str) -> String {
     .await
 }
 
-async fn failed_scheduling(client: &Client, pod: &str) -> String {
+/// The FailedScheduling message of `pod` that is `expected`, once the scheduler has said it
+/// (else, after 20 s, every message it said, for the assertion to show). The scheduler may
+/// first see the pod before its cache has a claim created a moment earlier, and say the
+/// claim is not found; it tries again when the claim arrives, as upstream's does.
+async fn failed_scheduling(client: &Client, pod: &str, expected: &str) -> String {
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let fields = format!("involvedObject.name={pod},reason=FailedScheduling");
-    wait_for(
-        &format!("FailedScheduling of {pod}"),
-        Duration::from_secs(20),
-        || {
-            let (events, fields) = (events.clone(), fields.clone());
-            async move {
-                events
-                    .list(&ListParams::default().fields(&fields))
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .next()?
-                    .message
-            }
-        },
-    )
-    .await
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let said: Vec<String> = events
+            .list(&ListParams::default().fields(&fields))
+            .await
+            .map(|l| l.items.into_iter().filter_map(|e| e.message).collect())
+            .unwrap_or_default();
+        if said.iter().any(|m| m == expected) {
+            return expected.to_string();
+        }
+        if tokio::time::Instant::now() > deadline {
+            return said.join(" | ");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,15 +154,17 @@ async fn pods_go_where_their_volumes_are_and_wait_for_their_claims() {
 
     // no claim, and an unbound claim of an Immediate class: nowhere, whatever preemption does
     create(&pods, pod("no-claim", "missing")).await;
+    let expected = "0/2 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.";
     assert_eq!(
-        failed_scheduling(&client, "no-claim").await,
-        "0/2 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+        failed_scheduling(&client, "no-claim", expected).await,
+        expected
     );
     create(&pvcs, claim("nas", "now")).await;
     create(&pods, pod("on-nas", "nas")).await;
+    let expected = "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.";
     assert_eq!(
-        failed_scheduling(&client, "on-nas").await,
-        "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+        failed_scheduling(&client, "on-nas", expected).await,
+        expected
     );
     // the missing claim appears: the pod is tried again and scheduled
     create(&pvcs, claim("missing", "local-path")).await;
@@ -251,9 +254,10 @@ async fn pods_go_where_their_volumes_are_and_wait_for_their_claims() {
     // a second claim of that class finds no volume left anywhere
     create(&pvcs, claim("static-2", "disks")).await;
     create(&pods, pod("static-user-2", "static-2")).await;
+    let expected = "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.";
     assert_eq!(
-        failed_scheduling(&client, "static-user-2").await,
-        "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+        failed_scheduling(&client, "static-user-2", expected).await,
+        expected
     );
     shutdown.cancel();
 }
