@@ -387,18 +387,13 @@ fn blocking_mode_delivers_each_event_before_the_response() {
     }
 }
 
-#[test]
-fn a_plain_http_server_is_posted_to_without_tls() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let shared = Arc::new(Shared::default());
-    let app = axum::Router::new()
-        .route("/audit/events", axum::routing::post(receive))
-        .with_state(shared.clone());
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    rt.spawn(async move { axum::serve(listener, app).await });
+/// A server auditing with [`POLICY`] in blocking mode to a plain `http://` receiver on
+/// `port`, with basic auth (`audit:secret`); `tweak` sets more flags. The directory holds
+/// the policy and the webhook's kubeconfig for as long as the server runs.
+fn plain_http_server(
+    port: u16,
+    tweak: impl FnOnce(&mut apiserver::Config),
+) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).expect("policy");
@@ -412,7 +407,24 @@ fn a_plain_http_server_is_posted_to_without_tls() {
         c.audit.audit_policy_file = Some(policy);
         c.audit.webhook.audit_webhook_config_file = Some(kubeconfig);
         c.audit.webhook.audit_webhook_mode = apiserver::AuditLogMode::Blocking;
+        tweak(c);
     });
+    (s, dir)
+}
+
+#[test]
+fn a_plain_http_server_is_posted_to_without_tls() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let shared = Arc::new(Shared::default());
+    let app = axum::Router::new()
+        .route("/audit/events", axum::routing::post(receive))
+        .with_state(shared.clone());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let (s, _dir) = plain_http_server(port, |_| {});
     s.kubectl(&["create", "configmap", "h", "--from-literal=k=v"]);
     let lists = shared.lists.lock().expect("lock").clone();
     assert_eq!(lists.len(), 2, "{lists:#?}");
@@ -517,20 +529,8 @@ fn resetting_receiver(
 fn a_connection_reset_under_a_send_is_retried() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (port, bodies, connections) = resetting_receiver(&rt);
-    let dir = tempfile::tempdir().expect("dir");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).expect("policy");
-    let kubeconfig = dir.path().join("webhook.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: sink\n  cluster:\n    server: http://127.0.0.1:{port}/audit/events\nusers:\n- name: u\n  user:\n    username: audit\n    password: secret\ncontexts:\n- name: audit\n  context: {{cluster: sink, user: u}}\ncurrent-context: audit\n"),
-    )
-    .expect("kubeconfig");
-    let s = TestServer::start_with(|c| {
-        c.audit.audit_policy_file = Some(policy);
-        c.audit.webhook.audit_webhook_config_file = Some(kubeconfig);
-        c.audit.webhook.audit_webhook_mode = apiserver::AuditLogMode::Blocking;
-        c.audit.webhook.audit_webhook_initial_backoff = Duration::from_millis(100);
+    let (s, _dir) = plain_http_server(port, |c| {
+        c.audit.webhook.audit_webhook_initial_backoff = Duration::from_millis(100)
     });
     s.kubectl(&["create", "configmap", "reset", "--from-literal=k=v"]);
     // blocking: both stages were delivered before kubectl got its answer, the first after

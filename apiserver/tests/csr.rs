@@ -100,6 +100,58 @@ fn cert_kubeconfig(
     common::write(s, file, &text)
 }
 
+/// A user with a client certificate of the cluster CA and a ClusterRole `role` bound to
+/// them: `verbs` on requests and their `subresources`, and `signer.0` on the signers named
+/// `signer.1`; returns the user's kubeconfig.
+fn signer_user(
+    s: &TestServer,
+    user: &str,
+    role: &str,
+    subresources: &[&str],
+    verbs: &[&str],
+    signer: (&str, &str),
+) -> String {
+    let text =
+        apiserver::user_kubeconfig(s.server().data_dir(), user, &[], 1, None).expect("kubeconfig");
+    let kubeconfig = common::write(s, &format!("{user}.kubeconfig"), &text);
+    let resources: Vec<String> = std::iter::once("certificatesigningrequests".to_string())
+        .chain(
+            subresources
+                .iter()
+                .map(|r| format!("certificatesigningrequests/{r}")),
+        )
+        .collect();
+    let rbac = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {role}
+rules:
+- apiGroups: [certificates.k8s.io]
+  resources: [{}]
+  verbs: [{}]
+- apiGroups: [certificates.k8s.io]
+  resources: [signers]
+  verbs: [{}]
+  resourceNames: [{}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {role}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
+subjects:
+- {{kind: User, name: {user}}}
+"#,
+        resources.join(", "),
+        verbs.join(", "),
+        signer.0,
+        signer.1
+    );
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&rbac));
+    kubeconfig
+}
+
 #[test]
 fn requests_record_the_requester_and_are_validated_as_upstream() {
     let s = TestServer::start();
@@ -327,33 +379,14 @@ fn approved_requests_are_signed_by_the_cluster_ca_and_log_in() {
 fn approving_needs_approve_on_the_signer_and_signers_check_their_requests() {
     let s = TestServer::start();
     // carol may update approvals, but approve only for example.com signers
-    let carol = {
-        let text = apiserver::user_kubeconfig(s.server().data_dir(), "carol", &[], 1, None)
-            .expect("kubeconfig");
-        common::write(&s, "carol.kubeconfig", &text)
-    };
-    let rbac = r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: csr-approver-test
-rules:
-- apiGroups: [certificates.k8s.io]
-  resources: [certificatesigningrequests, certificatesigningrequests/approval]
-  verbs: [get, list, update]
-- apiGroups: [certificates.k8s.io]
-  resources: [signers]
-  verbs: [approve]
-  resourceNames: [example.com/*]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: csr-approver-test
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: csr-approver-test}
-subjects:
-- {kind: User, name: carol}
-"#;
-    s.kubectl_stdin(&["apply", "-f", "-"], Some(rbac));
+    let carol = signer_user(
+        &s,
+        "carol",
+        "csr-approver-test",
+        &["approval"],
+        &["get", "list", "update"],
+        ("approve", "example.com/*"),
+    );
     let (pem, _) = csr_pem("x", &[], &[]);
     for (name, signer) in [
         ("to-kube", "kubernetes.io/kube-apiserver-client"),
@@ -689,33 +722,14 @@ fn masters_requests_and_signing_without_sign_permission_are_refused() {
     s.kubectl(&["certificate", "approve", "other-signer"]);
 
     // CertificateSigning: dave may write the status, but sign only for example.org
-    let dave = {
-        let text = apiserver::user_kubeconfig(s.server().data_dir(), "dave", &[], 1, None)
-            .expect("kubeconfig");
-        common::write(&s, "dave.kubeconfig", &text)
-    };
-    let rbac = r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: csr-signer-test
-rules:
-- apiGroups: [certificates.k8s.io]
-  resources: [certificatesigningrequests, certificatesigningrequests/status]
-  verbs: [get, list, update, patch]
-- apiGroups: [certificates.k8s.io]
-  resources: [signers]
-  verbs: [sign]
-  resourceNames: [example.org/*]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: csr-signer-test
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: csr-signer-test}
-subjects:
-- {kind: User, name: dave}
-"#;
-    s.kubectl_stdin(&["apply", "-f", "-"], Some(rbac));
+    let dave = signer_user(
+        &s,
+        "dave",
+        "csr-signer-test",
+        &["status"],
+        &["get", "list", "update", "patch"],
+        ("sign", "example.org/*"),
+    );
     let patch = format!(
         r#"{{"status":{{"certificate":"{}"}}}}"#,
         b64(s.server().ca_pem())
