@@ -111,6 +111,18 @@ fn cache_serves_lists(s: &TestServer) {
     });
 }
 
+/// Apply the gadgets CRD and wait until it is Established.
+fn apply_crd(s: &TestServer) {
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&crd()));
+    s.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        &format!("crd/gadgets.{GROUP}"),
+    ]);
+}
+
 #[test]
 fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_with_the_crd() {
     let etcd = testkit::Etcd::start();
@@ -129,14 +141,7 @@ fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_wi
         "no cache before the CRD"
     );
 
-    s.kubectl_stdin(&["apply", "-f", "-"], Some(&crd()));
-    s.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=30s",
-        &format!("crd/gadgets.{GROUP}"),
-    ]);
+    apply_crd(&s);
     cache_serves_lists(&s);
     let m = metrics(&s);
     assert_eq!(
@@ -356,14 +361,7 @@ fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_wi
     });
 
     // Re-created with the same name: a fresh cache, empty, serving lists again.
-    s.kubectl_stdin(&["apply", "-f", "-"], Some(&crd()));
-    s.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=30s",
-        &format!("crd/gadgets.{GROUP}"),
-    ]);
+    apply_crd(&s);
     cache_serves_lists(&s);
     let m = metrics(&s);
     assert_eq!(
@@ -389,14 +387,7 @@ fn apiservers_on_one_etcd_and_a_restart_serve_custom_resources_from_their_caches
     let etcd = testkit::Etcd::start();
     let url = etcd.url();
     let a = TestServer::start_with(|c| c.storage.etcd_servers = vec![url.clone()]);
-    a.kubectl_stdin(&["apply", "-f", "-"], Some(&crd()));
-    a.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=30s",
-        &format!("crd/gadgets.{GROUP}"),
-    ]);
+    apply_crd(&a);
     a.kubectl_stdin(&["create", "-f", "-"], Some(&gadget("v1", "before", 1)));
     // b starts after the CRD: its cache joins at start and loads what a wrote.
     let b = TestServer::start_with(|c| c.storage.etcd_servers = vec![url.clone()]);
