@@ -121,6 +121,14 @@ fn lookup<'a>(v: &'a Value, shape: Shape<'_>, path: &[Step]) -> Option<&'a Value
     Some(cur)
 }
 
+/// Whether `set` holds a path below `path` (sorted, they follow it directly).
+fn has_descendant(set: &FieldSet, path: &FieldPath) -> bool {
+    use std::ops::Bound::{Excluded, Unbounded};
+    set.range::<FieldPath, _>((Excluded(path), Unbounded))
+        .next()
+        .is_some_and(|p| p.starts_with(path))
+}
+
 fn remove(v: &mut Value, shape: Shape<'_>, path: &[Step]) {
     let Some((last, parent)) = path.split_last() else {
         return;
@@ -427,7 +435,11 @@ fn merge(
         .flat_map(|(_, s)| s.iter().cloned())
         .collect();
     for path in old_set.difference(&new_set) {
-        if others.contains(path) {
+        // A map or list item owned as a whole (`.` in fieldsV1, as kubectl's client-side
+        // apply migration writes them) whose fields are still applied or owned stays: only
+        // what nobody holds goes, as upstream's prune adds back every owned path's parents.
+        if others.contains(path) || has_descendant(&new_set, path) || has_descendant(&others, path)
+        {
             continue;
         }
         remove(&mut out, shape, path);
