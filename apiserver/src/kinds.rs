@@ -26,6 +26,63 @@ fn invalid(field: &str, msg: impl Into<String>) -> Cause {
     (field.to_string(), "FieldValueInvalid", msg.into())
 }
 
+/// The label upstream puts on every namespace, its value the namespace's name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// What upstream's strategies do on create only, after the uid is set: a Job without
+/// `manualSelector: true` gets the selector generated from its uid and its pod template the
+/// `controller-uid`/`job-name` labels (both the `batch.kubernetes.io/` ones and the legacy
+/// ones), so `kubectl logs job/x` and `kubectl get pods -l job-name=x` find its pods.
+pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
+    if (def.group, def.kind) != ("batch", "Job") {
+        return;
+    }
+    // Upstream's defaulting (before the selector is generated): a Job without labels takes
+    // its template's.
+    let template_labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .filter(|l| l.as_object().is_some_and(|l| !l.is_empty()))
+        .cloned();
+    let own = obj.pointer("/metadata/labels").and_then(Value::as_object);
+    if let (Some(labels), true) = (template_labels, own.is_none_or(|l| l.is_empty())) {
+        meta::metadata_mut(obj).insert("labels".into(), labels);
+    }
+    if obj.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let (Some(uid), Some(name)) = (
+        obj.pointer("/metadata/uid").cloned(),
+        obj.pointer("/metadata/name").cloned(),
+    ) else {
+        return;
+    };
+    let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    if spec.get("template").is_some_and(Value::is_object) {
+        let template = &mut spec["template"];
+        set_default(template, "metadata", json!({}));
+        set_default(&mut template["metadata"], "labels", json!({}));
+        let labels = &mut template["metadata"]["labels"];
+        for (key, value) in [
+            ("controller-uid", &uid),
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("job-name", &name),
+            ("batch.kubernetes.io/job-name", &name),
+        ] {
+            // labels the user set stay (validation then refuses a mismatch)
+            set_default(labels, key, value.clone());
+        }
+    }
+    set_default(spec, "selector", json!({}));
+    set_default(&mut spec["selector"], "matchLabels", json!({}));
+    set_default(
+        &mut spec["selector"]["matchLabels"],
+        "batch.kubernetes.io/controller-uid",
+        uid,
+    );
+}
+
 /// Fill in upstream's defaults that clients read back.
 pub fn default_object(def: &ResourceDef, obj: &mut Value) {
     match (def.group, def.kind) {
@@ -33,6 +90,17 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             crate::crd::validation::default_crd(obj)
         }
         ("", "Namespace") => {
+            // Upstream's namespace strategy labels every namespace with its name, on create
+            // and update, so NetworkPolicy namespaceSelectors can pick one by name.
+            if let Some(name) = obj.pointer("/metadata/name").cloned() {
+                let labels = meta::metadata_mut(obj)
+                    .entry("labels")
+                    .or_insert_with(|| json!({}));
+                if !labels.is_object() {
+                    *labels = json!({});
+                }
+                labels[NAMESPACE_NAME_LABEL] = name;
+            }
             if obj.pointer("/spec/finalizers").is_none() {
                 obj["spec"] = json!({ "finalizers": ["kubernetes"] });
             }

@@ -354,6 +354,7 @@ pub async fn create(
     if let Some(c) = &def.custom {
         crate::crd::prepare_create(def, c, &mut obj)?;
     }
+    kinds::prepare_create(def, &mut obj);
     kinds::default_object(def, &mut obj);
     crate::managedfields::on_create(def, &mut obj);
 

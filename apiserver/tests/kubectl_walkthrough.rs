@@ -62,3 +62,123 @@ fn client_side_then_server_side_apply_migrates_without_a_warning() {
     assert_eq!(d["spec"]["replicas"], 2);
     assert_eq!(d["spec"]["template"]["metadata"]["labels"]["app"], "web");
 }
+
+/// Upstream's Job strategy generates the selector from the Job's uid and labels the pod
+/// template with it and the Job's name (both label spellings); kubectl's `logs job/x`,
+/// `describe job` and `get pods -l job-name=x` rely on them. Without it a Job had no
+/// selector, and `kubectl logs job/x` picked any pod of the namespace.
+#[test]
+fn jobs_get_a_generated_selector_and_pod_template_labels() {
+    let s = TestServer::start();
+    s.kubectl(&[
+        "create",
+        "job",
+        "once",
+        "--image=kaze/busybox:1",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    s.kubectl(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=kaze/busybox:1",
+        "--schedule=*/5 * * * *",
+    ]);
+    s.kubectl(&["create", "job", "manual", "--from=cronjob/tick"]);
+    for name in ["once", "manual"] {
+        let job = json(&s, &["get", "job", name]);
+        let uid = job["metadata"]["uid"].as_str().expect("uid");
+        assert_eq!(
+            job["spec"]["selector"],
+            serde_json::json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+            "{job}"
+        );
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"],
+            serde_json::json!({
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "job-name": name,
+            }),
+            "{job}"
+        );
+    }
+    // what `kubectl describe job` shows
+    let described = s.kubectl(&["describe", "job", "once"]);
+    assert!(
+        described.lines().any(
+            |l| l.starts_with("Selector:") && l.contains("batch.kubernetes.io/controller-uid=")
+        ),
+        "{described}"
+    );
+    // a Job with its own selector (manualSelector) keeps it, and its labels
+    let manual = "apiVersion: batch/v1
+kind: Job
+metadata: {name: picked}
+spec:
+  manualSelector: true
+  selector: {matchLabels: {pick: me}}
+  template:
+    metadata: {labels: {pick: me}}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: kaze/busybox:1}]
+";
+    s.kubectl_stdin(&["create", "-f", "-"], Some(manual));
+    let job = json(&s, &["get", "job", "picked"]);
+    assert_eq!(
+        job["spec"]["selector"],
+        serde_json::json!({"matchLabels": {"pick": "me"}})
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"],
+        serde_json::json!({"pick": "me"})
+    );
+    // upstream's defaulting: a Job without labels takes its template's
+    assert_eq!(job["metadata"]["labels"], serde_json::json!({"pick": "me"}));
+}
+
+/// Every namespace carries `kubernetes.io/metadata.name=<name>` (upstream sets it on create
+/// and update), which NetworkPolicy namespace selectors and `kubectl get ns -l` use.
+#[test]
+fn namespaces_carry_their_name_label() {
+    let s = TestServer::start();
+    s.kubectl(&["create", "namespace", "team-a"]);
+    let ns = json(&s, &["get", "ns", "team-a"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+    let names = s.kubectl(&[
+        "get",
+        "ns",
+        "-l",
+        "kubernetes.io/metadata.name in (default,kube-system,team-a)",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        names.split_whitespace().collect::<Vec<_>>(),
+        [
+            "namespace/default",
+            "namespace/kube-system",
+            "namespace/team-a"
+        ]
+    );
+    // a label overwritten by an update comes back
+    s.kubectl(&[
+        "label",
+        "ns",
+        "team-a",
+        "kubernetes.io/metadata.name=other",
+        "--overwrite",
+    ]);
+    let ns = json(&s, &["get", "ns", "team-a"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+}
