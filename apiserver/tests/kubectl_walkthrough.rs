@@ -182,3 +182,54 @@ fn namespaces_carry_their_name_label() {
         "team-a"
     );
 }
+
+/// kubectl's typed `create` commands send protobuf, where gogo writes Go's plain bools and
+/// numbers even when zero; upstream's JSON omits them (`omitempty`), and so must the stored
+/// object: `stdin: false`, `hostIPC: false`, a template's `generation: 0` and `hostPort: 0`
+/// showed in `-o yaml`, and `kubectl rollout undo` (typed, zeros omitted) then gave the
+/// Deployment controller a template that differed from its ReplicaSet's.
+#[test]
+fn protobuf_creates_store_no_go_zero_values() {
+    let s = TestServer::start();
+    s.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=kaze/echo:1",
+        "--port=8080",
+    ]);
+    let raw: serde_json::Value = serde_json::from_str(&s.kubectl(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/deployments/web",
+    ]))
+    .expect("JSON");
+    let template = &raw["spec"]["template"];
+    assert!(
+        template["metadata"].get("generation").is_none(),
+        "{template}"
+    );
+    for field in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert!(template["spec"].get(field).is_none(), "{field}: {template}");
+    }
+    let c = &template["spec"]["containers"][0];
+    for field in ["stdin", "stdinOnce", "tty"] {
+        assert!(c.get(field).is_none(), "{field}: {c}");
+    }
+    assert_eq!(
+        c["ports"][0],
+        serde_json::json!({"containerPort": 8080, "protocol": "TCP"})
+    );
+    for field in ["minReadySeconds", "paused"] {
+        assert!(raw["spec"].get(field).is_none(), "{field}: {raw}");
+    }
+    // zeros of pointer fields are values and stay
+    s.kubectl(&[
+        "create",
+        "deployment",
+        "none",
+        "--image=kaze/echo:1",
+        "--replicas=0",
+    ]);
+    assert_eq!(json(&s, &["get", "deploy", "none"])["spec"]["replicas"], 0);
+}

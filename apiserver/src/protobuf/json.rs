@@ -1,7 +1,8 @@
 //! Protobuf messages → Go's JSON form of the same Kubernetes types.
 //!
 //! gogo's marshaller writes every non-pointer field, so "set" can't be told from "zero" for
-//! numbers, bools and structs: those are kept (`replicas: 0`, `emptyDir: {}` mean something).
+//! numbers, bools and structs: those are kept (`replicas: 0`, `emptyDir: {}` mean something),
+//! except the plain Go fields upstream's JSON omits when zero ([`OMITTED_ZEROS`]).
 //! Empty singular strings are dropped instead, because an empty Go string field means unset
 //! and JSON clients omit it. A handful of types have their own JSON form (below).
 
@@ -31,6 +32,64 @@ const ITEM_LISTS: &[&str] = &[
     "api.certificates.v1.ExtraValue",
     "apimachinery.pkg.apis.meta.v1.Verbs",
 ];
+
+/// Go fields that are plain (not pointer) bools and numbers tagged `omitempty`: gogo writes
+/// them even when zero, and upstream's JSON leaves a zero out, so a zero is dropped here.
+/// Without it a `kubectl create deployment` stored `stdin: false`, `hostIPC: false`,
+/// `generation: 0` (in the template) and `hostPort: 0`, which showed in `-o yaml` and made the
+/// Deployment controller see `kubectl rollout undo`'s template (typed, zeros omitted) as
+/// new. Pointer fields (`automountServiceAccountToken`, `runAsUser`, `replicas`, ...) are not
+/// listed: their zero is a value.
+const OMITTED_ZEROS: &[(&str, &[&str])] = &[
+    ("apimachinery.pkg.apis.meta.v1.ObjectMeta", &["generation"]),
+    (
+        "api.core.v1.PodSpec",
+        &["hostNetwork", "hostPID", "hostIPC"],
+    ),
+    ("api.core.v1.Container", &["stdin", "stdinOnce", "tty"]),
+    (
+        "api.core.v1.EphemeralContainerCommon",
+        &["stdin", "stdinOnce", "tty"],
+    ),
+    ("api.core.v1.VolumeMount", &["readOnly"]),
+    ("api.core.v1.ContainerPort", &["hostPort"]),
+    ("api.core.v1.ServicePort", &["nodePort"]),
+    (
+        "api.core.v1.ServiceSpec",
+        &["publishNotReadyAddresses", "healthCheckNodePort"],
+    ),
+    (
+        "api.core.v1.Probe",
+        &[
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "periodSeconds",
+            "successThreshold",
+            "failureThreshold",
+        ],
+    ),
+    (
+        "api.core.v1.PersistentVolumeClaimVolumeSource",
+        &["readOnly"],
+    ),
+    ("api.core.v1.NodeSpec", &["unschedulable"]),
+    ("api.apps.v1.DeploymentSpec", &["minReadySeconds", "paused"]),
+    ("api.apps.v1.ReplicaSetSpec", &["minReadySeconds"]),
+    ("api.apps.v1.DaemonSetSpec", &["minReadySeconds"]),
+    ("api.apps.v1.StatefulSetSpec", &["minReadySeconds"]),
+    ("api.networking.v1.ServiceBackendPort", &["number"]),
+];
+
+fn omitted_zero(message: &str, field: &str, v: &Value) -> bool {
+    let zero = match v {
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_i64() == Some(0),
+        _ => false,
+    };
+    zero && OMITTED_ZEROS
+        .iter()
+        .any(|(m, fields)| *m == message && fields.contains(&field))
+}
 
 /// Decode a message into a JSON object; `depth` counts the messages around it.
 pub fn object(
@@ -71,7 +130,7 @@ pub fn object(
             Label::Single => match (one(schema, field, &mut r, wt, depth, &ctx)?, &field.json) {
                 // Go-embedded struct: its fields belong to this object.
                 (Some(Value::Object(inner)), None) => out.extend(inner),
-                (Some(v), Some(_)) => {
+                (Some(v), Some(_)) if !omitted_zero(message, name, &v) => {
                     out.insert(name.to_string(), v);
                 }
                 _ => {

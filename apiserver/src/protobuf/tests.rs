@@ -463,7 +463,7 @@ fn kubectl_create_configmap_and_secret() {
         json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": "x", "generation": 0},
+            "metadata": {"name": "x"},
             "data": {"a": "b", "empty": ""},
             "binaryData": {"bin": "AAEC/w=="},
         })
@@ -474,7 +474,7 @@ fn kubectl_create_configmap_and_secret() {
         json!({
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "s", "generation": 0},
+            "metadata": {"name": "s"},
             "data": {"k": "dg=="},
         })
     );
@@ -483,37 +483,31 @@ fn kubectl_create_configmap_and_secret() {
 #[test]
 fn kubectl_create_deployment() {
     // `create deployment web --image=busybox --replicas=2 --port=80 -- sleep 3600`. gogo
-    // writes Go's non-pointer numbers and bools even when zero; they are kept (see json.rs).
+    // writes Go's non-pointer numbers and bools even when zero; those upstream's JSON omits
+    // (`omitempty`: `stdin`, `hostIPC`, `hostPort`, `generation`, ...) are dropped, the
+    // others kept (see json.rs).
     assert_eq!(
         fixture!("kubectl-create-deployment"),
         json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": "web", "generation": 0, "labels": {"app": "web"}},
+            "metadata": {"name": "web", "labels": {"app": "web"}},
             "spec": {
                 "replicas": 2,
                 "selector": {"matchLabels": {"app": "web"}},
                 "template": {
-                    "metadata": {"generation": 0, "labels": {"app": "web"}},
+                    "metadata": {"labels": {"app": "web"}},
                     "spec": {
                         "containers": [{
                             "name": "busybox",
                             "image": "busybox",
                             "command": ["sleep", "3600"],
-                            "ports": [{"containerPort": 80, "hostPort": 0}],
+                            "ports": [{"containerPort": 80}],
                             "resources": {},
-                            "stdin": false,
-                            "stdinOnce": false,
-                            "tty": false,
                         }],
-                        "hostIPC": false,
-                        "hostNetwork": false,
-                        "hostPID": false,
                     },
                 },
                 "strategy": {},
-                "minReadySeconds": 0,
-                "paused": false,
             },
             "status": {
                 "availableReplicas": 0,
@@ -535,19 +529,16 @@ fn kubectl_create_service_pdb_and_role() {
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": "svc", "generation": 0, "labels": {"app": "svc"}},
+            "metadata": {"name": "svc", "labels": {"app": "svc"}},
             "spec": {
                 "ports": [{
                     "name": "80-8080",
                     "port": 80,
                     "protocol": "TCP",
                     "targetPort": 8080,
-                    "nodePort": 0,
                 }],
                 "selector": {"app": "svc"},
                 "type": "ClusterIP",
-                "healthCheckNodePort": 0,
-                "publishNotReadyAddresses": false,
             },
             "status": {"loadBalancer": {}},
         })
@@ -563,7 +554,7 @@ fn kubectl_create_service_pdb_and_role() {
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": {"name": "r", "generation": 0},
+            "metadata": {"name": "r"},
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
         })
     );
