@@ -4,7 +4,8 @@
 //!
 //! Controllers: `replicaset`, `replicationcontroller`, `deployment`, `daemonset`, `statefulset`, `endpointslice` (also writes Endpoints),
 //! `garbagecollector` (ownerReferences: background, foreground, orphan; event-driven on a
-//! dependency graph of every deletable resource discovery finds, see [`gc`]), `nodeipam`,
+//! dependency graph of every deletable resource discovery finds, worked on by
+//! `--concurrent-gc-syncs` workers, see [`gc`]), `nodeipam`,
 //! `job` (also Indexed, `podFailurePolicy`, `backoffLimitPerIndex`, `successPolicy`; see
 //! [`job`]), `cronjob`, `nodelifecycle` (heartbeats, NoExecute taints, eviction), `podgc`,
 //! `serviceaccount`, `namespace` (deletes a deleted namespace's content, then finalizes it),
@@ -178,6 +179,16 @@ pub struct Config {
     #[arg(long = "horizontal-pod-autoscaler-downscale-stabilization", default_value = "5m", value_parser = component::leader::parse_duration)]
     pub horizontal_pod_autoscaler_downscale_stabilization: Duration,
 
+    /// Garbage collector workers that may sync at once (each of its two queues, deletions
+    /// and orphanings, gets this many); 0 or less: none, the collector keeps its graph but
+    /// collects nothing, as upstream's.
+    #[arg(
+        long = "concurrent-gc-syncs",
+        default_value_t = 20,
+        allow_negative_numbers = true
+    )]
+    pub concurrent_gc_syncs: i32,
+
     #[command(flatten)]
     pub leader: component::leader::LeaderElectionArgs,
 
@@ -203,6 +214,7 @@ impl Config {
             service_account_private_key_file: None,
             horizontal_pod_autoscaler_sync_period: Duration::from_secs(15),
             horizontal_pod_autoscaler_downscale_stabilization: Duration::from_secs(300),
+            concurrent_gc_syncs: 20,
             leader: component::leader::LeaderElectionArgs::disabled(),
             // no port: tests run many controller-managers on one machine
             serving: component::serving::SecureServing::disabled(),
@@ -406,6 +418,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             };
             let periods = Periods {
                 gc_threshold: config.terminated_pod_gc_threshold,
+                gc_workers: config.concurrent_gc_syncs,
                 quota_resync: config.resource_quota_sync_period,
                 root_ca_file: config.root_ca_file.clone(),
                 sa_key: sa_key.clone(),
@@ -433,6 +446,7 @@ type Clients = std::collections::HashMap<&'static str, Client>;
 #[derive(Debug, Clone)]
 struct Periods {
     gc_threshold: usize,
+    gc_workers: i32,
     quota_resync: Duration,
     root_ca_file: Option<PathBuf>,
     sa_key: Option<Arc<component::jwt::SigningKey>>,
@@ -464,7 +478,7 @@ async fn run_controllers(
             "daemonset" => tasks.spawn(daemonset::run(ctx, token)),
             "statefulset" => tasks.spawn(statefulset::run(ctx, token)),
             "endpointslice" => tasks.spawn(endpointslice::run(ctx, token)),
-            "garbagecollector" => tasks.spawn(gc::run(ctx, token)),
+            "garbagecollector" => tasks.spawn(gc::run(ctx, periods.gc_workers, token)),
             "job" => tasks.spawn(job::run(ctx, token)),
             "cronjob" => tasks.spawn(cronjob::run(ctx, token)),
             "nodeipam" => tasks.spawn(nodeipam::run(ctx, cidr.clone(), token)),
@@ -558,5 +572,41 @@ mod tests {
             vec!["replicaset"]
         );
         assert!(enabled(&s(&["bogus"])).is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        use clap::Parser;
+        let argv = std::iter::once("kube-controller-manager").chain(args.iter().copied());
+        Command::try_parse_from(argv).expect("flags").config
+    }
+
+    #[test]
+    fn the_flags_fit_into_one_command_and_concurrent_gc_syncs_is_upstreams() {
+        use clap::CommandFactory;
+        // clap's own checks (names and groups unique), which `kaze controller-manager` and
+        // anything flattening `Config` would otherwise fail only at run time, in debug builds
+        Command::command().debug_assert();
+        assert_eq!(parse(&[]).concurrent_gc_syncs, 20);
+        assert_eq!(Config::new(None, &["*"]).concurrent_gc_syncs, 20);
+        assert_eq!(
+            parse(&["--concurrent-gc-syncs", "5"]).concurrent_gc_syncs,
+            5
+        );
+        // upstream accepts 0 and negative counts (no workers), so does kaze
+        assert_eq!(
+            parse(&["--concurrent-gc-syncs", "0"]).concurrent_gc_syncs,
+            0
+        );
+        assert_eq!(
+            parse(&["--concurrent-gc-syncs", "-1"]).concurrent_gc_syncs,
+            -1
+        );
+        assert_eq!(parse(&["--concurrent-gc-syncs=-3"]).concurrent_gc_syncs, -3);
     }
 }

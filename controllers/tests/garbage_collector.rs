@@ -1,17 +1,24 @@
 //! The garbage collector against the real kaze apiserver, driven with the real kubectl:
 //! custom resources of a CRD created after the controller-manager started own ConfigMaps
-//! (background, foreground and orphan deletion, an owner in another namespace), and an idle
-//! cluster of hundreds of owned objects costs the collector no work and no request.
+//! (background, foreground and orphan deletion, an owner in another namespace), an idle
+//! cluster of hundreds of owned objects costs the collector no work and no request, and a
+//! DELETE of the collector's that a webhook holds does not hold up the other collections
+//! (its workers run concurrently, `--concurrent-gc-syncs`).
 //!
 //! One test function: [`controllers::gc::objects_visited`] is process-wide.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::Client;
-use serde_json::json;
+use serde_json::{json, Value};
 use testkit::wait_for;
 
 const CRD: &str = r#"
@@ -63,9 +70,13 @@ fn widgets(client: &Client, ns: &str) -> Api<DynamicObject> {
 
 /// A Widget named `name` in `ns`; its uid.
 async fn widget(client: &Client, ns: &str, name: &str) -> String {
+    labelled_widget(client, ns, name, json!({})).await
+}
+
+async fn labelled_widget(client: &Client, ns: &str, name: &str, labels: Value) -> String {
     let w: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "example.com/v1", "kind": "Widget",
-        "metadata": {"name": name, "namespace": ns}, "spec": {"size": 1},
+        "metadata": {"name": name, "namespace": ns, "labels": labels}, "spec": {"size": 1},
     }))
     .expect("widget");
     widgets(client, ns)
@@ -123,6 +134,106 @@ async fn settled() -> u64 {
         }
     }
     panic!("the garbage collector never settled ({last} objects visited)");
+}
+
+/// How long the webhook holds a DELETE of a `stuck-*` ConfigMap before denying it: less
+/// than its `timeoutSeconds` (30, the most allowed), so the hold always ends in the
+/// webhook's own answer, which `Hold::ended` counts.
+const HOLD: Duration = Duration::from_secs(28);
+
+/// A validating webhook on DELETEs of ConfigMaps labelled `kaze.test/hold=yes`: it holds
+/// those of `stuck-*` until released (or [`HOLD`] has passed, then denies), and allows
+/// every other at once.
+#[derive(Default)]
+struct Hold {
+    /// Names of the DELETEs it was sent.
+    seen: Mutex<Vec<String>>,
+    /// Held DELETEs that arrived, and that were answered.
+    arrived: AtomicUsize,
+    ended: AtomicUsize,
+    release: component::CancellationToken,
+}
+
+async fn admit(
+    axum::extract::State(hold): axum::extract::State<Arc<Hold>>,
+    axum::Json(review): axum::Json<Value>,
+) -> axum::Json<Value> {
+    let req = &review["request"];
+    let name = req["name"].as_str().unwrap_or_default().to_string();
+    hold.seen.lock().expect("lock").push(name.clone());
+    let mut response = json!({"uid": req["uid"], "allowed": true});
+    if req["operation"] == "DELETE" && name.starts_with("stuck") {
+        hold.arrived.fetch_add(1, Ordering::SeqCst);
+        let released = tokio::select! {
+            _ = hold.release.cancelled() => true,
+            _ = tokio::time::sleep(HOLD) => false,
+        };
+        hold.ended.fetch_add(1, Ordering::SeqCst);
+        if !released {
+            response["allowed"] = json!(false);
+            response["status"] = json!({"code": 403, "message": "held past the test's patience"});
+        }
+    }
+    axum::Json(
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "response": response}),
+    )
+}
+
+/// Serve [`admit`] over TLS on 127.0.0.1 and register it for DELETEs of ConfigMaps
+/// labelled `kaze.test/hold=yes`; returns once the apiserver calls it.
+async fn hold_deletes(kc: &Path, dir: &Path, stop: &component::CancellationToken) -> Arc<Hold> {
+    let tls = component::https::self_signed(
+        dir,
+        &["127.0.0.1".to_string()],
+        component::https::ClientCerts::None,
+    )
+    .expect("webhook certificate");
+    let ca = std::fs::read(dir.join("server.crt")).expect("webhook certificate");
+    let hold = Arc::new(Hold::default());
+    let app = axum::Router::new()
+        .route("/hold", axum::routing::post(admit))
+        .with_state(hold.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(component::https::serve(listener, tls, app, stop.clone()));
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "gc-hold"},
+        "webhooks": [{"name": "hold.kaze.test",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/hold"),
+                             "caBundle": base64::engine::general_purpose::STANDARD.encode(ca)},
+            "rules": [{"operations": ["DELETE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["configmaps"]}],
+            "objectSelector": {"matchLabels": {"kaze.test/hold": "yes"}},
+            "failurePolicy": "Fail", "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "timeoutSeconds": 30}]});
+    kubectl(kc, &["apply", "-f", "-"], Some(&config.to_string()));
+    // in effect once a DELETE reaches it
+    let mut n = 0;
+    wait_for("the webhook called", Duration::from_secs(30), || {
+        n += 1;
+        let probe = format!("probe-{n}");
+        let (kc, hold) = (kc.to_path_buf(), hold.clone());
+        async move {
+            kubectl(&kc, &["create", "configmap", &probe], None);
+            kubectl(
+                &kc,
+                &["label", "configmap", &probe, "kaze.test/hold=yes"],
+                None,
+            );
+            kubectl(&kc, &["delete", "configmap", &probe], None);
+            hold.seen
+                .lock()
+                .expect("lock")
+                .contains(&probe)
+                .then_some(())
+        }
+    })
+    .await;
+    hold
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,6 +451,108 @@ async fn custom_resources_are_collected_and_an_idle_collector_does_nothing() {
     })
     .await;
     assert!(controllers::gc::objects_visited() - before >= 400);
+
+    // 6. Workers run concurrently: while one DELETE of the collector's is held by a
+    //    webhook, the dependents of 50 other owners are collected. With one worker
+    //    (upstream's `--concurrent-gc-syncs` is 20, so is kaze's) they would wait for it.
+    let stop_hook = component::CancellationToken::new();
+    let hold = hold_deletes(&kc, &dir.path().join("webhook"), &stop_hook).await;
+    let stuck = widget(&client, "default", "stuck").await;
+    config_map(
+        &client,
+        "default",
+        "stuck-data",
+        json!({"ownerReferences": [owner_ref("stuck", &stuck, false)],
+               "labels": {"kaze.test/hold": "yes"}}),
+    )
+    .await;
+    let mut items = Vec::new();
+    for i in 0..50 {
+        let name = format!("many-{i}");
+        let uid = labelled_widget(
+            &client,
+            "default",
+            &name,
+            json!({"kaze.test/batch": "many"}),
+        )
+        .await;
+        items.push(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("{name}-data"), "namespace": "default",
+                         "ownerReferences": [owner_ref(&name, &uid, false)]}}));
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    kubectl(&kc, &["create", "-f", "-"], Some(&list));
+    kubectl(&kc, &["delete", "widget", "stuck"], None);
+    wait_for(
+        "the collector's DELETE of stuck-data held",
+        Duration::from_secs(30),
+        || {
+            let hold = hold.clone();
+            async move { (hold.arrived.load(Ordering::SeqCst) > 0).then_some(()) }
+        },
+    )
+    .await;
+    let held_since = std::time::Instant::now();
+    ws.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("kaze.test/batch=many"),
+    )
+    .await
+    .expect("delete the 50 other owners");
+    wait_for(
+        "50 other owners' dependents collected",
+        Duration::from_secs(60),
+        || {
+            let cms = cms.clone();
+            async move {
+                let left = cms
+                    .list(&Default::default())
+                    .await
+                    .ok()?
+                    .items
+                    .iter()
+                    .filter(|c| {
+                        c.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with("many-"))
+                    })
+                    .count();
+                (left == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let (arrived, ended) = (
+        hold.arrived.load(Ordering::SeqCst),
+        hold.ended.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "50 owners deleted and their dependents collected in {:?} while a DELETE was held",
+        held_since.elapsed()
+    );
+    assert_eq!(
+        ended, 0,
+        "the other dependents were collected only after the held DELETE ended"
+    );
+    // the queue gives one uid to one worker at a time: no second DELETE while held
+    assert_eq!(arrived, 1, "DELETEs of stuck-data while one was held");
+    assert!(cms.get_opt("stuck-data").await.expect("get").is_some());
+    // released: the held DELETE goes through
+    hold.release.cancel();
+    gone(
+        &cms,
+        "stuck-data",
+        "stuck-data collected once released",
+        Duration::from_secs(30),
+    )
+    .await;
+    kubectl(
+        &kc,
+        &["delete", "validatingwebhookconfiguration", "gc-hold"],
+        None,
+    );
+    stop_hook.cancel();
 
     // clean up what the apiserver would keep (it goes with the temp dir anyway)
     kubectl(&kc, &["delete", "widgets", "--all", "--wait=false"], None);

@@ -351,6 +351,7 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
         horizontal_pod_autoscaler_sync_period: args.horizontal_pod_autoscaler_sync_period,
         horizontal_pod_autoscaler_downscale_stabilization: args
             .horizontal_pod_autoscaler_downscale_stabilization,
+        concurrent_gc_syncs: 20,
         leader: args.leader.clone(),
         serving: local_serving(),
     };

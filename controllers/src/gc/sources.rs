@@ -12,11 +12,16 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Node, PersistentVolumeClaim, Pod, ReplicationController, Secret, Service,
+    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -42,6 +47,9 @@ pub struct Kind {
     pub ar: ApiResource,
     pub namespaced: bool,
 }
+
+/// How to reach every kind discovery knows: `(apiVersion, kind)` -> the resource.
+pub type Kinds = HashMap<(String, String), Kind>;
 
 /// `group/plural`, the key of a followed resource.
 pub fn key(ar: &ApiResource) -> String {
@@ -105,7 +113,8 @@ fn shared_kind<K: Informed>(namespaced: bool) -> (ApiResource, bool, Start) {
     (ApiResource::erase::<K>(&()), namespaced, shared::<K>)
 }
 
-/// The kinds the shared informers serve (the other controllers read them anyway).
+/// The kinds the shared informers serve (the other controllers read them anyway; upstream's
+/// collector too follows built-in kinds through the shared informer factory).
 fn shared_kinds() -> Vec<(ApiResource, bool, Start)> {
     vec![
         shared_kind::<Deployment>(true),
@@ -123,6 +132,14 @@ fn shared_kinds() -> Vec<(ApiResource, bool, Start)> {
         shared_kind::<EndpointSlice>(true),
         shared_kind::<Job>(true),
         shared_kind::<CronJob>(true),
+        shared_kind::<Namespace>(false),
+        shared_kind::<ResourceQuota>(true),
+        shared_kind::<Lease>(true),
+        shared_kind::<ServiceAccount>(true),
+        shared_kind::<PersistentVolume>(false),
+        shared_kind::<StorageClass>(false),
+        shared_kind::<PodDisruptionBudget>(true),
+        shared_kind::<HorizontalPodAutoscaler>(true),
     ]
 }
 
@@ -199,8 +216,9 @@ pub struct Sources {
     tx: Tx,
     shutdown: component::CancellationToken,
     followed: HashMap<String, Option<component::CancellationToken>>,
-    /// `(apiVersion, kind)` of every version served -> the resource.
-    pub kinds: HashMap<(String, String), Kind>,
+    /// Every version served; replaced whole by each discovery, so a worker keeps the one
+    /// it started with.
+    kinds: Arc<Kinds>,
 }
 
 impl Sources {
@@ -210,7 +228,7 @@ impl Sources {
         tx: Tx,
         shutdown: component::CancellationToken,
     ) -> Sources {
-        let kinds = shared_kinds()
+        let kinds: Kinds = shared_kinds()
             .into_iter()
             .map(|(ar, namespaced, _)| {
                 (
@@ -225,7 +243,7 @@ impl Sources {
             tx,
             shutdown,
             followed: HashMap::new(),
-            kinds,
+            kinds: Arc::new(kinds),
         }
     }
 
@@ -314,11 +332,11 @@ impl Sources {
         }
         if !complete {
             // what a failing group served is still reachable as far as we know
-            for (k, v) in self.kinds.drain() {
-                kinds.entry(k).or_insert(v);
+            for (k, v) in self.kinds.iter() {
+                kinds.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        self.kinds = kinds;
+        self.kinds = Arc::new(kinds);
         let shared: HashMap<String, Start> = shared_kinds()
             .into_iter()
             .map(|(ar, _, start)| (key(&ar), start))
@@ -360,8 +378,8 @@ impl Sources {
         Ok(started)
     }
 
-    /// How to reach objects of `apiVersion`/`kind`.
-    pub fn kind(&self, api_version: &str, kind: &str) -> Option<&Kind> {
-        self.kinds.get(&(api_version.to_string(), kind.to_string()))
+    /// How to reach the kinds discovery last found.
+    pub fn kinds(&self) -> Arc<Kinds> {
+        self.kinds.clone()
     }
 }
