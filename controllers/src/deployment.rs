@@ -66,9 +66,13 @@ pub fn resolve(v: Option<&IntOrString>, default_pct: i32, total: i32, round_up: 
 }
 
 /// A template as JSON without the hash label, for comparing RS templates with the
-/// deployment's.
+/// deployment's. Go's plain (not pointer) fields that are zero count as absent, as
+/// upstream's semantic equality sees them: `kubectl rollout undo` sends the old
+/// ReplicaSet's template through Go types (`hostNetwork: false` dropped), and the
+/// ReplicaSet it came from must still be found rather than a new one made.
 fn template_key(t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> Value {
     let mut v = serde_json::to_value(t.cloned().unwrap_or_default()).unwrap_or(Value::Null);
+    drop_go_zeros(&mut v);
     if let Some(labels) = v
         .pointer_mut("/metadata/labels")
         .and_then(Value::as_object_mut)
@@ -81,6 +85,44 @@ fn template_key(t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> Valu
         }
     }
     v
+}
+
+/// Remove a pod template's plain Go bools and numbers that are zero (see [`template_key`]).
+fn drop_go_zeros(template: &mut Value) {
+    fn drop(obj: Option<&mut Value>, fields: &[&str]) {
+        if let Some(m) = obj.and_then(Value::as_object_mut) {
+            m.retain(|k, v| {
+                !(fields.contains(&k.as_str()) && (*v == json!(false) || *v == json!(0)))
+            });
+        }
+    }
+    drop(template.get_mut("metadata"), &["generation"]);
+    let Some(spec) = template.get_mut("spec") else {
+        return;
+    };
+    drop(Some(spec), &["hostNetwork", "hostPID", "hostIPC"]);
+    const PROBE: &[&str] = &[
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ];
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        let containers = spec.get_mut(list).and_then(Value::as_array_mut);
+        for c in containers.into_iter().flatten() {
+            drop(Some(&mut *c), &["stdin", "stdinOnce", "tty"]);
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                drop(c.get_mut(probe), PROBE);
+            }
+            for (items, fields) in [("ports", &["hostPort"]), ("volumeMounts", &["readOnly"])] {
+                let items = c.get_mut(items).and_then(Value::as_array_mut);
+                for item in items.into_iter().flatten() {
+                    drop(Some(item), fields);
+                }
+            }
+        }
+    }
 }
 
 fn revision(rs: &ReplicaSet) -> i64 {
@@ -105,8 +147,21 @@ fn available(rs: &ReplicaSet) -> i32 {
         .min(spec_replicas(rs))
 }
 
+/// Upstream's `ScalingReplicaSet` event on the Deployment (`kubectl describe deploy`).
+fn scaled(client: &kube::Client, d: &Deployment, rs: &str, from: i32, to: i32) {
+    let way = if to > from { "up" } else { "down" };
+    crate::events::spawn_event(
+        client,
+        "deployment-controller",
+        crate::events::reference(d),
+        "Normal",
+        "ScalingReplicaSet",
+        format!("Scaled {way} replica set {rs} from {from} to {to}"),
+    );
+}
+
 async fn scale(
-    api: &Api<ReplicaSet>,
+    (api, d): (&Api<ReplicaSet>, &Deployment),
     rs: &ReplicaSet,
     replicas: i32,
     d_replicas: i32,
@@ -132,6 +187,13 @@ async fn scale(
         "scaling replicaset {} to {replicas}",
         rs.name_any()
     )))?;
+    scaled(
+        &kube::Client::from(api.clone()),
+        d,
+        &rs.name_any(),
+        spec_replicas(rs),
+        replicas,
+    );
     Ok(())
 }
 
@@ -266,7 +328,12 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
                 status: None,
             };
             match rs_api.create(&PostParams::default(), &rs).await {
-                Ok(created) => Some(created),
+                Ok(created) => {
+                    if initial > 0 {
+                        scaled(&ctx.client, &d, &created.name_any(), 0, initial);
+                    }
+                    Some(created)
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     // Ours, made by an earlier reconcile the cache has not shown yet: a live
                     // read tells that apart from a collision (upstream reads its lister and
@@ -340,7 +407,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
                 } else {
                     replicas
                 };
-                scale(&rs_api, new, new_target, replicas, max_surge).await?;
+                scale((&rs_api, d.as_ref()), new, new_target, replicas, max_surge).await?;
                 // Scale old ones down while keeping replicas - maxUnavailable available.
                 let min_available = replicas - max_unavailable;
                 let new_unavailable = (spec_replicas(new) - available(new)).max(0);
@@ -369,18 +436,18 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
                     can_remove -= down;
                     let target = current - down;
                     if target != spec_replicas(rs) {
-                        scale(&rs_api, rs, target, replicas, max_surge).await?;
+                        scale((&rs_api, d.as_ref()), rs, target, replicas, max_surge).await?;
                     }
                 }
             } else {
                 // Recreate: everything old goes to zero first, then the new one scales up.
                 let mut old_running = false;
                 for rs in &old {
-                    scale(&rs_api, rs, 0, replicas, 0).await?;
+                    scale((&rs_api, d.as_ref()), rs, 0, replicas, 0).await?;
                     old_running |= rs.status.as_ref().is_some_and(|s| s.replicas > 0);
                 }
                 if !old_running {
-                    scale(&rs_api, new, replicas, replicas, 0).await?;
+                    scale((&rs_api, d.as_ref()), new, replicas, replicas, 0).await?;
                 }
             }
         }
@@ -569,5 +636,40 @@ mod tests {
         }))
         .expect("template");
         assert_eq!(template_key(Some(&a)), template_key(Some(&b)));
+    }
+
+    #[test]
+    fn template_key_sees_go_zero_values_as_absent() {
+        let t = |v: Value| -> k8s_openapi::api::core::v1::PodTemplateSpec {
+            serde_json::from_value(v).expect("template")
+        };
+        let explicit = t(json!({
+            "metadata": {"generation": 0, "labels": {"app": "web"}},
+            "spec": {"hostNetwork": false, "hostIPC": false, "containers": [{
+                "name": "c", "image": "x", "stdin": false, "tty": false,
+                "ports": [{"containerPort": 80, "hostPort": 0}],
+                "readinessProbe": {"tcpSocket": {"port": 80}, "initialDelaySeconds": 0},
+            }]}
+        }));
+        let omitted = t(json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{
+                "name": "c", "image": "x",
+                "ports": [{"containerPort": 80}],
+                "readinessProbe": {"tcpSocket": {"port": 80}},
+            }]}
+        }));
+        assert_eq!(template_key(Some(&explicit)), template_key(Some(&omitted)));
+        // pointer fields' zeros are values
+        let root = t(json!({"spec": {"containers": [{"name": "c", "image": "x"}],
+            "securityContext": {"runAsUser": 0}, "automountServiceAccountToken": false}}));
+        let unset = t(json!({"spec": {"containers": [{"name": "c", "image": "x"}],
+            "securityContext": {}}}));
+        assert_ne!(template_key(Some(&root)), template_key(Some(&unset)));
+        // and a true is a value
+        let host =
+            t(json!({"spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "x"}]}}));
+        let plain = t(json!({"spec": {"containers": [{"name": "c", "image": "x"}]}}));
+        assert_ne!(template_key(Some(&host)), template_key(Some(&plain)));
     }
 }

@@ -114,3 +114,68 @@ impl Recorder {
         }
     }
 }
+
+/// One event about `regarding` (a namespaced object), written in the background as
+/// upstream's event broadcaster does, so the reconcile that caused it does not wait; not
+/// aggregated. The workload controllers' `SuccessfulCreate`/`SuccessfulDelete` and
+/// `ScalingReplicaSet`, which `kubectl describe` lists.
+pub fn spawn_event(
+    client: &Client,
+    component: &str,
+    regarding: ObjectReference,
+    ty: &str,
+    reason: &str,
+    message: String,
+) {
+    let ns = regarding
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let now = Time(Timestamp::now());
+    let name = format!(
+        "{}.{:x}",
+        regarding.name.clone().unwrap_or_default(),
+        Timestamp::now().as_nanosecond()
+    );
+    let event = Event {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: regarding,
+        reason: Some(reason.into()),
+        message: Some(message),
+        type_: Some(ty.into()),
+        count: Some(1),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some(component.into()),
+            host: None,
+        }),
+        reporting_component: Some(component.into()),
+        reporting_instance: Some(String::new()),
+        ..Default::default()
+    };
+    let api = Api::<Event>::namespaced(client.clone(), &ns);
+    let reason = reason.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::debug!(error = %e, reason, "recording an event");
+        }
+    });
+}
+
+/// The reference an event about `obj` carries.
+pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        namespace: obj.namespace(),
+        name: Some(obj.name_any()),
+        uid: obj.uid(),
+        resource_version: obj.resource_version(),
+        ..Default::default()
+    }
+}

@@ -184,10 +184,26 @@ pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, Re
             .await;
         let mut first_err = None;
         for r in results {
-            if let Err(e) = r {
-                // a create that failed never shows up in the cache
-                ctx.expectations.creation_observed(&uid);
-                first_err.get_or_insert(e);
+            match r {
+                Ok(pod) => event(
+                    ctx,
+                    o,
+                    "Normal",
+                    "SuccessfulCreate",
+                    format!("Created pod: {}", pod.name_any()),
+                ),
+                Err(e) => {
+                    // a create that failed never shows up in the cache
+                    ctx.expectations.creation_observed(&uid);
+                    event(
+                        ctx,
+                        o,
+                        "Warning",
+                        "FailedCreate",
+                        format!("Error creating: {e}"),
+                    );
+                    first_err.get_or_insert(e);
+                }
             }
         }
         if let Some(e) = first_err {
@@ -208,7 +224,13 @@ pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, Re
                 .delete(&pod.name_any(), &DeleteParams::default())
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => event(
+                    ctx,
+                    o,
+                    "Normal",
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {}", pod.name_any()),
+                ),
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     ctx.expectations.deletion_observed(&uid, &pod.name_any());
                 }
@@ -245,6 +267,25 @@ pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, Re
             })
             .count() as i32,
     })
+}
+
+/// An event about the owner, from upstream's `replicaset-controller` /
+/// `replication-controller`.
+fn event(ctx: &Ctx, o: &Owner<'_>, ty: &str, reason: &str, message: String) {
+    let r = &o.reference;
+    let component = match r.kind.as_str() {
+        "ReplicationController" => "replication-controller",
+        _ => "replicaset-controller",
+    };
+    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(r.api_version.clone()),
+        kind: Some(r.kind.clone()),
+        name: Some(r.name.clone()),
+        namespace: Some(o.namespace.to_string()),
+        uid: Some(r.uid.clone()),
+        ..Default::default()
+    };
+    crate::events::spawn_event(&ctx.client, component, regarding, ty, reason, message);
 }
 
 /// The status both ReplicaSets and ReplicationControllers report.

@@ -379,3 +379,143 @@ async fn deployments_roll_and_everything_else_follows() {
         .expect("clean stop");
     server.shutdown().await;
 }
+
+/// Session 13, what an operator saw with upstream kubectl: `kubectl rollout undo` sends the
+/// old ReplicaSet's template through Go types, which leave out plain fields that are zero
+/// (`hostNetwork: false`, `stdin: false`); the controller must still recognise that
+/// ReplicaSet (upstream compares templates semantically) and make it the newest revision,
+/// not create a third ReplicaSet (`rollout history` then listed 1, 2, 3 where upstream
+/// lists 2, 3). And `kubectl describe` finds upstream's events: `ScalingReplicaSet` on the
+/// Deployment, `SuccessfulCreate` on its ReplicaSet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_undo_finds_the_old_replicaset_and_scaling_is_recorded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
+        .await
+        .expect("apiserver");
+    let kc = server.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kc)).await.expect("client");
+    let shutdown = component::CancellationToken::new();
+    let config = controllers::Config::new(Some(kc.clone()), &["*"]);
+    let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
+    let manifest = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      hostNetwork: false
+      containers:
+      - {name: c, image: "kaze/busybox:1", stdin: false, tty: false}
+"#;
+    kubectl(&kc, &["apply", "-f", "-"], Some(manifest));
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let count = |n: usize| {
+        let rss = rss.clone();
+        move || {
+            let rss = rss.clone();
+            async move { (rss.list(&ListParams::default()).await.ok()?.items.len() == n).then_some(()) }
+        }
+    };
+    wait_for("the first replicaset", Duration::from_secs(20), count(1)).await;
+    let first = rss.list(&ListParams::default()).await.expect("rs").items[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    kubectl(
+        &kc,
+        &["set", "image", "deployment/web", "c=kaze/busybox:2"],
+        None,
+    );
+    wait_for("the second replicaset", Duration::from_secs(20), count(2)).await;
+    kubectl(&kc, &["rollout", "undo", "deployment/web"], None);
+    let revision = |d: Deployment| {
+        d.metadata
+            .annotations
+            .unwrap_or_default()
+            .get("deployment.kubernetes.io/revision")
+            .cloned()
+    };
+    wait_for("revision 3", Duration::from_secs(20), || {
+        let deploys = deploys.clone();
+        async move { (revision(deploys.get("web").await.ok()?).as_deref() == Some("3")).then_some(()) }
+    })
+    .await;
+    // give a wrongly created third ReplicaSet time to appear
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let names: BTreeSet<String> = rss
+        .list(&ListParams::default())
+        .await
+        .expect("rs")
+        .items
+        .into_iter()
+        .filter_map(|rs| rs.metadata.name)
+        .collect();
+    assert_eq!(names.len(), 2, "undo reuses {first}: {names:?}");
+    assert!(names.contains(&first), "{names:?}");
+    let reused = rss.get(&first).await.expect("first replicaset");
+    assert_eq!(
+        reused
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("3")
+    );
+    let history = kubectl(&kc, &["rollout", "history", "deployment/web"], None);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["2", "3"], "{history}");
+
+    // upstream's events, as `kubectl describe` lists them
+    let describe = |what: &str, needle: String| {
+        let kc = kc.clone();
+        let what = what.to_string();
+        move || {
+            let out = testkit::kubectl_with(&kc, &["describe", &what], None);
+            let out = String::from_utf8_lossy(&out.stdout).to_string();
+            std::future::ready(out.contains(&needle).then_some(out))
+        }
+    };
+    let out = wait_for(
+        "ScalingReplicaSet",
+        Duration::from_secs(10),
+        describe(
+            "deployment/web",
+            format!("Scaled up replica set {first} from 0 to 2"),
+        ),
+    )
+    .await;
+    assert!(
+        out.lines()
+            .any(|l| l.contains("ScalingReplicaSet") && l.contains("deployment-controller")),
+        "{out}"
+    );
+    let out = wait_for(
+        "SuccessfulCreate",
+        Duration::from_secs(10),
+        describe(&format!("replicaset/{first}"), "Created pod: ".to_string()),
+    )
+    .await;
+    assert!(
+        out.lines()
+            .any(|l| l.contains("SuccessfulCreate") && l.contains("replicaset-controller")),
+        "{out}"
+    );
+
+    shutdown.cancel();
+    cm.await
+        .expect("controller-manager task")
+        .expect("clean stop");
+    server.shutdown().await;
+}
