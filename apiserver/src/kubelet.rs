@@ -310,6 +310,11 @@ pub async fn pod_log(
         if status == StatusCode::NOT_FOUND {
             e = ApiError::not_found("pods/log", "", name);
         }
+        // the kubelet's own words, as upstream's response checker passes a 400 on
+        // (`previous terminated container "c" in pod "p" not found`)
+        if status == StatusCode::BAD_REQUEST {
+            e = ApiError::bad_request(String::from_utf8_lossy(&body).trim().to_string());
+        }
         return Err(e);
     }
     let (parts, body) = resp.into_parts();
