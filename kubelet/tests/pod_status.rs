@@ -140,3 +140,148 @@ async fn readiness_gates_and_conditions_of_others_survive_the_kubelets_writes() 
         .expect("delete");
     c.wait_pod_gone("default", "gated").await;
 }
+
+/// Session 13 (an operator's `kubectl get pod -o yaml` / `describe pod`): once a pod turns
+/// Ready, its Ready and ContainersReady conditions carry no reason or message any more
+/// (they kept `ContainersNotReady` / "containers with unready status" beside `True`), and
+/// the kubelet records upstream's container events: `Pulled`, `Created`, `Started` with the
+/// container's field path, and `Killing` when it stops it; and the node's `Starting`,
+/// `NodeHasSufficientMemory`, `NodeReady`; `kubectl logs -p` without a previous container
+/// is upstream's BadRequest (it was a NotFound of `pods/log`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() {
+    use k8s_openapi::api::core::v1::Event;
+    let mut c = Cluster::new("podevents", 249).await;
+    c.start_kubelet();
+    c.wait_node().await;
+    let mut pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "slow"},
+        "spec": {
+            "nodeName": c.node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "main", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "sleep 2; touch /tmp/ready; exec sleep 3600"],
+                "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+            }],
+        },
+    }))
+    .expect("pod");
+    pod.metadata.namespace = Some("default".into());
+    c.pods("default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let p = c
+        .wait_pod("default", "slow", "running, not ready", |p| {
+            condition(p, "ContainersReady")
+                .is_some_and(|c| c.reason.as_deref() == Some("ContainersNotReady"))
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await;
+    assert_eq!(
+        condition(&p, "Ready").and_then(|c| c.message),
+        Some("containers with unready status: [main]".into())
+    );
+    let p = c
+        .wait_pod("default", "slow", "Ready", |p| {
+            condition(p, "Ready").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    for kind in ["Ready", "ContainersReady"] {
+        let cond = condition(&p, kind).expect("condition");
+        assert_eq!(
+            (cond.reason, cond.message),
+            (None, None),
+            "{kind} is True without a reason: {:?}",
+            p.status
+        );
+    }
+    let uid = p.metadata.uid.clone().expect("uid");
+    let events: kube::Api<Event> = kube::Api::namespaced(c.client.clone(), "default");
+    let recorded = |reason: &'static str| {
+        let events = events.clone();
+        let uid = uid.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.involved_object.uid.as_deref() == Some(uid.as_str())
+                })
+        }
+    };
+    for (reason, message) in [
+        (
+            "Pulled",
+            "Container image \"kaze/busybox:1\" already present on machine and can be accessed by the pod",
+        ),
+        ("Created", "Container created"),
+        ("Started", "Container started"),
+    ] {
+        let e = testkit::wait_for(reason, std::time::Duration::from_secs(10), || {
+            recorded(reason)
+        })
+        .await;
+        assert_eq!(e.message.as_deref(), Some(message));
+        assert_eq!(
+            e.involved_object.field_path.as_deref(),
+            Some("spec.containers{main}")
+        );
+        assert_eq!(e.type_.as_deref(), Some("Normal"));
+        assert_eq!(
+            e.source.and_then(|s| s.component).as_deref(),
+            Some("kubelet")
+        );
+    }
+    // `kubectl logs -p` of a container that never restarted: upstream's 400 and words
+    let out = testkit::kubectl_with(&c.kubeconfig, &["logs", "slow", "-p"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "Error from server (BadRequest): previous terminated container \"main\" in pod \"slow\" not found"
+    );
+    c.pods("default")
+        .delete("slow", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_pod_gone("default", "slow").await;
+    let killing = testkit::wait_for("Killing", std::time::Duration::from_secs(10), || {
+        recorded("Killing")
+    })
+    .await;
+    assert_eq!(killing.message.as_deref(), Some("Stopping container main"));
+    // and the node's own: `kubectl describe node` listed none
+    let node = c.node.clone();
+    for (reason, message) in [
+        ("Starting", "Starting kubelet.".to_string()),
+        (
+            "NodeHasSufficientMemory",
+            format!("Node {node} status is now: NodeHasSufficientMemory"),
+        ),
+        ("NodeReady", format!("Node {node} status is now: NodeReady")),
+    ] {
+        let e = testkit::wait_for(reason, std::time::Duration::from_secs(10), || {
+            let events = events.clone();
+            let node = node.clone();
+            async move {
+                events
+                    .list(&Default::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some(reason)
+                            && e.involved_object.kind.as_deref() == Some("Node")
+                            && e.involved_object.name.as_deref() == Some(node.as_str())
+                    })
+            }
+        })
+        .await;
+        assert_eq!(e.message.as_deref(), Some(message.as_str()));
+    }
+}

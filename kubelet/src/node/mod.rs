@@ -733,9 +733,13 @@ async fn post_status(
         evict,
         image_gc,
     } = facts;
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
     let mut since = std::collections::HashMap::new();
     let mut posted: Option<(pressure::Pressure, tokio::time::Instant)> = None;
+    // upstream's node events (`kubectl describe node`, `kubectl events`)
+    let mut events = crate::pod::events::Recorder::for_node(Some(client), &node);
+    events.normal("Starting", "Starting kubelet.");
+    let mut reported = std::collections::HashMap::new();
     loop {
         let signals = pressure::observe(&rt.config().root_dir);
         // `now`: what the conditions say; `act`: the thresholds to evict by
@@ -801,7 +805,13 @@ async fn post_status(
                 .patch_status(&node, &PatchParams::default(), &Patch::Merge(&status))
                 .await
             {
-                Ok(_) => posted = Some((now, tokio::time::Instant::now())),
+                Ok(_) => {
+                    posted = Some((now, tokio::time::Instant::now()));
+                    let conditions = status.pointer("/status/conditions");
+                    for reason in condition_events(conditions, &mut reported) {
+                        events.normal(reason, &format!("Node {node} status is now: {reason}"));
+                    }
+                }
                 Err(e) => tracing::warn!(node = %node, error = %e, "posting node status"),
             }
         }
@@ -812,9 +822,57 @@ async fn post_status(
     }
 }
 
+/// The node status events upstream's kubelet records for conditions whose status is new
+/// or changed since `reported` (`NodeHasSufficientMemory`, ..., `NodeReady`).
+fn condition_events(
+    conditions: Option<&serde_json::Value>,
+    reported: &mut std::collections::HashMap<String, String>,
+) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for c in conditions.and_then(|c| c.as_array()).into_iter().flatten() {
+        let (Some(kind), Some(status)) = (c["type"].as_str(), c["status"].as_str()) else {
+            continue;
+        };
+        let reason = match (kind, status == "True") {
+            ("MemoryPressure", false) => "NodeHasSufficientMemory",
+            ("MemoryPressure", true) => "NodeHasInsufficientMemory",
+            ("DiskPressure", false) => "NodeHasNoDiskPressure",
+            ("DiskPressure", true) => "NodeHasDiskPressure",
+            ("PIDPressure", false) => "NodeHasSufficientPID",
+            ("PIDPressure", true) => "NodeHasInsufficientPID",
+            ("Ready", true) => "NodeReady",
+            ("Ready", false) => "NodeNotReady",
+            _ => continue,
+        };
+        if reported
+            .insert(kind.to_string(), status.to_string())
+            .as_deref()
+            != Some(status)
+        {
+            out.push(reason);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn node_condition_events_follow_changes() {
+        let mut reported = Default::default();
+        let conds = |mem: &str| serde_json::json!([{"type": "MemoryPressure", "status": mem}, {"type": "Ready", "status": "True"}]);
+        assert_eq!(
+            super::condition_events(Some(&conds("False")), &mut reported),
+            ["NodeHasSufficientMemory", "NodeReady"]
+        );
+        assert!(super::condition_events(Some(&conds("False")), &mut reported).is_empty());
+        assert_eq!(
+            super::condition_events(Some(&conds("True")), &mut reported),
+            ["NodeHasInsufficientMemory"]
+        );
+    }
 
     #[derive(Parser)]
     struct Kubelet {

@@ -620,14 +620,16 @@ async fn container_logs(
         files.last().cloned()
     };
     let Some(file) = file else {
-        let what = if previous {
-            "a previous terminated container"
-        } else {
-            "logs"
-        };
+        if previous {
+            // upstream's kubelet: a 400 the apiserver passes on (`kubectl logs -p`)
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("previous terminated container {container:?} in pod {pod:?} not found"),
+            );
+        }
         return text(
             StatusCode::NOT_FOUND,
-            format!("{what} for container {container:?} in pod {ns}/{pod} not found on this node"),
+            format!("logs for container {container:?} in pod {ns}/{pod} not found on this node"),
         );
     };
     let since = q

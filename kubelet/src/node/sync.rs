@@ -51,13 +51,34 @@ fn status_patch(
 ) -> Patch<serde_json::Value> {
     let mut status = current.clone();
     if let (Some(last), Some(now)) = (last.and_then(|l| l.as_object()), status.as_object_mut()) {
-        for k in last.keys() {
-            if !now.contains_key(k) {
-                now.insert(k.clone(), serde_json::Value::Null);
+        removed_as_null(last, now);
+        // Conditions merge by type: a reason or message a condition had and no longer has
+        // (Ready turning True) is removed from it, not left beside the new status.
+        let before = last.get("conditions").and_then(|c| c.as_array());
+        let after = now.get_mut("conditions").and_then(|c| c.as_array_mut());
+        for c in after.into_iter().flatten() {
+            let was = before
+                .into_iter()
+                .flatten()
+                .find(|b| b.get("type").is_some_and(|t| Some(t) == c.get("type")));
+            if let (Some(was), Some(c)) = (was.and_then(|w| w.as_object()), c.as_object_mut()) {
+                removed_as_null(was, c);
             }
         }
     }
     Patch::Strategic(json!({ "status": status }))
+}
+
+/// `null` in `now` for every key of `last` it lacks (a merge patch's "remove").
+fn removed_as_null(
+    last: &serde_json::Map<String, serde_json::Value>,
+    now: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    for k in last.keys() {
+        if !now.contains_key(k) {
+            now.insert(k.clone(), serde_json::Value::Null);
+        }
+    }
 }
 
 /// Patch `status` onto the pod whenever the worker publishes a new one.

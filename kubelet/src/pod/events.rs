@@ -64,6 +64,15 @@ impl Recorder {
         self.last.remove(reason);
     }
 
+    /// A Normal event about one container of the pod (`fieldPath` `spec.containers{name}`,
+    /// which `kubectl describe` prints before the message), every time: upstream's
+    /// `Pulled`/`Created`/`Started`/`Killing`.
+    pub(crate) fn container(&mut self, field_path: String, reason: &str, message: &str) {
+        let pod_level = self.object.field_path.replace(field_path);
+        self.normal(reason, message);
+        self.object.field_path = pod_level;
+    }
+
     fn record(&mut self, type_: &str, reason: &str, message: &str) {
         if self.last.get(reason).map(String::as_str) == Some(message) {
             return;

@@ -155,6 +155,16 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    /// The container's place in the pod spec, as events name it.
+    pub(super) fn field_path(&self) -> String {
+        let list = match self.kind {
+            Kind::App => "containers",
+            Kind::Init | Kind::Sidecar => "initContainers",
+            Kind::Ephemeral => "ephemeralContainers",
+        };
+        format!("spec.{list}{{{}}}", self.spec.name)
+    }
+
     fn new(kind: Kind, spec: Container, waiting: &str) -> Slot {
         Slot {
             kind,
@@ -1016,6 +1026,19 @@ impl Worker {
         }
         match ran {
             Ok(status) => {
+                // upstream's words since 1.33 (the images here are imported, never pulled)
+                let field = self.slots[i].field_path();
+                self.events.container(
+                    field.clone(),
+                    "Pulled",
+                    &format!(
+                        "Container image {image:?} already present on machine and can be \
+                         accessed by the pod"
+                    ),
+                );
+                self.events
+                    .container(field.clone(), "Created", "Container created");
+                self.events.container(field, "Started", "Container started");
                 let started = Instant::now();
                 let running = Running::new(status.id.clone(), &spec, status.started_at, started);
                 {

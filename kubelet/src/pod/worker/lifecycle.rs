@@ -38,6 +38,11 @@ impl Worker {
     ) -> Option<ExitInfo> {
         let pod = hooks::pod_desc(&self.pod);
         let spec = self.slots[i].spec.clone();
+        self.events.container(
+            self.slots[i].field_path(),
+            "Killing",
+            &format!("Stopping container {}", spec.name),
+        );
         let target = Target {
             rt: &self.rt,
             id,
@@ -72,6 +77,11 @@ impl Worker {
         let mut apps = tokio::task::JoinSet::new();
         for slot in self.slots.iter().filter(|s| s.kind == Kind::App) {
             if let Some(r) = &slot.running {
+                self.events.container(
+                    slot.field_path(),
+                    "Killing",
+                    &format!("Stopping container {}", slot.spec.name),
+                );
                 let (rt, id, spec, pod) = (
                     self.rt.clone(),
                     r.id.clone(),
