@@ -49,6 +49,7 @@ mod nscache;
 mod objects;
 mod openapi;
 mod patch;
+mod podproxy;
 mod podsecurity;
 mod priority;
 mod protobuf;

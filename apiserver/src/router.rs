@@ -211,6 +211,33 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
+    if let Some(target) = crate::podproxy::parse(&path) {
+        let attrs = Attributes::Resource {
+            verb: method_verb(&parts.method, true, false).into(),
+            group: String::new(),
+            resource: target.kind.subresource().into(),
+            namespace: Some(target.namespace.to_string()),
+            name: Some(target.name().to_string()),
+            field_selector: None,
+        };
+        if let Err(r) = authorize(&state, &parts, attrs) {
+            return r;
+        }
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
+        let req = crate::kubelet::ProxyRequest {
+            method: parts.method,
+            headers: parts.headers,
+            path: target.rest,
+            query: parts.uri.query().unwrap_or(""),
+            body,
+        };
+        return crate::podproxy::serve(&state, &target, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
     // an aggregated API server's group-version, whoever else serves it
     if let Some(remote) = state.aggregator.remote_for_path(&path) {
         return Box::pin(crate::aggregator::proxy::serve(

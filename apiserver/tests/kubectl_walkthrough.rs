@@ -233,3 +233,112 @@ fn protobuf_creates_store_no_go_zero_values() {
     ]);
     assert_eq!(json(&s, &["get", "deploy", "none"])["spec"]["replicas"], 0);
 }
+
+/// A plain HTTP server on 127.0.0.1 answering every request with its request line.
+fn echo_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let line = head.lines().next().unwrap_or_default();
+            let body = line.rsplit_once(' ').map_or(line, |(l, _)| l).to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// `pods/<p>[:port]/proxy/<path>` and `services/<s>[:port]/proxy/<path>` reach the pod's IP
+/// or one ready endpoint of the Service (what `kubectl proxy` + curl, and `kubectl get
+/// --raw .../proxy/metrics` use); they answered 404 before.
+#[test]
+fn pod_and_service_proxy_reach_the_backend() {
+    let s = TestServer::start();
+    let port = echo_server();
+    let pod = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers: [{{name: c, image: kaze/echo:1, ports: [{{containerPort: {port}}}]}}]
+"
+    );
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&pod));
+    s.kubectl(&[
+        "patch",
+        "pod",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}}"#,
+    ]);
+    // the first container port when none is named, or the one given
+    let got = s.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/web/proxy/metrics?x=1",
+    ]);
+    assert_eq!(got, "GET /metrics?x=1");
+    let got = s.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/pods/web:{port}/proxy/"),
+    ]);
+    assert_eq!(got, "GET /");
+
+    let svc = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: web}}
+subsets:
+- addresses: [{{ip: 127.0.0.1}}]
+  ports: [{{name: http, port: {port}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty}}
+spec:
+  ports: [{{port: 80}}]
+"
+    );
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&svc));
+    for id in ["web", "web:80", "web:http", "http:web:http"] {
+        let got = s.kubectl(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/default/services/{id}/proxy/a/b"),
+        ]);
+        assert_eq!(got, "GET /a/b", "{id}");
+    }
+    let err = s.kubectl_fails(
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/services/empty/proxy/",
+        ],
+        None,
+    );
+    assert!(
+        err.contains("no endpoints available for service \"empty\""),
+        "{err}"
+    );
+}
