@@ -271,13 +271,17 @@ async fn main() {
     let mut raw_lists = Vec::new();
     let mut decodes = Vec::new();
     let mut body_len = 0;
+    // CPU (this process: the apiserver and the client) per LIST as bytes; other load on
+    // the machine changes the latencies more than it changes this.
+    let mut list_cpu = 0.0;
     for _ in 0..a.lists {
         let req = axum::http::Request::get("/api/v1/namespaces/default/pods")
             .body(Vec::new())
             .expect("request");
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), cpu_seconds(None));
         let body = client.request_text(req).await.expect("raw list");
         raw_lists.push(t.elapsed().as_secs_f64() * 1000.0);
+        list_cpu += cpu_seconds(None) - cpu;
         assert!(body.len() > a.pods * 1000);
         body_len = body.len();
         let t = Instant::now();
@@ -291,9 +295,11 @@ async fn main() {
     let (d50, d99) = (percentile(&decodes, 0.5), percentile(&decodes, 0.99));
     println!(
         "LIST of {} pods as bytes (not decoded, {:.1} MiB): p50 {r50:.1} ms, p99 {r99:.1} ms; \
-         decoding it into typed Pods as kube-rs does: p50 {d50:.1} ms, p99 {d99:.1} ms",
+         decoding it into typed Pods as kube-rs does: p50 {d50:.1} ms, p99 {d99:.1} ms; \
+         CPU per LIST as bytes (apiserver and client) {:.1} ms",
         a.pods,
-        body_len as f64 / (1024.0 * 1024.0)
+        body_len as f64 / (1024.0 * 1024.0),
+        list_cpu * 1000.0 / a.lists.max(1) as f64
     );
 
     // Watch fan-out: every watcher records when each event arrives.
@@ -339,6 +345,7 @@ async fn main() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let watch_cpu = cpu_seconds(None);
     let mut sent = std::collections::HashMap::new();
     for i in 0..a.events {
         let name = format!("w{i}");
@@ -366,8 +373,11 @@ async fn main() {
     lat.sort_by(|x, y| x.total_cmp(y));
     let delivered = lat.len();
     let w99 = percentile(&lat, 0.99);
+    // the creates and the deliveries, per delivery: the apiserver's and the clients' CPU
+    let watch_cpu = (cpu_seconds(None) - watch_cpu) * 1e6 / delivered.max(1) as f64;
     println!(
-        "watch: {delivered} deliveries, p50 {:.2} ms, p99 {w99:.2} ms",
+        "watch: {delivered} deliveries, p50 {:.2} ms, p99 {w99:.2} ms; CPU per delivery \
+         (apiserver and watchers, incl. the creates) {watch_cpu:.0} µs",
         percentile(&lat, 0.5)
     );
     let rss = peak_rss_mib();

@@ -513,6 +513,12 @@ pub async fn serve_with(
             shutdown.clone(),
             builder.clone(),
         );
+        // As Go's net package does for every TCP connection (and so upstream's servers):
+        // without it, Nagle's algorithm holds a small write (a watch event, an HTTP/2
+        // frame) behind an unacknowledged one until the peer's delayed ACK, ~40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
+        }
         conns.spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(t) => t,

@@ -213,6 +213,8 @@ pub(crate) fn tcp(config: &kube::Config) -> HttpConnector {
 /// `PingTimeout`): every watch shares the connection, so a dead one must not go unnoticed.
 const H2_READ_IDLE: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(15);
+/// The largest HTTP/2 DATA frame this client accepts (SETTINGS_MAX_FRAME_SIZE).
+const H2_MAX_FRAME: u32 = 1 << 20;
 
 /// kube-rs's client stack (base URI, extra headers, retries, auth) over hyper-util's pooled
 /// client, with TLS `tls` over `tcp`. With [`crate::Http::Alpn`] the TLS handshake offers
@@ -243,6 +245,11 @@ where
             .timer(TokioTimer::new())
             .http2_keep_alive_interval(H2_READ_IDLE)
             .http2_keep_alive_timeout(H2_PING_TIMEOUT);
+        // Accept DATA frames of up to 1 MiB (hyper asks for 16 KiB by default): a
+        // LIST of 10k pods (27.5 MiB) arrives in ~30 DATA frames instead of ~1,800, which
+        // cut the apiserver's and the client's CPU per LIST by about a third
+        // (`cargo xtask bench apiserver`, session 13).
+        client.http2_max_frame_size(H2_MAX_FRAME);
     }
     let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
         client.build(https);
