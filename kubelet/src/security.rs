@@ -154,10 +154,14 @@ pub enum Seccomp {
     Localhost(String),
 }
 
-/// Syscalls kaze's `RuntimeDefault` profile refuses (EPERM), unless the container holds the
-/// capability that makes each one legitimate: the set Docker's default profile documents as
-/// blocked (kernel keyrings, modules, clocks, mounts and namespaces, tracing, swapping,
-/// rebooting, obsolete calls). Everything else is allowed.
+mod syscalls;
+
+/// Syscalls kaze's `RuntimeDefault` profile leaves out of its allow-list (so they fail with
+/// EPERM), unless the container holds the capability that makes each one legitimate: the
+/// set Docker's default profile documents as blocked (kernel keyrings, modules, clocks,
+/// mounts and namespaces, tracing, swapping, rebooting, obsolete calls), the new mount API,
+/// and io_uring (which containerd's and Docker's profiles dropped in 2023). `clone`,
+/// `clone3` and `personality` are allowed with conditions ([`runtime_default_seccomp`]).
 const BLOCKED_SYSCALLS: &[(&str, Option<&str>)] = &[
     ("acct", Some("SYS_PACCT")),
     ("add_key", None),
@@ -176,6 +180,7 @@ const BLOCKED_SYSCALLS: &[(&str, Option<&str>)] = &[
     ("get_mempolicy", Some("SYS_NICE")),
     ("mbind", Some("SYS_NICE")),
     ("set_mempolicy", Some("SYS_NICE")),
+    ("set_mempolicy_home_node", Some("SYS_NICE")),
     ("move_pages", Some("SYS_NICE")),
     ("ioperm", Some("SYS_RAWIO")),
     ("iopl", Some("SYS_RAWIO")),
@@ -183,6 +188,7 @@ const BLOCKED_SYSCALLS: &[(&str, Option<&str>)] = &[
     ("ptrace", Some("SYS_PTRACE")),
     ("process_vm_readv", Some("SYS_PTRACE")),
     ("process_vm_writev", Some("SYS_PTRACE")),
+    ("pidfd_getfd", Some("SYS_PTRACE")),
     ("kexec_file_load", Some("SYS_BOOT")),
     ("kexec_load", Some("SYS_BOOT")),
     ("reboot", Some("SYS_BOOT")),
@@ -193,15 +199,29 @@ const BLOCKED_SYSCALLS: &[(&str, Option<&str>)] = &[
     ("umount", Some("SYS_ADMIN")),
     ("umount2", Some("SYS_ADMIN")),
     ("pivot_root", Some("SYS_ADMIN")),
+    ("fsopen", Some("SYS_ADMIN")),
+    ("fsconfig", Some("SYS_ADMIN")),
+    ("fsmount", Some("SYS_ADMIN")),
+    ("fspick", Some("SYS_ADMIN")),
+    ("move_mount", Some("SYS_ADMIN")),
+    ("open_tree", Some("SYS_ADMIN")),
+    ("mount_setattr", Some("SYS_ADMIN")),
     ("unshare", Some("SYS_ADMIN")),
     ("setns", Some("SYS_ADMIN")),
     ("swapon", Some("SYS_ADMIN")),
     ("swapoff", Some("SYS_ADMIN")),
     ("quotactl", Some("SYS_ADMIN")),
+    ("quotactl_fd", Some("SYS_ADMIN")),
     ("name_to_handle_at", Some("SYS_ADMIN")),
     ("open_by_handle_at", Some("DAC_READ_SEARCH")),
     ("perf_event_open", Some("SYS_ADMIN")),
     ("fanotify_init", Some("SYS_ADMIN")),
+    ("syslog", Some("SYSLOG")),
+    ("vhangup", Some("SYS_TTY_CONFIG")),
+    ("chroot", Some("SYS_CHROOT")),
+    ("io_uring_setup", None),
+    ("io_uring_enter", None),
+    ("io_uring_register", None),
     ("nfsservctl", None),
     ("sysfs", None),
     ("_sysctl", None),
@@ -212,26 +232,63 @@ const BLOCKED_SYSCALLS: &[(&str, Option<&str>)] = &[
     ("vm86old", None),
 ];
 
+/// `clone` flags that create namespaces (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER,
+/// NEWPID, NEWNET): without CAP_SYS_ADMIN a `clone` passing any of them is refused, as
+/// `unshare` is.
+const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+
+/// The `personality(2)` values a container may set: `PER_LINUX` (0), `PER_LINUX32` (8),
+/// either with `UNAME26` (0x20000), and the query (0xffffffff). Others (such as
+/// `ADDR_NO_RANDOMIZE`) turn hardening off.
+const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+
 /// kaze's `RuntimeDefault` seccomp profile for a container holding `caps` (capability names
-/// without `CAP_`): allow by default, refuse [`BLOCKED_SYSCALLS`] with EPERM except those a
-/// held capability permits. (containerd's CRI profile is an allow-list instead; this one
-/// blocks the same dangerous calls but lets new, harmless ones through.)
+/// without `CAP_`), an allow-list as containerd's CRI profile is: every syscall of
+/// [`syscalls`]'s tables except [`BLOCKED_SYSCALLS`] not permitted by a held capability;
+/// `clone` only without namespace flags and `clone3` answered ENOSYS (libc then falls back
+/// to `clone`, whose flags the filter can see) unless CAP_SYS_ADMIN is held; `personality`
+/// with the values of [`PERSONALITIES`]. Anything else fails with EPERM; runc answers
+/// syscalls newer than the tables with ENOSYS.
 pub fn runtime_default_seccomp(caps: &[String]) -> serde_json::Value {
+    use serde_json::json;
     let holds = |c: &str| caps.iter().any(|h| h == c || h == &format!("CAP_{c}"));
-    let blocked: Vec<&str> = BLOCKED_SYSCALLS
+    let blocked = |name: &str| {
+        BLOCKED_SYSCALLS
+            .iter()
+            .any(|(n, cap)| *n == name && cap.is_none_or(|c| !holds(c)))
+    };
+    let special = ["clone", "clone3", "personality"];
+    let allowed: Vec<&str> = syscalls::X86_64
         .iter()
-        .filter(|(_, cap)| cap.is_none_or(|c| !holds(c)))
-        .map(|(name, _)| *name)
+        .chain(syscalls::X86_ONLY)
+        .copied()
+        .filter(|n| !blocked(n) && !special.contains(n))
         .collect();
     let architectures: &[&str] = match std::env::consts::ARCH {
         "x86_64" => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
         "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
         _ => &[],
     };
-    serde_json::json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
+    let mut rules = vec![json!({"names": allowed, "action": "SCMP_ACT_ALLOW"})];
+    for p in PERSONALITIES {
+        rules.push(json!({"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": p, "op": "SCMP_CMP_EQ"}]}));
+    }
+    if holds("SYS_ADMIN") {
+        rules.push(json!({"names": ["clone", "clone3"], "action": "SCMP_ACT_ALLOW"}));
+    } else {
+        // clone's flags are its first argument on x86 and arm (the second on s390)
+        rules.push(json!({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0,
+                      "op": "SCMP_CMP_MASKED_EQ"}]}));
+        // its flags are behind a pointer a filter cannot read: ENOSYS makes libc use clone
+        rules.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+    }
+    json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
         "architectures": architectures,
-        "syscalls": [{"names": blocked, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+        "syscalls": rules,
     })
 }
 
@@ -602,20 +659,33 @@ pub fn caps_from_mask(mask: u64) -> Vec<String> {
 mod tests {
     #[test]
     fn runtime_default_seccomp_blocks_what_no_held_capability_permits() {
+        // the names the profile allows without conditions
         let names = |caps: &[&str]| -> Vec<String> {
             let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
             let p = runtime_default_seccomp(&caps);
-            assert_eq!(p["defaultAction"], "SCMP_ACT_ALLOW");
-            assert_eq!(p["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
-            p["syscalls"][0]["names"]
-                .as_array()
-                .unwrap()
+            assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
+            assert_eq!(p["defaultErrnoRet"], 1);
+            let rules = p["syscalls"].as_array().unwrap();
+            rules
                 .iter()
+                .filter(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
+                .flat_map(|r| r["names"].as_array().unwrap())
                 .map(|n| n.as_str().unwrap().to_string())
                 .collect()
         };
         let plain = names(&["CHOWN", "NET_BIND_SERVICE"]);
-        for blocked in [
+        for common in [
+            "read",
+            "openat",
+            "execve",
+            "futex",
+            "rseq",
+            "statx",
+            "epoll_pwait2",
+        ] {
+            assert!(plain.iter().any(|n| n == common), "{common}");
+        }
+        for refused in [
             "mount",
             "unshare",
             "setns",
@@ -623,16 +693,61 @@ mod tests {
             "ptrace",
             "reboot",
             "init_module",
+            "io_uring_setup",
+            "fsopen",
+            "syslog",
+            // allowed only with conditions
+            "clone",
+            "clone3",
+            "personality",
         ] {
-            assert!(plain.iter().any(|n| n == blocked), "{blocked}");
+            assert!(!plain.iter().any(|n| n == refused), "{refused}");
         }
-        assert!(!plain.iter().any(|n| n == "read" || n == "clone"));
+        let rules = |caps: &[&str]| -> Vec<serde_json::Value> {
+            let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+            runtime_default_seccomp(&caps)["syscalls"]
+                .as_array()
+                .unwrap()
+                .clone()
+        };
+        let named = |rules: &[serde_json::Value], name: &str| -> Vec<serde_json::Value> {
+            rules
+                .iter()
+                .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == name))
+                .cloned()
+                .collect()
+        };
+        // without CAP_SYS_ADMIN: clone only when no namespace flag is set, clone3 ENOSYS
+        let r = rules(&["CHOWN"]);
+        let clone = named(&r, "clone");
+        assert_eq!(clone.len(), 1, "{clone:?}");
+        assert_eq!(clone[0]["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(clone[0]["args"][0]["valueTwo"], 0);
+        let mask = clone[0]["args"][0]["value"].as_u64().unwrap();
+        for flag in [0x0002_0000u64, 0x1000_0000, 0x4000_0000, 0x2000_0000] {
+            assert_eq!(mask & flag, flag, "CLONE_NEW* {flag:#x}");
+        }
+        // threads and forks (CLONE_VM|CLONE_THREAD|..., SIGCHLD) pass
+        assert_eq!(mask & 0x003d_0f00, 0);
+        let clone3 = named(&r, "clone3");
+        assert_eq!(clone3[0]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(clone3[0]["errnoRet"], 38);
+        assert_eq!(named(&r, "personality").len(), PERSONALITIES.len());
+        let r = rules(&["SYS_ADMIN"]);
+        assert!(named(&r, "clone")
+            .iter()
+            .any(|c| c["action"] == "SCMP_ACT_ALLOW" && c.get("args").is_none()));
+        assert!(named(&r, "clone3")
+            .iter()
+            .all(|c| c["action"] == "SCMP_ACT_ALLOW"));
         let admin = names(&["SYS_ADMIN", "SYS_PTRACE"]);
-        for allowed in ["mount", "unshare", "setns", "ptrace", "bpf"] {
-            assert!(!admin.iter().any(|n| n == allowed), "{allowed}");
+        for allowed in ["mount", "unshare", "setns", "ptrace", "bpf", "fsopen"] {
+            assert!(admin.iter().any(|n| n == allowed), "{allowed}");
         }
         // a capability never lifts the unconditional ones
-        assert!(admin.iter().any(|n| n == "keyctl") && admin.iter().any(|n| n == "reboot"));
+        for refused in ["keyctl", "reboot", "io_uring_setup", "syslog"] {
+            assert!(!admin.iter().any(|n| n == refused), "{refused}");
+        }
         // privileged containers and Unconfined get no filter
         let sc = SecurityContext {
             seccomp: Seccomp::RuntimeDefault,

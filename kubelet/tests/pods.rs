@@ -1078,7 +1078,9 @@ async fn seccomp_profiles_filter_the_containers_syscalls() {
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
     )
     .expect("profile");
-    let script = "grep Seccomp: /proc/self/status; mkdir /tmp/d && echo made; sleep 3600";
+    // `unshare -U` makes a user namespace, which needs no capability: only a filter stops it
+    let script = "grep Seccomp: /proc/self/status; mkdir /tmp/d && echo made; \
+                  unshare -U true && echo userns; echo done; sleep 3600";
     let c = |name: &str, profile: serde_json::Value| {
         json!({"name": name, "image": "kaze/busybox:1", "command": ["sh", "-c", script],
                "securityContext": {"seccompProfile": profile}})
@@ -1093,6 +1095,9 @@ async fn seccomp_profiles_filter_the_containers_syscalls() {
                 {"name": "default", "image": "kaze/busybox:1", "command": ["sh", "-c", script]},
                 c("unconfined", json!({"type": "Unconfined"})),
                 c("local", json!({"type": "Localhost", "localhostProfile": "profiles/no-mkdir.json"})),
+                // a multi-threaded server (clone3 answered ENOSYS, clone without namespace
+                // flags allowed) runs under the pod's RuntimeDefault
+                {"name": "echo", "image": "kaze/echo:1"},
             ],
         }),
     );
@@ -1100,7 +1105,7 @@ async fn seccomp_profiles_filter_the_containers_syscalls() {
     let h = pod::spawn(node.rt.clone(), p, node_ctx(&node), fast());
     let mut rx = h.status.clone();
     wait_for(&mut rx, Duration::from_secs(30), "all running", |s| {
-        s.container_statuses.iter().flatten().count() == 3
+        s.container_statuses.iter().flatten().count() == 4
             && s.container_statuses
                 .iter()
                 .flatten()
@@ -1119,7 +1124,7 @@ async fn seccomp_profiles_filter_the_containers_syscalls() {
         async move {
             for _ in 0..50 {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
-                if text.lines().count() >= 2 || text.contains("Operation not permitted") {
+                if text.contains("done") {
                     return text;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1133,9 +1138,15 @@ async fn seccomp_profiles_filter_the_containers_syscalls() {
         default.contains("Seccomp:\t2") && default.contains("made"),
         "{default}"
     );
+    assert!(
+        default.contains("Operation not permitted") && !default.contains("userns"),
+        "RuntimeDefault refuses a new user namespace: {default}"
+    );
     let unconfined = log("unconfined").await;
     assert!(
-        unconfined.contains("Seccomp:\t0") && unconfined.contains("made"),
+        unconfined.contains("Seccomp:\t0")
+            && unconfined.contains("made")
+            && unconfined.contains("userns"),
         "{unconfined}"
     );
     let local = log("local").await;
@@ -1144,6 +1155,12 @@ async fn seccomp_profiles_filter_the_containers_syscalls() {
             && local.contains("Operation not permitted")
             && !local.contains("made"),
         "the Localhost profile refuses mkdir: {local}"
+    );
+    let s = rx.borrow().clone();
+    let echo = container(&s, "echo");
+    assert!(
+        echo.restart_count == 0 && echo.state.as_ref().is_some_and(|st| st.running.is_some()),
+        "the echo server keeps running under RuntimeDefault: {echo:#?}"
     );
     h.terminate().await;
 
