@@ -147,13 +147,53 @@ async fn readiness_gates_and_conditions_of_others_survive_the_kubelets_writes() 
 /// the kubelet records upstream's container events: `Pulled`, `Created`, `Started` with the
 /// container's field path, and `Killing` when it stops it; and the node's `Starting`,
 /// `NodeHasSufficientMemory`, `NodeReady`; `kubectl logs -p` without a previous container
-/// is upstream's BadRequest (it was a NotFound of `pods/log`).
+/// is upstream's BadRequest (it was a NotFound of `pods/log`); the Node reports
+/// `ephemeral-storage` and hugepages, allocatable less the hard eviction thresholds; the
+/// pod's conditions include `PodReadyToStartContainers`, in upstream's order; failed probes
+/// are `Unhealthy` warnings and a crash loop a `BackOff` one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() {
     use k8s_openapi::api::core::v1::Event;
     let mut c = Cluster::new("podevents", 249).await;
+    c.config.eviction_hard = "memory.available<100Mi,nodefs.available<1%".into();
     c.start_kubelet();
     c.wait_node().await;
+    // Node capacity and allocatable as upstream's: ephemeral-storage (the root dir's
+    // filesystem) and hugepages too, allocatable less the hard eviction thresholds.
+    let node = testkit::wait_for("node resources", std::time::Duration::from_secs(20), || {
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.client.clone());
+        let name = c.node.clone();
+        async move {
+            let n = nodes.get(&name).await.ok()?;
+            let status = n.status?;
+            let alloc = status.allocatable?;
+            alloc
+                .contains_key("ephemeral-storage")
+                .then_some((status.capacity?, alloc))
+        }
+    })
+    .await;
+    let bytes = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| -> u64 {
+        match q.0.strip_suffix("Ki") {
+            Some(ki) => ki.parse::<u64>().expect("Ki") * 1024,
+            None => q.0.parse().expect("bytes"),
+        }
+    };
+    let (capacity, allocatable) = node;
+    let root = bytes(&capacity["ephemeral-storage"]);
+    assert!(root > 0, "{capacity:?}");
+    assert_eq!(
+        bytes(&allocatable["ephemeral-storage"]),
+        root - (root as f64 * 0.01) as u64
+    );
+    assert_eq!(
+        bytes(&allocatable["memory"]),
+        bytes(&capacity["memory"]) - 100 * 1024 * 1024
+    );
+    for size in ["hugepages-1Gi", "hugepages-2Mi"] {
+        assert_eq!(capacity[size].0, "0");
+        assert_eq!(allocatable[size].0, "0");
+    }
     let mut pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "slow"},
         "spec": {
@@ -197,6 +237,25 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
             p.status
         );
     }
+    // upstream's kubelet conditions, in its order (`kubectl describe pod` lists them so)
+    let types: Vec<&str> = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| c.type_.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled"
+        ]
+    );
     let uid = p.metadata.uid.clone().expect("uid");
     let events: kube::Api<Event> = kube::Api::namespaced(c.client.clone(), "default");
     let recorded = |reason: &'static str| {
@@ -238,6 +297,23 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
             Some("kubelet")
         );
     }
+    // each failed probe attempt (the file comes after 2 s) is an `Unhealthy` warning
+    let e = testkit::wait_for("Unhealthy", std::time::Duration::from_secs(10), || {
+        recorded("Unhealthy")
+    })
+    .await;
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert!(
+        e.message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("Readiness probe failed: ")),
+        "{:?}",
+        e.message
+    );
+    assert_eq!(
+        e.involved_object.field_path.as_deref(),
+        Some("spec.containers{main}")
+    );
     // `kubectl logs -p` of a container that never restarted: upstream's 400 and words
     let out = testkit::kubectl_with(&c.kubeconfig, &["logs", "slow", "-p"], None);
     assert_eq!(
@@ -254,6 +330,51 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
     })
     .await;
     assert_eq!(killing.message.as_deref(), Some("Stopping container main"));
+    // a container that keeps failing: upstream's `BackOff` warning
+    let mut crash: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "crash", "namespace": "default"},
+        "spec": {
+            "nodeName": c.node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "kaze/busybox:1", "command": ["sh", "-c", "exit 1"]}],
+        },
+    }))
+    .expect("pod");
+    crash = c
+        .pods("default")
+        .create(&PostParams::default(), &crash)
+        .await
+        .expect("create");
+    let crash_uid = crash.metadata.uid.clone().expect("uid");
+    let backoff = testkit::wait_for("BackOff", std::time::Duration::from_secs(30), || {
+        let events = events.clone();
+        let uid = crash_uid.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("BackOff")
+                        && e.involved_object.uid.as_deref() == Some(uid.as_str())
+                })
+        }
+    })
+    .await;
+    assert_eq!(
+        backoff.message,
+        Some(format!(
+            "Back-off restarting failed container main in pod crash_default({crash_uid})"
+        ))
+    );
+    assert_eq!(backoff.type_.as_deref(), Some("Warning"));
+    c.pods("default")
+        .delete("crash", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_pod_gone("default", "crash").await;
     // and the node's own: `kubectl describe node` listed none
     let node = c.node.clone();
     for (reason, message) in [

@@ -4,6 +4,8 @@ use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
+use super::pressure::{Limit, Thresholds};
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
@@ -91,4 +93,79 @@ pub fn status(
         },
         "conditions": conditions,
     }})
+}
+
+/// Add to a [`status`] what upstream's kubelet reports besides: `ephemeral-storage` (the
+/// filesystem of the kubelet's root dir) and `hugepages-1Gi`/`hugepages-2Mi` (none are set
+/// aside here) in capacity and allocatable, and allocatable memory and ephemeral storage
+/// less the hard eviction thresholds, as upstream's `capacity - reserved - eviction-hard`.
+pub fn add_allocatable(status: &mut Value, root_fs_bytes: Option<u64>, hard: &Thresholds) {
+    let memory = mem_total_kib() * 1024;
+    let keep = |limit: Option<Limit>, capacity: u64| match limit {
+        Some(Limit::Amount(a)) => capacity.saturating_sub(a),
+        Some(Limit::Percent(p)) => capacity.saturating_sub((capacity as f64 * p / 100.0) as u64),
+        None => capacity,
+    };
+    let Some(s) = status.get_mut("status") else {
+        return;
+    };
+    for (field, total) in [("capacity", false), ("allocatable", true)] {
+        let Some(r) = s.get_mut(field).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        r.insert("hugepages-1Gi".into(), json!("0"));
+        r.insert("hugepages-2Mi".into(), json!("0"));
+        if total {
+            r.insert("memory".into(), json!(quantity(keep(hard.memory, memory))));
+        }
+        if let Some(bytes) = root_fs_bytes {
+            let bytes = if total {
+                keep(hard.nodefs, bytes)
+            } else {
+                bytes
+            };
+            r.insert("ephemeral-storage".into(), json!(quantity(bytes)));
+        }
+    }
+}
+
+/// Bytes as a quantity the way upstream's serializer writes them: `Ki` when whole.
+fn quantity(bytes: u64) -> String {
+    if bytes.is_multiple_of(1024) {
+        format!("{}Ki", bytes / 1024)
+    } else {
+        bytes.to_string()
+    }
+}
+
+#[cfg(test)]
+mod allocatable_tests {
+    use super::*;
+
+    #[test]
+    fn allocatable_is_capacity_less_the_hard_eviction_thresholds() {
+        let mut s = json!({"status": {
+            "capacity": {"cpu": "2", "memory": "1Ki", "pods": "110"},
+            "allocatable": {"cpu": "2", "memory": "1Ki", "pods": "110"},
+        }});
+        let hard =
+            Thresholds::parse("memory.available<100Mi,nodefs.available<10%").expect("parses");
+        add_allocatable(&mut s, Some(100 * 1024 * 1024 * 1024), &hard);
+        let memory = mem_total_kib() * 1024;
+        assert_eq!(s["status"]["capacity"]["ephemeral-storage"], "104857600Ki");
+        assert_eq!(
+            s["status"]["allocatable"]["ephemeral-storage"],
+            "94371840Ki"
+        );
+        assert_eq!(
+            s["status"]["allocatable"]["memory"],
+            quantity(memory - 100 * 1024 * 1024)
+        );
+        assert_eq!(
+            s["status"]["capacity"]["memory"], "1Ki",
+            "capacity as given"
+        );
+        assert_eq!(s["status"]["capacity"]["hugepages-2Mi"], "0");
+        assert_eq!(quantity(1000), "1000");
+    }
 }

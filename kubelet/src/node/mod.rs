@@ -793,7 +793,7 @@ async fn post_status(
         }
         let due = posted.is_none_or(|(p, at)| p != now || at.elapsed() >= Duration::from_secs(60));
         if due {
-            let status = info::status(
+            let mut status = info::status(
                 &node,
                 ip,
                 max_pods,
@@ -801,6 +801,8 @@ async fn post_status(
                 &runtime_version,
                 pressure::conditions(now, &mut since),
             );
+            let root_fs = crate::sys::statvfs(&rt.config().root_dir).map(|fs| fs.capacity);
+            info::add_allocatable(&mut status, root_fs, &thresholds);
             match nodes
                 .patch_status(&node, &PatchParams::default(), &Patch::Merge(&status))
                 .await

@@ -66,6 +66,21 @@ fn status_patch(
             }
         }
     }
+    // the conditions in the kubelet's order, as upstream's status manager sends them
+    // (conditions others own follow)
+    if let Some(now) = status.as_object_mut() {
+        let order: Vec<serde_json::Value> = now
+            .get("conditions")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("type"))
+            .map(|t| json!({ "type": t }))
+            .collect();
+        if !order.is_empty() {
+            now.insert("$setElementOrder/conditions".into(), json!(order));
+        }
+    }
     Patch::Strategic(json!({ "status": status }))
 }
 

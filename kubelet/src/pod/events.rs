@@ -73,6 +73,14 @@ impl Recorder {
         self.object.field_path = pod_level;
     }
 
+    /// A Warning event about one container (`Unhealthy`, `BackOff`), unless the same
+    /// reason just had the same message.
+    pub(crate) fn container_warning(&mut self, field_path: String, reason: &str, message: &str) {
+        let pod_level = self.object.field_path.replace(field_path);
+        self.warn(reason, message);
+        self.object.field_path = pod_level;
+    }
+
     fn record(&mut self, type_: &str, reason: &str, message: &str) {
         if self.last.get(reason).map(String::as_str) == Some(message) {
             return;

@@ -232,23 +232,29 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some({
-            let mut c = vec![condition("PodScheduled", true, "", String::new())];
+            let mut c = Vec::new();
             // upstream marks a pod the kubelet evicts as a disruption target
             if let Some(("Evicted", message)) = w.failure.as_ref().map(|(r, m)| (*r, m)) {
-                c.insert(
-                    0,
-                    condition(
-                        "DisruptionTarget",
-                        true,
-                        "TerminationByKubelet",
-                        message.clone(),
-                    ),
-                );
+                c.push(condition(
+                    "DisruptionTarget",
+                    true,
+                    "TerminationByKubelet",
+                    message.clone(),
+                ));
             }
+            // upstream's kubelet conditions, in its order: the sandbox (with its network)
+            // exists, initialized, ready, containers ready, scheduled
             c.extend([
+                condition(
+                    "PodReadyToStartContainers",
+                    w.sandbox.is_some(),
+                    "",
+                    String::new(),
+                ),
                 initialized,
-                condition("ContainersReady", all_ready, reason, message),
                 condition("Ready", pod_ready, ready_reason, ready_message),
+                condition("ContainersReady", all_ready, reason, message),
+                condition("PodScheduled", true, "", String::new()),
             ]);
             c
         }),

@@ -892,13 +892,24 @@ impl Worker {
             let delay = self.cfg.backoff(slot.restarts + 1);
             slot.next_start = now + delay;
             if !delay.is_zero() {
+                let m = &self.pod.metadata;
                 let msg = format!(
                     "back-off {}s restarting failed container={} pod={}",
                     delay.as_secs(),
                     slot.spec.name,
-                    self.pod.metadata.name.as_deref().unwrap_or("")
+                    m.name.as_deref().unwrap_or("")
                 );
                 slot.waiting = Some(("CrashLoopBackOff".into(), msg));
+                // upstream's event, pod as `<name>_<namespace>(<uid>)`
+                let event = format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    slot.spec.name,
+                    m.name.as_deref().unwrap_or(""),
+                    m.namespace.as_deref().unwrap_or("default"),
+                    m.uid.as_deref().unwrap_or("")
+                );
+                let field = slot.field_path();
+                self.events.container_warning(field, "BackOff", &event);
             }
         } else {
             slot.done = true;
@@ -1115,12 +1126,20 @@ impl Worker {
         let mut started = None;
         let startup_done = r.startup.as_ref().is_none_or(|t| t.verdict == Some(true));
         let rt = self.rt.clone();
+        // every failed attempt is an `Unhealthy` event, as upstream's prober records them
+        let mut unhealthy: Vec<String> = Vec::new();
+        let mut failed = |kind: &str, res: &ProbeResult| {
+            if let ProbeResult::Failure(msg) = res {
+                unhealthy.push(format!("{kind} probe failed: {msg}"));
+            }
+        };
         if let Some(t) = r
             .startup
             .as_mut()
             .filter(|t| t.verdict != Some(true) && t.due(now))
         {
             let res = run(&rt, id, &t.spec, pod_ip).await;
+            failed("Startup", &res);
             match t.record(&res, Instant::now()) {
                 Some(true) => started = Some(true),
                 Some(false) => {
@@ -1135,6 +1154,7 @@ impl Worker {
         if startup_done {
             if let Some(t) = r.liveness.as_mut().filter(|t| t.due(now)) {
                 let res = run(&rt, id, &t.spec, pod_ip).await;
+                failed("Liveness", &res);
                 if t.record(&res, Instant::now()) == Some(false) {
                     kill = Some(format!(
                         "Liveness probe failed: {}",
@@ -1144,12 +1164,17 @@ impl Worker {
             }
             if let Some(t) = r.readiness.as_mut().filter(|t| t.due(now)) {
                 let res = run(&rt, id, &t.spec, pod_ip).await;
+                failed("Readiness", &res);
                 if let Some(v) = t.record(&res, Instant::now()) {
                     ready = Some(v);
                 }
             }
         }
         let pod_name = self.name();
+        for message in unhealthy {
+            let field = self.slots[i].field_path();
+            self.events.container_warning(field, "Unhealthy", &message);
+        }
         let slot = &mut self.slots[i];
         if let Some(s) = started {
             slot.started = s;
