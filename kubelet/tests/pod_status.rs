@@ -150,7 +150,8 @@ async fn readiness_gates_and_conditions_of_others_survive_the_kubelets_writes() 
 /// is upstream's BadRequest (it was a NotFound of `pods/log`); the Node reports
 /// `ephemeral-storage` and hugepages, allocatable less the hard eviction thresholds; the
 /// pod's conditions include `PodReadyToStartContainers`, in upstream's order; failed probes
-/// are `Unhealthy` warnings and a crash loop a `BackOff` one.
+/// are `Unhealthy` warnings and a crash loop a `BackOff` one; `kubectl logs -f` ends with
+/// its container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() {
     use k8s_openapi::api::core::v1::Event;
@@ -375,6 +376,51 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
         .await
         .expect("delete");
     c.wait_pod_gone("default", "crash").await;
+    // `kubectl logs -f` ends when the container does (it followed the file forever)
+    let mut lines: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "lines", "namespace": "default"},
+        "spec": {
+            "nodeName": c.node,
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "kaze/busybox:1",
+                            "command": ["sh", "-c", "echo one; sleep 3; echo two"]}],
+        },
+    }))
+    .expect("pod");
+    lines = c
+        .pods("default")
+        .create(&PostParams::default(), &lines)
+        .await
+        .expect("create");
+    c.wait_pod("default", "lines", "Running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    let mut follow = std::process::Command::new(testkit::kubectl())
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["logs", "-f", "lines"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = follow.try_wait().expect("waiting for kubectl") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = follow.kill();
+            panic!(
+                "kubectl logs -f still following 30 s after {:?} started",
+                lines.metadata.name
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let out = follow.wait_with_output().expect("output");
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
     // and the node's own: `kubectl describe node` listed none
     let node = c.node.clone();
     for (reason, message) in [

@@ -668,47 +668,98 @@ async fn container_logs(
             .into_response();
     }
     // Follow: send what is there, then whatever complete records are appended, until the
-    // client goes away.
-    let offset = content.len();
+    // client goes away or, as upstream's kubelet, the container is no longer running (it
+    // exited, was removed, or a restart began a newer log file): then the rest, and the end.
     let stream_opts = LogOptions {
         tail_lines: None,
         limit_bytes: None,
         since: None,
         ..opts
     };
-    let stream = futures::stream::unfold(
-        (Some(first), file, offset, stream_opts),
-        |(pending, file, mut offset, opts)| async move {
-            if let Some(first) = pending {
-                return Some((
-                    Ok::<Bytes, std::io::Error>(Bytes::from(first)),
-                    (None, file, offset, opts),
-                ));
+    let follow = Follow {
+        pending: Some(first),
+        offset: content.len(),
+        file,
+        opts: stream_opts,
+        rt: ctx.rt.clone(),
+        log_dir: ctx.log_dir.clone(),
+        ids: (ns, pod, uid, container),
+        idle: 0,
+        done: false,
+    };
+    let stream = futures::stream::unfold(follow, |mut f| async move {
+        if let Some(first) = f.pending.take() {
+            return Some((Ok::<Bytes, std::io::Error>(Bytes::from(first)), f));
+        }
+        while !f.done {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Ok(all) = tokio::fs::read(&f.file).await else {
+                return None;
+            };
+            f.idle += 1;
+            // every second without news: is the container still writing this file?
+            if f.idle % 4 == 0 && !f.still_running().await {
+                f.done = true;
             }
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let Ok(all) = tokio::fs::read(&file).await else {
-                    return None;
+            if all.len() > f.offset {
+                // Only whole records (at the end, everything): keep a trailing fragment
+                // for the next round.
+                let new = &all[f.offset..];
+                let end = if f.done {
+                    new.len()
+                } else {
+                    new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
                 };
-                if all.len() > offset {
-                    // Only whole records: keep a trailing fragment for the next round.
-                    let new = &all[offset..];
-                    let end = new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                    if end > 0 {
-                        offset += end;
-                        let chunk = render(&String::from_utf8_lossy(&new[..end]), &opts);
-                        return Some((Ok(Bytes::from(chunk)), (None, file, offset, opts)));
-                    }
+                if end > 0 {
+                    f.offset += end;
+                    f.idle = 0;
+                    let chunk = render(&String::from_utf8_lossy(&new[..end]), &f.opts);
+                    return Some((Ok(Bytes::from(chunk)), f));
                 }
             }
-        },
-    );
+        }
+        None
+    });
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain")],
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// A `follow=true` log stream's state.
+struct Follow {
+    /// What was there when the request came (sent first).
+    pending: Option<String>,
+    file: PathBuf,
+    offset: usize,
+    opts: LogOptions,
+    rt: Runtime,
+    log_dir: PathBuf,
+    /// namespace, pod, pod uid, container
+    ids: (String, String, String, String),
+    /// Rounds since the last new record.
+    idle: u32,
+    /// The container stopped: send what is left, then end.
+    done: bool,
+}
+
+impl Follow {
+    /// Whether the file followed is the running container's: the newest of its log files,
+    /// and that container runs.
+    async fn still_running(&self) -> bool {
+        let (ns, pod, uid, container) = &self.ids;
+        if log_files(&self.log_dir, ns, pod, uid, container).last() != Some(&self.file) {
+            return false;
+        }
+        match self.rt.find_container(uid, container).await {
+            Ok(Some(found)) => found.running,
+            Ok(None) => false,
+            // the runtime did not answer: keep following rather than cut the stream
+            Err(_) => true,
+        }
+    }
 }
 
 #[cfg(test)]
