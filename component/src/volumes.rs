@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Volume};
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::quota::Quantity;
@@ -367,6 +367,88 @@ pub fn is_delay_binding(sc: &StorageClass) -> bool {
     sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
 }
 
+// === A pod's claims ===
+
+/// A claim one of a pod's volumes uses: a `persistentVolumeClaim` volume's `claimName`, or
+/// for a generic ephemeral volume (`ephemeral.volumeClaimTemplate`) the claim upstream's
+/// ephemeral volume controller creates, `<pod>-<volume>` (component-helpers'
+/// `VolumeClaimName`), which the pod may use only when it controls it ([`claim_is_for_pod`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodClaim<'a> {
+    pub volume: &'a Volume,
+    pub name: String,
+    pub ephemeral: bool,
+}
+
+/// The claim of a generic ephemeral volume of `pod`.
+pub fn ephemeral_claim_name(pod: &Pod, volume: &Volume) -> String {
+    format!(
+        "{}-{}",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        volume.name
+    )
+}
+
+/// The claim `volume` uses, if any.
+pub fn volume_claim<'a>(pod: &Pod, volume: &'a Volume) -> Option<PodClaim<'a>> {
+    if let Some(c) = &volume.persistent_volume_claim {
+        return Some(PodClaim {
+            volume,
+            name: c.claim_name.clone(),
+            ephemeral: false,
+        });
+    }
+    volume.ephemeral.as_ref().map(|_| PodClaim {
+        volume,
+        name: ephemeral_claim_name(pod, volume),
+        ephemeral: true,
+    })
+}
+
+/// The claims of `pod`'s volumes, in volume order.
+pub fn pod_claims(pod: &Pod) -> Vec<PodClaim<'_>> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| volume_claim(pod, v))
+        .collect()
+}
+
+/// Upstream's `VolumeIsForPod`: an ephemeral volume's claim must be controlled by the pod
+/// (a claim of that name made by someone else is never used), with upstream's error.
+pub fn claim_is_for_pod(pod: &Pod, pvc: &PersistentVolumeClaim) -> Result<(), String> {
+    let controlled = pvc
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == pod.metadata.uid.as_ref());
+    if pvc.metadata.namespace == pod.metadata.namespace && controlled {
+        return Ok(());
+    }
+    let ns = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        format!(
+            "{}/{}",
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default()
+        )
+    };
+    Err(format!(
+        "PVC {} was not created for pod {} (pod is not owner)",
+        ns(&pvc.metadata),
+        ns(&pod.metadata)
+    ))
+}
+
+/// Upstream's `podIsShutDown` (PVC protection): deleted with a zero grace period, i.e. the
+/// kubelet is done with it or it was force-deleted.
+pub fn pod_is_shut_down(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        && pod.metadata.deletion_grace_period_seconds == Some(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,5 +685,50 @@ mod tests {
             Some("new")
         );
         assert!(default_class(&cs[2..]).is_none());
+    }
+
+    #[test]
+    fn a_pods_claims_include_its_ephemeral_volumes_and_those_must_be_its_own() {
+        let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
+        "spec": {"containers": [], "volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}},
+        ]}}))
+        .unwrap();
+        let claims: Vec<(String, bool)> = pod_claims(&pod)
+            .into_iter()
+            .map(|c| (c.name, c.ephemeral))
+            .collect();
+        assert_eq!(
+            claims,
+            [
+                ("shared".to_string(), false),
+                ("web-scratch".to_string(), true)
+            ]
+        );
+        let claim = |owner: serde_json::Value| -> PersistentVolumeClaim {
+            serde_json::from_value(
+                json!({"metadata": {"name": "web-scratch", "namespace": "ns",
+                "ownerReferences": owner}}),
+            )
+            .unwrap()
+        };
+        let owned = claim(
+            json!([{"apiVersion": "v1", "kind": "Pod", "name": "web", "uid": "u1", "controller": true}]),
+        );
+        assert_eq!(claim_is_for_pod(&pod, &owned), Ok(()));
+        let not_controller =
+            claim(json!([{"apiVersion": "v1", "kind": "Pod", "name": "web", "uid": "u1"}]));
+        let other_pod = claim(
+            json!([{"apiVersion": "v1", "kind": "Pod", "name": "web", "uid": "u0", "controller": true}]),
+        );
+        for c in [not_controller, other_pod, claim(json!([]))] {
+            assert_eq!(
+                claim_is_for_pod(&pod, &c).unwrap_err(),
+                "PVC ns/web-scratch was not created for pod ns/web (pod is not owner)"
+            );
+        }
     }
 }
