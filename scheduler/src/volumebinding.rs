@@ -3,7 +3,10 @@
 //! for the node the pod goes to before the pod is bound.
 //!
 //! - PreFilter ([`prefilter`]): a claim that does not exist (`persistentvolumeclaim "x" not
-//!   found`) or is being deleted, or an unbound claim of an `Immediate` class (`pod has
+//!   found`; for a generic ephemeral volume, whose claim `<pod>-<volume>` the ephemeral
+//!   volume controller makes, `waiting for ephemeral volume controller to create ...`), an
+//!   ephemeral volume's claim the pod does not control (`PVC ns/x was not created for pod
+//!   ns/p (pod is not owner)`), or a claim being deleted, or an unbound claim of an `Immediate` class (`pod has
 //!   unbound immediate PersistentVolumeClaims`, the PV controller binds those on its own),
 //!   makes the pod unschedulable everywhere (upstream's UnschedulableAndUnresolvable: no
 //!   preemption helps).
@@ -78,30 +81,16 @@ impl Plan {
     }
 }
 
-fn claim_names(pod: &Pod) -> Vec<String> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|v| {
-            v.persistent_volume_claim
-                .as_ref()
-                .map(|c| c.claim_name.clone())
-        })
-        .collect()
-}
-
 /// Whether the pod's volumes name any claim (only those pods need the listers).
 pub fn uses_claims(pod: &Pod) -> bool {
-    !claim_names(pod).is_empty()
+    !vol::pod_claims(pod).is_empty()
 }
 
 /// Upstream's PreFilter: None when the pod names no claim; Err with the reason when it
 /// cannot be scheduled anywhere.
 pub fn prefilter(pod: &Pod, l: &Listers) -> Result<Option<PodVolumes>, String> {
-    let names = claim_names(pod);
-    if names.is_empty() {
+    let claims = vol::pod_claims(pod);
+    if claims.is_empty() {
         return Ok(None);
     }
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -111,13 +100,24 @@ pub fn prefilter(pod: &Pod, l: &Listers) -> Result<Option<PodVolumes>, String> {
         volumes: Vec::new(),
     };
     let mut immediate = false;
-    for name in names {
+    for c in claims {
+        let name = c.name;
         let claim = l
             .claims
             .get(&ObjectRef::new(&name).within(&ns))
-            .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+            .ok_or_else(|| {
+                // an ephemeral volume's claim is missing for a moment after every pod's create
+                if c.ephemeral {
+                    format!("waiting for ephemeral volume controller to create the persistentvolumeclaim {name:?}")
+                } else {
+                    format!("persistentvolumeclaim {name:?} not found")
+                }
+            })?;
         if claim.metadata.deletion_timestamp.is_some() {
             return Err(format!("persistentvolumeclaim {name:?} is being deleted"));
+        }
+        if c.ephemeral {
+            vol::claim_is_for_pod(pod, &claim)?;
         }
         let volume = claim
             .spec
@@ -447,6 +447,35 @@ mod tests {
             UNBOUND_IMMEDIATE
         );
         assert!(prefilter(&pod(&["wait"]), &l).expect("delayed").is_some());
+    }
+
+    #[test]
+    fn an_ephemeral_volume_waits_for_its_own_claim() {
+        let eph: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "pod-uid"},
+            "spec": {"containers": [], "volumes": [{"name": "scratch",
+                "ephemeral": {"volumeClaimTemplate": {"spec": {"storageClassName": "wait"}}}}]}}))
+        .expect("pod");
+        assert!(uses_claims(&eph));
+        assert_eq!(
+            prefilter(&eph, &listers(vec![], vec![])).unwrap_err(),
+            "waiting for ephemeral volume controller to create the persistentvolumeclaim \"p-scratch\""
+        );
+        let foreign = claim("p-scratch", "wait", json!({}));
+        assert_eq!(
+            prefilter(&eph, &listers(vec![foreign], vec![])).unwrap_err(),
+            "PVC ns/p-scratch was not created for pod ns/p (pod is not owner)"
+        );
+        let owned = claim(
+            "p-scratch",
+            "wait",
+            json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod",
+                "name": "p", "uid": "pod-uid", "controller": true}]}}),
+        );
+        let v = prefilter(&eph, &listers(vec![owned], vec![]))
+            .expect("its own claim")
+            .expect("claims");
+        assert_eq!(v.filter(&node("n1", "a")).expect("fits").provision.len(), 1);
     }
 
     #[test]
