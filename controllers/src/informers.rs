@@ -47,7 +47,8 @@ pub enum Index {
     Orphan,
     /// Pods: `spec.nodeName`.
     Node,
-    /// Pods: `<namespace>/<claim>` of each persistentVolumeClaim volume.
+    /// Pods: `<namespace>/<claim>` of each persistentVolumeClaim volume and generic ephemeral
+    /// volume (`<pod>-<volume>`).
     Claim,
     /// EndpointSlices: `<namespace>/<kubernetes.io/service-name>`.
     Service,
@@ -70,10 +71,8 @@ impl Informed for Pod {
             out.push((Index::Node, node.clone()));
         }
         let ns = self.metadata.namespace.as_deref().unwrap_or_default();
-        for v in spec.volumes.iter().flatten() {
-            if let Some(c) = &v.persistent_volume_claim {
-                out.push((Index::Claim, format!("{ns}/{}", c.claim_name)));
-            }
+        for c in component::volumes::pod_claims(self) {
+            out.push((Index::Claim, format!("{ns}/{}", c.name)));
         }
     }
 }

@@ -13,8 +13,9 @@
 //! namespace, from `--root-ca-file`), `disruption` (PodDisruptionBudget status, which
 //! evictions consume), `horizontalpodautoscaling` (HPAs from `metrics.k8s.io`; see
 //! [`horizontalpodautoscaler`]), `persistentvolume-binder`, `pvc-protection`,
-//! `pv-protection` and `local-path-provisioner` (kaze's built-in `kaze.io/local-path`
-//! provisioner, which the binder runs; see [`persistentvolume`]). Choose with
+//! `pv-protection`, `local-path-provisioner` (kaze's built-in `kaze.io/local-path`
+//! provisioner, which the binder runs) and `ephemeral-volume` (the claims of generic
+//! ephemeral volumes; see [`persistentvolume`]). Choose with
 //! `--controllers` (upstream syntax: `*,-nodeipam`).
 //!
 //! Controllers read from shared informer caches ([`informers`]: one watch and one indexed
@@ -93,6 +94,7 @@ pub fn client_name(controller: &str) -> &str {
         "persistentvolume-binder" | "local-path-provisioner" => "persistent-volume-binder",
         "pvc-protection" => "pvc-protection-controller",
         "pv-protection" => "pv-protection-controller",
+        "ephemeral-volume" => "ephemeral-volume-controller",
         other => other,
     }
 }
@@ -122,6 +124,7 @@ pub const ALL: &[&str] = &[
     "pvc-protection",
     "pv-protection",
     "local-path-provisioner",
+    "ephemeral-volume",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -493,6 +496,7 @@ async fn run_controllers(
             }
             "pvc-protection" => tasks.spawn(persistentvolume::run_pvc_protection(ctx, token)),
             "pv-protection" => tasks.spawn(persistentvolume::run_pv_protection(ctx, token)),
+            "ephemeral-volume" => tasks.spawn(persistentvolume::ephemeral::run(ctx, token)),
             // provisions inside the binder
             "local-path-provisioner" => continue,
             "horizontalpodautoscaling" => {

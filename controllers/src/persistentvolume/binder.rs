@@ -356,15 +356,9 @@ async fn wait_for_first_consumer(
             let spec = p.spec.as_ref();
             spec.and_then(|s| s.node_name.as_deref())
                 .is_none_or(str::is_empty)
-                && spec
-                    .and_then(|s| s.volumes.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .any(|v| {
-                        v.persistent_volume_claim
-                            .as_ref()
-                            .is_some_and(|c| c.claim_name == name)
-                    })
+                && component::volumes::pod_claims(p)
+                    .iter()
+                    .any(|c| c.name == name)
         })
         .map(|p| format!("{ns}/{}", p.name_any()))
         .collect();

@@ -21,11 +21,14 @@
 //!   `kubernetes.io/pvc-protection` / `pv-protection` finalizers (the apiserver's
 //!   StorageObjectInUseProtection admission adds them at creation; these add them to objects
 //!   without) are removed once no scheduled pod uses the claim / the volume is not Bound.
+//! - `ephemeral-volume` ([`ephemeral`]): upstream's ephemeral volume controller, the claim
+//!   `<pod>-<volume>` of every generic ephemeral volume, owned by its pod.
 //!
 //! Events come from `persistentvolume-controller` (and `kaze.io/local-path` for the
-//! provisioner's own), with upstream's reasons and messages.
+//! provisioner's own, `ephemeral_volume` for the ephemeral volume controller's), with upstream's reasons and messages.
 
 pub mod binder;
+pub mod ephemeral;
 pub mod protection;
 pub mod provision;
 

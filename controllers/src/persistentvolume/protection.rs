@@ -16,7 +16,10 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
-use component::volumes::{volume_phase, PVC_PROTECTION_FINALIZER, PV_PROTECTION_FINALIZER};
+use component::volumes::{
+    claim_is_for_pod, pod_claims, pod_is_shut_down, volume_phase, PVC_PROTECTION_FINALIZER,
+    PV_PROTECTION_FINALIZER,
+};
 
 use crate::informers::{wait_synced, Index};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
@@ -34,29 +37,26 @@ fn with_finalizer(meta: &mut kube::api::ObjectMeta, finalizer: &str, on: bool) {
     }
 }
 
-/// The claims a pod's volumes name.
+/// The claims a pod's volumes name (generic ephemeral volumes' `<pod>-<volume>` included).
 fn claims_of(pod: &Pod) -> Vec<String> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|v| {
-            v.persistent_volume_claim
-                .as_ref()
-                .map(|c| c.claim_name.clone())
-        })
-        .collect()
+    pod_claims(pod).into_iter().map(|c| c.name).collect()
 }
 
 /// Upstream's `podUsesPVC`: a pod scheduled to a node (the kubelet sees it from then on)
-/// whose volumes name the claim.
-fn uses(pod: &Pod, claim: &str) -> bool {
+/// whose volumes name the claim; an ephemeral volume's claim only while the pod controls it
+/// and is not shut down (deleted with no grace left: the claim must not outlive it through a
+/// cycle of finalizers).
+fn uses(pod: &Pod, claim: &PersistentVolumeClaim) -> bool {
+    let name = claim.metadata.name.as_deref().unwrap_or_default();
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .is_some_and(|n| !n.is_empty())
-        && claims_of(pod).iter().any(|c| c == claim)
+        && pod_claims(pod).iter().any(|c| {
+            c.name == name
+                && (!c.ephemeral
+                    || (!pod_is_shut_down(pod) && claim_is_for_pod(pod, claim).is_ok()))
+        })
 }
 
 pub async fn run_pvc_protection(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
@@ -106,7 +106,7 @@ async fn reconcile_claim(
     if !(deleting && protected) {
         return Ok(Action::await_change());
     }
-    if let Some(pod) = pod_using(&ctx, &ns, &name).await? {
+    if let Some(pod) = pod_using(&ctx, &claim).await? {
         tracing::debug!(claim = %format!("{ns}/{name}"), %pod, "claim still in use");
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
@@ -124,22 +124,27 @@ async fn reconcile_claim(
 /// A pod of `ns` that uses claim `name`: the pod cache (indexed by claim) first; when it
 /// knows none, the apiserver, as upstream asks it too: a pod created a moment ago and not
 /// yet in the cache must keep its claim, and this runs only for a claim being deleted.
-async fn pod_using(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<String>, ReconcileError> {
+async fn pod_using(
+    ctx: &Ctx,
+    claim: &PersistentVolumeClaim,
+) -> Result<Option<String>, ReconcileError> {
+    let ns = claim.namespace().unwrap_or_default();
+    let name = claim.name_any();
     if let Some(p) = ctx
         .pods()
         .by(Index::Claim, &format!("{ns}/{name}"))
         .iter()
-        .find(|p| uses(p, name))
+        .find(|p| uses(p, claim))
     {
         return Ok(Some(p.name_any()));
     }
-    Ok(Api::<Pod>::namespaced(ctx.client.clone(), ns)
+    Ok(Api::<Pod>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
         .await
         .map_err(api_err(format!("listing pods of namespace {ns}")))?
         .items
         .iter()
-        .find(|p| uses(p, name))
+        .find(|p| uses(p, claim))
         .map(|p| p.name_any()))
 }
 
@@ -195,8 +200,36 @@ mod tests {
             }
             serde_json::from_value(p).unwrap()
         };
-        assert!(uses(&pod(Some("n1"), "data"), "data"));
-        assert!(!uses(&pod(None, "data"), "data"));
-        assert!(!uses(&pod(Some("n1"), "other"), "data"));
+        let data: PersistentVolumeClaim =
+            serde_json::from_value(json!({"metadata": {"name": "data", "namespace": "ns"}}))
+                .unwrap();
+        assert!(uses(&pod(Some("n1"), "data"), &data));
+        assert!(!uses(&pod(None, "data"), &data));
+        assert!(!uses(&pod(Some("n1"), "other"), &data));
+    }
+
+    #[test]
+    fn an_ephemeral_claim_is_used_by_the_running_pod_that_owns_it() {
+        let pod = |deleted: Option<i64>| -> Pod {
+            let mut p = json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+                "spec": {"containers": [], "nodeName": "n1",
+                "volumes": [{"name": "v", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}]}});
+            if let Some(grace) = deleted {
+                p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            }
+            serde_json::from_value(p).unwrap()
+        };
+        let claim = |uid: &str| -> PersistentVolumeClaim {
+            serde_json::from_value(json!({"metadata": {"name": "p-v", "namespace": "ns",
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": uid,
+                    "controller": true}]}}))
+            .unwrap()
+        };
+        assert!(uses(&pod(None), &claim("u1")));
+        // terminating with grace left: the kubelet may still have it mounted
+        assert!(uses(&pod(Some(30)), &claim("u1")));
+        assert!(!uses(&pod(Some(0)), &claim("u1")));
+        assert!(!uses(&pod(None), &claim("u0")));
     }
 }
