@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
@@ -33,8 +33,14 @@ const CLEANUP_FINALIZER: &str = "kaze.io/local-path-cleanup";
 /// How often the node's storage dir is looked at for volumes to clean up.
 pub const CLEANUP_PERIOD: Duration = Duration::from_secs(5);
 
-/// Where a claim's volume is on this node.
-pub async fn setup(client: &kube::Client, ns: &str, claim: &str) -> Result<PathBuf, String> {
+/// Where a claim's volume is on this node. `owner`: the pod whose generic ephemeral volume
+/// this claim is, which must control it (upstream's `VolumeIsForPod`).
+pub async fn setup(
+    client: &kube::Client,
+    ns: &str,
+    claim: &str,
+    owner: Option<&Pod>,
+) -> Result<PathBuf, String> {
     let processing = |why: String| format!("error processing PVC {ns}/{claim}: {why}");
     let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .get_opt(claim)
@@ -53,6 +59,10 @@ pub async fn setup(client: &kube::Client, ns: &str, claim: &str) -> Result<PathB
         .and_then(|s| s.volume_name.clone())
         .filter(|n| !n.is_empty())
         .ok_or_else(|| processing("PVC has empty pvc.Spec.VolumeName".into()))?;
+    // after the claim's own checks, as upstream's populator
+    if let Some(pod) = owner {
+        component::volumes::claim_is_for_pod(pod, &pvc)?;
+    }
     let pvs = Api::<PersistentVolume>::all(client.clone());
     let pv = pvs
         .get_opt(&pv_name)

@@ -15,6 +15,10 @@
 //! - `persistentVolumeClaim` ([`claim`]): the claim's bound volume (`hostPath` or `local`),
 //!   read-only when the pod's volume says so; kaze local-path volumes get their directory
 //!   here, and [`claim::run_cleanup`] removes it once the volume is deleted.
+//! - generic `ephemeral` volumes: the claim `<pod>-<volume>` the ephemeral volume controller
+//!   made, mounted as a `persistentVolumeClaim` volume once it is bound, refused while the
+//!   pod does not control it (upstream's `PVC ns/x was not created for pod ns/p (pod is not
+//!   owner)`).
 //!
 //! - `fsGroup` ([`ownership`]): emptyDir, configMap, secret, downwardAPI and projected volumes
 //!   belong to the pod's fsGroup (group bits and setgid dirs), as upstream.
@@ -297,6 +301,8 @@ fn kind_of(v: &Volume) -> &'static str {
         "hostPath"
     } else if v.persistent_volume_claim.is_some() {
         "persistentVolumeClaim"
+    } else if v.ephemeral.is_some() {
+        "ephemeral"
     } else {
         "unsupported"
     }
@@ -576,20 +582,24 @@ impl PodVolumes {
                 read_only: false,
             });
         }
-        if let Some(c) = &v.persistent_volume_claim {
+        // a generic ephemeral volume is its claim `<pod>-<volume>`, which the pod must own
+        if let Some(c) = component::volumes::volume_claim(&self.pod, v) {
             let client = self.source.client().ok_or_else(|| {
                 format!(
                     "no apiserver to read persistentvolumeclaim {:?} from",
-                    c.claim_name
+                    c.name
                 )
             })?;
-            let path = claim::setup(client, &ns, &c.claim_name).await?;
-            return Ok(Ready {
-                path,
-                read_only: c.read_only.unwrap_or(false),
-            });
+            let owner = c.ephemeral.then_some(&self.pod);
+            let path = claim::setup(client, &ns, &c.name, owner).await?;
+            let read_only = v
+                .persistent_volume_claim
+                .as_ref()
+                .and_then(|c| c.read_only)
+                .unwrap_or(false);
+            return Ok(Ready { path, read_only });
         }
-        Err("unsupported volume type: kaze's kubelet supports emptyDir, configMap, secret, downwardAPI, projected, hostPath and persistentVolumeClaim".into())
+        Err("unsupported volume type: kaze's kubelet supports emptyDir, configMap, secret, downwardAPI, projected, hostPath, persistentVolumeClaim and ephemeral".into())
     }
 
     /// The bind mounts for `c`'s `volumeMounts`. `env` expands `subPathExpr`. A subPath that
