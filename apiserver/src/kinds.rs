@@ -922,6 +922,69 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
             }
         }
     }
+    validate_ephemeral_volumes(spec, path, causes);
+}
+
+/// Upstream's `validateEphemeralVolumeSource` for each generic ephemeral volume: a
+/// `volumeClaimTemplate` is required; its metadata may set only labels and annotations (its
+/// claim is named `<pod>-<volume>` by the ephemeral volume controller), and its spec needs
+/// what every claim's does: an access mode and a storage request.
+fn validate_ephemeral_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let volumes = spec.get("volumes").and_then(Value::as_array);
+    for (i, v) in volumes.into_iter().flatten().enumerate() {
+        let Some(e) = v.get("ephemeral") else {
+            continue;
+        };
+        let at = format!("{path}.volumes[{i}].ephemeral.volumeClaimTemplate");
+        let Some(t) = e.get("volumeClaimTemplate").filter(|t| !t.is_null()) else {
+            causes.push(required(&at));
+            continue;
+        };
+        let set =
+            |v: &Value| !(v.is_null() || v == &json!("") || v == &json!({}) || v == &json!([]));
+        let meta = t.get("metadata").unwrap_or(&Value::Null);
+        // ObjectMeta's fields but labels and annotations, in upstream's (Go struct) order
+        for key in [
+            "name",
+            "generateName",
+            "namespace",
+            "selfLink",
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "ownerReferences",
+            "finalizers",
+            "managedFields",
+        ] {
+            if meta.get(key).is_some_and(set) {
+                // upstream names the Go field, first letter lowered
+                let field = if key == "uid" { "uID" } else { key };
+                causes.push((
+                    format!("{at}.metadata.{field}"),
+                    "FieldValueForbidden",
+                    "Forbidden: cannot be set for an ephemeral volume".into(),
+                ));
+            }
+        }
+        let claim = t.get("spec").unwrap_or(&Value::Null);
+        if claim
+            .get("accessModes")
+            .and_then(Value::as_array)
+            .is_none_or(|m| m.is_empty())
+        {
+            causes.push((
+                format!("{at}.spec.accessModes"),
+                "FieldValueRequired",
+                "Required value: at least 1 access mode is required".into(),
+            ));
+        }
+        if claim.pointer("/resources/requests/storage").is_none() {
+            causes.push(required(&format!("{at}.spec.resources[storage]")));
+        }
+    }
 }
 
 /// Whether objects of this resource carry `metadata.generation`. Upstream's strategies set
@@ -1085,6 +1148,46 @@ mod tests {
             &json!({"spec": {"containers": [{"name": "a", "image": "x"}]}}),
             None
         )
+        .is_empty());
+    }
+
+    #[test]
+    fn ephemeral_volumes_need_a_claim_template_with_a_claims_spec_and_no_name() {
+        let r = Registry::builtin();
+        let pods = r.get("", "v1", "pods").expect("pods");
+        let pod = |volume: Value| {
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}],
+                "volumes": [{"name": "e", "emptyDir": {}}, volume]}})
+        };
+        let causes = |volume: Value| -> Vec<String> {
+            validate(pods, &pod(volume), None)
+                .into_iter()
+                .map(|(f, _, m)| format!("{f}: {m}"))
+                .collect()
+        };
+        assert_eq!(
+            causes(json!({"name": "v", "ephemeral": {}})),
+            ["spec.volumes[1].ephemeral.volumeClaimTemplate: Required value"]
+        );
+        let at = "spec.volumes[1].ephemeral.volumeClaimTemplate";
+        assert_eq!(
+            causes(json!({"name": "v", "ephemeral": {"volumeClaimTemplate": {
+                "metadata": {"name": "mine", "generateName": "g-", "labels": {"a": "b"}},
+                "spec": {"resources": {}}}}})),
+            [
+                format!("{at}.metadata.name: Forbidden: cannot be set for an ephemeral volume"),
+                format!(
+                    "{at}.metadata.generateName: Forbidden: cannot be set for an ephemeral volume"
+                ),
+                format!(
+                    "{at}.spec.accessModes: Required value: at least 1 access mode is required"
+                ),
+                format!("{at}.spec.resources[storage]: Required value"),
+            ]
+        );
+        assert!(causes(json!({"name": "v", "ephemeral": {"volumeClaimTemplate": {
+            "metadata": {"labels": {"a": "b"}, "annotations": {"c": "d"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}))
         .is_empty());
     }
 

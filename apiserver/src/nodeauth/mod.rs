@@ -168,6 +168,15 @@ pub fn references(pod: &Value) -> Vec<(Kind, String)> {
         add(Kind::Secret, v.pointer("/secret/secretName"));
         add(Kind::ConfigMap, v.pointer("/configMap/name"));
         add(Kind::Pvc, v.pointer("/persistentVolumeClaim/claimName"));
+        // a generic ephemeral volume's claim, `<pod>-<volume>` (upstream's graph adds it too)
+        if v.get("ephemeral").is_some() {
+            if let (Some(pod), Some(vol)) = (
+                pod.pointer("/metadata/name").and_then(Value::as_str),
+                v.get("name").and_then(Value::as_str),
+            ) {
+                add(Kind::Pvc, Some(&Value::String(format!("{pod}-{vol}"))));
+            }
+        }
         for s in items(&v["projected"], "sources") {
             add(Kind::Secret, s.pointer("/secret/name"));
             add(Kind::ConfigMap, s.pointer("/configMap/name"));
@@ -575,6 +584,24 @@ mod tests {
             name: name.map(String::from),
             field_selector: None,
         }
+    }
+
+    #[test]
+    fn a_generic_ephemeral_volume_gives_its_node_the_claim_pod_volume() {
+        let g = NodeGraph::default();
+        let pod = json!({"metadata": {"name": "web"}, "spec": {"nodeName": "a",
+            "containers": [{"name": "c"}],
+            "volumes": [{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}]}});
+        g.graph.write().unwrap().put_pod("ns/web", &pod);
+        let get = |node: &str, claim: &str| {
+            g.authorize(
+                node,
+                &attrs("get", "", "persistentvolumeclaims", Some("ns"), Some(claim)),
+            )
+        };
+        assert!(get("a", "web-scratch").is_ok());
+        assert!(get("b", "web-scratch").is_err());
+        assert!(get("a", "scratch").is_err());
     }
 
     #[test]
