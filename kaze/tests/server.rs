@@ -334,6 +334,8 @@ fn persistent_volumes(data: &Path) {
         data,
         &claim_pod("pv-writer", "echo persisted > /data/file && echo written"),
     );
+    // a generic ephemeral volume: its claim `eph-scratch` (default class) made for the pod
+    kubectl_apply(data, EPHEMERAL_POD);
     eventually("the writer's log", Duration::from_secs(90), || {
         let out = kubectl_run(data, &["logs", "pv-writer"]);
         String::from_utf8_lossy(&out.stdout)
@@ -354,6 +356,35 @@ fn persistent_volumes(data: &Path) {
         std::fs::read_to_string(dir.join("file")).expect("the volume's file on the node"),
         "persisted\n"
     );
+    eventually(
+        "the ephemeral volume's pod's log",
+        Duration::from_secs(90),
+        || {
+            let out = kubectl_run(data, &["logs", "eph"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("written")
+                .then_some(())
+        },
+    );
+    let eph = kubectl_ok(
+        data,
+        &[
+            "get",
+            "pvc",
+            "eph-scratch",
+            "-o",
+            "jsonpath={.status.phase} {.metadata.ownerReferences[0].name} {.metadata.uid}",
+        ],
+    );
+    let cols: Vec<&str> = eph.split_whitespace().collect();
+    assert_eq!(&cols[..2], ["Bound", "eph"], "{eph}");
+    let eph_dir = data
+        .join("storage")
+        .join(format!("pvc-{}_default_eph-scratch", cols[2]));
+    assert_eq!(
+        std::fs::read_to_string(eph_dir.join("file")).expect("the ephemeral volume's file"),
+        "ephemeral\n"
+    );
     // a new pod on the claim reads what the first one wrote
     kubectl_ok(data, &["delete", "pod", "pv-writer", "--wait=true"]);
     kubectl_apply(data, &claim_pod("pv-reader", "cat /data/file"));
@@ -362,7 +393,7 @@ fn persistent_volumes(data: &Path) {
         (String::from_utf8_lossy(&out.stdout) == "persisted\n").then_some(())
     });
     // the claim goes with its pod; the volume and its data follow
-    kubectl_ok(data, &["delete", "pod", "pv-reader", "--wait=false"]);
+    kubectl_ok(data, &["delete", "pod", "pv-reader", "eph", "--wait=false"]);
     kubectl_ok(
         data,
         &["delete", "pvc", "data", "--wait=true", "--timeout=60s"],
@@ -375,7 +406,32 @@ fn persistent_volumes(data: &Path) {
             .then_some(())
     });
     assert!(!dir.exists(), "{} left behind", dir.display());
+    // the ephemeral claim went with its pod (garbage collector), and its volume with it
+    let left = kubectl_ok(data, &["get", "pvc", "-o", "name"]);
+    assert!(left.trim().is_empty(), "claims left: {left}");
+    assert!(!eph_dir.exists(), "{} left behind", eph_dir.display());
 }
+
+/// A pod writing to its generic ephemeral volume (a claim of the default class).
+const EPHEMERAL_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: eph, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: kaze/busybox:1
+    command: ["sh", "-c", "echo ephemeral > /scratch/file && echo written; sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes:
+  - name: scratch
+    ephemeral:
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources: {requests: {storage: 1Gi}}
+"#;
 
 /// Unmounts everything below a directory on drop, also when the test fails.
 struct UnmountOnDrop(std::path::PathBuf);
