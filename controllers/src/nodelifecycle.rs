@@ -74,12 +74,42 @@ pub async fn run(ctx: Arc<Ctx>, timing: Timing, shutdown: component::Cancellatio
     {
         return;
     }
+    let mut registered = std::collections::HashSet::new();
     loop {
+        register_events(&ctx.client, &nodes, &mut registered);
         monitor(&ctx.client, &nodes, &leases, &pods, timing).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(timing.period) => {}
             _ = node_changed.notified() => {}
+        }
+    }
+}
+
+/// Upstream's `RegisteredNode` event for every node this controller sees first (at its
+/// start, every node): `kubectl describe node` lists it.
+fn register_events(
+    client: &Client,
+    nodes: &Informer<Node>,
+    registered: &mut std::collections::HashSet<String>,
+) {
+    for node in nodes.all() {
+        let name = node.name_any();
+        if registered.insert(name.clone()) {
+            let regarding = k8s_openapi::api::core::v1::ObjectReference {
+                kind: Some("Node".into()),
+                name: Some(name.clone()),
+                uid: node.uid(),
+                ..Default::default()
+            };
+            crate::events::spawn_event(
+                client,
+                "node-controller",
+                regarding,
+                "Normal",
+                "RegisteredNode",
+                format!("Node {name} event: Registered Node {name} in Controller"),
+            );
         }
     }
 }

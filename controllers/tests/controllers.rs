@@ -513,6 +513,30 @@ spec:
         "{out}"
     );
 
+    // a new Node: the node lifecycle controller's `RegisteredNode`, as `describe node` shows
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "n-events"}})).expect("node"),
+        )
+        .await
+        .expect("node");
+    let out = wait_for(
+        "RegisteredNode",
+        Duration::from_secs(20),
+        describe(
+            "node/n-events",
+            "Node n-events event: Registered Node n-events in Controller".to_string(),
+        ),
+    )
+    .await;
+    assert!(
+        out.lines()
+            .any(|l| l.contains("RegisteredNode") && l.contains("node-controller")),
+        "{out}"
+    );
+
     shutdown.cancel();
     cm.await
         .expect("controller-manager task")
