@@ -1270,5 +1270,37 @@ async fn persistent_volume_claims_mount_their_volume_and_local_path_data_is_clea
     })
     .await;
     assert!(!local_dir.exists(), "the volume's data is removed with it");
+
+    // a generic ephemeral volume is its claim `<pod>-<volume>`, used only once the pod owns it
+    let eph_dir = c.storage.parent().expect("dir").join("ephemeral-volume");
+    bound_claim(&c, "eph-data", "kl-eph", &eph_dir, json!({})).await;
+    let eph = c
+        .create_pod(json!({"metadata": {"name": "eph"}, "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "echo mine > /data/file && echo written; sleep 3600"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}]}}))
+        .await;
+    assert_eq!(
+        failed_mount(&c, "eph").await,
+        "MountVolume.SetUp failed for volume \"data\" : PVC default/eph-data was not created for pod default/eph (pod is not owner)"
+    );
+    assert_eq!(c.kubectl_status("eph"), "ContainerCreating");
+    {
+        use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+        let owner = json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod",
+            "name": "eph", "uid": eph.metadata.uid, "controller": true, "blockOwnerDeletion": true}]}});
+        pvcs.patch("eph-data", &PatchParams::default(), &Patch::Merge(&owner))
+            .await
+            .expect("the pod owns the claim");
+    }
+    c.wait_log("eph", "written").await;
+    assert_eq!(
+        std::fs::read_to_string(eph_dir.join("file")).expect("the file on the host"),
+        "mine\n"
+    );
     c.stop().await;
 }
