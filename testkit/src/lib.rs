@@ -6,8 +6,33 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
+/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests), chosen in
+/// 20000-29999: below the kernel's ephemeral range (32768+ by default), so an outgoing
+/// connection of a parallel test cannot take it between this check and its use (CI saw an
+/// etcd fail with "address already in use" so, session 13), and clear of the well-known
+/// ports kaze's components use (6443, 102xx) and the NodePort range (30000-32767).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+        ^ (u64::from(std::process::id()) << 20);
+    for _ in 0..200 {
+        // a cheap mix of time, pid and a counter (splitmix64's finalizer)
+        let mut x = seed.wrapping_add(
+            NEXT.fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        let port = 20000 + (x % 10000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -76,6 +101,20 @@ impl Etcd {
             peer_port: free_port(),
             bin: bin.to_path_buf(),
         };
+        // A port taken between free_port() and etcd's bind (by a parallel test): new ports.
+        for _ in 0..5 {
+            match etcd.try_spawn() {
+                Ok(()) => return etcd,
+                Err(log) if log.contains("address already in use") => {
+                    etcd.child = None;
+                    let _ = std::fs::remove_dir_all(etcd.data_dir());
+                    let _ = std::fs::remove_file(etcd.dir.path().join("etcd.log"));
+                    etcd.client_port = free_port();
+                    etcd.peer_port = free_port();
+                }
+                Err(log) => panic!("etcd exited early; log:\n{log}"),
+            }
+        }
         etcd.spawn();
         etcd
     }
@@ -99,6 +138,13 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("etcd exited early; log:\n{log}");
+        }
+    }
+
+    /// Start etcd and wait until it answers; `Err(log)` if it exited.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let bin = &self.bin;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
@@ -122,10 +168,10 @@ impl Etcd {
             .spawn()
             .expect("spawning etcd");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = Command::new("etcdctl")
@@ -137,11 +183,11 @@ impl Etcd {
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("etcd exited early with {status}; log:\n{}", self.log());
+                    return Err(format!("({status})\n{}", self.log()));
                 }
             }
             if Instant::now() > deadline {
