@@ -7,46 +7,17 @@
 //! stays Pending with upstream's reason. Deleting the pod deletes its claim (the garbage
 //! collector follows the owner reference; pvc-protection lets it go).
 
+mod common;
+
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use testkit::wait_for;
 
-async fn add_node(client: &Client, name: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name},
-                     "annotations": {"kaze.io/local-storage-path": format!("/var/lib/{name}/storage")}},
-    }))
-    .expect("node");
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("node");
-    let status = json!({"status": {
-        "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-        "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("node status");
-}
-
-async fn create<K>(api: &Api<K>, v: serde_json::Value) -> K
-where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).expect("object");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create")
-}
+use common::{add_node, create, event, node_of};
 
 /// A pod with the generic ephemeral volume `scratch` of the local-path class.
 fn pod(name: &str) -> serde_json::Value {
@@ -57,46 +28,6 @@ fn pod(name: &str) -> serde_json::Value {
                      "metadata": {"labels": {"app": name}, "annotations": {"note": "from the template"}},
                      "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
                               "resources": {"requests": {"storage": "1Gi"}}}}}}]}})
-}
-
-/// Every message of `reason` events about pod `pod`.
-async fn said(client: &Client, pod: &str, reason: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let fields = format!("involvedObject.name={pod},reason={reason}");
-    events
-        .list(&ListParams::default().fields(&fields))
-        .await
-        .map(|l| l.items.into_iter().filter_map(|e| e.message).collect())
-        .unwrap_or_default()
-}
-
-/// `expected` once an event of `reason` about `pod` says it (else, after 20 s, every such
-/// message, for the assertion to show).
-async fn event(client: &Client, pod: &str, reason: &str, expected: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let said = said(client, pod, reason).await;
-        if said.iter().any(|m| m == expected) {
-            return expected.to_string();
-        }
-        if tokio::time::Instant::now() > deadline {
-            return said.join(" | ");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn node_of(pods: &Api<Pod>, name: &str) -> String {
-    let pods = pods.clone();
-    wait_for(
-        &format!("pod {name} bound"),
-        Duration::from_secs(30),
-        || {
-            let pods = pods.clone();
-            async move { pods.get(name).await.ok()?.spec?.node_name }
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

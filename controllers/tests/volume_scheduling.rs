@@ -5,46 +5,17 @@
 //! by the built-in local-path provisioner on the node the scheduler chose (the pod bound
 //! only after the claim), or bound to a free static volume on a node that has one.
 
+mod common;
+
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::api::Api;
 use serde_json::json;
 use testkit::wait_for;
 
-async fn add_node(client: &Client, name: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name},
-                     "annotations": {"kaze.io/local-storage-path": format!("/var/lib/{name}/storage")}},
-    }))
-    .expect("node");
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("node");
-    let status = json!({"status": {
-        "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-        "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("node status");
-}
-
-async fn create<K>(api: &Api<K>, v: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).expect("object");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create");
-}
+use common::{add_node, create, event, node_of};
 
 fn pod(name: &str, claim: &str) -> serde_json::Value {
     json!({"metadata": {"name": name},
@@ -64,43 +35,6 @@ fn pinned(name: &str, class: &str, node: &str) -> serde_json::Value {
                  "storageClassName": class, "local": {"path": "/mnt/disk"},
                  "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                      {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
-}
-
-async fn node_of(pods: &Api<Pod>, name: &str) -> String {
-    let pods = pods.clone();
-    wait_for(
-        &format!("pod {name} bound"),
-        Duration::from_secs(30),
-        || {
-            let pods = pods.clone();
-            async move { pods.get(name).await.ok()?.spec?.node_name }
-        },
-    )
-    .await
-}
-
-/// The FailedScheduling message of `pod` that is `expected`, once the scheduler has said it
-/// (else, after 20 s, every message it said, for the assertion to show). The scheduler may
-/// first see the pod before its cache has a claim created a moment earlier, and say the
-/// claim is not found; it tries again when the claim arrives, as upstream's does.
-async fn failed_scheduling(client: &Client, pod: &str, expected: &str) -> String {
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let fields = format!("involvedObject.name={pod},reason=FailedScheduling");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let said: Vec<String> = events
-            .list(&ListParams::default().fields(&fields))
-            .await
-            .map(|l| l.items.into_iter().filter_map(|e| e.message).collect())
-            .unwrap_or_default();
-        if said.iter().any(|m| m == expected) {
-            return expected.to_string();
-        }
-        if tokio::time::Instant::now() > deadline {
-            return said.join(" | ");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,14 +90,14 @@ async fn pods_go_where_their_volumes_are_and_wait_for_their_claims() {
     create(&pods, pod("no-claim", "missing")).await;
     let expected = "0/2 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.";
     assert_eq!(
-        failed_scheduling(&client, "no-claim", expected).await,
+        event(&client, "no-claim", "FailedScheduling", expected).await,
         expected
     );
     create(&pvcs, claim("nas", "now")).await;
     create(&pods, pod("on-nas", "nas")).await;
     let expected = "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.";
     assert_eq!(
-        failed_scheduling(&client, "on-nas", expected).await,
+        event(&client, "on-nas", "FailedScheduling", expected).await,
         expected
     );
     // the missing claim appears: the pod is tried again and scheduled
@@ -256,7 +190,7 @@ async fn pods_go_where_their_volumes_are_and_wait_for_their_claims() {
     create(&pods, pod("static-user-2", "static-2")).await;
     let expected = "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.";
     assert_eq!(
-        failed_scheduling(&client, "static-user-2", expected).await,
+        event(&client, "static-user-2", "FailedScheduling", expected).await,
         expected
     );
     shutdown.cancel();

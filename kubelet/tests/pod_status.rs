@@ -6,10 +6,29 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Event, Pod, PodCondition};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::cluster::Cluster;
+
+/// The first event in `default` with `reason` about the object `about` picks, once written.
+async fn event(
+    events: &kube::Api<Event>,
+    reason: &'static str,
+    timeout: std::time::Duration,
+    about: impl Fn(&k8s_openapi::api::core::v1::ObjectReference) -> bool,
+) -> Event {
+    testkit::wait_for(reason, timeout, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason) && about(&e.involved_object))
+    })
+    .await
+}
 
 fn condition(p: &Pod, kind: &str) -> Option<PodCondition> {
     p.status
@@ -154,7 +173,6 @@ async fn readiness_gates_and_conditions_of_others_survive_the_kubelets_writes() 
 /// its container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() {
-    use k8s_openapi::api::core::v1::Event;
     let mut c = Cluster::new("podevents", 249).await;
     c.config.eviction_hard = "memory.available<100Mi,nodefs.available<1%".into();
     c.start_kubelet();
@@ -259,22 +277,6 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
     );
     let uid = p.metadata.uid.clone().expect("uid");
     let events: kube::Api<Event> = kube::Api::namespaced(c.client.clone(), "default");
-    let recorded = |reason: &'static str| {
-        let events = events.clone();
-        let uid = uid.clone();
-        async move {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some(reason)
-                        && e.involved_object.uid.as_deref() == Some(uid.as_str())
-                })
-        }
-    };
     for (reason, message) in [
         (
             "Pulled",
@@ -283,8 +285,8 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
         ("Created", "Container created"),
         ("Started", "Container started"),
     ] {
-        let e = testkit::wait_for(reason, std::time::Duration::from_secs(10), || {
-            recorded(reason)
+        let e = event(&events, reason, std::time::Duration::from_secs(10), |o| {
+            o.uid.as_deref() == Some(uid.as_str())
         })
         .await;
         assert_eq!(e.message.as_deref(), Some(message));
@@ -299,9 +301,12 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
         );
     }
     // each failed probe attempt (the file comes after 2 s) is an `Unhealthy` warning
-    let e = testkit::wait_for("Unhealthy", std::time::Duration::from_secs(10), || {
-        recorded("Unhealthy")
-    })
+    let e = event(
+        &events,
+        "Unhealthy",
+        std::time::Duration::from_secs(10),
+        |o| o.uid.as_deref() == Some(uid.as_str()),
+    )
     .await;
     assert_eq!(e.type_.as_deref(), Some("Warning"));
     assert!(
@@ -326,9 +331,12 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
         .await
         .expect("delete");
     c.wait_pod_gone("default", "slow").await;
-    let killing = testkit::wait_for("Killing", std::time::Duration::from_secs(10), || {
-        recorded("Killing")
-    })
+    let killing = event(
+        &events,
+        "Killing",
+        std::time::Duration::from_secs(10),
+        |o| o.uid.as_deref() == Some(uid.as_str()),
+    )
     .await;
     assert_eq!(killing.message.as_deref(), Some("Stopping container main"));
     // a container that keeps failing: upstream's `BackOff` warning
@@ -347,22 +355,12 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
         .await
         .expect("create");
     let crash_uid = crash.metadata.uid.clone().expect("uid");
-    let backoff = testkit::wait_for("BackOff", std::time::Duration::from_secs(30), || {
-        let events = events.clone();
-        let uid = crash_uid.clone();
-        async move {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("BackOff")
-                        && e.involved_object.uid.as_deref() == Some(uid.as_str())
-                })
-        }
-    })
+    let backoff = event(
+        &events,
+        "BackOff",
+        std::time::Duration::from_secs(30),
+        |o| o.uid.as_deref() == Some(crash_uid.as_str()),
+    )
     .await;
     assert_eq!(
         backoff.message,
@@ -431,22 +429,8 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
         ),
         ("NodeReady", format!("Node {node} status is now: NodeReady")),
     ] {
-        let e = testkit::wait_for(reason, std::time::Duration::from_secs(10), || {
-            let events = events.clone();
-            let node = node.clone();
-            async move {
-                events
-                    .list(&Default::default())
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .find(|e| {
-                        e.reason.as_deref() == Some(reason)
-                            && e.involved_object.kind.as_deref() == Some("Node")
-                            && e.involved_object.name.as_deref() == Some(node.as_str())
-                    })
-            }
+        let e = event(&events, reason, std::time::Duration::from_secs(10), |o| {
+            o.kind.as_deref() == Some("Node") && o.name.as_deref() == Some(node.as_str())
         })
         .await;
         assert_eq!(e.message.as_deref(), Some(message.as_str()));
