@@ -150,10 +150,49 @@ pub fn cargo(root: &Path) -> Command {
     cmd
 }
 
+/// Free space (GiB) on the file system holding `dir`, from `df` (None when it cannot tell).
+fn free_gib(dir: &Path) -> Option<f64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: f64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}
+
+/// What a fresh `ci` needs on the target's disk (the debug build of every test binary plus
+/// the tools; measured ~20 GB with line tables only) and some headroom for the tests' files.
+const CI_DISK_GIB: f64 = 25.0;
+
+/// Print the free space on the target dir's disk, and say plainly when it is too little:
+/// a linker that runs out of disk dies of SIGBUS, which names nothing.
+fn report_disk(root: &Path, when: &str) {
+    let target = root.join("target");
+    let dir = if target.exists() {
+        target
+    } else {
+        root.to_path_buf()
+    };
+    match free_gib(&dir) {
+        Some(free) if free < CI_DISK_GIB => println!(
+            "ci: WARNING {when}: only {free:.1} GiB free on {} (a fresh ci needs ~{CI_DISK_GIB:.0} GiB; \
+             a full disk shows up as the linker dying of SIGBUS)",
+            dir.display()
+        ),
+        Some(free) => println!("ci: {when}: {free:.1} GiB free on {}", dir.display()),
+        None => println!("ci: {when}: could not read the free space of {}", dir.display()),
+    }
+}
+
 fn ci(root: &Path) -> Result<()> {
     let started = std::time::Instant::now();
     // A CI build is built once: incremental caches would only cost disk (gigabytes here).
     std::env::set_var("CARGO_INCREMENTAL", "0");
+    report_disk(root, "at the start");
     setup::run(root).context("ci: setup")?;
     step("build-ebpf");
     ebpf::build_ebpf(root).context("ci: build-ebpf")?;
@@ -173,7 +212,9 @@ fn ci(root: &Path) -> Result<()> {
     ]))
     .context("ci: clippy")?;
     step("cargo build");
-    run_cmd(cargo(root).args(["build", "--workspace", "--all-targets"])).context("ci: build")?;
+    let built = run_cmd(cargo(root).args(["build", "--workspace", "--all-targets"]));
+    report_disk(root, "after the build");
+    built.context("ci: build")?;
     step("cargo test (unit, integration, privileged e2e; two lanes, see testlanes.rs)");
     testlanes::run(root).context("ci: tests")?;
     step("benchmarks (smoke mode)");
@@ -187,6 +228,7 @@ fn ci(root: &Path) -> Result<()> {
         )
         .with_context(|| format!("ci: bench {name} --smoke"))?;
     }
+    report_disk(root, "at the end");
     println!("ci: time per step");
     for (name, secs) in step_durations() {
         println!("    {secs:>6.0} s  {name}");
