@@ -196,6 +196,11 @@ fn cpu_line(api: Cpu, raw: Cpu) -> String {
 #[tokio::main]
 async fn main() {
     let a = args();
+    // `RUST_LOG=bench=debug,h2::codec=debug` traces each watcher's arrivals beside the
+    // frames h2 reads and writes (for chasing watch latency tails); off by default.
+    if std::env::var_os("RUST_LOG").is_some() {
+        component::init_tracing();
+    }
     println!(
         "apiserver bench: {} pods, {} lists, {} watchers x {} events",
         a.pods, a.lists, a.watchers, a.events
@@ -320,7 +325,7 @@ async fn main() {
         .unwrap_or_default();
     let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let mut tasks = Vec::new();
-    for _ in 0..a.watchers {
+    for watcher in 0..a.watchers {
         let (wpods, rv, arrivals) = (wpods.clone(), rv.clone(), arrivals.clone());
         let want = a.events;
         tasks.push(tokio::spawn(async move {
@@ -332,6 +337,7 @@ async fn main() {
             let mut seen = 0;
             while let Some(Ok(ev)) = s.next().await {
                 if let WatchEvent::Added(p) = ev {
+                    tracing::debug!(target: "bench", watcher, pod = ?p.metadata.name, "arrived");
                     arrivals
                         .lock()
                         .await
@@ -351,6 +357,7 @@ async fn main() {
         let name = format!("w{i}");
         let p: Pod = serde_json::from_value(pod(ns, &name)).expect("pod");
         let t = Instant::now();
+        tracing::debug!(target: "bench", pod = %name, "creating");
         wpods
             .create(&PostParams::default(), &p)
             .await

@@ -519,6 +519,9 @@ pub async fn serve_with(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
         }
+        if peer.ip().is_loopback() {
+            no_bbr_on_loopback(&tcp, peer);
+        }
         conns.spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(t) => t,
@@ -573,6 +576,28 @@ pub async fn serve_with(
     if drained.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
         conns.abort_all();
+    }
+}
+
+/// A loopback connection of a host whose default congestion control is BBR goes back to
+/// CUBIC. BBR paces what a socket sends at its bandwidth estimate, and a connection that
+/// sends in bursts (a watch event fanned out to the hundred HTTP/2 streams of one client is
+/// ~300 KB at once, then nothing for a while) has a low, application-limited estimate: on this
+/// VM (`net.ipv4.tcp_congestion_control = bbr`) one event in fifty left the apiserver
+/// 20-45 ms late, half of it in the first 65 KB segment and the rest one pacing interval
+/// later. On loopback there is no bottleneck for BBR to model; CUBIC sends the burst at
+/// once (watch p99 7-9 ms against 25-50 ms, `cargo xtask bench apiserver`). Connections
+/// from other hosts keep the operator's choice.
+fn no_bbr_on_loopback(tcp: &tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    let sock = socket2::SockRef::from(tcp);
+    match sock.tcp_congestion() {
+        Ok(name) if name.starts_with(b"bbr") => {
+            if let Err(e) = sock.set_tcp_congestion(b"cubic") {
+                tracing::debug!(%peer, error = %e, "setting TCP_CONGESTION cubic");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(%peer, error = %e, "reading TCP_CONGESTION"),
     }
 }
 
@@ -656,6 +681,75 @@ pub fn subject(cert: &[u8]) -> Option<(Option<String>, Vec<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener whose congestion control is BBR, on loopback (root loads `tcp_bbr` if it
+    /// is not loaded yet).
+    fn bbr_listener() -> std::net::TcpListener {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let sock = socket2::SockRef::from(&listener);
+        if sock.set_tcp_congestion(b"bbr").is_err() {
+            let _ = std::process::Command::new("modprobe")
+                .arg("tcp_bbr")
+                .status();
+            sock.set_tcp_congestion(b"bbr")
+                .expect("TCP_CONGESTION bbr (is the tcp_bbr module available?)");
+        }
+        listener
+    }
+
+    /// The server side of a loopback connection leaves BBR for CUBIC (read back from the
+    /// kernel with `ss`); a connection accepted without `serve_with` keeps the listener's
+    /// BBR, so the check can fail.
+    #[tokio::test]
+    async fn loopback_connections_leave_bbr() {
+        let plain = bbr_listener();
+        let _client =
+            std::net::TcpStream::connect(plain.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = plain.accept().expect("accept");
+        let inherited = socket2::SockRef::from(&accepted)
+            .tcp_congestion()
+            .expect("TCP_CONGESTION");
+        assert!(
+            inherited.starts_with(b"bbr"),
+            "an accepted socket inherits the listener's congestion control"
+        );
+
+        let listener = bbr_listener();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let listener = TcpListener::from_std(listener).expect("listener");
+        let tls = ephemeral_self_signed(&["localhost".into()], ClientCerts::None).expect("tls");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_with(
+            listener,
+            tls,
+            axum::Router::new(),
+            shutdown.clone(),
+            100,
+        ));
+        let _client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = std::process::Command::new("ss")
+                .args(["-tinH", "state", "established"])
+                .arg(format!("( sport = :{port} )"))
+                .output()
+                .expect("ss");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.contains("cubic") && !text.contains("bbr") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server side of a loopback connection is still not CUBIC: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        server.await.expect("server");
+    }
 
     fn ca(cn: &str) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
         let key = rcgen::KeyPair::generate().expect("key");
