@@ -727,7 +727,7 @@ mod tests {
             shutdown.clone(),
             100,
         ));
-        let _client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let client = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -747,6 +747,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        drop(client);
         shutdown.cancel();
         server.await.expect("server");
     }
