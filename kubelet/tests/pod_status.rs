@@ -369,6 +369,37 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
         ))
     );
     assert_eq!(backoff.type_.as_deref(), Some("Warning"));
+    // the next back-off counts on the same event (`kubectl describe`: `x2 over 12s`), as
+    // client-go's event correlator does
+    let name = backoff.metadata.name.clone().expect("name");
+    let counted = testkit::wait_for(
+        "BackOff counted twice",
+        std::time::Duration::from_secs(60),
+        || {
+            let (events, name) = (events.clone(), name.clone());
+            async move {
+                let e = events.get(&name).await.ok()?;
+                (e.count.unwrap_or(0) >= 2).then_some(e)
+            }
+        },
+    )
+    .await;
+    assert!(
+        counted.last_timestamp.as_ref().map(|t| t.0) > backoff.last_timestamp.as_ref().map(|t| t.0),
+        "lastTimestamp moves on: {counted:?}"
+    );
+    let same: Vec<Event> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("BackOff")
+                && e.involved_object.uid.as_deref() == Some(crash_uid.as_str())
+        })
+        .collect();
+    assert_eq!(same.len(), 1, "one BackOff event, counted: {same:?}");
     c.pods("default")
         .delete("crash", &DeleteParams::default())
         .await

@@ -1,21 +1,43 @@
 //! Pod events the kubelet reports (`FailedMount`, ...), written best effort in the
-//! background as upstream's event broadcaster does. A message repeated back to back is
-//! written once.
+//! background as upstream's event broadcaster does, and correlated as client-go's
+//! `EventCorrelator` does: an event identical to one already written about the same object
+//! (type, reason, message, field path) bumps that event's `count` and `lastTimestamp`
+//! (`kubectl describe` prints `x4 over 1m`) instead of writing another, and each object
+//! gets a burst of 25 events, then one per 5 minutes (upstream's spam filter).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Upstream's spam filter: events per object in a burst, then one per `SPAM_REFILL`.
+const SPAM_BURST: f64 = 25.0;
+const SPAM_REFILL: Duration = Duration::from_secs(300);
+/// Distinct events remembered per object for counting (client-go keeps an LRU of 4096 for
+/// the whole kubelet; a pod's worker sees few).
+const SERIES_KEPT: usize = 64;
+
+/// One event already written: its name and how many times it happened.
+struct Series {
+    name: String,
+    count: i32,
+}
+
+/// type, reason, message, field path
+type SeriesKey = (String, String, String, Option<String>);
 
 pub(crate) struct Recorder {
     client: Option<kube::Client>,
     object: ObjectReference,
     node: String,
-    last: HashMap<String, String>,
+    series: HashMap<SeriesKey, Series>,
+    tokens: f64,
+    refilled: Instant,
 }
 
 impl Recorder {
@@ -33,7 +55,9 @@ impl Recorder {
                 ..Default::default()
             },
             node: node.into(),
-            last: HashMap::new(),
+            series: HashMap::new(),
+            tokens: SPAM_BURST,
+            refilled: Instant::now(),
         }
     }
 
@@ -49,23 +73,24 @@ impl Recorder {
                 ..Default::default()
             },
             node: node.into(),
-            last: HashMap::new(),
+            series: HashMap::new(),
+            tokens: SPAM_BURST,
+            refilled: Instant::now(),
         }
     }
 
-    /// A Warning event, unless the same reason just had the same message.
+    /// A Warning event (a repeat counts on the first).
     pub(crate) fn warn(&mut self, reason: &str, message: &str) {
         self.record("Warning", reason, message);
     }
 
-    /// A Normal event (every time).
+    /// A Normal event (a repeat counts on the first).
     pub(crate) fn normal(&mut self, reason: &str, message: &str) {
         self.record("Normal", reason, message);
-        self.last.remove(reason);
     }
 
     /// A Normal event about one container of the pod (`fieldPath` `spec.containers{name}`,
-    /// which `kubectl describe` prints before the message), every time: upstream's
+    /// which `kubectl describe` prints before the message): upstream's
     /// `Pulled`/`Created`/`Started`/`Killing`.
     pub(crate) fn container(&mut self, field_path: String, reason: &str, message: &str) {
         let pod_level = self.object.field_path.replace(field_path);
@@ -73,19 +98,31 @@ impl Recorder {
         self.object.field_path = pod_level;
     }
 
-    /// A Warning event about one container (`Unhealthy`, `BackOff`), unless the same
-    /// reason just had the same message.
+    /// A Warning event about one container (`Unhealthy`, `BackOff`).
     pub(crate) fn container_warning(&mut self, field_path: String, reason: &str, message: &str) {
         let pod_level = self.object.field_path.replace(field_path);
         self.warn(reason, message);
         self.object.field_path = pod_level;
     }
 
+    /// The spam filter: false once the object's burst is spent, until it refills.
+    fn take_token(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() / SPAM_REFILL.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(SPAM_BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
     fn record(&mut self, type_: &str, reason: &str, message: &str) {
-        if self.last.get(reason).map(String::as_str) == Some(message) {
+        if !self.take_token() {
+            tracing::debug!(object = ?self.object.name, reason, message, "event dropped by the spam filter");
             return;
         }
-        self.last.insert(reason.into(), message.into());
         tracing::info!(object = ?self.object.name, type_, reason, message, "event");
         let Some(client) = self.client.clone() else {
             return;
@@ -96,30 +133,61 @@ impl Recorder {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
+        let key: SeriesKey = (
+            type_.into(),
+            reason.into(),
+            message.into(),
+            self.object.field_path.clone(),
+        );
+        let repeat = self.series.get_mut(&key).map(|series| {
+            series.count += 1;
+            (series.name.clone(), series.count)
+        });
+        if let Some((name, count)) = repeat {
+            let ev = self.event(&name, &ns, &key, now, count);
+            tokio::spawn(async move {
+                let api: Api<Event> = Api::namespaced(client, &ns);
+                let bump = serde_json::json!({"count": count, "lastTimestamp": Time(now)});
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&bump))
+                    .await
+                {
+                    Ok(_) => {}
+                    // expired (events live an hour) or deleted: write it again, as upstream
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        match api.create(&PostParams::default(), &ev).await {
+                            Ok(_) => {}
+                            // the first write landed meanwhile: count on it
+                            Err(kube::Error::Api(e)) if e.code == 409 => {
+                                let bumped = api
+                                    .patch(&name, &PatchParams::default(), &Patch::Merge(&bump))
+                                    .await;
+                                if let Err(e) = bumped {
+                                    tracing::debug!(error = %e, "counting an event");
+                                }
+                            }
+                            Err(e) => tracing::debug!(error = %e, "writing an event"),
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "counting an event"),
+                }
+            });
+            return;
+        }
         let name = self.object.name.clone().unwrap_or_default();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}.{:x}{seq:x}", now.as_nanosecond() as u64)),
-                namespace: Some(ns.clone()),
-                ..Default::default()
+        let name = format!("{name}.{:x}{seq:x}", now.as_nanosecond() as u64);
+        if self.series.len() >= SERIES_KEPT {
+            self.series.clear();
+        }
+        let ev = self.event(&name, &ns, &key, now, 1);
+        self.series.insert(
+            key,
+            Series {
+                name: name.clone(),
+                count: 1,
             },
-            involved_object: self.object.clone(),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some(type_.into()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
-            reporting_component: Some("kubelet".into()),
-            reporting_instance: Some(self.node.clone()),
-            source: Some(EventSource {
-                component: Some("kubelet".into()),
-                host: Some(self.node.clone()),
-            }),
-            ..Default::default()
-        };
+        );
         tokio::spawn(async move {
             let api: Api<Event> = Api::namespaced(client, &ns);
             if let Err(e) = api.create(&PostParams::default(), &ev).await {
@@ -128,8 +196,36 @@ impl Recorder {
         });
     }
 
-    /// Forget a reason's last message (the condition cleared), so a recurrence is reported.
-    pub(crate) fn clear(&mut self, reason: &str) {
-        self.last.remove(reason);
+    /// The event `name` as written: first seen now (a re-created series keeps its count).
+    fn event(
+        &self,
+        name: &str,
+        ns: &str,
+        (type_, reason, message, _): &SeriesKey,
+        now: k8s_openapi::jiff::Timestamp,
+        count: i32,
+    ) -> Event {
+        Event {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            involved_object: self.object.clone(),
+            reason: Some(reason.clone()),
+            message: Some(message.clone()),
+            type_: Some(type_.clone()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(count),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.node.clone()),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.node.clone()),
+            }),
+            ..Default::default()
+        }
     }
 }

@@ -475,7 +475,6 @@ impl Worker {
             }
             return match self.volumes.setup().await {
                 Ok(()) => {
-                    self.events.clear("FailedMount");
                     self.volumes_refreshed = now;
                     for s in &mut self.slots {
                         if let Some(w) = s.waiting.as_mut() {
