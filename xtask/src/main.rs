@@ -165,7 +165,8 @@ fn free_gib(dir: &Path) -> Option<f64> {
 }
 
 /// What a fresh `ci` needs on the target's disk (the debug build of every test binary plus
-/// the tools; measured ~20 GB with line tables only) and some headroom for the tests' files.
+/// the tools: 13 GB fresh, measured in session 14) and headroom for rebuilds and the tests'
+/// files.
 const CI_DISK_GIB: f64 = 25.0;
 
 /// Print the free space on the target dir's disk, and say plainly when it is too little:
