@@ -681,6 +681,12 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 job::validate_spec(spec, "spec", &mut causes);
             }
         }
+        ("", "PersistentVolumeClaim") => {
+            validate_claim_spec(obj.get("spec").unwrap_or(&Value::Null), "spec", &mut causes);
+            if let Some(old) = old {
+                validate_claim_update(obj, old, &mut causes);
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => validate_priority_class(obj, old, &mut causes),
         ("node.k8s.io", "RuntimeClass") => causes.extend(crate::runtimeclass::validate(obj, old)),
         (
@@ -970,19 +976,132 @@ fn validate_ephemeral_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>)
             }
         }
         let claim = t.get("spec").unwrap_or(&Value::Null);
-        if claim
-            .get("accessModes")
-            .and_then(Value::as_array)
-            .is_none_or(|m| m.is_empty())
-        {
+        validate_claim_spec(claim, &format!("{at}.spec"), causes);
+    }
+}
+
+/// Upstream's `ValidatePersistentVolumeClaimUpdate`: a claim's spec is fixed at creation
+/// (quota and limit ranges were checked against it) except what the system fills in once
+/// (`volumeName` while empty, `storageClassName` while unset: the retroactive default class),
+/// `volumeAttributesClassName`, and the storage request of a bound claim (expansion), which
+/// may not go below the capacity it has.
+fn validate_claim_update(obj: &Value, old: &Value, causes: &mut Vec<Cause>) {
+    let spec = |v: &Value| v.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let (mut was, mut now) = (spec(old), spec(obj));
+    let bound = old.pointer("/status/phase").and_then(Value::as_str) == Some("Bound");
+    for s in [&mut was, &mut now] {
+        if let Some(m) = s.as_object_mut() {
+            m.remove("volumeAttributesClassName");
+        }
+    }
+    let empty = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || v == "");
+    if empty(was.get("volumeName")) {
+        if let (Some(w), Some(n)) = (was.as_object_mut(), now.get("volumeName").cloned()) {
+            w.insert("volumeName".into(), n);
+        }
+    }
+    if was.get("storageClassName").is_none_or(Value::is_null) {
+        if let (Some(w), Some(n)) = (was.as_object_mut(), now.get("storageClassName").cloned()) {
+            w.insert("storageClassName".into(), n);
+        }
+    }
+    if bound {
+        if let Some(n) = now.pointer("/resources/requests/storage").cloned() {
+            if let Some(w) = was.pointer_mut("/resources/requests/storage") {
+                *w = n;
+            }
+        }
+    }
+    if was != now {
+        causes.push((
+            "spec".into(),
+            "FieldValueForbidden",
+            "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims".into(),
+        ));
+        return;
+    }
+    let quantity = |v: Option<&Value>| {
+        let v = v?;
+        component::quota::Quantity::parse(v.as_str()?).map(|q| q.nanos)
+    };
+    let asked = quantity(obj.pointer("/spec/resources/requests/storage"));
+    let has = quantity(old.pointer("/status/capacity/storage"));
+    if let (Some(asked), Some(has)) = (asked, has) {
+        if bound && asked < has {
             causes.push((
-                format!("{at}.spec.accessModes"),
-                "FieldValueRequired",
-                "Required value: at least 1 access mode is required".into(),
+                "spec.resources.requests.storage".into(),
+                "FieldValueForbidden",
+                "Forbidden: field can not be less than status.capacity".into(),
             ));
         }
-        if claim.pointer("/resources/requests/storage").is_none() {
-            causes.push(required(&format!("{at}.spec.resources[storage]")));
+    }
+}
+
+/// Upstream's `ValidatePersistentVolumeClaimSpec`, the parts a claim's users meet: at least
+/// one access mode, each a known one and `ReadWriteOncePod` alone; a storage request above
+/// zero; a known `volumeMode`. For PersistentVolumeClaims and ephemeral volumes' templates.
+fn validate_claim_spec(claim: &Value, at: &str, causes: &mut Vec<Cause>) {
+    const MODES: [&str; 4] = [
+        "ReadOnlyMany",
+        "ReadWriteMany",
+        "ReadWriteOnce",
+        "ReadWriteOncePod",
+    ];
+    let modes = claim.get("accessModes").and_then(Value::as_array);
+    match modes {
+        Some(m) if !m.is_empty() => {
+            for mode in m {
+                let known = mode.as_str().is_some_and(|s| MODES.contains(&s));
+                if !known {
+                    let shown = mode
+                        .as_str()
+                        .map_or_else(|| mode.to_string(), |s| format!("{s:?}"));
+                    causes.push((
+                        format!("{at}.accessModes"),
+                        "FieldValueNotSupported",
+                        format!(
+                            "Unsupported value: {shown}: supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\""
+                        ),
+                    ));
+                }
+            }
+            if m.len() > 1 && m.iter().any(|x| x == "ReadWriteOncePod") {
+                causes.push((
+                    format!("{at}.accessModes"),
+                    "FieldValueForbidden",
+                    "Forbidden: may not use ReadWriteOncePod with other access modes".into(),
+                ));
+            }
+        }
+        _ => causes.push((
+            format!("{at}.accessModes"),
+            "FieldValueRequired",
+            "Required value: at least 1 access mode is required".into(),
+        )),
+    }
+    match claim.pointer("/resources/requests/storage") {
+        None | Some(Value::Null) => causes.push(required(&format!("{at}.resources[storage]"))),
+        Some(q) => {
+            let text = q.as_str().map_or_else(|| q.to_string(), str::to_string);
+            let parsed = component::quota::Quantity::parse(&text);
+            if parsed.is_some_and(|v| v.nanos <= 0) {
+                causes.push(invalid(
+                    &format!("{at}.resources[storage]"),
+                    format!("Invalid value: {text:?}: must be greater than zero"),
+                ));
+            }
+        }
+    }
+    if let Some(mode) = claim.get("volumeMode").filter(|m| !m.is_null()) {
+        if !matches!(mode.as_str(), Some("Block" | "Filesystem")) {
+            let shown = mode
+                .as_str()
+                .map_or_else(|| mode.to_string(), |s| format!("{s:?}"));
+            causes.push((
+                format!("{at}.volumeMode"),
+                "FieldValueNotSupported",
+                format!("Unsupported value: {shown}: supported values: \"Block\", \"Filesystem\""),
+            ));
         }
     }
 }
@@ -1149,6 +1268,148 @@ mod tests {
             None
         )
         .is_empty());
+    }
+
+    #[test]
+    fn claims_need_known_access_modes_a_positive_storage_request_and_a_known_volume_mode() {
+        let r = Registry::builtin();
+        let pvcs = r.get("", "v1", "persistentvolumeclaims").expect("pvcs");
+        let causes = |spec: Value| -> Vec<String> {
+            validate(
+                pvcs,
+                &json!({"metadata": {"name": "c"}, "spec": spec}),
+                None,
+            )
+            .into_iter()
+            .map(|(f, _, m)| format!("{f}: {m}"))
+            .collect()
+        };
+        assert_eq!(
+            causes(json!({})),
+            [
+                "spec.accessModes: Required value: at least 1 access mode is required",
+                "spec.resources[storage]: Required value",
+            ]
+        );
+        assert_eq!(
+            causes(json!({"accessModes": ["ReadWriteSometimes", "ReadWriteOncePod"],
+                "resources": {"requests": {"storage": "0"}}, "volumeMode": "Raw"})),
+            [
+                "spec.accessModes: Unsupported value: \"ReadWriteSometimes\": supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\"",
+                "spec.accessModes: Forbidden: may not use ReadWriteOncePod with other access modes",
+                "spec.resources[storage]: Invalid value: \"0\": must be greater than zero",
+                "spec.volumeMode: Unsupported value: \"Raw\": supported values: \"Block\", \"Filesystem\"",
+            ]
+        );
+        assert_eq!(
+            causes(
+                json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "-1Gi"}}})
+            ),
+            ["spec.resources[storage]: Invalid value: \"-1Gi\": must be greater than zero"]
+        );
+        for ok in [
+            json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}),
+            json!({"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "10Mi"}},
+                "volumeMode": "Block"}),
+            json!({"accessModes": ["ReadOnlyMany", "ReadWriteMany"],
+                "resources": {"requests": {"storage": "500M"}}, "volumeMode": "Filesystem"}),
+        ] {
+            assert!(causes(ok.clone()).is_empty(), "{ok}");
+        }
+        // an ephemeral volume's template is held to the same
+        let pods = r.get("", "v1", "pods").expect("pods");
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "a", "image": "x"}],
+            "volumes": [{"name": "v", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "0"}}}}}}]}});
+        let got: Vec<String> = validate(pods, &pod, None)
+            .into_iter()
+            .map(|(f, _, m)| format!("{f}: {m}"))
+            .collect();
+        assert_eq!(
+            got,
+            ["spec.volumes[0].ephemeral.volumeClaimTemplate.spec.resources[storage]: Invalid value: \"0\": must be greater than zero"]
+        );
+    }
+
+    #[test]
+    fn a_claims_spec_is_fixed_but_for_what_the_system_fills_in_and_expansion() {
+        let r = Registry::builtin();
+        let pvcs = r.get("", "v1", "persistentvolumeclaims").expect("pvcs");
+        let claim = |spec: Value, status: Value| json!({"metadata": {"name": "c"}, "spec": spec, "status": status});
+        let base = json!({"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": "1Gi"}}});
+        let with = |extra: Value| {
+            let mut s = base.clone();
+            for (k, v) in extra.as_object().expect("object") {
+                s[k] = v.clone();
+            }
+            s
+        };
+        let pending = json!({"phase": "Pending"});
+        let bound = json!({"phase": "Bound", "capacity": {"storage": "2Gi"}});
+        let update = |new: Value, old: Value| -> Vec<String> {
+            validate(pvcs, &new, Some(&old))
+                .into_iter()
+                .map(|(f, _, m)| format!("{f}: {m}"))
+                .collect()
+        };
+        let fixed = "spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims";
+        // the binder sets volumeName and the default class once; annotations are free
+        assert!(update(
+            claim(
+                with(json!({"volumeName": "pv-1", "storageClassName": "local-path"})),
+                bound.clone()
+            ),
+            claim(base.clone(), pending.clone()),
+        )
+        .is_empty());
+        // but not again
+        assert_eq!(
+            update(
+                claim(with(json!({"volumeName": "pv-2"})), bound.clone()),
+                claim(with(json!({"volumeName": "pv-1"})), bound.clone()),
+            ),
+            [fixed]
+        );
+        assert_eq!(
+            update(
+                claim(with(json!({"storageClassName": "other"})), pending.clone()),
+                claim(
+                    with(json!({"storageClassName": "local-path"})),
+                    pending.clone()
+                ),
+            ),
+            [fixed]
+        );
+        assert_eq!(
+            update(
+                claim(
+                    with(json!({"accessModes": ["ReadWriteMany"]})),
+                    pending.clone()
+                ),
+                claim(base.clone(), pending.clone()),
+            ),
+            [fixed]
+        );
+        // a bound claim may grow, not below what it has; a pending one may not change it
+        let asks = |q: &str| with(json!({"resources": {"requests": {"storage": q}}}));
+        assert!(update(
+            claim(asks("5Gi"), bound.clone()),
+            claim(base.clone(), bound.clone())
+        )
+        .is_empty());
+        assert_eq!(
+            update(claim(asks("1500Mi"), bound.clone()), claim(base.clone(), bound.clone())),
+            ["spec.resources.requests.storage: Forbidden: field can not be less than status.capacity"]
+        );
+        assert_eq!(
+            update(
+                claim(asks("5Gi"), pending.clone()),
+                claim(base.clone(), pending.clone())
+            ),
+            [fixed]
+        );
     }
 
     #[test]

@@ -333,4 +333,31 @@ spec:
     assert_eq!(json(&s, &["get", "pc", "high"])["value"], 1000);
     let pvc = json(&s, &["get", "pvc", "data"]);
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    // a claim upstream refuses is refused with upstream's words; a bound-less claim's spec
+    // is fixed once created
+    let bad = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: bad}\nspec:\n  accessModes: [ReadWriteSometimes]\n  resources: {requests: {storage: \"0\"}}\n";
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(bad));
+    assert!(
+        err.contains(r#"The PersistentVolumeClaim "bad" is invalid"#)
+            && err.contains(r#"spec.accessModes: Unsupported value: "ReadWriteSometimes""#)
+            && err.contains(
+                r#"spec.resources[storage]: Invalid value: "0": must be greater than zero"#
+            ),
+        "{err}"
+    );
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"accessModes":["ReadWriteMany"]}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"),
+        "{err}"
+    );
 }
