@@ -26,6 +26,30 @@ fn invalid(field: &str, msg: impl Into<String>) -> Cause {
     (field.to_string(), "FieldValueInvalid", msg.into())
 }
 
+/// Upstream's `field.NotSupported`: `value` (quoted when a string) is not one of `supported`.
+fn unsupported(field: &str, value: &Value, supported: &[&str]) -> Cause {
+    let shown = value
+        .as_str()
+        .map_or_else(|| value.to_string(), |s| format!("{s:?}"));
+    let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+    (
+        field.to_string(),
+        "FieldValueNotSupported",
+        format!(
+            "Unsupported value: {shown}: supported values: {}",
+            supported.join(", ")
+        ),
+    )
+}
+
+/// A quantity field as written (a JSON string or number) and its value in nanounits.
+fn quantity(v: Option<&Value>) -> Option<(String, i128)> {
+    let v = v.filter(|v| !v.is_null())?;
+    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let nanos = component::quota::Quantity::parse(&text)?.nanos;
+    Some((text, nanos))
+}
+
 /// The label upstream puts on every namespace, its value the namespace's name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -636,10 +660,10 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 ty,
                 "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
             ) {
-                causes.push((
-                    "spec.type".into(),
-                    "FieldValueNotSupported",
-                    format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+                causes.push(unsupported(
+                    "spec.type",
+                    &json!(ty),
+                    &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
                 ));
             }
             let ports = spec.and_then(|s| s.get("ports")).and_then(Value::as_array);
@@ -1020,13 +1044,9 @@ fn validate_claim_update(obj: &Value, old: &Value, causes: &mut Vec<Cause>) {
         ));
         return;
     }
-    let quantity = |v: Option<&Value>| {
-        let v = v?;
-        component::quota::Quantity::parse(v.as_str()?).map(|q| q.nanos)
-    };
     let asked = quantity(obj.pointer("/spec/resources/requests/storage"));
     let has = quantity(old.pointer("/status/capacity/storage"));
-    if let (Some(asked), Some(has)) = (asked, has) {
+    if let (Some((_, asked)), Some((_, has))) = (asked, has) {
         if bound && asked < has {
             causes.push((
                 "spec.resources.requests.storage".into(),
@@ -1051,18 +1071,8 @@ fn validate_claim_spec(claim: &Value, at: &str, causes: &mut Vec<Cause>) {
     match modes {
         Some(m) if !m.is_empty() => {
             for mode in m {
-                let known = mode.as_str().is_some_and(|s| MODES.contains(&s));
-                if !known {
-                    let shown = mode
-                        .as_str()
-                        .map_or_else(|| mode.to_string(), |s| format!("{s:?}"));
-                    causes.push((
-                        format!("{at}.accessModes"),
-                        "FieldValueNotSupported",
-                        format!(
-                            "Unsupported value: {shown}: supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\""
-                        ),
-                    ));
+                if !mode.as_str().is_some_and(|s| MODES.contains(&s)) {
+                    causes.push(unsupported(&format!("{at}.accessModes"), mode, &MODES));
                 }
             }
             if m.len() > 1 && m.iter().any(|x| x == "ReadWriteOncePod") {
@@ -1079,28 +1089,24 @@ fn validate_claim_spec(claim: &Value, at: &str, causes: &mut Vec<Cause>) {
             "Required value: at least 1 access mode is required".into(),
         )),
     }
-    match claim.pointer("/resources/requests/storage") {
-        None | Some(Value::Null) => causes.push(required(&format!("{at}.resources[storage]"))),
-        Some(q) => {
-            let text = q.as_str().map_or_else(|| q.to_string(), str::to_string);
-            let parsed = component::quota::Quantity::parse(&text);
-            if parsed.is_some_and(|v| v.nanos <= 0) {
-                causes.push(invalid(
-                    &format!("{at}.resources[storage]"),
-                    format!("Invalid value: {text:?}: must be greater than zero"),
-                ));
-            }
-        }
+    let field = format!("{at}.resources[storage]");
+    let storage = claim
+        .pointer("/resources/requests/storage")
+        .filter(|v| !v.is_null());
+    match (storage, quantity(storage)) {
+        (None, _) => causes.push(required(&field)),
+        (Some(_), Some((text, nanos))) if nanos <= 0 => causes.push(invalid(
+            &field,
+            format!("Invalid value: {text:?}: must be greater than zero"),
+        )),
+        _ => {}
     }
     if let Some(mode) = claim.get("volumeMode").filter(|m| !m.is_null()) {
         if !matches!(mode.as_str(), Some("Block" | "Filesystem")) {
-            let shown = mode
-                .as_str()
-                .map_or_else(|| mode.to_string(), |s| format!("{s:?}"));
-            causes.push((
-                format!("{at}.volumeMode"),
-                "FieldValueNotSupported",
-                format!("Unsupported value: {shown}: supported values: \"Block\", \"Filesystem\""),
+            causes.push(unsupported(
+                &format!("{at}.volumeMode"),
+                mode,
+                &["Block", "Filesystem"],
             ));
         }
     }
@@ -1150,6 +1156,14 @@ pub fn spec_changed(old: &Value, new: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Causes as kubectl prints them: `field: message`.
+    fn messages(causes: Vec<Cause>) -> Vec<String> {
+        causes
+            .into_iter()
+            .map(|(f, _, m)| format!("{f}: {m}"))
+            .collect()
+    }
     use crate::registry::Registry;
 
     #[test]
@@ -1274,15 +1288,12 @@ mod tests {
     fn claims_need_known_access_modes_a_positive_storage_request_and_a_known_volume_mode() {
         let r = Registry::builtin();
         let pvcs = r.get("", "v1", "persistentvolumeclaims").expect("pvcs");
-        let causes = |spec: Value| -> Vec<String> {
-            validate(
+        let causes = |spec: Value| {
+            messages(validate(
                 pvcs,
                 &json!({"metadata": {"name": "c"}, "spec": spec}),
                 None,
-            )
-            .into_iter()
-            .map(|(f, _, m)| format!("{f}: {m}"))
-            .collect()
+            ))
         };
         assert_eq!(
             causes(json!({})),
@@ -1322,12 +1333,8 @@ mod tests {
             "containers": [{"name": "a", "image": "x"}],
             "volumes": [{"name": "v", "ephemeral": {"volumeClaimTemplate": {"spec": {
                 "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "0"}}}}}}]}});
-        let got: Vec<String> = validate(pods, &pod, None)
-            .into_iter()
-            .map(|(f, _, m)| format!("{f}: {m}"))
-            .collect();
         assert_eq!(
-            got,
+            messages(validate(pods, &pod, None)),
             ["spec.volumes[0].ephemeral.volumeClaimTemplate.spec.resources[storage]: Invalid value: \"0\": must be greater than zero"]
         );
     }
@@ -1348,12 +1355,7 @@ mod tests {
         };
         let pending = json!({"phase": "Pending"});
         let bound = json!({"phase": "Bound", "capacity": {"storage": "2Gi"}});
-        let update = |new: Value, old: Value| -> Vec<String> {
-            validate(pvcs, &new, Some(&old))
-                .into_iter()
-                .map(|(f, _, m)| format!("{f}: {m}"))
-                .collect()
-        };
+        let update = |new: Value, old: Value| messages(validate(pvcs, &new, Some(&old)));
         let fixed = "spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims";
         // the binder sets volumeName and the default class once; annotations are free
         assert!(update(
@@ -1420,12 +1422,7 @@ mod tests {
             json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}],
                 "volumes": [{"name": "e", "emptyDir": {}}, volume]}})
         };
-        let causes = |volume: Value| -> Vec<String> {
-            validate(pods, &pod(volume), None)
-                .into_iter()
-                .map(|(f, _, m)| format!("{f}: {m}"))
-                .collect()
-        };
+        let causes = |volume: Value| messages(validate(pods, &pod(volume), None));
         assert_eq!(
             causes(json!({"name": "v", "ephemeral": {}})),
             ["spec.volumes[1].ephemeral.volumeClaimTemplate: Required value"]

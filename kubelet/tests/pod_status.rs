@@ -11,6 +11,20 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::cluster::Cluster;
 
+/// The events in `default` with `reason` about the object `about` picks.
+async fn matching(
+    events: &kube::Api<Event>,
+    reason: &str,
+    about: &impl Fn(&k8s_openapi::api::core::v1::ObjectReference) -> bool,
+) -> Option<Vec<Event>> {
+    let all = events.list(&Default::default()).await.ok()?.items;
+    Some(
+        all.into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason) && about(&e.involved_object))
+            .collect(),
+    )
+}
+
 /// The first event in `default` with `reason` about the object `about` picks, once written.
 async fn event(
     events: &kube::Api<Event>,
@@ -19,13 +33,7 @@ async fn event(
     about: impl Fn(&k8s_openapi::api::core::v1::ObjectReference) -> bool,
 ) -> Event {
     testkit::wait_for(reason, timeout, || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some(reason) && about(&e.involved_object))
+        matching(events, reason, &about).await?.into_iter().next()
     })
     .await
 }
@@ -388,17 +396,11 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
         counted.last_timestamp.as_ref().map(|t| t.0) > backoff.last_timestamp.as_ref().map(|t| t.0),
         "lastTimestamp moves on: {counted:?}"
     );
-    let same: Vec<Event> = events
-        .list(&Default::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some("BackOff")
-                && e.involved_object.uid.as_deref() == Some(crash_uid.as_str())
-        })
-        .collect();
+    let same = matching(&events, "BackOff", &|o| {
+        o.uid.as_deref() == Some(crash_uid.as_str())
+    })
+    .await
+    .expect("events");
     assert_eq!(same.len(), 1, "one BackOff event, counted: {same:?}");
     c.pods("default")
         .delete("crash", &DeleteParams::default())

@@ -143,57 +143,19 @@ impl Recorder {
             series.count += 1;
             (series.name.clone(), series.count)
         });
-        if let Some((name, count)) = repeat {
-            let ev = self.event(&name, &ns, &key, now, count);
-            tokio::spawn(async move {
-                let api: Api<Event> = Api::namespaced(client, &ns);
-                let bump = serde_json::json!({"count": count, "lastTimestamp": Time(now)});
-                match api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&bump))
-                    .await
-                {
-                    Ok(_) => {}
-                    // expired (events live an hour) or deleted: write it again, as upstream
-                    Err(kube::Error::Api(e)) if e.code == 404 => {
-                        match api.create(&PostParams::default(), &ev).await {
-                            Ok(_) => {}
-                            // the first write landed meanwhile: count on it
-                            Err(kube::Error::Api(e)) if e.code == 409 => {
-                                let bumped = api
-                                    .patch(&name, &PatchParams::default(), &Patch::Merge(&bump))
-                                    .await;
-                                if let Err(e) = bumped {
-                                    tracing::debug!(error = %e, "counting an event");
-                                }
-                            }
-                            Err(e) => tracing::debug!(error = %e, "writing an event"),
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "counting an event"),
-                }
-            });
-            return;
-        }
-        let name = self.object.name.clone().unwrap_or_default();
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{name}.{:x}{seq:x}", now.as_nanosecond() as u64);
-        if self.series.len() >= SERIES_KEPT {
-            self.series.clear();
-        }
-        let ev = self.event(&name, &ns, &key, now, 1);
-        self.series.insert(
-            key,
-            Series {
-                name: name.clone(),
-                count: 1,
-            },
-        );
-        tokio::spawn(async move {
-            let api: Api<Event> = Api::namespaced(client, &ns);
-            if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                tracing::debug!(error = %e, "writing an event");
-            }
+        let (name, count) = repeat.unwrap_or_else(|| {
+            let pod = self.object.name.as_deref().unwrap_or_default();
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            (format!("{pod}.{:x}{seq:x}", now.as_nanosecond() as u64), 1)
         });
+        let ev = self.event(&name, &ns, &key, now, count);
+        if count == 1 {
+            if self.series.len() >= SERIES_KEPT {
+                self.series.clear();
+            }
+            self.series.insert(key, Series { name, count });
+        }
+        tokio::spawn(write(Api::namespaced(client, &ns), ev));
     }
 
     /// The event `name` as written: first seen now (a re-created series keeps its count).
@@ -227,5 +189,34 @@ impl Recorder {
             }),
             ..Default::default()
         }
+    }
+}
+
+/// Write one occurrence of `ev`: a repeat bumps the written event's `count` and
+/// `lastTimestamp`; a first occurrence, or a repeat whose event is gone (events live an
+/// hour), is created; a repeat that raced its own first write counts on it.
+async fn write(api: Api<Event>, ev: Event) {
+    let name = ev.metadata.name.clone().unwrap_or_default();
+    let count = ev.count.unwrap_or(1);
+    let bump = serde_json::json!({"count": count, "lastTimestamp": ev.last_timestamp});
+    let patch = || api.patch(&name, &PatchParams::default(), &Patch::Merge(&bump));
+    if count > 1 {
+        match patch().await {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "counting an event");
+                return;
+            }
+        }
+    }
+    match api.create(&PostParams::default(), &ev).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 && count > 1 => {
+            if let Err(e) = patch().await {
+                tracing::debug!(error = %e, "counting an event");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "writing an event"),
     }
 }
