@@ -199,7 +199,8 @@ async fn write(api: Api<Event>, ev: Event) {
     let name = ev.metadata.name.clone().unwrap_or_default();
     let count = ev.count.unwrap_or(1);
     let bump = serde_json::json!({"count": count, "lastTimestamp": ev.last_timestamp});
-    let patch = || api.patch(&name, &PatchParams::default(), &Patch::Merge(&bump));
+    let (params, bump) = (PatchParams::default(), Patch::Merge(&bump));
+    let patch = || api.patch(&name, &params, &bump);
     if count > 1 {
         match patch().await {
             Ok(_) => return,
