@@ -21,6 +21,10 @@ use serde_json::json;
 use testkit::bench::{cpu_seconds, peak_rss_mib, percentile};
 use tokio::sync::Mutex;
 
+/// The allocator of the kaze binary the apiserver runs in.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CONCURRENCY: usize = 32;
 
 struct Args {

@@ -6,6 +6,12 @@
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+/// mimalloc, not glibc's malloc: the apiserver's per-request JSON work allocates heavily from
+/// both cores, and glibc's arenas contend (futex waits in `malloc`/`free` in a profile of
+/// `cargo xtask bench apiserver`'s creates).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod agent;
 mod bootstrap;
 mod containerd;

@@ -487,8 +487,35 @@ impl Follow {
     }
 }
 
-fn put(g: &mut Graph, kind: usize, key: &str, value: &[u8]) {
-    let Ok(obj) = serde_json::from_slice::<Value>(value) else {
+/// A followed object's value parsed for [`put`], before the graph is locked (None: not
+/// JSON, ignored). A pod not bound to a node is parsed no further than its `spec.nodeName`
+/// and comes back as `{}`: the graph holds bound pods only, and most of a pod's writes (its
+/// create first) come before it is scheduled.
+fn parse(kind: usize, value: &[u8]) -> Option<Value> {
+    if kind == 0 {
+        #[derive(serde::Deserialize)]
+        struct Pod {
+            spec: Option<Spec>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Spec {
+            #[serde(rename = "nodeName")]
+            node_name: Option<String>,
+        }
+        let pod: Pod = serde_json::from_slice(value).ok()?;
+        if pod
+            .spec
+            .and_then(|s| s.node_name)
+            .is_none_or(|n| n.is_empty())
+        {
+            return Some(Value::Object(Default::default()));
+        }
+    }
+    serde_json::from_slice(value).ok()
+}
+
+fn put(g: &mut Graph, kind: usize, key: &str, obj: Option<Value>) {
+    let Some(obj) = obj else {
         return;
     };
     if kind == 0 {
@@ -520,6 +547,7 @@ fn put(g: &mut Graph, kind: usize, key: &str, value: &[u8]) {
 
 impl Follower for Follow {
     fn reset(&self, items: Vec<(&str, &[u8])>) {
+        // parsed under the lock, one at a time: a relist holds every object
         let mut g = self.graph();
         match self.kind {
             0 => {
@@ -530,14 +558,15 @@ impl Follower for Follow {
             _ => g.local_volumes.clear(),
         }
         for (key, value) in items {
-            put(&mut g, self.kind, key, value);
+            put(&mut g, self.kind, key, parse(self.kind, value));
         }
     }
 
     fn apply(&self, key: &str, value: Option<&[u8]>) {
+        let parsed = value.map(|v| parse(self.kind, v));
         let mut g = self.graph();
-        match value {
-            Some(v) => put(&mut g, self.kind, key, v),
+        match parsed {
+            Some(obj) => put(&mut g, self.kind, key, obj),
             None if self.kind == 0 => g.remove_pod(key),
             None if self.kind == 2 => {
                 g.local_volumes.remove(key);
@@ -748,13 +777,16 @@ mod tests {
             &mut g.graph.write().unwrap(),
             2,
             "pvc-1",
-            br#"{"metadata": {"name": "pvc-1", "annotations": {"kaze.io/local-path-node": "a"}}}"#,
+            parse(
+                2,
+                br#"{"metadata": {"name": "pvc-1", "annotations": {"kaze.io/local-path-node": "a"}}}"#,
+            ),
         );
         put(
             &mut g.graph.write().unwrap(),
             2,
             "static",
-            br#"{"metadata": {"name": "static"}}"#,
+            parse(2, br#"{"metadata": {"name": "static"}}"#),
         );
         for verb in ["get", "update", "patch"] {
             assert!(g.authorize("a", &pv(verb, "", "pvc-1")).is_ok(), "{verb}");
@@ -765,6 +797,39 @@ mod tests {
         assert!(g.authorize("a", &pv("update", "/status", "pvc-1")).is_err());
         g.graph.write().unwrap().local_volumes.remove("pvc-1");
         assert!(g.authorize("a", &pv("get", "", "pvc-1")).is_err());
+    }
+
+    #[test]
+    fn a_pod_leaves_the_graph_when_its_write_unbinds_it_and_stays_on_bad_json() {
+        let g = NodeGraph::default();
+        let secret = |node: &str| {
+            g.authorize(
+                node,
+                &attrs("get", "", "secrets", Some("ns"), Some("token")),
+            )
+            .is_ok()
+        };
+        let apply = |value: &[u8]| put(&mut g.graph.write().unwrap(), 0, "ns/web", parse(0, value));
+        let bound = br#"{"metadata": {"name": "web"}, "spec": {"nodeName": "a",
+            "containers": [{"name": "c"}], "volumes": [{"name": "v", "secret": {"secretName": "token"}}]}}"#;
+        apply(bound);
+        assert!(secret("a") && !secret("b"));
+        // not JSON: ignored, the pod keeps its place
+        apply(b"{not json");
+        assert!(secret("a"));
+        // each way of being unbound removes it
+        for unbound in [
+            &br#"{"metadata": {"name": "web"}, "spec": {"nodeName": ""}}"#[..],
+            br#"{"metadata": {"name": "web"}, "spec": {"nodeName": null}}"#,
+            br#"{"metadata": {"name": "web"}, "spec": {"containers": []}}"#,
+            br#"{"metadata": {"name": "web"}, "spec": null}"#,
+            br#"{"metadata": {"name": "web"}}"#,
+        ] {
+            apply(bound);
+            assert!(secret("a"));
+            apply(unbound);
+            assert!(!secret("a"), "{}", String::from_utf8_lossy(unbound));
+        }
     }
 
     #[test]

@@ -305,12 +305,15 @@ fn template_path(def: &ResourceDef) -> Option<&'static str> {
 }
 
 /// The pod template a workload carries: its metadata and spec.
-fn template(def: &ResourceDef, obj: &Value) -> Option<(Value, Value)> {
+fn template<'a>(def: &ResourceDef, obj: &'a Value) -> Option<(&'a Value, &'a Value)> {
     let t = obj.pointer(template_path(def)?).filter(|t| !t.is_null())?;
-    Some((
-        t.get("metadata").cloned().unwrap_or(Value::Null),
-        t.get("spec").cloned().unwrap_or(Value::Null),
-    ))
+    Some((field(t, "metadata"), field(t, "spec")))
+}
+
+/// `obj[key]`, null when absent.
+fn field<'a>(obj: &'a Value, key: &str) -> &'a Value {
+    static NULL: Value = Value::Null;
+    obj.get(key).unwrap_or(&NULL)
 }
 
 fn is_pods(def: &ResourceDef) -> bool {
@@ -346,9 +349,10 @@ async fn namespace_labels(
         // The first key under the namespace's own key is the namespace itself, if cached.
         if let Some(snap) = rc.list(&key, None, None, Some(1), &mut |_| true) {
             if let Some(obj) = snap.items.first() {
-                let obj = obj.value()?;
-                if meta::meta_str(&obj, "name") == Some(ns) {
-                    return Ok(meta::labels(&obj).cloned());
+                // the cached selector fields hold the name and labels: no decoding
+                let attrs = obj.attrs();
+                if meta::meta_str(attrs, "name") == Some(ns) {
+                    return Ok(meta::labels(attrs).cloned());
                 }
             }
         }
@@ -438,16 +442,14 @@ async fn admit(
         return Ok(());
     };
     let (pod_meta, spec, enforce) = if is_pods(def) {
-        let m = obj.get("metadata").cloned().unwrap_or(Value::Null);
-        let s = obj.get("spec").cloned().unwrap_or(Value::Null);
-        (m, s, true)
+        (field(obj, "metadata"), field(obj, "spec"), true)
     } else {
         match template(def, obj) {
             Some((m, s)) => (m, s, false),
             None => return Ok(()),
         }
     };
-    if runtime_class_exempt(config, &spec) || user_exempt(config) {
+    if runtime_class_exempt(config, spec) || user_exempt(config) {
         return Ok(());
     }
     let Some(policy) = namespace_policy(state, config, ns).await? else {
@@ -458,7 +460,7 @@ async fn admit(
         .or_else(|| meta::meta_str(obj, "generateName"))
         .unwrap_or("")
         .to_string();
-    evaluate(&policy, &pod_meta, &spec, enforce, |why| {
+    evaluate(&policy, pod_meta, spec, enforce, |why| {
         ApiError::forbidden(def.plural, def.group, &name, &why)
     })
 }
@@ -592,12 +594,11 @@ fn existing_pod_warnings(
     // reasons -> (first pod name, count), in the order first seen
     let mut groups: Vec<(String, String, usize)> = Vec::new();
     for pod in pods {
-        let spec = pod.get("spec").cloned().unwrap_or(Value::Null);
-        if runtime_class_exempt(config, &spec) {
+        let spec = field(pod, "spec");
+        if runtime_class_exempt(config, spec) {
             continue;
         }
-        let pod_meta = pod.get("metadata").cloned().unwrap_or(Value::Null);
-        let v = checks::evaluate(enforce, &pod_meta, &spec);
+        let v = checks::evaluate(enforce, field(pod, "metadata"), spec);
         if v.is_empty() {
             continue;
         }
