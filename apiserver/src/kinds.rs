@@ -2,7 +2,7 @@
 //! update. Kept small on purpose: what clients and controllers rely on, not all of upstream's
 //! validation.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::meta;
 use crate::registry::ResourceDef;
@@ -58,9 +58,52 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// `controller-uid`/`job-name` labels (both the `batch.kubernetes.io/` ones and the legacy
 /// ones), so `kubectl logs job/x` and `kubectl get pods -l job-name=x` find its pods.
 pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
-    if (def.group, def.kind) != ("batch", "Job") {
-        return;
+    match (def.group, def.kind) {
+        ("batch", "Job") => prepare_job(obj),
+        ("", "PersistentVolumeClaim") => {
+            if let Some(spec) = obj.get_mut("spec") {
+                normalize_data_sources(spec);
+            }
+        }
+        _ => {}
     }
+}
+
+/// Upstream's PersistentVolumeClaim `PrepareForCreate`: `dataSourceRef.namespace` is
+/// dropped (the CrossNamespaceVolumeDataSource gate is alpha, off), then
+/// `NormalizeDataSources` (AnyVolumeDataSource, GA): whichever of `dataSource` and
+/// `dataSourceRef` is set alone fills in the other.
+fn normalize_data_sources(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    if let Some(r) = spec.get_mut("dataSourceRef").and_then(Value::as_object_mut) {
+        r.remove("namespace");
+    }
+    let set = |v: Option<&Value>| v.is_some_and(Value::is_object);
+    let copy = |r: &Value| {
+        let mut out = Map::new();
+        for k in ["apiGroup", "kind", "name"] {
+            if let Some(x) = r.get(k) {
+                out.insert(k.into(), x.clone());
+            }
+        }
+        Value::Object(out)
+    };
+    match (set(spec.get("dataSource")), set(spec.get("dataSourceRef"))) {
+        (true, false) => {
+            let r = copy(&spec["dataSource"]);
+            spec.insert("dataSourceRef".into(), r);
+        }
+        (false, true) => {
+            let r = copy(&spec["dataSourceRef"]);
+            spec.insert("dataSource".into(), r);
+        }
+        _ => {}
+    }
+}
+
+fn prepare_job(obj: &mut Value) {
     // Upstream's defaulting (before the selector is generated): a Job without labels takes
     // its template's.
     let template_labels = obj
@@ -564,6 +607,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         }
         ("", "Pod") => {
             validate_pod_spec(obj.get("spec"), "spec", &mut causes);
+            validate_ephemeral_claim_names(obj, &mut causes);
             validate_ephemeral_containers(obj, old, &mut causes);
             if let Some(old) = old {
                 // Upstream allows only a few pod spec fields to change; images are the common one.
@@ -1004,6 +1048,153 @@ fn validate_ephemeral_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>)
     }
 }
 
+/// Upstream's checks of the claims a pod's generic ephemeral volumes get (`ValidateVolumes`
+/// with the pod's metadata): each is named `<pod>-<volume>`, which must be a valid claim
+/// name, and no `persistentVolumeClaim` volume of the pod may name one of them.
+fn validate_ephemeral_claim_names(pod: &Value, causes: &mut Vec<Cause>) {
+    let Some(pod_name) = meta::meta_str(pod, "name").filter(|n| !n.is_empty()) else {
+        return;
+    };
+    let volumes: Vec<&Value> = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    let name = |v: &Value| {
+        v.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let created: Vec<String> = volumes
+        .iter()
+        .filter(|v| v.get("ephemeral").is_some_and(|e| !e.is_null()))
+        .map(|v| format!("{pod_name}-{}", name(v)))
+        .collect();
+    for (i, v) in volumes.iter().enumerate() {
+        let vol = name(v);
+        if v.get("ephemeral").is_some_and(|e| !e.is_null()) && !vol.is_empty() {
+            let claim = format!("{pod_name}-{vol}");
+            for msg in meta::names::dns1123_subdomain(&claim) {
+                causes.push(invalid(
+                    &format!("spec.volumes[{i}].name"),
+                    format!("Invalid value: {vol:?}: PVC name {claim:?}: {msg}"),
+                ));
+            }
+        }
+        let claim = v
+            .pointer("/persistentVolumeClaim/claimName")
+            .and_then(Value::as_str);
+        if let Some(claim) = claim.filter(|c| created.iter().any(|x| x == c)) {
+            causes.push(invalid(
+                &format!("spec.volumes[{i}].persistentVolumeClaim.claimName"),
+                format!(
+                    "Invalid value: {claim:?}: must not reference a PVC that gets created for an ephemeral volume"
+                ),
+            ));
+        }
+    }
+}
+
+/// Upstream's `ValidateLabelSelector` (label values in expressions checked, as for every
+/// object written now): `matchLabels` as labels, and each expression's operator, key and values.
+fn label_selector_causes(sel: &Value, at: &str) -> Vec<Cause> {
+    let mut out = Vec::new();
+    if let Some(labels) = sel.get("matchLabels").and_then(Value::as_object) {
+        let path = format!("{at}.matchLabels");
+        for (k, v) in labels {
+            out.extend(meta::names::invalid_causes(
+                &path,
+                k,
+                meta::names::qualified_name(k),
+            ));
+            let v = v.as_str().unwrap_or("");
+            out.extend(meta::names::invalid_causes(
+                &path,
+                v,
+                meta::names::label_value(v),
+            ));
+        }
+    }
+    let exprs = sel.get("matchExpressions").and_then(Value::as_array);
+    for (i, e) in exprs.into_iter().flatten().enumerate() {
+        let path = format!("{at}.matchExpressions[{i}]");
+        let values: Vec<&Value> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        let op = e.get("operator").and_then(Value::as_str).unwrap_or("");
+        match op {
+            "In" | "NotIn" if values.is_empty() => out.push((
+                format!("{path}.values"),
+                "FieldValueRequired",
+                "Required value: must be specified when `operator` is 'In' or 'NotIn'".into(),
+            )),
+            "Exists" | "DoesNotExist" if !values.is_empty() => out.push((
+                format!("{path}.values"),
+                "FieldValueForbidden",
+                "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                    .into(),
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            _ => out.push(invalid(
+                &format!("{path}.operator"),
+                format!("Invalid value: {op:?}: not a valid selector operator"),
+            )),
+        }
+        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+        out.extend(meta::names::invalid_causes(
+            &format!("{path}.key"),
+            key,
+            meta::names::qualified_name(key),
+        ));
+        for (j, v) in values.iter().enumerate() {
+            let v = v.as_str().unwrap_or("");
+            out.extend(meta::names::invalid_causes(
+                &format!("{path}.values[{j}]"),
+                v,
+                meta::names::label_value(v),
+            ));
+        }
+    }
+    out
+}
+
+/// Upstream's `validateDataSource`/`validateDataSourceRef`: a claim's data source needs a
+/// name and a kind, is a PersistentVolumeClaim when it names no API group, and names a
+/// group as a DNS subdomain.
+fn data_source_causes(r: &Value, at: &str) -> Vec<Cause> {
+    let mut out = Vec::new();
+    let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+    if text("name").is_empty() {
+        out.push(required(&format!("{at}.name")));
+    }
+    if text("kind").is_empty() {
+        out.push(required(&format!("{at}.kind")));
+    }
+    let group = text("apiGroup");
+    if group.is_empty() && text("kind") != "PersistentVolumeClaim" {
+        out.push(invalid(
+            at,
+            format!(
+                "Invalid value: {:?}: must be 'PersistentVolumeClaim' when referencing the default apiGroup",
+                text("kind")
+            ),
+        ));
+    }
+    if !group.is_empty() {
+        out.extend(meta::names::invalid_causes(
+            &format!("{at}.apiGroup"),
+            group,
+            meta::names::dns1123_subdomain(group),
+        ));
+    }
+    out
+}
+
 /// Upstream's `ValidatePersistentVolumeClaimUpdate`: a claim's spec is fixed at creation
 /// (quota and limit ranges were checked against it) except what the system fills in once
 /// (`volumeName` while empty, `storageClassName` while unset: the retroactive default class),
@@ -1107,6 +1298,41 @@ fn validate_claim_spec(claim: &Value, at: &str, causes: &mut Vec<Cause>) {
                 &format!("{at}.volumeMode"),
                 mode,
                 &["Block", "Filesystem"],
+            ));
+        }
+    }
+    if let Some(sel) = claim.get("selector").filter(|s| s.is_object()) {
+        causes.extend(label_selector_causes(sel, &format!("{at}.selector")));
+    }
+    for class in ["storageClassName", "volumeAttributesClassName"] {
+        if let Some(name) = claim
+            .get(class)
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            causes.extend(meta::names::invalid_causes(
+                &format!("{at}.{class}"),
+                name,
+                meta::names::dns1123_subdomain(name),
+            ));
+        }
+    }
+    let source = claim.get("dataSource").filter(|r| r.is_object());
+    let source_ref = claim.get("dataSourceRef").filter(|r| r.is_object());
+    if let Some(r) = source {
+        causes.extend(data_source_causes(r, &format!("{at}.dataSource")));
+    }
+    if let Some(r) = source_ref {
+        causes.extend(data_source_causes(r, &format!("{at}.dataSourceRef")));
+    }
+    if let (Some(s), Some(r)) = (source, source_ref) {
+        let same = ["apiGroup", "kind", "name"]
+            .iter()
+            .all(|k| s.get(*k).filter(|v| !v.is_null()) == r.get(*k).filter(|v| !v.is_null()));
+        if !same {
+            causes.push(invalid(
+                at,
+                format!("Invalid value: \"{at}.dataSource\": must match dataSourceRef"),
             ));
         }
     }
@@ -1337,6 +1563,111 @@ mod tests {
             messages(validate(pods, &pod, None)),
             ["spec.volumes[0].ephemeral.volumeClaimTemplate.spec.resources[storage]: Invalid value: \"0\": must be greater than zero"]
         );
+    }
+
+    #[test]
+    fn claims_selectors_data_sources_and_class_names_are_checked_as_upstreams() {
+        let r = Registry::builtin();
+        let pvcs = r.get("", "v1", "persistentvolumeclaims").expect("pvcs");
+        let causes = |extra: Value| {
+            let mut spec = json!({"accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}}});
+            for (k, v) in extra.as_object().expect("object") {
+                spec[k] = v.clone();
+            }
+            messages(validate(
+                pvcs,
+                &json!({"metadata": {"name": "c"}, "spec": spec}),
+                None,
+            ))
+        };
+        assert_eq!(
+            causes(json!({"selector": {"matchLabels": {"tier/a/b": "ok"}, "matchExpressions": [
+                {"key": "zone", "operator": "In"},
+                {"key": "disk", "operator": "Exists", "values": ["ssd"]},
+                {"key": "rack", "operator": "Near", "values": ["-bad-"]}]}})),
+            [
+                "spec.selector.matchLabels: Invalid value: \"tier/a/b\": a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')",
+                "spec.selector.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'",
+                "spec.selector.matchExpressions[1].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                "spec.selector.matchExpressions[2].operator: Invalid value: \"Near\": not a valid selector operator",
+                "spec.selector.matchExpressions[2].values[0]: Invalid value: \"-bad-\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+            ]
+        );
+        assert_eq!(
+            causes(json!({"dataSource": {"kind": "VolumeSnapshot"},
+                "storageClassName": "Fast_Disks"})),
+            [
+                "spec.storageClassName: Invalid value: \"Fast_Disks\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+                "spec.dataSource.name: Required value",
+                "spec.dataSource: Invalid value: \"VolumeSnapshot\": must be 'PersistentVolumeClaim' when referencing the default apiGroup",
+            ]
+        );
+        assert_eq!(
+            causes(json!({
+                "dataSource": {"kind": "PersistentVolumeClaim", "name": "a"},
+                "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "b"}})),
+            ["spec: Invalid value: \"spec.dataSource\": must match dataSourceRef"]
+        );
+        for ok in [
+            json!({"selector": {"matchLabels": {"app": "db"},
+                "matchExpressions": [{"key": "example.com/zone", "operator": "NotIn", "values": ["a"]}]}}),
+            json!({"dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"},
+                "dataSourceRef": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"},
+                "storageClassName": ""}),
+        ] {
+            assert!(causes(ok.clone()).is_empty(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_claim_create_fills_in_the_data_source_it_lacks_and_drops_a_foreign_namespace() {
+        let r = Registry::builtin();
+        let pvcs = r.get("", "v1", "persistentvolumeclaims").expect("pvcs");
+        let created = |spec: Value| {
+            let mut obj = json!({"metadata": {"name": "c"}, "spec": spec});
+            prepare_create(pvcs, &mut obj);
+            obj["spec"].clone()
+        };
+        let pvc = json!({"kind": "PersistentVolumeClaim", "name": "src"});
+        let snap =
+            json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"});
+        assert_eq!(
+            created(json!({"dataSource": pvc})),
+            json!({"dataSource": pvc, "dataSourceRef": pvc})
+        );
+        let mut foreign = snap.clone();
+        foreign["namespace"] = json!("other");
+        assert_eq!(
+            created(json!({"dataSourceRef": foreign})),
+            json!({"dataSource": snap, "dataSourceRef": snap})
+        );
+        assert_eq!(created(json!({})), json!({}));
+    }
+
+    #[test]
+    fn an_ephemeral_volumes_claim_name_must_be_valid_and_not_claimed_by_another_volume() {
+        let r = Registry::builtin();
+        let pods = r.get("", "v1", "pods").expect("pods");
+        let template = json!({"volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}}}});
+        let pod = |name: &str| {
+            json!({"metadata": {"name": name}, "spec": {
+                "containers": [{"name": "a", "image": "x"}],
+                "volumes": [{"name": "scratch", "ephemeral": template},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": format!("{name}-scratch")}}]}})
+        };
+        let long = "p".repeat(250);
+        assert_eq!(
+            messages(validate(pods, &pod(&long), None)),
+            [
+                format!("spec.volumes[0].name: Invalid value: \"scratch\": PVC name \"{long}-scratch\": must be no more than 253 characters"),
+                format!("spec.volumes[1].persistentVolumeClaim.claimName: Invalid value: \"{long}-scratch\": must not reference a PVC that gets created for an ephemeral volume"),
+            ]
+        );
+        let mut ok = pod("web");
+        ok["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"] = json!("shared");
+        assert!(messages(validate(pods, &ok, None)).is_empty());
     }
 
     #[test]

@@ -360,4 +360,21 @@ spec:
         err.contains("spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"),
         "{err}"
     );
+    // a clone names its source once and reads back both fields, as upstream fills them in;
+    // a selector or data source upstream refuses is refused
+    let clone = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: copy}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n  dataSource: {kind: PersistentVolumeClaim, name: data}\n";
+    s.kubectl_stdin(&["create", "-f", "-"], Some(clone));
+    let copy = json(&s, &["get", "pvc", "copy"]);
+    assert_eq!(
+        copy["spec"]["dataSourceRef"],
+        serde_json::json!({"kind": "PersistentVolumeClaim", "name": "data"}),
+        "{copy}"
+    );
+    let bad = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: bad}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n  selector: {matchExpressions: [{key: zone, operator: In}]}\n  dataSource: {kind: VolumeSnapshot, name: s}\n";
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(bad));
+    assert!(
+        err.contains("spec.selector.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'")
+            && err.contains(r#"spec.dataSource: Invalid value: "VolumeSnapshot": must be 'PersistentVolumeClaim' when referencing the default apiGroup"#),
+        "{err}"
+    );
 }
