@@ -651,15 +651,31 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 }
             }
         }
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+        ("apps", kind @ ("Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")) => {
             let spec = obj.get("spec");
-            match spec.and_then(|s| s.get("selector")) {
+            let selector = spec.and_then(|s| s.get("selector"));
+            // upstream's ValidateLabelSelector first: keys, values and operators
+            let selector_causes = selector
+                .map(|sel| label_selector_causes(sel, "spec.selector"))
+                .unwrap_or_default();
+            let well_formed = selector_causes.is_empty();
+            causes.extend(selector_causes);
+            match selector {
                 None => causes.push(required("spec.selector")),
+                Some(_) if !well_formed => {}
                 Some(sel) => match LabelSelector::from_object(sel) {
                     Err(e) => causes.push(invalid("spec.selector", e)),
                     Ok(sel) if sel.is_empty() => causes.push(invalid(
                         "spec.selector",
-                        "empty selector is invalid for deployment",
+                        // upstream's words per kind (a ReplicaSet's say "deployment" too)
+                        format!(
+                            "empty selector is invalid for {}",
+                            match kind {
+                                "StatefulSet" => "statefulset",
+                                "DaemonSet" => "daemonset",
+                                _ => "deployment",
+                            }
+                        ),
                     )),
                     Ok(sel) => {
                         let tmpl = spec
@@ -1788,6 +1804,44 @@ mod tests {
         let causes = validate(d, &obj, None);
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].0, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn workload_selectors_are_checked_as_label_selectors_with_each_kinds_words() {
+        let r = Registry::builtin();
+        let template = json!({"metadata": {"labels": {"app": "a"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let causes = |plural: &str, selector: Value| {
+            let def = r.get("apps", "v1", plural).expect("kind");
+            let obj = json!({"spec": {"selector": selector, "template": template}});
+            messages(validate(def, &obj, None))
+        };
+        assert_eq!(
+            causes(
+                "deployments",
+                json!({"matchLabels": {"app": "a", "bad key!": "x"},
+                    "matchExpressions": [{"key": "tier", "operator": "Near"}]})
+            ),
+            [
+                "spec.selector.matchLabels: Invalid value: \"bad key!\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+                "spec.selector.matchExpressions[0].operator: Invalid value: \"Near\": not a valid selector operator",
+            ]
+        );
+        for (plural, word) in [
+            ("deployments", "deployment"),
+            ("replicasets", "deployment"),
+            ("statefulsets", "statefulset"),
+            ("daemonsets", "daemonset"),
+        ] {
+            assert_eq!(
+                causes(plural, json!({})),
+                [format!(
+                    "spec.selector: empty selector is invalid for {word}"
+                )],
+                "{plural}"
+            );
+        }
+        assert!(causes("daemonsets", json!({"matchLabels": {"app": "a"}})).is_empty());
     }
 
     #[test]

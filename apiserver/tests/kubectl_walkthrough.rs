@@ -260,6 +260,44 @@ fn echo_server() -> u16 {
     port
 }
 
+/// [`echo_server`] behind TLS with a self-signed certificate (as a pod's HTTPS endpoint
+/// usually has), each answer prefixed `tls `.
+fn tls_echo_server() -> u16 {
+    use std::io::{Read, Write};
+    let config = component::https::ephemeral_self_signed(
+        &["127.0.0.1".to_string()],
+        component::https::ClientCerts::None,
+    )
+    .expect("server config");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let Ok(tls) = tokio_rustls::rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut conn = tokio_rustls::rustls::StreamOwned::new(tls, conn);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let line = head.lines().next().unwrap_or_default();
+            let body = format!("tls {}", line.rsplit_once(' ').map_or(line, |(l, _)| l));
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.conn.send_close_notify();
+            let _ = conn.flush();
+        }
+    });
+    port
+}
+
 /// `pods/<p>[:port]/proxy/<path>` and `services/<s>[:port]/proxy/<path>` reach the pod's IP
 /// or one ready endpoint of the Service (what `kubectl proxy` + curl, and `kubectl get
 /// --raw .../proxy/metrics` use); they answered 404 before.
@@ -298,6 +336,26 @@ spec:
         &format!("/api/v1/namespaces/default/pods/web:{port}/proxy/"),
     ]);
     assert_eq!(got, "GET /");
+    // `https:` reaches a TLS endpoint whatever its certificate; other schemes are refused
+    let tls_port = tls_echo_server();
+    let got = s.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/pods/https:web:{tls_port}/proxy/secure?y=2"),
+    ]);
+    assert_eq!(got, "tls GET /secure?y=2");
+    let err = s.kubectl_fails(
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/default/pods/ftp:web:{port}/proxy/"),
+        ],
+        None,
+    );
+    assert!(
+        err.contains(r#"proxying to "ftp" is not supported (the schemes are http and https)"#),
+        "{err}"
+    );
 
     let svc = format!(
         "apiVersion: v1
