@@ -772,6 +772,9 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
             }
         }
         ("scheduling.k8s.io", "PriorityClass") => validate_priority_class(obj, old, &mut causes),
+        ("policy", "PodDisruptionBudget") => {
+            validate_disruption_budget(obj.get("spec").unwrap_or(&Value::Null), &mut causes)
+        }
         ("node.k8s.io", "RuntimeClass") => causes.extend(crate::runtimeclass::validate(obj, old)),
         (
             crate::webhooks::GROUP,
@@ -1177,6 +1180,58 @@ fn label_selector_causes(sel: &Value, at: &str) -> Vec<Cause> {
         }
     }
     out
+}
+
+/// Upstream's `ValidatePodDisruptionBudgetSpec`: at most one of `minAvailable` and
+/// `maxUnavailable`, each a non-negative integer or a percentage up to 100%, the selector a
+/// valid label selector, and a known `unhealthyPodEvictionPolicy`.
+fn validate_disruption_budget(spec: &Value, causes: &mut Vec<Cause>) {
+    let set = |k: &str| spec.get(k).filter(|v| !v.is_null());
+    if set("minAvailable").is_some() && set("maxUnavailable").is_some() {
+        causes.push(invalid(
+            "spec",
+            format!("Invalid value: {spec}: minAvailable and maxUnavailable cannot be both set"),
+        ));
+    }
+    for key in ["minAvailable", "maxUnavailable"] {
+        let field = format!("spec.{key}");
+        match set(key) {
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n < 0) => causes.push(invalid(
+                &field,
+                format!("Invalid value: {n}: must be greater than or equal to 0"),
+            )),
+            Some(Value::String(p)) => {
+                let digits = p
+                    .strip_suffix('%')
+                    .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+                match digits.map(|d| d.parse::<u64>()) {
+                    None => causes.push(invalid(
+                        &field,
+                        format!("Invalid value: {p:?}: a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"),
+                    )),
+                    Some(Ok(n)) if n <= 100 => {}
+                    Some(_) => causes.push(invalid(
+                        &field,
+                        format!("Invalid value: {p:?}: must not be greater than 100%"),
+                    )),
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(sel) = set("selector") {
+        causes.extend(label_selector_causes(sel, "spec.selector"));
+    }
+    if let Some(policy) = set("unhealthyPodEvictionPolicy") {
+        const POLICIES: [&str; 2] = ["AlwaysAllow", "IfHealthyBudget"];
+        if !policy.as_str().is_some_and(|p| POLICIES.contains(&p)) {
+            causes.push(unsupported(
+                "spec.unhealthyPodEvictionPolicy",
+                policy,
+                &POLICIES,
+            ));
+        }
+    }
 }
 
 /// Upstream's `validateDataSource`/`validateDataSourceRef`: a claim's data source needs a
@@ -1842,6 +1897,43 @@ mod tests {
             );
         }
         assert!(causes("daemonsets", json!({"matchLabels": {"app": "a"}})).is_empty());
+    }
+
+    #[test]
+    fn disruption_budgets_are_validated_as_upstreams() {
+        let r = Registry::builtin();
+        let pdbs = r.get("policy", "v1", "poddisruptionbudgets").expect("pdbs");
+        let causes = |spec: Value| {
+            messages(validate(
+                pdbs,
+                &json!({"metadata": {"name": "b"}, "spec": spec}),
+                None,
+            ))
+        };
+        assert_eq!(
+            causes(json!({"minAvailable": -1, "maxUnavailable": "150%",
+                "selector": {"matchExpressions": [{"key": "app", "operator": "In"}]},
+                "unhealthyPodEvictionPolicy": "Sometimes"}))[1..],
+            [
+                "spec.minAvailable: Invalid value: -1: must be greater than or equal to 0",
+                "spec.maxUnavailable: Invalid value: \"150%\": must not be greater than 100%",
+                "spec.selector.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'",
+                "spec.unhealthyPodEvictionPolicy: Unsupported value: \"Sometimes\": supported values: \"AlwaysAllow\", \"IfHealthyBudget\"",
+            ]
+        );
+        assert!(causes(json!({"minAvailable": 1, "maxUnavailable": 1}))[0]
+            .ends_with(": minAvailable and maxUnavailable cannot be both set"));
+        assert_eq!(
+            causes(json!({"maxUnavailable": "half"})),
+            ["spec.maxUnavailable: Invalid value: \"half\": a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"]
+        );
+        for ok in [
+            json!({"minAvailable": 0, "selector": {"matchLabels": {"app": "a"}}}),
+            json!({"maxUnavailable": "100%", "unhealthyPodEvictionPolicy": "AlwaysAllow"}),
+            json!({}),
+        ] {
+            assert!(causes(ok.clone()).is_empty(), "{ok}");
+        }
     }
 
     #[test]

@@ -377,4 +377,11 @@ spec:
             && err.contains(r#"spec.dataSource: Invalid value: "VolumeSnapshot": must be 'PersistentVolumeClaim' when referencing the default apiGroup"#),
         "{err}"
     );
+    // so is a disruption budget upstream refuses
+    let bad = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: bad}\nspec:\n  maxUnavailable: 150%\n  selector: {matchLabels: {app: op}}\n";
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(bad));
+    assert!(
+        err.contains(r#"The PodDisruptionBudget "bad" is invalid: spec.maxUnavailable: Invalid value: "150%": must not be greater than 100%"#),
+        "{err}"
+    );
 }
