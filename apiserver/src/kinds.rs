@@ -1120,21 +1120,11 @@ fn validate_ephemeral_claim_names(pod: &Value, causes: &mut Vec<Cause>) {
 /// object written now): `matchLabels` as labels, and each expression's operator, key and values.
 fn label_selector_causes(sel: &Value, at: &str) -> Vec<Cause> {
     let mut out = Vec::new();
-    if let Some(labels) = sel.get("matchLabels").and_then(Value::as_object) {
-        let path = format!("{at}.matchLabels");
-        for (k, v) in labels {
-            out.extend(meta::names::invalid_causes(
-                &path,
-                k,
-                meta::names::qualified_name(k),
-            ));
-            let v = v.as_str().unwrap_or("");
-            out.extend(meta::names::invalid_causes(
-                &path,
-                v,
-                meta::names::label_value(v),
-            ));
-        }
+    if let Some(labels) = sel.get("matchLabels") {
+        out.extend(meta::names::labels_causes(
+            &format!("{at}.matchLabels"),
+            labels,
+        ));
     }
     let exprs = sel.get("matchExpressions").and_then(Value::as_array);
     for (i, e) in exprs.into_iter().flatten().enumerate() {
@@ -1461,6 +1451,17 @@ mod tests {
             .map(|(f, _, m)| format!("{f}: {m}"))
             .collect()
     }
+
+    /// The messages for a new object of this built-in resource with this spec.
+    fn spec_messages(group: &str, plural: &str, spec: Value) -> Vec<String> {
+        let r = Registry::builtin();
+        let def = r.get(group, "v1", plural).expect("built-in resource");
+        messages(validate(
+            def,
+            &json!({"metadata": {"name": "x"}, "spec": spec}),
+            None,
+        ))
+    }
     use crate::registry::Registry;
 
     #[test]
@@ -1583,15 +1584,7 @@ mod tests {
 
     #[test]
     fn claims_need_known_access_modes_a_positive_storage_request_and_a_known_volume_mode() {
-        let r = Registry::builtin();
-        let pvcs = r.get("", "v1", "persistentvolumeclaims").expect("pvcs");
-        let causes = |spec: Value| {
-            messages(validate(
-                pvcs,
-                &json!({"metadata": {"name": "c"}, "spec": spec}),
-                None,
-            ))
-        };
+        let causes = |spec: Value| spec_messages("", "persistentvolumeclaims", spec);
         assert_eq!(
             causes(json!({})),
             [
@@ -1625,6 +1618,7 @@ mod tests {
             assert!(causes(ok.clone()).is_empty(), "{ok}");
         }
         // an ephemeral volume's template is held to the same
+        let r = Registry::builtin();
         let pods = r.get("", "v1", "pods").expect("pods");
         let pod = json!({"metadata": {"name": "p"}, "spec": {
             "containers": [{"name": "a", "image": "x"}],
@@ -1638,19 +1632,13 @@ mod tests {
 
     #[test]
     fn claims_selectors_data_sources_and_class_names_are_checked_as_upstreams() {
-        let r = Registry::builtin();
-        let pvcs = r.get("", "v1", "persistentvolumeclaims").expect("pvcs");
         let causes = |extra: Value| {
             let mut spec = json!({"accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": "1Gi"}}});
             for (k, v) in extra.as_object().expect("object") {
                 spec[k] = v.clone();
             }
-            messages(validate(
-                pvcs,
-                &json!({"metadata": {"name": "c"}, "spec": spec}),
-                None,
-            ))
+            spec_messages("", "persistentvolumeclaims", spec)
         };
         assert_eq!(
             causes(json!({"selector": {"matchLabels": {"tier/a/b": "ok"}, "matchExpressions": [
@@ -1901,15 +1889,7 @@ mod tests {
 
     #[test]
     fn disruption_budgets_are_validated_as_upstreams() {
-        let r = Registry::builtin();
-        let pdbs = r.get("policy", "v1", "poddisruptionbudgets").expect("pdbs");
-        let causes = |spec: Value| {
-            messages(validate(
-                pdbs,
-                &json!({"metadata": {"name": "b"}, "spec": spec}),
-                None,
-            ))
-        };
+        let causes = |spec: Value| spec_messages("policy", "poddisruptionbudgets", spec);
         assert_eq!(
             causes(json!({"minAvailable": -1, "maxUnavailable": "150%",
                 "selector": {"matchExpressions": [{"key": "app", "operator": "In"}]},

@@ -236,34 +236,38 @@ fn protobuf_creates_store_no_go_zero_values() {
 
 /// A plain HTTP server on 127.0.0.1 answering every request with its request line.
 fn echo_server() -> u16 {
-    use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
     let port = listener.local_addr().expect("address").port();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
-            let line = head.lines().next().unwrap_or_default();
-            let body = line.rsplit_once(' ').map_or(line, |(l, _)| l).to_string();
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            echo(&mut conn, "");
         }
     });
     port
 }
 
+/// Read one request head from `conn` and answer with `prefix` and its request line.
+fn echo(conn: &mut (impl std::io::Read + std::io::Write), prefix: &str) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let line = head.lines().next().unwrap_or_default();
+    let body = format!("{prefix}{}", line.rsplit_once(' ').map_or(line, |(l, _)| l));
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
 /// [`echo_server`] behind TLS with a self-signed certificate (as a pod's HTTPS endpoint
 /// usually has), each answer prefixed `tls `.
 fn tls_echo_server() -> u16 {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let config = component::https::ephemeral_self_signed(
         &["127.0.0.1".to_string()],
         component::https::ClientCerts::None,
@@ -278,19 +282,7 @@ fn tls_echo_server() -> u16 {
                 continue;
             };
             let mut conn = tokio_rustls::rustls::StreamOwned::new(tls, conn);
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
-            let line = head.lines().next().unwrap_or_default();
-            let body = format!("tls {}", line.rsplit_once(' ').map_or(line, |(l, _)| l));
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            echo(&mut conn, "tls ");
             conn.conn.send_close_notify();
             let _ = conn.flush();
         }

@@ -213,6 +213,18 @@ pub fn invalid_causes(path: &str, value: &str, msgs: Vec<String>) -> impl Iterat
     })
 }
 
+/// Upstream's `ValidateLabels` of a label map at `path` (an object's labels, a selector's
+/// `matchLabels`): keys as qualified names, values as label values.
+pub fn labels_causes(path: &str, labels: &serde_json::Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        out.extend(invalid_causes(path, k, qualified_name(k)));
+        let v = v.as_str().unwrap_or("");
+        out.extend(invalid_causes(path, v, label_value(v)));
+    }
+    out
+}
+
 /// Upstream's `ValidateObjectMeta` checks of `metadata.labels`, `metadata.annotations` and
 /// `metadata.finalizers` (the name is checked per kind elsewhere).
 pub fn object_meta_causes(obj: &serde_json::Value) -> Vec<Cause> {
@@ -220,12 +232,8 @@ pub fn object_meta_causes(obj: &serde_json::Value) -> Vec<Cause> {
     let Some(meta) = obj.get("metadata") else {
         return out;
     };
-    if let Some(labels) = meta.get("labels").and_then(|l| l.as_object()) {
-        for (k, v) in labels {
-            out.extend(invalid_causes("metadata.labels", k, qualified_name(k)));
-            let v = v.as_str().unwrap_or("");
-            out.extend(invalid_causes("metadata.labels", v, label_value(v)));
-        }
+    if let Some(labels) = meta.get("labels") {
+        out.extend(labels_causes("metadata.labels", labels));
     }
     if let Some(annotations) = meta.get("annotations").and_then(|a| a.as_object()) {
         let mut total = 0;
