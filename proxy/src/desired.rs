@@ -22,9 +22,10 @@ pub struct DesiredService {
     pub name: String,
     /// Sorted, without duplicates: the round-robin order.
     pub backends: Vec<SocketAddrV4>,
-    /// A NodePort on a node address: traffic from outside the node is masqueraded (iptables
-    /// mode), so replies from a backend on another node come back through this one.
-    pub node_port: bool,
+    /// An external frontend (a NodePort on a node address, an external IP or a load-balancer
+    /// IP) with externalTrafficPolicy Cluster: its traffic is masqueraded, so replies from a
+    /// backend on another node come back through this one (kube-proxy's `KUBE-EXT-*` chains).
+    pub masquerade: bool,
     /// sessionAffinity ClientIP: how long (seconds) a client keeps its backend.
     pub affinity_timeout: Option<u32>,
 }
@@ -102,7 +103,7 @@ pub fn compute_for_node<'a>(
                     protocol,
                     local(spec.internal_traffic_policy.as_ref()),
                 ),
-                node_port: false,
+                masquerade: false,
                 affinity_timeout: affinity_timeout(spec),
             };
             let external_local = local(spec.external_traffic_policy.as_ref());
@@ -116,6 +117,16 @@ pub fn compute_for_node<'a>(
                     entry.clone(),
                 );
             }
+            // external frontends: NodePorts on the node's addresses, external IPs and
+            // load-balancer IPs at the service port, all under externalTrafficPolicy
+            let external = DesiredService {
+                name: entry.name.clone(),
+                backends: backends(slices, &port_name, protocol, external_local),
+                // Local: only this node's endpoints, so no reply needs to come back
+                // through it, and the client's address is preserved
+                masquerade: external_local.is_none(),
+                affinity_timeout: entry.affinity_timeout,
+            };
             let node_port = port.node_port.and_then(|p| u16::try_from(p).ok());
             if let (Some(node_port), "NodePort" | "LoadBalancer") = (node_port, kind) {
                 for address in node_addresses {
@@ -125,16 +136,19 @@ pub fn compute_for_node<'a>(
                             port: node_port,
                             protocol,
                         },
-                        DesiredService {
-                            name: entry.name.clone(),
-                            backends: backends(slices, &port_name, protocol, external_local),
-                            // Local: only this node's endpoints, so no reply needs to come
-                            // back through it, and the client's address is preserved
-                            node_port: external_local.is_none(),
-                            affinity_timeout: entry.affinity_timeout,
-                        },
+                        external.clone(),
                     );
                 }
+            }
+            for address in external_ipv4s(svc, kind) {
+                desired.insert(
+                    ServiceKey {
+                        address,
+                        port: service_port,
+                        protocol,
+                    },
+                    external.clone(),
+                );
             }
         }
     }
@@ -160,6 +174,33 @@ fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Option<u3
     Some(t)
 }
 
+/// The IPv4 addresses a service is reached at from outside at its own ports, as kube-proxy
+/// programs them: `spec.externalIPs` (any type), and for a LoadBalancer the IPs of
+/// `status.loadBalancer.ingress` but those with `ipMode: Proxy` (the load balancer proxies
+/// them itself, and their traffic arrives addressed to the node).
+fn external_ipv4s(svc: &Service, kind: &str) -> BTreeSet<Ipv4Addr> {
+    let spec = svc.spec.as_ref();
+    let external = spec
+        .and_then(|s| s.external_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(String::as_str);
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|_| kind == "LoadBalancer")
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_deref());
+    external
+        .chain(ingress)
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
+}
+
 /// The IPv4 cluster IPs of a service; none for headless services.
 fn cluster_ipv4s(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> {
     let mut ips: Vec<&str> = spec
@@ -182,6 +223,63 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
         "UDP" => Some(Protocol::Udp),
         // SCTP is not implemented by the dataplane
         _ => None,
+    }
+}
+
+/// What an endpoint can do for new flows, by its conditions.
+#[derive(PartialEq)]
+enum Usable {
+    Ready,
+    /// serving but terminating: used only when nothing is ready
+    Terminating,
+    No,
+}
+
+fn usable(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> Usable {
+    let cond = ep.conditions.as_ref();
+    // upstream: a missing `ready` means ready, a missing `serving` follows `ready`
+    let is_ready = cond.and_then(|c| c.ready) != Some(false);
+    let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
+    let is_terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+    if is_ready && !is_terminating {
+        Usable::Ready
+    } else if serving && is_terminating {
+        Usable::Terminating
+    } else {
+        Usable::No
+    }
+}
+
+/// A service's endpoints on node `node` (distinct IPv4 addresses over its slices): the
+/// ready ones, else the serving terminating ones, as kube-proxy counts `localEndpoints` for
+/// the health check node port.
+pub fn local_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &str,
+) -> usize {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices.into_iter().filter(|s| s.address_type == "IPv4") {
+        for ep in slice.endpoints.iter().flatten() {
+            if ep.node_name.as_deref() != Some(node) {
+                continue;
+            }
+            let set = match usable(ep) {
+                Usable::Ready => &mut ready,
+                Usable::Terminating => &mut terminating,
+                Usable::No => continue,
+            };
+            set.extend(
+                ep.addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<Ipv4Addr>().ok()),
+            );
+        }
+    }
+    if ready.is_empty() {
+        terminating.len()
+    } else {
+        ready.len()
     }
 }
 
@@ -215,17 +313,10 @@ fn backends(
             if only_on.is_some() && ep.node_name.as_deref() != only_on {
                 continue;
             }
-            let cond = ep.conditions.as_ref();
-            // upstream: a missing `ready` means ready, a missing `serving` follows `ready`
-            let is_ready = cond.and_then(|c| c.ready) != Some(false);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            let set = if is_ready && !is_terminating {
-                &mut ready
-            } else if serving && is_terminating {
-                &mut terminating
-            } else {
-                continue;
+            let set = match usable(ep) {
+                Usable::Ready => &mut ready,
+                Usable::Terminating => &mut terminating,
+                Usable::No => continue,
             };
             for addr in &ep.addresses {
                 if let Ok(ip) = addr.parse::<Ipv4Addr>() {
@@ -428,7 +519,7 @@ mod tests {
         let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
         assert_eq!(np.backends, vec![be([10, 42, 0, 5], 8080)]);
         assert!(
-            !np.node_port,
+            !np.masquerade,
             "externalTrafficPolicy Local is not masqueraded"
         );
 
@@ -446,6 +537,85 @@ mod tests {
         );
         let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
         assert_eq!(np.backends.len(), 3);
-        assert!(np.node_port);
+        assert!(np.masquerade);
+    }
+
+    #[test]
+    fn external_ips_and_load_balancer_ips_serve_the_service_port() {
+        let slices = [web_slice(
+            "a",
+            vec![
+                json!({"addresses": ["10.42.0.1"], "nodeName": "a"}),
+                json!({"addresses": ["10.42.1.1"], "nodeName": "b"}),
+            ],
+        )];
+        let mut lb = web();
+        lb.spec.as_mut().expect("spec").type_ = Some("LoadBalancer".into());
+        lb.spec.as_mut().expect("spec").external_ips = Some(vec!["192.0.2.10".into()]);
+        lb.status = Some(
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [
+                {"ip": "198.51.100.1", "ipMode": "VIP"},
+                {"ip": "198.51.100.2"},
+                {"ip": "198.51.100.3", "ipMode": "Proxy"},
+                {"hostname": "lb.example.com"}]}}))
+            .expect("status"),
+        );
+        let d = compute_for_node([&lb], &slices, &[], Some("a"));
+        for ip in [[192, 0, 2, 10], [198, 51, 100, 1], [198, 51, 100, 2]] {
+            let http = &d[&key(ip, 80, Protocol::Tcp)];
+            assert_eq!(http.backends.len(), 2, "{ip:?}");
+            assert!(http.masquerade, "{ip:?}: external traffic is masqueraded");
+            assert!(d.contains_key(&key(ip, 53, Protocol::Udp)), "{ip:?}");
+        }
+        assert!(
+            !d.contains_key(&key([198, 51, 100, 3], 80, Protocol::Tcp)),
+            "ipMode Proxy: the load balancer proxies, kube-proxy leaves the IP alone"
+        );
+        // the cluster IP's entry is not masqueraded
+        assert!(!d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].masquerade);
+
+        // externalTrafficPolicy Local: this node's endpoints, the client's address kept
+        lb.spec.as_mut().expect("spec").external_traffic_policy = Some("Local".into());
+        let d = compute_for_node([&lb], &slices, &[], Some("a"));
+        let http = &d[&key([198, 51, 100, 1], 80, Protocol::Tcp)];
+        assert_eq!(http.backends, vec![be([10, 42, 0, 1], 8080)]);
+        assert!(!http.masquerade);
+
+        // a ClusterIP service keeps its external IPs but not a load balancer's ingress
+        lb.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into());
+        let d = compute([&lb], &slices, &[]);
+        assert!(d.contains_key(&key([192, 0, 2, 10], 80, Protocol::Tcp)));
+        assert!(!d.contains_key(&key([198, 51, 100, 1], 80, Protocol::Tcp)));
+    }
+
+    #[test]
+    fn local_endpoints_count_this_nodes_addresses_ready_else_terminating() {
+        let on = |ip: &str, node: &str, ready: bool, terminating: bool| {
+            json!({"addresses": [ip], "nodeName": node,
+                "conditions": {"ready": ready, "serving": true, "terminating": terminating}})
+        };
+        let slices = [
+            web_slice(
+                "a",
+                vec![
+                    on("10.42.0.5", "a", true, false),
+                    on("10.42.0.6", "a", true, false),
+                    on("10.42.1.5", "b", true, false),
+                ],
+            ),
+            // the same address in a second slice counts once
+            web_slice("b", vec![on("10.42.0.6", "a", true, false)]),
+        ];
+        assert_eq!(local_endpoints(&slices, "a"), 2);
+        assert_eq!(local_endpoints(&slices, "b"), 1);
+        assert_eq!(local_endpoints(&slices, "c"), 0);
+        let leaving = [web_slice(
+            "a",
+            vec![
+                on("10.42.0.5", "a", false, true),
+                on("10.42.0.7", "a", false, false),
+            ],
+        )];
+        assert_eq!(local_endpoints(&leaving, "a"), 1);
     }
 }

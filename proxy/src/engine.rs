@@ -432,7 +432,7 @@ impl EbpfEngine {
 
     fn upsert(&mut self, key: &ServiceKey, svc: &DesiredService, outcome: &mut SyncOutcome) {
         let mut flags = 0;
-        if svc.node_port {
+        if svc.masquerade {
             flags |= dataplane_common::SVC_FLAG_MASQ;
         }
         if svc.affinity_timeout.is_some() {

@@ -13,6 +13,7 @@ mod dataplane;
 pub mod desired;
 mod engine;
 mod error;
+pub mod healthcheck;
 pub mod iptables;
 mod linkwatch;
 mod metrics;

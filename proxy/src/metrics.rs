@@ -326,7 +326,7 @@ mod tests {
             backends: (1..=3)
                 .map(|i| std::net::SocketAddrV4::new([10, 42, 0, i].into(), 8080))
                 .collect(),
-            node_port: false,
+            masquerade: false,
             affinity_timeout: None,
         };
         m.synced(Duration::from_millis(3), 1, 3, 0, &[(key, Some(entry))]);

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{effective_mode, Config, ProxyMode},
+    healthcheck::HealthChecks,
     metrics::{self, Metrics},
     tracker::Tracker,
     worker::Worker,
@@ -131,7 +132,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = sync_loop(&config, &node_name, mode, &worker, &metrics, &shared, &changed, &shutdown) => r,
+        r = sync_loop(&config, &node_name, mode, &worker, &metrics, &shared, &changed, &shutdown,
+            HealthChecks::new(config.netns.clone(), metrics.clone())) => r,
     };
     server_token.cancel();
     tasks.abort_all();
@@ -237,6 +239,7 @@ async fn sync_loop(
     shared: &Mutex<Shared>,
     changed: &Notify,
     shutdown: &CancellationToken,
+    mut health: HealthChecks,
 ) -> Result<(), Error> {
     // syncing from a partial list would remove services that are merely not listed yet
     while !lock(shared).listed.iter().all(|l| *l) {
@@ -247,7 +250,7 @@ async fn sync_loop(
     let mut retry = false;
     loop {
         let started = Instant::now();
-        let (changes, node, slices_touched) = {
+        let (changes, node, slices_touched, checks) = {
             let mut s = lock(shared);
             let addresses = if config.nodeport_addresses.is_empty() {
                 s.node.as_ref().map(node_addresses).unwrap_or_default()
@@ -258,7 +261,11 @@ async fn sync_loop(
             s.tracker.set_node_name(node_name);
             let changes = s.tracker.update();
             let touched = s.tracker.take_touched_slices();
-            (changes, s.node.clone(), touched)
+            let checks = s
+                .tracker
+                .take_recomputed()
+                .then(|| s.tracker.health_checks());
+            (changes, s.node.clone(), touched, checks)
         };
         if changes.is_empty() && !retry && !first {
             // nothing for the dataplane (e.g. a Node status update)
@@ -293,6 +300,9 @@ async fn sync_loop(
                 observe_programming(&slices_touched, &mut triggers, (!first).then_some(metrics));
                 first = false;
             }
+        }
+        if let Some(checks) = checks {
+            health.update(checks);
         }
         // the node's annotations may ask for the other mode at any time
         let annotations = node

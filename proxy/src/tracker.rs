@@ -46,10 +46,16 @@ pub struct Tracker {
     node_addresses: Vec<Ipv4Addr>,
     /// This node, for traffic policies `Local`.
     node_name: Option<String>,
-    /// The keys each service contributed to `desired`.
+    /// The keys each service computed (whether or not it holds them in `desired`).
     contributed: HashMap<SvcId, Vec<ServiceKey>>,
+    /// The services that computed each key, for keys more than one service wants (external
+    /// IPs are the user's to choose, so two services may name the same IP and port): the
+    /// first by namespace and name holds the key; when it lets go, the next one takes it.
+    claims: HashMap<ServiceKey, std::collections::BTreeSet<SvcId>>,
     desired: Desired,
     dirty: HashSet<SvcId>,
+    /// Set by [`Tracker::update`] when it recomputed a service.
+    recomputed: bool,
     /// Slices applied since [`Tracker::take_touched_slices`], for the programming-latency
     /// metric.
     touched: Vec<Arc<EndpointSlice>>,
@@ -145,40 +151,120 @@ impl Tracker {
         std::mem::take(&mut self.touched)
     }
 
+    /// The health check node ports this node serves ([`crate::healthcheck`]): one per
+    /// LoadBalancer service with externalTrafficPolicy Local, with its endpoints on this node.
+    pub fn health_checks(&self) -> std::collections::BTreeMap<u16, crate::healthcheck::Check> {
+        let mut out = std::collections::BTreeMap::new();
+        let Some(node) = self.node_name.as_deref() else {
+            return out;
+        };
+        for (id, svc) in &self.services {
+            let Some(spec) = svc.spec.as_ref() else {
+                continue;
+            };
+            if spec.type_.as_deref() != Some("LoadBalancer")
+                || spec.external_traffic_policy.as_deref() != Some("Local")
+            {
+                continue;
+            }
+            let Some(port) = spec
+                .health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+            else {
+                continue;
+            };
+            let slices = self.slices.get(id);
+            let local = desired::local_endpoints(
+                slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
+                node,
+            );
+            out.insert(
+                port,
+                crate::healthcheck::Check {
+                    namespace: id.0.clone(),
+                    name: id.1.clone(),
+                    local_endpoints: local,
+                },
+            );
+        }
+        out
+    }
+
+    /// Whether any service was recomputed since the last call (its health check may have
+    /// changed even when the dataplane did not).
+    pub fn take_recomputed(&mut self) -> bool {
+        std::mem::take(&mut self.recomputed)
+    }
+
     /// Recomputes the dirty services; returns how `desired` changed.
     pub fn update(&mut self) -> Vec<Change> {
+        self.recomputed |= !self.dirty.is_empty();
         let mut changes = Vec::new();
-        for id in std::mem::take(&mut self.dirty) {
-            let old = self.contributed.remove(&id).unwrap_or_default();
-            let new: Desired = match self.services.get(&id) {
-                Some(svc) => {
-                    let slices = self.slices.get(&id);
-                    desired::compute_for_node(
-                        [svc.as_ref()],
-                        slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
-                        &self.node_addresses,
-                        self.node_name.as_deref(),
-                    )
-                }
-                None => Desired::new(),
-            };
-            for key in old.iter().filter(|k| !new.contains_key(k)) {
-                if self.desired.remove(key).is_some() {
-                    changes.push((*key, None));
-                }
-            }
-            let keys: Vec<ServiceKey> = new.keys().copied().collect();
-            for (key, entry) in new {
-                if self.desired.get(&key) != Some(&entry) {
-                    self.desired.insert(key, entry.clone());
-                    changes.push((key, Some(entry)));
-                }
-            }
-            if !keys.is_empty() {
-                self.contributed.insert(id, keys);
+        while !self.dirty.is_empty() {
+            for id in std::mem::take(&mut self.dirty) {
+                self.recompute(id, &mut changes);
             }
         }
         changes
+    }
+
+    fn recompute(&mut self, id: SvcId, changes: &mut Vec<Change>) {
+        let old = self.contributed.remove(&id).unwrap_or_default();
+        let new: Desired = match self.services.get(&id) {
+            Some(svc) => {
+                let slices = self.slices.get(&id);
+                desired::compute_for_node(
+                    [svc.as_ref()],
+                    slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
+                    &self.node_addresses,
+                    self.node_name.as_deref(),
+                )
+            }
+            None => Desired::new(),
+        };
+        for key in old.iter().filter(|k| !new.contains_key(k)) {
+            let holder = self.holder(key).cloned();
+            if let Some(claimants) = self.claims.get_mut(key) {
+                claimants.remove(&id);
+                if claimants.is_empty() {
+                    self.claims.remove(key);
+                }
+            }
+            if holder.as_ref() != Some(&id) {
+                continue;
+            }
+            match self.holder(key) {
+                // another service wants it: it takes the key over in this update
+                Some(next) => {
+                    self.dirty.insert(next.clone());
+                }
+                None => {
+                    if self.desired.remove(key).is_some() {
+                        changes.push((*key, None));
+                    }
+                }
+            }
+        }
+        let keys: Vec<ServiceKey> = new.keys().copied().collect();
+        for (key, entry) in new {
+            self.claims.entry(key).or_default().insert(id.clone());
+            if self.holder(&key) != Some(&id) {
+                continue;
+            }
+            if self.desired.get(&key) != Some(&entry) {
+                self.desired.insert(key, entry.clone());
+                changes.push((key, Some(entry)));
+            }
+        }
+        if !keys.is_empty() {
+            self.contributed.insert(id, keys);
+        }
+    }
+
+    /// The service whose entry `key` holds: the first by namespace and name that wants it.
+    fn holder(&self, key: &ServiceKey) -> Option<&SvcId> {
+        self.claims.get(key).and_then(|c| c.first())
     }
 }
 
@@ -293,5 +379,50 @@ mod tests {
         assert_eq!(changes.len(), 2);
         assert!(changes.iter().all(|c| c.1.is_none()));
         assert!(t.desired().is_empty());
+    }
+
+    #[test]
+    fn two_services_on_one_external_ip_and_port_take_turns() {
+        let external = |name: &str, cluster_ip: &str| {
+            let mut s = (*svc(name, cluster_ip, None)).clone();
+            s.spec.as_mut().expect("spec").external_ips = Some(vec!["192.0.2.7".into()]);
+            Arc::new(s)
+        };
+        let shared = ServiceKey {
+            address: Ipv4Addr::new(192, 0, 2, 7),
+            port: 80,
+            protocol: crate::services::Protocol::Tcp,
+        };
+        let held_by = |t: &Tracker| t.desired().get(&shared).map(|d| d.name.clone());
+        let mut t = Tracker::default();
+        // b first, then a: a comes first by name and takes the key over
+        t.apply_service(external("b", "10.43.0.2"));
+        t.apply_slice(slice("b-1", "b", &["10.42.0.2"]));
+        t.update();
+        assert_eq!(held_by(&t).as_deref(), Some("ns/b:http"));
+        t.apply_service(external("a", "10.43.0.1"));
+        t.apply_slice(slice("a-1", "a", &["10.42.0.1"]));
+        t.update();
+        assert_eq!(held_by(&t).as_deref(), Some("ns/a:http"));
+        assert_eq!(
+            t.desired()[&shared].backends,
+            vec!["10.42.0.1:8080".parse().expect("addr")]
+        );
+        // a goes: b's entry comes back in the same update, not a removal
+        t.delete_service(&external("a", "10.43.0.1"));
+        let changes = t.update();
+        assert!(
+            changes
+                .iter()
+                .filter(|c| c.0 == shared)
+                .all(|c| backends(c) == Some(vec!["10.42.0.2:8080".into()])),
+            "{changes:?}"
+        );
+        assert_eq!(held_by(&t).as_deref(), Some("ns/b:http"));
+        // b goes: the key goes
+        t.delete_service(&external("b", "10.43.0.2"));
+        t.update();
+        assert_eq!(held_by(&t), None);
+        assert!(t.desired().is_empty(), "{:?}", t.desired());
     }
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -630,6 +630,180 @@ fn node_ports_are_served_on_the_node_address() {
         );
         h.stop_proxy();
     }
+}
+
+/// External IPs (`spec.externalIPs`) and a LoadBalancer's `status.loadBalancer.ingress` IPs
+/// serve the service's own ports, as kube-proxy programs them; an ingress IP with
+/// `ipMode: Proxy` is left alone, and so is a former LoadBalancer's ingress.
+#[test]
+fn external_ips_and_load_balancer_ips_serve_the_service_ports() {
+    for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
+        let mut h = Harness::new(&format!("k8s-ext-{}", mode.as_str()), mode);
+        h.start_proxy();
+        // addresses routed to the node (the client's default route), owned by no one
+        let external_ip = std::net::Ipv4Addr::new(192, 0, 2, 10);
+        let lb_ip = std::net::Ipv4Addr::new(192, 0, 2, 20);
+        let proxied_ip = std::net::Ipv4Addr::new(192, 0, 2, 30);
+        h.create_service(
+            "web",
+            json!({"type": "LoadBalancer", "externalIPs": [external_ip.to_string()]}),
+        );
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(h.client.clone(), "default");
+        let status = json!({"status": {"loadBalancer": {"ingress": [
+            {"ip": lb_ip.to_string(), "ipMode": "VIP"},
+            {"ip": proxied_ip.to_string(), "ipMode": "Proxy"}]}}});
+        h.block_on(api.patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        ))
+        .expect("setting the load balancer's status");
+        h.put_slice("web", &[0, 1, 2], &[]);
+        h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+        for ip in [external_ip, lb_ip] {
+            let target = Harness::vip(ip, 80);
+            // every backend within 30 connections, iptables mode's random spread included
+            let answers: Vec<String> = (0..30).map(|_| tcp_once(h.client_ns(), target)).collect();
+            assert_eq!(
+                seen(&answers),
+                (0..3).map(backend).collect(),
+                "{mode:?}: {target} must reach every backend: {answers:?}"
+            );
+            let sock = support::netns::udp_socket(h.client_ns());
+            assert!(
+                udp_ask(&sock, Harness::vip(ip, 53)).starts_with("backend-"),
+                "{mode:?}: UDP to {ip}:53"
+            );
+        }
+        let refused = |ip: std::net::Ipv4Addr| {
+            in_netns(h.client_ns().name(), || {
+                TcpStream::connect_timeout(
+                    &SocketAddr::V4(Harness::vip(ip, 80)),
+                    Duration::from_millis(500),
+                )
+            })
+            .is_err()
+        };
+        assert!(
+            refused(proxied_ip),
+            "{mode:?}: an ingress IP with ipMode Proxy is not served by the proxy"
+        );
+        // no longer a LoadBalancer: its ingress IP goes, its external IP stays
+        let to_cluster_ip = json!({"spec": {"type": "ClusterIP"}});
+        h.block_on(api.patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&to_cluster_ip),
+        ))
+        .expect("changing the type");
+        h.wait_for("the ingress IP unprogrammed", PROGRAMMING_BOUND, |_| {
+            refused(lb_ip)
+        });
+        assert!(tcp_once(h.client_ns(), Harness::vip(external_ip, 80)).starts_with("backend-"));
+        h.stop_proxy();
+    }
+}
+
+/// One HTTP GET from the client namespace: (status, the endpoint-weight header, body), or
+/// the connection's error.
+fn client_http_get(h: &Harness, to: SocketAddrV4) -> std::io::Result<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let text = in_netns(h.client_ns().name(), || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let weight = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-load-balancing-endpoint-weight:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Ok((status, weight, body.to_string()))
+}
+
+/// kube-proxy's health check node port: a LoadBalancer with externalTrafficPolicy Local
+/// answers on its `healthCheckNodePort` at the node's address with 200 and the count of
+/// this node's endpoints, 503 when it has none, and stops answering once the service no
+/// longer needs the port.
+#[test]
+fn health_check_node_ports_say_whether_the_node_has_endpoints() {
+    let mut h = Harness::new("k8s-hc", ProxyMode::Ebpf);
+    h.start_proxy();
+    h.create_service(
+        "web",
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local"}),
+    );
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(h.client.clone(), "default");
+    let port = h
+        .block_on(api.get("web"))
+        .expect("the service")
+        .spec
+        .and_then(|s| s.health_check_node_port)
+        .expect("an allocated health check node port");
+    let target = SocketAddrV4::new(
+        std::net::Ipv4Addr::new(10, 200, 0, 1),
+        u16::try_from(port).expect("a port"),
+    );
+    let on = |i: usize, node: &str| {
+        json!({"addresses": [Topology::backend_addr(i).to_string()], "nodeName": node,
+               "conditions": {"ready": true, "serving": true, "terminating": false}})
+    };
+    let here = h.node_name.clone();
+    h.put_slice(
+        "web",
+        &[],
+        &[on(0, &here), on(1, &here), on(2, "elsewhere")],
+    );
+    let expect = |status: u16, local: usize| {
+        move |h: &Harness| {
+            let Ok((code, weight, body)) = client_http_get(h, target) else {
+                return false;
+            };
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            code == status
+                && weight == local.to_string()
+                && body
+                    == json!({"service": {"namespace": "default", "name": "web"},
+                        "localEndpoints": local, "serviceProxyHealthy": true})
+        }
+    };
+    h.wait_for(
+        "200 with 2 local endpoints",
+        PROGRAMMING_BOUND,
+        expect(200, 2),
+    );
+    // only the other node's endpoint left: 503, so the load balancer skips this node
+    h.put_slice("web", &[], &[on(2, "elsewhere")]);
+    h.wait_for(
+        "503 with no local endpoint",
+        PROGRAMMING_BOUND,
+        expect(503, 0),
+    );
+    // policy Cluster: the service gives the port back and the node stops answering on it
+    h.block_on(api.patch(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&json!({"spec": {"externalTrafficPolicy": "Cluster"}})),
+    ))
+    .expect("to policy Cluster");
+    h.wait_for("the health check port closed", PROGRAMMING_BOUND, |h| {
+        client_http_get(h, target).is_err()
+    });
+    h.stop_proxy();
 }
 
 /// A backend reaching its own service (hairpin): every connection, including those that land

@@ -123,11 +123,12 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
     let mut lines = Vec::new();
     let n = svc.backends.len();
     let c = comment(&svc.name);
-    if svc.node_port {
-        // kube-proxy's rule for externalTrafficPolicy Cluster: the backend may be on
+    if svc.masquerade {
+        // kube-proxy's rule for external traffic (a NodePort, an external or load-balancer
+        // IP) under externalTrafficPolicy Cluster: the backend may be on
         // another node, whose reply must return through this one to be un-NATed
         lines.push(format!(
-            "-A {svc_chain} -m comment --comment \"{c} nodePort\" -j {MARK_MASQ_CHAIN}"
+            "-A {svc_chain} -m comment --comment \"{c} external\" -j {MARK_MASQ_CHAIN}"
         ));
     }
     if let Some(timeout) = svc.affinity_timeout {

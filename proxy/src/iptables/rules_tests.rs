@@ -17,7 +17,7 @@ fn svc(name: &str, backends: &[u8]) -> DesiredService {
             .iter()
             .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, *i), 8080))
             .collect(),
-        node_port: false,
+        masquerade: false,
         affinity_timeout: None,
     }
 }
@@ -226,10 +226,10 @@ COMMIT
 }
 
 #[test]
-fn node_port_traffic_is_marked_for_masquerade_before_the_spread() {
+fn external_traffic_is_marked_for_masquerade_before_the_spread() {
     let k = key(10, 30080, Protocol::Tcp);
     let mut s = svc("default/web:http", &[1, 2]);
-    s.node_port = true;
+    s.masquerade = true;
     let d = desired(&[(k, s)]);
     let p = plan(&d, &BTreeMap::new(), &BTreeSet::new(), &[]);
     let chain = svc_chain(&k);
