@@ -15,7 +15,8 @@
 //! [`horizontalpodautoscaler`]), `persistentvolume-binder`, `pvc-protection`,
 //! `pv-protection`, `local-path-provisioner` (kaze's built-in `kaze.io/local-path`
 //! provisioner, which the binder runs) and `ephemeral-volume` (the claims of generic
-//! ephemeral volumes; see [`persistentvolume`]). Choose with
+//! ephemeral volumes; see [`persistentvolume`]) and `servicelb` (addresses for
+//! LoadBalancer services: the nodes', as k3s's ServiceLB; see [`servicelb`]). Choose with
 //! `--controllers` (upstream syntax: `*,-nodeipam`).
 //!
 //! Controllers read from shared informer caches ([`informers`]: one watch and one indexed
@@ -65,6 +66,7 @@ pub mod resourcequota;
 pub mod rootcacert;
 pub mod serviceaccount;
 pub mod serviceaccount_token;
+pub mod servicelb;
 mod serving;
 pub mod statefulset;
 pub mod util;
@@ -94,6 +96,7 @@ pub fn client_name(controller: &str) -> &str {
         "pvc-protection" => "pvc-protection-controller",
         "pv-protection" => "pv-protection-controller",
         "ephemeral-volume" => "ephemeral-volume-controller",
+        "servicelb" => "service-lb-controller",
         other => other,
     }
 }
@@ -124,6 +127,7 @@ pub const ALL: &[&str] = &[
     "pv-protection",
     "local-path-provisioner",
     "ephemeral-volume",
+    "servicelb",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -496,6 +500,7 @@ async fn run_controllers(
             "pvc-protection" => tasks.spawn(persistentvolume::run_pvc_protection(ctx, token)),
             "pv-protection" => tasks.spawn(persistentvolume::run_pv_protection(ctx, token)),
             "ephemeral-volume" => tasks.spawn(persistentvolume::ephemeral::run(ctx, token)),
+            "servicelb" => tasks.spawn(servicelb::run(ctx, token)),
             // provisions inside the binder
             "local-path-provisioner" => continue,
             "horizontalpodautoscaling" => {
