@@ -35,6 +35,22 @@ fn wants_node_ports(obj: &Value) -> bool {
     )
 }
 
+/// Whether a service needs a `healthCheckNodePort`: a LoadBalancer with
+/// externalTrafficPolicy Local (the load balancer asks each node whether it has endpoints).
+pub fn needs_health_check(obj: &Value) -> bool {
+    obj.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+        && obj
+            .pointer("/spec/externalTrafficPolicy")
+            .and_then(Value::as_str)
+            == Some("Local")
+}
+
+fn health_check_port(obj: &Value) -> Option<i64> {
+    obj.pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_i64)
+        .filter(|p| *p != 0)
+}
+
 /// Allocate the ClusterIP and node ports `obj` asks for (or any free ones) and write them into
 /// its spec. On failure nothing stays allocated.
 pub async fn allocate(
@@ -81,6 +97,11 @@ pub fn carry_over(cur: &Value, new: &mut Value) {
         }
     }
     crate::kinds::service::drop_type_dependent_fields(cur, new);
+    if needs_health_check(cur) && needs_health_check(new) && health_check_port(new).is_none() {
+        if let Some(p) = health_check_port(cur) {
+            new["spec"]["healthCheckNodePort"] = json!(p);
+        }
+    }
     if !wants_node_ports(new) {
         return;
     }
@@ -141,16 +162,20 @@ fn held_ip(obj: &Value) -> Option<Ipv4Addr> {
         .and_then(|s| s.parse().ok())
 }
 
-/// The node ports a stored service holds.
+/// The node ports a stored service holds, its `healthCheckNodePort` included.
 fn held_ports(obj: &Value) -> Vec<u16> {
     if !wants_node_ports(obj) {
         return Vec::new();
     }
+    let health = needs_health_check(obj)
+        .then(|| health_check_port(obj))
+        .flatten();
     obj.pointer("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+        .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
+        .chain(health)
         .filter_map(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0)
         .collect::<std::collections::BTreeSet<u16>>()
@@ -263,6 +288,44 @@ pub async fn reallocate(
                     let shown = asked.map_or("<any>".to_string(), |p| p.to_string());
                     let field = format!("spec.ports[{i}].nodePort");
                     return Err(alloc_err(def, &name, &field, &shown, e));
+                }
+            }
+        }
+    }
+    if needs_health_check(new) {
+        let asked = health_check_port(new);
+        if needs_health_check(cur) {
+            // upstream's healthCheckNodePortUpdate: fixed while the service needs one
+            if asked != health_check_port(cur) {
+                r.undo(state).await;
+                let cause = (
+                    "spec.healthCheckNodePort".into(),
+                    "FieldValueInvalid",
+                    format!(
+                        "Invalid value: {}: cannot change healthCheckNodePort on loadBalancer service with externalTraffic=Local during update",
+                        asked.unwrap_or(0)
+                    ),
+                );
+                return Err(ApiError::invalid(def.kind, def.group, &name, vec![cause]));
+            }
+        } else {
+            let taken = match asked.map(u16::try_from) {
+                Some(Err(_)) => Err(AllocError::OutOfRange {
+                    what: "port",
+                    range: state.node_ports.range().to_string(),
+                }),
+                Some(Ok(p)) => state.node_ports.allocate(Some(p)).await,
+                None => state.node_ports.allocate(None).await,
+            };
+            match taken {
+                Ok(p) => {
+                    new["spec"]["healthCheckNodePort"] = json!(p);
+                    r.taken_ports.push(p);
+                }
+                Err(e) => {
+                    r.undo(state).await;
+                    let shown = asked.map_or("<any>".to_string(), |p| p.to_string());
+                    return Err(alloc_err(def, &name, "spec.healthCheckNodePort", &shown, e));
                 }
             }
         }

@@ -619,6 +619,86 @@ spec:
     );
 }
 
+/// A LoadBalancer with externalTrafficPolicy Local holds a `healthCheckNodePort` from the
+/// node-port range (upstream's allocation), fixed while it needs one, given back when it no
+/// longer does (policy or type changed) or goes.
+#[test]
+fn local_load_balancers_hold_a_health_check_node_port() {
+    let s = TestServer::start();
+    let lb = "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports: [{port: 80}]\n";
+    s.kubectl_stdin(&["create", "-f", "-"], Some(lb));
+    let svc = json(&s, &["get", "svc", "lb"]);
+    let health = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .expect("a health check node port");
+    assert!((30000..=32767).contains(&health), "{svc}");
+    assert_ne!(Some(health), svc["spec"]["ports"][0]["nodePort"].as_u64());
+    // held: another service cannot have it
+    let taker = |name: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: NodePort\n  ports: [{{port: 80, nodePort: {health}}}]\n")
+    };
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(&taker("taker")));
+    assert!(
+        err.contains(&format!(
+            "spec.ports[0].nodePort: Invalid value: {health}: provided port is already allocated"
+        )),
+        "{err}"
+    );
+    // a replace that leaves it out keeps it; a change is refused
+    let svc = json(&s, &["get", "svc", "lb"]);
+    let mut replaced = svc.clone();
+    replaced["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("healthCheckNodePort");
+    s.kubectl_stdin(&["replace", "-f", "-"], Some(&replaced.to_string()));
+    assert_eq!(
+        json(&s, &["get", "svc", "lb"])["spec"]["healthCheckNodePort"],
+        health
+    );
+    let other = if health == 32767 { 32766 } else { health + 1 };
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "svc",
+            "lb",
+            "-p",
+            &format!(r#"{{"spec":{{"healthCheckNodePort":{other}}}}}"#),
+        ],
+        None,
+    );
+    assert!(
+        err.contains(&format!("spec.healthCheckNodePort: Invalid value: {other}: cannot change healthCheckNodePort on loadBalancer service with externalTraffic=Local during update")),
+        "{err}"
+    );
+    // policy Cluster: the port goes and is free again
+    s.kubectl(&[
+        "patch",
+        "svc",
+        "lb",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Cluster"}}"#,
+    ]);
+    let svc = json(&s, &["get", "svc", "lb"]);
+    assert!(svc["spec"].get("healthCheckNodePort").is_none(), "{svc}");
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&taker("taker")));
+    // Local again: a new one; deleting the service gives it back
+    s.kubectl(&[
+        "patch",
+        "svc",
+        "lb",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ]);
+    let again = json(&s, &["get", "svc", "lb"])["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .expect("a new health check node port");
+    assert_ne!(again, health);
+    s.kubectl(&["delete", "svc", "lb"]);
+    let reuse = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: reuse}}\nspec:\n  type: NodePort\n  ports: [{{port: 80, nodePort: {again}}}]\n");
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&reuse));
+}
+
 /// A service's type can change as upstream's can: node ports are taken when it becomes
 /// NodePort and given back when it stops being one, its ClusterIP given back when it becomes
 /// ExternalName; and services are checked as upstream's `ValidateService` checks them.

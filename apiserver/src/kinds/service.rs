@@ -422,6 +422,12 @@ pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
     let old_type = text(old, "type").to_string();
     let new_type = text(spec, "type").to_string();
     let no_longer_external = externally_accessible(old) && !externally_accessible(spec);
+    // upstream: a service that no longer needs a health check node port (no longer a
+    // LoadBalancer, or no longer externalTrafficPolicy Local) drops the one it held
+    let needs_health = |spec: &Value| {
+        text(spec, "type") == "LoadBalancer" && text(spec, "externalTrafficPolicy") == "Local"
+    };
+    let no_longer_health_checked = needs_health(old) && !needs_health(spec);
     let drop_if_unchanged = |m: &mut serde_json::Map<String, Value>, key: &str| {
         if m.get(key) == old.get(key) {
             m.remove(key);
@@ -433,6 +439,9 @@ pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
     // (also without a type change: a ClusterIP service losing its external IPs)
     if no_longer_external {
         drop_if_unchanged(m, "externalTrafficPolicy");
+    }
+    if no_longer_health_checked {
+        drop_if_unchanged(m, "healthCheckNodePort");
     }
     if old_type == new_type {
         return;
@@ -462,11 +471,7 @@ pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
         }
     }
     if old_type == "LoadBalancer" && new_type != "LoadBalancer" {
-        for key in [
-            "allocateLoadBalancerNodePorts",
-            "loadBalancerClass",
-            "healthCheckNodePort",
-        ] {
+        for key in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
             drop_if_unchanged(m, key);
         }
     }
