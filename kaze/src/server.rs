@@ -37,9 +37,10 @@ pub struct ServerArgs {
     #[arg(long = "dns-http-port", default_value_t = 8181)]
     dns_http_port: u16,
     /// Packaged components not to run (k3s's flag; repeatable or comma-separated). kaze
-    /// packages `local-storage`: the `kaze.io/local-path` provisioner and its default
-    /// `local-path` StorageClass.
-    #[arg(long = "disable", value_delimiter = ',', value_parser = ["local-storage"])]
+    /// packages `local-storage` (the `kaze.io/local-path` provisioner and its default
+    /// `local-path` StorageClass) and `servicelb` (node addresses for LoadBalancer
+    /// Services: leave them to another load balancer, e.g. MetalLB).
+    #[arg(long = "disable", value_delimiter = ',', value_parser = ["local-storage", "servicelb"])]
     disable: Vec<String>,
     /// Encrypt Secrets at rest (k3s's flag): the first start writes an aescbc key to
     /// `<data-dir>/server/cred/encryption-config.json` (0600), which the apiserver gets as
@@ -333,11 +334,15 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
     components.spawn("scheduler", &shutdown, |token| scheduler::run(sched, token));
     let cm = controllers::Config {
         kubeconfig: Some(kubeconfig.clone()),
-        controllers: if local_storage {
-            vec!["*".into()]
-        } else {
-            vec!["*".into(), "-local-path-provisioner".into()]
-        },
+        controllers: std::iter::once("*".to_string())
+            .chain((!local_storage).then(|| "-local-path-provisioner".into()))
+            .chain(
+                args.disable
+                    .iter()
+                    .any(|d| d == "servicelb")
+                    .then(|| "-servicelb".into()),
+            )
+            .collect(),
         cluster_cidr: args.cluster_cidr.clone(),
         node_cidr_mask_size: 24,
         node_monitor_grace_period: args.node_monitor_grace_period,

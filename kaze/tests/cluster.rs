@@ -1049,6 +1049,44 @@ fn suite(mode: &'static str, index: u8) {
             },
         );
     }
+    c.step("5: a LoadBalancer Service gets the nodes' addresses (servicelb) and serves on them");
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-lb, namespace: default}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports: [{name: http, port: 8090, targetPort: 8080}]\n",
+    );
+    let node_ips: std::collections::BTreeSet<String> =
+        (0..ALL).map(|i| c.lan.node_ip(i).to_string()).collect();
+    c.eventually(
+        "web-lb's ingress: the 3 nodes' addresses",
+        Duration::from_secs(20),
+        || {
+            let ips = c.ok(&[
+                "get",
+                "service",
+                "web-lb",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[*].ip}",
+            ]);
+            let ips: std::collections::BTreeSet<String> =
+                ips.split_whitespace().map(String::from).collect();
+            (ips == node_ips).then_some(())
+        },
+    );
+    for i in 0..ALL {
+        let addr = format!("{}:8090", c.lan.node_ip(i));
+        c.eventually(
+            &format!("LoadBalancer {addr} reaching all 3 backends"),
+            Duration::from_secs(10),
+            || {
+                let answers: Vec<String> = (0..30).filter_map(|_| http_get(&addr).ok()).collect();
+                let seen: std::collections::BTreeSet<String> = answers
+                    .iter()
+                    .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+                    .collect();
+                (answers.len() == 30 && seen.len() == 3).then_some(())
+            },
+        );
+    }
+    c.ok(&["delete", "service", "web-lb"]);
     if mode == "ebpf" {
         // what an operator reads: the service and its 3 backends in the pinned map
         // (from the host: `ip netns exec` would hide the bpffs behind a fresh /sys)
