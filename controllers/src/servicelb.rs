@@ -16,8 +16,9 @@
 //! another LoadBalancer service (one that has its addresses first, then the oldest, then by
 //! namespace and name), by any service's
 //! NodePort, by a Service endpoint that listens on a node address (the apiserver's, the
-//! cluster DNS's, a hostNetwork pod's) or by one of kaze's own node ports
-//! ([`RESERVED_PORTS`]), leaves the service without an address and with a
+//! cluster DNS's, a hostNetwork pod's), by one of kaze's own node ports
+//! ([`RESERVED_PORTS`]) or, for a service still waiting for its addresses, by a pod's
+//! `hostPort`, leaves the service without an address and with a
 //! `Warning SyncLoadBalancerFailed` event naming who holds the port, until the port is free.
 //! A service that stops being a LoadBalancer loses the addresses this controller gave it.
 
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
@@ -137,6 +138,7 @@ fn ports(svc: &Service) -> impl Iterator<Item = (PortKey, Option<u16>)> + '_ {
 pub fn assign(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
+    pods: &[Arc<Pod>],
     addresses: &[Ipv4Addr],
 ) -> HashMap<SvcId, Outcome> {
     // who holds each port on the node addresses, and the message naming them
@@ -193,6 +195,41 @@ pub fn assign(
         }
     }
 
+    // pods' host ports (the portmap plugin's DNAT on the node addresses, which a load
+    // balancer's port would shadow): a service that has its addresses keeps them, but one
+    // waiting for them does not take a port a pod already uses
+    let mut host_ports: HashMap<PortKey, String> = HashMap::new();
+    for pod in pods {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let Some(spec) = pod.spec.as_ref() else {
+            continue;
+        };
+        let containers = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten());
+        for p in containers.flat_map(|c| c.ports.iter().flatten()) {
+            let Some(port) = p
+                .host_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0)
+            else {
+                continue;
+            };
+            let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            host_ports.entry((proto, port)).or_insert_with(|| {
+                format!(
+                    "pod {}/{} uses it as a host port",
+                    pod.namespace().unwrap_or_default(),
+                    pod.name_any()
+                )
+            });
+        }
+    }
+
     let mut managed: Vec<&Arc<Service>> = services.iter().filter(|s| managed(s)).collect();
     // a service that has its addresses keeps them (creation times have a resolution of a
     // second, so two services created in one second must not trade places later), then
@@ -205,14 +242,18 @@ pub fn assign(
     for svc in managed {
         let me = id(svc);
         let mut conflict = None;
+        let waiting = current_ingress(svc).is_empty();
         for ((proto, port), _) in ports(svc) {
-            if let Some((holder, why)) = held.get(&(proto.clone(), port)) {
-                if *holder != me {
-                    conflict = Some(format!(
-                        "port {proto}/{port} is not available on the node addresses: {why}"
-                    ));
-                    break;
-                }
+            let key = (proto.clone(), port);
+            let why = match held.get(&key) {
+                Some((holder, why)) if *holder != me => Some(why),
+                _ => host_ports.get(&key).filter(|_| waiting),
+            };
+            if let Some(why) = why {
+                conflict = Some(format!(
+                    "port {proto}/{port} is not available on the node addresses: {why}"
+                ));
+                break;
             }
         }
         let outcome = match conflict {
@@ -254,10 +295,13 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
     let services = ctx.informers.get::<Service>();
     let nodes = ctx.informers.get::<Node>();
     let slices = ctx.slices();
+    // read at each pass (30 s at most apart), not a trigger: pods change far more often
+    let pods = ctx.pods();
     if !wait_synced(&shutdown, async {
         services.synced().await;
         nodes.synced().await;
         slices.synced().await;
+        pods.synced().await;
     })
     .await
     {
@@ -276,7 +320,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
     loop {
         let all = services.all();
         let addresses = node_addresses(nodes.all().iter().map(|n| n.as_ref()));
-        let outcomes = assign(&all, &slices.all(), &addresses);
+        let outcomes = assign(&all, &slices.all(), &pods.all(), &addresses);
         for svc in &all {
             sync(&ctx, &recorder, &mut warned, svc, outcomes.get(&id(svc))).await;
         }
@@ -451,7 +495,7 @@ mod tests {
         let old = lb("old", T0, 80);
         let new = lb("new", T1, 80);
         let other = lb("other", T1, 8080);
-        let out = assign(&[new.clone(), old.clone(), other], &[], &addrs);
+        let out = assign(&[new.clone(), old.clone(), other], &[], &[], &addrs);
         assert_eq!(
             out[&("default".into(), "old".into())],
             Outcome::Ingress(addrs.to_vec())
@@ -472,7 +516,7 @@ mod tests {
             T1,
             json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "UDP"}]}),
         );
-        let out = assign(&[old, udp], &[], &addrs);
+        let out = assign(&[old, udp], &[], &[], &addrs);
         assert_eq!(
             out[&("default".into(), "udp".into())],
             Outcome::Ingress(addrs.to_vec())
@@ -491,7 +535,7 @@ mod tests {
         );
         // "a-rival" sorts first by name and was created in the same second
         let rival = lb("a-rival", T0, 80);
-        let out = assign(&[rival, Arc::new(web)], &[], &addrs);
+        let out = assign(&[rival, Arc::new(web)], &[], &[], &addrs);
         assert_eq!(
             out[&("default".into(), "web".into())],
             Outcome::Ingress(addrs.to_vec())
@@ -534,7 +578,7 @@ mod tests {
             json!({"type": "LoadBalancer", "loadBalancerClass": "example.com/lb",
             "ports": [{"port": 443}]}),
         );
-        let out = assign(&[np, on_np, api, dns, classy], &[dns_slice], &addrs);
+        let out = assign(&[np, on_np, api, dns, classy], &[dns_slice], &[], &addrs);
         let conflict = |name: &str| match &out[&("default".to_string(), name.to_string())] {
             Outcome::Conflict(m) => m.clone(),
             other => panic!("{name}: {other:?}"),
@@ -563,7 +607,38 @@ mod tests {
             json!({"type": "LoadBalancer", "ports": [{"port": 30080, "nodePort": 30080}]}),
         );
         assert_eq!(
-            assign(&[s], &[], &addrs)[&("default".into(), "same".into())],
+            assign(&[s], &[], &[], &addrs)[&("default".into(), "same".into())],
+            Outcome::Ingress(addrs.to_vec())
+        );
+    }
+
+    #[test]
+    fn a_pods_host_port_keeps_a_waiting_service_out_but_not_one_that_has_its_addresses() {
+        let addrs = [Ipv4Addr::new(10, 0, 0, 2)];
+        let pod: Arc<Pod> = Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "ingress-x", "namespace": "edge"},
+                "spec": {"containers": [{"name": "c", "image": "i",
+                    "ports": [{"containerPort": 80, "hostPort": 80, "protocol": "TCP"}]}]},
+            }))
+            .expect("pod"),
+        );
+        let waiting = lb("web", T0, 80);
+        assert_eq!(
+            assign(&[waiting], &[], std::slice::from_ref(&pod), &addrs)[&("default".into(), "web".into())],
+            Outcome::Conflict(
+                "port TCP/80 is not available on the node addresses: pod edge/ingress-x uses it as a host port".into()
+            )
+        );
+        let mut holding = (*lb("web", T0, 80)).clone();
+        holding.status = Some(
+            serde_json::from_value(
+                json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.2", "ipMode": "VIP"}]}}),
+            )
+            .expect("status"),
+        );
+        assert_eq!(
+            assign(&[Arc::new(holding)], &[], &[pod], &addrs)[&("default".into(), "web".into())],
             Outcome::Ingress(addrs.to_vec())
         );
     }
