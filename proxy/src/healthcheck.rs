@@ -57,7 +57,7 @@ impl HealthChecks {
 
     /// Serves exactly `wanted`: new ports get a server, ports no longer wanted are closed,
     /// and every port answers with its service's current count. A port that cannot be bound
-    /// (a process of the node holds it) is tried again at the next update.
+    /// (a process of the node holds it) is tried again at the next update ([`Self::pending`]).
     pub(crate) fn update(&mut self, wanted: BTreeMap<u16, Check>) {
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = wanted.clone();
         self.listening.retain(|port, token| {
@@ -114,6 +114,13 @@ impl HealthChecks {
                 }
             }
         }
+    }
+}
+
+impl HealthChecks {
+    /// Whether a wanted port could not be bound: the caller updates again soon.
+    pub(crate) fn pending(&self) -> bool {
+        !self.failed.is_empty()
     }
 }
 

@@ -261,10 +261,8 @@ async fn sync_loop(
             s.tracker.set_node_name(node_name);
             let changes = s.tracker.update();
             let touched = s.tracker.take_touched_slices();
-            let checks = s
-                .tracker
-                .take_recomputed()
-                .then(|| s.tracker.health_checks());
+            let recomputed = s.tracker.take_recomputed();
+            let checks = (recomputed || health.pending()).then(|| s.tracker.health_checks());
             (changes, s.node.clone(), touched, checks)
         };
         if changes.is_empty() && !retry && !first {
@@ -303,6 +301,8 @@ async fn sync_loop(
         }
         if let Some(checks) = checks {
             health.update(checks);
+            // a port that could not be bound yet: try again after RETRY
+            retry |= health.pending();
         }
         // the node's annotations may ask for the other mode at any time
         let annotations = node

@@ -741,10 +741,14 @@ fn client_http_get(h: &Harness, to: SocketAddrV4) -> std::io::Result<(u16, Strin
 #[test]
 fn health_check_node_ports_say_whether_the_node_has_endpoints() {
     let mut h = Harness::new("k8s-hc", ProxyMode::Ebpf);
+    // a process of the node holds the port first: the proxy serves it once it is free
+    let blocker = in_netns(h.topo.node.name(), || {
+        std::net::TcpListener::bind(("0.0.0.0", 31999)).expect("binding the port first")
+    });
     h.start_proxy();
     h.create_service(
         "web",
-        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local"}),
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 31999}),
     );
     let api: kube::Api<k8s_openapi::api::core::v1::Service> =
         kube::Api::namespaced(h.client.clone(), "default");
@@ -768,6 +772,7 @@ fn health_check_node_ports_say_whether_the_node_has_endpoints() {
         &[],
         &[on(0, &here), on(1, &here), on(2, "elsewhere")],
     );
+    assert_eq!(port, 31999);
     let expect = |status: u16, local: usize| {
         move |h: &Harness| {
             let Ok((code, weight, body)) = client_http_get(h, target) else {
@@ -781,6 +786,10 @@ fn health_check_node_ports_say_whether_the_node_has_endpoints() {
                         "localEndpoints": local, "serviceProxyHealthy": true})
         }
     };
+    // the blocker answers nothing (it never accepts): no health answer while it holds the port
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!expect(200, 2)(&h), "the port is still the blocker's");
+    drop(blocker);
     h.wait_for(
         "200 with 2 local endpoints",
         PROGRAMMING_BOUND,
