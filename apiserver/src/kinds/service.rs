@@ -414,8 +414,17 @@ fn validate_update(spec: &Value, old: &Value, causes: &mut Vec<Cause>) {
 /// What upstream's `dropTypeDependentFields` clears on an update that changes a service's
 /// type, each only when the update left it as it was: cluster IPs for an ExternalName
 /// service, node ports and the external traffic policy for one no longer NodePort or
-/// LoadBalancer, the load-balancer fields for one no longer LoadBalancer.
+/// LoadBalancer, the load-balancer fields for one no longer LoadBalancer; and the
+/// load-balancer status of any service that is not a LoadBalancer (whatever gave it an
+/// address has let go, as far as clients can tell).
 pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
+    if new.pointer("/spec/type").and_then(Value::as_str) != Some("LoadBalancer") {
+        if let Some(status) = new.get_mut("status").and_then(Value::as_object_mut) {
+            if status.contains_key("loadBalancer") {
+                status.insert("loadBalancer".into(), json!({}));
+            }
+        }
+    }
     let (Some(old), Some(spec)) = (old.get("spec"), new.get_mut("spec")) else {
         return;
     };
@@ -614,5 +623,18 @@ mod tests {
         ext["spec"]["type"] = json!("ExternalName");
         drop_type_dependent_fields(&np, &mut ext);
         assert_eq!(ext["spec"].get("clusterIP"), None);
+        // no longer a LoadBalancer: its status loses the addresses; a LoadBalancer keeps them
+        let lb = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                "healthCheckNodePort": 31000, "ports": [{"port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.9", "ipMode": "VIP"}]}}});
+        let mut kept = lb.clone();
+        kept["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        drop_type_dependent_fields(&lb, &mut kept);
+        assert_eq!(kept["status"], lb["status"]);
+        assert_eq!(kept["spec"].get("healthCheckNodePort"), None, "{kept}");
+        let mut gone = lb.clone();
+        gone["spec"]["type"] = json!("NodePort");
+        drop_type_dependent_fields(&lb, &mut gone);
+        assert_eq!(gone["status"], json!({"loadBalancer": {}}));
     }
 }
