@@ -255,9 +255,27 @@ fn kubectl_top_and_the_hpa_scale_real_pods() {
     );
 
     // kubectl top node: the node with real usage.
-    let top = eventually("kubectl top node", Duration::from_secs(60), || {
-        stdout_if_ok(kubectl_run(data, &["top", "node"]))
-    });
+    // (on a timeout, what kubectl said last and the server's metrics-related log lines)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let top = loop {
+        let out = kubectl_run(data, &["top", "node"]);
+        if let Some(top) = stdout_if_ok(out.clone()) {
+            break top;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = server_log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("metric") || l.contains("scrap") || l.contains("ERROR"))
+                .collect();
+            panic!(
+                "timed out after 60s waiting for kubectl top node: {}\nthe server's log on metrics (last 40 lines):\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     let table = rows(&top);
     assert_eq!(
         table[0],

@@ -33,7 +33,7 @@ async fn scrape_all(state: &AppState, timeout: Duration) {
     let nodes = match super::core_objects(state, "nodes", None, Filter::default()).await {
         Ok(n) => n,
         Err(e) => {
-            tracing::debug!(error = %e.message, "metrics scraper: listing nodes");
+            tracing::warn!(error = %e.message, "metrics scraper: listing nodes");
             return;
         }
     };
@@ -47,11 +47,12 @@ async fn scrape_all(state: &AppState, timeout: Duration) {
         match tokio::time::timeout(timeout, scrape(state, node)).await {
             Ok(Ok(s)) => state.resource_metrics.store(name, s),
             Ok(Err(e)) => {
-                tracing::debug!(node = name, error = %e, "metrics scraper");
+                // metrics-server logs a failed scrape as an error, every round
+                tracing::warn!(node = name, error = %e, "metrics scraper: failed to scrape node");
                 state.resource_metrics.forget(name);
             }
             Err(_) => {
-                tracing::debug!(node = name, "metrics scraper: kubelet timed out");
+                tracing::warn!(node = name, ?timeout, "metrics scraper: kubelet timed out");
                 state.resource_metrics.forget(name);
             }
         }
