@@ -324,6 +324,8 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
         for svc in &all {
             sync(&ctx, &recorder, &mut warned, svc, outcomes.get(&id(svc))).await;
         }
+        let uids: HashSet<String> = all.iter().filter_map(|s| s.uid()).collect();
+        warned.retain(|uid, _| uids.contains(uid));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             next = triggers.next() => if next.is_none() { return },

@@ -80,6 +80,7 @@ pub fn compute_for_node<'a>(
             continue;
         }
         let cluster_ips = cluster_ipv4s(spec);
+        let external_ips = external_ipv4s(svc, kind);
         let slices = by_service
             .get(&(ns.clone(), name.clone()))
             .map(Vec::as_slice)
@@ -119,6 +120,14 @@ pub fn compute_for_node<'a>(
             }
             // external frontends: NodePorts on the node's addresses, external IPs and
             // load-balancer IPs at the service port, all under externalTrafficPolicy
+            let node_port = port
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|_| matches!(kind, "NodePort" | "LoadBalancer"))
+                .filter(|_| !node_addresses.is_empty());
+            if node_port.is_none() && external_ips.is_empty() {
+                continue;
+            }
             let external = DesiredService {
                 name: entry.name.clone(),
                 backends: backends(slices, &port_name, protocol, external_local),
@@ -127,8 +136,7 @@ pub fn compute_for_node<'a>(
                 masquerade: external_local.is_none(),
                 affinity_timeout: entry.affinity_timeout,
             };
-            let node_port = port.node_port.and_then(|p| u16::try_from(p).ok());
-            if let (Some(node_port), "NodePort" | "LoadBalancer") = (node_port, kind) {
+            if let Some(node_port) = node_port {
                 for address in node_addresses {
                     desired.insert(
                         ServiceKey {
@@ -140,7 +148,7 @@ pub fn compute_for_node<'a>(
                     );
                 }
             }
-            for address in external_ipv4s(svc, kind) {
+            for &address in &external_ips {
                 desired.insert(
                     ServiceKey {
                         address,
