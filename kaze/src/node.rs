@@ -24,6 +24,11 @@ pub struct NodeArgs {
     /// address).
     #[arg(long = "node-ip")]
     pub node_ip: Option<IpAddr>,
+    /// This node's public address, reported as its ExternalIP (k3s's flag): servicelb gives
+    /// LoadBalancer Services a node's ExternalIP rather than its InternalIP, and the proxy
+    /// serves NodePorts on it too.
+    #[arg(long = "node-external-ip")]
+    pub node_external_ip: Option<IpAddr>,
     /// containerd socket to run pods with; without it kaze starts (and stops) its own.
     #[arg(long = "container-runtime-endpoint")]
     pub container_runtime_endpoint: Option<String>,
@@ -159,6 +164,7 @@ pub async fn start(
         kubeconfig: Some(kubeconfig.to_path_buf()),
         hostname_override: args.node_name.clone(),
         node_ip: Some(args.ip()),
+        node_external_ip: args.node_external_ip,
         container_runtime_endpoint: endpoint,
         // <data-dir>/agent/images holds the air-gap image tarballs, as in k3s.
         root_dir: data_dir.to_path_buf(),

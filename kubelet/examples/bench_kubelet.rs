@@ -80,6 +80,7 @@ async fn main() {
         kubeconfig: Some(server.kubeconfig_path().to_path_buf()),
         hostname_override: Some(node.clone()),
         node_ip: Some("127.0.0.1".parse().expect("ip")),
+        node_external_ip: None,
         container_runtime_endpoint: containerd.socket().display().to_string(),
         root_dir: root,
         pod_log_dir: dir.path().join("logs"),

@@ -63,6 +63,7 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
     let _bridge = testkit::LinkGuard(bridge.clone());
     let config = kubelet::node::Config {
         node_labels: vec!["tier=test".into()],
+        node_external_ip: Some("203.0.113.9".parse().expect("ip")),
         ..support::node_config(
             server.kubeconfig_path(),
             server.ca_file(),
@@ -92,6 +93,23 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
         }
     })
     .await;
+    // --node-external-ip: the ExternalIP after the InternalIP, then the host name
+    let addresses: Vec<(String, String)> = registered
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.type_, a.address))
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            ("InternalIP".to_string(), "127.0.0.1".to_string()),
+            ("ExternalIP".to_string(), "203.0.113.9".to_string()),
+            ("Hostname".to_string(), node.clone()),
+        ]
+    );
     let labels = registered.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("tier").map(String::as_str), Some("test"));
     // Registered not-ready (no node lifecycle controller runs here to lift it).

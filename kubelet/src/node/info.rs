@@ -57,9 +57,29 @@ pub fn allocatable(max_pods: u32) -> crate::pod::admit::Allocatable {
 }
 
 /// `{"status": {...}}` for a merge patch of the node's status.
+/// The addresses a Node reports besides its host name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeIps {
+    /// `--node-ip`: the InternalIP.
+    pub internal: IpAddr,
+    /// `--node-external-ip`: the ExternalIP, when the node has one (load balancers hand it
+    /// out before the InternalIP).
+    pub external: Option<IpAddr>,
+}
+
+/// InternalIP, ExternalIP when set, Hostname (the order cloud providers report them in).
+fn addresses(node: &str, ips: NodeIps) -> Value {
+    let mut out = vec![json!({"type": "InternalIP", "address": ips.internal.to_string()})];
+    if let Some(external) = ips.external {
+        out.push(json!({"type": "ExternalIP", "address": external.to_string()}));
+    }
+    out.push(json!({"type": "Hostname", "address": node}));
+    Value::Array(out)
+}
+
 pub fn status(
     node: &str,
-    ip: IpAddr,
+    ips: NodeIps,
     max_pods: u32,
     kubelet_port: u16,
     runtime: &str,
@@ -74,10 +94,7 @@ pub fn status(
     json!({"status": {
         "capacity": resources,
         "allocatable": resources,
-        "addresses": [
-            {"type": "InternalIP", "address": ip.to_string()},
-            {"type": "Hostname", "address": node},
-        ],
+        "addresses": addresses(node, ips),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": read("/etc/machine-id"),

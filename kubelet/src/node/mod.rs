@@ -50,6 +50,11 @@ pub struct Config {
     /// global IPv4 address).
     #[arg(long = "node-ip")]
     pub node_ip: Option<IpAddr>,
+    /// The node's public address, reported as its ExternalIP (a kaze extension, k3s's flag;
+    /// kaze's servicelb gives LoadBalancer Services a node's ExternalIP before its
+    /// InternalIP).
+    #[arg(long = "node-external-ip")]
+    pub node_external_ip: Option<IpAddr>,
     /// containerd's socket (`unix://` prefix accepted).
     #[arg(
         long = "container-runtime-endpoint",
@@ -243,10 +248,14 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     let containerd =
         crate::containerd::Containerd::connect(std::path::Path::new(&socket), &node_name).await?;
     let runtime_version = runtime_version(&containerd).await;
+    let node_ips = info::NodeIps {
+        internal: node_ip,
+        external: config.node_external_ip,
+    };
     let registration = Registration {
         runtime_version: runtime_version.clone(),
         name: node_name.clone(),
-        ip: node_ip,
+        ip: node_ips,
         labels,
         max_pods: config.max_pods,
         port: config.port,
@@ -450,7 +459,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         );
         let port = config.port;
         let facts = StatusFacts {
-            ip: node_ip,
+            ip: node_ips,
             max_pods,
             port,
             runtime_version: runtime_version.clone(),
@@ -533,7 +542,7 @@ async fn runtime_version(containerd: &crate::containerd::Containerd) -> String {
 /// What the Node's status reports about this kubelet besides its name, and what measuring
 /// its pressure needs.
 struct StatusFacts {
-    ip: IpAddr,
+    ip: info::NodeIps,
     max_pods: u32,
     port: u16,
     runtime_version: String,
@@ -552,7 +561,7 @@ struct StatusFacts {
 struct Registration {
     runtime_version: String,
     name: String,
-    ip: IpAddr,
+    ip: info::NodeIps,
     labels: Vec<(String, String)>,
     max_pods: u32,
     port: u16,

@@ -342,6 +342,7 @@ pub fn node_config(
         kubeconfig: Some(kubeconfig.to_path_buf()),
         hostname_override: Some(node.to_string()),
         node_ip: Some("127.0.0.1".parse().expect("ip")),
+        node_external_ip: None,
         container_runtime_endpoint: containerd_socket.display().to_string(),
         root_dir: root.to_path_buf(),
         pod_log_dir: logs,
