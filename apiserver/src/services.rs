@@ -294,7 +294,8 @@ pub async fn reallocate(
     }
     if needs_health_check(new) {
         let asked = health_check_port(new);
-        if needs_health_check(cur) {
+        // (a service stored before kaze allocated these has none yet: it gets one now)
+        if needs_health_check(cur) && health_check_port(cur).is_some() {
             // upstream's healthCheckNodePortUpdate: fixed while the service needs one
             if asked != health_check_port(cur) {
                 r.undo(state).await;
