@@ -35,14 +35,22 @@ fn wants_node_ports(obj: &Value) -> bool {
     )
 }
 
-/// Whether a service needs a `healthCheckNodePort`: a LoadBalancer with
-/// externalTrafficPolicy Local (the load balancer asks each node whether it has endpoints).
-pub fn needs_health_check(obj: &Value) -> bool {
-    obj.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
-        && obj
-            .pointer("/spec/externalTrafficPolicy")
-            .and_then(Value::as_str)
-            == Some("Local")
+/// Whether the service object needs a `healthCheckNodePort`.
+fn needs_health_check(obj: &Value) -> bool {
+    obj.get("spec")
+        .is_some_and(crate::kinds::service::needs_health_check)
+}
+
+/// A node port: the one `asked` for, or any free one.
+async fn take_node_port(state: &AppState, asked: Option<i64>) -> Result<u16, AllocError> {
+    match asked.map(u16::try_from) {
+        Some(Err(_)) => Err(AllocError::OutOfRange {
+            what: "port",
+            range: state.node_ports.range().to_string(),
+        }),
+        Some(Ok(p)) => state.node_ports.allocate(Some(p)).await,
+        None => state.node_ports.allocate(None).await,
+    }
 }
 
 fn health_check_port(obj: &Value) -> Option<i64> {
@@ -260,23 +268,17 @@ pub async fn reallocate(
                     .find(|j| number(new, *j) == here)
                     .and_then(|j| node_port(new, j))
             });
-            let want = asked.map(u16::try_from);
-            if let Some(Ok(p)) = want {
+            if let Some(Ok(p)) = asked.map(u16::try_from) {
                 if had_ports.contains(&p) || r.taken_ports.contains(&p) {
                     new["spec"]["ports"][i]["nodePort"] = json!(p);
                     shared.push((here, p));
                     continue;
                 }
             }
-            let taken = match want {
-                Some(Err(_)) => Err(AllocError::OutOfRange {
-                    what: "port",
-                    range: state.node_ports.range().to_string(),
-                }),
-                Some(Ok(p)) => state.node_ports.allocate(Some(p)).await,
-                None if !automatic => continue,
-                None => state.node_ports.allocate(None).await,
-            };
+            if asked.is_none() && !automatic {
+                continue;
+            }
+            let taken = take_node_port(state, asked).await;
             match taken {
                 Ok(p) => {
                     new["spec"]["ports"][i]["nodePort"] = json!(p);
@@ -310,15 +312,7 @@ pub async fn reallocate(
                 return Err(ApiError::invalid(def.kind, def.group, &name, vec![cause]));
             }
         } else {
-            let taken = match asked.map(u16::try_from) {
-                Some(Err(_)) => Err(AllocError::OutOfRange {
-                    what: "port",
-                    range: state.node_ports.range().to_string(),
-                }),
-                Some(Ok(p)) => state.node_ports.allocate(Some(p)).await,
-                None => state.node_ports.allocate(None).await,
-            };
-            match taken {
+            match take_node_port(state, asked).await {
                 Ok(p) => {
                     new["spec"]["healthCheckNodePort"] = json!(p);
                     r.taken_ports.push(p);

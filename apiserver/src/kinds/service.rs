@@ -20,6 +20,12 @@ const TYPES: [&str; 4] = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort
 const DEFAULT_AFFINITY_SECONDS: i64 = 10800;
 const MAX_AFFINITY_SECONDS: i64 = 86400;
 
+/// Whether a service (its spec) needs a `healthCheckNodePort`: a LoadBalancer with
+/// externalTrafficPolicy Local (the load balancer asks each node whether it has endpoints).
+pub fn needs_health_check(spec: &Value) -> bool {
+    text(spec, "type") == "LoadBalancer" && text(spec, "externalTrafficPolicy") == "Local"
+}
+
 /// A service reachable from outside the cluster (upstream's `ExternallyAccessible`).
 pub fn externally_accessible(spec: &Value) -> bool {
     match text(spec, "type") {
@@ -263,8 +269,7 @@ pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         .get("healthCheckNodePort")
         .and_then(Value::as_i64)
         .unwrap_or(0);
-    let needs_health = lb && spec["externalTrafficPolicy"] == "Local";
-    if !needs_health && health != 0 {
+    if !needs_health_check(spec) && health != 0 {
         causes.push(field::invalid(
             "spec.healthCheckNodePort",
             &json!(health),
@@ -433,10 +438,7 @@ pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
     let no_longer_external = externally_accessible(old) && !externally_accessible(spec);
     // upstream: a service that no longer needs a health check node port (no longer a
     // LoadBalancer, or no longer externalTrafficPolicy Local) drops the one it held
-    let needs_health = |spec: &Value| {
-        text(spec, "type") == "LoadBalancer" && text(spec, "externalTrafficPolicy") == "Local"
-    };
-    let no_longer_health_checked = needs_health(old) && !needs_health(spec);
+    let no_longer_health_checked = needs_health_check(old) && !needs_health_check(spec);
     let drop_if_unchanged = |m: &mut serde_json::Map<String, Value>, key: &str| {
         if m.get(key) == old.get(key) {
             m.remove(key);
