@@ -20,7 +20,8 @@
 //! ([`RESERVED_PORTS`]) or, for a service still waiting for its addresses, by a pod's
 //! `hostPort`, leaves the service without an address and with a
 //! `Warning SyncLoadBalancerFailed` event naming who holds the port, until the port is free.
-//! A service that stops being a LoadBalancer loses the addresses this controller gave it.
+//! A service that stops being a LoadBalancer loses its addresses in the apiserver (upstream's
+//! `dropTypeDependentFields`), not here.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -351,16 +352,8 @@ async fn sync(
             .map(|ip| (Some(ip.to_string()), Some("VIP".to_string())))
             .collect(),
         Some(Outcome::Conflict(_)) => Vec::new(),
-        // not ours: clear what a former LoadBalancer kept, unless another
-        // implementation (a class) owns it
-        None if svc
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.load_balancer_class.is_none())
-            && svc.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") =>
-        {
-            Vec::new()
-        }
+        // not ours (a service that stops being a LoadBalancer loses its status in the
+        // apiserver, as upstream's)
         None => return,
     };
     let uid = svc.uid().unwrap_or_default();

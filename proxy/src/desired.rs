@@ -235,7 +235,6 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
 }
 
 /// What an endpoint can do for new flows, by its conditions.
-#[derive(PartialEq)]
 enum Usable {
     Ready,
     /// serving but terminating: used only when nothing is ready

@@ -55,6 +55,11 @@ impl HealthChecks {
         }
     }
 
+    /// Whether a wanted port could not be bound: the caller updates again soon.
+    pub(crate) fn pending(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
     /// Serves exactly `wanted`: new ports get a server, ports no longer wanted are closed,
     /// and every port answers with its service's current count. A port that cannot be bound
     /// (a process of the node holds it) is tried again at the next update ([`Self::pending`]).
@@ -114,13 +119,6 @@ impl HealthChecks {
                 }
             }
         }
-    }
-}
-
-impl HealthChecks {
-    /// Whether a wanted port could not be bound: the caller updates again soon.
-    pub(crate) fn pending(&self) -> bool {
-        !self.failed.is_empty()
     }
 }
 

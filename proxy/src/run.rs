@@ -261,8 +261,8 @@ async fn sync_loop(
             s.tracker.set_node_name(node_name);
             let changes = s.tracker.update();
             let touched = s.tracker.take_touched_slices();
-            let recomputed = s.tracker.take_recomputed();
-            let checks = (recomputed || health.pending()).then(|| s.tracker.health_checks());
+            let changed = s.tracker.take_health_changed();
+            let checks = (changed || health.pending()).then(|| s.tracker.health_checks().clone());
             (changes, s.node.clone(), touched, checks)
         };
         if changes.is_empty() && !retry && !first {

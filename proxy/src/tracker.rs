@@ -4,7 +4,7 @@
 //! endpoint change would cost more than the eBPF update it leads to.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
     sync::Arc,
 };
@@ -13,6 +13,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     desired::{self, Desired, DesiredService, SERVICE_NAME_LABEL},
+    healthcheck::Check,
     services::ServiceKey,
 };
 
@@ -54,8 +55,11 @@ pub struct Tracker {
     claims: HashMap<ServiceKey, std::collections::BTreeSet<SvcId>>,
     desired: Desired,
     dirty: HashSet<SvcId>,
-    /// Set by [`Tracker::update`] when it recomputed a service.
-    recomputed: bool,
+    /// [`Tracker::health_checks`], by port, and the port of each service that has one.
+    health: BTreeMap<u16, Check>,
+    health_port: HashMap<SvcId, u16>,
+    /// Set when `health` changes, taken by [`Tracker::take_health_changed`].
+    health_changed: bool,
     /// Slices applied since [`Tracker::take_touched_slices`], for the programming-latency
     /// metric.
     touched: Vec<Arc<EndpointSlice>>,
@@ -152,54 +156,63 @@ impl Tracker {
     }
 
     /// The health check node ports this node serves ([`crate::healthcheck`]): one per
-    /// LoadBalancer service with externalTrafficPolicy Local, with its endpoints on this node.
-    pub fn health_checks(&self) -> std::collections::BTreeMap<u16, crate::healthcheck::Check> {
-        let mut out = std::collections::BTreeMap::new();
-        let Some(node) = self.node_name.as_deref() else {
-            return out;
-        };
-        for (id, svc) in &self.services {
-            let Some(spec) = svc.spec.as_ref() else {
-                continue;
-            };
-            if spec.type_.as_deref() != Some("LoadBalancer")
-                || spec.external_traffic_policy.as_deref() != Some("Local")
-            {
-                continue;
-            }
-            let Some(port) = spec
-                .health_check_node_port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p > 0)
-            else {
-                continue;
-            };
-            let slices = self.slices.get(id);
-            let local = desired::local_endpoints(
-                slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
-                node,
-            );
-            out.insert(
-                port,
-                crate::healthcheck::Check {
-                    namespace: id.0.clone(),
-                    name: id.1.clone(),
-                    local_endpoints: local,
-                },
-            );
-        }
-        out
+    /// LoadBalancer service with externalTrafficPolicy Local, with its endpoints on this node;
+    /// kept up to date by [`Tracker::update`] with the services it recomputes.
+    pub fn health_checks(&self) -> &BTreeMap<u16, Check> {
+        &self.health
     }
 
-    /// Whether any service was recomputed since the last call (its health check may have
-    /// changed even when the dataplane did not).
-    pub fn take_recomputed(&mut self) -> bool {
-        std::mem::take(&mut self.recomputed)
+    /// Whether [`Tracker::health_checks`] changed since the last call.
+    pub fn take_health_changed(&mut self) -> bool {
+        std::mem::take(&mut self.health_changed)
+    }
+
+    /// The health check of service `id` (port and answer), if it has one on this node.
+    fn health_check(&self, id: &SvcId) -> Option<(u16, Check)> {
+        let node = self.node_name.as_deref()?;
+        let spec = self.services.get(id)?.spec.as_ref()?;
+        if spec.type_.as_deref() != Some("LoadBalancer")
+            || spec.external_traffic_policy.as_deref() != Some("Local")
+        {
+            return None;
+        }
+        let port = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)?;
+        let slices = self.slices.get(id);
+        let local_endpoints = desired::local_endpoints(
+            slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
+            node,
+        );
+        let check = Check {
+            namespace: id.0.clone(),
+            name: id.1.clone(),
+            local_endpoints,
+        };
+        Some((port, check))
+    }
+
+    /// Brings service `id`'s entry of [`Tracker::health_checks`] up to date.
+    fn update_health_check(&mut self, id: &SvcId) {
+        let now = self.health_check(id);
+        let before = self.health_port.get(id).copied();
+        if let Some(port) = before.filter(|p| now.as_ref().map(|n| n.0) != Some(*p)) {
+            self.health.remove(&port);
+            self.health_port.remove(id);
+            self.health_changed = true;
+        }
+        if let Some((port, check)) = now {
+            if self.health.get(&port) != Some(&check) {
+                self.health.insert(port, check);
+                self.health_port.insert(id.clone(), port);
+                self.health_changed = true;
+            }
+        }
     }
 
     /// Recomputes the dirty services; returns how `desired` changed.
     pub fn update(&mut self) -> Vec<Change> {
-        self.recomputed |= !self.dirty.is_empty();
         let mut changes = Vec::new();
         while !self.dirty.is_empty() {
             for id in std::mem::take(&mut self.dirty) {
@@ -210,6 +223,7 @@ impl Tracker {
     }
 
     fn recompute(&mut self, id: SvcId, changes: &mut Vec<Change>) {
+        self.update_health_check(&id);
         let old = self.contributed.remove(&id).unwrap_or_default();
         let new: Desired = match self.services.get(&id) {
             Some(svc) => {
@@ -424,5 +438,54 @@ mod tests {
         t.update();
         assert_eq!(held_by(&t), None);
         assert!(t.desired().is_empty(), "{:?}", t.desired());
+    }
+
+    #[test]
+    fn health_checks_follow_the_services_and_slices_recomputed() {
+        let local = |policy: &str| {
+            let mut s = (*svc("lb", "10.43.0.9", None)).clone();
+            let spec = s.spec.as_mut().expect("spec");
+            spec.type_ = Some("LoadBalancer".into());
+            spec.external_traffic_policy = Some(policy.into());
+            spec.health_check_node_port = Some(31000);
+            Arc::new(s)
+        };
+        let on = |ips: &[(&str, &str)]| {
+            let endpoints: Vec<_> = ips
+                .iter()
+                .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node}))
+                .collect();
+            Arc::new(
+                serde_json::from_value::<EndpointSlice>(json!({
+                    "metadata": {"name": "lb-1", "namespace": "ns",
+                        "labels": {SERVICE_NAME_LABEL: "lb"}},
+                    "addressType": "IPv4", "endpoints": endpoints,
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))
+                .expect("slice"),
+            )
+        };
+        let count = |t: &Tracker| t.health_checks().get(&31000).map(|c| c.local_endpoints);
+        let mut t = Tracker::default();
+        t.set_node_name("a");
+        t.apply_service(local("Local"));
+        t.apply_slice(on(&[("10.42.0.1", "a"), ("10.42.1.1", "b")]));
+        t.update();
+        assert!(t.take_health_changed());
+        assert_eq!(count(&t), Some(1));
+        assert_eq!(t.health_checks()[&31000].name, "lb");
+        // another service's change leaves it as it was
+        t.apply_service(svc("other", "10.43.0.2", None));
+        t.update();
+        assert!(!t.take_health_changed());
+        // this node's endpoint goes: 0
+        t.apply_slice(on(&[("10.42.1.1", "b")]));
+        t.update();
+        assert!(t.take_health_changed());
+        assert_eq!(count(&t), Some(0));
+        // policy Cluster: no health check
+        t.apply_service(local("Cluster"));
+        t.update();
+        assert!(t.take_health_changed());
+        assert!(t.health_checks().is_empty());
     }
 }
