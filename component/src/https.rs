@@ -32,6 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a connection the server closes at shutdown stays readable for the client's last
+/// frames (Go's http2 server waits `goAwayTimeout`, 1 s, before it closes; its HTTP/1 server
+/// lingers 500 ms after `CloseWrite`).
+const LINGER: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{action}: {message}")]
@@ -522,6 +527,9 @@ pub async fn serve_with(
         if peer.ip().is_loopback() {
             no_bbr_on_loopback(&tcp, peer);
         }
+        // A second handle on the socket keeps it open after hyper drops the connection at
+        // shutdown (see `linger`).
+        let lingering = tcp_handle(&tcp, peer);
         conns.spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(t) => t,
@@ -564,6 +572,9 @@ pub async fn serve_with(
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
+                    if let Some(socket) = lingering {
+                        linger(socket, peer).await;
+                    }
                 }
             }
         });
@@ -576,6 +587,54 @@ pub async fn serve_with(
     if drained.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
         conns.abort_all();
+    }
+}
+
+/// A second handle on a connection's socket, for [`linger`].
+fn tcp_handle(
+    tcp: &tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio::net::TcpStream> {
+    let socket = socket2::SockRef::from(tcp).try_clone();
+    match socket.map(std::net::TcpStream::from) {
+        Ok(socket) => match tokio::net::TcpStream::from_std(socket) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "registering a second socket handle");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "duplicating the socket");
+            None
+        }
+    }
+}
+
+/// Closes a connection the server ended (GOAWAY at shutdown) without resetting it: the
+/// client's last frames (a WINDOW_UPDATE for the final DATA, its TLS close_notify) may still
+/// be on the way, and a socket closed with unread data answers them with a TCP RST, which
+/// fails the client's next write with EPIPE ("broken pipe") although every stream ended
+/// cleanly. So the write side is shut and what arrives is read and discarded until the
+/// client closes its side or [`LINGER`] passes, as Go's servers do.
+async fn linger(socket: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    use tokio::io::AsyncReadExt;
+    let mut socket = socket;
+    // hyper has sent its close_notify and FIN already when the TLS stream shut down; this
+    // only makes sure of the FIN (an error here means it was sent)
+    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Write);
+    let drained = tokio::time::timeout(LINGER, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!(%peer, "the client kept its side open {LINGER:?} after the server closed; closing");
     }
 }
 
