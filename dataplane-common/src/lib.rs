@@ -29,8 +29,9 @@ pub mod names {
     pub const STATS: &str = "KAZE_STATS";
     pub const AFFINITY4: &str = "KAZE_AFF4";
     pub const SOCK_REV_NAT4: &str = "KAZE_SRNAT4";
+    pub const SOURCE_RANGES4: &str = "KAZE_LBSRC4";
     /// Every map the proxy pins, in a stable order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         SERVICES4,
         BACKENDS4,
         REV_NAT4,
@@ -39,6 +40,7 @@ pub mod names {
         STATS,
         AFFINITY4,
         SOCK_REV_NAT4,
+        SOURCE_RANGES4,
     ];
 }
 
@@ -74,6 +76,8 @@ pub mod limits {
     /// Sockets of the node's own processes talking to a backend they reached through a
     /// service (one entry per socket and backend).
     pub const SOCK_REV_NAT: u32 = 65_536;
+    /// `KAZE_LBSRC4` entries: allowed client ranges over all load-balancer frontends.
+    pub const SOURCE_RANGES: u32 = 65_536;
 }
 
 /// Key of `KAZE_SVC4`. `backend_slot == 0` is the service entry; slots `1..=count` hold
@@ -156,6 +160,14 @@ pub const SVC_FLAG_MASQ: u16 = 1;
 /// the service within the timeout go to the same backend (`KAZE_AFF4`); the timeout in
 /// seconds is slot 0's `backend_id` (unused on the service entry otherwise).
 pub const SVC_FLAG_AFFINITY: u16 = 2;
+/// `SvcValue.flags` (slot 0): a load-balancer frontend with `loadBalancerSourceRanges`. A
+/// new flow from a client outside every range of the frontend in `KAZE_LBSRC4` is dropped
+/// (kube-proxy's `KUBE-FW-*` chains); established flows are not looked at again.
+pub const SVC_FLAG_SOURCE_RANGES: u16 = 4;
+/// The client address the socket programs look ranges up with: a node's own sockets have no
+/// source address yet when they connect. The proxy allows it (as a /32) where upstream
+/// allows the node, i.e. when a range holds one of the node's addresses.
+pub const SOURCE_NODE: u32 = 0;
 /// `CtValue.flags` of a forward entry: the flow's packets are marked with [`MARK_MASQ`].
 pub const CT_FLAG_MASQ: u16 = 1;
 /// `CtValue.flags`: a hairpin flow (a backend reaching its own service and picked for it).
@@ -295,6 +307,28 @@ pub struct SockValue {
     pub backend_id: u32,
 }
 
+/// The data of a `KAZE_LBSRC4` key (an LPM trie key is this behind a `u32` prefix length in
+/// bits): one allowed client range of one frontend. The prefix length covers the frontend's
+/// 64 bits in full plus the range's own length (`64 + n` for `a.b.c.d/n`), so a lookup with a
+/// client address matches only that frontend's ranges.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SrcRange4 {
+    /// The frontend's address (a load-balancer IP), network order.
+    pub address: u32,
+    /// The frontend's port, network order.
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: u8,
+    /// The range's network address (the client's address in a lookup), network order.
+    pub source: u32,
+}
+
+/// The prefix length of a `KAZE_LBSRC4` key for a range of `bits` (0..=32).
+pub const fn source_range_prefix(bits: u8) -> u32 {
+    64 + bits as u32
+}
+
 // The kernel and userspace must agree on these sizes; a change here is a map-layout change
 // and needs new map names (old pins would otherwise be reused with the wrong layout).
 const _: () = {
@@ -310,6 +344,7 @@ const _: () = {
     assert!(core::mem::size_of::<SvcStats>() == 40);
     assert!(core::mem::size_of::<SockKey>() == 16);
     assert!(core::mem::size_of::<SockValue>() == 12);
+    assert!(core::mem::size_of::<SrcRange4>() == 12);
 };
 
 #[cfg(feature = "user")]
@@ -332,4 +367,5 @@ mod pod {
     unsafe impl aya::Pod for AffValue {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockValue {}
+    unsafe impl aya::Pod for SrcRange4 {}
 }

@@ -6,10 +6,13 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use dataplane_common::{
     limits, Aff4Key, AffValue, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_FLAG_HAIRPIN, CT_FLAG_MASQ, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_MASQ,
+    CT_DIR_REPLY, CT_FLAG_HAIRPIN, CT_FLAG_MASQ, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY,
+    SVC_FLAG_MASQ, SVC_FLAG_SOURCE_RANGES,
 };
 
-use crate::maps::{KAZE_AFF4, KAZE_BE4, KAZE_CT4, KAZE_RR, KAZE_STATS, KAZE_SVC4};
+use crate::maps::{
+    source_range_key, KAZE_AFF4, KAZE_BE4, KAZE_CT4, KAZE_LBSRC4, KAZE_RR, KAZE_STATS, KAZE_SVC4,
+};
 
 /// What the program returns for a packet it looked at.
 pub enum Verdict {
@@ -62,6 +65,8 @@ pub enum Action {
     },
     /// A new flow to a service that has no backend.
     NoBackend { rev_nat_id: u16 },
+    /// A new flow to a load-balancer frontend from a client outside its source ranges.
+    Denied,
 }
 
 #[inline(always)]
@@ -154,6 +159,7 @@ pub fn decide(t: &Tuple) -> Action {
         match select(t.daddr, t.dport, t.proto, t.saddr, now) {
             Selected::None => return Action::None,
             Selected::NoBackend { rev_nat_id } => return Action::NoBackend { rev_nat_id },
+            Selected::Denied => return Action::Denied,
             Selected::Backend {
                 id,
                 addr,
@@ -219,6 +225,9 @@ pub enum Selected {
     None,
     /// A service with no backend to send the flow to.
     NoBackend { rev_nat_id: u16 },
+    /// A load-balancer frontend the client is not allowed to reach (outside every one of
+    /// its `loadBalancerSourceRanges`).
+    Denied,
     Backend {
         id: u32,
         addr: u32,
@@ -244,6 +253,14 @@ pub fn select(daddr: u32, dport: u16, proto: u8, client: u32, now: u64) -> Selec
     let Some(svc) = (unsafe { KAZE_SVC4.get(key) }) else {
         return Selected::None;
     };
+    // loadBalancerSourceRanges: the client must be in one of the frontend's ranges
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0
+        && KAZE_LBSRC4
+            .get(&source_range_key(daddr, dport, proto, client))
+            .is_none()
+    {
+        return Selected::Denied;
+    }
     let count = svc.count;
     let rev_nat_id = svc.rev_nat_id;
     let masq = svc.flags & SVC_FLAG_MASQ != 0;

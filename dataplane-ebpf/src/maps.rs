@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
     macros::btf_map,
 };
 use dataplane_common::{
     limits, Aff4Key, AffValue, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue,
-    SockKey, SockValue, Svc4Key, SvcStats, SvcValue,
+    SockKey, SockValue, SrcRange4, Svc4Key, SvcStats, SvcValue,
 };
 
 const SERVICES: usize = limits::SERVICES as usize;
@@ -17,6 +17,7 @@ const REV_NAT: usize = limits::REV_NAT as usize;
 const CONNTRACK: usize = limits::CONNTRACK as usize;
 const AFFINITY: usize = limits::AFFINITY as usize;
 const SOCK_REV_NAT: usize = limits::SOCK_REV_NAT as usize;
+const SOURCE_RANGES: usize = limits::SOURCE_RANGES as usize;
 
 /// Service entries (slot 0) and backend slots (1..=count).
 #[btf_map]
@@ -55,3 +56,24 @@ pub static KAZE_AFF4: LruHashMap<Aff4Key, AffValue, AFFINITY> = LruHashMap::new(
 /// socket programs on `connect()`/`sendmsg()`, read on `recvmsg()`/`getpeername()`.
 #[btf_map]
 pub static KAZE_SRNAT4: LruHashMap<SockKey, SockValue, SOCK_REV_NAT> = LruHashMap::new();
+
+/// Allowed client ranges of load-balancer frontends with `loadBalancerSourceRanges` (those
+/// with `SVC_FLAG_SOURCE_RANGES`): (frontend, range) -> 1. A longest-prefix match of
+/// (frontend, client) finds the client's range, if any.
+#[btf_map]
+pub static KAZE_LBSRC4: LpmTrie<SrcRange4, u32, SOURCE_RANGES> = LpmTrie::new();
+
+/// The key looking up `client` among the ranges of frontend `daddr:dport/proto`.
+#[inline(always)]
+pub fn source_range_key(daddr: u32, dport: u16, proto: u8, client: u32) -> Key<SrcRange4> {
+    Key::new(
+        dataplane_common::source_range_prefix(32),
+        SrcRange4 {
+            address: daddr,
+            dport,
+            proto,
+            pad: 0,
+            source: client,
+        },
+    )
+}

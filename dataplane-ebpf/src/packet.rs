@@ -132,6 +132,9 @@ enum Plan {
     Reject {
         rev_nat_id: u16,
     },
+    /// A new flow refused by a load-balancer's source ranges: dropped, as kube-proxy's
+    /// firewall chains do.
+    Drop,
 }
 
 /// Runs the decision for a parsed packet and bumps the counters.
@@ -209,6 +212,7 @@ fn plan(p: &Parsed) -> Plan {
             lb::count(rev_nat_id, Counter::NoBackend, bytes);
             Plan::Reject { rev_nat_id }
         }
+        Action::Denied => Plan::Drop,
     }
 }
 
@@ -363,6 +367,7 @@ pub mod tc {
                     Err(_) => Ok(Verdict::Drop),
                 }
             }
+            Plan::Drop => Ok(Verdict::Drop),
         }
     }
 
@@ -484,6 +489,7 @@ pub mod xdp {
                 Ok(()) => Ok(Verdict::Redirect),
                 Err(_) => Ok(Verdict::Drop),
             },
+            Plan::Drop => Ok(Verdict::Drop),
         }
     }
 

@@ -18,7 +18,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use dataplane_common::{
-    SockKey, SockValue, PROTO_TCP, PROTO_UDP, SOCK_DIR_FORWARD, SOCK_DIR_REPLY,
+    SockKey, SockValue, PROTO_TCP, PROTO_UDP, SOCK_DIR_FORWARD, SOCK_DIR_REPLY, SOURCE_NODE,
 };
 
 use crate::lb::{self, Counter, Selected};
@@ -95,8 +95,11 @@ pub fn forward(ctx: &SockAddrContext, sticky: bool) -> i32 {
             let now = unsafe { bpf_ktime_get_ns() };
             // ClientIP affinity: the node's processes share one client identity (their
             // source address is not chosen yet at this point).
-            match lb::select(daddr, dport, proto, 0, now) {
+            // source ranges: looked up as SOURCE_NODE, which the proxy allows where
+            // upstream allows the node's own traffic
+            match lb::select(daddr, dport, proto, SOURCE_NODE, now) {
                 Selected::None => return ALLOW,
+                Selected::Denied => return REJECT,
                 Selected::NoBackend { rev_nat_id } => {
                     lb::count(rev_nat_id, Counter::NoBackend, 0);
                     return REJECT;

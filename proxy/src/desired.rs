@@ -28,7 +28,17 @@ pub struct DesiredService {
     pub masquerade: bool,
     /// sessionAffinity ClientIP: how long (seconds) a client keeps its backend.
     pub affinity_timeout: Option<u32>,
+    /// A load-balancer IP of a Service with `loadBalancerSourceRanges`: the only client
+    /// ranges (network address, prefix length) new flows may come from; empty: any client.
+    /// Where a range holds one of the node's addresses the node is allowed as upstream
+    /// allows it: the frontend's own address and [`NODE_SOURCE`] are added.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
+
+/// The range that stands for the node's own sockets in [`DesiredService::source_ranges`]: the
+/// eBPF socket programs decide before a socket has a source address and look up 0.0.0.0
+/// (`dataplane_common::SOURCE_NODE`). No packet on the wire comes from it.
+pub const NODE_SOURCE: (Ipv4Addr, u8) = (Ipv4Addr::UNSPECIFIED, 32);
 
 /// Everything the node should serve, keyed by what clients connect to.
 pub type Desired = BTreeMap<ServiceKey, DesiredService>;
@@ -80,7 +90,13 @@ pub fn compute_for_node<'a>(
             continue;
         }
         let cluster_ips = cluster_ipv4s(spec);
-        let external_ips = external_ipv4s(svc, kind);
+        let (external_ips, lb_ips) = external_ipv4s(svc, kind);
+        let ranges = source_ranges(spec);
+        // upstream's `allowFromNode`: a range holding a node address lets the node reach the
+        // load balancer's addresses, which it may hold itself (then its packets come from them)
+        let allow_node = node_addresses
+            .iter()
+            .any(|a| ranges.iter().any(|r| contains(r, *a)));
         let slices = by_service
             .get(&(ns.clone(), name.clone()))
             .map(Vec::as_slice)
@@ -106,6 +122,7 @@ pub fn compute_for_node<'a>(
                 ),
                 masquerade: false,
                 affinity_timeout: affinity_timeout(spec),
+                source_ranges: Vec::new(),
             };
             let external_local = local(spec.external_traffic_policy.as_ref());
             for address in &cluster_ips {
@@ -125,7 +142,7 @@ pub fn compute_for_node<'a>(
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|_| matches!(kind, "NodePort" | "LoadBalancer"))
                 .filter(|_| !node_addresses.is_empty());
-            if node_port.is_none() && external_ips.is_empty() {
+            if node_port.is_none() && external_ips.is_empty() && lb_ips.is_empty() {
                 continue;
             }
             let external = DesiredService {
@@ -135,6 +152,7 @@ pub fn compute_for_node<'a>(
                 // through it, and the client's address is preserved
                 masquerade: external_local.is_none(),
                 affinity_timeout: entry.affinity_timeout,
+                source_ranges: Vec::new(),
             };
             if let Some(node_port) = node_port {
                 for address in node_addresses {
@@ -158,9 +176,75 @@ pub fn compute_for_node<'a>(
                     external.clone(),
                 );
             }
+            // kube-proxy's firewall applies to the load-balancer IPs only (not to node
+            // ports or external IPs)
+            for &address in &lb_ips {
+                let mut frontend = external.clone();
+                if !ranges.is_empty() {
+                    frontend.source_ranges.clone_from(&ranges);
+                    if allow_node {
+                        frontend.source_ranges.push((address, 32));
+                        frontend.source_ranges.push(NODE_SOURCE);
+                    }
+                    frontend.source_ranges.sort_unstable();
+                    frontend.source_ranges.dedup();
+                }
+                desired.insert(
+                    ServiceKey {
+                        address,
+                        port: service_port,
+                        protocol,
+                    },
+                    frontend,
+                );
+            }
         }
     }
     desired
+}
+
+/// The IPv4 ranges of `spec.loadBalancerSourceRanges`, as kube-proxy reads them: trimmed,
+/// parsed sloppily (leading zeros), host bits cleared; IPv6 and unparsable entries (the
+/// apiserver refuses those) skipped. Sorted, without duplicates.
+pub fn source_ranges(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<(Ipv4Addr, u8)> {
+    let mut out: Vec<(Ipv4Addr, u8)> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| parse_ipv4_cidr(r.trim()))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn parse_ipv4_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, bits) = s.split_once('/')?;
+    let bits: u8 = bits.parse().ok().filter(|b| *b <= 32)?;
+    let mut octets = [0u8; 4];
+    let mut parts = addr.split('.');
+    for o in &mut octets {
+        // Go's ParseCIDRSloppy: decimal octets, leading zeros allowed
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+    Some((
+        Ipv4Addr::from(u32::from(Ipv4Addr::from(octets)) & mask),
+        bits,
+    ))
+}
+
+/// Whether `addr` is in `range`.
+pub fn contains(range: &(Ipv4Addr, u8), addr: Ipv4Addr) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(range.1)).unwrap_or(0);
+    u32::from(addr) & mask == u32::from(range.0) & mask
 }
 
 /// upstream's default for sessionAffinityConfig.clientIP.timeoutSeconds
@@ -185,8 +269,9 @@ fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Option<u3
 /// The IPv4 addresses a service is reached at from outside at its own ports, as kube-proxy
 /// programs them: `spec.externalIPs` (any type), and for a LoadBalancer the IPs of
 /// `status.loadBalancer.ingress` but those with `ipMode: Proxy` (the load balancer proxies
-/// them itself, and their traffic arrives addressed to the node).
-fn external_ipv4s(svc: &Service, kind: &str) -> BTreeSet<Ipv4Addr> {
+/// them itself, and their traffic arrives addressed to the node). Returned apart:
+/// (external IPs, load-balancer IPs).
+fn external_ipv4s(svc: &Service, kind: &str) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>) {
     let spec = svc.spec.as_ref();
     let external = spec
         .and_then(|s| s.external_ips.as_ref())
@@ -203,10 +288,14 @@ fn external_ipv4s(svc: &Service, kind: &str) -> BTreeSet<Ipv4Addr> {
         .filter(|_| kind == "LoadBalancer")
         .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|i| i.ip.as_deref());
-    external
-        .chain(ingress)
+    let external: BTreeSet<Ipv4Addr> = external.filter_map(|ip| ip.parse().ok()).collect();
+    // an address in both is programmed once, as kube-proxy's first rule for it (the
+    // external IP's, without source ranges) is the one that matches
+    let ingress = ingress
         .filter_map(|ip| ip.parse().ok())
-        .collect()
+        .filter(|ip| !external.contains(ip))
+        .collect();
+    (external, ingress)
 }
 
 /// The IPv4 cluster IPs of a service; none for headless services.
@@ -593,6 +682,91 @@ mod tests {
         let d = compute([&lb], &slices, &[]);
         assert!(d.contains_key(&key([192, 0, 2, 10], 80, Protocol::Tcp)));
         assert!(!d.contains_key(&key([198, 51, 100, 1], 80, Protocol::Tcp)));
+    }
+
+    #[test]
+    fn source_ranges_guard_only_load_balancer_ips_and_let_the_node_in_when_a_range_holds_it() {
+        let slices = [web_slice("a", vec![json!({"addresses": ["10.42.0.1"]})])];
+        let mut lb = web();
+        let spec = lb.spec.as_mut().expect("spec");
+        spec.type_ = Some("LoadBalancer".into());
+        spec.external_ips = Some(vec!["192.0.2.10".into()]);
+        spec.load_balancer_source_ranges = Some(vec![
+            " 203.0.113.0/24".into(),
+            "198.051.100.7/16".into(), // sloppy: leading zero, host bits
+            "2001:db8::/32".into(),    // another family
+            "203.0.113.0/24".into(),
+        ]);
+        lb.status = Some(
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}))
+                .expect("status"),
+        );
+        let ranges = vec![
+            (Ipv4Addr::new(198, 51, 0, 0), 16),
+            (Ipv4Addr::new(203, 0, 113, 0), 24),
+        ];
+        let node = [Ipv4Addr::new(192, 168, 1, 5)];
+        let d = compute([&lb], &slices, &node);
+        assert_eq!(
+            d[&key([198, 51, 100, 1], 80, Protocol::Tcp)].source_ranges,
+            ranges,
+            "the load-balancer IP has the IPv4 ranges, normalized"
+        );
+        let node_port = d
+            .iter()
+            .find(|(k, _)| k.address == node[0])
+            .expect("a node port");
+        for (what, ip) in [
+            ("external IP", [192, 0, 2, 10]),
+            ("cluster IP", [10, 43, 0, 20]),
+        ] {
+            assert!(
+                d[&key(ip, 80, Protocol::Tcp)].source_ranges.is_empty(),
+                "the {what} is not filtered"
+            );
+        }
+        assert!(
+            node_port.1.source_ranges.is_empty(),
+            "node ports are not filtered"
+        );
+
+        // a range holding a node address: the node reaches its own load balancer too
+        let node = [Ipv4Addr::new(203, 0, 113, 9)];
+        let d = compute([&lb], &slices, &node);
+        let mut with_node = ranges.clone();
+        with_node.push((Ipv4Addr::new(198, 51, 100, 1), 32));
+        with_node.push(NODE_SOURCE);
+        with_node.sort_unstable();
+        assert_eq!(
+            d[&key([198, 51, 100, 1], 80, Protocol::Tcp)].source_ranges,
+            with_node
+        );
+
+        // only another family's ranges: nothing to enforce for IPv4 (as kube-proxy)
+        lb.spec.as_mut().expect("spec").load_balancer_source_ranges =
+            Some(vec!["2001:db8::/32".into()]);
+        let d = compute([&lb], &slices, &node);
+        assert!(d[&key([198, 51, 100, 1], 80, Protocol::Tcp)]
+            .source_ranges
+            .is_empty());
+        assert!(contains(
+            &(Ipv4Addr::new(10, 0, 0, 0), 8),
+            Ipv4Addr::new(10, 9, 9, 9)
+        ));
+        assert!(!contains(
+            &(Ipv4Addr::new(10, 0, 0, 0), 8),
+            Ipv4Addr::new(11, 0, 0, 1)
+        ));
+        assert!(contains(
+            &(Ipv4Addr::UNSPECIFIED, 0),
+            Ipv4Addr::new(11, 0, 0, 1)
+        ));
+        assert_eq!(parse_ipv4_cidr("10.0.0.0/33"), None);
+        assert_eq!(parse_ipv4_cidr("10.0.0/8"), None);
+        assert_eq!(
+            parse_ipv4_cidr("10.0.0.1/32"),
+            Some((Ipv4Addr::new(10, 0, 0, 1), 32))
+        );
     }
 
     #[test]

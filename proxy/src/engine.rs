@@ -230,7 +230,8 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// What one service is programmed with: backends, `SVC_FLAG_*` bits, affinity timeout.
-type Applied = (Vec<SocketAddrV4>, u16, u32);
+/// Backends, `SVC_FLAG_*`, affinity timeout and source ranges, as programmed.
+type Applied = (Vec<SocketAddrV4>, u16, u32, Vec<(std::net::Ipv4Addr, u8)>);
 
 /// The eBPF dataplane and the services it holds (read back from the pins at start).
 pub struct EbpfEngine {
@@ -306,7 +307,12 @@ impl EbpfEngine {
         let applied: BTreeMap<ServiceKey, Applied> = dp
             .services()?
             .into_iter()
-            .map(|s| (s.key, (s.backends, s.flags, s.affinity_timeout)))
+            .map(|s| {
+                (
+                    s.key,
+                    (s.backends, s.flags, s.affinity_timeout, s.source_ranges),
+                )
+            })
             .collect();
         let mut wanted = BTreeSet::new();
         for iface in &config.interfaces {
@@ -438,17 +444,21 @@ impl EbpfEngine {
         if svc.affinity_timeout.is_some() {
             flags |= dataplane_common::SVC_FLAG_AFFINITY;
         }
+        if !svc.source_ranges.is_empty() {
+            flags |= dataplane_common::SVC_FLAG_SOURCE_RANGES;
+        }
         let want: Applied = (
             svc.backends.clone(),
             flags,
             svc.affinity_timeout.unwrap_or(0),
+            svc.source_ranges.clone(),
         );
         if self.applied.get(key) == Some(&want) {
             return;
         }
         match self
             .dp
-            .upsert_service_with(*key, &svc.backends, want.1, want.2)
+            .upsert_frontend(*key, &svc.backends, want.1, want.2, &want.3)
         {
             Ok(()) => {
                 self.applied.insert(*key, want);

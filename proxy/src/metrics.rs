@@ -328,6 +328,7 @@ mod tests {
                 .collect(),
             masquerade: false,
             affinity_timeout: None,
+            source_ranges: Vec::new(),
         };
         m.synced(Duration::from_millis(3), 1, 3, 0, &[(key, Some(entry))]);
         m.programmed_after(Duration::from_millis(40));

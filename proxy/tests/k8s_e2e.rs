@@ -705,6 +705,120 @@ fn external_ips_and_load_balancer_ips_serve_the_service_ports() {
     }
 }
 
+/// `loadBalancerSourceRanges`: only clients in a range reach the load-balancer IP (others'
+/// new connections are dropped, as kube-proxy's firewall chains drop them); the external IP
+/// of the same service is not filtered; changing the ranges takes effect for new flows, and
+/// removing them opens the address to everyone again. Both modes.
+#[test]
+fn load_balancer_source_ranges_let_only_their_clients_in() {
+    for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
+        let mut h = Harness::new(&format!("k8s-lbsrc-{}", mode.as_str()), mode);
+        h.start_proxy();
+        let external_ip = std::net::Ipv4Addr::new(192, 0, 2, 11);
+        let lb_ip = std::net::Ipv4Addr::new(192, 0, 2, 21);
+        let client = Topology::client_addr();
+        // the node holds its load-balancer IP, as with kaze's servicelb (which hands out node
+        // addresses): a packet the firewall does not let through is the node's own, and
+        // without the drop its closed port would answer with a reset
+        let added = std::process::Command::new("ip")
+            .args([
+                "-n",
+                h.topo.node.name(),
+                "addr",
+                "add",
+                &format!("{lb_ip}/32"),
+                "dev",
+                "lo",
+            ])
+            .status()
+            .expect("running ip");
+        assert!(added.success(), "adding {lb_ip} to the node");
+        h.create_service(
+            "web",
+            json!({"type": "LoadBalancer", "externalIPs": [external_ip.to_string()],
+                   "loadBalancerSourceRanges": [format!("{client}/24")]}),
+        );
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(h.client.clone(), "default");
+        let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": lb_ip.to_string()}]}}});
+        h.block_on(api.patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        ))
+        .expect("setting the load balancer's status");
+        h.put_slice("web", &[0, 1, 2], &[]);
+        h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+        let lb = Harness::vip(lb_ip, 80);
+        h.wait_for("the client in range served", PROGRAMMING_BOUND, |_| {
+            in_netns(h.client_ns().name(), || {
+                TcpStream::connect_timeout(&SocketAddr::V4(lb), Duration::from_millis(500))
+            })
+            .is_ok()
+        });
+        let answers: Vec<String> = (0..30).map(|_| tcp_once(h.client_ns(), lb)).collect();
+        assert_eq!(
+            seen(&answers),
+            (0..3).map(backend).collect(),
+            "{mode:?}: a client in range reaches every backend: {answers:?}"
+        );
+        // a long connection opened while the client was in range
+        let mut long = support::netns::Conn::open(h.client_ns(), lb);
+        assert!(long.ask().starts_with("backend-"));
+
+        let set_ranges = |ranges: serde_json::Value| {
+            h.block_on(api.patch(
+                "web",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&json!({"spec": {"loadBalancerSourceRanges": ranges}})),
+            ))
+            .expect("changing the ranges");
+        };
+        set_ranges(json!(["198.51.100.0/24", "203.0.113.7/32"]));
+        let connect = |to: SocketAddrV4| {
+            in_netns(h.client_ns().name(), || {
+                TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_millis(500))
+            })
+        };
+        h.wait_for(
+            "the client out of range kept out",
+            PROGRAMMING_BOUND,
+            |_| connect(lb).is_err(),
+        );
+        let err = connect(lb).expect_err("out of range");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::TimedOut,
+            "{mode:?}: dropped, not refused: {err}"
+        );
+        let sock = support::netns::udp_socket(h.client_ns());
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        sock.send_to(b"who", SocketAddr::V4(Harness::vip(lb_ip, 53)))
+            .expect("sending");
+        let mut buf = [0u8; 256];
+        assert!(
+            sock.recv_from(&mut buf).is_err(),
+            "{mode:?}: UDP from out of range gets no answer"
+        );
+        assert!(
+            long.ask().starts_with("backend-"),
+            "{mode:?}: the connection opened while in range keeps going"
+        );
+        assert!(
+            tcp_once(h.client_ns(), Harness::vip(external_ip, 80)).starts_with("backend-"),
+            "{mode:?}: the external IP is not filtered"
+        );
+
+        set_ranges(serde_json::Value::Null);
+        h.wait_for("the load balancer open again", PROGRAMMING_BOUND, |_| {
+            connect(lb).is_ok()
+        });
+        drop(long);
+        h.stop_proxy();
+    }
+}
+
 /// One HTTP GET from the client namespace: (status, the endpoint-weight header, body), or
 /// the connection's error.
 fn client_http_get(h: &Harness, to: SocketAddrV4) -> std::io::Result<(u16, String, String)> {

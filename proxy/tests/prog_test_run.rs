@@ -395,6 +395,110 @@ fn service_without_backends_rejects_new_flows_and_counts_them() {
 }
 
 #[test]
+fn source_ranges_drop_new_flows_from_other_clients_and_follow_updates_and_reloads() {
+    let root = PinRoot::new("src-ranges");
+    let lb = ServiceKey {
+        address: Ipv4Addr::new(198, 51, 100, 1),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let inside = Ipv4Addr::new(203, 0, 113, 77);
+    let outside = Ipv4Addr::new(203, 0, 114, 77);
+    // a second frontend with a range that would let `outside` in: ranges are per frontend
+    let other = ServiceKey { port: 81, ..lb };
+    let flags = dataplane_common::SVC_FLAG_SOURCE_RANGES;
+    {
+        let mut dp = root.load();
+        dp.upsert_frontend(
+            lb,
+            &backends(),
+            0,
+            0,
+            &[(Ipv4Addr::new(203, 0, 113, 9), 24)],
+        )
+        .expect("upsert with ranges");
+        dp.upsert_frontend(other, &backends(), 0, 0, &[(outside, 32)])
+            .expect("upsert the other frontend");
+        let listed = dp.services().expect("list");
+        let programmed = listed.iter().find(|s| s.key == lb).expect("programmed");
+        assert_eq!(programmed.flags & flags, flags);
+        assert_eq!(
+            programmed.source_ranges,
+            vec![(Ipv4Addr::new(203, 0, 113, 0), 24)],
+            "read back from the map, host bits cleared"
+        );
+    } // dropped, as a proxy restart would: the next load reads the ranges back
+
+    let mut dp = root.load();
+    let allowed = Spec::tcp((inside, 40000), (lb.address, 80)).build();
+    let denied = Spec::tcp((outside, 40000), (lb.address, 80)).build();
+    for (hook, run, pass, drop) in [
+        ("tc", run_tc as Runner, TC_ACT_OK, TC_ACT_SHOT),
+        ("xdp", run_xdp as Runner, XDP_PASS, XDP_DROP),
+    ] {
+        let (ret, out) = run(&dp, &allowed);
+        assert_eq!(ret, pass, "{hook}: a client in range");
+        assert!(
+            backends()
+                .iter()
+                .any(|b| *b.ip() == parse_and_verify(&out).dst),
+            "{hook}: a client in range is sent to a backend"
+        );
+        let (ret, _) = run(&dp, &denied);
+        assert_eq!(ret, drop, "{hook}: a client outside every range is dropped");
+    }
+    let (ret, out) = run_tc(
+        &dp,
+        &Spec::tcp((outside, 40001), (other.address, 81)).build(),
+    );
+    assert_eq!(ret, TC_ACT_OK, "the other frontend's range lets it in");
+    assert!(backends()
+        .iter()
+        .any(|b| *b.ip() == parse_and_verify(&out).dst));
+
+    // the established flow of the client in range keeps going when the ranges change
+    dp.upsert_frontend(lb, &backends(), 0, 0, &[(outside, 32)])
+        .expect("new ranges");
+    assert_eq!(
+        run_tc(&dp, &allowed).0,
+        TC_ACT_OK,
+        "established flows are not re-checked"
+    );
+    let (ret, _) = run_tc(&dp, &Spec::tcp((inside, 40002), (lb.address, 80)).build());
+    assert_eq!(ret, TC_ACT_SHOT, "a new flow from the old range is dropped");
+    let (ret, out) = run_tc(&dp, &Spec::tcp((outside, 40002), (lb.address, 80)).build());
+    assert_eq!(ret, TC_ACT_OK, "the new range is let in");
+    assert!(backends()
+        .iter()
+        .any(|b| *b.ip() == parse_and_verify(&out).dst));
+
+    // no ranges: everyone; and the map holds only the other frontend's entry
+    dp.upsert_service(lb, &backends()).expect("ranges removed");
+    let (ret, _) = run_tc(&dp, &Spec::tcp((inside, 40003), (lb.address, 80)).build());
+    assert_eq!(ret, TC_ACT_OK);
+    let listed = dp.services().expect("list");
+    let programmed = listed.iter().find(|s| s.key == lb).expect("programmed");
+    assert_eq!(programmed.flags & flags, 0);
+    assert!(programmed.source_ranges.is_empty());
+    dp.remove_service(other).expect("remove");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(root.path().join(dataplane_common::names::SOURCE_RANGES4))
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[]",
+        "a removed frontend's ranges are removed"
+    );
+}
+
+#[test]
 fn counters_count_forward_and_reply_packets_and_bytes() {
     let (_root, dp) = setup("counters");
     let spec = Spec::tcp((CLIENT, 45000), (VIP, 80));

@@ -244,6 +244,23 @@ fn node_processes_reach_a_service_through_the_socket_programs() {
     );
     dp.upsert_service(tcp_key, &tcp).expect("backends again");
 
+    // loadBalancerSourceRanges: the node's sockets are looked up as 0.0.0.0, which the proxy
+    // adds where upstream allows the node; without it they are refused at connect().
+    let node = proxy::desired::NODE_SOURCE;
+    let elsewhere = (std::net::Ipv4Addr::new(203, 0, 113, 0), 24);
+    dp.upsert_frontend(tcp_key, &tcp, 0, 0, &[elsewhere])
+        .expect("ranges without the node");
+    let (ok, _, err) = cg.python(None, TCP_CLIENT);
+    assert!(
+        !ok && err.contains("PermissionError"),
+        "the node outside the ranges is refused (EPERM): {err}"
+    );
+    dp.upsert_frontend(tcp_key, &tcp, 0, 0, &[elsewhere, node])
+        .expect("ranges with the node");
+    let (ok, out, err) = cg.python(None, TCP_CLIENT);
+    assert!(ok, "the node let in: {err}\n{out}");
+    dp.upsert_service(tcp_key, &tcp).expect("no ranges");
+
     // A restarted proxy replaces its programs (no doubles) and keeps working.
     drop(dp);
     let mut dp = pins.load();

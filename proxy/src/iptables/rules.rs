@@ -1,7 +1,10 @@
 //! The iptables-restore input for a sync, kube-proxy's layout with kaze's names: a services
 //! chain `KAZE-SERVICES` jumping per service port to `KAZE-SVC-<hash>`, which spreads new
 //! connections over `KAZE-SEP-<hash>` chains (one per endpoint, each a DNAT) with
-//! `-m statistic --mode random --probability 1/(n-i)`. Pure: rendering is unit-tested.
+//! `-m statistic --mode random --probability 1/(n-i)`. A load-balancer IP with
+//! `loadBalancerSourceRanges` goes through `KAZE-FW-<hash>` first, which lets only those
+//! ranges on to the SVC chain; the filter table drops what it did not. Pure: rendering is
+//! unit-tested.
 //!
 //! Only what changed is written: `KAZE-SERVICES` (one line per service) every time, and the
 //! SVC/SEP chains of services whose rules differ from what was last restored. Under
@@ -90,6 +93,20 @@ pub fn svc_chain(key: &ServiceKey) -> String {
     format!("KAZE-SVC-{}", hash(&key.to_string()))
 }
 
+/// kube-proxy's `KUBE-FW-*`: a load-balancer frontend's `loadBalancerSourceRanges`.
+pub fn fw_chain(key: &ServiceKey) -> String {
+    format!("KAZE-FW-{}", hash(&key.to_string()))
+}
+
+/// The ranges of `svc` as `-s` arguments (the node's socket stand-in has no rule: the node's
+/// packets carry a real source address here).
+fn source_args(svc: &DesiredService) -> impl Iterator<Item = String> + '_ {
+    svc.source_ranges
+        .iter()
+        .filter(|r| **r != crate::desired::NODE_SOURCE)
+        .map(|(a, b)| format!("-s {a}/{b}"))
+}
+
 pub fn sep_chain(key: &ServiceKey, backend: &SocketAddrV4) -> String {
     format!("KAZE-SEP-{}", hash(&format!("{key}>{backend}")))
 }
@@ -116,13 +133,25 @@ fn comment(s: &str) -> String {
     s.replace('"', "")
 }
 
-/// The SVC and SEP chains of a service with at least one backend.
+/// The FW (with source ranges), SVC and SEP chains of a service with at least one backend;
+/// the first is the one `KAZE-SERVICES` jumps to.
 pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
     let svc_chain = svc_chain(key);
     let mut chains = vec![svc_chain.clone()];
     let mut lines = Vec::new();
     let n = svc.backends.len();
     let c = comment(&svc.name);
+    if !svc.source_ranges.is_empty() {
+        // kube-proxy's firewall: clients in a range go on to the service; the others fall
+        // through undNATed and the filter table drops them (see `plan`)
+        let fw = fw_chain(key);
+        for source in source_args(svc) {
+            lines.push(format!(
+                "-A {fw} -m comment --comment \"{c} loadbalancer IP\" {source} -j {svc_chain}"
+            ));
+        }
+        chains.insert(0, fw);
+    }
     if svc.masquerade {
         // kube-proxy's rule for external traffic (a NodePort, an external or load-balancer
         // IP) under externalTrafficPolicy Cluster: the backend may be on
@@ -269,10 +298,34 @@ pub fn plan(
     }
     for (key, svc) in desired {
         if svc.backends.is_empty() {
+            let reject = match_service(key, &format!("{} has no endpoints", svc.name));
+            if svc.source_ranges.is_empty() {
+                let _ = writeln!(
+                    input,
+                    "-A {SERVICES_CHAIN} {reject} -j REJECT --reject-with icmp-port-unreachable"
+                );
+            } else {
+                for source in source_args(svc) {
+                    let _ = writeln!(
+                        input,
+                        "-A {SERVICES_CHAIN} {source} {reject} -j REJECT --reject-with icmp-port-unreachable"
+                    );
+                }
+            }
+        }
+        if !svc.source_ranges.is_empty() {
+            // a new flow still addressed to the load-balancer IP was not let through by
+            // the FW chain (kube-proxy's KUBE-PROXY-FIREWALL)
             let _ = writeln!(
                 input,
-                "-A {SERVICES_CHAIN} {} -j REJECT --reject-with icmp-port-unreachable",
-                match_service(key, &format!("{} has no endpoints", svc.name))
+                "-A {SERVICES_CHAIN} {} -j DROP",
+                match_service(
+                    key,
+                    &format!(
+                        "{} traffic not accepted by loadBalancerSourceRanges",
+                        svc.name
+                    )
+                )
             );
         }
     }

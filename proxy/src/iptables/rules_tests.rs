@@ -19,6 +19,7 @@ fn svc(name: &str, backends: &[u8]) -> DesiredService {
             .collect(),
         masquerade: false,
         affinity_timeout: None,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -170,6 +171,79 @@ fn a_service_without_endpoints_is_rejected_in_the_filter_table() {
         "-A KAZE-SERVICES -d 10.43.0.11/32 -p udp -m comment --comment \"default/dns:dns has no endpoints\" -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\n"
     ), "{filter}");
     assert!(!p.input.contains("KAZE-SVC-"), "{}", p.input);
+}
+
+#[test]
+fn source_ranges_pass_through_a_fw_chain_and_the_rest_is_dropped_in_the_filter_table() {
+    let k = key(200, 80, Protocol::Tcp);
+    let mut lb = svc("default/web:http", &[1, 2]);
+    lb.source_ranges = vec![
+        (Ipv4Addr::new(203, 0, 113, 0), 24),
+        crate::desired::NODE_SOURCE,
+    ];
+    let p = plan(
+        &desired(&[(k, lb.clone())]),
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+        &[],
+    );
+    let (nat, filter) = p
+        .input
+        .split_once(
+            "*filter
+",
+        )
+        .expect("a filter section");
+    let fw = fw_chain(&k);
+    let svc_chain = svc_chain(&k);
+    assert!(
+        nat.contains(&format!("-A KAZE-SERVICES -d 10.43.0.200/32 -p tcp -m comment --comment \"default/web:http\" -m tcp --dport 80 -j {fw}\n")),
+        "KAZE-SERVICES jumps to the FW chain: {nat}"
+    );
+    assert!(
+        nat.contains(&format!("-A {fw} -m comment --comment \"default/web:http loadbalancer IP\" -s 203.0.113.0/24 -j {svc_chain}\n")),
+        "{nat}"
+    );
+    assert_eq!(
+        nat.matches(&format!("-A {fw} ")).count(),
+        1,
+        "no rule for the node's socket stand-in: {nat}"
+    );
+    assert!(filter.contains(
+        "-A KAZE-SERVICES -d 10.43.0.200/32 -p tcp -m comment --comment \"default/web:http traffic not accepted by loadBalancerSourceRanges\" -m tcp --dport 80 -j DROP\n"
+    ), "{filter}");
+
+    // ranges dropped again: the FW chain goes, KAZE-SERVICES jumps to the SVC chain
+    let mut open = lb.clone();
+    open.source_ranges.clear();
+    let p2 = plan(&desired(&[(k, open)]), &p.applied, &BTreeSet::new(), &[]);
+    assert!(p2.input.contains(&format!("-X {fw}\n")), "{}", p2.input);
+    assert!(
+        p2.input.contains(&format!("-j {svc_chain}\n")),
+        "{}",
+        p2.input
+    );
+    assert!(!p2.input.contains("DROP"), "{}", p2.input);
+
+    // without endpoints: clients in range are rejected, the others dropped
+    let mut empty = lb;
+    empty.backends.clear();
+    let p3 = plan(
+        &desired(&[(k, empty)]),
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+        &[],
+    );
+    let filter = p3
+        .input
+        .split("*filter\n")
+        .nth(1)
+        .expect("a filter section");
+    let reject = filter
+        .find("-A KAZE-SERVICES -s 203.0.113.0/24 -d 10.43.0.200/32")
+        .expect(filter);
+    let drop = filter.find("-j DROP").expect(filter);
+    assert!(reject < drop, "{filter}");
 }
 
 #[test]

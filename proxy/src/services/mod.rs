@@ -6,23 +6,25 @@
 //! count only ever finds written slots.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuHashMap, PerCpuValues};
 use dataplane_common::{
     limits, names, Aff4Key, AffValue, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey,
-    RrValue, Svc4Key, SvcStats, SvcValue, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY,
+    RrValue, SrcRange4, Svc4Key, SvcStats, SvcValue, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY,
+    SVC_FLAG_SOURCE_RANGES,
 };
 use tracing::debug;
 
 mod state;
 
 use crate::{dataplane::Dataplane, error::DataplaneError};
+pub use state::SourceRange;
 pub(crate) use state::State;
-use state::{map_err, raw_ip, typed, typed_mut, Programmed};
+use state::{map_err, raw_ip, source_range_key, typed, typed_mut, Programmed};
 
 /// L4 protocol of a service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,6 +98,8 @@ pub struct ServiceState {
     pub flags: u16,
     /// The affinity timeout in seconds when `flags` has `SVC_FLAG_AFFINITY`.
     pub affinity_timeout: u32,
+    /// The allowed client ranges when `flags` has `SVC_FLAG_SOURCE_RANGES`, sorted.
+    pub source_ranges: Vec<SourceRange>,
 }
 
 /// Traffic counters of one service, summed over CPUs.
@@ -116,6 +120,7 @@ type CtMap<'a> = BpfHashMap<&'a mut MapData, Ct4Key, CtValue>;
 type AffMap<'a> = BpfHashMap<&'a mut MapData, Aff4Key, AffValue>;
 type RrMap<'a> = Array<&'a mut MapData, RrValue>;
 type StatsMap<'a> = PerCpuHashMap<&'a mut MapData, RevNatKey, SvcStats>;
+type RangeMap<'a> = LpmTrie<&'a mut MapData, SrcRange4, u32>;
 
 impl Dataplane {
     /// Programs `key` to balance over `backends` (in this order), creating the service or
@@ -140,6 +145,40 @@ impl Dataplane {
         flags: u16,
         affinity_timeout: u32,
     ) -> Result<(), DataplaneError> {
+        self.upsert_frontend(key, backends, flags, affinity_timeout, &[])
+    }
+
+    /// [`Self::upsert_service_with`] for a load-balancer frontend that only clients in
+    /// `source_ranges` may reach (`loadBalancerSourceRanges`; empty: every client).
+    /// `SVC_FLAG_SOURCE_RANGES` follows from the ranges: new ranges are written before the
+    /// service entry that uses them, ranges no longer wanted are removed after it.
+    pub fn upsert_frontend(
+        &mut self,
+        key: ServiceKey,
+        backends: &[SocketAddrV4],
+        flags: u16,
+        affinity_timeout: u32,
+        source_ranges: &[SourceRange],
+    ) -> Result<(), DataplaneError> {
+        let ranges: BTreeSet<SourceRange> = source_ranges
+            .iter()
+            .map(|(addr, bits)| {
+                let bits = (*bits).min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                (Ipv4Addr::from(u32::from(*addr) & mask), bits)
+            })
+            .collect();
+        let flags = if ranges.is_empty() {
+            flags & !SVC_FLAG_SOURCE_RANGES
+        } else {
+            flags | SVC_FLAG_SOURCE_RANGES
+        };
+        let old_ranges = self
+            .state
+            .source_ranges
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
         let mut seen = HashSet::new();
         let backends: Vec<SocketAddrV4> = backends
             .iter()
@@ -226,6 +265,19 @@ impl Dataplane {
             self.reset_service_counters(rev_nat_id, &key)?;
         }
 
+        // 3b. source ranges the entry will need
+        if ranges.iter().any(|r| !old_ranges.contains(r)) {
+            let mut map: RangeMap = typed_mut(&mut self.ebpf, names::SOURCE_RANGES4)?;
+            for r in ranges.difference(&old_ranges) {
+                map.insert(&source_range_key(&key, r), 1, 0)
+                    .map_err(map_err(format!(
+                        "writing source range {}/{} of {key}",
+                        r.0, r.1
+                    )))?;
+                self.state.source_ranges.entry(key).or_default().insert(*r);
+            }
+        }
+
         // 4. publish
         {
             let mut svc: SvcMap = typed_mut(&mut self.ebpf, names::SERVICES4)?;
@@ -250,6 +302,9 @@ impl Dataplane {
                     .map_err(map_err(format!("removing slot {slot} of {key}")))?;
             }
         }
+
+        // 6. source ranges no longer wanted
+        self.remove_source_ranges(&key, old_ranges.difference(&ranges).copied().collect())?;
 
         let removed: HashSet<u32> = old
             .as_ref()
@@ -316,6 +371,13 @@ impl Dataplane {
                     .map_err(map_err(format!("removing slot {slot} of {key}")))?;
             }
         }
+        let ranges = self
+            .state
+            .source_ranges
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        self.remove_source_ranges(&key, ranges.into_iter().collect())?;
         let id = RevNatKey {
             id: u32::from(old.rev_nat_id),
         };
@@ -339,6 +401,39 @@ impl Dataplane {
         self.release_backends(candidates)?;
         debug!(service = %key, "service removed");
         Ok(true)
+    }
+
+    /// Removes `ranges` of frontend `key` from `KAZE_LBSRC4`.
+    fn remove_source_ranges(
+        &mut self,
+        key: &ServiceKey,
+        ranges: Vec<SourceRange>,
+    ) -> Result<(), DataplaneError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut map: RangeMap = typed_mut(&mut self.ebpf, names::SOURCE_RANGES4)?;
+        for r in &ranges {
+            match map.remove(&source_range_key(key, r)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                // ENOENT, as the LPM trie reports a missing key
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(2) => {}
+                Err(e) => {
+                    return Err(map_err(format!(
+                        "removing source range {}/{} of {key}",
+                        r.0, r.1
+                    ))(e))
+                }
+            }
+            if let Some(set) = self.state.source_ranges.get_mut(key) {
+                set.remove(r);
+                if set.is_empty() {
+                    self.state.source_ranges.remove(key);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// What is programmed, read back from the maps (not from the proxy's memory), sorted by
@@ -371,6 +466,11 @@ impl Dataplane {
                     } else {
                         0
                     },
+                    source_ranges: state
+                        .source_ranges
+                        .get(key)
+                        .map(|r| r.iter().copied().collect())
+                        .unwrap_or_default(),
                 })
             })
             .collect()

@@ -2,18 +2,18 @@
 //! every update, and the allocator of the ids the maps use.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuHashMap},
     Ebpf,
 };
 use dataplane_common::{
-    limits, names, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue, Svc4Key,
-    SvcStats, SvcValue,
+    limits, names, source_range_prefix, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey,
+    RrValue, SrcRange4, Svc4Key, SvcStats, SvcValue,
 };
 
 use super::{Protocol, ServiceKey};
@@ -27,6 +27,9 @@ pub(super) struct Programmed {
     pub(super) flags: u16,
     pub(super) aux: u32,
 }
+
+/// A client range of a load-balancer frontend: network address and prefix length.
+pub type SourceRange = (Ipv4Addr, u8);
 
 /// The proxy's mirror of the maps, rebuilt from them on load.
 #[derive(Debug, Default)]
@@ -46,6 +49,8 @@ pub(crate) struct State {
     /// possible (draining flows still carry it).
     pub(super) next_rev_nat: u16,
     pub(super) next_backend: u32,
+    /// `KAZE_LBSRC4`: each frontend's allowed client ranges (frontends without any absent).
+    pub(super) source_ranges: BTreeMap<ServiceKey, BTreeSet<SourceRange>>,
 }
 
 pub(super) fn ip(raw: u32) -> Ipv4Addr {
@@ -81,11 +86,31 @@ impl State {
         let _: Array<&MapData, RrValue> = typed(ebpf, names::RR)?;
         let _: PerCpuHashMap<&MapData, RevNatKey, SvcStats> = typed(ebpf, names::STATS)?;
 
+        let ranges: LpmTrie<&MapData, SrcRange4, u32> = typed(ebpf, names::SOURCE_RANGES4)?;
+
         let mut state = State {
             next_rev_nat: 1,
             next_backend: 1,
             ..State::default()
         };
+        for key in ranges.keys() {
+            let key = key.map_err(map_err("reading the source ranges map"))?;
+            let data = key.data();
+            let Some(protocol) = Protocol::from_number(data.proto) else {
+                continue;
+            };
+            let bits = key.prefix_len().saturating_sub(source_range_prefix(0));
+            let frontend = ServiceKey {
+                address: ip(data.address),
+                port: u16::from_be(data.dport),
+                protocol,
+            };
+            state
+                .source_ranges
+                .entry(frontend)
+                .or_default()
+                .insert((ip(data.source), bits.min(32) as u8));
+        }
         for entry in be.iter() {
             let (k, v) = entry.map_err(map_err("reading the backends map"))?;
             let Some(proto) = Protocol::from_number(v.proto) else {
@@ -203,6 +228,23 @@ impl State {
         }
         candidates
     }
+}
+
+/// The `KAZE_LBSRC4` key of `range` of `frontend`.
+pub(super) fn source_range_key(
+    frontend: &ServiceKey,
+    range: &SourceRange,
+) -> aya::maps::lpm_trie::Key<SrcRange4> {
+    aya::maps::lpm_trie::Key::new(
+        source_range_prefix(range.1),
+        SrcRange4 {
+            address: raw_ip(&frontend.address),
+            dport: frontend.port.to_be(),
+            proto: frontend.protocol.number(),
+            pad: 0,
+            source: raw_ip(&range.0),
+        },
+    )
 }
 
 pub(super) fn typed<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, DataplaneError>
