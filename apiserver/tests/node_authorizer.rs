@@ -702,7 +702,8 @@ fn nodes_read_only_their_own_node_and_pods() {
         }
     });
 
-    // kube-proxy: every Node, Service and EndpointSlice, no pods or Secrets
+    // kube-proxy: every Node, Service and EndpointSlice; for the network policies it
+    // enforces, pods, namespaces and NetworkPolicies (list and watch only); no Secrets
     let text = apiserver::user_kubeconfig(
         s.server().data_dir(),
         apiserver::KUBE_PROXY_USER,
@@ -729,21 +730,29 @@ fn nodes_read_only_their_own_node_and_pods() {
     assert!(out.contains("node/a") && out.contains("node/b"), "{out}");
     let (ok, _, err) = as_node(&s, &proxy, &["get", "--raw", &watch("")], None);
     assert!(ok, "{err}");
-    for what in ["services", "endpointslices", "endpoints"] {
+    for what in [
+        "services",
+        "endpointslices",
+        "endpoints",
+        "pods",
+        "namespaces",
+        "networkpolicies",
+    ] {
         let (ok, _, err) = as_node(&s, &proxy, &["get", what, "-A"], None);
         assert!(ok, "{what}: {err}");
     }
+    let (ok, _, err) = as_node(&s, &proxy, &["get", "pod", "x", "-n", NS], None);
+    assert!(
+        !ok && err.contains(r#"User "system:kube-proxy" cannot get resource "pods""#),
+        "a single pod is not read: {err}"
+    );
     let (ok, _, err) = as_node(&s, &proxy, &["auth", "can-i", "create", "events"], None);
     assert!(ok, "{err}");
-    for what in ["pods", "secrets"] {
-        let (ok, _, err) = as_node(&s, &proxy, &["get", what, "-A"], None);
-        assert!(
-            !ok && err.contains(&format!(
-                r#"User "system:kube-proxy" cannot list resource "{what}""#
-            )),
-            "{what}: {err}"
-        );
-    }
+    let (ok, _, err) = as_node(&s, &proxy, &["get", "secrets", "-A"], None);
+    assert!(
+        !ok && err.contains(r#"User "system:kube-proxy" cannot list resource "secrets""#),
+        "{err}"
+    );
     let (ok, _, err) = as_node(&s, &proxy, &["label", "node", "a", "x=y"], None);
     assert!(
         !ok && err.contains(r#"User "system:kube-proxy" cannot patch resource "nodes""#),

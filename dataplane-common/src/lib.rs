@@ -186,6 +186,11 @@ pub const MARK_MASQ: u32 = 0x4000;
 /// entry created per flow for nothing. Masqueraded flows (NodePorts, [`MARK_MASQ`]) are not
 /// marked: netfilter's masquerade needs its conntrack entry.
 pub const MARK_NOTRACK: u32 = 0x2000;
+/// The skb mark bit the tc program adds to the replies it reverse-NATs. Those flows are out
+/// of netfilter's conntrack ([`MARK_NOTRACK`]), so the network policy rules cannot see a
+/// reply as `ESTABLISHED`; this bit says it is one (only a flow the programs opened has a
+/// reply entry to match).
+pub const MARK_REPLY: u32 = 0x1000;
 
 /// Direction of a conntrack entry.
 pub const CT_DIR_FORWARD: u8 = 0;

@@ -1,6 +1,6 @@
 //! Packet parsing and rewriting for the two attach points.
 
-use dataplane_common::{MARK_MASQ, MARK_NOTRACK, PROTO_TCP, PROTO_UDP};
+use dataplane_common::{MARK_MASQ, MARK_NOTRACK, MARK_REPLY, PROTO_TCP, PROTO_UDP};
 
 use crate::lb::{self, Action, Counter, Tuple, Verdict};
 
@@ -204,8 +204,13 @@ fn plan(p: &Parsed) -> Plan {
                 rw,
                 rw2,
                 new_flow: false,
-                // a masqueraded flow's replies are un-masqueraded by netfilter's conntrack
-                mark: if masq { 0 } else { MARK_NOTRACK },
+                // a masqueraded flow's replies are un-masqueraded by netfilter's conntrack;
+                // every reply says it is one to the network policy rules
+                mark: if masq {
+                    MARK_REPLY
+                } else {
+                    MARK_NOTRACK | MARK_REPLY
+                },
             }
         }
         Action::NoBackend { rev_nat_id } => {

@@ -65,6 +65,10 @@ pub struct NodeArgs {
     /// Do not run the Service proxy on this node (k3s's flag name).
     #[arg(long = "disable-kube-proxy")]
     pub disable_kube_proxy: bool,
+    /// Do not enforce NetworkPolicies on this node (k3s's flag name). They are enforced by
+    /// the Service proxy, so `--disable-kube-proxy` turns them off too.
+    #[arg(long = "disable-network-policy")]
+    pub disable_network_policy: bool,
     /// Do not route other nodes' pod CIDRs via their addresses (when another network
     /// layer does, or nodes do not share a link).
     #[arg(long = "disable-pod-routes")]
@@ -249,6 +253,7 @@ pub async fn start(
     proxy.interfaces = uplink(args.ip()).into_iter().collect();
     proxy.metrics_bind_address =
         std::net::SocketAddr::from(([127, 0, 0, 1], args.proxy_metrics_port));
+    proxy.network_policy = !args.disable_network_policy;
     components.spawn("proxy", shutdown, |token| proxy::run(proxy, token));
     Ok(own)
 }

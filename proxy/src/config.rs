@@ -130,6 +130,11 @@ pub struct Config {
     #[arg(long)]
     pub netns: Option<PathBuf>,
 
+    /// Enforce NetworkPolicies for this node's pods (filter-table rules in the proxy's
+    /// network namespace, in either mode; `kaze server|agent` turn it on).
+    #[arg(long = "network-policy")]
+    pub network_policy: bool,
+
     /// Remove what either mode left on this node (the eBPF programs and maps pinned under
     /// `--bpf-pin-root`, kaze's iptables chains and rules in every iptables implementation)
     /// and exit, as `kube-proxy --cleanup`. Needs no apiserver.
@@ -157,6 +162,7 @@ impl Config {
             min_sync_period: Duration::from_millis(100),
             nodeport_addresses: Vec::new(),
             netns: None,
+            network_policy: false,
             cleanup: false,
         }
     }

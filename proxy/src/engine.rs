@@ -527,7 +527,8 @@ pub struct Cleaned {
 /// on this node — the eBPF dataplane's pins under `pin_root` (detaching its tc, XDP and
 /// cgroup programs and freeing its maps; it waits until the tc programs are gone) and kaze's
 /// chains and rules in every iptables implementation (iptables mode's and eBPF mode's
-/// masquerade and notrack rules). Needs no apiserver; safe to run again.
+/// masquerade and notrack rules, and the network policy chains). Needs no apiserver; safe to
+/// run again.
 pub fn cleanup(pin_root: &Path) -> Result<Cleaned, DataplaneError> {
     let tc_ifaces = pinned_tc_interfaces(pin_root);
     let pins = remove_pins(pin_root)?;
@@ -536,6 +537,7 @@ pub fn cleanup(pin_root: &Path) -> Result<Cleaned, DataplaneError> {
     }
     let chains = iptables::cleanup_all_except(None);
     iptables::remove_ebpf_rules();
+    let chains = crate::netpol::cleanup() || chains;
     Ok(Cleaned { pins, chains })
 }
 

@@ -18,6 +18,7 @@ pub mod iptables;
 mod linkwatch;
 mod metrics;
 pub mod netns;
+pub mod netpol;
 mod run;
 mod services;
 mod sys;

@@ -130,6 +130,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         },
     );
 
+    if config.network_policy {
+        tasks.spawn(crate::netpol::run(
+            client.clone(),
+            node_name.clone(),
+            config.netns.clone(),
+            config.iptables_backend,
+            shutdown.child_token(),
+        ));
+    }
+
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         r = sync_loop(&config, &node_name, mode, &worker, &metrics, &shared, &changed, &shutdown,

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use harness::{kaze_iptables_lines, Harness};
+use harness::{iptables_saves, kaze_iptables_lines, Harness};
 use proxy::ProxyMode;
 use serde_json::json;
 use support::netns::{in_netns, tcp_once, udp_ask, Conn, Netns, Topology};
@@ -1089,4 +1089,188 @@ fn idle_udp_flows_expire_in_ebpf_mode() {
         "an expired UDP tuple is a new flow (next backend in round-robin order)"
     );
     h.stop_proxy();
+}
+
+/// A pod object for an address of the topology, on `node`, Running with that address (no
+/// kubelet runs here: the test writes the status a kubelet would).
+fn put_pod(h: &Harness, name: &str, ip: std::net::Ipv4Addr, labels: serde_json::Value) {
+    use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+    let sas: kube::Api<ServiceAccount> = kube::Api::namespaced(h.client.clone(), "default");
+    if h.block_on(sas.get_opt("default"))
+        .expect("reading the service account")
+        .is_none()
+    {
+        let sa = serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa");
+        h.block_on(sas.create(&kube::api::PostParams::default(), &sa))
+            .expect("creating the default service account");
+    }
+    let pods: kube::Api<Pod> = kube::Api::namespaced(h.client.clone(), "default");
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": h.node_name, "containers": [{"name": "echo", "image": "kaze/echo",
+                 "ports": [{"name": "http", "containerPort": 8080}]}]}
+    }))
+    .expect("pod");
+    h.block_on(pods.create(&kube::api::PostParams::default(), &pod))
+        .expect("creating the pod");
+    let status = json!({"status": {"phase": "Running", "podIP": ip.to_string(),
+                                   "podIPs": [{"ip": ip.to_string()}]}});
+    h.block_on(pods.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    ))
+    .expect("writing the pod's status");
+}
+
+/// NetworkPolicies, enforced by the proxy (`--network-policy`) on the node the pods run on,
+/// in both modes: an ingress policy lets in only its peers on its ports (direct and through
+/// the Service), and a client isolated for ingress still gets its replies (the eBPF
+/// programs mark the Service replies, since they keep those flows out of netfilter's
+/// conntrack); a changed port keeps everyone else out (dropped); an egress
+/// policy with an ipBlock and an except lets the client reach only what it allows; with no
+/// policy left every pod is reachable again and no pod chain is left.
+#[test]
+fn network_policies_are_enforced_for_this_nodes_pods() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
+        let mut h = Harness::new(&format!("k8s-netpol-{}", mode.as_str()), mode);
+        h.config.network_policy = true;
+        h.start_proxy();
+        let vip = h.create_service("web", json!({}));
+        h.put_slice("web", &[0, 1, 2], &[]);
+        h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+        for i in 0..3 {
+            put_pod(
+                &h,
+                &format!("backend-{i}"),
+                Topology::backend_addr(i),
+                json!({"app": "web", "name": format!("backend-{i}")}),
+            );
+        }
+        put_pod(
+            &h,
+            "client",
+            Topology::client_addr(),
+            json!({"app": "client"}),
+        );
+        let backend_at =
+            |i: usize| SocketAddrV4::new(Topology::backend_addr(i), harness::BACKEND_PORT);
+        let connect = |to: SocketAddrV4| {
+            in_netns(h.client_ns().name(), || {
+                TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_millis(500))
+            })
+        };
+        let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(h.client.clone(), "default");
+        let put_policy = |name: &str, spec: serde_json::Value| {
+            let p: NetworkPolicy =
+                serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))
+                    .expect("policy");
+            let pp = kube::api::PatchParams::apply("netpol-test").force();
+            h.block_on(policies.patch(name, &pp, &kube::api::Patch::Apply(&p)))
+                .expect("applying the policy");
+        };
+        for i in 0..3 {
+            assert!(tcp_once(h.client_ns(), backend_at(i)).starts_with("backend-"));
+        }
+
+        // the client takes no connection from anyone: replies to its own connections still
+        // come back (conntrack in iptables mode; in eBPF mode the programs' reply mark,
+        // since its Service flows are not in netfilter's conntrack)
+        put_policy(
+            "client-no-ingress",
+            json!({"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Ingress"]}),
+        );
+        // ingress: only app=client, on the named port "http" (8080)
+        put_policy(
+            "web-from-client",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                                "ports": [{"port": "http"}]}]}),
+        );
+        let policy_lines = || -> Vec<String> {
+            iptables_saves(&h.topo.node)
+                .into_iter()
+                .flat_map(|(_, save)| {
+                    save.lines()
+                        .filter(|l| l.contains("KZNP-"))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        h.wait_for("the ingress policy programmed", PROGRAMMING_BOUND, |_| {
+            policy_lines().iter().any(|l| l.starts_with("-A KZNP-I-"))
+        });
+        for i in 0..3 {
+            assert!(
+                tcp_once(h.client_ns(), backend_at(i)).starts_with("backend-"),
+                "{mode:?}: the allowed client reaches backend-{i}"
+            );
+        }
+        let answers: Vec<String> = (0..9)
+            .map(|_| tcp_once(h.client_ns(), Harness::vip(vip, 80)))
+            .collect();
+        assert_eq!(
+            seen(&answers),
+            (0..3).map(backend).collect(),
+            "{mode:?}: the allowed client reaches the Service and its replies come back: {answers:?}"
+        );
+
+        // the policy's port no longer matches: the client is kept out, direct and through
+        // the Service
+        put_policy(
+            "web-from-client",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                                "ports": [{"port": 9999}]}]}),
+        );
+        h.wait_for("the client kept out", PROGRAMMING_BOUND, |_| {
+            connect(backend_at(0)).is_err()
+        });
+        let err = connect(backend_at(1)).expect_err("kept out");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::TimedOut,
+            "{mode:?}: dropped: {err}"
+        );
+        assert!(
+            connect(Harness::vip(vip, 80)).is_err(),
+            "{mode:?}: the Service's backends are isolated too"
+        );
+
+        // egress of the client: 10.200.0.0/16 but backend-2's /24, on 8080 only
+        h.block_on(policies.delete("web-from-client", &Default::default()))
+            .expect("deleting the ingress policy");
+        put_policy(
+            "client-out",
+            json!({"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"ipBlock": {"cidr": "10.200.0.0/16",
+                                                   "except": [format!("{}/24", Topology::backend_addr(2))]}}],
+                               "ports": [{"port": 8080, "protocol": "TCP"}]}]}),
+        );
+        h.wait_for("the except kept out", PROGRAMMING_BOUND, |_| {
+            connect(backend_at(2)).is_err()
+        });
+        for i in 0..2 {
+            assert!(
+                tcp_once(h.client_ns(), backend_at(i)).starts_with("backend-"),
+                "{mode:?}: the egress policy lets the client reach backend-{i}"
+            );
+        }
+
+        for name in ["client-out", "client-no-ingress"] {
+            h.block_on(policies.delete(name, &Default::default()))
+                .expect("deleting a policy");
+        }
+        h.wait_for("every pod reachable again", PROGRAMMING_BOUND, |_| {
+            connect(backend_at(2)).is_ok()
+        });
+        let left: Vec<String> = policy_lines()
+            .into_iter()
+            .filter(|l| l.contains("KZNP-I-") || l.contains("KZNP-E-") || l.contains("KZNP-X-"))
+            .collect();
+        assert!(left.is_empty(), "{mode:?}: pod chains left: {left:#?}");
+        h.stop_proxy();
+    }
 }

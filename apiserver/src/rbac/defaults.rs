@@ -15,6 +15,7 @@ static CLUSTER_ROLES: LazyLock<HashMap<&'static str, Vec<Rule>>> = LazyLock::new
         "view",
         "system:node",
         NODE_PROXIER,
+        NETWORK_POLICY,
         "system:discovery",
         "system:basic-user",
         "kaze:cluster-info",
@@ -38,8 +39,11 @@ const SELF_NODE_CLIENT: &str =
 /// proxy and pod routes).
 const NODE_PROXIER: &str = "system:node-proxier";
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
+/// kaze's role for the network policy enforcement, which runs in the Service proxy (k3s
+/// gives its kube-router policy controller the same reads).
+const NETWORK_POLICY: &str = "kaze:network-policy";
 
-static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 9]> =
+static BINDINGS: LazyLock<[(Subject, &'static str, Option<&'static str>); 10]> =
     LazyLock::new(make_bindings);
 
 /// The rules of built-in ClusterRole `name`, if there is one.
@@ -182,6 +186,14 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
             ),
             rule(&READ, &["node.k8s.io"], &["runtimeclasses"]),
         ],
+        NETWORK_POLICY => vec![
+            rule(&["list", "watch"], &[""], &["pods", "namespaces"]),
+            rule(
+                &["list", "watch"],
+                &["networking.k8s.io"],
+                &["networkpolicies"],
+            ),
+        ],
         // upstream's kube-proxy role (1.37): kaze's Service proxy and pod routes run as
         // `system:kube-proxy`, not with the node's credentials
         NODE_PROXIER => vec![
@@ -267,10 +279,11 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
 
 /// Built-in bindings: subject, ClusterRole, and the namespace a RoleBinding-like one is
 /// limited to.
-fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 9] {
+fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 10] {
     [
         // (system:node is bound to nobody: the Node authorizer applies it)
         (Subject::User(KUBE_PROXY_USER.into()), NODE_PROXIER, None),
+        (Subject::User(KUBE_PROXY_USER.into()), NETWORK_POLICY, None),
         (
             Subject::Group("system:bootstrappers".into()),
             "system:node-bootstrapper",

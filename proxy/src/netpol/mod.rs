@@ -1,0 +1,294 @@
+//! NetworkPolicy enforcement for the pods of this node (`kaze proxy --network-policy`; `kaze
+//! server|agent` turn it on unless `--disable-network-policy`, as k3s runs kube-router's
+//! policy controller): watches NetworkPolicies, pods and namespaces, computes what each local
+//! pod may receive and send ([`policy`]) and keeps the filter table's `KZNP-` chains equal to
+//! it ([`rules`]), in either proxy mode. IPv4, TCP and UDP.
+
+pub mod policy;
+pub mod rules;
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod},
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    runtime::{watcher, WatchStreamExt},
+    Api, Client, ResourceExt,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::IptablesBackend,
+    iptables::{IptablesError, Tools},
+    services::Protocol,
+};
+use policy::{PodInfo, PodRules};
+
+/// Changes arriving within this time are applied together.
+const BATCH: Duration = Duration::from_millis(100);
+/// How often the rules are restored even without a change (someone flushed the table).
+const RESYNC: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Cache {
+    policies: BTreeMap<String, NetworkPolicy>,
+    pods: BTreeMap<String, PodInfo>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Which of the three watches have listed everything once.
+    synced: [bool; 3],
+}
+
+/// The pod as the enforcement sees it; `None` for pods it ignores (no IPv4 address yet,
+/// finished, or on the host's network, which policies do not apply to).
+pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
+    let mut ports = Vec::new();
+    for c in &spec.containers {
+        for p in c.ports.iter().flatten() {
+            let (Some(name), Ok(number)) = (&p.name, u16::try_from(p.container_port)) else {
+                continue;
+            };
+            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                _ => continue,
+            };
+            ports.push((name.clone(), protocol, number));
+        }
+    }
+    Some(PodInfo {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        ip,
+        node: spec.node_name.clone(),
+        labels: pod.labels().clone(),
+        ports,
+    })
+}
+
+/// Runs until `shutdown`; the rules stay in place afterwards (a restarted proxy replaces
+/// them), as the Service rules do.
+pub async fn run(
+    client: Client,
+    node: String,
+    netns: Option<PathBuf>,
+    backend: IptablesBackend,
+    shutdown: CancellationToken,
+) {
+    let cache = Arc::new(Mutex::new(Cache::default()));
+    let changed = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(feed(
+        Api::<NetworkPolicy>::all(client.clone()),
+        cache.clone(),
+        changed.clone(),
+        0,
+        |c, p: NetworkPolicy| {
+            c.policies.insert(key(&p), p);
+        },
+        |c, p: &NetworkPolicy| {
+            c.policies.remove(&key(p));
+        },
+    ));
+    tasks.spawn(feed(
+        Api::<Pod>::all(client.clone()),
+        cache.clone(),
+        changed.clone(),
+        1,
+        |c, p: Pod| {
+            let k = key(&p);
+            match pod_info(&p) {
+                Some(info) => c.pods.insert(k, info),
+                None => c.pods.remove(&k),
+            };
+        },
+        |c, p: &Pod| {
+            c.pods.remove(&key(p));
+        },
+    ));
+    tasks.spawn(feed(
+        Api::<Namespace>::all(client),
+        cache.clone(),
+        changed.clone(),
+        2,
+        |c, n: Namespace| {
+            c.namespaces.insert(n.name_any(), n.labels().clone());
+        },
+        |c, n: &Namespace| {
+            c.namespaces.remove(&n.name_any());
+        },
+    ));
+
+    // iptables-restore runs on a thread of its own: with --netns it must run inside
+    // another network namespace, a per-thread property
+    let (tx, rx) = mpsc::channel::<Vec<PodRules>>();
+    let thread = std::thread::Builder::new()
+        .name("kaze-netpol".into())
+        .spawn(move || apply_thread(netns, backend, rx));
+    if let Err(e) = thread {
+        warn!(error = %e, "starting the network policy thread; policies are not enforced");
+        return;
+    }
+    let mut last: Option<Vec<PodRules>> = None;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = changed.notified() => {}
+            _ = resync.tick() => last = None,
+        }
+        tokio::time::sleep(BATCH).await;
+        let rules = {
+            let c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            // until every list is in, an isolated pod could lose a peer it has
+            if !c.synced.iter().all(|s| *s) {
+                continue;
+            }
+            let policies: Vec<&NetworkPolicy> = c.policies.values().collect();
+            let pods: Vec<PodInfo> = c.pods.values().cloned().collect();
+            policy::compute(&policies, &pods, &c.namespaces, &node)
+        };
+        if last.as_ref() == Some(&rules) {
+            continue;
+        }
+        debug!(isolated_pods = rules.len(), "network policies changed");
+        if tx.send(rules.clone()).is_err() {
+            warn!("the network policy thread is gone; policies are no longer updated");
+            break;
+        }
+        last = Some(rules);
+    }
+    tasks.abort_all();
+}
+
+fn key<K: kube::Resource>(o: &K) -> String {
+    format!(
+        "{}/{}",
+        o.meta().namespace.as_deref().unwrap_or(""),
+        o.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+async fn feed<K>(
+    api: Api<K>,
+    cache: Arc<Mutex<Cache>>,
+    changed: Arc<Notify>,
+    index: usize,
+    apply: fn(&mut Cache, K),
+    delete: fn(&mut Cache, &K),
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut fresh: Option<Vec<K>> = None;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "network policy watch");
+                continue;
+            }
+        };
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Init => fresh = Some(Vec::new()),
+            watcher::Event::InitApply(o) => fresh.get_or_insert_with(Vec::new).push(o),
+            watcher::Event::InitDone => {
+                // a relist replaces what this watch had
+                match index {
+                    0 => c.policies.clear(),
+                    1 => c.pods.clear(),
+                    _ => c.namespaces.clear(),
+                }
+                for o in fresh.take().unwrap_or_default() {
+                    apply(&mut c, o);
+                }
+                c.synced[index] = true;
+            }
+            watcher::Event::Apply(o) => apply(&mut c, o),
+            watcher::Event::Delete(o) => delete(&mut c, &o),
+        }
+        drop(c);
+        changed.notify_one();
+    }
+}
+
+fn apply_thread(
+    netns: Option<PathBuf>,
+    backend: IptablesBackend,
+    rx: mpsc::Receiver<Vec<PodRules>>,
+) {
+    if let Some(ns) = &netns {
+        if let Err(e) = crate::worker::enter_netns(ns) {
+            warn!(error = %e, "network policies are not enforced");
+            return;
+        }
+    }
+    let tools = match Tools::choose(backend) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "no iptables for network policies; they are not enforced");
+            return;
+        }
+    };
+    while let Ok(mut rules) = rx.recv() {
+        // only the latest matters
+        while let Ok(newer) = rx.try_recv() {
+            rules = newer;
+        }
+        match apply(&tools, &rules) {
+            Ok(()) => info!(isolated_pods = rules.len(), "network policies programmed"),
+            Err(e) => warn!(error = %e, "programming network policies"),
+        }
+    }
+}
+
+fn apply(tools: &Tools, pods: &[PodRules]) -> Result<(), IptablesError> {
+    let save = tools.save(Some("filter"))?;
+    let input = rules::render(pods, &rules::chains_in(&save), !rules::has_jump(&save));
+    tools.restore(&input)
+}
+
+/// Removes the policy chains from every installed iptables implementation (`--cleanup`).
+/// Returns whether there were any.
+pub fn cleanup() -> bool {
+    let mut found = false;
+    for tools in Tools::installed() {
+        let input = match tools.save(Some("filter")) {
+            Ok(save) => rules::cleanup_input(&save),
+            Err(e) => {
+                warn!(error = %e, "reading the filter table");
+                None
+            }
+        };
+        if let Some(input) = input {
+            match tools.restore(&input) {
+                Ok(()) => found = true,
+                Err(e) => warn!(error = %e, "removing the network policy chains"),
+            }
+        }
+    }
+    found
+}
