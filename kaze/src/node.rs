@@ -178,7 +178,9 @@ pub async fn start(
         pod_infra_container_image: "docker.io/kaze/pause:1".into(),
         cni_bin_dir: "/usr/lib/cni".into(),
         cni_bridge: args.cni_bridge.clone(),
-        ip_masq: true,
+        // the pod routes masquerade pods' traffic leaving the pod network and leave
+        // pod-to-pod traffic alone; without them, the bridge masquerades all but its subnet
+        ip_masq: args.disable_pod_routes || proxy_kubeconfig.is_none(),
         node_labels: labels,
         max_pods: 110,
         port: args.kubelet_port,

@@ -7,6 +7,13 @@
 //! routes it made (`ip route show proto 75`) and removes those of nodes that went away,
 //! and never touches anyone else's. They stay when kaze stops, like the dataplane: a
 //! restarting agent does not cut pods off from each other.
+//!
+//! The same loop keeps the pods' masquerade ([`MASQ_CHAIN`], flannel's rule): traffic from
+//! this node's pods leaving the cluster's pod network is masqueraded to the node's address,
+//! and traffic to any node's pod CIDR keeps the pod's address, as the Kubernetes network
+//! model asks (pods reach each other without NAT; NetworkPolicies and servers see the
+//! client pod's own address). The CNI bridge's own `ipMasq`, which masquerades everything
+//! outside the node's own subnet, is off while this loop runs.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -49,6 +56,69 @@ pub fn desired(nodes: &[Node], this: &str, own_ip: IpAddr) -> BTreeMap<String, I
         routes.insert(cidr, ip);
     }
     routes
+}
+
+/// The nat chain masquerading pods' traffic that leaves the pod network (not `KAZE-`: the
+/// Service proxy's mode switches remove those chains).
+pub const MASQ_CHAIN: &str = "KZPOD-MASQ";
+/// The jump from `POSTROUTING`, after `-A POSTROUTING `.
+const MASQ_JUMP: &str = "-m comment --comment \"kaze pod masquerade\" -j KZPOD-MASQ";
+
+/// The pod CIDRs of every node (this one's first), or None while this node has none.
+pub fn pod_cidrs(nodes: &[Node], this: &str) -> Option<Vec<String>> {
+    let cidr = |n: &Node| n.spec.as_ref().and_then(|s| s.pod_cidr.clone());
+    let own = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(this))
+        .and_then(cidr)?;
+    let mut others: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(this))
+        .filter_map(cidr)
+        .filter(|c| *c != own)
+        .collect();
+    others.sort();
+    others.dedup();
+    let mut all = vec![own];
+    all.extend(others);
+    Some(all)
+}
+
+/// The iptables-restore input (nat table) for [`MASQ_CHAIN`]: `cidrs` from [`pod_cidrs`].
+pub fn masq_input(cidrs: &[String], jump_missing: bool) -> String {
+    let mut out = format!("*nat\n:{MASQ_CHAIN} - [0:0]\n");
+    if jump_missing {
+        out.push_str(&format!("-I POSTROUTING 1 {MASQ_JUMP}\n"));
+    }
+    if let Some(own) = cidrs.first() {
+        out.push_str(&format!("-A {MASQ_CHAIN} ! -s {own} -j RETURN\n"));
+        for cidr in cidrs {
+            out.push_str(&format!(
+                "-A {MASQ_CHAIN} -d {cidr} -m comment --comment \"pod to pod: no NAT\" -j RETURN\n"
+            ));
+        }
+        out.push_str(&format!("-A {MASQ_CHAIN} -d 224.0.0.0/4 -j RETURN\n"));
+        out.push_str(&format!(
+            "-A {MASQ_CHAIN} -m comment --comment \"pods' traffic leaving the pod network\" -j MASQUERADE\n"
+        ));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Makes [`MASQ_CHAIN`] say `cidrs`, with the iptables the Service proxy uses.
+fn apply_masq(cidrs: &[String]) -> anyhow::Result<()> {
+    let tools = proxy::iptables::Tools::choose(proxy::IptablesBackend::Auto)
+        .context("finding iptables for the pod masquerade")?;
+    let save = tools.save(Some("nat")).context("reading the nat table")?;
+    let jump_missing = !save.lines().any(|l| {
+        l.strip_prefix("-A POSTROUTING ")
+            .is_some_and(|r| r.trim() == MASQ_JUMP)
+    });
+    tools
+        .restore(&masq_input(cidrs, jump_missing))
+        .context("writing the pod masquerade")?;
+    Ok(())
 }
 
 /// Routes with [`PROTO`] in the main table: destination → gateway.
@@ -134,6 +204,7 @@ pub async fn run(
     );
     futures::pin_mut!(stream);
     let mut last: Option<BTreeMap<String, IpAddr>> = None;
+    let mut last_masq: Option<Vec<String>> = None;
     let mut listed = false;
     loop {
         let retry = tokio::time::sleep(Duration::from_secs(5));
@@ -148,12 +219,31 @@ pub async fn run(
                 None => return Ok(()),
             },
             // also re-check now and then: someone may have removed a route by hand
-            _ = retry => last = None,
+            _ = retry => {
+                last = None;
+                last_masq = None;
+            }
         }
         if !listed {
             continue;
         }
         let nodes: Vec<Node> = reader.state().iter().map(|n| (**n).clone()).collect();
+        if let Some(cidrs) = pod_cidrs(&nodes, &this) {
+            if last_masq.as_ref() != Some(&cidrs) {
+                let result = tokio::task::spawn_blocking({
+                    let cidrs = cidrs.clone();
+                    move || apply_masq(&cidrs)
+                })
+                .await
+                .context("masquerade task")?;
+                match result {
+                    Ok(()) => last_masq = Some(cidrs),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "programming the pod masquerade; retrying")
+                    }
+                }
+            }
+        }
         let want = desired(&nodes, &this, own_ip);
         if last.as_ref() == Some(&want) {
             continue;
@@ -223,5 +313,36 @@ mod tests {
             want.into_iter().collect::<Vec<_>>(),
             vec![("10.42.1.0/24".to_string(), "192.0.2.2".parse().unwrap())]
         );
+    }
+
+    #[test]
+    fn pods_keep_their_address_to_every_pod_cidr_and_are_masqueraded_elsewhere() {
+        let nodes = [
+            node("b", Some("10.42.1.0/24"), Some("192.0.2.2")),
+            node("a", Some("10.42.0.0/24"), Some("192.0.2.1")),
+            node("c", None, Some("192.0.2.3")),
+            node("d", Some("10.42.3.0/24"), None),
+        ];
+        let cidrs = pod_cidrs(&nodes, "a").expect("a has a CIDR");
+        assert_eq!(cidrs, ["10.42.0.0/24", "10.42.1.0/24", "10.42.3.0/24"]);
+        assert_eq!(
+            pod_cidrs(&nodes, "c"),
+            None,
+            "no CIDR yet: nothing to masquerade"
+        );
+        let input = masq_input(&cidrs, true);
+        assert_eq!(
+            input,
+            "*nat\n:KZPOD-MASQ - [0:0]\n\
+             -I POSTROUTING 1 -m comment --comment \"kaze pod masquerade\" -j KZPOD-MASQ\n\
+             -A KZPOD-MASQ ! -s 10.42.0.0/24 -j RETURN\n\
+             -A KZPOD-MASQ -d 10.42.0.0/24 -m comment --comment \"pod to pod: no NAT\" -j RETURN\n\
+             -A KZPOD-MASQ -d 10.42.1.0/24 -m comment --comment \"pod to pod: no NAT\" -j RETURN\n\
+             -A KZPOD-MASQ -d 10.42.3.0/24 -m comment --comment \"pod to pod: no NAT\" -j RETURN\n\
+             -A KZPOD-MASQ -d 224.0.0.0/4 -j RETURN\n\
+             -A KZPOD-MASQ -m comment --comment \"pods' traffic leaving the pod network\" -j MASQUERADE\n\
+             COMMIT\n"
+        );
+        assert!(!masq_input(&cidrs, false).contains("-I POSTROUTING"));
     }
 }
