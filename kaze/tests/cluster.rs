@@ -1064,7 +1064,31 @@ fn suite(mode: &'static str, index: u8) {
             panic!("[{mode}] the allowed client reaches the pod at {ip} on every node:\n{out}\n{pods}\n{dump}");
         }
     }
-    c.ok(&["delete", "networkpolicy", "web-deny", "web-from-client"]);
+    // the client isolated for egress: the cluster DNS as upstream's policies name it (the
+    // kube-dns pods of kube-system on port 53; kaze serves it from the server's host) and
+    // the web pods; nothing else, not even the API server
+    c.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-egress, namespace: default}\nspec:\n  podSelector: {matchLabels: {role: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]\n    ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]\n  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n",
+    );
+    let api = format!("{}:6443", c.lan.node_ip(0));
+    c.eventually(
+        "the egress-isolated client kept away from the API server",
+        Duration::from_secs(30),
+        || from_client(&api, "1").contains("timed out").then_some(()),
+    );
+    let out = from_client("web.default.svc.cluster.local:8080", "6");
+    let (per_pod, errors) = tally(&out);
+    assert!(
+        errors.is_empty() && !per_pod.is_empty(),
+        "[{mode}] the egress-isolated client resolves the Service's name and reaches it:\n{out}"
+    );
+    c.ok(&[
+        "delete",
+        "networkpolicy",
+        "web-deny",
+        "web-from-client",
+        "client-egress",
+    ]);
 
     c.step("5: NodePort from the host namespace");
     let node_port = c.ok(&[

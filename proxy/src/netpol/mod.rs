@@ -18,6 +18,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
 use kube::{
@@ -45,8 +46,43 @@ struct Cache {
     policies: BTreeMap<String, NetworkPolicy>,
     pods: BTreeMap<String, PodInfo>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    /// Which of the three watches have listed everything once.
-    synced: [bool; 3],
+    /// The cluster DNS's EndpointSlices (`kube-system`, service `kube-dns`).
+    dns: BTreeMap<String, EndpointSlice>,
+    /// Which of the four watches have listed everything once.
+    synced: [bool; 4],
+}
+
+impl Cache {
+    /// The cluster DNS's ready IPv4 endpoints and their ports.
+    fn dns_endpoints(&self) -> Vec<(Ipv4Addr, Vec<(Protocol, u16)>)> {
+        let mut out = Vec::new();
+        for slice in self.dns.values().filter(|s| s.address_type == "IPv4") {
+            let ports: Vec<(Protocol, u16)> = slice
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                        "TCP" => Protocol::Tcp,
+                        "UDP" => Protocol::Udp,
+                        _ => return None,
+                    };
+                    Some((protocol, u16::try_from(p.port?).ok()?))
+                })
+                .collect();
+            for ep in slice.endpoints.iter().flatten() {
+                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for a in &ep.addresses {
+                    if let Ok(ip) = a.parse() {
+                        out.push((ip, ports.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The pod as the enforcement sees it; `None` for pods it ignores (no IPv4 address yet,
@@ -82,6 +118,7 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         node: spec.node_name.clone(),
         labels: pod.labels().clone(),
         ports,
+        translate: Vec::new(),
     })
 }
 
@@ -126,6 +163,26 @@ pub async fn run(
         },
     ));
     tasks.spawn(feed(
+        Api::<EndpointSlice>::namespaced(client.clone(), "kube-system"),
+        cache.clone(),
+        changed.clone(),
+        3,
+        |c, s: EndpointSlice| {
+            let dns = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::desired::SERVICE_NAME_LABEL))
+                .is_some_and(|n| n == "kube-dns");
+            if dns {
+                c.dns.insert(key(&s), s);
+            }
+        },
+        |c, s: &EndpointSlice| {
+            c.dns.remove(&key(s));
+        },
+    ));
+    tasks.spawn(feed(
         Api::<Namespace>::all(client),
         cache.clone(),
         changed.clone(),
@@ -165,7 +222,8 @@ pub async fn run(
                 continue;
             }
             let policies: Vec<&NetworkPolicy> = c.policies.values().collect();
-            let pods: Vec<PodInfo> = c.pods.values().cloned().collect();
+            let mut pods: Vec<PodInfo> = c.pods.values().cloned().collect();
+            pods.extend(policy::dns_pods(&c.dns_endpoints()));
             policy::compute(&policies, &pods, &c.namespaces, &node)
         };
         if last.as_ref() == Some(&rules) {
@@ -220,7 +278,8 @@ async fn feed<K>(
                 match index {
                     0 => c.policies.clear(),
                     1 => c.pods.clear(),
-                    _ => c.namespaces.clear(),
+                    2 => c.namespaces.clear(),
+                    _ => c.dns.clear(),
                 }
                 for o in fresh.take().unwrap_or_default() {
                     apply(&mut c, o);

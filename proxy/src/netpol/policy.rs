@@ -28,6 +28,40 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// Named container ports: (name, protocol, number).
     pub ports: Vec<(String, Protocol, u16)>,
+    /// For the cluster DNS, which kaze serves from the host rather than from a pod (see
+    /// [`dns_pods`]): (protocol, the port policies name, the port it is reached at).
+    pub translate: Vec<(Protocol, u16, u16)>,
+}
+
+/// The port upstream's cluster DNS pods (CoreDNS) serve on, which egress policies allow.
+pub const DNS_PORT: u16 = 53;
+
+/// The cluster DNS as the pods an egress policy expects to allow: upstream runs CoreDNS pods
+/// labelled `k8s-app: kube-dns` in `kube-system` serving port 53 (named `dns` and
+/// `dns-tcp`); kaze serves DNS from its server's host at the kube-dns EndpointSlices'
+/// addresses and ports. Each endpoint address becomes such a pod, on no node (never isolated),
+/// whose port 53 stands for the slice's port of that protocol.
+pub fn dns_pods(endpoints: &[(Ipv4Addr, Vec<(Protocol, u16)>)]) -> Vec<PodInfo> {
+    endpoints
+        .iter()
+        .map(|(ip, ports)| PodInfo {
+            namespace: "kube-system".into(),
+            name: format!("kaze-dns-{ip}"),
+            ip: *ip,
+            node: None,
+            labels: [("k8s-app".to_string(), "kube-dns".to_string())]
+                .into_iter()
+                .collect(),
+            ports: vec![
+                ("dns".into(), Protocol::Udp, DNS_PORT),
+                ("dns-tcp".into(), Protocol::Tcp, DNS_PORT),
+            ],
+            translate: ports
+                .iter()
+                .map(|(proto, actual)| (*proto, DNS_PORT, *actual))
+                .collect(),
+        })
+        .collect()
 }
 
 /// A range of addresses: network address and prefix length.
@@ -152,6 +186,9 @@ pub fn compute(
         if ingress.is_none() && egress.is_none() {
             continue;
         }
+        if let Some(egress) = &mut egress {
+            translate(egress, pods);
+        }
         for list in [&mut ingress, &mut egress].into_iter().flatten() {
             list.sort();
             list.dedup();
@@ -165,6 +202,52 @@ pub fn compute(
     }
     out.sort_by(|a, b| a.pod.cmp(&b.pod));
     out
+}
+
+/// Adds, for each pod with port translations (the cluster DNS) that an allow reaches on a
+/// translated port, the same allow at the port the pod is really reached at.
+fn translate(allows: &mut Vec<Allow>, pods: &[PodInfo]) {
+    let mut extra = Vec::new();
+    for pod in pods.iter().filter(|p| !p.translate.is_empty()) {
+        for allow in allows.iter() {
+            if !reaches(&allow.peer, pod.ip) {
+                continue;
+            }
+            for (protocol, named, actual) in &pod.translate {
+                let covered = allow.ports.as_ref().is_none_or(|ports| {
+                    ports.iter().any(|r| {
+                        r.protocol == *protocol
+                            && r.ports.is_none_or(|(a, b)| a <= *named && *named <= b)
+                    })
+                });
+                if covered {
+                    extra.push(Allow {
+                        peer: Peer::Pod(pod.ip),
+                        ports: Some(vec![PortRange {
+                            protocol: *protocol,
+                            ports: Some((*actual, *actual)),
+                        }]),
+                    });
+                }
+            }
+        }
+    }
+    allows.extend(extra);
+    allows.sort();
+    allows.dedup();
+}
+
+/// Whether `peer` covers address `ip`.
+fn reaches(peer: &Peer, ip: Ipv4Addr) -> bool {
+    let within = |(net, bits): &Cidr| {
+        let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(*net) & mask
+    };
+    match peer {
+        Peer::Any => true,
+        Peer::Pod(p) => *p == ip,
+        Peer::Block { cidr, except } => within(cidr) && !except.iter().any(within),
+    }
 }
 
 /// (isolates ingress, isolates egress) by `policyTypes` and upstream's default for it.

@@ -16,6 +16,7 @@ fn pod(ns: &str, name: &str, ip: [u8; 4], node: &str, labels: &[(&str, &str)]) -
             ("http".into(), Protocol::Tcp, 8080),
             ("dns".into(), Protocol::Udp, 5353),
         ],
+        translate: Vec::new(),
     }
 }
 
@@ -227,4 +228,76 @@ fn several_policies_add_up() {
     assert_eq!(client.ingress.as_ref().map(Vec::len), Some(1));
     assert_eq!(parse_cidr("10.1.2.3/8"), Some(([10, 0, 0, 0].into(), 8)));
     assert_eq!(parse_cidr("10.1.2.3"), None);
+}
+
+#[test]
+fn the_cluster_dns_is_allowed_as_upstreams_kube_dns_pods_would_be() {
+    let dns_ip = Ipv4Addr::new(192, 168, 5, 1);
+    let mut all = pods();
+    all.extend(dns_pods(&[(
+        dns_ip,
+        vec![(Protocol::Udp, 10053), (Protocol::Tcp, 10053)],
+    )]));
+    let mut namespaces = namespaces();
+    namespaces.insert(
+        "kube-system".into(),
+        [(
+            "kubernetes.io/metadata.name".to_string(),
+            "kube-system".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let udp = |n: u16| PortRange {
+        protocol: Protocol::Udp,
+        ports: Some((n, n)),
+    };
+    let egress = |rule: serde_json::Value| {
+        let p = policy(
+            "default",
+            json!({"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                   "egress": [rule]}),
+        );
+        compute(&[&p], &all, &namespaces, "a")[0]
+            .egress
+            .clone()
+            .expect("egress isolated")
+    };
+    // the usual rule: the kube-dns pods of kube-system on UDP 53
+    let allows = egress(json!({"to": [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"port": 53, "protocol": "UDP"}]}));
+    assert!(
+        allows.contains(&Allow {
+            peer: Peer::Pod(dns_ip),
+            ports: Some(vec![udp(10053)]),
+        }),
+        "{allows:?}"
+    );
+    // port 53 to anyone, and the named port
+    for rule in [
+        json!({"ports": [{"port": 53, "protocol": "UDP"}]}),
+        json!({"to": [{"namespaceSelector": {}}], "ports": [{"port": "dns", "protocol": "UDP"}]}),
+    ] {
+        let allows = egress(rule.clone());
+        assert!(
+            allows
+                .iter()
+                .any(|a| a.peer == Peer::Pod(dns_ip) && a.ports == Some(vec![udp(10053)])),
+            "{rule}: {allows:?}"
+        );
+    }
+    // another port, or a block without the DNS address: nothing for the DNS
+    for rule in [
+        json!({"ports": [{"port": 80}]}),
+        json!({"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}),
+        json!({"to": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.5.0/24"]}}]}),
+    ] {
+        let allows = egress(rule.clone());
+        assert!(
+            !allows.iter().any(|a| a.peer == Peer::Pod(dns_ip)),
+            "{rule}: {allows:?}"
+        );
+    }
 }
