@@ -218,7 +218,9 @@ pub fn source_ranges(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<(Ipv
     out
 }
 
-fn parse_ipv4_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+/// `a.b.c.d/n` as Go's `ParseCIDRSloppy` reads it (leading zeros allowed), host bits
+/// cleared; None for anything else (IPv6 included).
+pub(crate) fn parse_ipv4_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, bits) = s.split_once('/')?;
     let bits: u8 = bits.parse().ok().filter(|b| *b <= 32)?;
     let mut octets = [0u8; 4];

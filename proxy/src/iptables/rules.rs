@@ -80,7 +80,7 @@ pub struct Plan {
 }
 
 /// FNV-1a: stable across processes and Rust versions (chain names must survive restarts).
-fn hash(s: &str) -> String {
+pub(crate) fn hash(s: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
@@ -398,10 +398,15 @@ pub fn cleanup_input_keeping(save: &str, keep: &[&str]) -> Option<String> {
 
 /// KAZE chains declared in `save` (the output of `iptables-save -t <table>`).
 pub fn chains_in(save: &str) -> BTreeSet<String> {
+    chains_named(save, CHAIN_PREFIX)
+}
+
+/// Chains declared in `save` whose names start with `prefix`.
+pub(crate) fn chains_named(save: &str, prefix: &str) -> BTreeSet<String> {
     save.lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|d| d.split_whitespace().next())
-        .filter(|c| c.starts_with(CHAIN_PREFIX))
+        .filter(|c| c.starts_with(prefix))
         .map(str::to_string)
         .collect()
 }

@@ -239,10 +239,7 @@ fn translate(allows: &mut Vec<Allow>, pods: &[PodInfo]) {
 
 /// Whether `peer` covers address `ip`.
 fn reaches(peer: &Peer, ip: Ipv4Addr) -> bool {
-    let within = |(net, bits): &Cidr| {
-        let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(*net) & mask
-    };
+    let within = |cidr: &Cidr| crate::desired::contains(cidr, ip);
     match peer {
         Peer::Any => true,
         Peer::Pod(p) => *p == ip,
@@ -371,13 +368,10 @@ fn resolve(
     Some(Some(out))
 }
 
-/// `a.b.c.d/n` with host bits cleared; None for anything else (IPv6 included).
+/// `a.b.c.d/n` (sloppy, as upstream parses it) with host bits cleared; None for anything
+/// else (IPv6 included).
 pub fn parse_cidr(s: &str) -> Option<Cidr> {
-    let (addr, bits) = s.trim().split_once('/')?;
-    let addr: Ipv4Addr = addr.parse().ok()?;
-    let bits: u8 = bits.parse().ok().filter(|b| *b <= 32)?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-    Some((Ipv4Addr::from(u32::from(addr) & mask), bits))
+    crate::desired::parse_ipv4_cidr(s.trim())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 use std::{collections::BTreeSet, fmt::Write};
 
 use super::policy::{Allow, Peer, PodRules, PortRange};
-use crate::services::Protocol;
+use crate::{iptables::rules::hash, services::Protocol};
 
 pub const FORWARD_CHAIN: &str = "KZNP-FORWARD";
 /// Every chain of the policy enforcement starts with this.
@@ -24,16 +24,6 @@ pub const CHAIN_PREFIX: &str = "KZNP-";
 pub const JUMP: &str = "-m comment --comment \"kaze network policies\" -j KZNP-FORWARD";
 /// The mark bit an ipBlock-with-except chain sets when it allows a packet.
 const ALLOW_BIT: u32 = 0x800;
-
-/// FNV-1a, as the Service proxy's chain names (stable across restarts).
-fn hash(s: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016X}")
-}
 
 fn comment(s: &str) -> String {
     s.replace('"', "")
@@ -196,12 +186,7 @@ pub fn cleanup_input(save: &str) -> Option<String> {
 
 /// `KZNP-` chains declared in `save`.
 pub fn chains_in(save: &str) -> BTreeSet<String> {
-    save.lines()
-        .filter_map(|l| l.strip_prefix(':'))
-        .filter_map(|d| d.split_whitespace().next())
-        .filter(|c| c.starts_with(CHAIN_PREFIX))
-        .map(str::to_string)
-        .collect()
+    crate::iptables::rules::chains_named(save, CHAIN_PREFIX)
 }
 
 /// Whether `save` has the `FORWARD` jump.
