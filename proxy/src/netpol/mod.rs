@@ -40,6 +40,8 @@ use policy::{PodInfo, PodRules};
 const BATCH: Duration = Duration::from_millis(100);
 /// How often the rules are restored even without a change (someone flushed the table).
 const RESYNC: Duration = Duration::from_secs(60);
+/// How soon a failed restore is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Cache {
@@ -312,14 +314,28 @@ fn apply_thread(
             return;
         }
     };
-    while let Ok(mut rules) = rx.recv() {
+    let mut pending: Option<Vec<PodRules>> = None;
+    loop {
+        // a failed restore is tried again (with whatever is newest) after RETRY
+        let next = match pending.take() {
+            None => rx.recv().ok(),
+            Some(failed) => match rx.recv_timeout(RETRY) {
+                Ok(newer) => Some(newer),
+                Err(mpsc::RecvTimeoutError::Timeout) => Some(failed),
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let Some(mut rules) = next else { return };
         // only the latest matters
         while let Ok(newer) = rx.try_recv() {
             rules = newer;
         }
         match apply(&tools, &rules) {
             Ok(()) => info!(isolated_pods = rules.len(), "network policies programmed"),
-            Err(e) => warn!(error = %e, "programming network policies"),
+            Err(e) => {
+                warn!(error = %e, "programming network policies; trying again");
+                pending = Some(rules);
+            }
         }
     }
 }
