@@ -651,8 +651,9 @@ pub mod bench {
 }
 
 /// Removes what a kubelet left for `node` when a test ends early: pod network namespaces
-/// (`kaze-*` holding an address starting with `pod_ip_prefix`, e.g. `"10.245."`) with their
-/// veths, and the node's host-local IPAM directory. Drop it after the node's containerd.
+/// (named `kaze-<16 hex>-<node>`, or, as kubelets before session 18 named them, `kaze-*`
+/// holding an address starting with `pod_ip_prefix`, e.g. `"10.245."`) with their veths,
+/// and the node's host-local IPAM directory. Drop it after the node's containerd.
 #[derive(Debug)]
 pub struct NodeGuard {
     pub node: String,
@@ -667,7 +668,18 @@ impl Drop for NodeGuard {
             .flatten();
         for ns in netns {
             let name = ns.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("kaze-") {
+            let Some(rest) = name.strip_prefix("kaze-") else {
+                continue;
+            };
+            // the kubelet's name for this node's pods (`kubelet::runtime::netns_name`)
+            let named_for_node = rest.len() > 17
+                && rest.as_bytes()[..16].iter().all(u8::is_ascii_hexdigit)
+                && rest.as_bytes()[16] == b'-'
+                && !self.node.is_empty()
+                && (rest[17..] == self.node
+                    || (name.len() == 255 && self.node.starts_with(&rest[17..])));
+            if named_for_node {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
                 continue;
             }
             let addrs = Command::new("ip")
@@ -826,5 +838,36 @@ mod keeper_tests {
         );
         let _ = other.kill();
         let _ = other.wait();
+    }
+}
+
+#[cfg(test)]
+mod node_guard_tests {
+    use std::process::Command;
+
+    use super::NodeGuard;
+
+    fn exists(name: &str) -> bool {
+        std::path::Path::new("/var/run/netns").join(name).exists()
+    }
+
+    #[test]
+    fn a_nodes_address_less_pod_namespaces_go_and_other_nodes_stay() {
+        let node = format!("guard-{}", std::process::id());
+        let mine = format!("kaze-0123456789abcdef-{node}");
+        let other = format!("kaze-0123456789abcdef-{node}x");
+        for ns in [&mine, &other] {
+            let ok = Command::new("ip").args(["netns", "add", ns]).status();
+            assert!(ok.is_ok_and(|s| s.success()), "ip netns add {ns}");
+        }
+        drop(NodeGuard {
+            node: node.clone(),
+            pod_ip_prefix: "10.254.".into(),
+        });
+        let (mine_left, other_left) = (exists(&mine), exists(&other));
+        let _ = Command::new("ip").args(["netns", "del", &other]).status();
+        let _ = Command::new("ip").args(["netns", "del", &mine]).status();
+        assert!(!mine_left, "the node's namespace (no address) was removed");
+        assert!(other_left, "another node's namespace was left alone");
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 pub use adopt::FoundContainer as AdoptedContainer;
 pub use container::{ContainerConfig, ContainerState, ContainerStatus, ExitInfo};
 pub use exec::{AttachInput, ExecOutput, ExecStreams, FoundContainer};
-pub use sandbox::{PodSandboxConfig, Sandbox};
+pub use sandbox::{netns_name, PodSandboxConfig, Sandbox};
 
 use crate::cni::{Cni, NetworkConfig};
 use crate::containerd::Containerd;

@@ -154,7 +154,7 @@ impl Runtime {
             })?;
         let netns_name = match pod.host_network {
             Some(_) => String::new(),
-            None => format!("kaze-{}", &id[..16]),
+            None => netns_name(&id, &self.config.node_name),
         };
         let mut record = PodRecord {
             sandbox_id: id.clone(),
@@ -756,4 +756,31 @@ fn rootfs_layers(mounts: &[containerd_client::types::Mount]) -> Vec<PathBuf> {
         }
     }
     layers
+}
+
+/// The name of a pod sandbox's network namespace: `kaze-<16 hex of the sandbox id>-<node>`
+/// (cut to the 255 bytes a file name may have). The node's name in it lets whoever cleans
+/// up after a node (a test's `testkit::NodeGuard`) find its namespaces even when they hold
+/// no address yet (or any more).
+pub fn netns_name(sandbox_id: &str, node: &str) -> String {
+    let mut name = format!("kaze-{}-{node}", &sandbox_id[..16.min(sandbox_id.len())]);
+    while name.len() > 255 {
+        name.pop();
+    }
+    name
+}
+
+#[cfg(test)]
+mod netns_name_tests {
+    #[test]
+    fn the_node_is_in_the_name_within_a_file_names_length() {
+        assert_eq!(
+            super::netns_name("0123456789abcdef0123", "node-1"),
+            "kaze-0123456789abcdef-node-1"
+        );
+        assert_eq!(
+            super::netns_name("0123456789abcdef", &"n".repeat(253)).len(),
+            255
+        );
+    }
 }
