@@ -1179,6 +1179,36 @@ fn suite(mode: &'static str, index: u8) {
             },
         );
     }
+    // loadBalancerSourceRanges: the host (the LAN's .1) outside every range is kept out,
+    // dropped rather than refused; inside one it is served again
+    let lb0 = format!("{}:8090", c.lan.node_ip(0));
+    let set_ranges = |ranges: &str| {
+        c.ok(&[
+            "patch",
+            "service",
+            "web-lb",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"loadBalancerSourceRanges":[{ranges}]}}}}"#),
+        ]);
+    };
+    set_ranges(r#""192.0.2.0/24""#);
+    let err = c.eventually(
+        "the host kept out of web-lb",
+        Duration::from_secs(20),
+        || http_get(&lb0).err(),
+    );
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::TimedOut,
+        "[{mode}] dropped, not refused: {err}"
+    );
+    set_ranges(&format!(r#""{}.1/32""#, c.lan.prefix));
+    c.eventually(
+        "the host in range served by web-lb again",
+        Duration::from_secs(20),
+        || http_get(&lb0).ok(),
+    );
     c.ok(&["delete", "service", "web-lb"]);
     if mode == "ebpf" {
         // what an operator reads: the service and its 3 backends in the pinned map
