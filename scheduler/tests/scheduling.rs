@@ -129,13 +129,19 @@ async fn binds_pending_pods_and_explains_unschedulable_ones() {
     .await;
     assert_eq!(node, "n4");
 
-    // Scheduled events name the node, as upstream's do.
-    let list = events.list(&ListParams::default()).await.expect("events");
-    assert!(list
-        .items
-        .iter()
-        .any(|e| e.reason.as_deref() == Some("Scheduled")
-            && e.message.as_deref() == Some("Successfully assigned default/big to n4")));
+    // Scheduled events name the node, as upstream's do. The event is recorded after the
+    // binding (the recorder sends it on its own), so it may land a moment later.
+    wait_for("the Scheduled event", Duration::from_secs(10), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("Scheduled")
+                    && e.message.as_deref() == Some("Successfully assigned default/big to n4")
+            })
+        }
+    })
+    .await;
 
     shutdown.cancel();
     sched
