@@ -236,17 +236,22 @@ pub(crate) fn parse_ipv4_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     if parts.next().is_some() {
         return None;
     }
-    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-    Some((
-        Ipv4Addr::from(u32::from(Ipv4Addr::from(octets)) & mask),
-        bits,
-    ))
+    Some(network((Ipv4Addr::from(octets), bits)))
+}
+
+/// `range` with its host bits cleared (a prefix length over 32 counts as 32).
+pub(crate) fn network(range: (Ipv4Addr, u8)) -> (Ipv4Addr, u8) {
+    let bits = range.1.min(32);
+    (Ipv4Addr::from(u32::from(range.0) & prefix_mask(bits)), bits)
+}
+
+fn prefix_mask(bits: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0)
 }
 
 /// Whether `addr` is in `range`.
 pub fn contains(range: &(Ipv4Addr, u8), addr: Ipv4Addr) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(range.1)).unwrap_or(0);
-    u32::from(addr) & mask == u32::from(range.0) & mask
+    network((addr, range.1)) == network(*range)
 }
 
 /// upstream's default for sessionAffinityConfig.clientIP.timeoutSeconds

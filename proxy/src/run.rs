@@ -175,30 +175,43 @@ struct Shared {
     listed: [bool; 3],
 }
 
-fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+impl Listed for Shared {
+    fn set_listed(&mut self, index: usize) {
+        self.listed[index] = true;
+    }
+}
+
+/// State fed by [`watch`]es: watch `index` has listed everything once.
+pub(crate) trait Listed {
+    fn set_listed(&mut self, index: usize);
+}
+
+pub(crate) fn lock<S>(shared: &Mutex<S>) -> std::sync::MutexGuard<'_, S> {
     // a watch task that panicked mid-update leaves at worst a dirty mark behind
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How one watch's events land in [`Shared`].
-struct Feed<A, D, R> {
-    shared: Arc<Mutex<Shared>>,
-    changed: Arc<Notify>,
-    index: usize,
-    apply: A,
-    delete: D,
-    replace: R,
+/// How one watch's events land in the shared state `S` ([`Shared`], or the network policy
+/// cache).
+pub(crate) struct Feed<S, A, D, R> {
+    pub(crate) shared: Arc<Mutex<S>>,
+    pub(crate) changed: Arc<Notify>,
+    pub(crate) index: usize,
+    pub(crate) apply: A,
+    pub(crate) delete: D,
+    pub(crate) replace: R,
 }
 
 /// Watches `api`, feeding every event into the shared state and waking the sync loop. A
 /// (re)list is buffered and swapped in whole, so objects deleted while the watch was broken
 /// go away too.
-fn watch<K, A, D, R>(
+pub(crate) fn watch<S, K, A, D, R>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
     config: watcher::Config,
-    feed: Feed<A, D, R>,
+    feed: Feed<S, A, D, R>,
 ) where
+    S: Listed + Send + 'static,
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
@@ -206,9 +219,9 @@ fn watch<K, A, D, R>(
         + Send
         + Sync
         + 'static,
-    A: Fn(&mut Shared, K) + Send + 'static,
-    D: Fn(&mut Shared, K) + Send + 'static,
-    R: Fn(&mut Shared, Vec<K>) + Send + 'static,
+    A: Fn(&mut S, K) + Send + 'static,
+    D: Fn(&mut S, K) + Send + 'static,
+    R: Fn(&mut S, Vec<K>) + Send + 'static,
 {
     tasks.spawn(async move {
         let kind = K::kind(&());
@@ -228,7 +241,7 @@ fn watch<K, A, D, R>(
                 watcher::Event::InitApply(o) => buffer.push(o),
                 watcher::Event::InitDone => {
                     (feed.replace)(&mut s, std::mem::take(&mut buffer));
-                    s.listed[feed.index] = true;
+                    s.set_listed(feed.index);
                 }
                 watcher::Event::Apply(o) => (feed.apply)(&mut s, o),
                 watcher::Event::Delete(o) => (feed.delete)(&mut s, o),

@@ -15,16 +15,12 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
-use kube::{
-    runtime::{watcher, WatchStreamExt},
-    Api, Client, ResourceExt,
-};
+use kube::{runtime::watcher, Api, Client, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -32,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::IptablesBackend,
     iptables::{IptablesError, Tools},
+    run::{lock, watch, Feed},
     services::Protocol,
 };
 use policy::{PodInfo, PodRules};
@@ -52,6 +49,12 @@ struct Cache {
     dns: BTreeMap<String, EndpointSlice>,
     /// Which of the four watches have listed everything once.
     synced: [bool; 4],
+}
+
+impl crate::run::Listed for Cache {
+    fn set_listed(&mut self, index: usize) {
+        self.synced[index] = true;
+    }
 }
 
 impl Cache {
@@ -136,66 +139,99 @@ pub async fn run(
     let cache = Arc::new(Mutex::new(Cache::default()));
     let changed = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(feed(
+    let feed = |index| (cache.clone(), changed.clone(), index);
+    let (shared, notify, index) = feed(0);
+    watch(
+        &mut tasks,
         Api::<NetworkPolicy>::all(client.clone()),
-        cache.clone(),
-        changed.clone(),
-        0,
-        |c, p: NetworkPolicy| {
-            c.policies.insert(key(&p), p);
+        watcher::Config::default(),
+        Feed {
+            shared,
+            changed: notify,
+            index,
+            apply: |c: &mut Cache, p: NetworkPolicy| {
+                c.policies.insert(key(&p), p);
+            },
+            delete: |c: &mut Cache, p: NetworkPolicy| {
+                c.policies.remove(&key(&p));
+            },
+            replace: |c: &mut Cache, all: Vec<NetworkPolicy>| {
+                c.policies = all.into_iter().map(|p| (key(&p), p)).collect();
+            },
         },
-        |c, p: &NetworkPolicy| {
-            c.policies.remove(&key(p));
-        },
-    ));
-    tasks.spawn(feed(
+    );
+    let (shared, notify, index) = feed(1);
+    watch(
+        &mut tasks,
         Api::<Pod>::all(client.clone()),
-        cache.clone(),
-        changed.clone(),
-        1,
-        |c, p: Pod| {
-            let k = key(&p);
-            match pod_info(&p) {
-                Some(info) => c.pods.insert(k, info),
-                None => c.pods.remove(&k),
-            };
+        watcher::Config::default(),
+        Feed {
+            shared,
+            changed: notify,
+            index,
+            apply: |c: &mut Cache, p: Pod| {
+                let k = key(&p);
+                match pod_info(&p) {
+                    Some(info) => c.pods.insert(k, info),
+                    None => c.pods.remove(&k),
+                };
+            },
+            delete: |c: &mut Cache, p: Pod| {
+                c.pods.remove(&key(&p));
+            },
+            replace: |c: &mut Cache, all: Vec<Pod>| {
+                c.pods = all
+                    .iter()
+                    .filter_map(|p| Some((key(p), pod_info(p)?)))
+                    .collect();
+            },
         },
-        |c, p: &Pod| {
-            c.pods.remove(&key(p));
+    );
+    let (shared, notify, index) = feed(2);
+    watch(
+        &mut tasks,
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        Feed {
+            shared,
+            changed: notify,
+            index,
+            apply: |c: &mut Cache, n: Namespace| {
+                c.namespaces.insert(n.name_any(), n.labels().clone());
+            },
+            delete: |c: &mut Cache, n: Namespace| {
+                c.namespaces.remove(&n.name_any());
+            },
+            replace: |c: &mut Cache, all: Vec<Namespace>| {
+                c.namespaces = all
+                    .into_iter()
+                    .map(|n| (n.name_any(), n.labels().clone()))
+                    .collect();
+            },
         },
-    ));
-    tasks.spawn(feed(
-        Api::<EndpointSlice>::namespaced(client.clone(), "kube-system"),
-        cache.clone(),
-        changed.clone(),
-        3,
-        |c, s: EndpointSlice| {
-            let dns = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(crate::desired::SERVICE_NAME_LABEL))
-                .is_some_and(|n| n == "kube-dns");
-            if dns {
+    );
+    // the cluster DNS's slices only (a label selector on the watch)
+    let (shared, notify, index) = feed(3);
+    watch(
+        &mut tasks,
+        Api::<EndpointSlice>::namespaced(client, "kube-system"),
+        watcher::Config::default()
+            .labels(&format!("{}=kube-dns", crate::desired::SERVICE_NAME_LABEL)),
+        Feed {
+            shared,
+            changed: notify,
+            index,
+            apply: |c: &mut Cache, s: EndpointSlice| {
                 c.dns.insert(key(&s), s);
-            }
+            },
+            delete: |c: &mut Cache, s: EndpointSlice| {
+                c.dns.remove(&key(&s));
+            },
+            replace: |c: &mut Cache, all: Vec<EndpointSlice>| {
+                c.dns = all.into_iter().map(|s| (key(&s), s)).collect();
+            },
         },
-        |c, s: &EndpointSlice| {
-            c.dns.remove(&key(s));
-        },
-    ));
-    tasks.spawn(feed(
-        Api::<Namespace>::all(client),
-        cache.clone(),
-        changed.clone(),
-        2,
-        |c, n: Namespace| {
-            c.namespaces.insert(n.name_any(), n.labels().clone());
-        },
-        |c, n: &Namespace| {
-            c.namespaces.remove(&n.name_any());
-        },
-    ));
+    );
 
     // iptables-restore runs on a thread of its own: with --netns it must run inside
     // another network namespace, a per-thread property
@@ -218,15 +254,20 @@ pub async fn run(
         }
         tokio::time::sleep(BATCH).await;
         let rules = {
-            let c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let c = lock(&cache);
             // until every list is in, an isolated pod could lose a peer it has
             if !c.synced.iter().all(|s| *s) {
                 continue;
             }
             let policies: Vec<&NetworkPolicy> = c.policies.values().collect();
-            let mut pods: Vec<PodInfo> = c.pods.values().cloned().collect();
-            pods.extend(policy::dns_pods(&c.dns_endpoints()));
-            policy::compute(&policies, &pods, &c.namespaces, &node)
+            if policies.is_empty() {
+                // the common case, and every pod update in the cluster lands here
+                Vec::new()
+            } else {
+                let mut pods: Vec<PodInfo> = c.pods.values().cloned().collect();
+                pods.extend(policy::dns_pods(&c.dns_endpoints()));
+                policy::compute(&policies, &pods, &c.namespaces, &node)
+            }
         };
         if last.as_ref() == Some(&rules) {
             continue;
@@ -247,53 +288,6 @@ fn key<K: kube::Resource>(o: &K) -> String {
         o.meta().namespace.as_deref().unwrap_or(""),
         o.meta().name.as_deref().unwrap_or("")
     )
-}
-
-async fn feed<K>(
-    api: Api<K>,
-    cache: Arc<Mutex<Cache>>,
-    changed: Arc<Notify>,
-    index: usize,
-    apply: fn(&mut Cache, K),
-    delete: fn(&mut Cache, &K),
-) where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-{
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut fresh: Option<Vec<K>> = None;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                warn!(error = %e, "network policy watch");
-                continue;
-            }
-        };
-        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-        match event {
-            watcher::Event::Init => fresh = Some(Vec::new()),
-            watcher::Event::InitApply(o) => fresh.get_or_insert_with(Vec::new).push(o),
-            watcher::Event::InitDone => {
-                // a relist replaces what this watch had
-                match index {
-                    0 => c.policies.clear(),
-                    1 => c.pods.clear(),
-                    2 => c.namespaces.clear(),
-                    _ => c.dns.clear(),
-                }
-                for o in fresh.take().unwrap_or_default() {
-                    apply(&mut c, o);
-                }
-                c.synced[index] = true;
-            }
-            watcher::Event::Apply(o) => apply(&mut c, o),
-            watcher::Event::Delete(o) => delete(&mut c, &o),
-        }
-        drop(c);
-        changed.notify_one();
-    }
 }
 
 fn apply_thread(

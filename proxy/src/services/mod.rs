@@ -162,11 +162,7 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let ranges: BTreeSet<SourceRange> = source_ranges
             .iter()
-            .map(|(addr, bits)| {
-                let bits = (*bits).min(32);
-                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-                (Ipv4Addr::from(u32::from(*addr) & mask), bits)
-            })
+            .map(|r| crate::desired::network(*r))
             .collect();
         let flags = if ranges.is_empty() {
             flags & !SVC_FLAG_SOURCE_RANGES
