@@ -30,8 +30,9 @@ pub mod names {
     pub const AFFINITY4: &str = "KAZE_AFF4";
     pub const SOCK_REV_NAT4: &str = "KAZE_SRNAT4";
     pub const SOURCE_RANGES4: &str = "KAZE_LBSRC4";
+    pub const POD_NETS4: &str = "KAZE_PODNET4";
     /// Every map the proxy pins, in a stable order.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         SERVICES4,
         BACKENDS4,
         REV_NAT4,
@@ -41,6 +42,7 @@ pub mod names {
         AFFINITY4,
         SOCK_REV_NAT4,
         SOURCE_RANGES4,
+        POD_NETS4,
     ];
 }
 
@@ -78,6 +80,8 @@ pub mod limits {
     pub const SOCK_REV_NAT: u32 = 65_536;
     /// `KAZE_LBSRC4` entries: allowed client ranges over all load-balancer frontends.
     pub const SOURCE_RANGES: u32 = 65_536;
+    /// `KAZE_PODNET4` entries: the ranges whose clients are this cluster's pods.
+    pub const POD_NETS: u32 = 256;
 }
 
 /// Key of `KAZE_SVC4`. `backend_slot == 0` is the service entry; slots `1..=count` hold
@@ -93,7 +97,9 @@ pub struct Svc4Key {
     pub backend_slot: u16,
     /// `PROTO_TCP` or `PROTO_UDP`.
     pub proto: u8,
-    /// Reserved for traffic-policy scopes (external/internal); always 0 today.
+    /// Which view of the frontend: [`SCOPE_FRONTEND`] (what every client gets), or
+    /// [`SCOPE_SHORT_CIRCUIT`] (the backends of pods' and the node's own traffic to an
+    /// external frontend under externalTrafficPolicy Local).
     pub scope: u8,
     pub pad: [u8; 2],
 }
@@ -164,6 +170,19 @@ pub const SVC_FLAG_AFFINITY: u16 = 2;
 /// new flow from a client outside every range of the frontend in `KAZE_LBSRC4` is dropped
 /// (kube-proxy's `KUBE-FW-*` chains); established flows are not looked at again.
 pub const SVC_FLAG_SOURCE_RANGES: u16 = 4;
+/// `SvcValue.flags` (slot 0 of [`SCOPE_FRONTEND`]): an external frontend (a NodePort, an
+/// external or load-balancer IP) under externalTrafficPolicy Local, whose new flows from
+/// this cluster's pods (clients in `KAZE_PODNET4`) and from the node's own sockets go to the
+/// entry of [`SCOPE_SHORT_CIRCUIT`] instead: every endpoint of the service, not only this
+/// node's (kube-proxy's short-circuit: such traffic would have gone out to the load balancer
+/// and come back in through a node with an endpoint). Source ranges are checked first.
+pub const SVC_FLAG_SHORT_CIRCUIT: u16 = 8;
+/// `Svc4Key.scope` of the entry every client gets.
+pub const SCOPE_FRONTEND: u8 = 0;
+/// `Svc4Key.scope` of a frontend's short-circuit entry (see [`SVC_FLAG_SHORT_CIRCUIT`]): a
+/// whole service entry (slot 0 and backend slots) with its own rev-NAT id, so its own
+/// round-robin cursor, affinity entries and counters.
+pub const SCOPE_SHORT_CIRCUIT: u8 = 1;
 /// The client address the socket programs look ranges up with: a node's own sockets have no
 /// source address yet when they connect. The proxy allows it (as a /32) where upstream
 /// allows the node, i.e. when a range holds one of the node's addresses.
@@ -329,6 +348,15 @@ pub struct SrcRange4 {
     pub source: u32,
 }
 
+/// The data of a `KAZE_PODNET4` key (behind the LPM trie's `u32` prefix length, 0..=32): a
+/// range of this cluster's pod addresses (kube-proxy's `--cluster-cidr` local-traffic
+/// detection), network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodNet4 {
+    pub address: u32,
+}
+
 /// The prefix length of a `KAZE_LBSRC4` key for a range of `bits` (0..=32).
 pub const fn source_range_prefix(bits: u8) -> u32 {
     64 + bits as u32
@@ -350,6 +378,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockKey>() == 16);
     assert!(core::mem::size_of::<SockValue>() == 12);
     assert!(core::mem::size_of::<SrcRange4>() == 12);
+    assert!(core::mem::size_of::<PodNet4>() == 4);
 };
 
 #[cfg(feature = "user")]
@@ -373,4 +402,5 @@ mod pod {
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockValue {}
     unsafe impl aya::Pod for SrcRange4 {}
+    unsafe impl aya::Pod for PodNet4 {}
 }

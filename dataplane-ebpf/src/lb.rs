@@ -6,12 +6,13 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use dataplane_common::{
     limits, Aff4Key, AffValue, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_FLAG_HAIRPIN, CT_FLAG_MASQ, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY,
-    SVC_FLAG_MASQ, SVC_FLAG_SOURCE_RANGES,
+    CT_DIR_REPLY, CT_FLAG_HAIRPIN, CT_FLAG_MASQ, PROTO_TCP, PROTO_UDP, SCOPE_FRONTEND,
+    SCOPE_SHORT_CIRCUIT, SOURCE_NODE, SVC_FLAG_AFFINITY, SVC_FLAG_MASQ, SVC_FLAG_SHORT_CIRCUIT,
+    SVC_FLAG_SOURCE_RANGES,
 };
 
 use crate::maps::{
-    source_range_key, KAZE_AFF4, KAZE_BE4, KAZE_CT4, KAZE_LBSRC4, KAZE_RR, KAZE_STATS, KAZE_SVC4,
+    is_pod, source_range_key, KAZE_AFF4, KAZE_BE4, KAZE_CT4, KAZE_LBSRC4, KAZE_RR, KAZE_STATS, KAZE_SVC4,
 };
 
 /// What the program returns for a packet it looked at.
@@ -239,6 +240,7 @@ pub enum Selected {
 
 /// Choose the backend of a new flow from `client` to `daddr:dport` (network order): the
 /// client's sticky backend under ClientIP affinity, else the next in round-robin order.
+/// `client` is `SOURCE_NODE` for the node's own sockets (the socket programs).
 #[inline(always)]
 pub fn select(daddr: u32, dport: u16, proto: u8, client: u32, now: u64) -> Selected {
     let mut key = Svc4Key {
@@ -246,11 +248,11 @@ pub fn select(daddr: u32, dport: u16, proto: u8, client: u32, now: u64) -> Selec
         dport,
         backend_slot: 0,
         proto,
-        scope: 0,
+        scope: SCOPE_FRONTEND,
         pad: [0; 2],
     };
     // SAFETY: copied out at once; the proxy replaces values, it never edits them in place.
-    let Some(svc) = (unsafe { KAZE_SVC4.get(key) }) else {
+    let Some(mut svc) = (unsafe { KAZE_SVC4.get(key) }) else {
         return Selected::None;
     };
     // loadBalancerSourceRanges: the client must be in one of the frontend's ranges
@@ -260,6 +262,17 @@ pub fn select(daddr: u32, dport: u16, proto: u8, client: u32, now: u64) -> Selec
             .is_none()
     {
         return Selected::Denied;
+    }
+    // externalTrafficPolicy Local's short-circuit: pods and the node itself get every
+    // endpoint of the service (the proxy writes that entry before the flag that points to
+    // it; a miss would be a broken invariant, and the frontend's own entry still serves)
+    if svc.flags & SVC_FLAG_SHORT_CIRCUIT != 0 && (client == SOURCE_NODE || is_pod(client)) {
+        key.scope = SCOPE_SHORT_CIRCUIT;
+        // SAFETY: as above.
+        match unsafe { KAZE_SVC4.get(key) } {
+            Some(short) => svc = short,
+            None => key.scope = SCOPE_FRONTEND,
+        }
     }
     let count = svc.count;
     let rev_nat_id = svc.rev_nat_id;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     limits, Aff4Key, AffValue, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey, RrValue,
-    SockKey, SockValue, SrcRange4, Svc4Key, SvcStats, SvcValue,
+    PodNet4, SockKey, SockValue, SrcRange4, Svc4Key, SvcStats, SvcValue,
 };
 
 const SERVICES: usize = limits::SERVICES as usize;
@@ -18,6 +18,7 @@ const CONNTRACK: usize = limits::CONNTRACK as usize;
 const AFFINITY: usize = limits::AFFINITY as usize;
 const SOCK_REV_NAT: usize = limits::SOCK_REV_NAT as usize;
 const SOURCE_RANGES: usize = limits::SOURCE_RANGES as usize;
+const POD_NETS: usize = limits::POD_NETS as usize;
 
 /// Service entries (slot 0) and backend slots (1..=count).
 #[btf_map]
@@ -62,6 +63,19 @@ pub static KAZE_SRNAT4: LruHashMap<SockKey, SockValue, SOCK_REV_NAT> = LruHashMa
 /// (frontend, client) finds the client's range, if any.
 #[btf_map]
 pub static KAZE_LBSRC4: LpmTrie<SrcRange4, u32, SOURCE_RANGES> = LpmTrie::new();
+
+/// The ranges of this cluster's pod addresses -> 1: clients whose new flows to a frontend
+/// with `SVC_FLAG_SHORT_CIRCUIT` take its short-circuit entry.
+#[btf_map]
+pub static KAZE_PODNET4: LpmTrie<PodNet4, u32, POD_NETS> = LpmTrie::new();
+
+/// Whether `client` (network order) is one of this cluster's pods.
+#[inline(always)]
+pub fn is_pod(client: u32) -> bool {
+    KAZE_PODNET4
+        .get(&Key::new(32, PodNet4 { address: client }))
+        .is_some()
+}
 
 /// The key looking up `client` among the ranges of frontend `daddr:dport/proto`.
 #[inline(always)]

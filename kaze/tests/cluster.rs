@@ -1142,6 +1142,26 @@ fn suite(mode: &'static str, index: u8) {
             },
         );
     }
+    // ...except for pods (kube-proxy's short-circuit): the client pod on node 1 reaches
+    // every backend through node 1's NodePort, with its own address, as if it had gone out
+    // to a load balancer and come back in through a node with an endpoint
+    let addr = format!("{}:{node_port}", c.lan.node_ip(1));
+    c.eventually(
+        &format!("the client pod through {addr} reaching all 3 backends as itself"),
+        Duration::from_secs(10),
+        || {
+            let out = c.out(&[
+                "exec", "client", "-c", "echo", "--", "/echo", "--get", &addr, "--count", "30",
+            ]);
+            let (per_pod, errors) = tally(&out);
+            let as_itself = out.lines().filter(|l| l.starts_with("web-")).all(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.starts_with(&format!("{client_ip}:")))
+            });
+            (errors.is_empty() && per_pod.len() == 3 && as_itself).then_some(())
+        },
+    );
     c.step("5: a LoadBalancer Service gets the nodes' addresses (servicelb) and serves on them");
     c.apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: web-lb, namespace: default}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports: [{name: http, port: 8090, targetPort: 8080}]\n",

@@ -124,6 +124,13 @@ pub struct Config {
     #[arg(long = "nodeport-addresses", value_delimiter = ',')]
     pub nodeport_addresses: Vec<std::net::Ipv4Addr>,
 
+    /// The cluster's pod ranges (comma-separated; IPv6 ranges are accepted and not used):
+    /// new flows from them to a NodePort, external IP or load-balancer IP of a Service with
+    /// externalTrafficPolicy Local go to every endpoint, as kube-proxy's short-circuit
+    /// (the node's own flows always do). Default: this Node's `spec.podCIDRs`.
+    #[arg(long = "cluster-cidr", value_delimiter = ',', value_parser = parse_cluster_cidr)]
+    pub cluster_cidr: Vec<ClusterCidr>,
+
     /// Network namespace (a path such as /var/run/netns/<name>) whose interfaces and
     /// iptables the proxy programs; the API connection and metrics stay in the proxy's own.
     /// For nodes simulated as network namespaces.
@@ -161,6 +168,7 @@ impl Config {
             metrics_bind_address: SocketAddr::from(([127, 0, 0, 1], 10249)),
             min_sync_period: Duration::from_millis(100),
             nodeport_addresses: Vec::new(),
+            cluster_cidr: Vec::new(),
             netns: None,
             network_policy: false,
             cleanup: false,
@@ -168,7 +176,33 @@ impl Config {
     }
 }
 
-/// `100ms`, `2s`, `1m`, or bare seconds.
+/// One range of `--cluster-cidr`: an IPv4 range, or an IPv6 one (checked, not used: the
+/// dataplane is IPv4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterCidr(pub Option<(std::net::Ipv4Addr, u8)>);
+
+impl Config {
+    /// The IPv4 ranges of `--cluster-cidr`.
+    pub fn cluster_cidrs_v4(&self) -> Vec<(std::net::Ipv4Addr, u8)> {
+        self.cluster_cidr.iter().filter_map(|c| c.0).collect()
+    }
+}
+
+pub fn parse_cluster_cidr(s: &str) -> Result<ClusterCidr, String> {
+    let s = s.trim();
+    if let Some(v4) = crate::desired::parse_ipv4_cidr(s) {
+        return Ok(ClusterCidr(Some(v4)));
+    }
+    let v6 = s.split_once('/').is_some_and(|(a, bits)| {
+        a.parse::<std::net::Ipv6Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128)
+    });
+    if v6 {
+        Ok(ClusterCidr(None))
+    } else {
+        Err(format!("{s:?} is not a CIDR range such as 10.42.0.0/16"))
+    }
+}
+
 /// `--bpf-cgroup`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BpfCgroup {
@@ -281,6 +315,24 @@ mod tests {
             ),
             ProxyMode::Iptables
         );
+    }
+
+    #[test]
+    fn cluster_cidrs_parse_ipv4_used_ipv6_accepted_garbage_refused() {
+        assert_eq!(
+            parse_cluster_cidr("10.42.0.0/16"),
+            Ok(ClusterCidr(Some(([10, 42, 0, 0].into(), 16))))
+        );
+        // host bits cleared, as kube-proxy reads it
+        assert_eq!(
+            parse_cluster_cidr(" 10.42.7.1/16"),
+            Ok(ClusterCidr(Some(([10, 42, 0, 0].into(), 16))))
+        );
+        assert_eq!(parse_cluster_cidr("fd00:42::/56"), Ok(ClusterCidr(None)));
+        for bad in ["10.42.0.0", "10.42.0.0/33", "fd00::/129", "pods", ""] {
+            let err = parse_cluster_cidr(bad).expect_err(bad);
+            assert!(err.contains("CIDR"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -33,6 +33,23 @@ pub struct DesiredService {
     /// Where a range holds one of the node's addresses the node is allowed as upstream
     /// allows it: the frontend's own address and [`NODE_SOURCE`] are added.
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// An external frontend under externalTrafficPolicy Local: where new flows from this
+    /// cluster's pods and from the node itself go instead of `backends` (kube-proxy's
+    /// short-circuit: that traffic would otherwise have gone out to the load balancer and
+    /// come back in through a node with an endpoint).
+    pub short_circuit: Option<ShortCircuit>,
+}
+
+/// See [`DesiredService::short_circuit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShortCircuit {
+    /// Every endpoint of the service, whatever its node (ready, else serving terminating),
+    /// sorted: "subject to neither traffic policy", as upstream puts it.
+    pub backends: Vec<SocketAddrV4>,
+    /// The ranges of this cluster's pods (kube-proxy's local-traffic detection, from
+    /// `--cluster-cidr` or the node's pod CIDRs); empty: only the node's own traffic takes
+    /// the short-circuit.
+    pub pod_nets: Vec<(Ipv4Addr, u8)>,
 }
 
 /// The range that stands for the node's own sockets in [`DesiredService::source_ranges`]: the
@@ -50,18 +67,21 @@ pub fn compute<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node_addresses: &[Ipv4Addr],
 ) -> Desired {
-    compute_for_node(services, slices, node_addresses, None)
+    compute_for_node(services, slices, node_addresses, None, &[])
 }
 
 /// [`compute`] on node `node`: a Service with `internalTrafficPolicy: Local` sends ClusterIP
 /// traffic only to endpoints on this node, one with `externalTrafficPolicy: Local` sends
 /// NodePort traffic only to them and without masquerading (the backend sees the client's
-/// address). No local endpoint means no backend: such traffic is refused, as upstream.
+/// address). No local endpoint means no backend: such traffic is refused, as upstream; but
+/// new flows from `pod_nets` (this cluster's pods) and from the node itself to an external
+/// frontend under `Local` go to every endpoint ([`DesiredService::short_circuit`]).
 pub fn compute_for_node<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node_addresses: &[Ipv4Addr],
     node: Option<&str>,
+    pod_nets: &[(Ipv4Addr, u8)],
 ) -> Desired {
     let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
@@ -123,6 +143,7 @@ pub fn compute_for_node<'a>(
                 masquerade: false,
                 affinity_timeout: affinity_timeout(spec),
                 source_ranges: Vec::new(),
+                short_circuit: None,
             };
             let external_local = local(spec.external_traffic_policy.as_ref());
             for address in &cluster_ips {
@@ -153,6 +174,10 @@ pub fn compute_for_node<'a>(
                 masquerade: external_local.is_none(),
                 affinity_timeout: entry.affinity_timeout,
                 source_ranges: Vec::new(),
+                short_circuit: external_local.map(|_| ShortCircuit {
+                    backends: backends(slices, &port_name, protocol, None),
+                    pod_nets: pod_nets.to_vec(),
+                }),
             };
             if let Some(node_port) = node_port {
                 for address in node_addresses {
@@ -616,7 +641,7 @@ mod tests {
         spec.internal_traffic_policy = Some("Local".into());
         spec.external_traffic_policy = Some("Local".into());
 
-        let d = compute_for_node([&local], &slices, &node_ip, Some("a"));
+        let d = compute_for_node([&local], &slices, &node_ip, Some("a"), &[]);
         let cluster = &d[&key([10, 43, 0, 20], 80, Protocol::Tcp)];
         assert_eq!(cluster.backends, vec![be([10, 42, 0, 5], 8080)]);
         let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
@@ -627,13 +652,13 @@ mod tests {
         );
 
         // a node without local endpoints has no backend: refused, not sent elsewhere
-        let d = compute_for_node([&local], &slices, &node_ip, Some("c"));
+        let d = compute_for_node([&local], &slices, &node_ip, Some("c"), &[]);
         assert!(d[&key([10, 43, 0, 20], 80, Protocol::Tcp)]
             .backends
             .is_empty());
 
         // Cluster (the default): every endpoint, NodePort masqueraded
-        let d = compute_for_node([&web()], &slices, &node_ip, Some("a"));
+        let d = compute_for_node([&web()], &slices, &node_ip, Some("a"), &[]);
         assert_eq!(
             d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].backends.len(),
             3
@@ -641,6 +666,62 @@ mod tests {
         let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
         assert_eq!(np.backends.len(), 3);
         assert!(np.masquerade);
+        assert_eq!(np.short_circuit, None, "Cluster needs no short-circuit");
+    }
+
+    #[test]
+    fn external_frontends_under_local_short_circuit_pods_and_the_node_to_every_endpoint() {
+        let on = |ip: &str, node: &str| json!({"addresses": [ip], "nodeName": node});
+        let slices = [web_slice(
+            "web-1",
+            vec![on("10.42.0.5", "a"), on("10.42.1.5", "b")],
+        )];
+        let node_ip = [Ipv4Addr::new(192, 168, 0, 5)];
+        let mut local = web();
+        let spec = local.spec.as_mut().expect("spec");
+        spec.type_ = Some("LoadBalancer".into());
+        spec.external_ips = Some(vec!["192.0.2.7".into()]);
+        spec.internal_traffic_policy = Some("Local".into());
+        spec.external_traffic_policy = Some("Local".into());
+        let pods = [(Ipv4Addr::new(10, 42, 0, 0), 16)];
+
+        // node c has no endpoint: its frontends refuse other clients, but pods and the
+        // node itself reach every endpoint, whatever internalTrafficPolicy says
+        let d = compute_for_node([&local], &slices, &node_ip, Some("c"), &pods);
+        let every = vec![be([10, 42, 0, 5], 8080), be([10, 42, 1, 5], 8080)];
+        for frontend in [
+            key([192, 168, 0, 5], 30080, Protocol::Tcp),
+            key([192, 0, 2, 7], 80, Protocol::Tcp),
+        ] {
+            let f = &d[&frontend];
+            assert!(f.backends.is_empty(), "{frontend}");
+            assert_eq!(
+                f.short_circuit,
+                Some(ShortCircuit {
+                    backends: every.clone(),
+                    pod_nets: pods.to_vec()
+                }),
+                "{frontend}"
+            );
+        }
+        // the cluster IP is not external: no short-circuit
+        assert_eq!(
+            d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].short_circuit,
+            None
+        );
+        // without pod ranges the node's own traffic still short-circuits
+        let d = compute_for_node([&local], &slices, &node_ip, Some("c"), &[]);
+        let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
+        assert_eq!(
+            np.short_circuit.as_ref().map(|s| s.backends.clone()),
+            Some(every)
+        );
+        // no node name: Local cannot be honoured, nor short-circuited
+        let d = compute([&local], &slices, &node_ip);
+        assert_eq!(
+            d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)].short_circuit,
+            None
+        );
     }
 
     #[test]
@@ -663,7 +744,7 @@ mod tests {
                 {"hostname": "lb.example.com"}]}}))
             .expect("status"),
         );
-        let d = compute_for_node([&lb], &slices, &[], Some("a"));
+        let d = compute_for_node([&lb], &slices, &[], Some("a"), &[]);
         for ip in [[192, 0, 2, 10], [198, 51, 100, 1], [198, 51, 100, 2]] {
             let http = &d[&key(ip, 80, Protocol::Tcp)];
             assert_eq!(http.backends.len(), 2, "{ip:?}");
@@ -679,7 +760,7 @@ mod tests {
 
         // externalTrafficPolicy Local: this node's endpoints, the client's address kept
         lb.spec.as_mut().expect("spec").external_traffic_policy = Some("Local".into());
-        let d = compute_for_node([&lb], &slices, &[], Some("a"));
+        let d = compute_for_node([&lb], &slices, &[], Some("a"), &[]);
         let http = &d[&key([198, 51, 100, 1], 80, Protocol::Tcp)];
         assert_eq!(http.backends, vec![be([10, 42, 0, 1], 8080)]);
         assert!(!http.masquerade);

@@ -231,7 +231,16 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 /// What one service is programmed with: backends, `SVC_FLAG_*` bits, affinity timeout.
 /// Backends, `SVC_FLAG_*`, affinity timeout and source ranges, as programmed.
-type Applied = (Vec<SocketAddrV4>, u16, u32, Vec<(std::net::Ipv4Addr, u8)>);
+/// What one frontend was programmed with, as `Dataplane::upsert_frontend` takes it.
+#[derive(Debug, PartialEq, Eq)]
+struct Applied {
+    backends: Vec<SocketAddrV4>,
+    /// `SVC_FLAG_*` bits.
+    flags: u16,
+    affinity_timeout: u32,
+    source_ranges: Vec<(std::net::Ipv4Addr, u8)>,
+    short_circuit: Option<Vec<SocketAddrV4>>,
+}
 
 /// The eBPF dataplane and the services it holds (read back from the pins at start).
 pub struct EbpfEngine {
@@ -310,7 +319,13 @@ impl EbpfEngine {
             .map(|s| {
                 (
                     s.key,
-                    (s.backends, s.flags, s.affinity_timeout, s.source_ranges),
+                    Applied {
+                        backends: s.backends,
+                        flags: s.flags,
+                        affinity_timeout: s.affinity_timeout,
+                        source_ranges: s.source_ranges,
+                        short_circuit: s.short_circuit,
+                    },
                 )
             })
             .collect();
@@ -447,19 +462,37 @@ impl EbpfEngine {
         if !svc.source_ranges.is_empty() {
             flags |= dataplane_common::SVC_FLAG_SOURCE_RANGES;
         }
-        let want: Applied = (
-            svc.backends.clone(),
+        if svc.short_circuit.is_some() {
+            flags |= dataplane_common::SVC_FLAG_SHORT_CIRCUIT;
+        }
+        if let Some(short) = &svc.short_circuit {
+            // every frontend with a short-circuit carries the same ranges (a change
+            // recomputes them all); the map is written before the first entry needing it
+            if let Err(e) = self.dp.set_pod_nets(&short.pod_nets) {
+                outcome
+                    .errors
+                    .push(format!("writing the pod ranges: {}", chain(&e)));
+                return;
+            }
+        }
+        let want = Applied {
+            backends: svc.backends.clone(),
             flags,
-            svc.affinity_timeout.unwrap_or(0),
-            svc.source_ranges.clone(),
-        );
+            affinity_timeout: svc.affinity_timeout.unwrap_or(0),
+            source_ranges: svc.source_ranges.clone(),
+            short_circuit: svc.short_circuit.as_ref().map(|s| s.backends.clone()),
+        };
         if self.applied.get(key) == Some(&want) {
             return;
         }
-        match self
-            .dp
-            .upsert_frontend(*key, &svc.backends, want.1, want.2, &want.3)
-        {
+        match self.dp.upsert_frontend(
+            *key,
+            &want.backends,
+            want.flags,
+            want.affinity_timeout,
+            &want.source_ranges,
+            want.short_circuit.as_deref(),
+        ) {
             Ok(()) => {
                 self.applied.insert(*key, want);
                 outcome.changed += 1;

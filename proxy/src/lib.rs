@@ -28,7 +28,7 @@ mod worker;
 use std::{net::SocketAddr, path::PathBuf};
 
 pub use config::{
-    effective_mode, parse_duration, BpfCgroup, Config, IptablesBackend, ProxyMode,
+    effective_mode, parse_duration, BpfCgroup, ClusterCidr, Config, IptablesBackend, ProxyMode,
     CLASSIC_MODE_ANNOTATION, MODE_ANNOTATION,
 };
 pub use dataplane::{Dataplane, DataplaneConfig, TcHook, DEFAULT_PIN_ROOT, DEFAULT_UDP_TIMEOUT};

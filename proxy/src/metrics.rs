@@ -329,6 +329,7 @@ mod tests {
             masquerade: false,
             affinity_timeout: None,
             source_ranges: Vec::new(),
+            short_circuit: None,
         };
         m.synced(Duration::from_millis(3), 1, 3, 0, &[(key, Some(entry))]);
         m.programmed_after(Duration::from_millis(40));

@@ -282,6 +282,12 @@ async fn sync_loop(
             };
             s.tracker.set_node_addresses(addresses);
             s.tracker.set_node_name(node_name);
+            let pod_nets = if config.cluster_cidr.is_empty() {
+                s.node.as_ref().map(node_pod_cidrs).unwrap_or_default()
+            } else {
+                config.cluster_cidrs_v4()
+            };
+            s.tracker.set_pod_nets(&pod_nets);
             let changes = s.tracker.update();
             let touched = s.tracker.take_touched_slices();
             let changed = s.tracker.take_health_changed();
@@ -415,6 +421,22 @@ fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The Node's IPv4 pod ranges (`spec.podCIDRs`, else `spec.podCIDR`): kube-proxy's
+/// `--detect-local-mode=NodeCIDR`, used when `--cluster-cidr` is not given.
+fn node_pod_cidrs(node: &Node) -> Vec<(Ipv4Addr, u8)> {
+    let Some(spec) = node.spec.as_ref() else {
+        return Vec::new();
+    };
+    let cidrs = match spec.pod_cidrs.as_ref().filter(|c| !c.is_empty()) {
+        Some(all) => all.clone(),
+        None => spec.pod_cidr.clone().into_iter().collect(),
+    };
+    cidrs
+        .iter()
+        .filter_map(|c| crate::desired::parse_ipv4_cidr(c))
+        .collect()
 }
 
 fn hostname() -> String {

@@ -45,6 +45,8 @@ pub struct Tracker {
     /// slice (namespace, name) -> the service it was filed under
     slice_owner: HashMap<SvcId, SvcId>,
     node_addresses: Vec<Ipv4Addr>,
+    /// The ranges of this cluster's pods (externalTrafficPolicy Local's short-circuit).
+    pod_nets: Vec<(Ipv4Addr, u8)>,
     /// This node, for traffic policies `Local`.
     node_name: Option<String>,
     /// The keys each service computed (whether or not it holds them in `desired`).
@@ -151,6 +153,18 @@ impl Tracker {
         }
     }
 
+    /// The ranges of this cluster's pods; a change touches every service (only those with
+    /// externalTrafficPolicy Local change).
+    pub fn set_pod_nets(&mut self, nets: &[(Ipv4Addr, u8)]) {
+        let mut nets: Vec<(Ipv4Addr, u8)> = nets.iter().map(|n| desired::network(*n)).collect();
+        nets.sort_unstable();
+        nets.dedup();
+        if nets != self.pod_nets {
+            self.pod_nets = nets;
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
     pub fn take_touched_slices(&mut self) -> Vec<Arc<EndpointSlice>> {
         std::mem::take(&mut self.touched)
     }
@@ -233,6 +247,7 @@ impl Tracker {
                     slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
                     &self.node_addresses,
                     self.node_name.as_deref(),
+                    &self.pod_nets,
                 )
             }
             None => Desired::new(),

@@ -708,6 +708,98 @@ fn external_ips_and_load_balancer_ips_serve_the_service_ports() {
     }
 }
 
+/// externalTrafficPolicy Local's short-circuit: a client that is not a pod reaches an
+/// external IP or NodePort of a Local service only on this node's endpoint, but a pod (the
+/// client, once its address is in the node's `spec.podCIDR`) reaches every endpoint, as
+/// kube-proxy sends pods' traffic to the cluster-wide endpoints; `--cluster-cidr` replaces
+/// the node's ranges. Both modes.
+#[test]
+fn pods_reaching_a_local_services_external_addresses_get_every_endpoint() {
+    for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
+        let mut h = Harness::new(&format!("k8s-short-{}", mode.as_str()), mode);
+        let node_ip = std::net::Ipv4Addr::new(10, 200, 0, 1);
+        h.config.nodeport_addresses = vec![node_ip];
+        h.annotate_node(json!({}));
+        h.start_proxy();
+        let external_ip = std::net::Ipv4Addr::new(192, 0, 2, 12);
+        h.create_service(
+            "web",
+            json!({"type": "NodePort", "externalTrafficPolicy": "Local",
+                   "externalIPs": [external_ip.to_string()],
+                   "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30081}]}),
+        );
+        // backend 0 on this node, the other two elsewhere
+        let on = |i: usize, node: &str| {
+            json!({"addresses": [Topology::backend_addr(i).to_string()], "nodeName": node,
+                   "conditions": {"ready": true, "serving": true, "terminating": false}})
+        };
+        h.put_slice(
+            "web",
+            &[],
+            &[on(0, &h.node_name), on(1, "elsewhere"), on(2, "elsewhere")],
+        );
+        let frontends = [
+            Harness::vip(external_ip, 80),
+            std::net::SocketAddrV4::new(node_ip, 30081),
+        ];
+        // what 30 connections to each frontend reach
+        let reached = |h: &Harness| -> Vec<BTreeSet<String>> {
+            frontends
+                .iter()
+                .map(|f| {
+                    seen(
+                        &(0..30)
+                            .map(|_| tcp_once(h.client_ns(), *f))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect()
+        };
+        let local_only: BTreeSet<String> = [backend(0)].into();
+        let every: BTreeSet<String> = (0..3).map(backend).collect();
+        h.wait_for("the Local frontends programmed", PROGRAMMING_BOUND, |h| {
+            in_netns(h.client_ns().name(), || {
+                TcpStream::connect_timeout(
+                    &SocketAddr::V4(frontends[0]),
+                    Duration::from_millis(500),
+                )
+            })
+            .is_ok()
+        });
+        assert_eq!(
+            reached(&h),
+            vec![local_only.clone(), local_only.clone()],
+            "{mode:?}: a client outside the pod ranges gets this node's endpoint only"
+        );
+
+        // the client's subnet becomes this node's pod range
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(h.client.clone());
+        h.block_on(nodes.patch(
+            &h.node_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"spec": {"podCIDR": "10.200.0.0/24",
+                                                       "podCIDRs": ["10.200.0.0/24"]}})),
+        ))
+        .expect("setting the node's pod range");
+        h.wait_for("pods short-circuited", PROGRAMMING_BOUND, |h| {
+            reached(h) == vec![every.clone(), every.clone()]
+        });
+        // --cluster-cidr replaces the node's ranges: the client is no pod any more
+        h.stop_proxy();
+        h.config.cluster_cidr = vec![proxy::ClusterCidr(Some((
+            std::net::Ipv4Addr::new(10, 42, 0, 0),
+            16,
+        )))];
+        h.start_proxy();
+        h.wait_for(
+            "the client no pod under --cluster-cidr",
+            PROGRAMMING_BOUND,
+            |h| reached(h) == vec![local_only.clone(), local_only.clone()],
+        );
+        h.stop_proxy();
+    }
+}
+
 /// `loadBalancerSourceRanges`: only clients in a range reach the load-balancer IP (others'
 /// new connections are dropped, as kube-proxy's firewall chains drop them); the external IP
 /// of the same service is not filtered; changing the ranges takes effect for new flows, and

@@ -415,9 +415,10 @@ fn source_ranges_drop_new_flows_from_other_clients_and_follow_updates_and_reload
             0,
             0,
             &[(Ipv4Addr::new(203, 0, 113, 9), 24)],
+            None,
         )
         .expect("upsert with ranges");
-        dp.upsert_frontend(other, &backends(), 0, 0, &[(outside, 32)])
+        dp.upsert_frontend(other, &backends(), 0, 0, &[(outside, 32)], None)
             .expect("upsert the other frontend");
         let listed = dp.services().expect("list");
         let programmed = listed.iter().find(|s| s.key == lb).expect("programmed");
@@ -457,7 +458,7 @@ fn source_ranges_drop_new_flows_from_other_clients_and_follow_updates_and_reload
         .any(|b| *b.ip() == parse_and_verify(&out).dst));
 
     // the established flow of the client in range keeps going when the ranges change
-    dp.upsert_frontend(lb, &backends(), 0, 0, &[(outside, 32)])
+    dp.upsert_frontend(lb, &backends(), 0, 0, &[(outside, 32)], None)
         .expect("new ranges");
     assert_eq!(
         run_tc(&dp, &allowed).0,
@@ -496,6 +497,119 @@ fn source_ranges_drop_new_flows_from_other_clients_and_follow_updates_and_reload
         "[]",
         "a removed frontend's ranges are removed"
     );
+}
+
+/// The `Svc4Key.scope` of every `KAZE_SVC4` entry, as bpftool prints them.
+fn scopes_in_services_map(root: &PinRoot) -> Vec<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(root.path().join(dataplane_common::names::SERVICES4))
+        .output()
+        .expect("running bpftool");
+    assert!(out.status.success(), "bpftool failed");
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    dump.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["formatted"]["key"]["scope"].as_u64())
+        .collect()
+}
+
+/// externalTrafficPolicy Local's short-circuit: new flows from a client in the pod ranges
+/// to a frontend with one go to its backends (every endpoint), with replies from the
+/// frontend's address; other clients get the frontend's own (this node's) backends; a
+/// reload keeps both; without the short-circuit pods get the frontend's backends again and
+/// no short-circuit entry is left in the map.
+#[test]
+fn short_circuit_sends_pods_to_every_endpoint_and_other_clients_to_the_local_ones() {
+    let root = PinRoot::new("short-circuit");
+    let lb = ServiceKey {
+        address: Ipv4Addr::new(198, 51, 100, 2),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let local = vec![backends()[0]];
+    let every: std::collections::BTreeSet<Ipv4Addr> = backends().iter().map(|b| *b.ip()).collect();
+    let pod = Ipv4Addr::new(10, 42, 9, 7);
+    let outsider = Ipv4Addr::new(203, 0, 113, 5);
+    {
+        let mut dp = root.load();
+        dp.set_pod_nets(&[(Ipv4Addr::new(10, 42, 3, 3), 16)])
+            .expect("pod ranges");
+        dp.upsert_frontend(lb, &local, 0, 0, &[], Some(&backends()))
+            .expect("upsert with a short-circuit");
+    } // dropped, as a proxy restart would: the next load reads both views back
+    let mut dp = root.load();
+    assert_eq!(dp.pod_nets(), vec![(Ipv4Addr::new(10, 42, 0, 0), 16)]);
+    let listed = dp.services().expect("list");
+    assert_eq!(
+        listed.len(),
+        1,
+        "one frontend, however many views: {listed:?}"
+    );
+    assert_eq!(listed[0].backends, local);
+    assert_eq!(listed[0].short_circuit, Some(backends()));
+    assert_ne!(
+        listed[0].flags & dataplane_common::SVC_FLAG_SHORT_CIRCUIT,
+        0
+    );
+    let mut port = 42000;
+    let mut dsts = |dp: &Dataplane, run: Runner, client: Ipv4Addr| {
+        (0..6)
+            .map(|_| {
+                port += 1;
+                let (_, out) = run(dp, &Spec::tcp((client, port), (lb.address, 80)).build());
+                parse_and_verify(&out).dst
+            })
+            .collect::<std::collections::BTreeSet<Ipv4Addr>>()
+    };
+    for (hook, run) in [("tc", run_tc as Runner), ("xdp", run_xdp as Runner)] {
+        assert_eq!(
+            dsts(&dp, run, pod),
+            every,
+            "{hook}: a pod's new flows go round the short-circuit's backends"
+        );
+        assert_eq!(
+            dsts(&dp, run, outsider),
+            [*local[0].ip()].into(),
+            "{hook}: other clients get this node's backend only"
+        );
+    }
+    // a pod's reply comes from the frontend's address
+    let fwd = parse_and_verify(&run_tc(&dp, &Spec::tcp((pod, 43000), (lb.address, 80)).build()).1);
+    let reply = Spec::tcp((fwd.dst, fwd.dport), (pod, 43000)).build();
+    assert_eq!(
+        parse_and_verify(&run_tc(&dp, &reply).1),
+        Seen {
+            src: lb.address,
+            dst: pod,
+            sport: 80,
+            dport: 43000
+        }
+    );
+    let c = dp.counters(lb).expect("counters").expect("programmed");
+    assert!(
+        c.fwd_packets >= 25 && c.rev_packets == 1,
+        "the frontend's counters include its short-circuit's: {c:?}"
+    );
+    assert!(scopes_in_services_map(&root).contains(&1));
+
+    // no short-circuit any more: pods are clients like any other, nothing of it is left
+    dp.upsert_frontend(lb, &local, 0, 0, &[], None)
+        .expect("short-circuit removed");
+    assert_eq!(dsts(&dp, run_tc, pod), [*local[0].ip()].into());
+    assert_eq!(dp.services().expect("list")[0].short_circuit, None);
+    assert!(
+        !scopes_in_services_map(&root).contains(&1),
+        "no short-circuit entry left behind"
+    );
+    // back, then the whole frontend removed: no entry of either view
+    dp.upsert_frontend(lb, &local, 0, 0, &[], Some(&backends()))
+        .expect("short-circuit again");
+    assert!(dp.remove_service(lb).expect("remove"));
+    assert!(scopes_in_services_map(&root).is_empty());
+    dp.set_pod_nets(&[]).expect("no pod ranges");
+    assert!(dp.pod_nets().is_empty());
 }
 
 #[test]

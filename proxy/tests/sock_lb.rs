@@ -248,18 +248,45 @@ fn node_processes_reach_a_service_through_the_socket_programs() {
     // adds where upstream allows the node; without it they are refused at connect().
     let node = proxy::desired::NODE_SOURCE;
     let elsewhere = (std::net::Ipv4Addr::new(203, 0, 113, 0), 24);
-    dp.upsert_frontend(tcp_key, &tcp, 0, 0, &[elsewhere])
+    dp.upsert_frontend(tcp_key, &tcp, 0, 0, &[elsewhere], None)
         .expect("ranges without the node");
     let (ok, _, err) = cg.python(None, TCP_CLIENT);
     assert!(
         !ok && err.contains("PermissionError"),
         "the node outside the ranges is refused (EPERM): {err}"
     );
-    dp.upsert_frontend(tcp_key, &tcp, 0, 0, &[elsewhere, node])
+    dp.upsert_frontend(tcp_key, &tcp, 0, 0, &[elsewhere, node], None)
         .expect("ranges with the node");
     let (ok, out, err) = cg.python(None, TCP_CLIENT);
     assert!(ok, "the node let in: {err}\n{out}");
     dp.upsert_service(tcp_key, &tcp).expect("no ranges");
+
+    // externalTrafficPolicy Local's short-circuit: the node's own connections to the
+    // frontend go to every endpoint, not only to the frontend's (this node's) backends
+    dp.upsert_frontend(tcp_key, &tcp[..1], 0, 0, &[], None)
+        .expect("one local backend");
+    let (ok, out, err) = cg.python(None, TCP_CLIENT);
+    assert!(ok, "tcp client, one backend: {err}\n{out}");
+    assert!(
+        out.lines().all(|l| l.starts_with("tcp0 ")),
+        "without a short-circuit: the frontend's backend only\n{out}"
+    );
+    dp.upsert_frontend(tcp_key, &tcp[..1], 0, 0, &[], Some(&tcp))
+        .expect("with a short-circuit");
+    let (ok, out, err) = cg.python(None, TCP_CLIENT);
+    assert!(ok, "tcp client, short-circuit: {err}\n{out}");
+    let mut names: Vec<&str> = out
+        .lines()
+        .map(|l| l.split(' ').next().unwrap_or(""))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names,
+        ["tcp0", "tcp1", "tcp2"],
+        "the node's sockets take the short-circuit\n{out}"
+    );
+    dp.upsert_service(tcp_key, &tcp).expect("plain again");
 
     // A restarted proxy replaces its programs (no doubles) and keeps working.
     drop(dp);

@@ -98,6 +98,13 @@ pub fn fw_chain(key: &ServiceKey) -> String {
     format!("KAZE-FW-{}", hash(&key.to_string()))
 }
 
+/// The chain of a frontend's short-circuit: its pods' and the node's own new flows to an
+/// external frontend under externalTrafficPolicy Local spread over every endpoint here
+/// (kube-proxy jumps to the cluster-policy `KUBE-SVC-*` chain).
+pub fn short_circuit_chain(key: &ServiceKey) -> String {
+    format!("KAZE-CLU-{}", hash(&key.to_string()))
+}
+
 /// The ranges of `svc` as `-s` arguments (the node's socket stand-in has no rule: the node's
 /// packets carry a real source address here).
 fn source_args(svc: &DesiredService) -> impl Iterator<Item = String> + '_ {
@@ -133,13 +140,25 @@ fn comment(s: &str) -> String {
     s.replace('"', "")
 }
 
-/// The FW (with source ranges), SVC and SEP chains of a service with at least one backend;
-/// the first is the one `KAZE-SERVICES` jumps to.
+/// The backends of the short-circuit of `svc`, if it has one with any.
+fn short_circuit(svc: &DesiredService) -> Option<&crate::desired::ShortCircuit> {
+    svc.short_circuit
+        .as_ref()
+        .filter(|s| !s.backends.is_empty())
+}
+
+/// Whether `svc` needs nat rules: a backend for someone.
+fn has_rules(svc: &DesiredService) -> bool {
+    !svc.backends.is_empty() || short_circuit(svc).is_some()
+}
+
+/// The FW (with source ranges), SVC, CLU (with a short-circuit) and SEP chains of a service
+/// with at least one backend for someone ([`has_rules`]); the first is the one
+/// `KAZE-SERVICES` jumps to.
 pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
     let svc_chain = svc_chain(key);
     let mut chains = vec![svc_chain.clone()];
     let mut lines = Vec::new();
-    let n = svc.backends.len();
     let c = comment(&svc.name);
     if !svc.source_ranges.is_empty() {
         // kube-proxy's firewall: clients in a range go on to the service; the others fall
@@ -160,32 +179,46 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
             "-A {svc_chain} -m comment --comment \"{c} external\" -j {MARK_MASQ_CHAIN}"
         ));
     }
-    if let Some(timeout) = svc.affinity_timeout {
-        // kube-proxy's sessionAffinity ClientIP: a client seen within the timeout goes
-        // back to the endpoint that last took it
-        for b in &svc.backends {
-            let sep = sep_chain(key, b);
+    let mut seps: Vec<SocketAddrV4> = svc.backends.clone();
+    if let Some(short) = short_circuit(svc) {
+        // kube-proxy's rules of an external chain under externalTrafficPolicy Local: pods
+        // (by their ranges) and the node itself (masqueraded: its source would be a local
+        // address, possibly the load-balancer IP itself) go to every endpoint
+        let clu = short_circuit_chain(key);
+        for (a, b) in &short.pod_nets {
             lines.push(format!(
-                "-A {svc_chain} -m comment --comment \"{c} -> {b}\" -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout} --reap -j {sep}"
+                "-A {svc_chain} -s {a}/{b} -m comment --comment \"{c} pod traffic for external destinations\" -j {clu}"
             ));
         }
+        lines.push(format!(
+            "-A {svc_chain} -m comment --comment \"{c} masquerade LOCAL traffic for external destinations\" -m addrtype --src-type LOCAL -j {MARK_MASQ_CHAIN}"
+        ));
+        lines.push(format!(
+            "-A {svc_chain} -m comment --comment \"{c} route LOCAL traffic for external destinations\" -m addrtype --src-type LOCAL -j {clu}"
+        ));
+        spread(
+            key,
+            &clu,
+            &short.backends,
+            svc.affinity_timeout,
+            &c,
+            &mut lines,
+        );
+        chains.push(clu);
+        seps.extend(short.backends.iter().copied());
+        seps.sort_unstable();
+        seps.dedup();
     }
-    for (i, b) in svc.backends.iter().enumerate() {
-        let sep = sep_chain(key, b);
-        let remaining = n - i;
-        if remaining > 1 {
-            lines.push(format!(
-                "-A {svc_chain} -m comment --comment \"{c} -> {b}\" -m statistic --mode random --probability {:.10} -j {sep}",
-                1.0 / remaining as f64
-            ));
-        } else {
-            lines.push(format!(
-                "-A {svc_chain} -m comment --comment \"{c} -> {b}\" -j {sep}"
-            ));
-        }
-        chains.push(sep);
-    }
-    for b in &svc.backends {
+    spread(
+        key,
+        &svc_chain,
+        &svc.backends,
+        svc.affinity_timeout,
+        &c,
+        &mut lines,
+    );
+    chains.extend(seps.iter().map(|b| sep_chain(key, b)));
+    for b in &seps {
         let sep = sep_chain(key, b);
         let p = proto(key.protocol);
         // hairpin: a backend reaching its own service must see the reply come from the
@@ -206,6 +239,43 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
     ServiceRules { chains, lines }
 }
 
+/// The rules of `chain` that spread new connections over `backends`' SEP chains (kube-proxy's
+/// `-m statistic` ladder), after the ClientIP affinity rules when `affinity` is set.
+fn spread(
+    key: &ServiceKey,
+    chain: &str,
+    backends: &[SocketAddrV4],
+    affinity: Option<u32>,
+    c: &str,
+    lines: &mut Vec<String>,
+) {
+    if let Some(timeout) = affinity {
+        // kube-proxy's sessionAffinity ClientIP: a client seen within the timeout goes
+        // back to the endpoint that last took it
+        for b in backends {
+            let sep = sep_chain(key, b);
+            lines.push(format!(
+                "-A {chain} -m comment --comment \"{c} -> {b}\" -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout} --reap -j {sep}"
+            ));
+        }
+    }
+    let n = backends.len();
+    for (i, b) in backends.iter().enumerate() {
+        let sep = sep_chain(key, b);
+        let remaining = n - i;
+        if remaining > 1 {
+            lines.push(format!(
+                "-A {chain} -m comment --comment \"{c} -> {b}\" -m statistic --mode random --probability {:.10} -j {sep}",
+                1.0 / remaining as f64
+            ));
+        } else {
+            lines.push(format!(
+                "-A {chain} -m comment --comment \"{c} -> {b}\" -j {sep}"
+            ));
+        }
+    }
+}
+
 /// What to restore to go from `applied` (plus `orphans`, KAZE chains found in the kernel
 /// that this process did not write) to `desired`. `jumps` are the missing built-in jump
 /// rules, `(table, rule after -A)`.
@@ -224,7 +294,7 @@ pub fn plan(
     let mut rules = Vec::new();
     let mut changed = 0;
     for (key, svc) in desired {
-        if svc.backends.is_empty() {
+        if !has_rules(svc) {
             continue;
         }
         let r = service_rules(key, svc);

@@ -20,6 +20,7 @@ fn svc(name: &str, backends: &[u8]) -> DesiredService {
         masquerade: false,
         affinity_timeout: None,
         source_ranges: Vec::new(),
+        short_circuit: None,
     }
 }
 
@@ -373,4 +374,57 @@ fn client_ip_affinity_checks_and_sets_a_recent_list_per_endpoint() {
             p.input
         );
     }
+}
+
+#[test]
+fn a_local_frontend_short_circuits_pods_and_the_node_to_every_endpoint() {
+    let k = key(10, 80, Protocol::Tcp);
+    // no endpoint on this node: other clients are refused, pods and the node are not
+    let mut s = svc("default/web:http", &[]);
+    s.short_circuit = Some(crate::desired::ShortCircuit {
+        backends: svc("x", &[1, 2]).backends,
+        pod_nets: vec![(Ipv4Addr::new(10, 42, 0, 0), 16)],
+    });
+    let p = plan(&desired(&[(k, s)]), &BTreeMap::new(), &BTreeSet::new(), &[]);
+    let input = &p.input;
+    let svc = svc_chain(&k);
+    let clu = short_circuit_chain(&k);
+    assert!(clu.len() <= 28, "{clu}");
+    let rules = |chain: &str| -> Vec<String> {
+        input
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {chain} ")))
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        input.contains(&format!("--dport 80 -j {svc}\n")),
+        "the services chain jumps to the frontend although it has no local endpoint: {input}"
+    );
+    let front = rules(&svc);
+    assert_eq!(front.len(), 3, "{front:#?}");
+    assert!(front[0].contains(" -s 10.42.0.0/16 ") && front[0].ends_with(&format!("-j {clu}")));
+    assert!(
+        front[1].contains("-m addrtype --src-type LOCAL")
+            && front[1].ends_with(&format!("-j {MARK_MASQ_CHAIN}")),
+        "the node's own traffic is masqueraded: {front:#?}"
+    );
+    assert!(
+        front[2].contains("-m addrtype --src-type LOCAL")
+            && front[2].ends_with(&format!("-j {clu}"))
+    );
+    let spread = rules(&clu);
+    assert_eq!(spread.len(), 2, "{spread:#?}");
+    for i in 1..=2u8 {
+        let sep = sep_chain(&k, &SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, i), 8080));
+        assert!(spread[usize::from(i) - 1].ends_with(&format!("-j {sep}")));
+        assert!(input.contains(&format!(":{sep} - [0:0]\n")));
+        assert!(input.contains(&format!("-A {sep} -p tcp ")), "{input}");
+    }
+    // what no rule took is refused in the filter table, as before
+    let filter = &input[input.find("*filter").expect("filter table")..];
+    assert!(
+        filter.contains("has no endpoints") && filter.contains("-j REJECT"),
+        "{filter}"
+    );
 }

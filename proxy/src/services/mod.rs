@@ -13,8 +13,9 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuHashMap, PerCpuValues};
 use dataplane_common::{
-    limits, names, Aff4Key, AffValue, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey,
-    RrValue, SrcRange4, Svc4Key, SvcStats, SvcValue, PROTO_TCP, PROTO_UDP, SVC_FLAG_AFFINITY,
+    limits, names, Aff4Key, AffValue, Backend4, BackendKey, Ct4Key, CtValue, PodNet4, RevNat4,
+    RevNatKey, RrValue, SrcRange4, Svc4Key, SvcStats, SvcValue, PROTO_TCP, PROTO_UDP,
+    SCOPE_FRONTEND, SCOPE_SHORT_CIRCUIT, SVC_FLAG_AFFINITY, SVC_FLAG_SHORT_CIRCUIT,
     SVC_FLAG_SOURCE_RANGES,
 };
 use tracing::debug;
@@ -74,15 +75,25 @@ impl fmt::Display for ServiceKey {
 }
 
 impl ServiceKey {
-    fn slot(&self, slot: u16) -> Svc4Key {
+    /// The `KAZE_SVC4` key of `slot` in view `scope` (`SCOPE_*`) of this frontend.
+    fn slot(&self, scope: u8, slot: u16) -> Svc4Key {
         Svc4Key {
             address: u32::from_ne_bytes(self.address.octets()),
             dport: self.port.to_be(),
             backend_slot: slot,
             proto: self.protocol.number(),
-            scope: 0,
+            scope,
             pad: [0; 2],
         }
+    }
+}
+
+/// How logs and errors name view `scope` of `key`.
+fn view_name(key: &ServiceKey, scope: u8) -> String {
+    if scope == SCOPE_FRONTEND {
+        key.to_string()
+    } else {
+        format!("{key} (short-circuit)")
     }
 }
 
@@ -100,6 +111,9 @@ pub struct ServiceState {
     pub affinity_timeout: u32,
     /// The allowed client ranges when `flags` has `SVC_FLAG_SOURCE_RANGES`, sorted.
     pub source_ranges: Vec<SourceRange>,
+    /// With `SVC_FLAG_SHORT_CIRCUIT`: the backends of the short-circuit entry (the pods' and
+    /// the node's own new flows), in slot order.
+    pub short_circuit: Option<Vec<SocketAddrV4>>,
 }
 
 /// Traffic counters of one service, summed over CPUs.
@@ -121,6 +135,7 @@ type AffMap<'a> = BpfHashMap<&'a mut MapData, Aff4Key, AffValue>;
 type RrMap<'a> = Array<&'a mut MapData, RrValue>;
 type StatsMap<'a> = PerCpuHashMap<&'a mut MapData, RevNatKey, SvcStats>;
 type RangeMap<'a> = LpmTrie<&'a mut MapData, SrcRange4, u32>;
+type PodNetMap<'a> = LpmTrie<&'a mut MapData, PodNet4, u32>;
 
 impl Dataplane {
     /// Programs `key` to balance over `backends` (in this order), creating the service or
@@ -145,13 +160,16 @@ impl Dataplane {
         flags: u16,
         affinity_timeout: u32,
     ) -> Result<(), DataplaneError> {
-        self.upsert_frontend(key, backends, flags, affinity_timeout, &[])
+        self.upsert_frontend(key, backends, flags, affinity_timeout, &[], None)
     }
 
-    /// [`Self::upsert_service_with`] for a load-balancer frontend that only clients in
-    /// `source_ranges` may reach (`loadBalancerSourceRanges`; empty: every client).
-    /// `SVC_FLAG_SOURCE_RANGES` follows from the ranges: new ranges are written before the
-    /// service entry that uses them, ranges no longer wanted are removed after it.
+    /// [`Self::upsert_service_with`] for an external frontend: one that only clients in
+    /// `source_ranges` may reach (`loadBalancerSourceRanges`; empty: every client), and,
+    /// under externalTrafficPolicy Local, whose pods' and node's own new flows go to
+    /// `short_circuit` (every endpoint of the service) instead of `backends` (this node's).
+    /// `SVC_FLAG_SOURCE_RANGES` and `SVC_FLAG_SHORT_CIRCUIT` follow from these: what a flag
+    /// points to is written before the service entry that sets it, and removed after the
+    /// entry no longer does.
     pub fn upsert_frontend(
         &mut self,
         key: ServiceKey,
@@ -159,9 +177,50 @@ impl Dataplane {
         flags: u16,
         affinity_timeout: u32,
         source_ranges: &[SourceRange],
+        short_circuit: Option<&[SocketAddrV4]>,
     ) -> Result<(), DataplaneError> {
+        let mut flags = flags & !SVC_FLAG_SHORT_CIRCUIT;
+        if let Some(short) = short_circuit {
+            // upstream's short-circuit keeps sessionAffinity, nothing else of the frontend
+            self.write_view(
+                key,
+                SCOPE_SHORT_CIRCUIT,
+                short,
+                flags & SVC_FLAG_AFFINITY,
+                affinity_timeout,
+                &[],
+            )?;
+            flags |= SVC_FLAG_SHORT_CIRCUIT;
+        }
+        self.write_view(
+            key,
+            SCOPE_FRONTEND,
+            backends,
+            flags,
+            affinity_timeout,
+            source_ranges,
+        )?;
+        if short_circuit.is_none() {
+            self.remove_view(key, SCOPE_SHORT_CIRCUIT)?;
+        }
+        Ok(())
+    }
+
+    /// Writes view `scope` of frontend `key` in the publishing order above.
+    fn write_view(
+        &mut self,
+        key: ServiceKey,
+        scope: u8,
+        backends: &[SocketAddrV4],
+        flags: u16,
+        affinity_timeout: u32,
+        source_ranges: &[SourceRange],
+    ) -> Result<(), DataplaneError> {
+        let name = view_name(&key, scope);
+        // only the frontend's own entry has ranges
         let ranges: BTreeSet<SourceRange> = source_ranges
             .iter()
+            .filter(|_| scope == SCOPE_FRONTEND)
             .map(|r| crate::desired::network(*r))
             .collect();
         let flags = if ranges.is_empty() {
@@ -173,6 +232,7 @@ impl Dataplane {
             .state
             .source_ranges
             .get(&key)
+            .filter(|_| scope == SCOPE_FRONTEND)
             .cloned()
             .unwrap_or_default();
         let mut seen = HashSet::new();
@@ -183,12 +243,12 @@ impl Dataplane {
             .collect();
         if backends.len() > usize::from(limits::MAX_BACKENDS_PER_SERVICE) {
             return Err(DataplaneError::TooManyBackends {
-                service: key.to_string(),
+                service: name,
                 count: backends.len(),
                 max: limits::MAX_BACKENDS_PER_SERVICE,
             });
         }
-        let old = self.state.services.get(&key).cloned();
+        let old = self.state.services.get(&(key, scope)).cloned();
         let rev_nat_id = match &old {
             Some(o) => o.rev_nat_id,
             None => self.state.alloc_rev_nat()?,
@@ -213,7 +273,7 @@ impl Dataplane {
                         },
                         0,
                     )
-                    .map_err(map_err(format!("writing backend {b} of {key}")))?;
+                    .map_err(map_err(format!("writing backend {b} of {name}")))?;
                     self.state.backends.insert(id, (*b, key.protocol));
                     self.state.backend_ids.insert((*b, key.protocol), id);
                     id
@@ -235,8 +295,8 @@ impl Dataplane {
                     flags: 0,
                     pad: [0; 2],
                 };
-                svc.insert(key.slot(slot), value, 0)
-                    .map_err(map_err(format!("writing slot {slot} of {key}")))?;
+                svc.insert(key.slot(scope, slot), value, 0)
+                    .map_err(map_err(format!("writing slot {slot} of {name}")))?;
             }
         }
 
@@ -255,10 +315,10 @@ impl Dataplane {
                 value,
                 0,
             )
-            .map_err(map_err(format!("writing rev-NAT entry of {key}")))?;
+            .map_err(map_err(format!("writing rev-NAT entry of {name}")))?;
         }
         if old.is_none() {
-            self.reset_service_counters(rev_nat_id, &key)?;
+            self.reset_service_counters(rev_nat_id, &name)?;
         }
 
         // 3b. source ranges the entry will need
@@ -288,14 +348,14 @@ impl Dataplane {
                 flags,
                 pad: [0; 2],
             };
-            svc.insert(key.slot(0), head, 0)
-                .map_err(map_err(format!("publishing {key}")))?;
+            svc.insert(key.slot(scope, 0), head, 0)
+                .map_err(map_err(format!("publishing {name}")))?;
 
             // 5. slots no longer published
             let old_count = old.as_ref().map_or(0, |o| o.backend_ids.len());
             for slot in ids.len() + 1..=old_count {
-                remove_if_present(&mut svc, &key.slot(slot as u16))
-                    .map_err(map_err(format!("removing slot {slot} of {key}")))?;
+                remove_if_present(&mut svc, &key.slot(scope, slot as u16))
+                    .map_err(map_err(format!("removing slot {slot} of {name}")))?;
             }
         }
 
@@ -324,7 +384,7 @@ impl Dataplane {
         let dropped: Vec<u32> = removed.iter().copied().collect();
         let candidates = self.state.reference(&added, &dropped);
         self.state.services.insert(
-            key,
+            (key, scope),
             Programmed {
                 rev_nat_id,
                 backend_ids: ids,
@@ -346,7 +406,7 @@ impl Dataplane {
             self.purge_flows(rev_nat_id, &removed)?;
         }
         self.release_backends(candidates)?;
-        debug!(service = %key, rev_nat_id, backends = backends.len(), "service programmed");
+        debug!(service = %name, rev_nat_id, backends = backends.len(), "service programmed");
         Ok(())
     }
 
@@ -354,39 +414,50 @@ impl Dataplane {
     /// backend until they end (their conntrack entries carry everything they need).
     /// Returns whether the service was programmed.
     pub fn remove_service(&mut self, key: ServiceKey) -> Result<bool, DataplaneError> {
-        let Some(old) = self.state.services.remove(&key) else {
+        let removed = self.remove_view(key, SCOPE_FRONTEND)?;
+        // after the entry whose flag pointed to it
+        self.remove_view(key, SCOPE_SHORT_CIRCUIT)?;
+        Ok(removed)
+    }
+
+    /// Removes view `scope` of `key`; returns whether it was programmed.
+    fn remove_view(&mut self, key: ServiceKey, scope: u8) -> Result<bool, DataplaneError> {
+        let Some(old) = self.state.services.remove(&(key, scope)) else {
             return Ok(false);
         };
+        let name = view_name(&key, scope);
         {
             let mut svc: SvcMap = typed_mut(&mut self.ebpf, names::SERVICES4)?;
             // unpublish first, then the slots behind it
-            remove_if_present(&mut svc, &key.slot(0))
-                .map_err(map_err(format!("unpublishing {key}")))?;
+            remove_if_present(&mut svc, &key.slot(scope, 0))
+                .map_err(map_err(format!("unpublishing {name}")))?;
             for slot in 1..=old.backend_ids.len() {
-                remove_if_present(&mut svc, &key.slot(slot as u16))
-                    .map_err(map_err(format!("removing slot {slot} of {key}")))?;
+                remove_if_present(&mut svc, &key.slot(scope, slot as u16))
+                    .map_err(map_err(format!("removing slot {slot} of {name}")))?;
             }
         }
-        let ranges = self
-            .state
-            .source_ranges
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
-        self.remove_source_ranges(&key, ranges.into_iter().collect())?;
+        if scope == SCOPE_FRONTEND {
+            let ranges = self
+                .state
+                .source_ranges
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            self.remove_source_ranges(&key, ranges.into_iter().collect())?;
+        }
         let id = RevNatKey {
             id: u32::from(old.rev_nat_id),
         };
         {
             let mut rn: RevNatMap = typed_mut(&mut self.ebpf, names::REV_NAT4)?;
             remove_if_present(&mut rn, &id)
-                .map_err(map_err(format!("removing rev-NAT entry of {key}")))?;
+                .map_err(map_err(format!("removing rev-NAT entry of {name}")))?;
         }
         {
             let mut stats: StatsMap = typed_mut(&mut self.ebpf, names::STATS)?;
             match stats.remove(&id) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(format!("removing counters of {key}"))(e)),
+                Err(e) => return Err(map_err(format!("removing counters of {name}"))(e)),
             }
         }
         if old.flags & SVC_FLAG_AFFINITY != 0 {
@@ -395,8 +466,43 @@ impl Dataplane {
         self.state.rev_nat_in_use.remove(&old.rev_nat_id);
         let candidates = self.state.reference(&[], &old.backend_ids);
         self.release_backends(candidates)?;
-        debug!(service = %key, "service removed");
+        debug!(service = %name, "service removed");
         Ok(true)
+    }
+
+    /// Makes `KAZE_PODNET4` hold exactly `nets` (host bits cleared): the ranges of this
+    /// cluster's pods, whose new flows to frontends with `SVC_FLAG_SHORT_CIRCUIT` take the
+    /// short-circuit entry. New ranges are added before old ones go.
+    pub fn set_pod_nets(&mut self, nets: &[SourceRange]) -> Result<(), DataplaneError> {
+        let want: BTreeSet<SourceRange> =
+            nets.iter().map(|r| crate::desired::network(*r)).collect();
+        if want == self.state.pod_nets {
+            return Ok(());
+        }
+        let key = |r: &SourceRange| {
+            aya::maps::lpm_trie::Key::new(
+                u32::from(r.1),
+                PodNet4 {
+                    address: raw_ip(&r.0),
+                },
+            )
+        };
+        let mut map: PodNetMap = typed_mut(&mut self.ebpf, names::POD_NETS4)?;
+        for r in want.difference(&self.state.pod_nets) {
+            map.insert(&key(r), 1, 0)
+                .map_err(map_err(format!("writing pod range {}/{}", r.0, r.1)))?;
+        }
+        for r in self.state.pod_nets.difference(&want) {
+            lpm_remove_if_present(&mut map, &key(r))
+                .map_err(map_err(format!("removing pod range {}/{}", r.0, r.1)))?;
+        }
+        self.state.pod_nets = want;
+        Ok(())
+    }
+
+    /// The ranges `KAZE_PODNET4` holds.
+    pub fn pod_nets(&self) -> Vec<SourceRange> {
+        self.state.pod_nets.iter().copied().collect()
     }
 
     /// Removes `ranges` of frontend `key` from `KAZE_LBSRC4`.
@@ -410,18 +516,9 @@ impl Dataplane {
         }
         let mut map: RangeMap = typed_mut(&mut self.ebpf, names::SOURCE_RANGES4)?;
         for r in &ranges {
-            match map.remove(&source_range_key(key, r)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                // ENOENT, as the LPM trie reports a missing key
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(2) => {}
-                Err(e) => {
-                    return Err(map_err(format!(
-                        "removing source range {}/{} of {key}",
-                        r.0, r.1
-                    ))(e))
-                }
-            }
+            lpm_remove_if_present(&mut map, &source_range_key(key, r)).map_err(map_err(
+                format!("removing source range {}/{} of {key}", r.0, r.1),
+            ))?;
             if let Some(set) = self.state.source_ranges.get_mut(key) {
                 set.remove(r);
                 if set.is_empty() {
@@ -436,22 +533,31 @@ impl Dataplane {
     /// service.
     pub fn services(&self) -> Result<Vec<ServiceState>, DataplaneError> {
         let state = State::read(&self.ebpf, &self.pin_root)?;
+        let addresses = |key: &ServiceKey, scope: u8, ids: &[u32]| {
+            ids.iter()
+                .map(|id| {
+                    state.backends.get(id).map(|(a, _)| *a).ok_or_else(|| {
+                        DataplaneError::Inconsistent {
+                            pin_root: self.pin_root.clone(),
+                            detail: format!(
+                                "service {} uses backend id {id}, which is not in the backends map",
+                                view_name(key, scope)
+                            ),
+                        }
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
         state
             .services
             .iter()
-            .map(|(key, p)| {
-                let backends = p
-                    .backend_ids
-                    .iter()
-                    .map(|id| {
-                        state.backends.get(id).map(|(a, _)| *a).ok_or_else(|| {
-                            DataplaneError::Inconsistent {
-                                pin_root: self.pin_root.clone(),
-                                detail: format!("service {key} uses backend id {id}, which is not in the backends map"),
-                            }
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
+            .filter(|((_, scope), _)| *scope == SCOPE_FRONTEND)
+            .map(|((key, _), p)| {
+                let backends = addresses(key, SCOPE_FRONTEND, &p.backend_ids)?;
+                let short_circuit = match state.services.get(&(*key, SCOPE_SHORT_CIRCUIT)) {
+                    Some(short) => Some(addresses(key, SCOPE_SHORT_CIRCUIT, &short.backend_ids)?),
+                    None => None,
+                };
                 Ok(ServiceState {
                     key: *key,
                     rev_nat_id: p.rev_nat_id,
@@ -467,34 +573,46 @@ impl Dataplane {
                         .get(key)
                         .map(|r| r.iter().copied().collect())
                         .unwrap_or_default(),
+                    short_circuit,
                 })
             })
             .collect()
     }
 
-    /// The counters of `key`, summed over CPUs; `None` if it is not programmed.
+    /// The counters of `key` (its short-circuit entry's included), summed over CPUs; `None`
+    /// if it is not programmed.
     pub fn counters(&self, key: ServiceKey) -> Result<Option<ServiceCounters>, DataplaneError> {
-        let Some(p) = self.state.services.get(&key) else {
+        if !self.state.services.contains_key(&(key, SCOPE_FRONTEND)) {
             return Ok(None);
-        };
+        }
         let stats: PerCpuHashMap<&MapData, RevNatKey, SvcStats> = typed(&self.ebpf, names::STATS)?;
-        let values = match stats.get(
-            &RevNatKey {
-                id: u32::from(p.rev_nat_id),
-            },
-            0,
-        ) {
-            Ok(v) => v,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(Some(ServiceCounters::default())),
-            Err(e) => return Err(map_err(format!("reading counters of {key}"))(e)),
-        };
         let mut sum = ServiceCounters::default();
-        for v in values.iter() {
-            sum.fwd_packets += v.fwd_packets;
-            sum.fwd_bytes += v.fwd_bytes;
-            sum.rev_packets += v.rev_packets;
-            sum.rev_bytes += v.rev_bytes;
-            sum.no_backend += v.no_backend;
+        for scope in [SCOPE_FRONTEND, SCOPE_SHORT_CIRCUIT] {
+            let Some(p) = self.state.services.get(&(key, scope)) else {
+                continue;
+            };
+            let values = match stats.get(
+                &RevNatKey {
+                    id: u32::from(p.rev_nat_id),
+                },
+                0,
+            ) {
+                Ok(v) => v,
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => {
+                    return Err(map_err(format!(
+                        "reading counters of {}",
+                        view_name(&key, scope)
+                    ))(e))
+                }
+            };
+            for v in values.iter() {
+                sum.fwd_packets += v.fwd_packets;
+                sum.fwd_bytes += v.fwd_bytes;
+                sum.rev_packets += v.rev_packets;
+                sum.rev_bytes += v.rev_bytes;
+                sum.no_backend += v.no_backend;
+            }
         }
         Ok(Some(sum))
     }
@@ -518,11 +636,7 @@ impl Dataplane {
         Ok(keys.len())
     }
 
-    fn reset_service_counters(
-        &mut self,
-        rev_nat_id: u16,
-        key: &ServiceKey,
-    ) -> Result<(), DataplaneError> {
+    fn reset_service_counters(&mut self, rev_nat_id: u16, key: &str) -> Result<(), DataplaneError> {
         let cpus = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
             what: format!("counting CPUs ({what})"),
             source,
@@ -618,6 +732,18 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+}
+
+fn lpm_remove_if_present<K: aya::Pod>(
+    map: &mut LpmTrie<&mut MapData, K, u32>,
+    key: &aya::maps::lpm_trie::Key<K>,
+) -> Result<(), aya::maps::MapError> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        // ENOENT, as the LPM trie reports a missing key
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(2) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -12,8 +12,8 @@ use aya::{
     Ebpf,
 };
 use dataplane_common::{
-    limits, names, source_range_prefix, Backend4, BackendKey, Ct4Key, CtValue, RevNat4, RevNatKey,
-    RrValue, SrcRange4, Svc4Key, SvcStats, SvcValue,
+    limits, names, source_range_prefix, Backend4, BackendKey, Ct4Key, CtValue, PodNet4, RevNat4,
+    RevNatKey, RrValue, SrcRange4, Svc4Key, SvcStats, SvcValue,
 };
 
 use super::{Protocol, ServiceKey};
@@ -34,7 +34,8 @@ pub type SourceRange = (Ipv4Addr, u8);
 /// The proxy's mirror of the maps, rebuilt from them on load.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(super) services: BTreeMap<ServiceKey, Programmed>,
+    /// By frontend and view (`Svc4Key.scope`).
+    pub(super) services: BTreeMap<(ServiceKey, u8), Programmed>,
     pub(super) backends: HashMap<u32, (SocketAddrV4, Protocol)>,
     pub(super) backend_ids: HashMap<(SocketAddrV4, Protocol), u32>,
     pub(super) rev_nat_in_use: HashSet<u16>,
@@ -51,6 +52,8 @@ pub(crate) struct State {
     pub(super) next_backend: u32,
     /// `KAZE_LBSRC4`: each frontend's allowed client ranges (frontends without any absent).
     pub(super) source_ranges: BTreeMap<ServiceKey, BTreeSet<SourceRange>>,
+    /// `KAZE_PODNET4`: the ranges of this cluster's pods.
+    pub(super) pod_nets: BTreeSet<SourceRange>,
 }
 
 pub(super) fn ip(raw: u32) -> Ipv4Addr {
@@ -72,8 +75,12 @@ pub(super) fn map_err(
 }
 
 impl State {
+    /// Frontends (short-circuit entries not counted apart).
     pub(crate) fn service_count(&self) -> usize {
-        self.services.len()
+        self.services
+            .keys()
+            .filter(|(_, scope)| *scope == dataplane_common::SCOPE_FRONTEND)
+            .count()
     }
 
     /// Reads what is programmed from the maps.
@@ -111,6 +118,13 @@ impl State {
                 .or_default()
                 .insert((ip(data.source), bits.min(32) as u8));
         }
+        let pod_nets: LpmTrie<&MapData, PodNet4, u32> = typed(ebpf, names::POD_NETS4)?;
+        for key in pod_nets.keys() {
+            let key = key.map_err(map_err("reading the pod ranges map"))?;
+            state
+                .pod_nets
+                .insert((ip(key.data().address), key.prefix_len().min(32) as u8));
+        }
         for entry in be.iter() {
             let (k, v) = entry.map_err(map_err("reading the backends map"))?;
             let Some(proto) = Protocol::from_number(v.proto) else {
@@ -122,7 +136,7 @@ impl State {
             state.next_backend = state.next_backend.max(k.id.wrapping_add(1));
         }
 
-        let mut slots: HashMap<(u32, u16, u8), BTreeMap<u16, u32>> = HashMap::new();
+        let mut slots: HashMap<(u32, u16, u8, u8), BTreeMap<u16, u32>> = HashMap::new();
         let mut heads = Vec::new();
         for entry in svc.iter() {
             let (k, v) = entry.map_err(map_err("reading the services map"))?;
@@ -130,7 +144,7 @@ impl State {
                 heads.push((k, v));
             } else {
                 slots
-                    .entry((k.address, k.dport, k.proto))
+                    .entry((k.address, k.dport, k.proto, k.scope))
                     .or_default()
                     .insert(k.backend_slot, v.backend_id);
             }
@@ -144,7 +158,7 @@ impl State {
                 port: u16::from_be(k.dport),
                 protocol,
             };
-            let service_slots = slots.remove(&(k.address, k.dport, k.proto));
+            let service_slots = slots.remove(&(k.address, k.dport, k.proto, k.scope));
             let mut backend_ids = Vec::with_capacity(usize::from(v.count));
             for slot in 1..=v.count {
                 // slots above count may linger after a crash mid-update; slots at or below
@@ -167,7 +181,7 @@ impl State {
             state.rev_nat_in_use.insert(v.rev_nat_id);
             state.next_rev_nat = state.next_rev_nat.max(v.rev_nat_id.wrapping_add(1)).max(1);
             state.services.insert(
-                key,
+                (key, k.scope),
                 Programmed {
                     rev_nat_id: v.rev_nat_id,
                     backend_ids,
