@@ -1,14 +1,19 @@
 //! EndpointSlice (and Endpoints): for every Service with a selector, the matching pods with
 //! an IP, their ready/serving/terminating conditions and the service ports resolved per pod
-//! (named target ports can differ between pods), in slices of at most 100 endpoints.
+//! (named target ports can differ between pods), in slices of at most 100 endpoints. Each
+//! endpoint carries its node's zone; under `spec.trafficDistribution` ready endpoints get
+//! upstream's hints (their own zone; with `PreferSameNode` also their own node), which the
+//! proxies follow.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -26,15 +31,28 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 pub const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 pub const MAX_ENDPOINTS: usize = 100;
+/// The label upstream puts on the slices of headless services (proxies skip them).
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// The node label an endpoint's `zone` comes from.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Upstream's topology-aware routing annotations: while one is on (anything but empty or
+/// `Disabled`), upstream's topology cache sets the hints and `trafficDistribution` is not
+/// used. kaze has no topology cache, so such a service gets no hints at all.
+const TOPOLOGY_ANNOTATIONS: [&str; 2] = [
+    "service.kubernetes.io/topology-mode",
+    "service.kubernetes.io/topology-aware-hints",
+];
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
     let services = ctx.owners::<Service>();
     let slices = ctx.slices();
     let pods = ctx.pods();
+    let nodes = ctx.informers.get::<Node>();
     if !wait_synced(&shutdown, async {
         services.synced().await;
         slices.synced().await;
         pods.synced().await;
+        nodes.synced().await;
     })
     .await
     {
@@ -83,8 +101,44 @@ fn resolve_port(target: Option<&IntOrString>, port: i32, pod: &Pod) -> Option<i3
     }
 }
 
-/// Desired slices for a service: endpoints grouped by their resolved port list.
-pub fn desired(svc: &Service, pods: &[Pod]) -> Vec<(Vec<EndpointPort>, Vec<Endpoint>)> {
+/// Which hints a service's ready endpoints get (upstream's `trafficdist` heuristics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hints {
+    None,
+    /// `PreferClose`, `PreferSameZone`: the endpoint's zone.
+    Zone,
+    /// `PreferSameNode`: the endpoint's zone and node.
+    ZoneAndNode,
+}
+
+fn hints_for(svc: &Service) -> Hints {
+    let topology_on = TOPOLOGY_ANNOTATIONS.iter().any(|a| {
+        svc.annotations()
+            .get(*a)
+            .is_some_and(|v| !v.is_empty() && v != "Disabled" && v != "disabled")
+    });
+    if topology_on {
+        return Hints::None;
+    }
+    match svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref())
+    {
+        Some("PreferClose" | "PreferSameZone") => Hints::Zone,
+        Some("PreferSameNode") => Hints::ZoneAndNode,
+        _ => Hints::None,
+    }
+}
+
+/// Desired slices for a service: endpoints grouped by their resolved port list. `zone_of`
+/// names a node's zone.
+pub fn desired(
+    svc: &Service,
+    pods: &[Pod],
+    zone_of: impl Fn(&str) -> Option<String>,
+) -> Vec<(Vec<EndpointPort>, Vec<Endpoint>)> {
+    let hints = hints_for(svc);
     let spec = svc.spec.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let svc_name = svc.name_any();
@@ -123,6 +177,17 @@ pub fn desired(svc: &Service, pods: &[Pod]) -> Vec<(Vec<EndpointPort>, Vec<Endpo
             .as_ref()
             .filter(|s| s.subdomain.as_deref() == Some(svc_name.as_str()))
             .and_then(|s| s.hostname.clone());
+        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let zone = node_name.as_deref().and_then(&zone_of);
+        // upstream's trafficdist: ready endpoints only
+        let for_zones = zone
+            .clone()
+            .filter(|_| ready && hints != Hints::None)
+            .map(|name| vec![ForZone { name }]);
+        let for_nodes = node_name
+            .clone()
+            .filter(|_| ready && hints == Hints::ZoneAndNode)
+            .map(|name| vec![ForNode { name }]);
         let endpoint = Endpoint {
             addresses: vec![ip],
             conditions: Some(EndpointConditions {
@@ -131,7 +196,12 @@ pub fn desired(svc: &Service, pods: &[Pod]) -> Vec<(Vec<EndpointPort>, Vec<Endpo
                 terminating: Some(terminating),
             }),
             hostname,
-            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            hints: (for_zones.is_some() || for_nodes.is_some()).then_some(EndpointHints {
+                for_zones,
+                for_nodes,
+            }),
+            zone,
+            node_name,
             target_ref: Some(k8s_openapi::api::core::v1::ObjectReference {
                 kind: Some("Pod".into()),
                 name: Some(pod.name_any()),
@@ -163,9 +233,15 @@ pub fn desired(svc: &Service, pods: &[Pod]) -> Vec<(Vec<EndpointPort>, Vec<Endpo
     out
 }
 
-fn same_content(slice: &EndpointSlice, ports: &[EndpointPort], eps: &[Endpoint]) -> bool {
+fn same_content(
+    slice: &EndpointSlice,
+    ports: &[EndpointPort],
+    eps: &[Endpoint],
+    labels: &BTreeMap<String, String>,
+) -> bool {
     slice.ports.as_deref().unwrap_or_default() == ports
         && slice.endpoints.as_deref().unwrap_or_default() == eps
+        && slice.metadata.labels.as_ref() == Some(labels)
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
@@ -195,7 +271,12 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         .filter(|p| labels_match(&selector, p.labels()))
         .map(|p| p.as_ref().clone())
         .collect();
-    let want = desired(&svc, &pods);
+    let nodes = ctx.informers.get::<Node>().store();
+    let want = desired(&svc, &pods, |node| {
+        nodes
+            .get(&ObjectRef::new(node))
+            .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
+    });
 
     let slices_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let mut existing: Vec<EndpointSlice> = ctx
@@ -218,7 +299,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     } else {
         "IPv4"
     };
-    let labels: BTreeMap<String, String> = svc
+    // the service's labels, as upstream copies them (a proxy-name label included), but
+    // the headless one, which only headless services' slices carry
+    let mut labels: BTreeMap<String, String> = svc
         .labels()
         .clone()
         .into_iter()
@@ -227,10 +310,14 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
             (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
         ])
         .collect();
+    labels.remove(HEADLESS_LABEL);
+    if spec.cluster_ip.as_deref() == Some("None") {
+        labels.insert(HEADLESS_LABEL.into(), String::new());
+    }
     let mut changed = false;
     for (i, (ports, eps)) in want.iter().enumerate() {
         match existing.get(i) {
-            Some(cur) if same_content(cur, ports, eps) => {}
+            Some(cur) if same_content(cur, ports, eps, &labels) => {}
             Some(cur) => {
                 let mut next = cur.clone();
                 next.ports = Some(ports.clone());
@@ -367,6 +454,74 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i"}]},
         }))
         .expect("pod");
-        assert_eq!(desired(&svc, &[pending]), vec![(vec![], vec![])]);
+        assert_eq!(desired(&svc, &[pending], |_| None), vec![(vec![], vec![])]);
+    }
+
+    #[test]
+    fn ready_endpoints_get_upstreams_hints_under_traffic_distribution() {
+        let pod = |name: &str, node: &str, ready: bool| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+                "status": {"podIP": format!("10.42.0.{}", name.len()), "phase": "Running",
+                           "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+            }))
+            .expect("pod")
+        };
+        let pods = [
+            pod("a", "n1", true),
+            pod("bb", "n2", true),
+            pod("ccc", "n3", false),
+        ];
+        let zone_of = |n: &str| (n != "n2").then(|| format!("z-{n}"));
+        let svc = |distribution: Option<&str>, annotations: serde_json::Value| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "d", "annotations": annotations},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}],
+                         "trafficDistribution": distribution},
+            }))
+            .expect("service")
+        };
+        let hints = |svc: &Service| -> Vec<(Option<String>, serde_json::Value)> {
+            desired(svc, &pods, zone_of)
+                .into_iter()
+                .flat_map(|(_, eps)| eps)
+                .map(|e| (e.zone, serde_json::to_value(&e.hints).expect("json")))
+                .collect()
+        };
+        // zones always; no hints without a distribution
+        assert_eq!(
+            hints(&svc(None, json!({}))),
+            vec![
+                (Some("z-n1".into()), json!(null)),
+                (None, json!(null)),
+                (Some("z-n3".into()), json!(null)),
+            ]
+        );
+        // PreferClose: a ready endpoint's own zone; none without a zone, none when not ready
+        let close = hints(&svc(Some("PreferClose"), json!({})));
+        assert_eq!(close[0].1, json!({"forZones": [{"name": "z-n1"}]}));
+        assert_eq!(close[1].1, json!(null));
+        assert_eq!(close[2].1, json!(null));
+        assert_eq!(hints(&svc(Some("PreferSameZone"), json!({}))), close);
+        // PreferSameNode: the node as well
+        let node = hints(&svc(Some("PreferSameNode"), json!({})));
+        assert_eq!(
+            node[0].1,
+            json!({"forZones": [{"name": "z-n1"}], "forNodes": [{"name": "n1"}]})
+        );
+        assert_eq!(node[1].1, json!({"forNodes": [{"name": "n2"}]}));
+        assert_eq!(node[2].1, json!(null));
+        // topology-aware routing's annotation on: its (absent) cache decides, not the field
+        let auto = hints(&svc(
+            Some("PreferSameNode"),
+            json!({"service.kubernetes.io/topology-mode": "Auto"}),
+        ));
+        assert!(auto.iter().all(|(_, h)| h.is_null()), "{auto:?}");
+        let disabled = hints(&svc(
+            Some("PreferSameNode"),
+            json!({"service.kubernetes.io/topology-mode": "Disabled"}),
+        ));
+        assert_eq!(disabled, node);
     }
 }

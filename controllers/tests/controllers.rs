@@ -215,6 +215,42 @@ async fn deployments_roll_and_everything_else_follows() {
         Some(8080)
     );
 
+    // 2b. A headless service's slices carry upstream's headless label (proxies skip them)
+    // beside the service's own labels.
+    kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Service\nmetadata: {name: web-headless, namespace: default, labels: {tier: front}}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n"),
+    );
+    wait_for(
+        "the headless service's slice labelled",
+        Duration::from_secs(20),
+        || {
+            let s = slices.clone();
+            async move {
+                let list = s
+                    .list(&ListParams::default().labels(
+                        "kubernetes.io/service-name=web-headless,service.kubernetes.io/headless,tier=front",
+                    ))
+                    .await
+                    .ok()?;
+                (list.items.len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let plain = slices
+        .list(
+            &ListParams::default()
+                .labels("kubernetes.io/service-name=web,service.kubernetes.io/headless"),
+        )
+        .await
+        .expect("slices");
+    assert!(
+        plain.items.is_empty(),
+        "only headless services' slices say so"
+    );
+
     // 3. A new image rolls without ever going below 3 ready pods (maxUnavailable 25% of 3 = 0).
     watching.store(true, Ordering::Relaxed);
     kubectl(

@@ -1090,6 +1090,52 @@ fn suite(mode: &'static str, index: u8) {
         "client-egress",
     ]);
 
+    c.step("4: trafficDistribution PreferSameNode keeps the client on its own node's pod");
+    let same_node = |distribution: &str| {
+        c.ok(&[
+            "patch",
+            "service",
+            "web",
+            "-p",
+            &format!(r#"{{"spec":{{"trafficDistribution":{distribution}}}}}"#),
+        ]);
+    };
+    same_node(r#""PreferSameNode""#);
+    let local_pod = pods
+        .iter()
+        .find(|p| p.1 == c.names[1])
+        .map(|p| p.0.clone())
+        .expect("a web pod on node 1");
+    let answered_by = |count: &str| {
+        let out = c.out(&[
+            "exec",
+            "client",
+            "-c",
+            "echo",
+            "--",
+            "/echo",
+            "--get",
+            &format!("{cluster_ip}:8080"),
+            "--count",
+            count,
+        ]);
+        let (per_pod, errors) = tally(&out);
+        errors
+            .is_empty()
+            .then(|| per_pod.into_keys().collect::<Vec<String>>())
+    };
+    c.eventually(
+        &format!("the client on node 1 answered by {local_pod} only"),
+        Duration::from_secs(20),
+        || (answered_by("12")? == [local_pod.clone()]).then_some(()),
+    );
+    same_node("null");
+    c.eventually(
+        "every pod answering the client again",
+        Duration::from_secs(20),
+        || (answered_by("30")?.len() == 3).then_some(()),
+    );
+
     c.step("5: NodePort from the host namespace");
     let node_port = c.ok(&[
         "get",

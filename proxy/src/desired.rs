@@ -67,7 +67,28 @@ pub fn compute<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node_addresses: &[Ipv4Addr],
 ) -> Desired {
-    compute_for_node(services, slices, node_addresses, None, &[])
+    compute_for_node(
+        services,
+        slices,
+        &NodeView {
+            addresses: node_addresses,
+            ..NodeView::default()
+        },
+    )
+}
+
+/// What the desired state depends on of the node the proxy programs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeView<'a> {
+    /// The addresses NodePorts are served on.
+    pub addresses: &'a [Ipv4Addr],
+    /// The node's name, for traffic policies `Local` and node hints; without it `Local`
+    /// acts as `Cluster`.
+    pub name: Option<&'a str>,
+    /// The node's `topology.kubernetes.io/zone`, for zone hints.
+    pub zone: Option<&'a str>,
+    /// The ranges of the cluster's pods, for [`DesiredService::short_circuit`].
+    pub pod_nets: &'a [(Ipv4Addr, u8)],
 }
 
 /// [`compute`] on node `node`: a Service with `internalTrafficPolicy: Local` sends ClusterIP
@@ -76,13 +97,21 @@ pub fn compute<'a>(
 /// address). No local endpoint means no backend: such traffic is refused, as upstream; but
 /// new flows from `pod_nets` (this cluster's pods) and from the node itself to an external
 /// frontend under `Local` go to every endpoint ([`DesiredService::short_circuit`]).
+/// Traffic under `Cluster` follows the endpoints' topology hints (`trafficDistribution`) as
+/// kube-proxy does: only the endpoints hinted for this node, else for its zone, when every
+/// ready endpoint has such a hint and one names this node (zone); else every endpoint.
 pub fn compute_for_node<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    node_addresses: &[Ipv4Addr],
-    node: Option<&str>,
-    pod_nets: &[(Ipv4Addr, u8)],
+    node: &NodeView<'_>,
 ) -> Desired {
+    let node_addresses = node.addresses;
+    let pod_nets = node.pod_nets;
+    let cluster = Pick::Cluster {
+        node: node.name,
+        zone: node.zone,
+    };
+    let node = node.name;
     let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
         if slice.address_type != "IPv4" {
@@ -138,7 +167,7 @@ pub fn compute_for_node<'a>(
                     slices,
                     &port_name,
                     protocol,
-                    local(spec.internal_traffic_policy.as_ref()),
+                    local(spec.internal_traffic_policy.as_ref()).map_or(cluster, Pick::Local),
                 ),
                 masquerade: false,
                 affinity_timeout: affinity_timeout(spec),
@@ -168,14 +197,19 @@ pub fn compute_for_node<'a>(
             }
             let external = DesiredService {
                 name: entry.name.clone(),
-                backends: backends(slices, &port_name, protocol, external_local),
+                backends: backends(
+                    slices,
+                    &port_name,
+                    protocol,
+                    external_local.map_or(cluster, Pick::Local),
+                ),
                 // Local: only this node's endpoints, so no reply needs to come back
                 // through it, and the client's address is preserved
                 masquerade: external_local.is_none(),
                 affinity_timeout: entry.affinity_timeout,
                 source_ranges: Vec::new(),
                 short_circuit: external_local.map(|_| ShortCircuit {
-                    backends: backends(slices, &port_name, protocol, None),
+                    backends: backends(slices, &port_name, protocol, cluster),
                     pod_nets: pod_nets.to_vec(),
                 }),
             };
@@ -411,19 +445,79 @@ pub fn local_endpoints<'a>(
     }
 }
 
-/// Upstream's choice: the ready endpoints; only when none is ready, the serving ones that are
-/// terminating (so a rolling update never leaves a service without backends while old pods
-/// still answer).
-/// Ready endpoints (else the serving-and-terminating ones) of a service port; only those on
-/// node `only_on` when given.
+/// Which endpoints a service port's traffic may go to.
+#[derive(Clone, Copy, Debug)]
+enum Pick<'a> {
+    /// Traffic policy `Local`: the endpoints on this node.
+    Local(&'a str),
+    /// Traffic policy `Cluster`, on node `node` in zone `zone`: every endpoint, unless the
+    /// topology hints say otherwise.
+    Cluster {
+        node: Option<&'a str>,
+        zone: Option<&'a str>,
+    },
+}
+
+/// kube-proxy's topology mode from the hints of a port's ready endpoints: node hints when
+/// every ready endpoint has one and one is for `node`; else zone hints likewise; else none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopologyMode {
+    All,
+    SameNode,
+    SameZone,
+}
+
+fn for_node(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> impl Iterator<Item = &str> {
+    ep.hints
+        .as_ref()
+        .and_then(|h| h.for_nodes.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|n| n.name.as_str())
+}
+
+fn for_zone(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> impl Iterator<Item = &str> {
+    ep.hints
+        .as_ref()
+        .and_then(|h| h.for_zones.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|z| z.name.as_str())
+}
+
+fn topology_mode(
+    ready: &[&k8s_openapi::api::discovery::v1::Endpoint],
+    node: Option<&str>,
+    zone: Option<&str>,
+) -> TopologyMode {
+    if ready.is_empty() {
+        return TopologyMode::All;
+    }
+    let every_node_hinted = ready.iter().all(|ep| for_node(ep).next().is_some());
+    let one_for_node = node.is_some_and(|me| ready.iter().any(|ep| for_node(ep).any(|h| h == me)));
+    let every_zone_hinted = ready.iter().all(|ep| for_zone(ep).next().is_some());
+    let one_for_zone = zone.is_some_and(|me| ready.iter().any(|ep| for_zone(ep).any(|h| h == me)));
+    if every_node_hinted && one_for_node {
+        TopologyMode::SameNode
+    } else if every_zone_hinted && one_for_zone {
+        TopologyMode::SameZone
+    } else {
+        TopologyMode::All
+    }
+}
+
+/// Upstream's choice: the ready endpoints (under `Cluster`, those the topology mode allows);
+/// only when none is ready, the serving ones that are terminating (so a rolling update never
+/// leaves a service without backends while old pods still answer), topology ignored.
 fn backends(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol: Protocol,
-    only_on: Option<&str>,
+    pick: Pick<'_>,
 ) -> Vec<SocketAddrV4> {
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
+    // (endpoint, the port it serves this service port on)
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
     for slice in slices {
         let Some(target) = slice.ports.iter().flatten().find_map(|p| {
             let name = p.name.as_deref().unwrap_or("");
@@ -438,23 +532,46 @@ fn backends(
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
-            if only_on.is_some() && ep.node_name.as_deref() != only_on {
-                continue;
-            }
-            let set = match usable(ep) {
-                Usable::Ready => &mut ready,
-                Usable::Terminating => &mut terminating,
-                Usable::No => continue,
-            };
-            for addr in &ep.addresses {
-                if let Ok(ip) = addr.parse::<Ipv4Addr>() {
-                    set.insert(SocketAddrV4::new(ip, target));
+            if let Pick::Local(node) = pick {
+                if ep.node_name.as_deref() != Some(node) {
+                    continue;
                 }
+            }
+            match usable(ep) {
+                Usable::Ready => ready.push((ep, target)),
+                Usable::Terminating => terminating.push((ep, target)),
+                Usable::No => {}
             }
         }
     }
+    let ready: Vec<(&k8s_openapi::api::discovery::v1::Endpoint, u16)> = match pick {
+        Pick::Local(_) => ready,
+        Pick::Cluster { node, zone } => {
+            let eps: Vec<_> = ready.iter().map(|(ep, _)| *ep).collect();
+            match topology_mode(&eps, node, zone) {
+                TopologyMode::All => ready,
+                TopologyMode::SameNode => ready
+                    .into_iter()
+                    .filter(|(ep, _)| for_node(ep).any(|n| Some(n) == node))
+                    .collect(),
+                TopologyMode::SameZone => ready
+                    .into_iter()
+                    .filter(|(ep, _)| for_zone(ep).any(|z| Some(z) == zone))
+                    .collect(),
+            }
+        }
+    };
     let chosen = if ready.is_empty() { terminating } else { ready };
-    chosen.into_iter().collect()
+    let set: BTreeSet<SocketAddrV4> = chosen
+        .iter()
+        .flat_map(|(ep, target)| {
+            ep.addresses
+                .iter()
+                .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                .map(|ip| SocketAddrV4::new(ip, *target))
+        })
+        .collect();
+    set.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -641,7 +758,16 @@ mod tests {
         spec.internal_traffic_policy = Some("Local".into());
         spec.external_traffic_policy = Some("Local".into());
 
-        let d = compute_for_node([&local], &slices, &node_ip, Some("a"), &[]);
+        let d = compute_for_node(
+            [&local],
+            &slices,
+            &NodeView {
+                addresses: &node_ip,
+                name: Some("a"),
+                pod_nets: &[],
+                ..NodeView::default()
+            },
+        );
         let cluster = &d[&key([10, 43, 0, 20], 80, Protocol::Tcp)];
         assert_eq!(cluster.backends, vec![be([10, 42, 0, 5], 8080)]);
         let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
@@ -652,13 +778,30 @@ mod tests {
         );
 
         // a node without local endpoints has no backend: refused, not sent elsewhere
-        let d = compute_for_node([&local], &slices, &node_ip, Some("c"), &[]);
+        let d = compute_for_node(
+            [&local],
+            &slices,
+            &NodeView {
+                addresses: &node_ip,
+                name: Some("c"),
+                pod_nets: &[],
+                ..NodeView::default()
+            },
+        );
         assert!(d[&key([10, 43, 0, 20], 80, Protocol::Tcp)]
             .backends
             .is_empty());
 
         // Cluster (the default): every endpoint, NodePort masqueraded
-        let d = compute_for_node([&web()], &slices, &node_ip, Some("a"), &[]);
+        let d = compute_for_node(
+            [&web()],
+            &slices,
+            &NodeView {
+                addresses: &node_ip,
+                name: Some("a"),
+                ..NodeView::default()
+            },
+        );
         assert_eq!(
             d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].backends.len(),
             3
@@ -667,6 +810,81 @@ mod tests {
         assert_eq!(np.backends.len(), 3);
         assert!(np.masquerade);
         assert_eq!(np.short_circuit, None, "Cluster needs no short-circuit");
+    }
+
+    #[test]
+    fn cluster_traffic_follows_topology_hints_as_kube_proxy() {
+        let hinted = |ip: &str, node: &str, zone: &str| {
+            json!({"addresses": [ip], "nodeName": node, "zone": zone,
+                   "hints": {"forNodes": [{"name": node}], "forZones": [{"name": zone}]}})
+        };
+        let eps = vec![
+            hinted("10.42.0.5", "a", "z1"),
+            hinted("10.42.1.5", "b", "z1"),
+            hinted("10.42.2.5", "c", "z2"),
+        ];
+        let mut svc = web();
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.external_traffic_policy = Some("Local".into());
+        let cip = key([10, 43, 0, 20], 80, Protocol::Tcp);
+        let np = key([192, 168, 0, 5], 30080, Protocol::Tcp);
+        let node_ip = [Ipv4Addr::new(192, 168, 0, 5)];
+        let on = |eps: &[serde_json::Value], name: &str, zone: Option<&str>| {
+            let slices = [web_slice("web-1", eps.to_vec())];
+            compute_for_node(
+                [&svc],
+                &slices,
+                &NodeView {
+                    addresses: &node_ip,
+                    name: Some(name),
+                    zone,
+                    pod_nets: &[],
+                },
+            )
+        };
+        let ips = |d: &Desired, k: &ServiceKey| -> Vec<String> {
+            d[k].backends.iter().map(|b| b.ip().to_string()).collect()
+        };
+        // every ready endpoint hinted for a node, one for this node: that one only
+        assert_eq!(ips(&on(&eps, "a", Some("z1")), &cip), ["10.42.0.5"]);
+        // no endpoint for this node: this zone's
+        let d = on(&eps, "d", Some("z1"));
+        assert_eq!(ips(&d, &cip), ["10.42.0.5", "10.42.1.5"]);
+        // the short-circuit takes cluster endpoints, so follows the hints too; the Local
+        // frontend itself does not (node d has no endpoint)
+        assert_eq!(
+            d[&np].short_circuit.as_ref().map(|s| s.backends.len()),
+            Some(2)
+        );
+        assert!(d[&np].backends.is_empty());
+        // no endpoint for this zone, or no zone label: every endpoint
+        assert_eq!(ips(&on(&eps, "d", Some("z3")), &cip).len(), 3);
+        assert_eq!(ips(&on(&eps, "d", None), &cip).len(), 3);
+        // one ready endpoint without a node hint: zone hints decide
+        let mut partial = eps.clone();
+        partial[2]["hints"] = json!({"forZones": [{"name": "z2"}]});
+        assert_eq!(
+            ips(&on(&partial, "a", Some("z1")), &cip),
+            ["10.42.0.5", "10.42.1.5"]
+        );
+        // ...and without any hint: every endpoint
+        partial[2]["hints"] = serde_json::Value::Null;
+        assert_eq!(ips(&on(&partial, "a", Some("z1")), &cip).len(), 3);
+        // not-ready endpoints' hints do not count, and only ready endpoints are filtered
+        let mut unready = eps.clone();
+        unready.push(json!({"addresses": ["10.42.3.5"], "nodeName": "e",
+                            "conditions": {"ready": false}}));
+        assert_eq!(ips(&on(&unready, "a", Some("z1")), &cip), ["10.42.0.5"]);
+        // nothing ready: the serving terminating endpoints, hints ignored
+        let terminating: Vec<serde_json::Value> = eps
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e["conditions"] = json!({"ready": false, "serving": true, "terminating": true});
+                e
+            })
+            .collect();
+        assert_eq!(ips(&on(&terminating, "a", Some("z1")), &cip).len(), 3);
     }
 
     #[test]
@@ -687,7 +905,16 @@ mod tests {
 
         // node c has no endpoint: its frontends refuse other clients, but pods and the
         // node itself reach every endpoint, whatever internalTrafficPolicy says
-        let d = compute_for_node([&local], &slices, &node_ip, Some("c"), &pods);
+        let d = compute_for_node(
+            [&local],
+            &slices,
+            &NodeView {
+                addresses: &node_ip,
+                name: Some("c"),
+                pod_nets: &pods,
+                ..NodeView::default()
+            },
+        );
         let every = vec![be([10, 42, 0, 5], 8080), be([10, 42, 1, 5], 8080)];
         for frontend in [
             key([192, 168, 0, 5], 30080, Protocol::Tcp),
@@ -710,7 +937,16 @@ mod tests {
             None
         );
         // without pod ranges the node's own traffic still short-circuits
-        let d = compute_for_node([&local], &slices, &node_ip, Some("c"), &[]);
+        let d = compute_for_node(
+            [&local],
+            &slices,
+            &NodeView {
+                addresses: &node_ip,
+                name: Some("c"),
+                pod_nets: &[],
+                ..NodeView::default()
+            },
+        );
         let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
         assert_eq!(
             np.short_circuit.as_ref().map(|s| s.backends.clone()),
@@ -744,7 +980,16 @@ mod tests {
                 {"hostname": "lb.example.com"}]}}))
             .expect("status"),
         );
-        let d = compute_for_node([&lb], &slices, &[], Some("a"), &[]);
+        let d = compute_for_node(
+            [&lb],
+            &slices,
+            &NodeView {
+                addresses: &[],
+                name: Some("a"),
+                pod_nets: &[],
+                ..NodeView::default()
+            },
+        );
         for ip in [[192, 0, 2, 10], [198, 51, 100, 1], [198, 51, 100, 2]] {
             let http = &d[&key(ip, 80, Protocol::Tcp)];
             assert_eq!(http.backends.len(), 2, "{ip:?}");
@@ -760,7 +1005,16 @@ mod tests {
 
         // externalTrafficPolicy Local: this node's endpoints, the client's address kept
         lb.spec.as_mut().expect("spec").external_traffic_policy = Some("Local".into());
-        let d = compute_for_node([&lb], &slices, &[], Some("a"), &[]);
+        let d = compute_for_node(
+            [&lb],
+            &slices,
+            &NodeView {
+                addresses: &[],
+                name: Some("a"),
+                pod_nets: &[],
+                ..NodeView::default()
+            },
+        );
         let http = &d[&key([198, 51, 100, 1], 80, Protocol::Tcp)];
         assert_eq!(http.backends, vec![be([10, 42, 0, 1], 8080)]);
         assert!(!http.masquerade);

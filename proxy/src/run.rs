@@ -87,7 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     watch(
         &mut tasks,
         Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
+        watcher::Config::default().labels(NOT_OURS),
         Feed {
             shared: shared.clone(),
             changed: changed.clone(),
@@ -103,7 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     watch(
         &mut tasks,
         Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default(),
+        watcher::Config::default().labels(NOT_OURS),
         Feed {
             shared: shared.clone(),
             changed: changed.clone(),
@@ -288,6 +288,13 @@ async fn sync_loop(
                 config.cluster_cidrs_v4()
             };
             s.tracker.set_pod_nets(&pod_nets);
+            let zone = s
+                .node
+                .as_ref()
+                .and_then(|n| n.metadata.labels.as_ref())
+                .and_then(|l| l.get(ZONE_LABEL))
+                .cloned();
+            s.tracker.set_node_zone(zone.as_deref());
             let changes = s.tracker.update();
             let touched = s.tracker.take_touched_slices();
             let changed = s.tracker.take_health_changed();
@@ -422,6 +429,14 @@ fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
     out.dedup();
     out
 }
+
+/// kube-proxy's selector for the Services and EndpointSlices it watches: those another
+/// proxy implements (`service.kubernetes.io/service-proxy-name`, which the EndpointSlice
+/// controller copies to the slices) and headless services' slices are not its business.
+const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// The Node label naming its zone, for topology hints.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The Node's IPv4 pod ranges (`spec.podCIDRs`, else `spec.podCIDR`): kube-proxy's
 /// `--detect-local-mode=NodeCIDR`, used when `--cluster-cidr` is not given.

@@ -49,6 +49,8 @@ pub struct Tracker {
     pod_nets: Vec<(Ipv4Addr, u8)>,
     /// This node, for traffic policies `Local`.
     node_name: Option<String>,
+    /// This node's zone, for zone hints.
+    node_zone: Option<String>,
     /// The keys each service computed (whether or not it holds them in `desired`).
     contributed: HashMap<SvcId, Vec<ServiceKey>>,
     /// The services that computed each key, for keys more than one service wants (external
@@ -153,6 +155,14 @@ impl Tracker {
         }
     }
 
+    /// This node's `topology.kubernetes.io/zone`; a change touches every service.
+    pub fn set_node_zone(&mut self, zone: Option<&str>) {
+        if self.node_zone.as_deref() != zone {
+            self.node_zone = zone.map(String::from);
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
     /// The ranges of this cluster's pods; a change touches every service (only those with
     /// externalTrafficPolicy Local change).
     pub fn set_pod_nets(&mut self, nets: &[(Ipv4Addr, u8)]) {
@@ -245,9 +255,12 @@ impl Tracker {
                 desired::compute_for_node(
                     [svc.as_ref()],
                     slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
-                    &self.node_addresses,
-                    self.node_name.as_deref(),
-                    &self.pod_nets,
+                    &desired::NodeView {
+                        addresses: &self.node_addresses,
+                        name: self.node_name.as_deref(),
+                        zone: self.node_zone.as_deref(),
+                        pod_nets: &self.pod_nets,
+                    },
                 )
             }
             None => Desired::new(),

@@ -708,6 +708,134 @@ fn external_ips_and_load_balancer_ips_serve_the_service_ports() {
     }
 }
 
+/// As kube-proxy: a Service labelled `service.kubernetes.io/service-proxy-name` belongs to
+/// another proxy and is not programmed (or is unprogrammed when the label comes, and
+/// programmed when it goes); an EndpointSlice labelled `service.kubernetes.io/headless` is
+/// not read.
+#[test]
+fn services_of_another_proxy_and_headless_slices_are_left_alone() {
+    let mut h = Harness::new("k8s-notours", ProxyMode::Ebpf);
+    h.start_proxy();
+    let vip = h.create_service("web", json!({}));
+    h.put_slice("web", &[0, 1, 2], &[]);
+    h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(h.client.clone(), "default");
+    let label = |value: serde_json::Value| {
+        let patch =
+            json!({"metadata": {"labels": {"service.kubernetes.io/service-proxy-name": value}}});
+        h.block_on(services.patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        ))
+        .expect("labelling the service");
+    };
+    label(json!("someone-else"));
+    h.wait_programmed(WEB, None, PROGRAMMING_BOUND);
+    label(serde_json::Value::Null);
+    h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+    assert!(tcp_once(h.client_ns(), Harness::vip(vip, 80)).starts_with("backend-"));
+
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(h.client.clone(), "default");
+    let patch = json!({"metadata": {"labels": {"service.kubernetes.io/headless": ""}}});
+    h.block_on(slices.patch(
+        "web-kaze",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    ))
+    .expect("labelling the slice");
+    // the service is still ours, without endpoints now
+    h.wait_programmed(WEB, Some(0), PROGRAMMING_BOUND);
+    h.stop_proxy();
+}
+
+/// Topology hints (`trafficDistribution`, which the EndpointSlice controller turns into
+/// hints): ClusterIP traffic goes to the endpoints hinted for this node when every endpoint
+/// has a node hint, else to those hinted for the node's zone (its
+/// `topology.kubernetes.io/zone` label, followed as it changes), else to every endpoint.
+/// Both modes.
+#[test]
+fn cluster_traffic_follows_topology_hints() {
+    for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
+        let mut h = Harness::new(&format!("k8s-hints-{}", mode.as_str()), mode);
+        h.annotate_node(json!({}));
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(h.client.clone());
+        let set_zone = |h: &Harness, zone: &str| {
+            h.block_on(nodes.patch(
+                &h.node_name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    &json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}}),
+                ),
+            ))
+            .expect("labelling the node");
+        };
+        set_zone(&h, "z1");
+        h.start_proxy();
+        let vip = h.create_service("web", json!({}));
+        let endpoint = |i: usize, node: &str, zone: &str, node_hint: bool| {
+            let mut hints = json!({"forZones": [{"name": zone}]});
+            if node_hint {
+                hints["forNodes"] = json!([{"name": node}]);
+            }
+            json!({"addresses": [Topology::backend_addr(i).to_string()], "nodeName": node,
+                   "zone": zone, "hints": hints,
+                   "conditions": {"ready": true, "serving": true, "terminating": false}})
+        };
+        let me = h.node_name.clone();
+        let reached = |h: &Harness| {
+            seen(
+                &(0..30)
+                    .map(|_| tcp_once(h.client_ns(), Harness::vip(vip, 80)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let only =
+            |ids: &[usize]| -> BTreeSet<String> { ids.iter().map(|i| backend(*i)).collect() };
+        // PreferSameNode's hints: this node's endpoint only
+        h.put_slice(
+            "web",
+            &[],
+            &[
+                endpoint(0, &me, "z1", true),
+                endpoint(1, "other", "z1", true),
+                endpoint(2, "far", "z2", true),
+            ],
+        );
+        h.wait_programmed(&["default/web:http"], Some(1), PROGRAMMING_BOUND);
+        h.wait_for("node hints followed", PROGRAMMING_BOUND, |h| {
+            reached(h) == only(&[0])
+        });
+        // zone hints only: this zone's endpoints
+        h.put_slice(
+            "web",
+            &[],
+            &[
+                endpoint(0, &me, "z1", false),
+                endpoint(1, "other", "z1", false),
+                endpoint(2, "far", "z2", false),
+            ],
+        );
+        h.wait_for("zone hints followed", PROGRAMMING_BOUND, |h| {
+            reached(h) == only(&[0, 1])
+        });
+        // the node moves to a zone no endpoint is hinted for: every endpoint
+        set_zone(&h, "z3");
+        h.wait_for(
+            "a zone without endpoints falls back to all",
+            PROGRAMMING_BOUND,
+            |h| reached(h) == only(&[0, 1, 2]),
+        );
+        set_zone(&h, "z2");
+        h.wait_for("the new zone's endpoint", PROGRAMMING_BOUND, |h| {
+            reached(h) == only(&[2])
+        });
+        h.stop_proxy();
+    }
+}
+
 /// externalTrafficPolicy Local's short-circuit: a client that is not a pod reaches an
 /// external IP or NodePort of a Local service only on this node's endpoint, but a pod (the
 /// client, once its address is in the node's `spec.podCIDR`) reaches every endpoint, as

@@ -1,7 +1,8 @@
 //! EndpointSlices as upstream's `SetDefaults_EndpointPort` and `ValidateEndpointSlice`
 //! (`pkg/apis/discovery`) default and check them: the address type (known, fixed once
 //! created), endpoints (at most 1000, each with 1-100 addresses of that type, a node name
-//! and hostname that are DNS names) and ports (names DNS labels and unique, a known
+//! and hostname that are DNS names, a zone that is a label value, at most 8 zone and 8 node
+//! hints, distinct, zones label values and nodes DNS names) and ports (names DNS labels and unique, a known
 //! protocol, `appProtocol` a qualified name). Not checked: upstream's rule against
 //! loopback, link-local and unspecified addresses — kaze's own `default/kubernetes` slice
 //! holds the apiserver's advertise address, a loopback one in single-machine tests — and
@@ -69,6 +70,17 @@ pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
                 }
             }
             field::subdomain(&format!("{at}.nodeName"), text(e, "nodeName"), causes);
+            let zone = text(e, "zone");
+            if !zone.is_empty() {
+                causes.extend(field::invalid_each(
+                    &format!("{at}.zone"),
+                    &json!(zone),
+                    names::label_value(zone),
+                ));
+            }
+            if let Some(hints) = e.get("hints") {
+                validate_hints(hints, &format!("{at}.hints"), causes);
+            }
             let host = text(e, "hostname");
             if !host.is_empty() {
                 let path = format!("{at}.hostname");
@@ -121,6 +133,31 @@ pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     }
 }
 
+/// upstream's `validateHints`: `forZones` and `forNodes`, each at most 8 distinct names.
+fn validate_hints(hints: &Value, at: &str, causes: &mut Vec<Cause>) {
+    const MAX_HINTS: usize = 8;
+    for (key, check) in [
+        ("forZones", names::label_value as fn(&str) -> Vec<String>),
+        ("forNodes", names::dns1123_subdomain),
+    ] {
+        let items = list(hints, key);
+        let path = format!("{at}.{key}");
+        if items.len() > MAX_HINTS {
+            causes.push(too_many(&path, items.len(), MAX_HINTS));
+            continue;
+        }
+        let mut seen = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let name = text(item, "name");
+            let at = format!("{path}[{i}].name");
+            if !seen.insert(name) {
+                causes.push(field::duplicate(&at, &json!(name)));
+            }
+            causes.extend(field::invalid_each(&at, &json!(name), check(name)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +174,8 @@ mod tests {
     fn slices_as_the_controller_and_users_write_them_are_valid() {
         let ok = json!({"addressType": "IPv4",
             "endpoints": [{"addresses": ["10.42.0.5"], "conditions": {"ready": true}, "nodeName": "node-1",
-                           "hostname": "web-0", "targetRef": {"kind": "Pod", "name": "web-0"}},
+                           "hostname": "web-0", "targetRef": {"kind": "Pod", "name": "web-0"},
+                           "zone": "zone-a", "hints": {"forZones": [{"name": "zone-a"}], "forNodes": [{"name": "node-1"}]}},
                           {"addresses": ["127.0.0.1"]}],
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}]});
         assert_eq!(messages(ok, None), Vec::<String>::new());
@@ -173,6 +211,29 @@ mod tests {
         assert_eq!(
             messages(v6, Some(old)),
             vec![r#"addressType: Invalid value: "IPv6": field is immutable"#]
+        );
+        let zones: Vec<Value> = (0..9).map(|i| json!({"name": format!("z{i}")})).collect();
+        let hinted = json!({"addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.42.0.5"], "zone": "a zone",
+                           "hints": {"forZones": zones, "forNodes": [{"name": "n1"}, {"name": "n1"}, {"name": "N_2"}]}}],
+            "ports": []});
+        let got = messages(hinted, None);
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert!(
+            got[0].starts_with(r#"endpoints[0].zone: Invalid value: "a zone": "#),
+            "{got:#?}"
+        );
+        assert_eq!(
+            got[1],
+            "endpoints[0].hints.forZones: Too many: 9: must have at most 8 items"
+        );
+        assert_eq!(
+            got[2],
+            r#"endpoints[0].hints.forNodes[1].name: Duplicate value: "n1""#
+        );
+        assert!(
+            got[3].starts_with(r#"endpoints[0].hints.forNodes[2].name: Invalid value: "N_2": "#),
+            "{got:#?}"
         );
     }
 }
