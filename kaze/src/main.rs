@@ -15,6 +15,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod agent;
 mod bootstrap;
 mod containerd;
+mod images;
 mod join;
 mod kubeconfig;
 mod node;
@@ -58,6 +59,9 @@ enum Command {
     /// Write a kubeconfig for a user with a client certificate from the cluster CA:
     /// `kaze kubeconfig --user jane --group devs --out jane.kubeconfig`.
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Import image tarballs into this node's containerd (no registry needed):
+    /// `kaze images import busybox.tar`.
+    Images(images::ImagesArgs),
 }
 
 /// Upstream component names that select a subcommand when the binary is called by them.
@@ -121,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             Command::Proxy(config) => proxy::run(config, shutdown).await.context("proxy"),
             Command::Server(args) => server::run(args, shutdown).await,
             Command::Agent(args) => agent::run(args, shutdown).await,
+            Command::Images(args) => images::run(args).await,
             Command::Kubeconfig(_) => unreachable!("handled before the runtime starts"),
         }
     });
