@@ -1,14 +1,19 @@
 //! Versions of one resource that share storage: `events.k8s.io/v1` Events are stored in
 //! their `core/v1` form (as upstream does), so events written through either API are read
-//! through both — kubectl describe lists what kube-rs's event recorder writes.
+//! through both — kubectl describe lists what kube-rs's event recorder writes;
+//! `autoscaling/v1` HorizontalPodAutoscalers are stored as `autoscaling/v2` ones ([`hpa`]).
 
 use serde_json::{json, Map, Value};
+
+mod hpa;
 
 /// How a served version maps to the stored form.
 #[derive(Debug, Clone, Copy)]
 pub struct Conversion {
     pub to_storage: fn(Value) -> Value,
     pub from_storage: fn(Value) -> Value,
+    /// The group of the version it is stored as (whose store holds it).
+    pub storage_group: &'static str,
 }
 
 /// events.k8s.io/v1 field <-> core/v1 field; fields not listed have the same name in both.
@@ -54,6 +59,13 @@ fn event_from_core(v: Value) -> Value {
 pub const EVENTS_V1: Conversion = Conversion {
     to_storage: event_to_core,
     from_storage: event_from_core,
+    storage_group: "",
+};
+
+pub const HPA_V1: Conversion = Conversion {
+    to_storage: hpa::to_v2,
+    from_storage: hpa::to_v1,
+    storage_group: "autoscaling",
 };
 
 #[cfg(test)]

@@ -405,7 +405,13 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
                 }
             }
         }
-        ("autoscaling", "HorizontalPodAutoscaler") => hpa_defaults(&mut obj["spec"]),
+        // v1 is defaulted as it is stored (its conversion fills in the CPU target)
+        ("autoscaling", "HorizontalPodAutoscaler") if obj["apiVersion"] != "autoscaling/v1" => {
+            hpa_defaults(&mut obj["spec"])
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            set_default(&mut obj["spec"], "minReplicas", json!(1))
+        }
         _ => {}
     }
 }
@@ -754,6 +760,11 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         ("discovery.k8s.io", "EndpointSlice") => endpointslice::validate(obj, old, &mut causes),
         ("", "ResourceQuota") => quota::validate_quota(obj, old, &mut causes),
         ("", "LimitRange") => quota::validate_limit_range(obj, &mut causes),
+        ("autoscaling", "HorizontalPodAutoscaler") if obj["apiVersion"] == "autoscaling/v1" => {
+            // upstream validates the converted (internal) object
+            let stored = (crate::convert::HPA_V1.to_storage)(obj.clone());
+            hpa::validate_spec(stored.get("spec").unwrap_or(&Value::Null), &mut causes)
+        }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             hpa::validate_spec(obj.get("spec").unwrap_or(&Value::Null), &mut causes)
         }

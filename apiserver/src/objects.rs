@@ -95,13 +95,9 @@ impl AppState {
 }
 
 /// The group whose store holds `def`: a converted version lives wherever the version it is
-/// stored as lives (today only events.k8s.io events, stored as core events).
+/// stored as lives (events.k8s.io events are stored as core events).
 pub fn storage_group(def: &ResourceDef) -> &'static str {
-    if def.conversion.is_some() {
-        ""
-    } else {
-        def.group
-    }
+    def.conversion.map_or(def.group, |c| c.storage_group)
 }
 
 pub async fn get(

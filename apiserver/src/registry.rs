@@ -443,6 +443,12 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["netpol"], cat: NONE, subs: NONE_SUBS, storage: "networkpolicies", fields: NONE, printer: P::NetworkPolicy),
         def!(autoscaling::v2::HorizontalPodAutoscaler, "autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ns: true,
             short: &["hpa"], cat: ALL, subs: STATUS, storage: "horizontalpodautoscalers", fields: NONE, printer: P::HorizontalPodAutoscaler),
+        // Stored in autoscaling/v2 form (see `crate::convert`); after v2, the preferred version.
+        ResourceDef {
+            conversion: Some(crate::convert::HPA_V1),
+            ..def!(autoscaling::v1::HorizontalPodAutoscaler, "autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ns: true,
+            short: &["hpa"], cat: ALL, subs: STATUS, storage: "horizontalpodautoscalers", fields: NONE, printer: P::HorizontalPodAutoscaler)
+        },
         // Validated and kept to upstream's rules in `crate::certificates`.
         def!(certificates::v1::CertificateSigningRequest, "certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", ns: false,
             short: &["csr"], cat: NONE, subs: &[Sub::Status, Sub::Approval], storage: "certificatesigningrequests",
