@@ -111,7 +111,7 @@ fn a_v1_hpa_is_the_same_object_as_the_v2_one() {
         "--api-version=autoscaling/v1",
     ]);
     assert!(explained.contains("VERSION:    v1"), "{explained}");
-        s.kubectl(&["delete", V1_HPA, "web"]);
+    s.kubectl(&["delete", V1_HPA, "web"]);
     let gone = s.kubectl_fails(&["get", "hpa", "web"], None);
     assert!(
         gone.contains("NotFound") || gone.contains("not found"),

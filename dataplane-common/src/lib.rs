@@ -177,6 +177,11 @@ pub const SVC_FLAG_SOURCE_RANGES: u16 = 4;
 /// node's (kube-proxy's short-circuit: such traffic would have gone out to the load balancer
 /// and come back in through a node with an endpoint). Source ranges are checked first.
 pub const SVC_FLAG_SHORT_CIRCUIT: u16 = 8;
+/// `SvcValue.flags` (slot 0): a traffic policy `Local` view without a backend on this node
+/// while the service has endpoints elsewhere: its new flows are dropped, not refused
+/// (kube-proxy's "has no local endpoints" DROP: a client of a load balancer must not take
+/// this node's answer for the service's). Without the flag an empty service refuses.
+pub const SVC_FLAG_DROP_EMPTY: u16 = 16;
 /// `Svc4Key.scope` of the entry every client gets.
 pub const SCOPE_FRONTEND: u8 = 0;
 /// `Svc4Key.scope` of a frontend's short-circuit entry (see [`SVC_FLAG_SHORT_CIRCUIT`]): a

@@ -7,8 +7,8 @@ use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use dataplane_common::{
     limits, Aff4Key, AffValue, BackendKey, Ct4Key, CtValue, RevNatKey, Svc4Key, CT_DIR_FORWARD,
     CT_DIR_REPLY, CT_FLAG_HAIRPIN, CT_FLAG_MASQ, PROTO_TCP, PROTO_UDP, SCOPE_FRONTEND,
-    SCOPE_SHORT_CIRCUIT, SOURCE_NODE, SVC_FLAG_AFFINITY, SVC_FLAG_MASQ, SVC_FLAG_SHORT_CIRCUIT,
-    SVC_FLAG_SOURCE_RANGES,
+    SCOPE_SHORT_CIRCUIT, SOURCE_NODE, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_MASQ,
+    SVC_FLAG_SHORT_CIRCUIT, SVC_FLAG_SOURCE_RANGES,
 };
 
 use crate::maps::{
@@ -64,8 +64,9 @@ pub enum Action {
         /// The flow is masqueraded by the node (netfilter must keep tracking it).
         masq: bool,
     },
-    /// A new flow to a service that has no backend.
-    NoBackend { rev_nat_id: u16 },
+    /// A new flow to a service that has no backend: refused, or dropped when `drop` (a
+    /// `Local` policy without local endpoints).
+    NoBackend { rev_nat_id: u16, drop: bool },
     /// A new flow to a load-balancer frontend from a client outside its source ranges.
     Denied,
 }
@@ -159,7 +160,9 @@ pub fn decide(t: &Tuple) -> Action {
     let (backend_id, be_addr, be_port, rev_nat_id, masq) =
         match select(t.daddr, t.dport, t.proto, t.saddr, now) {
             Selected::None => return Action::None,
-            Selected::NoBackend { rev_nat_id } => return Action::NoBackend { rev_nat_id },
+            Selected::NoBackend { rev_nat_id, drop } => {
+                return Action::NoBackend { rev_nat_id, drop }
+            }
             Selected::Denied => return Action::Denied,
             Selected::Backend {
                 id,
@@ -224,8 +227,8 @@ pub fn decide(t: &Tuple) -> Action {
 pub enum Selected {
     /// Not a service address.
     None,
-    /// A service with no backend to send the flow to.
-    NoBackend { rev_nat_id: u16 },
+    /// A service with no backend to send the flow to (`drop`: see `SVC_FLAG_DROP_EMPTY`).
+    NoBackend { rev_nat_id: u16, drop: bool },
     /// A load-balancer frontend the client is not allowed to reach (outside every one of
     /// its `loadBalancerSourceRanges`).
     Denied,
@@ -276,6 +279,7 @@ pub fn select(daddr: u32, dport: u16, proto: u8, client: u32, now: u64) -> Selec
     }
     let count = svc.count;
     let rev_nat_id = svc.rev_nat_id;
+    let drop = svc.flags & SVC_FLAG_DROP_EMPTY != 0;
     let masq = svc.flags & SVC_FLAG_MASQ != 0;
     let affinity = svc.flags & SVC_FLAG_AFFINITY != 0;
     let aff_key = Aff4Key {
@@ -304,14 +308,14 @@ pub fn select(daddr: u32, dport: u16, proto: u8, client: u32, now: u64) -> Selec
         None
     };
     if count == 0 || count > limits::MAX_BACKENDS_PER_SERVICE {
-        return Selected::NoBackend { rev_nat_id };
+        return Selected::NoBackend { rev_nat_id, drop };
     }
 
     let backend_id = match sticky {
         Some(id) => id,
         None => match pick(&mut key, count, rev_nat_id) {
             Some(id) => id,
-            None => return Selected::NoBackend { rev_nat_id },
+            None => return Selected::NoBackend { rev_nat_id, drop },
         },
     };
     if affinity && sticky.is_none() {
@@ -327,7 +331,7 @@ pub fn select(daddr: u32, dport: u16, proto: u8, client: u32, now: u64) -> Selec
     }
     // SAFETY: copied out at once.
     let Some(be) = (unsafe { KAZE_BE4.get(BackendKey { id: backend_id }) }) else {
-        return Selected::NoBackend { rev_nat_id };
+        return Selected::NoBackend { rev_nat_id, drop };
     };
     Selected::Backend {
         id: backend_id,

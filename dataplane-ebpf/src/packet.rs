@@ -213,9 +213,13 @@ fn plan(p: &Parsed) -> Plan {
                 },
             }
         }
-        Action::NoBackend { rev_nat_id } => {
+        Action::NoBackend { rev_nat_id, drop } => {
             lb::count(rev_nat_id, Counter::NoBackend, bytes);
-            Plan::Reject { rev_nat_id }
+            if drop {
+                Plan::Drop
+            } else {
+                Plan::Reject { rev_nat_id }
+            }
         }
         Action::Denied => Plan::Drop,
     }

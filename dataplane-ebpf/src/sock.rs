@@ -100,7 +100,8 @@ pub fn forward(ctx: &SockAddrContext, sticky: bool) -> i32 {
             match lb::select(daddr, dport, proto, SOURCE_NODE, now) {
                 Selected::None => return ALLOW,
                 Selected::Denied => return REJECT,
-                Selected::NoBackend { rev_nat_id } => {
+                // a socket cannot be left hanging as a dropped SYN would: refused either way
+                Selected::NoBackend { rev_nat_id, .. } => {
                     lb::count(rev_nat_id, Counter::NoBackend, 0);
                     return REJECT;
                 }

@@ -38,6 +38,11 @@ pub struct DesiredService {
     /// short-circuit: that traffic would otherwise have gone out to the load balancer and
     /// come back in through a node with an endpoint).
     pub short_circuit: Option<ShortCircuit>,
+    /// A traffic policy `Local` left this view without a backend while the service has
+    /// endpoints elsewhere: new flows (but the short-circuit's) are dropped, not refused, as
+    /// kube-proxy drops them ("has no local endpoints"): a load balancer's client must not
+    /// take this node's answer for the service's. A service with no endpoint at all refuses.
+    pub no_local_endpoints: bool,
 }
 
 /// See [`DesiredService::short_circuit`].
@@ -161,14 +166,25 @@ pub fn compute_for_node<'a>(
             let local = |policy: Option<&String>| {
                 node.filter(|_| policy.map(String::as_str) == Some("Local"))
             };
+            // upstream's `hasEndpoints`: a usable endpoint anywhere, topology aside
+            let any = Pick::Cluster {
+                node: None,
+                zone: None,
+            };
+            let has_endpoints = !backends(slices, &port_name, protocol, any).is_empty();
+            let internal_local = local(spec.internal_traffic_policy.as_ref());
+            let internal = backends(
+                slices,
+                &port_name,
+                protocol,
+                internal_local.map_or(cluster, Pick::Local),
+            );
             let entry = DesiredService {
                 name: format!("{ns}/{name}:{port_name}"),
-                backends: backends(
-                    slices,
-                    &port_name,
-                    protocol,
-                    local(spec.internal_traffic_policy.as_ref()).map_or(cluster, Pick::Local),
-                ),
+                no_local_endpoints: internal_local.is_some()
+                    && internal.is_empty()
+                    && has_endpoints,
+                backends: internal,
                 masquerade: false,
                 affinity_timeout: affinity_timeout(spec),
                 source_ranges: Vec::new(),
@@ -195,14 +211,18 @@ pub fn compute_for_node<'a>(
             if node_port.is_none() && external_ips.is_empty() && lb_ips.is_empty() {
                 continue;
             }
+            let external_backends = backends(
+                slices,
+                &port_name,
+                protocol,
+                external_local.map_or(cluster, Pick::Local),
+            );
             let external = DesiredService {
                 name: entry.name.clone(),
-                backends: backends(
-                    slices,
-                    &port_name,
-                    protocol,
-                    external_local.map_or(cluster, Pick::Local),
-                ),
+                no_local_endpoints: external_local.is_some()
+                    && external_backends.is_empty()
+                    && has_endpoints,
+                backends: external_backends,
                 // Local: only this node's endpoints, so no reply needs to come back
                 // through it, and the client's address is preserved
                 masquerade: external_local.is_none(),
@@ -777,7 +797,9 @@ mod tests {
             "externalTrafficPolicy Local is not masqueraded"
         );
 
-        // a node without local endpoints has no backend: refused, not sent elsewhere
+        assert!(!cluster.no_local_endpoints && !np.no_local_endpoints);
+        // a node without local endpoints has no backend: dropped (kube-proxy's "has no
+        // local endpoints"), not sent elsewhere
         let d = compute_for_node(
             [&local],
             &slices,
@@ -788,9 +810,25 @@ mod tests {
                 ..NodeView::default()
             },
         );
-        assert!(d[&key([10, 43, 0, 20], 80, Protocol::Tcp)]
-            .backends
-            .is_empty());
+        for k in [
+            key([10, 43, 0, 20], 80, Protocol::Tcp),
+            key([192, 168, 0, 5], 30080, Protocol::Tcp),
+        ] {
+            assert!(d[&k].backends.is_empty(), "{k}");
+            assert!(d[&k].no_local_endpoints, "{k}: dropped, not refused");
+        }
+        // no endpoint anywhere: refused, as any service without endpoints
+        let none: [EndpointSlice; 0] = [];
+        let d = compute_for_node(
+            [&local],
+            &none,
+            &NodeView {
+                addresses: &node_ip,
+                name: Some("c"),
+                ..NodeView::default()
+            },
+        );
+        assert!(!d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].no_local_endpoints);
 
         // Cluster (the default): every endpoint, NodePort masqueraded
         let d = compute_for_node(

@@ -465,6 +465,9 @@ impl EbpfEngine {
         if svc.short_circuit.is_some() {
             flags |= dataplane_common::SVC_FLAG_SHORT_CIRCUIT;
         }
+        if svc.no_local_endpoints {
+            flags |= dataplane_common::SVC_FLAG_DROP_EMPTY;
+        }
         if let Some(short) = &svc.short_circuit {
             // every frontend with a short-circuit carries the same ranges (a change
             // recomputes them all); the map is written before the first entry needing it

@@ -330,6 +330,7 @@ mod tests {
             affinity_timeout: None,
             source_ranges: Vec::new(),
             short_circuit: None,
+            no_local_endpoints: false,
         };
         m.synced(Duration::from_millis(3), 1, 3, 0, &[(key, Some(entry))]);
         m.programmed_after(Duration::from_millis(40));

@@ -836,6 +836,62 @@ fn cluster_traffic_follows_topology_hints() {
     }
 }
 
+/// kube-proxy's answer when a traffic policy `Local` leaves a node without endpoints while
+/// the service has some elsewhere: new connections are dropped (the client's SYN goes
+/// unanswered), where a service without any endpoint refuses at once. Both modes, cluster IP
+/// (internalTrafficPolicy) and node port (externalTrafficPolicy).
+#[test]
+fn local_policies_without_local_endpoints_drop_rather_than_refuse() {
+    for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
+        let mut h = Harness::new(&format!("k8s-nolocal-{}", mode.as_str()), mode);
+        let node_ip = std::net::Ipv4Addr::new(10, 200, 0, 1);
+        h.config.nodeport_addresses = vec![node_ip];
+        h.start_proxy();
+        let vip = h.create_service(
+            "web",
+            json!({"type": "NodePort", "internalTrafficPolicy": "Local",
+                   "externalTrafficPolicy": "Local",
+                   "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30083}]}),
+        );
+        let elsewhere = |i: usize| {
+            json!({"addresses": [Topology::backend_addr(i).to_string()], "nodeName": "elsewhere",
+                   "conditions": {"ready": true, "serving": true, "terminating": false}})
+        };
+        let frontends = [
+            Harness::vip(vip, 80),
+            std::net::SocketAddrV4::new(node_ip, 30083),
+        ];
+        // a real node routes everything somewhere (its default route), so a cluster IP
+        // nothing translated reaches the filter table's verdict; this node needs a route
+        h.topo
+            .node
+            .ip(&["route", "add", &format!("{vip}/32"), "dev", "vb0"])
+            .expect("routing the cluster IP");
+        let connect = |h: &Harness, to: std::net::SocketAddrV4| {
+            in_netns(h.client_ns().name(), || {
+                TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_millis(700))
+            })
+            .map(|_| ())
+            .map_err(|e| e.kind())
+        };
+        // no endpoint anywhere: refused
+        h.put_slice("web", &[], &[]);
+        h.wait_for("refused without endpoints", PROGRAMMING_BOUND, |h| {
+            frontends
+                .iter()
+                .all(|f| connect(h, *f) == Err(std::io::ErrorKind::ConnectionRefused))
+        });
+        // endpoints on another node only: dropped
+        h.put_slice("web", &[], &[elsewhere(1), elsewhere(2)]);
+        h.wait_for("dropped without local endpoints", PROGRAMMING_BOUND, |h| {
+            frontends
+                .iter()
+                .all(|f| connect(h, *f) == Err(std::io::ErrorKind::TimedOut))
+        });
+        h.stop_proxy();
+    }
+}
+
 /// externalTrafficPolicy Local's short-circuit: a client that is not a pod reaches an
 /// external IP or NodePort of a Local service only on this node's endpoint, but a pod (the
 /// client, once its address is in the node's `spec.podCIDR`) reaches every endpoint, as

@@ -394,6 +394,30 @@ fn service_without_backends_rejects_new_flows_and_counts_them() {
     assert_eq!(dp.conntrack_entries().expect("conntrack"), 0);
 }
 
+/// A `Local` policy's view without local endpoints (`SVC_FLAG_DROP_EMPTY`): new flows are
+/// dropped, not answered, and counted; without the flag the same empty service refuses.
+#[test]
+fn local_view_without_local_endpoints_drops_new_flows() {
+    let root = PinRoot::new("drop-empty");
+    let mut dp = root.load();
+    dp.upsert_service_with(tcp_svc(), &[], dataplane_common::SVC_FLAG_DROP_EMPTY, 0)
+        .expect("upsert");
+    let frame = Spec::tcp((CLIENT, 44100), (VIP, 80)).build();
+    let (ret, _) = run_tc(&dp, &frame);
+    assert_eq!(ret, TC_ACT_SHOT, "tc drops");
+    let (ret, _) = run_xdp(&dp, &frame);
+    assert_eq!(ret, XDP_DROP, "xdp drops");
+    let c = dp
+        .counters(tcp_svc())
+        .expect("counters")
+        .expect("programmed");
+    assert_eq!(c.no_backend, 2);
+    dp.upsert_service(tcp_svc(), &[]).expect("no flag");
+    let (ret, out) = run_tc(&dp, &frame);
+    assert_eq!(ret, TC_ACT_REDIRECT, "without the flag: refused");
+    assert_port_unreachable(&frame, &out);
+}
+
 #[test]
 fn source_ranges_drop_new_flows_from_other_clients_and_follow_updates_and_reloads() {
     let root = PinRoot::new("src-ranges");

@@ -368,18 +368,22 @@ pub fn plan(
     }
     for (key, svc) in desired {
         if svc.backends.is_empty() {
-            let reject = match_service(key, &format!("{} has no endpoints", svc.name));
+            // kube-proxy: no endpoint at all is refused; a Local policy without local
+            // endpoints drops (what the short-circuit DNATed no longer matches)
+            let (why, target) = if svc.no_local_endpoints {
+                ("has no local endpoints", "DROP")
+            } else {
+                (
+                    "has no endpoints",
+                    "REJECT --reject-with icmp-port-unreachable",
+                )
+            };
+            let refuse = match_service(key, &format!("{} {why}", svc.name));
             if svc.source_ranges.is_empty() {
-                let _ = writeln!(
-                    input,
-                    "-A {SERVICES_CHAIN} {reject} -j REJECT --reject-with icmp-port-unreachable"
-                );
+                let _ = writeln!(input, "-A {SERVICES_CHAIN} {refuse} -j {target}");
             } else {
                 for source in source_args(svc) {
-                    let _ = writeln!(
-                        input,
-                        "-A {SERVICES_CHAIN} {source} {reject} -j REJECT --reject-with icmp-port-unreachable"
-                    );
+                    let _ = writeln!(input, "-A {SERVICES_CHAIN} {source} {refuse} -j {target}");
                 }
             }
         }

@@ -21,6 +21,7 @@ fn svc(name: &str, backends: &[u8]) -> DesiredService {
         affinity_timeout: None,
         source_ranges: Vec::new(),
         short_circuit: None,
+        no_local_endpoints: false,
     }
 }
 
@@ -381,6 +382,7 @@ fn a_local_frontend_short_circuits_pods_and_the_node_to_every_endpoint() {
     let k = key(10, 80, Protocol::Tcp);
     // no endpoint on this node: other clients are refused, pods and the node are not
     let mut s = svc("default/web:http", &[]);
+    s.no_local_endpoints = true;
     s.short_circuit = Some(crate::desired::ShortCircuit {
         backends: svc("x", &[1, 2]).backends,
         pod_nets: vec![(Ipv4Addr::new(10, 42, 0, 0), 16)],
@@ -421,10 +423,13 @@ fn a_local_frontend_short_circuits_pods_and_the_node_to_every_endpoint() {
         assert!(input.contains(&format!(":{sep} - [0:0]\n")));
         assert!(input.contains(&format!("-A {sep} -p tcp ")), "{input}");
     }
-    // what no rule took is refused in the filter table, as before
+    // what no rule took is dropped in the filter table (kube-proxy: "has no local
+    // endpoints"), not refused as a service without any endpoint is
     let filter = &input[input.find("*filter").expect("filter table")..];
     assert!(
-        filter.contains("has no endpoints") && filter.contains("-j REJECT"),
+        filter.contains("default/web:http has no local endpoints")
+            && filter.contains("--dport 80 -j DROP\n")
+            && !filter.contains("REJECT"),
         "{filter}"
     );
 }
