@@ -99,8 +99,8 @@ pub struct NodeView<'a> {
 /// [`compute`] on node `node`: a Service with `internalTrafficPolicy: Local` sends ClusterIP
 /// traffic only to endpoints on this node, one with `externalTrafficPolicy: Local` sends
 /// NodePort traffic only to them and without masquerading (the backend sees the client's
-/// address). No local endpoint means no backend: such traffic is refused, as upstream; but
-/// new flows from `pod_nets` (this cluster's pods) and from the node itself to an external
+/// address). No local endpoint means no backend: such traffic is dropped (refused when the
+/// service has no endpoint at all), as upstream; but new flows from `pod_nets` (this cluster's pods) and from the node itself to an external
 /// frontend under `Local` go to every endpoint ([`DesiredService::short_circuit`]).
 /// Traffic under `Cluster` follows the endpoints' topology hints (`trafficDistribution`) as
 /// kube-proxy does: only the endpoints hinted for this node, else for its zone, when every
@@ -171,7 +171,7 @@ pub fn compute_for_node<'a>(
                 node: None,
                 zone: None,
             };
-            let has_endpoints = !backends(slices, &port_name, protocol, any).is_empty();
+            let has_endpoints = || !backends(slices, &port_name, protocol, any).is_empty();
             let internal_local = local(spec.internal_traffic_policy.as_ref());
             let internal = backends(
                 slices,
@@ -183,7 +183,7 @@ pub fn compute_for_node<'a>(
                 name: format!("{ns}/{name}:{port_name}"),
                 no_local_endpoints: internal_local.is_some()
                     && internal.is_empty()
-                    && has_endpoints,
+                    && has_endpoints(),
                 backends: internal,
                 masquerade: false,
                 affinity_timeout: affinity_timeout(spec),
@@ -221,7 +221,7 @@ pub fn compute_for_node<'a>(
                 name: entry.name.clone(),
                 no_local_endpoints: external_local.is_some()
                     && external_backends.is_empty()
-                    && has_endpoints,
+                    && has_endpoints(),
                 backends: external_backends,
                 // Local: only this node's endpoints, so no reply needs to come back
                 // through it, and the client's address is preserved
