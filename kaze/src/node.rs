@@ -76,6 +76,10 @@ pub struct NodeArgs {
     /// Port of the proxy's /metrics and /healthz (on loopback).
     #[arg(long = "proxy-metrics-port", default_value_t = 10249)]
     pub proxy_metrics_port: u16,
+    /// Port of the proxy's health server on all addresses (kube-proxy's 10256: `/healthz`,
+    /// which cloud load balancers probe, and `/livez`); 0: off.
+    #[arg(long = "proxy-healthz-port", default_value_t = 10256)]
+    pub proxy_healthz_port: u16,
     /// Static pod manifests (a directory, or one file) this node's kubelet runs, with
     /// mirror pods in the API (default: `<data-dir>/agent/pod-manifests`, as k3s).
     #[arg(long = "pod-manifest-path")]
@@ -256,6 +260,10 @@ pub async fn start(
     proxy.metrics_bind_address =
         std::net::SocketAddr::from(([127, 0, 0, 1], args.proxy_metrics_port));
     proxy.network_policy = !args.disable_network_policy;
+    proxy.healthz_bind_address = proxy::BindAddress(
+        (args.proxy_healthz_port != 0)
+            .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], args.proxy_healthz_port))),
+    );
     components.spawn("proxy", shutdown, |token| proxy::run(proxy, token));
     Ok(own)
 }

@@ -111,6 +111,11 @@ pub struct Config {
     #[arg(long = "iptables-backend", value_enum, default_value_t = IptablesBackend::Auto)]
     pub iptables_backend: IptablesBackend,
 
+    /// kube-proxy's health server: `/healthz` (what cloud load balancers probe on every
+    /// node) and `/livez`, bound in `--netns` when given; empty: off.
+    #[arg(long = "healthz-bind-address", default_value = "0.0.0.0:10256", value_parser = parse_bind_address)]
+    pub healthz_bind_address: BindAddress,
+
     /// Serves `/metrics` and `/healthz`.
     #[arg(long = "metrics-bind-address", default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
@@ -165,6 +170,7 @@ impl Config {
             bpf_udp_timeout: crate::dataplane::DEFAULT_UDP_TIMEOUT,
             bpf_cgroup: BpfCgroup::None,
             iptables_backend: IptablesBackend::Auto,
+            healthz_bind_address: BindAddress(None),
             metrics_bind_address: SocketAddr::from(([127, 0, 0, 1], 10249)),
             min_sync_period: Duration::from_millis(100),
             nodeport_addresses: Vec::new(),
@@ -174,6 +180,20 @@ impl Config {
             cleanup: false,
         }
     }
+}
+
+/// An address to serve at, or none (an empty flag value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindAddress(pub Option<SocketAddr>);
+
+pub fn parse_bind_address(s: &str) -> Result<BindAddress, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(BindAddress(None));
+    }
+    s.parse()
+        .map(|a| BindAddress(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address:port such as 0.0.0.0:10256 (empty: off)"))
 }
 
 /// One range of `--cluster-cidr`: an IPv4 range, or an IPv6 one (checked, not used: the

@@ -130,16 +130,24 @@ impl Drop for HealthChecks {
     }
 }
 
-/// A listener on all addresses at `port`, in `netns` when given (a socket stays in the
-/// namespace it was made in, so a short-lived thread enters it to make the socket).
+/// A listener on all addresses at `port`, in `netns` when given.
 fn bind(netns: Option<&Path>, port: u16) -> std::io::Result<TcpListener> {
+    bind_addr(netns, std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+/// A listener at `addr`, in `netns` when given (a socket stays in the namespace it was made
+/// in, so a short-lived thread enters it to make the socket).
+pub(crate) fn bind_addr(
+    netns: Option<&Path>,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<TcpListener> {
     let Some(path) = netns else {
-        return TcpListener::bind(("0.0.0.0", port));
+        return TcpListener::bind(addr);
     };
     let path = path.to_path_buf();
     std::thread::spawn(move || {
         crate::netns::enter(&path)?;
-        TcpListener::bind(("0.0.0.0", port))
+        TcpListener::bind(addr)
     })
     .join()
     .unwrap_or_else(|_| Err(std::io::Error::other("binding thread panicked")))

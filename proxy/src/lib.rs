@@ -19,6 +19,7 @@ mod linkwatch;
 mod metrics;
 pub mod netns;
 pub mod netpol;
+pub mod proxy_health;
 mod run;
 mod services;
 mod sys;
@@ -28,8 +29,8 @@ mod worker;
 use std::{net::SocketAddr, path::PathBuf};
 
 pub use config::{
-    effective_mode, parse_duration, BpfCgroup, ClusterCidr, Config, IptablesBackend, ProxyMode,
-    CLASSIC_MODE_ANNOTATION, MODE_ANNOTATION,
+    effective_mode, parse_duration, BindAddress, BpfCgroup, ClusterCidr, Config, IptablesBackend,
+    ProxyMode, CLASSIC_MODE_ANNOTATION, MODE_ANNOTATION,
 };
 pub use dataplane::{Dataplane, DataplaneConfig, TcHook, DEFAULT_PIN_ROOT, DEFAULT_UDP_TIMEOUT};
 pub use engine::{cleanup, remove_pins, Cleaned};

@@ -82,8 +82,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         server_token.clone(),
     ));
 
+    let health = Arc::new(crate::proxy_health::ProxyHealth::default());
+    if let Some(addr) = config.healthz_bind_address.0 {
+        tasks.spawn(crate::proxy_health::serve(
+            addr,
+            config.netns.clone(),
+            health.clone(),
+            server_token.clone(),
+        ));
+    }
     let changed = Arc::new(Notify::new());
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Arc::new(Mutex::new(Shared {
+        health: Some(health.clone()),
+        ..Shared::default()
+    }));
     watch(
         &mut tasks,
         Api::<Service>::all(client.clone()),
@@ -173,17 +185,27 @@ struct Shared {
     node: Option<Node>,
     /// Services, EndpointSlices, Node: listed completely at least once.
     listed: [bool; 3],
+    /// Told of every change the watches deliver (`/healthz`'s pending updates).
+    health: Option<Arc<crate::proxy_health::ProxyHealth>>,
 }
 
 impl Listed for Shared {
     fn set_listed(&mut self, index: usize) {
         self.listed[index] = true;
     }
+
+    fn queued(&mut self) {
+        if let Some(h) = &self.health {
+            h.queued(Instant::now());
+        }
+    }
 }
 
-/// State fed by [`watch`]es: watch `index` has listed everything once.
+/// State fed by [`watch`]es: watch `index` has listed everything once; a change arrived.
 pub(crate) trait Listed {
     fn set_listed(&mut self, index: usize);
+
+    fn queued(&mut self) {}
 }
 
 pub(crate) fn lock<S>(shared: &Mutex<S>) -> std::sync::MutexGuard<'_, S> {
@@ -246,6 +268,7 @@ pub(crate) fn watch<S, K, A, D, R>(
                 watcher::Event::Apply(o) => (feed.apply)(&mut s, o),
                 watcher::Event::Delete(o) => (feed.delete)(&mut s, o),
             }
+            s.queued();
             drop(s);
             feed.changed.notify_one();
         }
@@ -299,6 +322,9 @@ async fn sync_loop(
             let touched = s.tracker.take_touched_slices();
             let changed = s.tracker.take_health_changed();
             let checks = (changed || health.pending()).then(|| s.tracker.health_checks().clone());
+            if let Some(h) = &s.health {
+                h.sync_node(s.node.as_ref());
+            }
             (changes, s.node.clone(), touched, checks)
         };
         if changes.is_empty() && !retry && !first {
@@ -333,6 +359,12 @@ async fn sync_loop(
                 // the first sync after a start programs changes of unknown age: not observed
                 observe_programming(&slices_touched, &mut triggers, (!first).then_some(metrics));
                 first = false;
+            }
+        }
+        if !retry {
+            // everything the watches had delivered when this round started is programmed
+            if let Some(h) = &lock(shared).health {
+                h.updated(started);
             }
         }
         if let Some(checks) = checks {

@@ -1101,11 +1101,21 @@ fn load_balancer_source_ranges_let_only_their_clients_in() {
 /// One HTTP GET from the client namespace: (status, the endpoint-weight header, body), or
 /// the connection's error.
 fn client_http_get(h: &Harness, to: SocketAddrV4) -> std::io::Result<(u16, String, String)> {
+    client_http_get_path(h, to, "/healthz")
+}
+
+/// GET `path` at `to` from the client; (status, X-Load-Balancing-Endpoint-Weight, body).
+fn client_http_get_path(
+    h: &Harness,
+    to: SocketAddrV4,
+    path: &str,
+) -> std::io::Result<(u16, String, String)> {
     use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n");
     let text = in_netns(h.client_ns().name(), || -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        s.write_all(request.as_bytes())?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;
         Ok(text)
@@ -1125,6 +1135,65 @@ fn client_http_get(h: &Harness, to: SocketAddrV4) -> std::io::Result<(u16, Strin
         })
         .unwrap_or_default();
     Ok((status, weight, body.to_string()))
+}
+
+/// kube-proxy's own health server (`--healthz-bind-address`, here the node's 10256, which a
+/// load balancer probes from outside): `/healthz` and `/livez` answer 200 with upstream's
+/// JSON; a Node tainted `ToBeDeletedByClusterAutoscaler` makes `/healthz` 503 with
+/// `nodeEligible: false` while `/livez` stays 200; without the taint it is 200 again.
+#[test]
+fn the_proxy_health_server_answers_load_balancers_as_kube_proxy() {
+    let mut h = Harness::new("k8s-healthz", ProxyMode::Ebpf);
+    h.config.healthz_bind_address =
+        proxy::BindAddress(Some(SocketAddr::from(([0, 0, 0, 0], 10256))));
+    h.annotate_node(json!({}));
+    h.start_proxy();
+    let node = SocketAddrV4::new([10, 200, 0, 1].into(), 10256);
+    let get = |h: &Harness, path: &str| -> (u16, serde_json::Value) {
+        let (status, _, body) =
+            client_http_get_path(h, node, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        (status, json)
+    };
+    h.wait_for("the health server up", PROGRAMMING_BOUND, |h| {
+        client_http_get_path(h, node, "/healthz").is_ok()
+    });
+    let (status, body) = get(&h, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nodeEligible"], true);
+    assert!(
+        body["lastUpdated"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(" +0000 UTC")),
+        "{body}"
+    );
+    let (status, body) = get(&h, "/livez");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("nodeEligible").is_none(), "{body}");
+
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(h.client.clone());
+    let taint = |taints: serde_json::Value| {
+        h.block_on(nodes.patch(
+            &h.node_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"spec": {"taints": taints}})),
+        ))
+        .expect("tainting the node");
+    };
+    taint(json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]));
+    h.wait_for(
+        "a node about to be deleted is not eligible",
+        PROGRAMMING_BOUND,
+        |h| get(h, "/healthz").0 == 503,
+    );
+    let (_, body) = get(&h, "/healthz");
+    assert_eq!(body["nodeEligible"], false, "{body}");
+    assert_eq!(get(&h, "/livez").0, 200, "/livez ignores the node");
+    taint(serde_json::Value::Null);
+    h.wait_for("eligible again", PROGRAMMING_BOUND, |h| {
+        get(h, "/healthz").0 == 200
+    });
+    h.stop_proxy();
 }
 
 /// kube-proxy's health check node port: a LoadBalancer with externalTrafficPolicy Local
