@@ -124,10 +124,12 @@ pub struct Config {
     #[arg(long = "min-sync-period", default_value = "100ms", value_parser = parse_duration)]
     pub min_sync_period: Duration,
 
-    /// Addresses NodePorts are served on (default: the Node's InternalIP/ExternalIP
-    /// addresses).
-    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
-    pub nodeport_addresses: Vec<std::net::Ipv4Addr>,
+    /// Where NodePorts are served, comma-separated, as kube-proxy's flag: CIDR ranges (the
+    /// node's own addresses inside them, `0.0.0.0/0` for all), `primary` (the Node's primary
+    /// IPv4 address), or plain addresses; IPv6 ranges are accepted and not used. Default:
+    /// the Node's InternalIP and ExternalIP addresses.
+    #[arg(long = "nodeport-addresses", value_delimiter = ',', value_parser = parse_nodeport_address)]
+    pub nodeport_addresses: Vec<NodePortAddress>,
 
     /// The cluster's pod ranges (comma-separated; IPv6 ranges are accepted and not used):
     /// new flows from them to a NodePort, external IP or load-balancer IP of a Service with
@@ -179,6 +181,36 @@ impl Config {
             network_policy: false,
             cleanup: false,
         }
+    }
+}
+
+/// One entry of `--nodeport-addresses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortAddress {
+    /// This address (a kaze extension: kube-proxy takes ranges).
+    Address(std::net::Ipv4Addr),
+    /// The node's own addresses inside this range.
+    Range((std::net::Ipv4Addr, u8)),
+    /// The Node's primary IPv4 address (its first InternalIP, else its first ExternalIP).
+    Primary,
+    /// An IPv6 range: accepted, not used (the dataplane is IPv4).
+    Ipv6,
+}
+
+pub fn parse_nodeport_address(s: &str) -> Result<NodePortAddress, String> {
+    let s = s.trim();
+    if s == "primary" {
+        return Ok(NodePortAddress::Primary);
+    }
+    if let Ok(ip) = s.parse::<std::net::Ipv4Addr>() {
+        return Ok(NodePortAddress::Address(ip));
+    }
+    match parse_cluster_cidr(s) {
+        Ok(ClusterCidr(Some(range))) => Ok(NodePortAddress::Range(range)),
+        Ok(ClusterCidr(None)) => Ok(NodePortAddress::Ipv6),
+        Err(_) => Err(format!(
+            "{s:?} is not a CIDR range such as 10.0.0.0/8, an address, or `primary`"
+        )),
     }
 }
 
@@ -353,6 +385,23 @@ mod tests {
             let err = parse_cluster_cidr(bad).expect_err(bad);
             assert!(err.contains("CIDR"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn nodeport_addresses_parse_as_kube_proxys_flag() {
+        use NodePortAddress::*;
+        assert_eq!(parse_nodeport_address("primary"), Ok(Primary));
+        assert_eq!(
+            parse_nodeport_address("10.0.7.1/8"),
+            Ok(Range(([10, 0, 0, 0].into(), 8)))
+        );
+        assert_eq!(
+            parse_nodeport_address("192.168.1.5"),
+            Ok(Address([192, 168, 1, 5].into()))
+        );
+        assert_eq!(parse_nodeport_address("fd00::/64"), Ok(Ipv6));
+        let err = parse_nodeport_address("eth0").expect_err("no interface names");
+        assert!(err.contains("CIDR"), "{err}");
     }
 
     #[test]

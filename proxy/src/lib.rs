@@ -30,7 +30,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 pub use config::{
     effective_mode, parse_duration, BindAddress, BpfCgroup, ClusterCidr, Config, IptablesBackend,
-    ProxyMode, CLASSIC_MODE_ANNOTATION, MODE_ANNOTATION,
+    NodePortAddress, ProxyMode, CLASSIC_MODE_ANNOTATION, MODE_ANNOTATION,
 };
 pub use dataplane::{Dataplane, DataplaneConfig, TcHook, DEFAULT_PIN_ROOT, DEFAULT_UDP_TIMEOUT};
 pub use engine::{cleanup, remove_pins, Cleaned};

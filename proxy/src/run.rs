@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{effective_mode, Config, ProxyMode},
+    config::{effective_mode, Config, NodePortAddress, ProxyMode},
     healthcheck::HealthChecks,
     metrics::{self, Metrics},
     tracker::Tracker,
@@ -294,15 +294,26 @@ async fn sync_loop(
     let mut triggers: HashMap<String, String> = HashMap::new();
     let mut first = true;
     let mut retry = false;
+    // `--nodeport-addresses` ranges match the node's own addresses, read again every
+    // ADDRESS_REFRESH (kube-proxy reads them at every sync)
+    let ranges = config
+        .nodeport_addresses
+        .iter()
+        .any(|a| matches!(a, NodePortAddress::Range(_)));
+    let mut local: Vec<Ipv4Addr> = Vec::new();
+    let mut local_read: Option<Instant> = None;
     loop {
         let started = Instant::now();
+        if ranges && local_read.is_none_or(|t| t.elapsed() >= ADDRESS_REFRESH) {
+            let netns = config.netns.clone();
+            local = tokio::task::spawn_blocking(move || local_ipv4_addresses(netns.as_deref()))
+                .await
+                .unwrap_or_default();
+            local_read = Some(Instant::now());
+        }
         let (changes, node, slices_touched, checks) = {
             let mut s = lock(shared);
-            let addresses = if config.nodeport_addresses.is_empty() {
-                s.node.as_ref().map(node_addresses).unwrap_or_default()
-            } else {
-                config.nodeport_addresses.clone()
-            };
+            let addresses = nodeport_addresses(&config.nodeport_addresses, s.node.as_ref(), &local);
             s.tracker.set_node_addresses(addresses);
             s.tracker.set_node_name(node_name);
             let pod_nets = if config.cluster_cidr.is_empty() {
@@ -400,6 +411,7 @@ async fn sync_loop(
             _ = shutdown.cancelled() => return Ok(()),
             _ = changed.notified() => {}
             _ = tokio::time::sleep(RETRY), if retry => {}
+            _ = tokio::time::sleep(ADDRESS_REFRESH), if ranges => {}
         }
         // batch bursts of changes into one sync
         let since = started.elapsed();
@@ -467,6 +479,74 @@ fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
 /// controller copies to the slices) and headless services' slices are not its business.
 const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+/// How often the node's own addresses are read again for `--nodeport-addresses` ranges.
+const ADDRESS_REFRESH: Duration = Duration::from_secs(10);
+
+/// Where NodePorts are served: the Node's InternalIP/ExternalIP addresses by default, else
+/// what `--nodeport-addresses` names (`local`: the node's own addresses, for ranges).
+fn nodeport_addresses(
+    wanted: &[NodePortAddress],
+    node: Option<&Node>,
+    local: &[Ipv4Addr],
+) -> Vec<Ipv4Addr> {
+    if wanted.is_empty() {
+        return node.map(node_addresses).unwrap_or_default();
+    }
+    let mut out = Vec::new();
+    for w in wanted {
+        match w {
+            NodePortAddress::Address(a) => out.push(*a),
+            NodePortAddress::Range(r) => {
+                out.extend(local.iter().filter(|a| crate::desired::contains(r, **a)))
+            }
+            NodePortAddress::Primary => out.extend(node.and_then(primary_address)),
+            NodePortAddress::Ipv6 => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The Node's primary IPv4 address, as upstream's `GetNodeHostIPs` orders them: the first
+/// InternalIP, else the first ExternalIP.
+fn primary_address(node: &Node) -> Option<Ipv4Addr> {
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    ["InternalIP", "ExternalIP"].iter().find_map(|ty| {
+        addresses
+            .iter()
+            .filter(|a| a.type_ == *ty)
+            .find_map(|a| a.address.parse().ok())
+    })
+}
+
+/// The IPv4 addresses of this machine's interfaces (in `netns` when given), from
+/// `ip -4 -j addr show`; none when that fails (NodePorts in ranges then wait for the next
+/// read).
+fn local_ipv4_addresses(netns: Option<&std::path::Path>) -> Vec<Ipv4Addr> {
+    let read = || -> std::io::Result<Vec<u8>> {
+        if let Some(path) = netns {
+            crate::netns::enter(path)?;
+        }
+        Ok(std::process::Command::new("ip")
+            .args(["-4", "-j", "addr", "show"])
+            .output()?
+            .stdout)
+    };
+    // a thread of its own: entering a namespace changes the calling thread's
+    let out = std::thread::scope(|s| s.spawn(read).join());
+    let Ok(Ok(json)) = out else {
+        warn!("listing the node's addresses for --nodeport-addresses failed");
+        return Vec::new();
+    };
+    let links: Vec<serde_json::Value> = serde_json::from_slice(&json).unwrap_or_default();
+    links
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
+        .collect()
+}
+
 /// The Node label naming its zone, for topology hints.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -517,4 +597,84 @@ async fn run_cleanup(config: Config) -> Result<(), Error> {
         "cleaned up the service dataplane"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(addresses: serde_json::Value) -> Node {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "n"},
+            "status": {"addresses": addresses}}))
+        .expect("node")
+    }
+
+    #[test]
+    fn nodeport_addresses_follow_kube_proxys_flag() {
+        let n = node(serde_json::json!([
+            {"type": "Hostname", "address": "n"},
+            {"type": "ExternalIP", "address": "203.0.113.4"},
+            {"type": "InternalIP", "address": "10.0.0.4"},
+            {"type": "InternalIP", "address": "10.0.1.4"}]));
+        let local: Vec<Ipv4Addr> = ["127.0.0.1", "10.0.0.4", "10.0.1.4", "10.42.0.1"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect();
+        let ips =
+            |v: &[&str]| -> Vec<Ipv4Addr> { v.iter().map(|a| a.parse().expect("ip")).collect() };
+        // default: the Node's InternalIP and ExternalIP addresses
+        assert_eq!(
+            nodeport_addresses(&[], Some(&n), &local),
+            ips(&["10.0.0.4", "10.0.1.4", "203.0.113.4"])
+        );
+        // primary: the first InternalIP
+        assert_eq!(
+            nodeport_addresses(&[NodePortAddress::Primary], Some(&n), &local),
+            ips(&["10.0.0.4"])
+        );
+        let external_only =
+            node(serde_json::json!([{"type": "ExternalIP", "address": "203.0.113.4"}]));
+        assert_eq!(
+            primary_address(&external_only),
+            Some("203.0.113.4".parse().expect("ip"))
+        );
+        // ranges: the node's own addresses inside them; everything for 0.0.0.0/0
+        assert_eq!(
+            nodeport_addresses(
+                &[NodePortAddress::Range(([10, 0, 0, 0].into(), 16))],
+                Some(&n),
+                &local
+            ),
+            ips(&["10.0.0.4", "10.0.1.4"])
+        );
+        assert_eq!(
+            nodeport_addresses(
+                &[NodePortAddress::Range(([0, 0, 0, 0].into(), 0))],
+                None,
+                &local
+            )
+            .len(),
+            4
+        );
+        assert_eq!(
+            nodeport_addresses(
+                &[
+                    NodePortAddress::Ipv6,
+                    NodePortAddress::Address([192, 168, 9, 9].into())
+                ],
+                Some(&n),
+                &local
+            ),
+            ips(&["192.168.9.9"])
+        );
+    }
+
+    #[test]
+    fn this_machines_addresses_are_listed() {
+        let local = local_ipv4_addresses(None);
+        assert!(
+            local.contains(&Ipv4Addr::LOCALHOST),
+            "loopback is one of them: {local:?}"
+        );
+    }
 }

@@ -609,8 +609,10 @@ fn restarting_in_iptables_mode_keeps_one_copy_of_each_rule() {
 fn node_ports_are_served_on_the_node_address() {
     for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
         let mut h = Harness::new(&format!("k8s-np-{}", mode.as_str()), mode);
-        // the node's address on the client's link
-        h.config.nodeport_addresses = vec![std::net::Ipv4Addr::new(10, 200, 0, 1)];
+        // the node's address on the client's link, as kube-proxy's `--nodeport-addresses`
+        // range picks it among the node's own (10.200.1-3.1 are outside)
+        h.config.nodeport_addresses =
+            vec![proxy::NodePortAddress::Range(([10, 200, 0, 0].into(), 24))];
         h.start_proxy();
         // this apiserver does not allocate node ports (yet): the test picks them, as a user may
         h.create_service(
@@ -845,7 +847,7 @@ fn local_policies_without_local_endpoints_drop_rather_than_refuse() {
     for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
         let mut h = Harness::new(&format!("k8s-nolocal-{}", mode.as_str()), mode);
         let node_ip = std::net::Ipv4Addr::new(10, 200, 0, 1);
-        h.config.nodeport_addresses = vec![node_ip];
+        h.config.nodeport_addresses = vec![proxy::NodePortAddress::Address(node_ip)];
         h.start_proxy();
         let vip = h.create_service(
             "web",
@@ -902,7 +904,7 @@ fn pods_reaching_a_local_services_external_addresses_get_every_endpoint() {
     for mode in [ProxyMode::Ebpf, ProxyMode::Iptables] {
         let mut h = Harness::new(&format!("k8s-short-{}", mode.as_str()), mode);
         let node_ip = std::net::Ipv4Addr::new(10, 200, 0, 1);
-        h.config.nodeport_addresses = vec![node_ip];
+        h.config.nodeport_addresses = vec![proxy::NodePortAddress::Address(node_ip)];
         h.annotate_node(json!({}));
         h.start_proxy();
         let external_ip = std::net::Ipv4Addr::new(192, 0, 2, 12);
