@@ -357,8 +357,14 @@ pub fn plan(
         let _ = writeln!(input, "-X {c}");
     }
     input.push_str("COMMIT\n");
+    let nat = input;
 
-    // services without endpoints are refused (as the eBPF dataplane does), not blackholed
+    // services without endpoints are refused (as the eBPF dataplane does), not blackholed.
+    // The filter table goes first: iptables-restore commits one table after the other, and
+    // a DROP the nat table starts relying on (a new source range, a Local view losing its
+    // endpoints) must be in force before, or a client arriving in between is refused by
+    // the node instead of dropped.
+    let mut input = String::with_capacity(nat.len() + 256);
     input.push_str("*filter\n");
     let _ = writeln!(input, ":{SERVICES_CHAIN} - [0:0]");
     for (table, rule) in jumps {
@@ -404,6 +410,7 @@ pub fn plan(
         }
     }
     input.push_str("COMMIT\n");
+    input.push_str(&nat);
     Plan {
         input,
         applied: next,

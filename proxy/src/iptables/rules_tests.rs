@@ -25,6 +25,17 @@ fn svc(name: &str, backends: &[u8]) -> DesiredService {
     }
 }
 
+/// The (nat, filter) sections of a restore input (filter first, then nat).
+fn tables(input: &str) -> (&str, &str) {
+    let (filter, nat) = input.split_once("*nat\n").expect("a nat section");
+    (
+        nat,
+        filter
+            .strip_prefix("*filter\n")
+            .expect("the filter table first"),
+    )
+}
+
 fn desired(entries: &[(ServiceKey, DesiredService)]) -> Desired {
     entries.iter().cloned().collect()
 }
@@ -37,7 +48,7 @@ fn a_service_spreads_with_decreasing_probabilities_then_dnats() {
     let svc_chain = svc_chain(&k);
     let input = &p.input;
     assert!(
-        input.starts_with("*nat\n:KAZE-SERVICES - [0:0]\n"),
+        tables(input).0.starts_with(":KAZE-SERVICES - [0:0]\n"),
         "{input}"
     );
     assert!(input.contains(&format!(
@@ -81,8 +92,9 @@ fn a_service_spreads_with_decreasing_probabilities_then_dnats() {
         svc_chain.len() <= 28,
         "iptables chain names are at most 28 bytes: {svc_chain}"
     );
-    assert!(
-        input.ends_with("*filter\n:KAZE-SERVICES - [0:0]\nCOMMIT\n"),
+    assert_eq!(
+        tables(input).1,
+        ":KAZE-SERVICES - [0:0]\nCOMMIT\n",
         "{input}"
     );
 }
@@ -168,7 +180,7 @@ fn a_service_without_endpoints_is_rejected_in_the_filter_table() {
         &BTreeSet::new(),
         &[],
     );
-    let filter = p.input.split("*filter\n").nth(1).expect("a filter section");
+    let filter = tables(&p.input).1;
     assert!(filter.contains(
         "-A KAZE-SERVICES -d 10.43.0.11/32 -p udp -m comment --comment \"default/dns:dns has no endpoints\" -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\n"
     ), "{filter}");
@@ -189,13 +201,7 @@ fn source_ranges_pass_through_a_fw_chain_and_the_rest_is_dropped_in_the_filter_t
         &BTreeSet::new(),
         &[],
     );
-    let (nat, filter) = p
-        .input
-        .split_once(
-            "*filter
-",
-        )
-        .expect("a filter section");
+    let (nat, filter) = tables(&p.input);
     let fw = fw_chain(&k);
     let svc_chain = svc_chain(&k);
     assert!(
@@ -236,11 +242,7 @@ fn source_ranges_pass_through_a_fw_chain_and_the_rest_is_dropped_in_the_filter_t
         &BTreeSet::new(),
         &[],
     );
-    let filter = p3
-        .input
-        .split("*filter\n")
-        .nth(1)
-        .expect("a filter section");
+    let filter = tables(&p3.input).1;
     let reject = filter
         .find("-A KAZE-SERVICES -s 203.0.113.0/24 -d 10.43.0.200/32")
         .expect(filter);
@@ -425,7 +427,7 @@ fn a_local_frontend_short_circuits_pods_and_the_node_to_every_endpoint() {
     }
     // what no rule took is dropped in the filter table (kube-proxy: "has no local
     // endpoints"), not refused as a service without any endpoint is
-    let filter = &input[input.find("*filter").expect("filter table")..];
+    let filter = tables(input).1;
     assert!(
         filter.contains("default/web:http has no local endpoints")
             && filter.contains("--dport 80 -j DROP\n")
