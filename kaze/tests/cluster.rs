@@ -506,6 +506,17 @@ impl Cluster {
         ips
     }
 
+    /// What the `client` pod's echo container says after GETting `target` `count` times
+    /// (`/echo --get`); fails the test when kubectl does.
+    fn client_get(&self, target: &str, count: &str) -> String {
+        self.ok(&echo_get(target, count))
+    }
+
+    /// [`Self::client_get`] that hands back whatever kubectl printed.
+    fn client_get_out(&self, target: &str, count: &str) -> String {
+        self.out(&echo_get(target, count))
+    }
+
     /// Runs a one-shot client pod (the echo image with `args`) on node `node` and returns
     /// its output once it has finished.
     fn client(&self, name: &str, node: usize, args: &[&str]) -> String {
@@ -582,6 +593,14 @@ spec:
   selector: {app: web}
   ports: [{name: http, port: 8080}]
 "#;
+
+/// `kubectl exec` arguments for the `client` pod's echo container to GET `target` `count`
+/// times.
+fn echo_get<'a>(target: &'a str, count: &'a str) -> [&'a str; 10] {
+    [
+        "exec", "client", "-c", "echo", "--", "/echo", "--get", target, "--count", count,
+    ]
+}
 
 /// Counts answers per pod name in a client's output; panics on errors when `strict`.
 fn tally(output: &str) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
@@ -792,18 +811,7 @@ fn suite(mode: &'static str, index: u8) {
         (c.out(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]) == "Running")
             .then_some(())
     });
-    let out = c.ok(&[
-        "exec",
-        "client",
-        "-c",
-        "echo",
-        "--",
-        "/echo",
-        "--get",
-        "web.default.svc.cluster.local:8080",
-        "--count",
-        "30",
-    ]);
+    let out = c.client_get("web.default.svc.cluster.local:8080", "30");
     let (per_pod, errors) = tally(&out);
     assert!(errors.is_empty(), "[{mode}] failed requests:\n{out}");
     for (name, _, _) in &pods {
@@ -998,11 +1006,6 @@ fn suite(mode: &'static str, index: u8) {
     );
 
     c.step("2: NetworkPolicy: the web pods, isolated for ingress, take only what a policy allows");
-    let from_client = |target: &str, count: &str| {
-        c.ok(&[
-            "exec", "client", "-c", "echo", "--", "/echo", "--get", target, "--count", count,
-        ])
-    };
     c.apply(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-deny, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
     );
@@ -1011,12 +1014,12 @@ fn suite(mode: &'static str, index: u8) {
         "the client kept out of the web pods",
         Duration::from_secs(30),
         || {
-            let (per_pod, errors) = tally(&from_client(&service, "3"));
+            let (per_pod, errors) = tally(&c.client_get(&service, "3"));
             (per_pod.is_empty() && errors.len() == 3).then_some(())
         },
     );
     for ip in &pod_ips {
-        let out = from_client(&format!("{ip}:8080"), "1");
+        let out = c.client_get(&format!("{ip}:8080"), "1");
         let (per_pod, _) = tally(&out);
         assert!(
             per_pod.is_empty(),
@@ -1031,13 +1034,13 @@ fn suite(mode: &'static str, index: u8) {
         "the labelled client let in",
         Duration::from_secs(30),
         || {
-            let (per_pod, errors) = tally(&from_client(&service, "12"));
+            let (per_pod, errors) = tally(&c.client_get(&service, "12"));
             (errors.is_empty() && per_pod.len() == 3).then_some(())
         },
     );
     let client_ip = c.ok(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
     for ip in &pod_ips {
-        let out = from_client(&format!("{ip}:8080"), "1");
+        let out = c.client_get(&format!("{ip}:8080"), "1");
         let (per_pod, errors) = tally(&out);
         // pods reach each other without NAT: the server sees the client pod's own address
         let unnatted = out
@@ -1074,9 +1077,9 @@ fn suite(mode: &'static str, index: u8) {
     c.eventually(
         "the egress-isolated client kept away from the API server",
         Duration::from_secs(30),
-        || from_client(&api, "1").contains("timed out").then_some(()),
+        || c.client_get(&api, "1").contains("timed out").then_some(()),
     );
-    let out = from_client("web.default.svc.cluster.local:8080", "6");
+    let out = c.client_get("web.default.svc.cluster.local:8080", "6");
     let (per_pod, errors) = tally(&out);
     assert!(
         errors.is_empty() && !per_pod.is_empty(),
@@ -1107,18 +1110,7 @@ fn suite(mode: &'static str, index: u8) {
         .map(|p| p.0.clone())
         .expect("a web pod on node 1");
     let answered_by = |count: &str| {
-        let out = c.out(&[
-            "exec",
-            "client",
-            "-c",
-            "echo",
-            "--",
-            "/echo",
-            "--get",
-            &format!("{cluster_ip}:8080"),
-            "--count",
-            count,
-        ]);
+        let out = c.client_get_out(&format!("{cluster_ip}:8080"), count);
         let (per_pod, errors) = tally(&out);
         errors
             .is_empty()
@@ -1196,9 +1188,7 @@ fn suite(mode: &'static str, index: u8) {
         &format!("the client pod through {addr} reaching all 3 backends as itself"),
         Duration::from_secs(10),
         || {
-            let out = c.out(&[
-                "exec", "client", "-c", "echo", "--", "/echo", "--get", &addr, "--count", "30",
-            ]);
+            let out = c.client_get_out(&addr, "30");
             let (per_pod, errors) = tally(&out);
             let as_itself = out.lines().filter(|l| l.starts_with("web-")).all(|l| {
                 l.split_whitespace()
@@ -1324,18 +1314,7 @@ fn suite(mode: &'static str, index: u8) {
     // two seconds after the test saw them Ready (so at most two after they were)
     std::thread::sleep(Duration::from_secs(2).saturating_sub(ready_at.elapsed()));
     let burst = |c: &Cluster, count: &str| {
-        let out = c.ok(&[
-            "exec",
-            "client",
-            "-c",
-            "echo",
-            "--",
-            "/echo",
-            "--get",
-            &format!("{cluster_ip}:8080"),
-            "--count",
-            count,
-        ]);
+        let out = c.client_get(&format!("{cluster_ip}:8080"), count);
         let (per_pod, errors) = tally(&out);
         assert!(
             errors.is_empty(),

@@ -9,9 +9,14 @@ use std::process::{Command, Output};
 #[path = "../../xtask/src/images.rs"]
 mod xtask_images;
 
-fn kaze(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kaze"))
-        .args(args)
+/// `kaze images import --container-runtime-endpoint <socket> [--node-name <node>] <file>`.
+fn import(socket: &str, node: Option<&str>, file: &str) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaze"));
+    cmd.args(["images", "import", "--container-runtime-endpoint", socket]);
+    if let Some(node) = node {
+        cmd.args(["--node-name", node]);
+    }
+    cmd.arg(file)
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("running kaze")
@@ -31,15 +36,7 @@ fn images_import_puts_tarballs_into_the_nodes_containerd_namespace() {
     let node = format!("images-{}", std::process::id());
     let socket = containerd.socket().display().to_string();
 
-    let out = kaze(&[
-        "images",
-        "import",
-        "--container-runtime-endpoint",
-        &socket,
-        "--node-name",
-        &node,
-        &busybox.display().to_string(),
-    ]);
+    let out = import(&socket, Some(&node), &busybox.display().to_string());
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -71,15 +68,7 @@ fn images_import_puts_tarballs_into_the_nodes_containerd_namespace() {
     let junk = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(junk.path(), "not an image\n").expect("writing junk");
     let junk_path = junk.path().display().to_string();
-    let out = kaze(&[
-        "images",
-        "import",
-        "--container-runtime-endpoint",
-        &socket,
-        "--node-name",
-        &node,
-        &junk_path,
-    ]);
+    let out = import(&socket, Some(&node), &junk_path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains(&junk_path),
@@ -90,25 +79,17 @@ fn images_import_puts_tarballs_into_the_nodes_containerd_namespace() {
         "docker.io/kaze/busybox:1"
     );
     // a missing file, and no containerd at the socket
-    let out = kaze(&[
-        "images",
-        "import",
-        "--container-runtime-endpoint",
-        &socket,
-        "/nonexistent.tar",
-    ]);
+    let out = import(&socket, None, "/nonexistent.tar");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("/nonexistent.tar: no such image tarball"),
         "{stderr}"
     );
-    let out = kaze(&[
-        "images",
-        "import",
-        "--container-runtime-endpoint",
+    let out = import(
         "/nonexistent/containerd.sock",
+        None,
         &busybox.display().to_string(),
-    ]);
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()

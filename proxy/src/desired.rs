@@ -599,6 +599,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Node `name` serving NodePorts on `addresses`.
+    fn node_view<'a>(addresses: &'a [Ipv4Addr], name: &'a str) -> NodeView<'a> {
+        NodeView {
+            addresses,
+            name: Some(name),
+            ..NodeView::default()
+        }
+    }
+
     fn svc(v: serde_json::Value) -> Service {
         serde_json::from_value(v).expect("service json")
     }
@@ -778,16 +787,7 @@ mod tests {
         spec.internal_traffic_policy = Some("Local".into());
         spec.external_traffic_policy = Some("Local".into());
 
-        let d = compute_for_node(
-            [&local],
-            &slices,
-            &NodeView {
-                addresses: &node_ip,
-                name: Some("a"),
-                pod_nets: &[],
-                ..NodeView::default()
-            },
-        );
+        let d = compute_for_node([&local], &slices, &node_view(&node_ip, "a"));
         let cluster = &d[&key([10, 43, 0, 20], 80, Protocol::Tcp)];
         assert_eq!(cluster.backends, vec![be([10, 42, 0, 5], 8080)]);
         let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
@@ -800,16 +800,7 @@ mod tests {
         assert!(!cluster.no_local_endpoints && !np.no_local_endpoints);
         // a node without local endpoints has no backend: dropped (kube-proxy's "has no
         // local endpoints"), not sent elsewhere
-        let d = compute_for_node(
-            [&local],
-            &slices,
-            &NodeView {
-                addresses: &node_ip,
-                name: Some("c"),
-                pod_nets: &[],
-                ..NodeView::default()
-            },
-        );
+        let d = compute_for_node([&local], &slices, &node_view(&node_ip, "c"));
         for k in [
             key([10, 43, 0, 20], 80, Protocol::Tcp),
             key([192, 168, 0, 5], 30080, Protocol::Tcp),
@@ -819,27 +810,11 @@ mod tests {
         }
         // no endpoint anywhere: refused, as any service without endpoints
         let none: [EndpointSlice; 0] = [];
-        let d = compute_for_node(
-            [&local],
-            &none,
-            &NodeView {
-                addresses: &node_ip,
-                name: Some("c"),
-                ..NodeView::default()
-            },
-        );
+        let d = compute_for_node([&local], &none, &node_view(&node_ip, "c"));
         assert!(!d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].no_local_endpoints);
 
         // Cluster (the default): every endpoint, NodePort masqueraded
-        let d = compute_for_node(
-            [&web()],
-            &slices,
-            &NodeView {
-                addresses: &node_ip,
-                name: Some("a"),
-                ..NodeView::default()
-            },
-        );
+        let d = compute_for_node([&web()], &slices, &node_view(&node_ip, "a"));
         assert_eq!(
             d[&key([10, 43, 0, 20], 80, Protocol::Tcp)].backends.len(),
             3
@@ -947,10 +922,8 @@ mod tests {
             [&local],
             &slices,
             &NodeView {
-                addresses: &node_ip,
-                name: Some("c"),
                 pod_nets: &pods,
-                ..NodeView::default()
+                ..node_view(&node_ip, "c")
             },
         );
         let every = vec![be([10, 42, 0, 5], 8080), be([10, 42, 1, 5], 8080)];
@@ -975,16 +948,7 @@ mod tests {
             None
         );
         // without pod ranges the node's own traffic still short-circuits
-        let d = compute_for_node(
-            [&local],
-            &slices,
-            &NodeView {
-                addresses: &node_ip,
-                name: Some("c"),
-                pod_nets: &[],
-                ..NodeView::default()
-            },
-        );
+        let d = compute_for_node([&local], &slices, &node_view(&node_ip, "c"));
         let np = &d[&key([192, 168, 0, 5], 30080, Protocol::Tcp)];
         assert_eq!(
             np.short_circuit.as_ref().map(|s| s.backends.clone()),
@@ -1018,16 +982,7 @@ mod tests {
                 {"hostname": "lb.example.com"}]}}))
             .expect("status"),
         );
-        let d = compute_for_node(
-            [&lb],
-            &slices,
-            &NodeView {
-                addresses: &[],
-                name: Some("a"),
-                pod_nets: &[],
-                ..NodeView::default()
-            },
-        );
+        let d = compute_for_node([&lb], &slices, &node_view(&[], "a"));
         for ip in [[192, 0, 2, 10], [198, 51, 100, 1], [198, 51, 100, 2]] {
             let http = &d[&key(ip, 80, Protocol::Tcp)];
             assert_eq!(http.backends.len(), 2, "{ip:?}");
@@ -1043,16 +998,7 @@ mod tests {
 
         // externalTrafficPolicy Local: this node's endpoints, the client's address kept
         lb.spec.as_mut().expect("spec").external_traffic_policy = Some("Local".into());
-        let d = compute_for_node(
-            [&lb],
-            &slices,
-            &NodeView {
-                addresses: &[],
-                name: Some("a"),
-                pod_nets: &[],
-                ..NodeView::default()
-            },
-        );
+        let d = compute_for_node([&lb], &slices, &node_view(&[], "a"));
         let http = &d[&key([198, 51, 100, 1], 80, Protocol::Tcp)];
         assert_eq!(http.backends, vec![be([10, 42, 0, 1], 8080)]);
         assert!(!http.masquerade);

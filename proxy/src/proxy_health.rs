@@ -96,14 +96,15 @@ impl ProxyHealth {
 
     /// Whether no change has waited longer than [`HEALTH_TIMEOUT`] at `now`.
     pub fn healthy(&self, now: Instant) -> bool {
-        self.lock()
-            .oldest_pending
-            .is_none_or(|t| now.saturating_duration_since(t) < HEALTH_TIMEOUT)
+        self.snapshot(now).0
     }
 
+    /// (healthy at `now`, last update, node eligible), read at once.
     fn snapshot(&self, now: Instant) -> (bool, Option<SystemTime>, bool) {
-        let healthy = self.healthy(now);
         let h = self.lock();
+        let healthy = h
+            .oldest_pending
+            .is_none_or(|t| now.saturating_duration_since(t) < HEALTH_TIMEOUT);
         (healthy, h.last_updated, h.node_eligible)
     }
 }

@@ -93,7 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     }
     let changed = Arc::new(Notify::new());
     let shared = Arc::new(Mutex::new(Shared {
-        health: Some(health.clone()),
+        health: health.clone(),
         ..Shared::default()
     }));
     watch(
@@ -186,7 +186,7 @@ struct Shared {
     /// Services, EndpointSlices, Node: listed completely at least once.
     listed: [bool; 3],
     /// Told of every change the watches deliver (`/healthz`'s pending updates).
-    health: Option<Arc<crate::proxy_health::ProxyHealth>>,
+    health: Arc<crate::proxy_health::ProxyHealth>,
 }
 
 impl Listed for Shared {
@@ -195,9 +195,7 @@ impl Listed for Shared {
     }
 
     fn queued(&mut self) {
-        if let Some(h) = &self.health {
-            h.queued(Instant::now());
-        }
+        self.health.queued(Instant::now());
     }
 }
 
@@ -291,6 +289,7 @@ async fn sync_loop(
     while !lock(shared).listed.iter().all(|l| *l) {
         changed.notified().await;
     }
+    let proxy_health = lock(shared).health.clone();
     let mut triggers: HashMap<String, String> = HashMap::new();
     let mut first = true;
     let mut retry = false;
@@ -333,9 +332,7 @@ async fn sync_loop(
             let touched = s.tracker.take_touched_slices();
             let changed = s.tracker.take_health_changed();
             let checks = (changed || health.pending()).then(|| s.tracker.health_checks().clone());
-            if let Some(h) = &s.health {
-                h.sync_node(s.node.as_ref());
-            }
+            proxy_health.sync_node(s.node.as_ref());
             (changes, s.node.clone(), touched, checks)
         };
         if changes.is_empty() && !retry && !first {
@@ -374,9 +371,7 @@ async fn sync_loop(
         }
         if !retry {
             // everything the watches had delivered when this round started is programmed
-            if let Some(h) = &lock(shared).health {
-                h.updated(started);
-            }
+            proxy_health.updated(started);
         }
         if let Some(checks) = checks {
             health.update(checks);

@@ -27,23 +27,16 @@ fn pick(from: &Value, keys: &[&str]) -> Map<String, Value> {
         .collect()
 }
 
-/// Moves `from[src]` to `to[dst]` when present.
-fn put(to: &mut Map<String, Value>, dst: &str, from: &Value, src: &str) {
-    if let Some(v) = from.get(src).filter(|v| !v.is_null()) {
-        to.insert(dst.into(), v.clone());
-    }
-}
-
 /// The v2 metric source field of a metric type.
-fn source_key(ty: &str) -> &'static str {
-    match ty {
+fn source_key(ty: &str) -> Option<&'static str> {
+    Some(match ty {
         "Resource" => "resource",
         "ContainerResource" => "containerResource",
         "Pods" => "pods",
         "Object" => "object",
         "External" => "external",
-        _ => "",
-    }
+        _ => return None,
+    })
 }
 
 fn is_cpu_utilization(m: &Value) -> bool {
@@ -52,183 +45,134 @@ fn is_cpu_utilization(m: &Value) -> bool {
         && m["resource"]["target"]["averageUtilization"].is_i64()
 }
 
-/// A v2 `MetricSpec` in v1's (v2beta1's) shape.
-fn spec_to_v1(m: &Value) -> Value {
-    let ty = m["type"].as_str().unwrap_or("");
-    let key = source_key(ty);
-    let s = &m[key];
-    let mut out = Map::new();
+/// How one metric source maps between v1's (v2beta1's) flat shape and v2's: (v1 field, v2
+/// path `a` or `a.b`, v2 target type that field implies). For a v1 → v2 spec the first
+/// present field with a type sets `target.type`.
+type Fields = &'static [(&'static str, &'static str, Option<&'static str>)];
+
+/// The `MetricSpec` fields of a metric type.
+fn spec_fields(ty: &str) -> Fields {
     match ty {
-        "Resource" | "ContainerResource" => {
-            out.extend(pick(s, &["name", "container"]));
-            put(
-                &mut out,
+        "Resource" | "ContainerResource" => &[
+            ("name", "name", None),
+            ("container", "container", None),
+            (
                 "targetAverageUtilization",
-                &s["target"],
-                "averageUtilization",
-            );
-            put(&mut out, "targetAverageValue", &s["target"], "averageValue");
+                "target.averageUtilization",
+                Some("Utilization"),
+            ),
+            (
+                "targetAverageValue",
+                "target.averageValue",
+                Some("AverageValue"),
+            ),
+        ],
+        "Pods" => &[
+            ("metricName", "metric.name", None),
+            ("selector", "metric.selector", None),
+            (
+                "targetAverageValue",
+                "target.averageValue",
+                Some("AverageValue"),
+            ),
+        ],
+        "Object" => &[
+            ("target", "describedObject", None),
+            ("metricName", "metric.name", None),
+            ("selector", "metric.selector", None),
+            ("targetValue", "target.value", Some("Value")),
+            ("averageValue", "target.averageValue", Some("AverageValue")),
+        ],
+        "External" => &[
+            ("metricName", "metric.name", None),
+            ("metricSelector", "metric.selector", None),
+            ("targetValue", "target.value", Some("Value")),
+            (
+                "targetAverageValue",
+                "target.averageValue",
+                Some("AverageValue"),
+            ),
+        ],
+        _ => &[],
+    }
+}
+
+/// The `MetricStatus` fields of a metric type.
+fn status_fields(ty: &str) -> Fields {
+    match ty {
+        "Resource" | "ContainerResource" => &[
+            ("name", "name", None),
+            ("container", "container", None),
+            (
+                "currentAverageUtilization",
+                "current.averageUtilization",
+                None,
+            ),
+            ("currentAverageValue", "current.averageValue", None),
+        ],
+        "Pods" => &[
+            ("metricName", "metric.name", None),
+            ("selector", "metric.selector", None),
+            ("currentAverageValue", "current.averageValue", None),
+        ],
+        "Object" => &[
+            ("target", "describedObject", None),
+            ("metricName", "metric.name", None),
+            ("selector", "metric.selector", None),
+            ("currentValue", "current.value", None),
+            ("averageValue", "current.averageValue", None),
+        ],
+        "External" => &[
+            ("metricName", "metric.name", None),
+            ("metricSelector", "metric.selector", None),
+            ("currentValue", "current.value", None),
+            ("currentAverageValue", "current.averageValue", None),
+        ],
+        _ => &[],
+    }
+}
+
+/// A v2 metric (spec or status) in v1's shape; an unknown type is kept as it is.
+fn metric_to_v1(m: &Value, fields: fn(&str) -> Fields) -> Value {
+    let ty = m["type"].as_str().unwrap_or("");
+    let Some(key) = source_key(ty) else {
+        return m.clone();
+    };
+    let source = &m[key];
+    let mut out = Map::new();
+    for (v1, v2, _) in fields(ty) {
+        let at = format!("/{}", v2.replace('.', "/"));
+        if let Some(v) = source.pointer(&at).filter(|v| !v.is_null()) {
+            out.insert((*v1).into(), v.clone());
         }
-        "Pods" => {
-            put(&mut out, "metricName", &s["metric"], "name");
-            put(&mut out, "selector", &s["metric"], "selector");
-            put(&mut out, "targetAverageValue", &s["target"], "averageValue");
-        }
-        "Object" => {
-            put(&mut out, "target", s, "describedObject");
-            put(&mut out, "metricName", &s["metric"], "name");
-            put(&mut out, "selector", &s["metric"], "selector");
-            put(&mut out, "targetValue", &s["target"], "value");
-            put(&mut out, "averageValue", &s["target"], "averageValue");
-        }
-        "External" => {
-            put(&mut out, "metricName", &s["metric"], "name");
-            put(&mut out, "metricSelector", &s["metric"], "selector");
-            put(&mut out, "targetValue", &s["target"], "value");
-            put(&mut out, "targetAverageValue", &s["target"], "averageValue");
-        }
-        _ => return m.clone(),
     }
     json!({"type": ty, key: out})
 }
 
-/// A v1 (v2beta1-shaped) `MetricSpec` in v2's shape.
-fn spec_to_v2(m: &Value) -> Value {
+/// A v1 metric (spec or status) in v2's shape; an unknown type is kept as it is.
+fn metric_to_v2(m: &Value, fields: fn(&str) -> Fields) -> Value {
     let ty = m["type"].as_str().unwrap_or("");
-    let key = source_key(ty);
-    let s = &m[key];
-    let metric = |name: &str, selector: &str| {
-        let mut id = Map::new();
-        put(&mut id, "name", s, name);
-        put(&mut id, "selector", s, selector);
-        Value::Object(id)
+    let Some(key) = source_key(ty) else {
+        return m.clone();
     };
-    let target = |pairs: &[(&str, &str, &str)]| {
-        // (v1 field, v2 field, target type): the first present decides the type
-        let mut t = Map::new();
-        for (v1, v2, ty) in pairs {
-            if let Some(v) = s.get(*v1).filter(|v| !v.is_null()) {
-                if !t.contains_key("type") {
-                    t.insert("type".into(), json!(ty));
-                }
-                t.insert((*v2).into(), v.clone());
+    let source = &m[key];
+    let mut out = json!({});
+    for (v1, v2, target_type) in fields(ty) {
+        let Some(v) = source.get(*v1).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let (outer, inner) = v2.split_once('.').unwrap_or((v2, ""));
+        if inner.is_empty() {
+            out[outer] = v.clone();
+            continue;
+        }
+        if let Some(t) = target_type {
+            if out[outer].get("type").is_none() {
+                out[outer]["type"] = json!(t);
             }
         }
-        Value::Object(t)
-    };
-    let out = match ty {
-        "Resource" | "ContainerResource" => {
-            let mut o = pick(s, &["name", "container"]);
-            o.insert(
-                "target".into(),
-                target(&[
-                    (
-                        "targetAverageUtilization",
-                        "averageUtilization",
-                        "Utilization",
-                    ),
-                    ("targetAverageValue", "averageValue", "AverageValue"),
-                ]),
-            );
-            Value::Object(o)
-        }
-        "Pods" => json!({
-            "metric": metric("metricName", "selector"),
-            "target": target(&[("targetAverageValue", "averageValue", "AverageValue")]),
-        }),
-        "Object" => json!({
-            "describedObject": s["target"],
-            "metric": metric("metricName", "selector"),
-            "target": target(&[("targetValue", "value", "Value"), ("averageValue", "averageValue", "AverageValue")]),
-        }),
-        "External" => json!({
-            "metric": metric("metricName", "metricSelector"),
-            "target": target(&[("targetValue", "value", "Value"), ("targetAverageValue", "averageValue", "AverageValue")]),
-        }),
-        _ => return m.clone(),
-    };
-    json!({"type": ty, key: out})
-}
-
-/// A v2 `MetricStatus` in v1's shape.
-fn status_to_v1(m: &Value) -> Value {
-    let ty = m["type"].as_str().unwrap_or("");
-    let key = source_key(ty);
-    let s = &m[key];
-    let c = &s["current"];
-    let mut out = Map::new();
-    match ty {
-        "Resource" | "ContainerResource" => {
-            out.extend(pick(s, &["name", "container"]));
-            put(
-                &mut out,
-                "currentAverageUtilization",
-                c,
-                "averageUtilization",
-            );
-            put(&mut out, "currentAverageValue", c, "averageValue");
-        }
-        "Pods" => {
-            put(&mut out, "metricName", &s["metric"], "name");
-            put(&mut out, "selector", &s["metric"], "selector");
-            put(&mut out, "currentAverageValue", c, "averageValue");
-        }
-        "Object" => {
-            put(&mut out, "target", s, "describedObject");
-            put(&mut out, "metricName", &s["metric"], "name");
-            put(&mut out, "selector", &s["metric"], "selector");
-            put(&mut out, "currentValue", c, "value");
-            put(&mut out, "averageValue", c, "averageValue");
-        }
-        "External" => {
-            put(&mut out, "metricName", &s["metric"], "name");
-            put(&mut out, "metricSelector", &s["metric"], "selector");
-            put(&mut out, "currentValue", c, "value");
-            put(&mut out, "currentAverageValue", c, "averageValue");
-        }
-        _ => return m.clone(),
+        out[outer][inner] = v.clone();
     }
-    json!({"type": ty, key: out})
-}
-
-/// A v1 `MetricStatus` in v2's shape.
-fn status_to_v2(m: &Value) -> Value {
-    let ty = m["type"].as_str().unwrap_or("");
-    let key = source_key(ty);
-    let s = &m[key];
-    let current = |pairs: &[(&str, &str)]| {
-        let mut c = Map::new();
-        for (v1, v2) in pairs {
-            put(&mut c, v2, s, v1);
-        }
-        Value::Object(c)
-    };
-    let metric = |selector: &str| {
-        let mut id = Map::new();
-        put(&mut id, "name", s, "metricName");
-        put(&mut id, "selector", s, selector);
-        Value::Object(id)
-    };
-    let out = match ty {
-        "Resource" | "ContainerResource" => {
-            let mut o = pick(s, &["name", "container"]);
-            o.insert(
-                "current".into(),
-                current(&[
-                    ("currentAverageUtilization", "averageUtilization"),
-                    ("currentAverageValue", "averageValue"),
-                ]),
-            );
-            Value::Object(o)
-        }
-        "Pods" => json!({"metric": metric("selector"),
-                         "current": current(&[("currentAverageValue", "averageValue")])}),
-        "Object" => json!({"describedObject": s["target"], "metric": metric("selector"),
-                           "current": current(&[("currentValue", "value"), ("averageValue", "averageValue")])}),
-        "External" => json!({"metric": metric("metricSelector"),
-                             "current": current(&[("currentValue", "value"), ("currentAverageValue", "averageValue")])}),
-        _ => return m.clone(),
-    };
     json!({"type": ty, key: out})
 }
 
@@ -278,7 +222,7 @@ pub fn to_v1(v: Value) -> Value {
                 metric["resource"]["target"]["averageUtilization"].clone(),
             );
         } else {
-            other.push(spec_to_v1(metric));
+            other.push(metric_to_v1(metric, spec_fields));
         }
     }
     let status2 = &v["status"];
@@ -296,7 +240,7 @@ pub fn to_v1(v: Value) -> Value {
         .as_array()
         .into_iter()
         .flatten()
-        .map(status_to_v1)
+        .map(|m| metric_to_v1(m, status_fields))
         .collect();
     if let Some(cpu) = current.iter().find_map(|c| {
         (c["type"] == "Resource" && c["resource"]["name"] == "cpu")
@@ -354,7 +298,7 @@ pub fn to_v2(v: Value) -> Value {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(spec_to_v2),
+            .map(|m| metric_to_v2(m, spec_fields)),
     );
     if metrics.is_empty() {
         metrics.push(json!({"type": "Resource", "resource": {"name": "cpu",
@@ -376,7 +320,7 @@ pub fn to_v2(v: Value) -> Value {
     );
     // the annotation has more than the one v1 field, so it wins
     let current: Vec<Value> = match current.as_ref().and_then(Value::as_array) {
-        Some(all) => all.iter().map(status_to_v2).collect(),
+        Some(all) => all.iter().map(|m| metric_to_v2(m, status_fields)).collect(),
         None => status1
             .get("currentCPUUtilizationPercentage")
             .filter(|c| !c.is_null())
