@@ -2,6 +2,10 @@
 //! checks the server's CA against the token before sending it, registers its node, and runs
 //! the pods scheduled to it. A wrong secret or a wrong CA hash is refused with a message
 //! saying so.
+//!
+//! Each test that runs a node (kubelet, pod routes, proxy) runs it, and every command it
+//! drives it with, in a network namespace of its own (`testkit::Netns`): the node's
+//! iptables chains, routes and sysctls never touch the host's namespace or a parallel test's.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -38,6 +42,8 @@ fn spawn(args: &[String], log: &Path) -> ChildGuard {
 
 #[test]
 fn agent_joins_with_the_token_and_runs_pods() {
+    // the node's network state (proxy chains, pod masquerade, routes) stays in here
+    let _netns = testkit::Netns::enter("kzt-agent");
     let dir = tempfile::Builder::new()
         .prefix("kaze-agent-")
         .tempdir()
@@ -395,6 +401,8 @@ fn now_secs() -> i64 {
 /// its pod routes is renewed too (with the join token).
 #[test]
 fn agent_rotates_its_client_certificate_while_running() {
+    // the node's network state (proxy chains, pod masquerade, routes) stays in here
+    let _netns = testkit::Netns::enter("kzt-rot");
     let dir = tempfile::Builder::new()
         .prefix("kaze-rotate-")
         .tempdir()

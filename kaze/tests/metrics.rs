@@ -5,6 +5,10 @@
 //!
 //! The server runs with `--metric-resolution 2s` and `--horizontal-pod-autoscaler-sync-period
 //! 2s` (defaults 15 s) so the test takes a couple of minutes, not ten.
+//!
+//! Each test that runs a node (kubelet, pod routes, proxy) runs it, and every command it
+//! drives it with, in a network namespace of its own (`testkit::Netns`): the node's
+//! iptables chains, routes and sysctls never touch the host's namespace or a parallel test's.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -142,6 +146,8 @@ fn condition<'a>(hpa: &'a Value, ty: &str) -> &'a Value {
 
 #[test]
 fn kubectl_top_and_the_hpa_scale_real_pods() {
+    // the node's network state (proxy chains, pod masquerade, routes) stays in here
+    let _netns = testkit::Netns::enter("kzt-met");
     let dir = tempfile::Builder::new()
         .prefix("kaze-metrics-")
         .tempdir()

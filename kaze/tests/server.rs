@@ -5,6 +5,10 @@
 //! controller-manager, DNS and the kubelet on a real containerd (the test's own, through
 //! `--container-runtime-endpoint`), with the air-gap images in `<data-dir>/agent/images`.
 //! The etcd run checks the control plane on etcd (`--disable-agent`).
+//!
+//! Each test that runs a node (kubelet, pod routes, proxy) runs it, and every command it
+//! drives it with, in a network namespace of its own (`testkit::Netns`): the node's
+//! iptables chains, routes and sysctls never touch the host's namespace or a parallel test's.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -165,14 +169,13 @@ fn client_pod(ip: &str) -> String {
 }
 
 /// The node's proxy leaves its state behind on purpose (so a restart drops no traffic):
-/// eBPF pins under the test's pin root, and KAZE-* chains in the host's nat table if it
-/// ran in iptables mode. The test removes both.
+/// eBPF pins under the test's pin root (bpffs is not per network namespace), removed here;
+/// its iptables chains go with the test's network namespace.
 struct ProxyState(std::path::PathBuf);
 
 impl Drop for ProxyState {
     fn drop(&mut self) {
         let _ = proxy::remove_pins(&self.0);
-        proxy::iptables::cleanup_all_except(None);
     }
 }
 
@@ -444,6 +447,8 @@ impl Drop for UnmountOnDrop {
 
 #[test]
 fn single_node_cluster_runs_workloads_and_survives_a_restart() {
+    // the node's network state (proxy chains, pod masquerade, routes) stays in here
+    let _netns = testkit::Netns::enter("kzt-srv");
     let dir = tempfile::Builder::new()
         .prefix("kaze-server-")
         .tempdir()
@@ -1110,6 +1115,8 @@ impl Drop for KillShims {
 /// new pods start.
 #[test]
 fn own_containerd_is_restarted_and_pods_survive_it() {
+    // the node's network state (proxy chains, pod masquerade, routes) stays in here
+    let _netns = testkit::Netns::enter("kzt-ctrd");
     let dir = tempfile::Builder::new()
         .prefix("kaze-ctrd-")
         .tempdir()

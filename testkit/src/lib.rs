@@ -297,6 +297,71 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A network namespace of the test's own, which the calling thread enters until the guard
+/// drops. Every process the test spawns from that thread (the `kaze server` under test,
+/// kubectl, kdig, a containerd) and every socket it opens live in it, so a node's host-wide
+/// network state (the proxy's iptables chains, the pod masquerade `KZPOD-MASQ`, routes,
+/// sysctls, tc/XDP attachments) stays out of the host's namespace and out of the way of
+/// parallel tests, and goes with the namespace. Declare it first in the test: it drops last,
+/// so the other guards (processes, links) run inside it, and then the thread goes back to
+/// the host's namespace and the namespace is deleted.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    host: std::fs::File,
+}
+
+impl Netns {
+    /// Creates `<prefix>-<pid>-<n>` with `lo` up and moves the calling thread into it.
+    pub fn enter(prefix: &str) -> Netns {
+        use std::os::fd::AsRawFd;
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        let run = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().expect("running ip");
+            assert!(status.success(), "ip {args:?} failed: {status}");
+        };
+        run(&["netns", "add", &name]);
+        let host = std::fs::File::open("/proc/thread-self/ns/net").expect("this thread's netns");
+        let guard = Netns { name, host };
+        run(&["-n", &guard.name, "link", "set", "lo", "up"]);
+        let target = std::fs::File::open(guard.path()).expect("opening the new netns");
+        // SAFETY: setns on a valid namespace fd affects only the calling thread
+        #[allow(unsafe_code)] // setns(2) has no safe std wrapper
+        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        guard
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `enter`, with the fd of the namespace the thread came from
+        #[allow(unsafe_code)] // setns(2) has no safe std wrapper
+        let rc = unsafe { libc::setns(self.host.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            eprintln!(
+                "netns {}: going back to the host's namespace: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 /// A real containerd (Debian's 1.6) with its own root, state and socket in a temp dir, the
 /// CRI plugin disabled. On drop every task it ran is killed, its shims are stopped, its
 /// mounts are undone and the dir is removed — also when the test panics.
