@@ -2,10 +2,13 @@
 //! an IP, their ready/serving/terminating conditions and the service ports resolved per pod
 //! (named target ports can differ between pods), in slices of at most 100 endpoints. Each
 //! endpoint carries its node's zone; under `spec.trafficDistribution` ready endpoints get
-//! upstream's hints (their own zone; with `PreferSameNode` also their own node), which the
-//! proxies follow.
+//! upstream's hints (their own zone; with `PreferSameNode` also their own node), and under
+//! the `service.kubernetes.io/topology-mode: Auto` annotation the topology cache's
+//! proportional zone hints ([`crate::topology`]), which the proxies follow. Whether a
+//! topology-mode service has hints, and why not, is told in Events on the Service when it
+//! changes (upstream's `TopologyAwareHintsEnabled`/`TopologyAwareHintsDisabled`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +25,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use serde_json::json;
 
+use crate::events::Recorder;
 use crate::informers::{wait_synced, Index};
+use crate::topology::{self, Disabled, Mode};
 use crate::util::{controller_ref, is_ready, labels_match};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
@@ -34,14 +39,7 @@ pub const MAX_ENDPOINTS: usize = 100;
 /// The label upstream puts on the slices of headless services (proxies skip them).
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// The node label an endpoint's `zone` comes from.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-/// Upstream's topology-aware routing annotations: while one is on (anything but empty or
-/// `Disabled`), upstream's topology cache sets the hints and `trafficDistribution` is not
-/// used. kaze has no topology cache, so such a service gets no hints at all.
-const TOPOLOGY_ANNOTATIONS: [&str; 2] = [
-    "service.kubernetes.io/topology-mode",
-    "service.kubernetes.io/topology-aware-hints",
-];
+pub const ZONE_LABEL: &str = topology::ZONE_LABEL;
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
     let services = ctx.owners::<Service>();
@@ -59,8 +57,22 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
         return;
     }
     let by_ns = services.clone();
+    let all = services.store();
+    let state = Arc::new(State {
+        events: Recorder::new(ctx.client.clone(), "endpointslice-controller"),
+        topology: Default::default(),
+        ctx,
+    });
     Controller::for_shared_stream(services.subscribe(), services.store())
         .owns_shared_stream(slices.subscribe())
+        // a node's readiness, zone or CPU moves the topology-mode services' zone shares
+        .watches_shared_stream(nodes.subscribe(), move |_: Arc<Node>| {
+            all.state()
+                .into_iter()
+                .filter(|s| topology::mode(s.annotations()) == Mode::Auto)
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
             // A pod change touches every Service in its namespace that selects it.
             let ns = pod.namespace().unwrap_or_default();
@@ -80,7 +92,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, state)
         .for_each(|_| async {})
         .await;
 }
@@ -101,7 +113,24 @@ fn resolve_port(target: Option<&IntOrString>, port: i32, pod: &Pod) -> Option<i3
     }
 }
 
-/// Which hints a service's ready endpoints get (upstream's `trafficdist` heuristics).
+/// The controller's state: the shared caches, its event recorder and, per topology-mode
+/// service, what its last Event said.
+struct State {
+    ctx: Arc<Ctx>,
+    events: Recorder,
+    /// `namespace/name` → the service's hints state last told (see [`TopologyState`]).
+    topology: std::sync::Mutex<HashMap<String, TopologyState>>,
+}
+
+/// Whether a topology-mode service has hints, and if not why (the Event's message).
+#[derive(Clone, Debug, PartialEq)]
+enum TopologyState {
+    Enabled,
+    Disabled(String),
+}
+
+/// Which hints a service's ready endpoints get (upstream's `trafficdist` heuristics; with the
+/// topology annotation, upstream's topology cache).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hints {
     None,
@@ -109,16 +138,17 @@ enum Hints {
     Zone,
     /// `PreferSameNode`: the endpoint's zone and node.
     ZoneAndNode,
+    /// `topology-mode: Auto`: zones in proportion to their CPU, set by [`auto_hints`].
+    Auto,
 }
 
 fn hints_for(svc: &Service) -> Hints {
-    let topology_on = TOPOLOGY_ANNOTATIONS.iter().any(|a| {
-        svc.annotations()
-            .get(*a)
-            .is_some_and(|v| !v.is_empty() && v != "Disabled" && v != "disabled")
-    });
-    if topology_on {
-        return Hints::None;
+    // while the topology annotation is on, upstream's topology cache sets the hints and
+    // `trafficDistribution` is not used (a mode other than Auto gets none)
+    match topology::mode(svc.annotations()) {
+        Mode::Auto => return Hints::Auto,
+        Mode::Other => return Hints::None,
+        Mode::Off => {}
     }
     match svc
         .spec
@@ -182,7 +212,7 @@ pub fn desired(
         // upstream's trafficdist: ready endpoints only
         let for_zones = zone
             .clone()
-            .filter(|_| ready && hints != Hints::None)
+            .filter(|_| ready && matches!(hints, Hints::Zone | Hints::ZoneAndNode))
             .map(|name| vec![ForZone { name }]);
         let for_nodes = node_name
             .clone()
@@ -233,6 +263,77 @@ pub fn desired(
     out
 }
 
+/// Sets the topology cache's zone hints on the ready endpoints of `want` (the output of
+/// [`desired`] for a `topology-mode: Auto` service) from the zones' CPU shares, or says why
+/// the service gets none (then no endpoint has a hint).
+fn auto_hints(
+    want: &mut [(Vec<EndpointPort>, Vec<Endpoint>)],
+    ratios: &Result<BTreeMap<String, f64>, Disabled>,
+) -> Result<(), Disabled> {
+    let is_ready = |e: &Endpoint| e.conditions.as_ref().and_then(|c| c.ready) == Some(true);
+    let zones: Vec<Option<&str>> = want
+        .iter()
+        .flat_map(|(_, eps)| eps.iter())
+        .filter(|e| is_ready(e))
+        .map(|e| e.zone.as_deref())
+        .collect();
+    let assigned = topology::assign(ratios, &zones);
+    let mut hints = assigned.as_ref().ok().map(|h| h.iter());
+    for ep in want.iter_mut().flat_map(|(_, eps)| eps.iter_mut()) {
+        ep.hints = match hints.as_mut() {
+            Some(h) if is_ready(ep) => h.next().map(|zone| EndpointHints {
+                for_zones: Some(vec![ForZone { name: zone.clone() }]),
+                for_nodes: None,
+            }),
+            _ => None,
+        };
+    }
+    assigned.map(|_| ())
+}
+
+/// Records an Event on a topology-mode service when its hints state changes: `now` is its
+/// state after this sync (`None`: not in Auto mode any more, or never was).
+async fn tell_topology(state: &State, svc: &Service, family: &str, now: Option<TopologyState>) {
+    let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
+    let before = {
+        let mut told = state.topology.lock().expect("topology state");
+        let before = told.get(&key).cloned();
+        match &now {
+            Some(s) => told.insert(key, s.clone()),
+            None => told.remove(&key),
+        };
+        before
+    };
+    if before == now {
+        return;
+    }
+    let with_family = |m: &str| format!("{m}, addressType: {family}");
+    match now {
+        Some(TopologyState::Enabled) => {
+            let message = with_family("Topology Aware Hints has been enabled");
+            state
+                .events
+                .normal(svc, topology::REASON_ENABLED, &message)
+                .await
+        }
+        Some(TopologyState::Disabled(why)) => {
+            state
+                .events
+                .warn(svc, topology::REASON_DISABLED, &with_family(&why))
+                .await
+        }
+        // the annotation went away while hints were on
+        None if before == Some(TopologyState::Enabled) => {
+            let message = with_family("Topology Aware Hints has been disabled");
+            state
+                .events
+                .warn(svc, topology::REASON_DISABLED, &message)
+                .await
+        }
+        None => {}
+    }
+}
+
 fn same_content(
     slice: &EndpointSlice,
     ports: &[EndpointPort],
@@ -244,7 +345,8 @@ fn same_content(
         && slice.metadata.labels.as_ref() == Some(labels)
 }
 
-async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+async fn reconcile(svc: Arc<Service>, state: Arc<State>) -> Result<Action, ReconcileError> {
+    let ctx = &state.ctx;
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let spec = svc.spec.clone().unwrap_or_default();
@@ -272,10 +374,17 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         .map(|p| p.as_ref().clone())
         .collect();
     let nodes = ctx.informers.get::<Node>().store();
-    let want = desired(&svc, &pods, |node| {
+    let mut want = desired(&svc, &pods, |node| {
         nodes
             .get(&ObjectRef::new(node))
             .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
+    });
+    let topology_state = (hints_for(&svc) == Hints::Auto).then(|| {
+        let ratios = topology::cpu_ratios(nodes.state().iter().map(|n| n.as_ref()));
+        match auto_hints(&mut want, &ratios) {
+            Ok(()) => TopologyState::Enabled,
+            Err(why) => TopologyState::Disabled(why.message()),
+        }
     });
 
     let slices_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
@@ -314,6 +423,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     if spec.cluster_ip.as_deref() == Some("None") {
         labels.insert(HEADLESS_LABEL.into(), String::new());
     }
+    tell_topology(&state, &svc, family, topology_state).await;
     let mut changed = false;
     for (i, (ports, eps)) in want.iter().enumerate() {
         match existing.get(i) {
@@ -378,7 +488,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         changed = true;
     }
     if changed {
-        write_endpoints(&ctx, &svc, &want).await?;
+        write_endpoints(ctx, &svc, &want).await?;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
 }

@@ -69,6 +69,7 @@ pub mod serviceaccount_token;
 pub mod servicelb;
 mod serving;
 pub mod statefulset;
+pub mod topology;
 pub mod util;
 
 /// The name upstream's controller-manager gives each controller's client (its service
