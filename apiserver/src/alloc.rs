@@ -1,8 +1,8 @@
-//! Allocators stored as objects: Service ClusterIPs (`--service-cluster-ip-range`, at
-//! `<prefix>/ranges/serviceips`) and NodePorts (`--service-node-port-range`, at
-//! `<prefix>/ranges/servicenodeports`). Each is a bitmap in a `RangeAllocation` changed only
-//! by compare-and-swap, so concurrent creates (also from several apiservers) never hand out
-//! one value twice.
+//! The NodePort allocator (`--service-node-port-range`, at
+//! `<prefix>/ranges/servicenodeports`): a bitmap in a `RangeAllocation` changed only by
+//! compare-and-swap, so concurrent creates (also from several apiservers) never hand out one
+//! port twice. ClusterIPs are IPAddress objects since session 20 (`crate::servicecidr`); a
+//! store written before keeps an unused `<prefix>/ranges/serviceips` bitmap.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -103,12 +103,6 @@ impl Bitmap {
         }
     }
 
-    #[cfg(test)]
-    async fn is_allocated(&self, value: u32) -> Result<bool, AllocError> {
-        let off = self.offset(value)?;
-        Ok(get_bit(&self.load().await?.0, off))
-    }
-
     /// The bitmap and its revision (0: not stored yet).
     async fn load(&self) -> Result<(Vec<u8>, i64), AllocError> {
         let empty = vec![0u8; self.count.div_ceil(8) as usize];
@@ -195,47 +189,6 @@ pub fn parse_port_range(range: &str) -> Result<(u32, u32), String> {
     Ok((u32::from(a), u32::from(b - a) + 1))
 }
 
-/// ClusterIPs: every address of the range but the network and broadcast addresses.
-#[derive(Debug)]
-pub struct IpAllocator(Bitmap);
-
-impl IpAllocator {
-    pub fn new(cidr: &str, store: Arc<dyn Store>, key: String) -> Result<IpAllocator, String> {
-        let (base, size) = parse_cidr(cidr)?;
-        Ok(IpAllocator(Bitmap {
-            what: "IP",
-            range: cidr.to_string(),
-            first: base + 1,
-            count: size - 2,
-            key,
-            store,
-            // Dynamic allocation starts above the low addresses people pick by hand.
-            cursor: AtomicU32::new(9),
-        }))
-    }
-
-    /// The first usable address (upstream gives it to the `kubernetes` service).
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.0.first)
-    }
-
-    pub async fn allocate(&self, want: Option<Ipv4Addr>) -> Result<Ipv4Addr, AllocError> {
-        self.0
-            .allocate(want.map(u32::from))
-            .await
-            .map(Ipv4Addr::from)
-    }
-
-    pub async fn release(&self, ip: Ipv4Addr) -> Result<(), AllocError> {
-        self.0.release(u32::from(ip)).await
-    }
-
-    #[cfg(test)]
-    pub async fn is_allocated(&self, ip: Ipv4Addr) -> Result<bool, AllocError> {
-        self.0.is_allocated(u32::from(ip)).await
-    }
-}
-
 /// NodePorts.
 #[derive(Debug)]
 pub struct PortAllocator(Bitmap);
@@ -293,50 +246,6 @@ mod tests {
             (30000, 2768)
         );
         assert!(parse_port_range("32767-30000").is_err());
-    }
-
-    #[tokio::test]
-    async fn concurrent_allocations_never_collide_and_release_frees() {
-        let (_dir, store) = store();
-        let alloc = Arc::new(
-            IpAllocator::new("10.43.0.0/24", store, "/registry/ranges/serviceips".into())
-                .expect("alloc"),
-        );
-        let first = alloc.allocate(Some(alloc.first())).await.expect("first");
-        assert_eq!(first, Ipv4Addr::new(10, 43, 0, 1));
-        assert!(matches!(
-            alloc.allocate(Some(first)).await,
-            Err(AllocError::Allocated { .. })
-        ));
-        assert!(matches!(
-            alloc.allocate(Some(Ipv4Addr::new(10, 44, 0, 1))).await,
-            Err(AllocError::OutOfRange { .. })
-        ));
-        assert!(
-            matches!(
-                alloc.allocate(Some(Ipv4Addr::new(10, 43, 0, 255))).await,
-                Err(AllocError::OutOfRange { .. })
-            ),
-            "broadcast is not usable"
-        );
-        let mut tasks = Vec::new();
-        for _ in 0..40 {
-            let a = alloc.clone();
-            tasks.push(tokio::spawn(async move {
-                a.allocate(None).await.expect("allocate")
-            }));
-        }
-        let mut ips = std::collections::HashSet::new();
-        for t in tasks {
-            assert!(
-                ips.insert(t.await.expect("join")),
-                "duplicate address handed out"
-            );
-        }
-        assert!(!ips.contains(&first));
-        let one = *ips.iter().next().expect("one");
-        alloc.release(one).await.expect("release");
-        assert!(!alloc.is_allocated(one).await.expect("read"));
     }
 
     #[tokio::test]

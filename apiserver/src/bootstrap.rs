@@ -1,6 +1,6 @@
 //! Objects every cluster has, created (or brought up to date) at start: the four default
 //! namespaces, the system PriorityClasses (`system-cluster-critical`, `system-node-critical`),
-//! and the `kubernetes` service on the first address of the service range with
+//! the default ServiceCIDR (`crate::servicecidr`), and the `kubernetes` service on the first address of the service range with
 //! Endpoints and an EndpointSlice pointing at this apiserver, so in-cluster clients reach it.
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
@@ -59,6 +59,9 @@ pub async fn run(state: &AppState, advertise: IpAddr, port: u16) -> Result<(), E
             Err(e) => return Err(fail(&format!("priorityclass {name}"), e)),
         }
     }
+    crate::servicecidr::ensure_default(state)
+        .await
+        .map_err(|e| fail("servicecidr kubernetes", e))?;
     let svc = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -78,6 +81,18 @@ pub async fn run(state: &AppState, advertise: IpAddr, port: u16) -> Result<(), E
         // Another apiserver on the same store allocated it between our check and write.
         Err(e) if e.message.contains("already allocated") => {}
         Err(e) => return Err(fail("service default/kubernetes", e)),
+    }
+    // every Service's ClusterIP has its IPAddress (a cluster made before kaze kept them)
+    match crate::servicecidr::repair(state).await {
+        Ok(r) if r.recreated + r.released > 0 => {
+            tracing::info!(
+                recreated = r.recreated,
+                released = r.released,
+                "repaired ClusterIP allocations"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e.message, "repairing ClusterIP allocations"),
     }
     let ip = advertise.to_string();
     let address_type = if advertise.is_ipv4() { "IPv4" } else { "IPv6" };

@@ -24,6 +24,7 @@ mod scheduling;
 pub mod secret;
 mod security;
 pub mod service;
+pub mod servicecidr;
 mod storageclass;
 mod volume;
 
@@ -754,6 +755,12 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
             networkpolicy::validate_spec(obj.get("spec").unwrap_or(&Value::Null), &mut causes)
         }
         ("networking.k8s.io", "Ingress") => ingress::validate(obj, old, &mut causes),
+        ("networking.k8s.io", "ServiceCIDR") => {
+            servicecidr::validate_service_cidr(obj, old, &mut causes)
+        }
+        ("networking.k8s.io", "IPAddress") => {
+            servicecidr::validate_ip_address(obj, old, &mut causes)
+        }
         ("storage.k8s.io", "StorageClass") => storageclass::validate(obj, old, &mut causes),
         ("", "PersistentVolume") => volume::validate(obj, old, &mut causes),
         ("", "Node") => node::validate(obj, old, &mut causes),

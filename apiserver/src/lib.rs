@@ -63,6 +63,7 @@ mod runtimeclass;
 mod selector;
 mod server;
 mod serviceaccount;
+mod servicecidr;
 mod services;
 mod state;
 mod status;

@@ -273,6 +273,8 @@ fn check_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
     }
     let msgs = if matches!(def.plural, "namespaces" | "services") && def.group.is_empty() {
         meta::names::dns1123_label(name)
+    } else if def.group == "networking.k8s.io" && def.plural == "ipaddresses" {
+        crate::kinds::servicecidr::ip_errors(name)
     } else {
         meta::names::dns1123_subdomain(name)
     };
@@ -398,7 +400,15 @@ pub async fn create(
     // Services get their ClusterIP and node ports before they are stored, and give them
     // back when the create fails.
     let is_service = def.group.is_empty() && def.plural == "services";
+    let mut given = given;
     if is_service && !dry_run {
+        // the ClusterIP's IPAddress names its Service: a generated name is chosen first (a
+        // collision then fails as a given name's would, instead of being retried)
+        if given.is_empty() {
+            given = format!("{generate}{}", meta::random_suffix());
+            meta::metadata_mut(&mut obj).insert("name".into(), json!(given));
+        }
+        check_name(def, &given)?;
         crate::services::allocate(state, def, &mut obj).await?;
     }
     let held = is_service.then(|| obj.clone());

@@ -146,6 +146,10 @@ pub enum Printer {
     ComponentStatus,
     /// NAME HANDLER AGE.
     RuntimeClass,
+    /// NAME CIDRS AGE.
+    ServiceCIDR,
+    /// NAME PARENTREF (upstream prints no age).
+    IPAddress,
 }
 
 /// One resource of one group-version.
@@ -439,6 +443,11 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["ing"], cat: NONE, subs: STATUS, storage: "ingress", fields: NONE, printer: P::Ingress),
         def!(networking::v1::IngressClass, "networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "ingressclasses", fields: NONE, printer: P::IngressClass),
+        // The ranges ClusterIPs come from and the addresses taken (`crate::servicecidr`).
+        def!(networking::v1::ServiceCIDR, "networking.k8s.io", "v1", "ServiceCIDR", "servicecidrs", "servicecidr", ns: false,
+            short: NONE, cat: NONE, subs: STATUS, storage: "servicecidrs", fields: NONE, printer: P::ServiceCIDR),
+        def!(networking::v1::IPAddress, "networking.k8s.io", "v1", "IPAddress", "ipaddresses", "ipaddress", ns: false,
+            short: &["ip"], cat: NONE, subs: NONE_SUBS, storage: "ipaddresses", fields: NONE, printer: P::IPAddress),
         def!(networking::v1::NetworkPolicy, "networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", ns: true,
             short: &["netpol"], cat: NONE, subs: NONE_SUBS, storage: "networkpolicies", fields: NONE, printer: P::NetworkPolicy),
         def!(autoscaling::v2::HorizontalPodAutoscaler, "autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ns: true,

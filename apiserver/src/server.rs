@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc::{IpAllocator, PortAllocator};
+use crate::alloc::PortAllocator;
 use crate::auth::Tokens;
 use crate::registry::Registry;
 use crate::state::AppState;
@@ -239,14 +239,11 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         None => storage,
     };
 
-    let ips = IpAllocator::new(
-        &config.service_cluster_ip_range,
-        storage.store_for("", "services").clone(),
-        format!("{}/ranges/serviceips", storage.prefix()),
-    )
-    .map_err(|reason| Error::Config {
-        reason: format!("--service-cluster-ip-range: {reason}"),
-    })?;
+    let ips = crate::servicecidr::ClusterIps::new(&config.service_cluster_ip_range).map_err(
+        |reason| Error::Config {
+            reason: format!("--service-cluster-ip-range: {reason}"),
+        },
+    )?;
     let node_ports = PortAllocator::new(
         &config.service_node_port_range,
         storage.store_for("", "services").clone(),
@@ -326,6 +323,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         config.cluster_signing_duration,
     ));
     tokio::spawn(crate::quota::run(state.clone()));
+    tokio::spawn(crate::servicecidr::run(state.clone()));
     tokio::spawn(crate::webhooks::run(state.clone()));
     tokio::spawn(crate::metrics_api::run(
         state.clone(),

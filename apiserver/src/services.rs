@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::alloc::AllocError;
 use crate::meta;
 use crate::registry::ResourceDef;
+use crate::servicecidr::{self, IpError, Parent};
 use crate::state::AppState;
 use crate::status::{from_store, ApiError};
 
@@ -21,6 +22,22 @@ fn alloc_err(def: &ResourceDef, name: &str, field: &str, value: &str, e: AllocEr
             name,
             vec![(
                 field.into(),
+                "FieldValueInvalid",
+                format!("Invalid value: {value}: {e}"),
+            )],
+        ),
+    }
+}
+
+fn ip_err(def: &ResourceDef, name: &str, value: &str, e: IpError) -> ApiError {
+    match e {
+        IpError::Api(e) => e,
+        e => ApiError::invalid(
+            def.kind,
+            def.group,
+            name,
+            vec![(
+                "spec.clusterIPs".into(),
                 "FieldValueInvalid",
                 format!("Invalid value: {value}: {e}"),
             )],
@@ -69,10 +86,18 @@ pub async fn allocate(
     reallocate(state, def, &Value::Null, obj).await.map(|_| ())
 }
 
-async fn undo(state: &AppState, ip: Option<Ipv4Addr>, ports: &[u16]) {
-    if let Some(ip) = ip {
-        if let Err(e) = state.ips.release(ip).await {
-            tracing::warn!(%ip, error = %e, "releasing a ClusterIP after a failed allocation");
+/// The Service `obj` as an IPAddress's parent.
+fn parent(obj: &Value) -> Parent {
+    Parent {
+        namespace: meta::meta_str(obj, "namespace").unwrap_or("").to_string(),
+        name: meta::meta_str(obj, "name").unwrap_or("").to_string(),
+    }
+}
+
+async fn undo(state: &AppState, ip: Option<(Ipv4Addr, Parent)>, ports: &[u16]) {
+    if let Some((ip, parent)) = ip {
+        if let Err(e) = servicecidr::release(state, ip, &parent).await {
+            tracing::warn!(%ip, error = %e.message, "giving back a ClusterIP");
         }
     }
     for p in ports {
@@ -84,7 +109,8 @@ async fn undo(state: &AppState, ip: Option<Ipv4Addr>, ports: &[u16]) {
 
 /// Give back what a (deleted, or never stored) service held.
 pub async fn release(state: &AppState, obj: &Value) {
-    undo(state, held_ip(obj), &held_ports(obj)).await;
+    let ip = held_ip(obj).map(|ip| (ip, parent(obj)));
+    undo(state, ip, &held_ports(obj)).await;
 }
 
 /// On update, a spec that leaves out the ClusterIP or a port's node port keeps the current
@@ -142,9 +168,9 @@ pub fn carry_over(cur: &Value, new: &mut Value) {
 /// as upstream's `allocateUpdate` does.
 #[derive(Default)]
 pub struct Realloc {
-    taken_ip: Option<Ipv4Addr>,
+    taken_ip: Option<(Ipv4Addr, Parent)>,
     taken_ports: Vec<u16>,
-    freed_ip: Option<Ipv4Addr>,
+    freed_ip: Option<(Ipv4Addr, Parent)>,
     freed_ports: Vec<u16>,
 }
 
@@ -225,16 +251,16 @@ pub async fn reallocate(
                 ApiError::invalid(def.kind, def.group, &name, vec![cause])
             })?),
         };
-        let got =
-            state.ips.allocate(want).await.map_err(|e| {
-                alloc_err(def, &name, "spec.clusterIPs", &format!("{requested:?}"), e)
-            })?;
+        let owner = parent(new);
+        let got = servicecidr::allocate(state, want, &owner)
+            .await
+            .map_err(|e| ip_err(def, &name, &format!("{requested:?}"), e))?;
         new["spec"]["clusterIP"] = json!(got.to_string());
         new["spec"]["clusterIPs"] = json!([got.to_string()]);
-        r.taken_ip = Some(got);
+        r.taken_ip = Some((got, owner));
     }
     if had_ip.is_some() && held_ip(new) != had_ip {
-        r.freed_ip = had_ip;
+        r.freed_ip = had_ip.map(|ip| (ip, parent(cur)));
     }
     let had_ports = held_ports(cur);
     // a LoadBalancer may go without node ports but the ones it names

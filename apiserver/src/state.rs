@@ -5,7 +5,7 @@ use std::sync::Arc;
 use store::Storage;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc::{IpAllocator, PortAllocator};
+use crate::alloc::PortAllocator;
 use crate::auth::Tokens;
 use crate::registry::Registry;
 
@@ -19,7 +19,8 @@ pub struct AppState {
     /// The stored CustomResourceDefinitions and the registry they make served (built-ins
     /// plus custom resources): what requests are routed with.
     pub crds: crate::crd::Crds,
-    pub ips: IpAllocator,
+    /// ClusterIPs: the flag's range; the rest is in the store (`crate::servicecidr`).
+    pub ips: crate::servicecidr::ClusterIps,
     pub node_ports: PortAllocator,
     /// Cancelled on shutdown: long-running responses (watches) end with it so connections
     /// can drain.

@@ -363,6 +363,15 @@ fn columns(p: Printer) -> Vec<Value> {
             col("ParamRef", "string", 0, "ParamRef indicates the param resource which sets the configration param"),
             age,
         ],
+        Printer::ServiceCIDR => vec![
+            name,
+            col("CIDRs", "string", 0, &doc::<k8s_openapi::api::networking::v1::ServiceCIDRSpec>("cidrs")),
+            age,
+        ],
+        Printer::IPAddress => vec![
+            name,
+            col("ParentRef", "string", 0, &doc::<k8s_openapi::api::networking::v1::IPAddressSpec>("parentRef")),
+        ],
         Printer::RuntimeClass => vec![
             name,
             col("Handler", "string", 0, &doc::<k8s_openapi::api::node::v1::RuntimeClass>("handler")),
@@ -905,6 +914,30 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             row.extend([json!(s(o, "/spec/policyName")), json!(param_ref), age]);
         }
         Printer::RuntimeClass => row.extend([json!(s(o, "/handler")), age]),
+        Printer::ServiceCIDR => {
+            let cidrs: Vec<&str> = arr(o, "/spec/cidrs")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            row.extend([json!(cidrs.join(",")), age]);
+        }
+        Printer::IPAddress => {
+            // upstream: `<resource>[.<group>][/<namespace>]/<name>`, lower case
+            let parent = match o.pointer("/spec/parentRef").filter(|p| p.is_object()) {
+                Some(p) => {
+                    let mut out = s(p, "/resource").to_string();
+                    if !s(p, "/group").is_empty() {
+                        out = format!("{out}.{}", s(p, "/group"));
+                    }
+                    if !s(p, "/namespace").is_empty() {
+                        out = format!("{out}/{}", s(p, "/namespace"));
+                    }
+                    format!("{out}/{}", s(p, "/name")).to_lowercase()
+                }
+                None => "<none>".into(),
+            };
+            row.push(json!(parent));
+        }
         Printer::ComponentStatus => {
             let healthy = arr(o, "/conditions")
                 .iter()

@@ -111,6 +111,8 @@ impl Informed for PersistentVolume {}
 impl Informed for PersistentVolumeClaim {}
 impl Informed for StorageClass {}
 impl Informed for PodDisruptionBudget {}
+impl Informed for k8s_openapi::api::networking::v1::ServiceCIDR {}
+impl Informed for k8s_openapi::api::networking::v1::IPAddress {}
 impl Informed for k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {}
 
 fn index_keys<K: Informed>(obj: &K) -> Vec<(Index, String)> {

@@ -66,6 +66,7 @@ pub mod resourcequota;
 pub mod rootcacert;
 pub mod serviceaccount;
 pub mod serviceaccount_token;
+pub mod servicecidr;
 pub mod servicelb;
 mod serving;
 pub mod statefulset;
@@ -98,6 +99,7 @@ pub fn client_name(controller: &str) -> &str {
         "pv-protection" => "pv-protection-controller",
         "ephemeral-volume" => "ephemeral-volume-controller",
         "servicelb" => "service-lb-controller",
+        "service-cidr" => "service-cidrs-controller",
         other => other,
     }
 }
@@ -129,6 +131,7 @@ pub const ALL: &[&str] = &[
     "local-path-provisioner",
     "ephemeral-volume",
     "servicelb",
+    "service-cidr",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -502,6 +505,7 @@ async fn run_controllers(
             "pv-protection" => tasks.spawn(persistentvolume::run_pv_protection(ctx, token)),
             "ephemeral-volume" => tasks.spawn(persistentvolume::ephemeral::run(ctx, token)),
             "servicelb" => tasks.spawn(servicelb::run(ctx, token)),
+            "service-cidr" => tasks.spawn(servicecidr::run(ctx, token)),
             // provisions inside the binder
             "local-path-provisioner" => continue,
             "horizontalpodautoscaling" => {
