@@ -1630,3 +1630,41 @@ fn network_policies_are_enforced_for_this_nodes_pods() {
         h.stop_proxy();
     }
 }
+
+/// A ClusterIP from a ServiceCIDR added to the cluster (outside `--service-cluster-ip-range`)
+/// is served like any other: the proxy follows Services, not ranges.
+fn service_from_an_added_service_cidr(test: &str, mode: ProxyMode) {
+    let mut h = Harness::new(test, mode);
+    let cidrs: kube::Api<k8s_openapi::api::networking::v1::ServiceCIDR> =
+        kube::Api::all(h.client.clone());
+    let extra = serde_json::from_value(json!({
+        "metadata": {"name": "extra"}, "spec": {"cidrs": ["10.97.0.0/24"]},
+    }))
+    .expect("servicecidr");
+    h.block_on(cidrs.create(&kube::api::PostParams::default(), &extra))
+        .expect("creating the ServiceCIDR");
+    h.start_proxy();
+    let vip = h.create_service("web", json!({"clusterIP": "10.97.0.10"}));
+    assert_eq!(vip, std::net::Ipv4Addr::new(10, 97, 0, 10));
+    h.put_slice("web", &[0, 1, 2], &[]);
+    h.wait_programmed(WEB, Some(3), PROGRAMMING_BOUND);
+    let answers: Vec<String> = (0..30)
+        .map(|_| tcp_once(h.client_ns(), Harness::vip(vip, 80)))
+        .collect();
+    assert_eq!(
+        seen(&answers),
+        (0..3).map(backend).collect::<BTreeSet<_>>(),
+        "{answers:?}"
+    );
+    h.stop_proxy();
+}
+
+#[test]
+fn a_service_from_an_added_service_cidr_is_served_in_ebpf_mode() {
+    service_from_an_added_service_cidr("k8s-cidr-ebpf", ProxyMode::Ebpf);
+}
+
+#[test]
+fn a_service_from_an_added_service_cidr_is_served_in_iptables_mode() {
+    service_from_an_added_service_cidr("k8s-cidr-ipt", ProxyMode::Iptables);
+}
