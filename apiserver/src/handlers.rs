@@ -162,7 +162,14 @@ async fn dispatch(
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }
         (
-            None | Some(Sub::Status | Sub::Finalize | Sub::EphemeralContainers | Sub::Approval),
+            None
+            | Some(
+                Sub::Status
+                | Sub::Finalize
+                | Sub::EphemeralContainers
+                | Sub::Approval
+                | Sub::Resize,
+            ),
             Method::PUT,
         ) => {
             let part = match t.sub {
@@ -170,6 +177,7 @@ async fn dispatch(
                 Some(Sub::Finalize) => Part::Finalize,
                 Some(Sub::EphemeralContainers) => Part::EphemeralContainers,
                 Some(Sub::Approval) => Part::Approval,
+                Some(Sub::Resize) => Part::Resize,
                 _ => Part::Main,
             };
             let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
@@ -199,11 +207,15 @@ async fn dispatch(
             };
             Ok(object_response(&def, code, &obj, accept, &q))
         }
-        (None | Some(Sub::Status | Sub::EphemeralContainers | Sub::Approval), Method::PATCH) => {
+        (
+            None | Some(Sub::Status | Sub::EphemeralContainers | Sub::Approval | Sub::Resize),
+            Method::PATCH,
+        ) => {
             let part = match t.sub {
                 Some(Sub::Status) => Part::Status,
                 Some(Sub::EphemeralContainers) => Part::EphemeralContainers,
                 Some(Sub::Approval) => Part::Approval,
+                Some(Sub::Resize) => Part::Resize,
                 _ => Part::Main,
             };
             let ty = negotiate::body_type(&headers)?;
@@ -229,7 +241,10 @@ async fn dispatch(
             let (obj, _gone) = objects::delete(&state, &def, ns, name, &opts).await?;
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }
-        (Some(Sub::Status | Sub::EphemeralContainers | Sub::Approval), Method::GET) => {
+        (
+            Some(Sub::Status | Sub::EphemeralContainers | Sub::Approval | Sub::Resize),
+            Method::GET,
+        ) => {
             let obj = objects::get(&state, &def, ns, name).await?;
             Ok(object_response(&def, StatusCode::OK, &obj, accept, &q))
         }

@@ -19,6 +19,7 @@ mod node;
 mod pod;
 mod quota;
 mod rbac;
+pub mod resize;
 mod resources;
 mod scheduling;
 pub mod secret;

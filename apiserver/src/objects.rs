@@ -505,6 +505,9 @@ pub enum Part {
     EphemeralContainers,
     /// `certificatesigningrequests/<n>/approval`: only `status.conditions`.
     Approval,
+    /// `pods/<n>/resize`: only the containers' resources and resize policies
+    /// (`kinds::resize`).
+    Resize,
 }
 
 fn is_csr(def: &ResourceDef) -> bool {
@@ -562,6 +565,26 @@ pub fn prepare_update(
                 new.pointer("/spec/ephemeralContainers"),
             );
             out
+        }
+        Part::Resize => {
+            let out = kinds::resize::prepare(cur, &new).map_err(|causes| {
+                ApiError::invalid(
+                    def.kind,
+                    def.group,
+                    meta::meta_str(cur, "name").unwrap_or(""),
+                    causes,
+                )
+            })?;
+            // the resize is validated: the rest of the pod is checked against itself, so the
+            // update rule that keeps container resources fixed does not refuse it
+            let mut resized_cur = cur.clone();
+            resized_cur["spec"] = out["spec"].clone();
+            if let Some(g) = out.pointer("/metadata/generation") {
+                resized_cur["metadata"]["generation"] = g.clone();
+            }
+            let mut out = out;
+            kinds::default_object(def, &mut out);
+            return check_object(def, &out, Some(&resized_cur), strict);
         }
         Part::Approval => {
             let mut out = cur.clone();

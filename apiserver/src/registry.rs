@@ -41,6 +41,8 @@ pub enum Sub {
     EphemeralContainers,
     /// `certificatesigningrequests/<n>/approval`: the only way to approve or deny a CSR.
     Approval,
+    /// `pods/<n>/resize`: the only way to change a pod's container resources.
+    Resize,
 }
 
 impl Sub {
@@ -59,12 +61,13 @@ impl Sub {
             Sub::Token => "token",
             Sub::EphemeralContainers => "ephemeralcontainers",
             Sub::Approval => "approval",
+            Sub::Resize => "resize",
         }
     }
 
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Sub::Status | Sub::Scale | Sub::EphemeralContainers | Sub::Approval => {
+            Sub::Status | Sub::Scale | Sub::EphemeralContainers | Sub::Approval | Sub::Resize => {
                 &["get", "patch", "update"]
             }
             Sub::Binding | Sub::Eviction | Sub::Token => &["create"],
@@ -78,9 +81,12 @@ impl Sub {
     /// group, version, kind of what the subresource takes and returns (`None`: the parent's).
     pub fn kind(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
-            Sub::Status | Sub::Finalize | Sub::Log | Sub::EphemeralContainers | Sub::Approval => {
-                None
-            }
+            Sub::Status
+            | Sub::Finalize
+            | Sub::Log
+            | Sub::EphemeralContainers
+            | Sub::Approval
+            | Sub::Resize => None,
             Sub::Scale => Some(("autoscaling", "v1", "Scale")),
             Sub::Binding => Some(("", "v1", "Binding")),
             Sub::Eviction => Some(("policy", "v1", "Eviction")),
@@ -294,7 +300,7 @@ fn builtins() -> Vec<ResourceDef> {
             short: &["ns"], cat: NONE, subs: &[Sub::Status, Sub::Finalize], storage: "namespaces",
             fields: &["status.phase"], printer: P::Namespace),
         def!(core::v1::Pod, "", "v1", "Pod", "pods", "pod", ns: true,
-            short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log, Sub::Exec, Sub::Attach, Sub::PortForward, Sub::EphemeralContainers],
+            short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log, Sub::Exec, Sub::Attach, Sub::PortForward, Sub::EphemeralContainers, Sub::Resize],
             storage: "pods",
             fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
                       "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"],

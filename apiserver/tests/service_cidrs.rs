@@ -49,7 +49,10 @@ fn cluster_ips_are_ip_addresses_from_service_cidrs() {
         .collect();
     assert_eq!(row[..2], ["kubernetes", "10.96.0.0/28"], "{table}");
     let explain = s.kubectl(&["explain", "servicecidrs.spec.cidrs"]);
-    assert!(explain.contains("cidrs defines the IP blocks in CIDR notation"), "{explain}");
+    assert!(
+        explain.contains("cidrs defines the IP blocks in CIDR notation"),
+        "{explain}"
+    );
     // `kubernetes` holds the first address
     assert_eq!(cluster_ip(&s, "kubernetes"), "10.96.0.1");
     assert_eq!(parent_ref(&s, "10.96.0.1"), "services/default/kubernetes");

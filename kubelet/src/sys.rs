@@ -420,6 +420,20 @@ pub fn read_cgroup(controller: &str, cgroup: &str, file: &str) -> Option<String>
     std::fs::read_to_string(path).ok()
 }
 
+/// Write `value` to `file` of cgroup `cgroup` under `controller` ("" on the v2 tree).
+pub fn write_cgroup(
+    controller: &str,
+    cgroup: &str,
+    file: &str,
+    value: &str,
+) -> Result<(), SysError> {
+    let path = Path::new(CGROUP_ROOT)
+        .join(controller)
+        .join(cgroup.trim_start_matches('/'))
+        .join(file);
+    std::fs::write(&path, value).map_err(io("writing", &path))
+}
+
 /// Remove an (empty) cgroup directory from every controller; runc removes the container's
 /// own cgroup, the kubelet removes the pod and node parents it implied. Busy or absent
 /// directories are skipped: a parent still holding another pod must stay.

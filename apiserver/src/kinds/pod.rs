@@ -691,7 +691,7 @@ fn validate_mounts(c: &Value, at: &str, volumes: &HashSet<&str>, causes: &mut Ve
     }
 }
 
-fn validate_resources(r: &Value, at: &str, causes: &mut Vec<Cause>) {
+pub(super) fn validate_resources(r: &Value, at: &str, causes: &mut Vec<Cause>) {
     use super::resources;
     let empty = serde_json::Map::new();
     let limits = r.get("limits").and_then(Value::as_object).unwrap_or(&empty);

@@ -65,6 +65,30 @@ fn status_patch(
                 removed_as_null(was, c);
             }
         }
+        // a condition only this kubelet writes and no longer reports (a resize no longer
+        // pending) is deleted; conditions others own were never in `last`
+        let gone: Vec<serde_json::Value> = before
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.get("type"))
+            .filter(|t| {
+                matches!(t.as_str(), Some("PodResizePending" | "PodResizeInProgress"))
+                    && !now
+                        .get("conditions")
+                        .and_then(|c| c.as_array())
+                        .is_some_and(|cs| cs.iter().any(|c| c.get("type") == Some(t)))
+            })
+            .map(|t| json!({"type": t, "$patch": "delete"}))
+            .collect();
+        if !gone.is_empty() {
+            if let Some(cs) = now
+                .entry("conditions")
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+            {
+                cs.extend(gone);
+            }
+        }
     }
     // the conditions in the kubelet's order, as upstream's status manager sends them
     // (conditions others own follow)
@@ -74,6 +98,7 @@ fn status_patch(
             .and_then(|c| c.as_array())
             .into_iter()
             .flatten()
+            .filter(|c| c.get("$patch").is_none())
             .filter_map(|c| c.get("type"))
             .map(|t| json!({ "type": t }))
             .collect();
@@ -447,4 +472,36 @@ pub async fn run(
     }
     finishing.tasks.abort_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resize_condition_no_longer_reported_is_deleted_from_the_api() {
+        let last = json!({"conditions": [{"type": "Ready", "status": "True"},
+                                         {"type": "PodResizePending", "status": "True", "reason": "Infeasible"}]});
+        let now = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+        let Patch::Strategic(patch) = status_patch(Some(&last), &now) else {
+            panic!("a strategic patch");
+        };
+        assert_eq!(
+            patch["status"]["conditions"],
+            json!([{"type": "Ready", "status": "True"},
+                   {"type": "PodResizePending", "$patch": "delete"}])
+        );
+        assert_eq!(
+            patch["status"]["$setElementOrder/conditions"],
+            json!([{"type": "Ready"}])
+        );
+        // nothing was pending: nothing to delete
+        let Patch::Strategic(plain) = status_patch(Some(&now), &now) else {
+            panic!("a strategic patch");
+        };
+        assert_eq!(
+            plain["status"]["conditions"],
+            json!([{"type": "Ready", "status": "True"}])
+        );
+    }
 }

@@ -70,7 +70,14 @@ fn container_status(s: &Slot) -> ApiContainerStatus {
             terminated: Some(t.clone()),
             ..Default::default()
         });
+    // what a running app container or sidecar runs with (in-place resizes change it)
+    let (resources, allocated) = match (&s.running, s.kind) {
+        (Some(_), Kind::App | Kind::Sidecar) => running_resources(&s.spec),
+        _ => (None, None),
+    };
     ApiContainerStatus {
+        resources,
+        allocated_resources: allocated,
         name: s.spec.name.clone(),
         image: s.spec.image.clone().unwrap_or_default(),
         image_id: s.image_id.clone(),
@@ -82,6 +89,46 @@ fn container_status(s: &Slot) -> ApiContainerStatus {
         last_state,
         ..Default::default()
     }
+}
+
+/// A container's cpu and memory requests and limits, as its status reports them
+/// (`resources`, and the requests as `allocatedResources`); None without any.
+fn running_resources(
+    c: &k8s_openapi::api::core::v1::Container,
+) -> (
+    Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+) {
+    let pick = |m: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >| {
+        let out: std::collections::BTreeMap<_, _> = m
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| *k == "cpu" || *k == "memory")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (!out.is_empty()).then_some(out)
+    };
+    let r = c.resources.as_ref();
+    let limits = pick(r.and_then(|r| r.limits.as_ref()));
+    let requests = pick(r.and_then(|r| r.requests.as_ref()));
+    if limits.is_none() && requests.is_none() {
+        return (None, None);
+    }
+    (
+        Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            limits,
+            requests: requests.clone(),
+            ..Default::default()
+        }),
+        requests,
+    )
 }
 
 impl Slot {
@@ -256,8 +303,21 @@ pub(super) fn pod_status(w: &Worker) -> PodStatus {
                 condition("ContainersReady", all_ready, reason, message),
                 condition("PodScheduled", true, "", String::new()),
             ]);
+            // an in-place resize that cannot be done, or failed (`worker/resize.rs`)
+            if let Some((reason, message)) = &w.resize.pending {
+                c.push(condition("PodResizePending", true, reason, message.clone()));
+            }
+            if let Some(message) = &w.resize.error {
+                c.push(condition(
+                    "PodResizeInProgress",
+                    true,
+                    "Error",
+                    message.clone(),
+                ));
+            }
             c
         }),
+        observed_generation: w.resize.observed,
         message: match &w.failure {
             Some((_, message)) => Some(message.clone()),
             None => w.sandbox_error.clone(),

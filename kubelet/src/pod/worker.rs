@@ -34,6 +34,7 @@ const STATIC_SERVICES_SYNC: Duration = Duration::from_secs(3);
 
 mod adopt;
 mod lifecycle;
+mod resize;
 
 /// Upstream's status message for a pod past its `activeDeadlineSeconds`.
 pub(super) const DEADLINE_MESSAGE: &str =
@@ -316,7 +317,9 @@ pub fn spawn_with(
         sandbox_retry: Instant::now(),
         slots,
         start_time: jiff::Timestamp::now(),
+        resize: Default::default(),
     };
+    worker.resize.want(&worker.pod);
     // Readers see every container as waiting from the start, never an empty status; a pod
     // an earlier kubelet reported on keeps that status until this worker has looked at what
     // runs (see `adopt`), so a restart does not flap its IP or readiness in the API.
@@ -374,6 +377,8 @@ pub(super) struct Worker {
     /// The stop switch, for what must give up when the pod is being stopped (a postStart
     /// hook that does not end).
     stop: watch::Receiver<bool>,
+    /// In-place resizes the API asks for (`resize.rs`).
+    pub(super) resize: resize::Resize,
 }
 
 impl Worker {
@@ -444,10 +449,12 @@ impl Worker {
                     || p.metadata.annotations != self.pod.metadata.annotations;
                 // Conditions others set (readiness gates') count for Ready.
                 self.pod.status = p.status.clone();
-                // The one spec field an update may change that the worker acts on.
+                // The spec fields an update may change that the worker acts on: the
+                // deadline here, containers' resources through `step_resize`.
                 if let (Some(mine), Some(theirs)) = (self.pod.spec.as_mut(), p.spec.as_ref()) {
                     mine.active_deadline_seconds = theirs.active_deadline_seconds;
                 }
+                self.resize.want(&p);
                 // `kubectl debug` adds ephemeral containers to the running pod.
                 let added = Slot::ephemeral(&p, &self.slots);
                 if !added.is_empty() {
@@ -515,6 +522,7 @@ impl Worker {
         if !self.step_volumes().await {
             return;
         }
+        self.step_resize().await;
         if self.sandbox.is_none() {
             if Instant::now() < self.sandbox_retry {
                 return;

@@ -478,19 +478,7 @@ impl Runtime {
     /// Whether the kernel OOM-killed a process in the container's memory cgroup (cgroup v1
     /// `oom_kill` counter, read before the task's cgroup is deleted).
     async fn oom_killed(&self, id: &str) -> bool {
-        let cd = &self.cd;
-        let Ok(c) = cd
-            .containers()
-            .get(cd.req(GetContainerRequest { id: id.into() }, None))
-            .await
-        else {
-            return false;
-        };
-        let Some(cgroup) = c
-            .into_inner()
-            .container
-            .and_then(|c| c.labels.get(LABEL_CGROUP).cloned())
-        else {
+        let Some(cgroup) = self.cgroup_of(id).await else {
             return false;
         };
         sys::read_cgroup("memory", &cgroup, "memory.oom_control")
@@ -563,6 +551,92 @@ impl Runtime {
                 TaskStatus::Unknown => ContainerState::Unknown,
             },
         )
+    }
+
+    /// The cgroup a container of this kubelet runs in (its label), None when unknown.
+    async fn cgroup_of(&self, id: &str) -> Option<String> {
+        let cd = &self.cd;
+        cd.containers()
+            .get(cd.req(GetContainerRequest { id: id.into() }, None))
+            .await
+            .ok()?
+            .into_inner()
+            .container
+            .and_then(|c| c.labels.get(LABEL_CGROUP).cloned())
+    }
+
+    /// Give a running container other cpu and memory limits in place (an in-place pod
+    /// resize; what CRI's `UpdateContainerResources` has runc do): its cgroup's cpu weight
+    /// (shares on v1), CFS quota and memory limit. A memory limit below what the container
+    /// uses now is refused, as upstream's kubelet refuses it.
+    pub async fn update_resources(&self, id: &str, r: &crate::spec::Resources) -> Result<()> {
+        let what = || format!("resizing container {id}");
+        let cgroup = self
+            .cgroup_of(id)
+            .await
+            .ok_or_else(|| Error::invalid(what(), "its cgroup is not known"))?;
+        let v2 = sys::cgroup_v2();
+        let (mem_ctl, cpu_ctl) = if v2 { ("", "") } else { ("memory", "cpu") };
+        if let Some(limit) = r.memory_limit {
+            let usage_file = if v2 {
+                "memory.current"
+            } else {
+                "memory.usage_in_bytes"
+            };
+            let usage = sys::read_cgroup(mem_ctl, &cgroup, usage_file)
+                .and_then(|u| u.trim().parse::<i64>().ok());
+            if let Some(usage) = usage.filter(|u| *u > limit) {
+                return Err(Error::invalid(
+                    what(),
+                    format!(
+                        "attempting to set memory limit ({limit}) below current usage ({usage})"
+                    ),
+                ));
+            }
+        }
+        let shares = r.cpu_shares();
+        let quota = r.cpu_quota();
+        let writes: Vec<(&str, &str, String)> = if v2 {
+            // runc's ConvertCPUSharesToCgroupV2Value
+            let weight = 1 + ((shares.max(2) - 2) * 9999) / 262_142;
+            vec![
+                (cpu_ctl, "cpu.weight", weight.to_string()),
+                (
+                    cpu_ctl,
+                    "cpu.max",
+                    format!(
+                        "{} {}",
+                        quota.map_or("max".to_string(), |q| q.to_string()),
+                        crate::spec::CPU_PERIOD_US
+                    ),
+                ),
+                (
+                    mem_ctl,
+                    "memory.max",
+                    r.memory_limit.map_or("max".to_string(), |m| m.to_string()),
+                ),
+            ]
+        } else {
+            vec![
+                (cpu_ctl, "cpu.shares", shares.to_string()),
+                (
+                    cpu_ctl,
+                    "cpu.cfs_period_us",
+                    crate::spec::CPU_PERIOD_US.to_string(),
+                ),
+                (cpu_ctl, "cpu.cfs_quota_us", quota.unwrap_or(-1).to_string()),
+                (
+                    mem_ctl,
+                    "memory.limit_in_bytes",
+                    r.memory_limit.unwrap_or(-1).to_string(),
+                ),
+            ]
+        };
+        for (controller, file, value) in writes {
+            sys::write_cgroup(controller, &cgroup, file, &value)
+                .map_err(|e| Error::sys(what(), e))?;
+        }
+        Ok(())
     }
 
     /// Stop a container: SIGTERM, then SIGKILL after `grace` (terminationGracePeriodSeconds).

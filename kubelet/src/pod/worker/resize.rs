@@ -1,0 +1,224 @@
+//! In-place pod resize (KEP-1287, `pods/<name>/resize`): when the API's pod asks for other
+//! cpu/memory resources than a container runs with, the worker applies them, as upstream's
+//! kubelet does:
+//!
+//! - a pod whose requests exceed what the node has (its CPUs, its memory) is not resized: the
+//!   condition `PodResizePending` (reason `Infeasible`) says why, until the spec changes;
+//! - a resource whose `resizePolicy` is `RestartContainer` restarts the container with the
+//!   new value (its restart count goes up);
+//! - otherwise the running container's cgroup is changed in place (`cpu.weight`/`cpu.shares`,
+//!   `cpu.max`/`cpu.cfs_quota_us`, `memory.max`/`memory.limit_in_bytes`), what CRI's
+//!   `UpdateContainerResources` makes runc do; a memory limit below what the container uses
+//!   now is not applied: `PodResizeInProgress` (reason `Error`) says so, and it is tried again;
+//! - the container's status reports what it runs with (`resources`, `allocatedResources`),
+//!   and `status.observedGeneration` the pod generation acted on.
+//!
+//! Not as upstream: admission is against the node's capacity only (no `Deferred` while other
+//! pods hold the rest), and what was applied lives in the worker: a kubelet restarted in the
+//! middle of a resize reports the API's resources without re-applying them.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use super::{Kind, Worker};
+use crate::pod::spec as podspec;
+
+/// The resize the API asks for, and how the last attempt went.
+#[derive(Debug, Default)]
+pub(in crate::pod) struct Resize {
+    /// The containers and init containers of the API's latest pod.
+    target: Option<(Vec<Container>, Vec<Container>)>,
+    generation: Option<i64>,
+    /// `PodResizePending`: reason and message.
+    pub(in crate::pod) pending: Option<(String, String)>,
+    /// `PodResizeInProgress` with reason `Error`: the message.
+    pub(in crate::pod) error: Option<String>,
+    /// The generation the worker last acted on.
+    pub(in crate::pod) observed: Option<i64>,
+}
+
+impl Resize {
+    /// The API's pod changed.
+    pub(in crate::pod) fn want(&mut self, pod: &Pod) {
+        if let Some(spec) = pod.spec.as_ref() {
+            self.target = Some((
+                spec.containers.clone(),
+                spec.init_containers.clone().unwrap_or_default(),
+            ));
+        }
+        self.generation = pod.metadata.generation;
+    }
+}
+
+/// A resource's policy: `RestartContainer` or (the default) `NotRequired`.
+fn restarts_for(c: &Container, resource: &str) -> bool {
+    c.resize_policy
+        .iter()
+        .flatten()
+        .any(|p| p.resource_name == resource && p.restart_policy == "RestartContainer")
+}
+
+fn quantity(c: &Container, which: &str, resource: &str) -> Option<String> {
+    let r = c.resources.as_ref()?;
+    let map = if which == "limits" {
+        r.limits.as_ref()
+    } else {
+        r.requests.as_ref()
+    }?;
+    map.get(resource).map(|q| q.0.clone())
+}
+
+/// Whether `resource`'s request or limit differs between the two.
+fn differs(a: &Container, b: &Container, resource: &str) -> bool {
+    ["requests", "limits"]
+        .iter()
+        .any(|w| quantity(a, w, resource) != quantity(b, w, resource))
+}
+
+/// The node's capacity: millicores, bytes.
+fn capacity() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mem = crate::sys::read_proc("meminfo")
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kb| kb * 1024);
+    (cpus * 1000, mem)
+}
+
+/// A container's requests: millicores, bytes (a request defaults to the limit).
+fn requests(c: &Container) -> (u64, u64) {
+    let get = |resource: &str| {
+        quantity(c, "requests", resource).or_else(|| quantity(c, "limits", resource))
+    };
+    let parse = |q: Option<String>| {
+        q.and_then(|q| component::quota::Quantity::parse(&q))
+            .map(|q| q.nanos as f64 / 1e9)
+            .unwrap_or(0.0)
+    };
+    (
+        (parse(get("cpu")) * 1000.0).round() as u64,
+        parse(get("memory")).ceil() as u64,
+    )
+}
+
+impl Worker {
+    /// See the module docs. Called every tick; cheap while nothing is asked.
+    pub(super) async fn step_resize(&mut self) {
+        let Some((apps, inits)) = self.resize.target.as_ref() else {
+            return;
+        };
+        let wanted = |kind: Kind, name: &str| -> Option<Container> {
+            let list = match kind {
+                Kind::App => apps,
+                Kind::Sidecar => inits,
+                _ => return None,
+            };
+            list.iter().find(|c| c.name == name).cloned()
+        };
+        let changes: Vec<(usize, Container)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let want = wanted(s.kind, &s.spec.name)?;
+                (want.resources != s.spec.resources || want.resize_policy != s.spec.resize_policy)
+                    .then_some((i, want))
+            })
+            .collect();
+        let generation = self.resize.generation;
+        if changes.is_empty() {
+            self.resize.pending = None;
+            self.resize.error = None;
+            self.resize.observed = generation;
+            return;
+        }
+        // what the pod would request: its app containers and sidecars (an init container
+        // that already ran holds nothing)
+        let (mut cpu, mut mem) = (0u64, 0u64);
+        for (i, s) in self.slots.iter().enumerate() {
+            if !matches!(s.kind, Kind::App | Kind::Sidecar) {
+                continue;
+            }
+            let c = changes
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map_or(&s.spec, |(_, c)| c);
+            let (c_cpu, c_mem) = requests(c);
+            cpu += c_cpu;
+            mem += c_mem;
+        }
+        let (cap_cpu, cap_mem) = capacity();
+        let short = [("cpu", cpu, cap_cpu), ("memory", mem, cap_mem)]
+            .into_iter()
+            .find(|(_, asked, cap)| asked > cap);
+        self.resize.observed = generation;
+        if let Some((resource, asked, cap)) = short {
+            self.resize.pending = Some((
+                "Infeasible".into(),
+                format!("Node didn't have enough capacity: {resource}, requested: {asked}, capacity: {cap}"),
+            ));
+            return;
+        }
+        self.resize.pending = None;
+        let mut error = None;
+        let grace = std::time::Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        for (i, want) in changes {
+            let had = self.slots[i].spec.clone();
+            let restart = ["cpu", "memory"]
+                .iter()
+                .any(|r| differs(&had, &want, r) && restarts_for(&want, r));
+            let running = self.slots[i].running.as_ref().map(|r| r.id.clone());
+            match running {
+                Some(id) if restart => {
+                    self.apply(i, &want);
+                    let exit = self.kill_slot(i, &id, grace).await;
+                    if let Some(r) = self.slots[i].running.take() {
+                        let policy = self.policy();
+                        self.finished(i, r, exit.as_ref(), &policy).await;
+                    }
+                }
+                Some(id) => {
+                    let resources = match podspec::resources(&want) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            continue;
+                        }
+                    };
+                    match self.rt.update_resources(&id, &resources).await {
+                        Ok(()) => self.apply(i, &want),
+                        Err(e) => error = Some(e.to_string()),
+                    }
+                }
+                // not running: the next start takes the new values
+                None => self.apply(i, &want),
+            }
+        }
+        self.resize.error = error;
+    }
+
+    /// Slot `i` now runs with `want`'s resources.
+    fn apply(&mut self, i: usize, want: &Container) {
+        let s = &mut self.slots[i];
+        s.spec.resources = want.resources.clone();
+        s.spec.resize_policy = want.resize_policy.clone();
+        let name = s.spec.name.clone();
+        // the worker's pod (what restarts and statuses read) follows
+        if let Some(spec) = self.pod.spec.as_mut() {
+            let lists = std::iter::once(&mut spec.containers).chain(spec.init_containers.as_mut());
+            for c in lists.flatten().filter(|c| c.name == name) {
+                c.resources = want.resources.clone();
+                c.resize_policy = want.resize_policy.clone();
+            }
+        }
+    }
+}
