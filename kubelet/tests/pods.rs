@@ -40,6 +40,7 @@ fn fast() -> WorkerConfig {
         backoff_max: Duration::from_secs(2),
         tick: Duration::from_millis(100),
         volume_resync: Duration::from_secs(1),
+        active: None,
     }
 }
 

@@ -2,8 +2,10 @@
 //! patches the subresource of the real kaze apiserver (in-process), and the kubelet on a real
 //! containerd and runc changes the running container's cgroup without restarting it (cpu,
 //! `resizePolicy: NotRequired`), restarts it with the new limit (memory, `RestartContainer`),
-//! or leaves the pod as it is with `PodResizePending` `Infeasible` when the node cannot hold
-//! it; the status reports what runs (`resources`, `allocatedResources`, `observedGeneration`).
+//! leaves the pod as it is with `PodResizePending` `Infeasible` when the node cannot hold it,
+//! or `Deferred` until another pod makes room; a resize asked while the kubelet is down is
+//! applied once it is back; the status reports what runs (`resources`, `allocatedResources`,
+//! `observedGeneration`).
 
 mod support;
 
@@ -209,6 +211,80 @@ async fn pods_are_resized_in_place_restarted_or_left_pending() {
     })
     .await;
     assert!(cpu_quota(pid).starts_with("10000"), "{}", cpu_quota(pid));
+
+    // fits the node, but not beside another pod's requests: deferred until that pod goes
+    let node = c.wait_node().await;
+    let cap: i64 = node
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .and_then(|a| a.get("cpu"))
+        .and_then(|q| q.0.parse::<i64>().ok())
+        .expect("allocatable cpu")
+        * 1000;
+    let mut hog: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "hog", "namespace": "default"},
+        "spec": {
+            "nodeName": c.node,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "h", "image": "kaze/busybox:1", "command": ["sleep", "3600"],
+                            "resources": {"requests": {"cpu": format!("{}m", cap - 600)}}}],
+        },
+    }))
+    .expect("pod");
+    hog.metadata.namespace = Some("default".into());
+    c.pods("default")
+        .create(&PostParams::default(), &hog)
+        .await
+        .expect("create hog");
+    c.wait_pod("default", "hog", "hog running", |p| {
+        status_of_opt(p)
+            .is_some_and(|s| s.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
+    })
+    .await;
+    c.kubectl(&[
+        "patch", "pod", "web", "--subresource", "resize", "-p",
+        r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"700m"},"limits":{"cpu":"700m"}}}]}}"#,
+    ]);
+    let p = c
+        .wait_pod("default", "web", "resize deferred", |p| {
+            observed(p) && resize_condition(p).is_some_and(|(r, _)| r == "Deferred")
+        })
+        .await;
+    assert_eq!(
+        resize_condition(&p).map(|(_, m)| m),
+        Some(format!(
+            "Node didn't have enough resource: cpu, requested: 700, used: {}, capacity: {cap}",
+            cap - 600
+        ))
+    );
+    assert!(cpu_quota(pid).starts_with("10000"), "{}", cpu_quota(pid));
+    c.kubectl(&["delete", "pod", "hog", "--grace-period=0", "--force"]);
+    c.wait_pod("default", "web", "deferred resize done", |p| {
+        resize_condition(p).is_none() && limit(p, "cpu").as_deref() == Some("700m")
+    })
+    .await;
+    assert!(cpu_quota(pid).starts_with("70000"), "{}", cpu_quota(pid));
+
+    // asked while the kubelet is down: the restarted kubelet applies it (its checkpoint
+    // says what the container runs with), in place
+    c.stop_kubelet();
+    c.kubectl(&[
+        "patch", "pod", "web", "--subresource", "resize", "-p",
+        r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"200m"},"limits":{"cpu":"250m"}}}]}}"#,
+    ]);
+    c.start_kubelet();
+    let p = c
+        .wait_pod(
+            "default",
+            "web",
+            "resized after the kubelet's restart",
+            |p| observed(p) && limit(p, "cpu").as_deref() == Some("250m"),
+        )
+        .await;
+    assert!(cpu_quota(pid).starts_with("25000"), "{}", cpu_quota(pid));
+    assert_eq!(c.running(&uid, "c").map(|r| r.1), Some(pid));
+    assert_eq!(status_of(&p).restart_count, 1);
 
     // the API refuses what upstream refuses, and other fields are not resized
     let out = testkit::kubectl_with(

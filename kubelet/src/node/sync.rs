@@ -442,7 +442,9 @@ pub async fn run(
                 rt.clone(),
                 p.clone(),
                 node.clone(),
-                WorkerConfig::default().within_sync_frequency(source.sync_frequency()),
+                WorkerConfig::default()
+                    .within_sync_frequency(source.sync_frequency())
+                    .with_active(active.clone()),
                 source.clone(),
             );
             let reporter = spawn_reporter(

@@ -272,6 +272,44 @@ impl ActivePods {
         Ok(())
     }
 
+    /// Whether pod `uid`, resized to request `cpu` millicores and `memory` bytes, fits beside
+    /// the other admitted pods still running: None, or (resource, requested, used by the
+    /// others, what the node offers). Without an allocatable: always.
+    pub fn resize_fits(
+        &self,
+        uid: &str,
+        cpu: i64,
+        memory: i64,
+    ) -> Option<(&'static str, i64, i64, i64)> {
+        let node = self.allocatable?;
+        let pods = self.lock();
+        let used = pods
+            .iter()
+            .filter(|(u, _)| u.as_str() != uid)
+            .filter(|(_, a)| {
+                let phase = a.status.as_ref().and_then(|s| s.borrow().phase.clone());
+                !matches!(phase.as_deref(), Some("Succeeded" | "Failed"))
+            })
+            .map(|(_, a)| pod_requests(&a.pod))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        if cpu > 0 && used.0 + cpu > node.cpu_milli {
+            return Some(("cpu", cpu, used.0, node.cpu_milli));
+        }
+        if memory > 0 && used.1 + memory > node.memory {
+            return Some(("memory", memory, used.1, node.memory));
+        }
+        None
+    }
+
+    /// Admitted pod `pod` now runs with other resources (an in-place resize was applied):
+    /// what the next admissions and resizes count for it.
+    pub fn update_pod(&self, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some(a) = self.lock().get_mut(&uid) {
+            a.pod = pod.clone();
+        }
+    }
+
     /// Admit `pod` (again: a pod already admitted stays so), or say why not.
     pub fn admit(&self, pod: &Pod) -> Result<(), Rejection> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();

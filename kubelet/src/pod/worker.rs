@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     /// besides when one of the pod's objects changes (upstream relies on its sync period,
     /// 1 min; tokens are renewed here).
     pub volume_resync: Duration,
+    /// The node's admitted pods: an in-place resize must fit beside the others' requests
+    /// (`resize.rs`; None: only against the node's capacity).
+    pub active: Option<super::ActivePods>,
 }
 
 impl Default for WorkerConfig {
@@ -60,11 +63,18 @@ impl Default for WorkerConfig {
             backoff_max: Duration::from_secs(300),
             tick: Duration::from_millis(500),
             volume_resync: Duration::from_secs(10),
+            active: None,
         }
     }
 }
 
 impl WorkerConfig {
+    /// Resizes are checked against the other pods `active` admitted.
+    pub fn with_active(mut self, active: super::ActivePods) -> WorkerConfig {
+        self.active = Some(active);
+        self
+    }
+
     /// Upstream's `--sync-frequency` is the longest a pod goes between syncs: the volumes
     /// are re-read at least that often (containers are looked at every `tick`).
     pub fn within_sync_frequency(mut self, sync: Option<Duration>) -> WorkerConfig {
@@ -319,7 +329,10 @@ pub fn spawn_with(
         start_time: jiff::Timestamp::now(),
         resize: Default::default(),
     };
-    worker.resize.want(&worker.pod);
+    // the API's resources are the target; the checkpoint says what runs
+    let api_pod = worker.pod.clone();
+    worker.resize.want(&api_pod);
+    worker.load_allocation();
     // Readers see every container as waiting from the start, never an empty status; a pod
     // an earlier kubelet reported on keeps that status until this worker has looked at what
     // runs (see `adopt`), so a restart does not flap its IP or readiness in the API.
@@ -1255,6 +1268,7 @@ mod tests {
             backoff_max: Duration::from_secs(300),
             tick: Duration::from_millis(1),
             volume_resync: Duration::from_secs(10),
+            active: None,
         };
         let delays: Vec<u64> = (1..=8).map(|n| c.backoff(n).as_secs()).collect();
         assert_eq!(delays, vec![0, 10, 20, 40, 80, 160, 300, 300]);

@@ -469,7 +469,9 @@ impl Manager {
             self.rt.clone(),
             pod.clone(),
             self.node.clone(),
-            WorkerConfig::default().within_sync_frequency(self.api.sync_frequency()),
+            WorkerConfig::default()
+                .within_sync_frequency(self.api.sync_frequency())
+                .with_active(self.active.clone()),
             self.api.clone(),
         );
         self.active.set_status(&uid, handle.status.clone());

@@ -2,8 +2,10 @@
 //! cpu/memory resources than a container runs with, the worker applies them, as upstream's
 //! kubelet does:
 //!
-//! - a pod whose requests exceed what the node has (its CPUs, its memory) is not resized: the
-//!   condition `PodResizePending` (reason `Infeasible`) says why, until the spec changes;
+//! - a pod whose requests would exceed what the node has (its CPUs, its memory) is not
+//!   resized: the condition `PodResizePending` (reason `Infeasible`) says why, until the spec
+//!   changes; one that fits the node but not beside the other pods' requests now waits
+//!   (`Deferred`, tried again every tick, so it goes on once another pod is gone);
 //! - a resource whose `resizePolicy` is `RestartContainer` restarts the container with the
 //!   new value (its restart count goes up);
 //! - otherwise the running container's cgroup is changed in place (`cpu.weight`/`cpu.shares`,
@@ -13,13 +15,17 @@
 //! - the container's status reports what it runs with (`resources`, `allocatedResources`),
 //!   and `status.observedGeneration` the pod generation acted on.
 //!
-//! Not as upstream: admission is against the node's capacity only (no `Deferred` while other
-//! pods hold the rest), and what was applied lives in the worker: a kubelet restarted in the
-//! middle of a resize reports the API's resources without re-applying them.
+//! What was applied is checkpointed in the pod's directory (`resized.json`), so a restarted
+//! kubelet resumes a resize it had not finished (upstream's allocation checkpoint). Not as
+//! upstream: the other pods count with their requests as last admitted or resized (upstream:
+//! their allocated resources; the same once their resizes are done).
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::{Kind, Worker};
+
+/// The file in the pod's directory that says what its containers run with.
+const CHECKPOINT: &str = "resized.json";
 use crate::pod::spec as podspec;
 
 /// The resize the API asks for, and how the last attempt went.
@@ -87,22 +93,6 @@ fn capacity() -> (u64, u64) {
     (cpus * 1000, mem)
 }
 
-/// A container's requests: millicores, bytes (a request defaults to the limit).
-fn requests(c: &Container) -> (u64, u64) {
-    let get = |resource: &str| {
-        quantity(c, "requests", resource).or_else(|| quantity(c, "limits", resource))
-    };
-    let parse = |q: Option<String>| {
-        q.and_then(|q| component::quota::Quantity::parse(&q))
-            .map(|q| q.nanos as f64 / 1e9)
-            .unwrap_or(0.0)
-    };
-    (
-        (parse(get("cpu")) * 1000.0).round() as u64,
-        parse(get("memory")).ceil() as u64,
-    )
-}
-
 impl Worker {
     /// See the module docs. Called every tick; cheap while nothing is asked.
     pub(super) async fn step_resize(&mut self) {
@@ -134,30 +124,47 @@ impl Worker {
             self.resize.observed = generation;
             return;
         }
-        // what the pod would request: its app containers and sidecars (an init container
-        // that already ran holds nothing)
-        let (mut cpu, mut mem) = (0u64, 0u64);
-        for (i, s) in self.slots.iter().enumerate() {
-            if !matches!(s.kind, Kind::App | Kind::Sidecar) {
-                continue;
+        // what the pod would request (upstream's accounting: containers and sidecars, the
+        // init containers' peak, overhead)
+        let mut resized = self.pod.clone();
+        if let Some(spec) = resized.spec.as_mut() {
+            let lists = std::iter::once(&mut spec.containers).chain(spec.init_containers.as_mut());
+            for c in lists.flatten() {
+                if let Some((_, want)) = changes
+                    .iter()
+                    .find(|(i, _)| self.slots[*i].spec.name == c.name)
+                {
+                    c.resources = want.resources.clone();
+                }
             }
-            let c = changes
-                .iter()
-                .find(|(j, _)| *j == i)
-                .map_or(&s.spec, |(_, c)| c);
-            let (c_cpu, c_mem) = requests(c);
-            cpu += c_cpu;
-            mem += c_mem;
         }
+        let (cpu, mem) = crate::pod::admit::pod_requests(&resized);
         let (cap_cpu, cap_mem) = capacity();
-        let short = [("cpu", cpu, cap_cpu), ("memory", mem, cap_mem)]
-            .into_iter()
-            .find(|(_, asked, cap)| asked > cap);
+        let infeasible = [
+            ("cpu", cpu, cap_cpu as i64),
+            ("memory", mem, cap_mem as i64),
+        ]
+        .into_iter()
+        .find(|(_, asked, cap)| asked > cap);
         self.resize.observed = generation;
-        if let Some((resource, asked, cap)) = short {
+        if let Some((resource, asked, cap)) = infeasible {
             self.resize.pending = Some((
                 "Infeasible".into(),
                 format!("Node didn't have enough capacity: {resource}, requested: {asked}, capacity: {cap}"),
+            ));
+            return;
+        }
+        // it fits the node, but not beside the other pods now: deferred, tried every tick
+        let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        let deferred = self
+            .cfg
+            .active
+            .as_ref()
+            .and_then(|a| a.resize_fits(&uid, cpu, mem));
+        if let Some((resource, asked, used, cap)) = deferred {
+            self.resize.pending = Some((
+                "Deferred".into(),
+                format!("Node didn't have enough resource: {resource}, requested: {asked}, used: {used}, capacity: {cap}"),
             ));
             return;
         }
@@ -204,6 +211,59 @@ impl Worker {
             }
         }
         self.resize.error = error;
+        self.save_allocation();
+        if let Some(active) = self.cfg.active.as_ref() {
+            active.update_pod(&self.pod);
+        }
+    }
+
+    /// The checkpoint of what the pod's containers run with.
+    fn checkpoint(&self) -> std::path::PathBuf {
+        let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        self.rt.config().pod_dir(&uid).join(CHECKPOINT)
+    }
+
+    /// At start: what the containers were last given (a restarted kubelet resumes a resize
+    /// it had not finished), or, the first time, what they start with now.
+    pub(super) fn load_allocation(&mut self) {
+        let saved: Option<serde_json::Value> = crate::sys::read_file(&self.checkpoint())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(saved) = saved else {
+            self.save_allocation();
+            return;
+        };
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if !matches!(s.kind, Kind::App | Kind::Sidecar) {
+                continue;
+            }
+            let Some(entry) = saved.get(&s.spec.name) else {
+                continue;
+            };
+            let mut had = s.spec.clone();
+            had.resources = serde_json::from_value(entry["resources"].clone()).ok();
+            had.resize_policy = serde_json::from_value(entry["resizePolicy"].clone()).ok();
+            self.apply(i, &had);
+        }
+    }
+
+    fn save_allocation(&self) {
+        let entries: serde_json::Map<String, serde_json::Value> = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.kind, Kind::App | Kind::Sidecar))
+            .map(|s| {
+                (
+                    s.spec.name.clone(),
+                    serde_json::json!({"resources": s.spec.resources, "resizePolicy": s.spec.resize_policy}),
+                )
+            })
+            .collect();
+        let body = serde_json::Value::Object(entries).to_string();
+        if let Err(e) = crate::sys::write_file(&self.checkpoint(), body.as_bytes()) {
+            tracing::warn!(error = %e, "writing the pod's resource checkpoint");
+        }
     }
 
     /// Slot `i` now runs with `want`'s resources.
