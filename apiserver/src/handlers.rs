@@ -183,6 +183,9 @@ async fn dispatch(
             let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
             let writer = managedfields::writer(&q, &headers, sub_name(t.sub), "UpdateOptions")?;
             let opts = write_opts(&q)?;
+            if part == Part::Resize {
+                admit_resize(&state, &def, ns, name, |_| Ok(obj.clone()), opts).await?;
+            }
             let updated = update(&state, &def, ns, name, obj, part, opts, &writer).await?;
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
         }
@@ -222,6 +225,10 @@ async fn dispatch(
             let patch = decode_patch(&body, ty)?;
             let opts = write_opts(&q)?;
             let writer = patch_writer(&q, &headers, sub_name(t.sub))?;
+            if part == Part::Resize {
+                let apply = |cur: &Value| crate::patch::apply(ty, cur, &patch);
+                admit_resize(&state, &def, ns, name, apply, opts).await?;
+            }
             let default_class = crate::priority::default_before_update(&state, &def).await?;
             let updated =
                 objects::guaranteed_update(&state, &def, ns, name, None, opts.dry_run, |cur| {
@@ -597,4 +604,28 @@ fn watch_collection(
         opts,
         accept,
     ))
+}
+
+/// ResourceQuota admission of a `pods/resize` (`crate::quota::admit_resize`): the resize
+/// `body` makes of the current pod, checked and charged before it is stored.
+async fn admit_resize(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    body: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    opts: objects::WriteOpts,
+) -> Result<(), ApiError> {
+    let cur = objects::get(state, def, ns, name).await?;
+    let resized = objects::prepare_update(def, &cur, body(&cur)?, Part::Resize, opts.strict)?;
+    crate::quota::admit_resize(
+        state,
+        def,
+        ns.unwrap_or_default(),
+        &cur,
+        &resized,
+        name,
+        opts.dry_run,
+    )
+    .await
 }

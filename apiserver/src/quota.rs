@@ -205,6 +205,73 @@ pub(crate) async fn admit(
     name: &str,
     dry_run: bool,
 ) -> Result<(), ApiError> {
+    let item = Item {
+        group: def.group,
+        resource: def.plural,
+        body: obj,
+        deletion_deadline: None,
+    };
+    let delta = quota::usage(&item, jiff::Timestamp::now().as_second());
+    admit_delta(state, def, ns, obj, name, &delta, dry_run).await
+}
+
+/// Admit an in-place resize of pod `cur` to `new` (`pods/resize`): what it asks for beyond
+/// what the pod held is checked and charged as a create's would be (upstream's quota
+/// admission evaluates resizes too; lowering charges nothing, the controller recounts).
+pub(crate) async fn admit_resize(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: &str,
+    cur: &Value,
+    new: &Value,
+    name: &str,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    let now = jiff::Timestamp::now().as_second();
+    let usage = |body: &Value| {
+        quota::usage(
+            &Item {
+                group: def.group,
+                resource: def.plural,
+                body,
+                deletion_deadline: None,
+            },
+            now,
+        )
+    };
+    let (before, after) = (usage(cur), usage(new));
+    let delta: ResourceList = after
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let had = before.get(&k).map_or(0, |q| q.nanos);
+            (v.nanos > had).then(|| {
+                (
+                    k,
+                    Quantity {
+                        nanos: v.nanos - had,
+                        format: v.format,
+                    },
+                )
+            })
+        })
+        .collect();
+    if delta.is_empty() {
+        return Ok(());
+    }
+    admit_delta(state, def, ns, new, name, &delta, dry_run).await
+}
+
+/// Check `delta` (what `obj` adds) against every quota of `ns` it falls under, charging them
+/// unless `dry_run`.
+async fn admit_delta(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: &str,
+    obj: &Value,
+    name: &str,
+    delta: &ResourceList,
+    dry_run: bool,
+) -> Result<(), ApiError> {
     if !state.namespaces.quotas.may_have(ns) {
         return Ok(());
     }
@@ -223,14 +290,13 @@ pub(crate) async fn admit(
         body: obj,
         deletion_deadline: None,
     };
-    let delta = quota::usage(&item, jiff::Timestamp::now().as_second());
     let mut charges = Vec::new();
     for kv in &page.items {
         let rq: ResourceQuota = match serde_json::from_value(decode_kv(qdef, kv)?) {
             Ok(rq) => rq,
             Err(_) => continue,
         };
-        let requested = check(def, name, &rq, &item, &delta)?;
+        let requested = check(def, name, &rq, &item, delta)?;
         if !requested.is_empty() {
             charges.push((rq.metadata.name.unwrap_or_default(), requested));
         }

@@ -272,3 +272,77 @@ async fn a_deleted_namespace_stays_until_its_finalizer_is_removed() {
     assert!(namespaces.get_opt("held").await.expect("get").is_none());
     server.shutdown().await;
 }
+
+/// An in-place resize (`pods/resize`) is charged for what it adds, and refused past the
+/// quota as a create would be (upstream's quota admission evaluates resizes); lowering
+/// charges nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resizes_past_a_quota_are_refused_and_admitted_ones_charged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let client = client(&server).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("namespace");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "team");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
+    let rq: ResourceQuota = serde_json::from_value(
+        json!({"metadata": {"name": "compute"}, "spec": {"hard": {"requests.cpu": "1"}}}),
+    )
+    .expect("quota");
+    quotas
+        .create(&PostParams::default(), &rq)
+        .await
+        .expect("quota");
+    quotas
+        .patch_status(
+            "compute",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"hard": {"requests.cpu": "1"}, "used": {"requests.cpu": "0"}}}),
+            ),
+        )
+        .await
+        .expect("quota status");
+    pods.create(&PostParams::default(), &pod("a", Some("400m")))
+        .await
+        .expect("within quota");
+    assert_eq!(used(&quotas, "compute").await, "requests.cpu=400m");
+    let resize = |cpu: &str| {
+        Patch::Strategic(
+            json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}}),
+        )
+    };
+    pods.patch_subresource("resize", "a", &PatchParams::default(), &resize("700m"))
+        .await
+        .expect("within quota");
+    assert_eq!(used(&quotas, "compute").await, "requests.cpu=700m");
+    let err = pods
+        .patch_subresource("resize", "a", &PatchParams::default(), &resize("1200m"))
+        .await
+        .expect_err("past the quota");
+    assert_eq!(api_code(&err), Some((403, "Forbidden".into())));
+    assert_eq!(
+        message(&err),
+        "pods \"a\" is forbidden: exceeded quota: compute, requested: requests.cpu=500m, used: requests.cpu=700m, limited: requests.cpu=1"
+    );
+    let stored = pods.get("a").await.expect("pod");
+    assert_eq!(
+        stored.spec.expect("spec").containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| q.0.clone()),
+        Some("700m".into())
+    );
+    // lowering charges nothing (the controller recounts)
+    pods.patch_subresource("resize", "a", &PatchParams::default(), &resize("300m"))
+        .await
+        .expect("lower");
+    assert_eq!(used(&quotas, "compute").await, "requests.cpu=700m");
+}
