@@ -606,8 +606,9 @@ fn watch_collection(
     ))
 }
 
-/// ResourceQuota admission of a `pods/resize` (`crate::quota::admit_resize`): the resize
-/// `body` makes of the current pod, checked and charged before it is stored.
+/// LimitRanger and ResourceQuota admission of a `pods/resize` (`crate::limitranger`,
+/// `crate::quota::admit_resize`): the resize `body` makes of the current pod, checked (and
+/// charged) before it is stored.
 async fn admit_resize(
     state: &AppState,
     def: &ResourceDef,
@@ -618,6 +619,7 @@ async fn admit_resize(
 ) -> Result<(), ApiError> {
     let cur = objects::get(state, def, ns, name).await?;
     let resized = objects::prepare_update(def, &cur, body(&cur)?, Part::Resize, opts.strict)?;
+    crate::limitranger::admit_resize(state, def, ns.unwrap_or_default(), &resized).await?;
     crate::quota::admit_resize(
         state,
         def,

@@ -38,6 +38,7 @@ mod health;
 mod kinds;
 mod kubeconfig;
 mod kubelet;
+mod limitranger;
 mod list;
 mod managedfields;
 mod meta;

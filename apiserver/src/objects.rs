@@ -358,6 +358,8 @@ pub async fn create(
 
     if let Some(ns) = ns {
         check_namespace(state, def, ns).await?;
+        // upstream's order: LimitRanger first among the mutating plugins
+        crate::limitranger::admit_create(state, def, ns, &mut obj).await?;
         if def.group.is_empty() && def.plural == "pods" {
             crate::serviceaccount::admission::admit(state, ns, &mut obj).await?;
             crate::priority::admit_pod(state, &mut obj).await?;

@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 /// 20000-29999: below the kernel's ephemeral range (32768+ by default), so an outgoing
 /// connection of a parallel test cannot take it between this check and its use (CI saw an
 /// etcd fail with "address already in use" so, session 13), and clear of the well-known
-/// ports kaze's components use (6443, 102xx) and the NodePort range (30000-32767).
+/// ports kaze's components use (6443, 102xx) and the NodePort range (30000-32767). A port
+/// is handed out once per process.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -29,7 +32,14 @@ pub fn free_port() -> u16 {
         x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         x ^= x >> 31;
         let port = 20000 + (x % 10000) as u16;
+        // never the same port twice in one process: a test takes several before starting
+        // what binds them (in a network namespace of its own nothing else would tell)
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
@@ -891,6 +901,16 @@ mod keeper_tests {
         let mut ours = spawn(format!("kaze-fifo-keeper-{node}"));
         // a node whose name extends ours is another node
         let mut other = spawn(format!("kaze-fifo-keeper-{node}0"));
+        // both exec'd (a child between fork and exec still shows the test's command line)
+        for child in [&ours, &other] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
+                .is_ok_and(|c| c.starts_with(b"kaze-fifo-keeper-"))
+            {
+                assert!(Instant::now() < deadline, "the keeper never started");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         kill_fifo_keepers(&node);
         let deadline = Instant::now() + Duration::from_secs(5);
         while ours.try_wait().expect("wait").is_none() {
