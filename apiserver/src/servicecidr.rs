@@ -171,16 +171,21 @@ fn api(e: store::StoreError) -> IpError {
     IpError::Api(from_store(e, "ipaddresses", "networking.k8s.io", ""))
 }
 
-/// Every stored object of `def` (cluster-scoped or in all namespaces).
-async fn list_all(state: &AppState, def: &ResourceDef) -> Result<Vec<Value>, IpError> {
+/// Every stored key-value of `def` (cluster-scoped or in all namespaces).
+async fn stored(state: &AppState, def: &ResourceDef) -> Result<Vec<store::KeyValue>, IpError> {
     let prefix = state.prefix(def, None);
     let page = state
         .store(def)
         .list(&prefix, ListOptions::default())
         .await
         .map_err(api)?;
-    Ok(page
-        .items
+    Ok(page.items)
+}
+
+/// Every stored object of `def`.
+async fn list_all(state: &AppState, def: &ResourceDef) -> Result<Vec<Value>, IpError> {
+    Ok(stored(state, def)
+        .await?
         .iter()
         .filter_map(|kv| crate::objects::decode_kv(def, kv).ok())
         .collect())
@@ -234,15 +239,8 @@ async fn claim(state: &AppState, ip: Ipv4Addr, parent: &Parent) -> Result<bool, 
 
 /// The addresses of `r` with an IPAddress.
 async fn taken(state: &AppState, r: &Range) -> Result<BTreeSet<u32>, IpError> {
-    let d = def(state, "ipaddresses");
-    let prefix = state.prefix(d, None);
-    let page = state
-        .store(d)
-        .list(&prefix, ListOptions::default())
-        .await
-        .map_err(api)?;
-    Ok(page
-        .items
+    Ok(stored(state, def(state, "ipaddresses"))
+        .await?
         .iter()
         .filter_map(|kv| kv.key.rsplit('/').next()?.parse::<Ipv4Addr>().ok())
         .map(u32::from)

@@ -38,11 +38,8 @@ async fn used(quotas: &Api<ResourceQuota>, name: &str) -> String {
         .join(",")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn creates_past_a_quota_are_refused_and_admitted_ones_charged() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let server = start(dir.path()).await;
-    let client = client(&server).await;
+/// The namespace `team`.
+async fn create_team(client: &kube::Client) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("namespace");
@@ -50,6 +47,14 @@ async fn creates_past_a_quota_are_refused_and_admitted_ones_charged() {
         .create(&PostParams::default(), &ns)
         .await
         .expect("namespace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_past_a_quota_are_refused_and_admitted_ones_charged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(dir.path()).await;
+    let client = client(&server).await;
+    create_team(&client).await;
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "team");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
@@ -281,13 +286,7 @@ async fn resizes_past_a_quota_are_refused_and_admitted_ones_charged() {
     let dir = tempfile::tempdir().expect("tmp");
     let server = start(dir.path()).await;
     let client = client(&server).await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("namespace");
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    create_team(&client).await;
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "team");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
     let rq: ResourceQuota = serde_json::from_value(

@@ -226,7 +226,7 @@ fn cluster_ips_are_ip_addresses_from_service_cidrs() {
     );
     let orphan = s.kubectl_fails(
         &["apply", "-f", "-"],
-        Some("apiVersion: networking.k8s.io/v1\nkind: IPAddress\nmetadata: {name: 10.97.0.9}\nspec: {}\n"),
+        Some("apiVersion: networking.k8s.io/v1\nkind: IPAddress\nmetadata: {name: 10.97.0.5}\nspec: {}\n"),
     );
     assert!(
         orphan.contains("spec.parentRef: Required value"),
@@ -235,7 +235,7 @@ fn cluster_ips_are_ip_addresses_from_service_cidrs() {
     // an address reserved by hand is not handed out
     s.kubectl_stdin(
         &["apply", "-f", "-"],
-        Some("apiVersion: networking.k8s.io/v1\nkind: IPAddress\nmetadata: {name: 10.97.0.9}\nspec:\n  parentRef: {group: example.com, resource: gateways, namespace: default, name: gw}\n"),
+        Some("apiVersion: networking.k8s.io/v1\nkind: IPAddress\nmetadata: {name: 10.97.0.5}\nspec:\n  parentRef: {group: example.com, resource: gateways, namespace: default, name: gw}\n"),
     );
     let reserved = s.kubectl_fails(
         &[
@@ -244,7 +244,7 @@ fn cluster_ips_are_ip_addresses_from_service_cidrs() {
             "clusterip",
             "thief",
             "--tcp=80",
-            "--clusterip=10.97.0.9",
+            "--clusterip=10.97.0.5",
         ],
         None,
     );

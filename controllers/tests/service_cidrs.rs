@@ -3,6 +3,8 @@
 //! being deleted stays, `Ready=False` `Terminating`, while a Service's address is in it (and
 //! gives no new addresses), and goes once that Service is gone.
 
+mod common;
+
 use std::time::Duration;
 
 use k8s_openapi::api::networking::v1::ServiceCIDR;
@@ -23,14 +25,8 @@ fn ready(sc: &ServiceCIDR) -> Option<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_cidr_in_use_stays_terminating_until_its_addresses_go() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
-        .await
-        .expect("apiserver");
-    let kc = server.kubeconfig_path().to_path_buf();
-    let client = component::client(Some(&kc)).await.expect("client");
-    let shutdown = component::CancellationToken::new();
-    let config = controllers::Config::new(Some(kc.clone()), &["service-cidr"]);
-    let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
+    let cp = common::control_plane(dir.path(), &["service-cidr"]).await;
+    let (kc, client) = (cp.kubeconfig.clone(), cp.client.clone());
     let cidrs: Api<ServiceCIDR> = Api::all(client.clone());
     let kubectl = |args: &[&str], stdin: Option<&str>| testkit::kubectl_ok(&kc, args, stdin);
 
@@ -127,6 +123,5 @@ async fn a_service_cidr_in_use_stays_terminating_until_its_addresses_go() {
     let table = kubectl(&["get", "servicecidrs", "-o", "name"], None);
     assert_eq!(table.trim(), "servicecidr.networking.k8s.io/kubernetes");
 
-    shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), cm).await;
+    cp.stop().await;
 }

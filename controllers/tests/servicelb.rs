@@ -4,7 +4,6 @@
 //! a service that stops being a LoadBalancer loses its addresses; a service with a
 //! `loadBalancerClass` is left to its implementation.
 
-#[allow(dead_code)] // helpers the volume tests use
 mod common;
 
 use std::time::Duration;

@@ -6,7 +6,6 @@
 //! the annotation goes; each change of state is told in an Event on the Service, as the real
 //! kubectl 1.37 shows them.
 
-#[allow(dead_code)] // helpers the volume tests use
 mod common;
 
 use std::collections::BTreeMap;
@@ -119,14 +118,8 @@ async fn hinted(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_hints_follow_the_zones_cpu_and_events_say_why_not() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
-        .await
-        .expect("apiserver");
-    let kc = server.kubeconfig_path().to_path_buf();
-    let client = component::client(Some(&kc)).await.expect("client");
-    let shutdown = component::CancellationToken::new();
-    let config = controllers::Config::new(Some(kc.clone()), &["endpointslice"]);
-    let cm = tokio::spawn(controllers::run(config, shutdown.clone()));
+    let cp = common::control_plane(dir.path(), &["endpointslice"]).await;
+    let (kc, client) = (cp.kubeconfig.clone(), cp.client.clone());
 
     // two zones of 4 cores each, and a control-plane node that counts for neither
     node(&client, "a1", Some("zone-a"), "4").await;
@@ -256,6 +249,5 @@ async fn zone_hints_follow_the_zones_cpu_and_events_say_why_not() {
     assert_eq!(h["10.42.1.5"].1, ["zone-b"], "{h:?}");
     assert_eq!(h["10.42.2.6"].1, ["zone-c"], "{h:?}");
 
-    shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), cm).await;
+    cp.stop().await;
 }

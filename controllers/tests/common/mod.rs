@@ -1,5 +1,9 @@
 //! Fixtures of the volume tests (`volume_scheduling.rs`, `ephemeral_volumes.rs`): nodes as
-//! API objects with a local-path storage dir, and waits for a pod's node and events.
+//! API objects with a local-path storage dir, and waits for a pod's node and events; and a
+//! control plane of an in-process apiserver with some controllers (`topology_hints.rs`,
+//! `service_cidrs.rs`).
+
+#![allow(dead_code)] // each test binary uses some of these
 
 use std::time::Duration;
 
@@ -81,4 +85,39 @@ pub async fn node_of(pods: &Api<Pod>, name: &str) -> String {
         },
     )
     .await
+}
+
+/// An in-process apiserver (embedded store in `dir`) with `controllers` running against it.
+pub struct ControlPlane {
+    pub server: apiserver::RunningServer,
+    pub kubeconfig: std::path::PathBuf,
+    pub client: Client,
+    pub shutdown: component::CancellationToken,
+    pub controllers: tokio::task::JoinHandle<Result<(), controllers::Error>>,
+}
+
+pub async fn control_plane(dir: &std::path::Path, controllers: &[&str]) -> ControlPlane {
+    let server = apiserver::start(apiserver::Config::for_tests(dir))
+        .await
+        .expect("apiserver");
+    let kubeconfig = server.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kubeconfig)).await.expect("client");
+    let shutdown = component::CancellationToken::new();
+    let config = controllers::Config::new(Some(kubeconfig.clone()), controllers);
+    let controllers = tokio::spawn(controllers::run(config, shutdown.clone()));
+    ControlPlane {
+        server,
+        kubeconfig,
+        client,
+        shutdown,
+        controllers,
+    }
+}
+
+impl ControlPlane {
+    /// Stops the controllers (10 s at most).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.controllers).await;
+    }
 }
