@@ -15,8 +15,11 @@
 //! [`horizontalpodautoscaler`]), `persistentvolume-binder`, `pvc-protection`,
 //! `pv-protection`, `local-path-provisioner` (kaze's built-in `kaze.io/local-path`
 //! provisioner, which the binder runs) and `ephemeral-volume` (the claims of generic
-//! ephemeral volumes; see [`persistentvolume`]) and `servicelb` (addresses for
-//! LoadBalancer services: the nodes', as k3s's ServiceLB; see [`servicelb`]). Choose with
+//! ephemeral volumes; see [`persistentvolume`]), `servicelb` (addresses for
+//! LoadBalancer services: the nodes', as k3s's ServiceLB; see [`servicelb`]) and
+//! `service-cidr` (ServiceCIDRs' finalizer and `Ready` condition; see [`servicecidr`]). The
+//! `endpointslice` controller also writes upstream's topology-aware hints (see
+//! [`topology`]). Choose with
 //! `--controllers` (upstream syntax: `*,-nodeipam`).
 //!
 //! Controllers read from shared informer caches ([`informers`]: one watch and one indexed
