@@ -25,6 +25,9 @@ pub enum AllocError {
     Store(#[source] StoreError),
     #[error("the stored allocation bitmap is corrupt: {0}")]
     Corrupt(String),
+    /// Writing the object that holds a ClusterIP failed (`crate::servicecidr`).
+    #[error("{}", .0.message)]
+    Api(Box<crate::status::ApiError>),
 }
 
 /// A bitmap over `count` values starting at `first`.

@@ -20,7 +20,7 @@ mod pod;
 mod quota;
 mod rbac;
 pub mod resize;
-mod resources;
+pub(crate) mod resources;
 mod scheduling;
 pub mod secret;
 mod security;
@@ -426,17 +426,11 @@ pub fn qos_class(spec: &Value) -> &'static str {
         .iter()
         .filter_map(|l| spec.get(*l).and_then(Value::as_array))
         .flatten();
-    use component::quota::Quantity;
-    let amount = |q: &Value| match q {
-        Value::String(s) => Quantity::parse(s),
-        Value::Number(n) => Quantity::parse(&n.to_string()),
-        _ => None,
-    };
     let (mut any, mut guaranteed) = (false, true);
     for c in containers {
         let get = |kind: &str, r: &str| {
             c.pointer(&format!("/resources/{kind}/{r}"))
-                .and_then(amount)
+                .and_then(resources::quantity)
                 .filter(|q| !q.is_zero())
         };
         for r in ["cpu", "memory"] {

@@ -29,19 +29,11 @@ const ANNOTATION: &str = "kubernetes.io/limit-ranger";
 
 type Resources = BTreeMap<String, Quantity>;
 
-fn quantity(v: &Value) -> Option<Quantity> {
-    match v {
-        Value::String(s) => Quantity::parse(s),
-        Value::Number(n) => Quantity::parse(&n.to_string()),
-        _ => None,
-    }
-}
-
 fn resources(v: Option<&Value>) -> Resources {
     v.and_then(Value::as_object)
         .into_iter()
         .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), quantity(v)?)))
+        .filter_map(|(k, v)| Some((k.clone(), crate::kinds::resources::quantity(v)?)))
         .collect()
 }
 
@@ -316,13 +308,45 @@ fn default_pod(pod: &mut Value, items: &[Item]) -> Vec<String> {
     said
 }
 
-fn forbidden(def: &ResourceDef, name: &str, errs: Vec<String>) -> ApiError {
+/// Claim `claim`'s storage against the `PersistentVolumeClaim` items: the errors.
+fn check_claim(claim: &Value, items: &[Item]) -> Vec<String> {
+    let requests = resources(claim.pointer("/spec/resources/requests"));
+    let limits = resources(claim.pointer("/spec/resources/limits"));
+    let kind = "PersistentVolumeClaim";
+    let mut errs = Vec::new();
+    for item in items.iter().filter(|i| i.kind == kind) {
+        for (r, v) in &item.min {
+            errs.extend(min_constraint(kind, r, *v, &requests, &limits));
+        }
+        for (r, v) in &item.max {
+            // a claim needs no limit: its request is what must fit
+            if let Some(q) = requests.get(r).filter(|q| **q > *v) {
+                errs.push(format!(
+                    "maximum {r} usage per {kind} is {v}, but request is {q}"
+                ));
+            }
+        }
+    }
+    errs
+}
+
+/// The items of `ns`'s LimitRanges (none: nothing to do).
+async fn namespace_items(state: &AppState, ns: &str) -> Result<Vec<Item>, ApiError> {
+    Ok(ranges(state, ns).await?.iter().flat_map(items).collect())
+}
+
+/// Refused with `errs` (upstream's aggregate: one as it is, several as `[a, b]`), or not.
+fn verdict(def: &ResourceDef, obj: &Value, errs: Vec<String>) -> Result<(), ApiError> {
+    if errs.is_empty() {
+        return Ok(());
+    }
     let why = if errs.len() == 1 {
         errs.into_iter().next().unwrap_or_default()
     } else {
         format!("[{}]", errs.join(", "))
     };
-    ApiError::forbidden(def.plural, def.group, name, &why)
+    let name = crate::meta::meta_str(obj, "name").unwrap_or("");
+    Err(ApiError::forbidden(def.plural, def.group, name, &why))
 }
 
 /// Admission of a pod or PersistentVolumeClaim `obj` created in `ns`: defaults, then checks.
@@ -337,40 +361,12 @@ pub async fn admit_create(
     if !pod && !claim {
         return Ok(());
     }
-    let ranges = ranges(state, ns).await?;
-    if ranges.is_empty() {
+    let items = namespace_items(state, ns).await?;
+    if items.is_empty() {
         return Ok(());
     }
-    let items: Vec<Item> = ranges.iter().flat_map(items).collect();
-    let name = crate::meta::meta_str(obj, "name").unwrap_or("").to_string();
     if claim {
-        let requests = resources(obj.pointer("/spec/resources/requests"));
-        let limits = resources(obj.pointer("/spec/resources/limits"));
-        let mut errs = Vec::new();
-        for item in items.iter().filter(|i| i.kind == "PersistentVolumeClaim") {
-            for (r, v) in &item.min {
-                errs.extend(min_constraint(
-                    "PersistentVolumeClaim",
-                    r,
-                    *v,
-                    &requests,
-                    &limits,
-                ));
-            }
-            for (r, v) in &item.max {
-                // a claim needs no limit: its request is what must fit
-                if let Some(q) = requests.get(r).filter(|q| **q > *v) {
-                    errs.push(format!(
-                        "maximum {r} usage per PersistentVolumeClaim is {v}, but request is {q}"
-                    ));
-                }
-            }
-        }
-        return if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(forbidden(def, &name, errs))
-        };
+        return verdict(def, obj, check_claim(obj, &items));
     }
     let said = default_pod(obj, &items);
     if !said.is_empty() {
@@ -384,12 +380,7 @@ pub async fn admit_create(
             obj["status"]["qosClass"] = json!(qos);
         }
     }
-    let errs = check_pod(obj, &items);
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(forbidden(def, &name, errs))
-    }
+    verdict(def, obj, check_pod(obj, &items))
 }
 
 /// Admission of pod `resized` (a `pods/resize` of it): the checks, no defaults.
@@ -399,18 +390,8 @@ pub async fn admit_resize(
     ns: &str,
     resized: &Value,
 ) -> Result<(), ApiError> {
-    let ranges = ranges(state, ns).await?;
-    if ranges.is_empty() {
-        return Ok(());
-    }
-    let items: Vec<Item> = ranges.iter().flat_map(items).collect();
-    let errs = check_pod(resized, &items);
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        let name = crate::meta::meta_str(resized, "name").unwrap_or("");
-        Err(forbidden(def, name, errs))
-    }
+    let items = namespace_items(state, ns).await?;
+    verdict(def, resized, check_pod(resized, &items))
 }
 
 #[cfg(test)]
@@ -483,6 +464,23 @@ mod tests {
                 "maximum cpu usage per Container is 1.  No limit is specified",
                 "memory max limit to request ratio per Container is 2, but no request is specified or request is 0"
             ]
+        );
+    }
+
+    #[test]
+    fn claims_are_bounded_by_their_storage_request() {
+        let items = range(
+            json!([{"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "10Gi"}}]),
+        );
+        let claim = |size: &str| json!({"spec": {"resources": {"requests": {"storage": size}}}});
+        assert!(check_claim(&claim("2Gi"), &items).is_empty());
+        assert_eq!(
+            check_claim(&claim("500Mi"), &items),
+            ["minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 500Mi"]
+        );
+        assert_eq!(
+            check_claim(&claim("20Gi"), &items),
+            ["maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 20Gi"]
         );
     }
 

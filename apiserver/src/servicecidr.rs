@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use store::ListOptions;
 
+use crate::alloc::AllocError;
 use crate::meta;
 use crate::registry::ResourceDef;
 use crate::state::AppState;
@@ -39,29 +40,6 @@ pub const MANAGED_BY_LABEL: &str = "ipaddress.kubernetes.io/managed-by";
 /// This allocator's value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY: &str = "ipallocator.k8s.io";
 pub const FAMILY_LABEL: &str = "ipaddress.kubernetes.io/ip-family";
-
-/// Why an address could not be taken.
-#[derive(Debug)]
-pub enum IpError {
-    Taken,
-    OutOfRange(String),
-    Full,
-    Api(ApiError),
-}
-
-impl std::fmt::Display for IpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            IpError::Taken => write!(f, "provided IP is already allocated"),
-            IpError::OutOfRange(r) => write!(
-                f,
-                "provided IP is not in the valid range. The range of valid IPs is {r}"
-            ),
-            IpError::Full => write!(f, "range is full"),
-            IpError::Api(e) => write!(f, "{}", e.message),
-        }
-    }
-}
 
 /// Which object holds an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,12 +145,17 @@ fn def<'a>(state: &'a AppState, plural: &str) -> &'a ResourceDef {
         .expect("built-in resource")
 }
 
-fn api(e: store::StoreError) -> IpError {
-    IpError::Api(from_store(e, "ipaddresses", "networking.k8s.io", ""))
+fn api(e: store::StoreError) -> AllocError {
+    AllocError::Api(Box::new(from_store(
+        e,
+        "ipaddresses",
+        "networking.k8s.io",
+        "",
+    )))
 }
 
 /// Every stored key-value of `def` (cluster-scoped or in all namespaces).
-async fn stored(state: &AppState, def: &ResourceDef) -> Result<Vec<store::KeyValue>, IpError> {
+async fn stored(state: &AppState, def: &ResourceDef) -> Result<Vec<store::KeyValue>, AllocError> {
     let prefix = state.prefix(def, None);
     let page = state
         .store(def)
@@ -183,7 +166,7 @@ async fn stored(state: &AppState, def: &ResourceDef) -> Result<Vec<store::KeyVal
 }
 
 /// Every stored object of `def`.
-async fn list_all(state: &AppState, def: &ResourceDef) -> Result<Vec<Value>, IpError> {
+async fn list_all(state: &AppState, def: &ResourceDef) -> Result<Vec<Value>, AllocError> {
     Ok(stored(state, def)
         .await?
         .iter()
@@ -193,7 +176,7 @@ async fn list_all(state: &AppState, def: &ResourceDef) -> Result<Vec<Value>, IpE
 
 /// The ranges new addresses may come from: the flag's first, then the ServiceCIDRs not
 /// being deleted, by name.
-async fn ranges(state: &AppState) -> Result<Vec<Range>, IpError> {
+async fn ranges(state: &AppState) -> Result<Vec<Range>, AllocError> {
     let mut out = vec![state.ips.default.clone()];
     let mut cidrs = list_all(state, def(state, "servicecidrs")).await?;
     cidrs.sort_by(|a, b| meta::meta_str(a, "name").cmp(&meta::meta_str(b, "name")));
@@ -216,7 +199,7 @@ async fn ranges(state: &AppState) -> Result<Vec<Range>, IpError> {
 }
 
 /// Creates the IPAddress `ip` for `parent`: Ok(false) when it exists already.
-async fn claim(state: &AppState, ip: Ipv4Addr, parent: &Parent) -> Result<bool, IpError> {
+async fn claim(state: &AppState, ip: Ipv4Addr, parent: &Parent) -> Result<bool, AllocError> {
     let obj = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "IPAddress",
         "metadata": {"name": ip.to_string(), "labels": {MANAGED_BY_LABEL: MANAGED_BY, FAMILY_LABEL: "IPv4"}},
@@ -233,12 +216,12 @@ async fn claim(state: &AppState, ip: Ipv4Addr, parent: &Parent) -> Result<bool, 
     match create.await {
         Ok(_) => Ok(true),
         Err(e) if e.reason == "AlreadyExists" => Ok(false),
-        Err(e) => Err(IpError::Api(e)),
+        Err(e) => Err(AllocError::Api(Box::new(e))),
     }
 }
 
 /// The addresses of `r` with an IPAddress.
-async fn taken(state: &AppState, r: &Range) -> Result<BTreeSet<u32>, IpError> {
+async fn taken(state: &AppState, r: &Range) -> Result<BTreeSet<u32>, AllocError> {
     Ok(stored(state, def(state, "ipaddresses"))
         .await?
         .iter()
@@ -253,16 +236,19 @@ pub async fn allocate(
     state: &AppState,
     want: Option<Ipv4Addr>,
     parent: &Parent,
-) -> Result<Ipv4Addr, IpError> {
+) -> Result<Ipv4Addr, AllocError> {
     let ranges = ranges(state).await?;
     if let Some(ip) = want {
         if !ranges.iter().any(|r| r.contains(u32::from(ip))) {
             let all: Vec<&str> = ranges.iter().map(|r| r.cidr.as_str()).collect();
-            return Err(IpError::OutOfRange(all.join(", ")));
+            return Err(AllocError::OutOfRange {
+                what: "IP",
+                range: all.join(", "),
+            });
         }
         return match claim(state, ip, parent).await? {
             true => Ok(ip),
-            false => Err(IpError::Taken),
+            false => Err(AllocError::Allocated { what: "IP" }),
         };
     }
     for r in &ranges {
@@ -292,7 +278,7 @@ pub async fn allocate(
             }
         }
     }
-    Err(IpError::Full)
+    Err(AllocError::Full)
 }
 
 /// Gives `ip` back: deletes its IPAddress if `parent` holds it.
@@ -359,8 +345,8 @@ pub struct Repaired {
 
 /// See the module docs.
 pub async fn repair(state: &AppState) -> Result<Repaired, ApiError> {
-    let to_api = |e: IpError| match e {
-        IpError::Api(e) => e,
+    let to_api = |e: AllocError| match e {
+        AllocError::Api(e) => *e,
         e => ApiError::internal(e.to_string()),
     };
     let svc_def = state

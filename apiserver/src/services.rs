@@ -8,13 +8,14 @@ use serde_json::{json, Value};
 use crate::alloc::AllocError;
 use crate::meta;
 use crate::registry::ResourceDef;
-use crate::servicecidr::{self, IpError, Parent};
+use crate::servicecidr::{self, Parent};
 use crate::state::AppState;
 use crate::status::{from_store, ApiError};
 
 fn alloc_err(def: &ResourceDef, name: &str, field: &str, value: &str, e: AllocError) -> ApiError {
     match e {
         AllocError::Store(se) => from_store(se, def.plural, def.group, name),
+        AllocError::Api(e) => *e,
         e @ AllocError::Corrupt(_) => ApiError::internal(e.to_string()),
         e => ApiError::invalid(
             def.kind,
@@ -22,22 +23,6 @@ fn alloc_err(def: &ResourceDef, name: &str, field: &str, value: &str, e: AllocEr
             name,
             vec![(
                 field.into(),
-                "FieldValueInvalid",
-                format!("Invalid value: {value}: {e}"),
-            )],
-        ),
-    }
-}
-
-fn ip_err(def: &ResourceDef, name: &str, value: &str, e: IpError) -> ApiError {
-    match e {
-        IpError::Api(e) => e,
-        e => ApiError::invalid(
-            def.kind,
-            def.group,
-            name,
-            vec![(
-                "spec.clusterIPs".into(),
                 "FieldValueInvalid",
                 format!("Invalid value: {value}: {e}"),
             )],
@@ -254,7 +239,7 @@ pub async fn reallocate(
         let owner = parent(new);
         let got = servicecidr::allocate(state, want, &owner)
             .await
-            .map_err(|e| ip_err(def, &name, &format!("{requested:?}"), e))?;
+            .map_err(|e| alloc_err(def, &name, "spec.clusterIPs", &format!("{requested:?}"), e))?;
         new["spec"]["clusterIP"] = json!(got.to_string());
         new["spec"]["clusterIPs"] = json!([got.to_string()]);
         r.taken_ip = Some((got, owner));

@@ -136,11 +136,7 @@ pub fn cpu_ratios<'a>(
 
 /// A CPU quantity in millicores (`"2"`, `"1500m"`, `"0.5"`), None if it does not parse.
 fn millicores(q: &Quantity) -> Option<f64> {
-    let s = q.0.trim();
-    if let Some(m) = s.strip_suffix('m') {
-        return m.parse::<f64>().ok();
-    }
-    s.parse::<f64>().ok().map(|c| c * 1000.0)
+    component::quota::Quantity::parse(&q.0).map(|q| q.nanos as f64 / 1e6)
 }
 
 /// How many endpoints each zone should hold: its CPU share of them, or, where that rounds

@@ -120,12 +120,7 @@ async fn pods_are_resized_in_place_restarted_or_left_pending() {
         .create(&PostParams::default(), &pod)
         .await
         .expect("create");
-    let p = c
-        .wait_pod("default", "web", "web running", |p| {
-            status_of_opt(p)
-                .is_some_and(|s| s.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
-        })
-        .await;
+    let p = c.wait_pod("default", "web", "web running", running).await;
     assert_eq!(limit(&p, "cpu").as_deref(), Some("200m"));
     assert_eq!(
         status_of(&p)
@@ -169,11 +164,7 @@ async fn pods_are_resized_in_place_restarted_or_left_pending() {
             observed(p)
                 && limit(p, "memory").as_deref() == Some("96Mi")
                 && status_of(p).restart_count == 1
-                && status_of(p)
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.running.as_ref())
-                    .is_some()
+                && running(p)
         })
         .await;
     let (second_id, pid) = c.running(&uid, "c").expect("running again");
@@ -237,11 +228,7 @@ async fn pods_are_resized_in_place_restarted_or_left_pending() {
         .create(&PostParams::default(), &hog)
         .await
         .expect("create hog");
-    c.wait_pod("default", "hog", "hog running", |p| {
-        status_of_opt(p)
-            .is_some_and(|s| s.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
-    })
-    .await;
+    c.wait_pod("default", "hog", "hog running", running).await;
     c.kubectl(&[
         "patch", "pod", "web", "--subresource", "resize", "-p",
         r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"700m"},"limits":{"cpu":"700m"}}}]}}"#,
@@ -322,6 +309,12 @@ async fn pods_are_resized_in_place_restarted_or_left_pending() {
     );
 }
 
-fn status_of_opt(p: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
-    p.status.as_ref()?.container_statuses.as_ref()?.first()
+/// The pod's (first) container runs.
+fn running(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
 }

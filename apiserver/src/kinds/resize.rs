@@ -90,14 +90,9 @@ pub fn prepare(cur: &Value, new: &Value) -> Result<Value, Vec<Cause>> {
                 let had = |r: &str| old.pointer(&format!("/resources/{which}/{r}")).is_some();
                 let has = |r: &str| c.pointer(&format!("/resources/{which}/{r}")).is_some();
                 if ["cpu", "memory"].iter().any(|r| had(r) && !has(r)) {
-                    let kind = if which == "requests" {
-                        "requests"
-                    } else {
-                        "limits"
-                    };
                     causes.push(field::forbidden(
                         &format!("{at}.{which}"),
-                        &format!("resource {kind} cannot be removed"),
+                        &format!("resource {which} cannot be removed"),
                     ));
                 }
             }

@@ -272,6 +272,11 @@ impl ActivePods {
         Ok(())
     }
 
+    /// What the node offers pods, when resources are checked.
+    pub fn allocatable(&self) -> Option<Allocatable> {
+        self.allocatable
+    }
+
     /// Whether pod `uid`, resized to request `cpu` millicores and `memory` bytes, fits beside
     /// the other admitted pods still running: None, or (resource, requested, used by the
     /// others, what the node offers). Without an allocatable: always.

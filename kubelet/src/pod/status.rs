@@ -4,9 +4,11 @@
 //! `PodInitializing` and `Init:Error` columns from these.
 
 use k8s_openapi::api::core::v1::{
-    ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
+    Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus as ApiContainerStatus, PodCondition, PodIP, PodStatus,
+    ResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::worker::{Kind, Running, Slot, Worker};
@@ -91,23 +93,14 @@ fn container_status(s: &Slot) -> ApiContainerStatus {
     }
 }
 
+/// Resource name -> quantity, as the API writes requests and limits.
+type ResourceList = std::collections::BTreeMap<String, Quantity>;
+
 /// A container's cpu and memory requests and limits, as its status reports them
 /// (`resources`, and the requests as `allocatedResources`); None without any.
-fn running_resources(
-    c: &k8s_openapi::api::core::v1::Container,
-) -> (
-    Option<k8s_openapi::api::core::v1::ResourceRequirements>,
-    Option<
-        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    >,
-) {
-    let pick = |m: Option<
-        &std::collections::BTreeMap<
-            String,
-            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
-        >,
-    >| {
-        let out: std::collections::BTreeMap<_, _> = m
+fn running_resources(c: &Container) -> (Option<ResourceRequirements>, Option<ResourceList>) {
+    let pick = |m: Option<&ResourceList>| {
+        let out: ResourceList = m
             .into_iter()
             .flatten()
             .filter(|(k, _)| *k == "cpu" || *k == "memory")
@@ -121,14 +114,12 @@ fn running_resources(
     if limits.is_none() && requests.is_none() {
         return (None, None);
     }
-    (
-        Some(k8s_openapi::api::core::v1::ResourceRequirements {
-            limits,
-            requests: requests.clone(),
-            ..Default::default()
-        }),
-        requests,
-    )
+    let resources = ResourceRequirements {
+        limits,
+        requests: requests.clone(),
+        ..Default::default()
+    };
+    (Some(resources), requests)
 }
 
 impl Slot {

@@ -80,32 +80,19 @@ fn differs(a: &Container, b: &Container, resource: &str) -> bool {
         .any(|w| quantity(a, w, resource) != quantity(b, w, resource))
 }
 
-/// The node's capacity: millicores, bytes.
-fn capacity() -> (u64, u64) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let mem = crate::sys::read_proc("meminfo")
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(u64::MAX, |kb| kb * 1024);
-    (cpus * 1000, mem)
-}
-
 impl Worker {
     /// See the module docs. Called every tick; cheap while nothing is asked.
     pub(super) async fn step_resize(&mut self) {
         let Some((apps, inits)) = self.resize.target.as_ref() else {
             return;
         };
-        let wanted = |kind: Kind, name: &str| -> Option<Container> {
+        let wanted = |kind: Kind, name: &str| -> Option<&Container> {
             let list = match kind {
                 Kind::App => apps,
                 Kind::Sidecar => inits,
                 _ => return None,
             };
-            list.iter().find(|c| c.name == name).cloned()
+            list.iter().find(|c| c.name == name)
         };
         let changes: Vec<(usize, Container)> = self
             .slots
@@ -114,7 +101,7 @@ impl Worker {
             .filter_map(|(i, s)| {
                 let want = wanted(s.kind, &s.spec.name)?;
                 (want.resources != s.spec.resources || want.resize_policy != s.spec.resize_policy)
-                    .then_some((i, want))
+                    .then(|| (i, want.clone()))
             })
             .collect();
         let generation = self.resize.generation;
@@ -139,13 +126,16 @@ impl Worker {
             }
         }
         let (cpu, mem) = crate::pod::admit::pod_requests(&resized);
-        let (cap_cpu, cap_mem) = capacity();
-        let infeasible = [
-            ("cpu", cpu, cap_cpu as i64),
-            ("memory", mem, cap_mem as i64),
-        ]
-        .into_iter()
-        .find(|(_, asked, cap)| asked > cap);
+        // what the node offers pods (its status's allocatable)
+        let node = self
+            .cfg
+            .active
+            .as_ref()
+            .and_then(|a| a.allocatable())
+            .unwrap_or_else(|| crate::node::info::allocatable(0));
+        let infeasible = [("cpu", cpu, node.cpu_milli), ("memory", mem, node.memory)]
+            .into_iter()
+            .find(|(_, asked, cap)| asked > cap);
         self.resize.observed = generation;
         if let Some((resource, asked, cap)) = infeasible {
             self.resize.pending = Some((
