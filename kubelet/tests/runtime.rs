@@ -567,64 +567,67 @@ fn a_restarted_runtime_adopts_running_containers_and_their_logs() {
     drop(node);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn host_ports_reach_the_pod_through_portmap_until_teardown() {
-    let node = TestNode::start("kt-hostport", 18).await;
-    let host_port = testkit::free_port();
-    let mut cfg = node.sandbox_config("hp");
-    cfg.port_mappings = vec![kubelet::cni::PortMapping {
-        host_port,
-        container_port: 8080,
-        protocol: "TCP".into(),
-        host_ip: None,
-    }];
-    let sandbox = node.run_sandbox(&cfg).await;
-    assert_eq!(
-        node.cni_plugins(&sandbox),
-        serde_json::json!(["bridge", "portmap"])
-    );
-    let c = ContainerConfig {
-        name: "echo".into(),
-        image: "kaze/echo:1".into(),
-        env: vec![("POD_NAME".into(), "hp".into())],
-        ..Default::default()
-    };
-    node.rt
-        .run_container(&sandbox, &c)
-        .await
-        .expect("running echo");
-    // The bridge's gateway address is a local address of the host: portmap's OUTPUT rules
-    // DNAT host-originated connections to it.
-    let gateway: std::net::IpAddr = node.subnet.replace("0/24", "1").parse().unwrap();
-    let get = || {
-        let mut s = std::net::TcpStream::connect_timeout(
-            &(gateway, host_port).into(),
-            Duration::from_secs(1),
-        )
-        .ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
-    };
-    let body = eventually(Duration::from_secs(10), get)
-        .await
-        .expect("the hostPort answered");
-    assert!(body.contains("\r\n\r\nhp "), "{body}");
-    node.rt
-        .remove_pod(&sandbox.uid)
-        .await
-        .expect("removing the pod");
-    node.assert_pod_gone(&sandbox);
-    assert!(get().is_none(), "the hostPort still answers after teardown");
-    let rules = std::process::Command::new("iptables-save")
-        .args(["-t", "nat"])
-        .output()
-        .unwrap();
-    let rules = String::from_utf8_lossy(&rules.stdout);
-    assert!(
-        !rules.contains(&format!("--dport {host_port} ")),
-        "portmap rules left:\n{rules}"
-    );
+#[test]
+fn host_ports_reach_the_pod_through_portmap_until_teardown() {
+    // portmap's chains and rules stay in the test's own network namespace
+    testkit::in_netns("kt-hp", async {
+        let node = TestNode::start("kt-hostport", 18).await;
+        let host_port = testkit::free_port();
+        let mut cfg = node.sandbox_config("hp");
+        cfg.port_mappings = vec![kubelet::cni::PortMapping {
+            host_port,
+            container_port: 8080,
+            protocol: "TCP".into(),
+            host_ip: None,
+        }];
+        let sandbox = node.run_sandbox(&cfg).await;
+        assert_eq!(
+            node.cni_plugins(&sandbox),
+            serde_json::json!(["bridge", "portmap"])
+        );
+        let c = ContainerConfig {
+            name: "echo".into(),
+            image: "kaze/echo:1".into(),
+            env: vec![("POD_NAME".into(), "hp".into())],
+            ..Default::default()
+        };
+        node.rt
+            .run_container(&sandbox, &c)
+            .await
+            .expect("running echo");
+        // The bridge's gateway address is a local address of the host: portmap's OUTPUT rules
+        // DNAT host-originated connections to it.
+        let gateway: std::net::IpAddr = node.subnet.replace("0/24", "1").parse().unwrap();
+        let get = || {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &(gateway, host_port).into(),
+                Duration::from_secs(1),
+            )
+            .ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        };
+        let body = eventually(Duration::from_secs(10), get)
+            .await
+            .expect("the hostPort answered");
+        assert!(body.contains("\r\n\r\nhp "), "{body}");
+        node.rt
+            .remove_pod(&sandbox.uid)
+            .await
+            .expect("removing the pod");
+        node.assert_pod_gone(&sandbox);
+        assert!(get().is_none(), "the hostPort still answers after teardown");
+        let rules = std::process::Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&rules.stdout);
+        assert!(
+            !rules.contains(&format!("--dport {host_port} ")),
+            "portmap rules left:\n{rules}"
+        );
+    })
 }

@@ -372,6 +372,25 @@ impl Drop for Netns {
     }
 }
 
+/// Runs the async test `test` on a multi-threaded tokio runtime whose threads all live in a
+/// network namespace of their own ([`Netns`], `<prefix>-<pid>-<n>`): the namespace is
+/// entered before the runtime starts, so its workers, the threads they start and every
+/// process they spawn (CNI plugins, containerd, iptables) inherit it. `#[tokio::test]`
+/// starts its workers before the test body runs, so a test cannot enter one there. The
+/// runtime ends first, then the namespace goes, also when the test panics.
+pub fn in_netns<F: std::future::Future>(prefix: &str, test: F) -> F::Output {
+    let netns = Netns::enter(prefix);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("test runtime");
+    let out = rt.block_on(test);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(netns);
+    out
+}
+
 /// A real containerd (Debian's 1.6) with its own root, state and socket in a temp dir, the
 /// CRI plugin disabled. On drop every task it ran is killed, its shims are stopped, its
 /// mounts are undone and the dir is removed — also when the test panics.

@@ -464,48 +464,6 @@ impl Drop for KeeperGuard {
     }
 }
 
-/// Removes the hostPort (portmap) NAT rules of node `0`'s pods on drop: a test that fails
-/// before its pods are deleted leaves them behind otherwise (its netns is gone, CNI DEL never
-/// ran). Drop it after the node's kubelet.
-pub struct PortmapGuard(pub String);
-
-impl Drop for PortmapGuard {
-    fn drop(&mut self) {
-        let iptables = |args: &[&str]| {
-            std::process::Command::new("iptables")
-                .args(args)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        };
-        let network = format!("\"kaze-{}\"", self.0);
-        let listing = iptables(&[
-            "-t",
-            "nat",
-            "-L",
-            "CNI-HOSTPORT-DNAT",
-            "-n",
-            "--line-numbers",
-        ]);
-        // Highest rule number first, so the others keep theirs.
-        let mut ours: Vec<(u32, String)> = listing
-            .lines()
-            .filter(|l| l.contains(&network))
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                let n = w.next()?.parse().ok()?;
-                Some((n, w.next()?.to_string()))
-            })
-            .collect();
-        ours.sort_by_key(|o| std::cmp::Reverse(o.0));
-        for (n, chain) in ours {
-            iptables(&["-t", "nat", "-D", "CNI-HOSTPORT-DNAT", &n.to_string()]);
-            iptables(&["-t", "nat", "-F", &chain]);
-            iptables(&["-t", "nat", "-X", &chain]);
-        }
-    }
-}
-
 /// A gRPC health server (`grpc.health.v1.Health/Check`, HTTP/2 over TCP, as grpc-go's)
 /// on 127.0.0.1, answering with the `HealthCheckResponse.status` in `status` (1 SERVING,
 /// 2 NOT_SERVING); the services asked for are pushed to `asked`. Returns its port; it runs
