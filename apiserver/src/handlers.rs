@@ -183,10 +183,20 @@ async fn dispatch(
             let obj = negotiate::decode_object(&body, negotiate::body_type(&headers)?)?;
             let writer = managedfields::writer(&q, &headers, sub_name(t.sub), "UpdateOptions")?;
             let opts = write_opts(&q)?;
-            if part == Part::Resize {
-                admit_resize(&state, &def, ns, name, |_| Ok(obj.clone()), opts).await?;
-            }
-            let updated = update(&state, &def, ns, name, obj, part, opts, &writer).await?;
+            let updated = if part == Part::Resize {
+                let body = |_: &Value| Ok(obj.clone());
+                let write = |rv: i64| {
+                    let mut pinned = obj.clone();
+                    if crate::meta::meta_str(&pinned, "resourceVersion").is_none_or(str::is_empty) {
+                        crate::meta::metadata_mut(&mut pinned)
+                            .insert("resourceVersion".into(), json!(rv.to_string()));
+                    }
+                    update(&state, &def, ns, name, pinned, part, opts, &writer)
+                };
+                admitted_resize(&state, &def, ns, name, body, opts, write).await?
+            } else {
+                update(&state, &def, ns, name, obj, part, opts, &writer).await?
+            };
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
         }
         (None, Method::PATCH) if negotiate::body_type(&headers)? == BodyType::ApplyPatch => {
@@ -225,21 +235,33 @@ async fn dispatch(
             let patch = decode_patch(&body, ty)?;
             let opts = write_opts(&q)?;
             let writer = patch_writer(&q, &headers, sub_name(t.sub))?;
-            if part == Part::Resize {
-                let apply = |cur: &Value| crate::patch::apply(ty, cur, &patch);
-                admit_resize(&state, &def, ns, name, apply, opts).await?;
-            }
             let default_class = crate::priority::default_before_update(&state, &def).await?;
-            let updated =
-                objects::guaranteed_update(&state, &def, ns, name, None, opts.dry_run, |cur| {
-                    let patched = crate::patch::apply(ty, cur, &patch)?;
-                    check_patched_rv(&def, name, cur, &patched)?;
-                    let mut out = objects::prepare_update(&def, cur, patched, part, opts.strict)?;
-                    crate::priority::check_update(&out, default_class.as_deref())?;
-                    managedfields::on_update(&def, cur, &mut out, &writer);
-                    Ok(out)
-                })
-                .await?;
+            let write = |precondition: Option<i64>| {
+                objects::guaranteed_update(
+                    &state,
+                    &def,
+                    ns,
+                    name,
+                    precondition,
+                    opts.dry_run,
+                    |cur| {
+                        let patched = crate::patch::apply(ty, cur, &patch)?;
+                        check_patched_rv(&def, name, cur, &patched)?;
+                        let mut out =
+                            objects::prepare_update(&def, cur, patched, part, opts.strict)?;
+                        crate::priority::check_update(&out, default_class.as_deref())?;
+                        managedfields::on_update(&def, cur, &mut out, &writer);
+                        Ok(out)
+                    },
+                )
+            };
+            let updated = if part == Part::Resize {
+                let body = |cur: &Value| crate::patch::apply(ty, cur, &patch);
+                let write = |rv: i64| write(Some(rv));
+                admitted_resize(&state, &def, ns, name, body, opts, write).await?
+            } else {
+                write(None).await?
+            };
             Ok(object_response(&def, StatusCode::OK, &updated, accept, &q))
         }
         (None, Method::DELETE) => {
@@ -606,28 +628,60 @@ fn watch_collection(
     ))
 }
 
-/// LimitRanger and ResourceQuota admission of a `pods/resize` (`crate::limitranger`,
-/// `crate::quota::admit_resize`): the resize `body` makes of the current pod, checked (and
-/// charged) before it is stored.
-async fn admit_resize(
+/// A `pods/resize` write with LimitRanger and ResourceQuota admission (`crate::limitranger`,
+/// `crate::quota::admit_resize`): what `body` makes of the pod as read is checked (and
+/// charged), then `write` stores it pinned to that read's resourceVersion, so what is stored
+/// is what was admitted. A conflict because the pod changed in between starts over from the
+/// pod as it is now; one the request itself brought (a stale resourceVersion) is its answer.
+async fn admitted_resize<W, Fut>(
     state: &AppState,
     def: &ResourceDef,
     ns: Option<&str>,
     name: &str,
-    body: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    body: impl Fn(&Value) -> Result<Value, ApiError>,
     opts: objects::WriteOpts,
-) -> Result<(), ApiError> {
-    let cur = objects::get(state, def, ns, name).await?;
-    let resized = objects::prepare_update(def, &cur, body(&cur)?, Part::Resize, opts.strict)?;
-    crate::limitranger::admit_resize(state, def, ns.unwrap_or_default(), &resized).await?;
-    crate::quota::admit_resize(
-        state,
-        def,
-        ns.unwrap_or_default(),
-        &cur,
-        &resized,
-        name,
-        opts.dry_run,
-    )
-    .await
+    write: W,
+) -> Result<Value, ApiError>
+where
+    W: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ApiError>>,
+{
+    let revision = |obj: &Value| {
+        objects::parse_rv(crate::meta::meta_str(obj, "resourceVersion").unwrap_or_default())
+    };
+    let mut cur = objects::get(state, def, ns, name).await?;
+    loop {
+        let rv = revision(&cur)?;
+        let asked = body(&cur)?;
+        // a stale resourceVersion is refused before admission charges anything (upstream
+        // checks the precondition before its admission runs)
+        match crate::meta::meta_str(&asked, "resourceVersion") {
+            Some(v) if !v.is_empty() && objects::parse_rv(v)? != rv => {
+                return Err(ApiError::conflict(def.plural, def.group, name));
+            }
+            _ => {}
+        }
+        let resized = objects::prepare_update(def, &cur, asked, Part::Resize, opts.strict)?;
+        crate::limitranger::admit_resize(state, def, ns.unwrap_or_default(), &resized).await?;
+        crate::quota::admit_resize(
+            state,
+            def,
+            ns.unwrap_or_default(),
+            &cur,
+            &resized,
+            name,
+            opts.dry_run,
+        )
+        .await?;
+        match write(rv).await {
+            Err(e) if e.code == 409 => {
+                let now = objects::get(state, def, ns, name).await?;
+                if revision(&now)? == rv {
+                    return Err(e);
+                }
+                cur = now;
+            }
+            written => return written,
+        }
+    }
 }

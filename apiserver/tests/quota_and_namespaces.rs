@@ -331,7 +331,7 @@ async fn resizes_past_a_quota_are_refused_and_admitted_ones_charged() {
     );
     let stored = pods.get("a").await.expect("pod");
     assert_eq!(
-        stored.spec.expect("spec").containers[0]
+        stored.spec.as_ref().expect("spec").containers[0]
             .resources
             .as_ref()
             .and_then(|r| r.requests.as_ref())
@@ -344,4 +344,30 @@ async fn resizes_past_a_quota_are_refused_and_admitted_ones_charged() {
         .await
         .expect("lower");
     assert_eq!(used(&quotas, "compute").await, "requests.cpu=700m");
+    // A PUT of a stale pod is a Conflict, refused before the quota is charged; one that
+    // names no resourceVersion is a resize of the pod as stored.
+    let mut stale = stored.clone();
+    stale.spec.as_mut().expect("spec").containers[0].resources =
+        Some(serde_json::from_value(json!({"requests": {"cpu": "500m"}})).expect("resources"));
+    let err = pods
+        .replace_subresource("resize", "a", &PostParams::default(), &stale)
+        .await
+        .expect_err("stale");
+    assert_eq!(api_code(&err), Some((409, "Conflict".into())));
+    assert_eq!(used(&quotas, "compute").await, "requests.cpu=700m");
+    stale.metadata.resource_version = None;
+    let resized = pods
+        .replace_subresource("resize", "a", &PostParams::default(), &stale)
+        .await
+        .expect("resize without a resourceVersion");
+    assert_eq!(
+        resized.spec.expect("spec").containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| q.0.clone()),
+        Some("500m".into())
+    );
+    assert_eq!(used(&quotas, "compute").await, "requests.cpu=900m");
 }
