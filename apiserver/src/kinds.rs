@@ -192,8 +192,7 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             let spec = &mut obj["spec"];
             service::default_spec(spec);
             if spec.get("type").and_then(Value::as_str) != Some("ExternalName") {
-                set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
-                set_default(spec, "ipFamilies", json!(["IPv4"]));
+                service::default_ip_families(spec);
             }
             if obj.get("status").is_none() {
                 obj["status"] = json!({ "loadBalancer": {} });

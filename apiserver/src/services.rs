@@ -68,6 +68,13 @@ pub async fn allocate(
     def: &ResourceDef,
     obj: &mut Value,
 ) -> Result<(), ApiError> {
+    // what does not fit this cluster's families is refused before anything is taken
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let causes = crate::kinds::service::ip_family_causes(spec);
+    if !causes.is_empty() {
+        let name = meta::meta_str(obj, "name").unwrap_or("");
+        return Err(ApiError::invalid(def.kind, def.group, name, causes));
+    }
     reallocate(state, def, &Value::Null, obj).await.map(|_| ())
 }
 
@@ -112,6 +119,31 @@ pub fn carry_over(cur: &Value, new: &mut Value) {
         if missing {
             if let Some(v) = cur.pointer(&format!("/spec/{f}")).cloned() {
                 new["spec"][f] = v;
+            }
+        }
+    }
+    // no policy given: the stored one (upstream's initIPFamilyFields); going SingleStack
+    // with the families (or IPs) left as they were drops the second one
+    let had_policy = cur.pointer("/spec/ipFamilyPolicy").filter(|_| !external);
+    if let (Some(p), true) = (
+        had_policy,
+        new.pointer("/spec/ipFamilyPolicy")
+            .is_none_or(Value::is_null),
+    ) {
+        new["spec"]["ipFamilyPolicy"] = p.clone();
+    }
+    if new.pointer("/spec/ipFamilyPolicy") == Some(&json!("SingleStack")) {
+        for key in ["ipFamilies", "clusterIPs"] {
+            let at = format!("/spec/{key}");
+            let kept = new
+                .pointer(&at)
+                .and_then(Value::as_array)
+                .filter(|v| v.len() > 1);
+            if let Some(first) = kept
+                .filter(|_| new.pointer(&at) == cur.pointer(&at))
+                .map(|v| v[0].clone())
+            {
+                new["spec"][key] = json!([first]);
             }
         }
     }

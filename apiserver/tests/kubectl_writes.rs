@@ -867,3 +867,128 @@ fn workloads_keep_what_upstream_keeps_fixed() {
         "{err}"
     );
 }
+
+/// Services' IP families as upstream's apiserver sets and checks them on a single-stack
+/// IPv4 cluster: dual-stack asks fall back or are refused with upstream's messages, nothing
+/// inconsistent is stored, and a headless service without a selector names both families.
+#[test]
+fn service_ip_families_follow_a_single_stack_cluster() {
+    let s = TestServer::start();
+    let svc = |name: &str, spec: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    };
+    let fields = |name: &str| {
+        let spec = json(&s, &["get", "svc", name])["spec"].clone();
+        (
+            spec["ipFamilyPolicy"].clone(),
+            spec["ipFamilies"].clone(),
+            spec["clusterIPs"].as_array().map_or(0, Vec::len),
+        )
+    };
+    let ports = "ports: [{port: 80}], selector: {app: web}";
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(&svc(
+            "prefer",
+            &format!("{{ipFamilyPolicy: PreferDualStack, {ports}}}"),
+        )),
+    );
+    assert_eq!(
+        fields("prefer"),
+        (
+            serde_json::json!("PreferDualStack"),
+            serde_json::json!(["IPv4"]),
+            1
+        )
+    );
+    let refused = [
+        (
+            format!("{{ipFamilyPolicy: RequireDualStack, {ports}}}"),
+            r#"spec.ipFamilyPolicy: Invalid value: "RequireDualStack": this cluster is not configured for dual-stack services"#,
+        ),
+        (
+            format!("{{ipFamilies: [IPv6], {ports}}}"),
+            r#"spec.ipFamilies[0]: Invalid value: "IPv6": not configured on this cluster"#,
+        ),
+        (
+            format!("{{clusterIPs: [10.43.7.7], {ports}}}"),
+            r#"spec.clusterIPs: Invalid value: []string{"10.43.7.7"}: must be empty when `clusterIP` is not specified"#,
+        ),
+        (
+            format!("{{ipFamilyPolicy: Bogus, {ports}}}"),
+            r#"spec.ipFamilyPolicy: Unsupported value: "Bogus": supported values: "PreferDualStack", "RequireDualStack", "SingleStack""#,
+        ),
+    ];
+    for (spec, want) in refused {
+        let err = s.kubectl_fails(&["create", "-f", "-"], Some(&svc("bad", &spec)));
+        assert!(
+            err.contains(&format!("The Service \"bad\" is invalid: {want}")),
+            "{spec}: {err}"
+        );
+    }
+    let all = json(&s, &["get", "svc", "-o", "json"]);
+    assert!(
+        all["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|i| i["metadata"]["name"] != "bad"),
+        "{all}"
+    );
+    // the one named in clusterIP is the one taken, in both fields
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(&svc("fixed", &format!("{{clusterIP: 10.43.7.8, {ports}}}"))),
+    );
+    let fixed = json(&s, &["get", "svc", "fixed"]);
+    assert_eq!(
+        fixed["spec"]["clusterIPs"],
+        serde_json::json!(["10.43.7.8"])
+    );
+
+    // headless without a selector: RequireDualStack with both families; SingleStack drops one
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(&svc("manual", "{clusterIP: None, ports: [{port: 80}]}")),
+    );
+    assert_eq!(
+        fields("manual"),
+        (
+            serde_json::json!("RequireDualStack"),
+            serde_json::json!(["IPv4", "IPv6"]),
+            1
+        )
+    );
+    s.kubectl(&[
+        "patch",
+        "svc",
+        "manual",
+        "-p",
+        r#"{"spec":{"ipFamilyPolicy":"SingleStack"}}"#,
+    ]);
+    assert_eq!(
+        fields("manual"),
+        (
+            serde_json::json!("SingleStack"),
+            serde_json::json!(["IPv4"]),
+            1
+        )
+    );
+    // a service's families are fixed once it has a cluster IP
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "svc",
+            "prefer",
+            "-p",
+            r#"{"spec":{"ipFamilies":["IPv6"]}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains(
+            r#"spec.ipFamilies[0]: Invalid value: []core.IPFamily{"IPv6"}: may not change once set"#
+        ),
+        "{err}"
+    );
+}

@@ -88,6 +88,241 @@ pub fn default_spec(spec: &mut Value) {
     }
 }
 
+/// The IP families kaze allocates Service IPs from (its allocators are IPv4 only; an IPv6
+/// ServiceCIDR is stored and not used).
+const CONFIGURED_FAMILIES: [&str; 1] = ["IPv4"];
+const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
+const POLICIES: [&str; 3] = ["PreferDualStack", "RequireDualStack", "SingleStack"];
+
+fn family_of(ip: &str) -> Option<&'static str> {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => Some("IPv4"),
+        Ok(std::net::IpAddr::V6(_)) => Some("IPv6"),
+        Err(_) => None,
+    }
+}
+
+fn strs(v: &[Value]) -> Vec<&str> {
+    v.iter().map(|s| s.as_str().unwrap_or("")).collect()
+}
+
+/// Headless (`clusterIP: None`) without a selector: its endpoints are managed by hand, and
+/// upstream lets it name both families on any cluster.
+fn headless_selectorless(spec: &Value) -> bool {
+    text(spec, "clusterIP") == "None" && set(spec, "selector").is_none_or(|s| s == &json!({}))
+}
+
+/// The IP-family defaults of upstream's `NormalizeClusterIPs` and `initIPFamilyFields` on a
+/// single-stack IPv4 cluster (a non-ExternalName service): `clusterIPs` from `clusterIP`,
+/// `ipFamilyPolicy` SingleStack (RequireDualStack for a headless service without a
+/// selector), `ipFamilies` inferred from the cluster IPs, else the cluster's family, and a
+/// headless service without a selector that is not SingleStack given both families. On an
+/// update the stored policy is carried over first (`crate::services::carry_over`). What does
+/// not fit the cluster is left for [`ip_family_causes`] to name.
+pub fn default_ip_families(spec: &mut Value) {
+    let ip = text(spec, "clusterIP").to_string();
+    if !ip.is_empty() && list(spec, "clusterIPs").is_empty() {
+        spec["clusterIPs"] = json!([ip]);
+    }
+    let selectorless = headless_selectorless(spec);
+    if set(spec, "ipFamilyPolicy").is_none() {
+        let policy = if selectorless {
+            "RequireDualStack"
+        } else {
+            "SingleStack"
+        };
+        spec["ipFamilyPolicy"] = json!(policy);
+    }
+    let mut families: Vec<String> = strs(list(spec, "ipFamilies"))
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let ips: Vec<String> = strs(list(spec, "clusterIPs"))
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for (i, ip) in ips.iter().enumerate() {
+        if ip == "None" || i < families.len() {
+            continue;
+        }
+        // only a family the cluster has is inferred; another is an error to report
+        match family_of(ip) {
+            Some(f) if CONFIGURED_FAMILIES.contains(&f) => families.push(f.into()),
+            _ => break,
+        }
+    }
+    let names_a_foreign_ip = ips
+        .first()
+        .is_some_and(|ip| ip != "None" && family_of(ip) != Some(CONFIGURED_FAMILIES[0]));
+    if families.is_empty() && !names_a_foreign_ip {
+        families.push(CONFIGURED_FAMILIES[0].into());
+    }
+    if selectorless && families.len() == 1 && text(spec, "ipFamilyPolicy") != "SingleStack" {
+        let other = if families[0] == "IPv4" {
+            "IPv6"
+        } else {
+            "IPv4"
+        };
+        families.push(other.into());
+    }
+    spec["ipFamilies"] = json!(families);
+}
+
+/// What upstream's `ValidateServiceClusterIPsRelatedFields` and `initIPFamilyFields` refuse
+/// in a (defaulted) non-ExternalName service's `clusterIP`, `clusterIPs`, `ipFamilies` and
+/// `ipFamilyPolicy`, on a single-stack IPv4 cluster: the two IP fields out of step, bad or
+/// duplicate families and IPs, an unknown policy, two IPs or families under SingleStack, an
+/// IPv6 family or IP (not configured on this cluster) and RequireDualStack (this cluster is
+/// not configured for dual-stack services). A headless service without a selector may name
+/// both families.
+pub fn ip_family_causes(spec: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if text(spec, "type") == "ExternalName" {
+        return causes;
+    }
+    let ip = text(spec, "clusterIP");
+    let ips = list(spec, "clusterIPs");
+    let ip_strs = strs(ips);
+    let families = strs(list(spec, "ipFamilies"));
+    let policy = text(spec, "ipFamilyPolicy");
+    if !ip.is_empty() {
+        if ips.is_empty() {
+            causes.push(field::required("spec.clusterIPs", ""));
+        } else if ip_strs[0] != ip {
+            causes.push(raw_invalid(
+                "spec.clusterIPs",
+                &go_strings(ips),
+                "first value must match `clusterIP`",
+            ));
+        }
+    } else if !ips.is_empty() {
+        causes.push(raw_invalid(
+            "spec.clusterIPs",
+            &go_strings(ips),
+            "must be empty when `clusterIP` is not specified",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, f) in families.iter().enumerate() {
+        let at = format!("spec.ipFamilies[{i}]");
+        if !FAMILIES.contains(f) {
+            causes.push(field::not_supported(&at, &json!(f), &FAMILIES));
+        }
+        if !seen.insert(*f) {
+            causes.push(field::duplicate(&at, &json!(f)));
+        }
+    }
+    if set(spec, "ipFamilyPolicy").is_some() && !POLICIES.contains(&policy) {
+        causes.push(field::not_supported(
+            "spec.ipFamilyPolicy",
+            &json!(policy),
+            &POLICIES,
+        ));
+    }
+    let mut bad_ips = false;
+    for (i, s) in ip_strs.iter().enumerate() {
+        if i == 0 && *s == "None" {
+            if ips.len() > 1 {
+                bad_ips = true;
+                causes.push(raw_invalid(
+                    "spec.clusterIPs",
+                    &go_strings(ips),
+                    "'None' must be the first and only value",
+                ));
+            }
+            continue;
+        }
+        if family_of(s).is_none() {
+            bad_ips = true;
+            causes.push(field::invalid(
+                &format!("spec.clusterIPs[{i}]"),
+                &json!(s),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+        }
+    }
+    if ips.len() > 2 {
+        causes.push(raw_invalid(
+            "spec.clusterIPs",
+            &go_strings(ips),
+            "may only hold up to 2 values",
+        ));
+    }
+    if bad_ips {
+        return causes;
+    }
+    if ips.len() > 1 && family_of(ip_strs[0]) == family_of(ip_strs[1]) {
+        causes.push(raw_invalid(
+            "spec.clusterIPs",
+            &go_strings(ips),
+            "may specify no more than one IP for each IP family",
+        ));
+    }
+    let headless = ip_strs == ["None"];
+    if !headless {
+        for (i, (s, f)) in ip_strs.iter().zip(&families).enumerate() {
+            match (*f, family_of(s)) {
+                ("IPv4", Some("IPv6")) | ("IPv6", Some("IPv4")) => {
+                    causes.push(field::invalid(
+                        &format!("spec.clusterIPs[{i}]"),
+                        &json!(s),
+                        &format!("expected an {f} value as indicated by `ipFamilies[{i}]`"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    if !causes.is_empty() {
+        return causes;
+    }
+    // initIPFamilyFields: what the policy allows, then what this cluster has
+    let policy_invalid =
+        |detail: &str| field::invalid("spec.ipFamilyPolicy", &json!(policy), detail);
+    if policy == "SingleStack" {
+        if ips.len() == 2 {
+            causes.push(policy_invalid(
+                "must be 'RequireDualStack' or 'PreferDualStack' when multiple cluster IPs are specified",
+            ));
+        }
+        if families.len() == 2 {
+            causes.push(policy_invalid(
+                "must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified",
+            ));
+        }
+    }
+    for (i, s) in ip_strs.iter().enumerate().skip(families.len()) {
+        if *s == "None" {
+            break;
+        }
+        if let Some(f) = family_of(s).filter(|f| !CONFIGURED_FAMILIES.contains(f)) {
+            causes.push(raw_invalid(
+                &format!("spec.clusterIPs[{i}]"),
+                &go_strings(ips),
+                &format!("{f} is not configured on this cluster"),
+            ));
+        }
+    }
+    if !causes.is_empty() || headless_selectorless(spec) {
+        return causes;
+    }
+    if policy == "RequireDualStack" && CONFIGURED_FAMILIES.len() < 2 {
+        causes.push(policy_invalid(
+            "this cluster is not configured for dual-stack services",
+        ));
+    }
+    for (i, f) in families.iter().enumerate() {
+        if !CONFIGURED_FAMILIES.contains(f) {
+            causes.push(field::invalid(
+                &format!("spec.ipFamilies[{i}]"),
+                &json!(f),
+                "not configured on this cluster",
+            ));
+        }
+    }
+    causes
+}
+
 /// How Go prints a `[]string` (upstream shows cluster IP lists so).
 fn go_strings(v: &[Value]) -> String {
     let items: Vec<String> = v
@@ -110,6 +345,7 @@ pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     if let Some(old) = old {
         validate_update(spec, old.get("spec").unwrap_or(&Value::Null), causes);
     }
+    causes.extend(ip_family_causes(spec));
     let ty = text(spec, "type");
     let ports = list(spec, "ports");
     let headless = text(spec, "clusterIP") == "None";
@@ -398,6 +634,22 @@ fn validate_update(spec: &Value, old: &Value, causes: &mut Vec<Cause>) {
         }
     };
     let (new_ips, old_ips) = (ips(spec), ips(old));
+    // upstream's validateUpgradeDowngradeIPFamilies: a service with cluster IPs keeps its
+    // families (a headless one may change them)
+    let headless = |ips: &[Value]| ips.len() == 1 && ips[0] == "None";
+    let (families, old_families) = (list(spec, "ipFamilies"), list(old, "ipFamilies"));
+    if !headless(&new_ips)
+        && !headless(&old_ips)
+        && families.len() == old_families.len()
+        && families != old_families
+    {
+        let shown: Vec<String> = strs(families).iter().map(|f| format!("{f:?}")).collect();
+        causes.push(raw_invalid(
+            "spec.ipFamilies[0]",
+            &format!("[]core.IPFamily{{{}}}", shown.join(", ")),
+            "may not change once set",
+        ));
+    }
     if old_ips.is_empty() {
         return;
     }
@@ -495,6 +747,9 @@ mod tests {
     fn messages(spec: Value, old: Option<Value>) -> Vec<String> {
         let mut spec = spec;
         default_spec(&mut spec);
+        if text(&spec, "type") != "ExternalName" {
+            default_ip_families(&mut spec);
+        }
         let mut causes = Vec::new();
         let old = old.map(|o| json!({"spec": o}));
         validate(&json!({"spec": spec}), old.as_ref(), &mut causes);
@@ -638,5 +893,98 @@ mod tests {
         gone["spec"]["type"] = json!("NodePort");
         drop_type_dependent_fields(&lb, &mut gone);
         assert_eq!(gone["status"], json!({"loadBalancer": {}}));
+    }
+
+    fn defaulted(spec: Value) -> Value {
+        let mut spec = spec;
+        default_spec(&mut spec);
+        default_ip_families(&mut spec);
+        spec
+    }
+
+    #[test]
+    fn ip_families_default_as_upstreams_on_a_single_stack_cluster() {
+        let plain = defaulted(json!({"ports": [{"port": 80}], "selector": {"a": "b"}}));
+        assert_eq!(plain["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(plain["ipFamilies"], json!(["IPv4"]));
+        // the singular field gives the plural one
+        let fixed = defaulted(json!({"clusterIP": "10.43.0.9", "ports": [{"port": 80}]}));
+        assert_eq!(fixed["clusterIPs"], json!(["10.43.0.9"]));
+        // PreferDualStack falls back to the one family the cluster has
+        let prefer =
+            defaulted(json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}));
+        assert_eq!(prefer["ipFamilies"], json!(["IPv4"]));
+        // headless without a selector: RequireDualStack and both families, on any cluster
+        let manual = defaulted(json!({"clusterIP": "None", "ports": [{"port": 80}]}));
+        assert_eq!(manual["ipFamilyPolicy"], "RequireDualStack");
+        assert_eq!(manual["ipFamilies"], json!(["IPv4", "IPv6"]));
+        assert!(messages(json!({"clusterIP": "None", "ports": [{"port": 80}]}), None).is_empty());
+        let single = defaulted(json!({"clusterIP": "None", "ipFamilyPolicy": "SingleStack"}));
+        assert_eq!(single["ipFamilies"], json!(["IPv4"]));
+        // headless with a selector follows the cluster
+        let selected = defaulted(json!({"clusterIP": "None", "selector": {"a": "b"}}));
+        assert_eq!(selected["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(selected["ipFamilies"], json!(["IPv4"]));
+    }
+
+    #[test]
+    fn ip_families_this_cluster_lacks_and_inconsistent_ip_fields_are_refused() {
+        let port = json!([{"port": 80}]);
+        let cases = [
+            (
+                json!({"ipFamilyPolicy": "RequireDualStack", "ports": port}),
+                r#"spec.ipFamilyPolicy: Invalid value: "RequireDualStack": this cluster is not configured for dual-stack services"#,
+            ),
+            (
+                json!({"ipFamilies": ["IPv6"], "ports": port}),
+                r#"spec.ipFamilies[0]: Invalid value: "IPv6": not configured on this cluster"#,
+            ),
+            (
+                json!({"clusterIP": "fd00::10", "ports": port}),
+                r#"spec.clusterIPs[0]: Invalid value: []string{"fd00::10"}: IPv6 is not configured on this cluster"#,
+            ),
+            (
+                json!({"clusterIPs": ["10.43.7.7"], "ports": port}),
+                r#"spec.clusterIPs: Invalid value: []string{"10.43.7.7"}: must be empty when `clusterIP` is not specified"#,
+            ),
+            (
+                json!({"clusterIP": "10.43.7.8", "clusterIPs": ["10.43.7.9"], "ports": port}),
+                r#"spec.clusterIPs: Invalid value: []string{"10.43.7.9"}: first value must match `clusterIP`"#,
+            ),
+            (
+                json!({"ipFamilyPolicy": "Bogus", "ports": port}),
+                r#"spec.ipFamilyPolicy: Unsupported value: "Bogus": supported values: "PreferDualStack", "RequireDualStack", "SingleStack""#,
+            ),
+            (
+                json!({"ipFamilies": ["IPv4", "IPv4"], "ipFamilyPolicy": "PreferDualStack", "ports": port}),
+                r#"spec.ipFamilies[1]: Duplicate value: "IPv4""#,
+            ),
+            (
+                json!({"ipFamilies": ["IPv4", "IPv6"], "ports": port}),
+                "spec.ipFamilyPolicy: Invalid value: \"SingleStack\": must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified",
+            ),
+            (
+                json!({"clusterIP": "10.43.0.9", "ipFamilies": ["IPv6"], "ports": port}),
+                r#"spec.clusterIPs[0]: Invalid value: "10.43.0.9": expected an IPv6 value as indicated by `ipFamilies[0]`"#,
+            ),
+            (
+                json!({"clusterIP": "None", "clusterIPs": ["None", "10.43.0.9"], "ports": port}),
+                r#"spec.clusterIPs: Invalid value: []string{"None", "10.43.0.9"}: 'None' must be the first and only value"#,
+            ),
+        ];
+        for (spec, want) in cases {
+            let got = messages(spec.clone(), None);
+            assert_eq!(got, vec![want.to_string()], "{spec}");
+        }
+        // a headless service without a selector may name IPv6 first
+        let manual = json!({"clusterIP": "None", "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack"});
+        assert!(messages(manual, None).is_empty());
+        // an update keeps the families of a service with a cluster IP
+        let old = defaulted(json!({"clusterIP": "10.43.0.9", "ports": port}));
+        let mut moved = old.clone();
+        moved["ipFamilies"] = json!(["IPv6"]);
+        assert!(messages(moved, Some(old)).contains(
+            &r#"spec.ipFamilies[0]: Invalid value: []core.IPFamily{"IPv6"}: may not change once set"#.to_string()
+        ));
     }
 }
