@@ -8,6 +8,7 @@ use crate::meta;
 use crate::registry::ResourceDef;
 use crate::selector::LabelSelector;
 
+mod endpoints;
 mod endpointslice;
 mod field;
 mod hpa;
@@ -371,6 +372,7 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             rbac::default_binding(obj)
         }
         ("discovery.k8s.io", "EndpointSlice") => endpointslice::default_ports(obj),
+        ("", "Endpoints") => endpoints::default_ports(obj),
         ("networking.k8s.io", "NetworkPolicy") => {
             let spec = &mut obj["spec"];
             if spec
@@ -759,6 +761,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         ("", "PersistentVolume") => volume::validate(obj, old, &mut causes),
         ("", "Node") => node::validate(obj, old, &mut causes),
         ("discovery.k8s.io", "EndpointSlice") => endpointslice::validate(obj, old, &mut causes),
+        ("", "Endpoints") => endpoints::validate(obj, &mut causes),
         ("", "ResourceQuota") => quota::validate_quota(obj, old, &mut causes),
         ("", "LimitRange") => quota::validate_limit_range(obj, &mut causes),
         ("autoscaling", "HorizontalPodAutoscaler") if obj["apiVersion"] == "autoscaling/v1" => {
