@@ -772,6 +772,21 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         ("autoscaling", "HorizontalPodAutoscaler") => {
             hpa::validate_spec(obj.get("spec").unwrap_or(&Value::Null), &mut causes)
         }
+        ("rbac.authorization.k8s.io", kind @ ("Role" | "ClusterRole")) => {
+            rbac::validate_role(kind == "ClusterRole", obj, &mut causes)
+        }
+        ("coordination.k8s.io", "Lease") => {
+            let spec = obj.get("spec").unwrap_or(&Value::Null);
+            for (key, min, detail) in [
+                ("leaseDurationSeconds", 1, "must be greater than 0"),
+                ("leaseTransitions", 0, "must be greater than or equal to 0"),
+            ] {
+                if let Some(v) = spec.get(key).and_then(Value::as_i64).filter(|v| *v < min) {
+                    causes.push(field::invalid(&format!("spec.{key}"), &json!(v), detail));
+                }
+            }
+        }
+        ("networking.k8s.io", "IngressClass") => ingress::validate_class(obj, old, &mut causes),
         ("rbac.authorization.k8s.io", kind @ ("RoleBinding" | "ClusterRoleBinding")) => {
             rbac::validate_binding(kind == "ClusterRoleBinding", obj, old, &mut causes)
         }

@@ -992,3 +992,84 @@ fn service_ip_families_follow_a_single_stack_cluster() {
         "{err}"
     );
 }
+
+/// Endpoints, Leases, IngressClasses and Roles are checked as upstream's apiserver checks
+/// them: kubectl shows upstream's causes and nothing is stored.
+#[test]
+fn endpoints_leases_ingress_classes_and_roles_are_validated() {
+    let s = TestServer::start();
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {name: ep}\nsubsets: [{addresses: [{ip: nope}], ports: [{port: 0, protocol: XX}]}]\n",
+            vec![
+                r#"subsets[0].addresses[0].ip: Invalid value: "nope": must be a valid IP address"#,
+                "subsets[0].ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                r#"subsets[0].ports[0].protocol: Unsupported value: "XX": supported values: "SCTP", "TCP", "UDP""#,
+            ],
+        ),
+        (
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: l}\nspec: {leaseDurationSeconds: -1, leaseTransitions: -2}\n",
+            vec![
+                "spec.leaseDurationSeconds: Invalid value: -1: must be greater than 0",
+                "spec.leaseTransitions: Invalid value: -2: must be greater than or equal to 0",
+            ],
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ic}\nspec: {controller: bad}\n",
+            vec![
+                r#"spec.controller: Invalid value: "bad": must be a domain-prefixed path (such as "acme.io/foo")"#,
+            ],
+        ),
+        (
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: r}\nrules: [{verbs: [get]}]\n",
+            vec![
+                "rules[0].apiGroups: Required value: resource rules must supply at least one api group",
+                "rules[0].resources: Required value: resource rules must supply at least one resource",
+            ],
+        ),
+    ];
+    for (manifest, wants) in cases {
+        let err = s.kubectl_fails(&["create", "-f", "-"], Some(manifest));
+        for want in wants {
+            assert!(err.contains(want), "{manifest}: {err}");
+        }
+    }
+    for kind in ["endpoints", "leases", "ingressclasses", "roles"] {
+        let items = json(&s, &["get", kind, "-o", "json"]);
+        let names: Vec<&str> = items["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["metadata"]["name"].as_str())
+            .collect();
+        assert!(
+            !names.iter().any(|n| ["ep", "l", "ic", "r"].contains(n)),
+            "{kind}: {names:?}"
+        );
+    }
+    // the good forms are taken
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Endpoints\nmetadata: {name: ep}\nsubsets: [{addresses: [{ip: 10.1.2.3}], ports: [{port: 80}]}]\n"),
+    );
+    let ep = json(&s, &["get", "endpoints", "ep"]);
+    assert_eq!(ep["subsets"][0]["ports"][0]["protocol"], "TCP", "{ep}");
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some("apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: ic}\nspec: {controller: k8s.io/ingress-nginx}\n"),
+    );
+    let err = s.kubectl_fails(
+        &[
+            "patch",
+            "ingressclass",
+            "ic",
+            "-p",
+            r#"{"spec":{"controller":"acme.io/other"}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains(r#"spec.controller: Invalid value: "acme.io/other": field is immutable"#),
+        "{err}"
+    );
+}

@@ -24,6 +24,15 @@ fn with_detail(head: String, detail: &str) -> String {
     }
 }
 
+/// How Go prints a `[]string` (upstream shows lists of cluster IPs, URLs and such so).
+pub fn go_strings(v: &[Value]) -> String {
+    let items: Vec<String> = v
+        .iter()
+        .map(|s| format!("{:?}", s.as_str().unwrap_or("")))
+        .collect();
+    format!("[]string{{{}}}", items.join(", "))
+}
+
 /// `field.Required(path, detail)`.
 pub fn required(path: &str, detail: &str) -> Cause {
     (

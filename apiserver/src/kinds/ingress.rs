@@ -3,7 +3,7 @@
 //! names, `*.` wildcards, not IP addresses), HTTP paths with a known `pathType` and an
 //! absolute, clean path, backends naming a service (a DNS-1035 name and a port name or
 //! number) or a resource, TLS hosts and secret names, the class name, and the legacy class
-//! annotation agreeing with `ingressClassName`.
+//! annotation agreeing with `ingressClassName`. IngressClasses: the controller name.
 
 use serde_json::{json, Value};
 
@@ -50,6 +50,45 @@ fn host_causes(host: &str, at: &str, rule: bool, causes: &mut Vec<Cause>) {
         names::dns1123_subdomain(host)
     };
     causes.extend(field::invalid_each(at, &value, msgs));
+}
+
+/// apimachinery's `httpPathFmt`.
+const HTTP_PATH_FMT: &str = r"[A-Za-z0-9/\-._~%!$&'()*+,;=:]+";
+
+/// Upstream's `ValidateIngressClass` (+`Update`): the controller is a domain-prefixed path
+/// (`IsDomainPrefixedPath`: a DNS subdomain, `/`, an HTTP path), fixed once set.
+pub fn validate_class(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    const AT: &str = "spec.controller";
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let controller = text(spec, "controller");
+    match controller.split_once('/') {
+        _ if controller.is_empty() => causes.push(field::required(AT, "")),
+        Some((host, path)) if !host.is_empty() && !path.is_empty() => {
+            causes.extend(field::invalid_each(
+                AT,
+                &json!(host),
+                names::dns1123_subdomain(host),
+            ));
+            let path_ok = path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-._~%!$&'()*+,;=:".contains(c));
+            if !path_ok {
+                let msg = names::regex_error("Invalid path", HTTP_PATH_FMT, &[]);
+                causes.push(field::invalid(AT, &json!(path), &msg));
+            }
+        }
+        _ => causes.push(field::invalid(
+            AT,
+            &json!(controller),
+            "must be a domain-prefixed path (such as \"acme.io/foo\")",
+        )),
+    }
+    if let Some(old) = old {
+        let was = old.pointer("/spec/controller").unwrap_or(&Value::Null);
+        if spec.get("controller").unwrap_or(&Value::Null) != was {
+            causes.push(field::invalid(AT, &json!(controller), "field is immutable"));
+        }
+    }
 }
 
 pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
@@ -287,5 +326,36 @@ mod tests {
             r#"annotations.kubernetes.io/ingress.class: Invalid value: "traefik": must match `ingressClassName` when both are specified"#,
         ];
         assert_eq!(messages(bad), want);
+    }
+
+    #[test]
+    fn ingress_classes_name_a_domain_prefixed_controller_fixed_once_set() {
+        let class = |c: &str| json!({"spec": {"controller": c}});
+        let check = |obj: Value, old: Option<Value>| {
+            let mut causes = Vec::new();
+            validate_class(&obj, old.as_ref(), &mut causes);
+            field::render(causes)
+        };
+        assert!(check(class("k8s.io/ingress-nginx"), None).is_empty());
+        assert_eq!(
+            check(class("bad"), None),
+            vec![
+                r#"spec.controller: Invalid value: "bad": must be a domain-prefixed path (such as "acme.io/foo")"#
+            ]
+        );
+        assert_eq!(
+            check(json!({"spec": {}}), None),
+            vec!["spec.controller: Required value"]
+        );
+        assert_eq!(
+            check(class("acme.io/a b"), None),
+            vec![
+                r#"spec.controller: Invalid value: "a b": Invalid path (regex used for validation is '[A-Za-z0-9/\-._~%!$&'()*+,;=:]+')"#
+            ]
+        );
+        assert_eq!(
+            check(class("acme.io/other"), Some(class("acme.io/foo"))),
+            vec![r#"spec.controller: Invalid value: "acme.io/other": field is immutable"#]
+        );
     }
 }

@@ -1,11 +1,14 @@
 //! RoleBindings and ClusterRoleBindings as upstream's `SetDefaults_*Binding`/`Subject` and
 //! `ValidateRoleBinding`/`ValidateClusterRoleBinding` (+`Update`) default and check them: the
 //! role reference (API group, kind, a path-segment name, fixed once created: "cannot change
-//! roleRef") and each subject (kind, API group, a ServiceAccount's name and namespace).
+//! roleRef") and each subject (kind, API group, a ServiceAccount's name and namespace); and
+//! Roles' and ClusterRoles' rules as `ValidatePolicyRule` checks them (verbs; API groups and
+//! resources, or non-resource URLs, which namespaced rules may not name), with a
+//! ClusterRole's aggregation rule naming at least one selector.
 
 use serde_json::{json, Value};
 
-use super::field::{self, text};
+use super::field::{self, go_strings, list, text};
 use super::Cause;
 use crate::meta::names;
 
@@ -121,6 +124,63 @@ pub fn validate_binding(cluster: bool, obj: &Value, old: Option<&Value>, causes:
     }
 }
 
+/// Upstream's `ValidateRole`/`ValidateClusterRole` past the metadata.
+pub fn validate_role(cluster: bool, obj: &Value, causes: &mut Vec<Cause>) {
+    for (i, rule) in list(obj, "rules").iter().enumerate() {
+        let at = |key: &str| format!("rules[{i}].{key}");
+        if list(rule, "verbs").is_empty() {
+            causes.push(field::required(
+                &at("verbs"),
+                "verbs must contain at least one value",
+            ));
+        }
+        let urls = list(rule, "nonResourceURLs");
+        if !urls.is_empty() {
+            let invalid = |detail: &str| {
+                (
+                    at("nonResourceURLs"),
+                    "FieldValueInvalid",
+                    format!("Invalid value: {}: {detail}", go_strings(urls)),
+                )
+            };
+            if !cluster {
+                causes.push(invalid(
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if ["apiGroups", "resources", "resourceNames"]
+                .iter()
+                .any(|k| !list(rule, k).is_empty())
+            {
+                causes.push(invalid(
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if list(rule, "apiGroups").is_empty() {
+            causes.push(field::required(
+                &at("apiGroups"),
+                "resource rules must supply at least one api group",
+            ));
+        }
+        if list(rule, "resources").is_empty() {
+            causes.push(field::required(
+                &at("resources"),
+                "resource rules must supply at least one resource",
+            ));
+        }
+    }
+    if let Some(agg) = obj.get("aggregationRule").filter(|a| a.is_object()) {
+        if cluster && list(agg, "clusterRoleSelectors").is_empty() {
+            causes.push(field::required(
+                "aggregationRule.clusterRoleSelectors",
+                "at least one clusterRoleSelector required if aggregationRule is non-nil",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +230,45 @@ mod tests {
                 r#"roleRef: Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", Name:"edit"}: cannot change roleRef"#
             ]
         );
+    }
+
+    fn role_messages(cluster: bool, obj: Value) -> Vec<String> {
+        let mut causes = Vec::new();
+        validate_role(cluster, &obj, &mut causes);
+        field::render(causes)
+    }
+
+    #[test]
+    fn role_rules_are_checked_as_upstream() {
+        let ok = json!({"rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["web"], "verbs": ["*"]}]});
+        assert!(role_messages(false, ok).is_empty());
+        let urls = json!({"rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]});
+        assert!(role_messages(true, urls.clone()).is_empty());
+        assert_eq!(
+            role_messages(false, urls),
+            vec![
+                r#"rules[0].nonResourceURLs: Invalid value: []string{"/metrics"}: namespaced rules cannot apply to non-resource URLs"#
+            ]
+        );
+        let bad = json!({"rules": [
+            {"verbs": []},
+            {"apiGroups": [""], "resources": ["nodes"], "nonResourceURLs": ["/x"], "verbs": ["get"]}],
+            "aggregationRule": {}});
+        assert_eq!(
+            role_messages(true, bad),
+            vec![
+                "rules[0].verbs: Required value: verbs must contain at least one value",
+                "rules[0].apiGroups: Required value: resource rules must supply at least one api group",
+                "rules[0].resources: Required value: resource rules must supply at least one resource",
+                r#"rules[1].nonResourceURLs: Invalid value: []string{"/x"}: rules cannot apply to both regular resources and non-resource URLs"#,
+                "aggregationRule.clusterRoleSelectors: Required value: at least one clusterRoleSelector required if aggregationRule is non-nil",
+            ]
+        );
+        // an aggregated ClusterRole has no rules of its own to check
+        let agg =
+            json!({"aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"a": "b"}}]}});
+        assert!(role_messages(true, agg).is_empty());
     }
 }

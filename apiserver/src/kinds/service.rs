@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use super::field::{self, list, set, text};
+use super::field::{self, go_strings, list, set, text};
 use super::Cause;
 use crate::meta::names;
 
@@ -321,15 +321,6 @@ pub fn ip_family_causes(spec: &Value) -> Vec<Cause> {
         }
     }
     causes
-}
-
-/// How Go prints a `[]string` (upstream shows cluster IP lists so).
-fn go_strings(v: &[Value]) -> String {
-    let items: Vec<String> = v
-        .iter()
-        .map(|s| format!("{:?}", s.as_str().unwrap_or("")))
-        .collect();
-    format!("[]string{{{}}}", items.join(", "))
 }
 
 fn raw_invalid(path: &str, shown: &str, detail: &str) -> Cause {
