@@ -59,6 +59,25 @@ pub async fn run(state: &AppState, advertise: IpAddr, port: u16) -> Result<(), E
             Err(e) => return Err(fail(&format!("priorityclass {name}"), e)),
         }
     }
+    // upstream's bootstrap policy that users see: cluster-admin, admin/edit/view (aggregated)
+    for obj in crate::rbac::stored_policy() {
+        let plural = if obj["kind"] == "ClusterRole" {
+            "clusterroles"
+        } else {
+            "clusterrolebindings"
+        };
+        let rbac_def = state
+            .registry
+            .get("rbac.authorization.k8s.io", "v1", plural)
+            .expect("built in")
+            .clone();
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        match objects::create(state, &rbac_def, None, obj, Default::default()).await {
+            Ok(_) => tracing::info!(name, kind = plural, "created bootstrap RBAC policy"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(fail(&format!("{plural} {name}"), e)),
+        }
+    }
     crate::servicecidr::ensure_default(state)
         .await
         .map_err(|e| fail("servicecidr kubernetes", e))?;

@@ -10,7 +10,7 @@ use crate::selector::LabelSelector;
 
 mod endpoints;
 mod endpointslice;
-mod field;
+pub(crate) mod field;
 mod hpa;
 mod immutable;
 mod ingress;

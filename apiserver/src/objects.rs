@@ -271,8 +271,14 @@ fn check_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
         // `v1.` and the like: validated as `<version>.<group>` (`crate::aggregator::validation`)
         return Ok(());
     }
-    let msgs = if matches!(def.plural, "namespaces" | "services") && def.group.is_empty() {
+    // upstream's name rule per kind: Namespaces DNS-1123 labels, Services DNS-1035 labels,
+    // RBAC objects path segments (`system:aggregate-to-edit`), the rest DNS subdomains
+    let msgs = if def.plural == "namespaces" && def.group.is_empty() {
         meta::names::dns1123_label(name)
+    } else if def.plural == "services" && def.group.is_empty() {
+        meta::names::dns1035_label(name)
+    } else if def.group == "rbac.authorization.k8s.io" {
+        crate::kinds::field::path_segment(name)
     } else if def.group == "networking.k8s.io" && def.plural == "ipaddresses" {
         crate::kinds::servicecidr::ip_errors(name)
     } else {

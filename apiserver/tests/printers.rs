@@ -100,7 +100,7 @@ kind: Endpoints
 metadata: {name: ext, namespace: print}
 subsets:
 - addresses: [{ip: 10.0.0.1}, {ip: 10.0.0.2}]
-  ports: [{port: 80}, {port: 443}]
+  ports: [{name: http, port: 80}, {name: https, port: 443}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice

@@ -112,6 +112,7 @@ impl Informed for PersistentVolumeClaim {}
 impl Informed for StorageClass {}
 impl Informed for PodDisruptionBudget {}
 impl Informed for k8s_openapi::api::networking::v1::ServiceCIDR {}
+impl Informed for k8s_openapi::api::rbac::v1::ClusterRole {}
 impl Informed for k8s_openapi::api::networking::v1::IPAddress {}
 impl Informed for k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {}
 

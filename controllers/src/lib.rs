@@ -16,8 +16,10 @@
 //! `pv-protection`, `local-path-provisioner` (kaze's built-in `kaze.io/local-path`
 //! provisioner, which the binder runs) and `ephemeral-volume` (the claims of generic
 //! ephemeral volumes; see [`persistentvolume`]), `servicelb` (addresses for
-//! LoadBalancer services: the nodes', as k3s's ServiceLB; see [`servicelb`]) and
-//! `service-cidr` (ServiceCIDRs' finalizer and `Ready` condition; see [`servicecidr`]). The
+//! LoadBalancer services: the nodes', as k3s's ServiceLB; see [`servicelb`]),
+//! `service-cidr` (ServiceCIDRs' finalizer and `Ready` condition; see [`servicecidr`]) and
+//! `clusterrole-aggregation` (aggregated ClusterRoles' rules; see
+//! [`clusterrole_aggregation`]). The
 //! `endpointslice` controller also writes upstream's topology-aware hints (see
 //! [`topology`]). Choose with
 //! `--controllers` (upstream syntax: `*,-nodeipam`).
@@ -46,6 +48,7 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::Client;
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -103,6 +106,7 @@ pub fn client_name(controller: &str) -> &str {
         "ephemeral-volume" => "ephemeral-volume-controller",
         "servicelb" => "service-lb-controller",
         "service-cidr" => "service-cidrs-controller",
+        "clusterrole-aggregation" => "clusterrole-aggregation-controller",
         other => other,
     }
 }
@@ -135,6 +139,7 @@ pub const ALL: &[&str] = &[
     "ephemeral-volume",
     "servicelb",
     "service-cidr",
+    "clusterrole-aggregation",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -509,6 +514,7 @@ async fn run_controllers(
             "ephemeral-volume" => tasks.spawn(persistentvolume::ephemeral::run(ctx, token)),
             "servicelb" => tasks.spawn(servicelb::run(ctx, token)),
             "service-cidr" => tasks.spawn(servicecidr::run(ctx, token)),
+            "clusterrole-aggregation" => tasks.spawn(clusterrole_aggregation::run(ctx, token)),
             // provisions inside the binder
             "local-path-provisioner" => continue,
             "horizontalpodautoscaling" => {

@@ -327,3 +327,88 @@ fn make_bindings() -> [(Subject, &'static str, Option<&'static str>); 10] {
         ),
     ]
 }
+
+const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
+const AGGREGATE_TO: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+/// A built-in rule as a stored PolicyRule.
+fn policy_rule(r: &Rule) -> serde_json::Value {
+    let mut v = serde_json::json!({"verbs": r.verbs});
+    for (key, list) in [
+        ("apiGroups", &r.groups),
+        ("resources", &r.resources),
+        ("resourceNames", &r.names),
+        ("nonResourceURLs", &r.urls),
+    ] {
+        if !list.is_empty() {
+            v[key] = serde_json::json!(list);
+        }
+    }
+    v
+}
+
+/// The user-facing part of upstream's bootstrap policy as stored objects, which the
+/// apiserver creates when missing (`crate::bootstrap`): `cluster-admin` (bound to
+/// `system:masters`), and `admin`, `edit` and `view` aggregating every ClusterRole labelled
+/// `rbac.authorization.k8s.io/aggregate-to-<role>: "true"` (edit into admin, view into
+/// edit), their own rules in `system:aggregate-to-<role>`, as upstream's. The
+/// `clusterrole-aggregation` controller fills the aggregated rules in; the authorizer's
+/// built-in roles of those names answer meanwhile (a stored role adds to a built-in one).
+pub fn stored_policy() -> Vec<serde_json::Value> {
+    let meta = |name: &str, labels: serde_json::Value| {
+        let mut labels = labels;
+        labels[BOOTSTRAPPING] = serde_json::json!("rbac-defaults");
+        serde_json::json!({"name": name, "labels": labels,
+            "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}})
+    };
+    let rules = |name: &str| -> Vec<serde_json::Value> {
+        builtin_cluster_role(name)
+            .unwrap_or_default()
+            .iter()
+            .map(policy_rule)
+            .collect()
+    };
+    let role = |name: &str, labels: serde_json::Value, rest: serde_json::Value| {
+        let mut v = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole", "metadata": meta(name, labels)});
+        for (k, val) in rest.as_object().cloned().unwrap_or_default() {
+            v[k] = val;
+        }
+        v
+    };
+    let mut out = vec![role(
+        "cluster-admin",
+        serde_json::json!({}),
+        serde_json::json!({"rules": rules("cluster-admin")}),
+    )];
+    // (role, what it aggregates into)
+    for (name, into) in [
+        ("admin", None),
+        ("edit", Some("admin")),
+        ("view", Some("edit")),
+    ] {
+        let labels = match into {
+            Some(parent) => serde_json::json!({format!("{AGGREGATE_TO}{parent}"): "true"}),
+            None => serde_json::json!({}),
+        };
+        let selector =
+            serde_json::json!({"matchLabels": {format!("{AGGREGATE_TO}{name}"): "true"}});
+        out.push(role(
+            name,
+            labels,
+            serde_json::json!({"aggregationRule": {"clusterRoleSelectors": [selector]}}),
+        ));
+        out.push(role(
+            &format!("system:aggregate-to-{name}"),
+            serde_json::json!({format!("{AGGREGATE_TO}{name}"): "true"}),
+            serde_json::json!({"rules": rules(name)}),
+        ));
+    }
+    out.push(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": meta("cluster-admin", serde_json::json!({})),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:masters"}],
+    }));
+    out
+}

@@ -31,10 +31,10 @@ use crate::state::AppState;
 
 mod defaults;
 
-pub use defaults::KUBE_PROXY_USER;
 use defaults::{builtin_bindings, builtin_cluster_role};
 #[cfg(test)]
 use defaults::{rule, url_rule};
+pub use defaults::{stored_policy, KUBE_PROXY_USER};
 
 const MASTERS: &str = "system:masters";
 
