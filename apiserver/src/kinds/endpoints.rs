@@ -13,8 +13,6 @@ use super::field::{self, list, text};
 use super::Cause;
 use crate::meta::names;
 
-const PROTOCOLS: [&str; 3] = ["SCTP", "TCP", "UDP"];
-
 /// Ports without a protocol get `TCP`.
 pub fn default_ports(obj: &mut Value) {
     let subsets = obj.get_mut("subsets").and_then(Value::as_array_mut);
@@ -96,25 +94,7 @@ fn validate_port(p: &Value, named: bool, at: &str, causes: &mut Vec<Cause>) {
         &json!(port),
         field::port_num(port),
     ));
-    match p.get("protocol").filter(|v| !v.is_null()) {
-        None => causes.push(field::required(&format!("{at}.protocol"), "")),
-        Some(proto) if !proto.as_str().is_some_and(|s| PROTOCOLS.contains(&s)) => {
-            causes.push(field::not_supported(
-                &format!("{at}.protocol"),
-                proto,
-                &PROTOCOLS,
-            ));
-        }
-        Some(_) => {}
-    }
-    if let Some(app) = p.get("appProtocol").and_then(Value::as_str) {
-        let path = format!("{at}.appProtocol");
-        causes.extend(field::invalid_each(
-            &path,
-            &json!(app),
-            names::qualified_name(app),
-        ));
-    }
+    super::endpointslice::port_protocols(p, at, causes);
 }
 
 #[cfg(test)]

@@ -108,28 +108,38 @@ pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         if !seen.insert(name) {
             causes.push(field::duplicate(&format!("{at}.name"), &json!(name)));
         }
-        match p.get("protocol").filter(|v| !v.is_null()) {
-            None => causes.push(field::required(&format!("{at}.protocol"), "")),
-            Some(proto) if !matches!(proto.as_str(), Some("SCTP" | "TCP" | "UDP")) => {
-                let path = format!("{at}.protocol");
-                causes.push(field::not_supported(&path, proto, &["SCTP", "TCP", "UDP"]));
-            }
-            Some(_) => {}
-        }
-        if let Some(app) = p.get("appProtocol").and_then(Value::as_str) {
-            let path = format!("{at}.appProtocol");
-            causes.extend(field::invalid_each(
-                &path,
-                &json!(app),
-                names::qualified_name(app),
-            ));
-        }
+        port_protocols(p, &at, causes);
     }
     if let Some(old) = old {
         if old.get("addressType") != obj.get("addressType") {
             let new = obj.get("addressType").unwrap_or(&Value::Null);
             causes.push(field::invalid("addressType", new, "field is immutable"));
         }
+    }
+}
+
+/// A port's `protocol` (required, SCTP/TCP/UDP) and `appProtocol` (a qualified name), as
+/// upstream checks them in EndpointSlices and Endpoints.
+pub(super) fn port_protocols(p: &Value, at: &str, causes: &mut Vec<Cause>) {
+    const PROTOCOLS: [&str; 3] = ["SCTP", "TCP", "UDP"];
+    match p.get("protocol").filter(|v| !v.is_null()) {
+        None => causes.push(field::required(&format!("{at}.protocol"), "")),
+        Some(proto) if !proto.as_str().is_some_and(|s| PROTOCOLS.contains(&s)) => {
+            causes.push(field::not_supported(
+                &format!("{at}.protocol"),
+                proto,
+                &PROTOCOLS,
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(app) = p.get("appProtocol").and_then(Value::as_str) {
+        let path = format!("{at}.appProtocol");
+        causes.extend(field::invalid_each(
+            &path,
+            &json!(app),
+            names::qualified_name(app),
+        ));
     }
 }
 
