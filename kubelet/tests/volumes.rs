@@ -360,6 +360,7 @@ echo "settings=$(cat /etc/config/conf/settings.ini)"
 echo "keys=$(ls /etc/config | tr '\n' ' ')"
 echo "password=$(cat /etc/secret/password)"
 echo "name=$(cat /etc/podinfo/name) cpu=$(cat /etc/podinfo/cpu) mem=$(cat /etc/podinfo/mem)"
+echo "env cpu=$ENV_CPU mem=$ENV_MEM"
 echo "labels=$(tr '\n' ',' < /etc/podinfo/labels)"
 echo "projected=$(cat /etc/all/greeting)/$(cat /etc/all/pw)/$(cat /etc/all/ns) token=$(head -c 3 /etc/all/token) $(stat -L -c %a /etc/all/token)"
 echo "services=${KUBERNETES_SERVICE_HOST:-unset}:${KUBERNETES_SERVICE_PORT:-unset} ${APP_DB_SERVICE_HOST:-unset}:${APP_DB_PORT:-unset}"
@@ -379,6 +380,11 @@ while true; do echo "now greeting=$(cat /etc/config/greeting) labels=$(tr '\n' '
                 "containers": [{
                     "name": "main", "image": "kaze/busybox:1", "command": ["sh", "-c", script],
                     "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+                    // the same values as environment variables (divisors applied)
+                    "env": [
+                        {"name": "ENV_CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+                        {"name": "ENV_MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    ],
                     "volumeMounts": [
                         {"name": "cfg", "mountPath": "/etc/config"},
                         {"name": "cfg", "mountPath": "/greeting.txt", "subPath": "greeting"},
@@ -419,6 +425,7 @@ while true; do echo "now greeting=$(cat /etc/config/greeting) labels=$(tr '\n' '
         "keys=conf greeting ",
         "password=s3cr3t",
         "name=vols cpu=500 mem=64",
+        "env cpu=500 mem=64",
         "labels=app=\"vols\",tier=\"one\"",
         // a JWT: base64url of `{"`, with the volume's default mode
         "projected=hello/s3cr3t/default token=eyJ 644",

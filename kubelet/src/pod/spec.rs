@@ -373,7 +373,8 @@ pub fn container_env(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let res = resources(c)?;
+    // the limits must parse (a bad quantity is this container's error)
+    resources(c)?;
     let ns = pod
         .metadata
         .namespace
@@ -417,20 +418,27 @@ pub fn container_env(
                     field_ref(pod, &f.field_path, pod_ip, node)
                         .ok_or_else(|| err(&format!("unsupported fieldRef {}", f.field_path)))?
                 } else if let Some(r) = &from.resource_field_ref {
-                    match r.resource.as_str() {
-                        "limits.memory" => {
-                            res.memory_limit.map(|m| m.to_string()).unwrap_or_default()
-                        }
-                        "limits.cpu" => res
-                            .cpu_limit_milli
-                            .map(|m| m.div_ceil(1000).to_string())
-                            .unwrap_or_default(),
-                        "requests.cpu" => res
-                            .cpu_request_milli
-                            .map(|m| m.div_ceil(1000).to_string())
-                            .unwrap_or_default(),
-                        other => return Err(err(&format!("unsupported resourceFieldRef {other}"))),
-                    }
+                    // upstream's containerResourceRuntimeValue: this container, or the one
+                    // named; the divisor applied and rounded up; an unset limit is the node's
+                    // allocatable
+                    let named = r.container_name.as_deref().filter(|n| !n.is_empty());
+                    let target = match named {
+                        None => c,
+                        Some(name) => pod
+                            .spec
+                            .iter()
+                            .flat_map(|s| {
+                                s.containers
+                                    .iter()
+                                    .chain(s.init_containers.iter().flatten())
+                            })
+                            .find(|x| x.name == name)
+                            .ok_or_else(|| err(&format!("container {name:?} not found")))?,
+                    };
+                    let divisor = r.divisor.as_ref().map(|d| d.0.as_str());
+                    let node = crate::volume::allocatable();
+                    crate::volume::payload::resource_value(target, &r.resource, divisor, &node)
+                        .map_err(|e| err(&e.to_string()))?
                 } else if let Some(r) = &from.config_map_key_ref {
                     let optional = r.optional.unwrap_or(false);
                     let Some(keys) = env_object(objects, "configmap", &r.name, optional)? else {

@@ -267,7 +267,7 @@ impl Source {
 }
 
 /// The node's allocatable CPU and memory (unset limits in `resourceFieldRef`).
-fn allocatable() -> Allocatable {
+pub(crate) fn allocatable() -> Allocatable {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     Allocatable {
         cpu_cores: cpus as f64,

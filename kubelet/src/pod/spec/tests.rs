@@ -241,3 +241,53 @@ fn service_variables_follow_the_containers_own_and_can_be_referred_to() {
         ]
     );
 }
+
+#[test]
+fn resource_field_env_applies_divisors_other_containers_and_node_defaults() {
+    let p = pod(json!({"containers": [
+        {"name": "app", "image": "x",
+         "resources": {"limits": {"memory": "64Mi", "cpu": "1500m"}, "requests": {"memory": "32Mi"}},
+         "env": [
+            {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
+            {"name": "REQ_MEM", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory", "divisor": "1Mi"}}},
+            {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            {"name": "CPU_M", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+            {"name": "SIDE_MEM", "valueFrom": {"resourceFieldRef": {"containerName": "side", "resource": "limits.memory", "divisor": "1Mi"}}},
+         ]},
+        {"name": "side", "image": "x", "resources": {"limits": {"memory": "16Mi"}},
+         "env": [{"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}]},
+    ]}));
+    let spec = p.spec.as_ref().unwrap();
+    let env = container_env(
+        &p,
+        &spec.containers[0],
+        None,
+        &node(),
+        &EnvObjects::new(),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let get = |env: &[(String, String)], k: &str| {
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    };
+    assert_eq!(get(&env, "MEM_MI").as_deref(), Some("64"));
+    assert_eq!(get(&env, "MEM").as_deref(), Some("67108864"));
+    assert_eq!(get(&env, "REQ_MEM").as_deref(), Some("32"));
+    // whole cores rounded up, as upstream's
+    assert_eq!(get(&env, "CPU").as_deref(), Some("2"));
+    assert_eq!(get(&env, "CPU_M").as_deref(), Some("1500"));
+    assert_eq!(get(&env, "SIDE_MEM").as_deref(), Some("16"));
+    // no CPU limit: the node's allocatable cores
+    let env = container_env(
+        &p,
+        &spec.containers[1],
+        None,
+        &node(),
+        &EnvObjects::new(),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(get(&env, "CPU"), Some(cores.to_string()));
+}
