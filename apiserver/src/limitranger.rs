@@ -383,6 +383,31 @@ pub async fn admit_create(
     verdict(def, obj, check_pod(obj, &items))
 }
 
+/// Admission of an update of PersistentVolumeClaim `cur` to `new` in `ns` (an expansion):
+/// checked as a create is when the storage request changes. (Upstream checks every update of
+/// the claim itself, not its status; kaze's update path cannot tell them apart, so an update
+/// that leaves the request alone is not checked.)
+pub async fn admit_update(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    cur: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let (Some(ns), true) = (
+        ns,
+        def.group.is_empty() && def.plural == "persistentvolumeclaims",
+    ) else {
+        return Ok(());
+    };
+    let request = |v: &Value| v.pointer("/spec/resources/requests/storage").cloned();
+    if request(cur) == request(new) {
+        return Ok(());
+    }
+    let items = namespace_items(state, ns).await?;
+    verdict(def, new, check_claim(new, &items))
+}
+
 /// Admission of pod `resized` (a `pods/resize` of it): the checks, no defaults.
 pub async fn admit_resize(
     state: &AppState,

@@ -701,6 +701,7 @@ where
             return Ok(cur);
         }
         crate::podsecurity::admit_update(state, def, ns, &cur, &new).await?;
+        crate::limitranger::admit_update(state, def, ns, &cur, &new).await?;
         if is_csr(def) {
             crate::certificates::admit_approval(state, &cur, &new)?;
             crate::certificates::admit_signing(state, &cur, &new)?;

@@ -83,6 +83,44 @@ fn limit_ranges_default_and_bound_pods_and_claims() {
         "{small}"
     );
     s.kubectl_stdin(&["apply", "-f", "-"], Some(&claim("fits", "2Gi")));
+    // expanding a bound claim past the maximum is refused as a create would be; within it,
+    // taken
+    s.kubectl(&[
+        "patch",
+        "pvc",
+        "fits",
+        "-n",
+        "team",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"status":{"phase":"Bound","capacity":{"storage":"2Gi"}}}"#,
+    ]);
+    let expand = |size: &str| {
+        s.kubectl_result(
+            &[
+                "patch",
+                "pvc",
+                "fits",
+                "-n",
+                "team",
+                "--type",
+                "merge",
+                "-p",
+                &format!(r#"{{"spec":{{"resources":{{"requests":{{"storage":"{size}"}}}}}}}}"#),
+            ],
+            None,
+        )
+    };
+    let (ok, _, err) = expand("20Gi");
+    assert!(
+        !ok && err.contains(r#"persistentvolumeclaims "fits" is forbidden: maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 20Gi"#),
+        "{err}"
+    );
+    let (ok, _, err) = expand("5Gi");
+    assert!(ok, "{err}");
 
     // an in-place resize past the maximum is refused; within it, taken
     let resize = |cpu: &str| {
