@@ -117,6 +117,29 @@ pub struct Allocatable {
     pub pods: i64,
 }
 
+/// Gives `pod`'s containers (and the pod) the resources they have in `held`, by name.
+fn keep_allocated(pod: &mut Pod, held: &Pod) {
+    fn copy(
+        now: &mut [k8s_openapi::api::core::v1::Container],
+        before: &[k8s_openapi::api::core::v1::Container],
+    ) {
+        for c in now {
+            if let Some(b) = before.iter().find(|b| b.name == c.name) {
+                c.resources.clone_from(&b.resources);
+            }
+        }
+    }
+    let (Some(spec), Some(was)) = (pod.spec.as_mut(), held.spec.as_ref()) else {
+        return;
+    };
+    spec.resources.clone_from(&was.resources);
+    copy(&mut spec.containers, &was.containers);
+    if let (Some(now), Some(before)) = (spec.init_containers.as_mut(), was.init_containers.as_ref())
+    {
+        copy(now, before);
+    }
+}
+
 /// What a pod requests of a node: cpu (millicores) and memory (bytes), as upstream's
 /// `PodRequests` computes it (the quota accounting's, `component::quota::pod_requests`:
 /// containers and sidecars, the init containers' peak, `overhead`, pod-level resources; a
@@ -320,7 +343,12 @@ impl ActivePods {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut pods = self.lock();
         if let Some(a) = pods.get_mut(&uid) {
-            a.pod = pod.clone();
+            // it keeps holding what it was admitted or last resized with (upstream's
+            // allocated resources): a resize the API asks for counts once it is applied
+            // (`update_pod`), so a pending or deferred one does not crowd out the others
+            let mut next = pod.clone();
+            keep_allocated(&mut next, &a.pod);
+            a.pod = next;
             return Ok(());
         }
         check_sysctls(pod, &self.allowed_unsafe_sysctls)?;
@@ -487,6 +515,36 @@ mod tests {
         active.set_status("r", rx);
         active.admit(&second).unwrap();
         drop(tx);
+    }
+
+    #[test]
+    fn a_pending_resize_counts_once_applied() {
+        let sized = |uid: &str, cpu: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": uid, "uid": uid}, "spec": {
+                "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}}))
+            .unwrap()
+        };
+        let node = Allocatable {
+            cpu_milli: 4000,
+            memory: 1 << 30,
+            pods: 10,
+        };
+        let active = ActivePods::new(vec![], Some(node));
+        active.admit(&sized("a", "1")).unwrap();
+        // the API asks for 3 CPUs for a; the kubelet has not resized it (deferred, say)
+        active.admit(&sized("a", "3")).unwrap();
+        // b's resize to 2.5 CPUs fits beside a's 1 CPU held, not beside the 3 asked
+        active.admit(&sized("b", "500m")).unwrap();
+        assert_eq!(active.resize_fits("b", 2500, 0), None);
+        // once a's resize is applied, it holds 3 and b's does not fit
+        active.update_pod(&sized("a", "3"));
+        assert_eq!(
+            active.resize_fits("b", 2500, 0),
+            Some(("cpu", 2500, 3000, 4000))
+        );
+        // a new pod is admitted against what is held
+        let err = active.admit(&sized("c", "1")).unwrap_err();
+        assert_eq!(err.reason, "OutOfcpu");
     }
 
     #[test]
