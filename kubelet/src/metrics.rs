@@ -9,7 +9,8 @@
 //!   gauge);
 //! - `/metrics/resource`: what metrics-server scrapes — node, pod and container CPU
 //!   (`*_cpu_usage_seconds_total`) and memory (`*_memory_working_set_bytes`), container
-//!   start times, from the same samples as `/stats/summary`.
+//!   start times, from the same samples as `/stats/summary`;
+//! - `/metrics/cadvisor`: cadvisor's container metrics ([`crate::stats::cadvisor`]).
 //!
 //! The counters live with the node's [`Runtime`](crate::runtime::Runtime) (one set per
 //! kubelet, also when tests run several in one process).

@@ -260,6 +260,60 @@ async fn stats_summary_reports_the_node_its_pods_and_their_containers() {
     assert!(small_pod.network.is_none() && small_pod.volume.is_empty());
     assert!(small_pod.memory.is_some());
 
+    // /metrics/cadvisor, as Prometheus scrapes it through the apiserver: the same cgroups in
+    // cadvisor's names and labels
+    let path = format!("/api/v1/nodes/{}/proxy/metrics/cadvisor", c.node);
+    let text = c.kubectl(&["get", "--raw", &path]);
+    let value = |name: &str, want: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| want.iter().all(|w| l.contains(w)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} with {want:?}:\n{text}"))
+    };
+    let burn_labels = [
+        r#"container="burn""#,
+        r#"image="docker.io/kaze/busybox:1""#,
+        r#"namespace="default""#,
+        r#"pod="load""#,
+    ];
+    let cpu = value("container_cpu_usage_seconds_total", &burn_labels);
+    assert!(cpu >= burn_total as f64 / 1e9, "{cpu}");
+    // 200m: quota 20000 per 100000 µs, and the busy loop is throttled
+    assert_eq!(value("container_spec_cpu_quota", &burn_labels), 20000.0);
+    assert_eq!(value("container_spec_cpu_period", &burn_labels), 100000.0);
+    assert!(value("container_cpu_cfs_throttled_periods_total", &burn_labels) > 0.0);
+    assert!(value("container_cpu_cfs_periods_total", &burn_labels) > 0.0);
+    assert_eq!(
+        value("container_spec_memory_limit_bytes", &burn_labels),
+        (32 * MIB) as f64
+    );
+    let mem_labels = [r#"container="mem""#, r#"pod="load""#];
+    let mem_ws = value("container_memory_working_set_bytes", &mem_labels);
+    assert!(
+        (24 * MIB) as f64 <= mem_ws && mem_ws < (64 * MIB) as f64,
+        "{mem_ws}"
+    );
+    assert!(value("container_start_time_seconds", &mem_labels) > 1.7e9);
+    // the pod's own series (container="") carries its network
+    let rx = value(
+        "container_network_receive_bytes_total",
+        &[r#"container="""#, r#"interface="eth0""#, r#"pod="load""#],
+    );
+    assert!(rx >= (3 * 84) as f64, "{rx}");
+    assert!(
+        value(
+            "container_memory_working_set_bytes",
+            &[r#"container="""#, r#"pod="load""#]
+        ) >= mem_ws
+    );
+    // the machine
+    assert!(value("container_cpu_usage_seconds_total", &[r#"id="/""#]) > 0.0);
+    assert!(
+        text.lines().any(|l| l.starts_with("machine_cpu_cores ")),
+        "{text}"
+    );
+
     // Straight to the kubelet: as the other endpoints, only for the cluster's admins.
     let port = c.config.port;
     let (code, _) = support::tls::get(port, "/stats/summary", None).await;

@@ -104,6 +104,7 @@ pub async fn serve(
         .route("/stats/summary", get(stats_summary))
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
+        .route("/metrics/cadvisor", get(cadvisor_metrics))
         .route("/pods", get(list_pods).post(post_pod))
         .route("/pods/{ns}/{name}", delete(delete_pod))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
@@ -315,6 +316,11 @@ async fn resource_metrics(State(ctx): State<Ctx>) -> Response {
     prometheus(crate::metrics::render_resource(
         &ctx.stats.summary(true).await,
     ))
+}
+
+/// `GET /metrics/cadvisor`: the containers' cgroup metrics in cadvisor's names.
+async fn cadvisor_metrics(State(ctx): State<Ctx>) -> Response {
+    prometheus(ctx.stats.cadvisor().await)
 }
 
 fn prometheus(body: String) -> Response {

@@ -10,6 +10,7 @@
 //! [`SAMPLE_EVERY`] in the background (so the first request has a rate), and a request
 //! less than [`MIN_WINDOW`] after the last sample reuses its rate.
 
+pub mod cadvisor;
 pub mod read;
 pub mod storage;
 pub mod summary;
