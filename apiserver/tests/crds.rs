@@ -204,6 +204,12 @@ fn kubectl_applies_a_crd_and_its_resources_with_columns_scale_and_explain() {
     );
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(&row[..3], ["w1", "1", "nginx:1.27"], "{table}");
+    // the date column is an age ("3s"), as upstream's server renders it
+    let age = row[3];
+    assert!(
+        age.ends_with('s') && age[..age.len() - 1].parse::<u32>().is_ok(),
+        "{table}"
+    );
     assert!(s.kubectl(&["get", "wd"]).contains("w1"));
     assert!(s
         .kubectl(&["get", "all"])

@@ -1,6 +1,7 @@
 //! `kubectl get` of custom resources: NAME, then the version's `additionalPrinterColumns`
-//! (AGE when it has none), as upstream's CRD table convertor prints them. Date columns carry
-//! the timestamp; kubectl shows it as an age.
+//! (AGE when it has none), as upstream's CRD table convertor prints them. Date columns are
+//! ages (`5m`), as upstream's `ConvertToHumanReadableDateType` makes them; kubectl prints
+//! cells as they come.
 
 use serde_json::{json, Value};
 
@@ -127,7 +128,12 @@ fn cell(ty: &str, v: &Value) -> Value {
             .unwrap_or(Value::Null),
         ("number", Value::Number(_)) => v.clone(),
         ("boolean", Value::Bool(_)) => v.clone(),
-        ("date", Value::String(s)) if crate::meta::parse_ts(s).is_some() => v.clone(),
+        ("date", Value::String(s)) => match crate::meta::parse_ts(s) {
+            Some(t) => json!(crate::table::human_duration(
+                jiff::Timestamp::now().as_second() - t.as_second()
+            )),
+            None => json!("<invalid>"),
+        },
         ("string", Value::String(s)) => json!(s),
         ("string", Value::Null) => Value::Null,
         ("string", other) => json!(other.to_string()),
@@ -182,9 +188,9 @@ mod tests {
         assert_eq!(cell("integer", &json!(3)), json!(3));
         assert_eq!(cell("string", &json!(3)), json!("3"));
         assert_eq!(cell("boolean", &json!("x")), Value::Null);
-        assert_eq!(
-            cell("date", &json!("2026-01-01T00:00:00Z")),
-            json!("2026-01-01T00:00:00Z")
-        );
+        // a date is an age
+        let ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(150);
+        assert_eq!(cell("date", &json!(ago.to_string())), json!("2m30s"));
+        assert_eq!(cell("date", &json!("yesterday")), json!("<invalid>"));
     }
 }
