@@ -174,6 +174,57 @@ async fn jobs_complete_fail_expire_and_cronjobs_fire() {
         .and_then(|c| c.reason);
     assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
 
+    // what `kubectl describe job` lists: upstream's job-controller events
+    let events = |job: &str| {
+        testkit::kubectl_ok(
+            &kc,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.kind=Job,involvedObject.name={job}"),
+                "-o",
+                "jsonpath={range .items[*]}{.type} {.reason} {.message}{\"\\n\"}{end}",
+            ],
+            None,
+        )
+    };
+    let wait_events = |job: &'static str, want: &'static [&'static str]| {
+        let events = &events;
+        async move {
+            let start = Instant::now();
+            loop {
+                let got = events(job);
+                if want.iter().all(|w| got.lines().any(|l| l.starts_with(w))) {
+                    return got;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{job}: {want:?} in\n{got}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let work_events = wait_events(
+        "work",
+        &[
+            "Normal SuccessfulCreate Created pod: work-",
+            "Normal Completed Job completed",
+        ],
+    )
+    .await;
+    let created = work_events
+        .lines()
+        .filter(|l| l.starts_with("Normal SuccessfulCreate"))
+        .count();
+    assert_eq!(created, 3, "{work_events}");
+    wait_events(
+        "failing",
+        &["Warning BackoffLimitExceeded Job has reached the specified backoff limit"],
+    )
+    .await;
+
     let start = Instant::now();
     while jobs.get_opt("shortlived").await.expect("get").is_some() {
         assert!(

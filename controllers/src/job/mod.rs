@@ -11,6 +11,10 @@
 //! (`status.failedIndexes`), `successPolicy`, and `podReplacementPolicy`. A Job ends in two
 //! steps as upstream: `FailureTarget` / `SuccessCriteriaMet` first (active pods are then
 //! deleted), `Failed` / `Complete` once no pod is still terminating (`status.terminating`).
+//! Events as upstream's: `SuccessfulCreate`/`FailedCreate`/`SuccessfulDelete` per pod,
+//! `Suspended`, `Resumed`, `Completed`, and the failure reason (`BackoffLimitExceeded`, ...)
+//! as a warning. Not as upstream: a failed pod's replacement is created at once, without
+//! upstream's backoff (10 s, doubling to 6 min) after failures.
 
 mod indexes;
 mod policy;
@@ -210,6 +214,27 @@ fn next_failure_counts(spec: &JobSpec, failed_of_index: &[&Pod]) -> (i32, i32) {
     }
 }
 
+/// An event about `job`, as upstream's job controller records them (`kubectl describe job`):
+/// pods created and deleted, the Job suspended, resumed, completed or failed.
+fn event(ctx: &Ctx, job: &Job, ty: &str, reason: &str, message: String) {
+    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("batch/v1".into()),
+        kind: Some("Job".into()),
+        name: Some(job.name_any()),
+        namespace: job.namespace(),
+        uid: job.uid(),
+        ..Default::default()
+    };
+    crate::events::spawn_event(
+        &ctx.client,
+        "job-controller",
+        regarding,
+        ty,
+        reason,
+        message,
+    );
+}
+
 /// Least valuable first: not ready before ready, pending before running, newer before older.
 fn removal_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<Option<Timestamp>>) {
     (
@@ -219,7 +244,7 @@ fn removal_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<Option<Timestamp>>) {
     )
 }
 
-async fn delete_pods(ctx: &Ctx, uid: &str, api: &Api<Pod>, pods: &[&Pod]) -> i32 {
+async fn delete_pods(ctx: &Ctx, job: &Job, uid: &str, api: &Api<Pod>, pods: &[&Pod]) -> i32 {
     let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
     ctx.expectations
         .expect_deletions(uid, names.iter().cloned());
@@ -246,6 +271,13 @@ async fn delete_pods(ctx: &Ctx, uid: &str, api: &Api<Pod>, pods: &[&Pod]) -> i32
     for (ok, name) in results {
         if ok {
             deleted += 1;
+            event(
+                ctx,
+                job,
+                "Normal",
+                "SuccessfulDelete",
+                format!("Deleted pod: {name}"),
+            );
         } else {
             ctx.expectations.deletion_observed(uid, &name);
         }
@@ -486,19 +518,21 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
     let mut created = 0;
     let mut deleted_all = true;
     if ending.is_some() {
-        deleted = delete_pods(&ctx, &uid, &pods_api, &active).await;
+        deleted = delete_pods(&ctx, &job, &uid, &pods_api, &active).await;
         deleted_all = deleted == active.len() as i32;
         active.clear();
     } else if suspended {
-        deleted = delete_pods(&ctx, &uid, &pods_api, &active).await;
+        deleted = delete_pods(&ctx, &job, &uid, &pods_api, &active).await;
         active.clear();
-        ensure_condition(
+        if ensure_condition(
             &mut conditions,
             "Suspended",
             "True",
             "JobSuspended",
             "Job suspended",
-        );
+        ) {
+            event(&ctx, &job, "Normal", "Suspended", "Job suspended".into());
+        }
         start_time = None;
     } else {
         if ensure_condition(
@@ -510,6 +544,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         ) {
             // The deadline counts from the resume, as upstream.
             start_time = Some(Timestamp::now());
+            event(&ctx, &job, "Normal", "Resumed", "Job resumed".into());
         }
         let counts = Counts {
             active: active.len() as i32,
@@ -546,7 +581,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
             tracing::debug!(job = %format!("{ns}/{name}"), "waiting for the pod cache to show earlier creates and deletes");
         } else if !remove.is_empty() {
             // As upstream: a sync either deletes or creates, never both.
-            deleted = delete_pods(&ctx, &uid, &pods_api, &remove).await;
+            deleted = delete_pods(&ctx, &job, &uid, &pods_api, &remove).await;
             active = left;
         } else {
             let waiting = if replace_only_failed {
@@ -603,9 +638,15 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                 let mut first_err = None;
                 for r in results {
                     match r {
-                        Ok(_) => created += 1,
+                        Ok(pod) => {
+                            created += 1;
+                            let msg = format!("Created pod: {}", pod.name_any());
+                            event(&ctx, &job, "Normal", "SuccessfulCreate", msg);
+                        }
                         Err(e) => {
                             ctx.expectations.creation_observed(&uid);
+                            let msg = format!("Error creating: {e}");
+                            event(&ctx, &job, "Warning", "FailedCreate", msg);
                             first_err.get_or_insert(e);
                         }
                     }
@@ -634,7 +675,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         Some(Ending::Failure { reason, message }) => {
             ensure_condition(&mut conditions, "FailureTarget", "True", reason, message);
             if terminating == 0 && deleted_all {
-                ensure_condition(&mut conditions, "Failed", "True", reason, message);
+                if ensure_condition(&mut conditions, "Failed", "True", reason, message) {
+                    event(&ctx, &job, "Warning", reason, message.clone());
+                }
             } else {
                 pending_end = true;
             }
@@ -648,7 +691,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                 message,
             );
             if terminating == 0 && deleted_all {
-                ensure_condition(&mut conditions, "Complete", "True", reason, message);
+                if ensure_condition(&mut conditions, "Complete", "True", reason, message) {
+                    event(&ctx, &job, "Normal", "Completed", "Job completed".into());
+                }
                 completion_time = Some(Timestamp::now());
             } else {
                 pending_end = true;
