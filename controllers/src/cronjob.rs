@@ -163,7 +163,9 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, ReconcileE
                 };
                 match jobs_api.create(&PostParams::default(), &job).await {
                     Ok(_) => {
-                        tracing::info!(cronjob = %format!("{ns}/{name}"), job = %job_name, scheduled = %t, "created job")
+                        tracing::info!(cronjob = %format!("{ns}/{name}"), job = %job_name, scheduled = %t, "created job");
+                        let msg = format!("Created job {job_name}");
+                        event(&ctx, &cj, "Normal", "SuccessfulCreate", msg);
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => {
@@ -193,13 +195,41 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, ReconcileE
     for (list, keep) in [(ok.clone(), keep_ok), (failed, keep_failed)] {
         if list.len() > keep {
             for j in &list[..list.len() - keep] {
-                let _ = jobs_api
+                let deleted = jobs_api
                     .delete(&j.name_any(), &DeleteParams::background())
                     .await;
+                if deleted.is_ok() {
+                    let msg = format!("Deleted job {}", j.name_any());
+                    event(&ctx, &cj, "Normal", "SuccessfulDelete", msg);
+                }
             }
         }
     }
 
+    // a job the status still lists as active that has finished: upstream's SawCompletedJob
+    let was_active: Vec<String> = cj
+        .status
+        .as_ref()
+        .and_then(|s| s.active.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.uid.clone())
+        .collect();
+    for j in &jobs {
+        let listed = j
+            .metadata
+            .uid
+            .as_ref()
+            .is_some_and(|u| was_active.contains(u));
+        if let (true, Some((complete, _))) = (listed, job_finished(j)) {
+            let condition = if complete { "Complete" } else { "Failed" };
+            let msg = format!(
+                "Saw completed job: {}, condition: {condition}",
+                j.name_any()
+            );
+            event(&ctx, &cj, "Normal", "SawCompletedJob", msg);
+        }
+    }
     let last_success = ok
         .iter()
         .filter_map(|j| job_finished(j).map(|(_, at)| at))
@@ -230,6 +260,11 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, ReconcileE
             Duration::from_secs((n.as_second() - now.as_second()).max(1) as u64)
         });
     Ok(Action::requeue(next))
+}
+
+/// An event about `cj`, as upstream's cronjob controller records them.
+fn event(ctx: &Ctx, cj: &CronJob, ty: &str, reason: &str, message: String) {
+    crate::events::spawn_event_about(&ctx.client, "cronjob-controller", cj, ty, reason, message);
 }
 
 #[cfg(test)]

@@ -63,12 +63,26 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
 
 /// Delete a pod of the DaemonSet `uid`, expecting the cache to show it (see
 /// [`crate::expectations::Expectations`]).
-async fn delete_pod(ctx: &Ctx, api: &Api<Pod>, uid: &str, pod: &str) {
+async fn delete_pod(ctx: &Ctx, ds: &DaemonSet, api: &Api<Pod>, uid: &str, pod: &str) {
     ctx.expectations.expect_deletions(uid, [pod.to_string()]);
-    if let Err(e) = api.delete(pod, &DeleteParams::default()).await {
-        ctx.expectations.deletion_observed(uid, pod);
-        tracing::debug!(pod, error = %e, "deleting a daemon pod");
+    match api.delete(pod, &DeleteParams::default()).await {
+        Ok(_) => event(
+            ctx,
+            ds,
+            "Normal",
+            "SuccessfulDelete",
+            format!("Deleted pod: {pod}"),
+        ),
+        Err(e) => {
+            ctx.expectations.deletion_observed(uid, pod);
+            tracing::debug!(pod, error = %e, "deleting a daemon pod");
+        }
     }
+}
+
+/// An event about `ds`, as upstream's daemon-set controller records them.
+fn event(ctx: &Ctx, ds: &DaemonSet, ty: &str, reason: &str, message: String) {
+    crate::events::spawn_event_about(&ctx.client, "daemonset-controller", ds, ty, reason, message);
 }
 
 /// Add the tolerations upstream's `AddOrUpdateDaemonPodTolerations` gives every DaemonSet
@@ -228,7 +242,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         }
         if settled {
             for p in list.iter().rev().take(extra) {
-                delete_pod(&ctx, &pods_api, &uid, &p.name_any()).await;
+                delete_pod(&ctx, &ds, &pods_api, &uid, &p.name_any()).await;
             }
         }
     }
@@ -260,11 +274,24 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
             s.tolerations = Some(tols.clone());
         }
         ctx.expectations.expect_creations(&uid, 1);
-        if let Err(e) = pods_api.create(&PostParams::default(), &pod).await {
-            ctx.expectations.creation_observed(&uid);
-            return Err(api_err(format!(
-                "creating the pod of daemonset {ns}/{name} for node {node_name}"
-            ))(e));
+        match pods_api.create(&PostParams::default(), &pod).await {
+            Ok(created) => {
+                let msg = format!("Created pod: {}", created.name_any());
+                event(&ctx, &ds, "Normal", "SuccessfulCreate", msg);
+            }
+            Err(e) => {
+                ctx.expectations.creation_observed(&uid);
+                event(
+                    &ctx,
+                    &ds,
+                    "Warning",
+                    "FailedCreate",
+                    format!("Error creating: {e}"),
+                );
+                return Err(api_err(format!(
+                    "creating the pod of daemonset {ns}/{name} for node {node_name}"
+                ))(e));
+            }
         }
     }
     // Rolling update: replace stale pods, keeping at most maxUnavailable unavailable.
@@ -314,7 +341,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
             if costs && budget <= 0 {
                 break;
             }
-            delete_pod(&ctx, &pods_api, &uid, &p.name_any()).await;
+            delete_pod(&ctx, &ds, &pods_api, &uid, &p.name_any()).await;
             if costs {
                 budget -= 1;
             }

@@ -115,6 +115,26 @@ impl Recorder {
     }
 }
 
+/// [`spawn_event`] about `obj`.
+pub fn spawn_event_about<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    component: &str,
+    obj: &K,
+    ty: &str,
+    reason: &str,
+    message: String,
+) {
+    let regarding = ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        namespace: obj.namespace(),
+        name: Some(obj.name_any()),
+        uid: obj.uid(),
+        ..Default::default()
+    };
+    spawn_event(client, component, regarding, ty, reason, message);
+}
+
 /// One event about `regarding` (a namespaced object), written in the background as
 /// upstream's event broadcaster does, so the reconcile that caused it does not wait; not
 /// aggregated. The workload controllers' `SuccessfulCreate`/`SuccessfulDelete` and

@@ -281,12 +281,27 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
                     claims::set_claim_volumes(s, sts.as_ref(), i);
                 }
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {}
+                    Ok(_) => event(
+                        &ctx,
+                        &sts,
+                        "Normal",
+                        "SuccessfulCreate",
+                        format!("create Pod {pod_name} in StatefulSet {name} successful"),
+                    ),
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => {
+                        event(
+                            &ctx,
+                            &sts,
+                            "Warning",
+                            "FailedCreate",
+                            format!(
+                                "create Pod {pod_name} in StatefulSet {name} failed error: {e}"
+                            ),
+                        );
                         return Err(api_err(format!(
                             "creating pod {pod_name} of statefulset {ns}/{name}"
-                        ))(e))
+                        ))(e));
                     }
                 }
                 if !parallel {
@@ -303,9 +318,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
             if has_templates {
                 claims.ensure(*o, Some(p), false).await?;
             }
-            let _ = pods_api
-                .delete(&p.name_any(), &DeleteParams::default())
-                .await;
+            delete_pod(&ctx, &sts, &pods_api, &name, p).await;
         }
     }
     // Rolling update from the top, one pod at a time, never below the partition.
@@ -328,9 +341,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
             .rev()
             .find(|(o, p)| *o < replicas && *o >= partition && stale(p))
         {
-            let _ = pods_api
-                .delete(&p.name_any(), &DeleteParams::default())
-                .await;
+            delete_pod(&ctx, &sts, &pods_api, &name, p).await;
         }
     }
 
@@ -375,6 +386,27 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
     } else {
         2
     })))
+}
+
+/// An event about `sts`, as upstream's statefulset controller records them.
+fn event(ctx: &Ctx, sts: &StatefulSet, ty: &str, reason: &str, message: String) {
+    crate::events::spawn_event_about(
+        &ctx.client,
+        "statefulset-controller",
+        sts,
+        ty,
+        reason,
+        message,
+    );
+}
+
+/// Delete pod `p` of StatefulSet `set`, with upstream's event.
+async fn delete_pod(ctx: &Ctx, sts: &StatefulSet, api: &Api<Pod>, set: &str, p: &Pod) {
+    let pod = p.name_any();
+    if api.delete(&pod, &DeleteParams::default()).await.is_ok() {
+        let msg = format!("delete Pod {pod} in StatefulSet {set} successful");
+        event(ctx, sts, "Normal", "SuccessfulDelete", msg);
+    }
 }
 
 #[cfg(test)]

@@ -268,6 +268,38 @@ async fn jobs_complete_fail_expire_and_cronjobs_fire() {
         None,
     );
     assert!(!out.is_empty(), "lastScheduleTime set");
+    // the cron job's events: the job it created, then seen completed (the test kubelet
+    // succeeds its pod)
+    let fired_name = fired.metadata.name.clone().unwrap_or_default();
+    let start = Instant::now();
+    loop {
+        let got = testkit::kubectl_ok(
+            &kc,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.kind=CronJob,involvedObject.name=tick",
+                "-o",
+                "jsonpath={range .items[*]}{.reason} {.message}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        let created = got
+            .lines()
+            .any(|l| l == format!("SuccessfulCreate Created job {fired_name}"));
+        let saw = got.lines().any(|l| {
+            l == format!("SawCompletedJob Saw completed job: {fired_name}, condition: Complete")
+        });
+        if created && saw {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "cronjob events:\n{got}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
     stop.store(true, Ordering::Relaxed);
     let _ = kl.await;

@@ -204,6 +204,49 @@ async fn daemonsets_follow_nodes_and_statefulsets_keep_order() {
         pods.get_opt("db-0").await.expect("get").is_some()
             && pods.get_opt("db-1").await.expect("get").is_some()
     );
+    // what `kubectl describe` lists: upstream's controllers' events
+    for (kind, name, want) in [
+        (
+            "StatefulSet",
+            "db",
+            "Normal SuccessfulCreate create Pod db-0 in StatefulSet db successful",
+        ),
+        (
+            "StatefulSet",
+            "db",
+            "Normal SuccessfulDelete delete Pod db-2 in StatefulSet db successful",
+        ),
+        (
+            "DaemonSet",
+            "agent",
+            "Normal SuccessfulCreate Created pod: agent-",
+        ),
+    ] {
+        let selector = format!("involvedObject.kind={kind},involvedObject.name={name}");
+        let start = Instant::now();
+        loop {
+            let got = kubectl_ok(
+                &kc,
+                &[
+                    "get",
+                    "events",
+                    "--field-selector",
+                    &selector,
+                    "-o",
+                    "jsonpath={range .items[*]}{.type} {.reason} {.message}{\"\\n\"}{end}",
+                ],
+                None,
+            );
+            if got.lines().any(|l| l.starts_with(want)) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{want} not in\n{got}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     stop.store(true, Ordering::Relaxed);
     let _ = kl.await;
