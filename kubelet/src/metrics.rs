@@ -10,7 +10,8 @@
 //! - `/metrics/resource`: what metrics-server scrapes — node, pod and container CPU
 //!   (`*_cpu_usage_seconds_total`) and memory (`*_memory_working_set_bytes`), container
 //!   start times, from the same samples as `/stats/summary`;
-//! - `/metrics/cadvisor`: cadvisor's container metrics ([`crate::stats::cadvisor`]).
+//! - `/metrics/cadvisor`: cadvisor's container metrics ([`crate::stats::cadvisor`]);
+//! - `/metrics/probes`: `prober_probe_total{container,namespace,pod,pod_uid,probe_type,result}`.
 //!
 //! The counters live with the node's [`Runtime`](crate::runtime::Runtime) (one set per
 //! kubelet, also when tests run several in one process).
@@ -41,7 +42,12 @@ pub struct Counters {
     pod_start: Mutex<Histogram>,
     /// Watches of single objects by resource (`configmaps`, `secrets`).
     object_watches: Mutex<BTreeMap<&'static str, u64>>,
+    /// Probe runs by (pod uid, namespace, pod, container, probe type, result).
+    probes: Mutex<BTreeMap<ProbeKey, u64>>,
 }
+
+/// (pod uid, namespace, pod, container, probe type, result)
+type ProbeKey = (String, String, String, String, &'static str, &'static str);
 
 #[derive(Debug, Default)]
 struct Histogram {
@@ -69,6 +75,26 @@ impl Counters {
         *lock(&self.container_errors)
             .entry((code.to_string(), container_type))
             .or_default() += 1;
+    }
+
+    /// One probe run of `probe_type` (`Liveness`, `Readiness`, `Startup`) for container
+    /// `container` of pod `namespace/pod` (`uid`): `successful` or `failed`.
+    pub fn probed(
+        &self,
+        (uid, namespace, pod, container): (&str, &str, &str, &str),
+        probe_type: &'static str,
+        successful: bool,
+    ) {
+        let result = if successful { "successful" } else { "failed" };
+        let key = (
+            uid.to_string(),
+            namespace.to_string(),
+            pod.to_string(),
+            container.to_string(),
+            probe_type,
+            result,
+        );
+        *lock(&self.probes).entry(key).or_default() += 1;
     }
 
     /// `n` watches of single objects of `resource` run.
@@ -231,6 +257,32 @@ pub fn render(node: &str, pods: &[Pod], counters: &Counters) -> String {
         let _ = writeln!(
             out,
             "kaze_kubelet_object_watches{{resource=\"{resource}\"}} {n}"
+        );
+    }
+    out
+}
+
+/// `/metrics/probes`: upstream's `prober_probe_total` per container, probe type and result,
+/// for the pods in `pods` (the counts of pods no longer there are dropped).
+pub fn render_probes(pods: &[Pod], counters: &Counters) -> String {
+    let live: std::collections::HashSet<&str> = pods
+        .iter()
+        .filter_map(|p| p.metadata.uid.as_deref())
+        .collect();
+    let mut probes = lock(&counters.probes);
+    probes.retain(|k, _| live.contains(k.0.as_str()));
+    let mut out = String::new();
+    help(
+        &mut out,
+        "prober_probe_total",
+        "counter",
+        "[BETA] Cumulative number of a liveness, readiness or startup probe for a container by result.",
+    );
+    for ((uid, ns, pod, container, probe_type, result), n) in probes.iter() {
+        let _ = writeln!(
+            out,
+            "prober_probe_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\",pod_uid=\"{}\",probe_type=\"{probe_type}\",result=\"{result}\"}} {n}",
+            esc(container), esc(ns), esc(pod), esc(uid)
         );
     }
     out
@@ -426,5 +478,35 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn probe_runs_are_counted_for_pods_still_there() {
+        let c = Counters::default();
+        c.probed(("u1", "default", "web", "app"), "Readiness", true);
+        c.probed(("u1", "default", "web", "app"), "Readiness", true);
+        c.probed(("u1", "default", "web", "app"), "Liveness", false);
+        c.probed(("gone", "default", "old", "app"), "Readiness", true);
+        let pod: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"uid": "u1"}})).unwrap();
+        let text = render_probes(&[pod], &c);
+        let labels = |t: &str, r: &str| {
+            format!(
+                r#"prober_probe_total{{container="app",namespace="default",pod="web",pod_uid="u1",probe_type="{t}",result="{r}"}}"#
+            )
+        };
+        assert!(
+            text.lines()
+                .any(|l| l == format!("{} 2", labels("Readiness", "successful"))),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == format!("{} 1", labels("Liveness", "failed"))),
+            "{text}"
+        );
+        // a pod no longer on the node is dropped
+        assert!(!text.contains("old"), "{text}");
+        assert!(render_probes(&[], &c).lines().all(|l| l.starts_with('#')));
     }
 }

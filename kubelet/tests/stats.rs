@@ -80,6 +80,23 @@ async fn stats_summary_reports_the_node_its_pods_and_their_containers() {
         .await
         .expect("create pod");
     let uid = load.metadata.uid.clone().expect("uid");
+    // a pod whose readiness probe runs every second, for /metrics/probes
+    let probed: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probed"},
+        "spec": {
+            "nodeName": c.node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "app", "image": "kaze/busybox:1", "command": ["sleep", "3600"],
+                "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+            }],
+        },
+    }))
+    .expect("pod");
+    c.pods("default")
+        .create(&PostParams::default(), &probed)
+        .await
+        .expect("create pod");
     let load = c
         .wait_pod("default", "load", "the pod Running", |p| {
             p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
@@ -313,6 +330,26 @@ async fn stats_summary_reports_the_node_its_pods_and_their_containers() {
         text.lines().any(|l| l.starts_with("machine_cpu_cores ")),
         "{text}"
     );
+
+    // /metrics/probes: upstream's prober_probe_total for the probed pod
+    let path = format!("/api/v1/nodes/{}/proxy/metrics/probes", c.node);
+    let probes = eventually("probe runs counted", Duration::from_secs(30), || {
+        let text = c.kubectl(&["get", "--raw", &path]);
+        async move {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("prober_probe_total{")
+                        && l.contains(r#"container="app""#)
+                        && l.contains(r#"pod="probed""#)
+                        && l.contains(r#"probe_type="Readiness""#)
+                        && l.contains(r#"result="successful""#)
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .filter(|n| *n >= 2)
+        }
+    })
+    .await;
+    assert!(probes >= 2, "{probes}");
 
     // Straight to the kubelet: as the other endpoints, only for the cluster's admins.
     let port = c.config.port;

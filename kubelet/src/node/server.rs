@@ -105,6 +105,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
         .route("/metrics/cadvisor", get(cadvisor_metrics))
+        .route("/metrics/probes", get(probe_metrics))
         .route("/pods", get(list_pods).post(post_pod))
         .route("/pods/{ns}/{name}", delete(delete_pod))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
@@ -315,6 +316,14 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
 async fn resource_metrics(State(ctx): State<Ctx>) -> Response {
     prometheus(crate::metrics::render_resource(
         &ctx.stats.summary(true).await,
+    ))
+}
+
+/// `GET /metrics/probes`: probe runs per container, type and result.
+async fn probe_metrics(State(ctx): State<Ctx>) -> Response {
+    prometheus(crate::metrics::render_probes(
+        &ctx.active.list(),
+        ctx.rt.metrics(),
     ))
 }
 

@@ -1138,6 +1138,13 @@ impl Worker {
 
     async fn probe(&mut self, i: usize, id: &str, pod_ip: Option<IpAddr>, grace: Duration) {
         let now = Instant::now();
+        let m = &self.pod.metadata;
+        let who = (
+            m.uid.clone().unwrap_or_default(),
+            m.namespace.clone().unwrap_or_else(|| "default".into()),
+            m.name.clone().unwrap_or_default(),
+            self.slots[i].spec.name.clone(),
+        );
         let Some(r) = self.slots[i].running.as_mut() else {
             return;
         };
@@ -1148,7 +1155,11 @@ impl Worker {
         let rt = self.rt.clone();
         // every failed attempt is an `Unhealthy` event, as upstream's prober records them
         let mut unhealthy: Vec<String> = Vec::new();
-        let mut failed = |kind: &str, res: &ProbeResult| {
+        let mut failed = |kind: &'static str, res: &ProbeResult| {
+            // upstream's prober_probe_total
+            let ok = matches!(res, ProbeResult::Success);
+            let (uid, ns, pod, container) = &who;
+            rt.metrics().probed((uid, ns, pod, container), kind, ok);
             if let ProbeResult::Failure(msg) = res {
                 unhealthy.push(format!("{kind} probe failed: {msg}"));
             }
