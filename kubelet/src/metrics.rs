@@ -118,12 +118,12 @@ impl Counters {
     }
 }
 
-fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+pub(crate) fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
 }
 
 /// Label values escaped as the text format wants them.
-fn esc(v: &str) -> String {
+pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

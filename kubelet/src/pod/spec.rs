@@ -424,15 +424,7 @@ pub fn container_env(
                     let named = r.container_name.as_deref().filter(|n| !n.is_empty());
                     let target = match named {
                         None => c,
-                        Some(name) => pod
-                            .spec
-                            .iter()
-                            .flat_map(|s| {
-                                s.containers
-                                    .iter()
-                                    .chain(s.init_containers.iter().flatten())
-                            })
-                            .find(|x| x.name == name)
+                        Some(name) => crate::volume::payload::container_named(pod, name)
                             .ok_or_else(|| err(&format!("container {name:?} not found")))?,
                     };
                     let divisor = r.divisor.as_ref().map(|d| d.0.as_str());

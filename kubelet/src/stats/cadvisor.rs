@@ -9,17 +9,12 @@
 //! `machine_memory_bytes`. Samples carry no timestamps (Prometheus stamps them at the
 //! scrape). Not served: filesystem and disk I/O series, per-CPU usage.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use containerd_client::services::v1::Container;
-
 use super::read::{self, Interface, Usage};
-use super::Collector;
-use crate::runtime::{
-    KIND_CONTAINER, KIND_SANDBOX, LABEL_ATTEMPT, LABEL_CGROUP, LABEL_CONTAINER_NAME, LABEL_KIND,
-    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, LABEL_STARTED_AT,
-};
+use super::{label, started_at, Collector, PodCgroups};
+use crate::metrics::esc;
+use crate::runtime::{LABEL_CGROUP, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
 use crate::sys;
 
 /// One series' identity: cadvisor's label set for a container, a pod or the machine.
@@ -53,13 +48,7 @@ impl Labels {
     }
 }
 
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// What one cgroup gives beyond [`Usage`]: CPU split, CFS accounting and limits, page cache,
+/// What one cgroup gives beyond [`Usage`]: CPU split, CFS accounting and limits, memory
 /// failures (cadvisor reads the same files).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Extra {
@@ -71,7 +60,6 @@ pub struct Extra {
     pub shares: Option<u64>,
     pub quota: Option<i64>,
     pub period: Option<u64>,
-    pub cache: Option<u64>,
     pub failcnt: Option<u64>,
 }
 
@@ -88,7 +76,6 @@ pub fn extra(path: &str) -> Extra {
         let (quota, period) = read("cpu.max")
             .map(|m| parse_cpu_max(&m))
             .unwrap_or((None, None));
-        let mem = read("memory.stat").unwrap_or_default();
         Extra {
             user_ns: kv.get("user_usec").map(|u| u * 1000),
             system_ns: kv.get("system_usec").map(|u| u * 1000),
@@ -99,7 +86,6 @@ pub fn extra(path: &str) -> Extra {
             shares: num(read("cpu.weight")).map(|w| 2 + (w.saturating_sub(1) * 262_142) / 9999),
             quota,
             period,
-            cache: read::key_values(&mem).get("file").copied(),
             failcnt: None,
         }
     } else {
@@ -108,8 +94,6 @@ pub fn extra(path: &str) -> Extra {
         let acct = read::key_values(&acct);
         let stat = cpu("cpu.stat").unwrap_or_default();
         let kv = read::key_values(&stat);
-        let mem = sys::read_cgroup("memory", path, "memory.stat").unwrap_or_default();
-        let mem = read::key_values(&mem);
         Extra {
             user_ns: acct.get("user").map(|t| t * NS_PER_USER_HZ),
             system_ns: acct.get("system").map(|t| t * NS_PER_USER_HZ),
@@ -119,7 +103,6 @@ pub fn extra(path: &str) -> Extra {
             shares: num(cpu("cpu.shares")),
             quota: cpu("cpu.cfs_quota_us").and_then(|q| q.trim().parse().ok()),
             period: num(cpu("cpu.cfs_period_us")),
-            cache: mem.get("total_cache").or_else(|| mem.get("cache")).copied(),
             failcnt: num(sys::read_cgroup("memory", path, "memory.failcnt")),
         }
     }
@@ -149,19 +132,6 @@ struct Series {
 impl Collector {
     /// The `/metrics/cadvisor` text.
     pub async fn cadvisor(&self) -> String {
-        let containers = match self.containers().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing containers for cadvisor metrics");
-                Vec::new()
-            }
-        };
-        let mut by_pod: BTreeMap<String, Vec<Container>> = BTreeMap::new();
-        for c in containers {
-            if let Some(uid) = c.labels.get(LABEL_POD_UID) {
-                by_pod.entry(uid.clone()).or_default().push(c);
-            }
-        }
         let mut series = vec![Series {
             labels: Labels {
                 id: "/".into(),
@@ -173,8 +143,8 @@ impl Collector {
             processes: None,
             network: Vec::new(),
         }];
-        for cs in by_pod.values() {
-            series.extend(pod_series(cs));
+        for cs in self.by_pod().await.values() {
+            series.extend(PodCgroups::of(cs).map(pod_series).unwrap_or_default());
         }
         let memory = crate::node::info::mem_total_kib() * 1024;
         render(
@@ -185,78 +155,39 @@ impl Collector {
     }
 }
 
-/// The pod's series (its cgroup, with its network) and its running containers' (per name,
-/// the newest attempt whose cgroup exists).
-fn pod_series(containers: &[Container]) -> Vec<Series> {
-    let label = |c: &Container, k: &str| c.labels.get(k).cloned().unwrap_or_default();
-    let Some(sandbox) = containers
-        .iter()
-        .find(|c| c.labels.get(LABEL_KIND).map(String::as_str) == Some(KIND_SANDBOX))
-    else {
-        return Vec::new();
-    };
-    let sandbox_cgroup = label(sandbox, LABEL_CGROUP);
-    let Some(pod_cgroup) = sandbox_cgroup.rsplit_once('/').map(|(p, _)| p.to_string()) else {
-        return Vec::new();
-    };
-    let Some(pod_usage) = read::cgroup(&pod_cgroup) else {
-        return Vec::new();
-    };
-    let (namespace, pod) = (
-        label(sandbox, LABEL_POD_NAMESPACE),
-        label(sandbox, LABEL_POD_NAME),
+/// The pod's series (its cgroup, with its network) and its running containers'.
+fn pod_series(pod: PodCgroups<'_>) -> Vec<Series> {
+    let (namespace, name) = (
+        label(pod.sandbox, LABEL_POD_NAMESPACE),
+        label(pod.sandbox, LABEL_POD_NAME),
     );
-    let network = sys::cgroup_pids(&sandbox_cgroup)
-        .first()
-        .and_then(|p| sys::read_proc(&format!("{p}/net/dev")))
-        .map(|t| read::net_dev(&t))
-        .unwrap_or_default();
     let mut out = vec![Series {
         labels: Labels {
-            id: pod_cgroup.clone(),
+            id: pod.pod_cgroup.clone(),
             namespace: namespace.clone(),
-            pod: pod.clone(),
+            pod: name.clone(),
             ..Labels::default()
         },
-        usage: pod_usage,
-        extra: extra(&pod_cgroup),
-        started: sandbox.created_at.as_ref().map(|t| t.seconds),
+        extra: extra(&pod.pod_cgroup),
+        started: pod.sandbox.created_at.as_ref().map(|t| t.seconds),
         processes: None,
-        network,
+        network: pod.network(),
+        usage: pod.pod_usage,
     }];
-    let mut newest: BTreeMap<String, (u32, &Container, Usage)> = BTreeMap::new();
-    for c in containers {
-        if c.labels.get(LABEL_KIND).map(String::as_str) != Some(KIND_CONTAINER) {
-            continue;
-        }
-        let Some(usage) = read::cgroup(&label(c, LABEL_CGROUP)) else {
-            continue;
-        };
-        let attempt: u32 = label(c, LABEL_ATTEMPT).parse().unwrap_or(0);
-        let name = label(c, LABEL_CONTAINER_NAME);
-        if newest.get(&name).is_none_or(|(a, _, _)| *a <= attempt) {
-            newest.insert(name, (attempt, c, usage));
-        }
-    }
-    for (name, (_, c, usage)) in newest {
+    for (container, (c, usage)) in pod.containers {
         let cgroup = label(c, LABEL_CGROUP);
-        let started = label(c, LABEL_STARTED_AT)
-            .parse::<jiff::Timestamp>()
-            .ok()
-            .map(|t| t.as_second())
-            .or_else(|| c.created_at.as_ref().map(|t| t.seconds));
         out.push(Series {
             labels: Labels {
-                container: name,
+                container,
                 id: cgroup.clone(),
                 image: c.image.clone(),
                 name: c.id.clone(),
                 namespace: namespace.clone(),
-                pod: pod.clone(),
+                pod: name.clone(),
             },
             usage,
             extra: extra(&cgroup),
-            started,
+            started: started_at(c).map(|t| t.as_second()),
             processes: Some(sys::cgroup_pids(&cgroup).len() as u64),
             network: Vec::new(),
         });
@@ -276,7 +207,7 @@ fn family<T: std::fmt::Display>(
     help: &str,
     lines: impl Iterator<Item = (String, T)>,
 ) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    crate::metrics::help(out, name, kind, help);
     for (labels, v) in lines {
         let _ = writeln!(out, "{name}{labels} {v}");
     }
@@ -354,7 +285,7 @@ fn render(series: &[Series], cores: usize, machine_memory: Option<u64>) -> Strin
         ("container_memory_usage_bytes", "Current memory usage in bytes, including all memory regardless of when it was accessed", |m, _| Some(m.usage)),
         ("container_memory_working_set_bytes", "Current working set in bytes.", |m, _| Some(m.working_set)),
         ("container_memory_rss", "Size of RSS in bytes.", |m, _| Some(m.rss)),
-        ("container_memory_cache", "Number of bytes of page cache memory.", |_, e| e.cache),
+        ("container_memory_cache", "Number of bytes of page cache memory.", |m, _| m.cache),
         ("container_memory_failcnt", "Number of memory usage hits limits", |_, e| e.failcnt),
         ("container_spec_memory_limit_bytes", "Memory limit for the container.", |m, _| Some(m.limit.unwrap_or(0))),
     ];
@@ -484,6 +415,7 @@ mod tests {
                     usage: 300,
                     working_set: 200,
                     rss: 100,
+                    cache: None,
                     limit: None,
                     page_faults: None,
                     major_page_faults: None,

@@ -132,19 +132,7 @@ impl Collector {
     /// filesystems and volumes.
     pub async fn summary(&self, only_cpu_and_memory: bool) -> Summary {
         let full = !only_cpu_and_memory;
-        let containers = match self.containers().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing containers for stats");
-                Vec::new()
-            }
-        };
-        let mut by_pod: BTreeMap<String, Vec<Container>> = BTreeMap::new();
-        for c in containers {
-            if let Some(uid) = c.labels.get(LABEL_POD_UID) {
-                by_pod.entry(uid.clone()).or_default().push(c);
-            }
-        }
+        let by_pod = self.by_pod().await;
         let mut pods = Vec::new();
         for (uid, cs) in &by_pod {
             // writable layers are measured by containerd's snapshotter
@@ -159,6 +147,24 @@ impl Collector {
             node: self.node(full),
             pods,
         }
+    }
+
+    /// The runtime's containers (sandboxes included) by pod uid; none when listing fails.
+    async fn by_pod(&self) -> BTreeMap<String, Vec<Container>> {
+        let containers = match self.containers().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing containers for stats");
+                Vec::new()
+            }
+        };
+        let mut by_pod: BTreeMap<String, Vec<Container>> = BTreeMap::new();
+        for c in containers {
+            if let Some(uid) = c.labels.get(LABEL_POD_UID) {
+                by_pod.entry(uid.clone()).or_default().push(c);
+            }
+        }
+        by_pod
     }
 
     async fn containers(&self) -> Result<Vec<Container>, String> {
@@ -222,28 +228,14 @@ impl Collector {
         storage: Option<&storage::PodStorage>,
     ) -> Option<PodStats> {
         let full = storage.is_some();
-        let label = |c: &Container, k: &str| c.labels.get(k).cloned().unwrap_or_default();
-        let sandbox = containers
-            .iter()
-            .find(|c| c.labels.get(LABEL_KIND).map(String::as_str) == Some(KIND_SANDBOX))?;
-        let sandbox_cgroup = label(sandbox, LABEL_CGROUP);
-        let pod_cgroup = sandbox_cgroup.rsplit_once('/')?.0.to_string();
-        let pod_usage = read::cgroup(&pod_cgroup)?;
-        // Per name, the newest attempt whose cgroup exists (a running container's).
-        let mut newest: BTreeMap<String, (u32, &Container, Usage)> = BTreeMap::new();
-        for c in containers {
-            if c.labels.get(LABEL_KIND).map(String::as_str) != Some(KIND_CONTAINER) {
-                continue;
-            }
-            let Some(usage) = read::cgroup(&label(c, LABEL_CGROUP)) else {
-                continue;
-            };
-            let attempt: u32 = label(c, LABEL_ATTEMPT).parse().unwrap_or(0);
-            let name = label(c, LABEL_CONTAINER_NAME);
-            if newest.get(&name).is_none_or(|(a, _, _)| *a <= attempt) {
-                newest.insert(name, (attempt, c, usage));
-            }
-        }
+        let cgroups = PodCgroups::of(containers)?;
+        let PodCgroups {
+            sandbox,
+            sandbox_cgroup,
+            pod_cgroup,
+            pod_usage,
+            ..
+        } = &cgroups;
         let mut stats = PodStats {
             pod_ref: PodReference {
                 name: label(sandbox, LABEL_POD_NAME),
@@ -251,23 +243,18 @@ impl Collector {
                 uid: uid.to_string(),
             },
             start_time: sandbox.created_at.as_ref().and_then(time_of),
-            cpu: self.cpu(&pod_cgroup, &pod_usage),
+            cpu: self.cpu(pod_cgroup, pod_usage),
             memory: pod_usage.memory.as_ref().map(memory),
             ..Default::default()
         };
         let config = self.rt.config();
-        let mut processes = sys::cgroup_pids(&sandbox_cgroup).len() as u64;
-        for (name, (_, c, usage)) in &newest {
+        let mut processes = sys::cgroup_pids(sandbox_cgroup).len() as u64;
+        for (name, (c, usage)) in &cgroups.containers {
             let cgroup = label(c, LABEL_CGROUP);
             processes += sys::cgroup_pids(&cgroup).len() as u64;
-            let started = label(c, LABEL_STARTED_AT)
-                .parse()
-                .ok()
-                .map(Time)
-                .or_else(|| c.created_at.as_ref().and_then(time_of));
             let mut cs = ContainerStats {
                 name: name.clone(),
-                start_time: started,
+                start_time: started_at(c).map(Time),
                 cpu: self.cpu(&cgroup, usage),
                 memory: usage.memory.as_ref().map(memory),
                 ..Default::default()
@@ -285,18 +272,80 @@ impl Collector {
             process_count: Some(processes),
         });
         if full {
-            let pid = sys::cgroup_pids(&sandbox_cgroup).first().copied();
-            let interfaces = pid
-                .and_then(|p| sys::read_proc(&format!("{p}/net/dev")))
-                .map(|t| read::net_dev(&t))
-                .unwrap_or_default();
-            stats.network = network(interfaces, Some("eth0"));
+            stats.network = network(cgroups.network(), Some("eth0"));
             stats.volume = volumes(&config.pod_dir(uid));
             // upstream: writable layers + logs + disk-backed emptyDirs
             let used = storage.map_or((0, 0), |s| (s.bytes(), s.inodes()));
             stats.ephemeral_storage = fs(&config.root_dir, Some(used));
         }
         Some(stats)
+    }
+}
+
+/// A runtime label of `c` (empty when unset).
+fn label(c: &Container, key: &str) -> String {
+    c.labels.get(key).cloned().unwrap_or_default()
+}
+
+/// When container `c` started: the runtime's label, else its creation.
+fn started_at(c: &Container) -> Option<jiff::Timestamp> {
+    label(c, LABEL_STARTED_AT)
+        .parse()
+        .ok()
+        .or_else(|| jiff::Timestamp::new(c.created_at.as_ref()?.seconds, 0).ok())
+}
+
+/// A pod's cgroups as the runtime placed them (`<cgroup-root>/pod<uid>/<container id>`):
+/// the sandbox's (its processes hold the pod's network namespace), the pod's own with its
+/// usage, and per container name the newest attempt whose cgroup exists (a running
+/// container's) with its usage. What `/stats/summary` and `/metrics/cadvisor` report.
+struct PodCgroups<'a> {
+    sandbox: &'a Container,
+    sandbox_cgroup: String,
+    pod_cgroup: String,
+    pod_usage: Usage,
+    containers: BTreeMap<String, (&'a Container, Usage)>,
+}
+
+impl<'a> PodCgroups<'a> {
+    /// None without a sandbox or a pod cgroup.
+    fn of(containers: &'a [Container]) -> Option<PodCgroups<'a>> {
+        let kind = |c: &Container, k: &str| c.labels.get(LABEL_KIND).is_some_and(|v| v == k);
+        let sandbox = containers.iter().find(|c| kind(c, KIND_SANDBOX))?;
+        let sandbox_cgroup = label(sandbox, LABEL_CGROUP);
+        let pod_cgroup = sandbox_cgroup.rsplit_once('/')?.0.to_string();
+        let pod_usage = read::cgroup(&pod_cgroup)?;
+        let mut newest: BTreeMap<String, (u32, &Container, Usage)> = BTreeMap::new();
+        for c in containers.iter().filter(|c| kind(c, KIND_CONTAINER)) {
+            let Some(usage) = read::cgroup(&label(c, LABEL_CGROUP)) else {
+                continue;
+            };
+            let attempt: u32 = label(c, LABEL_ATTEMPT).parse().unwrap_or(0);
+            let name = label(c, LABEL_CONTAINER_NAME);
+            if newest.get(&name).is_none_or(|(a, _, _)| *a <= attempt) {
+                newest.insert(name, (attempt, c, usage));
+            }
+        }
+        Some(PodCgroups {
+            sandbox,
+            sandbox_cgroup,
+            pod_cgroup,
+            pod_usage,
+            containers: newest
+                .into_iter()
+                .map(|(n, (_, c, u))| (n, (c, u)))
+                .collect(),
+        })
+    }
+
+    /// The interfaces of the pod's network namespace (`/proc/<pid>/net/dev` of a process in
+    /// the sandbox), `lo` left out.
+    fn network(&self) -> Vec<Interface> {
+        sys::cgroup_pids(&self.sandbox_cgroup)
+            .first()
+            .and_then(|p| sys::read_proc(&format!("{p}/net/dev")))
+            .map(|t| read::net_dev(&t))
+            .unwrap_or_default()
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Memory {
     /// and eviction look at).
     pub working_set: u64,
     pub rss: u64,
+    /// Page cache (cadvisor's `container_memory_cache`).
+    pub cache: Option<u64>,
     /// The limit, None when unlimited.
     pub limit: Option<u64>,
     pub page_faults: Option<u64>,
@@ -83,6 +85,7 @@ pub fn memory_v1(usage: u64, limit: Option<u64>, stat: &str) -> Memory {
         usage,
         working_set: usage.saturating_sub(get("inactive_file").unwrap_or(0)),
         rss: get("rss").unwrap_or(0),
+        cache: get("cache"),
         limit: limit.filter(|l| *l < UNLIMITED),
         page_faults: get("pgfault"),
         major_page_faults: get("pgmajfault"),
@@ -96,6 +99,7 @@ pub fn memory_v2(usage: u64, limit: Option<u64>, stat: &str) -> Memory {
         usage,
         working_set: usage.saturating_sub(kv.get("inactive_file").copied().unwrap_or(0)),
         rss: kv.get("anon").copied().unwrap_or(0),
+        cache: kv.get("file").copied(),
         limit,
         page_faults: kv.get("pgfault").copied(),
         major_page_faults: kv.get("pgmajfault").copied(),
@@ -143,6 +147,7 @@ pub fn meminfo_memory(meminfo: &str, vmstat: &str) -> Memory {
         usage,
         working_set: usage.saturating_sub(get("Inactive(file)")),
         rss: get("AnonPages"),
+        cache: Some(get("Cached")),
         limit: Some(get("MemTotal")),
         page_faults: vm.get("pgfault").copied(),
         major_page_faults: vm.get("pgmajfault").copied(),
@@ -210,6 +215,7 @@ mod tests {
                 usage: 5000,
                 working_set: 4700,
                 rss: 1000,
+                cache: Some(4096),
                 limit: None,
                 page_faults: Some(7),
                 major_page_faults: Some(1),

@@ -278,6 +278,19 @@ pub fn resource_value(
     Ok(format!("{}", scaled as i64))
 }
 
+/// The container or init container of `pod` named `name` (the first one for `""`), whose
+/// resources a `resourceFieldRef` reads.
+pub fn container_named<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .find(|c| c.name == name || name.is_empty())
+}
+
 /// A downwardAPI volume's (or projection's) files.
 pub fn downward_payload(
     pod: &Pod,
@@ -291,20 +304,11 @@ pub fn downward_payload(
         let data = if let Some(f) = &item.field_ref {
             field_value(pod, &f.field_path)?
         } else if let Some(r) = &item.resource_field_ref {
-            let spec = pod.spec.as_ref();
             let name = r.container_name.as_deref().unwrap_or_default();
-            let c = spec
-                .into_iter()
-                .flat_map(|s| {
-                    s.containers
-                        .iter()
-                        .chain(s.init_containers.iter().flatten())
-                })
-                .find(|c| c.name == name || name.is_empty())
-                .ok_or_else(|| PayloadError::Field {
-                    field: r.resource.clone(),
-                    reason: format!("container {name:?} not found"),
-                })?;
+            let c = container_named(pod, name).ok_or_else(|| PayloadError::Field {
+                field: r.resource.clone(),
+                reason: format!("container {name:?} not found"),
+            })?;
             resource_value(
                 c,
                 &r.resource,
