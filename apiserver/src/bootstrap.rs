@@ -3,7 +3,7 @@
 //! the default ServiceCIDR (`crate::servicecidr`), and the `kubernetes` service on the first address of the service range with
 //! Endpoints and an EndpointSlice pointing at this apiserver, so in-cluster clients reach it.
 
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{json, Value};
 
@@ -19,14 +19,10 @@ fn fail(what: &str, e: ApiError) -> Error {
     }
 }
 
-/// This host's address on its default route (no packet is sent: connecting a UDP socket only
-/// picks the route); loopback when there is none.
+/// This host's address on its default route ([`component::default_route_ip`]); loopback
+/// when there is none.
 pub fn primary_ip() -> IpAddr {
-    UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect("10.255.255.255:1").map(|_| s))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    component::default_route_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 pub async fn run(state: &AppState, advertise: IpAddr, port: u16) -> Result<(), Error> {

@@ -169,20 +169,25 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// This machine's IPv4 address on its default route (as upstream's kubelet chooses the host
-/// interface; connecting a UDP socket sends nothing, it only picks the route), else its first
-/// global-scope IPv4 address (`ip -4 -o addr show scope global`), else loopback: where node
-/// components serve by default. The route comes first: the pod bridge a previous run left
-/// can be listed before the uplink.
-pub fn detect_node_ip() -> std::net::IpAddr {
-    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+/// This machine's IPv4 address on its default route, if it has one (connecting a UDP socket
+/// sends nothing, it only picks the route).
+pub fn default_route_ip() -> Option<std::net::IpAddr> {
+    std::net::UdpSocket::bind("0.0.0.0:0")
         // TEST-NET-1: never a local or pod network, so only a default route reaches it
         .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
         .and_then(|s| s.local_addr())
         .map(|a| a.ip())
         .ok()
-        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback());
-    if let Some(ip) = routed {
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+}
+
+/// This machine's IPv4 address on its default route (as upstream's kubelet chooses the host
+/// interface, [`default_route_ip`]), else its first
+/// global-scope IPv4 address (`ip -4 -o addr show scope global`), else loopback: where node
+/// components serve by default. The route comes first: the pod bridge a previous run left
+/// can be listed before the uplink.
+pub fn detect_node_ip() -> std::net::IpAddr {
+    if let Some(ip) = default_route_ip() {
         return ip;
     }
     let out = std::process::Command::new("ip")
