@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::field::{self, list, text};
 use super::Cause;
-use crate::meta::names;
 
 /// Ports without a protocol get `TCP`.
 pub fn default_ports(obj: &mut Value) {
@@ -57,36 +56,16 @@ fn validate_address(a: &Value, at: &str, causes: &mut Vec<Cause>) {
             "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
         ));
     }
-    let host = text(a, "hostname");
-    if !host.is_empty() {
-        let path = format!("{at}.hostname");
-        causes.extend(field::invalid_each(
-            &path,
-            &json!(host),
-            names::dns1123_label(host),
-        ));
-    }
-    if let Some(node) = a.get("nodeName").and_then(Value::as_str) {
-        let path = format!("{at}.nodeName");
-        causes.extend(field::invalid_each(
-            &path,
-            &json!(node),
-            names::dns1123_subdomain(node),
-        ));
-    }
+    field::label(&format!("{at}.hostname"), text(a, "hostname"), causes);
+    field::subdomain(&format!("{at}.nodeName"), text(a, "nodeName"), causes);
 }
 
 fn validate_port(p: &Value, named: bool, at: &str, causes: &mut Vec<Cause>) {
     let name = text(p, "name");
     if name.is_empty() && named {
         causes.push(field::required(&format!("{at}.name"), ""));
-    } else if !name.is_empty() {
-        let path = format!("{at}.name");
-        causes.extend(field::invalid_each(
-            &path,
-            &json!(name),
-            names::dns1123_label(name),
-        ));
+    } else {
+        field::label(&format!("{at}.name"), name, causes);
     }
     let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
     causes.extend(field::invalid_each(

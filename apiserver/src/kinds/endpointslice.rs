@@ -81,15 +81,7 @@ pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             if let Some(hints) = e.get("hints") {
                 validate_hints(hints, &format!("{at}.hints"), causes);
             }
-            let host = text(e, "hostname");
-            if !host.is_empty() {
-                let path = format!("{at}.hostname");
-                causes.extend(field::invalid_each(
-                    &path,
-                    &json!(host),
-                    names::dns1123_label(host),
-                ));
-            }
+            field::label(&format!("{at}.hostname"), text(e, "hostname"), causes);
         }
     }
     let ports = list(obj, "ports");
@@ -97,14 +89,7 @@ pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     for (i, p) in ports.iter().enumerate() {
         let at = format!("ports[{i}]");
         let name = text(p, "name");
-        if !name.is_empty() {
-            let path = format!("{at}.name");
-            causes.extend(field::invalid_each(
-                &path,
-                &json!(name),
-                names::dns1123_label(name),
-            ));
-        }
+        field::label(&format!("{at}.name"), name, causes);
         if !seen.insert(name) {
             causes.push(field::duplicate(&format!("{at}.name"), &json!(name)));
         }

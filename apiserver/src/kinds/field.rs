@@ -145,6 +145,14 @@ pub fn subdomain(path: &str, name: &str, causes: &mut Vec<Cause>) {
     }
 }
 
+/// A name that must be a DNS-1123 label when set (hostnames, port names).
+pub fn label(path: &str, name: &str, causes: &mut Vec<Cause>) {
+    if !name.is_empty() {
+        let msgs = crate::meta::names::dns1123_label(name);
+        causes.extend(invalid_each(path, &Value::String(name.into()), msgs));
+    }
+}
+
 /// A required name that must be a valid path segment (object references' kinds and names).
 pub fn required_segment(path: &str, name: &str, causes: &mut Vec<Cause>) {
     if name.is_empty() {
