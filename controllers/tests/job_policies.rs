@@ -4,7 +4,7 @@
 //! would report them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
@@ -142,6 +142,14 @@ fn index_of(p: &Pod) -> i32 {
 fn exited(container: &str, code: i32) -> Value {
     json!({"containerStatuses": [{"name": container, "image": "kaze/busybox:1", "imageID": "",
         "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": code}}}]})
+}
+
+/// As [`exited`], the container having finished `ago` before now.
+fn exited_ago(container: &str, code: i32, ago: Duration) -> Value {
+    let at = k8s_openapi::jiff::Timestamp::now() - ago;
+    json!({"containerStatuses": [{"name": container, "image": "kaze/busybox:1", "imageID": "",
+        "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": code, "finishedAt": at.to_string()}}}]})
 }
 
 fn cond(j: &Job, type_: &str) -> Option<JobCondition> {
@@ -399,8 +407,11 @@ async fn backoff_limit_per_index_fails_only_that_index() {
     ))
     .await;
     let pods = c.active_by_index("per", 3).await;
-    c.finish(&pods[&1], "Failed", exited("main", 1)).await;
-    // Index 1 gets one retry, which knows it is the index's second attempt.
+    let failed_at = Instant::now();
+    c.finish(&pods[&1], "Failed", exited_ago("main", 1, Duration::ZERO))
+        .await;
+    // Index 1 gets one retry, which knows it is the index's second attempt, after the
+    // index's own backoff (10 s; indexes 0 and 2 run on meanwhile).
     let retry = wait_for("a retry for index 1", WAIT, || async {
         c.pods_of("per")
             .await
@@ -415,6 +426,11 @@ async fn backoff_limit_per_index_fails_only_that_index() {
         .and_then(|a| a.get("batch.kubernetes.io/job-index-failure-count"))
         .cloned();
     assert_eq!(count.as_deref(), Some("1"));
+    let waited = failed_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8),
+        "index 1 retried {waited:?} after its failure, before its 10 s backoff"
+    );
 
     c.finish(&retry, "Failed", exited("main", 1)).await;
     let j = c
@@ -487,5 +503,82 @@ async fn success_policy_completes_the_job_and_removes_the_rest() {
             "pod {name} of index {ix} deleted"
         );
     }
+    c.stop().await;
+}
+
+/// The job's one active pod that is not `old`, and how long it took to appear.
+async fn replacement(c: &Cluster, job: &str, old: &Pod) -> (Pod, Duration) {
+    let since = Instant::now();
+    let p = wait_for(&format!("a replacement pod of {job}"), WAIT, || async {
+        let mut active: Vec<Pod> = c.pods_of(job).await.into_iter().filter(is_active).collect();
+        (active.len() == 1 && active[0].metadata.name != old.metadata.name)
+            .then(|| active.remove(0))
+    })
+    .await;
+    (p, since.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_pods_are_replaced_after_a_backoff_that_doubles_until_a_success() {
+    let c = Cluster::start().await;
+    c.create(job(
+        "slow",
+        json!({"completions": 2, "parallelism": 1, "backoffLimit": 6}),
+    ))
+    .await;
+    let first = c.active("slow", 1).await.remove(0);
+
+    // The first failure holds the replacement back 10 s from when the pod finished.
+    c.finish(&first, "Failed", exited_ago("main", 1, Duration::ZERO))
+        .await;
+    let (second, waited) = replacement(&c, "slow", &first).await;
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(20),
+        "first replacement after {waited:?}, want about 10 s"
+    );
+
+    // The second doubles it to 20 s: finished 12 s ago, 8 s are left.
+    c.finish(
+        &second,
+        "Failed",
+        exited_ago("main", 1, Duration::from_secs(12)),
+    )
+    .await;
+    let (third, waited) = replacement(&c, "slow", &second).await;
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(16),
+        "second replacement after {waited:?}, want about 8 s (20 s from its finish)"
+    );
+
+    // A success resets the count: its replacement is at once, and a failure after it is
+    // back to 10 s, so one that finished 11 s ago is replaced at once (two failures
+    // since a success, or three in all, would still wait).
+    c.finish(&third, "Succeeded", exited_ago("main", 0, Duration::ZERO))
+        .await;
+    let (fourth, waited) = replacement(&c, "slow", &third).await;
+    assert!(
+        waited < Duration::from_secs(5),
+        "after a success: {waited:?}"
+    );
+    c.finish(
+        &fourth,
+        "Failed",
+        exited_ago("main", 1, Duration::from_secs(11)),
+    )
+    .await;
+    let (fifth, waited) = replacement(&c, "slow", &fourth).await;
+    assert!(
+        waited < Duration::from_secs(5),
+        "one failure since the success, 11 s ago: {waited:?}"
+    );
+
+    c.finish(&fifth, "Succeeded", json!({})).await;
+    let j = c
+        .job_until("slow", "job slow Complete", |j| {
+            cond(j, "Complete").is_some()
+        })
+        .await;
+    let status = j.status.as_ref().expect("status");
+    assert_eq!((status.succeeded, status.failed), (Some(2), Some(3)));
     c.stop().await;
 }

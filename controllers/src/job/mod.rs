@@ -13,9 +13,10 @@
 //! deleted), `Failed` / `Complete` once no pod is still terminating (`status.terminating`).
 //! Events as upstream's: `SuccessfulCreate`/`FailedCreate`/`SuccessfulDelete` per pod,
 //! `Suspended`, `Resumed`, `Completed`, and the failure reason (`BackoffLimitExceeded`, ...)
-//! as a warning. Not as upstream: a failed pod's replacement is created at once, without
-//! upstream's backoff (10 s, doubling to 6 min) after failures.
+//! as a warning. Failed pods are replaced after upstream's backoff: 10 s, doubling with each
+//! failure since the last success up to 6 min (per index with `backoffLimitPerIndex`).
 
+mod backoff;
 mod indexes;
 mod policy;
 
@@ -194,14 +195,18 @@ fn index_failed(spec: &JobSpec, per_index: i32, pod: &Pod) -> bool {
     }
 }
 
+/// The latest failed pod of an index: the one with the most failures before it.
+fn last_failed<'a>(failed_of_index: &[&'a Pod]) -> Option<&'a Pod> {
+    failed_of_index.iter().copied().max_by_key(|p| {
+        let (c, i) = indexes::failure_counts(p);
+        (c + i, p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    })
+}
+
 /// The failure-count annotations for a replacement pod of an index: the previous pod's
 /// counts plus its own failure (upstream's `getNewIndexFailureCounts`).
 fn next_failure_counts(spec: &JobSpec, failed_of_index: &[&Pod]) -> (i32, i32) {
-    let last = failed_of_index.iter().max_by_key(|p| {
-        let (c, i) = indexes::failure_counts(p);
-        (c + i, p.metadata.creation_timestamp.as_ref().map(|t| t.0))
-    });
-    match last {
+    match last_failed(failed_of_index) {
         None => (0, 0),
         Some(p) => {
             let (c, i) = indexes::failure_counts(p);
@@ -517,6 +522,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
     let mut deleted = 0;
     let mut created = 0;
     let mut deleted_all = true;
+    // Set when failed pods' replacements wait for their backoff.
+    let mut backing_off: Option<Duration> = None;
     if ending.is_some() {
         deleted = delete_pods(&ctx, &job, &uid, &pods_api, &active).await;
         deleted_all = deleted == active.len() as i32;
@@ -590,7 +597,14 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                 0
             };
             let missing = want - waiting - active.len() as i32;
-            if missing > 0 {
+            let global_backoff = if missing > 0 && per_index.is_none() {
+                backoff::job_remaining(&pods, Timestamp::now())
+            } else {
+                Duration::ZERO
+            };
+            if !global_backoff.is_zero() {
+                backing_off = Some(global_backoff);
+            } else if missing > 0 {
                 let owner = controller_ref(job.as_ref());
                 let new_pods: Vec<Pod> = if indexed {
                     let mut taken = succeeded_ix.with(
@@ -608,19 +622,25 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                     if let Some(fi) = &failed_ix {
                         taken = taken.union(fi);
                     }
-                    taken
-                        .first_missing(missing as usize, completions)
-                        .into_iter()
-                        .map(|ix| {
-                            let of_ix: Vec<&Pod> = failed_pods
-                                .iter()
-                                .copied()
-                                .filter(|p| indexes::pod_index(p, completions) == Some(ix))
-                                .collect();
-                            let counts = next_failure_counts(&spec, &of_ix);
-                            job_pod(&job, &spec, Some(ix), counts, &owner)
-                        })
-                        .collect()
+                    let now = Timestamp::now();
+                    let mut out = Vec::new();
+                    for ix in taken.first_missing(missing as usize, completions) {
+                        let of_ix: Vec<&Pod> = failed_pods
+                            .iter()
+                            .copied()
+                            .filter(|p| indexes::pod_index(p, completions) == Some(ix))
+                            .collect();
+                        if per_index.is_some() {
+                            let wait = backoff::index_remaining(last_failed(&of_ix), now);
+                            if !wait.is_zero() {
+                                backing_off = Some(backing_off.map_or(wait, |b| b.min(wait)));
+                                continue;
+                            }
+                        }
+                        let counts = next_failure_counts(&spec, &of_ix);
+                        out.push(job_pod(&job, &spec, Some(ix), counts, &owner));
+                    }
+                    out
                 } else {
                     (0..missing)
                         .map(|_| job_pod(&job, &spec, None, (0, 0), &owner))
@@ -738,15 +758,19 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
         .await
         .map_err(api_err(format!("updating status of job {ns}/{name}")))?;
     }
-    Ok(if pending_end {
+    let next = if pending_end {
         // Waiting for deleted pods to go; their deletion also wakes us.
-        Action::requeue(Duration::from_secs(1))
+        Duration::from_secs(1)
     } else if spec.active_deadline_seconds.is_some() {
         // Deadlines need a clock tick even when nothing changes.
-        Action::requeue(Duration::from_secs(1))
+        Duration::from_secs(1)
     } else {
-        Action::requeue(Duration::from_secs(60))
-    })
+        Duration::from_secs(60)
+    };
+    // A replacement held back by its backoff is due when the backoff ends.
+    Ok(Action::requeue(
+        backing_off.map_or(next, |b| next.min(b + Duration::from_millis(50))),
+    ))
 }
 
 #[cfg(test)]
