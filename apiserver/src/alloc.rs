@@ -219,6 +219,15 @@ impl PortAllocator {
         self.0.release(u32::from(port)).await
     }
 
+    /// What a dry run would take (upstream's `dryRunRange`): a port asked for is only checked
+    /// against the range, not against what is taken; any port is the range's first.
+    pub fn dry_run(&self, want: Option<u16>) -> Result<u16, AllocError> {
+        match want {
+            Some(p) => self.0.offset(u32::from(p)).map(|_| p),
+            None => Ok(self.0.first as u16),
+        }
+    }
+
     /// The range as configured (`30000-32767`), for messages.
     pub fn range(&self) -> &str {
         &self.0.range

@@ -406,18 +406,20 @@ pub async fn create(
         crate::podsecurity::admit_create(state, def, None, &obj).await?;
     }
     // Services get their ClusterIP and node ports before they are stored, and give them
-    // back when the create fails.
+    // back when the create fails. A dry run shows what upstream's would, taking nothing.
     let is_service = def.group.is_empty() && def.plural == "services";
     let mut given = given;
-    if is_service && !dry_run {
+    if is_service {
         // the ClusterIP's IPAddress names its Service: a generated name is chosen first (a
         // collision then fails as a given name's would, instead of being retried)
-        if given.is_empty() {
+        if given.is_empty() && !dry_run {
             given = format!("{generate}{}", meta::random_suffix());
             meta::metadata_mut(&mut obj).insert("name".into(), json!(given));
         }
-        check_name(def, &given)?;
-        crate::services::allocate(state, def, &mut obj).await?;
+        if !given.is_empty() {
+            check_name(def, &given)?;
+        }
+        crate::services::allocate(state, def, &mut obj, dry_run).await?;
     }
     let held = is_service.then(|| obj.clone());
     let result = create_named(state, def, ns, obj, &given, &generate, opts).await;
@@ -709,6 +711,10 @@ where
         crate::nodeauth::restriction::admit_update(state, def, &cur, &new)?;
         crate::webhooks::validate(state, &webhooks, Some(&new), Some(&cur)).await?;
         if dry_run {
+            // a service shows what the update would take (it takes nothing)
+            if def.group.is_empty() && def.plural == "services" {
+                crate::services::reallocate(state, def, &cur, &mut new, true).await?;
+            }
             return Ok(new);
         }
         if meta::is_deleting(&new)
@@ -727,7 +733,7 @@ where
         }
         // a service changing type or node ports takes and gives back what it holds
         let held = if def.group.is_empty() && def.plural == "services" {
-            Some(crate::services::reallocate(state, def, &cur, &mut new).await?)
+            Some(crate::services::reallocate(state, def, &cur, &mut new, false).await?)
         } else {
             None
         };

@@ -281,6 +281,24 @@ pub async fn allocate(
     Err(AllocError::Full)
 }
 
+/// What a dry run would take (upstream's dry-run allocator): an address asked for is only
+/// checked against the ranges, not against what is taken; any address is the first range's
+/// network address, as upstream answers, not a guess at the next free one.
+pub async fn dry_run(state: &AppState, want: Option<Ipv4Addr>) -> Result<Ipv4Addr, AllocError> {
+    let ranges = ranges(state).await?;
+    match want {
+        Some(ip) if ranges.iter().any(|r| r.contains(u32::from(ip))) => Ok(ip),
+        Some(_) => {
+            let all: Vec<&str> = ranges.iter().map(|r| r.cidr.as_str()).collect();
+            Err(AllocError::OutOfRange {
+                what: "IP",
+                range: all.join(", "),
+            })
+        }
+        None => Ok(Ipv4Addr::from(ranges[0].first - 1)),
+    }
+}
+
 /// Gives `ip` back: deletes its IPAddress if `parent` holds it.
 pub async fn release(state: &AppState, ip: Ipv4Addr, parent: &Parent) -> Result<(), ApiError> {
     let d = def(state, "ipaddresses");

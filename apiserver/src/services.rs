@@ -43,13 +43,19 @@ fn needs_health_check(obj: &Value) -> bool {
         .is_some_and(crate::kinds::service::needs_health_check)
 }
 
-/// A node port: the one `asked` for, or any free one.
-async fn take_node_port(state: &AppState, asked: Option<i64>) -> Result<u16, AllocError> {
+/// A node port: the one `asked` for, or any free one (in a dry run, what one would be).
+async fn take_node_port(
+    state: &AppState,
+    asked: Option<i64>,
+    dry_run: bool,
+) -> Result<u16, AllocError> {
     match asked.map(u16::try_from) {
         Some(Err(_)) => Err(AllocError::OutOfRange {
             what: "port",
             range: state.node_ports.range().to_string(),
         }),
+        Some(Ok(p)) if dry_run => state.node_ports.dry_run(Some(p)),
+        None if dry_run => state.node_ports.dry_run(None),
         Some(Ok(p)) => state.node_ports.allocate(Some(p)).await,
         None => state.node_ports.allocate(None).await,
     }
@@ -62,11 +68,13 @@ fn health_check_port(obj: &Value) -> Option<i64> {
 }
 
 /// Allocate the ClusterIP and node ports `obj` asks for (or any free ones) and write them into
-/// its spec. On failure nothing stays allocated.
+/// its spec. On failure nothing stays allocated. A dry run takes nothing and writes what
+/// upstream's dry run shows (see [`reallocate`]).
 pub async fn allocate(
     state: &AppState,
     def: &ResourceDef,
     obj: &mut Value,
+    dry_run: bool,
 ) -> Result<(), ApiError> {
     // what does not fit this cluster's families is refused before anything is taken
     let spec = obj.get("spec").unwrap_or(&Value::Null);
@@ -75,7 +83,9 @@ pub async fn allocate(
         let name = meta::meta_str(obj, "name").unwrap_or("");
         return Err(ApiError::invalid(def.kind, def.group, name, causes));
     }
-    reallocate(state, def, &Value::Null, obj).await.map(|_| ())
+    reallocate(state, def, &Value::Null, obj, dry_run)
+        .await
+        .map(|_| ())
 }
 
 /// The Service `obj` as an IPAddress's parent.
@@ -238,11 +248,16 @@ fn held_ports(obj: &Value) -> Vec<u16> {
 /// stops being ExternalName, node ports when it becomes NodePort or LoadBalancer or names new
 /// ones) and write it into `new`; what `cur` holds and `new` does not is freed by
 /// [`Realloc::commit`] once the update is stored. On failure nothing stays taken.
+///
+/// A dry run (`dry_run`) takes nothing, as upstream's dry-run allocators: addresses and ports
+/// asked for are checked against their ranges only, and one not asked for shows as the
+/// range's network address or first port. The returned [`Realloc`] then holds nothing.
 pub async fn reallocate(
     state: &AppState,
     def: &ResourceDef,
     cur: &Value,
     new: &mut Value,
+    dry_run: bool,
 ) -> Result<Realloc, ApiError> {
     let name = meta::meta_str(new, "name").unwrap_or("").to_string();
     let mut r = Realloc::default();
@@ -269,12 +284,17 @@ pub async fn reallocate(
             })?),
         };
         let owner = parent(new);
-        let got = servicecidr::allocate(state, want, &owner)
-            .await
-            .map_err(|e| alloc_err(def, &name, "spec.clusterIPs", &format!("{requested:?}"), e))?;
+        let got = if dry_run {
+            servicecidr::dry_run(state, want).await
+        } else {
+            servicecidr::allocate(state, want, &owner).await
+        }
+        .map_err(|e| alloc_err(def, &name, "spec.clusterIPs", &format!("{requested:?}"), e))?;
         new["spec"]["clusterIP"] = json!(got.to_string());
         new["spec"]["clusterIPs"] = json!([got.to_string()]);
-        r.taken_ip = Some((got, owner));
+        if !dry_run {
+            r.taken_ip = Some((got, owner));
+        }
     }
     if had_ip.is_some() && held_ip(new) != had_ip {
         r.freed_ip = had_ip.map(|ip| (ip, parent(cur)));
@@ -321,11 +341,13 @@ pub async fn reallocate(
             if asked.is_none() && !automatic {
                 continue;
             }
-            let taken = take_node_port(state, asked).await;
+            let taken = take_node_port(state, asked, dry_run).await;
             match taken {
                 Ok(p) => {
                     new["spec"]["ports"][i]["nodePort"] = json!(p);
-                    r.taken_ports.push(p);
+                    if !dry_run {
+                        r.taken_ports.push(p);
+                    }
                     shared.push((here, p));
                 }
                 Err(e) => {
@@ -355,10 +377,12 @@ pub async fn reallocate(
                 return Err(ApiError::invalid(def.kind, def.group, &name, vec![cause]));
             }
         } else {
-            match take_node_port(state, asked).await {
+            match take_node_port(state, asked, dry_run).await {
                 Ok(p) => {
                     new["spec"]["healthCheckNodePort"] = json!(p);
-                    r.taken_ports.push(p);
+                    if !dry_run {
+                        r.taken_ports.push(p);
+                    }
                 }
                 Err(e) => {
                     r.undo(state).await;
@@ -367,6 +391,9 @@ pub async fn reallocate(
                 }
             }
         }
+    }
+    if dry_run {
+        return Ok(r);
     }
     let keeps = held_ports(new);
     r.freed_ports = had_ports

@@ -834,6 +834,98 @@ fn service_type_changes_take_and_give_back_what_they_hold() {
     }
 }
 
+/// A dry run of a Service shows what it would hold, as upstream's dry-run allocators do (a
+/// ClusterIP or node port not asked for shows as the range's network address or first port;
+/// one asked for is checked against the range only), and takes nothing.
+#[test]
+fn dry_run_services_show_what_they_would_hold_and_take_nothing() {
+    let s = TestServer::start();
+    let addresses = |s: &TestServer| s.kubectl(&["get", "ipaddresses", "-o", "name"]);
+    let before = addresses(&s);
+    let np = json(
+        &s,
+        &[
+            "create",
+            "service",
+            "nodeport",
+            "np",
+            "--tcp=80",
+            "--dry-run=server",
+        ],
+    );
+    assert_eq!(np["spec"]["clusterIP"], "10.43.0.0", "{np}");
+    assert_eq!(
+        np["spec"]["clusterIPs"],
+        serde_json::json!(["10.43.0.0"]),
+        "{np}"
+    );
+    assert_eq!(np["spec"]["ports"][0]["nodePort"], 30000, "{np}");
+    assert_eq!(
+        np["spec"]["ipFamilies"],
+        serde_json::json!(["IPv4"]),
+        "{np}"
+    );
+    let err = s.kubectl_fails(&["get", "svc", "np"], None);
+    assert!(err.contains(r#"services "np" not found"#), "{err}");
+    assert_eq!(addresses(&s), before, "a dry run holds no IPAddress");
+
+    // asked for: shown as asked when in range (taken or not, as upstream), refused outside
+    let asked = |ip: &str, port: u32| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: asked}}\nspec:\n  type: NodePort\n  clusterIP: {ip}\n  ports: [{{port: 80, nodePort: {port}}}]\n")
+    };
+    let shown = s.kubectl_stdin(
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&asked("10.43.0.1", 31000)),
+    );
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["spec"]["clusterIP"], "10.43.0.1", "{shown}");
+    assert_eq!(shown["spec"]["ports"][0]["nodePort"], 31000, "{shown}");
+    let err = s.kubectl_fails(
+        &["create", "--dry-run=server", "-f", "-"],
+        Some(&asked("10.99.0.5", 31000)),
+    );
+    assert!(
+        err.contains(r#"spec.clusterIPs: Invalid value: "10.99.0.5": provided IP is not in the valid range. The range of valid IPs is 10.43.0.0/16"#),
+        "{err}"
+    );
+    let err = s.kubectl_fails(
+        &["create", "--dry-run=server", "-f", "-"],
+        Some(&asked("10.43.9.9", 40000)),
+    );
+    assert!(
+        err.contains("spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+        "{err}"
+    );
+    assert_eq!(addresses(&s), before);
+
+    // an update's dry run shows the node port a type change would take, and takes none:
+    // the port is still free for a real create afterwards
+    s.kubectl(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let stored = json(&s, &["get", "svc", "web"]);
+    let web = json(
+        &s,
+        &[
+            "patch",
+            "svc",
+            "web",
+            "--dry-run=server",
+            "-p",
+            r#"{"spec":{"type":"NodePort"}}"#,
+        ],
+    );
+    assert_eq!(web["spec"]["ports"][0]["nodePort"], 30000, "{web}");
+    assert_eq!(
+        web["spec"]["clusterIP"], stored["spec"]["clusterIP"],
+        "{web}"
+    );
+    let after = json(&s, &["get", "svc", "web"]);
+    assert_eq!(after["spec"], stored["spec"], "the dry run changed nothing");
+    let real = "apiVersion: v1\nkind: Service\nmetadata: {name: real}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 30000}]\n";
+    s.kubectl_stdin(&["create", "-f", "-"], Some(real));
+    let real = json(&s, &["get", "svc", "real"]);
+    assert_eq!(real["spec"]["ports"][0]["nodePort"], 30000, "{real}");
+}
+
 /// What upstream keeps fixed once a workload exists is fixed, with upstream's words:
 /// selectors, a StatefulSet's spec but what a rollout or scale changes, a Job's template.
 #[test]
