@@ -2,7 +2,8 @@
 //! It watches nodes and pods, picks a node for every pending pod whose `schedulerName` it
 //! serves ([`framework`]: filters then scores), and binds through the `pods/binding`
 //! subresource. Pods that fit nowhere get a `FailedScheduling` event with upstream's wording
-//! and `PodScheduled=False`, and are retried with backoff when the cluster changes.
+//! and `PodScheduled=False`, and are retried with backoff when the cluster changes; a retry
+//! that fails the same way counts on the first event (`count`, `lastTimestamp`).
 //!
 //! Pending pods are tried highest `spec.priority` first (then oldest), as upstream's
 //! priority queue. A pod that fits nowhere may preempt ([`preemption`], upstream's

@@ -879,28 +879,87 @@ fn event_for(pod: &Pod, type_: &str, reason: &str, message: &str) -> CoreEvent {
 
 /// Events are best effort, as upstream's broadcaster: written in the background, dropped
 /// when the queue is full rather than slowing scheduling down.
+/// Events already written, by (pod uid, type, reason, message): their name and count.
+type Written = HashMap<(String, String, String, String), (String, i32)>;
+
+/// Writes the scheduler's events in the background. A repeat of one already written (a pod
+/// retried and still unschedulable for the same reasons) counts on it, `count` and
+/// `lastTimestamp`, as client-go's event correlator does (`kubectl describe` prints
+/// `x3 over 2m`), instead of adding a line per attempt.
 async fn write_events(
     client: Client,
     mut rx: mpsc::Receiver<CoreEvent>,
     shutdown: component::CancellationToken,
 ) {
     let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut written = Written::new();
     loop {
-        let ev = tokio::select! {
+        let mut ev = tokio::select! {
             _ = shutdown.cancelled() => return,
             ev = rx.recv() => match ev { Some(ev) => ev, None => return },
+        };
+        let key = (
+            ev.involved_object.uid.clone().unwrap_or_default(),
+            ev.type_.clone().unwrap_or_default(),
+            ev.reason.clone().unwrap_or_default(),
+            ev.message.clone().unwrap_or_default(),
+        );
+        let repeat = match written.get_mut(&key) {
+            Some((name, count)) => {
+                *count += 1;
+                ev.metadata.name = Some(name.clone());
+                ev.count = Some(*count);
+                true
+            }
+            None => {
+                // only recent events need counting; keep the map small
+                if written.len() >= 4096 {
+                    written.clear();
+                }
+                let name = ev.metadata.name.clone().unwrap_or_default();
+                written.insert(key, (name, 1));
+                false
+            }
         };
         let Ok(permit) = sem.clone().acquire_owned().await else {
             return;
         };
         let client = client.clone();
         tokio::spawn(async move {
-            let ns = ev.metadata.namespace.clone().unwrap_or_default();
-            let api: Api<CoreEvent> = Api::namespaced(client, &ns);
-            if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                tracing::debug!(error = %e, "writing an event");
-            }
+            write_event(client, ev, repeat).await;
             drop(permit);
         });
+    }
+}
+
+/// Write `ev`: a `repeat` patches the event of that name with its new count and last time
+/// (creating it again if it has gone, its hour up), a first occurrence creates it.
+async fn write_event(client: Client, ev: CoreEvent, repeat: bool) {
+    let ns = ev.metadata.namespace.clone().unwrap_or_default();
+    let name = ev.metadata.name.clone().unwrap_or_default();
+    let api: Api<CoreEvent> = Api::namespaced(client, &ns);
+    let bump =
+        Patch::Merge(serde_json::json!({"count": ev.count, "lastTimestamp": ev.last_timestamp}));
+    let params = PatchParams::default();
+    let patch = || api.patch(&name, &params, &bump);
+    if repeat {
+        match patch().await {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "counting a repeated event");
+                return;
+            }
+        }
+    }
+    match api.create(&PostParams::default(), &ev).await {
+        Ok(_) => {}
+        // the first occurrence's create landed in between
+        Err(kube::Error::Api(e)) if e.code == 409 && repeat => {
+            if let Err(e) = patch().await {
+                tracing::debug!(error = %e, "counting a repeated event");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "writing an event"),
     }
 }

@@ -9,8 +9,8 @@ use common::add_node;
 use std::time::Duration;
 use testkit::wait_for;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
@@ -115,6 +115,48 @@ async fn binds_pending_pods_and_explains_unschedulable_ones() {
     .await;
     assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
     assert!(node_of(&pods, "big").await.is_none());
+
+    // A node changes without making room: the pod is tried again and fails the same way.
+    // The repeat counts on the first event (client-go's correlator), not a second line.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let failures = || async {
+        let list = events.list(&ListParams::default()).await.expect("events");
+        list.items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("FailedScheduling")
+                    && e.involved_object.name.as_deref() == Some("big")
+            })
+            .collect::<Vec<Event>>()
+    };
+    let mut relabels = 0;
+    let counted = wait_for(
+        "a counted FailedScheduling repeat",
+        Duration::from_secs(20),
+        || {
+            relabels += 1;
+            let label = json!({"metadata": {"labels": {"touched": relabels.to_string()}}});
+            let nodes = nodes.clone();
+            async move {
+                nodes
+                    .patch("n1", &PatchParams::default(), &Patch::Merge(&label))
+                    .await
+                    .expect("label n1");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let seen = failures().await;
+                seen.iter()
+                    .any(|e| e.count.unwrap_or(0) >= 2)
+                    .then_some(seen)
+            }
+        },
+    )
+    .await;
+    assert_eq!(counted.len(), 1, "one event for the repeats: {counted:?}");
+    let e = &counted[0];
+    assert!(
+        e.last_timestamp.as_ref().map(|t| t.0) >= e.first_timestamp.as_ref().map(|t| t.0),
+        "{e:?}"
+    );
 
     // A node with room appears: the pod is retried and bound there.
     add_node(&client, "n4", "4").await;
