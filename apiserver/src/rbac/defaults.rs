@@ -242,15 +242,18 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
                 "/readyz",
             ],
         )],
-        "system:basic-user" => vec![rule(
-            &["create"],
-            &["authorization.k8s.io", "authentication.k8s.io"],
-            &[
-                "selfsubjectaccessreviews",
-                "selfsubjectrulesreviews",
-                "selfsubjectreviews",
-            ],
-        )],
+        "system:basic-user" => vec![
+            rule(
+                &["create"],
+                &["authorization.k8s.io"],
+                &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+            ),
+            rule(
+                &["create"],
+                &["authentication.k8s.io"],
+                &["selfsubjectreviews"],
+            ),
+        ],
         "system:service-account-issuer-discovery" => vec![url_rule(
             &["get"],
             &[
