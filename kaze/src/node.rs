@@ -197,6 +197,8 @@ pub async fn start(
         eviction_hard: args.eviction_hard.clone(),
         eviction_soft: String::new(),
         eviction_soft_grace_period: String::new(),
+        container_log_max_size: "10Mi".into(),
+        container_log_max_files: 5,
         pod_cidr: None,
         // k3s's local-path-provisioner keeps volumes in <data-dir>/storage
         local_storage_path: Some(

@@ -104,6 +104,8 @@ async fn main() {
         eviction_hard: "memory.available<100Mi".into(),
         eviction_soft: String::new(),
         eviction_soft_grace_period: String::new(),
+        container_log_max_size: "10Mi".into(),
+        container_log_max_files: 5,
         pod_cidr: None,
         local_storage_path: None,
         static_pods: Default::default(),

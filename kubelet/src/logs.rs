@@ -5,6 +5,13 @@
 //! The shim writes the container's stdout/stderr into two FIFOs; a pump per container reads
 //! them and writes lines. Lines longer than [`MAX_LINE`] are split into `P` (partial) records
 //! followed by an `F` record, like the CRI plugin does.
+//!
+//! Logs rotate as upstream's container log manager rotates them ([`Rotation`],
+//! `--container-log-max-size` / `--container-log-max-files`): once `<n>.log` reaches the size
+//! it is renamed `<n>.log.<YYYYMMDD-hhmmss>` (UTC) and a new one begun; earlier rotated files
+//! are gzipped (`.gz`) and the oldest removed, so a container keeps at most `max_files`
+//! files. Upstream checks every 10 s and asks the runtime to reopen; the pump here writes the
+//! file itself, so it rotates as soon as a write reaches the size.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +22,149 @@ use tokio::sync::watch;
 use crate::sys::{self, SysError};
 
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// Upstream's `containerLogMaxSize` / `containerLogMaxFiles` (defaults 10Mi and 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the file holds this many bytes.
+    pub max_size: u64,
+    /// Files kept per container, the one being written included (at least 2).
+    pub max_files: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Rotation {
+        Rotation {
+            max_size: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+/// A container's log file as the pump writes it, rotated per [`Rotation`].
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: std::fs::File,
+    size: u64,
+    rotation: Rotation,
+    /// Held while a rotation's compression and clean-up run (in the background), so two
+    /// never work on the same files.
+    cleaning: Arc<Mutex<()>>,
+}
+
+impl LogFile {
+    fn open(path: &Path, rotation: Rotation) -> Result<LogFile, SysError> {
+        let file = sys::open_append(path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            rotation,
+            cleaning: Arc::default(),
+        })
+    }
+
+    fn write(&mut self, records: &[u8]) {
+        if self.file.write_all(records).is_ok() {
+            self.size += records.len() as u64;
+        }
+        if self.size >= self.rotation.max_size {
+            if let Err(e) = self.rotate() {
+                tracing::warn!(log = %self.path.display(), error = %e, "rotating a container log");
+            }
+        }
+    }
+
+    /// Upstream's `rotateLog`: rename the file with a time stamp, begin a new one, then (in
+    /// the background) compress the earlier rotated files and remove the oldest.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S");
+        let rotated = PathBuf::from(format!("{}.{stamp}", self.path.display()));
+        if rotated.exists() || PathBuf::from(format!("{}.gz", rotated.display())).exists() {
+            // rotated within this second already: keep writing, rotate on a later write
+            return Ok(());
+        }
+        std::fs::rename(&self.path, &rotated)?;
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        let (path, rotation, cleaning) = (self.path.clone(), self.rotation, self.cleaning.clone());
+        std::thread::spawn(move || {
+            let _held = cleaning.lock();
+            clean_rotated(&path, &rotated, rotation);
+        });
+        Ok(())
+    }
+}
+
+/// The rotated files of log `path` (`<path>.<stamp>` and `<path>.<stamp>.gz`), oldest first.
+pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stamp = name.strip_prefix(&prefix)?;
+            let stamp = stamp.strip_suffix(".gz").unwrap_or(stamp);
+            let plain = stamp.len() == 15
+                && stamp.as_bytes()[8] == b'-'
+                && stamp.bytes().filter(u8::is_ascii_digit).count() == 14;
+            plain.then(|| (stamp.to_string(), e.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// After `newest` was rotated out of `path`: gzip every other uncompressed rotated file
+/// (upstream's `compressLog`, through `.tmp`) and remove the oldest past
+/// `max_files - 1` rotated ones (upstream's `removeExcessLogs`).
+fn clean_rotated(path: &Path, newest: &Path, rotation: Rotation) {
+    let mut rotated = rotated_files(path);
+    let keep = rotation.max_files.saturating_sub(1).max(1);
+    while rotated.len() > keep {
+        let old = rotated.remove(0);
+        if let Err(e) = std::fs::remove_file(&old) {
+            tracing::debug!(log = %old.display(), error = %e, "removing a rotated log");
+        }
+    }
+    for f in rotated
+        .iter()
+        .filter(|f| f.as_path() != newest && f.extension().is_none_or(|e| e != "gz"))
+    {
+        if let Err(e) = gzip(f) {
+            tracing::warn!(log = %f.display(), error = %e, "compressing a rotated log");
+        }
+    }
+}
+
+/// `f` → `f.gz` (written as `f.gz.tmp` first), then `f` removed.
+fn gzip(f: &Path) -> std::io::Result<()> {
+    let gz = PathBuf::from(format!("{}.gz", f.display()));
+    let tmp = PathBuf::from(format!("{}.tmp", gz.display()));
+    let result = (|| {
+        let mut input = std::fs::File::open(f)?;
+        let out = std::fs::File::create(&tmp)?;
+        let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+        std::io::copy(&mut input, &mut enc)?;
+        enc.finish()?.sync_all()?;
+        std::fs::rename(&tmp, &gz)?;
+        std::fs::remove_file(f)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
 
 /// `/var/log/pods/<ns>_<pod>_<uid>`.
 pub fn pod_log_dir(root: &Path, namespace: &str, pod: &str, uid: &str) -> PathBuf {
@@ -93,8 +243,13 @@ pub struct LogPump {
 }
 
 impl LogPump {
-    pub fn start(stdout: &Path, stderr: &Path, log: &Path) -> Result<LogPump, SysError> {
-        let file = Arc::new(Mutex::new(sys::open_append(log)?));
+    pub fn start(
+        stdout: &Path,
+        stderr: &Path,
+        log: &Path,
+        rotation: Rotation,
+    ) -> Result<LogPump, SysError> {
+        let file = Arc::new(Mutex::new(LogFile::open(log, rotation)?));
         let (tx, rx) = watch::channel(false);
         let (attached, _) = tokio::sync::broadcast::channel(256);
         let mut tasks = Vec::new();
@@ -134,7 +289,7 @@ impl LogPump {
 async fn pump(
     fifo: tokio::net::unix::pipe::Receiver,
     stream: &'static str,
-    file: Arc<Mutex<std::fs::File>>,
+    file: Arc<Mutex<LogFile>>,
     mut stop: watch::Receiver<bool>,
     (channel, attached): (u8, tokio::sync::broadcast::Sender<Output>),
 ) {
@@ -148,7 +303,7 @@ async fn pump(
     let write = |records: Vec<u8>| {
         if !records.is_empty() {
             if let Ok(mut f) = file.lock() {
-                let _ = f.write_all(&records);
+                f.write(&records);
             }
         }
     };
@@ -233,5 +388,87 @@ mod tests {
     fn log_paths_follow_the_kubelet_layout() {
         let p = container_log_path(Path::new("/var/log/pods"), "default", "web", "u1", "app", 0);
         assert_eq!(p, Path::new("/var/log/pods/default_web_u1/app/0.log"));
+    }
+
+    #[test]
+    fn a_write_that_reaches_the_size_rotates_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("app/0.log");
+        let rotation = Rotation {
+            max_size: 100,
+            max_files: 2,
+        };
+        let mut f = LogFile::open(&log, rotation).expect("open");
+        f.write(&[b'a'; 60]);
+        assert!(rotated_files(&log).is_empty());
+        f.write(&[b'b'; 60]);
+        let rotated = rotated_files(&log);
+        assert_eq!(rotated.len(), 1, "{rotated:?}");
+        assert_eq!(std::fs::metadata(&rotated[0]).expect("rotated").len(), 120);
+        assert_eq!(std::fs::metadata(&log).expect("new file").len(), 0);
+        f.write(b"c\n");
+        assert_eq!(std::fs::read(&log).expect("new file"), b"c\n");
+        // reopening an existing file counts what it holds
+        let again = LogFile::open(&log, rotation).expect("reopen");
+        assert_eq!(again.size, 2);
+    }
+
+    #[test]
+    fn rotated_files_are_gzipped_and_the_oldest_removed() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("0.log");
+        let write = |name: &str, body: &str| {
+            std::fs::write(dir.path().join(name), body).expect("write");
+        };
+        write("0.log", "current\n");
+        write("0.log.20261128-100000.gz", "oldest");
+        write("0.log.20261128-100001", "middle\n");
+        write("0.log.20261128-100002", "newest\n");
+        // not rotated files of 0.log
+        for other in [
+            "1.log.20261128-100000",
+            "0.log.tmp",
+            "0.log.2026",
+            "0.log.20261128-1000x1",
+        ] {
+            write(other, "x");
+        }
+        let newest = dir.path().join("0.log.20261128-100002");
+        let rotation = Rotation {
+            max_size: 1,
+            max_files: 3,
+        };
+        clean_rotated(&log, &newest, rotation);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "0.log",
+                "0.log.2026",
+                "0.log.20261128-100001.gz",
+                "0.log.20261128-100002",
+                "0.log.20261128-1000x1",
+                "0.log.tmp",
+                "1.log.20261128-100000",
+            ]
+        );
+        let gz = std::fs::File::open(dir.path().join("0.log.20261128-100001.gz")).expect("gz");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_string(&mut text)
+            .expect("gunzip");
+        assert_eq!(text, "middle\n");
+        assert_eq!(
+            rotated_files(&log),
+            [
+                dir.path().join("0.log.20261128-100001.gz"),
+                dir.path().join("0.log.20261128-100002"),
+            ]
+        );
     }
 }

@@ -58,6 +58,8 @@ pub struct KubeletConfiguration {
     pub image_gc_low_threshold_percent: Option<i32>,
     #[serde(rename = "imageMinimumGCAge")]
     pub image_minimum_gc_age: Option<GoDuration>,
+    pub container_log_max_size: Option<String>,
+    pub container_log_max_files: Option<u32>,
     // Accepted, no effect: this kubelet never pulls from a registry.
     pub serialize_image_pulls: Option<bool>,
     pub max_parallel_image_pulls: Option<u32>,
@@ -224,8 +226,6 @@ pub const UNSUPPORTED: &[&str] = &[
     "featureGates",
     "failSwapOn",
     "memorySwap",
-    "containerLogMaxSize",
-    "containerLogMaxFiles",
     "containerLogMaxWorkers",
     "containerLogMonitorInterval",
     "configMapAndSecretChangeDetectionStrategy",
@@ -454,6 +454,16 @@ impl KubeletConfiguration {
             "allowed_unsafe_sysctls",
             config.allowed_unsafe_sysctls
         );
+        set!(
+            self.container_log_max_size,
+            "container_log_max_size",
+            config.container_log_max_size
+        );
+        set!(
+            self.container_log_max_files,
+            "container_log_max_files",
+            config.container_log_max_files
+        );
         let gc = &mut config.image_gc;
         set!(
             self.image_gc_high_threshold_percent,
@@ -597,6 +607,8 @@ allowedUnsafeSysctls: [net.core.somaxconn]
 imageGCHighThresholdPercent: 90
 imageGCLowThresholdPercent: 70
 imageMinimumGCAge: 1m
+containerLogMaxSize: 50Mi
+containerLogMaxFiles: 3
 serializeImagePulls: false
 "
         );
@@ -645,6 +657,13 @@ serializeImagePulls: false
         assert_eq!(c.image_gc.high_threshold, 90);
         assert_eq!(c.image_gc.low_threshold, 70);
         assert_eq!(c.image_gc.minimum_age, Duration::from_secs(60));
+        assert_eq!(
+            c.log_rotation(),
+            Ok(crate::logs::Rotation {
+                max_size: 50 * 1024 * 1024,
+                max_files: 3
+            })
+        );
     }
 
     #[test]

@@ -130,6 +130,12 @@ pub struct Config {
     /// pods are evicted; required for every soft threshold.
     #[arg(long = "eviction-soft-grace-period", default_value = "")]
     pub eviction_soft_grace_period: String,
+    /// A container's log is rotated once it reaches this size (a quantity, as upstream's).
+    #[arg(long = "container-log-max-size", default_value = "10Mi")]
+    pub container_log_max_size: String,
+    /// Log files kept per container, the one being written included (at least 2).
+    #[arg(long = "container-log-max-files", default_value_t = 5)]
+    pub container_log_max_files: u32,
     /// How often the node Lease is renewed.
     #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
     pub lease_renew_interval: Duration,
@@ -178,6 +184,29 @@ fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> NodeError {
 }
 
 impl Config {
+    /// `--container-log-max-size` and `--container-log-max-files`, checked as upstream's
+    /// `ValidateKubeletConfiguration` does.
+    pub fn log_rotation(&self) -> Result<crate::logs::Rotation, String> {
+        if self.container_log_max_files < 2 {
+            return Err(format!(
+                "--container-log-max-files ({}) must be greater than 1",
+                self.container_log_max_files
+            ));
+        }
+        let size = crate::pod::spec::parse_quantity(&self.container_log_max_size)
+            .filter(|b| *b >= 1.0)
+            .ok_or_else(|| {
+                format!(
+                    "--container-log-max-size {:?}: must be a positive quantity of bytes (10Mi)",
+                    self.container_log_max_size
+                )
+            })?;
+        Ok(crate::logs::Rotation {
+            max_size: size as u64,
+            max_files: self.container_log_max_files as usize,
+        })
+    }
+
     pub fn node_name(&self) -> String {
         self.hostname_override
             .clone()
@@ -195,6 +224,7 @@ impl Config {
 pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), NodeError> {
     let config = config.with_config_file()?;
     config.image_gc.validate().map_err(NodeError::Flag)?;
+    let log_rotation = config.log_rotation().map_err(NodeError::Flag)?;
     if config.static_pods.sync_frequency.is_zero() {
         return Err(NodeError::Flag("--sync-frequency must be above 0".into()));
     }
@@ -283,6 +313,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
     rc.containerd_socket = socket.into();
     rc.root_dir = config.root_dir.clone();
     rc.log_dir = config.pod_log_dir.clone();
+    rc.log_rotation = log_rotation;
     rc.pause_image = config.pod_infra_container_image.clone();
     rc.cluster_dns = config.cluster_dns.clone();
     rc.cluster_domain = config.cluster_domain.clone();

@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -663,7 +664,16 @@ async fn container_logs(
         limit_bytes: q.get("limitBytes").and_then(|v| v.parse().ok()),
         since,
     };
-    let content = match tokio::fs::read_to_string(&file).await {
+    // One open file: a follow goes on reading it after it is rotated (renamed) away.
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let mut handle = tokio::fs::File::open(&file).await?;
+        let mut content = String::new();
+        handle.read_to_string(&mut content).await?;
+        let inode = handle.metadata().await?.ino();
+        Ok::<_, std::io::Error>((content, handle, inode))
+    };
+    let (content, handle, inode) = match read.await {
         Ok(c) => c,
         Err(e) => {
             return text(
@@ -693,7 +703,9 @@ async fn container_logs(
     };
     let follow = Follow {
         pending: Some(first),
-        offset: content.len(),
+        offset: content.len() as u64,
+        handle,
+        inode,
         file,
         opts: stream_opts,
         rt: ctx.rt.clone(),
@@ -708,25 +720,36 @@ async fn container_logs(
         }
         while !f.done {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let Ok(all) = tokio::fs::read(&f.file).await else {
+            let Ok(new) = f.read_new().await else {
                 return None;
             };
             f.idle += 1;
+            if new.is_empty() && f.rotated().await {
+                // the file was rotated away and read to its end: follow the new one
+                match tokio::fs::File::open(&f.file).await {
+                    Ok(handle) => {
+                        f.inode = handle.metadata().await.map_or(0, |m| m.ino());
+                        f.handle = handle;
+                        f.offset = 0;
+                        continue;
+                    }
+                    Err(_) => return None,
+                }
+            }
             // every second without news: is the container still writing this file?
             if f.idle % 4 == 0 && !f.still_running().await {
                 f.done = true;
             }
-            if all.len() > f.offset {
+            if !new.is_empty() {
                 // Only whole records (at the end, everything): keep a trailing fragment
                 // for the next round.
-                let new = &all[f.offset..];
                 let end = if f.done {
                     new.len()
                 } else {
                     new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
                 };
                 if end > 0 {
-                    f.offset += end;
+                    f.offset += end as u64;
                     f.idle = 0;
                     let chunk = render(&String::from_utf8_lossy(&new[..end]), &f.opts);
                     return Some((Ok(Bytes::from(chunk)), f));
@@ -747,8 +770,11 @@ async fn container_logs(
 struct Follow {
     /// What was there when the request came (sent first).
     pending: Option<String>,
+    /// The log's path, and the file read (which a rotation renames away from it).
     file: PathBuf,
-    offset: usize,
+    handle: tokio::fs::File,
+    inode: u64,
+    offset: u64,
     opts: LogOptions,
     rt: Runtime,
     log_dir: PathBuf,
@@ -761,6 +787,24 @@ struct Follow {
 }
 
 impl Follow {
+    /// What the open file holds past `offset`.
+    async fn read_new(&mut self) -> std::io::Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        self.handle
+            .seek(std::io::SeekFrom::Start(self.offset))
+            .await?;
+        let mut new = Vec::new();
+        self.handle.read_to_end(&mut new).await?;
+        Ok(new)
+    }
+
+    /// Whether the log's path now names another file (the one read was rotated away).
+    async fn rotated(&self) -> bool {
+        tokio::fs::metadata(&self.file)
+            .await
+            .is_ok_and(|m| m.ino() != self.inode)
+    }
+
     /// Whether the file followed is the running container's: the newest of its log files,
     /// and that container runs.
     async fn still_running(&self) -> bool {

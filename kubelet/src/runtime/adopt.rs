@@ -155,7 +155,7 @@ impl Runtime {
             return Ok(());
         }
         let (out, err) = logs::fifo_paths(&self.config.pod_dir(uid).join("fifo"), id);
-        let pump = LogPump::start(&out, &err, log.as_ref())
+        let pump = LogPump::start(&out, &err, log.as_ref(), self.config.log_rotation)
             .context(|| format!("adopting container {id}"))?;
         self.lock().pumps.insert(id.to_string(), pump);
         Ok(())

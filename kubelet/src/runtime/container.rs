@@ -320,7 +320,8 @@ impl Runtime {
             }
             false => None,
         };
-        let pump = LogPump::start(&stdout, &stderr, &log_path).context(|| what.clone())?;
+        let pump = LogPump::start(&stdout, &stderr, &log_path, self.config.log_rotation)
+            .context(|| what.clone())?;
         self.lock().pumps.insert(id.clone(), pump);
 
         let started = self

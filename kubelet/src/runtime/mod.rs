@@ -58,6 +58,8 @@ pub struct RuntimeConfig {
     pub root_dir: PathBuf,
     /// Where container logs go (`/var/log/pods`).
     pub log_dir: PathBuf,
+    /// When container logs rotate (`--container-log-max-size`, `--container-log-max-files`).
+    pub log_rotation: crate::logs::Rotation,
     /// `--pod-infra-container-image`.
     pub pause_image: String,
     /// `--cluster-dns`.
@@ -77,6 +79,7 @@ impl RuntimeConfig {
             node_name: node.to_string(),
             root_dir: "/var/lib/kaze/kubelet".into(),
             log_dir: "/var/log/pods".into(),
+            log_rotation: Default::default(),
             pause_image: "docker.io/kaze/pause:1".into(),
             cluster_dns: vec![IpAddr::from([10, 43, 0, 10])],
             cluster_domain: "cluster.local".into(),

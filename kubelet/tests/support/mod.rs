@@ -364,6 +364,8 @@ pub fn node_config(
         eviction_hard: TEST_EVICTION_HARD.into(),
         eviction_soft: String::new(),
         eviction_soft_grace_period: String::new(),
+        container_log_max_size: "10Mi".into(),
+        container_log_max_files: 5,
         pod_cidr: None,
         local_storage_path: None,
         static_pods: Default::default(),
