@@ -387,6 +387,15 @@ pub async fn create(
         None,
     )
     .await?;
+    // upstream's BeforeCreate: a generateName becomes a name after the mutating plugins and
+    // before the validating ones (PodSecurity, quota, webhooks), whose refusals name it
+    // (`pods "web-7d9f-x2k4q" is forbidden: exceeded quota: ...`)
+    let generated = given.is_empty();
+    let mut given = given;
+    if generated {
+        given = generated_name(&generate);
+        meta::metadata_mut(&mut obj).insert("name".into(), json!(given));
+    }
     if let Some(ns) = ns {
         crate::podsecurity::admit_create(state, def, Some(ns), &obj).await?;
         crate::quota::admit(state, def, ns, &obj, &given, dry_run).await?;
@@ -408,42 +417,50 @@ pub async fn create(
     // Services get their ClusterIP and node ports before they are stored, and give them
     // back when the create fails. A dry run shows what upstream's would, taking nothing.
     let is_service = def.group.is_empty() && def.plural == "services";
-    let mut given = given;
     if is_service {
-        // the ClusterIP's IPAddress names its Service: a generated name is chosen first (a
-        // collision then fails as a given name's would, instead of being retried)
-        if given.is_empty() && !dry_run {
-            given = format!("{generate}{}", meta::random_suffix());
-            meta::metadata_mut(&mut obj).insert("name".into(), json!(given));
-        }
-        if !given.is_empty() {
-            check_name(def, &given)?;
-        }
+        // the ClusterIP's IPAddress names its Service: its name is final (a generated one
+        // that collides fails as a given name's would, instead of being retried)
+        check_name(def, &given)?;
         crate::services::allocate(state, def, &mut obj, dry_run).await?;
     }
+    let retry_name = (generated && !is_service).then_some(generate.as_str());
     let held = is_service.then(|| obj.clone());
-    let result = create_named(state, def, ns, obj, &given, &generate, opts).await;
+    let result = create_named(state, def, ns, obj, &given, retry_name, opts).await;
     if let (Err(_), Some(held), false) = (&result, held, dry_run) {
         crate::services::release(state, &held).await;
     }
     result
 }
 
+/// `generateName` plus five random characters, the base cut to 58 as upstream's
+/// `SimpleNameGenerator` cuts it.
+fn generated_name(generate: &str) -> String {
+    let mut base = generate.to_string();
+    if base.len() > 58 {
+        let mut cut = 58;
+        while !base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        base.truncate(cut);
+    }
+    format!("{base}{}", meta::random_suffix())
+}
+
+/// Store `obj` as `name`; with `retry_name` (its `generateName`), a collision is retried
+/// under a fresh generated name, as upstream's clients would.
 async fn create_named(
     state: &AppState,
     def: &ResourceDef,
     ns: Option<&str>,
     mut obj: Value,
-    given: &str,
-    generate: &str,
+    name: &str,
+    retry_name: Option<&str>,
     opts: WriteOpts,
 ) -> Result<Value, ApiError> {
-    // generateName collisions are retried with a fresh suffix, as upstream's clients would.
-    for _ in 0..8 {
-        let name = if given.is_empty() {
-            format!("{generate}{}", meta::random_suffix())
-        } else {
-            given.to_string()
+    for attempt in 0..8 {
+        let name = match retry_name {
+            Some(generate) if attempt > 0 => generated_name(generate),
+            _ => name.to_string(),
         };
         meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
         check_name(def, &name)?;
@@ -463,7 +480,7 @@ async fn create_named(
                 return Ok(obj);
             }
             Ok(kv) => return decode_kv(def, &kv),
-            Err(StoreError::AlreadyExists { .. }) if given.is_empty() => continue,
+            Err(StoreError::AlreadyExists { .. }) if retry_name.is_some() => continue,
             Err(e) => return Err(from_store(e, def.plural, def.group, &name)),
         }
     }

@@ -135,6 +135,26 @@ async fn creates_past_a_quota_are_refused_and_admitted_ones_charged() {
         message(&err),
         "pods \"c\" is forbidden: exceeded quota: compute, requested: pods=1,requests.cpu=1m, used: pods=2,requests.cpu=1, limited: pods=2,requests.cpu=1"
     );
+    // a generated name is chosen before quota admission, which names it (as upstream's
+    // BeforeCreate; a ReplicaSet's FailedCreate event shows it)
+    let mut generated = pod("", Some("1m"));
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("web-7d9f-".into());
+    let err = pods
+        .create(&PostParams::default(), &generated)
+        .await
+        .expect_err("past pods and cpu");
+    let msg = message(&err);
+    let named = msg
+        .strip_prefix("pods \"web-7d9f-")
+        .and_then(|rest| rest.split_once('"'))
+        .filter(|(suffix, _)| suffix.len() == 5)
+        .map(|(_, rest)| rest);
+    assert_eq!(
+        named,
+        Some(" is forbidden: exceeded quota: compute, requested: pods=1,requests.cpu=1m, used: pods=2,requests.cpu=1, limited: pods=2,requests.cpu=1"),
+        "{msg}"
+    );
 
     cms.create(&PostParams::default(), &cm("one", &[]))
         .await
