@@ -286,7 +286,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
                     &ds,
                     "Warning",
                     "FailedCreate",
-                    format!("Error creating: {e}"),
+                    format!("Error creating: {}", crate::events::error_text(&e)),
                 );
                 return Err(api_err(format!(
                     "creating the pod of daemonset {ns}/{name} for node {node_name}"

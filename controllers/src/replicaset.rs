@@ -200,7 +200,7 @@ pub async fn sync_replicas(ctx: &Ctx, o: &Owner<'_>) -> Result<ReplicaCounts, Re
                         o,
                         "Warning",
                         "FailedCreate",
-                        format!("Error creating: {e}"),
+                        format!("Error creating: {}", crate::events::error_text(&e)),
                     );
                     first_err.get_or_insert(e);
                 }

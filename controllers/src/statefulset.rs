@@ -296,7 +296,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Recon
                             "Warning",
                             "FailedCreate",
                             format!(
-                                "create Pod {pod_name} in StatefulSet {name} failed error: {e}"
+                                "create Pod {pod_name} in StatefulSet {name} failed error: {}",
+                                crate::events::error_text(&e)
                             ),
                         );
                         return Err(api_err(format!(

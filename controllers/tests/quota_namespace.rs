@@ -363,3 +363,89 @@ spec: {containers: [{name: c, image: kaze/busybox:1}]}
     cm_task.await.expect("task").expect("clean stop");
     server.shutdown().await;
 }
+
+/// A ReplicaSet whose creates a quota refuses: its `FailedCreate` events say what the
+/// apiserver said, naming the generated pod (`Error creating: pods "web-x2k4q" is
+/// forbidden: exceeded quota: ...`, upstream's wording), and past ten such events the
+/// retries count on one `(combined from similar events): ...` event, as client-go's event
+/// aggregator combines them, instead of adding a line each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_creates_are_reported_as_the_apiserver_said_and_combined() {
+    use k8s_openapi::api::core::v1::Event;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
+        .await
+        .expect("apiserver");
+    let kc = server.kubeconfig_path().to_path_buf();
+    let client = component::client(Some(&kc)).await.expect("client");
+    let token = component::CancellationToken::new();
+    let cm_task = tokio::spawn(controllers::run(
+        controllers::Config::new(Some(kc.clone()), &["resourcequota", "replicaset"]),
+        token.clone(),
+    ));
+    namespace(&client, "capped").await;
+    testkit::kubectl_ok(
+        &kc,
+        &["create", "quota", "q", "-n", "capped", "--hard=pods=1"],
+        None,
+    );
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "capped");
+    wait_used(&quotas, "q", "pods=0").await;
+    let rs = r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: web, namespace: capped}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: kaze/busybox:1}]
+"#;
+    testkit::kubectl_ok(&kc, &["apply", "-f", "-"], Some(rs));
+    let events: Api<Event> = Api::namespaced(client.clone(), "capped");
+    const COMBINED: &str = "(combined from similar events): ";
+    let failed = wait_for(
+        "a combined FailedCreate counted twice",
+        Duration::from_secs(60),
+        || async {
+            let all = events.list(&Default::default()).await.ok()?.items;
+            let failed: Vec<Event> = all
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+                .collect();
+            failed
+                .iter()
+                .any(|e| {
+                    e.message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with(COMBINED))
+                        && e.count.unwrap_or(0) >= 2
+                })
+                .then_some(failed)
+        },
+    )
+    .await;
+    assert!(
+        failed.len() <= 10,
+        "nine events, then the combined one: {failed:#?}"
+    );
+    for e in &failed {
+        let msg = e.message.as_deref().unwrap_or("");
+        let rest = msg
+            .trim_start_matches(COMBINED)
+            .strip_prefix("Error creating: pods \"web-")
+            .and_then(|r| r.split_once('"'))
+            .filter(|(suffix, _)| suffix.len() == 5)
+            .map(|(_, rest)| rest);
+        assert_eq!(
+            rest,
+            Some(" is forbidden: exceeded quota: q, requested: pods=1, used: pods=1, limited: pods=1"),
+            "{msg}"
+        );
+    }
+    token.cancel();
+    cm_task.await.expect("task").expect("clean stop");
+    server.shutdown().await;
+}

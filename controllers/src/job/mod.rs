@@ -665,7 +665,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
                         }
                         Err(e) => {
                             ctx.expectations.creation_observed(&uid);
-                            let msg = format!("Error creating: {e}");
+                            let msg = format!("Error creating: {}", crate::events::error_text(&e));
                             event(&ctx, &job, "Warning", "FailedCreate", msg);
                             first_err.get_or_insert(e);
                         }
