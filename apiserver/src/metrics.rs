@@ -196,13 +196,62 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     resp
 }
 
+/// Upstream's object counts: `apiserver_resource_objects{group,resource}` and the older
+/// `apiserver_storage_objects{resource="<plural>[.<group>]"}` (deprecated in 1.34, still what
+/// many dashboards read), from what the watch caches hold (upstream counts the store every
+/// minute; the caches follow it). Storage names become the resource's group and plural
+/// through the registry (`minions` is `nodes`).
+fn render_object_counts(state: &AppState) -> String {
+    let mut rows: Vec<(String, String, u64)> = Vec::new();
+    for (storage, n) in state.cache.object_counts() {
+        let def = state
+            .registry
+            .all()
+            .iter()
+            .find(|d| d.storage_name == storage);
+        let (group, resource) = match def {
+            Some(d) => (d.group.to_string(), d.plural.to_string()),
+            // custom resources (and kinds outside the registry) are cached as
+            // `<group>/<plural>`
+            None => match storage.split_once('/') {
+                Some((g, r)) if g.contains('.') => (g.to_string(), r.to_string()),
+                _ => continue,
+            },
+        };
+        rows.push((group, resource, n));
+    }
+    rows.sort();
+    rows.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    let mut out = String::from(
+        "# HELP apiserver_resource_objects [ALPHA] Number of stored objects at the time of last check split by kind.\n# TYPE apiserver_resource_objects gauge\n",
+    );
+    for (group, resource, n) in &rows {
+        let _ = writeln!(
+            out,
+            "apiserver_resource_objects{{group=\"{group}\",resource=\"{resource}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP apiserver_storage_objects [STABLE] (Deprecated since 1.34.0) Number of stored objects at the time of last check split by kind. In case of a fetching error, the value will be -1.\n# TYPE apiserver_storage_objects gauge\n");
+    for (group, resource, n) in &rows {
+        let name = if group.is_empty() {
+            resource.clone()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let _ = writeln!(out, "apiserver_storage_objects{{resource=\"{name}\"}} {n}");
+    }
+    out
+}
+
 pub async fn serve(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render()
+            + &render_object_counts(&state)
             + &state.cache.render_metrics()
             + &state.webhooks.render_metrics()
-            + &crate::audit::render_metrics(state.audit.as_deref()),
+            + &crate::audit::render_metrics(state.audit.as_deref())
+            + &component::process::metrics(),
     )
         .into_response()
 }

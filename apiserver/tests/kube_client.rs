@@ -420,6 +420,42 @@ async fn status_errors_for_bad_requests() {
     ] {
         assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
     }
+    // upstream's object counts, by group and plural (nodes are stored as `minions`), and
+    // the process metrics every upstream component has
+    let stored = Api::<ConfigMap>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = client.request_text(metrics_req()).await.expect("metrics");
+        if metrics.contains(&format!(
+            "apiserver_resource_objects{{group=\"\",resource=\"configmaps\"}} {stored}\n"
+        )) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for needle in [
+        format!("apiserver_resource_objects{{group=\"\",resource=\"configmaps\"}} {stored}\n"),
+        format!("apiserver_storage_objects{{resource=\"configmaps\"}} {stored}\n"),
+        "apiserver_resource_objects{group=\"\",resource=\"nodes\"} 0\n".into(),
+        "apiserver_storage_objects{resource=\"apiservices.apiregistration.k8s.io\"} ".into(),
+        "\nprocess_resident_memory_bytes ".into(),
+        "\nprocess_cpu_seconds_total ".into(),
+        "\nprocess_start_time_seconds ".into(),
+    ] {
+        assert!(
+            metrics.contains(&needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("apiserver_storage_objects{resource=\"minions\""),
+        "{metrics}"
+    );
     server.shutdown().await;
 }
 

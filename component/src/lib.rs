@@ -12,6 +12,7 @@ pub mod health;
 pub mod https;
 pub mod jwt;
 pub mod leader;
+pub mod process;
 pub mod quota;
 pub mod reloading;
 pub mod selectors;

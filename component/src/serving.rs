@@ -361,7 +361,7 @@ async fn metrics(State(endpoints): State<Arc<Endpoints>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        (endpoints.metrics)(),
+        (endpoints.metrics)() + &crate::process::metrics(),
     )
         .into_response()
 }

@@ -72,6 +72,6 @@ async fn health(State(s): State<AppState>) -> impl IntoResponse {
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        s.metrics.render() + &component::process::metrics(),
     )
 }

@@ -431,6 +431,7 @@ async fn ready_health_and_metrics_endpoints() {
     kdig(kaze.addr, "nope.default.svc.cluster.local", "AAAA", &[]).await;
     let (code, body) = http_get(kaze.http, "/metrics").await;
     assert_eq!(code, 200);
+    assert!(body.contains("\nprocess_open_fds "), "{body}");
     assert!(
         body.contains("kaze_dns_queries_total{type=\"A\",rcode=\"NOERROR\"} 1"),
         "{body}"

@@ -283,6 +283,12 @@ fn standalone_components_serve_health_to_all_and_metrics_to_authorized_callers()
         let (code, body) = curl(&url("/metrics"), &["-H", &admin]);
         assert_eq!(code, 200, "{name}: {body}");
         assert!(body.contains(metric), "{name}: {body}");
+        // and the process metrics every upstream component has
+        assert!(
+            body.contains("\nprocess_resident_memory_bytes ")
+                && body.contains("\nprocess_cpu_seconds_total "),
+            "{name}: {body}"
+        );
         // client certificates of the CA the apiserver publishes, authorized per user
         let cert_args = |crt: &Path, key: &Path| {
             vec![

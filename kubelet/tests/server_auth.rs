@@ -170,6 +170,8 @@ async fn kubelet_server_authenticates_callers_by_client_certificate_or_refuses_e
         "kubelet_started_pods_total 1".to_string(),
         "kubelet_started_containers_total{container_type=\"container\"} 1".to_string(),
         "kubelet_pod_start_duration_seconds_count 1".to_string(),
+        "# TYPE process_resident_memory_bytes gauge".to_string(),
+        "# TYPE process_start_time_seconds gauge".to_string(),
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }

@@ -288,7 +288,7 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
         .unwrap_or_default();
     (
         [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(&counters),
+        s.metrics.render(&counters) + &component::process::metrics(),
     )
 }
 

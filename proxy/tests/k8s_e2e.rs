@@ -66,6 +66,10 @@ fn spreads_follows_changes_and_forgets_deleted_services(test: &str, mode: ProxyM
         h.metric(&format!("kaze_proxy_mode{{mode=\"{}\"}}", mode.as_str())),
         Some(1.0)
     );
+    // the process metrics every upstream component has
+    assert!(h
+        .metric("process_resident_memory_bytes")
+        .is_some_and(|b| b > 0.0));
 
     let client = h.client_ns();
     let tcp: Vec<String> = (0..30)

@@ -290,6 +290,19 @@ impl WatchCache {
         }
     }
 
+    /// Objects each cache holds, by storage name (`pods`, `minions`, `services/specs`,
+    /// `<group>/<plural>` for custom resources), sorted.
+    pub fn object_counts(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = self
+            .stores
+            .iter()
+            .flat_map(|sc| sc.resources())
+            .map(|(name, rc)| (name, rc.len() as u64))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// The caches' figures in Prometheus' text format, under upstream's names where
     /// upstream has one.
     pub fn render_metrics(&self) -> String {

@@ -310,7 +310,7 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
         &ctx.active.list(),
         ctx.rt.metrics(),
     );
-    prometheus(body)
+    prometheus(body + &component::process::metrics())
 }
 
 /// `GET /metrics/resource`: CPU and memory of the node, pods and containers.
