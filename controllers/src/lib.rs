@@ -339,9 +339,49 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
-pub(crate) fn error_policy<K, C>(_obj: Arc<K>, err: &ReconcileError, _ctx: Arc<C>) -> Action {
-    tracing::warn!(error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+pub(crate) fn error_policy<K: kube::Resource, C>(
+    obj: Arc<K>,
+    err: &ReconcileError,
+    _ctx: Arc<C>,
+) -> Action {
+    let key = obj.meta().uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            obj.meta().namespace.as_deref().unwrap_or(""),
+            obj.meta().name.as_deref().unwrap_or("")
+        )
+    });
+    let delay = retry_delay(&key, std::time::Instant::now());
+    tracing::warn!(error = %err, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// Upstream's per-object retry delay (the exponential part of client-go's
+/// `DefaultControllerRateLimiter`): 5 ms after a first failure, doubling with each
+/// consecutive one, at most 1000 s. An object whose last failure is older than its delay
+/// plus 30 s reconciled well in between (upstream forgets it on success) and starts over.
+fn retry_delay(key: &str, now: std::time::Instant) -> Duration {
+    const BASE: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1000);
+    type Failures = std::collections::HashMap<String, (u32, std::time::Instant, Duration)>;
+    static FAILURES: std::sync::LazyLock<std::sync::Mutex<Failures>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut all = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+    if all.len() > 10_000 {
+        all.retain(|_, (_, at, d)| now.duration_since(*at) < *d + Duration::from_secs(30));
+    }
+    let entry = all
+        .entry(key.to_string())
+        .or_insert((0, now, Duration::ZERO));
+    if now.duration_since(entry.1) > entry.2 + Duration::from_secs(30) {
+        entry.0 = 0;
+    }
+    let delay = BASE
+        .checked_mul(1u32.checked_shl(entry.0).unwrap_or(u32::MAX))
+        .unwrap_or(MAX)
+        .min(MAX);
+    *entry = (entry.0.saturating_add(1), now, delay);
+    delay
 }
 
 /// Resolve `--controllers` into the set to run.
@@ -581,6 +621,27 @@ async fn run_controllers(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retries_back_off_exponentially_and_start_over_after_a_quiet_spell() {
+        use std::time::{Duration, Instant};
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let key = "retry-test-uid";
+        let delays: Vec<Duration> = (0..4)
+            .map(|i| super::retry_delay(key, t0 + ms(i)))
+            .collect();
+        assert_eq!(delays, [ms(5), ms(10), ms(20), ms(40)]);
+        // consecutive failures keep doubling, up to 1000 s
+        let mut last = ms(40);
+        for i in 4..40 {
+            last = super::retry_delay(key, t0 + ms(i));
+        }
+        assert_eq!(last, Duration::from_secs(1000));
+        // a failure long after the last delay ran out: a fresh start
+        let later = t0 + Duration::from_secs(1000 + 31 + 1);
+        assert_eq!(super::retry_delay(key, later), ms(5));
+    }
+
     use super::*;
 
     #[test]
