@@ -51,25 +51,57 @@ impl LeaderElectionArgs {
     }
 }
 
-/// `15s`, `1m`, `500ms`, or plain seconds.
+/// A flag's duration: a Go duration (`15s`, `1m30s`, `500ms`) or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: unit must be ms, s, m or h"
-            ))
-        }
-    };
-    Ok(Duration::from_secs_f64(secs))
+    let t = s.trim();
+    // kaze's leniency: a bare number is seconds
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let n: f64 = t.parse().map_err(|_| format!("invalid duration {t:?}"))?;
+        return Ok(Duration::from_secs_f64(n));
+    }
+    parse_go_duration(t)
+}
+
+/// Parse a Go duration, as Go's `time.ParseDuration` and so upstream's flags and config
+/// files: a sequence of decimal numbers with units `ns`, `us`, `ms`, `s`, `m`, `h` (`1m30s`,
+/// `2.5s`, `0`). Negative durations are refused: no setting takes one.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let bad = |why: &str| format!("invalid duration {s:?}: {why}");
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.is_empty() {
+        return Err(bad("empty"));
+    }
+    if t.starts_with('-') {
+        return Err(bad("must not be negative"));
+    }
+    let mut rest = t.strip_prefix('+').unwrap_or(t);
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(|| bad("missing unit (ns, us, ms, s, m or h)"))?;
+        let (num, tail) = rest.split_at(num_end);
+        let n: f64 = num.parse().map_err(|_| bad("expected a number"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(bad(&format!("unknown unit {other:?}"))),
+        };
+        total += n * scale;
+        rest = tail;
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -359,6 +391,12 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("3 days").is_err());
+        // Go's compound form, as upstream's flags take it
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h0m0s"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["3 days", "", "-1s", "1x", "1m30"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

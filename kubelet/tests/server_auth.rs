@@ -159,6 +159,24 @@ async fn kubelet_server_authenticates_callers_by_client_certificate_or_refuses_e
         ws_exec(kubelet_port, exec, Some(&apiserver_id)).await,
         (101, "authorized\n".to_string())
     );
+    // /configz: the effective configuration under upstream's names (flags and file merged)
+    let (code, body) = support::tls::get(kubelet_port, "/configz", Some(&apiserver_id)).await;
+    assert_eq!(code, 200, "{body}");
+    let configz: serde_json::Value = serde_json::from_str(&body).expect("configz json");
+    let k = &configz["kubeletconfig"];
+    assert_eq!(k["port"], kubelet_port, "{configz}");
+    assert_eq!(k["clusterDomain"], "cluster.local", "{configz}");
+    assert_eq!(
+        k["clusterDNS"],
+        serde_json::json!(["10.43.0.10"]),
+        "{configz}"
+    );
+    assert_eq!(k["containerLogMaxSize"], "10Mi", "{configz}");
+    assert_eq!(k["syncFrequency"], "1m0s", "{configz}");
+    assert_eq!(k["authorization"]["mode"], "Webhook", "{configz}");
+    // without a certificate: refused, as every path but /healthz
+    let (code, _) = support::tls::get(kubelet_port, "/configz", None).await;
+    assert_eq!(code, 401);
     // /metrics: the kubelet's own, in upstream's names; /metrics/resource: what
     // metrics-server scrapes.
     let (code, metrics) = support::tls::get(kubelet_port, "/metrics", Some(&apiserver_id)).await;
@@ -346,6 +364,7 @@ async fn kubelet_server_authenticates_callers_by_client_certificate_or_refuses_e
             ),
             active: Default::default(),
             server_pods: None,
+            configz: serde_json::json!({}),
         };
         tokio::spawn(kubelet::node::server::serve(config, token.child_token()));
         port

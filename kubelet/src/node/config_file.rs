@@ -126,46 +126,9 @@ impl<'de> Deserialize<'de> for GoDuration {
     }
 }
 
-/// Parse a Go duration: a sequence of decimal numbers with units `ns`, `us`, `ms`, `s`,
-/// `m`, `h` (`1m30s`, `2.5s`, `0`). Negative durations are refused: no kubelet setting
-/// takes one.
+/// Parse a Go duration (`1m30s`, `2.5s`, `0`; [`component::leader::parse_go_duration`]).
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = |why: &str| format!("invalid duration {s:?}: {why}");
-    let t = s.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if t.is_empty() {
-        return Err(bad("empty"));
-    }
-    if t.starts_with('-') {
-        return Err(bad("must not be negative"));
-    }
-    let mut rest = t.strip_prefix('+').unwrap_or(t);
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(|| bad("missing unit (ns, us, ms, s, m or h)"))?;
-        let (num, tail) = rest.split_at(num_end);
-        let n: f64 = num.parse().map_err(|_| bad("expected a number"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => return Err(bad(&format!("unknown unit {other:?}"))),
-        };
-        total += n * scale;
-        rest = tail;
-    }
-    Ok(Duration::from_secs_f64(total))
+    component::leader::parse_go_duration(s)
 }
 
 /// Upstream `KubeletConfiguration` fields kaze's kubelet does not implement: a file setting
@@ -483,6 +446,116 @@ impl KubeletConfiguration {
     }
 }
 
+/// A duration as Go's `time.Duration.String()` writes it (`20s`, `1m30s`, `4h0m0s`,
+/// `500ms`, `0s`), as upstream's `/configz` shows durations.
+pub fn go_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    if d < Duration::from_secs(1) {
+        let ms = d.as_secs_f64() * 1000.0;
+        return format!("{}ms", trim_float(ms));
+    }
+    let total = d.as_secs();
+    let (h, m) = (total / 3600, (total % 3600) / 60);
+    let secs = (total % 60) as f64 + f64::from(d.subsec_nanos()) / 1e9;
+    let s = format!("{}s", trim_float(secs));
+    match (h, m) {
+        (0, 0) => s,
+        (0, m) => format!("{m}m{s}"),
+        (h, m) => format!("{h}h{m}m{s}"),
+    }
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.9}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// `key<value,...` (or `key=value,...`) as the map the file form has.
+fn pairs(s: &str, sep: char) -> serde_json::Map<String, serde_json::Value> {
+    s.split(',')
+        .filter_map(|p| p.split_once(sep))
+        .map(|(k, v)| (k.trim().to_string(), serde_json::Value::from(v.trim())))
+        .collect()
+}
+
+/// The kubelet's effective configuration as upstream's `/configz` answers it:
+/// `{"kubeletconfig": {...}}` with `KubeletConfiguration`'s field names, after flags and
+/// `--config`'s file. It holds the fields kaze implements (the ones a file may set, above);
+/// read back as a file, it gives the same settings.
+pub fn configz(c: &Config) -> serde_json::Value {
+    use serde_json::json;
+    let sp = &c.static_pods;
+    let mut headers = serde_json::Map::new();
+    for h in &sp.manifest_url_header {
+        if let Some((name, value)) = h.split_once(':') {
+            let values = headers.entry(name.to_string()).or_insert_with(|| json!([]));
+            if let Some(list) = values.as_array_mut() {
+                list.push(json!(value));
+            }
+        }
+    }
+    let mut k = json!({
+        "syncFrequency": go_duration(sp.sync_frequency),
+        "fileCheckFrequency": go_duration(sp.file_check_frequency),
+        "httpCheckFrequency": go_duration(sp.http_check_frequency),
+        "address": c.address.to_string(),
+        "port": c.port,
+        "authentication": {
+            "anonymous": {"enabled": c.anonymous_auth},
+            "webhook": {"enabled": true},
+            "x509": {},
+        },
+        "authorization": {"mode": "Webhook"},
+        "clusterDNS": c.cluster_dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "clusterDomain": c.cluster_domain,
+        "maxPods": c.max_pods,
+        "podLogsDir": c.pod_log_dir,
+        "containerRuntimeEndpoint": c.container_runtime_endpoint,
+        "evictionHard": pairs(&c.eviction_hard, '<'),
+        "imageGCHighThresholdPercent": c.image_gc.high_threshold,
+        "imageGCLowThresholdPercent": c.image_gc.low_threshold,
+        "imageMinimumGCAge": go_duration(c.image_gc.minimum_age),
+        "containerLogMaxSize": c.container_log_max_size,
+        "containerLogMaxFiles": c.container_log_max_files,
+    });
+    let mut set = |key: &str, v: serde_json::Value| {
+        k[key] = v;
+    };
+    if let Some(p) = &sp.pod_manifest_path {
+        set("staticPodPath", json!(p));
+    }
+    if let Some(u) = &sp.manifest_url {
+        set("staticPodURL", json!(u));
+    }
+    if !headers.is_empty() {
+        set("staticPodURLHeader", serde_json::Value::Object(headers));
+    }
+    if let Some(cidr) = &c.pod_cidr {
+        set("podCIDR", json!(cidr));
+    }
+    if let Some(root) = &c.cgroup_root {
+        set("cgroupRoot", json!(root));
+    }
+    if !c.eviction_soft.is_empty() {
+        set("evictionSoft", json!(pairs(&c.eviction_soft, '<')));
+    }
+    if !c.eviction_soft_grace_period.is_empty() {
+        set(
+            "evictionSoftGracePeriod",
+            json!(pairs(&c.eviction_soft_grace_period, '=')),
+        );
+    }
+    if !c.allowed_unsafe_sysctls.is_empty() {
+        set("allowedUnsafeSysctls", json!(c.allowed_unsafe_sysctls));
+    }
+    if let Some(ca) = &c.client_ca_file {
+        k["authentication"]["x509"]["clientCAFile"] = json!(ca);
+    }
+    json!({ "kubeletconfig": k })
+}
+
 impl Config {
     /// This config with `--config`'s file applied under the flags given; without `--config`,
     /// unchanged.
@@ -562,6 +635,65 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+
+    #[test]
+    fn go_durations_are_written_as_go_writes_them() {
+        let w = |ms: u64| go_duration(Duration::from_millis(ms));
+        assert_eq!(w(0), "0s");
+        assert_eq!(w(500), "500ms");
+        assert_eq!(w(20_000), "20s");
+        assert_eq!(w(1_500), "1.5s");
+        assert_eq!(w(60_000), "1m0s");
+        assert_eq!(w(90_000), "1m30s");
+        assert_eq!(w(4 * 3_600_000), "4h0m0s");
+        for ms in [0, 500, 1_500, 20_000, 90_000, 4 * 3_600_000 + 61_000] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(parse_go_duration(&go_duration(d)), Ok(d), "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn configz_read_back_as_a_file_gives_the_same_settings() {
+        let given = flags(&[
+            "--pod-manifest-path=/etc/kubernetes/manifests",
+            "--file-check-frequency=1m30s",
+            "--manifest-url=http://example/pods",
+            "--manifest-url-header=a:b,a:c",
+            "--port=10260",
+            "--address=127.0.0.1",
+            "--client-ca-file=/etc/ca.crt",
+            "--cluster-dns=10.96.0.10,10.96.0.11",
+            "--cluster-domain=example.local",
+            "--pod-cidr=10.9.0.0/24",
+            "--max-pods=7",
+            "--cgroup-root=/kubepods",
+            "--pod-log-dir=/var/log/other",
+            "--eviction-hard=memory.available<200Mi,nodefs.available<5%",
+            "--eviction-soft=memory.available<1Gi",
+            "--eviction-soft-grace-period=memory.available=1m30s",
+            "--allowed-unsafe-sysctls=net.core.somaxconn",
+            "--image-gc-high-threshold=90",
+            "--container-log-max-size=50Mi",
+            "--container-log-max-files=3",
+        ]);
+        let z = configz(&given);
+        let k = &z["kubeletconfig"];
+        assert_eq!(k["fileCheckFrequency"], "1m30s");
+        assert_eq!(k["syncFrequency"], "1m0s");
+        assert_eq!(k["evictionHard"]["nodefs.available"], "5%");
+        assert_eq!(k["authentication"]["x509"]["clientCAFile"], "/etc/ca.crt");
+        let mut text = String::from(HEAD);
+        for (key, v) in k.as_object().expect("object") {
+            text.push_str(&format!("{key}: {v}\n"));
+        }
+        let mut back = flags(&[]);
+        file(&text)
+            .expect("configz reads as a file")
+            .apply(&mut back);
+        // everything but the flags-only bookkeeping
+        back.given = given.given.clone();
+        assert_eq!(format!("{back:?}"), format!("{given:?}"));
+    }
 
     #[test]
     fn go_durations() {

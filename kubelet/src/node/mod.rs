@@ -439,6 +439,7 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             auth,
             active: active.clone(),
             server_pods,
+            configz: config_file::configz(&config),
         };
         tasks.spawn(async move {
             if let Err(e) = server::serve(server_config, token).await {

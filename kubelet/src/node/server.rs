@@ -54,6 +54,7 @@ struct Ctx {
     stats: std::sync::Arc<crate::stats::Collector>,
     active: ActivePods,
     server_pods: Option<ServerPods>,
+    configz: std::sync::Arc<serde_json::Value>,
 }
 
 /// The inputs of [`serve`].
@@ -72,6 +73,8 @@ pub struct ServerConfig {
     pub active: ActivePods,
     /// The pods POSTed to `/pods` (`--pod-server`); None when that source is off.
     pub server_pods: Option<ServerPods>,
+    /// What `/configz` answers ([`super::config_file::configz`]).
+    pub configz: serde_json::Value,
 }
 
 /// Bind and serve until `shutdown`.
@@ -89,6 +92,7 @@ pub async fn serve(
         auth,
         active,
         server_pods,
+        configz,
     } = config;
     let tls = component::https::self_signed(&tls_dir, &names, auth.client_certs())
         .map_err(|e| NodeError::Flag(format!("kubelet serving certificate: {e}")))?;
@@ -102,6 +106,7 @@ pub async fn serve(
     }
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/configz", get(configz_json))
         .route("/stats/summary", get(stats_summary))
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
@@ -123,6 +128,7 @@ pub async fn serve(
             stats,
             active,
             server_pods,
+            configz: std::sync::Arc::new(configz),
         })
         .layer(axum::middleware::from_fn_with_state(
             auth,
@@ -304,6 +310,16 @@ async fn stats_summary(
 }
 
 /// `GET /metrics`: the kubelet's own metrics (see [`crate::metrics`]).
+/// `GET /configz`: the effective configuration, as upstream's kubelet serves it
+/// (authorized as `nodes/configz`).
+async fn configz_json(State(ctx): State<Ctx>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ctx.configz.to_string(),
+    )
+        .into_response()
+}
+
 async fn metrics(State(ctx): State<Ctx>) -> Response {
     let body = crate::metrics::render(
         &ctx.rt.config().node_name,
