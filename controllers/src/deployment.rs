@@ -1,8 +1,11 @@
 //! Deployment: a ReplicaSet per pod template (named `<deployment>-<pod-template-hash>`),
 //! rolled with RollingUpdate (maxSurge / maxUnavailable) or Recreate, revision annotations
-//! so `kubectl rollout history/undo` work, pause, history limit, and the status fields and
+//! so `kubectl rollout history/undo` work (the Deployment's annotations, `change-cause`
+//! among them, copied to its newest ReplicaSet as upstream's; a rollback's earlier
+//! revisions in `revision-history`), pause, history limit, and the status fields and
 //! conditions `kubectl rollout status` reads.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +23,70 @@ use crate::util::{controlled_by, controller_ref, template_hash};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
+/// The revisions a ReplicaSet had before a rollback made it the newest again.
+const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
+
+/// Upstream's `annotationsToSkip`: the Deployment's annotations not copied to its
+/// ReplicaSets (the rest are, `kubernetes.io/change-cause` among them, so `kubectl rollout
+/// history` shows it).
+const NOT_COPIED: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REVISION,
+    REVISION_HISTORY,
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
+    "deprecated.deployment.rollback.to",
+];
+
+/// The Deployment's annotations a ReplicaSet of it carries (upstream's
+/// `copyDeploymentAnnotationsToReplicaSet`).
+fn copied_annotations(d: &Deployment) -> BTreeMap<String, String> {
+    d.annotations()
+        .iter()
+        .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// What the newest ReplicaSet's annotations need, as upstream's
+/// `SetNewReplicaSetAnnotations` on an existing one: the Deployment's copied ones that it
+/// lacks or has otherwise, and, when a rollback makes it the newest again (`revision`
+/// above its own), that revision, its old one appended to `revision-history` (at most
+/// `revisionHistoryLimit` kept).
+fn new_rs_annotation_patch(
+    d: &Deployment,
+    rs: &ReplicaSet,
+    revision: i64,
+) -> serde_json::Map<String, serde_json::Value> {
+    let have = rs.annotations();
+    let mut patch: serde_json::Map<String, serde_json::Value> = copied_annotations(d)
+        .into_iter()
+        .filter(|(k, v)| have.get(k) != Some(v))
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    let old: i64 = have.get(REVISION).and_then(|r| r.parse().ok()).unwrap_or(0);
+    if old < revision {
+        patch.insert(REVISION.into(), revision.to_string().into());
+        if old > 0 {
+            let mut history: Vec<String> = have
+                .get(REVISION_HISTORY)
+                .map(|h| {
+                    h.split(',')
+                        .filter(|r| !r.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            history.push(old.to_string());
+            let limit = d.spec.revision_history_limit.unwrap_or(10).max(1) as usize;
+            if history.len() > limit {
+                history.drain(..history.len() - limit);
+            }
+            patch.insert(REVISION_HISTORY.into(), history.join(",").into());
+        }
+    }
+    patch
+}
 const HASH_LABEL: &str = "pod-template-hash";
 
 pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
@@ -302,19 +369,20 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
                     namespace: Some(ns.clone()),
                     labels: t.metadata.as_ref().and_then(|m| m.labels.clone()),
                     annotations: Some(
-                        [
-                            (REVISION.to_string(), (max_rev + 1).to_string()),
-                            (
-                                "deployment.kubernetes.io/desired-replicas".to_string(),
-                                replicas.to_string(),
-                            ),
-                            (
-                                "deployment.kubernetes.io/max-replicas".to_string(),
-                                (replicas + max_surge).to_string(),
-                            ),
-                        ]
-                        .into_iter()
-                        .collect(),
+                        copied_annotations(&d)
+                            .into_iter()
+                            .chain([
+                                (REVISION.to_string(), (max_rev + 1).to_string()),
+                                (
+                                    "deployment.kubernetes.io/desired-replicas".to_string(),
+                                    replicas.to_string(),
+                                ),
+                                (
+                                    "deployment.kubernetes.io/max-replicas".to_string(),
+                                    (replicas + max_surge).to_string(),
+                                ),
+                            ])
+                            .collect(),
                     ),
                     owner_references: Some(vec![controller_ref(d.as_ref())]),
                     ..Default::default()
@@ -378,10 +446,14 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     };
     let old = owned;
 
-    // A template rolled back to an old ReplicaSet makes that one newest again.
+    // A template rolled back to an old ReplicaSet makes that one newest again; the newest
+    // carries the Deployment's annotations as they are now.
     if let Some(rs) = new_rs.as_mut() {
-        if revision(rs) < max_rev || (revision(rs) == 0) {
-            let patch = json!({"metadata": {"annotations": {REVISION: (max_rev + 1).to_string()}}});
+        let bump = revision(rs) < max_rev || (revision(rs) == 0);
+        let want = if bump { max_rev + 1 } else { revision(rs) };
+        let annotations = new_rs_annotation_patch(&d, rs, want);
+        if !annotations.is_empty() {
+            let patch = json!({"metadata": {"annotations": annotations}});
             *rs = rs_api
                 .patch(
                     &rs.name_any(),
@@ -389,10 +461,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
                     &Patch::Merge(&patch),
                 )
                 .await
-                .map_err(api_err(format!(
-                    "bumping the revision of replicaset {}",
-                    rs.name_any()
-                )))?;
+                .map_err(api_err(format!("annotating replicaset {}", rs.name_any())))?;
         }
     }
 

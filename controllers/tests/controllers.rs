@@ -464,12 +464,69 @@ spec:
         .name
         .clone()
         .expect("name");
+    // the Deployment's change-cause reaches its newest ReplicaSet (`rollout history` reads it)
+    let cause_of = |rs: &ReplicaSet| {
+        rs.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/change-cause"))
+            .cloned()
+    };
+    let annotated = |name: String, cause: &'static str| {
+        let rss = rss.clone();
+        move || {
+            let (rss, name) = (rss.clone(), name.clone());
+            async move {
+                (cause_of(&rss.get(&name).await.ok()?).as_deref() == Some(cause)).then_some(())
+            }
+        }
+    };
+    kubectl(
+        &kc,
+        &[
+            "annotate",
+            "deployment/web",
+            "kubernetes.io/change-cause=first",
+        ],
+        None,
+    );
+    wait_for(
+        "change-cause on the first replicaset",
+        Duration::from_secs(20),
+        annotated(first.clone(), "first"),
+    )
+    .await;
     kubectl(
         &kc,
         &["set", "image", "deployment/web", "c=kaze/busybox:2"],
         None,
     );
     wait_for("the second replicaset", Duration::from_secs(20), count(2)).await;
+    let second = rss
+        .list(&ListParams::default())
+        .await
+        .expect("rs")
+        .items
+        .into_iter()
+        .filter_map(|rs| rs.metadata.name)
+        .find(|n| *n != first)
+        .expect("second");
+    kubectl(
+        &kc,
+        &[
+            "annotate",
+            "--overwrite",
+            "deployment/web",
+            "kubernetes.io/change-cause=second",
+        ],
+        None,
+    );
+    wait_for(
+        "change-cause on the second replicaset",
+        Duration::from_secs(20),
+        annotated(second.clone(), "second"),
+    )
+    .await;
     kubectl(&kc, &["rollout", "undo", "deployment/web"], None);
     let revision = |d: Deployment| {
         d.metadata
@@ -496,22 +553,35 @@ spec:
     assert_eq!(names.len(), 2, "undo reuses {first}: {names:?}");
     assert!(names.contains(&first), "{names:?}");
     let reused = rss.get(&first).await.expect("first replicaset");
+    let annotations = reused.metadata.annotations.unwrap_or_default();
     assert_eq!(
-        reused
-            .metadata
-            .annotations
-            .unwrap_or_default()
+        annotations
             .get("deployment.kubernetes.io/revision")
             .map(String::as_str),
         Some("3")
     );
+    // the revision it had before the rollback, as upstream records it
+    assert_eq!(
+        annotations
+            .get("deployment.kubernetes.io/revision-history")
+            .map(String::as_str),
+        Some("1")
+    );
+    // kubectl's undo took the first ReplicaSet's change-cause back to the Deployment
+    wait_for(
+        "change-cause first on the reused replicaset",
+        Duration::from_secs(20),
+        annotated(first.clone(), "first"),
+    )
+    .await;
     let history = kubectl(&kc, &["rollout", "history", "deployment/web"], None);
-    let revisions: Vec<&str> = history
+    let revisions: Vec<String> = history
         .lines()
         .skip(2)
-        .filter_map(|l| l.split_whitespace().next())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
         .collect();
-    assert_eq!(revisions, ["2", "3"], "{history}");
+    assert_eq!(revisions, ["2 second", "3 first"], "{history}");
 
     // upstream's events, as `kubectl describe` lists them
     let describe = |what: &str, needle: String| {
