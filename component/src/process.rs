@@ -48,19 +48,49 @@ fn soft_limit(limits: &str, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
-/// Received and transmitted bytes summed over the interfaces of `/proc/<pid>/net/dev`.
-fn net_bytes(dev: &str) -> (u64, u64) {
-    dev.lines()
+/// One interface of a `net/dev` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+}
+
+/// `/proc/<pid>/net/dev`: every interface of that process's network namespace.
+pub fn net_dev(text: &str) -> Vec<Interface> {
+    text.lines()
         .skip(2)
         .filter_map(|l| {
-            let (_, counters) = l.split_once(':')?;
-            let c: Vec<u64> = counters
+            let (name, rest) = l.split_once(':')?;
+            let f: Vec<u64> = rest
                 .split_whitespace()
                 .filter_map(|v| v.parse().ok())
                 .collect();
-            Some((*c.first()?, *c.get(8)?))
+            Some(Interface {
+                name: name.trim().to_string(),
+                rx_bytes: *f.first()?,
+                rx_errors: *f.get(2)?,
+                tx_bytes: *f.get(8)?,
+                tx_errors: *f.get(10)?,
+            })
         })
-        .fold((0, 0), |(r, t), (dr, dt)| (r + dr, t + dt))
+        .collect()
+}
+
+/// Received and transmitted bytes summed over every interface (client_golang's totals).
+fn net_bytes(dev: &str) -> (u64, u64) {
+    net_dev(dev)
+        .iter()
+        .fold((0, 0), |(r, t), i| (r + i.rx_bytes, t + i.tx_bytes))
+}
+
+/// When the machine booted (`btime` of /proc/stat), seconds since the epoch.
+pub fn boot_time(stat: &str) -> Option<i64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn read(name: &str) -> String {
@@ -71,12 +101,8 @@ fn current() -> Process {
     let (cpu_seconds, started_after_boot) = stat_times(&read("stat")).unwrap_or_default();
     let boot_time = std::fs::read_to_string("/proc/stat")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .unwrap_or_default();
+        .and_then(|s| boot_time(&s))
+        .unwrap_or_default() as f64;
     let status = read("status");
     let limits = read("limits");
     let (received_bytes, transmitted_bytes) = net_bytes(&read("net/dev"));
@@ -100,69 +126,71 @@ pub fn metrics() -> String {
 }
 
 fn render(p: &Process) -> String {
+    let unlimited =
+        |v: Option<u64>| v.map_or_else(|| "1.8446744073709552e+19".into(), |v| v.to_string());
+    let families: [(&str, &str, &str, String); 9] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds.to_string(),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            unlimited(p.max_fds),
+        ),
+        (
+            "process_network_receive_bytes_total",
+            "counter",
+            "Number of bytes received by the process over the network.",
+            p.received_bytes.to_string(),
+        ),
+        (
+            "process_network_transmit_bytes_total",
+            "counter",
+            "Number of bytes sent by the process over the network.",
+            p.transmitted_bytes.to_string(),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds.to_string(),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.resident_bytes.to_string(),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time.to_string(),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes.to_string(),
+        ),
+        (
+            "process_virtual_memory_max_bytes",
+            "gauge",
+            "Maximum amount of virtual memory available in bytes.",
+            unlimited(p.virtual_max_bytes),
+        ),
+    ];
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+    for (name, kind, help, value) in families {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
-    };
-    let unlimited =
-        |v: Option<u64>| v.map_or_else(|| "1.8446744073709552e+19".into(), |v| v.to_string());
-    metric(
-        "process_cpu_seconds_total",
-        "counter",
-        "Total user and system CPU time spent in seconds.",
-        p.cpu_seconds.to_string(),
-    );
-    metric(
-        "process_max_fds",
-        "gauge",
-        "Maximum number of open file descriptors.",
-        unlimited(p.max_fds),
-    );
-    metric(
-        "process_network_receive_bytes_total",
-        "counter",
-        "Number of bytes received by the process over the network.",
-        p.received_bytes.to_string(),
-    );
-    metric(
-        "process_network_transmit_bytes_total",
-        "counter",
-        "Number of bytes sent by the process over the network.",
-        p.transmitted_bytes.to_string(),
-    );
-    metric(
-        "process_open_fds",
-        "gauge",
-        "Number of open file descriptors.",
-        p.open_fds.to_string(),
-    );
-    metric(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        p.resident_bytes.to_string(),
-    );
-    metric(
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since unix epoch in seconds.",
-        p.start_time.to_string(),
-    );
-    metric(
-        "process_virtual_memory_bytes",
-        "gauge",
-        "Virtual memory size in bytes.",
-        p.virtual_bytes.to_string(),
-    );
-    metric(
-        "process_virtual_memory_max_bytes",
-        "gauge",
-        "Maximum amount of virtual memory available in bytes.",
-        unlimited(p.virtual_max_bytes),
-    );
+    }
     out
 }
 

@@ -154,34 +154,12 @@ pub fn meminfo_memory(meminfo: &str, vmstat: &str) -> Memory {
     }
 }
 
-/// One interface of a `net/dev` table.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Interface {
-    pub name: String,
-    pub rx_bytes: u64,
-    pub rx_errors: u64,
-    pub tx_bytes: u64,
-    pub tx_errors: u64,
-}
+pub use component::process::Interface;
 
 /// `/proc/<pid>/net/dev`: the interfaces of that process's network namespace, `lo` left out.
 pub fn net_dev(text: &str) -> Vec<Interface> {
-    text.lines()
-        .skip(2)
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            Some(Interface {
-                name: name.trim().to_string(),
-                rx_bytes: *f.first()?,
-                rx_errors: *f.get(2)?,
-                tx_bytes: *f.get(8)?,
-                tx_errors: *f.get(10)?,
-            })
-        })
+    component::process::net_dev(text)
+        .into_iter()
         .filter(|i| i.name != "lo")
         .collect()
 }
@@ -196,9 +174,7 @@ pub fn default_route_interface(route: &str) -> Option<String> {
 
 /// When the machine booted (`btime` of /proc/stat), seconds since the epoch.
 pub fn boot_time(stat: &str) -> Option<i64> {
-    stat.lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse().ok())
+    component::process::boot_time(stat)
 }
 
 #[cfg(test)]
