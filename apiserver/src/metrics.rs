@@ -196,30 +196,38 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     resp
 }
 
+/// The group and plural of the resource stored under `storage` (`minions` is `nodes`);
+/// custom resources are cached as `<group>/<plural>`. Anything else keeps its storage name.
+fn group_resource(state: &AppState, storage: &str) -> (String, String) {
+    if let Some(d) = state
+        .registry
+        .all()
+        .iter()
+        .find(|d| d.storage_name == storage)
+    {
+        return (d.group.to_string(), d.plural.to_string());
+    }
+    match storage.split_once('/') {
+        Some((g, r)) if g.contains('.') => (g.to_string(), r.to_string()),
+        _ => (String::new(), storage.to_string()),
+    }
+}
+
 /// Upstream's object counts: `apiserver_resource_objects{group,resource}` and the older
 /// `apiserver_storage_objects{resource="<plural>[.<group>]"}` (deprecated in 1.34, still what
 /// many dashboards read), from what the watch caches hold (upstream counts the store every
 /// minute; the caches follow it). Storage names become the resource's group and plural
 /// through the registry (`minions` is `nodes`).
 fn render_object_counts(state: &AppState) -> String {
-    let mut rows: Vec<(String, String, u64)> = Vec::new();
-    for (storage, n) in state.cache.object_counts() {
-        let def = state
-            .registry
-            .all()
-            .iter()
-            .find(|d| d.storage_name == storage);
-        let (group, resource) = match def {
-            Some(d) => (d.group.to_string(), d.plural.to_string()),
-            // custom resources (and kinds outside the registry) are cached as
-            // `<group>/<plural>`
-            None => match storage.split_once('/') {
-                Some((g, r)) if g.contains('.') => (g.to_string(), r.to_string()),
-                _ => continue,
-            },
-        };
-        rows.push((group, resource, n));
-    }
+    let mut rows: Vec<(String, String, u64)> = state
+        .cache
+        .object_counts()
+        .into_iter()
+        .map(|(storage, n)| {
+            let (group, resource) = group_resource(state, storage);
+            (group, resource, n)
+        })
+        .collect();
     rows.sort();
     rows.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     let mut out = String::from(
@@ -248,7 +256,9 @@ pub async fn serve(State(state): State<Arc<AppState>>) -> Response {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render()
             + &render_object_counts(&state)
-            + &state.cache.render_metrics()
+            + &state
+                .cache
+                .render_metrics(&|storage| group_resource(&state, storage))
             + &state.webhooks.render_metrics()
             + &crate::audit::render_metrics(state.audit.as_deref())
             + &component::process::metrics(),

@@ -85,9 +85,23 @@ fn metrics(s: &TestServer) -> String {
     s.kubectl(&["get", "--raw", "/metrics"])
 }
 
-/// The sample `name{resource="<RESOURCE>"<labels>}`, if the cache exists.
-fn sample(text: &str, name: &str, labels: &str) -> Option<u64> {
-    let prefix = format!("{name}{{resource=\"{RESOURCE}\"{labels}}} ");
+/// The sample of `name` for the custom resource, with the `extra` label (`source="cache"`)
+/// if any, if the cache exists. Labels as upstream's: `group` and the plural `resource`,
+/// sorted by name.
+fn sample(text: &str, name: &str, extra: &str) -> Option<u64> {
+    let (group, plural) = RESOURCE.split_once('/').expect("group/plural");
+    let mut labels = vec![
+        format!("group=\"{group}\""),
+        format!("resource=\"{plural}\""),
+    ];
+    if name == "apiserver_cache_list_total" {
+        labels.push("index=\"\"".into());
+    }
+    if !extra.is_empty() {
+        labels.push(extra.to_string());
+    }
+    labels.sort();
+    let prefix = format!("{name}{{{}}} ", labels.join(","));
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map(|v| v.trim().parse().expect("numeric sample"))
@@ -170,7 +184,7 @@ fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_wi
         let consistent = sample(
             &m,
             "apiserver_watch_cache_consistent_read_total",
-            ",fallback=\"false\"",
+            "fallback=\"false\"",
         )
         .expect("cache");
         for version in ["v1", "v1beta1"] {
@@ -198,7 +212,7 @@ fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_wi
             sample(
                 &m,
                 "apiserver_watch_cache_consistent_read_total",
-                ",fallback=\"false\""
+                "fallback=\"false\""
             ),
             Some(consistent + 2),
             "both consistent, neither fell back to the store"
@@ -208,9 +222,9 @@ fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_wi
         // asked for. It starts on the store's watch and moves onto the cache's ring.
         let m = metrics(&s);
         let ring_before =
-            sample(&m, "kaze_watch_cache_watches_total", ",source=\"cache\"").expect("cache");
+            sample(&m, "kaze_watch_cache_watches_total", "source=\"cache\"").expect("cache");
         let store_before =
-            sample(&m, "kaze_watch_cache_watches_total", ",source=\"store\"").expect("cache");
+            sample(&m, "kaze_watch_cache_watches_total", "source=\"store\"").expect("cache");
         let old = api(client.clone(), "v1beta1");
         let stream = old
             .watch(&WatchParams::default().timeout(30), &rv0)
@@ -271,12 +285,12 @@ fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_wi
         }
         let m = metrics(&s);
         assert!(
-            sample(&m, "kaze_watch_cache_watches_total", ",source=\"store\"").expect("cache")
+            sample(&m, "kaze_watch_cache_watches_total", "source=\"store\"").expect("cache")
                 > store_before,
             "the old version was not in the ring: the store's watch served it first"
         );
         assert!(
-            sample(&m, "kaze_watch_cache_watches_total", ",source=\"cache\"").expect("cache")
+            sample(&m, "kaze_watch_cache_watches_total", "source=\"cache\"").expect("cache")
                 > ring_before,
             "then the ring: {m}"
         );
@@ -286,7 +300,7 @@ fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_wi
         let ring = sample(
             &metrics(&s),
             "kaze_watch_cache_watches_total",
-            ",source=\"cache\"",
+            "source=\"cache\"",
         )
         .expect("cache");
         let mut child = Command::new(common::kubectl_path())
@@ -325,7 +339,7 @@ fn custom_resources_are_listed_and_watched_from_a_cache_that_joins_and_leaves_wi
             sample(
                 &metrics(&s),
                 "kaze_watch_cache_watches_total",
-                ",source=\"cache\""
+                "source=\"cache\""
             )
             .expect("cache")
                 > ring,

@@ -136,12 +136,15 @@ async fn consistent_lists_see_writes_made_through_another_apiserver_on_one_etcd(
     }
     // The lists were answered from a's cache, which was fresh each time.
     let m = metrics(&ca).await;
-    let from_cache = metric(&m, "apiserver_cache_list_total{resource=\"configmaps\"}");
+    let from_cache = metric(
+        &m,
+        "apiserver_cache_list_total{group=\"\",index=\"\",resource=\"configmaps\"}",
+    );
     assert!(from_cache >= (ROUNDS * 3 / 2) as u64, "{m}");
     assert_eq!(
         metric(
             &m,
-            "apiserver_watch_cache_consistent_read_total{resource=\"configmaps\",fallback=\"true\"}"
+            "apiserver_watch_cache_consistent_read_total{fallback=\"true\",group=\"\",resource=\"configmaps\"}"
         ),
         0
     );
@@ -345,7 +348,7 @@ async fn watchers_see_every_event_once(
         assert!(
             metric(
                 &m,
-                "apiserver_watch_cache_initializations_total{resource=\"configmaps\"}"
+                "apiserver_watch_cache_initializations_total{group=\"\",resource=\"configmaps\"}"
             ) > relists as u64 / 2,
             "{m}"
         );
@@ -362,7 +365,7 @@ async fn watchers_from_many_versions_see_every_event_once_embedded() {
     assert!(
         metric(
             &m,
-            "kaze_watch_cache_watches_total{resource=\"configmaps\",source=\"cache\"}"
+            "kaze_watch_cache_watches_total{group=\"\",resource=\"configmaps\",source=\"cache\"}"
         ) >= 20,
         "{m}"
     );
@@ -380,7 +383,7 @@ async fn watchers_see_every_event_once_with_a_ring_smaller_than_the_burst() {
     assert!(
         metric(
             &m,
-            "kaze_watch_cache_watches_total{resource=\"configmaps\",source=\"store\"}"
+            "kaze_watch_cache_watches_total{group=\"\",resource=\"configmaps\",source=\"store\"}"
         ) > 0,
         "{m}"
     );
@@ -634,7 +637,10 @@ async fn lists_follow_resource_version_semantics() {
 
     let m = metrics(&client).await;
     assert!(
-        metric(&m, "apiserver_cache_list_total{resource=\"configmaps\"}") >= 6,
+        metric(
+            &m,
+            "apiserver_cache_list_total{group=\"\",index=\"\",resource=\"configmaps\"}"
+        ) >= 6,
         "{m}"
     );
     server.shutdown().await;

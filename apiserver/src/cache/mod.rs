@@ -304,22 +304,31 @@ impl WatchCache {
     }
 
     /// The caches' figures in Prometheus' text format, under upstream's names where
-    /// upstream has one.
-    pub fn render_metrics(&self) -> String {
+    /// upstream has one, labelled as upstream's (`group`, `resource`: `names` turns a
+    /// cache's storage name into them; labels sorted by name, as client_golang writes them).
+    pub fn render_metrics(&self, names: &dyn Fn(&str) -> (String, String)) -> String {
         use std::fmt::Write;
-        let mut rows: Vec<(&str, Arc<ResourceCache>)> = Vec::new();
+        let mut rows: Vec<((String, String), Arc<ResourceCache>)> = Vec::new();
         for sc in &self.stores {
-            rows.extend(sc.resources());
+            rows.extend(sc.resources().into_iter().map(|(n, rc)| (names(n), rc)));
         }
-        rows.sort_by_key(|(n, _)| *n);
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        type Samples<'a> = &'a dyn Fn(&ResourceCache) -> Vec<(&'static str, u64)>;
+        /// One sample: an extra label (name, value), if any, and the value.
+        type Samples<'a> =
+            &'a dyn Fn(&ResourceCache) -> Vec<(Option<(&'static str, &'static str)>, u64)>;
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: Samples<'_>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (res, rc) in &rows {
-                for (labels, v) in samples(rc) {
-                    let _ = writeln!(out, "{name}{{resource=\"{res}\"{labels}}} {v}");
+            for ((group, resource), rc) in &rows {
+                for (extra, v) in samples(rc) {
+                    let mut labels =
+                        vec![("group", group.as_str()), ("resource", resource.as_str())];
+                    labels.extend(extra);
+                    labels.sort();
+                    let labels: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                    let _ = writeln!(out, "{name}{{{}}} {v}", labels.join(","));
                 }
             }
         };
@@ -327,7 +336,7 @@ impl WatchCache {
             "apiserver_cache_list_total",
             "counter",
             "LIST requests served from the watch cache.",
-            &|rc| vec![("", get(&rc.counters.lists))],
+            &|rc| vec![(Some(("index", "")), get(&rc.counters.lists))],
         );
         family(
             "apiserver_watch_cache_consistent_read_total",
@@ -336,26 +345,26 @@ impl WatchCache {
             &|rc| {
                 let fb = get(&rc.counters.consistent_fallbacks);
                 let ok = get(&rc.counters.consistent_reads).saturating_sub(fb);
-                vec![(",fallback=\"false\"", ok), (",fallback=\"true\"", fb)]
+                vec![(Some(("fallback", "false")), ok), (Some(("fallback", "true")), fb)]
             },
         );
         family(
             "apiserver_watch_cache_events_received_total",
             "counter",
             "Events the watch cache applied.",
-            &|rc| vec![("", get(&rc.counters.events))],
+            &|rc| vec![(None, get(&rc.counters.events))],
         );
         family(
             "apiserver_watch_cache_initializations_total",
             "counter",
             "Times the watch cache was loaded from a full list of the store.",
-            &|rc| vec![("", get(&rc.counters.initializations))],
+            &|rc| vec![(None, get(&rc.counters.initializations))],
         );
         family(
             "apiserver_watch_cache_objects",
             "gauge",
             "Objects held by the watch cache.",
-            &|rc| vec![("", rc.len() as u64)],
+            &|rc| vec![(None, rc.len() as u64)],
         );
         family(
             "kaze_watch_cache_watches_total",
@@ -363,8 +372,8 @@ impl WatchCache {
             "Watchers (or legs of one) served from the watch cache's ring or from the store's own watch.",
             &|rc| {
                 vec![
-                    (",source=\"cache\"", get(&rc.counters.ring_watches)),
-                    (",source=\"store\"", get(&rc.counters.store_watches)),
+                    (Some(("source", "cache")), get(&rc.counters.ring_watches)),
+                    (Some(("source", "store")), get(&rc.counters.store_watches)),
                 ]
             },
         );
