@@ -39,6 +39,46 @@ struct Inner {
     latency: BTreeMap<Labels, Histogram>,
     /// Requests by HTTP version (`HTTP/1.1`, `HTTP/2.0`): kaze's own, upstream has none.
     protocols: BTreeMap<&'static str, u64>,
+    /// Requests being served that are not long-running: read-only, mutating.
+    inflight: [i64; 2],
+    /// Long-running requests being served (watches, exec, attach, logs, port-forwards,
+    /// proxies), by their labels.
+    longrunning: BTreeMap<Labels, i64>,
+}
+
+/// Upstream's `BasicLongRunningRequestCheck`: the `watch` and `proxy` verbs, and the
+/// `attach`, `exec`, `proxy`, `log` and `portforward` subresources.
+fn is_long_running(l: &Labels) -> bool {
+    matches!(l.0.as_str(), "watch" | "proxy")
+        || matches!(
+            l.4.as_str(),
+            "attach" | "exec" | "proxy" | "log" | "portforward"
+        )
+}
+
+/// Counts one request in flight until dropped.
+struct InFlight {
+    metrics: Arc<AppState>,
+    kind: Result<usize, Labels>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut inner = self
+            .metrics
+            .metrics
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &self.kind {
+            Ok(i) => inner.inflight[*i] -= 1,
+            Err(l) => {
+                if let Some(n) = inner.longrunning.get_mut(l) {
+                    *n -= 1;
+                }
+            }
+        }
+    }
 }
 
 /// What a request path and method mean for the labels.
@@ -160,6 +200,21 @@ impl Metrics {
                 h.count
             );
         }
+        out.push_str("# HELP apiserver_current_inflight_requests [STABLE] Maximal number of currently used inflight request limit of this apiserver per request kind in last second.\n# TYPE apiserver_current_inflight_requests gauge\n");
+        for (kind, n) in ["readOnly", "mutating"].iter().zip(inner.inflight) {
+            let _ = writeln!(
+                out,
+                "apiserver_current_inflight_requests{{request_kind=\"{kind}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP apiserver_longrunning_requests [STABLE] Gauge of all active long-running apiserver requests broken out by verb, group, version, resource, scope and component. Not all requests are tracked this way.\n# TYPE apiserver_longrunning_requests gauge\n");
+        for (l, n) in &inner.longrunning {
+            let _ = writeln!(
+                out,
+                "apiserver_longrunning_requests{{{}}} {n}",
+                fmt_labels(l)
+            );
+        }
         out.push_str("# HELP kaze_apiserver_requests_by_protocol_total Counter of apiserver requests by the HTTP version they came in (kaze's own).\n# TYPE kaze_apiserver_requests_by_protocol_total counter\n");
         for (protocol, n) in &inner.protocols {
             let _ = writeln!(
@@ -188,12 +243,43 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     let start = Instant::now();
     let l = labels(req.method(), req.uri().path(), req.uri().query());
     let version = req.version();
+    let long = is_long_running(&l);
+    let in_flight = {
+        let mut inner = state
+            .metrics
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let kind = if long {
+            *inner.longrunning.entry(l.clone()).or_default() += 1;
+            Err(l.clone())
+        } else {
+            let read_only = matches!(l.0.as_str(), "get" | "list");
+            let i = if read_only { 0 } else { 1 };
+            inner.inflight[i] += 1;
+            Ok(i)
+        };
+        InFlight {
+            metrics: state.clone(),
+            kind,
+        }
+    };
     let resp = next.run(req).await;
     let secs = start.elapsed().as_secs_f64();
     state
         .metrics
         .observe(l, version, resp.status().as_u16(), secs);
-    resp
+    // (an upgrade, exec's or a port-forward's, is not followed past its answer)
+    if !long || resp.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    // a long-running request lasts as long as its body streams (a watch's events)
+    let (parts, body) = resp.into_parts();
+    let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _held = &in_flight;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 /// The group and plural of the resource stored under `storage` (`minions` is `nodes`);

@@ -456,6 +456,33 @@ async fn status_errors_for_bad_requests() {
         !metrics.contains("apiserver_storage_objects{resource=\"minions\""),
         "{metrics}"
     );
+    // a watch is a long-running request for as long as it streams; the scrape itself is a
+    // read-only request in flight
+    let watching = "apiserver_longrunning_requests{verb=\"WATCH\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\"}";
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let stream = cms
+        .watch(&kube::api::WatchParams::default(), "0")
+        .await
+        .expect("watch");
+    let metrics = client.request_text(metrics_req()).await.expect("metrics");
+    assert!(metrics.contains(&format!("{watching} 1\n")), "{metrics}");
+    assert!(
+        metrics.contains("apiserver_current_inflight_requests{request_kind=\"readOnly\"} 1\n")
+            && metrics
+                .contains("apiserver_current_inflight_requests{request_kind=\"mutating\"} 0\n"),
+        "{metrics}"
+    );
+    drop(stream);
+    let mut ended = false;
+    for _ in 0..50 {
+        let metrics = client.request_text(metrics_req()).await.expect("metrics");
+        if metrics.contains(&format!("{watching} 0\n")) {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the watch is no longer counted once its client went");
     server.shutdown().await;
 }
 
