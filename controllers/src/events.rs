@@ -1,10 +1,9 @@
-//! Core Events a controller records about its objects, a repeated one counted on the first
-//! (upstream's recorder aggregates them the same way, so `kubectl describe pvc` shows
-//! `WaitForFirstConsumer ... (x4 over 1m)` rather than four lines). Events about
-//! cluster-scoped objects (volumes) go to the `default` namespace, as upstream's do. Used by
-//! the PV controller, the local-path provisioner and the HPA controller. The workload
-//! controllers' events go through [`spawn_event`], which counts repeats the same way and
-//! combines similar ones (client-go's aggregator) past ten.
+//! Core Events a controller records about its objects, all through [`spawn_event`]: written
+//! in the background, a repeated one counted on the first (`kubectl describe pvc` shows
+//! `WaitForFirstConsumer ... (x4 over 1m)` rather than four lines) and similar ones combined
+//! past ten, as client-go's correlator and aggregator do. Events about cluster-scoped objects
+//! (volumes) go to the `default` namespace, as upstream's do. [`Recorder`] (the PV
+//! controller, the local-path provisioner, the HPA controller) names the component once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,16 +14,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::Mutex;
 
-/// (object uid, type, reason, message)
-type Key = (String, String, String, String);
-
+/// Events about objects from one component, written through [`spawn_event`] (so counted
+/// and combined the same way).
 pub struct Recorder {
     client: Client,
     component: String,
-    /// The recorded event of each key: (namespace, event name, count).
-    seen: Mutex<HashMap<Key, (String, String, i32)>>,
 }
 
 impl Recorder {
@@ -32,7 +27,6 @@ impl Recorder {
         Recorder {
             client,
             component: component.to_string(),
-            seen: Mutex::default(),
         }
     }
 
@@ -40,81 +34,28 @@ impl Recorder {
     where
         K: Resource<DynamicType = ()>,
     {
-        self.emit(obj, "Normal", reason, message).await
+        self.emit(obj, "Normal", reason, message)
     }
 
     pub async fn warn<K>(&self, obj: &K, reason: &str, message: &str)
     where
         K: Resource<DynamicType = ()>,
     {
-        self.emit(obj, "Warning", reason, message).await
+        self.emit(obj, "Warning", reason, message)
     }
 
-    async fn emit<K>(&self, obj: &K, ty: &str, reason: &str, message: &str)
+    fn emit<K>(&self, obj: &K, ty: &str, reason: &str, message: &str)
     where
         K: Resource<DynamicType = ()>,
     {
-        let ns = obj.namespace().unwrap_or_else(|| "default".into());
-        let api = Api::<Event>::namespaced(self.client.clone(), &ns);
-        let now = Time(Timestamp::now());
-        let key = (
-            obj.uid().unwrap_or_default(),
-            ty.to_string(),
-            reason.to_string(),
+        spawn_event(
+            &self.client,
+            &self.component,
+            reference(obj),
+            ty,
+            reason,
             message.to_string(),
         );
-        let mut seen = self.seen.lock().await;
-        if let Some((_, name, count)) = seen.get_mut(&key) {
-            *count += 1;
-            let patch = json!({"count": *count, "lastTimestamp": now});
-            if api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-        let name = format!("{}.{:x}", obj.name_any(), Timestamp::now().as_nanosecond());
-        let event = Event {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some(K::api_version(&()).into_owned()),
-                kind: Some(K::kind(&()).into_owned()),
-                namespace: obj.namespace(),
-                name: Some(obj.name_any()),
-                uid: obj.uid(),
-                resource_version: obj.resource_version(),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some(ty.into()),
-            count: Some(1),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some(self.component.clone()),
-                host: None,
-            }),
-            reporting_component: Some(self.component.clone()),
-            reporting_instance: Some(String::new()),
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &event).await {
-            Ok(_) => {
-                // only recent events need counting; keep the map small
-                if seen.len() > 4096 {
-                    seen.clear();
-                }
-                seen.insert(key, (ns, name, 1));
-            }
-            Err(e) => tracing::debug!(error = %e, reason, "recording an event"),
-        }
     }
 }
 
@@ -127,15 +68,7 @@ pub fn spawn_event_about<K: Resource<DynamicType = ()>>(
     reason: &str,
     message: String,
 ) {
-    let regarding = ObjectReference {
-        api_version: Some(K::api_version(&()).into_owned()),
-        kind: Some(K::kind(&()).into_owned()),
-        namespace: obj.namespace(),
-        name: Some(obj.name_any()),
-        uid: obj.uid(),
-        ..Default::default()
-    };
-    spawn_event(client, component, regarding, ty, reason, message);
+    spawn_event(client, component, reference(obj), ty, reason, message);
 }
 
 /// Events [`spawn_event`] wrote, by (regarding object, component, type, reason, message).
