@@ -1,5 +1,6 @@
 //! Objects every cluster has, created (or brought up to date) at start: the four default
 //! namespaces, the system PriorityClasses (`system-cluster-critical`, `system-node-critical`),
+//! the mandatory API Priority and Fairness objects (`crate::flowcontrol`),
 //! the default ServiceCIDR (`crate::servicecidr`), and the `kubernetes` service on the first address of the service range with
 //! Endpoints and an EndpointSlice pointing at this apiserver, so in-cluster clients reach it.
 
@@ -55,6 +56,10 @@ pub async fn run(state: &AppState, advertise: IpAddr, port: u16) -> Result<(), E
             Err(e) => return Err(fail(&format!("priorityclass {name}"), e)),
         }
     }
+    // upstream's APF post-start hook: the mandatory FlowSchemas and priority levels
+    crate::flowcontrol::bootstrap(state)
+        .await
+        .map_err(|e| fail("mandatory API Priority and Fairness objects", e))?;
     // upstream's bootstrap policy that users see: cluster-admin, admin/edit/view (aggregated)
     for obj in crate::rbac::stored_policy() {
         let plural = if obj["kind"] == "ClusterRole" {

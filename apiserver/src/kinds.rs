@@ -8,9 +8,12 @@ use crate::meta;
 use crate::registry::ResourceDef;
 use crate::selector::LabelSelector;
 
+mod csi;
+mod dra;
 mod endpoints;
 mod endpointslice;
 pub(crate) mod field;
+mod flowcontrol;
 mod hpa;
 mod immutable;
 mod ingress;
@@ -364,6 +367,9 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             crate::webhooks::mutating_policy::default(obj, kind == "MutatingAdmissionPolicyBinding")
         }
         (crate::aggregator::GROUP, "APIService") => crate::aggregator::validation::default(obj),
+        ("storage.k8s.io", "CSIDriver") => csi::default_driver(obj),
+        ("flowcontrol.apiserver.k8s.io", kind) => flowcontrol::default(kind, obj),
+        ("resource.k8s.io", kind) => dra::default(kind, obj),
         ("storage.k8s.io", "StorageClass") => {
             set_default(obj, "reclaimPolicy", json!("Delete"));
             set_default(obj, "volumeBindingMode", json!("Immediate"));
@@ -758,6 +764,20 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
             servicecidr::validate_ip_address(obj, old, &mut causes)
         }
         ("storage.k8s.io", "StorageClass") => storageclass::validate(obj, old, &mut causes),
+        ("storage.k8s.io", "CSIDriver") => csi::validate_driver(obj, old, &mut causes),
+        ("storage.k8s.io", "CSINode") => csi::validate_node(obj, old, &mut causes),
+        ("storage.k8s.io", "CSIStorageCapacity") => csi::validate_capacity(obj, old, &mut causes),
+        ("storage.k8s.io", "VolumeAttachment") => csi::validate_attachment(obj, old, &mut causes),
+        ("storage.k8s.io", "VolumeAttributesClass") => {
+            csi::validate_attributes_class(obj, old, &mut causes)
+        }
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema") => {
+            flowcontrol::validate_schema(obj, &mut causes)
+        }
+        ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration") => {
+            flowcontrol::validate_level(obj, &mut causes)
+        }
+        ("resource.k8s.io", kind) => dra::validate(kind, obj, old, &mut causes),
         ("", "PersistentVolume") => volume::validate(obj, old, &mut causes),
         ("", "Node") => node::validate(obj, old, &mut causes),
         ("discovery.k8s.io", "EndpointSlice") => endpointslice::validate(obj, old, &mut causes),

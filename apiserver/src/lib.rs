@@ -32,6 +32,7 @@ mod delete;
 mod discovery;
 mod encryption;
 mod error;
+mod flowcontrol;
 mod follow;
 mod handlers;
 mod health;

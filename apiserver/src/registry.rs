@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{
     admissionregistration, apps, authentication, authorization, autoscaling, batch, certificates,
-    coordination, core, discovery, events, networking, node, policy, rbac, scheduling, storage,
+    coordination, core, discovery, events, flowcontrol, networking, node, policy, rbac, resource,
+    scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apiregistration;
@@ -156,6 +157,28 @@ pub enum Printer {
     ServiceCIDR,
     /// NAME PARENTREF (upstream prints no age).
     IPAddress,
+    /// NAME AGE (upstream's printers of DeviceClasses and ResourceClaimTemplates).
+    NameAge,
+    /// NAME ATTACHREQUIRED PODINFOONMOUNT STORAGECAPACITY TOKENREQUESTS REQUIRESREPUBLISH
+    /// MODES AGE.
+    CSIDriver,
+    /// NAME DRIVERS AGE.
+    CSINode,
+    /// NAME STORAGECLASSNAME CAPACITY (upstream prints no age).
+    CSIStorageCapacity,
+    /// NAME ATTACHER PV NODE ATTACHED AGE.
+    VolumeAttachment,
+    /// NAME DRIVERNAME AGE.
+    VolumeAttributesClass,
+    /// NAME PRIORITYLEVEL MATCHINGPRECEDENCE DISTINGUISHERMETHOD AGE MISSINGPL, sorted by
+    /// matching precedence.
+    FlowSchema,
+    /// NAME TYPE NOMINALCONCURRENCYSHARES QUEUES HANDSIZE QUEUELENGTHLIMIT AGE.
+    PriorityLevelConfiguration,
+    /// NAME STATE AGE.
+    ResourceClaim,
+    /// NAME NODE DRIVER POOL AGE.
+    ResourceSlice,
 }
 
 /// One resource of one group-version.
@@ -445,6 +468,34 @@ fn builtins() -> Vec<ResourceDef> {
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "runtimeclasses", fields: NONE, printer: P::RuntimeClass),
         def!(storage::v1::StorageClass, "storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", ns: false,
             short: &["sc"], cat: NONE, subs: NONE_SUBS, storage: "storageclasses", fields: NONE, printer: P::StorageClass),
+        // CSI objects: drivers install them, the external attacher and provisioner sidecars
+        // read and write them (`crate::kinds::csi`); kaze runs no CSI attacher itself.
+        def!(storage::v1::CSIDriver, "storage.k8s.io", "v1", "CSIDriver", "csidrivers", "csidriver", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "csidrivers", fields: NONE, printer: P::CSIDriver),
+        def!(storage::v1::CSINode, "storage.k8s.io", "v1", "CSINode", "csinodes", "csinode", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "csinodes", fields: NONE, printer: P::CSINode),
+        def!(storage::v1::CSIStorageCapacity, "storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities", "csistoragecapacity", ns: true,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "csistoragecapacities", fields: NONE, printer: P::CSIStorageCapacity),
+        def!(storage::v1::VolumeAttachment, "storage.k8s.io", "v1", "VolumeAttachment", "volumeattachments", "volumeattachment", ns: false,
+            short: NONE, cat: NONE, subs: STATUS, storage: "volumeattachments", fields: NONE, printer: P::VolumeAttachment),
+        def!(storage::v1::VolumeAttributesClass, "storage.k8s.io", "v1", "VolumeAttributesClass", "volumeattributesclasses", "volumeattributesclass", ns: false,
+            short: &["vac"], cat: NONE, subs: NONE_SUBS, storage: "volumeattributesclasses", fields: NONE, printer: P::VolumeAttributesClass),
+        // API Priority and Fairness configuration (`crate::flowcontrol`): stored, validated,
+        // the mandatory objects kept and `Dangling` maintained; not applied to requests.
+        def!(flowcontrol::v1::FlowSchema, "flowcontrol.apiserver.k8s.io", "v1", "FlowSchema", "flowschemas", "flowschema", ns: false,
+            short: NONE, cat: NONE, subs: STATUS, storage: "flowschemas", fields: NONE, printer: P::FlowSchema),
+        def!(flowcontrol::v1::PriorityLevelConfiguration, "flowcontrol.apiserver.k8s.io", "v1", "PriorityLevelConfiguration", "prioritylevelconfigurations", "prioritylevelconfiguration", ns: false,
+            short: NONE, cat: NONE, subs: STATUS, storage: "prioritylevelconfigurations", fields: NONE, printer: P::PriorityLevelConfiguration),
+        // Dynamic resource allocation (`crate::kinds::dra`): stored and validated for device
+        // drivers' manifests; kaze's scheduler allocates no claims.
+        def!(resource::v1::DeviceClass, "resource.k8s.io", "v1", "DeviceClass", "deviceclasses", "deviceclass", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "deviceclasses", fields: NONE, printer: P::NameAge),
+        def!(resource::v1::ResourceClaim, "resource.k8s.io", "v1", "ResourceClaim", "resourceclaims", "resourceclaim", ns: true,
+            short: NONE, cat: NONE, subs: STATUS, storage: "resourceclaims", fields: NONE, printer: P::ResourceClaim),
+        def!(resource::v1::ResourceClaimTemplate, "resource.k8s.io", "v1", "ResourceClaimTemplate", "resourceclaimtemplates", "resourceclaimtemplate", ns: true,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "resourceclaimtemplates", fields: NONE, printer: P::NameAge),
+        def!(resource::v1::ResourceSlice, "resource.k8s.io", "v1", "ResourceSlice", "resourceslices", "resourceslice", ns: false,
+            short: NONE, cat: NONE, subs: NONE_SUBS, storage: "resourceslices", fields: &["spec.nodeName", "spec.driver"], printer: P::ResourceSlice),
         def!(networking::v1::Ingress, "networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", ns: true,
             short: &["ing"], cat: NONE, subs: STATUS, storage: "ingress", fields: NONE, printer: P::Ingress),
         def!(networking::v1::IngressClass, "networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", ns: false,

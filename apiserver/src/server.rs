@@ -324,6 +324,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     ));
     tokio::spawn(crate::quota::run(state.clone()));
     tokio::spawn(crate::servicecidr::run(state.clone()));
+    tokio::spawn(crate::flowcontrol::run(state.clone()));
     tokio::spawn(crate::webhooks::run(state.clone()));
     tokio::spawn(crate::metrics_api::run(
         state.clone(),

@@ -10,8 +10,8 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
     coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    networking::v1 as networking, rbac::v1 as rbac, scheduling::v1 as scheduling,
-    storage::v1 as storage,
+    flowcontrol::v1 as flowcontrol, networking::v1 as networking, rbac::v1 as rbac,
+    resource::v1 as resource, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use schemars::{JsonSchema, SchemaGenerator};
@@ -375,6 +375,69 @@ fn columns(p: Printer) -> Vec<Value> {
         Printer::RuntimeClass => vec![
             name,
             col("Handler", "string", 0, &doc::<k8s_openapi::api::node::v1::RuntimeClass>("handler")),
+            age,
+        ],
+        Printer::NameAge => vec![name, age],
+        Printer::CSIDriver => vec![
+            name,
+            col("AttachRequired", "boolean", 0, &doc::<storage::CSIDriverSpec>("attachRequired")),
+            col("PodInfoOnMount", "boolean", 0, &doc::<storage::CSIDriverSpec>("podInfoOnMount")),
+            col("StorageCapacity", "boolean", 0, &doc::<storage::CSIDriverSpec>("storageCapacity")),
+            col("TokenRequests", "string", 0, &doc::<storage::CSIDriverSpec>("tokenRequests")),
+            col("RequiresRepublish", "boolean", 0, &doc::<storage::CSIDriverSpec>("requiresRepublish")),
+            col("Modes", "string", 0, &doc::<storage::CSIDriverSpec>("volumeLifecycleModes")),
+            age,
+        ],
+        Printer::CSINode => vec![
+            name,
+            col("Drivers", "integer", 0, "Drivers indicates the number of CSI drivers registered on the node"),
+            age,
+        ],
+        Printer::CSIStorageCapacity => vec![
+            name,
+            col("StorageClassName", "string", 0, &doc::<storage::CSIStorageCapacity>("storageClassName")),
+            col("Capacity", "string", 0, &doc::<storage::CSIStorageCapacity>("capacity")),
+        ],
+        Printer::VolumeAttachment => vec![
+            name,
+            col("Attacher", "string", 0, &doc::<storage::VolumeAttachmentSpec>("attacher")),
+            col("PV", "string", 0, &doc::<storage::VolumeAttachmentSource>("persistentVolumeName")),
+            col("Node", "string", 0, &doc::<storage::VolumeAttachmentSpec>("nodeName")),
+            col("Attached", "boolean", 0, &doc::<storage::VolumeAttachmentStatus>("attached")),
+            age,
+        ],
+        Printer::VolumeAttributesClass => vec![
+            name,
+            col("DriverName", "string", 0, &doc::<storage::VolumeAttributesClass>("driverName")),
+            age,
+        ],
+        Printer::FlowSchema => vec![
+            name,
+            col("PriorityLevel", "string", 0, &doc::<flowcontrol::PriorityLevelConfigurationReference>("name")),
+            col("MatchingPrecedence", "string", 0, &doc::<flowcontrol::FlowSchemaSpec>("matchingPrecedence")),
+            col("DistinguisherMethod", "string", 0, &doc::<flowcontrol::FlowSchemaSpec>("distinguisherMethod")),
+            age,
+            col("MissingPL", "string", 0, "references a broken or non-existent PriorityLevelConfiguration"),
+        ],
+        Printer::PriorityLevelConfiguration => vec![
+            name,
+            col("Type", "string", 0, &doc::<flowcontrol::PriorityLevelConfigurationSpec>("type")),
+            col("NominalConcurrencyShares", "string", 0, &doc::<flowcontrol::LimitedPriorityLevelConfiguration>("nominalConcurrencyShares")),
+            col("Queues", "string", 0, &doc::<flowcontrol::QueuingConfiguration>("queues")),
+            col("HandSize", "string", 0, &doc::<flowcontrol::QueuingConfiguration>("handSize")),
+            col("QueueLengthLimit", "string", 0, &doc::<flowcontrol::QueuingConfiguration>("queueLengthLimit")),
+            age,
+        ],
+        Printer::ResourceClaim => vec![
+            name,
+            col("State", "string", 0, "A summary of the current state (allocated, pending, reserved, etc.)."),
+            age,
+        ],
+        Printer::ResourceSlice => vec![
+            name,
+            col("Node", "string", 0, &doc::<resource::ResourceSliceSpec>("nodeName")),
+            col("Driver", "string", 0, &doc::<resource::ResourceSliceSpec>("driver")),
+            col("Pool", "string", 0, &doc::<resource::ResourcePool>("name")),
             age,
         ],
         Printer::ComponentStatus => vec![
@@ -914,6 +977,115 @@ fn cells(p: Printer, o: &Value) -> Vec<Value> {
             row.extend([json!(s(o, "/spec/policyName")), json!(param_ref), age]);
         }
         Printer::RuntimeClass => row.extend([json!(s(o, "/handler")), age]),
+        Printer::NameAge => row.push(age),
+        Printer::CSIDriver => {
+            let flag = |key: &str, default: bool| {
+                json!(o
+                    .pointer(&format!("/spec/{key}"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(default))
+            };
+            let modes: Vec<&str> = arr(o, "/spec/volumeLifecycleModes")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            // upstream: `<unset>` when the list is absent, the audiences (maybe none) else
+            let tokens = match o.pointer("/spec/tokenRequests").and_then(Value::as_array) {
+                None => "<unset>".to_string(),
+                Some(list) => list
+                    .iter()
+                    .map(|t| s(t, "/audience"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            row.extend([
+                flag("attachRequired", true),
+                flag("podInfoOnMount", false),
+                flag("storageCapacity", false),
+                json!(tokens),
+                flag("requiresRepublish", false),
+                json!(or_none(&modes.join(","))),
+                age,
+            ]);
+        }
+        Printer::CSINode => row.extend([json!(arr(o, "/spec/drivers").len()), age]),
+        Printer::CSIStorageCapacity => row.extend([
+            json!(s(o, "/storageClassName")),
+            json!(quantity(o.get("capacity"), "<unset>")),
+        ]),
+        Printer::VolumeAttachment => row.extend([
+            json!(s(o, "/spec/attacher")),
+            json!(s(o, "/spec/source/persistentVolumeName")),
+            json!(s(o, "/spec/nodeName")),
+            json!(o
+                .pointer("/status/attached")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)),
+            age,
+        ]),
+        Printer::VolumeAttributesClass => row.extend([json!(s(o, "/driverName")), age]),
+        Printer::FlowSchema => {
+            let method = match s(o, "/spec/distinguisherMethod/type") {
+                "" => "<none>",
+                m => m,
+            };
+            // `?` until the apiserver has judged the reference (`crate::flowcontrol`)
+            let missing = arr(o, "/status/conditions")
+                .iter()
+                .find(|c| c["type"] == "Dangling")
+                .map_or("?", |c| s(c, "/status"));
+            row.extend([
+                json!(s(o, "/spec/priorityLevelConfiguration/name")),
+                json!(n(o, "/spec/matchingPrecedence")),
+                json!(method),
+                age,
+                json!(missing),
+            ]);
+        }
+        Printer::PriorityLevelConfiguration => {
+            let limited = o.pointer("/spec/limited").filter(|l| l.is_object());
+            let queuing = limited
+                .and_then(|l| l.pointer("/limitResponse/queuing"))
+                .filter(|q| q.is_object());
+            let num = |v: Option<&Value>, key: &str| {
+                v.and_then(|v| v.get(key))
+                    .filter(|x| !x.is_null())
+                    .cloned()
+                    .unwrap_or(json!("<none>"))
+            };
+            row.extend([
+                json!(s(o, "/spec/type")),
+                num(limited, "nominalConcurrencyShares"),
+                num(queuing, "queues"),
+                num(queuing, "handSize"),
+                num(queuing, "queueLengthLimit"),
+                age,
+            ]);
+        }
+        Printer::ResourceClaim => {
+            let deleted = meta::meta_str(o, "deletionTimestamp").is_some();
+            let mut states = Vec::new();
+            if deleted {
+                states.push("deleted");
+            }
+            if o.pointer("/status/allocation").is_none_or(Value::is_null) {
+                if !deleted {
+                    states.push("pending");
+                }
+            } else {
+                states.push("allocated");
+                if !arr(o, "/status/reservedFor").is_empty() {
+                    states.push("reserved");
+                }
+            }
+            row.extend([json!(states.join(",")), age]);
+        }
+        Printer::ResourceSlice => row.extend([
+            json!(s(o, "/spec/nodeName")),
+            json!(s(o, "/spec/driver")),
+            json!(s(o, "/spec/pool/name")),
+            age,
+        ]),
         Printer::ServiceCIDR => {
             let cidrs: Vec<&str> = arr(o, "/spec/cidrs")
                 .iter()
@@ -1553,6 +1725,22 @@ pub fn table(
         return crate::crd::table(c, items, include, version, list_meta);
     }
     let defs = json!(column_definitions(def.printer));
+    let mut sorted;
+    let mut items = items;
+    if def.printer == Printer::FlowSchema {
+        // upstream prints FlowSchemas in the order they match: by precedence, then name
+        sorted = items.to_vec();
+        sorted.sort_by(|a, b| {
+            let key = |o: &Value| {
+                (
+                    n(o, "/spec/matchingPrecedence"),
+                    meta::meta_str(o, "name").unwrap_or("").to_string(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        items = &sorted;
+    }
     assemble(items, include, version, list_meta, defs, |o| {
         // Printers read the stored form, as upstream's read the internal one
         // (events.k8s.io Events print as core ones).

@@ -508,6 +508,25 @@ fn node_restriction_keeps_nodes_to_their_own_objects() {
         Some(&lease("kube-node-lease", "a")),
     );
     assert!(ok, "{err}");
+
+    // CSINodes: its own only (the kubelet makes it at registration)
+    let csi_node = |name: &str| {
+        format!("apiVersion: storage.k8s.io/v1\nkind: CSINode\nmetadata:\n  name: {name}\nspec:\n  drivers: []\n")
+    };
+    let (ok, _, err) = as_node(&s, &a, &["create", "-f", "-"], Some(&csi_node("b")));
+    assert!(
+        !ok && err.contains(r#"csinodes.storage.k8s.io "b" is forbidden: can only access CSINode with the same name as the requesting node"#),
+        "{err}"
+    );
+    let (ok, _, err) = as_node(&s, &a, &["create", "-f", "-"], Some(&csi_node("a")));
+    assert!(ok, "{err}");
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&csi_node("b")));
+    let (ok, _, err) = as_node(&s, &a, &["get", "csinode", "b"], None);
+    assert!(!ok && err.contains("forbidden"), "{err}");
+    let (ok, _, err) = as_node(&s, &a, &["get", "csinodes"], None);
+    assert!(!ok && err.contains("forbidden"), "{err}");
+    let (ok, _, err) = as_node(&s, &a, &["get", "csinode", "a"], None);
+    assert!(ok, "{err}");
     let (ok, _, err) = as_node(
         &s,
         &a,

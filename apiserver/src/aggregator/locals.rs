@@ -45,6 +45,7 @@ const PRIORITIES: &[(&str, &str, i64, i64)] = &[
     ("node.k8s.io", "v1", 16300, 15),
     ("discovery.k8s.io", "v1", 16200, 15),
     ("flowcontrol.apiserver.k8s.io", "v1", 16100, 21),
+    ("resource.k8s.io", "v1", 15900, 21),
 ];
 
 /// What upstream's CRD registration gives custom resource versions.

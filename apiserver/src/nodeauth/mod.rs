@@ -399,6 +399,25 @@ impl NodeGraph {
                 }
                 Ok(())
             }
+            // upstream's `authorizeCSINode`: the node's own (a create's name is
+            // NodeRestriction's to check)
+            ("storage.k8s.io", "csinodes") => {
+                if !matches!(
+                    verb.as_str(),
+                    "get" | "create" | "update" | "patch" | "delete"
+                ) {
+                    return Err("can only get, create, update, patch, or delete a CSINode".into());
+                }
+                if sub.is_some() {
+                    return Err("cannot authorize CSINode subresources".into());
+                }
+                if verb != "create" && name != node {
+                    return Err(
+                        "can only access CSINode with the same name as the requesting node".into(),
+                    );
+                }
+                Ok(())
+            }
             _ => rules_allow(attrs),
         }
     }

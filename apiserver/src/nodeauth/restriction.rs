@@ -48,6 +48,7 @@ fn kind_of(def: &ResourceDef) -> Option<&'static str> {
         ("", "pods") => Some("pods"),
         ("", "nodes") => Some("nodes"),
         ("coordination.k8s.io", "leases") => Some("leases"),
+        ("storage.k8s.io", "csinodes") => Some("csinodes"),
         _ => None,
     }
 }
@@ -176,7 +177,15 @@ pub async fn admit_create(
     }
 }
 
+/// A node's own Lease, or its own CSINode (upstream's `admitLease`, `admitCSINode`).
 fn lease(def: &ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<(), ApiError> {
+    if def.plural == "csinodes" {
+        if name != node {
+            let why = "can only access CSINode with the same name as the requesting node";
+            return Err(forbidden(def, name, why.into()));
+        }
+        return Ok(());
+    }
     if ns != Some(NODE_LEASE_NAMESPACE) {
         return Err(forbidden(
             def,

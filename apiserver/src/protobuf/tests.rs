@@ -629,3 +629,88 @@ fn runtime_class_with_overhead_and_scheduling() {
         })
     );
 }
+
+#[test]
+fn csi_driver_flow_schema_and_resource_claim() {
+    // storage.k8s.io, flowcontrol and resource.k8s.io: the groups CSI sidecars, APF tools
+    // and DRA drivers write with client-go's protobuf encoding
+    let driver = body(
+        "storage.k8s.io/v1",
+        "CSIDriver",
+        &[
+            message(1, &[string(1, "hostpath.csi.k8s.io")]),
+            message(
+                2,
+                &[
+                    int(1, 0),
+                    int(2, 1),
+                    string(3, "Persistent"),
+                    string(3, "Ephemeral"),
+                    string(5, "File"),
+                    message(6, &[string(1, "vault"), int(2, 3600)]),
+                ],
+            ),
+        ],
+    );
+    assert_eq!(
+        decode(&driver).expect("decode"),
+        json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "CSIDriver",
+            "metadata": {"name": "hostpath.csi.k8s.io"},
+            "spec": {
+                "attachRequired": false,
+                "podInfoOnMount": true,
+                "volumeLifecycleModes": ["Persistent", "Ephemeral"],
+                "fsGroupPolicy": "File",
+                "tokenRequests": [{"audience": "vault", "expirationSeconds": 3600}],
+            },
+        })
+    );
+    let schema = body(
+        "flowcontrol.apiserver.k8s.io/v1",
+        "FlowSchema",
+        &[
+            message(1, &[string(1, "batch")]),
+            message(
+                2,
+                &[
+                    message(1, &[string(1, "gold")]),
+                    int(2, 500),
+                    message(3, &[string(1, "ByUser")]),
+                ],
+            ),
+        ],
+    );
+    let decoded = decode(&schema).expect("decode");
+    assert_eq!(
+        decoded["spec"],
+        json!({"priorityLevelConfiguration": {"name": "gold"}, "matchingPrecedence": 500,
+            "distinguisherMethod": {"type": "ByUser"}})
+    );
+    let claim = body(
+        "resource.k8s.io/v1",
+        "ResourceClaim",
+        &[
+            message(1, &[string(1, "one-gpu"), string(3, "default")]),
+            message(
+                2,
+                &[message(
+                    1,
+                    &[message(
+                        1,
+                        &[
+                            string(1, "gpu"),
+                            message(2, &[string(1, "gpu.example.com")]),
+                        ],
+                    )],
+                )],
+            ),
+        ],
+    );
+    let decoded = decode(&claim).expect("decode");
+    assert_eq!(
+        decoded["spec"]["devices"]["requests"][0],
+        json!({"name": "gpu", "exactly": {"deviceClassName": "gpu.example.com"}})
+    );
+}

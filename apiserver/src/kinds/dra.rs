@@ -1,0 +1,272 @@
+//! Dynamic resource allocation (`resource.k8s.io/v1`): the checks and defaults of upstream's
+//! `pkg/apis/resource` that device drivers' manifests and claims meet first. kaze stores
+//! and serves these kinds; its scheduler allocates no claims (README: limits).
+
+use serde_json::{json, Value};
+
+use super::field;
+use super::Cause;
+use crate::meta::names;
+
+/// `SetDefaults_ExactDeviceRequest` and its sub-request twin: `ExactCount` of one device.
+pub fn default(kind: &str, obj: &mut Value) {
+    let spec = match kind {
+        "ResourceClaim" => obj.pointer_mut("/spec"),
+        "ResourceClaimTemplate" => obj.pointer_mut("/spec/spec"),
+        _ => None,
+    };
+    let Some(requests) = spec
+        .and_then(|s| s.pointer_mut("/devices/requests"))
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    let fill = |r: &mut Value| {
+        if !r.is_object() {
+            return;
+        }
+        if r.get("allocationMode")
+            .is_none_or(|m| m.is_null() || m == "")
+        {
+            r["allocationMode"] = json!("ExactCount");
+        }
+        if r["allocationMode"] == "ExactCount"
+            && r.get("count").is_none_or(|c| c.is_null() || c == 0)
+        {
+            r["count"] = json!(1);
+        }
+    };
+    for r in requests {
+        if let Some(exact) = r.get_mut("exactly").filter(|e| e.is_object()) {
+            fill(exact);
+        }
+        for sub in r
+            .get_mut("firstAvailable")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            fill(sub);
+        }
+    }
+}
+
+/// A claim's spec: named requests, each asking for devices of one class exactly one way.
+fn validate_claim_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in field::list(spec.get("devices").unwrap_or(&Value::Null), "requests")
+        .iter()
+        .enumerate()
+    {
+        let at = format!("{at}.devices.requests[{i}]");
+        let name = field::text(r, "name");
+        if name.is_empty() {
+            causes.push(field::required(&format!("{at}.name"), ""));
+        } else {
+            field::label(&format!("{at}.name"), name, causes);
+            if !seen.insert(name) {
+                causes.push(field::duplicate(&format!("{at}.name"), &json!(name)));
+            }
+        }
+        let exact = field::set(r, "exactly");
+        let first = field::list(r, "firstAvailable");
+        match (exact, first.is_empty()) {
+            (Some(e), true) => validate_exact(e, &format!("{at}.exactly"), causes),
+            (None, false) => {
+                for (j, sub) in first.iter().enumerate() {
+                    let at = format!("{at}.firstAvailable[{j}]");
+                    let name = field::text(sub, "name");
+                    if name.is_empty() {
+                        causes.push(field::required(&format!("{at}.name"), ""));
+                    }
+                    validate_exact(sub, &at, causes);
+                }
+            }
+            _ => causes.push(field::invalid(
+                &at,
+                &json!(null),
+                "exactly one of `exactly` or `firstAvailable` is required",
+            )),
+        }
+    }
+}
+
+fn validate_exact(r: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let class = field::text(r, "deviceClassName");
+    let path = format!("{at}.deviceClassName");
+    if class.is_empty() {
+        causes.push(field::required(&path, ""));
+    } else {
+        field::subdomain(&path, class, causes);
+    }
+    let mode = r.get("allocationMode").cloned().unwrap_or(json!(""));
+    match mode.as_str() {
+        Some("ExactCount") => {
+            let count = r.get("count").and_then(Value::as_i64).unwrap_or(0);
+            if count <= 0 {
+                causes.push(field::invalid(
+                    &format!("{at}.count"),
+                    &json!(count),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        Some("All") => {
+            if let Some(c) = field::set(r, "count").filter(|c| *c != 0) {
+                causes.push(field::invalid(
+                    &format!("{at}.count"),
+                    c,
+                    "must not be specified when allocationMode is 'All'",
+                ));
+            }
+        }
+        _ => causes.push(field::not_supported(
+            &format!("{at}.allocationMode"),
+            &mode,
+            &["All", "ExactCount"],
+        )),
+    }
+}
+
+pub fn validate(kind: &str, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    match kind {
+        "ResourceClaim" => {
+            let spec = obj.get("spec").unwrap_or(&Value::Null);
+            validate_claim_spec(spec, "spec", causes);
+            if old.is_some_and(|old| old.get("spec") != obj.get("spec")) {
+                causes.push(field::invalid("spec", spec, "field is immutable"));
+            }
+        }
+        "ResourceClaimTemplate" => {
+            let spec = obj.pointer("/spec/spec").unwrap_or(&Value::Null);
+            validate_claim_spec(spec, "spec.spec", causes);
+            if old.is_some_and(|old| old.get("spec") != obj.get("spec")) {
+                let spec = obj.get("spec").unwrap_or(&Value::Null);
+                causes.push(field::invalid("spec", spec, "field is immutable"));
+            }
+        }
+        "ResourceSlice" => validate_slice(obj, old, causes),
+        _ => {}
+    }
+}
+
+/// `ValidateResourceSlice`: a driver, a pool with a positive slice count, and exactly one
+/// way of saying which nodes reach the devices; driver and node fixed once created.
+fn validate_slice(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let driver = field::text(spec, "driver");
+    if driver.is_empty() {
+        causes.push(field::required("spec.driver", ""));
+    } else {
+        let mut msgs = names::dns1123_subdomain(driver);
+        if driver.len() > 63 {
+            msgs.push(names::max_len(63));
+        }
+        causes.extend(field::invalid_each("spec.driver", &json!(driver), msgs));
+    }
+    let pool = spec.get("pool").unwrap_or(&Value::Null);
+    if field::text(pool, "name").is_empty() {
+        causes.push(field::required("spec.pool.name", ""));
+    }
+    if pool
+        .get("resourceSliceCount")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        <= 0
+    {
+        let count = pool.get("resourceSliceCount").cloned().unwrap_or(json!(0));
+        causes.push(field::invalid(
+            "spec.pool.resourceSliceCount",
+            &count,
+            "must be greater than zero",
+        ));
+    }
+    let ways = [
+        field::set(spec, "nodeName").is_some_and(|n| n != ""),
+        field::set(spec, "nodeSelector").is_some(),
+        spec.get("allNodes")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        spec.get("perDeviceNodeSelection")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    ];
+    if ways.iter().filter(|w| **w).count() != 1 {
+        causes.push(field::required(
+            "spec",
+            "exactly one of `nodeName`, `nodeSelector`, `allNodes`, `perDeviceNodeSelection` is required",
+        ));
+    }
+    let Some(old) = old else { return };
+    for key in ["driver", "nodeName"] {
+        let (now, was) = (spec.get(key), old.pointer(&format!("/spec/{key}")));
+        if now != was {
+            let shown = now.cloned().unwrap_or(Value::Null);
+            causes.push(field::invalid(
+                &format!("spec.{key}"),
+                &shown,
+                "field is immutable",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(kind: &str, obj: Value, old: Option<Value>) -> Vec<String> {
+        let mut causes = Vec::new();
+        validate(kind, &obj, old.as_ref(), &mut causes);
+        field::render(causes)
+    }
+
+    #[test]
+    fn claims_default_to_one_device_and_need_a_class() {
+        let mut claim = json!({"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.example.com"}}]}}});
+        default("ResourceClaim", &mut claim);
+        assert_eq!(
+            claim["spec"]["devices"]["requests"][0]["exactly"],
+            json!({"deviceClassName": "gpu.example.com", "allocationMode": "ExactCount", "count": 1})
+        );
+        assert!(messages("ResourceClaim", claim.clone(), None).is_empty());
+        let bad = json!({"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"allocationMode": "Some"}}, {"name": "gpu"}]}}});
+        assert_eq!(
+            messages("ResourceClaim", bad, None),
+            [
+                "spec.devices.requests[0].exactly.deviceClassName: Required value",
+                r#"spec.devices.requests[0].exactly.allocationMode: Unsupported value: "Some": supported values: "All", "ExactCount""#,
+                r#"spec.devices.requests[1].name: Duplicate value: "gpu""#,
+                "spec.devices.requests[1]: Invalid value: null: exactly one of `exactly` or `firstAvailable` is required",
+            ]
+        );
+        let mut more = claim.clone();
+        more["spec"]["devices"]["requests"][0]["exactly"]["count"] = json!(2);
+        let msgs = messages("ResourceClaim", more, Some(claim));
+        assert_eq!(msgs.len(), 1);
+        assert!(
+            msgs[0].starts_with("spec: Invalid value: ") && msgs[0].ends_with("field is immutable")
+        );
+    }
+
+    #[test]
+    fn slices_need_a_driver_a_pool_and_one_node_choice() {
+        let ok = json!({"spec": {"driver": "gpu.example.com", "pool": {"name": "n1", "resourceSliceCount": 1}, "nodeName": "n1"}});
+        assert!(messages("ResourceSlice", ok.clone(), None).is_empty());
+        let bad = json!({"spec": {"driver": "", "pool": {"name": "n1"}, "nodeName": "n1", "allNodes": true}});
+        assert_eq!(
+            messages("ResourceSlice", bad, None),
+            [
+                "spec.driver: Required value",
+                "spec.pool.resourceSliceCount: Invalid value: 0: must be greater than zero",
+                "spec: Required value: exactly one of `nodeName`, `nodeSelector`, `allNodes`, `perDeviceNodeSelection` is required",
+            ]
+        );
+        let mut moved = ok.clone();
+        moved["spec"]["nodeName"] = json!("n2");
+        assert_eq!(
+            messages("ResourceSlice", moved, Some(ok)),
+            [r#"spec.nodeName: Invalid value: "n2": field is immutable"#]
+        );
+    }
+}
