@@ -129,6 +129,22 @@ async fn kubelet_registers_and_runs_pods_from_the_api() {
         )]
     );
     assert_eq!(labels.get("kubernetes.io/hostname"), Some(&node));
+    // Its CSINode, owned by the Node (upstream's kubelet makes one when its CSI plugin starts).
+    let csi_nodes: Api<k8s_openapi::api::storage::v1::CSINode> = Api::all(client.clone());
+    let csi_node = eventually("the node's CSINode", Duration::from_secs(20), || {
+        let (csi_nodes, node) = (csi_nodes.clone(), node.clone());
+        async move { csi_nodes.get_opt(&node).await.ok().flatten() }
+    })
+    .await;
+    let owners = csi_node.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        owners
+            .iter()
+            .map(|o| (o.kind.as_str(), o.name.as_str(), Some(&o.uid)))
+            .collect::<Vec<_>>(),
+        [("Node", node.as_str(), registered.metadata.uid.as_ref())]
+    );
+    assert!(csi_node.spec.drivers.is_empty());
     let status = registered.status.expect("node status");
     assert!(status
         .capacity

@@ -689,7 +689,38 @@ impl Registration {
             )
             .await
             .map_err(api(format!("posting the status of node {name}")))?;
-        Ok(())
+        ensure_csi_node(client, name).await
+    }
+}
+
+/// The node's CSINode, as upstream's kubelet creates it when its CSI plugin starts: named
+/// after the Node and owned by it (so it goes with it), no drivers until one registers.
+async fn ensure_csi_node(client: &Client, name: &str) -> Result<(), NodeError> {
+    use k8s_openapi::api::storage::v1::CSINode;
+    let csi_nodes: Api<CSINode> = Api::all(client.clone());
+    let what = || format!("creating the CSINode of node {name}");
+    if csi_nodes
+        .get_opt(name)
+        .await
+        .map_err(api(what()))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let node = Api::<Node>::all(client.clone())
+        .get(name)
+        .await
+        .map_err(api(what()))?;
+    let owner = json!({"apiVersion": "v1", "kind": "Node", "name": name,
+        "uid": node.metadata.uid.unwrap_or_default()});
+    let csi_node: CSINode = serde_json::from_value(
+        json!({"metadata": {"name": name, "ownerReferences": [owner]}, "spec": {"drivers": []}}),
+    )
+    .map_err(|e| NodeError::Flag(format!("building the CSINode of node {name}: {e}")))?;
+    match csi_nodes.create(&PostParams::default(), &csi_node).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(api(what())(e)),
     }
 }
 
