@@ -17,6 +17,7 @@ pub const FILTERS: &[&str] = &[
     "InterPodAffinity",
     "PodTopologySpread",
     "VolumeBinding",
+    "DynamicResources",
 ];
 
 /// Score plugins and upstream's default weights.

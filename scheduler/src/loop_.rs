@@ -37,6 +37,11 @@ use crate::config::Profile;
 use crate::framework::{self, FitError, NodeInfo, VolumeFilter};
 use crate::preemption::{self, priority};
 use crate::volumebinding::{self, Listers};
+
+/// Upstream's DynamicResources filter plugin, and its reason for a node where the pod's
+/// claims cannot be allocated.
+pub const DYNAMIC_RESOURCES: &str = "DynamicResources";
+const CANNOT_ALLOCATE: &str = "cannot allocate all claims";
 use crate::Error;
 
 type Key = (String, String);
@@ -453,7 +458,18 @@ impl Scheduler {
                 Some(Ok(v)) => (None, v),
                 None => (None, None),
             };
+            // DynamicResources: kaze allocates no ResourceClaims, so a pod that needs one
+            // fits no node, as upstream's pod does when no driver offers the devices
+            let claims = profile.filter_enabled(DYNAMIC_RESOURCES)
+                && pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.resource_claims.as_ref())
+                    .is_some_and(|c| !c.is_empty());
             let check = |n: &NodeInfo| -> Option<String> {
+                if claims {
+                    return Some(CANNOT_ALLOCATE.to_string());
+                }
                 match (&pre_filter, &pod_volumes) {
                     (Some(msg), _) => Some(msg.clone()),
                     (None, Some(v)) => v.filter(&n.node).err(),
@@ -461,7 +477,7 @@ impl Scheduler {
                 }
             };
             let volume_filter: Option<VolumeFilter<'_>> =
-                (pre_filter.is_some() || pod_volumes.is_some()).then_some(&check);
+                (pre_filter.is_some() || pod_volumes.is_some() || claims).then_some(&check);
             let chosen = match &pre_filter {
                 Some(msg) => Err(FitError {
                     num_nodes: st.nodes.len(),

@@ -192,3 +192,61 @@ async fn binds_pending_pods_and_explains_unschedulable_ones() {
         .expect("scheduler stops cleanly");
     server.shutdown().await;
 }
+
+/// A pod that needs a ResourceClaim (dynamic resource allocation) fits no node: kaze
+/// allocates no claims, and upstream's DynamicResources filter says so when no driver's
+/// devices can satisfy them. No preemption helps, and the pod stays unbound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_with_resource_claims_fit_no_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = apiserver::start(apiserver::Config::for_tests(dir.path()))
+        .await
+        .expect("starting the apiserver");
+    let client = client_for(&server).await;
+    add_node(&client, "n1", "2").await;
+    let shutdown = component::CancellationToken::new();
+    let sched = tokio::spawn(scheduler::run(
+        scheduler::Config::embedded(server.kubeconfig_path().to_path_buf()),
+        shutdown.clone(),
+    ));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "trainer", "namespace": "default"},
+        "spec": {"resourceClaims": [{"name": "gpu", "resourceClaimName": "one-gpu"}],
+            "containers": [{"name": "c", "image": "kaze/busybox:1",
+                "resources": {"claims": [{"name": "gpu"}]}}]},
+    }))
+    .expect("pod json");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    // a plain pod next to it is scheduled as usual
+    add_pod(&client, "plain", "100m").await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let msg = wait_for("FailedScheduling event", Duration::from_secs(20), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("FailedScheduling")
+                        && e.involved_object.name.as_deref() == Some("trainer")
+                })?
+                .message
+        }
+    })
+    .await;
+    assert_eq!(msg, "0/1 nodes are available: 1 cannot allocate all claims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.");
+    let p = pods.clone();
+    let placed = wait_for("plain bound", Duration::from_secs(20), || {
+        let p = p.clone();
+        async move { node_of(&p, "plain").await }
+    })
+    .await;
+    assert_eq!(placed, "n1");
+    assert!(node_of(&pods, "trainer").await.is_none());
+    shutdown.cancel();
+    let _ = sched.await;
+}
