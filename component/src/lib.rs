@@ -8,6 +8,7 @@ use std::path::Path;
 
 pub mod cron;
 pub mod delegated;
+pub mod events;
 pub mod health;
 pub mod https;
 pub mod jwt;

@@ -847,15 +847,13 @@ async fn mark_unschedulable(client: &Client, pod: &Pod, msg: &str, nomination: &
     }
 }
 
-static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
-
+/// The event `reason` about `pod` as its first occurrence; [`component::events::emit`]
+/// names, counts and times it.
 fn event_for(pod: &Pod, type_: &str, reason: &str, message: &str) -> CoreEvent {
     let (ns, name) = key(pod);
     let now = k8s_openapi::jiff::Timestamp::now();
-    let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
     CoreEvent {
         metadata: ObjectMeta {
-            name: Some(format!("{name}.{:x}{seq:x}", now.as_nanosecond() as u64)),
             namespace: Some(ns.clone()),
             ..Default::default()
         },
@@ -871,10 +869,7 @@ fn event_for(pod: &Pod, type_: &str, reason: &str, message: &str) -> CoreEvent {
         reason: Some(reason.into()),
         message: Some(message.into()),
         type_: Some(type_.into()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
         event_time: Some(MicroTime(now)),
-        count: Some(1),
         reporting_component: Some("default-scheduler".into()),
         reporting_instance: Some("kaze-scheduler".into()),
         action: Some(
@@ -893,89 +888,22 @@ fn event_for(pod: &Pod, type_: &str, reason: &str, message: &str) -> CoreEvent {
     }
 }
 
-/// Events are best effort, as upstream's broadcaster: written in the background, dropped
-/// when the queue is full rather than slowing scheduling down.
-/// Events already written, by (pod uid, type, reason, message): their name and count.
-type Written = HashMap<(String, String, String, String), (String, i32)>;
-
-/// Writes the scheduler's events in the background. A repeat of one already written (a pod
-/// retried and still unschedulable for the same reasons) counts on it, `count` and
-/// `lastTimestamp`, as client-go's event correlator does (`kubectl describe` prints
-/// `x3 over 2m`), instead of adding a line per attempt.
+/// Writes the scheduler's events in the background through the process's correlator
+/// ([`component::events`]): a repeat of one already written (a pod retried and still
+/// unschedulable for the same reasons) counts on it, `count` and `lastTimestamp`, as
+/// client-go's correlator does (`kubectl describe` prints `x3 over 2m`), instead of adding
+/// a line per attempt. Best effort, as upstream's broadcaster: the queue before this drops
+/// events when full rather than slowing scheduling down.
 async fn write_events(
     client: Client,
     mut rx: mpsc::Receiver<CoreEvent>,
     shutdown: component::CancellationToken,
 ) {
-    let sem = Arc::new(tokio::sync::Semaphore::new(8));
-    let mut written = Written::new();
     loop {
-        let mut ev = tokio::select! {
+        let ev = tokio::select! {
             _ = shutdown.cancelled() => return,
             ev = rx.recv() => match ev { Some(ev) => ev, None => return },
         };
-        let key = (
-            ev.involved_object.uid.clone().unwrap_or_default(),
-            ev.type_.clone().unwrap_or_default(),
-            ev.reason.clone().unwrap_or_default(),
-            ev.message.clone().unwrap_or_default(),
-        );
-        let repeat = match written.get_mut(&key) {
-            Some((name, count)) => {
-                *count += 1;
-                ev.metadata.name = Some(name.clone());
-                ev.count = Some(*count);
-                true
-            }
-            None => {
-                // only recent events need counting; keep the map small
-                if written.len() >= 4096 {
-                    written.clear();
-                }
-                let name = ev.metadata.name.clone().unwrap_or_default();
-                written.insert(key, (name, 1));
-                false
-            }
-        };
-        let Ok(permit) = sem.clone().acquire_owned().await else {
-            return;
-        };
-        let client = client.clone();
-        tokio::spawn(async move {
-            write_event(client, ev, repeat).await;
-            drop(permit);
-        });
-    }
-}
-
-/// Write `ev`: a `repeat` patches the event of that name with its new count and last time
-/// (creating it again if it has gone, its hour up), a first occurrence creates it.
-async fn write_event(client: Client, ev: CoreEvent, repeat: bool) {
-    let ns = ev.metadata.namespace.clone().unwrap_or_default();
-    let name = ev.metadata.name.clone().unwrap_or_default();
-    let api: Api<CoreEvent> = Api::namespaced(client, &ns);
-    let bump =
-        Patch::Merge(serde_json::json!({"count": ev.count, "lastTimestamp": ev.last_timestamp}));
-    let params = PatchParams::default();
-    let patch = || api.patch(&name, &params, &bump);
-    if repeat {
-        match patch().await {
-            Ok(_) => return,
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "counting a repeated event");
-                return;
-            }
-        }
-    }
-    match api.create(&PostParams::default(), &ev).await {
-        Ok(_) => {}
-        // the first occurrence's create landed in between
-        Err(kube::Error::Api(e)) if e.code == 409 && repeat => {
-            if let Err(e) = patch().await {
-                tracing::debug!(error = %e, "counting a repeated event");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "writing an event"),
+        component::events::emit(&client, ev);
     }
 }
