@@ -508,8 +508,11 @@ pub async fn stream(
     }
     // the request's audit ResponseComplete waits for the stream's end
     let audit_hold = crate::audit::hold();
+    // counted as a long-running request until the stream ends
+    let metrics_hold = crate::metrics::hold();
     tokio::spawn(async move {
         let _audit_hold = audit_hold;
+        let _metrics_hold = metrics_hold;
         match tokio::try_join!(client_upgrade, kubelet_upgrade) {
             Ok((client, kubelet)) => {
                 let (mut c, mut k) = (TokioIo::new(client), TokioIo::new(kubelet));

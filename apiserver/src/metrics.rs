@@ -18,8 +18,9 @@ const BUCKETS: &[f64] = &[
     10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
 ];
 
-/// verb, group, version, resource, subresource, scope
-type Labels = (String, String, String, String, String, &'static str);
+/// verb, group, version, resource, subresource, scope, dry_run (upstream's label values:
+/// see [`labels`]); `apiserver_longrunning_requests` shows all but `dry_run`.
+type Labels = (String, String, String, String, String, &'static str, String);
 
 #[derive(Debug, Default)]
 struct Histogram {
@@ -46,18 +47,17 @@ struct Inner {
     longrunning: BTreeMap<Labels, i64>,
 }
 
-/// Upstream's `BasicLongRunningRequestCheck`: the `watch` and `proxy` verbs, and the
-/// `attach`, `exec`, `proxy`, `log` and `portforward` subresources.
+/// Subresources upstream counts under the `CONNECT` verb (`validConnectRequests`).
+const CONNECT: &[&str] = &["log", "exec", "portforward", "attach", "proxy"];
+
+/// Upstream's `BasicLongRunningRequestCheck`: watches, and the `attach`, `exec`, `proxy`,
+/// `log` and `portforward` subresources.
 fn is_long_running(l: &Labels) -> bool {
-    matches!(l.0.as_str(), "watch" | "proxy")
-        || matches!(
-            l.4.as_str(),
-            "attach" | "exec" | "proxy" | "log" | "portforward"
-        )
+    l.0 == "WATCH" || CONNECT.contains(&l.4.as_str())
 }
 
 /// Counts one request in flight until dropped.
-struct InFlight {
+pub struct InFlight {
     metrics: Arc<AppState>,
     kind: Result<usize, Labels>,
 }
@@ -81,62 +81,88 @@ impl Drop for InFlight {
     }
 }
 
-/// What a request path and method mean for the labels.
-fn labels(method: &Method, path: &str, query: Option<&str>) -> Labels {
+/// What a request means for the labels, as upstream's `MonitorRequest` reports it: the verb
+/// is the HTTP method, a GET of a collection `LIST`, a watch `WATCH`, a server-side apply
+/// `APPLY`, a connect subresource (`log`, `exec`, `attach`, `portforward`, `proxy`)
+/// `CONNECT`; the scope is `resource` for one object and for creates, else `namespace` or
+/// `cluster`; `dry_run` the sorted, deduplicated `dryRun` values (`invalid` for any but
+/// `All`). Non-resource paths are their method, with no group or resource.
+fn labels(method: &Method, path: &str, query: Option<&str>, content_type: Option<&str>) -> Labels {
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    let params: Vec<(String, String)> = query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let mut dry_run: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "dryRun")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    dry_run.sort_unstable();
+    dry_run.dedup();
+    let dry_run = if dry_run.iter().any(|v| *v != "All") {
+        "invalid".to_string()
+    } else {
+        dry_run.join(",")
+    };
+    let method_verb = method.as_str().to_ascii_uppercase();
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", v, rest),
         ["apis", g, v, rest @ ..] => (g, v, rest),
         _ => {
-            let verb = method.as_str().to_ascii_lowercase();
-            return (
-                verb,
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                "",
-            );
+            let empty = String::new;
+            return (method_verb, empty(), empty(), empty(), empty(), "", dry_run);
         }
     };
-    let (scope, resource, name, sub) = match rest {
-        ["namespaces", _, r, tail @ ..] => {
-            ("namespace", *r, tail.first().copied(), tail.get(1).copied())
-        }
-        ["namespaces", n] => ("cluster", "namespaces", Some(*n), None),
-        [r, tail @ ..] => ("cluster", *r, tail.first().copied(), tail.get(1).copied()),
-        [] => ("", "", None, None),
+    let (namespaced, resource, name, sub) = match rest {
+        ["namespaces", _, r, tail @ ..] => (true, *r, tail.first().copied(), tail.get(1).copied()),
+        ["namespaces", n] => (false, "namespaces", Some(*n), None),
+        [r, tail @ ..] => (false, *r, tail.first().copied(), tail.get(1).copied()),
+        [] => (false, "", None, None),
     };
-    let watch = query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
-    let verb = match (method.clone(), name.is_some()) {
-        (Method::GET, false) if watch => "watch",
-        (Method::GET, false) => "list",
-        (Method::GET, true) => "get",
-        (Method::POST, _) => "create",
-        (Method::PUT, _) => "update",
-        (Method::PATCH, _) => "patch",
-        (Method::DELETE, false) => "deletecollection",
-        (Method::DELETE, true) => "delete",
-        _ => "other",
-    };
-    let scope = if scope == "cluster" && name.is_none() && resource != "namespaces" {
-        "cluster"
-    } else if name.is_some() {
+    let sub = sub.unwrap_or("");
+    let scope = if resource.is_empty() {
+        ""
+    } else if name.is_some() || *method == Method::POST {
         "resource"
+    } else if namespaced {
+        "namespace"
     } else {
-        scope
+        "cluster"
+    };
+    // `watch=<anything but 0 or false>`, as Go parses the flag
+    let watch = params
+        .iter()
+        .any(|(k, v)| k == "watch" && !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"));
+    let verb = if CONNECT.contains(&sub) && !resource.is_empty() {
+        "CONNECT".to_string()
+    } else if matches!(*method, Method::GET | Method::HEAD) && watch {
+        "WATCH".to_string()
+    } else if matches!(*method, Method::GET | Method::HEAD) {
+        if scope == "resource" || scope.is_empty() {
+            "GET"
+        } else {
+            "LIST"
+        }
+        .to_string()
+    } else if *method == Method::PATCH
+        && content_type.is_some_and(|c| c.starts_with("application/apply-patch"))
+    {
+        "APPLY".to_string()
+    } else {
+        method_verb
     };
     (
-        verb.into(),
+        verb,
         group.into(),
         version.into(),
         resource.into(),
-        sub.unwrap_or("").into(),
+        sub.into(),
         scope,
+        dry_run,
     )
 }
 
@@ -163,8 +189,14 @@ impl Metrics {
         let mut out = String::new();
         let fmt_labels = |l: &Labels| {
             format!(
+                "verb=\"{}\",dry_run=\"{}\",group=\"{}\",version=\"{}\",resource=\"{}\",subresource=\"{}\",scope=\"{}\",component=\"apiserver\"",
+                l.0, l.6, l.1, l.2, l.3, l.4, l.5
+            )
+        };
+        let fmt_longrunning = |l: &Labels| {
+            format!(
                 "verb=\"{}\",group=\"{}\",version=\"{}\",resource=\"{}\",subresource=\"{}\",scope=\"{}\",component=\"apiserver\"",
-                l.0.to_ascii_uppercase(), l.1, l.2, l.3, l.4, l.5
+                l.0, l.1, l.2, l.3, l.4, l.5
             )
         };
         out.push_str("# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, group, version, resource, scope, component, and HTTP response code.\n# TYPE apiserver_request_total counter\n");
@@ -212,7 +244,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "apiserver_longrunning_requests{{{}}} {n}",
-                fmt_labels(l)
+                fmt_longrunning(l)
             );
         }
         out.push_str("# HELP kaze_apiserver_requests_by_protocol_total Counter of apiserver requests by the HTTP version they came in (kaze's own).\n# TYPE kaze_apiserver_requests_by_protocol_total counter\n");
@@ -238,10 +270,31 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
+tokio::task_local! {
+    /// The long-running request being handled, for [`hold`].
+    static LONG_RUNNING: Option<Arc<InFlight>>;
+}
+
+/// Keep the long-running request being handled counted in `apiserver_longrunning_requests`
+/// for as long as the returned guard lives: an upgraded stream (exec, attach, port-forward)
+/// holds it until the stream ends, as upstream counts it. `None` outside such a request.
+pub fn hold() -> Option<Arc<InFlight>> {
+    LONG_RUNNING.try_with(Clone::clone).ok().flatten()
+}
+
 /// The outermost layer: every request is measured, refused ones (401) included.
 pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let l = labels(req.method(), req.uri().path(), req.uri().query());
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let l = labels(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        content_type,
+    );
     let version = req.version();
     let long = is_long_running(&l);
     let in_flight = {
@@ -254,22 +307,23 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
             *inner.longrunning.entry(l.clone()).or_default() += 1;
             Err(l.clone())
         } else {
-            let read_only = matches!(l.0.as_str(), "get" | "list");
+            let read_only = matches!(l.0.as_str(), "GET" | "LIST");
             let i = if read_only { 0 } else { 1 };
             inner.inflight[i] += 1;
             Ok(i)
         };
-        InFlight {
+        Arc::new(InFlight {
             metrics: state.clone(),
             kind,
-        }
+        })
     };
-    let resp = next.run(req).await;
+    let held = long.then(|| in_flight.clone());
+    let resp = LONG_RUNNING.scope(held, next.run(req)).await;
     let secs = start.elapsed().as_secs_f64();
     state
         .metrics
         .observe(l, version, resp.status().as_u16(), secs);
-    // (an upgrade, exec's or a port-forward's, is not followed past its answer)
+    // an upgrade (exec, attach, port-forward) is counted by the stream's own [`hold`]
     if !long || resp.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
         return resp;
     }
@@ -358,28 +412,72 @@ mod tests {
 
     #[test]
     fn labels_follow_upstream_verbs() {
-        let l = labels(
-            &Method::GET,
+        let l =
+            |method: Method, path: &str, query: Option<&str>| labels(&method, path, query, None);
+        let w = l(
+            Method::GET,
             "/api/v1/namespaces/default/pods",
             Some("watch=true&resourceVersion=1"),
         );
         assert_eq!(
-            (l.0.as_str(), l.3.as_str(), l.5),
-            ("watch", "pods", "namespace")
+            (w.0.as_str(), w.3.as_str(), w.5),
+            ("WATCH", "pods", "namespace")
         );
-        let l = labels(
-            &Method::PATCH,
+        let p = l(
+            Method::PATCH,
             "/apis/apps/v1/namespaces/x/deployments/web/scale",
             None,
         );
         assert_eq!(
-            (l.0.as_str(), l.1.as_str(), l.3.as_str(), l.4.as_str(), l.5),
-            ("patch", "apps", "deployments", "scale", "resource")
+            (p.0.as_str(), p.1.as_str(), p.3.as_str(), p.4.as_str(), p.5),
+            ("PATCH", "apps", "deployments", "scale", "resource")
         );
-        let l = labels(&Method::GET, "/api/v1/nodes", None);
-        assert_eq!((l.0.as_str(), l.5), ("list", "cluster"));
+        let apply = labels(
+            &Method::PATCH,
+            "/apis/apps/v1/namespaces/x/deployments/web",
+            Some("fieldManager=kubectl"),
+            Some("application/apply-patch+yaml"),
+        );
+        assert_eq!(apply.0, "APPLY");
+        assert_eq!(l(Method::GET, "/api/v1/nodes", None).0, "LIST");
+        assert_eq!(
+            l(Method::GET, "/api/v1/nodes", Some("watch=false")).0,
+            "LIST"
+        );
+        assert_eq!(l(Method::GET, "/api/v1/nodes/n1", None).0, "GET");
+        // creates are `resource`-scoped, deletes of collections plain DELETEs
+        let c = l(
+            Method::POST,
+            "/api/v1/namespaces/x/configmaps",
+            Some("dryRun=All"),
+        );
+        assert_eq!(
+            (c.0.as_str(), c.5, c.6.as_str()),
+            ("POST", "resource", "All")
+        );
+        let d = l(Method::DELETE, "/api/v1/namespaces/x/configmaps", None);
+        assert_eq!(
+            (d.0.as_str(), d.5, d.6.as_str()),
+            ("DELETE", "namespace", "")
+        );
+        assert_eq!(
+            l(Method::PUT, "/api/v1/nodes/n1", Some("dryRun=Nope")).6,
+            "invalid"
+        );
+        // exec, attach, port-forward, logs and proxies connect
+        for (method, path) in [
+            (Method::POST, "/api/v1/namespaces/x/pods/p/exec"),
+            (Method::GET, "/api/v1/namespaces/x/pods/p/log"),
+            (Method::GET, "/api/v1/namespaces/x/services/s/proxy"),
+        ] {
+            let c = l(method, path, None);
+            assert_eq!((c.0.as_str(), c.5), ("CONNECT", "resource"), "{path}");
+            assert!(is_long_running(&c), "{path}");
+        }
+        assert_eq!(l(Method::GET, "/healthz", None).0, "GET");
+
         let m = Metrics::default();
-        let nodes = labels(&Method::GET, "/api/v1/nodes", None);
+        let nodes = l(Method::GET, "/api/v1/nodes", None);
         m.observe(nodes.clone(), Version::HTTP_2, 200, 0.01);
         m.observe(nodes, Version::HTTP_11, 200, 0.01);
         let text = m.render();
@@ -387,9 +485,9 @@ mod tests {
             text.contains("kaze_apiserver_requests_by_protocol_total{protocol=\"HTTP/2.0\"} 1"),
             "{text}"
         );
-        assert!(text.contains("apiserver_request_total{verb=\"LIST\",group=\"\",version=\"v1\",resource=\"nodes\",subresource=\"\",scope=\"cluster\",component=\"apiserver\",code=\"200\"} 2"), "{text}");
+        assert!(text.contains("apiserver_request_total{verb=\"LIST\",dry_run=\"\",group=\"\",version=\"v1\",resource=\"nodes\",subresource=\"\",scope=\"cluster\",component=\"apiserver\",code=\"200\"} 2"), "{text}");
         assert!(
-            text.contains("apiserver_request_duration_seconds_count"),
+            text.contains("apiserver_request_duration_seconds_count{verb=\"LIST\",dry_run=\"\","),
             "{text}"
         );
     }

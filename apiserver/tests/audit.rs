@@ -726,6 +726,47 @@ fn logs_and_exec_are_long_running_and_exec_completes_when_its_stream_ends() {
     );
 }
 
+/// An exec is a long-running request for its whole stream, as upstream counts it: in
+/// `apiserver_longrunning_requests` under the `CONNECT` verb until the stream ends, not
+/// only until the 101.
+#[test]
+fn exec_is_counted_long_running_until_its_stream_ends() {
+    let (s, _log, _files) = server(POLICY, |_| {});
+    let port = start_fake_kubelet(&s, std::time::Duration::from_secs(5));
+    let node = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nstatus:\n  addresses: [{{type: InternalIP, address: 127.0.0.1}}]\n  daemonEndpoints: {{kubeletEndpoint: {{Port: {port}}}}}\n");
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&node));
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  nodeName: n1\n  containers: [{name: c, image: x}]\n"),
+    );
+    let gauge = "apiserver_longrunning_requests{verb=\"CONNECT\",group=\"\",version=\"v1\",resource=\"pods\",subresource=\"exec\",scope=\"resource\",component=\"apiserver\"}";
+    let value = |s: &common::TestServer| {
+        let text = s.kubectl(&["get", "--raw", "/metrics"]);
+        text.lines()
+            .find_map(|l| l.strip_prefix(gauge))
+            .map(|v| v.trim().to_string())
+    };
+    std::thread::scope(|scope| {
+        let exec = scope.spawn(|| s.kubectl(&["exec", "p", "--", "true"]));
+        let started = std::time::Instant::now();
+        let mut seen = None;
+        while started.elapsed() < std::time::Duration::from_millis(2500) {
+            seen = value(&s);
+            if seen.as_deref() == Some("1") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(seen.as_deref(), Some("1"), "while the exec streams");
+        // still counted a second later: the 101 went out long ago
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        assert_eq!(value(&s).as_deref(), Some("1"), "a second into the stream");
+        let out = exec.join().expect("exec");
+        assert!(out.contains("ran"), "{out}");
+    });
+    assert_eq!(value(&s).as_deref(), Some("0"), "after the stream ended");
+}
+
 #[test]
 fn omit_managed_fields_drops_them_from_logged_objects() {
     let policy = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitManagedFields: true\nrules:\n- level: RequestResponse\n  resources: [{group: \"\", resources: [configmaps]}]\n";

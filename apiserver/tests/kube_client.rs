@@ -413,10 +413,11 @@ async fn status_errors_for_bad_requests() {
     assert_eq!(api_code(&err).map(|c| c.0), Some(401));
     let metrics = client.request_text(metrics_req()).await.expect("metrics");
     for needle in [
-        "apiserver_request_total{verb=\"CREATE\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\",code=\"201\"} 2",
-        "resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\",code=\"415\"} 1",
+        // upstream's labels: creates are POSTs scoped to the resource
+        "apiserver_request_total{verb=\"POST\",dry_run=\"\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"resource\",component=\"apiserver\",code=\"201\"} 2",
+        "resource=\"configmaps\",subresource=\"\",scope=\"resource\",component=\"apiserver\",code=\"415\"} 1",
         "code=\"401\"} ",
-        "apiserver_request_duration_seconds_bucket{verb=\"CREATE\"",
+        "apiserver_request_duration_seconds_bucket{verb=\"POST\",dry_run=\"\"",
     ] {
         assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
     }
