@@ -558,7 +558,8 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     let answer = kubelet_get("/portForward/default/nosuch").await;
     assert_eq!(answer.0, 404, "{answer:?}");
 
-    // A command that cannot start is an error, not a hang.
+    // A command that cannot start is an error, not a hang, worded as upstream's (the
+    // containerd CRI streaming server's, under kubectl's `Internal error occurred`).
     let out = kubectl(
         &kubeconfig,
         &["exec", "shell", "--", "/no/such/binary"],
@@ -566,10 +567,14 @@ async fn kubectl_exec_attach_and_port_forward_reach_the_pods_containers() {
     )
     .await;
     assert!(!out.status.success());
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("no/such/binary"),
-        "{}",
-        text(&out.stderr)
+        err.starts_with(
+            "error: Internal error occurred: error executing command in container: \
+             failed to exec in container: failed to start exec \""
+        ) && err.contains("OCI runtime exec failed")
+            && err.contains("/no/such/binary"),
+        "{err}"
     );
     // Unknown containers are refused before anything runs.
     let out = kubectl(

@@ -136,11 +136,13 @@ pub fn status(result: &Result<i32, String>, command: &[String]) -> serde_json::V
             "reason": "NonZeroExitCode",
             "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
         }),
+        // upstream's `apierrors.NewInternalError` of the streaming server's error
         Err(message) => json!({
             "metadata": {},
             "status": "Failure",
-            "message": message,
+            "message": format!("Internal error occurred: {message}"),
             "reason": "InternalError",
+            "details": {"causes": [{"message": message}]},
             "code": 500,
         }),
     }
@@ -153,14 +155,24 @@ pub type Run = Box<
         + Send,
 >;
 
-/// Exec `command` in container `target` (or report why there is none to run in).
+/// Exec `command` in container `target` (or report why there is none to run in). A
+/// command that cannot run fails as upstream's (containerd's CRI streaming server) says:
+/// `error executing command in container: failed to exec in container: failed to start
+/// exec "<id>": OCI runtime exec failed: ...`, which kubectl prints after `Internal error
+/// occurred: `.
 pub fn exec_run(rt: Runtime, target: Result<String, String>, command: Vec<String>) -> Run {
     Box::new(move |streams, cancel| {
         Box::pin(async move {
-            let id = target?;
+            let failed = |why: String| {
+                format!("error executing command in container: failed to exec in container: {why}")
+            };
+            let id = target.map_err(failed)?;
             rt.exec_streaming(&id, &command, streams, cancel)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    crate::Error::Containerd { source, .. } => failed(source.message().into()),
+                    other => failed(other.to_string()),
+                })
         })
     })
 }
@@ -364,9 +376,19 @@ mod tests {
         assert_eq!(s["reason"], "NonZeroExitCode");
         assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
         assert_eq!(s["details"]["causes"][0]["message"], "3");
-        let s = status(&Err("container c is not running".into()), &cmd);
+        let s = status(
+            &Err("error executing command in container: boom".into()),
+            &cmd,
+        );
         assert_eq!(s["status"], "Failure");
-        assert_eq!(s["message"], "container c is not running");
+        assert_eq!(
+            s["message"],
+            "Internal error occurred: error executing command in container: boom"
+        );
+        assert_eq!(
+            s["details"]["causes"][0]["message"],
+            "error executing command in container: boom"
+        );
     }
 
     #[test]

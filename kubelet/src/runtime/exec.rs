@@ -424,7 +424,10 @@ impl Runtime {
         let exit = match started {
             Err(s) => {
                 waiter.abort();
-                Err(s)
+                // containerd's CRI words it so (`failed to start exec "<id>": OCI runtime
+                // exec failed: ...`)
+                let message = format!("failed to start exec {eid:?}: {}", s.message());
+                Err(containerd_client::tonic::Status::new(s.code(), message))
             }
             Ok(_) => {
                 if let (Some(fifo), Some(rx)) = (stdin_fifo, streams.stdin.take()) {
