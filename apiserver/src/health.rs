@@ -38,7 +38,9 @@ impl Endpoint {
                 "ping",
                 "log",
                 "etcd",
+                "poststarthook/rbac/bootstrap-roles",
                 "poststarthook/scheduling/bootstrap-system-priority-classes",
+                "poststarthook/priority-and-fairness-config-producer",
                 "poststarthook/crd-informer-synced",
                 "poststarthook/start-kube-aggregator-informers",
             ],
@@ -48,7 +50,9 @@ impl Endpoint {
                 "etcd",
                 "etcd-readiness",
                 "informer-sync",
+                "poststarthook/rbac/bootstrap-roles",
                 "poststarthook/scheduling/bootstrap-system-priority-classes",
+                "poststarthook/priority-and-fairness-config-producer",
                 "poststarthook/crd-informer-synced",
                 "poststarthook/start-kube-aggregator-informers",
                 "shutdown",
@@ -66,8 +70,11 @@ async fn check(state: &AppState, name: &str) -> Result<(), String> {
             true => Ok(()),
             false => Err("the watch cache has not synced with the store".into()),
         },
-        // bootstrap::run creates them before the server listens
-        "poststarthook/scheduling/bootstrap-system-priority-classes" => Ok(()),
+        // bootstrap::run creates them (the stored RBAC policy, the system PriorityClasses,
+        // the mandatory APF objects) before the server listens
+        "poststarthook/rbac/bootstrap-roles"
+        | "poststarthook/scheduling/bootstrap-system-priority-classes"
+        | "poststarthook/priority-and-fairness-config-producer" => Ok(()),
         "poststarthook/crd-informer-synced" => match state.crds.wait_synced(Duration::ZERO).await {
             true => Ok(()),
             false => Err("CustomResourceDefinitions not read yet".into()),

@@ -124,11 +124,24 @@ fn labels(method: &Method, path: &str, query: Option<&str>, content_type: Option
         [] => (false, "", None, None),
     };
     let sub = sub.unwrap_or("");
+    // a list or watch of one object or namespace by field selector is scoped so too
+    // (upstream's `CleanListScope`: `metadata.name=x`, `metadata.namespace=x`)
+    let selects = |field: &str| {
+        params
+            .iter()
+            .filter(|(k, _)| k == "fieldSelector")
+            .flat_map(|(_, v)| v.split(','))
+            .any(|r| {
+                r.strip_prefix(field)
+                    .and_then(|rest| rest.strip_prefix("==").or(rest.strip_prefix('=')))
+                    .is_some_and(|v| !v.is_empty())
+            })
+    };
     let scope = if resource.is_empty() {
         ""
-    } else if name.is_some() || *method == Method::POST {
+    } else if name.is_some() || *method == Method::POST || selects("metadata.name") {
         "resource"
-    } else if namespaced {
+    } else if namespaced || selects("metadata.namespace") {
         "namespace"
     } else {
         "cluster"
@@ -445,6 +458,25 @@ mod tests {
             "LIST"
         );
         assert_eq!(l(Method::GET, "/api/v1/nodes/n1", None).0, "GET");
+        // one object or namespace by field selector
+        let one = l(
+            Method::GET,
+            "/api/v1/namespaces/x/configmaps",
+            Some("fieldSelector=metadata.name%3Dcm&watch=true"),
+        );
+        assert_eq!((one.0.as_str(), one.5), ("WATCH", "resource"));
+        let ns = l(
+            Method::GET,
+            "/api/v1/pods",
+            Some("fieldSelector=metadata.namespace%3Dx"),
+        );
+        assert_eq!((ns.0.as_str(), ns.5), ("LIST", "namespace"));
+        let not = l(
+            Method::GET,
+            "/api/v1/pods",
+            Some("fieldSelector=metadata.name%21%3Dcm"),
+        );
+        assert_eq!(not.5, "cluster");
         // creates are `resource`-scoped, deletes of collections plain DELETEs
         let c = l(
             Method::POST,

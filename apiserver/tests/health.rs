@@ -13,7 +13,9 @@ const READYZ_VERBOSE: &str = "\
 [+]etcd ok
 [+]etcd-readiness ok
 [+]informer-sync ok
+[+]poststarthook/rbac/bootstrap-roles ok
 [+]poststarthook/scheduling/bootstrap-system-priority-classes ok
+[+]poststarthook/priority-and-fairness-config-producer ok
 [+]poststarthook/crd-informer-synced ok
 [+]poststarthook/start-kube-aggregator-informers ok
 [+]shutdown ok

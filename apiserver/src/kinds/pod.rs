@@ -208,6 +208,7 @@ pub fn validate_spec(
     for (i, t) in list(spec, "tolerations").iter().enumerate() {
         validate_toleration(t, &format!("{path}.tolerations[{i}]"), causes);
     }
+    validate_resource_claims(spec, path, causes);
     if owner == Owner::Pod {
         for kind in ["containers", "initContainers"] {
             for (i, c) in list(spec, kind).iter().enumerate() {
@@ -218,6 +219,81 @@ pub fn validate_spec(
                         &json!(image),
                         "must not have leading or trailing whitespace",
                     ));
+                }
+            }
+        }
+    }
+}
+
+/// Upstream's `validatePodResourceClaims` and `validateResourceClaimNames`: the pod's claims
+/// are named once (DNS labels) and come from exactly one of a claim or a template; each
+/// container's `resources.claims` names one of them, once per request.
+fn validate_resource_claims(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let mut names: HashSet<&str> = HashSet::new();
+    for (i, c) in list(spec, "resourceClaims").iter().enumerate() {
+        let at = format!("{path}.resourceClaims[{i}]");
+        let name = text(c, "name");
+        if name.is_empty() {
+            causes.push(field::required(&format!("{at}.name"), ""));
+        } else if !names.insert(name) {
+            causes.push(field::duplicate(&format!("{at}.name"), &json!(name)));
+        } else {
+            field::label(&format!("{at}.name"), name, causes);
+        }
+        let claim = set(c, "resourceClaimName").and_then(Value::as_str);
+        let template = set(c, "resourceClaimTemplateName").and_then(Value::as_str);
+        match (claim, template) {
+            (Some(_), Some(_)) => causes.push(field::invalid(
+                &at,
+                c,
+                "at most one of `resourceClaimName` or `resourceClaimTemplateName` may be specified",
+            )),
+            (None, None) => causes.push(field::invalid(
+                &at,
+                c,
+                "must specify one of: `resourceClaimName`, `resourceClaimTemplateName`",
+            )),
+            _ => {}
+        }
+        for (key, value) in [
+            ("resourceClaimName", claim),
+            ("resourceClaimTemplateName", template),
+        ] {
+            if let Some(v) = value {
+                let msgs = names::dns1123_subdomain(v);
+                causes.extend(field::invalid_each(&format!("{at}.{key}"), &json!(v), msgs));
+            }
+        }
+    }
+    let mut known: Vec<&str> = names.iter().copied().collect();
+    known.sort_unstable();
+    for kind in ["containers", "initContainers"] {
+        for (i, c) in list(spec, kind).iter().enumerate() {
+            let resources = c.get("resources").unwrap_or(&Value::Null);
+            let mut seen = HashSet::new();
+            for (j, rc) in list(resources, "claims").iter().enumerate() {
+                let at = format!("{path}.{kind}[{i}].resources.claims[{j}]");
+                let name = text(rc, "name");
+                if name.is_empty() {
+                    causes.push(field::required(&at, ""));
+                    continue;
+                }
+                let key = match text(rc, "request") {
+                    "" => name.to_string(),
+                    request => format!("{name}/{request}"),
+                };
+                if !seen.insert(key) {
+                    causes.push(field::duplicate(&at, &json!(name)));
+                }
+                if !names.contains(name) {
+                    let mut cause = field::not_found(&at, &json!(name));
+                    cause.2 += ": must be one of the names in pod.spec.resourceClaims";
+                    if known.is_empty() {
+                        cause.2 += " which is empty";
+                    } else {
+                        cause.2 += &format!(": {}", known.join(", "));
+                    }
+                    causes.push(cause);
                 }
             }
         }
@@ -1161,6 +1237,52 @@ mod tests {
         let mut causes = Vec::new();
         validate_spec(&spec, "spec", owner, &[], &mut causes);
         field::render(causes)
+    }
+
+    #[test]
+    fn resource_claims_come_from_one_source_and_containers_name_them() {
+        let pod = |claims: Value, container_claims: Value| {
+            json!({"resourceClaims": claims, "containers": [{"name": "c", "image": "i",
+                "resources": {"claims": container_claims}}]})
+        };
+        let ok = pod(
+            json!([{"name": "gpu", "resourceClaimTemplateName": "gpu-tpl"}]),
+            json!([{"name": "gpu"}, {"name": "gpu", "request": "big"}]),
+        );
+        assert_eq!(messages(ok, Owner::Pod), Vec::<String>::new());
+        let bad = pod(
+            json!([{"name": "gpu"}, {"name": "gpu", "resourceClaimName": "a", "resourceClaimTemplateName": "b"},
+                   {"name": "Bad_Name", "resourceClaimName": "Not_A_Name"}]),
+            json!([{"name": "gpu"}, {"name": "gpu"}, {"name": "fpga"}]),
+        );
+        let msgs = messages(bad, Owner::Pod);
+        for want in [
+            r#"spec.resourceClaims[0]: Invalid value: {"name":"gpu"}: must specify one of: `resourceClaimName`, `resourceClaimTemplateName`"#,
+            r#"spec.resourceClaims[1].name: Duplicate value: "gpu""#,
+            "spec.resourceClaims[1]: Invalid value: {\"name\":\"gpu\",\"resourceClaimName\":\"a\",\"resourceClaimTemplateName\":\"b\"}: at most one of `resourceClaimName` or `resourceClaimTemplateName` may be specified",
+            r#"spec.containers[0].resources.claims[1]: Duplicate value: "gpu""#,
+            r#"spec.containers[0].resources.claims[2]: Not found: "fpga": must be one of the names in pod.spec.resourceClaims: Bad_Name, gpu"#,
+        ] {
+            assert!(msgs.iter().any(|m| m == want), "{want}\nin {msgs:#?}");
+        }
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("spec.resourceClaims[2].name: Invalid value: \"Bad_Name\"")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.starts_with(
+                "spec.resourceClaims[2].resourceClaimName: Invalid value: \"Not_A_Name\""
+            )),
+            "{msgs:#?}"
+        );
+        let none = pod(json!([]), json!([{"name": "gpu"}]));
+        assert_eq!(
+            messages(none, Owner::Pod),
+            [
+                r#"spec.containers[0].resources.claims[0]: Not found: "gpu": must be one of the names in pod.spec.resourceClaims which is empty"#
+            ]
+        );
     }
 
     #[test]
