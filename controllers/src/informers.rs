@@ -115,6 +115,8 @@ impl Informed for k8s_openapi::api::networking::v1::ServiceCIDR {}
 impl Informed for k8s_openapi::api::rbac::v1::ClusterRole {}
 impl Informed for k8s_openapi::api::networking::v1::IPAddress {}
 impl Informed for k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {}
+impl Informed for k8s_openapi::api::resource::v1::ResourceClaim {}
+impl Informed for k8s_openapi::api::resource::v1::ResourceClaimTemplate {}
 
 fn index_keys<K: Informed>(obj: &K) -> Vec<(Index, String)> {
     let meta = obj.meta();

@@ -17,9 +17,10 @@
 //! provisioner, which the binder runs) and `ephemeral-volume` (the claims of generic
 //! ephemeral volumes; see [`persistentvolume`]), `servicelb` (addresses for
 //! LoadBalancer services: the nodes', as k3s's ServiceLB; see [`servicelb`]),
-//! `service-cidr` (ServiceCIDRs' finalizer and `Ready` condition; see [`servicecidr`]) and
+//! `service-cidr` (ServiceCIDRs' finalizer and `Ready` condition; see [`servicecidr`]),
 //! `clusterrole-aggregation` (aggregated ClusterRoles' rules; see
-//! [`clusterrole_aggregation`]). The
+//! [`clusterrole_aggregation`]) and `resourceclaim` (pods' ResourceClaims made from their
+//! templates; see [`resourceclaim`]). The
 //! `endpointslice` controller also writes upstream's topology-aware hints (see
 //! [`topology`]). Choose with
 //! `--controllers` (upstream syntax: `*,-nodeipam`).
@@ -68,6 +69,7 @@ pub mod persistentvolume;
 pub mod podgc;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod resourceclaim;
 pub mod resourcequota;
 pub mod rootcacert;
 pub mod serviceaccount;
@@ -107,6 +109,7 @@ pub fn client_name(controller: &str) -> &str {
         "servicelb" => "service-lb-controller",
         "service-cidr" => "service-cidrs-controller",
         "clusterrole-aggregation" => "clusterrole-aggregation-controller",
+        "resourceclaim" => "resource-claim-controller",
         other => other,
     }
 }
@@ -140,6 +143,7 @@ pub const ALL: &[&str] = &[
     "servicelb",
     "service-cidr",
     "clusterrole-aggregation",
+    "resourceclaim",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
@@ -555,6 +559,7 @@ async fn run_controllers(
             "servicelb" => tasks.spawn(servicelb::run(ctx, token)),
             "service-cidr" => tasks.spawn(servicecidr::run(ctx, token)),
             "clusterrole-aggregation" => tasks.spawn(clusterrole_aggregation::run(ctx, token)),
+            "resourceclaim" => tasks.spawn(resourceclaim::run(ctx, token)),
             // provisions inside the binder
             "local-path-provisioner" => continue,
             "horizontalpodautoscaling" => {
