@@ -37,12 +37,12 @@ use crate::config::Profile;
 use crate::framework::{self, FitError, NodeInfo, VolumeFilter};
 use crate::preemption::{self, priority};
 use crate::volumebinding::{self, Listers};
+use crate::Error;
 
 /// Upstream's DynamicResources filter plugin, and its reason for a node where the pod's
 /// claims cannot be allocated.
 pub const DYNAMIC_RESOURCES: &str = "DynamicResources";
 const CANNOT_ALLOCATE: &str = "cannot allocate all claims";
-use crate::Error;
 
 type Key = (String, String);
 
