@@ -118,6 +118,10 @@ fn labels(method: &Method, path: &str, query: Option<&str>, content_type: Option
         }
     };
     let (namespaced, resource, name, sub) = match rest {
+        // a namespace's own subresources, not a resource in it
+        ["namespaces", n, sub @ ("status" | "finalize")] => {
+            (false, "namespaces", Some(*n), Some(*sub))
+        }
         ["namespaces", _, r, tail @ ..] => (true, *r, tail.first().copied(), tail.get(1).copied()),
         ["namespaces", n] => (false, "namespaces", Some(*n), None),
         [r, tail @ ..] => (false, *r, tail.first().copied(), tail.get(1).copied()),
@@ -507,6 +511,11 @@ mod tests {
             assert!(is_long_running(&c), "{path}");
         }
         assert_eq!(l(Method::GET, "/healthz", None).0, "GET");
+        let fin = l(Method::PUT, "/api/v1/namespaces/x/finalize", None);
+        assert_eq!(
+            (fin.0.as_str(), fin.3.as_str(), fin.4.as_str(), fin.5),
+            ("PUT", "namespaces", "finalize", "resource")
+        );
 
         let m = Metrics::default();
         let nodes = l(Method::GET, "/api/v1/nodes", None);
