@@ -250,17 +250,8 @@ pub async fn bootstrap(state: &AppState) -> Result<(), crate::status::ApiError> 
         ("prioritylevelconfigurations", mandatory_levels()),
         ("flowschemas", mandatory_schemas()),
     ] {
-        let def = state
-            .registry
-            .get(GROUP, "v1", plural)
-            .expect("built in")
-            .clone();
         for obj in objs {
-            match objects::create(state, &def, None, obj, Default::default()).await {
-                Ok(_) => {}
-                Err(e) if e.reason == "AlreadyExists" => {}
-                Err(e) => return Err(e),
-            }
+            create(state, plural, obj).await?;
         }
     }
     let levels: Vec<String> = mandatory_levels()
@@ -272,6 +263,16 @@ pub async fn bootstrap(state: &AppState) -> Result<(), crate::status::ApiError> 
         write_status(state, name, &levels).await;
     }
     Ok(())
+}
+
+/// Create mandatory object `obj` of `plural` unless it exists.
+async fn create(state: &AppState, plural: &str, obj: Value) -> Result<(), crate::status::ApiError> {
+    let def = state.registry.get(GROUP, "v1", plural).expect("built in");
+    match objects::create(state, def, None, obj, Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Create each of `wanted` that is missing; put back the spec of one that was changed.
@@ -292,9 +293,7 @@ async fn ensure_mandatory(state: &AppState, plural: &str, wanted: Vec<Value>, ha
             .get(&name)
             .cloned();
         let result = match stored {
-            None => objects::create(state, &def, None, obj, Default::default())
-                .await
-                .map(drop),
+            None => create(state, plural, obj).await,
             Some(cur) => {
                 // as a create would store it: defaulted, through the typed round trip
                 let mut want = obj.clone();
@@ -316,7 +315,6 @@ async fn ensure_mandatory(state: &AppState, plural: &str, wanted: Vec<Value>, ha
         };
         match result {
             Ok(()) => {}
-            Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => {
                 tracing::warn!(plural, name, error = %e.message, "keeping a mandatory APF object")
             }

@@ -1725,23 +1725,21 @@ pub fn table(
         return crate::crd::table(c, items, include, version, list_meta);
     }
     let defs = json!(column_definitions(def.printer));
-    let mut sorted;
-    let mut items = items;
-    if def.printer == Printer::FlowSchema {
-        // upstream prints FlowSchemas in the order they match: by precedence, then name
-        sorted = items.to_vec();
-        sorted.sort_by(|a, b| {
-            let key = |o: &Value| {
-                (
-                    n(o, "/spec/matchingPrecedence"),
-                    meta::meta_str(o, "name").unwrap_or("").to_string(),
-                )
-            };
-            key(a).cmp(&key(b))
-        });
-        items = &sorted;
-    }
-    assemble(items, include, version, list_meta, defs, |o| {
+    // upstream prints FlowSchemas in the order they match: by precedence, then name
+    let items: std::borrow::Cow<'_, [Value]> = if def.printer == Printer::FlowSchema {
+        fn key(o: &Value) -> (i64, &str) {
+            (
+                n(o, "/spec/matchingPrecedence"),
+                meta::meta_str(o, "name").unwrap_or(""),
+            )
+        }
+        let mut sorted = items.to_vec();
+        sorted.sort_by(|a, b| key(a).cmp(&key(b)));
+        sorted.into()
+    } else {
+        items.into()
+    };
+    assemble(&items, include, version, list_meta, defs, |o| {
         // Printers read the stored form, as upstream's read the internal one
         // (events.k8s.io Events print as core ones).
         let stored = def.conversion.map(|c| (c.to_storage)(o.clone()));

@@ -283,23 +283,10 @@ pub fn validate_attachment(obj: &Value, old: Option<&Value>, causes: &mut Vec<Ca
 /// `ValidateVolumeAttributesClass` and its update: a driver name and at least one
 /// parameter, neither changed once created.
 pub fn validate_attributes_class(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let driver = field::text(obj, "driverName");
-    if driver.is_empty() {
-        causes.push(field::required("driverName", ""));
-    } else {
-        causes.extend(field::invalid_each(
-            "driverName",
-            &json!(driver),
-            names::qualified_name(&driver.to_lowercase()),
-        ));
-    }
+    super::storageclass::validate_provisioner(obj, "driverName", causes);
     let params = obj.get("parameters").and_then(Value::as_object);
-    match params {
+    match params.filter(|p| !p.is_empty()) {
         None => causes.push(field::required(
-            "parameters",
-            "must contain at least one key/value pair",
-        )),
-        Some(p) if p.is_empty() => causes.push(field::required(
             "parameters",
             "must contain at least one key/value pair",
         )),
@@ -313,18 +300,8 @@ pub fn validate_attributes_class(obj: &Value, old: Option<&Value>, causes: &mut 
             }
         }
     }
-    let Some(old) = old else { return };
-    if obj.get("driverName") != old.get("driverName") {
-        causes.push(field::forbidden(
-            "driverName",
-            "updates to driverName are forbidden.",
-        ));
-    }
-    if obj.get("parameters") != old.get("parameters") {
-        causes.push(field::forbidden(
-            "parameters",
-            "updates to parameters are forbidden.",
-        ));
+    if let Some(old) = old {
+        super::storageclass::forbid_updates(obj, old, &["driverName", "parameters"], causes);
     }
 }
 

@@ -9,18 +9,36 @@ use super::field;
 use super::Cause;
 use crate::meta::names;
 
-pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let provisioner = obj.get("provisioner").and_then(Value::as_str).unwrap_or("");
+/// Upstream's `validateProvisioner`: field `key` of `obj` is set and, lower-cased, a
+/// qualified name (StorageClasses' `provisioner`, VolumeAttributesClasses' `driverName`).
+pub fn validate_provisioner(obj: &Value, key: &str, causes: &mut Vec<Cause>) {
+    let provisioner = obj.get(key).and_then(Value::as_str).unwrap_or("");
     if provisioner.is_empty() {
-        causes.push(field::required("provisioner", ""));
+        causes.push(field::required(key, ""));
     } else {
         let lower = provisioner.to_lowercase();
         causes.extend(field::invalid_each(
-            "provisioner",
+            key,
             &json!(provisioner),
             names::qualified_name(&lower),
         ));
     }
+}
+
+/// `Forbidden: updates to <key> are forbidden.` for each of `keys` that changed.
+pub fn forbid_updates(obj: &Value, old: &Value, keys: &[&str], causes: &mut Vec<Cause>) {
+    for key in keys {
+        if obj.get(key) != old.get(key) {
+            causes.push(field::forbidden(
+                key,
+                &format!("updates to {key} are forbidden."),
+            ));
+        }
+    }
+}
+
+pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    validate_provisioner(obj, "provisioner", causes);
     if obj.get("reclaimPolicy").is_some_and(|p| !p.is_null()) {
         causes.extend(field::one_of(
             obj,
@@ -32,14 +50,12 @@ pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let modes = ["Immediate", "WaitForFirstConsumer"];
     causes.extend(field::one_of(obj, "volumeBindingMode", "", &modes));
     let Some(old) = old else { return };
-    for key in ["parameters", "provisioner", "reclaimPolicy"] {
-        if obj.get(key) != old.get(key) {
-            causes.push(field::forbidden(
-                key,
-                &format!("updates to {key} are forbidden."),
-            ));
-        }
-    }
+    forbid_updates(
+        obj,
+        old,
+        &["parameters", "provisioner", "reclaimPolicy"],
+        causes,
+    );
     if obj.get("volumeBindingMode") != old.get("volumeBindingMode") {
         let mode = obj.get("volumeBindingMode").unwrap_or(&Value::Null);
         causes.push(field::invalid(

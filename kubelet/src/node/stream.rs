@@ -189,7 +189,9 @@ pub fn attach_run(
     use tokio::sync::broadcast::error::RecvError;
     Box::new(move |mut streams, cancel| {
         Box::pin(async move {
-            let mut output = target?;
+            // upstream's streaming server words it so, under `Internal error occurred`
+            let mut output =
+                target.map_err(|why| format!("error attaching to container: {why}"))?;
             if let Some(input) = input {
                 tokio::spawn(input.serve(streams.stdin.take(), streams.resize.take()));
             }
