@@ -276,6 +276,17 @@ fn authenticate_cert(
 
 impl UserInfo {
     /// Who an unauthenticated request is.
+    /// A user with no uid or extras (unit tests).
+    #[cfg(test)]
+    pub fn named(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            uid: String::new(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            extra: Default::default(),
+        }
+    }
+
     pub fn anonymous() -> UserInfo {
         UserInfo {
             name: ANONYMOUS.into(),
@@ -527,12 +538,7 @@ mod tests {
     }
 
     fn user(name: &str, groups: &[&str]) -> UserInfo {
-        UserInfo {
-            name: name.into(),
-            uid: String::new(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            extra: Default::default(),
-        }
+        UserInfo::named(name, groups)
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! (upstream's mandatory ensure strategy), and every FlowSchema's `Dangling` condition says
 //! whether the priority level it names exists (kubectl's MISSINGPL column).
 //!
-//! kaze stores and validates these objects (`crate::kinds::flowcontrol`) but does not
-//! classify or queue requests by them: its apiserver limits nothing per flow. Upstream's
-//! suggested configuration (system, workload-high, ...) is therefore not created either.
+//! Upstream's suggested configuration (`system`, `node-high`, `workload-high`, ...,
+//! `global-default`) is created too, comes back when deleted and has its spec put back while
+//! its `apf.kubernetes.io/autoupdate-spec` annotation is `true` (set it to `false` to keep
+//! your own spec), as upstream's suggested ensure strategy does.
+//!
+//! The objects are validated by `crate::kinds::flowcontrol`; `crate::apf` classifies and
+//! limits requests by them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -71,6 +75,183 @@ pub fn mandatory_schemas() -> Vec<Value> {
             json!({"priorityLevelConfiguration": {"name": "catch-all"}, "matchingPrecedence": 10000,
                 "distinguisherMethod": {"type": "ByUser"},
                 "rules": everything(json!([group("system:unauthenticated"), group("system:authenticated")]))}),
+        ),
+    ]
+}
+
+/// Upstream's suggested priority levels (`bootstrap.SuggestedPriorityLevelConfigurations`):
+/// (name, nominal concurrency shares, lendable percent, queues, hand size).
+const SUGGESTED_LEVELS: [(&str, u32, u32, u32, u32); 6] = [
+    ("system", 30, 33, 64, 6),
+    ("node-high", 40, 25, 64, 6),
+    ("leader-election", 10, 0, 16, 4),
+    ("workload-high", 40, 50, 128, 6),
+    ("workload-low", 100, 90, 128, 6),
+    ("global-default", 20, 50, 128, 6),
+];
+
+pub fn suggested_levels() -> Vec<Value> {
+    SUGGESTED_LEVELS
+        .iter()
+        .map(|(name, shares, lendable, queues, hand)| {
+            json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+                "metadata": {"name": name, "annotations": {AUTOUPDATE: "true"}},
+                "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": shares,
+                    "lendablePercent": lendable, "limitResponse": {"type": "Queue",
+                        "queuing": {"queues": queues, "handSize": hand, "queueLengthLimit": 50}}}}})
+        })
+        .collect()
+}
+
+fn user(name: &str) -> Value {
+    json!({"kind": "User", "user": {"name": name}})
+}
+
+fn kube_system_sa(name: &str) -> Value {
+    json!({"kind": "ServiceAccount", "serviceAccount": {"namespace": "kube-system", "name": name}})
+}
+
+fn resource_rule(verbs: &[&str], group: &str, resources: &[&str], namespaces: &[&str]) -> Value {
+    json!({"verbs": verbs, "apiGroups": [group], "resources": resources, "namespaces": namespaces,
+        "clusterScope": false})
+}
+
+/// Upstream's suggested flow schemas (`bootstrap.SuggestedFlowSchemas`).
+pub fn suggested_schemas() -> Vec<Value> {
+    let schema = |name: &str, level: &str, precedence: u32, by: Option<&str>, rules: Value| {
+        let mut spec = json!({"priorityLevelConfiguration": {"name": level},
+            "matchingPrecedence": precedence, "rules": rules});
+        if let Some(by) = by {
+            spec["distinguisherMethod"] = json!({"type": by});
+        }
+        json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+            "metadata": {"name": name, "annotations": {AUTOUPDATE: "true"}}, "spec": spec})
+    };
+    let get_create_update = ["get", "create", "update"];
+    let leader_rules = |endpoint_namespace: &str| {
+        json!([
+            resource_rule(
+                &get_create_update,
+                "",
+                &["endpoints", "configmaps"],
+                &[endpoint_namespace]
+            ),
+            resource_rule(
+                &get_create_update,
+                "coordination.k8s.io",
+                &["leases"],
+                &["*"]
+            ),
+        ])
+    };
+    let with_subjects =
+        |rules: Value, subjects: Value| json!([{"subjects": subjects, "resourceRules": rules}]);
+    let everyone = json!([
+        group("system:unauthenticated"),
+        group("system:authenticated")
+    ]);
+    let mut node_high_rules = json!([
+        resource_rule(&["*"], "", &["nodes", "nodes/status"], &["*"]),
+        resource_rule(&["*"], "coordination.k8s.io", &["leases"], &["*"]),
+    ]);
+    node_high_rules[0]["clusterScope"] = json!(true);
+    vec![
+        schema(
+            "system-nodes",
+            "system",
+            500,
+            Some("ByUser"),
+            everything(json!([group("system:nodes")])),
+        ),
+        schema(
+            "system-node-high",
+            "node-high",
+            400,
+            Some("ByUser"),
+            with_subjects(node_high_rules, json!([group("system:nodes")])),
+        ),
+        schema(
+            "probes",
+            "exempt",
+            2,
+            None,
+            json!([{"subjects": everyone.clone(),
+            "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": ["/healthz", "/readyz", "/livez"]}]}]),
+        ),
+        schema(
+            "system-leader-election",
+            "leader-election",
+            100,
+            Some("ByUser"),
+            with_subjects(
+                leader_rules("kube-system"),
+                json!([
+                    user("system:kube-controller-manager"),
+                    user("system:kube-scheduler"),
+                    kube_system_sa("*")
+                ]),
+            ),
+        ),
+        schema(
+            "workload-leader-election",
+            "leader-election",
+            200,
+            Some("ByUser"),
+            with_subjects(leader_rules("*"), json!([kube_system_sa("*")])),
+        ),
+        schema(
+            "endpoint-controller",
+            "workload-high",
+            150,
+            Some("ByUser"),
+            with_subjects(
+                json!([resource_rule(
+                    &get_create_update,
+                    "",
+                    &["endpoints"],
+                    &["*"]
+                )]),
+                json!([
+                    user("system:kube-controller-manager"),
+                    kube_system_sa("endpoint-controller"),
+                    kube_system_sa("endpointslicemirroring-controller")
+                ]),
+            ),
+        ),
+        schema(
+            "kube-controller-manager",
+            "workload-high",
+            800,
+            Some("ByNamespace"),
+            everything(json!([user("system:kube-controller-manager")])),
+        ),
+        schema(
+            "kube-scheduler",
+            "workload-high",
+            800,
+            Some("ByNamespace"),
+            everything(json!([user("system:kube-scheduler")])),
+        ),
+        schema(
+            "kube-system-service-accounts",
+            "workload-high",
+            900,
+            Some("ByNamespace"),
+            everything(json!([kube_system_sa("*")])),
+        ),
+        schema(
+            "service-accounts",
+            "workload-low",
+            9000,
+            Some("ByUser"),
+            everything(json!([group("system:serviceaccounts")])),
+        ),
+        schema(
+            "global-default",
+            "global-default",
+            9900,
+            Some("ByUser"),
+            everything(everyone),
         ),
     ]
 }
@@ -176,7 +357,8 @@ impl Follower for Follow {
     fn set_synced(&self, _synced: bool) {}
 }
 
-/// Keep the mandatory objects and the schemas' `Dangling` conditions until shutdown.
+/// Keep the mandatory and suggested objects and the schemas' `Dangling` conditions, and
+/// [`crate::apf`]'s configuration in step with the stored objects, until shutdown.
 pub async fn run(state: Arc<AppState>) {
     let schemas = Arc::new(Objects::default());
     let levels = Arc::new(Objects::default());
@@ -210,14 +392,23 @@ async fn maintain(state: &AppState, schemas: &Objects, levels: &Objects, changed
             }
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
-        ensure_mandatory(
-            state,
-            "prioritylevelconfigurations",
-            mandatory_levels(),
-            levels,
-        )
-        .await;
-        ensure_mandatory(state, "flowschemas", mandatory_schemas(), schemas).await;
+        let snapshot = |o: &Objects| -> Vec<Value> {
+            let items = o.items.lock().unwrap_or_else(PoisonError::into_inner);
+            items.values().cloned().collect()
+        };
+        state.apf.configure(&snapshot(schemas), &snapshot(levels));
+        for (plural, objs, have) in [
+            ("prioritylevelconfigurations", mandatory_levels(), levels),
+            ("flowschemas", mandatory_schemas(), schemas),
+        ] {
+            ensure(state, plural, objs, have, Strategy::Mandatory).await;
+        }
+        for (plural, objs, have) in [
+            ("prioritylevelconfigurations", suggested_levels(), levels),
+            ("flowschemas", suggested_schemas(), schemas),
+        ] {
+            ensure(state, plural, objs, have, Strategy::Suggested).await;
+        }
         let level_names: Vec<String> = levels
             .items
             .lock()
@@ -242,23 +433,23 @@ async fn maintain(state: &AppState, schemas: &Objects, levels: &Objects, changed
     }
 }
 
-/// Upstream's post-start hook: the mandatory objects exist, and the mandatory schemas say
+/// Upstream's post-start hook: the mandatory and suggested objects exist, and their schemas say
 /// their levels are found, before the apiserver reports ready (so the loop below has
 /// nothing to write, and no store reads to make, on a quiet start).
 pub async fn bootstrap(state: &AppState) -> Result<(), crate::status::ApiError> {
-    for (plural, objs) in [
-        ("prioritylevelconfigurations", mandatory_levels()),
-        ("flowschemas", mandatory_schemas()),
-    ] {
-        for obj in objs {
-            create(state, plural, obj).await?;
-        }
+    let levels = [mandatory_levels(), suggested_levels()].concat();
+    let schemas = [mandatory_schemas(), suggested_schemas()].concat();
+    for obj in &levels {
+        create(state, "prioritylevelconfigurations", obj.clone()).await?;
     }
-    let levels: Vec<String> = mandatory_levels()
+    for obj in &schemas {
+        create(state, "flowschemas", obj.clone()).await?;
+    }
+    let levels: Vec<String> = levels
         .iter()
         .filter_map(|l| crate::meta::meta_str(l, "name").map(str::to_string))
         .collect();
-    for fs in mandatory_schemas() {
+    for fs in schemas {
         let name = crate::meta::meta_str(&fs, "name").unwrap_or("");
         write_status(state, name, &levels).await;
     }
@@ -275,8 +466,30 @@ async fn create(state: &AppState, plural: &str, obj: Value) -> Result<(), crate:
     }
 }
 
-/// Create each of `wanted` that is missing; put back the spec of one that was changed.
-async fn ensure_mandatory(state: &AppState, plural: &str, wanted: Vec<Value>, have: &Objects) {
+/// Upstream's ensure strategies for the configuration objects it bootstraps.
+#[derive(Clone, Copy, PartialEq)]
+enum Strategy {
+    /// `exempt` and `catch-all`: always there, always with upstream's spec.
+    Mandatory,
+    /// The rest: recreated when deleted; the spec is put back only while the object's
+    /// autoupdate annotation is `true` (absent: while nobody changed it, generation 1).
+    Suggested,
+}
+
+/// Whether the apiserver may put the suggested spec back on `cur`.
+fn autoupdate(cur: &Value) -> bool {
+    match cur.pointer(&format!(
+        "/metadata/annotations/{}",
+        AUTOUPDATE.replace('/', "~1")
+    )) {
+        Some(v) => v.as_str() == Some("true"),
+        None => cur.pointer("/metadata/generation").and_then(Value::as_i64) == Some(1),
+    }
+}
+
+/// Create each of `wanted` that is missing; put back the spec of one that was changed (a
+/// suggested one only while [`autoupdate`] allows).
+async fn ensure(state: &AppState, plural: &str, wanted: Vec<Value>, have: &Objects, how: Strategy) {
     let def = state
         .registry
         .get(GROUP, "v1", plural)
@@ -299,10 +512,12 @@ async fn ensure_mandatory(state: &AppState, plural: &str, wanted: Vec<Value>, ha
                 let mut want = obj.clone();
                 crate::kinds::default_object(&def, &mut want);
                 let want = (def.roundtrip)(&want).unwrap_or(want);
-                if cur.get("spec") == want.get("spec") {
+                if cur.get("spec") == want.get("spec")
+                    || (how == Strategy::Suggested && !autoupdate(&cur))
+                {
                     continue;
                 }
-                tracing::info!(plural, name, "restoring the spec of a mandatory object");
+                tracing::info!(plural, name, "restoring the spec of a bootstrap APF object");
                 objects::guaranteed_update(state, &def, None, &name, None, false, |cur| {
                     let mut new = cur.clone();
                     new["spec"] = want["spec"].clone();
@@ -316,7 +531,7 @@ async fn ensure_mandatory(state: &AppState, plural: &str, wanted: Vec<Value>, ha
         match result {
             Ok(()) => {}
             Err(e) => {
-                tracing::warn!(plural, name, error = %e.message, "keeping a mandatory APF object")
+                tracing::warn!(plural, name, error = %e.message, "keeping a bootstrap APF object")
             }
         }
     }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 mod aggregator;
 mod alloc;
+mod apf;
 mod apply;
 mod audit;
 mod auth;
@@ -116,6 +117,20 @@ pub struct Config {
     /// kube-apiserver default; every watch is one).
     #[arg(long = "http2-max-streams-per-connection", default_value_t = DEFAULT_HTTP2_MAX_STREAMS)]
     pub http2_max_streams_per_connection: u32,
+
+    /// Classify and limit requests by the FlowSchemas and PriorityLevelConfigurations (API
+    /// Priority and Fairness); `false`: the max-in-flight limits below apply instead.
+    #[arg(long = "enable-priority-and-fairness", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_priority_and_fairness: bool,
+
+    /// Read-only requests served at once (with APF: plus the next flag, the seats the
+    /// priority levels share; without: the read-only limit, 0 for none).
+    #[arg(long = "max-requests-inflight", default_value_t = 400)]
+    pub max_requests_inflight: u32,
+
+    /// Mutating requests served at once (see `--max-requests-inflight`).
+    #[arg(long = "max-mutating-requests-inflight", default_value_t = 200)]
+    pub max_mutating_requests_inflight: u32,
 
     #[command(flatten)]
     pub storage: store::StorageConfig,
@@ -272,6 +287,9 @@ impl Config {
             advertise_address: None,
             secure_port: 0,
             http2_max_streams_per_connection: DEFAULT_HTTP2_MAX_STREAMS,
+            enable_priority_and_fairness: true,
+            max_requests_inflight: 400,
+            max_mutating_requests_inflight: 200,
             storage: store::StorageConfig {
                 etcd_servers: Vec::new(),
                 etcd_prefix: "/registry".to_string(),

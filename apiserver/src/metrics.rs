@@ -418,6 +418,7 @@ pub async fn serve(State(state): State<Arc<AppState>>) -> Response {
                 .render_metrics(&|storage| group_resource(&state, storage))
             + &state.webhooks.render_metrics()
             + &crate::audit::render_metrics(state.audit.as_deref())
+            + &state.apf.render_metrics()
             + &component::process::metrics(),
     )
         .into_response()

@@ -33,7 +33,12 @@ pub fn build(state: Arc<AppState>) -> Router {
             get(openid_configuration),
         )
         .route(crate::serviceaccount::discovery::JWKS_PATH, get(jwks))
-        .fallback(dispatch);
+        .fallback(dispatch)
+        // below audit (which records what it refuses), as upstream orders its filters
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::apf::filter,
+        ));
     // the audit layer needs the authenticated user: it goes below authentication
     let routes = match state.audit.clone() {
         Some(auditor) => routes.layer(axum::middleware::from_fn_with_state(

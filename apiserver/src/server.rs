@@ -105,6 +105,13 @@ impl Drop for RunningServer {
 
 /// Start serving and return once the server accepts requests.
 pub async fn start(config: Config) -> Result<RunningServer, Error> {
+    if config.enable_priority_and_fairness
+        && config.max_requests_inflight + config.max_mutating_requests_inflight == 0
+    {
+        return Err(Error::Config {
+            reason: "--max-requests-inflight and --max-mutating-requests-inflight must add up to something positive with --enable-priority-and-fairness".into(),
+        });
+    }
     let server_dir = config.server_dir();
     std::fs::create_dir_all(&server_dir)
         .map_err(Error::io("creating data directory", &server_dir))?;
@@ -305,6 +312,11 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         audit,
         webhooks: Default::default(),
         aggregator: crate::aggregator::Aggregator::new(front_proxy),
+        apf: Arc::new(crate::apf::Apf::new(crate::apf::Limits {
+            priority_and_fairness: config.enable_priority_and_fairness,
+            max_requests_inflight: config.max_requests_inflight,
+            max_mutating_requests_inflight: config.max_mutating_requests_inflight,
+        })),
     });
     state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);

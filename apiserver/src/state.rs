@@ -54,4 +54,6 @@ pub struct AppState {
     pub audit: Option<Arc<crate::audit::Auditor>>,
     /// The stored APIServices and the aggregated API servers they route to.
     pub aggregator: crate::aggregator::Aggregator,
+    /// API Priority and Fairness: the configuration, queues and seats requests go through.
+    pub apf: Arc<crate::apf::Apf>,
 }

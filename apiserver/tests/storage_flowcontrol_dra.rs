@@ -433,10 +433,19 @@ fn flow_control_keeps_the_mandatory_objects_and_reports_dangling_schemas() {
             "MISSINGPL"
         ]
     );
-    // in matching order: exempt (1), orphan (500), batch-jobs (defaulted 1000), catch-all
+    // in matching order (precedence, then name), among upstream's suggested schemas:
+    // orphan (500), batch-jobs (defaulted 1000)
     let names: Vec<&str> = table[1..].iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(names, ["exempt", "orphan", "batch-jobs", "catch-all"]);
-    assert_eq!(table[3][1..4], ["batch", "1000", "ByNamespace"]);
+    let at = |n: &str| names.iter().position(|x| *x == n).expect(n);
+    assert_eq!(names[0], "exempt");
+    assert_eq!(names.last(), Some(&"catch-all"));
+    assert_eq!(at("orphan") + 1, at("system-nodes"), "{names:?}");
+    assert_eq!(at("kube-system-service-accounts") + 1, at("batch-jobs"));
+    assert_eq!(at("batch-jobs") + 1, at("service-accounts"));
+    assert_eq!(
+        table[at("batch-jobs") + 1][1..4],
+        ["batch", "1000", "ByNamespace"]
+    );
     let orphan = json(&s, &["get", "flowschema", "orphan", "-o", "json"]);
     assert_eq!(orphan["status"]["conditions"][0]["reason"], "NotFound");
     // the level appears: the schema is no longer dangling

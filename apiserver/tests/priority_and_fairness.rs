@@ -1,0 +1,537 @@
+//! API Priority and Fairness applied to requests: classification by FlowSchema (the
+//! response headers name the schema and level), a `Reject` level answering 429 past its
+//! seats, a `Queue` level holding requests until a seat frees (429 when the queue is full or
+//! after the queue wait), upstream's suggested configuration kept, and the max-in-flight
+//! limits when APF is off. Requests are real HTTP (curl) to a real apiserver; a request whose
+//! body is still being sent holds its seat, as upstream's does.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, json, TestServer};
+
+/// A FlowSchema per test user, each on a priority level of one seat (the test servers have
+/// two seats in all, so every level with shares gets one).
+const CONFIG: &str = r#"
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: PriorityLevelConfiguration
+metadata: {name: tight}
+spec:
+  type: Limited
+  limited:
+    nominalConcurrencyShares: 1
+    limitResponse: {type: Reject}
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: PriorityLevelConfiguration
+metadata: {name: queued}
+spec:
+  type: Limited
+  limited:
+    nominalConcurrencyShares: 1
+    limitResponse:
+      type: Queue
+      queuing: {queues: 1, handSize: 1, queueLengthLimit: 1}
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: FlowSchema
+metadata: {name: slow}
+spec:
+  priorityLevelConfiguration: {name: tight}
+  matchingPrecedence: 50
+  distinguisherMethod: {type: ByUser}
+  rules:
+  - subjects: [{kind: User, user: {name: apf-slow}}]
+    resourceRules: [{verbs: ["*"], apiGroups: ["*"], resources: ["*"], namespaces: ["*"], clusterScope: true}]
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: FlowSchema
+metadata: {name: waits}
+spec:
+  priorityLevelConfiguration: {name: queued}
+  matchingPrecedence: 60
+  rules:
+  - subjects: [{kind: User, user: {name: apf-queued}}]
+    resourceRules: [{verbs: ["*"], apiGroups: ["*"], resources: ["*"], namespaces: ["*"], clusterScope: true}]
+"#;
+
+const CONFIGMAPS: &str = "/api/v1/namespaces/default/configmaps";
+
+/// A response: status code, headers (lower-case names), body.
+struct Reply {
+    code: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn parse(out: &[u8]) -> Reply {
+        let text = String::from_utf8_lossy(out).replace("\r\n", "\n");
+        // curl -i prints a 100 Continue block first when the server sends one
+        let mut blocks = text.split("\n\n");
+        let mut head = blocks.next().unwrap_or("");
+        while head.contains(" 100 ") {
+            head = blocks.next().unwrap_or("");
+        }
+        let body: Vec<&str> = blocks.collect();
+        let mut lines = head.lines();
+        let code = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Reply {
+            code,
+            headers,
+            body: body.join("\n\n"),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn schema_uid(&self) -> Option<&str> {
+        self.header("x-kubernetes-pf-flowschema-uid")
+    }
+
+    fn level_uid(&self) -> Option<&str> {
+        self.header("x-kubernetes-pf-prioritylevel-uid")
+    }
+}
+
+/// curl as the admin, acting as `user` when given (impersonation: APF sees that user).
+fn curl_cmd(s: &TestServer, user: Option<&str>, args: &[&str]) -> Command {
+    let server = s.server();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--http1.1", "--cacert"])
+        .arg(server.ca_file())
+        .args(["-H", &format!("Authorization: Bearer {}", server.token())])
+        .args(["-H", "Expect:"]);
+    if let Some(u) = user {
+        cmd.args(["-H", &format!("Impersonate-User: {u}")]);
+    }
+    cmd.args(args);
+    cmd
+}
+
+fn get(s: &TestServer, user: Option<&str>, path: &str) -> Reply {
+    let url = format!("{}{path}", s.server().url());
+    let out = curl_cmd(s, user, &[&url]).output().expect("running curl");
+    Reply::parse(&out.stdout)
+}
+
+fn get_later(s: &TestServer, user: &str, path: &str) -> Child {
+    let url = format!("{}{path}", s.server().url());
+    curl_cmd(s, Some(user), &[&url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running curl")
+}
+
+fn finish(child: Child) -> Reply {
+    let out = child.wait_with_output().expect("curl's output");
+    Reply::parse(&out.stdout)
+}
+
+/// A create as `user` whose body is only half sent: it holds a seat until [`Holder::release`].
+struct Holder {
+    child: Option<Child>,
+}
+
+impl Holder {
+    fn start(s: &TestServer, user: &str, name: &str) -> Holder {
+        let url = format!("{}{CONFIGMAPS}", s.server().url());
+        let mut child = curl_cmd(
+            s,
+            Some(user),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-T",
+                "-",
+                &url,
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running curl");
+        let stdin = child.stdin.as_mut().expect("curl's stdin");
+        write!(
+            stdin,
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"#
+        )
+        .expect("writing half a body");
+        stdin.flush().expect("flushing");
+        Holder { child: Some(child) }
+    }
+
+    fn release(mut self) -> Reply {
+        let mut child = self.child.take().expect("running");
+        {
+            let mut stdin = child.stdin.take().expect("curl's stdin");
+            stdin
+                .write_all(br#""data":{"a":"b"}}"#)
+                .expect("writing the rest");
+        }
+        finish(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The value of the first metric line starting with `series` (name and labels), 0 if none.
+fn metric(s: &TestServer, series: &str) -> f64 {
+    let m = get(s, None, "/metrics");
+    m.body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn uid(s: &TestServer, kind: &str, name: &str) -> String {
+    json(s, &["get", kind, name, "-o", "json"])["metadata"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_string()
+}
+
+/// A server with two seats in all, the test configuration applied and the test users
+/// allowed to edit (so their requests get past authorization to read their bodies).
+fn server() -> TestServer {
+    let s = TestServer::start_with(|c| {
+        c.max_requests_inflight = 1;
+        c.max_mutating_requests_inflight = 1;
+    });
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(CONFIG));
+    for user in ["apf-slow", "apf-queued"] {
+        s.kubectl(&[
+            "create",
+            "clusterrolebinding",
+            user,
+            "--clusterrole=edit",
+            &format!("--user={user}"),
+        ]);
+    }
+    let slow = uid(&s, "flowschema", "slow");
+    let waits = uid(&s, "flowschema", "waits");
+    eventually("the test schemas in force", || {
+        get(&s, Some("apf-slow"), CONFIGMAPS).schema_uid() == Some(slow.as_str())
+            && get(&s, Some("apf-queued"), CONFIGMAPS).schema_uid() == Some(waits.as_str())
+    });
+    s
+}
+
+#[test]
+fn requests_are_classified_and_a_reject_level_refuses_past_its_seats() {
+    let s = server();
+
+    // where requests go: the admin (system:masters) is exempt, others fall to global-default
+    let classified = |r: &Reply, schema: &str, level: &str| {
+        assert_eq!(r.schema_uid(), Some(uid(&s, "flowschema", schema).as_str()));
+        let level_uid = uid(&s, "prioritylevelconfiguration", level);
+        assert_eq!(r.level_uid(), Some(level_uid.as_str()));
+    };
+    let admin = get(&s, None, CONFIGMAPS);
+    assert_eq!(admin.code, 200);
+    classified(&admin, "exempt", "exempt");
+    let jane = get(&s, Some("jane"), CONFIGMAPS);
+    assert_eq!(jane.code, 403, "jane may not list: {}", jane.body);
+    classified(&jane, "global-default", "global-default");
+    let tight = uid(&s, "prioritylevelconfiguration", "tight");
+    assert_eq!(
+        get(&s, Some("apf-slow"), CONFIGMAPS).level_uid(),
+        Some(tight.as_str())
+    );
+
+    // the level's one seat taken: the next request of its flow is refused at once
+    let executing = r#"apiserver_flowcontrol_current_executing_requests{flow_schema="slow",priority_level="tight"}"#;
+    let holder = Holder::start(&s, "apf-slow", "held");
+    eventually("the holder executing", || metric(&s, executing) == 1.0);
+    let refused = get(&s, Some("apf-slow"), CONFIGMAPS);
+    assert_eq!(refused.code, 429, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.level_uid(), Some(tight.as_str()));
+    let status: serde_json::Value = serde_json::from_str(&refused.body).expect("a Status");
+    assert_eq!(status["reason"], "TooManyRequests");
+    assert_eq!(
+        status["message"],
+        "Too many requests, please try again later."
+    );
+    assert_eq!(status["details"]["retryAfterSeconds"], 1);
+    assert_eq!(
+        metric(
+            &s,
+            r#"apiserver_flowcontrol_rejected_requests_total{flow_schema="slow",priority_level="tight",reason="concurrency-limit"}"#
+        ),
+        1.0
+    );
+    // other levels are not held up, nor is the admin
+    assert_eq!(get(&s, Some("apf-queued"), CONFIGMAPS).code, 200);
+    assert_eq!(get(&s, None, CONFIGMAPS).code, 200);
+    // the request counter saw the 429
+    assert!(
+        metric(
+            &s,
+            r#"apiserver_request_total{verb="LIST",dry_run="",group="",version="v1",resource="configmaps",subresource="",scope="namespace",component="apiserver",code="429"}"#
+        ) >= 1.0
+    );
+
+    // the seat given back: the flow is served again
+    let created = holder.release();
+    assert_eq!(created.code, 201, "{}", created.body);
+    assert_eq!(metric(&s, executing), 0.0);
+    assert_eq!(get(&s, Some("apf-slow"), CONFIGMAPS).code, 200);
+    assert_eq!(
+        s.kubectl(&["get", "configmap", "held", "-o", "jsonpath={.data.a}"]),
+        "b"
+    );
+}
+
+#[test]
+fn a_queue_level_holds_requests_until_a_seat_frees_and_refuses_past_its_queue() {
+    let s = server();
+    let in_queue = r#"apiserver_flowcontrol_current_inqueue_requests{flow_schema="waits",priority_level="queued"}"#;
+    let rejected = |reason: &str| {
+        metric(
+            &s,
+            &format!(
+                r#"apiserver_flowcontrol_rejected_requests_total{{flow_schema="waits",priority_level="queued",reason="{reason}"}}"#
+            ),
+        )
+    };
+    let holder = Holder::start(&s, "apf-queued", "first");
+    eventually("the holder executing", || {
+        metric(
+            &s,
+            r#"apiserver_flowcontrol_current_executing_requests{flow_schema="waits",priority_level="queued"}"#,
+        ) == 1.0
+    });
+
+    // one waits in the queue (length 1); the next finds it full
+    let started = Instant::now();
+    let waiting = get_later(&s, "apf-queued", CONFIGMAPS);
+    eventually("a request queued", || metric(&s, in_queue) == 1.0);
+    let full = get(&s, Some("apf-queued"), CONFIGMAPS);
+    assert_eq!(full.code, 429, "{}", full.body);
+    assert_eq!(rejected("queue-full"), 1.0);
+
+    // the queued one gives up after the queue wait (15 s)
+    let timed_out = finish(waiting);
+    let waited = started.elapsed();
+    assert_eq!(timed_out.code, 429, "{}", timed_out.body);
+    assert!(
+        waited >= Duration::from_secs(14) && waited < Duration::from_secs(40),
+        "waited {waited:?}"
+    );
+    assert_eq!(rejected("time-out"), 1.0);
+    assert_eq!(metric(&s, in_queue), 0.0);
+
+    // another waits, and runs as soon as the seat is given back
+    let waiting = get_later(&s, "apf-queued", CONFIGMAPS);
+    eventually("a request queued again", || metric(&s, in_queue) == 1.0);
+    let created = holder.release();
+    assert_eq!(created.code, 201, "{}", created.body);
+    let served = finish(waiting);
+    assert_eq!(served.code, 200, "{}", served.body);
+    assert!(served.body.contains("\"first\""), "{}", served.body);
+    assert_eq!(metric(&s, in_queue), 0.0);
+    assert!(
+        metric(
+            &s,
+            r#"apiserver_flowcontrol_request_wait_duration_seconds_count{execute="true",flow_schema="waits",priority_level="queued"}"#
+        ) >= 3.0,
+        "the holder, the served waiter and the setup's requests"
+    );
+}
+
+#[test]
+fn the_suggested_configuration_is_created_and_kept() {
+    let s = TestServer::start();
+    let table = s.kubectl(&["get", "flowschemas"]);
+    let names: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "exempt",
+            "probes",
+            "system-leader-election",
+            "endpoint-controller",
+            "workload-leader-election",
+            "system-node-high",
+            "system-nodes",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kube-system-service-accounts",
+            "service-accounts",
+            "global-default",
+            "catch-all"
+        ]
+    );
+    assert!(
+        table.lines().all(|l| !l.ends_with("True")),
+        "no suggested schema is dangling:\n{table}"
+    );
+    let levels = s.kubectl(&["get", "prioritylevelconfigurations", "global-default"]);
+    let row: Vec<&str> = levels
+        .lines()
+        .nth(1)
+        .expect("a row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..6],
+        ["global-default", "Limited", "20", "128", "6", "50"]
+    );
+    // upstream's default seats: 600 shared by 245 shares
+    assert_eq!(
+        metric(
+            &s,
+            r#"apiserver_flowcontrol_nominal_limit_seats{priority_level="global-default"}"#
+        ),
+        49.0
+    );
+    // a kubelet's node heartbeat goes to node-high
+    let node_high = uid(&s, "flowschema", "system-node-high");
+    let as_node = {
+        let url = format!("{}/api/v1/nodes/n1", s.server().url());
+        let out = curl_cmd(
+            &s,
+            Some("system:node:n1"),
+            &["-H", "Impersonate-Group: system:nodes", &url],
+        )
+        .output()
+        .expect("curl");
+        Reply::parse(&out.stdout)
+    };
+    assert_eq!(as_node.schema_uid(), Some(node_high.as_str()));
+
+    // deleted: back again; changed: put back while autoupdate is on, kept once it is off
+    s.kubectl(&["delete", "flowschema", "global-default"]);
+    s.kubectl(&[
+        "patch",
+        "prioritylevelconfiguration",
+        "workload-low",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"limited":{"nominalConcurrencyShares":5}}}"#,
+    ]);
+    eventually("the suggested objects restored", || {
+        let (ok, _, _) = s.kubectl_result(&["get", "flowschema", "global-default"], None);
+        ok && json(
+            &s,
+            &[
+                "get",
+                "prioritylevelconfiguration",
+                "workload-low",
+                "-o",
+                "json",
+            ],
+        )["spec"]["limited"]["nominalConcurrencyShares"]
+            == 100
+    });
+    s.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "prioritylevelconfiguration",
+        "workload-low",
+        "apf.kubernetes.io/autoupdate-spec=false",
+    ]);
+    s.kubectl(&[
+        "patch",
+        "prioritylevelconfiguration",
+        "workload-low",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"limited":{"nominalConcurrencyShares":7}}}"#,
+    ]);
+    eventually("the seats follow the new shares", || {
+        // 600 * 7 / 152 shares
+        metric(
+            &s,
+            r#"apiserver_flowcontrol_nominal_limit_seats{priority_level="workload-low"}"#,
+        ) == 28.0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        json(
+            &s,
+            &[
+                "get",
+                "prioritylevelconfiguration",
+                "workload-low",
+                "-o",
+                "json"
+            ]
+        )["spec"]["limited"]["nominalConcurrencyShares"],
+        7
+    );
+}
+
+#[test]
+fn without_priority_and_fairness_the_in_flight_limits_apply() {
+    let s = TestServer::start_with(|c| {
+        c.enable_priority_and_fairness = false;
+        c.max_requests_inflight = 0;
+        c.max_mutating_requests_inflight = 1;
+    });
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "apf-slow",
+        "--clusterrole=edit",
+        "--user=apf-slow",
+    ]);
+    let holder = Holder::start(&s, "apf-slow", "held");
+    // the one mutating slot taken: another write is refused, reads are not limited
+    eventually("the mutating slot taken", || {
+        let url = format!("{}{CONFIGMAPS}", s.server().url());
+        let out = curl_cmd(
+            &s,
+            Some("jane"),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                "{}",
+                &url,
+            ],
+        )
+        .output()
+        .expect("curl");
+        Reply::parse(&out.stdout).code == 429
+    });
+    let read = get(&s, Some("apf-slow"), CONFIGMAPS);
+    assert_eq!(read.code, 200, "{}", read.body);
+    assert_eq!(read.schema_uid(), None, "no APF headers without APF");
+    // system:masters is not limited
+    s.kubectl(&["create", "configmap", "by-admin"]);
+    assert_eq!(holder.release().code, 201);
+    s.kubectl(&["--as=apf-slow", "create", "configmap", "after"]);
+}
