@@ -605,12 +605,17 @@ fn watch_collection(
     q: &Query,
     accept: Accept,
 ) -> Result<Response, ApiError> {
-    let timeout = match q.get("timeoutSeconds") {
-        Some(s) => Some(Duration::from_secs(s.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
-        })?)),
-        None => None,
+    let asked = match q.get("timeoutSeconds") {
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {s:?}")))?,
+        None => 0,
     };
+    // upstream's server-side timeout for watches that set none (or 0)
+    let timeout = Some(match asked {
+        0 => state.timeouts.watch(),
+        n => Duration::from_secs(n),
+    });
     let opts = WatchOpts {
         filter: filter(&t.def, q)?,
         resource_version: q.get("resourceVersion").cloned(),

@@ -73,6 +73,7 @@ mod status;
 mod storageadmission;
 mod subresources;
 mod table;
+mod timeout;
 mod tls;
 mod warning;
 mod watch;
@@ -131,6 +132,16 @@ pub struct Config {
     /// Mutating requests served at once (see `--max-requests-inflight`).
     #[arg(long = "max-mutating-requests-inflight", default_value_t = 200)]
     pub max_mutating_requests_inflight: u32,
+
+    /// The longest a request may take (watches, logs, exec, attach, port-forward and proxy
+    /// excepted); a request's `timeout` parameter may ask for less. Past it: 504.
+    #[arg(long = "request-timeout", default_value = "1m0s", value_parser = component::leader::parse_go_duration)]
+    pub request_timeout: std::time::Duration,
+
+    /// Watches without `timeoutSeconds` end after a random time between this many seconds
+    /// and twice as many.
+    #[arg(long = "min-request-timeout", default_value_t = 1800)]
+    pub min_request_timeout: u64,
 
     #[command(flatten)]
     pub storage: store::StorageConfig,
@@ -290,6 +301,8 @@ impl Config {
             enable_priority_and_fairness: true,
             max_requests_inflight: 400,
             max_mutating_requests_inflight: 200,
+            request_timeout: std::time::Duration::from_secs(60),
+            min_request_timeout: 1800,
             storage: store::StorageConfig {
                 etcd_servers: Vec::new(),
                 etcd_prefix: "/registry".to_string(),

@@ -105,6 +105,11 @@ impl Drop for RunningServer {
 
 /// Start serving and return once the server accepts requests.
 pub async fn start(config: Config) -> Result<RunningServer, Error> {
+    if config.request_timeout.is_zero() {
+        return Err(Error::Config {
+            reason: "--request-timeout must be positive".into(),
+        });
+    }
     if config.enable_priority_and_fairness
         && config.max_requests_inflight + config.max_mutating_requests_inflight == 0
     {
@@ -317,6 +322,10 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             max_requests_inflight: config.max_requests_inflight,
             max_mutating_requests_inflight: config.max_mutating_requests_inflight,
         })),
+        timeouts: crate::timeout::Timeouts {
+            request: config.request_timeout,
+            min_request: std::time::Duration::from_secs(config.min_request_timeout),
+        },
     });
     state.service_accounts.publish(&state).await;
     state.cache.start(&shutdown);

@@ -56,4 +56,6 @@ pub struct AppState {
     pub aggregator: crate::aggregator::Aggregator,
     /// API Priority and Fairness: the configuration, queues and seats requests go through.
     pub apf: Arc<crate::apf::Apf>,
+    /// `--request-timeout` and `--min-request-timeout`.
+    pub timeouts: crate::timeout::Timeouts,
 }
