@@ -13,8 +13,10 @@
 //! `queueLengthLimit`, or after 15 s, upstream's quarter of the request timeout) and is
 //! dispatched round-robin across the queues as seats free.
 //!
-//! What kaze leaves out of upstream's design: every request takes one seat (upstream
-//! estimates lists and writes with watchers as several), levels do not lend or borrow seats
+//! A LIST (and a watch, for its initial list) takes upstream's estimate of seats: one per
+//! 100 objects of its resource, 1 to 10 (and never more than its level has); anything else
+//! one. What kaze leaves out of upstream's design: a write's extra seats for the watchers it
+//! notifies, levels lending and borrowing seats
 //! (`lendablePercent` and `borrowingLimitPercent` are stored, not applied), and a queue is
 //! served round-robin rather than by virtual finish time (the same order for requests of
 //! equal cost).
@@ -45,6 +47,11 @@ const FLOW_SCHEMA_UID: &str = "x-kubernetes-pf-flowschema-uid";
 const PRIORITY_LEVEL_UID: &str = "x-kubernetes-pf-prioritylevel-uid";
 /// How long a request may wait in a queue: upstream's quarter of the 60 s request timeout.
 const QUEUE_WAIT: Duration = Duration::from_secs(15);
+/// Upstream's work estimator: a LIST (or a watch's initial list) takes a seat per this many
+/// objects of its resource, ...
+const OBJECTS_PER_SEAT: u64 = 100;
+/// ... and at most this many seats.
+const MAX_SEATS: u64 = 10;
 /// `apiserver_flowcontrol_request_wait_duration_seconds`' buckets (upstream's).
 const WAIT_BUCKETS: [f64; 12] = [
     0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
@@ -62,6 +69,7 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestInfo {
     pub resource_request: bool,
+    pub version: String,
     /// `get`, `list`, `watch`, `create`, ...; for a non-resource request the lower-case method.
     pub verb: String,
     pub group: String,
@@ -75,6 +83,7 @@ impl RequestInfo {
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> RequestInfo {
         let mut info = RequestInfo {
             resource_request: false,
+            version: String::new(),
             verb: method.as_str().to_ascii_lowercase(),
             group: String::new(),
             namespace: String::new(),
@@ -83,13 +92,14 @@ impl RequestInfo {
             path: path.to_string(),
         };
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let (group, mut rest): (&str, &[&str]) = match segs.as_slice() {
-            ["api", _, rest @ ..] if !rest.is_empty() => ("", rest),
-            ["apis", g, _, rest @ ..] if !rest.is_empty() => (g, rest),
+        let (group, version, mut rest): (&str, &str, &[&str]) = match segs.as_slice() {
+            ["api", v, rest @ ..] if !rest.is_empty() => ("", v, rest),
+            ["apis", g, v, rest @ ..] if !rest.is_empty() => (g, v, rest),
             _ => return info,
         };
         info.resource_request = true;
         info.group = group.to_string();
+        info.version = version.to_string();
         let mut verb = None;
         if let Some(v @ ("watch" | "proxy")) = rest.first().copied() {
             verb = Some(v);
@@ -376,6 +386,7 @@ struct Queuing {
 
 struct Waiter {
     id: u64,
+    seats: u64,
     schema: String,
     since: Instant,
     grant: oneshot::Sender<()>,
@@ -388,6 +399,7 @@ struct Level {
     limit: u64,
     /// None: `Reject`.
     queuing: Option<Queuing>,
+    /// Seats in use.
     executing: u64,
     queues: Vec<VecDeque<Waiter>>,
     /// Where round-robin dispatch looks next.
@@ -452,6 +464,7 @@ struct Inner {
     rejected: BTreeMap<(String, String, &'static str), u64>,
     in_queue: BTreeMap<Key, i64>,
     executing: BTreeMap<Key, i64>,
+    executing_seats: BTreeMap<Key, i64>,
     /// (schema, level, executed) -> the wait's histogram.
     waits: BTreeMap<(String, String, bool), Histogram>,
     /// The max-in-flight filter's counts: read-only, mutating.
@@ -480,12 +493,13 @@ impl Inner {
         e.2 += 1;
     }
 
-    fn start_executing(&mut self, schema: &str, level: &str) {
+    fn start_executing(&mut self, schema: &str, level: &str, seats: u64) {
         let key = (schema.to_string(), level.to_string());
         *self.dispatched.entry(key.clone()).or_default() += 1;
-        *self.executing.entry(key).or_default() += 1;
+        *self.executing.entry(key.clone()).or_default() += 1;
+        *self.executing_seats.entry(key).or_default() += seats as i64;
         if let Some(l) = self.levels.get_mut(level) {
-            l.executing += 1;
+            l.executing += seats;
         }
     }
 
@@ -508,6 +522,11 @@ impl Inner {
             else {
                 return;
             };
+            // the oldest request of that queue waits until its seats are all free
+            let seats = l.queues[i].front().map_or(1, |w| w.seats);
+            if l.executing + seats > l.limit {
+                return;
+            }
             l.robin = i;
             let w = l.queues[i].pop_front().expect("a non-empty queue");
             *self
@@ -518,7 +537,7 @@ impl Inner {
             // a waiter that went away withdrew itself; one that has not yet can still run
             if w.grant.send(()).is_ok() {
                 self.observe_wait(&w.schema, level, true, waited);
-                self.start_executing(&w.schema, level);
+                self.start_executing(&w.schema, level, w.seats);
             }
         }
     }
@@ -546,19 +565,21 @@ enum Admission {
 /// A seat of a priority level, given back (and handed on) when dropped.
 struct Seat {
     apf: Arc<Apf>,
-    /// None: an exempt request, which takes no seat.
-    held: Option<(String, String)>,
+    /// (schema, level, seats); None: an exempt request, which takes no seat.
+    held: Option<(String, String, u64)>,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        let Some((schema, level)) = self.held.take() else {
+        let Some((schema, level, seats)) = self.held.take() else {
             return;
         };
         let mut inner = self.apf.lock();
-        *inner.executing.entry((schema, level.clone())).or_default() -= 1;
+        let key = (schema, level.clone());
+        *inner.executing.entry(key.clone()).or_default() -= 1;
+        *inner.executing_seats.entry(key).or_default() -= seats as i64;
         if let Some(l) = inner.levels.get_mut(&level) {
-            l.executing = l.executing.saturating_sub(1);
+            l.executing = l.executing.saturating_sub(seats);
         }
         inner.dispatch(&level);
     }
@@ -571,6 +592,7 @@ struct Place {
     level: String,
     schema: String,
     id: u64,
+    seats: u64,
     grant: oneshot::Receiver<()>,
     /// The wait ended (with a seat or a refusal) and was acted on.
     settled: bool,
@@ -590,7 +612,7 @@ impl Place {
         self.settled = true;
         granted.then(|| Seat {
             apf: self.apf.clone(),
-            held: Some((self.schema.clone(), self.level.clone())),
+            held: Some((self.schema.clone(), self.level.clone(), self.seats)),
         })
     }
 }
@@ -607,7 +629,7 @@ impl Drop for Place {
         {
             drop(Seat {
                 apf: self.apf.clone(),
-                held: Some((self.schema.clone(), self.level.clone())),
+                held: Some((self.schema.clone(), self.level.clone(), self.seats)),
             });
         }
     }
@@ -729,6 +751,7 @@ impl Apf {
         self: &Arc<Self>,
         info: &RequestInfo,
         user: &UserInfo,
+        seats: u64,
     ) -> (Admission, (String, String)) {
         let mut inner = self.lock();
         let seat = |held| Seat {
@@ -758,10 +781,12 @@ impl Apf {
             inner.observe_wait(&fs, &pl, true, 0.0);
             return (Admission::Run(seat(None)), uids);
         }
-        if level.executing < level.limit && level.waiting() == 0 {
+        // never more than the level has, or it would never run
+        let seats = seats.clamp(1, level.limit.max(1));
+        if level.executing + seats <= level.limit && level.waiting() == 0 {
             inner.observe_wait(&fs, &pl, true, 0.0);
-            inner.start_executing(&fs, &pl);
-            return (Admission::Run(seat(Some((fs, pl)))), uids);
+            inner.start_executing(&fs, &pl, seats);
+            return (Admission::Run(seat(Some((fs, pl, seats)))), uids);
         }
         let Some(q) = level.queuing else {
             inner.reject(&fs, &pl, "concurrency-limit");
@@ -790,6 +815,7 @@ impl Apf {
         inner.next_id = id;
         inner.levels.get_mut(&pl).expect("found above").queues[best].push_back(Waiter {
             id,
+            seats,
             schema: fs.clone(),
             since: Instant::now(),
             grant,
@@ -802,6 +828,7 @@ impl Apf {
             level: pl,
             schema: fs,
             id,
+            seats,
             grant: granted,
             settled: false,
         };
@@ -895,6 +922,11 @@ impl Apf {
                 "[BETA] Number of requests in initial (for a WATCH) or any (for a non-WATCH) execution stage in the API Priority and Fairness subsystem",
                 &inner.executing,
             ),
+            (
+                "apiserver_flowcontrol_current_executing_seats",
+                "[BETA] Concurrency (number of seats) occupied by the currently executing (initial stage for a WATCH, any stage otherwise) requests in the API Priority and Fairness subsystem",
+                &inner.executing_seats,
+            ),
         ] {
             head(&mut out, name, "gauge", help);
             for ((fs, pl), v) in map {
@@ -978,6 +1010,25 @@ fn with_uids(mut resp: Response, (fs, pl): &(String, String)) -> Response {
     resp
 }
 
+/// Upstream's work estimate, in seats: a LIST or a watch (its initial list) of a resource of
+/// `n` objects takes `ceil(n / 100)` seats, 1 to 10 (kaze serves lists from the watch cache,
+/// so every stored object counts, as upstream's estimate for cached lists); anything else
+/// takes one.
+fn list_seats(state: &AppState, info: &RequestInfo) -> u64 {
+    if !info.resource_request || !matches!(info.verb.as_str(), "list" | "watch") {
+        return 1;
+    }
+    let served = state.crds.snapshot();
+    let Some(def) = served
+        .registry
+        .get(&info.group, &info.version, &info.resource)
+    else {
+        return 1;
+    };
+    let stored = state.cache.resource(def).map_or(0, |rc| rc.len() as u64);
+    stored.div_ceil(OBJECTS_PER_SEAT).clamp(1, MAX_SEATS)
+}
+
 /// The filter, below authentication and audit (it sees the impersonated user, and the audit
 /// log records what it refuses) and above authorization, as upstream orders them.
 pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -1001,7 +1052,7 @@ pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next
         };
         return next.run(req).await;
     }
-    let (admission, uids) = apf.admit(&info, &user);
+    let (admission, uids) = apf.admit(&info, &user, list_seats(&state, &info));
     let seat = match admission {
         Admission::Run(seat) => Some(seat),
         Admission::Wait(place) => place.wait().await,
@@ -1118,6 +1169,60 @@ mod tests {
             assert!(hand.iter().all(|c| *c < 16), "{hand:?}");
         }
         assert_eq!(deal(99, 1, 8), [0], "a hand is never larger than the deck");
+    }
+
+    #[test]
+    fn a_queued_request_waits_for_all_its_seats_and_the_queue_keeps_its_order() {
+        let apf = Arc::new(Apf::new(Limits {
+            priority_and_fairness: true,
+            max_requests_inflight: 2,
+            max_mutating_requests_inflight: 1,
+        }));
+        let level = json!({"metadata": {"name": "q", "uid": "l-1"}, "spec": {"type": "Limited",
+            "limited": {"nominalConcurrencyShares": 100000, "limitResponse": {"type": "Queue",
+                "queuing": {"queues": 1, "handSize": 1, "queueLengthLimit": 5}}}}});
+        let schema = json!({"metadata": {"name": "s", "uid": "s-1"}, "spec": {
+            "priorityLevelConfiguration": {"name": "q"}, "matchingPrecedence": 10,
+            "rules": [{"subjects": [{"kind": "User", "user": {"name": "u"}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                    "namespaces": ["*"], "clusterScope": true}]}]}});
+        apf.configure(&[schema], &[level]);
+        assert_eq!(apf.lock().levels["q"].limit, 3);
+        let u = user("u", &["system:authenticated"]);
+        let info = RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None);
+        let admit = |seats| match apf.admit(&info, &u, seats) {
+            (Admission::Run(seat), uids) => {
+                assert_eq!(uids, ("s-1".to_string(), "l-1".to_string()));
+                Ok(seat)
+            }
+            (Admission::Wait(place), _) => Err(place),
+            (Admission::Reject, _) => panic!("rejected"),
+        };
+        let Ok(first) = admit(1) else {
+            panic!("a seat is free")
+        };
+        let Err(mut big) = admit(3) else {
+            panic!("two seats free, three needed")
+        };
+        let Err(mut small) = admit(1) else {
+            panic!("queued behind the big one")
+        };
+        assert!(big.grant.try_recv().is_err());
+        drop(first);
+        // the big one runs on all three seats; the small one still waits for one
+        assert!(big.grant.try_recv().is_ok());
+        big.settled = true;
+        assert!(small.grant.try_recv().is_err());
+        assert_eq!(apf.lock().levels["q"].executing, 3);
+        drop(Seat {
+            apf: apf.clone(),
+            held: Some(("s".into(), "q".into(), 3)),
+        });
+        assert!(small.grant.try_recv().is_ok());
+        small.settled = true;
+        assert_eq!(apf.lock().levels["q"].executing, 1);
+        // a request asking more seats than its level has asks for all of them
+        assert!(admit(7).is_err(), "clamped to three seats, one in use");
     }
 
     #[test]

@@ -383,3 +383,87 @@ fn without_priority_and_fairness_the_in_flight_limits_apply() {
     assert_eq!(holder.release().code, 201);
     s.kubectl(&["--as=apf-slow", "create", "configmap", "after"]);
 }
+
+#[test]
+fn a_list_of_many_objects_takes_several_seats() {
+    // three seats in all; the `wide` level's share of them is all three
+    let s = TestServer::start_with(|c| {
+        c.max_requests_inflight = 2;
+        c.max_mutating_requests_inflight = 1;
+    });
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: PriorityLevelConfiguration
+metadata: {name: wide}
+spec:
+  type: Limited
+  limited:
+    nominalConcurrencyShares: 10000
+    limitResponse: {type: Reject}
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1
+kind: FlowSchema
+metadata: {name: lister}
+spec:
+  priorityLevelConfiguration: {name: wide}
+  matchingPrecedence: 40
+  rules:
+  - subjects: [{kind: User, user: {name: apf-lister}}]
+    resourceRules: [{verbs: ["*"], apiGroups: ["*"], resources: ["*"], namespaces: ["*"], clusterScope: true}]
+"#,
+        ),
+    );
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "apf-lister",
+        "--clusterrole=edit",
+        "--user=apf-lister",
+    ]);
+    // 250 ConfigMaps: a list of them is estimated at 3 seats (100 objects a seat)
+    let many: Vec<String> = (0..250)
+        .map(|i| {
+            format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i}"}}}}"#)
+        })
+        .collect();
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(&format!(
+            r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#,
+            many.join(",")
+        )),
+    );
+    assert_eq!(
+        metric(
+            &s,
+            r#"apiserver_flowcontrol_nominal_limit_seats{priority_level="wide"}"#
+        ),
+        3.0
+    );
+    let lister = uid(&s, "flowschema", "lister");
+    eventually("the lister schema in force", || {
+        get(&s, Some("apf-lister"), "/api/v1/configmaps").schema_uid() == Some(lister.as_str())
+    });
+    assert_eq!(get(&s, Some("apf-lister"), "/api/v1/configmaps").code, 200);
+
+    // one seat held: the big list (3 seats) no longer fits, one-seat requests still do
+    let holder = Holder::start(&s, "apf-lister", "held");
+    let seats = r#"apiserver_flowcontrol_current_executing_seats{flow_schema="lister",priority_level="wide"}"#;
+    eventually("the holder executing", || metric(&s, seats) == 1.0);
+    let big = get(&s, Some("apf-lister"), "/api/v1/configmaps");
+    assert_eq!(big.code, 429, "{}", big.body);
+    let small = get(
+        &s,
+        Some("apf-lister"),
+        "/api/v1/namespaces/default/configmaps/cm-7",
+    );
+    assert_eq!(small.code, 200, "{}", small.body);
+    let empty_list = get(&s, Some("apf-lister"), "/api/v1/namespaces/default/pods");
+    assert_eq!(empty_list.code, 200, "a list of few objects takes one seat");
+    assert_eq!(holder.release().code, 201);
+    assert_eq!(metric(&s, seats), 0.0);
+    assert_eq!(get(&s, Some("apf-lister"), "/api/v1/configmaps").code, 200);
+}
