@@ -994,6 +994,7 @@ fn too_many() -> Response {
         axum::http::header::RETRY_AFTER,
         HeaderValue::from_static("1"),
     );
+    resp.extensions_mut().insert(crate::metrics::Terminated);
     resp
 }
 

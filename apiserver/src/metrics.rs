@@ -45,7 +45,16 @@ struct Inner {
     /// Long-running requests being served (watches, exec, attach, logs, port-forwards,
     /// proxies), by their labels.
     longrunning: BTreeMap<Labels, i64>,
+    /// Requests the apiserver ended in self-defense (APF's 429s, deadlines' 504s), by
+    /// their labels and code.
+    terminations: BTreeMap<(Labels, u16), u64>,
 }
+
+/// Marks a response the apiserver gave in self-defense (a 429 of API Priority and Fairness
+/// or the in-flight limit, a 504 past the request's deadline): counted in
+/// `apiserver_request_terminations_total`, as upstream's `RecordRequestTermination`.
+#[derive(Debug, Clone, Copy)]
+pub struct Terminated;
 
 /// Subresources upstream counts under the `CONNECT` verb (`validConnectRequests`).
 const CONNECT: &[&str] = &["log", "exec", "portforward", "attach", "proxy"];
@@ -184,8 +193,11 @@ fn labels(method: &Method, path: &str, query: Option<&str>, content_type: Option
 }
 
 impl Metrics {
-    fn observe(&self, l: Labels, version: Version, code: u16, secs: f64) {
+    fn observe(&self, l: Labels, version: Version, code: u16, secs: f64, terminated: bool) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if terminated {
+            *inner.terminations.entry((l.clone(), code)).or_default() += 1;
+        }
         *inner.protocols.entry(protocol(version)).or_default() += 1;
         *inner.requests.entry((l.clone(), code)).or_default() += 1;
         let h = inner.latency.entry(l).or_default();
@@ -254,6 +266,14 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "apiserver_current_inflight_requests{{request_kind=\"{kind}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP apiserver_request_terminations_total [ALPHA] Number of requests which apiserver terminated in self-defense.\n# TYPE apiserver_request_terminations_total counter\n");
+        for ((l, code), n) in &inner.terminations {
+            let _ = writeln!(
+                out,
+                "apiserver_request_terminations_total{{{},code=\"{code}\"}} {n}",
+                fmt_longrunning(l)
             );
         }
         out.push_str("# HELP apiserver_longrunning_requests [STABLE] Gauge of all active long-running apiserver requests broken out by verb, group, version, resource, scope and component. Not all requests are tracked this way.\n# TYPE apiserver_longrunning_requests gauge\n");
@@ -337,9 +357,10 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     let held = long.then(|| in_flight.clone());
     let resp = LONG_RUNNING.scope(held, next.run(req)).await;
     let secs = start.elapsed().as_secs_f64();
+    let terminated = resp.extensions().get::<Terminated>().is_some();
     state
         .metrics
-        .observe(l, version, resp.status().as_u16(), secs);
+        .observe(l, version, resp.status().as_u16(), secs, terminated);
     // an upgrade (exec, attach, port-forward) is counted by the stream's own [`hold`]
     if !long || resp.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
         return resp;
@@ -520,8 +541,8 @@ mod tests {
 
         let m = Metrics::default();
         let nodes = l(Method::GET, "/api/v1/nodes", None);
-        m.observe(nodes.clone(), Version::HTTP_2, 200, 0.01);
-        m.observe(nodes, Version::HTTP_11, 200, 0.01);
+        m.observe(nodes.clone(), Version::HTTP_2, 200, 0.01, false);
+        m.observe(nodes, Version::HTTP_11, 200, 0.01, false);
         let text = m.render();
         assert!(
             text.contains("kaze_apiserver_requests_by_protocol_total{protocol=\"HTTP/2.0\"} 1"),

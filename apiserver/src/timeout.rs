@@ -132,7 +132,9 @@ pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next
             let mut err =
                 ApiError::timeout("Timeout: request did not complete within the allotted timeout");
             err.details = Some(serde_json::json!({}));
-            err.into_response()
+            let mut resp = err.into_response();
+            resp.extensions_mut().insert(crate::metrics::Terminated);
+            resp
         }
     }
 }

@@ -145,6 +145,14 @@ fn requests_are_classified_and_a_reject_level_refuses_past_its_seats() {
         ) >= 1.0
     );
 
+    // and counted it as ended in self-defense, as upstream's RecordRequestTermination
+    assert!(
+        metric(
+            &s,
+            r#"apiserver_request_terminations_total{verb="LIST",group="",version="v1",resource="configmaps",subresource="",scope="namespace",component="apiserver",code="429"}"#
+        ) >= 1.0
+    );
+
     // the seat given back: the flow is served again
     let created = holder.release();
     assert_eq!(created.code, 201, "{}", created.body);

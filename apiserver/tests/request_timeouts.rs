@@ -58,6 +58,12 @@ fn slow_requests_get_upstreams_504_at_their_deadline() {
             r#"apiserver_request_total{verb="POST",dry_run="",group="",version="v1",resource="configmaps",subresource="",scope="resource",component="apiserver",code="504"}"#
         ) >= 3.0
     );
+    assert!(
+        metric(
+            &s,
+            r#"apiserver_request_terminations_total{verb="POST",group="",version="v1",resource="configmaps",subresource="",scope="resource",component="apiserver",code="504"}"#
+        ) >= 3.0
+    );
     // quick requests are not affected
     assert_eq!(get(&s, None, &format!("{CONFIGMAPS}?timeout=2s")).code, 200);
 }
