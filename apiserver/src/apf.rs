@@ -758,21 +758,28 @@ impl Apf {
             apf: self.clone(),
             held,
         };
-        let Some(schema) = inner
+        // what the request needs of its schema (not the rules: no copy of them per request)
+        let Some((fs, pl, fs_uid, flow)) = inner
             .schemas
             .iter()
             .find(|s| s.matches(info, user))
-            .cloned()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.level.clone(),
+                    s.uid.clone(),
+                    s.flow(info, user),
+                )
+            })
         else {
             // not even catch-all matched (a user in neither system:(un)authenticated)
             return (Admission::Run(seat(None)), Default::default());
         };
-        let (fs, pl) = (schema.name.clone(), schema.level.clone());
         let Some(level) = inner.levels.get_mut(&pl) else {
             // schemas naming no level are not kept
-            return (Admission::Run(seat(None)), (schema.uid, String::new()));
+            return (Admission::Run(seat(None)), (fs_uid, String::new()));
         };
-        let uids = (schema.uid.clone(), level.uid.clone());
+        let uids = (fs_uid, level.uid.clone());
         if level.exempt {
             *inner
                 .dispatched
@@ -793,11 +800,7 @@ impl Apf {
             inner.observe_wait(&fs, &pl, false, 0.0);
             return (Admission::Reject, uids);
         };
-        let hand = deal(
-            flow_hash(&fs, &schema.flow(info, user)),
-            level.queues.len(),
-            q.hand,
-        );
+        let hand = deal(flow_hash(&fs, &flow), level.queues.len(), q.hand);
         // the shortest queue of the hand, the scan starting at a rotating offset
         let offset = level.enqueues % hand.len().max(1);
         level.enqueues += 1;
@@ -1033,7 +1036,11 @@ fn list_seats(state: &AppState, info: &RequestInfo) -> u64 {
 /// The filter, below authentication and audit (it sees the impersonated user, and the audit
 /// log records what it refuses) and above authorization, as upstream orders them.
 pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let info = RequestInfo::parse(req.method(), req.uri().path(), req.uri().query());
+    // the deadline filter (`crate::timeout`), further out, has parsed it
+    let info = match req.extensions().get::<RequestInfo>() {
+        Some(info) => info.clone(),
+        None => RequestInfo::parse(req.method(), req.uri().path(), req.uri().query()),
+    };
     if info.long_running() && info.verb != "watch" {
         return next.run(req).await;
     }

@@ -54,68 +54,29 @@ impl Timeouts {
         let Some(asked) = asked.filter(|v| !v.is_empty()) else {
             return Ok(self.request);
         };
-        let d = go_duration(&asked).map_err(|e| {
+        let nanos = component::cron::go_duration(&asked).map_err(|e| {
             ApiError::bad_request(format!(
                 "invalid timeout specified in the request URL - {e}"
             ))
         })?;
-        Ok(match d {
-            Some(d) if !d.is_zero() && d < self.request => d,
-            // zero or negative: no deadline of the client's own; longer: capped
-            _ => self.request,
+        let asked = Duration::from_nanos(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX));
+        // zero or negative: no deadline of the client's own; longer: capped
+        Ok(if !asked.is_zero() && asked < self.request {
+            asked
+        } else {
+            self.request
         })
     }
 }
 
-/// Go's `time.ParseDuration`, with its error wording: `None` for a negative duration.
-fn go_duration(s: &str) -> Result<Option<Duration>, String> {
-    let invalid = || format!("time: invalid duration {s:?}");
-    let (negative, rest) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    if rest == "0" {
-        return Ok(Some(Duration::ZERO));
-    }
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    let mut rest = rest;
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_end);
-        if num.is_empty() || num == "." {
-            return Err(invalid());
-        }
-        let n: f64 = num.parse().map_err(|_| invalid())?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let scale = match unit {
-            "" => return Err(format!("time: missing unit in duration {s:?}")),
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => return Err(format!("time: unknown unit {other:?} in duration {s:?}")),
-        };
-        total += n * scale;
-        rest = tail;
-    }
-    Ok((!negative).then(|| Duration::from_secs_f64(total)))
-}
-
 /// The filter, outside authentication (upstream's place: the deadline covers everything
 /// a request waits for, APF's queues included).
-pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn filter(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let info = crate::apf::RequestInfo::parse(req.method(), req.uri().path(), req.uri().query());
-    if info.long_running() {
+    let long_running = info.long_running();
+    // parsed once: the APF filter further in reads it (upstream's RequestInfo in the context)
+    req.extensions_mut().insert(info);
+    if long_running {
         return next.run(req).await;
     }
     let deadline = match state.timeouts.for_query(req.uri().query()) {

@@ -23,8 +23,10 @@ pub struct Schedule {
     every: Option<i64>,
 }
 
-/// Go's `time.ParseDuration`, in nanoseconds, with its error words.
-fn go_duration(s: &str) -> Result<i128, String> {
+/// Go's `time.ParseDuration`, in nanoseconds (negative ones too), with its error words
+/// (`time: invalid duration "x"`): for values upstream parses with it and whose errors it
+/// shows (`@every`, the apiserver's `timeout` parameter).
+pub fn go_duration(s: &str) -> Result<i128, String> {
     let invalid = || format!("time: invalid duration {s:?}");
     let (negative, mut rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),

@@ -163,6 +163,27 @@ pub fn metric(s: &TestServer, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How many core/v1 ConfigMap requests of `verb` (upstream's metric verb) at `scope` the
+/// server answered with `code` (`apiserver_request_total`), and how many of those it ended in
+/// self-defense (`apiserver_request_terminations_total`).
+pub fn configmap_requests(s: &TestServer, verb: &str, scope: &str, code: u16) -> (f64, f64) {
+    let at = |dry_run: &str| {
+        format!(
+            r#"verb="{verb}",{dry_run}group="",version="v1",resource="configmaps",subresource="",scope="{scope}",component="apiserver",code="{code}"}}"#
+        )
+    };
+    (
+        metric(
+            s,
+            &format!("apiserver_request_total{{{}", at(r#"dry_run="","#)),
+        ),
+        metric(
+            s,
+            &format!("apiserver_request_terminations_total{{{}", at("")),
+        ),
+    )
+}
+
 /// A create at `path` as the admin whose body is only half sent, over a TLS connection of
 /// its own (curl would not read an answer before its upload ends): the server's answer and
 /// how long after the request it came, if it came within `limit`.
