@@ -8,18 +8,26 @@
 //! An `Exempt` level runs its requests at once. A `Limited` level runs at most its nominal
 //! concurrency limit at a time: `ceil(server limit * its shares / all levels' shares)`, the
 //! server limit being `--max-requests-inflight` plus `--max-mutating-requests-inflight`.
-//! Past that, a `Reject` level answers 429 at once; a `Queue` level shuffle-shards the flow
-//! onto `handSize` of its `queues`, waits in the shortest of them (429 when it already holds
-//! `queueLengthLimit`, or after 15 s, upstream's quarter of the request timeout) and is
-//! dispatched round-robin across the queues as seats free.
+//! Past that, a `Reject` level answers 429 at once. A `Queue` level shuffle-shards the flow
+//! onto `handSize` of its `queues` and queues the request in the one with the least work
+//! waiting (429 when the level's seats are all taken and that queue already holds
+//! `queueLengthLimit`, or after 15 s of waiting, upstream's quarter of the request timeout).
+//! Queued requests are dispatched by upstream's fair queuing for server requests: each level
+//! keeps a virtual time `R` (the seat-seconds each active queue has been entitled to), each
+//! queue the virtual time its next request is due; the head request due first runs when
+//! its seats are free (the rest wait behind a head that does not fit yet). A request is
+//! charged 3 ms of its seats when dispatched and its real duration when it ends, so a flow
+//! of long requests yields to the others.
 //!
-//! A LIST (and a watch, for its initial list) takes upstream's estimate of seats: one per
-//! 100 objects of its resource, 1 to 10 (and never more than its level has); anything else
-//! one. What kaze leaves out of upstream's design: a write's extra seats for the watchers it
-//! notifies, levels lending and borrowing seats
-//! (`lendablePercent` and `borrowingLimitPercent` are stored, not applied), and a queue is
-//! served round-robin rather than by virtual finish time (the same order for requests of
-//! equal cost).
+//! Seats per request are upstream's work estimates: a LIST (and a watch, for its initial
+//! list) takes one per 100 objects of its resource, 1 to 10; a create, update, patch or
+//! delete takes one, and with 10 or more watches open on its resource (in its namespace or
+//! across all) also a seat per 10 watches for 5 ms after it is answered (the events it
+//! sends). No request takes more than its level's maximum: `ceil(limit / handSize)` for a
+//! queuing level, at most 10. Upstream's three debug dumps are served at
+//! `/debug/api_priority_and_fairness/dump_{priority_levels,queues,requests}`. What kaze
+//! leaves out of upstream's design: levels lending and borrowing seats (`lendablePercent` and
+//! `borrowingLimitPercent` are stored, not applied).
 //!
 //! With `--enable-priority-and-fairness=false` the older max-in-flight filter applies
 //! instead: at most `--max-requests-inflight` read-only and
@@ -30,7 +38,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method};
@@ -76,6 +84,8 @@ pub struct RequestInfo {
     pub namespace: String,
     pub resource: String,
     pub subresource: String,
+    /// The object's name, for a request naming one.
+    pub name: String,
     pub path: String,
 }
 
@@ -89,6 +99,7 @@ impl RequestInfo {
             namespace: String::new(),
             resource: String::new(),
             subresource: String::new(),
+            name: String::new(),
             path: path.to_string(),
         };
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -113,6 +124,7 @@ impl RequestInfo {
         }
         info.resource = rest.first().map(|s| s.to_string()).unwrap_or_default();
         let named = rest.len() > 1;
+        info.name = rest.get(1).map(|s| s.to_string()).unwrap_or_default();
         info.subresource = rest.get(2).map(|s| s.to_string()).unwrap_or_default();
         let watch = query.is_some_and(|q| {
             form_urlencoded::parse(q.as_bytes())
@@ -384,12 +396,137 @@ struct Queuing {
     max_len: usize,
 }
 
+/// Work, in upstream's fixed-point seat-seconds (`SeatSeconds`: 1e8 to a seat-second).
+type SeatSeconds = u64;
+const SEAT_SECOND: u64 = 100_000_000;
+/// What fair queuing charges a request's initial seats before its real duration is known
+/// (upstream's `estimatedServiceDuration`, the `G` of its design).
+const ESTIMATED_SERVICE: Duration = Duration::from_millis(3);
+/// Upstream's mutating work estimator: a write with this many watchers or more holds a seat
+/// per this many watchers ...
+const WATCHES_PER_SEAT: u64 = 10;
+/// ... for this long per event after it is answered.
+const EVENT_ADDITIONAL: Duration = Duration::from_millis(5);
+
+/// `seats` for `d`, in seat-seconds (upstream's `SeatsTimesDuration`).
+fn seats_times(seats: f64, d: Duration) -> SeatSeconds {
+    (seats * d.as_nanos() as f64 / (1e9 / SEAT_SECOND as f64))
+        .round()
+        .max(0.0) as u64
+}
+
+/// Upstream's `SeatSeconds.String()`: `2.00300000ss`.
+fn seat_seconds_text(ss: SeatSeconds) -> String {
+    format!("{}.{:08}ss", ss / SEAT_SECOND, ss % SEAT_SECOND)
+}
+
+/// Upstream's `WorkEstimate`: the seats a request takes while it runs, and the seats it
+/// keeps for `additional` after it is answered (a write, for the watch events it causes).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct WorkEstimate {
+    initial: u64,
+    final_seats: u64,
+    additional: Duration,
+}
+
+impl WorkEstimate {
+    /// A request of `initial` seats (a LIST's estimate, else 1) and `watchers` interested
+    /// watches, on a level whose requests take at most `max_seats`.
+    fn new(initial: u64, watchers: u64, max_seats: u64) -> WorkEstimate {
+        let max_seats = max_seats.max(1);
+        let initial = initial.clamp(1, max_seats);
+        if watchers < WATCHES_PER_SEAT {
+            return WorkEstimate {
+                initial,
+                ..Default::default()
+            };
+        }
+        // the work stays the same when the seats are capped: fewer seats, held longer
+        let wanted = watchers.div_ceil(WATCHES_PER_SEAT);
+        let work = seats_times(wanted as f64, EVENT_ADDITIONAL);
+        let final_seats = wanted.min(max_seats);
+        let nanos = work as f64 / final_seats as f64 * (1e9 / SEAT_SECOND as f64);
+        WorkEstimate {
+            initial,
+            final_seats,
+            additional: Duration::from_nanos(nanos.round() as u64),
+        }
+    }
+
+    fn max_seats(&self) -> u64 {
+        self.initial.max(self.final_seats)
+    }
+
+    /// What fair queuing charges the request's queue when it is dispatched.
+    fn total_work(&self) -> SeatSeconds {
+        seats_times(self.initial as f64, ESTIMATED_SERVICE)
+            + seats_times(self.final_seats as f64, self.additional)
+    }
+
+    fn lingers(&self) -> bool {
+        self.final_seats > 0 && !self.additional.is_zero()
+    }
+}
+
+/// A request as the debug dumps show it.
+#[derive(Debug, Clone)]
+struct Described {
+    schema: String,
+    /// The flow distinguisher (the user or namespace the schema's method names), or "".
+    flow: String,
+    user: String,
+    info: RequestInfo,
+    work: WorkEstimate,
+    arrived: SystemTime,
+    /// When it was dispatched (wall clock, monotonic).
+    started: Option<(SystemTime, Instant)>,
+}
+
 struct Waiter {
     id: u64,
-    seats: u64,
-    schema: String,
+    /// The level's virtual time when it arrived.
+    arrival_r: SeatSeconds,
     since: Instant,
     grant: oneshot::Sender<()>,
+    d: Described,
+}
+
+/// One fair queue of a level: its waiting and executing requests and where it stands in
+/// virtual time.
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiter>,
+    executing: BTreeMap<u64, Described>,
+    seats_in_use: u64,
+    /// The virtual time at which the queue's next request is due (upstream's
+    /// `nextDispatchR`): advanced by each dispatched request's work, corrected by its real
+    /// duration when it ends.
+    next_dispatch_r: SeatSeconds,
+}
+
+impl Queue {
+    fn idle(&self) -> bool {
+        self.waiting.is_empty() && self.executing.is_empty()
+    }
+
+    /// The waiting requests' initial seats, maximum seats and work (upstream's `QueueSum`).
+    fn sums(&self) -> (u64, u64, SeatSeconds) {
+        self.waiting.iter().fold((0, 0, 0), |(i, m, w), r| {
+            (
+                i + r.d.work.initial,
+                m + r.d.work.max_seats(),
+                w + r.d.work.total_work(),
+            )
+        })
+    }
+
+    /// Upstream's anti-windup: a queue's next dispatch never comes before the arrival (in
+    /// virtual time) of its oldest waiting request.
+    fn bound(&mut self) {
+        if let Some(w) = self.waiting.front() {
+            self.next_dispatch_r = self.next_dispatch_r.max(w.arrival_r);
+        }
+    }
 }
 
 struct Level {
@@ -397,15 +534,30 @@ struct Level {
     exempt: bool,
     shares: u64,
     limit: u64,
-    /// None: `Reject`.
+    /// The most seats one request takes here (upstream: `ceil(limit / handSize)`, at most 10).
+    max_seats: u64,
+    /// None: `Reject` (or exempt).
     queuing: Option<Queuing>,
-    /// Seats in use.
+    /// Seats in use, lingering writes' included.
+    seats_in_use: u64,
+    /// Requests executing.
     executing: u64,
-    queues: Vec<VecDeque<Waiter>>,
-    /// Where round-robin dispatch looks next.
+    /// More than `queuing.queues` while excess ones drain.
+    queues: Vec<Queue>,
+    /// Requests executing without a queue: an exempt or `Reject` level's.
+    queueless: BTreeMap<u64, Described>,
+    /// The queue dispatched from last.
     robin: usize,
     enqueues: usize,
-    /// No longer configured: removed once idle.
+    /// The level's virtual time (upstream's `currentR`): the seat-seconds each active queue
+    /// has been entitled to so far.
+    current_r: SeatSeconds,
+    last_real: Instant,
+    dispatched: u64,
+    rejected: u64,
+    timed_out: u64,
+    cancelled: u64,
+    /// No longer configured: removed once idle (upstream: quiescing).
     removed: bool,
 }
 
@@ -436,17 +588,78 @@ impl Level {
                 .as_u64()
                 .unwrap_or(if exempt { 0 } else { 30 }),
             limit: 0,
+            max_seats: MAX_SEATS,
             queuing,
+            seats_in_use: 0,
             executing: 0,
             queues: Vec::new(),
+            queueless: BTreeMap::new(),
             robin: 0,
             enqueues: 0,
+            current_r: 0,
+            last_real: Instant::now(),
+            dispatched: 0,
+            rejected: 0,
+            timed_out: 0,
+            cancelled: 0,
             removed: false,
         }
     }
 
     fn waiting(&self) -> usize {
-        self.queues.iter().map(VecDeque::len).sum()
+        self.queues.iter().map(|q| q.waiting.len()).sum()
+    }
+
+    fn idle(&self) -> bool {
+        self.waiting() == 0 && self.executing == 0
+    }
+
+    /// Advance the virtual time to `now` (upstream's `syncTimeLocked`): each active queue
+    /// is entitled to an equal share of the seats the queues ask for, up to the limit.
+    /// Called before any change to the queues.
+    fn sync_time(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last_real);
+        self.last_real = now;
+        let (mut active, mut requested) = (0u64, 0u64);
+        for q in &self.queues {
+            requested += q.seats_in_use + q.sums().1;
+            if !q.idle() {
+                active += 1;
+            }
+        }
+        if active > 0 {
+            let ratio = requested.min(self.limit) as f64 / active as f64;
+            self.current_r = self.current_r.saturating_add(seats_times(ratio, elapsed));
+        }
+    }
+
+    /// Whether a request of `seats` may start now (upstream's `canAccommodateSeatsLocked`).
+    fn can_accommodate(&self, seats: u64) -> bool {
+        if self.exempt {
+            return true;
+        }
+        if seats > self.limit {
+            // wider than the level: it runs alone
+            return self.executing == 0;
+        }
+        self.seats_in_use + seats <= self.limit
+    }
+
+    /// Queues beyond the configured number that have drained go (only from the end, so
+    /// the indexes held by executing requests stay good).
+    fn trim_queues(&mut self) {
+        let want = self.queuing.map_or(0, |q| q.queues);
+        while self.queues.len() > want
+            && self
+                .queues
+                .last()
+                .is_some_and(|q| q.idle() && q.seats_in_use == 0)
+        {
+            self.queues.pop();
+        }
+        if self.robin >= self.queues.len() {
+            self.robin = 0;
+        }
     }
 }
 
@@ -469,6 +682,8 @@ struct Inner {
     waits: BTreeMap<(String, String, bool), Histogram>,
     /// The max-in-flight filter's counts: read-only, mutating.
     inflight: [u32; 2],
+    /// Open watches by (group, resource, namespace; "" for all namespaces).
+    watches: HashMap<(String, String, String), u64>,
 }
 
 impl Inner {
@@ -493,51 +708,95 @@ impl Inner {
         e.2 += 1;
     }
 
+    /// The metrics of a request that starts executing with `seats`.
     fn start_executing(&mut self, schema: &str, level: &str, seats: u64) {
         let key = (schema.to_string(), level.to_string());
         *self.dispatched.entry(key.clone()).or_default() += 1;
         *self.executing.entry(key.clone()).or_default() += 1;
         *self.executing_seats.entry(key).or_default() += seats as i64;
-        if let Some(l) = self.levels.get_mut(level) {
-            l.executing += seats;
-        }
     }
 
-    /// Hand freed seats of `level` to its queued requests, round-robin over the queues.
+    /// The watches a write to `info`'s object notifies (upstream's watch tracker counts
+    /// the resource's watches across namespaces and those of the object's namespace).
+    fn interested_watches(&self, info: &RequestInfo) -> u64 {
+        let count = |ns: &str| {
+            self.watches
+                .get(&(info.group.clone(), info.resource.clone(), ns.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let mut n = count("");
+        if !info.namespace.is_empty() {
+            n += count(&info.namespace);
+        }
+        n
+    }
+
+    /// Dispatch as many of `level`'s queued requests as its free seats allow, by fair
+    /// queuing: each time the head of the queue whose next dispatch (plus that request's
+    /// work) comes first in virtual time, round-robin among equals; a head that does not fit
+    /// waits for seats, and so does everything behind it (upstream's
+    /// `dispatchAsMuchAsPossibleLocked`).
     fn dispatch(&mut self, level: &str) {
-        loop {
-            let Some(l) = self.levels.get_mut(level) else {
-                return;
-            };
-            if l.executing >= l.limit || l.waiting() == 0 {
-                if l.removed && l.executing == 0 && l.waiting() == 0 {
-                    self.levels.remove(level);
-                }
-                return;
-            }
+        let mut started = Vec::new();
+        let Some(l) = self.levels.get_mut(level) else {
+            return;
+        };
+        let now = Instant::now();
+        l.sync_time(now);
+        while l.waiting() > 0 && l.seats_in_use < l.limit {
             let n = l.queues.len();
-            let Some(i) = (1..=n)
-                .map(|k| (l.robin + k) % n)
-                .find(|i| !l.queues[*i].is_empty())
-            else {
-                return;
+            let mut best: Option<(usize, SeatSeconds)> = None;
+            for k in 1..=n {
+                let i = (l.robin + k) % n;
+                let q = &l.queues[i];
+                if let Some(w) = q.waiting.front() {
+                    let finish = q.next_dispatch_r + w.d.work.total_work();
+                    if best.is_none_or(|(_, f)| finish < f) {
+                        best = Some((i, finish));
+                    }
+                }
+            }
+            let Some((i, _)) = best else {
+                break;
             };
-            // the oldest request of that queue waits until its seats are all free
-            let seats = l.queues[i].front().map_or(1, |w| w.seats);
-            if l.executing + seats > l.limit {
-                return;
+            let seats = l.queues[i]
+                .waiting
+                .front()
+                .map_or(1, |w| w.d.work.max_seats());
+            if !l.can_accommodate(seats) {
+                break;
             }
             l.robin = i;
-            let w = l.queues[i].pop_front().expect("a non-empty queue");
+            let q = &mut l.queues[i];
+            let mut w = q.waiting.pop_front().expect("a non-empty queue");
+            let waited = w.since.elapsed().as_secs_f64();
+            let gone = w.grant.send(()).is_err();
+            started.push((w.d.schema.clone(), seats, waited, !gone));
+            if !gone {
+                // a waiter that went away withdrew itself; one that has not yet can run
+                w.d.started = Some((SystemTime::now(), now));
+                q.next_dispatch_r += w.d.work.total_work();
+                q.seats_in_use += seats;
+                q.executing.insert(w.id, w.d);
+                l.seats_in_use += seats;
+                l.executing += 1;
+                l.dispatched += 1;
+            }
+            q.bound();
+        }
+        let remove = l.removed && l.idle() && l.seats_in_use == 0;
+        if remove {
+            self.levels.remove(level);
+        }
+        for (schema, seats, waited, ran) in started {
             *self
                 .in_queue
-                .entry((w.schema.clone(), level.to_string()))
+                .entry((schema.clone(), level.to_string()))
                 .or_default() -= 1;
-            let waited = w.since.elapsed().as_secs_f64();
-            // a waiter that went away withdrew itself; one that has not yet can still run
-            if w.grant.send(()).is_ok() {
-                self.observe_wait(&w.schema, level, true, waited);
-                self.start_executing(&w.schema, level, w.seats);
+            if ran {
+                self.observe_wait(&schema, level, true, waited);
+                self.start_executing(&schema, level, seats);
             }
         }
     }
@@ -562,26 +821,29 @@ enum Admission {
     Reject,
 }
 
-/// A seat of a priority level, given back (and handed on) when dropped.
+/// A request holding seats: where it runs and what it takes.
+#[derive(Debug, Clone)]
+struct Held {
+    schema: String,
+    level: String,
+    id: u64,
+    /// None: it runs without a queue.
+    queue: Option<usize>,
+    work: WorkEstimate,
+}
+
+/// A request's seats, given back (and handed on) when dropped; a write's final seats stay
+/// taken for its additional latency.
 struct Seat {
     apf: Arc<Apf>,
-    /// (schema, level, seats); None: an exempt request, which takes no seat.
-    held: Option<(String, String, u64)>,
+    held: Option<Held>,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        let Some((schema, level, seats)) = self.held.take() else {
-            return;
-        };
-        let mut inner = self.apf.lock();
-        let key = (schema, level.clone());
-        *inner.executing.entry(key.clone()).or_default() -= 1;
-        *inner.executing_seats.entry(key).or_default() -= seats as i64;
-        if let Some(l) = inner.levels.get_mut(&level) {
-            l.executing = l.executing.saturating_sub(seats);
+        if let Some(h) = self.held.take() {
+            self.apf.finish(h);
         }
-        inner.dispatch(&level);
     }
 }
 
@@ -589,31 +851,32 @@ impl Drop for Seat {
 /// the place is given up, or the seat it was just given is handed on.
 struct Place {
     apf: Arc<Apf>,
-    level: String,
-    schema: String,
-    id: u64,
-    seats: u64,
+    held: Held,
     grant: oneshot::Receiver<()>,
     /// The wait ended (with a seat or a refusal) and was acted on.
     settled: bool,
 }
 
 impl Place {
+    fn seat(&mut self) -> Seat {
+        self.settled = true;
+        Seat {
+            apf: self.apf.clone(),
+            held: Some(self.held.clone()),
+        }
+    }
+
     /// Wait for a seat, up to [`QUEUE_WAIT`].
     async fn wait(mut self) -> Option<Seat> {
         let granted = tokio::select! {
             r = &mut self.grant => r.is_ok(),
             _ = tokio::time::sleep(QUEUE_WAIT) => {
                 // still queued: timed out; else the seat came as the time ran out
-                !self.apf.withdraw(&self.level, &self.schema, self.id, "time-out")
-                    && self.grant.try_recv().is_ok()
+                !self.apf.withdraw(&self.held, "time-out") && self.grant.try_recv().is_ok()
             }
         };
         self.settled = true;
-        granted.then(|| Seat {
-            apf: self.apf.clone(),
-            held: Some((self.schema.clone(), self.level.clone(), self.seats)),
-        })
+        granted.then(|| self.seat())
     }
 }
 
@@ -622,15 +885,8 @@ impl Drop for Place {
         if self.settled {
             return;
         }
-        if !self
-            .apf
-            .withdraw(&self.level, &self.schema, self.id, "cancelled")
-            && self.grant.try_recv().is_ok()
-        {
-            drop(Seat {
-                apf: self.apf.clone(),
-                held: Some((self.schema.clone(), self.level.clone(), self.seats)),
-            });
+        if !self.apf.withdraw(&self.held, "cancelled") && self.grant.try_recv().is_ok() {
+            drop(self.seat());
         }
     }
 }
@@ -662,7 +918,8 @@ impl Apf {
 
     /// Take the stored FlowSchemas and PriorityLevelConfigurations as the configuration.
     /// Missing mandatory objects are stood in for by upstream's (as upstream does); a level's
-    /// executing and queued requests carry over; a removed level drains.
+    /// executing and queued requests carry over (fewer queues: the excess ones drain); a
+    /// removed level drains.
     pub fn configure(&self, schemas: &[Value], levels: &[Value]) {
         let mut levels: Vec<Value> = levels.to_vec();
         let mut schemas: Vec<Value> = schemas.to_vec();
@@ -697,6 +954,13 @@ impl Apf {
                 (false, 0) => 0,
                 (false, _) => (server * l.shares).div_ceil(total),
             };
+            // upstream's per-level cap on a request's seats
+            l.max_seats = match (l.exempt, l.queuing) {
+                (true, _) => MAX_SEATS,
+                (false, Some(q)) => l.limit.div_ceil(q.hand.max(1) as u64),
+                (false, None) => l.limit,
+            }
+            .clamp(1, MAX_SEATS);
         }
         let mut sorted: Vec<Schema> = schemas
             .iter()
@@ -707,34 +971,32 @@ impl Apf {
 
         let mut inner = self.lock();
         inner.schemas = sorted;
+        let now = Instant::now();
         let names: Vec<String> = inner.levels.keys().cloned().collect();
         for name in names {
             let l = inner.levels.get_mut(&name).expect("listed");
+            l.sync_time(now);
             match wanted.remove(&name) {
                 Some(new) => {
-                    let queues = new.queuing.map_or(0, |q| q.queues);
-                    if queues != l.queues.len() && queues > 0 {
-                        // redistribute what waits over the new number of queues
-                        let waiting: Vec<Waiter> = l.queues.drain(..).flatten().collect();
-                        l.queues = (0..queues).map(|_| VecDeque::new()).collect();
-                        for (i, w) in waiting.into_iter().enumerate() {
-                            l.queues[i % queues].push_back(w);
-                        }
-                        l.robin = 0;
-                    }
                     l.uid = new.uid;
                     l.exempt = new.exempt;
                     l.shares = new.shares;
                     l.limit = new.limit;
+                    l.max_seats = new.max_seats;
                     l.queuing = new.queuing;
                     l.removed = false;
                 }
                 None => l.removed = true,
             }
+            let want = l.queuing.map_or(0, |q| q.queues);
+            while l.queues.len() < want {
+                l.queues.push(Queue::default());
+            }
+            l.trim_queues();
         }
         for (name, mut l) in wanted {
             l.queues = (0..l.queuing.map_or(0, |q| q.queues))
-                .map(|_| VecDeque::new())
+                .map(|_| Queue::default())
                 .collect();
             inner.levels.insert(name, l);
         }
@@ -745,8 +1007,9 @@ impl Apf {
         }
     }
 
-    /// Classify the request and take a seat, a place in a queue, or a refusal. Also the
-    /// (schema, level) uids for the response headers.
+    /// Classify the request and take a seat, a place in a queue, or a refusal. `seats` is
+    /// its initial estimate (a LIST's, else 1); a write's final seats come from the watches
+    /// open on its resource. Also the (schema, level) uids for the response headers.
     fn admit(
         self: &Arc<Self>,
         info: &RequestInfo,
@@ -754,10 +1017,7 @@ impl Apf {
         seats: u64,
     ) -> (Admission, (String, String)) {
         let mut inner = self.lock();
-        let seat = |held| Seat {
-            apf: self.clone(),
-            held,
-        };
+        let now = Instant::now();
         // what the request needs of its schema (not the rules: no copy of them per request)
         let Some((fs, pl, fs_uid, flow)) = inner
             .schemas
@@ -773,96 +1033,366 @@ impl Apf {
             })
         else {
             // not even catch-all matched (a user in neither system:(un)authenticated)
-            return (Admission::Run(seat(None)), Default::default());
+            return (Admission::Run(self.unheld()), Default::default());
         };
+        let watchers = if info.resource_request
+            && matches!(info.verb.as_str(), "create" | "update" | "patch" | "delete")
+        {
+            inner.interested_watches(info)
+        } else {
+            0
+        };
+        let id = inner.next_id + 1;
+        inner.next_id = id;
         let Some(level) = inner.levels.get_mut(&pl) else {
             // schemas naming no level are not kept
-            return (Admission::Run(seat(None)), (fs_uid, String::new()));
+            return (Admission::Run(self.unheld()), (fs_uid, String::new()));
         };
         let uids = (fs_uid, level.uid.clone());
-        if level.exempt {
-            *inner
-                .dispatched
-                .entry((fs.clone(), pl.clone()))
-                .or_default() += 1;
-            inner.observe_wait(&fs, &pl, true, 0.0);
-            return (Admission::Run(seat(None)), uids);
-        }
-        // never more than the level has, or it would never run
-        let seats = seats.clamp(1, level.limit.max(1));
-        if level.executing + seats <= level.limit && level.waiting() == 0 {
+        let work = WorkEstimate::new(seats, watchers, level.max_seats);
+        let seats = work.max_seats();
+        let mut d = Described {
+            schema: fs.clone(),
+            flow,
+            user: user.name.clone(),
+            info: info.clone(),
+            work,
+            arrived: SystemTime::now(),
+            started: None,
+        };
+        let mut held = Held {
+            schema: fs.clone(),
+            level: pl.clone(),
+            id,
+            queue: None,
+            work,
+        };
+        level.sync_time(now);
+        let Some(q) = level.queuing else {
+            // exempt, or a Reject level: it runs now or not at all
+            if !level.can_accommodate(seats) {
+                level.rejected += 1;
+                inner.reject(&fs, &pl, "concurrency-limit");
+                inner.observe_wait(&fs, &pl, false, 0.0);
+                return (Admission::Reject, uids);
+            }
+            d.started = Some((d.arrived, now));
+            level.queueless.insert(id, d);
+            level.seats_in_use += seats;
+            level.executing += 1;
+            level.dispatched += 1;
             inner.observe_wait(&fs, &pl, true, 0.0);
             inner.start_executing(&fs, &pl, seats);
-            return (Admission::Run(seat(Some((fs, pl, seats)))), uids);
-        }
-        let Some(q) = level.queuing else {
-            inner.reject(&fs, &pl, "concurrency-limit");
-            inner.observe_wait(&fs, &pl, false, 0.0);
-            return (Admission::Reject, uids);
+            let seat = Seat {
+                apf: self.clone(),
+                held: Some(held),
+            };
+            return (Admission::Run(seat), uids);
         };
-        let hand = deal(flow_hash(&fs, &flow), level.queues.len(), q.hand);
-        // the shortest queue of the hand, the scan starting at a rotating offset
+        // shuffle sharding: of the flow's hand of queues, the one with the least work
+        // waiting, the scan starting at a rotating offset
+        let hand = deal(
+            flow_hash(&fs, &d.flow),
+            q.queues.min(level.queues.len()),
+            q.hand,
+        );
         let offset = level.enqueues % hand.len().max(1);
         level.enqueues += 1;
-        let best = (0..hand.len())
+        let Some(best) = (0..hand.len())
             .map(|i| hand[(offset + i) % hand.len()])
-            .min_by_key(|i| level.queues[*i].len())
-            .filter(|i| level.queues[*i].len() < q.max_len);
-        let Some(best) = best else {
+            .min_by_key(|i| level.queues[*i].sums().2)
+        else {
+            return (Admission::Run(self.unheld()), uids);
+        };
+        if level.seats_in_use >= level.limit && level.queues[best].waiting.len() >= q.max_len {
+            level.rejected += 1;
             inner.reject(&fs, &pl, "queue-full");
             inner.observe_wait(&fs, &pl, false, 0.0);
             return (Admission::Reject, uids);
-        };
+        }
+        let current_r = level.current_r;
+        let queue = &mut level.queues[best];
+        if queue.idle() {
+            // an idle queue starts at the present virtual time
+            queue.next_dispatch_r = current_r;
+        }
         let (grant, granted) = oneshot::channel();
-        let id = inner.next_id + 1;
-        inner.next_id = id;
-        inner.levels.get_mut(&pl).expect("found above").queues[best].push_back(Waiter {
+        queue.waiting.push_back(Waiter {
             id,
-            seats,
-            schema: fs.clone(),
-            since: Instant::now(),
+            arrival_r: current_r,
+            since: now,
             grant,
+            d,
         });
-        *inner.in_queue.entry((fs.clone(), pl.clone())).or_default() += 1;
-        // seats may be free while others wait (just released, or the limit just grew)
+        queue.bound();
+        held.queue = Some(best);
+        *inner.in_queue.entry((fs, pl.clone())).or_default() += 1;
         inner.dispatch(&pl);
-        let place = Place {
+        let mut place = Place {
             apf: self.clone(),
-            level: pl,
-            schema: fs,
-            id,
-            seats,
+            held,
             grant: granted,
             settled: false,
         };
+        // dispatched at once: it runs without waiting
+        if place.grant.try_recv().is_ok() {
+            return (Admission::Run(place.seat()), uids);
+        }
         (Admission::Wait(place), uids)
     }
 
-    /// Take request `id` out of `level`'s queues: true if it was still waiting (counted as
-    /// rejected for `reason`), false if it was already given a seat.
-    fn withdraw(&self, level: &str, schema: &str, id: u64, reason: &'static str) -> bool {
-        let mut inner = self.lock();
-        let Some(l) = inner.levels.get_mut(level) else {
-            return false;
-        };
-        let mut found = None;
-        for q in l.queues.iter_mut() {
-            if let Some(i) = q.iter().position(|w| w.id == id) {
-                found = q.remove(i);
-                break;
-            }
+    /// A seat for a request APF does not account for.
+    fn unheld(self: &Arc<Self>) -> Seat {
+        Seat {
+            apf: self.clone(),
+            held: None,
         }
-        let Some(w) = found else {
+    }
+
+    /// Take the queued request `h` out of its queue: true if it was still waiting (counted
+    /// as rejected for `reason`), false if it was already given a seat.
+    fn withdraw(&self, h: &Held, reason: &'static str) -> bool {
+        let mut inner = self.lock();
+        let Some(l) = inner.levels.get_mut(&h.level) else {
             return false;
         };
+        l.sync_time(Instant::now());
+        let Some(q) = h.queue.and_then(|i| l.queues.get_mut(i)) else {
+            return false;
+        };
+        let Some(at) = q.waiting.iter().position(|w| w.id == h.id) else {
+            return false;
+        };
+        let w = q.waiting.remove(at).expect("found");
+        q.bound();
+        l.rejected += 1;
+        match reason {
+            "time-out" => l.timed_out += 1,
+            _ => l.cancelled += 1,
+        }
+        l.trim_queues();
         *inner
             .in_queue
-            .entry((schema.to_string(), level.to_string()))
+            .entry((h.schema.clone(), h.level.clone()))
             .or_default() -= 1;
-        inner.reject(schema, level, reason);
-        inner.observe_wait(schema, level, false, w.since.elapsed().as_secs_f64());
-        inner.dispatch(level);
+        inner.reject(&h.schema, &h.level, reason);
+        inner.observe_wait(&h.schema, &h.level, false, w.since.elapsed().as_secs_f64());
+        inner.dispatch(&h.level);
         true
+    }
+
+    /// Request `h` has been answered (upstream's `finishRequestLocked`): its queue is
+    /// charged its real duration instead of the estimate, and its seats are given back, a
+    /// write's final seats only after its additional latency.
+    fn finish(self: &Arc<Self>, h: Held) {
+        let mut inner = self.lock();
+        let key = (h.schema.clone(), h.level.clone());
+        *inner.executing.entry(key).or_default() -= 1;
+        let Some(l) = inner.levels.get_mut(&h.level) else {
+            return;
+        };
+        let now = Instant::now();
+        l.sync_time(now);
+        l.executing = l.executing.saturating_sub(1);
+        match h.queue.and_then(|i| l.queues.get_mut(i)) {
+            Some(q) => {
+                let ran = q
+                    .executing
+                    .remove(&h.id)
+                    .and_then(|d| d.started)
+                    .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(at));
+                let initial = h.work.initial as f64;
+                if ran >= ESTIMATED_SERVICE {
+                    q.next_dispatch_r += seats_times(initial, ran - ESTIMATED_SERVICE);
+                } else {
+                    q.next_dispatch_r = q
+                        .next_dispatch_r
+                        .saturating_sub(seats_times(initial, ESTIMATED_SERVICE - ran));
+                }
+                q.bound();
+            }
+            None => {
+                l.queueless.remove(&h.id);
+            }
+        }
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(rt) if h.work.lingers() => {
+                let apf = self.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(h.work.additional).await;
+                    let mut inner = apf.lock();
+                    release(&mut inner, &h);
+                });
+            }
+            _ => release(&mut inner, &h),
+        }
+    }
+
+    /// Count an open watch of `info`'s resource until the guard is dropped.
+    fn watching(self: &Arc<Self>, info: &RequestInfo) -> WatchGuard {
+        let key = (
+            info.group.clone(),
+            info.resource.clone(),
+            info.namespace.clone(),
+        );
+        *self.lock().watches.entry(key.clone()).or_default() += 1;
+        WatchGuard {
+            apf: self.clone(),
+            key,
+        }
+    }
+
+    /// `/debug/api_priority_and_fairness/<dump>`: upstream's three CSV-like tables (one row
+    /// per priority level, per queue, or per request; `details` adds the requests' user and
+    /// target), or None for another name.
+    pub fn dump(&self, dump: &str, details: bool) -> Option<String> {
+        let inner = self.lock();
+        let mut levels: Vec<(&String, &Level)> = inner.levels.iter().collect();
+        levels.sort_by_key(|(n, _)| *n);
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        match dump {
+            "dump_priority_levels" => {
+                rows.push(
+                    [
+                        "PriorityLevelName",
+                        "ActiveQueues",
+                        "IsIdle",
+                        "IsQuiescing",
+                        "WaitingRequests",
+                        "ExecutingRequests",
+                        "DispatchedRequests",
+                        "RejectedRequests",
+                        "TimedoutRequests",
+                        "CancelledRequests",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                );
+                for (name, l) in levels {
+                    let active = l.queues.iter().filter(|q| !q.waiting.is_empty()).count();
+                    rows.push(vec![
+                        name.to_string(),
+                        active.to_string(),
+                        l.idle().to_string(),
+                        l.removed.to_string(),
+                        l.waiting().to_string(),
+                        l.executing.to_string(),
+                        l.dispatched.to_string(),
+                        l.rejected.to_string(),
+                        l.timed_out.to_string(),
+                        l.cancelled.to_string(),
+                    ]);
+                }
+            }
+            "dump_queues" => {
+                rows.push(
+                    [
+                        "PriorityLevelName",
+                        "Index",
+                        "PendingRequests",
+                        "ExecutingRequests",
+                        "SeatsInUse",
+                        "NextDispatchR",
+                        "InitialSeatsSum",
+                        "MaxSeatsSum",
+                        "TotalWorkSum",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                );
+                for (name, l) in levels {
+                    for (i, q) in l.queues.iter().enumerate() {
+                        let (initial, max, work) = q.sums();
+                        rows.push(vec![
+                            name.to_string(),
+                            i.to_string(),
+                            q.waiting.len().to_string(),
+                            q.executing.len().to_string(),
+                            q.seats_in_use.to_string(),
+                            seat_seconds_text(q.next_dispatch_r),
+                            initial.to_string(),
+                            max.to_string(),
+                            seat_seconds_text(work),
+                        ]);
+                    }
+                }
+            }
+            "dump_requests" => {
+                let mut head = vec![
+                    "PriorityLevelName",
+                    "FlowSchemaName",
+                    "QueueIndex",
+                    "RequestIndexInQueue",
+                    "FlowDistingsher",
+                    "ArriveTime",
+                    "InitialSeats",
+                    "FinalSeats",
+                    "AdditionalLatency",
+                    "StartTime",
+                ];
+                if details {
+                    head.extend([
+                        "UserName",
+                        "Verb",
+                        "APIPath",
+                        "Namespace",
+                        "Name",
+                        "APIVersion",
+                        "Resource",
+                        "SubResource",
+                    ]);
+                }
+                rows.push(head.into_iter().map(String::from).collect());
+                let row = |level: &str, queue: i64, index: i64, d: &Described| {
+                    let mut r = vec![
+                        level.to_string(),
+                        d.schema.clone(),
+                        queue.to_string(),
+                        index.to_string(),
+                        d.flow.clone(),
+                        rfc3339_nano(Some(d.arrived)),
+                        d.work.initial.to_string(),
+                        d.work.final_seats.to_string(),
+                        crate::protobuf::go_duration(d.work.additional.as_nanos() as i64),
+                        rfc3339_nano(d.started.map(|(at, _)| at)),
+                    ];
+                    if details {
+                        let i = &d.info;
+                        let api_version = match (i.group.as_str(), i.version.as_str()) {
+                            ("", v) => v.to_string(),
+                            (g, v) => format!("{g}/{v}"),
+                        };
+                        r.extend([
+                            d.user.clone(),
+                            i.verb.clone(),
+                            i.path.clone(),
+                            i.namespace.clone(),
+                            i.name.clone(),
+                            api_version,
+                            i.resource.clone(),
+                            i.subresource.clone(),
+                        ]);
+                    }
+                    r
+                };
+                for (name, l) in levels {
+                    for (iq, q) in l.queues.iter().enumerate() {
+                        for (ir, w) in q.waiting.iter().enumerate() {
+                            rows.push(row(name, iq as i64, ir as i64, &w.d));
+                        }
+                        for d in q.executing.values() {
+                            rows.push(row(name, iq as i64, -1, d));
+                        }
+                    }
+                    for d in l.queueless.values() {
+                        rows.push(row(name, -1, -1, d));
+                    }
+                }
+            }
+            _ => return None,
+        }
+        Some(tab_rows(&rows))
     }
 
     /// The max-in-flight filter's slot for a request of this kind, if one is free.
@@ -881,6 +1411,11 @@ impl Apf {
             apf: self.clone(),
             index: i,
         })
+    }
+
+    /// Whether API Priority and Fairness applies (else the max-in-flight filter).
+    pub fn enabled(&self) -> bool {
+        self.limits.priority_and_fairness
     }
 
     /// The `apiserver_flowcontrol_*` series.
@@ -987,6 +1522,92 @@ impl Drop for InflightSlot {
     }
 }
 
+/// Give back `h`'s seats and hand them on.
+fn release(inner: &mut Inner, h: &Held) {
+    let seats = h.work.max_seats();
+    let key = (h.schema.clone(), h.level.clone());
+    *inner.executing_seats.entry(key).or_default() -= seats as i64;
+    if let Some(l) = inner.levels.get_mut(&h.level) {
+        l.sync_time(Instant::now());
+        l.seats_in_use = l.seats_in_use.saturating_sub(seats);
+        if let Some(q) = h.queue.and_then(|i| l.queues.get_mut(i)) {
+            q.seats_in_use = q.seats_in_use.saturating_sub(seats);
+        }
+        l.trim_queues();
+    }
+    inner.dispatch(&h.level);
+}
+
+/// An open watch, counted for the writes to its resource until dropped.
+struct WatchGuard {
+    apf: Arc<Apf>,
+    key: (String, String, String),
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut inner = self.apf.lock();
+        if let Some(n) = inner.watches.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                inner.watches.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// `resp` with `guard` kept until its body has been sent (or dropped).
+fn guarded(resp: Response, guard: WatchGuard) -> Response {
+    let (parts, body) = resp.into_parts();
+    let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _counted = &guard;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
+}
+
+/// Go's `time.RFC3339Nano` in UTC (trailing zeros of the fraction dropped); Go's zero time
+/// for none.
+fn rfc3339_nano(t: Option<SystemTime>) -> String {
+    let Some(ts) = t.and_then(|t| jiff::Timestamp::try_from(t).ok()) else {
+        return "0001-01-01T00:00:00Z".into();
+    };
+    let base = ts.strftime("%Y-%m-%dT%H:%M:%S");
+    match ts.subsec_nanosecond() {
+        0 => format!("{base}Z"),
+        n => format!("{base}.{}Z", format!("{n:09}").trim_end_matches('0')),
+    }
+}
+
+/// The rows as upstream's debug dumps print them: cells joined by `,` and aligned as Go's
+/// `tabwriter` (minimum width 8, padding 1) aligns tab-terminated cells; a row's last cell
+/// is not padded.
+fn tab_rows(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![8usize; columns];
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(r.len().saturating_sub(1)) {
+            // the cell's text is the column and its comma, then the padding
+            widths[i] = widths[i].max(c.chars().count() + 2);
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                out.push_str(c);
+            } else {
+                let cell = format!("{c},");
+                let pad = widths[i] - cell.chars().count();
+                out.push_str(&cell);
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Upstream's answer to a request APF (or the in-flight limit) turns away.
 fn too_many() -> Response {
     let mut err =
@@ -1070,8 +1691,14 @@ pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next
         crate::router::discard_body(req.into_body()).await;
         return with_uids(too_many(), &uids);
     };
+    // a watch counts for the writes to its resource (their final seats) while it is open
+    let watch = (info.verb == "watch").then(|| apf.watching(&info));
     let resp = next.run(req).await;
     drop(seat);
+    let resp = match watch {
+        Some(guard) => guarded(resp, guard),
+        None => resp,
+    };
     with_uids(resp, &uids)
 }
 
@@ -1203,7 +1830,7 @@ mod tests {
                 assert_eq!(uids, ("s-1".to_string(), "l-1".to_string()));
                 Ok(seat)
             }
-            (Admission::Wait(place), _) => Err(place),
+            (Admission::Wait(place), _) => Err(Box::new(place)),
             (Admission::Reject, _) => panic!("rejected"),
         };
         let Ok(first) = admit(1) else {
@@ -1219,18 +1846,142 @@ mod tests {
         drop(first);
         // the big one runs on all three seats; the small one still waits for one
         assert!(big.grant.try_recv().is_ok());
-        big.settled = true;
+        let big = big.seat();
         assert!(small.grant.try_recv().is_err());
-        assert_eq!(apf.lock().levels["q"].executing, 3);
-        drop(Seat {
-            apf: apf.clone(),
-            held: Some(("s".into(), "q".into(), 3)),
-        });
+        assert_eq!(apf.lock().levels["q"].seats_in_use, 3);
+        drop(big);
         assert!(small.grant.try_recv().is_ok());
-        small.settled = true;
-        assert_eq!(apf.lock().levels["q"].executing, 1);
+        let _small = small.seat();
+        assert_eq!(apf.lock().levels["q"].seats_in_use, 1);
         // a request asking more seats than its level has asks for all of them
         assert!(admit(7).is_err(), "clamped to three seats, one in use");
+    }
+
+    /// A level of `seats` seats and `queues` queues of hand size 1, its flows by user, and
+    /// a schema sending everyone's requests to it.
+    fn fair_level(seats: u32, queues: usize) -> Arc<Apf> {
+        let apf = Arc::new(Apf::new(Limits {
+            priority_and_fairness: true,
+            max_requests_inflight: seats,
+            max_mutating_requests_inflight: 0,
+        }));
+        let level = json!({"metadata": {"name": "q"}, "spec": {"type": "Limited",
+            "limited": {"nominalConcurrencyShares": 100000, "limitResponse": {"type": "Queue",
+                "queuing": {"queues": queues, "handSize": 1, "queueLengthLimit": 50}}}}});
+        let schema = json!({"metadata": {"name": "s"}, "spec": {
+            "priorityLevelConfiguration": {"name": "q"}, "matchingPrecedence": 10,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [{"subjects": [{"kind": "Group", "group": {"name": "*"}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                    "namespaces": ["*"], "clusterScope": true}]}]}});
+        apf.configure(&[schema], &[level]);
+        apf
+    }
+
+    /// A user whose flow goes to queue `queue` of `queues`.
+    fn user_in_queue(queue: usize, queues: usize) -> UserInfo {
+        let name = (0..)
+            .map(|i| format!("user-{i}"))
+            .find(|n| deal(flow_hash("s", n), queues, 1) == [queue])
+            .expect("some user");
+        user(&name, &["system:authenticated"])
+    }
+
+    #[test]
+    fn fair_queuing_serves_the_earliest_virtual_finish_not_the_next_queue() {
+        let apf = fair_level(1, 3);
+        let (a, b, c) = (
+            user_in_queue(1, 3),
+            user_in_queue(0, 3),
+            user_in_queue(2, 3),
+        );
+        let info = RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None);
+        let running = match apf.admit(&info, &a, 1).0 {
+            Admission::Run(seat) => seat,
+            _ => panic!("the seat is free"),
+        };
+        let wait = |u: &UserInfo| match apf.admit(&info, u, 1).0 {
+            Admission::Wait(place) => place,
+            _ => panic!("the seat is taken"),
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let mut from_b = wait(&b);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut from_c = wait(&c);
+        drop(running);
+        // round-robin would take queue 2 (C) after queue 1 (A); fair queuing takes the
+        // request that finishes first in virtual time: B's, which came first to an idle
+        // queue
+        assert!(from_b.grant.try_recv().is_ok(), "B's request runs first");
+        assert!(from_c.grant.try_recv().is_err());
+        drop(from_b.seat());
+        assert!(from_c.grant.try_recv().is_ok());
+        drop(from_c.seat());
+    }
+
+    #[test]
+    fn a_queue_is_charged_its_requests_real_duration() {
+        let apf = fair_level(1, 1);
+        let u = user("u", &["system:authenticated"]);
+        let info = RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None);
+        let Admission::Run(seat) = apf.admit(&info, &u, 1).0 else {
+            panic!("the seat is free")
+        };
+        // dispatched: charged the estimate, 3 ms of one seat
+        assert_eq!(apf.lock().levels["q"].queues[0].next_dispatch_r, 300_000);
+        std::thread::sleep(Duration::from_millis(200));
+        drop(seat);
+        let charged = apf.lock().levels["q"].queues[0].next_dispatch_r;
+        assert!(
+            (20_000_000..40_000_000).contains(&charged),
+            "about 0.2 seat-seconds: {}",
+            seat_seconds_text(charged)
+        );
+        let dump = apf.dump("dump_queues", false).expect("a dump");
+        assert!(dump.contains(&seat_seconds_text(charged)), "{dump}");
+    }
+
+    #[test]
+    fn writes_take_a_final_seat_per_ten_watchers() {
+        let w = WorkEstimate::new(1, 9, 10);
+        assert_eq!(
+            (w.initial, w.final_seats, w.additional),
+            (1, 0, Duration::ZERO)
+        );
+        let w = WorkEstimate::new(1, 25, 10);
+        assert_eq!(
+            (w.initial, w.final_seats, w.additional),
+            (1, 3, Duration::from_millis(5))
+        );
+        // capped at the level's maximum: fewer seats, held longer, the same work
+        let w = WorkEstimate::new(1, 200, 8);
+        assert_eq!(
+            (w.final_seats, w.additional),
+            (8, Duration::from_micros(12_500))
+        );
+        assert_eq!(w.max_seats(), 8);
+        assert_eq!(WorkEstimate::new(30, 0, 8).initial, 8);
+    }
+
+    #[test]
+    fn dumps_align_their_cells_as_gos_tabwriter() {
+        let rows = vec![
+            vec![
+                "PriorityLevelName".to_string(),
+                "IsIdle".into(),
+                "Last".into(),
+            ],
+            vec!["catch-all".to_string(), "true".into(), "0".into()],
+        ];
+        assert_eq!(
+            tab_rows(&rows),
+            "PriorityLevelName, IsIdle, Last\ncatch-all,         true,   0\n"
+        );
+        assert_eq!(seat_seconds_text(300_000), "0.00300000ss");
+        assert_eq!(seat_seconds_text(1_234_567_891), "12.34567891ss");
+        assert_eq!(rfc3339_nano(None), "0001-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_500_000_000);
+        assert_eq!(rfc3339_nano(Some(t)), "1970-01-01T00:00:01.5Z");
     }
 
     #[test]

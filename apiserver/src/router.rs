@@ -33,6 +33,10 @@ pub fn build(state: Arc<AppState>) -> Router {
             get(openid_configuration),
         )
         .route(crate::serviceaccount::discovery::JWKS_PATH, get(jwks))
+        .route(
+            "/debug/api_priority_and_fairness/{dump}",
+            get(priority_and_fairness_dump),
+        )
         .fallback(dispatch)
         // below audit (which records what it refuses), as upstream orders its filters
         .layer(axum::middleware::from_fn_with_state(
@@ -71,6 +75,30 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
         return r;
     }
     crate::metrics::serve(State(state)).await
+}
+
+/// APF's debug dumps, for users RBAC lets `get` the non-resource URL (upstream serves them
+/// only with APF on).
+async fn priority_and_fairness_dump(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    if let Err(r) = authorize(&state, &parts, non_resource(&parts, &path)) {
+        return r;
+    }
+    let details = parts.uri.query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .any(|(k, v)| k == "includeRequestDetails" && !v.is_empty())
+    });
+    let dump = path.rsplit('/').next().unwrap_or_default();
+    match state
+        .apf
+        .enabled()
+        .then(|| state.apf.dump(dump, details))
+        .flatten()
+    {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        None => (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
+    }
 }
 
 /// Service account issuer discovery (upstream: `get` on the non-resource URL).

@@ -410,3 +410,228 @@ fn a_list_of_many_objects_takes_several_seats() {
     assert_eq!(metric(&s, seats), 0.0);
     assert_eq!(get(&s, Some("apf-lister"), "/api/v1/configmaps").code, 200);
 }
+
+/// A dump's rows, each split into its cells (upstream's `,`-joined, tab-aligned columns).
+fn dump(s: &TestServer, path: &str) -> Vec<Vec<String>> {
+    let text = s.kubectl(&["get", "--raw", path]);
+    text.lines()
+        .map(|l| l.split(',').map(|c| c.trim().to_string()).collect())
+        .collect()
+}
+
+/// The rows of a dump whose first cell is `level`.
+fn rows_of<'a>(rows: &'a [Vec<String>], level: &str) -> Vec<&'a Vec<String>> {
+    rows.iter().filter(|r| r[0] == level).collect()
+}
+
+#[test]
+fn the_debug_dumps_show_levels_queues_and_requests() {
+    let s = server();
+    let executing = r#"apiserver_flowcontrol_current_executing_requests{flow_schema="waits",priority_level="queued"}"#;
+    let in_queue = r#"apiserver_flowcontrol_current_inqueue_requests{flow_schema="waits",priority_level="queued"}"#;
+    let holder = Holder::start(&s, "apf-queued", "first");
+    eventually("the holder executing", || metric(&s, executing) == 1.0);
+    let waiting = get_later(&s, "apf-queued", CONFIGMAPS);
+    eventually("a request queued", || metric(&s, in_queue) == 1.0);
+
+    let levels = dump(&s, "/debug/api_priority_and_fairness/dump_priority_levels");
+    assert_eq!(
+        levels[0],
+        [
+            "PriorityLevelName",
+            "ActiveQueues",
+            "IsIdle",
+            "IsQuiescing",
+            "WaitingRequests",
+            "ExecutingRequests",
+            "DispatchedRequests",
+            "RejectedRequests",
+            "TimedoutRequests",
+            "CancelledRequests"
+        ]
+    );
+    let names: Vec<&str> = levels[1..].iter().map(|r| r[0].as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "levels by name");
+    assert!(names.contains(&"exempt") && names.contains(&"workload-low"));
+    let queued = rows_of(&levels, "queued")[0];
+    assert_eq!(
+        queued[1..6],
+        ["1", "false", "false", "1", "1"],
+        "{queued:?}"
+    );
+    let dispatched: u64 = queued[6].parse().expect("a count");
+    assert!(
+        dispatched >= 2,
+        "the setup's request and the holder: {queued:?}"
+    );
+
+    let queues = dump(&s, "/debug/api_priority_and_fairness/dump_queues");
+    assert_eq!(
+        queues[0],
+        [
+            "PriorityLevelName",
+            "Index",
+            "PendingRequests",
+            "ExecutingRequests",
+            "SeatsInUse",
+            "NextDispatchR",
+            "InitialSeatsSum",
+            "MaxSeatsSum",
+            "TotalWorkSum"
+        ]
+    );
+    let queue = rows_of(&queues, "queued");
+    assert_eq!(queue.len(), 1, "one queue: {queue:?}");
+    assert_eq!(queue[0][1..5], ["0", "1", "1", "1"], "{queue:?}");
+    assert!(queue[0][5].ends_with("ss"), "virtual time: {queue:?}");
+    // the waiting list: one seat, upstream's 3 ms estimate of its work
+    assert_eq!(queue[0][6..], ["1", "1", "0.00300000ss"], "{queue:?}");
+
+    let requests = dump(
+        &s,
+        "/debug/api_priority_and_fairness/dump_requests?includeRequestDetails=1",
+    );
+    assert_eq!(requests[0].len(), 18, "{:?}", requests[0]);
+    assert_eq!(requests[0][9..11], ["StartTime", "UserName"]);
+    let mine = rows_of(&requests, "queued");
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    let waiter = mine
+        .iter()
+        .find(|r| r[3] == "0")
+        .expect("the waiting request");
+    assert_eq!(waiter[1..3], ["waits", "0"]);
+    assert_eq!(waiter[9], "0001-01-01T00:00:00Z", "not started: {waiter:?}");
+    assert_eq!(
+        waiter[10..],
+        [
+            "apf-queued",
+            "list",
+            CONFIGMAPS,
+            "default",
+            "",
+            "v1",
+            "configmaps",
+            ""
+        ]
+    );
+    let running = mine
+        .iter()
+        .find(|r| r[3] == "-1")
+        .expect("the executing request");
+    assert_eq!(running[10..12], ["apf-queued", "create"]);
+    assert_ne!(running[9], "0001-01-01T00:00:00Z", "started: {running:?}");
+    let time = |t: &str| t.parse::<jiff::Timestamp>().expect("an RFC 3339 time");
+    assert!(
+        time(&running[5]) <= time(&running[9]),
+        "arrived before it started: {running:?}"
+    );
+    // the dump's own request: exempt, run without a queue
+    let own = rows_of(&requests, "exempt");
+    assert!(
+        own.iter().any(|r| r[2..4] == ["-1", "-1"]
+            && r[12] == "/debug/api_priority_and_fairness/dump_requests"),
+        "{own:?}"
+    );
+    // without details: the first ten columns only
+    let plain = dump(&s, "/debug/api_priority_and_fairness/dump_requests");
+    assert!(plain.iter().all(|r| r.len() == 10), "{plain:?}");
+
+    assert_eq!(holder.release().code, 201);
+    assert_eq!(finish(waiting).code, 200);
+    let levels = dump(&s, "/debug/api_priority_and_fairness/dump_priority_levels");
+    let queued = rows_of(&levels, "queued")[0];
+    assert_eq!(queued[1..6], ["0", "true", "false", "0", "0"], "{queued:?}");
+    assert_eq!(queued[6], (dispatched + 1).to_string(), "{queued:?}");
+
+    // the dumps are `get` on their non-resource URLs
+    let denied = get(
+        &s,
+        Some("jane"),
+        "/debug/api_priority_and_fairness/dump_queues",
+    );
+    assert_eq!(denied.code, 403, "{}", denied.body);
+    assert_eq!(
+        get(&s, None, "/debug/api_priority_and_fairness/dump_other").code,
+        404
+    );
+}
+
+/// Watching curls, ended when dropped.
+struct Watches(Vec<std::process::Child>);
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+/// The open configmap watches the request metrics count.
+fn configmap_watches(s: &TestServer) -> f64 {
+    get(s, None, "/metrics")
+        .body
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_longrunning_requests{")
+                && l.contains(r#"verb="WATCH""#)
+                && l.contains(r#"resource="configmaps""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_write_takes_a_seat_per_ten_watches_of_its_resource() {
+    let s = TestServer::start();
+    user_level(&s, "apf-writer", ("writes", 1000, reject()), ("writer", 40));
+    let writer = uid(&s, "flowschema", "writer");
+    eventually("the writer schema in force", || {
+        get(&s, Some("apf-writer"), CONFIGMAPS).schema_uid() == Some(writer.as_str())
+    });
+    s.kubectl(&["create", "namespace", "elsewhere"]);
+    // 12 watches of default's ConfigMaps and 9 of all namespaces' count for a write in
+    // default; 5 in another namespace do not: 21 watches, 3 seats after the write
+    let url = |path: &str| format!("{}{path}?watch=1", s.server().url());
+    let mut watches = Watches(Vec::new());
+    for (path, n) in [
+        (CONFIGMAPS.to_string(), 12),
+        ("/api/v1/configmaps".to_string(), 9),
+        ("/api/v1/namespaces/elsewhere/configmaps".to_string(), 5),
+    ] {
+        for _ in 0..n {
+            let child = curl_cmd(&s, None, &[&url(&path)])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("curl");
+            watches.0.push(child);
+        }
+    }
+    eventually("the watches open", || configmap_watches(&s) == 26.0);
+    let seats = r#"apiserver_flowcontrol_current_executing_seats{flow_schema="writer",priority_level="writes"}"#;
+    let holder = Holder::start(&s, "apf-writer", "watched");
+    eventually("the write executing", || metric(&s, seats) == 3.0);
+    let requests = dump(
+        &s,
+        "/debug/api_priority_and_fairness/dump_requests?includeRequestDetails=1",
+    );
+    let write = rows_of(&requests, "writes");
+    assert_eq!(write.len(), 1, "{write:?}");
+    assert_eq!(write[0][6..9], ["1", "3", "5ms"], "{write:?}");
+    assert_eq!(write[0][11], "create");
+    assert_eq!(holder.release().code, 201);
+    // the final seats are given back 5 ms after the answer
+    eventually("the seats given back", || metric(&s, seats) == 0.0);
+
+    // the watches gone, a write takes one seat
+    drop(watches);
+    eventually("the watches closed", || configmap_watches(&s) == 0.0);
+    let holder = Holder::start(&s, "apf-writer", "unwatched");
+    eventually("the write executing", || metric(&s, seats) == 1.0);
+    let requests = dump(&s, "/debug/api_priority_and_fairness/dump_requests");
+    assert_eq!(rows_of(&requests, "writes")[0][6..9], ["1", "0", "0s"]);
+    assert_eq!(holder.release().code, 201);
+}

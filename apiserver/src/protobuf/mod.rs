@@ -16,6 +16,8 @@ use serde_json::Value;
 mod json;
 pub(crate) mod wire;
 
+pub(crate) use json::go_duration;
+
 #[cfg(test)]
 mod tests;
 
