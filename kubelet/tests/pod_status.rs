@@ -380,18 +380,34 @@ async fn ready_conditions_drop_their_reason_and_container_events_are_recorded() 
     // the next back-off counts on the same event (`kubectl describe`: `x2 over 12s`), as
     // client-go's event correlator does
     let name = backoff.metadata.name.clone().expect("name");
-    let counted = testkit::wait_for(
-        "BackOff counted twice",
-        std::time::Duration::from_secs(60),
-        || {
-            let (events, name) = (events.clone(), name.clone());
-            async move {
-                let e = events.get(&name).await.ok()?;
-                (e.count.unwrap_or(0) >= 2).then_some(e)
+    // (the second back-off comes 10 s after the container's second exit; a slow machine
+    // may take a while to start it again: on a timeout, say what the pod and its events
+    // were)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let counted = loop {
+        if let Ok(e) = events.get(&name).await {
+            if e.count.unwrap_or(0) >= 2 {
+                break e;
             }
-        },
-    )
-    .await;
+        }
+        if std::time::Instant::now() > deadline {
+            let status = c
+                .pods("default")
+                .get("crash")
+                .await
+                .ok()
+                .and_then(|p| p.status);
+            let all = events.list(&Default::default()).await.map(|l| {
+                l.items
+                    .into_iter()
+                    .filter(|e| e.involved_object.uid.as_deref() == Some(crash_uid.as_str()))
+                    .map(|e| (e.reason, e.count, e.last_timestamp, e.message))
+                    .collect::<Vec<_>>()
+            });
+            panic!("BackOff not counted twice in 90 s; the pod's events: {all:?}; its status: {status:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     assert!(
         counted.last_timestamp.as_ref().map(|t| t.0) > backoff.last_timestamp.as_ref().map(|t| t.0),
         "lastTimestamp moves on: {counted:?}"
