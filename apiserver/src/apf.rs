@@ -25,9 +25,11 @@
 //! across all) also a seat per 10 watches for 5 ms after it is answered (the events it
 //! sends). No request takes more than its level's maximum: `ceil(limit / handSize)` for a
 //! queuing level, at most 10. Upstream's three debug dumps are served at
-//! `/debug/api_priority_and_fairness/dump_{priority_levels,queues,requests}`. What kaze
-//! leaves out of upstream's design: levels lending and borrowing seats (`lendablePercent` and
-//! `borrowingLimitPercent` are stored, not applied).
+//! `/debug/api_priority_and_fairness/dump_{priority_levels,queues,requests}`.
+//!
+//! Levels lend and borrow seats as upstream's do ([`Apf::adjust_borrowing`], every 10 s):
+//! a level's current limit follows its seat demand, between its nominal seats less
+//! `lendablePercent` and plus `borrowingLimitPercent` (unlimited when unset).
 //!
 //! With `--enable-priority-and-fairness=false` the older max-in-flight filter applies
 //! instead: at most `--max-requests-inflight` read-only and
@@ -533,7 +535,17 @@ struct Level {
     uid: String,
     exempt: bool,
     shares: u64,
+    /// `lendablePercent`, `borrowingLimitPercent` (none: no limit).
+    lendable_percent: u64,
+    borrowing_percent: Option<u64>,
+    /// The nominal concurrency limit: `ceil(server limit * shares / all shares)`.
+    nominal: u64,
+    /// The current limit: the nominal one, moved by borrowing (exempt: none).
     limit: u64,
+    /// The seats asked for (in use and waiting) over the borrowing period, and their
+    /// smoothed envelope (upstream's `seatDemandStats`).
+    demand: Demand,
+    smoothed: f64,
     /// The most seats one request takes here (upstream: `ceil(limit / handSize)`, at most 10).
     max_seats: u64,
     /// None: `Reject` (or exempt).
@@ -587,7 +599,12 @@ impl Level {
             shares: part["nominalConcurrencyShares"]
                 .as_u64()
                 .unwrap_or(if exempt { 0 } else { 30 }),
+            lendable_percent: part["lendablePercent"].as_u64().unwrap_or(0).min(100),
+            borrowing_percent: part["borrowingLimitPercent"].as_u64(),
+            nominal: 0,
             limit: 0,
+            demand: Demand::new(Instant::now()),
+            smoothed: 0.0,
             max_seats: MAX_SEATS,
             queuing,
             seats_in_use: 0,
@@ -620,13 +637,18 @@ impl Level {
     fn sync_time(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last_real);
         self.last_real = now;
-        let (mut active, mut requested) = (0u64, 0u64);
+        let (mut active, mut requested, mut waiting) = (0u64, 0u64, 0u64);
         for q in &self.queues {
-            requested += q.seats_in_use + q.sums().1;
+            let asked = q.sums().1;
+            requested += q.seats_in_use + asked;
+            waiting += asked;
             if !q.idle() {
                 active += 1;
             }
         }
+        // the demand that held since the last change
+        self.demand
+            .add((self.seats_in_use + waiting) as f64, elapsed);
         if active > 0 {
             let ratio = requested.min(self.limit) as f64 / active as f64;
             self.current_r = self.current_r.saturating_add(seats_times(ratio, elapsed));
@@ -661,6 +683,100 @@ impl Level {
             self.robin = 0;
         }
     }
+}
+
+/// Upstream's seat demand integrator: the time-weighted average, deviation and maximum of
+/// a level's seats asked for (in use plus waiting) over a borrowing period.
+struct Demand {
+    started: Instant,
+    /// The integrals of the demand and of its square over the period, in seat-seconds.
+    sum: f64,
+    sum_sq: f64,
+    max: f64,
+}
+
+impl Demand {
+    fn new(now: Instant) -> Demand {
+        Demand {
+            started: now,
+            sum: 0.0,
+            sum_sq: 0.0,
+            max: 0.0,
+        }
+    }
+
+    /// `seats` asked for during `d`.
+    fn add(&mut self, seats: f64, d: Duration) {
+        let secs = d.as_secs_f64();
+        self.sum += seats * secs;
+        self.sum_sq += seats * seats * secs;
+        self.max = self.max.max(seats);
+    }
+
+    /// The period's (average, standard deviation, maximum); a new period starts.
+    fn take(&mut self, now: Instant) -> (f64, f64, f64) {
+        let secs = now.saturating_duration_since(self.started).as_secs_f64();
+        let out = if secs > 0.0 {
+            let avg = self.sum / secs;
+            let var = (self.sum_sq / secs - avg * avg).max(0.0);
+            (avg, var.sqrt(), self.max)
+        } else {
+            (0.0, 0.0, self.max)
+        };
+        *self = Demand::new(now);
+        out
+    }
+}
+
+/// How often the levels' current limits are worked out again (upstream's
+/// `borrowingAdjustmentPeriod`).
+pub const BORROWING_PERIOD: Duration = Duration::from_secs(10);
+/// Upstream's `seatDemandSmoothingCoefficient`.
+const DEMAND_SMOOTHING: f64 = 0.977;
+
+/// One level's part of the allocation problem: its bounds and the share it wants.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Wants {
+    lower: f64,
+    upper: f64,
+    target: f64,
+}
+
+/// Upstream's `MinTarget`: a smaller target (an idle level's) counts as this.
+const MIN_TARGET: f64 = 0.001;
+
+/// Upstream's `computeConcurrencyAllocation`: allocations summing to `total`, each
+/// `clamp(fair * target, lower, upper)` for the one fair proportion that makes them add
+/// up; None when the bounds cannot (their lower bounds exceed the total, or their upper
+/// bounds fall short of it).
+fn allocate(total: f64, wants: &[Wants]) -> Option<Vec<f64>> {
+    let at = |fair: f64| -> Vec<f64> {
+        wants
+            .iter()
+            .map(|w| (fair * w.target.max(MIN_TARGET)).clamp(w.lower, w.upper))
+            .collect()
+    };
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    let lowest: f64 = wants.iter().map(|w| w.lower).sum();
+    let highest: f64 = wants.iter().map(|w| w.upper).sum();
+    if lowest > total + 1e-9 || highest < total - 1e-9 {
+        return None;
+    }
+    // the sum grows with the proportion: find it by bisection
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while sum(&at(hi)) < total && hi < 1e12 {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = (lo + hi) / 2.0;
+        if sum(&at(mid)) < total {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let out = at(hi);
+    ((sum(&out) - total).abs() < 0.5).then_some(out)
 }
 
 type Key = (String, String);
@@ -949,16 +1065,16 @@ impl Apf {
         let server = u64::from(self.limits.max_requests_inflight)
             + u64::from(self.limits.max_mutating_requests_inflight);
         for l in wanted.values_mut() {
-            l.limit = match (l.exempt, total) {
-                (true, _) => u64::MAX,
-                (false, 0) => 0,
-                (false, _) => (server * l.shares).div_ceil(total),
+            l.nominal = match total {
+                0 => 0,
+                _ => (server * l.shares).div_ceil(total),
             };
+            l.limit = if l.exempt { u64::MAX } else { l.nominal };
             // upstream's per-level cap on a request's seats
             l.max_seats = match (l.exempt, l.queuing) {
                 (true, _) => MAX_SEATS,
-                (false, Some(q)) => l.limit.div_ceil(q.hand.max(1) as u64),
-                (false, None) => l.limit,
+                (false, Some(q)) => l.nominal.div_ceil(q.hand.max(1) as u64),
+                (false, None) => l.nominal,
             }
             .clamp(1, MAX_SEATS);
         }
@@ -981,7 +1097,14 @@ impl Apf {
                     l.uid = new.uid;
                     l.exempt = new.exempt;
                     l.shares = new.shares;
-                    l.limit = new.limit;
+                    l.lendable_percent = new.lendable_percent;
+                    l.borrowing_percent = new.borrowing_percent;
+                    // the borrowed limit stands until the next adjustment unless the
+                    // nominal one changed
+                    if new.nominal != l.nominal || new.exempt != l.exempt {
+                        l.limit = new.limit;
+                    }
+                    l.nominal = new.nominal;
                     l.max_seats = new.max_seats;
                     l.queuing = new.queuing;
                     l.removed = false;
@@ -1413,6 +1536,65 @@ impl Apf {
         })
     }
 
+    /// Work out the levels' current limits again from their seat demand over the last
+    /// period (upstream's `updateBorrowingLocked`): a level may lend `lendablePercent` of its
+    /// nominal seats and borrow up to `borrowingLimitPercent` more (no limit when unset); each
+    /// wants the smoothed envelope (average plus deviation) of its demand, at least the
+    /// demand's high watermark up to its nominal limit, and the server's seats are shared
+    /// out in proportion to what the levels want within those bounds.
+    pub fn adjust_borrowing(&self) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let mut names: Vec<String> = inner.levels.keys().cloned().collect();
+        names.sort();
+        let mut wants = Vec::with_capacity(names.len());
+        let mut total = 0.0;
+        for name in &names {
+            let l = inner.levels.get_mut(name).expect("listed");
+            l.sync_time(now);
+            let (avg, deviation, max) = l.demand.take(now);
+            let envelope = avg + deviation;
+            l.smoothed =
+                envelope.max(DEMAND_SMOOTHING * l.smoothed + (1.0 - DEMAND_SMOOTHING) * envelope);
+            let nominal = l.nominal as f64;
+            let lendable = (nominal * l.lendable_percent as f64 / 100.0).round();
+            let min_limit = nominal - lendable;
+            let max_limit = l.borrowing_percent.map_or(f64::from(i32::MAX), |p| {
+                nominal + (nominal * p as f64 / 100.0).round()
+            });
+            let high = max.round();
+            let lower = if l.exempt {
+                min_limit.max(high)
+            } else {
+                min_limit.max(nominal.min(high))
+            };
+            wants.push(Wants {
+                lower,
+                upper: max_limit.max(lower),
+                target: lower.max(l.smoothed),
+            });
+            total += nominal;
+        }
+        let Some(allocs) = allocate(total, &wants) else {
+            tracing::warn!(
+                ?wants,
+                total,
+                "APF: no allocation of the seats fits the levels' bounds"
+            );
+            return;
+        };
+        for (name, alloc) in names.iter().zip(allocs) {
+            let l = inner.levels.get_mut(name).expect("listed");
+            if !l.exempt {
+                l.limit = alloc.round() as u64;
+            }
+        }
+        // more seats may let waiting requests run
+        for name in &names {
+            inner.dispatch(name);
+        }
+    }
+
     /// Whether API Priority and Fairness applies (else the max-in-flight filter).
     pub fn enabled(&self) -> bool {
         self.limits.priority_and_fairness
@@ -1474,19 +1656,22 @@ impl Apf {
         let mut levels: Vec<(&String, &Level)> =
             inner.levels.iter().filter(|(_, l)| !l.exempt).collect();
         levels.sort_by_key(|(n, _)| *n);
-        for (name, help) in [
+        for (name, help, current) in [
             (
                 "apiserver_flowcontrol_nominal_limit_seats",
                 "[BETA] Nominal number of execution seats configured for each priority level",
+                false,
             ),
             (
                 "apiserver_flowcontrol_current_limit_seats",
                 "[ALPHA] current derived number of execution seats available to each priority level",
+                true,
             ),
         ] {
             head(&mut out, name, "gauge", help);
             for (pl, l) in &levels {
-                let _ = writeln!(out, "{name}{{priority_level=\"{pl}\"}} {}", l.limit);
+                let v = if current { l.limit } else { l.nominal };
+                let _ = writeln!(out, "{name}{{priority_level=\"{pl}\"}} {v}");
             }
         }
         let name = "apiserver_flowcontrol_request_wait_duration_seconds";
@@ -1961,6 +2146,48 @@ mod tests {
         );
         assert_eq!(w.max_seats(), 8);
         assert_eq!(WorkEstimate::new(30, 0, 8).initial, 8);
+    }
+
+    #[test]
+    fn seats_are_shared_in_proportion_to_what_levels_want_within_their_bounds() {
+        let w = |lower, upper, target| Wants {
+            lower,
+            upper,
+            target,
+        };
+        // no bound matters: in proportion to the targets
+        let a = allocate(30.0, &[w(0.0, 100.0, 1.0), w(0.0, 100.0, 2.0)]).expect("fits");
+        assert!(
+            (a[0] - 10.0).abs() < 1e-6 && (a[1] - 20.0).abs() < 1e-6,
+            "{a:?}"
+        );
+        // the first may not borrow past 12; the idle third keeps its lower bound
+        let a = allocate(
+            30.0,
+            &[w(5.0, 12.0, 10.0), w(5.0, 100.0, 10.0), w(2.0, 100.0, 0.0)],
+        )
+        .expect("fits");
+        assert!((a[0] - 12.0).abs() < 1e-6, "{a:?}");
+        assert!((a[1] - 16.0).abs() < 1e-6, "{a:?}");
+        assert!((a[2] - 2.0).abs() < 1e-6, "{a:?}");
+        // bounds that cannot add up
+        assert_eq!(allocate(3.0, &[w(2.0, 5.0, 2.0), w(2.0, 5.0, 2.0)]), None);
+        assert_eq!(allocate(30.0, &[w(2.0, 5.0, 2.0), w(2.0, 5.0, 2.0)]), None);
+    }
+
+    #[test]
+    fn demand_is_averaged_over_the_period() {
+        let start = Instant::now();
+        let mut d = Demand::new(start);
+        d.add(2.0, Duration::from_secs(1));
+        d.add(0.0, Duration::from_secs(1));
+        let (avg, deviation, max) = d.take(start + Duration::from_secs(2));
+        assert!(
+            (avg - 1.0).abs() < 1e-9 && (deviation - 1.0).abs() < 1e-9,
+            "{avg} {deviation}"
+        );
+        assert_eq!(max, 2.0);
+        assert_eq!(d.take(start + Duration::from_secs(3)), (0.0, 0.0, 0.0));
     }
 
     #[test]

@@ -379,7 +379,19 @@ pub async fn run(state: Arc<AppState>) {
             follow(&levels)
         ),
         maintain(&state, &schemas, &levels, &changed),
+        borrow(&state),
     );
+}
+
+/// Move seats between priority levels by their demand, every [`crate::apf::BORROWING_PERIOD`],
+/// until shutdown.
+async fn borrow(state: &AppState) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(crate::apf::BORROWING_PERIOD) => state.apf.adjust_borrowing(),
+        }
+    }
 }
 
 async fn maintain(state: &AppState, schemas: &Objects, levels: &Objects, changed: &Notify) {

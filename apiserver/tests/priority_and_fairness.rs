@@ -1,8 +1,9 @@
 //! API Priority and Fairness applied to requests: classification by FlowSchema (the
 //! response headers name the schema and level), a `Reject` level answering 429 past its
 //! seats, a `Queue` level holding requests until a seat frees (429 when the queue is full or
-//! after the queue wait), upstream's suggested configuration kept, and the max-in-flight
-//! limits when APF is off. Requests are real HTTP (curl) to a real apiserver; a request whose
+//! after the queue wait), upstream's suggested configuration kept, the max-in-flight
+//! limits when APF is off, the work estimates (a LIST's seats, a write's seats per ten
+//! watches), a busy level borrowing idle levels' seats, and the debug dumps. Requests are real HTTP (curl) to a real apiserver; a request whose
 //! body is still being sent holds its seat, as upstream's does.
 
 mod common;
@@ -14,19 +15,31 @@ use common::curl::{
 };
 use common::{eventually, json, TestServer};
 
-/// A priority level `level` of `shares` answering past its seats with `response`, a
-/// FlowSchema `schema` (at `precedence`) sending every request of `user` to it, and `user`
-/// allowed to edit (so its requests get past authorization to read their bodies).
+/// A priority level `level` of `shares` answering past its seats with `response` (and
+/// borrowing no seats of other levels, so its limit stays put), a FlowSchema `schema` (at
+/// `precedence`) sending every request of `user` to it, and `user` allowed to edit (so its
+/// requests get past authorization to read their bodies).
 fn user_level(
     s: &TestServer,
     user: &str,
     (level, shares, response): (&str, u32, serde_json::Value),
     (schema, precedence): (&str, u32),
 ) {
+    let limited = serde_json::json!({"nominalConcurrencyShares": shares,
+        "borrowingLimitPercent": 0, "limitResponse": response});
+    user_level_with(s, user, (level, limited), (schema, precedence));
+}
+
+/// [`user_level`] with the level's `limited` spec as given.
+fn user_level_with(
+    s: &TestServer,
+    user: &str,
+    (level, limited): (&str, serde_json::Value),
+    (schema, precedence): (&str, u32),
+) {
     let config = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
-            "metadata": {"name": level}, "spec": {"type": "Limited",
-                "limited": {"nominalConcurrencyShares": shares, "limitResponse": response}}},
+            "metadata": {"name": level}, "spec": {"type": "Limited", "limited": limited}},
         {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
             "metadata": {"name": schema}, "spec": {"priorityLevelConfiguration": {"name": level},
                 "matchingPrecedence": precedence, "rules": [{
@@ -633,5 +646,69 @@ fn a_write_takes_a_seat_per_ten_watches_of_its_resource() {
     eventually("the write executing", || metric(&s, seats) == 1.0);
     let requests = dump(&s, "/debug/api_priority_and_fairness/dump_requests");
     assert_eq!(rows_of(&requests, "writes")[0][6..9], ["1", "0", "0s"]);
+    assert_eq!(holder.release().code, 201);
+}
+
+#[test]
+fn a_busy_level_borrows_the_seats_idle_levels_lend() {
+    let s = server();
+    // a queuing level that lends none of its one seat and may borrow without limit (no
+    // borrowingLimitPercent); `tight` (server()) may borrow none
+    let limited = serde_json::json!({"nominalConcurrencyShares": 1, "lendablePercent": 0,
+        "limitResponse": {"type": "Queue",
+            "queuing": {"queues": 1, "handSize": 1, "queueLengthLimit": 10}}});
+    user_level_with(&s, "apf-borrower", ("borrower", limited), ("borrows", 45));
+    let borrows = uid(&s, "flowschema", "borrows");
+    eventually("the borrower schema in force", || {
+        get(&s, Some("apf-borrower"), CONFIGMAPS).schema_uid() == Some(borrows.as_str())
+    });
+    let limit = |kind: &str, level: &str| {
+        metric(
+            &s,
+            &format!(r#"apiserver_flowcontrol_{kind}_limit_seats{{priority_level="{level}"}}"#),
+        )
+    };
+    assert_eq!(limit("nominal", "borrower"), 1.0);
+
+    // its one seat held, three more requests wait: a demand of four seats
+    let executing = r#"apiserver_flowcontrol_current_executing_requests{flow_schema="borrows",priority_level="borrower"}"#;
+    let in_queue = r#"apiserver_flowcontrol_current_inqueue_requests{flow_schema="borrows",priority_level="borrower"}"#;
+    let holder = Holder::start(&s, "apf-borrower", "held");
+    eventually("the holder executing", || metric(&s, executing) == 1.0);
+    let waiting: Vec<_> = (0..3)
+        .map(|_| get_later(&s, "apf-borrower", CONFIGMAPS))
+        .collect();
+    eventually("three requests queued", || metric(&s, in_queue) == 3.0);
+    let queued = Instant::now();
+    // the next adjustment (every 10 s) lends it the idle levels' seats: the waiting requests
+    // run while the holder keeps the nominal seat (else they would time out, 429, at 15 s)
+    for w in waiting {
+        let served = finish(w);
+        assert_eq!(served.code, 200, "{}", served.body);
+    }
+    assert!(
+        queued.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        queued.elapsed()
+    );
+    assert_eq!(metric(&s, executing), 1.0, "the holder still executing");
+    assert!(
+        limit("current", "borrower") >= 2.0,
+        "{}",
+        limit("current", "borrower")
+    );
+    assert_eq!(limit("nominal", "borrower"), 1.0);
+    assert_eq!(holder.release().code, 201);
+
+    // tight, with the same nominal seat but no borrowing, still runs one request at a time
+    assert_eq!(limit("current", "tight"), 1.0);
+    let holder = Holder::start(&s, "apf-slow", "one");
+    eventually("tight's holder executing", || {
+        metric(
+            &s,
+            r#"apiserver_flowcontrol_current_executing_requests{flow_schema="slow",priority_level="tight"}"#,
+        ) == 1.0
+    });
+    assert_eq!(get(&s, Some("apf-slow"), CONFIGMAPS).code, 429);
     assert_eq!(holder.release().code, 201);
 }
