@@ -546,6 +546,8 @@ struct Level {
     /// smoothed envelope (upstream's `seatDemandStats`).
     demand: Demand,
     smoothed: f64,
+    /// The last adjustment's figures, for the metrics.
+    adjusted: Adjusted,
     /// The most seats one request takes here (upstream: `ceil(limit / handSize)`, at most 10).
     max_seats: u64,
     /// None: `Reject` (or exempt).
@@ -605,6 +607,7 @@ impl Level {
             limit: 0,
             demand: Demand::new(Instant::now()),
             smoothed: 0.0,
+            adjusted: Adjusted::default(),
             max_seats: MAX_SEATS,
             queuing,
             seats_in_use: 0,
@@ -625,6 +628,17 @@ impl Level {
 
     fn waiting(&self) -> usize {
         self.queues.iter().map(|q| q.waiting.len()).sum()
+    }
+
+    /// The configured bounds of the current limit: the nominal seats less the lendable
+    /// ones, and plus the ones it may borrow (upstream's `MaxInt32` of them when unlimited).
+    fn bounds(&self) -> (f64, f64) {
+        let nominal = self.nominal as f64;
+        let lendable = (nominal * self.lendable_percent as f64 / 100.0).round();
+        let borrowing = self.borrowing_percent.map_or(f64::from(i32::MAX), |p| {
+            (nominal * p as f64 / 100.0).round()
+        });
+        (nominal - lendable, nominal + borrowing)
     }
 
     fn idle(&self) -> bool {
@@ -742,14 +756,23 @@ struct Wants {
     target: f64,
 }
 
+/// A level's seat demand statistics and allocation target at the last adjustment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Adjusted {
+    high: f64,
+    average: f64,
+    deviation: f64,
+    target: f64,
+}
+
 /// Upstream's `MinTarget`: a smaller target (an idle level's) counts as this.
 const MIN_TARGET: f64 = 0.001;
 
 /// Upstream's `computeConcurrencyAllocation`: allocations summing to `total`, each
 /// `clamp(fair * target, lower, upper)` for the one fair proportion that makes them add
-/// up; None when the bounds cannot (their lower bounds exceed the total, or their upper
-/// bounds fall short of it).
-fn allocate(total: f64, wants: &[Wants]) -> Option<Vec<f64>> {
+/// up (returned with the allocations); None when the bounds cannot (their lower bounds
+/// exceed the total, or their upper bounds fall short of it).
+fn allocate(total: f64, wants: &[Wants]) -> Option<(Vec<f64>, f64)> {
     let at = |fair: f64| -> Vec<f64> {
         wants
             .iter()
@@ -776,7 +799,7 @@ fn allocate(total: f64, wants: &[Wants]) -> Option<Vec<f64>> {
         }
     }
     let out = at(hi);
-    ((sum(&out) - total).abs() < 0.5).then_some(out)
+    ((sum(&out) - total).abs() < 0.5).then_some((out, hi))
 }
 
 type Key = (String, String);
@@ -798,6 +821,8 @@ struct Inner {
     waits: BTreeMap<(String, String, bool), Histogram>,
     /// The max-in-flight filter's counts: read-only, mutating.
     inflight: [u32; 2],
+    /// The fair proportion of the last borrowing adjustment (upstream's `seat_fair_frac`).
+    fair_frac: f64,
     /// Open watches by (group, resource, namespace; "" for all namespaces).
     watches: HashMap<(String, String, String), u64>,
 }
@@ -1557,25 +1582,28 @@ impl Apf {
             l.smoothed =
                 envelope.max(DEMAND_SMOOTHING * l.smoothed + (1.0 - DEMAND_SMOOTHING) * envelope);
             let nominal = l.nominal as f64;
-            let lendable = (nominal * l.lendable_percent as f64 / 100.0).round();
-            let min_limit = nominal - lendable;
-            let max_limit = l.borrowing_percent.map_or(f64::from(i32::MAX), |p| {
-                nominal + (nominal * p as f64 / 100.0).round()
-            });
+            let (min_limit, max_limit) = l.bounds();
             let high = max.round();
             let lower = if l.exempt {
                 min_limit.max(high)
             } else {
                 min_limit.max(nominal.min(high))
             };
+            let target = lower.max(l.smoothed);
+            l.adjusted = Adjusted {
+                high,
+                average: avg,
+                deviation,
+                target,
+            };
             wants.push(Wants {
                 lower,
                 upper: max_limit.max(lower),
-                target: lower.max(l.smoothed),
+                target,
             });
             total += nominal;
         }
-        let Some(allocs) = allocate(total, &wants) else {
+        let Some((allocs, fair_frac)) = allocate(total, &wants) else {
             tracing::warn!(
                 ?wants,
                 total,
@@ -1583,6 +1611,7 @@ impl Apf {
             );
             return;
         };
+        inner.fair_frac = fair_frac;
         for (name, alloc) in names.iter().zip(allocs) {
             let l = inner.levels.get_mut(name).expect("listed");
             if !l.exempt {
@@ -1656,24 +1685,77 @@ impl Apf {
         let mut levels: Vec<(&String, &Level)> =
             inner.levels.iter().filter(|(_, l)| !l.exempt).collect();
         levels.sort_by_key(|(n, _)| *n);
-        for (name, help, current) in [
+        let per_level: [LevelGauge; 11] = [
             (
                 "apiserver_flowcontrol_nominal_limit_seats",
                 "[BETA] Nominal number of execution seats configured for each priority level",
-                false,
+                |l| l.nominal as f64,
             ),
             (
                 "apiserver_flowcontrol_current_limit_seats",
                 "[ALPHA] current derived number of execution seats available to each priority level",
-                true,
+                |l| l.limit as f64,
             ),
-        ] {
+            (
+                "apiserver_flowcontrol_lower_limit_seats",
+                "[ALPHA] Configured lower bound on number of execution seats available to each priority level",
+                |l| l.bounds().0,
+            ),
+            (
+                "apiserver_flowcontrol_upper_limit_seats",
+                "[ALPHA] Configured upper bound on number of execution seats available to each priority level",
+                |l| l.bounds().1,
+            ),
+            (
+                "apiserver_flowcontrol_demand_seats_high_watermark",
+                "[ALPHA] High watermark, over last adjustment period, of demand_seats",
+                |l| l.adjusted.high,
+            ),
+            (
+                "apiserver_flowcontrol_demand_seats_average",
+                "[ALPHA] Time-weighted average, over last adjustment period, of demand_seats",
+                |l| l.adjusted.average,
+            ),
+            (
+                "apiserver_flowcontrol_demand_seats_stdev",
+                "[ALPHA] Time-weighted standard deviation, over last adjustment period, of demand_seats",
+                |l| l.adjusted.deviation,
+            ),
+            (
+                "apiserver_flowcontrol_demand_seats_smoothed",
+                "[ALPHA] Smoothed seat demands",
+                |l| l.smoothed,
+            ),
+            (
+                "apiserver_flowcontrol_target_seats",
+                "[ALPHA] Seat allocation targets",
+                |l| l.adjusted.target,
+            ),
+            (
+                "apiserver_flowcontrol_current_r",
+                "[ALPHA] R(time of last change)",
+                |l| l.current_r as f64 / SEAT_SECOND as f64,
+            ),
+            (
+                "apiserver_flowcontrol_current_inqueue_seats",
+                "[ALPHA] Number of seats currently pending in queues of the API Priority and Fairness subsystem",
+                |l| l.queues.iter().map(|q| q.sums().1).sum::<u64>() as f64,
+            ),
+        ];
+        for (name, help, value) in per_level {
             head(&mut out, name, "gauge", help);
             for (pl, l) in &levels {
-                let v = if current { l.limit } else { l.nominal };
-                let _ = writeln!(out, "{name}{{priority_level=\"{pl}\"}} {v}");
+                let _ = writeln!(out, "{name}{{priority_level=\"{pl}\"}} {}", value(l));
             }
         }
+        let name = "apiserver_flowcontrol_seat_fair_frac";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "[ALPHA] Fair fraction of server's concurrency to allocate to each priority level that can use it",
+        );
+        let _ = writeln!(out, "{name} {}", inner.fair_frac);
         let name = "apiserver_flowcontrol_request_wait_duration_seconds";
         head(
             &mut out,
@@ -1693,6 +1775,9 @@ impl Apf {
         out
     }
 }
+
+/// A per-level gauge: its name, help and value.
+type LevelGauge = (&'static str, &'static str, fn(&Level) -> f64);
 
 /// A max-in-flight slot, given back when dropped.
 struct InflightSlot {
@@ -2156,13 +2241,14 @@ mod tests {
             target,
         };
         // no bound matters: in proportion to the targets
-        let a = allocate(30.0, &[w(0.0, 100.0, 1.0), w(0.0, 100.0, 2.0)]).expect("fits");
+        let (a, fair) = allocate(30.0, &[w(0.0, 100.0, 1.0), w(0.0, 100.0, 2.0)]).expect("fits");
+        assert!((fair - 10.0).abs() < 1e-6, "{fair}");
         assert!(
             (a[0] - 10.0).abs() < 1e-6 && (a[1] - 20.0).abs() < 1e-6,
             "{a:?}"
         );
         // the first may not borrow past 12; the idle third keeps its lower bound
-        let a = allocate(
+        let (a, _) = allocate(
             30.0,
             &[w(5.0, 12.0, 10.0), w(5.0, 100.0, 10.0), w(2.0, 100.0, 0.0)],
         )

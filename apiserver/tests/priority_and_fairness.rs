@@ -55,6 +55,10 @@ fn user_level_with(
         "--clusterrole=edit",
         &format!("--user={user}"),
     ]);
+    // the binding in force (a request refused by RBAC would give its seat back at once)
+    eventually("the user allowed", || {
+        get(s, Some(user), CONFIGMAPS).code == 200
+    });
 }
 
 fn reject() -> serde_json::Value {
@@ -341,6 +345,10 @@ fn without_priority_and_fairness_the_in_flight_limits_apply() {
         "--clusterrole=edit",
         "--user=apf-slow",
     ]);
+    // (the binding in force first: a holder refused by RBAC gives its slot back at once)
+    eventually("apf-slow allowed", || {
+        get(&s, Some("apf-slow"), CONFIGMAPS).code == 200
+    });
     let holder = Holder::start(&s, "apf-slow", "held");
     // the one mutating slot taken: another write is refused, reads are not limited
     eventually("the mutating slot taken", || {
@@ -698,6 +706,23 @@ fn a_busy_level_borrows_the_seats_idle_levels_lend() {
         limit("current", "borrower")
     );
     assert_eq!(limit("nominal", "borrower"), 1.0);
+    // upstream's borrowing metrics: the configured bounds, the demand that drove it
+    assert_eq!(limit("lower", "borrower"), 1.0, "it lends nothing");
+    assert_eq!(
+        limit("upper", "borrower"),
+        1.0 + f64::from(i32::MAX),
+        "no borrowing limit (upstream's MaxInt32 more seats)"
+    );
+    assert_eq!(limit("upper", "tight"), 1.0);
+    let smoothed = metric(
+        &s,
+        r#"apiserver_flowcontrol_demand_seats_smoothed{priority_level="borrower"}"#,
+    );
+    assert!(
+        smoothed > 1.0,
+        "more than its one seat asked for: {smoothed}"
+    );
+    assert!(metric(&s, "apiserver_flowcontrol_seat_fair_frac") > 0.0);
     assert_eq!(holder.release().code, 201);
 
     // tight, with the same nominal seat but no borrowing, still runs one request at a time
