@@ -5,10 +5,10 @@
 //! distinguisher names); the response says where it went in
 //! `X-Kubernetes-PF-FlowSchema-UID` and `X-Kubernetes-PF-PriorityLevel-UID`.
 //!
-//! An `Exempt` level runs its requests at once. A `Limited` level runs at most its nominal
-//! concurrency limit at a time: `ceil(server limit * its shares / all levels' shares)`, the
-//! server limit being `--max-requests-inflight` plus `--max-mutating-requests-inflight`.
-//! Past that, a `Reject` level answers 429 at once. A `Queue` level shuffle-shards the flow
+//! An `Exempt` level runs its requests at once. A `Limited` level runs at most its current
+//! concurrency limit at a time: nominally `ceil(server limit * its shares / all levels'
+//! shares)`, the server limit being `--max-requests-inflight` plus
+//! `--max-mutating-requests-inflight`, and moved by borrowing (below). Past that, a `Reject` level answers 429 at once. A `Queue` level shuffle-shards the flow
 //! onto `handSize` of its `queues` and queues the request in the one with the least work
 //! waiting (429 when the level's seats are all taken and that queue already holds
 //! `queueLengthLimit`, or after 15 s of waiting, upstream's quarter of the request timeout).
@@ -23,8 +23,8 @@
 //! list) takes one per 100 objects of its resource, 1 to 10; a create, update, patch or
 //! delete takes one, and with 10 or more watches open on its resource (in its namespace or
 //! across all) also a seat per 10 watches for 5 ms after it is answered (the events it
-//! sends). No request takes more than its level's maximum: `ceil(limit / handSize)` for a
-//! queuing level, at most 10. Upstream's three debug dumps are served at
+//! sends). No request takes more than its level's maximum: `ceil(nominal limit /
+//! handSize)` for a queuing level, at most 10. Upstream's three debug dumps are served at
 //! `/debug/api_priority_and_fairness/dump_{priority_levels,queues,requests}`.
 //!
 //! Levels lend and borrow seats as upstream's do ([`Apf::adjust_borrowing`], every 10 s):
