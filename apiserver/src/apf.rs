@@ -11,7 +11,8 @@
 //! `--max-mutating-requests-inflight`, and moved by borrowing (below). Past that, a `Reject` level answers 429 at once. A `Queue` level shuffle-shards the flow
 //! onto `handSize` of its `queues` and queues the request in the one with the least work
 //! waiting (429 when the level's seats are all taken and that queue already holds
-//! `queueLengthLimit`, or after 15 s of waiting, upstream's quarter of the request timeout).
+//! `queueLengthLimit`, or after waiting a quarter of the request's deadline: 15 s for the
+//! default 60 s; 15 s for a watch).
 //! Queued requests are dispatched by upstream's fair queuing for server requests: each level
 //! keeps a virtual time `R` (the seat-seconds each active queue has been entitled to), each
 //! queue the virtual time its next request is due; the head request due first runs when
@@ -55,8 +56,11 @@ use crate::status::ApiError;
 
 const FLOW_SCHEMA_UID: &str = "x-kubernetes-pf-flowschema-uid";
 const PRIORITY_LEVEL_UID: &str = "x-kubernetes-pf-prioritylevel-uid";
-/// How long a request may wait in a queue: upstream's quarter of the 60 s request timeout.
+/// How long a request without a deadline (a watch) may wait in a queue (upstream's
+/// `defaultRequestWaitLimit`); one with a deadline waits a quarter of it ...
 const QUEUE_WAIT: Duration = Duration::from_secs(15);
+/// ... but never more than this (upstream's `maxRequestWaitLimit`).
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(60);
 /// Upstream's work estimator: a LIST (or a watch's initial list) takes a seat per this many
 /// objects of its resource, ...
 const OBJECTS_PER_SEAT: u64 = 100;
@@ -1007,11 +1011,11 @@ impl Place {
         }
     }
 
-    /// Wait for a seat, up to [`QUEUE_WAIT`].
-    async fn wait(mut self) -> Option<Seat> {
+    /// Wait for a seat, up to `limit`.
+    async fn wait(mut self, limit: Duration) -> Option<Seat> {
         let granted = tokio::select! {
             r = &mut self.grant => r.is_ok(),
-            _ = tokio::time::sleep(QUEUE_WAIT) => {
+            _ = tokio::time::sleep(limit) => {
                 // still queued: timed out; else the seat came as the time ran out
                 !self.apf.withdraw(&self.held, "time-out") && self.grant.try_recv().is_ok()
             }
@@ -1951,10 +1955,19 @@ pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next
         };
         return next.run(req).await;
     }
+    // upstream's getRequestWaitContext: a quarter of the request's deadline, at most a
+    // minute; 15 s for one without (a watch)
+    let wait = req
+        .extensions()
+        .get::<crate::timeout::Deadline>()
+        .map_or(QUEUE_WAIT, |d| {
+            d.0.saturating_duration_since(Instant::now()) / 4
+        })
+        .min(MAX_QUEUE_WAIT);
     let (admission, uids) = apf.admit(&info, &user, list_seats(&state, &info));
     let seat = match admission {
         Admission::Run(seat) => Some(seat),
-        Admission::Wait(place) => place.wait().await,
+        Admission::Wait(place) => place.wait(wait).await,
         Admission::Reject => None,
     };
     let Some(seat) = seat else {

@@ -69,6 +69,10 @@ impl Timeouts {
     }
 }
 
+/// When a request's deadline passes (upstream's deadline in the request's context).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub std::time::Instant);
+
 /// The filter, outside authentication (upstream's place: the deadline covers everything
 /// a request waits for, APF's queues included).
 pub async fn filter(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
@@ -86,6 +90,9 @@ pub async fn filter(State(state): State<Arc<AppState>>, mut req: Request, next: 
             return e.into_response();
         }
     };
+    // APF, further in, lets the request wait a quarter of it in a queue
+    req.extensions_mut()
+        .insert(Deadline(std::time::Instant::now() + deadline));
     match tokio::time::timeout(deadline, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => {

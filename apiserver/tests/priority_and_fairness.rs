@@ -196,6 +196,16 @@ fn a_queue_level_holds_requests_until_a_seat_frees_and_refuses_past_its_queue() 
     );
     assert_eq!(rejected("time-out"), 1.0);
     assert_eq!(metric(&s, in_queue), 0.0);
+    // one that asked for a 4 s deadline (kubectl --request-timeout) waits a quarter of it
+    let started = Instant::now();
+    let short = get(&s, Some("apf-queued"), &format!("{CONFIGMAPS}?timeout=4s"));
+    let waited = started.elapsed();
+    assert_eq!(short.code, 429, "{}", short.body);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    assert_eq!(rejected("time-out"), 2.0);
 
     // another waits, and runs as soon as the seat is given back
     let waiting = get_later(&s, "apf-queued", CONFIGMAPS);
