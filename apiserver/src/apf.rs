@@ -8,8 +8,9 @@
 //! An `Exempt` level runs its requests at once. A `Limited` level runs at most its current
 //! concurrency limit at a time: nominally `ceil(server limit * its shares / all levels'
 //! shares)`, the server limit being `--max-requests-inflight` plus
-//! `--max-mutating-requests-inflight`, and moved by borrowing (below). Past that, a `Reject` level answers 429 at once. A `Queue` level shuffle-shards the flow
-//! onto `handSize` of its `queues` and queues the request in the one with the least work
+//! `--max-mutating-requests-inflight`, and moved by borrowing (below). Past that, a
+//! `Reject` level answers 429 at once. A `Queue` level shuffle-shards the flow onto
+//! `handSize` of its `queues` and queues the request in the one with the least work
 //! waiting (429 when the level's seats are all taken and that queue already holds
 //! `queueLengthLimit`, or after waiting a quarter of the request's deadline: 15 s for the
 //! default 60 s; 15 s for a watch).
