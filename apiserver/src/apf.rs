@@ -482,7 +482,7 @@ struct Described {
     /// The flow distinguisher (the user or namespace the schema's method names), or "".
     flow: String,
     user: String,
-    info: RequestInfo,
+    info: Arc<RequestInfo>,
     work: WorkEstimate,
     arrived: SystemTime,
     /// When it was dispatched (wall clock, monotonic).
@@ -1165,7 +1165,7 @@ impl Apf {
     /// open on its resource. Also the (schema, level) uids for the response headers.
     fn admit(
         self: &Arc<Self>,
-        info: &RequestInfo,
+        info: &Arc<RequestInfo>,
         user: &UserInfo,
         seats: u64,
     ) -> (Admission, (String, String)) {
@@ -1208,7 +1208,7 @@ impl Apf {
             schema: fs.clone(),
             flow,
             user: user.name.clone(),
-            info: info.clone(),
+            info: Arc::clone(info),
             work,
             arrived: SystemTime::now(),
             started: None,
@@ -1573,6 +1573,9 @@ impl Apf {
     /// demand's high watermark up to its nominal limit, and the server's seats are shared
     /// out in proportion to what the levels want within those bounds.
     pub fn adjust_borrowing(&self) {
+        if !self.limits.priority_and_fairness {
+            return;
+        }
         let mut inner = self.lock();
         let now = Instant::now();
         let mut names: Vec<String> = inner.levels.keys().cloned().collect();
@@ -1847,11 +1850,12 @@ fn rfc3339_nano(t: Option<SystemTime>) -> String {
     let Some(ts) = t.and_then(|t| jiff::Timestamp::try_from(t).ok()) else {
         return "0001-01-01T00:00:00Z".into();
     };
-    let base = ts.strftime("%Y-%m-%dT%H:%M:%S");
-    match ts.subsec_nanosecond() {
-        0 => format!("{base}Z"),
-        n => format!("{base}.{}Z", format!("{n:09}").trim_end_matches('0')),
-    }
+    let nanos = u64::try_from(ts.subsec_nanosecond()).unwrap_or(0);
+    format!(
+        "{}{}Z",
+        ts.strftime("%Y-%m-%dT%H:%M:%S"),
+        crate::protobuf::fraction(nanos, 9)
+    )
 }
 
 /// The rows as upstream's debug dumps print them: cells joined by `,` and aligned as Go's
@@ -1931,10 +1935,10 @@ fn list_seats(state: &AppState, info: &RequestInfo) -> u64 {
 
 /// The filter, below authentication and audit (it sees the impersonated user, and the audit
 /// log records what it refuses) and above authorization, as upstream orders them.
-pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn filter(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     // the deadline filter (`crate::timeout`), further out, has parsed it
-    let info = match req.extensions().get::<RequestInfo>() {
-        Some(info) => info.clone(),
+    let info = match req.extensions_mut().remove::<RequestInfo>() {
+        Some(info) => info,
         None => RequestInfo::parse(req.method(), req.uri().path(), req.uri().query()),
     };
     if info.long_running() && info.verb != "watch" {
@@ -1965,6 +1969,7 @@ pub async fn filter(State(state): State<Arc<AppState>>, req: Request, next: Next
             d.0.saturating_duration_since(Instant::now()) / 4
         })
         .min(MAX_QUEUE_WAIT);
+    let info = Arc::new(info);
     let (admission, uids) = apf.admit(&info, &user, list_seats(&state, &info));
     let seat = match admission {
         Admission::Run(seat) => Some(seat),
@@ -2108,7 +2113,7 @@ mod tests {
         apf.configure(&[schema], &[level]);
         assert_eq!(apf.lock().levels["q"].limit, 3);
         let u = user("u", &["system:authenticated"]);
-        let info = RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None);
+        let info = Arc::new(RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None));
         let admit = |seats| match apf.admit(&info, &u, seats) {
             (Admission::Run(seat), uids) => {
                 assert_eq!(uids, ("s-1".to_string(), "l-1".to_string()));
@@ -2179,7 +2184,7 @@ mod tests {
             user_in_queue(0, 3),
             user_in_queue(2, 3),
         );
-        let info = RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None);
+        let info = Arc::new(RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None));
         let running = match apf.admit(&info, &a, 1).0 {
             Admission::Run(seat) => seat,
             _ => panic!("the seat is free"),
@@ -2207,7 +2212,7 @@ mod tests {
     fn a_queue_is_charged_its_requests_real_duration() {
         let apf = fair_level(1, 1);
         let u = user("u", &["system:authenticated"]);
-        let info = RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None);
+        let info = Arc::new(RequestInfo::parse(&Method::GET, "/api/v1/configmaps", None));
         let Admission::Run(seat) = apf.admit(&info, &u, 1).0 else {
             panic!("the seat is free")
         };

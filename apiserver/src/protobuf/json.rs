@@ -444,7 +444,7 @@ pub fn go_duration(nanos: i64) -> String {
 }
 
 /// `.5`, `.25`, or nothing: a fraction of `digits` digits without trailing zeros.
-fn fraction(value: u64, digits: usize) -> String {
+pub fn fraction(value: u64, digits: usize) -> String {
     if value == 0 || digits == 0 {
         return String::new();
     }

@@ -16,7 +16,7 @@ use serde_json::Value;
 mod json;
 pub(crate) mod wire;
 
-pub(crate) use json::go_duration;
+pub(crate) use json::{fraction, go_duration};
 
 #[cfg(test)]
 mod tests;
