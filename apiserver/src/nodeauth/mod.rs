@@ -12,6 +12,10 @@
 //! local-path provisioner made on its disk (annotation `kaze.io/local-path-node: <node>`),
 //! so its kubelet can remove a deleted volume's directory and then the volume's
 //! `kaze.io/local-path-cleanup` finalizer after the claim is gone;
+//! DRA: `get` of the ResourceClaims its pods name (`spec.resourceClaims[].resourceClaimName`
+//! and `status.resourceClaimStatuses`), and its own ResourceSlices only (by the followed
+//! slices' `spec.nodeName`; lists, watches and deletecollections with a
+//! `spec.nodeName=<its name>` field selector; creates checked by NodeRestriction);
 //! as upstream's `AuthorizeNodeWithSelectors` (on by default since 1.32): Node objects only
 //! its own (get, or list/watch with `fieldSelector=metadata.name=<its name>`), pods listed
 //! or watched only with a `spec.nodeName=<its name>` field selector and got only when bound
@@ -80,6 +84,8 @@ pub enum Kind {
     ConfigMap,
     Pvc,
     ServiceAccount,
+    /// resource.k8s.io ResourceClaims (its DRA drivers' devices).
+    ResourceClaim,
 }
 
 /// (kind, namespace, name) of one referenced object.
@@ -95,6 +101,8 @@ struct Graph {
     claims: HashMap<String, String>,
     /// local-path PersistentVolume -> the node whose disk holds it
     local_volumes: HashMap<String, String>,
+    /// ResourceSlice -> its `spec.nodeName` (empty: not a node's)
+    slices: HashMap<String, String>,
 }
 
 impl Graph {
@@ -146,6 +154,14 @@ pub fn references(pod: &Value) -> Vec<(Kind, String)> {
         }
     };
     add(Kind::ServiceAccount, spec.get("serviceAccountName"));
+    // DRA: the claims named in the spec, and those made from templates (upstream's graph
+    // adds both, the latter from `status.resourceClaimStatuses`)
+    for c in items(spec, "resourceClaims") {
+        add(Kind::ResourceClaim, c.get("resourceClaimName"));
+    }
+    for c in items(&pod["status"], "resourceClaimStatuses") {
+        add(Kind::ResourceClaim, c.get("resourceClaimName"));
+    }
     for s in items(spec, "imagePullSecrets") {
         add(Kind::Secret, s.get("name"));
     }
@@ -208,8 +224,9 @@ fn items<'a>(obj: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
 #[derive(Debug, Default)]
 pub struct NodeGraph {
     graph: RwLock<Graph>,
-    /// Whether the pods and the claims are followed (until then nodes get no reads).
-    synced: [AtomicBool; 3],
+    /// Whether the pods, the claims, the volumes and the ResourceSlices are followed
+    /// (until then nodes get no reads).
+    synced: [AtomicBool; 4],
     /// `--disable-admission-plugins=NodeRestriction`.
     pub restriction_disabled: AtomicBool,
 }
@@ -242,6 +259,12 @@ impl NodeGraph {
                     .get(&format!("{ns}/{name}"))
                     .is_some_and(|v| v == pv)
         })
+    }
+
+    /// Whether ResourceSlice `name` is `node`'s (its `spec.nodeName`).
+    fn holds_slice(&self, node: &str, name: &str) -> bool {
+        let g = self.graph.read().unwrap_or_else(|e| e.into_inner());
+        g.slices.get(name).is_some_and(|n| n == node)
     }
 
     /// Whether PersistentVolume `pv` is a local-path volume on `node`'s disk.
@@ -348,6 +371,20 @@ impl NodeGraph {
                 related(Kind::ServiceAccount)
             }
             ("", "nodes") => authorize_node(node, verb, sub, name),
+            // upstream's `authorizeGet` of a claim vertex: the DRA manager reads the claims
+            // of its pods
+            ("resource.k8s.io", "resourceclaims") => {
+                if verb != "get" {
+                    return Err("can only get individual resources of this type".into());
+                }
+                if sub.is_some() {
+                    return Err("cannot get subresource".into());
+                }
+                related(Kind::ResourceClaim)
+            }
+            ("resource.k8s.io", "resourceslices") => {
+                self.authorize_slice(node, verb, sub, name, attrs)
+            }
             ("", "pods") => {
                 let graph = || {
                     if name.is_empty() {
@@ -423,6 +460,47 @@ impl NodeGraph {
     }
 }
 
+impl NodeGraph {
+    /// Upstream's `authorizeResourceSlice`: the DRA drivers on a node publish their
+    /// ResourceSlices with its credentials; a node writes and reads its own slices only
+    /// (a create's `spec.nodeName` is NodeRestriction's to check), and lists, watches or
+    /// deletes them in bulk only with a `spec.nodeName=<its name>` field selector.
+    fn authorize_slice(
+        &self,
+        node: &str,
+        verb: &str,
+        sub: Option<&str>,
+        name: &str,
+        attrs: &Attributes,
+    ) -> Result<(), String> {
+        if sub.is_some() {
+            return Err("cannot authorize ResourceSlice subresources".into());
+        }
+        match verb {
+            "create" => rules_allow(attrs),
+            "get" | "update" | "patch" | "delete" => {
+                if name.is_empty() {
+                    Err("No Object name found".into())
+                } else if self.holds_slice(node, name) {
+                    rules_allow(attrs)
+                } else {
+                    Err(format!("{NO_RELATIONSHIP} '{node}' and this object"))
+                }
+            }
+            "list" | "watch" | "deletecollection" => {
+                if attrs.field_requires("spec.nodeName", node) {
+                    rules_allow(attrs)
+                } else {
+                    Err(format!(
+                        "can only {verb} node resources with fieldSelector spec.nodeName={node}"
+                    ))
+                }
+            }
+            _ => Err(String::new()),
+        }
+    }
+}
+
 /// A node's requests for Node objects (upstream's `authorizeNode`, with
 /// AuthorizeNodeWithSelectors, on by default since 1.32): its own Node only, compared by
 /// name rather than through the graph so a kubelet can look for its Node before creating
@@ -483,13 +561,22 @@ pub async fn run(state: Arc<AppState>) {
             kind: 2,
         },
     );
-    tokio::join!(pods, claims, volumes);
+    let slices = crate::follow::run(
+        state.clone(),
+        ("resource.k8s.io", "v1", "resourceslices"),
+        Follow {
+            state: state.clone(),
+            kind: 3,
+        },
+    );
+    tokio::join!(pods, claims, volumes, slices);
 }
 
 /// The annotation kaze's local-path provisioner names a volume's node with.
 const LOCAL_PATH_NODE: &str = "kaze.io/local-path-node";
 
-/// The graph's part for pods (0), PVCs (1) or PVs (2) as a [`Follower`].
+/// The graph's part for pods (0), PVCs (1), PVs (2) or ResourceSlices (3) as a
+/// [`Follower`].
 struct Follow {
     state: Arc<AppState>,
     kind: usize,
@@ -539,6 +626,10 @@ fn put(g: &mut Graph, kind: usize, key: &str, obj: Option<Value>) {
     };
     if kind == 0 {
         g.put_pod(key, &obj);
+    } else if kind == 3 {
+        let node = obj.pointer("/spec/nodeName").and_then(Value::as_str);
+        g.slices
+            .insert(key.to_string(), node.unwrap_or_default().to_string());
     } else if kind == 2 {
         match obj
             .pointer("/metadata/annotations")
@@ -574,6 +665,7 @@ impl Follower for Follow {
                 g.edges.clear();
             }
             1 => g.claims.clear(),
+            3 => g.slices.clear(),
             _ => g.local_volumes.clear(),
         }
         for (key, value) in items {
@@ -589,6 +681,9 @@ impl Follower for Follow {
             None if self.kind == 0 => g.remove_pod(key),
             None if self.kind == 2 => {
                 g.local_volumes.remove(key);
+            }
+            None if self.kind == 3 => {
+                g.slices.remove(key);
             }
             None => {
                 g.claims.remove(key);
@@ -632,6 +727,89 @@ mod tests {
             name: name.map(String::from),
             field_selector: None,
         }
+    }
+
+    #[test]
+    fn a_node_gets_the_resource_claims_of_its_pods_and_writes_its_own_slices() {
+        let g = NodeGraph::default();
+        let pod = json!({"metadata": {"name": "web"}, "spec": {"nodeName": "a",
+            "containers": [{"name": "c"}],
+            "resourceClaims": [{"name": "gpu", "resourceClaimName": "shared"},
+                               {"name": "tmp", "resourceClaimTemplateName": "t"}]},
+            "status": {"resourceClaimStatuses": [{"name": "tmp", "resourceClaimName": "web-tmp-x1"}]}});
+        {
+            let mut w = g.graph.write().unwrap();
+            w.put_pod("ns/web", &pod);
+            w.slices.insert("a-gpu".into(), "a".into());
+            w.slices.insert("b-gpu".into(), "b".into());
+        }
+        let claim = |verb: &str, node: &str, name: &str| {
+            let group = "resource.k8s.io";
+            g.authorize(
+                node,
+                &attrs(verb, group, "resourceclaims", Some("ns"), Some(name)),
+            )
+        };
+        assert!(claim("get", "a", "shared").is_ok());
+        assert!(claim("get", "a", "web-tmp-x1").is_ok());
+        assert_eq!(
+            claim("get", "b", "shared").unwrap_err(),
+            "no relationship found between node 'b' and this object"
+        );
+        assert!(claim("get", "a", "other").is_err());
+        assert!(claim("update", "a", "shared").is_err());
+        assert!(claim("list", "a", "shared").is_err());
+        let status = attrs(
+            "get",
+            "resource.k8s.io",
+            "resourceclaims/status",
+            Some("ns"),
+            Some("shared"),
+        );
+        assert!(g.authorize("a", &status).is_err());
+
+        let slice = |verb: &str, name: Option<&str>, selector: Option<&str>| {
+            let mut a = attrs(verb, "resource.k8s.io", "resourceslices", None, name);
+            if let Attributes::Resource { field_selector, .. } = &mut a {
+                *field_selector = selector.map(String::from);
+            }
+            g.authorize("a", &a)
+        };
+        for verb in ["get", "update", "patch", "delete"] {
+            assert!(slice(verb, Some("a-gpu"), None).is_ok(), "{verb}");
+            assert!(slice(verb, Some("b-gpu"), None).is_err(), "{verb}");
+        }
+        // a create's nodeName is NodeRestriction's to check
+        assert!(slice("create", Some("new"), None).is_ok());
+        for verb in ["list", "watch", "deletecollection"] {
+            assert!(slice(verb, None, Some("spec.nodeName=a")).is_ok(), "{verb}");
+            assert!(
+                slice(verb, None, Some("spec.nodeName=b")).is_err(),
+                "{verb}"
+            );
+            assert!(slice(verb, None, None).is_err(), "{verb}");
+        }
+        // the role's rules alone (what RBAC would grant a node) cover both
+        assert!(crate::rbac::builtin_role_allows(
+            "system:node",
+            &attrs(
+                "get",
+                "resource.k8s.io",
+                "resourceclaims",
+                Some("ns"),
+                Some("x")
+            )
+        ));
+        assert!(crate::rbac::builtin_role_allows(
+            "system:node",
+            &attrs(
+                "deletecollection",
+                "resource.k8s.io",
+                "resourceslices",
+                None,
+                None
+            )
+        ));
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   `node-restriction.kubernetes.io/` labels or `kubernetes.io`/`k8s.io` labels other than
 //!   the kubelet's own, and without changing its taints after registration;
 //! - leases: only `kube-node-lease/<its name>`;
-//! - `serviceaccounts/<n>/token`: only tokens bound to a pod (by name and uid) bound to it.
+//! - `serviceaccounts/<n>/token`: only tokens bound to a pod (by name and uid) bound to it;
+//! - resourceslices (its DRA drivers publish them): created, and updated, only with
+//!   `spec.nodeName` set to itself.
 //!
 //! Refusals are upstream's 403s (`pods "x" is forbidden: node "a" can only ...`).
 
@@ -49,6 +51,7 @@ fn kind_of(def: &ResourceDef) -> Option<&'static str> {
         ("", "nodes") => Some("nodes"),
         ("coordination.k8s.io", "leases") => Some("leases"),
         ("storage.k8s.io", "csinodes") => Some("csinodes"),
+        ("resource.k8s.io", "resourceslices") => Some("resourceslices"),
         _ => None,
     }
 }
@@ -156,6 +159,14 @@ pub async fn admit_create(
                     "node \"{node}\" can not create pods that reference persistentvolumeclaims"
                 ));
             }
+            let claims = obj
+                .pointer("/spec/resourceClaims")
+                .and_then(Value::as_array);
+            if claims.is_some_and(|c| !c.is_empty()) {
+                return deny(format!(
+                    "node \"{node}\" can not create pods that reference resourceclaims"
+                ));
+            }
             Ok(())
         }
         "nodes" => {
@@ -173,8 +184,20 @@ pub async fn admit_create(
             }
             Ok(())
         }
+        "resourceslices" => own_slice(def, name, &node, obj),
         _ => lease(def, ns, name, &node),
     }
+}
+
+/// Upstream's `admitResourceSlice`: the node authorizer cannot see a created slice's
+/// content, so its `spec.nodeName` is checked here (an update's too: a slice stays the
+/// node's).
+fn own_slice(def: &ResourceDef, name: &str, node: &str, obj: &Value) -> Result<(), ApiError> {
+    if str_at(obj, "/spec/nodeName") != node {
+        let why = "can only create ResourceSlice with the same NodeName as the requesting node";
+        return Err(forbidden(def, name, why.into()));
+    }
+    Ok(())
 }
 
 /// A node's own Lease, or its own CSINode (upstream's `admitLease`, `admitCSINode`).
@@ -259,6 +282,7 @@ pub fn admit_update(
             }
             Ok(())
         }
+        "resourceslices" => own_slice(def, name, &node, new),
         _ => lease(def, crate::meta::meta_str(cur, "namespace"), name, &node),
     }
 }
@@ -334,6 +358,8 @@ pub async fn admit_delete(
             format!("node \"{node}\" is not allowed to modify node \"{name}\""),
         )),
         "nodes" => Ok(()),
+        // the node authorizer checked the stored slice is the node's
+        "resourceslices" => Ok(()),
         _ => lease(def, ns, name, &node),
     }
 }

@@ -185,6 +185,22 @@ fn make_cluster_role(name: &str) -> Option<Vec<Rule>> {
                 &["csinodes"],
             ),
             rule(&READ, &["node.k8s.io"], &["runtimeclasses"]),
+            // DRA: the claims of the node's pods, and the slices its drivers publish
+            rule(&["get"], &["resource.k8s.io"], &["resourceclaims"]),
+            rule(
+                &[
+                    "get",
+                    "list",
+                    "watch",
+                    "create",
+                    "update",
+                    "patch",
+                    "delete",
+                    "deletecollection",
+                ],
+                &["resource.k8s.io"],
+                &["resourceslices"],
+            ),
         ],
         NETWORK_POLICY => vec![
             rule(&["list", "watch"], &[""], &["pods", "namespaces"]),
