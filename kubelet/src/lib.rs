@@ -4,6 +4,8 @@
 //! - [`sys`]: the one module that touches the host (processes, netns, FIFOs, cgroups);
 //! - [`containerd`], [`images`], [`cni`], [`spec`], [`security`], [`logs`]: one concern each;
 //! - [`runtime`]: pod sandboxes and containers built from those;
+//! - [`dra`]: Dynamic Resource Allocation: DRA driver plugins, ResourceClaims prepared
+//!   before a pod starts, their CDI devices in its containers;
 //! - [`volume`]: pod volumes (emptyDir, configMap, secret, downwardAPI, projected, hostPath);
 //! - [`pod`]: PodSpec -> runtime calls, volumes, init containers, probes, restart policy,
 //!   status and events;
@@ -15,6 +17,7 @@
 
 pub mod cni;
 pub mod containerd;
+pub mod dra;
 pub mod error;
 pub mod images;
 pub mod logs;

@@ -734,6 +734,29 @@ pub fn thermal_throttle_paths() -> Vec<String> {
         .collect()
 }
 
+/// The type (`c` or `b`), major and minor of the device node at `path` (symlinks
+/// followed); an error for anything else.
+pub fn device_numbers(path: &Path) -> std::io::Result<(char, u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path)?;
+    let t = m.file_type();
+    let kind = if t.is_char_device() {
+        'c'
+    } else if t.is_block_device() {
+        'b'
+    } else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a device node",
+        ));
+    };
+    Ok((
+        kind,
+        libc::major(m.rdev()) as u64,
+        libc::minor(m.rdev()) as u64,
+    ))
+}
+
 /// The host's device nodes under /dev, as containerd's `HostDevices` lists them for
 /// privileged containers (pts, shm, fd, mqueue and the console skipped).
 pub fn host_devices() -> Vec<crate::security::Device> {

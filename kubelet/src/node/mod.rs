@@ -403,6 +403,13 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
             .with_services(services.clone())
         })
         .unwrap_or_default();
+    // DRA: plugins register under the root dir, claims are prepared for API pods
+    let dra = std::sync::Arc::new(crate::dra::Manager::new(
+        crate::dra::Config::under_root(&config.root_dir, config.static_pods.cdi_spec_dirs.clone()),
+        client.clone(),
+    ));
+    tasks.spawn(dra.clone().run(shutdown.clone()));
+    let api_source = api_source.with_dra(dra);
     let mut statics = crate::static_pod::Manager::new(
         config.static_pods.clone(),
         rt.clone(),

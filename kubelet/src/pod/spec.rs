@@ -520,6 +520,8 @@ pub fn container_config(
                 .clone()
                 .unwrap_or_else(|| "/dev/termination-log".into()),
         ),
+        // the pod's DRA devices, added by the worker once its claims are prepared
+        cdi: Default::default(),
     })
 }
 

@@ -309,6 +309,8 @@ pub fn spawn_with(
         events: Recorder::new(source.client().cloned(), &pod, &node.node_name),
         volumes_retry: Instant::now(),
         volumes_refreshed: Instant::now(),
+        dra_prepared: false,
+        dra_retry: Instant::now(),
         initialized: !has_init,
         updates: updates_rx,
         rt,
@@ -383,6 +385,9 @@ pub(super) struct Worker {
     source: Source,
     volumes_retry: Instant,
     volumes_refreshed: Instant,
+    /// The pod's ResourceClaims are prepared (see [`crate::dra`]); until then no sandbox.
+    dra_prepared: bool,
+    dra_retry: Instant,
     events: Recorder,
     /// Every init container succeeded (sidecars: started); app containers may run.
     pub(super) initialized: bool,
@@ -439,6 +444,7 @@ impl Worker {
             }
         }
         self.terminate().await;
+        self.unprepare_dra().await;
         let last = self.status();
         status.send_replace(last.clone());
         last
@@ -528,11 +534,76 @@ impl Worker {
         true
     }
 
+    /// The pod's ResourceClaims prepared by their DRA drivers before its sandbox is made
+    /// (upstream's `PrepareDynamicResources` in SyncPod): until they are, the containers
+    /// wait (ContainerCreating, saying why) and a `FailedPrepareDynamicResources` event is
+    /// recorded at each retry. Returns whether the pod may go on.
+    async fn step_dra(&mut self) -> bool {
+        if self.dra_prepared {
+            return true;
+        }
+        let has_claims = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.resource_claims.as_ref())
+            .is_some_and(|c| !c.is_empty());
+        if !has_claims {
+            self.dra_prepared = true;
+            return true;
+        }
+        let now = Instant::now();
+        if now < self.dra_retry {
+            return false;
+        }
+        let prepared = match self.source.dra() {
+            Some(dra) => dra.prepare(&self.pod).await.map_err(|e| e.to_string()),
+            None => Err("this kubelet has no DRA manager (no apiserver)".to_string()),
+        };
+        match prepared {
+            Ok(()) => {
+                self.dra_prepared = true;
+                for s in &mut self.slots {
+                    if let Some(w) = s.waiting.as_mut() {
+                        w.1.clear();
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                let msg = format!("Failed to prepare dynamic resources: {e}");
+                tracing::info!(pod = %self.name(), error = %e, "preparing dynamic resources");
+                self.events.warn("FailedPrepareDynamicResources", &msg);
+                for s in &mut self.slots {
+                    if let Some(w) = s.waiting.as_mut() {
+                        w.1 = msg.clone();
+                    }
+                }
+                self.dra_retry = now + self.cfg.backoff_initial.min(Duration::from_secs(2));
+                false
+            }
+        }
+    }
+
+    /// The pod is gone from the node: its ResourceClaims no other pod uses are unprepared
+    /// (what fails is retried by the DRA manager).
+    async fn unprepare_dra(&self) {
+        let (Some(dra), Some(uid)) = (self.source.dra(), self.pod.metadata.uid.as_deref()) else {
+            return;
+        };
+        if let Err(e) = dra.unprepare(uid).await {
+            tracing::warn!(pod = %self.name(), error = %e, "unpreparing dynamic resources");
+        }
+    }
+
     async fn step(&mut self) {
         if self.failure.is_some() || self.past_deadline().await || self.evict().await {
             return;
         }
         if !self.step_volumes().await {
+            return;
+        }
+        if !self.step_dra().await {
             return;
         }
         self.step_resize().await;
@@ -1000,6 +1071,11 @@ impl Worker {
             .map_err(|e| e.to_string())
             .and_then(|mut c| {
                 c.mounts = self.volumes.mounts(&spec, &c.env)?;
+                if let Some(dra) = self.source.dra() {
+                    c.cdi = dra
+                        .container_edits(&self.pod, &spec)
+                        .map_err(|e| format!("applying the container's DRA devices: {e}"))?;
+                }
                 // an ephemeral container's target, else the pause process's namespace
                 // when the pod shares one
                 let shared = self

@@ -56,6 +56,8 @@ pub struct ContainerConfig {
     /// bound there, and what the container writes into it is the message of its
     /// terminated state.
     pub termination_message_path: Option<String>,
+    /// The CDI edits of the DRA devices it uses (env, device nodes, mounts).
+    pub cdi: crate::dra::cdi::ContainerEdits,
 }
 
 /// How a container ended.
@@ -268,6 +270,7 @@ impl Runtime {
         if c.tty {
             oci["process"]["terminal"] = serde_json::Value::Bool(true);
         }
+        c.cdi.apply(&mut oci);
         if let Some(ns) = oci
             .pointer_mut("/linux/namespaces")
             .and_then(serde_json::Value::as_array_mut)

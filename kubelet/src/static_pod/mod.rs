@@ -76,6 +76,12 @@ pub struct Config {
     /// the watch of a ConfigMap or Secret no pod read is kept.
     #[arg(long = "sync-frequency", default_value = "1m", value_parser = component::leader::parse_duration)]
     pub sync_frequency: Duration,
+    /// Where the CDI specs of DRA drivers' devices are read from, lowest priority first
+    /// (a kaze flag: containerd's `cdi_spec_dirs`, whose defaults these are; kaze applies
+    /// the specs itself, see [`crate::dra::cdi`]). Here, not in [`crate::node::Config`],
+    /// for the reason above; the plugins registry dir follows `--root-dir` as upstream's.
+    #[arg(long = "cdi-spec-dirs", value_delimiter = ',', default_values = crate::dra::cdi::DEFAULT_SPEC_DIRS)]
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -89,6 +95,10 @@ impl Default for Config {
             http_check_frequency: Duration::from_secs(20),
             pod_server: false,
             sync_frequency: Duration::from_secs(60),
+            cdi_spec_dirs: crate::dra::cdi::DEFAULT_SPEC_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }

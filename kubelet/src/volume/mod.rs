@@ -84,6 +84,8 @@ pub struct Source {
     services: Option<Store<Service>>,
     /// The kubelet's `--sync-frequency` (with a client).
     sync_frequency: Option<Duration>,
+    /// The node's DRA manager: pods' ResourceClaims and their devices.
+    dra: Option<Arc<crate::dra::Manager>>,
 }
 
 /// What a token is requested for: (namespace, service account, audience, expirationSeconds,
@@ -125,6 +127,7 @@ impl Source {
             tokens: Arc::default(),
             services: None,
             sync_frequency: Some(sync_frequency),
+            dra: None,
         }
     }
 
@@ -154,6 +157,16 @@ impl Source {
     pub fn with_services(mut self, services: Option<Store<Service>>) -> Source {
         self.services = services;
         self
+    }
+
+    /// The node's DRA manager (pods with `resourceClaims` need one).
+    pub fn with_dra(mut self, dra: Arc<crate::dra::Manager>) -> Source {
+        self.dra = Some(dra);
+        self
+    }
+
+    pub fn dra(&self) -> Option<&Arc<crate::dra::Manager>> {
+        self.dra.as_ref()
     }
 
     /// The kubelet's Service cache, when it keeps one.

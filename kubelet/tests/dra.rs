@@ -1,0 +1,423 @@
+//! Dynamic Resource Allocation on the kubelet, with the real kaze apiserver (in-process), a
+//! real containerd and runc, and a tiny DRA driver in the test ([`driver`]): it registers
+//! through the kubelet's plugins registry dir, and on NodePrepareResources writes a CDI
+//! spec whose devices set `GPU_DEVICE_<n>=<device>` in the containers using them. A pod
+//! using an allocated claim runs with that variable and the claim is unprepared when the
+//! pod goes; a claim of a driver that is not registered keeps its pod from starting, with
+//! upstream's event. The first kubelet runs with its node's credentials (the Node
+//! authorizer's resourceclaims path), the second as admin.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::cluster::Cluster;
+
+/// A DRA driver's kubelet plugin: the Registration service on a socket in the kubelet's
+/// plugins registry dir, the DRAPlugin v1 service on another, gRPC over raw HTTP/2.
+mod driver {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    use kubelet::dra::proto;
+    use prost::Message;
+
+    pub struct Driver {
+        pub name: String,
+        pub cdi_dir: PathBuf,
+        pub endpoint: PathBuf,
+        pub client: kube::Client,
+        /// `prepare <claim uid>`, `unprepare <claim uid>`, `registered <bool> <error>`.
+        pub calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Driver {
+        /// The CDI spec file written for a claim.
+        pub fn cdi_file(&self, claim_uid: &str) -> PathBuf {
+            self.cdi_dir.join(format!("{}-{claim_uid}.json", self.name))
+        }
+
+        fn note(&self, call: String) {
+            self.calls.lock().expect("calls").push(call);
+        }
+
+        pub fn saw(&self, call: &str) -> bool {
+            self.calls.lock().expect("calls").iter().any(|c| c == call)
+        }
+
+        async fn handle(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+            let decode_err = |e: prost::DecodeError| e.to_string();
+            Ok(match path {
+                "/pluginregistration.Registration/GetInfo" => proto::PluginInfo {
+                    r#type: "DRAPlugin".into(),
+                    name: self.name.clone(),
+                    endpoint: self.endpoint.display().to_string(),
+                    supported_versions: vec!["v1.DRAPlugin".into()],
+                }
+                .encode_to_vec(),
+                "/pluginregistration.Registration/NotifyRegistrationStatus" => {
+                    let s = proto::RegistrationStatus::decode(body).map_err(decode_err)?;
+                    self.note(format!("registered {} {}", s.plugin_registered, s.error));
+                    proto::RegistrationStatusResponse {}.encode_to_vec()
+                }
+                "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources" => {
+                    let req =
+                        proto::NodePrepareResourcesRequest::decode(body).map_err(decode_err)?;
+                    let mut resp = proto::NodePrepareResourcesResponse::default();
+                    for claim in req.claims {
+                        self.note(format!("prepare {}", claim.uid));
+                        let result = self.prepare(&claim).await;
+                        resp.claims.insert(claim.uid.clone(), result);
+                    }
+                    resp.encode_to_vec()
+                }
+                "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodeUnprepareResources" => {
+                    let req =
+                        proto::NodeUnprepareResourcesRequest::decode(body).map_err(decode_err)?;
+                    let mut resp = proto::NodeUnprepareResourcesResponse::default();
+                    for claim in req.claims {
+                        self.note(format!("unprepare {}", claim.uid));
+                        let _ = std::fs::remove_file(self.cdi_file(&claim.uid));
+                        resp.claims.insert(claim.uid, Default::default());
+                    }
+                    resp.encode_to_vec()
+                }
+                other => return Err(format!("unknown method {other}")),
+            })
+        }
+
+        /// Read the claim's allocation (as a real driver does), write the CDI spec of its
+        /// devices of this driver, answer their CDI ids.
+        async fn prepare(&self, claim: &proto::Claim) -> proto::NodePrepareResourceResponse {
+            let api: kube::Api<ResourceClaim> =
+                kube::Api::namespaced(self.client.clone(), &claim.namespace);
+            let rc = match api.get(&claim.name).await {
+                Ok(rc) => rc,
+                Err(e) => {
+                    return proto::NodePrepareResourceResponse {
+                        devices: vec![],
+                        error: format!("reading the claim: {e}"),
+                    }
+                }
+            };
+            let results = rc
+                .status
+                .and_then(|s| s.allocation)
+                .and_then(|a| a.devices)
+                .and_then(|d| d.results)
+                .unwrap_or_default();
+            let mut devices = Vec::new();
+            let mut cdi_devices = Vec::new();
+            for (n, r) in results.iter().filter(|r| r.driver == self.name).enumerate() {
+                let cdi_name = format!("{}-{}", claim.uid, r.device);
+                cdi_devices.push(serde_json::json!({
+                    "name": cdi_name,
+                    "containerEdits": {"env": [format!("GPU_DEVICE_{n}={}", r.device)]},
+                }));
+                devices.push(proto::Device {
+                    request_names: vec![r.request.clone()],
+                    pool_name: r.pool.clone(),
+                    device_name: r.device.clone(),
+                    cdi_device_ids: vec![format!("example.com/gpu={cdi_name}")],
+                });
+            }
+            let spec = serde_json::json!({
+                "cdiVersion": "0.6.0",
+                "kind": "example.com/gpu",
+                "devices": cdi_devices,
+            });
+            let written = std::fs::create_dir_all(&self.cdi_dir)
+                .and_then(|()| std::fs::write(self.cdi_file(&claim.uid), spec.to_string()));
+            proto::NodePrepareResourceResponse {
+                devices,
+                error: written.err().map(|e| e.to_string()).unwrap_or_default(),
+            }
+        }
+    }
+
+    /// Serve `driver` on the unix socket `path` (gRPC: a 5-byte length prefix per
+    /// message, `grpc-status` in the trailers) until the runtime ends.
+    pub fn serve(driver: Arc<Driver>, path: &Path) {
+        let _ = std::fs::remove_file(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("socket dir");
+        let listener = tokio::net::UnixListener::bind(path).expect("bind");
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let driver = driver.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(conn).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, respond))) = conn.accept().await {
+                        let driver = driver.clone();
+                        tokio::spawn(async move {
+                            let path = req.uri().path().to_string();
+                            let mut body = req.into_body();
+                            let mut data = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                data.extend_from_slice(&chunk);
+                            }
+                            let answer = driver
+                                .handle(&path, data.get(5..).unwrap_or_default())
+                                .await;
+                            let mut respond = respond;
+                            let head = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .expect("response");
+                            let Ok(mut send) = respond.send_response(head, false) else {
+                                return;
+                            };
+                            let mut trailers = http::HeaderMap::new();
+                            match answer {
+                                Ok(msg) => {
+                                    let mut frame = vec![0u8];
+                                    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+                                    frame.extend_from_slice(&msg);
+                                    let _ = send.send_data(bytes::Bytes::from(frame), false);
+                                    trailers
+                                        .insert("grpc-status", http::HeaderValue::from_static("0"));
+                                }
+                                Err(e) => {
+                                    trailers.insert(
+                                        "grpc-status",
+                                        http::HeaderValue::from_static("12"),
+                                    );
+                                    if let Ok(v) = http::HeaderValue::from_str(&e) {
+                                        trailers.insert("grpc-message", v);
+                                    }
+                                }
+                            }
+                            let _ = send.send_trailers(trailers);
+                        });
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// A claim of one device (request `gpu`) of device class `driver`, not allocated.
+async fn create_claim(c: &Cluster, name: &str, driver: &str) -> ResourceClaim {
+    let api: Api<ResourceClaim> = Api::namespaced(c.client.clone(), "default");
+    let claim: ResourceClaim = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": driver}}]}},
+    }))
+    .expect("claim");
+    api.create(&PostParams::default(), &claim)
+        .await
+        .expect("create claim")
+}
+
+/// Claim `name` allocated device `gpu-1` of `driver` on the node and reserved for `pod`:
+/// written as the scheduler would, through the status subresource.
+async fn allocate(c: &Cluster, name: &str, driver: &str, pod: &Pod) -> ResourceClaim {
+    let api: Api<ResourceClaim> = Api::namespaced(c.client.clone(), "default");
+    let status = json!({"status": {
+        "allocation": {"devices": {"results": [
+            {"request": "gpu", "driver": driver, "pool": c.node, "device": "gpu-1"},
+        ]}},
+        "reservedFor": [{"resource": "pods", "name": pod.metadata.name, "uid": pod.metadata.uid}],
+    }});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("allocate the claim")
+}
+
+/// A pod on the node using claim `claim` through its pod claim `gpu`.
+async fn claim_pod(c: &Cluster, name: &str, claim: &str) -> Pod {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": c.node,
+            "terminationGracePeriodSeconds": 1,
+            "resourceClaims": [{"name": "gpu", "resourceClaimName": claim}],
+            "containers": [{
+                "name": "main",
+                "image": "kaze/busybox:1",
+                "command": ["sh", "-c", "env; sleep 3600"],
+                "resources": {"claims": [{"name": "gpu"}]},
+            }],
+        },
+    }))
+    .expect("pod");
+    c.pods("default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod")
+}
+
+/// The message of a Warning event `reason` about `pod` containing `text` (60 s at most).
+async fn warning_with(c: &Cluster, pod: &str, reason: &str, text: &str) -> String {
+    let api: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    testkit::wait_for(
+        &format!("a {reason} event for {pod} saying {text:?}"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let list = api.list(&ListParams::default()).await.ok()?;
+                list.items.into_iter().find_map(|e| {
+                    let m = e.message.unwrap_or_default();
+                    (e.involved_object.name.as_deref() == Some(pod)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some("Warning")
+                        && m.contains(text))
+                    .then_some(m)
+                })
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_gets_its_claims_devices_and_the_claim_is_unprepared_after_it() {
+    let mut c = Cluster::new("dra", 251).await;
+    // The kubelet authenticated as its node: the Node authorizer lets it read the claims
+    // of its pods only.
+    let node_kubeconfig = apiserver::user_kubeconfig(
+        c.server().data_dir(),
+        &format!("system:node:{}", c.node),
+        &["system:nodes".to_string()],
+        1,
+        None,
+    )
+    .expect("a node kubeconfig");
+    let path = c.dir.path().join("node.kubeconfig");
+    std::fs::write(&path, node_kubeconfig).expect("writing the node kubeconfig");
+    c.config.kubeconfig = Some(path);
+    let cdi_dir = c.dir.path().join("cdi");
+    c.config.static_pods.cdi_spec_dirs = vec![cdi_dir.clone()];
+    let drv = Arc::new(driver::Driver {
+        name: "gpu.example.com".into(),
+        cdi_dir,
+        endpoint: c.dir.path().join("plugins/gpu.sock"),
+        client: c.client.clone(),
+        calls: Arc::new(Mutex::new(Vec::new())),
+    });
+    driver::serve(drv.clone(), &drv.endpoint);
+    // upstream's registry dir under the kubelet's root dir
+    driver::serve(
+        drv.clone(),
+        &c.root.join("plugins_registry/gpu.example.com-reg.sock"),
+    );
+    c.start_kubelet();
+    c.wait_node().await;
+    testkit::wait_for("the driver registered", Duration::from_secs(30), || async {
+        drv.saw("registered true ").then_some(())
+    })
+    .await;
+
+    let pod = claim_pod(&c, "gpu-user", "gpu-claim").await;
+    // Not allocated and reserved yet: the pod waits, saying why.
+    create_claim(&c, "gpu-claim", "gpu.example.com").await;
+    let msg = warning_with(
+        &c,
+        "gpu-user",
+        "FailedPrepareDynamicResources",
+        "is not allowed to use ResourceClaim gpu-claim",
+    )
+    .await;
+    assert!(
+        msg.starts_with("Failed to prepare dynamic resources: pod gpu-user ("),
+        "{msg}"
+    );
+    let claim = allocate(&c, "gpu-claim", "gpu.example.com", &pod).await;
+    let claim_uid = claim.metadata.uid.clone().expect("uid");
+
+    c.wait_pod("default", "gpu-user", "the pod running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    assert!(drv.saw(&format!("prepare {claim_uid}")), "{:?}", drv.calls);
+    assert!(drv.cdi_file(&claim_uid).exists());
+    let log = testkit::wait_for(
+        "the device's variable in the log",
+        Duration::from_secs(30),
+        || async {
+            let out = testkit::kubectl_with(&c.kubeconfig, &["logs", "gpu-user"], None);
+            let log = String::from_utf8_lossy(&out.stdout).into_owned();
+            log.contains("GPU_DEVICE_0=").then_some(log)
+        },
+    )
+    .await;
+    assert!(log.lines().any(|l| l == "GPU_DEVICE_0=gpu-1"), "{log}");
+    // kept for a restarted kubelet
+    let state = std::fs::read_to_string(c.root.join("dra_manager_state")).expect("checkpoint");
+    assert!(state.contains(&claim_uid), "{state}");
+
+    c.pods("default")
+        .delete("gpu-user", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    c.wait_pod_gone("default", "gpu-user").await;
+    testkit::wait_for("the claim unprepared", Duration::from_secs(30), || async {
+        drv.saw(&format!("unprepare {claim_uid}")).then_some(())
+    })
+    .await;
+    assert!(!drv.cdi_file(&claim_uid).exists());
+    let state = std::fs::read_to_string(c.root.join("dra_manager_state")).expect("checkpoint");
+    assert!(!state.contains(&claim_uid), "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_of_a_driver_that_is_not_registered_keeps_the_pod_from_starting() {
+    let mut c = Cluster::new("dranodrv", 252).await;
+    c.start_kubelet();
+    c.wait_node().await;
+    let pod = claim_pod(&c, "orphan", "missing-claim").await;
+    create_claim(&c, "missing-claim", "missing.example.com").await;
+    allocate(&c, "missing-claim", "missing.example.com", &pod).await;
+    let msg = warning_with(
+        &c,
+        "orphan",
+        "FailedPrepareDynamicResources",
+        "DRA driver missing.example.com is not registered",
+    )
+    .await;
+    assert_eq!(
+        msg,
+        "Failed to prepare dynamic resources: DRA driver missing.example.com is not registered"
+    );
+    let p = c
+        .wait_pod(
+            "default",
+            "orphan",
+            "the container waiting, saying why",
+            |p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|cs| cs.first())
+                    .and_then(|cs| cs.state.as_ref()?.waiting.as_ref())
+                    .is_some_and(|w| {
+                        w.reason.as_deref() == Some("ContainerCreating")
+                            && w.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains("is not registered"))
+                    })
+            },
+        )
+        .await;
+    let uid = p.metadata.uid.expect("uid");
+    assert!(
+        c.pod_containers(&uid).is_empty(),
+        "no sandbox, no container"
+    );
+    // a pod that never started goes away as any other
+    c.pods("default")
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    c.wait_pod_gone("default", "orphan").await;
+}
