@@ -23,6 +23,8 @@ mod backend;
 mod bootstrap;
 mod cache;
 mod cel;
+/// DRA device selectors' CEL (the scheduler's allocator evaluates them).
+pub use cel::device as device_cel;
 mod certificates;
 mod compactor;
 mod componentstatus;

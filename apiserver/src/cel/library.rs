@@ -330,6 +330,11 @@ fn parse_quantity(s: &str) -> Option<component::quota::Quantity> {
         .flatten()
 }
 
+/// A quantity value (`quantity(s)` of a valid `s`).
+pub(super) fn quantity_value(s: &str) -> Option<CelValue> {
+    parse_quantity(s).map(|q| CelValue::Opaque(std::sync::Arc::new(Quantity(q))))
+}
+
 fn quantity<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
     let v = values(&args)?;
     let CelValue::String(s) = &v[0] else {

@@ -20,6 +20,7 @@
 //!   apiserver. Evaluation is synchronous and the budget thread-local.
 
 pub mod authz;
+pub mod device;
 mod formats;
 mod library;
 mod net;

@@ -1,6 +1,6 @@
 //! Dynamic resource allocation (`resource.k8s.io/v1`): the checks and defaults of upstream's
 //! `pkg/apis/resource` that device drivers' manifests and claims meet first. kaze stores
-//! and serves these kinds; its scheduler allocates no claims (README: limits).
+//! and serves these kinds; its scheduler allocates claims (`scheduler/src/dra.rs`).
 
 use serde_json::{json, Value};
 
@@ -91,6 +91,29 @@ fn validate_claim_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
     }
 }
 
+/// Each `selectors[i].cel.expression` compiles for the device environment
+/// ([`crate::cel::device`]), as upstream's `validateSelector`.
+fn validate_selectors(owner: &Value, at: &str, causes: &mut Vec<Cause>) {
+    for (i, sel) in field::list(owner, "selectors").iter().enumerate() {
+        let at = format!("{at}.selectors[{i}]");
+        let Some(cel) = field::set(sel, "cel") else {
+            causes.push(field::required(&format!("{at}.cel"), ""));
+            continue;
+        };
+        let path = format!("{at}.cel.expression");
+        let expr = field::text(cel, "expression");
+        if expr.is_empty() {
+            causes.push(field::required(&path, ""));
+        } else if let Err(e) = crate::cel::device::compile(expr) {
+            causes.push(field::invalid(
+                &path,
+                &json!(expr),
+                &format!("compilation failed: {e}"),
+            ));
+        }
+    }
+}
+
 fn validate_exact(r: &Value, at: &str, causes: &mut Vec<Cause>) {
     let class = field::text(r, "deviceClassName");
     let path = format!("{at}.deviceClassName");
@@ -99,6 +122,7 @@ fn validate_exact(r: &Value, at: &str, causes: &mut Vec<Cause>) {
     } else {
         field::subdomain(&path, class, causes);
     }
+    validate_selectors(r, at, causes);
     let mode = r.get("allocationMode").cloned().unwrap_or(json!(""));
     match mode.as_str() {
         Some("ExactCount") => {
@@ -136,6 +160,7 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>, causes: &mut Vec<C
             if old.is_some_and(|old| old.get("spec") != obj.get("spec")) {
                 causes.push(field::invalid("spec", spec, "field is immutable"));
             }
+            validate_claim_status(obj, old, causes);
         }
         "ResourceClaimTemplate" => {
             let spec = obj.pointer("/spec/spec").unwrap_or(&Value::Null);
@@ -146,7 +171,47 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>, causes: &mut Vec<C
             }
         }
         "ResourceSlice" => validate_slice(obj, old, causes),
+        "DeviceClass" => {
+            validate_selectors(obj.get("spec").unwrap_or(&Value::Null), "spec", causes)
+        }
         _ => {}
+    }
+}
+
+/// Upstream's claim status rules: consumers only of an allocated claim, an allocation
+/// fixed once made (it may only be removed, when no consumer is left), and no consumer
+/// twice.
+fn validate_claim_status(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let status = obj.get("status").unwrap_or(&Value::Null);
+    let allocation = field::set(status, "allocation");
+    let reserved = field::list(status, "reservedFor");
+    if !reserved.is_empty() && allocation.is_none() {
+        causes.push(field::forbidden(
+            "status.reservedFor",
+            "may not be specified when `allocated` is not set",
+        ));
+    }
+    let mut uids = std::collections::HashSet::new();
+    for (i, r) in reserved.iter().enumerate() {
+        let uid = field::text(r, "uid");
+        if !uid.is_empty() && !uids.insert(uid) {
+            causes.push(field::duplicate(
+                &format!("status.reservedFor[{i}].uid"),
+                &json!(uid),
+            ));
+        }
+    }
+    let was = old
+        .and_then(|o| o.pointer("/status/allocation"))
+        .filter(|a| !a.is_null());
+    if let (Some(was), Some(now)) = (was, allocation) {
+        if was != now {
+            causes.push(field::invalid(
+                "status.allocation",
+                now,
+                "field is immutable",
+            ));
+        }
     }
 }
 
@@ -247,6 +312,71 @@ mod tests {
         assert!(
             msgs[0].starts_with("spec: Invalid value: ") && msgs[0].ends_with("field is immutable")
         );
+    }
+
+    #[test]
+    fn selectors_must_compile_for_the_device_environment() {
+        let class = |e: &str| json!({"spec": {"selectors": [{"cel": {"expression": e}}]}});
+        assert!(messages(
+            "DeviceClass",
+            class("device.driver == 'gpu.example.com'"),
+            None
+        )
+        .is_empty());
+        let msgs = messages("DeviceClass", class("pod.name == 'x'"), None);
+        assert_eq!(msgs.len(), 1);
+        assert!(
+            msgs[0].starts_with(r#"spec.selectors[0].cel.expression: Invalid value: "pod.name == 'x'": compilation failed: "#)
+                && msgs[0].contains("undeclared reference to 'pod'"),
+            "{msgs:?}"
+        );
+        let claim = json!({"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+            "deviceClassName": "gpu.example.com", "allocationMode": "ExactCount", "count": 1,
+            "selectors": [{"cel": {"expression": "device.driver =="}}, {}]}}]}}});
+        let msgs = messages("ResourceClaim", claim, None);
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].starts_with(
+            "spec.devices.requests[0].exactly.selectors[0].cel.expression: Invalid value"
+        ));
+        assert_eq!(
+            msgs[1],
+            "spec.devices.requests[0].exactly.selectors[1].cel: Required value"
+        );
+    }
+
+    #[test]
+    fn claim_status_reserves_only_allocated_claims_and_keeps_the_allocation() {
+        let spec = json!({"devices": {"requests": [{"name": "gpu", "exactly": {
+            "deviceClassName": "gpu.example.com", "allocationMode": "ExactCount", "count": 1}}]}});
+        let pod = json!({"resource": "pods", "name": "p", "uid": "u1"});
+        let unallocated = json!({"spec": spec, "status": {"reservedFor": [pod]}});
+        assert_eq!(
+            messages("ResourceClaim", unallocated, None),
+            ["status.reservedFor: Forbidden: may not be specified when `allocated` is not set"]
+        );
+        let alloc = |d: &str| json!({"devices": {"results": [{"request": "gpu", "driver": "gpu.example.com", "pool": "n1", "device": d}]}});
+        let ok = json!({"spec": spec, "status": {"allocation": alloc("g0"), "reservedFor": [pod]}});
+        assert!(messages("ResourceClaim", ok.clone(), None).is_empty());
+        let twice =
+            json!({"spec": spec, "status": {"allocation": alloc("g0"), "reservedFor": [pod, pod]}});
+        assert_eq!(
+            messages("ResourceClaim", twice, None),
+            [r#"status.reservedFor[1].uid: Duplicate value: "u1""#]
+        );
+        let moved = json!({"spec": spec, "status": {"allocation": alloc("g1")}});
+        let msgs = messages("ResourceClaim", moved, Some(ok.clone()));
+        assert_eq!(msgs.len(), 1);
+        assert!(
+            msgs[0].starts_with("status.allocation: Invalid value")
+                && msgs[0].ends_with("field is immutable")
+        );
+        // deallocation (no consumer left) is allowed
+        assert!(messages(
+            "ResourceClaim",
+            json!({"spec": spec, "status": {}}),
+            Some(ok)
+        )
+        .is_empty());
     }
 
     #[test]
