@@ -19,6 +19,7 @@
 use std::path::PathBuf;
 
 pub mod config;
+pub mod dra;
 pub mod framework;
 #[cfg(test)]
 mod framework_tests;

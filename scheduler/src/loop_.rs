@@ -16,6 +16,9 @@
 //! and classes followed by reflectors; a change to any of them retries parked pods): its
 //! PreFilter and Filter take part in the choice, and its PreBind (claims bound or
 //! provisioned for the chosen node) runs in the binding task before the pod is bound.
+//! Pods naming ResourceClaims go through [`crate::dra`] the same way (claims, slices and
+//! device classes followed by reflectors): its allocations are assumed when the node is
+//! chosen and written in the binding task before the pod is bound.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -34,15 +37,14 @@ use kube::Client;
 use tokio::sync::mpsc;
 
 use crate::config::Profile;
+use crate::dra;
 use crate::framework::{self, FitError, NodeInfo, VolumeFilter};
 use crate::preemption::{self, priority};
 use crate::volumebinding::{self, Listers};
 use crate::Error;
 
-/// Upstream's DynamicResources filter plugin, and its reason for a node where the pod's
-/// claims cannot be allocated.
-pub const DYNAMIC_RESOURCES: &str = "DynamicResources";
-const CANNOT_ALLOCATE: &str = "cannot allocate all claims";
+/// Upstream's DynamicResources filter plugin ([`crate::dra`]).
+pub const DYNAMIC_RESOURCES: &str = dra::PLUGIN;
 
 type Key = (String, String);
 
@@ -92,6 +94,8 @@ pub struct Scheduler {
     profiles: Vec<Profile>,
     parallelism: usize,
     pub stats: Arc<Stats>,
+    /// Claim allocations chosen but not yet seen in the claims' status.
+    assumed: dra::Assumed,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -273,6 +277,7 @@ impl Scheduler {
             profiles,
             parallelism: parallelism.max(1),
             stats: Arc::new(Stats::default()),
+            assumed: dra::Assumed::default(),
         }
     }
 
@@ -308,13 +313,17 @@ impl Scheduler {
         ));
 
         let volumes_changed = Arc::new(tokio::sync::Notify::new());
-        let listers = follow_volumes(&self.client, volumes_changed.clone(), &shutdown);
+        let (listers, dra_listers) =
+            follow_volumes(&self.client, volumes_changed.clone(), &shutdown);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = async {
                 let _ = listers.claims.wait_until_ready().await;
                 let _ = listers.volumes.wait_until_ready().await;
                 let _ = listers.classes.wait_until_ready().await;
+                let _ = dra_listers.claims.wait_until_ready().await;
+                let _ = dra_listers.slices.wait_until_ready().await;
+                let _ = dra_listers.classes.wait_until_ready().await;
             } => {}
         }
 
@@ -418,15 +427,21 @@ impl Scheduler {
             for k in ready {
                 st.enqueue(k);
             }
-            self.drain_queue(&mut st, &listers, &done_tx, &event_tx, &in_flight)
-                .await;
+            self.drain_queue(
+                &mut st,
+                (&listers, &dra_listers),
+                &done_tx,
+                &event_tx,
+                &in_flight,
+            )
+            .await;
         }
     }
 
     async fn drain_queue(
         &self,
         st: &mut State,
-        listers: &Listers,
+        (listers, dra_listers): (&Listers, &dra::Listers),
         done_tx: &mpsc::Sender<(Key, String, BindResult)>,
         event_tx: &mpsc::Sender<CoreEvent>,
         in_flight: &Arc<tokio::sync::Semaphore>,
@@ -453,31 +468,34 @@ impl Scheduler {
             let volumes = (profile.filter_enabled(volumebinding::PLUGIN)
                 && volumebinding::uses_claims(&pod))
             .then(|| volumebinding::prefilter(&pod, listers));
-            let (pre_filter, pod_volumes) = match volumes {
+            let (mut pre_filter, pod_volumes) = match volumes {
                 Some(Err(msg)) => (Some(msg), None),
                 Some(Ok(v)) => (None, v),
                 None => (None, None),
             };
-            // DynamicResources: kaze allocates no ResourceClaims, so a pod that needs one
-            // fits no node, as upstream's pod does when no driver offers the devices
-            let claims = profile.filter_enabled(DYNAMIC_RESOURCES)
-                && pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.resource_claims.as_ref())
-                    .is_some_and(|c| !c.is_empty());
+            // DynamicResources' PreFilter, once per pod; its Filter allocates per node
+            let claims = (profile.filter_enabled(DYNAMIC_RESOURCES) && dra::uses_claims(&pod))
+                .then(|| dra::prefilter(&pod, dra_listers, &self.assumed));
+            let pod_claims = match claims {
+                Some(Err(msg)) => {
+                    pre_filter.get_or_insert(msg);
+                    None
+                }
+                Some(Ok(c)) => c,
+                None => None,
+            };
             let check = |n: &NodeInfo| -> Option<String> {
-                if claims {
-                    return Some(CANNOT_ALLOCATE.to_string());
+                if let Some(msg) = &pre_filter {
+                    return Some(msg.clone());
                 }
-                match (&pre_filter, &pod_volumes) {
-                    (Some(msg), _) => Some(msg.clone()),
-                    (None, Some(v)) => v.filter(&n.node).err(),
-                    (None, None) => None,
+                if let Some(Err(msg)) = pod_volumes.as_ref().map(|v| v.filter(&n.node)) {
+                    return Some(msg);
                 }
+                pod_claims.as_ref().and_then(|c| c.filter(&n.node).err())
             };
             let volume_filter: Option<VolumeFilter<'_>> =
-                (pre_filter.is_some() || pod_volumes.is_some() || claims).then_some(&check);
+                (pre_filter.is_some() || pod_volumes.is_some() || pod_claims.is_some())
+                    .then_some(&check);
             let chosen = match &pre_filter {
                 Some(msg) => Err(FitError {
                     num_nodes: st.nodes.len(),
@@ -502,6 +520,20 @@ impl Scheduler {
                         (Some(v), Some(n)) => v.filter(n).ok().filter(|p| !p.is_empty()),
                         _ => None,
                     };
+                    // the claims' allocations for the node, assumed from now on
+                    let claim_plan = match (&pod_claims, &node_obj) {
+                        (Some(c), Some(n)) => c.filter(n).ok().map(|a| c.plan(a)),
+                        _ => None,
+                    };
+                    let assumed_claims: Vec<_> = claim_plan
+                        .iter()
+                        .flat_map(dra::Plan::allocations)
+                        .map(|(k, a)| {
+                            self.assumed.insert(k.clone(), a);
+                            k
+                        })
+                        .collect();
+                    let assumed = self.assumed.clone();
                     st.assumed.insert(k.clone());
                     st.place(k.clone(), node.clone(), pod.clone());
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -520,10 +552,27 @@ impl Scheduler {
                             )
                             .await;
                             if let Err(e) = bound {
+                                assumed.forget(&assumed_claims);
                                 let msg = format!(
                                     "running PreBind plugin \"{}\": binding volumes: {e}",
                                     volumebinding::PLUGIN
                                 );
+                                let _ = events.try_send(event_for(
+                                    &pod,
+                                    "Warning",
+                                    "FailedScheduling",
+                                    &msg,
+                                ));
+                                drop(permit);
+                                let _ = done.send((k, node, BindResult::Failed(msg))).await;
+                                return;
+                            }
+                        }
+                        if let Some(plan) = claim_plan {
+                            if let Err(e) = dra::prebind(&client, &pod, &plan).await {
+                                assumed.forget(&assumed_claims);
+                                let msg =
+                                    format!("running PreBind plugin \"{}\": {e}", dra::PLUGIN);
                                 let _ = events.try_send(event_for(
                                     &pod,
                                     "Warning",
@@ -653,14 +702,16 @@ impl Scheduler {
     }
 }
 
-/// Reflectors of claims, volumes and classes for [`volumebinding`]; every change notifies
-/// `changed` (parked pods may fit now).
+/// Reflectors of claims, volumes and classes for [`volumebinding`], and of resource
+/// claims, slices and device classes for [`dra`]; every change notifies `changed` (parked
+/// pods may fit now).
 fn follow_volumes(
     client: &Client,
     changed: Arc<tokio::sync::Notify>,
     shutdown: &component::CancellationToken,
-) -> Listers {
+) -> (Listers, dra::Listers) {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
     use k8s_openapi::api::storage::v1::StorageClass;
     fn follow<K>(
         api: Api<K>,
@@ -694,7 +745,7 @@ fn follow_volumes(
         });
         reader
     }
-    Listers {
+    let volumes = Listers {
         claims: follow(
             Api::<PersistentVolumeClaim>::all(client.clone()),
             changed.clone(),
@@ -707,10 +758,28 @@ fn follow_volumes(
         ),
         classes: follow(
             Api::<StorageClass>::all(client.clone()),
+            changed.clone(),
+            shutdown.clone(),
+        ),
+    };
+    let devices = dra::Listers {
+        claims: follow(
+            Api::<ResourceClaim>::all(client.clone()),
+            changed.clone(),
+            shutdown.clone(),
+        ),
+        slices: follow(
+            Api::<ResourceSlice>::all(client.clone()),
+            changed.clone(),
+            shutdown.clone(),
+        ),
+        classes: follow(
+            Api::<DeviceClass>::all(client.clone()),
             changed,
             shutdown.clone(),
         ),
-    }
+    };
+    (volumes, devices)
 }
 
 /// Upstream's `podTerminatingByPreemption`.
