@@ -8,8 +8,14 @@
 //! Once the pod is done (Succeeded or Failed) the claims made for it are deleted, as
 //! upstream's, unless a consumer other than the pod still holds them.
 //!
-//! kaze allocates no claims (no structured-parameters allocator in the scheduler, no
-//! kubelet DRA plugins): a pod with claims stays Pending (`cannot allocate all claims`).
+//!
+//! Its other half follows the claims the scheduler allocated (`scheduler::dra`): a consumer in
+//! `status.reservedFor` that is gone (or replaced by a pod of the same name), finished, or
+//! being deleted before it was scheduled leaves the list; a claim no consumer reserves any
+//! more is deallocated (`status.allocation` removed) and loses the
+//! `resource.kubernetes.io/delete-protection` finalizer, so its devices go to other claims
+//! and a claim being deleted goes. A claim only protected (the scheduler's write of the
+//! allocation failed) keeps the finalizer until it is deleted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +33,9 @@ use serde_json::json;
 
 use crate::informers::{wait_synced, Index, Informer};
 use crate::{api_err, error_policy, Ctx, ReconcileError};
+
+/// The finalizer of an allocated claim (the scheduler adds it).
+pub const DELETE_PROTECTION: &str = "resource.kubernetes.io/delete-protection";
 
 /// The annotation naming the pod's claim a generated ResourceClaim is for.
 pub const POD_CLAIM_NAME: &str = "resource.kubernetes.io/pod-claim-name";
@@ -56,7 +65,19 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
         templates: templates.clone(),
         ctx,
     });
-    Controller::for_shared_stream(pods.subscribe(), pods.store())
+    let consumers = Controller::for_shared_stream(claims.subscribe(), claims.store())
+        // a pod changed or gone: the claims it names
+        .watches_shared_stream(pods.subscribe(), |pod: Arc<Pod>| {
+            let ns = pod.namespace().unwrap_or_default();
+            pod_claim_names(&pod)
+                .into_iter()
+                .map(|n| ObjectRef::new(&n).within(&ns))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile_claim, error_policy, state.clone())
+        .for_each(|_| async {});
+    let makers = Controller::for_shared_stream(pods.subscribe(), pods.store())
         // a claim deleted or changed: the pod controlling it
         .watches_shared_stream(claims.subscribe(), |claim: Arc<ResourceClaim>| {
             let ns = claim.namespace().unwrap_or_default();
@@ -83,8 +104,114 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: component::CancellationToken) {
         )
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, state)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    tokio::join!(makers, consumers);
+}
+
+/// The ResourceClaims a pod names: its own (`resourceClaimName`) and those made for it.
+fn pod_claim_names(pod: &Pod) -> Vec<String> {
+    let own = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.resource_claims.iter().flatten())
+        .filter_map(|c| c.resource_claim_name.clone());
+    let made = pod
+        .status
+        .iter()
+        .flat_map(|s| s.resource_claim_statuses.iter().flatten())
+        .filter_map(|s| s.resource_claim_name.clone());
+    own.chain(made).collect()
+}
+
+/// Whether a pod in a claim's `reservedFor` still holds it (upstream's `syncClaim`): it
+/// exists with that uid, has not finished, and is not being deleted unscheduled.
+fn still_reserves(pod: Option<&Pod>, uid: &str) -> bool {
+    let Some(pod) = pod.filter(|p| p.metadata.uid.as_deref() == Some(uid)) else {
+        return false;
+    };
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let finished = matches!(phase, Some("Succeeded" | "Failed"));
+    let unscheduled = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_none_or(str::is_empty);
+    let deleted_unscheduled = pod.metadata.deletion_timestamp.is_some() && unscheduled;
+    !(finished || deleted_unscheduled)
+}
+
+/// Drop consumers that no longer hold the claim; deallocate a claim nobody holds.
+async fn reconcile_claim(
+    claim: Arc<ResourceClaim>,
+    c: Arc<Claims>,
+) -> Result<Action, ReconcileError> {
+    let ns = claim.namespace().unwrap_or_default();
+    let name = claim.name_any();
+    let status = claim.status.as_ref();
+    let reserved = status
+        .and_then(|s| s.reserved_for.as_deref())
+        .unwrap_or_default();
+    let allocated = status.is_some_and(|s| s.allocation.is_some());
+    let pods = c.ctx.pods();
+    let keep: Vec<_> = reserved
+        .iter()
+        .filter(|r| {
+            r.resource != "pods"
+                || r.api_group.as_deref().is_some_and(|g| !g.is_empty())
+                || still_reserves(pods.get(Some(&ns), &r.name).as_deref(), &r.uid)
+        })
+        .cloned()
+        .collect();
+    let api = Api::<ResourceClaim>::namespaced(c.ctx.client.clone(), &ns);
+    let rv = claim.metadata.resource_version.clone();
+    let mut status_patch = None;
+    if keep.is_empty() && allocated {
+        status_patch = Some(json!({"metadata": {"resourceVersion": rv},
+            "status": {"reservedFor": null, "allocation": null}}));
+    } else if keep.len() != reserved.len() {
+        status_patch = Some(json!({"metadata": {"resourceVersion": rv},
+            "status": {"reservedFor": keep}}));
+    }
+    let mut deallocated = false;
+    if let Some(patch) = status_patch {
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // changed meanwhile: the change brings it back
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                return Ok(Action::await_change())
+            }
+            Err(e) => return Err(api_err(format!("releasing resourceclaim {ns}/{name}"))(e)),
+        }
+        deallocated = keep.is_empty();
+        tracing::info!(claim = %format!("{ns}/{name}"), consumers = keep.len(), deallocated, "released a resource claim's finished consumers");
+    }
+    let protected = claim.finalizers().iter().any(|f| f == DELETE_PROTECTION);
+    let unprotect =
+        protected && (deallocated || (!allocated && claim.metadata.deletion_timestamp.is_some()));
+    if unprotect {
+        let finalizers: Vec<&String> = claim
+            .finalizers()
+            .iter()
+            .filter(|f| *f != DELETE_PROTECTION)
+            .collect();
+        let patch = json!({"metadata": {"finalizers": finalizers}});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(api_err(format!("unprotecting resourceclaim {ns}/{name}"))(
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(Action::await_change())
 }
 
 /// The pod's claims made from templates: (pod claim name, template name).
