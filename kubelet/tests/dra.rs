@@ -4,8 +4,10 @@
 //! spec whose devices set `GPU_DEVICE_<n>=<device>` in the containers using them. A pod
 //! using an allocated claim runs with that variable and the claim is unprepared when the
 //! pod goes; a claim of a driver that is not registered keeps its pod from starting, with
-//! upstream's event. The first kubelet runs with its node's credentials (the Node
-//! authorizer's resourceclaims path), the second as admin.
+//! upstream's event; a restarted kubelet keeps a running pod's claim prepared (its
+//! checkpoint) and unprepares the claim of a pod deleted while it was down. The first test's
+//! kubelet runs with its node's credentials (the Node authorizer's resourceclaims path),
+//! the others' as admin.
 
 mod support;
 
@@ -48,7 +50,16 @@ mod driver {
         }
 
         pub fn saw(&self, call: &str) -> bool {
-            self.calls.lock().expect("calls").iter().any(|c| c == call)
+            self.count(call) > 0
+        }
+
+        pub fn count(&self, call: &str) -> usize {
+            self.calls
+                .lock()
+                .expect("calls")
+                .iter()
+                .filter(|c| *c == call)
+                .count()
         }
 
         async fn handle(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
@@ -280,6 +291,35 @@ async fn warning_with(c: &Cluster, pod: &str, reason: &str, text: &str) -> Strin
     .await
 }
 
+/// The test driver `gpu.example.com` serving on its sockets, and the kubelet (not started
+/// yet) reading CDI specs where it writes them.
+fn start_driver(c: &mut Cluster) -> Arc<driver::Driver> {
+    let cdi_dir = c.dir.path().join("cdi");
+    c.config.static_pods.cdi_spec_dirs = vec![cdi_dir.clone()];
+    let drv = Arc::new(driver::Driver {
+        name: "gpu.example.com".into(),
+        cdi_dir,
+        endpoint: c.dir.path().join("plugins/gpu.sock"),
+        client: c.client.clone(),
+        calls: Arc::new(Mutex::new(Vec::new())),
+    });
+    driver::serve(drv.clone(), &drv.endpoint);
+    // upstream's registry dir under the kubelet's root dir
+    driver::serve(
+        drv.clone(),
+        &c.root.join("plugins_registry/gpu.example.com-reg.sock"),
+    );
+    drv
+}
+
+/// Once the kubelet has told the driver `times` times in all that it registered it.
+async fn registered(drv: &driver::Driver, times: usize) {
+    testkit::wait_for("the driver registered", Duration::from_secs(30), || async {
+        (drv.count("registered true ") >= times).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_gets_its_claims_devices_and_the_claim_is_unprepared_after_it() {
     let mut c = Cluster::new("dra", 251).await;
@@ -296,27 +336,10 @@ async fn a_pod_gets_its_claims_devices_and_the_claim_is_unprepared_after_it() {
     let path = c.dir.path().join("node.kubeconfig");
     std::fs::write(&path, node_kubeconfig).expect("writing the node kubeconfig");
     c.config.kubeconfig = Some(path);
-    let cdi_dir = c.dir.path().join("cdi");
-    c.config.static_pods.cdi_spec_dirs = vec![cdi_dir.clone()];
-    let drv = Arc::new(driver::Driver {
-        name: "gpu.example.com".into(),
-        cdi_dir,
-        endpoint: c.dir.path().join("plugins/gpu.sock"),
-        client: c.client.clone(),
-        calls: Arc::new(Mutex::new(Vec::new())),
-    });
-    driver::serve(drv.clone(), &drv.endpoint);
-    // upstream's registry dir under the kubelet's root dir
-    driver::serve(
-        drv.clone(),
-        &c.root.join("plugins_registry/gpu.example.com-reg.sock"),
-    );
+    let drv = start_driver(&mut c);
     c.start_kubelet();
     c.wait_node().await;
-    testkit::wait_for("the driver registered", Duration::from_secs(30), || async {
-        drv.saw("registered true ").then_some(())
-    })
-    .await;
+    registered(&drv, 1).await;
 
     let pod = claim_pod(&c, "gpu-user", "gpu-claim").await;
     // Not allocated and reserved yet: the pod waits, saying why.
@@ -420,4 +443,60 @@ async fn a_claim_of_a_driver_that_is_not_registered_keeps_the_pod_from_starting(
         .await
         .expect("delete pod");
     c.wait_pod_gone("default", "orphan").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_kubelet_keeps_prepared_claims_and_unprepares_those_of_pods_deleted_meanwhile()
+{
+    let mut c = Cluster::new("drarestart", 253).await;
+    let drv = start_driver(&mut c);
+    c.start_kubelet();
+    c.wait_node().await;
+    registered(&drv, 1).await;
+    create_claim(&c, "kept", "gpu.example.com").await;
+    let pod = claim_pod(&c, "keeper", "kept").await;
+    let claim = allocate(&c, "kept", "gpu.example.com", &pod).await;
+    let prepare = format!("prepare {}", claim.metadata.uid.clone().expect("uid"));
+    let unprepare = format!("un{prepare}");
+    let running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    c.wait_pod("default", "keeper", "the pod running", running)
+        .await;
+    assert_eq!(drv.count(&prepare), 1);
+
+    // A restart adopts the pod: its claim stays prepared (the checkpoint), not asked again.
+    c.stop_kubelet();
+    c.start_kubelet();
+    registered(&drv, 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = c
+        .wait_pod("default", "keeper", "the pod running", running)
+        .await;
+    let ready = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.first().map(|c| c.ready));
+    assert_eq!(ready, Some(true));
+    assert_eq!(drv.count(&prepare), 1, "{:?}", drv.calls);
+    assert!(!drv.saw(&unprepare));
+
+    // Deleted while no kubelet runs: the next one unprepares its claim.
+    c.stop_kubelet();
+    c.pods("default")
+        .delete(
+            "keeper",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("force delete");
+    c.wait_pod_gone("default", "keeper").await;
+    c.start_kubelet();
+    testkit::wait_for("the claim unprepared", Duration::from_secs(60), || async {
+        drv.saw(&unprepare).then_some(())
+    })
+    .await;
+    let state = std::fs::read_to_string(c.root.join("dra_manager_state")).expect("checkpoint");
+    assert!(!state.contains(&prepare["prepare ".len()..]), "{state}");
 }

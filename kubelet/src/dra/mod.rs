@@ -15,32 +15,35 @@
 //! Errors are worded as upstream's (they reach the pod's `FailedPrepareDynamicResources`
 //! events): `DRA driver gpu.example.com is not registered`, ...
 //!
+//! After a restart, the sync loop's first pod list names the pods deleted meanwhile
+//! ([`Manager::pods_except`]): their claims are unprepared too.
+//!
 //! Not done: the plugins' health (`NodeWatchResources`), wiping a gone driver's
-//! ResourceSlices, claims of pods deleted while the kubelet was down (their checkpoint
-//! entries stay until a pod of the same claim comes and goes), and `devices.config`
-//! (opaque driver config is the driver's to read from the claim).
+//! ResourceSlices, and `devices.config` (opaque driver config is the driver's to read from
+//! the claim).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodResourceClaim};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use serde::{Deserialize, Serialize};
 
 pub mod cdi;
+mod claims;
 pub mod plugins;
 pub mod proto;
 
+pub use claims::claim_name;
+use claims::{allocated_drivers, owned_by, pod_claims, reserved_for, serves};
 pub use plugins::Plugins;
 
 /// Upstream's name for the checkpoint, under the kubelet's root dir.
 pub const CHECKPOINT_FILE: &str = "dra_manager_state";
-/// The plugins registry dir under the kubelet's root dir (upstream's
-/// `plugins_registry`), and the dir drivers conventionally put their service sockets in.
+/// The plugins registry dir under the kubelet's root dir (upstream's `plugins_registry`).
 pub const PLUGINS_REGISTRY_DIR: &str = "plugins_registry";
-pub const PLUGINS_DIR: &str = "plugins";
 /// How long a NodePrepareResources/NodeUnprepareResources call may take (upstream's
 /// default client call timeout).
 const CALL_TIMEOUT: Duration = Duration::from_secs(45);
@@ -422,6 +425,14 @@ impl Manager {
         Ok(registry.resolve(&ids)?.with_host_info()?)
     }
 
+    /// The pods holding claims for which `keep` does not hold (after a restart: pods
+    /// deleted while no kubelet ran, to [`Manager::unprepare`]).
+    pub fn pods_except(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let claims = self.lock();
+        let pods: BTreeSet<&String> = claims.values().flat_map(|c| &c.pods).collect();
+        pods.into_iter().filter(|p| !keep(p)).cloned().collect()
+    }
+
     /// Pod `pod_uid` is gone from the node (its containers removed): unprepare the claims
     /// no other pod uses (upstream's `UnprepareResources`). What fails stays, without
     /// users, and is retried by [`Manager::run`].
@@ -526,97 +537,6 @@ impl Manager {
             None => Ok(()),
         }
     }
-}
-
-/// `pod.spec.resourceClaims`.
-fn pod_claims(pod: &Pod) -> &[PodResourceClaim] {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.resource_claims.as_deref())
-        .unwrap_or_default()
-}
-
-/// The ResourceClaim a pod claim stands for (upstream's `resourceclaim.Name`): its
-/// `resourceClaimName`, or for a template the name in `status.resourceClaimStatuses`
-/// (None there: no claim was needed).
-pub fn claim_name(pod: &Pod, pc: &PodResourceClaim) -> Result<Option<String>, DraError> {
-    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
-    if let Some(name) = &pc.resource_claim_name {
-        return Ok(Some(name.clone()));
-    }
-    if pc.resource_claim_template_name.is_none() {
-        return Err(claim_err(format!(
-            "pod \"{pod_name}\", spec.resourceClaim {:?}: API unsupported",
-            pc.name
-        )));
-    }
-    pod.status
-        .as_ref()
-        .and_then(|s| s.resource_claim_statuses.as_ref())
-        .into_iter()
-        .flatten()
-        .find(|s| s.name == pc.name)
-        .map(|s| s.resource_claim_name.clone())
-        .ok_or_else(|| claim_err(format!("pod \"{pod_name}\": ResourceClaim not created yet")))
-}
-
-/// Whether the claim's controller is the pod (a claim made from the pod's template).
-fn owned_by(claim: &ResourceClaim, pod_uid: &str) -> bool {
-    claim
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.controller == Some(true) && o.uid == pod_uid && o.kind == "Pod")
-}
-
-/// Whether `status.reservedFor` holds the pod.
-fn reserved_for(claim: &ResourceClaim, pod_uid: &str) -> bool {
-    claim
-        .status
-        .as_ref()
-        .and_then(|s| s.reserved_for.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|r| {
-            r.resource == "pods"
-                && r.api_group.as_deref().unwrap_or("").is_empty()
-                && r.uid == pod_uid
-        })
-}
-
-/// The drivers of the claim's allocated devices, None when it is not allocated.
-fn allocated_drivers(claim: &ResourceClaim) -> Option<BTreeSet<String>> {
-    let results = claim
-        .status
-        .as_ref()?
-        .allocation
-        .as_ref()?
-        .devices
-        .as_ref()
-        .and_then(|d| d.results.as_ref());
-    Some(
-        results
-            .into_iter()
-            .flatten()
-            .map(|r| r.driver.clone())
-            .collect(),
-    )
-}
-
-/// Whether a prepared device serves the container's `request` (all requests when it names
-/// none; a device for no request in particular serves every one; `req` takes its
-/// subrequests' `req/sub` devices).
-fn serves(d: &PreparedDevice, request: Option<&str>) -> bool {
-    let Some(request) = request else {
-        return true;
-    };
-    d.request_names.is_empty()
-        || d.request_names.iter().any(|r| {
-            r == request
-                || r.split_once('/')
-                    .is_some_and(|(parent, _)| parent == request)
-        })
 }
 
 #[cfg(test)]

@@ -224,8 +224,22 @@ impl Finishing {
     }
 }
 
-/// Stop and remove whatever the runtime still has of pod `uid` (no worker runs for it).
-async fn remove_leftovers(rt: Runtime, uid: String, grace: Duration) {
+/// Stop and remove whatever the runtime still has of pod `uid` (no worker runs for it),
+/// then unprepare the DRA claims only it used.
+async fn remove_leftovers(rt: Runtime, dra: Dra, uid: String, grace: Duration) {
+    remove_runtime_leftovers(rt, &uid, grace).await;
+    if let Some(dra) = dra {
+        if let Err(e) = dra.unprepare(&uid).await {
+            tracing::warn!(pod_uid = %uid, error = %e, "unpreparing the dynamic resources of a pod this node no longer runs");
+        }
+    }
+}
+
+/// The node's DRA manager, if it has one.
+type Dra = Option<std::sync::Arc<crate::dra::Manager>>;
+
+async fn remove_runtime_leftovers(rt: Runtime, uid: &str, grace: Duration) {
+    let uid = uid.to_string();
     match rt.pod_containers(&uid).await {
         Ok(c) if c.is_empty() && rt.read_record(&uid).is_none() => return,
         Ok(_) => {}
@@ -356,11 +370,27 @@ pub async fn run(
                     }
                 }
                 if std::mem::take(&mut first_list) {
+                    // Claims prepared for pods deleted while no kubelet ran (whatever
+                    // the runtime still has of them): unprepared unless another pod uses them.
+                    if let Some(dra) = source.dra().cloned() {
+                        // taken now: the pods this list starts are live
+                        let gone = dra.pods_except(|uid| live.contains(uid) || statics.owns(uid));
+                        tokio::spawn(async move {
+                            for uid in gone {
+                                if let Err(e) = dra.unprepare(&uid).await {
+                                    tracing::warn!(pod_uid = %uid, error = %e, "unpreparing the dynamic resources of a pod deleted while the kubelet was down");
+                                }
+                            }
+                        });
+                    }
                     for uid in runtime_pods(&rt).await {
                         if !live.contains(&uid) && !statics.owns(&uid) {
                             // Its spec is gone: upstream kills such pods with the minimum grace, 2 s.
                             let grace = Duration::from_secs(2);
-                            finishing.spawn(uid.clone(), remove_leftovers(rt.clone(), uid, grace));
+                            finishing.spawn(
+                                uid.clone(),
+                                remove_leftovers(rt.clone(), source.dra().cloned(), uid, grace),
+                            );
                         }
                     }
                 }
@@ -380,7 +410,10 @@ pub async fn run(
                         // E.g. a terminal pod, which has no worker after a restart.
                         None => {
                             let grace = pod::spec::grace_period(&p);
-                            finishing.spawn(uid.clone(), remove_leftovers(rt.clone(), uid, grace));
+                            finishing.spawn(
+                                uid.clone(),
+                                remove_leftovers(rt.clone(), source.dra().cloned(), uid, grace),
+                            );
                         }
                     }
                 }
@@ -413,8 +446,9 @@ pub async fn run(
                         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                         let dp = pod::spec::delete_now(uid.clone());
                         let (rt, grace) = (rt.clone(), pod::spec::grace_period(&p));
+                        let dra = source.dra().cloned();
                         finishing.spawn(uid.clone(), async move {
-                            remove_leftovers(rt, uid, grace).await;
+                            remove_leftovers(rt, dra, uid, grace).await;
                             let _ = api.delete(&name, &dp).await;
                         });
                     }
@@ -434,7 +468,10 @@ pub async fn run(
                 // Nothing of it runs, unless an earlier kubelet started it (and the pod it
                 // clashes with came meanwhile): stop that.
                 let grace = pod::spec::grace_period(&p);
-                finishing.spawn(uid.clone(), remove_leftovers(rt.clone(), uid, grace));
+                finishing.spawn(
+                    uid.clone(),
+                    remove_leftovers(rt.clone(), source.dra().cloned(), uid, grace),
+                );
                 continue;
             }
             tracing::info!(pod = %format!("{ns}/{name}"), "starting pod");
