@@ -246,16 +246,28 @@ async fn allocate(c: &Cluster, name: &str, driver: &str, pod: &Pod) -> ResourceC
 
 /// A pod on the node using claim `claim` through its pod claim `gpu`.
 async fn claim_pod(c: &Cluster, name: &str, claim: &str) -> Pod {
+    claim_pod_running(c, name, claim, "env; sleep 3600", "Always").await
+}
+
+/// [`claim_pod`] running `script` under `policy`.
+async fn claim_pod_running(
+    c: &Cluster,
+    name: &str,
+    claim: &str,
+    script: &str,
+    policy: &str,
+) -> Pod {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "nodeName": c.node,
             "terminationGracePeriodSeconds": 1,
+            "restartPolicy": policy,
             "resourceClaims": [{"name": "gpu", "resourceClaimName": claim}],
             "containers": [{
                 "name": "main",
                 "image": "kaze/busybox:1",
-                "command": ["sh", "-c", "env; sleep 3600"],
+                "command": ["sh", "-c", script],
                 "resources": {"claims": [{"name": "gpu"}]},
             }],
         },
@@ -499,4 +511,39 @@ async fn a_restarted_kubelet_keeps_prepared_claims_and_unprepares_those_of_pods_
     .await;
     let state = std::fs::read_to_string(c.root.join("dra_manager_state")).expect("checkpoint");
     assert!(!state.contains(&prepare["prepare ".len()..]), "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_pods_claim_is_unprepared_before_the_pod_is_deleted() {
+    let mut c = Cluster::new("drafinish", 254).await;
+    let drv = start_driver(&mut c);
+    c.start_kubelet();
+    c.wait_node().await;
+    registered(&drv, 1).await;
+    create_claim(&c, "once", "gpu.example.com").await;
+    let pod = claim_pod_running(&c, "once", "once", "echo $GPU_DEVICE_0", "Never").await;
+    let claim = allocate(&c, "once", "gpu.example.com", &pod).await;
+    let uid = claim.metadata.uid.clone().expect("uid");
+    c.wait_pod("default", "once", "the pod succeeded", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+    })
+    .await;
+    let log = testkit::kubectl_with(&c.kubeconfig, &["logs", "once"], None);
+    assert_eq!(String::from_utf8_lossy(&log.stdout).trim(), "gpu-1");
+    testkit::wait_for("the claim unprepared", Duration::from_secs(30), || async {
+        drv.saw(&format!("unprepare {uid}")).then_some(())
+    })
+    .await;
+    assert!(c
+        .pods("default")
+        .get_opt("once")
+        .await
+        .expect("get")
+        .is_some());
+    c.pods("default")
+        .delete("once", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    c.wait_pod_gone("default", "once").await;
+    assert_eq!(drv.count(&format!("unprepare {uid}")), 1, "{:?}", drv.calls);
 }

@@ -9,8 +9,9 @@
 //! - each container gets the CDI devices of the claims (and requests) it names in
 //!   `resources.claims`, resolved from the CDI spec dirs and applied to its OCI spec
 //!   ([`Manager::container_edits`], [`cdi`]);
-//! - when a pod is gone from the node, [`Manager::unprepare`] calls `NodeUnprepareResources`
-//!   for the claims no other pod on the node uses; failures are retried by [`Manager::run`].
+//! - when a pod is terminal or gone from the node, [`Manager::unprepare`] calls
+//!   `NodeUnprepareResources` for the claims no other pod on the node uses; failures are
+//!   retried by [`Manager::run`].
 //!
 //! Errors are worded as upstream's (they reach the pod's `FailedPrepareDynamicResources`
 //! events): `DRA driver gpu.example.com is not registered`, ...

@@ -310,6 +310,7 @@ pub fn spawn_with(
         volumes_retry: Instant::now(),
         volumes_refreshed: Instant::now(),
         dra_prepared: false,
+        dra_released: false,
         dra_retry: Instant::now(),
         initialized: !has_init,
         updates: updates_rx,
@@ -387,6 +388,8 @@ pub(super) struct Worker {
     volumes_refreshed: Instant,
     /// The pod's ResourceClaims are prepared (see [`crate::dra`]); until then no sandbox.
     dra_prepared: bool,
+    /// The pod finished and its claims were unprepared.
+    dra_released: bool,
     dra_retry: Instant,
     events: Recorder,
     /// Every init container succeeded (sidecars: started); app containers may run.
@@ -421,6 +424,15 @@ impl Worker {
             }
             self.step().await;
             let next = self.status();
+            // Terminal (every container stopped for good): the claims go back to their
+            // drivers now, as upstream's SyncTerminatedPod releases them, not at deletion.
+            if self.dra_prepared
+                && !self.dra_released
+                && matches!(next.phase.as_deref(), Some("Succeeded" | "Failed"))
+            {
+                self.dra_released = true;
+                self.unprepare_dra().await;
+            }
             if !self.start_reported && next.phase.as_deref() == Some("Running") {
                 self.start_reported = true;
                 self.rt
