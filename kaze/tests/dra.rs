@@ -1,0 +1,339 @@
+//! Dynamic resource allocation end to end on a real single-node `kaze server` (its
+//! scheduler, controller-manager and kubelet; real containerd, runc and pods), driven by the
+//! real kubectl 1.37, with a DRA driver's kubelet plugin in the test
+//! (`kubelet/tests/dra_driver`: it registers through the node's plugins registry dir and
+//! writes a CDI spec per prepared claim whose devices set `GPU_DEVICE_<n>=<device>`).
+//!
+//! The driver's two devices are published in a ResourceSlice; pods ask for one through a
+//! ResourceClaimTemplate with a CEL selector. The scheduler allocates a device to each of
+//! two pods' claims, the kubelet has the driver prepare them and the containers see their
+//! device; a third pod waits (`cannot allocate all claims`) until one of the first two is
+//! deleted, when its claim is unprepared, deallocated and deleted, and the freed device
+//! goes to the third.
+//!
+//! The node runs in a network namespace of its own (`testkit::Netns`), as every kaze test
+//! that runs a node.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::{eventually, free_port, ChildGuard};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../xtask/src/images.rs"]
+mod xtask_images;
+
+#[allow(dead_code)]
+#[path = "../../kubelet/tests/dra_driver/mod.rs"]
+mod driver;
+
+const DRIVER: &str = "gpu.example.com";
+
+fn kubectl_run(data: &Path, args: &[&str]) -> Output {
+    testkit::kubectl_with(&data.join("kubeconfig.yaml"), args, None)
+}
+
+fn kubectl_ok(data: &Path, args: &[&str]) -> String {
+    testkit::kubectl_ok(&data.join("kubeconfig.yaml"), args, None)
+}
+
+fn kubectl_apply(data: &Path, yaml: &str) {
+    testkit::kubectl_ok(
+        &data.join("kubeconfig.yaml"),
+        &["apply", "-f", "-"],
+        Some(yaml),
+    );
+}
+
+fn json(data: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl_ok(data, &all)).expect("kubectl -o json")
+}
+
+/// The device class, the node's slice of two a100s, and the template of a claim for one.
+fn devices(node: &str) -> String {
+    format!(
+        r#"
+apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {{name: gpu}}
+spec:
+  selectors: [{{cel: {{expression: "device.driver == '{DRIVER}'"}}}}]
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {{name: {node}-gpus}}
+spec:
+  driver: {DRIVER}
+  nodeName: {node}
+  pool: {{name: {node}, generation: 1, resourceSliceCount: 1}}
+  devices:
+  - {{name: gpu-0, attributes: {{model: {{string: a100}}}}, capacity: {{memory: {{value: 40Gi}}}}}}
+  - {{name: gpu-1, attributes: {{model: {{string: a100}}}}, capacity: {{memory: {{value: 40Gi}}}}}}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {{name: a100, namespace: default}}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: gpu
+        exactly:
+          deviceClassName: gpu
+          selectors:
+          - cel: {{expression: "device.attributes['{DRIVER}'].model == 'a100' && device.capacity['{DRIVER}'].memory.compareTo(quantity('32Gi')) >= 0"}}
+"#
+    )
+}
+
+/// A pod whose container prints the devices it got, then sleeps.
+fn pod(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  terminationGracePeriodSeconds: 1
+  resourceClaims: [{{name: gpu, resourceClaimTemplateName: a100}}]
+  containers:
+  - name: c
+    image: kaze/busybox:1
+    command: ["sh", "-c", "env | grep GPU_DEVICE; sleep 3600"]
+    resources: {{claims: [{{name: gpu}}]}}
+"#
+    )
+}
+
+/// The device the pod's container says it got, once it runs and says it.
+fn device_of(data: &Path, pod: &str) -> String {
+    eventually(
+        &format!("{pod} running with a device"),
+        Duration::from_secs(90),
+        || {
+            let out = kubectl_run(data, &["logs", pod]);
+            let log = String::from_utf8_lossy(&out.stdout).into_owned();
+            log.lines()
+                .find_map(|l| l.strip_prefix("GPU_DEVICE_0="))
+                .map(str::to_string)
+        },
+    )
+}
+
+/// The name of the claim made for the pod.
+fn claim_of(data: &Path, pod: &str) -> String {
+    eventually(
+        &format!("{pod}'s claim recorded"),
+        Duration::from_secs(30),
+        || {
+            let p = json(data, &["get", "pod", pod]);
+            p["status"]["resourceClaimStatuses"][0]["resourceClaimName"]
+                .as_str()
+                .map(str::to_string)
+        },
+    )
+}
+
+#[test]
+fn pods_get_devices_allocated_by_the_scheduler_and_prepared_by_the_driver() {
+    let _netns = testkit::Netns::enter("kzt-dra");
+    let dir = tempfile::Builder::new()
+        .prefix("kaze-dra-")
+        .tempdir()
+        .expect("temp dir");
+    let data = dir.path();
+    let _mounts = Unmounts(data.to_path_buf());
+    let containerd = testkit::Containerd::start();
+    let images = data.join("agent/images");
+    std::fs::create_dir_all(&images).expect("air-gap dir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root");
+    for tar in xtask_images::build_images(root).expect("building images") {
+        std::fs::copy(&tar, images.join(tar.file_name().expect("name"))).expect("copy image");
+    }
+    let pid = std::process::id();
+    let node = format!("kz-dra-{pid}");
+    let _leftovers = testkit::NodeGuard {
+        node: node.clone(),
+        pod_ip_prefix: "10.248.".into(),
+    };
+    let pin_root = format!("/sys/fs/bpf/kaze-dra-{pid}");
+    let _pins = PinRoot(pin_root.clone());
+    let bridge = format!("kzd{}", pid % 100_000);
+    let _bridge = testkit::LinkGuard(bridge.clone());
+    let cdi_dir = data.join("cdi");
+    let port = free_port();
+    let log_path = data.join("server.log");
+    let log = std::fs::File::create(&log_path).expect("server log");
+    let child = Command::new(env!("CARGO_BIN_EXE_kaze"))
+        .args([
+            "server",
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            &port.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--node-ip",
+            "127.0.0.1",
+            "--node-name",
+            &node,
+            "--cni-bridge",
+            &bridge,
+        ])
+        .args(["--cluster-cidr", "10.248.0.0/16"])
+        .args(["--dns-port", &free_port().to_string()])
+        .args(["--dns-http-port", &free_port().to_string()])
+        .arg("--container-runtime-endpoint")
+        .arg(containerd.socket())
+        .args([
+            "--eviction-hard",
+            "memory.available<100Mi",
+            "--kubelet-arg",
+            "image-gc-high-threshold=100",
+        ])
+        .arg("--kubelet-arg")
+        .arg(format!("cdi-spec-dirs={}", cdi_dir.display()))
+        .args(["--kubelet-port", &free_port().to_string()])
+        .args(["--proxy-metrics-port", &free_port().to_string()])
+        .args(["--bpf-pin-root", &pin_root])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("starting kaze server");
+    let mut server = ChildGuard::new(child);
+    let server_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    eventually("node Ready", Duration::from_secs(90), || {
+        let out = kubectl_run(
+            data,
+            &[
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        );
+        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
+    });
+
+    // the driver's kubelet plugin, on a runtime of its own (its threads in this netns)
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let kubeconfig = data.join("kubeconfig.yaml");
+    let drv = rt.block_on(async {
+        let client = component::client(Some(&kubeconfig)).await.expect("client");
+        let drv = Arc::new(driver::Driver {
+            name: DRIVER.into(),
+            cdi_dir: cdi_dir.clone(),
+            endpoint: data.join("plugins").join(DRIVER).join("dra.sock"),
+            client,
+            calls: Arc::new(Mutex::new(Vec::new())),
+        });
+        driver::serve(drv.clone(), &drv.endpoint);
+        driver::serve(
+            drv.clone(),
+            &data.join(format!("plugins_registry/{DRIVER}-reg.sock")),
+        );
+        drv
+    });
+    eventually("the driver registered", Duration::from_secs(30), || {
+        drv.saw("registered true ").then_some(())
+    });
+
+    kubectl_apply(data, &devices(&node));
+    kubectl_apply(data, &pod("train-1"));
+    kubectl_apply(data, &pod("train-2"));
+    let mut got = vec![device_of(data, "train-1"), device_of(data, "train-2")];
+    got.sort();
+    assert_eq!(got, ["gpu-0", "gpu-1"], "{}", server_log());
+    let claim_1 = claim_of(data, "train-1");
+    let claims = kubectl_ok(data, &["get", "resourceclaims"]);
+    assert!(
+        claims
+            .lines()
+            .any(|l| l.starts_with(&claim_1) && l.contains("allocated,reserved")),
+        "{claims}"
+    );
+    let c1 = json(data, &["get", "resourceclaim", &claim_1]);
+    let uid_1 = c1["metadata"]["uid"].as_str().expect("uid").to_string();
+    assert!(drv.saw(&format!("prepare {uid_1}")));
+    assert!(drv.cdi_file(&uid_1).exists());
+    let freed = c1["status"]["allocation"]["devices"]["results"][0]["device"]
+        .as_str()
+        .expect("device")
+        .to_string();
+
+    // no third a100
+    kubectl_apply(data, &pod("train-3"));
+    eventually("train-3 unschedulable", Duration::from_secs(30), || {
+        let events = kubectl_ok(
+            data,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=train-3,reason=FailedScheduling",
+            ],
+        );
+        events
+            .contains("0/1 nodes are available: 1 cannot allocate all claims.")
+            .then_some(())
+    });
+
+    // train-1 goes: its claim is unprepared and deleted, and train-3 gets its device
+    kubectl_ok(data, &["delete", "pod", "train-1"]);
+    eventually(
+        "train-1's claim unprepared",
+        Duration::from_secs(60),
+        || drv.saw(&format!("unprepare {uid_1}")).then_some(()),
+    );
+    assert!(!drv.cdi_file(&uid_1).exists());
+    eventually("train-1's claim deleted", Duration::from_secs(60), || {
+        let out = kubectl_run(data, &["get", "resourceclaim", &claim_1]);
+        (!out.status.success()).then_some(())
+    });
+    assert_eq!(device_of(data, "train-3"), freed, "{}", server_log());
+
+    kubectl_ok(data, &["delete", "pod", "train-2", "train-3"]);
+    eventually("every claim unprepared", Duration::from_secs(60), || {
+        (drv.count_prefix("unprepare ") >= 3).then_some(())
+    });
+    let status = server.stop(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "kaze server did not stop cleanly: {status:?}\n{}",
+        server_log()
+    );
+    drop(rt);
+}
+
+/// Unmounts everything under the server's data dir.
+struct Unmounts(std::path::PathBuf);
+
+impl Drop for Unmounts {
+    fn drop(&mut self) {
+        testkit::umount_under(&self.0);
+    }
+}
+
+/// Removes the eBPF pins the server's proxy leaves behind on purpose.
+struct PinRoot(String);
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = proxy::remove_pins(std::path::Path::new(&self.0));
+    }
+}
