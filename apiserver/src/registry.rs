@@ -487,7 +487,7 @@ fn builtins() -> Vec<ResourceDef> {
         def!(flowcontrol::v1::PriorityLevelConfiguration, "flowcontrol.apiserver.k8s.io", "v1", "PriorityLevelConfiguration", "prioritylevelconfigurations", "prioritylevelconfiguration", ns: false,
             short: NONE, cat: NONE, subs: STATUS, storage: "prioritylevelconfigurations", fields: NONE, printer: P::PriorityLevelConfiguration),
         // Dynamic resource allocation (`crate::kinds::dra`): stored and validated for device
-        // drivers' manifests; kaze's scheduler allocates no claims.
+        // drivers' manifests; kaze's scheduler allocates claims (`scheduler/src/dra.rs`).
         def!(resource::v1::DeviceClass, "resource.k8s.io", "v1", "DeviceClass", "deviceclasses", "deviceclass", ns: false,
             short: NONE, cat: NONE, subs: NONE_SUBS, storage: "deviceclasses", fields: NONE, printer: P::NameAge),
         def!(resource::v1::ResourceClaim, "resource.k8s.io", "v1", "ResourceClaim", "resourceclaims", "resourceclaim", ns: true,
