@@ -25,8 +25,9 @@
 //! list) takes one per 100 objects of its resource, 1 to 10; a create, update, patch or
 //! delete takes one, and with 10 or more watches open on its resource (in its namespace or
 //! across all) also a seat per 10 watches for 5 ms after it is answered (the events it
-//! sends). No request takes more than its level's maximum: `ceil(nominal limit /
-//! handSize)` for a queuing level, at most 10. Upstream's three debug dumps are served at
+//! sends; a service account token's create sends none). No request takes more than its
+//! level's maximum: `ceil(nominal limit / handSize)` for a queuing level, at most 10.
+//! Upstream's three debug dumps are served at
 //! `/debug/api_priority_and_fairness/dump_{priority_levels,queues,requests}`.
 //!
 //! Levels lend and borrow seats as upstream's do ([`Apf::adjust_borrowing`], every 10 s):
@@ -67,10 +68,16 @@ const MAX_QUEUE_WAIT: Duration = Duration::from_secs(60);
 const OBJECTS_PER_SEAT: u64 = 100;
 /// ... and at most this many seats.
 const MAX_SEATS: u64 = 10;
-/// `apiserver_flowcontrol_request_wait_duration_seconds`' buckets (upstream's).
-const WAIT_BUCKETS: [f64; 12] = [
-    0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+/// The buckets of `apiserver_flowcontrol_request_{wait_duration,execution}_seconds`
+/// (upstream's; 15 s since 1.28, the default queue wait).
+const DURATION_BUCKETS: &[f64] = &[
+    0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0,
 ];
+/// `apiserver_flowcontrol_work_estimated_seats`' buckets (upstream's: a request takes at
+/// most 10 seats).
+const SEATS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 10.0];
+/// `apiserver_flowcontrol_watch_count_samples`' buckets (upstream's).
+const WATCH_COUNT_BUCKETS: &[f64] = &[0.0, 1.0, 10.0, 100.0, 1000.0, 10000.0];
 
 /// The limits the apiserver's flags set.
 #[derive(Debug, Clone, Copy)]
@@ -808,8 +815,55 @@ fn allocate(total: f64, wants: &[Wants]) -> Option<(Vec<f64>, f64)> {
 }
 
 type Key = (String, String);
-/// Bucket counts, sum, count.
-type Histogram = ([u64; WAIT_BUCKETS.len()], f64, u64);
+
+/// A Prometheus histogram: the observations at most each bound (cumulative), their sum and
+/// count.
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (b, n) in self.bounds.iter().zip(&mut self.buckets) {
+            if v <= *b {
+                *n += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// The series of `name{labels}`, in the exposition format.
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        for (b, n) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {n}");
+        }
+        let count = self.count;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Observe `v` in `map`'s histogram of `key`, one of `bounds` if new.
+fn observe<K: Ord>(map: &mut BTreeMap<K, Histogram>, key: K, bounds: &'static [f64], v: f64) {
+    map.entry(key)
+        .or_insert_with(|| Histogram::new(bounds))
+        .observe(v);
+}
 
 #[derive(Default)]
 struct Inner {
@@ -824,6 +878,14 @@ struct Inner {
     executing_seats: BTreeMap<Key, i64>,
     /// (schema, level, executed) -> the wait's histogram.
     waits: BTreeMap<(String, String, bool), Histogram>,
+    /// The seats of the work estimates (their maximum of initial and final seats) and the
+    /// watches a write's estimate counted, for the non-exempt levels (upstream estimates no
+    /// exempt request).
+    estimated_seats: BTreeMap<Key, Histogram>,
+    watch_counts: BTreeMap<Key, Histogram>,
+    /// (schema, level, `watch` or `regular`) -> how long requests executed (a watch: until
+    /// its response started).
+    executions: BTreeMap<(String, String, &'static str), Histogram>,
     /// The max-in-flight filter's counts: read-only, mutating.
     inflight: [u32; 2],
     /// The fair proportion of the last borrowing adjustment (upstream's `seat_fair_frac`).
@@ -841,17 +903,23 @@ impl Inner {
     }
 
     fn observe_wait(&mut self, schema: &str, level: &str, executed: bool, secs: f64) {
-        let e = self
-            .waits
-            .entry((schema.to_string(), level.to_string(), executed))
-            .or_insert(([0; WAIT_BUCKETS.len()], 0.0, 0));
-        for (i, b) in WAIT_BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                e.0[i] += 1;
-            }
+        let key = (schema.to_string(), level.to_string(), executed);
+        observe(&mut self.waits, key, DURATION_BUCKETS, secs);
+    }
+
+    /// A request's work estimate, `watchers` being the watches counted for a write (none
+    /// for other requests), as upstream's work estimator observes it.
+    fn observe_estimate(&mut self, schema: &str, level: &str, seats: u64, watchers: Option<u64>) {
+        let key = (schema.to_string(), level.to_string());
+        if let Some(n) = watchers {
+            observe(
+                &mut self.watch_counts,
+                key.clone(),
+                WATCH_COUNT_BUCKETS,
+                n as f64,
+            );
         }
-        e.1 += secs;
-        e.2 += 1;
+        observe(&mut self.estimated_seats, key, SEATS_BUCKETS, seats as f64);
     }
 
     /// The metrics of a request that starts executing with `seats`.
@@ -976,6 +1044,8 @@ struct Held {
     /// None: it runs without a queue.
     queue: Option<usize>,
     work: WorkEstimate,
+    /// A watch (its execution is its initial stage).
+    watch: bool,
 }
 
 /// A request's seats, given back (and handed on) when dropped; a write's final seats stay
@@ -983,12 +1053,14 @@ struct Held {
 struct Seat {
     apf: Arc<Apf>,
     held: Option<Held>,
+    /// When the request got its seats (its execution started).
+    since: Instant,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
         if let Some(h) = self.held.take() {
-            self.apf.finish(h);
+            self.apf.finish(h, self.since.elapsed());
         }
     }
 }
@@ -1009,6 +1081,7 @@ impl Place {
         Seat {
             apf: self.apf.clone(),
             held: Some(self.held.clone()),
+            since: Instant::now(),
         }
     }
 
@@ -1188,21 +1261,28 @@ impl Apf {
             // not even catch-all matched (a user in neither system:(un)authenticated)
             return (Admission::Run(self.unheld()), Default::default());
         };
-        let watchers = if info.resource_request
+        // a service account token's create sends no events (upstream's
+        // isRequestExemptFromWatchEvents)
+        let watchers = (info.resource_request
             && matches!(info.verb.as_str(), "create" | "update" | "patch" | "delete")
-        {
-            inner.interested_watches(info)
-        } else {
-            0
-        };
+            && !(info.resource == "serviceaccounts" && info.subresource == "token"))
+            .then(|| inner.interested_watches(info));
         let id = inner.next_id + 1;
         inner.next_id = id;
-        let Some(level) = inner.levels.get_mut(&pl) else {
+        let Some((exempt, max_seats)) = inner.levels.get(&pl).map(|l| (l.exempt, l.max_seats))
+        else {
             // schemas naming no level are not kept
             return (Admission::Run(self.unheld()), (fs_uid, String::new()));
         };
+        let work = WorkEstimate::new(seats, watchers.unwrap_or(0), max_seats);
+        if !exempt {
+            // observed before the request is queued or turned away, as upstream's
+            inner.observe_estimate(&fs, &pl, work.max_seats(), watchers);
+        }
+        let Some(level) = inner.levels.get_mut(&pl) else {
+            return (Admission::Run(self.unheld()), (fs_uid, String::new()));
+        };
         let uids = (fs_uid, level.uid.clone());
-        let work = WorkEstimate::new(seats, watchers, level.max_seats);
         let seats = work.max_seats();
         let mut d = Described {
             schema: fs.clone(),
@@ -1219,6 +1299,7 @@ impl Apf {
             id,
             queue: None,
             work,
+            watch: info.verb == "watch",
         };
         level.sync_time(now);
         let Some(q) = level.queuing else {
@@ -1239,6 +1320,7 @@ impl Apf {
             let seat = Seat {
                 apf: self.clone(),
                 held: Some(held),
+                since: now,
             };
             return (Admission::Run(seat), uids);
         };
@@ -1299,6 +1381,7 @@ impl Apf {
         Seat {
             apf: self.clone(),
             held: None,
+            since: Instant::now(),
         }
     }
 
@@ -1336,9 +1419,18 @@ impl Apf {
 
     /// Request `h` has been answered (upstream's `finishRequestLocked`): its queue is
     /// charged its real duration instead of the estimate, and its seats are given back, a
-    /// write's final seats only after its additional latency.
-    fn finish(self: &Arc<Self>, h: Held) {
+    /// write's final seats only after its additional latency. It executed for `executed`
+    /// (upstream's `ObserveExecutionDuration`, around the handler).
+    fn finish(self: &Arc<Self>, h: Held, executed: Duration) {
         let mut inner = self.lock();
+        let kind = if h.watch { "watch" } else { "regular" };
+        let key = (h.schema.clone(), h.level.clone(), kind);
+        observe(
+            &mut inner.executions,
+            key,
+            DURATION_BUCKETS,
+            executed.as_secs_f64(),
+        );
         let key = (h.schema.clone(), h.level.clone());
         *inner.executing.entry(key).or_default() -= 1;
         let Some(l) = inner.levels.get_mut(&h.level) else {
@@ -1771,14 +1863,43 @@ impl Apf {
             "histogram",
             "[BETA] Length of time a request spent waiting in its queue",
         );
-        for ((fs, pl, executed), (buckets, sum, count)) in &inner.waits {
-            let labels = format!("execute=\"{executed}\",{}", fs_pl(fs, pl));
-            for (b, c) in WAIT_BUCKETS.iter().zip(buckets) {
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
+        for ((fs, pl, executed), h) in &inner.waits {
+            h.write(
+                &mut out,
+                name,
+                &format!("execute=\"{executed}\",{}", fs_pl(fs, pl)),
+            );
+        }
+        let name = "apiserver_flowcontrol_request_execution_seconds";
+        head(
+            &mut out,
+            name,
+            "histogram",
+            "[ALPHA] Duration of initial stage (for a WATCH) or any (for a non-WATCH) stage of request execution in the API Priority and Fairness subsystem",
+        );
+        for ((fs, pl, kind), h) in &inner.executions {
+            h.write(
+                &mut out,
+                name,
+                &format!("{},type=\"{kind}\"", fs_pl(fs, pl)),
+            );
+        }
+        for (name, help, map) in [
+            (
+                "apiserver_flowcontrol_watch_count_samples",
+                "[ALPHA] count of watchers for mutating requests in API Priority and Fairness",
+                &inner.watch_counts,
+            ),
+            (
+                "apiserver_flowcontrol_work_estimated_seats",
+                "[ALPHA] Number of estimated seats (maximum of initial and final seats) associated with requests in API Priority and Fairness",
+                &inner.estimated_seats,
+            ),
+        ] {
+            head(&mut out, name, "histogram", help);
+            for ((fs, pl), h) in map {
+                h.write(&mut out, name, &fs_pl(fs, pl));
             }
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
         }
         out
     }
@@ -2250,6 +2371,95 @@ mod tests {
         );
         assert_eq!(w.max_seats(), 8);
         assert_eq!(WorkEstimate::new(30, 0, 8).initial, 8);
+    }
+
+    #[test]
+    fn work_estimates_and_execution_times_are_observed_as_upstream() {
+        let apf = Arc::new(Apf::new(Limits {
+            priority_and_fairness: true,
+            max_requests_inflight: 20,
+            max_mutating_requests_inflight: 0,
+        }));
+        let levels = [
+            json!({"metadata": {"name": "exempt"}, "spec": {"type": "Exempt"}}),
+            json!({"metadata": {"name": "q"}, "spec": {"type": "Limited", "limited": {
+                "nominalConcurrencyShares": 1, "limitResponse": {"type": "Reject"}}}}),
+        ];
+        let schema = |name: &str, level: &str, precedence: u32, group: &str| {
+            json!({"metadata": {"name": name}, "spec": {
+                "priorityLevelConfiguration": {"name": level}, "matchingPrecedence": precedence,
+                "rules": [{"subjects": [{"kind": "Group", "group": {"name": group}}],
+                    "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                        "namespaces": ["*"], "clusterScope": true}]}]}})
+        };
+        apf.configure(
+            &[
+                schema("exempt", "exempt", 1, "system:masters"),
+                schema("s", "q", 10, "*"),
+            ],
+            &levels,
+        );
+        let (admin, jane) = (
+            user("admin", &["system:masters"]),
+            user("jane", &["system:authenticated"]),
+        );
+        let parse = |m: Method, path: &str, q| Arc::new(RequestInfo::parse(&m, path, q));
+        let run = |info: &Arc<RequestInfo>, u: &UserInfo, seats| match apf.admit(info, u, seats).0 {
+            Admission::Run(seat) => seat,
+            _ => panic!("a seat is free"),
+        };
+        let cms = "/api/v1/namespaces/default/configmaps";
+        let watch = parse(Method::GET, cms, Some("watch=1"));
+        let watches: Vec<WatchGuard> = (0..12).map(|_| apf.watching(&watch)).collect();
+        // a write 12 watches see: 2 seats, 12 watches sampled
+        drop(run(&parse(Method::POST, cms, None), &jane, 1));
+        // a list of 3 seats and a token's create (no events: no watch sample), 1 seat
+        drop(run(&parse(Method::GET, cms, None), &jane, 3));
+        let token = "/api/v1/namespaces/default/serviceaccounts/default/token";
+        drop(run(&parse(Method::POST, token, None), &jane, 1));
+        // a watch executes (its initial stage) for 20 ms
+        let seat = run(&watch, &jane, 1);
+        std::thread::sleep(Duration::from_millis(20));
+        drop(seat);
+        // an exempt request: its execution only (upstream estimates no exempt request)
+        drop(run(&parse(Method::GET, cms, None), &admin, 1));
+        drop(watches);
+
+        let inner = apf.lock();
+        let key = ("s".to_string(), "q".to_string());
+        let seats = &inner.estimated_seats[&key];
+        assert_eq!((seats.count, seats.sum), (4, 7.0));
+        assert_eq!(seats.buckets, [2, 3, 4, 4], "at most 1, 2, 4, 10 seats");
+        let watched = &inner.watch_counts[&key];
+        assert_eq!((watched.count, watched.sum), (1, 12.0));
+        assert_eq!(watched.buckets, [0, 0, 0, 1, 1, 1]);
+        let ran = |fs: &str, pl: &str, kind| &inner.executions[&(fs.into(), pl.into(), kind)];
+        assert_eq!(ran("s", "q", "regular").count, 3);
+        let watched = ran("s", "q", "watch");
+        assert!(watched.count == 1 && watched.sum >= 0.02, "{watched:?}");
+        // above the bounds 0, 5 ms and 20 ms
+        assert_eq!(watched.buckets[..3], [0, 0, 0], "{watched:?}");
+        assert_eq!(ran("exempt", "exempt", "regular").count, 1);
+        let exempt = ("exempt".to_string(), "exempt".to_string());
+        assert!(!inner.estimated_seats.contains_key(&exempt));
+        assert!(!inner.watch_counts.contains_key(&exempt));
+        drop(inner);
+
+        let text = apf.render_metrics();
+        for want in [
+            "# TYPE apiserver_flowcontrol_work_estimated_seats histogram\n",
+            "# HELP apiserver_flowcontrol_watch_count_samples [ALPHA] count of watchers",
+            "# TYPE apiserver_flowcontrol_request_execution_seconds histogram\n",
+            r#"apiserver_flowcontrol_work_estimated_seats_bucket{flow_schema="s",priority_level="q",le="4"} 4"#,
+            r#"apiserver_flowcontrol_work_estimated_seats_sum{flow_schema="s",priority_level="q"} 7"#,
+            r#"apiserver_flowcontrol_watch_count_samples_bucket{flow_schema="s",priority_level="q",le="100"} 1"#,
+            r#"apiserver_flowcontrol_watch_count_samples_bucket{flow_schema="s",priority_level="q",le="+Inf"} 1"#,
+            r#"apiserver_flowcontrol_request_execution_seconds_count{flow_schema="s",priority_level="q",type="watch"} 1"#,
+            r#"apiserver_flowcontrol_request_execution_seconds_bucket{flow_schema="s",priority_level="q",type="regular",le="30"} 3"#,
+            r#"apiserver_flowcontrol_request_wait_duration_seconds_bucket{execute="true",flow_schema="s",priority_level="q",le="15"} 4"#,
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! seats, a `Queue` level holding requests until a seat frees (429 when the queue is full or
 //! after the queue wait), upstream's suggested configuration kept, the max-in-flight
 //! limits when APF is off, the work estimates (a LIST's seats, a write's seats per ten
-//! watches), a busy level borrowing idle levels' seats, and the debug dumps. Requests are real HTTP (curl) to a real apiserver; a request whose
-//! body is still being sent holds its seat, as upstream's does.
+//! watches), a busy level borrowing idle levels' seats, the debug dumps, and the metrics
+//! of work estimates, watch counts and execution times. Requests are real HTTP (curl) to a
+//! real apiserver; a request whose body is still being sent holds its seat, as upstream's
+//! does.
 
 mod common;
 
@@ -665,6 +667,116 @@ fn a_write_takes_a_seat_per_ten_watches_of_its_resource() {
     let requests = dump(&s, "/debug/api_priority_and_fairness/dump_requests");
     assert_eq!(rows_of(&requests, "writes")[0][6..9], ["1", "0", "0s"]);
     assert_eq!(holder.release().code, 201);
+}
+
+/// The value of the line of `body` (a `/metrics` scrape) starting with `series`, 0 if none.
+fn value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn work_estimates_watch_counts_and_execution_times_are_exported() {
+    let s = TestServer::start();
+    let user = "apf-measured";
+    user_level(&s, user, ("measured", 1000, reject()), ("measures", 40));
+    let measures = uid(&s, "flowschema", "measures");
+    eventually("the measures schema in force", || {
+        get(&s, Some(user), CONFIGMAPS).schema_uid() == Some(measures.as_str())
+    });
+    let scrape = || get(&s, None, "/metrics").body;
+    let series = |name: &str, more: &str| {
+        format!(
+            r#"apiserver_flowcontrol_{name}{{flow_schema="measures",priority_level="measured"{more}}}"#
+        )
+    };
+    let grew = |before: &str, after: &str, name: &str, more: &str| {
+        value(after, &series(name, more)) - value(before, &series(name, more))
+    };
+
+    // three lists and two creates with no watch open: one seat each, no watches sampled
+    let before = scrape();
+    for _ in 0..3 {
+        assert_eq!(get(&s, Some(user), CONFIGMAPS).code, 200);
+    }
+    for name in ["measured-1", "measured-2"] {
+        assert_eq!(Holder::start(&s, user, name).release().code, 201);
+    }
+    let after = scrape();
+    for (name, more, want) in [
+        ("work_estimated_seats_count", "", 5.0),
+        ("work_estimated_seats_bucket", r#",le="1""#, 5.0),
+        ("watch_count_samples_count", "", 2.0),
+        ("watch_count_samples_bucket", r#",le="0""#, 2.0),
+        ("watch_count_samples_sum", "", 0.0),
+        ("request_execution_seconds_count", r#",type="regular""#, 5.0),
+        (
+            "request_execution_seconds_bucket",
+            r#",type="regular",le="+Inf""#,
+            5.0,
+        ),
+    ] {
+        assert_eq!(grew(&before, &after, name, more), want, "{name}{more}");
+    }
+    assert!(
+        value(
+            &after,
+            &series("request_execution_seconds_sum", r#",type="regular""#)
+        ) > 0.0
+    );
+    // the admin is exempt: its requests' execution is observed, no work estimate
+    assert!(
+        value(
+            &after,
+            r#"apiserver_flowcontrol_request_execution_seconds_count{flow_schema="exempt",priority_level="exempt",type="regular"}"#
+        ) > 0.0
+    );
+    assert!(
+        !after.contains(r#"apiserver_flowcontrol_work_estimated_seats_count{flow_schema="exempt""#)
+    );
+    for name in [
+        "work_estimated_seats",
+        "watch_count_samples",
+        "request_execution_seconds",
+    ] {
+        let kind = format!("# TYPE apiserver_flowcontrol_{name} histogram\n");
+        assert!(after.contains(&kind), "{kind}");
+    }
+
+    // 11 watches of default's ConfigMaps, the last the user's own: its execution (until
+    // its response starts) is a `watch`'s
+    let url = format!("{}{CONFIGMAPS}?watch=1", s.server().url());
+    let mut watches = Watches(Vec::new());
+    for as_user in std::iter::repeat_n(None, 10).chain([Some(user)]) {
+        let child = curl_cmd(&s, as_user, &[&url])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("curl");
+        watches.0.push(child);
+    }
+    eventually("the watches open", || configmap_watches(&s) == 11.0);
+    let watch_ran = series("request_execution_seconds_count", r#",type="watch""#);
+    eventually("the user's watch executed", || {
+        value(&scrape(), &watch_ran) == 1.0
+    });
+    // a create the 11 watches see: 11 watches sampled, two seats (one per ten watches)
+    let before = scrape();
+    assert_eq!(Holder::start(&s, user, "measured-3").release().code, 201);
+    let after = scrape();
+    for (name, more, want) in [
+        ("watch_count_samples_count", "", 1.0),
+        ("watch_count_samples_sum", "", 11.0),
+        ("watch_count_samples_bucket", r#",le="10""#, 0.0),
+        ("watch_count_samples_bucket", r#",le="100""#, 1.0),
+        ("work_estimated_seats_bucket", r#",le="1""#, 0.0),
+        ("work_estimated_seats_bucket", r#",le="2""#, 1.0),
+        ("work_estimated_seats_sum", "", 2.0),
+        ("request_execution_seconds_count", r#",type="regular""#, 1.0),
+    ] {
+        assert_eq!(grew(&before, &after, name, more), want, "{name}{more}");
+    }
+    drop(watches);
 }
 
 #[test]
