@@ -355,3 +355,64 @@ async fn a_finished_pods_claim_is_unprepared_before_the_pod_is_deleted() {
     c.wait_pod_gone("default", "once").await;
     assert_eq!(drv.count(&format!("unprepare {uid}")), 1, "{:?}", drv.calls);
 }
+
+/// A ResourceSlice of driver `gpu.example.com` with one device, on `node`.
+async fn create_slice(c: &Cluster, name: &str, node: &str) {
+    let api: Api<k8s_openapi::api::resource::v1::ResourceSlice> = Api::all(c.client.clone());
+    let slice = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"driver": "gpu.example.com", "nodeName": node,
+                 "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+                 "devices": [{"name": "gpu-1"}]},
+    }))
+    .expect("slice");
+    api.create(&PostParams::default(), &slice)
+        .await
+        .expect("create slice");
+}
+
+async fn slice_exists(c: &Cluster, name: &str) -> bool {
+    let api: Api<k8s_openapi::api::resource::v1::ResourceSlice> = Api::all(c.client.clone());
+    api.get_opt(name).await.expect("get slice").is_some()
+}
+
+/// Upstream's registration handler: a starting kubelet deletes its node's ResourceSlices
+/// (no driver has registered yet: their devices are unusable until it does and publishes
+/// them again), and those of a driver whose plugin goes away and is not back within the
+/// delay; other nodes' slices stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slices_of_drivers_that_are_not_registered_are_deleted() {
+    let mut c = Cluster::new("draslices", 229).await;
+    c.config.static_pods.dra_slice_wipe_delay = Duration::from_secs(2);
+    let node = c.node.clone();
+    create_slice(&c, "stale", &node).await;
+    create_slice(&c, "elsewhere", "another-node").await;
+    let drv = start_driver(&mut c);
+    c.start_kubelet();
+    c.wait_node().await;
+    testkit::wait_for(
+        "the stale slice deleted",
+        Duration::from_secs(30),
+        || async { (!slice_exists(&c, "stale").await).then_some(()) },
+    )
+    .await;
+    registered(&drv, 1).await;
+    // the driver publishes its devices again; a plugin that goes and comes back within the
+    // delay keeps them
+    create_slice(&c, "fresh", &node).await;
+    let reg = c.root.join("plugins_registry/gpu.example.com-reg.sock");
+    std::fs::remove_file(&reg).expect("remove the registration socket");
+    driver::serve(drv.clone(), &reg);
+    registered(&drv, 2).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(slice_exists(&c, "fresh").await, "{:?}", drv.calls);
+    // it goes for good: its slices go after the delay
+    std::fs::remove_file(&reg).expect("remove the registration socket");
+    testkit::wait_for(
+        "the fresh slice deleted",
+        Duration::from_secs(30),
+        || async { (!slice_exists(&c, "fresh").await).then_some(()) },
+    )
+    .await;
+    assert!(slice_exists(&c, "elsewhere").await);
+}

@@ -19,9 +19,12 @@
 //! After a restart, the sync loop's first pod list names the pods deleted meanwhile
 //! ([`Manager::pods_except`]): their claims are unprepared too.
 //!
-//! Not done: the plugins' health (`NodeWatchResources`), wiping a gone driver's
-//! ResourceSlices, and `devices.config` (opaque driver config is the driver's to read from
-//! the claim).
+//! The node's ResourceSlices are deleted when the manager starts (no driver is registered
+//! yet) and [`Config::wipe_delay`] after a driver's last plugin went away, if it did not
+//! come back, as upstream's registration handler does.
+//!
+//! Not done: the plugins' health (`NodeWatchResources`) and `devices.config` (opaque
+//! driver config is the driver's to read from the claim).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -60,7 +63,15 @@ pub struct Config {
     pub checkpoint: PathBuf,
     /// CDI spec dirs, lowest priority first.
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// The node whose ResourceSlices are wiped when their driver is not registered (empty:
+    /// none are).
+    pub node_name: String,
+    /// How long a driver whose plugin went away has to come back before its slices go.
+    pub wipe_delay: Duration,
 }
+
+/// Upstream's delay before the slices of a driver whose plugin went away are deleted.
+pub const WIPE_DELAY: Duration = Duration::from_secs(30);
 
 impl Config {
     /// Upstream's places under the kubelet's root dir, with these CDI spec dirs.
@@ -69,6 +80,8 @@ impl Config {
             plugins_registry_dir: root_dir.join(PLUGINS_REGISTRY_DIR),
             checkpoint: root_dir.join(CHECKPOINT_FILE),
             cdi_spec_dirs,
+            node_name: String::new(),
+            wipe_delay: WIPE_DELAY,
         }
     }
 }
@@ -196,11 +209,39 @@ impl Manager {
 
     /// Watch the plugins registry dir and retry failed unprepares, until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: component::CancellationToken) {
+        // upstream's registration handler: no driver is registered at start, so none of the
+        // node's devices are usable until its driver comes back (and publishes them again);
+        // a driver whose plugin goes away for good takes its slices with it
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::timeout(CALL_TIMEOUT, self.wipe_slices(None)) => {}
+        }
+        let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let watch = plugins::watch(
             self.config.plugins_registry_dir.clone(),
             self.plugins.clone(),
             shutdown.clone(),
+            gone_tx,
         );
+        let wipe = async {
+            loop {
+                let driver = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    d = gone_rx.recv() => match d { Some(d) => d, None => return },
+                };
+                let me = self.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(me.config.wipe_delay) => {}
+                    }
+                    if me.plugins.get(&driver).is_err() {
+                        me.wipe_slices(Some(&driver)).await;
+                    }
+                });
+            }
+        };
         let retry = async {
             loop {
                 tokio::select! {
@@ -212,7 +253,45 @@ impl Manager {
                 }
             }
         };
-        tokio::join!(watch, retry);
+        tokio::join!(watch, retry, wipe);
+    }
+
+    /// Delete this node's ResourceSlices (of `driver`, or all of them), as upstream's
+    /// `wipeResourceSlices`.
+    async fn wipe_slices(&self, driver: Option<&str>) {
+        use k8s_openapi::api::resource::v1::ResourceSlice;
+        let (Some(client), node) = (&self.client, &self.config.node_name) else {
+            return;
+        };
+        if node.is_empty() {
+            return;
+        }
+        let api: kube::Api<ResourceSlice> = kube::Api::all(client.clone());
+        let fields = format!("spec.nodeName={node}");
+        let slices = match api
+            .list(&kube::api::ListParams::default().fields(&fields))
+            .await
+        {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the node's ResourceSlices");
+                return;
+            }
+        };
+        for slice in slices {
+            let d = &slice.spec.driver;
+            if driver.is_some_and(|gone| d != gone) {
+                continue;
+            }
+            let name = slice.metadata.name.clone().unwrap_or_default();
+            match api.delete(&name, &kube::api::DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(slice = %name, driver = %d, "deleted the ResourceSlice of a DRA driver not registered")
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => tracing::warn!(slice = %name, error = %e, "deleting a ResourceSlice"),
+            }
+        }
     }
 
     fn save(&self, claims: &BTreeMap<String, ClaimState>) -> Result<(), DraError> {

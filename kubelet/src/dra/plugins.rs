@@ -86,7 +86,8 @@ impl Plugins {
         Ok(())
     }
 
-    fn remove_socket(&self, socket: &Path) {
+    /// Deregister the plugin of `socket`; the drivers left without a plugin.
+    fn remove_socket(&self, socket: &Path) -> Vec<String> {
         let mut all = self.lock();
         for list in all.values_mut() {
             list.retain(|p| {
@@ -97,7 +98,13 @@ impl Plugins {
                 keep
             });
         }
+        let gone: Vec<String> = all
+            .iter()
+            .filter(|(_, l)| l.is_empty())
+            .map(|(d, _)| d.clone())
+            .collect();
         all.retain(|_, l| !l.is_empty());
+        gone
     }
 }
 
@@ -147,10 +154,12 @@ fn socket_id(path: &Path) -> Option<SocketId> {
 }
 
 /// Watch `dir` for plugin sockets until `shutdown`, registering them into `plugins`.
+/// A driver whose last plugin went away is sent to `gone`.
 pub async fn watch(
     dir: PathBuf,
     plugins: std::sync::Arc<Plugins>,
     shutdown: component::CancellationToken,
+    gone: tokio::sync::mpsc::UnboundedSender<String>,
 ) {
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "creating the plugins registry dir");
@@ -176,7 +185,9 @@ pub async fn watch(
         seen.retain(|path, (id, _, _)| {
             let keep = present.get(path) == Some(id);
             if !keep {
-                plugins.remove_socket(path);
+                for driver in plugins.remove_socket(path) {
+                    let _ = gone.send(driver);
+                }
             }
             keep
         });
@@ -306,9 +317,13 @@ mod tests {
         plugins.add(plugin("b")).expect("b");
         assert!(plugins.add(plugin("b")).is_err(), "the same endpoint twice");
         assert_eq!(plugins.get("gpu.example.com"), Ok(plugin("b")));
-        plugins.remove_socket(Path::new("/reg-b.sock"));
+        // the driver keeps a plugin: not gone
+        assert!(plugins.remove_socket(Path::new("/reg-b.sock")).is_empty());
         assert_eq!(plugins.get("gpu.example.com"), Ok(plugin("a")));
-        plugins.remove_socket(Path::new("/reg-a.sock"));
+        assert_eq!(
+            plugins.remove_socket(Path::new("/reg-a.sock")),
+            ["gpu.example.com"]
+        );
         assert!(plugins.drivers().is_empty());
         assert_eq!(
             plugin("a").method("NodePrepareResources"),

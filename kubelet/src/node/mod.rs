@@ -405,7 +405,14 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         .unwrap_or_default();
     // DRA: plugins register under the root dir, claims are prepared for API pods
     let dra = std::sync::Arc::new(crate::dra::Manager::new(
-        crate::dra::Config::under_root(&config.root_dir, config.static_pods.cdi_spec_dirs.clone()),
+        crate::dra::Config {
+            node_name: node_name.clone(),
+            wipe_delay: config.static_pods.dra_slice_wipe_delay,
+            ..crate::dra::Config::under_root(
+                &config.root_dir,
+                config.static_pods.cdi_spec_dirs.clone(),
+            )
+        },
         client.clone(),
     ));
     tasks.spawn(dra.clone().run(shutdown.clone()));
