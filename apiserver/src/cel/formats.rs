@@ -303,14 +303,12 @@ fn alphanumeric(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// blang/semver v4's `Parse`, with its error messages.
 /// A semver value (`semver(s)` of a valid `s`).
 pub(super) fn semver_value(s: &str) -> Option<CelValue> {
-    parse_semver(s)
-        .ok()
-        .map(|v| CelValue::Opaque(Arc::new(v)))
+    parse_semver(s).ok().map(|v| CelValue::Opaque(Arc::new(v)))
 }
 
+/// blang/semver v4's `Parse`, with its error messages.
 fn parse_semver(s: &str) -> Result<Semver, String> {
     if s.is_empty() {
         return Err("Version string empty".into());
