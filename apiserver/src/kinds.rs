@@ -9,7 +9,7 @@ use crate::registry::ResourceDef;
 use crate::selector::LabelSelector;
 
 mod csi;
-mod dra;
+pub(crate) mod dra;
 mod endpoints;
 mod endpointslice;
 pub(crate) mod field;

@@ -398,6 +398,13 @@ pub async fn create(
     }
     if let Some(ns) = ns {
         crate::podsecurity::admit_create(state, def, Some(ns), &obj).await?;
+        // DRA admin access only in namespaces labelled for it (upstream's strategy check)
+        if def.group == "resource.k8s.io" && kinds::dra::requests_admin_access(def.kind, &obj) {
+            let labels = crate::podsecurity::namespace_labels(state, ns).await?;
+            if let Some(cause) = kinds::dra::admin_access_denied(labels.as_ref()) {
+                return Err(ApiError::invalid(def.kind, def.group, &given, vec![cause]));
+            }
+        }
         crate::quota::admit(state, def, ns, &obj, &given, dry_run).await?;
     }
     if def.group == "scheduling.k8s.io" && def.plural == "priorityclasses" {

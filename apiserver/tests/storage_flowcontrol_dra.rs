@@ -365,6 +365,26 @@ fn dra_kinds_apply_print_default_and_validate_as_upstream() {
         err.contains("spec.devices.requests[0].exactly.deviceClassName: Required value"),
         "{err}"
     );
+
+    // admin access only in a namespace labelled for it
+    let admin = r#"{"apiVersion":"resource.k8s.io/v1","kind":"ResourceClaim","metadata":{"name":"inspect","namespace":"default"},"spec":{"devices":{"requests":[{"name":"gpu","exactly":{"deviceClassName":"gpu.example.com","adminAccess":true}}]}}}"#;
+    let err = s.kubectl_fails(&["create", "-f", "-"], Some(admin));
+    assert!(
+        err.contains("admin access to devices requires the `resource.kubernetes.io/admin-access: true` label on the containing namespace"),
+        "{err}"
+    );
+    s.kubectl(&[
+        "label",
+        "namespace",
+        "default",
+        "resource.kubernetes.io/admin-access=true",
+    ]);
+    let out = s.kubectl_result(&["create", "-f", "-"], Some(admin));
+    assert!(
+        out.1
+            .contains("resourceclaim.resource.k8s.io/inspect created"),
+        "{out:?}"
+    );
 }
 
 #[test]

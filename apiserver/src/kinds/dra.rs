@@ -215,6 +215,41 @@ fn validate_claim_status(obj: &Value, old: Option<&Value>, causes: &mut Vec<Caus
     }
 }
 
+/// Upstream's label a namespace needs for its claims to ask for admin access to devices.
+pub const ADMIN_ACCESS_LABEL: &str = "resource.kubernetes.io/admin-access";
+
+/// Whether a ResourceClaim or ResourceClaimTemplate asks for admin access in any request
+/// (`exactly` or a `firstAvailable` sub-request).
+pub fn requests_admin_access(kind: &str, obj: &Value) -> bool {
+    let spec = match kind {
+        "ResourceClaim" => obj.get("spec"),
+        "ResourceClaimTemplate" => obj.pointer("/spec/spec"),
+        _ => None,
+    };
+    let Some(devices) = spec.and_then(|s| s.get("devices")) else {
+        return false;
+    };
+    field::list(devices, "requests").iter().any(|r| {
+        let admin = |e: &Value| e.get("adminAccess").and_then(Value::as_bool) == Some(true);
+        r.get("exactly").is_some_and(admin) || field::list(r, "firstAvailable").iter().any(admin)
+    })
+}
+
+/// Upstream's `authorizedForAdmin`: admin access only in a namespace labelled
+/// `resource.kubernetes.io/admin-access: "true"` (`labels`: the namespace's).
+pub fn admin_access_denied(labels: Option<&serde_json::Map<String, Value>>) -> Option<Cause> {
+    let allowed = labels
+        .and_then(|l| l.get(ADMIN_ACCESS_LABEL))
+        .and_then(Value::as_str)
+        == Some("true");
+    (!allowed).then(|| {
+        field::forbidden(
+            "",
+            &format!("admin access to devices requires the `{ADMIN_ACCESS_LABEL}: true` label on the containing namespace"),
+        )
+    })
+}
+
 /// `ValidateResourceSlice`: a driver, a pool with a positive slice count, and exactly one
 /// way of saying which nodes reach the devices; driver and node fixed once created.
 fn validate_slice(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
@@ -377,6 +412,29 @@ mod tests {
             Some(ok)
         )
         .is_empty());
+    }
+
+    #[test]
+    fn admin_access_needs_the_namespace_label() {
+        let claim = |admin: bool| {
+            json!({"spec": {"devices": {"requests": [{"name": "gpu", "firstAvailable": [
+                {"name": "a", "deviceClassName": "c"},
+                {"name": "b", "deviceClassName": "c", "adminAccess": admin}]}]}}})
+        };
+        assert!(requests_admin_access("ResourceClaim", &claim(true)));
+        assert!(!requests_admin_access("ResourceClaim", &claim(false)));
+        let template = json!({"spec": {"spec": {"devices": {"requests": [{"name": "gpu",
+            "exactly": {"deviceClassName": "c", "adminAccess": true}}]}}}});
+        assert!(requests_admin_access("ResourceClaimTemplate", &template));
+        assert!(!requests_admin_access("DeviceClass", &template));
+        let labels = |v: &str| json!({ADMIN_ACCESS_LABEL: v}).as_object().cloned();
+        assert!(admin_access_denied(labels("true").as_ref()).is_none());
+        let denied = admin_access_denied(labels("yes").as_ref()).expect("denied");
+        assert_eq!(
+            field::render(vec![denied]),
+            [": Forbidden: admin access to devices requires the `resource.kubernetes.io/admin-access: true` label on the containing namespace"]
+        );
+        assert!(admin_access_denied(None).is_some());
     }
 
     #[test]

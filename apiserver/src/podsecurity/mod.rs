@@ -336,7 +336,7 @@ fn runtime_class_exempt(config: &PodSecurity, spec: &Value) -> bool {
 }
 
 /// A namespace's labels: from the watch cache, else (one created a moment ago) the store.
-async fn namespace_labels(
+pub(crate) async fn namespace_labels(
     state: &AppState,
     ns: &str,
 ) -> Result<Option<Map<String, Value>>, ApiError> {
