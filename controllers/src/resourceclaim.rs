@@ -8,14 +8,14 @@
 //! Once the pod is done (Succeeded or Failed) the claims made for it are deleted, as
 //! upstream's, unless a consumer other than the pod still holds them.
 //!
-//!
-//! Its other half follows the claims the scheduler allocated (`scheduler::dra`): a consumer in
-//! `status.reservedFor` that is gone (or replaced by a pod of the same name), finished, or
-//! being deleted before it was scheduled leaves the list; a claim no consumer reserves any
-//! more is deallocated (`status.allocation` removed) and loses the
-//! `resource.kubernetes.io/delete-protection` finalizer, so its devices go to other claims
-//! and a claim being deleted goes. A claim only protected (the scheduler's write of the
-//! allocation failed) keeps the finalizer until it is deleted.
+//! Its other half follows the claims the scheduler allocated (`scheduler::dra`): a consumer
+//! in `status.reservedFor` that is gone (or replaced by a pod of the same name), finished,
+//! or being deleted before it was scheduled leaves the list (a pod the cache does not have
+//! is looked up in the API first: one scheduled a moment ago must not lose its claim); a
+//! claim no consumer reserves any more is deallocated (`status.allocation` removed) and
+//! loses the `resource.kubernetes.io/delete-protection` finalizer, so its devices go to
+//! other claims and a claim being deleted goes. A claim only protected (the scheduler's
+//! write of the allocation failed) keeps the finalizer until it is deleted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -153,15 +153,30 @@ async fn reconcile_claim(
         .unwrap_or_default();
     let allocated = status.is_some_and(|s| s.allocation.is_some());
     let pods = c.ctx.pods();
-    let keep: Vec<_> = reserved
-        .iter()
-        .filter(|r| {
-            r.resource != "pods"
-                || r.api_group.as_deref().is_some_and(|g| !g.is_empty())
-                || still_reserves(pods.get(Some(&ns), &r.name).as_deref(), &r.uid)
-        })
-        .cloned()
-        .collect();
+    let pods_api = Api::<Pod>::namespaced(c.ctx.client.clone(), &ns);
+    let mut keep = Vec::new();
+    for r in reserved {
+        let holds = if r.resource != "pods" || r.api_group.as_deref().is_some_and(|g| !g.is_empty())
+        {
+            true
+        } else {
+            match pods.get(Some(&ns), &r.name) {
+                Some(pod) => still_reserves(Some(&pod), &r.uid),
+                // not in the cache (yet?): releasing a pod just scheduled would deallocate
+                // its claim under it, so ask the API, as upstream's controller does
+                None => {
+                    let live = pods_api.get_opt(&r.name).await.map_err(api_err(format!(
+                        "reading pod {ns}/{} of resourceclaim {ns}/{name}",
+                        r.name
+                    )))?;
+                    still_reserves(live.as_ref(), &r.uid)
+                }
+            }
+        };
+        if holds {
+            keep.push(r.clone());
+        }
+    }
     let api = Api::<ResourceClaim>::namespaced(c.ctx.client.clone(), &ns);
     let rv = claim.metadata.resource_version.clone();
     let mut status_patch = None;
