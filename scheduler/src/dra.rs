@@ -92,14 +92,6 @@ impl Assumed {
             m.remove(k);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Whether the pod names any resource claim.
