@@ -11,55 +11,165 @@ use crate::config::Profile;
 use crate::quantity;
 use crate::selectors::{self, Labels};
 
-/// CPU (millicores), memory (bytes) and pod count.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a pod asks for or a node offers: CPU (millicores), memory and ephemeral storage
+/// (bytes), pod count, and the scalar resources by name (extended resources such as
+/// `nvidia.com/gpu`, `hugepages-<size>`, `attachable-volumes-*`), as upstream's
+/// `framework.Resource`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
     pub cpu_milli: i64,
     pub memory: i64,
+    pub ephemeral_storage: i64,
     pub pods: i64,
+    pub scalar: BTreeMap<String, i64>,
 }
 
-/// What a pod asks for: the sum of its containers' requests, or its largest init container's
-/// if that is larger (init containers run one at a time), plus overhead.
+/// Upstream's `IsScalarResourceName`: extended (domain-prefixed, not `kubernetes.io/`),
+/// hugepages, prefixed native and attachable-volume resources.
+fn is_scalar(name: &str) -> bool {
+    name.contains('/') || name.starts_with("hugepages-") || name.starts_with("attachable-volumes-")
+}
+
+type ResourceList = BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
+
+impl Resources {
+    /// The resources of a `ResourceList` (unknown names and bad quantities count as 0).
+    fn from_list(list: &ResourceList) -> Resources {
+        let mut r = Resources::default();
+        for (name, q) in list {
+            match name.as_str() {
+                "cpu" => r.cpu_milli = quantity::cpu_millis(&q.0).unwrap_or(0),
+                "memory" => r.memory = quantity::value(&q.0).unwrap_or(0),
+                "ephemeral-storage" => r.ephemeral_storage = quantity::value(&q.0).unwrap_or(0),
+                "pods" => r.pods = quantity::value(&q.0).unwrap_or(0),
+                n if is_scalar(n) => {
+                    r.scalar
+                        .insert(n.to_string(), quantity::value(&q.0).unwrap_or(0));
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn add(&mut self, o: &Resources) {
+        self.cpu_milli += o.cpu_milli;
+        self.memory += o.memory;
+        self.ephemeral_storage += o.ephemeral_storage;
+        self.pods += o.pods;
+        for (k, v) in &o.scalar {
+            *self.scalar.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    fn sub(&mut self, o: &Resources) {
+        self.cpu_milli -= o.cpu_milli;
+        self.memory -= o.memory;
+        self.ephemeral_storage -= o.ephemeral_storage;
+        self.pods -= o.pods;
+        for (k, v) in &o.scalar {
+            let left = self.scalar.entry(k.clone()).or_default();
+            *left -= v;
+            if *left == 0 {
+                self.scalar.remove(k);
+            }
+        }
+    }
+
+    /// Each resource the larger of the two (upstream's `maxResourceList`).
+    fn max(&mut self, o: &Resources) {
+        self.cpu_milli = self.cpu_milli.max(o.cpu_milli);
+        self.memory = self.memory.max(o.memory);
+        self.ephemeral_storage = self.ephemeral_storage.max(o.ephemeral_storage);
+        self.pods = self.pods.max(o.pods);
+        for (k, v) in &o.scalar {
+            let e = self.scalar.entry(k.clone()).or_default();
+            *e = (*e).max(*v);
+        }
+    }
+}
+
+/// What a pod asks for, as upstream's `PodRequests` for the scheduler: its containers'
+/// requests summed; restartable init containers (sidecars) added to them and to every later
+/// init container, the largest init container (plus the sidecars before it) if that is
+/// larger; pod-level `spec.resources.requests` for cpu and memory in place of the
+/// containers' sum; plus the overhead. A container being resized in place counts with the
+/// largest of its spec, its running resources and its allocation (without the spec when
+/// the resize is infeasible).
 pub fn pod_requests(pod: &Pod) -> Resources {
     let Some(spec) = &pod.spec else {
         return Resources::default();
     };
-    let req = |c: &k8s_openapi::api::core::v1::Container| -> (i64, i64) {
-        let r = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-        let cpu = r
-            .and_then(|r| r.get("cpu"))
-            .and_then(|q| quantity::cpu_millis(&q.0).ok());
-        let mem = r
-            .and_then(|r| r.get("memory"))
-            .and_then(|q| quantity::value(&q.0).ok());
-        (cpu.unwrap_or(0), mem.unwrap_or(0))
-    };
-    let (mut cpu, mut mem) = spec
-        .containers
-        .iter()
-        .map(req)
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    for ic in spec.init_containers.iter().flatten() {
-        let (c, m) = req(ic);
-        cpu = cpu.max(c);
-        mem = mem.max(m);
+    let status = pod.status.as_ref();
+    let infeasible = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "PodResizePending" && c.reason.as_deref() == Some("Infeasible"))
+        });
+    let container_requests =
+        |c: &k8s_openapi::api::core::v1::Container,
+         statuses: Option<&Vec<k8s_openapi::api::core::v1::ContainerStatus>>|
+         -> Resources {
+            let own = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+            let cs = statuses
+                .and_then(|all| all.iter().find(|s| s.name == c.name))
+                .filter(|s| s.resources.is_some());
+            let Some(cs) = cs else {
+                return own.map(Resources::from_list).unwrap_or_default();
+            };
+            let mut r = match (infeasible, own) {
+                (false, Some(own)) => Resources::from_list(own),
+                _ => Resources::default(),
+            };
+            if let Some(running) = cs.resources.as_ref().and_then(|r| r.requests.as_ref()) {
+                r.max(&Resources::from_list(running));
+            }
+            if let Some(allocated) = &cs.allocated_resources {
+                r.max(&Resources::from_list(allocated));
+            }
+            r
+        };
+    let mut reqs = Resources::default();
+    for c in &spec.containers {
+        reqs.add(&container_requests(
+            c,
+            status.and_then(|s| s.container_statuses.as_ref()),
+        ));
+    }
+    let mut sidecars = Resources::default();
+    let mut init = Resources::default();
+    for c in spec.init_containers.iter().flatten() {
+        let sidecar = c.restart_policy.as_deref() == Some("Always");
+        let statuses = status
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .filter(|_| sidecar);
+        let own = container_requests(c, statuses);
+        if sidecar {
+            reqs.add(&own);
+            sidecars.add(&own);
+            init.max(&sidecars);
+        } else {
+            let mut with_sidecars = own;
+            with_sidecars.add(&sidecars);
+            init.max(&with_sidecars);
+        }
+    }
+    reqs.max(&init);
+    if let Some(pod_level) = spec.resources.as_ref().and_then(|r| r.requests.as_ref()) {
+        let p = Resources::from_list(pod_level);
+        if pod_level.contains_key("cpu") {
+            reqs.cpu_milli = p.cpu_milli;
+        }
+        if pod_level.contains_key("memory") {
+            reqs.memory = p.memory;
+        }
     }
     if let Some(o) = &spec.overhead {
-        cpu += o
-            .get("cpu")
-            .and_then(|q| quantity::cpu_millis(&q.0).ok())
-            .unwrap_or(0);
-        mem += o
-            .get("memory")
-            .and_then(|q| quantity::value(&q.0).ok())
-            .unwrap_or(0);
+        reqs.add(&Resources::from_list(o));
     }
-    Resources {
-        cpu_milli: cpu,
-        memory: mem,
-        pods: 1,
-    }
+    reqs.pods = 1;
+    reqs
 }
 
 /// Host ports a pod claims: (protocol, port, hostIP).
@@ -105,17 +215,7 @@ pub struct NodeInfo {
 impl NodeInfo {
     pub fn new(node: Arc<Node>) -> Self {
         let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
-        let get = |k: &str, f: fn(&str) -> Result<i64, quantity::QuantityError>| {
-            alloc
-                .and_then(|a| a.get(k))
-                .and_then(|q| f(&q.0).ok())
-                .unwrap_or(0)
-        };
-        let allocatable = Resources {
-            cpu_milli: get("cpu", quantity::cpu_millis),
-            memory: get("memory", quantity::value),
-            pods: get("pods", quantity::value),
-        };
+        let allocatable = alloc.map(Resources::from_list).unwrap_or_default();
         NodeInfo {
             node,
             allocatable,
@@ -135,10 +235,7 @@ impl NodeInfo {
 
     /// Account for a pod bound (or assumed bound) to this node.
     pub fn add_pod(&mut self, pod: &Pod) {
-        let r = pod_requests(pod);
-        self.requested.cpu_milli += r.cpu_milli;
-        self.requested.memory += r.memory;
-        self.requested.pods += 1;
+        self.requested.add(&pod_requests(pod));
         self.ports.extend(host_ports(pod));
         self.pods.push(PodSummary {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -148,10 +245,7 @@ impl NodeInfo {
     }
 
     pub fn remove_pod(&mut self, pod: &Pod) {
-        let r = pod_requests(pod);
-        self.requested.cpu_milli -= r.cpu_milli;
-        self.requested.memory -= r.memory;
-        self.requested.pods -= 1;
+        self.requested.sub(&pod_requests(pod));
         for p in host_ports(pod) {
             self.ports.remove(&p);
         }
@@ -202,6 +296,18 @@ fn filter_resources(pod: &Pod, n: &NodeInfo) -> Vec<Reason> {
     }
     if r.memory > 0 && n.requested.memory + r.memory > n.allocatable.memory {
         out.push("Insufficient memory".into());
+    }
+    if r.ephemeral_storage > 0
+        && n.requested.ephemeral_storage + r.ephemeral_storage > n.allocatable.ephemeral_storage
+    {
+        out.push("Insufficient ephemeral-storage".into());
+    }
+    for (name, want) in r.scalar.iter().filter(|(_, v)| **v > 0) {
+        let free = n.allocatable.scalar.get(name).copied().unwrap_or(0)
+            - n.requested.scalar.get(name).copied().unwrap_or(0);
+        if *want > free {
+            out.push(format!("Insufficient {name}"));
+        }
     }
     out
 }
@@ -426,7 +532,7 @@ pub fn filter_with(
 const DEFAULT_CPU_MILLI: i64 = 100;
 const DEFAULT_MEMORY: i64 = 200 << 20;
 
-fn non_zero(r: Resources) -> (i64, i64) {
+fn non_zero(r: &Resources) -> (i64, i64) {
     (
         if r.cpu_milli == 0 {
             DEFAULT_CPU_MILLI
@@ -442,7 +548,7 @@ fn non_zero(r: Resources) -> (i64, i64) {
 }
 
 fn fractions(pod: &Pod, n: &NodeInfo) -> (f64, f64) {
-    let (pc, pm) = non_zero(pod_requests(pod));
+    let (pc, pm) = non_zero(&pod_requests(pod));
     let cpu = (n.requested.cpu_milli + pc) as f64 / n.allocatable.cpu_milli.max(1) as f64;
     let mem = (n.requested.memory + pm) as f64 / n.allocatable.memory.max(1) as f64;
     (cpu.min(1.0), mem.min(1.0))

@@ -330,3 +330,156 @@ fn unschedulable_node_and_disabled_filter() {
         "a"
     );
 }
+
+fn quantities(list: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+        .collect()
+}
+
+fn with_allocatable(mut n: Node, extra: &[(&str, &str)]) -> Node {
+    let alloc = n
+        .status
+        .as_mut()
+        .and_then(|s| s.allocatable.as_mut())
+        .expect("allocatable");
+    alloc.extend(quantities(extra));
+    n
+}
+
+fn container(name: &str, requests: &[(&str, &str)]) -> Container {
+    Container {
+        name: name.into(),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(requests)),
+            limits: Some(quantities(
+                &requests
+                    .iter()
+                    .copied()
+                    .filter(|(k, _)| k.contains('/'))
+                    .collect::<Vec<_>>(),
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_with(name: &str, containers: Vec<Container>) -> Pod {
+    let mut p = pod(name, "0", "0");
+    p.spec.as_mut().expect("spec").containers = containers;
+    p
+}
+
+#[test]
+fn extended_resources_are_counted_against_allocatable() {
+    let nodes = snapshot(vec![
+        with_allocatable(node("gpu", "8", "8Gi", &[]), &[("example.com/gpu", "2")]),
+        node("plain", "8", "8Gi", &[]),
+    ]);
+    let one = pod_with("one", vec![container("c", &[("example.com/gpu", "1")])]);
+    assert_eq!(schedule(&one, &nodes, &profile(), 0).expect("fits"), "gpu");
+    let three = pod_with("three", vec![container("c", &[("example.com/gpu", "3")])]);
+    assert_eq!(
+        schedule(&three, &nodes, &profile(), 0)
+            .expect_err("two GPUs only")
+            .to_string(),
+        "0/2 nodes are available: 2 Insufficient example.com/gpu."
+    );
+    // pods bound to the node hold their devices; one that goes gives them back
+    let mut nodes = nodes;
+    let held = pod_with("held", vec![container("c", &[("example.com/gpu", "2")])]);
+    nodes.get_mut("gpu").expect("gpu").add_pod(&held);
+    assert!(schedule(&one, &nodes, &profile(), 0).is_err());
+    nodes.get_mut("gpu").expect("gpu").remove_pod(&held);
+    assert_eq!(schedule(&one, &nodes, &profile(), 0).expect("freed"), "gpu");
+    // hugepages and ephemeral storage are checked as well
+    let huge = pod_with("huge", vec![container("c", &[("hugepages-2Mi", "4Mi")])]);
+    assert_eq!(
+        schedule(&huge, &nodes, &profile(), 0)
+            .expect_err("no hugepages")
+            .to_string(),
+        "0/2 nodes are available: 2 Insufficient hugepages-2Mi."
+    );
+    let disk = pod_with(
+        "disk",
+        vec![container("c", &[("ephemeral-storage", "1Gi")])],
+    );
+    assert_eq!(
+        schedule(&disk, &nodes, &profile(), 0)
+            .expect_err("no storage reported")
+            .to_string(),
+        "0/2 nodes are available: 2 Insufficient ephemeral-storage."
+    );
+}
+
+#[test]
+fn sidecars_add_to_the_pod_and_to_later_init_containers() {
+    use crate::framework::pod_requests;
+    let mut p = pod_with("p", vec![container("app", &[("cpu", "1")])]);
+    let mut sidecar = container("sidecar", &[("cpu", "500m")]);
+    sidecar.restart_policy = Some("Always".into());
+    p.spec.as_mut().expect("spec").init_containers = Some(vec![
+        container("first", &[("cpu", "1200m")]),
+        sidecar,
+        container("after", &[("cpu", "1")]),
+    ]);
+    // containers 1 + sidecar 0.5 = 1.5; "after" runs beside the sidecar: 1.5; "first" 1.2
+    assert_eq!(pod_requests(&p).cpu_milli, 1500);
+    p.spec
+        .as_mut()
+        .expect("spec")
+        .init_containers
+        .as_mut()
+        .expect("init")[2] = container("after", &[("cpu", "2")]);
+    // "after" with the sidecar beside it: 2.5 > 1.5
+    assert_eq!(pod_requests(&p).cpu_milli, 2500);
+}
+
+#[test]
+fn pod_level_requests_and_resizes_count_as_upstream() {
+    use crate::framework::pod_requests;
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodCondition, PodStatus};
+    let mut p = pod_with(
+        "p",
+        vec![
+            container("a", &[("cpu", "1"), ("memory", "1Gi")]),
+            container("b", &[("cpu", "1")]),
+        ],
+    );
+    p.spec.as_mut().expect("spec").resources = Some(ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "3")])),
+        ..Default::default()
+    });
+    let r = pod_requests(&p);
+    assert_eq!(
+        (r.cpu_milli, r.memory),
+        (3000, 1 << 30),
+        "pod-level cpu, containers' memory"
+    );
+    p.spec.as_mut().expect("spec").resources = None;
+    // a resize down not yet done: the running (larger) request counts
+    p.status = Some(PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: "a".into(),
+            resources: Some(ResourceRequirements {
+                requests: Some(quantities(&[("cpu", "2")])),
+                ..Default::default()
+            }),
+            allocated_resources: Some(quantities(&[("cpu", "2")])),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    assert_eq!(pod_requests(&p).cpu_milli, 3000);
+    // an infeasible resize up counts what the container has, not what its spec asks
+    p.spec.as_mut().expect("spec").containers[0] = container("a", &[("cpu", "8")]);
+    assert_eq!(pod_requests(&p).cpu_milli, 9000);
+    p.status.as_mut().expect("status").conditions = Some(vec![PodCondition {
+        type_: "PodResizePending".into(),
+        reason: Some("Infeasible".into()),
+        status: "True".into(),
+        ..Default::default()
+    }]);
+    assert_eq!(pod_requests(&p).cpu_milli, 3000);
+}

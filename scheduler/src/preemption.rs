@@ -356,7 +356,7 @@ mod tests {
         let low = pod("low", "1", 10, T1, json!({}));
         let mid = pod("mid", "1", 50, T1, json!({}));
         let (mut nodes, by_node) = setup(&[("a", &low), ("a", &mid)]);
-        let before = nodes["a"].requested;
+        let before = nodes["a"].requested.clone();
         let profile = Profile::default_named("default-scheduler");
 
         let high = pod("high", "1", 100, T2, json!({}));
