@@ -161,11 +161,59 @@ fn hints_for(svc: &Service) -> Hints {
     }
 }
 
-/// Desired slices for a service: endpoints grouped by their resolved port list. `zone_of`
-/// names a node's zone.
+/// The address types a service's slices have, as upstream's `getAddressTypesForService`:
+/// its `ipFamilies` (primary first); a service stored without them by its ClusterIP's
+/// family; a headless one without them both.
+pub fn address_types(svc: &Service) -> Vec<&'static str> {
+    let spec = svc.spec.as_ref();
+    let mut out: Vec<&'static str> = Vec::new();
+    for f in spec
+        .and_then(|s| s.ip_families.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let t = match f.as_str() {
+            "IPv4" => "IPv4",
+            "IPv6" => "IPv6",
+            _ => continue,
+        };
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    if !out.is_empty() {
+        return out;
+    }
+    match spec.and_then(|s| s.cluster_ip.as_deref()) {
+        Some(ip) if !ip.is_empty() && ip != "None" => vec![family_of(ip).unwrap_or("IPv4")],
+        _ => vec!["IPv4", "IPv6"],
+    }
+}
+
+fn family_of(ip: &str) -> Option<&'static str> {
+    match ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(_) => Some("IPv4"),
+        std::net::IpAddr::V6(_) => Some("IPv6"),
+    }
+}
+
+/// A pod's IP of `family` (`status.podIPs`, else `status.podIP`).
+fn pod_ip_of(pod: &Pod, family: &str) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    listed
+        .chain(status.pod_ip.as_deref())
+        .find(|ip| family_of(ip) == Some(family))
+        .map(str::to_string)
+}
+
+/// Desired slices of one address type (`IPv4`/`IPv6`) for a service: the endpoints of the
+/// pods with an IP of that family, grouped by their resolved port list. `zone_of` names a
+/// node's zone.
 pub fn desired(
     svc: &Service,
     pods: &[Pod],
+    family: &str,
     zone_of: impl Fn(&str) -> Option<String>,
 ) -> Vec<(Vec<EndpointPort>, Vec<Endpoint>)> {
     let hints = hints_for(svc);
@@ -174,12 +222,7 @@ pub fn desired(
     let svc_name = svc.name_any();
     let mut groups: BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)> = BTreeMap::new();
     for pod in pods {
-        let Some(ip) = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .filter(|ip| !ip.is_empty())
-        else {
+        let Some(ip) = pod_ip_of(pod, family) else {
             continue;
         };
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -374,14 +417,21 @@ async fn reconcile(svc: Arc<Service>, state: Arc<State>) -> Result<Action, Recon
         .map(|p| p.as_ref().clone())
         .collect();
     let nodes = ctx.informers.get::<Node>().store();
-    let mut want = desired(&svc, &pods, |node| {
+    let zone_of = |node: &str| {
         nodes
             .get(&ObjectRef::new(node))
             .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
-    });
+    };
+    let families = address_types(&svc);
+    let mut wants: Vec<_> = families
+        .iter()
+        .map(|f| desired(&svc, &pods, f, zone_of))
+        .collect();
     let topology_state = (hints_for(&svc) == Hints::Auto).then(|| {
         let ratios = topology::cpu_ratios(nodes.state().iter().map(|n| n.as_ref()));
-        match auto_hints(&mut want, &ratios) {
+        // every family gets its hints; the primary one's outcome is told
+        let outcomes: Vec<_> = wants.iter_mut().map(|w| auto_hints(w, &ratios)).collect();
+        match outcomes.into_iter().next().unwrap_or(Ok(())) {
             Ok(()) => TopologyState::Enabled,
             Err(why) => TopologyState::Disabled(why.message()),
         }
@@ -397,17 +447,6 @@ async fn reconcile(svc: Arc<Service>, state: Arc<State>) -> Result<Action, Recon
         .collect();
     existing.sort_by_key(|s| s.name_any());
     let now = k8s_openapi::jiff::Timestamp::now();
-    let family = if spec
-        .ip_families
-        .as_ref()
-        .and_then(|f| f.first())
-        .map(String::as_str)
-        == Some("IPv6")
-    {
-        "IPv6"
-    } else {
-        "IPv4"
-    };
     // the service's labels, as upstream copies them (a proxy-name label included), but
     // the headless one, which only headless services' slices carry
     let mut labels: BTreeMap<String, String> = svc
@@ -423,77 +462,93 @@ async fn reconcile(svc: Arc<Service>, state: Arc<State>) -> Result<Action, Recon
     if spec.cluster_ip.as_deref() == Some("None") {
         labels.insert(HEADLESS_LABEL.into(), String::new());
     }
-    tell_topology(&state, &svc, family, topology_state).await;
+    tell_topology(&state, &svc, families[0], topology_state).await;
     let mut changed = false;
-    for (i, (ports, eps)) in want.iter().enumerate() {
-        match existing.get(i) {
-            Some(cur) if same_content(cur, ports, eps, &labels) => {}
-            Some(cur) => {
-                let mut next = cur.clone();
-                next.ports = Some(ports.clone());
-                next.endpoints = Some(eps.clone());
-                next.metadata.labels = Some(labels.clone());
-                next.metadata
-                    .annotations
-                    .get_or_insert_with(Default::default)
-                    .insert(TRIGGER_TIME.into(), now.to_string());
-                slices_api
-                    .replace(&cur.name_any(), &PostParams::default(), &next)
-                    .await
-                    .map_err(api_err(format!(
-                        "updating endpointslice {} of service {ns}/{name}",
-                        cur.name_any()
-                    )))?;
-                changed = true;
-            }
-            None => {
-                let slice = EndpointSlice {
-                    metadata: ObjectMeta {
-                        generate_name: Some(format!("{name}-")),
-                        namespace: Some(ns.clone()),
-                        labels: Some(labels.clone()),
-                        annotations: Some(
-                            [(TRIGGER_TIME.to_string(), now.to_string())]
-                                .into_iter()
-                                .collect(),
-                        ),
-                        owner_references: Some(vec![controller_ref(svc.as_ref())]),
-                        ..Default::default()
-                    },
-                    address_type: family.into(),
-                    endpoints: Some(eps.clone()),
-                    ports: Some(ports.clone()),
-                };
-                ctx.expectations.expect_creations(&uid, 1);
-                if let Err(e) = slices_api.create(&PostParams::default(), &slice).await {
-                    ctx.expectations.creation_observed(&uid);
-                    return Err(api_err(format!(
-                        "creating an endpointslice for service {ns}/{name}"
-                    ))(e));
+    for (family, want) in families.iter().zip(&wants) {
+        let mine: Vec<&EndpointSlice> = existing
+            .iter()
+            .filter(|s| s.address_type == *family)
+            .collect();
+        for (i, (ports, eps)) in want.iter().enumerate() {
+            match mine.get(i) {
+                Some(cur) if same_content(cur, ports, eps, &labels) => {}
+                Some(cur) => {
+                    let mut next = (*cur).clone();
+                    next.ports = Some(ports.clone());
+                    next.endpoints = Some(eps.clone());
+                    next.metadata.labels = Some(labels.clone());
+                    next.metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert(TRIGGER_TIME.into(), now.to_string());
+                    slices_api
+                        .replace(&cur.name_any(), &PostParams::default(), &next)
+                        .await
+                        .map_err(api_err(format!(
+                            "updating endpointslice {} of service {ns}/{name}",
+                            cur.name_any()
+                        )))?;
+                    changed = true;
                 }
-                changed = true;
+                None => {
+                    let slice = EndpointSlice {
+                        metadata: ObjectMeta {
+                            generate_name: Some(format!("{name}-")),
+                            namespace: Some(ns.clone()),
+                            labels: Some(labels.clone()),
+                            annotations: Some(
+                                [(TRIGGER_TIME.to_string(), now.to_string())]
+                                    .into_iter()
+                                    .collect(),
+                            ),
+                            owner_references: Some(vec![controller_ref(svc.as_ref())]),
+                            ..Default::default()
+                        },
+                        address_type: family.to_string(),
+                        endpoints: Some(eps.clone()),
+                        ports: Some(ports.clone()),
+                    };
+                    ctx.expectations.expect_creations(&uid, 1);
+                    if let Err(e) = slices_api.create(&PostParams::default(), &slice).await {
+                        ctx.expectations.creation_observed(&uid);
+                        return Err(api_err(format!(
+                            "creating an endpointslice for service {ns}/{name}"
+                        ))(e));
+                    }
+                    changed = true;
+                }
             }
+        }
+        // this family's slices beyond what it needs
+        for extra in mine.iter().skip(want.len()) {
+            delete_slice(ctx, &slices_api, &uid, extra).await;
+            changed = true;
         }
     }
-    for extra in existing.iter().skip(want.len()) {
-        let slice = extra.name_any();
-        ctx.expectations.expect_deletions(&uid, [slice.clone()]);
-        if slices_api
-            .delete(&slice, &DeleteParams::default())
-            .await
-            .is_err()
-        {
-            ctx.expectations.deletion_observed(&uid, &slice);
-        }
+    // slices of a family the service no longer has (a dual-stack service made single-stack)
+    for extra in existing
+        .iter()
+        .filter(|s| !families.contains(&s.address_type.as_str()))
+    {
+        delete_slice(ctx, &slices_api, &uid, extra).await;
         changed = true;
     }
     if changed {
-        write_endpoints(ctx, &svc, &want).await?;
+        write_endpoints(ctx, &svc, &wants[0]).await?;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// The legacy Endpoints object, for clients that still read it.
+async fn delete_slice(ctx: &Ctx, api: &Api<EndpointSlice>, uid: &str, slice: &EndpointSlice) {
+    let name = slice.name_any();
+    ctx.expectations.expect_deletions(uid, [name.clone()]);
+    if api.delete(&name, &DeleteParams::default()).await.is_err() {
+        ctx.expectations.deletion_observed(uid, &name);
+    }
+}
+
+/// The legacy Endpoints object, for clients that still read it: the service's primary
+/// family's addresses, as upstream's endpoints controller.
 async fn write_endpoints(
     ctx: &Ctx,
     svc: &Service,
@@ -564,7 +619,59 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i"}]},
         }))
         .expect("pod");
-        assert_eq!(desired(&svc, &[pending], |_| None), vec![(vec![], vec![])]);
+        assert_eq!(
+            desired(&svc, &[pending], "IPv4", |_| None),
+            vec![(vec![], vec![])]
+        );
+    }
+
+    #[test]
+    fn each_family_gets_its_pods_addresses() {
+        let svc = |spec: serde_json::Value| -> Service {
+            serde_json::from_value(
+                json!({"metadata": {"name": "web", "namespace": "d"}, "spec": spec}),
+            )
+            .expect("service")
+        };
+        let dual = svc(json!({"selector": {"app": "web"}, "ports": [{"port": 80}],
+                              "ipFamilies": ["IPv6", "IPv4"], "clusterIP": "fd00::5"}));
+        assert_eq!(address_types(&dual), ["IPv6", "IPv4"]);
+        assert_eq!(
+            address_types(&svc(json!({"clusterIP": "fd00::5"}))),
+            ["IPv6"]
+        );
+        assert_eq!(
+            address_types(&svc(json!({"clusterIP": "10.43.0.5"}))),
+            ["IPv4"]
+        );
+        assert_eq!(
+            address_types(&svc(json!({"clusterIP": "None"}))),
+            ["IPv4", "IPv6"],
+            "an old headless service without families takes both"
+        );
+        let pod = |name: &str, ips: &[&str]| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}]},
+                "status": {"podIP": ips.first(), "phase": "Running",
+                           "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+                           "conditions": [{"type": "Ready", "status": "True"}]},
+            }))
+            .expect("pod")
+        };
+        let pods = [
+            pod("both", &["10.42.0.7", "fd00:42::7"]),
+            pod("v4", &["10.42.0.8"]),
+        ];
+        let addresses = |family: &str| -> Vec<String> {
+            desired(&dual, &pods, family, |_| None)
+                .into_iter()
+                .flat_map(|(_, eps)| eps)
+                .flat_map(|e| e.addresses)
+                .collect()
+        };
+        assert_eq!(addresses("IPv4"), ["10.42.0.7", "10.42.0.8"]);
+        assert_eq!(addresses("IPv6"), ["fd00:42::7"]);
     }
 
     #[test]
@@ -593,7 +700,7 @@ mod tests {
             .expect("service")
         };
         let hints = |svc: &Service| -> Vec<(Option<String>, serde_json::Value)> {
-            desired(svc, &pods, zone_of)
+            desired(svc, &pods, "IPv4", zone_of)
                 .into_iter()
                 .flat_map(|(_, eps)| eps)
                 .map(|e| (e.zone, serde_json::to_value(&e.hints).expect("json")))

@@ -156,13 +156,23 @@ pub struct Config {
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub controllers: Vec<String>,
 
-    /// CIDR that node pod CIDRs are carved from.
+    /// CIDRs that node pod CIDRs are carved from: one, or two of different families for a
+    /// dual-stack cluster (`10.42.0.0/16,fd00:42::/56`; the first family is the primary).
     #[arg(long = "cluster-cidr", default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
 
-    /// Prefix length of each node's pod CIDR.
-    #[arg(long = "node-cidr-mask-size", default_value_t = 24)]
-    pub node_cidr_mask_size: u8,
+    /// Prefix length of each node's pod CIDR on a single-stack cluster (default 24 for IPv4,
+    /// 64 for IPv6).
+    #[arg(long = "node-cidr-mask-size")]
+    pub node_cidr_mask_size: Option<u8>,
+
+    /// Prefix length of each node's IPv4 pod CIDR (default 24).
+    #[arg(long = "node-cidr-mask-size-ipv4")]
+    pub node_cidr_mask_size_ipv4: Option<u8>,
+
+    /// Prefix length of each node's IPv6 pod CIDR (default 64).
+    #[arg(long = "node-cidr-mask-size-ipv6")]
+    pub node_cidr_mask_size_ipv6: Option<u8>,
 
     /// How long a node may stay silent before it is marked Unknown and tainted unreachable.
     #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = component::leader::parse_duration)]
@@ -227,7 +237,9 @@ impl Config {
             kubeconfig,
             controllers: controllers.iter().map(|c| c.to_string()).collect(),
             cluster_cidr: "10.42.0.0/16".into(),
-            node_cidr_mask_size: 24,
+            node_cidr_mask_size: None,
+            node_cidr_mask_size_ipv4: None,
+            node_cidr_mask_size_ipv6: None,
             node_monitor_grace_period: Duration::from_secs(40),
             node_monitor_period: Duration::from_secs(5),
             terminated_pod_gc_threshold: 12500,
@@ -426,8 +438,12 @@ pub fn enabled(spec: &[String]) -> Result<Vec<&'static str>, Error> {
 /// Run the chosen controllers until `shutdown` (leader-elected when asked).
 pub async fn run(config: Config, shutdown: component::CancellationToken) -> Result<(), Error> {
     let which = enabled(&config.controllers)?;
-    let cidr = nodeipam::Cidrs::parse(&config.cluster_cidr, config.node_cidr_mask_size)
-        .map_err(Error::Cidr)?;
+    let masks = nodeipam::MaskSizes {
+        any: config.node_cidr_mask_size,
+        v4: config.node_cidr_mask_size_ipv4,
+        v6: config.node_cidr_mask_size_ipv6,
+    };
+    let cidr = nodeipam::Cidrs::parse(&config.cluster_cidr, masks).map_err(Error::Cidr)?;
     let sa_key = match &config.service_account_private_key_file {
         Some(path) => {
             let key_err = |reason: String| Error::ServiceAccountKey {

@@ -344,7 +344,9 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
             )
             .collect(),
         cluster_cidr: args.cluster_cidr.clone(),
-        node_cidr_mask_size: 24,
+        node_cidr_mask_size: None,
+        node_cidr_mask_size_ipv4: None,
+        node_cidr_mask_size_ipv6: None,
         node_monitor_grace_period: args.node_monitor_grace_period,
         node_monitor_period: std::time::Duration::from_secs(5),
         terminated_pod_gc_threshold: 12500,
