@@ -6,6 +6,10 @@
 //! - [`runtime`]: pod sandboxes and containers built from those;
 //! - [`dra`]: Dynamic Resource Allocation: DRA driver plugins, ResourceClaims prepared
 //!   before a pod starts, their CDI devices in its containers;
+//! - [`deviceplugin`]: device plugins (deviceplugin v1beta1): their devices in the Node's
+//!   capacity, allocated to pods at admission, applied to their containers;
+//! - [`podresources`]: the pod-resources API (v1) on its unix socket;
+//! - [`grpc`]: unary gRPC over unix sockets, client and server;
 //! - [`volume`]: pod volumes (emptyDir, configMap, secret, downwardAPI, projected, hostPath);
 //! - [`pod`]: PodSpec -> runtime calls, volumes, init containers, probes, restart policy,
 //!   status and events;
@@ -17,13 +21,16 @@
 
 pub mod cni;
 pub mod containerd;
+pub mod deviceplugin;
 pub mod dra;
 pub mod error;
+pub mod grpc;
 pub mod images;
 pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pod;
+pub mod podresources;
 pub mod runtime;
 pub mod security;
 pub mod spec;

@@ -195,6 +195,41 @@ async fn a_pod_gets_its_claims_devices_and_the_claim_is_unprepared_after_it() {
     )
     .await;
     assert!(log.lines().any(|l| l == "GPU_DEVICE_0=gpu-1"), "{log}");
+    // the pod-resources API names the claim's device
+    let got: kubelet::podresources::proto::GetPodResourcesResponse = kubelet::grpc::call(
+        &kubelet::podresources::socket(&c.root),
+        kubelet::podresources::proto::GET,
+        kubelet::podresources::proto::GetPodResourcesRequest {
+            pod_name: "gpu-user".into(),
+            pod_namespace: "default".into(),
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("pod-resources Get");
+    let container = &got.pod_resources.expect("the pod").containers[0];
+    assert_eq!(container.dynamic_resources.len(), 1, "{container:?}");
+    let dynamic = &container.dynamic_resources[0];
+    assert_eq!(
+        (
+            dynamic.claim_name.as_str(),
+            dynamic.claim_namespace.as_str()
+        ),
+        ("gpu-claim", "default")
+    );
+    let device = &dynamic.claim_resources[0];
+    assert_eq!(
+        (
+            device.driver_name.as_str(),
+            device.pool_name.as_str(),
+            device.device_name.as_str()
+        ),
+        ("gpu.example.com", c.node.as_str(), "gpu-1")
+    );
+    assert_eq!(
+        device.cdi_devices[0].name,
+        format!("example.com/gpu={claim_uid}-gpu-1")
+    );
     // kept for a restarted kubelet
     let state = std::fs::read_to_string(c.root.join("dra_manager_state")).expect("checkpoint");
     assert!(state.contains(&claim_uid), "{state}");

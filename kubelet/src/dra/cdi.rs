@@ -227,7 +227,8 @@ impl ContainerEdits {
         self.env.is_empty() && self.device_nodes.is_empty() && self.mounts.is_empty()
     }
 
-    fn append(&mut self, other: &ContainerEdits) {
+    /// Add `other`'s edits after these.
+    pub fn append(&mut self, other: &ContainerEdits) {
         self.env.extend(other.env.iter().cloned());
         self.device_nodes.extend(other.device_nodes.iter().cloned());
         self.mounts.extend(other.mounts.iter().cloned());

@@ -145,6 +145,14 @@ impl ClaimState {
     }
 }
 
+/// A prepared claim a container uses, with the devices (by driver) that serve it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerClaim {
+    pub name: String,
+    pub namespace: String,
+    pub devices: Vec<(String, PreparedDevice)>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Checkpoint {
     version: String,
@@ -503,6 +511,52 @@ impl Manager {
         }
         let registry = cdi::Registry::load(&self.config.cdi_spec_dirs);
         Ok(registry.resolve(&ids)?.with_host_info()?)
+    }
+
+    /// The prepared claims container `c` of `pod` uses, with the devices of each that
+    /// serve it, by driver (the pod-resources API's `dynamic_resources`, as upstream's
+    /// `GetContainerClaimInfos`); claims not prepared are left out.
+    pub fn container_claims(&self, pod: &Pod, c: &Container) -> Vec<ContainerClaim> {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let uses = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.claims.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let claims = self.lock();
+        let mut out = Vec::new();
+        for used in uses {
+            let Some(pc) = pod_claims(pod).iter().find(|pc| pc.name == used.name) else {
+                continue;
+            };
+            let Ok(Some(name)) = claim_name(pod, pc) else {
+                continue;
+            };
+            let Some(state) = claims
+                .values()
+                .find(|s| s.namespace == ns && s.name == name && s.prepared())
+            else {
+                continue;
+            };
+            let devices = state
+                .drivers
+                .iter()
+                .flat_map(|(driver, devices)| {
+                    devices
+                        .iter()
+                        .flatten()
+                        .filter(|d| serves(d, used.request.as_deref()))
+                        .map(move |d| (driver.clone(), d.clone()))
+                })
+                .collect();
+            out.push(ContainerClaim {
+                name,
+                namespace: ns.to_string(),
+                devices,
+            });
+        }
+        out
     }
 
     /// The pods holding claims for which `keep` does not hold (after a restart: pods

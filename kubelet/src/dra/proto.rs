@@ -5,14 +5,11 @@
 //! - `k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin` (and its `v1beta1` twin, the same messages
 //!   under another package), served on the endpoint the registration names.
 //!
-//! Calls are unary over a unix socket (tonic's channel, as [`crate::containerd`] connects).
+//! Calls are unary over a unix socket ([`crate::grpc::call`]).
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::time::Duration;
 
-use containerd_client::tonic;
-use tonic::codegen::http::uri::PathAndQuery;
+pub use crate::grpc::{call, CallError};
 
 // === pluginregistration ===
 
@@ -121,71 +118,6 @@ pub struct NodeUnprepareResourcesResponse {
 pub struct NodeUnprepareResourceResponse {
     #[prost(string, tag = "1")]
     pub error: String,
-}
-
-/// Why a call to a plugin failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("connecting to {socket}: {source}")]
-    Connect {
-        socket: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error("{method}: {source}")]
-    Status {
-        method: String,
-        #[source]
-        source: Box<tonic::Status>,
-    },
-    #[error("{method}: no answer within {timeout:?}")]
-    Timeout { method: String, timeout: Duration },
-}
-
-/// One unary call of `method` (`/<package>.<service>/<method>`) on the plugin socket at
-/// `socket`, within `timeout` (connecting included). A connection per call: plugins are
-/// called a few times per pod, and a restarted plugin is reached without reconnect logic.
-pub async fn call<Req, Resp>(
-    socket: &Path,
-    method: &str,
-    req: Req,
-    timeout: Duration,
-) -> Result<Resp, CallError>
-where
-    Req: prost::Message + Send + Sync + 'static,
-    Resp: prost::Message + Default + Send + Sync + 'static,
-{
-    let work = async {
-        let channel =
-            containerd_client::connect(socket)
-                .await
-                .map_err(|source| CallError::Connect {
-                    socket: socket.display().to_string(),
-                    source,
-                })?;
-        let status = |source: tonic::Status| CallError::Status {
-            method: method.to_string(),
-            source: Box::new(source),
-        };
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready()
-            .await
-            .map_err(|e| status(tonic::Status::unavailable(e.to_string())))?;
-        let path = PathAndQuery::try_from(method)
-            .map_err(|e| status(tonic::Status::internal(e.to_string())))?;
-        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        grpc.unary(tonic::Request::new(req), path, codec)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(status)
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(CallError::Timeout {
-            method: method.to_string(),
-            timeout,
-        }),
-    }
 }
 
 #[cfg(test)]

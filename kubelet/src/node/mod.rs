@@ -416,7 +416,30 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         client.clone(),
     ));
     tasks.spawn(dra.clone().run(shutdown.clone()));
-    let api_source = api_source.with_dra(dra);
+    // Device plugins register under the root dir too; the pods' devices are reported on
+    // the pod-resources socket, with their DRA claims.
+    let devices = std::sync::Arc::new(crate::deviceplugin::Manager::new(
+        crate::deviceplugin::Config {
+            grace_period: config.static_pods.device_plugin_grace_period,
+            ..crate::deviceplugin::Config::under_root(
+                &config.root_dir,
+                config.static_pods.cdi_spec_dirs.clone(),
+            )
+        },
+        active.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(devices.clone().run(shutdown.clone()));
+    tasks.spawn(crate::podresources::serve(
+        config.root_dir.clone(),
+        crate::podresources::Providers {
+            active: active.clone(),
+            devices: Some(devices.clone()),
+            dra: Some(dra.clone()),
+        },
+        shutdown.clone(),
+    ));
+    let api_source = api_source.with_dra(dra).with_devices(devices.clone());
     let mut statics = crate::static_pod::Manager::new(
         config.static_pods.clone(),
         rt.clone(),
@@ -462,6 +485,8 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         });
     }
     let Some(client) = client else {
+        // standalone: the static pods are all the pods there are
+        devices.set_ready();
         shutdown.cancelled().await;
         while tasks.join_next().await.is_some() {}
         return Ok(());
@@ -518,6 +543,12 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         };
         tasks.spawn(async move { post_status(client, node, facts, token).await });
     }
+    tasks.spawn(post_device_capacity(
+        client.clone(),
+        node_name.clone(),
+        devices,
+        shutdown.clone(),
+    ));
     let result = sync::run(
         client,
         api_source,
@@ -905,6 +936,47 @@ async fn post_status(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
+
+/// Keep the Node's `capacity` and `allocatable` of device plugin resources as the device
+/// manager counts them (upstream sets them in every status update): patched when they
+/// change, looked at when a plugin's devices change and every few seconds (a resource
+/// past its grace period goes then). Merge patches of these keys only: the other
+/// resources are [`post_status`]'s.
+async fn post_device_capacity(
+    client: Client,
+    node: String,
+    devices: std::sync::Arc<crate::deviceplugin::Manager>,
+    shutdown: component::CancellationToken,
+) {
+    let nodes: Api<Node> = Api::all(client);
+    let mut posted = None;
+    loop {
+        let now = devices.capacity();
+        if posted.as_ref() != Some(&now) && !(now.0.is_empty() && posted.is_none()) {
+            let quantities = |m: &std::collections::BTreeMap<String, i64>| -> serde_json::Map<String, serde_json::Value> {
+                m.iter().map(|(k, v)| (k.clone(), json!(v.to_string()))).collect()
+            };
+            let patch = json!({"status": {"capacity": quantities(&now.0), "allocatable": quantities(&now.1)}});
+            match nodes
+                .patch_status(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(node = %node, capacity = ?now.0, allocatable = ?now.1, "device plugin resources");
+                    posted = Some(now);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "posting the node's device plugin resources")
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = devices.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
     }

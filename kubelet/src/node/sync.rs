@@ -319,6 +319,8 @@ pub async fn run(
     let mut first_list = true;
 
     loop {
+        // the first list's pods are all admitted at the end of this turn
+        let mut mark_ready = false;
         let ev = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = finishing.next() => continue,
@@ -370,6 +372,7 @@ pub async fn run(
                     }
                 }
                 if std::mem::take(&mut first_list) {
+                    mark_ready = true;
                     // Claims prepared for pods deleted while no kubelet ran (whatever
                     // the runtime still has of them): unprepared unless another pod uses them.
                     if let Some(dra) = source.dra().cloned() {
@@ -462,7 +465,20 @@ pub async fn run(
             if is_terminal(&p) || rejected.contains(&uid) {
                 continue;
             }
-            if let Err(why) = active.admit(&p) {
+            // Admitted first, then its devices allocated (upstream allocates first; here
+            // the pod is active meanwhile, so the device manager does not free them).
+            let admitted = match (active.admit(&p), source.devices()) {
+                (Err(why), _) => Err(why),
+                (Ok(()), None) => Ok(()),
+                (Ok(()), Some(devices)) => match devices.allocate(&p).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        active.remove(&uid);
+                        Err(crate::deviceplugin::rejection(&e))
+                    }
+                },
+            };
+            if let Err(why) = admitted {
                 reject(&client, &p, &node.node_name, &why);
                 rejected.insert(uid.clone());
                 // Nothing of it runs, unless an earlier kubelet started it (and the pod it
@@ -503,6 +519,11 @@ pub async fn run(
                     name,
                 },
             );
+        }
+        if mark_ready {
+            if let Some(devices) = source.devices() {
+                devices.set_ready();
+            }
         }
     }
     // Stopping the kubelet leaves pods running, as upstream: only the reporters stop.

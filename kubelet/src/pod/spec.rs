@@ -522,6 +522,7 @@ pub fn container_config(
         ),
         // the pod's DRA devices, added by the worker once its claims are prepared
         cdi: Default::default(),
+        annotations: Vec::new(),
     })
 }
 

@@ -1069,6 +1069,14 @@ impl Worker {
             Some(t) => self.running_pid(&t).await,
             None => None,
         };
+        // the device plugins' answers (and their PreStartContainer, when they ask for it)
+        let devices = match self.source.devices() {
+            Some(d) => d
+                .container_devices(&self.pod, &spec)
+                .await
+                .map_err(|e| format!("applying the container's device plugin devices: {e}")),
+            None => Ok(None),
+        };
         let made = match objects {
             Err(e) => Err(e),
             Ok((objects, services)) => podspec::container_config(
@@ -1087,6 +1095,14 @@ impl Worker {
                     c.cdi = dra
                         .container_edits(&self.pod, &spec)
                         .map_err(|e| format!("applying the container's DRA devices: {e}"))?;
+                }
+                if let Some(d) = devices? {
+                    // as upstream's: the device variables first, the container's own win
+                    let mut env = d.env;
+                    env.append(&mut c.env);
+                    c.env = env;
+                    c.cdi.append(&d.edits);
+                    c.annotations = d.annotations;
                 }
                 // an ephemeral container's target, else the pause process's namespace
                 // when the pod shares one

@@ -58,6 +58,8 @@ pub struct ContainerConfig {
     pub termination_message_path: Option<String>,
     /// The CDI edits of the DRA devices it uses (env, device nodes, mounts).
     pub cdi: crate::dra::cdi::ContainerEdits,
+    /// Annotations of the OCI spec (device plugins' `Allocate` answers give some).
+    pub annotations: Vec<(String, String)>,
 }
 
 /// How a container ended.
@@ -271,6 +273,9 @@ impl Runtime {
             oci["process"]["terminal"] = serde_json::Value::Bool(true);
         }
         c.cdi.apply(&mut oci);
+        for (k, v) in &c.annotations {
+            oci["annotations"][k] = serde_json::Value::String(v.clone());
+        }
         if let Some(ns) = oci
             .pointer_mut("/linux/namespaces")
             .and_then(serde_json::Value::as_array_mut)

@@ -87,6 +87,11 @@ pub struct Config {
     /// for tests).
     #[arg(long = "dra-slice-wipe-delay", hide = true, default_value = "30s", value_parser = component::leader::parse_duration)]
     pub dra_slice_wipe_delay: Duration,
+    /// How long the resource of a device plugin whose ListAndWatch stream ended stays on
+    /// the Node (its devices unhealthy) before it is dropped and reported as 0 (upstream's
+    /// fixed 5 minutes; a kaze flag, hidden: for tests).
+    #[arg(long = "device-plugin-grace-period", hide = true, default_value = "5m", value_parser = component::leader::parse_duration)]
+    pub device_plugin_grace_period: Duration,
 }
 
 impl Default for Config {
@@ -101,6 +106,7 @@ impl Default for Config {
             pod_server: false,
             sync_frequency: Duration::from_secs(60),
             dra_slice_wipe_delay: crate::dra::WIPE_DELAY,
+            device_plugin_grace_period: crate::deviceplugin::GRACE_PERIOD,
             cdi_spec_dirs: crate::dra::cdi::DEFAULT_SPEC_DIRS
                 .iter()
                 .map(PathBuf::from)

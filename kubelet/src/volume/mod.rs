@@ -86,6 +86,8 @@ pub struct Source {
     sync_frequency: Option<Duration>,
     /// The node's DRA manager: pods' ResourceClaims and their devices.
     dra: Option<Arc<crate::dra::Manager>>,
+    /// The node's device plugin manager: the devices pods' containers hold.
+    devices: Option<Arc<crate::deviceplugin::Manager>>,
 }
 
 /// What a token is requested for: (namespace, service account, audience, expirationSeconds,
@@ -128,6 +130,7 @@ impl Source {
             services: None,
             sync_frequency: Some(sync_frequency),
             dra: None,
+            devices: None,
         }
     }
 
@@ -167,6 +170,16 @@ impl Source {
 
     pub fn dra(&self) -> Option<&Arc<crate::dra::Manager>> {
         self.dra.as_ref()
+    }
+
+    /// The node's device plugin manager (containers asking for extended resources).
+    pub fn with_devices(mut self, devices: Arc<crate::deviceplugin::Manager>) -> Source {
+        self.devices = Some(devices);
+        self
+    }
+
+    pub fn devices(&self) -> Option<&Arc<crate::deviceplugin::Manager>> {
+        self.devices.as_ref()
     }
 
     /// The kubelet's Service cache, when it keeps one.
