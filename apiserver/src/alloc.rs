@@ -4,7 +4,6 @@
 //! port twice. ClusterIPs are IPAddress objects since session 20 (`crate::servicecidr`); a
 //! store written before keeps an unused `<prefix>/ranges/serviceips` bitmap.
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -163,22 +162,6 @@ fn set_bit(bits: &mut [u8], i: u32, on: bool) {
     }
 }
 
-/// Parse an IPv4 CIDR into (network address, number of addresses).
-pub fn parse_cidr(cidr: &str) -> Result<(u32, u32), String> {
-    let (ip, len) = cidr
-        .split_once('/')
-        .ok_or_else(|| format!("{cidr:?} is not a CIDR (expected a.b.c.d/n)"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{cidr:?}: {e}"))?;
-    let len: u32 = len
-        .parse()
-        .map_err(|e| format!("{cidr:?}: prefix length: {e}"))?;
-    if !(8..=30).contains(&len) {
-        return Err(format!("{cidr:?}: prefix length must be between 8 and 30"));
-    }
-    let size = 1u32 << (32 - len);
-    Ok((u32::from(ip) & !(size - 1), size))
-}
-
 /// Parse `first-last` (inclusive) into (first, count).
 pub fn parse_port_range(range: &str) -> Result<(u32, u32), String> {
     let (a, b) = range
@@ -247,12 +230,6 @@ mod tests {
 
     #[test]
     fn parses_ranges() {
-        assert_eq!(
-            parse_cidr("10.43.0.0/16").expect("valid"),
-            (u32::from(Ipv4Addr::new(10, 43, 0, 0)), 65536)
-        );
-        assert!(parse_cidr("10.43.0.0").is_err());
-        assert!(parse_cidr("10.43.0.0/31").is_err());
         assert_eq!(
             parse_port_range("30000-32767").expect("valid"),
             (30000, 2768)

@@ -26,6 +26,23 @@ pub fn primary_ip() -> IpAddr {
     component::default_route_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// The address to advertise when none is given, of the cluster's primary family (the
+/// `kubernetes` Service is single-stack in it): for IPv6 the address of this machine's IPv6
+/// default route, else `::1`.
+pub fn primary_ip_of(family: crate::servicecidr::Family) -> IpAddr {
+    if family == crate::servicecidr::Family::V4 {
+        return primary_ip();
+    }
+    std::net::UdpSocket::bind("[::]:0")
+        // the documentation prefix: only a default route reaches it
+        .and_then(|s| s.connect("[2001:db8::1]:9").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST))
+}
+
 pub async fn run(state: &AppState, advertise: IpAddr, port: u16) -> Result<(), Error> {
     let def = |g: &str, p: &str| {
         state

@@ -196,7 +196,7 @@ pub fn default_object(def: &ResourceDef, obj: &mut Value) {
             let spec = &mut obj["spec"];
             service::default_spec(spec);
             if spec.get("type").and_then(Value::as_str) != Some("ExternalName") {
-                service::default_ip_families(spec);
+                service::normalize_cluster_ips(spec);
             }
             if obj.get("status").is_none() {
                 obj["status"] = json!({ "loadBalancer": {} });

@@ -159,7 +159,9 @@ pub struct Config {
     #[arg(long = "default-watch-cache-size", default_value_t = cache::DEFAULT_RING_CAPACITY)]
     pub default_watch_cache_size: usize,
 
-    /// CIDR that Service ClusterIPs are allocated from.
+    /// CIDR that Service ClusterIPs are allocated from; two of different families
+    /// (`10.43.0.0/16,fd00:10:43::/112`) make a dual-stack cluster, the first naming the
+    /// primary family. An IPv6 range is /64 or longer (the allocator's limit).
     #[arg(long = "service-cluster-ip-range", default_value = "10.43.0.0/16")]
     pub service_cluster_ip_range: String,
 

@@ -121,17 +121,37 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     std::fs::create_dir_all(&server_dir)
         .map_err(Error::io("creating data directory", &server_dir))?;
 
-    // In-cluster clients dial the `kubernetes` service IP, nodes the advertised address.
-    let service_ip = crate::alloc::parse_cidr(&config.service_cluster_ip_range)
-        .map(|(base, _)| IpAddr::V4(Ipv4Addr::from(base + 1)))
-        .map_err(|reason| Error::Config {
-            reason: format!("--service-cluster-ip-range: {reason}"),
-        })?;
+    // In-cluster clients dial the `kubernetes` service IP (the primary range's first),
+    // nodes the advertised address.
+    let ips = crate::servicecidr::ClusterIps::new(&config.service_cluster_ip_range)
+        .map_err(|reason| Error::Config { reason })?;
+    let service_ip = ips.first();
+    let primary = crate::servicecidr::Family::of(service_ip);
+    // (a bound address stands for itself)
     let advertise = config
         .advertise_address
-        .unwrap_or_else(crate::bootstrap::primary_ip);
+        .or_else(|| (!config.bind_address.is_unspecified()).then_some(config.bind_address))
+        .unwrap_or_else(|| crate::bootstrap::primary_ip_of(primary));
+    // upstream's validatePublicIPServiceClusterIPRangeIPFamilies: the `kubernetes` Service
+    // is single-stack in the primary family, so its endpoint must be of that family
+    if crate::servicecidr::Family::of(advertise) != primary {
+        return Err(Error::Config {
+            reason: format!(
+                "service IP family {:?} must match public address family {:?}",
+                ips.cidrs()[0],
+                advertise.to_string()
+            ),
+        });
+    }
     let sans = crate::tls::default_sans(
-        &[config.bind_address, advertise, service_ip],
+        &[
+            config.bind_address,
+            config
+                .advertise_address
+                .unwrap_or_else(|| crate::bootstrap::primary_ip_of(primary)),
+            advertise,
+            service_ip,
+        ],
         &config.tls_san,
     );
     let tls_dir = server_dir.join("tls");
@@ -251,11 +271,6 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         None => storage,
     };
 
-    let ips = crate::servicecidr::ClusterIps::new(&config.service_cluster_ip_range).map_err(
-        |reason| Error::Config {
-            reason: format!("--service-cluster-ip-range: {reason}"),
-        },
-    )?;
     let node_ports = PortAllocator::new(
         &config.service_node_port_range,
         storage.store_for("", "services").clone(),
@@ -385,10 +400,6 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         ip => ip,
     };
     let url = format!("https://{}", SocketAddr::new(host, addr.port()));
-    let advertise = config
-        .advertise_address
-        .or_else(|| (!addr.ip().is_unspecified()).then(|| addr.ip()))
-        .unwrap_or_else(crate::bootstrap::primary_ip);
     crate::bootstrap::run(&state, advertise, addr.port()).await?;
     crate::aggregator::authn::publish(&state)
         .await

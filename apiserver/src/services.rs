@@ -1,14 +1,16 @@
-//! What Services hold outside their own object: a ClusterIP and node ports, taken from the
-//! allocators when a service is created and given back when it goes.
+//! What Services hold outside their own object: ClusterIPs (one per IP family) and node
+//! ports, taken from the allocators when a service is created and given back when it goes;
+//! the cluster's IP families applied to the service first (upstream's `allocateCreate` and
+//! `allocateUpdate`).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
 use crate::alloc::AllocError;
 use crate::meta;
 use crate::registry::ResourceDef;
-use crate::servicecidr::{self, Parent};
+use crate::servicecidr::{self, Family, Parent};
 use crate::state::AppState;
 use crate::status::{from_store, ApiError};
 
@@ -67,22 +69,16 @@ fn health_check_port(obj: &Value) -> Option<i64> {
         .filter(|p| *p != 0)
 }
 
-/// Allocate the ClusterIP and node ports `obj` asks for (or any free ones) and write them into
-/// its spec. On failure nothing stays allocated. A dry run takes nothing and writes what
-/// upstream's dry run shows (see [`reallocate`]).
+/// Apply the cluster's IP families to `obj`, then allocate the ClusterIPs and node ports it
+/// asks for (or any free ones) and write them into its spec. On failure nothing stays
+/// allocated. A dry run takes nothing and writes what upstream's dry run shows (see
+/// [`reallocate`]).
 pub async fn allocate(
     state: &AppState,
     def: &ResourceDef,
     obj: &mut Value,
     dry_run: bool,
 ) -> Result<(), ApiError> {
-    // what does not fit this cluster's families is refused before anything is taken
-    let spec = obj.get("spec").unwrap_or(&Value::Null);
-    let causes = crate::kinds::service::ip_family_causes(spec);
-    if !causes.is_empty() {
-        let name = meta::meta_str(obj, "name").unwrap_or("");
-        return Err(ApiError::invalid(def.kind, def.group, name, causes));
-    }
     reallocate(state, def, &Value::Null, obj, dry_run)
         .await
         .map(|_| ())
@@ -96,9 +92,9 @@ fn parent(obj: &Value) -> Parent {
     }
 }
 
-async fn undo(state: &AppState, ip: Option<(Ipv4Addr, Parent)>, ports: &[u16]) {
-    if let Some((ip, parent)) = ip {
-        if let Err(e) = servicecidr::release(state, ip, &parent).await {
+async fn undo(state: &AppState, ips: &[(IpAddr, Parent)], ports: &[u16]) {
+    for (ip, parent) in ips {
+        if let Err(e) = servicecidr::release(state, *ip, parent).await {
             tracing::warn!(%ip, error = %e.message, "giving back a ClusterIP");
         }
     }
@@ -109,15 +105,21 @@ async fn undo(state: &AppState, ip: Option<(Ipv4Addr, Parent)>, ports: &[u16]) {
     }
 }
 
-/// Give back what a (deleted, or never stored) service held.
+/// Give back what a (deleted, or never stored) service held: its ClusterIPs of both
+/// families and its node ports.
 pub async fn release(state: &AppState, obj: &Value) {
-    let ip = held_ip(obj).map(|ip| (ip, parent(obj)));
-    undo(state, ip, &held_ports(obj)).await;
+    let owner = parent(obj);
+    let ips: Vec<(IpAddr, Parent)> = servicecidr::cluster_ips(obj)
+        .into_iter()
+        .map(|ip| (ip, owner.clone()))
+        .collect();
+    undo(state, &ips, &held_ports(obj)).await;
 }
 
 /// On update, a spec that leaves out the ClusterIP or a port's node port keeps the current
 /// ones (clients replacing a service rarely send them back).
 pub fn carry_over(cur: &Value, new: &mut Value) {
+    // upstream's patchAllocatedValues: what was allocated stays when left out
     let external = new.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
     for f in ["clusterIP", "clusterIPs"]
         .into_iter()
@@ -125,38 +127,25 @@ pub fn carry_over(cur: &Value, new: &mut Value) {
     {
         let missing = new
             .pointer(&format!("/spec/{f}"))
-            .is_none_or(|v| v.is_null() || v == "");
+            .is_none_or(|v| v.is_null() || v == "" || v == &json!([]));
         if missing {
             if let Some(v) = cur.pointer(&format!("/spec/{f}")).cloned() {
                 new["spec"][f] = v;
             }
         }
     }
-    // no policy given: the stored one (upstream's initIPFamilyFields); going SingleStack
-    // with the families (or IPs) left as they were drops the second one
-    let had_policy = cur.pointer("/spec/ipFamilyPolicy").filter(|_| !external);
-    if let (Some(p), true) = (
-        had_policy,
-        new.pointer("/spec/ipFamilyPolicy")
-            .is_none_or(Value::is_null),
-    ) {
-        new["spec"]["ipFamilyPolicy"] = p.clone();
+    // upstream's normalizeClusterIPs: a `clusterIP` changed beside the stored `clusterIPs`
+    // speaks for both (the change is then refused as one of the primary IP)
+    let ip = |v: &Value| v.pointer("/spec/clusterIP").cloned();
+    if !external
+        && ip(new) != ip(cur)
+        && ip(new).is_some_and(|v| v != "")
+        && new.pointer("/spec/clusterIPs") == cur.pointer("/spec/clusterIPs")
+    {
+        new["spec"]["clusterIPs"] = json!([ip(new)]);
     }
-    if new.pointer("/spec/ipFamilyPolicy") == Some(&json!("SingleStack")) {
-        for key in ["ipFamilies", "clusterIPs"] {
-            let at = format!("/spec/{key}");
-            let kept = new
-                .pointer(&at)
-                .and_then(Value::as_array)
-                .filter(|v| v.len() > 1);
-            if let Some(first) = kept
-                .filter(|_| new.pointer(&at) == cur.pointer(&at))
-                .map(|v| v[0].clone())
-            {
-                new["spec"][key] = json!([first]);
-            }
-        }
-    }
+    // (the stored `ipFamilyPolicy` is kept, and going SingleStack drops the secondary, when
+    // the cluster's families are applied: `kinds::service::init_ip_family_fields`)
     crate::kinds::service::drop_type_dependent_fields(cur, new);
     if needs_health_check(cur) && needs_health_check(new) && health_check_port(new).is_none() {
         if let Some(p) = health_check_port(cur) {
@@ -191,36 +180,84 @@ pub fn carry_over(cur: &Value, new: &mut Value) {
 }
 
 /// What an update of a service took from and gives back to the allocators: a type change
-/// (to or from ExternalName, NodePort or LoadBalancer) or new node ports take or free them,
-/// as upstream's `allocateUpdate` does.
+/// (to or from ExternalName, NodePort or LoadBalancer), an upgrade to or downgrade from
+/// dual-stack, or new node ports take or free them, as upstream's `allocateUpdate` does.
 #[derive(Default)]
 pub struct Realloc {
-    taken_ip: Option<(Ipv4Addr, Parent)>,
+    taken_ips: Vec<(IpAddr, Parent)>,
     taken_ports: Vec<u16>,
-    freed_ip: Option<(Ipv4Addr, Parent)>,
+    freed_ips: Vec<(IpAddr, Parent)>,
     freed_ports: Vec<u16>,
 }
 
 impl Realloc {
     /// The update is stored: give back what the service no longer holds.
     pub async fn commit(self, state: &AppState) {
-        undo(state, self.freed_ip, &self.freed_ports).await;
+        undo(state, &self.freed_ips, &self.freed_ports).await;
     }
 
     /// The update is not stored: give back what it took.
     pub async fn undo(self, state: &AppState) {
-        undo(state, self.taken_ip, &self.taken_ports).await;
+        undo(state, &self.taken_ips, &self.taken_ports).await;
     }
 }
 
-/// The ClusterIP a stored service holds.
-fn held_ip(obj: &Value) -> Option<Ipv4Addr> {
-    if obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
-        return None;
+/// The spec's list `key` as strings.
+fn strings(obj: &Value, key: &str) -> Vec<String> {
+    obj.pointer(&format!("/spec/{key}"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The cluster IPs to take for `new` (index in `clusterIPs`, family, the address asked
+/// for) and the ones of `cur` to give back, as upstream's `allocClusterIPs` and
+/// `updateClusterIPs` decide: all families when the service had none (created, or no longer
+/// ExternalName), the secondary on an upgrade to dual-stack; all of `cur`'s when it becomes
+/// ExternalName, the secondary on a downgrade. A headless service holds none.
+#[allow(clippy::type_complexity)]
+fn ip_changes(cur: &Value, new: &Value) -> (Vec<(usize, String, String)>, Vec<IpAddr>) {
+    let external =
+        |o: &Value| o.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
+    let headless = |o: &Value| {
+        strings(o, "clusterIPs")
+            .first()
+            .is_some_and(|ip| ip == "None")
+    };
+    let had = servicecidr::cluster_ips(cur);
+    let (families, ips) = (strings(new, "ipFamilies"), strings(new, "clusterIPs"));
+    let asked = |i: usize| ips.get(i).cloned().unwrap_or_default();
+    if external(new) {
+        return (Vec::new(), had);
     }
-    obj.pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
+    if headless(new) {
+        return (Vec::new(), Vec::new());
+    }
+    if had.is_empty() {
+        let take = families
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (i, f.clone(), asked(i)))
+            .collect();
+        return (take, Vec::new());
+    }
+    let spec = |o: &Value| o.get("spec").cloned().unwrap_or(Value::Null);
+    if crate::kinds::service::keeps_prefer_dual_stack(&spec(new), &spec(cur)) {
+        return (Vec::new(), Vec::new());
+    }
+    let before = strings(cur, "ipFamilies").len();
+    match (before, families.len()) {
+        (1, 2) => (vec![(1, families[1].clone(), asked(1))], Vec::new()),
+        (2, 1) => {
+            let second = strings(cur, "clusterIPs")
+                .get(1)
+                .and_then(|ip| ip.parse().ok());
+            (Vec::new(), second.into_iter().collect())
+        }
+        _ => (Vec::new(), Vec::new()),
+    }
 }
 
 /// The node ports a stored service holds, its `healthCheckNodePort` included.
@@ -260,44 +297,89 @@ pub async fn reallocate(
     dry_run: bool,
 ) -> Result<Realloc, ApiError> {
     let name = meta::meta_str(new, "name").unwrap_or("").to_string();
+    let invalid = |causes| ApiError::invalid(def.kind, def.group, &name, causes);
     let mut r = Realloc::default();
-    let had_ip = held_ip(cur);
-    let external = new.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
-    let requested = new
-        .pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if !external && requested == "None" {
-        new["spec"]["clusterIPs"] = json!(["None"]);
+    // the cluster's families, as upstream's initIPFamilyFields applies them (visible in a
+    // dry run too), then the update's rules; an update that leaves the spec as it was (a
+    // status write) is not looked at again
+    let creating = cur.is_null();
+    if creating || cur.get("spec") != new.get("spec") {
+        let families: Vec<&str> = state.ips.families().iter().map(|f| f.name()).collect();
+        let old = cur.get("spec").filter(|_| !creating);
+        let spec = &mut new["spec"];
+        let mut causes = crate::kinds::service::init_ip_family_fields(spec, old, &families);
+        if causes.is_empty() {
+            if let Some(old) = old {
+                causes = crate::kinds::service::ip_update_causes(spec, old);
+            }
+        }
+        if !causes.is_empty() {
+            return Err(invalid(causes));
+        }
     }
-    if !external && requested != "None" && had_ip.is_none() {
-        let want = match requested.as_str() {
+    let (take, free) = ip_changes(cur, new);
+    let owner = parent(new);
+    for (i, family, asked) in take {
+        let family = Family::parse(&family).unwrap_or(Family::V4);
+        let want = match asked.as_str() {
             "" => None,
-            ip => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
-                let cause = (
-                    "spec.clusterIPs[0]".into(),
-                    "FieldValueInvalid",
-                    format!("Invalid value: {requested:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
-                );
-                ApiError::invalid(def.kind, def.group, &name, vec![cause])
-            })?),
+            ip => match ip.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    r.undo(state).await;
+                    return Err(invalid(vec![crate::kinds::field::invalid(
+                        &format!("spec.clusterIPs[{i}]"),
+                        &json!(ip),
+                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                    )]));
+                }
+            },
         };
-        let owner = parent(new);
         let got = if dry_run {
-            servicecidr::dry_run(state, want).await
+            servicecidr::dry_run(state, family, want).await
         } else {
-            servicecidr::allocate(state, want, &owner).await
+            servicecidr::allocate(state, family, want, &owner).await
+        };
+        let got = match got {
+            Ok(ip) => ip,
+            Err(e) => {
+                r.undo(state).await;
+                return Err(alloc_err(
+                    def,
+                    &name,
+                    "spec.clusterIPs",
+                    &format!("{asked:?}"),
+                    e,
+                ));
+            }
+        };
+        // an address asked for stays as written (upstream); its IPAddress is canonical
+        let shown = if want.is_some() {
+            asked
+        } else {
+            got.to_string()
+        };
+        let spec = &mut new["spec"];
+        if !spec["clusterIPs"].is_array() {
+            spec["clusterIPs"] = json!([]);
         }
-        .map_err(|e| alloc_err(def, &name, "spec.clusterIPs", &format!("{requested:?}"), e))?;
-        new["spec"]["clusterIP"] = json!(got.to_string());
-        new["spec"]["clusterIPs"] = json!([got.to_string()]);
+        if let Some(list) = spec["clusterIPs"].as_array_mut() {
+            while list.len() <= i {
+                list.push(json!(""));
+            }
+            list[i] = json!(shown);
+        }
+        if i == 0 {
+            spec["clusterIP"] = json!(shown);
+        }
         if !dry_run {
-            r.taken_ip = Some((got, owner));
+            r.taken_ips.push((got, owner.clone()));
         }
     }
-    if had_ip.is_some() && held_ip(new) != had_ip {
-        r.freed_ip = had_ip.map(|ip| (ip, parent(cur)));
+    let cur_owner = parent(cur);
+    r.freed_ips = free.into_iter().map(|ip| (ip, cur_owner.clone())).collect();
+    if dry_run {
+        r.freed_ips.clear();
     }
     let had_ports = held_ports(cur);
     // a LoadBalancer may go without node ports but the ones it names

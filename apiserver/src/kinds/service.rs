@@ -1,10 +1,12 @@
 //! Services as upstream's `SetDefaults_Service` and `ValidateService`/`ValidateServiceUpdate`
-//! (`pkg/apis/core`) default and check them, for kaze's single-stack IPv4 clusters: ports
-//! (names, numbers, protocols, target ports, duplicates), the type and what only some types
-//! may have (node ports, external names, load-balancer fields, traffic policies), the
-//! selector, session affinity, external IPs, and the ClusterIP fixed once set. The
-//! allocators' own checks (ranges, ports in use) run when the ClusterIP and node ports are
-//! taken (`crate::services`).
+//! (`pkg/apis/core`) default and check them: ports (names, numbers, protocols, target
+//! ports, duplicates), the type and what only some types may have (node ports, external
+//! names, load-balancer fields, traffic policies), the selector, session affinity, external
+//! IPs; and upstream's `initIPFamilyFields` (`pkg/registry/core/service/storage`) for the
+//! IP family fields on a single-stack (either family) or dual-stack cluster, with the
+//! update rules that keep the primary IP and family fixed. The allocators' own checks
+//! (ranges, addresses and ports in use) run when the ClusterIPs and node ports are taken
+//! (`crate::services`).
 
 use std::collections::HashSet;
 
@@ -88,9 +90,6 @@ pub fn default_spec(spec: &mut Value) {
     }
 }
 
-/// The IP families kaze allocates Service IPs from (its allocators are IPv4 only; an IPv6
-/// ServiceCIDR is stored and not used).
-const CONFIGURED_FAMILIES: [&str; 1] = ["IPv4"];
 const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
 const POLICIES: [&str; 3] = ["PreferDualStack", "RequireDualStack", "SingleStack"];
 
@@ -99,6 +98,14 @@ fn family_of(ip: &str) -> Option<&'static str> {
         Ok(std::net::IpAddr::V4(_)) => Some("IPv4"),
         Ok(std::net::IpAddr::V6(_)) => Some("IPv6"),
         Err(_) => None,
+    }
+}
+
+fn other_family(f: &str) -> &'static str {
+    if f == "IPv4" {
+        "IPv6"
+    } else {
+        "IPv4"
     }
 }
 
@@ -112,69 +119,187 @@ fn headless_selectorless(spec: &Value) -> bool {
     text(spec, "clusterIP") == "None" && set(spec, "selector").is_none_or(|s| s == &json!({}))
 }
 
-/// The IP-family defaults of upstream's `NormalizeClusterIPs` and `initIPFamilyFields` on a
-/// single-stack IPv4 cluster (a non-ExternalName service): `clusterIPs` from `clusterIP`,
-/// `ipFamilyPolicy` SingleStack (RequireDualStack for a headless service without a
-/// selector), `ipFamilies` inferred from the cluster IPs, else the cluster's family, and a
-/// headless service without a selector that is not SingleStack given both families. On an
-/// update the stored policy is carried over first (`crate::services::carry_over`). What does
-/// not fit the cluster is left for [`ip_family_causes`] to name.
-pub fn default_ip_families(spec: &mut Value) {
+/// Upstream's `isHeadlessService`: `clusterIPs` is `[None]`.
+fn headless(spec: &Value) -> bool {
+    strs(list(spec, "clusterIPs")) == ["None"]
+}
+
+/// Upstream's `normalizeClusterIPs` on create: an old client's `clusterIP` alone gives
+/// `clusterIPs` (the update case is `crate::services::carry_over`'s).
+pub fn normalize_cluster_ips(spec: &mut Value) {
     let ip = text(spec, "clusterIP").to_string();
     if !ip.is_empty() && list(spec, "clusterIPs").is_empty() {
         spec["clusterIPs"] = json!([ip]);
     }
-    let selectorless = headless_selectorless(spec);
-    if set(spec, "ipFamilyPolicy").is_none() {
-        let policy = if selectorless {
-            "RequireDualStack"
-        } else {
-            "SingleStack"
-        };
-        spec["ipFamilyPolicy"] = json!(policy);
+}
+
+/// Upstream's `isMatchingPreferDualStackClusterIPFields`: an update of a PreferDualStack
+/// service that keeps its type, policy, cluster IPs and families is neither upgraded nor
+/// downgraded when the cluster's families changed.
+pub fn keeps_prefer_dual_stack(spec: &Value, old: &Value) -> bool {
+    fn ty(s: &Value) -> &str {
+        match text(s, "type") {
+            "" => "ClusterIP",
+            t => t,
+        }
     }
-    let mut families: Vec<String> = strs(list(spec, "ipFamilies"))
-        .into_iter()
-        .map(String::from)
-        .collect();
+    set(spec, "ipFamilyPolicy").is_some()
+        && ty(spec) == ty(old)
+        && matches!(ty(spec), "ClusterIP" | "NodePort" | "LoadBalancer")
+        && text(spec, "ipFamilyPolicy") == "PreferDualStack"
+        && set(old, "ipFamilyPolicy").is_none_or(|p| p == "PreferDualStack")
+        && list(spec, "clusterIPs") == list(old, "clusterIPs")
+        && list(spec, "ipFamilies") == list(old, "ipFamilies")
+}
+
+/// Upstream's `initIPFamilyFields` for a cluster whose Service IP families are `cluster`
+/// (the primary first): what a non-ExternalName service's `ipFamilyPolicy` and `ipFamilies`
+/// become (on an update `old` is the stored spec: its policy is kept when none is given, and
+/// going SingleStack with the fields left as they were drops the secondary), and what does
+/// not fit, in upstream's order: a loose check of the IP fields
+/// ([`ip_family_causes`]), then what the policy allows, IPs of families the cluster lacks,
+/// RequireDualStack on a single-stack cluster and families it lacks. A headless service
+/// without a selector may name both families on any cluster. The spec is only partly
+/// initialized when causes are returned.
+pub fn init_ip_family_fields(
+    spec: &mut Value,
+    old: Option<&Value>,
+    cluster: &[&str],
+) -> Vec<Cause> {
+    if text(spec, "type") == "ExternalName" {
+        return Vec::new();
+    }
+    if old.is_some_and(|old| keeps_prefer_dual_stack(spec, old)) {
+        return Vec::new();
+    }
+    if set(spec, "ipFamilyPolicy").is_none() {
+        let policy = match old.and_then(|o| set(o, "ipFamilyPolicy")) {
+            Some(p) => p.clone(),
+            None if headless_selectorless(spec) => json!("RequireDualStack"),
+            None => json!("SingleStack"),
+        };
+        spec["ipFamilyPolicy"] = policy;
+    }
+    let causes = ip_family_causes(spec);
+    if !causes.is_empty() {
+        return causes;
+    }
+    let mut causes = Vec::new();
+    let policy = text(spec, "ipFamilyPolicy").to_string();
+    let policy_invalid =
+        |detail: &str| field::invalid("spec.ipFamilyPolicy", &json!(policy), detail);
+    if let Some(old) = old {
+        if policy == "SingleStack" {
+            // as long as the fields are as they were, SingleStack says to drop the second
+            for key in ["clusterIPs", "ipFamilies"] {
+                let now = list(spec, key);
+                if now == list(old, key) && now.len() > 1 {
+                    spec[key] = json!([now[0].clone()]);
+                }
+            }
+        } else {
+            let reduced = |key: &str| {
+                let now = list(spec, key).len();
+                now > 0 && now < list(old, key).len()
+            };
+            if reduced("clusterIPs") {
+                causes.push(policy_invalid(
+                    "must be 'SingleStack' to release the secondary cluster IP",
+                ));
+            }
+            if reduced("ipFamilies") {
+                causes.push(policy_invalid(
+                    "must be 'SingleStack' to release the secondary IP family",
+                ));
+            }
+        }
+    }
     let ips: Vec<String> = strs(list(spec, "clusterIPs"))
         .into_iter()
         .map(String::from)
         .collect();
+    let mut families: Vec<String> = strs(list(spec, "ipFamilies"))
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if policy == "SingleStack" {
+        if ips.len() == 2 {
+            causes.push(policy_invalid(
+                "must be 'RequireDualStack' or 'PreferDualStack' when multiple cluster IPs are specified",
+            ));
+        }
+        if families.len() == 2 {
+            causes.push(policy_invalid(
+                "must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified",
+            ));
+        }
+    }
+    // families inferred from the cluster IPs; one the cluster lacks names the IP
     for (i, ip) in ips.iter().enumerate() {
-        if ip == "None" || i < families.len() {
+        if ip == "None" {
+            break;
+        }
+        if i < families.len() {
             continue;
         }
-        // only a family the cluster has is inferred; another is an error to report
-        match family_of(ip) {
-            Some(f) if CONFIGURED_FAMILIES.contains(&f) => families.push(f.into()),
-            _ => break,
+        let f = family_of(ip).unwrap_or("unknown");
+        if cluster.contains(&f) {
+            families.push(f.to_string());
+        } else {
+            causes.push(raw_invalid(
+                &format!("spec.clusterIPs[{i}]"),
+                &go_strings(list(spec, "clusterIPs")),
+                &format!("{f} is not configured on this cluster"),
+            ));
         }
     }
-    let names_a_foreign_ip = ips
-        .first()
-        .is_some_and(|ip| ip != "None" && family_of(ip) != Some(CONFIGURED_FAMILIES[0]));
-    if families.is_empty() && !names_a_foreign_ip {
-        families.push(CONFIGURED_FAMILIES[0].into());
+    spec["ipFamilies"] = json!(families);
+    if !causes.is_empty() {
+        return causes;
     }
-    if selectorless && families.len() == 1 && text(spec, "ipFamilyPolicy") != "SingleStack" {
-        let other = if families[0] == "IPv4" {
-            "IPv6"
-        } else {
-            "IPv4"
-        };
-        families.push(other.into());
+    let primary = cluster.first().copied().unwrap_or("IPv4");
+    if headless_selectorless(spec) {
+        if families.is_empty() {
+            families.push(primary.to_string());
+        }
+        if families.len() < 2 && policy != "SingleStack" {
+            families.push(other_family(&families[0]).to_string());
+        }
+        spec["ipFamilies"] = json!(families);
+        return causes;
+    }
+    if policy == "RequireDualStack" && cluster.len() < 2 {
+        causes.push(policy_invalid(
+            "this cluster is not configured for dual-stack services",
+        ));
+    }
+    for (i, f) in families.iter().enumerate() {
+        if !cluster.contains(&f.as_str()) {
+            causes.push(field::invalid(
+                &format!("spec.ipFamilies[{i}]"),
+                &json!(f),
+                "not configured on this cluster",
+            ));
+        }
+    }
+    if !causes.is_empty() {
+        return causes;
+    }
+    if families.is_empty() {
+        families.push(primary.to_string());
+    }
+    if policy != "SingleStack" && families.len() == 1 && cluster.len() == 2 {
+        families.push(other_family(&families[0]).to_string());
     }
     spec["ipFamilies"] = json!(families);
+    causes
 }
 
-/// What upstream's `ValidateServiceClusterIPsRelatedFields` and `initIPFamilyFields` refuse
-/// in a (defaulted) non-ExternalName service's `clusterIP`, `clusterIPs`, `ipFamilies` and
-/// `ipFamilyPolicy`, on a single-stack IPv4 cluster: the two IP fields out of step, bad or
-/// duplicate families and IPs, an unknown policy, two IPs or families under SingleStack, an
-/// IPv6 family or IP (not configured on this cluster) and RequireDualStack (this cluster is
-/// not configured for dual-stack services). A headless service without a selector may name
-/// both families.
+/// Upstream's `ValidateServiceClusterIPsRelatedFields` for a non-ExternalName service: the
+/// two IP fields in step, the families known and not repeated, a known policy, valid IPs
+/// (`None` first and alone), two at most and of different families, each of the family its
+/// `ipFamilies` entry names. Nothing here depends on the cluster's families
+/// ([`init_ip_family_fields`] runs it first).
 pub fn ip_family_causes(spec: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     if text(spec, "type") == "ExternalName" {
@@ -258,8 +383,7 @@ pub fn ip_family_causes(spec: &Value) -> Vec<Cause> {
             "may specify no more than one IP for each IP family",
         ));
     }
-    let headless = ip_strs == ["None"];
-    if !headless {
+    if !headless(spec) {
         for (i, (s, f)) in ip_strs.iter().zip(&families).enumerate() {
             match (*f, family_of(s)) {
                 ("IPv4", Some("IPv6")) | ("IPv6", Some("IPv4")) => {
@@ -273,51 +397,101 @@ pub fn ip_family_causes(spec: &Value) -> Vec<Cause> {
             }
         }
     }
-    if !causes.is_empty() {
+    causes
+}
+
+/// Upstream's `validateUpgradeDowngradeClusterIPs` and `validateUpgradeDowngradeIPFamilies`
+/// (of `ValidateServiceUpdate`), on the initialized spec: a secondary IP or family may be
+/// added, or removed going SingleStack, but the primary ones (and, with as many as before,
+/// any) may not change; a headless service may change its families. Nothing for a service
+/// that is or was ExternalName.
+pub fn ip_update_causes(spec: &Value, old: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let external = |s: &Value| text(s, "type") == "ExternalName";
+    if external(spec) || external(old) {
         return causes;
     }
-    // initIPFamilyFields: what the policy allows, then what this cluster has
-    let policy_invalid =
-        |detail: &str| field::invalid("spec.ipFamilyPolicy", &json!(policy), detail);
-    if policy == "SingleStack" {
-        if ips.len() == 2 {
-            causes.push(policy_invalid(
-                "must be 'RequireDualStack' or 'PreferDualStack' when multiple cluster IPs are specified",
-            ));
-        }
-        if families.len() == 2 {
-            causes.push(policy_invalid(
-                "must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified",
-            ));
+    let (ips, old_ips) = (list(spec, "clusterIPs"), list(old, "clusterIPs"));
+    let shown_ips = go_strings(ips);
+    let changed = |at: &str, shown: &str| raw_invalid(at, shown, "may not change once set");
+    let single_stack = text(spec, "ipFamilyPolicy") == "SingleStack";
+    let policy_shown = match set(spec, "ipFamilyPolicy") {
+        Some(p) => format!("{:?}", p.as_str().unwrap_or("")),
+        None => "null".to_string(),
+    };
+    if !(headless(spec) && headless(old)) {
+        match old_ips.len().cmp(&ips.len()) {
+            std::cmp::Ordering::Equal => {
+                for (i, ip) in old_ips.iter().enumerate() {
+                    if ip != &ips[i] {
+                        causes.push(changed(&format!("spec.clusterIPs[{i}]"), &shown_ips));
+                    }
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if ips.is_empty() {
+                    causes.push(raw_invalid(
+                        "spec.clusterIPs[0]",
+                        &shown_ips,
+                        "primary clusterIP can not be unset",
+                    ));
+                } else if ips[0] != old_ips[0] {
+                    causes.push(changed("spec.clusterIPs[0]", &shown_ips));
+                }
+                if ips.len() == 1 && !single_stack {
+                    causes.push(raw_invalid(
+                        "spec.ipFamilyPolicy",
+                        &policy_shown,
+                        "must be set to 'SingleStack' when releasing the secondary clusterIP",
+                    ));
+                }
+            }
+            std::cmp::Ordering::Less => {
+                if !old_ips.is_empty() && ips[0] != old_ips[0] {
+                    causes.push(changed("spec.clusterIPs[0]", &shown_ips));
+                }
+            }
         }
     }
-    for (i, s) in ip_strs.iter().enumerate().skip(families.len()) {
-        if *s == "None" {
-            break;
-        }
-        if let Some(f) = family_of(s).filter(|f| !CONFIGURED_FAMILIES.contains(f)) {
-            causes.push(raw_invalid(
-                &format!("spec.clusterIPs[{i}]"),
-                &go_strings(ips),
-                &format!("{f} is not configured on this cluster"),
-            ));
-        }
-    }
-    if !causes.is_empty() || headless_selectorless(spec) {
+    // families: a headless service (or one becoming or ceasing to be one) may change them
+    if headless(spec) || headless(old) {
         return causes;
     }
-    if policy == "RequireDualStack" && CONFIGURED_FAMILIES.len() < 2 {
-        causes.push(policy_invalid(
-            "this cluster is not configured for dual-stack services",
-        ));
-    }
-    for (i, f) in families.iter().enumerate() {
-        if !CONFIGURED_FAMILIES.contains(f) {
-            causes.push(field::invalid(
-                &format!("spec.ipFamilies[{i}]"),
-                &json!(f),
-                "not configured on this cluster",
-            ));
+    let (families, old_families) = (list(spec, "ipFamilies"), list(old, "ipFamilies"));
+    match old_families.len().cmp(&families.len()) {
+        std::cmp::Ordering::Equal => {
+            let shown: Vec<String> = strs(families).iter().map(|f| format!("{f:?}")).collect();
+            let shown = format!("[]core.IPFamily{{{}}}", shown.join(", "));
+            for (i, f) in old_families.iter().enumerate() {
+                if f != &families[i] {
+                    causes.push(changed("spec.ipFamilies[0]", &shown));
+                }
+            }
+        }
+        std::cmp::Ordering::Greater => {
+            // (upstream checks the cluster IPs here, and shows them)
+            if ips.is_empty() {
+                causes.push(raw_invalid(
+                    "spec.ipFamilies[0]",
+                    &go_strings(families),
+                    "primary ipFamily can not be unset",
+                ));
+            }
+            if !families.is_empty() && families[0] != old_families[0] {
+                causes.push(changed("spec.ipFamilies[0]", &shown_ips));
+            }
+            if families.len() == 1 && !single_stack {
+                causes.push(raw_invalid(
+                    "spec.ipFamilyPolicy",
+                    &policy_shown,
+                    "must be set to 'SingleStack' when releasing the secondary ipFamily",
+                ));
+            }
+        }
+        std::cmp::Ordering::Less => {
+            if !old_families.is_empty() && !families.is_empty() && families[0] != old_families[0] {
+                causes.push(changed("spec.ipFamilies[0]", &shown_ips));
+            }
         }
     }
     causes
@@ -331,12 +505,11 @@ fn raw_invalid(path: &str, shown: &str, detail: &str) -> Cause {
     )
 }
 
-pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+/// The IP family fields are not checked here: they are when the cluster's families are
+/// applied to them (`crate::services`, in upstream's order: `initIPFamilyFields`, then the
+/// update's rules, [`init_ip_family_fields`] and [`ip_update_causes`]).
+pub fn validate(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) {
     let spec = obj.get("spec").unwrap_or(&Value::Null);
-    if let Some(old) = old {
-        validate_update(spec, old.get("spec").unwrap_or(&Value::Null), causes);
-    }
-    causes.extend(ip_family_causes(spec));
     let ty = text(spec, "type");
     let ports = list(spec, "ports");
     let headless = text(spec, "clusterIP") == "None";
@@ -607,58 +780,6 @@ fn special_ip(ip: std::net::IpAddr) -> Option<String> {
     }
 }
 
-/// Upstream's `ValidateServiceUpdate` before the whole service is checked: the ClusterIP
-/// is fixed once set (upstream reports it on `clusterIPs`, showing the new list).
-fn validate_update(spec: &Value, old: &Value, causes: &mut Vec<Cause>) {
-    let external = |s: &Value| text(s, "type") == "ExternalName";
-    if external(spec) || external(old) {
-        return;
-    }
-    let ips = |s: &Value| -> Vec<Value> {
-        let plural = list(s, "clusterIPs");
-        if !plural.is_empty() {
-            return plural.to_vec();
-        }
-        match text(s, "clusterIP") {
-            "" => Vec::new(),
-            ip => vec![json!(ip)],
-        }
-    };
-    let (new_ips, old_ips) = (ips(spec), ips(old));
-    // upstream's validateUpgradeDowngradeIPFamilies: a service with cluster IPs keeps its
-    // families (a headless one may change them)
-    let headless = |ips: &[Value]| ips.len() == 1 && ips[0] == "None";
-    let (families, old_families) = (list(spec, "ipFamilies"), list(old, "ipFamilies"));
-    if !headless(&new_ips)
-        && !headless(&old_ips)
-        && families.len() == old_families.len()
-        && families != old_families
-    {
-        let shown: Vec<String> = strs(families).iter().map(|f| format!("{f:?}")).collect();
-        causes.push(raw_invalid(
-            "spec.ipFamilies[0]",
-            &format!("[]core.IPFamily{{{}}}", shown.join(", ")),
-            "may not change once set",
-        ));
-    }
-    if old_ips.is_empty() {
-        return;
-    }
-    if new_ips.is_empty() {
-        causes.push(raw_invalid(
-            "spec.clusterIPs[0]",
-            &go_strings(&new_ips),
-            "primary clusterIP can not be unset",
-        ));
-    } else if new_ips[0] != old_ips[0] || text(spec, "clusterIP") != text(old, "clusterIP") {
-        causes.push(raw_invalid(
-            "spec.clusterIPs[0]",
-            &go_strings(&new_ips),
-            "may not change once set",
-        ));
-    }
-}
-
 /// What upstream's `dropTypeDependentFields` clears on an update that changes a service's
 /// type, each only when the update left it as it was: cluster IPs for an ExternalName
 /// service, node ports and the external traffic policy for one no longer NodePort or
@@ -735,15 +856,31 @@ pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
 mod tests {
     use super::*;
 
+    const V4: &[&str] = &["IPv4"];
+    const V6: &[&str] = &["IPv6"];
+    const DUAL: &[&str] = &["IPv4", "IPv6"];
+    const DUAL6: &[&str] = &["IPv6", "IPv4"];
+
+    /// The causes the apiserver gives `spec` (an update of `old`, a stored spec) on an IPv4
+    /// cluster: defaulting, the cluster's families, the update's rules, validation.
     fn messages(spec: Value, old: Option<Value>) -> Vec<String> {
+        messages_on(V4, spec, old)
+    }
+
+    fn messages_on(cluster: &[&str], spec: Value, old: Option<Value>) -> Vec<String> {
         let mut spec = spec;
         default_spec(&mut spec);
-        if text(&spec, "type") != "ExternalName" {
-            default_ip_families(&mut spec);
+        normalize_cluster_ips(&mut spec);
+        let mut causes = init_ip_family_fields(&mut spec, old.as_ref(), cluster);
+        if causes.is_empty() {
+            if let Some(old) = &old {
+                causes = ip_update_causes(&spec, old);
+            }
         }
-        let mut causes = Vec::new();
-        let old = old.map(|o| json!({"spec": o}));
-        validate(&json!({"spec": spec}), old.as_ref(), &mut causes);
+        if causes.is_empty() {
+            let old = old.map(|o| json!({"spec": o}));
+            validate(&json!({"spec": spec}), old.as_ref(), &mut causes);
+        }
         field::render(causes)
     }
 
@@ -886,11 +1023,18 @@ mod tests {
         assert_eq!(gone["status"], json!({"loadBalancer": {}}));
     }
 
-    fn defaulted(spec: Value) -> Value {
+    /// `spec` defaulted and initialized on a cluster of `cluster`'s families.
+    fn defaulted_on(cluster: &[&str], spec: Value) -> Value {
         let mut spec = spec;
         default_spec(&mut spec);
-        default_ip_families(&mut spec);
+        normalize_cluster_ips(&mut spec);
+        let causes = field::render(init_ip_family_fields(&mut spec, None, cluster));
+        assert!(causes.is_empty(), "{causes:?}");
         spec
+    }
+
+    fn defaulted(spec: Value) -> Value {
+        defaulted_on(V4, spec)
     }
 
     #[test]
@@ -916,6 +1060,253 @@ mod tests {
         let selected = defaulted(json!({"clusterIP": "None", "selector": {"a": "b"}}));
         assert_eq!(selected["ipFamilyPolicy"], "SingleStack");
         assert_eq!(selected["ipFamilies"], json!(["IPv4"]));
+    }
+
+    #[test]
+    fn ip_families_default_as_upstreams_on_dual_stack_and_ipv6_clusters() {
+        let port = json!([{"port": 80}]);
+        // (policy, families, clusterIPs) → (policy, families) per cluster
+        let cases = [
+            (DUAL, json!({"ports": port}), "SingleStack", json!(["IPv4"])),
+            (
+                DUAL6,
+                json!({"ports": port}),
+                "SingleStack",
+                json!(["IPv6"]),
+            ),
+            (V6, json!({"ports": port}), "SingleStack", json!(["IPv6"])),
+            (
+                DUAL,
+                json!({"ipFamilyPolicy": "PreferDualStack", "ports": port}),
+                "PreferDualStack",
+                json!(["IPv4", "IPv6"]),
+            ),
+            (
+                DUAL6,
+                json!({"ipFamilyPolicy": "RequireDualStack", "ports": port}),
+                "RequireDualStack",
+                json!(["IPv6", "IPv4"]),
+            ),
+            (
+                V6,
+                json!({"ipFamilyPolicy": "PreferDualStack", "ports": port}),
+                "PreferDualStack",
+                json!(["IPv6"]),
+            ),
+            // a family asked for first stays first; the other one follows
+            (
+                DUAL,
+                json!({"ipFamilies": ["IPv6"], "ipFamilyPolicy": "PreferDualStack", "ports": port}),
+                "PreferDualStack",
+                json!(["IPv6", "IPv4"]),
+            ),
+            (
+                DUAL,
+                json!({"ipFamilies": ["IPv6"], "ports": port}),
+                "SingleStack",
+                json!(["IPv6"]),
+            ),
+            // families inferred from the addresses asked for
+            (
+                DUAL,
+                json!({"clusterIP": "fd00::9", "ports": port}),
+                "SingleStack",
+                json!(["IPv6"]),
+            ),
+            (
+                DUAL,
+                json!({"clusterIP": "fd00::9", "clusterIPs": ["fd00::9", "10.43.0.9"],
+                       "ipFamilyPolicy": "RequireDualStack", "ports": port}),
+                "RequireDualStack",
+                json!(["IPv6", "IPv4"]),
+            ),
+            (
+                DUAL,
+                json!({"clusterIP": "10.43.0.9", "ipFamilyPolicy": "PreferDualStack", "ports": port}),
+                "PreferDualStack",
+                json!(["IPv4", "IPv6"]),
+            ),
+            // headless without a selector: both families, the primary first
+            (
+                DUAL6,
+                json!({"clusterIP": "None", "ports": port}),
+                "RequireDualStack",
+                json!(["IPv6", "IPv4"]),
+            ),
+            (
+                V6,
+                json!({"clusterIP": "None", "ports": port}),
+                "RequireDualStack",
+                json!(["IPv6", "IPv4"]),
+            ),
+            (
+                DUAL,
+                json!({"clusterIP": "None", "selector": {"a": "b"}, "ports": port}),
+                "SingleStack",
+                json!(["IPv4"]),
+            ),
+            (
+                DUAL,
+                json!({"clusterIP": "None", "selector": {"a": "b"},
+                       "ipFamilyPolicy": "PreferDualStack", "ports": port}),
+                "PreferDualStack",
+                json!(["IPv4", "IPv6"]),
+            ),
+        ];
+        for (cluster, spec, policy, families) in cases {
+            let got = defaulted_on(cluster, spec.clone());
+            assert_eq!(
+                (&got["ipFamilyPolicy"], &got["ipFamilies"]),
+                (&json!(policy), &families),
+                "{cluster:?} {spec}"
+            );
+            assert!(
+                messages_on(cluster, spec.clone(), None).is_empty(),
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn ip_families_a_cluster_lacks_are_refused_with_upstreams_messages() {
+        let port = json!([{"port": 80}]);
+        let cases = [
+            (
+                V6,
+                json!({"ipFamilies": ["IPv4"], "ports": port}),
+                r#"spec.ipFamilies[0]: Invalid value: "IPv4": not configured on this cluster"#,
+            ),
+            (
+                V6,
+                json!({"ipFamilyPolicy": "RequireDualStack", "ports": port}),
+                r#"spec.ipFamilyPolicy: Invalid value: "RequireDualStack": this cluster is not configured for dual-stack services"#,
+            ),
+            (
+                V6,
+                json!({"clusterIP": "10.43.0.9", "ports": port}),
+                r#"spec.clusterIPs[0]: Invalid value: []string{"10.43.0.9"}: IPv4 is not configured on this cluster"#,
+            ),
+            (
+                V4,
+                json!({"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack", "ports": port}),
+                r#"spec.ipFamilies[1]: Invalid value: "IPv6": not configured on this cluster"#,
+            ),
+            (
+                DUAL,
+                json!({"ipFamilies": ["IPv6", "IPv6"], "ipFamilyPolicy": "RequireDualStack", "ports": port}),
+                r#"spec.ipFamilies[1]: Duplicate value: "IPv6""#,
+            ),
+            (
+                DUAL,
+                json!({"clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9", "10.43.0.10"],
+                       "ipFamilyPolicy": "RequireDualStack", "ports": port}),
+                r#"spec.clusterIPs: Invalid value: []string{"10.43.0.9", "10.43.0.10"}: may specify no more than one IP for each IP family"#,
+            ),
+            (
+                DUAL,
+                json!({"clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9", "fd00::9"], "ports": port}),
+                r#"spec.ipFamilyPolicy: Invalid value: "SingleStack": must be 'RequireDualStack' or 'PreferDualStack' when multiple cluster IPs are specified"#,
+            ),
+            (
+                DUAL,
+                json!({"clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9", "fd00::9"],
+                       "ipFamilies": ["IPv4", "IPv4"], "ipFamilyPolicy": "PreferDualStack", "ports": port}),
+                r#"spec.ipFamilies[1]: Duplicate value: "IPv4""#,
+            ),
+            (
+                DUAL,
+                json!({"clusterIP": "fd00::9", "ipFamilies": ["IPv4"], "ports": port}),
+                r#"spec.clusterIPs[0]: Invalid value: "fd00::9": expected an IPv4 value as indicated by `ipFamilies[0]`"#,
+            ),
+        ];
+        for (cluster, spec, want) in cases {
+            let got = messages_on(cluster, spec.clone(), None);
+            assert!(
+                got.contains(&want.to_string()),
+                "{cluster:?} {spec}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dual_stack_upgrades_and_downgrades_follow_upstreams_rules() {
+        let port = json!([{"port": 80}]);
+        let single = json!({"type": "ClusterIP", "clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "ports": port});
+        let dual = json!({"type": "ClusterIP", "clusterIP": "10.43.0.9",
+            "clusterIPs": ["10.43.0.9", "fd00::9"], "ipFamilies": ["IPv4", "IPv6"],
+            "ipFamilyPolicy": "RequireDualStack", "ports": port});
+        let update = |cur: &Value, change: Value| {
+            let mut new = cur.clone();
+            for (k, v) in change.as_object().expect("object") {
+                new[k] = v.clone();
+            }
+            let mut spec = new.clone();
+            default_spec(&mut spec);
+            let causes = init_ip_family_fields(&mut spec, Some(cur), DUAL);
+            let causes = if causes.is_empty() {
+                ip_update_causes(&spec, cur)
+            } else {
+                causes
+            };
+            (spec, field::render(causes))
+        };
+        // upgrade: the policy alone adds the other family (its IP is allocated later)
+        let (up, causes) = update(&single, json!({"ipFamilyPolicy": "PreferDualStack"}));
+        assert!(causes.is_empty(), "{causes:?}");
+        assert_eq!(up["ipFamilies"], json!(["IPv4", "IPv6"]));
+        assert_eq!(up["clusterIPs"], json!(["10.43.0.9"]));
+        // downgrade: SingleStack with the fields as they were drops the secondary
+        let (down, causes) = update(&dual, json!({"ipFamilyPolicy": "SingleStack"}));
+        assert!(causes.is_empty(), "{causes:?}");
+        assert_eq!(down["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(down["clusterIPs"], json!(["10.43.0.9"]));
+        // no policy given: the stored one stays
+        let (kept, causes) = update(&dual, json!({"ipFamilyPolicy": null}));
+        assert!(causes.is_empty(), "{causes:?}");
+        assert_eq!(kept["ipFamilyPolicy"], "RequireDualStack");
+        // removing the secondary needs SingleStack
+        let (_, causes) = update(
+            &dual,
+            json!({"clusterIPs": ["10.43.0.9"], "ipFamilies": ["IPv4"]}),
+        );
+        assert_eq!(
+            causes,
+            [
+                r#"spec.ipFamilyPolicy: Invalid value: "RequireDualStack": must be 'SingleStack' to release the secondary cluster IP"#,
+                r#"spec.ipFamilyPolicy: Invalid value: "RequireDualStack": must be 'SingleStack' to release the secondary IP family"#,
+            ]
+        );
+        // the primary IP and family are fixed
+        let (_, causes) = update(
+            &single,
+            json!({"clusterIP": "fd00::9", "clusterIPs": ["fd00::9"], "ipFamilies": ["IPv6"]}),
+        );
+        assert_eq!(
+            causes,
+            [
+                r#"spec.clusterIPs[0]: Invalid value: []string{"fd00::9"}: may not change once set"#,
+                r#"spec.ipFamilies[0]: Invalid value: []core.IPFamily{"IPv6"}: may not change once set"#,
+            ]
+        );
+        let (_, causes) = update(&dual, json!({"clusterIPs": ["10.43.0.9", "fd00::10"]}));
+        assert_eq!(
+            causes,
+            [
+                r#"spec.clusterIPs[1]: Invalid value: []string{"10.43.0.9", "fd00::10"}: may not change once set"#
+            ]
+        );
+        // a PreferDualStack service left as it was is not upgraded by a dual-stack cluster
+        let prefer = json!({"type": "ClusterIP", "clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "PreferDualStack", "ports": port});
+        let (same, causes) = update(&prefer, json!({"selector": {"a": "b"}}));
+        assert!(causes.is_empty(), "{causes:?}");
+        assert_eq!(same["ipFamilies"], json!(["IPv4"]));
+        // a headless service may change its families
+        let headless = json!({"type": "ClusterIP", "clusterIP": "None", "clusterIPs": ["None"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "selector": {"a": "b"}});
+        let (_, causes) = update(&headless, json!({"ipFamilies": ["IPv6"]}));
+        assert!(causes.is_empty(), "{causes:?}");
     }
 
     #[test]
@@ -970,12 +1361,16 @@ mod tests {
         // a headless service without a selector may name IPv6 first
         let manual = json!({"clusterIP": "None", "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack"});
         assert!(messages(manual, None).is_empty());
-        // an update keeps the families of a service with a cluster IP
+        // an update keeps the families of a service with a cluster IP: upstream's loose check
+        // of the IP fields (before the update's rules) names the mismatch
         let old = defaulted(json!({"clusterIP": "10.43.0.9", "ports": port}));
         let mut moved = old.clone();
         moved["ipFamilies"] = json!(["IPv6"]);
-        assert!(messages(moved, Some(old)).contains(
-            &r#"spec.ipFamilies[0]: Invalid value: []core.IPFamily{"IPv6"}: may not change once set"#.to_string()
-        ));
+        assert_eq!(
+            messages(moved, Some(old)),
+            [
+                r#"spec.clusterIPs[0]: Invalid value: "10.43.0.9": expected an IPv6 value as indicated by `ipFamilies[0]`"#
+            ]
+        );
     }
 }

@@ -73,9 +73,31 @@ pub fn validate_service_cidr(obj: &Value, old: Option<&Value>, causes: &mut Vec<
         }
     }
     if let Some(old) = old {
-        let was = old.pointer("/spec/cidrs").cloned().unwrap_or(json!([]));
-        if was != shown {
-            causes.push(field::invalid("spec.cidrs", &shown, "field is immutable"));
+        // upstream's ValidateServiceCIDRUpdate: fixed, but a single-stack one may gain a
+        // CIDR of the other family (a cluster converted to dual-stack)
+        let was = list(old.get("spec").unwrap_or(&Value::Null), "cidrs");
+        let immutable = "field is immutable";
+        match (was.len(), cidrs.len()) {
+            (a, b) if a == b => {
+                for (i, c) in was.iter().enumerate() {
+                    if c != &cidrs[i] {
+                        causes.push(field::invalid(
+                            &format!("spec.cidrs[{i}]"),
+                            &cidrs[i],
+                            immutable,
+                        ));
+                    }
+                }
+            }
+            (1, 2) if was[0] != cidrs[0] => {
+                causes.push(field::invalid("spec.cidrs[0]", &cidrs[0], immutable));
+            }
+            (1, 2) => {}
+            _ => causes.push((
+                "spec.cidrs".into(),
+                "FieldValueInvalid",
+                format!("Invalid value: {}: {immutable}", field::go_strings(cidrs)),
+            )),
         }
     }
 }
@@ -161,7 +183,33 @@ mod tests {
                 json!({"spec": {"cidrs": ["10.45.0.0/16"]}}),
                 Some(json!({"spec": {"cidrs": ["10.44.0.0/16"]}}))
             ),
-            [r#"spec.cidrs: Invalid value: ["10.45.0.0/16"]: field is immutable"#]
+            [r#"spec.cidrs[0]: Invalid value: "10.45.0.0/16": field is immutable"#]
+        );
+        // a single-stack ServiceCIDR may become dual-stack, keeping its CIDR; no other change
+        let update = |cidrs: Value, was: Value| {
+            cidr_causes(
+                json!({"spec": {"cidrs": cidrs}}),
+                Some(json!({"spec": {"cidrs": was}})),
+            )
+        };
+        assert!(update(
+            json!(["10.44.0.0/16", "fd00:44::/112"]),
+            json!(["10.44.0.0/16"])
+        )
+        .is_empty());
+        assert_eq!(
+            update(
+                json!(["10.45.0.0/16", "fd00:44::/112"]),
+                json!(["10.44.0.0/16"])
+            ),
+            [r#"spec.cidrs[0]: Invalid value: "10.45.0.0/16": field is immutable"#]
+        );
+        assert_eq!(
+            update(
+                json!(["10.44.0.0/16"]),
+                json!(["10.44.0.0/16", "fd00:44::/112"])
+            ),
+            [r#"spec.cidrs: Invalid value: []string{"10.44.0.0/16"}: field is immutable"#]
         );
     }
 
