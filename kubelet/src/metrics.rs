@@ -13,6 +13,8 @@
 //! - `/metrics/cadvisor`: cadvisor's container metrics ([`crate::stats::cadvisor`]);
 //! - `/metrics/probes`: `prober_probe_total{container,namespace,pod,pod_uid,probe_type,result}`.
 //!
+//! - DRA and device plugin series on `/metrics` too ([`devices`]).
+//!
 //! The counters live with the node's [`Runtime`](crate::runtime::Runtime) (one set per
 //! kubelet, also when tests run several in one process).
 
@@ -24,6 +26,8 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::stats::summary::Summary;
+
+pub mod devices;
 
 /// Upstream's buckets for `kubelet_pod_start_duration_seconds`.
 const POD_START_BUCKETS: &[f64] = &[
@@ -44,6 +48,8 @@ pub struct Counters {
     object_watches: Mutex<BTreeMap<&'static str, u64>>,
     /// Probe runs by (pod uid, namespace, pod, container, probe type, result).
     probes: Mutex<BTreeMap<ProbeKey, u64>>,
+    /// DRA and device plugin metrics.
+    pub devices: devices::DeviceCounters,
 }
 
 /// (pod uid, namespace, pod, container, probe type, result)
@@ -259,6 +265,7 @@ pub fn render(node: &str, pods: &[Pod], counters: &Counters) -> String {
             "kaze_kubelet_object_watches{{resource=\"{resource}\"}} {n}"
         );
     }
+    counters.devices.render(&mut out);
     out
 }
 

@@ -210,6 +210,20 @@ async fn a_plugins_devices_reach_the_node_and_its_pods_containers() {
         "{info}"
     );
     assert!(checkpoint(&c).contains(&uid));
+    let metrics = c.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/metrics", c.node),
+    ]);
+    for series in [
+        "kubelet_device_plugin_registration_total{resource_name=\"example.com/gpu\"} 1",
+        "kubelet_device_plugin_alloc_duration_seconds_count{resource_name=\"example.com/gpu\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "no {series} in:\n{metrics}"
+        );
+    }
 
     // pod-resources: the pod's devices, and every healthy device
     assert_eq!(held(&c, "gpu-1").await, ["dev-1", "dev-2"]);

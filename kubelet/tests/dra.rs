@@ -377,6 +377,20 @@ async fn a_finished_pods_claim_is_unprepared_before_the_pod_is_deleted() {
         drv.saw(&format!("unprepare {uid}")).then_some(())
     })
     .await;
+    // upstream's DRA metrics on the kubelet's /metrics
+    let metrics = kubelet_metrics(&c);
+    for series in [
+        "dra_operations_duration_seconds_count{is_error=\"false\",operation_name=\"PrepareResources\"} 1",
+        "dra_operations_duration_seconds_count{is_error=\"false\",operation_name=\"UnprepareResources\"} 1",
+        "dra_grpc_operations_duration_seconds_count{driver_name=\"gpu.example.com\",grpc_status_code=\"OK\",method_name=\"/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources\"} 1",
+        "dra_grpc_operations_duration_seconds_count{driver_name=\"gpu.example.com\",grpc_status_code=\"OK\",method_name=\"/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodeUnprepareResources\"} 1",
+        "dra_resource_claims_in_use{driver_name=\"<any>\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "no {series} in:\n{metrics}"
+        );
+    }
     assert!(c
         .pods("default")
         .get_opt("once")
@@ -389,6 +403,15 @@ async fn a_finished_pods_claim_is_unprepared_before_the_pod_is_deleted() {
         .expect("delete pod");
     c.wait_pod_gone("default", "once").await;
     assert_eq!(drv.count(&format!("unprepare {uid}")), 1, "{:?}", drv.calls);
+}
+
+/// The kubelet's `/metrics`, through the apiserver's node proxy.
+fn kubelet_metrics(c: &Cluster) -> String {
+    c.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/metrics", c.node),
+    ])
 }
 
 /// A ResourceSlice of driver `gpu.example.com` with one device, on `node`.

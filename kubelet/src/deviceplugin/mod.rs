@@ -170,6 +170,8 @@ pub struct Manager {
     /// is not gone).
     ready: AtomicBool,
     shutdown: component::CancellationToken,
+    /// `kubelet_device_plugin_*` metrics (see [`crate::metrics::devices`]).
+    metrics: Option<Arc<crate::metrics::Counters>>,
 }
 
 impl Manager {
@@ -220,7 +222,14 @@ impl Manager {
             active,
             ready: AtomicBool::new(false),
             shutdown,
+            metrics: None,
         }
+    }
+
+    /// Count registrations and `Allocate` calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Counters>) -> Manager {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -344,6 +353,9 @@ impl Manager {
     /// devices followed.
     pub async fn register(self: &Arc<Self>, req: proto::RegisterRequest) -> Result<(), String> {
         tracing::info!(resource = %req.resource_name, endpoint = %req.endpoint, "device plugin registration");
+        if let Some(m) = &self.metrics {
+            m.devices.plugin_registered(&req.resource_name);
+        }
         validate(&req).inspect_err(|e| {
             tracing::warn!(resource = %req.resource_name, error = %e, "bad device plugin registration")
         })?;
@@ -545,7 +557,8 @@ impl Manager {
                 };
             let ids = plan.complete(&preferred);
             tracing::info!(%pod, container = %c.name, %resource, devices = ?ids, "allocating devices");
-            let resp: proto::AllocateResponse = crate::grpc::call(
+            let start = Instant::now();
+            let resp: Result<proto::AllocateResponse, _> = crate::grpc::call(
                 &endpoint.socket,
                 proto::ALLOCATE,
                 proto::AllocateRequest {
@@ -555,8 +568,12 @@ impl Manager {
                 },
                 CALL_TIMEOUT,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await;
+            if let Some(m) = &self.metrics {
+                m.devices
+                    .plugin_allocated(&resource, start.elapsed().as_secs_f64());
+            }
+            let resp = resp.map_err(|e| e.to_string())?;
             let Some(answer) = resp.container_responses.first().cloned() else {
                 return Err(format!(
                     "no containers return in allocation response {resp:?}"

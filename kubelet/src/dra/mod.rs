@@ -171,6 +171,8 @@ pub struct Manager {
     /// One prepare or unprepare at a time: two pods sharing a claim never both call
     /// NodePrepareResources for it.
     ops: tokio::sync::Mutex<()>,
+    /// `dra_*` metrics (see [`crate::metrics::devices`]).
+    metrics: Option<Arc<crate::metrics::Counters>>,
 }
 
 impl Manager {
@@ -199,6 +201,79 @@ impl Manager {
             plugins: Arc::default(),
             claims: Mutex::new(claims),
             ops: tokio::sync::Mutex::new(()),
+            metrics: None,
+        }
+    }
+
+    /// Count operations, gRPC calls and claims in use in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Counters>) -> Manager {
+        self.metrics = Some(metrics);
+        let claims = self.lock().clone();
+        self.publish_in_use(&claims);
+        self
+    }
+
+    /// `dra_resource_claims_in_use`: prepared claims by driver and under `<any>`.
+    fn publish_in_use(&self, claims: &BTreeMap<String, ClaimState>) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut any = 0;
+        for c in claims.values() {
+            let prepared: Vec<&String> = c
+                .drivers
+                .iter()
+                .filter(|(_, p)| p.is_some())
+                .map(|(d, _)| d)
+                .collect();
+            if prepared.is_empty() {
+                continue;
+            }
+            any += 1;
+            for d in prepared {
+                *counts.entry(d.clone()).or_default() += 1;
+            }
+        }
+        counts.insert("<any>".into(), any);
+        m.devices.set_claims_in_use(counts);
+    }
+
+    /// One call of `method` on `driver`'s plugin, timed (`dra_grpc_operations_duration_seconds`).
+    async fn call_driver<Req, Resp>(
+        &self,
+        driver: &str,
+        plugin: &plugins::Plugin,
+        method: &str,
+        req: Req,
+    ) -> Result<Resp, proto::CallError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let path = plugin.method(method);
+        let start = std::time::Instant::now();
+        let result = proto::call(&plugin.endpoint, &path, req, CALL_TIMEOUT).await;
+        if let Some(m) = &self.metrics {
+            let code = match &result {
+                Ok(_) => "OK".to_string(),
+                Err(proto::CallError::Status { source, .. }) => {
+                    crate::metrics::devices::grpc_code_name(source.code())
+                }
+                Err(proto::CallError::Connect { .. }) => "Unavailable".into(),
+                Err(proto::CallError::Timeout { .. }) => "DeadlineExceeded".into(),
+            };
+            m.devices
+                .dra_grpc(driver, &path, &code, start.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// `dra_operations_duration_seconds` of `operation` since `start`.
+    fn observe(&self, operation: &'static str, is_error: bool, start: std::time::Instant) {
+        if let Some(m) = &self.metrics {
+            m.devices
+                .dra_operation(operation, is_error, start.elapsed().as_secs_f64());
         }
     }
 
@@ -303,6 +378,7 @@ impl Manager {
     }
 
     fn save(&self, claims: &BTreeMap<String, ClaimState>) -> Result<(), DraError> {
+        self.publish_in_use(claims);
         let path = &self.config.checkpoint;
         let err = |source| DraError::Checkpoint {
             path: path.display().to_string(),
@@ -342,6 +418,13 @@ impl Manager {
         if pod_claims(pod).is_empty() || self.prepared_for(pod) {
             return Ok(());
         }
+        let start = std::time::Instant::now();
+        let result = self.prepare_claims(pod).await;
+        self.observe("PrepareResources", result.is_err(), start);
+        result
+    }
+
+    async fn prepare_claims(&self, pod: &Pod) -> Result<(), DraError> {
         let _op = self.ops.lock().await;
         let client = self.client.as_ref().ok_or_else(|| {
             claim_err("no apiserver to read the pod's ResourceClaims from (static pod?)")
@@ -415,16 +498,17 @@ impl Manager {
         }
         for (driver, batch) in batches {
             let plugin = self.plugins.get(&driver).map_err(DraError::Claim)?;
-            let response: proto::NodePrepareResourcesResponse = proto::call(
-                &plugin.endpoint,
-                &plugin.method("NodePrepareResources"),
-                proto::NodePrepareResourcesRequest {
-                    claims: batch.clone(),
-                },
-                CALL_TIMEOUT,
-            )
-            .await
-            .map_err(|e| claim_err(format!("NodePrepareResources: {e}")))?;
+            let response: proto::NodePrepareResourcesResponse = self
+                .call_driver(
+                    &driver,
+                    &plugin,
+                    "NodePrepareResources",
+                    proto::NodePrepareResourcesRequest {
+                        claims: batch.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| claim_err(format!("NodePrepareResources: {e}")))?;
             let mut claims = self.lock();
             for c in &batch {
                 let result = response.claims.get(&c.uid).ok_or_else(|| {
@@ -582,7 +666,10 @@ impl Manager {
             }
             self.save(&claims)?;
         }
-        self.unprepare_unused().await
+        let start = std::time::Instant::now();
+        let result = self.unprepare_unused().await;
+        self.observe("UnprepareResources", result.is_err(), start);
+        result
     }
 
     /// Call NodeUnprepareResources for every claim no pod uses, per driver; forget those
@@ -618,16 +705,17 @@ impl Manager {
         for (driver, batch) in batches {
             let outcome = match self.plugins.get(&driver) {
                 Err(e) => Err(e),
-                Ok(plugin) => proto::call::<_, proto::NodeUnprepareResourcesResponse>(
-                    &plugin.endpoint,
-                    &plugin.method("NodeUnprepareResources"),
-                    proto::NodeUnprepareResourcesRequest {
-                        claims: batch.clone(),
-                    },
-                    CALL_TIMEOUT,
-                )
-                .await
-                .map_err(|e| format!("NodeUnprepareResources: {e}")),
+                Ok(plugin) => self
+                    .call_driver::<_, proto::NodeUnprepareResourcesResponse>(
+                        &driver,
+                        &plugin,
+                        "NodeUnprepareResources",
+                        proto::NodeUnprepareResourcesRequest {
+                            claims: batch.clone(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| format!("NodeUnprepareResources: {e}")),
             };
             for c in &batch {
                 let error = match &outcome {

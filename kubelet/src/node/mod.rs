@@ -404,31 +404,37 @@ pub async fn run(config: Config, shutdown: component::CancellationToken) -> Resu
         })
         .unwrap_or_default();
     // DRA: plugins register under the root dir, claims are prepared for API pods
-    let dra = std::sync::Arc::new(crate::dra::Manager::new(
-        crate::dra::Config {
-            node_name: node_name.clone(),
-            wipe_delay: config.static_pods.dra_slice_wipe_delay,
-            ..crate::dra::Config::under_root(
-                &config.root_dir,
-                config.static_pods.cdi_spec_dirs.clone(),
-            )
-        },
-        client.clone(),
-    ));
+    let dra = std::sync::Arc::new(
+        crate::dra::Manager::new(
+            crate::dra::Config {
+                node_name: node_name.clone(),
+                wipe_delay: config.static_pods.dra_slice_wipe_delay,
+                ..crate::dra::Config::under_root(
+                    &config.root_dir,
+                    config.static_pods.cdi_spec_dirs.clone(),
+                )
+            },
+            client.clone(),
+        )
+        .with_metrics(rt.metrics_handle()),
+    );
     tasks.spawn(dra.clone().run(shutdown.clone()));
     // Device plugins register under the root dir too; the pods' devices are reported on
     // the pod-resources socket, with their DRA claims.
-    let devices = std::sync::Arc::new(crate::deviceplugin::Manager::new(
-        crate::deviceplugin::Config {
-            grace_period: config.static_pods.device_plugin_grace_period,
-            ..crate::deviceplugin::Config::under_root(
-                &config.root_dir,
-                config.static_pods.cdi_spec_dirs.clone(),
-            )
-        },
-        active.clone(),
-        shutdown.clone(),
-    ));
+    let devices = std::sync::Arc::new(
+        crate::deviceplugin::Manager::new(
+            crate::deviceplugin::Config {
+                grace_period: config.static_pods.device_plugin_grace_period,
+                ..crate::deviceplugin::Config::under_root(
+                    &config.root_dir,
+                    config.static_pods.cdi_spec_dirs.clone(),
+                )
+            },
+            active.clone(),
+            shutdown.clone(),
+        )
+        .with_metrics(rt.metrics_handle()),
+    );
     tasks.spawn(devices.clone().run(shutdown.clone()));
     tasks.spawn(crate::podresources::serve(
         config.root_dir.clone(),
