@@ -22,8 +22,9 @@
 //! - Dynamic allocation starts above the low band people pick addresses from (upstream's
 //!   KEP-3070 static band: `min(max(16, size/16), 256)` addresses), and wraps into it only
 //!   when the rest is taken.
-//! - [`repair`] (at start and every 3 minutes) gives every Service's ClusterIP its IPAddress
-//!   (clusters made before kaze kept them, or an object deleted by hand) and deletes this
+//! - [`repair`] (at start and every 3 minutes) gives every Service's ClusterIPs (both
+//!   families) their IPAddresses (clusters made before kaze kept them, or an object deleted
+//!   by hand) and deletes this
 //!   allocator's IPAddresses whose Service is gone or holds another address, once older than
 //!   a minute (so an allocation still on its way to the store is left alone).
 
