@@ -20,6 +20,11 @@ pub struct ServerArgs {
     /// CIDR that node pod CIDRs are carved from.
     #[arg(long = "cluster-cidr", default_value = "10.42.0.0/16")]
     cluster_cidr: String,
+    /// k3s's spelling of `--service-cluster-ip-range`: the Service ClusterIP range, or two of
+    /// different families for dual-stack Services (`10.43.0.0/16,fd00:10:43::/112`, the
+    /// first the primary family).
+    #[arg(long = "service-cidr", conflicts_with = "service_cluster_ip_range")]
+    service_cidr: Option<String>,
     /// How long a node may go without a heartbeat before it is marked NotReady (Unknown).
     #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = component::leader::parse_duration)]
     node_monitor_grace_period: std::time::Duration,
@@ -288,6 +293,9 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
     let data_dir = args.apiserver.data_dir.clone();
     let secret = crate::join::ensure_node_secret(&data_dir)?;
     let mut api_config = args.apiserver.clone();
+    if let Some(cidrs) = &args.service_cidr {
+        api_config.service_cluster_ip_range = cidrs.clone();
+    }
     if args.secrets_encryption && api_config.encryption.encryption_provider_config.is_none() {
         api_config.encryption.encryption_provider_config =
             Some(ensure_encryption_config(&data_dir)?);
@@ -441,4 +449,31 @@ pub async fn run(args: ServerArgs, shutdown: component::CancellationToken) -> an
     // containerd goes last; the pods it started keep running under their shims.
     drop(own_containerd);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: super::ServerArgs,
+    }
+
+    #[test]
+    fn service_cidr_is_k3s_spelling_of_the_service_cluster_ip_range() {
+        Cli::command().debug_assert();
+        let dual = "10.43.0.0/16,fd00:10:43::/112";
+        let cli = Cli::try_parse_from(["kaze", "--service-cidr", dual]).expect("parses");
+        assert_eq!(cli.server.service_cidr.as_deref(), Some(dual));
+        let both = Cli::try_parse_from([
+            "kaze",
+            "--service-cidr",
+            dual,
+            "--service-cluster-ip-range",
+            "10.44.0.0/16",
+        ]);
+        assert!(both.is_err(), "one spelling at a time");
+    }
 }
