@@ -18,7 +18,9 @@ pub const CNI_VERSION: &str = "1.0.0";
 /// How the node's pods are wired.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
-    /// The node's `spec.podCIDR`, e.g. `10.42.0.0/24`.
+    /// The node's `spec.podCIDRs`, comma-separated: `10.42.0.0/24`, or one of each family
+    /// on a dual-stack node (`10.42.0.0/24,fd00:42::/64`; pods get an address from each,
+    /// the first family's first).
     pub pod_cidr: String,
     /// The Linux bridge pods attach to (at most 15 bytes).
     pub bridge: String,
@@ -81,6 +83,21 @@ impl Cni {
                 format!("bridge name {:?} must be 1-15 bytes", config.bridge),
             ));
         }
+        let subnets: Vec<&str> = config
+            .pod_cidr
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let ranges: Vec<Value> = subnets.iter().map(|c| json!([{ "subnet": c }])).collect();
+        // a default route per family the pods have an address of
+        let mut routes: Vec<Value> = Vec::new();
+        for c in &subnets {
+            let dst = if c.contains(':') { "::/0" } else { "0.0.0.0/0" };
+            if !routes.iter().any(|r| r["dst"] == dst) {
+                routes.push(json!({ "dst": dst }));
+            }
+        }
         let conflist = json!({
             "cniVersion": CNI_VERSION,
             "name": network,
@@ -93,8 +110,8 @@ impl Cni {
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{ "subnet": config.pod_cidr }]],
-                        "routes": [{ "dst": "0.0.0.0/0" }],
+                        "ranges": ranges,
+                        "routes": routes,
                         "dataDir": config.ipam_dir,
                     }
                 },
@@ -334,6 +351,23 @@ mod tests {
             "10.42.7.0/24"
         );
         assert_eq!(written["plugins"][1]["type"], "portmap");
+    }
+
+    #[test]
+    fn a_dual_stack_node_gets_a_range_and_a_default_route_per_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = NetworkConfig::new("10.42.7.0/24,fd00:42:0:7::/64");
+        cfg.conf_dir = dir.path().to_path_buf();
+        let c = Cni::new(cfg, "kaze-n1").unwrap();
+        let ipam = &c.conflist()["plugins"][0]["ipam"];
+        assert_eq!(
+            ipam["ranges"],
+            json!([[{"subnet": "10.42.7.0/24"}], [{"subnet": "fd00:42:0:7::/64"}]])
+        );
+        assert_eq!(
+            ipam["routes"],
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
     }
 
     #[test]

@@ -139,9 +139,10 @@ pub struct Config {
     /// How often the node Lease is renewed.
     #[arg(long = "node-lease-renew-interval", default_value = "10s", value_parser = component::leader::parse_duration)]
     pub lease_renew_interval: Duration,
-    /// This node's pod CIDR, for running pods before (or without) an apiserver: static pods
-    /// start at once, and the Node is registered with it. Without it the kubelet waits for
-    /// the CIDR node IPAM gives the Node.
+    /// This node's pod CIDR (or one of each family, comma-separated, for dual-stack pods),
+    /// for running pods before (or without) an apiserver: static pods start at once, and the
+    /// Node is registered with it. Without it the kubelet waits for the CIDRs node IPAM
+    /// gives the Node (`spec.podCIDRs`).
     #[arg(long = "pod-cidr")]
     pub pod_cidr: Option<String>,
     /// Where kaze's local-path provisioner puts this node's volumes (a kaze flag): announced
@@ -701,8 +702,10 @@ impl Registration {
                 let mut node = json!({"metadata": {"name": name, "labels": labels, "annotations": annotations},
                     "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}});
                 if let Some(cidr) = &self.pod_cidr {
-                    node["spec"]["podCIDR"] = json!(cidr);
-                    node["spec"]["podCIDRs"] = json!([cidr]);
+                    // one CIDR, or one of each family (`--pod-cidr=v4,v6`)
+                    let all: Vec<&str> = cidr.split(',').map(str::trim).collect();
+                    node["spec"]["podCIDR"] = json!(all[0]);
+                    node["spec"]["podCIDRs"] = json!(all);
                 }
                 let node: Node = serde_json::from_value(node)
                     .map_err(|e| NodeError::Flag(format!("building node {name}: {e}")))?;
@@ -783,8 +786,14 @@ async fn wait_for_pod_cidr(client: &Client, name: &str) -> Result<String, NodeEr
             .get(name)
             .await
             .map_err(api(format!("reading node {name}")))?;
-        if let Some(cidr) = node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
-            return Ok(cidr);
+        // all of a dual-stack node's ranges, comma-separated (podCIDR is the first)
+        let spec = node.spec.unwrap_or_default();
+        let cidrs = match spec.pod_cidrs.filter(|c| !c.is_empty()) {
+            Some(all) => all.join(","),
+            None => spec.pod_cidr.unwrap_or_default(),
+        };
+        if !cidrs.is_empty() {
+            return Ok(cidrs);
         }
         if waited % 20 == 19 {
             tracing::info!(node = %name, "waiting for a pod CIDR (is the controller-manager's nodeipam running?)");

@@ -310,7 +310,7 @@ pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
 }
 
 /// Downward API `fieldRef` values the kubelet knows without the API.
-fn field_ref(pod: &Pod, path: &str, pod_ip: Option<IpAddr>, node: &NodeContext) -> Option<String> {
+fn field_ref(pod: &Pod, path: &str, pod_ips: &[IpAddr], node: &NodeContext) -> Option<String> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     match path {
@@ -325,7 +325,15 @@ fn field_ref(pod: &Pod, path: &str, pod_ip: Option<IpAddr>, node: &NodeContext) 
             spec.and_then(|s| s.service_account_name.clone())
                 .unwrap_or_default(),
         ),
-        "status.podIP" | "status.podIPs" => Some(pod_ip.map(|i| i.to_string()).unwrap_or_default()),
+        "status.podIP" => Some(pod_ips.first().map(|i| i.to_string()).unwrap_or_default()),
+        // every family's address, comma-separated, as upstream's
+        "status.podIPs" => Some(
+            pod_ips
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         "status.hostIP" | "status.hostIPs" => {
             Some(node.host_ip.map(|i| i.to_string()).unwrap_or_default())
         }
@@ -362,7 +370,7 @@ fn env_object<'a>(
 pub fn container_env(
     pod: &Pod,
     c: &Container,
-    pod_ip: Option<IpAddr>,
+    pod_ips: &[IpAddr],
     node: &NodeContext,
     objects: &EnvObjects,
     services: &BTreeMap<String, String>,
@@ -415,7 +423,7 @@ pub fn container_env(
             (None, None) => String::new(),
             (None, Some(from)) => {
                 if let Some(f) = &from.field_ref {
-                    field_ref(pod, &f.field_path, pod_ip, node)
+                    field_ref(pod, &f.field_path, pod_ips, node)
                         .ok_or_else(|| err(&format!("unsupported fieldRef {}", f.field_path)))?
                 } else if let Some(r) = &from.resource_field_ref {
                     // upstream's containerResourceRuntimeValue: this container, or the one
@@ -486,12 +494,12 @@ pub fn container_config(
     pod: &Pod,
     c: &Container,
     attempt: u32,
-    pod_ip: Option<IpAddr>,
+    pod_ips: &[IpAddr],
     node: &NodeContext,
     objects: &EnvObjects,
     services: &BTreeMap<String, String>,
 ) -> Result<ContainerConfig, SpecError> {
-    let env = container_env(pod, c, pod_ip, node, objects, services)?;
+    let env = container_env(pod, c, pod_ips, node, objects, services)?;
     let vars: HashMap<String, String> = env.iter().cloned().collect();
     let expand_all =
         |v: &Option<Vec<String>>| v.iter().flatten().map(|s| expand(s, &vars)).collect();

@@ -1083,7 +1083,7 @@ impl Worker {
                 &self.pod,
                 &spec,
                 attempt,
-                sandbox.ip(),
+                sandbox.ips(),
                 &self.node,
                 &objects,
                 &services,

@@ -104,6 +104,11 @@ impl Sandbox {
     pub fn ip(&self) -> Option<IpAddr> {
         self.ips.first().copied()
     }
+
+    /// Every address of the pod, one per family on a dual-stack node (the primary first).
+    pub fn ips(&self) -> &[IpAddr] {
+        &self.ips
+    }
 }
 
 pub(crate) fn spec_any(spec: &serde_json::Value) -> prost_types::Any {

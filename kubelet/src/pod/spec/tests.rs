@@ -136,7 +136,7 @@ fn env_expands_and_resolves_the_downward_api() {
         &p,
         &spec.containers[0],
         2,
-        Some("10.42.0.7".parse().unwrap()),
+        &["10.42.0.7".parse().unwrap()],
         &node(),
         &EnvObjects::new(),
         &BTreeMap::new(),
@@ -187,7 +187,7 @@ fn config_map_and_secret_env_follow_upstream() {
     objects.insert(("configmap", "cm".into()), keys(&[("k", "v")]));
     objects.insert(("secret", "sec".into()), keys(&[("pw", "s3")]));
     objects.insert(("secret", "gone".into()), None);
-    let env = container_env(&p, c, None, &node(), &objects, &BTreeMap::new()).unwrap();
+    let env = container_env(&p, c, &[], &node(), &objects, &BTreeMap::new()).unwrap();
     assert_eq!(
         env,
         vec![
@@ -198,10 +198,10 @@ fn config_map_and_secret_env_follow_upstream() {
         ]
     );
     objects.insert(("secret", "sec".into()), None);
-    let err = container_env(&p, c, None, &node(), &objects, &BTreeMap::new()).unwrap_err();
+    let err = container_env(&p, c, &[], &node(), &objects, &BTreeMap::new()).unwrap_err();
     assert_eq!(err.to_string(), "secret \"sec\" not found");
     objects.insert(("secret", "sec".into()), keys(&[("other", "x")]));
-    let err = container_env(&p, c, None, &node(), &objects, &BTreeMap::new()).unwrap_err();
+    let err = container_env(&p, c, &[], &node(), &objects, &BTreeMap::new()).unwrap_err();
     assert_eq!(err.to_string(), "couldn't find key pw in Secret team/sec");
 }
 
@@ -230,7 +230,7 @@ fn service_variables_follow_the_containers_own_and_can_be_referred_to() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let c = &p.spec.as_ref().unwrap().containers[0];
-    let env = container_env(&p, c, None, &node(), &EnvObjects::new(), &services).unwrap();
+    let env = container_env(&p, c, &[], &node(), &EnvObjects::new(), &services).unwrap();
     assert_eq!(
         env,
         vec![
@@ -262,7 +262,7 @@ fn resource_field_env_applies_divisors_other_containers_and_node_defaults() {
     let env = container_env(
         &p,
         &spec.containers[0],
-        None,
+        &[],
         &node(),
         &EnvObjects::new(),
         &BTreeMap::new(),
@@ -282,7 +282,7 @@ fn resource_field_env_applies_divisors_other_containers_and_node_defaults() {
     let env = container_env(
         &p,
         &spec.containers[1],
-        None,
+        &[],
         &node(),
         &EnvObjects::new(),
         &BTreeMap::new(),
