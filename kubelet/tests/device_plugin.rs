@@ -364,4 +364,22 @@ async fn a_restarted_kubelet_keeps_pods_devices_and_a_gone_plugins_resource_goes
     // the running pod keeps running
     let p = c.pods("default").get("keeper").await.expect("keeper");
     assert_eq!(phase(&p), Some("Running"));
+    // once it is gone nothing holds the resource: a pod asking for it does not fit
+    c.pods("default")
+        .delete("keeper", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_pod_gone("default", "keeper").await;
+    testkit::wait_for("keeper's device freed", Duration::from_secs(30), || async {
+        (!checkpoint(&c).contains(&uid)).then_some(())
+    })
+    .await;
+    gpu_pod(&c, "late", 1, "sleep 3600", "Always").await;
+    let p = rejected_with(&c, "late").await;
+    let status = p.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("OutOfexample.com/gpu"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Pod was rejected: Node didn't have enough resource: example.com/gpu, requested: 1, used: 0, capacity: 0")
+    );
 }

@@ -13,7 +13,9 @@
 //!   per container, init containers first, devices an init container held reused by the
 //!   later containers; the plugin's preferred allocation when it offers one, then free
 //!   healthy devices in order; its `Allocate` answer per container is kept. Too few devices
-//!   reject the pod as upstream (`UnexpectedAdmissionError`, [`rejection`]);
+//!   reject the pod as upstream (`UnexpectedAdmissionError`, [`rejection`]); then the
+//!   pod's requests of these resources must fit beside the running pods' in the Node's
+//!   allocatable (upstream's predicate admission, [`Manager::fits`]: `OutOf<resource>`);
 //! - when a container is made ([`Manager::container_devices`]) the plugin's
 //!   `PreStartContainer` is called if it asked for it, and the answer is applied: variables
 //!   (the container's own win), mounts, device nodes (allowed in its devices cgroup),
@@ -282,6 +284,14 @@ impl Manager {
         (capacity, allocatable)
     }
 
+    /// Free the devices of pod `uid` (not admitted after all).
+    pub fn forget(&self, uid: &str) {
+        let mut state = self.lock();
+        if state.pods.remove(uid).is_some() {
+            self.save(&state);
+        }
+    }
+
     /// Free the devices of pods the kubelet no longer runs (or that finished).
     pub fn free_inactive(&self) {
         if !self.ready.load(Ordering::SeqCst) {
@@ -475,6 +485,61 @@ impl Manager {
             self.save(&state);
         }
         outcome
+    }
+
+    /// Upstream's resource fit (its predicate admission, after the allocation) for the
+    /// device plugin resources on the Node: what `pod` requests of each (pod-level, as
+    /// upstream's `PodRequests`) beside the `others` running, within its allocatable (at
+    /// least what pods hold, as upstream's `sanitizeNodeAllocatable`). This is what
+    /// refuses a pod asking for a resource whose plugin went for good (capacity 0) and
+    /// that no pod holds any more: `OutOf<resource>`.
+    pub fn fits(&self, pod: &Pod, others: &[Pod]) -> Result<(), crate::pod::admit::Rejection> {
+        let requests = |p: &Pod| -> BTreeMap<String, i64> {
+            let Ok(json) = serde_json::to_value(p) else {
+                return BTreeMap::new();
+            };
+            component::quota::pod_requests(&json)
+                .into_iter()
+                .map(|(k, q)| {
+                    let whole = q.nanos / 1_000_000_000 + i128::from(q.nanos % 1_000_000_000 > 0);
+                    (k, i64::try_from(whole).unwrap_or(i64::MAX))
+                })
+                .collect()
+        };
+        let wanted = requests(pod);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let (_, allocatable) = self.capacity();
+        let uid = pod.metadata.uid.as_deref();
+        let running: Vec<BTreeMap<String, i64>> = others
+            .iter()
+            .filter(|p| p.metadata.uid.as_deref() != uid)
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .map(requests)
+            .collect();
+        let state = self.lock();
+        for (resource, node) in &allocatable {
+            let requested = wanted.get(resource).copied().unwrap_or(0);
+            if requested <= 0 {
+                continue;
+            }
+            let held = state.allocated(resource).len() as i64;
+            let capacity = (*node).max(held);
+            let used: i64 = running.iter().filter_map(|r| r.get(resource)).sum();
+            if used + requested > capacity {
+                return Err(crate::pod::admit::Rejection {
+                    reason: format!("OutOf{resource}"),
+                    message: format!(
+                        "Node didn't have enough resource: {resource}, requested: {requested}, used: {used}, capacity: {capacity}"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The extended resources `c` asks for with their counts (limits, else requests: the
@@ -873,6 +938,67 @@ mod tests {
         assert_eq!(m.edits.device_nodes[0].permissions.as_deref(), Some("rwm"));
         assert_eq!(m.edits.mounts[0].options, ["rbind", "ro"]);
         assert_eq!(m.annotations, [("x".into(), "1".into())]);
+    }
+
+    #[test]
+    fn device_resources_fit_within_allocatable_or_what_pods_hold() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let m = Manager::new(
+            Config::under_root(tmp.path(), vec![]),
+            crate::pod::ActivePods::default(),
+            component::CancellationToken::new(),
+        );
+        let pod = |uid: &str, n: u32| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": uid, "uid": uid},
+                "spec": {"containers": [{"name": "c", "resources": {
+                    "limits": {"example.com/gpu": n.to_string()},
+                    "requests": {"example.com/gpu": n.to_string()}}}]},
+            }))
+            .expect("pod")
+        };
+        let device = |id: &str| proto::Device {
+            id: id.into(),
+            health: proto::HEALTHY.into(),
+            topology: None,
+        };
+        {
+            let mut s = m.lock();
+            s.connected(
+                "example.com/gpu",
+                Endpoint {
+                    socket: PathBuf::new(),
+                    options: Default::default(),
+                    stopped: None,
+                    generation: 1,
+                },
+            );
+            s.update("example.com/gpu", vec![device("a"), device("b")]);
+        }
+        assert_eq!(m.fits(&pod("p", 2), &[]), Ok(()));
+        let err = m.fits(&pod("q", 1), &[pod("p", 2)]).expect_err("full");
+        assert_eq!(err.reason, "OutOfexample.com/gpu");
+        assert_eq!(
+            err.message,
+            "Node didn't have enough resource: example.com/gpu, requested: 1, used: 2, capacity: 2"
+        );
+        // what pods hold counts even when the plugin lists fewer devices (upstream's
+        // sanitizeNodeAllocatable)
+        m.lock().update("example.com/gpu", vec![]);
+        m.lock().insert(
+            "p",
+            "c",
+            "example.com/gpu",
+            &["a".into(), "b".into()],
+            Default::default(),
+        );
+        assert_eq!(m.fits(&pod("p", 2), &[]), Ok(()));
+        assert!(m.fits(&pod("q", 1), &[pod("p", 2)]).is_err());
+        // a pod asking for none fits
+        let plain: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x", "uid": "x"}, "spec": {"containers": [{"name": "c"}]}}))
+        .expect("pod");
+        assert_eq!(m.fits(&plain, &[pod("p", 2)]), Ok(()));
     }
 
     #[test]

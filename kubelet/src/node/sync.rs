@@ -465,18 +465,23 @@ pub async fn run(
             if is_terminal(&p) || rejected.contains(&uid) {
                 continue;
             }
-            // Admitted first, then its devices allocated (upstream allocates first; here
-            // the pod is active meanwhile, so the device manager does not free them).
+            // Admitted first, then its devices allocated and the device plugin resources
+            // fitted (upstream allocates first; here the pod is active meanwhile, so the
+            // device manager does not free them).
             let admitted = match (active.admit(&p), source.devices()) {
                 (Err(why), _) => Err(why),
                 (Ok(()), None) => Ok(()),
-                (Ok(()), Some(devices)) => match devices.allocate(&p).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
+                (Ok(()), Some(devices)) => {
+                    let fit = match devices.allocate(&p).await {
+                        Ok(()) => devices.fits(&p, &active.list()),
+                        Err(e) => Err(crate::deviceplugin::rejection(&e)),
+                    };
+                    if fit.is_err() {
                         active.remove(&uid);
-                        Err(crate::deviceplugin::rejection(&e))
+                        devices.forget(&uid);
                     }
-                },
+                    fit
+                }
             };
             if let Err(why) = admitted {
                 reject(&client, &p, &node.node_name, &why);
