@@ -80,7 +80,12 @@ fn add_service(env: &mut BTreeMap<String, String>, s: &Service) {
     for (i, p) in ports.iter().enumerate() {
         let proto = p.protocol.as_deref().unwrap_or("TCP");
         let lower = proto.to_lowercase();
-        let url = format!("{lower}://{ip}:{}", p.port);
+        // host:port as Go's net.JoinHostPort writes it: an IPv6 address in brackets
+        let url = if ip.contains(':') {
+            format!("{lower}://[{ip}]:{}", p.port)
+        } else {
+            format!("{lower}://{ip}:{}", p.port)
+        };
         if i == 0 {
             env.insert(format!("{prefix}_PORT"), url.clone());
         }
@@ -151,6 +156,16 @@ mod tests {
         assert_eq!(env["MY_DB_SERVICE_PORT"], "5432");
         assert_eq!(env["MY_DB_SERVICE_PORT_METRICS_PORT"], "9187");
         assert_eq!(env["MY_DB_PORT"], "tcp://10.43.7.7:5432");
+        // an IPv6 ClusterIP (an IPv6-primary cluster) is bracketed in the URLs only
+        let mut v6 = BTreeMap::new();
+        add_service(
+            &mut v6,
+            &svc("d", "web", "fd00:43::7", json!([{"port": 80}])),
+        );
+        assert_eq!(v6["WEB_PORT"], "tcp://[fd00:43::7]:80");
+        assert_eq!(v6["WEB_PORT_80_TCP"], "tcp://[fd00:43::7]:80");
+        assert_eq!(v6["WEB_PORT_80_TCP_ADDR"], "fd00:43::7");
+        assert_eq!(v6["WEB_SERVICE_HOST"], "fd00:43::7");
         assert_eq!(env["MY_DB_PORT_9187_UDP"], "udp://10.43.7.7:9187");
         assert_eq!(env["MY_DB_PORT_9187_UDP_PROTO"], "udp");
         assert!(env.contains_key("KUBERNETES_SERVICE_HOST"));
