@@ -141,6 +141,14 @@ async fn rejected_with(c: &Cluster, name: &str) -> Pod {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugins_devices_reach_the_node_and_its_pods_containers() {
     let mut c = Cluster::new("devplug", 212).await;
+    // the CDI devices the plugin names: `CDI_<n>=dev-<n>` each
+    let cdi = c.dir.path().join("cdi");
+    std::fs::create_dir_all(&cdi).expect("cdi dir");
+    let spec = json!({"cdiVersion": "0.6.0", "kind": "example.com/plugin",
+        "devices": (0..3).map(|n| json!({"name": format!("dev-{n}"),
+            "containerEdits": {"env": [format!("CDI_{n}=dev-{n}")]}})).collect::<Vec<_>>()});
+    std::fs::write(cdi.join("plugin.json"), spec.to_string()).expect("cdi spec");
+    c.config.static_pods.cdi_spec_dirs = vec![cdi];
     c.start_kubelet();
     c.wait_node().await;
     let dir = c.root.join("device-plugins");
@@ -170,10 +178,11 @@ async fn a_plugins_devices_reach_the_node_and_its_pods_containers() {
     assert_eq!(source.message(), "the ResourceName \"gpu\" is invalid");
 
     let plug = plugin::Plugin::start(GPU, &dir, &c.dir.path().join("share"), 3);
+    plug.cdi.store(true, std::sync::atomic::Ordering::SeqCst);
     wait_resource(&c, GPU, "3", "3").await;
 
     // A pod asking for 2 gets the plugin's preference (the highest ids) and its answer.
-    let script = "echo DEVICES=$DEVICES; cat /opt/plugin/hello; \
+    let script = "echo DEVICES=$DEVICES; env | grep ^CDI_; cat /opt/plugin/hello; \
                   ls -l /dev/kaze-gpu; echo x > /dev/kaze-gpu && echo WROTE; \
                   touch /opt/plugin/nope 2>/dev/null || echo READONLY; sleep 3600";
     let first = gpu_pod(&c, "gpu-1", 2, script, "Always").await;
@@ -183,6 +192,10 @@ async fn a_plugins_devices_reach_the_node_and_its_pods_containers() {
     .await;
     let log = log_of(&c, "gpu-1", "READONLY").await;
     assert!(log.contains("DEVICES=dev-2,dev-1"), "{log}");
+    // the CDI devices of the answer, resolved from the spec dirs
+    assert!(log.lines().any(|l| l == "CDI_2=dev-2"), "{log}");
+    assert!(log.lines().any(|l| l == "CDI_1=dev-1"), "{log}");
+    assert!(!log.contains("CDI_0="), "{log}");
     assert!(log.contains("hello from the plugin"), "{log}");
     assert!(
         log.lines()

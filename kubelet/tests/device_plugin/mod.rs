@@ -6,7 +6,8 @@
 //!
 //! `Allocate` answers, per container: `DEVICES=<ids, comma-separated>`, a read-only mount
 //! of the plugin's `share` dir at `/opt/plugin`, `/dev/null` as `/dev/kaze-gpu` (rw), and
-//! annotation `example.com/devices=<ids>`. `GetPreferredAllocation` prefers the highest ids.
+//! annotation `example.com/devices=<ids>`, and with [`Plugin::cdi`] set CDI device
+//! `example.com/plugin=<id>` per device (the test writes their spec). `GetPreferredAllocation` prefers the highest ids.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub struct Plugin {
     devices: tokio::sync::watch::Sender<Vec<(String, bool)>>,
     /// `allocate <ids>`, `prestart <ids>`, `preferred <available>`, `registered`.
     pub calls: Arc<Mutex<Vec<String>>>,
+    /// Name a CDI device per device in `Allocate` answers.
+    pub cdi: std::sync::atomic::AtomicBool,
     stop: component::CancellationToken,
 }
 
@@ -45,6 +48,7 @@ impl Plugin {
             share: share.to_path_buf(),
             devices: tokio::sync::watch::channel(devices).0,
             calls: Arc::default(),
+            cdi: Default::default(),
             stop: component::CancellationToken::new(),
         });
         let p = plugin.clone();
@@ -195,7 +199,14 @@ impl Plugin {
                                 permissions: "rw".into(),
                             }],
                             annotations: [("example.com/devices".to_string(), ids)].into(),
-                            cdi_devices: vec![],
+                            cdi_devices: c
+                                .devices_ids
+                                .iter()
+                                .filter(|_| self.cdi.load(std::sync::atomic::Ordering::SeqCst))
+                                .map(|id| proto::CdiDevice {
+                                    name: format!("example.com/plugin={id}"),
+                                })
+                                .collect(),
                         });
                 }
                 resp.encode_to_vec()
