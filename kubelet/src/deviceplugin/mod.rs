@@ -40,8 +40,14 @@ use containerd_client::tonic;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 pub mod checkpoint;
+mod container;
 pub mod proto;
+mod registration;
 pub mod state;
+
+pub use container::{merge, ContainerDevices};
+use registration::{create_dir, remove_sockets};
+pub use registration::{is_extended_resource_name, validate};
 
 use state::{Endpoint, State};
 
@@ -80,60 +86,6 @@ impl Config {
     }
 }
 
-/// Upstream's `IsExtendedResourceName`: domain-qualified, outside `kubernetes.io/`, and a
-/// qualified name once prefixed with `requests.` (as quota names it).
-pub fn is_extended_resource_name(name: &str) -> bool {
-    if !name.contains('/') || name.contains("kubernetes.io/") || name.starts_with("requests.") {
-        return false;
-    }
-    let quota = format!("requests.{name}");
-    let Some((prefix, rest)) = quota.split_once('/') else {
-        return false;
-    };
-    let label = |l: &str| {
-        let b = l.as_bytes();
-        !b.is_empty()
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-    };
-    let b = rest.as_bytes();
-    prefix.len() <= 253
-        && prefix.split('.').all(label)
-        && !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// Check a registration as upstream's `Register` does (and, a kaze check, that the
-/// endpoint is a socket name in the device plugin dir); the error is the gRPC answer's.
-pub fn validate(req: &proto::RegisterRequest) -> Result<(), String> {
-    if req.version != proto::VERSION {
-        return Err(format!(
-            "requested API version {:?} is not supported by kubelet. Supported version is [{:?}]",
-            req.version,
-            proto::VERSION
-        ));
-    }
-    if !is_extended_resource_name(&req.resource_name) {
-        return Err(format!(
-            "the ResourceName {:?} is invalid",
-            req.resource_name
-        ));
-    }
-    let e = req.endpoint.as_str();
-    if e.is_empty() || e.contains('/') || e == "." || e == ".." || e == KUBELET_SOCKET {
-        return Err(format!(
-            "the endpoint {e:?} is not the name of a socket in the device plugin directory"
-        ));
-    }
-    Ok(())
-}
-
 /// How a pod whose devices could not be allocated is rejected (upstream's admission
 /// error: reason `UnexpectedAdmissionError`).
 pub fn rejection(err: &str) -> crate::pod::admit::Rejection {
@@ -141,17 +93,6 @@ pub fn rejection(err: &str) -> crate::pod::admit::Rejection {
         reason: "UnexpectedAdmissionError".into(),
         message: format!("Allocate failed due to {err}, which is unexpected"),
     }
-}
-
-/// What a container gets from the device plugins it uses (upstream's
-/// `DeviceRunContainerOptions`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ContainerDevices {
-    /// Variables set before the container's own (which win).
-    pub env: Vec<(String, String)>,
-    /// Mounts and device nodes (CDI devices included).
-    pub edits: crate::dra::cdi::ContainerEdits,
-    pub annotations: Vec<(String, String)>,
 }
 
 /// A device as the pod-resources API reports it: resource, id, NUMA nodes.
@@ -771,245 +712,5 @@ impl Manager {
     }
 }
 
-/// The plugins' answers for one container merged as upstream's `deviceRunContainerOptions`:
-/// the first of two settings of a variable, container path or annotation wins.
-pub fn merge<'a>(
-    responses: impl Iterator<Item = &'a proto::ContainerAllocateResponse>,
-) -> ContainerDevices {
-    use crate::dra::cdi;
-    let mut out = ContainerDevices::default();
-    let mut seen_paths: BTreeSet<String> = BTreeSet::new();
-    let mut seen_mounts: BTreeSet<String> = BTreeSet::new();
-    for r in responses {
-        let sorted = |m: &std::collections::HashMap<String, String>| -> Vec<(String, String)> {
-            let mut v: Vec<(String, String)> =
-                m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            v.sort();
-            v
-        };
-        for (k, v) in sorted(&r.envs) {
-            if !out.env.iter().any(|(e, _)| *e == k) {
-                out.env.push((k, v));
-            }
-        }
-        for d in &r.devices {
-            if seen_paths.insert(d.container_path.clone()) {
-                out.edits.device_nodes.push(cdi::DeviceNode {
-                    path: d.container_path.clone(),
-                    host_path: Some(d.host_path.clone()),
-                    permissions: Some(if d.permissions.is_empty() {
-                        "rwm".into()
-                    } else {
-                        d.permissions.clone()
-                    }),
-                    ..Default::default()
-                });
-            }
-        }
-        for m in &r.mounts {
-            if seen_mounts.insert(m.container_path.clone()) {
-                let access = if m.read_only { "ro" } else { "rw" };
-                out.edits.mounts.push(cdi::Mount {
-                    host_path: m.host_path.clone(),
-                    container_path: m.container_path.clone(),
-                    options: vec!["rbind".into(), access.into()],
-                    kind: Some("bind".into()),
-                });
-            }
-        }
-        for (k, v) in sorted(&r.annotations) {
-            if !out.annotations.iter().any(|(e, _)| *e == k) {
-                out.annotations.push((k, v));
-            }
-        }
-    }
-    out
-}
-
-fn create_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)
-}
-
-/// Upstream's `CleanupPluginDirectory`: every socket in `dir` goes (plugins see the new
-/// `kubelet.sock` and register again); files and dirs stay.
-fn remove_sockets(dir: &Path) {
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.file_name().and_then(|n| n.to_str()) == Some(checkpoint::FILE) {
-            continue;
-        }
-        if std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
-            if let Err(err) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %err, "removing a device plugin socket");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(version: &str, resource: &str, endpoint: &str) -> proto::RegisterRequest {
-        proto::RegisterRequest {
-            version: version.into(),
-            endpoint: endpoint.into(),
-            resource_name: resource.into(),
-            options: None,
-        }
-    }
-
-    #[test]
-    fn registrations_are_checked_as_upstream_does() {
-        assert_eq!(
-            validate(&req("v1beta1", "nvidia.com/gpu", "gpu.sock")),
-            Ok(())
-        );
-        assert_eq!(
-            validate(&req("v1alpha", "nvidia.com/gpu", "gpu.sock")),
-            Err("requested API version \"v1alpha\" is not supported by kubelet. Supported version is [\"v1beta1\"]".into())
-        );
-        for bad in [
-            "gpu",
-            "kubernetes.io/gpu",
-            "example.kubernetes.io/gpu",
-            "requests.example.com/gpu",
-            "Example.com/gpu",
-            "example.com/",
-            "example.com/-gpu",
-            "example.com/a/b",
-        ] {
-            assert_eq!(
-                validate(&req("v1beta1", bad, "gpu.sock")),
-                Err(format!("the ResourceName {bad:?} is invalid")),
-                "{bad}"
-            );
-        }
-        assert!(is_extended_resource_name("example.com/Gpu_1.x"));
-        for bad in ["", "../x.sock", "a/b.sock", "..", "kubelet.sock"] {
-            assert!(
-                validate(&req("v1beta1", "example.com/gpu", bad)).is_err(),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn answers_merge_with_the_first_setting_winning() {
-        let a = proto::ContainerAllocateResponse {
-            envs: [("A".to_string(), "1".to_string()), ("B".into(), "1".into())].into(),
-            mounts: vec![proto::Mount {
-                container_path: "/drivers".into(),
-                host_path: "/opt/drivers".into(),
-                read_only: true,
-            }],
-            devices: vec![proto::DeviceSpec {
-                container_path: "/dev/gpu0".into(),
-                host_path: "/dev/null".into(),
-                permissions: String::new(),
-            }],
-            annotations: [("x".to_string(), "1".to_string())].into(),
-            cdi_devices: vec![],
-        };
-        let b = proto::ContainerAllocateResponse {
-            envs: [("A".to_string(), "2".to_string())].into(),
-            devices: vec![proto::DeviceSpec {
-                container_path: "/dev/gpu0".into(),
-                host_path: "/dev/zero".into(),
-                permissions: "r".into(),
-            }],
-            ..Default::default()
-        };
-        let m = merge([&a, &b].into_iter());
-        assert_eq!(m.env, [("A".into(), "1".into()), ("B".into(), "1".into())]);
-        assert_eq!(m.edits.device_nodes.len(), 1);
-        assert_eq!(
-            m.edits.device_nodes[0].host_path.as_deref(),
-            Some("/dev/null")
-        );
-        assert_eq!(m.edits.device_nodes[0].permissions.as_deref(), Some("rwm"));
-        assert_eq!(m.edits.mounts[0].options, ["rbind", "ro"]);
-        assert_eq!(m.annotations, [("x".into(), "1".into())]);
-    }
-
-    #[test]
-    fn device_resources_fit_within_allocatable_or_what_pods_hold() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let m = Manager::new(
-            Config::under_root(tmp.path(), vec![]),
-            crate::pod::ActivePods::default(),
-            component::CancellationToken::new(),
-        );
-        let pod = |uid: &str, n: u32| -> Pod {
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": uid, "uid": uid},
-                "spec": {"containers": [{"name": "c", "resources": {
-                    "limits": {"example.com/gpu": n.to_string()},
-                    "requests": {"example.com/gpu": n.to_string()}}}]},
-            }))
-            .expect("pod")
-        };
-        let device = |id: &str| proto::Device {
-            id: id.into(),
-            health: proto::HEALTHY.into(),
-            topology: None,
-        };
-        {
-            let mut s = m.lock();
-            s.connected(
-                "example.com/gpu",
-                Endpoint {
-                    socket: PathBuf::new(),
-                    options: Default::default(),
-                    stopped: None,
-                    generation: 1,
-                },
-            );
-            s.update("example.com/gpu", vec![device("a"), device("b")]);
-        }
-        assert_eq!(m.fits(&pod("p", 2), &[]), Ok(()));
-        let err = m.fits(&pod("q", 1), &[pod("p", 2)]).expect_err("full");
-        assert_eq!(err.reason, "OutOfexample.com/gpu");
-        assert_eq!(
-            err.message,
-            "Node didn't have enough resource: example.com/gpu, requested: 1, used: 2, capacity: 2"
-        );
-        // what pods hold counts even when the plugin lists fewer devices (upstream's
-        // sanitizeNodeAllocatable)
-        m.lock().update("example.com/gpu", vec![]);
-        m.lock().insert(
-            "p",
-            "c",
-            "example.com/gpu",
-            &["a".into(), "b".into()],
-            Default::default(),
-        );
-        assert_eq!(m.fits(&pod("p", 2), &[]), Ok(()));
-        assert!(m.fits(&pod("q", 1), &[pod("p", 2)]).is_err());
-        // a pod asking for none fits
-        let plain: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "x", "uid": "x"}, "spec": {"containers": [{"name": "c"}]}}))
-        .expect("pod");
-        assert_eq!(m.fits(&plain, &[pod("p", 2)]), Ok(()));
-    }
-
-    #[test]
-    fn too_few_devices_reject_the_pod_as_upstream() {
-        let r = rejection(
-            "requested number of devices unavailable for nvidia.com/gpu. Requested: 2, Available: 1",
-        );
-        assert_eq!(r.reason, "UnexpectedAdmissionError");
-        assert_eq!(
-            r.status().message.as_deref(),
-            Some("Pod was rejected: Allocate failed due to requested number of devices unavailable for nvidia.com/gpu. Requested: 2, Available: 1, which is unexpected")
-        );
-    }
-}
+mod tests;
