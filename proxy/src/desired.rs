@@ -4,24 +4,27 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::Ipv4Addr,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::services::{Protocol, ServiceKey};
+use crate::{
+    family::Family,
+    services::{Protocol, ServiceKey},
+};
 
 /// The label an EndpointSlice names its Service with.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// One service port as the dataplane should program it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredService {
+pub struct DesiredService<A: Family = Ipv4Addr> {
     /// `namespace/name:port-name` (upstream's ServicePortName), for logs, chain comments and
     /// metric labels.
     pub name: String,
     /// Sorted, without duplicates: the round-robin order.
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<A::Sock>,
     /// An external frontend (a NodePort on a node address, an external IP or a load-balancer
     /// IP) with externalTrafficPolicy Cluster: its traffic is masqueraded, so replies from a
     /// backend on another node come back through this one (kube-proxy's `KUBE-EXT-*` chains).
@@ -32,12 +35,12 @@ pub struct DesiredService {
     /// ranges (network address, prefix length) new flows may come from; empty: any client.
     /// Where a range holds one of the node's addresses the node is allowed as upstream
     /// allows it: the frontend's own address and [`NODE_SOURCE`] are added.
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    pub source_ranges: Vec<(A, u8)>,
     /// An external frontend under externalTrafficPolicy Local: where new flows from this
     /// cluster's pods and from the node itself go instead of `backends` (kube-proxy's
     /// short-circuit: that traffic would otherwise have gone out to the load balancer and
     /// come back in through a node with an endpoint).
-    pub short_circuit: Option<ShortCircuit>,
+    pub short_circuit: Option<ShortCircuit<A>>,
     /// A traffic policy `Local` left this view without a backend while the service has
     /// endpoints elsewhere: new flows (but the short-circuit's) are dropped, not refused, as
     /// kube-proxy drops them ("has no local endpoints"): a load balancer's client must not
@@ -47,14 +50,14 @@ pub struct DesiredService {
 
 /// See [`DesiredService::short_circuit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShortCircuit {
+pub struct ShortCircuit<A: Family = Ipv4Addr> {
     /// Every endpoint of the service, whatever its node (ready, else serving terminating),
     /// sorted: "subject to neither traffic policy", as upstream puts it.
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<A::Sock>,
     /// The ranges of this cluster's pods (kube-proxy's local-traffic detection, from
     /// `--cluster-cidr` or the node's pod CIDRs); empty: only the node's own traffic takes
     /// the short-circuit.
-    pub pod_nets: Vec<(Ipv4Addr, u8)>,
+    pub pod_nets: Vec<(A, u8)>,
 }
 
 /// The range that stands for the node's own sockets in [`DesiredService::source_ranges`]: the
@@ -63,7 +66,7 @@ pub struct ShortCircuit {
 pub const NODE_SOURCE: (Ipv4Addr, u8) = (Ipv4Addr::UNSPECIFIED, 32);
 
 /// Everything the node should serve, keyed by what clients connect to.
-pub type Desired = BTreeMap<ServiceKey, DesiredService>;
+pub type Desired<A = Ipv4Addr> = BTreeMap<ServiceKey<A>, DesiredService<A>>;
 
 /// The desired state for `services` given `slices`. `node_addresses` serve the NodePorts.
 /// Without a node name, traffic policies `Local` cannot be honoured and act as `Cluster`.
@@ -83,17 +86,29 @@ pub fn compute<'a>(
 }
 
 /// What the desired state depends on of the node the proxy programs.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NodeView<'a> {
+#[derive(Clone, Copy, Debug)]
+pub struct NodeView<'a, A = Ipv4Addr> {
     /// The addresses NodePorts are served on.
-    pub addresses: &'a [Ipv4Addr],
+    pub addresses: &'a [A],
     /// The node's name, for traffic policies `Local` and node hints; without it `Local`
     /// acts as `Cluster`.
     pub name: Option<&'a str>,
     /// The node's `topology.kubernetes.io/zone`, for zone hints.
     pub zone: Option<&'a str>,
     /// The ranges of the cluster's pods, for [`DesiredService::short_circuit`].
-    pub pod_nets: &'a [(Ipv4Addr, u8)],
+    pub pod_nets: &'a [(A, u8)],
+}
+
+// by hand: a derived Default would want `A: Default`, which addresses are not
+impl<A> Default for NodeView<'_, A> {
+    fn default() -> Self {
+        NodeView {
+            addresses: &[],
+            name: None,
+            zone: None,
+            pod_nets: &[],
+        }
+    }
 }
 
 /// [`compute`] on node `node`: a Service with `internalTrafficPolicy: Local` sends ClusterIP
@@ -110,6 +125,17 @@ pub fn compute_for_node<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node: &NodeView<'_>,
 ) -> Desired {
+    compute_family(services, slices, node)
+}
+
+/// [`compute_for_node`] for family `A`: the frontends of that family (cluster IPs, node
+/// addresses, external and load-balancer IPs) with the endpoints of the service's
+/// EndpointSlices of that `addressType`, as upstream's proxier of that family sees them.
+pub fn compute_family<'a, A: Family>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &NodeView<'_, A>,
+) -> Desired<A> {
     let node_addresses = node.addresses;
     let pod_nets = node.pod_nets;
     let cluster = Pick::Cluster {
@@ -119,7 +145,7 @@ pub fn compute_for_node<'a>(
     let node = node.name;
     let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
+        if slice.address_type != A::ADDRESS_TYPE {
             continue;
         }
         let labels = slice.metadata.labels.as_ref();
@@ -143,14 +169,14 @@ pub fn compute_for_node<'a>(
         if kind == "ExternalName" {
             continue;
         }
-        let cluster_ips = cluster_ipv4s(spec);
-        let (external_ips, lb_ips) = external_ipv4s(svc, kind);
-        let ranges = source_ranges(spec);
+        let cluster_ips = cluster_ips::<A>(spec);
+        let (external_ips, lb_ips) = external_ips::<A>(svc, kind);
+        let ranges = source_ranges_of::<A>(spec);
         // upstream's `allowFromNode`: a range holding a node address lets the node reach the
         // load balancer's addresses, which it may hold itself (then its packets come from them)
         let allow_node = node_addresses
             .iter()
-            .any(|a| ranges.iter().any(|r| contains(r, *a)));
+            .any(|a| ranges.iter().any(|r| crate::family::contains(r, *a)));
         let slices = by_service
             .get(&(ns.clone(), name.clone()))
             .map(Vec::as_slice)
@@ -171,9 +197,9 @@ pub fn compute_for_node<'a>(
                 node: None,
                 zone: None,
             };
-            let has_endpoints = || !backends(slices, &port_name, protocol, any).is_empty();
+            let has_endpoints = || !backends::<A>(slices, &port_name, protocol, any).is_empty();
             let internal_local = local(spec.internal_traffic_policy.as_ref());
-            let internal = backends(
+            let internal = backends::<A>(
                 slices,
                 &port_name,
                 protocol,
@@ -211,7 +237,7 @@ pub fn compute_for_node<'a>(
             if node_port.is_none() && external_ips.is_empty() && lb_ips.is_empty() {
                 continue;
             }
-            let external_backends = backends(
+            let external_backends = backends::<A>(
                 slices,
                 &port_name,
                 protocol,
@@ -229,7 +255,7 @@ pub fn compute_for_node<'a>(
                 affinity_timeout: entry.affinity_timeout,
                 source_ranges: Vec::new(),
                 short_circuit: external_local.map(|_| ShortCircuit {
-                    backends: backends(slices, &port_name, protocol, cluster),
+                    backends: backends::<A>(slices, &port_name, protocol, cluster),
                     pod_nets: pod_nets.to_vec(),
                 }),
             };
@@ -262,8 +288,8 @@ pub fn compute_for_node<'a>(
                 if !ranges.is_empty() {
                     frontend.source_ranges.clone_from(&ranges);
                     if allow_node {
-                        frontend.source_ranges.push((address, 32));
-                        frontend.source_ranges.push(NODE_SOURCE);
+                        frontend.source_ranges.push((address, A::BITS));
+                        frontend.source_ranges.push((A::UNSPECIFIED, A::BITS));
                     }
                     frontend.source_ranges.sort_unstable();
                     frontend.source_ranges.dedup();
@@ -286,11 +312,17 @@ pub fn compute_for_node<'a>(
 /// parsed sloppily (leading zeros), host bits cleared; IPv6 and unparsable entries (the
 /// apiserver refuses those) skipped. Sorted, without duplicates.
 pub fn source_ranges(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<(Ipv4Addr, u8)> {
-    let mut out: Vec<(Ipv4Addr, u8)> = spec
+    source_ranges_of(spec)
+}
+
+/// [`source_ranges`] of family `A`: upstream's proxier of each family applies the ranges of
+/// its own family.
+fn source_ranges_of<A: Family>(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<(A, u8)> {
+    let mut out: Vec<(A, u8)> = spec
         .load_balancer_source_ranges
         .iter()
         .flatten()
-        .filter_map(|r| parse_ipv4_cidr(r.trim()))
+        .filter_map(|r| A::parse_cidr(r.trim()))
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -357,7 +389,7 @@ fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Option<u3
 /// `status.loadBalancer.ingress` but those with `ipMode: Proxy` (the load balancer proxies
 /// them itself, and their traffic arrives addressed to the node). Returned apart:
 /// (external IPs, load-balancer IPs).
-fn external_ipv4s(svc: &Service, kind: &str) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>) {
+fn external_ips<A: Family>(svc: &Service, kind: &str) -> (BTreeSet<A>, BTreeSet<A>) {
     let spec = svc.spec.as_ref();
     let external = spec
         .and_then(|s| s.external_ips.as_ref())
@@ -374,7 +406,7 @@ fn external_ipv4s(svc: &Service, kind: &str) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ip
         .filter(|_| kind == "LoadBalancer")
         .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|i| i.ip.as_deref());
-    let external: BTreeSet<Ipv4Addr> = external.filter_map(|ip| ip.parse().ok()).collect();
+    let external: BTreeSet<A> = external.filter_map(|ip| ip.parse().ok()).collect();
     // an address in both is programmed once, as kube-proxy's first rule for it (the
     // external IP's, without source ranges) is the one that matches
     let ingress = ingress
@@ -384,8 +416,8 @@ fn external_ipv4s(svc: &Service, kind: &str) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ip
     (external, ingress)
 }
 
-/// The IPv4 cluster IPs of a service; none for headless services.
-fn cluster_ipv4s(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> {
+/// The cluster IPs of family `A` of a service; none for headless services.
+fn cluster_ips<A: Family>(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<A> {
     let mut ips: Vec<&str> = spec
         .cluster_ips
         .iter()
@@ -395,7 +427,7 @@ fn cluster_ipv4s(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr
     if ips.is_empty() {
         ips.extend(spec.cluster_ip.as_deref());
     }
-    let mut out: Vec<Ipv4Addr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    let mut out: Vec<A> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
     out.dedup();
     out
 }
@@ -529,12 +561,12 @@ fn topology_mode(
 /// Upstream's choice: the ready endpoints (under `Cluster`, those the topology mode allows);
 /// only when none is ready, the serving ones that are terminating (so a rolling update never
 /// leaves a service without backends while old pods still answer), topology ignored.
-fn backends(
+fn backends<A: Family>(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol: Protocol,
     pick: Pick<'_>,
-) -> Vec<SocketAddrV4> {
+) -> Vec<A::Sock> {
     // (endpoint, the port it serves this service port on)
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
@@ -582,13 +614,13 @@ fn backends(
         }
     };
     let chosen = if ready.is_empty() { terminating } else { ready };
-    let set: BTreeSet<SocketAddrV4> = chosen
+    let set: BTreeSet<A::Sock> = chosen
         .iter()
         .flat_map(|(ep, target)| {
             ep.addresses
                 .iter()
-                .filter_map(|a| a.parse::<Ipv4Addr>().ok())
-                .map(|ip| SocketAddrV4::new(ip, *target))
+                .filter_map(|a| a.parse::<A>().ok())
+                .map(|ip| ip.sock(*target))
         })
         .collect();
     set.into_iter().collect()
@@ -598,6 +630,7 @@ fn backends(
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::net::SocketAddrV4;
 
     /// Node `name` serving NodePorts on `addresses`.
     fn node_view<'a>(addresses: &'a [Ipv4Addr], name: &'a str) -> NodeView<'a> {
@@ -1126,3 +1159,7 @@ mod tests {
         assert_eq!(local_endpoints(&leaving, "a"), 1);
     }
 }
+
+#[cfg(test)]
+#[path = "desired_ipv6_tests.rs"]
+mod ipv6_tests;

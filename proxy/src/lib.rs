@@ -11,6 +11,7 @@ pub mod bench;
 mod config;
 mod dataplane;
 pub mod desired;
+pub mod family;
 mod engine;
 mod error;
 pub mod healthcheck;

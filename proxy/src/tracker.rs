@@ -13,6 +13,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     desired::{self, Desired, DesiredService, SERVICE_NAME_LABEL},
+    family::Family,
     healthcheck::Check,
     services::ServiceKey,
 };
@@ -20,7 +21,7 @@ use crate::{
 /// A service by namespace and name.
 type SvcId = (String, String);
 /// A change to the desired state: the new entry, or `None` for removed.
-pub type Change = (ServiceKey, Option<DesiredService>);
+pub type Change<A = Ipv4Addr> = (ServiceKey<A>, Option<DesiredService<A>>);
 
 fn id_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> SvcId {
     (
@@ -38,26 +39,28 @@ fn owner(slice: &EndpointSlice) -> Option<SvcId> {
     ))
 }
 
-#[derive(Debug, Default)]
-pub struct Tracker {
+/// The desired state of family `A`'s frontends (one tracker per family, as upstream runs
+/// one proxier per family; each keeps its own copy of the objects' `Arc`s).
+#[derive(Debug)]
+pub struct Tracker<A: Family = Ipv4Addr> {
     services: HashMap<SvcId, Arc<Service>>,
     slices: HashMap<SvcId, HashMap<String, Arc<EndpointSlice>>>,
     /// slice (namespace, name) -> the service it was filed under
     slice_owner: HashMap<SvcId, SvcId>,
-    node_addresses: Vec<Ipv4Addr>,
+    node_addresses: Vec<A>,
     /// The ranges of this cluster's pods (externalTrafficPolicy Local's short-circuit).
-    pod_nets: Vec<(Ipv4Addr, u8)>,
+    pod_nets: Vec<(A, u8)>,
     /// This node, for traffic policies `Local`.
     node_name: Option<String>,
     /// This node's zone, for zone hints.
     node_zone: Option<String>,
     /// The keys each service computed (whether or not it holds them in `desired`).
-    contributed: HashMap<SvcId, Vec<ServiceKey>>,
+    contributed: HashMap<SvcId, Vec<ServiceKey<A>>>,
     /// The services that computed each key, for keys more than one service wants (external
     /// IPs are the user's to choose, so two services may name the same IP and port): the
     /// first by namespace and name holds the key; when it lets go, the next one takes it.
-    claims: HashMap<ServiceKey, std::collections::BTreeSet<SvcId>>,
-    desired: Desired,
+    claims: HashMap<ServiceKey<A>, std::collections::BTreeSet<SvcId>>,
+    desired: Desired<A>,
     dirty: HashSet<SvcId>,
     /// [`Tracker::health_checks`], by port, and the port of each service that has one.
     health: BTreeMap<u16, Check>,
@@ -69,8 +72,31 @@ pub struct Tracker {
     touched: Vec<Arc<EndpointSlice>>,
 }
 
-impl Tracker {
-    pub fn desired(&self) -> &Desired {
+// by hand: a derived Default would want `A: Default`
+impl<A: Family> Default for Tracker<A> {
+    fn default() -> Self {
+        Tracker {
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owner: HashMap::new(),
+            node_addresses: Vec::new(),
+            pod_nets: Vec::new(),
+            node_name: None,
+            node_zone: None,
+            contributed: HashMap::new(),
+            claims: HashMap::new(),
+            desired: Desired::new(),
+            dirty: HashSet::new(),
+            health: BTreeMap::new(),
+            health_port: HashMap::new(),
+            health_changed: false,
+            touched: Vec::new(),
+        }
+    }
+}
+
+impl<A: Family> Tracker<A> {
+    pub fn desired(&self) -> &Desired<A> {
         &self.desired
     }
 
@@ -146,7 +172,7 @@ impl Tracker {
         }
     }
 
-    pub fn set_node_addresses(&mut self, mut addresses: Vec<Ipv4Addr>) {
+    pub fn set_node_addresses(&mut self, mut addresses: Vec<A>) {
         addresses.sort();
         addresses.dedup();
         if addresses != self.node_addresses {
@@ -165,8 +191,11 @@ impl Tracker {
 
     /// The ranges of this cluster's pods; a change touches every service (only those with
     /// externalTrafficPolicy Local change).
-    pub fn set_pod_nets(&mut self, nets: &[(Ipv4Addr, u8)]) {
-        let mut nets: Vec<(Ipv4Addr, u8)> = nets.iter().map(|n| desired::network(*n)).collect();
+    pub fn set_pod_nets(&mut self, nets: &[(A, u8)]) {
+        let mut nets: Vec<(A, u8)> = nets
+            .iter()
+            .map(|(a, b)| (a.network(*b), (*b).min(A::BITS)))
+            .collect();
         nets.sort_unstable();
         nets.dedup();
         if nets != self.pod_nets {
@@ -236,7 +265,7 @@ impl Tracker {
     }
 
     /// Recomputes the dirty services; returns how `desired` changed.
-    pub fn update(&mut self) -> Vec<Change> {
+    pub fn update(&mut self) -> Vec<Change<A>> {
         let mut changes = Vec::new();
         while !self.dirty.is_empty() {
             for id in std::mem::take(&mut self.dirty) {
@@ -246,13 +275,13 @@ impl Tracker {
         changes
     }
 
-    fn recompute(&mut self, id: SvcId, changes: &mut Vec<Change>) {
+    fn recompute(&mut self, id: SvcId, changes: &mut Vec<Change<A>>) {
         self.update_health_check(&id);
         let old = self.contributed.remove(&id).unwrap_or_default();
-        let new: Desired = match self.services.get(&id) {
+        let new: Desired<A> = match self.services.get(&id) {
             Some(svc) => {
                 let slices = self.slices.get(&id);
-                desired::compute_for_node(
+                desired::compute_family(
                     [svc.as_ref()],
                     slices.into_iter().flat_map(|s| s.values().map(Arc::as_ref)),
                     &desired::NodeView {
@@ -288,7 +317,7 @@ impl Tracker {
                 }
             }
         }
-        let keys: Vec<ServiceKey> = new.keys().copied().collect();
+        let keys: Vec<ServiceKey<A>> = new.keys().copied().collect();
         for (key, entry) in new {
             self.claims.entry(key).or_default().insert(id.clone());
             if self.holder(&key) != Some(&id) {
@@ -305,7 +334,7 @@ impl Tracker {
     }
 
     /// The service whose entry `key` holds: the first by namespace and name that wants it.
-    fn holder(&self, key: &ServiceKey) -> Option<&SvcId> {
+    fn holder(&self, key: &ServiceKey<A>) -> Option<&SvcId> {
         self.claims.get(key).and_then(|c| c.first())
     }
 }

@@ -6,7 +6,7 @@ pub mod rules;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write,
-    net::SocketAddrV4,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::IptablesBackend,
     desired::Desired,
+    family::Family,
     services::{Protocol, ServiceKey},
 };
 use rules::ServiceRules;
@@ -57,41 +58,54 @@ fn find(name: &str) -> Option<PathBuf> {
 }
 
 impl Tools {
-    fn flavor(flavor: &'static str) -> Option<Tools> {
+    /// `flavor` of family `A`'s commands (`iptables-*` or `ip6tables-*`).
+    fn flavor_of<A: Family>(flavor: &'static str) -> Option<Tools> {
+        let cmd = A::IPTABLES;
         Some(Tools {
             flavor,
-            restore: find(&format!("iptables-{flavor}-restore"))?,
-            save: find(&format!("iptables-{flavor}-save"))?,
+            restore: find(&format!("{cmd}-{flavor}-restore"))?,
+            save: find(&format!("{cmd}-{flavor}-save"))?,
         })
     }
 
     /// The implementation `choice` asks for. `Auto` prefers legacy: restoring a 10,000
     /// service ruleset took ~1.5 s there against ~53 s with nf_tables (TOOLCHAIN.md).
     pub fn choose(choice: IptablesBackend) -> Result<Tools, IptablesError> {
+        Tools::choose_for::<Ipv4Addr>(choice)
+    }
+
+    /// [`Tools::choose`] among family `A`'s commands.
+    pub fn choose_for<A: Family>(choice: IptablesBackend) -> Result<Tools, IptablesError> {
+        let cmd = A::IPTABLES;
         let found = match choice {
-            IptablesBackend::Legacy => Tools::flavor("legacy"),
-            IptablesBackend::Nft => Tools::flavor("nft"),
-            IptablesBackend::Auto => Tools::flavor("legacy").or_else(|| {
+            IptablesBackend::Legacy => Tools::flavor_of::<A>("legacy"),
+            IptablesBackend::Nft => Tools::flavor_of::<A>("nft"),
+            IptablesBackend::Auto => Tools::flavor_of::<A>("legacy").or_else(|| {
                 Some(Tools {
                     flavor: "default",
-                    restore: find("iptables-restore")?,
-                    save: find("iptables-save")?,
+                    restore: find(&format!("{cmd}-restore"))?,
+                    save: find(&format!("{cmd}-save"))?,
                 })
             }),
         };
         found.ok_or_else(|| IptablesError::NotInstalled {
-            wanted: format!("iptables restore/save for {choice:?}"),
+            wanted: format!("{cmd} restore/save for {choice:?}"),
         })
     }
 
     /// Every installed implementation, for cleaning them all.
     pub fn installed() -> Vec<Tools> {
+        Tools::installed_for::<Ipv4Addr>()
+    }
+
+    /// [`Tools::installed`] of family `A`'s commands.
+    pub fn installed_for<A: Family>() -> Vec<Tools> {
         let mut all: Vec<Tools> = ["legacy", "nft"]
             .into_iter()
-            .filter_map(Tools::flavor)
+            .filter_map(Tools::flavor_of::<A>)
             .collect();
         if all.is_empty() {
-            all.extend(Tools::choose(IptablesBackend::Auto));
+            all.extend(Tools::choose_for::<A>(IptablesBackend::Auto));
         }
         all
     }
@@ -176,8 +190,13 @@ fn output(cmd: &mut Command, stdin: Option<&str>) -> Result<String, IptablesErro
 /// Removes kaze's chains from every installed implementation except `keep`. Returns
 /// whether any were found.
 pub fn cleanup_all_except(keep: Option<&Tools>) -> bool {
+    cleanup_family_except::<Ipv4Addr>(keep)
+}
+
+/// [`cleanup_all_except`] among family `A`'s implementations.
+pub fn cleanup_family_except<A: Family>(keep: Option<&Tools>) -> bool {
     let mut found = false;
-    for tools in Tools::installed() {
+    for tools in Tools::installed_for::<A>() {
         if keep.is_some_and(|k| k.same_as(&tools)) {
             continue;
         }
@@ -299,11 +318,12 @@ pub fn forget_kernel_flows(addresses: impl IntoIterator<Item = std::net::Ipv4Add
     }
 }
 
-/// The iptables dataplane: what was last restored, so a sync writes only changed chains.
-pub struct Iptables {
+/// The iptables dataplane of family `A` (ip6tables for [`Ipv6Addr`]): what was last
+/// restored, so a sync writes only changed chains.
+pub struct Iptables<A: Family = Ipv4Addr> {
     tools: Tools,
-    applied: BTreeMap<ServiceKey, ServiceRules>,
-    backends: BTreeMap<ServiceKey, Vec<SocketAddrV4>>,
+    applied: BTreeMap<ServiceKey<A>, ServiceRules>,
+    backends: BTreeMap<ServiceKey<A>, Vec<A::Sock>>,
     /// KAZE chains found at start that no sync has written yet (a previous run's).
     orphans: BTreeSet<String>,
     jumps_checked: bool,
@@ -311,7 +331,21 @@ pub struct Iptables {
 
 impl Iptables {
     pub fn new(choice: IptablesBackend) -> Result<Self, IptablesError> {
-        let tools = Tools::choose(choice)?;
+        Iptables::start(choice)
+    }
+}
+
+impl Iptables<Ipv6Addr> {
+    /// The ip6tables dataplane of IPv6 services (kube-proxy's IPv6 proxier), run beside
+    /// either mode's IPv4 dataplane.
+    pub fn new_ipv6(choice: IptablesBackend) -> Result<Self, IptablesError> {
+        Iptables::start(choice)
+    }
+}
+
+impl<A: Family> Iptables<A> {
+    fn start(choice: IptablesBackend) -> Result<Self, IptablesError> {
+        let tools = Tools::choose_for::<A>(choice)?;
         let orphans: BTreeSet<String> = rules::chains_in(&tools.save(Some("nat"))?)
             .into_iter()
             .filter(|c| c.starts_with("KAZE-SVC-") || c.starts_with("KAZE-SEP-"))
@@ -320,6 +354,7 @@ impl Iptables {
             iptables = tools.flavor,
             restore = %tools.restore.display(),
             chains = orphans.len(),
+            family = A::ADDRESS_TYPE,
             "iptables mode"
         );
         Ok(Iptables {
@@ -337,13 +372,13 @@ impl Iptables {
 
     /// Restores what changed between the last sync and `desired`; returns how many services
     /// changed.
-    pub fn sync(&mut self, desired: &Desired) -> Result<usize, IptablesError> {
+    pub fn sync(&mut self, desired: &Desired<A>) -> Result<usize, IptablesError> {
         let jumps = if self.jumps_checked {
             Vec::new()
         } else {
             rules::missing_jumps(&self.tools.save(None)?)
         };
-        let plan = rules::plan(desired, &self.applied, &self.orphans, &jumps);
+        let plan = rules::plan_family(desired, &self.applied, &self.orphans, &jumps);
         if let Err(e) = self.tools.restore(&plan.input) {
             // start over from scratch next time: the kernel's state is unknown now
             self.applied.clear();
@@ -376,16 +411,16 @@ impl Iptables {
     }
 }
 
-fn forget_udp_flows(key: &ServiceKey, backend: &SocketAddrV4) {
+fn forget_udp_flows<A: Family>(key: &ServiceKey<A>, backend: &A::Sock) {
     let Some(conntrack) = find("conntrack") else {
         debug!("conntrack not installed; stale UDP flows expire on their own");
         return;
     };
     let res = Command::new(conntrack)
-        .args(["-D", "-p", "udp", "--orig-dst"])
+        .args(["-D", "-f", A::CONNTRACK_FAMILY, "-p", "udp", "--orig-dst"])
         .arg(key.address.to_string())
         .args(["--orig-port-dst", &key.port.to_string(), "--dst-nat"])
-        .arg(backend.ip().to_string())
+        .arg(A::ip_of(backend).to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();

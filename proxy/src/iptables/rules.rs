@@ -13,11 +13,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write,
-    net::SocketAddrV4,
 };
 
 use crate::{
     desired::{Desired, DesiredService},
+    family::Family,
     services::{Protocol, ServiceKey},
 };
 
@@ -72,9 +72,9 @@ pub struct ServiceRules {
 
 /// One sync's restore input and the state it leaves behind.
 #[derive(Debug)]
-pub struct Plan {
+pub struct Plan<A = std::net::Ipv4Addr> {
     pub input: String,
-    pub applied: BTreeMap<ServiceKey, ServiceRules>,
+    pub applied: BTreeMap<ServiceKey<A>, ServiceRules>,
     /// Services whose chains were (re)written or removed.
     pub changed: usize,
 }
@@ -89,32 +89,32 @@ pub(crate) fn hash(s: &str) -> String {
     format!("{h:016X}")
 }
 
-pub fn svc_chain(key: &ServiceKey) -> String {
+pub fn svc_chain<A: Family>(key: &ServiceKey<A>) -> String {
     format!("KAZE-SVC-{}", hash(&key.to_string()))
 }
 
 /// kube-proxy's `KUBE-FW-*`: a load-balancer frontend's `loadBalancerSourceRanges`.
-pub fn fw_chain(key: &ServiceKey) -> String {
+pub fn fw_chain<A: Family>(key: &ServiceKey<A>) -> String {
     format!("KAZE-FW-{}", hash(&key.to_string()))
 }
 
 /// The chain of a frontend's short-circuit: its pods' and the node's own new flows to an
 /// external frontend under externalTrafficPolicy Local spread over every endpoint here
 /// (kube-proxy jumps to the cluster-policy `KUBE-SVC-*` chain).
-pub fn short_circuit_chain(key: &ServiceKey) -> String {
+pub fn short_circuit_chain<A: Family>(key: &ServiceKey<A>) -> String {
     format!("KAZE-CLU-{}", hash(&key.to_string()))
 }
 
 /// The ranges of `svc` as `-s` arguments (the node's socket stand-in has no rule: the node's
 /// packets carry a real source address here).
-fn source_args(svc: &DesiredService) -> impl Iterator<Item = String> + '_ {
+fn source_args<A: Family>(svc: &DesiredService<A>) -> impl Iterator<Item = String> + '_ {
     svc.source_ranges
         .iter()
-        .filter(|r| **r != crate::desired::NODE_SOURCE)
+        .filter(|r| **r != (A::UNSPECIFIED, A::BITS))
         .map(|(a, b)| format!("-s {a}/{b}"))
 }
 
-pub fn sep_chain(key: &ServiceKey, backend: &SocketAddrV4) -> String {
+pub fn sep_chain<A: Family>(key: &ServiceKey<A>, backend: &A::Sock) -> String {
     format!("KAZE-SEP-{}", hash(&format!("{key}>{backend}")))
 }
 
@@ -125,12 +125,14 @@ fn proto(p: Protocol) -> &'static str {
     }
 }
 
-/// `-d VIP/32 -p tcp -m comment --comment "ns/name:port" -m tcp --dport PORT`
-fn match_service(key: &ServiceKey, note: &str) -> String {
+/// `-d VIP/32 -p tcp -m comment --comment "ns/name:port" -m tcp --dport PORT` (`/128` for
+/// IPv6)
+fn match_service<A: Family>(key: &ServiceKey<A>, note: &str) -> String {
     let p = proto(key.protocol);
     format!(
-        "-d {}/32 -p {p} -m comment --comment \"{}\" -m {p} --dport {}",
+        "-d {}/{} -p {p} -m comment --comment \"{}\" -m {p} --dport {}",
         key.address,
+        A::BITS,
         comment(note),
         key.port
     )
@@ -141,21 +143,21 @@ fn comment(s: &str) -> String {
 }
 
 /// The backends of the short-circuit of `svc`, if it has one with any.
-fn short_circuit(svc: &DesiredService) -> Option<&crate::desired::ShortCircuit> {
+fn short_circuit<A: Family>(svc: &DesiredService<A>) -> Option<&crate::desired::ShortCircuit<A>> {
     svc.short_circuit
         .as_ref()
         .filter(|s| !s.backends.is_empty())
 }
 
 /// Whether `svc` needs nat rules: a backend for someone.
-fn has_rules(svc: &DesiredService) -> bool {
+fn has_rules<A: Family>(svc: &DesiredService<A>) -> bool {
     !svc.backends.is_empty() || short_circuit(svc).is_some()
 }
 
 /// The FW (with source ranges), SVC, CLU (with a short-circuit) and SEP chains of a service
 /// with at least one backend for someone ([`has_rules`]); the first is the one
 /// `KAZE-SERVICES` jumps to.
-pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
+pub fn service_rules<A: Family>(key: &ServiceKey<A>, svc: &DesiredService<A>) -> ServiceRules {
     let svc_chain = svc_chain(key);
     let mut chains = vec![svc_chain.clone()];
     let mut lines = Vec::new();
@@ -179,7 +181,7 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
             "-A {svc_chain} -m comment --comment \"{c} external\" -j {MARK_MASQ_CHAIN}"
         ));
     }
-    let mut seps: Vec<SocketAddrV4> = svc.backends.clone();
+    let mut seps: Vec<A::Sock> = svc.backends.clone();
     if let Some(short) = short_circuit(svc) {
         // kube-proxy's rules of an external chain under externalTrafficPolicy Local: pods
         // (by their ranges) and the node itself (masqueraded: its source would be a local
@@ -224,11 +226,15 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
         // hairpin: a backend reaching its own service must see the reply come from the
         // service, so its own connection is masqueraded through the node
         lines.push(format!(
-            "-A {sep} -s {}/32 -m comment --comment \"{c}\" -j {MARK_MASQ_CHAIN}",
-            b.ip()
+            "-A {sep} -s {}/{} -m comment --comment \"{c}\" -j {MARK_MASQ_CHAIN}",
+            A::ip_of(b),
+            A::BITS
         ));
         let remember = if svc.affinity_timeout.is_some() {
-            format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
+            format!(
+                " -m recent --set --name {sep} --mask {} --rsource",
+                A::HOST_MASK
+            )
         } else {
             String::new()
         };
@@ -241,10 +247,10 @@ pub fn service_rules(key: &ServiceKey, svc: &DesiredService) -> ServiceRules {
 
 /// The rules of `chain` that spread new connections over `backends`' SEP chains (kube-proxy's
 /// `-m statistic` ladder), after the ClientIP affinity rules when `affinity` is set.
-fn spread(
-    key: &ServiceKey,
+fn spread<A: Family>(
+    key: &ServiceKey<A>,
     chain: &str,
-    backends: &[SocketAddrV4],
+    backends: &[A::Sock],
     affinity: Option<u32>,
     c: &str,
     lines: &mut Vec<String>,
@@ -255,7 +261,8 @@ fn spread(
         for b in backends {
             let sep = sep_chain(key, b);
             lines.push(format!(
-                "-A {chain} -m comment --comment \"{c} -> {b}\" -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout} --reap -j {sep}"
+                "-A {chain} -m comment --comment \"{c} -> {b}\" -m recent --name {sep} --mask {} --rsource --rcheck --seconds {timeout} --reap -j {sep}",
+                A::HOST_MASK
             ));
         }
     }
@@ -285,6 +292,17 @@ pub fn plan(
     orphans: &BTreeSet<String>,
     jumps: &[(&str, String)],
 ) -> Plan {
+    plan_family(desired, applied, orphans, jumps)
+}
+
+/// [`plan`] for family `A`'s tables (`ip6tables-restore` for IPv6): the same chains, with
+/// the family's host prefix length, affinity mask and ICMP port unreachable.
+pub fn plan_family<A: Family>(
+    desired: &Desired<A>,
+    applied: &BTreeMap<ServiceKey<A>, ServiceRules>,
+    orphans: &BTreeSet<String>,
+    jumps: &[(&str, String)],
+) -> Plan<A> {
     let mut next = BTreeMap::new();
     let mut declare: Vec<String> = vec![
         SERVICES_CHAIN.into(),
@@ -379,10 +397,13 @@ pub fn plan(
             let (why, target) = if svc.no_local_endpoints {
                 ("has no local endpoints", "DROP")
             } else {
-                (
-                    "has no endpoints",
-                    "REJECT --reject-with icmp-port-unreachable",
-                )
+                ("has no endpoints", "REJECT")
+            };
+            // kube-proxy's REJECT for the family: ICMP(v6) port unreachable
+            let target = if target == "REJECT" {
+                format!("REJECT --reject-with {}", A::PORT_UNREACHABLE)
+            } else {
+                target.to_string()
             };
             let refuse = match_service(key, &format!("{} {why}", svc.name));
             if svc.source_ranges.is_empty() {
@@ -526,3 +547,7 @@ pub fn missing_jumps(save: &str) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 #[path = "rules_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "rules_ipv6_tests.rs"]
+mod ipv6_tests;

@@ -62,15 +62,21 @@ impl fmt::Display for Protocol {
 
 /// One service port: what clients connect to (a ClusterIP, or a node address for NodePort).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    pub address: Ipv4Addr,
+pub struct ServiceKey<A = Ipv4Addr> {
+    pub address: A,
     pub port: u16,
     pub protocol: Protocol,
 }
 
-impl fmt::Display for ServiceKey {
+impl<A: fmt::Display> fmt::Display for ServiceKey<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.address, self.port, self.protocol)
+        let address = self.address.to_string();
+        if address.contains(':') {
+            // IPv6, bracketed as in a socket address
+            write!(f, "[{address}]:{}/{}", self.port, self.protocol)
+        } else {
+            write!(f, "{address}:{}/{}", self.port, self.protocol)
+        }
     }
 }
 
