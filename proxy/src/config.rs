@@ -131,8 +131,8 @@ pub struct Config {
     #[arg(long = "nodeport-addresses", value_delimiter = ',', value_parser = parse_nodeport_address)]
     pub nodeport_addresses: Vec<NodePortAddress>,
 
-    /// The cluster's pod ranges (comma-separated; IPv6 ranges are accepted and not used):
-    /// new flows from them to a NodePort, external IP or load-balancer IP of a Service with
+    /// The cluster's pod ranges (comma-separated, IPv4 and IPv6, each for the dataplane of
+    /// its family): new flows from them to a NodePort, external IP or load-balancer IP of a Service with
     /// externalTrafficPolicy Local go to every endpoint, as kube-proxy's short-circuit
     /// (the node's own flows always do). Default: this Node's `spec.podCIDRs`.
     #[arg(long = "cluster-cidr", value_delimiter = ',', value_parser = parse_cluster_cidr)]
@@ -206,8 +206,8 @@ pub fn parse_nodeport_address(s: &str) -> Result<NodePortAddress, String> {
         return Ok(NodePortAddress::Address(ip));
     }
     match parse_cluster_cidr(s) {
-        Ok(ClusterCidr(Some(range))) => Ok(NodePortAddress::Range(range)),
-        Ok(ClusterCidr(None)) => Ok(NodePortAddress::Ipv6),
+        Ok(ClusterCidr(Some(range), _)) => Ok(NodePortAddress::Range(range)),
+        Ok(ClusterCidr(None, _)) => Ok(NodePortAddress::Ipv6),
         Err(_) => Err(format!(
             "{s:?} is not a CIDR range such as 10.0.0.0/8, an address, or `primary`"
         )),
@@ -228,28 +228,34 @@ pub fn parse_bind_address(s: &str) -> Result<BindAddress, String> {
         .map_err(|_| format!("{s:?} is not an address:port such as 0.0.0.0:10256 (empty: off)"))
 }
 
-/// One range of `--cluster-cidr`: an IPv4 range, or an IPv6 one (checked, not used: the
-/// dataplane is IPv4).
+/// One range of `--cluster-cidr`: an IPv4 range (the first field) or an IPv6 one (the
+/// second, for the ip6tables dataplane of IPv6 services).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClusterCidr(pub Option<(std::net::Ipv4Addr, u8)>);
+pub struct ClusterCidr(
+    pub Option<(std::net::Ipv4Addr, u8)>,
+    pub Option<(std::net::Ipv6Addr, u8)>,
+);
 
 impl Config {
     /// The IPv4 ranges of `--cluster-cidr`.
     pub fn cluster_cidrs_v4(&self) -> Vec<(std::net::Ipv4Addr, u8)> {
         self.cluster_cidr.iter().filter_map(|c| c.0).collect()
     }
+
+    /// The IPv6 ranges of `--cluster-cidr`.
+    pub fn cluster_cidrs_v6(&self) -> Vec<(std::net::Ipv6Addr, u8)> {
+        self.cluster_cidr.iter().filter_map(|c| c.1).collect()
+    }
 }
 
 pub fn parse_cluster_cidr(s: &str) -> Result<ClusterCidr, String> {
+    use crate::family::Family;
     let s = s.trim();
     if let Some(v4) = crate::desired::parse_ipv4_cidr(s) {
-        return Ok(ClusterCidr(Some(v4)));
+        return Ok(ClusterCidr(Some(v4), None));
     }
-    let v6 = s.split_once('/').is_some_and(|(a, bits)| {
-        a.parse::<std::net::Ipv6Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128)
-    });
-    if v6 {
-        Ok(ClusterCidr(None))
+    if let Some(v6) = std::net::Ipv6Addr::parse_cidr(s) {
+        Ok(ClusterCidr(None, Some(v6)))
     } else {
         Err(format!("{s:?} is not a CIDR range such as 10.42.0.0/16"))
     }
@@ -370,17 +376,23 @@ mod tests {
     }
 
     #[test]
-    fn cluster_cidrs_parse_ipv4_used_ipv6_accepted_garbage_refused() {
+    fn cluster_cidrs_parse_ipv4_and_ipv6_garbage_refused() {
         assert_eq!(
             parse_cluster_cidr("10.42.0.0/16"),
-            Ok(ClusterCidr(Some(([10, 42, 0, 0].into(), 16))))
+            Ok(ClusterCidr(Some(([10, 42, 0, 0].into(), 16)), None))
         );
         // host bits cleared, as kube-proxy reads it
         assert_eq!(
             parse_cluster_cidr(" 10.42.7.1/16"),
-            Ok(ClusterCidr(Some(([10, 42, 0, 0].into(), 16))))
+            Ok(ClusterCidr(Some(([10, 42, 0, 0].into(), 16)), None))
         );
-        assert_eq!(parse_cluster_cidr("fd00:42::/56"), Ok(ClusterCidr(None)));
+        assert_eq!(
+            parse_cluster_cidr("fd00:42::1/56"),
+            Ok(ClusterCidr(
+                None,
+                Some(("fd00:42::".parse().expect("ip"), 56))
+            ))
+        );
         for bad in ["10.42.0.0", "10.42.0.0/33", "fd00::/129", "pods", ""] {
             let err = parse_cluster_cidr(bad).expect_err(bad);
             assert!(err.contains("CIDR"), "{bad}: {err}");

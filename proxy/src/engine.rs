@@ -572,6 +572,8 @@ pub fn cleanup(pin_root: &Path) -> Result<Cleaned, DataplaneError> {
         wait_detached(&tc_ifaces);
     }
     let chains = iptables::cleanup_all_except(None);
+    // the IPv6 half's chains (ip6tables, either mode)
+    let chains = iptables::cleanup_family_except::<std::net::Ipv6Addr>(None) || chains;
     iptables::remove_ebpf_rules();
     let chains = crate::netpol::cleanup() || chains;
     Ok(Cleaned { pins, chains })

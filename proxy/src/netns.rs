@@ -201,6 +201,49 @@ impl Topology {
         Ipv4Addr::new(10, 200, 0, 2)
     }
 
+    /// Makes the topology dual-stack: every veth gets `fd00:200:<n>::1/64` (node side) and
+    /// `fd00:200:<n>::2/64` (`nodad`: usable at once, no duplicate address detection), the
+    /// far sides an IPv6 default route to the node, and the node forwards IPv6.
+    pub fn add_ipv6(&self) -> Result<(), NetnsError> {
+        self.node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let others = std::iter::once(&self.client).chain(&self.backends);
+        for (n, (iface, other)) in self.node_ifaces.iter().zip(others).enumerate() {
+            self.node.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:200:{n}::1/64"),
+                "dev",
+                iface,
+                "nodad",
+            ])?;
+            other.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:200:{n}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            other.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:200:{n}::1"),
+            ])?;
+        }
+        Ok(())
+    }
+
+    pub fn client_addr6() -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2)
+    }
+
+    pub fn backend_addr6(i: usize) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, 0x200, i as u16 + 1, 0, 0, 0, 0, 2)
+    }
+
     pub fn backend_addr(i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, 200, i as u8 + 1, 2)
     }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -104,11 +104,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             shared: shared.clone(),
             changed: changed.clone(),
             index: 0,
-            apply: |s: &mut Shared, o: Service| s.tracker.apply_service(Arc::new(o)),
-            delete: |s: &mut Shared, o: Service| s.tracker.delete_service(&o),
+            apply: |s: &mut Shared, o: Service| {
+                let o = Arc::new(o);
+                s.tracker6.apply_service(o.clone());
+                s.tracker.apply_service(o)
+            },
+            delete: |s: &mut Shared, o: Service| {
+                s.tracker6.delete_service(&o);
+                s.tracker.delete_service(&o)
+            },
             replace: |s: &mut Shared, all: Vec<Service>| {
-                s.tracker
-                    .replace_services(all.into_iter().map(Arc::new).collect())
+                let all: Vec<Arc<Service>> = all.into_iter().map(Arc::new).collect();
+                s.tracker6.replace_services(all.clone());
+                s.tracker.replace_services(all)
             },
         },
     );
@@ -120,11 +128,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             shared: shared.clone(),
             changed: changed.clone(),
             index: 1,
-            apply: |s: &mut Shared, o: EndpointSlice| s.tracker.apply_slice(Arc::new(o)),
-            delete: |s: &mut Shared, o: EndpointSlice| s.tracker.delete_slice(&o),
+            apply: |s: &mut Shared, o: EndpointSlice| {
+                let o = Arc::new(o);
+                s.tracker6.apply_slice(o.clone());
+                s.tracker.apply_slice(o)
+            },
+            delete: |s: &mut Shared, o: EndpointSlice| {
+                s.tracker6.delete_slice(&o);
+                s.tracker.delete_slice(&o)
+            },
             replace: |s: &mut Shared, all: Vec<EndpointSlice>| {
-                s.tracker
-                    .replace_slices(all.into_iter().map(Arc::new).collect())
+                let all: Vec<Arc<EndpointSlice>> = all.into_iter().map(Arc::new).collect();
+                s.tracker6.replace_slices(all.clone());
+                s.tracker.replace_slices(all)
             },
         },
     );
@@ -182,6 +198,8 @@ async fn serve_metrics(
 #[derive(Default)]
 struct Shared {
     tracker: Tracker,
+    /// The IPv6 frontends (upstream's IPv6 proxier), programmed by the IPv6 half.
+    tracker6: Tracker<Ipv6Addr>,
     node: Option<Node>,
     /// Services, EndpointSlices, Node: listed completely at least once.
     listed: [bool; 3],
@@ -310,7 +328,7 @@ async fn sync_loop(
                 .unwrap_or_default();
             local_read = Some(Instant::now());
         }
-        let (changes, node, slices_touched, checks) = {
+        let (changes, changes6, node, slices_touched, checks) = {
             let mut s = lock(shared);
             let addresses = nodeport_addresses(&config.nodeport_addresses, s.node.as_ref(), &local);
             s.tracker.set_node_addresses(addresses);
@@ -321,6 +339,15 @@ async fn sync_loop(
                 config.cluster_cidrs_v4()
             };
             s.tracker.set_pod_nets(&pod_nets);
+            let addresses6 = nodeport_addresses_v6(&config.nodeport_addresses, s.node.as_ref());
+            s.tracker6.set_node_addresses(addresses6);
+            s.tracker6.set_node_name(node_name);
+            let pod_nets6 = if config.cluster_cidr.is_empty() {
+                s.node.as_ref().map(node_pod_cidrs_v6).unwrap_or_default()
+            } else {
+                config.cluster_cidrs_v6()
+            };
+            s.tracker6.set_pod_nets(&pod_nets6);
             let zone = s
                 .node
                 .as_ref()
@@ -328,17 +355,21 @@ async fn sync_loop(
                 .and_then(|l| l.get(ZONE_LABEL))
                 .cloned();
             s.tracker.set_node_zone(zone.as_deref());
+            s.tracker6.set_node_zone(zone.as_deref());
             let changes = s.tracker.update();
+            let changes6 = s.tracker6.update();
+            // the IPv4 tracker's copies feed the programming-latency metric
+            drop(s.tracker6.take_touched_slices());
             let touched = s.tracker.take_touched_slices();
             let changed = s.tracker.take_health_changed();
             let checks = (changed || health.pending()).then(|| s.tracker.health_checks().clone());
             proxy_health.sync_node(s.node.as_ref());
-            (changes, s.node.clone(), touched, checks)
+            (changes, changes6, s.node.clone(), touched, checks)
         };
-        if changes.is_empty() && !retry && !first {
+        if changes.is_empty() && changes6.is_empty() && !retry && !first {
             // nothing for the dataplane (e.g. a Node status update)
         } else {
-            let outcome = worker.sync(changes.clone()).await?;
+            let outcome = worker.sync(changes.clone(), changes6).await?;
             let took = started.elapsed();
             metrics.synced(
                 took,
@@ -452,6 +483,52 @@ fn observe_programming(
         }
         seen.insert(key, t.clone());
     }
+}
+
+/// The IPv6 addresses NodePorts are served on: the Node's IPv6 InternalIP/ExternalIP
+/// addresses by default; under `--nodeport-addresses` only `primary` (the first IPv6
+/// InternalIP, else ExternalIP) names any (IPv6 ranges are not matched yet).
+fn nodeport_addresses_v6(wanted: &[NodePortAddress], node: Option<&Node>) -> Vec<Ipv6Addr> {
+    let addresses = |types: &[&str]| -> Vec<Ipv6Addr> {
+        node.and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| types.contains(&a.type_.as_str()))
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+            .filter_map(|a| match a {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            })
+            .collect()
+    };
+    let mut out = if wanted.is_empty() {
+        addresses(&["InternalIP", "ExternalIP"])
+    } else if wanted.contains(&NodePortAddress::Primary) {
+        let internal = addresses(&["InternalIP"]);
+        let first = internal
+            .first()
+            .or(addresses(&["ExternalIP"]).first())
+            .copied();
+        first.into_iter().collect()
+    } else {
+        Vec::new()
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The Node's IPv6 pod ranges (`spec.podCIDRs`), for the IPv6 half as [`node_pod_cidrs`].
+fn node_pod_cidrs_v6(node: &Node) -> Vec<(Ipv6Addr, u8)> {
+    use crate::family::Family;
+    node.spec
+        .as_ref()
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Ipv6Addr::parse_cidr(c))
+        .collect()
 }
 
 fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
@@ -602,6 +679,46 @@ mod tests {
         serde_json::from_value(serde_json::json!({"metadata": {"name": "n"},
             "status": {"addresses": addresses}}))
         .expect("node")
+    }
+
+    #[test]
+    fn ipv6_nodeports_are_the_nodes_ipv6_addresses_or_its_primary_one() {
+        let n = node(serde_json::json!([
+            {"type": "Hostname", "address": "n"},
+            {"type": "ExternalIP", "address": "2001:db8::4"},
+            {"type": "InternalIP", "address": "10.0.0.4"},
+            {"type": "InternalIP", "address": "fd00:1::5"},
+            {"type": "InternalIP", "address": "fd00:1::4"}]));
+        let ips =
+            |v: &[&str]| -> Vec<Ipv6Addr> { v.iter().map(|a| a.parse().expect("ip")).collect() };
+        assert_eq!(
+            nodeport_addresses_v6(&[], Some(&n)),
+            ips(&["2001:db8::4", "fd00:1::4", "fd00:1::5"])
+        );
+        assert_eq!(
+            nodeport_addresses_v6(&[NodePortAddress::Primary], Some(&n)),
+            ips(&["fd00:1::5"]),
+            "the first IPv6 InternalIP"
+        );
+        let external_only = node(serde_json::json!([
+            {"type": "InternalIP", "address": "10.0.0.4"},
+            {"type": "ExternalIP", "address": "2001:db8::4"}]));
+        assert_eq!(
+            nodeport_addresses_v6(&[NodePortAddress::Primary], Some(&external_only)),
+            ips(&["2001:db8::4"])
+        );
+        // IPv4 entries name no IPv6 address; IPv6 ranges are not matched yet
+        assert_eq!(
+            nodeport_addresses_v6(
+                &[
+                    NodePortAddress::Ipv6,
+                    NodePortAddress::Address([10, 0, 0, 4].into())
+                ],
+                Some(&n)
+            ),
+            Vec::<Ipv6Addr>::new()
+        );
+        assert_eq!(nodeport_addresses_v6(&[], None), Vec::<Ipv6Addr>::new());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! commands from the async side.
 
 use std::{
+    net::Ipv6Addr,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -19,6 +20,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, ProxyMode},
     engine::{chain, Engine, Programmer, SyncOutcome},
+    ipv6::Ipv6Half,
     linkwatch::LinkEvents,
     services::{ServiceCounters, ServiceKey},
     tracker::Change,
@@ -36,7 +38,11 @@ const PORT_RESYNC: Duration = Duration::from_secs(10);
 const PORT_POLL: Duration = Duration::from_millis(250);
 
 enum Cmd {
-    Sync(Vec<Change>, oneshot::Sender<SyncOutcome>),
+    Sync(
+        Vec<Change>,
+        Vec<Change<Ipv6Addr>>,
+        oneshot::Sender<SyncOutcome>,
+    ),
     Counters(oneshot::Sender<Vec<(ServiceKey, ServiceCounters)>>),
     Switch(ProxyMode, oneshot::Sender<ProxyMode>),
 }
@@ -109,11 +115,16 @@ impl Worker {
         Ok(now)
     }
 
-    /// Applies `changes` to the dataplane (an empty list retries what failed before).
-    pub async fn sync(&self, changes: Vec<Change>) -> Result<SyncOutcome, Error> {
+    /// Applies `changes` to the dataplane and `changes6` to the IPv6 half (empty lists retry
+    /// what failed before).
+    pub async fn sync(
+        &self,
+        changes: Vec<Change>,
+        changes6: Vec<Change<Ipv6Addr>>,
+    ) -> Result<SyncOutcome, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Sync(changes, tx))
+            .send(Cmd::Sync(changes, changes6, tx))
             .map_err(|_| Error::WorkerGone)?;
         rx.await.map_err(|_| Error::WorkerGone)
     }
@@ -138,6 +149,8 @@ fn serve(config: &Config, mut programmer: Programmer, rx: mpsc::Receiver<Cmd>) {
         }
     };
     let mut listed = Instant::now();
+    // the IPv6 half runs beside either mode and is not switched with it
+    let mut ipv6 = Ipv6Half::start(config);
     loop {
         // new pods' veths are picked up between commands, even when they keep coming
         let due = match &links {
@@ -154,8 +167,11 @@ fn serve(config: &Config, mut programmer: Programmer, rx: mpsc::Receiver<Cmd>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         match cmd {
-            Cmd::Sync(changes, reply) => {
-                let outcome = programmer.apply(changes);
+            Cmd::Sync(changes, changes6, reply) => {
+                let mut outcome = programmer.apply(changes);
+                if let Some(ipv6) = &mut ipv6 {
+                    ipv6.apply(changes6, &mut outcome);
+                }
                 if !cleaned && outcome.errors.is_empty() {
                     // only now that this mode serves every service is the other one removed
                     programmer
@@ -179,6 +195,7 @@ fn serve(config: &Config, mut programmer: Programmer, rx: mpsc::Receiver<Cmd>) {
     }
     info!(
         mode = programmer.engine.mode().as_str(),
+        ipv6_services = ipv6.as_ref().map(|i| i.desired().len()),
         "dataplane thread stopped; the dataplane stays programmed"
     );
 }

@@ -976,10 +976,10 @@ fn pods_reaching_a_local_services_external_addresses_get_every_endpoint() {
         });
         // --cluster-cidr replaces the node's ranges: the client is no pod any more
         h.stop_proxy();
-        h.config.cluster_cidr = vec![proxy::ClusterCidr(Some((
-            std::net::Ipv4Addr::new(10, 42, 0, 0),
-            16,
-        )))];
+        h.config.cluster_cidr = vec![proxy::ClusterCidr(
+            Some((std::net::Ipv4Addr::new(10, 42, 0, 0), 16)),
+            None,
+        )];
         h.start_proxy();
         h.wait_for(
             "the client no pod under --cluster-cidr",

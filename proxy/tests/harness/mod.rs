@@ -3,6 +3,8 @@
 //! the "node" namespace. Tests create Services and EndpointSlices through kube-rs, as the
 //! EndpointSlice controller would. Everything is removed on drop, pass or fail.
 
+#![allow(dead_code)] // each test file uses a different part of this module
+
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
@@ -54,6 +56,16 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(test: &str, mode: ProxyMode) -> Self {
+        Self::with_apiserver(test, mode, |_| {})
+    }
+
+    /// [`Harness::new`] with the apiserver's configuration changed by `tweak` first (e.g. a
+    /// dual-stack service range).
+    pub fn with_apiserver(
+        test: &str,
+        mode: ProxyMode,
+        tweak: impl FnOnce(&mut apiserver::Config),
+    ) -> Self {
         // the proxy's logs, when asked for (they go to stderr, uncaptured)
         if std::env::var_os("RUST_LOG").is_some() {
             component::init_tracing();
@@ -73,8 +85,10 @@ impl Harness {
             .build()
             .expect("building a tokio runtime");
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut server_config = apiserver::Config::for_tests(dir.path());
+        tweak(&mut server_config);
         let server = rt
-            .block_on(apiserver::start(apiserver::Config::for_tests(dir.path())))
+            .block_on(apiserver::start(server_config))
             .expect("starting the apiserver");
         let client = rt
             .block_on(component::client(Some(server.kubeconfig_path())))
@@ -285,6 +299,37 @@ impl Harness {
         });
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "default");
         upsert(self, &api, &name, slice);
+    }
+
+    /// Creates or replaces EndpointSlice `name` of `service` with `addressType`
+    /// `address_type` and the ready endpoints `addresses`, serving the service's ports
+    /// ("http" TCP, "dns" UDP) on `port`.
+    pub fn put_slice_of(
+        &self,
+        service: &str,
+        name: &str,
+        address_type: &str,
+        addresses: &[String],
+        port: u16,
+    ) {
+        let endpoints: Vec<serde_json::Value> = addresses
+            .iter()
+            .map(|a| {
+                json!({"addresses": [a],
+                       "conditions": {"ready": true, "serving": true, "terminating": false}})
+            })
+            .collect();
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default",
+                "labels": {"kubernetes.io/service-name": service}},
+            "addressType": address_type,
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"},
+                      {"name": "dns", "port": port, "protocol": "UDP"}],
+        });
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "default");
+        upsert(self, &api, name, slice);
     }
 
     /// Creates this test's Node object with `annotations` (or updates them).

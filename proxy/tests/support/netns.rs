@@ -30,6 +30,11 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ns: &Netns, name: &str, port: u16) -> Self {
+        Self::start_at(ns, name, SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+
+    /// [`EchoServer::start`] bound to `addr` (e.g. `[::]:port` for IPv6 clients).
+    pub fn start_at(ns: &Netns, name: &str, addr: SocketAddr) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::new();
@@ -38,7 +43,6 @@ impl EchoServer {
                 (ns.path(), name.to_string(), stop.clone(), ready_tx.clone());
             threads.push(std::thread::spawn(move || {
                 proxy::netns::enter(&ns).expect("entering the backend netns");
-                let addr = SocketAddr::from(([0, 0, 0, 0], port));
                 if udp {
                     let sock = UdpSocket::bind(addr).expect("binding the UDP echo server");
                     sock.set_read_timeout(Some(Duration::from_millis(50)))
