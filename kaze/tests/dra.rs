@@ -11,6 +11,11 @@
 //! deleted, when its claim is unprepared, deallocated and deleted, and the freed device
 //! goes to the third.
 //!
+//! Then a device plugin (`kubelet/tests/device_plugin`) registers `example.com/gpu` with two
+//! devices on the same node: a pod asking for both is scheduled and its container gets them
+//! from the plugin's `Allocate` (`DEVICES=dev-0,dev-1`); another waits
+//! (`Insufficient example.com/gpu`) until the first is deleted, then gets a freed device.
+//!
 //! The node runs in a network namespace of its own (`testkit::Netns`), as every kaze test
 //! that runs a node.
 
@@ -29,6 +34,10 @@ mod xtask_images;
 #[allow(dead_code)]
 #[path = "../../kubelet/tests/dra_driver/mod.rs"]
 mod driver;
+
+#[allow(dead_code)]
+#[path = "../../kubelet/tests/device_plugin/mod.rs"]
+mod device_plugin;
 
 const DRIVER: &str = "gpu.example.com";
 
@@ -110,6 +119,24 @@ spec:
     )
 }
 
+/// A pod asking for `n` of the device plugin's `example.com/gpu`, printing what it got.
+fn plugin_pod(name: &str, n: u32) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: kaze/busybox:1
+    command: ["sh", "-c", "env | grep DEVICES; sleep 3600"]
+    resources: {{limits: {{example.com/gpu: {n}}}}}
+"#
+    )
+}
+
 /// The device the pod's container says it got, once it runs and says it.
 fn device_of(data: &Path, pod: &str) -> String {
     eventually(
@@ -140,7 +167,7 @@ fn claim_of(data: &Path, pod: &str) -> String {
 }
 
 #[test]
-fn pods_get_devices_allocated_by_the_scheduler_and_prepared_by_the_driver() {
+fn pods_get_devices_from_dra_drivers_and_device_plugins() {
     let _netns = testkit::Netns::enter("kzt-dra");
     let dir = tempfile::Builder::new()
         .prefix("kaze-dra-")
@@ -311,6 +338,70 @@ fn pods_get_devices_allocated_by_the_scheduler_and_prepared_by_the_driver() {
     eventually("every claim unprepared", Duration::from_secs(60), || {
         (drv.count_prefix("unprepare ") >= 3).then_some(())
     });
+
+    // A device plugin's resource on the same node: counted by the scheduler
+    // (`Insufficient example.com/gpu` when none is free) and allocated by the kubelet.
+    let plugin = {
+        let _in_rt = rt.enter();
+        device_plugin::Plugin::start(
+            "example.com/gpu",
+            &data.join("device-plugins"),
+            &data.join("plugin-share"),
+            2,
+        )
+    };
+    eventually(
+        "two example.com/gpu allocatable",
+        Duration::from_secs(30),
+        || {
+            let n = json(data, &["get", "node", &node]);
+            (n["status"]["allocatable"]["example.com/gpu"] == "2").then_some(())
+        },
+    );
+    kubectl_apply(data, &plugin_pod("infer-1", 2));
+    let devices = eventually(
+        "infer-1 running with both devices",
+        Duration::from_secs(90),
+        || {
+            let out = kubectl_run(data, &["logs", "infer-1"]);
+            let log = String::from_utf8_lossy(&out.stdout).into_owned();
+            log.lines()
+                .find_map(|l| l.strip_prefix("DEVICES="))
+                .map(str::to_string)
+        },
+    );
+    let mut ids: Vec<&str> = devices.split(',').collect();
+    ids.sort();
+    assert_eq!(ids, ["dev-0", "dev-1"], "{}", server_log());
+    kubectl_apply(data, &plugin_pod("infer-2", 1));
+    eventually("infer-2 unschedulable", Duration::from_secs(30), || {
+        let events = kubectl_ok(
+            data,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=infer-2,reason=FailedScheduling",
+            ],
+        );
+        events
+            .contains("0/1 nodes are available: 1 Insufficient example.com/gpu.")
+            .then_some(())
+    });
+    kubectl_ok(data, &["delete", "pod", "infer-1"]);
+    eventually(
+        "infer-2 running with a device",
+        Duration::from_secs(90),
+        || {
+            let out = kubectl_run(data, &["logs", "infer-2"]);
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.starts_with("DEVICES=dev-"))
+                .then_some(())
+        },
+    );
+    kubectl_ok(data, &["delete", "pod", "infer-2"]);
+    plugin.stop();
     let status = server.stop(Duration::from_secs(20));
     assert!(
         status.is_some_and(|s| s.success()),
