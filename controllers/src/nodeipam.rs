@@ -228,12 +228,7 @@ async fn reconcile(node: Arc<Node>, c: Arc<IpamCtx>) -> Result<Action, Reconcile
         return Ok(Action::await_change());
     }
     let mut pending = c.pending.lock().await;
-    let mut used: BTreeSet<String> = c
-        .nodes
-        .state()
-        .iter()
-        .flat_map(|n| node_cidrs(n))
-        .collect();
+    let mut used: BTreeSet<String> = c.nodes.state().iter().flat_map(|n| node_cidrs(n)).collect();
     used.extend(pending.iter().cloned());
     let cidrs = c.cidrs.first_free(&used).ok_or_else(|| {
         ReconcileError::Invalid(format!(

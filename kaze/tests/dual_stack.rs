@@ -82,7 +82,9 @@ fn pods_and_services_get_both_families_and_ipv6_cluster_ips_answer() {
     // a routable node address (on a veth pair inside the netns: this kernel has no dummy
     // links; both ends go with the netns), so pods reach the cluster DNS, which serves on it
     for args in [
-        &["link", "add", "kzdual0", "type", "veth", "peer", "name", "kzdual1"][..],
+        &[
+            "link", "add", "kzdual0", "type", "veth", "peer", "name", "kzdual1",
+        ][..],
         &["addr", "add", "192.0.2.10/32", "dev", "kzdual0"],
         &["link", "set", "kzdual0", "up"],
         &["link", "set", "kzdual1", "up"],
