@@ -187,7 +187,7 @@ fn every_backend() -> BTreeSet<String> {
 
 /// The IPv6 half in `mode`: TCP and UDP to the IPv6 ClusterIP reach every IPv6 backend,
 /// a service without endpoints refuses both, ClientIP affinity sticks, a NodePort on the
-/// Node's IPv6 address spreads too, and `--cleanup`
+/// Node's IPv6 address and an IPv6 external IP spread too, and `--cleanup`
 /// removes the ip6tables chains; `check` adds the mode's own checks of the IPv4 half.
 fn ipv6_cluster_ips(test: &str, mode: ProxyMode, check: impl FnOnce(&Harness, Ipv4Addr, Ipv6Addr)) {
     let (_servers, mut h) = dual_stack(test, mode);
@@ -290,6 +290,25 @@ fn ipv6_cluster_ips(test: &str, mode: ProxyMode, check: impl FnOnce(&Harness, Ip
         seen,
         every_backend(),
         "{mode:?}: TCP over the IPv6 NodePort"
+    );
+
+    // an IPv6 external IP at the service port (routed to the node by the client's default
+    // route, DNATed before the node's routing decision)
+    let external6 = Ipv6Addr::new(0xfd00, 0x43, 0xe, 0, 0, 0, 0, 1);
+    create_dual_stack(&h, "ext", json!({"externalIPs": [external6.to_string()]}));
+    put_slices(&h, "ext");
+    let ext = SocketAddr::from((external6, 80));
+    wait_until("the IPv6 external IP answering", || {
+        tcp(client, ext).is_ok()
+    });
+    let seen = backends(
+        (0..FLOWS)
+            .map(|i| tcp(client, ext).unwrap_or_else(|e| panic!("TCP flow {i} to {ext}: {e:?}"))),
+    );
+    assert_eq!(
+        seen,
+        every_backend(),
+        "{mode:?}: TCP over the IPv6 external IP"
     );
 
     check(&h, v4, v6);
