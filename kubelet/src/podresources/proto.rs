@@ -71,17 +71,8 @@ pub struct ContainerDevices {
     pub topology: Option<TopologyInfo>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TopologyInfo {
-    #[prost(message, repeated, tag = "1")]
-    pub nodes: Vec<NumaNode>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct NumaNode {
-    #[prost(int64, tag = "1")]
-    pub id: i64,
-}
+/// `TopologyInfo` and `NUMANode` are the device plugin API's messages field for field.
+pub use crate::deviceplugin::proto::{NumaNode, TopologyInfo};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DynamicResource {
