@@ -19,17 +19,15 @@
 //! The node runs in a network namespace of its own (`testkit::Netns`), as every kaze test
 //! that runs a node.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use testkit::{eventually, free_port, ChildGuard};
-
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../xtask/src/images.rs"]
-mod xtask_images;
+use testkit::eventually;
 
 #[allow(dead_code)]
 #[path = "../../kubelet/tests/dra_driver/mod.rs"]
@@ -168,90 +166,23 @@ fn claim_of(data: &Path, pod: &str) -> String {
 
 #[test]
 fn pods_get_devices_from_dra_drivers_and_device_plugins() {
-    let _netns = testkit::Netns::enter("kzt-dra");
-    let dir = tempfile::Builder::new()
-        .prefix("kaze-dra-")
+    let cdi = tempfile::Builder::new()
+        .prefix("kaze-dra-cdi-")
         .tempdir()
-        .expect("temp dir");
-    let data = dir.path();
-    let _mounts = Unmounts(data.to_path_buf());
-    let containerd = testkit::Containerd::start();
-    let images = data.join("agent/images");
-    std::fs::create_dir_all(&images).expect("air-gap dir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root");
-    for tar in xtask_images::build_images(root).expect("building images") {
-        std::fs::copy(&tar, images.join(tar.file_name().expect("name"))).expect("copy image");
-    }
-    let pid = std::process::id();
-    let node = format!("kz-dra-{pid}");
-    let _leftovers = testkit::NodeGuard {
-        node: node.clone(),
-        pod_ip_prefix: "10.248.".into(),
-    };
-    let pin_root = format!("/sys/fs/bpf/kaze-dra-{pid}");
-    let _pins = PinRoot(pin_root.clone());
-    let bridge = format!("kzd{}", pid % 100_000);
-    let _bridge = testkit::LinkGuard(bridge.clone());
-    let cdi_dir = data.join("cdi");
-    let port = free_port();
-    let log_path = data.join("server.log");
-    let log = std::fs::File::create(&log_path).expect("server log");
-    let child = Command::new(env!("CARGO_BIN_EXE_kaze"))
-        .args([
-            "server",
-            "--bind-address",
-            "127.0.0.1",
-            "--secure-port",
-            &port.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--node-ip",
-            "127.0.0.1",
-            "--node-name",
-            &node,
-            "--cni-bridge",
-            &bridge,
-        ])
-        .args(["--cluster-cidr", "10.248.0.0/16"])
-        .args(["--dns-port", &free_port().to_string()])
-        .args(["--dns-http-port", &free_port().to_string()])
-        .arg("--container-runtime-endpoint")
-        .arg(containerd.socket())
-        .args([
-            "--eviction-hard",
-            "memory.available<100Mi",
-            "--kubelet-arg",
-            "image-gc-high-threshold=100",
-        ])
-        .arg("--kubelet-arg")
-        .arg(format!("cdi-spec-dirs={}", cdi_dir.display()))
-        .args(["--kubelet-port", &free_port().to_string()])
-        .args(["--proxy-metrics-port", &free_port().to_string()])
-        .args(["--bpf-pin-root", &pin_root])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("starting kaze server");
-    let mut server = ChildGuard::new(child);
-    let server_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    eventually("node Ready", Duration::from_secs(90), || {
-        let out = kubectl_run(
-            data,
-            &[
-                "get",
-                "node",
-                &node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-        );
-        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
-    });
+        .expect("cdi dir");
+    let cdi_dir = cdi.path().to_path_buf();
+    let cdi_arg = format!("cdi-spec-dirs={}", cdi_dir.display());
+    let server = support::Server::start(
+        "dra",
+        "10.248.0.0/16",
+        "10.248.",
+        "127.0.0.1",
+        &["--kubelet-arg", &cdi_arg],
+        || {},
+    );
+    let data = server.data();
+    let node = server.node.clone();
+    let server_log = || server.log();
 
     // the driver's kubelet plugin, on a runtime of its own (its threads in this netns)
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -402,29 +333,6 @@ fn pods_get_devices_from_dra_drivers_and_device_plugins() {
     );
     kubectl_ok(data, &["delete", "pod", "infer-2"]);
     plugin.stop();
-    let status = server.stop(Duration::from_secs(20));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "kaze server did not stop cleanly: {status:?}\n{}",
-        server_log()
-    );
+    server.stop();
     drop(rt);
-}
-
-/// Unmounts everything under the server's data dir.
-struct Unmounts(std::path::PathBuf);
-
-impl Drop for Unmounts {
-    fn drop(&mut self) {
-        testkit::umount_under(&self.0);
-    }
-}
-
-/// Removes the eBPF pins the server's proxy leaves behind on purpose.
-struct PinRoot(String);
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = proxy::remove_pins(std::path::Path::new(&self.0));
-    }
 }
