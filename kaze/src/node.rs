@@ -223,9 +223,12 @@ pub async fn start(
     });
 
     // Bridged pod-to-pod replies must pass netfilter so the NAT of a Service connection is
-    // undone (kube-proxy on a bridge CNI needs the same), and the node routes pod traffic.
+    // undone (kube-proxy on a bridge CNI needs the same; both families, for the IPv6 half of
+    // dual-stack Services), and the node routes pod traffic. (IPv6 forwarding is turned on
+    // by the bridge plugin once a pod has an IPv6 address.)
     for (key, value) in [
         ("/proc/sys/net/bridge/bridge-nf-call-iptables", "1"),
+        ("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1"),
         ("/proc/sys/net/ipv4/ip_forward", "1"),
     ] {
         if let Err(e) = std::fs::write(key, value) {
