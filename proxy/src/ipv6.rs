@@ -24,6 +24,10 @@ pub struct Ipv6Half {
     /// Whether the other ip6tables implementations were cleaned of kaze's chains (once,
     /// after the first sync that programmed everything).
     cleaned: bool,
+    /// Whether ip6tables may differ from `desired` (at start, after a failed restore): a
+    /// sync without IPv6 changes restores only then, so an IPv4-only change in eBPF mode
+    /// does not run ip6tables-restore.
+    stale: bool,
 }
 
 impl Ipv6Half {
@@ -36,6 +40,7 @@ impl Ipv6Half {
                 iptables,
                 desired: Desired::new(),
                 cleaned: false,
+                stale: true,
             }),
             Err(e) => {
                 warn!(error = %chain(&e), "no ip6tables on this node: IPv6 services are not served");
@@ -49,16 +54,22 @@ impl Ipv6Half {
     }
 
     /// Applies `changes`; a failure is added to `outcome.errors`, so the sync is retried
-    /// (with no changes: the whole state is restored again).
+    /// (with no changes: the whole state is restored again). Without changes and after a
+    /// good sync there is nothing to do.
     pub fn apply(&mut self, changes: Vec<Change<Ipv6Addr>>, outcome: &mut SyncOutcome) {
+        if changes.is_empty() && !self.stale {
+            return;
+        }
         for (key, entry) in changes {
             match entry {
                 Some(e) => self.desired.insert(key, e),
                 None => self.desired.remove(&key),
             };
         }
+        self.stale = true;
         match self.iptables.sync(&self.desired) {
             Ok(changed) => {
+                self.stale = false;
                 outcome.changed += changed;
                 if !self.cleaned {
                     // a backend switch (`--iptables-backend`) leaves the other's chains
