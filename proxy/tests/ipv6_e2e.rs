@@ -63,26 +63,13 @@ fn dual_stack(test: &str, mode: ProxyMode) -> (Vec<EchoServer>, Harness) {
 
 /// Creates dual-stack Service `name` (TCP 80 "http", UDP 53 "dns") with `extra` spec
 /// fields; returns its (IPv4, IPv6) ClusterIPs.
-fn create_dual_stack(h: &Harness, name: &str, extra: serde_json::Value) -> (Ipv4Addr, Ipv6Addr) {
-    let mut spec = json!({
-        "ipFamilyPolicy": "PreferDualStack",
-        "ports": [
-            {"name": "http", "port": 80, "targetPort": BACKEND_PORT, "protocol": "TCP"},
-            {"name": "dns", "port": 53, "targetPort": BACKEND_PORT, "protocol": "UDP"}],
-    });
-    if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        s.extend(extra.clone());
-    }
-    let svc: Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": spec,
-    }))
-    .expect("service json");
-    let api: Api<Service> = Api::namespaced(h.client.clone(), "default");
-    let created = h
-        .block_on(api.create(&Default::default(), &svc))
-        .expect("creating the service");
+fn create_dual_stack(
+    h: &Harness,
+    name: &str,
+    mut extra: serde_json::Value,
+) -> (Ipv4Addr, Ipv6Addr) {
+    extra["ipFamilyPolicy"] = json!("PreferDualStack");
+    let created = h.create_service_object(name, extra);
     let ips: Vec<IpAddr> = created
         .spec
         .and_then(|s| s.cluster_ips)

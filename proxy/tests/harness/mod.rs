@@ -241,6 +241,16 @@ impl Harness {
     /// Creates Service `name` with a TCP port 80 ("http") and a UDP port 53 ("dns"), both to
     /// the echo servers' port, and returns its allocated ClusterIP.
     pub fn create_service(&self, name: &str, extra_spec: serde_json::Value) -> Ipv4Addr {
+        self.create_service_object(name, extra_spec)
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .expect("an allocated cluster IP")
+            .parse()
+            .expect("an IPv4 cluster IP")
+    }
+
+    /// [`Self::create_service`], returning the Service as created.
+    pub fn create_service_object(&self, name: &str, extra_spec: serde_json::Value) -> Service {
         let mut spec = json!({
             "ports": [
                 {"name": "http", "port": 80, "targetPort": BACKEND_PORT, "protocol": "TCP"},
@@ -257,15 +267,8 @@ impl Harness {
         }))
         .expect("service json");
         let api: Api<Service> = Api::namespaced(self.client.clone(), "default");
-        let created = self
-            .block_on(api.create(&PostParams::default(), &svc))
-            .expect("creating the service");
-        created
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .expect("an allocated cluster IP")
-            .parse()
-            .expect("an IPv4 cluster IP")
+        self.block_on(api.create(&PostParams::default(), &svc))
+            .expect("creating the service")
     }
 
     pub fn delete_service(&self, name: &str) {
