@@ -692,13 +692,7 @@ impl Manager {
         let mut out = Vec::new();
         for (resource, ids) in &state.healthy {
             for id in ids {
-                let nodes = state
-                    .all
-                    .get(resource)
-                    .and_then(|a| a.get(id))
-                    .and_then(|d| d.topology.as_ref())
-                    .map(|t| t.nodes.iter().map(|n| n.id).collect())
-                    .unwrap_or_default();
+                let nodes = state.numa_nodes(resource, id);
                 out.push((resource.clone(), id.clone(), nodes));
             }
         }

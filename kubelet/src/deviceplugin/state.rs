@@ -86,6 +86,16 @@ impl Plan {
 }
 
 impl State {
+    /// The NUMA nodes device `id` of `resource` is on, as its plugin listed them.
+    pub fn numa_nodes(&self, resource: &str, id: &str) -> Vec<i64> {
+        self.all
+            .get(resource)
+            .and_then(|a| a.get(id))
+            .and_then(|d| d.topology.as_ref())
+            .map(|t| t.nodes.iter().map(|n| n.id).collect())
+            .unwrap_or_default()
+    }
+
     /// A plugin for `resource` registered (again).
     pub fn connected(&mut self, resource: &str, endpoint: Endpoint) {
         self.endpoints.insert(resource.to_string(), endpoint);
@@ -272,13 +282,7 @@ impl State {
     ) {
         let mut devices: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         for id in ids {
-            let nodes: Vec<i64> = self
-                .all
-                .get(resource)
-                .and_then(|a| a.get(id))
-                .and_then(|d| d.topology.as_ref())
-                .map(|t| t.nodes.iter().map(|n| n.id).collect())
-                .unwrap_or_default();
+            let nodes = self.numa_nodes(resource, id);
             if nodes.is_empty() {
                 devices.entry(NO_TOPOLOGY).or_default().push(id.clone());
             }

@@ -136,6 +136,15 @@ impl ClaimState {
         self.drivers.values().all(Option::is_some)
     }
 
+    /// The drivers that prepared their part of the claim.
+    fn prepared_by(&self) -> Vec<&String> {
+        self.drivers
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(d, _)| d)
+            .collect()
+    }
+
     fn proto(&self) -> proto::Claim {
         proto::Claim {
             namespace: self.namespace.clone(),
@@ -221,12 +230,7 @@ impl Manager {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let mut any = 0;
         for c in claims.values() {
-            let prepared: Vec<&String> = c
-                .drivers
-                .iter()
-                .filter(|(_, p)| p.is_some())
-                .map(|(d, _)| d)
-                .collect();
+            let prepared = c.prepared_by();
             if prepared.is_empty() {
                 continue;
             }
@@ -550,12 +554,7 @@ impl Manager {
         pod: &Pod,
         c: &Container,
     ) -> Result<cdi::ContainerEdits, DraError> {
-        let uses = c
-            .resources
-            .as_ref()
-            .and_then(|r| r.claims.as_ref())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let uses = claims_used(c);
         if uses.is_empty() {
             return Ok(Default::default());
         }
@@ -602,12 +601,7 @@ impl Manager {
     /// `GetContainerClaimInfos`); claims not prepared are left out.
     pub fn container_claims(&self, pod: &Pod, c: &Container) -> Vec<ContainerClaim> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let uses = c
-            .resources
-            .as_ref()
-            .and_then(|r| r.claims.as_ref())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let uses = claims_used(c);
         let claims = self.lock();
         let mut out = Vec::new();
         for used in uses {
@@ -686,12 +680,7 @@ impl Manager {
         let mut batches: BTreeMap<String, Vec<proto::Claim>> = BTreeMap::new();
         let mut done: BTreeSet<String> = BTreeSet::new();
         for c in &unused {
-            let called: Vec<&String> = c
-                .drivers
-                .iter()
-                .filter(|(_, p)| p.is_some())
-                .map(|(d, _)| d)
-                .collect();
+            let called = c.prepared_by();
             if called.is_empty() {
                 // never prepared: nothing to undo
                 done.insert(c.uid.clone());
@@ -759,6 +748,15 @@ impl Manager {
             None => Ok(()),
         }
     }
+}
+
+/// The pod claims container `c` names in `resources.claims`.
+fn claims_used(c: &Container) -> &[k8s_openapi::api::core::v1::ResourceClaim] {
+    c.resources
+        .as_ref()
+        .and_then(|r| r.claims.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
