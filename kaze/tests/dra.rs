@@ -21,12 +21,9 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use testkit::eventually;
 
 #[allow(dead_code)]
@@ -38,28 +35,6 @@ mod driver;
 mod device_plugin;
 
 const DRIVER: &str = "gpu.example.com";
-
-fn kubectl_run(data: &Path, args: &[&str]) -> Output {
-    testkit::kubectl_with(&data.join("kubeconfig.yaml"), args, None)
-}
-
-fn kubectl_ok(data: &Path, args: &[&str]) -> String {
-    testkit::kubectl_ok(&data.join("kubeconfig.yaml"), args, None)
-}
-
-fn kubectl_apply(data: &Path, yaml: &str) {
-    testkit::kubectl_ok(
-        &data.join("kubeconfig.yaml"),
-        &["apply", "-f", "-"],
-        Some(yaml),
-    );
-}
-
-fn json(data: &Path, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&kubectl_ok(data, &all)).expect("kubectl -o json")
-}
 
 /// The device class, the node's slice of two a100s, and the template of a claim for one.
 fn devices(node: &str) -> String {
@@ -136,12 +111,12 @@ spec:
 }
 
 /// The device the pod's container says it got, once it runs and says it.
-fn device_of(data: &Path, pod: &str) -> String {
+fn device_of(s: &support::Server, pod: &str) -> String {
     eventually(
         &format!("{pod} running with a device"),
         Duration::from_secs(90),
         || {
-            let out = kubectl_run(data, &["logs", pod]);
+            let out = s.kubectl(&["logs", pod]);
             let log = String::from_utf8_lossy(&out.stdout).into_owned();
             log.lines()
                 .find_map(|l| l.strip_prefix("GPU_DEVICE_0="))
@@ -151,12 +126,12 @@ fn device_of(data: &Path, pod: &str) -> String {
 }
 
 /// The name of the claim made for the pod.
-fn claim_of(data: &Path, pod: &str) -> String {
+fn claim_of(s: &support::Server, pod: &str) -> String {
     eventually(
         &format!("{pod}'s claim recorded"),
         Duration::from_secs(30),
         || {
-            let p = json(data, &["get", "pod", pod]);
+            let p = s.json(&["get", "pod", pod]);
             p["status"]["resourceClaimStatuses"][0]["resourceClaimName"]
                 .as_str()
                 .map(str::to_string)
@@ -180,9 +155,9 @@ fn pods_get_devices_from_dra_drivers_and_device_plugins() {
         &["--kubelet-arg", &cdi_arg],
         || {},
     );
+    let s = &server;
     let data = server.data();
     let node = server.node.clone();
-    let server_log = || server.log();
 
     // the driver's kubelet plugin, on a runtime of its own (its threads in this netns)
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -211,21 +186,21 @@ fn pods_get_devices_from_dra_drivers_and_device_plugins() {
         drv.saw("registered true ").then_some(())
     });
 
-    kubectl_apply(data, &devices(&node));
-    kubectl_apply(data, &pod("train-1"));
-    kubectl_apply(data, &pod("train-2"));
-    let mut got = vec![device_of(data, "train-1"), device_of(data, "train-2")];
+    s.apply(&devices(&node));
+    s.apply(&pod("train-1"));
+    s.apply(&pod("train-2"));
+    let mut got = vec![device_of(s, "train-1"), device_of(s, "train-2")];
     got.sort();
-    assert_eq!(got, ["gpu-0", "gpu-1"], "{}", server_log());
-    let claim_1 = claim_of(data, "train-1");
-    let claims = kubectl_ok(data, &["get", "resourceclaims"]);
+    assert_eq!(got, ["gpu-0", "gpu-1"], "{}", s.log());
+    let claim_1 = claim_of(s, "train-1");
+    let claims = s.kubectl_ok(&["get", "resourceclaims"]);
     assert!(
         claims
             .lines()
             .any(|l| l.starts_with(&claim_1) && l.contains("allocated,reserved")),
         "{claims}"
     );
-    let c1 = json(data, &["get", "resourceclaim", &claim_1]);
+    let c1 = s.json(&["get", "resourceclaim", &claim_1]);
     let uid_1 = c1["metadata"]["uid"].as_str().expect("uid").to_string();
     assert!(drv.saw(&format!("prepare {uid_1}")));
     assert!(drv.cdi_file(&uid_1).exists());
@@ -235,24 +210,21 @@ fn pods_get_devices_from_dra_drivers_and_device_plugins() {
         .to_string();
 
     // no third a100
-    kubectl_apply(data, &pod("train-3"));
+    s.apply(&pod("train-3"));
     eventually("train-3 unschedulable", Duration::from_secs(30), || {
-        let events = kubectl_ok(
-            data,
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=train-3,reason=FailedScheduling",
-            ],
-        );
+        let events = s.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=train-3,reason=FailedScheduling",
+        ]);
         events
             .contains("0/1 nodes are available: 1 cannot allocate all claims.")
             .then_some(())
     });
 
     // train-1 goes: its claim is unprepared and deleted, and train-3 gets its device
-    kubectl_ok(data, &["delete", "pod", "train-1"]);
+    s.kubectl_ok(&["delete", "pod", "train-1"]);
     eventually(
         "train-1's claim unprepared",
         Duration::from_secs(60),
@@ -260,12 +232,12 @@ fn pods_get_devices_from_dra_drivers_and_device_plugins() {
     );
     assert!(!drv.cdi_file(&uid_1).exists());
     eventually("train-1's claim deleted", Duration::from_secs(60), || {
-        let out = kubectl_run(data, &["get", "resourceclaim", &claim_1]);
+        let out = s.kubectl(&["get", "resourceclaim", &claim_1]);
         (!out.status.success()).then_some(())
     });
-    assert_eq!(device_of(data, "train-3"), freed, "{}", server_log());
+    assert_eq!(device_of(s, "train-3"), freed, "{}", s.log());
 
-    kubectl_ok(data, &["delete", "pod", "train-2", "train-3"]);
+    s.kubectl_ok(&["delete", "pod", "train-2", "train-3"]);
     eventually("every claim unprepared", Duration::from_secs(60), || {
         (drv.count_prefix("unprepare ") >= 3).then_some(())
     });
@@ -285,16 +257,16 @@ fn pods_get_devices_from_dra_drivers_and_device_plugins() {
         "two example.com/gpu allocatable",
         Duration::from_secs(30),
         || {
-            let n = json(data, &["get", "node", &node]);
+            let n = s.json(&["get", "node", &node]);
             (n["status"]["allocatable"]["example.com/gpu"] == "2").then_some(())
         },
     );
-    kubectl_apply(data, &plugin_pod("infer-1", 2));
+    s.apply(&plugin_pod("infer-1", 2));
     let devices = eventually(
         "infer-1 running with both devices",
         Duration::from_secs(90),
         || {
-            let out = kubectl_run(data, &["logs", "infer-1"]);
+            let out = s.kubectl(&["logs", "infer-1"]);
             let log = String::from_utf8_lossy(&out.stdout).into_owned();
             log.lines()
                 .find_map(|l| l.strip_prefix("DEVICES="))
@@ -303,35 +275,32 @@ fn pods_get_devices_from_dra_drivers_and_device_plugins() {
     );
     let mut ids: Vec<&str> = devices.split(',').collect();
     ids.sort();
-    assert_eq!(ids, ["dev-0", "dev-1"], "{}", server_log());
-    kubectl_apply(data, &plugin_pod("infer-2", 1));
+    assert_eq!(ids, ["dev-0", "dev-1"], "{}", s.log());
+    s.apply(&plugin_pod("infer-2", 1));
     eventually("infer-2 unschedulable", Duration::from_secs(30), || {
-        let events = kubectl_ok(
-            data,
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=infer-2,reason=FailedScheduling",
-            ],
-        );
+        let events = s.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=infer-2,reason=FailedScheduling",
+        ]);
         events
             .contains("0/1 nodes are available: 1 Insufficient example.com/gpu.")
             .then_some(())
     });
-    kubectl_ok(data, &["delete", "pod", "infer-1"]);
+    s.kubectl_ok(&["delete", "pod", "infer-1"]);
     eventually(
         "infer-2 running with a device",
         Duration::from_secs(90),
         || {
-            let out = kubectl_run(data, &["logs", "infer-2"]);
+            let out = s.kubectl(&["logs", "infer-2"]);
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .any(|l| l.starts_with("DEVICES=dev-"))
                 .then_some(())
         },
     );
-    kubectl_ok(data, &["delete", "pod", "infer-2"]);
+    s.kubectl_ok(&["delete", "pod", "infer-2"]);
     plugin.stop();
     server.stop();
     drop(rt);
